@@ -1,0 +1,57 @@
+"""Every field a run reads, with its default. Config files start from `base.get_config()`.
+
+Not a run by itself: see tiny.py, small.py, ipt_paper.py.
+"""
+import ml_collections
+
+from mtl.models import ipt
+
+
+def get_config(size="tiny"):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.tasks = ("denoise_30", "sr_x2", "derain")
+  c.regime = "joint"          # scratch | joint | finetune
+  c.schedule = "all"          # all: every task every step (EDT); one: one task per step (IPT)
+  c.init_from = ""            # finetune: workdir of the joint run to start from
+  c.precision = "float32"     # float32 | bfloat16 (compute dtype; parameters stay float32)
+
+  c.model = ml_collections.ConfigDict(ipt.SIZES[size])
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "photos"    # photos (embedded) | folder | tfds
+  c.data.folder = ""          # source=folder: clean images, searched recursively
+  c.data.tfds_name = ""       # source=tfds: a prepared TFDS dataset with an image feature
+  c.data.tfds_split = "train"
+  c.data.tfds_dir = ""        # '' -> $MTL_TFDS_DIR or ~/.cache/mtl/tensorflow_datasets
+  c.data.batch_size = 8       # images per task per step, global
+  c.data.validation_fraction = 0.0  # source=folder: whole images held out as 'validation'
+  c.data.folder_tile = 512    # source=folder: images are stored as tiles of this side
+  c.data.cache_mb = 1024      # decoded images kept in memory
+
+  c.degrade = ml_collections.ConfigDict()
+  c.degrade.noise_quantize = False  # IPT clips but does not round the noisy image
+  c.degrade.rain = ml_collections.ConfigDict(dict(
+      density=(0.004, 0.012), length=(8, 24), angle=(-30.0, 30.0), intensity=(0.4, 0.9),
+      width=0.6, streak_dir=""))
+
+  c.loss = ml_collections.ConfigDict(dict(contrastive_weight=0.0, temperature=0.07))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=2e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=0.0,
+      schedule="cosine", warmup_steps=50, final_lr_ratio=0.01,
+      milestones=(0.5, 0.75), gamma=0.5))  # milestones: fractions of total_steps (schedule=step)
+
+  c.total_steps = 1000
+  c.log_every = 25
+  c.checkpoint_every = 250
+  c.keep_checkpoints = 2
+  c.eval_every = 0            # 0: evaluate at the end only
+
+  c.eval = ml_collections.ConfigDict(dict(
+      sets="photos", max_images=0, max_side=0, tile_overlap=8, tile_batch=32, samples=1,
+      seed=20210301))
+
+  c.conflicts = ml_collections.ConfigDict(dict(every=1, ema_beta=0.1))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  return c

@@ -1,0 +1,24 @@
+"""A one-GPU IPT (n_feats 32, 2+2 layers, 4 heads) on a folder of clean images.
+
+  python launch/train.py --config=experiments/small.py:/data/DIV2K/DIV2K_train_HR \
+      --workdir=/ckpt/small
+Without an argument it trains on the embedded photographs.
+"""
+from experiments import base
+
+
+def get_config(folder=None):
+  config = base.get_config("small")
+  config.tasks = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
+  if folder:
+    config.data.source, config.data.folder = "folder", folder
+  config.data.batch_size = 16
+  config.total_steps = 100_000
+  config.optim.lr = 2e-4
+  config.optim.warmup_steps = 1000
+  config.checkpoint_every = 2000
+  config.log_every = 100
+  config.eval_every = 10_000
+  config.conflicts.every = 50
+  config.precision = "bfloat16"
+  return config

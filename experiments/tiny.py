@@ -1,0 +1,21 @@
+"""The main job: a tiny 3-task IPT (denoise_30, sr_x2, derain) on the embedded photographs.
+
+Trains jointly (every task every step), measures task conflicts every step, evaluates on the
+photographs' test split and prints the per-task PSNR table; minutes on 2 CPU cores.
+
+  python launch/train.py --config=experiments/tiny.py --workdir=/tmp/mtl/tiny
+
+The optional argument replaces the task list:
+  python launch/train.py --config=experiments/tiny.py:sr_x2,sr_x3,sr_x4 --workdir=/tmp/mtl/sr
+"""
+from experiments import base
+
+
+def get_config(arg=None):
+  config = base.get_config("tiny")
+  if arg:
+    config.tasks = tuple(arg.split(","))
+  config.total_steps = 600
+  config.optim.lr = 1e-3
+  config.eval.max_side = 256   # centre crops keep the CPU evaluation short
+  return config

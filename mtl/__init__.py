@@ -1,0 +1,1 @@
+"""mtl: IPT-style multi-task training for low-level vision, and the conflicts between its tasks."""

@@ -1,0 +1,189 @@
+"""The training input pipeline, host side: clean uint8 HR crops for every task of a step.
+
+Data is a pure function of (seed, step, task, global sample index). Sample i of task t at step s
+draws, from `np.random.default_rng([seed, step, crc32(t), i, 1])`, in this order: its image
+index, crop top and left, a horizontal flip and a number of 90-degree rotations (then, for derain
+tasks given real streak layers, a streak layer, its crop, flip and rotation). So:
+  - any process count and any resume point give identical global batches: process p of P builds
+    only global samples [p * B / P, (p + 1) * B / P) of each task;
+  - tasks are keyed by name, not by position: a task's crops are the same in a scratch run, a
+    joint run and under any task order.
+(The trailing 1 tags the stream: numpy's SeedSequence ignores trailing zeros, so [.., i] and
+[.., i, 0] would collide with other streams.)
+
+Crop side per task is `spec.hr_crop(patch_size)` (SR x2: 96, x3: 144, x4: 192; others 48).
+Images smaller than a crop are reflect-padded (mirror including the edge pixel) up to the crop
+side, with a warning: nothing is skipped, so the sampling stays a pure function of the key.
+
+`train_batches` builds the steps ahead in background threads with grain (ordered, deterministic).
+"""
+import functools
+import os
+import sys
+import time
+import zlib
+
+import grain
+import numpy as np
+from absl import logging
+
+from mtl import tasks as tasks_lib
+from mtl.data import folder as folder_lib
+
+SCHEDULES = ("all", "one")
+_SAMPLE_STREAM, _TASK_STREAM = 1, 2   # last seed word: keeps the two kinds of draws apart
+
+
+def task_key(name):
+  """A task's stable 32-bit key: crc32 of its name."""
+  return zlib.crc32(name.encode())
+
+
+def task_for_step(seed, step, num_tasks):
+  """Index of the task trained at `step` under schedule 'one' (IPT): uniform, from (seed, step)."""
+  if num_tasks < 1:
+    raise ValueError(f"num_tasks={num_tasks} must be >= 1")
+  return int(np.random.default_rng([seed, step, _TASK_STREAM]).integers(num_tasks))
+
+
+def local_samples(batch_size, process_index=0, process_count=1):
+  """The global sample indices process `process_index` of `process_count` builds."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+  if batch_size < 1 or batch_size % process_count:
+    raise ValueError(f"data.batch_size={batch_size} must be a positive multiple of the "
+                     f"process count {process_count}")
+  per_process = batch_size // process_count
+  return range(process_index * per_process, (process_index + 1) * per_process)
+
+
+def _pad_to(image, side):
+  """Reflect-pad (symmetric: mirror including the edge pixel) so both sides are >= `side`."""
+  h, w = image.shape[:2]
+  if h >= side and w >= side:
+    return image
+  logging.log_first_n(logging.WARNING, "image of %dx%d is smaller than the %d crop; "
+                      "reflect-padding it (further warnings suppressed)", 1, h, w, side)
+  pad = [(0, max(0, side - h)), (0, max(0, side - w))] + [(0, 0)] * (image.ndim - 2)
+  return np.pad(image, pad, mode="symmetric")
+
+
+def _random_window(rng, image, side):
+  """A random side x side window of `image`, flipped and rotated at random (a view)."""
+  image = _pad_to(image, side)
+  top = int(rng.integers(image.shape[0] - side + 1))
+  left = int(rng.integers(image.shape[1] - side + 1))
+  window = image[top:top + side, left:left + side]
+  flip, rotations = int(rng.integers(2)), int(rng.integers(4))
+  return np.rot90(window[:, ::-1] if flip else window, rotations)
+
+
+def sample_crop(images, seed, step, task_name, index, side, streaks=None):
+  """Global sample `index` of task `task_name` at `step`: (crop uint8 (side, side, 3), streak crop
+  uint8 (side, side) or None). A pure function of its arguments."""
+  rng = np.random.default_rng([seed, step, task_key(task_name), index, _SAMPLE_STREAM])
+  crop = _random_window(rng, images[int(rng.integers(len(images)))], side)
+  streak = None
+  if streaks is not None:
+    streak = _random_window(rng, streaks[int(rng.integers(len(streaks)))], side)
+  return crop, streak
+
+
+def _as_specs(specs):
+  return tuple(tasks_lib.get(s) if isinstance(s, str) else s for s in specs)
+
+
+def _check(images, specs, schedule, seed, streaks):
+  if schedule not in SCHEDULES:
+    raise ValueError(f"schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
+  if not specs:
+    raise ValueError("no tasks given")
+  if not len(images):
+    raise ValueError("no training images")
+  if seed < 0:
+    raise ValueError(f"seed={seed} must be >= 0")
+  if streaks is not None and not len(streaks):
+    raise ValueError("streaks is empty; pass None to use procedural rain")
+
+
+def batch_for_step(images, specs, patch_size, batch_size, seed, step, process_index=0,
+                   process_count=1, schedule="all", streaks=None):
+  """This process's part of the global batch of `step`: {task name: uint8 (B_local, h, w, 3)}.
+
+  `specs`: TaskSpecs (or task names) in config order. schedule 'all' gives every task; 'one'
+  only task `task_for_step(seed, step, len(specs))`. With real `streaks` (uint8 (H, W) layers),
+  derain tasks also get '<task>:streaks', uint8 (B_local, h, w) crops of them.
+  """
+  specs = _as_specs(specs)
+  _check(images, specs, schedule, seed, streaks)
+  indices = local_samples(batch_size, process_index, process_count)
+  if schedule == "one":
+    specs = (specs[task_for_step(seed, step, len(specs))],)
+  batch = {}
+  for spec in specs:
+    side = spec.hr_crop(patch_size)
+    task_streaks = streaks if spec.kind == "derain" else None
+    samples = [sample_crop(images, seed, step, spec.name, i, side, task_streaks) for i in indices]
+    batch[spec.name] = np.stack([crop for crop, _ in samples])
+    if task_streaks is not None:
+      batch[f"{spec.name}:streaks"] = np.stack([streak for _, streak in samples])
+  return batch
+
+
+def load_streak_layers(folder):
+  """RainTrainL-style real rain streak layers: every `rainstreak*` image under `folder`, as
+  read-only uint8 (H, W) grey arrays (mean of the channels), sorted by path."""
+  paths = [p for p in folder_lib.list_images(folder)
+           if os.path.basename(p).lower().startswith("rainstreak")]
+  if not paths:
+    raise ValueError(f"no rain streak layers (rainstreak*.png ...) under {folder}")
+  layers = []
+  for path in paths:
+    layer = np.round(folder_lib.read_rgb(path).mean(axis=-1)).astype(np.uint8)
+    layer.setflags(write=False)
+    layers.append(layer)
+  return layers
+
+
+def default_threads():
+  return max(1, min(8, os.cpu_count() or 1))
+
+
+def train_batches(images, specs, patch_size, batch_size, seed, start_step=0, num_steps=None,
+                  process_index=0, process_count=1, schedule="all", streaks=None,
+                  num_threads=None, prefetch=None):
+  """Iterator of (step, batch) for steps start_step, start_step + 1, ... (num_steps of them, or
+  forever), each batch as `batch_for_step` makes it.
+
+  Steps are built ahead by `num_threads` background threads (default: cores, at most 8) into a
+  buffer of `prefetch` steps (default 2 x threads), in order; num_threads=0 builds them in the
+  calling thread. Bad arguments raise here, not in a worker.
+  """
+  specs = _as_specs(specs)
+  _check(images, specs, schedule, seed, streaks)
+  local_samples(batch_size, process_index, process_count)
+  make = functools.partial(batch_for_step, images, specs, patch_size, batch_size, seed,
+                           process_index=process_index, process_count=process_count,
+                           schedule=schedule, streaks=streaks)
+  stop = sys.maxsize if num_steps is None else start_step + num_steps
+  num_threads = default_threads() if num_threads is None else num_threads
+  if num_threads == 0:
+    return ((step, make(step=step)) for step in range(start_step, stop))
+  prefetch = 2 * num_threads if prefetch is None else prefetch
+  dataset = grain.MapDataset.range(start_step, stop).map(lambda step: (int(step), make(step=step)))
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                        prefetch_buffer_size=prefetch)))
+
+
+def measure_throughput(images, specs, patch_size=48, batch_size=8, seed=0, num_steps=50,
+                       warmup_steps=5, **kwargs):
+  """Crops per second (summed over tasks, streak crops not counted) that `train_batches` delivers
+  to a consumer that does nothing else. `kwargs` go to `train_batches`."""
+  batches = train_batches(images, specs, patch_size, batch_size, seed,
+                          num_steps=warmup_steps + num_steps, **kwargs)
+  for _ in range(warmup_steps):
+    next(batches)
+  count, start = 0, time.perf_counter()
+  for _, batch in batches:
+    count += sum(len(v) for k, v in batch.items() if ":" not in k)
+  return count / (time.perf_counter() - start)

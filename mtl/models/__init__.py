@@ -1,0 +1,1 @@
+"""Models. IPT is the one architecture so far: `mtl.models.ipt`."""

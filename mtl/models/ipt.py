@@ -1,0 +1,290 @@
+"""IPT (Chen et al., CVPR 2021): per-task heads and tails around one shared transformer body.
+
+Layout is NHWC, pixels in [0, 255]. Parameters live in one pure pytree:
+  {'heads': {task: ...}, 'body': {...}, 'queries': {task: (N, D)}, 'tails': {task: ...}}
+`body` is the shared part whose per-task gradients the conflict analyzer compares; the task
+queries are per task, so they sit beside the body, not in it.
+
+Modules are Flax NNX; the trainer works on the pure pytree and merges it into modules inside
+jit (`nnx.merge`), so every function here is a pure function of (params, inputs).
+"""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+DIV2K_RGB_MEAN = np.array([0.4488, 0.4371, 0.4040], np.float32) * 255.0
+
+# Named sizes. `paper` is IPT as published (body 115.6M parameters with 6 tasks).
+SIZES = {
+    "tiny": dict(n_feats=16, patch_size=48, patch_dim=3, num_heads=2, num_encoder_layers=1,
+                 num_decoder_layers=1, mlp_ratio=4),
+    "small": dict(n_feats=32, patch_size=48, patch_dim=3, num_heads=4, num_encoder_layers=2,
+                  num_decoder_layers=2, mlp_ratio=4),
+    "paper": dict(n_feats=64, patch_size=48, patch_dim=3, num_heads=12, num_encoder_layers=12,
+                  num_decoder_layers=12, mlp_ratio=4),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  n_feats: int
+  patch_size: int
+  patch_dim: int
+  num_heads: int
+  num_encoder_layers: int
+  num_decoder_layers: int
+  mlp_ratio: int = 4
+  compute_dtype: str = "float32"
+
+  @property
+  def token_dim(self):
+    return self.n_feats * self.patch_dim ** 2
+
+  @property
+  def num_tokens(self):
+    return (self.patch_size // self.patch_dim) ** 2
+
+  @classmethod
+  def from_config(cls, model_cfg, compute_dtype="float32"):
+    fields = {f.name for f in dataclasses.fields(cls)} - {"compute_dtype"}
+    cfg = cls(**{k: model_cfg[k] for k in fields}, compute_dtype=compute_dtype)
+    cfg.validate()
+    return cfg
+
+  def validate(self):
+    if self.patch_size % self.patch_dim:
+      raise ValueError(f"model.patch_size={self.patch_size} is not divisible by "
+                       f"model.patch_dim={self.patch_dim}; choose a patch_dim that divides it")
+    if self.token_dim % self.num_heads:
+      raise ValueError(f"token dim n_feats*patch_dim^2={self.token_dim} is not divisible by "
+                       f"model.num_heads={self.num_heads}")
+    for name in ("n_feats", "num_heads", "num_encoder_layers", "num_decoder_layers"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+    if self.compute_dtype not in ("float32", "bfloat16"):
+      raise ValueError(f"precision={self.compute_dtype!r}; valid: 'float32', 'bfloat16'")
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+class ResBlock(nnx.Module):
+  """conv 5x5 -> ReLU -> conv 5x5, plus identity (EDSR-style, no norm)."""
+
+  def __init__(self, feats, dtype, rngs):
+    self.conv1 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs)
+    self.conv2 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return x + self.conv2(jax.nn.relu(self.conv1(x)))
+
+
+class Head(nnx.Module):
+  """Per-task head: conv 3x3 (3 -> n_feats), then 2 ResBlocks."""
+
+  def __init__(self, cfg: ModelConfig, rngs):
+    dtype = jnp.dtype(cfg.compute_dtype)
+    self.conv = nnx.Conv(3, cfg.n_feats, (3, 3), dtype=dtype, rngs=rngs)
+    self.res1 = ResBlock(cfg.n_feats, dtype, rngs)
+    self.res2 = ResBlock(cfg.n_feats, dtype, rngs)
+
+  def __call__(self, x):
+    return self.res2(self.res1(self.conv(x)))
+
+
+class Attention(nnx.Module):
+  """Multi-head attention with bias-free projections (as torch MultiheadAttention(bias=False)).
+
+  Tokens arrive flattened, (B*N, D): XLA's CPU backend computes the weight gradients of 2-D
+  matmuls about twice as fast as of (B, N, D) ones.
+  """
+
+  def __init__(self, dim, num_heads, dtype, rngs):
+    self.num_heads = num_heads
+    linear = lambda: nnx.Linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
+    self.query, self.key, self.value, self.out = linear(), linear(), linear(), linear()
+
+  def __call__(self, q, k, v, batch):
+    split = lambda x: x.reshape(batch, -1, self.num_heads, x.shape[-1] // self.num_heads)
+    attended = jax.nn.dot_product_attention(
+        split(self.query(q)), split(self.key(k)), split(self.value(v)))
+    return self.out(attended.reshape(q.shape))
+
+
+class MLP(nnx.Module):
+  def __init__(self, dim, hidden, dtype, rngs):
+    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.fc2(jax.nn.relu(self.fc1(x)))
+
+
+def _norm(dim, rngs):
+  # LayerNorm statistics in float32 whatever the compute dtype.
+  return nnx.LayerNorm(dim, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+  """Pre-LN: x + SA(LN x), then x + FFN(LN x)."""
+
+  def __init__(self, cfg: ModelConfig, rngs):
+    dim, dtype = cfg.token_dim, jnp.dtype(cfg.compute_dtype)
+    self.norm1, self.norm2 = _norm(dim, rngs), _norm(dim, rngs)
+    self.attn = Attention(dim, cfg.num_heads, dtype, rngs)
+    self.mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs)
+
+  def __call__(self, x, batch):
+    h = self.norm1(x).astype(x.dtype)
+    x = x + self.attn(h, h, h, batch)
+    return x + self.mlp(self.norm2(x).astype(x.dtype))
+
+
+class DecoderLayer(nnx.Module):
+  """Pre-LN decoder; the task query embedding is added to queries and self-attention keys."""
+
+  def __init__(self, cfg: ModelConfig, rngs):
+    dim, dtype = cfg.token_dim, jnp.dtype(cfg.compute_dtype)
+    self.norm1, self.norm2, self.norm3 = _norm(dim, rngs), _norm(dim, rngs), _norm(dim, rngs)
+    self.self_attn = Attention(dim, cfg.num_heads, dtype, rngs)
+    self.cross_attn = Attention(dim, cfg.num_heads, dtype, rngs)
+    self.mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs)
+
+  def __call__(self, x, memory, query_pos, batch):
+    h = self.norm1(x).astype(x.dtype)
+    x = x + self.self_attn(h + query_pos, h + query_pos, h, batch)
+    h = self.norm2(x).astype(x.dtype)
+    x = x + self.cross_attn(h + query_pos, memory, memory, batch)
+    return x + self.mlp(self.norm3(x).astype(x.dtype))
+
+
+class Body(nnx.Module):
+  """The shared transformer: unfold 3x3 patches -> encoder -> decoder(task query) -> MLP -> fold."""
+
+  def __init__(self, cfg: ModelConfig, rngs):
+    self.cfg = cfg
+    dim, dtype = cfg.token_dim, jnp.dtype(cfg.compute_dtype)
+    self.token_embed = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    self.pos_embed = nnx.Param(jax.random.normal(rngs.params(), (cfg.num_tokens, dim)) * 0.02)
+    self.encoder = nnx.List([EncoderLayer(cfg, rngs) for _ in range(cfg.num_encoder_layers)])
+    self.decoder = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
+    self.out_mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs)
+
+  def __call__(self, feats, query_pos):
+    """feats (B, P, P, C), query_pos (N, D) -> (output map (B, P, P, C), tokens (B, N, D))."""
+    dtype, batch = jnp.dtype(self.cfg.compute_dtype), feats.shape[0]
+    x = unfold(feats, self.cfg.patch_dim).astype(dtype)
+    x = x + self.pos_embed[...].astype(dtype)[None] + self.token_embed(x)  # residual embedding
+    x = x.reshape(-1, x.shape[-1])  # (B*N, D) from here on
+    for layer in self.encoder:
+      x = layer(x, batch)
+    memory = x
+    query_pos = jnp.tile(query_pos.astype(dtype), (batch, 1))
+    for layer in self.decoder:
+      x = layer(x, memory, query_pos, batch)
+    tokens = (self.out_mlp(x) + x).reshape(batch, -1, x.shape[-1])
+    return fold(tokens, self.cfg.patch_dim, feats.shape[1]), tokens
+
+
+class Tail(nnx.Module):
+  """Per-task tail: pixel-shuffle upsampler (x2: one stage, x3: one, x4: two x2), conv 3x3 -> RGB."""
+
+  def __init__(self, cfg: ModelConfig, scale, rngs):
+    dtype, f = jnp.dtype(cfg.compute_dtype), cfg.n_feats
+    factors = {1: [], 2: [2], 3: [3], 4: [2, 2]}
+    if scale not in factors:
+      raise ValueError(f"no tail for scale {scale}; valid scales: {sorted(factors)}")
+    self.factors = tuple(factors[scale])
+    self.up = nnx.List([nnx.Conv(f, f * r * r, (3, 3), dtype=dtype, rngs=rngs)
+                        for r in self.factors])
+    self.conv = nnx.Conv(f, 3, (3, 3), dtype=dtype, rngs=rngs)
+
+  def __call__(self, x):
+    for r, conv in zip(self.factors, self.up):
+      x = pixel_shuffle(conv(x), r)
+    return self.conv(x)
+
+
+# ----------------------------------------------------------------------------- layout helpers
+
+
+def unfold(x, p):
+  """(B, H, W, C) -> (B, (H/p)(W/p), p*p*C) non-overlapping p x p patches, row-major."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def fold(tokens, p, side):
+  """Inverse of `unfold` for a square side x side map."""
+  b, _, d = tokens.shape
+  n, c = side // p, d // (p * p)
+  x = tokens.reshape(b, n, n, p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, side, side, c)
+
+
+def pixel_shuffle(x, r):
+  """(B, H, W, r*r*C) -> (B, rH, rW, C), channels ordered (r, r, C) (depth-to-space)."""
+  b, h, w, c = x.shape
+  x = x.reshape(b, h, w, r, r, c // (r * r)).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * r, w * r, c // (r * r))
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class IPT:
+  """Pure functions over the parameter pytree of an IPT model for an ordered set of tasks."""
+
+  def __init__(self, cfg: ModelConfig, specs):
+    self.cfg, self.specs = cfg, tuple(specs)
+    self.task_names = tuple(s.name for s in self.specs)
+    abstract = lambda build: nnx.split(nnx.eval_shape(build))[0]
+    self._head_def = abstract(lambda: Head(cfg, nnx.Rngs(0)))
+    self._body_def = abstract(lambda: Body(cfg, nnx.Rngs(0)))
+    self._tail_defs = {s.scale: abstract(lambda s=s: Tail(cfg, s.scale, nnx.Rngs(0)))
+                       for s in self.specs}
+
+  def init(self, key):
+    """Fresh parameters (a pure dict). Jit it with out_shardings to create them sharded."""
+    keys = jax.random.split(key, 3 * len(self.specs) + 1)
+    pure = lambda module: nnx.to_pure_dict(nnx.state(module))
+    params = {"heads": {}, "body": pure(Body(self.cfg, nnx.Rngs(keys[0]))),
+              "queries": {}, "tails": {}}
+    for i, spec in enumerate(self.specs):
+      k_head, k_query, k_tail = keys[3 * i + 1:3 * i + 4]
+      params["heads"][spec.name] = pure(Head(self.cfg, nnx.Rngs(k_head)))
+      params["queries"][spec.name] = 0.02 * jax.random.normal(
+          k_query, (self.cfg.num_tokens, self.cfg.token_dim))
+      params["tails"][spec.name] = pure(Tail(self.cfg, spec.scale, nnx.Rngs(k_tail)))
+    return params
+
+  def abstract_params(self):
+    return jax.eval_shape(self.init, jax.random.key(0))
+
+  # The three stages, as pure functions. Inputs and outputs are in [0, 255].
+  def head(self, head_params, images):
+    return nnx.merge(self._head_def, head_params)(images - DIV2K_RGB_MEAN)
+
+  def body(self, body_params, feats, query_pos):
+    return nnx.merge(self._body_def, body_params)(feats, query_pos)
+
+  def tail(self, tail_params, scale, feats):
+    out = nnx.merge(self._tail_defs[scale], tail_params)(feats)
+    return out.astype(jnp.float32) + DIV2K_RGB_MEAN
+
+  def apply(self, params, task, images, return_tokens=False):
+    """One task end to end: (B, P, P, 3) degraded inputs -> (B, P*s, P*s, 3) restorations."""
+    spec = self.specs[self.task_names.index(task)]
+    feats = self.head(params["heads"][task], images)
+    res, tokens = self.body(params["body"], feats, params["queries"][task])
+    out = self.tail(params["tails"][task], spec.scale, res + feats)
+    return (out, tokens) if return_tokens else out
+
+
+def count_params(tree) -> int:
+  return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))

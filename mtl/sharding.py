@@ -1,0 +1,63 @@
+"""Device mesh and shardings: batch over ('data', 'fsdp'), large parameters over 'fsdp'."""
+import math
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+
+
+def make_mesh(mesh_cfg, devices=None):
+  """A ('data', 'fsdp') mesh. data=-1 spans every device fsdp leaves; explicit sizes take the
+  first data*fsdp devices (e.g. one device of several, for a comparison)."""
+  devices = jax.devices() if devices is None else devices
+  count, fsdp = len(devices), int(mesh_cfg.get("fsdp", 1))
+  if fsdp < 1 or count % fsdp:
+    raise ValueError(f"mesh.fsdp={fsdp} does not divide the {count} devices; "
+                     f"valid: a divisor of {count}")
+  data = int(mesh_cfg.get("data", -1))
+  data = count // fsdp if data == -1 else data
+  if data < 1 or data * fsdp > count:
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices, "
+                     f"{count} are present; set mesh.data=-1 or data*fsdp <= {count}")
+  return jax.make_mesh((data, fsdp), BATCH_AXES, devices=devices[:data * fsdp],
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def batch_sharding(mesh):
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def leaf_sharding(mesh, shape, min_size=2 ** 16):
+  """FSDP rule: shard the largest dimension divisible by the fsdp size; small leaves replicate."""
+  fsdp = mesh.shape["fsdp"]
+  if fsdp == 1 or math.prod(shape) < min_size:
+    return replicated(mesh)
+  for dim in np.argsort(shape)[::-1]:
+    if shape[dim] % fsdp == 0:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return NamedSharding(mesh, P(*spec))
+  return replicated(mesh)
+
+
+def tree_shardings(mesh, abstract_tree):
+  return jax.tree_util.tree_map(lambda x: leaf_sharding(mesh, x.shape), abstract_tree)
+
+
+def check_batch(mesh, batch_size):
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % shards:
+    raise ValueError(f"data.batch_size={batch_size} is not divisible by the {shards} batch "
+                     f"shards of the mesh; use a multiple of {shards}")
+
+
+def to_global(batch, mesh):
+  """Process-local numpy arrays -> global jax Arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

@@ -1,0 +1,430 @@
+"""Training: the state, the pure train step (plain and probe), regimes, and the loop.
+
+One step is a pure function (state, batch) -> (state, metrics[, gramians]). The batch holds
+clean uint8 HR crops per task; degradations run inside the step, keyed by (seed, step, task).
+
+Per-task gradients on the shared body come out of the ordinary backward pass: each task's
+sub-batch goes through the body separately, and on probe steps each task is given its own
+(identical) reference to the body parameters, so the gradient with respect to those references
+is the list of per-task gradients; their sum is the update's body gradient. (A `jax.vmap` over
+broadcast copies computes the same, but XLA's CPU backend runs its batched matmuls ~1.8x slower.)
+"""
+import dataclasses
+import functools
+import os
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from mtl import checkpoints, conflicts, degradations, losses, sharding, tasks
+from mtl.models import ipt
+
+REGIMES = ("scratch", "joint", "finetune")
+SCHEDULES = ("all", "one")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+# ----------------------------------------------------------------------------- set-up
+
+
+def validate(config):
+  """Check a config before anything is built or written; one clear line per problem."""
+  specs = tasks.get_all(config.tasks)
+  if config.regime not in REGIMES:
+    raise ValueError(f"regime={config.regime!r}; valid: {', '.join(REGIMES)}")
+  if config.schedule not in SCHEDULES:
+    raise ValueError(f"schedule={config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+  if config.regime in ("scratch", "finetune") and len(specs) != 1:
+    raise ValueError(f"regime={config.regime!r} trains one task, got tasks={list(config.tasks)}; "
+                     "use regime='joint' for several tasks")
+  if config.regime == "finetune" and not config.init_from:
+    raise ValueError("regime='finetune' needs init_from=<workdir of a joint run>")
+  if config.total_steps < 1:
+    raise ValueError(f"total_steps={config.total_steps} must be >= 1")
+  if config.optim.schedule not in SCHEDULE_FNS:
+    raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(SCHEDULE_FNS)}")
+  ipt.ModelConfig.from_config(config.model, config.precision)
+  return specs
+
+
+def probing_enabled(config):
+  """Conflicts are measured only where tasks share parameters within one step."""
+  if config.conflicts.every <= 0:
+    return False
+  if config.regime == "scratch" or len(config.tasks) < 2:
+    logging.warning("conflicts.every=%d ignored: a single-task run has no task pairs to compare; "
+                    "nothing is measured", config.conflicts.every)
+    return False
+  if config.schedule == "one":
+    logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "
+                    "no two task gradients are taken at the same parameters; use schedule='all' "
+                    "to measure conflicts", config.conflicts.every)
+    return False
+  return True
+
+
+def _warmup_then(lr, warmup, decay):
+  if warmup <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+SCHEDULE_FNS = {
+    "constant": lambda o, total: _warmup_then(o.lr, o.warmup_steps, optax.constant_schedule(o.lr)),
+    "cosine": lambda o, total: optax.warmup_cosine_decay_schedule(
+        0.0, o.lr, o.warmup_steps, max(total, o.warmup_steps + 1), o.lr * o.final_lr_ratio),
+    "step": lambda o, total: _warmup_then(o.lr, o.warmup_steps, optax.piecewise_constant_schedule(
+        o.lr, {int(m * total) - o.warmup_steps: o.gamma for m in o.milestones})),
+}
+
+
+def make_optimizer(optim_cfg, total_steps):
+  schedule = SCHEDULE_FNS[optim_cfg.schedule](optim_cfg, total_steps)
+  chain = [optax.clip_by_global_norm(optim_cfg.grad_clip)] if optim_cfg.grad_clip > 0 else []
+  chain.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
+                           weight_decay=optim_cfg.weight_decay))
+  return optax.chain(*chain), schedule
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def make_step(model, config, optimizer, names, probe=False):
+  """A pure step over the given tasks. probe=True also returns per-leaf Gramians (L, T, T).
+
+  probe='jacrev' is the naive reference the benchmark compares against: per-task gradients
+  from `jax.jacrev` of the loss vector, i.e. T extra backward passes.
+  """
+  split = probe is True  # per-task body gradients out of the one backward pass
+  specs = [model.specs[model.task_names.index(n)] for n in names]
+  task_ids = [model.task_names.index(n) for n in names]
+  base_key = jax.random.key(config.seed)
+  weight, temperature = config.loss.contrastive_weight, config.loss.temperature
+
+  def task_losses(params, body, inputs, targets):
+    feats = [model.head(params["heads"][n], inputs[n]) for n in names]
+    # probe: `body` is a list with one (identical) copy per task, so each task's gradient lands
+    # in its own copy; otherwise every task uses the one body and autodiff sums the gradients.
+    outs = [model.body(body[t] if split else body, feats[t], params["queries"][n])
+            for t, n in enumerate(names)]
+    res, tokens = [o[0] for o in outs], [o[1] for o in outs]
+    per_task = []
+    for t, spec in enumerate(specs):
+      out = model.tail(params["tails"][spec.name], spec.scale, res[t] + feats[t])
+      loss = losses.l1(out, targets[spec.name])
+      if weight > 0:
+        loss = loss + weight * losses.supervised_contrastive(tokens[t], temperature)
+      per_task.append(loss)
+    return jnp.stack(per_task)
+
+  def step(state, batch):
+    key = jax.random.fold_in(base_key, state.step)
+    inputs, targets = {}, {}
+    for spec, tid in zip(specs, task_ids):
+      inputs[spec.name], targets[spec.name] = degradations.degrade(
+          spec, jax.random.fold_in(key, tid), batch[spec.name], config.degrade,
+          streaks=batch.get(f"{spec.name}:streaks"))
+
+    specific = {k: v for k, v in state.params.items() if k != "body"}
+    body = state.params["body"]
+    if split:
+      body = [body] * len(names)
+
+    def total_loss(specific, body):
+      per_task = task_losses(specific, body, inputs, targets)
+      return per_task.sum(), per_task
+
+    (loss, per_task), (g_specific, g_body) = jax.value_and_grad(
+        total_loss, argnums=(0, 1), has_aux=True)(specific, body)
+    metrics = {}
+    if split:
+      g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (T, ...) per leaf
+      grams = conflicts.gramians(g_body)
+      g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
+    elif probe == "jacrev":
+      grams = conflicts.gramians(jax.jacrev(
+          lambda b: task_losses(specific, b, inputs, targets))(body))
+    grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update({f"loss/{n}": per_task[i] for i, n in enumerate(names)})
+    metrics["loss/total"] = loss
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return (new_state, metrics, grams) if probe else (new_state, metrics)
+
+  return step
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything the loop needs, built once from a config."""
+  config: Any
+  model: ipt.IPT
+  mesh: Any
+  optimizer: Any
+  schedule: Any
+  state_shardings: Any
+
+  @property
+  def abstract_state(self):
+    abstract = jax.eval_shape(lambda: self._fresh_state(jax.random.key(0)))
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        self.state_shardings)
+
+  def _fresh_state(self, key):
+    params = self.model.init(key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.optimizer.init(params))
+
+  def init_state(self):
+    """Fresh state, created directly with its shardings (never whole on one device)."""
+    init = jax.jit(self._fresh_state, out_shardings=self.state_shardings)
+    return init(jax.random.key(self.config.seed))
+
+
+def build(config):
+  specs = validate(config)
+  model_cfg = ipt.ModelConfig.from_config(config.model, config.precision)
+  model = ipt.IPT(model_cfg, specs)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(mesh, config.data.batch_size)
+  optimizer, schedule = make_optimizer(config.optim, config.total_steps)
+  run = Run(config, model, mesh, optimizer, schedule, None)
+  abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))
+  run.state_shardings = jax.tree_util.tree_map(
+      lambda x: sharding.leaf_sharding(mesh, x.shape), abstract)
+  return run
+
+
+def finetune_params(run, init_from):
+  """Params for a fine-tune: body (and the target's head, tail, query) from a joint run."""
+  import json
+  init_from = os.path.abspath(init_from)
+  config_path = os.path.join(init_from, checkpoints.CONFIG_FILE)
+  if not os.path.exists(config_path):
+    raise ValueError(f"init_from={init_from} holds no {checkpoints.CONFIG_FILE}; "
+                     "point it to the workdir of a joint run")
+  with open(config_path) as f:
+    source_cfg = json.load(f)
+  target = run.model.task_names[0]
+  source_model = ipt.IPT(ipt.ModelConfig.from_config(source_cfg["model"], run.config.precision),
+                         tasks.get_all(source_cfg["tasks"]))
+  if dataclasses.replace(source_model.cfg, compute_dtype="float32") != dataclasses.replace(
+      run.model.cfg, compute_dtype="float32"):
+    raise ValueError(f"init_from={init_from} has a different model size than this config; "
+                     "fine-tune with the same model fields")
+  abstract = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(run.mesh)),
+      source_model.abstract_params())
+  source, step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(init_from), abstract)
+  fresh = run.init_state()
+  params = dict(fresh.params, body=source["body"])
+  if target in source_model.task_names:  # keep the target task's own head, query and tail
+    for group in ("heads", "queries", "tails"):
+      params[group] = {target: source[group][target]}
+  else:
+    logging.warning("task %s was not in the joint run (tasks %s): its head and tail start fresh",
+                    target, source_model.task_names)
+  logging.info("fine-tuning %s from %s (step %d)", target, init_from, step)
+  params = jax.device_put(params, run.state_shardings.params)
+  return fresh.replace(params=params, opt_state=jax.jit(
+      run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+class _Preemption:
+  """SIGTERM (preemption notice) -> checkpoint at the next step boundary, then exit."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def train_and_evaluate(config, workdir):
+  """Train (or resume) the run in `workdir`, evaluate it, and return its results dict."""
+  from mtl import evaluate, summary  # the loop's host-side company
+  from mtl.data import pipeline, sources
+
+  run = build(config)
+  probe_every = config.conflicts.every if probing_enabled(config) else 0
+  is_writer = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_writer:
+    checkpoints.check_or_write_config(workdir, config.to_dict())
+  images = sources.open_images(config.data, "train")
+  streaks = (pipeline.load_streak_layers(config.degrade.rain.streak_dir)
+             if config.degrade.rain.streak_dir else None)
+  testsets = evaluate.load_testsets(config)
+
+  mngr = checkpoints.manager(workdir, config.keep_checkpoints)
+  with jax.set_mesh(run.mesh):
+    if mngr.latest_step() is not None:
+      state = checkpoints.restore(mngr, run.abstract_state)
+      print(f"resumed {workdir} at step {int(state.step)}", flush=True)
+    elif config.regime == "finetune":
+      state = finetune_params(run, config.init_from)
+    else:
+      state = run.init_state()
+    start = int(state.step)
+    names = run.model.task_names
+    layer_names = conflicts.shared_layer_names(state.params["body"])
+    order = conflicts.network_order(layer_names)
+    layer_names = [layer_names[i] for i in order]
+    if is_writer and probe_every:
+      conflicts.truncate_after(workdir, start - 1)  # steps >= start will be probed again
+
+    shardings = (run.state_shardings, None)
+    plain = {}
+    def plain_step(task_names):
+      if task_names not in plain:
+        plain[task_names] = jax.jit(make_step(run.model, config, run.optimizer, task_names),
+                                    out_shardings=shardings, donate_argnums=0)
+      return plain[task_names]
+    probe_step = jax.jit(make_step(run.model, config, run.optimizer, names, probe=True),
+                         out_shardings=shardings + (None,), donate_argnums=0)
+
+    writer = summary.Writer(os.path.join(workdir, "events"), enabled=is_writer)
+    progress = summary.Progress(config.total_steps, start, every=config.log_every)
+    batches = pipeline.train_batches(
+        images, run.model.specs, config.model.patch_size, config.data.batch_size, config.seed,
+        start_step=start, num_steps=config.total_steps - start,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        schedule=config.schedule, streaks=streaks)
+    probe_buffer, pending = [], []
+    step, started = start, time.time()
+    with _Preemption() as preemption:
+      for step, local_batch in batches:
+        batch = sharding.to_global(local_batch, run.mesh)
+        task_names = tuple(n for n in names if n in local_batch)
+        if probe_every and step % probe_every == 0:
+          state, metrics, grams = probe_step(state, batch)
+          probe_buffer.append((step, grams[np.asarray(order)]))
+        else:
+          state, metrics = plain_step(task_names)(state, batch)
+        pending.append((step, metrics))
+        done = step + 1
+        if done % config.log_every == 0 or done == config.total_steps:
+          _log_metrics(pending, writer, progress, run.schedule, done)
+          pending = []
+        if (done % config.checkpoint_every == 0 or done == config.total_steps
+            or preemption.requested):
+          _log_metrics(pending, writer, progress, run.schedule, done)
+          pending = []
+          _flush_probes(workdir, probe_buffer, layer_names, names, is_writer)
+          probe_buffer = []
+          checkpoints.save(mngr, done, state, force=True)
+        if (config.eval_every and done % config.eval_every == 0 and done < config.total_steps):
+          evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer)
+        if preemption.requested:
+          break
+    mngr.wait_until_finished()
+    mngr.close()
+    final_step = int(state.step)
+    if is_writer:
+      _record_compute(workdir, run, config, state, probe_step if probe_every else plain_step(names),
+                      final_step, time.time() - started)
+    if preemption.requested and final_step < config.total_steps:
+      writer.close()
+      raise SystemExit(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
+                       "run the same command to resume")
+    results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
+                                writer, final=True)
+    if is_writer and probe_every:
+      _draw_conflicts(workdir, writer, final_step, config.conflicts.ema_beta)
+    writer.close()
+  return results
+
+
+def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
+  """<workdir>/compute.json: steps, images seen, XLA-counted training FLOPs, wall time."""
+  import json
+  path = os.path.join(workdir, "compute.json")
+  previous = json.load(open(path)) if os.path.exists(path) else {"wall_seconds": 0.0}
+  per_step_images = config.data.batch_size * (len(config.tasks) if config.schedule == "all" else 1)
+  specs = run.model.specs if config.schedule == "all" else run.model.specs[:1]
+  abstract_batch = {s.name: jax.ShapeDtypeStruct(
+      (config.data.batch_size,) + (s.hr_crop(config.model.patch_size),) * 2 + (3,), jnp.uint8,
+      sharding=sharding.batch_sharding(run.mesh)) for s in specs}
+  cost = step_fn.lower(run.abstract_state, abstract_batch).cost_analysis() or {}
+  flops = float(cost.get("flops", float("nan")))
+  checkpoints.write_json_atomic(path, {
+      "steps": final_step, "images_seen": final_step * per_step_images,
+      "flops_per_step": flops, "train_flops": flops * final_step,
+      "wall_seconds": previous["wall_seconds"] + seconds})
+
+
+def _log_metrics(pending, writer, progress, schedule, done):
+  """Fetch pending step metrics, stop on a non-finite loss, write TensorBoard and progress."""
+  if not pending:
+    return
+  fetched = jax.device_get([m for _, m in pending])
+  for (step, _), metrics in zip(pending, fetched):
+    total = float(metrics["loss/total"])
+    if not np.isfinite(total) or not np.isfinite(float(metrics["grad_norm"])):
+      raise NonFiniteLoss(f"non-finite loss ({total}) at step {step}: training stopped; the last "
+                          "good checkpoint is kept. Lower optim.lr or set optim.grad_clip")
+  last = {k: float(v) for k, v in fetched[-1].items()}
+  mean = {k: float(np.mean([m[k] for m in fetched if k in m]))
+          for k in set().union(*fetched)}
+  mean["lr"] = float(schedule(done - 1))
+  line = progress.update(done, {"loss": last["loss/total"]})
+  if line and jax.process_index() == 0:
+    print(line, flush=True)
+  mean["steps_per_sec"] = progress.rate()
+  writer.scalars(done, {f"train/{k}": v for k, v in mean.items()})
+
+
+def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer):
+  if not probe_buffer or not is_writer:
+    return
+  steps = np.array([s for s, _ in probe_buffer], np.int64)
+  grams = np.stack(jax.device_get([g for _, g in probe_buffer])).astype(np.float32)
+  conflicts.append(workdir, steps, grams, layer_names, list(task_names))
+
+
+def _draw_conflicts(workdir, writer, step, ema_beta):
+  from mtl import plots
+  record = conflicts.load(workdir)
+  for path in plots.draw_all(record, os.path.join(workdir, "conflicts"), ema_beta=ema_beta):
+    with open(path, "rb") as f:
+      writer.image(step, "conflicts/" + os.path.splitext(os.path.basename(path))[0], f.read())
+  body = record.cosines(by="body")
+  for i, a in enumerate(record.task_names):
+    for j, b in enumerate(record.task_names):
+      if i < j:
+        for s, value in zip(record.steps, body[:, 0, i, j] if body.ndim == 4 else body[:, i, j]):
+          writer.scalars(int(s), {f"conflicts/cos/{a}~{b}": float(value)})

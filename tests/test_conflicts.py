@@ -1,0 +1,286 @@
+"""Conflict quantities against explicit gradient vectors, grouping, EMA, the store, summaries."""
+import os
+
+import numpy as np
+import pytest
+
+from mtl import conflicts
+
+TASKS = ["denoise_30", "sr_x2", "derain"]
+LAYERS = ["token_embed/bias", "token_embed/kernel", "pos_embed",
+          "encoder/0/attn/query/kernel", "encoder/0/norm1/scale", "encoder/0/norm1/bias",
+          "encoder/1/mlp/fc1/kernel", "decoder/0/cross_attn/key/kernel",
+          "decoder/0/norm3/scale", "out_mlp/fc1/kernel", "out_mlp/fc2/bias"]
+BLOCKS = ["embeddings", "embeddings", "embeddings", "encoder_0", "encoder_0", "encoder_0",
+          "encoder_1", "decoder_0", "decoder_0", "output_mlp", "output_mlp"]
+
+
+def explicit_cos(a, b):
+  return np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))
+
+
+def random_grads(rng, num_tasks=len(TASKS), sizes=None):
+  """Per-leaf task gradients: list over leaves of (T, D_l) arrays, with a shared component."""
+  sizes = sizes or [int(s) for s in rng.integers(3, 40, len(LAYERS))]
+  grads = []
+  for size in sizes:
+    base = rng.normal(size=size)
+    signs = rng.choice([-1.0, 1.0], num_tasks)
+    grads.append(np.stack([s * base + rng.normal(size=size) for s in signs]))
+  return grads
+
+
+def gram(j):
+  return j @ j.T
+
+
+def synthetic_store(workdir, steps, seed=0):
+  rng = np.random.default_rng(seed)
+  grams = np.stack([np.stack([gram(g) for g in random_grads(rng)]) for _ in steps])
+  conflicts.append(workdir, np.asarray(steps), grams.astype(np.float32), LAYERS, TASKS)
+  return grams.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- derived
+
+
+def test_derived_quantities_match_explicit_vectors():
+  rng = np.random.default_rng(1)
+  j = rng.normal(size=(4, 50))
+  j[2] = -0.7 * j[0] + 0.1 * rng.normal(size=50)  # a clear conflict
+  g = gram(j)
+  cos, norms = conflicts.cosines(g), conflicts.norms(g)
+  for a in range(4):
+    assert norms[a] == pytest.approx(np.linalg.norm(j[a]), rel=1e-6)
+    for b in range(4):
+      assert cos[a, b] == pytest.approx(explicit_cos(j[a], j[b]), abs=1e-6)
+      assert conflicts.norm_ratios(g)[a, b] == pytest.approx(
+          np.linalg.norm(j[a]) / np.linalg.norm(j[b]), rel=1e-6)
+  total = j.sum(0)
+  np.testing.assert_allclose(conflicts.update_cosines(g),
+                             [explicit_cos(j[a], total) for a in range(4)], atol=1e-6)
+  negative = sum(explicit_cos(j[a], j[b]) < 0 for a in range(4) for b in range(a + 1, 4))
+  assert conflicts.conflict_fraction(g) == pytest.approx(negative / 6)
+  assert 0 < negative < 6
+
+
+def test_derived_quantities_keep_leading_axes():
+  rng = np.random.default_rng(2)
+  j = rng.normal(size=(5, 7, 3, 20))  # (S, L, T, D)
+  g = np.einsum("sltd,slud->sltu", j, j)
+  cos = conflicts.cosines(g)
+  assert cos.shape == (5, 7, 3, 3)
+  assert cos[4, 6, 0, 2] == pytest.approx(explicit_cos(j[4, 6, 0], j[4, 6, 2]), abs=1e-6)
+  assert conflicts.norms(g).shape == (5, 7, 3)
+  assert conflicts.update_cosines(g).shape == (5, 7, 3)
+  assert conflicts.conflict_fraction(g).shape == (5, 7)
+  assert conflicts.pair_values(cos).shape == (5, 7, 3)
+  assert conflicts.pair_values(cos)[1, 2, 1] == cos[1, 2, 0, 2]  # pairs (0,1), (0,2), (1,2)
+
+
+def test_zero_gradient_gives_nan_not_a_conflict():
+  j = np.array([[1.0, 0.0], [0.0, 0.0], [-1.0, 0.1]])
+  g = gram(j)
+  cos = conflicts.cosines(g)
+  assert np.isnan(cos[0, 1]) and np.isnan(cos[1, 1]) and cos[0, 0] == 1.0
+  assert cos[0, 2] < 0
+  assert conflicts.conflict_fraction(g) == 1.0  # the one defined pair conflicts
+  assert np.isnan(conflicts.update_cosines(g)[1])
+  assert np.isinf(conflicts.norm_ratios(g)[0, 1]) and np.isnan(conflicts.norm_ratios(g)[1, 1])
+  assert np.isnan(conflicts.conflict_fraction(np.zeros((3, 3))))
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def test_block_of_and_module_of():
+  assert [conflicts.block_of(n) for n in LAYERS] == BLOCKS
+  assert conflicts.block_of("decoder/11/self_attn/out/kernel") == "decoder_11"
+  assert conflicts.module_of("encoder/0/attn/query/kernel") == "encoder/0/attn"
+  assert conflicts.module_of("out_mlp/fc1/kernel") == "out_mlp"
+
+
+def test_group_sums_equal_gramian_of_concatenation():
+  rng = np.random.default_rng(3)
+  grads = random_grads(rng)
+  per_leaf = np.stack([gram(g) for g in grads])
+  names, g_block = conflicts.group(per_leaf, LAYERS, by="block")
+  assert names == ["embeddings", "encoder_0", "encoder_1", "decoder_0", "output_mlp"]
+  for b, name in enumerate(names):
+    concat = np.concatenate([g for g, blk in zip(grads, BLOCKS) if blk == name], axis=1)
+    np.testing.assert_allclose(g_block[b], gram(concat), rtol=1e-10)
+  names, g_body = conflicts.group(per_leaf, LAYERS, by="body")
+  assert names == ["body"] and g_body.shape == (1, 3, 3)
+  np.testing.assert_allclose(g_body[0], gram(np.concatenate(grads, axis=1)), rtol=1e-10)
+  names, g_layer = conflicts.group(per_leaf, LAYERS, by="layer")
+  assert names == LAYERS and g_layer is per_leaf
+  # with a leading step axis
+  names, g_steps = conflicts.group(np.stack([per_leaf, 2 * per_leaf]), LAYERS, by="block")
+  np.testing.assert_allclose(g_steps[1], 2 * g_block)
+  with pytest.raises(ValueError, match="valid"):
+    conflicts.group(per_leaf, LAYERS, by="blocks")
+  with pytest.raises(ValueError, match="layer names"):
+    conflicts.group(per_leaf, LAYERS[:-1])
+
+
+def test_ema_matches_gradvac_recursion():
+  x = np.array([0.5, -0.2, np.nan, 0.3])
+  beta = 0.25
+  phi, expected = 0.0, []
+  for v in x:
+    phi = phi if np.isnan(v) else (1 - beta) * phi + beta * v
+    expected.append(phi)
+  np.testing.assert_allclose(conflicts.ema(x, beta), expected)
+  assert conflicts.ema(x, beta, init=None)[0] == 0.5
+  two = conflicts.ema(np.stack([x, -x], axis=1), beta)
+  np.testing.assert_allclose(two[:, 1], -np.array(expected))
+  with pytest.raises(ValueError, match="beta"):
+    conflicts.ema(x, 0.0)
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def chunk_names(workdir):
+  return sorted(n for n in os.listdir(conflicts.store_dir(workdir)) if n.startswith("chunk-"))
+
+
+def test_store_round_trip(tmp_path):
+  wd = str(tmp_path)
+  a = synthetic_store(wd, [0, 5, 10], seed=0)
+  b = synthetic_store(wd, [15, 20], seed=1)
+  assert chunk_names(wd) == ["chunk-000000000-000000010.npz", "chunk-000000015-000000020.npz"]
+  record = conflicts.load(wd)
+  assert record.steps.dtype == np.int64 and record.steps.tolist() == [0, 5, 10, 15, 20]
+  assert record.gramians.dtype == np.float32
+  np.testing.assert_array_equal(record.gramians, np.concatenate([a, b]))
+  assert record.layer_names == tuple(LAYERS) and record.task_names == tuple(TASKS)
+  assert record.cosines(by="body").shape == (5, 1, 3, 3)
+  assert record.cosines(by="block").shape == (5, 5, 3, 3)
+  assert record.pair_names == ["denoise_30~sr_x2", "denoise_30~derain", "sr_x2~derain"]
+  part = conflicts.load(wd, (5, 16))
+  assert part.steps.tolist() == [5, 10, 15]
+  np.testing.assert_array_equal(part.gramians, record.gramians[1:4])
+  assert conflicts.load(wd, (None, 6)).steps.tolist() == [0, 5]
+  assert record.last(2).steps.tolist() == [15, 20]
+
+
+def test_truncate_then_append_has_no_duplicates_or_gaps(tmp_path):
+  wd = str(tmp_path)
+  synthetic_store(wd, list(range(0, 10)), seed=0)
+  synthetic_store(wd, list(range(10, 20)), seed=1)
+  conflicts.truncate_after(wd, 14)  # a resume from the checkpoint at step 15
+  assert chunk_names(wd) == ["chunk-000000000-000000009.npz", "chunk-000000010-000000014.npz"]
+  assert conflicts.load(wd).steps.tolist() == list(range(15))
+  synthetic_store(wd, list(range(15, 25)), seed=2)
+  assert conflicts.load(wd).steps.tolist() == list(range(25))
+  conflicts.truncate_after(wd, -1)
+  assert chunk_names(wd) == []
+  conflicts.truncate_after(str(tmp_path / "fresh"), 0)  # no store yet: nothing to do
+
+
+def test_append_over_stored_steps_replaces_them(tmp_path):
+  wd = str(tmp_path)
+  synthetic_store(wd, [0, 1, 2, 3, 4], seed=0)
+  new = synthetic_store(wd, [3, 4, 5], seed=9)  # a resumed run re-measures steps 3 and 4
+  record = conflicts.load(wd)
+  assert record.steps.tolist() == [0, 1, 2, 3, 4, 5]
+  np.testing.assert_array_equal(record.gramians[3:], new)
+
+
+def test_load_drops_duplicate_steps_defensively(tmp_path):
+  wd = str(tmp_path)
+  grams = synthetic_store(wd, [0, 1, 2, 3], seed=0)
+  # What a crash between writing the shorter chunk and removing the old one leaves behind.
+  np.savez(os.path.join(conflicts.store_dir(wd), "chunk-000000000-000000001.npz"),
+           steps=np.array([0, 1], np.int64), gramians=grams[:2])
+  record = conflicts.load(wd)
+  assert record.steps.tolist() == [0, 1, 2, 3]
+  np.testing.assert_array_equal(record.gramians, grams)
+
+
+def test_append_refuses_mismatching_names_and_shapes(tmp_path):
+  wd = str(tmp_path)
+  synthetic_store(wd, [0])
+  g = np.zeros((1, len(LAYERS), 3, 3), np.float32)
+  with pytest.raises(ValueError, match="task_names .*index 2.*'rain'.*'derain'"):
+    conflicts.append(wd, [1], g, LAYERS, TASKS[:2] + ["rain"])
+  with pytest.raises(ValueError, match="layer_names"):
+    conflicts.append(wd, [1], g[:, 1:], LAYERS[1:], TASKS)
+  with pytest.raises(ValueError, match="expected"):
+    conflicts.append(wd, [1, 2], g, LAYERS, TASKS)
+  with pytest.raises(ValueError, match="strictly increasing"):
+    conflicts.append(wd, [3, 2], np.concatenate([g, g]), LAYERS, TASKS)
+  assert conflicts.load(wd).steps.tolist() == [0]
+
+
+def test_clear_errors(tmp_path):
+  wd = str(tmp_path)
+  with pytest.raises(ValueError, match=f"no conflict store in {wd}"):
+    conflicts.load(wd)
+  synthetic_store(wd, [0, 10, 20])
+  with pytest.raises(ValueError, match="outside the stored steps 0..20"):
+    conflicts.load(wd, (30, 40))
+  with pytest.raises(ValueError, match="selects no probe step"):
+    conflicts.load(wd, (11, 19))
+  with pytest.raises(ValueError, match="START must be < END"):
+    conflicts.load(wd, (10, 10))
+  with pytest.raises(ValueError, match="not START:END"):
+    conflicts.parse_step_range("10-20")
+  assert conflicts.parse_step_range("10:") == (10, None)
+  assert conflicts.parse_step_range("") is None
+  chunk = os.path.join(conflicts.store_dir(wd), chunk_names(wd)[0])
+  with open(chunk, "rb") as f:
+    data = f.read()
+  with open(chunk, "wb") as f:
+    f.write(data[: len(data) // 2])  # truncated by a crash outside our atomic write
+  with pytest.raises(ValueError, match=f"corrupt conflict chunk {chunk}") as info:
+    conflicts.load(wd)
+  assert "\n" not in str(info.value)
+  meta = os.path.join(conflicts.store_dir(wd), "meta.json")
+  with open(meta, "w") as f:
+    f.write("{not json")
+  with pytest.raises(ValueError, match="corrupt conflict store meta"):
+    conflicts.load(wd)
+
+
+def test_truncate_removes_crashed_temporary_files(tmp_path):
+  wd = str(tmp_path)
+  synthetic_store(wd, [0, 1])
+  leftover = os.path.join(conflicts.store_dir(wd), "chunk-000000002-000000003.npz.tmp-123")
+  open(leftover, "wb").close()
+  assert conflicts.load(wd).steps.tolist() == [0, 1]  # ignored by load
+  conflicts.truncate_after(wd, 5)
+  assert not os.path.exists(leftover)
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def test_summarize_numbers(tmp_path):
+  rng = np.random.default_rng(5)
+  steps, grams, body_cos = [], [], []
+  for s in range(8):
+    grads = random_grads(rng)
+    concat = np.concatenate(grads, axis=1)
+    body_cos.append([explicit_cos(concat[a], concat[b]) for a, b in [(0, 1), (0, 2), (1, 2)]])
+    steps.append(10 * s)
+    grams.append(np.stack([gram(g) for g in grads]))
+  conflicts.append(str(tmp_path), steps, np.stack(grams).astype(np.float32), LAYERS, TASKS)
+  record = conflicts.load(str(tmp_path))
+  body_cos = np.array(body_cos)
+  out = conflicts.summarize(record)
+  assert out["steps"] == {"first": 0, "last": 70, "count": 8}
+  for k, pair in enumerate(record.pair_names):
+    assert out["pair"][pair]["mean_cos"] == pytest.approx(body_cos[:, k].mean(), abs=1e-5)
+    assert out["pair"][pair]["conflict_fraction"] == pytest.approx((body_cos[:, k] < 0).mean())
+  assert out["mean_cos"][2][1] == pytest.approx(body_cos[:, 2].mean(), abs=1e-5)
+  assert out["conflict_fraction"] == pytest.approx((body_cos < 0).mean())
+  norms = [np.mean([np.sqrt(g[:, t, t].sum()) for g in grams]) for t in range(3)]
+  assert [out["mean_norm"][t] for t in TASKS] == pytest.approx(norms, rel=1e-5)
+  last3 = conflicts.summarize(record, window=3)
+  assert last3["steps"]["count"] == 3
+  assert last3["pair"]["sr_x2~derain"]["mean_cos"] == pytest.approx(body_cos[-3:, 2].mean(),
+                                                                    abs=1e-5)
+  text = conflicts.format_summary(out)
+  assert "sr_x2~derain" in text and "steps 0-70 (8 probes)" in text

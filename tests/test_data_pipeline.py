@@ -1,0 +1,168 @@
+"""The training input pipeline: shapes per task, determinism, process shards, schedules, real
+sub-windows, streak layers, the threaded iterator."""
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtl import tasks
+from mtl.data import pipeline, sources
+
+TASKS = ("denoise_30", "sr_x2", "sr_x3", "derain")
+
+
+@pytest.fixture(scope="module")
+def images():
+  """Distinct random images (every window unique), one smaller than the SR x3 crop."""
+  rng = np.random.default_rng(0)
+  return [rng.integers(0, 256, shape, dtype=np.uint8)
+          for shape in ((200, 230, 3), (160, 150, 3), (150, 210, 3), (100, 120, 3))]
+
+
+def _specs(names=TASKS):
+  return tasks.get_all(names)
+
+
+def _batch(images, step=0, seed=0, batch_size=4, **kwargs):
+  return pipeline.batch_for_step(images, _specs(kwargs.pop("names", TASKS)), 48, batch_size, seed,
+                                 step, **kwargs)
+
+
+def _assert_batches_equal(a, b):
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_shapes_and_dtype_per_task(images):
+  batch = _batch(images)
+  assert list(batch) == list(TASKS)
+  assert batch["denoise_30"].shape == (4, 48, 48, 3)
+  assert batch["sr_x2"].shape == (4, 96, 96, 3)
+  assert batch["sr_x3"].shape == (4, 144, 144, 3)
+  assert batch["derain"].shape == (4, 48, 48, 3)
+  assert all(v.dtype == np.uint8 for v in batch.values())
+
+
+def test_deterministic_in_seed_and_step(images):
+  _assert_batches_equal(_batch(images, step=3), _batch(images, step=3))
+  for other in (_batch(images, step=4), _batch(images, step=3, seed=1)):
+    for name in TASKS:
+      assert not np.array_equal(_batch(images, step=3)[name], other[name])
+
+
+def test_tasks_are_keyed_by_name_not_position(images):
+  joint = _batch(images, step=2)
+  alone = _batch(images, step=2, names=("sr_x2",))
+  reordered = _batch(images, step=2, names=("derain", "sr_x2"))
+  np.testing.assert_array_equal(joint["sr_x2"], alone["sr_x2"])
+  np.testing.assert_array_equal(joint["sr_x2"], reordered["sr_x2"])
+
+
+def test_process_shards_union_is_the_global_batch(images):
+  full = _batch(images, step=5, batch_size=8)
+  shards = [_batch(images, step=5, batch_size=8, process_index=p, process_count=2) for p in (0, 1)]
+  for name in TASKS:
+    assert shards[0][name].shape[0] == 4
+    np.testing.assert_array_equal(np.concatenate([s[name] for s in shards]), full[name])
+  with pytest.raises(ValueError, match="data.batch_size=6 must be a positive multiple of the "
+                                       "process count 4"):
+    _batch(images, batch_size=6, process_index=0, process_count=4)
+
+
+def test_one_schedule_picks_one_task_deterministically(images):
+  chosen = []
+  for step in range(40):
+    batch = _batch(images, step=step, schedule="one")
+    assert len(batch) == 1
+    name = next(iter(batch))
+    assert name == TASKS[pipeline.task_for_step(0, step, len(TASKS))]
+    _assert_batches_equal(batch, _batch(images, step=step, schedule="one"))
+    np.testing.assert_array_equal(batch[name], _batch(images, step=step)[name])
+    chosen.append(name)
+  assert set(chosen) == set(TASKS)
+  with pytest.raises(ValueError, match="schedule='some'; valid: all, one"):
+    _batch(images, schedule="some")
+
+
+def _dihedral(window):
+  flips = (window, window[:, ::-1])
+  return [np.rot90(w, k) for w in flips for k in range(4)]
+
+
+def _locate(crop, image):
+  """(top, left) of the window of `image` that `crop` is, up to flip / 90-degree rotation."""
+  side = crop.shape[0]
+  for candidate in _dihedral(crop):   # one of these undoes the crop's transform
+    for top, left in np.argwhere((image == candidate[0, 0]).all(axis=-1)):
+      if np.array_equal(image[top:top + side, left:left + side], candidate):
+        return top, left
+  return None
+
+
+def test_crops_are_real_sub_windows_up_to_flip_and_rotation(images):
+  batch = _batch(images[:3], step=1, batch_size=6, names=("denoise_30", "sr_x2"))
+  found = 0
+  for crops in batch.values():
+    for crop in crops:
+      found += any(_locate(crop, image) is not None for image in images[:3])
+  assert found == 12
+  assert _locate(images[3][:48, :48], images[0]) is None   # the check can fail
+
+
+def test_small_images_are_reflect_padded(images):
+  tiny = [np.random.default_rng(3).integers(0, 256, (30, 40, 3), dtype=np.uint8)]
+  batch = _batch(tiny, names=("sr_x2",))
+  assert batch["sr_x2"].shape == (4, 96, 96, 3)
+  padded = np.pad(tiny[0], [(0, 66), (0, 56), (0, 0)], mode="symmetric")
+  for crop in batch["sr_x2"]:
+    assert any(np.array_equal(crop, c) for c in _dihedral(padded[:96, :96]))
+
+
+def test_real_streak_layers(tmp_path, images):
+  rng = np.random.default_rng(4)
+  grey = rng.integers(0, 256, (70, 90), dtype=np.uint8)
+  Image.fromarray(grey).save(tmp_path / "rainstreak-1.png")
+  Image.fromarray(np.repeat(grey[..., None], 3, -1)).save(tmp_path / "rainstreak-2.png")
+  Image.fromarray(grey).save(tmp_path / "norain-1.png")   # not a streak layer
+  layers = pipeline.load_streak_layers(str(tmp_path))
+  assert len(layers) == 2 and all(l.dtype == np.uint8 and l.shape == (70, 90) for l in layers)
+  np.testing.assert_array_equal(layers[1], grey)
+  with_streaks = _batch(images, streaks=layers)
+  assert sorted(with_streaks) == sorted(TASKS + ("derain:streaks",))
+  streaks = with_streaks["derain:streaks"]
+  assert streaks.shape == (4, 48, 48) and streaks.dtype == np.uint8
+  for crop in streaks:
+    assert _locate(crop[..., None], grey[..., None]) is not None
+  # The clean crops do not depend on whether streaks are drawn.
+  _assert_batches_equal({k: v for k, v in with_streaks.items() if ":" not in k}, _batch(images))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="no rain streak layers"):
+    pipeline.load_streak_layers(str(tmp_path / "empty"))
+
+
+def test_train_batches_match_batch_for_step_and_resume(images):
+  specs = _specs()
+  stream = list(pipeline.train_batches(images, specs, 48, 4, 7, start_step=0, num_steps=6,
+                                       num_threads=2, prefetch=3))
+  assert [step for step, _ in stream] == list(range(6))
+  for step, batch in stream:
+    _assert_batches_equal(batch, pipeline.batch_for_step(images, specs, 48, 4, 7, step))
+  resumed = pipeline.train_batches(images, specs, 48, 4, 7, start_step=4, num_steps=2)
+  for (step, batch), (_, expected) in zip(resumed, stream[4:]):
+    _assert_batches_equal(batch, expected)
+  forever = pipeline.train_batches(images, specs, 48, 4, 7, start_step=100, num_threads=0)
+  assert [next(forever)[0] for _ in range(3)] == [100, 101, 102]
+  with pytest.raises(ValueError, match="multiple of the process count 3"):
+    pipeline.train_batches(images, specs, 48, 4, 7, process_count=3)
+
+
+def test_photos_source_feeds_the_pipeline_and_throughput(tmp_path):
+  data_cfg = ml_collections.ConfigDict({"source": "photos", "tfds_dir": str(tmp_path)})
+  photos = sources.open_images(data_cfg, "train")
+  specs = _specs(("denoise_30", "sr_x2", "derain"))
+  batch = pipeline.batch_for_step(photos, specs, 48, 8, 0, 0)
+  assert {k: v.shape for k, v in batch.items()} == {
+      "denoise_30": (8, 48, 48, 3), "sr_x2": (8, 96, 96, 3), "derain": (8, 48, 48, 3)}
+  rate = pipeline.measure_throughput(photos, specs, 48, 8, num_steps=10, warmup_steps=2)
+  assert rate > 100   # crops per second; thousands on a laptop core

@@ -1,0 +1,232 @@
+"""TFDS builders and sources: the embedded photographs, a user folder, a prepared TFDS dataset by
+name; built offline into tmp dirs and read back."""
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtl.data import folder, photos, sources
+
+
+def _data_cfg(tfds_dir, **fields):
+  defaults = dict(source="photos", folder="", tfds_name="", tfds_split="train")
+  return ml_collections.ConfigDict({**defaults, "tfds_dir": str(tfds_dir), **fields})
+
+
+def _records(builder, split):
+  return {r["name"].decode(): r["image"] for r in builder.as_data_source(split)}
+
+
+@pytest.fixture(scope="module")
+def photos_dir(tmp_path_factory):
+  tfds_dir = tmp_path_factory.mktemp("tfds")
+  sources.photos_builder(str(tfds_dir))
+  return tfds_dir
+
+
+# ----------------------------------------------------------------------------- photos
+
+
+def test_photos_splits_are_fixed_disjoint_and_complete(photos_dir):
+  builder = sources.photos_builder(str(photos_dir))
+  train, test = _records(builder, "train"), _records(builder, "test")
+  validation = _records(builder, "validation")
+  assert sorted(test) == ["chelsea", "coffee", "rocket"]
+  assert sorted(validation) == ["astronaut"]
+  assert sorted(train) == ["hubble_deep_field", "ihc", "motorcycle_left", "motorcycle_right",
+                           "retina"]
+  assert set(train) | set(test) | set(validation) == set(photos.PHOTO_FILES)
+  for image in list(train.values()) + list(test.values()):
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
+  assert validation["astronaut"].shape == (512, 512, 3)
+  assert test["chelsea"].shape == (300, 451, 3)
+  np.testing.assert_array_equal(validation["astronaut"], np.asarray(Image.open(
+      photos.photo_path("astronaut")).convert("RGB")))
+  assert os.path.isdir(photos_dir / "mtl_photos" / "1.1.0")
+
+
+def test_open_images_photos_reuses_the_build_and_caches(photos_dir):
+  version_dir = photos_dir / "mtl_photos" / "1.1.0"
+  built_at = os.stat(version_dir).st_mtime_ns
+  images = sources.open_images(_data_cfg(photos_dir), "train")
+  assert os.stat(version_dir).st_mtime_ns == built_at   # reused, not rebuilt
+  assert len(images) == 5
+  first = images[0]
+  assert first is images[0]                              # decoded once, kept in memory
+  assert first.dtype == np.uint8 and first.shape[-1] == 3 and not first.flags.writeable
+  uncached = sources.open_images(_data_cfg(photos_dir), "train", cache_mb=0)
+  assert uncached[0] is not uncached[0]
+  np.testing.assert_array_equal(uncached[0], first)
+  assert len(sources.open_images(_data_cfg(photos_dir), "test")) == 3
+
+
+def test_tfds_source_reads_a_prepared_dataset_by_name(photos_dir):
+  by_name = sources.open_images(_data_cfg(photos_dir, source="tfds", tfds_name="mtl_photos",
+                                          tfds_split="test"), "train")
+  embedded = sources.open_images(_data_cfg(photos_dir), "test")
+  assert len(by_name) == len(embedded) == 3
+  for i in range(3):
+    np.testing.assert_array_equal(by_name[i], embedded[i])
+
+
+def test_tfds_source_errors(tmp_path, photos_dir):
+  with pytest.raises(FileNotFoundError, match="not prepared in .*tfds build mtl_photos"):
+    sources.open_images(_data_cfg(tmp_path, source="tfds", tfds_name="mtl_photos"))
+  with pytest.raises(ValueError, match="'no_such_dataset_xyz' is neither"):
+    sources.open_images(_data_cfg(tmp_path, source="tfds", tfds_name="no_such_dataset_xyz"))
+  with pytest.raises(ValueError, match="split 'val' not in photos; its splits: test, train, "
+                                       "validation"):
+    sources.open_images(_data_cfg(photos_dir), "val")
+
+
+def test_unknown_source_lists_the_valid_ones(tmp_path):
+  expected = "data.source='imagenet'; valid sources: photos, folder, tfds"
+  with pytest.raises(ValueError, match=expected):
+    sources.open_images(_data_cfg(tmp_path, source="imagenet"))
+
+
+def test_tfds_dir_resolution(monkeypatch):
+  monkeypatch.delenv("MTL_TFDS_DIR", raising=False)
+  assert sources.tfds_dir(_data_cfg("/data/tfds")) == "/data/tfds"
+  assert sources.tfds_dir(_data_cfg("")) == os.path.expanduser("~/.cache/mtl/tensorflow_datasets")
+  monkeypatch.setenv("MTL_TFDS_DIR", "/scratch/tfds")
+  assert sources.tfds_dir(_data_cfg("")) == "/scratch/tfds"
+  assert sources.tfds_dir(None) == "/scratch/tfds"
+
+
+def test_two_processes_building_at_once_agree(tmp_path):
+  code = ("import sys; from mtl.data import benchmarks; "
+          "print(','.join(n for n, _ in benchmarks.photos_testset("
+          "__import__('ml_collections').ConfigDict({'tfds_dir': sys.argv[1]}))))")
+  env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outputs = [p.communicate(timeout=120) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1] == "chelsea,coffee,rocket"
+  assert os.listdir(tmp_path / "mtl_photos") == ["1.1.0"]   # no leftover incomplete dirs
+
+
+# ----------------------------------------------------------------------------- folder
+
+
+def _write_folder(root):
+  """A nested folder of formats and modes; returns {relative name: expected RGB array}."""
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  grey = rng.integers(0, 256, (30, 20), dtype=np.uint8)
+  rgba = rng.integers(0, 256, (25, 35, 4), dtype=np.uint8)
+  smooth = np.broadcast_to(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (48, 64, 3))
+  (root / "sub" / "deeper").mkdir(parents=True)
+  Image.fromarray(rgb).save(root / "a.png")
+  Image.fromarray(grey).save(root / "sub" / "grey.png")
+  Image.fromarray(rgba).save(root / "sub" / "alpha.png")
+  Image.fromarray(rgb).save(root / "sub" / "deeper" / "c.bmp")
+  Image.fromarray(np.ascontiguousarray(smooth)).save(root / "sub" / "photo.JPG", quality=95)
+  (root / "notes.txt").write_text("not an image")
+  (root / ".hidden.png").write_bytes(b"AppleDouble junk")
+  return {"a.png": rgb, "sub/grey.png": np.repeat(grey[..., None], 3, -1),
+          "sub/alpha.png": rgba[..., :3], "sub/deeper/c.bmp": rgb, "sub/photo.JPG": smooth}
+
+
+def test_folder_builds_recursively_with_formats_grey_and_alpha(tmp_path):
+  expected = _write_folder(tmp_path / "imgs")
+  builder = sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), tile=0)
+  records = _records(builder, "train")
+  assert sorted(records) == sorted(expected)
+  for name, image in records.items():
+    assert image.dtype == np.uint8 and image.shape == expected[name].shape
+    if name.endswith(".JPG"):
+      assert np.abs(image.astype(int) - expected[name]).max() <= 8   # lossy
+    else:
+      np.testing.assert_array_equal(image, expected[name])
+  config = builder.builder_config
+  assert config.description == str(tmp_path / "imgs")
+  assert config.name.startswith("imgs_") and len(config.name) == len("imgs_") + 8
+  assert os.path.isdir(tmp_path / "tfds" / "mtl_folder" / config.name / "1.0.0")
+
+
+def test_folder_tiles_cover_each_image(tmp_path):
+  image = np.random.default_rng(1).integers(0, 256, (300, 200, 3), dtype=np.uint8)
+  (tmp_path / "imgs").mkdir()
+  Image.fromarray(image).save(tmp_path / "imgs" / "big.png")
+  builder = sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), tile=128)
+  records = _records(builder, "train")
+  assert folder.tile_origins(300, 128) == [0, 86, 172] and folder.tile_origins(200, 128) == [0, 72]
+  assert len(records) == 6
+  rebuilt = np.zeros_like(image)
+  for name, tile in records.items():
+    top, left = map(int, name.split("@")[1].split(","))
+    assert tile.shape == (128, 128, 3)
+    rebuilt[top:top + 128, left:left + 128] = tile
+  np.testing.assert_array_equal(rebuilt, image)
+
+
+def test_folder_validation_hold_out_is_deterministic(tmp_path):
+  (tmp_path / "imgs").mkdir()
+  for i in range(10):
+    Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / "imgs" / f"{i:02d}.png")
+  builder = sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), 0.2)
+  train, validation = _records(builder, "train"), _records(builder, "validation")
+  assert len(train) == 8 and len(validation) == 2 and not set(train) & set(validation)
+  names = sorted(f"{i:02d}.png" for i in range(10))
+  assert folder.split_validation(names[::-1], 0.2)[1] == sorted(validation)
+  # The hold-out config is keyed apart from the whole-folder one.
+  whole = sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
+  assert whole.builder_config.name != builder.builder_config.name
+  assert len(_records(whole, "train")) == 10
+
+
+def test_two_folders_do_not_collide(tmp_path):
+  for side, name in ((8, "x/imgs"), (9, "y/imgs")):
+    (tmp_path / name).mkdir(parents=True)
+    Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(tmp_path / name / "a.png")
+  shapes = []
+  for name in ("x/imgs", "y/imgs"):
+    cfg = _data_cfg(tmp_path / "tfds", source="folder", folder=str(tmp_path / name))
+    shapes.append(sources.open_images(cfg)[0].shape)
+  assert shapes == [(8, 8, 3), (9, 9, 3)]
+
+
+def test_folder_errors_name_the_path(tmp_path):
+  tfds_dir = str(tmp_path / "tfds")
+  missing = str(tmp_path / "missing")
+  with pytest.raises(FileNotFoundError, match=f"^image folder {missing} does not exist"):
+    sources.folder_builder(missing, tfds_dir)
+  (tmp_path / "empty" / "sub").mkdir(parents=True)
+  (tmp_path / "empty" / "readme.txt").write_text("no images here")
+  with pytest.raises(ValueError, match=f"^image folder {tmp_path / 'empty'} holds no images"):
+    sources.folder_builder(str(tmp_path / "empty"), tfds_dir)
+  (tmp_path / "bad").mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "bad" / "good.png")
+  (tmp_path / "bad" / "broken.png").write_bytes(b"\x89PNG not really")
+  with pytest.raises(ValueError, match=f"cannot read image {tmp_path / 'bad' / 'broken.png'}"):
+    sources.folder_builder(str(tmp_path / "bad"), tfds_dir)
+  with pytest.raises(ValueError, match="data.source='folder' needs data.folder"):
+    sources.open_images(_data_cfg(tfds_dir, source="folder"))
+
+
+def test_folder_changed_after_build_is_an_error(tmp_path):
+  (tmp_path / "imgs").mkdir()
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+  sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "b.png")
+  with pytest.raises(ValueError, match="changed since its dataset was built"):
+    sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
+
+
+def test_read_rgb_16_bit_and_palette(tmp_path):
+  deep = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000)
+  Image.fromarray(deep).save(tmp_path / "deep.png")
+  image = folder.read_rgb(str(tmp_path / "deep.png"))
+  np.testing.assert_array_equal(image[..., 0], np.round(deep / 257.0).astype(np.uint8))
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).convert("P").save(tmp_path / "pal.gif")
+  (tmp_path / "pal.webp").write_bytes(b"")  # empty file: unreadable
+  with pytest.raises(ValueError, match="cannot read image .*pal.webp"):
+    folder.read_rgb(str(tmp_path / "pal.webp"))

@@ -1,0 +1,147 @@
+"""The train step: probe Gramians equal independently taken per-task gradients; devices agree."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.data
+
+from experiments import tiny
+from mtl import conflicts, degradations, losses, sharding, train
+
+TASKS = ("denoise_30", "sr_x2", "derain")
+
+
+def _config(data=1, **overrides):
+  config = tiny.get_config()
+  config.tasks = TASKS
+  config.data.batch_size = 8
+  config.mesh.data = data
+  config.optim.warmup_steps = 0
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _batch(config, run, step=0):
+  """Real photo crops (astronaut), one sub-batch per task, HR side per task."""
+  photo = skimage.data.astronaut()
+  rng = np.random.default_rng(step)
+  batch = {}
+  for spec in run.model.specs:
+    side = spec.hr_crop(config.model.patch_size)
+    ys, xs = rng.integers(0, photo.shape[0] - side, (2, config.data.batch_size))
+    batch[spec.name] = np.stack([photo[y:y + side, x:x + side] for y, x in zip(ys, xs)])
+  return batch
+
+
+def _independent_task_grads(run, config, params, batch, step):
+  """Each task's gradient of its own loss alone, w.r.t. the body: plain jax.grad per task."""
+  key = jax.random.fold_in(jax.random.key(config.seed), step)
+  grads = []
+  for tid, spec in enumerate(run.model.specs):
+    inputs, targets = degradations.degrade(spec, jax.random.fold_in(key, tid),
+                                           batch[spec.name], config.degrade)
+    def task_loss(body):
+      out = run.model.apply(dict(params, body=body), spec.name, inputs)
+      return losses.l1(out, targets)
+    grads.append(jax.grad(task_loss)(params["body"]))
+  return grads
+
+
+def _leaf_gramians(grads):
+  leaves = [jax.tree_util.tree_leaves(g) for g in grads]
+  flat = [[np.asarray(l, np.float64).ravel() for l in task] for task in leaves]
+  return np.array([[[flat[i][l] @ flat[j][l] for j in range(len(grads))]
+                    for i in range(len(grads))] for l in range(len(leaves[0]))])
+
+
+@pytest.mark.parametrize("devices", [1, 8])
+def test_probe_gramians_equal_independent_per_task_gradients(devices):
+  config = _config(data=devices)
+  run = train.build(config)
+  with jax.set_mesh(run.mesh):
+    state = run.init_state()
+    params = jax.device_get(state.params)
+    batch = _batch(config, run)
+    step = jax.jit(train.make_step(run.model, config, run.optimizer, run.model.task_names,
+                                   probe=True))
+    _, metrics, grams = step(state, sharding.to_global(batch, run.mesh))
+  expected = _leaf_gramians(_independent_task_grads(run, config, params, batch, 0))
+  grams = np.asarray(grams, np.float64)
+  assert grams.shape == expected.shape == (len(conflicts.shared_layer_names(params["body"])), 3, 3)
+  # Per leaf, float32 summation order alone moves a squared norm by ~2e-5 relative (the same
+  # jax.grad, jitted vs eager, differs that much), so leaves are held to 1e-4 ...
+  scale = np.abs(expected).max(axis=(1, 2), keepdims=True)
+  np.testing.assert_allclose(grams / scale, expected / scale, atol=1e-4)
+  # ... and the whole body's cosines and norms, as the analyzer reports them, to 1e-5.
+  body, body_expected = grams.sum(0), expected.sum(0)
+  cos = body / np.sqrt(np.outer(np.diag(body), np.diag(body)))
+  cos_expected = body_expected / np.sqrt(np.outer(np.diag(body_expected), np.diag(body_expected)))
+  np.testing.assert_allclose(cos, cos_expected, atol=1e-5)
+  np.testing.assert_allclose(np.sqrt(np.diag(body)), np.sqrt(np.diag(body_expected)), rtol=1e-5)
+
+
+def test_probe_step_makes_the_same_update_as_the_plain_step():
+  """Summed per-task body gradients are the update's gradient (plain SGD shows it unamplified)."""
+  import optax
+  config = _config()
+  run = train.build(config)
+  sgd = optax.sgd(1.0)
+  with jax.set_mesh(run.mesh):
+    batch = sharding.to_global(_batch(config, run), run.mesh)
+    start = run.init_state()
+    start = start.replace(opt_state=sgd.init(start.params))
+    names = run.model.task_names
+    plain, m_plain = jax.jit(train.make_step(run.model, config, sgd, names))(start, batch)
+    probed, m_probe, _ = jax.jit(train.make_step(run.model, config, sgd, names, probe=True))(
+        start, batch)
+  assert float(m_plain["loss/total"]) == pytest.approx(float(m_probe["loss/total"]), rel=1e-6)
+  assert float(m_plain["grad_norm"]) == pytest.approx(float(m_probe["grad_norm"]), rel=1e-5)
+  deltas = lambda s: jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b),
+                                            s.params["body"], start.params["body"])
+  for a, b in zip(jax.tree_util.tree_leaves(deltas(plain)), jax.tree_util.tree_leaves(deltas(probed))):
+    np.testing.assert_allclose(a, b, atol=1e-4 * np.abs(a).max())
+
+
+def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
+  results = []
+  for devices in (1, 8):
+    config = _config(data=devices)
+    run = train.build(config)
+    with jax.set_mesh(run.mesh):
+      step = jax.jit(train.make_step(run.model, config, run.optimizer, run.model.task_names))
+      state = run.init_state()
+      for s in range(2):
+        state, metrics = step(state, sharding.to_global(_batch(config, run, s), run.mesh))
+      results.append((float(metrics["loss/total"]), jax.device_get(state.params)))
+  (loss1, params1), (loss8, params8) = results
+  assert loss8 == pytest.approx(loss1, rel=1e-5)
+  # Adam divides by sqrt(v): where a gradient is ~0 its float32 noise moves a parameter by up to
+  # ~lr, so parameters agree to a fraction of lr (1e-3 here), not to float32 epsilon.
+  for a, b in zip(jax.tree_util.tree_leaves(params1), jax.tree_util.tree_leaves(params8)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_contrastive_loss_is_low_when_tokens_cluster_by_image():
+  clustered = jnp.repeat(jnp.eye(4)[:, None, :], 5, axis=1) + 0.01 * jax.random.normal(
+      jax.random.key(0), (4, 5, 4))
+  mixed = jax.random.normal(jax.random.key(1), (4, 5, 4))
+  assert losses.supervised_contrastive(clustered) < losses.supervised_contrastive(mixed)
+  # With identical positives and orthogonal negatives the loss is the log of the candidates
+  # count minus the positives' share: log((n-1) + (b-1) n e^{-1/t}) - 1/t + 1/t ... checked numerically.
+  exact = jnp.repeat(jnp.eye(4)[:, None, :], 5, axis=1)
+  t = 0.07
+  n, b = 5, 4
+  expected = -np.log(np.exp(1 / t) / ((n - 1) * np.exp(1 / t) + (b - 1) * n * np.exp(0)))
+  assert float(losses.supervised_contrastive(exact, t)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_bad_configs_are_refused_with_valid_choices():
+  with pytest.raises(ValueError, match="unknown task 'sr_x5'"):
+    train.validate(_config(tasks=("sr_x5",)))
+  with pytest.raises(ValueError, match="no tasks"):
+    train.validate(_config(tasks=()))
+  with pytest.raises(ValueError, match="regime='scratch' trains one task"):
+    train.validate(_config(regime="scratch"))
+  with pytest.raises(ValueError, match="schedule='mixed'; valid: all, one"):
+    train.validate(_config(schedule="mixed"))
