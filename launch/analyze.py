@@ -1,6 +1,13 @@
-"""Redraw and summarize the gradient conflicts a run has stored.
+"""Redraw and summarize the gradient conflicts a run has stored, or measure a saved model's.
 
   python launch/analyze.py --workdir=/tmp/mtl/tiny [--step_range=START:END] [--window=N]
+  python launch/analyze.py --checkpoint=/tmp/mtl/tiny --config=experiments/tiny.py \
+      [--num_batches=8] [--out=DIR]
+
+Checkpoint mode: restores the parameters of the latest checkpoint under --checkpoint (a run's
+workdir or its checkpoints/ folder), measures the per-task gradient Gramians on --num_batches
+fresh batches (no training), writes them as a conflict store into --out (default
+<checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread.
 
 Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optional),
 redraws the figures into <workdir>/conflicts/ (file names: see mtl/plots.py), writes the
@@ -14,14 +21,18 @@ import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `mtl` without installing)
 from absl import app, flags
+from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Directory of the run (holds conflicts/store/).")
+flags.DEFINE_string("checkpoint", None, "Measure this saved model instead (needs --config).")
+config_flags.DEFINE_config_file("config", None, "Config of the checkpoint's model and data.")
+flags.DEFINE_integer("num_batches", 8, "Checkpoint mode: fresh batches to probe.", lower_bound=1)
+flags.DEFINE_string("out", None, "Checkpoint mode: output folder.")
 flags.DEFINE_string("step_range", "", "Probe steps START:END to load, half-open; '' for all.")
 flags.DEFINE_integer("window", 0, "Average the summary and averaged figures over the last N "
                      "probe steps; 0 for all.", lower_bound=0)
 flags.DEFINE_float("ema_beta", 0.1, "GradVac EMA beta for the curves (0 for none).",
                    lower_bound=0.0, upper_bound=1.0)
-flags.mark_flags_as_required(["workdir"])
 
 
 def analyze(workdir, step_range="", window=0, ema_beta=0.1):
@@ -47,14 +58,41 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1):
   return text + "\nfigures: " + ", ".join(os.path.relpath(p, workdir) for p in paths)
 
 
+def measure(checkpoint, config, num_batches, out=None):
+  """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
+  import numpy as np
+  from mtl import conflicts, train
+  if not os.path.isdir(checkpoint):
+    raise ValueError(f"--checkpoint={checkpoint} is not a directory")
+  steps, grams, layers, tasks, ckpt_step = train.measure_conflicts(config, checkpoint, num_batches)
+  run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
+      checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
+  out = out or os.path.join(run_dir, "analysis", f"step-{ckpt_step}")
+  if os.path.isdir(os.path.join(out, "conflicts", "store")):
+    raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
+  conflicts.append(out, steps, grams, layers, tasks)
+  cos = conflicts.pair_values(conflicts.cosines(grams.sum(1)))
+  lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh batches"]
+  for k, pair in enumerate(conflicts.pair_names(tasks)):
+    lines.append(f"  {pair:<28} mean {np.mean(cos[:, k]):+.4f}  std {np.std(cos[:, k]):.4f}")
+  return "\n".join(lines) + "\n" + analyze(out)
+
+
 def main(argv):
   if len(argv) > 1:
     print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
     sys.exit(1)
   f = flags.FLAGS
   try:
-    print(analyze(f.workdir, f.step_range, f.window, f.ema_beta), flush=True)
-  except ValueError as error:
+    if f.checkpoint:
+      if f.config is None:
+        raise ValueError("--checkpoint needs --config=<the run's config file>")
+      print(measure(f.checkpoint, f.config, f.num_batches, f.out), flush=True)
+    elif f.workdir:
+      print(analyze(f.workdir, f.step_range, f.window, f.ema_beta), flush=True)
+    else:
+      raise ValueError("pass --workdir=<run> (redraw its store) or --checkpoint=<run> --config=...")
+  except (ValueError, FileNotFoundError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
 

@@ -326,33 +326,38 @@ def train_and_evaluate(config, workdir):
         schedule=config.schedule, streaks=streaks)
     probe_buffer, pending = [], []
     step, started = start, time.time()
-    with _Preemption() as preemption:
-      for step, local_batch in batches:
-        batch = sharding.to_global(local_batch, run.mesh)
-        task_names = tuple(n for n in names if n in local_batch)
-        if probe_every and step % probe_every == 0:
-          state, metrics, grams = probe_step(state, batch)
-          probe_buffer.append((step, grams[np.asarray(order)]))
-        else:
-          state, metrics = plain_step(task_names)(state, batch)
-        pending.append((step, metrics))
-        done = step + 1
-        if done % config.log_every == 0 or done == config.total_steps:
-          _log_metrics(pending, writer, progress, run.schedule, done)
-          pending = []
-        if (done % config.checkpoint_every == 0 or done == config.total_steps
-            or preemption.requested):
-          _log_metrics(pending, writer, progress, run.schedule, done)
-          pending = []
-          _flush_probes(workdir, probe_buffer, layer_names, names, is_writer)
-          probe_buffer = []
-          checkpoints.save(mngr, done, state, force=True)
-        if (config.eval_every and done % config.eval_every == 0 and done < config.total_steps):
-          evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer)
-        if preemption.requested:
-          break
-    mngr.wait_until_finished()
-    mngr.close()
+    try:
+      with _Preemption() as preemption:
+        for step, local_batch in batches:
+          batch = sharding.to_global(local_batch, run.mesh)
+          task_names = tuple(n for n in names if n in local_batch)
+          if probe_every and step % probe_every == 0:
+            state, metrics, grams = probe_step(state, batch)
+            probe_buffer.append((step, grams[np.asarray(order)]))
+          else:
+            state, metrics = plain_step(task_names)(state, batch)
+          pending.append((step, metrics))
+          done = step + 1
+          checkpoint_now = (done % config.checkpoint_every == 0 or done == config.total_steps
+                            or preemption.requested)
+          if done % config.log_every == 0 or checkpoint_now:
+            _log_metrics(pending, writer, progress, run.schedule, done)
+            pending = []
+          if checkpoint_now:
+            if not bool(_all_finite(state.params)):
+              raise NonFiniteLoss(f"non-finite parameters after step {step}: training stopped; "
+                                  "the last good checkpoint is kept. Lower optim.lr or set "
+                                  "optim.grad_clip")
+            _flush_probes(workdir, probe_buffer, layer_names, names, is_writer)
+            probe_buffer = []
+            checkpoints.save(mngr, done, state, force=True)
+          if config.eval_every and done % config.eval_every == 0 and done < config.total_steps:
+            evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer)
+          if preemption.requested:
+            break
+    finally:  # a save in flight completes even when training stops on an error
+      mngr.wait_until_finished()
+      mngr.close()
     final_step = int(state.step)
     if is_writer:
       _record_compute(workdir, run, config, state, probe_step if probe_every else plain_step(names),
@@ -367,6 +372,11 @@ def train_and_evaluate(config, workdir):
       _draw_conflicts(workdir, writer, final_step, config.conflicts.ema_beta)
     writer.close()
   return results
+
+
+@jax.jit
+def _all_finite(tree):
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
@@ -428,3 +438,43 @@ def _draw_conflicts(workdir, writer, step, ema_beta):
       if i < j:
         for s, value in zip(record.steps, body[:, 0, i, j] if body.ndim == 4 else body[:, i, j]):
           writer.scalars(int(s), {f"conflicts/cos/{a}~{b}": float(value)})
+
+
+# ----------------------------------------------------------------------------- analysis
+
+
+def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
+  """Per-leaf Gramians of a saved model on `num_batches` fresh batches, without training.
+
+  Batches are those of steps first_step, first_step + 1, ... (far past any training step, so
+  unseen crops and degradations). Returns (steps, gramians (N, L, T, T), layer names in
+  network order, task names, the checkpoint's step).
+  """
+  from mtl.data import pipeline, sources
+  if len(config.tasks) < 2:
+    raise ValueError(f"tasks={list(config.tasks)}: conflicts need two or more tasks")
+  config = config.copy_and_resolve_references()
+  config.regime, config.schedule = "joint", "all"
+  run = build(config)
+  with jax.set_mesh(run.mesh):
+    abstract = run.abstract_state
+    params, ckpt_step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(checkpoint),
+                                                   abstract.params)
+    state = TrainState(step=jnp.asarray(first_step, jnp.int32), params=params,
+                       opt_state=jax.jit(run.optimizer.init,
+                                         out_shardings=run.state_shardings.opt_state)(params))
+    probe = jax.jit(make_step(run.model, config, run.optimizer, run.model.task_names, probe=True))
+    images = sources.open_images(config.data, "train")
+    names = conflicts.shared_layer_names(params["body"])
+    order = np.asarray(conflicts.network_order(names))
+    steps, grams = [], []
+    for step in range(first_step, first_step + num_batches):
+      batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size,
+                                      config.data.batch_size, config.seed, step,
+                                      jax.process_index(), jax.process_count())
+      _, _, g = probe(state.replace(step=jnp.asarray(step, jnp.int32)),
+                      sharding.to_global(batch, run.mesh))
+      steps.append(step)
+      grams.append(np.asarray(jax.device_get(g))[order])
+  return (np.asarray(steps, np.int64), np.stack(grams).astype(np.float32),
+          [names[i] for i in order], list(run.model.task_names), int(ckpt_step))

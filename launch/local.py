@@ -1,0 +1,204 @@
+"""N training processes on this machine: the multi-process set-up of a cluster, for testing.
+
+  python launch/local.py --num_processes=2 --devices_per_process=4 [--port=auto] [--dry_run] \
+      -- --config=experiments/tiny.py --workdir=/tmp/mtl/tiny2
+
+starts, for i in 0..N-1,
+
+  python launch/train.py <args after --> --coordinator_address=127.0.0.1:PORT \
+      --num_processes=N --process_id=i --num_cpu_devices=D
+
+and prefixes each output line with [p<i>]. Process 0 hosts the jax.distributed coordinator;
+the N x D fake CPU devices form one global mesh, exactly as N hosts of D accelerators would.
+
+Exit status: the first non-zero exit status of a process (the others are then stopped), else 0.
+Ctrl-C or SIGTERM is forwarded to every process as SIGTERM, so they save a checkpoint at the next
+step boundary and exit; a second Ctrl-C kills them. Re-running the same command resumes.
+--dry_run prints the commands, one per line, and exits.
+"""
+import argparse
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+# Flags the launcher owns; the same flags among the train args would contradict it.
+OWNED = ("coordinator_address", "num_processes", "process_id", "num_cpu_devices")
+
+
+class UsageError(Exception):
+  pass
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):  # one line, not argparse's usage block
+    raise UsageError(message)
+
+
+def parse_args(argv):
+  parser = _Parser(prog="launch/local.py", description=__doc__.split("\n")[0])
+  parser.add_argument("--num_processes", type=int, default=2)
+  parser.add_argument("--devices_per_process", type=int, default=4,
+                      help="fake CPU devices per process (--num_cpu_devices of train.py)")
+  parser.add_argument("--port", default="auto", help="coordinator port on 127.0.0.1, or 'auto'")
+  parser.add_argument("--python", default=sys.executable, help="interpreter for the processes")
+  parser.add_argument("--grace_seconds", type=float, default=30.0,
+                      help="after a process fails, how long the others get to stop on SIGTERM")
+  parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
+  if "--" in argv:
+    split = argv.index("--")
+    own, train_args = argv[:split], argv[split + 1:]
+  else:
+    own, train_args = argv, []
+  args = parser.parse_args(own)
+  args.train_args = train_args
+  if args.num_processes < 1:
+    raise UsageError(f"--num_processes={args.num_processes} must be >= 1")
+  if args.devices_per_process < 1:
+    raise UsageError(f"--devices_per_process={args.devices_per_process} must be >= 1")
+  if args.port != "auto" and not (args.port.isdigit() and 0 < int(args.port) < 65536):
+    raise UsageError(f"--port={args.port} is not valid; use 'auto' or a number in 1..65535")
+  for arg in train_args:
+    name = arg.lstrip("-").split("=", 1)[0]
+    if arg.startswith("--") and name in OWNED:
+      raise UsageError(f"{arg} is set by the launcher; remove it from the train.py arguments")
+  return args
+
+
+def free_port():
+  """A port nothing listens on now (the OS picks it; a tiny race before process 0 binds it)."""
+  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def commands(args, port):
+  return [[args.python, TRAIN, *args.train_args, f"--coordinator_address=127.0.0.1:{port}",
+           f"--num_processes={args.num_processes}", f"--process_id={i}",
+           f"--num_cpu_devices={args.devices_per_process}"]
+          for i in range(args.num_processes)]
+
+
+try:  # loaded here: the child, between fork and exec, must only call it
+  import ctypes
+  _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: orphans are possible, nothing else changes
+  _PRCTL = None
+
+
+def _die_with_parent():
+  """In the child: SIGTERM when the launcher dies (it checkpoints), so no orphan is left."""
+  if _PRCTL is not None:
+    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _pump(index, stream, lock):
+  """Copy a child's output line by line, each line prefixed by [p<index>]."""
+  prefix = f"[p{index}] ".encode()
+  out = sys.stdout.buffer
+  for line in iter(stream.readline, b""):
+    with lock:
+      out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
+      out.flush()
+  stream.close()
+
+
+def _exit_status(returncode):
+  return 128 - returncode if returncode < 0 else returncode  # killed by signal s -> 128 + s
+
+
+class Launcher:
+  def __init__(self, cmds):
+    self.cmds = cmds
+    self.procs = []
+    self.signalled = None
+    self.lock = threading.Lock()
+
+  def say(self, message):
+    with self.lock:
+      sys.stdout.write(f"[local] {message}\n")
+      sys.stdout.flush()
+
+  def _on_signal(self, signum, frame):
+    if self.signalled is None:
+      self.signalled = signum
+      self.say(f"{signal.Signals(signum).name}: forwarding SIGTERM to {len(self.procs)} "
+               "processes (they checkpoint and stop; again to kill them)")
+      self._send(signal.SIGTERM)
+    else:
+      self.say("second signal: killing the processes")
+      self._send(signal.SIGKILL)
+
+  def _send(self, sig):
+    for p in self.procs:
+      if p.poll() is None:
+        try:
+          p.send_signal(sig)
+        except ProcessLookupError:
+          pass
+
+  def run(self, grace_seconds):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      signal.signal(sig, self._on_signal)
+    pumps = []
+    for i, cmd in enumerate(self.cmds):
+      # Own session: a terminal's Ctrl-C reaches only the launcher, which turns it into SIGTERM.
+      p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                           start_new_session=True, preexec_fn=_die_with_parent)
+      self.procs.append(p)
+      t = threading.Thread(target=_pump, args=(i, p.stdout, self.lock), daemon=True)
+      t.start()
+      pumps.append(t)
+    self.say("started " + ", ".join(f"p{i} pid {p.pid}" for i, p in enumerate(self.procs)))
+
+    first_failure, deadline = None, None
+    while any(p.poll() is None for p in self.procs):
+      for i, p in enumerate(self.procs):
+        if p.returncode not in (None, 0) and first_failure is None:
+          first_failure = (i, p.returncode)
+          if any(q.poll() is None for q in self.procs):
+            self.say(f"p{i} exited with status {_exit_status(p.returncode)}: stopping the others")
+            self._send(signal.SIGTERM)
+            deadline = time.monotonic() + grace_seconds
+      if deadline is not None and time.monotonic() > deadline:
+        self.say(f"still running {grace_seconds:g}s after SIGTERM: killing")
+        self._send(signal.SIGKILL)
+        deadline = None
+      time.sleep(0.05)
+    for t in pumps:
+      t.join(timeout=5)
+    if first_failure is None:  # a failure seen only after the loop's last poll
+      first_failure = next(((i, p.returncode) for i, p in enumerate(self.procs)
+                            if p.returncode != 0), None)
+    if first_failure is not None:
+      i, code = first_failure
+      self.say(f"p{i} exited with status {_exit_status(code)}")
+      return _exit_status(code)
+    if self.signalled is not None:
+      return 128 + self.signalled
+    return 0
+
+
+def main(argv):
+  try:
+    args = parse_args(argv)
+  except UsageError as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  port = free_port() if args.port == "auto" else int(args.port)
+  cmds = commands(args, port)
+  if args.dry_run:
+    for cmd in cmds:
+      print(shlex.join(cmd))
+    return 0
+  return Launcher(cmds).run(args.grace_seconds)
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,134 @@
+"""End to end on the embedded photographs: joint run, resume, fine-tune, refusals, NaN stop."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import tiny
+from mtl import checkpoints, conflicts, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+  config = tiny.get_config()
+  config.tasks = ("denoise_30", "sr_x2")
+  config.data.batch_size = 2
+  config.mesh.data = 1
+  config.total_steps = 4
+  config.checkpoint_every = 2
+  config.log_every = 2
+  config.optim.schedule = "constant"  # a resumed run and a straight one share the schedule
+  config.optim.warmup_steps = 0
+  config.eval.max_side = 48
+  config.eval.max_images = 1
+  config.eval.tile_overlap = 0
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _params(workdir, config):
+  run = train.build(config)
+  params, step = checkpoints.restore_params(os.path.join(workdir, "checkpoints"),
+                                            run.abstract_state.params)
+  return jax.device_get(params), step
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  results = train.train_and_evaluate(_config(), workdir)
+  return workdir, results
+
+
+def test_joint_run_writes_every_artifact(straight_run):
+  workdir, results = straight_run
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(results))
+  assert saved["step"] == 4 and set(saved["tasks"]) == {"denoise_30", "sr_x2"}
+  entry = saved["tasks"]["sr_x2"]["photos"]
+  assert {"psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "input_psnr_y"} <= set(entry)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  record = conflicts.load(workdir)
+  assert list(record.steps) == [0, 1, 2, 3] and list(record.task_names) == ["denoise_30", "sr_x2"]
+  assert os.path.exists(os.path.join(workdir, "conflicts", "cos_matrix.png"))
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "events")))
+  compute = json.load(open(os.path.join(workdir, "compute.json")))
+  assert compute["steps"] == 4 and compute["images_seen"] == 4 * 2 * 2 and compute["train_flops"] > 0
+
+
+def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path):
+  workdir = str(tmp_path / "resumed")
+  train.train_and_evaluate(_config(total_steps=2), workdir)  # "interrupted" after step 2
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  train.train_and_evaluate(_config(), workdir)               # same command, longer budget
+  config = _config()
+  resumed, step = _params(workdir, config)
+  straight, _ = _params(straight_run[0], config)
+  assert step == 4
+  for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)):
+    np.testing.assert_array_equal(a, b)  # bitwise on CPU
+  assert list(conflicts.load(workdir).steps) == [0, 1, 2, 3]  # every probe step once
+
+
+def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
+  joint_dir = straight_run[0]
+  config = _config(regime="finetune", tasks=("sr_x2",), init_from=joint_dir, total_steps=2)
+  run = train.build(config)
+  with jax.set_mesh(run.mesh):
+    state = train.finetune_params(run, joint_dir)
+  joint, _ = _params(joint_dir, _config())
+  got = jax.device_get(state.params)
+  for a, b in zip(jax.tree_util.tree_leaves(got["body"]), jax.tree_util.tree_leaves(joint["body"])):
+    np.testing.assert_array_equal(a, b)
+  for group in ("heads", "tails", "queries"):
+    assert list(got[group]) == ["sr_x2"]
+    for a, b in zip(jax.tree_util.tree_leaves(got[group]),
+                    jax.tree_util.tree_leaves(joint[group]["sr_x2"])):
+      np.testing.assert_array_equal(a, b)
+  results = train.train_and_evaluate(config, str(tmp_path / "ft"))
+  assert list(results["tasks"]) == ["sr_x2"] and results["step"] == 2
+
+
+def _launch(*args):
+  return subprocess.run([sys.executable, "launch/train.py", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _snapshot(workdir):
+  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, files in os.walk(workdir) for f in files}
+
+
+def test_a_different_config_is_refused_and_nothing_is_touched(straight_run):
+  workdir = straight_run[0]
+  before = _snapshot(workdir)
+  with pytest.raises(ValueError, match=r"different config: tasks"):
+    train.train_and_evaluate(_config(tasks=("denoise_30", "derain")), workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_bad_task_exits_with_one_line(tmp_path):
+  result = _launch("--config=experiments/tiny.py", f"--workdir={tmp_path / 'w'}",
+                   "--config.tasks=('sr_x5',)")
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith("error: unknown task 'sr_x5'")
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path / "nan")
+  config = _config(total_steps=6, checkpoint_every=1, log_every=1)
+  config.optim.lr = 1e30  # Adam moves every weight by ~lr: the next forward overflows
+  with pytest.raises(train.NonFiniteLoss, match="non-finite loss"):
+    train.train_and_evaluate(config, workdir)
+  saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert saved and max(saved) < 6
+  params, _ = _params(workdir, config)
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
