@@ -36,21 +36,20 @@ def test_photos_splits_are_fixed_disjoint_and_complete(photos_dir):
   train, test = _records(builder, "train"), _records(builder, "test")
   validation = _records(builder, "validation")
   assert sorted(test) == ["chelsea", "coffee", "rocket"]
-  assert sorted(validation) == ["astronaut"]
-  assert sorted(train) == ["hubble_deep_field", "ihc", "motorcycle_left", "motorcycle_right",
-                           "retina"]
+  assert sorted(validation) == ["motorcycle_right"]
+  assert sorted(train) == ["astronaut", "hubble_deep_field", "ihc", "motorcycle_left", "retina"]
   assert set(train) | set(test) | set(validation) == set(photos.PHOTO_FILES)
   for image in list(train.values()) + list(test.values()):
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
-  assert validation["astronaut"].shape == (512, 512, 3)
+  assert train["astronaut"].shape == (512, 512, 3)
   assert test["chelsea"].shape == (300, 451, 3)
-  np.testing.assert_array_equal(validation["astronaut"], np.asarray(Image.open(
+  np.testing.assert_array_equal(train["astronaut"], np.asarray(Image.open(
       photos.photo_path("astronaut")).convert("RGB")))
-  assert os.path.isdir(photos_dir / "mtl_photos" / "1.1.0")
+  assert os.path.isdir(photos_dir / "mtl_photos" / "1.2.0")
 
 
 def test_open_images_photos_reuses_the_build_and_caches(photos_dir):
-  version_dir = photos_dir / "mtl_photos" / "1.1.0"
+  version_dir = photos_dir / "mtl_photos" / "1.2.0"
   built_at = os.stat(version_dir).st_mtime_ns
   images = sources.open_images(_data_cfg(photos_dir), "train")
   assert os.stat(version_dir).st_mtime_ns == built_at   # reused, not rebuilt
@@ -110,7 +109,7 @@ def test_two_processes_building_at_once_agree(tmp_path):
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-2000:]
     assert out.strip().splitlines()[-1] == "chelsea,coffee,rocket"
-  assert os.listdir(tmp_path / "mtl_photos") == ["1.1.0"]   # no leftover incomplete dirs
+  assert os.listdir(tmp_path / "mtl_photos") == ["1.2.0"]   # no leftover incomplete dirs
 
 
 # ----------------------------------------------------------------------------- folder

@@ -145,3 +145,14 @@ def test_bad_configs_are_refused_with_valid_choices():
     train.validate(_config(regime="scratch"))
   with pytest.raises(ValueError, match="schedule='mixed'; valid: all, one"):
     train.validate(_config(schedule="mixed"))
+
+
+def test_bfloat16_compute_trains_with_float32_parameters():
+  config = _config(precision="bfloat16")
+  config.data.batch_size = 2  # bfloat16 matmuls are slow on CPU; the point is the dtypes
+  run = train.build(config)
+  with jax.set_mesh(run.mesh):
+    step = jax.jit(train.make_step(run.model, config, run.optimizer, run.model.task_names))
+    state, metrics = step(run.init_state(), sharding.to_global(_batch(config, run), run.mesh))
+  assert np.isfinite(float(metrics["loss/total"]))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))

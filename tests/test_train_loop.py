@@ -132,3 +132,23 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert saved and max(saved) < 6
   params, _ = _params(workdir, config)
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path):
+  out = tmp_path / "analysis"
+  result = subprocess.run(
+      [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
+       "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
+       "--config.data.batch_size=2", "--config.mesh.data=1", "--num_batches=3", f"--out={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "checkpoint step 4: whole-body cosine over 3 fresh batches" in result.stdout
+  record = conflicts.load(str(out))
+  assert record.gramians.shape[:1] == (3,) and record.gramians.shape[2:] == (2, 2)
+  assert os.path.exists(out / "conflicts" / "cos_matrix.png")
+  again = subprocess.run(  # the store is never overwritten
+      [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
+       "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
+       "--config.data.batch_size=2", "--config.mesh.data=1", "--num_batches=1", f"--out={out}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 1 and "already holds a conflict store" in again.stderr

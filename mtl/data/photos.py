@@ -3,15 +3,15 @@
 The embedded default image set: no download, no network, identical on every machine. Only the
 real colour photographs are used (the grey photographs, drawings and synthetic charts are not):
 
-  train       hubble_deep_field, ihc, motorcycle_left, motorcycle_right, retina  (5 images)
-  validation  astronaut                                                          (1 image)
-  test        chelsea, coffee, rocket                                            (3 images)
+  train       astronaut, hubble_deep_field, ihc, motorcycle_left, retina  (5 images)
+  validation  motorcycle_right                                            (1 image)
+  test        chelsea, coffee, rocket                                     (3 images)
 
-The split is a fixed list; the stereo pair motorcycle_left/right stays together in train.
 Features: `image` (uint8 HWC RGB, zlib-compressed tensor: TFDS cannot encode `Image` features
 without TensorFlow) and `name` (the photograph's name; bytes when read back).
-The validation image is for choosing hyper-parameters (studies pick the lr on it).
-Built into <tfds_dir>/mtl_photos/1.1.0/ (see `sources.prepare`).
+The validation image is for choosing hyper-parameters (studies pick the lr on it); it is
+the other view of a stereo pair, so it is held out but close to the training content.
+Built into <tfds_dir>/mtl_photos/1.2.0/ (see `sources.prepare`).
 """
 import os
 
@@ -34,7 +34,7 @@ PHOTO_FILES = {
     "rocket": "rocket.jpg",
 }
 TEST_PHOTOS = ("chelsea", "coffee", "rocket")
-VALIDATION_PHOTOS = ("astronaut",)
+VALIDATION_PHOTOS = ("motorcycle_right",)
 TRAIN_PHOTOS = tuple(sorted(set(PHOTO_FILES) - set(TEST_PHOTOS) - set(VALIDATION_PHOTOS)))
 
 
@@ -47,10 +47,11 @@ def photo_path(name):
 
 
 class MtlPhotos(tfds.core.GeneratorBasedBuilder):
-  """scikit-image's colour photographs, split into fixed train and test lists."""
+  """scikit-image's colour photographs, split into fixed train, validation and test lists."""
 
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release.", "1.1.0": "astronaut moves to a validation split."}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.2.0": "motorcycle_right moves to a validation split."}
   # TFDS looks for a download-checksums file beside the builder's code via `importlib_resources`,
   # which a TensorFlow-free install may lack; nothing is downloaded here, so there is no file.
   code_path = None
