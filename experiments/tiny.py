@@ -16,7 +16,7 @@ def get_config(arg=None):
   if arg:
     config.tasks = tuple(arg.split(","))
   config.data.batch_size = 4   # more, smaller steps learn faster in a CPU-minutes budget
-  config.total_steps = 1000
+  config.total_steps = 700
   config.optim.lr = 1e-3
   config.optim.final_lr_ratio = 0.1
   config.eval.max_side = 256   # centre crops keep the CPU evaluation short

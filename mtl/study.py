@@ -430,6 +430,10 @@ class Study:
       self._results[name] = _read_json(self.path(name, "results.json")) if done else None
     return self._results[name]
 
+  def done_info(self, name):
+    """The DONE file's content ({} if not done)."""
+    return _read_json(self.path(name, DONE_FILE)) if self.is_done(name) else {}
+
   def compute(self, name):
     path = self.path(name, "compute.json")
     return _read_json(path) if self.is_done(name) and os.path.exists(path) else None
