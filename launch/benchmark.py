@@ -127,15 +127,22 @@ def section_probe(size):
   print(f"\n[probe] size={size}: joint step, 6 tasks every step, batch {FLAGS.batch_size} per task")
   config = _config(size, SIX_TASKS)
   run = train.build(config)
-  figures = {}
+  variants = (("no probe", False), ("probe", True), ("naive jacrev", "jacrev"))
   with jax.set_mesh(run.mesh):
     batch = sharding.to_global(_batch(run, config), run.mesh)
     state = run.init_state()
-    for label, probe in (("no probe", False), ("probe", True), ("naive jacrev", "jacrev")):
-      jitted = _step(run, config, run.model.task_names, probe)
-      _, peak = _compiled_figures(jitted, state, batch)
-      seconds, state = _time(jitted, state, batch, FLAGS.repeats)
-      figures[label] = (seconds, peak)
+    jitted = {label: _step(run, config, run.model.task_names, probe) for label, probe in variants}
+    peaks = {label: _compiled_figures(fn, state, batch)[1] for label, fn in jitted.items()}
+    times = {label: [] for label in jitted}
+    for label, fn in jitted.items():  # warm-up
+      state = jax.block_until_ready(fn(state, batch))[0]
+    for _ in range(FLAGS.repeats):  # interleaved, so machine noise hits every variant alike
+      for label, fn in jitted.items():
+        start = time.perf_counter()
+        state = jax.block_until_ready(fn(state, batch))[0]
+        times[label].append(time.perf_counter() - start)
+  import numpy as np
+  figures = {label: (float(np.median(times[label])), peaks[label]) for label in jitted}
   base = figures["no probe"][0]
   for label, (seconds, peak) in figures.items():
     print(f"  {label:<13} {seconds * 1e3:>8.1f} ms/step  ratio {seconds / base:5.2f}  "

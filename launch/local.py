@@ -49,6 +49,8 @@ def parse_args(argv):
   parser.add_argument("--python", default=sys.executable, help="interpreter for the processes")
   parser.add_argument("--grace_seconds", type=float, default=30.0,
                       help="after a process fails, how long the others get to stop on SIGTERM")
+  parser.add_argument("--stop_seconds", type=float, default=600.0,
+                      help="after Ctrl-C / SIGTERM, how long the processes get to checkpoint")
   parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
   if "--" in argv:
     split = argv.index("--")
@@ -113,11 +115,13 @@ def _exit_status(returncode):
 
 
 class Launcher:
-  def __init__(self, cmds):
+  def __init__(self, cmds, grace_seconds=30.0, stop_seconds=600.0):
     self.cmds = cmds
+    self.grace_seconds, self.stop_seconds = grace_seconds, stop_seconds
+    self.deadline = None  # when to SIGKILL whatever still runs
     self.procs = []
     self.signalled = None
-    self.lock = threading.Lock()
+    self.lock = threading.RLock()  # the signal handler may interrupt a say() in progress
 
   def say(self, message):
     with self.lock:
@@ -130,6 +134,7 @@ class Launcher:
       self.say(f"{signal.Signals(signum).name}: forwarding SIGTERM to {len(self.procs)} "
                "processes (they checkpoint and stop; again to kill them)")
       self._send(signal.SIGTERM)
+      self.deadline = time.monotonic() + self.stop_seconds
     else:
       self.say("second signal: killing the processes")
       self._send(signal.SIGKILL)
@@ -142,7 +147,7 @@ class Launcher:
         except ProcessLookupError:
           pass
 
-  def run(self, grace_seconds):
+  def run(self):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for sig in (signal.SIGINT, signal.SIGTERM):
       signal.signal(sig, self._on_signal)
@@ -157,19 +162,20 @@ class Launcher:
       pumps.append(t)
     self.say("started " + ", ".join(f"p{i} pid {p.pid}" for i, p in enumerate(self.procs)))
 
-    first_failure, deadline = None, None
-    while any(p.poll() is None for p in self.procs):
+    first_failure = None
+    while [p.poll() for p in self.procs].count(None):  # poll (reap) every one, each round
       for i, p in enumerate(self.procs):
         if p.returncode not in (None, 0) and first_failure is None:
           first_failure = (i, p.returncode)
-          if any(q.poll() is None for q in self.procs):
+          if self.signalled is None and any(q.poll() is None for q in self.procs):
+            # The others would wait in a collective for the failed one: stop them.
             self.say(f"p{i} exited with status {_exit_status(p.returncode)}: stopping the others")
             self._send(signal.SIGTERM)
-            deadline = time.monotonic() + grace_seconds
-      if deadline is not None and time.monotonic() > deadline:
-        self.say(f"still running {grace_seconds:g}s after SIGTERM: killing")
+            self.deadline = time.monotonic() + self.grace_seconds
+      if self.deadline is not None and time.monotonic() > self.deadline:
+        self.say("processes still running after SIGTERM: killing them")
         self._send(signal.SIGKILL)
-        deadline = None
+        self.deadline = None
       time.sleep(0.05)
     for t in pumps:
       t.join(timeout=5)
@@ -197,7 +203,7 @@ def main(argv):
     for cmd in cmds:
       print(shlex.join(cmd))
     return 0
-  return Launcher(cmds).run(args.grace_seconds)
+  return Launcher(cmds, args.grace_seconds, args.stop_seconds).run()
 
 
 if __name__ == "__main__":

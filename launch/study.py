@@ -22,7 +22,7 @@ flags.DEFINE_string("workdir", None, "Directory of the study (study.json, runs/,
 flags.DEFINE_bool("dry_run", False, "Print the runs and their exact commands; write nothing.")
 flags.DEFINE_string("only", "", "Comma-separated globs of run names to run, e.g. 'joint-*'.")
 flags.DEFINE_string("jax_cache", "", "JAX compilation cache the runs share: '' -> "
-                    "$JAX_COMPILATION_CACHE_DIR or WORKDIR/jax_cache; 'off' -> none.")
+                    "$JAX_COMPILATION_CACHE_DIR or ~/.cache/mtl/jax_cache; 'off' -> none.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 

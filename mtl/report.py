@@ -31,6 +31,7 @@ TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
 METRICS = ("psnr_y", "ssim_y")
+INPUT_ROW = "input"  # main-table row of the degraded input's own scores
 MAIN_COLUMNS = ("task", "regime", "test_set", "n_seeds", "psnr_y_mean", "psnr_y_std",
                 "ssim_y_mean", "ssim_y_std", "delta_psnr_y", "delta_ssim_y", "best_psnr_y",
                 "lrs", "runs", "complete_sweeps")
@@ -58,9 +59,11 @@ class Table:
   name: str
   title: str
   header: list
-  rows: list             # display cells (str or Bold)
+  rows: list             # display cells (str, Bold or Cells)
   records: list          # CSV rows (dicts of raw values)
   notes: list = dataclasses.field(default_factory=list)
+  csv_columns: list = None   # None: the records' keys in order of appearance
+  spearman: tuple = None     # conflicts: (rho, p, number of pairs), when defined
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -183,6 +186,23 @@ def main_table(study):
             "lrs": _lrs(c), "runs": " ".join(r.name for r in c.runs),
             "complete_sweeps": all(c.complete)})
       rows.append(row)
+    inputs = _input_scores(cells.values(), task, test_sets)
+    if inputs:  # the degraded input itself (SR: bicubic): what a restoration has to beat
+      row = [task, INPUT_ROW, "–"]
+      for s in test_sets:
+        if s not in inputs:
+          row += ["–", ""]
+          continue
+        p, q = inputs[s]
+        base, sbase = stats.get(("scratch", s, "psnr_y")), stats.get(("scratch", s, "ssim_y"))
+        row += [f"{p:.2f} / {q:.4f}",
+                f"{_signed(p - base[0], 2)} / {_signed(q - sbase[0], 4)}" if base else ""]
+        records.append({"task": task, "regime": INPUT_ROW, "test_set": s, "n_seeds": 0,
+                        "psnr_y_mean": p, "ssim_y_mean": q, "best_psnr_y": False,
+                        "delta_psnr_y": p - base[0] if base else None,
+                        "delta_ssim_y": q - sbase[0] if base else None,
+                        "complete_sweeps": True})
+      rows.append(row)
     ref_psnr = ref["psnr_y"].get(task, {})
     if ref["label"] and ref_psnr:
       row = [task, ref["label"], "–"]
@@ -202,14 +222,25 @@ def main_table(study):
       rows.append(row)
   notes = ["Y-PSNR (dB) / SSIM on the test sets, mean ± std over seeds (n = seeds done); "
            "each seed's run chosen on the validation set. Best per task and test set in bold "
-           "(measured regimes only). Δ = regime − scratch."]
+           "(trained regimes only). Δ = regime − scratch. 'input': the degraded input itself "
+           "(SR: its bicubic upsampling), the baseline to beat."]
   if any(not r["complete_sweeps"] for r in records):
     notes.append("Some sweeps are incomplete (not every lr done); their choice may change.")
   if ref["label"] and ref["note"]:
     notes.append(f"{ref['label']}: {ref['note']}")
-  table = Table("main", "Main table", header, rows, records, notes)
-  table.header_columns = list(MAIN_COLUMNS)
-  return table
+  return Table("main", "Main table", header, rows, records, notes, list(MAIN_COLUMNS))
+
+
+def _input_scores(cells, task, test_sets):
+  """{test set: (input Y-PSNR, input SSIM)} of the degraded inputs (the same in every run)."""
+  out = {}
+  for c in cells:
+    for results in c.results:
+      for s in test_sets:
+        e = results["tasks"].get(task, {}).get(s)
+        if e is not None and s not in out:
+          out[s] = (e["input_psnr_y"], e["input_ssim_y"])
+  return out
 
 
 def transfer_table(study):
@@ -326,8 +357,8 @@ def conflict_table(study, summaries=None, transfer=None):
   notes = ["mean cos: whole-body cosine between the two tasks' gradients, averaged over the "
            "probe steps of the chosen run of each seed, then over seeds (± std over seeds). "
            "conflict fraction: share of probe steps with cos < 0.",
-           "pairwise transfer of a~b: mean over a and b of (PSNR of the pair trained alone "
-           "together − scratch PSNR), on each task's primary test set, means over seeds."]
+           "pairwise transfer of a~b: mean over a and b of (PSNR of the two trained jointly as "
+           "a pair − scratch PSNR), on each task's primary test set, means over seeds."]
   if not transfer:
     notes.append("Pairwise transfer: not measured (add 'pairs' to the study's regimes).")
   spearman = None
@@ -343,10 +374,8 @@ def conflict_table(study, summaries=None, transfer=None):
   elif transfer:
     notes.append(f"Spearman rank correlation: needs >= 3 pairs with both numbers, have "
                  f"{len(joint_points)}.")
-  table = Table("conflicts", "Gradient conflict during joint training", header, rows, records,
-                notes)
-  table.spearman = spearman
-  return table
+  return Table("conflicts", "Gradient conflict during multi-task training", header, rows, records,
+               notes, spearman=spearman)
 
 
 def compute_table(study):
@@ -474,7 +503,7 @@ def to_latex(table):
 
 
 def to_csv(table, path):
-  fields = getattr(table, "header_columns", None)
+  fields = table.csv_columns
   if fields is None:
     fields = list(dict.fromkeys(k for r in table.records for k in r)) or ["empty"]
   with open(path, "w", newline="") as f:
@@ -602,7 +631,8 @@ def _figures_section(study, loss_paths, summaries):
     lines.append("")
   for path in loss_paths:
     rel = os.path.relpath(path, study.workdir)
-    lines += [f"![training loss]({rel})", ""]
+    task = os.path.splitext(os.path.basename(path))[0][len("loss-"):]
+    lines += [f"![training loss of {task}]({rel})", ""]
   return "\n".join(lines) + "\n"
 
 

@@ -71,6 +71,7 @@ RUN_CONFIG = "run_config.json"
 DONE_FILE = "DONE"
 LOG_FILE = "train.log"
 FORMAT_VERSION = 1
+DEFAULT_JAX_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mtl", "jax_cache")
 
 
 def defaults():
@@ -613,10 +614,14 @@ class Runner:
 
   def _env(self):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if self.jax_cache != "off" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-      # Runs of one study share shapes: the cache spares each run most of its compile time.
-      env["JAX_COMPILATION_CACHE_DIR"] = self.jax_cache or os.path.join(self.study.workdir,
-                                                                       "jax_cache")
+    # Runs share most of their programs (model init, eval, same-shaped steps): JAX's persistent
+    # compilation cache spares each run most of its compile time (~15 s of 20 s for tiny).
+    if self.jax_cache == "off":
+      env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    elif self.jax_cache:
+      env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(self.jax_cache)
+    else:
+      env.setdefault("JAX_COMPILATION_CACHE_DIR", DEFAULT_JAX_CACHE)
     return env
 
   def _pump(self, stream, prefix, log):
@@ -661,6 +666,9 @@ class Runner:
              f"({sum(study.is_done(r.name) for r in runs)} done)")
     for i, spec in enumerate(runs, 1):
       head = f"run {i:>{width}}/{total} {spec.name}"
+      if self.signalled is not None:  # signalled between two runs: start no other
+        self.say(f"[study] interrupted before {spec.name}; run the same command to resume")
+        return 128 + self.signalled
       if study.is_done(spec.name):
         self.say(f"{head}: done, skipped")
         continue

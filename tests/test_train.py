@@ -116,10 +116,12 @@ def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
       results.append((float(metrics["loss/total"]), jax.device_get(state.params)))
   (loss1, params1), (loss8, params8) = results
   assert loss8 == pytest.approx(loss1, rel=1e-5)
-  # Adam divides by sqrt(v): where a gradient is ~0 its float32 noise moves a parameter by up to
-  # ~lr, so parameters agree to a fraction of lr (1e-3 here), not to float32 epsilon.
+  # Adam divides by sqrt(v): where a gradient is ~0 its float32 noise can flip the step's sign and
+  # move that parameter by up to ~2 lr per step; all but a handful agree to 1e-5.
+  lr = config.optim.lr
   for a, b in zip(jax.tree_util.tree_leaves(params1), jax.tree_util.tree_leaves(params8)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(a, b, atol=4 * lr)
+    assert np.mean(np.abs(a - b) > 1e-5) < 1e-3
 
 
 def test_contrastive_loss_is_low_when_tokens_cluster_by_image():

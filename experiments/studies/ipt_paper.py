@@ -1,0 +1,73 @@
+"""IPT's setting as a study: 6 tasks, paper-size model, ImageNet pre-training, DIV2K fine-tuning.
+
+  python launch/study.py --config=experiments/studies/ipt_paper.py:/data --workdir=/ckpt/ipt_study
+  python launch/study.py ... --only='joint-*'     # e.g. one cluster job per run (see --dry_run)
+  python launch/report.py --workdir=/ckpt/ipt_study
+
+The argument is a data root holding
+  imagenet/train/                  clean pre-training images (the joint runs)
+  DIV2K/DIV2K_train_HR/            clean training images of the scratch runs and the fine-tunes
+  benchmark/DIV2K_val10/           validation: DIV2K 0801-0810 HR (lr selection only)
+  benchmark/{Set5,Set14,B100,Urban100,CBSD68}/   HR test images
+  benchmark/Rain100L/              rainy / clean test pairs (derain only)
+
+Regimes: scratch (each task alone on DIV2K), joint (all 6 tasks every step on ImageNet: the EDT
+form, so task conflicts are measured at the same parameters; IPT itself drew one task per
+batch), finetune (each task on DIV2K from the joint run chosen on validation). Budgets, for a
+node of 8 80-GB GPUs or a TPU v4-32 slice, bfloat16, 64 images per task per step: joint 200k
+steps (77M images, a fifth of IPT's 300 ImageNet epochs), fine-tune 30k, scratch 230k
+(equal_compute: as many steps, hence as many images of its task, as joint + fine-tune).
+3 seeds x (3 + 3 + 2 learning rates): 99 runs. Published IPT numbers appear as a reference row.
+Lower the budgets with e.g. --config.steps.joint=20000 --config.steps.finetune=3000.
+"""
+import os
+
+from experiments import ipt_paper
+from mtl import study as study_lib
+
+TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
+TEST_SETS = ("Set5", "Set14", "B100", "Urban100", "CBSD68", "Rain100L")
+
+
+def get_config(root="/data"):
+  study = study_lib.defaults()
+  study.name = "ipt_paper"
+  study.tasks = TASKS
+  study.regimes = ("scratch", "joint", "finetune")
+  study.seeds = (0, 1, 2)
+  study.steps.joint = 200_000
+  study.steps.finetune = 30_000
+  study.equal_compute = True
+  study.lrs.scratch = (1e-4, 2e-4, 5e-4)
+  study.lrs.joint = (5e-5, 1e-4, 2e-4)      # IPT: 5e-5 at batch 256
+  study.lrs.finetune = (2e-5, 5e-5)         # IPT: 2e-5
+
+  run = ipt_paper.get_config(root)          # paper size, bfloat16, L1 + 0.1 contrastive
+  run.schedule = "all"                      # every task every step: conflicts are measurable
+  run.data.batch_size = 64                  # per task: 384 images per joint step
+  run.optim.schedule = "cosine"
+  run.optim.warmup_steps = 2000
+  run.checkpoint_every = 5000
+  run.eval_every = 0
+  run.conflicts.every = 100
+  bench = os.path.join(root, "benchmark")
+  run.eval.sets = run.eval.sets + f",DIV2K_val10={os.path.join(bench, 'DIV2K_val10')}"
+  study.run = run
+  div2k = {"source": "folder", "folder": os.path.join(root, "DIV2K", "DIV2K_train_HR")}
+  study.per_regime.scratch = {"data": div2k}
+  study.per_regime.finetune = {"data": div2k, "optim": {"warmup_steps": 500}}
+  study.validation = "DIV2K_val10"
+  study.test = TEST_SETS
+
+  # Published Y-PSNR of IPT (Chen et al., CVPR 2021), from REFERENCE.md section 1.
+  study.reference.label = "IPT (published)"
+  study.reference.note = ("Chen et al., CVPR 2021, Y-channel PSNR; the denoise and derain "
+                          "values are approximate (~32.35, ~29.9, ~42).")
+  study.reference.psnr_y = {
+      "sr_x2": {"Set5": 38.37, "Set14": 34.43, "B100": 32.48, "Urban100": 33.76},
+      "sr_x4": {"Set5": 32.64, "Urban100": 27.26},
+      "denoise_30": {"CBSD68": 32.35},
+      "denoise_50": {"CBSD68": 29.9},
+      "derain": {"Rain100L": 42.0},
+  }
+  return study
