@@ -347,7 +347,8 @@ def conflict_table(study, summaries=None, transfer=None):
     mean_cos = float(np.mean(cos))
     std_cos = float(np.std(cos, ddof=1)) if len(cos) > 1 else float("nan")
     t = transfer.get(pair)
-    rows.append([col, pair, str(len(entries)), _pm((mean_cos, std_cos, len(cos)), 3),
+    cos_text = _signed(mean_cos, 3) + (f" ± {std_cos:.3f}" if len(cos) > 1 else "")
+    rows.append([col, pair, str(len(entries)), cos_text,
                  f"{100 * np.mean(frac):.1f}%", _signed(t, 2)])
     records.append({"source": col, "pair": pair, "n_seeds": len(entries), "mean_cos": mean_cos,
                     "mean_cos_std": std_cos, "conflict_fraction": float(np.mean(frac)),
