@@ -10,6 +10,7 @@ its checkpoint; a different study config for the same --workdir is refused. Tabl
 Exit status: 0 all selected runs done; 1 bad input or a failed run; 3 some fine-tunes wait for
 pre-training runs not done yet (--only); 128 + signal when interrupted.
 """
+import os
 import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `experiments`)
@@ -38,6 +39,9 @@ def main(argv):
   except (ValueError, FileNotFoundError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
+  except BrokenPipeError:  # e.g. --dry_run | head: the reader has all it wanted
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ runs
 
 Every worker runs one process that owns the worker's local chips; jax.distributed.initialize()
 without arguments finds the slice (JAX asks the TPU metadata server). MTL_DISTRIBUTED=on asks
-mtl.distributed to make that call (a TPU VM's ssh environment carries none of the variables it
-otherwise looks for). The repository (same path) and its environment must be on every worker,
+mtl.distributed to make that call: the environment variables it otherwise looks for may be
+absent on a TPU VM. The repository (same path) and its environment must be on every worker,
 and --workdir on a filesystem all workers share (NFS / Filestore, or a gcsfuse mount).
 Re-running the same command resumes from the latest checkpoint. --dry_run prints the command.
 """

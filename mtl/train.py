@@ -253,21 +253,38 @@ def finetune_params(run, init_from):
 
 
 class _Preemption:
-  """SIGTERM (preemption notice) -> checkpoint at the next step boundary, then exit."""
+  """SIGTERM (preemption notice) -> checkpoint at the next step boundary, then exit.
+
+  With several processes all must stop after the same step (saving is collective), so the
+  notice goes through jax's preemption sync, whose SIGTERM handler jax.distributed installs:
+  a SIGTERM to any process stops every process after one agreed step.
+  """
 
   def __init__(self):
     self.requested = False
+    self.synced = jax.process_count() > 1
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if not self.synced:  # a Python handler would replace jax's
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
     logging.warning("SIGTERM received: saving a checkpoint and stopping")
     self.requested = True
 
+  def check(self, step):
+    """Whether to stop after `step`; every process calls it once per step, in order."""
+    if self.synced and not self.requested:
+      from jax.experimental import multihost_utils
+      if multihost_utils.reached_preemption_sync_point(step):
+        logging.warning("preemption notice: saving a checkpoint at step %d and stopping", step)
+        self.requested = True
+    return self.requested
+
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self.synced:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -338,8 +355,9 @@ def train_and_evaluate(config, workdir):
             state, metrics = plain_step(task_names)(state, batch)
           pending.append((step, metrics))
           done = step + 1
+          stop = preemption.check(done)  # on every step: all processes must ask in step
           checkpoint_now = (done % config.checkpoint_every == 0 or done == config.total_steps
-                            or preemption.requested)
+                            or stop)
           if done % config.log_every == 0 or checkpoint_now:
             _log_metrics(pending, writer, progress, run.schedule, done)
             pending = []

@@ -1,0 +1,307 @@
+"""Multi-process training on one machine, with real processes, real JAX and the real trainer.
+
+2 processes x 4 fake CPU devices (launch/local.py, jax.distributed on 127.0.0.1, gloo) form the
+same 8-device mesh as one process with 8 fake devices; the data of a step is a pure function of
+(seed, step, task, global sample index), so the two set-ups must learn the same parameters.
+
+  (a) 2 x 4 devices, both processes SIGKILLed after the first checkpoint, resumed with the same
+      command: final parameters and conflict store equal one uninterrupted 1 x 8 run, bitwise.
+  (b) SIGTERM to a run: checkpoint at the next step boundary, the 'preempted' message, and the
+      re-run finishes (again bitwise equal to the uninterrupted run).
+  (c) a coordinator that never answers: a clear one-line error within seconds, not a hang.
+  (d) a mesh that does not divide the devices or the batch: a clear one-line error.
+
+The single-process runs share a persistent compilation cache (same programs: ~30 s saved each).
+The multi-process runs must not: a cached CPU executable with cross-process collectives stalled
+in gloo context set-up here (jax 0.10.2), so each multi-process run compiles afresh.
+"""
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import tiny
+from mtl import checkpoints, conflicts, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(ROOT, "launch", "train.py")
+LOCAL = os.path.join(ROOT, "launch", "local.py")
+
+TASKS = "denoise_30,sr_x2"   # two tasks: the smallest joint run with a conflict probe
+STEPS = 6
+OVERRIDES = {                # the tiny model on 24-pixel crops; short evaluation
+    "total_steps": STEPS, "checkpoint_every": 2, "log_every": 1, "model.patch_size": 24,
+    "data.batch_size": 8, "eval.max_side": 48, "eval.max_images": 1, "conflicts.every": 1,
+}
+RUN_TIMEOUT = 600            # seconds for any one run (2 busy cores); a hang fails, not blocks
+
+
+def _args(workdir, **changes):
+  fields = dict(OVERRIDES, **changes)
+  return ([f"--config={ROOT}/experiments/tiny.py:{TASKS}", f"--workdir={workdir}"]
+          + [f"--config.{k}={v}" for k, v in fields.items()])
+
+
+def _config():
+  config = tiny.get_config(TASKS)
+  for key, value in OVERRIDES.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def _env(cache=None):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "MTL_", "XLA_"))}
+  env["PYTHONUNBUFFERED"] = "1"
+  if cache:
+    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+  return env
+
+
+def _run(cmd, env, timeout=RUN_TIMEOUT):
+  start = time.monotonic()
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                        cwd=ROOT)
+  return proc, time.monotonic() - start
+
+
+def _train_cmd(workdir, devices=8, **changes):
+  return [sys.executable, TRAIN, *_args(workdir, **changes), f"--num_cpu_devices={devices}"]
+
+
+def _local_cmd(workdir, **changes):
+  return [sys.executable, LOCAL, "--num_processes=2", "--devices_per_process=4", "--",
+          *_args(workdir, **changes)]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _wait_for(predicate, proc, timeout, what):
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    if proc.poll() is not None:
+      raise AssertionError(f"process exited ({proc.returncode}) before {what}")
+    if time.monotonic() > deadline:
+      raise AssertionError(f"no {what} within {timeout}s")
+    time.sleep(0.05)
+
+
+def _latest(workdir):
+  ckpt = os.path.join(workdir, "checkpoints")
+  steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+  return max(steps, default=None)
+
+
+def _final_params(workdir):
+  run = train.build(_config())  # the 8 devices of the test session (conftest)
+  params, step = checkpoints.restore_params(os.path.join(workdir, "checkpoints"),
+                                            run.abstract_state.params)
+  return jax.device_get(params), step
+
+
+def _assert_same_params(a, b, exact=True):
+  """exact: bitwise. Otherwise to float32 noise (the 2 x 4 vs 1 x 8 comparison: gloo's ring
+  all-reduce adds the 8 devices' gradients in a rotated order per chunk, one process adds them
+  in device order; the last bits differ from the first step on)."""
+  leaves_a = jax.tree_util.tree_leaves_with_path(a)
+  leaves_b = jax.tree_util.tree_leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  if exact:
+    differing = [(jax.tree_util.keystr(path), float(np.max(np.abs(x - y))))
+                 for (path, x), y in zip(leaves_a, leaves_b) if not np.array_equal(x, y)]
+    assert not differing, f"{len(differing)} of {len(leaves_b)} leaves differ: {differing[:5]}"
+  else:
+    worst = max(float(np.max(np.abs(x - y))) for (_, x), y in zip(leaves_a, leaves_b))
+    assert worst < 1e-5, f"parameters differ by up to {worst:g}"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("jax_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache):
+  """One uninterrupted single-process run on 8 fake devices."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  proc, _ = _run(_train_cmd(workdir), _env(cache))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+  """A 2 x 4 run whose two processes were SIGKILLed after its first checkpoint landed; also a
+  copy of its workdir as the kill left it. Returns (workdir, copy, latest step, pid of p0)."""
+  base = tmp_path_factory.mktemp("killed")
+  workdir, log_path = str(base / "run"), base / "first.log"
+  with open(log_path, "w") as log:
+    first = subprocess.Popen(_local_cmd(workdir), stdout=log, stderr=subprocess.STDOUT,
+                             env=_env(), cwd=ROOT, start_new_session=True)
+  try:
+    _wait_for(lambda: "pid" in log_path.read_text(), first, 30, "launcher start line")
+    pids = [int(p) for p in re.findall(r"p\d pid (\d+)", log_path.read_text())]
+    assert len(pids) == 2
+    # The first checkpoint lands (orbax renames <step>.orbax-checkpoint-tmp-* when complete).
+    _wait_for(lambda: _latest(workdir) is not None, first, RUN_TIMEOUT, "first checkpoint")
+    for pid in pids:  # the machine dies: no checkpoint, no clean-up
+      os.kill(pid, signal.SIGKILL)
+    rc = first.wait(timeout=60)
+  finally:
+    if first.poll() is None:
+      os.killpg(first.pid, signal.SIGKILL)
+  killed_at = _latest(workdir)
+  assert rc == 128 + signal.SIGKILL, log_path.read_text()[-3000:]
+  assert killed_at < STEPS and not os.path.exists(os.path.join(workdir, "results.json"))
+  copy = str(base / "copy")
+  shutil.copytree(workdir, copy, symlinks=True)
+  return workdir, copy, killed_at, pids[0]
+
+
+def test_two_processes_killed_and_resumed_equal_one_process(killed, reference):
+  workdir, _, killed_at, first_p0 = killed
+  proc, _ = _run(_local_cmd(workdir), _env())
+  assert proc.returncode == 0, proc.stdout[-4000:]
+  out = proc.stdout
+  for p in (0, 1):  # both processes restored the same step
+    assert re.search(rf"\[p{p}\] resumed \S+ at step {killed_at}\b", out), out[-4000:]
+  assert f"[p0] step {STEPS}/{STEPS}" in out
+  assert not re.search(r"\[p1\] step \d+/", out)  # progress is printed by process 0 only
+
+  params, step = _final_params(workdir)
+  expected, expected_step = _final_params(reference)
+  assert step == expected_step == STEPS
+  _assert_same_params(params, expected, exact=False)
+
+  record, ref_record = conflicts.load(workdir), conflicts.load(reference)
+  np.testing.assert_array_equal(record.steps, np.arange(STEPS))  # every probe step once
+  # The stores agree as float32 noise allows: at step 0 (same parameters) to 1e-6 of each leaf's
+  # scale; later the noise grows through the L1 loss's sign flips (measured: up to 6e-4 of a
+  # leaf's scale by step 3), while the whole-body cosines the analysis reports agree to 5e-6.
+  got, want = record.gramians.astype(np.float64), ref_record.gramians.astype(np.float64)
+  rel = np.abs(got - want) / np.abs(want).max(axis=(2, 3), keepdims=True)
+  assert rel[0].max() < 1e-6 and rel.max() < 5e-3, rel.max(axis=(1, 2, 3))
+  np.testing.assert_allclose(record.cosines(by="body"), ref_record.cosines(by="body"), atol=1e-4)
+  # Only process 0 writes the run's files: one events file per start, each by process 0.
+  p0 = int(re.search(r"started p0 pid (\d+)", out).group(1))
+  writers = {int(name.split(".")[-2]) for name in os.listdir(os.path.join(workdir, "events"))}
+  assert writers == {first_p0, p0}  # events.out.tfevents.<time>.<host>.<pid>.<n>
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step(killed, tmp_path):
+  """A preemption notice may reach one host only (or each at a different step): both must save
+  the same step, or the collective save deadlocks (it does with a per-process SIGTERM flag; the
+  trainer's agreement through jax's preemption sync point fixes it)."""
+  _, copy, killed_at, _ = killed
+  workdir = str(tmp_path / "run")
+  shutil.copytree(copy, workdir, symlinks=True)
+  log_path = tmp_path / "log"
+  with open(log_path, "w") as log:
+    # total_steps may change on resume; a far end keeps the agreed step short of it.
+    proc = subprocess.Popen(_local_cmd(workdir, total_steps=STEPS + 20), stdout=log,
+                            stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
+                            start_new_session=True)
+  try:
+    _wait_for(lambda: f"[p0] step {killed_at + 1}/" in log_path.read_text(), proc, RUN_TIMEOUT,
+              "a step after the resume")
+    p1 = int(re.search(r"p1 pid (\d+)", log_path.read_text()).group(1))
+    os.kill(p1, signal.SIGTERM)
+    rc = proc.wait(timeout=150)  # a save takes seconds; without the step agreement it deadlocks
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  out = log_path.read_text()
+  saved = {int(s) for s in re.findall(r"\[p\d\] preempted: checkpoint saved at step (\d+)", out)}
+  assert rc == 1 and len(saved) == 1, out[-4000:]
+  assert len(re.findall(r"\[p\d\] preempted: checkpoint saved", out)) == 2  # both processes
+  assert _latest(workdir) == saved.pop()
+
+
+def test_sigterm_checkpoints_then_resume_finishes(tmp_path, reference, cache):
+  workdir = str(tmp_path / "run")
+  log_path = tmp_path / "first.log"
+  # No periodic checkpoint before the end: the one found is the preemption's.
+  cmd = _train_cmd(workdir, checkpoint_every=100)
+  with open(log_path, "w") as log:
+    first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(cache),
+                             cwd=ROOT)
+  try:
+    _wait_for(lambda: f"step 2/{STEPS}" in log_path.read_text(), first, RUN_TIMEOUT, "step 2")
+    first.send_signal(signal.SIGTERM)
+    rc = first.wait(timeout=120)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  out = log_path.read_text()
+  match = re.search(r"preempted: checkpoint saved at step (\d+) in (\S+); run the same command "
+                    r"to resume", out)
+  assert rc != 0 and match, out[-3000:]
+  saved = int(match.group(1))
+  assert 2 <= saved < STEPS and _latest(workdir) == saved
+  assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+  proc, _ = _run(cmd, _env(cache))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert f"resumed {workdir} at step {saved}" in proc.stdout
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+  params, step = _final_params(workdir)
+  assert step == STEPS
+  _assert_same_params(params, _final_params(reference)[0])
+  np.testing.assert_array_equal(conflicts.load(workdir).steps, np.arange(STEPS))
+
+
+def test_coordinator_that_never_answers_fails_fast_with_one_line(tmp_path):
+  address = f"127.0.0.1:{_free_port()}"  # nothing listens there
+  cmd = [sys.executable, TRAIN, *_args(str(tmp_path / "run")), f"--coordinator_address={address}",
+         "--num_processes=2", "--process_id=1", "--num_cpu_devices=4", "--distributed_timeout=5"]
+  proc, seconds = _run(cmd, _env(), timeout=60)
+  assert proc.returncode != 0
+  assert seconds < 30, f"took {seconds:.0f}s"
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and address in errors[0] and "5s" in errors[0], proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "Fatal Python error" not in proc.stderr, (
+      proc.stderr[-3000:])
+
+
+def test_mesh_that_does_not_divide_the_devices_stops_both_processes(tmp_path):
+  workdir = str(tmp_path / "run")
+  proc, _ = _run(_local_cmd(workdir, **{"mesh.fsdp": 3}), _env(), timeout=120)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode == 1, out[-3000:]
+  errors = [l for l in out.splitlines() if re.match(r"\[p\d\] error:", l)]
+  assert sorted(l[:4] for l in errors) == ["[p0]", "[p1]"], out[-3000:]  # once per process
+  assert all("mesh.fsdp=3 does not divide the 8 devices" in l for l in errors), out[-3000:]
+  assert "Traceback" not in out and not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mesh.data": 16}, "mesh data=16 x fsdp=1 needs 16 devices, 8 are present"),
+    ({"mesh.fsdp": 3}, "mesh.fsdp=3 does not divide the 8 devices"),
+    ({"data.batch_size": 4}, "data.batch_size=4 is not divisible by the 8 batch shards"),
+    ({"mesh.data": 2, "mesh.fsdp": 2, "data.batch_size": 6},
+     "data.batch_size=6 is not divisible by the 4 batch shards"),
+])
+def test_mesh_that_does_not_fit_is_a_clear_error(changes, message):
+  config = _config()
+  for key, value in changes.items():
+    group, field = key.split(".")
+    config[group][field] = value
+  with pytest.raises(ValueError) as error:
+    train.build(config)
+  assert message in str(error.value) and "\n" not in str(error.value)

@@ -1,0 +1,274 @@
+"""Studies: expansion, validation, dry run, refusal of a changed study, and a real interrupted
+study (launch/study.py running launch/train.py) that resumes without redoing finished runs."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from experiments import base
+from mtl import study as study_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A study file as users write them; the argument picks a variant.
+MICRO_STUDY = '''
+from experiments import base
+from mtl import study as study_lib
+
+
+def get_config(arg=""):
+  study = study_lib.defaults()
+  study.name = "micro"
+  study.tasks = ("denoise_30", "derain")
+  study.regimes = ("scratch", "joint", "finetune")
+  study.steps.scratch = study.steps.joint = study.steps.finetune = 4
+  study.lrs.scratch = study.lrs.joint = study.lrs.finetune = (1e-3,)
+  run = base.get_config("tiny")
+  run.data.batch_size = 2
+  run.optim.warmup_steps = 0
+  run.log_every = run.checkpoint_every = 2
+  run.conflicts.every = 1
+  run.eval.sets = "photos,photos_val"
+  run.eval.max_side, run.eval.max_images = 64, 1
+  study.run = run
+  if arg == "kill":            # two scratch runs long enough to be interrupted
+    study.tasks, study.regimes, study.seeds = ("denoise_30",), ("scratch",), (0, 1)
+    study.steps.scratch = 20
+    run.checkpoint_every, run.log_every = 5, 5
+  elif arg == "bad_field":
+    study.sedds = (0, 1)
+  elif arg == "no_tasks":
+    study.tasks = ()
+  elif arg == "bad_regime":
+    study.regimes = ("scratch", "jiont")
+  return study
+'''
+
+
+def micro(**fields):
+  """The micro study as a ConfigDict (for the library tests)."""
+  study = study_lib.defaults()
+  study.tasks = ("denoise_30", "sr_x2", "derain")
+  study.regimes = ("scratch", "joint", "finetune")
+  study.seeds = (0, 1)
+  study.steps.scratch, study.steps.joint, study.steps.finetune = 6, 5, 3
+  study.lrs.scratch, study.lrs.joint, study.lrs.finetune = (1e-3,), (1e-3, 2e-4), (1e-4,)
+  run = base.get_config("tiny")
+  run.eval.sets = "photos,photos_val"
+  study.run = run
+  for key, value in fields.items():
+    study[key] = value
+  return study
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("studies") / "micro.py"
+  path.write_text(MICRO_STUDY)
+  return str(path)
+
+
+def cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "launch/study.py", *args], cwd=ROOT, text=True,
+                        capture_output=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def test_expansion_names_counts_and_order():
+  runs = study_lib.expand(micro())
+  names = [r.name for r in runs]
+  # per seed: 3 scratch + 2 joint lrs + 3 fine-tunes = 8
+  assert len(runs) == 16 and len(set(names)) == 16
+  assert names[:8] == [
+      "scratch-denoise_30-lr1e-3-s0", "scratch-sr_x2-lr1e-3-s0", "scratch-derain-lr1e-3-s0",
+      "joint-lr1e-3-s0", "joint-lr2e-4-s0",
+      "finetune-denoise_30-lr1e-4-s0", "finetune-sr_x2-lr1e-4-s0", "finetune-derain-lr1e-4-s0"]
+  joint = next(r for r in runs if r.name == "joint-lr2e-4-s0")
+  assert joint.tasks == ("denoise_30", "sr_x2", "derain") and joint.steps == 5
+  assert joint.lr == 2e-4 and joint.sweep == "joint-s0"
+  ft = next(r for r in runs if r.name == "finetune-sr_x2-lr1e-4-s1")
+  assert ft.source == "joint-s1" and ft.steps == 3 and ft.tasks == ("sr_x2",)
+
+
+def test_pairs_and_groups_expand():
+  study = micro(regimes=("scratch", "pairs", "groups", "finetune"), seeds=(0,))
+  study.groups.related = ("sr_x2", "sr_x3")
+  names = [r.name for r in study_lib.expand(study)]
+  assert [n for n in names if n.startswith("pair-")] == [
+      "pair-denoise_30+sr_x2-lr1e-3-s0", "pair-denoise_30+sr_x2-lr2e-4-s0",
+      "pair-denoise_30+derain-lr1e-3-s0", "pair-denoise_30+derain-lr2e-4-s0",
+      "pair-sr_x2+derain-lr1e-3-s0", "pair-sr_x2+derain-lr2e-4-s0"]
+  assert "group-related-lr1e-3-s0" in names
+  # fine-tunes from a group only for the study's tasks that are in the group
+  assert [n for n in names if n.startswith("finetune-")] == [
+      "finetune-sr_x2-from-related-lr1e-4-s0"]
+
+
+def test_equal_compute_gives_scratch_pretraining_plus_finetuning_steps():
+  study = micro(equal_compute=True)
+  study.steps.scratch = 0
+  runs = study_lib.expand(study)
+  assert {r.steps for r in runs if r.regime == "scratch"} == {5 + 3}
+  assert {r.steps for r in runs if r.regime == "joint"} == {5}
+  with pytest.raises(ValueError, match="leave steps.scratch 0"):
+    study_lib.validate(micro(equal_compute=True))
+
+
+def test_run_config_sets_what_the_study_controls():
+  study = micro()
+  study.per_regime.finetune = {"optim": {"warmup_steps": 7}}
+  spec = next(r for r in study_lib.expand(study) if r.name == "finetune-derain-lr1e-4-s1")
+  config = study_lib.run_config(study, spec, init_from="/x/joint")
+  assert config["tasks"] == ["derain"] and config["regime"] == "finetune"
+  assert config["seed"] == 1 and config["total_steps"] == 3 and config["optim"]["lr"] == 1e-4
+  assert config["init_from"] == "/x/joint" and config["optim"]["warmup_steps"] == 7
+  assert config["conflicts"]["every"] == 0  # a single task has no pairs to probe
+  assert config["mesh"]["data"] == -1
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(tasks=()), "tasks=() names no task"),
+    (dict(regimes=("scratch", "bogus")), "unknown regime 'bogus'"),
+    (dict(regimes=("scratch", "finetune")), "'finetune' needs a pre-training regime"),
+    (dict(validation="photos"), "also the validation set"),
+    (dict(test=("Set5",)), "'Set5' is not among run.eval.sets"),
+    (dict(seeds=(0, 0)), "lists a seed twice"),
+])
+def test_bad_studies_are_refused_with_one_line(fields, message):
+  with pytest.raises(ValueError, match=re.escape(message)) as error:
+    study_lib.validate(micro(**fields))
+  assert "\n" not in str(error.value)
+
+
+def test_unknown_fields_are_refused():
+  study = micro()
+  study.sedds = (0,)
+  with pytest.raises(ValueError, match="unknown study field sedds"):
+    study_lib.validate(study)
+  study = micro()
+  study.per_regime.finetune = {"optim": {"lr_warmup": 3}}
+  with pytest.raises(ValueError, match="per_regime.finetune.optim.lr_warmup is not a run"):
+    study_lib.validate(study)
+  study = micro()
+  study.per_regime.finetune = {"optim": {"lr": 3e-4}}
+  with pytest.raises(ValueError, match="set by the study"):
+    study_lib.validate(study)
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+def _fake_done(study, name, val_psnr, test_psnr):
+  """A finished run's files (selection reads results.json and DONE only)."""
+  spec = study.by_name[name]
+  os.makedirs(study.run_dir(name), exist_ok=True)
+  results = {"step": spec.steps, "tasks": {t: {
+      "photos_val": {"psnr_y": val_psnr, "ssim_y": 0.5},
+      "photos": {"psnr_y": test_psnr, "ssim_y": 0.5}} for t in spec.tasks}}
+  for filename, obj in (("results.json", results), ("DONE", {})):
+    with open(study.path(name, filename), "w") as f:
+      json.dump(obj, f)
+
+
+def test_finetune_starts_from_the_joint_lr_best_on_validation_not_test(tmp_path):
+  study = study_lib.Study(micro(), str(tmp_path))
+  spec = study.by_name["finetune-sr_x2-lr1e-4-s0"]
+  _fake_done(study, "joint-lr1e-3-s0", val_psnr=25.0, test_psnr=30.0)
+  with pytest.raises(study_lib.Waiting, match="not done yet: joint-lr2e-4-s0"):
+    study.init_from(spec)
+  _fake_done(study, "joint-lr2e-4-s0", val_psnr=26.0, test_psnr=20.0)
+  assert study.init_from(spec) == os.path.join(str(tmp_path), "runs", "joint-lr2e-4-s0")
+  assert study.write_run_config(spec)["init_from"] == study.run_dir("joint-lr2e-4-s0")
+  # seed 1 has its own joint runs: not done
+  with pytest.raises(study_lib.Waiting):
+    study.init_from(study.by_name["finetune-sr_x2-lr1e-4-s1"])
+
+
+def test_changed_study_is_refused_naming_the_field(tmp_path):
+  study_lib.Study(micro(), str(tmp_path)).prepare()
+  saved = (tmp_path / "study.json").read_text()
+  changed = micro()
+  changed.steps.joint = 50
+  with pytest.raises(ValueError, match=r"holds a different study: steps.joint \(5 -> 50\)"):
+    study_lib.Study(changed, str(tmp_path)).prepare()
+  # report-only fields may change; runs are untouched by them
+  renamed = micro(name="renamed")
+  study_lib.Study(renamed, str(tmp_path)).prepare()
+  assert json.loads((tmp_path / "study.json").read_text())["study"]["name"] == "renamed"
+  assert json.loads(saved)["runs"] == json.loads((tmp_path / "study.json").read_text())["runs"]
+
+
+# ----------------------------------------------------------------------------- the launcher
+
+
+def test_dry_run_prints_runs_and_exact_commands_and_writes_nothing(study_file, tmp_path):
+  workdir = str(tmp_path / "study")
+  out = cli(f"--config={study_file}", f"--workdir={workdir}", "--dry_run")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  runs = [l for l in lines if l.startswith("run ")]
+  assert len(runs) == 5 and runs[2].startswith("run 3/5 joint-lr1e-3-s0  [pending]")
+  name = "finetune-derain-lr1e-3-s0"
+  assert (f"    python launch/train.py --config=experiments/from_json.py:{workdir}/runs/{name}/"
+          f"run_config.json --workdir={workdir}/runs/{name}") in lines
+  assert any("init_from: <best on photos_val of joint-lr1e-3-s0" in l for l in lines)
+  assert not os.path.exists(workdir)
+  subset = cli(f"--config={study_file}", f"--workdir={workdir}", "--dry_run", "--only=scratch-*")
+  assert [l.split()[2] for l in subset.stdout.splitlines() if l.startswith("run ")] == [
+      "scratch-denoise_30-lr1e-3-s0", "scratch-derain-lr1e-3-s0"]
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("bad_field", "unknown study field sedds"),
+    ("no_tasks", "tasks=() names no task"),
+    ("bad_regime", "unknown regime 'jiont'"),
+])
+def test_bad_input_exits_with_one_line_and_writes_nothing(study_file, tmp_path, variant, message):
+  workdir = str(tmp_path / "study")
+  out = cli(f"--config={study_file}:{variant}", f"--workdir={workdir}")
+  assert out.returncode == 1
+  assert out.stderr.strip().count("\n") == 0 and message in out.stderr
+  assert not os.path.exists(workdir)
+
+
+def test_interrupted_study_resumes_without_redoing_finished_runs(study_file, tmp_path):
+  workdir = str(tmp_path / "study")
+  args = [f"--config={study_file}:kill", f"--workdir={workdir}"]
+  first, second = "scratch-denoise_30-lr1e-3-s0", "scratch-denoise_30-lr1e-3-s1"
+  proc = subprocess.Popen([sys.executable, "launch/study.py", *args], cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  seen = []
+  for line in proc.stdout:  # interrupt once the second run has trained a few steps
+    seen.append(line)
+    if line.startswith(f"[2/2 {second}] step 5/20"):
+      proc.send_signal(signal.SIGTERM)
+  assert proc.wait(timeout=120) == 128 + signal.SIGTERM, "".join(seen)
+  assert os.path.exists(os.path.join(workdir, "runs", first, "DONE"))
+  assert not os.path.exists(os.path.join(workdir, "runs", second, "DONE"))
+  assert os.listdir(os.path.join(workdir, "runs", second, "checkpoints"))
+  stamps = {f: os.stat(os.path.join(workdir, "runs", first, f)).st_mtime_ns
+            for f in ("DONE", "results.json", "compute.json")}
+  time.sleep(0.05)
+
+  again = cli(*args)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert f"run 1/2 {first}: done, skipped" in again.stdout
+  assert f"run 2/2 {second}: resuming" in again.stdout
+  assert f"[2/2 {second}] resumed" in again.stdout  # from its checkpoint, not from step 0
+  assert stamps == {f: os.stat(os.path.join(workdir, "runs", first, f)).st_mtime_ns
+                    for f in stamps}
+  with open(os.path.join(workdir, "runs", second, "results.json")) as f:
+    assert json.load(f)["step"] == 20
+
+  changed = cli(*args, "--config.steps.scratch=21")
+  assert changed.returncode == 1
+  assert changed.stderr.strip() == (
+      f"error: {workdir} holds a different study: steps.scratch (20 -> 21); use a new "
+      "--workdir, or the same study config to continue it")
