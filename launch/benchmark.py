@@ -83,6 +83,26 @@ def _step(run, config, names, probe=False):
                  donate_argnums=0)
 
 
+def matmul_gflops(repeats=7):
+  """This process's fp32 matmul speed: the yardstick for the machine's load at the moment."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  a = jnp.ones((2048, 2048), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * 2048**3 / float(np.median(times)) / 1e9
+
+
+REFERENCE_MATMUL_GFLOPS = 460   # REFERENCE section 8: the machine the PyTorch figures came from
+PYTORCH_MS_PER_STEP = 480
+
+
 def section_train(size):
   import jax
   import numpy as np
@@ -92,21 +112,32 @@ def section_train(size):
   print(f"\n[train] size={size}: 6 tasks, one task per step, batch {config.data.batch_size}")
   print(f"  {'task':<11} {'ms/step':>8} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} "
         f"{'peak MB':>8}")
-  rows = []
   with jax.set_mesh(run.mesh):
     state = run.init_state()
     full = sharding.to_global(_batch(run, config), run.mesh)
+    jitted, figures, times = {}, {}, {name: [] for name in SIX_TASKS}
     for name in SIX_TASKS:
-      batch = {name: full[name]}
-      jitted = _step(run, config, (name,))
-      flops, peak = _compiled_figures(jitted, state, batch)
-      seconds, state = _time(jitted, state, batch, FLAGS.repeats)
-      rows.append(seconds)
-      print(f"  {name:<11} {seconds * 1e3:>8.1f} {config.data.batch_size / seconds:>9.1f} "
-            f"{flops / 1e9:>11.2f} {flops / 1e9 / seconds:>8.1f} {peak / 2**20:>8.1f}")
-  mean = float(np.mean(rows))
+      jitted[name] = _step(run, config, (name,))
+      figures[name] = _compiled_figures(jitted[name], state, {name: full[name]})
+      state = jax.block_until_ready(jitted[name](state, {name: full[name]}))[0]  # warm-up
+    for _ in range(FLAGS.repeats):  # interleaved, so machine noise hits every task alike
+      for name in SIX_TASKS:
+        start = time.perf_counter()
+        state = jax.block_until_ready(jitted[name](state, {name: full[name]}))[0]
+        times[name].append(time.perf_counter() - start)
+  for name in SIX_TASKS:
+    seconds, (flops, peak) = float(np.median(times[name])), figures[name]
+    print(f"  {name:<11} {seconds * 1e3:>8.1f} {config.data.batch_size / seconds:>9.1f} "
+          f"{flops / 1e9:>11.2f} {flops / 1e9 / seconds:>8.1f} {peak / 2**20:>8.1f}")
+  mean = float(np.mean([np.median(t) for t in times.values()]))
+  gflops = matmul_gflops()
   print(f"  mean over tasks: {mean * 1e3:.1f} ms/step ({config.data.batch_size / mean:.1f} "
-        f"images/s); official PyTorch IPT at this size: ~480 ms/step (REFERENCE section 8)")
+        f"images/s)")
+  print(f"  fp32 2048^2 matmul in this process: {gflops:.0f} GFLOP/s (the machine of REFERENCE "
+        f"section 8: ~{REFERENCE_MATMUL_GFLOPS}); official PyTorch IPT: ~{PYTORCH_MS_PER_STEP} "
+        f"ms/step there, ~{PYTORCH_MS_PER_STEP * REFERENCE_MATMUL_GFLOPS / gflops:.0f} ms at this "
+        f"matmul speed; ours / that = "
+        f"{mean * 1e3 / (PYTORCH_MS_PER_STEP * REFERENCE_MATMUL_GFLOPS / gflops):.2f}")
   print(f"  process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
@@ -147,8 +178,11 @@ def section_probe(size):
   for label, (seconds, peak) in figures.items():
     print(f"  {label:<13} {seconds * 1e3:>8.1f} ms/step  ratio {seconds / base:5.2f}  "
           f"peak {peak / 2**20:8.1f} MB")
-  print("  official PyTorch IPT, 6 tasks with per-task body gradients + cosines: ~3300 ms/step "
-        "at the small size (REFERENCE section 8)")
+  gflops = matmul_gflops()
+  print(f"  official PyTorch IPT, 6 tasks with per-task body gradients + cosines: ~3300 ms/step at "
+        f"the small size on the machine of REFERENCE section 8 (matmul ~{REFERENCE_MATMUL_GFLOPS} "
+        f"GFLOP/s), ~{3300 * REFERENCE_MATMUL_GFLOPS / gflops:.0f} ms at this process's "
+        f"{gflops:.0f} GFLOP/s")
 
 
 def section_devices(size):
@@ -174,7 +208,8 @@ def main(argv):
   if "devices" in FLAGS.sections:
     jax.config.update("jax_num_cpu_devices", FLAGS.devices)
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{len(jax.devices())} device(s): {jax.devices()[0].device_kind}; repeats={FLAGS.repeats}")
+        f"{len(jax.devices())} device(s): {jax.devices()[0].device_kind}; repeats={FLAGS.repeats}; "
+        f"fp32 matmul {matmul_gflops():.0f} GFLOP/s")
   for section in FLAGS.sections:
     if section == "pipeline":
       section_pipeline()

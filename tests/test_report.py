@@ -12,35 +12,11 @@ import pytest
 from mtl import conflicts
 from mtl import report
 from mtl import study as study_lib
+from micro_study import MICRO_STUDY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("denoise_30", "derain")
 JOINT = "joint-lr1e-3-s0"
-
-MICRO_STUDY = '''
-from experiments import base
-from mtl import study as study_lib
-
-
-def get_config(arg=None):
-  study = study_lib.defaults()
-  study.name = "micro"
-  study.tasks = ("denoise_30", "derain")
-  study.regimes = ("scratch", "joint", "finetune")
-  study.steps.scratch = study.steps.joint = study.steps.finetune = 4
-  study.lrs.scratch = study.lrs.joint = study.lrs.finetune = (1e-3,)
-  run = base.get_config("tiny")
-  run.data.batch_size = 2
-  run.optim.warmup_steps = 0
-  run.log_every = run.checkpoint_every = 2
-  run.conflicts.every = 1
-  run.eval.sets = "photos,photos_val"
-  run.eval.max_side, run.eval.max_images = 64, 1
-  study.run = run
-  study.reference.label = "published"
-  study.reference.psnr_y = {"derain": {"photos": 40.0}}
-  return study
-'''
 
 
 def _cli(script, *args):
@@ -56,7 +32,7 @@ def study_runs(tmp_path_factory):
   config = tmp / "micro.py"
   config.write_text(MICRO_STUDY)
   workdir = str(tmp / "study")
-  args = [f"--config={config}", f"--workdir={workdir}"]
+  args = [f"--config={config}:reference", f"--workdir={workdir}"]
   logs = {}
   logs["waiting"] = _cli("launch/study.py", *args, "--only=finetune-*")
   logs["pretrain"] = _cli("launch/study.py", *args, "--only=scratch-*,joint-*")

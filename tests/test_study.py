@@ -12,42 +12,10 @@ import pytest
 
 from experiments import base
 from mtl import study as study_lib
+from micro_study import MICRO_STUDY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# A study file as users write them; the argument picks a variant.
-MICRO_STUDY = '''
-from experiments import base
-from mtl import study as study_lib
-
-
-def get_config(arg=""):
-  study = study_lib.defaults()
-  study.name = "micro"
-  study.tasks = ("denoise_30", "derain")
-  study.regimes = ("scratch", "joint", "finetune")
-  study.steps.scratch = study.steps.joint = study.steps.finetune = 4
-  study.lrs.scratch = study.lrs.joint = study.lrs.finetune = (1e-3,)
-  run = base.get_config("tiny")
-  run.data.batch_size = 2
-  run.optim.warmup_steps = 0
-  run.log_every = run.checkpoint_every = 2
-  run.conflicts.every = 1
-  run.eval.sets = "photos,photos_val"
-  run.eval.max_side, run.eval.max_images = 64, 1
-  study.run = run
-  if arg == "kill":            # two scratch runs long enough to be interrupted
-    study.tasks, study.regimes, study.seeds = ("denoise_30",), ("scratch",), (0, 1)
-    study.steps.scratch = 20
-    run.checkpoint_every, run.log_every = 5, 5
-  elif arg == "bad_field":
-    study.sedds = (0, 1)
-  elif arg == "no_tasks":
-    study.tasks = ()
-  elif arg == "bad_regime":
-    study.regimes = ("scratch", "jiont")
-  return study
-'''
 
 
 def micro(**fields):

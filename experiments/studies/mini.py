@@ -25,9 +25,9 @@ def get_config(arg=None):
   study.steps.joint = 240
   study.steps.finetune = 60
   study.equal_compute = True          # scratch: 240 + 60 steps
-  study.lrs.scratch = (1e-3,)
-  study.lrs.joint = (1e-3, 3e-4)
-  study.lrs.finetune = (3e-4,)
+  study.lrs.scratch = (3e-3,)         # the best of 1e-3, 3e-3, 5e-3, 1e-2 for sr_x2 alone
+  study.lrs.joint = (3e-3, 1e-3)
+  study.lrs.finetune = (1e-3,)
   study.per_regime.finetune = {"optim": {"warmup_steps": 10}}
 
   run = base.get_config("tiny")
