@@ -130,14 +130,15 @@ def section_train(size):
     print(f"  {name:<11} {seconds * 1e3:>8.1f} {config.data.batch_size / seconds:>9.1f} "
           f"{flops / 1e9:>11.2f} {flops / 1e9 / seconds:>8.1f} {peak / 2**20:>8.1f}")
   mean = float(np.mean([np.median(t) for t in times.values()]))
-  gflops = matmul_gflops()
   print(f"  mean over tasks: {mean * 1e3:.1f} ms/step ({config.data.batch_size / mean:.1f} "
         f"images/s)")
-  print(f"  fp32 2048^2 matmul in this process: {gflops:.0f} GFLOP/s (the machine of REFERENCE "
-        f"section 8: ~{REFERENCE_MATMUL_GFLOPS}); official PyTorch IPT: ~{PYTORCH_MS_PER_STEP} "
-        f"ms/step there, ~{PYTORCH_MS_PER_STEP * REFERENCE_MATMUL_GFLOPS / gflops:.0f} ms at this "
-        f"matmul speed; ours / that = "
-        f"{mean * 1e3 / (PYTORCH_MS_PER_STEP * REFERENCE_MATMUL_GFLOPS / gflops):.2f}")
+  if size == "small":  # the size of the PyTorch figure: n_feats 32, 2+2 layers, 4 heads
+    gflops = matmul_gflops()
+    print(f"  fp32 2048^2 matmul in this process: {gflops:.0f} GFLOP/s (the machine of REFERENCE "
+          f"section 8: ~{REFERENCE_MATMUL_GFLOPS}); official PyTorch IPT: ~{PYTORCH_MS_PER_STEP} "
+          f"ms/step there, ~{PYTORCH_MS_PER_STEP * REFERENCE_MATMUL_GFLOPS / gflops:.0f} ms at this "
+          f"matmul speed; ours / that = "
+          f"{mean * 1e3 / (PYTORCH_MS_PER_STEP * REFERENCE_MATMUL_GFLOPS / gflops):.2f}")
   print(f"  process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
@@ -178,6 +179,8 @@ def section_probe(size):
   for label, (seconds, peak) in figures.items():
     print(f"  {label:<13} {seconds * 1e3:>8.1f} ms/step  ratio {seconds / base:5.2f}  "
           f"peak {peak / 2**20:8.1f} MB")
+  if size != "small":  # the PyTorch figure is for the small size
+    return
   gflops = matmul_gflops()
   print(f"  official PyTorch IPT, 6 tasks with per-task body gradients + cosines: ~3300 ms/step at "
         f"the small size on the machine of REFERENCE section 8 (matmul ~{REFERENCE_MATMUL_GFLOPS} "

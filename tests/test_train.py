@@ -107,6 +107,7 @@ def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
   results = []
   for devices in (1, 8):
     config = _config(data=devices)
+    config.optim.lr = 1e-3
     run = train.build(config)
     with jax.set_mesh(run.mesh):
       step = jax.jit(train.make_step(run.model, config, run.optimizer, run.model.task_names))
@@ -119,9 +120,12 @@ def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
   # Adam divides by sqrt(v): where a gradient is ~0 its float32 noise can flip the step's sign and
   # move that parameter by up to ~2 lr per step; all but a handful agree to 1e-5.
   lr = config.optim.lr
+  differing = 0
   for a, b in zip(jax.tree_util.tree_leaves(params1), jax.tree_util.tree_leaves(params8)):
     np.testing.assert_allclose(a, b, atol=4 * lr)
-    assert np.mean(np.abs(a - b) > 1e-5) < 1e-3
+    differing += int(np.sum(np.abs(a - b) > 1e-5))
+  total = sum(x.size for x in jax.tree_util.tree_leaves(params1))
+  assert differing / total < 1e-3
 
 
 def test_contrastive_loss_is_low_when_tokens_cluster_by_image():

@@ -77,6 +77,20 @@ def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path):
   assert list(conflicts.load(workdir).steps) == [0, 1, 2, 3]  # every probe step once
 
 
+def test_resume_on_another_mesh_restores_resharded(straight_run, tmp_path):
+  workdir = str(tmp_path / "remeshed")
+  train.train_and_evaluate(_config(total_steps=2), workdir)  # 1 device
+  config = _config()
+  config.mesh.fsdp = 2                                       # 2 devices, the body split in two
+  train.train_and_evaluate(config, workdir)
+  resumed, step = _params(workdir, _config())
+  straight, _ = _params(straight_run[0], _config())
+  assert step == 4
+  for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)):
+    np.testing.assert_allclose(a, b, atol=4 * config.optim.lr)  # Adam: ~lr per step at most
+  assert list(conflicts.load(workdir).steps) == [0, 1, 2, 3]
+
+
 def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
   joint_dir = straight_run[0]
   config = _config(regime="finetune", tasks=("sr_x2",), init_from=joint_dir, total_steps=2)

@@ -7,9 +7,9 @@ Tiny IPT, tasks denoise_30, sr_x2, derain, 2 seeds: 6 scratch runs, 4 joint runs
 learning rates), 6 fine-tunes from the joint run chosen on the validation photograph
 (photos_val); test on the photographs' test split (photos). Budgets: joint 240 steps,
 fine-tune 60, scratch 300 (equal_compute: as many steps as joint + fine-tune), batch 4 per
-task. 16 runs, 36 CPU-minutes measured (about 20-30 minutes on 2 otherwise idle cores), a
-third of it JAX start-up, compilation and evaluation. Far too short to beat bicubic SR: it
-shows the pipeline, not the answer.
+task. 16 runs in 22m35s on 2 otherwise idle cores (2026-11-28), a third of it JAX start-up,
+compilation and evaluation. Too short for sr_x2 to beat bicubic: it shows the pipeline and
+the direction of transfer, not converged numbers.
 """
 from experiments import base
 from mtl import study as study_lib
