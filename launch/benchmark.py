@@ -67,6 +67,22 @@ def _time(fn, state, batch, repeats):
   return float(np.median(times)), state
 
 
+def _time_interleaved(calls, state, repeats):
+  """Median seconds per call of each {label: (fn, batch)}, the calls interleaved so that machine
+  noise hits every label alike; the state is threaded through as in training."""
+  import jax
+  import numpy as np
+  for fn, batch in calls.values():  # compile + warm-up
+    state = jax.block_until_ready(fn(state, batch))[0]
+  times = {label: [] for label in calls}
+  for _ in range(repeats):
+    for label, (fn, batch) in calls.items():
+      start = time.perf_counter()
+      state = jax.block_until_ready(fn(state, batch))[0]
+      times[label].append(time.perf_counter() - start)
+  return {label: float(np.median(t)) for label, t in times.items()}
+
+
 def _compiled_figures(jitted, state, batch):
   compiled = jitted.lower(state, batch).compile()
   cost = compiled.cost_analysis() or {}
@@ -99,8 +115,15 @@ def matmul_gflops(repeats=7):
   return 2 * 2048**3 / float(np.median(times)) / 1e9
 
 
-REFERENCE_MATMUL_GFLOPS = 460   # REFERENCE section 8: the machine the PyTorch figures came from
-PYTORCH_MS_PER_STEP = 480
+# REFERENCE section 8, official PyTorch IPT at the small size, on a machine with this matmul speed:
+REFERENCE_MATMUL_GFLOPS = 460
+PYTORCH_MS_PER_STEP = 480          # one task per step
+PYTORCH_PROBE_MS_PER_STEP = 3300   # 6 tasks with per-task body gradients + cosines
+
+
+def _at_this_speed(reference_ms, gflops):
+  """A time measured on REFERENCE's machine, scaled to this process's matmul speed."""
+  return reference_ms * REFERENCE_MATMUL_GFLOPS / gflops
 
 
 def section_train(size):
@@ -115,30 +138,23 @@ def section_train(size):
   with jax.set_mesh(run.mesh):
     state = run.init_state()
     full = sharding.to_global(_batch(run, config), run.mesh)
-    jitted, figures, times = {}, {}, {name: [] for name in SIX_TASKS}
-    for name in SIX_TASKS:
-      jitted[name] = _step(run, config, (name,))
-      figures[name] = _compiled_figures(jitted[name], state, {name: full[name]})
-      state = jax.block_until_ready(jitted[name](state, {name: full[name]}))[0]  # warm-up
-    for _ in range(FLAGS.repeats):  # interleaved, so machine noise hits every task alike
-      for name in SIX_TASKS:
-        start = time.perf_counter()
-        state = jax.block_until_ready(jitted[name](state, {name: full[name]}))[0]
-        times[name].append(time.perf_counter() - start)
+    calls = {name: (_step(run, config, (name,)), {name: full[name]}) for name in SIX_TASKS}
+    figures = {name: _compiled_figures(fn, state, batch) for name, (fn, batch) in calls.items()}
+    seconds = _time_interleaved(calls, state, FLAGS.repeats)
   for name in SIX_TASKS:
-    seconds, (flops, peak) = float(np.median(times[name])), figures[name]
-    print(f"  {name:<11} {seconds * 1e3:>8.1f} {config.data.batch_size / seconds:>9.1f} "
-          f"{flops / 1e9:>11.2f} {flops / 1e9 / seconds:>8.1f} {peak / 2**20:>8.1f}")
-  mean = float(np.mean([np.median(t) for t in times.values()]))
+    (flops, peak), s = figures[name], seconds[name]
+    print(f"  {name:<11} {s * 1e3:>8.1f} {config.data.batch_size / s:>9.1f} "
+          f"{flops / 1e9:>11.2f} {flops / 1e9 / s:>8.1f} {peak / 2**20:>8.1f}")
+  mean = float(np.mean(list(seconds.values())))
   print(f"  mean over tasks: {mean * 1e3:.1f} ms/step ({config.data.batch_size / mean:.1f} "
         f"images/s)")
   if size == "small":  # the size of the PyTorch figure: n_feats 32, 2+2 layers, 4 heads
     gflops = matmul_gflops()
+    pytorch_ms = _at_this_speed(PYTORCH_MS_PER_STEP, gflops)
     print(f"  fp32 2048^2 matmul in this process: {gflops:.0f} GFLOP/s (the machine of REFERENCE "
           f"section 8: ~{REFERENCE_MATMUL_GFLOPS}); official PyTorch IPT: ~{PYTORCH_MS_PER_STEP} "
-          f"ms/step there, ~{PYTORCH_MS_PER_STEP * REFERENCE_MATMUL_GFLOPS / gflops:.0f} ms at this "
-          f"matmul speed; ours / that = "
-          f"{mean * 1e3 / (PYTORCH_MS_PER_STEP * REFERENCE_MATMUL_GFLOPS / gflops):.2f}")
+          f"ms/step there, ~{pytorch_ms:.0f} ms at this matmul speed; ours / that = "
+          f"{mean * 1e3 / pytorch_ms:.2f}")
   print(f"  process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
@@ -163,28 +179,20 @@ def section_probe(size):
   with jax.set_mesh(run.mesh):
     batch = sharding.to_global(_batch(run, config), run.mesh)
     state = run.init_state()
-    jitted = {label: _step(run, config, run.model.task_names, probe) for label, probe in variants}
-    peaks = {label: _compiled_figures(fn, state, batch)[1] for label, fn in jitted.items()}
-    times = {label: [] for label in jitted}
-    for label, fn in jitted.items():  # warm-up
-      state = jax.block_until_ready(fn(state, batch))[0]
-    for _ in range(FLAGS.repeats):  # interleaved, so machine noise hits every variant alike
-      for label, fn in jitted.items():
-        start = time.perf_counter()
-        state = jax.block_until_ready(fn(state, batch))[0]
-        times[label].append(time.perf_counter() - start)
-  import numpy as np
-  figures = {label: (float(np.median(times[label])), peaks[label]) for label in jitted}
-  base = figures["no probe"][0]
-  for label, (seconds, peak) in figures.items():
-    print(f"  {label:<13} {seconds * 1e3:>8.1f} ms/step  ratio {seconds / base:5.2f}  "
-          f"peak {peak / 2**20:8.1f} MB")
+    calls = {label: (_step(run, config, run.model.task_names, probe), batch)
+             for label, probe in variants}
+    peaks = {label: _compiled_figures(fn, state, batch)[1] for label, (fn, _) in calls.items()}
+    seconds = _time_interleaved(calls, state, FLAGS.repeats)
+  for label in calls:
+    print(f"  {label:<13} {seconds[label] * 1e3:>8.1f} ms/step  ratio "
+          f"{seconds[label] / seconds['no probe']:5.2f}  peak {peaks[label] / 2**20:8.1f} MB")
   if size != "small":  # the PyTorch figure is for the small size
     return
   gflops = matmul_gflops()
-  print(f"  official PyTorch IPT, 6 tasks with per-task body gradients + cosines: ~3300 ms/step at "
-        f"the small size on the machine of REFERENCE section 8 (matmul ~{REFERENCE_MATMUL_GFLOPS} "
-        f"GFLOP/s), ~{3300 * REFERENCE_MATMUL_GFLOPS / gflops:.0f} ms at this process's "
+  print(f"  official PyTorch IPT, 6 tasks with per-task body gradients + cosines: "
+        f"~{PYTORCH_PROBE_MS_PER_STEP} ms/step at the small size on the machine of REFERENCE "
+        f"section 8 (matmul ~{REFERENCE_MATMUL_GFLOPS} GFLOP/s), "
+        f"~{_at_this_speed(PYTORCH_PROBE_MS_PER_STEP, gflops):.0f} ms at this process's "
         f"{gflops:.0f} GFLOP/s")
 
 
