@@ -3,16 +3,17 @@
 Orbax writes each step into a temporary directory and renames it when complete, so a killed
 run never leaves a half-written checkpoint that resume would pick up.
 """
-import json
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
+from mtl import io
+
 CONFIG_FILE = "config.json"
 # Fields that may change between a run and its resumption: they do not change what is learned.
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
-                    "keep_checkpoints", "eval", "mesh", "conflicts.plot_every")
+                    "keep_checkpoints", "eval", "mesh")
 
 
 def manager(workdir, keep=3, async_save=True):
@@ -57,42 +58,12 @@ def checkpoint_dir_of(path):
   return inner if os.path.isdir(inner) else path
 
 
-def write_json_atomic(path, obj):
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=str)
-  os.replace(tmp, path)
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-  return out
-
-
-def config_differences(saved: dict, current: dict):
-  """Field names that differ, ignoring the fields a resumed run may change."""
-  a, b = _flatten(saved), _flatten(json.loads(json.dumps(current, default=str)))
-  resumable = lambda k: any(k == f or k.startswith(f + ".") for f in RESUMABLE_FIELDS)
-  return sorted(k for k in set(a) | set(b) if not resumable(k) and a.get(k) != b.get(k))
-
-
 def check_or_write_config(workdir, config_dict):
   """First start: save the config. Restart: refuse a different config (one clear line)."""
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    diff = config_differences(saved, config_dict)
-    if diff:
-      shown = ", ".join(f"{k} ({_flatten(saved).get(k)!r} -> "
-                        f"{_flatten(json.loads(json.dumps(config_dict, default=str))).get(k)!r})"
-                        for k in diff[:4])
-      raise ValueError(f"workdir {workdir} holds a run with a different config: {shown}; "
-                       "use a new --workdir or the same config to resume")
+    io.refuse_changes(f"workdir {workdir}", io.read_json(path), config_dict, RESUMABLE_FIELDS,
+                      "a run with a different config",
+                      "use a new --workdir or the same config to resume")
   else:
-    write_json_atomic(path, config_dict)
+    io.write_json(path, config_dict)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl import checkpoints, degradations, metrics
+from mtl import degradations, io, metrics
 
 
 PHOTO_SETS = {"photos": "test", "photos_val": "validation"}  # eval set -> photos split
@@ -187,7 +187,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
       writer.scalars(step, {f"eval/{t}/{s}/{k}": v for t, sets in results["tasks"].items()
                             for s, e in sets.items() for k, v in e.items() if k != "num_images"})
     name = "results.json" if final else f"results-{step:09d}.json"
-    checkpoints.write_json_atomic(os.path.join(workdir, name), results)
+    io.write_json(os.path.join(workdir, name), results)
     print(format_table(results), flush=True)
   return results
 

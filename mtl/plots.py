@@ -33,6 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mtl import conflicts
+from mtl.models import ipt
 
 MAX_ROWS = 128
 CMAP = "RdBu"  # low (conflict) red, high blue
@@ -80,10 +81,10 @@ def short_name(name):
 def rows_for(layer_names, rows="auto"):
   """The grouping used for figure rows: 'auto' picks the finest with <= MAX_ROWS rows."""
   if rows != "auto":
-    conflicts.group_keys(layer_names, rows)  # validates
+    ipt.group_keys(layer_names, rows)  # validates
     return rows
   for by in ("layer", "module"):
-    if len(set(conflicts.group_keys(layer_names, by))) <= MAX_ROWS:
+    if len(set(ipt.group_keys(layer_names, by))) <= MAX_ROWS:
       return by
   return "block"
 
@@ -120,7 +121,7 @@ def _label_rows(ax, names, by):
   ax.set_yticks(np.arange(len(names)))
   ax.set_yticklabels([short_name(n) for n in names], fontsize=size)
   if by in ("layer", "module"):  # lines between blocks keep the network's structure visible
-    blocks = [conflicts.block_of(n) for n in names]
+    blocks = [ipt.block_of(n) for n in names]
     for r in range(1, len(blocks)):
       if blocks[r] != blocks[r - 1]:
         ax.axhline(r - 0.5, color="black", linewidth=0.6)

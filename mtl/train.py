@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from mtl import checkpoints, conflicts, degradations, losses, sharding, tasks
+from mtl import checkpoints, conflicts, degradations, io, losses, sharding, tasks
 from mtl.models import ipt
 
 REGIMES = ("scratch", "joint", "finetune")
@@ -318,9 +318,7 @@ def train_and_evaluate(config, workdir):
       state = run.init_state()
     start = int(state.step)
     names = run.model.task_names
-    layer_names = conflicts.shared_layer_names(state.params["body"])
-    order = conflicts.network_order(layer_names)
-    layer_names = [layer_names[i] for i in order]
+    layer_names, order = ipt.body_layer_order(state.params["body"])
     if is_writer and probe_every:
       conflicts.truncate_after(workdir, start - 1)  # steps >= start will be probed again
 
@@ -409,7 +407,7 @@ def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
       sharding=sharding.batch_sharding(run.mesh)) for s in specs}
   cost = step_fn.lower(run.abstract_state, abstract_batch).cost_analysis() or {}
   flops = float(cost.get("flops", float("nan")))
-  checkpoints.write_json_atomic(path, {
+  io.write_json(path, {
       "steps": final_step, "images_seen": final_step * per_step_images,
       "flops_per_step": flops, "train_flops": flops * final_step,
       "wall_seconds": previous["wall_seconds"] + seconds})
@@ -483,8 +481,7 @@ def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
                                          out_shardings=run.state_shardings.opt_state)(params))
     probe = jax.jit(make_step(run.model, config, run.optimizer, run.model.task_names, probe=True))
     images = sources.open_images(config.data, "train")
-    names = conflicts.shared_layer_names(params["body"])
-    order = np.asarray(conflicts.network_order(names))
+    layer_names, order = ipt.body_layer_order(params["body"])
     steps, grams = [], []
     for step in range(first_step, first_step + num_batches):
       batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size,
@@ -493,6 +490,6 @@ def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
       _, _, g = probe(state.replace(step=jnp.asarray(step, jnp.int32)),
                       sharding.to_global(batch, run.mesh))
       steps.append(step)
-      grams.append(np.asarray(jax.device_get(g))[order])
+      grams.append(np.asarray(jax.device_get(g))[np.asarray(order)])
   return (np.asarray(steps, np.int64), np.stack(grams).astype(np.float32),
-          [names[i] for i in order], list(run.model.task_names), int(ckpt_step))
+          layer_names, list(run.model.task_names), int(ckpt_step))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mtl import conflicts
+from mtl.models import ipt
 
 TASKS = ["denoise_30", "sr_x2", "derain"]
 LAYERS = ["token_embed/bias", "token_embed/kernel", "pos_embed",
@@ -94,10 +95,10 @@ def test_zero_gradient_gives_nan_not_a_conflict():
 
 
 def test_block_of_and_module_of():
-  assert [conflicts.block_of(n) for n in LAYERS] == BLOCKS
-  assert conflicts.block_of("decoder/11/self_attn/out/kernel") == "decoder_11"
-  assert conflicts.module_of("encoder/0/attn/query/kernel") == "encoder/0/attn"
-  assert conflicts.module_of("out_mlp/fc1/kernel") == "out_mlp"
+  assert [ipt.block_of(n) for n in LAYERS] == BLOCKS
+  assert ipt.block_of("decoder/11/self_attn/out/kernel") == "decoder_11"
+  assert ipt.module_of("encoder/0/attn/query/kernel") == "encoder/0/attn"
+  assert ipt.module_of("out_mlp/fc1/kernel") == "out_mlp"
 
 
 def test_group_sums_equal_gramian_of_concatenation():

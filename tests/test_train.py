@@ -7,6 +7,7 @@ import skimage.data
 
 from experiments import tiny
 from mtl import conflicts, degradations, losses, sharding, train
+from mtl.models import ipt
 
 TASKS = ("denoise_30", "sr_x2", "derain")
 
@@ -68,7 +69,7 @@ def test_probe_gramians_equal_independent_per_task_gradients(devices):
     _, metrics, grams = step(state, sharding.to_global(batch, run.mesh))
   expected = _leaf_gramians(_independent_task_grads(run, config, params, batch, 0))
   grams = np.asarray(grams, np.float64)
-  assert grams.shape == expected.shape == (len(conflicts.shared_layer_names(params["body"])), 3, 3)
+  assert grams.shape == expected.shape == (len(ipt.shared_layer_names(params["body"])), 3, 3)
   # Per leaf, float32 summation order alone moves a squared norm by ~2e-5 relative (the same
   # jax.grad, jitted vs eager, differs that much), so leaves are held to 1e-4 ...
   scale = np.abs(expected).max(axis=(1, 2), keepdims=True)

@@ -288,3 +288,82 @@ class IPT:
 
 def count_params(tree) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+
+
+# ----------------------------------------------------------------------------- layer names
+
+def shared_layer_names(body_params):
+  """'/'-joined names of the body's leaves, in flattening order (the Gramians' L axis)."""
+  paths = jax.tree_util.tree_flatten_with_path(body_params)[0]
+  key = lambda k: str(getattr(k, "key", getattr(k, "idx", k)))
+  return ["/".join(key(k) for k in path) for path, _ in paths]
+
+
+_BLOCK_RANK = {"token_embed": 0, "pos_embed": 1, "encoder": 2, "decoder": 3, "out_mlp": 4}
+
+
+def network_order(layer_names):
+  """Permutation putting flattened (alphabetical) leaves in network order for the store."""
+  def rank(i):
+    parts = layer_names[i].split("/")
+    index = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
+    return (_BLOCK_RANK.get(parts[0], len(_BLOCK_RANK)), index, i)
+  return sorted(range(len(layer_names)), key=rank)
+
+
+
+GROUPINGS = ("layer", "module", "block", "body")
+
+
+def block_of(layer_name):
+  """The network block of a body leaf.
+
+  'token_embed/*', 'pos_embed' -> 'embeddings'; 'encoder/<k>/*' -> 'encoder_<k>';
+  'decoder/<k>/*' -> 'decoder_<k>'; 'out_mlp/*' -> 'output_mlp'; anything else -> its
+  first path component.
+  """
+  parts = layer_name.split("/")
+  if parts[0] in ("token_embed", "pos_embed"):
+    return "embeddings"
+  if parts[0] in ("encoder", "decoder") and len(parts) > 1 and parts[1].isdigit():
+    return f"{parts[0]}_{parts[1]}"
+  if parts[0] == "out_mlp":
+    return "output_mlp"
+  return parts[0]
+
+
+def module_of(layer_name):
+  """The sub-layer a leaf belongs to: between a leaf and a block.
+
+  'encoder/0/attn/query/kernel' -> 'encoder/0/attn', 'decoder/1/norm3/scale' ->
+  'decoder/1/norm3', 'token_embed/kernel' -> 'token_embed', 'out_mlp/fc1/bias' -> 'out_mlp'.
+  """
+  parts = layer_name.split("/")
+  if parts[0] in ("encoder", "decoder") and len(parts) > 2 and parts[1].isdigit():
+    return "/".join(parts[:3])
+  return parts[0]
+
+
+def group_keys(layer_names, by):
+  """Group name of every leaf for `by` in GROUPINGS."""
+  if by == "layer":
+    return list(layer_names)
+  if by == "module":
+    return [module_of(n) for n in layer_names]
+  if by == "block":
+    return [block_of(n) for n in layer_names]
+  if by == "body":
+    return ["body"] * len(layer_names)
+  raise ValueError(f"by={by!r}; valid: {', '.join(map(repr, GROUPINGS))}")
+
+
+
+def body_layer_order(body_params):
+  """(leaf names in network order, the permutation from flattening order to it).
+
+  The conflict store keeps per-leaf Gramians in network order (embeddings, encoder, decoder,
+  output MLP); the trainer applies the permutation to the Gramians its step returns.
+  """
+  names = shared_layer_names(body_params)
+  order = network_order(names)
+  return [names[i] for i in order], order

@@ -1,0 +1,14 @@
+"""Gradient conflict between tasks on the shared body.
+
+  gramians.py  the math: per-leaf Gramians -> cosines, norms, conflict shares, groups, EMA
+  store.py     the on-disk record of probe steps and the Record it loads
+  summary.py   numbers and text of a record for reports
+
+`mtl.conflicts.load(workdir)` returns the Record of a run's probe steps.
+"""
+from mtl.conflicts.gramians import (GROUPINGS, conflict_fraction, cosines, ema, gramians, group,
+                                    nan_mean, norm_ratios, norms, pair_indices, pair_names,
+                                    pair_values, share_negative, update_cosines)
+from mtl.conflicts.store import (Record, Store, append, format_range, load, parse_step_range,
+                                 store_dir, truncate_after)
+from mtl.conflicts.summary import format_summary, summarize

@@ -1,0 +1,337 @@
+"""The on-disk record of probe steps: <workdir>/conflicts/store/, and the Record it loads.
+
+  meta.json                          {"format", "version", "task_names", "layer_names"}
+  chunk-<first:09d>-<last:09d>.npz   steps (S,) int64 ascending, gramians (S, L, T, T) float32
+
+`load(workdir)` returns a Record: the stored steps, their per-leaf Gramians in network order,
+and the derived statistics (mtl.conflicts.gramians) grouped by layer, module, block or body.
+"""
+import dataclasses
+import json
+import os
+import re
+import zipfile
+
+import numpy as np
+from absl import logging
+
+from mtl import io
+from mtl.conflicts.gramians import (conflict_fraction, cosines, group, norms, pair_names,
+                                    update_cosines)
+
+FORMAT = "mtl.conflicts"
+VERSION = 1
+_CHUNK = re.compile(r"^chunk-(\d{9,})-(\d{9,})\.npz$")
+
+
+def store_dir(workdir):
+  return os.path.join(workdir, "conflicts", "store")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Record:
+  """Probe steps as loaded from a store.
+
+  steps (S,) int64 ascending; gramians (S, L, T, T) float32 with leaves in network order.
+  """
+  steps: np.ndarray
+  gramians: np.ndarray
+  layer_names: tuple
+  task_names: tuple
+
+  @property
+  def num_steps(self):
+    return len(self.steps)
+
+  @property
+  def pair_names(self):
+    return pair_names(self.task_names)
+
+  def grouped(self, by="body"):
+    """(group names, Gramians (S, B, T, T)) for `by` in GROUPINGS."""
+    return group(self.gramians, self.layer_names, by)
+
+  def cosines(self, by="body"):
+    """(S, B, T, T); by='body' gives (S, 1, T, T)."""
+    return cosines(self.grouped(by)[1])
+
+  def norms(self, by="body"):
+    """(S, B, T)."""
+    return norms(self.grouped(by)[1])
+
+  def conflict_fraction(self, by="body"):
+    """(S, B): fraction of task pairs with cos < 0."""
+    return conflict_fraction(self.grouped(by)[1])
+
+  def update_cosines(self, by="body"):
+    """(S, B, T)."""
+    return update_cosines(self.grouped(by)[1])
+
+  def last(self, window=None):
+    """The last `window` probe steps (all for None or 0)."""
+    if not window:
+      return self
+    if window < 0:
+      raise ValueError(f"window={window}; valid: a positive number of probe steps, or 0 for all")
+    return self._take(slice(max(0, self.num_steps - window), None))
+
+  def select(self, step_range):
+    """Probe steps in [start, end) (either may be None); ValueError if none is selected."""
+    start, end = _check_range(step_range)
+    keep = np.ones(self.num_steps, bool)
+    if start is not None:
+      keep &= self.steps >= start
+    if end is not None:
+      keep &= self.steps < end
+    if not keep.any():
+      raise ValueError(f"step range {format_range(step_range)} selects no probe step; stored: "
+                       f"{_describe_steps(self.steps)}")
+    return self._take(keep)
+
+  def window_label(self):
+    """'steps a-b (n probes)' for titles."""
+    if self.num_steps == 0:
+      return "no steps"
+    return (f"steps {int(self.steps[0])}-{int(self.steps[-1])} "
+            f"({self.num_steps} probe{'s' if self.num_steps != 1 else ''})")
+
+  def _take(self, index):
+    return dataclasses.replace(self, steps=self.steps[index], gramians=self.gramians[index])
+
+
+def parse_step_range(text):
+  """'START:END' (half-open, either side may be empty) -> (start, end); '' -> None."""
+  if text is None or text.strip() in ("", ":"):
+    return None
+  match = re.fullmatch(r"\s*(\d*)\s*:\s*(\d*)\s*", text)
+  if not match:
+    raise ValueError(f"step range {text!r} is not START:END; valid e.g. '100:200', '100:', ':200'")
+  start, end = (int(v) if v else None for v in match.groups())
+  return _check_range((start, end))
+
+
+def format_range(step_range):
+  if step_range is None:
+    return ":"
+  start, end = step_range
+  return f"{'' if start is None else start}:{'' if end is None else end}"
+
+
+def _check_range(step_range):
+  if step_range is None:
+    return None, None
+  try:
+    start, end = step_range
+  except (TypeError, ValueError):
+    raise ValueError(f"step range {step_range!r}; valid: (start, end) with ints or None") from None
+  if start is not None and end is not None and start >= end:
+    raise ValueError(f"step range {format_range(step_range)} is empty; START must be < END")
+  return start, end
+
+
+def _describe_steps(steps):
+  if len(steps) == 0:
+    return "no probe steps"
+  return f"steps {int(steps[0])}..{int(steps[-1])} ({len(steps)} probes)"
+
+
+
+class Store:
+  """The probe store of one workdir: <workdir>/conflicts/store/.
+
+    meta.json                          {"format", "version", "task_names", "layer_names"}
+    chunk-<first:09d>-<last:09d>.npz   steps (S,) int64 ascending, gramians (S, L, T, T) float32
+
+  Chunks are written atomically (temporary file + os.replace) and never modified;
+  truncation writes a shorter chunk before removing the old one, so a crash at any point
+  leaves a loadable store (duplicated steps are dropped on load).
+  """
+
+  def __init__(self, workdir):
+    self.workdir = workdir
+    self.path = store_dir(workdir)
+    self.meta_path = os.path.join(self.path, "meta.json")
+
+  def exists(self):
+    return os.path.isfile(self.meta_path)
+
+  # --- reading
+
+  def meta(self):
+    if not self.exists():
+      raise ValueError(f"no conflict store in {self.workdir} (expected {self.meta_path}); "
+                       "run training with conflicts.every > 0 and at least two tasks")
+    try:
+      with open(self.meta_path) as f:
+        meta = json.load(f)
+    except (OSError, ValueError) as error:
+      raise ValueError(f"corrupt conflict store meta {self.meta_path}: {error}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+      raise ValueError(f"{self.meta_path} is not a conflict store meta (format != {FORMAT!r})")
+    if meta.get("version") != VERSION:
+      raise ValueError(f"{self.meta_path} has format version {meta.get('version')}; "
+                       f"this code reads version {VERSION}")
+    for key in ("task_names", "layer_names"):
+      if not isinstance(meta.get(key), list) or not all(isinstance(n, str) for n in meta[key]):
+        raise ValueError(f"corrupt conflict store meta {self.meta_path}: {key} is not a list "
+                         "of strings")
+    return meta
+
+  def chunks(self):
+    """[(first, last, path)] sorted by (first, last)."""
+    if not os.path.isdir(self.path):
+      return []
+    found = []
+    for name in os.listdir(self.path):
+      match = _CHUNK.match(name)
+      if match:
+        found.append((int(match.group(1)), int(match.group(2)), os.path.join(self.path, name)))
+    return sorted(found)
+
+  def read_chunk(self, path, meta=None):
+    """(steps (S,) int64, gramians (S, L, T, T) float32) of one chunk, validated."""
+    meta = meta or self.meta()
+    shape = (len(meta["layer_names"]), len(meta["task_names"]), len(meta["task_names"]))
+    try:
+      with np.load(path, allow_pickle=False) as data:
+        steps, grams = np.asarray(data["steps"]), np.asarray(data["gramians"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+      raise ValueError(f"corrupt conflict chunk {path}: {type(error).__name__}: {error}; "
+                       "delete it to load the rest") from None
+    match = _CHUNK.match(os.path.basename(path))
+    problem = None
+    if steps.ndim != 1 or not np.issubdtype(steps.dtype, np.integer) or len(steps) == 0:
+      problem = f"steps has shape {steps.shape} and dtype {steps.dtype}"
+    elif grams.shape != (len(steps),) + shape:
+      problem = f"gramians has shape {grams.shape}, expected {(len(steps),) + shape}"
+    elif np.any(np.diff(steps) <= 0):
+      problem = "steps are not strictly increasing"
+    elif match and (steps[0], steps[-1]) != (int(match.group(1)), int(match.group(2))):
+      problem = f"holds steps {steps[0]}..{steps[-1]}, not the ones its name says"
+    if problem:
+      raise ValueError(f"corrupt conflict chunk {path}: {problem}; delete it to load the rest")
+    return steps.astype(np.int64), grams.astype(np.float32)
+
+  def load(self, step_range=None):
+    """The stored probe steps in [start, end) as a Record (see module `load`)."""
+    start, end = _check_range(step_range)
+    meta = self.meta()
+    chunks = self.chunks()
+    if not chunks:
+      raise ValueError(f"conflict store {self.path} holds no probe steps yet")
+    lo, hi = chunks[0][0], max(c[1] for c in chunks)
+    wanted = [c for c in chunks
+              if (start is None or c[1] >= start) and (end is None or c[0] < end)]
+    if not wanted:
+      raise ValueError(f"step range {format_range(step_range)} is outside the stored steps "
+                       f"{lo}..{hi} in {self.path}")
+    parts = [self.read_chunk(path, meta) for _, _, path in wanted]
+    steps = np.concatenate([s for s, _ in parts])
+    grams = np.concatenate([g for _, g in parts])
+    # Sort and keep one entry per step (a crash mid-truncation can leave two chunks with it).
+    steps, first = np.unique(steps, return_index=True)
+    record = Record(steps=steps, gramians=grams[first], layer_names=tuple(meta["layer_names"]),
+                    task_names=tuple(meta["task_names"]))
+    if step_range is None:
+      return record
+    try:
+      return record.select((start, end))
+    except ValueError:
+      raise ValueError(f"step range {format_range(step_range)} selects no probe step; stored: "
+                       f"{_describe_steps(steps)} in {self.path}") from None
+
+  # --- writing
+
+  def append(self, steps, gramians, layer_names, task_names):
+    """Add probe steps as one new chunk; returns its path (None if `steps` is empty).
+
+    steps (S,) strictly increasing ints >= 0 (or one int); gramians (S, L, T, T) (or
+    (L, T, T) for one step). The first append writes meta.json; later ones must pass the
+    same layer and task names. Stored steps >= steps[0] belong to a trajectory that was
+    abandoned (a resume from an older checkpoint) and are dropped first.
+    """
+    steps = np.atleast_1d(np.asarray(steps))
+    gramians = np.asarray(gramians)
+    if gramians.ndim == 3 and steps.shape == (1,):
+      gramians = gramians[None]
+    layer_names, task_names = [str(n) for n in layer_names], [str(n) for n in task_names]
+    if steps.ndim != 1 or not np.issubdtype(steps.dtype, np.integer):
+      raise ValueError(f"steps must be a 1-D integer array; got shape {steps.shape}, "
+                       f"dtype {steps.dtype}")
+    if len(steps) == 0:
+      return None
+    if np.any(steps < 0) or np.any(np.diff(steps) <= 0):
+      raise ValueError(f"steps must be >= 0 and strictly increasing; got {steps.tolist()[:8]}...")
+    expected = (len(steps), len(layer_names), len(task_names), len(task_names))
+    if gramians.shape != expected:
+      raise ValueError(f"gramians of shape {gramians.shape} do not match {len(steps)} steps, "
+                       f"{len(layer_names)} layers, {len(task_names)} tasks; expected {expected}")
+    if len(set(task_names)) != len(task_names) or len(set(layer_names)) != len(layer_names):
+      raise ValueError("task_names and layer_names must be unique")
+    os.makedirs(self.path, exist_ok=True)
+    if self.exists():
+      meta = self.meta()
+      for key, given in (("task_names", task_names), ("layer_names", layer_names)):
+        if meta[key] != given:
+          raise ValueError(f"{key} {_diff(meta[key], given)} differ from the ones stored in "
+                           f"{self.meta_path}; use a fresh workdir for a different model or "
+                           "task set")
+    else:
+      meta = dict(format=FORMAT, version=VERSION, task_names=task_names, layer_names=layer_names)
+      io.write_atomic(self.meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    chunks = self.chunks()
+    if chunks and max(c[1] for c in chunks) >= steps[0]:
+      logging.warning("conflict store %s: dropping stored probes at steps >= %d, which are "
+                      "being re-measured", self.path, int(steps[0]))
+      self.truncate_after(int(steps[0]) - 1)
+    return self._write_chunk(steps.astype(np.int64), gramians.astype(np.float32))
+
+  def truncate_after(self, step):
+    """Drop every stored probe step > `step` (on resume). No store: nothing to do."""
+    if not os.path.isdir(self.path):
+      return
+    for name in os.listdir(self.path):  # leftovers of writes that crashed
+      if ".tmp-" in name:
+        os.remove(os.path.join(self.path, name))
+    for first, last, path in self.chunks():
+      if last <= step:
+        continue
+      if first <= step:
+        steps, grams = self.read_chunk(path)
+        keep = steps <= step
+        self._write_chunk(steps[keep], grams[keep])  # the shorter chunk first, then drop the old
+      os.remove(path)
+    io.fsync_dir(self.path)
+
+  def _write_chunk(self, steps, gramians):
+    path = os.path.join(self.path, f"chunk-{int(steps[0]):09d}-{int(steps[-1]):09d}.npz")
+    io.write_atomic(path, lambda f: np.savez(f, steps=steps, gramians=gramians))
+    return path
+
+
+def _diff(stored, given):
+  if len(stored) != len(given):
+    return f"(given {len(given)}, stored {len(stored)})"
+  i = next(i for i, (a, b) in enumerate(zip(stored, given)) if a != b)
+  return f"(at index {i}: given {given[i]!r}, stored {stored[i]!r})"
+
+
+def append(workdir, steps, gramians, layer_names, task_names):
+  """Store.append on <workdir>/conflicts/store."""
+  return Store(workdir).append(steps, gramians, layer_names, task_names)
+
+
+def truncate_after(workdir, step):
+  """Store.truncate_after: no stored step > `step` remains."""
+  Store(workdir).truncate_after(step)
+
+
+def load(workdir, step_range=None):
+  """All stored probe steps in [start, end) as a Record, sorted, one entry per step.
+
+  step_range: None, or (start, end) with either None. ValueError (one line naming the path
+  or value and what is valid) for a missing store, a corrupt meta or chunk, or a range that
+  selects no stored step.
+  """
+  return Store(workdir).load(step_range)
+
