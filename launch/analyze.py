@@ -37,23 +37,14 @@ flags.DEFINE_float("ema_beta", 0.1, "GradVac EMA beta for the curves (0 for none
 
 def analyze(workdir, step_range="", window=0, ema_beta=0.1):
   """Load, draw, log to TensorBoard, and return the text summary."""
-  from mtl import conflicts, plots, summary
+  from mtl import conflicts, events, plots
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is not a directory")
   record = conflicts.load(workdir, conflicts.parse_step_range(step_range))
   report = conflicts.summarize(record, window)  # everything that can fail on input comes first
-  paths = plots.draw_all(record, os.path.join(workdir, "conflicts"), window, ema_beta)
-  with summary.Writer(os.path.join(workdir, "events", "analyze")) as writer:
-    last = int(record.steps[-1])
-    for path in paths:
-      with open(path, "rb") as f:
-        writer.image(last, "conflicts/" + os.path.splitext(os.path.basename(path))[0], f.read())
-    body = conflicts.pair_values(record.cosines("body")[:, 0])
-    fraction = record.conflict_fraction("body")[:, 0]
-    for s, step in enumerate(record.steps):
-      values = {f"conflicts/cos/{p}": body[s, k] for k, p in enumerate(record.pair_names)}
-      values["conflicts/conflict_fraction"] = fraction[s]
-      writer.scalars(int(step), values)
+  with events.Writer(os.path.join(workdir, "events", "analyze")) as writer:
+    paths = plots.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, window,
+                               ema_beta)
   text = conflicts.format_summary(report)
   return text + "\nfigures: " + ", ".join(os.path.relpath(p, workdir) for p in paths)
 

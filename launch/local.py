@@ -16,7 +16,6 @@ Ctrl-C or SIGTERM is forwarded to every process as SIGTERM, so they save a check
 step boundary and exit; a second Ctrl-C kills them. Re-running the same command resumes.
 --dry_run prints the commands, one per line, and exits.
 """
-import argparse
 import os
 import shlex
 import signal
@@ -26,22 +25,13 @@ import sys
 import threading
 import time
 
+import cli
+
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
-# Flags the launcher owns; the same flags among the train args would contradict it.
-OWNED = ("coordinator_address", "num_processes", "process_id", "num_cpu_devices")
-
-
-class UsageError(Exception):
-  pass
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, not argparse's usage block
-    raise UsageError(message)
 
 
 def parse_args(argv):
-  parser = _Parser(prog="launch/local.py", description=__doc__.split("\n")[0])
+  parser = cli.Parser(prog="launch/local.py", description=__doc__.split("\n")[0])
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--devices_per_process", type=int, default=4,
                       help="fake CPU devices per process (--num_cpu_devices of train.py)")
@@ -52,23 +42,18 @@ def parse_args(argv):
   parser.add_argument("--stop_seconds", type=float, default=600.0,
                       help="after Ctrl-C / SIGTERM, how long the processes get to checkpoint")
   parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
-  if "--" in argv:
-    split = argv.index("--")
-    own, train_args = argv[:split], argv[split + 1:]
-  else:
-    own, train_args = argv, []
+  own, train_args = cli.split_args(argv)
   args = parser.parse_args(own)
   args.train_args = train_args
   if args.num_processes < 1:
-    raise UsageError(f"--num_processes={args.num_processes} must be >= 1")
+    raise cli.UsageError(f"--num_processes={args.num_processes} must be >= 1")
   if args.devices_per_process < 1:
-    raise UsageError(f"--devices_per_process={args.devices_per_process} must be >= 1")
+    raise cli.UsageError(f"--devices_per_process={args.devices_per_process} must be >= 1")
   if args.port != "auto" and not (args.port.isdigit() and 0 < int(args.port) < 65536):
-    raise UsageError(f"--port={args.port} is not valid; use 'auto' or a number in 1..65535")
+    raise cli.UsageError(f"--port={args.port} is not valid; use 'auto' or a number in 1..65535")
   for arg in train_args:
-    name = arg.lstrip("-").split("=", 1)[0]
-    if arg.startswith("--") and name in OWNED:
-      raise UsageError(f"{arg} is set by the launcher; remove it from the train.py arguments")
+    if cli.owned_flag(arg):
+      raise cli.UsageError(f"{arg} is set by the launcher; remove it from the train.py arguments")
   return args
 
 
@@ -194,7 +179,7 @@ class Launcher:
 def main(argv):
   try:
     args = parse_args(argv)
-  except UsageError as error:
+  except cli.UsageError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   port = free_port() if args.port == "auto" else int(args.port)

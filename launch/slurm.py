@@ -15,7 +15,6 @@ exits; the script then requeues the job if training is unfinished and the checkp
 (so a run that fails before making progress is not requeued forever). The requeued job resumes
 from the workdir's latest checkpoint. The workdir must be on a filesystem every node sees.
 """
-import argparse
 import os
 import re
 import shlex
@@ -23,26 +22,11 @@ import shutil
 import subprocess
 import sys
 
+import cli
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TEMPLATE = os.path.join(HERE, "slurm.sbatch.template")
-OWNED = ("coordinator_address", "num_processes", "process_id", "num_cpu_devices")
-
-
-class UsageError(Exception):
-  pass
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, not argparse's usage block
-    raise UsageError(message)
-
-
-def split_args(argv):
-  if "--" in argv:
-    i = argv.index("--")
-    return argv[:i], argv[i + 1:]
-  return argv, []
 
 
 def absolute_train_args(train_args, cwd):
@@ -58,20 +42,20 @@ def absolute_train_args(train_args, cwd):
       if os.path.exists(os.path.join(cwd, path)):
         arg = f"{name}={os.path.abspath(os.path.join(cwd, path))}{colon}{rest}"
     elif name in ("--workdir", "--config"):
-      raise UsageError(f"{arg}: write it as {arg}=VALUE (one argument)")
-    if name.lstrip("-") in OWNED:
-      raise UsageError(f"{arg}: under SLURM jax.distributed gets the process layout from SLURM; "
+      raise cli.UsageError(f"{arg}: write it as {arg}=VALUE (one argument)")
+    if name.lstrip("-") in cli.OWNED:
+      raise cli.UsageError(f"{arg}: under SLURM jax.distributed gets the process layout from SLURM; "
                        "remove it")
     out.append(arg)
   if workdir is None:
-    raise UsageError("train.py arguments need --workdir=DIR (on a filesystem all nodes see), "
+    raise cli.UsageError("train.py arguments need --workdir=DIR (on a filesystem all nodes see), "
                      "e.g. -- --config=experiments/tiny.py --workdir=/shared/mtl/tiny")
   return out, workdir
 
 
 def parse_args(argv, cwd=None):
-  own, train_args = split_args(argv)
-  p = _Parser(prog="launch/slurm.py", description=__doc__.split("\n")[0])
+  own, train_args = cli.split_args(argv)
+  p = cli.Parser(prog="launch/slurm.py", description=__doc__.split("\n")[0])
   p.add_argument("--nodes", type=int, default=1)
   p.add_argument("--gpus_per_node", type=int, default=8, help="= tasks (processes) per node")
   p.add_argument("--time", default="24:00:00", help="time limit, [D-]HH:MM:SS")
@@ -93,16 +77,16 @@ def parse_args(argv, cwd=None):
   args = p.parse_args(own)
   for name in ("nodes", "gpus_per_node"):
     if getattr(args, name) < 1:
-      raise UsageError(f"--{name}={getattr(args, name)} must be >= 1")
+      raise cli.UsageError(f"--{name}={getattr(args, name)} must be >= 1")
   if args.cpus_per_task < 0 or args.signal_seconds < 0:
-    raise UsageError("--cpus_per_task and --signal_seconds must be >= 0")
+    raise cli.UsageError("--cpus_per_task and --signal_seconds must be >= 0")
   if not re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", args.time):
-    raise UsageError(f"--time={args.time} is not a SLURM time; use [D-]HH:MM:SS, e.g. 24:00:00")
+    raise cli.UsageError(f"--time={args.time} is not a SLURM time; use [D-]HH:MM:SS, e.g. 24:00:00")
   if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.job_name):
-    raise UsageError(f"--job_name={args.job_name!r}: use letters, digits, '_', '.', '-'")
+    raise cli.UsageError(f"--job_name={args.job_name!r}: use letters, digits, '_', '.', '-'")
   for extra in args.sbatch:
     if not extra.startswith("--"):
-      raise UsageError(f"--sbatch={extra}: give a long option, e.g. --sbatch=--qos=high")
+      raise cli.UsageError(f"--sbatch={extra}: give a long option, e.g. --sbatch=--qos=high")
   args.train_args, args.workdir = absolute_train_args(train_args, cwd or os.getcwd())
   return args
 
@@ -142,7 +126,7 @@ def script_path(args):
 def main(argv):
   try:
     args = parse_args(argv)
-  except UsageError as error:
+  except cli.UsageError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   script, path = render(args), script_path(args)

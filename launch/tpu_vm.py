@@ -16,23 +16,14 @@ absent on a TPU VM. The repository (same path) and its environment must be on ev
 and --workdir on a filesystem all workers share (NFS / Filestore, or a gcsfuse mount).
 Re-running the same command resumes from the latest checkpoint. --dry_run prints the command.
 """
-import argparse
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 
-OWNED = ("coordinator_address", "num_processes", "process_id", "num_cpu_devices")
+import cli
 
-
-class UsageError(Exception):
-  pass
-
-
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, not argparse's usage block
-    raise UsageError(message)
 
 
 def _quote_path(path):
@@ -43,12 +34,8 @@ def _quote_path(path):
 
 
 def parse_args(argv):
-  if "--" in argv:
-    i = argv.index("--")
-    own, train_args = argv[:i], argv[i + 1:]
-  else:
-    own, train_args = argv, []
-  p = _Parser(prog="launch/tpu_vm.py", description=__doc__.split("\n")[0])
+  own, train_args = cli.split_args(argv)
+  p = cli.Parser(prog="launch/tpu_vm.py", description=__doc__.split("\n")[0])
   p.add_argument("--name", required=True, help="the TPU VM (slice) name")
   p.add_argument("--zone", required=True)
   p.add_argument("--project", default="", help="default: gcloud's configured project")
@@ -61,16 +48,16 @@ def parse_args(argv):
   args = p.parse_args(own)
   for name in ("name", "zone"):
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", getattr(args, name)):
-      raise UsageError(f"--{name}={getattr(args, name)!r} is not a valid GCP name "
+      raise cli.UsageError(f"--{name}={getattr(args, name)!r} is not a valid GCP name "
                        "(lowercase letters, digits, '-')")
   if args.worker != "all" and not re.fullmatch(r"\d+(,\d+)*", args.worker):
-    raise UsageError(f"--worker={args.worker}: use 'all' or indices like 0 or 0,1")
+    raise cli.UsageError(f"--worker={args.worker}: use 'all' or indices like 0 or 0,1")
   if not any(a.startswith("--workdir") for a in train_args):
-    raise UsageError("train.py arguments need --workdir=DIR (shared by all workers), "
+    raise cli.UsageError("train.py arguments need --workdir=DIR (shared by all workers), "
                      "e.g. -- --config=experiments/tiny.py --workdir=/mnt/shared/mtl/tiny")
   for arg in train_args:
-    if arg.startswith("--") and arg[2:].partition("=")[0] in OWNED:
-      raise UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; remove it")
+    if cli.owned_flag(arg):
+      raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; remove it")
   args.train_args = train_args
   return args
 
@@ -91,7 +78,7 @@ def gcloud_command(args):
 def main(argv):
   try:
     args = parse_args(argv)
-  except UsageError as error:
+  except cli.UsageError as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   cmd = gcloud_command(args)

@@ -33,6 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mtl import conflicts
+from mtl import io as io_lib
 from mtl.models import ipt
 
 MAX_ROWS = 128
@@ -59,10 +60,7 @@ def to_png(fig, dpi=DPI):
 def save_png(fig, path, dpi=DPI):
   """Write a Figure as PNG atomically; returns the path."""
   data = to_png(fig, dpi)
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
+  io_lib.write_atomic(path, lambda f: f.write(data))
   return path
 
 
@@ -313,20 +311,46 @@ def pair_file_name(pair_name):
   return f"cos_layers_steps-{pair_name}.png"
 
 
-def draw_all(record, out_dir, window=None, ema_beta=0.1, rows="auto"):
-  """Write every figure (see the module docstring) into out_dir; returns the written paths."""
+def figures(record, window=None, ema_beta=0.1, rows="auto"):
+  """[(file name, PNG bytes)] of every figure of a record (see the module docstring)."""
   if record.num_steps == 0:
     raise ValueError("no probe steps to draw")
-  os.makedirs(out_dir, exist_ok=True)
   by = rows_for(record.layer_names, rows)
   layer_cos = conflicts.pair_values(conflicts.cosines(record.grouped(by)[1]))
   vmax = symmetric_limit(layer_cos)  # one scale for every layer figure
-  figures = [("cos_matrix.png", cosine_matrix_figure(record, window)),
-             ("cos_layers_pairs.png", layer_pair_figure(record, window, by, vmax)),
-             ("cos_curves.png", curves_figure(record, ema_beta))]
-  paths = [save_png(fig, os.path.join(out_dir, name)) for name, fig in figures]
-  for name in record.pair_names:
-    fig = layer_step_figure(record, name, by, vmax)
-    paths.append(save_png(fig, os.path.join(out_dir, pair_file_name(name))))
+  drawn = [("cos_matrix.png", cosine_matrix_figure(record, window)),
+           ("cos_layers_pairs.png", layer_pair_figure(record, window, by, vmax)),
+           ("cos_curves.png", curves_figure(record, ema_beta))]
+  drawn += [(pair_file_name(name), layer_step_figure(record, name, by, vmax))
+            for name in record.pair_names]
+  return [(name, to_png(fig)) for name, fig in drawn]
+
+
+def _write(out_dir, drawn):
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, name) for name, _ in drawn]
+  for path, (_, data) in zip(paths, drawn):
+    io_lib.write_atomic(path, lambda f, data=data: f.write(data))
   return paths
 
+
+def draw_all(record, out_dir, window=None, ema_beta=0.1, rows="auto"):
+  """Write every figure into out_dir (atomically); returns the written paths."""
+  return _write(out_dir, figures(record, window, ema_beta, rows))
+
+
+def draw_and_log(record, out_dir, writer, window=None, ema_beta=0.1):
+  """Figures into out_dir and TensorBoard (images at the last probe step), and per probe step
+  the whole-body cosine of every pair and the conflict fraction as scalars; returns the paths."""
+  drawn = figures(record, window, ema_beta)
+  paths = _write(out_dir, drawn)
+  last = int(record.steps[-1])
+  for name, data in drawn:
+    writer.image(last, "conflicts/" + os.path.splitext(name)[0], data)
+  body = conflicts.pair_values(record.cosines("body")[:, 0])
+  fraction = record.conflict_fraction("body")[:, 0]
+  for s, step in enumerate(record.steps):
+    values = {f"conflicts/cos/{p}": body[s, k] for k, p in enumerate(record.pair_names)}
+    values["conflicts/conflict_fraction"] = fraction[s]
+    writer.scalars(int(step), values)
+  return paths

@@ -46,10 +46,6 @@ def leaf_sharding(mesh, shape, min_size=2 ** 16):
   return replicated(mesh)
 
 
-def tree_shardings(mesh, abstract_tree):
-  return jax.tree_util.tree_map(lambda x: leaf_sharding(mesh, x.shape), abstract_tree)
-
-
 def check_batch(mesh, batch_size):
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % shards:

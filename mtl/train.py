@@ -24,10 +24,10 @@ import optax
 from absl import logging
 
 from mtl import checkpoints, conflicts, degradations, io, losses, sharding, tasks
+from mtl.data import pipeline
 from mtl.models import ipt
 
-REGIMES = ("scratch", "joint", "finetune")
-SCHEDULES = ("all", "one")
+RUN_REGIMES = ("scratch", "joint", "finetune")
 
 
 @flax.struct.dataclass
@@ -43,10 +43,10 @@ class TrainState:
 def validate(config):
   """Check a config before anything is built or written; one clear line per problem."""
   specs = tasks.get_all(config.tasks)
-  if config.regime not in REGIMES:
-    raise ValueError(f"regime={config.regime!r}; valid: {', '.join(REGIMES)}")
-  if config.schedule not in SCHEDULES:
-    raise ValueError(f"schedule={config.schedule!r}; valid: {', '.join(SCHEDULES)}")
+  if config.regime not in RUN_REGIMES:
+    raise ValueError(f"regime={config.regime!r}; valid: {', '.join(RUN_REGIMES)}")
+  if config.schedule not in pipeline.TASK_SCHEDULES:
+    raise ValueError(f"schedule={config.schedule!r}; valid: {', '.join(pipeline.TASK_SCHEDULES)}")
   if config.regime in ("scratch", "finetune") and len(specs) != 1:
     raise ValueError(f"regime={config.regime!r} trains one task, got tasks={list(config.tasks)}; "
                      "use regime='joint' for several tasks")
@@ -54,8 +54,8 @@ def validate(config):
     raise ValueError("regime='finetune' needs init_from=<workdir of a joint run>")
   if config.total_steps < 1:
     raise ValueError(f"total_steps={config.total_steps} must be >= 1")
-  if config.optim.schedule not in SCHEDULE_FNS:
-    raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(SCHEDULE_FNS)}")
+  if config.optim.schedule not in LR_SCHEDULES:
+    raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
   ipt.ModelConfig.from_config(config.model, config.precision)
   return specs
 
@@ -82,7 +82,7 @@ def _warmup_then(lr, warmup, decay):
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-SCHEDULE_FNS = {
+LR_SCHEDULES = {
     "constant": lambda o, total: _warmup_then(o.lr, o.warmup_steps, optax.constant_schedule(o.lr)),
     "cosine": lambda o, total: optax.warmup_cosine_decay_schedule(
         0.0, o.lr, o.warmup_steps, max(total, o.warmup_steps + 1), o.lr * o.final_lr_ratio),
@@ -92,7 +92,7 @@ SCHEDULE_FNS = {
 
 
 def make_optimizer(optim_cfg, total_steps):
-  schedule = SCHEDULE_FNS[optim_cfg.schedule](optim_cfg, total_steps)
+  schedule = LR_SCHEDULES[optim_cfg.schedule](optim_cfg, total_steps)
   chain = [optax.clip_by_global_norm(optim_cfg.grad_clip)] if optim_cfg.grad_clip > 0 else []
   chain.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
                            weight_decay=optim_cfg.weight_decay))
@@ -102,71 +102,95 @@ def make_optimizer(optim_cfg, total_steps):
 # ----------------------------------------------------------------------------- the step
 
 
-def make_step(model, config, optimizer, names, probe=False):
-  """A pure step over the given tasks. probe=True also returns per-leaf Gramians (L, T, T).
+def degrade_batch(specs, task_ids, config, step, batch):
+  """Degraded inputs and clean targets per task, keyed by (seed, step, task index)."""
+  key = jax.random.fold_in(jax.random.key(config.seed), step)
+  inputs, targets = {}, {}
+  for spec, tid in zip(specs, task_ids):
+    inputs[spec.name], targets[spec.name] = degradations.degrade(
+        spec, jax.random.fold_in(key, tid), batch[spec.name], config.degrade,
+        streaks=batch.get(f"{spec.name}:streaks"))
+  return inputs, targets
 
-  probe='jacrev' is the naive reference the benchmark compares against: per-task gradients
-  from `jax.jacrev` of the loss vector, i.e. T extra backward passes.
-  """
-  split = probe is True  # per-task body gradients out of the one backward pass
+
+def task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
+  """(T,) per-task losses; task t's forward pass runs on body parameters `bodies[t]`."""
+  per_task = []
+  for name, body in zip(names, bodies):
+    out, tokens = model.apply(dict(params, body=body), name, inputs[name], return_tokens=True)
+    loss = losses.l1(out, targets[name])
+    if loss_cfg.contrastive_weight > 0:
+      loss = loss + loss_cfg.contrastive_weight * losses.supervised_contrastive(
+          tokens, loss_cfg.temperature)
+    per_task.append(loss)
+  return jnp.stack(per_task)
+
+
+def _step(state, batch, model, config, optimizer, names, split):
+  """The shared step. split: each task gets its own (identical) reference to the body, so the
+  gradient with respect to those references is the list of per-task body gradients."""
   specs = [model.specs[model.task_names.index(n)] for n in names]
   task_ids = [model.task_names.index(n) for n in names]
-  base_key = jax.random.key(config.seed)
-  weight, temperature = config.loss.contrastive_weight, config.loss.temperature
+  inputs, targets = degrade_batch(specs, task_ids, config, state.step, batch)
+  specific = {k: v for k, v in state.params.items() if k != "body"}
+  body = state.params["body"]
+  bodies = [body] * len(names) if split else body
 
-  def task_losses(params, body, inputs, targets):
-    feats = [model.head(params["heads"][n], inputs[n]) for n in names]
-    # probe: `body` is a list with one (identical) copy per task, so each task's gradient lands
-    # in its own copy; otherwise every task uses the one body and autodiff sums the gradients.
-    outs = [model.body(body[t] if split else body, feats[t], params["queries"][n])
-            for t, n in enumerate(names)]
-    res, tokens = [o[0] for o in outs], [o[1] for o in outs]
-    per_task = []
-    for t, spec in enumerate(specs):
-      out = model.tail(params["tails"][spec.name], spec.scale, res[t] + feats[t])
-      loss = losses.l1(out, targets[spec.name])
-      if weight > 0:
-        loss = loss + weight * losses.supervised_contrastive(tokens[t], temperature)
-      per_task.append(loss)
-    return jnp.stack(per_task)
+  def total_loss(specific, bodies):
+    per_task = task_losses(model, config.loss, names, specific,
+                           bodies if split else [bodies] * len(names), inputs, targets)
+    return per_task.sum(), per_task
 
-  def step(state, batch):
-    key = jax.random.fold_in(base_key, state.step)
-    inputs, targets = {}, {}
-    for spec, tid in zip(specs, task_ids):
-      inputs[spec.name], targets[spec.name] = degradations.degrade(
-          spec, jax.random.fold_in(key, tid), batch[spec.name], config.degrade,
-          streaks=batch.get(f"{spec.name}:streaks"))
+  (loss, per_task), (g_specific, g_body) = jax.value_and_grad(
+      total_loss, argnums=(0, 1), has_aux=True)(specific, bodies)
+  grams = None
+  if split:
+    g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (T, ...) per leaf
+    grams = conflicts.gramians(g_body)
+    g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
+  grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {f"loss/{n}": per_task[i] for i, n in enumerate(names)}
+  metrics["loss/total"] = loss
+  metrics["grad_norm"] = optax.tree.norm(grads)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics, grams
 
-    specific = {k: v for k, v in state.params.items() if k != "body"}
-    body = state.params["body"]
-    if split:
-      body = [body] * len(names)
 
-    def total_loss(specific, body):
-      per_task = task_losses(specific, body, inputs, targets)
-      return per_task.sum(), per_task
+def train_step(state, batch, model, config, optimizer, names):
+  """One optimizer step on the tasks `names`: (state, batch) -> (state, metrics)."""
+  state, metrics, _ = _step(state, batch, model, config, optimizer, names, split=False)
+  return state, metrics
 
-    (loss, per_task), (g_specific, g_body) = jax.value_and_grad(
-        total_loss, argnums=(0, 1), has_aux=True)(specific, body)
-    metrics = {}
-    if split:
-      g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (T, ...) per leaf
-      grams = conflicts.gramians(g_body)
-      g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
-    elif probe == "jacrev":
-      grams = conflicts.gramians(jax.jacrev(
-          lambda b: task_losses(specific, b, inputs, targets))(body))
-    grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics.update({f"loss/{n}": per_task[i] for i, n in enumerate(names)})
-    metrics["loss/total"] = loss
-    metrics["grad_norm"] = optax.tree.norm(grads)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return (new_state, metrics, grams) if probe else (new_state, metrics)
 
-  return step
+def probe_step(state, batch, model, config, optimizer, names):
+  """train_step that also returns the per-leaf Gramians (L, T, T) of the per-task body
+  gradients, taken from the step's own backward pass (the update is unchanged)."""
+  return _step(state, batch, model, config, optimizer, names, split=True)
+
+
+def naive_probe_step(state, batch, model, config, optimizer, names):
+  """The reference the benchmark compares probe_step with: Gramians from `jax.jacrev` of the
+  loss vector, i.e. T extra backward passes."""
+  state_out, metrics = train_step(state, batch, model, config, optimizer, names)
+  specs = [model.specs[model.task_names.index(n)] for n in names]
+  inputs, targets = degrade_batch(specs, [model.task_names.index(n) for n in names], config,
+                                  state.step, batch)
+  jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
+                                                 [body] * len(names), inputs, targets))
+  return state_out, metrics, conflicts.gramians(jacobian(state.params["body"]))
+
+
+STEPS = {False: train_step, True: probe_step, "jacrev": naive_probe_step}
+
+
+def make_step(model, config, optimizer, names, probe=False):
+  """The step over `names` with its static arguments bound, ready for jax.jit.
+
+  probe=False: train_step; True: probe_step; 'jacrev': naive_probe_step.
+  """
+  return functools.partial(STEPS[probe], model=model, config=config, optimizer=optimizer,
+                           names=tuple(names))
 
 
 # ----------------------------------------------------------------------------- state
@@ -293,8 +317,8 @@ class NonFiniteLoss(RuntimeError):
 
 def train_and_evaluate(config, workdir):
   """Train (or resume) the run in `workdir`, evaluate it, and return its results dict."""
-  from mtl import evaluate, summary  # the loop's host-side company
-  from mtl.data import pipeline, sources
+  from mtl import evaluate, events, progress as progress_lib  # the loop's host-side company
+  from mtl.data import sources
 
   run = build(config)
   probe_every = config.conflicts.every if probing_enabled(config) else 0
@@ -329,11 +353,11 @@ def train_and_evaluate(config, workdir):
         plain[task_names] = jax.jit(make_step(run.model, config, run.optimizer, task_names),
                                     out_shardings=shardings, donate_argnums=0)
       return plain[task_names]
-    probe_step = jax.jit(make_step(run.model, config, run.optimizer, names, probe=True),
-                         out_shardings=shardings + (None,), donate_argnums=0)
+    probe = jax.jit(make_step(run.model, config, run.optimizer, names, probe=True),
+                    out_shardings=shardings + (None,), donate_argnums=0)
 
-    writer = summary.Writer(os.path.join(workdir, "events"), enabled=is_writer)
-    progress = summary.Progress(config.total_steps, start, every=config.log_every)
+    writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
+    progress = progress_lib.Progress(config.total_steps, start, every=config.log_every)
     batches = pipeline.train_batches(
         images, run.model.specs, config.model.patch_size, config.data.batch_size, config.seed,
         start_step=start, num_steps=config.total_steps - start,
@@ -347,7 +371,7 @@ def train_and_evaluate(config, workdir):
           batch = sharding.to_global(local_batch, run.mesh)
           task_names = tuple(n for n in names if n in local_batch)
           if probe_every and step % probe_every == 0:
-            state, metrics, grams = probe_step(state, batch)
+            state, metrics, grams = probe(state, batch)
             probe_buffer.append((step, grams[np.asarray(order)]))
           else:
             state, metrics = plain_step(task_names)(state, batch)
@@ -376,7 +400,7 @@ def train_and_evaluate(config, workdir):
       mngr.close()
     final_step = int(state.step)
     if is_writer:
-      _record_compute(workdir, run, config, state, probe_step if probe_every else plain_step(names),
+      _record_compute(workdir, run, config, state, probe if probe_every else plain_step(names),
                       final_step, time.time() - started)
     if preemption.requested and final_step < config.total_steps:
       writer.close()
@@ -385,7 +409,9 @@ def train_and_evaluate(config, workdir):
     results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
                                 writer, final=True)
     if is_writer and probe_every:
-      _draw_conflicts(workdir, writer, final_step, config.conflicts.ema_beta)
+      from mtl import plots
+      plots.draw_and_log(conflicts.load(workdir), os.path.join(workdir, "conflicts"), writer,
+                         ema_beta=config.conflicts.ema_beta)
     writer.close()
   return results
 
@@ -442,20 +468,6 @@ def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer):
   conflicts.append(workdir, steps, grams, layer_names, list(task_names))
 
 
-def _draw_conflicts(workdir, writer, step, ema_beta):
-  from mtl import plots
-  record = conflicts.load(workdir)
-  for path in plots.draw_all(record, os.path.join(workdir, "conflicts"), ema_beta=ema_beta):
-    with open(path, "rb") as f:
-      writer.image(step, "conflicts/" + os.path.splitext(os.path.basename(path))[0], f.read())
-  body = record.cosines(by="body")
-  for i, a in enumerate(record.task_names):
-    for j, b in enumerate(record.task_names):
-      if i < j:
-        for s, value in zip(record.steps, body[:, 0, i, j] if body.ndim == 4 else body[:, i, j]):
-          writer.scalars(int(s), {f"conflicts/cos/{a}~{b}": float(value)})
-
-
 # ----------------------------------------------------------------------------- analysis
 
 
@@ -466,7 +478,7 @@ def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
   unseen crops and degradations). Returns (steps, gramians (N, L, T, T), layer names in
   network order, task names, the checkpoint's step).
   """
-  from mtl.data import pipeline, sources
+  from mtl.data import sources
   if len(config.tasks) < 2:
     raise ValueError(f"tasks={list(config.tasks)}: conflicts need two or more tasks")
   config = config.copy_and_resolve_references()

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from mtl import conflicts
-from mtl import report
+from mtl.report import tables
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY
 
@@ -78,9 +78,9 @@ def test_every_table_and_format_is_written(study_runs):
   for name in ("main", "transfer", "conflicts", "compute", "selection"):
     for ext in ("md", "csv", "tex"):
       assert os.path.getsize(os.path.join(workdir, "tables", f"{name}.{ext}")) > 0
-  assert _csv(workdir, "main")[0].keys() == set(report.MAIN_COLUMNS)
+  assert _csv(workdir, "main")[0].keys() == set(tables.MAIN_COLUMNS)
   with open(os.path.join(workdir, "tables", "main.csv")) as f:
-    assert next(csv.reader(f)) == list(report.MAIN_COLUMNS)
+    assert next(csv.reader(f)) == list(tables.MAIN_COLUMNS)
   with open(os.path.join(workdir, "tables", "main.tex")) as f:
     tex = f.read()
   assert r"\begin{tabular}" in tex and r"denoise\_30" in tex and r"\textbf{" in tex
@@ -174,10 +174,10 @@ def test_report_md_embeds_figures_and_states_the_method(study_runs):
 
 
 def test_transfer_verdicts():
-  assert report._verdict(-0.5, 0.2) == "negative transfer"
-  assert report._verdict(-0.1, 0.2) == "within seed spread"
-  assert report._verdict(0.5, 0.2) == "positive transfer"
-  assert report._verdict(-0.1, float("nan")) == "loss (1 seed: no spread)"
+  assert tables._verdict(-0.5, 0.2) == "negative transfer"
+  assert tables._verdict(-0.1, 0.2) == "within seed spread"
+  assert tables._verdict(0.5, 0.2) == "positive transfer"
+  assert tables._verdict(-0.1, float("nan")) == "loss (1 seed: no spread)"
 
 
 def test_spearman_between_conflict_and_pairwise_transfer(tmp_path):
@@ -195,7 +195,7 @@ def test_spearman_between_conflict_and_pairwise_transfer(tmp_path):
   transfer = {"denoise_30~sr_x2": 0.4, "denoise_30~derain": -0.2, "sr_x2~derain": 0.5}
   summaries = [("joint", 0, JOINT, {"pair": {p: {"mean_cos": c, "conflict_fraction": 0.5}
                                               for p, c in cos.items()}})]
-  table = report.conflict_table(s, summaries, transfer)
+  table = tables.conflict_table(s, summaries, transfer)
   rho = stats.spearmanr(list(cos.values()), [transfer[p] for p in cos]).statistic
   assert table.spearman[0] == pytest.approx(rho) and table.spearman[2] == 3
   assert any("Spearman" in n and f"{rho:+.3f}" in n for n in table.notes)

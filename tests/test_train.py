@@ -6,7 +6,7 @@ import pytest
 import skimage.data
 
 from experiments import tiny
-from mtl import conflicts, degradations, losses, sharding, train
+from mtl import degradations, losses, sharding, train
 from mtl.models import ipt
 
 TASKS = ("denoise_30", "sr_x2", "derain")

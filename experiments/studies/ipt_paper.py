@@ -59,7 +59,7 @@ def get_config(root="/data"):
   study.validation = "DIV2K_val10"
   study.test = TEST_SETS
 
-  # Published Y-PSNR of IPT (Chen et al., CVPR 2021), from REFERENCE.md section 1.
+  # Published Y-PSNR of IPT (Chen et al., CVPR 2021, Tables 1-3).
   study.reference.label = "IPT (published)"
   study.reference.note = ("Chen et al., CVPR 2021, Y-channel PSNR; the denoise and derain "
                           "values are approximate (~32.35, ~29.9, ~42).")

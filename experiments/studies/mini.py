@@ -11,7 +11,7 @@ task. 16 runs in 22m35s on 2 otherwise idle cores (2026-11-28), a third of it JA
 compilation and evaluation. Too short for sr_x2 to beat bicubic: it shows the pipeline and
 the direction of transfer, not converged numbers.
 """
-from experiments import base
+from experiments.studies import common
 from mtl import study as study_lib
 
 
@@ -30,14 +30,7 @@ def get_config(arg=None):
   study.lrs.finetune = (1e-3,)
   study.per_regime.finetune = {"optim": {"warmup_steps": 10}}
 
-  run = base.get_config("tiny")
-  run.data.batch_size = 4
-  run.optim.warmup_steps = 30
-  run.log_every = 20
-  run.checkpoint_every = 120
-  run.conflicts.every = 10
-  run.eval.sets = "photos,photos_val"
-  run.eval.max_side = 128             # centre crops keep the CPU evaluation short
+  run = common.tiny_run()
   study.run = run
   study.validation = "photos_val"
   study.test = ("photos",)

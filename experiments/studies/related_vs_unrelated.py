@@ -20,6 +20,7 @@ DIV2K, one-GPU budgets.
 import os
 
 from experiments import base
+from experiments.studies import common
 from mtl import study as study_lib
 
 
@@ -53,14 +54,7 @@ def get_config(root=None):
     study.validation = "DIV2K_val10"
     study.test = ("Set5", "Set14", "B100", "Urban100")
   else:
-    run = base.get_config("tiny")
-    run.data.batch_size = 4
-    run.optim.warmup_steps = 30
-    run.log_every = 20
-    run.checkpoint_every = 120
-    run.conflicts.every = 10
-    run.eval.sets = "photos,photos_val"
-    run.eval.max_side = 128
+    run = common.tiny_run()
     study.steps.groups = 240
     study.steps.finetune = 60
     study.lrs.scratch = (1e-3,)

@@ -30,7 +30,7 @@ from absl import logging
 from mtl import tasks as tasks_lib
 from mtl.data import folder as folder_lib
 
-SCHEDULES = ("all", "one")
+TASK_SCHEDULES = ("all", "one")
 _SAMPLE_STREAM, _TASK_STREAM = 1, 2   # last seed word: keeps the two kinds of draws apart
 
 
@@ -94,8 +94,8 @@ def _as_specs(specs):
 
 
 def _check(images, specs, schedule, seed, streaks):
-  if schedule not in SCHEDULES:
-    raise ValueError(f"schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
+  if schedule not in TASK_SCHEDULES:
+    raise ValueError(f"schedule={schedule!r}; valid: {', '.join(TASK_SCHEDULES)}")
   if not specs:
     raise ValueError("no tasks given")
   if not len(images):

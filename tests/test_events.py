@@ -1,4 +1,4 @@
-"""TensorBoard events written without TensorFlow, read back with EventAccumulator; Progress."""
+"""TensorBoard events written without TensorFlow, read back with EventAccumulator."""
 import io
 import os
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from mtl import summary
+from mtl import events
 
 
 def read_events(logdir):
@@ -22,8 +22,8 @@ def test_scalars_and_images_read_back(tmp_path):
   image = np.zeros((6, 10, 3), np.uint8)
   image[:, :5, 0] = 255
   image[2, 7] = (10, 20, 30)
-  png = summary.encode_png(np.full((4, 5), 128, np.uint8))
-  with summary.Writer(logdir) as writer:
+  png = events.encode_png(np.full((4, 5), 128, np.uint8))
+  with events.Writer(logdir) as writer:
     writer.scalars(1, {"train/loss": 0.5, "train/lr": np.float32(1e-3)})
     writer.scalars(7, {"train/loss": 0.25})
     writer.image(7, "eval/sample", image)
@@ -43,18 +43,18 @@ def test_scalars_and_images_read_back(tmp_path):
 
 
 def test_float_images_are_rounded_and_clipped_to_uint8():
-  data = summary.encode_png(np.array([[[-5.0, 0.4, 254.6]]]))
-  assert summary.png_info(data) == (1, 1, 3)
+  data = events.encode_png(np.array([[[-5.0, 0.4, 254.6]]]))
+  assert events.png_info(data) == (1, 1, 3)
   assert np.asarray(Image.open(io.BytesIO(data))).tolist() == [[[0, 0, 255]]]
   with pytest.raises(ValueError, match="image of shape"):
-    summary.encode_png(np.zeros((2, 2, 2)))
+    events.encode_png(np.zeros((2, 2, 2)))
   with pytest.raises(ValueError, match="not a PNG"):
-    summary.png_info(b"GIF89a....")
+    events.png_info(b"GIF89a....")
 
 
 def test_disabled_writer_writes_nothing(tmp_path):
   logdir = tmp_path / "events"
-  writer = summary.Writer(str(logdir), enabled=False)
+  writer = events.Writer(str(logdir), enabled=False)
   writer.scalars(1, {"a": 1.0})
   writer.image(1, "b", np.zeros((2, 2, 3), np.uint8))
   writer.flush()
@@ -63,7 +63,7 @@ def test_disabled_writer_writes_nothing(tmp_path):
 
 
 def test_writer_errors(tmp_path):
-  writer = summary.Writer(str(tmp_path))
+  writer = events.Writer(str(tmp_path))
   with pytest.raises(ValueError, match="'a'='x' is not a number"):
     writer.scalars(1, {"a": "x"})
   writer.close()
@@ -71,25 +71,3 @@ def test_writer_errors(tmp_path):
   with pytest.raises(RuntimeError, match="closed"):
     writer.scalars(2, {"a": 1.0})
   assert len(os.listdir(tmp_path)) == 1
-
-
-def test_progress_rate_eta_and_cadence():
-  now = [100.0]
-  progress = summary.Progress(total_steps=1000, start_step=200, every=50, window=3,
-                              clock=lambda: now[0])
-  assert np.isnan(progress.rate())
-  now[0] = 130.0  # the first stretch includes compilation: 25 steps in 30 s
-  assert progress.update(225) is None  # fewer than `every` steps since the last line
-  now[0] = 135.0
-  line = progress.update(250, {"loss/total": 0.012345})
-  assert line == "step 250/1000 (25.0%) | 1.43 steps/s | ETA 8m45s | loss/total 0.01235"
-  for step in (300, 350, 400):  # 50 steps every 10 s: the slow start leaves the window
-    now[0] += 10.0
-    line = progress.update(step)
-  assert progress.rate() == pytest.approx(5.0)
-  assert progress.eta() == pytest.approx(120.0)
-  assert line == "step 400/1000 (40.0%) | 5 steps/s | ETA 2m00s"
-  now[0] += 1.0
-  assert progress.update(1000) is not None  # the last step always logs
-  assert summary.format_duration(3 * 3600 + 125) == "3h02m"
-  assert summary.format_duration(float("nan")) == "?"

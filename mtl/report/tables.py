@@ -1,7 +1,4 @@
-"""The tables and report of a study, from the runs that are DONE (never trains anything).
-
-  write(workdir) -> STUDY/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex},
-                    STUDY/figures/loss-<task>.png and STUDY/report.md
+"""The tables of a study: main, transfer, conflicts, compute, selection (display rows + CSV records).
 
 How each number is computed (report.md repeats it):
   cell        for each seed, the run its sweep chose on validation (see mtl.study); the test
@@ -18,16 +15,16 @@ How each number is computed (report.md repeats it):
   compute     compute.json of the runs: steps, images seen (batch x tasks per step x steps),
               XLA-counted training FLOPs (one step's cost analysis x steps), wall seconds.
 """
-import csv
 import dataclasses
 import math
-import os
 
 import numpy as np
 
+from mtl import io
 from mtl import study as study_lib
+from mtl.report.scores import (conflict_summaries, pairwise_transfer, primary_test_set,
+                               regime_columns, regime_scores)
 
-TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
 METRICS = ("psnr_y", "ssim_y")
@@ -42,7 +39,7 @@ class Bold(str):
 
 
 @dataclasses.dataclass
-class Cells:
+class PsnrSsimText:
   """'PSNR / SSIM' in one table cell, either part possibly in bold."""
   psnr: str
   psnr_bold: bool
@@ -59,70 +56,12 @@ class Table:
   name: str
   title: str
   header: list
-  rows: list             # display cells (str, Bold or Cells)
+  rows: list             # display cells (str, Bold or PsnrSsimText)
   records: list          # CSV rows (dicts of raw values)
   notes: list = dataclasses.field(default_factory=list)
   csv_columns: list = None   # None: the records' keys in order of appearance
   spearman: tuple = None     # conflicts: (rho, p, number of pairs), when defined
 
-
-# ----------------------------------------------------------------------------- numbers
-
-
-@dataclasses.dataclass
-class Cell:
-  """One (regime column, task) over seeds: per-seed chosen runs and their test results."""
-  task: str
-  runs: list             # chosen RunSpec per seed (seeds that have a done run)
-  results: list          # their results.json
-  complete: list         # whether each seed's sweep was complete
-
-  def values(self, test_set, metric):
-    return [r["tasks"][self.task][test_set][metric] for r in self.results
-            if test_set in r["tasks"].get(self.task, {})]
-
-  def stats(self, test_set, metric):
-    """(mean, std, n) over seeds; std is NaN for one seed; None if no value."""
-    values = self.values(test_set, metric)
-    if not values:
-      return None
-    std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
-    return float(np.mean(values)), std, len(values)
-
-
-def _columns(study):
-  """Regime columns of the main and transfer tables, in order (pairs have their own table)."""
-  seen = []
-  for spec in study.runs:
-    if spec.regime != "pairs" and spec.column not in seen:
-      seen.append(spec.column)
-  return seen
-
-
-def cell(study, column, task):
-  """The Cell of `task` in `column`, or None when that column has no run for the task."""
-  sweeps = {}
-  for spec in study.runs:
-    if spec.column == column and task in spec.tasks:
-      sweeps.setdefault(spec.seed, spec.sweep)
-  if not sweeps:
-    return None
-  runs, results, complete = [], [], []
-  for seed in sorted(sweeps):
-    chosen = study.select(sweeps[seed])
-    if chosen is not None:
-      runs.append(chosen.run)
-      results.append(study.results(chosen.run.name))
-      complete.append(chosen.complete)
-  return Cell(task, runs, results, complete)
-
-
-def primary_test_set(study, task, c):
-  """The first of study.test that `task` is scored on in cell `c` (None if none)."""
-  for name in study.test_sets:
-    if c is not None and c.values(name, "psnr_y"):
-      return name
-  return None
 
 
 def _fmt(value, digits):
@@ -147,13 +86,13 @@ def _lrs(c):
 
 def main_table(study):
   """Tasks x regimes: Y-PSNR / SSIM per test set, delta to scratch, best per task in bold."""
-  columns, test_sets = _columns(study), study.test_sets
+  columns, test_sets = regime_columns(study), study.test_sets
   ref = study.config["reference"]
   header = ["task", "regime", "n"] + [h for s in test_sets for h in (f"{s} PSNR / SSIM",
                                                                       f"{s} Δ vs scratch")]
   rows, records = [], []
   for task in study.tasks:
-    cells = {col: cell(study, col, task) for col in columns}
+    cells = {col: regime_scores(study, col, task) for col in columns}
     cells = {col: c for col, c in cells.items() if c is not None}
     stats = {(col, s, m): c.stats(s, m) for col, c in cells.items() for s in test_sets
              for m in METRICS}
@@ -174,7 +113,7 @@ def main_table(study):
         if psnr is None:
           row += ["–", "–"]
           continue
-        row += [Cells(_pm(psnr, 2), best.get((s, "psnr_y")) == col,
+        row += [PsnrSsimText(_pm(psnr, 2), best.get((s, "psnr_y")) == col,
                       _pm(ssim, 4), best.get((s, "ssim_y")) == col),
                 "" if col == "scratch" else
                 f"{_signed(delta['psnr_y'], 2)} / {_signed(delta['ssim_y'], 4)}"]
@@ -249,13 +188,13 @@ def transfer_table(study):
             "verdict"]
   rows, records = [], []
   for task in study.tasks:
-    base = cell(study, "scratch", task)
+    base = regime_scores(study, "scratch", task)
     if base is None:
       continue
-    for col in _columns(study):
+    for col in regime_columns(study):
       if col == "scratch":
         continue
-      c = cell(study, col, task)
+      c = regime_scores(study, col, task)
       if c is None:
         continue
       for s in study.test_sets:
@@ -286,43 +225,6 @@ def _verdict(delta, spread):
     return "positive transfer"
   return "within seed spread"
 
-
-def pairwise_transfer(study):
-  """{'a~b': dB} for every pair run of the study with results (see the module docstring)."""
-  out = {}
-  pair_columns = [c for c in dict.fromkeys(r.column for r in study.runs if r.regime == "pairs")]
-  for col in pair_columns:
-    a, b = col[len("pair:"):].split("+")
-    gains = []
-    for task in (a, b):
-      base, c = cell(study, "scratch", task), cell(study, col, task)
-      s = primary_test_set(study, task, base)
-      if s is None or c is None or not c.values(s, "psnr_y"):
-        continue
-      gains.append(c.stats(s, "psnr_y")[0] - base.stats(s, "psnr_y")[0])
-    if gains:
-      out[f"{a}~{b}"] = float(np.mean(gains))
-  return out
-
-
-def conflict_summaries(study):
-  """[(column, seed, run name, conflicts.summarize dict)] of the chosen multi-task
-  pre-training runs (joint and groups) that recorded conflicts."""
-  from mtl import conflicts
-  out = []
-  for col in _columns(study):
-    if col != "joint" and not col.startswith("group:"):
-      continue
-    sweeps = dict.fromkeys((r.seed, r.sweep) for r in study.runs if r.column == col)
-    for seed, sweep in sweeps:
-      chosen = study.select(sweep)
-      if chosen is None:
-        continue
-      workdir = study.run_dir(chosen.run.name)
-      if not os.path.isdir(conflicts.store_dir(workdir)):
-        continue
-      out.append((col, seed, chosen.run.name, conflicts.summarize(conflicts.load(workdir))))
-  return out
 
 
 def conflict_table(study, summaries=None, transfer=None):
@@ -385,7 +287,7 @@ def compute_table(study):
             "train wall / run", "train wall", "run wall"]
   rows, records = [], []
   per_regime = {}
-  for regime in study_lib.REGIMES:
+  for regime in study_lib.STUDY_REGIMES:
     specs = [r for r in study.runs if r.regime == regime]
     if not specs:
       continue
@@ -417,10 +319,10 @@ def compute_table(study):
         _count(entry.get("images_seen_per_run")) if has else "–",
         _flops(entry.get("train_flops_per_run")) if has else "–",
         _flops(entry.get("train_flops_total")) if "train_flops_total" in entry else "",
-        study_lib.format_duration(entry["wall_seconds_per_run"]) if has else "–",
-        study_lib.format_duration(entry["wall_seconds_total"])
+        io.format_duration(entry["wall_seconds_per_run"]) if has else "–",
+        io.format_duration(entry["wall_seconds_total"])
         if "wall_seconds_total" in entry else "",
-        study_lib.format_duration(entry["run_seconds_total"])
+        io.format_duration(entry["run_seconds_total"])
         if "run_seconds_total" in entry else ""])
     records.append(dict(entry, steps_per_run=" ".join(map(str, entry["steps_per_run"]))))
   budget = ("equal compute: scratch runs as many steps as pre-training + fine-tuning together"
@@ -463,207 +365,3 @@ def _flops(value):
       return f"{value / scale:.3g} {unit}"
   return f"{value:.3g}"
 
-
-# ----------------------------------------------------------------------------- writers
-
-
-def to_markdown(table):
-  bold = lambda x: f"**{x}**"
-
-  def text(x):
-    if isinstance(x, Cells):
-      return x.render(bold)
-    return bold(x) if isinstance(x, Bold) else str(x)
-  lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
-  lines += ["| " + " | ".join(text(x) for x in row) + " |" for row in table.rows]
-  return "\n".join(lines) + "\n" + "".join(f"\n{n}\n" for n in table.notes)
-
-
-def _tex_escape(text):
-  text = str(text)
-  for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"),
-               ("#", r"\#"), ("~", r"$\sim$")):
-    text = text.replace(a, b)
-  return (text.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("–", "--")
-          .replace("−", "$-$"))
-
-
-def to_latex(table):
-  bold = lambda x: rf"\textbf{{{_tex_escape(x)}}}"
-
-  def text(x):
-    if isinstance(x, Cells):
-      return x.render(bold, _tex_escape)
-    return bold(x) if isinstance(x, Bold) else _tex_escape(x)
-  lines = [rf"% {table.title}; generated by launch/report.py",
-           r"\begin{tabular}{" + "l" * len(table.header) + "}", r"\toprule",
-           " & ".join(_tex_escape(h) for h in table.header) + r" \\", r"\midrule"]
-  lines += [" & ".join(text(x) for x in row) + r" \\" for row in table.rows]
-  lines += [r"\bottomrule", r"\end{tabular}"]
-  return "\n".join(lines) + "\n"
-
-
-def to_csv(table, path):
-  fields = table.csv_columns
-  if fields is None:
-    fields = list(dict.fromkeys(k for r in table.records for k in r)) or ["empty"]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    for record in table.records:
-      writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
-
-
-def write_table(table, tables_dir):
-  base = os.path.join(tables_dir, table.name)
-  with open(base + ".md", "w") as f:
-    f.write(f"## {table.title}\n\n" + to_markdown(table))
-  with open(base + ".tex", "w") as f:
-    f.write(to_latex(table))
-  to_csv(table, base + ".csv")
-  return [base + ext for ext in (".md", ".csv", ".tex")]
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def read_scalars(events_dir, tag):
-  """(steps, values) of a scalar in a run's TensorBoard events (last value per step)."""
-  from tensorboard.backend.event_processing import event_accumulator
-  if not os.path.isdir(events_dir):
-    return np.zeros(0, np.int64), np.zeros(0)
-  acc = event_accumulator.EventAccumulator(events_dir,
-                                           size_guidance={event_accumulator.SCALARS: 0})
-  acc.Reload()
-  if tag not in acc.Tags().get("scalars", []):
-    return np.zeros(0, np.int64), np.zeros(0)
-  by_step = {e.step: e.value for e in acc.Scalars(tag)}  # a resumed run re-logs some steps
-  steps = np.array(sorted(by_step), np.int64)
-  return steps, np.array([by_step[s] for s in steps], np.float64)
-
-
-def loss_figures(study, figures_dir):
-  """figures/loss-<task>.png: the task's training loss in each regime (first seed with runs);
-  fine-tunes are drawn after their pre-training run's steps."""
-  from mtl import plots
-  written = []
-  for task in study.tasks:
-    series, seed = {}, None
-    for col in _columns(study):
-      c = cell(study, col, task)
-      if c is None or not c.runs:
-        continue
-      if seed is None:
-        seed = c.runs[0].seed
-      spec = next((r for r in c.runs if r.seed == seed), None)
-      if spec is None:
-        continue
-      steps, values = read_scalars(os.path.join(study.run_dir(spec.name), "events"),
-                                   f"train/loss/{task}")
-      if not len(steps):
-        continue
-      # A fine-tune continues its pre-training run: draw it after the pre-training steps.
-      offset = study.sweeps[spec.source][0].steps if spec.regime == "finetune" else 0
-      series[f"{col} (lr {study_lib.format_lr(spec.lr)})"] = (steps + offset, values)
-    if not series:
-      continue
-    os.makedirs(figures_dir, exist_ok=True)
-    path = os.path.join(figures_dir, f"loss-{task}.png")
-    with open(path, "wb") as f:
-      f.write(plots.curves_png(None, series, title=f"training loss of {task} (L1), seed {seed}",
-                               ylabel="loss", logy=True))
-    written.append(path)
-  return written
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def _method_section(study):
-  run, c = study.config["run"], study.config
-  ev = run["eval"]
-  crops = []
-  if ev.get("max_side"):
-    crops.append(f"centre crops of at most {ev['max_side']} px")
-  if ev.get("max_images"):
-    crops.append(f"the first {ev['max_images']} images of each set")
-  steps = {r: study_lib.regime_steps(c, r) for r in c["regimes"]}
-  lrs = {r: ", ".join(study_lib.format_lr(x) for x in study_lib.regime_lrs(c, r))
-         for r in c["regimes"]}
-  lines = [
-      "## How the numbers were computed",
-      "",
-      "- **Metrics**: PSNR and SSIM on the Y channel (ITU-R BT.601, Y in [16, 235]) of outputs "
-      "rounded to [0, 255], as BasicSR: crop border = scale for SR tasks, 0 otherwise; SSIM with "
-      "an 11x11 Gaussian window (sigma 1.5). Whole images by overlapping "
-      f"{run['model']['patch_size']}x{run['model']['patch_size']} tiles (overlap "
-      f"{ev['tile_overlap']} px)" + (f"; {' and '.join(crops)}" if crops else "") + ".",
-      f"- **Test sets**: {', '.join(study.test_sets)}. **Validation set**: {study.validation} "
-      "(never reported as a result). Degraded inputs are identical for every run (keys per "
-      "task and image).",
-      f"- **Learning rates** ({'; '.join(f'{r}: {v}' for r, v in lrs.items())}) are chosen per "
-      f"seed on the validation set: the run with the best mean Y-PSNR on {study.validation} "
-      "over its tasks. Fine-tunes start from the joint (or group) run chosen that way for the "
-      "same seed.",
-      f"- **Seeds**: {', '.join(map(str, c['seeds']))}; cells are mean ± sample std over "
-      "seeds (n shown).",
-      f"- **Budgets** (steps per run): {'; '.join(f'{r}: {s}' for r, s in steps.items())}"
-      + (" — equal compute: scratch = pre-training + fine-tuning steps."
-         if c["equal_compute"] else "."),
-      f"- **Regimes**: scratch = each task alone from random init; joint = all tasks every "
-      "step from random init (its per-task results are the joint row); finetune = each task "
-      "from the chosen joint run; pair:a+b = two tasks jointly; group:g / finetune:g = a "
-      "user group jointly, and fine-tuned from it.",
-  ]
-  return "\n".join(lines) + "\n"
-
-
-def _figures_section(study, loss_paths, summaries):
-  lines = ["## Figures", ""]
-  for col, seed, name, _ in summaries:
-    conflicts_dir = os.path.join(study_lib.RUNS_DIR, name, "conflicts")
-    lines.append(f"### Conflicts in {col}, seed {seed} (`{name}`)")
-    lines.append("")
-    for fig, title in (("cos_matrix.png", "task x task cosine"),
-                       ("cos_curves.png", "cosine over training"),
-                       ("cos_layers_pairs.png", "layer x pair cosine")):
-      if os.path.exists(os.path.join(study.workdir, conflicts_dir, fig)):
-        lines.append(f"![{title}]({conflicts_dir}/{fig})")
-    lines.append("")
-  for path in loss_paths:
-    rel = os.path.relpath(path, study.workdir)
-    task = os.path.splitext(os.path.basename(path))[0][len("loss-"):]
-    lines += [f"![training loss of {task}]({rel})", ""]
-  return "\n".join(lines) + "\n"
-
-
-def _status_section(study):
-  done = [r for r in study.runs if study.is_done(r.name)]
-  lines = [f"Runs done: {len(done)}/{len(study.runs)}."]
-  missing = [r for r in study.runs if not study.is_done(r.name)]
-  if missing:
-    lines.append("Missing (their cells are left out or have fewer seeds): " + ", ".join(
-        f"{r.name} ({study.status(r.name)})" for r in missing) + ".")
-  return "\n".join(lines) + "\n"
-
-
-def write(workdir):
-  """Write tables/, figures/ and report.md for the study in workdir; returns report.md's path."""
-  study = study_lib.Study.load(workdir)
-  tables_dir = os.path.join(study.workdir, TABLES_DIR)
-  os.makedirs(tables_dir, exist_ok=True)
-  summaries = conflict_summaries(study)
-  tables = [main_table(study), transfer_table(study), conflict_table(study, summaries),
-            compute_table(study), selection_table(study)]
-  for table in tables:
-    write_table(table, tables_dir)
-  loss_paths = loss_figures(study, os.path.join(study.workdir, FIGURES_DIR))
-  parts = [f"# Study {study.name}\n", _status_section(study)]
-  for table in tables:
-    parts.append(f"## {table.title}\n\n(tables/{table.name}.md, .csv, .tex)\n\n"
-                 + to_markdown(table))
-  parts += [_method_section(study), _figures_section(study, loss_paths, summaries)]
-  path = os.path.join(study.workdir, REPORT_FILE)
-  with open(path, "w") as f:
-    f.write("\n".join(parts))
-  return path

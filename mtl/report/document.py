@@ -1,0 +1,143 @@
+"""A study's report: every table in tables/, loss figures in figures/, and report.md.
+
+  write(workdir) -> STUDY/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex},
+                    STUDY/figures/loss-<task>.png and STUDY/report.md (never trains anything)
+"""
+import os
+
+from mtl import events
+from mtl import study as study_lib
+from mtl.report import render, tables
+from mtl.report.scores import conflict_summaries, regime_columns, regime_scores
+
+TABLES_DIR = "tables"
+FIGURES_DIR = "figures"
+REPORT_FILE = "report.md"
+
+
+def loss_figures(study, figures_dir):
+  """figures/loss-<task>.png: the task's training loss in each regime (first seed with runs);
+  fine-tunes are drawn after their pre-training run's steps."""
+  from mtl import plots
+  written = []
+  for task in study.tasks:
+    series, seed = {}, None
+    for col in regime_columns(study):
+      c = regime_scores(study, col, task)
+      if c is None or not c.runs:
+        continue
+      if seed is None:
+        seed = c.runs[0].seed
+      spec = next((r for r in c.runs if r.seed == seed), None)
+      if spec is None:
+        continue
+      steps, values = events.read_scalars(os.path.join(study.run_dir(spec.name), "events"),
+                                   f"train/loss/{task}")
+      if not len(steps):
+        continue
+      # A fine-tune continues its pre-training run: draw it after the pre-training steps.
+      offset = study.sweeps[spec.source][0].steps if spec.regime == "finetune" else 0
+      series[f"{col} (lr {study_lib.format_lr(spec.lr)})"] = (steps + offset, values)
+    if not series:
+      continue
+    os.makedirs(figures_dir, exist_ok=True)
+    path = os.path.join(figures_dir, f"loss-{task}.png")
+    with open(path, "wb") as f:
+      f.write(plots.curves_png(None, series, title=f"training loss of {task} (L1), seed {seed}",
+                               ylabel="loss", logy=True))
+    written.append(path)
+  return written
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _method_section(study):
+  run, c = study.config["run"], study.config
+  ev = run["eval"]
+  crops = []
+  if ev.get("max_side"):
+    crops.append(f"centre crops of at most {ev['max_side']} px")
+  if ev.get("max_images"):
+    crops.append(f"the first {ev['max_images']} images of each set")
+  steps = {r: study_lib.regime_steps(c, r) for r in c["regimes"]}
+  lrs = {r: ", ".join(study_lib.format_lr(x) for x in study_lib.regime_lrs(c, r))
+         for r in c["regimes"]}
+  lines = [
+      "## How the numbers were computed",
+      "",
+      "- **Metrics**: PSNR and SSIM on the Y channel (ITU-R BT.601, Y in [16, 235]) of outputs "
+      "rounded to [0, 255], as BasicSR: crop border = scale for SR tasks, 0 otherwise; SSIM with "
+      "an 11x11 Gaussian window (sigma 1.5). Whole images by overlapping "
+      f"{run['model']['patch_size']}x{run['model']['patch_size']} tiles (overlap "
+      f"{ev['tile_overlap']} px)" + (f"; {' and '.join(crops)}" if crops else "") + ".",
+      f"- **Test sets**: {', '.join(study.test_sets)}. **Validation set**: {study.validation} "
+      "(never reported as a result). Degraded inputs are identical for every run (keys per "
+      "task and image).",
+      f"- **Learning rates** ({'; '.join(f'{r}: {v}' for r, v in lrs.items())}) are chosen per "
+      f"seed on the validation set: the run with the best mean Y-PSNR on {study.validation} "
+      "over its tasks. Fine-tunes start from the joint (or group) run chosen that way for the "
+      "same seed.",
+      f"- **Seeds**: {', '.join(map(str, c['seeds']))}; cells are mean ± sample std over "
+      "seeds (n shown).",
+      f"- **Budgets** (steps per run): {'; '.join(f'{r}: {s}' for r, s in steps.items())}"
+      + (" — equal compute: scratch = pre-training + fine-tuning steps."
+         if c["equal_compute"] else "."),
+      f"- **Regimes**: scratch = each task alone from random init; joint = all tasks every "
+      "step from random init (its per-task results are the joint row); finetune = each task "
+      "from the chosen joint run; pair:a+b = two tasks jointly; group:g / finetune:g = a "
+      "user group jointly, and fine-tuned from it.",
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def _figures_section(study, loss_paths, summaries):
+  lines = ["## Figures", ""]
+  for col, seed, name, _ in summaries:
+    conflicts_dir = os.path.join(study_lib.RUNS_DIR, name, "conflicts")
+    lines.append(f"### Conflicts in {col}, seed {seed} (`{name}`)")
+    lines.append("")
+    for fig, title in (("cos_matrix.png", "task x task cosine"),
+                       ("cos_curves.png", "cosine over training"),
+                       ("cos_layers_pairs.png", "layer x pair cosine")):
+      if os.path.exists(os.path.join(study.workdir, conflicts_dir, fig)):
+        lines.append(f"![{title}]({conflicts_dir}/{fig})")
+    lines.append("")
+  for path in loss_paths:
+    rel = os.path.relpath(path, study.workdir)
+    task = os.path.splitext(os.path.basename(path))[0][len("loss-"):]
+    lines += [f"![training loss of {task}]({rel})", ""]
+  return "\n".join(lines) + "\n"
+
+
+def _status_section(study):
+  done = [r for r in study.runs if study.is_done(r.name)]
+  lines = [f"Runs done: {len(done)}/{len(study.runs)}."]
+  missing = [r for r in study.runs if not study.is_done(r.name)]
+  if missing:
+    lines.append("Missing (their cells are left out or have fewer seeds): " + ", ".join(
+        f"{r.name} ({study.status(r.name)})" for r in missing) + ".")
+  return "\n".join(lines) + "\n"
+
+
+def write(workdir):
+  """Write tables/, figures/ and report.md for the study in workdir; returns report.md's path."""
+  study = study_lib.Study.load(workdir)
+  tables_dir = os.path.join(study.workdir, TABLES_DIR)
+  os.makedirs(tables_dir, exist_ok=True)
+  summaries = conflict_summaries(study)
+  built = [tables.main_table(study), tables.transfer_table(study),
+           tables.conflict_table(study, summaries), tables.compute_table(study),
+           tables.selection_table(study)]
+  for table in built:
+    render.write_table(table, tables_dir)
+  loss_paths = loss_figures(study, os.path.join(study.workdir, FIGURES_DIR))
+  parts = [f"# Study {study.name}\n", _status_section(study)]
+  for table in built:
+    parts.append(f"## {table.title}\n\n(tables/{table.name}.md, .csv, .tex)\n\n"
+                 + render.to_markdown(table))
+  parts += [_method_section(study), _figures_section(study, loss_paths, summaries)]
+  path = os.path.join(study.workdir, REPORT_FILE)
+  with open(path, "w") as f:
+    f.write("\n".join(parts))
+  return path

@@ -1,0 +1,300 @@
+"""A study's schema: its fields, their validation, and its expansion into runs and run configs.
+
+A study config (experiments/studies/*.py) starts from `defaults()` and sets:
+  name           title of the report ('' -> the study directory's name)
+  tasks          the tasks compared: the rows of the tables, the task list of the joint run
+  run            the base run config (experiments/base.py fields): model, data, eval sets ...
+  regimes        which of STUDY_REGIMES to run:
+                   scratch   each task alone, from random init
+                   joint     all tasks together (every task every step), from random init
+                   finetune  each task from the joint run of the same seed (and from each group
+                             that holds it), at the pre-training lr chosen on validation
+                   pairs     every pair of tasks jointly (pairwise transfer)
+                   groups    every group of `groups` jointly (fine-tuned too if 'finetune')
+  groups         {name: (task, ...)} for the regime 'groups'
+  seeds          every run is repeated for each seed
+  steps          {regime: steps per run}; pairs / groups 0 -> as joint
+  equal_compute  scratch runs as many steps as pre-training + fine-tuning together
+                 (steps.scratch is then derived: leave it 0)
+  lrs            {regime: learning rates swept}; pairs / groups () -> as joint
+  per_regime     {regime: partial run config}, merged onto `run` for that regime's runs
+                 (e.g. fine-tuning data, warm-up)
+  validation     the eval set the learning rate is chosen on (one of run.eval.sets)
+  test           the eval sets the tables report (run.eval.sets, not the validation set)
+  reference      published numbers for a reference row: label, note, psnr_y / ssim_y as
+                 {task: {test set: value}}
+
+Every run evaluates on validation and test sets (`run.eval.sets`). Runs that differ only in
+their learning rate form a *sweep*; per seed, the sweep's run with the best validation score
+(mean Y-PSNR on `validation` over the run's tasks) is the one reported, and the joint (or group)
+run a fine-tune starts from. A fine-tune therefore waits until every lr of its pre-training sweep
+of the same seed is done.
+
+Run names (one workdir each under STUDY/runs/):
+  scratch-<task>-lr<lr>-s<seed>          joint-lr<lr>-s<seed>
+  finetune-<task>-lr<lr>-s<seed>         (from the joint run)
+  pair-<a>+<b>-lr<lr>-s<seed>            group-<group>-lr<lr>-s<seed>
+  finetune-<task>-from-<group>-lr<lr>-s<seed>
+Each run is `python launch/train.py --config=experiments/from_json.py:<run>/run_config.json
+--workdir=<run>`; a finished and evaluated run gets a DONE file. See WORKSPACE.md for the layout.
+"""
+import dataclasses
+import json
+
+import ml_collections
+
+from mtl import evaluate, io
+from mtl import tasks as tasks_lib
+
+STUDY_REGIMES = ("scratch", "joint", "finetune", "pairs", "groups")
+# Fields of the run config that the study sets for each run; per_regime may not set them.
+CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from")
+# Study fields that only change the report; they may differ between invocations.
+REPORT_ONLY = ("name", "test", "reference")
+REFERENCE_FIELDS = ("label", "note", "psnr_y", "ssim_y")
+
+
+def defaults():
+  """Every study field with its default; study configs start from this."""
+  c = ml_collections.ConfigDict()
+  c.name = ""
+  c.tasks = ()
+  c.run = None
+  c.regimes = ("scratch", "joint", "finetune")
+  c.groups = ml_collections.ConfigDict()
+  c.seeds = (0,)
+  c.steps = ml_collections.ConfigDict({r: 0 for r in STUDY_REGIMES})
+  c.equal_compute = False
+  c.lrs = ml_collections.ConfigDict({r: () for r in STUDY_REGIMES})
+  c.per_regime = ml_collections.ConfigDict({r: ml_collections.ConfigDict() for r in STUDY_REGIMES})
+  c.validation = "photos_val"
+  c.test = ("photos",)
+  c.reference = ml_collections.ConfigDict(dict(
+      label="", note="", psnr_y=ml_collections.ConfigDict(), ssim_y=ml_collections.ConfigDict()))
+  return c
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _as_dict(value):
+  return value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+
+
+def _unknown(given, known, where):
+  extra = sorted(set(given) - set(known))
+  if extra:
+    prefix = f"{where}." if where else ""
+    raise ValueError(f"unknown study field {prefix}{extra[0]}; valid: "
+                     f"{', '.join(prefix + k for k in known)}")
+
+
+def eval_set_names(sets):
+  """'photos,Set5=/d/Set5,Rain100L=paired:/d/R' -> ['photos', 'Set5', 'Rain100L']."""
+  return [name for name, _, _ in evaluate.parse_sets(str(sets))]
+
+
+def validate(study):
+  """Check a study config; ValueError with one line naming the bad field and the valid values."""
+  d = _as_dict(study)
+  _unknown(d, defaults().keys(), "")
+  for key in ("steps", "lrs", "per_regime"):
+    _unknown(d[key], STUDY_REGIMES, key)
+  _unknown(d["reference"], REFERENCE_FIELDS, "reference")
+  if not d["tasks"]:
+    raise ValueError("tasks=() names no task; list the tasks to compare, e.g. "
+                     "('denoise_30', 'sr_x2', 'derain')")
+  tasks_lib.get_all(d["tasks"])
+  if not isinstance(d["run"], dict) or not {"model", "data", "eval", "optim"} <= set(d["run"]):
+    raise ValueError("run is not a run config; set it to one, e.g. experiments.tiny.get_config()")
+  regimes = list(d["regimes"])
+  if not regimes:
+    raise ValueError(f"regimes=() names no regime; valid: {', '.join(STUDY_REGIMES)}")
+  for regime in regimes:
+    if regime not in STUDY_REGIMES:
+      raise ValueError(f"unknown regime {regime!r} in regimes; valid: {', '.join(STUDY_REGIMES)}")
+  if len(set(regimes)) != len(regimes):
+    raise ValueError(f"regimes={tuple(regimes)} lists a regime twice")
+  if "joint" in regimes and len(d["tasks"]) < 2:
+    raise ValueError(f"regime 'joint' needs two or more tasks, got tasks={tuple(d['tasks'])}")
+  if "pairs" in regimes and len(d["tasks"]) < 2:
+    raise ValueError(f"regime 'pairs' needs two or more tasks, got tasks={tuple(d['tasks'])}")
+  if "groups" in regimes and not d["groups"]:
+    raise ValueError("regime 'groups' needs groups, e.g. groups.sr = ('sr_x2', 'sr_x3')")
+  if d["groups"] and "groups" not in regimes:
+    raise ValueError("groups are given but 'groups' is not in regimes; add it or drop groups")
+  for name, members in d["groups"].items():
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+      raise ValueError(f"group name {name!r} is not valid; use letters, digits and _")
+    tasks_lib.get_all(members)
+    if len(members) < 2:
+      raise ValueError(f"groups.{name}={tuple(members)} needs two or more tasks")
+  if "finetune" in regimes and not {"joint", "groups"} & set(regimes):
+    raise ValueError("regime 'finetune' needs a pre-training regime: add 'joint' or 'groups'")
+  seeds = list(d["seeds"])
+  if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    raise ValueError(f"seeds={tuple(seeds)}; give one or more non-negative integers")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"seeds={tuple(seeds)} lists a seed twice")
+  if d["equal_compute"]:
+    if not {"scratch", "finetune"} <= set(regimes):
+      raise ValueError("equal_compute needs the regimes 'scratch' and 'finetune'")
+    if d["steps"]["scratch"]:
+      raise ValueError(f"equal_compute=True derives steps.scratch (pre-training + fine-tuning "
+                       f"steps); leave steps.scratch 0, not {d['steps']['scratch']}")
+  for regime in regimes:
+    steps = regime_steps(d, regime)
+    if not isinstance(steps, int) or steps < 1:
+      raise ValueError(f"steps.{regime}={steps}; give the steps of each {regime} run (>= 1)")
+    lrs = regime_lrs(d, regime)
+    if not lrs or not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
+      raise ValueError(f"lrs.{regime}={tuple(lrs)}; give one or more positive learning rates")
+    if len({format_lr(lr) for lr in lrs}) != len(lrs):
+      raise ValueError(f"lrs.{regime}={tuple(lrs)} lists a learning rate twice")
+  for regime, partial in d["per_regime"].items():
+    if partial and regime not in regimes:
+      raise ValueError(f"per_regime.{regime} is set but {regime!r} is not in regimes")
+    _check_partial(d["run"], partial, f"per_regime.{regime}")
+  names = eval_set_names(d["run"]["eval"]["sets"])
+  if d["validation"] not in names:
+    raise ValueError(f"validation={d['validation']!r} is not among run.eval.sets "
+                     f"({', '.join(names)}); add it there or pick one of them")
+  if not d["test"]:
+    raise ValueError(f"test=() names no test set; pick from run.eval.sets ({', '.join(names)})")
+  for name in d["test"]:
+    if name not in names:
+      raise ValueError(f"test set {name!r} is not among run.eval.sets ({', '.join(names)})")
+    if name == d["validation"]:
+      raise ValueError(f"test set {name!r} is also the validation set; the lr is chosen on "
+                       "validation, so report other sets as test")
+  for metric in ("psnr_y", "ssim_y"):
+    for task, sets in d["reference"][metric].items():
+      tasks_lib.get(task)
+      if not isinstance(sets, dict) or not all(isinstance(v, (int, float)) for v in sets.values()):
+        raise ValueError(f"reference.{metric}.{task} must map test set names to numbers")
+
+
+def _check_partial(run, partial, where, path=""):
+  for key, value in partial.items():
+    full = f"{path}{key}"
+    if full in CONTROLLED:
+      raise ValueError(f"{where}.{full} is set by the study for each run; remove it")
+    if not isinstance(run, dict) or key not in run:
+      raise ValueError(f"{where}.{full} is not a run config field")
+    if isinstance(value, dict):
+      _check_partial(run[key], value, where, full + ".")
+
+
+def regime_steps(d, regime):
+  """Steps of one run of `regime` (d: the study as a dict)."""
+  steps = d["steps"]
+  if regime in ("pairs", "groups"):
+    return steps[regime] or steps["joint"]
+  if regime == "scratch" and d["equal_compute"]:
+    return pretraining_steps(d) + steps["finetune"]
+  return steps[regime]
+
+
+def pretraining_steps(d):
+  """The steps a fine-tune's starting point was trained for (joint, else the groups)."""
+  return regime_steps(d, "joint" if "joint" in d["regimes"] else "groups")
+
+
+def regime_lrs(d, regime):
+  lrs = d["lrs"]
+  return tuple(lrs[regime] or (lrs["joint"] if regime in ("pairs", "groups") else ()))
+
+
+def format_lr(lr):
+  """2e-4 -> '2e-4', 0.0015 -> '1.5e-3' (run names)."""
+  mantissa, exponent = f"{float(lr):.6e}".split("e")
+  return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRun:
+  """One run of a study."""
+  name: str
+  regime: str        # one of STUDY_REGIMES
+  column: str        # its column in the tables: scratch, joint, finetune, pair:a+b, group:g,
+                     # finetune:g (fine-tuned from group g)
+  tasks: tuple
+  seed: int
+  lr: float
+  steps: int
+  sweep: str         # the name without the lr: the runs among which the lr is chosen
+  source: str = ""   # finetune: the sweep of the pre-training runs it starts from
+
+  def to_json(self):
+    return dict(dataclasses.asdict(self), tasks=list(self.tasks))
+
+
+def expand(study):
+  """The study's runs in the order they run: per seed, scratch, joint, its fine-tunes, pairs,
+  groups, their fine-tunes; within each, tasks in study order, then learning rates."""
+  d = _as_dict(study)
+  regimes, names = d["regimes"], list(d["tasks"])
+  runs = []
+
+  def add(regime, column, prefix, run_tasks, seed, source=""):
+    for lr in regime_lrs(d, regime):
+      runs.append(StudyRun(
+          name=f"{prefix}-lr{format_lr(lr)}-s{seed}", regime=regime, column=column,
+          tasks=tuple(run_tasks), seed=seed, lr=float(lr), steps=regime_steps(d, regime),
+          sweep=f"{prefix}-s{seed}", source=source))
+
+  for seed in d["seeds"]:
+    if "scratch" in regimes:
+      for t in names:
+        add("scratch", "scratch", f"scratch-{t}", [t], seed)
+    if "joint" in regimes:
+      add("joint", "joint", "joint", names, seed)
+      if "finetune" in regimes:
+        for t in names:
+          add("finetune", "finetune", f"finetune-{t}", [t], seed, source=f"joint-s{seed}")
+    if "pairs" in regimes:
+      for i, a in enumerate(names):
+        for b in names[i + 1:]:
+          add("pairs", f"pair:{a}+{b}", f"pair-{a}+{b}", [a, b], seed)
+    if "groups" in regimes:
+      for g, members in d["groups"].items():
+        add("groups", f"group:{g}", f"group-{g}", members, seed)
+      if "finetune" in regimes:
+        for g, members in d["groups"].items():
+          for t in names:
+            if t in members:
+              add("finetune", f"finetune:{g}", f"finetune-{t}-from-{g}", [t], seed,
+                  source=f"group-{g}-s{seed}")
+  return runs
+
+
+def _merge(target, partial):
+  for key, value in partial.items():
+    if isinstance(value, dict) and isinstance(target.get(key), dict):
+      _merge(target[key], value)
+    else:
+      target[key] = value
+
+
+def run_config(study, spec, init_from=""):
+  """The run config (a plain dict, JSON-ready) of one run."""
+  d = _as_dict(study)
+  config = json.loads(json.dumps(d["run"]))
+  _merge(config, d["per_regime"][spec.regime])
+  config["tasks"] = list(spec.tasks)
+  config["regime"] = spec.regime if spec.regime in ("scratch", "finetune") else "joint"
+  config["seed"] = spec.seed
+  config["total_steps"] = spec.steps
+  config["optim"]["lr"] = spec.lr
+  config["init_from"] = init_from
+  if len(spec.tasks) == 1:  # one task has no pairs to probe (the trainer would only warn)
+    config["conflicts"]["every"] = 0
+  return config
+
+
+def differences(saved, current):
+  """Study fields (dotted) that differ, ignoring REPORT_ONLY fields."""
+  return io.differences(saved, current, REPORT_ONLY)

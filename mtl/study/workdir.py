@@ -1,0 +1,187 @@
+"""A study bound to its directory: runs' files and states, and the learning rate chosen per sweep.
+
+Layout (see WORKSPACE.md): STUDY/study.json, STUDY/runs/<run>/{run_config.json, DONE, train.log,
+and the run's own workdir files}. Runs that differ only in their learning rate form a sweep; per
+seed, the sweep's run with the best validation score is the one reported and the one a
+fine-tune starts from.
+"""
+import dataclasses
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from mtl import io
+from mtl.study.spec import REPORT_ONLY, StudyRun, expand, run_config, validate, _as_dict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = "launch/train.py"
+FROM_JSON = "experiments/from_json.py"
+STUDY_FILE = "study.json"
+RUNS_DIR = "runs"
+RUN_CONFIG = "run_config.json"
+DONE_FILE = "DONE"
+LOG_FILE = "train.log"
+FORMAT_VERSION = 1
+DEFAULT_JAX_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mtl", "jax_cache")
+
+
+class Waiting(Exception):
+  """A fine-tune whose pre-training runs are not all done yet."""
+
+
+@dataclasses.dataclass
+class Selection:
+  """The run a sweep reports for one seed, chosen on validation."""
+  run: StudyRun
+  score: float            # its validation score (mean Y-PSNR over its tasks)
+  candidates: list        # [(StudyRun, score or None when not done)] in lr order
+  complete: bool          # every lr of the sweep is done
+
+
+class Study:
+  """A validated, expanded study bound to its directory."""
+
+  def __init__(self, config, workdir):
+    validate(config)
+    self.config = json.loads(json.dumps(_as_dict(config)))
+    self.workdir = os.path.abspath(workdir)
+    self.runs = expand(self.config)
+    self.by_name = {r.name: r for r in self.runs}
+    self.sweeps = {}
+    for r in self.runs:
+      self.sweeps.setdefault(r.sweep, []).append(r)
+    self._results = {}
+
+  @classmethod
+  def load(cls, workdir):
+    """The study saved in workdir/study.json (for the report)."""
+    path = os.path.join(workdir, STUDY_FILE)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"no {STUDY_FILE} in {workdir}; run launch/study.py "
+                              f"--workdir={workdir} first")
+    saved = io.read_json(path)
+    return cls(ml_collections.ConfigDict(io.tuples(saved["study"])), workdir)
+
+  @property
+  def name(self):
+    return self.config["name"] or os.path.basename(self.workdir.rstrip("/"))
+
+  @property
+  def tasks(self):
+    return list(self.config["tasks"])
+
+  @property
+  def validation(self):
+    return self.config["validation"]
+
+  @property
+  def test_sets(self):
+    return list(self.config["test"])
+
+  # -- files
+
+  def run_dir(self, name):
+    return os.path.join(self.workdir, RUNS_DIR, name)
+
+  def path(self, name, filename):
+    return os.path.join(self.run_dir(name), filename)
+
+  def is_done(self, name):
+    return os.path.exists(self.path(name, DONE_FILE))
+
+  def status(self, name):
+    if self.is_done(name):
+      return "done"
+    if os.path.exists(self.path(name, "config.json")):  # the trainer has started it
+      return "started"
+    return "pending"
+
+  def results(self, name):
+    """results.json of a done run (cached), else None."""
+    if name not in self._results:
+      done = self.is_done(name)
+      self._results[name] = io.read_json(self.path(name, "results.json")) if done else None
+    return self._results[name]
+
+  def done_info(self, name):
+    """The DONE file's content ({} if not done)."""
+    return io.read_json(self.path(name, DONE_FILE)) if self.is_done(name) else {}
+
+  def compute(self, name):
+    path = self.path(name, "compute.json")
+    return io.read_json(path) if self.is_done(name) and os.path.exists(path) else None
+
+  def command(self, spec, python="python"):
+    return [python, TRAIN, f"--config={FROM_JSON}:{self.path(spec.name, RUN_CONFIG)}",
+            f"--workdir={self.run_dir(spec.name)}"]
+
+  def study_json(self):
+    return {"version": FORMAT_VERSION, "study": self.config,
+            "runs": [r.to_json() for r in self.runs]}
+
+  def check_saved(self):
+    """Refuse (ValueError, one line) a study.json in workdir that holds a different study."""
+    path = os.path.join(self.workdir, STUDY_FILE)
+    if not os.path.exists(path):
+      return False
+    io.refuse_changes(self.workdir, io.read_json(path)["study"], self.config, REPORT_ONLY,
+                      "a different study",
+                      "use a new --workdir, or the same study config to continue it")
+    return True
+
+  def prepare(self):
+    """Write study.json (first start; a changed study is refused) and the runs' directories."""
+    exists = self.check_saved()
+    os.makedirs(os.path.join(self.workdir, RUNS_DIR), exist_ok=True)
+    if not exists:
+      io.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())
+    elif io.read_json(os.path.join(self.workdir, STUDY_FILE)) != self.study_json():
+      io.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())  # report fields
+
+  def write_run_config(self, spec):
+    """Write run_config.json (a fine-tune's needs its pre-training runs done); returns it."""
+    init_from = self.init_from(spec) if spec.regime == "finetune" else ""
+    config = run_config(self.config, spec, init_from)
+    os.makedirs(self.run_dir(spec.name), exist_ok=True)
+    io.write_json(self.path(spec.name, RUN_CONFIG), config)
+    return config
+
+  # -- learning rate selection
+
+  def validation_score(self, spec):
+    """Mean Y-PSNR on the validation set over the run's tasks (None if not done)."""
+    results = self.results(spec.name)
+    if results is None:
+      return None
+    values = [sets[self.validation]["psnr_y"] for t, sets in results["tasks"].items()
+              if t in spec.tasks and self.validation in sets]
+    if not values:
+      raise ValueError(f"run {spec.name} has no {self.validation!r} result for its tasks "
+                       f"{list(spec.tasks)}; the validation set must apply to every task")
+    return float(np.mean(values))
+
+  def select(self, sweep):
+    """The sweep's best done run on validation (ties: the first lr), or None if none is done."""
+    candidates = [(r, self.validation_score(r)) for r in self.sweeps[sweep]]
+    done = [(r, s) for r, s in candidates if s is not None]
+    if not done:
+      return None
+    best = max(done, key=lambda rs: rs[1])  # max keeps the first of equal scores
+    return Selection(best[0], best[1], candidates, len(done) == len(candidates))
+
+  def init_from(self, spec):
+    """A fine-tune's starting point: its source sweep's run chosen on validation."""
+    missing = [r.name for r in self.sweeps[spec.source] if not self.is_done(r.name)]
+    if missing:
+      raise Waiting(f"{spec.name} starts from the best of {spec.source.replace('-s', '-lr*-s')} "
+                    f"on {self.validation}; not done yet: {', '.join(missing)}")
+    return self.run_dir(self.select(spec.source).run.name)
+
+  def describe_init(self, spec):
+    try:
+      return self.init_from(spec)
+    except Waiting:
+      names = ", ".join(r.name for r in self.sweeps[spec.source])
+      return f"<best on {self.validation} of {names}; chosen when they are done>"
