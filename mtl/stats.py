@@ -146,8 +146,8 @@ def window_mean_interval(x, level=0.95, method="batch_means", draws=BOOTSTRAP_DR
 
   Probe series (cosines, norms) are strongly autocorrelated; an iid interval s / sqrt(n) is
   too narrow (at AR(1) phi = 0.8 it covers ~50% instead of 95%). NaN entries are skipped.
-  method='batch_means' (default): ~sqrt(n) non-overlapping batches, the t interval of their
-    means with (batches - 1) df. Batch size ~sqrt(n) makes the variance estimate consistent
+  method='batch_means' (default): the window mean +- t SE, SE from ~sqrt(n) non-overlapping
+    batch means (batches - 1 df; a remainder is left out of the SE at the oldest end). Batch size ~sqrt(n) makes the variance estimate consistent
     (Flegal & Jones 2010); it is deterministic (no RNG) and measured here to cover ~92% at
     phi = 0.8, n = 400, where the moving-block bootstrap covered ~81%, hence the default.
   method='block_bootstrap': moving blocks of ceil(n^(1/3)) steps, `draws` resamples with
@@ -166,8 +166,8 @@ def window_mean_interval(x, level=0.95, method="batch_means", draws=BOOTSTRAP_DR
     return _percentile(x.mean(), x[_block_indices(n, draws, seed)].mean(axis=1), level, n, method)
   b, m, start = _batches(n)
   y = x[start:].reshape(b, m).mean(axis=1)
-  note = "" if start == 0 else f"oldest {start} of {n} values left out of the batches"
-  return _t_interval(y.mean(), y.std(ddof=1) / math.sqrt(b), b - 1, level, n, method, note)
+  note = "" if start == 0 else f"SE from the latest {b * m} of {n} values (whole batches)"
+  return _t_interval(x.mean(), y.std(ddof=1) / math.sqrt(b), b - 1, level, n, method, note)
 
 
 def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_means",
@@ -216,13 +216,16 @@ def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_mean
   b, m, start = _batches(n)
   yn, ya, yb = (v[start:].reshape(b, m).mean(axis=1) for v in (num, da, db))
   mn, ma, mb = yn.mean(), ya.mean(), yb.mean()
-  rb = float(ratio(mn, ma, mb))  # the ratio of the batched pieces (equals r if nothing dropped)
+  rb = float(ratio(mn, ma, mb))  # linearisation point: the ratio of the batched steps
+  if np.isnan(rb):
+    return _nan_interval(level, n, method, "not measurable over the batched steps", r)
   if single:
     z = (yn - mn) / ma - rb * (ya - ma) / ma
   else:
     z = (yn - mn) / math.sqrt(ma * mb) - rb / 2 * ((ya - ma) / ma + (yb - mb) / mb)
-  note = "" if start == 0 else f"oldest {start} of {n} steps left out of the batches"
-  return _t_interval(rb, z.std(ddof=1) / math.sqrt(b), b - 1, level, n, "batch_means + delta",
+  note = "" if start == 0 else f"SE from the latest {b * m} of {n} steps (whole batches)"
+  # The estimate is the whole window's pooled ratio, the value corrected_cosines reports.
+  return _t_interval(r, z.std(ddof=1) / math.sqrt(b), b - 1, level, n, "batch_means + delta",
                      note)
 
 

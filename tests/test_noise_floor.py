@@ -112,3 +112,15 @@ def test_not_measurable_is_nan_and_values_are_not_clipped():
     corrected_cosines(np.eye(3))
   with pytest.raises(ValueError, match="axis"):
     corrected_cosines(gram(j2), axis=1)
+
+
+def test_pooled_target_is_the_cosine_of_step_concatenated_means():
+  # Noise-free halves (g^a = g^b = mu_s) whose means change with the step: the pooled value is
+  # the cosine of the vectors (mu_1, ..., mu_S) stacked over steps, not the mean of per-step cosines.
+  rng = np.random.default_rng(4)
+  mu = rng.normal(size=(5, 2, 16)) * np.array([0.1, 1, 3, 0.5, 2])[:, None, None]
+  rho = corrected_cosines(gram(np.repeat(mu, 2, axis=1)), axis=0)
+  stacked = mu.transpose(1, 0, 2).reshape(2, -1)
+  assert rho[0, 1] == pytest.approx(explicit_cos(stacked[0], stacked[1]), abs=1e-12)
+  per_step = np.mean([explicit_cos(m[0], m[1]) for m in mu])
+  assert abs(rho[0, 1] - per_step) > 1e-3

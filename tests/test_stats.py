@@ -121,8 +121,8 @@ def test_block_bootstrap_is_seeded_and_wider_than_iid():
 def test_window_mean_skips_nan_and_needs_four_values():
   x = np.array([1.0, np.nan, 2.0, 3.0, 4.0, 5.0, np.nan])
   iv = stats.window_mean_interval(x)
-  assert iv.n == 5 and iv.estimate == pytest.approx(3.5)  # 2 batches of 2: oldest value unused
-  assert "left out" in iv.note
+  assert iv.n == 5 and iv.estimate == pytest.approx(3.0)
+  assert "latest 4 of 5" in iv.note  # 2 batches of 2 for the SE: the oldest value is not in one
   short = stats.window_mean_interval([1.0, np.nan, 2.0])
   assert math.isnan(short.low) and "needs >= 4" in short.note and short.estimate == 1.5
   with pytest.raises(ValueError, match="method"):
