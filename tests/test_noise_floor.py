@@ -97,6 +97,7 @@ def test_not_measurable_is_nan_and_values_are_not_clipped():
   j2 = np.stack([j, np.stack([u, u, 3 * w, 3 * w, v, v])])
   pooled = corrected_cosines(gram(j2), axis=0)
   assert np.isfinite(pooled).all()
+  np.testing.assert_array_equal(corrected_cosines(gram(j2), axis=-3), pooled)  # axes as in G2
   cross, same = corrected_cosine_pieces(gram(j2))
   assert pooled[0, 1] == pytest.approx(cross[:, 0, 1].sum()
                                        / np.sqrt(same[:, 0].sum() * same[:, 1].sum()))
@@ -116,7 +117,7 @@ def test_not_measurable_is_nan_and_values_are_not_clipped():
 
 def test_pooled_target_is_the_cosine_of_step_concatenated_means():
   # Noise-free halves (g^a = g^b = mu_s) whose means change with the step: the pooled value is
-  # the cosine of the vectors (mu_1, ..., mu_S) stacked over steps, not the mean of per-step cosines.
+  # the cosine of (mu_1, ..., mu_S) stacked over steps, not the mean of per-step cosines.
   rng = np.random.default_rng(4)
   mu = rng.normal(size=(5, 2, 16)) * np.array([0.1, 1, 3, 0.5, 2])[:, None, None]
   rho = corrected_cosines(gram(np.repeat(mu, 2, axis=1)), axis=0)

@@ -229,7 +229,7 @@ def task_gramian(G2):
 
 
 def same_task_agreement(G2):
-  """cos(g_t^a, g_t^b), how well two independent halves of one task agree: (..., 2T, 2T) -> (..., T).
+  """cos(g_t^a, g_t^b), how well a task's two independent halves agree: (..., 2T, 2T) -> (..., T).
 
   Near 1: the task gradient is mostly signal; near 0: mostly sampling noise (the noise floor).
   NaN where either half's gradient is zero.
@@ -244,11 +244,12 @@ def same_task_agreement(G2):
 
 
 def corrected_cosine_pieces(G2):
-  """Per-step unbiased pieces of the corrected cosine: (..., 2T, 2T) -> (cross (..., T, T), same (..., T)).
+  """Per-step unbiased pieces of the corrected cosine: (..., 2T, 2T) -> (cross, same).
 
-  cross_ij: mean of <g_i^x, g_j^y> over the half pairings that are independent, all four
-    (x, y) for i != j, the two x != y for i == j; an unbiased estimate of <mu_i, mu_j>.
-  same_t = <g_t^a, g_t^b>: an unbiased estimate of |mu_t|^2 (may be <= 0 on a noisy step).
+  cross (..., T, T) and same (..., T):
+    cross_ij: mean of <g_i^x, g_j^y> over the half pairings that are independent, all four
+      (x, y) for i != j, the two x != y for i == j; an unbiased estimate of <mu_i, mu_j>.
+    same_t = <g_t^a, g_t^b>: an unbiased estimate of |mu_t|^2 (may be <= 0 on a noisy step).
   `corrected_cosines` pools these over steps; mtl.stats puts intervals on the pooled ratio.
   """
   B = _half_blocks(G2)
@@ -261,7 +262,7 @@ def corrected_cosine_pieces(G2):
 
 
 def corrected_ratio(cross, same):
-  """cross_ij / sqrt(same_i same_j), elementwise; NaN where same_i <= 0 or same_j <= 0. Unclipped."""
+  """cross_ij / sqrt(same_i same_j); NaN where same_i <= 0 or same_j <= 0; never clipped."""
   cross, same = np.asarray(cross, np.float64), np.asarray(same, np.float64)
   prod = same[..., :, None] * same[..., None, :]
   ok = (same[..., :, None] > 0) & (same[..., None, :] > 0)
@@ -270,10 +271,11 @@ def corrected_ratio(cross, same):
 
 
 def corrected_cosines(G2, axis=None):
-  """Noise-corrected cross-task cosine, an estimate of cos(mu_i, mu_j): (..., 2T, 2T) -> (..., T, T).
+  """Noise-corrected cosine, an estimate of cos(mu_i, mu_j): (..., 2T, 2T) -> (..., T, T).
 
-  rho_ij = sum cross_ij / sqrt(sum same_i * sum same_j), the sums over `axis` (the step axis
-  of a window; None: per entry, no pooling), with the pieces of `corrected_cosine_pieces`:
+  rho_ij = sum cross_ij / sqrt(sum same_i * sum same_j), the sums over `axis` (leading axes
+  of G2, e.g. the step axis of a window; None: per entry, no pooling), with the pieces of
+  `corrected_cosine_pieces`:
   every product pairs two independent half gradients, so sampling noise adds no bias to any
   of them, unlike the raw cosine whose |g|^2 includes |e|^2 and shrinks it towards 0.
   Pooling sums numerator and denominator pieces BEFORE the ratio: each pooled sum stays
@@ -289,9 +291,9 @@ def corrected_cosines(G2, axis=None):
   cross, same = corrected_cosine_pieces(G2)
   if axis is not None:
     axes = (axis,) if np.isscalar(axis) else tuple(axis)
-    nd = cross.ndim - 2  # leading axes; both pieces share them
-    axes = tuple(a % nd if a < 0 else a for a in axes)
-    if any(a >= nd for a in axes):
+    nd = cross.ndim  # axes count as in G2 (..., 2T, 2T): -3 is the last leading axis
+    axes = tuple(int(a) % nd if -nd <= a < nd else nd for a in axes)
+    if any(a >= nd - 2 for a in axes):
       raise ValueError(f"axis={axis} is not a leading axis of Gramians {np.shape(G2)}")
     cross, same = cross.sum(axis=axes), same.sum(axis=axes)
   return corrected_ratio(cross, same)
