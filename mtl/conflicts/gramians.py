@@ -171,3 +171,135 @@ def ema(values, beta, init=0.0):
     out[s] = phi
   return out
 
+
+
+# ----------------------------------------------------------------------------- noise floor
+# The probe splits each task's sub-batch into two independent halves a and b of equal size and
+# takes one body gradient per half: 2T gradients in the order
+#   [t0a, t0b, t1a, t1b, ...]   (task-major, half-minor: half h of task t sits at row 2t + h)
+# and stores their per-leaf Gramians G2 (..., 2T, 2T). The step's per-task loss is the mean of
+# its two halves' mean losses (equal halves: the mean over the whole sub-batch), so the task
+# gradient is g_t = (g_t^a + g_t^b) / 2. Writing g_t^h = mu_t + e_t^h with independent zero-mean
+# sampling noise e, <g_i^x, g_j^y> is an unbiased estimate of <mu_i, mu_j> whenever the two
+# halves are different (i != j, or i == j and x != y); <g_t^a, g_t^a> is not (it adds |e|^2).
+# That is what the noise-corrected cosine is built from.
+
+HALVES = ("a", "b")
+
+
+def half_index(task, half):
+  """Row of half `half` (0 = a, 1 = b, or 'a' / 'b') of task `task` in the 2T order: 2t + h."""
+  h = HALVES.index(half) if isinstance(half, str) else int(half)
+  if h not in (0, 1):
+    raise ValueError(f"half={half!r}; valid: 0, 1, 'a', 'b'")
+  return 2 * int(task) + h
+
+
+def half_names(task_names):
+  """'<task>/a', '<task>/b' for every task, in the 2T order."""
+  return [f"{t}/{h}" for t in task_names for h in HALVES]
+
+
+def interleave_halves(grads_a, grads_b):
+  """Trees of (T, ...) gradients of halves a and b -> one tree of (2T, ...) in the 2T order.
+
+  `gramians(interleave_halves(ga, gb))` is then the per-leaf G2 (L, 2T, 2T).
+  """
+  def both(a, b):
+    return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+  return jax.tree_util.tree_map(both, grads_a, grads_b)
+
+
+def _half_blocks(G2):
+  """(..., 2T, 2T) -> (..., T, 2, T, 2) with [..., i, x, j, y] = <g_i^x, g_j^y>."""
+  G2 = _as_gram(G2)
+  if G2.shape[-1] % 2:
+    raise ValueError(f"half-split Gramians must have an even last axis (2T); got {G2.shape}")
+  t = G2.shape[-1] // 2
+  return G2.reshape(G2.shape[:-2] + (t, 2, t, 2))
+
+
+def task_gramian(G2):
+  """Gramian of the task gradients g_t = (g_t^a + g_t^b) / 2: (..., 2T, 2T) -> (..., T, T).
+
+  = 1/4 sum_{x,y} <g_i^x, g_j^y>: the Gramian the un-split probe would have stored, so every
+  raw quantity above (cosines, norms, conflict_fraction) applies to it.
+  """
+  return _half_blocks(G2).sum(axis=(-3, -1)) / 4.0
+
+
+def same_task_agreement(G2):
+  """cos(g_t^a, g_t^b), how well a task's two independent halves agree: (..., 2T, 2T) -> (..., T).
+
+  Near 1: the task gradient is mostly signal; near 0: mostly sampling noise (the noise floor).
+  NaN where either half's gradient is zero.
+  """
+  B = _half_blocks(G2)
+  ab = np.diagonal(B[..., 0, :, 1], axis1=-2, axis2=-1)
+  aa = np.diagonal(B[..., 0, :, 0], axis1=-2, axis2=-1)
+  bb = np.diagonal(B[..., 1, :, 1], axis1=-2, axis2=-1)
+  denom = np.sqrt(np.clip(aa, 0.0, None) * np.clip(bb, 0.0, None))
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(denom > 0, ab / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def corrected_cosine_pieces(G2):
+  """Per-step unbiased pieces of the corrected cosine: (..., 2T, 2T) -> (cross, same).
+
+  cross (..., T, T) and same (..., T):
+    cross_ij: mean of <g_i^x, g_j^y> over the half pairings that are independent, all four
+      (x, y) for i != j, the two x != y for i == j; an unbiased estimate of <mu_i, mu_j>.
+    same_t = <g_t^a, g_t^b>: an unbiased estimate of |mu_t|^2 (may be <= 0 on a noisy step).
+  `corrected_cosines` pools these over steps; mtl.stats puts intervals on the pooled ratio.
+  """
+  B = _half_blocks(G2)
+  t = B.shape[-2]
+  same = np.diagonal(B[..., 0, :, 1], axis1=-2, axis2=-1)
+  cross = B.sum(axis=(-3, -1)) / 4.0
+  cross[..., np.arange(t), np.arange(t)] = (same + np.diagonal(B[..., 1, :, 0], axis1=-2,
+                                                               axis2=-1)) / 2.0
+  return cross, same
+
+
+def corrected_ratio(cross, same):
+  """cross_ij / sqrt(same_i same_j); NaN where same_i <= 0 or same_j <= 0; never clipped."""
+  cross, same = np.asarray(cross, np.float64), np.asarray(same, np.float64)
+  prod = same[..., :, None] * same[..., None, :]
+  ok = (same[..., :, None] > 0) & (same[..., None, :] > 0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(ok, cross / np.sqrt(np.where(ok, prod, 1.0)), np.nan)
+
+
+def corrected_cosines(G2, axis=None):
+  """Noise-corrected cosine, an estimate of cos(mu_i, mu_j): (..., 2T, 2T) -> (..., T, T).
+
+  rho_ij = sum cross_ij / sqrt(sum same_i * sum same_j), the sums over `axis` (leading axes
+  of G2, e.g. the step axis of a window; None: per entry, no pooling), with the pieces of
+  `corrected_cosine_pieces`:
+  every product pairs two independent half gradients, so sampling noise adds no bias to any
+  of them, unlike the raw cosine whose |g|^2 includes |e|^2 and shrinks it towards 0.
+  Pooling sums numerator and denominator pieces BEFORE the ratio: each pooled sum stays
+  unbiased and its relative noise falls like 1/sqrt(steps), so the ratio is stable; a mean of
+  per-step ratios would average ratios of noisy, often non-positive, denominators. The
+  pooled value estimates the cosine of the window's step-concatenated mean gradients, which
+  Cauchy-Schwarz keeps in [-1, 1].
+  NaN ("not measurable", never clipped) where a pooled same-task product is <= 0.
+  |rho| > 1 is possible on a noisy window and is reported as is: clipping would hide that
+  the window is too noisy and bias window means; callers flag |rho| > 1 as noisy (e.g.
+  `noisy_cosines`) and may clip for display only. The diagonal is 1 where measurable.
+  """
+  cross, same = corrected_cosine_pieces(G2)
+  if axis is not None:
+    axes = (axis,) if np.isscalar(axis) else tuple(axis)
+    nd = cross.ndim  # axes count as in G2 (..., 2T, 2T): -3 is the last leading axis
+    axes = tuple(int(a) % nd if -nd <= a < nd else nd for a in axes)
+    if any(a >= nd - 2 for a in axes):
+      raise ValueError(f"axis={axis} is not a leading axis of Gramians {np.shape(G2)}")
+    cross, same = cross.sum(axis=axes), same.sum(axis=axes)
+  return corrected_ratio(cross, same)
+
+
+def noisy_cosines(rho):
+  """True where a corrected cosine lies outside [-1, 1] (too noisy to read); False on NaN."""
+  rho = np.asarray(rho, np.float64)
+  return np.abs(np.nan_to_num(rho)) > 1.0

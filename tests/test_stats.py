@@ -1,0 +1,233 @@
+"""Intervals, verdicts and tests of mtl.stats, checked by simulation against known truths.
+
+Coverage bounds below are fixed by the binomial spread of 200 simulated studies, never by the
+observed count: at a true rate of 95%, 200 draws have SD sqrt(200 * .95 * .05) = 3.1 hits, so
+>= 180 hits (90%) sits 3.2 SD below the expected 190; at a true 5% false-call rate, <= 20 calls
+(10%) sits 3.2 SD above the expected 10. Seeds make every run draw the same data.
+"""
+import math
+
+import numpy as np
+import pytest
+from scipy import signal
+from scipy import stats as sps
+
+from mtl import stats
+from mtl.conflicts.gramians import corrected_cosine_pieces, corrected_cosines
+
+SIMS = 200
+
+
+def rank_rho(x):
+  """Spearman's rho of x against every row of yy, vectorised for scipy.stats.permutation_test."""
+  rx = sps.rankdata(x) - (len(x) + 1) / 2
+  def statistic(yy, axis=-1):
+    ry = sps.rankdata(yy, axis=axis) - (len(x) + 1) / 2
+    return (ry @ rx) / np.sqrt((rx @ rx) * (ry * ry).sum(axis=-1))
+  return statistic
+
+
+def ar1(rng, n, phi, mean=0.0):
+  """A stationary AR(1) series x_t = phi x_{t-1} + e_t (e ~ N(0, 1)) around `mean`."""
+  e = rng.normal(size=n)
+  e[0] /= math.sqrt(1 - phi * phi)  # x_0 drawn from the stationary law
+  return signal.lfilter([1.0], [1.0, -phi], e) + mean
+
+
+def simulate_studies(effect, seed, seeds=3):
+  """SIMS studies of two arms on `seeds` shared seeds: large seed effects, small arm noise."""
+  rng = np.random.default_rng(seed)
+  base = 30 + 2.0 * rng.normal(size=(SIMS, seeds))  # seed-to-seed spread the pairing removes
+  a = base + 0.3 * rng.normal(size=(SIMS, seeds))
+  b = base + effect + 0.3 * rng.normal(size=(SIMS, seeds))
+  return [stats.paired_interval(a[k], b[k]) for k in range(SIMS)]
+
+
+# ----------------------------------------------------------------------------- over seeds
+
+
+def test_paired_interval_covers_true_effect():
+  intervals = simulate_studies(effect=0.25, seed=0)
+  covered = sum(iv.low <= 0.25 <= iv.high for iv in intervals)
+  assert covered >= 0.90 * SIMS, covered  # binomial bound, see the module docstring
+
+
+def test_verdict_on_null_data_is_rarely_a_call():
+  intervals = simulate_studies(effect=0.0, seed=1)
+  calls = [stats.verdict(iv) for iv in intervals]
+  assert sum(c != stats.NO_DIFFERENCE for c in calls) <= 0.10 * SIMS, calls.count("gain")
+  # The p value agrees with the interval: p < 0.05 exactly when 0 is outside the 95% interval.
+  assert all((iv.p < 0.05) == (c != stats.NO_DIFFERENCE) for iv, c in zip(intervals, calls))
+
+
+def test_paired_interval_matches_the_t_formula_and_scipy():
+  a, b = np.array([30.1, 29.4]), np.array([30.5, 29.6])
+  iv = stats.paired_interval(a, b)
+  d = b - a
+  half = sps.t.ppf(0.975, 1) * abs(d[0] - d[1]) / 2  # SE of a 2-seed mean is |d1 - d2| / 2
+  assert iv.estimate == pytest.approx(0.3)
+  assert (iv.low, iv.high) == pytest.approx((0.3 - half, 0.3 + half))
+  assert half == pytest.approx(12.706 * 0.1, rel=1e-4)  # n = 2: +-12.7 SE, wide by design
+  assert iv.p == pytest.approx(sps.ttest_rel(b, a).pvalue)
+  assert stats.verdict(iv) == stats.NO_DIFFERENCE
+  a3, b3 = [30.0, 29.0, 31.0], [30.5, 29.6, 31.4]
+  assert stats.paired_interval(a3, b3).p == pytest.approx(sps.ttest_rel(b3, a3).pvalue)
+  assert stats.paired_interval([1.0, 2.0, np.nan], [1.5, 2.4, 9.0]).n == 2  # NaN pair dropped
+  with pytest.raises(ValueError, match=">= 2 seeds"):
+    stats.paired_interval([1.0], [2.0])
+  with pytest.raises(ValueError, match="length"):
+    stats.paired_interval([1.0, 2.0], [2.0])
+
+
+def test_verdict_directions():
+  up = stats.Interval(0.4, 0.1, 0.7, 0.95, 3)
+  down = stats.Interval(-0.4, -0.7, -0.1, 0.95, 3)
+  both = stats.Interval(0.2, -0.1, 0.5, 0.95, 3)
+  assert [stats.verdict(iv) for iv in (up, down, both)] == ["gain", "loss", stats.NO_DIFFERENCE]
+  assert stats.verdict(up, higher_is_better=False) == "loss"  # e.g. a loss that went up
+  assert stats.verdict(down, higher_is_better=False) == "gain"
+  assert stats.verdict(stats.Interval(0.0, math.nan, math.nan, 0.95, 1)) == stats.NO_DIFFERENCE
+
+
+# ----------------------------------------------------------------------------- over steps
+
+
+def test_batch_means_covers_ar1_mean_where_iid_does_not():
+  rng = np.random.default_rng(2)
+  n, phi = 400, 0.8
+  bm = iid = 0
+  for _ in range(SIMS):
+    x = ar1(rng, n, phi)
+    iv = stats.window_mean_interval(x)
+    bm += iv.low <= 0.0 <= iv.high
+    iid += abs(x.mean()) <= 1.96 * x.std(ddof=1) / math.sqrt(n)
+  # Batch means (20 batches of 20 vs an integrated autocorrelation time (1+phi)/(1-phi) = 9)
+  # cover ~91% (1000 simulations); 85% of 200 is 3 binomial SDs below that.
+  assert bm >= 0.85 * SIMS, bm
+  # The iid interval is ~3x too narrow here (sqrt(tau) = 3): it covers ~48%; 70% is > 6 SDs off.
+  assert iid <= 0.70 * SIMS, iid
+
+
+def test_block_bootstrap_is_seeded_and_wider_than_iid():
+  rng = np.random.default_rng(3)
+  x = ar1(rng, 400, 0.8)
+  one = stats.window_mean_interval(x, method="block_bootstrap", draws=500, seed=7)
+  assert one == stats.window_mean_interval(x, method="block_bootstrap", draws=500, seed=7)
+  assert one.estimate == pytest.approx(x.mean())
+  iid_half = 1.96 * x.std(ddof=1) / math.sqrt(x.size)
+  assert (one.high - one.low) / 2 > 1.5 * iid_half  # blocks keep the autocorrelation
+
+
+def test_window_mean_skips_nan_and_needs_four_values():
+  x = np.array([1.0, np.nan, 2.0, 3.0, 4.0, 5.0, np.nan])
+  iv = stats.window_mean_interval(x)
+  assert iv.n == 5 and iv.estimate == pytest.approx(3.0)
+  assert "latest 4 of 5" in iv.note  # 2 batches of 2 for the SE: the oldest value is not in one
+  short = stats.window_mean_interval([1.0, np.nan, 2.0])
+  assert math.isnan(short.low) and "needs >= 4" in short.note and short.estimate == 1.5
+  with pytest.raises(ValueError, match="method"):
+    stats.window_mean_interval(x, method="iid")
+
+
+def test_pooled_ratio_interval_covers_true_cosine():
+  rng = np.random.default_rng(4)
+  d, steps, sigma2, truth = 200, 100, 0.04, 0.5  # half noise |e|^2 ~ 8 against |mu|^2 = 1
+  e = np.eye(2, d)
+  mu = np.stack([e[0], truth * e[0] + math.sqrt(1 - truth ** 2) * e[1]])
+  covered = 0
+  for _ in range(SIMS):
+    halves = np.repeat(mu, 2, axis=0)[None] + math.sqrt(sigma2) * rng.normal(size=(steps, 4, d))
+    G2 = np.einsum("sid,sjd->sij", halves, halves)
+    iv = stats.corrected_cosine_intervals(G2)[0]
+    covered += iv.low <= truth <= iv.high
+  assert covered >= 0.90 * SIMS, covered  # iid steps: a t interval at ~95%, binomial bound
+  assert iv.estimate == pytest.approx(corrected_cosines(G2, axis=0)[0, 1])
+  cross, same = corrected_cosine_pieces(G2)
+  boot = stats.pooled_ratio_interval(cross[:, 0, 1], same[:, 0], same[:, 1],
+                                     method="block_bootstrap", draws=500)
+  assert boot.low < iv.estimate < boot.high
+
+
+def test_pooled_ratio_interval_not_measurable_and_single_denominator():
+  iv = stats.pooled_ratio_interval([1.0, 2.0, 1.0, 0.5], [0.5, -1.0, 0.2, -0.1], [1, 1, 1, 1])
+  assert math.isnan(iv.estimate) and "not measurable" in iv.note
+  num, den = np.arange(1.0, 17.0), np.full(16, 4.0)
+  single = stats.pooled_ratio_interval(num, den)  # sum(num) / sum(den)
+  assert single.estimate == pytest.approx(num.sum() / den.sum())
+  # Constant denominator: the delta interval is the batch-means interval of num / 4.
+  plain = stats.window_mean_interval(num / 4.0)
+  assert (single.low, single.high) == pytest.approx((plain.low, plain.high))
+
+
+def test_conflict_fraction_interval():
+  rng = np.random.default_rng(5)
+  truth = sps.norm.cdf(-0.5 * math.sqrt(1 - 0.8 ** 2))  # P(x < 0), x ~ N(0.5, 1 / (1 - phi^2))
+  covered = sum(
+      (lambda iv: iv.low <= truth <= iv.high)(stats.conflict_fraction_interval(ar1(rng, 400, 0.8,
+                                                                                   0.5)))
+      for _ in range(SIMS))
+  # Measured ~90% over 1000 simulations (tau from 20 batches runs a little low); 80% of 200 is
+  # > 4 binomial SDs below that.
+  assert covered >= 0.80 * SIMS, covered
+  none = stats.conflict_fraction_interval(np.abs(rng.normal(size=100)))
+  assert none.estimate == 0.0 and none.low == 0.0
+  # All one sign: n_eff = 10 batches, Wilson upper bound z^2 / (n_eff + z^2), not a zero width.
+  assert none.high == pytest.approx(1.96 ** 2 / (10 + 1.96 ** 2), rel=1e-3)
+  assert stats.conflict_fraction_interval([-1.0, np.nan, 2.0, -3.0, 4.0]).estimate == 0.5
+
+
+# ----------------------------------------------------------------------------- ranks
+
+
+def test_spearman_exact_p_for_three_perfectly_ranked_values():
+  r = stats.spearman([1.0, 2.0, 3.0], [10.0, 20.0, 35.0])
+  assert r.rho == pytest.approx(1.0)
+  assert r.p == pytest.approx(1 / 3)  # 2 of 3! pairings reach |rho| = 1; never 0
+  assert r.method == "exact permutation" and r.min_p == pytest.approx(1 / 3)
+  assert stats.spearman([3.0, 2.0, 1.0], [1.0, 2.0, 3.0]).p == pytest.approx(1 / 3)
+  two = stats.spearman([1.0, 2.0], [1.0, 2.0])
+  assert math.isnan(two.p) and ">= 3" in two.note
+  assert math.isnan(stats.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]).p)
+
+
+@pytest.mark.parametrize("n", [5, 7])
+def test_spearman_exact_p_matches_scipy_permutation_test(n):
+  rng = np.random.default_rng(n)
+  x = rng.normal(size=n)
+  y = 0.6 * x + rng.normal(size=n)
+  r = stats.spearman(x, y)
+  ref = sps.permutation_test((y,), rank_rho(x), permutation_type="pairings",
+                             n_resamples=np.inf, vectorized=True)
+  assert r.rho == pytest.approx(sps.spearmanr(x, y).statistic, abs=1e-12)
+  # No ties: the null distribution of rho is symmetric, so scipy's 2 min(tails) = P(|rho| >= r).
+  assert r.p == pytest.approx(ref.pvalue, abs=1e-12)
+
+
+def test_spearman_monte_carlo_above_nine_and_ties():
+  rng = np.random.default_rng(11)
+  x = rng.normal(size=14)
+  y = 0.5 * x + rng.normal(size=14)
+  r = stats.spearman(x, y)
+  assert r.method.startswith("monte carlo") and r.p > 0
+  assert r == stats.spearman(x, y)  # seeded
+  ref = sps.permutation_test((y,), rank_rho(x), permutation_type="pairings", n_resamples=9999,
+                             vectorized=True, rng=np.random.default_rng(0))
+  # Two independent 9999-draw estimates of one p: 4 SDs of their difference.
+  assert abs(r.p - ref.pvalue) < 4 * math.sqrt(2 * ref.pvalue * (1 - ref.pvalue) / 9999) + 1e-4
+  tied = stats.spearman([1.0, 2.0, 2.0, 3.0, 5.0], [2.0, 1.0, 4.0, 4.0, 6.0])
+  assert tied.rho == pytest.approx(sps.spearmanr([1, 2, 2, 3, 5], [2, 1, 4, 4, 6]).statistic)
+
+
+# ----------------------------------------------------------------------------- multi-task
+
+
+def test_delta_m_known_example():
+  # PSNR 30 vs 29 (higher better): +3.448%; error 0.10 vs 0.12 (lower better): +16.667%.
+  assert stats.delta_m([30.0, 0.10], [29.0, 0.12], [False, True]) == pytest.approx(
+      (100 / 29 + 100 / 6) / 2)
+  # Three PSNR tasks, one worse: (+1% - 2% + 0%) / 3.
+  assert stats.delta_m([30.3, 24.5, 28.0], [30.0, 25.0, 28.0], [False] * 3) == pytest.approx(-1 / 3)
+  per_seed = stats.delta_m([[30.0, 0.10], [29.0, 0.12]], [29.0, 0.12], [False, True])
+  assert per_seed.shape == (2,) and per_seed[1] == 0.0
+  with pytest.raises(ValueError, match="baseline"):
+    stats.delta_m([1.0], [0.0], [False])
