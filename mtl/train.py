@@ -146,7 +146,7 @@ def _step(state, batch, model, config, optimizer, names, split):
   grams = None
   if split:
     g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (T, ...) per leaf
-    grams = conflicts.gramians(g_body)
+    grams = conflicts.leaf_gramians(g_body)
     g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
   grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -178,7 +178,7 @@ def naive_probe_step(state, batch, model, config, optimizer, names):
                                   state.step, batch)
   jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
                                                  [body] * len(names), inputs, targets))
-  return state_out, metrics, conflicts.gramians(jacobian(state.params["body"]))
+  return state_out, metrics, conflicts.leaf_gramians(jacobian(state.params["body"]))
 
 
 STEPS = {False: train_step, True: probe_step, "jacrev": naive_probe_step}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mtl.conflicts.gramians import (corrected_cosine_pieces, corrected_cosines, cosines, gramians,
+from mtl.conflicts.gramians import (corrected_cosine_pieces, corrected_cosines, cosines, leaf_gramians,
                                     half_index, half_names, interleave_halves, noisy_cosines,
                                     same_task_agreement, task_gramian)
 
@@ -36,7 +36,7 @@ def test_half_order_helpers():
   # jax keeps float32: equal up to float32 rounding of the float64 inputs
   np.testing.assert_allclose(np.asarray(both["w"][half_index(2, "b")]), gb["w"][2], rtol=1e-6)
   np.testing.assert_allclose(np.asarray(both["b"][half_index(1, "a")]), ga["b"][1], rtol=1e-6)
-  G2 = np.asarray(gramians(both))  # leaves in tree order: 'b', then 'w'
+  G2 = np.asarray(leaf_gramians(both))  # leaves in tree order: 'b', then 'w'
   flat = np.concatenate([np.stack([ga["w"][t].ravel(), gb["w"][t].ravel()]) for t in range(3)])
   np.testing.assert_allclose(G2[1], gram(flat), rtol=1e-5)
   with pytest.raises(ValueError, match="half"):

@@ -6,9 +6,11 @@
 
 `mtl.conflicts.load(workdir)` returns the Record of a run's probe steps.
 """
-from mtl.conflicts.gramians import (GROUPINGS, conflict_fraction, cosines, ema, gramians, group,
-                                    nan_mean, norm_ratios, norms, pair_indices, pair_names,
-                                    pair_values, share_negative, update_cosines)
+from mtl.conflicts.gramians import (GROUPINGS, HALVES, conflict_fraction, corrected_cosines,
+                                    cosines, ema, group, half_names, interleave_halves,
+                                    leaf_gramians, nan_mean, norm_ratios, norms, pair_indices,
+                                    pair_names, pair_values, same_task_agreement,
+                                    share_negative, task_gramian, update_cosines)
 from mtl.conflicts.store import (Record, Store, append, format_range, load, parse_step_range,
                                  store_dir, truncate_after)
 from mtl.conflicts.summary import format_summary, summarize

@@ -19,7 +19,7 @@ from mtl.models import ipt
 GROUPINGS = ipt.GROUPINGS
 
 
-def gramians(task_grads):
+def leaf_gramians(task_grads):
   """Per-leaf Gramians G_l = J_l J_l^T, stacked (L, T, T), from a tree of (T, ...) gradients."""
   def gram(g):
     flat = g.reshape(g.shape[0], -1).astype(jnp.float32)
@@ -203,7 +203,7 @@ def half_names(task_names):
 def interleave_halves(grads_a, grads_b):
   """Trees of (T, ...) gradients of halves a and b -> one tree of (2T, ...) in the 2T order.
 
-  `gramians(interleave_halves(ga, gb))` is then the per-leaf G2 (L, 2T, 2T).
+  `leaf_gramians(interleave_halves(ga, gb))` is then the per-leaf G2 (L, 2T, 2T).
   """
   def both(a, b):
     return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
