@@ -22,8 +22,8 @@ import numpy as np
 
 from mtl import io
 from mtl import study as study_lib
-from mtl.report.scores import (conflict_summaries, pairwise_transfer, primary_test_set,
-                               regime_columns, regime_scores)
+from mtl.report.scores import (conflict_summaries, pairwise_transfer, regime_columns,
+                               regime_scores)
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"

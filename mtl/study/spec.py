@@ -40,6 +40,7 @@ Each run is `python launch/train.py --config=experiments/from_json.py:<run>/run_
 """
 import dataclasses
 import json
+import re
 
 import ml_collections
 
