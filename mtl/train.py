@@ -1,40 +1,25 @@
-"""Training: the state, the pure train step (plain and probe), regimes, and the loop.
+"""A run: its config checked, its state built (fresh, resumed or fine-tuned), and the loop that
+trains, checkpoints, probes conflicts, logs and evaluates it (`train_and_evaluate`).
 
-One step is a pure function (state, batch) -> (state, metrics[, gramians]). The batch holds
-clean uint8 HR crops per task; degradations run inside the step, keyed by (seed, step, task).
-
-Per-task gradients on the shared body come out of the ordinary backward pass: each task's
-sub-batch goes through the body separately, and on probe steps each task is given its own
-(identical) reference to the body parameters, so the gradient with respect to those references
-is the list of per-task gradients; their sum is the update's body gradient. (A `jax.vmap` over
-broadcast copies computes the same, but XLA's CPU backend runs its batched matmuls ~1.8x slower.)
+The step itself is mtl.step; the optimizer mtl.optim.
 """
 import dataclasses
-import functools
 import os
 import signal
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
-from mtl import checkpoints, conflicts, degradations, io, losses, sharding, tasks
+from mtl import checkpoints, conflicts, io, optim, sharding, tasks
 from mtl.data import pipeline
 from mtl.models import ipt
+from mtl.step import TrainState, make_step
 
 RUN_REGIMES = ("scratch", "joint", "finetune")
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -54,8 +39,8 @@ def validate(config):
     raise ValueError("regime='finetune' needs init_from=<workdir of a joint run>")
   if config.total_steps < 1:
     raise ValueError(f"total_steps={config.total_steps} must be >= 1")
-  if config.optim.schedule not in LR_SCHEDULES:
-    raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
+  if config.optim.schedule not in optim.LR_SCHEDULES:
+    raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(optim.LR_SCHEDULES)}")
   ipt.ModelConfig.from_config(config.model, config.precision)
   return specs
 
@@ -74,123 +59,6 @@ def probing_enabled(config):
                     "to measure conflicts", config.conflicts.every)
     return False
   return True
-
-
-def _warmup_then(lr, warmup, decay):
-  if warmup <= 0:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
-
-
-LR_SCHEDULES = {
-    "constant": lambda o, total: _warmup_then(o.lr, o.warmup_steps, optax.constant_schedule(o.lr)),
-    "cosine": lambda o, total: optax.warmup_cosine_decay_schedule(
-        0.0, o.lr, o.warmup_steps, max(total, o.warmup_steps + 1), o.lr * o.final_lr_ratio),
-    "step": lambda o, total: _warmup_then(o.lr, o.warmup_steps, optax.piecewise_constant_schedule(
-        o.lr, {int(m * total) - o.warmup_steps: o.gamma for m in o.milestones})),
-}
-
-
-def make_optimizer(optim_cfg, total_steps):
-  schedule = LR_SCHEDULES[optim_cfg.schedule](optim_cfg, total_steps)
-  chain = [optax.clip_by_global_norm(optim_cfg.grad_clip)] if optim_cfg.grad_clip > 0 else []
-  chain.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                           weight_decay=optim_cfg.weight_decay))
-  return optax.chain(*chain), schedule
-
-
-# ----------------------------------------------------------------------------- the step
-
-
-def degrade_batch(specs, task_ids, config, step, batch):
-  """Degraded inputs and clean targets per task, keyed by (seed, step, task index)."""
-  key = jax.random.fold_in(jax.random.key(config.seed), step)
-  inputs, targets = {}, {}
-  for spec, tid in zip(specs, task_ids):
-    inputs[spec.name], targets[spec.name] = degradations.degrade(
-        spec, jax.random.fold_in(key, tid), batch[spec.name], config.degrade,
-        streaks=batch.get(f"{spec.name}:streaks"))
-  return inputs, targets
-
-
-def task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
-  """(T,) per-task losses; task t's forward pass runs on body parameters `bodies[t]`."""
-  per_task = []
-  for name, body in zip(names, bodies):
-    out, tokens = model.apply(dict(params, body=body), name, inputs[name], return_tokens=True)
-    loss = losses.l1(out, targets[name])
-    if loss_cfg.contrastive_weight > 0:
-      loss = loss + loss_cfg.contrastive_weight * losses.supervised_contrastive(
-          tokens, loss_cfg.temperature)
-    per_task.append(loss)
-  return jnp.stack(per_task)
-
-
-def _step(state, batch, model, config, optimizer, names, split):
-  """The shared step. split: each task gets its own (identical) reference to the body, so the
-  gradient with respect to those references is the list of per-task body gradients."""
-  specs = [model.specs[model.task_names.index(n)] for n in names]
-  task_ids = [model.task_names.index(n) for n in names]
-  inputs, targets = degrade_batch(specs, task_ids, config, state.step, batch)
-  specific = {k: v for k, v in state.params.items() if k != "body"}
-  body = state.params["body"]
-  bodies = [body] * len(names) if split else body
-
-  def total_loss(specific, bodies):
-    per_task = task_losses(model, config.loss, names, specific,
-                           bodies if split else [bodies] * len(names), inputs, targets)
-    return per_task.sum(), per_task
-
-  (loss, per_task), (g_specific, g_body) = jax.value_and_grad(
-      total_loss, argnums=(0, 1), has_aux=True)(specific, bodies)
-  grams = None
-  if split:
-    g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (T, ...) per leaf
-    grams = conflicts.leaf_gramians(g_body)
-    g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
-  grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  metrics = {f"loss/{n}": per_task[i] for i, n in enumerate(names)}
-  metrics["loss/total"] = loss
-  metrics["grad_norm"] = optax.tree.norm(grads)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics, grams
-
-
-def train_step(state, batch, model, config, optimizer, names):
-  """One optimizer step on the tasks `names`: (state, batch) -> (state, metrics)."""
-  state, metrics, _ = _step(state, batch, model, config, optimizer, names, split=False)
-  return state, metrics
-
-
-def probe_step(state, batch, model, config, optimizer, names):
-  """train_step that also returns the per-leaf Gramians (L, T, T) of the per-task body
-  gradients, taken from the step's own backward pass (the update is unchanged)."""
-  return _step(state, batch, model, config, optimizer, names, split=True)
-
-
-def naive_probe_step(state, batch, model, config, optimizer, names):
-  """The reference the benchmark compares probe_step with: Gramians from `jax.jacrev` of the
-  loss vector, i.e. T extra backward passes."""
-  state_out, metrics = train_step(state, batch, model, config, optimizer, names)
-  specs = [model.specs[model.task_names.index(n)] for n in names]
-  inputs, targets = degrade_batch(specs, [model.task_names.index(n) for n in names], config,
-                                  state.step, batch)
-  jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
-                                                 [body] * len(names), inputs, targets))
-  return state_out, metrics, conflicts.leaf_gramians(jacobian(state.params["body"]))
-
-
-STEPS = {False: train_step, True: probe_step, "jacrev": naive_probe_step}
-
-
-def make_step(model, config, optimizer, names, probe=False):
-  """The step over `names` with its static arguments bound, ready for jax.jit.
-
-  probe=False: train_step; True: probe_step; 'jacrev': naive_probe_step.
-  """
-  return functools.partial(STEPS[probe], model=model, config=config, optimizer=optimizer,
-                           names=tuple(names))
 
 
 # ----------------------------------------------------------------------------- state
@@ -230,7 +98,7 @@ def build(config):
   model = ipt.IPT(model_cfg, specs)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(mesh, config.data.batch_size)
-  optimizer, schedule = make_optimizer(config.optim, config.total_steps)
+  optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
   run = Run(config, model, mesh, optimizer, schedule, None)
   abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))
   run.state_shardings = jax.tree_util.tree_map(

@@ -7,6 +7,7 @@ import skimage.data
 
 from experiments import tiny
 from mtl import degradations, losses, sharding, train
+from mtl import step as step_lib
 from mtl.models import ipt
 
 TASKS = ("denoise_30", "sr_x2", "derain")
@@ -64,7 +65,7 @@ def test_probe_gramians_equal_independent_per_task_gradients(devices):
     state = run.init_state()
     params = jax.device_get(state.params)
     batch = _batch(config, run)
-    step = jax.jit(train.make_step(run.model, config, run.optimizer, run.model.task_names,
+    step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names,
                                    probe=True))
     _, metrics, grams = step(state, sharding.to_global(batch, run.mesh))
   expected = _leaf_gramians(_independent_task_grads(run, config, params, batch, 0))
@@ -93,8 +94,8 @@ def test_probe_step_makes_the_same_update_as_the_plain_step():
     start = run.init_state()
     start = start.replace(opt_state=sgd.init(start.params))
     names = run.model.task_names
-    plain, m_plain = jax.jit(train.make_step(run.model, config, sgd, names))(start, batch)
-    probed, m_probe, _ = jax.jit(train.make_step(run.model, config, sgd, names, probe=True))(
+    plain, m_plain = jax.jit(step_lib.make_step(run.model, config, sgd, names))(start, batch)
+    probed, m_probe, _ = jax.jit(step_lib.make_step(run.model, config, sgd, names, probe=True))(
         start, batch)
   assert float(m_plain["loss/total"]) == pytest.approx(float(m_probe["loss/total"]), rel=1e-6)
   assert float(m_plain["grad_norm"]) == pytest.approx(float(m_probe["grad_norm"]), rel=1e-5)
@@ -111,7 +112,7 @@ def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
     config.optim.lr = 1e-3
     run = train.build(config)
     with jax.set_mesh(run.mesh):
-      step = jax.jit(train.make_step(run.model, config, run.optimizer, run.model.task_names))
+      step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names))
       state = run.init_state()
       for s in range(2):
         state, metrics = step(state, sharding.to_global(_batch(config, run, s), run.mesh))
@@ -159,7 +160,7 @@ def test_bfloat16_compute_trains_with_float32_parameters():
   config.data.batch_size = 2  # bfloat16 matmuls are slow on CPU; the point is the dtypes
   run = train.build(config)
   with jax.set_mesh(run.mesh):
-    step = jax.jit(train.make_step(run.model, config, run.optimizer, run.model.task_names))
+    step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names))
     state, metrics = step(run.init_state(), sharding.to_global(_batch(config, run), run.mesh))
   assert np.isfinite(float(metrics["loss/total"]))
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))
