@@ -9,11 +9,11 @@ import json
 import os
 import sys
 
-import jax
 import numpy as np
 
-from mtl import checkpoints, evaluate, metrics, summary, tasks
-from mtl.models import ipt
+from mtl import metrics
+
+# jax, orbax and the model are imported where restoring needs them: scoring starts in ~2 s without.
 
 
 def _tuples(value):
@@ -25,6 +25,7 @@ def _tuples(value):
 def load_config(workdir):
   """The ConfigDict a run saved in <workdir>/config.json."""
   import ml_collections
+  from mtl import checkpoints
   path = os.path.join(workdir, checkpoints.CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{workdir} holds no {checkpoints.CONFIG_FILE}; point --workdir to a "
@@ -35,6 +36,9 @@ def load_config(workdir):
 
 def load_model(workdir, step=None):
   """(config, model, params on one device, step) of a workdir's checkpoint (latest by default)."""
+  import jax
+  from mtl import checkpoints, tasks
+  from mtl.models import ipt
   config = load_config(workdir)
   model = ipt.IPT(ipt.ModelConfig.from_config(config.model, config.precision),
                   tasks.get_all(config.tasks))
@@ -52,6 +56,8 @@ def load_model(workdir, step=None):
 
 def restorer(model, params, config, task):
   """image uint8 HWC -> restored uint8 (H*s, W*s, 3), the way evaluation restores it."""
+  import jax
+  from mtl import evaluate, tasks
   if task not in model.task_names:
     raise ValueError(f"task {task!r} is not in this model; its tasks: {', '.join(model.task_names)}")
   spec = tasks.get(task)
@@ -62,6 +68,7 @@ def restorer(model, params, config, task):
 
 
 def write_png(path, image):
+  from mtl import summary
   with open(path, "wb") as f:
     f.write(summary.encode_png(image))
 
@@ -72,6 +79,7 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr):
   Unreadable files are skipped with a warning on `err`; progress (images, rate, ETA) goes there too.
   Returns (written paths, skipped paths).
   """
+  from mtl import summary
   from mtl.data import folder as folder_lib
   if os.path.isfile(source):
     paths = [source]

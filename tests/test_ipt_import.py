@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtl import checkpoints, restore, tasks, train
+from mtl import checkpoints, restore, tasks
 from mtl.models import ipt, ipt_import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,10 +27,12 @@ def _official(name):
   return np.load(os.path.join(FIXTURES, name.replace("_legacy", "") + ".npz"))
 
 
-def _max_differences(cfg, names, params, reference):
+def _max_differences(cfg, names, params, reference, only=None):
   model = ipt.IPT(cfg, tasks.get_all(names))
   out = {}
   for i, task in enumerate(names):
+    if only and task != only:
+      continue
     x = reference[f"input_{i}"].transpose(0, 2, 3, 1)  # official NCHW -> mtl NHWC
     y = np.asarray(model.apply(params, task, x)).transpose(0, 3, 1, 2)
     assert y.shape == reference[f"output_{i}"].shape
@@ -62,7 +64,7 @@ def test_the_feature_permutations_matter(monkeypatch):
     with monkeypatch.context() as m:
       m.setattr(ipt_import, helper, identity)
       cfg, names, params = ipt_import.load(path, num_heads=2)
-      diffs = _max_differences(cfg, names, params, reference)
+      diffs = _max_differences(cfg, names, params, reference, only="sr_x2")
     assert diffs["sr_x2"] > 1.0, (helper, diffs)
 
 
@@ -76,7 +78,7 @@ def test_reader_matches_the_layout_and_dtypes():
   np.testing.assert_array_equal(legacy["add_mean.bias"], ipt.DIV2K_RGB_MEAN.astype(np.float32))
 
 
-def test_workdir_round_trip_and_finetune_init(tmp_path):
+def test_workdir_round_trip(tmp_path):
   cfg, names, params = ipt_import.load(os.path.join(FIXTURES, "ipt_pretrain6.pt"), num_heads=2)
   workdir = str(tmp_path / "imported")
   ipt_import.write_workdir(params, cfg, names, workdir, source="x.pt")
@@ -86,16 +88,6 @@ def test_workdir_round_trip_and_finetune_init(tmp_path):
     np.testing.assert_array_equal(a, np.asarray(b))
   with pytest.raises(ValueError, match="already holds a run"):
     ipt_import.write_workdir(params, cfg, names, workdir)
-  # A fine-tune starts from it exactly as from a joint run (train.finetune_params).
-  ft = config.copy_and_resolve_references()
-  ft.tasks, ft.regime, ft.init_from = ("denoise_50",), "finetune", workdir
-  run = train.build(ft)
-  with jax.set_mesh(run.mesh):
-    state = train.finetune_params(run, workdir)
-  np.testing.assert_array_equal(np.asarray(state.params["queries"]["denoise_50"]),
-                                params["queries"]["denoise_50"])
-  np.testing.assert_array_equal(np.asarray(state.params["body"]["pos_embed"]),
-                                params["body"]["pos_embed"])
 
 
 def _one_line(error):
