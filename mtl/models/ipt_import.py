@@ -210,6 +210,8 @@ def infer_layout(state, path="checkpoint"):
     raise ValueError(f"{path}: token dim {dim} / {num_tokens} tokens do not fit n_feats={n_feats} "
                      "with square patches on a square input")
   hidden = state["body.encoder.layers.0.linear1.weight"].shape[0]
+  if hidden % dim:
+    raise ValueError(f"{path}: MLP width {hidden} is not a multiple of the token dim {dim}")
   layers = {part: len(_indices(state, rf"body\.{part}\.layers\.(\d+)\."))
             for part in ("encoder", "decoder")}
   heads, tails = _indices(state, r"head\.(\d+)\."), _indices(state, r"tail\.(\d+)\.")
