@@ -163,3 +163,13 @@ def test_launcher_imports_and_refuses(tmp_path):
   assert "tasks sr_x2" in good.stdout
   assert os.path.isfile(tmp_path / "w" / checkpoints.CONFIG_FILE)
   assert os.path.isdir(tmp_path / "w" / "checkpoints" / "0")
+
+
+def test_reader_dtypes_and_strided_views():
+  state = ipt_import.read_state_dict(os.path.join(FIXTURES, "dtypes.pt"))
+  expected = np.load(os.path.join(FIXTURES, "dtypes.npz"))
+  assert sorted(state) == sorted(expected.files)
+  for name in expected.files:
+    assert state[name].shape == expected[name].shape, name
+    np.testing.assert_array_equal(state[name].astype(expected[name].dtype), expected[name])
+  assert state["half"].dtype == np.float16 and state["long"].dtype == np.int64
