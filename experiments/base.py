@@ -50,7 +50,7 @@ def get_config(size="tiny"):
 
   c.eval = ml_collections.ConfigDict(dict(
       sets="photos", max_images=0, max_side=0, tile_overlap=8, tile_batch=32, samples=1,
-      seed=20210301))
+      seed=20210301, save_images=False))  # save_images: PNGs under <workdir>/restored/
 
   c.conflicts = ml_collections.ConfigDict(dict(every=1, ema_beta=0.1))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))

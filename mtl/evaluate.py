@@ -5,6 +5,8 @@ Test sets come from `config.eval.sets`, a comma-separated list of
   photos_val          their validation split (for choosing hyper-parameters)
   NAME=PATH           a folder of clean HR images (Set5, Set14, B100, Urban100, CBSD68 ...)
   NAME=paired:PATH    rainy / clean pairs (Rain100L layout); used for derain tasks only
+With config.eval.save_images the restorations are also written as PNG under
+<workdir>/restored/<step>/<task>/<set>/<name>.png.
 Clean HR images are degraded deterministically, per (task, image), with keys independent of the
 run's task list, so scratch, joint and fine-tuned runs are scored on identical inputs.
 """
@@ -171,6 +173,9 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
         output = restore_image(apply_fn, degraded, spec.scale, config.model.patch_size,
                                config.eval.tile_overlap, config.eval.tile_batch)
         rows.append(score(output, clean, crop))
+        if config.eval.get("save_images", False) and jax.process_index() == 0:
+          _save_png(os.path.join(workdir, "restored", str(int(step)), spec.name, testset.name,
+                                 f"{name}.png"), output)
         baseline.append(score(input_baseline(spec, degraded), clean, crop))
         if writer is not None and index < config.eval.samples:
           writer.image(step, f"eval/{spec.name}/{testset.name}/{name}",
@@ -190,6 +195,14 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
     io.write_json(os.path.join(workdir, name), results)
     print(format_table(results), flush=True)
   return results
+
+
+def _save_png(path, image):
+  """config.eval.save_images: <workdir>/restored/<step>/<task>/<set>/<name>.png."""
+  from mtl import summary
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(summary.encode_png(image))
 
 
 def _side_by_side(*images):

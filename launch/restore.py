@@ -1,0 +1,41 @@
+"""Restore real images with a saved model: any size (overlapping tiles), PNG out, same file names.
+
+  python launch/restore.py --workdir=/ckpt/ipt_sr2 --task=sr_x2 --input=photos/ --output=out/ \
+      [--step=N]
+
+--input is one image or a folder (its images, not its subfolders). Uses the workdir's latest
+checkpoint (or --step). Progress (images, rate, ETA) on stderr; unreadable files are skipped with a
+warning and the rest are restored. Bad input: one line on stderr, exit status 1.
+"""
+import sys
+
+import _root  # noqa: F401  (repository root on sys.path for `mtl`)
+from absl import app, flags, logging
+
+flags.DEFINE_string("workdir", None, "A run's (or an imported IPT) workdir.")
+flags.DEFINE_string("task", None, "Task to apply, one of the workdir's tasks (e.g. sr_x2).")
+flags.DEFINE_string("input", None, "An image file or a folder of images.")
+flags.DEFINE_string("output", None, "Folder for the restored PNGs.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.mark_flags_as_required(["workdir", "task", "input", "output"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
+    sys.exit(1)
+  if not flags.FLAGS["verbosity"].present:  # orbax is chatty at INFO
+    logging.set_verbosity(logging.WARNING)
+  from mtl import restore
+  f = flags.FLAGS
+  try:
+    written, skipped = restore.restore_folder(f.workdir, f.task, f.input, f.output, f.step)
+  except (ValueError, FileNotFoundError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  print(f"wrote {len(written)} image(s) to {f.output}"
+        + (f"; skipped {len(skipped)} unreadable" if skipped else ""), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

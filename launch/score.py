@@ -1,0 +1,47 @@
+"""Score restored images against references: per-image and mean PSNR / SSIM (BasicSR conventions).
+
+  python launch/score.py --restored=out/ --reference=Set5/HR [--crop_border=2] [--y_channel|--rgb] \
+      [--mod_crop=2] [--csv=scores.csv]
+
+Images pair by file name (stem; else as benchmarks pair them: babyx2 ~ baby, rain-001 ~ norain-001).
+Y channel (MATLAB BT.601 luma, as IPT reports) by default; --rgb scores all three channels. SR papers
+crop `scale` border pixels (--crop_border) and crop the reference to a multiple of the scale
+(--mod_crop). A missing partner or a size mismatch: one line on stderr, exit status 1.
+"""
+import sys
+
+import _root  # noqa: F401  (repository root on sys.path for `mtl`)
+from absl import app, flags
+
+flags.DEFINE_string("restored", None, "Folder of restored images.")
+flags.DEFINE_string("reference", None, "Folder of reference (clean) images.")
+flags.DEFINE_integer("crop_border", 0, "Pixels dropped from every edge before scoring.",
+                     lower_bound=0)
+flags.DEFINE_integer("mod_crop", 0, "Crop references to a multiple of this (the SR scale); 0: no.",
+                     lower_bound=0)
+flags.DEFINE_bool("y_channel", True, "Score the Y channel (--rgb or --noy_channel: RGB).")
+flags.DEFINE_bool("rgb", False, "Score RGB (same as --noy_channel).")
+flags.DEFINE_string("csv", "", "Also write the per-image scores to this CSV file.")
+flags.mark_flags_as_required(["restored", "reference"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
+    sys.exit(1)
+  from mtl import restore
+  f = flags.FLAGS
+  y_channel = f.y_channel and not f.rgb
+  try:
+    rows, mean = restore.score_folders(f.restored, f.reference, f.crop_border, y_channel,
+                                       f.mod_crop)
+    if f.csv:
+      restore.write_csv(f.csv, rows)
+  except (ValueError, FileNotFoundError) as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+  print(restore.format_scores(rows, mean, y_channel), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

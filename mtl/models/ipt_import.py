@@ -1,0 +1,446 @@
+"""Import an official IPT checkpoint (PyTorch state_dict, Chen et al. 2021) into mtl's parameter pytree.
+
+The .pt file is read without torch: a zip of pickled storage records (torch >= 1.6) or torch's older
+single-stream format (what torch 1.4, the official code's version, wrote); only tensors, ordered
+dicts and plain values are unpickled, anything else is refused.
+
+Layout differences mapped here (the official model is NCHW):
+  conv weights OIHW -> HWIO; linear weights (out, in) -> kernels (in, out);
+  MultiheadAttention's stacked in_proj (q; k; v) -> three bias-free projections;
+  token features: torch's unfold orders a patch's features (C, kh, kw), mtl's (kh, kw, C), so every
+    token-space axis (embeddings, LayerNorms, the inputs of q/k/v/fc1, the outputs of out/fc2) is
+    permuted by the same fixed permutation; attention heads live in the projections' output axis,
+    which is left alone;
+  pixel shuffle: torch orders upsampler channels (C, r, r), mtl's depth-to-space (r, r, C).
+The mean-shift convs must be the DIV2K mean shift mtl hard-codes (refused otherwise).
+"""
+import collections
+import io
+import os
+import pickle
+import re
+import struct
+import zipfile
+
+import jax
+import numpy as np
+
+from mtl import tasks
+from mtl.models import ipt
+
+# Task order of the published pre-trained model (its heads/tails by index): the scales
+# [2, 3, 4, 1, 1, 1] of the official code; the scale-1 order (derain, denoise 30, denoise 50) is the
+# one the released MindSpore port uses.
+PRETRAINED_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
+# Released fine-tuned file names -> their one task.
+IMPORT_RECORD = "imported.json"  # beside config.json: which file the workdir came from
+RELEASED_NAMES = {"sr2": "sr_x2", "sr3": "sr_x3", "sr4": "sr_x4", "derain": "derain",
+                  "denoise30": "denoise_30", "denoise50": "denoise_50"}
+
+# ----------------------------------------------------------------------------- reading .pt
+
+_STORAGE_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32,
+    "ShortStorage": np.int16, "CharStorage": np.int8, "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
+}
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
+class _StorageType:
+  def __init__(self, name):
+    self.name = name
+
+
+class _Storage:
+  """A storage record; `data` is filled in from the file once its bytes are located."""
+
+  def __init__(self, kind, key, numel=None):
+    self.kind, self.key, self.numel, self.array = kind, key, numel, None
+
+
+class _Tensor:
+  def __init__(self, storage, offset, size, stride):
+    self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+
+  def to_numpy(self):
+    flat = self.storage.array
+    if not self.size:
+      return flat[self.offset].copy()
+    itemsize = flat.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        flat[self.offset:], shape=self.size, strides=[s * itemsize for s in self.stride])
+    return np.array(view)
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+  return _Tensor(storage, offset, size, stride)
+
+
+def _rebuild_parameter(tensor, *unused):
+  return tensor
+
+
+class _Unpickler(pickle.Unpickler):
+  """Rebuilds tensors from storage records; refuses every other class (no code runs on load)."""
+
+  def __init__(self, file, path, storages):
+    super().__init__(file, encoding="latin1")
+    self.path, self.storages = path, storages
+
+  def find_class(self, module, name):
+    if (module, name) == ("collections", "OrderedDict"):
+      return collections.OrderedDict
+    if (module, name) == ("torch._utils", "_rebuild_tensor_v2") or (
+        module, name) == ("torch._utils", "_rebuild_tensor"):
+      return _rebuild_tensor
+    if (module, name) == ("torch._utils", "_rebuild_parameter"):
+      return _rebuild_parameter
+    if module == "torch" and name in _STORAGE_DTYPES:
+      return _StorageType(name)
+    raise ValueError(f"{self.path} is not a plain IPT state_dict (it pickles {module}.{name}); "
+                     "save model.state_dict(), not the model or a training state")
+
+  def persistent_load(self, pid):
+    if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
+      raise ValueError(f"{self.path}: unknown persistent record {pid!r:.60}")
+    kind, key = pid[1], str(pid[2])
+    if not isinstance(kind, _StorageType):
+      raise ValueError(f"{self.path}: tensor storage of type {kind!r:.60} is not supported; "
+                       f"supported: {', '.join(_STORAGE_DTYPES)}")
+    if len(pid) > 5 and pid[5] is not None:
+      raise ValueError(f"{self.path}: storage views (pre-1.0 torch) are not supported")
+    if key not in self.storages:
+      self.storages[key] = _Storage(kind.name, key, pid[4] if len(pid) > 4 else None)
+    return self.storages[key]
+
+
+def _to_array(raw, kind, path):
+  dtype = _STORAGE_DTYPES[kind]
+  if dtype == "bfloat16":  # bfloat16 is the top half of a float32
+    return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+  dtype = np.dtype(dtype).newbyteorder("<")
+  if len(raw) % dtype.itemsize:
+    raise ValueError(f"{path}: storage of {len(raw)} bytes is not a whole number of {kind}")
+  return np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="))
+
+
+def _read_zip(path):
+  with zipfile.ZipFile(path) as archive:
+    names = archive.namelist()
+    pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pickles) != 1:
+      raise ValueError(f"{path} is a zip but not a torch.save file (no single data.pkl)")
+    root = pickles[0][:-len("data.pkl")]
+    if f"{root}byteorder" in names and archive.read(f"{root}byteorder") != b"little":
+      raise ValueError(f"{path} was saved big-endian; only little-endian files are supported")
+    storages = {}
+    obj = _Unpickler(io.BytesIO(archive.read(pickles[0])), path, storages).load()
+    for key, storage in storages.items():
+      storage.array = _to_array(archive.read(f"{root}data/{key}"), storage.kind, path)
+  return obj
+
+
+def _read_legacy(path, data):
+  """torch's pre-1.6 stream: magic, protocol, sys info, the object, storage keys, raw storages."""
+  stream = io.BytesIO(data)
+  header = [pickle.load(stream) for _ in range(3)]
+  if header[0] != _LEGACY_MAGIC:
+    raise ValueError(f"{path} is neither a zip nor a legacy torch.save file (bad magic number)")
+  if isinstance(header[2], dict) and not header[2].get("little_endian", True):
+    raise ValueError(f"{path} was saved big-endian; only little-endian files are supported")
+  storages = {}
+  obj = _Unpickler(stream, path, storages).load()
+  keys = pickle.load(stream)
+  for key in keys:
+    (numel,) = struct.unpack("<q", stream.read(8))
+    storage = storages[str(key)]
+    itemsize = 2 if storage.kind == "BFloat16Storage" else np.dtype(
+        _STORAGE_DTYPES[storage.kind]).itemsize
+    storage.array = _to_array(stream.read(numel * itemsize), storage.kind, path)
+  return obj
+
+
+def read_state_dict(path):
+  """{name: numpy array} of a torch.save'd state_dict, read without torch."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist")
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    if zipfile.is_zipfile(io.BytesIO(data)):
+      obj = _read_zip(path)
+    elif data[:1] == b"\x80":  # a pickle stream: torch's legacy format
+      obj = _read_legacy(path, data)
+    else:
+      raise ValueError(f"{path} is not a torch.save file (neither zip nor pickle)")
+  except (pickle.UnpicklingError, EOFError, KeyError, struct.error, zipfile.BadZipFile) as error:
+    raise ValueError(f"{path} is not a readable torch.save file: {error}") from None
+  if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+    obj = obj["state_dict"]
+  if not isinstance(obj, dict) or not all(isinstance(v, _Tensor) for v in obj.values()):
+    raise ValueError(f"{path} does not hold a state_dict of tensors")
+  state = {str(k): v.to_numpy() for k, v in obj.items()}
+  for prefix in ("module.", "model."):  # DataParallel / wrapper prefixes
+    if state and all(k.startswith(prefix) for k in state):
+      state = {k[len(prefix):]: v for k, v in state.items()}
+  return state
+
+
+# ----------------------------------------------------------------------------- the layout
+
+
+def _indices(state, pattern):
+  return sorted({int(m.group(1)) for k in state for m in [re.match(pattern, k)] if m})
+
+
+def infer_layout(state, path="checkpoint"):
+  """(model fields except num_heads, scales per task index) from the tensors' names and shapes."""
+  need = ("body.linear_encoding.weight", "body.position_encoding.pe.weight",
+          "body.query_embed.weight", "head.0.0.weight", "tail.0.1.weight")
+  missing = [k for k in need if k not in state]
+  if missing:
+    raise ValueError(f"{path} is not an IPT state_dict: no {', '.join(missing)}")
+  n_feats = state["head.0.0.weight"].shape[0]
+  num_tokens, dim = state["body.position_encoding.pe.weight"].shape
+  patch_dim = int(round((dim / n_feats) ** 0.5))
+  side = int(round(num_tokens ** 0.5))
+  if patch_dim ** 2 * n_feats != dim or side ** 2 != num_tokens:
+    raise ValueError(f"{path}: token dim {dim} / {num_tokens} tokens do not fit n_feats={n_feats} "
+                     "with square patches on a square input")
+  hidden = state["body.encoder.layers.0.linear1.weight"].shape[0]
+  if hidden % dim:
+    raise ValueError(f"{path}: MLP width {hidden} is not a multiple of the token dim {dim}")
+  layers = {part: len(_indices(state, rf"body\.{part}\.layers\.(\d+)\."))
+            for part in ("encoder", "decoder")}
+  heads, tails = _indices(state, r"head\.(\d+)\."), _indices(state, r"tail\.(\d+)\.")
+  if heads != list(range(len(heads))) or heads != tails:
+    raise ValueError(f"{path}: heads {heads} and tails {tails} are not the same 0..T-1")
+  scales = []
+  for i in tails:
+    ups = _indices(state, rf"tail\.{i}\.0\.(\d+)\.weight")
+    ratio = [state[f"tail.{i}.0.{j}.weight"].shape[0] // n_feats for j in ups]
+    scale = {(): 1, (4,): 2, (9,): 3, (4, 4): 4}.get(tuple(ratio))
+    if scale is None:
+      raise ValueError(f"{path}: tail {i} upsamples by channel ratios {ratio}; "
+                       "known: none (x1), [4] (x2), [9] (x3), [4, 4] (x4)")
+    scales.append(scale)
+  fields = dict(n_feats=n_feats, patch_size=side * patch_dim, patch_dim=patch_dim,
+                num_encoder_layers=layers["encoder"], num_decoder_layers=layers["decoder"],
+                mlp_ratio=hidden // dim)
+  return fields, scales
+
+
+def default_tasks(scales, path=""):
+  """The task names for a checkpoint's heads: the pre-trained order, or the released file's name."""
+  if list(scales) == [tasks.get(t).scale for t in PRETRAINED_TASKS]:
+    return PRETRAINED_TASKS
+  if len(scales) == 1:
+    stem = os.path.splitext(os.path.basename(path))[0].lower()
+    named = RELEASED_NAMES.get(stem.replace("ipt_", "").replace("-", "").replace("_", ""))
+    if named and tasks.get(named).scale == scales[0]:
+      return (named,)
+    if scales[0] > 1:
+      return (f"sr_x{scales[0]}",)
+  raise ValueError(f"cannot tell the tasks of {path or 'the checkpoint'} (tail scales {scales}); "
+                   "pass --tasks with one name per head, in order")
+
+
+def _token_permutation(n_feats, patch_dim):
+  """perm[m] = torch feature index of mtl feature m: mtl (kh, kw, C), torch (C, kh, kw)."""
+  kh, kw, c = np.meshgrid(np.arange(patch_dim), np.arange(patch_dim), np.arange(n_feats),
+                          indexing="ij")
+  return (c * patch_dim * patch_dim + kh * patch_dim + kw).reshape(-1)
+
+
+def _shuffle_permutation(channels, r):
+  """perm[m] = torch conv channel feeding mtl depth-to-space channel m: mtl (i, j, C), torch (C, i, j)."""
+  i, j, c = np.meshgrid(np.arange(r), np.arange(r), np.arange(channels), indexing="ij")
+  return (c * r * r + i * r + j).reshape(-1)
+
+
+def _conv(state, name, out_perm=None):
+  kernel, bias = state.pop(f"{name}.weight").transpose(2, 3, 1, 0), state.pop(f"{name}.bias")
+  if out_perm is not None:
+    kernel, bias = kernel[..., out_perm], bias[out_perm]
+  return {"kernel": kernel, "bias": bias}
+
+
+def _linear(state, name, perm, token_in, token_out, bias=True):
+  kernel = state.pop(f"{name}.weight").T
+  if token_in:
+    kernel = kernel[perm]
+  if token_out:
+    kernel = kernel[:, perm]
+  out = {"kernel": kernel}
+  if bias:
+    b = state.pop(f"{name}.bias")
+    out["bias"] = b[perm] if token_out else b
+  return out
+
+
+def _norm(state, name, perm):
+  return {"scale": state.pop(f"{name}.weight")[perm], "bias": state.pop(f"{name}.bias")[perm]}
+
+
+def _attention(state, name, perm):
+  q, k, v = np.split(state.pop(f"{name}.in_proj_weight"), 3, axis=0)
+  for extra in ("in_proj_bias", "out_proj.bias", "bias_k", "bias_v"):
+    if f"{name}.{extra}" in state:
+      raise ValueError(f"{name}.{extra}: attention with biases is not the IPT layout mtl models")
+  return {"query": {"kernel": q.T[perm]}, "key": {"kernel": k.T[perm]},
+          "value": {"kernel": v.T[perm]},
+          "out": {"kernel": state.pop(f"{name}.out_proj.weight").T[:, perm]}}
+
+
+def _mlp(state, first, second, perm):
+  return {"fc1": _linear(state, first, perm, True, False),
+          "fc2": _linear(state, second, perm, False, True)}
+
+
+def _check_mean_shift(state, path):
+  mean = ipt.DIV2K_RGB_MEAN
+  for name, sign in (("sub_mean", -1.0), ("add_mean", 1.0)):
+    weight, bias = state.pop(f"{name}.weight", None), state.pop(f"{name}.bias", None)
+    if weight is None or bias is None:
+      raise ValueError(f"{path}: no {name} conv; not an IPT state_dict")
+    if not (np.allclose(weight.reshape(3, 3), np.eye(3), atol=1e-6)
+            and np.allclose(bias, sign * mean, atol=1e-3)):
+      raise ValueError(f"{path}: {name} is not the DIV2K mean shift (bias {np.round(bias, 3)}, "
+                       f"expected {np.round(sign * mean, 3)}); mtl models only that one")
+
+
+def convert(state, cfg: ipt.ModelConfig, task_names, path="checkpoint"):
+  """The mtl parameter pytree (numpy float32) of an official state_dict, every tensor mapped."""
+  state = dict(state)
+  _check_mean_shift(state, path)
+  perm = _token_permutation(cfg.n_feats, cfg.patch_dim)
+  ids = state.pop("body.position_encoding.position_ids", None)
+  if ids is not None and not np.array_equal(ids.reshape(-1), np.arange(cfg.num_tokens)):
+    raise ValueError(f"{path}: position_ids are not 0..{cfg.num_tokens - 1}")
+  queries = state.pop("body.query_embed.weight")
+  if queries.shape[0] < len(task_names):
+    raise ValueError(f"{path}: query_embed has {queries.shape[0]} rows for {len(task_names)} tasks")
+  body = {
+      "token_embed": _linear(state, "body.linear_encoding", perm, True, True),
+      "pos_embed": state.pop("body.position_encoding.pe.weight")[:, perm],
+      "out_mlp": _mlp(state, "body.mlp_head.0", "body.mlp_head.3", perm),
+      "encoder": {}, "decoder": {},
+  }
+  for i in range(cfg.num_encoder_layers):
+    name = f"body.encoder.layers.{i}"
+    body["encoder"][i] = {
+        "attn": _attention(state, f"{name}.self_attn", perm),
+        "mlp": _mlp(state, f"{name}.linear1", f"{name}.linear2", perm),
+        "norm1": _norm(state, f"{name}.norm1", perm), "norm2": _norm(state, f"{name}.norm2", perm)}
+  for i in range(cfg.num_decoder_layers):
+    name = f"body.decoder.layers.{i}"
+    body["decoder"][i] = {
+        "self_attn": _attention(state, f"{name}.self_attn", perm),
+        "cross_attn": _attention(state, f"{name}.multihead_attn", perm),
+        "mlp": _mlp(state, f"{name}.linear1", f"{name}.linear2", perm),
+        **{f"norm{k}": _norm(state, f"{name}.norm{k}", perm) for k in (1, 2, 3)}}
+  params = {"heads": {}, "body": body, "queries": {}, "tails": {}}
+  for t, task in enumerate(task_names):
+    params["heads"][task] = {
+        "conv": _conv(state, f"head.{t}.0"),
+        "res1": {"conv1": _conv(state, f"head.{t}.1.body.0"),
+                 "conv2": _conv(state, f"head.{t}.1.body.2")},
+        "res2": {"conv1": _conv(state, f"head.{t}.2.body.0"),
+                 "conv2": _conv(state, f"head.{t}.2.body.2")}}
+    params["queries"][task] = queries[t].reshape(cfg.num_tokens, cfg.token_dim)[:, perm]
+    factors = {1: [], 2: [2], 3: [3], 4: [2, 2]}[tasks.get(task).scale]
+    # Upsampler convs sit at even indices of the official Sequential (PixelShuffle between them).
+    up = {k: _conv(state, f"tail.{t}.0.{2 * k}", _shuffle_permutation(cfg.n_feats, r))
+          for k, r in enumerate(factors)}
+    params["tails"][task] = {"conv": _conv(state, f"tail.{t}.1"), **({"up": up} if up else {})}
+  if state:  # every tensor must have found its place
+    raise ValueError(f"{path}: tensors not mapped: {', '.join(sorted(state)[:4])}"
+                     f"{' ...' if len(state) > 4 else ''}")
+  return _fit(params, ipt.IPT(cfg, tasks.get_all(task_names)).abstract_params(), path)
+
+
+def _fit(params, abstract, path):
+  """`params` in the exact structure of `abstract`, every shape checked."""
+  flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(params)}
+
+  def take(key_path, leaf):
+    key = jax.tree_util.keystr(key_path)
+    if key not in flat:
+      raise ValueError(f"{path}: nothing maps onto mtl parameter {key}")
+    value = np.asarray(flat.pop(key), np.float32)
+    if value.shape != leaf.shape:
+      raise ValueError(f"{path}: {key} has shape {value.shape}, mtl expects {leaf.shape}")
+    return value
+
+  fitted = jax.tree_util.tree_map_with_path(take, abstract)
+  if flat:
+    raise ValueError(f"{path}: mapped tensors with no mtl parameter: {', '.join(sorted(flat)[:4])}")
+  return fitted
+
+
+def load(path, task_names=None, num_heads=None, size=None):
+  """(ModelConfig, task names, params) of an official IPT checkpoint.
+
+  `size` (a key of ipt.SIZES) must agree with the file's shapes and supplies num_heads, which no
+  tensor records; `num_heads` overrides it. Bad input: ValueError with one line.
+  """
+  state = read_state_dict(path)
+  fields, scales = infer_layout(state, path)
+  if size:
+    if size not in ipt.SIZES:
+      raise ValueError(f"size={size!r}; valid: {', '.join(ipt.SIZES)} (or '' to infer all but "
+                       "num_heads from the file)")
+    wrong = [f"{k}={fields[k]} (size {size}: {v})" for k, v in ipt.SIZES[size].items()
+             if k in fields and fields[k] != v]
+    if wrong:
+      raise ValueError(f"{path} does not have the {size!r} size: {', '.join(wrong)}")
+    num_heads = num_heads or ipt.SIZES[size]["num_heads"]
+  if not num_heads:
+    raise ValueError("the number of attention heads is not stored in a state_dict; pass "
+                     "num_heads (or a size such as 'paper')")
+  cfg = ipt.ModelConfig(num_heads=int(num_heads), **fields)
+  cfg.validate()
+  task_names = tuple(task_names) if task_names else default_tasks(scales, path)
+  specs = tasks.get_all(task_names)
+  if [s.scale for s in specs] != scales:
+    raise ValueError(f"tasks {list(task_names)} have scales {[s.scale for s in specs]}, the "
+                     f"checkpoint's tails {scales}; list one task per head, in order")
+  return cfg, task_names, convert(state, cfg, task_names, path)
+
+
+def write_workdir(params, cfg: ipt.ModelConfig, task_names, workdir, source=""):
+  """An mtl workdir (config.json + orbax checkpoint at step 0) holding `params`, as train.py writes.
+
+  The config is experiments/base.py's with the imported model, tasks and regime 'joint' (so
+  fine-tunes can init_from it and analysis can load it); the optimizer state is fresh.
+  """
+  from experiments import base
+  from mtl import checkpoints, train
+  if os.path.exists(os.path.join(workdir, checkpoints.CONFIG_FILE)):
+    raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
+  config = base.get_config("tiny")
+  config.tasks = tuple(task_names)
+  for field in ipt.SIZES["paper"]:
+    config.model[field] = getattr(cfg, field)
+  config.regime, config.schedule = "joint", "one"  # IPT trained one task per batch
+  config.total_steps = 1
+  config.conflicts.every = 0
+  config.mesh.data = 1
+  config.data.batch_size = 1
+  run = train.build(config)
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints.check_or_write_config(workdir, config.to_dict())
+  with jax.set_mesh(run.mesh):
+    params = jax.device_put(params, run.state_shardings.params)
+    opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
+    state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                             opt_state=opt_state)
+    mngr = checkpoints.manager(workdir, keep=1, async_save=False)
+    checkpoints.save(mngr, 0, state, force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+  checkpoints.write_json_atomic(os.path.join(workdir, IMPORT_RECORD), {
+      "source": os.path.abspath(source) if source else "", "tasks": list(task_names)})
+  return config

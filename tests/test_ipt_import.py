@@ -1,0 +1,175 @@
+"""Importing official IPT checkpoints: outputs equal the official model's, workdirs load, bad files refused.
+
+The fixtures (tests/fixtures/make_ipt_fixture.py) are official IPT models with random weights at a
+small size, with their own outputs computed by the official PyTorch code.
+"""
+import io
+import os
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+
+from mtl import checkpoints, restore, tasks
+from mtl.models import ipt, ipt_import
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+# Same float32 computation in another order: outputs up to ~300 agree to a few ulps x depth (~1e-4).
+TOLERANCE = 1e-3
+
+
+def _official(name):
+  return np.load(os.path.join(FIXTURES, name.replace("_legacy", "") + ".npz"))
+
+
+def _max_differences(cfg, names, params, reference, only=None):
+  model = ipt.IPT(cfg, tasks.get_all(names))
+  out = {}
+  for i, task in enumerate(names):
+    if only and task != only:
+      continue
+    x = reference[f"input_{i}"].transpose(0, 2, 3, 1)  # official NCHW -> mtl NHWC
+    y = np.asarray(model.apply(params, task, x)).transpose(0, 3, 1, 2)
+    assert y.shape == reference[f"output_{i}"].shape
+    out[task] = float(np.abs(y - reference[f"output_{i}"]).max())
+  return out
+
+
+@pytest.mark.parametrize("name, expected_tasks", [
+    ("ipt_pretrain6", ipt_import.PRETRAINED_TASKS),
+    ("ipt_pretrain6_legacy", ipt_import.PRETRAINED_TASKS),  # torch 1.4's non-zip format
+    ("ipt_finetune1", ("sr_x2",)),
+])
+def test_import_reproduces_the_official_outputs(name, expected_tasks):
+  cfg, names, params = ipt_import.load(os.path.join(FIXTURES, name + ".pt"), num_heads=2)
+  assert names == expected_tasks
+  assert (cfg.n_feats, cfg.patch_size, cfg.patch_dim, cfg.num_encoder_layers, cfg.mlp_ratio) == (
+      8, 12, 3, 1, 4)
+  diffs = _max_differences(cfg, names, params, _official(name))
+  print(name, diffs)
+  assert max(diffs.values()) < TOLERANCE, diffs
+
+
+def test_the_feature_permutations_matter(monkeypatch):
+  # Without the unfold / pixel-shuffle reorderings the outputs are far off: the check can fail.
+  path = os.path.join(FIXTURES, "ipt_pretrain6.pt")
+  reference = _official("ipt_pretrain6")
+  identity = lambda n, *r: np.arange(n * (r[0] ** 2))
+  for helper in ("_token_permutation", "_shuffle_permutation"):
+    with monkeypatch.context() as m:
+      m.setattr(ipt_import, helper, identity)
+      cfg, names, params = ipt_import.load(path, num_heads=2)
+      diffs = _max_differences(cfg, names, params, reference, only="sr_x2")
+    assert diffs["sr_x2"] > 1.0, (helper, diffs)
+
+
+def test_reader_matches_the_layout_and_dtypes():
+  state = ipt_import.read_state_dict(os.path.join(FIXTURES, "ipt_finetune1.pt"))
+  legacy = ipt_import.read_state_dict(os.path.join(FIXTURES, "ipt_pretrain6_legacy.pt"))
+  assert state["body.position_encoding.position_ids"].dtype == np.int64
+  assert state["head.0.0.weight"].shape == (8, 3, 3, 3)
+  assert state["body.query_embed.weight"].shape == (1, 16 * 72)
+  assert legacy["body.query_embed.weight"].shape == (6, 16 * 72)
+  np.testing.assert_array_equal(legacy["add_mean.bias"], ipt.DIV2K_RGB_MEAN.astype(np.float32))
+
+
+def test_workdir_round_trip(tmp_path):
+  cfg, names, params = ipt_import.load(os.path.join(FIXTURES, "ipt_pretrain6.pt"), num_heads=2)
+  workdir = str(tmp_path / "imported")
+  ipt_import.write_workdir(params, cfg, names, workdir, source="x.pt")
+  config, model, loaded, step = restore.load_model(workdir)
+  assert step == 0 and model.task_names == names
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  with pytest.raises(ValueError, match="already holds a run"):
+    ipt_import.write_workdir(params, cfg, names, workdir)
+
+
+def _one_line(error):
+  message = str(error.value)
+  assert "\n" not in message
+  return message
+
+
+def _zip_with_pickle(path, payload):
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("archive/data.pkl", payload)
+  return str(path)
+
+
+def test_bad_files_are_refused_with_one_line(tmp_path):
+  junk = tmp_path / "junk.pt"
+  junk.write_bytes(b"not a checkpoint at all")
+  with pytest.raises(ValueError) as error:
+    ipt_import.read_state_dict(str(junk))
+  assert "not a torch.save file" in _one_line(error)
+  # A pickle naming any other callable (here os.system) is refused, never run.
+  evil = _zip_with_pickle(tmp_path / "evil.pt", b"cos\nsystem\n(S'touch " +
+                          str(tmp_path / "ran").encode() + b"'\ntR.")
+  with pytest.raises(ValueError) as error:
+    ipt_import.read_state_dict(evil)
+  assert "os.system" in _one_line(error) and not (tmp_path / "ran").exists()
+  with pytest.raises(ValueError) as error:
+    ipt_import.read_state_dict(_zip_with_pickle(tmp_path / "list.pt", pickle.dumps([1, 2])))
+  assert "state_dict of tensors" in _one_line(error)
+  with pytest.raises(FileNotFoundError):
+    ipt_import.read_state_dict(str(tmp_path / "missing.pt"))
+
+
+def test_mismatches_are_refused_with_one_line():
+  path = os.path.join(FIXTURES, "ipt_pretrain6.pt")
+  with pytest.raises(ValueError) as error:
+    ipt_import.load(path, size="paper")
+  assert "n_feats=8 (size paper: 64)" in _one_line(error)
+  with pytest.raises(ValueError) as error:
+    ipt_import.load(path)
+  assert "heads" in _one_line(error)
+  with pytest.raises(ValueError) as error:
+    ipt_import.load(path, task_names=("sr_x2", "sr_x3", "sr_x4", "denoise_30", "derain"), num_heads=2)
+  assert "scales" in _one_line(error)
+  state = ipt_import.read_state_dict(path)
+  cfg, names, _ = ipt_import.load(path, num_heads=2)
+  shifted = dict(state, **{"sub_mean.bias": state["sub_mean.bias"] + 5.0})
+  with pytest.raises(ValueError) as error:
+    ipt_import.convert(shifted, cfg, names)
+  assert "DIV2K mean shift" in _one_line(error)
+  extra = dict(state, **{"body.extra.weight": np.zeros(3, np.float32)})
+  with pytest.raises(ValueError) as error:
+    ipt_import.convert(extra, cfg, names)
+  assert "body.extra.weight" in _one_line(error)
+  partial = {k: v for k, v in state.items() if k != "body.query_embed.weight"}
+  with pytest.raises(ValueError) as error:
+    ipt_import.infer_layout(partial)
+  assert "body.query_embed.weight" in _one_line(error)
+
+
+def test_launcher_imports_and_refuses(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  launcher = os.path.join(ROOT, "launch", "import_ipt.py")
+  bad = subprocess.run([sys.executable, launcher, f"--checkpoint={FIXTURES}/ipt_finetune1.pt",
+                        f"--workdir={tmp_path}/w"], capture_output=True, text=True, env=env,
+                       timeout=120)
+  assert bad.returncode == 1 and bad.stderr.strip().count("\n") == 0
+  assert "does not have the 'paper' size" in bad.stderr
+  good = subprocess.run([sys.executable, launcher, f"--checkpoint={FIXTURES}/ipt_finetune1.pt",
+                         f"--workdir={tmp_path}/w", "--size=", "--num_heads=2"],
+                        capture_output=True, text=True, env=env, timeout=120)
+  assert good.returncode == 0, good.stderr
+  assert "tasks sr_x2" in good.stdout
+  assert os.path.isfile(tmp_path / "w" / checkpoints.CONFIG_FILE)
+  assert os.path.isdir(tmp_path / "w" / "checkpoints" / "0")
+
+
+def test_reader_dtypes_and_strided_views():
+  state = ipt_import.read_state_dict(os.path.join(FIXTURES, "dtypes.pt"))
+  expected = np.load(os.path.join(FIXTURES, "dtypes.npz"))
+  assert sorted(state) == sorted(expected.files)
+  for name in expected.files:
+    assert state[name].shape == expected[name].shape, name
+    np.testing.assert_array_equal(state[name].astype(expected[name].dtype), expected[name])
+  assert state["half"].dtype == np.float16 and state["long"].dtype == np.int64

@@ -1,0 +1,145 @@
+"""Restoring folders and scoring them: restore equals evaluation's output, scores equal mtl.metrics."""
+import csv
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mtl import evaluate, metrics, restore
+from mtl.models import ipt_import
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "ipt_pretrain6.pt")
+
+
+def _png(path, image):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(image).save(path)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("ipt") / "imported")
+  cfg, names, params = ipt_import.load(FIXTURE, num_heads=2)
+  ipt_import.write_workdir(params, cfg, names, path)
+  return path
+
+
+def test_restore_equals_evaluation_on_an_odd_sized_image(workdir, tmp_path):
+  rng = np.random.default_rng(0)
+  rainy = rng.integers(0, 256, (23, 37, 3), dtype=np.uint8)   # odd sides, not multiples of 12
+  clean = rng.integers(0, 256, (23, 37, 3), dtype=np.uint8)
+  _png(str(tmp_path / "Rain" / "rain-001.png"), rainy)
+  _png(str(tmp_path / "Rain" / "norain-001.png"), clean)
+  (tmp_path / "inputs").mkdir()
+  _png(str(tmp_path / "inputs" / "rain-001.png"), rainy)
+  (tmp_path / "inputs" / "broken.png").write_bytes(b"not an image")
+
+  err = io.StringIO()
+  written, skipped = restore.restore_folder(workdir, "derain", str(tmp_path / "inputs"),
+                                            str(tmp_path / "out"), err=err)
+  assert [os.path.basename(p) for p in written] == ["rain-001.png"]
+  assert [os.path.basename(p) for p in skipped] == ["broken.png"]
+  assert "warning: skipped" in err.getvalue() and "image 2/2" in err.getvalue()
+  assert "ETA" in err.getvalue()
+
+  # Evaluation of the same model on the same input, with its PNGs saved (config.eval.save_images).
+  config, model, params, step = restore.load_model(workdir)
+  config.eval.sets = f"Rain=paired:{tmp_path / 'Rain'}"
+  config.eval.save_images = True
+  results = evaluate.evaluate(model, params, config, evaluate.load_testsets(config), workdir, step)
+  saved = os.path.join(workdir, "restored", "0", "derain", "Rain", "norain-001.png")
+  ours = np.asarray(Image.open(written[0]))
+  assert ours.shape == (23, 37, 3)
+  np.testing.assert_array_equal(ours, np.asarray(Image.open(saved)))
+  assert results["tasks"]["derain"]["Rain"]["psnr_y"] == pytest.approx(
+      metrics.psnr(ours, clean, 0, y_channel=True), abs=1e-9)
+
+
+def test_restore_upscales_and_refuses_unknown_tasks(workdir, tmp_path):
+  image = np.random.default_rng(1).integers(0, 256, (13, 29, 3), dtype=np.uint8)
+  _png(str(tmp_path / "a.png"), image)
+  written, _ = restore.restore_folder(workdir, "sr_x3", str(tmp_path / "a.png"),
+                                      str(tmp_path / "out"), err=io.StringIO())
+  assert np.asarray(Image.open(written[0])).shape == (39, 87, 3)
+  with pytest.raises(ValueError, match="its tasks: sr_x2, sr_x3"):
+    restore.restore_folder(workdir, "sr_x8", str(tmp_path / "a.png"), str(tmp_path / "o"))
+  with pytest.raises(ValueError, match="step 7 is not saved"):
+    restore.load_model(workdir, step=7)
+
+
+def test_score_equals_metrics_on_known_pairs(tmp_path):
+  flat_ref = np.full((20, 24, 3), 100, np.uint8)
+  flat_out = np.full((20, 24, 3), 110, np.uint8)
+  rng = np.random.default_rng(2)
+  ref = rng.integers(0, 256, (32, 30, 3), dtype=np.uint8)
+  out = np.clip(ref + rng.normal(0, 8, ref.shape), 0, 255).astype(np.uint8)
+  _png(str(tmp_path / "restored" / "flat.png"), flat_out)
+  _png(str(tmp_path / "restored" / "noisyx2.png"), out)       # EDSR LR naming pairs with 'noisy'
+  _png(str(tmp_path / "reference" / "flat.png"), flat_ref)
+  _png(str(tmp_path / "reference" / "noisy.png"), ref)
+  rows, mean = restore.score_folders(str(tmp_path / "restored"), str(tmp_path / "reference"),
+                                     crop_border=2, y_channel=False)
+  by_name = {r["image"]: r for r in rows}
+  # A constant error of 10 in every channel: MSE 100, PSNR 10 log10(255^2 / 100).
+  assert by_name["flat"]["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / 100), abs=1e-9)
+  assert by_name["noisyx2"]["psnr"] == pytest.approx(metrics.psnr(out, ref, 2, y_channel=False))
+  assert by_name["noisyx2"]["ssim"] == pytest.approx(metrics.ssim(out, ref, 2, y_channel=False))
+  assert mean["psnr"] == pytest.approx((by_name["flat"]["psnr"] + by_name["noisyx2"]["psnr"]) / 2)
+  rows_y, _ = restore.score_folders(str(tmp_path / "restored"), str(tmp_path / "reference"))
+  # Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255: a grey step of 10 moves Y by 10 * 219 / 255.
+  assert rows_y[0]["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / (10 * 219 / 255) ** 2))
+
+
+def _run(script, *args):
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch", script), *args],
+                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                        timeout=120)
+
+
+def test_score_launcher_csv_and_one_line_errors(tmp_path):
+  rng = np.random.default_rng(3)
+  ref = rng.integers(0, 256, (25, 25, 3), dtype=np.uint8)
+  _png(str(tmp_path / "out" / "img.png"), ref)
+  _png(str(tmp_path / "ref" / "img.png"), ref[:24, :24])
+  proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref")
+  assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
+  assert "25x25" in proc.stderr and "24x24" in proc.stderr
+  _png(str(tmp_path / "ref" / "img.png"), ref)
+  _png(str(tmp_path / "out" / "orphan.png"), ref)
+  with pytest.raises(ValueError) as error:
+    restore.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+  assert "orphan.png has no partner" in str(error.value) and "\n" not in str(error.value)
+  os.remove(tmp_path / "out" / "orphan.png")
+  noisy = np.clip(ref + rng.normal(0, 5, ref.shape), 0, 255).astype(np.uint8)
+  _png(str(tmp_path / "out" / "img.png"), noisy)
+  proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref", "--rgb",
+              f"--csv={tmp_path}/s.csv")
+  assert proc.returncode == 0, proc.stderr
+  with open(tmp_path / "s.csv") as f:
+    (row,) = list(csv.DictReader(f))
+  assert float(row["psnr"]) == pytest.approx(metrics.psnr(noisy, ref, 0, y_channel=False))
+  assert "mean (1 images)" in proc.stdout
+
+
+def test_published_table_from_an_imported_workdir(tmp_path):
+  from experiments import ipt_published
+  cfg, names, params = ipt_import.load(FIXTURE.replace("pretrain6", "finetune1"), num_heads=2)
+  workdir = str(tmp_path / "sr2")
+  ipt_import.write_workdir(params, cfg, names, workdir)
+  rng = np.random.default_rng(4)
+  for name in ("a", "b"):
+    _png(str(tmp_path / "bench" / "Set5" / "HR" / f"{name}.png"),
+         rng.integers(0, 256, (26, 30, 3), dtype=np.uint8))
+  rows = ipt_published.evaluate_workdir(workdir, str(tmp_path / "bench"), save_images=True)
+  by_set = {name: (result, paper) for task, name, result, paper in rows}
+  assert by_set["Set5"][1] == 38.37 and by_set["Set5"][0]["num_images"] == 2
+  assert by_set["Set14"][0] is None
+  assert os.path.isfile(os.path.join(workdir, "restored", "0", "sr_x2", "Set5", "a.png"))
+  assert os.path.isfile(os.path.join(workdir, "results-000000000-sr_x2.json"))
+  table = ipt_published.format_table(rows)
+  assert f"{by_set['Set5'][0]['psnr_y']:>7.2f}" in table and "(no data)" in table
