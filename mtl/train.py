@@ -136,7 +136,7 @@ def make_step(model, config, optimizer, names, probe=False):
     for spec, tid in zip(specs, task_ids):
       inputs[spec.name], targets[spec.name] = degradations.degrade(
           spec, jax.random.fold_in(key, tid), batch[spec.name], config.degrade,
-          streaks=batch.get(f"{spec.name}:streaks"))
+          streaks=batch.get(f"{spec.name}:streaks"), given=batch.get(f"{spec.name}:input"))
 
     specific = {k: v for k, v in state.params.items() if k != "body"}
     body = state.params["body"]
@@ -306,6 +306,7 @@ def train_and_evaluate(config, workdir):
   streaks = (pipeline.load_streak_layers(config.degrade.rain.streak_dir)
              if config.degrade.rain.streak_dir else None)
   testsets = evaluate.load_testsets(config)
+  pairs = pipeline.load_pairs(config.data.get("pairs", ""), run.model.specs, config.data.cache_mb)
 
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)
   with jax.set_mesh(run.mesh):
@@ -340,7 +341,7 @@ def train_and_evaluate(config, workdir):
         images, run.model.specs, config.model.patch_size, config.data.batch_size, config.seed,
         start_step=start, num_steps=config.total_steps - start,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        schedule=config.schedule, streaks=streaks)
+        schedule=config.schedule, streaks=streaks, pairs=pairs)
     probe_buffer, pending = [], []
     step, started = start, time.time()
     try:
@@ -483,13 +484,14 @@ def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
                                          out_shardings=run.state_shardings.opt_state)(params))
     probe = jax.jit(make_step(run.model, config, run.optimizer, run.model.task_names, probe=True))
     images = sources.open_images(config.data, "train")
+    pairs = pipeline.load_pairs(config.data.get("pairs", ""), run.model.specs, config.data.cache_mb)
     names = conflicts.shared_layer_names(params["body"])
     order = np.asarray(conflicts.network_order(names))
     steps, grams = [], []
     for step in range(first_step, first_step + num_batches):
       batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size,
                                       config.data.batch_size, config.seed, step,
-                                      jax.process_index(), jax.process_count())
+                                      jax.process_index(), jax.process_count(), pairs=pairs)
       _, _, g = probe(state.replace(step=jnp.asarray(step, jnp.int32)),
                       sharding.to_global(batch, run.mesh))
       steps.append(step)

@@ -6,10 +6,11 @@ Degrading the clean HR images (deterministically, per task and image) happens in
 
 Degraded / clean layouts that `find_pairs` recognises, in this order:
   1. two subfolders: a degraded one named (any case) rain, rainy, input, degraded, lq, data, hazy,
-     haze, blur, blurred or low, and a clean one named norain, clean, gt, target, groundtruth, hq,
-     label, background, clear, sharp, high or normal (a degraded subfolder holding a single
-     subfolder, as JORDER's rain/X2/, is descended into). Rain100L (rain/norain), SOTS and
-     RESIDE OTS (hazy + gt or clear), LOL (low/high; LOL-v2 Low/Normal), GoPro's sequences;
+     haze, blur, blurred, low or synthetic, and a clean one named norain, clean, gt, target,
+     groundtruth, hq, label, background, clear, sharp, high, normal or original (a subfolder
+     without images directly in it is searched recursively: JORDER's rain/X2/, OTS's part1-4).
+     Rain100L (rain/norain), SOTS and RESIDE OTS (hazy + gt or clear; AirNet / PromptIR's
+     synthetic + original), LOL (low/high; LOL-v2 Low/Normal), one GoPro sequence;
   2. a degraded subfolder and the clean images beside it (PReNet: rainy/rain-001.png, norain-001.png);
   3. one folder of rain-001.png and norain-001.png files;
   4. subfolders that each hold layout 1 (GoPro: <split>/GOPR0384_11_00/{blur,sharp}/000001.png);
@@ -30,9 +31,9 @@ from mtl.data import folder as folder_lib
 from mtl.data import sources
 
 DEGRADED_DIRS = ("rain", "rainy", "input", "degraded", "lq", "data", "hazy", "haze", "blur",
-                 "blurred", "low")
+                 "blurred", "low", "synthetic")
 CLEAN_DIRS = ("norain", "clean", "gt", "target", "groundtruth", "hq", "label", "background",
-              "clear", "sharp", "high", "normal")
+              "clear", "sharp", "high", "normal", "original")
 RAINY_DIRS = DEGRADED_DIRS   # the names before other degradations joined
 _TAG = (r"(?:no_?rain|rainy?|clean|gt|target|input|groundtruth|degraded|lq|hq|label|background"
         r"|hazy|haze|clear|blur|blurred|sharp|low|high|normal)")
@@ -91,12 +92,10 @@ def _find_dir(path, names):
 
 
 def _images_in(path):
-  """Images directly in `path`, or in its only subfolder when it has none (JORDER rain/X2/)."""
+  """Images directly in `path`, or, when it has none, in its subfolders, recursively (JORDER's
+  rain/X2/, RESIDE OTS's hazy/part1 ... part4)."""
   images = folder_lib.list_images(path, recursive=False)
-  subfolders = _subfolders(path)
-  if not images and len(subfolders) == 1:
-    return folder_lib.list_images(os.path.join(path, subfolders[0]), recursive=False)
-  return images
+  return images or folder_lib.list_images(path, recursive=True)
 
 
 def _layout(path):
