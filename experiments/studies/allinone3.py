@@ -11,8 +11,9 @@ transfer: which pairs pull apart). Without an argument: the tiny IPT on the embe
 photographs, every degradation synthesized, 2 seeds (CPU budgets: 10 scratch, 2 joint,
 10 fine-tune, 20 pair runs). With a data root laid out as experiments/allinone3.py documents:
 the small IPT with real Rain100L / OTS training pairs, tested on CBSD68, Rain100L and SOTS
-outdoor, with the validation set a slice of ... the same test sets is not allowed, so lr is
-chosen on the photographs' validation image (photos_val), degraded synthetically.
+outdoor, 3 seeds. The learning rate is chosen on the photographs' validation image
+(photos_val, degraded synthetically), never on a test set. The report's reference row is
+AdaIR's published RGB PSNR (compare it with the runs' psnr_rgb, not the Y-channel tables).
 """
 from experiments import allinone3
 from mtl import study as study_lib
