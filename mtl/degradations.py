@@ -317,7 +317,7 @@ def depth_proxy(key, hr, ranges):
   top = 1.0 - jax.random.uniform(k_offset, (), jnp.float32, 0.0, 1.0 - span)
   row = top - span * jnp.arange(h, dtype=jnp.float32)[:, None] / max(h - 1, 1)
   weight = _draw(k_weight, ranges.position_weight)
-  return jnp.clip(weight * row + (1.0 - weight) * lum, 0.0, 1.0) * jnp.ones((1, w))
+  return jnp.clip(weight * row + (1.0 - weight) * lum, 0.0, 1.0)   # (H, 1) row broadcasts
 
 
 def haze_parameters(key, hr, haze_cfg):
