@@ -28,12 +28,21 @@ def get_config(size="tiny"):
   c.data.validation_fraction = 0.0  # source=folder: whole images held out as 'validation'
   c.data.folder_tile = 512    # source=folder: images are stored as tiles of this side
   c.data.cache_mb = 1024      # decoded images kept in memory
+  c.data.pairs = ""           # real degraded/clean training pairs: 'TASK=PATH,...' (scale-1 tasks)
 
   c.degrade = ml_collections.ConfigDict()
   c.degrade.noise_quantize = False  # IPT clips but does not round the noisy image
   c.degrade.rain = ml_collections.ConfigDict(dict(
       density=(0.004, 0.012), length=(8, 24), angle=(-30.0, 30.0), intensity=(0.4, 0.9),
       width=0.6, streak_dir=""))
+  # Ranges each sample draws from (see mtl/degradations.py for what every field means).
+  c.degrade.haze = ml_collections.ConfigDict(dict(
+      beta=(0.6, 2.5), airlight=(0.7, 1.0), position_weight=(0.3, 0.7), position_span=256,
+      luminance_sigma=8.0))
+  c.degrade.blur = ml_collections.ConfigDict(dict(
+      size=21, motion_prob=0.5, sigma=(0.8, 3.0), length=(5.0, 19.0), angle=(0.0, 180.0)))
+  c.degrade.lowlight = ml_collections.ConfigDict(dict(
+      gamma=(1.5, 3.0), exposure=(0.1, 0.5), shot=(1e-3, 1e-2), read=(2e-3, 2e-2)))
 
   c.loss = ml_collections.ConfigDict(dict(contrastive_weight=0.0, temperature=0.07))
 

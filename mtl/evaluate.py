@@ -4,7 +4,10 @@ Test sets come from `config.eval.sets`, a comma-separated list of
   photos              the embedded photographs' test split (clean HR; degraded per task)
   photos_val          their validation split (for choosing hyper-parameters)
   NAME=PATH           a folder of clean HR images (Set5, Set14, B100, Urban100, CBSD68 ...)
-  NAME=paired:PATH    rainy / clean pairs (Rain100L layout); used for derain tasks only
+  NAME=paired:PATH    degraded / clean pairs (mtl.data.benchmarks layouts); derain tasks only
+  NAME=for:SEL:...    either of the two, used only by the tasks SEL names: task kinds or names
+                      joined by '+' (CBSD68=for:denoise:/d/CBSD68,
+                      SOTS=for:dehaze:paired:/d/SOTS/outdoor, LOL=for:lowlight:paired:/d/LOL/eval15)
 With config.eval.save_images the restorations are also written as PNG under
 <workdir>/restored/<step>/<task>/<set>/<name>.png.
 Clean HR images are degraded deterministically, per (task, image), with keys independent of the
@@ -19,9 +22,8 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from mtl import degradations, io, metrics
+from mtl import degradations, events, io, metrics, tasks
 
 
 PHOTO_SETS = {"photos": "test", "photos_val": "validation"}  # eval set -> photos split
@@ -32,28 +34,34 @@ class TestSet:
   name: str
   kind: str      # 'hr' (clean images, degraded here) or 'paired' (degraded, clean)
   items: list    # [(name, hr)] or [(name, degraded, clean)], uint8 HWC
+  tasks: str = ""  # selector of the tasks it serves ('' = all; see tasks.selects)
 
 
 def parse_sets(spec):
-  """'photos,Set5=/d/Set5,Rain100L=paired:/d/R' -> [(name, kind, path or None)]."""
+  """'photos,Set5=/d/Set5,SOTS=for:dehaze:paired:/d/S' -> [(name, kind, path or None, selector)]."""
   entries = []
   for entry in filter(None, (e.strip() for e in spec.split(","))):
     if entry in PHOTO_SETS:
-      entries.append((entry, "hr", None))
+      entries.append((entry, "hr", None, ""))
     elif "=" in entry:
       name, path = entry.split("=", 1)
+      selector = ""
+      if path.startswith("for:"):
+        selector, _, path = path[len("for:"):].partition(":")
       kind = "paired" if path.startswith("paired:") else "hr"
-      entries.append((name, kind, path[len("paired:"):] if kind == "paired" else path))
+      path = path[len("paired:"):] if kind == "paired" else path
+      entries.append((name, kind, path, selector or ("derain" if kind == "paired" else "")))
     else:
       raise ValueError(f"eval.sets entry {entry!r} is not valid; use 'photos', 'photos_val', 'NAME=PATH' "
-                       "(clean HR folder) or 'NAME=paired:PATH' (rainy/clean pairs)")
+                       "(clean HR folder), 'NAME=paired:PATH' (degraded/clean pairs) or "
+                       "'NAME=for:TASKS:...' (only for TASKS, e.g. SOTS=for:dehaze:paired:PATH)")
   return entries
 
 
 def load_testsets(config):
   from mtl.data import benchmarks
   sets = []
-  for name, kind, path in parse_sets(config.eval.sets):
+  for name, kind, path, selector in parse_sets(config.eval.sets):
     if path is None:
       items = benchmarks.photos_testset(config.data, PHOTO_SETS[name])
     elif kind == "paired":
@@ -65,7 +73,7 @@ def load_testsets(config):
     if config.eval.max_side:
       items = [tuple([item[0]] + [_center_crop(im, config.eval.max_side) for im in item[1:]])
                for item in items]
-    sets.append(TestSet(name, kind, items))
+    sets.append(TestSet(name, kind, items, selector))
   return sets
 
 
@@ -95,8 +103,9 @@ def test_pairs(spec, testset, config):
   pairs = []
   for index, (name, hr) in enumerate(testset.items):
     hr = hr[:hr.shape[0] - hr.shape[0] % spec.scale, :hr.shape[1] - hr.shape[1] % spec.scale]
-    inputs, _ = degrade(_key(config.eval.seed, spec.name, index), hr[None])
-    pairs.append((name, np.asarray(jnp.clip(jnp.round(inputs[0]), 0, 255)).astype(np.uint8), hr))
+    inputs, target = degrade(_key(config.eval.seed, spec.name, index), hr[None])
+    as_uint8 = lambda x: np.asarray(jnp.clip(jnp.round(x[0]), 0, 255)).astype(np.uint8)
+    pairs.append((name, as_uint8(inputs), as_uint8(target)))   # grey denoising: grey target
   return pairs
 
 
@@ -165,7 +174,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
     crop = spec.scale if spec.kind == "sr" else 0
     per_set = {}
     for testset in testsets:
-      if testset.kind == "paired" and spec.kind != "derain":
+      if not tasks.selects(testset.tasks, spec):
         continue
       rows, baseline = [], []
       for index, (name, degraded, clean) in enumerate(test_pairs(spec, testset, config)):
@@ -174,7 +183,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
                                config.eval.tile_overlap, config.eval.tile_batch)
         rows.append(score(output, clean, crop))
         if config.eval.get("save_images", False) and jax.process_index() == 0:
-          _save_png(os.path.join(workdir, "restored", str(int(step)), spec.name, testset.name,
+          events.write_png(os.path.join(workdir, "restored", str(int(step)), spec.name, testset.name,
                                  f"{name}.png"), output)
         baseline.append(score(input_baseline(spec, degraded), clean, crop))
         if writer is not None and index < config.eval.samples:
@@ -195,14 +204,6 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
     io.write_json(os.path.join(workdir, name), results)
     print(format_table(results), flush=True)
   return results
-
-
-def _save_png(path, image):
-  """config.eval.save_images: <workdir>/restored/<step>/<task>/<set>/<name>.png."""
-  from mtl import summary
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, "wb") as f:
-    f.write(summary.encode_png(image))
 
 
 def _side_by_side(*images):

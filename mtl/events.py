@@ -33,6 +33,14 @@ def encode_png(image):
   return buf.getvalue()
 
 
+def write_png(path, image):
+  """An image as a PNG file, written atomically (parent folders created)."""
+  from mtl import io as io_lib
+  data = encode_png(image)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  io_lib.write_atomic(path, lambda f: f.write(data))
+
+
 def png_info(data):
   """(height, width, channels) from a PNG's header."""
   if not data.startswith(_PNG_SIGNATURE) or len(data) < 26 or data[12:16] != b"IHDR":

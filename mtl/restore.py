@@ -67,19 +67,13 @@ def restorer(model, params, config, task):
       config.eval.tile_batch)
 
 
-def write_png(path, image):
-  from mtl import summary
-  with open(path, "wb") as f:
-    f.write(summary.encode_png(image))
-
-
 def restore_folder(workdir, task, source, output, step=None, err=sys.stderr):
   """Restore one image file or every image directly in a folder into `output` as <stem>.png.
 
   Unreadable files are skipped with a warning on `err`; progress (images, rate, ETA) goes there too.
   Returns (written paths, skipped paths).
   """
-  from mtl import summary
+  from mtl import events, progress as progress_lib
   from mtl.data import folder as folder_lib
   if os.path.isfile(source):
     paths = [source]
@@ -93,7 +87,7 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr):
   restore = restorer(model, params, config, task)
   os.makedirs(output, exist_ok=True)
   print(f"restoring {len(paths)} image(s) with {task} from {workdir} (step {step})", file=err)
-  progress = summary.Progress(len(paths), every=1)
+  progress = progress_lib.Progress(len(paths), every=1)
   written, skipped = [], []
   for done, path in enumerate(paths, 1):
     try:
@@ -103,7 +97,7 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr):
       skipped.append(path)
     else:
       out = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
-      write_png(out, restore(image))
+      events.write_png(out, restore(image))
       written.append(out)
     line = progress.update(done)
     if line:

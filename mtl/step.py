@@ -34,7 +34,7 @@ def degrade_batch(specs, task_ids, config, step, batch):
   for spec, tid in zip(specs, task_ids):
     inputs[spec.name], targets[spec.name] = degradations.degrade(
         spec, jax.random.fold_in(key, tid), batch[spec.name], config.degrade,
-        streaks=batch.get(f"{spec.name}:streaks"))
+        streaks=batch.get(f"{spec.name}:streaks"), given=batch.get(f"{spec.name}:input"))
   return inputs, targets
 
 

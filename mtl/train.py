@@ -198,6 +198,7 @@ def train_and_evaluate(config, workdir):
   streaks = (pipeline.load_streak_layers(config.degrade.rain.streak_dir)
              if config.degrade.rain.streak_dir else None)
   testsets = evaluate.load_testsets(config)
+  pairs = pipeline.load_pairs(config.data.get("pairs", ""), run.model.specs, config.data.cache_mb)
 
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)
   with jax.set_mesh(run.mesh):
@@ -230,7 +231,7 @@ def train_and_evaluate(config, workdir):
         images, run.model.specs, config.model.patch_size, config.data.batch_size, config.seed,
         start_step=start, num_steps=config.total_steps - start,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        schedule=config.schedule, streaks=streaks)
+        schedule=config.schedule, streaks=streaks, pairs=pairs)
     probe_buffer, pending = [], []
     step, started = start, time.time()
     try:
@@ -361,12 +362,13 @@ def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
                                          out_shardings=run.state_shardings.opt_state)(params))
     probe = jax.jit(make_step(run.model, config, run.optimizer, run.model.task_names, probe=True))
     images = sources.open_images(config.data, "train")
+    pairs = pipeline.load_pairs(config.data.get("pairs", ""), run.model.specs, config.data.cache_mb)
     layer_names, order = ipt.body_layer_order(params["body"])
     steps, grams = [], []
     for step in range(first_step, first_step + num_batches):
       batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size,
                                       config.data.batch_size, config.seed, step,
-                                      jax.process_index(), jax.process_count())
+                                      jax.process_index(), jax.process_count(), pairs=pairs)
       _, _, g = probe(state.replace(step=jnp.asarray(step, jnp.int32)),
                       sharding.to_global(batch, run.mesh))
       steps.append(step)

@@ -74,7 +74,7 @@ def test_load_paired_folder_layouts(tmp_path, layout):
 
 def test_load_paired_folder_errors(tmp_path):
   _save(tmp_path / "odd" / "a.png", _image(0))
-  with pytest.raises(ValueError, match="no rainy/clean pairs found in .*odd; expected subfolders"):
+  with pytest.raises(ValueError, match="no degraded/clean pairs found in .*odd; expected subfolders"):
     benchmarks.load_paired_folder(str(tmp_path / "odd"))
   _save(tmp_path / "gap" / "rain" / "rain-1.png", _image(0))
   _save(tmp_path / "gap" / "rain" / "rain-2.png", _image(0))
@@ -85,11 +85,65 @@ def test_load_paired_folder_errors(tmp_path):
   _save(tmp_path / "size" / "norain" / "norain-1.png", _image(0, (8, 8, 3)))
   with pytest.raises(ValueError, match="rain-1.png is \\(12, 10\\) but its clean image"):
     benchmarks.load_paired_folder(str(tmp_path / "size"))
-  with pytest.raises(FileNotFoundError, match="paired test folder .*missing does not exist"):
+  with pytest.raises(FileNotFoundError, match="paired folder .*missing does not exist"):
     benchmarks.load_paired_folder(str(tmp_path / "missing"))
 
 
+@pytest.mark.parametrize("layout", ["sots_outdoor", "lol", "lol_v2", "gopro"])
+def test_load_paired_folder_dehaze_lowlight_deblur_layouts(tmp_path, layout):
+  root = tmp_path / layout
+  expected = []   # (name, degraded seed, clean seed)
+  for i in (1, 2, 10):
+    if layout == "sots_outdoor":   # RESIDE SOTS outdoor: hazy/<id>_<A>_<beta>.jpg, gt/<id>.png
+      _save(root / "hazy" / f"{i:04d}_0.8_0.2.png", _image(i))
+      _save(root / "gt" / f"{i:04d}.png", _image(100 + i))
+      expected.append((f"{i:04d}", i, 100 + i))
+    elif layout == "lol":          # LOL: eval15/low/<n>.png, eval15/high/<n>.png
+      _save(root / "low" / f"{i}.png", _image(i))
+      _save(root / "high" / f"{i}.png", _image(100 + i))
+      expected.append((f"{i}", i, 100 + i))
+    elif layout == "lol_v2":       # LOL-v2 real: Low/low00001.png, Normal/normal00001.png
+      _save(root / "Low" / f"low{i:05d}.png", _image(i))
+      _save(root / "Normal" / f"normal{i:05d}.png", _image(100 + i))
+      expected.append((f"normal{i:05d}", i, 100 + i))
+    else:                          # GoPro: <sequence>/blur/<frame>.png, <sequence>/sharp/<frame>.png
+      for seq in ("GOPR0384_11_00", "GOPR0410_11_00"):
+        seed = i + (50 if seq.startswith("GOPR0410") else 0)
+        _save(root / seq / "blur" / f"{i:06d}.png", _image(seed))
+        _save(root / seq / "blur_gamma" / f"{i:06d}.png", _image(7))   # not read
+        _save(root / seq / "sharp" / f"{i:06d}.png", _image(100 + seed))
+        expected.append((f"{seq}/{i:06d}", seed, 100 + seed))
+  if layout == "gopro":   # sequence, then frame (zero-padded); elsewhere numeric order 1, 2, 10
+    expected.sort()
+  items = benchmarks.load_paired_folder(str(root))
+  assert [name for name, _, _ in items] == [name for name, _, _ in expected]
+  for (_, degraded, target), (_, d, c) in zip(items, expected):
+    np.testing.assert_array_equal(degraded, _image(d))
+    np.testing.assert_array_equal(target, _image(c))
+
+
+def test_reside_training_pairs_share_a_clean_image_and_sots_indoor_is_cropped(tmp_path):
+  root = tmp_path / "OTS"
+  _save(root / "clear" / "0005.png", _image(5))
+  for hazy in ("0005_0.8_0.04", "0005_1_0.2"):   # several (A, beta) per clear image
+    _save(root / "hazy" / f"{hazy}.png", _image(len(hazy)))
+  items = benchmarks.load_paired_folder(str(root))
+  assert [name for name, _, _ in items] == ["0005_0.8_0.04", "0005_1_0.2"]
+  assert all((c == _image(5)).all() for _, _, c in items)
+  # SOTS indoor: 1400_1.png (620 x 460 hazy) pairs with 1400.png (640 x 480), cropped 10 px a side.
+  indoor = tmp_path / "indoor"
+  big = _image(3, (48, 40, 3))
+  _save(indoor / "gt" / "1400.png", big)
+  _save(indoor / "hazy" / "1400_1.png", _image(4, (28, 20, 3)))
+  (name, degraded, clean), = benchmarks.load_paired_folder(str(indoor))
+  assert name == "1400" and degraded.shape == clean.shape == (28, 20, 3)
+  np.testing.assert_array_equal(clean, big[10:38, 10:30])
+
+
 def test_pair_key():
+  assert benchmarks.pair_key("0001_0.8_0.2") == benchmarks.pair_key("0001") == 1
+  assert benchmarks.pair_key("1400_10") == 1400
+  assert benchmarks.pair_key("low00690") == benchmarks.pair_key("normal00690") == 690
   assert benchmarks.pair_key("norain-001x2") == benchmarks.pair_key("norain-001") == 1
   assert benchmarks.pair_key("rain-12") == benchmarks.pair_key("12_gt") == 12
   assert benchmarks.pair_key("city_rainy") == benchmarks.pair_key("city_clean") == "city"

@@ -166,3 +166,53 @@ def test_photos_source_feeds_the_pipeline_and_throughput(tmp_path):
       "denoise_30": (8, 48, 48, 3), "sr_x2": (8, 96, 96, 3), "derain": (8, 48, 48, 3)}
   rate = pipeline.measure_throughput(photos, specs, 48, 8, num_steps=10, warmup_steps=2)
   assert rate > 100   # crops per second; thousands on a laptop core
+
+
+def _paired_folder(root, layout="lol", count=3):
+  """A paired folder whose degraded image is 255 - clean (any misalignment shows), sides unequal."""
+  rng = np.random.default_rng(7)
+  for i in range(1, count + 1):
+    clean = rng.integers(0, 256, (70 + 10 * i, 90, 3), dtype=np.uint8)
+    if layout == "lol":
+      names = (root / "low" / f"{i}.png", root / "high" / f"{i}.png")
+    else:   # RESIDE: one clear image, hazy copies named <id>_<A>_<beta>
+      names = (root / "hazy" / f"{i:04d}_0.8_0.1.png", root / "clear" / f"{i:04d}.png")
+    for path, image in zip(names, (255 - clean, clean)):
+      path.parent.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(image).save(path)
+  return str(root)
+
+
+@pytest.mark.parametrize("layout", ["lol", "reside"])
+def test_paired_tasks_get_aligned_clean_and_degraded_crops(images, tmp_path, layout):
+  names = ("lowlight", "dehaze", "denoise_30")
+  pairs = pipeline.load_pairs(f"lowlight={_paired_folder(tmp_path / 'a', layout)},"
+                              f"dehaze={_paired_folder(tmp_path / 'b', layout)}", _specs(names))
+  assert sorted(pairs) == ["dehaze", "lowlight"] and len(pairs["dehaze"]) == 3
+  batch = _batch(images, names=names, pairs=pairs, batch_size=8)
+  assert set(batch) == {"lowlight", "lowlight:input", "dehaze", "dehaze:input", "denoise_30"}
+  for name in ("lowlight", "dehaze"):
+    assert batch[name].shape == batch[f"{name}:input"].shape == (8, 48, 48, 3)
+    # One window, flip and rotation for both: the degraded crop is exactly 255 - the clean one.
+    np.testing.assert_array_equal(batch[f"{name}:input"], 255 - batch[name])
+  assert len({batch["dehaze"][i].tobytes() for i in range(8)}) == 8   # random windows
+  _assert_batches_equal(batch, _batch(images, names=names, pairs=pairs, batch_size=8))
+  # The same crops through the threaded iterator, and per process shard.
+  (_, threaded), = pipeline.train_batches(images, _specs(names), 48, 8, 0, num_steps=1,
+                                          pairs=pairs, num_threads=2)
+  _assert_batches_equal(batch, threaded)
+  half = _batch(images, names=names, pairs=pairs, batch_size=8, process_index=1, process_count=2)
+  np.testing.assert_array_equal(half["dehaze:input"], batch["dehaze:input"][4:])
+
+
+def test_load_pairs_errors(tmp_path):
+  folder = _paired_folder(tmp_path / "lol")
+  with pytest.raises(ValueError, match="'dehaze' names none of the tasks denoise_30, sr_x2"):
+    pipeline.load_pairs(f"dehaze={folder}", _specs(("denoise_30", "sr_x2")))
+  with pytest.raises(ValueError, match="task 'sr_x2' changes the image size"):
+    pipeline.load_pairs(f"sr={folder}", _specs(("denoise_30", "sr_x2")))
+  with pytest.raises(ValueError, match="data.pairs entry 'dehaze' is not valid; use TASK=PATH"):
+    pipeline.load_pairs("dehaze", _specs(("dehaze",)))
+  with pytest.raises(FileNotFoundError, match="paired folder .*nope does not exist"):
+    pipeline.load_pairs(f"dehaze={tmp_path / 'nope'}", _specs(("dehaze",)))
+  assert pipeline.load_pairs("", _specs(("dehaze",))) == {}

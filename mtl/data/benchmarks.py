@@ -1,26 +1,42 @@
-"""Test sets: clean HR folders (Set5, Set14, B100, Urban100, CBSD68), rainy / clean pairs
-(Rain100L) and the embedded photographs' test split. Everything is uint8 HWC RGB, sorted by name.
+"""Test sets and paired data: clean HR folders (Set5, Set14, B100, Urban100, CBSD68), degraded /
+clean pairs (Rain100L, SOTS, GoPro, LOL) and the embedded photographs' test split. Everything is
+uint8 HWC RGB, sorted by name.
 
 Degrading the clean HR images (deterministically, per task and image) happens in `mtl.evaluate`.
 
-Rainy / clean layouts that `load_paired_folder` recognises, in this order:
-  1. two subfolders: rainy one of rain, rainy, input, degraded, lq, data; clean one of
-     norain, clean, gt, target, groundtruth, hq, label, background
-     (a rainy subfolder holding a single subfolder, as JORDER's rain/X2/, is descended into);
-  2. a rainy subfolder and the clean images beside it (PReNet: rainy/rain-001.png, norain-001.png);
-  3. one folder of rain-001.png and norain-001.png files.
-Files pair by their name with those words, separators and a JORDER 'x2' suffix removed
-(rain/X2/norain-001x2.png pairs with norain/norain-001.png).
+Degraded / clean layouts that `find_pairs` recognises, in this order:
+  1. two subfolders: a degraded one named (any case) rain, rainy, input, degraded, lq, data, hazy,
+     haze, blur, blurred, low or synthetic, and a clean one named norain, clean, gt, target,
+     groundtruth, hq, label, background, clear, sharp, high, normal or original (a subfolder
+     without images directly in it is searched recursively: JORDER's rain/X2/, OTS's part1-4).
+     Rain100L (rain/norain), SOTS and RESIDE OTS (hazy + gt or clear; AirNet / PromptIR's
+     synthetic + original), LOL (low/high; LOL-v2 Low/Normal), one GoPro sequence;
+  2. a degraded subfolder and the clean images beside it (PReNet: rainy/rain-001.png, norain-001.png);
+  3. one folder of rain-001.png and norain-001.png files;
+  4. subfolders that each hold layout 1 (GoPro: <split>/GOPR0384_11_00/{blur,sharp}/000001.png);
+     their images are named '<subfolder>/<name>'.
+Files pair by their name with the layout's words, separators and a JORDER 'x2' suffix removed
+(rain/X2/norain-001x2.png pairs with norain/norain-001.png), and with RESIDE's haze parameters
+removed: hazy 0001_0.8_0.2.jpg (outdoor: id, airlight, beta) and 1400_3.png (indoor) pair with
+clear 0001.png and 1400.png. Several degraded images may share one clean image (RESIDE's training
+sets); every degraded image needs its clean one. A clean image larger than its degraded one by an
+even margin on each side is centre-cropped to it (SOTS indoor: 640 x 480 clean, 620 x 460 hazy).
 """
 import os
 import re
 
+from absl import logging
+
 from mtl.data import folder as folder_lib
 from mtl.data import sources
 
-RAINY_DIRS = ("rain", "rainy", "input", "degraded", "lq", "data")
-CLEAN_DIRS = ("norain", "clean", "gt", "target", "groundtruth", "hq", "label", "background")
-_TAG = r"(?:no_?rain|rainy?|clean|gt|target|input|groundtruth|degraded|lq|hq|label|background)"
+DEGRADED_DIRS = ("rain", "rainy", "input", "degraded", "lq", "data", "hazy", "haze", "blur",
+                 "blurred", "low", "synthetic")
+CLEAN_DIRS = ("norain", "clean", "gt", "target", "groundtruth", "hq", "label", "background",
+              "clear", "sharp", "high", "normal", "original")
+RAINY_DIRS = DEGRADED_DIRS   # the names before other degradations joined
+_TAG = (r"(?:no_?rain|rainy?|clean|gt|target|input|groundtruth|degraded|lq|hq|label|background"
+        r"|hazy|haze|clear|blur|blurred|sharp|low|high|normal)")
 
 
 def mod_crop(image, scale):
@@ -55,66 +71,103 @@ def load_hr_folder(path):
 
 
 def pair_key(stem):
-  """What a rainy and a clean file name share: 'norain-001x2', 'rain-001' -> 1; '12_gt' -> 12."""
+  """What a degraded and a clean file name share: 'norain-001x2', 'rain-001' -> 1; '12_gt' -> 12;
+  RESIDE's '0001_0.8_0.2' (outdoor hazy), '1400_3' (indoor hazy) -> 1, 1400."""
   stem = re.sub(r"x\d$", "", stem.lower())
   stem = re.sub(rf"^{_TAG}[-_ ]?", "", stem)
   stem = re.sub(rf"[-_ ]?{_TAG}$", "", stem)
+  reside = re.fullmatch(r"(\d+)(?:_\d+(?:\.\d+)?)+", stem)
+  if reside:
+    stem = reside.group(1)
   return int(stem) if stem.isdigit() else stem
 
 
 def _find_dir(path, names):
-  for name in _subfolders(path):
-    if name.lower() in names:
-      return os.path.join(path, name)
+  """The subfolder of `path` whose lower-cased name comes first in `names`, or None."""
+  by_name = {n.lower(): n for n in _subfolders(path)}
+  for name in names:
+    if name in by_name:
+      return os.path.join(path, by_name[name])
   return None
 
 
 def _images_in(path):
-  """Images directly in `path`, or in its only subfolder when it has none (JORDER rain/X2/)."""
+  """Images directly in `path`, or, when it has none, in its subfolders, recursively (JORDER's
+  rain/X2/, RESIDE OTS's hazy/part1 ... part4)."""
   images = folder_lib.list_images(path, recursive=False)
-  subfolders = _subfolders(path)
-  if not images and len(subfolders) == 1:
-    return folder_lib.list_images(os.path.join(path, subfolders[0]), recursive=False)
-  return images
+  return images or folder_lib.list_images(path, recursive=True)
 
 
-def _find_pairs(path):
-  """(rainy paths, clean paths) under `path`, from one of the recognised layouts."""
-  rainy_dir, clean_dir = _find_dir(path, RAINY_DIRS), _find_dir(path, CLEAN_DIRS)
-  if rainy_dir and clean_dir:
-    return _images_in(rainy_dir), _images_in(clean_dir)
+def _layout(path):
+  """(degraded paths, clean paths) of layouts 1-3 directly in `path`, or None."""
+  degraded_dir, clean_dir = _find_dir(path, DEGRADED_DIRS), _find_dir(path, CLEAN_DIRS)
+  if degraded_dir and clean_dir:
+    return _images_in(degraded_dir), _images_in(clean_dir)
   here = folder_lib.list_images(path, recursive=False)
   rainy = [p for p in here if re.match(r"rainy?[-_ ]?\d", _stem(p).lower())]
   clean = [p for p in here if re.match(r"no_?rain[-_ ]?\d", _stem(p).lower())]
-  if rainy_dir and here:
-    return _images_in(rainy_dir), clean or here
+  if degraded_dir and here:
+    return _images_in(degraded_dir), clean or here
   if rainy and clean:   # (RainTrainL's rainstreak-*/rainregion-* files are neither)
     return rainy, clean
+  return None
+
+
+def _match(path, degraded, clean, prefix=""):
+  """[(name, degraded path, clean path)] of one layout's files, paired by `pair_key`."""
+  clean_by_key = {pair_key(_stem(p)): p for p in clean}
+  keys = [pair_key(_stem(p)) for p in degraded]
+  used = [k for k in keys if k in clean_by_key]
+  many = len(set(used)) < len(used)    # several degraded per clean image (RESIDE training sets)
+  unmatched = sorted(map(str, set(keys) - set(clean_by_key)))
+  if not many:
+    unmatched = sorted(map(str, set(keys) ^ set(clean_by_key)))
+  if unmatched or not keys:
+    raise ValueError(f"degraded and clean images in {path} do not pair up ({len(degraded)} "
+                     f"degraded, {len(clean)} clean; unmatched: {', '.join(unmatched[:5])})")
+  triples = [(prefix + _stem(d if many else clean_by_key[k]), d, clean_by_key[k])
+             for k, d in zip(keys, degraded)]
+  return sorted(triples, key=lambda t: (pair_key(os.path.basename(t[0])).__class__ is str,
+                                        pair_key(os.path.basename(t[0])), t[0]))
+
+
+def find_pairs(path):
+  """[(name, degraded path, clean path)] of a paired folder in a recognised layout, sorted."""
+  path = os.path.expanduser(path)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"paired folder {path} does not exist (or is not a folder)")
+  found = _layout(path)
+  if found:
+    return _match(path, *found)
+  sequences = [(n, _layout(os.path.join(path, n))) for n in _subfolders(path)]
+  sequences = [(n, found) for n, found in sequences if found]
+  if sequences:   # GoPro: one layout per sequence
+    return sorted(t for n, found in sequences
+                  for t in _match(os.path.join(path, n), *found, prefix=n + "/"))
   raise ValueError(
-      f"no rainy/clean pairs found in {path}; expected subfolders "
-      f"({'|'.join(RAINY_DIRS)}) + ({'|'.join(CLEAN_DIRS)}), or rain-*.png + norain-*.png files")
+      f"no degraded/clean pairs found in {path}; expected subfolders "
+      f"({'|'.join(DEGRADED_DIRS)}) + ({'|'.join(CLEAN_DIRS)}), rain-*.png + norain-*.png "
+      "files, or subfolders that each hold such a pair of subfolders (GoPro)")
+
+
+def read_pair(degraded_path, clean_path):
+  """(degraded, clean) uint8 HWC of one pair, the clean one centre-cropped to the degraded one's
+  size where it is larger by an even margin on each side; ValueError on any other mismatch."""
+  degraded, clean = folder_lib.read_rgb(degraded_path), folder_lib.read_rgb(clean_path)
+  if degraded.shape != clean.shape:
+    dh, dw = (c - d for c, d in zip(clean.shape[:2], degraded.shape[:2]))
+    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
+      raise ValueError(f"{degraded_path} is {degraded.shape[:2]} but its clean image "
+                       f"{clean_path} is {clean.shape[:2]}")
+    logging.log_first_n(logging.INFO, "centre-cropping clean %s from %s to %s (SOTS indoor "
+                        "layout)", 1, clean_path, clean.shape[:2], degraded.shape[:2])
+    clean = clean[dh // 2:dh // 2 + degraded.shape[0], dw // 2:dw // 2 + degraded.shape[1]]
+  return degraded, clean
 
 
 def load_paired_folder(path):
-  """[(name, degraded uint8 HWC, clean uint8 HWC)] from a Rain100L-style folder, sorted by name."""
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"paired test folder {path} does not exist (or is not a folder)")
-  rainy, clean = _find_pairs(path)
-  rainy_by_key = {pair_key(_stem(p)): p for p in rainy}
-  clean_by_key = {pair_key(_stem(p)): p for p in clean}
-  unmatched = sorted(map(str, set(rainy_by_key) ^ set(clean_by_key)))
-  if unmatched or not rainy_by_key:
-    raise ValueError(f"rainy and clean images in {path} do not pair up one to one ({len(rainy)} "
-                     f"rainy, {len(clean)} clean; unmatched: {', '.join(unmatched[:5])})")
-  items = []
-  for key in sorted(rainy_by_key, key=lambda k: (isinstance(k, str), k)):
-    degraded = folder_lib.read_rgb(rainy_by_key[key])
-    target = folder_lib.read_rgb(clean_by_key[key])
-    if degraded.shape != target.shape:
-      raise ValueError(f"{rainy_by_key[key]} is {degraded.shape[:2]} but its clean image "
-                       f"{clean_by_key[key]} is {target.shape[:2]}")
-    items.append((_stem(clean_by_key[key]), degraded, target))
-  return items
+  """[(name, degraded uint8 HWC, clean uint8 HWC)] of a paired folder (see the module docstring)."""
+  return [(name,) + read_pair(d, c) for name, d, c in find_pairs(path)]
 
 
 def photos_testset(data_cfg=None, split="test"):

@@ -11,6 +11,11 @@ tasks given real streak layers, a streak layer, its crop, flip and rotation). So
 (The trailing 1 tags the stream: numpy's SeedSequence ignores trailing zeros, so [.., i] and
 [.., i, 0] would collide with other streams.)
 
+Tasks with real degraded / clean pairs (`load_pairs`, config `data.pairs`) draw a pair instead of
+a clean image, and one window, flip and rotation cut both: the clean crop is the task's entry and
+the aligned degraded crop its '<task>:input' entry, which the train step uses as the input
+instead of synthesizing one (scale-1 tasks only).
+
 Crop side per task is `spec.hr_crop(patch_size)` (SR x2: 96, x3: 144, x4: 192; others 48).
 Images smaller than a crop are reflect-padded (mirror including the edge pixel) up to the crop
 side, with a warning: nothing is skipped, so the sampling stays a pure function of the key.
@@ -20,6 +25,7 @@ side, with a warning: nothing is skipped, so the sampling stays a pure function 
 import functools
 import os
 import sys
+import threading
 import time
 import zlib
 
@@ -89,6 +95,77 @@ def sample_crop(images, seed, step, task_name, index, side, streaks=None):
   return crop, streak
 
 
+class PairedImages:
+  """Random access to a paired folder's (degraded, clean) uint8 HWC pairs, read on demand; pairs
+  are kept in memory while their total stays within `cache_bytes`. Safe from several threads."""
+
+  def __init__(self, path, cache_bytes=0):
+    from mtl.data import benchmarks   # (benchmarks imports sources, which the pipeline need not)
+    self.path = path
+    self.triples = benchmarks.find_pairs(path)
+    self._read = benchmarks.read_pair
+    self.cache_bytes = int(cache_bytes)
+    self._cache, self._cached_bytes, self._lock = {}, 0, threading.Lock()
+
+  def __len__(self):
+    return len(self.triples)
+
+  def __getitem__(self, index):
+    pair = self._cache.get(index)
+    if pair is None:
+      pair = self._read(*self.triples[index][1:])
+      for image in pair:
+        image.setflags(write=False)
+      size = pair[0].nbytes + pair[1].nbytes
+      with self._lock:
+        if index not in self._cache and self._cached_bytes + size <= self.cache_bytes:
+          self._cache[index], self._cached_bytes = pair, self._cached_bytes + size
+    return pair
+
+  def __repr__(self):
+    return f"PairedImages({self.path}, {len(self)} pairs)"
+
+
+def parse_pairs(spec):
+  """'derain=/d/RainTrainL,dehaze=/d/OTS' -> [(task name or kind, path)]."""
+  entries = []
+  for entry in filter(None, (e.strip() for e in str(spec).split(","))):
+    selector, sep, path = entry.partition("=")
+    if not sep or not selector or not path:
+      raise ValueError(f"data.pairs entry {entry!r} is not valid; use TASK=PATH (a task name or "
+                       "kind, e.g. dehaze=/data/RESIDE/OTS), comma-separated")
+    entries.append((selector, path))
+  return entries
+
+
+def load_pairs(spec, specs, cache_mb=1024):
+  """{task name: PairedImages} for `data.pairs` (empty: none); each task takes the first entry
+  naming it or its kind. ValueError for an entry that names no task or an SR task."""
+  specs = _as_specs(specs)
+  pairs = {}
+  for selector, path in parse_pairs(spec):
+    chosen = [s for s in specs if tasks_lib.selects(selector, s)]
+    if not chosen:
+      raise ValueError(f"data.pairs entry {selector}={path}: {selector!r} names none of the tasks "
+                       f"{', '.join(s.name for s in specs)}")
+    for s in chosen:
+      if s.scale != 1:
+        raise ValueError(f"data.pairs: task {s.name!r} changes the image size; paired training "
+                         "serves scale-1 tasks only")
+      if s.name not in pairs:
+        pairs[s.name] = PairedImages(path, cache_mb * 2**20)
+  return pairs
+
+
+def sample_pair(pairs, seed, step, task_name, index, side):
+  """Global sample `index` of a paired task at `step`: aligned (clean, degraded) uint8
+  (side, side, 3) crops, one window, flip and rotation for both. A pure function of its arguments."""
+  rng = np.random.default_rng([seed, step, task_key(task_name), index, _SAMPLE_STREAM])
+  degraded, clean = pairs[int(rng.integers(len(pairs)))]
+  both = _random_window(rng, np.concatenate([clean, degraded], axis=-1), side)
+  return both[..., :3], both[..., 3:]
+
+
 def _as_specs(specs):
   return tuple(tasks_lib.get(s) if isinstance(s, str) else s for s in specs)
 
@@ -107,12 +184,13 @@ def _check(images, specs, schedule, seed, streaks):
 
 
 def batch_for_step(images, specs, patch_size, batch_size, seed, step, process_index=0,
-                   process_count=1, schedule="all", streaks=None):
+                   process_count=1, schedule="all", streaks=None, pairs=None):
   """This process's part of the global batch of `step`: {task name: uint8 (B_local, h, w, 3)}.
 
   `specs`: TaskSpecs (or task names) in config order. schedule 'all' gives every task; 'one'
   only task `task_for_step(seed, step, len(specs))`. With real `streaks` (uint8 (H, W) layers),
-  derain tasks also get '<task>:streaks', uint8 (B_local, h, w) crops of them.
+  derain tasks also get '<task>:streaks', uint8 (B_local, h, w) crops of them. Tasks in `pairs`
+  ({task name: PairedImages}) get clean crops of their pairs and '<task>:input', the degraded ones.
   """
   specs = _as_specs(specs)
   _check(images, specs, schedule, seed, streaks)
@@ -122,6 +200,11 @@ def batch_for_step(images, specs, patch_size, batch_size, seed, step, process_in
   batch = {}
   for spec in specs:
     side = spec.hr_crop(patch_size)
+    if pairs and spec.name in pairs:
+      samples = [sample_pair(pairs[spec.name], seed, step, spec.name, i, side) for i in indices]
+      batch[spec.name] = np.stack([clean for clean, _ in samples])
+      batch[f"{spec.name}:input"] = np.stack([degraded for _, degraded in samples])
+      continue
     task_streaks = streaks if spec.kind == "derain" else None
     samples = [sample_crop(images, seed, step, spec.name, i, side, task_streaks) for i in indices]
     batch[spec.name] = np.stack([crop for crop, _ in samples])
@@ -151,7 +234,7 @@ def default_threads():
 
 def train_batches(images, specs, patch_size, batch_size, seed, start_step=0, num_steps=None,
                   process_index=0, process_count=1, schedule="all", streaks=None,
-                  num_threads=None, prefetch=None):
+                  num_threads=None, prefetch=None, pairs=None):
   """Iterator of (step, batch) for steps start_step, start_step + 1, ... (num_steps of them, or
   forever), each batch as `batch_for_step` makes it.
 
@@ -164,7 +247,7 @@ def train_batches(images, specs, patch_size, batch_size, seed, start_step=0, num
   local_samples(batch_size, process_index, process_count)
   make = functools.partial(batch_for_step, images, specs, patch_size, batch_size, seed,
                            process_index=process_index, process_count=process_count,
-                           schedule=schedule, streaks=streaks)
+                           schedule=schedule, streaks=streaks, pairs=pairs)
   stop = sys.maxsize if num_steps is None else start_step + num_steps
   num_threads = default_threads() if num_threads is None else num_threads
   if num_threads == 0:

@@ -418,6 +418,7 @@ def write_workdir(params, cfg: ipt.ModelConfig, task_names, workdir, source=""):
   """
   from experiments import base
   from mtl import checkpoints, train
+  from mtl import io as io_lib
   if os.path.exists(os.path.join(workdir, checkpoints.CONFIG_FILE)):
     raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
   config = base.get_config("tiny")
@@ -441,6 +442,6 @@ def write_workdir(params, cfg: ipt.ModelConfig, task_names, workdir, source=""):
     checkpoints.save(mngr, 0, state, force=True)
     mngr.wait_until_finished()
     mngr.close()
-  checkpoints.write_json_atomic(os.path.join(workdir, IMPORT_RECORD), {
+  io_lib.write_json(os.path.join(workdir, IMPORT_RECORD), {
       "source": os.path.abspath(source) if source else "", "tasks": list(task_names)})
   return config
