@@ -118,7 +118,7 @@ def test_weights_from_summed_gramians_match_matrix_form():
     jac = jnp.asarray(FIXTURES["conflict_t3/J"])
     leaves = (jac[:, :7], jac[:, 7:19], jac[:, 19:])
     g = sum(agg.gramian(x) for x in leaves)
-    for name in EXACT + ("cagrad", "nash_mtl", "pcgrad"):
+    for name in ("upgrad", "mgda", "imtl_g", "aligned_mtl", "cagrad", "nash_mtl", "pcgrad"):
       kwargs = {"c": 0.5} if name == "cagrad" else {}
       order = FIXTURES["conflict_t3/pcgrad_order"]
       w = jitted(name, weighting=True, **kwargs)(*((g, order) if name == "pcgrad" else (g,)))
@@ -130,7 +130,7 @@ def test_weights_from_summed_gramians_match_matrix_form():
 def test_upgrad_update_does_not_conflict():
   """UPGrad's update has a non-negative inner product with every task gradient (Quinton & Rey 2024, Thm 1)."""
   with jax.enable_x64(True):
-    for case in CASES:
+    for case in ("random_t3", "conflict_t3", "rankdef_t3"):  # T=3: the weighting is compiled once
       jac = jnp.asarray(FIXTURES[f"{case}/J"])
       g = agg.gramian(jac)
       w = jitted("upgrad", weighting=True)(g)
@@ -159,10 +159,11 @@ def test_pcgrad_key_draws_one_of_the_orders():
 def test_per_leaf_applies_per_leaf():
   jac = jnp.asarray(FIXTURES["conflict_t3/J"], jnp.float32)
   tree = {"a": jac[:, :10].reshape(3, 2, 5), "b": jac[:, 10:]}
-  out = jax.jit(agg.per_leaf(agg.get("upgrad")))(tree)
+  out = jax.jit(agg.per_leaf(agg.get("mgda")))(tree)
   assert out["a"].shape == (2, 5) and out["b"].shape == (20,)
-  w_b = jitted("upgrad", weighting=True)(agg.gramian(jac[:, 10:]))
-  np.testing.assert_allclose(out["b"], w_b @ jac[:, 10:], rtol=1e-5, atol=1e-6)
+  for leaf, flat in (("a", jac[:, :10]), ("b", jac[:, 10:])):  # MGDA's weights differ per leaf here
+    w = agg.get_weighting("mgda")(agg.gramian(flat))
+    np.testing.assert_allclose(out[leaf].reshape(-1), w @ flat, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_names_raise():
