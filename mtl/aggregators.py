@@ -7,9 +7,9 @@ with the scaling conventions of TorchJD 0.18 (Quinton & Rey 2024): `get('upgrad'
 trainer can apply weights to Gramians it already has; nothing bigger than (T, D) is materialised.
 
 Randomness and state are explicit: PCGrad and GradVac take `key` (random visiting orders; without a
-key the order is 0, 1, ..., T-1) or an explicit `order`; GradVac carries its EMA of cosine targets as
-state in and out (`init(T)` gives the first). Iterative solvers run a bounded number of iterations
-inside jit; each solver's stopping rule and accuracy is stated where it is defined.
+key the order is 0, 1, ..., T-1) or an explicit `order`; GradVac carries its EMA of cosine
+targets as state in and out (`init('gradvac', T)` gives the first). Iterative solvers run a
+bounded number of iterations inside jit; each one's stopping rule and accuracy is stated with it.
 
 Loss weightings (uncertainty, DWA, RLW, FAMO) follow LibMTL (Lin & Zhang 2023) and are built by
 `get_loss_weighting(name, num_tasks, **kwargs)`; see `LossWeighting`.
@@ -26,7 +26,8 @@ import jax.numpy as jnp
 
 def gramian(jac):
   """G = J J^T of the (T, D) per-task gradients; (T, T), accumulated in float32 or wider."""
-  return jnp.einsum("td,sd->ts", jac, jac, preferred_element_type=jnp.promote_types(jac.dtype, jnp.float32))
+  acc = jnp.promote_types(jac.dtype, jnp.float32)
+  return jnp.einsum("td,sd->ts", jac, jac, preferred_element_type=acc)
 
 
 def _normalize(g, eps):
@@ -37,6 +38,13 @@ def _normalize(g, eps):
 
 def _eps(dtype):
   return jnp.finfo(dtype).eps
+
+
+def _pref(pref_vector, t, dtype):
+  # TorchJD's default preference vector is the mean weighting 1/T.
+  if pref_vector is None:
+    return jnp.full(t, 1.0 / t, dtype)
+  return jnp.asarray(pref_vector, dtype)
 
 
 def _pinv_psd(g):
@@ -166,7 +174,7 @@ def upgrad_weighting(pref_vector=None, norm_eps=1e-4, reg_eps=1e-4):
   """
   def weighting(g):
     t = g.shape[0]
-    pref = jnp.full(t, 1.0 / t, g.dtype) if pref_vector is None else jnp.asarray(pref_vector, g.dtype)
+    pref = _pref(pref_vector, t, g.dtype)
     a = _normalize(g, norm_eps) + reg_eps * jnp.eye(t, dtype=g.dtype)
     u = jnp.diag(pref)
     z = jax.vmap(lambda ui: solve_nonneg_qp(a, a @ ui))(u)
@@ -191,31 +199,35 @@ def mgda_weighting(epsilon=1e-3, max_iters=100):
       ga = g @ alpha
       k = jnp.argmin(ga)
       a, b, cc = ga[k], alpha @ ga, g[k, k]
-      gamma = jnp.where(cc <= a, 1.0, jnp.where(b <= a, 0.0, (b - a) / jnp.where(b + cc - 2 * a == 0, 1.0, b + cc - 2 * a)))
+      den = b + cc - 2 * a
+      ratio = (b - a) / jnp.where(den == 0, 1.0, den)
+      gamma = jnp.where(cc <= a, 1.0, jnp.where(b <= a, 0.0, ratio))
       alpha = (1 - gamma) * alpha + gamma * jax.nn.one_hot(k, t, dtype=g.dtype)
       return alpha, it + 1, gamma < epsilon
 
-    return jax.lax.while_loop(cond, body, (jnp.full(t, 1.0 / t, g.dtype), jnp.array(0), jnp.array(False)))[0]
+    init = (jnp.full(t, 1.0 / t, g.dtype), jnp.array(0), jnp.array(False))
+    return jax.lax.while_loop(cond, body, init)[0]
   return weighting
 
 
 def imtl_g_weighting():
-  """IMTL-G (Liu et al. 2021) generalised to dependent rows (Quinton & Rey 2024): pinv(G) sqrt(diag G), summing to 1."""
+  """IMTL-G (Liu et al. 2021) as generalised by Quinton & Rey (2024): pinv(G) sqrt(diag G) / sum."""
   def weighting(g):
     v = _pinv_psd(g) @ jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0))
     s = jnp.sum(v)
-    return jnp.where(jnp.abs(s) < 1e-12, jnp.zeros_like(v), v / jnp.where(jnp.abs(s) < 1e-12, 1.0, s))
+    small = jnp.abs(s) < 1e-12
+    return jnp.where(small, jnp.zeros_like(v), v / jnp.where(small, 1.0, s))
   return weighting
 
 
 def aligned_mtl_weighting(pref_vector=None, scale_mode="min"):
-  """Aligned-MTL (Senushkin et al. 2023, Alg. 1): B @ pref, B = sqrt(scale) V S^-1/2 V^T on G's range."""
+  """Aligned-MTL (Senushkin et al. 2023, Alg. 1): B pref, B = sqrt(scale) V S^-1/2 V^T on ran G."""
   if scale_mode not in ("min", "median", "rmse"):
     raise ValueError(f"aligned_mtl scale_mode={scale_mode!r}; valid: 'min', 'median', 'rmse'")
 
   def weighting(g):
     t = g.shape[0]
-    pref = jnp.full(t, 1.0 / t, g.dtype) if pref_vector is None else jnp.asarray(pref_vector, g.dtype)
+    pref = _pref(pref_vector, t, g.dtype)
     lam, v = jnp.linalg.eigh(g)
     lam, v = lam[::-1], v[:, ::-1]  # descending, like TorchJD's argsort
     keep = lam > jnp.max(lam) * t * _eps(g.dtype)
@@ -227,7 +239,8 @@ def aligned_mtl_weighting(pref_vector=None, scale_mode="min"):
       scale = lam[jnp.maximum(rank - 1 - (rank - 1) // 2, 0)]
     else:
       scale = jnp.sum(jnp.where(keep, lam, 0.0)) / jnp.maximum(rank, 1)
-    b = jnp.sqrt(jnp.where(rank > 0, scale, 1.0)) * (v * jnp.where(keep, 1.0 / jnp.sqrt(safe), 0.0)) @ v.T
+    inv_sqrt = jnp.where(keep, 1.0 / jnp.sqrt(safe), 0.0)
+    b = jnp.sqrt(jnp.where(rank > 0, scale, 1.0)) * (v * inv_sqrt) @ v.T
     b = jnp.where(rank > 0, b, jnp.eye(t, dtype=g.dtype))
     return b @ pref
   return weighting
@@ -267,7 +280,8 @@ def cagrad_weighting(c=0.5, norm_eps=1e-4, bisection_steps=64):
     gw = norm_of(w_opt)
     big = gw >= norm_eps
     weights = ones + sqrt_phi / jnp.where(big, gw, 1.0) * w_opt
-    return jnp.where(big & (sqrt_phi > 0), weights, jnp.where(sqrt_phi > 0, jnp.zeros_like(ones), ones))
+    fallback = jnp.where(sqrt_phi > 0, jnp.zeros_like(ones), ones)
+    return jnp.where(big & (sqrt_phi > 0), weights, fallback)
   return weighting
 
 
@@ -283,7 +297,6 @@ def nash_mtl_weighting(max_norm=1.0, newton_steps=100, n_tasks=None):
   del n_tasks
 
   def weighting(g):
-    t = g.shape[0]
     a0 = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(g), jnp.finfo(g.dtype).tiny))
     def newton(_, a):
       grad = g @ a - 1.0 / a
@@ -308,7 +321,7 @@ def _orders(key, t, n):
 
 
 def pcgrad_weighting():
-  """PCGrad (Yu et al. 2020): each g_i is projected, in a random order, off every g_j it conflicts with.
+  """PCGrad (Yu et al. 2020): each g_i is projected, in random order, off each conflicting g_j.
 
   Call as weighting(G, key=None, order=None): `order` (T, T) gives task i's visiting order of all
   tasks (i itself is skipped), else it is drawn from `key`, else 0..T-1. TorchJD draws it with
@@ -334,7 +347,9 @@ def gradvac_init(num_tasks, dtype=jnp.float32):
 
 
 def gradvac_weighting(beta=0.5, eps=1e-8):
-  """GradVac (Wang et al. 2021) on the Gramian, as TorchJD: weighting(G, state, key=None, order=None) -> (w, state).
+  """GradVac (Wang et al. 2021) on the Gramian, as TorchJD.
+
+  Call as weighting(G, state, key=None, order=None) -> (w, new_state).
 
   For task i, tasks j != i are visited in `order[i]` (a permutation of the T-1 others, as indices
   into them), drawn from `key` if not given, else 0..T-2. When the cosine of the (corrected) g_i
@@ -370,7 +385,8 @@ def gradvac_weighting(beta=0.5, eps=1e-8):
       ci, phi = jax.lax.fori_loop(0, t - 1, visit, (jax.nn.one_hot(i, t, dtype=g.dtype), phi))
       return coeffs.at[i].set(ci), phi
 
-    coeffs, phi = jax.lax.fori_loop(0, t, per_task, (jnp.zeros((t, t), g.dtype), state.astype(g.dtype)))
+    init = (jnp.zeros((t, t), g.dtype), state.astype(g.dtype))
+    coeffs, phi = jax.lax.fori_loop(0, t, per_task, init)
     return jnp.sum(coeffs, axis=0), phi
   return weighting
 
@@ -392,7 +408,7 @@ STATEFUL = ("gradvac",)  # take and return state; first state from `init(name, T
 
 
 def get_weighting(name, **kwargs):
-  """The Gramian weighting of aggregator `name`: (T, T) G -> (T,) w (see RANDOM / STATEFUL for extra args)."""
+  """The Gramian weighting of `name`: (T, T) G -> (T,) w (extra args: RANDOM, STATEFUL)."""
   if name not in WEIGHTINGS:
     raise ValueError(f"unknown aggregator {name!r}; valid: {sorted(WEIGHTINGS)}")
   return WEIGHTINGS[name](**kwargs)
@@ -429,12 +445,14 @@ def get(name, **kwargs):
 def per_leaf(agg):
   """Applies a stateless aggregator separately to each leaf of a pytree of (T, ...) gradients."""
   def apply(tree, **extra):
-    return jax.tree.map(lambda x: agg(x.reshape(x.shape[0], -1), **extra).reshape(x.shape[1:]), tree)
+    def leaf(x):
+      return agg(x.reshape(x.shape[0], -1), **extra).reshape(x.shape[1:])
+    return jax.tree.map(leaf, tree)
   return apply
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss weightings: per-task losses -> one scalar training loss. LibMTL's formulas (Lin & Zhang 2023).
+# Loss weightings: per-task losses -> one scalar loss. LibMTL's formulas (Lin & Zhang 2023).
 
 
 class LossWeighting(NamedTuple):
@@ -458,7 +476,7 @@ def _keep(state, losses, new_losses=None):
 
 
 def uncertainty_weighting(num_tasks, init_log_var=-0.5):
-  """Kendall et al. (2018) as LibMTL's UW: sum_i L_i / (2 exp(s_i)) + s_i / 2, s = log sigma^2 trained."""
+  """Kendall et al. (2018) as LibMTL's UW: sum_i L_i / (2 exp(s_i)) + s_i / 2, s = log var."""
   def init():
     return {"log_var": jnp.full((num_tasks,), init_log_var, jnp.float32)}, {}
 
@@ -479,8 +497,10 @@ def dwa_weighting(num_tasks, temperature=2.0, steps_per_epoch=100):
     raise ValueError(f"dwa steps_per_epoch={steps_per_epoch}; valid: an integer >= 1")
 
   def init():
-    return {}, {"history": jnp.ones((2, num_tasks), jnp.float32), "epochs": jnp.zeros((), jnp.int32),
-                "running": jnp.zeros((num_tasks,), jnp.float32), "count": jnp.zeros((), jnp.int32)}
+    return {}, {"history": jnp.ones((2, num_tasks), jnp.float32),
+                "epochs": jnp.zeros((), jnp.int32),
+                "running": jnp.zeros((num_tasks,), jnp.float32),
+                "count": jnp.zeros((), jnp.int32)}
 
   def combine(params, state, losses, key=None):
     del params, key
@@ -501,7 +521,7 @@ def dwa_weighting(num_tasks, temperature=2.0, steps_per_epoch=100):
 
 
 def rlw_weighting(num_tasks):
-  """Random Loss Weighting (Lin et al. 2022) as LibMTL: softmax of a standard normal draw (sums to 1)."""
+  """Random Loss Weighting (Lin et al. 2022) as LibMTL: softmax of a standard normal draw."""
   def init():
     return {}, {}
 
@@ -515,7 +535,9 @@ def rlw_weighting(num_tasks):
 
 
 def famo_weighting(num_tasks, lr=0.025, weight_decay=1e-3, eps=1e-8, betas=(0.9, 0.999)):
-  """FAMO (Liu et al. 2023) as LibMTL: weights z / (c (L + 1e-8)), z = softmax(logits), c = sum z / (L + 1e-8).
+  """FAMO (Liu et al. 2023) as LibMTL: weights z / (c D), D = L + 1e-8, z = softmax(logits).
+
+  c = sum z / D, so the weights sum to 1.
 
   The gradient of sum_i w_i L_i equals that of FAMO's sum_i z_i log(L_i) / c. `update` moves the
   logits by torch.optim.Adam (L2 weight decay) along the softmax-Jacobian product with the
@@ -536,7 +558,9 @@ def famo_weighting(num_tasks, lr=0.025, weight_decay=1e-3, eps=1e-8, betas=(0.9,
 
   def update(state, losses, new_losses):
     x = state["logits"]
-    delta = (jnp.log(jax.lax.stop_gradient(losses) + 1e-8) - jnp.log(jax.lax.stop_gradient(new_losses) + 1e-8)).astype(x.dtype)
+    def log_d(l):
+      return jnp.log(jax.lax.stop_gradient(l) + 1e-8)
+    delta = (log_d(losses) - log_d(new_losses)).astype(x.dtype)
     z = jax.nn.softmax(x)
     grad = z * (delta - z @ delta) + weight_decay * x  # softmax VJP, then Adam's L2 decay
     step = state["step"] + 1

@@ -1,4 +1,4 @@
-"""Aggregators and loss weightings against TorchJD 0.18 / LibMTL fixtures (tests/fixtures/make_aggregator_fixtures.py)."""
+"""mtl.aggregators against TorchJD 0.18 / LibMTL (tests/fixtures/make_aggregator_fixtures.py)."""
 import functools
 import itertools
 import json
@@ -36,12 +36,13 @@ def jitted(name, weighting=False, **kwargs):
 
 
 def run(name, jac, case, **kwargs):
-  """The aggregator under jit, with the replayed random orders / carried state for pcgrad and gradvac."""
+  """The aggregator under jit; pcgrad / gradvac replay TorchJD's orders (gradvac carries state)."""
   if name == "pcgrad":
     return jitted("pcgrad")(jac, FIXTURES[f"{case}/pcgrad_order"])
   if name.startswith("gradvac"):
     f = jitted("gradvac")
-    out, state = f(jac, agg.init("gradvac", jac.shape[0], jac.dtype), order=FIXTURES[f"{case}/gradvac_order0"])
+    state = agg.init("gradvac", jac.shape[0], jac.dtype)
+    out, state = f(jac, state, order=FIXTURES[f"{case}/gradvac_order0"])
     if name == "gradvac1":
       out, state = f(0.5 * jac, state, order=FIXTURES[f"{case}/gradvac_order1"])
     return out, state
@@ -82,7 +83,7 @@ def test_float32_within_conditioning(case):
 
 
 def test_cagrad_is_optimal():
-  """Certificate independent of any solver: the Frank-Wolfe gap bounds F(w) - min F over the simplex."""
+  """A solver-free certificate: the Frank-Wolfe gap bounds F(w) - min F over the simplex."""
   with jax.enable_x64(True):
     for case in CASES:
       jac = FIXTURES[f"{case}/J"]
@@ -99,7 +100,7 @@ def test_cagrad_is_optimal():
 
 
 def test_nash_mtl_solves_bargaining_condition():
-  """Nash-MTL's alpha (no clipping) satisfies alpha_i (G alpha)_i = 1 (Navon et al. 2022, Thm 5.1)."""
+  """Unclipped Nash-MTL alpha meets G alpha = 1 / alpha (bargaining; Navon et al. 2022)."""
   with jax.enable_x64(True):
     for case in CASES:
       jac = FIXTURES[f"{case}/J"]
@@ -128,7 +129,7 @@ def test_weights_from_summed_gramians_match_matrix_form():
 
 
 def test_upgrad_update_does_not_conflict():
-  """UPGrad's update has a non-negative inner product with every task gradient (Quinton & Rey 2024, Thm 1)."""
+  """UPGrad's update does not conflict with any task gradient (Quinton & Rey 2024)."""
   with jax.enable_x64(True):
     for case in ("random_t3", "conflict_t3", "rankdef_t3"):  # T=3: the weighting is compiled once
       jac = jnp.asarray(FIXTURES[f"{case}/J"])
@@ -144,7 +145,8 @@ def test_pcgrad_key_draws_one_of_the_orders():
   perms = list(itertools.permutations(range(3)))
   pcgrad = agg.get_weighting("pcgrad")
   g = agg.gramian(jac)
-  every = jax.vmap(lambda o: pcgrad(g, order=o))(jnp.asarray(list(itertools.product(perms, repeat=3))))
+  orders = jnp.asarray(list(itertools.product(perms, repeat=3)))  # every order of every task
+  every = jax.vmap(lambda o: pcgrad(g, order=o))(orders)
   seen = set()
   f = jax.jit(lambda g, k: pcgrad(g, key=k))
   for k in range(8):
@@ -236,6 +238,7 @@ def test_famo_matches_libmtl_steps():
       total, w = lw.combine({}, state, losses)
       np.testing.assert_allclose(w, FIXTURES["famo/weights"][k], rtol=1e-10)
       # The weighted sum has FAMO's gradient: d/dL_i sum_j z_j log(L_j) / c = z_i / (c L_i).
-      np.testing.assert_allclose(jax.grad(lambda l: lw.combine({}, state, l)[0])(losses), w, rtol=1e-12)
+      grad = jax.grad(lambda l: lw.combine({}, state, l)[0])(losses)  # noqa: B023
+      np.testing.assert_allclose(grad, w, rtol=1e-12)
       state = jax.jit(lw.update)(state, losses, jnp.asarray(seq[k + 1]))
       np.testing.assert_allclose(state["logits"], FIXTURES["famo/logits"][k], rtol=1e-9, atol=1e-12)
