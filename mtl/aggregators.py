@@ -88,7 +88,8 @@ def solve_nonneg_qp(a, q, max_iter=None):
     s = solve_free(free)
     feasible = jnp.all(jnp.where(free, s > 0, True))
     blocking = free & (s <= 0)
-    ratio = jnp.where(blocking, z / jnp.where(blocking, z - s, 1.0), jnp.inf)
+    den = z - s  # 0 only for a variable at 0 whose solve is 0: it blocks at once
+    ratio = jnp.where(blocking, jnp.where(den > 0, z / jnp.where(den > 0, den, 1.0), 0.0), jnp.inf)
     step = jnp.minimum(jnp.min(ratio), 1.0)
     z_new = jnp.where(feasible, s, z + step * (s - z))
     free_new = jnp.where(feasible, free, free & (z_new > 0) & ~(blocking & (ratio <= step)))
@@ -137,7 +138,8 @@ def solve_simplex_qp(h, f, ridge, max_iter=None):
     s = solve_free(free)
     feasible = jnp.all(jnp.where(free, s > 0, True))
     blocking = free & (s <= 0)
-    ratio = jnp.where(blocking, w / jnp.where(blocking, w - s, 1.0), jnp.inf)
+    den = w - s  # 0 only for a variable at 0 whose solve is 0: it blocks at once
+    ratio = jnp.where(blocking, jnp.where(den > 0, w / jnp.where(den > 0, den, 1.0), 0.0), jnp.inf)
     step = jnp.minimum(jnp.min(ratio), 1.0)
     w_new = jnp.where(feasible, s, w + step * (s - w))
     free_new = jnp.where(feasible, free, free & (w_new > 0) & ~(blocking & (ratio <= step)))

@@ -22,8 +22,18 @@ TOL_EXACT = 1e-9
 TOL_SOLVER_REF = 2e-4
 
 
-def rel(a, b):
-  return float(np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-300))
+# Degenerate cases (identical / opposite / zero rows) where Nash-MTL has no solution and CAGrad's
+# weights are 0 are checked against TorchJD only.
+GENERIC = [c for c in CASES if c.split("_")[0] in ("random", "conflict", "rankdef")]
+# G alpha = 1 / alpha has no positive solution with a zero row, opposite rows or J = 0.
+NASH_SOLVABLE = GENERIC + ["same_t3"]
+
+
+def rel(a, b, jac=None, floor=1e-6):
+  """Relative error; a ~zero reference (degenerate cases) is measured against floor |J|_F."""
+  floor = floor * np.linalg.norm(jac) if jac is not None else 0.0
+  err = np.linalg.norm(np.asarray(a, np.float64) - b)
+  return float(err / max(np.linalg.norm(b), floor, 1e-300))
 
 
 @functools.cache
@@ -54,23 +64,27 @@ def test_matches_torchjd_float64(case):
   with jax.enable_x64(True):
     jac = jnp.asarray(FIXTURES[f"{case}/J"], jnp.float64)
     for name in EXACT + ("pcgrad",):
-      assert rel(run(name, jac, case), FIXTURES[f"{case}/{name}"]) < TOL_EXACT, name
+      assert rel(run(name, jac, case), FIXTURES[f"{case}/{name}"], jac) < TOL_EXACT, name
     for call in (0, 1):  # the second call depends on the EMA state the first one left
       out, state = run(f"gradvac{call}", jac, case)
-      assert rel(out, FIXTURES[f"{case}/gradvac{call}"]) < TOL_EXACT
+      assert rel(out, FIXTURES[f"{case}/gradvac{call}"], jac) < TOL_EXACT
       np.testing.assert_allclose(state, FIXTURES[f"{case}/gradvac_state{call}"], atol=1e-12)
     cagrad = run("cagrad", jac, case, c=0.5)
-    assert rel(cagrad, FIXTURES[f"{case}/cagrad"]) < TOL_SOLVER_REF
+    assert rel(cagrad, FIXTURES[f"{case}/cagrad"], jac) < TOL_SOLVER_REF
     # Against the same problem solved by Clarabel at 1e-13 gaps: agreement to its remaining error.
-    assert rel(cagrad, FIXTURES[f"{case}/cagrad_tight"]) < 1e-6
-    assert rel(run("nash_mtl", jac, case), FIXTURES[f"{case}/nash_mtl"]) < TOL_SOLVER_REF
+    assert rel(cagrad, FIXTURES[f"{case}/cagrad_tight"], jac) < 1e-6
+    nash = run("nash_mtl", jac, case)
+    if case in NASH_SOLVABLE:
+      assert rel(nash, FIXTURES[f"{case}/nash_mtl"], jac) < TOL_SOLVER_REF
+    else:  # no bargaining solution: TorchJD's answer depends on where ECOS stops; ours is finite
+      assert np.all(np.isfinite(np.asarray(nash)))
 
 
-@pytest.mark.parametrize("case", ["conflict_t5", "rankdef_t5"])
+@pytest.mark.parametrize("case", ["conflict_t5", "rankdef_t5", "zeros_t5"])
 def test_float32_within_conditioning(case):
   jac64 = FIXTURES[f"{case}/J"]
   sv = np.linalg.svd(jac64 @ jac64.T, compute_uv=False)
-  cond = sv[0] / sv[sv > sv[0] * 1e-12][-1]
+  cond = sv[0] / sv[sv > sv[0] * 1e-12][-1] if sv[0] > 0 else 1.0
   # float32 rounding of G, amplified by its condition number on its range, bounds the error.
   tol = max(1e-5, np.finfo(np.float32).eps * cond)
   jac = jnp.asarray(jac64, jnp.float32)
@@ -78,6 +92,9 @@ def test_float32_within_conditioning(case):
     out = run(name, jac, case, **({"c": 0.5} if name == "cagrad" else {}))
     out = out[0] if name.startswith("gradvac") else out
     assert out.dtype == jnp.float32
+    if case == "zeros_t5":  # no gradient: every method must return exactly 0 (TorchJD does)
+      assert not np.any(np.asarray(out)), name
+      continue
     ref_tol = TOL_SOLVER_REF if name in ("cagrad", "nash_mtl") else 0.0
     assert rel(out, FIXTURES[f"{case}/{name}"]) < tol + ref_tol, name
 
@@ -85,7 +102,7 @@ def test_float32_within_conditioning(case):
 def test_cagrad_is_optimal():
   """A solver-free certificate: the Frank-Wolfe gap bounds F(w) - min F over the simplex."""
   with jax.enable_x64(True):
-    for case in CASES:
+    for case in GENERIC:
       jac = FIXTURES[f"{case}/J"]
       g = jac @ jac.T
       t = g.shape[0]
@@ -102,7 +119,7 @@ def test_cagrad_is_optimal():
 def test_nash_mtl_solves_bargaining_condition():
   """Unclipped Nash-MTL alpha meets G alpha = 1 / alpha (bargaining; Navon et al. 2022)."""
   with jax.enable_x64(True):
-    for case in CASES:
+    for case in GENERIC:
       jac = FIXTURES[f"{case}/J"]
       g = jac @ jac.T
       alpha = np.asarray(jitted("nash_mtl", weighting=True, max_norm=0.0)(jnp.asarray(g)))
