@@ -1,0 +1,261 @@
+"""mtl.aggregators against TorchJD 0.18 / LibMTL (tests/fixtures/make_aggregator_fixtures.py)."""
+import functools
+import itertools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtl import aggregators as agg
+
+FIXTURES = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "aggregators.npz"))
+META = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "aggregators.json")))
+CASES = sorted(k[:-2] for k in FIXTURES.files if k.endswith("/J"))
+EXACT = ("sum", "mean", "upgrad", "mgda", "imtl_g", "aligned_mtl")
+# Exact methods in float64: only rounding (cond(G) <= 3e4 here) separates them from TorchJD.
+TOL_EXACT = 1e-9
+# CAGrad and Nash-MTL references come from cvxpy solvers at their default tolerances
+# (Clarabel; ECOS in 20 sequential solves), which is where their own error lies (see json).
+TOL_SOLVER_REF = 2e-4
+
+
+# Degenerate cases (identical / opposite / zero rows) where Nash-MTL has no solution and CAGrad's
+# weights are 0 are checked against TorchJD only.
+GENERIC = [c for c in CASES if c.split("_")[0] in ("random", "conflict", "rankdef")]
+# G alpha = 1 / alpha has no positive solution with a zero row, opposite rows or J = 0.
+NASH_SOLVABLE = GENERIC + ["same_t3"]
+
+
+def rel(a, b, jac=None, floor=1e-6):
+  """Relative error; a ~zero reference (degenerate cases) is measured against floor |J|_F."""
+  floor = floor * np.linalg.norm(jac) if jac is not None else 0.0
+  err = np.linalg.norm(np.asarray(a, np.float64) - b)
+  return float(err / max(np.linalg.norm(b), floor, 1e-300))
+
+
+@functools.cache
+def jitted(name, weighting=False, **kwargs):
+  """One jitted function per name (compiled once per shape and dtype for the whole module)."""
+  if name == "pcgrad":
+    f = agg.get_weighting("pcgrad") if weighting else agg.get("pcgrad")
+    return jax.jit(lambda j, o: f(j, order=o))
+  return jax.jit((agg.get_weighting if weighting else agg.get)(name, **kwargs))
+
+
+def run(name, jac, case, **kwargs):
+  """The aggregator under jit; pcgrad / gradvac replay TorchJD's orders (gradvac carries state)."""
+  if name == "pcgrad":
+    return jitted("pcgrad")(jac, FIXTURES[f"{case}/pcgrad_order"])
+  if name.startswith("gradvac"):
+    f = jitted("gradvac")
+    state = agg.init("gradvac", jac.shape[0], jac.dtype)
+    out, state = f(jac, state, order=FIXTURES[f"{case}/gradvac_order0"])
+    if name == "gradvac1":
+      out, state = f(0.5 * jac, state, order=FIXTURES[f"{case}/gradvac_order1"])
+    return out, state
+  return jitted(name, **kwargs)(jac)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_torchjd_float64(case):
+  with jax.enable_x64(True):
+    jac = jnp.asarray(FIXTURES[f"{case}/J"], jnp.float64)
+    for name in EXACT + ("pcgrad",):
+      assert rel(run(name, jac, case), FIXTURES[f"{case}/{name}"], jac) < TOL_EXACT, name
+    for call in (0, 1):  # the second call depends on the EMA state the first one left
+      out, state = run(f"gradvac{call}", jac, case)
+      assert rel(out, FIXTURES[f"{case}/gradvac{call}"], jac) < TOL_EXACT
+      np.testing.assert_allclose(state, FIXTURES[f"{case}/gradvac_state{call}"], atol=1e-12)
+    cagrad = run("cagrad", jac, case, c=0.5)
+    assert rel(cagrad, FIXTURES[f"{case}/cagrad"], jac) < TOL_SOLVER_REF
+    # Against the same problem solved by Clarabel at 1e-13 gaps: agreement to its remaining error.
+    assert rel(cagrad, FIXTURES[f"{case}/cagrad_tight"], jac) < 1e-6
+    nash = run("nash_mtl", jac, case)
+    if case in NASH_SOLVABLE:
+      assert rel(nash, FIXTURES[f"{case}/nash_mtl"], jac) < TOL_SOLVER_REF
+    else:  # no bargaining solution: TorchJD's answer depends on where ECOS stops; ours is finite
+      assert np.all(np.isfinite(np.asarray(nash)))
+
+
+@pytest.mark.parametrize("case", ["conflict_t5", "rankdef_t5", "zeros_t5"])
+def test_float32_within_conditioning(case):
+  jac64 = FIXTURES[f"{case}/J"]
+  sv = np.linalg.svd(jac64 @ jac64.T, compute_uv=False)
+  cond = sv[0] / sv[sv > sv[0] * 1e-12][-1] if sv[0] > 0 else 1.0
+  # float32 rounding of G, amplified by its condition number on its range, bounds the error.
+  tol = max(1e-5, np.finfo(np.float32).eps * cond)
+  jac = jnp.asarray(jac64, jnp.float32)
+  for name in EXACT + ("pcgrad", "gradvac0", "cagrad", "nash_mtl"):
+    out = run(name, jac, case, **({"c": 0.5} if name == "cagrad" else {}))
+    out = out[0] if name.startswith("gradvac") else out
+    assert out.dtype == jnp.float32
+    if case == "zeros_t5":  # no gradient: every method must return exactly 0 (TorchJD does)
+      assert not np.any(np.asarray(out)), name
+      continue
+    ref_tol = TOL_SOLVER_REF if name in ("cagrad", "nash_mtl") else 0.0
+    assert rel(out, FIXTURES[f"{case}/{name}"]) < tol + ref_tol, name
+
+
+def test_cagrad_is_optimal():
+  """A solver-free certificate: the Frank-Wolfe gap bounds F(w) - min F over the simplex."""
+  with jax.enable_x64(True):
+    for case in GENERIC:
+      jac = FIXTURES[f"{case}/J"]
+      g = jac @ jac.T
+      t = g.shape[0]
+      gn = g / np.trace(g)
+      b = gn.mean(1)
+      s = 0.5 * np.sqrt(b.mean())
+      weights = np.asarray(jitted("cagrad", weighting=True, c=0.5)(jnp.asarray(g)))
+      w = weights - 1 / t  # weights = 1/T + k w_opt with w_opt on the simplex
+      w = w / w.sum()
+      grad = b + s * gn @ w / np.sqrt(w @ gn @ w)
+      assert grad @ w - grad.min() < 1e-10, case
+
+
+def test_nash_mtl_solves_bargaining_condition():
+  """Unclipped Nash-MTL alpha meets G alpha = 1 / alpha (bargaining; Navon et al. 2022)."""
+  with jax.enable_x64(True):
+    for case in GENERIC:
+      jac = FIXTURES[f"{case}/J"]
+      g = jac @ jac.T
+      alpha = np.asarray(jitted("nash_mtl", weighting=True, max_norm=0.0)(jnp.asarray(g)))
+      assert np.all(alpha > 0)
+      np.testing.assert_allclose(alpha * (g @ alpha), 1.0, atol=1e-8)
+      # TorchJD's alpha is off this condition by its recorded residual; they agree within it.
+      tol = max(META["cases"][case]["nash_residual"], 1e-9)
+      assert rel(alpha, FIXTURES[f"{case}/nash_mtl_alpha"]) < tol
+
+
+def test_weights_from_summed_gramians_match_matrix_form():
+  """A trainer that sums per-leaf Gramians and applies the weights gets the aggregator's update."""
+  with jax.enable_x64(True):
+    jac = jnp.asarray(FIXTURES["conflict_t3/J"])
+    leaves = (jac[:, :7], jac[:, 7:19], jac[:, 19:])
+    g = sum(agg.gramian(x) for x in leaves)
+    for name in ("upgrad", "mgda", "imtl_g", "aligned_mtl", "cagrad", "nash_mtl", "pcgrad"):
+      kwargs = {"c": 0.5} if name == "cagrad" else {}
+      order = FIXTURES["conflict_t3/pcgrad_order"]
+      w = jitted(name, weighting=True, **kwargs)(*((g, order) if name == "pcgrad" else (g,)))
+      update = jnp.concatenate([w @ x for x in leaves])
+      np.testing.assert_allclose(update, run(name, jac, "conflict_t3", **kwargs),
+                                 rtol=1e-10, atol=1e-10 * float(jnp.abs(jac).max()))
+
+
+def test_upgrad_update_does_not_conflict():
+  """UPGrad's update does not conflict with any task gradient (Quinton & Rey 2024)."""
+  with jax.enable_x64(True):
+    for case in ("random_t3", "conflict_t3", "rankdef_t3"):  # T=3: the weighting is compiled once
+      jac = jnp.asarray(FIXTURES[f"{case}/J"])
+      g = agg.gramian(jac)
+      w = jitted("upgrad", weighting=True)(g)
+      # KKT of each projection gives (G / tr G + 1e-4 I) v_i >= 0, so (G w)_k >= -1e-4 tr(G) w_k.
+      slack = 1e-4 * float(jnp.trace(g)) * np.asarray(w) * (1 + 1e-6) + 1e-9
+      assert np.all(np.asarray(jac @ (w @ jac)) >= -slack), case
+
+
+def test_pcgrad_key_draws_one_of_the_orders():
+  jac = jnp.asarray(FIXTURES["conflict_t3/J"], jnp.float32)
+  perms = list(itertools.permutations(range(3)))
+  pcgrad = agg.get_weighting("pcgrad")
+  g = agg.gramian(jac)
+  orders = jnp.asarray(list(itertools.product(perms, repeat=3)))  # every order of every task
+  every = jax.vmap(lambda o: pcgrad(g, order=o))(orders)
+  seen = set()
+  f = jax.jit(lambda g, k: pcgrad(g, key=k))
+  for k in range(8):
+    w = f(g, jax.random.key(k))
+    dist = jnp.abs(every - w).max(axis=1)
+    assert float(dist.min()) < 1e-6
+    seen.add(int(jnp.argmin(dist)))
+  # Different keys give different orders (PCGrad's weights differ between some orders here).
+  assert len({tuple(np.round(np.asarray(every[i]), 4)) for i in seen}) > 1
+
+
+def test_per_leaf_applies_per_leaf():
+  jac = jnp.asarray(FIXTURES["conflict_t3/J"], jnp.float32)
+  tree = {"a": jac[:, :10].reshape(3, 2, 5), "b": jac[:, 10:]}
+  out = jax.jit(agg.per_leaf(agg.get("mgda")))(tree)
+  assert out["a"].shape == (2, 5) and out["b"].shape == (20,)
+  for leaf, flat in (("a", jac[:, :10]), ("b", jac[:, 10:])):  # MGDA's weights differ per leaf here
+    w = agg.get_weighting("mgda")(agg.gramian(flat))
+    np.testing.assert_allclose(out[leaf].reshape(-1), w @ flat, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_names_raise():
+  with pytest.raises(ValueError, match="upgrad"):
+    agg.get("upgrade")
+  with pytest.raises(ValueError, match="famo"):
+    agg.get_loss_weighting("famo2", 3)
+  with pytest.raises(ValueError, match="c=-1"):
+    agg.get("cagrad", c=-1)
+
+
+# ------------------------------------------------------------------------------------------
+# Loss weightings.
+
+
+def test_uncertainty_loss_and_gradients_match_libmtl():
+  with jax.enable_x64(True):
+    lw = agg.get_loss_weighting("uncertainty", 3)
+    params, state = lw.init()
+    np.testing.assert_allclose(params["log_var"], -0.5)  # LibMTL's initial value
+    losses = jnp.asarray(FIXTURES["uw/losses"])
+    params = {"log_var": jnp.asarray(FIXTURES["uw/log_var"])}
+    total = lambda p, l: lw.combine(p, state, l)[0]  # noqa: E731
+    np.testing.assert_allclose(total(params, losses), FIXTURES["uw/total"], rtol=1e-12)
+    gp, gl = jax.grad(total, argnums=(0, 1))(params, losses)
+    np.testing.assert_allclose(gl, FIXTURES["uw/grad_losses"], rtol=1e-12)
+    np.testing.assert_allclose(gp["log_var"], FIXTURES["uw/grad_log_var"], rtol=1e-12)
+
+
+def test_dwa_weights_on_a_known_history():
+  lw = agg.get_loss_weighting("dwa", 3, steps_per_epoch=2)
+  _, state = lw.init()
+  update, combine = jax.jit(lw.update), jax.jit(lw.combine)
+  epochs = np.array([[[1.0, 2.0, 4.0], [3.0, 2.0, 2.0]],  # epoch means 2, 2, 3
+                     [[1.0, 1.0, 3.0], [1.0, 3.0, 3.0]],  # epoch means 1, 2, 3
+                     [[5.0, 5.0, 5.0], [5.0, 5.0, 5.0]]])
+  for e, batches in enumerate(epochs):
+    for losses in batches:
+      _, w = combine({}, state, jnp.asarray(losses, jnp.float32))
+      if e < 2:  # fewer than two finished epochs: equal weights
+        np.testing.assert_allclose(w, 1.0)
+      else:  # ratios L_1 / L_0 = (0.5, 1, 1), temperature 2
+        r = np.array([0.5, 1.0, 1.0]) / 2.0
+        np.testing.assert_allclose(w, 3 * np.exp(r) / np.exp(r).sum(), rtol=1e-6)
+      state = update(state, jnp.asarray(losses, jnp.float32))
+  np.testing.assert_allclose(state["history"], [[1, 2, 3], [5, 5, 5]])
+
+
+def test_rlw_weights_distribution():
+  lw = agg.get_loss_weighting("rlw", 3)
+  keys = jax.random.split(jax.random.key(0), 4000)
+  w = jax.vmap(lambda k: lw.combine({}, {}, jnp.ones(3), key=k)[1])(keys)
+  np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)  # LibMTL / Lin et al. 2022: a softmax
+  # By symmetry each mean weight is 1/3; sampling std of a mean is < 0.004 here.
+  np.testing.assert_allclose(w.mean(0), 1 / 3, atol=0.02)
+  # log(w_0 / w_1) = n_0 - n_1 ~ N(0, 2): its sample variance has std 0.045 at n=4000.
+  assert abs(float(jnp.var(jnp.log(w[:, 0] / w[:, 1]))) - 2.0) < 0.2
+  with pytest.raises(ValueError, match="key"):
+    lw.combine({}, {}, jnp.ones(3))
+
+
+def test_famo_matches_libmtl_steps():
+  with jax.enable_x64(True):
+    lw = agg.get_loss_weighting("famo", 3)
+    _, state = lw.init()
+    state = jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+    seq = FIXTURES["famo/losses"]
+    for k in range(len(seq) - 1):
+      losses = jnp.asarray(seq[k])
+      total, w = lw.combine({}, state, losses)
+      np.testing.assert_allclose(w, FIXTURES["famo/weights"][k], rtol=1e-10)
+      # The weighted sum has FAMO's gradient: d/dL_i sum_j z_j log(L_j) / c = z_i / (c L_i).
+      grad = jax.grad(lambda l: lw.combine({}, state, l)[0])(losses)  # noqa: B023
+      np.testing.assert_allclose(grad, w, rtol=1e-12)
+      state = jax.jit(lw.update)(state, losses, jnp.asarray(seq[k + 1]))
+      np.testing.assert_allclose(state["logits"], FIXTURES["famo/logits"][k], rtol=1e-9, atol=1e-12)
