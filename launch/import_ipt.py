@@ -4,16 +4,15 @@
   python launch/import_ipt.py --checkpoint=IPT_sr2.pt --workdir=/ckpt/ipt_sr2 [--tasks=sr_x2]
 
 The workdir (config.json + an orbax checkpoint at step 0, as launch/train.py writes them) is
-accepted by every other command: launch/restore.py, experiments/ipt_published.py, init_from of a
+accepted by every other command: launch/restore.py, launch/ipt_published.py, init_from of a
 fine-tune, and launch/analyze.py --checkpoint=DIR --config=experiments/from_json.py:DIR/config.json.
 Tasks default to the published order (pre-trained: sr_x2, sr_x3, sr_x4, derain, denoise_30,
 denoise_50) or the released file's name (IPT_denoise30.pt -> denoise_30). torch is not needed.
 Bad input: one line on stderr, exit status 1.
 """
-import sys
-
 import _root  # noqa: F401  (repository root on sys.path for `mtl` and `experiments`)
-from absl import app, flags, logging
+import cli
+from absl import app, flags
 
 flags.DEFINE_string("checkpoint", None, "Official IPT state_dict (.pt).")
 flags.DEFINE_string("workdir", None, "New mtl workdir to write.")
@@ -24,20 +23,12 @@ flags.DEFINE_integer("num_heads", 0, "Attention heads (not stored in a state_dic
 flags.mark_flags_as_required(["checkpoint", "workdir"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
-    sys.exit(1)
-  if not flags.FLAGS["verbosity"].present:  # orbax is chatty at INFO
-    logging.set_verbosity(logging.WARNING)
+@cli.absl_main
+def main():
   from mtl.models import ipt, ipt_import
   f = flags.FLAGS
-  try:
-    cfg, names, params = ipt_import.load(f.checkpoint, f.tasks or None, f.num_heads or None, f.size)
-    ipt_import.write_workdir(params, cfg, names, f.workdir, source=f.checkpoint)
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  cfg, names, params = ipt_import.load(f.checkpoint, f.tasks or None, f.num_heads or None, f.size)
+  ipt_import.write_workdir(params, cfg, names, f.workdir, source=f.checkpoint)
   print(f"imported {f.checkpoint} -> {f.workdir}: tasks {', '.join(names)}; "
         f"{ipt.count_params(params) / 1e6:.2f}M parameters "
         f"(body {ipt.count_params(params['body']) / 1e6:.2f}M)", flush=True)

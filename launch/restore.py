@@ -7,10 +7,9 @@
 checkpoint (or --step). Progress (images, rate, ETA) on stderr; unreadable files are skipped with a
 warning and the rest are restored. Bad input: one line on stderr, exit status 1.
 """
-import sys
-
 import _root  # noqa: F401  (repository root on sys.path for `mtl`)
-from absl import app, flags, logging
+import cli
+from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "A run's (or an imported IPT) workdir.")
 flags.DEFINE_string("task", None, "Task to apply, one of the workdir's tasks (e.g. sr_x2).")
@@ -20,19 +19,11 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.mark_flags_as_required(["workdir", "task", "input", "output"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
-    sys.exit(1)
-  if not flags.FLAGS["verbosity"].present:  # orbax is chatty at INFO
-    logging.set_verbosity(logging.WARNING)
+@cli.absl_main
+def main():
   from mtl import restore
   f = flags.FLAGS
-  try:
-    written, skipped = restore.restore_folder(f.workdir, f.task, f.input, f.output, f.step)
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  written, skipped = restore.restore_folder(f.workdir, f.task, f.input, f.output, f.step)
   print(f"wrote {len(written)} image(s) to {f.output}"
         + (f"; skipped {len(skipped)} unreadable" if skipped else ""), flush=True)
 

@@ -8,9 +8,8 @@ Y channel (MATLAB BT.601 luma, as IPT reports) by default; --rgb scores all thre
 crop `scale` border pixels (--crop_border) and crop the reference to a multiple of the scale
 (--mod_crop). A missing partner or a size mismatch: one line on stderr, exit status 1.
 """
-import sys
-
 import _root  # noqa: F401  (repository root on sys.path for `mtl`)
+import cli
 from absl import app, flags
 
 flags.DEFINE_string("restored", None, "Folder of restored images.")
@@ -25,21 +24,15 @@ flags.DEFINE_string("csv", "", "Also write the per-image scores to this CSV file
 flags.mark_flags_as_required(["restored", "reference"])
 
 
-def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
-    sys.exit(1)
+@cli.absl_main
+def main():
   from mtl import restore
   f = flags.FLAGS
   y_channel = f.y_channel and not f.rgb
-  try:
-    rows, mean = restore.score_folders(f.restored, f.reference, f.crop_border, y_channel,
-                                       f.mod_crop)
-    if f.csv:
-      restore.write_csv(f.csv, rows)
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  rows, mean = restore.score_folders(f.restored, f.reference, f.crop_border, y_channel,
+                                     f.mod_crop)
+  if f.csv:
+    restore.write_csv(f.csv, rows)
   print(restore.format_scores(rows, mean, y_channel), flush=True)
 
 

@@ -127,7 +127,7 @@ def test_score_launcher_csv_and_one_line_errors(tmp_path):
 
 
 def test_published_table_from_an_imported_workdir(tmp_path):
-  from experiments import ipt_published
+  import ipt_published
   cfg, names, params = ipt_import.load(FIXTURE.replace("pretrain6", "finetune1"), num_heads=2)
   workdir = str(tmp_path / "sr2")
   ipt_import.write_workdir(params, cfg, names, workdir)

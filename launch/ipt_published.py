@@ -1,7 +1,7 @@
 """IPT's published tables (Chen et al., CVPR 2021) beside what mtl measures with the released weights.
 
   python launch/import_ipt.py --checkpoint=IPT_sr2.pt --workdir=/ckpt/ipt_sr2     # once per file
-  python experiments/ipt_published.py --benchmark=/data/benchmark \
+  python launch/ipt_published.py --benchmark=/data/benchmark \
       --workdir=/ckpt/ipt_sr2 --workdir=/ckpt/ipt_sr3 ... [--max_images=N] [--save_images]
 
 Each workdir's tasks are scored on their sets (SR: Set5, Set14, B100, Urban100; denoising: CBSD68;
@@ -13,11 +13,10 @@ PSNR (SR: `scale` border pixels cropped); RGB PSNR is shown beside it. Results a
 <workdir>/results-<step>-<task>.json; --save_images writes the restorations under <workdir>/restored/.
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging  # noqa: E402
+import _root  # noqa: F401  (repository root on sys.path)
+import cli
+from absl import app, flags, logging
 
 # Y-channel PSNR (dB) of IPT in the paper. `sure`: False where the value is recalled from the
 # paper's tables rather than checked against a copy (the SR rows match the official README).
@@ -98,25 +97,17 @@ def format_table(rows):
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
-    sys.exit(1)
-  if not flags.FLAGS["verbosity"].present:  # orbax is chatty at INFO
-    logging.set_verbosity(logging.WARNING)
+@cli.absl_main
+def main():
   f = flags.FLAGS
-  try:
-    if not f.benchmark or not os.path.isdir(f.benchmark):
-      raise ValueError(f"--benchmark={f.benchmark} is not a folder; point it to the one holding "
-                       "Set5, Set14, B100, Urban100, CBSD68, Rain100L")
-    if not f.workdir:
-      raise ValueError("pass --workdir=<imported workdir> (repeat it for several)")
-    rows = []
-    for workdir in f.workdir:
-      rows += evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images)
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  if not f.benchmark or not os.path.isdir(f.benchmark):
+    raise ValueError(f"--benchmark={f.benchmark} is not a folder; point it to the one holding "
+                     "Set5, Set14, B100, Urban100, CBSD68, Rain100L")
+  if not f.workdir:
+    raise ValueError("pass --workdir=<imported workdir> (repeat it for several)")
+  rows = []
+  for workdir in f.workdir:
+    rows += evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images)
   print(format_table(rows), flush=True)
 
 
