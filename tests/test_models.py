@@ -83,3 +83,13 @@ def test_patches_times_kernel_is_the_convolution():
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
   np.testing.assert_allclose(ipt.patches(x, 5, 5) @ kernel.reshape(-1, 6), direct,
                              rtol=1e-5, atol=1e-4)
+
+
+def test_attention_uses_cudnn_only_on_gpu_in_half_precision():
+  assert ipt.attention_implementation(jnp.bfloat16, 48, backend="gpu") == "cudnn"
+  assert ipt.attention_implementation(jnp.float32, 48, backend="gpu") == "xla"  # cuDNN: fp16/bf16
+  assert ipt.attention_implementation(jnp.bfloat16, 48, backend="cpu") == "xla"
+  assert ipt.attention_implementation(jnp.bfloat16, 50, backend="gpu") == "xla"  # not 8-aligned
+  q = jax.random.normal(jax.random.key(0), (2, 16, 2, 8))
+  np.testing.assert_allclose(ipt.attention(q, q * 0.5, q), jax.nn.dot_product_attention(
+      q, q * 0.5, q), rtol=1e-6)

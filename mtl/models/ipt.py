@@ -161,9 +161,29 @@ class Attention(nnx.Module):
 
   def __call__(self, q, k, v, batch):
     split = lambda x: x.reshape(batch, -1, self.num_heads, x.shape[-1] // self.num_heads)
-    attended = jax.nn.dot_product_attention(
-        split(self.query(q)), split(self.key(k)), split(self.value(v)))
+    attended = attention(split(self.query(q)), split(self.key(k)), split(self.value(v)))
     return self.out(attended.reshape(q.shape))
+
+
+def attention_implementation(dtype, head_dim, backend=None):
+  """'cudnn' (fused flash attention) on GPUs for the half-precision dtypes and head sizes cuDNN
+  takes, else 'xla'. Chosen by backend at trace time: the same model code runs everywhere."""
+  backend = backend or jax.default_backend()
+  if (backend in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+      and head_dim % 8 == 0 and head_dim <= 128):
+    return "cudnn"
+  return "xla"
+
+
+def attention(q, k, v):
+  """Softmax attention over (B, N, heads, head_dim) through jax.nn.dot_product_attention."""
+  implementation = attention_implementation(q.dtype, q.shape[-1])
+  if implementation == "cudnn":
+    try:
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except (NotImplementedError, RuntimeError, ValueError):  # cuDNN absent or too old
+      pass
+  return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
 
 class MLP(nnx.Module):
