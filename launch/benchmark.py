@@ -17,6 +17,8 @@ Sections:
   probe     joint step, every task every step: probe / no-probe time ratio, and the naive
             jax.jacrev probe's ratio, with peak memory of each; PyTorch's per-task loop
   devices   the same joint step on 8 fake CPU devices / 1 device, equal global batch
+  profile   (not in the default) each stage of a one-task step alone, forward + backward: head,
+            body, one encoder layer / attention / MLP, each task's tail, the optimizer update
 """
 import os
 import resource
@@ -28,6 +30,8 @@ import time
 import _root  # noqa: F401
 from absl import app, flags
 
+SIX_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
+
 flags.DEFINE_list("sections", ["train", "pipeline", "probe", "devices"], "What to measure.")
 flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (experiments/base.py SIZES).")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported).")
@@ -35,6 +39,8 @@ flags.DEFINE_integer("batch_size", 8, "Images per task per step.")
 flags.DEFINE_integer("devices", 8, "Fake CPU devices for the devices section.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Compute dtype (parameters and optimizer state stay float32).")
+flags.DEFINE_list("tasks", list(SIX_TASKS), "Tasks timed by the train section (of the six).")
+flags.DEFINE_string("compile_cache", "", "Persistent XLA compilation cache directory ('': off).")
 flags.DEFINE_list("against", [], "Peers timed in the same run, interleaved with ours: torch.")
 flags.DEFINE_string("ipt_repo", os.environ.get("IPT_REPO", ""),
                     "Checkout of huawei-noah/Pretrained-IPT (default: $IPT_REPO).")
@@ -43,8 +49,6 @@ flags.DEFINE_string("torch_python", os.environ.get("TORCH_PYTHON", sys.executabl
                     "else this one).")
 flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0: the CPU count).")
 FLAGS = flags.FLAGS
-
-SIX_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 
 
 def _config(size, tasks, devices=1):
@@ -104,12 +108,16 @@ def _time_interleaved(calls, state, repeats):
 
 
 def _compiled_figures(jitted, state, batch):
-  compiled = jitted.lower(state, batch).compile()
+  """(XLA FLOPs per call, compiled peak bytes, the compiled executable, compile seconds)."""
+  from mtl import compile_cache
+  compiled, seconds = compile_cache.compile_timed(jitted, state, batch, log=None)
   cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
   memory = compiled.memory_analysis()
   peak = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
           + memory.output_size_in_bytes - memory.alias_size_in_bytes) if memory else float("nan")
-  return float(cost.get("flops", float("nan"))), peak
+  return float(cost.get("flops", float("nan"))), peak, compiled, seconds
 
 
 def _step(run, config, names, probe=False):
@@ -248,22 +256,23 @@ def section_train(size):
   import jax
   import numpy as np
   from mtl import sharding, train
+  names = tuple(FLAGS.tasks)
   config = _config(size, SIX_TASKS)
   run = train.build(config)
   device = jax.devices()[0]
   peak = peak_flops(device, config.precision)
-  print(f"\n[train] size={size}: 6 tasks, one task per step, batch {config.data.batch_size}, "
-        f"{config.precision}; {os.popen('uptime').read().strip()}")
+  print(f"\n[train] size={size}: {len(names)} of 6 tasks, one task per step, batch "
+        f"{config.data.batch_size}, {config.precision}; {os.popen('uptime').read().strip()}")
   peer = _open_peer(config)
   with jax.set_mesh(run.mesh):
     state = run.init_state()
     full = sharding.to_global(_batch(run, config), run.mesh)
     calls = {}
-    for t, name in enumerate(SIX_TASKS):
-      start = time.perf_counter()
-      fn = _step(run, config, (name,))
-      figures = _compiled_figures(fn, state, {name: full[name]})
-      calls[name] = (fn, {name: full[name]}, f"ipt {t}", figures, time.perf_counter() - start)
+    for name in names:
+      flops, mem, compiled, compile_s = _compiled_figures(
+          _step(run, config, (name,)), state, {name: full[name]})
+      calls[name] = (compiled, {name: full[name]}, f"ipt {SIX_TASKS.index(name)}",
+                     (flops, mem), compile_s)
     seconds, torch_seconds = _time_with_peer(
         {k: v[:3] for k, v in calls.items()}, state, peer, FLAGS.repeats)
   if peer:
@@ -271,7 +280,7 @@ def section_train(size):
   print(f"  {'task':<11} {'ms/step':>8} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} "
         f"{'peak MB':>8} {'compile s':>9}" + (f" {'MFU':>6}" if peak else "")
         + (f" {'torch ms':>9} {'ratio':>6}" if peer else ""))
-  for name in SIX_TASKS:
+  for name in names:
     (flops, mem), compile_s, s = calls[name][3], calls[name][4], seconds[name]
     line = (f"  {name:<11} {s * 1e3:>8.1f} {config.data.batch_size / s:>9.1f} "
             f"{flops / 1e9:>11.2f} {flops / 1e9 / s:>8.1f} {mem / 2**20:>8.1f} {compile_s:>9.1f}")
@@ -281,7 +290,7 @@ def section_train(size):
       line += f" {torch_seconds[name] * 1e3:>9.1f} {s / torch_seconds[name]:>6.2f}"
     print(line)
   mean = float(np.mean(list(seconds.values())))
-  flops = float(np.mean([calls[n][3][0] for n in SIX_TASKS]))
+  flops = float(np.mean([calls[n][3][0] for n in names]))
   print(f"  mean over tasks: {mean * 1e3:.1f} ms/step ({config.data.batch_size / mean:.1f} "
         f"images/s)" + (f", MFU {flops / mean / peak:.1%} of {peak / 1e12:.0f} TFLOP/s "
                         f"({device.device_kind}, {config.precision})" if peak else ""))
@@ -294,6 +303,61 @@ def section_train(size):
     print(f"  device peak memory in use: {used / 2**30:.2f} GiB" if used else
           "  device peak memory: not reported by this backend")
   print(f"  process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def section_profile(size):
+  """Where a one-task step's time goes: each stage forward + backward alone, jitted, interleaved."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from mtl import train
+  from mtl.models import ipt
+  config = _config(size, SIX_TASKS)
+  run = train.build(config)
+  model, b = run.model, config.data.batch_size
+  side, f = config.model.patch_size, config.model.n_feats
+  params = model.init(jax.random.key(0))
+  images = jax.random.uniform(jax.random.key(1), (b, side, side, 3)) * 255
+  feats = jnp.zeros((b, side, side, f)) + 1.0
+  grad = lambda fn: jax.jit(jax.grad(lambda p, *a: jnp.sum(fn(p, *a)).astype(jnp.float32)))
+  cfg = model.cfg
+  dtype = jnp.dtype(cfg.compute_dtype)
+  tokens = jax.random.normal(jax.random.key(2), (b * cfg.num_tokens, cfg.token_dim), dtype)
+  enc_graph, enc_state = nnx.split(ipt.EncoderLayer(cfg, nnx.Rngs(0)))
+  att_graph, att_state = nnx.split(ipt.Attention(cfg.token_dim, cfg.num_heads, dtype,
+                                                 nnx.Rngs(0)))
+  mlp_graph, mlp_state = nnx.split(ipt.MLP(cfg.token_dim, cfg.token_dim * cfg.mlp_ratio, dtype,
+                                           nnx.Rngs(0)))
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  opt_state = run.optimizer.init(params)
+  stages = {
+      "head (3x3 + 4 5x5 convs)": (grad(model.head), params["heads"]["sr_x2"], images),
+      "body (all layers)": (grad(lambda p, x, q: model.body(p, x, q)[0]), params["body"], feats,
+                            params["queries"]["sr_x2"]),
+      "  one encoder layer": (grad(lambda s, x: nnx.merge(enc_graph, s)(x, b)), enc_state, tokens),
+      "  one attention": (grad(lambda s, x: nnx.merge(att_graph, s)(x, x, x, b)), att_state,
+                          tokens),
+      "  one MLP": (grad(lambda s, x: nnx.merge(mlp_graph, s)(x)), mlp_state, tokens),
+      "optimizer update (all tasks)": (jax.jit(lambda g, o, p: run.optimizer.update(g, o, p)[0]),
+                                       grads, opt_state, params),
+  }
+  for name in model.task_names:
+    scale = model.specs[model.task_names.index(name)].scale
+    stages[f"tail {name} (x{scale})"] = (grad(lambda p, x, s=scale: model.tail(p, s, x)),
+                                         params["tails"][name], feats)
+  for fn, *args in stages.values():  # compile + warm-up
+    jax.block_until_ready(fn(*args))
+  times = {k: [] for k in stages}
+  for _ in range(FLAGS.repeats):
+    for label, (fn, *args) in stages.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[label].append(time.perf_counter() - start)
+  print(f"\n[profile] size={size}: stages of a one-task step alone, forward + backward, batch {b}, "
+        f"{config.precision}; {os.popen('uptime').read().strip()}")
+  for label, t in sorted(times.items(), key=lambda kv: -np.median(kv[1])):
+    print(f"  {label:<30} {np.median(t) * 1e3:>8.1f} ms")
 
 
 def section_pipeline():
@@ -319,9 +383,10 @@ def section_probe(size):
   with jax.set_mesh(run.mesh):
     batch = sharding.to_global(_batch(run, config), run.mesh)
     state = run.init_state()
-    calls = {label: (_step(run, config, run.model.task_names, probe), batch, "pertask")
-             for label, probe in variants}
-    peaks = {label: _compiled_figures(fn, state, batch)[1] for label, (fn, _, _) in calls.items()}
+    compiled = {label: _compiled_figures(_step(run, config, run.model.task_names, probe), state,
+                                         batch) for label, probe in variants}
+    calls = {label: (c[2], batch, "pertask") for label, c in compiled.items()}
+    peaks = {label: c[1] for label, c in compiled.items()}
     # One PyTorch per-task loop per round, beside our probe step.
     requests = {label: (fn, b, "pertask" if label == "probe" else None)
                 for label, (fn, b, _) in calls.items()}
@@ -374,6 +439,12 @@ def main(argv):
   bad = set(FLAGS.against) - {"torch"}
   if bad:
     raise ValueError(f"--against={','.join(FLAGS.against)}; valid: torch")
+  bad = set(FLAGS.tasks) - set(SIX_TASKS)
+  if bad:
+    raise ValueError(f"--tasks={','.join(FLAGS.tasks)}; valid: {','.join(SIX_TASKS)}")
+  if FLAGS.compile_cache:
+    from mtl import compile_cache
+    compile_cache.enable(FLAGS.compile_cache)
   if "devices" in FLAGS.sections:
     jax.config.update("jax_num_cpu_devices", FLAGS.devices)
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
@@ -385,7 +456,8 @@ def main(argv):
       section_pipeline()
       continue
     for size in FLAGS.sizes:
-      {"train": section_train, "probe": section_probe, "devices": section_devices}[section](size)
+      {"train": section_train, "probe": section_probe, "devices": section_devices,
+       "profile": section_profile}[section](size)
 
 
 if __name__ == "__main__":
