@@ -24,5 +24,9 @@ setup(
         "numpy>=1.26",
         "scipy>=1.12",
     ],
-    extras_require={"test": ["pytest>=8", "pytest-xdist>=3.6"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.6"],
+        # launch/benchmark.py --against=torch: the official PyTorch IPT, timed beside ours.
+        "bench": ["torch>=2.1", "einops>=0.7"],
+    },
 )

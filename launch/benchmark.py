@@ -2,30 +2,53 @@
 
   python launch/benchmark.py                      # everything, tiny and small sizes
   python launch/benchmark.py --sections=train --sizes=small --repeats=7
+  python launch/benchmark.py --sections=train,probe --sizes=small --against=torch \
+      --ipt_repo=PATH --torch_python=PATH                # the official PyTorch IPT, same run
+  python launch/benchmark.py --sections=train --sizes=paper --precision=bfloat16  # accelerator
 
 Every figure is a median over --repeats timed runs after a warm-up (this machine is noisy);
-ratios compare runs made in the same process. Sections:
+ratios compare runs made in the same process, and --against=torch steps the official model
+(launch/torch_peer.py, in a subprocess) right after each of ours, so both see the same load.
+Sections:
   train     one-task steps (IPT schedule), 6 tasks, batch 8: ms/step per task, images/s,
-            XLA FLOPs per step and GFLOP/s, compiled peak memory
+            XLA FLOPs per step and GFLOP/s, compiled peak memory, compile seconds; MFU against
+            the device's peak on accelerators; PyTorch's step per task and the ratio
   pipeline  host input pipeline: crops/s delivered (3 and 6 tasks)
   probe     joint step, every task every step: probe / no-probe time ratio, and the naive
-            jax.jacrev probe's ratio, with peak memory of each
+            jax.jacrev probe's ratio, with peak memory of each; PyTorch's per-task loop
   devices   the same joint step on 8 fake CPU devices / 1 device, equal global batch
+  profile   (not in the default) each stage of a one-task step alone, forward + backward: head,
+            body, one encoder layer / attention / MLP, each task's tail, the optimizer update
 """
+import os
 import resource
+import shutil
+import subprocess
+import sys
 import time
 
 import _root  # noqa: F401
 from absl import app, flags
+
+SIX_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 
 flags.DEFINE_list("sections", ["train", "pipeline", "probe", "devices"], "What to measure.")
 flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (experiments/base.py SIZES).")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported).")
 flags.DEFINE_integer("batch_size", 8, "Images per task per step.")
 flags.DEFINE_integer("devices", 8, "Fake CPU devices for the devices section.")
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
+                  "Compute dtype (parameters and optimizer state stay float32).")
+flags.DEFINE_list("tasks", list(SIX_TASKS), "Tasks timed by the train section (of the six).")
+flags.DEFINE_string("compile_cache", "", "Persistent XLA compilation cache directory ('': off).")
+flags.DEFINE_list("against", [], "Peers timed in the same run, interleaved with ours: torch.")
+flags.DEFINE_string("ipt_repo", os.environ.get("IPT_REPO", ""),
+                    "Checkout of huawei-noah/Pretrained-IPT (default: $IPT_REPO).")
+flags.DEFINE_string("torch_python", os.environ.get("TORCH_PYTHON", sys.executable),
+                    "A Python with torch and einops, for --against=torch (default: $TORCH_PYTHON, "
+                    "else this one).")
+flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0: the CPU count).")
 FLAGS = flags.FLAGS
-
-SIX_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 
 
 def _config(size, tasks, devices=1):
@@ -34,6 +57,7 @@ def _config(size, tasks, devices=1):
   config.tasks = tasks
   config.data.batch_size = FLAGS.batch_size
   config.mesh.data = devices
+  config.precision = FLAGS.precision
   return config
 
 
@@ -84,12 +108,16 @@ def _time_interleaved(calls, state, repeats):
 
 
 def _compiled_figures(jitted, state, batch):
-  compiled = jitted.lower(state, batch).compile()
+  """(XLA FLOPs per call, compiled peak bytes, the compiled executable, compile seconds)."""
+  from mtl import compile_cache
+  compiled, seconds = compile_cache.compile_timed(jitted, state, batch, log=None)
   cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
   memory = compiled.memory_analysis()
   peak = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
           + memory.output_size_in_bytes - memory.alias_size_in_bytes) if memory else float("nan")
-  return float(cost.get("flops", float("nan"))), peak
+  return float(cost.get("flops", float("nan"))), peak, compiled, seconds
 
 
 def _step(run, config, names, probe=False):
@@ -100,7 +128,7 @@ def _step(run, config, names, probe=False):
 
 
 def matmul_gflops(repeats=7):
-  """This process's fp32 matmul speed: the yardstick for the machine's load at the moment."""
+  """This process's fp32 2048^2 matmul speed: context for how loaded the machine is right now."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -115,47 +143,221 @@ def matmul_gflops(repeats=7):
   return 2 * 2048**3 / float(np.median(times)) / 1e9
 
 
-# REFERENCE section 8, official PyTorch IPT at the small size, on a machine with this matmul speed:
-REFERENCE_MATMUL_GFLOPS = 460
-PYTORCH_MS_PER_STEP = 480          # one task per step
-PYTORCH_PROBE_MS_PER_STEP = 3300   # 6 tasks with per-task body gradients + cosines
+# Dense peak FLOP/s per chip by device kind (vendor data sheets), for MFU. Keys are matched as
+# substrings of jax's device_kind, lower-cased; the first match wins.
+PEAK_TFLOPS = (
+    ("h200", {"bfloat16": 989, "float32": 67}),
+    ("h100", {"bfloat16": 989, "float32": 67}),
+    ("a100", {"bfloat16": 312, "float32": 19.5}),
+    ("l4", {"bfloat16": 121, "float32": 30}),
+    ("tpu v5 lite", {"bfloat16": 197, "float32": 197}),
+    ("tpu v5p", {"bfloat16": 459, "float32": 459}),
+    ("tpu v4", {"bfloat16": 275, "float32": 275}),
+    ("tpu v6", {"bfloat16": 918, "float32": 918}),
+)
 
 
-def _at_this_speed(reference_ms, gflops):
-  """A time measured on REFERENCE's machine, scaled to this process's matmul speed."""
-  return reference_ms * REFERENCE_MATMUL_GFLOPS / gflops
+def peak_flops(device, precision):
+  """The device's dense peak FLOP/s at `precision`, or None (CPU, or a kind not in the table)."""
+  if device.platform == "cpu":
+    return None
+  kind = device.device_kind.lower()
+  for key, peaks in PEAK_TFLOPS:
+    if key in kind:
+      return peaks[precision] * 1e12
+  return None
+
+
+def _device_peak_bytes():
+  stats = getattr(__import__("jax").devices()[0], "memory_stats", lambda: None)() or {}
+  return stats.get("peak_bytes_in_use")
+
+
+class TorchPeer:
+  """The official PyTorch IPT in a subprocess (launch/torch_peer.py), stepped on request so that
+  its steps interleave with ours; None-like (`.ok` False) with a one-line reason when it cannot run."""
+
+  def __init__(self, config):
+    self.ok, self.reason, self.proc = False, "", None
+    repo, python = FLAGS.ipt_repo, FLAGS.torch_python
+    if not repo or not os.path.isfile(os.path.join(repo, "model", "ipt.py")):
+      self.reason = (f"no official IPT checkout at --ipt_repo={repo!r} (needs model/ipt.py of "
+                     "huawei-noah/Pretrained-IPT); PyTorch comparison skipped")
+      return
+    probe = subprocess.run([python, "-c", "import torch, einops"], capture_output=True, text=True) \
+        if python and shutil.which(python) or os.path.isfile(python or "") else None
+    if probe is None or probe.returncode:
+      self.reason = (f"--torch_python={python!r} cannot import torch and einops; PyTorch "
+                     "comparison skipped")
+      return
+    m = config.model
+    self.proc = subprocess.Popen(
+        [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py"),
+         f"--ipt_repo={repo}", f"--n_feats={m.n_feats}", f"--patch_size={m.patch_size}",
+         f"--patch_dim={m.patch_dim}", f"--layers={m.num_encoder_layers}",
+         f"--heads={m.num_heads}", f"--batch={config.data.batch_size}",
+         f"--threads={FLAGS.torch_threads or os.cpu_count()}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    first = self.proc.stdout.readline().split()
+    if not first or first[0] != "ready":
+      self.reason = "the PyTorch peer did not start; see its error above"
+      return
+    self.ok, self.num_params = True, int(first[1])
+
+  def step(self, request):
+    """Seconds of one step (timed inside the peer, so pipe latency is not counted)."""
+    self.proc.stdin.write(request + "\n")
+    self.proc.stdin.flush()
+    return float(self.proc.stdout.readline().split()[1]) / 1e3
+
+  def close(self):
+    if self.proc:
+      self.proc.stdin.write("quit\n")
+      self.proc.stdin.close()
+      self.proc.wait()
+
+
+def _time_with_peer(calls, state, peer, repeats):
+  """Like _time_interleaved, with the peer's step for each label (`peer_requests[label]`) run
+  right after ours, so that both see the same machine load."""
+  import jax
+  import numpy as np
+  for fn, batch, request in calls.values():  # compile + warm-up, both sides
+    state = jax.block_until_ready(fn(state, batch))[0]
+    if peer:
+      peer.step(request)
+  ours = {label: [] for label in calls}
+  theirs = {label: [] for label in calls}
+  for _ in range(repeats):
+    for label, (fn, batch, request) in calls.items():
+      start = time.perf_counter()
+      state = jax.block_until_ready(fn(state, batch))[0]
+      ours[label].append(time.perf_counter() - start)
+      taken = peer.step(request) if peer else None
+      if taken is not None:
+        theirs[label].append(taken)
+  med = lambda d: {k: float(np.median(v)) if v else float("nan") for k, v in d.items()}
+  return med(ours), med(theirs)
+
+
+def _open_peer(config):
+  if "torch" not in FLAGS.against:
+    return None
+  peer = TorchPeer(config)
+  if not peer.ok:
+    print(f"  PyTorch: {peer.reason}")
+    return None
+  print(f"  PyTorch peer: official IPT from {FLAGS.ipt_repo}, {peer.num_params} parameters, "
+        f"{FLAGS.torch_threads or os.cpu_count()} threads, steps interleaved with ours")
+  return peer
 
 
 def section_train(size):
   import jax
   import numpy as np
   from mtl import sharding, train
+  names = tuple(FLAGS.tasks)
   config = _config(size, SIX_TASKS)
   run = train.build(config)
-  print(f"\n[train] size={size}: 6 tasks, one task per step, batch {config.data.batch_size}")
-  print(f"  {'task':<11} {'ms/step':>8} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} "
-        f"{'peak MB':>8}")
+  device = jax.devices()[0]
+  peak = peak_flops(device, config.precision)
+  print(f"\n[train] size={size}: {len(names)} of 6 tasks, one task per step, batch "
+        f"{config.data.batch_size}, {config.precision}; {os.popen('uptime').read().strip()}")
+  peer = _open_peer(config)
   with jax.set_mesh(run.mesh):
     state = run.init_state()
     full = sharding.to_global(_batch(run, config), run.mesh)
-    calls = {name: (_step(run, config, (name,)), {name: full[name]}) for name in SIX_TASKS}
-    figures = {name: _compiled_figures(fn, state, batch) for name, (fn, batch) in calls.items()}
-    seconds = _time_interleaved(calls, state, FLAGS.repeats)
-  for name in SIX_TASKS:
-    (flops, peak), s = figures[name], seconds[name]
-    print(f"  {name:<11} {s * 1e3:>8.1f} {config.data.batch_size / s:>9.1f} "
-          f"{flops / 1e9:>11.2f} {flops / 1e9 / s:>8.1f} {peak / 2**20:>8.1f}")
+    calls = {}
+    for name in names:
+      flops, mem, compiled, compile_s = _compiled_figures(
+          _step(run, config, (name,)), state, {name: full[name]})
+      calls[name] = (compiled, {name: full[name]}, f"ipt {SIX_TASKS.index(name)}",
+                     (flops, mem), compile_s)
+    seconds, torch_seconds = _time_with_peer(
+        {k: v[:3] for k, v in calls.items()}, state, peer, FLAGS.repeats)
+  if peer:
+    peer.close()
+  print(f"  {'task':<11} {'ms/step':>8} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} "
+        f"{'peak MB':>8} {'compile s':>9}" + (f" {'MFU':>6}" if peak else "")
+        + (f" {'torch ms':>9} {'ratio':>6}" if peer else ""))
+  for name in names:
+    (flops, mem), compile_s, s = calls[name][3], calls[name][4], seconds[name]
+    line = (f"  {name:<11} {s * 1e3:>8.1f} {config.data.batch_size / s:>9.1f} "
+            f"{flops / 1e9:>11.2f} {flops / 1e9 / s:>8.1f} {mem / 2**20:>8.1f} {compile_s:>9.1f}")
+    if peak:
+      line += f" {flops / s / peak:>6.1%}"
+    if peer:
+      line += f" {torch_seconds[name] * 1e3:>9.1f} {s / torch_seconds[name]:>6.2f}"
+    print(line)
   mean = float(np.mean(list(seconds.values())))
+  flops = float(np.mean([calls[n][3][0] for n in names]))
   print(f"  mean over tasks: {mean * 1e3:.1f} ms/step ({config.data.batch_size / mean:.1f} "
-        f"images/s)")
-  if size == "small":  # the size of the PyTorch figure: n_feats 32, 2+2 layers, 4 heads
-    gflops = matmul_gflops()
-    pytorch_ms = _at_this_speed(PYTORCH_MS_PER_STEP, gflops)
-    print(f"  fp32 2048^2 matmul in this process: {gflops:.0f} GFLOP/s (the machine of REFERENCE "
-          f"section 8: ~{REFERENCE_MATMUL_GFLOPS}); official PyTorch IPT: ~{PYTORCH_MS_PER_STEP} "
-          f"ms/step there, ~{pytorch_ms:.0f} ms at this matmul speed; ours / that = "
-          f"{mean * 1e3 / pytorch_ms:.2f}")
+        f"images/s)" + (f", MFU {flops / mean / peak:.1%} of {peak / 1e12:.0f} TFLOP/s "
+                        f"({device.device_kind}, {config.precision})" if peak else ""))
+  if peer:
+    torch_mean = float(np.mean(list(torch_seconds.values())))
+    print(f"  official PyTorch IPT, same run: {torch_mean * 1e3:.1f} ms/step; mtl / PyTorch = "
+          f"{mean / torch_mean:.2f}")
+  if device.platform != "cpu":
+    used = _device_peak_bytes()
+    print(f"  device peak memory in use: {used / 2**30:.2f} GiB" if used else
+          "  device peak memory: not reported by this backend")
   print(f"  process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+def section_profile(size):
+  """Where a one-task step's time goes: each stage forward + backward alone, jitted, interleaved."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from mtl import train
+  from mtl.models import ipt
+  config = _config(size, SIX_TASKS)
+  run = train.build(config)
+  model, b = run.model, config.data.batch_size
+  side, f = config.model.patch_size, config.model.n_feats
+  params = model.init(jax.random.key(0))
+  images = jax.random.uniform(jax.random.key(1), (b, side, side, 3)) * 255
+  feats = jnp.zeros((b, side, side, f)) + 1.0
+  grad = lambda fn: jax.jit(jax.grad(lambda p, *a: jnp.sum(fn(p, *a)).astype(jnp.float32)))
+  cfg = model.cfg
+  dtype = jnp.dtype(cfg.compute_dtype)
+  tokens = jax.random.normal(jax.random.key(2), (b * cfg.num_tokens, cfg.token_dim), dtype)
+  enc_graph, enc_state = nnx.split(ipt.EncoderLayer(cfg, nnx.Rngs(0)))
+  att_graph, att_state = nnx.split(ipt.Attention(cfg.token_dim, cfg.num_heads, dtype,
+                                                 nnx.Rngs(0)))
+  mlp_graph, mlp_state = nnx.split(ipt.MLP(cfg.token_dim, cfg.token_dim * cfg.mlp_ratio, dtype,
+                                           nnx.Rngs(0)))
+  grads = jax.tree_util.tree_map(jnp.ones_like, params)
+  opt_state = run.optimizer.init(params)
+  stages = {
+      "head (3x3 + 4 5x5 convs)": (grad(model.head), params["heads"]["sr_x2"], images),
+      "body (all layers)": (grad(lambda p, x, q: model.body(p, x, q)[0]), params["body"], feats,
+                            params["queries"]["sr_x2"]),
+      "  one encoder layer": (grad(lambda s, x: nnx.merge(enc_graph, s)(x, b)), enc_state, tokens),
+      "  one attention": (grad(lambda s, x: nnx.merge(att_graph, s)(x, x, x, b)), att_state,
+                          tokens),
+      "  one MLP": (grad(lambda s, x: nnx.merge(mlp_graph, s)(x)), mlp_state, tokens),
+      "optimizer update (all tasks)": (jax.jit(lambda g, o, p: run.optimizer.update(g, o, p)[0]),
+                                       grads, opt_state, params),
+  }
+  for name in model.task_names:
+    scale = model.specs[model.task_names.index(name)].scale
+    stages[f"tail {name} (x{scale})"] = (grad(lambda p, x, s=scale: model.tail(p, s, x)),
+                                         params["tails"][name], feats)
+  for fn, *args in stages.values():  # compile + warm-up
+    jax.block_until_ready(fn(*args))
+  times = {k: [] for k in stages}
+  for _ in range(FLAGS.repeats):
+    for label, (fn, *args) in stages.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[label].append(time.perf_counter() - start)
+  print(f"\n[profile] size={size}: stages of a one-task step alone, forward + backward, batch {b}, "
+        f"{config.precision}; {os.popen('uptime').read().strip()}")
+  for label, t in sorted(times.items(), key=lambda kv: -np.median(kv[1])):
+    print(f"  {label:<30} {np.median(t) * 1e3:>8.1f} ms")
 
 
 def section_pipeline():
@@ -172,28 +374,46 @@ def section_pipeline():
 def section_probe(size):
   import jax
   from mtl import sharding, train
-  print(f"\n[probe] size={size}: joint step, 6 tasks every step, batch {FLAGS.batch_size} per task")
+  print(f"\n[probe] size={size}: joint step, 6 tasks every step, batch {FLAGS.batch_size} per "
+        f"task; {os.popen('uptime').read().strip()}")
   config = _config(size, SIX_TASKS)
   run = train.build(config)
   variants = (("no probe", False), ("probe", True), ("naive jacrev", "jacrev"))
+  peer = _open_peer(config)
   with jax.set_mesh(run.mesh):
     batch = sharding.to_global(_batch(run, config), run.mesh)
     state = run.init_state()
-    calls = {label: (_step(run, config, run.model.task_names, probe), batch)
-             for label, probe in variants}
-    peaks = {label: _compiled_figures(fn, state, batch)[1] for label, (fn, _) in calls.items()}
-    seconds = _time_interleaved(calls, state, FLAGS.repeats)
+    compiled = {label: _compiled_figures(_step(run, config, run.model.task_names, probe), state,
+                                         batch) for label, probe in variants}
+    calls = {label: (c[2], batch, "pertask") for label, c in compiled.items()}
+    peaks = {label: c[1] for label, c in compiled.items()}
+    # One PyTorch per-task loop per round, beside our probe step.
+    requests = {label: (fn, b, "pertask" if label == "probe" else None)
+                for label, (fn, b, _) in calls.items()}
+    seconds, torch_seconds = _time_with_peer(requests, state, _Only(peer), FLAGS.repeats)
+  if peer:
+    peer.close()
   for label in calls:
     print(f"  {label:<13} {seconds[label] * 1e3:>8.1f} ms/step  ratio "
           f"{seconds[label] / seconds['no probe']:5.2f}  peak {peaks[label] / 2**20:8.1f} MB")
-  if size != "small":  # the PyTorch figure is for the small size
-    return
-  gflops = matmul_gflops()
-  print(f"  official PyTorch IPT, 6 tasks with per-task body gradients + cosines: "
-        f"~{PYTORCH_PROBE_MS_PER_STEP} ms/step at the small size on the machine of REFERENCE "
-        f"section 8 (matmul ~{REFERENCE_MATMUL_GFLOPS} GFLOP/s), "
-        f"~{_at_this_speed(PYTORCH_PROBE_MS_PER_STEP, gflops):.0f} ms at this process's "
-        f"{gflops:.0f} GFLOP/s")
+  if peer:
+    t = torch_seconds["probe"]
+    print(f"  official PyTorch IPT per-task loop (6 backward passes, body gradients kept apart, "
+          f"cosines), same run: {t * 1e3:.1f} ms/step; mtl probe / PyTorch = "
+          f"{seconds['probe'] / t:.2f}")
+
+
+class _Only:
+  """A peer that runs only the requests that are not None (labels without a PyTorch twin)."""
+
+  def __init__(self, peer):
+    self.peer = peer
+
+  def __bool__(self):
+    return bool(self.peer)
+
+  def step(self, request):
+    return self.peer.step(request) if request else None
 
 
 def section_devices(size):
@@ -216,17 +436,28 @@ def section_devices(size):
 def main(argv):
   del argv
   import jax
+  bad = set(FLAGS.against) - {"torch"}
+  if bad:
+    raise ValueError(f"--against={','.join(FLAGS.against)}; valid: torch")
+  bad = set(FLAGS.tasks) - set(SIX_TASKS)
+  if bad:
+    raise ValueError(f"--tasks={','.join(FLAGS.tasks)}; valid: {','.join(SIX_TASKS)}")
+  if FLAGS.compile_cache:
+    from mtl import compile_cache
+    compile_cache.enable(FLAGS.compile_cache)
   if "devices" in FLAGS.sections:
     jax.config.update("jax_num_cpu_devices", FLAGS.devices)
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"{len(jax.devices())} device(s): {jax.devices()[0].device_kind}; repeats={FLAGS.repeats}; "
-        f"fp32 matmul {matmul_gflops():.0f} GFLOP/s")
+        f"fp32 2048^2 matmul in this process {matmul_gflops():.0f} GFLOP/s (context, not a "
+        f"yardstick); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   for section in FLAGS.sections:
     if section == "pipeline":
       section_pipeline()
       continue
     for size in FLAGS.sizes:
-      {"train": section_train, "probe": section_probe, "devices": section_devices}[section](size)
+      {"train": section_train, "probe": section_probe, "devices": section_devices,
+       "profile": section_profile}[section](size)
 
 
 if __name__ == "__main__":

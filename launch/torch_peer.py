@@ -1,0 +1,102 @@
+"""Times the official PyTorch IPT (Chen et al., 2021; huawei-noah/Pretrained-IPT) step by step on
+request, so that launch/benchmark.py can interleave its steps with mtl's in one run.
+
+Run by launch/benchmark.py with a Python that has torch (never a dependency of mtl):
+  /path/to/python launch/torch_peer.py --ipt_repo=PATH --n_feats=32 --layers=2 --heads=4 --batch=8
+
+Protocol, one line each way: the peer prints `ready <parameter count>` once built; then for each
+request line it runs one step and prints `ms <milliseconds>`:
+  ipt <t>    one IPT training step of task index t (Adam, L1 loss), as the official trainer does
+  pertask    every task at the same parameters, one backward per task, the body's per-task
+             gradients kept apart and their cosine matrix formed, one Adam step on the sum
+  quit       exit
+"""
+import argparse
+import os
+import sys
+import time
+import types
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--ipt_repo", required=True, help="checkout of huawei-noah/Pretrained-IPT")
+  parser.add_argument("--n_feats", type=int, default=32)
+  parser.add_argument("--patch_size", type=int, default=48)
+  parser.add_argument("--patch_dim", type=int, default=3)
+  parser.add_argument("--layers", type=int, default=2)
+  parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--scales", default="2,3,4,1,1,1", help="one upscaling factor per task")
+  args = parser.parse_args()
+
+  import torch
+  torch.set_num_threads(args.threads)
+  if not os.path.isfile(os.path.join(args.ipt_repo, "model", "ipt.py")):
+    raise FileNotFoundError(f"--ipt_repo={args.ipt_repo} has no model/ipt.py; give a checkout of "
+                            "huawei-noah/Pretrained-IPT")
+  sys.path.insert(0, args.ipt_repo)
+  from model import ipt as official  # noqa: E402  (the user's checkout, imported by path)
+
+  scales = [int(s) for s in args.scales.split(",")]
+  model_args = types.SimpleNamespace(
+      n_feats=args.n_feats, patch_size=args.patch_size, patch_dim=args.patch_dim,
+      num_heads=args.heads, num_layers=args.layers, num_queries=len(scales), scale=scales,
+      rgb_range=255, n_colors=3, dropout_rate=0.0, no_mlp=False, pos_every=False, no_pos=False,
+      no_norm=False)
+  torch.manual_seed(0)
+  model = official.ipt(model_args)
+  params = [p for p in model.parameters() if p.requires_grad]
+  body_ids = {id(p) for p in model.body.parameters()}
+  optimizer = torch.optim.Adam(params, 1e-4)
+  side = args.patch_size
+  inputs = torch.rand(args.batch, 3, side, side) * 255
+  targets = {s: torch.rand(args.batch, 3, side * s, side * s) * 255 for s in set(scales)}
+
+  def task_loss(t):
+    model.set_scale(t)
+    return (model(inputs) - targets[scales[t]]).abs().mean()
+
+  def ipt_step(t):
+    optimizer.zero_grad()
+    task_loss(t).backward()
+    optimizer.step()
+
+  def pertask_step():
+    total = [torch.zeros_like(p) for p in params]
+    rows = []
+    for t in range(len(scales)):
+      grads = torch.autograd.grad(task_loss(t), params, allow_unused=True)
+      row = []
+      for p, g, acc in zip(params, grads, total):
+        g = torch.zeros_like(p) if g is None else g
+        acc += g
+        if id(p) in body_ids:
+          row.append(g.reshape(-1))
+      rows.append(torch.cat(row))
+    for p, acc in zip(params, total):
+      p.grad = acc
+    g = torch.stack(rows)
+    norms = g.norm(dim=1, keepdim=True)
+    cosines = (g @ g.T) / (norms @ norms.T)
+    optimizer.step()
+    return cosines
+
+  print(f"ready {sum(p.numel() for p in params)}", flush=True)
+  for line in sys.stdin:
+    words = line.split()
+    if not words or words[0] == "quit":
+      break
+    start = time.perf_counter()
+    if words[0] == "ipt":
+      ipt_step(int(words[1]))
+    elif words[0] == "pertask":
+      pertask_step()
+    else:
+      raise ValueError(f"request {line.strip()!r}; valid: 'ipt <task index>', 'pertask', 'quit'")
+    print(f"ms {(time.perf_counter() - start) * 1e3:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()

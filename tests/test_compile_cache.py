@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mtl import compile_cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A fresh process each time: the cache is process-wide configuration.
+PROGRAM = """
+import sys, jax, jax.numpy as jnp
+from mtl import compile_cache
+hits = []
+jax.monitoring.register_event_listener(
+    lambda event, **kw: hits.append(event) if event.endswith("cache_hits") else None)
+compile_cache.enable(sys.argv[1])
+f = jax.jit(lambda x: jnp.tanh(x @ x.T).sum())
+compiled, seconds = compile_cache.compile_timed(f, jnp.ones((64, 64)), label="probe", log=None)
+print(len(hits), float(compiled(jnp.ones((64, 64)))))
+"""
+
+
+def _run(directory):
+  out = subprocess.run([sys.executable, "-c", PROGRAM, directory], capture_output=True,
+                       text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), check=True)
+  hits, value = out.stdout.split()
+  return int(hits), float(value)
+
+
+def test_second_process_loads_the_step_from_the_cache(tmp_path):
+  cold_hits, cold_value = _run(str(tmp_path))
+  assert cold_hits == 0 and os.listdir(tmp_path)  # compiled, then written
+  warm_hits, warm_value = _run(str(tmp_path))
+  assert warm_hits >= 1 and warm_value == cold_value
+
+
+def test_empty_directory_is_refused():
+  with pytest.raises(ValueError, match="compile cache directory"):
+    compile_cache.enable("")
