@@ -136,16 +136,16 @@ def submit(study, runs, dry_run, out=sys.stdout):
   if cli.is_url(study.workdir):
     raise ValueError(f"--workdir={study.workdir}: SLURM jobs need a shared filesystem path")
   jobs, known = plan(study, runs, args)
-  done = sum(study.is_done(r.name) for r in runs)
-  out.write(f"# study {study.name}: {len(runs)} runs in {study.workdir}: {done} done, "
-            f"{len(known)} already queued or running, {len(jobs)} jobs to submit\n")
   variables = {spec.name: f"JOB_{i}" for i, (spec, *_) in enumerate(jobs, 1)}
   ids = dict(known)
   if not dry_run:
-    study.prepare()
     if jobs and shutil.which("sbatch") is None:
       raise ValueError("sbatch not found on PATH; submit from a SLURM login node, or add "
                        "--dry_run to print the sbatch calls")
+    study.prepare()
+  done = sum(study.is_done(r.name) for r in runs)
+  out.write(f"# study {study.name}: {len(runs)} runs in {study.workdir}: {done} done, "
+            f"{len(known)} already queued or running, {len(jobs)} jobs to submit\n")
   for spec, path, script, after in jobs:
     refs = [ids.get(name) or f"${variables[name]}" for name in after]
     call = ["sbatch", "--parsable"] + ([f"--dependency=afterok:{':'.join(refs)}"] if refs
@@ -169,15 +169,15 @@ def submit(study, runs, dry_run, out=sys.stdout):
     io.write_json(jobs_file, dict(recorded, **{spec.name: ids[spec.name]}))
     out.write(f"submitted {spec.name} as job {ids[spec.name]}"
               + (f" (after {', '.join(after)})" if after else "") + "\n")
-  graph = {}
+  graph = {}  # {the runs waited for: the runs waiting}
   for spec, _, _, after in jobs:
-    for name in after:
-      graph.setdefault(name, []).append(spec.name)
+    if after:
+      graph.setdefault(tuple(after), []).append(spec.name)
   if graph:
     out.write(f"# dependencies (a fine-tune starts when every lr of its sweep is done and picks "
               f"the best on {study.validation}):\n")
-    for name, children in graph.items():
-      out.write(f"#   {name} -> {', '.join(children)}\n")
+    for after, children in graph.items():
+      out.write(f"#   {', '.join(after)} -> {', '.join(children)}\n")
   out.flush()
   return 0
 
