@@ -104,11 +104,13 @@ def options(prefix=""):
   return args
 
 
-def render(args, command, workdir, log_dir):
-  """The batch script's text: `command` (a list) run by srun in the repository; `workdir` is the
-  run whose checkpoints decide the requeue; SLURM's output is appended under `log_dir`."""
-  directives = [f"--job-name={args.job_name}", f"--nodes={args.nodes}",
-                f"--ntasks-per-node={args.gpus_per_node}", "--gpus-per-task=1",
+def render(args, command, workdir, log_dir, one_process=False):
+  """The batch script's text: `command` (a list) run by srun in the repository, one process per
+  GPU (or with `one_process`, one process owning the node's GPUs); `workdir` is the run whose
+  checkpoints decide the requeue; SLURM's output is appended under `log_dir`."""
+  layout = ([f"--ntasks-per-node=1", f"--gpus-per-node={args.gpus_per_node}"] if one_process
+            else [f"--ntasks-per-node={args.gpus_per_node}", "--gpus-per-task=1"])
+  directives = [f"--job-name={args.job_name}", f"--nodes={args.nodes}", *layout,
                 f"--time={args.time}"]
   if args.cpus_per_task:
     directives.append(f"--cpus-per-task={args.cpus_per_task}")

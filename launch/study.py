@@ -18,7 +18,8 @@ sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU the
 processes sharing the cores.
 
 --submit=slurm submits one job per run not done (`sbatch`, the script of launch/slurm.py with
---slurm_* options; each job runs `launch/study.py --workdir=<study> --only=<run>`); a fine-tune's
+--slurm_* options; each job is one process, `launch/study.py --workdir=<study> --only=<run>`,
+owning --slurm_gpus_per_node GPUs, default 1); a fine-tune's
 job starts after every lr of its pre-training sweep (--dependency=afterok:...) and picks the best
 on validation at its start. With --dry_run it prints the sbatch calls and the dependency graph.
 Submitted job ids are kept in <workdir>/slurm/jobs.json.
@@ -124,7 +125,10 @@ def plan(study, runs, args):
     if FLAGS.jax_cache:
       command.append(f"--jax_cache={FLAGS.jax_cache}")
     log_dir = os.path.join(study.workdir, "slurm")
-    script = slurm.render(type(args)(**options), command, study.run_dir(spec.name), log_dir)
+    # One study process per job: it picks a fine-tune's start, trains (one process owning the
+    # job's GPUs) and marks the run done; several srun tasks would race for the run's lock.
+    script = slurm.render(type(args)(**options), command, study.run_dir(spec.name), log_dir,
+                          one_process=True)
     jobs.append((spec, os.path.join(log_dir, f"{spec.name}.sbatch"), script, deps[spec.name]))
   return jobs, known
 
@@ -133,6 +137,9 @@ def submit(study, runs, dry_run, out=sys.stdout):
   """Submit (or with dry_run print) one sbatch job per run, fine-tunes after their sweep."""
   from mtl import io
   args = slurm.options("slurm_")
+  if args.nodes != 1:
+    raise ValueError(f"--slurm_nodes={args.nodes}: a study's run is one process on one node; "
+                     "give it more GPUs with --slurm_gpus_per_node")
   if cli.is_url(study.workdir):
     raise ValueError(f"--workdir={study.workdir}: SLURM jobs need a shared filesystem path")
   jobs, known = plan(study, runs, args)

@@ -108,6 +108,41 @@ def test_submit_skips_done_runs_and_their_dependencies(study_file, tmp_path):
   assert "--dependency=afterok:$JOB_3 " in calls[3] and "--dependency=afterok:$JOB_3 " in calls[4]
 
 
+def test_submit_writes_scripts_chains_real_job_ids_and_skips_queued_jobs(study_file, tmp_path):
+  """With stand-in sbatch / squeue on PATH: the scripts, the ids in the dependencies, jobs.json,
+  and a second submission that finds every job still queued and submits nothing."""
+  bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text(
+      f'#!/bin/bash\necho "sbatch $*" >> {log}\nn=$(wc -l < {log})\necho "$((1000 + n));cluster"\n')
+  (bin_dir / "squeue").write_text(f'#!/bin/bash\nseq 1001 1100\n')  # every job still queued
+  for tool in ("sbatch", "squeue"):
+    (bin_dir / tool).chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+  workdir = str(tmp_path / "study")
+  args = [sys.executable, "launch/study.py", f"--config={study_file}", f"--workdir={workdir}",
+          "--submit=slurm", "--slurm_gpus_per_node=2"]
+  out = subprocess.run(args, cwd=ROOT, text=True, capture_output=True, env=env, timeout=120)
+  assert out.returncode == 0, out.stdout + out.stderr
+  calls = log.read_text().splitlines()
+  assert calls[3] == (f"sbatch --parsable --dependency=afterok:1003 "
+                      f"{workdir}/slurm/finetune-denoise_30-lr1e-3-s0.sbatch")
+  assert "submitted finetune-derain-lr1e-3-s0 as job 1005 (after joint-lr1e-3-s0)" in out.stdout
+  with open(os.path.join(workdir, "slurm", "jobs.json")) as f:
+    assert json.load(f)["joint-lr1e-3-s0"] == "1003"
+  script = open(f"{workdir}/slurm/joint-lr1e-3-s0.sbatch").read().splitlines()
+  assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=2" in script
+  assert (f"srun --kill-on-bad-exit=1 python launch/study.py --workdir={workdir} "
+          "--only=joint-lr1e-3-s0") in script
+  assert f"WORKDIR={workdir}/runs/joint-lr1e-3-s0" in script  # the requeue rule's run
+  again = subprocess.run(args, cwd=ROOT, text=True, capture_output=True, env=env, timeout=120)
+  assert again.returncode == 0, again.stderr
+  assert again.stdout.splitlines() == [
+      f"# study micro: 5 runs in {workdir}: 0 done, 5 already queued or running, 0 jobs to "
+      "submit"]
+  assert len(log.read_text().splitlines()) == 5
+
+
 def test_submit_without_sbatch_says_so(study_file, tmp_path):
   env = dict(os.environ, PATH=os.path.dirname(sys.executable))
   out = subprocess.run([sys.executable, "launch/study.py", f"--config={study_file}",
