@@ -49,8 +49,8 @@ def absolute_train_args(train_args, cwd):
     elif name in ("--workdir", "--config"):
       raise cli.UsageError(f"{arg}: write it as {arg}=VALUE (one argument)")
     if name.lstrip("-") in cli.OWNED:
-      raise cli.UsageError(f"{arg}: under SLURM jax.distributed gets the process layout from SLURM; "
-                           "remove it")
+      raise cli.UsageError(f"{arg}: under SLURM jax.distributed gets the process layout from "
+                           "SLURM; remove it")
     out.append(arg)
   if workdir is None:
     raise cli.UsageError("train.py arguments need --workdir=DIR (on a filesystem all nodes see), "
@@ -108,7 +108,7 @@ def render(args, command, workdir, log_dir, one_process=False):
   """The batch script's text: `command` (a list) run by srun in the repository, one process per
   GPU (or with `one_process`, one process owning the node's GPUs); `workdir` is the run whose
   checkpoints decide the requeue; SLURM's output is appended under `log_dir`."""
-  layout = ([f"--ntasks-per-node=1", f"--gpus-per-node={args.gpus_per_node}"] if one_process
+  layout = (["--ntasks-per-node=1", f"--gpus-per-node={args.gpus_per_node}"] if one_process
             else [f"--ntasks-per-node={args.gpus_per_node}", "--gpus-per-task=1"])
   directives = [f"--job-name={args.job_name}", f"--nodes={args.nodes}", *layout,
                 f"--time={args.time}"]

@@ -21,7 +21,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 
 from absl import flags
 
@@ -63,7 +62,8 @@ def check(args, train_args):
                          "e.g. -- --config=experiments/tiny.py --workdir=/mnt/shared/mtl/tiny")
   for arg in train_args:
     if cli.owned_flag(arg):
-      raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; remove it")
+      raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; "
+                           "remove it")
 
 
 def remote_command(args, train_args):

@@ -250,7 +250,8 @@ def test_folder_cache_estimate_is_its_stored_pixels_and_it_goes_to_cache_dir(tmp
   rng = np.random.default_rng(0)
   (tmp_path / "imgs").mkdir()
   for name, shape in (("big.png", (300, 200)), ("small.png", (50, 70)), ("edge.png", (128, 129))):
-    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(tmp_path / "imgs" / name)
+    pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "imgs" / name)
   paths = folder.list_images(str(tmp_path / "imgs"))
   estimate = folder.estimate_bytes(paths, tile=128)
   # big: 3 x 2 tiles of 128 x 128; small: whole; edge: 1 x 2 tiles of 128 x 128

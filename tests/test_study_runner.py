@@ -66,7 +66,8 @@ def _fake_done(study, name, val_psnr):
 def test_submit_dry_run_prints_exact_sbatch_calls_and_dependencies(study_file, tmp_path):
   workdir = str(tmp_path / "study")
   out = cli(f"--config={study_file}:swept", f"--workdir={workdir}", "--submit=slurm", "--dry_run",
-            "--slurm_partition=gpu", "--slurm_time=2:00:00", "--slurm_setup=source venv/bin/activate")
+            "--slurm_partition=gpu", "--slurm_time=2:00:00",
+            "--slurm_setup=source venv/bin/activate")
   assert out.returncode == 0, out.stderr
   lines = out.stdout.splitlines()
   assert lines[0] == (f"# study micro: 12 runs in {workdir}: 0 done, 0 already queued or "
@@ -115,7 +116,7 @@ def test_submit_writes_scripts_chains_real_job_ids_and_skips_queued_jobs(study_f
   bin_dir.mkdir()
   (bin_dir / "sbatch").write_text(
       f'#!/bin/bash\necho "sbatch $*" >> {log}\nn=$(wc -l < {log})\necho "$((1000 + n));cluster"\n')
-  (bin_dir / "squeue").write_text(f'#!/bin/bash\nseq 1001 1100\n')  # every job still queued
+  (bin_dir / "squeue").write_text('#!/bin/bash\nseq 1001 1100\n')  # every job still queued
   for tool in ("sbatch", "squeue"):
     (bin_dir / tool).chmod(0o755)
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
