@@ -58,26 +58,30 @@ def absolute_train_args(train_args, cwd):
   return out, workdir
 
 
-def define_flags(prefix="", gpus_per_node=8, job_name="mtl"):
-  """The job's flags; study.py defines them again with prefix 'slurm_' for its runs' jobs."""
+def define_flags(prefix="", gpus_per_node=8, job_name="mtl", module_name=None):
+  """The job's flags; study.py defines them again with prefix 'slurm_' for its runs' jobs (and
+  module_name: its --help lists them among its own)."""
   f = lambda name: prefix + name
-  flags.DEFINE_integer(f("nodes"), 1, "Nodes of the job (>= 1).")
-  flags.DEFINE_integer(f("gpus_per_node"), gpus_per_node,
-                       "GPUs per node = training processes per node (>= 1).")
-  flags.DEFINE_string(f("time"), "24:00:00", "Time limit of the job, [D-]HH:MM:SS.")
-  flags.DEFINE_string(f("partition"), "", "SLURM partition ('' -> the cluster's default).")
-  flags.DEFINE_string(f("account"), "", "SLURM account ('' -> your default).")
-  flags.DEFINE_string(f("job_name"), job_name, "Job name (letters, digits, '_', '.', '-').")
-  flags.DEFINE_integer(f("cpus_per_task"), 0, "CPUs per process (0 -> the cluster's default).")
+  kw = {"module_name": module_name} if module_name else {}
+  flags.DEFINE_integer(f("nodes"), 1, "Nodes of the job (>= 1).", **kw)
+  flags.DEFINE_integer(f("gpus_per_node"), gpus_per_node, "GPUs per node (>= 1); slurm.py starts "
+                       "one process per GPU, a study's job one process owning them.", **kw)
+  flags.DEFINE_string(f("time"), "24:00:00", "Time limit of the job, [D-]HH:MM:SS.", **kw)
+  flags.DEFINE_string(f("partition"), "", "SLURM partition ('' -> the cluster's default).", **kw)
+  flags.DEFINE_string(f("account"), "", "SLURM account ('' -> your default).", **kw)
+  flags.DEFINE_string(f("job_name"), job_name, "Job name (letters, digits, '_', '.', '-').", **kw)
+  flags.DEFINE_integer(f("cpus_per_task"), 0, "CPUs per process (0 -> the cluster's default).",
+                       **kw)
   flags.DEFINE_integer(f("signal_seconds"), 120,
                        "SIGTERM this long before the time limit (must cover a step and a save); "
-                       "0: none.")
+                       "0: none.", **kw)
   flags.DEFINE_bool(f("requeue"), True, "Requeue an unfinished run that advanced its checkpoint "
-                    "(--no" + f("requeue") + " turns it off).")
+                    "(--no" + f("requeue") + " turns it off).", **kw)
   flags.DEFINE_multi_string(f("setup"), [], "A shell line run before srun (module load ..., source "
-                            "venv/bin/activate).")
-  flags.DEFINE_multi_string(f("sbatch"), [], "An extra #SBATCH option, e.g. --sbatch=--qos=high.")
-  flags.DEFINE_string(f("python"), "python", "The interpreter on the nodes.")
+                            "venv/bin/activate).", **kw)
+  flags.DEFINE_multi_string(f("sbatch"), [], "An extra #SBATCH option, e.g. "
+                            f"--{prefix}sbatch=--qos=high.", **kw)
+  flags.DEFINE_string(f("python"), "python", "The interpreter on the nodes.", **kw)
 
 
 def options(prefix=""):

@@ -58,7 +58,7 @@ flags.DEFINE_string("devices", "auto", "With --max_parallel > 1, the GPUs handed
                     "GPUs, else none: CPU processes), 'none', or indices like 0,1,2,3.")
 flags.DEFINE_enum("submit", "", ["", "slurm"], "'' runs here; 'slurm' submits one sbatch job per "
                   "run, with dependencies.")
-slurm.define_flags(prefix="slurm_", gpus_per_node=1, job_name="mtl")
+slurm.define_flags(prefix="slurm_", gpus_per_node=1, job_name="mtl", module_name=sys.argv[0])
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
