@@ -72,8 +72,8 @@ def devices(value, max_parallel):
       raise ValueError(f"--devices={value}; use 'auto', 'none' or GPU indices like 0,1")
     return value.split(",")
   visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-  if visible is not None:
-    return [d for d in visible.split(",") if d.strip()]
+  if visible is not None:  # '' hides every GPU: CPU processes
+    return [d.strip() for d in visible.split(",") if d.strip()] or None
   if shutil.which("nvidia-smi"):
     listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
     gpus = [l for l in listing.stdout.splitlines() if l.startswith("GPU ")]
