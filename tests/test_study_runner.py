@@ -226,3 +226,12 @@ def test_max_parallel_needs_a_device_per_run():
     runner.Runner(None, max_parallel=3, devices=["0", "1"])
   with pytest.raises(ValueError, match="--max_parallel=0 must be >= 1"):
     runner.Runner(None, max_parallel=0)
+
+
+def test_max_parallel_beyond_the_devices_is_one_line(study_file, tmp_path):
+  out = cli(f"--config={study_file}", f"--workdir={tmp_path}/study", "--max_parallel=3",
+            "--devices=4,5")
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == [
+      "error: --max_parallel=3 needs as many devices, one per run; there are 2 (4,5)"]
+  assert not os.path.exists(tmp_path / "study")
