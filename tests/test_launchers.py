@@ -208,6 +208,7 @@ def test_slurm_options_off_and_relative_workdir(tmp_path):
     (["--sbatch=qos=high"], ["--sbatch=qos=high"]),
     (["--", "--config=experiments/tiny.py"], ["--workdir"]),
     (["--", "--workdir=/x", "--num_processes=2"], ["--num_processes=2"]),
+    (["--", "--workdir=gs://bucket/run"], ["--workdir=gs://bucket/run", "gcsfuse"]),
 ])
 def test_slurm_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", "--workdir=/x"]
