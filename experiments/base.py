@@ -29,6 +29,7 @@ def get_config(size="tiny"):
   c.data.folder_tile = 512    # source=folder: images are stored as tiles of this side
   c.data.cache_mb = 1024      # decoded images kept in memory
   c.data.pairs = ""           # real degraded/clean training pairs: 'TASK=PATH,...' (scale-1 tasks)
+  c.data.cache_dir = ""       # source=folder: where its cache of RGB tiles goes ('' -> tfds_dir)
 
   c.degrade = ml_collections.ConfigDict()
   c.degrade.noise_quantize = False  # IPT clips but does not round the noisy image

@@ -1,8 +1,12 @@
-"""What the launchers share: one-line errors and exit codes for absl entry points, and the
-cluster launchers' (local, slurm, tpu_vm) argument parser and `-- <train.py arguments>` split."""
-import argparse
+"""What the launchers share: one-line errors for absl entry points (`absl_main`); for the cluster
+launchers (local, slurm, tpu_vm) absl flags parsed with one-line errors, the
+`-- <train.py arguments>` split, and workdir paths (local or a gs:// style URL)."""
 import functools
+import os
+import re
 import sys
+
+from absl import app, flags
 
 # Flags a launcher owns; the same flags among the train.py arguments would contradict it.
 OWNED = ("coordinator_address", "num_processes", "process_id", "num_cpu_devices")
@@ -12,13 +16,8 @@ class UsageError(Exception):
   pass
 
 
-class Parser(argparse.ArgumentParser):
-  def error(self, message):  # one line, not argparse's usage block
-    raise UsageError(message)
-
-
 def split_args(argv):
-  """(the launcher's own arguments, the train.py arguments after `--`)."""
+  """(the launcher's own arguments, the train.py arguments after the first `--`)."""
   if "--" in argv:
     i = argv.index("--")
     return argv[:i], argv[i + 1:]
@@ -36,7 +35,7 @@ def absl_main(body):
   one `error: ...` line with exit status 1."""
   @functools.wraps(body)
   def main(argv):
-    from absl import flags, logging
+    from absl import logging
     if len(argv) > 1:
       print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
       sys.exit(1)
@@ -48,3 +47,51 @@ def absl_main(body):
       print(f"error: {error}", file=sys.stderr)
       sys.exit(1)
   return main
+
+
+def error(message, status=2):
+  """Print `error: message` (one line) on stderr and exit with `status`."""
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def run(main):
+  """app.run(main) where main(train_args) gets the arguments after `--`; a bad or unknown flag,
+  a stray positional argument or a UsageError from main is one `error:` line (exit status 2).
+  --help shows every flag with its help and default (absl)."""
+  train_args = []
+
+  def parse(argv):
+    nonlocal train_args
+    own, train_args = split_args(argv[1:])
+    try:
+      rest = flags.FLAGS([argv[0], *own])
+    except flags.UnrecognizedFlagError as e:
+      error(f"unknown flag --{e.flagname}; --help lists the flags")
+    except flags.Error as e:
+      error(e)
+    if rest[1:]:
+      error(f"unexpected argument {rest[1]!r}; the train.py arguments go after `--`, "
+            "e.g. -- --config=experiments/tiny.py --workdir=/tmp/mtl/tiny")
+    return rest
+
+  def wrapped(argv):
+    del argv
+    try:
+      return main(train_args)
+    except UsageError as e:
+      error(e)
+
+  app.run(wrapped, flags_parser=parse)
+
+
+def is_url(path):
+  """Whether `path` is a URL such as gs://bucket/dir (etils.epath opens it; os.path cannot)."""
+  return re.match(r"^[a-z][a-z0-9+.-]*://", path) is not None
+
+
+def absolute(path, cwd):
+  """`path` made absolute against `cwd` (~ expanded); a URL (gs://...) is returned unchanged."""
+  if is_url(path):
+    return path
+  return os.path.abspath(os.path.join(cwd, os.path.expanduser(path)))

@@ -1,4 +1,4 @@
-"""N training processes on this machine: the multi-process set-up of a cluster, for testing.
+r"""N training processes on this machine: the multi-process set-up of a cluster, for testing.
 
   python launch/local.py --num_processes=2 --devices_per_process=4 [--port=auto] [--dry_run] \
       -- --config=experiments/tiny.py --workdir=/tmp/mtl/tiny2
@@ -14,7 +14,7 @@ the N x D fake CPU devices form one global mesh, exactly as N hosts of D acceler
 Exit status: the first non-zero exit status of a process (the others are then stopped), else 0.
 Ctrl-C or SIGTERM is forwarded to every process as SIGTERM, so they save a checkpoint at the next
 step boundary and exit; a second Ctrl-C kills them. Re-running the same command resumes.
---dry_run prints the commands, one per line, and exits.
+--dry_run prints the commands, one per line, and exits. --help lists every flag.
 """
 import os
 import shlex
@@ -25,26 +25,29 @@ import sys
 import threading
 import time
 
+from absl import flags
+
 import cli
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 
 
-def parse_args(argv):
-  parser = cli.Parser(prog="launch/local.py", description=__doc__.split("\n")[0])
-  parser.add_argument("--num_processes", type=int, default=2)
-  parser.add_argument("--devices_per_process", type=int, default=4,
-                      help="fake CPU devices per process (--num_cpu_devices of train.py)")
-  parser.add_argument("--port", default="auto", help="coordinator port on 127.0.0.1, or 'auto'")
-  parser.add_argument("--python", default=sys.executable, help="interpreter for the processes")
-  parser.add_argument("--grace_seconds", type=float, default=30.0,
-                      help="after a process fails, how long the others get to stop on SIGTERM")
-  parser.add_argument("--stop_seconds", type=float, default=600.0,
-                      help="after Ctrl-C / SIGTERM, how long the processes get to checkpoint")
-  parser.add_argument("--dry_run", action="store_true", help="print the commands and exit")
-  own, train_args = cli.split_args(argv)
-  args = parser.parse_args(own)
-  args.train_args = train_args
+def define_flags():
+  flags.DEFINE_integer("num_processes", 2, "Training processes to start (>= 1).")
+  flags.DEFINE_integer("devices_per_process", 4,
+                       "Fake CPU devices per process (--num_cpu_devices of train.py, >= 1).")
+  flags.DEFINE_string("port", "auto", "Coordinator port on 127.0.0.1: a number, or 'auto' (a free "
+                      "port).")
+  flags.DEFINE_string("python", sys.executable, "Interpreter that runs launch/train.py.")
+  flags.DEFINE_float("grace_seconds", 30.0, "After a process fails, how long the others get to "
+                     "stop on SIGTERM before SIGKILL.")
+  flags.DEFINE_float("stop_seconds", 600.0, "After Ctrl-C / SIGTERM, how long the processes get to "
+                     "checkpoint before SIGKILL.")
+  flags.DEFINE_bool("dry_run", False, "Print the commands, one per line, and exit.")
+
+
+def check(args, train_args):
+  """UsageError (one line) for a bad flag value or a train.py argument the launcher owns."""
   if args.num_processes < 1:
     raise cli.UsageError(f"--num_processes={args.num_processes} must be >= 1")
   if args.devices_per_process < 1:
@@ -54,7 +57,6 @@ def parse_args(argv):
   for arg in train_args:
     if cli.owned_flag(arg):
       raise cli.UsageError(f"{arg} is set by the launcher; remove it from the train.py arguments")
-  return args
 
 
 def free_port():
@@ -64,8 +66,8 @@ def free_port():
     return s.getsockname()[1]
 
 
-def commands(args, port):
-  return [[args.python, TRAIN, *args.train_args, f"--coordinator_address=127.0.0.1:{port}",
+def commands(args, train_args, port):
+  return [[args.python, TRAIN, *train_args, f"--coordinator_address=127.0.0.1:{port}",
            f"--num_processes={args.num_processes}", f"--process_id={i}",
            f"--num_cpu_devices={args.devices_per_process}"]
           for i in range(args.num_processes)]
@@ -176,14 +178,11 @@ class Launcher:
     return 0
 
 
-def main(argv):
-  try:
-    args = parse_args(argv)
-  except cli.UsageError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
+def main(train_args):
+  args = flags.FLAGS
+  check(args, train_args)
   port = free_port() if args.port == "auto" else int(args.port)
-  cmds = commands(args, port)
+  cmds = commands(args, train_args, port)
   if args.dry_run:
     for cmd in cmds:
       print(shlex.join(cmd))
@@ -192,4 +191,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  cli.run(main)

@@ -1,11 +1,12 @@
-"""A SLURM batch job: one training process per GPU on every node, resumable and requeued.
+r"""A SLURM batch job: one training process per GPU on every node, resumable and requeued.
 
   python launch/slurm.py --nodes=2 --gpus_per_node=8 --time=24:00:00 --partition=gpu \
-      --account=myproj [--job_name=mtl] [--signal_seconds=120] [--no_requeue] [--dry_run] \
+      --account=myproj [--job_name=mtl] [--signal_seconds=120] [--norequeue] [--dry_run] \
       -- --config=experiments/ipt_paper.py --workdir=/shared/ckpt/ipt --config.mesh.fsdp=8
 
 writes <workdir>/slurm/<job_name>.sbatch (from launch/slurm.sbatch.template) and submits it with
-sbatch. --dry_run prints the script and then the sbatch command, and submits nothing.
+sbatch. --dry_run prints the script and then the sbatch command, and submits nothing;
+--help lists every flag with its default.
 
 In the job, `srun` starts nodes x gpus_per_node tasks, each `python launch/train.py ...` with one
 GPU; mtl.distributed sees SLURM_JOB_ID and calls jax.distributed.initialize() without arguments
@@ -21,6 +22,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import types
+
+from absl import flags
 
 import cli
 
@@ -30,12 +34,13 @@ TEMPLATE = os.path.join(HERE, "slurm.sbatch.template")
 
 
 def absolute_train_args(train_args, cwd):
-  """The job runs in the repository: make --workdir and a local --config file absolute."""
+  """The job runs in the repository: make --workdir and a local --config file absolute (a
+  gs:// style workdir stays as it is)."""
   out, workdir = [], None
   for arg in train_args:
     name, eq, value = arg.partition("=")
     if name == "--workdir" and eq:
-      value = workdir = os.path.abspath(os.path.join(cwd, os.path.expanduser(value)))
+      value = workdir = cli.absolute(value, cwd)
       arg = f"{name}={value}"
     elif name == "--config" and eq:
       path, colon, rest = value.partition(":")
@@ -44,57 +49,72 @@ def absolute_train_args(train_args, cwd):
     elif name in ("--workdir", "--config"):
       raise cli.UsageError(f"{arg}: write it as {arg}=VALUE (one argument)")
     if name.lstrip("-") in cli.OWNED:
-      raise cli.UsageError(f"{arg}: under SLURM jax.distributed gets the process layout from SLURM; "
-                       "remove it")
+      raise cli.UsageError(f"{arg}: under SLURM jax.distributed gets the process layout from "
+                           "SLURM; remove it")
     out.append(arg)
   if workdir is None:
     raise cli.UsageError("train.py arguments need --workdir=DIR (on a filesystem all nodes see), "
-                     "e.g. -- --config=experiments/tiny.py --workdir=/shared/mtl/tiny")
+                         "e.g. -- --config=experiments/tiny.py --workdir=/shared/mtl/tiny")
   return out, workdir
 
 
-def parse_args(argv, cwd=None):
-  own, train_args = cli.split_args(argv)
-  p = cli.Parser(prog="launch/slurm.py", description=__doc__.split("\n")[0])
-  p.add_argument("--nodes", type=int, default=1)
-  p.add_argument("--gpus_per_node", type=int, default=8, help="= tasks (processes) per node")
-  p.add_argument("--time", default="24:00:00", help="time limit, [D-]HH:MM:SS")
-  p.add_argument("--partition", default="")
-  p.add_argument("--account", default="")
-  p.add_argument("--job_name", default="mtl")
-  p.add_argument("--cpus_per_task", type=int, default=0, help="0: the cluster's default")
-  p.add_argument("--signal_seconds", type=int, default=120,
-                 help="SIGTERM this long before the time limit (must cover a step and a save); "
-                      "0: none")
-  p.add_argument("--no_requeue", dest="requeue", action="store_false",
-                 help="do not requeue an unfinished run")
-  p.add_argument("--setup", action="append", default=[],
-                 help="a shell line run before srun (module load ..., source venv/bin/activate)")
-  p.add_argument("--sbatch", action="append", default=[],
-                 help="an extra #SBATCH option, e.g. --sbatch=--qos=high")
-  p.add_argument("--python", default="python", help="the interpreter on the nodes")
-  p.add_argument("--dry_run", action="store_true", help="print the script and the command")
-  args = p.parse_args(own)
+def define_flags(prefix="", gpus_per_node=8, job_name="mtl", module_name=None):
+  """The job's flags; study.py defines them again with prefix 'slurm_' for its runs' jobs (and
+  module_name: its --help lists them among its own)."""
+  f = lambda name: prefix + name
+  kw = {"module_name": module_name} if module_name else {}
+  flags.DEFINE_integer(f("nodes"), 1, "Nodes of the job (>= 1).", **kw)
+  flags.DEFINE_integer(f("gpus_per_node"), gpus_per_node, "GPUs per node (>= 1); slurm.py starts "
+                       "one process per GPU, a study's job one process owning them.", **kw)
+  flags.DEFINE_string(f("time"), "24:00:00", "Time limit of the job, [D-]HH:MM:SS.", **kw)
+  flags.DEFINE_string(f("partition"), "", "SLURM partition ('' -> the cluster's default).", **kw)
+  flags.DEFINE_string(f("account"), "", "SLURM account ('' -> your default).", **kw)
+  flags.DEFINE_string(f("job_name"), job_name, "Job name (letters, digits, '_', '.', '-').", **kw)
+  flags.DEFINE_integer(f("cpus_per_task"), 0, "CPUs per process (0 -> the cluster's default).",
+                       **kw)
+  flags.DEFINE_integer(f("signal_seconds"), 120,
+                       "SIGTERM this long before the time limit (must cover a step and a save); "
+                       "0: none.", **kw)
+  flags.DEFINE_bool(f("requeue"), True, "Requeue an unfinished run that advanced its checkpoint "
+                    "(--no" + f("requeue") + " turns it off).", **kw)
+  flags.DEFINE_multi_string(f("setup"), [], "A shell line run before srun (module load ..., source "
+                            "venv/bin/activate).", **kw)
+  flags.DEFINE_multi_string(f("sbatch"), [], "An extra #SBATCH option, e.g. "
+                            f"--{prefix}sbatch=--qos=high.", **kw)
+  flags.DEFINE_string(f("python"), "python", "The interpreter on the nodes.", **kw)
+
+
+def options(prefix=""):
+  """The parsed job flags (without the prefix) as a namespace; UsageError for a bad value."""
+  names = ("nodes", "gpus_per_node", "time", "partition", "account", "job_name", "cpus_per_task",
+           "signal_seconds", "requeue", "setup", "sbatch", "python")
+  args = types.SimpleNamespace(**{n: flags.FLAGS[prefix + n].value for n in names})
   for name in ("nodes", "gpus_per_node"):
     if getattr(args, name) < 1:
-      raise cli.UsageError(f"--{name}={getattr(args, name)} must be >= 1")
-  if args.cpus_per_task < 0 or args.signal_seconds < 0:
-    raise cli.UsageError("--cpus_per_task and --signal_seconds must be >= 0")
+      raise cli.UsageError(f"--{prefix}{name}={getattr(args, name)} must be >= 1")
+  for name in ("cpus_per_task", "signal_seconds"):
+    if getattr(args, name) < 0:
+      raise cli.UsageError(f"--{prefix}{name}={getattr(args, name)} must be >= 0")
   if not re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", args.time):
-    raise cli.UsageError(f"--time={args.time} is not a SLURM time; use [D-]HH:MM:SS, e.g. 24:00:00")
+    raise cli.UsageError(f"--{prefix}time={args.time} is not a SLURM time; use [D-]HH:MM:SS, "
+                         "e.g. 24:00:00")
   if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.job_name):
-    raise cli.UsageError(f"--job_name={args.job_name!r}: use letters, digits, '_', '.', '-'")
+    raise cli.UsageError(f"--{prefix}job_name={args.job_name!r}: use letters, digits, '_', '.', "
+                         "'-'")
   for extra in args.sbatch:
     if not extra.startswith("--"):
-      raise cli.UsageError(f"--sbatch={extra}: give a long option, e.g. --sbatch=--qos=high")
-  args.train_args, args.workdir = absolute_train_args(train_args, cwd or os.getcwd())
+      raise cli.UsageError(f"--{prefix}sbatch={extra}: give a long option, e.g. "
+                           f"--{prefix}sbatch=--qos=high")
   return args
 
 
-def render(args):
-  """The batch script's text."""
-  directives = [f"--job-name={args.job_name}", f"--nodes={args.nodes}",
-                f"--ntasks-per-node={args.gpus_per_node}", "--gpus-per-task=1",
+def render(args, command, workdir, log_dir, one_process=False):
+  """The batch script's text: `command` (a list) run by srun in the repository, one process per
+  GPU (or with `one_process`, one process owning the node's GPUs); `workdir` is the run whose
+  checkpoints decide the requeue; SLURM's output is appended under `log_dir`."""
+  layout = (["--ntasks-per-node=1", f"--gpus-per-node={args.gpus_per_node}"] if one_process
+            else [f"--ntasks-per-node={args.gpus_per_node}", "--gpus-per-task=1"])
+  directives = [f"--job-name={args.job_name}", f"--nodes={args.nodes}", *layout,
                 f"--time={args.time}"]
   if args.cpus_per_task:
     directives.append(f"--cpus-per-task={args.cpus_per_task}")
@@ -106,40 +126,40 @@ def render(args):
     directives.append(f"--signal=TERM@{args.signal_seconds}")
   if args.requeue:
     directives.append("--requeue")
-  directives += ["--open-mode=append",
-                 f"--output={os.path.join(args.workdir, 'slurm', '%x-%j.out')}"]
+  directives += ["--open-mode=append", f"--output={os.path.join(log_dir, '%x-%j.out')}"]
   directives += args.sbatch
   with open(TEMPLATE) as f:
     template = f.read()
-  train = shlex.join([args.python, "launch/train.py", *args.train_args])
   return template.format(
       sbatch="\n".join(f"#SBATCH {d}" for d in directives),
-      repo=shlex.quote(ROOT), workdir=shlex.quote(args.workdir),
+      repo=shlex.quote(ROOT), workdir=shlex.quote(workdir),
       setup="\n".join(args.setup) if args.setup else "# (no --setup lines)",
-      train=train, requeue="1" if args.requeue else "0")
+      train=shlex.join(command), requeue="1" if args.requeue else "0")
 
 
-def script_path(args):
-  return os.path.join(args.workdir, "slurm", f"{args.job_name}.sbatch")
+def local_dir(workdir, prefix=""):
+  """Where the script and SLURM's output go: <workdir>/slurm, which sbatch must see as a file."""
+  if cli.is_url(workdir):
+    raise cli.UsageError(f"--workdir={workdir}: sbatch needs a local (shared) workdir for the job "
+                         "script and its output; mount the bucket (gcsfuse) and give that path")
+  return os.path.join(workdir, "slurm")
 
 
-def main(argv):
-  try:
-    args = parse_args(argv)
-  except cli.UsageError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  script, path = render(args), script_path(args)
+def main(train_args):
+  args = options()
+  train_args, workdir = absolute_train_args(train_args, os.getcwd())
+  log_dir = local_dir(workdir)
+  script = render(args, [args.python, "launch/train.py", *train_args], workdir, log_dir)
+  path = os.path.join(log_dir, f"{args.job_name}.sbatch")
   command = ["sbatch", path]
-  if args.dry_run:
+  if flags.FLAGS.dry_run:
     sys.stdout.write(script)
     print(shlex.join(command))
     return 0
   if shutil.which("sbatch") is None:
-    print("error: sbatch not found on PATH; run this on a SLURM login node, or add --dry_run "
-          "to print the script", file=sys.stderr)
-    return 1
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+    cli.error("sbatch not found on PATH; run this on a SLURM login node, or add --dry_run to "
+              "print the script", status=1)
+  os.makedirs(log_dir, exist_ok=True)
   with open(path, "w") as f:
     f.write(script)
   print(f"wrote {path}", flush=True)
@@ -147,4 +167,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  flags.DEFINE_bool("dry_run", False, "Print the script and the sbatch command; submit nothing.")
+  cli.run(main)

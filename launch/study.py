@@ -1,42 +1,212 @@
-"""Run a study: every run of experiments/studies/<name>.py, one after the other, resumable.
+r"""Run a study: every run of experiments/studies/<name>.py, resumable, here or on a SLURM cluster.
 
   python launch/study.py --config=experiments/studies/mini.py --workdir=/tmp/mtl/mini
   python launch/study.py --config=... --workdir=... --dry_run          # the runs and commands
-  python launch/study.py --config=... --workdir=... --only='joint-*'   # a subset (a cluster job)
+  python launch/study.py --config=... --workdir=... --only='joint-*'   # a subset
+  python launch/study.py --config=... --workdir=... --max_parallel=4   # 4 runs side by side
+  python launch/study.py --config=... --workdir=/shared/mini --submit=slurm \
+      --slurm_partition=gpu --slurm_time=4:00:00 [--dry_run]           # one SLURM job per run
 
-Re-running the same command skips the runs that are DONE and resumes an interrupted one from
-its checkpoint; a different study config for the same --workdir is refused. Tables and report:
-  python launch/report.py --workdir=/tmp/mtl/mini
-Exit status: 0 all selected runs done; 1 bad input or a failed run; 3 some fine-tunes wait for
-pre-training runs not done yet (--only); 128 + signal when interrupted.
+Every start prints the study's status table (done, running, failed, waiting, started, pending
+per run). Re-running the same command skips the runs that are done, skips runs that another
+process is running, and resumes an interrupted one from its checkpoint; a different study config
+for the same --workdir is refused. Without --config, the study saved in <workdir>/study.json is
+used (this is what the SLURM jobs run).
+
+--max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
+sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU they are plain
+processes sharing the cores.
+
+--submit=slurm submits one job per run not done (`sbatch`, the script of launch/slurm.py with
+--slurm_* options; each job is one process, `launch/study.py --workdir=<study> --only=<run>`,
+owning --slurm_gpus_per_node GPUs, default 1); a fine-tune's
+job starts after every lr of its pre-training sweep (--dependency=afterok:...) and picks the best
+on validation at its start. With --dry_run it prints the sbatch calls and the dependency graph.
+Submitted job ids are kept in <workdir>/slurm/jobs.json.
+
+Tables and report:  python launch/report.py --workdir=/tmp/mtl/mini
+Exit status: 0 all selected runs done (or submitted); 1 bad input, a failed run or a failed
+submission; 3 some fine-tunes wait for pre-training runs not done here (--only), or runs run in
+another process; 128 + signal when interrupted.
 """
 import os
+import re
+import shlex
+import shutil
+import subprocess
 import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `experiments`)
 from absl import app, flags
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Study config (experiments/studies/*.py[:arg]).",
+import cli
+import slurm
+
+config_flags.DEFINE_config_file("config", None, "Study config (experiments/studies/*.py[:arg]); "
+                                "unset: the study saved in <workdir>/study.json.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the study (study.json, runs/, tables/).")
-flags.DEFINE_bool("dry_run", False, "Print the runs and their exact commands; write nothing.")
+flags.DEFINE_bool("dry_run", False, "Print the runs and their exact commands (with --submit: the "
+                  "sbatch calls and dependencies); write and submit nothing.")
 flags.DEFINE_string("only", "", "Comma-separated globs of run names to run, e.g. 'joint-*'.")
 flags.DEFINE_string("jax_cache", "", "JAX compilation cache the runs share: '' -> "
                     "$JAX_COMPILATION_CACHE_DIR or ~/.cache/mtl/jax_cache; 'off' -> none.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.DEFINE_integer("max_parallel", 1, "Runs at once on this machine (each its own process).")
+flags.DEFINE_string("devices", "auto", "With --max_parallel > 1, the GPUs handed out one per run "
+                    "as CUDA_VISIBLE_DEVICES: 'auto' ($CUDA_VISIBLE_DEVICES, else nvidia-smi's "
+                    "GPUs, else none: CPU processes), 'none', or indices like 0,1,2,3.")
+flags.DEFINE_enum("submit", "", ["", "slurm"], "'' runs here; 'slurm' submits one sbatch job per "
+                  "run, with dependencies.")
+slurm.define_flags(prefix="slurm_", gpus_per_node=1, job_name="mtl", module_name=sys.argv[0])
+flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
+
+
+def devices(value, max_parallel):
+  """The device ids handed out one per run, or None (plain processes)."""
+  if max_parallel == 1 or value == "none":
+    return None  # one run at a time sees every device, as before
+  if value != "auto":
+    if not re.fullmatch(r"\d+(,\d+)*", value):
+      raise ValueError(f"--devices={value}; use 'auto', 'none' or GPU indices like 0,1")
+    return value.split(",")
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:  # '' hides every GPU: CPU processes
+    return [d.strip() for d in visible.split(",") if d.strip()] or None
+  if shutil.which("nvidia-smi"):
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    gpus = [l for l in listing.stdout.splitlines() if l.startswith("GPU ")]
+    if listing.returncode == 0 and gpus:
+      return [str(i) for i in range(len(gpus))]
+  return None
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+
+def job_name(prefix, run_name):
+  return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{prefix}-{run_name}")
+
+
+def queued(job_ids):
+  """Those of `job_ids` that SLURM still has pending or running (none without squeue)."""
+  if not job_ids or shutil.which("squeue") is None:
+    return set()
+  out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)],
+                       capture_output=True, text=True)
+  return set(out.stdout.split()) & set(job_ids)
+
+
+def plan(study, runs, args):
+  """[(run, job script, sbatch arguments before the script, names it depends on)] for the runs
+  not done (and not already queued or running), and {run: job id} of those already queued."""
+  from mtl import io
+  from mtl.study import runner
+  jobs_file = os.path.join(study.workdir, "slurm", "jobs.json")
+  recorded = io.read_json(jobs_file) if os.path.exists(jobs_file) else {}
+  live = queued(list(recorded.values()))
+  known = {name: job for name, job in recorded.items() if job in live}
+  for spec in runs:  # a run a SLURM job is running now holds its lock
+    holder = runner.lock_holder(study, spec.name)
+    if holder and holder.get("slurm_job"):
+      known[spec.name] = holder["slurm_job"]
+  deps = runner.dependencies(study, runs)
+  jobs = []
+  for spec in runs:
+    if spec.name not in deps or spec.name in known:
+      continue
+    if runner.lock_holder(study, spec.name) is not None:
+      raise ValueError(f"run {spec.name} is running in a process outside SLURM; let it finish "
+                       "(or stop it) and submit again")
+    options = dict(vars(args), job_name=job_name(args.job_name, spec.name))
+    command = [args.python, "launch/study.py", f"--workdir={study.workdir}",
+               f"--only={spec.name}"]
+    if FLAGS.jax_cache:
+      command.append(f"--jax_cache={FLAGS.jax_cache}")
+    log_dir = os.path.join(study.workdir, "slurm")
+    # One study process per job: it picks a fine-tune's start, trains (one process owning the
+    # job's GPUs) and marks the run done; several srun tasks would race for the run's lock.
+    script = slurm.render(type(args)(**options), command, study.run_dir(spec.name), log_dir,
+                          one_process=True)
+    jobs.append((spec, os.path.join(log_dir, f"{spec.name}.sbatch"), script, deps[spec.name]))
+  return jobs, known
+
+
+def submit(study, runs, dry_run, out=sys.stdout):
+  """Submit (or with dry_run print) one sbatch job per run, fine-tunes after their sweep."""
+  from mtl import io
+  args = slurm.options("slurm_")
+  if args.nodes != 1:
+    raise ValueError(f"--slurm_nodes={args.nodes}: a study's run is one process on one node; "
+                     "give it more GPUs with --slurm_gpus_per_node")
+  if cli.is_url(study.workdir):
+    raise ValueError(f"--workdir={study.workdir}: SLURM jobs need a shared filesystem path")
+  jobs, known = plan(study, runs, args)
+  variables = {spec.name: f"JOB_{i}" for i, (spec, *_) in enumerate(jobs, 1)}
+  ids = dict(known)
+  if not dry_run:
+    if jobs and shutil.which("sbatch") is None:
+      raise ValueError("sbatch not found on PATH; submit from a SLURM login node, or add "
+                       "--dry_run to print the sbatch calls")
+    study.prepare()
+  done = sum(study.is_done(r.name) for r in runs)
+  out.write(f"# study {study.name}: {len(runs)} runs in {study.workdir}: {done} done, "
+            f"{len(known)} already queued or running, {len(jobs)} jobs to submit\n")
+  for spec, path, script, after in jobs:
+    refs = [ids.get(name) or f"${variables[name]}" for name in after]
+    call = ["sbatch", "--parsable"] + ([f"--dependency=afterok:{':'.join(refs)}"] if refs
+                                       else []) + [path]
+    if dry_run:
+      srun = next(l for l in script.splitlines() if l.startswith("srun "))
+      line = " ".join(shlex.quote(a) if not a.startswith("--dependency=") else a for a in call)
+      out.write(f"# {spec.name}: {srun}\n{variables[spec.name]}=$({line})\n")
+      continue
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      f.write(script)
+    result = subprocess.run(call, capture_output=True, text=True)
+    if result.returncode != 0:
+      raise ValueError(f"{shlex.join(call)} failed (status {result.returncode}): "
+                       f"{result.stderr.strip().splitlines()[-1:] or ''}; the jobs submitted so "
+                       f"far are in {os.path.join(study.workdir, 'slurm', 'jobs.json')}")
+    ids[spec.name] = result.stdout.strip().split(";")[0]
+    jobs_file = os.path.join(study.workdir, "slurm", "jobs.json")
+    recorded = io.read_json(jobs_file) if os.path.exists(jobs_file) else {}
+    io.write_json(jobs_file, dict(recorded, **{spec.name: ids[spec.name]}))
+    out.write(f"submitted {spec.name} as job {ids[spec.name]}"
+              + (f" (after {', '.join(after)})" if after else "") + "\n")
+  graph = {}  # {the runs waited for: the runs waiting}
+  for spec, _, _, after in jobs:
+    if after:
+      graph.setdefault(tuple(after), []).append(spec.name)
+  if graph:
+    out.write(f"# dependencies (a fine-tune starts when every lr of its sweep is done and picks "
+              f"the best on {study.validation}):\n")
+    for after, children in graph.items():
+      out.write(f"#   {', '.join(after)} -> {', '.join(children)}\n")
+  out.flush()
+  return 0
 
 
 def main(argv):
   del argv
   from mtl import study as study_lib
+  from mtl.study import runner
   try:
-    study = study_lib.Study(FLAGS.config, FLAGS.workdir)
+    if FLAGS.config is None:
+      study = study_lib.Study.load(FLAGS.workdir)
+    else:
+      study = study_lib.Study(FLAGS.config, FLAGS.workdir)
+    if FLAGS.submit == "slurm":
+      study.check_saved()
+      sys.exit(submit(study, runner.matching(study.runs, FLAGS.only), FLAGS.dry_run))
     if FLAGS.dry_run:
       sys.exit(study_lib.dry_run(study, FLAGS.only))
-    sys.exit(study_lib.Runner(study, jax_cache=FLAGS.jax_cache).run(FLAGS.only))
-  except (ValueError, FileNotFoundError) as error:
+    sys.exit(study_lib.Runner(study, jax_cache=FLAGS.jax_cache, max_parallel=FLAGS.max_parallel,
+                              devices=devices(FLAGS.devices, FLAGS.max_parallel))
+             .run(FLAGS.only))
+  except (ValueError, FileNotFoundError, cli.UsageError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   except BrokenPipeError:  # e.g. --dry_run | head: the reader has all it wanted

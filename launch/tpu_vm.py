@@ -1,4 +1,4 @@
-"""Train on a Cloud TPU VM slice: the same command on every worker, over gcloud ssh.
+r"""Train on a Cloud TPU VM slice: the same command on every worker, over gcloud ssh.
 
   python launch/tpu_vm.py --name=my-v5e-32 --zone=us-west4-a [--project=P] [--repo=~/mtl] \
       [--setup="source ~/venv/bin/activate"] [--dry_run] \
@@ -14,16 +14,17 @@ without arguments finds the slice (JAX asks the TPU metadata server). MTL_DISTRI
 mtl.distributed to make that call: the environment variables it otherwise looks for may be
 absent on a TPU VM. The repository (same path) and its environment must be on every worker,
 and --workdir on a filesystem all workers share (NFS / Filestore, or a gcsfuse mount).
-Re-running the same command resumes from the latest checkpoint. --dry_run prints the command.
+Re-running the same command resumes from the latest checkpoint. --dry_run prints the command;
+--help lists every flag with its default.
 """
 import re
 import shlex
 import shutil
 import subprocess
-import sys
+
+from absl import flags
 
 import cli
-
 
 
 def _quote_path(path):
@@ -33,65 +34,65 @@ def _quote_path(path):
   return shlex.quote(path)
 
 
-def parse_args(argv):
-  own, train_args = cli.split_args(argv)
-  p = cli.Parser(prog="launch/tpu_vm.py", description=__doc__.split("\n")[0])
-  p.add_argument("--name", required=True, help="the TPU VM (slice) name")
-  p.add_argument("--zone", required=True)
-  p.add_argument("--project", default="", help="default: gcloud's configured project")
-  p.add_argument("--worker", default="all", help="'all' (training) or worker indices (checks)")
-  p.add_argument("--repo", default="~/mtl", help="the repository on the workers")
-  p.add_argument("--python", default="python3", help="the interpreter on the workers")
-  p.add_argument("--setup", action="append", default=[],
-                 help="a shell command run first on each worker (e.g. source venv/bin/activate)")
-  p.add_argument("--dry_run", action="store_true", help="print the command and exit")
-  args = p.parse_args(own)
+def define_flags():
+  flags.DEFINE_string("name", None, "The TPU VM (slice) name (required).")
+  flags.DEFINE_string("zone", None, "Its zone, e.g. us-west4-a (required).")
+  flags.DEFINE_string("project", "", "GCP project ('' -> gcloud's configured project).")
+  flags.DEFINE_string("worker", "all", "'all' (training) or worker indices like 0 or 0,1 (checks).")
+  flags.DEFINE_string("repo", "~/mtl", "The repository on the workers (same path on each).")
+  flags.DEFINE_string("python", "python3", "The interpreter on the workers.")
+  flags.DEFINE_multi_string("setup", [], "A shell command run first on each worker (e.g. source "
+                            "venv/bin/activate).")
+  flags.DEFINE_bool("dry_run", False, "Print the gcloud command and exit.")
+
+
+def check(args, train_args):
+  """UsageError (one line) for a missing or bad flag or a train.py argument the launcher owns."""
   for name in ("name", "zone"):
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", getattr(args, name)):
-      raise cli.UsageError(f"--{name}={getattr(args, name)!r} is not a valid GCP name "
-                       "(lowercase letters, digits, '-')")
+    value = getattr(args, name)
+    if value is None:
+      raise cli.UsageError(f"--{name} is required, e.g. --name=my-v5e-32 --zone=us-west4-a")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", value):
+      raise cli.UsageError(f"--{name}={value!r} is not a valid GCP name "
+                           "(lowercase letters, digits, '-')")
   if args.worker != "all" and not re.fullmatch(r"\d+(,\d+)*", args.worker):
     raise cli.UsageError(f"--worker={args.worker}: use 'all' or indices like 0 or 0,1")
   if not any(a.startswith("--workdir") for a in train_args):
     raise cli.UsageError("train.py arguments need --workdir=DIR (shared by all workers), "
-                     "e.g. -- --config=experiments/tiny.py --workdir=/mnt/shared/mtl/tiny")
+                         "e.g. -- --config=experiments/tiny.py --workdir=/mnt/shared/mtl/tiny")
   for arg in train_args:
     if cli.owned_flag(arg):
-      raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; remove it")
-  args.train_args = train_args
-  return args
+      raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; "
+                           "remove it")
 
 
-def remote_command(args):
+def remote_command(args, train_args):
   steps = [f"cd {_quote_path(args.repo)}", *args.setup,
-           "MTL_DISTRIBUTED=on " + shlex.join([args.python, "launch/train.py", *args.train_args])]
+           "MTL_DISTRIBUTED=on " + shlex.join([args.python, "launch/train.py", *train_args])]
   return " && ".join(steps)
 
 
-def gcloud_command(args):
+def gcloud_command(args, train_args):
   cmd = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.name, f"--zone={args.zone}"]
   if args.project:
     cmd.append(f"--project={args.project}")
-  return cmd + [f"--worker={args.worker}", f"--command={remote_command(args)}"]
+  return cmd + [f"--worker={args.worker}", f"--command={remote_command(args, train_args)}"]
 
 
-def main(argv):
-  try:
-    args = parse_args(argv)
-  except cli.UsageError as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  cmd = gcloud_command(args)
+def main(train_args):
+  args = flags.FLAGS
+  check(args, train_args)
+  cmd = gcloud_command(args, train_args)
   if args.dry_run:
     print(shlex.join(cmd))
     return 0
   if shutil.which("gcloud") is None:
-    print("error: gcloud not found on PATH; install the Google Cloud CLI "
-          "(https://cloud.google.com/sdk/docs/install), or add --dry_run to print the command",
-          file=sys.stderr)
-    return 1
+    cli.error("gcloud not found on PATH; install the Google Cloud CLI "
+              "(https://cloud.google.com/sdk/docs/install), or add --dry_run to print the command",
+              status=1)
   return subprocess.run(cmd).returncode
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  define_flags()
+  cli.run(main)

@@ -229,3 +229,79 @@ def test_read_rgb_16_bit_and_palette(tmp_path):
   (tmp_path / "pal.webp").write_bytes(b"")  # empty file: unreadable
   with pytest.raises(ValueError, match="cannot read image .*pal.webp"):
     folder.read_rgb(str(tmp_path / "pal.webp"))
+
+
+# ----------------------------------------------------------------------------- folder cache size
+
+
+def _header_only_png(path, height, width):
+  """A PNG whose header claims height x width RGB pixels (no pixel data): enough to size it."""
+  import struct
+  import zlib
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                     8, 2, 0, 0, 0))
+                   + chunk(b"IDAT", b"") + chunk(b"IEND", b""))
+
+
+def test_folder_cache_estimate_is_its_stored_pixels_and_it_goes_to_cache_dir(tmp_path):
+  rng = np.random.default_rng(0)
+  (tmp_path / "imgs").mkdir()
+  for name, shape in (("big.png", (300, 200)), ("small.png", (50, 70)), ("edge.png", (128, 129))):
+    pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "imgs" / name)
+  paths = folder.list_images(str(tmp_path / "imgs"))
+  estimate = folder.estimate_bytes(paths, tile=128)
+  # big: 3 x 2 tiles of 128 x 128; small: whole; edge: 1 x 2 tiles of 128 x 128
+  assert estimate == 3 * (6 * 128 * 128 + 50 * 70 + 2 * 128 * 128)
+  cfg = _data_cfg(tmp_path / "tfds", source="folder", folder=str(tmp_path / "imgs"),
+                  folder_tile=128, cache_dir=str(tmp_path / "cache"))
+  said = []
+  builder = sources.folder_builder(cfg.folder, sources.cache_dir(cfg), tile=128, say=said.append)
+  stored = sum(r["image"].nbytes for r in builder.as_data_source("train"))
+  assert stored == estimate  # the estimate is exact for whole-folder header reads
+  where = str(tmp_path / "cache" / "mtl_folder" / builder.builder_config.name)
+  assert len(said) == 1 and where in said[0] and "3 images" in said[0], said
+  assert f"~{sources.format_bytes(estimate)}" in said[0] and "free)" in said[0]
+  records = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(where)
+                for f in files if ".array_record" in f)
+  # the margin covers the framing
+  assert stored <= records <= stored * sources.SPACE_MARGIN + sources.SPACE_FIXED
+  assert not os.path.exists(tmp_path / "tfds")  # nothing went to the TFDS data dir
+  assert len(sources.open_images(cfg)) == 9
+  said.clear()  # a built cache is reused without a word
+  sources.folder_builder(cfg.folder, sources.cache_dir(cfg), tile=128, say=said.append)
+  assert said == []
+
+
+def test_folder_cache_sample_estimate_scales_by_file_sizes(tmp_path):
+  (tmp_path / "imgs").mkdir()
+  for i in range(7):
+    _header_only_png(tmp_path / "imgs" / f"{i}.png", 600, 100)
+  paths = folder.list_images(str(tmp_path / "imgs"))
+  exact = folder.estimate_bytes(paths, tile=512)
+  assert exact == 7 * (2 * 512) * 100 * 3
+  assert folder.estimate_bytes(paths, tile=512, sample=3) == exact  # equal files: exact again
+
+
+def test_folder_cache_is_refused_with_one_line_when_the_disk_lacks_space(tmp_path):
+  per_image = folder.tiled_bytes(9000, 9000, 512)  # 255 MB claimed by a 57-byte file
+  count = int(sources.free_bytes(str(tmp_path)) / per_image) + 2
+  if count > 20000:
+    pytest.skip(f"{sources.free_bytes(str(tmp_path)) / 1e12:.0f} TB free: too many files to "
+                "outgrow it")
+  (tmp_path / "imgs").mkdir()
+  for i in range(count):
+    _header_only_png(tmp_path / "imgs" / f"{i:05d}.png", 9000, 9000)
+  cache = tmp_path / "cache"
+  with pytest.raises(ValueError) as error:
+    sources.folder_builder(str(tmp_path / "imgs"), str(cache), say=print)
+  message = str(error.value)
+  assert "\n" not in message and f"({count} images) needs ~" in message
+  assert f"in {cache}/mtl_folder/" in message and "config.data.cache_dir" in message
+  assert not os.path.exists(cache / "mtl_folder")  # refused before anything was written
+  with pytest.raises(ValueError, match="is free there"):
+    sources.check_space(sources.free_bytes(str(tmp_path)) + 10**9, str(tmp_path / "new"), "it")
+  assert sources.check_space(1, str(tmp_path / "new" / "dir"), "it") > 0

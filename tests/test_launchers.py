@@ -188,7 +188,7 @@ def test_slurm_dry_run_prints_the_script_and_the_sbatch_command(tmp_path):
 
 
 def test_slurm_options_off_and_relative_workdir(tmp_path):
-  proc = _run([SLURM, "--signal_seconds=0", "--no_requeue", "--dry_run", "--",
+  proc = _run([SLURM, "--signal_seconds=0", "--norequeue", "--dry_run", "--",
                "--config=experiments/tiny.py", "--workdir=rel/run"], cwd=str(tmp_path))
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
@@ -208,6 +208,7 @@ def test_slurm_options_off_and_relative_workdir(tmp_path):
     (["--sbatch=qos=high"], ["--sbatch=qos=high"]),
     (["--", "--config=experiments/tiny.py"], ["--workdir"]),
     (["--", "--workdir=/x", "--num_processes=2"], ["--num_processes=2"]),
+    (["--", "--workdir=gs://bucket/run"], ["--workdir=gs://bucket/run", "gcsfuse"]),
 ])
 def test_slurm_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", "--workdir=/x"]
@@ -308,3 +309,38 @@ def test_tpu_vm_without_gcloud_says_so(tmp_path):
   env = dict(os.environ, PATH=str(tmp_path))
   _one_line_error(_run([TPU_VM, "--name=t", "--zone=z", "--", "--workdir=/w"], env=env),
                   "gcloud not found", "--dry_run", status=1)
+
+
+# ----------------------------------------------------------------------------- all three
+
+
+@pytest.mark.parametrize("launcher, flags", [
+    (LOCAL, ["num_processes", "devices_per_process", "port", "python", "grace_seconds",
+             "stop_seconds", "dry_run"]),
+    (SLURM, ["nodes", "gpus_per_node", "time", "partition", "account", "job_name",
+             "cpus_per_task", "signal_seconds", "requeue", "setup", "sbatch", "python",
+             "dry_run"]),
+    (TPU_VM, ["name", "zone", "project", "worker", "repo", "python", "setup", "dry_run"]),
+])
+def test_help_lists_every_flag_with_its_help_and_default(launcher, flags):
+  proc = _run([launcher, "--help"])
+  assert proc.returncode == 1 and proc.stderr == "", proc.stderr  # absl's --help exits 1
+  assert "  python launch/" in proc.stdout  # the module docstring: usage and behaviour
+  for name in flags:
+    match = [l for l in proc.stdout.splitlines()
+             if l.startswith((f"  --{name}: ", f"  --[no]{name}: "))]
+    assert len(match) == 1, name
+    assert len(match[0].split(": ", 1)[1]) > 10, match[0]  # a help text, not a bare name
+  required = {"name", "zone"}
+  for block in proc.stdout.split("\n  --")[1:]:
+    name = block.split(":", 1)[0].replace("[no]", "")
+    if name in flags and name not in required:
+      assert "(default: " in block, block
+
+
+@pytest.mark.parametrize("launcher", [LOCAL, SLURM, TPU_VM])
+def test_arguments_before_the_separator_must_be_flags(launcher):
+  proc = _run([launcher, "--dry_run", "stray", "--", "--workdir=/w"])
+  _one_line_error(proc, "unexpected argument 'stray'", "after `--`")
+  proc = _run([launcher, "--bogus=1", "--", "--workdir=/w"])
+  _one_line_error(proc, "unknown flag --bogus", "--help")

@@ -7,6 +7,11 @@ tile instead of a whole 2K image (over 10x faster for DIV2K-sized images). `tile
 least the largest training crop (192 for sr_x4 at patch 48). Pixels are stored uncompressed
 (Encoding.BYTES): zlib would shrink photographs by only 1.2-1.7x and make reads about 3x slower.
 
+Before a build, `estimate_bytes` sizes the cache from the image headers (every image up to 2000
+of them, else a sample scaled by file sizes); `sources.folder_builder` says where it goes and
+how much it needs, and refuses when the disk lacks the space. The folder may be a URL
+(gs://bucket/images) that etils.epath reads; local folders are walked following symlinks.
+
 Each folder gets its own builder config, named `<folder name>_<hash of the absolute path, the
 hold-out fraction and the tile size>` with the path as description, so two folders never share
 a prepared dataset:
@@ -27,10 +32,30 @@ import re
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 DEFAULT_TILE = 512
+ESTIMATE_SAMPLE = 2000   # images whose headers are read to size a cache (all of a smaller folder)
+
+
+def is_url(path):
+  """Whether `path` is a URL such as gs://bucket/dir (read through etils.epath)."""
+  return re.match(r"^[a-z][a-z0-9+.-]*://", str(path)) is not None
+
+
+def absolute(folder):
+  """`folder` with ~ expanded, made absolute; a URL unchanged."""
+  folder = str(folder)
+  return folder.rstrip("/") if is_url(folder) else os.path.abspath(os.path.expanduser(folder))
+
+
+def relative(path, folder):
+  """`path` relative to `folder`, with '/' separators (local paths or URLs)."""
+  if is_url(folder):
+    return str(path)[len(str(folder).rstrip("/")) + 1:]
+  return os.path.relpath(path, folder).replace(os.sep, "/")
 
 
 def is_image_file(name):
@@ -40,7 +65,7 @@ def is_image_file(name):
 def read_rgb(path):
   """The image at `path` as uint8 (H, W, 3) RGB; ValueError naming the path if it can't be read."""
   try:
-    with Image.open(path) as image:
+    with epath.Path(path).open("rb") as handle, Image.open(handle) as image:
       if image.mode.startswith("I"):   # 16/32-bit grey: scale the 16-bit range to 8 bits
         array = np.asarray(image).astype(np.float64)
         if image.mode.startswith("I;16") or array.max() > 255:
@@ -59,16 +84,21 @@ def list_images(folder, recursive=True):
 
   FileNotFoundError if `folder` is missing; an empty list if it holds no images.
   """
-  folder = os.path.expanduser(folder)
-  if not os.path.isdir(folder):
+  folder = str(folder) if is_url(folder) else os.path.expanduser(folder)
+  if not epath.Path(folder).is_dir():
     raise FileNotFoundError(f"image folder {folder} does not exist (or is not a folder)")
+  if not recursive and is_url(folder):
+    return sorted(str(p) for p in epath.Path(folder).iterdir()
+                  if is_image_file(p.name) and p.is_file())
   if not recursive:
     return sorted(os.path.join(folder, n) for n in os.listdir(folder)
                   if is_image_file(n) and os.path.isfile(os.path.join(folder, n)))
   paths = []
-  for root, dirs, files in os.walk(folder, followlinks=True):
+  walk = (epath.Path(folder).walk() if is_url(folder)
+          else os.walk(folder, followlinks=True))
+  for root, dirs, files in walk:
     dirs[:] = [d for d in dirs if not d.startswith(".")]   # .ipynb_checkpoints, .git, ...
-    paths.extend(os.path.join(root, n) for n in files if is_image_file(n))
+    paths.extend(os.path.join(str(root), n) for n in files if is_image_file(n))
   return sorted(paths)
 
 
@@ -76,13 +106,43 @@ def fingerprint(folder, paths):
   """Short hash of the folder's listing (relative paths and sizes): changes when files do."""
   digest = hashlib.sha1()
   for path in paths:
-    digest.update(f"{os.path.relpath(path, folder)}\0{os.path.getsize(path)}\n".encode())
+    digest.update(f"{relative(path, folder)}\0{file_size(path)}\n".encode())
   return digest.hexdigest()[:16]
+
+
+def file_size(path):
+  return os.path.getsize(path) if not is_url(path) else epath.Path(path).stat().length
+
+
+def tiled_bytes(height, width, tile):
+  """Bytes of an image's stored tiles (uint8 RGB; tiles overlap, so more than the image)."""
+  rows = [min(tile, height) if tile else height] * len(tile_origins(height, tile))
+  cols = [min(tile, width) if tile else width] * len(tile_origins(width, tile))
+  return sum(rows) * sum(cols) * 3
+
+
+def image_size(path):
+  """(height, width) from the image's header, without decoding it."""
+  try:
+    with epath.Path(path).open("rb") as handle, Image.open(handle) as image:
+      return image.height, image.width
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    raise ValueError(f"cannot read image {path}: {error}") from None
+
+
+def estimate_bytes(paths, tile=DEFAULT_TILE, sample=ESTIMATE_SAMPLE):
+  """Estimated bytes of the stored tiles of `paths`: exact from the headers of up to `sample`
+  images; beyond, an evenly spread sample scaled by the ratio of file sizes."""
+  if len(paths) <= sample:
+    return sum(tiled_bytes(*image_size(p), tile) for p in paths)
+  chosen = [paths[round(i * (len(paths) - 1) / (sample - 1))] for i in range(sample)]
+  stored = sum(tiled_bytes(*image_size(p), tile) for p in chosen)
+  return int(stored * sum(file_size(p) for p in paths) / sum(file_size(p) for p in chosen))
 
 
 def config_name(folder, validation_fraction=0.0, tile=DEFAULT_TILE):
   """'<slug of the folder name>_<8 hex of sha1(path, fraction, tile)>', e.g. 'div2k_hr_3f2a9c1b'."""
-  folder = os.path.abspath(os.path.expanduser(folder))
+  folder = absolute(folder)
   slug = re.sub(r"[^a-z0-9]+", "_", os.path.basename(folder).lower()).strip("_")[:32] or "folder"
   key = f"{folder}|{float(validation_fraction)!r}|{int(tile)}"
   return f"{slug}_{hashlib.sha1(key.encode()).hexdigest()[:8]}"
@@ -132,7 +192,7 @@ class FolderConfig(tfds.core.BuilderConfig):
   def __init__(self, folder, validation_fraction=0.0, tile=DEFAULT_TILE):
     if tile < 0:
       raise ValueError(f"tile={tile} must be >= 0 (0: whole images)")
-    folder = os.path.abspath(os.path.expanduser(folder))
+    folder = absolute(folder)
     super().__init__(name=config_name(folder, validation_fraction, tile), description=folder)
     self.folder = folder
     self.validation_fraction = float(validation_fraction)
@@ -170,7 +230,7 @@ class MtlFolder(tfds.core.GeneratorBasedBuilder):
                        f"(looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
     self.info.metadata["fingerprint"] = fingerprint(config.folder, paths)
     self.info.metadata["folder"] = config.folder
-    by_name = {os.path.relpath(p, config.folder).replace(os.sep, "/"): p for p in paths}
+    by_name = {relative(p, config.folder): p for p in paths}
     train, validation = split_validation(sorted(by_name), config.validation_fraction)
     splits = {"train": self._generate_examples([(n, by_name[n]) for n in train])}
     if validation:

@@ -1,12 +1,20 @@
-"""Running a study: its runs one after another as subprocesses of launch/train.py, or a dry run.
+"""Running a study: its runs as subprocesses of launch/train.py (one at a time, or up to
+`max_parallel` side by side, one device each), the study's status table, and a dry run.
 
-A signal to the study becomes SIGTERM to the current run (which checkpoints and stops); the same
+A signal to the study becomes SIGTERM to the running runs (which checkpoint and stop); the same
 command resumes. Each run's output goes to its train.log and, prefixed, to the study's stdout.
+While a study process runs a run it holds an exclusive lock on the run's RUNNING file (its host,
+pid and start inside): another study process (a second terminal, a SLURM job) skips that run,
+and the status table shows it as running; the lock dies with its process. A run whose training
+failed gets a FAILED file (exit status, time), removed when it is started again.
 """
+import fcntl
 import fnmatch
+import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +22,11 @@ import time
 
 from mtl import io
 from mtl.study.spec import format_lr
-from mtl.study.workdir import (DEFAULT_JAX_CACHE, DONE_FILE, LOG_FILE, ROOT, Waiting)
+from mtl.study.workdir import (DEFAULT_JAX_CACHE, DONE_FILE, LOG_FILE, ROOT)
+
+RUN_LOCK = "RUNNING"
+FAILED_FILE = "FAILED"
+STATES = ("done", "running", "failed", "waiting", "started", "pending")
 
 
 def matching(runs, only):
@@ -33,6 +45,89 @@ def summary_line(spec):
           f"lr {format_lr(spec.lr)} | seed {spec.seed}")
 
 
+def lock_holder(study, name):
+  """The RUNNING file's content ({} if unreadable) while a live process holds its lock, else
+  None (no file, or a stale one left by a killed process)."""
+  path = study.path(name, RUN_LOCK)
+  if not os.path.exists(path):
+    return None
+  with open(path, "a+") as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      try:
+        return json.loads(handle.read() or "{}")
+      except ValueError:
+        return {}
+    fcntl.flock(handle, fcntl.LOCK_UN)
+  return None
+
+
+def waits_for(study, spec):
+  """The runs (not done) that a fine-tune's start needs: its source sweep; [] for other runs."""
+  if spec.regime != "finetune":
+    return []
+  return [r for r in study.sweeps[spec.source] if not study.is_done(r.name)]
+
+
+def state(study, spec):
+  """One of STATES: done; running (a live lock); failed (FAILED, not running); waiting (a
+  fine-tune whose pre-training sweep is not done); started (has trained; resumes); pending."""
+  if study.is_done(spec.name):
+    return "done"
+  if lock_holder(study, spec.name) is not None:
+    return "running"
+  if os.path.exists(study.path(spec.name, FAILED_FILE)):
+    return "failed"
+  if waits_for(study, spec):
+    return "waiting"
+  return study.status(spec.name)  # started | pending
+
+
+def _detail(study, spec, run_state):
+  """A few words on a run's state for the status table."""
+  if run_state == "done":
+    seconds = study.done_info(spec.name).get("seconds")
+    return f"in {io.format_duration(seconds)}" if seconds is not None else ""
+  if run_state == "running":
+    holder = lock_holder(study, spec.name) or {}
+    where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    if holder.get("slurm_job"):
+      where += f", SLURM job {holder['slurm_job']}"
+    return f"{where}, since {holder.get('started', '?')}"
+  if run_state == "failed":
+    failed = io.read_json(study.path(spec.name, FAILED_FILE))
+    return (f"exit status {failed.get('status')} at {failed.get('time')}; log: "
+            f"{study.path(spec.name, LOG_FILE)}")
+  if run_state == "waiting":
+    return "for " + ", ".join(r.name for r in waits_for(study, spec))
+  if run_state == "started":
+    return "interrupted; resumes from its checkpoint"
+  return ""
+
+
+def status_table(study, runs):
+  """Lines: a count per state, then one line per run (state, name, detail)."""
+  states = [(spec, state(study, spec)) for spec in runs]
+  counts = {s: sum(st == s for _, st in states) for s in STATES}
+  width = max(len(spec.name) for spec in runs)
+  lines = [f"[study] {study.name}: {len(runs)} runs in {study.workdir}: "
+           + ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s])]
+  for spec, run_state in states:
+    detail = _detail(study, spec, run_state)
+    lines.append(f"  {run_state:<8} {spec.name:<{width}}  {detail}".rstrip())
+  return lines
+
+
+def dependencies(study, runs):
+  """{run name: names of the runs (among `runs`, not done) it must start after}: a fine-tune
+  waits for every lr of its pre-training sweep (it picks the best on validation at its start)."""
+  selected = {r.name for r in runs}
+  return {spec.name: [r.name for r in waits_for(study, spec) if r.name in selected]
+          for spec in runs if not study.is_done(spec.name)}
+
+
 def dry_run(study, only="", out=sys.stdout):
   """Print the runs, their state and exact commands (run from the repository root)."""
   study.check_saved()
@@ -44,7 +139,7 @@ def dry_run(study, only="", out=sys.stdout):
             f"{', '.join(c['test'])}\n")
   width = len(str(len(runs)))
   for i, spec in enumerate(runs, 1):
-    out.write(f"run {i:>{width}}/{len(runs)} {spec.name}  [{study.status(spec.name)}]  "
+    out.write(f"run {i:>{width}}/{len(runs)} {spec.name}  [{state(study, spec)}]  "
               f"{summary_line(spec)}\n")
     if spec.regime == "finetune":
       out.write(f"    init_from: {study.describe_init(spec)}\n")
@@ -66,17 +161,34 @@ def _die_with_parent():
     _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-class Runner:
-  """Runs a study's runs one after the other, each as a subprocess of launch/train.py."""
+class _Active:
+  """A run in progress: its process, output pump, log, lock and device."""
 
-  def __init__(self, study, out=sys.stdout, python=sys.executable, jax_cache=""):
+  def __init__(self, spec, head, proc, pump, log, lock, device, started):
+    self.spec, self.head, self.proc, self.pump = spec, head, proc, pump
+    self.log, self.lock, self.device, self.started = log, lock, device, started
+
+
+class Runner:
+  """Runs a study's runs as subprocesses of launch/train.py: at most `max_parallel` at once (each
+  with one of `devices` as CUDA_VISIBLE_DEVICES when given), fine-tunes after their sweep."""
+
+  def __init__(self, study, out=sys.stdout, python=sys.executable, jax_cache="", max_parallel=1,
+               devices=None):
+    if max_parallel < 1:
+      raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
+    if devices is not None and len(devices) < max_parallel:
+      raise ValueError(f"--max_parallel={max_parallel} needs as many devices, one per run; "
+                       f"there are {len(devices)} ({','.join(devices) or 'none'})")
     self.study = study
     self.out = out
     self.python = python
     self.jax_cache = jax_cache
-    self.child = None
+    self.max_parallel = max_parallel
+    self.free_devices = list(devices) if devices is not None else None
+    self.active = {}
     self.signalled = None
-    self.lock = threading.Lock()
+    self.lock = threading.RLock()  # the signal handler may interrupt a say() in progress
 
   def say(self, message):
     with self.lock:
@@ -86,20 +198,21 @@ class Runner:
   def _on_signal(self, signum, frame):
     if self.signalled is None:
       self.signalled = signum
-      self.say(f"[study] {signal.Signals(signum).name}: the current run checkpoints and stops "
-               "(again to kill it); run the same command to resume")
+      self.say(f"[study] {signal.Signals(signum).name}: the running runs checkpoint and stop "
+               "(again to kill them); run the same command to resume")
       self._send(signal.SIGTERM)
     else:
       self._send(signal.SIGKILL)
 
   def _send(self, sig):
-    if self.child is not None and self.child.poll() is None:
-      try:
-        self.child.send_signal(sig)
-      except ProcessLookupError:
-        pass
+    for run in list(self.active.values()):
+      if run.proc.poll() is None:
+        try:
+          run.proc.send_signal(sig)
+        except ProcessLookupError:
+          pass
 
-  def _env(self):
+  def _env(self, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     # Runs share most of their programs (model init, eval, same-shaped steps): JAX's persistent
     # compilation cache spares each run most of its compile time (~15 s of 20 s for tiny).
@@ -109,6 +222,8 @@ class Runner:
       env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(self.jax_cache)
     else:
       env.setdefault("JAX_COMPILATION_CACHE_DIR", DEFAULT_JAX_CACHE)
+    if device is not None:
+      env["CUDA_VISIBLE_DEVICES"] = device
     return env
 
   def _pump(self, stream, prefix, log):
@@ -119,21 +234,52 @@ class Runner:
       self.say(f"{prefix}{text}")
     stream.close()
 
-  def _train(self, spec, prefix):
-    """One run as a subprocess; returns its exit status."""
-    with open(self.study.path(spec.name, LOG_FILE), "a") as log:
-      log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(self.study.command(spec))}\n")
-      # Own session: a terminal's Ctrl-C reaches only the study, which turns it into SIGTERM.
-      self.child = subprocess.Popen(
-          self.study.command(spec, self.python), cwd=ROOT, env=self._env(),
-          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-          preexec_fn=_die_with_parent)
-      pump = threading.Thread(target=self._pump, args=(self.child.stdout, prefix, log),
-                              daemon=True)
-      pump.start()
-      code = self.child.wait()
-      pump.join(timeout=10)
-      self.child = None
+  def _acquire(self, spec):
+    """The run's lock (an open file), or None when another live process holds it."""
+    os.makedirs(self.study.run_dir(spec.name), exist_ok=True)
+    handle = open(self.study.path(spec.name, RUN_LOCK), "a+")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.close()
+      return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                             "slurm_job": os.environ.get("SLURM_JOB_ID", "")}))
+    handle.flush()
+    return handle
+
+  def _start(self, spec, head, prefix, lock):
+    """Start one run as a subprocess (its output to train.log and, prefixed, to ours)."""
+    failed = self.study.path(spec.name, FAILED_FILE)
+    if os.path.exists(failed):
+      os.remove(failed)
+    device = self.free_devices.pop(0) if self.free_devices is not None else None
+    command = self.study.command(spec, self.python)
+    log = open(self.study.path(spec.name, LOG_FILE), "a")
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(self.study.command(spec))}"
+              + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "") + "\n")
+    log.flush()
+    # Own session: a terminal's Ctrl-C reaches only the study, which turns it into SIGTERM.
+    proc = subprocess.Popen(command, cwd=ROOT, env=self._env(device), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_die_with_parent)
+    pump = threading.Thread(target=self._pump, args=(proc.stdout, prefix, log), daemon=True)
+    pump.start()
+    self.active[spec.name] = _Active(spec, head, proc, pump, log, lock, device, time.time())
+
+  def _finish(self, run):
+    """Reap a finished run: release its lock and device; its exit status."""
+    code = run.proc.wait()
+    run.pump.join(timeout=10)
+    run.log.close()
+    fcntl.flock(run.lock, fcntl.LOCK_UN)
+    run.lock.close()
+    if run.device is not None:
+      self.free_devices.append(run.device)
+    del self.active[run.spec.name]
     return code
 
   def _finished(self, spec):
@@ -141,56 +287,98 @@ class Runner:
     return os.path.exists(path) and io.read_json(path).get("step") == spec.steps
 
   def run(self, only=""):
-    """Run the matching runs that are not done; the exit status of the study."""
+    """Run the matching runs that are not done; the exit status of the study: 0 all done, 1 a
+    run failed, 3 some wait for runs not done here (or run in another process), 128 + signal."""
     study = self.study
     runs = matching(study.runs, only)
     study.prepare()
     for sig in (signal.SIGINT, signal.SIGTERM):
       signal.signal(sig, self._on_signal)
+    for line in status_table(study, runs):
+      self.say(line)
     total, width = len(runs), len(str(len(runs)))
-    started, ran, waiting = time.time(), 0, []
-    self.say(f"[study] {study.name}: {total} runs in {study.workdir} "
-             f"({sum(study.is_done(r.name) for r in runs)} done)")
-    for i, spec in enumerate(runs, 1):
-      head = f"run {i:>{width}}/{total} {spec.name}"
-      if self.signalled is not None:  # signalled between two runs: start no other
-        self.say(f"[study] interrupted before {spec.name}; run the same command to resume")
-        return 128 + self.signalled
+    heads = {spec.name: f"run {i:>{width}}/{total} {spec.name}" for i, spec in enumerate(runs, 1)}
+    prefixes = {spec.name: f"[{i}/{total} {spec.name}] " for i, spec in enumerate(runs, 1)}
+    queue = []
+    for spec in runs:
       if study.is_done(spec.name):
-        self.say(f"{head}: done, skipped")
-        continue
-      try:
-        config = study.write_run_config(spec)
-      except Waiting as wait:
-        self.say(f"{head}: waiting: {wait}")
-        waiting.append(spec.name)
-        continue
-      state = study.status(spec.name)
-      self.say(f"{head}: {'resuming' if state == 'started' else 'starting'} | "
-               f"{summary_line(spec)}"
-               + (f" | from {os.path.basename(config['init_from'])}" if config["init_from"]
-                  else ""))
-      t0 = time.time()
-      code = self._train(spec, f"[{i}/{total} {spec.name}] ")
-      if self.signalled is not None:
-        self.say(f"{head}: interrupted; run the same command to resume")
-        return 128 + self.signalled
-      if code != 0 or not self._finished(spec):
-        self.say(f"{head}: failed (exit status {code}); its log: "
-                 f"{study.path(spec.name, LOG_FILE)}; fix it and run the same command to resume")
-        return 1
-      seconds = time.time() - t0
-      io.write_json(study.path(spec.name, DONE_FILE),
-                  {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds})
-      ran += 1
-      left = sum(not study.is_done(r.name) for r in runs)
-      eta = (time.time() - started) / ran * left
-      self.say(f"{head}: done in {io.format_duration(seconds)} | study: {total - left}/{total} done"
-               f", elapsed {io.format_duration(time.time() - started)}"
-               + (f", ~{io.format_duration(eta)} to go" if left else ""))
-    if waiting:
-      self.say(f"[study] {len(waiting)} runs wait for their pre-training runs: "
-               f"{', '.join(waiting)}")
+        self.say(f"{heads[spec.name]}: done, skipped")
+      else:
+        queue.append(spec)
+    started, ran, waiting, elsewhere, failed = time.time(), 0, [], [], []
+    while queue or self.active:
+      if self.signalled is None and not failed:
+        for spec in list(queue):
+          if len(self.active) >= self.max_parallel:
+            break
+          head = heads[spec.name]
+          missing = waits_for(study, spec)
+          if missing:
+            if any(r.name in self.active or r in queue for r in missing):
+              continue  # its sweep runs here: start it once they are done
+            self.say(f"{head}: waiting: {spec.name} starts from the best of its sweep on "
+                     f"{study.validation}; not done yet: {', '.join(r.name for r in missing)}")
+            queue.remove(spec)
+            waiting.append(spec.name)
+            continue
+          lock = self._acquire(spec)
+          if lock is None:
+            holder = lock_holder(study, spec.name) or {}
+            self.say(f"{head}: running in another process (pid {holder.get('pid', '?')} on "
+                     f"{holder.get('host', '?')}); skipped")
+            queue.remove(spec)
+            elsewhere.append(spec.name)
+            continue
+          queue.remove(spec)
+          try:
+            config = study.write_run_config(spec)
+          except BaseException:
+            lock.close()
+            raise
+          resuming = study.status(spec.name) == "started"
+          device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else "")
+          self.say(f"{head}: {'resuming' if resuming else 'starting'} | {summary_line(spec)}"
+                   + (f" | from {os.path.basename(config['init_from'])}" if config["init_from"]
+                      else "") + device)
+          self._start(spec, head, prefixes[spec.name], lock)
+      for run in [r for r in self.active.values() if r.proc.poll() is not None]:
+        spec, head = run.spec, run.head
+        code = self._finish(run)
+        if self.signalled is not None:
+          self.say(f"{head}: interrupted; run the same command to resume")
+          continue
+        if code != 0 or not self._finished(spec):
+          io.write_json(study.path(spec.name, FAILED_FILE),
+                        {"status": code, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+          self.say(f"{head}: failed (exit status {code}); its log: "
+                   f"{study.path(spec.name, LOG_FILE)}; fix it and run the same command to "
+                   "resume" + ("; starting no other run" if queue else ""))
+          failed.append(spec.name)
+          continue
+        seconds = time.time() - run.started
+        io.write_json(study.path(spec.name, DONE_FILE),
+                      {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds})
+        ran += 1
+        left = sum(not study.is_done(r.name) for r in runs)
+        eta = (time.time() - started) / ran * left
+        self.say(f"{head}: done in {io.format_duration(seconds)} | study: {total - left}/{total} "
+                 f"done, elapsed {io.format_duration(time.time() - started)}"
+                 + (f", ~{io.format_duration(eta)} to go" if left else ""))
+      if not self.active and (self.signalled is not None or failed):
+        break
+      time.sleep(0.05)
+    if self.signalled is not None:
+      if queue:
+        self.say(f"[study] interrupted before {queue[0].name}; run the same command to resume")
+      return 128 + self.signalled
+    if failed:
+      return 1
+    if waiting or elsewhere:
+      if waiting:
+        self.say(f"[study] {len(waiting)} runs wait for their pre-training runs: "
+                 f"{', '.join(waiting)}")
+      if elsewhere:
+        self.say(f"[study] {len(elsewhere)} runs run in another process: {', '.join(elsewhere)}")
       return 3
     self.say(f"[study] all {total} runs done in {study.workdir}; tables: python launch/report.py "
              f"--workdir={study.workdir}")

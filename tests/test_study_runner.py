@@ -1,0 +1,237 @@
+"""The study runner beyond one run at a time: the SLURM submission graph (dry run: exact sbatch
+calls and dependencies), the status table (done / running / failed / waiting), a run locked by
+another process is skipped, and --max_parallel=2 runs the micro study with 2 CPU processes."""
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from micro_study import MICRO_STUDY
+from mtl import study as study_lib
+from mtl.study import runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The micro study with a swept joint lr and two seeds: each fine-tune waits for two joint runs.
+SWEPT = MICRO_STUDY + '''
+_micro = get_config
+
+
+def get_config(arg=""):
+  study = _micro(arg)
+  if arg == "swept":
+    study.lrs.joint, study.seeds = (1e-3, 2e-4), (0, 1)
+  return study
+'''
+
+
+@pytest.fixture(scope="module")
+def study_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("studies") / "micro.py"
+  path.write_text(SWEPT)
+  return str(path)
+
+
+def cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "launch/study.py", *args], cwd=ROOT, text=True,
+                        capture_output=True, timeout=timeout)
+
+
+def _load(study_file, arg, workdir):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("micro_study_file", study_file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return study_lib.Study(module.get_config(arg), workdir)
+
+
+def _fake_done(study, name, val_psnr):
+  spec = study.by_name[name]
+  os.makedirs(study.run_dir(name), exist_ok=True)
+  results = {"step": spec.steps, "tasks": {t: {"photos_val": {"psnr_y": val_psnr},
+                                               "photos": {"psnr_y": val_psnr}}
+                                           for t in spec.tasks}}
+  for filename, obj in (("results.json", results), ("DONE", {"seconds": 12.0})):
+    with open(study.path(name, filename), "w") as f:
+      json.dump(obj, f)
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+
+def test_submit_dry_run_prints_exact_sbatch_calls_and_dependencies(study_file, tmp_path):
+  workdir = str(tmp_path / "study")
+  out = cli(f"--config={study_file}:swept", f"--workdir={workdir}", "--submit=slurm", "--dry_run",
+            "--slurm_partition=gpu", "--slurm_time=2:00:00",
+            "--slurm_setup=source venv/bin/activate")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert lines[0] == (f"# study micro: 12 runs in {workdir}: 0 done, 0 already queued or "
+                      "running, 12 jobs to submit")
+  calls = [l for l in lines if l.startswith("JOB_")]
+  assert len(calls) == 12
+  names = [r.name for r in _load(study_file, "swept", workdir).runs]
+  slurm_dir = f"{workdir}/slurm"
+  for i, (name, call) in enumerate(zip(names, calls), 1):
+    # seed 0: JOB_3, JOB_4 are its joint runs; seed 1: JOB_9, JOB_10
+    after = {"finetune": "--dependency=afterok:$JOB_3:$JOB_4 " if name.endswith("s0")
+             else "--dependency=afterok:$JOB_9:$JOB_10 "}.get(name.split("-")[0], "")
+    assert call == f"JOB_{i}=$(sbatch --parsable {after}{slurm_dir}/{name}.sbatch)"
+  # the command each job runs, exactly
+  assert (f"# joint-lr2e-4-s1: srun --kill-on-bad-exit=1 python launch/study.py "
+          f"--workdir={workdir} --only=joint-lr2e-4-s1") in lines
+  assert lines[-3:] == [
+      "# dependencies (a fine-tune starts when every lr of its sweep is done and picks the best "
+      "on photos_val):",
+      "#   joint-lr1e-3-s0, joint-lr2e-4-s0 -> finetune-denoise_30-lr1e-3-s0, "
+      "finetune-derain-lr1e-3-s0",
+      "#   joint-lr1e-3-s1, joint-lr2e-4-s1 -> finetune-denoise_30-lr1e-3-s1, "
+      "finetune-derain-lr1e-3-s1"]
+  assert not os.path.exists(workdir)  # a dry run writes nothing
+
+
+def test_submit_skips_done_runs_and_their_dependencies(study_file, tmp_path):
+  workdir = str(tmp_path / "study")
+  study = _load(study_file, "swept", workdir)
+  study.prepare()
+  _fake_done(study, "joint-lr1e-3-s0", 20.0)
+  _fake_done(study, "scratch-derain-lr1e-3-s1", 20.0)
+  out = cli(f"--workdir={workdir}", "--submit=slurm", "--dry_run", "--only=*-s0")  # study.json
+  assert out.returncode == 0, out.stderr
+  calls = [l for l in out.stdout.splitlines() if l.startswith("JOB_")]
+  assert [re.sub(r".*/slurm/|\.sbatch\)", "", c) for c in calls] == [
+      "scratch-denoise_30-lr1e-3-s0", "scratch-derain-lr1e-3-s0", "joint-lr2e-4-s0",
+      "finetune-denoise_30-lr1e-3-s0", "finetune-derain-lr1e-3-s0"]
+  assert "--dependency=afterok:$JOB_3 " in calls[3] and "--dependency=afterok:$JOB_3 " in calls[4]
+
+
+def test_submit_writes_scripts_chains_real_job_ids_and_skips_queued_jobs(study_file, tmp_path):
+  """With stand-in sbatch / squeue on PATH: the scripts, the ids in the dependencies, jobs.json,
+  and a second submission that finds every job still queued and submits nothing."""
+  bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text(
+      f'#!/bin/bash\necho "sbatch $*" >> {log}\nn=$(wc -l < {log})\necho "$((1000 + n));cluster"\n')
+  (bin_dir / "squeue").write_text('#!/bin/bash\nseq 1001 1100\n')  # every job still queued
+  for tool in ("sbatch", "squeue"):
+    (bin_dir / tool).chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+  workdir = str(tmp_path / "study")
+  args = [sys.executable, "launch/study.py", f"--config={study_file}", f"--workdir={workdir}",
+          "--submit=slurm", "--slurm_gpus_per_node=2"]
+  out = subprocess.run(args, cwd=ROOT, text=True, capture_output=True, env=env, timeout=120)
+  assert out.returncode == 0, out.stdout + out.stderr
+  calls = log.read_text().splitlines()
+  assert calls[3] == (f"sbatch --parsable --dependency=afterok:1003 "
+                      f"{workdir}/slurm/finetune-denoise_30-lr1e-3-s0.sbatch")
+  assert "submitted finetune-derain-lr1e-3-s0 as job 1005 (after joint-lr1e-3-s0)" in out.stdout
+  with open(os.path.join(workdir, "slurm", "jobs.json")) as f:
+    assert json.load(f)["joint-lr1e-3-s0"] == "1003"
+  script = open(f"{workdir}/slurm/joint-lr1e-3-s0.sbatch").read().splitlines()
+  assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=2" in script
+  assert (f"srun --kill-on-bad-exit=1 python launch/study.py --workdir={workdir} "
+          "--only=joint-lr1e-3-s0") in script
+  assert f"WORKDIR={workdir}/runs/joint-lr1e-3-s0" in script  # the requeue rule's run
+  again = subprocess.run(args, cwd=ROOT, text=True, capture_output=True, env=env, timeout=120)
+  assert again.returncode == 0, again.stderr
+  assert again.stdout.splitlines() == [
+      f"# study micro: 5 runs in {workdir}: 0 done, 5 already queued or running, 0 jobs to "
+      "submit"]
+  assert len(log.read_text().splitlines()) == 5
+
+
+def test_submit_without_sbatch_says_so(study_file, tmp_path):
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable))
+  out = subprocess.run([sys.executable, "launch/study.py", f"--config={study_file}",
+                        f"--workdir={tmp_path}/study", "--submit=slurm"], cwd=ROOT, text=True,
+                       capture_output=True, env=env, timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == [
+      "error: sbatch not found on PATH; submit from a SLURM login node, or add --dry_run to "
+      "print the sbatch calls"]
+
+
+# ----------------------------------------------------------------------------- states
+
+
+def test_status_table_shows_done_running_failed_and_waiting(study_file, tmp_path):
+  workdir = str(tmp_path / "study")
+  study = _load(study_file, "", workdir)
+  study.prepare()
+  _fake_done(study, "scratch-denoise_30-lr1e-3-s0", 20.0)
+  os.makedirs(study.run_dir("scratch-derain-lr1e-3-s0"))
+  with open(study.path("scratch-derain-lr1e-3-s0", runner.FAILED_FILE), "w") as f:
+    json.dump({"status": 1, "time": "2026-01-01 00:00:00"}, f)
+  os.makedirs(study.run_dir("joint-lr1e-3-s0"))
+  with open(study.path("joint-lr1e-3-s0", runner.RUN_LOCK), "w") as held:
+    held.write(json.dumps({"host": "node7", "pid": 4242, "started": "2026-01-01 00:00:01"}))
+    held.flush()
+    fcntl.flock(held, fcntl.LOCK_EX)  # a live process runs it
+    lines = runner.status_table(study, study.runs)
+    assert lines[0] == (f"[study] micro: 5 runs in {workdir}: 1 done, 1 running, 1 failed, "
+                        "2 waiting")
+    assert lines[1:] == [
+        "  done     scratch-denoise_30-lr1e-3-s0   in 12s",
+        "  failed   scratch-derain-lr1e-3-s0       exit status 1 at 2026-01-01 00:00:00; log: "
+        f"{study.path('scratch-derain-lr1e-3-s0', 'train.log')}",
+        "  running  joint-lr1e-3-s0                pid 4242 on node7, since 2026-01-01 00:00:01",
+        "  waiting  finetune-denoise_30-lr1e-3-s0  for joint-lr1e-3-s0",
+        "  waiting  finetune-derain-lr1e-3-s0      for joint-lr1e-3-s0"]
+    # Another study process (here without --config: the saved study) skips the locked run.
+    out = cli(f"--workdir={workdir}", "--only=joint-*")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "run 1/1 joint-lr1e-3-s0: running in another process (pid 4242 on node7); skipped" \
+        in out.stdout
+  # The lock died with its holder: the run is no longer running (a stale file does not count).
+  assert runner.state(study, study.by_name["joint-lr1e-3-s0"]) == "pending"
+
+
+# ----------------------------------------------------------------------------- side by side
+
+
+def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_path):
+  workdir = str(tmp_path / "study")
+  out = cli(f"--config={study_file}", f"--workdir={workdir}", "--max_parallel=2",
+            "--devices=none", timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+  lines = [l for l in out.stdout.splitlines() if not l.startswith("[") or l.startswith("[study]")]
+  events = [re.sub(r"^run \d/5 ", "", l).split(" |")[0] for l in lines if l.startswith("run ")]
+  # Two runs side by side from the start; the fine-tunes only after the joint run is done.
+  assert events[:2] == ["scratch-denoise_30-lr1e-3-s0: starting",
+                        "scratch-derain-lr1e-3-s0: starting"]
+  joint_done = next(i for i, e in enumerate(events) if e.startswith("joint-lr1e-3-s0: done"))
+  for task in ("denoise_30", "derain"):
+    assert events.index(f"finetune-{task}-lr1e-3-s0: starting") > joint_done
+    with open(os.path.join(workdir, "runs", f"finetune-{task}-lr1e-3-s0", "run_config.json")) as f:
+      assert json.load(f)["init_from"] == os.path.join(workdir, "runs", "joint-lr1e-3-s0")
+  assert sorted(os.listdir(os.path.join(workdir, "runs"))) == sorted(
+      r.name for r in _load(study_file, "", workdir).runs)
+  for name in os.listdir(os.path.join(workdir, "runs")):
+    assert os.path.exists(os.path.join(workdir, "runs", name, "DONE")), name
+  assert lines[-1].startswith("[study] all 5 runs done")
+  # Re-running shows the table and does nothing else.
+  again = cli(f"--config={study_file}", f"--workdir={workdir}", "--max_parallel=2")
+  assert again.returncode == 0
+  assert again.stdout.splitlines()[0] == f"[study] micro: 5 runs in {workdir}: 5 done"
+  assert "starting" not in again.stdout
+
+
+def test_max_parallel_needs_a_device_per_run():
+  with pytest.raises(ValueError, match=r"--max_parallel=3 needs as many devices, one per run; "
+                                       r"there are 2 \(0,1\)"):
+    runner.Runner(None, max_parallel=3, devices=["0", "1"])
+  with pytest.raises(ValueError, match="--max_parallel=0 must be >= 1"):
+    runner.Runner(None, max_parallel=0)
+
+
+def test_max_parallel_beyond_the_devices_is_one_line(study_file, tmp_path):
+  out = cli(f"--config={study_file}", f"--workdir={tmp_path}/study", "--max_parallel=3",
+            "--devices=4,5")
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == [
+      "error: --max_parallel=3 needs as many devices, one per run; there are 2 (4,5)"]
+  assert not os.path.exists(tmp_path / "study")
