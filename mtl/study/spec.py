@@ -92,7 +92,7 @@ def _unknown(given, known, where):
 
 def eval_set_names(sets):
   """'photos,Set5=/d/Set5,Rain100L=paired:/d/R' -> ['photos', 'Set5', 'Rain100L']."""
-  return [name for name, _, _ in evaluate.parse_sets(str(sets))]
+  return [entry[0] for entry in evaluate.parse_sets(str(sets))]
 
 
 def validate(study):
