@@ -136,9 +136,9 @@ class Runner:
       self.child = None
     return code
 
-  def _finished(self, spec):
+  def _finished(self, spec, steps):
     path = self.study.path(spec.name, "results.json")
-    return os.path.exists(path) and io.read_json(path).get("step") == spec.steps
+    return os.path.exists(path) and io.read_json(path).get("step") == steps
 
   def run(self, only=""):
     """Run the matching runs that are not done; the exit status of the study."""
@@ -175,7 +175,7 @@ class Runner:
       if self.signalled is not None:
         self.say(f"{head}: interrupted; run the same command to resume")
         return 128 + self.signalled
-      if code != 0 or not self._finished(spec):
+      if code != 0 or not self._finished(spec, config["total_steps"]):
         self.say(f"{head}: failed (exit status {code}); its log: "
                  f"{study.path(spec.name, LOG_FILE)}; fix it and run the same command to resume")
         return 1
