@@ -44,8 +44,8 @@ LEVEL = 0.95
 PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same init of what regimes "
                "share, same crops and degradations); mean over the seeds both have, paired t "
                "95% CI [low, high] (n − 1 degrees of freedom) and two-sided p. Verdict 'gain' / "
-               "'loss' only when the CI excludes 0, else 'no detectable difference' (so with "
-               "one seed: no CI).")
+               "'loss' only when the CI excludes 0, else 'no detectable difference' (always so with "
+               "one seed, which has no CI).")
 
 
 class Bold(str):
