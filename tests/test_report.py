@@ -266,7 +266,8 @@ def test_bold_only_for_the_significantly_best_regime(synthetic):
   # derain: finetune beats joint and scratch on every seed; denoise_30: finetune's mean is
   # highest but not significantly above joint's; sr_x2: the best (finetune) is null vs scratch
   assert bold == {("derain", "finetune")}
-  assert "**29.57 ± 0.50** / **0.2957 ± 0.0050**" in render.to_markdown(tables.main_table(synthetic))
+  md = render.to_markdown(tables.main_table(synthetic))
+  assert "**29.57 ± 0.50** / **0.2957 ± 0.0050**" in md
 
 
 def test_transfer_table_uses_the_same_paired_intervals(synthetic):

@@ -44,8 +44,8 @@ LEVEL = 0.95
 PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same init of what regimes "
                "share, same crops and degradations); mean over the seeds both have, paired t "
                "95% CI [low, high] (n − 1 degrees of freedom) and two-sided p. Verdict 'gain' / "
-               "'loss' only when the CI excludes 0, else 'no detectable difference' (always so with "
-               "one seed, which has no CI).")
+               "'loss' only when the CI excludes 0, else 'no detectable difference' (always so "
+               "with one seed, which has no CI).")
 
 
 class Bold(str):
@@ -446,7 +446,8 @@ def selection_table(study):
       records.append({"sweep": sweep, "run": r.name, "lr": r.lr, "validation_psnr_y": score,
                       "chosen": r.name == chosen.run.name})
   notes = [f"Validation score: mean {metric_names(study)[2]} on {study.validation} over the "
-           "run's tasks; the best lr per seed is chosen (ties: the first listed). " + lr_note(study)]
+           "run's tasks; the best lr per seed is chosen (ties: the first listed). "
+           + lr_note(study)]
   return Table("selection", "Learning rates chosen on validation", header, rows, records, notes)
 
 
