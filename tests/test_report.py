@@ -3,7 +3,6 @@ launch/report.py): partial and complete, every table against the runs' own files
 statistics of the tables on synthetic study directories (results written by hand)."""
 import csv
 import json
-import math
 import os
 import subprocess
 import sys

@@ -83,7 +83,7 @@ def _method_section(study):
       "every Δ is paired over seeds: mean, paired t 95% CI, two-sided p; 'gain' / 'loss' only "
       "when the CI excludes 0.",
       f"- **{tables.budget_note(study)}**",
-      f"- **Regimes**: scratch = each task alone from random init; joint = all tasks every "
+      "- **Regimes**: scratch = each task alone from random init; joint = all tasks every "
       "step from random init (its per-task results are the joint row); finetune = each task "
       "from the chosen joint run; pair:a+b = two tasks jointly; group:g / finetune:g = a "
       "user group jointly, and fine-tuned from it.",

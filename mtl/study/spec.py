@@ -7,8 +7,8 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
   regimes        which of STUDY_REGIMES to run:
                    scratch   each task alone, from random init
                    joint     all tasks together (every task every step), from random init
-                   finetune  each task from the joint run of the same seed (and from each group
-                             that holds it), at the pre-training lr chosen on validation
+                   finetune  each task from the joint run of the same seed chosen on
+                             validation (and from each group that holds it)
                    pairs     every pair of tasks jointly (pairwise transfer)
                    groups    every group of `groups` jointly (fine-tuned too if 'finetune')
   groups         {name: (task, ...)} for the regime 'groups'
@@ -37,13 +37,15 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
   validation     the eval set the learning rate is chosen on (one of run.eval.sets)
   test           the eval sets the tables report (run.eval.sets, not the validation set)
   reference      published numbers for a reference row: label, note, psnr_y / ssim_y as
-                 {task: {test set: value}}
+                 {task: {test set: value}}; requires {task: dotted run-config field}: the
+                 task's numbers are shown only when every run of the task sets that field
+                 (shown with metric 'psnr_y' only, never with a Δ: no seeds to pair)
 
 Every run evaluates on validation and test sets (`run.eval.sets`). Runs that differ only in
 their learning rate form a *sweep*; per seed, the sweep's run with the best validation score
-(mean `metric` on `validation` over the run's tasks) is the one reported, and the joint (or group)
-run a fine-tune starts from. A fine-tune therefore waits until every lr of its pre-training sweep
-of the same seed is done.
+(mean `metric` on `validation` over the run's tasks) is the one reported, and the joint (or
+group) run a fine-tune starts from. A fine-tune therefore waits until every lr of its
+pre-training sweep of the same seed is done.
 
 Run names (one workdir each under STUDY/runs/):
   scratch-<task>-lr<lr>-s<seed>          joint-lr<lr>-s<seed>
