@@ -9,6 +9,7 @@ from mtl import events
 from mtl import study as study_lib
 from mtl.report import render, tables
 from mtl.report.scores import conflict_summaries, regime_columns, regime_scores
+from mtl.study.workdir import RUNS_DIR
 
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -94,7 +95,7 @@ def _method_section(study):
 def _figures_section(study, loss_paths, summaries):
   lines = ["## Figures", ""]
   for col, seed, name, _ in summaries:
-    conflicts_dir = os.path.join(study_lib.RUNS_DIR, name, "conflicts")
+    conflicts_dir = os.path.join(RUNS_DIR, name, "conflicts")
     lines.append(f"### Conflicts in {col}, seed {seed} (`{name}`)")
     lines.append("")
     for fig, title in (("cos_matrix.png", "task x task cosine"),

@@ -424,10 +424,13 @@ def compute_table(study):
         io.format_duration(entry["run_seconds_total"])
         if "run_seconds_total" in entry else ""])
     records.append(dict(entry, steps_per_run=" ".join(map(str, entry["steps_per_run"]))))
-  notes = [budget_note(study) + " 0 steps: derived, not known yet. Images = batch x tasks per step "
-           "x steps. FLOPs: XLA's cost analysis of one training step x steps (joint runs count "
-           "their probe step). Train wall: the training loops' time (mean per run, sum); run "
-           "wall: the whole runs' time with start-up, compilation and evaluation (sum)."]
+  derived = (" Scratch steps 0: derived from its fine-tune's FLOPs, not known yet."
+             if study.config["budget"] == "equal_flops" else "")
+  notes = [budget_note(study) + derived + " Images = batch x tasks per step "
+           "x steps. FLOPs: XLA's cost analysis of one training step x steps (runs that probe "
+           "conflicts count the probe step at every step: +0.06% at the tiny size). Train wall: "
+           "the training loops' time (mean per run, sum); run wall: the whole runs' time with "
+           "start-up, compilation and evaluation (sum)."]
   return Table("compute", "Compute", header, rows, records, notes)
 
 
