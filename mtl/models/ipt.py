@@ -10,7 +10,6 @@ jit (`nnx.merge`), so every function here is a pure function of (params, inputs)
 """
 import dataclasses
 import math
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -252,15 +251,12 @@ class IPT:
 
   def init(self, key):
     """Fresh parameters (a pure dict). Jit it with out_shardings to create them sharded."""
-    k_body, k_tasks = jax.random.split(key)
+    keys = jax.random.split(key, 3 * len(self.specs) + 1)
     pure = lambda module: nnx.to_pure_dict(nnx.state(module))
-    params = {"heads": {}, "body": pure(Body(self.cfg, nnx.Rngs(k_body))),
+    params = {"heads": {}, "body": pure(Body(self.cfg, nnx.Rngs(keys[0]))),
               "queries": {}, "tails": {}}
-    for spec in self.specs:
-      # Keyed by the task's name, not its position: a task starts from the same head, query and
-      # tail whichever other tasks share the model (seeds stay paired across study regimes).
-      task_key = jax.random.fold_in(k_tasks, zlib.crc32(spec.name.encode()) & 0x7FFFFFFF)
-      k_head, k_query, k_tail = jax.random.split(task_key, 3)
+    for i, spec in enumerate(self.specs):
+      k_head, k_query, k_tail = keys[3 * i + 1:3 * i + 4]
       params["heads"][spec.name] = pure(Head(self.cfg, nnx.Rngs(k_head)))
       params["queries"][spec.name] = 0.02 * jax.random.normal(
           k_query, (self.cfg.num_tokens, self.cfg.token_dim))

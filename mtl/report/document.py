@@ -79,10 +79,10 @@ def _method_section(study):
       f"mean {label} on {study.validation} over its tasks. Fine-tunes start from the joint (or "
       "group) run chosen that way for the same seed. " + tables.lr_note(study),
       f"- **Seeds**: {', '.join(map(str, c['seeds']))}, paired across regimes (same seed: same "
-      "init of the shared body and of each task's head, query and tail; same crops and "
-      "degradations of a task at a step). Cells are mean ± sample std over seeds (n shown); "
-      "every Δ is paired over seeds: mean, paired t 95% CI, two-sided p; 'gain' / 'loss' only "
-      "when the CI excludes 0.",
+      "init of the shared body; same crops and degradations of a task at a step; a task's "
+      "head, query and tail init follows its position in the run's task list). Cells are "
+      "mean ± sample std over seeds (n shown); every Δ is paired over seeds: mean, paired t "
+      "95% CI, two-sided p; 'gain' / 'loss' only when the CI excludes 0.",
       f"- **{tables.budget_note(study)}**",
       "- **Regimes**: scratch = each task alone from random init; joint = all tasks every "
       "step from random init (its per-task results are the joint row); finetune = each task "

@@ -6,8 +6,8 @@ How each number is computed (report.md repeats it):
               the seeds that are done.
   delta       regime - scratch of the same task, test set and seed, over the seeds both have:
               mean, paired t 95% interval (n - 1 degrees of freedom) and two-sided p
-              (mtl.stats.paired_interval). Seeds are paired: the same seed gives the same init
-              of what the regimes share and the same crops and degradations.
+              (mtl.stats.paired_interval). Seeds are paired: the same seed gives the same body
+              init and the same crops and degradations of a task at a step.
   verdict     'gain' / 'loss' only when the interval excludes 0 (mtl.stats.verdict); else 'no
               detectable difference' (always so with one seed: no interval).
   bold        a trained regime's mean, only when it is the best of the task and significantly
@@ -41,8 +41,8 @@ MAIN_COLUMNS = ("task", "regime", "test_set", "metric", "n_seeds", "psnr_mean", 
                 "delta_ssim_high", "delta_ssim_p", "verdict_ssim", "best_psnr", "best_ssim",
                 "budget", "lrs", "runs", "complete_sweeps")
 LEVEL = 0.95
-PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same init of what regimes "
-               "share, same crops and degradations); mean over the seeds both have, paired t "
+PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same body init, same crops "
+               "and degradations); mean over the seeds both have, paired t "
                "95% CI [low, high] (n − 1 degrees of freedom) and two-sided p. Verdict 'gain' / "
                "'loss' only when the CI excludes 0, else 'no detectable difference' (always so "
                "with one seed, which has no CI).")
