@@ -192,7 +192,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
       if not rows:
         continue
       entry = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-      entry.update({f"input_{k}": float(np.mean([r[k] for r in baseline])) for k in ("psnr_y", "ssim_y")})
+      entry.update({f"input_{k}": float(np.mean([r[k] for r in baseline])) for k in baseline[0]})
       entry["num_images"] = len(rows)
       per_set[testset.name] = entry
     results["tasks"][spec.name] = per_set

@@ -10,6 +10,7 @@ gradient. (A `jax.vmap` over broadcast copies computes the same, but XLA's CPU b
 batched matmuls ~1.8x slower.)
 """
 import functools
+import zlib
 from typing import Any
 
 import flax
@@ -27,8 +28,14 @@ class TrainState:
   opt_state: Any
 
 
+def task_id(name):
+  """A task's degradation key: crc32 of its name, so a task's inputs at (seed, step) are the
+  same whichever other tasks the run trains (seeds stay paired across study regimes)."""
+  return zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+
 def degrade_batch(specs, task_ids, config, step, batch):
-  """Degraded inputs and clean targets per task, keyed by (seed, step, task index)."""
+  """Degraded inputs and clean targets per task, keyed by (seed, step, task_id(name))."""
   key = jax.random.fold_in(jax.random.key(config.seed), step)
   inputs, targets = {}, {}
   for spec, tid in zip(specs, task_ids):
@@ -55,8 +62,7 @@ def _step(state, batch, model, config, optimizer, names, split):
   """The shared step. split: each task gets its own (identical) reference to the body, so the
   gradient with respect to those references is the list of per-task body gradients."""
   specs = [model.specs[model.task_names.index(n)] for n in names]
-  task_ids = [model.task_names.index(n) for n in names]
-  inputs, targets = degrade_batch(specs, task_ids, config, state.step, batch)
+  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
   bodies = [body] * len(names) if split else body
@@ -99,8 +105,7 @@ def naive_probe_step(state, batch, model, config, optimizer, names):
   loss vector, i.e. T extra backward passes."""
   state_out, metrics = train_step(state, batch, model, config, optimizer, names)
   specs = [model.specs[model.task_names.index(n)] for n in names]
-  inputs, targets = degrade_batch(specs, [model.task_names.index(n) for n in names], config,
-                                  state.step, batch)
+  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
   jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
                                                  [body] * len(names), inputs, targets))
   return state_out, metrics, conflicts.leaf_gramians(jacobian(state.params["body"]))

@@ -36,8 +36,12 @@ def test_photos_splits_are_fixed_disjoint_and_complete(photos_dir):
   train, test = _records(builder, "train"), _records(builder, "test")
   validation = _records(builder, "validation")
   assert sorted(test) == ["chelsea", "coffee", "rocket"]
-  assert sorted(validation) == ["motorcycle_right"]
-  assert sorted(train) == ["astronaut", "hubble_deep_field", "ihc", "motorcycle_left", "retina"]
+  assert sorted(validation) == ["motorcycle_left", "motorcycle_right"]
+  assert sorted(train) == ["astronaut", "hubble_deep_field", "ihc", "retina"]
+  split_of = {n: s for s, names in (("train", train), ("validation", validation),
+                                    ("test", test)) for n in names}
+  for a, b in photos.STEREO_TWINS:  # two views of one scene never straddle splits
+    assert split_of[a] == split_of[b]
   assert set(train) | set(test) | set(validation) == set(photos.PHOTO_FILES)
   for image in list(train.values()) + list(test.values()):
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
@@ -45,15 +49,15 @@ def test_photos_splits_are_fixed_disjoint_and_complete(photos_dir):
   assert test["chelsea"].shape == (300, 451, 3)
   np.testing.assert_array_equal(train["astronaut"], np.asarray(Image.open(
       photos.photo_path("astronaut")).convert("RGB")))
-  assert os.path.isdir(photos_dir / "mtl_photos" / "1.2.0")
+  assert os.path.isdir(photos_dir / "mtl_photos" / "1.3.0")
 
 
 def test_open_images_photos_reuses_the_build_and_caches(photos_dir):
-  version_dir = photos_dir / "mtl_photos" / "1.2.0"
+  version_dir = photos_dir / "mtl_photos" / "1.3.0"
   built_at = os.stat(version_dir).st_mtime_ns
   images = sources.open_images(_data_cfg(photos_dir), "train")
   assert os.stat(version_dir).st_mtime_ns == built_at   # reused, not rebuilt
-  assert len(images) == 5
+  assert len(images) == len(photos.TRAIN_PHOTOS) == 4
   first = images[0]
   assert first is images[0]                              # decoded once, kept in memory
   assert first.dtype == np.uint8 and first.shape[-1] == 3 and not first.flags.writeable
@@ -109,7 +113,7 @@ def test_two_processes_building_at_once_agree(tmp_path):
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-2000:]
     assert out.strip().splitlines()[-1] == "chelsea,coffee,rocket"
-  assert os.listdir(tmp_path / "mtl_photos") == ["1.2.0"]   # no leftover incomplete dirs
+  assert os.listdir(tmp_path / "mtl_photos") == ["1.3.0"]   # no leftover incomplete dirs
 
 
 # ----------------------------------------------------------------------------- folder

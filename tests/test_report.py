@@ -1,16 +1,17 @@
 """The report of a real micro study (launch/study.py -> launch/train.py runs, then
-launch/report.py): partial and complete, every table against the runs' own files."""
+launch/report.py): partial and complete, every table against the runs' own files; and the
+statistics of the tables on synthetic study directories (results written by hand)."""
 import csv
 import json
-import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from mtl import conflicts
-from mtl.report import tables
+from mtl import conflicts, report, stats
+from mtl.report import render, scores, tables
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY
 
@@ -83,7 +84,8 @@ def test_every_table_and_format_is_written(study_runs):
     assert next(csv.reader(f)) == list(tables.MAIN_COLUMNS)
   with open(os.path.join(workdir, "tables", "main.tex")) as f:
     tex = f.read()
-  assert r"\begin{tabular}" in tex and r"denoise\_30" in tex and r"\textbf{" in tex
+  assert r"\begin{tabular}" in tex and r"denoise\_30" in tex
+  assert r"\textbf{" not in tex  # one seed: nothing is significantly best
   assert "Runs done: 5/5." in logs["report"].stdout
 
 
@@ -97,22 +99,22 @@ def test_main_table_cells_are_the_runs_results(study_runs):
   scratch = _results(workdir, "scratch-derain-lr1e-3-s0")["tasks"]["derain"]["photos"]
   joint = _results(workdir, JOINT)["tasks"]["derain"]["photos"]
   row = rows["derain", "scratch", "photos"]
-  assert float(row["psnr_y_mean"]) == scratch["psnr_y"]
-  assert float(row["ssim_y_mean"]) == scratch["ssim_y"]
-  assert row["n_seeds"] == "1" and row["psnr_y_std"] == "nan"
-  assert row["runs"] == "scratch-derain-lr1e-3-s0"
+  assert float(row["psnr_mean"]) == scratch["psnr_y"] and row["metric"] == "psnr_y"
+  assert float(row["ssim_mean"]) == scratch["ssim_y"]
+  assert row["n_seeds"] == "1" and row["psnr_std"] == "nan"
+  assert row["runs"] == "scratch-derain-lr1e-3-s0" and row["budget"] == "steps"
   joint_row = rows["derain", "joint", "photos"]
-  assert float(joint_row["delta_psnr_y"]) == pytest.approx(joint["psnr_y"] - scratch["psnr_y"])
-  best = max(("scratch", "joint", "finetune"),
-             key=lambda reg: float(rows["derain", reg, "photos"]["psnr_y_mean"]))
-  assert rows["derain", best, "photos"]["best_psnr_y"] == "True"
-  assert float(rows["derain", "input", "photos"]["psnr_y_mean"]) == scratch["input_psnr_y"]
-  assert float(rows["derain", "published", "photos"]["delta_psnr_y"]) == pytest.approx(
-      40.0 - scratch["psnr_y"])
+  assert float(joint_row["delta_psnr"]) == pytest.approx(joint["psnr_y"] - scratch["psnr_y"])
+  # one seed: a difference but no interval, and so no verdict beyond 'no detectable difference'
+  assert joint_row["delta_psnr_low"] == "nan" and joint_row["delta_psnr_n"] == "1"
+  assert joint_row["verdict_psnr"] == "no detectable difference"
+  assert all(r["best_psnr"] == "False" for r in rows.values())
+  assert float(rows["derain", "input", "photos"]["psnr_mean"]) == scratch["input_psnr_y"]
+  assert float(rows["derain", "published", "photos"]["psnr_mean"]) == 40.0
   with open(os.path.join(workdir, "tables", "main.md")) as f:
     md = f.read()
-  assert f"| derain | scratch | 1 | " in md and f"{scratch['psnr_y']:.2f}" in md
-  assert f"**{float(rows['derain', best, 'photos']['psnr_y_mean']):.2f}**" in md
+  assert "| derain | scratch | 1 | " in md and f"{scratch['psnr_y']:.2f}" in md
+  assert f"{joint['psnr_y'] - scratch['psnr_y']:+.2f} (1 seed: no CI)" in md
 
 
 def test_finetunes_started_from_the_joint_run(study_runs):
@@ -130,9 +132,8 @@ def test_transfer_table(study_runs):
   assert {(r["task"], r["regime"]) for r in rows} == {
       (t, reg) for t in TASKS for reg in ("joint", "finetune")}
   for r in rows:
-    assert float(r["delta_psnr_y"]) == pytest.approx(
-        float(r["regime_psnr_y"]) - float(r["scratch_psnr_y"]))
-    assert r["verdict"] in ("loss (1 seed: no spread)", "gain (1 seed: no spread)")
+    assert float(r["delta"]) == pytest.approx(float(r["regime_mean"]) - float(r["scratch_mean"]))
+    assert r["verdict"] == "no detectable difference" and r["n_pairs"] == "1"
 
 
 def test_conflict_table_is_the_joint_runs_record(study_runs):
@@ -170,33 +171,191 @@ def test_report_md_embeds_figures_and_states_the_method(study_runs):
     assert phrase in md
 
 
-# ----------------------------------------------------------------------------- pure parts
+# ----------------------------------------------------------------------------- synthetic studies
+
+# Per-seed test Y-PSNR of a synthetic study (seeds 0, 1, 2): scratch, and each regime as scratch
+# + a per-seed difference chosen so that the verdict is known: a clear gain, a clear loss, a
+# null (differences of both signs), and one regime significantly better than every other.
+SCRATCH = {"denoise_30": [30.0, 30.4, 29.8], "sr_x2": [33.0, 33.2, 32.9],
+           "derain": [28.0, 28.5, 27.7]}
+DIFF = {("joint", "denoise_30"): [1.0, 1.1, 0.9],       # gain
+        ("finetune", "denoise_30"): [1.1, 0.9, 1.05],   # gain, not better than joint: no bold
+        ("joint", "sr_x2"): [-1.0, -0.8, -1.2],         # loss
+        ("finetune", "sr_x2"): [0.3, -0.2, 0.1],        # null
+        ("joint", "derain"): [0.5, 0.6, 0.55],          # gain
+        ("finetune", "derain"): [1.5, 1.6, 1.4]}        # best, above joint on every seed: bold
+VERDICTS = {("joint", "denoise_30"): "gain", ("finetune", "denoise_30"): "gain",
+            ("joint", "sr_x2"): "loss", ("finetune", "sr_x2"): "no detectable difference",
+            ("joint", "derain"): "gain", ("finetune", "derain"): "gain"}
+INPUT = {"denoise_30": 20.0, "sr_x2": 34.0, "derain": 25.0}   # sr_x2: nothing beats the input
 
 
-def test_transfer_verdicts():
-  assert tables._verdict(-0.5, 0.2) == "negative transfer"
-  assert tables._verdict(-0.1, 0.2) == "within seed spread"
-  assert tables._verdict(0.5, 0.2) == "positive transfer"
-  assert tables._verdict(-0.1, float("nan")) == "loss (1 seed: no spread)"
+def _psnr(regime, task, seed):
+  base = SCRATCH[task][seed]
+  return base if regime == "scratch" else base + DIFF[regime, task][seed]
+
+
+def synthetic_study(workdir, metric="psnr_y", **fields):
+  """A study directory whose runs are written by hand (no training): run_config.json,
+  results.json and DONE per run, results from SCRATCH and DIFF (the lr grid's second lr is
+  1 dB worse on validation, so the first is chosen)."""
+  from experiments import base
+  study = study_lib.defaults()
+  study.name, study.metric = "synthetic", metric
+  study.tasks = tuple(SCRATCH)
+  study.steps.scratch = study.steps.joint = study.steps.finetune = 4
+  study.lrs = (1e-3, 3e-3)
+  study.run = base.get_config("tiny")
+  study.run.eval.sets = "photos,photos_val"
+  for key, value in fields.items():
+    study[key] = value
+  s = study_lib.Study(study, workdir)
+  s.prepare()
+  for spec in s.runs:
+    s.write_run_config(spec)
+    tasks = {}
+    for t in spec.tasks:
+      v = _psnr(spec.regime, t, spec.seed)
+      entry = lambda v: {"psnr_y": v, "ssim_y": v / 100, "psnr_rgb": v - 2, "ssim_rgb": v / 200,
+                         "input_psnr_y": INPUT[t], "input_ssim_y": INPUT[t] / 100,
+                         "input_psnr_rgb": INPUT[t] - 2, "input_ssim_rgb": INPUT[t] / 200}
+      worse = 0.0 if spec.lr == 1e-3 else 1.0
+      tasks[t] = {"photos": entry(v - 5 * worse), "photos_val": entry(v - worse)}
+    for filename, obj in (("results.json", {"step": 4, "tasks": tasks}), ("DONE", {})):
+      with open(s.path(spec.name, filename), "w") as f:
+        json.dump(obj, f)
+  return s
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+  return synthetic_study(str(tmp_path_factory.mktemp("synthetic") / "study"))
+
+
+def _cells(table):
+  return {(row[0], row[1]): row for row in table.rows}
+
+
+def test_delta_cells_are_paired_intervals_of_the_per_seed_values(synthetic):
+  table = tables.main_table(synthetic)
+  records = {(r["task"], r["regime"]): r for r in table.records}
+  cells = _cells(table)
+  for (regime, task), diff in DIFF.items():
+    iv = stats.paired_interval(SCRATCH[task], [_psnr(regime, task, k) for k in range(3)])
+    r = records[task, regime]
+    assert r["n_seeds"] == 3 and r["delta_psnr_n"] == 3
+    for key, value in (("delta_psnr", iv.estimate), ("delta_psnr_low", iv.low),
+                       ("delta_psnr_high", iv.high), ("delta_psnr_p", iv.p)):
+      assert r[key] == pytest.approx(value, rel=1e-12, abs=1e-12), key
+    assert r["verdict_psnr"] == stats.verdict(iv) == VERDICTS[regime, task]
+    # SSIM = PSNR / 100 here: its interval is the PSNR one scaled, and its verdict the same
+    assert r["delta_ssim_low"] == pytest.approx(iv.low / 100)
+    assert r["verdict_ssim"] == VERDICTS[regime, task]
+    assert cells[task, regime][4] == (
+        f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}], {tables.format_p(iv.p)}")
+    assert cells[task, regime][5] == VERDICTS[regime, task]
+  assert cells["sr_x2", "scratch"][4] == ""   # scratch is the baseline: no Δ
+  assert any("paired t 95% CI" in n for n in table.notes)
+
+
+def test_bold_only_for_the_significantly_best_regime(synthetic):
+  cells = _cells(tables.main_table(synthetic))
+  bold = {(task, regime) for (task, regime), row in cells.items()
+          if isinstance(row[3], tables.PsnrSsimText) and row[3].psnr_bold}
+  # derain: finetune beats joint and scratch on every seed; denoise_30: finetune's mean is
+  # highest but not significantly above joint's; sr_x2: the best (finetune) is null vs scratch
+  assert bold == {("derain", "finetune")}
+  md = render.to_markdown(tables.main_table(synthetic))
+  assert "**29.57 ± 0.50** / **0.2957 ± 0.0050**" in md
+
+
+def test_transfer_table_uses_the_same_paired_intervals(synthetic):
+  rows = {(r["task"], r["regime"]): r for r in tables.transfer_table(synthetic).records}
+  for (regime, task), diff in DIFF.items():
+    iv = stats.paired_interval(SCRATCH[task], [_psnr(regime, task, k) for k in range(3)])
+    r = rows[task, regime]
+    assert (r["delta_low"], r["delta_high"], r["p"]) == pytest.approx((iv.low, iv.high, iv.p))
+    assert r["verdict"] == VERDICTS[regime, task] and r["n_pairs"] == 3
+
+
+def test_lr_grid_and_budget_are_stated(synthetic, tmp_path):
+  notes = " ".join(tables.main_table(synthetic).notes)
+  assert "one grid for every regime: 1e-3, 3e-3" in notes and "Budget 'steps'" in notes
+  override = study_lib.defaults().lrs_override
+  override.finetune = (1e-4, 3e-4)
+  s = synthetic_study(str(tmp_path / "s"), lrs_override=override)
+  notes = " ".join(tables.main_table(s).notes)
+  assert "grids DIFFER" in notes and "finetune: 1e-4, 3e-4" in notes
+
+
+def test_warning_when_no_trained_regime_beats_the_input(synthetic):
+  table = tables.main_table(synthetic)
+  assert len(table.warnings) == 1 and table.warnings[0].startswith(
+      "WARNING: sr_x2 on photos: no trained regime beats the input (Y-PSNR 34.00 dB")
+  path = report.write(synthetic.workdir)
+  with open(path) as f:
+    md = f.read()
+  assert md.index("WARNING: sr_x2") < md.index("## Main table")
+  out = _cli("launch/report.py", f"--workdir={synthetic.workdir}")
+  assert out.returncode == 0 and "WARNING: sr_x2 on photos" in out.stdout
+
+
+def test_metric_psnr_rgb_selects_and_reports_rgb(tmp_path):
+  s = synthetic_study(str(tmp_path / "rgb"), metric="psnr_rgb")
+  r = {(r["task"], r["regime"]): r for r in tables.main_table(s).records}
+  assert r["derain", "scratch"]["metric"] == "psnr_rgb"
+  assert r["derain", "scratch"]["psnr_mean"] == pytest.approx(np.mean(SCRATCH["derain"]) - 2)
+  assert r["derain", "scratch"]["ssim_mean"] == pytest.approx(np.mean(SCRATCH["derain"]) / 200)
+  assert r["derain", "input"]["psnr_mean"] == INPUT["derain"] - 2
+
+
+def test_published_row_only_when_its_requirement_holds(tmp_path):
+  reference = study_lib.defaults().reference
+  reference.label = "published"
+  reference.psnr_y = {"derain": {"photos": 40.0}}
+  reference.requires = {"derain": "degrade.rain.streak_dir"}
+  s = synthetic_study(str(tmp_path / "a"), reference=reference)
+  assert not any(r["regime"] == "published" for r in tables.main_table(s).records)
+  from experiments import base
+  run = base.get_config("tiny")
+  run.eval.sets = "photos,photos_val"
+  run.degrade.rain.streak_dir = "/data/RainTrainL/streaks"
+  s = synthetic_study(str(tmp_path / "b"), reference=reference, run=run)
+  (row,) = [r for r in tables.main_table(s).records if r["regime"] == "published"]
+  assert row["psnr_mean"] == 40.0 and row.get("delta_psnr") is None  # no seeds to pair
+
+
+def test_ipt_paper_study_requires_real_streaks_for_rain100l():
+  from experiments.studies import ipt_paper
+  assert ipt_paper.get_config("/data").reference.requires.to_dict() == {
+      "derain": "degrade.rain.streak_dir"}
 
 
 def test_spearman_between_conflict_and_pairwise_transfer(tmp_path):
-  from scipy import stats
+  from scipy import stats as sps
   study = study_lib.defaults()
   study.tasks = ("denoise_30", "sr_x2", "derain")
   study.regimes = ("joint", "pairs")
   study.steps.joint = 4
-  study.lrs.joint = (1e-3,)
+  study.lrs = (1e-3,)
   from experiments import base
   study.run = base.get_config("tiny")
   study.run.eval.sets = "photos,photos_val"
   s = study_lib.Study(study, str(tmp_path))
   cos = {"denoise_30~sr_x2": 0.3, "denoise_30~derain": -0.1, "sr_x2~derain": 0.05}
-  transfer = {"denoise_30~sr_x2": 0.4, "denoise_30~derain": -0.2, "sr_x2~derain": 0.5}
+  gains = {"denoise_30~sr_x2": [0.3, 0.5], "denoise_30~derain": [-0.1, -0.3],
+           "sr_x2~derain": [0.4, 0.6]}
+  transfer = {p: scores.paired({0: 0.0, 1: 0.0}, {0: g[0], 1: g[1]}) for p, g in gains.items()}
   summaries = [("joint", 0, JOINT, {"pair": {p: {"mean_cos": c, "conflict_fraction": 0.5}
                                               for p, c in cos.items()}})]
   table = tables.conflict_table(s, summaries, transfer)
-  rho = stats.spearmanr(list(cos.values()), [transfer[p] for p in cos]).statistic
-  assert table.spearman[0] == pytest.approx(rho) and table.spearman[2] == 3
-  assert any("Spearman" in n and f"{rho:+.3f}" in n for n in table.notes)
-  assert math.isclose(table.records[0]["pairwise_transfer_db"], 0.4)
+  rho = sps.spearmanr(list(cos.values()), [np.mean(gains[p]) for p in cos]).statistic
+  # 3 pairs: every one of the 3! pairings reaches |rho| = 0.5, so the exact p is 1
+  assert table.spearman.rho == pytest.approx(rho) == 0.5 and table.spearman.n == 3
+  assert table.spearman.p == 1.0 and table.spearman.method == "exact permutation"
+  note = next(n for n in table.notes if n.startswith("Spearman"))
+  assert "rho = +0.500, p = 1.000 (exact permutation" in note and "0.333" in note
+  assert "p = 0.0 " not in note and "p = 0.000" not in note
+  assert table.records[0]["pairwise_transfer_db"] == pytest.approx(0.4)
+  assert table.records[0]["pairwise_transfer_low"] == pytest.approx(transfer[
+      "denoise_30~sr_x2"].low)

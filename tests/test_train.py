@@ -40,8 +40,9 @@ def _independent_task_grads(run, config, params, batch, step):
   """Each task's gradient of its own loss alone, w.r.t. the body: plain jax.grad per task."""
   key = jax.random.fold_in(jax.random.key(config.seed), step)
   grads = []
-  for tid, spec in enumerate(run.model.specs):
-    inputs, targets = degradations.degrade(spec, jax.random.fold_in(key, tid),
+  for spec in run.model.specs:
+    task_key = jax.random.fold_in(key, step_lib.task_id(spec.name))
+    inputs, targets = degradations.degrade(spec, task_key,
                                            batch[spec.name], config.degrade)
     def task_loss(body):
       out = run.model.apply(dict(params, body=body), spec.name, inputs)

@@ -3,15 +3,17 @@
 The embedded default image set: no download, no network, identical on every machine. Only the
 real colour photographs are used (the grey photographs, drawings and synthetic charts are not):
 
-  train       astronaut, hubble_deep_field, ihc, motorcycle_left, retina  (5 images)
-  validation  motorcycle_right                                            (1 image)
+  train       astronaut, hubble_deep_field, ihc, retina                   (4 images)
+  validation  motorcycle_left, motorcycle_right                           (2 images)
   test        chelsea, coffee, rocket                                     (3 images)
 
 Features: `image` (uint8 HWC RGB, zlib-compressed tensor: TFDS cannot encode `Image` features
 without TensorFlow) and `name` (the photograph's name; bytes when read back).
-The validation image is for choosing hyper-parameters (studies pick the lr on it); it is
-the other view of a stereo pair, so it is held out but close to the training content.
-Built into <tfds_dir>/mtl_photos/1.2.0/ (see `sources.prepare`).
+The validation images are for choosing hyper-parameters (studies pick the lr on them). The two
+motorcycle photographs are the left and right views of one stereo pair (Middlebury 2014, via
+scikit-image): nearly the same picture, so they stay together in validation; no split holds an
+image whose twin is in another (STEREO_TWINS; checked in tests/test_data_sources.py).
+Built into <tfds_dir>/mtl_photos/1.3.0/ (see `sources.prepare`; a new version rebuilds).
 """
 import os
 
@@ -34,7 +36,8 @@ PHOTO_FILES = {
     "rocket": "rocket.jpg",
 }
 TEST_PHOTOS = ("chelsea", "coffee", "rocket")
-VALIDATION_PHOTOS = ("motorcycle_right",)
+VALIDATION_PHOTOS = ("motorcycle_left", "motorcycle_right")
+STEREO_TWINS = (("motorcycle_left", "motorcycle_right"),)  # two views of one scene
 TRAIN_PHOTOS = tuple(sorted(set(PHOTO_FILES) - set(TEST_PHOTOS) - set(VALIDATION_PHOTOS)))
 
 
@@ -49,9 +52,10 @@ def photo_path(name):
 class MtlPhotos(tfds.core.GeneratorBasedBuilder):
   """scikit-image's colour photographs, split into fixed train, validation and test lists."""
 
-  VERSION = tfds.core.Version("1.2.0")
+  VERSION = tfds.core.Version("1.3.0")
   RELEASE_NOTES = {"1.0.0": "Initial release.",
-                   "1.2.0": "motorcycle_right moves to a validation split."}
+                   "1.2.0": "motorcycle_right moves to a validation split.",
+                   "1.3.0": "motorcycle_left joins its stereo twin in validation."}
   # TFDS looks for a download-checksums file beside the builder's code via `importlib_resources`,
   # which a TensorFlow-free install may lack; nothing is downloaded here, so there is no file.
   code_path = None

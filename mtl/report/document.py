@@ -9,6 +9,7 @@ from mtl import events
 from mtl import study as study_lib
 from mtl.report import render, tables
 from mtl.report.scores import conflict_summaries, regime_columns, regime_scores
+from mtl.study.workdir import RUNS_DIR
 
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -60,13 +61,13 @@ def _method_section(study):
     crops.append(f"centre crops of at most {ev['max_side']} px")
   if ev.get("max_images"):
     crops.append(f"the first {ev['max_images']} images of each set")
-  steps = {r: study_lib.regime_steps(c, r) for r in c["regimes"]}
-  lrs = {r: ", ".join(study_lib.format_lr(x) for x in study_lib.regime_lrs(c, r))
-         for r in c["regimes"]}
+  label = tables.metric_names(study)[2]
   lines = [
       "## How the numbers were computed",
       "",
-      "- **Metrics**: PSNR and SSIM on the Y channel (ITU-R BT.601, Y in [16, 235]) of outputs "
+      f"- **Metrics**: {label} and SSIM"
+      + (" on the Y channel (ITU-R BT.601, Y in [16, 235])" if study.metric == "psnr_y" else
+         " on RGB") + " of outputs "
       "rounded to [0, 255], as BasicSR: crop border = scale for SR tasks, 0 otherwise; SSIM with "
       "an 11x11 Gaussian window (sigma 1.5). Whole images by overlapping "
       f"{run['model']['patch_size']}x{run['model']['patch_size']} tiles (overlap "
@@ -74,16 +75,16 @@ def _method_section(study):
       f"- **Test sets**: {', '.join(study.test_sets)}. **Validation set**: {study.validation} "
       "(never reported as a result). Degraded inputs are identical for every run (keys per "
       "task and image).",
-      f"- **Learning rates** ({'; '.join(f'{r}: {v}' for r, v in lrs.items())}) are chosen per "
-      f"seed on the validation set: the run with the best mean Y-PSNR on {study.validation} "
-      "over its tasks. Fine-tunes start from the joint (or group) run chosen that way for the "
-      "same seed.",
-      f"- **Seeds**: {', '.join(map(str, c['seeds']))}; cells are mean ± sample std over "
-      "seeds (n shown).",
-      f"- **Budgets** (steps per run): {'; '.join(f'{r}: {s}' for r, s in steps.items())}"
-      + (" — equal compute: scratch = pre-training + fine-tuning steps."
-         if c["equal_compute"] else "."),
-      f"- **Regimes**: scratch = each task alone from random init; joint = all tasks every "
+      f"- **Learning rates** are chosen per seed on the validation set: the run with the best "
+      f"mean {label} on {study.validation} over its tasks. Fine-tunes start from the joint (or "
+      "group) run chosen that way for the same seed. " + tables.lr_note(study),
+      f"- **Seeds**: {', '.join(map(str, c['seeds']))}, paired across regimes (same seed: same "
+      "init of the shared body; same crops and degradations of a task at a step; a task's "
+      "head, query and tail init follows its position in the run's task list). Cells are "
+      "mean ± sample std over seeds (n shown); every Δ is paired over seeds: mean, paired t "
+      "95% CI, two-sided p; 'gain' / 'loss' only when the CI excludes 0.",
+      f"- **{tables.budget_note(study)}**",
+      "- **Regimes**: scratch = each task alone from random init; joint = all tasks every "
       "step from random init (its per-task results are the joint row); finetune = each task "
       "from the chosen joint run; pair:a+b = two tasks jointly; group:g / finetune:g = a "
       "user group jointly, and fine-tuned from it.",
@@ -94,7 +95,7 @@ def _method_section(study):
 def _figures_section(study, loss_paths, summaries):
   lines = ["## Figures", ""]
   for col, seed, name, _ in summaries:
-    conflicts_dir = os.path.join(study_lib.RUNS_DIR, name, "conflicts")
+    conflicts_dir = os.path.join(RUNS_DIR, name, "conflicts")
     lines.append(f"### Conflicts in {col}, seed {seed} (`{name}`)")
     lines.append("")
     for fig, title in (("cos_matrix.png", "task x task cosine"),
@@ -110,9 +111,9 @@ def _figures_section(study, loss_paths, summaries):
   return "\n".join(lines) + "\n"
 
 
-def _status_section(study):
+def _status_section(study, warnings=()):
   done = [r for r in study.runs if study.is_done(r.name)]
-  lines = [f"Runs done: {len(done)}/{len(study.runs)}."]
+  lines = [f"Runs done: {len(done)}/{len(study.runs)}."] + [f"\n**{w}**" for w in warnings]
   missing = [r for r in study.runs if not study.is_done(r.name)]
   if missing:
     lines.append("Missing (their cells are left out or have fewer seeds): " + ", ".join(
@@ -132,7 +133,7 @@ def write(workdir):
   for table in built:
     render.write_table(table, tables_dir)
   loss_paths = loss_figures(study, os.path.join(study.workdir, FIGURES_DIR))
-  parts = [f"# Study {study.name}\n", _status_section(study)]
+  parts = [f"# Study {study.name}\n", _status_section(study, built[0].warnings)]
   for table in built:
     parts.append(f"## {table.title}\n\n(tables/{table.name}.md, .csv, .tex)\n\n"
                  + render.to_markdown(table))

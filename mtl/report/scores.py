@@ -1,14 +1,18 @@
-"""The numbers of a study's tables: per (regime column, task) the chosen run of each seed and its scores.
+"""The numbers of a study's tables: per (regime column, task) the chosen run of each seed and its
+scores, and the paired differences between regimes over seeds.
 
 For each seed, the run its sweep chose on validation (see mtl.study) is the one reported; a
-RegimeScores holds those runs and their results.json, and gives mean +- std over seeds.
+RegimeScores holds those runs and their results.json, and gives mean +- std over seeds. Two
+regimes are compared seed by seed (the same seed starts them from the same shared init and
+feeds them the same crops): `paired` gives the mean difference, its paired t interval and p.
 """
 import dataclasses
+import math
 import os
 
 import numpy as np
 
-from mtl import conflicts
+from mtl import conflicts, stats
 
 
 @dataclasses.dataclass
@@ -19,9 +23,14 @@ class RegimeScores:
   results: list          # their results.json
   complete: list         # whether each seed's sweep was complete
 
+  def by_seed(self, test_set, metric):
+    """{seed: value} of the seeds scored on test_set."""
+    return {spec.seed: r["tasks"][self.task][test_set][metric]
+            for spec, r in zip(self.runs, self.results)
+            if test_set in r["tasks"].get(self.task, {})}
+
   def values(self, test_set, metric):
-    return [r["tasks"][self.task][test_set][metric] for r in self.results
-            if test_set in r["tasks"].get(self.task, {})]
+    return list(self.by_seed(test_set, metric).values())
 
   def stats(self, test_set, metric):
     """(mean, std, n) over seeds; std is NaN for one seed; None if no value."""
@@ -30,6 +39,19 @@ class RegimeScores:
       return None
     std = float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
     return float(np.mean(values)), std, len(values)
+
+
+def paired(a, b, level=0.95):
+  """b - a over the seeds both {seed: value} maps hold: stats.paired_interval, or a NaN
+  interval with a note when fewer than 2 seeds pair up (the estimate is then the 1-seed
+  difference, or NaN)."""
+  seeds = sorted(set(a) & set(b))
+  x, y = [a[k] for k in seeds], [b[k] for k in seeds]
+  if len(seeds) < 2:
+    estimate = y[0] - x[0] if seeds else float("nan")
+    return stats.Interval(float(estimate), math.nan, math.nan, level, len(seeds), math.nan,
+                          "paired t", f"{len(seeds)} paired seed(s): no interval (needs >= 2)")
+  return stats.paired_interval(x, y, level)
 
 
 def regime_columns(study):
@@ -62,27 +84,34 @@ def regime_scores(study, column, task):
 def primary_test_set(study, task, c):
   """The first of study.test that `task` is scored on in cell `c` (None if none)."""
   for name in study.test_sets:
-    if c is not None and c.values(name, "psnr_y"):
+    if c is not None and c.values(name, study.metric):
       return name
   return None
 
 
-
 def pairwise_transfer(study):
-  """{'a~b': dB} for every pair run of the study with results (see the module docstring)."""
+  """{'a~b': Interval} for every pair run of the study with results: per seed, the mean over a
+  and b of (pair run - scratch run) on each task's primary test set; the paired interval of
+  that over seeds (estimate: its mean)."""
   out = {}
   pair_columns = [c for c in dict.fromkeys(r.column for r in study.runs if r.regime == "pairs")]
   for col in pair_columns:
     a, b = col[len("pair:"):].split("+")
-    gains = []
+    per_task = []
     for task in (a, b):
       base, c = regime_scores(study, "scratch", task), regime_scores(study, col, task)
       s = primary_test_set(study, task, base)
-      if s is None or c is None or not c.values(s, "psnr_y"):
+      if s is None or c is None or not c.values(s, study.metric):
         continue
-      gains.append(c.stats(s, "psnr_y")[0] - base.stats(s, "psnr_y")[0])
-    if gains:
-      out[f"{a}~{b}"] = float(np.mean(gains))
+      per_task.append((base.by_seed(s, study.metric), c.by_seed(s, study.metric)))
+    if not per_task:
+      continue
+    seeds = sorted(set.intersection(*[set(x) & set(y) for x, y in per_task]))
+    if not seeds:
+      continue
+    scratch = {k: float(np.mean([x[k] for x, _ in per_task])) for k in seeds}
+    pair = {k: float(np.mean([y[k] for _, y in per_task])) for k in seeds}
+    out[f"{a}~{b}"] = paired(scratch, pair)
   return out
 
 

@@ -2,16 +2,23 @@
 
 How each number is computed (report.md repeats it):
   cell        for each seed, the run its sweep chose on validation (see mtl.study); the test
-              score of that run; mean +- sample std (ddof 1) over the seeds that are done.
-  delta       regime mean - scratch mean of the same task and test set.
-  transfer    'negative transfer' where a regime is below scratch by more than the seed spread
-              (the larger of the two standard deviations over seeds); needs >= 2 seeds each.
+              score of that run (study.metric and its SSIM); mean +- sample std (ddof 1) over
+              the seeds that are done.
+  delta       regime - scratch of the same task, test set and seed, over the seeds both have:
+              mean, paired t 95% interval (n - 1 degrees of freedom) and two-sided p
+              (mtl.stats.paired_interval). Seeds are paired: the same seed gives the same body
+              init and the same crops and degradations of a task at a step.
+  verdict     'gain' / 'loss' only when the interval excludes 0 (mtl.stats.verdict); else 'no
+              detectable difference' (always so with one seed: no interval).
+  bold        a trained regime's mean, only when it is the best of the task and significantly
+              better than every other trained regime (paired interval of best - other > 0).
   conflicts   per task pair, the mean over probe steps of the whole-body cosine between the two
               task gradients, and the share of probe steps where it is < 0 (conflict fraction),
               in the chosen joint (or group) run of each seed; mean (+- std) over seeds.
-  pairwise    transfer of a pair a~b: the mean over a and b of (PSNR of the chosen pair run -
-  transfer    scratch PSNR), each on the task's primary test set (the first of study.test it is
-              scored on), means over seeds; Spearman's rank correlation with the mean cosine.
+  pairwise    transfer of a pair a~b: per seed the mean over a and b of (PSNR of the chosen pair
+  transfer    run - scratch PSNR), each on the task's primary test set (the first of study.test
+              it is scored on); its paired interval over seeds. Spearman's rank correlation with
+              the mean cosine: mtl.stats.spearman (exact permutation p for n <= 9 pairs, n >= 3).
   compute     compute.json of the runs: steps, images seen (batch x tasks per step x steps),
               XLA-counted training FLOPs (one step's cost analysis x steps), wall seconds.
 """
@@ -20,18 +27,25 @@ import math
 
 import numpy as np
 
-from mtl import io
+from mtl import io, stats
 from mtl import study as study_lib
-from mtl.report.scores import (conflict_summaries, pairwise_transfer, regime_columns,
+from mtl.report.scores import (conflict_summaries, paired, pairwise_transfer, regime_columns,
                                regime_scores)
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
-METRICS = ("psnr_y", "ssim_y")
 INPUT_ROW = "input"  # main-table row of the degraded input's own scores
-MAIN_COLUMNS = ("task", "regime", "test_set", "n_seeds", "psnr_y_mean", "psnr_y_std",
-                "ssim_y_mean", "ssim_y_std", "delta_psnr_y", "delta_ssim_y", "best_psnr_y",
-                "lrs", "runs", "complete_sweeps")
+MAIN_COLUMNS = ("task", "regime", "test_set", "metric", "n_seeds", "psnr_mean", "psnr_std",
+                "ssim_mean", "ssim_std", "delta_psnr", "delta_psnr_low", "delta_psnr_high",
+                "delta_psnr_p", "delta_psnr_n", "verdict_psnr", "delta_ssim", "delta_ssim_low",
+                "delta_ssim_high", "delta_ssim_p", "verdict_ssim", "best_psnr", "best_ssim",
+                "budget", "lrs", "runs", "complete_sweeps")
+LEVEL = 0.95
+PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same body init, same crops "
+               "and degradations); mean over the seeds both have, paired t "
+               "95% CI [low, high] (n − 1 degrees of freedom) and two-sided p. Verdict 'gain' / "
+               "'loss' only when the CI excludes 0, else 'no detectable difference' (always so "
+               "with one seed, which has no CI).")
 
 
 class Bold(str):
@@ -60,7 +74,8 @@ class Table:
   records: list          # CSV rows (dicts of raw values)
   notes: list = dataclasses.field(default_factory=list)
   csv_columns: list = None   # None: the records' keys in order of appearance
-  spearman: tuple = None     # conflicts: (rho, p, number of pairs), when defined
+  spearman: object = None    # conflicts: the stats.Spearman of cosine vs transfer, when n >= 3
+  warnings: list = dataclasses.field(default_factory=list)  # lines the report shows first
 
 
 
@@ -72,120 +87,208 @@ def _signed(value, digits):
   return "–" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
 
 
-def _pm(stats, digits):
-  mean, std, n = stats
+def _pm(stats_, digits):
+  mean, std, n = stats_
   return _fmt(mean, digits) + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def format_p(p):
+  """'p = 0.031', 'p < 0.001' (never 'p = 0.0'), '–' for NaN."""
+  if p is None or not math.isfinite(p):
+    return "–"
+  return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def delta_text(iv, digits=2):
+  """'+0.42 [+0.10, +0.74], p = 0.031' or '+0.42 (1 seed: no CI)'."""
+  if not math.isfinite(iv.low):
+    return f"{_signed(iv.estimate, digits)} ({iv.n} seed{'s' if iv.n != 1 else ''}: no CI)"
+  return (f"{_signed(iv.estimate, digits)} [{_signed(iv.low, digits)}, "
+          f"{_signed(iv.high, digits)}], {format_p(iv.p)}")
 
 
 def _lrs(c):
   return ",".join(study_lib.format_lr(r.lr) for r in c.runs)
 
 
+def metric_names(study):
+  """(PSNR key, SSIM key, PSNR label) of the study's metric."""
+  m = study.metric
+  return m, study_lib.METRICS[m], "Y-PSNR" if m == "psnr_y" else "RGB-PSNR"
+
+
+def budget_note(study):
+  """One line: which budget the study used and what it equalizes."""
+  c = study.config
+  steps = {r: study_lib.regime_steps(c, r) for r in c["regimes"]}
+  given = ", ".join(f"{r} {s}" for r, s in steps.items() if s)
+  if c["budget"] == "equal_images":
+    return (f"Budget 'equal_images': scratch sees as many images of its task as pre-training + "
+            f"fine-tuning (steps per run: {given}).")
+  if c["budget"] == "equal_flops":
+    return (f"Budget 'equal_flops': scratch costs as many XLA-counted training FLOPs as its "
+            f"fine-tune plus the pre-training run's FLOPs / the number of tasks it trains "
+            f"(steps per run: {given}; scratch derived per task: compute table).")
+  return f"Budget 'steps': every regime runs the steps set for it ({given}); nothing equalized."
+
+
+def lr_note(study):
+  """One line: the lr grid every regime swept, or that the grids differ (and how)."""
+  c = study.config
+  grids = {r: ", ".join(study_lib.format_lr(x) for x in study_lib.regime_lrs(c, r))
+           for r in c["regimes"]}
+  if not study_lib.lr_grids_differ(c):
+    return (f"Learning rate chosen per seed on {study.validation} from one grid for every "
+            f"regime: {next(iter(grids.values()))}.")
+  return ("Learning-rate grids DIFFER between regimes (lrs_override): "
+          + "; ".join(f"{r}: {g}" for r, g in grids.items()) + f"; chosen per seed on "
+          f"{study.validation}.")
+
+
 # ----------------------------------------------------------------------------- tables
 
 
+def _best(cells, s, m):
+  """The column whose mean is highest on (s, m) and that is significantly better than every
+  other trained column (paired interval of best - other > 0); None if there is no such one."""
+  means = {col: c.stats(s, m)[0] for col, c in cells.items() if c.stats(s, m)}
+  if len(means) < 2:
+    return None
+  top = max(means, key=means.get)
+  for col in means:
+    if col != top:
+      iv = paired(cells[col].by_seed(s, m), cells[top].by_seed(s, m))
+      if not (math.isfinite(iv.low) and iv.low > 0):
+        return None
+  return top
+
+
 def main_table(study):
-  """Tasks x regimes: Y-PSNR / SSIM per test set, delta to scratch, best per task in bold."""
+  """Tasks x regimes: PSNR / SSIM per test set, paired Δ vs scratch with CI, p and verdict."""
   columns, test_sets = regime_columns(study), study.test_sets
+  psnr_key, ssim_key, label = metric_names(study)
   ref = study.config["reference"]
-  header = ["task", "regime", "n"] + [h for s in test_sets for h in (f"{s} PSNR / SSIM",
-                                                                      f"{s} Δ vs scratch")]
-  rows, records = [], []
+  header = ["task", "regime", "n"] + [h for s in test_sets for h in (
+      f"{s} {label} / SSIM", f"{s} Δ {label} vs scratch [95% CI], p", f"{s} verdict")]
+  rows, records, warnings = [], [], []
   for task in study.tasks:
     cells = {col: regime_scores(study, col, task) for col in columns}
-    cells = {col: c for col, c in cells.items() if c is not None}
-    stats = {(col, s, m): c.stats(s, m) for col, c in cells.items() for s in test_sets
-             for m in METRICS}
-    best = {}
-    for s in test_sets:
-      for m in METRICS:
-        scored = [(stats[col, s, m][0], col) for col in cells if stats[col, s, m]]
-        if scored:
-          best[s, m] = max(scored)[1]
+    cells = {col: c for col, c in cells.items() if c is not None and c.runs}
+    best = {(s, m): _best(cells, s, m) for s in test_sets for m in (psnr_key, ssim_key)}
+    base = cells.get("scratch")
     for col, c in cells.items():
       row = [task, col, str(len(c.runs))]
       for s in test_sets:
-        psnr, ssim = stats[col, s, "psnr_y"], stats[col, s, "ssim_y"]
-        base = {m: stats.get(("scratch", s, m)) for m in METRICS}
-        delta = {m: (stats[col, s, m][0] - base[m][0]
-                     if stats[col, s, m] and base[m] and col != "scratch" else None)
-                 for m in METRICS}
+        psnr, ssim = c.stats(s, psnr_key), c.stats(s, ssim_key)
         if psnr is None:
-          row += ["–", "–"]
+          row += ["–", "–", ""]
           continue
-        row += [PsnrSsimText(_pm(psnr, 2), best.get((s, "psnr_y")) == col,
-                      _pm(ssim, 4), best.get((s, "ssim_y")) == col),
-                "" if col == "scratch" else
-                f"{_signed(delta['psnr_y'], 2)} / {_signed(delta['ssim_y'], 4)}"]
+        deltas = {m: paired(base.by_seed(s, m), c.by_seed(s, m))
+                  if base is not None and col != "scratch" else None for m in (psnr_key,
+                                                                               ssim_key)}
+        verdicts = {m: stats.verdict(iv) if iv is not None else "" for m, iv in deltas.items()}
+        dp, ds = deltas[psnr_key], deltas[ssim_key]
+        row += [PsnrSsimText(_pm(psnr, 2), best[s, psnr_key] == col, _pm(ssim, 4),
+                             best[s, ssim_key] == col),
+                "" if dp is None else delta_text(dp), verdicts[psnr_key]]
         records.append({
-            "task": task, "regime": col, "test_set": s, "n_seeds": psnr[2],
-            "psnr_y_mean": psnr[0], "psnr_y_std": psnr[1], "ssim_y_mean": ssim[0],
-            "ssim_y_std": ssim[1], "delta_psnr_y": delta["psnr_y"],
-            "delta_ssim_y": delta["ssim_y"], "best_psnr_y": best.get((s, "psnr_y")) == col,
-            "lrs": _lrs(c), "runs": " ".join(r.name for r in c.runs),
-            "complete_sweeps": all(c.complete)})
+            "task": task, "regime": col, "test_set": s, "metric": psnr_key,
+            "n_seeds": psnr[2], "psnr_mean": psnr[0], "psnr_std": psnr[1],
+            "ssim_mean": ssim[0], "ssim_std": ssim[1],
+            "delta_psnr": dp.estimate if dp else None, "delta_psnr_low": dp.low if dp else None,
+            "delta_psnr_high": dp.high if dp else None, "delta_psnr_p": dp.p if dp else None,
+            "delta_psnr_n": dp.n if dp else None, "verdict_psnr": verdicts[psnr_key],
+            "delta_ssim": ds.estimate if ds else None, "delta_ssim_low": ds.low if ds else None,
+            "delta_ssim_high": ds.high if ds else None, "delta_ssim_p": ds.p if ds else None,
+            "verdict_ssim": verdicts[ssim_key],
+            "best_psnr": best[s, psnr_key] == col, "best_ssim": best[s, ssim_key] == col,
+            "budget": study.config["budget"], "lrs": _lrs(c),
+            "runs": " ".join(r.name for r in c.runs), "complete_sweeps": all(c.complete)})
       rows.append(row)
-    inputs = _input_scores(cells.values(), task, test_sets)
+    inputs = _input_scores(cells.values(), task, test_sets, psnr_key, ssim_key)
     if inputs:  # the degraded input itself (SR: bicubic): what a restoration has to beat
       row = [task, INPUT_ROW, "–"]
       for s in test_sets:
         if s not in inputs:
-          row += ["–", ""]
+          row += ["–", "", ""]
           continue
         p, q = inputs[s]
-        base, sbase = stats.get(("scratch", s, "psnr_y")), stats.get(("scratch", s, "ssim_y"))
-        row += [f"{p:.2f} / {q:.4f}",
-                f"{_signed(p - base[0], 2)} / {_signed(q - sbase[0], 4)}" if base else ""]
-        records.append({"task": task, "regime": INPUT_ROW, "test_set": s, "n_seeds": 0,
-                        "psnr_y_mean": p, "ssim_y_mean": q, "best_psnr_y": False,
-                        "delta_psnr_y": p - base[0] if base else None,
-                        "delta_ssim_y": q - sbase[0] if base else None,
-                        "complete_sweeps": True})
+        row += [f"{_fmt(p, 2)} / {_fmt(q, 4)}", "", ""]
+        records.append({"task": task, "regime": INPUT_ROW, "test_set": s, "metric": psnr_key,
+                        "n_seeds": 0, "psnr_mean": p, "ssim_mean": q, "best_psnr": False,
+                        "best_ssim": False, "complete_sweeps": True})
+        trained = [(c.stats(s, psnr_key)[0], col) for col, c in cells.items()
+                   if c.stats(s, psnr_key)]
+        if trained and p is not None and max(trained)[0] <= p:
+          top, col = max(trained)
+          warnings.append(f"WARNING: {task} on {s}: no trained regime beats the input "
+                          f"({label} {p:.2f} dB; best: {col} {top:.2f} dB). The runs are too "
+                          "short or the lr grid misses: these Δs compare models that do not "
+                          "restore yet.")
       rows.append(row)
-    ref_psnr = ref["psnr_y"].get(task, {})
-    if ref["label"] and ref_psnr:
+    ref_psnr = ref["psnr_y"].get(task, {}) if _reference_applies(study, task) else {}
+    if ref["label"] and ref_psnr and psnr_key == "psnr_y":
       row = [task, ref["label"], "–"]
       for s in test_sets:
         p, q = ref_psnr.get(s), ref["ssim_y"].get(task, {}).get(s)
         if p is None:
-          row += ["–", ""]
+          row += ["–", "", ""]
           continue
-        base = stats.get(("scratch", s, "psnr_y"))
-        row += [f"{p:.2f} / {_fmt(q, 4)}",
-                f"{_signed(p - base[0], 2)} / –" if base else ""]
-        records.append({"task": task, "regime": ref["label"], "test_set": s, "n_seeds": 0,
-                        "psnr_y_mean": p, "psnr_y_std": None, "ssim_y_mean": q,
-                        "ssim_y_std": None, "delta_psnr_y": p - base[0] if base else None,
-                        "delta_ssim_y": None, "best_psnr_y": False, "lrs": "", "runs": "",
-                        "complete_sweeps": True})
+        row += [f"{p:.2f} / {_fmt(q, 4)}", "", ""]
+        records.append({"task": task, "regime": ref["label"], "test_set": s,
+                        "metric": psnr_key, "n_seeds": 0, "psnr_mean": p, "ssim_mean": q,
+                        "best_psnr": False, "best_ssim": False, "complete_sweeps": True})
       rows.append(row)
-  notes = ["Y-PSNR (dB) / SSIM on the test sets, mean ± std over seeds (n = seeds done); "
-           "each seed's run chosen on the validation set. Best per task and test set in bold "
-           "(trained regimes only). Δ = regime − scratch. 'input': the degraded input itself "
-           "(SR: its bicubic upsampling), the baseline to beat."]
+  notes = [f"{label} (dB) / SSIM on the test sets, mean ± std over seeds (n = seeds done); each "
+           "seed's run chosen on the validation set. " + PAIRED_NOTE,
+           "Bold: the best trained regime of a task and test set, only when it is significantly "
+           "better than every other trained regime (paired 95% CI of best − other excludes 0); "
+           "otherwise nothing is bold. 'input': the degraded input itself (SR: its bicubic "
+           "upsampling), the baseline to beat; published rows have no Δ (no seeds to pair).",
+           budget_note(study), lr_note(study)]
   if any(not r["complete_sweeps"] for r in records):
     notes.append("Some sweeps are incomplete (not every lr done); their choice may change.")
   if ref["label"] and ref["note"]:
     notes.append(f"{ref['label']}: {ref['note']}")
-  return Table("main", "Main table", header, rows, records, notes, list(MAIN_COLUMNS))
+  notes += warnings
+  return Table("main", "Main table", header, rows, records, notes, list(MAIN_COLUMNS),
+               warnings=warnings)
 
 
-def _input_scores(cells, task, test_sets):
-  """{test set: (input Y-PSNR, input SSIM)} of the degraded inputs (the same in every run)."""
+def _reference_applies(study, task):
+  """False when reference.requires names a run-config field that a run of `task` leaves unset
+  (e.g. Rain100L's published number needs derain trained on real streak layers)."""
+  field = study.config["reference"]["requires"].get(task)
+  if not field:
+    return True
+  for spec in study.runs:
+    if task in spec.tasks:
+      value = study_lib.run_config(study.config, spec)
+      for key in field.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+      if not value:
+        return False
+  return True
+
+
+def _input_scores(cells, task, test_sets, psnr_key, ssim_key):
+  """{test set: (input PSNR, input SSIM)} of the degraded inputs (the same in every run);
+  None for a metric the results do not hold."""
   out = {}
   for c in cells:
     for results in c.results:
       for s in test_sets:
         e = results["tasks"].get(task, {}).get(s)
         if e is not None and s not in out:
-          out[s] = (e["input_psnr_y"], e["input_ssim_y"])
+          out[s] = (e.get(f"input_{psnr_key}"), e.get(f"input_{ssim_key}"))
   return out
 
 
 def transfer_table(study):
-  """Per task and test set: each regime's gain or loss vs scratch, against the seed spread."""
-  header = ["task", "test set", "regime", "scratch PSNR", "regime PSNR", "Δ PSNR", "spread",
-            "verdict"]
+  """Per task and test set: each regime's paired difference to scratch and its verdict."""
+  psnr_key, _, label = metric_names(study)
+  header = ["task", "test set", "regime", f"scratch {label}", f"regime {label}", "n pairs",
+            "Δ", "95% CI", "p", "verdict"]
   rows, records = [], []
   for task in study.tasks:
     base = regime_scores(study, "scratch", task)
@@ -198,45 +301,37 @@ def transfer_table(study):
       if c is None:
         continue
       for s in study.test_sets:
-        a, b = base.stats(s, "psnr_y"), c.stats(s, "psnr_y")
+        a, b = base.stats(s, psnr_key), c.stats(s, psnr_key)
         if a is None or b is None:
           continue
-        delta = b[0] - a[0]
-        spread = max(a[1], b[1]) if min(a[2], b[2]) > 1 else float("nan")
-        verdict = _verdict(delta, spread)
-        rows.append([task, s, col, _pm(a, 2), _pm(b, 2), _signed(delta, 2), _fmt(spread, 2),
-                     Bold(verdict) if verdict == "negative transfer" else verdict])
-        records.append({"task": task, "test_set": s, "regime": col, "scratch_psnr_y": a[0],
-                        "scratch_std": a[1], "regime_psnr_y": b[0], "regime_std": b[1],
-                        "delta_psnr_y": delta, "spread": spread, "verdict": verdict,
-                        "n_seeds": min(a[2], b[2])})
-  notes = ["Δ = regime − scratch (Y-PSNR, dB, means over seeds). spread = the larger of the two "
-           "standard deviations over seeds. 'negative transfer': Δ < −spread; 'positive "
-           "transfer': Δ > spread; else 'within seed spread'. With one seed there is no spread."]
+        iv = paired(base.by_seed(s, psnr_key), c.by_seed(s, psnr_key))
+        verdict = stats.verdict(iv)
+        ci = (f"[{_signed(iv.low, 2)}, {_signed(iv.high, 2)}]" if math.isfinite(iv.low)
+              else "– (needs 2 seeds)")
+        rows.append([task, s, col, _pm(a, 2), _pm(b, 2), str(iv.n), _signed(iv.estimate, 2),
+                     ci, format_p(iv.p), Bold(verdict) if verdict != stats.NO_DIFFERENCE
+                     else verdict])
+        records.append({"task": task, "test_set": s, "regime": col, "metric": psnr_key,
+                        "scratch_mean": a[0], "scratch_std": a[1], "regime_mean": b[0],
+                        "regime_std": b[1], "n_pairs": iv.n, "delta": iv.estimate,
+                        "delta_low": iv.low, "delta_high": iv.high, "p": iv.p,
+                        "verdict": verdict, "budget": study.config["budget"]})
+  notes = [f"{label} (dB). " + PAIRED_NOTE, budget_note(study), lr_note(study)]
   return Table("transfer", "Transfer vs scratch", header, rows, records, notes)
-
-
-def _verdict(delta, spread):
-  if not math.isfinite(spread):
-    return "loss (1 seed: no spread)" if delta < 0 else "gain (1 seed: no spread)"
-  if delta < -spread:
-    return "negative transfer"
-  if delta > spread:
-    return "positive transfer"
-  return "within seed spread"
-
 
 
 def conflict_table(study, summaries=None, transfer=None):
   """Per task pair of the joint (and groups): mean cosine, conflict fraction, pairwise
-  transfer, and Spearman's rank correlation between cosine and transfer.
+  transfer with its paired interval, and Spearman's rank correlation between cosine and
+  transfer (mtl.stats.spearman: exact permutation p).
 
-  summaries: conflict_summaries(study); transfer: pairwise_transfer(study) (computed if None).
+  summaries: conflict_summaries(study); transfer: pairwise_transfer(study), {pair: Interval}
+  (computed if None).
   """
-  from scipy import stats as scipy_stats
   summaries = conflict_summaries(study) if summaries is None else summaries
   transfer = pairwise_transfer(study) if transfer is None else transfer
-  header = ["source", "pair", "n", "mean cos", "conflict fraction", "pairwise transfer (dB)"]
+  header = ["source", "pair", "n", "mean cos", "conflict fraction",
+            "pairwise transfer (dB) [95% CI], p"]
   rows, records = [], []
   by_source = {}
   for col, seed, name, s in summaries:
@@ -251,34 +346,38 @@ def conflict_table(study, summaries=None, transfer=None):
     t = transfer.get(pair)
     cos_text = _signed(mean_cos, 3) + (f" ± {std_cos:.3f}" if len(cos) > 1 else "")
     rows.append([col, pair, str(len(entries)), cos_text,
-                 f"{100 * np.mean(frac):.1f}%", _signed(t, 2)])
+                 f"{100 * np.mean(frac):.1f}%", "–" if t is None else delta_text(t)])
     records.append({"source": col, "pair": pair, "n_seeds": len(entries), "mean_cos": mean_cos,
                     "mean_cos_std": std_cos, "conflict_fraction": float(np.mean(frac)),
-                    "pairwise_transfer_db": t})
+                    "pairwise_transfer_db": None if t is None else t.estimate,
+                    "pairwise_transfer_low": None if t is None else t.low,
+                    "pairwise_transfer_high": None if t is None else t.high,
+                    "pairwise_transfer_p": None if t is None else t.p})
     if col == "joint" and t is not None:
-      joint_points.append((mean_cos, t))
+      joint_points.append((mean_cos, t.estimate))
   notes = ["mean cos: whole-body cosine between the two tasks' gradients, averaged over the "
            "probe steps of the chosen run of each seed, then over seeds (± std over seeds). "
            "conflict fraction: share of probe steps with cos < 0.",
-           "pairwise transfer of a~b: mean over a and b of (PSNR of the two trained jointly as "
-           "a pair − scratch PSNR), on each task's primary test set, means over seeds."]
+           "pairwise transfer of a~b: per seed, mean over a and b of (PSNR of the two trained "
+           "jointly as a pair − scratch PSNR) on each task's primary test set; mean over seeds, "
+           "paired t 95% CI and p."]
   if not transfer:
     notes.append("Pairwise transfer: not measured (add 'pairs' to the study's regimes).")
-  spearman = None
-  if len(joint_points) >= 3:
+  rank = None
+  if joint_points:
     x, y = zip(*joint_points)
-    if len(set(x)) > 1 and len(set(y)) > 1:
-      result = scipy_stats.spearmanr(x, y)
-      spearman = (float(result.statistic), float(result.pvalue), len(joint_points))
-      notes.append(f"Spearman rank correlation (joint mean cos vs pairwise transfer): "
-                   f"rho = {spearman[0]:+.3f}, p = {spearman[1]:.3g}, n = {spearman[2]} pairs.")
+    rank = stats.spearman(x, y)
+    if math.isfinite(rank.p):
+      notes.append(
+          f"Spearman rank correlation (joint mean cos vs pairwise transfer): rho = "
+          f"{rank.rho:+.3f}, {format_p(rank.p)} ({rank.method}, two-sided), n = {rank.n} "
+          f"pairs; the smallest p possible with {rank.n} pairs is {rank.min_p:.3g} (a test "
+          f"needs n >= {stats.SPEARMAN_MIN_N}; n <= 4 can never reach p < 0.05).")
     else:
-      notes.append("Spearman rank correlation: undefined (constant values).")
-  elif transfer:
-    notes.append(f"Spearman rank correlation: needs >= 3 pairs with both numbers, have "
-                 f"{len(joint_points)}.")
+      notes.append(f"Spearman rank correlation: not computed ({rank.note}).")
+      rank = None
   return Table("conflicts", "Gradient conflict during multi-task training", header, rows, records,
-               notes, spearman=spearman)
+               notes, spearman=rank)
 
 
 def compute_table(study):
@@ -294,7 +393,7 @@ def compute_table(study):
     done = [(r, study.compute(r.name)) for r in specs]
     done = [(r, c) for r, c in done if c is not None]
     entry = {"regime": regime, "runs": len(specs), "runs_done": len(done),
-             "steps_per_run": sorted({r.steps for r in specs})}
+             "steps_per_run": sorted({study.known_steps(r) or 0 for r in specs})}
     if done:
       for key in ("images_seen", "train_flops", "wall_seconds"):
         entry[f"{key}_per_run"] = float(np.mean([c[key] for _, c in done]))
@@ -325,12 +424,13 @@ def compute_table(study):
         io.format_duration(entry["run_seconds_total"])
         if "run_seconds_total" in entry else ""])
     records.append(dict(entry, steps_per_run=" ".join(map(str, entry["steps_per_run"]))))
-  budget = ("equal compute: scratch runs as many steps as pre-training + fine-tuning together"
-            if study.config["equal_compute"] else "budgets as set per regime (equal_compute off)")
-  notes = [f"Steps per run are the study's budgets ({budget}). Images = batch x tasks per step "
-           "x steps. FLOPs: XLA's cost analysis of one training step x steps (joint runs count "
-           "their probe step). Train wall: the training loops' time (mean per run, sum); run "
-           "wall: the whole runs' time with start-up, compilation and evaluation (sum)."]
+  derived = (" Scratch steps 0: derived from its fine-tune's FLOPs, not known yet."
+             if study.config["budget"] == "equal_flops" else "")
+  notes = [budget_note(study) + derived + " Images = batch x tasks per step "
+           "x steps. FLOPs: XLA's cost analysis of one training step x steps (runs that probe "
+           "conflicts count the probe step at every step: +0.06% at the tiny size). Train wall: "
+           "the training loops' time (mean per run, sum); run wall: the whole runs' time with "
+           "start-up, compilation and evaluation (sum)."]
   return Table("compute", "Compute", header, rows, records, notes)
 
 
@@ -348,8 +448,9 @@ def selection_table(study):
     for r, score in chosen.candidates:
       records.append({"sweep": sweep, "run": r.name, "lr": r.lr, "validation_psnr_y": score,
                       "chosen": r.name == chosen.run.name})
-  notes = [f"Validation score: mean Y-PSNR on {study.validation} over the run's tasks; the best "
-           "lr per seed is chosen (ties: the first listed)."]
+  notes = [f"Validation score: mean {metric_names(study)[2]} on {study.validation} over the "
+           "run's tasks; the best lr per seed is chosen (ties: the first listed). "
+           + lr_note(study)]
   return Table("selection", "Learning rates chosen on validation", header, rows, records, notes)
 
 

@@ -22,7 +22,7 @@ import time
 
 from mtl import io
 from mtl.study.spec import format_lr
-from mtl.study.workdir import (DEFAULT_JAX_CACHE, DONE_FILE, LOG_FILE, ROOT)
+from mtl.study.workdir import DEFAULT_JAX_CACHE, DONE_FILE, LOG_FILE, ROOT, RUN_CONFIG
 
 RUN_LOCK = "RUNNING"
 FAILED_FILE = "FAILED"
@@ -283,8 +283,11 @@ class Runner:
     return code
 
   def _finished(self, spec):
+    """The run evaluated its last step (its run_config's total_steps: an equal_flops scratch
+    run's steps are only known once its pre-training runs are done)."""
     path = self.study.path(spec.name, "results.json")
-    return os.path.exists(path) and io.read_json(path).get("step") == spec.steps
+    steps = io.read_json(self.study.path(spec.name, RUN_CONFIG))["total_steps"]
+    return os.path.exists(path) and io.read_json(path).get("step") == steps
 
   def run(self, only=""):
     """Run the matching runs that are not done; the exit status of the study: 0 all done, 1 a

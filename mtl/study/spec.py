@@ -7,28 +7,46 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
   regimes        which of STUDY_REGIMES to run:
                    scratch   each task alone, from random init
                    joint     all tasks together (every task every step), from random init
-                   finetune  each task from the joint run of the same seed (and from each group
-                             that holds it), at the pre-training lr chosen on validation
+                   finetune  each task from the joint run of the same seed chosen on
+                             validation (and from each group that holds it)
                    pairs     every pair of tasks jointly (pairwise transfer)
                    groups    every group of `groups` jointly (fine-tuned too if 'finetune')
   groups         {name: (task, ...)} for the regime 'groups'
-  seeds          every run is repeated for each seed
+  seeds          every run is repeated for each seed (default 0, 1, 2: a paired interval over
+                 seeds needs >= 2, and is usable from 3). Seeds are paired across regimes: the
+                 same seed gives the same body init and the same crops and degradations of a
+                 task at a step in every regime (keyed by seed, step and task name). A task's
+                 head / query / tail init is keyed by its position in the run's task list, so
+                 it matches scratch only for the first task of a joint run
+  metric         'psnr_y' (BasicSR's Y channel) or 'psnr_rgb': the lr is chosen on it and the
+                 tables report it (with the matching SSIM)
   steps          {regime: steps per run}; pairs / groups 0 -> as joint
-  equal_compute  scratch runs as many steps as pre-training + fine-tuning together
-                 (steps.scratch is then derived: leave it 0)
-  lrs            {regime: learning rates swept}; pairs / groups () -> as joint
+  budget         what scratch is given, named for what it equalizes with pre-train + fine-tune:
+                   'steps'         every regime runs steps.<regime> as set
+                   'equal_images'  scratch sees as many images of its task as pre-training +
+                                   fine-tuning did: steps.joint (schedule 'all'; 'one': / tasks)
+                                   + steps.finetune (steps.scratch is derived: leave it 0)
+                   'equal_flops'   scratch costs as many XLA-counted training FLOPs (compute.json)
+                                   as its fine-tune plus its share of the pre-training run: the
+                                   pre-training FLOPs / the number of tasks it trains (one
+                                   pre-training serves a fine-tune per task). Known only when
+                                   they are done: scratch runs after the seed's fine-tunes
+  lrs            the learning-rate grid every regime sweeps (one grid: a fair protocol)
+  lrs_override   {regime: grid} replacing `lrs` for one regime (the report says grids differ)
   per_regime     {regime: partial run config}, merged onto `run` for that regime's runs
                  (e.g. fine-tuning data, warm-up)
   validation     the eval set the learning rate is chosen on (one of run.eval.sets)
   test           the eval sets the tables report (run.eval.sets, not the validation set)
   reference      published numbers for a reference row: label, note, psnr_y / ssim_y as
-                 {task: {test set: value}}
+                 {task: {test set: value}}; requires {task: dotted run-config field}: the
+                 task's numbers are shown only when every run of the task sets that field
+                 (shown with metric 'psnr_y' only, never with a Δ: no seeds to pair)
 
 Every run evaluates on validation and test sets (`run.eval.sets`). Runs that differ only in
 their learning rate form a *sweep*; per seed, the sweep's run with the best validation score
-(mean Y-PSNR on `validation` over the run's tasks) is the one reported, and the joint (or group)
-run a fine-tune starts from. A fine-tune therefore waits until every lr of its pre-training sweep
-of the same seed is done.
+(mean `metric` on `validation` over the run's tasks) is the one reported, and the joint (or
+group) run a fine-tune starts from. A fine-tune therefore waits until every lr of its
+pre-training sweep of the same seed is done.
 
 Run names (one workdir each under STUDY/runs/):
   scratch-<task>-lr<lr>-s<seed>          joint-lr<lr>-s<seed>
@@ -52,7 +70,9 @@ STUDY_REGIMES = ("scratch", "joint", "finetune", "pairs", "groups")
 CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from")
 # Study fields that only change the report; they may differ between invocations.
 REPORT_ONLY = ("name", "test", "reference")
-REFERENCE_FIELDS = ("label", "note", "psnr_y", "ssim_y")
+REFERENCE_FIELDS = ("label", "note", "psnr_y", "ssim_y", "requires")
+METRICS = {"psnr_y": "ssim_y", "psnr_rgb": "ssim_rgb"}   # study.metric -> the SSIM shown with it
+BUDGETS = ("steps", "equal_images", "equal_flops")
 
 
 def defaults():
@@ -63,15 +83,20 @@ def defaults():
   c.run = None
   c.regimes = ("scratch", "joint", "finetune")
   c.groups = ml_collections.ConfigDict()
-  c.seeds = (0,)
+  c.seeds = (0, 1, 2)
+  c.metric = "psnr_y"
   c.steps = ml_collections.ConfigDict({r: 0 for r in STUDY_REGIMES})
-  c.equal_compute = False
-  c.lrs = ml_collections.ConfigDict({r: () for r in STUDY_REGIMES})
+  c.budget = "steps"
+  c.lrs = ()
+  c.lrs_override = ml_collections.ConfigDict({r: () for r in STUDY_REGIMES})
   c.per_regime = ml_collections.ConfigDict({r: ml_collections.ConfigDict() for r in STUDY_REGIMES})
   c.validation = "photos_val"
   c.test = ("photos",)
+  # requires: {task: dotted run-config field}; the task's reference values are shown only when
+  # that field is set in every run that trains the task (e.g. real rain streaks for Rain100L).
   c.reference = ml_collections.ConfigDict(dict(
-      label="", note="", psnr_y=ml_collections.ConfigDict(), ssim_y=ml_collections.ConfigDict()))
+      label="", note="", psnr_y=ml_collections.ConfigDict(), ssim_y=ml_collections.ConfigDict(),
+      requires=ml_collections.ConfigDict()))
   return c
 
 
@@ -99,7 +124,7 @@ def validate(study):
   """Check a study config; ValueError with one line naming the bad field and the valid values."""
   d = _as_dict(study)
   _unknown(d, defaults().keys(), "")
-  for key in ("steps", "lrs", "per_regime"):
+  for key in ("steps", "lrs_override", "per_regime"):
     _unknown(d[key], STUDY_REGIMES, key)
   _unknown(d["reference"], REFERENCE_FIELDS, "reference")
   if not d["tasks"]:
@@ -137,21 +162,40 @@ def validate(study):
     raise ValueError(f"seeds={tuple(seeds)}; give one or more non-negative integers")
   if len(set(seeds)) != len(seeds):
     raise ValueError(f"seeds={tuple(seeds)} lists a seed twice")
-  if d["equal_compute"]:
+  if d["metric"] not in METRICS:
+    raise ValueError(f"metric={d['metric']!r}; valid: {', '.join(METRICS)}")
+  if d["budget"] not in BUDGETS:
+    raise ValueError(f"budget={d['budget']!r}; valid: {', '.join(BUDGETS)}")
+  if d["budget"] != "steps":
     if not {"scratch", "finetune"} <= set(regimes):
-      raise ValueError("equal_compute needs the regimes 'scratch' and 'finetune'")
+      raise ValueError(f"budget={d['budget']!r} needs the regimes 'scratch' and 'finetune'")
     if d["steps"]["scratch"]:
-      raise ValueError(f"equal_compute=True derives steps.scratch (pre-training + fine-tuning "
-                       f"steps); leave steps.scratch 0, not {d['steps']['scratch']}")
+      raise ValueError(f"budget={d['budget']!r} derives steps.scratch from pre-training + "
+                       f"fine-tuning; leave steps.scratch 0, not {d['steps']['scratch']}")
+    for t in d["tasks"]:
+      if not reference_source(d, t):
+        raise ValueError(f"budget={d['budget']!r}: task {t} has no fine-tune to equal (it is in "
+                         "no group and there is no joint regime); add it to a group")
+  if d["budget"] == "equal_flops":
+    for regime in ("scratch", "finetune"):
+      for key in ("model", "data.batch_size"):
+        head, _, tail = key.partition(".")
+        part = d["per_regime"][regime].get(head, {})
+        if (tail and isinstance(part, dict) and tail in part) or (not tail and part):
+          raise ValueError(f"budget='equal_flops' prices a scratch step as a fine-tune step; "
+                           f"per_regime.{regime}.{key} makes them differ: remove it")
   for regime in regimes:
     steps = regime_steps(d, regime)
+    if regime == "scratch" and d["budget"] == "equal_flops":
+      continue  # derived from the fine-tunes' compute.json when they are done
     if not isinstance(steps, int) or steps < 1:
       raise ValueError(f"steps.{regime}={steps}; give the steps of each {regime} run (>= 1)")
     lrs = regime_lrs(d, regime)
     if not lrs or not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
-      raise ValueError(f"lrs.{regime}={tuple(lrs)}; give one or more positive learning rates")
+      raise ValueError(f"lrs={tuple(lrs)} (for {regime}); give one or more positive learning "
+                       "rates, e.g. lrs = (1e-3, 3e-3)")
     if len({format_lr(lr) for lr in lrs}) != len(lrs):
-      raise ValueError(f"lrs.{regime}={tuple(lrs)} lists a learning rate twice")
+      raise ValueError(f"lrs={tuple(lrs)} (for {regime}) lists a learning rate twice")
   for regime, partial in d["per_regime"].items():
     if partial and regime not in regimes:
       raise ValueError(f"per_regime.{regime} is set but {regime!r} is not in regimes")
@@ -173,6 +217,22 @@ def validate(study):
       tasks_lib.get(task)
       if not isinstance(sets, dict) or not all(isinstance(v, (int, float)) for v in sets.values()):
         raise ValueError(f"reference.{metric}.{task} must map test set names to numbers")
+  for task, field in d["reference"]["requires"].items():
+    tasks_lib.get(task)
+    if _lookup(d["run"], field) is _MISSING:
+      raise ValueError(f"reference.requires.{task}={field!r} is not a run config field")
+
+
+_MISSING = object()
+
+
+def _lookup(config, dotted):
+  """config['a']['b'] for 'a.b'; _MISSING when a key is absent."""
+  for key in dotted.split("."):
+    if not isinstance(config, dict) or key not in config:
+      return _MISSING
+    config = config[key]
+  return config
 
 
 def _check_partial(run, partial, where, path=""):
@@ -187,23 +247,84 @@ def _check_partial(run, partial, where, path=""):
 
 
 def regime_steps(d, regime):
-  """Steps of one run of `regime` (d: the study as a dict)."""
+  """Steps of one run of `regime` (d: the study as a dict); 0 for scratch under equal_flops
+  (known once the fine-tunes are done: see equal_flops_steps)."""
   steps = d["steps"]
   if regime in ("pairs", "groups"):
     return steps[regime] or steps["joint"]
-  if regime == "scratch" and d["equal_compute"]:
-    return pretraining_steps(d) + steps["finetune"]
+  if regime == "scratch" and d["budget"] == "equal_flops":
+    return 0
+  if regime == "scratch" and d["budget"] == "equal_images":
+    return pretraining_task_steps(d) + steps["finetune"]
   return steps[regime]
 
 
-def pretraining_steps(d):
-  """The steps a fine-tune's starting point was trained for (joint, else the groups)."""
-  return regime_steps(d, "joint" if "joint" in d["regimes"] else "groups")
+def pretraining_regime(d):
+  """The regime whose runs fine-tunes (and budgets) refer to: joint, else groups."""
+  return "joint" if "joint" in d["regimes"] else "groups"
+
+
+def reference_source(d, task):
+  """(column, tasks) of the pre-training a task's budget is equalled with: the joint run, else
+  the first group holding the task; None if there is none."""
+  if "joint" in d["regimes"]:
+    return "joint", tuple(d["tasks"])
+  for g, members in d["groups"].items():
+    if task in members:
+      return f"group:{g}", tuple(members)
+  return None
+
+
+def pretraining_task_steps(d):
+  """Steps of pre-training that train a given task: all of them under schedule 'all', the
+  expected share 1 / (tasks) under schedule 'one' (IPT's one task per step)."""
+  regime = pretraining_regime(d)
+  steps = regime_steps(d, regime)
+  schedule = d["per_regime"][regime].get("schedule", d["run"].get("schedule", "all"))
+  if schedule != "one":
+    return steps
+  sizes = ([len(d["tasks"])] if regime == "joint" else
+           [len(m) for m in d["groups"].values()])
+  return int(round(steps / max(sizes)))
+
+
+def equal_flops_steps(pretraining, finetune, pretraining_tasks):
+  """Scratch steps of equal training FLOPs: (pre-training FLOPs / its tasks + fine-tune FLOPs)
+  / FLOPs of one fine-tune step (a scratch step of the same task costs the same: same model,
+  batch and crops). pretraining, finetune: the runs' compute.json dicts."""
+  per_step = finetune["flops_per_step"]
+  if not per_step > 0:
+    raise ValueError(f"fine-tune compute.json has flops_per_step={per_step}; equal_flops needs "
+                     "XLA's cost analysis (use budget='equal_images' on this backend)")
+  charged = pretraining["train_flops"] / pretraining_tasks + finetune["train_flops"]
+  return max(1, int(round(charged / per_step)))
 
 
 def regime_lrs(d, regime):
-  lrs = d["lrs"]
-  return tuple(lrs[regime] or (lrs["joint"] if regime in ("pairs", "groups") else ()))
+  """The lr grid of `regime`: lrs_override.<regime>, else the study's one grid `lrs`."""
+  return tuple(d["lrs_override"][regime] or d["lrs"])
+
+
+def lr_grids_differ(d):
+  """True when some regime of the study sweeps another grid than the others."""
+  return len({tuple(format_lr(x) for x in regime_lrs(d, r)) for r in d["regimes"]}) > 1
+
+
+def upgrade(saved):
+  """A study dict saved by an older mtl (per-regime lrs, equal_compute) in today's fields."""
+  saved = dict(saved)
+  if isinstance(saved.get("lrs"), dict):
+    per = saved.pop("lrs")
+    saved["lrs"] = ()
+    saved["lrs_override"] = {r: per.get(r, ()) or (per.get("joint", ()) if r in ("pairs",
+                             "groups") else ()) for r in STUDY_REGIMES}
+  if "equal_compute" in saved:
+    saved["budget"] = "equal_images" if saved.pop("equal_compute") else "steps"
+  saved.setdefault("metric", "psnr_y")
+  saved.setdefault("seeds", (0,))
+  saved["reference"] = dict(saved.get("reference", {}))
+  saved["reference"].setdefault("requires", {})
+  return saved
 
 
 def format_lr(lr):
@@ -235,7 +356,8 @@ class StudyRun:
 
 def expand(study):
   """The study's runs in the order they run: per seed, scratch, joint, its fine-tunes, pairs,
-  groups, their fine-tunes; within each, tasks in study order, then learning rates."""
+  groups, their fine-tunes (scratch last under equal_flops); within each, tasks in study order,
+  then learning rates."""
   d = _as_dict(study)
   regimes, names = d["regimes"], list(d["tasks"])
   runs = []
@@ -247,8 +369,9 @@ def expand(study):
           tasks=tuple(run_tasks), seed=seed, lr=float(lr), steps=regime_steps(d, regime),
           sweep=f"{prefix}-s{seed}", source=source))
 
+  scratch_last = d["budget"] == "equal_flops"  # its steps come from the fine-tunes' FLOPs
   for seed in d["seeds"]:
-    if "scratch" in regimes:
+    if "scratch" in regimes and not scratch_last:
       for t in names:
         add("scratch", "scratch", f"scratch-{t}", [t], seed)
     if "joint" in regimes:
@@ -269,6 +392,9 @@ def expand(study):
             if t in members:
               add("finetune", f"finetune:{g}", f"finetune-{t}-from-{g}", [t], seed,
                   source=f"group-{g}-s{seed}")
+    if "scratch" in regimes and scratch_last:
+      for t in names:
+        add("scratch", "scratch", f"scratch-{t}", [t], seed)
   return runs
 
 
@@ -280,15 +406,15 @@ def _merge(target, partial):
       target[key] = value
 
 
-def run_config(study, spec, init_from=""):
-  """The run config (a plain dict, JSON-ready) of one run."""
+def run_config(study, spec, init_from="", steps=None):
+  """The run config (a plain dict, JSON-ready) of one run; steps: when spec.steps is derived."""
   d = _as_dict(study)
   config = json.loads(json.dumps(d["run"]))
   _merge(config, d["per_regime"][spec.regime])
   config["tasks"] = list(spec.tasks)
   config["regime"] = spec.regime if spec.regime in ("scratch", "finetune") else "joint"
   config["seed"] = spec.seed
-  config["total_steps"] = spec.steps
+  config["total_steps"] = spec.steps if steps is None else steps
   config["optim"]["lr"] = spec.lr
   config["init_from"] = init_from
   if len(spec.tasks) == 1:  # one task has no pairs to probe (the trainer would only warn)

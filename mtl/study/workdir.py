@@ -13,7 +13,8 @@ import ml_collections
 import numpy as np
 
 from mtl import io
-from mtl.study.spec import REPORT_ONLY, StudyRun, expand, run_config, validate, _as_dict
+from mtl.study.spec import (REPORT_ONLY, StudyRun, equal_flops_steps, expand, reference_source,
+                            run_config, upgrade, validate, _as_dict)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = "launch/train.py"
@@ -35,7 +36,7 @@ class Waiting(Exception):
 class Selection:
   """The run a sweep reports for one seed, chosen on validation."""
   run: StudyRun
-  score: float            # its validation score (mean Y-PSNR over its tasks)
+  score: float            # its validation score (mean study.metric over its tasks)
   candidates: list        # [(StudyRun, score or None when not done)] in lr order
   complete: bool          # every lr of the sweep is done
 
@@ -62,7 +63,7 @@ class Study:
       raise FileNotFoundError(f"no {STUDY_FILE} in {workdir}; run launch/study.py "
                               f"--workdir={workdir} first")
     saved = io.read_json(path)
-    return cls(ml_collections.ConfigDict(io.tuples(saved["study"])), workdir)
+    return cls(ml_collections.ConfigDict(io.tuples(upgrade(saved["study"]))), workdir)
 
   @property
   def name(self):
@@ -79,6 +80,10 @@ class Study:
   @property
   def test_sets(self):
     return list(self.config["test"])
+
+  @property
+  def metric(self):
+    return self.config["metric"]
 
   # -- files
 
@@ -141,21 +146,57 @@ class Study:
       io.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())  # report fields
 
   def write_run_config(self, spec):
-    """Write run_config.json (a fine-tune's needs its pre-training runs done); returns it."""
+    """Write run_config.json (a fine-tune's needs its pre-training runs done; an equal_flops
+    scratch run's needs its fine-tunes done); returns it."""
     init_from = self.init_from(spec) if spec.regime == "finetune" else ""
-    config = run_config(self.config, spec, init_from)
+    config = run_config(self.config, spec, init_from, self.steps_of(spec))
     os.makedirs(self.run_dir(spec.name), exist_ok=True)
     io.write_json(self.path(spec.name, RUN_CONFIG), config)
     return config
 
+  # -- budgets
+
+  def budget_sweeps(self, spec):
+    """(pre-training sweep, fine-tune sweep) an equal-budget scratch run is equalled with."""
+    column, _ = reference_source(self.config, spec.tasks[0])
+    if column == "joint":
+      return f"joint-s{spec.seed}", f"finetune-{spec.tasks[0]}-s{spec.seed}"
+    group = column[len("group:"):]
+    return f"group-{group}-s{spec.seed}", f"finetune-{spec.tasks[0]}-from-{group}-s{spec.seed}"
+
+  def steps_of(self, spec):
+    """A run's steps: spec.steps, or for scratch under equal_flops the steps of as many
+    training FLOPs as its fine-tune and its share of the pre-training (Waiting until both
+    sweeps are done; their runs differ only in lr, so any of them gives the FLOPs)."""
+    if not (spec.regime == "scratch" and self.config["budget"] == "equal_flops"):
+      return spec.steps
+    pre, fine = self.budget_sweeps(spec)
+    missing = [r.name for r in self.sweeps[pre] + self.sweeps[fine] if not self.is_done(r.name)]
+    if missing:
+      raise Waiting(f"{spec.name} runs as many FLOPs as {fine.replace('-s', '-lr*-s')} plus its "
+                    f"share of {pre.replace('-s', '-lr*-s')}; not done yet: {', '.join(missing)}")
+    first = lambda sweep: self.sweeps[sweep][0]
+    pre_compute, fine_compute = self.compute(first(pre).name), self.compute(first(fine).name)
+    if pre_compute is None or fine_compute is None:
+      raise ValueError(f"{spec.name}: budget='equal_flops' needs compute.json in "
+                       f"{first(pre).name} and {first(fine).name}")
+    return equal_flops_steps(pre_compute, fine_compute, len(first(pre).tasks))
+
+  def known_steps(self, spec):
+    """steps_of(spec), or None while an equal_flops scratch run waits for its fine-tunes."""
+    try:
+      return self.steps_of(spec)
+    except Waiting:
+      return None
+
   # -- learning rate selection
 
   def validation_score(self, spec):
-    """Mean Y-PSNR on the validation set over the run's tasks (None if not done)."""
+    """Mean study.metric on the validation set over the run's tasks (None if not done)."""
     results = self.results(spec.name)
     if results is None:
       return None
-    values = [sets[self.validation]["psnr_y"] for t, sets in results["tasks"].items()
+    values = [sets[self.validation][self.metric] for t, sets in results["tasks"].items()
               if t in spec.tasks and self.validation in sets]
     if not values:
       raise ValueError(f"run {spec.name} has no {self.validation!r} result for its tasks "
