@@ -226,7 +226,8 @@ def cosine_matrix_figure(record, window=None):
         ax.text(j, i, f"|g| {mean_norm[i]:.2g}{same}", ha="center", va="center", fontsize=7,
                 color="#404040")
       else:
-        second = (f"raw {_signed(raw[i, j])}, " if rec.halves else "") + f"{100 * share[i, j]:.0f}% <0"
+        second = ((f"raw {_signed(raw[i, j])}, " if rec.halves else "")
+                  + f"{100 * share[i, j]:.0f}% <0")
         ax.text(j, i, f"{_interval_text(cells[i, j])}\n{second}", ha="center", va="center",
                 fontsize=7.5, color=_text_color(shown[i, j] / vmax))
   what = "noise-corrected cos (95% interval)" if rec.halves else "mean cos (95% interval)"

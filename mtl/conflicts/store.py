@@ -336,8 +336,8 @@ class Store:
     steps (S,) strictly increasing ints >= 0 (or one int); gramians (S, L, K, K) (or
     (L, K, K) for one step) with K = 2T (half-split, the probe's; stored with halves: true)
     or K = T (per-task; halves: false). The first append writes meta.json; later ones must
-    pass the same layer and task names and the same K. Stored steps >= steps[0] belong to a trajectory that was
-    abandoned (a resume from an older checkpoint) and are dropped first.
+    pass the same layer and task names and the same K. Stored steps >= steps[0] belong to a
+    trajectory that was abandoned (a resume from an older checkpoint) and are dropped first.
     """
     steps = np.atleast_1d(np.asarray(steps))
     gramians = np.asarray(gramians)

@@ -1,5 +1,7 @@
 """Text and numbers of a conflict record for reports: window means, shares, top layers, and
 per pair the noise floor: intervals, the corrected cosine and a verdict."""
+import textwrap
+
 import numpy as np
 
 from mtl.conflicts.gramians import (cosines, nan_mean, norms, pair_indices, pair_names,
@@ -183,18 +185,19 @@ def format_noise_floor(floor, steps):
     a, b = p.split("~")
     agree = ", ".join(f"{t} {v:+.3f}" if np.isfinite(v) else f"{t} n/a"
                       for t, v in zip((a, b), e["same_task_agreement"]))
+    corrected = _fmt(e["corrected_cos"]) if floor["halves"] else "n/a (no halves stored)"
     lines += [f"  {p}",
               f"    raw cos (window mean)  {_fmt(e['cos'])}",
               f"    same-task agreement    {agree}",
-              f"    corrected cos          {_fmt(e['corrected_cos'])}",
+              f"    corrected cos          {corrected}",
               f"    conflict fraction      {_fmt(e['conflict_fraction'], percent=True)}",
               f"    verdict: {e['verdict']}"]
-  lines.append(
+  lines += textwrap.wrap(
       f"intervals: {level}, {floor['interval_method'].replace('_', ' ')} (Flegal & Jones 2010): "
       "~sqrt(n) non-overlapping batches of consecutive probe steps give the standard error "
       "(t quantile), so autocorrelated steps are not counted as independent; corrected cos: "
       "pooled over the window, batch means + delta method; conflict fraction: share of probes "
       "with raw cos < 0, Wilson score interval at the batch-means effective n. same-task "
       "agreement: mean cos between a task's two half-batch gradients. verdict from the "
-      "corrected interval: 'conflict beyond noise' only when it is entirely < 0.")
+      "corrected interval: 'conflict beyond noise' only when it is entirely < 0.", width=96)
   return "\n".join(lines)
