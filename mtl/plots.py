@@ -182,13 +182,14 @@ def _text_color(value):
 # ----------------------------------------------------------------------------- figures
 
 
-def _interval_text(iv):
+def _interval_text(iv, digits=2):
   """'+0.01 [-0.02, +0.04]'; the estimate alone where there is no interval."""
   if np.isnan(iv.estimate):
     return "n/a"
   if np.isnan(iv.low) or np.isnan(iv.high):
-    return _signed(iv.estimate)
-  return f"{_signed(iv.estimate)} [{_signed(iv.low)}, {_signed(iv.high)}]"
+    return _signed(iv.estimate, digits)
+  return (f"{_signed(iv.estimate, digits)} [{_signed(iv.low, digits)}, "
+          f"{_signed(iv.high, digits)}]")
 
 
 def cosine_matrix_figure(record, window=None):
@@ -211,6 +212,7 @@ def cosine_matrix_figure(record, window=None):
     shown[i, j] = shown[j, i] = intervals[k].estimate
     cells[i, j] = cells[j, i] = intervals[k]
   vmax = symmetric_limit(shown)
+  digits = 2 if vmax >= 0.1 else 3  # small cosines: a third digit shows whether 0 is inside
 
   fig = Figure(figsize=(3.0 + 1.75 * t, 2.0 + 1.1 * t), layout="constrained")
   ax = fig.add_subplot()
@@ -226,10 +228,10 @@ def cosine_matrix_figure(record, window=None):
         ax.text(j, i, f"|g| {mean_norm[i]:.2g}{same}", ha="center", va="center", fontsize=7,
                 color="#404040")
       else:
-        second = ((f"raw {_signed(raw[i, j])}, " if rec.halves else "")
+        second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
                   + f"{100 * share[i, j]:.0f}% <0")
-        ax.text(j, i, f"{_interval_text(cells[i, j])}\n{second}", ha="center", va="center",
-                fontsize=7.5, color=_text_color(shown[i, j] / vmax))
+        ax.text(j, i, f"{_interval_text(cells[i, j], digits)}\n{second}", ha="center",
+                va="center", fontsize=7.5, color=_text_color(shown[i, j] / vmax))
   what = "noise-corrected cos (95% interval)" if rec.halves else "mean cos (95% interval)"
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
                label=f"{what}, colours clipped at ±{vmax:.2g}")
