@@ -13,8 +13,12 @@ Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optio
 redraws the figures into <workdir>/conflicts/ (file names: see mtl/plots.py), writes the
 same images and the whole-body cosine per pair to TensorBoard under
 <workdir>/events/analyze/ (a run of its own beside the trainer's <workdir>/events/), and
-prints a text summary (task x task mean cosine, conflict fractions) of the last N probe
-steps (all for N=0). Bad input: one line on stderr, exit status 1, nothing written.
+prints a text summary of the last N probe steps (all for N=0): task x task mean cosine,
+conflict fractions, and per pair the noise floor: the raw cosine's window mean, both tasks'
+same-task agreement, the noise-corrected cosine and the conflict fraction, each with a 95%
+batch-means interval, and a verdict ('conflict beyond noise' only when the corrected
+interval is entirely < 0). Stores without halves (format version 1) say that the noise floor
+was not measured. Bad input: one line on stderr, exit status 1, nothing written.
 """
 import os
 import sys
@@ -62,7 +66,7 @@ def measure(checkpoint, config, num_batches, out=None):
   if os.path.isdir(os.path.join(out, "conflicts", "store")):
     raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
   conflicts.append(out, steps, grams, layers, tasks)
-  cos = conflicts.pair_values(conflicts.cosines(grams.sum(1)))
+  cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(grams.sum(1))))
   lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh batches"]
   for k, pair in enumerate(conflicts.pair_names(tasks)):
     lines.append(f"  {pair:<28} mean {np.mean(cos[:, k]):+.4f}  std {np.std(cos[:, k]):.4f}")

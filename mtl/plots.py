@@ -2,22 +2,28 @@
 
 `draw_all(record, out_dir)` writes these PNGs into out_dir (normally <workdir>/conflicts/):
 
-  cos_matrix.png                 task x task whole-body cosine, mean over the window; cells
-                                 also give the share of probes with cos < 0, the diagonal
-                                 the mean gradient norm.
+  cos_matrix.png                 task x task whole-body cosine over the window: with halves the
+                                 noise-corrected cosine and its 95% interval ("+0.01 [-0.02,
+                                 +0.04]") and the raw window mean below it; without, the raw
+                                 mean and its interval. The diagonal: mean gradient norm and
+                                 the same-task agreement (the noise floor).
   cos_layers_pairs.png           layer x task-pair mean cosine over the window: where in the
                                  network the conflict lives.
   cos_curves.png                 whole-body cosine of every pair over steps (thin) and its
-                                 GradVac EMA (bold, started from the first value); conflict
-                                 fraction over steps (whole body, and over all leaves);
-                                 gradient norm per task (log scale).
-  cos_layers_steps-<a>~<b>.png   for each task pair a~b: layer x step cosine.
+                                 GradVac EMA (bold, started from the first value), with each
+                                 task's same-task agreement (dashed: the noise floor a cross-
+                                 task cosine is read against); conflict fraction over steps
+                                 (thin) and its moving mean (bold); gradient norm per task.
+  cos_layers_steps-<a>~<b>.png   for each task pair a~b: layer x step cosine, steps binned
+                                 into at most MAX_COLUMNS columns of window means.
 
 The window (last N probe steps) applies to the averaged figures; curves and layer x step
 figures show every step of the record. Rows are leaves in network order when there are at
-most MAX_ROWS of them, else sub-layers ('enc3 attn', 'dec1 norm2'...), else blocks; the
-layer figures share one symmetric colour scale so pairs compare at a glance. Red = conflict
-(cos < 0), blue = agreement, grey = undefined (a zero gradient).
+most MAX_ROWS of them, else sub-layers ('enc3 attn', 'dec1 norm2'...), else blocks. Every
+colour scale is symmetric about 0 and set by the COLOR_PERCENTILE-th percentile of that
+figure's own |values| (a fixed +-1 leaves cosines of ~0.05 all white); the colour bar says
+where it clips. Red = conflict (cos < 0), blue = agreement, grey = undefined (a zero
+gradient, or not measurable). Titles carry the run's name (its workdir's basename).
 
 Every figure has a builder returning the matplotlib Figure (for tests and notebooks);
 `to_png` turns one into PNG bytes.
@@ -37,6 +43,9 @@ from mtl import io as io_lib
 from mtl.models import ipt
 
 MAX_ROWS = 128
+MAX_COLUMNS = 200        # layer x step maps: more probe steps are averaged into this many bins
+COLOR_PERCENTILE = 98    # colour limit: this percentile of a figure's |values|
+SMOOTH_SHARE = 0.1       # conflict-fraction moving mean: this share of the probes (>= 1)
 CMAP = "RdBu"  # low (conflict) red, high blue
 DPI = 100
 
@@ -87,13 +96,35 @@ def rows_for(layer_names, rows="auto"):
   return "block"
 
 
-def symmetric_limit(values, floor=0.1):
-  """A colour limit for cosines: the 99th percentile of |values|, up to a 0.1 step, <= 1."""
+def symmetric_limit(values, percentile=COLOR_PERCENTILE):
+  """A colour limit +-v for signed values: the `percentile`-th percentile of the finite
+  |values| (1.0 when there is none, or it is 0)."""
   values = np.abs(np.asarray(values, np.float64))
   values = values[np.isfinite(values)]
-  if values.size == 0:
-    return 1.0
-  return float(min(1.0, max(floor, np.ceil(np.percentile(values, 99) * 10) / 10)))
+  limit = float(np.percentile(values, percentile)) if values.size else 0.0
+  return limit if limit > 0 else 1.0
+
+
+def _title(record, text):
+  return f"{record.name}: {text}" if record.name else text
+
+
+def step_bins(num_steps, max_columns=MAX_COLUMNS):
+  """Index arrays splitting num_steps consecutive steps into <= max_columns contiguous bins."""
+  return np.array_split(np.arange(num_steps), min(num_steps, max_columns))
+
+
+def moving_mean(x, width):
+  """Trailing mean over the last `width` defined values at each step (NaN skipped)."""
+  x = np.asarray(x, np.float64)
+  ok = ~np.isnan(x)
+  csum = np.concatenate([[0.0], np.cumsum(np.where(ok, x, 0.0))])
+  ccount = np.concatenate([[0], np.cumsum(ok)])
+  idx = np.arange(1, len(x) + 1)
+  lo = np.maximum(0, idx - int(width))
+  count = ccount[idx] - ccount[lo]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(count > 0, (csum[idx] - csum[lo]) / np.maximum(count, 1), np.nan)
 
 
 def _pair_index(record, pair):
@@ -126,11 +157,17 @@ def _label_rows(ax, names, by):
 
 
 def _step_ticks(ax, steps, max_ticks=8):
+  """Column k shows steps[k] (an int: the first step of its bin)."""
   if len(steps) == 0:
     return
   where = np.unique(np.linspace(0, len(steps) - 1, min(max_ticks, len(steps))).round().astype(int))
   ax.set_xticks(where)
   ax.set_xticklabels([str(int(steps[k])) for k in where], fontsize=8)
+
+
+def _integer_steps(ax):
+  ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{int(round(v))}"))
 
 
 def _signed(value, digits=2):
@@ -145,22 +182,41 @@ def _text_color(value):
 # ----------------------------------------------------------------------------- figures
 
 
+def _interval_text(iv, digits=2):
+  """'+0.01 [-0.02, +0.04]'; the estimate alone where there is no interval."""
+  if np.isnan(iv.estimate):
+    return "n/a"
+  if np.isnan(iv.low) or np.isnan(iv.high):
+    return _signed(iv.estimate, digits)
+  return (f"{_signed(iv.estimate, digits)} [{_signed(iv.low, digits)}, "
+          f"{_signed(iv.high, digits)}]")
+
+
 def cosine_matrix_figure(record, window=None):
-  """Task x task whole-body cosine averaged over the last `window` probe steps."""
+  """Task x task whole-body cosine over the last `window` probe steps: noise-corrected (pooled)
+  with its 95% interval where the record has halves, else the raw window mean with its
+  interval; the raw mean and the share of probes with raw cos < 0 below."""
   rec = record.last(window)
   names = list(rec.task_names)
   t = len(names)
   body = rec.grouped("body")[1][:, 0]
   cos = conflicts.cosines(body)
-  mean = conflicts.nan_mean(cos, axis=0)
+  raw = conflicts.nan_mean(cos, axis=0)
   share = conflicts.share_negative(cos, axis=0)
   mean_norm = conflicts.nan_mean(conflicts.norms(body), axis=0)
-  shown = mean.copy()
-  shown[np.diag_indices(t)] = np.nan  # the diagonal is 1 by definition; it shows norms instead
+  agree = conflicts.nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)
+  intervals = rec.corrected_cosine_intervals() if rec.halves else rec.cosine_intervals()
+  shown = np.full((t, t), np.nan)
+  cells = {}
+  for k, (i, j) in enumerate(conflicts.pair_indices(t)):
+    shown[i, j] = shown[j, i] = intervals[k].estimate
+    cells[i, j] = cells[j, i] = intervals[k]
+  vmax = symmetric_limit(shown)
+  digits = 2 if vmax >= 0.1 else 3  # small cosines: a third digit shows whether 0 is inside
 
-  fig = Figure(figsize=(2.6 + 1.15 * t, 1.9 + 1.0 * t), layout="constrained")
+  fig = Figure(figsize=(3.0 + 1.75 * t, 2.0 + 1.1 * t), layout="constrained")
   ax = fig.add_subplot()
-  image = ax.imshow(np.ma.masked_invalid(shown), cmap=_cmap(), vmin=-1, vmax=1)
+  image = ax.imshow(np.ma.masked_invalid(shown), cmap=_cmap(), vmin=-vmax, vmax=vmax)
   ax.set_xticks(np.arange(t))
   ax.set_xticklabels(names, rotation=30, ha="right")
   ax.set_yticks(np.arange(t))
@@ -168,34 +224,53 @@ def cosine_matrix_figure(record, window=None):
   for i in range(t):
     for j in range(t):
       if i == j:
-        ax.text(j, i, f"|g|\n{mean_norm[i]:.2g}", ha="center", va="center", fontsize=7.5,
+        same = f"\nsame-task {_signed(agree[i])}" if np.isfinite(agree[i]) else ""
+        ax.text(j, i, f"|g| {mean_norm[i]:.2g}{same}", ha="center", va="center", fontsize=7,
                 color="#404040")
-      elif np.isfinite(mean[i, j]):
-        ax.text(j, i, f"{_signed(mean[i, j])}\n{100 * share[i, j]:.0f}% <0", ha="center",
-                va="center", fontsize=8.5, color=_text_color(mean[i, j]))
-  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cos(g_i, g_j)")
-  ax.set_title(f"whole-body gradient cosine, mean over {rec.window_label()}", fontsize=10)
+      else:
+        second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
+                  + f"{100 * share[i, j]:.0f}% <0")
+        ax.text(j, i, f"{_interval_text(cells[i, j], digits)}\n{second}", ha="center",
+                va="center", fontsize=7.5, color=_text_color(shown[i, j] / vmax))
+  what = "noise-corrected cos (95% interval)" if rec.halves else "mean cos (95% interval)"
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
+               label=f"{what}, colours clipped at ±{vmax:.2g}")
+  kind = ("noise-corrected whole-body gradient cosine" if rec.halves
+          else "whole-body gradient cosine (no halves: no noise floor)")
+  ax.set_title(_title(rec, f"{kind},\n{rec.window_label()}"), fontsize=10)
   return fig
 
 
-def layer_step_figure(record, pair, rows="auto", vmax=None):
-  """Layer x step cosine of one task pair ('a~b' or (i, j))."""
+def binned_layer_steps(record, pair, rows="auto", max_columns=MAX_COLUMNS):
+  """(row names, grouping, (rows, C) window-mean cosines, first step of each column) of one
+  pair: the probe steps split into C <= max_columns contiguous bins."""
   k = _pair_index(record, pair)
   by = rows_for(record.layer_names, rows)
   names, grams = record.grouped(by)
-  cos = conflicts.pair_values(conflicts.cosines(grams))[..., k].T  # (rows, S)
+  cos = conflicts.pair_values(conflicts.cosines(grams))[..., k]  # (S, rows)
+  bins = step_bins(record.num_steps, max_columns)
+  binned = np.stack([conflicts.nan_mean(cos[b], axis=0) for b in bins], axis=1)
+  return names, by, binned, np.array([record.steps[b[0]] for b in bins])
+
+
+def layer_step_figure(record, pair, rows="auto", vmax=None):
+  """Layer x step cosine of one task pair ('a~b' or (i, j)), binned to <= MAX_COLUMNS
+  columns of window means."""
+  k = _pair_index(record, pair)
+  names, by, cos, firsts = binned_layer_steps(record, pair, rows)
   vmax = vmax or symmetric_limit(cos)
   fig = Figure(figsize=(10, _row_figure_height(len(names))), layout="constrained")
   ax = fig.add_subplot()
   image = ax.imshow(np.ma.masked_invalid(cos), cmap=_cmap(), vmin=-vmax, vmax=vmax,
                     aspect="auto", interpolation="nearest")
   _label_rows(ax, names, by)
-  _step_ticks(ax, record.steps)
-  ax.set_xlabel("step")
+  _step_ticks(ax, firsts)
+  per = record.num_steps / cos.shape[1]
+  ax.set_xlabel("step" + (f" (each column: mean of ~{per:.0f} probes)" if per > 1 else ""))
   fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02,
-               label=f"cos (colours clipped at ±{vmax:g})")
-  ax.set_title(f"{record.pair_names[k]}: per-{by} gradient cosine, {record.window_label()}",
-               fontsize=10)
+               label=f"cos (colours clipped at ±{vmax:.2g})")
+  ax.set_title(_title(record, f"{record.pair_names[k]}: per-{by} gradient cosine, "
+                      f"{record.window_label()}"), fontsize=10)
   return fig
 
 
@@ -222,13 +297,15 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
           ax.text(c, r, _signed(cos[r, c]), ha="center", va="center", fontsize=6.5,
                   color=_text_color(cos[r, c] / vmax))
   fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03,
-               label=f"mean cos (colours clipped at ±{vmax:g})")
-  ax.set_title(f"per-{by} gradient cosine,\nmean over {rec.window_label()}", fontsize=10)
+               label=f"mean cos (colours clipped at ±{vmax:.2g})")
+  ax.set_title(_title(rec, f"per-{by} gradient cosine,\nmean over {rec.window_label()}"),
+               fontsize=10)
   return fig
 
 
 def curves_figure(record, ema_beta=0.1):
-  """Whole-body cosine per pair (+ EMA), conflict fraction and gradient norms over steps."""
+  """Whole-body cosine per pair (+ EMA) with the same-task noise floor, the conflict fraction
+  (+ moving mean) and gradient norms over steps."""
   steps = record.steps
   body = record.grouped("body")[1][:, 0]
   pcos = conflicts.pair_values(conflicts.cosines(body))          # (S, P)
@@ -238,29 +315,40 @@ def curves_figure(record, ema_beta=0.1):
   axes = fig.subplots(3, 1, sharex=True)
   palette = matplotlib.colormaps["tab10" if pcos.shape[1] <= 10 else "tab20"]
   colors = [palette(k % palette.N) for k in range(pcos.shape[1])]
+  smooth = (lambda x: conflicts.ema(x, ema_beta, init=None)) if ema_beta else (lambda x: x)
 
   ax = axes[0]
   for k, name in enumerate(record.pair_names):
     if ema_beta:
       ax.plot(steps, pcos[:, k], color=colors[k], alpha=0.3, linewidth=0.8, marker=marker,
               markersize=2.5)
-      ax.plot(steps, conflicts.ema(pcos[:, k], ema_beta, init=None), color=colors[k], linewidth=1.8,
-              label=name)
+      ax.plot(steps, smooth(pcos[:, k]), color=colors[k], linewidth=1.8, label=name)
     else:
       ax.plot(steps, pcos[:, k], color=colors[k], linewidth=1.2, marker=marker, markersize=2.5,
               label=name)
+  if record.halves:  # the noise floor: how well a task agrees with itself on another half-batch
+    agree = record.same_task_agreement("body")[:, 0]
+    greys = matplotlib.colormaps["Greys"]
+    for t, name in enumerate(record.task_names):
+      ax.plot(steps, smooth(agree[:, t]), color=greys(0.45 + 0.5 * t / max(1, agree.shape[1])),
+              linestyle="--", linewidth=1.4, label=f"{name}: same task, half a vs b")
   ax.axhline(0, color="black", linewidth=0.7)
   ax.set_ylabel("whole-body cos")
   ax.set_title("gradient cosine per task pair" + (f" (bold: GradVac EMA, beta={ema_beta:g})"
-                                                   if ema_beta else ""), fontsize=10)
+                                                   if ema_beta else "")
+               + ("; dashed: same-task agreement, the noise floor" if record.halves else ""),
+               fontsize=10)
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
 
   ax = axes[1]
-  ax.plot(steps, conflicts.conflict_fraction(body), color="C3", marker=marker, markersize=2.5,
-          label="whole body: pairs with cos<0")
+  fraction = conflicts.conflict_fraction(body)
+  width = max(1, int(round(SMOOTH_SHARE * len(steps))))
+  ax.plot(steps, fraction, color="C3", alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
+  ax.plot(steps, moving_mean(fraction, width), color="C3", linewidth=1.8,
+          label=f"whole body: pairs with cos<0\n(mean of the last {width} probes)")
   leaf_share = conflicts.share_negative(leaf_pcos.reshape(len(steps), -1), axis=1)
-  ax.plot(steps, leaf_share, color="C7", marker=marker, markersize=2.5,
-          label="leaves: (leaf, pair) with cos<0")
+  ax.plot(steps, moving_mean(leaf_share, width), color="C7", linewidth=1.4,
+          label=f"leaves: (leaf, pair) with cos<0\n(mean of the last {width} probes)")
   ax.set_ylim(-0.03, 1.03)
   ax.set_ylabel("conflict fraction")
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -279,7 +367,9 @@ def curves_figure(record, ema_beta=0.1):
   ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
   for ax in axes:
     ax.grid(alpha=0.3)
-  fig.suptitle(f"task conflict over training, {record.window_label()}", fontsize=11)
+  _integer_steps(axes[2])
+  fig.suptitle(_title(record, f"task conflict over training, {record.window_label()}"),
+               fontsize=11)
   return fig
 
 
@@ -316,12 +406,10 @@ def figures(record, window=None, ema_beta=0.1, rows="auto"):
   if record.num_steps == 0:
     raise ValueError("no probe steps to draw")
   by = rows_for(record.layer_names, rows)
-  layer_cos = conflicts.pair_values(conflicts.cosines(record.grouped(by)[1]))
-  vmax = symmetric_limit(layer_cos)  # one scale for every layer figure
   drawn = [("cos_matrix.png", cosine_matrix_figure(record, window)),
-           ("cos_layers_pairs.png", layer_pair_figure(record, window, by, vmax)),
+           ("cos_layers_pairs.png", layer_pair_figure(record, window, by)),
            ("cos_curves.png", curves_figure(record, ema_beta))]
-  drawn += [(pair_file_name(name), layer_step_figure(record, name, by, vmax))
+  drawn += [(pair_file_name(name), layer_step_figure(record, name, by))
             for name in record.pair_names]
   return [(name, to_png(fig)) for name, fig in drawn]
 
@@ -339,18 +427,53 @@ def draw_all(record, out_dir, window=None, ema_beta=0.1, rows="auto"):
   return _write(out_dir, figures(record, window, ema_beta, rows))
 
 
-def draw_and_log(record, out_dir, writer, window=None, ema_beta=0.1):
-  """Figures into out_dir and TensorBoard (images at the last probe step), and per probe step
-  the whole-body cosine of every pair and the conflict fraction as scalars; returns the paths."""
+def probe_scalars(record):
+  """[(step, {tag: value})] TensorBoard scalars of a record's probe steps.
+
+  Every probe step: conflicts/cos/<pair> (whole-body raw cosine) and conflicts/conflict_fraction
+  (share of pairs with cos < 0). At the record's last step, over all its steps (the trainer
+  passes the probes since the previous checkpoint): conflicts/corrected_cos/<pair> (pooled,
+  where measurable), conflicts/conflict_fraction/<pair> (share of probes with cos < 0) and
+  conflicts/same_task/<task> (mean same-task agreement).
+  """
+  body = conflicts.pair_values(record.cosines("body")[:, 0])
+  fraction = record.conflict_fraction("body")[:, 0]
+  out = []
+  for s, step in enumerate(record.steps):
+    values = {f"conflicts/cos/{p}": float(body[s, k]) for k, p in enumerate(record.pair_names)}
+    values["conflicts/conflict_fraction"] = float(fraction[s])
+    out.append((int(step), values))
+  last = out[-1][1]
+  for k, p in enumerate(record.pair_names):
+    last[f"conflicts/conflict_fraction/{p}"] = float(conflicts.share_negative(body[:, k]))
+  if record.halves:
+    corrected = conflicts.pair_values(record.corrected_cosines("body")[0])
+    agree = conflicts.nan_mean(record.same_task_agreement("body")[:, 0], axis=0)
+    for k, p in enumerate(record.pair_names):
+      if np.isfinite(corrected[k]):
+        last[f"conflicts/corrected_cos/{p}"] = float(corrected[k])
+    for t, name in enumerate(record.task_names):
+      last[f"conflicts/same_task/{name}"] = float(agree[t])
+  return out
+
+
+def log_probe_scalars(record, writer):
+  """Write `probe_scalars` to a TensorBoard writer (the trainer calls it at every flush)."""
+  if record.num_steps == 0:
+    return
+  for step, values in probe_scalars(record):
+    writer.scalars(step, values)
+
+
+def draw_and_log(record, out_dir, writer, window=None, ema_beta=0.1, scalars=True):
+  """Figures into out_dir and TensorBoard (images at the last probe step); with `scalars`,
+  also `probe_scalars` of the whole record (the trainer logs those per flush instead).
+  Returns the paths."""
   drawn = figures(record, window, ema_beta)
   paths = _write(out_dir, drawn)
   last = int(record.steps[-1])
   for name, data in drawn:
     writer.image(last, "conflicts/" + os.path.splitext(name)[0], data)
-  body = conflicts.pair_values(record.cosines("body")[:, 0])
-  fraction = record.conflict_fraction("body")[:, 0]
-  for s, step in enumerate(record.steps):
-    values = {f"conflicts/cos/{p}": body[s, k] for k, p in enumerate(record.pair_names)}
-    values["conflicts/conflict_fraction"] = fraction[s]
-    writer.scalars(int(step), values)
+  if scalars:
+    log_probe_scalars(record, writer)
   return paths

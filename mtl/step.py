@@ -4,10 +4,12 @@ The batch holds clean uint8 HR crops per task; degradations run inside the step,
 (seed, step, task). Every task's forward pass is the model's own `apply` (head -> body -> tail).
 
 Per-task gradients on the shared body come out of the ordinary backward pass: on probe steps
-each task is given its own (identical) reference to the body parameters, so the gradient with
-respect to those references is the list of per-task gradients; their sum is the update's body
-gradient. (A `jax.vmap` over broadcast copies computes the same, but XLA's CPU backend runs its
-batched matmuls ~1.8x slower.)
+each task's sub-batch is split into two equal halves a and b (the noise floor of
+mtl.conflicts.gramians) and each half is given its own (identical) reference to the body
+parameters, so the gradient with respect to those 2T references is the list of per-half
+gradients, in the order [t0a, t0b, t1a, t1b, ...]; their sum is the update's body gradient.
+(A `jax.vmap` over broadcast copies computes the same, but XLA's CPU backend runs its batched
+matmuls ~1.8x slower.)
 """
 import functools
 import zlib
@@ -58,26 +60,65 @@ def task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
   return jnp.stack(per_task)
 
 
+def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
+  """(T,) per-task losses, each the mean of its two halves' L1 losses; half h of task t (the
+  rows h, h + 2, ... of its sub-batch) runs through the body on parameters `bodies[2 t + h]`.
+
+  The model's apply (head -> body -> tail), with only the body run per half: head and tail
+  work per image, so they run once on the whole sub-batch (fewer, larger kernels; the probe
+  stays within ~1.15x of the plain step). Equal halves make the mean of the halves' means the
+  sub-batch mean: the plain step's loss. The contrastive term, if any, is taken over the whole
+  sub-batch's tokens as in the plain step (its negatives span both halves), so the update is
+  unchanged but that term's half gradients are not independent (the noise floor assumes they
+  are; it is exact for the L1 term).
+  """
+  split = lambda x: (x[0::2], x[1::2])  # strided: each device's shard splits locally
+  merge = lambda a, b: jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])  # batch order
+  per_task = []
+  for t, name in enumerate(names):
+    if inputs[name].shape[0] % 2:
+      raise ValueError(f"task {name}: sub-batch of {inputs[name].shape[0]} cannot be split into "
+                       "two equal halves; probe steps need an even data.batch_size")
+    spec = model.specs[model.task_names.index(name)]
+    feats = model.head(params["heads"][name], inputs[name])
+    halves = [model.body(bodies[2 * t + h], f, params["queries"][name])
+              for h, f in enumerate(split(feats))]
+    res, tokens = merge(halves[0][0], halves[1][0]), merge(halves[0][1], halves[1][1])
+    out = model.tail(params["tails"][name], spec.scale, res + feats)
+    loss = sum(losses.l1(o, y) for o, y in zip(split(out), split(targets[name]))) / 2
+    if loss_cfg.contrastive_weight > 0:
+      loss = loss + loss_cfg.contrastive_weight * losses.supervised_contrastive(
+          tokens, loss_cfg.temperature)
+    per_task.append(loss)
+  return jnp.stack(per_task)
+
+
 def _step(state, batch, model, config, optimizer, names, split):
-  """The shared step. split: each task gets its own (identical) reference to the body, so the
-  gradient with respect to those references is the list of per-task body gradients."""
+  """The shared step. split: each half of each task's sub-batch gets its own (identical)
+  reference to the body, so the gradient with respect to those 2T references is the list of
+  per-half body gradients, and the step also returns their per-leaf Gramians (L, 2T, 2T)."""
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
-  bodies = [body] * len(names) if split else body
+  bodies = [body] * (2 * len(names)) if split else body
 
   def total_loss(specific, bodies):
-    per_task = task_losses(model, config.loss, names, specific,
-                           bodies if split else [bodies] * len(names), inputs, targets)
+    if split:
+      per_task = half_task_losses(model, config.loss, names, specific, bodies, inputs, targets)
+    else:
+      per_task = task_losses(model, config.loss, names, specific, [bodies] * len(names), inputs,
+                             targets)
     return per_task.sum(), per_task
 
   (loss, per_task), (g_specific, g_body) = jax.value_and_grad(
       total_loss, argnums=(0, 1), has_aux=True)(specific, bodies)
   grams = None
   if split:
-    g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (T, ...) per leaf
-    grams = conflicts.leaf_gramians(g_body)
+    g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (2T, ...) per leaf
+    # A half's reference carries half of its own loss's gradient (per-task loss = mean of the
+    # halves): the Gramian of the halves' own gradients is 2^2 times that of the references.
+    grams = 4.0 * conflicts.leaf_gramians(g_body)
     g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
   grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -95,14 +136,16 @@ def train_step(state, batch, model, config, optimizer, names):
 
 
 def probe_step(state, batch, model, config, optimizer, names):
-  """train_step that also returns the per-leaf Gramians (L, T, T) of the per-task body
-  gradients, taken from the step's own backward pass (the update is unchanged)."""
+  """train_step that also returns the per-leaf Gramians (L, 2T, 2T) of the per-half body
+  gradients (order [t0a, t0b, t1a, ...]; mtl.conflicts.task_gramian gives the per-task
+  (L, T, T)), taken from the step's own backward pass (the update is unchanged). Each task's
+  sub-batch must be even."""
   return _step(state, batch, model, config, optimizer, names, split=True)
 
 
 def naive_probe_step(state, batch, model, config, optimizer, names):
   """The reference the benchmark compares probe_step with: Gramians from `jax.jacrev` of the
-  loss vector, i.e. T extra backward passes."""
+  loss vector, i.e. T extra backward passes (per task, no halves: (L, T, T))."""
   state_out, metrics = train_step(state, batch, model, config, optimizer, names)
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)

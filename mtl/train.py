@@ -42,7 +42,16 @@ def validate(config):
   if config.optim.schedule not in optim.LR_SCHEDULES:
     raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(optim.LR_SCHEDULES)}")
   ipt.ModelConfig.from_config(config.model, config.precision)
+  if _probes_pairs(config) and config.data.batch_size % 2:
+    raise ValueError(f"data.batch_size={config.data.batch_size} is odd; conflict probes split "
+                     "each task's sub-batch into two equal halves (the noise floor): use an even "
+                     "batch size, or conflicts.every=0")
   return specs
+
+
+def _probes_pairs(config):
+  return (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
+          and config.schedule != "one")
 
 
 def probing_enabled(config):
@@ -257,7 +266,7 @@ def train_and_evaluate(config, workdir):
               raise NonFiniteLoss(f"non-finite parameters after step {step}: training stopped; "
                                   "the last good checkpoint is kept. Lower optim.lr or set "
                                   "optim.grad_clip")
-            _flush_probes(workdir, probe_buffer, layer_names, names, is_writer)
+            _flush_probes(workdir, probe_buffer, layer_names, names, is_writer, writer)
             probe_buffer = []
             checkpoints.save(mngr, done, state, force=True)
           if config.eval_every and done % config.eval_every == 0 and done < config.total_steps:
@@ -280,7 +289,7 @@ def train_and_evaluate(config, workdir):
     if is_writer and probe_every:
       from mtl import plots
       plots.draw_and_log(conflicts.load(workdir), os.path.join(workdir, "conflicts"), writer,
-                         ema_beta=config.conflicts.ema_beta)
+                         ema_beta=config.conflicts.ema_beta, scalars=False)  # logged per flush
     writer.close()
   return results
 
@@ -329,12 +338,17 @@ def _log_metrics(pending, writer, progress, schedule, done):
   writer.scalars(done, {f"train/{k}": v for k, v in mean.items()})
 
 
-def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer):
+def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, writer):
+  """Append the buffered probes' half-split Gramians (S, L, 2T, 2T) to the store and log their
+  whole-body raw and corrected cosines and conflict fractions to TensorBoard (per checkpoint)."""
   if not probe_buffer or not is_writer:
     return
+  from mtl import plots
   steps = np.array([s for s, _ in probe_buffer], np.int64)
   grams = np.stack(jax.device_get([g for _, g in probe_buffer])).astype(np.float32)
   conflicts.append(workdir, steps, grams, layer_names, list(task_names))
+  plots.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names),
+                          writer)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -344,8 +358,8 @@ def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
   """Per-leaf Gramians of a saved model on `num_batches` fresh batches, without training.
 
   Batches are those of steps first_step, first_step + 1, ... (far past any training step, so
-  unseen crops and degradations). Returns (steps, gramians (N, L, T, T), layer names in
-  network order, task names, the checkpoint's step).
+  unseen crops and degradations). Returns (steps, half-split gramians (N, L, 2T, 2T), layer
+  names in network order, task names, the checkpoint's step).
   """
   from mtl.data import sources
   if len(config.tasks) < 2:

@@ -285,3 +285,77 @@ def test_summarize_numbers(tmp_path):
                                                                     abs=1e-5)
   text = conflicts.format_summary(out)
   assert "sr_x2~derain" in text and "steps 0-70 (8 probes)" in text
+
+
+# ----------------------------------------------------------------------------- format versions
+
+
+def write_v1_store(workdir, steps, seed=0):
+  """A store as format version 1 wrote it: meta without 'halves', per-task (S, L, T, T)."""
+  import json
+  rng = np.random.default_rng(seed)
+  grams = np.stack([np.stack([gram(g) for g in random_grads(rng)]) for _ in steps])
+  path = conflicts.store_dir(workdir)
+  os.makedirs(path)
+  with open(os.path.join(path, "meta.json"), "w") as f:
+    json.dump({"format": "mtl.conflicts", "version": 1, "task_names": TASKS,
+               "layer_names": LAYERS}, f)
+  np.savez(os.path.join(path, f"chunk-{steps[0]:09d}-{steps[-1]:09d}.npz"),
+           steps=np.asarray(steps, np.int64), gramians=grams.astype(np.float32))
+  return grams.astype(np.float32)
+
+
+def test_version_1_store_loads_without_a_noise_floor(tmp_path):
+  wd = str(tmp_path)
+  grams = write_v1_store(wd, list(range(0, 40, 5)))
+  record = conflicts.load(wd)
+  assert not record.halves and record.half_gramians is None
+  np.testing.assert_array_equal(record.gramians, grams)
+  assert np.isnan(record.same_task_agreement("body")).all()
+  assert record.same_task_agreement("block").shape == (8, 5, 3)
+  assert np.isnan(record.corrected_cosines("body")).all()
+  intervals = record.corrected_cosine_intervals()
+  assert len(intervals) == 3 and all(np.isnan(iv.estimate) for iv in intervals)
+  assert intervals[0].note == conflicts.NO_HALVES
+  out = conflicts.summarize(record)
+  assert out["noise_floor"]["halves"] is False
+  assert {e["verdict"] for e in out["pair"].values()} == {conflicts.NOT_MEASURABLE}
+  # the raw numbers and their intervals are still there
+  pcos = conflicts.pair_values(conflicts.cosines(grams.sum(1)))
+  assert out["pair"]["sr_x2~derain"]["cos_interval"]["estimate"] == pytest.approx(
+      pcos[:, 2].mean(), abs=1e-5)
+  text = conflicts.format_summary(out)
+  assert "no noise floor" in text and "written before format version 2" in text
+  with pytest.raises(ValueError,
+                     match=r"per-task Gramians \(format version 1\), these are half-split"):
+    synthetic_half_store(wd, [100])  # a v1 run cannot be continued with halves
+
+
+def synthetic_half_store(workdir, steps, seed=0):
+  rng = np.random.default_rng(seed)
+  grams = np.stack([np.stack([gram(g) for g in random_grads(rng, num_tasks=2 * len(TASKS))])
+                    for _ in steps]).astype(np.float32)
+  conflicts.append(workdir, np.asarray(steps), grams, LAYERS, TASKS)
+  return grams
+
+
+def test_version_2_store_round_trip_and_clear_errors(tmp_path):
+  import json
+  wd = str(tmp_path)
+  g2 = synthetic_half_store(wd, [0, 1, 2])
+  with open(os.path.join(conflicts.store_dir(wd), "meta.json")) as f:
+    meta = json.load(f)
+  assert meta["version"] == 2 and meta["halves"] is True and meta["task_names"] == TASKS
+  record = conflicts.load(wd)
+  np.testing.assert_array_equal(record.half_gramians, g2)
+  np.testing.assert_allclose(record.gramians, conflicts.task_gramian(g2), rtol=1e-6)
+  assert record.last(2).half_gramians.shape == (2, len(LAYERS), 6, 6)
+  with pytest.raises(ValueError, match="per-task.*use a fresh workdir"):
+    conflicts.append(wd, [5], np.zeros((1, len(LAYERS), 3, 3), np.float32), LAYERS, TASKS)
+  with pytest.raises(ValueError, match=r"expected \(1, 11, 3, 3\) or, half-split, \(1, 11, 6, 6\)"):
+    conflicts.append(wd, [5], np.zeros((1, len(LAYERS), 4, 4), np.float32), LAYERS, TASKS)
+  meta["version"] = 3
+  with open(os.path.join(conflicts.store_dir(wd), "meta.json"), "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(ValueError, match="format version 3; this code reads versions 1, 2"):
+    conflicts.load(wd)

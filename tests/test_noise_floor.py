@@ -125,3 +125,67 @@ def test_pooled_target_is_the_cosine_of_step_concatenated_means():
   assert rho[0, 1] == pytest.approx(explicit_cos(stacked[0], stacked[1]), abs=1e-12)
   per_step = np.mean([explicit_cos(m[0], m[1]) for m in mu])
   assert abs(rho[0, 1] - per_step) > 1e-3
+
+
+# ----------------------------------------------------------------------------- records, store
+
+
+LAYERS = ["token_embed/kernel", "encoder/0/attn/query/kernel", "out_mlp/fc1/kernel"]
+TASKS = ["denoise_30", "sr_x2", "derain"]
+
+
+def half_gramians(mu, steps, sigma, seed=0):
+  """(steps, L, 2T, 2T) Gramians of halves mu_t + noise; mu (T, D) split evenly over L leaves."""
+  rng = np.random.default_rng(seed)
+  halves = np.repeat(mu, 2, axis=0)[None] + sigma * rng.normal(size=(steps,) + (2 * len(mu),)
+                                                               + mu.shape[1:])
+  leaves = np.array_split(halves, len(LAYERS), axis=-1)
+  return np.stack([gram(leaf) for leaf in leaves], axis=1)
+
+
+def test_record_noise_floor_and_verdicts(tmp_path):
+  from mtl import conflicts
+  d, steps, sigma2 = 600, 64, 0.01  # |e|^2 ~ 6 per half: raw cosines shrink ~4-fold
+  mu = unit_means(d)
+  mu[1:] = -mu[1:]  # cos(mu0, mu1) = -0.5: conflict; cos(mu0, mu2) = +0.3; cos(mu1, mu2) = 0
+  G2 = half_gramians(mu, steps, np.sqrt(sigma2))
+  wd = str(tmp_path / "run7")
+  conflicts.append(wd, np.arange(steps) * 2, G2.astype(np.float32), LAYERS, TASKS)
+  record = conflicts.load(wd)
+  assert record.halves and record.name == "run7"
+  assert record.gramians.shape == (steps, 3, 3, 3) and record.half_gramians.shape == G2.shape
+  body = G2.sum(1)
+  # The stored float32 Gramians round each entry by ~6e-8 of the step's largest: hence 1e-5.
+  scale = np.abs(body).max()
+  np.testing.assert_allclose(record.gramians.sum(1) / scale, task_gramian(body) / scale,
+                             atol=1e-5)
+  np.testing.assert_allclose(record.corrected_cosines("body", window=16)[0],
+                             corrected_cosines(body[-16:], axis=0), rtol=1e-5)
+  np.testing.assert_allclose(record.same_task_agreement("body")[:, 0], same_task_agreement(body),
+                             rtol=1e-5)
+  out = conflicts.summarize(record)
+  pair = out["pair"]["denoise_30~sr_x2"]
+  corrected = pair["corrected_cos"]
+  assert corrected["estimate"] == pytest.approx(corrected_cosines(body, axis=0)[0, 1], rel=1e-5)
+  assert corrected["high"] < 0 and abs(corrected["estimate"] + 0.5) < 0.15
+  assert pair["verdict"] == conflicts.CONFLICT
+  raw = pair["cos_interval"]  # the raw window mean, shrunk ~4-fold by the noise: -0.5 / 4
+  assert raw["estimate"] == pytest.approx(-0.5 / (1 + d * sigma2 / 2), abs=0.04)
+  assert raw["low"] < raw["estimate"] < raw["high"] < 0
+  assert out["pair"]["denoise_30~derain"]["verdict"] == conflicts.AGREEMENT
+  assert out["pair"]["sr_x2~derain"]["verdict"] == conflicts.UNDETECTED    # true cos 0
+  agree = out["noise_floor"]["same_task_agreement"]
+  # cos(g^a, g^b) ~ 1 / (1 + d sigma2) = 1/7 for unit means.
+  assert agree["sr_x2"] == pytest.approx(1 / (1 + d * sigma2), abs=0.03)
+  assert pair["same_task_agreement"] == [agree["denoise_30"], agree["sr_x2"]]
+  assert out["noise_floor"]["interval_method"] == "batch_means"
+
+
+def test_not_measurable_verdict():
+  from mtl import conflicts, stats
+  nan = stats.Interval(float("nan"), float("nan"), float("nan"), 0.95, 10)
+  assert conflicts.pair_verdict(nan) == conflicts.NOT_MEASURABLE
+  short = stats.Interval(-0.4, float("nan"), float("nan"), 0.95, 3)  # too few steps: no interval
+  assert conflicts.pair_verdict(short) == conflicts.UNDETECTED
+  assert conflicts.pair_verdict(stats.Interval(-0.4, -0.6, 0.01, 0.95, 30)) == conflicts.UNDETECTED
+  assert conflicts.pair_verdict(stats.Interval(0.4, 0.1, 0.7, 0.95, 30)) == conflicts.AGREEMENT

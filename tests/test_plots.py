@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl import conflicts, plots
+from mtl import conflicts, plots, stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ["denoise_30", "sr_x2", "derain"]
@@ -30,14 +30,20 @@ def layer_names(encoders=1, decoders=1):
   return names + [f"out_mlp/fc{i}/{p}" for i in (1, 2) for p in ("bias", "kernel")]
 
 
-def record(steps=12, layers=None, tasks=TASKS, seed=0):
+def record(steps=12, layers=None, tasks=TASKS, seed=0, halves=True, name="run7"):
+  """Halves = task means + noise; the first pair conflicts. halves=False: a version-1 record."""
   layers = layers or layer_names()
   rng = np.random.default_rng(seed)
-  j = rng.normal(size=(steps, len(layers), len(tasks), 8))
-  j[:, :, 1] -= 0.8 * j[:, :, 0]  # the first pair conflicts
+  mu = rng.normal(size=(steps, len(layers), len(tasks), 1, 8))
+  mu[:, :, 1] -= 0.8 * mu[:, :, 0]
+  j = (mu + 0.5 * rng.normal(size=mu.shape[:3] + (2, 8))).reshape(steps, len(layers), -1, 8)
   grams = np.einsum("sltd,slud->sltu", j, j).astype(np.float32)
-  return conflicts.Record(steps=np.arange(0, 3 * steps, 3, dtype=np.int64), gramians=grams,
-                          layer_names=tuple(layers), task_names=tuple(tasks))
+  steps = np.arange(0, 3 * steps, 3, dtype=np.int64)
+  rec = conflicts.Record.from_halves(steps, grams, layers, tasks, name)
+  if not halves:
+    rec = conflicts.Record(steps=rec.steps, gramians=rec.gramians, layer_names=rec.layer_names,
+                           task_names=rec.task_names, name=name)
+  return rec
 
 
 def labels(ticks):
@@ -55,16 +61,37 @@ def test_cosine_matrix_figure():
   ax = fig.axes[0]
   assert labels(ax.get_xticklabels()) == TASKS
   assert labels(ax.get_yticklabels()) == TASKS
+  assert ax.get_title().startswith("run7: noise-corrected")
   assert "steps 21-33 (5 probes)" in ax.get_title()
   image = ax.get_images()[0]
-  assert image.get_clim() == (-1, 1)
-  mean = conflicts.nan_mean(conflicts.cosines(rec.last(5).grouped("body")[1][:, 0]), axis=0)
-  assert image.get_array()[0, 1] == pytest.approx(mean[0, 1])
-  assert mean[0, 1] < -0.3
-  assert f"{np.round(mean[0, 1], 2) + 0.0:+.2f}\n100% <0" in [t.get_text() for t in ax.texts]
+  body2 = rec.last(5).grouped_halves("body")[1][:, 0]
+  corrected = stats.corrected_cosine_intervals(body2)
+  assert image.get_array()[0, 1] == pytest.approx(corrected[0].estimate)
+  assert corrected[0].high < 0  # the constructed conflict, beyond noise
+  # Colour limit: the 98th percentile of the shown |corrected| values, symmetric about 0.
+  shown = [iv.estimate for iv in corrected] * 2
+  vmax = np.percentile(np.abs(shown), plots.COLOR_PERCENTILE)
+  assert image.get_clim() == pytest.approx((-vmax, vmax))
+  raw = conflicts.nan_mean(conflicts.cosines(rec.last(5).grouped("body")[1][:, 0]), axis=0)
+  iv = corrected[0]
+  cell = (f"{plots._signed(iv.estimate)} [{plots._signed(iv.low)}, {plots._signed(iv.high)}]\n"
+          f"raw {plots._signed(raw[0, 1])}, 100% <0")
+  assert cell in [t.get_text() for t in ax.texts]
   assert len(fig.axes) == 2  # the colorbar
   width, height = png_size(plots.to_png(fig))
-  assert 300 < width < 1200 and 250 < height < 1000
+  assert 300 < width < 1400 and 250 < height < 1000
+  # A version-1 record: the raw window mean and its batch-means interval, and the title says so.
+  fig = plots.cosine_matrix_figure(record(halves=False), window=5)
+  assert "no noise floor" in fig.axes[0].get_title()
+  raw_iv = record(halves=False).cosine_intervals(5)[0]
+  assert fig.axes[0].get_images()[0].get_array()[0, 1] == pytest.approx(raw_iv.estimate)
+
+
+def test_symmetric_limit_is_the_percentile():
+  values = np.array([-0.02, 0.01, 0.05, -0.3, np.nan, 0.004])
+  assert plots.symmetric_limit(values) == pytest.approx(
+      np.percentile([0.02, 0.01, 0.05, 0.3, 0.004], 98))
+  assert plots.symmetric_limit([np.nan]) == 1.0 and plots.symmetric_limit([0.0, 0.0]) == 1.0
 
 
 def test_layer_figures_rows_and_labels():
@@ -75,15 +102,35 @@ def test_layer_figures_rows_and_labels():
   rows = labels(ax.get_yticklabels())
   assert len(rows) == len(rec.layer_names)
   assert rows[3] == "enc0 attn.key.kernel" and rows[-1] == "out_mlp.fc2.kernel"
+  mean = conflicts.nan_mean(conflicts.pair_values(conflicts.cosines(rec.gramians)), axis=0)
+  assert ax.get_images()[0].get_clim()[1] == pytest.approx(np.percentile(np.abs(mean), 98))
+  assert ax.get_title().startswith("run7: ")
   fig = plots.layer_step_figure(rec, "sr_x2~derain")
   ax = fig.axes[0]
   data = ax.get_images()[0].get_array()
-  assert data.shape == (len(rec.layer_names), rec.num_steps)
+  assert data.shape == (len(rec.layer_names), rec.num_steps)  # 12 steps: one column each
   cos = conflicts.cosines(rec.gramians)[:, :, 1, 2]
   np.testing.assert_allclose(data.filled(np.nan), cos.T, rtol=1e-6)
+  assert ax.get_images()[0].get_clim()[1] == pytest.approx(np.percentile(np.abs(cos), 98))
   assert labels(ax.get_xticklabels())[0] == "0" and labels(ax.get_xticklabels())[-1] == "33"
   with pytest.raises(ValueError, match="valid: denoise_30~sr_x2"):
     plots.layer_step_figure(rec, "sr_x2~rain")
+
+
+def test_layer_step_map_bins_long_runs_into_window_means():
+  rec = record(steps=450, layers=layer_names()[:5])
+  fig = plots.layer_step_figure(rec, PAIRS[0])
+  ax = fig.axes[0]
+  data = ax.get_images()[0].get_array().filled(np.nan)
+  assert data.shape == (5, plots.MAX_COLUMNS)
+  cos = conflicts.cosines(rec.gramians)[:, :, 0, 1]  # (450, 5)
+  # 450 steps in 200 contiguous bins: the first 50 hold 3 steps, the rest 2
+  np.testing.assert_allclose(data[:, 0], cos[0:3].mean(0), rtol=1e-6)
+  np.testing.assert_allclose(data[:, -1], cos[-2:].mean(0), rtol=1e-6)
+  ticks = labels(ax.get_xticklabels())
+  assert ticks[0] == "0" and ticks[-1] == str(int(rec.steps[-2]))  # the last bin's first step
+  assert all(t.isdigit() for t in ticks)
+  assert "mean of ~2 probes" in ax.get_xlabel()
 
 
 def test_many_leaves_use_coarser_rows_and_taller_figures():
@@ -104,19 +151,46 @@ def test_many_leaves_use_coarser_rows_and_taller_figures():
 
 
 def test_curves_figure():
-  rec = record()
+  rec = record(steps=40)
   fig = plots.curves_figure(rec, ema_beta=0.2)
   top, middle, bottom = fig.axes[:3]
-  assert [t.get_text() for t in top.get_legend().get_texts()] == PAIRS
+  legend = [t.get_text() for t in top.get_legend().get_texts()]
+  assert legend == PAIRS + [f"{t}: same task, half a vs b" for t in TASKS]
   ema_line = [l for l in top.get_lines() if l.get_label() == PAIRS[0]][0]
   body = conflicts.pair_values(rec.cosines("body")[:, 0])
   np.testing.assert_allclose(ema_line.get_ydata(), conflicts.ema(body[:, 0], 0.2, init=None))
-  np.testing.assert_allclose(middle.get_lines()[0].get_ydata(),
-                             rec.conflict_fraction("body")[:, 0])
+  floor = [l for l in top.get_lines() if l.get_label() == "sr_x2: same task, half a vs b"][0]
+  np.testing.assert_allclose(floor.get_ydata(), conflicts.ema(
+      rec.same_task_agreement("body")[:, 0, 1], 0.2, init=None))
+  fraction = rec.conflict_fraction("body")[:, 0]
+  np.testing.assert_allclose(middle.get_lines()[0].get_ydata(), fraction)
+  width = 4  # SMOOTH_SHARE of 40 probes
+  np.testing.assert_allclose(middle.get_lines()[1].get_ydata()[width - 1:],
+                             np.convolve(fraction, np.ones(width) / width, mode="valid"))
   assert [t.get_text() for t in bottom.get_legend().get_texts()] == TASKS
+  plots.to_png(fig)  # ticks exist once drawn
+  ticks = [t.get_text() for t in bottom.get_xticklabels() if t.get_text()]
+  assert ticks and all(t.lstrip("-").isdigit() for t in ticks)  # integer steps
+  assert fig._suptitle.get_text().startswith("run7: ")
   png = plots.curves_png([0, 1, 2], {"loss/a": [3.0, 2.0, 1.0], "loss/b": ([0, 2], [1.0, 0.5])},
                          title="loss", logy=True)
   assert png.startswith(b"\x89PNG") and png_size(png)[0] > 300
+
+
+def test_probe_scalars_per_flush():
+  rec = record(steps=10)
+  out = plots.probe_scalars(rec)
+  assert [s for s, _ in out] == rec.steps.tolist()
+  body = conflicts.pair_values(rec.cosines("body")[:, 0])
+  assert out[3][1][f"conflicts/cos/{PAIRS[1]}"] == pytest.approx(body[3, 1])
+  last = out[-1][1]
+  corrected = conflicts.pair_values(conflicts.corrected_cosines(
+      rec.grouped_halves("body")[1][:, 0], axis=0))
+  assert last[f"conflicts/corrected_cos/{PAIRS[0]}"] == pytest.approx(corrected[0])
+  assert last[f"conflicts/conflict_fraction/{PAIRS[0]}"] == pytest.approx((body[:, 0] < 0).mean())
+  assert f"conflicts/same_task/{TASKS[2]}" in last
+  assert "conflicts/corrected_cos/" + PAIRS[0] not in out[0][1]  # windowed values: last step only
+  assert not any("corrected" in k for k in plots.probe_scalars(record(halves=False))[-1][1])
 
 
 def test_draw_all_writes_the_documented_files(tmp_path):
@@ -134,7 +208,7 @@ def test_draw_all_writes_the_documented_files(tmp_path):
 
 def write_store(workdir, steps=8):
   rec = record(steps=steps, layers=layer_names()[:12])
-  conflicts.append(workdir, rec.steps, rec.gramians, rec.layer_names, rec.task_names)
+  conflicts.append(workdir, rec.steps, rec.half_gramians, rec.layer_names, rec.task_names)
 
 
 def run_analyze(*args):
@@ -148,6 +222,20 @@ def test_analyze_script(tmp_path):
   result = run_analyze(f"--workdir={wd}", "--step_range=3:", "--window=4")
   assert result.returncode == 0, result.stderr
   assert "steps 12-21 (4 probes)" in result.stdout and "denoise_30~sr_x2" in result.stdout
+  # Per pair: raw cos with its interval, same-task agreements, corrected cos, conflict
+  # fraction, verdict; the footer names the interval method.
+  out = result.stdout
+  rec = conflicts.load(wd).select((3, None)).last(4)
+  raw = rec.cosine_intervals()[0]
+  assert f"raw cos (window mean)  {raw.estimate:+.3f} [{raw.low:+.3f}, {raw.high:+.3f}]" in out
+  corrected = rec.corrected_cosine_intervals()[0]
+  assert (f"corrected cos          {corrected.estimate:+.3f} [{corrected.low:+.3f}, "
+          f"{corrected.high:+.3f}]") in out
+  agree = conflicts.nan_mean(rec.same_task_agreement()[:, 0], axis=0)
+  assert f"same-task agreement    denoise_30 {agree[0]:+.3f}, sr_x2 {agree[1]:+.3f}" in out
+  assert out.count("conflict fraction  ") == 3 and out.count("    verdict: ") == 3
+  assert "verdict: conflict beyond noise" in out  # the constructed conflict (pair 0)
+  assert "batch means" in out.split("verdict:")[-1]
   assert os.path.exists(os.path.join(wd, "conflicts", "cos_matrix.png"))
   assert os.path.exists(os.path.join(wd, "conflicts", "cos_layers_steps-sr_x2~derain.png"))
   events = os.listdir(os.path.join(wd, "events", "analyze"))

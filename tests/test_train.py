@@ -1,4 +1,5 @@
-"""The train step: probe Gramians equal independently taken per-task gradients; devices agree."""
+"""The train step: probe Gramians equal independently taken per-half gradients; the probe's
+update equals the plain step's; odd probe batches are refused; devices agree."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import skimage.data
 
 from experiments import tiny
-from mtl import degradations, losses, sharding, train
+from mtl import conflicts, degradations, losses, sharding, train
 from mtl import step as step_lib
 from mtl.models import ipt
 
@@ -36,18 +37,20 @@ def _batch(config, run, step=0):
   return batch
 
 
-def _independent_task_grads(run, config, params, batch, step):
-  """Each task's gradient of its own loss alone, w.r.t. the body: plain jax.grad per task."""
+def _independent_task_grads(run, config, params, batch, step, halves=False):
+  """Each task's gradient of its own loss alone, w.r.t. the body: plain jax.grad per task;
+  with halves, per half (rows 0, 2, ... then 1, 3, ...), in the order [t0a, t0b, t1a, ...]."""
   key = jax.random.fold_in(jax.random.key(config.seed), step)
   grads = []
   for spec in run.model.specs:
     task_key = jax.random.fold_in(key, step_lib.task_id(spec.name))
     inputs, targets = degradations.degrade(spec, task_key,
                                            batch[spec.name], config.degrade)
-    def task_loss(body):
-      out = run.model.apply(dict(params, body=body), spec.name, inputs)
-      return losses.l1(out, targets)
-    grads.append(jax.grad(task_loss)(params["body"]))
+    parts = [(inputs[h::2], targets[h::2]) for h in (0, 1)] if halves else [(inputs, targets)]
+    for x, y in parts:
+      def task_loss(body, x=x, y=y):
+        return losses.l1(run.model.apply(dict(params, body=body), spec.name, x), y)
+      grads.append(jax.grad(task_loss)(params["body"]))
   return grads
 
 
@@ -59,7 +62,7 @@ def _leaf_gramians(grads):
 
 
 @pytest.mark.parametrize("devices", [1, 8])
-def test_probe_gramians_equal_independent_per_task_gradients(devices):
+def test_probe_gramians_equal_independent_per_half_gradients(devices):
   config = _config(data=devices)
   run = train.build(config)
   with jax.set_mesh(run.mesh):
@@ -69,9 +72,9 @@ def test_probe_gramians_equal_independent_per_task_gradients(devices):
     step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names,
                                    probe=True))
     _, metrics, grams = step(state, sharding.to_global(batch, run.mesh))
-  expected = _leaf_gramians(_independent_task_grads(run, config, params, batch, 0))
+  expected = _leaf_gramians(_independent_task_grads(run, config, params, batch, 0, halves=True))
   grams = np.asarray(grams, np.float64)
-  assert grams.shape == expected.shape == (len(ipt.shared_layer_names(params["body"])), 3, 3)
+  assert grams.shape == expected.shape == (len(ipt.shared_layer_names(params["body"])), 6, 6)
   # Per leaf, float32 summation order alone moves a squared norm by ~2e-5 relative (the same
   # jax.grad, jitted vs eager, differs that much), so leaves are held to 1e-4 ...
   scale = np.abs(expected).max(axis=(1, 2), keepdims=True)
@@ -82,10 +85,18 @@ def test_probe_gramians_equal_independent_per_task_gradients(devices):
   cos_expected = body_expected / np.sqrt(np.outer(np.diag(body_expected), np.diag(body_expected)))
   np.testing.assert_allclose(cos, cos_expected, atol=1e-5)
   np.testing.assert_allclose(np.sqrt(np.diag(body)), np.sqrt(np.diag(body_expected)), rtol=1e-5)
+  # The task Gramian of the halves is the Gramian of whole-sub-batch task gradients (equal
+  # halves: the mean of the halves' L1 means is the sub-batch's), as the un-split probe stored.
+  if devices == 1:
+    whole = _leaf_gramians(_independent_task_grads(run, config, params, batch, 0)).sum(0)
+    task = conflicts.task_gramian(grams.sum(0))
+    np.testing.assert_allclose(task / np.abs(whole).max(), whole / np.abs(whole).max(),
+                               atol=1e-5)
 
 
 def test_probe_step_makes_the_same_update_as_the_plain_step():
-  """Summed per-task body gradients are the update's gradient (plain SGD shows it unamplified)."""
+  """Summed per-half body gradients (per-task loss = mean of its halves' losses) are the plain
+  update's gradient (plain SGD shows it unamplified)."""
   import optax
   config = _config()
   run = train.build(config)
@@ -175,6 +186,13 @@ def test_bad_configs_are_refused_with_valid_choices():
     train.validate(_config(regime="scratch"))
   with pytest.raises(ValueError, match="schedule='mixed'; valid: all, one"):
     train.validate(_config(schedule="mixed"))
+  odd = _config()
+  odd.data.batch_size = 3
+  with pytest.raises(ValueError, match="data.batch_size=3 is odd; conflict probes split") as info:
+    train.validate(odd)
+  assert "\n" not in str(info.value)
+  odd.conflicts.every = 0  # no probes: an odd batch is fine
+  train.validate(odd)
 
 
 def test_bfloat16_compute_trains_with_float32_parameters():

@@ -1,16 +1,20 @@
 """Gradient conflict between tasks on the shared body.
 
   gramians.py  the math: per-leaf Gramians -> cosines, norms, conflict shares, groups, EMA
-  store.py     the on-disk record of probe steps and the Record it loads
-  summary.py   numbers and text of a record for reports
+  store.py     the on-disk record of probe steps (format 2: half-split Gramians) and the Record
+               it loads
+  summary.py   numbers and text of a record for reports, with the noise floor and verdicts
 
 `mtl.conflicts.load(workdir)` returns the Record of a run's probe steps.
 """
-from mtl.conflicts.gramians import (GROUPINGS, HALVES, conflict_fraction, corrected_cosines,
-                                    cosines, ema, group, half_names, interleave_halves,
-                                    leaf_gramians, nan_mean, norm_ratios, norms, pair_indices,
-                                    pair_names, pair_values, same_task_agreement,
-                                    share_negative, task_gramian, update_cosines)
-from mtl.conflicts.store import (Record, Store, append, format_range, load, parse_step_range,
-                                 store_dir, truncate_after)
-from mtl.conflicts.summary import format_summary, summarize
+from mtl.conflicts.gramians import (GROUPINGS, HALVES, conflict_fraction,
+                                    corrected_cosine_pieces, corrected_cosines, cosines, ema,
+                                    group, half_names, interleave_halves, leaf_gramians,
+                                    nan_mean, norm_ratios, norms, pair_indices, pair_names,
+                                    pair_values, same_task_agreement, share_negative,
+                                    task_gramian, update_cosines)
+from mtl.conflicts.store import (NO_HALVES, Record, Store, append, format_range, load,
+                                 parse_step_range, store_dir, truncate_after)
+from mtl.conflicts.summary import (AGREEMENT, CONFLICT, NOT_MEASURABLE, UNDETECTED,
+                                   format_noise_floor, format_summary, noise_floor, pair_verdict,
+                                   summarize)

@@ -1,10 +1,17 @@
 """The on-disk record of probe steps: <workdir>/conflicts/store/, and the Record it loads.
 
-  meta.json                          {"format", "version", "task_names", "layer_names"}
-  chunk-<first:09d>-<last:09d>.npz   steps (S,) int64 ascending, gramians (S, L, T, T) float32
+  meta.json                          {"format", "version": 2, "halves", "task_names",
+                                      "layer_names"}
+  chunk-<first:09d>-<last:09d>.npz   steps (S,) int64 ascending, gramians (S, L, K, K) float32
 
-`load(workdir)` returns a Record: the stored steps, their per-leaf Gramians in network order,
-and the derived statistics (mtl.conflicts.gramians) grouped by layer, module, block or body.
+halves: true (what the trainer writes): K = 2T, the Gramians of the per-half gradients in the
+order [t0a, t0b, t1a, ...] (mtl.conflicts.gramians, "noise floor"); false: K = T, per-task
+Gramians. task_names are always the T tasks. Version 1 stores (no "halves" key, K = T) still
+load, as records without halves: their noise-floor quantities are NaN and say so.
+
+`load(workdir)` returns a Record: the stored steps, their per-leaf task Gramians in network
+order, the half Gramians where stored, and the derived statistics (mtl.conflicts.gramians,
+mtl.stats) grouped by layer, module, block or body.
 """
 import dataclasses
 import json
@@ -16,11 +23,15 @@ import numpy as np
 from absl import logging
 
 from mtl import io
-from mtl.conflicts.gramians import (conflict_fraction, cosines, group, norms, pair_names,
-                                    update_cosines)
+from mtl.conflicts.gramians import (conflict_fraction, corrected_cosines, cosines, group, norms,
+                                    pair_indices, pair_names, pair_values, same_task_agreement,
+                                    task_gramian, update_cosines)
 
 FORMAT = "mtl.conflicts"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+NO_HALVES = ("not measured: this store has no half-split Gramians (written before format "
+             "version 2, or without halves), so there is no noise floor")
 _CHUNK = re.compile(r"^chunk-(\d{9,})-(\d{9,})\.npz$")
 
 
@@ -32,12 +43,31 @@ def store_dir(workdir):
 class Record:
   """Probe steps as loaded from a store.
 
-  steps (S,) int64 ascending; gramians (S, L, T, T) float32 with leaves in network order.
+  steps (S,) int64 ascending; gramians (S, L, T, T) float32 with leaves in network order: the
+  task-level Gramians (from the halves via task_gramian where they are stored), which every
+  raw quantity (cosines, norms, conflict_fraction) reads. half_gramians (S, L, 2T, 2T) float32
+  or None (a store without halves): the noise floor's input. name: the run's (its workdir's
+  basename) for titles.
   """
   steps: np.ndarray
   gramians: np.ndarray
   layer_names: tuple
   task_names: tuple
+  half_gramians: np.ndarray = None
+  name: str = ""
+
+  @classmethod
+  def from_halves(cls, steps, half_gramians, layer_names, task_names, name=""):
+    """A Record of half-split Gramians (S, L, 2T, 2T); task Gramians derived."""
+    half = np.asarray(half_gramians, np.float32)
+    return cls(steps=np.asarray(steps, np.int64), gramians=task_gramian(half).astype(np.float32),
+               layer_names=tuple(layer_names), task_names=tuple(task_names), half_gramians=half,
+               name=name)
+
+  @property
+  def halves(self):
+    """Whether the noise floor can be measured (half-split Gramians were stored)."""
+    return self.half_gramians is not None
 
   @property
   def num_steps(self):
@@ -66,6 +96,54 @@ class Record:
   def update_cosines(self, by="body"):
     """(S, B, T)."""
     return update_cosines(self.grouped(by)[1])
+
+  # --- noise floor (NaN on a record without halves; `NO_HALVES` says why)
+
+  def grouped_halves(self, by="body"):
+    """(group names, half-split Gramians (S, B, 2T, 2T)); ValueError without halves."""
+    if not self.halves:
+      raise ValueError(f"noise floor {NO_HALVES}")
+    return group(self.half_gramians, self.layer_names, by)
+
+  def _nan(self, by, *shape):
+    names = group(self.gramians[:1], self.layer_names, by)[0]
+    return np.full((self.num_steps, len(names)) + shape, np.nan)
+
+  def same_task_agreement(self, by="body"):
+    """(S, B, T): cos(g_t^a, g_t^b) per step, how much of a task's gradient is signal."""
+    if not self.halves:
+      return self._nan(by, len(self.task_names))
+    return same_task_agreement(self.grouped_halves(by)[1])
+
+  def corrected_cosines(self, by="body", window=None):
+    """(B, T, T): the noise-corrected cosine pooled over the last `window` probe steps."""
+    rec = self.last(window)
+    if not rec.halves:
+      return rec._nan(by, len(self.task_names), len(self.task_names))[0]
+    return corrected_cosines(rec.grouped_halves(by)[1], axis=0)
+
+  def corrected_cosine_intervals(self, window=None, level=0.95, method="batch_means"):
+    """[Interval] per pair (pair order) of the whole body's corrected cosine over the window."""
+    from mtl import stats
+    rec = self.last(window)
+    if not rec.halves:
+      return [stats.Interval(float("nan"), float("nan"), float("nan"), level, rec.num_steps,
+                             method=method, note=NO_HALVES)
+              for _ in pair_indices(len(self.task_names))]
+    return stats.corrected_cosine_intervals(rec.grouped_halves("body")[1][:, 0], level, method)
+
+  def cosine_intervals(self, window=None, level=0.95, method="batch_means"):
+    """[Interval] per pair: the window mean of the whole body's raw cosine (autocorrelation-
+    aware: batch means by default)."""
+    from mtl import stats
+    pcos = pair_values(self.last(window).cosines("body")[:, 0])
+    return [stats.window_mean_interval(pcos[:, k], level, method) for k in range(pcos.shape[1])]
+
+  def conflict_fraction_intervals(self, window=None, level=0.95):
+    """[Interval] per pair: the share of probe steps with whole-body raw cos < 0."""
+    from mtl import stats
+    pcos = pair_values(self.last(window).cosines("body")[:, 0])
+    return [stats.conflict_fraction_interval(pcos[:, k], level) for k in range(pcos.shape[1])]
 
   def last(self, window=None):
     """The last `window` probe steps (all for None or 0)."""
@@ -96,7 +174,9 @@ class Record:
             f"({self.num_steps} probe{'s' if self.num_steps != 1 else ''})")
 
   def _take(self, index):
-    return dataclasses.replace(self, steps=self.steps[index], gramians=self.gramians[index])
+    return dataclasses.replace(
+        self, steps=self.steps[index], gramians=self.gramians[index],
+        half_gramians=None if self.half_gramians is None else self.half_gramians[index])
 
 
 def parse_step_range(text):
@@ -137,10 +217,7 @@ def _describe_steps(steps):
 
 
 class Store:
-  """The probe store of one workdir: <workdir>/conflicts/store/.
-
-    meta.json                          {"format", "version", "task_names", "layer_names"}
-    chunk-<first:09d>-<last:09d>.npz   steps (S,) int64 ascending, gramians (S, L, T, T) float32
+  """The probe store of one workdir: <workdir>/conflicts/store/ (format: the module docstring).
 
   Chunks are written atomically (temporary file + os.replace) and never modified;
   truncation writes a shorter chunk before removing the old one, so a crash at any point
@@ -168,9 +245,13 @@ class Store:
       raise ValueError(f"corrupt conflict store meta {self.meta_path}: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
       raise ValueError(f"{self.meta_path} is not a conflict store meta (format != {FORMAT!r})")
-    if meta.get("version") != VERSION:
+    if meta.get("version") not in READABLE_VERSIONS:
       raise ValueError(f"{self.meta_path} has format version {meta.get('version')}; "
-                       f"this code reads version {VERSION}")
+                       f"this code reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if meta["version"] == 1:
+      meta = dict(meta, halves=False)  # version 1 stored per-task Gramians only
+    if not isinstance(meta.get("halves"), bool):
+      raise ValueError(f"corrupt conflict store meta {self.meta_path}: halves is not true/false")
     for key in ("task_names", "layer_names"):
       if not isinstance(meta.get(key), list) or not all(isinstance(n, str) for n in meta[key]):
         raise ValueError(f"corrupt conflict store meta {self.meta_path}: {key} is not a list "
@@ -189,9 +270,11 @@ class Store:
     return sorted(found)
 
   def read_chunk(self, path, meta=None):
-    """(steps (S,) int64, gramians (S, L, T, T) float32) of one chunk, validated."""
+    """(steps (S,) int64, gramians (S, L, K, K) float32) of one chunk, validated; K = 2T with
+    halves, else T."""
     meta = meta or self.meta()
-    shape = (len(meta["layer_names"]), len(meta["task_names"]), len(meta["task_names"]))
+    k = len(meta["task_names"]) * (2 if meta["halves"] else 1)
+    shape = (len(meta["layer_names"]), k, k)
     try:
       with np.load(path, allow_pickle=False) as data:
         steps, grams = np.asarray(data["steps"]), np.asarray(data["gramians"])
@@ -230,8 +313,13 @@ class Store:
     grams = np.concatenate([g for _, g in parts])
     # Sort and keep one entry per step (a crash mid-truncation can leave two chunks with it).
     steps, first = np.unique(steps, return_index=True)
-    record = Record(steps=steps, gramians=grams[first], layer_names=tuple(meta["layer_names"]),
-                    task_names=tuple(meta["task_names"]))
+    name = os.path.basename(os.path.abspath(self.workdir).rstrip(os.sep))
+    if meta["halves"]:
+      record = Record.from_halves(steps, grams[first], meta["layer_names"], meta["task_names"],
+                                  name)
+    else:
+      record = Record(steps=steps, gramians=grams[first], layer_names=tuple(meta["layer_names"]),
+                      task_names=tuple(meta["task_names"]), name=name)
     if step_range is None:
       return record
     try:
@@ -245,10 +333,11 @@ class Store:
   def append(self, steps, gramians, layer_names, task_names):
     """Add probe steps as one new chunk; returns its path (None if `steps` is empty).
 
-    steps (S,) strictly increasing ints >= 0 (or one int); gramians (S, L, T, T) (or
-    (L, T, T) for one step). The first append writes meta.json; later ones must pass the
-    same layer and task names. Stored steps >= steps[0] belong to a trajectory that was
-    abandoned (a resume from an older checkpoint) and are dropped first.
+    steps (S,) strictly increasing ints >= 0 (or one int); gramians (S, L, K, K) (or
+    (L, K, K) for one step) with K = 2T (half-split, the probe's; stored with halves: true)
+    or K = T (per-task; halves: false). The first append writes meta.json; later ones must
+    pass the same layer and task names and the same K. Stored steps >= steps[0] belong to a
+    trajectory that was abandoned (a resume from an older checkpoint) and are dropped first.
     """
     steps = np.atleast_1d(np.asarray(steps))
     gramians = np.asarray(gramians)
@@ -262,10 +351,14 @@ class Store:
       return None
     if np.any(steps < 0) or np.any(np.diff(steps) <= 0):
       raise ValueError(f"steps must be >= 0 and strictly increasing; got {steps.tolist()[:8]}...")
-    expected = (len(steps), len(layer_names), len(task_names), len(task_names))
+    t = len(task_names)
+    halves = gramians.ndim == 4 and gramians.shape[-1] == 2 * t and t > 0
+    k = 2 * t if halves else t
+    expected = (len(steps), len(layer_names), k, k)
     if gramians.shape != expected:
       raise ValueError(f"gramians of shape {gramians.shape} do not match {len(steps)} steps, "
-                       f"{len(layer_names)} layers, {len(task_names)} tasks; expected {expected}")
+                       f"{len(layer_names)} layers, {t} tasks; expected {expected[:2] + (t, t)} "
+                       f"or, half-split, {expected[:2] + (2 * t, 2 * t)}")
     if len(set(task_names)) != len(task_names) or len(set(layer_names)) != len(layer_names):
       raise ValueError("task_names and layer_names must be unique")
     os.makedirs(self.path, exist_ok=True)
@@ -276,8 +369,13 @@ class Store:
           raise ValueError(f"{key} {_diff(meta[key], given)} differ from the ones stored in "
                            f"{self.meta_path}; use a fresh workdir for a different model or "
                            "task set")
+      if meta["halves"] != halves or meta["version"] != VERSION:
+        raise ValueError(f"{self.meta_path} holds {'half-split' if meta['halves'] else 'per-task'}"
+                         f" Gramians (format version {meta['version']}), these are "
+                         f"{'half-split' if halves else 'per-task'}; use a fresh workdir")
     else:
-      meta = dict(format=FORMAT, version=VERSION, task_names=task_names, layer_names=layer_names)
+      meta = dict(format=FORMAT, version=VERSION, halves=bool(halves), task_names=task_names,
+                  layer_names=layer_names)
       io.write_atomic(self.meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     chunks = self.chunks()
     if chunks and max(c[1] for c in chunks) >= steps[0]:
