@@ -3,7 +3,6 @@
 The fixtures (tests/fixtures/make_ipt_fixture.py) are official IPT models with random weights at a
 small size, with their own outputs computed by the official PyTorch code.
 """
-import io
 import os
 import pickle
 import subprocess
