@@ -76,6 +76,8 @@ class ModelConfig:
 
 # ----------------------------------------------------------------------------- initialisation
 
+# init='torch' draws every parameter as the official IPT code (huawei-noah/Pretrained-IPT,
+# model/ipt.py) initialises it: PyTorch's defaults plus that file's one re-draw (encoder in_proj).
 INITS = ("torch", "flax")
 
 
