@@ -17,6 +17,7 @@ def get_config(size="tiny"):
   c.precision = "float32"     # float32 | bfloat16 (compute dtype; parameters stay float32)
 
   c.model = ml_collections.ConfigDict(ipt.SIZES[size])
+  c.model.init = "torch"      # torch: as the official IPT code initialises | flax: nnx defaults
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "photos"    # photos (embedded) | folder | tfds

@@ -93,6 +93,29 @@ def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
   return jnp.stack(per_task)
 
 
+TASK_SUBTREES = ("heads", "queries", "tails")
+
+
+def _is_absent_leaf(path, absent):
+  """Whether a leaf's tree path runs through heads/queries/tails/<an absent task>."""
+  keys = [getattr(k, "key", None) for k in path]
+  return any(a in TASK_SUBTREES and b in absent for a, b in zip(keys, keys[1:]))
+
+
+def keep_absent_tasks(absent, old_params, params, old_opt_state, opt_state):
+  """Parameters and optimizer-state leaves (Adam's moments) of the tasks `absent` from a step,
+  put back to their values before it: PyTorch's Adam skips parameters whose grad is None, while
+  optax would decay the absent tasks' moments and move their parameters on zero gradients.
+  One difference stays: optax's step count (Adam's bias correction, the lr schedule) is one for
+  all parameters, where torch.optim.Adam counts steps per parameter, so a task's head returning
+  after absent steps is bias-corrected with the global count, not its own (smaller) one."""
+  if not absent:
+    return params, opt_state
+  keep = lambda path, old, new: old if _is_absent_leaf(path, absent) else new
+  return (jax.tree_util.tree_map_with_path(keep, old_params, params),
+          jax.tree_util.tree_map_with_path(keep, old_opt_state, opt_state))
+
+
 def _step(state, batch, model, config, optimizer, names, split):
   """The shared step. split: each half of each task's sub-batch gets its own (identical)
   reference to the body, so the gradient with respect to those 2T references is the list of
@@ -123,6 +146,8 @@ def _step(state, batch, model, config, optimizer, names, split):
   grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  absent = tuple(n for n in model.task_names if n not in names)
+  params, opt_state = keep_absent_tasks(absent, state.params, params, state.opt_state, opt_state)
   metrics = {f"loss/{n}": per_task[i] for i, n in enumerate(names)}
   metrics["loss/total"] = loss
   metrics["grad_norm"] = optax.tree.norm(grads)

@@ -38,6 +38,7 @@ class ModelConfig:
   num_encoder_layers: int
   num_decoder_layers: int
   mlp_ratio: int = 4
+  init: str = "torch"  # torch: as the official IPT code initialises; flax: nnx's defaults
   compute_dtype: str = "float32"
 
   @property
@@ -51,7 +52,9 @@ class ModelConfig:
   @classmethod
   def from_config(cls, model_cfg, compute_dtype="float32"):
     fields = {f.name for f in dataclasses.fields(cls)} - {"compute_dtype"}
-    cfg = cls(**{k: model_cfg[k] for k in fields}, compute_dtype=compute_dtype)
+    # Configs saved before `init` existed lack it (their params are restored, not initialised).
+    cfg = cls(**{k: model_cfg[k] for k in fields if k in model_cfg or k != "init"},
+              compute_dtype=compute_dtype)
     cfg.validate()
     return cfg
 
@@ -65,8 +68,50 @@ class ModelConfig:
     for name in ("n_feats", "num_heads", "num_encoder_layers", "num_decoder_layers"):
       if getattr(self, name) < 1:
         raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+    if self.init not in INITS:
+      raise ValueError(f"model.init={self.init!r}; valid: {', '.join(map(repr, INITS))}")
     if self.compute_dtype not in ("float32", "bfloat16"):
       raise ValueError(f"precision={self.compute_dtype!r}; valid: 'float32', 'bfloat16'")
+
+
+# ----------------------------------------------------------------------------- initialisation
+
+# init='torch' draws every parameter as the official IPT code (huawei-noah/Pretrained-IPT,
+# model/ipt.py) initialises it: PyTorch's defaults plus that file's one re-draw (encoder in_proj).
+INITS = ("torch", "flax")
+
+
+def _torch_uniform(fan_in):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): torch's default nn.Linear / nn.Conv2d bias init."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def dense_init(init, fan_in):
+  """kernel_init/bias_init kwargs for an nnx.Linear (in, out) or nnx.Conv (HWIO) whose fan-in is
+  `fan_in` (in, resp. H*W*I). 'torch': nn.Linear/nn.Conv2d's defaults, kaiming_uniform_(a=sqrt(5))
+  = U(+-1/sqrt(fan_in)) for weights (variance 1/(3 fan_in)) and biases; 'flax': nnx's defaults."""
+  if init == "flax":
+    return {}
+  return dict(kernel_init=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+              bias_init=_torch_uniform(fan_in))
+
+
+def attention_init(init, stacked_xavier):
+  """kernel_init for the q/k/v projections (D, D). torch stores them stacked, in_proj_weight
+  (3D, D): nn.MultiheadAttention's xavier_uniform_ on it is U(+-sqrt(6/(D+3D))), i.e.
+  variance_scaling(0.5, fan_avg) on each (D, D) block (stacked_xavier, the decoder's); the
+  official encoder layers re-draw it with kaiming_uniform_(a=sqrt(5)): U(+-1/sqrt(D))."""
+  if init == "flax":
+    return {}
+  if stacked_xavier:
+    return dict(kernel_init=jax.nn.initializers.variance_scaling(0.5, "fan_avg", "uniform"))
+  return dict(kernel_init=jax.nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"))
+
+
+def embedding_std(init):
+  """Std of the position and task-query embeddings: torch's nn.Embedding draws N(0, 1)."""
+  return 1.0 if init == "torch" else 0.02
 
 
 # ----------------------------------------------------------------------------- modules
@@ -126,9 +171,10 @@ def conv(layer: nnx.Conv, x):
 class ResBlock(nnx.Module):
   """conv 5x5 -> ReLU -> conv 5x5, plus identity (EDSR-style, no norm)."""
 
-  def __init__(self, feats, dtype, rngs):
-    self.conv1 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs)
-    self.conv2 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs)
+  def __init__(self, feats, dtype, rngs, init="flax"):
+    kw = dense_init(init, 5 * 5 * feats)
+    self.conv1 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs, **kw)
+    self.conv2 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs, **kw)
 
   def __call__(self, x):
     return x + conv(self.conv2, jax.nn.relu(conv(self.conv1, x)))
@@ -139,9 +185,10 @@ class Head(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs):
     dtype = jnp.dtype(cfg.compute_dtype)
-    self.conv = nnx.Conv(3, cfg.n_feats, (3, 3), dtype=dtype, rngs=rngs)
-    self.res1 = ResBlock(cfg.n_feats, dtype, rngs)
-    self.res2 = ResBlock(cfg.n_feats, dtype, rngs)
+    self.conv = nnx.Conv(3, cfg.n_feats, (3, 3), dtype=dtype, rngs=rngs,
+                         **dense_init(cfg.init, 3 * 3 * 3))
+    self.res1 = ResBlock(cfg.n_feats, dtype, rngs, cfg.init)
+    self.res2 = ResBlock(cfg.n_feats, dtype, rngs, cfg.init)
 
   def __call__(self, x):
     return self.res2(self.res1(conv(self.conv, x)))
@@ -154,10 +201,13 @@ class Attention(nnx.Module):
   matmuls about twice as fast as of (B, N, D) ones.
   """
 
-  def __init__(self, dim, num_heads, dtype, rngs):
+  def __init__(self, dim, num_heads, dtype, rngs, init="flax", stacked_xavier=False):
     self.num_heads = num_heads
-    linear = lambda: nnx.Linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs)
-    self.query, self.key, self.value, self.out = linear(), linear(), linear(), linear()
+    linear = lambda **kw: nnx.Linear(dim, dim, use_bias=False, dtype=dtype, rngs=rngs, **kw)
+    qkv = attention_init(init, stacked_xavier)
+    self.query, self.key, self.value = linear(**qkv), linear(**qkv), linear(**qkv)
+    # torch's out_proj is an nn.Linear that _reset_parameters leaves at its default init.
+    self.out = linear(**{k: v for k, v in dense_init(init, dim).items() if k == "kernel_init"})
 
   def __call__(self, q, k, v, batch):
     split = lambda x: x.reshape(batch, -1, self.num_heads, x.shape[-1] // self.num_heads)
@@ -187,9 +237,9 @@ def attention(q, k, v):
 
 
 class MLP(nnx.Module):
-  def __init__(self, dim, hidden, dtype, rngs):
-    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
-    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs)
+  def __init__(self, dim, hidden, dtype, rngs, init="flax"):
+    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs, **dense_init(init, dim))
+    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs, **dense_init(init, hidden))
 
   def __call__(self, x):
     return self.fc2(jax.nn.relu(self.fc1(x)))
@@ -206,8 +256,8 @@ class EncoderLayer(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs):
     dim, dtype = cfg.token_dim, jnp.dtype(cfg.compute_dtype)
     self.norm1, self.norm2 = _norm(dim, rngs), _norm(dim, rngs)
-    self.attn = Attention(dim, cfg.num_heads, dtype, rngs)
-    self.mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs)
+    self.attn = Attention(dim, cfg.num_heads, dtype, rngs, cfg.init, stacked_xavier=False)
+    self.mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs, cfg.init)
 
   def __call__(self, x, batch):
     h = self.norm1(x).astype(x.dtype)
@@ -221,9 +271,9 @@ class DecoderLayer(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs):
     dim, dtype = cfg.token_dim, jnp.dtype(cfg.compute_dtype)
     self.norm1, self.norm2, self.norm3 = _norm(dim, rngs), _norm(dim, rngs), _norm(dim, rngs)
-    self.self_attn = Attention(dim, cfg.num_heads, dtype, rngs)
-    self.cross_attn = Attention(dim, cfg.num_heads, dtype, rngs)
-    self.mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs)
+    self.self_attn = Attention(dim, cfg.num_heads, dtype, rngs, cfg.init, stacked_xavier=True)
+    self.cross_attn = Attention(dim, cfg.num_heads, dtype, rngs, cfg.init, stacked_xavier=True)
+    self.mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs, cfg.init)
 
   def __call__(self, x, memory, query_pos, batch):
     h = self.norm1(x).astype(x.dtype)
@@ -239,11 +289,23 @@ class Body(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs):
     self.cfg = cfg
     dim, dtype = cfg.token_dim, jnp.dtype(cfg.compute_dtype)
-    self.token_embed = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
-    self.pos_embed = nnx.Param(jax.random.normal(rngs.params(), (cfg.num_tokens, dim)) * 0.02)
-    self.encoder = nnx.List([EncoderLayer(cfg, rngs) for _ in range(cfg.num_encoder_layers)])
-    self.decoder = nnx.List([DecoderLayer(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
-    self.out_mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs)
+    self.token_embed = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, **dense_init(cfg.init, dim))
+    self.pos_embed = nnx.Param(jax.random.normal(rngs.params(), (cfg.num_tokens, dim))
+                               * embedding_std(cfg.init))
+    if cfg.init == "torch":
+      # As the official IPT code (huawei-noah/Pretrained-IPT, model/ipt.py) initialises it: its
+      # encoder and decoder stacks are deep copies of one layer (_get_clones), so every encoder
+      # layer starts from the same values, and every decoder layer too.
+      enc_key, dec_key = rngs.params(), rngs.params()
+      layer_rngs = lambda key: nnx.Rngs(key)
+    else:
+      enc_key = dec_key = None
+      layer_rngs = lambda key: rngs
+    self.encoder = nnx.List([EncoderLayer(cfg, layer_rngs(enc_key))
+                             for _ in range(cfg.num_encoder_layers)])
+    self.decoder = nnx.List([DecoderLayer(cfg, layer_rngs(dec_key))
+                             for _ in range(cfg.num_decoder_layers)])
+    self.out_mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs, cfg.init)
 
   def __call__(self, feats, query_pos):
     """feats (B, P, P, C), query_pos (N, D) -> (output map (B, P, P, C), tokens (B, N, D))."""
@@ -270,9 +332,10 @@ class Tail(nnx.Module):
     if scale not in factors:
       raise ValueError(f"no tail for scale {scale}; valid scales: {sorted(factors)}")
     self.factors = tuple(factors[scale])
-    self.up = nnx.List([nnx.Conv(f, f * r * r, (3, 3), dtype=dtype, rngs=rngs)
+    kw = dense_init(cfg.init, 3 * 3 * f)
+    self.up = nnx.List([nnx.Conv(f, f * r * r, (3, 3), dtype=dtype, rngs=rngs, **kw)
                         for r in self.factors])
-    self.conv = nnx.Conv(f, 3, (3, 3), dtype=dtype, rngs=rngs)
+    self.conv = nnx.Conv(f, 3, (3, 3), dtype=dtype, rngs=rngs, **kw)
 
   def __call__(self, x):
     for r, layer in zip(self.factors, self.up):
@@ -329,7 +392,7 @@ class IPT:
     for i, spec in enumerate(self.specs):
       k_head, k_query, k_tail = keys[3 * i + 1:3 * i + 4]
       params["heads"][spec.name] = pure(Head(self.cfg, nnx.Rngs(k_head)))
-      params["queries"][spec.name] = 0.02 * jax.random.normal(
+      params["queries"][spec.name] = embedding_std(self.cfg.init) * jax.random.normal(
           k_query, (self.cfg.num_tokens, self.cfg.token_dim))
       params["tails"][spec.name] = pure(Tail(self.cfg, spec.scale, nnx.Rngs(k_tail)))
     return params
