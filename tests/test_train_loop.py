@@ -96,7 +96,8 @@ def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
   config = _config(regime="finetune", tasks=("sr_x2",), init_from=joint_dir, total_steps=2)
   run = train.build(config)
   with jax.set_mesh(run.mesh):
-    state = train.finetune_params(run, joint_dir)
+    state, note = train.finetune_params(run, joint_dir)
+  assert "a joint run of denoise_30,sr_x2, step 4" in note
   joint, _ = _params(joint_dir, _config())
   got = jax.device_get(state.params)
   for a, b in zip(jax.tree_util.tree_leaves(got["body"]), jax.tree_util.tree_leaves(joint["body"])):
@@ -140,7 +141,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "nan")
   config = _config(total_steps=6, checkpoint_every=1, log_every=1)
   config.optim.lr = 1e30  # Adam moves every weight by ~lr: the next forward overflows
-  with pytest.raises(train.NonFiniteLoss, match="non-finite loss"):
+  with pytest.raises(train.NonFiniteLoss, match=r"non-finite (loss|grad_norm).*the last good "
+                                                r"checkpoint \(step \d\) is kept"):
     train.train_and_evaluate(config, workdir)
   saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert saved and max(saved) < 6
