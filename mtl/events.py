@@ -133,6 +133,8 @@ def read_hparams(events_dir):
   """{name: value} of the last HParams session recorded in a run's events ({} if none)."""
   from tensorboard.backend.event_processing import event_accumulator
   from tensorboard.plugins.hparams import metadata
+  if not os.path.isdir(events_dir):
+    return {}
   acc = event_accumulator.EventAccumulator(events_dir)
   acc.Reload()
   content = acc.PluginTagToContent(metadata.PLUGIN_NAME).get(metadata.SESSION_START_INFO_TAG)

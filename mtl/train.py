@@ -380,6 +380,7 @@ def train_and_evaluate(config, workdir):
   setup = prepare(config, workdir)
   workdir = setup.workdir
   if setup.finished is not None:
+    progress_lib.attach_log(workdir)  # the attempt is logged; nothing else is written
     print(f"already finished at step {setup.finished['step']}; results in "
           f"{os.path.join(workdir, 'results.json')}", flush=True)
     return setup.finished
