@@ -56,7 +56,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
   assert out.returncode == 0, out.stderr[-2000:]
   text = out.stdout
   assert "  tasks = ['sr_x2', 'derain']" in text and "  degrade.rain.length = [6, 20]" in text
-  counts = train.count_params(train.build(train.normalize(tiny.get_config("sr_x2,derain"))).model)
+  config = tiny.get_config("sr_x2,derain")
+  config.mesh.data = 1
+  counts = train.count_params(train.build(config).model)
   assert (f"parameters: heads {counts['heads']:,}, body {counts['body']:,}, queries "
           f"{counts['queries']:,}, tails {counts['tails']:,}, total {counts['total']:,}") in text
   assert "mesh: data=1, fsdp=1 over 1 cpu device(s)" in text
@@ -67,12 +69,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--config.tasks=sr_x2,sr_x5"], "error: unknown task 'sr_x5'; valid tasks: "),
-    (["--config.tasks=sr_x2,sr_x2"], "error: task(s) listed twice in tasks=['sr_x2', 'sr_x2']: 'sr_x2'"),
     (["--config.optim.nope=1"], "error: unknown config field 'optim.nope' in --config.optim.nope=1; "
                                 "optim has: b1, b2,"),
     (["--config.eval.tile_overlap=48"], "error: eval.tile_overlap=48 must be in [0, model.patch_size=48)"),
-    (["--config.model.num_heads=0"], "error: model.num_heads=0 must be >= 1"),
-    (["--config.optim.lr=-0.001"], "error: optim.lr=-0.001 must be > 0"),
+    # the other checks of train.validate: tests/test_faults.py, in process
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message):
   workdir = tmp_path / "w"
