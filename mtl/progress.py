@@ -139,6 +139,7 @@ class Tee:
 
 
 def attach_log(workdir):
-  """Start appending this attempt's output to <workdir>/train.log (if a Tee is installed)."""
-  if Tee.current is not None:
+  """Start appending this attempt's output to <workdir>/train.log (if a Tee is installed and
+  $MTL_TRAIN_LOG is not 0: a parent that writes the log itself, like the study runner, sets it)."""
+  if Tee.current is not None and os.environ.get("MTL_TRAIN_LOG", "1") != "0":
     Tee.current.attach(os.path.join(workdir, "train.log"))
