@@ -113,12 +113,14 @@ def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
 
 
 def _cli_args(workdir, **changes):
-  """launch/train.py arguments for _config() (with `changes`)."""
+  """launch/train.py arguments for _config() (with `changes`), on the 8 CPU devices of this
+  session (conftest): XLA's CPU code for one device depends on how many exist, in the last bits."""
   fields = {"data.batch_size": 2, "mesh.data": 1, "total_steps": 4, "checkpoint_every": 2,
             "log_every": 2, "optim.schedule": "constant", "optim.warmup_steps": 0,
             "eval.max_side": 48, "eval.max_images": 1, "eval.tile_overlap": 0}
   fields.update(changes)
-  return (["--config=experiments/tiny.py:tasks=denoise_30+sr_x2", f"--workdir={workdir}"]
+  return (["--config=experiments/tiny.py:tasks=denoise_30+sr_x2", f"--workdir={workdir}",
+           "--num_cpu_devices=8"]
           + [f"--config.{k}={v}" for k, v in fields.items()])
 
 
@@ -155,7 +157,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   saved = int(re.search(r"preempted: checkpoint saved at step (\d+) in ", text).group(1))
   assert 1 <= saved < 4, text[-3000:]  # resumed below to the straight run's 4 steps
   assert f"removed the stale lock of pid {dead.pid}" in text
-  assert re.search(r"^run: joint denoise_30,sr_x2 \| [\d.]+M parameters \| 1 cpu device\(s\), "
+  assert re.search(r"^run: joint denoise_30,sr_x2 \| [\d.]+M parameters \| 8 cpu device\(s\), "
                    r"mesh data=1 x fsdp=1 \| .* \(fresh\) \| loss: L1 on the \[0, 255\]", text, re.M)
   assert re.search(r"^compiled the probe step in [\d.]+s$", text, re.M)
 
