@@ -63,7 +63,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
           f"{counts['queries']:,}, tails {counts['tails']:,}, total {counts['total']:,}") in text
   assert "mesh: data=1, fsdp=1 over 1 cpu device(s)" in text
   assert f"  metrics.jsonl  {workdir}/metrics.jsonl" in text
-  assert f"run: joint sr_x2,derain | 0.94M parameters" in text
+  assert "run: joint sr_x2,derain | 0.94M parameters" in text
   assert not workdir.exists()
 
 
