@@ -1,10 +1,38 @@
 """Every field a run reads, with its default. Config files start from `base.get_config()`.
 
-Not a run by itself: see tiny.py, small.py, ipt_paper.py.
+Not a run by itself: see tiny.py, small.py, ipt_paper.py. Config files take their argument in
+one convention (big_vision's): `--config=experiments/FILE.py:key=value,key=value`, with `+`
+between the items of a list value (`tiny.py:tasks=sr_x2+sr_x3`); a bare value without `=`
+sets the file's main key (`tiny.py:sr_x2,sr_x3` still works). `parse_arg` reads it.
 """
 import ml_collections
 
 from mtl.models import ipt
+
+
+def parse_arg(arg, file, main, **defaults):
+  """`key=value,...` (or a bare value for key `main`) -> dict of `defaults` updated; ValueError
+  (one line) for an unknown key or a piece without `=`."""
+  out = dict(defaults)
+  if not arg:
+    return out
+  if "=" not in arg:  # the short form: the whole argument is the main key's value
+    out[main] = arg
+    return out
+  for piece in arg.split(","):
+    key, eq, value = piece.partition("=")
+    if not eq:
+      raise ValueError(f"{file} argument piece {piece!r} has no '='; use key=value pairs "
+                       f"separated by ',' and '+' between list items (keys: {', '.join(defaults)})")
+    if key not in defaults:
+      raise ValueError(f"{file} has no argument {key!r}; valid: {', '.join(defaults)}")
+    out[key] = value
+  return out
+
+
+def split_list(value):
+  """'a+b', 'a,b' -> ('a', 'b'); empty items dropped."""
+  return tuple(v.strip() for v in value.replace("+", ",").split(",") if v.strip())
 
 
 def get_config(size="tiny"):

@@ -1,17 +1,20 @@
 """A one-GPU IPT (n_feats 32, 2+2 layers, 4 heads) on a folder of clean images.
 
-  python launch/train.py --config=experiments/small.py:/data/DIV2K/DIV2K_train_HR \
+  python launch/train.py --config=experiments/small.py:folder=/data/DIV2K/DIV2K_train_HR \
       --workdir=/ckpt/small
-Without an argument it trains on the embedded photographs.
+
+Argument (base.py's convention): folder=<folder of clean images> (the short form
+`small.py:/data/DIV2K/DIV2K_train_HR` means the same). Without it, the embedded photographs.
 """
 from experiments import base
 
 
-def get_config(folder=None):
+def get_config(arg=None):
+  args = base.parse_arg(arg, "experiments/small.py", "folder", folder="")
   config = base.get_config("small")
   config.tasks = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
-  if folder:
-    config.data.source, config.data.folder = "folder", folder
+  if args["folder"]:
+    config.data.source, config.data.folder = "folder", args["folder"]
   config.data.batch_size = 16
   config.total_steps = 100_000
   config.optim.lr = 2e-4

@@ -1,38 +1,119 @@
 """Train and evaluate one run.
 
   python launch/train.py --config=experiments/tiny.py --workdir=/tmp/mtl/tiny \
-      [--config.total_steps=2000] [--config.tasks=sr_x2,derain]
+      [--config.total_steps=2000] [--config.tasks=sr_x2,derain] [--dry_run]
 
-Re-running the same command resumes from the workdir's latest checkpoint.
+Config files take `:key=value,...` (`experiments/tiny.py:tasks=sr_x2+derain`); list fields
+take `a,b` as overrides (`--config.tasks=sr_x2,derain`, `--config.degrade.rain.length=8,24`).
+Re-running the same command resumes from the workdir's latest checkpoint; re-running a
+finished run says so and exits 0. --dry_run prints the resolved config, parameters per group,
+the mesh and the workdir's files, and exits without writing anything.
+
+Output goes to the terminal and is appended to <workdir>/train.log. Exit status: 0 finished
+(or already finished), 1 bad input, a refused workdir or a failed run (one `error:` line),
+75 stopped by SIGTERM or Ctrl-C after saving a checkpoint (run the same command to resume),
+130 a second Ctrl-C (stopped at once; the last checkpoint is kept).
 """
 import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `experiments`)
 from absl import app, flags, logging
+import ml_collections
 from ml_collections import config_flags
 
 from mtl import distributed
 
-config_flags.DEFINE_config_file("config", None, "Config file (experiments/*.py[:arg]).",
+config_flags.DEFINE_config_file("config", None, "Config file (experiments/*.py[:key=value,...]).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, events, results).")
+flags.DEFINE_bool("dry_run", False, "Print the resolved config, parameter counts, mesh and the "
+                  "workdir's files, then exit without writing anything.")
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
+
+PREEMPTED_EXIT, INTERRUPTED_EXIT = 75, 130
+
+
+def _fail(message):
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def _load_config(argv):
+  """The config the --config argument names, loaded as ml_collections does (None if it fails)."""
+  import importlib.util
+  spec = next((a[len("--config="):] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(".py")
+  try:
+    module_spec = importlib.util.spec_from_file_location("_config_file", path + ".py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg[1:]) if arg.startswith(":") else module.get_config()
+  except Exception:  # the flag's own parse reports a config that fails to load
+    return None
+
+
+def _unknown_field(argv, error):
+  """One line for an override naming a field the config does not have."""
+  config = _load_config(argv)
+  for arg in argv[1:]:
+    if arg.startswith("--config.") and config is not None:
+      parts, node = arg[len("--config."):].partition("=")[0].split("."), config
+      for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+          valid = (", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict)
+                   else "no fields (not a group)")
+          where = ".".join(parts[:i]) or "the config"
+          return f"unknown config field {'.'.join(parts[:i + 1])!r} in {arg}; {where} has: {valid}"
+        node = node[part]
+  return f"unknown config field in the overrides ({error})"
+
+
+def parse_flags(argv):
+  """absl's parsing with one `error:` line (exit 1) instead of a traceback or usage block."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, flags.UnrecognizedFlagError) as error:  # --config.<no such field>
+    if isinstance(error, AttributeError) or "'config." in str(error):
+      _fail(_unknown_field(argv, error))
+    _fail(str(error).splitlines()[0])
+  except flags.Error as error:  # a config file's own error ends absl's message (a traceback)
+    lines = [l for l in str(error).splitlines() if l.strip()]
+    line = lines[-1] if "Traceback" in str(error) else lines[0]
+    _fail(line.split(": ", 1)[1] if line.startswith(("ValueError: ", "FileNotFoundError: "))
+          else line)
+  except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as error:
+    _fail(f"{error}".splitlines()[0] if str(error) else type(error).__name__)
 
 
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # orbax and jax are chatty at INFO
     logging.set_verbosity(logging.WARNING)
-  from mtl import train
+  from mtl import progress, train
   distributed.initialize()
   try:
-    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-  except (ValueError, FileNotFoundError, train.NonFiniteLoss) as error:
-    logging.error("%s", error)
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+    config = train.normalize(flags.FLAGS.config)
+    if flags.FLAGS.dry_run:
+      print(train.prepare(config, flags.FLAGS.workdir).describe())
+      return
+    with progress.Tee():
+      try:
+        train.train_and_evaluate(config, flags.FLAGS.workdir)
+      except train.Preempted as stop:
+        print(stop, flush=True)
+        sys.exit(PREEMPTED_EXIT)
+      except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C); the last saved checkpoint is kept; run the same "
+              "command to resume", file=sys.stderr, flush=True)
+        sys.exit(INTERRUPTED_EXIT)
+      except (ValueError, FileNotFoundError, train.NonFiniteLoss) as error:
+        _fail(error)
+  except (ValueError, FileNotFoundError) as error:
+    _fail(error)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -58,12 +58,39 @@ def checkpoint_dir_of(path):
   return inner if os.path.isdir(inner) else path
 
 
-def check_or_write_config(workdir, config_dict):
-  """First start: save the config. Restart: refuse a different config (one clear line)."""
+def latest_saved_step(workdir):
+  """The newest complete checkpoint step of a run (its workdir or checkpoints/), or None.
+
+  Orbax renames `<step>.orbax-checkpoint-tmp-*` to `<step>` when a save completes, so only
+  all-digit names count; nothing is created or locked (unlike a CheckpointManager).
+  """
+  folder = checkpoint_dir_of(workdir)
+  if not os.path.isdir(folder):
+    return None
+  return max((int(d) for d in os.listdir(folder) if d.isdigit()), default=None)
+
+
+def check_config(workdir, config_dict):
+  """Refuse (one line) a config that differs from the workdir's saved one, unless the run there
+  never saved a step (then it may be replaced: returns True). No saved config: False."""
   path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    io.refuse_changes(f"workdir {workdir}", io.read_json(path), config_dict, RESUMABLE_FIELDS,
-                      "a run with a different config",
-                      "use a new --workdir or the same config to resume")
-  else:
+  if not os.path.exists(path):
+    return False
+  saved = io.read_json(path)
+  if latest_saved_step(workdir) is None:
+    return bool(io.differences(saved, config_dict))
+  io.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
+                    "a run with a different config",
+                    "use a new --workdir or the same config to resume")
+  return False
+
+
+def check_or_write_config(workdir, config_dict):
+  """First start: save the config. Restart: refuse a different config (one clear line); a run
+  that never saved a step takes the new config (its old one is replaced, and said so)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  replace = check_config(workdir, config_dict)
+  if replace:
+    print(f"{path}: replacing the config of a run that never saved a step", flush=True)
+  if replace or not os.path.exists(path):
     io.write_json(path, config_dict)

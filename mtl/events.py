@@ -4,6 +4,9 @@
 and protos (tensorboard.compat.proto), which TensorBoard and EventAccumulator read like
 files written by tf.summary. `Writer(logdir, enabled=False)` (non-zero processes) writes
 nothing and creates no file. `read_scalars(logdir, tag)` reads a scalar series back.
+`Writer.hparams` records a run's hyperparameters for TensorBoard's HParams dashboard through the
+hparams plugin's own protos (tensorboard.plugins.hparams.summary_v2 builds them without
+TensorFlow); `read_hparams(logdir)` reads them back.
 """
 import io
 import os
@@ -89,6 +92,18 @@ class Writer:
                                       encoded_image_string=data)
     self._add(step, [summary_pb2.Summary.Value(tag=tag, image=proto)])
 
+  def hparams(self, values, trial_id="", start_time=None):
+    """Record {name: str | number | bool} as this run's HParams session (step 0)."""
+    if self._writer is None:
+      return self._add(0, [])
+    from tensorboard.plugins.hparams import summary_v2
+    bad = {k: v for k, v in values.items() if not isinstance(v, (str, bool, int, float))}
+    if bad:
+      raise ValueError(f"hparams {bad!r}: values must be str, bool, int or float")
+    proto = summary_v2.hparams_pb(values, trial_id=trial_id,
+                                  start_time_secs=time.time() if start_time is None else start_time)
+    self._add(0, list(proto.value))
+
   def flush(self):
     if self._writer is not None and not self._closed:
       self._writer.flush()
@@ -120,3 +135,22 @@ def read_scalars(events_dir, tag):
   steps = np.array(sorted(by_step), np.int64)
   return steps, np.array([by_step[s] for s in steps], np.float64)
 
+
+
+def read_hparams(events_dir):
+  """{name: value} of the last HParams session recorded in a run's events ({} if none)."""
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.plugins.hparams import metadata
+  if not os.path.isdir(events_dir):
+    return {}
+  acc = event_accumulator.EventAccumulator(events_dir)
+  acc.Reload()
+  content = acc.PluginTagToContent(metadata.PLUGIN_NAME).get(metadata.SESSION_START_INFO_TAG)
+  if content is None:
+    return {}
+  info = metadata.parse_session_start_info_plugin_data(content)
+  out = {}
+  for name, value in info.hparams.items():
+    kind = value.WhichOneof("kind")
+    out[name] = getattr(value, kind)
+  return out

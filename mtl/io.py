@@ -1,4 +1,5 @@
-"""Small file helpers every writer shares: atomic writes with fsync, JSON, config diffs, durations.
+"""Small file helpers every writer shares: atomic writes with fsync, JSON, config diffs, durations,
+and the workdir lock (one trainer per workdir).
 
 A file written here is complete or absent: the bytes go to a temporary file beside the target,
 are fsynced, and os.replace puts them in place (then the directory entry is fsynced), so a
@@ -7,6 +8,8 @@ killed run never leaves a half-written results.json, meta.json or chunk behind.
 import json
 import math
 import os
+import socket
+import time
 
 
 def fsync_dir(path):
@@ -94,3 +97,76 @@ def format_duration(seconds):
   if hours:
     return f"{hours}h{minutes:02d}m"
   return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class LockHeld(ValueError):
+  """Another live process holds the workdir."""
+
+
+def _pid_alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # exists, owned by another user
+    return True
+  return True
+
+
+class WorkdirLock:
+  """`<workdir>/train.lock` holding {pid, host, started}: one trainer per workdir.
+
+  acquire() creates it (O_EXCL); a lock left by a dead process on this host is stale and
+  replaced; a live holder, or any holder on another host (its pid cannot be checked from
+  here), makes acquire() raise LockHeld naming it. release() removes only our own lock.
+  """
+
+  def __init__(self, workdir, name="train.lock"):
+    self.path = os.path.join(workdir, name)
+    self.stale = None  # the holder record of a stale lock that acquire() replaced
+
+  def holder(self):
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except (OSError, ValueError):
+      return None
+
+  def acquire(self):
+    record = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self.holder()
+        if holder is None:  # written this instant by another process, or left empty by a crash
+          time.sleep(0.2)
+          holder = self.holder() or {"pid": -1, "host": record["host"], "started": "?"}
+        same_host = holder.get("host") == record["host"]
+        if same_host and (holder.get("pid") == os.getpid() or not _pid_alive(holder.get("pid"))):
+          self.stale = holder
+          try:
+            os.remove(self.path)
+          except FileNotFoundError:
+            pass
+          continue
+        where = "" if same_host else f" on {holder.get('host')}"
+        raise LockHeld(f"workdir {os.path.dirname(self.path)} is in use by pid {holder.get('pid')}"
+                       f"{where} since {holder.get('started')} ({self.path}); wait for it to end, "
+                       "or delete that file if the process is gone") from None
+      with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+      return self
+    raise LockHeld(f"could not take {self.path}: it keeps reappearing")
+
+  def release(self):
+    holder = self.holder()
+    if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+      os.remove(self.path)
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()

@@ -1,10 +1,16 @@
-"""The one-line progress log of a run: steps, rate, ETA and the given metrics.
+"""What a run tells its user: the one-line progress log (steps, rate, ETA, per-task losses) and
+the run's text log (`Tee`: stdout and stderr also appended to <workdir>/train.log).
 
 `Progress(total_steps, start_step, every)` logs, via absl logging,
-  step 250/1000 (25.0%) | 3.21 steps/s | ETA 3m54s | loss/total 0.0123
-with the rate over the last `window` updates (so compile time falls out of it).
+  step 250/1000 (25.0%) | 3.21 steps/s | ETA 3m54s | loss 0.0123
+with the rate over the last `window` updates. Compilation is not training: `exclude(seconds)`
+takes a compile's duration out of the clock, so the first ETA is already right.
 """
 import collections
+import os
+import shlex
+import socket
+import sys
 import time
 
 import numpy as np
@@ -24,8 +30,16 @@ class Progress:
     self.total_steps = int(total_steps)
     self.every = max(1, int(every))
     self._clock = clock
+    self._excluded = 0.0
     self._history = collections.deque([(clock(), int(start_step))], maxlen=max(2, window + 1))
     self._last_logged = int(start_step)
+
+  def _now(self):
+    return self._clock() - self._excluded
+
+  def exclude(self, seconds):
+    """Time spent on something other than steps (a compile): not counted in the rate."""
+    self._excluded += max(0.0, float(seconds))
 
   def rate(self):
     """Steps per second over the recent window; NaN before two updates."""
@@ -40,7 +54,7 @@ class Progress:
 
   def update(self, step, metrics=None):
     step = int(step)
-    self._history.append((self._clock(), step))
+    self._history.append((self._now(), step))
     if step - self._last_logged < self.every and step < self.total_steps:
       return None
     self._last_logged = step
@@ -51,3 +65,81 @@ class Progress:
     line = " | ".join(parts)
     logging.info("%s", line)
     return line
+
+
+class _Stream:
+  """A text stream writing to the original stream and to the Tee."""
+
+  def __init__(self, original, tee):
+    self._original, self._tee = original, tee
+
+  def write(self, text):
+    self._tee.write(text)
+    return self._original.write(text)
+
+  def flush(self):
+    self._original.flush()
+    self._tee.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._original, name)
+
+
+class Tee:
+  """Copies sys.stdout and sys.stderr (absl's log lines included) into a run's text log.
+
+  Until attach(path) it keeps what was written in memory, so the log of an attempt starts with
+  its command line and everything printed before the workdir was known to be usable; after
+  attach every line is appended to the file as it is written. Nothing is written to disk
+  before attach (a refused run leaves no file).
+  """
+
+  current = None
+
+  def __init__(self, argv=None):
+    self.argv = list(sys.argv if argv is None else argv)
+    self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    self._buffer, self._file = [], None
+
+  def write(self, text):
+    if self._file is not None:
+      self._file.write(text)
+    else:
+      self._buffer.append(text)
+
+  def flush(self):
+    if self._file is not None:
+      self._file.flush()
+
+  def attach(self, path):
+    if self._file is not None:
+      return
+    self._file = open(path, "a")
+    self._file.write(f"=== {self.started} | pid {os.getpid()} on {socket.gethostname()} | "
+                     f"{shlex.join([sys.executable] + self.argv)}\n")
+    self._file.write("".join(self._buffer))
+    self._buffer = []
+    self._file.flush()
+
+  def __enter__(self):
+    self._saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Stream(sys.stdout, self), _Stream(sys.stderr, self)
+    self._absl = logging.get_absl_handler().python_handler
+    self._absl_stream = self._absl.stream
+    self._absl.stream = sys.stderr  # absl bound sys.stderr at import
+    Tee.current = self
+    return self
+
+  def __exit__(self, *exc):
+    Tee.current = None
+    self._absl.stream = self._absl_stream
+    sys.stdout, sys.stderr = self._saved
+    if self._file is not None:
+      self._file.close()
+
+
+def attach_log(workdir):
+  """Start appending this attempt's output to <workdir>/train.log (if a Tee is installed and
+  $MTL_TRAIN_LOG is not 0: a parent that writes the log itself, like the study runner, sets it)."""
+  if Tee.current is not None and os.environ.get("MTL_TRAIN_LOG", "1") != "0":
+    Tee.current.attach(os.path.join(workdir, "train.log"))

@@ -228,7 +228,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(killed, tmp_path):
       os.killpg(proc.pid, signal.SIGKILL)
   out = log_path.read_text()
   saved = {int(s) for s in re.findall(r"\[p\d\] preempted: checkpoint saved at step (\d+)", out)}
-  assert rc == 1 and len(saved) == 1, out[-4000:]
+  assert rc == train.PREEMPTED_EXIT and len(saved) == 1, out[-4000:]
   assert len(re.findall(r"\[p\d\] preempted: checkpoint saved", out)) == 2  # both processes
   assert _latest(workdir) == saved.pop()
 

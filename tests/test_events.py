@@ -71,3 +71,16 @@ def test_writer_errors(tmp_path):
   with pytest.raises(RuntimeError, match="closed"):
     writer.scalars(2, {"a": 1.0})
   assert len(os.listdir(tmp_path)) == 1
+
+
+def test_hparams_read_back(tmp_path):
+  logdir = str(tmp_path / "events")
+  values = {"lr": 3e-3, "seed": 1, "regime": "joint", "tasks": "sr_x2,derain", "fresh": True}
+  with events.Writer(logdir) as writer:
+    writer.hparams(values, trial_id="run-a", start_time=123.0)
+    with pytest.raises(ValueError, match="must be str, bool, int or float"):
+      writer.hparams({"tasks": ("sr_x2",)})
+  got = events.read_hparams(logdir)
+  assert got == {"lr": pytest.approx(3e-3), "seed": 1.0, "regime": "joint",
+                 "tasks": "sr_x2,derain", "fresh": True}
+  assert events.read_hparams(str(tmp_path / "none")) == {}

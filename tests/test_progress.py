@@ -26,3 +26,37 @@ def test_progress_rate_eta_and_cadence():
   assert progress.update(1000) is not None  # the last step always logs
   assert io.format_duration(3 * 3600 + 125) == "3h02m"
   assert io.format_duration(float("nan")) == "?"
+
+
+def test_compilation_is_excluded_from_the_rate():
+  """The issue's case: 20 s compile, 0.4 s/step, log_every 25: the first ETA is already right."""
+  now = [0.0]
+  progress = progress_lib.Progress(total_steps=800, start_step=0, every=25,
+                                  clock=lambda: now[0])
+  now[0] += 20.0 + 0.4  # the first call: compilation, then its step
+  progress.exclude(20.0)
+  progress.update(1)
+  for step in range(2, 26):
+    now[0] += 0.4
+    line = progress.update(step)
+  assert progress.rate() == pytest.approx(2.5)
+  assert line == "step 25/800 (3.1%) | 2.5 steps/s | ETA 5m10s"  # 775 steps x 0.4 s
+
+
+def test_tee_keeps_output_until_attached_then_appends(tmp_path, capsys):
+  path = tmp_path / "train.log"
+  path.write_text("earlier attempt\n")
+  with progress_lib.Tee(argv=["launch/train.py", "--workdir=w"]) as tee:
+    print("before the workdir was checked")
+    assert path.read_text() == "earlier attempt\n"  # nothing written before attach
+    progress_lib.attach_log(str(tmp_path))
+    print("after")
+    import sys
+    print("an error line", file=sys.stderr)
+  lines = path.read_text().splitlines()
+  assert lines[0] == "earlier attempt"
+  assert lines[1].startswith(f"=== {tee.started} | pid ") and lines[1].endswith(
+      "launch/train.py --workdir=w")
+  assert lines[2:] == ["before the workdir was checked", "after", "an error line"]
+  assert progress_lib.Tee.current is None
+  assert "after" in capsys.readouterr().out  # the terminal still gets everything

@@ -1,6 +1,7 @@
 """End to end on the embedded photographs: joint run, resume, fine-tune, refusals, NaN stop."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -96,7 +97,8 @@ def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
   config = _config(regime="finetune", tasks=("sr_x2",), init_from=joint_dir, total_steps=2)
   run = train.build(config)
   with jax.set_mesh(run.mesh):
-    state = train.finetune_params(run, joint_dir)
+    state, note = train.finetune_params(run, joint_dir)
+  assert "a joint run of denoise_30,sr_x2, step 4" in note
   joint, _ = _params(joint_dir, _config())
   got = jax.device_get(state.params)
   for a, b in zip(jax.tree_util.tree_leaves(got["body"]), jax.tree_util.tree_leaves(joint["body"])):
@@ -108,6 +110,85 @@ def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
       np.testing.assert_array_equal(a, b)
   results = train.train_and_evaluate(config, str(tmp_path / "ft"))
   assert list(results["tasks"]) == ["sr_x2"] and results["step"] == 2
+
+
+def _cli_args(workdir, **changes):
+  """launch/train.py arguments for _config() (with `changes`), on the 8 CPU devices of this
+  session (conftest): XLA's CPU code for one device depends on how many exist, in the last bits."""
+  fields = {"data.batch_size": 2, "mesh.data": 1, "total_steps": 4, "checkpoint_every": 2,
+            "log_every": 2, "optim.schedule": "constant", "optim.warmup_steps": 0,
+            "eval.max_side": 48, "eval.max_images": 1, "eval.tile_overlap": 0}
+  fields.update(changes)
+  return (["--config=experiments/tiny.py:tasks=denoise_30+sr_x2", f"--workdir={workdir}",
+           "--num_cpu_devices=8"]
+          + [f"--config.{k}={v}" for k, v in fields.items()])
+
+
+def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(straight_run,
+                                                                          tmp_path):
+  import signal
+  import socket
+  import time
+  workdir = tmp_path / "interrupted"
+  workdir.mkdir()
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (workdir / "train.lock").write_text(json.dumps(  # left by a killed trainer: does not block
+      {"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
+  log = tmp_path / "first.out"
+  # A far end and no periodic checkpoint: the checkpoint found is Ctrl-C's.
+  args = _cli_args(workdir, total_steps=1000, checkpoint_every=1000, log_every=1)
+  with open(log, "w") as out:
+    first = subprocess.Popen([sys.executable, "launch/train.py", *args], cwd=ROOT, stdout=out,
+                             stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + 500
+    while "step 1/1000" not in log.read_text() and first.poll() is None:
+      assert time.monotonic() < deadline, log.read_text()[-3000:]
+      time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    rc = first.wait(timeout=300)
+  finally:
+    if first.poll() is None:
+      first.kill()
+  text = log.read_text()
+  assert rc == train.PREEMPTED_EXIT, text[-3000:]
+  assert "Traceback" not in text and "SIGINT received: saving a checkpoint" in text
+  saved = int(re.search(r"preempted: checkpoint saved at step (\d+) in ", text).group(1))
+  assert 1 <= saved < 4, text[-3000:]  # resumed below to the straight run's 4 steps
+  assert f"removed the stale lock of pid {dead.pid}" in text
+  assert re.search(r"^run: joint denoise_30,sr_x2 \| [\d.]+M parameters \| 8 cpu device\(s\), "
+                   r"mesh data=1 x fsdp=1 \| .* \(fresh\) \| loss: L1 on the \[0, 255\]", text, re.M)
+  assert re.search(r"^compiled the probe step in [\d.]+s$", text, re.M)
+
+  second = _launch(*_cli_args(workdir))  # the same run, its normal length
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert f"(resuming at step {saved})" in second.stdout
+  resumed, step = _params(str(workdir), _config())
+  straight, _ = _params(straight_run[0], _config())
+  assert step == 4
+  for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)):
+    np.testing.assert_array_equal(a, b)  # bitwise on CPU
+  records = train.read_metrics(str(workdir))
+  assert [r["step"] for r in records][-2:] == [2, 4] and sorted(records[-1]["loss"]) == [
+      "denoise_30", "sr_x2"]
+  assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # each step once
+  assert records[-1]["loss_total"] == pytest.approx(sum(records[-1]["loss"].values()), rel=1e-5)
+  from mtl import events
+  assert events.read_hparams(str(workdir / "events"))["tasks"] == "denoise_30,sr_x2"
+  assert not (workdir / "train.lock").exists()
+
+  before = _snapshot(str(workdir))
+  again = _launch(*_cli_args(workdir))
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.strip().splitlines()[-1] == (
+      f"already finished at step 4; results in {workdir}/results.json")
+  after = _snapshot(str(workdir))
+  log_path = str(workdir / "train.log")
+  assert {k: v for k, v in after.items() if k != log_path} == {
+      k: v for k, v in before.items() if k != log_path}  # no new events, results or checkpoints
+  attempts = [l for l in open(log_path) if l.startswith("=== ")]
+  assert len(attempts) == 3 and "launch/train.py" in attempts[0]
 
 
 def _launch(*args):
@@ -140,7 +221,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   workdir = str(tmp_path / "nan")
   config = _config(total_steps=6, checkpoint_every=1, log_every=1)
   config.optim.lr = 1e30  # Adam moves every weight by ~lr: the next forward overflows
-  with pytest.raises(train.NonFiniteLoss, match="non-finite loss"):
+  with pytest.raises(train.NonFiniteLoss, match=r"non-finite (loss|grad_norm).*the last good "
+                                                r"checkpoint \(step \d\) is kept"):
     train.train_and_evaluate(config, workdir)
   saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert saved and max(saved) < 6

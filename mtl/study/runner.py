@@ -214,6 +214,7 @@ class Runner:
 
   def _env(self, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["MTL_TRAIN_LOG"] = "0"  # the runner writes each run's train.log itself (_pump)
     # Runs share most of their programs (model init, eval, same-shaped steps): JAX's persistent
     # compilation cache spares each run most of its compile time (~15 s of 20 s for tiny).
     if self.jax_cache == "off":

@@ -1,0 +1,91 @@
+"""launch/train.py's command line: list fields as `a,b`, config-file arguments (`key=value`),
+--dry_run, and one `error:` line per bad input, before anything is written."""
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from experiments import base, from_json, ipt_paper, small, tiny
+from mtl import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*args, timeout=300):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+  return subprocess.run([sys.executable, "launch/train.py", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_config_file_arguments_share_one_convention(tmp_path):
+  assert tiny.get_config("tasks=sr_x2+sr_x3").tasks == ("sr_x2", "sr_x3")
+  assert tiny.get_config("sr_x2,sr_x3").tasks == ("sr_x2", "sr_x3")  # the short form
+  assert small.get_config("folder=/d/DIV2K").data.folder == "/d/DIV2K"
+  assert small.get_config("/d/DIV2K").data.folder == "/d/DIV2K"
+  assert ipt_paper.get_config("root=/r").data.folder == "/r/imagenet/train"
+  assert ipt_paper.get_config("/r").data.folder == "/r/imagenet/train"
+  path = tmp_path / "run_config.json"
+  path.write_text(json.dumps(tiny.get_config("sr_x2").to_dict()))
+  assert from_json.get_config(f"path={path}").tasks == ("sr_x2",)
+  assert from_json.get_config(str(path)).tasks == ("sr_x2",)
+  with pytest.raises(ValueError, match=r"experiments/tiny.py has no argument 'task'; valid: tasks"):
+    tiny.get_config("task=sr_x2")
+  with pytest.raises(ValueError, match=r"piece 'sr_x3' has no '='"):
+    base.parse_arg("tasks=sr_x2,sr_x3", "experiments/tiny.py", "tasks", tasks="")
+
+
+def test_normalize_splits_comma_lists_from_the_command_line():
+  config = tiny.get_config()
+  config.tasks = ("sr_x2,derain",)  # what ml_collections makes of --config.tasks=sr_x2,derain
+  config.eval.sets = "photos"
+  normalized = train.normalize(config)
+  assert normalized.tasks == ("sr_x2", "derain")
+  assert normalized.degrade.rain.length == (8, 24) and normalized.optim.milestones == (0.5, 0.75)
+  assert config.tasks == ("sr_x2,derain",)  # the caller's config is left alone
+  assert train.normalize(ml_collections.ConfigDict({"t": ("a, b,",)})).t == ("a", "b")
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "w"
+  out = _launch("--config=experiments/tiny.py:tasks=sr_x2+derain", f"--workdir={workdir}",
+                "--config.tasks=sr_x2,derain", "--config.degrade.rain.length=6,20",
+                "--config.mesh.data=1", "--dry_run")
+  assert out.returncode == 0, out.stderr[-2000:]
+  text = out.stdout
+  assert "  tasks = ['sr_x2', 'derain']" in text and "  degrade.rain.length = [6, 20]" in text
+  config = tiny.get_config("sr_x2,derain")
+  config.mesh.data = 1
+  counts = train.count_params(train.build(config).model)
+  assert (f"parameters: heads {counts['heads']:,}, body {counts['body']:,}, queries "
+          f"{counts['queries']:,}, tails {counts['tails']:,}, total {counts['total']:,}") in text
+  assert "mesh: data=1, fsdp=1 over 1 cpu device(s)" in text
+  assert f"  metrics.jsonl  {workdir}/metrics.jsonl" in text
+  assert "run: joint sr_x2,derain | 0.94M parameters" in text
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.tasks=sr_x2,sr_x5"], "error: unknown task 'sr_x5'; valid tasks: "),
+    (["--config.optim.nope=1"], "error: unknown config field 'optim.nope' in --config.optim.nope=1; "
+                                "optim has: b1, b2,"),
+    (["--config.eval.tile_overlap=48"], "error: eval.tile_overlap=48 must be in [0, model.patch_size=48)"),
+    # the other checks of train.validate: tests/test_faults.py, in process
+])
+def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message):
+  workdir = tmp_path / "w"
+  out = _launch("--config=experiments/tiny.py", f"--workdir={workdir}", *args)
+  assert out.returncode == 1
+  errors = [l for l in out.stderr.splitlines() if "error" in l.lower()]
+  assert len(errors) == 1 and errors[0].startswith(message), out.stderr[-2000:]
+  assert "Traceback" not in out.stderr
+  assert not workdir.exists()
+
+
+def test_a_bad_config_file_argument_is_one_line(tmp_path):
+  out = _launch("--config=experiments/tiny.py:foo=1", f"--workdir={tmp_path / 'w'}")
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines() == [
+      "error: experiments/tiny.py has no argument 'foo'; valid: tasks"]

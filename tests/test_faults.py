@@ -1,0 +1,139 @@
+"""Bad input and faults: every check happens before anything is written, one line each; the
+workdir lock; a run that never saved a step may take a new config; exit codes."""
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from experiments import tiny
+from mtl import checkpoints, io, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(**overrides):
+  config = tiny.get_config("denoise_30,sr_x2")
+  config.mesh.data = 1
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _set(config, dotted, value):
+  node = config
+  *path, leaf = dotted.split(".")
+  for part in path:
+    node = node[part]
+  node[leaf] = value
+  return config
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("eval.tile_overlap", 48, r"eval.tile_overlap=48 must be in \[0, model.patch_size=48\)"),
+    ("model.patch_size", 6, r"eval.tile_overlap=8 must be in \[0, model.patch_size=6\)"),
+    ("optim.lr", -1e-3, r"optim.lr=-0.001 must be > 0"),
+    ("optim.lr", 0.0, r"optim.lr=0.0 must be > 0"),
+    ("model.num_heads", 0, r"model.num_heads=0 must be >= 1"),
+    ("checkpoint_every", 0, r"checkpoint_every=0 must be >= 1"),
+    ("log_every", 0, r"log_every=0 must be >= 1"),
+    ("data.batch_size", 0, r"data.batch_size=0 must be >= 1"),
+    ("tasks", ("sr_x2", "denoise_30", "sr_x2"), r"listed twice in tasks=\['sr_x2', 'denoise_30', "
+                                               r"'sr_x2'\]: 'sr_x2'$"),
+    ("tasks", ("sr_x2", ""), r"tasks=\['sr_x2', ''\] holds an empty name"),
+    ("eval.sets", "photos,Set5=/no/such/Set5", r"eval.sets: Set5=/no/such/Set5 is not a folder"),
+    ("eval.sets", "Set5", r"eval.sets entry 'Set5' is not valid"),
+])
+def test_validate_names_the_bad_value(field, value, message):
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    train.validate(_set(_config(), field, value))
+
+
+def test_missing_folders_and_bad_init_from(tmp_path):
+  config = _set(_set(_config(), "data.source", "folder"), "data.folder", str(tmp_path / "none"))
+  with pytest.raises(FileNotFoundError, match=r"data.folder=.*none is not a folder"):
+    train.validate(config)
+  config = _config(regime="finetune", tasks=("sr_x2",), init_from=str(tmp_path / "none"))
+  with pytest.raises(FileNotFoundError, match=r"init_from=.*none is not a folder"):
+    train.validate(config)
+  (tmp_path / "empty").mkdir()
+  config.init_from = str(tmp_path / "empty")
+  with pytest.raises(ValueError, match=r"init_from=.*empty is not a run with a checkpoint"):
+    train.validate(config)
+
+
+def test_workdir_that_is_a_file_or_read_only(tmp_path):
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(ValueError, match=r"--workdir=.*file is a file"):
+    train.prepare(_config(), str(tmp_path / "file"))
+  with pytest.raises(ValueError, match=r"--workdir=.*file/run is a file|not writable"):
+    train.check_workdir(str(tmp_path / "file" / "run"))
+
+
+def test_single_task_runs_say_nothing_about_conflicts(caplog):
+  with caplog.at_level(logging.WARNING):
+    assert not train.probing_enabled(_config(tasks=("sr_x2",)))
+    assert not train.probing_enabled(_config(tasks=("sr_x2",), regime="scratch"))
+  assert not [r for r in caplog.records if "conflicts" in r.getMessage()]
+  assert train.probing_enabled(_config())
+
+
+def test_a_run_that_never_saved_a_step_takes_a_new_config(tmp_path):
+  workdir = str(tmp_path)
+  checkpoints.check_or_write_config(workdir, _config().to_dict())
+  changed = _config(tasks=("sr_x2", "derain")).to_dict()
+  assert checkpoints.check_config(workdir, changed) is True  # no step saved: replaceable
+  checkpoints.check_or_write_config(workdir, changed)
+  assert io.read_json(os.path.join(workdir, "config.json"))["tasks"] == ["sr_x2", "derain"]
+  os.makedirs(os.path.join(workdir, "checkpoints", "2"))  # a saved step: now it is refused
+  with pytest.raises(ValueError, match=r"holds a run with a different config: tasks"):
+    checkpoints.check_config(workdir, _config().to_dict())
+
+
+def _dead_pid():
+  proc = subprocess.Popen([sys.executable, "-c", "pass"])
+  proc.wait()
+  return proc.pid
+
+
+def test_workdir_lock(tmp_path):
+  lock = io.WorkdirLock(str(tmp_path))
+  host = socket.gethostname()
+  (tmp_path / "train.lock").write_text(json.dumps({"pid": os.getppid(), "host": host,
+                                                   "started": "then"}))
+  with pytest.raises(io.LockHeld, match=rf"in use by pid {os.getppid()} since then"):
+    lock.acquire()
+  (tmp_path / "train.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere",
+                                                   "started": "then"}))
+  with pytest.raises(io.LockHeld, match=r"in use by pid 1 on elsewhere"):  # pid not checkable
+    lock.acquire()
+  dead = _dead_pid()
+  (tmp_path / "train.lock").write_text(json.dumps({"pid": dead, "host": host, "started": "x"}))
+  with lock:  # a stale lock of a dead process does not block
+    assert lock.stale["pid"] == dead
+    assert json.loads((tmp_path / "train.lock").read_text())["pid"] == os.getpid()
+  assert not (tmp_path / "train.lock").exists()
+
+
+def test_a_second_trainer_refuses_while_the_first_holds_the_workdir(tmp_path):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+  try:
+    (workdir / "train.lock").write_text(json.dumps(
+        {"pid": holder.pid, "host": socket.gethostname(), "started": "now"}))
+    out = subprocess.run(
+        [sys.executable, "launch/train.py", "--config=experiments/tiny.py:sr_x2",
+         f"--workdir={workdir}", "--config.mesh.data=1", "--config.eval.max_images=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      f"error: workdir {workdir} is in use by pid {holder.pid} since now "
+      f"({workdir}/train.lock); wait for it to end, or delete that file if the process is gone")
+  assert sorted(os.listdir(workdir)) == ["train.lock"]  # no config.json, no log
