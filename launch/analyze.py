@@ -56,10 +56,11 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1):
 def measure(checkpoint, config, num_batches, out=None):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
-  from mtl import conflicts, train
+  from mtl import conflicts
+  from mtl.conflicts import measure as conflicts_measure
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
-  steps, grams, layers, tasks, ckpt_step = train.measure_conflicts(config, checkpoint, num_batches)
+  steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(config, checkpoint, num_batches)
   run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
       checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
   out = out or os.path.join(run_dir, "analysis", f"step-{ckpt_step}")

@@ -122,8 +122,8 @@ def _compiled_figures(jitted, state, batch):
 
 def _step(run, config, names, probe=False):
   import jax
-  from mtl import train
-  return jax.jit(train.make_step(run.model, config, run.optimizer, names, probe=probe),
+  from mtl import step as step_lib
+  return jax.jit(step_lib.make_step(run.model, config, run.optimizer, names, probe=probe),
                  donate_argnums=0)
 
 
@@ -255,10 +255,10 @@ def _open_peer(config):
 def section_train(size):
   import jax
   import numpy as np
-  from mtl import sharding, train
+  from mtl import run_state, sharding
   names = tuple(FLAGS.tasks)
   config = _config(size, SIX_TASKS)
-  run = train.build(config)
+  run = run_state.build(config)
   device = jax.devices()[0]
   peak = peak_flops(device, config.precision)
   print(f"\n[train] size={size}: {len(names)} of 6 tasks, one task per step, batch "
@@ -311,10 +311,10 @@ def section_profile(size):
   import jax.numpy as jnp
   import numpy as np
   from flax import nnx
-  from mtl import train
+  from mtl import run_state
   from mtl.models import ipt
   config = _config(size, SIX_TASKS)
-  run = train.build(config)
+  run = run_state.build(config)
   model, b = run.model, config.data.batch_size
   side, f = config.model.patch_size, config.model.n_feats
   params = model.init(jax.random.key(0))
@@ -373,11 +373,11 @@ def section_pipeline():
 
 def section_probe(size):
   import jax
-  from mtl import sharding, train
+  from mtl import run_state, sharding
   print(f"\n[probe] size={size}: joint step, 6 tasks every step, batch {FLAGS.batch_size} per "
         f"task; {os.popen('uptime').read().strip()}")
   config = _config(size, SIX_TASKS)
-  run = train.build(config)
+  run = run_state.build(config)
   variants = (("no probe", False), ("probe", True), ("naive jacrev", "jacrev"))
   peer = _open_peer(config)
   with jax.set_mesh(run.mesh):
@@ -418,13 +418,13 @@ class _Only:
 
 def section_devices(size):
   import jax
-  from mtl import sharding, train
+  from mtl import run_state, sharding
   print(f"\n[devices] size={size}: joint step (3 tasks, batch {FLAGS.batch_size} per task), "
         f"{FLAGS.devices} fake CPU devices vs 1 (a correctness-and-overhead figure on 2 cores)")
   times = {}
   for devices in (1, FLAGS.devices):
     config = _config(size, ("denoise_30", "sr_x2", "derain"), devices)
-    run = train.build(config)
+    run = run_state.build(config)
     with jax.set_mesh(run.mesh):
       batch = sharding.to_global(_batch(run, config), run.mesh)
       times[devices], _ = _time(_step(run, config, run.model.task_names), run.init_state(),

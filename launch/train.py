@@ -93,11 +93,13 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax and jax are chatty at INFO
     logging.set_verbosity(logging.WARNING)
   from mtl import progress, train
+  from mtl import run_state
+  from mtl import run_config
   distributed.initialize()
   try:
-    config = train.normalize(flags.FLAGS.config)
+    config = run_config.normalize(flags.FLAGS.config)
     if flags.FLAGS.dry_run:
-      print(train.prepare(config, flags.FLAGS.workdir).describe())
+      print(run_state.prepare(config, flags.FLAGS.workdir).describe())
       return
     with progress.Tee():
       try:

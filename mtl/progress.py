@@ -7,6 +7,7 @@ with the rate over the last `window` updates. Compilation is not training: `excl
 takes a compile's duration out of the clock, so the first ETA is already right.
 """
 import collections
+import json
 import os
 import shlex
 import socket
@@ -143,3 +144,53 @@ def attach_log(workdir):
   $MTL_TRAIN_LOG is not 0: a parent that writes the log itself, like the study runner, sets it)."""
   if Tee.current is not None and os.environ.get("MTL_TRAIN_LOG", "1") != "0":
     Tee.current.attach(os.path.join(workdir, "train.log"))
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def hparams_of(config):
+  """The run's TensorBoard HParams: what distinguishes the runs of a study."""
+  return {"lr": float(config.optim.lr), "seed": int(config.seed), "regime": config.regime,
+          "tasks": ",".join(config.tasks), "schedule": config.schedule,
+          "n_feats": int(config.model.n_feats),
+          "layers": f"{config.model.num_encoder_layers}+{config.model.num_decoder_layers}",
+          "batch_size": int(config.data.batch_size), "total_steps": int(config.total_steps),
+          "precision": config.precision, "init_from": config.init_from}
+
+
+class MetricsLog:
+  """<workdir>/metrics.jsonl: one JSON line per logged step; lines past `start` are dropped on
+  a resume (those steps are trained and logged again), and a torn last line is ignored."""
+
+  def __init__(self, path, start, enabled=True):
+    self.path, self._file = path, None
+    if not enabled:
+      return
+    if os.path.exists(path):
+      kept = []
+      with open(path) as f:
+        for line in f:
+          try:
+            if json.loads(line)["step"] <= start:
+              kept.append(line if line.endswith("\n") else line + "\n")
+          except (ValueError, KeyError, TypeError):
+            pass
+      io.write_atomic(path, lambda f: f.write("".join(kept).encode()))
+    self._file = open(path, "a")
+
+  def write(self, record):
+    if self._file is not None:
+      self._file.write(json.dumps(record, sort_keys=True) + "\n")
+      self._file.flush()
+
+  def close(self):
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+def read_metrics(workdir):
+  """The records of <workdir>/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -9,7 +9,7 @@ import ml_collections
 import pytest
 
 from experiments import base, from_json, ipt_paper, small, tiny
-from mtl import train
+from mtl import run_config, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,11 +41,11 @@ def test_normalize_splits_comma_lists_from_the_command_line():
   config = tiny.get_config()
   config.tasks = ("sr_x2,derain",)  # what ml_collections makes of --config.tasks=sr_x2,derain
   config.eval.sets = "photos"
-  normalized = train.normalize(config)
+  normalized = run_config.normalize(config)
   assert normalized.tasks == ("sr_x2", "derain")
   assert normalized.degrade.rain.length == (8, 24) and normalized.optim.milestones == (0.5, 0.75)
   assert config.tasks == ("sr_x2,derain",)  # the caller's config is left alone
-  assert train.normalize(ml_collections.ConfigDict({"t": ("a, b,",)})).t == ("a", "b")
+  assert run_config.normalize(ml_collections.ConfigDict({"t": ("a, b,",)})).t == ("a", "b")
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
@@ -58,7 +58,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
   assert "  tasks = ['sr_x2', 'derain']" in text and "  degrade.rain.length = [6, 20]" in text
   config = tiny.get_config("sr_x2,derain")
   config.mesh.data = 1
-  counts = train.count_params(train.build(config).model)
+  counts = run_state.count_params(run_state.build(config).model)
   assert (f"parameters: heads {counts['heads']:,}, body {counts['body']:,}, queries "
           f"{counts['queries']:,}, tails {counts['tails']:,}, total {counts['total']:,}") in text
   assert "mesh: data=1, fsdp=1 over 1 cpu device(s)" in text
@@ -72,7 +72,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     (["--config.optim.nope=1"], "error: unknown config field 'optim.nope' in --config.optim.nope=1; "
                                 "optim has: b1, b2,"),
     (["--config.eval.tile_overlap=48"], "error: eval.tile_overlap=48 must be in [0, model.patch_size=48)"),
-    # the other checks of train.validate: tests/test_faults.py, in process
+    # the other checks of run_config.validate: tests/test_faults.py, in process
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message):
   workdir = tmp_path / "w"

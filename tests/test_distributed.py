@@ -30,6 +30,7 @@ import pytest
 
 from experiments import tiny
 from mtl import checkpoints, conflicts, train
+from mtl import run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")
@@ -108,7 +109,7 @@ def _latest(workdir):
 
 
 def _final_params(workdir):
-  run = train.build(_config())  # the 8 devices of the test session (conftest)
+  run = run_state.build(_config())  # the 8 devices of the test session (conftest)
   params, step = checkpoints.restore_params(os.path.join(workdir, "checkpoints"),
                                             run.abstract_state.params)
   return jax.device_get(params), step
@@ -303,5 +304,5 @@ def test_mesh_that_does_not_fit_is_a_clear_error(changes, message):
     group, field = key.split(".")
     config[group][field] = value
   with pytest.raises(ValueError) as error:
-    train.build(config)
+    run_state.build(config)
   assert message in str(error.value) and "\n" not in str(error.value)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from experiments import tiny
-from mtl import checkpoints, io, train
+from mtl import checkpoints, io, run_config, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,36 +49,36 @@ def _set(config, dotted, value):
 ])
 def test_validate_names_the_bad_value(field, value, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):
-    train.validate(_set(_config(), field, value))
+    run_config.validate(_set(_config(), field, value))
 
 
 def test_missing_folders_and_bad_init_from(tmp_path):
   config = _set(_set(_config(), "data.source", "folder"), "data.folder", str(tmp_path / "none"))
   with pytest.raises(FileNotFoundError, match=r"data.folder=.*none is not a folder"):
-    train.validate(config)
+    run_config.validate(config)
   config = _config(regime="finetune", tasks=("sr_x2",), init_from=str(tmp_path / "none"))
   with pytest.raises(FileNotFoundError, match=r"init_from=.*none is not a folder"):
-    train.validate(config)
+    run_config.validate(config)
   (tmp_path / "empty").mkdir()
   config.init_from = str(tmp_path / "empty")
   with pytest.raises(ValueError, match=r"init_from=.*empty is not a run with a checkpoint"):
-    train.validate(config)
+    run_config.validate(config)
 
 
 def test_workdir_that_is_a_file_or_read_only(tmp_path):
   (tmp_path / "file").write_text("x")
   with pytest.raises(ValueError, match=r"--workdir=.*file is a file"):
-    train.prepare(_config(), str(tmp_path / "file"))
+    run_state.prepare(_config(), str(tmp_path / "file"))
   with pytest.raises(ValueError, match=r"--workdir=.*file/run is a file|not writable"):
-    train.check_workdir(str(tmp_path / "file" / "run"))
+    run_state.check_workdir(str(tmp_path / "file" / "run"))
 
 
 def test_single_task_runs_say_nothing_about_conflicts(caplog):
   with caplog.at_level(logging.WARNING):
-    assert not train.probing_enabled(_config(tasks=("sr_x2",)))
-    assert not train.probing_enabled(_config(tasks=("sr_x2",), regime="scratch"))
+    assert not run_config.probing_enabled(_config(tasks=("sr_x2",)))
+    assert not run_config.probing_enabled(_config(tasks=("sr_x2",), regime="scratch"))
   assert not [r for r in caplog.records if "conflicts" in r.getMessage()]
-  assert train.probing_enabled(_config())
+  assert run_config.probing_enabled(_config())
 
 
 def test_a_run_that_never_saved_a_step_takes_a_new_config(tmp_path):

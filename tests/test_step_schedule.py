@@ -5,7 +5,7 @@ import optax
 import skimage.data
 
 from experiments import tiny
-from mtl import sharding, train
+from mtl import run_state, sharding
 from mtl import step as step_lib
 
 TASKS = ("denoise_30", "sr_x2", "derain")
@@ -35,7 +35,7 @@ def test_absent_tasks_params_and_adam_moments_do_not_move():
   config.tasks, config.schedule = TASKS, "one"
   config.model.patch_size, config.data.batch_size, config.mesh.data = 24, 2, 1
   config.optim.warmup_steps, config.optim.weight_decay = 0, 1e-2  # decay would move them too
-  run = train.build(config)
+  run = run_state.build(config)
   with jax.set_mesh(run.mesh):
     state = run.init_state()
     # Non-zero Adam moments everywhere (as after earlier steps), so absent tasks have some to lose.

@@ -7,7 +7,7 @@ import pytest
 import skimage.data
 
 from experiments import tiny
-from mtl import conflicts, degradations, losses, sharding, train
+from mtl import conflicts, degradations, losses, run_config, run_state, sharding
 from mtl import step as step_lib
 from mtl.models import ipt
 
@@ -64,7 +64,7 @@ def _leaf_gramians(grads):
 @pytest.mark.parametrize("devices", [1, 8])
 def test_probe_gramians_equal_independent_per_half_gradients(devices):
   config = _config(data=devices)
-  run = train.build(config)
+  run = run_state.build(config)
   with jax.set_mesh(run.mesh):
     state = run.init_state()
     params = jax.device_get(state.params)
@@ -99,7 +99,7 @@ def test_probe_step_makes_the_same_update_as_the_plain_step():
   update's gradient (plain SGD shows it unamplified)."""
   import optax
   config = _config()
-  run = train.build(config)
+  run = run_state.build(config)
   sgd = optax.sgd(1.0)
   with jax.set_mesh(run.mesh):
     batch = sharding.to_global(_batch(config, run), run.mesh)
@@ -136,7 +136,7 @@ def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
   results = []
   for devices in (1, 8):
     config = _config(data=devices)
-    run = train.build(config)
+    run = run_state.build(config)
     keep = _keep_gradient()
     with jax.set_mesh(run.mesh):
       state = run.init_state()
@@ -179,26 +179,26 @@ def test_contrastive_loss_is_low_when_tokens_cluster_by_image():
 
 def test_bad_configs_are_refused_with_valid_choices():
   with pytest.raises(ValueError, match="unknown task 'sr_x5'"):
-    train.validate(_config(tasks=("sr_x5",)))
+    run_config.validate(_config(tasks=("sr_x5",)))
   with pytest.raises(ValueError, match="no tasks"):
-    train.validate(_config(tasks=()))
+    run_config.validate(_config(tasks=()))
   with pytest.raises(ValueError, match="regime='scratch' trains one task"):
-    train.validate(_config(regime="scratch"))
+    run_config.validate(_config(regime="scratch"))
   with pytest.raises(ValueError, match="schedule='mixed'; valid: all, one"):
-    train.validate(_config(schedule="mixed"))
+    run_config.validate(_config(schedule="mixed"))
   odd = _config()
   odd.data.batch_size = 3
   with pytest.raises(ValueError, match="data.batch_size=3 is odd; conflict probes split") as info:
-    train.validate(odd)
+    run_config.validate(odd)
   assert "\n" not in str(info.value)
   odd.conflicts.every = 0  # no probes: an odd batch is fine
-  train.validate(odd)
+  run_config.validate(odd)
 
 
 def test_bfloat16_compute_trains_with_float32_parameters():
   config = _config(precision="bfloat16")
   config.data.batch_size = 2  # bfloat16 matmuls are slow on CPU; the point is the dtypes
-  run = train.build(config)
+  run = run_state.build(config)
   with jax.set_mesh(run.mesh):
     step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names))
     state, metrics = step(run.init_state(), sharding.to_global(_batch(config, run), run.mesh))

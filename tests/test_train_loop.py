@@ -11,6 +11,8 @@ import pytest
 
 from experiments import tiny
 from mtl import checkpoints, conflicts, train
+from mtl import run_state
+from mtl import progress as progress_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +36,7 @@ def _config(**overrides):
 
 
 def _params(workdir, config):
-  run = train.build(config)
+  run = run_state.build(config)
   params, step = checkpoints.restore_params(os.path.join(workdir, "checkpoints"),
                                             run.abstract_state.params)
   return jax.device_get(params), step
@@ -95,9 +97,9 @@ def test_resume_on_another_mesh_restores_resharded(straight_run, tmp_path):
 def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
   joint_dir = straight_run[0]
   config = _config(regime="finetune", tasks=("sr_x2",), init_from=joint_dir, total_steps=2)
-  run = train.build(config)
+  run = run_state.build(config)
   with jax.set_mesh(run.mesh):
-    state, note = train.finetune_params(run, joint_dir)
+    state, note = run_state.finetune_params(run, joint_dir)
   assert "a joint run of denoise_30,sr_x2, step 4" in note
   joint, _ = _params(joint_dir, _config())
   got = jax.device_get(state.params)
@@ -169,7 +171,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   assert step == 4
   for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
-  records = train.read_metrics(str(workdir))
+  records = progress_lib.read_metrics(str(workdir))
   assert [r["step"] for r in records][-2:] == [2, 4] and sorted(records[-1]["loss"]) == [
       "denoise_30", "sr_x2"]
   assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # each step once

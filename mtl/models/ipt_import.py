@@ -417,7 +417,7 @@ def write_workdir(params, cfg: ipt.ModelConfig, task_names, workdir, source=""):
   fine-tunes can init_from it and analysis can load it); the optimizer state is fresh.
   """
   from experiments import base
-  from mtl import checkpoints, train
+  from mtl import checkpoints, run_state, step as step_lib
   from mtl import io as io_lib
   if os.path.exists(os.path.join(workdir, checkpoints.CONFIG_FILE)):
     raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
@@ -430,13 +430,13 @@ def write_workdir(params, cfg: ipt.ModelConfig, task_names, workdir, source=""):
   config.conflicts.every = 0
   config.mesh.data = 1
   config.data.batch_size = 1
-  run = train.build(config)
+  run = run_state.build(config)
   os.makedirs(workdir, exist_ok=True)
   checkpoints.check_or_write_config(workdir, config.to_dict())
   with jax.set_mesh(run.mesh):
     params = jax.device_put(params, run.state_shardings.params)
     opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
-    state = train.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+    state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                              opt_state=opt_state)
     mngr = checkpoints.manager(workdir, keep=1, async_save=False)
     checkpoints.save(mngr, 0, state, force=True)

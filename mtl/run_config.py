@@ -1,0 +1,137 @@
+"""A run's config: command-line values normalized, and every check made before anything runs.
+
+`validate(config)` raises ValueError / FileNotFoundError with one line naming the bad value and
+what would be valid; nothing is built or written before it passes.
+"""
+import os
+
+from absl import logging
+
+from mtl import checkpoints, io, optim, tasks
+from mtl.data import pipeline
+from mtl.models import ipt
+
+RUN_REGIMES = ("scratch", "joint", "finetune")
+
+
+
+
+def normalize(config):
+  """A copy of `config` whose tuple fields given as 'a,b' on the command line are split.
+
+  ml_collections reads --config.tasks=sr_x2,derain as the one-element tuple ('sr_x2,derain');
+  every tuple-of-strings field is split on ',' here (numbers already parse: length=8,24).
+  """
+  config = config.copy_and_resolve_references()
+
+  def visit(node):
+    for key in list(node.keys()):
+      value = node[key]
+      if hasattr(value, "keys"):
+        visit(value)
+      elif isinstance(value, tuple) and any(isinstance(v, str) and "," in v for v in value):
+        node[key] = tuple(p.strip() for v in value
+                          for p in (v.split(",") if isinstance(v, str) else [v])
+                          if not isinstance(p, str) or p.strip())
+  visit(config)
+  return config
+
+
+def _positive(name, value):
+  if not value > 0:
+    raise ValueError(f"{name}={value} must be > 0")
+
+
+def validate(config):
+  """Check a config before anything is built or written; one clear line per problem.
+
+  Besides the fields, it checks that the folders the config names exist (data folder, eval
+  sets, rain streaks, init_from): a run that would fail there must fail before it starts.
+  """
+  from mtl import evaluate
+  names = list(config.tasks)
+  if any(not isinstance(n, str) or not n.strip() for n in names):
+    raise ValueError(f"tasks={names} holds an empty name; list task names such as sr_x2,derain")
+  twice = sorted({n for n in names if names.count(n) > 1})
+  if twice:
+    raise ValueError(f"task(s) listed twice in tasks={names}: {', '.join(map(repr, twice))}")
+  specs = tasks.get_all(names)
+  if config.regime not in RUN_REGIMES:
+    raise ValueError(f"regime={config.regime!r}; valid: {', '.join(RUN_REGIMES)}")
+  if config.schedule not in pipeline.TASK_SCHEDULES:
+    raise ValueError(f"schedule={config.schedule!r}; valid: {', '.join(pipeline.TASK_SCHEDULES)}")
+  if config.regime in ("scratch", "finetune") and len(specs) != 1:
+    raise ValueError(f"regime={config.regime!r} trains one task, got tasks={list(config.tasks)}; "
+                     "use regime='joint' for several tasks")
+  if config.regime == "finetune" and not config.init_from:
+    raise ValueError("regime='finetune' needs init_from=<workdir of a joint or scratch run>")
+  if config.total_steps < 1:
+    raise ValueError(f"total_steps={config.total_steps} must be >= 1")
+  for field, value in (("checkpoint_every", config.checkpoint_every),
+                       ("log_every", config.log_every), ("keep_checkpoints", config.keep_checkpoints),
+                       ("data.batch_size", config.data.batch_size)):
+    if value < 1:
+      raise ValueError(f"{field}={value} must be >= 1")
+  if config.eval_every < 0:
+    raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0: at the end only)")
+  _positive("optim.lr", config.optim.lr)
+  if config.optim.schedule not in optim.LR_SCHEDULES:
+    raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(optim.LR_SCHEDULES)}")
+  for name in ("n_feats", "patch_size", "patch_dim", "num_heads", "num_encoder_layers",
+               "num_decoder_layers"):
+    if config.model[name] < 1:
+      raise ValueError(f"model.{name}={config.model[name]} must be >= 1")
+  ipt.ModelConfig.from_config(config.model, config.precision)
+  overlap, patch = config.eval.tile_overlap, config.model.patch_size
+  if not 0 <= overlap < patch:
+    raise ValueError(f"eval.tile_overlap={overlap} must be in [0, model.patch_size={patch}) "
+                     "(tiles of patch_size pixels overlapping by it)")
+  for name in ("tile_batch", "samples"):
+    if config.eval[name] < 1:
+      raise ValueError(f"eval.{name}={config.eval[name]} must be >= 1")
+  if config.data.source == "folder" and config.data.folder and not os.path.isdir(
+      config.data.folder):
+    raise FileNotFoundError(f"data.folder={config.data.folder} is not a folder")
+  for set_name, _, path, _ in evaluate.parse_sets(config.eval.sets):
+    if path is not None and not os.path.isdir(path):
+      raise FileNotFoundError(f"eval.sets: {set_name}={path} is not a folder")
+  streaks = config.degrade.rain.streak_dir
+  if streaks and not os.path.isdir(streaks):
+    raise FileNotFoundError(f"degrade.rain.streak_dir={streaks} is not a folder")
+  if config.regime == "finetune":
+    source_run(config.init_from)
+  if _probes_pairs(config) and config.data.batch_size % 2:
+    raise ValueError(f"data.batch_size={config.data.batch_size} is odd; conflict probes split "
+                     "each task's sub-batch into two equal halves (the noise floor): use an even "
+                     "batch size, or conflicts.every=0")
+  return specs
+
+
+def _probes_pairs(config):
+  return (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
+          and config.schedule != "one")
+
+
+def source_run(init_from):
+  """The config dict of the run `init_from` names; ValueError unless it is a run with a checkpoint."""
+  path = os.path.join(init_from, checkpoints.CONFIG_FILE)
+  if not os.path.isdir(init_from):
+    raise FileNotFoundError(f"init_from={init_from} is not a folder; point it to a run's workdir")
+  if not os.path.exists(path) or checkpoints.latest_saved_step(init_from) is None:
+    raise ValueError(f"init_from={init_from} is not a run with a checkpoint (no "
+                     f"{checkpoints.CONFIG_FILE} or no saved step); point it to a run's workdir")
+  return io.read_json(path)
+
+
+def probing_enabled(config):
+  """Conflicts are measured only where tasks share parameters within one step."""
+  if config.conflicts.every <= 0:
+    return False
+  if config.regime == "scratch" or len(config.tasks) < 2:
+    return False  # one task: no pair to compare (the banner says conflicts are off)
+  if config.schedule == "one":
+    logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "
+                    "no two task gradients are taken at the same parameters; use schedule='all' "
+                    "to measure conflicts", config.conflicts.every)
+    return False
+  return True

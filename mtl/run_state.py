@@ -1,0 +1,190 @@
+"""A run before its loop: the Run built from a config (model, mesh, optimizer, shardings), its
+fresh or fine-tuned state, and what `prepare` finds in its workdir (Setup: banner, dry-run text).
+"""
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtl import checkpoints, io, optim, sharding, tasks
+from mtl.models import ipt
+from mtl.run_config import probing_enabled, source_run, validate
+from mtl.step import TrainState
+
+LOSS_UNITS = "loss: L1 on the [0, 255] scale, per task (total = their sum); /255 for BasicSR's [0, 1]"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "train.log"
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything the loop needs, built once from a config."""
+  config: Any
+  model: ipt.IPT
+  mesh: Any
+  optimizer: Any
+  schedule: Any
+  state_shardings: Any
+
+  @property
+  def abstract_state(self):
+    abstract = jax.eval_shape(lambda: self._fresh_state(jax.random.key(0)))
+    return jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+        self.state_shardings)
+
+  def _fresh_state(self, key):
+    params = self.model.init(key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=self.optimizer.init(params))
+
+  def init_state(self):
+    """Fresh state, created directly with its shardings (never whole on one device)."""
+    init = jax.jit(self._fresh_state, out_shardings=self.state_shardings)
+    return init(jax.random.key(self.config.seed))
+
+
+def build(config):
+  specs = validate(config)
+  model_cfg = ipt.ModelConfig.from_config(config.model, config.precision)
+  model = ipt.IPT(model_cfg, specs)
+  mesh = sharding.make_mesh(config.mesh)
+  sharding.check_batch(mesh, config.data.batch_size)
+  optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
+  run = Run(config, model, mesh, optimizer, schedule, None)
+  abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))
+  run.state_shardings = jax.tree_util.tree_map(
+      lambda x: sharding.leaf_sharding(mesh, x.shape), abstract)
+  return run
+
+
+def finetune_params(run, init_from):
+  """(state, description) for a fine-tune: the body (and the target's head, tail and query when
+  the source trained the target task) from a run: a joint run, or a scratch run of one task."""
+  init_from = os.path.abspath(init_from)
+  source_cfg = source_run(init_from)
+  target = run.model.task_names[0]
+  source_model = ipt.IPT(ipt.ModelConfig.from_config(source_cfg["model"], run.config.precision),
+                         tasks.get_all(source_cfg["tasks"]))
+  if dataclasses.replace(source_model.cfg, compute_dtype="float32") != dataclasses.replace(
+      run.model.cfg, compute_dtype="float32"):
+    raise ValueError(f"init_from={init_from} has a different model size than this config; "
+                     "fine-tune with the same model fields")
+  abstract = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(run.mesh)),
+      source_model.abstract_params())
+  source, step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(init_from), abstract)
+  fresh = run.init_state()
+  params = dict(fresh.params, body=source["body"])
+  kind = f"a {source_cfg.get('regime', 'joint')} run of {','.join(source_model.task_names)}"
+  if target in source_model.task_names:  # keep the target task's own head, query and tail
+    for group in ("heads", "queries", "tails"):
+      params[group] = {target: source[group][target]}
+    kept = f"body, {target}'s head, query and tail"
+  else:
+    kept = f"body only ({target} was not trained there: its head and tail start fresh)"
+  params = jax.device_put(params, run.state_shardings.params)
+  state = fresh.replace(params=params, opt_state=jax.jit(
+      run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params))
+  return state, f"fine-tuned from {init_from} ({kind}, step {step}): {kept}"
+
+
+def count_params(model):
+  """{group: parameter count} for heads, body, queries, tails and 'total'."""
+  counts = {group: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
+            for group, tree in model.abstract_params().items()}
+  counts["total"] = sum(counts.values())
+  return counts
+
+
+def _millions(n):
+  return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
+
+
+@dataclasses.dataclass
+class Setup:
+  """What `prepare` found: the run, its workdir's state, and what a start would do."""
+  run: Run
+  workdir: str
+  latest_step: Any        # the newest saved checkpoint step, or None
+  finished: Any           # the saved results of a finished run, or None
+  probe_every: int
+
+  def artifacts(self):
+    names = ["config.json", LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
+             "compute.json", "results.json", "train.lock"]
+    return {n: os.path.join(self.workdir, n) for n in names}
+
+  def start_kind(self):
+    if self.latest_step is not None:
+      return f"resuming at step {self.latest_step}"
+    if self.run.config.regime == "finetune":
+      return f"fresh, fine-tuning from {self.run.config.init_from}"
+    return "fresh"
+
+  def banner(self):
+    config, run = self.run.config, self.run
+    counts = count_params(run.model)
+    mesh = " x ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
+    devices = jax.devices()
+    conflicts_part = (f"conflicts every {self.probe_every} steps" if self.probe_every
+                      else "conflicts off")
+    return (f"run: {config.regime} {','.join(config.tasks)} | {_millions(counts['total'])} "
+            f"parameters | {len(devices)} {devices[0].platform} device(s), mesh {mesh} | "
+            f"batch {config.data.batch_size}/task, {config.total_steps} steps, lr "
+            f"{config.optim.lr:g} | {conflicts_part} | workdir {self.workdir} "
+            f"({self.start_kind()}) | {LOSS_UNITS}")
+
+  def describe(self):
+    """The dry run's text: resolved config, parameters per group, mesh, artifact paths."""
+    counts = count_params(self.run.model)
+    lines = ["config:"] + [f"  {k} = {v!r}" for k, v in sorted(
+        io.flatten(self.run.config.to_dict()).items())] + ["",
+             "parameters: " + ", ".join(f"{g} {counts[g]:,}" for g in
+                                        ("heads", "body", "queries", "tails", "total")),
+             "mesh: " + ", ".join(f"{k}={v}" for k, v in self.run.mesh.shape.items())
+             + f" over {self.run.mesh.devices.size} {jax.devices()[0].platform} device(s)",
+             f"workdir: {self.workdir} ({self.start_kind() if not self.finished else 'finished'})"]
+    lines += [f"  {name:<14} {path}" for name, path in self.artifacts().items()]
+    lines.append(self.banner())
+    return "\n".join(lines)
+
+
+def check_workdir(workdir):
+  """The absolute workdir; ValueError (one line) if it is a file or cannot be created/written."""
+  workdir = os.path.abspath(workdir)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file; give a folder (new or a run's)")
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={workdir} is not writable ({existing} is read-only or not a "
+                     "folder); choose a writable place")
+  return workdir
+
+
+def prepare(config, workdir):
+  """Check everything a start needs without writing anything; return the Setup.
+
+  A different config in a workdir that holds saved steps is refused here; a finished run
+  (results.json of the final step, and its checkpoint) is recognised.
+  """
+  run = build(config)
+  workdir = check_workdir(workdir)
+  checkpoints.check_config(workdir, config.to_dict())
+  latest = checkpoints.latest_saved_step(workdir)
+  finished = None
+  results_path = os.path.join(workdir, "results.json")
+  if latest == config.total_steps and os.path.exists(results_path):
+    saved = io.read_json(results_path)
+    if saved.get("step") == config.total_steps:
+      finished = saved
+  probe_every = config.conflicts.every if probing_enabled(config) else 0
+  return Setup(run, workdir, latest, finished, probe_every)
