@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mtl import tasks
-from mtl.models import ipt
+from mtl.models import ipt, ops
 
 PAPER_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 
@@ -36,12 +36,12 @@ def test_output_shapes_per_task(task, side):
 
 def test_unfold_fold_and_pixel_shuffle_are_layout_permutations():
   x = jnp.arange(2 * 6 * 6 * 4, dtype=jnp.float32).reshape(2, 6, 6, 4)
-  tokens = ipt.unfold(x, 3)
+  tokens = ops.unfold(x, 3)
   assert tokens.shape == (2, 4, 36)
   np.testing.assert_array_equal(tokens[0, 1].reshape(3, 3, 4), x[0, 0:3, 3:6])  # row-major
-  np.testing.assert_array_equal(ipt.fold(tokens, 3, 6), x)
+  np.testing.assert_array_equal(ops.fold(tokens, 3, 6), x)
   maps = jnp.arange(1 * 2 * 2 * 8.0).reshape(1, 2, 2, 8)
-  shuffled = ipt.pixel_shuffle(maps, 2)
+  shuffled = ops.pixel_shuffle(maps, 2)
   assert shuffled.shape == (1, 4, 4, 2)
   # Output pixel (2y+i, 2x+j) holds input channels [(2i+j)*C, (2i+j+1)*C) of input pixel (y, x).
   np.testing.assert_array_equal(shuffled[0, 1, 2], maps[0, 0, 1, 4:6])
@@ -69,7 +69,7 @@ def test_conv_matches_nnx_conv_in_value_and_gradients(cin, cout, k, side):
   def loss(fn, state, x):
     return jnp.sum(weights * fn(nnx.merge(graph, state), x))
 
-  ours = jax.value_and_grad(lambda s, x: loss(ipt.conv, s, x), argnums=(0, 1))(state, x)
+  ours = jax.value_and_grad(lambda s, x: loss(ops.conv, s, x), argnums=(0, 1))(state, x)
   ref = jax.value_and_grad(lambda s, x: loss(lambda m, x: m(x), s, x), argnums=(0, 1))(state, x)
   # Both are float32 sums of the same k*k*cin products in a different order: a few ulps relative.
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
@@ -81,15 +81,15 @@ def test_patches_times_kernel_is_the_convolution():
   kernel = jax.random.normal(jax.random.key(1), (5, 5, 4, 6))
   direct = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  np.testing.assert_allclose(ipt.patches(x, 5, 5) @ kernel.reshape(-1, 6), direct,
+  np.testing.assert_allclose(ops.patches(x, 5, 5) @ kernel.reshape(-1, 6), direct,
                              rtol=1e-5, atol=1e-4)
 
 
 def test_attention_uses_cudnn_only_on_gpu_in_half_precision():
-  assert ipt.attention_implementation(jnp.bfloat16, 48, backend="gpu") == "cudnn"
-  assert ipt.attention_implementation(jnp.float32, 48, backend="gpu") == "xla"  # cuDNN: fp16/bf16
-  assert ipt.attention_implementation(jnp.bfloat16, 48, backend="cpu") == "xla"
-  assert ipt.attention_implementation(jnp.bfloat16, 50, backend="gpu") == "xla"  # not 8-aligned
+  assert ops.attention_implementation(jnp.bfloat16, 48, backend="gpu") == "cudnn"
+  assert ops.attention_implementation(jnp.float32, 48, backend="gpu") == "xla"  # cuDNN: fp16/bf16
+  assert ops.attention_implementation(jnp.bfloat16, 48, backend="cpu") == "xla"
+  assert ops.attention_implementation(jnp.bfloat16, 50, backend="gpu") == "xla"  # not 8-aligned
   q = jax.random.normal(jax.random.key(0), (2, 16, 2, 8))
-  np.testing.assert_allclose(ipt.attention(q, q * 0.5, q), jax.nn.dot_product_attention(
+  np.testing.assert_allclose(ops.attention(q, q * 0.5, q), jax.nn.dot_product_attention(
       q, q * 0.5, q), rtol=1e-6)
