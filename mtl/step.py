@@ -8,6 +8,12 @@ each task is given its own (identical) reference to the body parameters, so the 
 respect to those references is the list of per-task gradients; their sum is the update's body
 gradient. (A `jax.vmap` over broadcast copies computes the same, but XLA's CPU backend runs its
 batched matmuls ~1.8x slower.)
+
+config.mtl (mtl.aggregators): an aggregator other than 'sum' makes every step take the per-task
+body gradients and replaces their sum by the aggregator's output (`aggregators.aggregate_tree`);
+heads, queries and tails keep their own task's gradient. A loss weighting scales the per-task
+losses before the gradient; its trained parameters are params['loss_weighting'] and its carried
+state (with GradVac's) TrainState.mtl_state.
 """
 import functools
 from typing import Any
@@ -17,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl import conflicts, degradations, losses
+from mtl import aggregators, conflicts, degradations, losses
 
 
 @flax.struct.dataclass
@@ -25,6 +31,10 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  mtl_state: Any = None  # config.mtl's carried state (dict); None for runs without one
+
+# The random stream of config.mtl (PCGrad/GradVac orders, RLW draws), apart from task ids.
+_MTL_STREAM = 2**20
 
 
 def degrade_batch(specs, task_ids, config, step, batch):
@@ -54,32 +64,58 @@ def task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
 def _step(state, batch, model, config, optimizer, names, split):
   """The shared step. split: each task gets its own (identical) reference to the body, so the
   gradient with respect to those references is the list of per-task body gradients."""
+  mtl_cfg = config.get("mtl")
+  aggregate = aggregators.aggregating(mtl_cfg)
+  split = split or aggregate  # an aggregator needs the per-task body gradients on every step
   specs = [model.specs[model.task_names.index(n)] for n in names]
   task_ids = [model.task_names.index(n) for n in names]
   inputs, targets = degrade_batch(specs, task_ids, config, state.step, batch)
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
   bodies = [body] * len(names) if split else body
+  mtl_state = state.mtl_state if state.mtl_state is not None else {}
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), state.step),
+                           _MTL_STREAM)
+  key_loss, key_agg = jax.random.split(key)
 
   def total_loss(specific, bodies):
     per_task = task_losses(model, config.loss, names, specific,
                            bodies if split else [bodies] * len(names), inputs, targets)
-    return per_task.sum(), per_task
+    total, weights = aggregators.combine_losses(
+        mtl_cfg, specific.get("loss_weighting", {}), mtl_state, per_task, key_loss)
+    return total, (per_task, weights)
 
-  (loss, per_task), (g_specific, g_body) = jax.value_and_grad(
+  (weighted, (per_task, loss_w)), (g_specific, g_body) = jax.value_and_grad(
       total_loss, argnums=(0, 1), has_aux=True)(specific, bodies)
-  grams = None
+  grams, agg_w = None, None
   if split:
     g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (T, ...) per leaf
     grams = conflicts.leaf_gramians(g_body)
-    g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
+    if aggregate:
+      g_body, mtl_state, agg_w = aggregators.aggregate_tree(g_body, mtl_cfg, key_agg, mtl_state)
+    else:
+      g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
   grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  if "loss_weighting" in mtl_state:  # DWA's history, FAMO's logits (FAMO: losses after the step)
+    new_losses = per_task
+    if mtl_cfg.loss_weighting == "famo":
+      new_losses = task_losses(model, config.loss, names, params, [params["body"]] * len(names),
+                               inputs, targets)
+    mtl_state = aggregators.update_loss_state(mtl_cfg, mtl_state, per_task, new_losses)
   metrics = {f"loss/{n}": per_task[i] for i, n in enumerate(names)}
-  metrics["loss/total"] = loss
+  metrics["loss/total"] = per_task.sum()
   metrics["grad_norm"] = optax.tree.norm(grads)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics, grams
+  if mtl_cfg is not None and mtl_cfg.get("loss_weighting", ""):
+    metrics["loss/weighted"] = weighted
+    metrics.update({f"mtl/loss_weight/{n}": loss_w[i] for i, n in enumerate(names)})
+  if agg_w is not None:
+    agg_w = agg_w.reshape(-1, len(names)).mean(0)  # per_leaf: the mean over leaves
+    metrics.update({f"mtl/weight/{n}": agg_w[i] for i, n in enumerate(names)})
+  new_mtl = mtl_state if (state.mtl_state is not None or mtl_state) else None
+  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, mtl_state=new_mtl)
+  return state, metrics, grams
 
 
 def train_step(state, batch, model, config, optimizer, names):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl import checkpoints, conflicts, io, optim, sharding, tasks
+from mtl import aggregators, checkpoints, conflicts, io, optim, sharding, tasks
 from mtl.data import pipeline
 from mtl.models import ipt
 from mtl.step import TrainState, make_step
@@ -42,6 +42,7 @@ def validate(config):
   if config.optim.schedule not in optim.LR_SCHEDULES:
     raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(optim.LR_SCHEDULES)}")
   ipt.ModelConfig.from_config(config.model, config.precision)
+  aggregators.check_config(config.get("mtl"), len(specs), config.schedule)
   return specs
 
 
@@ -83,8 +84,12 @@ class Run:
 
   def _fresh_state(self, key):
     params = self.model.init(key)
+    extra, mtl_state = aggregators.init_step_state(  # config.mtl's trained params, carried state
+        self.config.get("mtl"), len(self.model.task_names),
+        len(jax.tree_util.tree_leaves(params["body"])))
+    params = dict(params, loss_weighting=extra) if extra else params
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.optimizer.init(params))
+                      opt_state=self.optimizer.init(params), mtl_state=mtl_state or None)
 
   def init_state(self):
     """Fresh state, created directly with its shardings (never whole on one device)."""
@@ -214,6 +219,8 @@ def train_and_evaluate(config, workdir):
     layer_names, order = ipt.body_layer_order(state.params["body"])
     if is_writer and probe_every:
       conflicts.truncate_after(workdir, start - 1)  # steps >= start will be probed again
+    affinity_every, affinity_fn, affinity_buffer = _affinity_setup(run, config, workdir, start,
+                                                                   is_writer)
 
     shardings = (run.state_shardings, None)
     plain = {}
@@ -239,6 +246,9 @@ def train_and_evaluate(config, workdir):
         for step, local_batch in batches:
           batch = sharding.to_global(local_batch, run.mesh)
           task_names = tuple(n for n in names if n in local_batch)
+          if affinity_every and step % affinity_every == 0:  # before the step donates `state`
+            affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
+                                                      _affinity_lr(config, run.schedule, step))))
           if probe_every and step % probe_every == 0:
             state, metrics, grams = probe(state, batch)
             probe_buffer.append((step, grams[np.asarray(order)]))
@@ -259,6 +269,8 @@ def train_and_evaluate(config, workdir):
                                   "optim.grad_clip")
             _flush_probes(workdir, probe_buffer, layer_names, names, is_writer)
             probe_buffer = []
+            _flush_affinity(workdir, affinity_buffer, names, is_writer)
+            affinity_buffer = []
             checkpoints.save(mngr, done, state, force=True)
           if config.eval_every and done % config.eval_every == 0 and done < config.total_steps:
             evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer)
@@ -335,6 +347,31 @@ def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer):
   steps = np.array([s for s, _ in probe_buffer], np.int64)
   grams = np.stack(jax.device_get([g for _, g in probe_buffer])).astype(np.float32)
   conflicts.append(workdir, steps, grams, layer_names, list(task_names))
+
+
+def _affinity_setup(run, config, workdir, start, is_writer):
+  """config.mtl.affinity_every: (every, jitted TAG affinity, buffer); (0, None, []) when off."""
+  from mtl.conflicts import affinity
+  every = config.get("mtl", {}).get("affinity_every", 0)
+  if every <= 0 or len(config.tasks) < 2 or config.schedule != "all":
+    return 0, None, []
+  if is_writer:
+    affinity.truncate_after(workdir, start - 1)  # steps >= start will be measured again
+  return every, jax.jit(affinity.make_affinity(run.model, config, run.model.task_names)), []
+
+
+def _affinity_lr(config, schedule, step):
+  lr = config.mtl.get("affinity_lr", 0.0)
+  return jnp.asarray(lr if lr > 0 else schedule(step), jnp.float32)
+
+
+def _flush_affinity(workdir, buffer, task_names, is_writer):
+  from mtl.conflicts import affinity
+  if not buffer or not is_writer:
+    return
+  steps = np.array([s for s, _ in buffer], np.int64)
+  affinity.append(workdir, steps, np.stack(jax.device_get([z for _, z in buffer])),
+                  list(task_names))
 
 
 # ----------------------------------------------------------------------------- analysis

@@ -48,6 +48,22 @@ from mtl import evaluate, io
 from mtl import tasks as tasks_lib
 
 STUDY_REGIMES = ("scratch", "joint", "finetune", "pairs", "groups")
+# 'joint:<method>' (e.g. 'joint:pcgrad', 'joint:uncertainty'): the joint run with an aggregator
+# or loss weighting of mtl.aggregators (config.mtl), same steps, lrs and seeds as 'joint'.
+METHOD_PREFIX = "joint:"
+
+
+def method_of(regime):
+  """'joint:pcgrad' -> 'pcgrad'; None for the plain regimes."""
+  return regime[len(METHOD_PREFIX):] if regime.startswith(METHOD_PREFIX) else None
+
+
+def _check_method_regime(regime):
+  from mtl import aggregators
+  valid = sorted(set(aggregators.WEIGHTINGS) - {"sum"}) + sorted(aggregators.LOSS_WEIGHTINGS)
+  if method_of(regime) not in valid:
+    raise ValueError(f"unknown regime {regime!r} in regimes; valid: {', '.join(STUDY_REGIMES)}"
+                     f" or joint:<{'|'.join(valid)}>")
 # Fields of the run config that the study sets for each run; per_regime may not set them.
 CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from")
 # Study fields that only change the report; they may differ between invocations.
@@ -92,7 +108,7 @@ def _unknown(given, known, where):
 
 def eval_set_names(sets):
   """'photos,Set5=/d/Set5,Rain100L=paired:/d/R' -> ['photos', 'Set5', 'Rain100L']."""
-  return [name for name, _, _ in evaluate.parse_sets(str(sets))]
+  return [entry[0] for entry in evaluate.parse_sets(str(sets))]
 
 
 def validate(study):
@@ -112,7 +128,9 @@ def validate(study):
   if not regimes:
     raise ValueError(f"regimes=() names no regime; valid: {', '.join(STUDY_REGIMES)}")
   for regime in regimes:
-    if regime not in STUDY_REGIMES:
+    if regime.startswith(METHOD_PREFIX):
+      _check_method_regime(regime)
+    elif regime not in STUDY_REGIMES:
       raise ValueError(f"unknown regime {regime!r} in regimes; valid: {', '.join(STUDY_REGIMES)}")
   if len(set(regimes)) != len(regimes):
     raise ValueError(f"regimes={tuple(regimes)} lists a regime twice")
@@ -189,6 +207,8 @@ def _check_partial(run, partial, where, path=""):
 def regime_steps(d, regime):
   """Steps of one run of `regime` (d: the study as a dict)."""
   steps = d["steps"]
+  if method_of(regime):
+    return steps["joint"]
   if regime in ("pairs", "groups"):
     return steps[regime] or steps["joint"]
   if regime == "scratch" and d["equal_compute"]:
@@ -203,6 +223,8 @@ def pretraining_steps(d):
 
 def regime_lrs(d, regime):
   lrs = d["lrs"]
+  if method_of(regime):
+    return tuple(lrs["joint"])
   return tuple(lrs[regime] or (lrs["joint"] if regime in ("pairs", "groups") else ()))
 
 
@@ -256,6 +278,9 @@ def expand(study):
       if "finetune" in regimes:
         for t in names:
           add("finetune", "finetune", f"finetune-{t}", [t], seed, source=f"joint-s{seed}")
+    for regime in regimes:
+      if method_of(regime):
+        add(regime, regime, f"joint-{method_of(regime)}", names, seed)
     if "pairs" in regimes:
       for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -284,7 +309,12 @@ def run_config(study, spec, init_from=""):
   """The run config (a plain dict, JSON-ready) of one run."""
   d = _as_dict(study)
   config = json.loads(json.dumps(d["run"]))
-  _merge(config, d["per_regime"][spec.regime])
+  method = method_of(spec.regime)
+  _merge(config, d["per_regime"]["joint" if method else spec.regime])
+  if method:  # the run's config.mtl: an aggregator or a loss weighting
+    from mtl import aggregators
+    key = "loss_weighting" if method in aggregators.LOSS_WEIGHTINGS else "aggregator"
+    config.setdefault("mtl", {})[key] = method
   config["tasks"] = list(spec.tasks)
   config["regime"] = spec.regime if spec.regime in ("scratch", "finetune") else "joint"
   config["seed"] = spec.seed
