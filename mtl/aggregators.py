@@ -693,6 +693,9 @@ def aggregate_tree(task_grads, mtl_cfg, key=None, state=None):
     return weighting(g, **extra), s
 
   s_in = state.get("aggregator")
+  if s_in is None and name in STATEFUL:  # a state built without config.mtl (e.g. analysis)
+    first = init(name, grams.shape[-1])
+    s_in = jnp.tile(first, (num_leaves, 1, 1)) if per_leaf else first
   if per_leaf:
     keys = (jax.random.split(key, num_leaves) if key is not None and name in RANDOM
             else [None] * num_leaves)

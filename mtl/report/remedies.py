@@ -173,3 +173,14 @@ def predictors_table(study):
                 rows, records, notes)
   table.spearman_by_predictor = summary
   return table
+
+
+def tables(study):
+  """The remedies table when the study has 'joint:<method>' runs; the predictors table when it
+  has pair runs (the measured transfer)."""
+  out = []
+  if any(c.startswith("joint:") for c in method_columns(study)):
+    out.append(remedies_table(study))
+  if any(r.regime == "pairs" for r in study.runs):
+    out.append(predictors_table(study))
+  return out
