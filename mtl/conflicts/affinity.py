@@ -64,7 +64,8 @@ def load(workdir):
   if not os.path.exists(path):
     return None
   with np.load(path) as f:
-    return f["steps"].astype(np.int64), f["affinity"].astype(np.float64), list(f["tasks"])
+    return (f["steps"].astype(np.int64), f["affinity"].astype(np.float64),
+            [str(t) for t in f["tasks"]])
 
 
 def _write(workdir, steps, values, tasks):
