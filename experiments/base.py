@@ -70,6 +70,6 @@ def get_config(size="tiny"):
   # lookahead an SGD step of affinity_lr (0: the run's learning rate at that step).
   c.mtl = ml_collections.ConfigDict(dict(aggregator="sum", loss_weighting="", affinity_every=0,
                                          affinity_lr=0.0))
-  c.mtl.aggregator_args = ml_collections.ConfigDict()
+  c.mtl.aggregator_args = ml_collections.ConfigDict(dict(per_leaf=False))  # + the method's kwargs
   c.mtl.loss_weighting_args = ml_collections.ConfigDict()
   return c
