@@ -93,4 +93,13 @@ def get_config(size="tiny"):
 
   c.conflicts = ml_collections.ConfigDict(dict(every=1, ema_beta=0.1))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # Acting on conflicts (mtl/aggregators.py): the body's update from the per-task gradients
+  # (sum | mean | pcgrad | gradvac | cagrad | mgda | imtl_g | nash_mtl | aligned_mtl | upgrad;
+  # aggregator_args.per_leaf=True: per leaf), a loss weighting ('' | uncertainty | dwa | rlw |
+  # famo), and TAG task affinity (Fifty et al. 2021) every affinity_every steps (0: never), its
+  # lookahead an SGD step of affinity_lr (0: the run's learning rate at that step).
+  c.mtl = ml_collections.ConfigDict(dict(aggregator="sum", loss_weighting="", affinity_every=0,
+                                         affinity_lr=0.0))
+  c.mtl.aggregator_args = ml_collections.ConfigDict(dict(per_leaf=False))  # + the method's kwargs
+  c.mtl.loss_weighting_args = ml_collections.ConfigDict()
   return c

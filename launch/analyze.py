@@ -50,7 +50,19 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1):
     paths = plots.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, window,
                                ema_beta)
   text = conflicts.format_summary(report)
-  return text + "\nfigures: " + ", ".join(os.path.relpath(p, workdir) for p in paths)
+  text += "\nfigures: " + ", ".join(os.path.relpath(p, workdir) for p in paths)
+  return text + affinity_text(workdir)
+
+
+def affinity_text(workdir):
+  """TAG affinity (config.mtl.affinity_every) and its best groupings, if the run measured it."""
+  from mtl.conflicts import affinity
+  stored = affinity.load(workdir)
+  if stored is None:
+    return ""
+  steps, values, tasks = stored
+  return "\n\n" + affinity.format_affinity(steps, values, tasks,
+                                           groups=range(2, min(len(tasks), 4)))
 
 
 def measure(checkpoint, config, num_batches, out=None):

@@ -24,19 +24,26 @@ def manager(workdir, keep=3, async_save=True):
 
 
 def save(mngr, step, state, force=False):
-  return mngr.save(step, args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state.params),
-      opt_state=ocp.args.StandardSave(state.opt_state)), force=force)
+  items = dict(params=ocp.args.StandardSave(state.params),
+               opt_state=ocp.args.StandardSave(state.opt_state))
+  if getattr(state, "mtl_state", None):  # config.mtl's carried state; absent for plain runs
+    items["mtl_state"] = ocp.args.StandardSave(state.mtl_state)
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
 def restore(mngr, abstract_state, step=None):
   """Restore params and optimizer state onto the shardings carried by `abstract_state`."""
   step = mngr.latest_step() if step is None else step
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_state.params),
-      opt_state=ocp.args.StandardRestore(abstract_state.opt_state)))
+  items = dict(params=ocp.args.StandardRestore(abstract_state.params),
+               opt_state=ocp.args.StandardRestore(abstract_state.opt_state))
+  carried = getattr(abstract_state, "mtl_state", None)
+  if carried:  # the config (checked on resume) asks for config.mtl's state: the save has it
+    items["mtl_state"] = ocp.args.StandardRestore(carried)
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  extra = {"mtl_state": restored["mtl_state"]} if carried else {}
   return abstract_state.replace(step=jax.numpy.asarray(step, jax.numpy.int32),
-                                params=restored["params"], opt_state=restored["opt_state"])
+                                params=restored["params"], opt_state=restored["opt_state"],
+                                **extra)
 
 
 def restore_params(checkpoint_dir, abstract_params, step=None):

@@ -7,7 +7,7 @@ import os
 
 from absl import logging
 
-from mtl import checkpoints, io, optim, tasks
+from mtl import aggregators, checkpoints, io, optim, tasks
 from mtl.data import pipeline
 from mtl.models import ipt
 
@@ -82,6 +82,7 @@ def validate(config):
     if config.model[name] < 1:
       raise ValueError(f"model.{name}={config.model[name]} must be >= 1")
   ipt.ModelConfig.from_config(config.model, config.precision)
+  aggregators.check_config(config.get("mtl"), len(specs), config.schedule)
   overlap, patch = config.eval.tile_overlap, config.model.patch_size
   if not 0 <= overlap < patch:
     raise ValueError(f"eval.tile_overlap={overlap} must be in [0, model.patch_size={patch}) "
@@ -108,8 +109,10 @@ def validate(config):
 
 
 def _probes_pairs(config):
-  return (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
-          and config.schedule != "one")
+  """Whether steps split each task's sub-batch in halves: conflict probes and aggregators."""
+  probes = (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
+            and config.schedule != "one")
+  return probes or aggregators.aggregating(config.get("mtl"))
 
 
 def source_run(init_from):

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl import checkpoints, io, optim, sharding, tasks
+from mtl import aggregators, checkpoints, io, optim, sharding, tasks
 from mtl.models import ipt
 from mtl.run_config import probing_enabled, source_run, validate
 from mtl.step import TrainState
@@ -41,8 +41,12 @@ class Run:
 
   def _fresh_state(self, key):
     params = self.model.init(key)
+    extra, mtl_state = aggregators.init_step_state(  # config.mtl's trained params, carried state
+        self.config.get("mtl"), len(self.model.task_names),
+        len(jax.tree_util.tree_leaves(params["body"])))
+    params = dict(params, loss_weighting=extra) if extra else params
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.optimizer.init(params))
+                      opt_state=self.optimizer.init(params), mtl_state=mtl_state or None)
 
   def init_state(self):
     """Fresh state, created directly with its shardings (never whole on one device)."""

@@ -10,6 +10,12 @@ parameters, so the gradient with respect to those 2T references is the list of p
 gradients, in the order [t0a, t0b, t1a, t1b, ...]; their sum is the update's body gradient.
 (A `jax.vmap` over broadcast copies computes the same, but XLA's CPU backend runs its batched
 matmuls ~1.8x slower.)
+
+config.mtl (mtl.aggregators): an aggregator other than 'sum' makes every step take the per-task
+body gradients and replaces their sum by the aggregator's output (`aggregators.aggregate_tree`);
+heads, queries and tails keep their own task's gradient. A loss weighting scales the per-task
+losses before the gradient; its trained parameters are params['loss_weighting'] and its carried
+state (with GradVac's) TrainState.mtl_state.
 """
 import functools
 import zlib
@@ -20,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl import conflicts, degradations, losses
+from mtl import aggregators, conflicts, degradations, losses
 
 
 @flax.struct.dataclass
@@ -28,6 +34,10 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  mtl_state: Any = None  # config.mtl's carried state (dict); None for runs without one
+
+# The random stream of config.mtl (PCGrad/GradVac orders, RLW draws), apart from task ids.
+_MTL_STREAM = 2**20
 
 
 def task_id(name):
@@ -119,12 +129,20 @@ def keep_absent_tasks(absent, old_params, params, old_opt_state, opt_state):
 def _step(state, batch, model, config, optimizer, names, split):
   """The shared step. split: each half of each task's sub-batch gets its own (identical)
   reference to the body, so the gradient with respect to those 2T references is the list of
-  per-half body gradients, and the step also returns their per-leaf Gramians (L, 2T, 2T)."""
+  per-half body gradients, and the step also returns their per-leaf Gramians (L, 2T, 2T).
+  An aggregator (config.mtl) takes the split path on every step."""
+  mtl_cfg = config.get("mtl")
+  aggregate = aggregators.aggregating(mtl_cfg)
+  split = split or aggregate  # an aggregator needs the per-task body gradients on every step
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
   bodies = [body] * (2 * len(names)) if split else body
+  mtl_state = state.mtl_state if state.mtl_state is not None else {}
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), state.step),
+                           _MTL_STREAM)
+  key_loss, key_agg = jax.random.split(key)
 
   def total_loss(specific, bodies):
     if split:
@@ -132,26 +150,48 @@ def _step(state, batch, model, config, optimizer, names, split):
     else:
       per_task = task_losses(model, config.loss, names, specific, [bodies] * len(names), inputs,
                              targets)
-    return per_task.sum(), per_task
+    total, weights = aggregators.combine_losses(
+        mtl_cfg, specific.get("loss_weighting", {}), mtl_state, per_task, key_loss)
+    return total, (per_task, weights)
 
-  (loss, per_task), (g_specific, g_body) = jax.value_and_grad(
+  (weighted, (per_task, loss_w)), (g_specific, g_body) = jax.value_and_grad(
       total_loss, argnums=(0, 1), has_aux=True)(specific, bodies)
-  grams = None
+  grams, agg_w = None, None
   if split:
     g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (2T, ...) per leaf
     # A half's reference carries half of its own loss's gradient (per-task loss = mean of the
     # halves): the Gramian of the halves' own gradients is 2^2 times that of the references.
     grams = 4.0 * conflicts.leaf_gramians(g_body)
-    g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
+    if aggregate:  # the task gradients, g_t = the sum of its two references' gradients
+      per_task_grads = jax.tree_util.tree_map(
+          lambda g: g.reshape((len(names), 2) + g.shape[1:]).sum(1), g_body)
+      g_body, mtl_state, agg_w = aggregators.aggregate_tree(per_task_grads, mtl_cfg, key_agg,
+                                                            mtl_state)
+    else:
+      g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
   grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   absent = tuple(n for n in model.task_names if n not in names)
   params, opt_state = keep_absent_tasks(absent, state.params, params, state.opt_state, opt_state)
+  if "loss_weighting" in mtl_state:  # DWA's history, FAMO's logits (FAMO: losses after the step)
+    new_losses = per_task
+    if mtl_cfg.loss_weighting == "famo":
+      new_losses = task_losses(model, config.loss, names, params, [params["body"]] * len(names),
+                               inputs, targets)
+    mtl_state = aggregators.update_loss_state(mtl_cfg, mtl_state, per_task, new_losses)
   metrics = {f"loss/{n}": per_task[i] for i, n in enumerate(names)}
-  metrics["loss/total"] = loss
+  metrics["loss/total"] = per_task.sum()
   metrics["grad_norm"] = optax.tree.norm(grads)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics, grams
+  if mtl_cfg is not None and mtl_cfg.get("loss_weighting", ""):
+    metrics["loss/weighted"] = weighted
+    metrics.update({f"mtl/loss_weight/{n}": loss_w[i] for i, n in enumerate(names)})
+  if agg_w is not None:
+    agg_w = agg_w.reshape(-1, len(names)).mean(0)  # per_leaf: the mean over leaves
+    metrics.update({f"mtl/weight/{n}": agg_w[i] for i, n in enumerate(names)})
+  new_mtl = mtl_state if (state.mtl_state is not None or mtl_state) else None
+  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, mtl_state=new_mtl)
+  return state, metrics, grams
 
 
 def train_step(state, batch, model, config, optimizer, names):

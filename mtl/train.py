@@ -137,6 +137,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     start = int(state.step)
     names = run.model.task_names
     layer_names, order = ipt.body_layer_order(state.params["body"])
+    affinity_every, affinity_fn, affinity_buffer = _affinity_setup(run, config, workdir, start,
+                                                                   is_writer)
     if is_writer:
       print(setup.banner(), flush=True)
       if source_note:
@@ -170,6 +172,9 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         for step, local_batch in batches:
           batch = sharding.to_global(local_batch, run.mesh)
           task_names = tuple(n for n in names if n in local_batch)
+          if affinity_every and step % affinity_every == 0:  # before the step donates `state`
+            affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
+                                                      _affinity_lr(config, run.schedule, step))))
           probing = bool(probe_every and step % probe_every == 0)
           key = ("probe",) if probing else task_names
           t0 = time.monotonic()
@@ -203,6 +208,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
                                   f"{_kept(mngr)}. Lower optim.lr or set optim.grad_clip")
             _flush_probes(workdir, probe_buffer, layer_names, names, is_writer, writer)
             probe_buffer = []
+            _flush_affinity(workdir, affinity_buffer, names, is_writer)
+            affinity_buffer = []
             checkpoints.save(mngr, done, state, force=True)
           if config.eval_every and done % config.eval_every == 0 and done < config.total_steps:
             evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer)
@@ -303,3 +310,28 @@ def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, wri
   conflicts.append(workdir, steps, grams, layer_names, list(task_names))
   plots.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names),
                           writer)
+
+
+def _affinity_setup(run, config, workdir, start, is_writer):
+  """config.mtl.affinity_every: (every, jitted TAG affinity, buffer); (0, None, []) when off."""
+  from mtl.conflicts import affinity
+  every = config.get("mtl", {}).get("affinity_every", 0)
+  if every <= 0 or len(config.tasks) < 2 or config.schedule != "all":
+    return 0, None, []
+  if is_writer:
+    affinity.truncate_after(workdir, start - 1)  # steps >= start will be measured again
+  return every, jax.jit(affinity.make_affinity(run.model, config, run.model.task_names)), []
+
+
+def _affinity_lr(config, schedule, step):
+  lr = config.mtl.get("affinity_lr", 0.0)
+  return jnp.asarray(lr if lr > 0 else schedule(step), jnp.float32)
+
+
+def _flush_affinity(workdir, buffer, task_names, is_writer):
+  from mtl.conflicts import affinity
+  if not buffer or not is_writer:
+    return
+  steps = np.array([s for s, _ in buffer], np.int64)
+  affinity.append(workdir, steps, np.stack(jax.device_get([z for _, z in buffer])),
+                  list(task_names))

@@ -259,3 +259,174 @@ def test_famo_matches_libmtl_steps():
       np.testing.assert_allclose(grad, w, rtol=1e-12)
       state = jax.jit(lw.update)(state, losses, jnp.asarray(seq[k + 1]))
       np.testing.assert_allclose(state["logits"], FIXTURES["famo/logits"][k], rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside the training step (config.mtl): the update gradient the step hands to the optimizer.
+
+import optax  # noqa: E402
+import skimage.data  # noqa: E402
+
+from experiments import tiny  # noqa: E402
+from mtl import degradations, losses, sharding, train  # noqa: E402
+from mtl import step as step_lib  # noqa: E402
+
+STEP_TASKS = ("denoise_30", "sr_x2", "derain")
+
+
+def _recorder():
+  """An optax transformation whose state is the last gradient it was given (updates are 0)."""
+  return optax.GradientTransformation(
+      lambda p: jax.tree.map(jnp.zeros_like, p),
+      lambda u, s, p=None: (jax.tree.map(jnp.zeros_like, u), u))
+
+
+def _step_config(aggregator="sum", devices=1, **args):
+  config = tiny.get_config()
+  config.tasks = STEP_TASKS
+  config.data.batch_size = 8 if devices > 1 else 2
+  config.mesh.data = devices
+  config.mtl.aggregator = aggregator
+  for k, v in args.items():
+    config.mtl.aggregator_args[k] = v
+  return config
+
+
+def _photo_batch(config, run):
+  photo = skimage.data.astronaut()
+  rng = np.random.default_rng(0)
+  batch = {}
+  for spec in run.model.specs:
+    side = spec.hr_crop(config.model.patch_size)
+    ys, xs = rng.integers(0, photo.shape[0] - side, (2, config.data.batch_size))
+    batch[spec.name] = np.stack([photo[y:y + side, x:x + side] for y, x in zip(ys, xs)])
+  return batch
+
+
+def _step_grads(config):
+  """(update gradient the step computed, params, batch, run, new state) for one jitted step."""
+  run = train.build(config)
+  rec = _recorder()
+  with jax.set_mesh(run.mesh):
+    state = run.init_state()
+    state = state.replace(opt_state=rec.init(state.params))
+    params = jax.device_get(state.params)
+    batch = _photo_batch(config, run)
+    step = jax.jit(step_lib.make_step(run.model, config, rec, run.model.task_names))
+    new_state, _ = step(state, sharding.to_global(batch, run.mesh))
+    return jax.device_get(new_state.opt_state), params, batch, run, jax.device_get(new_state)
+
+
+def _task_grads(run, config, params, batch):
+  """Each task's own loss gradient w.r.t. the body: plain jax.grad, one task at a time."""
+  key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  out = []
+  for tid, spec in enumerate(run.model.specs):
+    x, y = degradations.degrade(spec, jax.random.fold_in(key, tid), batch[spec.name],
+                                config.degrade)
+    out.append(jax.grad(lambda b: losses.l1(run.model.apply(dict(params, body=b), spec.name, x),
+                                            y))(params["body"]))
+  return [[np.asarray(l, np.float64) for l in jax.tree_util.tree_leaves(g)] for g in out]
+
+
+def _body_close(got, want, tol):
+  got = [np.asarray(l, np.float64) for l in jax.tree_util.tree_leaves(got)]
+  scale = max(np.abs(w).max() for w in want)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g / scale, w / scale, atol=tol)
+
+
+# float32 reductions in a different order (jit vs eager, 1 vs 8 devices) move a body gradient
+# entry by ~1e-5 of the largest; weights from a well-conditioned G move as little.
+STEP_TOL = 2e-4
+
+
+def test_step_sum_is_the_plain_sum_and_mean_its_average():
+  grads_sum, params, batch, run, _ = _step_grads(_step_config("sum"))
+  per_task = _task_grads(run, _step_config("sum"), params, batch)
+  _body_close(grads_sum["body"], [sum(ls) for ls in zip(*per_task)], STEP_TOL)
+  grads_mean, *_ = _step_grads(_step_config("mean"))
+  _body_close(grads_mean["body"], [sum(ls) / 3 for ls in zip(*per_task)], STEP_TOL)
+  for group in ("heads", "tails", "queries"):  # task-specific parts keep their own gradient
+    _body_close(grads_mean[group], [np.asarray(l, np.float64) for l in
+                                    jax.tree_util.tree_leaves(grads_sum[group])], 1e-6)
+
+
+@pytest.mark.parametrize("name,args", [("upgrad", {}), ("pcgrad", {"per_leaf": True})])
+def test_step_aggregator_equals_weighting_of_task_gradients(name, args):
+  # upgrad: the same batch of 8 on 1 and 8 devices; pcgrad on one device (keeps the file fast)
+  configs = {d: _step_config(name, d, **args) for d in ((1, 8) if name == "upgrad" else (1,))}
+  if name == "upgrad":
+    configs[1].data.batch_size = 8
+  got = {d: _step_grads(c) for d, c in configs.items()}
+  grads1, params, batch, run, _ = got[1]
+  per_task = _task_grads(run, configs[1], params, batch)
+  if 8 in got:
+    _body_close(got[8][0]["body"], [np.asarray(l, np.float64) for l in
+                                    jax.tree_util.tree_leaves(grads1["body"])], STEP_TOL)
+  if name == "upgrad":  # whole body: one Gramian (sum over leaves), one weight vector
+    g = sum(np.einsum("ti,si->ts", *(np.stack([t[l].ravel() for t in per_task]),) * 2)
+            for l in range(len(per_task[0])))
+    w = np.asarray(agg.get_weighting("upgrad")(jnp.asarray(g, jnp.float32)), np.float64)
+    assert np.all(w > 0)
+    _body_close(grads1["body"], [sum(wt * t[l] for wt, t in zip(w, per_task))
+                                 for l in range(len(per_task[0]))], STEP_TOL)
+  else:  # per leaf, each leaf's PCGrad from the step's key; a conflicting pair is projected
+    key = jax.random.split(jax.random.fold_in(jax.random.fold_in(
+        jax.random.key(0), 0), step_lib._MTL_STREAM))[1]
+    keys = jax.random.split(key, len(per_task[0]))
+    want, moved = [], 0
+    for l in range(len(per_task[0])):
+      j = np.stack([t[l].ravel() for t in per_task])
+      w = np.asarray(agg.get_weighting("pcgrad")(jnp.asarray(j @ j.T, jnp.float32),
+                                                 key=keys[l]), np.float64)
+      want.append((w @ j).reshape(per_task[0][l].shape))
+      moved += not np.allclose(w, 1.0)
+    assert moved > 0  # some leaf has a conflicting pair, so PCGrad differs from the sum here
+    _body_close(grads1["body"], want, STEP_TOL)
+
+
+def test_step_gradvac_state_is_carried_and_checkpointed(tmp_path):
+  config = _step_config("gradvac")
+  _, _, _, run, new_state = _step_grads(config)
+  phi = np.asarray(new_state.mtl_state["aggregator"])
+  assert phi.shape == (3, 3) and np.abs(phi).max() > 0  # the EMA moved off its zeros
+  from mtl import checkpoints
+  mngr = checkpoints.manager(str(tmp_path), async_save=False)
+  with jax.set_mesh(run.mesh):
+    adam = run.init_state().opt_state  # _step_grads recorded gradients in opt_state; save Adam's
+    checkpoints.save(mngr, 1, new_state.replace(opt_state=adam), force=True)
+    back = checkpoints.restore(mngr, run.abstract_state)
+  assert "mtl_state" in os.listdir(tmp_path / "checkpoints" / "1")
+  np.testing.assert_array_equal(np.asarray(back.mtl_state["aggregator"]), phi)
+  # a plain run saves no mtl_state item, and restores as before
+  plain = train.build(_step_config("sum"))
+  mngr2 = checkpoints.manager(str(tmp_path / "plain"), async_save=False)
+  with jax.set_mesh(plain.mesh):
+    s = plain.init_state()
+    assert s.mtl_state is None
+    checkpoints.save(mngr2, 1, s, force=True)
+    saved = set(os.listdir(tmp_path / "plain" / "checkpoints" / "1"))
+    assert {"opt_state", "params"} <= saved and "mtl_state" not in saved
+    assert checkpoints.restore(mngr2, plain.abstract_state).mtl_state is None
+
+
+def test_step_uncertainty_weighting_trains_log_vars():
+  config = _step_config("sum")
+  config.mtl.loss_weighting = "uncertainty"
+  grads, params, batch, run, new_state = _step_grads(config)
+  s = np.asarray(params["loss_weighting"]["log_var"], np.float64)
+  # d/ds_i [L_i / (2 e^s_i) + s_i / 2] = 1/2 - L_i / (2 e^s_i)
+  key = jax.random.fold_in(jax.random.key(config.seed), 0)
+  per = []
+  for tid, spec in enumerate(run.model.specs):
+    x, y = degradations.degrade(spec, jax.random.fold_in(key, tid), batch[spec.name],
+                                config.degrade)
+    per.append(float(losses.l1(run.model.apply(params, spec.name, x), y)))
+  want = 0.5 - np.array(per) / (2 * np.exp(s))
+  np.testing.assert_allclose(np.asarray(grads["loss_weighting"]["log_var"]), want, rtol=1e-4)
+  # and the body gradient is the per-task gradients weighted by 1 / (2 e^s)
+  per_task = _task_grads(run, config, params, batch)
+  w = 1 / (2 * np.exp(s))
+  _body_close(grads["body"], [sum(wt * t[l] for wt, t in zip(w, per_task))
+                              for l in range(len(per_task[0]))], STEP_TOL)

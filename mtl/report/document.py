@@ -7,6 +7,7 @@ import os
 
 from mtl import events
 from mtl import study as study_lib
+from mtl.report import remedies
 from mtl.report import render, tables
 from mtl.report.scores import conflict_summaries, regime_columns, regime_scores
 from mtl.study.workdir import RUNS_DIR
@@ -130,6 +131,7 @@ def write(workdir):
   built = [tables.main_table(study), tables.transfer_table(study),
            tables.conflict_table(study, summaries), tables.compute_table(study),
            tables.selection_table(study)]
+  built += remedies.tables(study)  # acting on conflicts: only when the study has those runs
   for table in built:
     render.write_table(table, tables_dir)
   loss_paths = loss_figures(study, os.path.join(study.workdir, FIGURES_DIR))

@@ -66,6 +66,22 @@ from mtl import evaluate, io
 from mtl import tasks as tasks_lib
 
 STUDY_REGIMES = ("scratch", "joint", "finetune", "pairs", "groups")
+# 'joint:<method>' (e.g. 'joint:pcgrad', 'joint:uncertainty'): the joint run with an aggregator
+# or loss weighting of mtl.aggregators (config.mtl), same steps, lrs and seeds as 'joint'.
+METHOD_PREFIX = "joint:"
+
+
+def method_of(regime):
+  """'joint:pcgrad' -> 'pcgrad'; None for the plain regimes."""
+  return regime[len(METHOD_PREFIX):] if regime.startswith(METHOD_PREFIX) else None
+
+
+def _check_method_regime(regime):
+  from mtl import aggregators
+  valid = sorted(set(aggregators.WEIGHTINGS) - {"sum"}) + sorted(aggregators.LOSS_WEIGHTINGS)
+  if method_of(regime) not in valid:
+    raise ValueError(f"unknown regime {regime!r} in regimes; valid: {', '.join(STUDY_REGIMES)}"
+                     f" or joint:<{'|'.join(valid)}>")
 # Fields of the run config that the study sets for each run; per_regime may not set them.
 CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from")
 # Study fields that only change the report; they may differ between invocations.
@@ -137,7 +153,9 @@ def validate(study):
   if not regimes:
     raise ValueError(f"regimes=() names no regime; valid: {', '.join(STUDY_REGIMES)}")
   for regime in regimes:
-    if regime not in STUDY_REGIMES:
+    if regime.startswith(METHOD_PREFIX):
+      _check_method_regime(regime)
+    elif regime not in STUDY_REGIMES:
       raise ValueError(f"unknown regime {regime!r} in regimes; valid: {', '.join(STUDY_REGIMES)}")
   if len(set(regimes)) != len(regimes):
     raise ValueError(f"regimes={tuple(regimes)} lists a regime twice")
@@ -250,6 +268,8 @@ def regime_steps(d, regime):
   """Steps of one run of `regime` (d: the study as a dict); 0 for scratch under equal_flops
   (known once the fine-tunes are done: see equal_flops_steps)."""
   steps = d["steps"]
+  if method_of(regime):
+    return steps["joint"]
   if regime in ("pairs", "groups"):
     return steps[regime] or steps["joint"]
   if regime == "scratch" and d["budget"] == "equal_flops":
@@ -301,8 +321,10 @@ def equal_flops_steps(pretraining, finetune, pretraining_tasks):
 
 
 def regime_lrs(d, regime):
-  """The lr grid of `regime`: lrs_override.<regime>, else the study's one grid `lrs`."""
-  return tuple(d["lrs_override"][regime] or d["lrs"])
+  """The lr grid of `regime`: lrs_override.<regime>, else the study's one grid `lrs` (a
+  method regime joint:<method> sweeps the joint regime's grid)."""
+  key = "joint" if method_of(regime) else regime
+  return tuple(d["lrs_override"][key] or d["lrs"])
 
 
 def lr_grids_differ(d):
@@ -379,6 +401,9 @@ def expand(study):
       if "finetune" in regimes:
         for t in names:
           add("finetune", "finetune", f"finetune-{t}", [t], seed, source=f"joint-s{seed}")
+    for regime in regimes:
+      if method_of(regime):
+        add(regime, regime, f"joint-{method_of(regime)}", names, seed)
     if "pairs" in regimes:
       for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -410,7 +435,12 @@ def run_config(study, spec, init_from="", steps=None):
   """The run config (a plain dict, JSON-ready) of one run; steps: when spec.steps is derived."""
   d = _as_dict(study)
   config = json.loads(json.dumps(d["run"]))
-  _merge(config, d["per_regime"][spec.regime])
+  method = method_of(spec.regime)
+  _merge(config, d["per_regime"]["joint" if method else spec.regime])
+  if method:  # the run's config.mtl: an aggregator or a loss weighting
+    from mtl import aggregators
+    key = "loss_weighting" if method in aggregators.LOSS_WEIGHTINGS else "aggregator"
+    config.setdefault("mtl", {})[key] = method
   config["tasks"] = list(spec.tasks)
   config["regime"] = spec.regime if spec.regime in ("scratch", "finetune") else "joint"
   config["seed"] = spec.seed

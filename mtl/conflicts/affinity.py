@@ -1,0 +1,178 @@
+"""Task affinity by lookahead (TAG, Fifty et al. 2021): how one task's step moves another's loss.
+
+Z_{i->j} = 1 - L_j(theta_s - lr g_i, theta_j) / L_j(theta_s, theta_j): the shared body theta_s is
+moved by one plain SGD step along task i's body gradient g_i, on the same batch, and task j's
+loss is compared before and after (task-specific parts unchanged). Z_{i->j} > 0: i's step helps j.
+
+The store is one file, <workdir>/conflicts/affinity.npz (steps (N,), affinity (N, T, T), tasks),
+rewritten atomically (mtl.io) at each checkpoint flush; a resumed run first drops the steps it
+will measure again, so steps are neither lost nor repeated.
+"""
+import io as _io
+import itertools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtl import io, stats
+
+FILE = "affinity.npz"
+
+
+def affinity(model, config, names, params, batch, step, lr):
+  """(T, T) Z[i, j] = Z_{i->j} at `step` (same degradations as that training step)."""
+  from mtl import step as step_lib  # the step's own degradations and per-task losses
+  specs = [model.specs[model.task_names.index(n)] for n in names]
+  inputs, targets = step_lib.degrade_batch(
+      specs, [model.task_names.index(n) for n in names], config, step, batch)
+  body = params["body"]
+  t = len(names)
+
+  def losses_at(bodies):
+    return step_lib.task_losses(model, config.loss, names, params, bodies, inputs, targets)
+
+  base, vjp = jax.vjp(losses_at, [body] * t)
+  # per-task body gradients from one backward pass: the cotangent e_i reaches only body i
+  g = vjp(jnp.ones((t,), base.dtype))[0]
+  rows = []
+  for i in range(t):
+    moved = jax.tree.map(lambda p, gi: p - lr * gi.astype(p.dtype), body, g[i])
+    rows.append(losses_at([moved] * t))
+  after = jnp.stack(rows)  # after[i, j] = L_j after task i's step
+  return 1.0 - after / base[None, :]
+
+
+def make_affinity(model, config, names):
+  """affinity(params, batch, step, lr) with its static arguments bound, ready for jax.jit."""
+  def fn(params, batch, step, lr):
+    return affinity(model, config, tuple(names), params, batch, step, lr)
+  return fn
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def path_of(workdir):
+  return os.path.join(workdir, "conflicts", FILE)
+
+
+def load(workdir):
+  """(steps (N,), affinity (N, T, T) float64, task names) or None when nothing was measured."""
+  path = path_of(workdir)
+  if not os.path.exists(path):
+    return None
+  with np.load(path) as f:
+    return (f["steps"].astype(np.int64), f["affinity"].astype(np.float64),
+            [str(t) for t in f["tasks"]])
+
+
+def _write(workdir, steps, values, tasks):
+  os.makedirs(os.path.dirname(path_of(workdir)), exist_ok=True)
+  def write(f):
+    buf = _io.BytesIO()
+    np.savez(buf, steps=np.asarray(steps, np.int64), affinity=np.asarray(values, np.float32),
+             tasks=np.asarray(tasks))
+    f.write(buf.getvalue())
+  io.write_atomic(path_of(workdir), write)
+
+
+def append(workdir, steps, values, tasks):
+  """Add measured steps (rows for steps already stored are replaced, never duplicated)."""
+  steps = np.asarray(steps, np.int64)
+  if steps.size == 0:
+    return
+  old = load(workdir)
+  if old is not None:
+    if list(old[2]) != list(tasks):
+      raise ValueError(f"{path_of(workdir)} holds tasks {old[2]}, not {list(tasks)}; "
+                       "use a new --workdir")
+    keep = ~np.isin(old[0], steps)
+    steps = np.concatenate([old[0][keep], steps])
+    values = np.concatenate([old[1][keep], np.asarray(values, np.float64)])
+  order = np.argsort(steps, kind="stable")
+  _write(workdir, steps[order], np.asarray(values)[order], tasks)
+
+
+def truncate_after(workdir, step):
+  """Drop stored steps > step (a resumed run measures them again)."""
+  old = load(workdir)
+  if old is None:
+    return
+  keep = old[0] <= step
+  if not keep.all():
+    _write(workdir, old[0][keep], old[1][keep], old[2])
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def mean_intervals(values, level=0.95):
+  """Window mean of every Z_{i->j} over steps, with stats.window_mean_interval: (T, T) grid."""
+  values = np.asarray(values, np.float64)
+  t = values.shape[-1]
+  return [[stats.window_mean_interval(values[:, i, j], level) for j in range(t)]
+          for i in range(t)]
+
+
+def _partitions(items, k):
+  """Every partition of `items` into exactly k non-empty groups (each exactly once)."""
+  if k == 1:
+    yield [list(items)]
+    return
+  if len(items) < k:
+    return
+  first, rest = items[0], items[1:]
+  for part in _partitions(rest, k - 1):  # first alone
+    yield [[first]] + part
+  for part in _partitions(rest, k):  # first joins one of k groups
+    for g in range(k):
+      yield [grp + [first] if n == g else grp for n, grp in enumerate(part)]
+
+
+def group_score(z, group):
+  """A group's score: the mean of Z_{i->j} over ordered pairs i != j in it (0 for one task)."""
+  pairs = [(i, j) for i, j in itertools.permutations(group, 2)]
+  return float(np.mean([z[i, j] for i, j in pairs])) if pairs else 0.0
+
+
+def best_grouping(z, k):
+  """Partition of the T tasks into k groups maximising the sum of group scores (TAG's rule:
+  each group scored by the mean affinity among its members). Exhaustive; T <= 9.
+
+  Returns (groups as lists of task indices, total score). Ties: the first partition found.
+  """
+  z = np.asarray(z, np.float64)
+  t = z.shape[0]
+  if t > 9:
+    raise ValueError(f"{t} tasks; exhaustive grouping supports up to 9")
+  if not 1 <= k <= t:
+    raise ValueError(f"k={k}; valid: 1 <= k <= {t}")
+  best, best_score = None, -np.inf
+  for part in _partitions(list(range(t)), k):
+    score = sum(group_score(z, g) for g in part)
+    if score > best_score + 1e-12:
+      best, best_score = [sorted(g) for g in part], score
+  return sorted(best), best_score
+
+
+def format_affinity(steps, values, tasks, groups=(2,)):
+  """The affinity matrix (window means and 95% intervals) and the best k-groupings, as text."""
+  ivs = mean_intervals(values)
+  z = np.array([[iv.estimate for iv in row] for row in ivs])
+  width = max(len(n) for n in tasks) + 2
+  lines = [f"task affinity Z_(row->column) (TAG, Fifty et al. 2021), mean over {len(steps)} "
+           f"steps {int(steps[0])}..{int(steps[-1])} [95% interval]:",
+           " " * width + "".join(f"{n:>26}" for n in tasks)]
+  for i, n in enumerate(tasks):
+    cells = "".join(f"{ivs[i][j].estimate:+10.2e} [{ivs[i][j].low:+.1e},{ivs[i][j].high:+.1e}]"
+                    if i != j else f"{'-':>26}" for j in range(len(tasks)))
+    lines.append(f"{n:<{width}}{cells}")
+  for k in groups:
+    if 1 < k < len(tasks):
+      part, score = best_grouping(z, k)
+      named = " | ".join(", ".join(tasks[i] for i in g) for g in part)
+      lines.append(f"best {k} groups (max sum of within-group mean affinity): {named} "
+                   f"(score {score:+.2e})")
+  return "\n".join(lines)

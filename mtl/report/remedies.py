@@ -1,0 +1,186 @@
+"""The remedies tables of a study: joint training with aggregators / loss weightings against
+scratch, and how well conflict measures predict the measured pairwise transfer.
+
+remedies    per method column ('joint', 'joint:<method>') and task: the mean test Y-PSNR over
+            seeds; delta = method - scratch, paired by seed, with its 95% paired t interval
+            (mtl.stats.paired_interval) and verdict; per method, Delta_m% (Maninis et al. 2019;
+            mtl.stats.delta_m) of the seed means over tasks, with a t interval over the per-seed
+            Delta_m% values.
+predictors  per task pair: the measured transfer (scratch -> pair run, mtl.report.scores), the
+            raw whole-body gradient cosine and the noise-corrected one (when the probe stored
+            half-batch Gramians) of the chosen joint run, and the symmetrised TAG affinity
+            (Z_ij + Z_ji) / 2 (Fifty et al. 2021); each predictor's Spearman rho with transfer
+            (exact permutation p for <= 9 pairs, mtl.stats.spearman), and the split of the tasks
+            into 2 groups each one proposes (max sum over groups of within-group mean score,
+            mtl.conflicts.affinity.best_grouping) beside the split the measured transfer gives.
+"""
+import os
+
+import numpy as np
+
+from mtl import conflicts, stats
+from mtl.conflicts import affinity as affinity_lib
+from mtl.report.scores import (pairwise_transfer, primary_test_set, regime_columns,
+                               regime_scores)
+from mtl.report.tables import Table, _fmt, _signed
+
+
+def method_columns(study):
+  """'joint' and every 'joint:<method>' column, in study order."""
+  return [c for c in regime_columns(study) if c == "joint" or c.startswith("joint:")]
+
+
+def _by_seed(cell, test_set):
+  out = {}
+  for run, result in zip(cell.runs, cell.results):
+    entry = result["tasks"].get(cell.task, {}).get(test_set)
+    if entry is not None:
+      out[run.seed] = float(entry["psnr_y"])
+  return out
+
+
+def remedies_table(study):
+  header = ["method", "task", "test set", "PSNR-Y", "Δ vs scratch [95% CI]", "verdict", "Δm% [95% CI]"]
+  rows, records = [], []
+  for col in method_columns(study):
+    per_seed_dm, means, bases = {}, [], []
+    col_rows = []
+    for task in study.tasks:
+      base, cell = regime_scores(study, "scratch", task), regime_scores(study, col, task)
+      s = primary_test_set(study, task, base)
+      if s is None or cell is None:
+        continue
+      a, b = _by_seed(base, s), _by_seed(cell, s)
+      seeds = sorted(set(a) & set(b))
+      mean = float(np.mean([b[k] for k in seeds])) if seeds else float("nan")
+      if len(seeds) >= 2:
+        iv = stats.paired_interval([a[k] for k in seeds], [b[k] for k in seeds])
+        verdict = stats.verdict(iv)
+        delta = f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]"
+      else:
+        iv, verdict, delta = None, "needs 2 seeds", "–"
+      for k in seeds:
+        per_seed_dm.setdefault(k, {})[task] = (b[k], a[k])
+      means.append(mean)
+      bases.append(float(np.mean([a[k] for k in seeds])) if seeds else float("nan"))
+      col_rows.append([col, task, s, _fmt(mean, 2), delta, verdict])
+      records.append(dict(method=col, task=task, test_set=s, n_seeds=len(seeds), psnr_y=mean,
+                          delta=None if iv is None else iv.estimate,
+                          delta_low=None if iv is None else iv.low,
+                          delta_high=None if iv is None else iv.high,
+                          p=None if iv is None else iv.p, verdict=verdict))
+    if not col_rows:
+      continue
+    n_tasks = len(col_rows)
+    dm = stats.delta_m(means, bases, [False] * n_tasks) if np.all(np.isfinite(bases)) else np.nan
+    seeds_all = [k for k, v in per_seed_dm.items() if len(v) == n_tasks]
+    dm_seeds = [float(stats.delta_m([v[0] for v in per_seed_dm[k].values()],
+                                    [v[1] for v in per_seed_dm[k].values()], [False] * n_tasks))
+                for k in sorted(seeds_all)]
+    if len(dm_seeds) >= 2:
+      div = stats.paired_interval(np.zeros(len(dm_seeds)), dm_seeds)
+      dm_text = f"{float(dm):+.2f} [{div.low:+.2f}, {div.high:+.2f}]"
+    else:
+      div, dm_text = None, _signed(float(dm), 2)
+    for r in col_rows:
+      rows.append(r + [dm_text])
+    records.append(dict(method=col, task="Δm%", test_set="", n_seeds=len(dm_seeds),
+                        psnr_y=None, delta=float(dm),
+                        delta_low=None if div is None else div.low,
+                        delta_high=None if div is None else div.high,
+                        p=None if div is None else div.p, verdict=""))
+  notes = ["Δ: method - scratch Y-PSNR (dB) on the task's primary test set, paired by seed; "
+           "95% paired t interval; verdict 'gain'/'loss' where it excludes 0.",
+           "Δm%: mean over tasks of (PSNR - scratch PSNR) / scratch PSNR x 100 (seed means); "
+           "its interval is a t interval over the per-seed Δm%."]
+  return Table("remedies", "Acting on conflicts: aggregators and loss weightings vs scratch",
+               header, rows, records, notes)
+
+
+def _joint_runs(study):
+  sweeps = dict.fromkeys((r.seed, r.sweep) for r in study.runs if r.column == "joint")
+  out = []
+  for _, sweep in sweeps:
+    chosen = study.select(sweep)
+    if chosen is not None:
+      out.append(study.run_dir(chosen.run.name))
+  return out
+
+
+def predictor_matrices(study):
+  """{'raw cosine' | 'corrected cosine' | 'TAG affinity': (T, T) or None}, seed means."""
+  t = len(study.tasks)
+  raw, corrected, aff = [], [], []
+  for workdir in _joint_runs(study):
+    if os.path.isdir(conflicts.store_dir(workdir)):
+      rec = conflicts.load(workdir)
+      grams = rec.grouped("body")[1][:, 0]
+      if len(rec.task_names) == 2 * t:  # half-batch Gramians (2T x 2T): both are measurable
+        corrected.append(conflicts.corrected_cosines(grams, axis=0))
+        grams = conflicts.task_gramian(grams)
+      raw.append(np.nanmean(conflicts.cosines(grams), axis=0))
+    stored = affinity_lib.load(workdir)
+    if stored is not None:
+      z = stored[1].mean(0)
+      aff.append((z + z.T) / 2)
+  mean = lambda xs: np.mean(xs, axis=0) if xs else None
+  return {"raw cosine": mean(raw), "corrected cosine": mean(corrected),
+          "TAG affinity": mean(aff)}
+
+
+def _grouping_text(names, m):
+  if m is None or len(names) < 3 or not np.all(np.isfinite(m[~np.eye(len(names), dtype=bool)])):
+    return "–"
+  part, _ = affinity_lib.best_grouping(m, 2)
+  return " | ".join(", ".join(names[i] for i in g) for g in part)
+
+
+def predictors_table(study):
+  names = list(study.tasks)
+  t = len(names)
+  transfer = pairwise_transfer(study)
+  mats = predictor_matrices(study)
+  pairs = conflicts.pair_indices(t)
+  keys = [f"{names[i]}~{names[j]}" for i, j in pairs]
+  measured = np.full((t, t), np.nan)
+  for (i, j), k in zip(pairs, keys):
+    measured[i, j] = measured[j, i] = transfer.get(k, np.nan)
+  header = ["pair", "measured transfer (dB)"] + list(mats)
+  rows, records = [], []
+  for (i, j), k in zip(pairs, keys):
+    vals = {p: (None if m is None else float(m[i, j])) for p, m in mats.items()}
+    rows.append([k, _signed(measured[i, j], 2)] +
+                [("n/a" if v is None else _signed(v, 3)) for v in vals.values()])
+    records.append(dict(pair=k, transfer=float(measured[i, j]), **vals))
+  notes, summary = [], {}
+  y = np.array([measured[i, j] for i, j in pairs])
+  for p, m in mats.items():
+    if m is None:
+      why = ("not available: the probe stored no half-batch Gramians" if p == "corrected cosine"
+             else "not available: no joint run recorded it")
+      notes.append(f"{p}: {why}.")
+      continue
+    x = np.array([m[i, j] for i, j in pairs])
+    ok = np.isfinite(x) & np.isfinite(y)
+    sp = stats.spearman(x[ok], y[ok])
+    summary[p] = sp
+    notes.append(f"{p}: Spearman rho = {sp.rho:+.3f}, p = {sp.p:.3g} ({sp.method}, n = {sp.n} "
+                 f"pairs); proposes {_grouping_text(names, m)}.")
+  notes.append(f"measured transfer supports {_grouping_text(names, measured)}.")
+  notes.append("Groupings: the split into 2 groups maximising the sum over groups of the mean "
+               "pair score within each group (TAG's rule, Fifty et al. 2021).")
+  table = Table("predictors", "Predicting pairwise transfer: cosines and TAG affinity", header,
+                rows, records, notes)
+  table.spearman_by_predictor = summary
+  return table
+
+
+def tables(study):
+  """The remedies table when the study has 'joint:<method>' runs; the predictors table when it
+  has pair runs (the measured transfer)."""
+  out = []
+  if any(c.startswith("joint:") for c in method_columns(study)):
+    out.append(remedies_table(study))
+  if any(r.regime == "pairs" for r in study.runs):
+    out.append(predictors_table(study))
+  return out

@@ -1,0 +1,104 @@
+"""TAG task affinity: equals a hand-made lookahead; the store; exhaustive best groupings."""
+import itertools
+import os
+
+import jax
+import numpy as np
+import pytest
+import skimage.data
+
+from experiments import tiny
+from mtl import degradations, losses, sharding, train
+from mtl.conflicts import affinity
+
+TASKS = ("denoise_30", "sr_x2", "derain")
+
+
+def test_affinity_equals_a_direct_sgd_lookahead():
+  config = tiny.get_config()
+  config.tasks = TASKS
+  config.data.batch_size = 2
+  config.mesh.data = 1
+  run = train.build(config)
+  photo = skimage.data.astronaut()
+  batch = {}
+  for k, spec in enumerate(run.model.specs):
+    side = spec.hr_crop(config.model.patch_size)
+    batch[spec.name] = np.stack([photo[40 * k + 7 * b:40 * k + 7 * b + side, 30 * b:30 * b + side]
+                                 for b in range(2)])
+  step = 3
+  with jax.set_mesh(run.mesh):
+    state = run.init_state()
+  params = jax.device_get(state.params)
+  key = jax.random.fold_in(jax.random.key(config.seed), step)
+  data = {}
+  for tid, spec in enumerate(run.model.specs):
+    data[spec.name] = degradations.degrade(spec, jax.random.fold_in(key, tid), batch[spec.name],
+                                           config.degrade)
+  def loss(name, body):
+    x, y = data[name]
+    return losses.l1(run.model.apply(dict(params, body=body), name, x), y)
+  grads = [jax.grad(lambda b, a=a: loss(a, b))(params["body"]) for a in TASKS]
+  sq = [sum(float((g ** 2).sum()) for g in jax.tree_util.tree_leaves(gr)) for gr in grads]
+  # an lr whose first-order decrease of the steepest task is 2% of its loss: Z of O(1e-2)
+  lr = 0.02 * min(float(loss(a, params["body"])) / q for a, q in zip(TASKS, sq))
+  with jax.set_mesh(run.mesh):
+    z = np.asarray(jax.jit(affinity.make_affinity(run.model, config, TASKS))(
+        state.params, sharding.to_global(batch, run.mesh), step, lr))
+  for i, a in enumerate(TASKS):
+    moved = jax.tree.map(lambda p, d: p - lr * d, params["body"], grads[i])  # a copy, plain SGD
+    for j, b in enumerate(TASKS):
+      want = 1 - float(loss(b, moved)) / float(loss(b, params["body"]))
+      # float32 losses ~1e-7 relative apart between jit and eager: Z to 1e-5 absolute
+      assert abs(z[i, j] - want) < 1e-5, (a, b, z[i, j], want)
+  assert np.all(np.diag(z) > 0)  # a task's own SGD step lowers its loss at this small lr
+  assert np.abs(z).max() > 1e-3  # and the lookahead moved losses measurably
+
+
+def test_store_appends_replaces_and_truncates(tmp_path):
+  wd = str(tmp_path)
+  assert affinity.load(wd) is None
+  z = np.arange(4 * 4, dtype=np.float64).reshape(4, 2, 2)
+  affinity.append(wd, [0, 1], z[:2], ["a", "b"])
+  affinity.append(wd, [2, 3], z[2:], ["a", "b"])
+  affinity.truncate_after(wd, 2)  # a resume from step 3 measures step 3 again
+  affinity.append(wd, [3], z[3:] + 100, ["a", "b"])
+  steps, vals, names = affinity.load(wd)
+  assert list(steps) == [0, 1, 2, 3] and names == ["a", "b"]
+  np.testing.assert_array_equal(vals[:3], z[:3])
+  np.testing.assert_array_equal(vals[3], z[3] + 100)
+  affinity.append(wd, [1], z[:1] - 5, ["a", "b"])  # a repeated step replaces, never duplicates
+  steps, vals, _ = affinity.load(wd)
+  assert list(steps) == [0, 1, 2, 3] and vals[1, 0, 0] == -5
+  with pytest.raises(ValueError, match="holds tasks"):
+    affinity.append(wd, [9], z[:1], ["a", "c"])
+  assert not [f for f in os.listdir(os.path.join(wd, "conflicts")) if ".tmp" in f]
+
+
+def test_partitions_are_complete_and_best_grouping_is_the_brute_force_optimum():
+  # Stirling numbers of the second kind: S(5, 2) = 15, S(5, 3) = 25, S(6, 3) = 90
+  for n, k, count in ((5, 2, 15), (5, 3, 25), (6, 3, 90)):
+    parts = list(affinity._partitions(list(range(n)), k))
+    keys = {tuple(sorted(tuple(sorted(g)) for g in p)) for p in parts}
+    assert len(parts) == len(keys) == count
+  rng = np.random.default_rng(0)
+  z = rng.normal(size=(5, 5))
+  groups, score = affinity.best_grouping(z, 2)
+  # brute force over group labels
+  best = max(
+      sum(affinity.group_score(z, [i for i in range(5) if lab[i] == g]) for g in (0, 1))
+      for lab in itertools.product((0, 1), repeat=5) if len(set(lab)) == 2)
+  assert score == pytest.approx(best)
+  # two planted blocks that help each other inside and hurt across are recovered
+  planted = np.full((4, 4), -1.0)
+  planted[np.ix_([0, 2], [0, 2])] = planted[np.ix_([1, 3], [1, 3])] = 1.0
+  assert affinity.best_grouping(planted, 2)[0] == [[0, 2], [1, 3]]
+  with pytest.raises(ValueError, match="k=4"):
+    affinity.best_grouping(planted[:3, :3], 4)
+
+
+def test_format_prints_matrix_and_grouping():
+  z = np.tile(np.array([[0.1, 0.02, -0.03], [0.01, 0.2, -0.01], [-0.02, -0.04, 0.3]]), (6, 1, 1))
+  z = z + np.random.default_rng(1).normal(scale=1e-3, size=z.shape)
+  text = affinity.format_affinity(np.arange(6), z, list(TASKS))
+  assert "best 2 groups" in text and "denoise_30, sr_x2 | derain" in text

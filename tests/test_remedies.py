@@ -1,0 +1,127 @@
+"""Remedies and predictors tables from a synthetic study workdir (hand-written runs, no training)."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import base
+from mtl import conflicts, io, stats
+from mtl import study as study_lib
+from mtl.conflicts import affinity
+from mtl.report import remedies
+
+TASKS = ("denoise_30", "sr_x2", "derain")
+SEEDS = (0, 1, 2)
+SCRATCH = {"denoise_30": 30.0, "sr_x2": 28.0, "derain": 25.0}
+# per method: per-task offsets vs scratch and a per-seed wobble, so intervals are non-trivial
+OFFSET = {"joint": {"denoise_30": 0.5, "sr_x2": -0.2, "derain": 0.1},
+          "joint:pcgrad": {"denoise_30": 0.8, "sr_x2": 0.3, "derain": -0.6},
+          "joint:uncertainty": {"denoise_30": 0.0, "sr_x2": 0.05, "derain": 0.2}}
+PAIR_GAIN = {"denoise_30~sr_x2": 0.4, "denoise_30~derain": -0.3, "sr_x2~derain": 0.1}
+
+
+def _psnr(column, task, seed):
+  base_v = SCRATCH[task] + 0.1 * np.sin(seed + len(task))
+  if column == "scratch":
+    return base_v
+  if column.startswith("pair:"):
+    a, b = column[5:].split("+")
+    return base_v + PAIR_GAIN[f"{a}~{b}"] + 0.05 * seed
+  return base_v + OFFSET[column][task] + 0.07 * np.cos(3 * seed + len(task)) * (seed - 1)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  cfg = study_lib.defaults()
+  cfg.tasks = TASKS
+  cfg.regimes = ("scratch", "joint", "joint:pcgrad", "joint:uncertainty", "pairs")
+  cfg.seeds = SEEDS
+  cfg.steps.scratch = cfg.steps.joint = 4
+  cfg.lrs = (1e-3,)
+  cfg.run = base.get_config("tiny")
+  cfg.run.eval.sets = "photos,photos_val"
+  cfg.test = ("photos",)
+  s = study_lib.Study(cfg, str(tmp_path_factory.mktemp("remedies")))
+  rng = np.random.default_rng(0)
+  for spec in s.runs:
+    d = s.run_dir(spec.name)
+    os.makedirs(d)
+    io.write_json(os.path.join(d, "run_config.json"), study_lib.run_config(s.config, spec))
+    res = {t: {"photos": {"psnr_y": _psnr(spec.column, t, spec.seed), "ssim_y": 0.8},
+               "photos_val": {"psnr_y": 20.0, "ssim_y": 0.7}} for t in spec.tasks}
+    io.write_json(os.path.join(d, "results.json"), {"step": 4, "tasks": res})
+    io.write_json(os.path.join(d, "DONE"), {})
+    if spec.column == "joint":  # raw Gramians and TAG affinity of the joint run
+      j = rng.normal(size=(5, 2, 3, 16))
+      j[..., 2, :] -= j[..., 0, :]  # derain against denoise
+      grams = np.einsum("slti,slui->sltu", j, j).astype(np.float32)
+      conflicts.append(d, np.arange(5), grams, ["encoder/0/w", "decoder/0/w"], list(TASKS))
+      z = np.array([[0.1, 0.05, -0.04], [0.03, 0.2, 0.01], [-0.05, 0.0, 0.1]])
+      affinity.append(d, np.arange(5), np.tile(z, (5, 1, 1)) + 0.01 * rng.normal(size=(5, 3, 3)),
+                      list(TASKS))
+  return s
+
+
+def test_method_regimes_expand_like_joint(study):
+  names = [r.name for r in study.runs if r.seed == 0]
+  assert "joint-pcgrad-lr1e-3-s0" in names and "joint-uncertainty-lr1e-3-s0" in names
+  cfg = json.load(open(study.path("joint-pcgrad-lr1e-3-s0", "run_config.json")))
+  assert cfg["mtl"]["aggregator"] == "pcgrad" and cfg["regime"] == "joint"
+  assert cfg["total_steps"] == 4 and cfg["optim"]["lr"] == 1e-3
+  cfg = json.load(open(study.path("joint-uncertainty-lr1e-3-s0", "run_config.json")))
+  assert cfg["mtl"]["loss_weighting"] == "uncertainty" and cfg["mtl"]["aggregator"] == "sum"
+  bad = study_lib.defaults()
+  bad.update(dict(study.config, regimes=("joint", "joint:nope")))
+  with pytest.raises(ValueError, match="joint:nope"):
+    study_lib.validate(bad)
+
+
+def test_remedies_cells_are_paired_intervals(study):
+  table = remedies.remedies_table(study)
+  cells = {(r["method"], r["task"]): r for r in table.records}
+  assert {m for m, _ in cells} == {"joint", "joint:pcgrad", "joint:uncertainty"}
+  for method in OFFSET:
+    for task in TASKS:
+      a = [_psnr("scratch", task, k) for k in SEEDS]
+      b = [_psnr(method, task, k) for k in SEEDS]
+      iv = stats.paired_interval(a, b)
+      c = cells[(method, task)]
+      assert (c["delta"], c["delta_low"], c["delta_high"], c["p"]) == pytest.approx(
+          (iv.estimate, iv.low, iv.high, iv.p))
+      assert c["verdict"] == stats.verdict(iv)
+      assert c["psnr_y"] == pytest.approx(np.mean(b))
+    dm = cells[(method, "Δm%")]
+    means = [np.mean([_psnr(method, t, k) for k in SEEDS]) for t in TASKS]
+    bases = [np.mean([_psnr("scratch", t, k) for k in SEEDS]) for t in TASKS]
+    assert dm["delta"] == pytest.approx(float(stats.delta_m(means, bases, [False] * 3)))
+    per_seed = [float(stats.delta_m([_psnr(method, t, k) for t in TASKS],
+                                    [_psnr("scratch", t, k) for t in TASKS], [False] * 3))
+                for k in SEEDS]
+    div = stats.paired_interval(np.zeros(3), per_seed)
+    assert (dm["delta_low"], dm["delta_high"]) == pytest.approx((div.low, div.high))
+  # pcgrad's derain offset (-0.6 dB) is far outside its seed wobble: a detected loss
+  assert cells[("joint:pcgrad", "derain")]["verdict"] == "loss"
+
+
+def test_predictors_table(study):
+  table = remedies.predictors_table(study)
+  rec = {r["pair"]: r for r in table.records}
+  for pair, gain in PAIR_GAIN.items():  # transfer: mean over both tasks of pair - scratch
+    assert rec[pair]["transfer"] == pytest.approx(gain + 0.05 * np.mean(SEEDS))
+  assert rec["denoise_30~sr_x2"]["corrected cosine"] is None
+  assert any("corrected cosine: not available" in n for n in table.notes)
+  # TAG affinity, symmetrised, from the store
+  steps, z, _ = affinity.load(study.run_dir("joint-lr1e-3-s0"))
+  zs = np.mean([affinity.load(study.run_dir(f"joint-lr1e-3-s{k}"))[1].mean(0) for k in SEEDS], 0)
+  assert rec["denoise_30~derain"]["TAG affinity"] == pytest.approx((zs[0, 2] + zs[2, 0]) / 2)
+  sp = table.spearman_by_predictor["TAG affinity"]
+  x = [rec[p]["TAG affinity"] for p in PAIR_GAIN]
+  y = [rec[p]["transfer"] for p in PAIR_GAIN]
+  want = stats.spearman(x, y)
+  assert (sp.rho, sp.p) == pytest.approx((want.rho, want.p))
+  assert any("measured transfer supports denoise_30, sr_x2 | derain" in n for n in table.notes)
+  print("\n".join(" | ".join(map(str, r)) for r in [table.header] + table.rows))
+  print("\n".join(table.notes))
+  print("\n".join(" | ".join(map(str, r)) for r in [remedies.remedies_table(study).header] +
+                  remedies.remedies_table(study).rows))
