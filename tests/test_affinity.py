@@ -8,7 +8,7 @@ import pytest
 import skimage.data
 
 from experiments import tiny
-from mtl import degradations, losses, sharding, train
+from mtl import degradations, losses, run_state, sharding
 from mtl.conflicts import affinity
 
 TASKS = ("denoise_30", "sr_x2", "derain")
@@ -19,7 +19,7 @@ def test_affinity_equals_a_direct_sgd_lookahead():
   config.tasks = TASKS
   config.data.batch_size = 2
   config.mesh.data = 1
-  run = train.build(config)
+  run = run_state.build(config)
   photo = skimage.data.astronaut()
   batch = {}
   for k, spec in enumerate(run.model.specs):

@@ -268,7 +268,7 @@ import optax  # noqa: E402
 import skimage.data  # noqa: E402
 
 from experiments import tiny  # noqa: E402
-from mtl import degradations, losses, sharding, train  # noqa: E402
+from mtl import degradations, losses, run_state, sharding  # noqa: E402
 from mtl import step as step_lib  # noqa: E402
 
 STEP_TASKS = ("denoise_30", "sr_x2", "derain")
@@ -305,7 +305,7 @@ def _photo_batch(config, run):
 
 def _step_grads(config):
   """(update gradient the step computed, params, batch, run, new state) for one jitted step."""
-  run = train.build(config)
+  run = run_state.build(config)
   rec = _recorder()
   with jax.set_mesh(run.mesh):
     state = run.init_state()
@@ -400,7 +400,7 @@ def test_step_gradvac_state_is_carried_and_checkpointed(tmp_path):
   assert "mtl_state" in os.listdir(tmp_path / "checkpoints" / "1")
   np.testing.assert_array_equal(np.asarray(back.mtl_state["aggregator"]), phi)
   # a plain run saves no mtl_state item, and restores as before
-  plain = train.build(_step_config("sum"))
+  plain = run_state.build(_step_config("sum"))
   mngr2 = checkpoints.manager(str(tmp_path / "plain"), async_save=False)
   with jax.set_mesh(plain.mesh):
     s = plain.init_state()

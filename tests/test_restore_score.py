@@ -127,7 +127,7 @@ def test_score_launcher_csv_and_one_line_errors(tmp_path):
 
 
 def test_published_table_from_an_imported_workdir(tmp_path):
-  import ipt_published
+  from mtl import published
   cfg, names, params = ipt_import.load(FIXTURE.replace("pretrain6", "finetune1"), num_heads=2)
   workdir = str(tmp_path / "sr2")
   ipt_import.write_workdir(params, cfg, names, workdir)
@@ -135,11 +135,11 @@ def test_published_table_from_an_imported_workdir(tmp_path):
   for name in ("a", "b"):
     _png(str(tmp_path / "bench" / "Set5" / "HR" / f"{name}.png"),
          rng.integers(0, 256, (26, 30, 3), dtype=np.uint8))
-  rows = ipt_published.evaluate_workdir(workdir, str(tmp_path / "bench"), save_images=True)
+  rows = published.evaluate_workdir(workdir, str(tmp_path / "bench"), save_images=True)
   by_set = {name: (result, paper) for task, name, result, paper in rows}
   assert by_set["Set5"][1] == 38.37 and by_set["Set5"][0]["num_images"] == 2
   assert by_set["Set14"][0] is None
   assert os.path.isfile(os.path.join(workdir, "restored", "0", "sr_x2", "Set5", "a.png"))
   assert os.path.isfile(os.path.join(workdir, "results-000000000-sr_x2.json"))
-  table = ipt_published.format_table(rows)
+  table = published.format_table(rows)
   assert f"{by_set['Set5'][0]['psnr_y']:>7.2f}" in table and "(no data)" in table
