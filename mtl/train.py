@@ -213,7 +213,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
             checkpoints.save(mngr, done, state, force=True)
           if config.eval_every and done % config.eval_every == 0 and done < config.total_steps:
             evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer)
-          if preemption.requested:
+          if stop:  # not preemption.requested: a signal after check() is seen at the next step
             break
     finally:  # a save in flight completes even when training stops on an error
       mngr.wait_until_finished()
