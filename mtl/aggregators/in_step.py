@@ -1,0 +1,157 @@
+"""config.mtl inside the training step: the body's update gradient from the per-task gradients,
+the loss weights, and the state both carry between steps."""
+import jax
+import jax.numpy as jnp
+
+from mtl.aggregators.loss_weightings import get_loss_weighting
+from mtl.aggregators.weightings import RANDOM, STATEFUL, get_weighting, init
+
+
+# In the training step: config.mtl -> the body's update gradient, loss weights, carried state.
+
+
+def _aggregator_args(mtl_cfg):
+  args = dict(mtl_cfg.get("aggregator_args", {}) or {})
+  return args.pop("per_leaf", False), args
+
+
+def aggregating(mtl_cfg):
+  """Whether the step needs per-task body gradients (any aggregator other than 'sum')."""
+  return mtl_cfg is not None and mtl_cfg.get("aggregator", "sum") != "sum"
+
+
+def check_config(mtl_cfg, num_tasks, schedule="all"):
+  """ValueError (one line) for an unknown aggregator / loss weighting or a bad argument."""
+  if mtl_cfg is None:
+    return
+  name = mtl_cfg.get("aggregator", "sum")
+  if (name != "sum" or mtl_cfg.get("loss_weighting", "")) and schedule != "all":
+    raise ValueError(f"mtl.aggregator={name!r} / mtl.loss_weighting needs schedule='all' (every "
+                     f"task in every step); got schedule={schedule!r}")
+  _, args = _aggregator_args(mtl_cfg)
+  try:
+    get_weighting(name, **args)
+  except TypeError as e:
+    raise ValueError(f"mtl.aggregator_args={args} for {name!r}: {e}") from None
+  lw = mtl_cfg.get("loss_weighting", "")
+  if lw:
+    try:
+      get_loss_weighting(lw, num_tasks, **dict(mtl_cfg.get("loss_weighting_args", {}) or {}))
+    except TypeError as e:
+      raise ValueError(f"mtl.loss_weighting_args for {lw!r}: {e}") from None
+
+
+def _loss_weighting(mtl_cfg, num_tasks):
+  name = mtl_cfg.get("loss_weighting", "") if mtl_cfg is not None else ""
+  if not name:
+    return None
+  return get_loss_weighting(name, num_tasks, **dict(mtl_cfg.get("loss_weighting_args", {}) or {}))
+
+
+def init_step_state(mtl_cfg, num_tasks, num_leaves):
+  """(trained params, carried state) that config.mtl adds to a run; ({}, {}) for plain sums.
+
+  Trained params (uncertainty's log-variances) live in params['loss_weighting'] so the run's
+  optimizer trains them; the carried state (GradVac's EMA targets, DWA's loss history, FAMO's
+  logits) lives in TrainState.mtl_state.
+  """
+  params, state = {}, {}
+  if aggregating(mtl_cfg) and mtl_cfg.aggregator in STATEFUL:
+    per_leaf, _ = _aggregator_args(mtl_cfg)
+    first = init(mtl_cfg.aggregator, num_tasks)
+    state["aggregator"] = jnp.tile(first, (num_leaves, 1, 1)) if per_leaf else first
+  lw = _loss_weighting(mtl_cfg, num_tasks)
+  if lw is not None:
+    lw_params, lw_state = lw.init()
+    if lw_params:
+      params = lw_params
+    if lw_state:
+      state["loss_weighting"] = lw_state
+  return params, state
+
+
+def combine_losses(mtl_cfg, params, state, losses, key):
+  """The scalar the step differentiates and the (T,) loss weights (ones without a weighting)."""
+  lw = _loss_weighting(mtl_cfg, losses.shape[0])
+  if lw is None:
+    return jnp.sum(losses), jnp.ones_like(losses)
+  return lw.combine(params, state.get("loss_weighting", {}), losses, key=key)
+
+
+def update_loss_state(mtl_cfg, state, losses, new_losses):
+  """The carried loss-weighting state after the optimizer step (DWA, FAMO)."""
+  lw = _loss_weighting(mtl_cfg, losses.shape[0])
+  if lw is None or "loss_weighting" not in state:
+    return state
+  return dict(state, loss_weighting=lw.update(state["loss_weighting"], losses, new_losses))
+
+
+def aggregate_tree(task_grads, mtl_cfg, key=None, state=None):
+  """The update gradient of a pytree of (T, ...) per-task gradients under config.mtl.
+
+  Whole tree by default: one body Gramian (the sum of the per-leaf Gramians, i.e. the Gramian of
+  the flattened (T, D) gradients), one weight vector w, update sum_t w_t g_t per leaf, so no
+  (T, D) concatenation is formed. aggregator_args.per_leaf=True: each leaf its own Gramian and
+  weights. Returns (update tree, new state dict, weights (T,) or (L, T)).
+  """
+  from mtl.conflicts import gramians  # the step's own per-leaf Gramian (float32, HIGHEST)
+  state = {} if state is None else state
+  name = mtl_cfg.aggregator
+  per_leaf, args = _aggregator_args(mtl_cfg)
+  weighting = get_weighting(name, **args)
+  leaves, treedef = jax.tree_util.tree_flatten(task_grads)
+  grams = gramians.leaf_gramians(task_grads)  # (L, T, T)
+  num_leaves = grams.shape[0]
+
+  def weigh(g, k, s):
+    extra = {"key": k} if name in RANDOM else {}
+    if name in STATEFUL:
+      return weighting(g, s, **extra)
+    return weighting(g, **extra), s
+
+  s_in = state.get("aggregator")
+  if s_in is None and name in STATEFUL:  # a state built without config.mtl (e.g. analysis)
+    first = init(name, grams.shape[-1])
+    s_in = jnp.tile(first, (num_leaves, 1, 1)) if per_leaf else first
+  if per_leaf:
+    keys = (jax.random.split(key, num_leaves) if key is not None and name in RANDOM
+            else [None] * num_leaves)
+    ws, ss = [], []
+    for l in range(num_leaves):  # a loop, not vmap: the while_loop solvers batch poorly on CPU
+      w, s = weigh(grams[l], keys[l], None if s_in is None else s_in[l])
+      ws.append(w)
+      ss.append(s)
+    weights = jnp.stack(ws)
+    new_s = jnp.stack(ss) if s_in is not None else None
+    out = [jnp.tensordot(w.astype(x.dtype), x, axes=1) for w, x in zip(ws, leaves)]
+  else:
+    weights, new_s = weigh(grams.sum(0), key, s_in)
+    out = [jnp.tensordot(weights.astype(x.dtype), x, axes=1) for x in leaves]
+  if s_in is not None:
+    state = dict(state, aggregator=new_s)
+  return jax.tree_util.tree_unflatten(treedef, out), state, weights
+
+
+def relative_step_times(step_for, make_args, names=("sum", "mean", "pcgrad", "gradvac", "cagrad",
+                                                    "upgrad", "mgda"), repeats=5):
+  """Median wall time of each aggregator's step relative to 'sum' (interleaved rounds).
+
+  step_for(name) -> a jitted step; make_args(name) -> its arguments (fresh each call, since steps
+  may donate). Each round times every method once, so load drift hits all alike.
+  """
+  import time
+  import numpy as np
+  fns = {n: step_for(n) for n in names}
+  for n in names:  # compile and warm up
+    jax.block_until_ready(fns[n](*make_args(n)))
+  times = {n: [] for n in names}
+  for _ in range(repeats):
+    for n in names:
+      args = make_args(n)
+      jax.block_until_ready(args)
+      t0 = time.perf_counter()
+      jax.block_until_ready(fns[n](*args))
+      times[n].append(time.perf_counter() - t0)
+  base = float(np.median(times["sum"])) if "sum" in times else float("nan")
+  return {n: {"median_s": float(np.median(t)), "relative": float(np.median(t)) / base}
+          for n, t in times.items()}
