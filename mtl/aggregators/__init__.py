@@ -19,31 +19,14 @@ Loss weightings (uncertainty, DWA, RLW, FAMO) follow LibMTL (Lin & Zhang 2023) a
   loss_weightings.py  uncertainty, DWA, RLW, FAMO (`get_loss_weighting`)
   in_step.py          config.mtl in the training step (`aggregate_tree`, `combine_losses`, ...)
 """
-from mtl.aggregators.solvers import (gramian, solve_nonneg_qp, solve_simplex_qp)
+from mtl.aggregators.solvers import gramian, solve_nonneg_qp, solve_simplex_qp
 from mtl.aggregators.weightings import (RANDOM, STATEFUL, WEIGHTINGS, aligned_mtl_weighting,
-                                        cagrad_weighting,
-                                        get, get_weighting,
-                                        gradvac_init,
-                                        gradvac_weighting,
-                                        imtl_g_weighting,
-                                        init,
-                                        mean_weighting,
-                                        mgda_weighting,
-                                        nash_mtl_weighting,
-                                        pcgrad_weighting,
-                                        per_leaf,
-                                        sum_weighting,
-                                        upgrad_weighting)
+                                        cagrad_weighting, get, get_weighting, gradvac_init,
+                                        gradvac_weighting, imtl_g_weighting, init, mean_weighting,
+                                        mgda_weighting, nash_mtl_weighting, pcgrad_weighting,
+                                        per_leaf, sum_weighting, upgrad_weighting)
 from mtl.aggregators.loss_weightings import (LOSS_WEIGHTINGS, LossWeighting, dwa_weighting,
-                                             famo_weigh
-                                             ting, get_
-                                             loss_weigh
-                                             ting, rlw_
-                                             weighting,
-                                             uncertaint
-                                             y_weightin
-                                             g)
+                                             famo_weighting, get_loss_weighting, rlw_weighting,
+                                             uncertainty_weighting)
 from mtl.aggregators.in_step import (aggregate_tree, aggregating, check_config, combine_losses,
-                                     init_step_state,
-                                     relative_step_times,
-                                     update_loss_state)
+                                     init_step_state, relative_step_times, update_loss_state)

@@ -3,7 +3,8 @@
 import jax
 import jax.numpy as jnp
 
-from mtl.aggregators.solvers import _eps, _normalize, _pinv_psd, _pref, gramian, solve_nonneg_qp, solve_simplex_qp
+from mtl.aggregators.solvers import (_eps, _normalize, _pinv_psd, _pref, gramian, solve_nonneg_qp,
+                                     solve_simplex_qp)
 
 
 # Gramian weightings: (T, T) Gramian -> (T,) weights. Names and defaults follow TorchJD 0.18.
