@@ -321,9 +321,9 @@ def _task_grads(run, config, params, batch):
   """Each task's own loss gradient w.r.t. the body: plain jax.grad, one task at a time."""
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   out = []
-  for tid, spec in enumerate(run.model.specs):
-    x, y = degradations.degrade(spec, jax.random.fold_in(key, tid), batch[spec.name],
-                                config.degrade)
+  for spec in run.model.specs:  # degradations keyed by the task's name, as the step does
+    x, y = degradations.degrade(spec, jax.random.fold_in(key, step_lib.task_id(spec.name)),
+                                batch[spec.name], config.degrade)
     out.append(jax.grad(lambda b: losses.l1(run.model.apply(dict(params, body=b), spec.name, x),
                                             y))(params["body"]))
   return [[np.asarray(l, np.float64) for l in jax.tree_util.tree_leaves(g)] for g in out]
@@ -419,9 +419,9 @@ def test_step_uncertainty_weighting_trains_log_vars():
   # d/ds_i [L_i / (2 e^s_i) + s_i / 2] = 1/2 - L_i / (2 e^s_i)
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   per = []
-  for tid, spec in enumerate(run.model.specs):
-    x, y = degradations.degrade(spec, jax.random.fold_in(key, tid), batch[spec.name],
-                                config.degrade)
+  for spec in run.model.specs:  # degradations keyed by the task's name, as the step does
+    x, y = degradations.degrade(spec, jax.random.fold_in(key, step_lib.task_id(spec.name)),
+                                batch[spec.name], config.degrade)
     per.append(float(losses.l1(run.model.apply(params, spec.name, x), y)))
   want = 0.5 - np.array(per) / (2 * np.exp(s))
   np.testing.assert_allclose(np.asarray(grads["loss_weighting"]["log_var"]), want, rtol=1e-4)

@@ -24,7 +24,7 @@ _micro = get_config
 def get_config(arg=""):
   study = _micro(arg)
   if arg == "swept":
-    study.lrs, study.seeds = (1e-3, 2e-4), (0, 1)
+    study.lrs_override.joint, study.seeds = (1e-3, 2e-4), (0, 1)  # a swept joint regime
   return study
 '''
 

@@ -144,7 +144,7 @@ def predictors_table(study):
   keys = [f"{names[i]}~{names[j]}" for i, j in pairs]
   measured = np.full((t, t), np.nan)
   for (i, j), k in zip(pairs, keys):
-    measured[i, j] = measured[j, i] = transfer.get(k, np.nan)
+    measured[i, j] = measured[j, i] = transfer[k].estimate if k in transfer else np.nan
   header = ["pair", "measured transfer (dB)"] + list(mats)
   rows, records = [], []
   for (i, j), k in zip(pairs, keys):
