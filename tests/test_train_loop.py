@@ -172,7 +172,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
   records = progress_lib.read_metrics(str(workdir))
-  assert [r["step"] for r in records][-2:] == [2, 4] and sorted(records[-1]["loss"]) == [
+  assert [r["step"] for r in records][-2:] == [saved, 4] and sorted(records[-1]["loss"]) == [
       "denoise_30", "sr_x2"]
   assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # each step once
   assert records[-1]["loss_total"] == pytest.approx(sum(records[-1]["loss"].values()), rel=1e-5)
