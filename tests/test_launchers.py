@@ -93,12 +93,14 @@ def stand_in(tmp_path):
         print(f"process {{pid}} got SIGTERM", flush=True)
         sys.exit(1)
       signal.signal(signal.SIGTERM, on_term)
-      if os.environ.get("STAND_IN_READY"):  # the handler is in place
-        open(os.path.join(os.environ["STAND_IN_READY"], pid), "w").close()
       print(f"process {{pid}} of {{args['num_processes']}}, {{args['num_cpu_devices']}} devices, "
             f"coordinator {{args['coordinator_address']}}", flush=True)
       print("partial line without newline", end="", flush=True)
       print("", flush=True)
+      # Ready only after the prints: a SIGTERM inside print() would land between a line and its
+      # newline, and the handler's own line would run on from it.
+      if os.environ.get("STAND_IN_READY"):  # the handler is in place
+        open(os.path.join(os.environ["STAND_IN_READY"], pid), "w").close()
       action = os.environ.get(f"STAND_IN_{{pid}}", "0")
       if action == "wait":
         time.sleep(60)
