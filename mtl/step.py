@@ -18,7 +18,6 @@ losses before the gradient; its trained parameters are params['loss_weighting'] 
 state (with GradVac's) TrainState.mtl_state.
 """
 import functools
-import zlib
 from typing import Any
 
 import flax
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from mtl import aggregators, conflicts, degradations, losses
+from mtl.tasks import task_id
 
 
 @flax.struct.dataclass
@@ -38,12 +38,6 @@ class TrainState:
 
 # The random stream of config.mtl (PCGrad/GradVac orders, RLW draws), apart from task ids.
 _MTL_STREAM = 2**20
-
-
-def task_id(name):
-  """A task's degradation key: crc32 of its name, so a task's inputs at (seed, step) are the
-  same whichever other tasks the run trains (seeds stay paired across study regimes)."""
-  return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 def degrade_batch(specs, task_ids, config, step, batch):

@@ -20,6 +20,7 @@ mtl.evaluate); the kind then only names the task and which paired test sets it r
 """
 import dataclasses
 import re
+import zlib
 
 KINDS = ("denoise", "sr", "derain", "dehaze", "deblur", "lowlight", "jpeg")
 
@@ -36,6 +37,13 @@ class TaskSpec:
   def hr_crop(self, patch_size: int) -> int:
     """Side of the clean crop this task needs so that its input is patch_size wide."""
     return patch_size * self.scale
+
+
+def task_id(name: str) -> int:
+  """A task's random-stream id: crc32 of its name. Degradations and the task's own parameters
+  (head, query, tail) are keyed by it, so a seed gives a task the same inputs and the same
+  initial values whichever other tasks a run trains (seeds stay paired across study regimes)."""
+  return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
 def _sigma(match):

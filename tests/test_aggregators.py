@@ -270,6 +270,7 @@ import skimage.data  # noqa: E402
 from experiments import tiny  # noqa: E402
 from mtl import degradations, losses, run_state, sharding  # noqa: E402
 from mtl import step as step_lib  # noqa: E402
+from mtl import tasks as tasks_lib  # noqa: E402
 
 STEP_TASKS = ("denoise_30", "sr_x2", "derain")
 
@@ -322,7 +323,7 @@ def _task_grads(run, config, params, batch):
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   out = []
   for spec in run.model.specs:  # degradations keyed by the task's name, as the step does
-    x, y = degradations.degrade(spec, jax.random.fold_in(key, step_lib.task_id(spec.name)),
+    x, y = degradations.degrade(spec, jax.random.fold_in(key, tasks_lib.task_id(spec.name)),
                                 batch[spec.name], config.degrade)
     out.append(jax.grad(lambda b: losses.l1(run.model.apply(dict(params, body=b), spec.name, x),
                                             y))(params["body"]))
@@ -420,7 +421,7 @@ def test_step_uncertainty_weighting_trains_log_vars():
   key = jax.random.fold_in(jax.random.key(config.seed), 0)
   per = []
   for spec in run.model.specs:  # degradations keyed by the task's name, as the step does
-    x, y = degradations.degrade(spec, jax.random.fold_in(key, step_lib.task_id(spec.name)),
+    x, y = degradations.degrade(spec, jax.random.fold_in(key, tasks_lib.task_id(spec.name)),
                                 batch[spec.name], config.degrade)
     per.append(float(losses.l1(run.model.apply(params, spec.name, x), y)))
   want = 0.5 - np.array(per) / (2 * np.exp(s))

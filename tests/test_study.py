@@ -345,6 +345,6 @@ def test_seeds_pair_across_regimes_in_the_shared_body_init():
   jax.tree.map(np.testing.assert_array_equal, a["body"], j["body"])
   other = joint.init(jax.random.key(4))  # another seed: another init
   assert not np.array_equal(other["body"]["pos_embed"], j["body"]["pos_embed"])
-  # Degradations: the step keys each task by step_lib.task_id(name) (tests/test_train.py's
+  # Degradations: the step keys each task by tasks_lib.task_id(name) (tests/test_train.py's
   # independent per-task reference uses the same keys, so a position key there would fail).
-  assert step_lib.task_id("denoise_30") != step_lib.task_id("sr_x2")
+  assert tasks_lib.task_id("denoise_30") != tasks_lib.task_id("sr_x2")

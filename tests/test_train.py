@@ -9,6 +9,7 @@ import skimage.data
 from experiments import tiny
 from mtl import conflicts, degradations, losses, run_config, run_state, sharding
 from mtl import step as step_lib
+from mtl import tasks as tasks_lib
 from mtl.models import ipt
 
 TASKS = ("denoise_30", "sr_x2", "derain")
@@ -43,7 +44,7 @@ def _independent_task_grads(run, config, params, batch, step, halves=False):
   key = jax.random.fold_in(jax.random.key(config.seed), step)
   grads = []
   for spec in run.model.specs:
-    task_key = jax.random.fold_in(key, step_lib.task_id(spec.name))
+    task_key = jax.random.fold_in(key, tasks_lib.task_id(spec.name))
     inputs, targets = degradations.degrade(spec, task_key,
                                            batch[spec.name], config.degrade)
     parts = [(inputs[h::2], targets[h::2]) for h in (0, 1)] if halves else [(inputs, targets)]

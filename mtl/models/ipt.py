@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from mtl.models.ops import attention, conv, fold, pixel_shuffle, unfold
+from mtl.tasks import task_id
 
 DIV2K_RGB_MEAN = np.array([0.4488, 0.4371, 0.4040], np.float32) * 255.0
 
@@ -290,12 +291,14 @@ class IPT:
 
   def init(self, key):
     """Fresh parameters (a pure dict). Jit it with out_shardings to create them sharded."""
-    keys = jax.random.split(key, 3 * len(self.specs) + 1)
+    body_key, tasks_key = jax.random.split(key)
     pure = lambda module: nnx.to_pure_dict(nnx.state(module))
-    params = {"heads": {}, "body": pure(Body(self.cfg, nnx.Rngs(keys[0]))),
+    params = {"heads": {}, "body": pure(Body(self.cfg, nnx.Rngs(body_key))),
               "queries": {}, "tails": {}}
-    for i, spec in enumerate(self.specs):
-      k_head, k_query, k_tail = keys[3 * i + 1:3 * i + 4]
+    for spec in self.specs:
+      # Keyed by the task's name, not its place in the run: one seed, one sr_x2 head everywhere.
+      task_key = jax.random.fold_in(tasks_key, task_id(spec.name))
+      k_head, k_query, k_tail = jax.random.split(task_key, 3)
       params["heads"][spec.name] = pure(Head(self.cfg, nnx.Rngs(k_head)))
       params["queries"][spec.name] = embedding_std(self.cfg.init) * jax.random.normal(
           k_query, (self.cfg.num_tokens, self.cfg.token_dim))

@@ -14,10 +14,9 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
   groups         {name: (task, ...)} for the regime 'groups'
   seeds          every run is repeated for each seed (default 0, 1, 2: a paired interval over
                  seeds needs >= 2, and is usable from 3). Seeds are paired across regimes: the
-                 same seed gives the same body init and the same crops and degradations of a
-                 task at a step in every regime (keyed by seed, step and task name). A task's
-                 head / query / tail init is keyed by its position in the run's task list, so
-                 it matches scratch only for the first task of a joint run
+                 same seed gives the same body init, the same head / query / tail init of a
+                 task and the same crops and degradations of a task at a step in every regime
+                 (keyed by seed, step and task name, never by a task's place in the run)
   metric         'psnr_y' (BasicSR's Y channel) or 'psnr_rgb': the lr is chosen on it and the
                  tables report it (with the matching SSIM)
   steps          {regime: steps per run}; pairs / groups 0 -> as joint
