@@ -86,9 +86,12 @@ def check_config(workdir, config_dict):
   saved = io.read_json(path)
   if latest_saved_step(workdir) is None:
     return bool(io.differences(saved, config_dict))
-  io.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
-                    "a run with a different config",
-                    "use a new --workdir or the same config to resume")
+  added = io.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
+                            "a run with a different config",
+                            "use a new --workdir or the same config to resume")
+  if added:
+    print(f"{path} predates the config fields {io.field_list(added)}: resuming with their current "
+          "values", flush=True)
   return False
 
 

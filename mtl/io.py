@@ -79,12 +79,23 @@ def differences(saved, current, ignore=()):
 
 
 def refuse_changes(path, saved, current, ignore=(), what="a different config", advice=""):
-  """ValueError naming up to four changed fields (saved -> current) if the dicts differ."""
-  diff = differences(saved, current, ignore)
+  """ValueError naming up to four changed fields (saved -> current) if the dicts differ.
+
+  Fields that only `current` has were added to mtl after `saved` was written (an older run
+  behaved as if they had their defaults): not refused; returned, for the caller to mention."""
+  old, new = flatten(saved), flatten(json.loads(json.dumps(current, default=str)))
+  added = sorted(set(new) - set(old))
+  diff = [k for k in differences(saved, current, ignore) if k not in added]
   if diff:
-    old, new = flatten(saved), flatten(json.loads(json.dumps(current, default=str)))
     shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in diff[:4])
     raise ValueError(f"{path} holds {what}: {shown}{'; ' + advice if advice else ''}")
+  return added
+
+
+def field_list(fields, shown=6):
+  """'a, b, c and 4 more': a long list of dotted field names, for one readable line."""
+  more = f" and {len(fields) - shown} more" if len(fields) > shown else ""
+  return ", ".join(fields[:shown]) + more
 
 
 def format_duration(seconds):

@@ -93,6 +93,23 @@ def test_a_run_that_never_saved_a_step_takes_a_new_config(tmp_path):
     checkpoints.check_config(workdir, _config().to_dict())
 
 
+def test_a_config_written_before_a_field_existed_resumes_and_says_so(tmp_path, capsys):
+  workdir = str(tmp_path)
+  older = _config().to_dict()
+  del older["mtl"], older["model"]["init"]  # fields added to mtl after this run started
+  io.write_json(os.path.join(workdir, "config.json"), older)
+  os.makedirs(os.path.join(workdir, "checkpoints", "2"))
+  assert checkpoints.check_config(workdir, _config().to_dict()) is False  # resumable
+  out = capsys.readouterr().out
+  assert "predates the config fields model.init, mtl.affinity_every" in out, out
+  assert "more: resuming with their current values" in out
+  saved = io.read_json(os.path.join(workdir, "config.json"))
+  assert saved == json.loads(json.dumps(older))  # left as it was
+  changed = _config(seed=7).to_dict()  # a field it has, changed: still refused
+  with pytest.raises(ValueError, match=r"different config: seed \(0 -> 7\)"):
+    checkpoints.check_config(workdir, changed)
+
+
 def _dead_pid():
   proc = subprocess.Popen([sys.executable, "-c", "pass"])
   proc.wait()

@@ -131,9 +131,12 @@ class Study:
     path = os.path.join(self.workdir, STUDY_FILE)
     if not os.path.exists(path):
       return False
-    io.refuse_changes(self.workdir, io.read_json(path)["study"], self.config, REPORT_ONLY,
-                      "a different study",
-                      "use a new --workdir, or the same study config to continue it")
+    added = io.refuse_changes(self.workdir, io.read_json(path)["study"], self.config,
+                              REPORT_ONLY, "a different study",
+                              "use a new --workdir, or the same study config to continue it")
+    if added:
+      print(f"{path} predates the study fields {io.field_list(added)}: continuing with their "
+            "current values", flush=True)
     return True
 
   def prepare(self):
