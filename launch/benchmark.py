@@ -17,6 +17,8 @@ Sections:
   probe     joint step, every task every step: probe / no-probe time ratio, and the naive
             jax.jacrev probe's ratio, with peak memory of each; PyTorch's per-task loop
   devices   the same joint step on 8 fake CPU devices / 1 device, equal global batch
+  aggregators  (not in the default) the joint step (3 tasks) with each aggregator and loss
+            weighting of mtl.aggregators, relative to plain summed gradients
   profile   (not in the default) each stage of a one-task step alone, forward + backward: head,
             body, one encoder layer / attention / MLP, each task's tail, the optimizer update
 """
@@ -28,9 +30,11 @@ import sys
 import time
 
 import _root  # noqa: F401
+import cli
 from absl import app, flags
 
 SIX_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
+SECTIONS = ("train", "pipeline", "probe", "devices", "profile", "aggregators")
 
 flags.DEFINE_list("sections", ["train", "pipeline", "probe", "devices"], "What to measure.")
 flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (experiments/base.py SIZES).")
@@ -433,12 +437,53 @@ def section_devices(size):
   print(f"  ratio {FLAGS.devices}/1: {times[FLAGS.devices] / times[1]:.2f}")
 
 
-def main(argv):
-  del argv
+AGGREGATOR_TASKS = ("denoise_30", "sr_x2", "derain")
+
+
+def section_aggregators(size):
+  """Each config.mtl method's joint step relative to 'sum', in interleaved rounds; every method
+  threads its own state (GradVac, DWA, FAMO and the uncertainty weights carry their own)."""
+  import jax
+  import numpy as np
+  from mtl import aggregators, run_state, sharding
+  methods = [("sum", "")] + [(a, "") for a in aggregators.WEIGHTINGS if a != "sum"]
+  methods += [("sum", w) for w in aggregators.LOSS_WEIGHTINGS]
+  print(f"\n[aggregators] size={size}: joint step, {len(AGGREGATOR_TASKS)} tasks every step, "
+        f"batch {FLAGS.batch_size} per task (the aggregators take per-task body gradients on "
+        "every step; the loss weightings sum them); "
+        f"{os.popen('uptime').read().strip()}")
+  steps, states = {}, {}
+  for aggregator, weighting in methods:
+    config = _config(size, AGGREGATOR_TASKS)
+    config.mtl.aggregator, config.mtl.loss_weighting = aggregator, weighting
+    run = run_state.build(config)
+    label = weighting or aggregator
+    with jax.set_mesh(run.mesh):
+      batch = sharding.to_global(_batch(run, config), run.mesh)
+      steps[label] = (_step(run, config, run.model.task_names), batch, run.mesh)
+      states[label] = jax.block_until_ready(steps[label][0](run.init_state(), batch)[0])
+  times = {label: [] for label in steps}
+  for _ in range(FLAGS.repeats):
+    for label, (fn, batch, mesh) in steps.items():
+      with jax.set_mesh(mesh):
+        start = time.perf_counter()
+        states[label] = jax.block_until_ready(fn(states[label], batch)[0])
+        times[label].append(time.perf_counter() - start)
+  base = float(np.median(times["sum"]))
+  print("  method        ms/step  relative to sum")
+  for label, t in times.items():
+    print(f"  {label:<12} {np.median(t) * 1e3:>8.1f}  {np.median(t) / base:5.2f}")
+
+
+@cli.absl_main
+def main():
   import jax
   bad = set(FLAGS.against) - {"torch"}
   if bad:
     raise ValueError(f"--against={','.join(FLAGS.against)}; valid: torch")
+  bad = set(FLAGS.sections) - set(SECTIONS)
+  if bad:
+    raise ValueError(f"--sections={','.join(FLAGS.sections)}; valid: {','.join(SECTIONS)}")
   bad = set(FLAGS.tasks) - set(SIX_TASKS)
   if bad:
     raise ValueError(f"--tasks={','.join(FLAGS.tasks)}; valid: {','.join(SIX_TASKS)}")
@@ -457,7 +502,7 @@ def main(argv):
       continue
     for size in FLAGS.sizes:
       {"train": section_train, "probe": section_probe, "devices": section_devices,
-       "profile": section_profile}[section](size)
+       "profile": section_profile, "aggregators": section_aggregators}[section](size)
 
 
 if __name__ == "__main__":

@@ -265,12 +265,12 @@ def test_famo_matches_libmtl_steps():
 # Inside the training step (config.mtl): the update gradient the step hands to the optimizer.
 
 import optax  # noqa: E402
-import skimage.data  # noqa: E402
 
 from experiments import tiny  # noqa: E402
 from mtl import degradations, losses, run_state, sharding  # noqa: E402
 from mtl import step as step_lib  # noqa: E402
 from mtl import tasks as tasks_lib  # noqa: E402
+from photo_batch import photo_batch  # noqa: E402
 
 STEP_TASKS = ("denoise_30", "sr_x2", "derain")
 
@@ -293,15 +293,6 @@ def _step_config(aggregator="sum", devices=1, **args):
   return config
 
 
-def _photo_batch(config, run):
-  photo = skimage.data.astronaut()
-  rng = np.random.default_rng(0)
-  batch = {}
-  for spec in run.model.specs:
-    side = spec.hr_crop(config.model.patch_size)
-    ys, xs = rng.integers(0, photo.shape[0] - side, (2, config.data.batch_size))
-    batch[spec.name] = np.stack([photo[y:y + side, x:x + side] for y, x in zip(ys, xs)])
-  return batch
 
 
 def _step_grads(config):
@@ -312,7 +303,7 @@ def _step_grads(config):
     state = run.init_state()
     state = state.replace(opt_state=rec.init(state.params))
     params = jax.device_get(state.params)
-    batch = _photo_batch(config, run)
+    batch = photo_batch(config, run)
     step = jax.jit(step_lib.make_step(run.model, config, rec, run.model.task_names))
     new_state, _ = step(state, sharding.to_global(batch, run.mesh))
     return jax.device_get(new_state.opt_state), params, batch, run, jax.device_get(new_state)

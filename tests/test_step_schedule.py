@@ -2,25 +2,16 @@
 import jax
 import numpy as np
 import optax
-import skimage.data
 
 from experiments import tiny
 from mtl import run_state, sharding
 from mtl import step as step_lib
+from photo_batch import photo_batch
 
 TASKS = ("denoise_30", "sr_x2", "derain")
 PRESENT, ABSENT = "denoise_30", ("sr_x2", "derain")
 
 
-def _batch(config, run, seed):
-  photo = skimage.data.astronaut()
-  rng = np.random.default_rng(seed)
-  batch = {}
-  for spec in run.model.specs:
-    side = spec.hr_crop(config.model.patch_size)
-    ys, xs = rng.integers(0, photo.shape[0] - side, (2, config.data.batch_size))
-    batch[spec.name] = np.stack([photo[y:y + side, x:x + side] for y, x in zip(ys, xs)])
-  return batch
 
 
 def _task_leaves(tree, task):
@@ -41,7 +32,7 @@ def test_absent_tasks_params_and_adam_moments_do_not_move():
     # Non-zero Adam moments everywhere (as after earlier steps), so absent tasks have some to lose.
     fill = lambda x: np.full(x.shape, 1e-3, x.dtype) if x.ndim else x
     before = state.replace(opt_state=jax.tree_util.tree_map(fill, state.opt_state))
-    batch = {PRESENT: _batch(config, run, 1)[PRESENT]}
+    batch = {PRESENT: photo_batch(config, run, 1)[PRESENT]}
     after, _ = jax.jit(step_lib.make_step(run.model, config, run.optimizer, (PRESENT,)))(
         before, sharding.to_global(batch, run.mesh))
     # What a bare optax update on the step's zero gradients would have done to them.

@@ -4,13 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import skimage.data
 
 from experiments import tiny
 from mtl import conflicts, degradations, losses, run_config, run_state, sharding
 from mtl import step as step_lib
 from mtl import tasks as tasks_lib
 from mtl.models import ipt
+from photo_batch import photo_batch
 
 TASKS = ("denoise_30", "sr_x2", "derain")
 
@@ -26,16 +26,6 @@ def _config(data=1, **overrides):
   return config
 
 
-def _batch(config, run, step=0):
-  """Real photo crops (astronaut), one sub-batch per task, HR side per task."""
-  photo = skimage.data.astronaut()
-  rng = np.random.default_rng(step)
-  batch = {}
-  for spec in run.model.specs:
-    side = spec.hr_crop(config.model.patch_size)
-    ys, xs = rng.integers(0, photo.shape[0] - side, (2, config.data.batch_size))
-    batch[spec.name] = np.stack([photo[y:y + side, x:x + side] for y, x in zip(ys, xs)])
-  return batch
 
 
 def _independent_task_grads(run, config, params, batch, step, halves=False):
@@ -69,7 +59,7 @@ def test_probe_gramians_equal_independent_per_half_gradients(devices):
   with jax.set_mesh(run.mesh):
     state = run.init_state()
     params = jax.device_get(state.params)
-    batch = _batch(config, run)
+    batch = photo_batch(config, run)
     step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names,
                                    probe=True))
     _, metrics, grams = step(state, sharding.to_global(batch, run.mesh))
@@ -103,7 +93,7 @@ def test_probe_step_makes_the_same_update_as_the_plain_step():
   run = run_state.build(config)
   sgd = optax.sgd(1.0)
   with jax.set_mesh(run.mesh):
-    batch = sharding.to_global(_batch(config, run), run.mesh)
+    batch = sharding.to_global(photo_batch(config, run), run.mesh)
     start = run.init_state()
     start = start.replace(opt_state=sgd.init(start.params))
     names = run.model.task_names
@@ -149,7 +139,7 @@ def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
       state = run.init_state()
       state = state.replace(opt_state=keep.init(state.params))
       step = jax.jit(step_lib.make_step(run.model, config, keep, run.model.task_names))
-      state, metrics = step(state, sharding.to_global(_batch(config, run), run.mesh))
+      state, metrics = step(state, sharding.to_global(photo_batch(config, run), run.mesh))
       results.append((float(metrics["loss/total"]), jax.device_get(state.opt_state)))
   (loss1, grads1), (loss8, grads8) = results
   # float32 sums of n terms in another order differ by ~sqrt(n) eps relative (eps = 1.2e-7):
@@ -208,6 +198,6 @@ def test_bfloat16_compute_trains_with_float32_parameters():
   run = run_state.build(config)
   with jax.set_mesh(run.mesh):
     step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names))
-    state, metrics = step(run.init_state(), sharding.to_global(_batch(config, run), run.mesh))
+    state, metrics = step(run.init_state(), sharding.to_global(photo_batch(config, run), run.mesh))
   assert np.isfinite(float(metrics["loss/total"]))
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))

@@ -130,28 +130,3 @@ def aggregate_tree(task_grads, mtl_cfg, key=None, state=None):
   if s_in is not None:
     state = dict(state, aggregator=new_s)
   return jax.tree_util.tree_unflatten(treedef, out), state, weights
-
-
-def relative_step_times(step_for, make_args, names=("sum", "mean", "pcgrad", "gradvac", "cagrad",
-                                                    "upgrad", "mgda"), repeats=5):
-  """Median wall time of each aggregator's step relative to 'sum' (interleaved rounds).
-
-  step_for(name) -> a jitted step; make_args(name) -> its arguments (fresh each call, since steps
-  may donate). Each round times every method once, so load drift hits all alike.
-  """
-  import time
-  import numpy as np
-  fns = {n: step_for(n) for n in names}
-  for n in names:  # compile and warm up
-    jax.block_until_ready(fns[n](*make_args(n)))
-  times = {n: [] for n in names}
-  for _ in range(repeats):
-    for n in names:
-      args = make_args(n)
-      jax.block_until_ready(args)
-      t0 = time.perf_counter()
-      jax.block_until_ready(fns[n](*args))
-      times[n].append(time.perf_counter() - t0)
-  base = float(np.median(times["sum"])) if "sum" in times else float("nan")
-  return {n: {"median_s": float(np.median(t)), "relative": float(np.median(t)) / base}
-          for n, t in times.items()}
