@@ -11,3 +11,7 @@ import jax  # noqa: E402
 # Eight fake CPU devices for the whole session: sharding tests use all of them, the others a
 # one-device mesh (config.mesh.data=1), so both run in one process.
 jax.config.update("jax_num_cpu_devices", 8)
+
+# launch/train.py keeps a persistent compilation cache (~/.cache/mtl/xla by default): off in the
+# processes tests start, unless a test passes --compile_cache itself.
+os.environ.setdefault("MTL_COMPILE_CACHE", "")

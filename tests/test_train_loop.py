@@ -139,7 +139,9 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
       {"pid": dead.pid, "host": socket.gethostname(), "started": "earlier"}))
   log = tmp_path / "first.out"
   # A far end and no periodic checkpoint: the checkpoint found is Ctrl-C's.
-  args = _cli_args(workdir, total_steps=1000, checkpoint_every=1000, log_every=1)
+  cache = tmp_path / "xla"
+  args = _cli_args(workdir, total_steps=1000, checkpoint_every=1000, log_every=1) + [
+      f"--compile_cache={cache}"]
   with open(log, "w") as out:
     first = subprocess.Popen([sys.executable, "launch/train.py", *args], cwd=ROOT, stdout=out,
                              stderr=subprocess.STDOUT)
@@ -162,8 +164,9 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   assert re.search(r"^run: joint denoise_30,sr_x2 \| [\d.]+M parameters \| 8 cpu device\(s\), "
                    r"mesh data=1 x fsdp=1 \| .* \(fresh\) \| loss: L1 on the \[0, 255\]", text, re.M)
   assert re.search(r"^compiled the probe step in [\d.]+s$", text, re.M)
+  assert os.listdir(cache)  # the compiled steps, for the resume to load
 
-  second = _launch(*_cli_args(workdir))  # the same run, its normal length
+  second = _launch(*_cli_args(workdir), f"--compile_cache={cache}")  # its normal length
   assert second.returncode == 0, second.stderr[-3000:]
   assert f"(resuming at step {saved})" in second.stdout
   resumed, step = _params(str(workdir), _config())

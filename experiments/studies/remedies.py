@@ -8,12 +8,12 @@ Regimes: scratch (each task alone), joint (sum of the task losses), joint:pcgrad
 2020), joint:cagrad (Liu et al. 2021), joint:upgrad (Quinton & Rey 2024), joint:uncertainty
 (Kendall et al. 2018): every joint variant has the same steps, learning rate and seeds. The
 aggregators take the per-task body gradients on every step (mtl.aggregators); every joint run
-also records TAG affinity (Fifty et al. 2021) every 20 steps (the report's predictors table
-needs pair runs, which this CPU study leaves out: see remedies_gpu.py).
-Budget: 8 runs per seed, 24 runs of 120 steps (batch 4 per task). Estimated ~40 min on 2 idle
-cores (from a 240-step tiny joint run taking ~2.5 min with start-up; about 50 s of each run is
-start-up, compilation and evaluation; not yet timed end to end). Far too short for converged
-numbers: it exercises the comparison and its paired intervals, not the answer.
+also records TAG affinity (Fifty et al. 2021) every 20 steps, and the three pair runs per seed
+give the measured pairwise transfer the predictors table ranks the cosines and affinity against.
+Budget: 11 runs per seed, 33 runs of 120 steps (batch 4 per task). Estimated ~35 min on 2 idle
+cores (from the mini study: ~25 s of start-up and evaluation per run, a 100-step joint run
+with probes 61 s). Far too short for converged numbers: it exercises the comparison and its
+paired intervals, not the answer.
 """
 from experiments.studies import common
 from mtl import study as study_lib
@@ -26,7 +26,7 @@ def get_config(arg=None):
   study = study_lib.defaults()
   study.name = "remedies"
   study.tasks = ("denoise_30", "sr_x2", "derain")
-  study.regimes = ("scratch", "joint") + tuple(f"joint:{m}" for m in METHODS)
+  study.regimes = ("scratch", "joint", "pairs") + tuple(f"joint:{m}" for m in METHODS)
   study.seeds = (0, 1, 2)
   study.steps.scratch = 120
   study.steps.joint = 120           # every joint:<method> run too
