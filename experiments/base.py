@@ -97,7 +97,7 @@ def get_config(size="tiny"):
   # (sum | mean | pcgrad | gradvac | cagrad | mgda | imtl_g | nash_mtl | aligned_mtl | upgrad;
   # aggregator_args.per_leaf=True: per leaf), a loss weighting ('' | uncertainty | dwa | rlw |
   # famo), and TAG task affinity (Fifty et al. 2021) every affinity_every steps (0: never), its
-  # lookahead an SGD step of affinity_lr (0: the run's learning rate at that step).
+  # lookahead an SGD step of affinity_lr (0: sized by the gradients, mtl/conflicts/affinity.py).
   c.mtl = ml_collections.ConfigDict(dict(aggregator="sum", loss_weighting="", affinity_every=0,
                                          affinity_lr=0.0))
   c.mtl.aggregator_args = ml_collections.ConfigDict(dict(per_leaf=False))  # + the method's kwargs

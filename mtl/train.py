@@ -174,7 +174,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
           task_names = tuple(n for n in names if n in local_batch)
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
             affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
-                                                      _affinity_lr(config, run.schedule, step))))
+                                                      config.mtl.affinity_lr)))
           probing = bool(probe_every and step % probe_every == 0)
           key = ("probe",) if probing else task_names
           t0 = time.monotonic()
@@ -321,11 +321,6 @@ def _affinity_setup(run, config, workdir, start, is_writer):
   if is_writer:
     affinity.truncate_after(workdir, start - 1)  # steps >= start will be measured again
   return every, jax.jit(affinity.make_affinity(run.model, config, run.model.task_names)), []
-
-
-def _affinity_lr(config, schedule, step):
-  lr = config.mtl.get("affinity_lr", 0.0)
-  return jnp.asarray(lr if lr > 0 else schedule(step), jnp.float32)
 
 
 def _flush_affinity(workdir, buffer, task_names, is_writer):

@@ -4,6 +4,12 @@ Z_{i->j} = 1 - L_j(theta_s - lr g_i, theta_j) / L_j(theta_s, theta_j): the share
 moved by one plain SGD step along task i's body gradient g_i, on the same batch, and task j's
 loss is compared before and after (task-specific parts unchanged). Z_{i->j} > 0: i's step helps j.
 
+The step size: `lr` > 0 as given (config.mtl.affinity_lr); otherwise one common size per
+measurement, AUTO_DECREASE * min_i L_i / |g_i|^2, the step whose first-order decrease of the
+steepest task's own loss is 1% of that loss. An Adam learning rate used as an SGD step is no
+such size: on IPT's L1 loss on the [0, 255] scale (body gradient norms ~100) lr 3e-3 overshoots,
+and even a task's affinity with itself comes out negative.
+
 The store is one file, <workdir>/conflicts/affinity.npz (steps (N,), affinity (N, T, T), tasks),
 rewritten atomically (mtl.io) at each checkpoint flush; a resumed run first drops the steps it
 will measure again, so steps are neither lost nor repeated.
@@ -17,16 +23,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl import io, stats
+from mtl.tasks import task_id
 
 FILE = "affinity.npz"
+AUTO_DECREASE = 0.01  # the automatic step: first-order decrease of the steepest task's loss
 
 
 def affinity(model, config, names, params, batch, step, lr):
   """(T, T) Z[i, j] = Z_{i->j} at `step` (same degradations as that training step)."""
   from mtl import step as step_lib  # the step's own degradations and per-task losses
   specs = [model.specs[model.task_names.index(n)] for n in names]
-  inputs, targets = step_lib.degrade_batch(
-      specs, [model.task_names.index(n) for n in names], config, step, batch)
+  inputs, targets = step_lib.degrade_batch(specs, [task_id(n) for n in names], config, step,
+                                           batch)
   body = params["body"]
   t = len(names)
 
@@ -36,6 +44,10 @@ def affinity(model, config, names, params, batch, step, lr):
   base, vjp = jax.vjp(losses_at, [body] * t)
   # per-task body gradients from one backward pass: the cotangent e_i reaches only body i
   g = vjp(jnp.ones((t,), base.dtype))[0]
+  squared = jnp.stack([sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                           for x in jax.tree.leaves(gi)) for gi in g])
+  auto = AUTO_DECREASE * jnp.min(base / jnp.maximum(squared, 1e-30))
+  lr = jnp.where(lr > 0, lr, auto)
   rows = []
   for i in range(t):
     moved = jax.tree.map(lambda p, gi: p - lr * gi.astype(p.dtype), body, g[i])
