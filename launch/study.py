@@ -50,7 +50,7 @@ flags.DEFINE_string("workdir", None, "Directory of the study (study.json, runs/,
 flags.DEFINE_bool("dry_run", False, "Print the runs and their exact commands (with --submit: the "
                   "sbatch calls and dependencies); write and submit nothing.")
 flags.DEFINE_string("only", "", "Comma-separated globs of run names to run, e.g. 'joint-*'.")
-flags.DEFINE_string("jax_cache", "", "JAX compilation cache the runs share: '' -> "
+flags.DEFINE_string("compile_cache", "", "XLA compilation cache the runs share: '' -> "
                     "$JAX_COMPILATION_CACHE_DIR or ~/.cache/mtl/jax_cache; 'off' -> none.")
 flags.DEFINE_integer("max_parallel", 1, "Runs at once on this machine (each its own process).")
 flags.DEFINE_string("devices", "auto", "With --max_parallel > 1, the GPUs handed out one per run "
@@ -122,8 +122,8 @@ def plan(study, runs, args):
     options = dict(vars(args), job_name=job_name(args.job_name, spec.name))
     command = [args.python, "launch/study.py", f"--workdir={study.workdir}",
                f"--only={spec.name}"]
-    if FLAGS.jax_cache:
-      command.append(f"--jax_cache={FLAGS.jax_cache}")
+    if FLAGS.compile_cache:
+      command.append(f"--compile_cache={FLAGS.compile_cache}")
     log_dir = os.path.join(study.workdir, "slurm")
     # One study process per job: it picks a fine-tune's start, trains (one process owning the
     # job's GPUs) and marks the run done; several srun tasks would race for the run's lock.
@@ -203,7 +203,7 @@ def main(argv):
       sys.exit(submit(study, runner.matching(study.runs, FLAGS.only), FLAGS.dry_run))
     if FLAGS.dry_run:
       sys.exit(study_lib.dry_run(study, FLAGS.only))
-    sys.exit(study_lib.Runner(study, jax_cache=FLAGS.jax_cache, max_parallel=FLAGS.max_parallel,
+    sys.exit(study_lib.Runner(study, compile_cache=FLAGS.compile_cache, max_parallel=FLAGS.max_parallel,
                               devices=devices(FLAGS.devices, FLAGS.max_parallel))
              .run(FLAGS.only))
   except (ValueError, FileNotFoundError, cli.UsageError) as error:

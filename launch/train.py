@@ -14,7 +14,6 @@ Output goes to the terminal and is appended to <workdir>/train.log. Exit status:
 75 stopped by SIGTERM or Ctrl-C after saving a checkpoint (run the same command to resume),
 130 a second Ctrl-C (stopped at once; the last checkpoint is kept).
 """
-import os
 import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `experiments`)
@@ -29,9 +28,9 @@ config_flags.DEFINE_config_file("config", None, "Config file (experiments/*.py[:
 flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, events, results).")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config, parameter counts, mesh and the "
                   "workdir's files, then exit without writing anything.")
-flags.DEFINE_string("compile_cache", os.environ.get("MTL_COMPILE_CACHE", "~/.cache/mtl/xla"),
-                    "Persistent XLA compilation cache: a rerun, resume or study run with the same "
-                    "steps loads them instead of compiling ('' off; default $MTL_COMPILE_CACHE).")
+flags.DEFINE_string("compile_cache", "", "Persistent XLA compilation cache: a resume, rerun or "
+                    "study run with the same steps loads them instead of compiling. '' -> "
+                    "$JAX_COMPILATION_CACHE_DIR or ~/.cache/mtl/jax_cache; 'off' -> none.")
 flags.mark_flags_as_required(["config", "workdir"])
 distributed.define_flags()
 
@@ -105,8 +104,9 @@ def main(argv):
     if flags.FLAGS.dry_run:
       print(run_state.prepare(config, flags.FLAGS.workdir).describe())
       return
-    if flags.FLAGS.compile_cache:
-      compile_cache.enable(flags.FLAGS.compile_cache)
+    cache = compile_cache.directory_from(flags.FLAGS.compile_cache)
+    if cache:
+      compile_cache.enable(cache)
     with progress.Tee():
       try:
         train.train_and_evaluate(config, flags.FLAGS.workdir)

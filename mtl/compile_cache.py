@@ -9,6 +9,20 @@ import time
 
 import jax
 
+# Where launch/train.py and the study runs keep compiled steps unless told otherwise
+# ($JAX_COMPILATION_CACHE_DIR, or --compile_cache=DIR|off).
+DEFAULT_DIR = os.path.join("~", ".cache", "mtl", "jax_cache")
+
+
+def directory_from(flag):
+  """The cache directory a --compile_cache value means: 'off' -> '' (none); '' -> the
+  environment's $JAX_COMPILATION_CACHE_DIR (set but empty: none), else DEFAULT_DIR."""
+  if flag == "off":
+    return ""
+  if flag:
+    return os.path.abspath(os.path.expanduser(flag))
+  return os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_DIR)
+
 
 def enable(directory):
   """Persist every compiled executable under `directory` (created if missing); later processes

@@ -12,6 +12,6 @@ import jax  # noqa: E402
 # one-device mesh (config.mesh.data=1), so both run in one process.
 jax.config.update("jax_num_cpu_devices", 8)
 
-# launch/train.py keeps a persistent compilation cache (~/.cache/mtl/xla by default): off in the
-# processes tests start, unless a test passes --compile_cache itself.
-os.environ.setdefault("MTL_COMPILE_CACHE", "")
+# launch/train.py keeps a persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else
+# ~/.cache/mtl/jax_cache): none in the processes tests start, unless a test gives one.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")

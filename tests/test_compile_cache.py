@@ -39,3 +39,14 @@ def test_second_process_loads_the_step_from_the_cache(tmp_path):
 def test_empty_directory_is_refused():
   with pytest.raises(ValueError, match="compile cache directory"):
     compile_cache.enable("")
+
+
+def test_flag_values_name_the_directory(monkeypatch, tmp_path):
+  assert compile_cache.directory_from("off") == ""
+  assert compile_cache.directory_from(str(tmp_path)) == str(tmp_path)
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/shared/cache")
+  assert compile_cache.directory_from("") == "/shared/cache"
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # set but empty: none
+  assert compile_cache.directory_from("") == ""
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+  assert compile_cache.directory_from("") == compile_cache.DEFAULT_DIR

@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 
-from mtl import io
+from mtl import compile_cache, io
 from mtl.study.spec import format_lr
-from mtl.study.workdir import DEFAULT_JAX_CACHE, DONE_FILE, LOG_FILE, ROOT, RUN_CONFIG
+from mtl.study.workdir import DONE_FILE, LOG_FILE, ROOT, RUN_CONFIG
 
 RUN_LOCK = "RUNNING"
 FAILED_FILE = "FAILED"
@@ -173,7 +173,7 @@ class Runner:
   """Runs a study's runs as subprocesses of launch/train.py: at most `max_parallel` at once (each
   with one of `devices` as CUDA_VISIBLE_DEVICES when given), fine-tunes after their sweep."""
 
-  def __init__(self, study, out=sys.stdout, python=sys.executable, jax_cache="", max_parallel=1,
+  def __init__(self, study, out=sys.stdout, python=sys.executable, compile_cache="", max_parallel=1,
                devices=None):
     if max_parallel < 1:
       raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
@@ -183,7 +183,7 @@ class Runner:
     self.study = study
     self.out = out
     self.python = python
-    self.jax_cache = jax_cache
+    self.compile_cache = compile_cache
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
     self.active = {}
@@ -215,14 +215,9 @@ class Runner:
   def _env(self, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["MTL_TRAIN_LOG"] = "0"  # the runner writes each run's train.log itself (_pump)
-    # Runs share most of their programs (model init, eval, same-shaped steps): JAX's persistent
-    # compilation cache spares each run most of its compile time (~15 s of 20 s for tiny).
-    if self.jax_cache == "off":
-      env.pop("JAX_COMPILATION_CACHE_DIR", None)
-    elif self.jax_cache:
-      env["JAX_COMPILATION_CACHE_DIR"] = os.path.abspath(self.jax_cache)
-    else:
-      env.setdefault("JAX_COMPILATION_CACHE_DIR", DEFAULT_JAX_CACHE)
+    # Runs share most of their programs (model init, eval, same-shaped steps): the persistent
+    # compilation cache (launch/train.py reads it from here; '' = none) spares them compiling.
+    env["JAX_COMPILATION_CACHE_DIR"] = compile_cache.directory_from(self.compile_cache)
     if device is not None:
       env["CUDA_VISIBLE_DEVICES"] = device
     return env

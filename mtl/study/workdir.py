@@ -25,7 +25,6 @@ RUN_CONFIG = "run_config.json"
 DONE_FILE = "DONE"
 LOG_FILE = "train.log"
 FORMAT_VERSION = 1
-DEFAULT_JAX_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "mtl", "jax_cache")
 
 
 class Waiting(Exception):
