@@ -11,6 +11,7 @@ high, level, n, p, method, note); a NaN interval always carries a one-line `note
                         cosine): batch means of the pieces + the delta method, or block bootstrap
   corrected_cosine_intervals  that, for every task pair of a window of half-split Gramians
   conflict_fraction_interval  share of steps < 0: Wilson score interval at an effective n
+  mean_of_runs          the mean of independent runs' window means (seeds), from their intervals
   spearman              rank correlation with an exact (n <= 9) or Monte Carlo permutation p
   delta_m               Delta_m% of Maninis et al. (2019) / Vandenhende et al. (2021)
 """
@@ -243,6 +244,25 @@ def corrected_cosine_intervals(G2, level=0.95, method="batch_means"):
   cross, same = corrected_cosine_pieces(G2)
   return [pooled_ratio_interval(cross[:, i, j], same[:, i], same[:, j], level, method)
           for i, j in pair_indices(same.shape[-1])]
+
+
+def mean_of_runs(intervals, level=0.95):
+  """The mean of k independent runs' estimates (one window mean per seed) with a normal interval
+  from their own intervals: se_i = half-width_i / z, se = sqrt(sum se_i^2) / k. Runs' intervals
+  from t quantiles (batch means) give se_i >= the true one, so the result errs wide. NaN runs
+  are left out; none left, or one without an interval: a NaN interval saying so."""
+  _check_level(level)
+  runs = [iv for iv in intervals if math.isfinite(iv.estimate)]
+  method = "mean of runs (independent seeds; per-run intervals combined)"
+  if not runs:
+    return _nan_interval(level, 0, method, "no run has an estimate")
+  estimate = float(np.mean([iv.estimate for iv in runs]))
+  if not all(math.isfinite(iv.low) and math.isfinite(iv.high) for iv in runs):
+    return _nan_interval(level, len(runs), method, "a run has no interval", estimate)
+  z = sps.norm.ppf((1 + level) / 2)
+  se = math.sqrt(sum(((iv.high - iv.low) / (2 * z)) ** 2 for iv in runs)) / len(runs)
+  p = float(2 * sps.norm.sf(abs(estimate) / se)) if se > 0 else (1.0 if estimate == 0 else 0.0)
+  return Interval(estimate, estimate - z * se, estimate + z * se, level, len(runs), p, method)
 
 
 def conflict_fraction_interval(x, level=0.95):

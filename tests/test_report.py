@@ -144,6 +144,18 @@ def test_conflict_table_is_the_joint_runs_record(study_runs):
   assert row["source"] == "joint" and row["pair"] == "denoise_30~derain"
   assert float(row["mean_cos"]) == pytest.approx(entry["mean_cos"])
   assert float(row["conflict_fraction"]) == pytest.approx(entry["conflict_fraction"])
+  # One seed: the run's own corrected cosine and interval (se = half-width / z, back to +- z se)
+  corrected = entry["corrected_cos"]
+  assert float(row["corrected_cos"]) == pytest.approx(corrected["estimate"], nan_ok=True)
+  if np.isfinite(corrected["low"]):
+    assert float(row["corrected_cos_high"]) - float(row["corrected_cos"]) == pytest.approx(
+        (corrected["high"] - corrected["low"]) / 2, rel=1e-6)
+  else:  # 4 probe steps of batch 2: too few for an interval, or not measurable; said so
+    assert not np.isfinite(float(row["corrected_cos_high"] or "nan"))
+  assert float(row["same_task_agreement_a"]) == pytest.approx(entry["same_task_agreement"][0],
+                                                              nan_ok=True)
+  assert row["verdict"] in (conflicts.CONFLICT, conflicts.AGREEMENT, conflicts.UNDETECTED,
+                            conflicts.NOT_MEASURABLE)
   assert row["pairwise_transfer_db"] == ""  # no 'pairs' regime in this study
 
 

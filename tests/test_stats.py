@@ -108,6 +108,30 @@ def test_batch_means_covers_ar1_mean_where_iid_does_not():
   assert iid <= 0.70 * SIMS, iid
 
 
+def test_mean_of_runs_combines_seeds_and_covers_the_shared_mean():
+  # Three seeds' AR(1) series around one true mean 0: the combined interval is the mean of the
+  # three estimates with se = sqrt(sum se_i^2) / 3, and covers 0 about as often as each run's
+  # own interval (~91%, above); 85% of 200 is the same 3-SD bound.
+  rng = np.random.default_rng(5)
+  hits = 0
+  for _ in range(SIMS):
+    runs = [stats.window_mean_interval(ar1(rng, 400, 0.8)) for _ in range(3)]
+    iv = stats.mean_of_runs(runs)
+    hits += iv.low <= 0.0 <= iv.high
+  assert hits >= 0.85 * SIMS, hits
+  z = sps.norm.ppf(0.975)
+  runs = [stats.Interval(0.1, 0.0, 0.2, 0.95, 10), stats.Interval(0.3, 0.1, 0.5, 0.95, 10)]
+  iv = stats.mean_of_runs(runs)
+  se = math.sqrt((0.1 / z) ** 2 + (0.2 / z) ** 2) / 2  # half-widths 0.1 and 0.2
+  assert iv.estimate == pytest.approx(0.2) and iv.n == 2
+  assert (iv.low, iv.high) == pytest.approx((0.2 - z * se, 0.2 + z * se))
+  nan = stats.Interval(float("nan"), float("nan"), float("nan"), 0.95, 0)
+  assert stats.mean_of_runs([runs[0], nan]).estimate == pytest.approx(0.1)  # NaN runs left out
+  assert "no run" in stats.mean_of_runs([nan]).note
+  no_ci = stats.mean_of_runs([runs[0], stats.Interval(0.5, float("nan"), float("nan"), 0.95, 1)])
+  assert no_ci.estimate == pytest.approx(0.3) and math.isnan(no_ci.low) and no_ci.note
+
+
 def test_block_bootstrap_is_seeded_and_wider_than_iid():
   rng = np.random.default_rng(3)
   x = ar1(rng, 400, 0.8)

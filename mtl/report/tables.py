@@ -12,9 +12,11 @@ How each number is computed (report.md repeats it):
               detectable difference' (always so with one seed: no interval).
   bold        a trained regime's mean, only when it is the best of the task and significantly
               better than every other trained regime (paired interval of best - other > 0).
-  conflicts   per task pair, the mean over probe steps of the whole-body cosine between the two
-              task gradients, and the share of probe steps where it is < 0 (conflict fraction),
-              in the chosen joint (or group) run of each seed; mean (+- std) over seeds.
+  conflicts   per task pair, in the chosen joint (or group) run of each seed: the mean over
+              probe steps of the whole-body cosine between the two task gradients (raw), each
+              task's same-task agreement (the noise floor), the noise-corrected cosine, and the
+              share of probe steps where raw cos < 0; each with the seeds' batch-means intervals
+              combined (stats.mean_of_runs); the verdict from the corrected interval.
   pairwise    transfer of a pair a~b: per seed the mean over a and b of (PSNR of the chosen pair
   transfer    run - scratch PSNR), each on the task's primary test set (the first of study.test
               it is scored on); its paired interval over seeds. Spearman's rank correlation with
@@ -27,8 +29,9 @@ import math
 
 import numpy as np
 
-from mtl import io, stats
+from mtl import conflicts, io, stats
 from mtl import study as study_lib
+from mtl.conflicts import summary as conflict_summary
 from mtl.report.scores import (conflict_summaries, paired, pairwise_transfer, regime_columns,
                                regime_scores)
 
@@ -97,6 +100,27 @@ def format_p(p):
   if p is None or not math.isfinite(p):
     return "–"
   return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def _run_interval(entry, key):
+  """One run's interval of `key` in its conflict summary; NaN where the record lacks it."""
+  d = entry.get(key)
+  if not d:
+    return stats.Interval(float("nan"), float("nan"), float("nan"), 0.95, 0)
+  return stats.Interval(d["estimate"], d["low"], d["high"], d["level"], d["n"])
+
+
+def _interval_text(iv, digits, percent=False):
+  """'+0.012 [+0.003, +0.021]' ('12.5% [9.0, 16.8]' for shares); '–' without an estimate."""
+  if not math.isfinite(iv.estimate):
+    return "–"
+  if percent:
+    inside = f" [{100 * iv.low:.{digits}f}, {100 * iv.high:.{digits}f}]" if math.isfinite(
+        iv.low) else ""
+    return f"{100 * iv.estimate:.{digits}f}%{inside}"
+  inside = f" [{_signed(iv.low, digits)}, {_signed(iv.high, digits)}]" if math.isfinite(
+      iv.low) else ""
+  return _signed(iv.estimate, digits) + inside
 
 
 def delta_text(iv, digits=2):
@@ -330,7 +354,8 @@ def conflict_table(study, summaries=None, transfer=None):
   """
   summaries = conflict_summaries(study) if summaries is None else summaries
   transfer = pairwise_transfer(study) if transfer is None else transfer
-  header = ["source", "pair", "n", "mean cos", "conflict fraction",
+  header = ["source", "pair", "n", "raw cos [95% CI]", "same-task agreement",
+            "corrected cos [95% CI]", "conflict fraction [95% CI]", "verdict",
             "pairwise transfer (dB) [95% CI], p"]
   rows, records = [], []
   by_source = {}
@@ -343,21 +368,39 @@ def conflict_table(study, summaries=None, transfer=None):
     frac = [e["conflict_fraction"] for e in entries]
     mean_cos = float(np.mean(cos))
     std_cos = float(np.std(cos, ddof=1)) if len(cos) > 1 else float("nan")
+    raw, corrected, share = (stats.mean_of_runs([_run_interval(e, key) for e in entries])
+                             for key in ("cos_interval", "corrected_cos",
+                                         "conflict_fraction_interval"))
+    agree = conflicts.nan_mean([e.get("same_task_agreement", [np.nan] * 2) for e in entries], 0)
+    verdict = conflict_summary.pair_verdict(corrected)
     t = transfer.get(pair)
-    cos_text = _signed(mean_cos, 3) + (f" ± {std_cos:.3f}" if len(cos) > 1 else "")
-    rows.append([col, pair, str(len(entries)), cos_text,
-                 f"{100 * np.mean(frac):.1f}%", "–" if t is None else delta_text(t)])
+    rows.append([col, pair, str(len(entries)), _interval_text(raw, 3),
+                 f"{_fmt(agree[0], 2)} / {_fmt(agree[1], 2)}", _interval_text(corrected, 3),
+                 _interval_text(share, 1, percent=True), verdict,
+                 "–" if t is None else delta_text(t)])
     records.append({"source": col, "pair": pair, "n_seeds": len(entries), "mean_cos": mean_cos,
-                    "mean_cos_std": std_cos, "conflict_fraction": float(np.mean(frac)),
+                    "mean_cos_std": std_cos, "mean_cos_low": raw.low, "mean_cos_high": raw.high,
+                    "same_task_agreement_a": float(agree[0]),
+                    "same_task_agreement_b": float(agree[1]),
+                    "corrected_cos": corrected.estimate, "corrected_cos_low": corrected.low,
+                    "corrected_cos_high": corrected.high, "verdict": verdict,
+                    "conflict_fraction": float(np.mean(frac)),
+                    "conflict_fraction_low": share.low, "conflict_fraction_high": share.high,
                     "pairwise_transfer_db": None if t is None else t.estimate,
                     "pairwise_transfer_low": None if t is None else t.low,
                     "pairwise_transfer_high": None if t is None else t.high,
                     "pairwise_transfer_p": None if t is None else t.p})
     if col == "joint" and t is not None:
       joint_points.append((mean_cos, t.estimate))
-  notes = ["mean cos: whole-body cosine between the two tasks' gradients, averaged over the "
-           "probe steps of the chosen run of each seed, then over seeds (± std over seeds). "
-           "conflict fraction: share of probe steps with cos < 0.",
+  notes = ["raw cos: whole-body cosine between the two tasks' gradients, the mean over the "
+           "probe steps of the chosen run of each seed, then over seeds. same-task agreement: "
+           "cosine between the two half-batches of one task (a / b), the noise floor. corrected "
+           "cos: the cosine between the tasks' expected gradients, from independent halves only "
+           "(mtl.conflicts.gramians). conflict fraction: share of probe steps with raw cos < 0. "
+           "Intervals: each run's 95% batch-means interval over its probe steps (which respects "
+           "their autocorrelation), combined over the independent seeds "
+           "(mtl.stats.mean_of_runs). Verdict from the corrected interval: 'conflict beyond "
+           "noise' only when it lies below 0.",
            "pairwise transfer of a~b: per seed, mean over a and b of (PSNR of the two trained "
            "jointly as a pair − scratch PSNR) on each task's primary test set; mean over seeds, "
            "paired t 95% CI and p."]
