@@ -109,16 +109,13 @@ def _joint_runs(study):
 
 def predictor_matrices(study):
   """{'raw cosine' | 'corrected cosine' | 'TAG affinity': (T, T) or None}, seed means."""
-  t = len(study.tasks)
   raw, corrected, aff = [], [], []
   for workdir in _joint_runs(study):
     if os.path.isdir(conflicts.store_dir(workdir)):
       rec = conflicts.load(workdir)
-      grams = rec.grouped("body")[1][:, 0]
-      if len(rec.task_names) == 2 * t:  # half-batch Gramians (2T x 2T): both are measurable
-        corrected.append(conflicts.corrected_cosines(grams, axis=0))
-        grams = conflicts.task_gramian(grams)
-      raw.append(np.nanmean(conflicts.cosines(grams), axis=0))
+      if rec.halves:  # half-batch Gramians stored: the corrected cosine is measurable
+        corrected.append(rec.corrected_cosines("body")[0])
+      raw.append(conflicts.nan_mean(conflicts.cosines(rec.grouped("body")[1][:, 0]), axis=0))
     stored = affinity_lib.load(workdir)
     if stored is not None:
       z = stored[1].mean(0)
@@ -150,7 +147,7 @@ def predictors_table(study):
   for (i, j), k in zip(pairs, keys):
     vals = {p: (None if m is None else float(m[i, j])) for p, m in mats.items()}
     rows.append([k, _signed(measured[i, j], 2)] +
-                [("n/a" if v is None else _signed(v, 3)) for v in vals.values()])
+                [("n/a" if v is None else f"{v:+.3g}") for v in vals.values()])
     records.append(dict(pair=k, transfer=float(measured[i, j]), **vals))
   notes, summary = [], {}
   y = np.array([measured[i, j] for i, j in pairs])

@@ -429,10 +429,10 @@ def compute_table(study):
             "train wall / run", "train wall", "run wall"]
   rows, records = [], []
   per_regime = {}
-  for regime in study_lib.STUDY_REGIMES:
+  regimes = [r for r in study_lib.STUDY_REGIMES if any(s.regime == r for s in study.runs)]
+  regimes += list(dict.fromkeys(s.regime for s in study.runs if s.regime not in regimes))
+  for regime in regimes:  # the named regimes in their order, then joint:<method> as they come
     specs = [r for r in study.runs if r.regime == regime]
-    if not specs:
-      continue
     done = [(r, study.compute(r.name)) for r in specs]
     done = [(r, c) for r, c in done if c is not None]
     entry = {"regime": regime, "runs": len(specs), "runs_done": len(done),
