@@ -1,7 +1,8 @@
 """Acting on conflicts on CPU: joint training with gradient aggregators and a loss weighting
 against plain summed joint training and scratch (tiny IPT, 3 tasks, 3 seeds).
 
-  python launch/study.py --config=experiments/studies/remedies.py --workdir=/tmp/mtl/remedies
+  python launch/study.py --config=experiments/studies/remedies.py --workdir=/tmp/mtl/remedies \
+      --max_parallel=2
   python launch/report.py --workdir=/tmp/mtl/remedies     # + tables/remedies.md
 
 Regimes: scratch (each task alone), joint (sum of the task losses), joint:pcgrad (Yu et al.
@@ -10,10 +11,11 @@ Regimes: scratch (each task alone), joint (sum of the task losses), joint:pcgrad
 aggregators take the per-task body gradients on every step (mtl.aggregators); every joint run
 also records TAG affinity (Fifty et al. 2021) every 20 steps, and the three pair runs per seed
 give the measured pairwise transfer the predictors table ranks the cosines and affinity against.
-Budget: 11 runs per seed, 33 runs of 120 steps (batch 4 per task). Estimated ~35 min on 2 idle
-cores (from the mini study: ~25 s of start-up and evaluation per run, a 100-step joint run
-with probes 61 s). Far too short for converged numbers: it exercises the comparison and its
-paired intervals, not the answer.
+Budget: 11 runs per seed, 33 runs of 120 steps (batch 4 per task). Measured 2026-11-29 on 2
+otherwise idle cores: 32 min wall (the first 6 runs one at a time, 8 min; the other 27 with
+--max_parallel=2, 24 min: two runs at once keep both cores busy while one compiles). Far too
+short for converged numbers: it exercises the comparison and its paired intervals, not the
+answer.
 """
 from experiments.studies import common
 from mtl import study as study_lib
