@@ -174,7 +174,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
           task_names = tuple(n for n in names if n in local_batch)
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
             affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
-                                                      config.mtl.affinity_lr)))
+                                                      config.mtl.get("affinity_lr", 0.0))))
           probing = bool(probe_every and step % probe_every == 0)
           key = ("probe",) if probing else task_names
           t0 = time.monotonic()
