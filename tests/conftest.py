@@ -1,6 +1,7 @@
 """Shared test set-up: the repository root on sys.path (configs), small CPU-friendly defaults."""
 import os
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -13,5 +14,7 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 # launch/train.py keeps a persistent compilation cache ($JAX_COMPILATION_CACHE_DIR, else
-# ~/.cache/mtl/jax_cache): none in the processes tests start, unless a test gives one.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
+# ~/.cache/mtl/jax_cache): the processes tests start share one under the temp dir instead (per
+# xdist worker), so the many tiny runs compile each program once; a test may give its own.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"mtl-tests-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
