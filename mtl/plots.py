@@ -182,16 +182,6 @@ def _text_color(value):
 # ----------------------------------------------------------------------------- figures
 
 
-def _interval_text(iv, digits=2):
-  """'+0.01 [-0.02, +0.04]'; the estimate alone where there is no interval."""
-  if np.isnan(iv.estimate):
-    return "n/a"
-  if np.isnan(iv.low) or np.isnan(iv.high):
-    return _signed(iv.estimate, digits)
-  return (f"{_signed(iv.estimate, digits)} [{_signed(iv.low, digits)}, "
-          f"{_signed(iv.high, digits)}]")
-
-
 def cosine_matrix_figure(record, window=None):
   """Task x task whole-body cosine over the last `window` probe steps: noise-corrected (pooled)
   with its 95% interval where the record has halves, else the raw window mean with its
@@ -230,7 +220,7 @@ def cosine_matrix_figure(record, window=None):
       else:
         second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
                   + f"{100 * share[i, j]:.0f}% <0")
-        ax.text(j, i, f"{_interval_text(cells[i, j], digits)}\n{second}", ha="center",
+        ax.text(j, i, f"{cells[i, j].text(digits)}\n{second}", ha="center",
                 va="center", fontsize=7.5, color=_text_color(shown[i, j] / vmax))
   what = "noise-corrected cos (95% interval)" if rec.halves else "mean cos (95% interval)"
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,

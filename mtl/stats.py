@@ -46,6 +46,17 @@ class Interval(NamedTuple):
   def as_dict(self):
     return dict(self._asdict())
 
+  def text(self, digits=2, percent=False, missing="n/a"):
+    """'+0.01 [-0.02, +0.04]' ('12.5% [9.0, 16.8]' with percent); the estimate alone where there
+    is no interval, `missing` where there is no estimate. Never '-0.00'."""
+    scale, sign, unit = (100, "", "%") if percent else (1, "+", "")
+    fmt = lambda v: f"{np.round(scale * v, digits) + 0.0:{sign}.{digits}f}"
+    if not math.isfinite(self.estimate):
+      return missing
+    if not (math.isfinite(self.low) and math.isfinite(self.high)):
+      return fmt(self.estimate) + unit
+    return f"{fmt(self.estimate)}{unit} [{fmt(self.low)}, {fmt(self.high)}]"
+
 
 def _nan_interval(level, n, method, note, estimate=float("nan")):
   return Interval(float(estimate), float("nan"), float("nan"), level, int(n), float("nan"),

@@ -110,19 +110,6 @@ def _run_interval(entry, key):
   return stats.Interval(d["estimate"], d["low"], d["high"], d["level"], d["n"])
 
 
-def _interval_text(iv, digits, percent=False):
-  """'+0.012 [+0.003, +0.021]' ('12.5% [9.0, 16.8]' for shares); '–' without an estimate."""
-  if not math.isfinite(iv.estimate):
-    return "–"
-  if percent:
-    inside = f" [{100 * iv.low:.{digits}f}, {100 * iv.high:.{digits}f}]" if math.isfinite(
-        iv.low) else ""
-    return f"{100 * iv.estimate:.{digits}f}%{inside}"
-  inside = f" [{_signed(iv.low, digits)}, {_signed(iv.high, digits)}]" if math.isfinite(
-      iv.low) else ""
-  return _signed(iv.estimate, digits) + inside
-
-
 def delta_text(iv, digits=2):
   """'+0.42 [+0.10, +0.74], p = 0.031' or '+0.42 (1 seed: no CI)'."""
   if not math.isfinite(iv.low):
@@ -374,9 +361,9 @@ def conflict_table(study, summaries=None, transfer=None):
     agree = conflicts.nan_mean([e.get("same_task_agreement", [np.nan] * 2) for e in entries], 0)
     verdict = conflict_summary.pair_verdict(corrected)
     t = transfer.get(pair)
-    rows.append([col, pair, str(len(entries)), _interval_text(raw, 3),
-                 f"{_fmt(agree[0], 2)} / {_fmt(agree[1], 2)}", _interval_text(corrected, 3),
-                 _interval_text(share, 1, percent=True), verdict,
+    rows.append([col, pair, str(len(entries)), raw.text(3, missing="–"),
+                 f"{_fmt(agree[0], 2)} / {_fmt(agree[1], 2)}", corrected.text(3, missing="–"),
+                 share.text(1, percent=True, missing="–"), verdict,
                  "–" if t is None else delta_text(t)])
     records.append({"source": col, "pair": pair, "n_seeds": len(entries), "mean_cos": mean_cos,
                     "mean_cos_std": std_cos, "mean_cos_low": raw.low, "mean_cos_high": raw.high,
