@@ -38,6 +38,20 @@ def _pinv_psd(g):
   return (v * inv) @ v.T
 
 
+def _toward_free_solve(x, s, free):
+  """One active-set move of both solvers below, from the iterate x toward the free-set solve s:
+  all the way when s keeps every free variable > 0, else to the first blocking bound (the ratio
+  test), freezing the variables that hit 0. Returns (new x, new free set, s was feasible)."""
+  feasible = jnp.all(jnp.where(free, s > 0, True))
+  blocking = free & (s <= 0)
+  den = x - s  # 0 only for a variable at 0 whose solve is 0: it blocks at once
+  ratio = jnp.where(blocking, jnp.where(den > 0, x / jnp.where(den > 0, den, 1.0), 0.0), jnp.inf)
+  step = jnp.minimum(jnp.min(ratio), 1.0)
+  x_new = jnp.where(feasible, s, x + step * (s - x))
+  free_new = jnp.where(feasible, free, free & (x_new > 0) & ~(blocking & (ratio <= step)))
+  return jnp.where(free_new, x_new, 0.0), free_new, feasible
+
+
 def solve_nonneg_qp(a, q, max_iter=None):
   """argmin_z 1/2 z^T A z + q^T z subject to z >= 0, for a positive-definite (T, T) A.
 
@@ -68,15 +82,7 @@ def solve_nonneg_qp(a, q, max_iter=None):
     j = jnp.argmax(cand)
     converged = (~inner) & (cand[j] <= tol)
     free = jnp.where((~inner) & ~converged, free.at[j].set(True), free)
-    s = solve_free(free)
-    feasible = jnp.all(jnp.where(free, s > 0, True))
-    blocking = free & (s <= 0)
-    den = z - s  # 0 only for a variable at 0 whose solve is 0: it blocks at once
-    ratio = jnp.where(blocking, jnp.where(den > 0, z / jnp.where(den > 0, den, 1.0), 0.0), jnp.inf)
-    step = jnp.minimum(jnp.min(ratio), 1.0)
-    z_new = jnp.where(feasible, s, z + step * (s - z))
-    free_new = jnp.where(feasible, free, free & (z_new > 0) & ~(blocking & (ratio <= step)))
-    z_new = jnp.where(free_new, z_new, 0.0)
+    z_new, free_new, feasible = _toward_free_solve(z, solve_free(free), free)
     z_new = jnp.where(converged, z, z_new)
     free_new = jnp.where(converged, free, free_new)
     return z_new, free_new, ~feasible & ~converged, it + 1, converged
@@ -118,15 +124,7 @@ def solve_simplex_qp(h, f, ridge, max_iter=None):
     j = jnp.argmin(cand)
     converged = (~inner) & (cand[j] >= -tol)
     free = jnp.where((~inner) & ~converged, free.at[j].set(True), free)
-    s = solve_free(free)
-    feasible = jnp.all(jnp.where(free, s > 0, True))
-    blocking = free & (s <= 0)
-    den = w - s  # 0 only for a variable at 0 whose solve is 0: it blocks at once
-    ratio = jnp.where(blocking, jnp.where(den > 0, w / jnp.where(den > 0, den, 1.0), 0.0), jnp.inf)
-    step = jnp.minimum(jnp.min(ratio), 1.0)
-    w_new = jnp.where(feasible, s, w + step * (s - w))
-    free_new = jnp.where(feasible, free, free & (w_new > 0) & ~(blocking & (ratio <= step)))
-    w_new = jnp.where(free_new, w_new, 0.0)
+    w_new, free_new, feasible = _toward_free_solve(w, solve_free(free), free)
     w_new = w_new / jnp.sum(w_new)  # guards the simplex against rounding drift
     w_new = jnp.where(converged, w, w_new)
     free_new = jnp.where(converged, free, free_new)
