@@ -1,4 +1,16 @@
-"""A study file as users write them, for the study and report tests; the argument picks a variant."""
+"""A study file as users write them, for the study and report tests (the argument picks a
+variant), and `cli`: launch/study.py run as a user runs it."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "launch/study.py", *args], cwd=ROOT, text=True,
+                        capture_output=True, timeout=timeout)
+
 
 MICRO_STUDY = '''
 from experiments import base

@@ -34,9 +34,13 @@ def test_a_seed_gives_a_task_the_same_init_in_every_run_that_holds_it():
   for part in ("heads", "queries", "tails"):
     jax.tree.map(np.testing.assert_array_equal, alone[part]["sr_x2"], joint[part]["sr_x2"])
   jax.tree.map(np.testing.assert_array_equal, alone["body"], joint["body"])
-  other = joint_model.init(jax.random.key(4))
+  other = joint_model.init(jax.random.key(4))  # another seed: another init
   assert not np.array_equal(other["queries"]["sr_x2"], joint["queries"]["sr_x2"])
+  assert not np.array_equal(other["body"]["pos_embed"], joint["body"]["pos_embed"])
   assert not np.array_equal(joint["queries"]["sr_x2"], joint["queries"]["derain"])
+  # The step keys each task's degradations by the same id (tests/test_train.py's independent
+  # per-task reference uses those keys, so a position key there would fail).
+  assert tasks.task_id("denoise_30") != tasks.task_id("sr_x2")
 
 
 @pytest.mark.parametrize("task,side", [("sr_x2", 96), ("sr_x3", 144), ("sr_x4", 192),

@@ -12,7 +12,7 @@ import pytest
 
 from experiments import base
 from mtl import study as study_lib
-from micro_study import MICRO_STUDY
+from micro_study import MICRO_STUDY, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,11 +39,6 @@ def study_file(tmp_path_factory):
   path = tmp_path_factory.mktemp("studies") / "micro.py"
   path.write_text(MICRO_STUDY)
   return str(path)
-
-
-def cli(*args, timeout=300):
-  return subprocess.run([sys.executable, "launch/study.py", *args], cwd=ROOT, text=True,
-                        capture_output=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -323,28 +318,3 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(study_file, tmp
   assert changed.stderr.strip() == (
       f"error: {workdir} holds a different study: steps.scratch (20 -> 21); use a new "
       "--workdir, or the same study config to continue it")
-
-
-# ----------------------------------------------------------------------------- pairing
-
-
-def test_seeds_pair_across_regimes_in_the_shared_body_init():
-  """Scratch sr_x2 and a joint run of 3 tasks: same seed -> the same body init (the key it
-  gets does not depend on the number of tasks). Task heads, queries and tails are keyed by
-  the task's position (not paired yet: see the study report notes)."""
-  import jax
-  import numpy as np
-  from mtl import step as step_lib
-  from mtl import tasks as tasks_lib
-  from mtl.models import ipt
-  config = base.get_config("tiny")
-  cfg = ipt.ModelConfig.from_config(config.model, config.precision)
-  alone = ipt.IPT(cfg, tasks_lib.get_all(["sr_x2"]))
-  joint = ipt.IPT(cfg, tasks_lib.get_all(["denoise_30", "sr_x2", "derain"]))
-  a, j = alone.init(jax.random.key(3)), joint.init(jax.random.key(3))
-  jax.tree.map(np.testing.assert_array_equal, a["body"], j["body"])
-  other = joint.init(jax.random.key(4))  # another seed: another init
-  assert not np.array_equal(other["body"]["pos_embed"], j["body"]["pos_embed"])
-  # Degradations: the step keys each task by tasks_lib.task_id(name) (tests/test_train.py's
-  # independent per-task reference uses the same keys, so a position key there would fail).
-  assert tasks_lib.task_id("denoise_30") != tasks_lib.task_id("sr_x2")

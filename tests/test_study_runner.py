@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from micro_study import MICRO_STUDY
+from micro_study import MICRO_STUDY, cli
 from mtl import study as study_lib
 from mtl.study import runner
 
@@ -34,11 +34,6 @@ def study_file(tmp_path_factory):
   path = tmp_path_factory.mktemp("studies") / "micro.py"
   path.write_text(SWEPT)
   return str(path)
-
-
-def cli(*args, timeout=300):
-  return subprocess.run([sys.executable, "launch/study.py", *args], cwd=ROOT, text=True,
-                        capture_output=True, timeout=timeout)
 
 
 def _load(study_file, arg, workdir):
