@@ -20,7 +20,8 @@ Sections:
   aggregators  (not in the default) the joint step (3 tasks) with each aggregator and loss
             weighting of mtl.aggregators, relative to plain summed gradients
   profile   (not in the default) each stage of a one-task step alone, forward + backward: head,
-            body, one encoder layer / attention / MLP, each task's tail, the optimizer update
+            body, one encoder layer / attention / MLP, each task's tail, the optimizer update;
+            with --against=torch the official model's same stages, interleaved, and the ratios
 """
 import os
 import resource
@@ -335,33 +336,52 @@ def section_profile(size):
                                            nnx.Rngs(0)))
   grads = jax.tree_util.tree_map(jnp.ones_like, params)
   opt_state = run.optimizer.init(params)
+  # label: (jitted fn, its arguments, the PyTorch peer's request for the same stage)
   stages = {
-      "head (3x3 + 4 5x5 convs)": (grad(model.head), params["heads"]["sr_x2"], images),
-      "body (all layers)": (grad(lambda p, x, q: model.body(p, x, q)[0]), params["body"], feats,
-                            params["queries"]["sr_x2"]),
-      "  one encoder layer": (grad(lambda s, x: nnx.merge(enc_graph, s)(x, b)), enc_state, tokens),
-      "  one attention": (grad(lambda s, x: nnx.merge(att_graph, s)(x, x, x, b)), att_state,
-                          tokens),
-      "  one MLP": (grad(lambda s, x: nnx.merge(mlp_graph, s)(x)), mlp_state, tokens),
+      "head (3x3 + 4 5x5 convs)": (grad(model.head), (params["heads"]["sr_x2"], images),
+                                   "stage head"),
+      "body (all layers)": (grad(lambda p, x, q: model.body(p, x, q)[0]),
+                            (params["body"], feats, params["queries"]["sr_x2"]), "stage body"),
+      "  one encoder layer": (grad(lambda s, x: nnx.merge(enc_graph, s)(x, b)),
+                              (enc_state, tokens), "stage encoder_layer"),
+      "  one attention": (grad(lambda s, x: nnx.merge(att_graph, s)(x, x, x, b)),
+                          (att_state, tokens), "stage attention"),
+      "  one MLP": (grad(lambda s, x: nnx.merge(mlp_graph, s)(x)), (mlp_state, tokens),
+                    "stage mlp"),
       "optimizer update (all tasks)": (jax.jit(lambda g, o, p: run.optimizer.update(g, o, p)[0]),
-                                       grads, opt_state, params),
+                                       (grads, opt_state, params), "stage adam"),
   }
-  for name in model.task_names:
-    scale = model.specs[model.task_names.index(name)].scale
+  for index, name in enumerate(model.task_names):
+    scale = model.specs[index].scale
     stages[f"tail {name} (x{scale})"] = (grad(lambda p, x, s=scale: model.tail(p, s, x)),
-                                         params["tails"][name], feats)
-  for fn, *args in stages.values():  # compile + warm-up
+                                         (params["tails"][name], feats), f"stage tail:{index}")
+  peer = _open_peer(config)
+  for fn, args, request in stages.values():  # compile + warm-up, both sides
     jax.block_until_ready(fn(*args))
-  times = {k: [] for k in stages}
+    if peer:
+      peer.step(request)
+  ours, theirs = {k: [] for k in stages}, {k: [] for k in stages}
   for _ in range(FLAGS.repeats):
-    for label, (fn, *args) in stages.items():
+    for label, (fn, args, request) in stages.items():
       start = time.perf_counter()
       jax.block_until_ready(fn(*args))
-      times[label].append(time.perf_counter() - start)
+      ours[label].append(time.perf_counter() - start)
+      if peer:
+        theirs[label].append(peer.step(request))
+  if peer:
+    peer.close()
   print(f"\n[profile] size={size}: stages of a one-task step alone, forward + backward, batch {b}, "
         f"{config.precision}; {os.popen('uptime').read().strip()}")
-  for label, t in sorted(times.items(), key=lambda kv: -np.median(kv[1])):
-    print(f"  {label:<30} {np.median(t) * 1e3:>8.1f} ms")
+  print(f"  {'stage':<30} {'mtl ms':>8}" + (f" {'torch ms':>9} {'ratio':>6}" if peer else ""))
+  for label, t in sorted(ours.items(), key=lambda kv: -np.median(kv[1])):
+    line = f"  {label:<30} {np.median(t) * 1e3:>8.1f}"
+    if peer:
+      torch_s = np.median(theirs[label])
+      line += f" {torch_s * 1e3:>9.1f} {np.median(t) / torch_s:>6.2f}"
+    print(line)
+  if peer:
+    print("  (PyTorch: the same stage of the official model, stepped right after ours; its "
+          "optimizer row is torch.optim.Adam.step, which also applies the update)")
 
 
 def section_pipeline():

@@ -9,6 +9,9 @@ request line it runs one step and prints `ms <milliseconds>`:
   ipt <t>    one IPT training step of task index t (Adam, L1 loss), as the official trainer does
   pertask    every task at the same parameters, one backward per task, the body's per-task
              gradients kept apart and their cosine matrix formed, one Adam step on the sum
+  stage <s>  one stage alone, forward + backward to its parameters (as launch/benchmark.py's
+             profile section times mtl's): head, body, encoder_layer, attention, mlp, adam,
+             tail:<task index>
   quit       exit
 """
 import argparse
@@ -83,6 +86,7 @@ def main():
     optimizer.step()
     return cosines
 
+  stage = stages(model, optimizer, params, args)
   print(f"ready {sum(p.numel() for p in params)}", flush=True)
   for line in sys.stdin:
     words = line.split()
@@ -93,9 +97,47 @@ def main():
       ipt_step(int(words[1]))
     elif words[0] == "pertask":
       pertask_step()
+    elif words[0] == "stage" and len(words) == 2 and words[1].split(":")[0] in stage:
+      name, _, index = words[1].partition(":")
+      stage[name](*map(int, filter(None, [index])))
     else:
-      raise ValueError(f"request {line.strip()!r}; valid: 'ipt <task index>', 'pertask', 'quit'")
+      raise ValueError(f"request {line.strip()!r}; valid: 'ipt <task index>', 'pertask', "
+                       f"'stage <{'|'.join(stage)}>', 'quit'")
     print(f"ms {(time.perf_counter() - start) * 1e3:.3f}", flush=True)
+
+
+def stages(model, optimizer, params, args):
+  """{name: fn(*index)}: each stage of a one-task step alone, forward + backward to its own
+  parameters on inputs that need no gradient, as mtl's profile section times its stages."""
+  import torch
+  side, feats = args.patch_size, args.n_feats
+  tokens_per_image = (side // args.patch_dim) ** 2
+  images = torch.rand(args.batch, 3, side, side) * 255
+  maps = torch.ones(args.batch, feats, side, side)
+  # The official transformer works on (tokens, batch, dim).
+  tokens = torch.randn(tokens_per_image, args.batch, feats * args.patch_dim ** 2)
+  encoder_layer = model.body.encoder.layers[0]
+
+  def backward(module, out):
+    module.zero_grad(set_to_none=True)
+    out.sum().backward()
+
+  def adam():
+    for p in params:
+      p.grad = torch.ones_like(p)
+    optimizer.step()
+
+  mlp = lambda x: encoder_layer.linear2(encoder_layer.activation(encoder_layer.linear1(x)))
+  return {
+      "head": lambda: backward(model.head[0], model.head[0](images)),
+      "body": lambda: backward(model.body, model.body(maps, 0)),
+      "encoder_layer": lambda: backward(encoder_layer, encoder_layer(tokens)),
+      "attention": lambda: backward(encoder_layer.self_attn,
+                                    encoder_layer.self_attn(tokens, tokens, tokens)[0]),
+      "mlp": lambda: backward(encoder_layer, mlp(tokens)),
+      "adam": adam,
+      "tail": lambda t: backward(model.tail[t], model.tail[t](maps)),
+  }
 
 
 if __name__ == "__main__":

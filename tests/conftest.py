@@ -7,6 +7,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "launch"))
 
+import mtl  # noqa: E402,F401  (its XLA options, before a backend opens)
 import jax  # noqa: E402
 
 # Eight fake CPU devices for the whole session: sharding tests use all of them, the others a

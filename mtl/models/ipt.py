@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mtl.models.ops import attention, conv, fold, pixel_shuffle, unfold
+from mtl.models.ops import attention, fold, pixel_shuffle, unfold
 from mtl.tasks import task_id
 
 DIV2K_RGB_MEAN = np.array([0.4488, 0.4371, 0.4040], np.float32) * 255.0
@@ -129,7 +129,7 @@ class ResBlock(nnx.Module):
     self.conv2 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs, **kw)
 
   def __call__(self, x):
-    return x + conv(self.conv2, jax.nn.relu(conv(self.conv1, x)))
+    return x + self.conv2(jax.nn.relu(self.conv1(x)))
 
 
 class Head(nnx.Module):
@@ -143,7 +143,7 @@ class Head(nnx.Module):
     self.res2 = ResBlock(cfg.n_feats, dtype, rngs, cfg.init)
 
   def __call__(self, x):
-    return self.res2(self.res1(conv(self.conv, x)))
+    return self.res2(self.res1(self.conv(x)))
 
 
 class Attention(nnx.Module):
@@ -270,8 +270,8 @@ class Tail(nnx.Module):
 
   def __call__(self, x):
     for r, layer in zip(self.factors, self.up):
-      x = pixel_shuffle(conv(layer, x), r)
-    return conv(self.conv, x)
+      x = pixel_shuffle(layer(x), r)
+    return self.conv(x)
 
 
 # ----------------------------------------------------------------------------- the model
