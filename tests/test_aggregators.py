@@ -67,7 +67,11 @@ def test_matches_torchjd_float64(case):
       assert rel(run(name, jac, case), FIXTURES[f"{case}/{name}"], jac) < TOL_EXACT, name
     for call in (0, 1):  # the second call depends on the EMA state the first one left
       out, state = run(f"gradvac{call}", jac, case)
-      assert rel(out, FIXTURES[f"{case}/gradvac{call}"], jac) < TOL_EXACT
+      if case in GENERIC:
+        assert rel(out, FIXTURES[f"{case}/gradvac{call}"], jac) < TOL_EXACT
+      else:  # identical / opposite rows: GradVac's sqrt(1 - phi^2) at phi = +-1 turns a rounding
+        # of phi (1e-16, depending on the dots' summation order) into up to sqrt(1e-16) of |J|
+        assert rel(out, FIXTURES[f"{case}/gradvac{call}"], jac, floor=1.0) < 1e-8
       np.testing.assert_allclose(state, FIXTURES[f"{case}/gradvac_state{call}"], atol=1e-12)
     cagrad = run("cagrad", jac, case, c=0.5)
     assert rel(cagrad, FIXTURES[f"{case}/cagrad"], jac) < TOL_SOLVER_REF
@@ -339,9 +343,11 @@ def test_step_sum_is_the_plain_sum_and_mean_its_average():
   _body_close(grads_sum["body"], [sum(ls) for ls in zip(*per_task)], STEP_TOL)
   grads_mean, *_ = _step_grads(_step_config("mean"))
   _body_close(grads_mean["body"], [sum(ls) / 3 for ls in zip(*per_task)], STEP_TOL)
-  for group in ("heads", "tails", "queries"):  # task-specific parts keep their own gradient
+  # Task-specific parts keep their own gradient. The two steps sum them in another order ('mean'
+  # runs the body per half-batch), hence STEP_TOL; an aggregator's weight on them would be O(1).
+  for group in ("heads", "tails", "queries"):
     _body_close(grads_mean[group], [np.asarray(l, np.float64) for l in
-                                    jax.tree_util.tree_leaves(grads_sum[group])], 1e-6)
+                                    jax.tree_util.tree_leaves(grads_sum[group])], STEP_TOL)
 
 
 @pytest.mark.parametrize("name,args", [("upgrad", {}), ("pcgrad", {"per_leaf": True})])

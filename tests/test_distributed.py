@@ -44,6 +44,10 @@ OVERRIDES = {                # the tiny model on 24-pixel crops; short evaluatio
 }
 RUN_TIMEOUT = 600            # seconds for any one run (2 busy cores); a hang fails, not blocks
 
+# One xdist worker runs this module (README: pytest -n 2 --dist loadgroup), so its module fixtures
+# are built once: two 2-process runs at a time on 2 cores missed Gloo's 30 s set-up deadline.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 
 def _args(workdir, **changes):
   fields = dict(OVERRIDES, **changes)
@@ -191,12 +195,15 @@ def test_two_processes_killed_and_resumed_equal_one_process(killed, reference):
 
   record, ref_record = conflicts.load(workdir), conflicts.load(reference)
   np.testing.assert_array_equal(record.steps, np.arange(STEPS))  # every probe step once
-  # The stores agree as float32 noise allows: at step 0 (same parameters) to 1e-6 of each leaf's
-  # scale; later the noise grows through the L1 loss's sign flips (measured: up to 6e-4 of a
-  # leaf's scale by step 3), while the whole-body cosines the analysis reports agree to 5e-6.
+  # The stores agree as float32 noise allows. At step 0 (same parameters) the gradients differ
+  # only by summation order (each process sums its half of up to 8 x 48^2 = 18432 positions, then
+  # the halves are added): ~sqrt(n) eps = 1.6e-5 of a leaf's scale, so 5e-5 for the Gramians
+  # (measured 5e-6; a half-batch lost or counted twice moves them by O(1)). Later the noise grows
+  # through the L1 loss's sign flips (measured: up to 8e-4 of a leaf's scale by step 3), while
+  # the whole-body cosines the analysis reports agree to 5e-6.
   got, want = record.gramians.astype(np.float64), ref_record.gramians.astype(np.float64)
   rel = np.abs(got - want) / np.abs(want).max(axis=(2, 3), keepdims=True)
-  assert rel[0].max() < 1e-6 and rel.max() < 5e-3, rel.max(axis=(1, 2, 3))
+  assert rel[0].max() < 5e-5 and rel.max() < 5e-3, rel.max(axis=(1, 2, 3))
   np.testing.assert_allclose(record.cosines(by="body"), ref_record.cosines(by="body"), atol=1e-4)
   # Only process 0 writes the run's files: one events file per start, each by process 0.
   p0 = int(re.search(r"started p0 pid (\d+)", out).group(1))
