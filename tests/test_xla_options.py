@@ -11,10 +11,16 @@ FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
 def test_flags_added_only_where_missing_and_known():
   assert xla_options.flags_to_add("", (0, 10)) == [FLAG]
-  assert xla_options.flags_to_add("--xla_dump_to=/tmp/x", (1, 2)) == [FLAG]
+  assert xla_options.flags_to_add("--xla_dump_to=/tmp/x", (0, 11)) == [FLAG]
   assert xla_options.flags_to_add(f"{FLAG}-individual_dot", (0, 10)) == []  # the user's value
   assert xla_options.flags_to_add("", (0, 9)) == []  # XLA aborts on flags it does not know
   assert xla_options.flags_to_add("", None) == []
+  # A later jaxlib gets the flag only if its library still defines it.
+  assert xla_options.flags_to_add("", (1, 2), knows=lambda names: True) == [FLAG]
+  assert xla_options.flags_to_add("", (1, 2), knows=lambda names: False) == []
+  # The installed jaxlib's library is searched for real: it holds its own flags' names.
+  assert xla_options._library_knows(["xla_cpu_enable_fast_math"])
+  assert not xla_options._library_knows(["xla_cpu_no_such_flag_anywhere"])
   environ = {"XLA_FLAGS": "--xla_dump_to=/tmp/x"}
   added = xla_options.apply(environ)
   assert environ["XLA_FLAGS"] == " ".join(["--xla_dump_to=/tmp/x"] + added)
