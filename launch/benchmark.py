@@ -2,7 +2,7 @@
 
   python launch/benchmark.py                      # everything, tiny and small sizes
   python launch/benchmark.py --sections=train --sizes=small --repeats=7
-  python launch/benchmark.py --sections=train,probe --sizes=small --against=torch \
+  python launch/benchmark.py --sections=train,probe,profile --sizes=small --against=torch \
       --ipt_repo=PATH --torch_python=PATH                # the official PyTorch IPT, same run
   python launch/benchmark.py --sections=train --sizes=paper --precision=bfloat16  # accelerator
 
