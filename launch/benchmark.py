@@ -83,33 +83,26 @@ def _images():
   return _IMAGES[0]
 
 
-def _time(fn, state, batch, repeats):
-  """Median seconds per call; the state is threaded through as in training."""
-  import jax
+def _interleaved(calls, repeats, peer=None):
+  """Median seconds per call of each {label: (call, peer request or None)}: `call()` runs one of
+  ours to completion; the labels take turns, so that machine noise hits all alike, and the
+  peer's step for a label, if it has one, runs right after ours. A warm-up round (compilation,
+  both sides) comes first. Returns (ours, the peer's): {label: median seconds}, NaN for a label
+  the peer did not run."""
   import numpy as np
-  state = jax.block_until_ready(fn(state, batch))[0]  # compile + warm-up
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    state = jax.block_until_ready(fn(state, batch))[0]
-    times.append(time.perf_counter() - start)
-  return float(np.median(times)), state
-
-
-def _time_interleaved(calls, state, repeats):
-  """Median seconds per call of each {label: (fn, batch)}, the calls interleaved so that machine
-  noise hits every label alike; the state is threaded through as in training."""
-  import jax
-  import numpy as np
-  for fn, batch in calls.values():  # compile + warm-up
-    state = jax.block_until_ready(fn(state, batch))[0]
-  times = {label: [] for label in calls}
-  for _ in range(repeats):
-    for label, (fn, batch) in calls.items():
+  ours, theirs = {label: [] for label in calls}, {label: [] for label in calls}
+  for warm_up in [True] + [False] * repeats:
+    for label, (call, request) in calls.items():
       start = time.perf_counter()
-      state = jax.block_until_ready(fn(state, batch))[0]
-      times[label].append(time.perf_counter() - start)
-  return {label: float(np.median(t)) for label, t in times.items()}
+      call()
+      taken = time.perf_counter() - start
+      peer_taken = peer.step(request) if peer and request else None
+      if not warm_up:
+        ours[label].append(taken)
+        if peer_taken is not None:
+          theirs[label].append(peer_taken)
+  med = lambda d: {k: float(np.median(v)) if v else float("nan") for k, v in d.items()}
+  return med(ours), med(theirs)
 
 
 def _compiled_figures(jitted, state, batch):
@@ -222,27 +215,22 @@ class TorchPeer:
       self.proc.wait()
 
 
-def _time_with_peer(calls, state, peer, repeats):
-  """Like _time_interleaved, with the peer's step for each label (`peer_requests[label]`) run
-  right after ours, so that both see the same machine load."""
+def _step_call(fn, batch, threaded, mesh):
+  """A call for _interleaved: one step fn(state, batch) under `mesh` on the state in threaded[0],
+  which it replaces (calls sharing one list thread one state through, as in training)."""
   import jax
-  import numpy as np
-  for fn, batch, request in calls.values():  # compile + warm-up, both sides
-    state = jax.block_until_ready(fn(state, batch))[0]
-    if peer:
-      peer.step(request)
-  ours = {label: [] for label in calls}
-  theirs = {label: [] for label in calls}
-  for _ in range(repeats):
-    for label, (fn, batch, request) in calls.items():
-      start = time.perf_counter()
-      state = jax.block_until_ready(fn(state, batch))[0]
-      ours[label].append(time.perf_counter() - start)
-      taken = peer.step(request) if peer else None
-      if taken is not None:
-        theirs[label].append(taken)
-  med = lambda d: {k: float(np.median(v)) if v else float("nan") for k, v in d.items()}
-  return med(ours), med(theirs)
+
+  def run():
+    with jax.set_mesh(mesh):
+      threaded[0] = jax.block_until_ready(fn(threaded[0], batch))[0]
+  return run
+
+
+def _time_with_peer(calls, state, peer, repeats, mesh):
+  """_interleaved over {label: (fn, batch, peer request or None)}, one state threaded through."""
+  threaded = [state]
+  return _interleaved({label: (_step_call(fn, batch, threaded, mesh), request)
+                       for label, (fn, batch, request) in calls.items()}, repeats, peer)
 
 
 def _open_peer(config):
@@ -279,7 +267,7 @@ def section_train(size):
       calls[name] = (compiled, {name: full[name]}, f"ipt {SIX_TASKS.index(name)}",
                      (flops, mem), compile_s)
     seconds, torch_seconds = _time_with_peer(
-        {k: v[:3] for k, v in calls.items()}, state, peer, FLAGS.repeats)
+        {k: v[:3] for k, v in calls.items()}, state, peer, FLAGS.repeats, run.mesh)
   if peer:
     peer.close()
   print(f"  {'task':<11} {'ms/step':>8} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} "
@@ -314,7 +302,6 @@ def section_profile(size):
   """Where a one-task step's time goes: each stage forward + backward alone, jitted, interleaved."""
   import jax
   import jax.numpy as jnp
-  import numpy as np
   from flax import nnx
   from mtl import run_state
   from mtl.models import ipt
@@ -356,28 +343,19 @@ def section_profile(size):
     stages[f"tail {name} (x{scale})"] = (grad(lambda p, x, s=scale: model.tail(p, s, x)),
                                          (params["tails"][name], feats), f"stage tail:{index}")
   peer = _open_peer(config)
-  for fn, args, request in stages.values():  # compile + warm-up, both sides
-    jax.block_until_ready(fn(*args))
-    if peer:
-      peer.step(request)
-  ours, theirs = {k: [] for k in stages}, {k: [] for k in stages}
-  for _ in range(FLAGS.repeats):
-    for label, (fn, args, request) in stages.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      ours[label].append(time.perf_counter() - start)
-      if peer:
-        theirs[label].append(peer.step(request))
+  run_stage = lambda fn, args: lambda: jax.block_until_ready(fn(*args))
+  ours, theirs = _interleaved({label: (run_stage(fn, args), request)
+                               for label, (fn, args, request) in stages.items()},
+                              FLAGS.repeats, peer)
   if peer:
     peer.close()
   print(f"\n[profile] size={size}: stages of a one-task step alone, forward + backward, batch {b}, "
         f"{config.precision}; {os.popen('uptime').read().strip()}")
   print(f"  {'stage':<30} {'mtl ms':>8}" + (f" {'torch ms':>9} {'ratio':>6}" if peer else ""))
-  for label, t in sorted(ours.items(), key=lambda kv: -np.median(kv[1])):
-    line = f"  {label:<30} {np.median(t) * 1e3:>8.1f}"
+  for label, t in sorted(ours.items(), key=lambda kv: -kv[1]):
+    line = f"  {label:<30} {t * 1e3:>8.1f}"
     if peer:
-      torch_s = np.median(theirs[label])
-      line += f" {torch_s * 1e3:>9.1f} {np.median(t) / torch_s:>6.2f}"
+      line += f" {theirs[label] * 1e3:>9.1f} {t / theirs[label]:>6.2f}"
     print(line)
   if peer:
     print("  (PyTorch: the same stage of the official model, stepped right after ours; its "
@@ -409,12 +387,11 @@ def section_probe(size):
     state = run.init_state()
     compiled = {label: _compiled_figures(_step(run, config, run.model.task_names, probe), state,
                                          batch) for label, probe in variants}
-    calls = {label: (c[2], batch, "pertask") for label, c in compiled.items()}
     peaks = {label: c[1] for label, c in compiled.items()}
     # One PyTorch per-task loop per round, beside our probe step.
-    requests = {label: (fn, b, "pertask" if label == "probe" else None)
-                for label, (fn, b, _) in calls.items()}
-    seconds, torch_seconds = _time_with_peer(requests, state, _Only(peer), FLAGS.repeats)
+    calls = {label: (c[2], batch, "pertask" if label == "probe" else None)
+             for label, c in compiled.items()}
+    seconds, torch_seconds = _time_with_peer(calls, state, peer, FLAGS.repeats, run.mesh)
   if peer:
     peer.close()
   for label in calls:
@@ -425,19 +402,6 @@ def section_probe(size):
     print(f"  official PyTorch IPT per-task loop (6 backward passes, body gradients kept apart, "
           f"cosines), same run: {t * 1e3:.1f} ms/step; mtl probe / PyTorch = "
           f"{seconds['probe'] / t:.2f}")
-
-
-class _Only:
-  """A peer that runs only the requests that are not None (labels without a PyTorch twin)."""
-
-  def __init__(self, peer):
-    self.peer = peer
-
-  def __bool__(self):
-    return bool(self.peer)
-
-  def step(self, request):
-    return self.peer.step(request) if request else None
 
 
 def section_devices(size):
@@ -451,8 +415,9 @@ def section_devices(size):
     run = run_state.build(config)
     with jax.set_mesh(run.mesh):
       batch = sharding.to_global(_batch(run, config), run.mesh)
-      times[devices], _ = _time(_step(run, config, run.model.task_names), run.init_state(),
-                                batch, FLAGS.repeats)
+      step = _step(run, config, run.model.task_names)
+      times[devices] = _time_with_peer({"step": (step, batch, None)}, run.init_state(), None,
+                                       FLAGS.repeats, run.mesh)[0]["step"]
     print(f"  {devices} device(s): {times[devices] * 1e3:.1f} ms/step")
   print(f"  ratio {FLAGS.devices}/1: {times[FLAGS.devices] / times[1]:.2f}")
 
@@ -464,7 +429,6 @@ def section_aggregators(size):
   """Each config.mtl method's joint step relative to 'sum', in interleaved rounds; every method
   threads its own state (GradVac, DWA, FAMO and the uncertainty weights carry their own)."""
   import jax
-  import numpy as np
   from mtl import aggregators, run_state, sharding
   methods = [("sum", "")] + [(a, "") for a in aggregators.WEIGHTINGS if a != "sum"]
   methods += [("sum", w) for w in aggregators.LOSS_WEIGHTINGS]
@@ -472,27 +436,21 @@ def section_aggregators(size):
         f"batch {FLAGS.batch_size} per task (the aggregators take per-task body gradients on "
         "every step; the loss weightings sum them); "
         f"{os.popen('uptime').read().strip()}")
-  steps, states = {}, {}
+  calls = {}
   for aggregator, weighting in methods:
     config = _config(size, AGGREGATOR_TASKS)
     config.mtl.aggregator, config.mtl.loss_weighting = aggregator, weighting
     run = run_state.build(config)
-    label = weighting or aggregator
     with jax.set_mesh(run.mesh):
       batch = sharding.to_global(_batch(run, config), run.mesh)
-      steps[label] = (_step(run, config, run.model.task_names), batch, run.mesh)
-      states[label] = jax.block_until_ready(steps[label][0](run.init_state(), batch)[0])
-  times = {label: [] for label in steps}
-  for _ in range(FLAGS.repeats):
-    for label, (fn, batch, mesh) in steps.items():
-      with jax.set_mesh(mesh):
-        start = time.perf_counter()
-        states[label] = jax.block_until_ready(fn(states[label], batch)[0])
-        times[label].append(time.perf_counter() - start)
-  base = float(np.median(times["sum"]))
+      step = _step(run, config, run.model.task_names)  # each method threads its own state
+      calls[weighting or aggregator] = (_step_call(step, batch, [run.init_state()], run.mesh),
+                                        None)
+  times, _ = _interleaved(calls, FLAGS.repeats)
   print("  method        ms/step  relative to sum")
   for label, t in times.items():
-    print(f"  {label:<12} {np.median(t) * 1e3:>8.1f}  {np.median(t) / base:5.2f}")
+    print(f"  {label:<12} {t * 1e3:>8.1f}  {t / times['sum']:5.2f}")
+
 
 
 @cli.absl_main

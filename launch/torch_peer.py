@@ -97,9 +97,9 @@ def main():
       ipt_step(int(words[1]))
     elif words[0] == "pertask":
       pertask_step()
-    elif words[0] == "stage" and len(words) == 2 and words[1].split(":")[0] in stage:
-      name, _, index = words[1].partition(":")
-      stage[name](*map(int, filter(None, [index])))
+    elif words[0] == "stage" and len(words) == 2 and words[1].partition(":")[0] in stage:
+      name, _, index = words[1].partition(":")  # tail:<task index>; the others take none
+      stage[name](*([int(index)] if index else []))
     else:
       raise ValueError(f"request {line.strip()!r}; valid: 'ipt <task index>', 'pertask', "
                        f"'stage <{'|'.join(stage)}>', 'quit'")

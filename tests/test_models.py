@@ -99,5 +99,3 @@ def test_attention_equals_dot_product_attention_values_and_gradients():
   grads = jax.grad(lambda *a: jnp.sum(ops.attention(*a).astype(jnp.float32)), argnums=(0, 1, 2))(*low)
   assert all(g.dtype == jnp.bfloat16 and bool(jnp.isfinite(g.astype(jnp.float32)).all())
              for g in grads)
-
-
