@@ -120,6 +120,41 @@ def test_bad_files_are_refused_with_one_line(tmp_path):
     ipt_import.read_state_dict(str(tmp_path / "missing.pt"))
 
 
+def _evil(marker):
+  """A protocol-2 pickle that calls os.system('touch MARKER') when plainly unpickled."""
+  return b"\x80\x02cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR."
+
+
+@pytest.mark.parametrize("record", ["magic", "protocol", "sys_info", "object", "keys"])
+def test_no_pickle_of_the_legacy_format_runs_code(tmp_path, record):
+  # torch's pre-1.6 stream is five pickles in a row; a crafted file can put a callable in any one.
+  marker = tmp_path / "ran"
+  valid = {"magic": pickle.dumps(ipt_import._LEGACY_MAGIC, protocol=2),
+           "protocol": pickle.dumps(1001, protocol=2),
+           "sys_info": pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2),
+           "object": pickle.dumps({}, protocol=2),
+           "keys": pickle.dumps([], protocol=2)}
+  valid[record] = _evil(marker)
+  path = tmp_path / f"evil_{record}.pt"
+  path.write_bytes(b"".join(valid.values()))
+  with pytest.raises(ValueError) as error:
+    ipt_import.read_state_dict(str(path))
+  assert "os.system" in _one_line(error) and str(path) in _one_line(error)
+  assert not marker.exists()
+  # The same payload as the zip format's data.pkl is refused too.
+  with pytest.raises(ValueError):
+    ipt_import.read_state_dict(_zip_with_pickle(tmp_path / "evil.zip.pt", _evil(marker)))
+  assert not marker.exists()
+
+
+def test_an_unknown_pickle_protocol_names_the_file(tmp_path):
+  path = tmp_path / "random.pt"
+  path.write_bytes(b"\x80\xa4" + bytes(range(64)))
+  with pytest.raises(ValueError) as error:
+    ipt_import.read_state_dict(str(path))
+  assert str(path) in _one_line(error)
+
+
 def test_mismatches_are_refused_with_one_line():
   path = os.path.join(FIXTURES, "ipt_pretrain6.pt")
   with pytest.raises(ValueError) as error:

@@ -143,16 +143,22 @@ def _read_zip(path):
 
 
 def _read_legacy(path, data):
-  """torch's pre-1.6 stream: magic, protocol, sys info, the object, storage keys, raw storages."""
+  """torch's pre-1.6 stream: magic, protocol, sys info, the object, storage keys, raw storages.
+
+  Every one of its five pickles goes through the restricted unpickler: any of them could name a
+  callable.
+  """
   stream = io.BytesIO(data)
-  header = [pickle.load(stream) for _ in range(3)]
+  storages = {}
+  header = [_Unpickler(stream, path, storages).load() for _ in range(3)]
   if header[0] != _LEGACY_MAGIC:
     raise ValueError(f"{path} is neither a zip nor a legacy torch.save file (bad magic number)")
   if isinstance(header[2], dict) and not header[2].get("little_endian", True):
     raise ValueError(f"{path} was saved big-endian; only little-endian files are supported")
-  storages = {}
   obj = _Unpickler(stream, path, storages).load()
-  keys = pickle.load(stream)
+  keys = _Unpickler(stream, path, storages).load()
+  if not isinstance(keys, list):
+    raise ValueError(f"{path}: the legacy storage-key record is not a list")
   for key in keys:
     (numel,) = struct.unpack("<q", stream.read(8))
     storage = storages[str(key)]
@@ -176,6 +182,10 @@ def read_state_dict(path):
     else:
       raise ValueError(f"{path} is not a torch.save file (neither zip nor pickle)")
   except (pickle.UnpicklingError, EOFError, KeyError, struct.error, zipfile.BadZipFile) as error:
+    raise ValueError(f"{path} is not a readable torch.save file: {error}") from None
+  except ValueError as error:  # pickle's own (e.g. "unsupported pickle protocol") lack the path
+    if path in str(error):
+      raise
     raise ValueError(f"{path} is not a readable torch.save file: {error}") from None
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]
