@@ -207,3 +207,33 @@ def test_reader_dtypes_and_strided_views():
     assert state[name].shape == expected[name].shape, name
     np.testing.assert_array_equal(state[name].astype(expected[name].dtype), expected[name])
   assert state["half"].dtype == np.float16 and state["long"].dtype == np.int64
+
+
+@pytest.mark.parametrize("name, shape", [
+    ("body.linear_encoding.weight", (72, 73)),  # oversized: the permutation would cut it to 72x72
+    ("body.encoder.layers.0.norm1.weight", (80,)),  # oversized norm
+    ("body.linear_encoding.weight", (72, 71)),  # undersized: the permutation would index past it
+    ("tail.0.0.0.weight", (28, 8, 3, 3)),  # x2 upsampler: 28 channels where 4x8 are needed
+    ("head.1.1.body.0.weight", (8, 8, 3, 3)),  # a 3x3 conv where the model has 5x5
+])
+def test_every_tensor_shape_is_checked_before_any_reordering(name, shape):
+  path = os.path.join(FIXTURES, "ipt_pretrain6.pt")
+  state = ipt_import.read_state_dict(path)
+  cfg, names, _ = ipt_import.load(path, num_heads=2)
+  bad = dict(state, **{name: np.zeros(shape, np.float32)})
+  with pytest.raises(ValueError) as error:
+    ipt_import.convert(bad, cfg, names, path)
+  message = _one_line(error)
+  assert f"{name} has shape {shape}" in message and str(state[name].shape) in message, message
+
+
+def test_non_finite_weights_are_refused():
+  path = os.path.join(FIXTURES, "ipt_finetune1.pt")
+  state = ipt_import.read_state_dict(path)
+  cfg, names, _ = ipt_import.load(path, num_heads=2)
+  weight = state["body.decoder.layers.0.linear2.weight"].copy()
+  weight[3, 5] = np.nan
+  with pytest.raises(ValueError) as error:
+    ipt_import.convert(dict(state, **{"body.decoder.layers.0.linear2.weight": weight}), cfg, names,
+                       path)
+  assert "body.decoder.layers.0.linear2.weight holds 1 non-finite" in _one_line(error)

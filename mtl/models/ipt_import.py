@@ -321,8 +321,69 @@ def _check_mean_shift(state, path):
                        f"expected {np.round(sign * mean, 3)}); mtl models only that one")
 
 
+def torch_shapes(cfg: ipt.ModelConfig, task_names):
+  """{name: shape} of every tensor of the official state_dict of `cfg` with `task_names`' heads.
+
+  The query embedding's row count (one per head of the file) is None: a file may hold more heads
+  than it imports.
+  """
+  d, hidden, c = cfg.token_dim, cfg.token_dim * cfg.mlp_ratio, cfg.n_feats
+  linear = lambda name, n_out, n_in: {f"{name}.weight": (n_out, n_in), f"{name}.bias": (n_out,)}
+  conv = lambda name, n_out, n_in, k: {f"{name}.weight": (n_out, n_in, k, k),
+                                       f"{name}.bias": (n_out,)}
+  norm = lambda name: {f"{name}.weight": (d,), f"{name}.bias": (d,)}
+  attention = lambda name: {f"{name}.in_proj_weight": (3 * d, d),
+                            f"{name}.out_proj.weight": (d, d)}
+  shapes = {**conv("sub_mean", 3, 3, 1), **conv("add_mean", 3, 3, 1),
+            **linear("body.linear_encoding", d, d),
+            "body.position_encoding.pe.weight": (cfg.num_tokens, d),
+            "body.position_encoding.position_ids": (1, cfg.num_tokens),
+            "body.query_embed.weight": (None, cfg.num_tokens * d),
+            **linear("body.mlp_head.0", hidden, d), **linear("body.mlp_head.3", d, hidden)}
+  for part, n_layers, attns, norms in (("encoder", cfg.num_encoder_layers, ("self_attn",), 2),
+                                       ("decoder", cfg.num_decoder_layers,
+                                        ("self_attn", "multihead_attn"), 3)):
+    for i in range(n_layers):
+      name = f"body.{part}.layers.{i}"
+      for attn in attns:
+        shapes.update(attention(f"{name}.{attn}"))
+      shapes.update({**linear(f"{name}.linear1", hidden, d), **linear(f"{name}.linear2", d, hidden)})
+      for k in range(1, norms + 1):
+        shapes.update(norm(f"{name}.norm{k}"))
+  for t, task in enumerate(task_names):
+    shapes.update(conv(f"head.{t}.0", c, 3, 3))
+    for block in (1, 2):
+      for k in (0, 2):
+        shapes.update(conv(f"head.{t}.{block}.body.{k}", c, c, 5))
+    factors = {1: [], 2: [2], 3: [3], 4: [2, 2]}[tasks.get(task).scale]
+    for k, r in enumerate(factors):
+      shapes.update(conv(f"tail.{t}.0.{2 * k}", c * r * r, c, 3))
+    shapes.update(conv(f"tail.{t}.1", 3, c, 3))
+  return shapes
+
+
+def check_tensors(state, cfg: ipt.ModelConfig, task_names, path="checkpoint"):
+  """Every tensor of `state` has its official shape and finite values (ValueError: one line).
+
+  Runs before any reordering: a permutation would silently cut an oversized tensor down.
+  """
+  shapes = torch_shapes(cfg, task_names)
+  for name, value in state.items():
+    expected = shapes.get(name)
+    if expected is not None and (len(value.shape) != len(expected) or any(
+        e is not None and v != e for v, e in zip(value.shape, expected))):
+      shown = str(tuple(-1 if e is None else e for e in expected)).replace("-1", "any")
+      raise ValueError(f"{path}: {name} has shape {tuple(value.shape)}, the model expects "
+                       f"{shown} (n_feats={cfg.n_feats}, token dim {cfg.token_dim})")
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+      bad = int(value.size - np.isfinite(value).sum())
+      raise ValueError(f"{path}: {name} holds {bad} non-finite value(s) (NaN/inf) of "
+                       f"{value.size}; refusing to import a broken checkpoint")
+
+
 def convert(state, cfg: ipt.ModelConfig, task_names, path="checkpoint"):
   """The mtl parameter pytree (numpy float32) of an official state_dict, every tensor mapped."""
+  check_tensors(state, cfg, task_names, path)
   state = dict(state)
   _check_mean_shift(state, path)
   perm = _token_permutation(cfg.n_feats, cfg.patch_dim)
