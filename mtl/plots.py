@@ -19,11 +19,15 @@
 
 The window (last N probe steps) applies to the averaged figures; curves and layer x step
 figures show every step of the record. Rows are leaves in network order when there are at
-most MAX_ROWS of them, else sub-layers ('enc3 attn', 'dec1 norm2'...), else blocks. Every
-colour scale is symmetric about 0 and set by the COLOR_PERCENTILE-th percentile of that
-figure's own |values| (a fixed +-1 leaves cosines of ~0.05 all white); the colour bar says
-where it clips. Red = conflict (cos < 0), blue = agreement, grey = undefined (a zero
-gradient, or not measurable). Titles carry the run's name (its workdir's basename).
+most MAX_ROWS of them, else sub-layers ('enc3 attn', 'dec1 norm2'...), else blocks.
+
+Colours: red = conflict (cos < 0), blue = agreement, grey = undefined (a zero gradient, or
+not measurable). cos_matrix.png colours the cosine on its whole range [-1, 1], so a
+near-orthogonal +0.03 stays near white however small every pair is; a framed cell (and a
+'*' after its interval) is one whose 95% interval excludes 0, and a caption under the
+matrix says so. The layer maps show where in the network the cosine changes, so their
+scale is stretched to the COLOR_PERCENTILE-th percentile of the figure's own |values|, and
+their colour bar states that bound. Titles carry the run's name (its workdir's basename).
 
 Every figure has a builder returning the matplotlib Figure (for tests and notebooks);
 `to_png` turns one into PNG bytes.
@@ -34,7 +38,7 @@ import re
 
 import matplotlib
 import numpy as np
-from matplotlib import ticker
+from matplotlib import patches, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -44,7 +48,8 @@ from mtl.models import ipt
 
 MAX_ROWS = 128
 MAX_COLUMNS = 200        # layer x step maps: more probe steps are averaged into this many bins
-COLOR_PERCENTILE = 98    # colour limit: this percentile of a figure's |values|
+COLOR_PERCENTILE = 98    # layer maps' colour limit: this percentile of a figure's |values|
+MATRIX_LIMIT = 1.0       # cos_matrix.png: the cosine's whole range, never stretched
 SMOOTH_SHARE = 0.1       # conflict-fraction moving mean: this share of the probes (>= 1)
 CMAP = "RdBu"  # low (conflict) red, high blue
 DPI = 100
@@ -175,6 +180,11 @@ def _signed(value, digits=2):
   return f"{np.round(value, digits) + 0.0:+.{digits}f}"
 
 
+def _stretched(what, vmax):
+  """A layer map's colour-bar label: its scale is stretched, and says to what."""
+  return f"{what}; colour scale ±{vmax:.2g} (stretched: not ±1; beyond it clipped)"
+
+
 def _text_color(value):
   return "white" if np.isfinite(value) and abs(value) > 0.55 else "black"
 
@@ -201,10 +211,11 @@ def cosine_matrix_figure(record, window=None):
   for k, (i, j) in enumerate(conflicts.pair_indices(t)):
     shown[i, j] = shown[j, i] = intervals[k].estimate
     cells[i, j] = cells[j, i] = intervals[k]
-  vmax = symmetric_limit(shown)
-  digits = 2 if vmax >= 0.1 else 3  # small cosines: a third digit shows whether 0 is inside
+  vmax = MATRIX_LIMIT
+  largest = np.nanmax(np.abs(shown)) if np.isfinite(shown).any() else 1.0
+  digits = 2 if largest >= 0.1 else 3  # small cosines: a third digit shows whether 0 is inside
 
-  fig = Figure(figsize=(3.0 + 1.75 * t, 2.0 + 1.1 * t), layout="constrained")
+  fig = Figure(figsize=(3.0 + 1.75 * t, 2.4 + 1.1 * t), layout="constrained")
   ax = fig.add_subplot()
   image = ax.imshow(np.ma.masked_invalid(shown), cmap=_cmap(), vmin=-vmax, vmax=vmax)
   ax.set_xticks(np.arange(t))
@@ -217,17 +228,35 @@ def cosine_matrix_figure(record, window=None):
         same = f"\nsame-task {_signed(agree[i])}" if np.isfinite(agree[i]) else ""
         ax.text(j, i, f"|g| {mean_norm[i]:.2g}{same}", ha="center", va="center", fontsize=7,
                 color="#404040")
-      else:
-        second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
-                  + f"{100 * share[i, j]:.0f}% <0")
-        ax.text(j, i, f"{cells[i, j].text(digits)}\n{second}", ha="center",
-                va="center", fontsize=7.5, color=_text_color(shown[i, j] / vmax))
-  what = "noise-corrected cos (95% interval)" if rec.halves else "mean cos (95% interval)"
+        continue
+      beyond = excludes_zero(cells[i, j])
+      second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
+                + f"{100 * share[i, j]:.0f}% <0")
+      ax.text(j, i, f"{cells[i, j].text(digits)}{'*' if beyond else ''}\n{second}",
+              ha="center", va="center", fontsize=7.5, color=_text_color(shown[i, j] / vmax),
+              fontweight="bold" if beyond else "normal")
+      if beyond:
+        ax.add_patch(patches.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
+                                       edgecolor="black", linewidth=2.2))
+  what = "noise-corrected cos" if rec.halves else "mean cos"
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
-               label=f"{what}, colours clipped at ±{vmax:.2g}")
+               label=f"{what}, colour on its full range [-1, 1]")
   kind = ("noise-corrected whole-body gradient cosine" if rec.halves
           else "whole-body gradient cosine (no halves: no noise floor)")
   ax.set_title(_title(rec, f"{kind},\n{rec.window_label()}"), fontsize=10)
+  fig.supxlabel(MATRIX_CAPTION, fontsize=7)  # constrained layout makes room for it
+  return fig
+
+
+MATRIX_CAPTION = ("cell: estimate [95% interval]; framed, bold, '*': the interval excludes 0 "
+                  "(beyond noise).\nred < 0: conflict, blue > 0: agreement; colour on the "
+                  "cosine's full range [-1, 1].")
+
+
+def excludes_zero(interval):
+  """Whether an Interval lies entirely above or below 0 (False without an interval)."""
+  return bool(np.isfinite(interval.low) and np.isfinite(interval.high)
+              and (interval.low > 0 or interval.high < 0))
   return fig
 
 
@@ -258,7 +287,7 @@ def layer_step_figure(record, pair, rows="auto", vmax=None):
   per = record.num_steps / cos.shape[1]
   ax.set_xlabel("step" + (f" (each column: mean of ~{per:.0f} probes)" if per > 1 else ""))
   fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02,
-               label=f"cos (colours clipped at ±{vmax:.2g})")
+               label=_stretched("cos", vmax))
   ax.set_title(_title(record, f"{record.pair_names[k]}: per-{by} gradient cosine, "
                       f"{record.window_label()}"), fontsize=10)
   return fig
@@ -287,7 +316,7 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
           ax.text(c, r, _signed(cos[r, c]), ha="center", va="center", fontsize=6.5,
                   color=_text_color(cos[r, c] / vmax))
   fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03,
-               label=f"mean cos (colours clipped at ±{vmax:.2g})")
+               label=_stretched("mean cos", vmax))
   ax.set_title(_title(rec, f"per-{by} gradient cosine,\nmean over {rec.window_label()}"),
                fontsize=10)
   return fig

@@ -68,13 +68,10 @@ def test_cosine_matrix_figure():
   corrected = stats.corrected_cosine_intervals(body2)
   assert image.get_array()[0, 1] == pytest.approx(corrected[0].estimate)
   assert corrected[0].high < 0  # the constructed conflict, beyond noise
-  # Colour limit: the 98th percentile of the shown |corrected| values, symmetric about 0.
-  shown = [iv.estimate for iv in corrected] * 2
-  vmax = np.percentile(np.abs(shown), plots.COLOR_PERCENTILE)
-  assert image.get_clim() == pytest.approx((-vmax, vmax))
+  assert image.get_clim() == (-1.0, 1.0)  # the cosine's whole range, never stretched
   raw = conflicts.nan_mean(conflicts.cosines(rec.last(5).grouped("body")[1][:, 0]), axis=0)
   iv = corrected[0]
-  cell = (f"{plots._signed(iv.estimate)} [{plots._signed(iv.low)}, {plots._signed(iv.high)}]\n"
+  cell = (f"{plots._signed(iv.estimate)} [{plots._signed(iv.low)}, {plots._signed(iv.high)}]*\n"
           f"raw {plots._signed(raw[0, 1])}, 100% <0")
   assert cell in [t.get_text() for t in ax.texts]
   assert len(fig.axes) == 2  # the colorbar
@@ -85,6 +82,45 @@ def test_cosine_matrix_figure():
   assert "no noise floor" in fig.axes[0].get_title()
   raw_iv = record(halves=False).cosine_intervals(5)[0]
   assert fig.axes[0].get_images()[0].get_array()[0, 1] == pytest.approx(raw_iv.estimate)
+
+
+def known_record(steps=40, cos=(-0.6, 0.03, 0.4), noise=8.0, dim=4000, seed=0):
+  """Tasks a, b, c whose expected gradients have unit norm and pairwise cosines `cos` (a~b,
+  a~c, b~c); each half-batch gradient is its task's expectation plus isotropic noise."""
+  rng = np.random.default_rng(seed)
+  c = np.eye(3)
+  for (i, j), v in zip(conflicts.pair_indices(3), cos):
+    c[i, j] = c[j, i] = v
+  basis = np.linalg.qr(rng.normal(size=(dim, 3)))[0].T           # 3 orthonormal directions
+  mu = np.linalg.cholesky(c) @ basis                              # their Gram matrix is c
+  halves = mu[None, :, None] + noise / np.sqrt(dim) * rng.normal(size=(steps, 3, 2, dim))
+  halves = halves.reshape(steps, 1, 6, dim)
+  grams = np.einsum("sltd,slud->sltu", halves, halves)
+  return conflicts.Record.from_halves(np.arange(steps), grams, ["pos_embed"], ["a", "b", "c"],
+                                      "known")
+
+
+def test_cosine_matrix_colours_the_full_range_and_frames_cells_beyond_noise():
+  rec = known_record()
+  ivs = rec.corrected_cosine_intervals()
+  # a~b: a conflict beyond noise; a~c: a near-orthogonal small positive whose interval holds 0
+  assert ivs[0].high < 0 and ivs[2].low > 0
+  assert 0 < ivs[1].estimate < 0.15 and ivs[1].low < 0 < ivs[1].high
+  fig = plots.cosine_matrix_figure(rec)
+  ax = fig.axes[0]
+  image = ax.get_images()[0]
+  assert image.get_clim() == (-1.0, 1.0)
+  # the small positive is drawn at its own share of the full scale: near white, not deep blue
+  rgba = image.cmap(image.norm(ivs[1].estimate))
+  assert min(rgba[:3]) > 0.75
+  framed = {(round(p.get_x() + p.get_width() / 2), round(p.get_y() + p.get_height() / 2))
+            for p in ax.patches}
+  assert framed == {(1, 0), (0, 1), (2, 1), (1, 2)}  # a~b and b~c, both halves of the matrix
+  texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t for t in ax.texts}
+  assert texts[1, 0].get_text().split("\n")[0].endswith("]*")
+  assert texts[2, 0].get_text().split("\n")[0] == ivs[1].text(2)  # no mark
+  assert "[-1, 1]" in fig.axes[1].get_ylabel()
+  assert "excludes 0" in fig._supxlabel.get_text()
 
 
 def test_symmetric_limit_is_the_percentile():
