@@ -13,11 +13,15 @@ Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optio
 redraws the figures into <workdir>/conflicts/ (file names: see mtl/plots.py), writes the
 same images and the whole-body cosine per pair to TensorBoard under
 <workdir>/events/analyze/ (a run of its own beside the trainer's <workdir>/events/), and
-prints a text summary of the last N probe steps (all for N=0): task x task mean cosine,
-conflict fractions, and per pair the noise floor: the raw cosine's window mean, both tasks'
-same-task agreement, the noise-corrected cosine and the conflict fraction, each with a 95%
-batch-means interval, and a verdict ('conflict beyond noise' only when the corrected
-interval is entirely < 0). Stores without halves (format version 1) say that the noise floor
+prints a text summary: task x task mean cosine, conflict fractions, and per pair the noise
+floor: the raw cosine's window mean, both tasks' same-task agreement, the noise-corrected
+cosine and the conflict fraction, each with a 95% batch-means interval, and a verdict
+('conflict beyond noise' only when the corrected interval is entirely < 0). Then the
+verdict per training phase (--phases contiguous parts of the probe steps: early, middle,
+late) with one WARNING line per pair whose verdict changes between phases. The summary and
+the averaged figures read the last N probe steps with --window=N; by default (0) the
+headline phase, the last one (what training settled into, warm-up left out); --phases=1
+makes that the whole run. Stores without halves (format version 1) say that the noise floor
 was not measured. Bad input: one line on stderr, exit status 1, nothing written.
 """
 import os
@@ -34,22 +38,35 @@ flags.DEFINE_integer("num_batches", 8, "Checkpoint mode: fresh batches to probe.
 flags.DEFINE_string("out", None, "Checkpoint mode: output folder.")
 flags.DEFINE_string("step_range", "", "Probe steps START:END to load, half-open; '' for all.")
 flags.DEFINE_integer("window", 0, "Average the summary and averaged figures over the last N "
-                     "probe steps; 0 for all.", lower_bound=0)
+                     "probe steps; 0 for the headline (last) training phase.", lower_bound=0)
+flags.DEFINE_integer("phases", 3, "Training phases (equal parts of the probe steps) to give a "
+                     "verdict for; the last is the headline; 1 for the whole run.", lower_bound=1)
 flags.DEFINE_float("ema_beta", 0.1, "GradVac EMA beta for the curves (0 for none).",
                    lower_bound=0.0, upper_bound=1.0)
 
 
-def analyze(workdir, step_range="", window=0, ema_beta=0.1):
-  """Load, draw, log to TensorBoard, and return the text summary."""
+def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
+  """Load, draw, log to TensorBoard, and return the text summary (window 0: the headline
+  training phase of `phases`)."""
   from mtl import conflicts, events, plots
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is not a directory")
   record = conflicts.load(workdir, conflicts.parse_step_range(step_range))
-  report = conflicts.summarize(record, window)  # everything that can fail on input comes first
+  phased = conflicts.phase_verdicts(record, phases)  # what can fail on input comes first
+  chosen = window or conflicts.headline_window(record, phases)
+  report = conflicts.summarize(record, chosen)
   with events.Writer(os.path.join(workdir, "events", "analyze")) as writer:
-    paths = plots.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, window,
+    paths = plots.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, chosen,
                                ema_beta)
+  if window:
+    read = f"the last {window} probe steps (--window={window})"
+  elif len(phased["phases"]) > 1:
+    read = f"the headline phase ({phased['headline']}); --window=N: the last N probe steps"
+  else:
+    read = "all probe steps (one phase)"
   text = conflicts.format_summary(report)
+  text += f"\nthe summary above and the averaged figures read {read}"
+  text += "\n\n" + conflicts.format_phases(phased)
   text += "\nfigures: " + ", ".join(os.path.relpath(p, workdir) for p in paths)
   return text + affinity_text(workdir)
 
@@ -97,7 +114,7 @@ def main(argv):
         raise ValueError("--checkpoint needs --config=<the run's config file>")
       print(measure(f.checkpoint, f.config, f.num_batches, f.out), flush=True)
     elif f.workdir:
-      print(analyze(f.workdir, f.step_range, f.window, f.ema_beta), flush=True)
+      print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)
     else:
       raise ValueError("pass --workdir=<run> (redraw its store) or --checkpoint=<run> --config=...")
   except (ValueError, FileNotFoundError) as error:

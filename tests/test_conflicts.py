@@ -287,6 +287,56 @@ def test_summarize_numbers(tmp_path):
   assert "sr_x2~derain" in text and "steps 0-70 (8 probes)" in text
 
 
+def known_halves(steps, cos, noise=8.0, dim=4000, seed=0):
+  """(steps, 1, 6, 6) half-split Gramians of tasks a, b, c whose expected gradients have unit
+  norm and pairwise cosines `cos` (a~b, a~c, b~c); each half-batch gradient is its task's
+  expectation plus isotropic noise of norm ~`noise`."""
+  rng = np.random.default_rng(seed)
+  c = np.eye(3)
+  for (i, j), v in zip(conflicts.pair_indices(3), cos):
+    c[i, j] = c[j, i] = v
+  basis = np.linalg.qr(rng.normal(size=(dim, 3)))[0].T           # 3 orthonormal directions
+  mu = np.linalg.cholesky(c) @ basis                              # their Gram matrix is c
+  halves = mu[None, :, None] + noise / np.sqrt(dim) * rng.normal(size=(steps, 3, 2, dim))
+  halves = halves.reshape(steps, 1, 6, dim)
+  return np.einsum("sltd,slud->sltu", halves, halves).astype(np.float32)
+
+
+def phased_store(workdir):
+  """90 probe steps written by the store's writer: a~c agrees (+0.5) for the first 30 only,
+  then is orthogonal; a~b conflicts (-0.3) and b~c agrees (+0.1) throughout."""
+  grams = np.concatenate([known_halves(30, (-0.3, 0.5, 0.1), noise=4.0),
+                          known_halves(60, (-0.3, 0.0, 0.1), noise=4.0, seed=1)])
+  conflicts.append(workdir, np.arange(0, 900, 10), grams, ["pos_embed"], ["a", "b", "c"])
+
+
+def test_verdict_per_phase_and_a_warning_per_pair_that_changes(tmp_path):
+  phased_store(str(tmp_path))
+  record = conflicts.load(str(tmp_path))
+  phased = conflicts.phase_verdicts(record)
+  assert [(p["label"], p["first"], p["last"], p["count"]) for p in phased["phases"]] == [
+      ("early", 0, 290, 30), ("middle", 300, 590, 30), ("late", 600, 890, 30)]
+  assert phased["headline"] == "late" and conflicts.headline_window(record) == 30
+  verdicts = {p: [ph["pair"][p]["verdict"] for ph in phased["phases"]]
+              for p in ("a~b", "a~c", "b~c")}
+  assert verdicts["a~b"] == [conflicts.CONFLICT] * 3
+  assert verdicts["b~c"] == [conflicts.AGREEMENT] * 3
+  assert verdicts["a~c"][0] == conflicts.AGREEMENT  # the early agreement ...
+  assert verdicts["a~c"][2] == conflicts.UNDETECTED  # ... gone once it is orthogonal
+  assert phased["disagree"] == {"a~c": verdicts["a~c"]}
+  late = record.last(30).corrected_cosine_intervals()[1]
+  assert phased["phases"][2]["pair"]["a~c"]["corrected_cos"]["estimate"] == late.estimate
+  text = conflicts.format_phases(phased)
+  assert [l for l in text.splitlines() if l.startswith("WARNING")] == [
+      "WARNING: a~c changes verdict between phases: early 'agreement beyond noise', middle "
+      f"'{verdicts['a~c'][1]}', late 'no conflict detectable above the noise floor'; the "
+      "headline reads the late phase"]
+  assert "headline: the late phase" in text and text.count("<- headline") == 3
+  # Few probes: fewer phases (each >= MIN_PHASE_PROBES), down to the whole run.
+  assert [len(conflicts.split_phases(record.last(n))) for n in (8, 18, 26, 27)] == [1, 2, 2, 3]
+  assert conflicts.headline_window(record.last(8)) == 0
+
+
 # ----------------------------------------------------------------------------- format versions
 
 

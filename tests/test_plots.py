@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from mtl import conflicts, plots, stats
+from test_conflicts import known_halves, phased_store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ["denoise_30", "sr_x2", "derain"]
@@ -84,24 +85,9 @@ def test_cosine_matrix_figure():
   assert fig.axes[0].get_images()[0].get_array()[0, 1] == pytest.approx(raw_iv.estimate)
 
 
-def known_record(steps=40, cos=(-0.6, 0.03, 0.4), noise=8.0, dim=4000, seed=0):
-  """Tasks a, b, c whose expected gradients have unit norm and pairwise cosines `cos` (a~b,
-  a~c, b~c); each half-batch gradient is its task's expectation plus isotropic noise."""
-  rng = np.random.default_rng(seed)
-  c = np.eye(3)
-  for (i, j), v in zip(conflicts.pair_indices(3), cos):
-    c[i, j] = c[j, i] = v
-  basis = np.linalg.qr(rng.normal(size=(dim, 3)))[0].T           # 3 orthonormal directions
-  mu = np.linalg.cholesky(c) @ basis                              # their Gram matrix is c
-  halves = mu[None, :, None] + noise / np.sqrt(dim) * rng.normal(size=(steps, 3, 2, dim))
-  halves = halves.reshape(steps, 1, 6, dim)
-  grams = np.einsum("sltd,slud->sltu", halves, halves)
-  return conflicts.Record.from_halves(np.arange(steps), grams, ["pos_embed"], ["a", "b", "c"],
-                                      "known")
-
-
 def test_cosine_matrix_colours_the_full_range_and_frames_cells_beyond_noise():
-  rec = known_record()
+  rec = conflicts.Record.from_halves(np.arange(40), known_halves(40, (-0.6, 0.03, 0.4)),
+                                     ["pos_embed"], ["a", "b", "c"], "known")
   ivs = rec.corrected_cosine_intervals()
   # a~b: a conflict beyond noise; a~c: a near-orthogonal small positive whose interval holds 0
   assert ivs[0].high < 0 and ivs[2].low > 0
@@ -276,6 +262,26 @@ def test_analyze_script(tmp_path):
   assert os.path.exists(os.path.join(wd, "conflicts", "cos_layers_steps-sr_x2~derain.png"))
   events = os.listdir(os.path.join(wd, "events", "analyze"))
   assert len(events) == 1 and events[0].startswith("events.out.tfevents.")
+
+
+def test_analyze_reads_the_late_phase_by_default_and_warns_when_phases_disagree(tmp_path):
+  wd = str(tmp_path)
+  phased_store(wd)  # a~c agrees early only (see test_conflicts)
+  result = run_analyze(f"--workdir={wd}")
+  assert result.returncode == 0, result.stderr
+  out = result.stdout
+  assert out.startswith("gradient conflict, whole body, steps 600-890 (30 probes)")
+  assert "read the headline phase (late)" in out
+  late = conflicts.load(wd).last(30).corrected_cosine_intervals()[1]
+  assert f"a~c\n    raw cos" in out and (
+      f"corrected cos          {late.estimate:+.3f} [{late.low:+.3f}, {late.high:+.3f}]") in out
+  assert "    late    steps 600-890 (30)" in out
+  assert [l.split(":")[0] for l in out.splitlines() if l.startswith("WARNING")] == [
+      "WARNING"] and "WARNING: a~c changes verdict" in out
+  # --phases=1: one phase, the whole run, and nothing to disagree with
+  whole = run_analyze(f"--workdir={wd}", "--phases=1").stdout
+  assert whole.startswith("gradient conflict, whole body, steps 0-890 (90 probes)")
+  assert "WARNING" not in whole and "read all probe steps (one phase)" in whole
 
 
 def test_analyze_script_bad_input(tmp_path):

@@ -3,7 +3,8 @@
   gramians.py  the math: per-leaf Gramians -> cosines, norms, conflict shares, groups, EMA
   store.py     the on-disk record of probe steps (format 2: half-split Gramians) and the Record
                it loads
-  summary.py   numbers and text of a record for reports, with the noise floor and verdicts
+  summary.py   numbers and text of a record for reports, with the noise floor and verdicts,
+               per training phase
 
 `mtl.conflicts.load(workdir)` returns the Record of a run's probe steps.
 """
@@ -15,6 +16,7 @@ from mtl.conflicts.gramians import (GROUPINGS, HALVES, conflict_fraction,
                                     task_gramian, update_cosines)
 from mtl.conflicts.store import (NO_HALVES, Record, Store, append, format_range, load,
                                  parse_step_range, store_dir, truncate_after)
-from mtl.conflicts.summary import (AGREEMENT, CONFLICT, NOT_MEASURABLE, UNDETECTED,
-                                   format_noise_floor, format_summary, noise_floor, pair_verdict,
-                                   summarize)
+from mtl.conflicts.summary import (AGREEMENT, CONFLICT, NOT_MEASURABLE, PHASES, UNDETECTED,
+                                   format_noise_floor, format_phases, format_summary,
+                                   headline_window, noise_floor, pair_verdict, phase_verdicts,
+                                   split_phases, summarize)

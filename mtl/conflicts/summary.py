@@ -1,5 +1,11 @@
 """Text and numbers of a conflict record for reports: window means, shares, top layers, and
-per pair the noise floor: intervals, the corrected cosine and a verdict."""
+per pair the noise floor: intervals, the corrected cosine and a verdict, per training phase.
+
+Phases: the probe steps split into PHASES contiguous parts of equal probe count (early,
+middle, late). The headline verdict is the LAST phase's: what training settled into, with
+the warm-up and the first transients (which can carry a verdict of their own) left out.
+A pair whose verdict differs between phases gets one warning line.
+"""
 import textwrap
 
 import numpy as np
@@ -13,6 +19,10 @@ CONFLICT = "conflict beyond noise"
 AGREEMENT = "agreement beyond noise"
 UNDETECTED = "no conflict detectable above the noise floor"
 NOT_MEASURABLE = "not measurable"
+PHASES = 3             # early, middle, late; the headline is the last
+MIN_PHASE_PROBES = 9   # a phase's batch-means interval from >= 3 batches of >= 3 probes
+PHASE_LABELS = {1: ("whole run",), 2: ("first half", "second half"),
+                3: ("early", "middle", "late")}
 
 
 def _nan_extreme(fn, x):
@@ -35,6 +45,84 @@ def pair_verdict(corrected):
   if corrected.low > 0:
     return AGREEMENT
   return UNDETECTED
+
+
+def phase_count(num_steps, phases=PHASES):
+  """How many phases `num_steps` probes split into: `phases`, fewer when a phase would hold
+  fewer than MIN_PHASE_PROBES probes (at least 1)."""
+  if phases < 1:
+    raise ValueError(f"phases={phases}; valid: a positive number of training phases")
+  return max(1, min(phases, num_steps // MIN_PHASE_PROBES))
+
+
+def phase_label(k, count):
+  return PHASE_LABELS[count][k] if count in PHASE_LABELS else f"phase {k + 1}/{count}"
+
+
+def split_phases(record, phases=PHASES):
+  """[(label, Record)]: the record's probe steps in `phase_count` contiguous parts of equal
+  probe count, in training order."""
+  count = phase_count(record.num_steps, phases)
+  parts = np.array_split(np.arange(record.num_steps), count)
+  return [(phase_label(k, count), record._take(idx)) for k, idx in enumerate(parts)]
+
+
+def headline_window(record, phases=PHASES):
+  """The probe count of the headline (last) phase; 0 (all probes) when there is one phase."""
+  parts = split_phases(record, phases)
+  return 0 if len(parts) == 1 else parts[-1][1].num_steps
+
+
+def phase_verdicts(record, phases=PHASES, level=LEVEL, method=INTERVAL_METHOD):
+  """The corrected cosine and verdict of every pair in each training phase.
+
+  Returns {'phases': [{'label', 'first', 'last', 'count', 'pair': {'a~b': {'corrected_cos':
+  interval dict, 'verdict'}}}] in training order, 'headline': the label of the last phase,
+  'disagree': {'a~b': [verdict per phase]} for the pairs whose measurable verdicts differ}.
+  """
+  out = {"phases": [], "headline": None, "disagree": {}}
+  names = pair_names(record.task_names)
+  for label, rec in split_phases(record, phases):
+    ivs = rec.corrected_cosine_intervals(None, level, method)
+    out["phases"].append({
+        "label": label, "first": int(rec.steps[0]), "last": int(rec.steps[-1]),
+        "count": int(rec.num_steps),
+        "pair": {p: {"corrected_cos": _interval(iv), "verdict": pair_verdict(iv)}
+                 for p, iv in zip(names, ivs)}})
+  out["headline"] = out["phases"][-1]["label"]
+  for p in names:
+    verdicts = [ph["pair"][p]["verdict"] for ph in out["phases"]]
+    if len({v for v in verdicts if v != NOT_MEASURABLE}) > 1:
+      out["disagree"][p] = verdicts
+  return out
+
+
+def format_phases(phased):
+  """Per pair and phase: steps, corrected cosine [95% interval] and verdict; which phase the
+  headline uses; one WARNING line per pair whose verdict changes between phases."""
+  count = len(phased["phases"])
+  what = {1: "one phase (too few probes to split)", 2: "halves of the probe steps",
+          3: "thirds of the probe steps"}.get(count, f"{count} equal parts of the probe steps")
+  lines = [f"verdict per training phase ({what}), corrected cos [95% interval]:"]
+  width = max(len(ph["label"]) for ph in phased["phases"])
+  steps = [f"steps {ph['first']}-{ph['last']} ({ph['count']})" for ph in phased["phases"]]
+  swidth = max(len(x) for x in steps)
+  for p in phased["phases"][0]["pair"]:
+    lines.append(f"  {p}")
+    for ph, where in zip(phased["phases"], steps):
+      e = ph["pair"][p]
+      mark = "  <- headline" if ph["label"] == phased["headline"] and count > 1 else ""
+      lines.append(f"    {ph['label']:<{width}}  {where:<{swidth}}  {_fmt(e['corrected_cos'])}"
+                   f"  {e['verdict']}{mark}")
+  if count > 1:
+    part = {2: "half", 3: "third"}.get(count, "part")
+    lines.append(f"headline: the {phased['headline']} phase (the last {part} of the probe steps: "
+                 "what training settled into; earlier ones hold the warm-up and first transients)")
+  for p, verdicts in phased["disagree"].items():
+    lines.append(f"WARNING: {p} changes verdict between phases: " + ", ".join(
+        f"{ph['label']} '{v}'" for ph, v in zip(phased["phases"], verdicts))
+                 + f"; the headline reads the {phased['headline']} phase")
+  return "\n".join(lines)
 
 
 def _interval(iv):
