@@ -5,7 +5,9 @@
 
 --input is one image or a folder (its images, not its subfolders). Uses the workdir's latest
 checkpoint (or --step). Progress (images, rate, ETA) on stderr; unreadable files are skipped with a
-warning and the rest are restored. Bad input: one line on stderr, exit status 1.
+warning and the rest are restored. Nothing is written (one line on stderr, exit status 1) when
+--output is --input or inside it, when two inputs share a stem (x.png, x.jpg -> x.png), or when
+--output already holds a result's name (unless --overwrite). Bad input: one line, exit status 1.
 """
 import _root  # noqa: F401  (repository root on sys.path for `mtl`)
 import cli
@@ -16,6 +18,8 @@ flags.DEFINE_string("task", None, "Task to apply, one of the workdir's tasks (e.
 flags.DEFINE_string("input", None, "An image file or a folder of images.")
 flags.DEFINE_string("output", None, "Folder for the restored PNGs.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+flags.DEFINE_bool("overwrite", False, "Replace files of the same name already in --output "
+                  "(refused otherwise).")
 flags.mark_flags_as_required(["workdir", "task", "input", "output"])
 
 
@@ -23,7 +27,8 @@ flags.mark_flags_as_required(["workdir", "task", "input", "output"])
 def main():
   from mtl import restore
   f = flags.FLAGS
-  written, skipped = restore.restore_folder(f.workdir, f.task, f.input, f.output, f.step)
+  written, skipped = restore.restore_folder(f.workdir, f.task, f.input, f.output, f.step,
+                                            overwrite=f.overwrite)
   print(f"wrote {len(written)} image(s) to {f.output}"
         + (f"; skipped {len(skipped)} unreadable" if skipped else ""), flush=True)
 

@@ -3,7 +3,8 @@
   python launch/score.py --restored=out/ --reference=Set5/HR [--crop_border=2] [--y_channel|--rgb] \
       [--mod_crop=2] [--csv=scores.csv]
 
-Images pair by file name (stem; else as benchmarks pair them: babyx2 ~ baby, rain-001 ~ norain-001).
+Images pair by file name (stem; else as benchmarks pair them: babyx2 ~ baby, rain-001 ~ norain-001),
+each reference with one restored image; references left without one are named in a warning.
 Y channel (MATLAB BT.601 luma, as IPT reports) by default; --rgb scores all three channels. SR papers
 crop `scale` border pixels (--crop_border) and crop the reference to a multiple of the scale
 (--mod_crop). A missing partner or a size mismatch: one line on stderr, exit status 1.

@@ -67,10 +67,49 @@ def restorer(model, params, config, task):
       config.eval.tile_batch)
 
 
-def restore_folder(workdir, task, source, output, step=None, err=sys.stderr):
+def _names(paths, limit=4):
+  names = [os.path.basename(p) for p in paths]
+  return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def plan_outputs(paths, source, output, overwrite=False):
+  """[output path per input path]: <output>/<stem>.png, refusing (ValueError, one line, before
+  anything is written) an output folder that is the input folder or inside it, two inputs with one
+  output (x.png and x.jpg), and, unless `overwrite`, outputs that already exist."""
+  source_dir = os.path.realpath(source if os.path.isdir(source) else os.path.dirname(source) or ".")
+  output_dir = os.path.realpath(output)
+  if os.path.isdir(source) and (output_dir == source_dir or output_dir.startswith(
+      source_dir + os.sep)):
+    where = "is" if output_dir == source_dir else "is inside"
+    raise ValueError(f"--output={output} {where} --input={source}; restored images would mix "
+                     "with (or replace) the inputs: choose an --output outside it")
+  outs = [os.path.join(output, os.path.splitext(os.path.basename(p))[0] + ".png") for p in paths]
+  if os.path.isfile(source) and os.path.realpath(outs[0]) == os.path.realpath(source):
+    raise ValueError(f"--output={output} would replace --input={source} itself: choose another "
+                     "--output")
+  by_out = {}
+  for path, out in zip(paths, outs):
+    by_out.setdefault(out, []).append(path)
+  clashes = [f"{_names(ins)} -> {os.path.basename(out)}" for out, ins in by_out.items()
+             if len(ins) > 1]
+  if clashes:
+    raise ValueError(f"--input={source} holds files with the same stem, whose results would "
+                     f"share one output (<stem>.png): {'; '.join(clashes[:3])}"
+                     f"{' ...' if len(clashes) > 3 else ''}; rename them or restore them apart")
+  existing = [out for out in outs if os.path.exists(out)]
+  if existing and not overwrite:
+    raise ValueError(f"--output={output} already holds {_names(existing)} ({len(existing)} of the "
+                     f"{len(outs)} outputs); pass --overwrite to replace them, or choose another "
+                     "--output")
+  return outs, existing
+
+
+def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, overwrite=False):
   """Restore one image file or every image directly in a folder into `output` as <stem>.png.
 
-  Unreadable files are skipped with a warning on `err`; progress (images, rate, ETA) goes there too.
+  Refuses (see `plan_outputs`) before reading the model whenever a result could replace an input,
+  another result, or (without `overwrite`) an existing file. Unreadable files are skipped with a
+  warning on `err`; progress (images, rate, ETA) goes there too.
   Returns (written paths, skipped paths).
   """
   from mtl import events, progress as progress_lib
@@ -83,20 +122,22 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr):
       raise ValueError(f"no image files directly in --input={source}")
   else:
     raise FileNotFoundError(f"--input={source} is neither a file nor a folder")
+  outs, existing = plan_outputs(paths, source, output, overwrite)
   config, model, params, step = load_model(workdir, step)
   restore = restorer(model, params, config, task)
   os.makedirs(output, exist_ok=True)
-  print(f"restoring {len(paths)} image(s) with {task} from {workdir} (step {step})", file=err)
+  print(f"restoring {len(paths)} image(s) with {task} from {workdir} (step {step})"
+        + (f"; replacing {len(existing)} existing file(s) in {output}" if existing else ""),
+        file=err)
   progress = progress_lib.Progress(len(paths), every=1)
   written, skipped = [], []
-  for done, path in enumerate(paths, 1):
+  for done, (path, out) in enumerate(zip(paths, outs), 1):
     try:
       image = folder_lib.read_rgb(path)
     except ValueError as error:
       print(f"warning: skipped: {error}", file=err)
       skipped.append(path)
     else:
-      out = os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".png")
       events.write_png(out, restore(image))
       written.append(out)
     line = progress.update(done)
@@ -109,7 +150,12 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr):
 
 
 def _match(restored, reference):
-  """[(stem, restored path, reference path)] by file stem (else by benchmarks.pair_key)."""
+  """([(stem, restored path, reference path)], unpaired reference paths).
+
+  Exact stems pair first; the rest pair as benchmarks name them (babyx2 ~ baby, rain-001 ~
+  norain-001), each reference with at most one restored image. A restored image without its own
+  partner is refused (ValueError, one line).
+  """
   from mtl.data import benchmarks
   from mtl.data import folder as folder_lib
   stem = lambda p: os.path.splitext(os.path.basename(p))[0]
@@ -118,23 +164,40 @@ def _match(restored, reference):
   if not ours:
     raise ValueError(f"no image files directly in --restored={restored}")
   by_stem = {stem(p): p for p in refs}
-  by_key = {benchmarks.pair_key(stem(p)): p for p in refs}
-  pairs = []
+  partner = {p: by_stem[stem(p)] for p in ours if stem(p) in by_stem}
+  paired_with = {ref: path for path, ref in partner.items()}
   for path in ours:
-    # Exact names first; then names as benchmarks pair them (babyx2 ~ baby, rain-001 ~ norain-001).
-    partner = by_stem.get(stem(path)) or by_key.get(benchmarks.pair_key(stem(path)))
-    if partner is None:
-      raise ValueError(f"{path} has no partner in --reference={reference} (matched by file name)")
-    pairs.append((stem(path), path, partner))
-  return pairs
+    if path in partner:
+      continue
+    key = benchmarks.pair_key(stem(path))
+    same_key = [r for r in refs if benchmarks.pair_key(stem(r)) == key]
+    free = [r for r in same_key if r not in paired_with]
+    if len(free) > 1:
+      raise ValueError(f"{path} could pair with {_names(free)} in --reference={reference}; "
+                       "name it as its reference")
+    if not free:
+      taken = (f": {_names(same_key)} is paired with {_names([paired_with[r] for r in same_key])}"
+               if same_key else " (matched by file name)")
+      raise ValueError(f"{path} has no partner in --reference={reference}{taken}")
+    partner[path] = free[0]
+    paired_with[free[0]] = path
+  pairs = [(stem(p), p, partner[p]) for p in ours]
+  return pairs, [r for r in refs if r not in paired_with]
 
 
-def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0):
-  """Per-image PSNR / SSIM of each restored image against its reference: [dict], mean dict."""
+def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0, err=sys.stderr):
+  """Per-image PSNR / SSIM of each restored image against its reference: [dict], mean dict.
+
+  References without a restored partner are named in one warning line on `err`.
+  """
   from mtl.data import benchmarks
   from mtl.data import folder as folder_lib
   rows = []
-  for name, ours_path, ref_path in _match(restored, reference):
+  pairs, unpaired = _match(restored, reference)
+  if unpaired:
+    print(f"warning: {len(unpaired)} of {len(pairs) + len(unpaired)} reference image(s) have no "
+          f"restored partner and are not scored: {_names(unpaired)}", file=err, flush=True)
+  for name, ours_path, ref_path in pairs:
     ours, ref = folder_lib.read_rgb(ours_path), folder_lib.read_rgb(ref_path)
     if mod_crop:
       ref = benchmarks.mod_crop(ref, mod_crop)

@@ -72,6 +72,72 @@ def test_restore_upscales_and_refuses_unknown_tasks(workdir, tmp_path):
     restore.load_model(workdir, step=7)
 
 
+def _snapshot(folder):
+  return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_restore_never_writes_into_its_input_or_one_output_twice(workdir, tmp_path):
+  inputs = tmp_path / "photos"
+  rng = np.random.default_rng(4)
+  _png(str(inputs / "x.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+  Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(inputs / "y.jpg")
+  before = _snapshot(tmp_path)
+  refusals = [
+      (str(inputs), str(inputs), "is --input"),  # x.png would be replaced by its own result
+      (str(inputs), str(inputs / "restored"), "is inside --input"),
+      (str(inputs / "x.png"), str(inputs), "would replace --input"),
+  ]
+  for source, output, why in refusals:
+    with pytest.raises(ValueError) as error:
+      restore.restore_folder(workdir, "derain", source, output, err=io.StringIO())
+    assert why in str(error.value) and "\n" not in str(error.value), (source, output)
+  # Same stem, two formats: both would be <stem>.png.
+  Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(inputs / "x.jpg")
+  with pytest.raises(ValueError) as error:
+    restore.restore_folder(workdir, "derain", str(inputs), str(tmp_path / "out"))
+  assert "x.jpg, x.png -> x.png" in str(error.value) and "\n" not in str(error.value)
+  assert _snapshot(tmp_path) == {**before, inputs / "x.jpg": (inputs / "x.jpg").read_bytes()}
+  assert not (tmp_path / "out").exists() and not (inputs / "restored").exists()
+
+
+def test_restore_replaces_existing_outputs_only_when_asked(workdir, tmp_path):
+  rng = np.random.default_rng(5)
+  _png(str(tmp_path / "in" / "a.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+  _png(str(tmp_path / "in" / "b.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+  (tmp_path / "out").mkdir()
+  (tmp_path / "out" / "b.png").write_bytes(b"an earlier result")
+  proc = _run("restore.py", f"--workdir={workdir}", "--task=derain", f"--input={tmp_path}/in",
+              f"--output={tmp_path}/out")
+  assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
+  assert "already holds b.png (1 of the 2 outputs)" in proc.stderr and "--overwrite" in proc.stderr
+  assert sorted(os.listdir(tmp_path / "out")) == ["b.png"]
+  assert (tmp_path / "out" / "b.png").read_bytes() == b"an earlier result"
+  err = io.StringIO()
+  written, _ = restore.restore_folder(workdir, "derain", str(tmp_path / "in"),
+                                      str(tmp_path / "out"), err=err, overwrite=True)
+  assert len(written) == 2 and "replacing 1 existing file(s)" in err.getvalue()
+  assert np.asarray(Image.open(tmp_path / "out" / "b.png")).shape == (12, 12, 3)
+
+
+def test_score_pairs_each_reference_once_and_names_the_unscored(tmp_path):
+  image = np.random.default_rng(6).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  for name in ("a.png", "ax2.png"):
+    _png(str(tmp_path / "out" / name), image)
+  for name in ("a.png", "b.png"):
+    _png(str(tmp_path / "ref" / name), image)
+  # ax2 would pair with a (EDSR naming), but a is a's own reference; b has no restored image.
+  with pytest.raises(ValueError) as error:
+    restore.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=io.StringIO())
+  assert "ax2.png has no partner" in str(error.value) and "a.png is paired with a.png" in str(
+      error.value)
+  os.remove(tmp_path / "out" / "a.png")  # now ax2 pairs with a, and b is named as unscored
+  err = io.StringIO()
+  rows, _ = restore.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=err)
+  assert [r["image"] for r in rows] == ["ax2"]
+  assert "1 of 2 reference image(s) have no restored partner and are not scored: b.png" in (
+      err.getvalue())
+
+
 def test_score_equals_metrics_on_known_pairs(tmp_path):
   flat_ref = np.full((20, 24, 3), 100, np.uint8)
   flat_out = np.full((20, 24, 3), 110, np.uint8)
