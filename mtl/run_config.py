@@ -93,7 +93,16 @@ def validate(config):
   if config.data.source == "folder" and config.data.folder and not os.path.isdir(
       config.data.folder):
     raise FileNotFoundError(f"data.folder={config.data.folder} is not a folder")
+  seen = set()
   for set_name, _, path, _ in evaluate.parse_sets(config.eval.sets):
+    # The name keys the results, the TensorBoard tags and restored/<step>/<task>/<set>/.
+    if not set_name.strip() or set_name in (".", "..") or "/" in set_name or "\\" in set_name:
+      raise ValueError(f"eval.sets: {set_name}={path} has no usable name; give each set a name "
+                       "without '/' (NAME=PATH, e.g. Set5=/d/Set5)")
+    if set_name in seen:
+      raise ValueError(f"eval.sets: the name {set_name!r} is given twice (its second set would "
+                       "replace the first's results); give each set its own name")
+    seen.add(set_name)
     if path is not None and not os.path.isdir(path):
       raise FileNotFoundError(f"eval.sets: {set_name}={path} is not a folder")
   streaks = config.degrade.rain.streak_dir

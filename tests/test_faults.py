@@ -46,6 +46,11 @@ def _set(config, dotted, value):
     ("tasks", ("sr_x2", ""), r"tasks=\['sr_x2', ''\] holds an empty name"),
     ("eval.sets", "photos,Set5=/no/such/Set5", r"eval.sets: Set5=/no/such/Set5 is not a folder"),
     ("eval.sets", "Set5", r"eval.sets entry 'Set5' is not valid"),
+    # Existing folders, so only the names are wrong.
+    ("eval.sets", f"A={ROOT}/tests,A={ROOT}/mtl", r"eval.sets: the name 'A' is given twice"),
+    ("eval.sets", f"photos,photos={ROOT}/tests", r"eval.sets: the name 'photos' is given twice"),
+    ("eval.sets", f"={ROOT}/tests", r"eval.sets: =.*/tests has no usable name"),
+    ("eval.sets", f"../x={ROOT}/tests", r"eval.sets: \.\./x=.*/tests has no usable name"),
 ])
 def test_validate_names_the_bad_value(field, value, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):
