@@ -212,7 +212,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
             affinity_buffer = []
             checkpoints.save(mngr, done, state, force=True)
           if config.eval_every and done % config.eval_every == 0 and done < config.total_steps:
-            evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer)
+            evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer,
+                              ema_params=state.ema_params)
           if stop:  # not preemption.requested: a signal after check() is seen at the next step
             break
     finally:  # a save in flight completes even when training stops on an error
@@ -228,13 +229,30 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
       raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
                       "run the same command to resume")
     results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
-                                writer, final=True)
+                                writer, final=True,
+                                ema_params=state.ema_params)
     if is_writer and probe_every:
-      from mtl import plots
-      plots.draw_and_log(conflicts.load(workdir), os.path.join(workdir, "conflicts"), writer,
-                         ema_beta=config.conflicts.ema_beta, scalars=False)  # logged per flush
+      print(_conflict_answer(workdir, writer, config.conflicts.ema_beta), flush=True)
     writer.close()
   return results
+
+
+def _conflict_answer(workdir, writer, ema_beta):
+  """Draw the conflict figures (averaged over the headline phase, as launch/analyze.py does)
+  and return the run's answer: per pair the headline verdict, phase warnings, where the
+  figures are, and the command that says more."""
+  from mtl import plots
+  record = conflicts.load(workdir)
+  phased = conflicts.phase_verdicts(record)
+  paths = plots.draw_and_log(record, os.path.join(workdir, "conflicts"), writer,
+                             conflicts.headline_window(record), ema_beta,
+                             scalars=False)  # the scalars were logged per flush
+  figures = os.path.dirname(paths[0])
+  return "\n".join([
+      conflicts.format_headline(phased),
+      f"figures: {figures}/ ({', '.join(os.path.basename(p) for p in paths[:3])}, "
+      "cos_layers_steps-<pair>.png)",
+      f"per phase, layers and noise floor: python launch/analyze.py --workdir={workdir}"])
 
 
 def _kept(mngr):

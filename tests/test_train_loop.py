@@ -1,4 +1,6 @@
 """End to end on the embedded photographs: joint run, resume, fine-tune, refusals, NaN stop."""
+import contextlib
+import io
 import json
 import os
 import re
@@ -45,7 +47,12 @@ def _params(workdir, config):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
-  results = train.train_and_evaluate(_config(), workdir)
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    results = train.train_and_evaluate(_config(), workdir)
+  print(out.getvalue())
+  with open(workdir + ".stdout", "w") as f:  # beside the workdir: its contents stay the run's
+    f.write(out.getvalue())
   return workdir, results
 
 
@@ -64,6 +71,24 @@ def test_joint_run_writes_every_artifact(straight_run):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "events")))
   compute = json.load(open(os.path.join(workdir, "compute.json")))
   assert compute["steps"] == 4 and compute["images_seen"] == 4 * 2 * 2 and compute["train_flops"] > 0
+
+
+def test_the_run_ends_with_its_conflict_verdicts_and_where_to_read_more(straight_run):
+  workdir, _ = straight_run
+  with open(workdir + ".stdout") as f:
+    lines = f.read().splitlines()
+  start = lines.index("task conflict: noise-corrected whole-body gradient cosine [95% interval], "
+                      "steps 0-3 (4 probes):")
+  assert any("Y-channel PSNR" in line for line in lines[:start])  # after the PSNR table
+  iv = conflicts.load(workdir).corrected_cosine_intervals()[0]
+  verdict = conflicts.pair_verdict(iv)
+  estimate = "   nan" if np.isnan(iv.estimate) else f"{iv.estimate:+.3f}"
+  assert lines[start + 1].startswith(f"  denoise_30~sr_x2  {estimate}")
+  assert lines[start + 1].endswith(f"  {verdict}")
+  assert lines[start + 2] == (f"figures: {workdir}/conflicts/ (cos_matrix.png, "
+                              "cos_layers_pairs.png, cos_curves.png, cos_layers_steps-<pair>.png)")
+  assert lines[start + 3] == ("per phase, layers and noise floor: python launch/analyze.py "
+                              f"--workdir={workdir}")
 
 
 def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path):

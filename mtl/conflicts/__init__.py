@@ -17,6 +17,6 @@ from mtl.conflicts.gramians import (GROUPINGS, HALVES, conflict_fraction,
 from mtl.conflicts.store import (NO_HALVES, Record, Store, append, format_range, load,
                                  parse_step_range, store_dir, truncate_after)
 from mtl.conflicts.summary import (AGREEMENT, CONFLICT, NOT_MEASURABLE, PHASES, UNDETECTED,
-                                   format_noise_floor, format_phases, format_summary,
-                                   headline_window, noise_floor, pair_verdict, phase_verdicts,
-                                   split_phases, summarize)
+                                   format_headline, format_noise_floor, format_phases,
+                                   format_summary, headline_window, noise_floor, pair_verdict,
+                                   phase_verdicts, split_phases, summarize)

@@ -125,6 +125,21 @@ def format_phases(phased):
   return "\n".join(lines)
 
 
+def format_headline(phased):
+  """The headline verdicts in a few lines: per pair the corrected cosine [95% interval] and
+  verdict of the headline phase, then the phase-disagreement WARNING lines."""
+  ph = phased["phases"][-1]
+  where = (f"the {ph['label']} phase, steps {ph['first']}-{ph['last']} ({ph['count']} probes)"
+           if len(phased["phases"]) > 1 else
+           f"steps {ph['first']}-{ph['last']} ({ph['count']} probes)")
+  lines = [f"task conflict: noise-corrected whole-body gradient cosine [95% interval], {where}:"]
+  width = max(len(p) for p in ph["pair"])
+  for p, e in ph["pair"].items():
+    lines.append(f"  {p:<{width}}  {_fmt(e['corrected_cos'])}  {e['verdict']}")
+  lines += [line for line in format_phases(phased).splitlines() if line.startswith("WARNING")]
+  return "\n".join(lines)
+
+
 def _interval(iv):
   return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "level": iv.level,
           "n": iv.n, "method": iv.method, "note": iv.note}
