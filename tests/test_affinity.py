@@ -110,3 +110,19 @@ def test_format_prints_matrix_and_grouping():
   z = z + np.random.default_rng(1).normal(scale=1e-3, size=z.shape)
   text = affinity.format_affinity(np.arange(6), z, list(TASKS))
   assert "best 2 groups" in text and "denoise_30, sr_x2 | derain" in text
+  assert "relative change of task j's loss" in text and "> 0: i's step lowers" in text
+
+
+def test_no_grouping_is_recommended_when_every_interval_includes_zero():
+  # Pure noise around 0: every off-diagonal interval holds 0, so no grouping is supported.
+  z = np.random.default_rng(2).normal(scale=1e-4, size=(8, 3, 3))
+  z -= z.mean(axis=0)  # window means exactly 0: each interval is centred on it
+  ivs = affinity.mean_intervals(z)
+  assert all(ivs[i][j].low < 0 < ivs[i][j].high for i in range(3) for j in range(3) if i != j)
+  text = affinity.format_affinity(np.arange(8), z, list(TASKS))
+  assert "best 2 groups" not in text
+  assert "no grouping supported by the data" in text
+  # One pair beyond noise is enough for a grouping to be stated.
+  z[:, 0, 1] += 1e-3
+  assert "best 2 groups" in affinity.format_affinity(np.arange(8), z, list(TASKS))
+

@@ -169,8 +169,23 @@ def best_grouping(z, k):
   return sorted(best), best_score
 
 
+MEANING = ("Z_(i->j) = 1 - L_j(after one SGD step along task i's body gradient) / L_j(before): "
+           "the relative change of task j's loss per lookahead step of task i, as a fraction of "
+           "that loss; > 0: i's step lowers j's loss (helps), < 0: raises it (hurts); e.g. "
+           "-6e-05 = j's loss rose by 0.006% of itself.")
+
+
+def supported(ivs):
+  """Whether any off-diagonal affinity's interval excludes 0 (the data support a grouping)."""
+  t = len(ivs)
+  return any(np.isfinite(ivs[i][j].low) and np.isfinite(ivs[i][j].high)
+             and (ivs[i][j].low > 0 or ivs[i][j].high < 0)
+             for i in range(t) for j in range(t) if i != j)
+
+
 def format_affinity(steps, values, tasks, groups=(2,)):
-  """The affinity matrix (window means and 95% intervals) and the best k-groupings, as text."""
+  """The affinity matrix (window means and 95% intervals), what a value means, and the best
+  k-groupings, or that the data support none (every off-diagonal interval holds 0)."""
   ivs = mean_intervals(values)
   z = np.array([[iv.estimate for iv in row] for row in ivs])
   width = max(len(n) for n in tasks) + 2
@@ -181,10 +196,15 @@ def format_affinity(steps, values, tasks, groups=(2,)):
     cells = "".join(f"{ivs[i][j].estimate:+10.2e} [{ivs[i][j].low:+.1e},{ivs[i][j].high:+.1e}]"
                     if i != j else f"{'-':>26}" for j in range(len(tasks)))
     lines.append(f"{n:<{width}}{cells}")
-  for k in groups:
-    if 1 < k < len(tasks):
-      part, score = best_grouping(z, k)
-      named = " | ".join(", ".join(tasks[i] for i in g) for g in part)
-      lines.append(f"best {k} groups (max sum of within-group mean affinity): {named} "
-                   f"(score {score:+.2e})")
+  lines.append(MEANING)
+  wanted = [k for k in groups if 1 < k < len(tasks)]
+  if wanted and not supported(ivs):
+    lines.append("no grouping supported by the data: every affinity's 95% interval includes 0 "
+                 "(measure more steps: config.mtl.affinity_every)")
+    return "\n".join(lines)
+  for k in wanted:
+    part, score = best_grouping(z, k)
+    named = " | ".join(", ".join(tasks[i] for i in g) for g in part)
+    lines.append(f"best {k} groups (max sum of within-group mean affinity): {named} "
+                 f"(score {score:+.2e})")
   return "\n".join(lines)
