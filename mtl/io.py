@@ -124,6 +124,16 @@ def _pid_alive(pid):
   return True
 
 
+def _peek(path, size=40):
+  """A file's first bytes, for naming what an unreadable file holds."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(size + 1)
+  except OSError as error:
+    return f"unreadable: {error.strerror}"
+  return "empty" if not head else f"it holds {head[:size]!r}{'...' if len(head) > size else ''}"
+
+
 class WorkdirLock:
   """`<workdir>/train.lock` holding {pid, host, started}: one trainer per workdir.
 
@@ -137,11 +147,14 @@ class WorkdirLock:
     self.stale = None  # the holder record of a stale lock that acquire() replaced
 
   def holder(self):
+    """The lock's {pid, host, started}, or None when it is missing or not such a record."""
     try:
       with open(self.path) as f:
-        return json.load(f)
+        record = json.load(f)
     except (OSError, ValueError):
       return None
+    valid = isinstance(record, dict) and isinstance(record.get("pid"), int) and record["pid"] > 0
+    return record if valid else None
 
   def acquire(self):
     record = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -151,9 +164,15 @@ class WorkdirLock:
         fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
       except FileExistsError:
         holder = self.holder()
-        if holder is None:  # written this instant by another process, or left empty by a crash
+        if holder is None:  # written this instant by another process, or garbage
           time.sleep(0.2)
-          holder = self.holder() or {"pid": -1, "host": record["host"], "started": "?"}
+          holder = self.holder()
+        if holder is None:
+          if not os.path.exists(self.path):
+            continue
+          raise LockHeld(f"{self.path} is not a lock a trainer wrote ({_peek(self.path)}), so "
+                         "whether a trainer still works here is unknown; if none does, delete "
+                         "that file and run again") from None
         same_host = holder.get("host") == record["host"]
         if same_host and (holder.get("pid") == os.getpid() or not _pid_alive(holder.get("pid"))):
           self.stale = holder

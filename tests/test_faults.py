@@ -3,6 +3,7 @@ workdir lock; a run that never saved a step may take a new config; exit codes.""
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -138,6 +139,20 @@ def test_workdir_lock(tmp_path):
     assert lock.stale["pid"] == dead
     assert json.loads((tmp_path / "train.lock").read_text())["pid"] == os.getpid()
   assert not (tmp_path / "train.lock").exists()
+
+
+@pytest.mark.parametrize("content, shown", [
+    (b"\x93garbage\x00", r"it holds b'\\x93garbage\\x00'"), (b"", "empty"),
+    (b"[1, 2]", r"it holds b'\[1, 2\]'"), (b'{"pid": -1}', "it holds"),
+])
+def test_an_unreadable_lock_is_named_with_how_to_clear_it(tmp_path, content, shown):
+  (tmp_path / "train.lock").write_bytes(content)
+  with pytest.raises(io.LockHeld) as error:
+    io.WorkdirLock(str(tmp_path)).acquire()
+  message = str(error.value)
+  assert re.search(rf"train.lock is not a lock a trainer wrote \({shown}", message), message
+  assert "delete that file and run again" in message and "pid -1" not in message
+  assert (tmp_path / "train.lock").read_bytes() == content  # not ours to remove
 
 
 def test_a_second_trainer_refuses_while_the_first_holds_the_workdir(tmp_path):
