@@ -409,3 +409,22 @@ def test_version_2_store_round_trip_and_clear_errors(tmp_path):
     json.dump(meta, f)
   with pytest.raises(ValueError, match="format version 3; this code reads versions 1, 2"):
     conflicts.load(wd)
+
+
+def test_non_finite_probes_are_skipped_with_a_warning(tmp_path, caplog):
+  workdir = str(tmp_path)
+  grams = synthetic_store(workdir, [0, 1, 2, 3])
+  broken = grams[:2].copy()
+  broken[0, 1, 0, 0] = np.nan   # step 4: one leaf overflowed
+  broken[1, 0, 2, 1] = np.inf   # step 5
+  conflicts.append(workdir, np.asarray([4, 5]), broken, LAYERS, TASKS)
+  with caplog.at_level("WARNING"):
+    record = conflicts.load(workdir)
+  assert record.steps.tolist() == [0, 1, 2, 3] and record.num_steps == 4
+  assert np.isfinite(record.cosines()).all()
+  assert "skipping 2 of 6 probe steps whose Gramians are not finite (NaN/inf), at steps 4, 5" in (
+      caplog.text)
+  nan_only = str(tmp_path / "nan")
+  conflicts.append(nan_only, np.asarray([0]), np.full_like(grams[:1], np.nan), LAYERS, TASKS)
+  with pytest.raises(ValueError, match="every probe step's Gramians are non-finite"):
+    conflicts.load(nan_only)

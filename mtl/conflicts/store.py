@@ -313,6 +313,18 @@ class Store:
     grams = np.concatenate([g for _, g in parts])
     # Sort and keep one entry per step (a crash mid-truncation can leave two chunks with it).
     steps, first = np.unique(steps, return_index=True)
+    # A probe whose gradients overflowed says nothing about their directions: it is not a probe.
+    finite = np.isfinite(grams[first]).all(axis=tuple(range(1, grams.ndim)))
+    if not finite.all():
+      bad = steps[~finite].tolist()
+      logging.warning("conflict store %s: skipping %d of %d probe steps whose Gramians are not "
+                      "finite (NaN/inf), at steps %s; they are not counted as probes", self.path,
+                      len(bad), len(steps), ", ".join(map(str, bad[:8])) + (
+                          " ..." if len(bad) > 8 else ""))
+      if not finite.any():
+        raise ValueError(f"conflict store {self.path}: every probe step's Gramians are non-finite "
+                         "(NaN/inf): the run's gradients overflowed; nothing to analyze")
+      steps, first = steps[finite], first[finite]
     name = os.path.basename(os.path.abspath(self.workdir).rstrip(os.sep))
     if meta["halves"]:
       record = Record.from_halves(steps, grams[first], meta["layer_names"], meta["task_names"],
