@@ -3,7 +3,9 @@
   python launch/report.py --workdir=/tmp/mtl/mini
 
 Writes WORKDIR/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex},
-WORKDIR/figures/loss-<task>.png and WORKDIR/report.md (which lists the runs still missing).
+WORKDIR/figures/loss-<task>.png and WORKDIR/report.md (which lists the runs still missing),
+and prints a short summary: runs done, warnings, per task each regime's score and verdict
+vs scratch, per task pair the conflict verdict, and where the files are.
 """
 import sys
 
@@ -18,16 +20,13 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from mtl import report
+  from mtl.report import document
   try:
-    path = report.write(flags.FLAGS.workdir)
+    _, summary = document.write_with_summary(flags.FLAGS.workdir)
   except (ValueError, FileNotFoundError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
-  with open(path) as f:
-    text = f.read()
-  print(text.split("## How the numbers")[0].rstrip())
-  print(f"\nwrote {path} and its tables/ and figures/")
+  print(summary)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ high, level, n, p, method, note); a NaN interval always carries a one-line `note
                         cosine): batch means of the pieces + the delta method, or block bootstrap
   corrected_cosine_intervals  that, for every task pair of a window of half-split Gramians
   conflict_fraction_interval  share of steps < 0: Wilson score interval at an effective n
+  wilson_interval       a share's Wilson score interval at n draws
+  mean_of_shares        the mean of independent runs' shares, Wilson at their combined n
   mean_of_runs          the mean of independent runs' window means (seeds), from their intervals
   spearman              rank correlation with an exact (n <= 9) or Monte Carlo permutation p
   delta_m               Delta_m% of Maninis et al. (2019) / Vandenhende et al. (2021)
@@ -294,8 +296,16 @@ def conflict_fraction_interval(x, level=0.95):
     share = float((x < 0).mean()) if n else float("nan")
     return _nan_interval(level, n, "wilson, effective n",
                          f"{n} defined values; an interval needs >= 4", share)
-  ind = (x < 0).astype(np.float64)
-  share = float(ind.mean())
+  share, n_eff = float((x < 0).mean()), negative_share_n_eff(x)
+  return wilson_interval(share, n_eff, level, n, "wilson, effective n", f"n_eff = {n_eff:.1f}")
+
+
+def negative_share_n_eff(x):
+  """The effective number of independent draws behind the share of x < 0 (NaN skipped; >= 4
+  values): n / tau, tau from batch means of the indicator (see conflict_fraction_interval)."""
+  x = np.asarray(x, np.float64).ravel()
+  ind = (x[~np.isnan(x)] < 0).astype(np.float64)
+  n = ind.size
   b, m, start = _batches(n)
   var = ind.var(ddof=1)
   if var > 0:
@@ -303,12 +313,35 @@ def conflict_fraction_interval(x, level=0.95):
     tau = min(max(tau, 1.0), float(m))
   else:
     tau = float(m)
-  n_eff = n / tau
+  return n / tau
+
+
+def wilson_interval(share, n_eff, level=0.95, n=None, method="wilson", note=""):
+  """A share's Wilson score interval (Wilson 1927) at n_eff draws: always within [0, 1], and
+  never of zero width at a share of 0 or 1."""
+  _check_level(level)
   z = sps.norm.ppf((1 + level) / 2)
   centre = (share + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
   half = z / (1 + z * z / n_eff) * math.sqrt(share * (1 - share) / n_eff + z * z / (4 * n_eff ** 2))
-  return Interval(share, float(max(0.0, centre - half)), float(min(1.0, centre + half)), level, n,
-                  float("nan"), "wilson, effective n", f"n_eff = {n_eff:.1f}")
+  return Interval(float(share), float(max(0.0, centre - half)), float(min(1.0, centre + half)),
+                  level, int(round(n_eff)) if n is None else n, float("nan"), method, note)
+
+
+def mean_of_shares(shares, n_effs, level=0.95):
+  """The mean of k independent runs' shares (e.g. each seed's conflict fraction) with a Wilson
+  interval, so it stays within [0, 1]: at the effective n of an equal-weight mean of k shares,
+  k^2 / sum(1 / n_eff_i) (the n whose binomial variance p(1-p)/n equals the mean's when the
+  runs share p). Runs without a share or n_eff are left out; none left: a NaN interval."""
+  _check_level(level)
+  method = "mean of runs, Wilson at the runs' combined effective n"
+  runs = [(p, n) for p, n in zip(shares, n_effs)
+          if p is not None and n is not None and math.isfinite(p) and math.isfinite(n) and n > 0]
+  if not runs:
+    return _nan_interval(level, 0, method, "no run has a share with an effective n")
+  k = len(runs)
+  n_eff = k * k / sum(1.0 / n for _, n in runs)
+  return wilson_interval(float(np.mean([p for p, _ in runs])), n_eff, level, k, method,
+                         f"n_eff = {n_eff:.1f} over {k} run{'s' if k != 1 else ''}")
 
 
 # ----------------------------------------------------------------------------- ranks

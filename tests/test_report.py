@@ -263,22 +263,59 @@ def test_delta_cells_are_paired_intervals_of_the_per_seed_values(synthetic):
     # SSIM = PSNR / 100 here: its interval is the PSNR one scaled, and its verdict the same
     assert r["delta_ssim_low"] == pytest.approx(iv.low / 100)
     assert r["verdict_ssim"] == VERDICTS[regime, task]
-    assert cells[task, regime][4] == (
+    assert cells[task, regime][5] == (
         f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}], {tables.format_p(iv.p)}")
-    assert cells[task, regime][5] == VERDICTS[regime, task]
-  assert cells["sr_x2", "scratch"][4] == ""   # scratch is the baseline: no Δ
+    assert cells[task, regime][6] == VERDICTS[regime, task]
+  assert cells["sr_x2", "scratch"][5] == ""   # scratch is the baseline: no Δ
   assert any("paired t 95% CI" in n for n in table.notes)
 
 
 def test_bold_only_for_the_significantly_best_regime(synthetic):
   cells = _cells(tables.main_table(synthetic))
   bold = {(task, regime) for (task, regime), row in cells.items()
-          if isinstance(row[3], tables.PsnrSsimText) and row[3].psnr_bold}
+          if isinstance(row[3], tables.Bold)}
   # derain: finetune beats joint and scratch on every seed; denoise_30: finetune's mean is
   # highest but not significantly above joint's; sr_x2: the best (finetune) is null vs scratch
   assert bold == {("derain", "finetune")}
   md = render.to_markdown(tables.main_table(synthetic))
-  assert "**29.57 ± 0.50** / **0.2957 ± 0.0050**" in md
+  assert "| **29.57 ± 0.50** | **0.2957 ± 0.0050** |" in md  # PSNR and SSIM: a cell each
+
+
+def test_main_tex_is_a_booktabs_table_with_tasks_as_columns(synthetic, tmp_path):
+  render.write_table(tables.main_table(synthetic), str(tmp_path))
+  tex = (tmp_path / "main.tex").read_text().splitlines()
+  body = tex[tex.index(r"\begin{tabular}{lrrrrrr}"):tex.index(r"\end{tabular}") + 1]
+  assert body[1] == r"\toprule" and body[-2] == r"\bottomrule"
+  # one column pair (PSNR, SSIM) per task, each under its task's name
+  assert body[2] == (r" & \multicolumn{2}{c}{denoise\_30} & \multicolumn{2}{c}{sr\_x2} & "
+                     r"\multicolumn{2}{c}{derain} \\")
+  assert body[3] == r"\cmidrule(lr){2-3} \cmidrule(lr){4-5} \cmidrule(lr){6-7}"
+  assert body[4] == "regime & " + " & ".join([r"Y-PSNR (dB) & SSIM"] * 3) + r" \\"
+  assert body[5] == r"\midrule"
+  rows = {line.split(" & ")[0]: line.split(" & ")[1:] for line in body[6:-2]}
+  assert list(rows) == ["input", "scratch", "joint", "finetune"]
+  assert rows["input"][:2] == ["20.00", "0.2000"]
+  assert rows["finetune"][4:] == [r"\textbf{29.57 $\pm$ 0.50}", r"\textbf{0.2957 $\pm$ 0.0050} \\"]
+  assert all(" / " not in cell for cells in rows.values() for cell in cells)  # a value a cell
+
+
+def test_conflict_fraction_interval_of_the_seeds_stays_within_0_100(synthetic):
+  from test_conflicts import known_halves
+  record = conflicts.Record.from_halves(  # every probe agrees: a conflict fraction of 0
+      np.arange(16), known_halves(16, (0.9, 0.9, 0.9), noise=1.0), ["pos_embed"],
+      ["denoise_30", "sr_x2", "derain"])
+  summary = conflicts.summarize(record)
+  assert summary["pair"]["denoise_30~sr_x2"]["conflict_fraction"] == 0.0
+  table = tables.conflict_table(synthetic, [("joint", 0, "joint-s0", summary)], {})
+  for r in table.records:
+    assert 0.0 == r["conflict_fraction"] == r["conflict_fraction_low"] < r["conflict_fraction_high"] < 1
+    n_eff = summary["pair"][r["pair"]]["conflict_fraction_interval"]["n_eff"]
+    assert r["conflict_fraction_high"] == pytest.approx(stats.wilson_interval(0.0, n_eff).high)
+  assert all(row[6].startswith("0.0% [0.0, ") for row in table.rows)
+  # two seeds: the Wilson interval at the combined effective n, still within [0, 1]
+  iv = stats.mean_of_shares([0.0, 0.1], [4.0, 12.0])
+  assert iv.estimate == pytest.approx(0.05) and 0.0 <= iv.low < 0.05 < iv.high <= 1.0
+  assert (iv.low, iv.high) == stats.wilson_interval(0.05, 2 * 2 / (1 / 4 + 1 / 12))[1:3]
 
 
 def test_transfer_table_uses_the_same_paired_intervals(synthetic):
@@ -308,8 +345,15 @@ def test_warning_when_no_trained_regime_beats_the_input(synthetic):
   with open(path) as f:
     md = f.read()
   assert md.index("WARNING: sr_x2") < md.index("## Main table")
+  assert md.count("WARNING: sr_x2") == 1
   out = _cli("launch/report.py", f"--workdir={synthetic.workdir}")
-  assert out.returncode == 0 and "WARNING: sr_x2 on photos" in out.stdout
+  assert out.returncode == 0 and out.stdout.count("WARNING: sr_x2 on photos") == 1
+  # a short summary, not the report: runs, the warning, a line per task, where the files are
+  lines = out.stdout.splitlines()
+  assert lines[0] == "study synthetic: 42/42 runs done" and len(lines) == 6
+  assert lines[3] == ("  sr_x2 on photos, Y-PSNR: scratch 33.03, joint 32.03 (loss vs scratch), "
+                      "finetune 33.10 (no detectable difference vs scratch)")
+  assert lines[-1].startswith(f"wrote {path}, ") and "(main, transfer, conflicts" in lines[-1]
 
 
 def test_metric_psnr_rgb_selects_and_reports_rgb(tmp_path):

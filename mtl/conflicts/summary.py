@@ -145,12 +145,19 @@ def _interval(iv):
           "n": iv.n, "method": iv.method, "note": iv.note}
 
 
+def _n_eff(x):
+  """The conflict fraction's effective number of draws (NaN below 4 defined values), which
+  lets independent runs' fractions be combined (stats.mean_of_shares)."""
+  from mtl import stats
+  return stats.negative_share_n_eff(x) if np.sum(~np.isnan(x)) >= 4 else float("nan")
+
+
 def noise_floor(record, window=None, level=LEVEL, method=INTERVAL_METHOD):
   """Per pair over the last `window` probe steps: raw cosine window mean, conflict fraction,
   corrected cosine (each with its interval), both tasks' same-task agreement, the verdict.
 
   Returns {'halves', 'level', 'interval_method', 'note', 'same_task_agreement': {task: mean},
-  'pair': {'a~b': {'cos', 'conflict_fraction', 'corrected_cos': interval dicts,
+  'pair': {'a~b': {'cos', 'conflict_fraction' (with 'n_eff'), 'corrected_cos': interval dicts,
   'same_task_agreement': [a_i, a_j], 'verdict'}}}.
   """
   rec = record.last(window)
@@ -159,12 +166,14 @@ def noise_floor(record, window=None, level=LEVEL, method=INTERVAL_METHOD):
   raw = rec.cosine_intervals(None, level, method)
   share = rec.conflict_fraction_intervals(None, level)
   corrected = rec.corrected_cosine_intervals(None, level, method)
+  pcos = pair_values(rec.cosines("body")[:, 0])
   out = {"halves": rec.halves, "level": level, "interval_method": method,
          "note": "" if rec.halves else corrected[0].note if corrected else "",
          "same_task_agreement": {t: float(v) for t, v in zip(names, agree)}, "pair": {}}
   for k, (i, j) in enumerate(pair_indices(len(names))):
     out["pair"][f"{names[i]}~{names[j]}"] = {
-        "cos": _interval(raw[k]), "conflict_fraction": _interval(share[k]),
+        "cos": _interval(raw[k]),
+        "conflict_fraction": dict(_interval(share[k]), n_eff=_n_eff(pcos[:, k])),
         "corrected_cos": _interval(corrected[k]),
         "same_task_agreement": [float(agree[i]), float(agree[j])],
         "verdict": pair_verdict(corrected[k])}

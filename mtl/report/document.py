@@ -2,10 +2,12 @@
 
   write(workdir) -> STUDY/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex},
                     STUDY/figures/loss-<task>.png and STUDY/report.md (never trains anything)
+  write_with_summary(workdir) -> that, and a few lines for a terminal (launch/report.py)
 """
+import dataclasses
 import os
 
-from mtl import events
+from mtl import events, stats
 from mtl import study as study_lib
 from mtl.report import remedies
 from mtl.report import render, tables
@@ -124,6 +126,11 @@ def _status_section(study, warnings=()):
 
 def write(workdir):
   """Write tables/, figures/ and report.md for the study in workdir; returns report.md's path."""
+  return write_with_summary(workdir)[0]
+
+
+def write_with_summary(workdir):
+  """`write`, and a short summary for a terminal: (report.md's path, text)."""
   study = study_lib.Study.load(workdir)
   tables_dir = os.path.join(study.workdir, TABLES_DIR)
   os.makedirs(tables_dir, exist_ok=True)
@@ -135,12 +142,42 @@ def write(workdir):
   for table in built:
     render.write_table(table, tables_dir)
   loss_paths = loss_figures(study, os.path.join(study.workdir, FIGURES_DIR))
-  parts = [f"# Study {study.name}\n", _status_section(study, built[0].warnings)]
-  for table in built:
+  warnings = built[0].warnings
+  parts = [f"# Study {study.name}\n", _status_section(study, warnings)]
+  for table in built:  # the warnings head the report once, not again under their table
+    shown = dataclasses.replace(table, notes=[n for n in table.notes if n not in warnings])
     parts.append(f"## {table.title}\n\n(tables/{table.name}.md, .csv, .tex)\n\n"
-                 + render.to_markdown(table))
+                 + render.to_markdown(shown))
   parts += [_method_section(study), _figures_section(study, loss_paths, summaries)]
   path = os.path.join(study.workdir, REPORT_FILE)
   with open(path, "w") as f:
     f.write("\n".join(parts))
-  return path
+  return path, terminal_summary(study, built, path)
+
+
+def terminal_summary(study, built, path):
+  """A few lines: runs done, the warnings (once), per task the primary test set's PSNR of each
+  regime with its verdict vs scratch, per task pair the conflict verdict, and the files."""
+  main, conflict = built[0], built[2]
+  done = sum(study.is_done(r.name) for r in study.runs)
+  lines = [f"study {study.name}: {done}/{len(study.runs)} runs done"] + list(main.warnings)
+  label = tables.metric_names(study)[2]
+  first = {}
+  for r in main.records:
+    if r["regime"] != tables.INPUT_ROW and r.get("n_seeds"):
+      first.setdefault(r["task"], r["test_set"])
+  for task, test_set in first.items():
+    cells = [f"{r['regime']} {r['psnr_mean']:.2f}"
+             + (f" ({r['verdict_psnr']} vs scratch)" if r.get("verdict_psnr") else "")
+             for r in main.records if r["task"] == task and r["test_set"] == test_set
+             and r["regime"] != tables.INPUT_ROW and r.get("n_seeds")]
+    lines.append(f"  {task} on {test_set}, {label}: " + ", ".join(cells))
+  for r in conflict.records:
+    iv = stats.Interval(r["corrected_cos"], r["corrected_cos_low"], r["corrected_cos_high"],
+                        0.95, r["n_seeds"])
+    lines.append(f"  conflict {r['pair']} ({r['source']}): corrected cos "
+                 f"{iv.text(3, missing='n/a')}, {r['verdict']}")
+  names = ", ".join(t.name for t in built)
+  lines.append(f"wrote {path}, {os.path.join(study.workdir, TABLES_DIR)}/ ({names}: .md .csv "
+               f".tex) and {os.path.join(study.workdir, FIGURES_DIR)}/")
+  return "\n".join(lines)

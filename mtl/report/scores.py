@@ -117,7 +117,8 @@ def pairwise_transfer(study):
 
 def conflict_summaries(study):
   """[(column, seed, run name, conflicts.summarize dict)] of the chosen multi-task
-  pre-training runs (joint and groups) that recorded conflicts."""
+  pre-training runs (joint and groups) that recorded conflicts, each over its headline
+  training phase (conflicts.headline_window: the last third of its probe steps)."""
   out = []
   for col in regime_columns(study):
     if col != "joint" and not col.startswith("group:"):
@@ -130,7 +131,9 @@ def conflict_summaries(study):
       workdir = study.run_dir(chosen.run.name)
       if not os.path.isdir(conflicts.store_dir(workdir)):
         continue
-      out.append((col, seed, chosen.run.name, conflicts.summarize(conflicts.load(workdir))))
+      record = conflicts.load(workdir)  # the headline phase, as analyze.py and the run read it
+      out.append((col, seed, chosen.run.name,
+                  conflicts.summarize(record, conflicts.headline_window(record))))
   return out
 
 

@@ -56,29 +56,18 @@ class Bold(str):
 
 
 @dataclasses.dataclass
-class PsnrSsimText:
-  """'PSNR / SSIM' in one table cell, either part possibly in bold."""
-  psnr: str
-  psnr_bold: bool
-  ssim: str
-  ssim_bold: bool
-
-  def render(self, bold, plain=str):
-    part = lambda text, is_bold: bold(text) if is_bold else plain(text)
-    return f"{part(self.psnr, self.psnr_bold)} / {part(self.ssim, self.ssim_bold)}"
-
-
-@dataclasses.dataclass
 class Table:
   name: str
   title: str
   header: list
-  rows: list             # display cells (str, Bold or PsnrSsimText)
+  rows: list             # display cells (str or Bold), one value per cell
   records: list          # CSV rows (dicts of raw values)
   notes: list = dataclasses.field(default_factory=list)
   csv_columns: list = None   # None: the records' keys in order of appearance
   spearman: object = None    # conflicts: the stats.Spearman of cosine vs transfer, when n >= 3
   warnings: list = dataclasses.field(default_factory=list)  # lines the report shows first
+  column_groups: list = None  # LaTeX: [(label, span)] over the header (first: the row labels)
+  latex: "Table" = None       # the table the .tex file holds instead (a paper's layout)
 
 
 
@@ -180,8 +169,9 @@ def main_table(study):
   psnr_key, ssim_key, label = metric_names(study)
   ref = study.config["reference"]
   header = ["task", "regime", "n"] + [h for s in test_sets for h in (
-      f"{s} {label} / SSIM", f"{s} Δ {label} vs scratch [95% CI], p", f"{s} verdict")]
+      f"{s} {label}", f"{s} SSIM", f"{s} Δ {label} vs scratch [95% CI], p", f"{s} verdict")]
   rows, records, warnings = [], [], []
+  paper = {}  # {row label: {(task, test set): (PSNR cell, SSIM cell)}}
   for task in study.tasks:
     cells = {col: regime_scores(study, col, task) for col in columns}
     cells = {col: c for col, c in cells.items() if c is not None and c.runs}
@@ -192,16 +182,17 @@ def main_table(study):
       for s in test_sets:
         psnr, ssim = c.stats(s, psnr_key), c.stats(s, ssim_key)
         if psnr is None:
-          row += ["–", "–", ""]
+          row += ["–", "–", "–", ""]
           continue
         deltas = {m: paired(base.by_seed(s, m), c.by_seed(s, m))
                   if base is not None and col != "scratch" else None for m in (psnr_key,
                                                                                ssim_key)}
         verdicts = {m: stats.verdict(iv) if iv is not None else "" for m, iv in deltas.items()}
         dp, ds = deltas[psnr_key], deltas[ssim_key]
-        row += [PsnrSsimText(_pm(psnr, 2), best[s, psnr_key] == col, _pm(ssim, 4),
-                             best[s, ssim_key] == col),
-                "" if dp is None else delta_text(dp), verdicts[psnr_key]]
+        cells_ = (_bold_if(_pm(psnr, 2), best[s, psnr_key] == col),
+                  _bold_if(_pm(ssim, 4), best[s, ssim_key] == col))
+        paper.setdefault(col, {})[task, s] = cells_
+        row += [*cells_, "" if dp is None else delta_text(dp), verdicts[psnr_key]]
         records.append({
             "task": task, "regime": col, "test_set": s, "metric": psnr_key,
             "n_seeds": psnr[2], "psnr_mean": psnr[0], "psnr_std": psnr[1],
@@ -221,10 +212,11 @@ def main_table(study):
       row = [task, INPUT_ROW, "–"]
       for s in test_sets:
         if s not in inputs:
-          row += ["–", "", ""]
+          row += ["–", "–", "", ""]
           continue
         p, q = inputs[s]
-        row += [f"{_fmt(p, 2)} / {_fmt(q, 4)}", "", ""]
+        row += [_fmt(p, 2), _fmt(q, 4), "", ""]
+        paper.setdefault(INPUT_ROW, {})[task, s] = (_fmt(p, 2), _fmt(q, 4))
         records.append({"task": task, "regime": INPUT_ROW, "test_set": s, "metric": psnr_key,
                         "n_seeds": 0, "psnr_mean": p, "ssim_mean": q, "best_psnr": False,
                         "best_ssim": False, "complete_sweeps": True})
@@ -243,15 +235,16 @@ def main_table(study):
       for s in test_sets:
         p, q = ref_psnr.get(s), ref["ssim_y"].get(task, {}).get(s)
         if p is None:
-          row += ["–", "", ""]
+          row += ["–", "–", "", ""]
           continue
-        row += [f"{p:.2f} / {_fmt(q, 4)}", "", ""]
+        row += [f"{p:.2f}", _fmt(q, 4), "", ""]
+        paper.setdefault(ref["label"], {})[task, s] = (f"{p:.2f}", _fmt(q, 4))
         records.append({"task": task, "regime": ref["label"], "test_set": s,
                         "metric": psnr_key, "n_seeds": 0, "psnr_mean": p, "ssim_mean": q,
                         "best_psnr": False, "best_ssim": False, "complete_sweeps": True})
       rows.append(row)
-  notes = [f"{label} (dB) / SSIM on the test sets, mean ± std over seeds (n = seeds done); each "
-           "seed's run chosen on the validation set. " + PAIRED_NOTE,
+  notes = [f"{label} (dB) and SSIM on the test sets, mean ± std over seeds (n = seeds done); "
+           "each seed's run chosen on the validation set. " + PAIRED_NOTE,
            "Bold: the best trained regime of a task and test set, only when it is significantly "
            "better than every other trained regime (paired 95% CI of best − other excludes 0); "
            "otherwise nothing is bold. 'input': the degraded input itself (SR: its bicubic "
@@ -262,8 +255,31 @@ def main_table(study):
   if ref["label"] and ref["note"]:
     notes.append(f"{ref['label']}: {ref['note']}")
   notes += warnings
-  return Table("main", "Main table", header, rows, records, notes, list(MAIN_COLUMNS),
-               warnings=warnings)
+  table = Table("main", "Main table", header, rows, records, notes, list(MAIN_COLUMNS),
+                warnings=warnings)
+  table.latex = _paper_table(study, paper, label, columns)
+  return table
+
+
+def _bold_if(text, bold):
+  return Bold(text) if bold else text
+
+
+def _paper_table(study, paper, label, columns):
+  """main.tex as a paper prints it: a row per regime (the input first, published last), a
+  column pair (PSNR, SSIM) per task (and test set), mean ± std over seeds, bold as in main."""
+  groups = [(task, s) for task in study.tasks for s in study.test_sets
+            if any((task, s) in cells for cells in paper.values())]
+  order = [r for r in [INPUT_ROW, *columns] if r in paper]
+  order += [r for r in paper if r not in order]
+  rows = [[regime] + [c for g in groups for c in paper[regime].get(g, ("–", "–"))]
+          for regime in order]
+  multi = len(study.test_sets) > 1
+  column_groups = [("", 1)] + [(f"{t} ({s})" if multi else t, 2) for t, s in groups]
+  header = ["regime"] + [h for _ in groups for h in (f"{label} (dB)", "SSIM")]
+  notes = [f"{label} (dB) and SSIM, mean ± std over seeds; bold: significantly best trained "
+           "regime (paired 95% CI); the Δs, CIs and verdicts are in main.md and transfer.tex."]
+  return Table("main", "Main table", header, rows, [], notes, column_groups=column_groups)
 
 
 def _reference_applies(study, task):
@@ -355,9 +371,11 @@ def conflict_table(study, summaries=None, transfer=None):
     frac = [e["conflict_fraction"] for e in entries]
     mean_cos = float(np.mean(cos))
     std_cos = float(np.std(cos, ddof=1)) if len(cos) > 1 else float("nan")
-    raw, corrected, share = (stats.mean_of_runs([_run_interval(e, key) for e in entries])
-                             for key in ("cos_interval", "corrected_cos",
-                                         "conflict_fraction_interval"))
+    raw, corrected = (stats.mean_of_runs([_run_interval(e, key) for e in entries])
+                      for key in ("cos_interval", "corrected_cos"))
+    share = stats.mean_of_shares(  # a proportion: Wilson, within [0, 1]
+        *zip(*[(d.get("estimate"), d.get("n_eff"))
+               for d in (e.get("conflict_fraction_interval") or {} for e in entries)]))
     agree = conflicts.nan_mean([e.get("same_task_agreement", [np.nan] * 2) for e in entries], 0)
     verdict = conflict_summary.pair_verdict(corrected)
     t = transfer.get(pair)
@@ -380,13 +398,15 @@ def conflict_table(study, summaries=None, transfer=None):
     if col == "joint" and t is not None:
       joint_points.append((mean_cos, t.estimate))
   notes = ["raw cos: whole-body cosine between the two tasks' gradients, the mean over the "
-           "probe steps of the chosen run of each seed, then over seeds. same-task agreement: "
+           "probe steps of the headline phase (the last third of the probes; launch/analyze.py "
+           "shows every phase) of the chosen run of each seed, then over seeds. same-task agreement: "
            "cosine between the two half-batches of one task (a / b), the noise floor. corrected "
            "cos: the cosine between the tasks' expected gradients, from independent halves only "
            "(mtl.conflicts.gramians). conflict fraction: share of probe steps with raw cos < 0. "
            "Intervals: each run's 95% batch-means interval over its probe steps (which respects "
            "their autocorrelation), combined over the independent seeds "
-           "(mtl.stats.mean_of_runs). Verdict from the corrected interval: 'conflict beyond "
+           "(mtl.stats.mean_of_runs); the conflict fraction's a Wilson score interval at the "
+           "seeds' combined effective n (mtl.stats.mean_of_shares), within [0, 100]%. Verdict from the corrected interval: 'conflict beyond "
            "noise' only when it lies below 0.",
            "pairwise transfer of a~b: per seed, mean over a and b of (PSNR of the two trained "
            "jointly as a pair − scratch PSNR) on each task's primary test set; mean over seeds, "
