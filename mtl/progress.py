@@ -150,8 +150,11 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def hparams_of(config):
-  """The run's TensorBoard HParams: what distinguishes the runs of a study."""
-  return {"lr": float(config.optim.lr), "seed": int(config.seed), "regime": config.regime,
+  """The run's TensorBoard HParams: what distinguishes the runs of a study (and a remedy's run
+  from a plain one: config.mtl's aggregator, loss weighting and TAG affinity)."""
+  from mtl import aggregators
+  return {**aggregators.describe(config.get("mtl")),
+          "lr": float(config.optim.lr), "seed": int(config.seed), "regime": config.regime,
           "tasks": ",".join(config.tasks), "schedule": config.schedule,
           "n_feats": int(config.model.n_feats),
           "layers": f"{config.model.num_encoder_layers}+{config.model.num_decoder_layers}",

@@ -139,6 +139,10 @@ class Setup:
     devices = jax.devices()
     conflicts_part = (f"conflicts every {self.probe_every} steps" if self.probe_every
                       else "conflicts off")
+    remedy = aggregators.describe(config.get("mtl"))
+    if remedy != aggregators.describe(None):  # a remedy's run must not look like a plain one
+      conflicts_part += (f" | update {remedy['aggregator']}, loss weighting "
+                         f"{remedy['loss_weighting']}, TAG affinity {remedy['affinity']}")
     return (f"run: {config.regime} {','.join(config.tasks)} | {_millions(counts['total'])} "
             f"parameters | {len(devices)} {devices[0].platform} device(s), mesh {mesh} | "
             f"batch {config.data.batch_size}/task, {config.total_steps} steps, lr "

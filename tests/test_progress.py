@@ -60,3 +60,25 @@ def test_tee_keeps_output_until_attached_then_appends(tmp_path, capsys):
   assert lines[2:] == ["before the workdir was checked", "after", "an error line"]
   assert progress_lib.Tee.current is None
   assert "after" in capsys.readouterr().out  # the terminal still gets everything
+
+
+def test_a_remedy_run_says_its_config_mtl_in_the_banner_and_hparams(tmp_path):
+  from experiments import tiny
+  from mtl import events, run_state
+  config = tiny.get_config("denoise_30,sr_x2")
+  config.mesh.data = 1
+  plain_banner = run_state.prepare(config, str(tmp_path / "plain")).banner()
+  assert "update" not in plain_banner and "loss weighting" not in plain_banner
+  config.mtl.aggregator = "cagrad"
+  config.mtl.aggregator_args.c = 0.4
+  config.mtl.loss_weighting = "uncertainty"
+  config.mtl.affinity_every = 10
+  banner = run_state.prepare(config, str(tmp_path / "remedy")).banner()
+  assert ("| update cagrad(c=0.4), loss weighting uncertainty, TAG affinity every 10 steps |"
+          in banner), banner
+  logdir = str(tmp_path / "events")
+  with events.Writer(logdir) as writer:
+    writer.hparams(progress_lib.hparams_of(config), trial_id="remedy")
+  hparams = events.read_hparams(logdir)
+  assert (hparams["aggregator"], hparams["loss_weighting"], hparams["affinity"]) == (
+      "cagrad(c=0.4)", "uncertainty", "every 10 steps")

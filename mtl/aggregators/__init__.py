@@ -29,4 +29,4 @@ from mtl.aggregators.loss_weightings import (LOSS_WEIGHTINGS, LossWeighting, dwa
                                              famo_weighting, get_loss_weighting, rlw_weighting,
                                              uncertainty_weighting)
 from mtl.aggregators.in_step import (aggregate_tree, aggregating, check_config, combine_losses,
-                                     init_step_state, update_loss_state)
+                                     describe, init_step_state, update_loss_state)

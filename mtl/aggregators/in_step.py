@@ -20,6 +20,27 @@ def aggregating(mtl_cfg):
   return mtl_cfg is not None and mtl_cfg.get("aggregator", "sum") != "sum"
 
 
+def _call(name, args):
+  shown = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in sorted(args.items()))
+  return f"{name}({shown})" if shown else name
+
+
+def describe(mtl_cfg):
+  """{aggregator, loss_weighting, affinity}: config.mtl in words, for the banner and HParams
+  ('sum' / 'none' / 'off' for a plain run)."""
+  mtl_cfg = mtl_cfg or {}
+  per_leaf, args = _aggregator_args(mtl_cfg)
+  aggregator = _call(mtl_cfg.get("aggregator", "sum"), args) + (" per leaf" if per_leaf else "")
+  lw = mtl_cfg.get("loss_weighting", "")
+  every, lr = mtl_cfg.get("affinity_every", 0), mtl_cfg.get("affinity_lr", 0.0)
+  return {"aggregator": aggregator,
+          "loss_weighting": _call(lw, dict(mtl_cfg.get("loss_weighting_args", {}) or {}))
+                            if lw else "none",
+          "affinity": (f"every {every} steps" + (f", lr {lr:g}" if lr else "")) if every > 0
+                      else "off"}
+
+
 def check_config(mtl_cfg, num_tasks, schedule="all"):
   """ValueError (one line) for an unknown aggregator / loss weighting or a bad argument."""
   if mtl_cfg is None:
