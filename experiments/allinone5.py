@@ -12,8 +12,9 @@ minutes on 2 CPU cores. With a data root, allinone3's layout (see experiments/al
   <root>/train/lowlight/       LOL our485 (low/ + high/)
   <root>/test/deblur/GoPro/    GoPro test, 1111 pairs
   <root>/test/lowlight/LOL/    LOL eval15, 15 pairs
-Scores as the papers: RGB PSNR / SSIM (results.json psnr_rgb, ssim_rgb). The same protocol
-differences as allinone3 apply (mtl is task-aware, equal task shares per step).
+The papers score RGB PSNR / SSIM: results.json holds them (psnr_rgb, ssim_rgb) beside the
+Y-channel ones, and the table the trainer prints is Y-channel. The same protocol differences as
+allinone3 apply (mtl is task-aware, equal task shares per step).
 """
 import os
 

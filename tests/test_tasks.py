@@ -1,4 +1,7 @@
 """Task names -> TaskSpecs: every family, the errors, and the test-set selectors."""
+import os
+import re
+
 import pytest
 
 from mtl import tasks
@@ -45,3 +48,17 @@ def test_selects_by_kind_name_or_both():
   assert tasks.selects("", jpeg) and tasks.selects("denoise", gray) and tasks.selects("denoise", colour)
   assert tasks.selects("denoise_15", colour) and not tasks.selects("denoise_15", gray)
   assert tasks.selects("derain+jpeg", jpeg) and not tasks.selects("jpeg_20", jpeg)
+
+
+def test_the_readme_lists_every_task_family_and_no_machine_paths():
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, "README.md")) as f:
+    readme = f.read()
+  bullet = readme[readme.index("- **Tasks**"):readme.index("- **Regimes**")]
+  families = [n.split(" ")[0] for n in tasks.VALID_NAMES.split(", ")]
+  assert len(families) == 10
+  missing = [n for n in families if f"`{n}`" not in bullet]
+  assert not missing, f"README's Tasks bullet lacks {missing}"
+  for name in ("allinone3.py", "allinone5.py"):
+    assert name in bullet
+  assert not re.search(r"(?<![\w.])/(work|root|home|Users)/", readme), "a machine-specific path"
