@@ -1,6 +1,7 @@
-"""What the launchers share: one-line errors for absl entry points (`absl_main`); for the cluster
-launchers (local, slurm, tpu_vm) absl flags parsed with one-line errors, the
-`-- <train.py arguments>` split, and workdir paths (local or a gs:// style URL)."""
+"""What the launchers share (every one imports it through _root): --help exits 0; one-line errors
+for absl entry points (`absl_main`); for the cluster launchers (local, slurm, tpu_vm) absl flags
+parsed with one-line errors, the `-- <train.py arguments>` split, and workdir paths (local or a
+gs:// style URL)."""
 import functools
 import os
 import re
@@ -47,6 +48,27 @@ def absl_main(body):
       print(f"error: {error}", file=sys.stderr)
       sys.exit(1)
   return main
+
+
+def _help_exits_zero():
+  """absl's --help, --helpshort, --helpfull and --helpxml print what was asked for, then exit 1
+  (absl.app's _exit_before_main(1)); a user who asked for help got it: they exit 0 here."""
+  for cls in (app.HelpFlag, app.HelpfullFlag, app.HelpXMLFlag):  # HelpshortFlag is a HelpFlag
+    if getattr(cls.parse, "exits_zero", False):
+      continue
+
+    def parse(self, arg, _parse=cls.parse):
+      try:
+        _parse(self, arg)
+      except SystemExit as stop:
+        if stop.code == 1:  # help was printed: the only way these flags exit
+          sys.exit(0)
+        raise
+    parse.exits_zero = True
+    cls.parse = parse
+
+
+_help_exits_zero()
 
 
 def error(message, status=2):

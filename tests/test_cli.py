@@ -89,3 +89,20 @@ def test_a_bad_config_file_argument_is_one_line(tmp_path):
   assert out.returncode == 1 and "Traceback" not in out.stderr
   assert out.stderr.strip().splitlines() == [
       "error: experiments/tiny.py has no argument 'foo'; valid: tasks"]
+
+
+LAUNCHERS = sorted(n for n in os.listdir(os.path.join(ROOT, "launch"))
+                   if n.endswith(".py") and n not in ("_root.py", "cli.py"))
+
+
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+def test_every_launcher_s_help_exits_zero(flag):
+  # absl exits 1 after printing help; a user who asked for it got it. A bad flag still fails.
+  assert len(LAUNCHERS) >= 10
+  for name in LAUNCHERS if flag == "--help" else ["score.py"]:
+    proc = subprocess.run([sys.executable, os.path.join("launch", name), flag], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--" in proc.stdout, (name, proc.stderr[-500:])  # its flags
+  bad = subprocess.run([sys.executable, "launch/score.py", "--no_such_flag"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 1 and "no_such_flag" in bad.stderr
