@@ -23,6 +23,40 @@ def manager(workdir, keep=3, async_save=True):
                                options=options)
 
 
+class DiskFull(ValueError):
+  """Too little free space for the next checkpoint: nothing was written, the last one is kept."""
+
+
+# Beyond the arrays' bytes: orbax's metadata and the probe/affinity chunks flushed beside a save.
+SPACE_MARGIN_BYTES = 4 << 20
+
+
+def state_bytes(state):
+  """Bytes of every array a checkpoint of `state` holds (global sizes; shapes suffice)."""
+  return sum(int(x.size) * jax.numpy.dtype(x.dtype).itemsize
+             for x in jax.tree_util.tree_leaves(state) if hasattr(x, "dtype"))
+
+
+def space_shortfall(directory, state):
+  """(bytes needed, bytes free) when `directory`'s file system cannot take one more checkpoint
+  of `state` (orbax writes the new step before deleting the oldest), else None. A file system
+  whose free space cannot be read (an object store) is not checked."""
+  import shutil
+  path = os.path.abspath(directory)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  try:
+    free = shutil.disk_usage(path).free
+  except OSError:
+    return None
+  needed = state_bytes(state) + SPACE_MARGIN_BYTES
+  return (needed, free) if free < needed else None
+
+
+def megabytes(n):
+  return f"{n / 2 ** 20:.1f} MB"
+
+
 def save(mngr, step, state, force=False):
   items = dict(params=ocp.args.StandardSave(state.params),
                opt_state=ocp.args.StandardSave(state.opt_state))

@@ -4,6 +4,7 @@ trains, checkpoints, probes conflicts, logs and evaluates it (`train_and_evaluat
 Everything a run needs is checked (`validate`, `prepare`) before anything is written; a run
 holds `<workdir>/train.lock` while it works. The step itself is mtl.step; the optimizer mtl.optim.
 """
+import errno
 import os
 import signal
 import time
@@ -116,6 +117,15 @@ def train_and_evaluate(config, workdir):
               flush=True)
       checkpoints.check_or_write_config(workdir, config.to_dict())
     return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)
+  except (OSError, ValueError) as error:  # the disk filled beyond the check's estimate
+    if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(
+        error):
+      raise
+    last = checkpoints.latest_saved_step(workdir)
+    raise checkpoints.DiskFull(
+        f"no space left on the device of {workdir}: training stopped; "
+        + (f"the last complete checkpoint (step {last}) is kept" if last is not None else
+           "no checkpoint was saved") + ". Free space and run the same command to resume") from None
   finally:
     if is_writer:
       lock.release()
@@ -206,6 +216,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
             if not bool(_all_finite(state.params)):
               raise NonFiniteLoss(f"non-finite parameters after step {step}: training stopped; "
                                   f"{_kept(mngr)}. Lower optim.lr or set optim.grad_clip")
+            _check_space(mngr, state, done)
             _flush_probes(workdir, probe_buffer, layer_names, names, is_writer, writer)
             probe_buffer = []
             _flush_affinity(workdir, affinity_buffer, names, is_writer)
@@ -253,6 +264,23 @@ def _conflict_answer(workdir, writer, ema_beta):
       f"figures: {figures}/ ({', '.join(os.path.basename(p) for p in paths[:3])}, "
       "cos_layers_steps-<pair>.png)",
       f"per phase, layers and noise floor: python launch/analyze.py --workdir={workdir}"])
+
+
+def _check_space(mngr, state, step):
+  """Stop with one line (checkpoints.DiskFull) before a save the disk cannot hold, so the last
+  checkpoint stays whole and orbax's write threads never fail half-way."""
+  short = checkpoints.space_shortfall(str(mngr.directory), state)
+  if jax.process_count() > 1:  # saving is collective: process 0's answer stops all, or none
+    from jax.experimental import multihost_utils
+    mb = np.asarray([-1.0, -1.0] if short is None else np.divide(short, 2 ** 20), np.float32)
+    mb = np.asarray(multihost_utils.broadcast_one_to_all(mb))
+    short = None if mb[0] < 0 else tuple(float(x) * 2 ** 20 for x in mb)
+  if short:
+    needed, free = short
+    raise checkpoints.DiskFull(
+        f"not enough space in {mngr.directory} for the checkpoint of step {step}: it needs "
+        f"{checkpoints.megabytes(needed)}, {checkpoints.megabytes(free)} are free; "
+        f"{_kept(mngr)}. Free space (or lower keep_checkpoints) and run the same command to resume")
 
 
 def _kept(mngr):

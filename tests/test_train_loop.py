@@ -278,3 +278,39 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
        "--config.data.batch_size=2", "--config.mesh.data=1", "--num_batches=1", f"--out={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert again.returncode == 1 and "already holds a conflict store" in again.stderr
+
+
+def test_a_checkpoint_the_disk_cannot_hold_stops_with_one_line(tmp_path):
+  # Free space is read from the file system itself: a state far larger than any disk.
+  huge = {"params": jax.ShapeDtypeStruct((1 << 50,), np.float32)}
+  needed, free = checkpoints.space_shortfall(str(tmp_path / "not" / "yet"), huge)
+  assert needed == 4 * (1 << 50) + checkpoints.SPACE_MARGIN_BYTES and free > 0
+  assert checkpoints.space_shortfall(str(tmp_path), {"x": jax.ShapeDtypeStruct((4,), np.int8)}) \
+      is None
+
+
+def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
+  # A real full file system: a tmpfs that holds one checkpoint but not two (root only).
+  config = _config(total_steps=4, checkpoint_every=2, log_every=2)
+  config.conflicts.every = 0
+  size = checkpoints.state_bytes(run_state.build(config).abstract_state)
+  mount = tmp_path / "small"
+  mount.mkdir()
+  tmpfs_mb = (size + checkpoints.SPACE_MARGIN_BYTES) // 2 ** 20 + 3
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={tmpfs_mb}m", "tmpfs", str(mount)],
+                    capture_output=True).returncode:
+    pytest.skip("needs a tmpfs (mount -t tmpfs: root)")
+  try:
+    workdir = str(mount / "run")
+    with pytest.raises(checkpoints.DiskFull) as error:
+      train.train_and_evaluate(config, workdir)
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.search(rf"not enough space in {workdir}/checkpoints for the checkpoint of step 4: "
+                     r"it needs \d+\.\d MB, \d+\.\d MB are free; the last good checkpoint "
+                     r"\(step 2\) is kept", message), message
+    assert checkpoints.latest_saved_step(workdir) == 2
+    params, step = _params(workdir, config)
+    assert step == 2 and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+  finally:
+    subprocess.run(["umount", str(mount)], check=False)
