@@ -207,7 +207,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
                             or stop)
           if done % config.log_every == 0 or checkpoint_now:
             try:
-              _log_metrics(pending, writer, progress, run.schedule, done, metrics_log)
+              _log_metrics(pending, writer, progress, run.schedule, done, metrics_log, names)
             except NonFiniteLoss as error:
               raise NonFiniteLoss(f"{error}: training stopped; {_kept(mngr)}. Lower optim.lr "
                                   "or set optim.grad_clip") from None
@@ -312,9 +312,10 @@ def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
       "wall_seconds": previous["wall_seconds"] + seconds})
 
 
-def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None):
+def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None, task_names=()):
   """Fetch pending step metrics, stop on a non-finite one, write TensorBoard, metrics.jsonl and
-  the progress line (per-task losses: means over the steps since the last line)."""
+  the progress line (per-task losses: means over the steps since the last line, in the order of
+  `task_names`, the config's, as the banner lists them)."""
   if not pending:
     return
   fetched = jax.device_get([m for _, m in pending])
@@ -328,7 +329,9 @@ def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None):
   mean = {k: float(np.mean([m[k] for m in fetched if k in m]))
           for k in set().union(*fetched)}
   mean["lr"] = float(schedule(done - 1))
-  per_task = {k[len("loss/"):]: v for k, v in sorted(mean.items())
+  rank = {name: i for i, name in enumerate(task_names)}
+  per_task = {k[len("loss/"):]: v for k, v in sorted(
+      mean.items(), key=lambda kv: (rank.get(kv[0][len("loss/"):], len(rank)), kv[0]))
               if k.startswith("loss/") and k != "loss/total"}
   shown = dict({"loss": mean["loss/total"]}, **(per_task if len(per_task) > 1 else {}))
   line = progress.update(done, shown)

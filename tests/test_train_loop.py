@@ -318,3 +318,17 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     assert step == 2 and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
   finally:
     subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_the_progress_line_lists_tasks_in_config_order(tmp_path):
+  from mtl import events
+  names = ("sr_x2", "derain", "denoise_30")  # the banner's order, not alphabetical
+  metrics = {"loss/total": np.float32(6.0), "grad_norm": np.float32(1.0),
+             **{f"loss/{t}": np.float32(i + 1) for i, t in enumerate(names)}}
+  progress = progress_lib.Progress(10, 0, every=1)
+  out = io.StringIO()
+  with events.Writer(str(tmp_path / "events"), enabled=False) as writer, \
+      contextlib.redirect_stdout(out):
+    train._log_metrics([(0, metrics)], writer, progress, lambda step: 1e-3, 1, None, names)
+  assert re.search(r"\| loss 6 \| sr_x2 1 \| derain 2 \| denoise_30 3$", out.getvalue().strip()), (
+      out.getvalue())
