@@ -79,7 +79,8 @@ def get_config(size="tiny"):
   c.optim = ml_collections.ConfigDict(dict(
       lr=2e-4, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=0.0,
       schedule="cosine", warmup_steps=50, final_lr_ratio=0.01,
-      milestones=(0.5, 0.75), gamma=0.5))  # milestones: fractions of total_steps (schedule=step)
+      milestones=(0.5, 0.75), gamma=0.5,  # milestones: fractions of total_steps (schedule=step)
+      ema_decay=0.0))  # > 0: an EMA of the parameters (BasicSR: 0.999), evaluated beside them
 
   c.total_steps = 1000
   c.log_every = 25
@@ -89,7 +90,9 @@ def get_config(size="tiny"):
 
   c.eval = ml_collections.ConfigDict(dict(
       sets="photos", max_images=0, max_side=0, tile_overlap=8, tile_batch=32, samples=1,
-      seed=20210301, save_images=False))  # save_images: PNGs under <workdir>/restored/
+      seed=20210301, save_images=False,  # save_images: PNGs under <workdir>/restored/
+      tiling="centre",       # centre: each tile's centre kept | ipt: IPT's test | mean (evaluate.py)
+      self_ensemble=False))  # also score the x8 flips/rotations ensemble (EDSR's "+")
 
   c.conflicts = ml_collections.ConfigDict(dict(every=1, ema_beta=0.1))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))

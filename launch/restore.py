@@ -1,7 +1,7 @@
 """Restore real images with a saved model: any size (overlapping tiles), PNG out, same file names.
 
   python launch/restore.py --workdir=/ckpt/ipt_sr2 --task=sr_x2 --input=photos/ --output=out/ \
-      [--step=N]
+      [--step=N] [--self_ensemble] [--ema]
 
 --input is one image or a folder (its images, not its subfolders). Uses the workdir's latest
 checkpoint (or --step). Progress (images, rate, ETA) on stderr; unreadable files are skipped with a
@@ -20,6 +20,10 @@ flags.DEFINE_string("output", None, "Folder for the restored PNGs.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_bool("overwrite", False, "Replace files of the same name already in --output "
                   "(refused otherwise).")
+flags.DEFINE_bool("self_ensemble", False, "Average the x8 flips and rotations of each image "
+                  "(EDSR's '+', IPT's --self_ensemble); 8 times the work.")
+flags.DEFINE_bool("ema", False, "Use the run's EMA parameters (trained with "
+                  "config.optim.ema_decay > 0).")
 flags.mark_flags_as_required(["workdir", "task", "input", "output"])
 
 
@@ -28,7 +32,8 @@ def main():
   from mtl import restore
   f = flags.FLAGS
   written, skipped = restore.restore_folder(f.workdir, f.task, f.input, f.output, f.step,
-                                            overwrite=f.overwrite)
+                                            overwrite=f.overwrite,
+                                            self_ensemble=f.self_ensemble, ema=f.ema)
   print(f"wrote {len(written)} image(s) to {f.output}"
         + (f"; skipped {len(skipped)} unreadable" if skipped else ""), flush=True)
 

@@ -62,6 +62,8 @@ def save(mngr, step, state, force=False):
                opt_state=ocp.args.StandardSave(state.opt_state))
   if getattr(state, "mtl_state", None):  # config.mtl's carried state; absent for plain runs
     items["mtl_state"] = ocp.args.StandardSave(state.mtl_state)
+  if getattr(state, "ema_params", None) is not None:  # config.optim.ema_decay > 0
+    items["ema_params"] = ocp.args.StandardSave(state.ema_params)
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -73,24 +75,34 @@ def restore(mngr, abstract_state, step=None):
   carried = getattr(abstract_state, "mtl_state", None)
   if carried:  # the config (checked on resume) asks for config.mtl's state: the save has it
     items["mtl_state"] = ocp.args.StandardRestore(carried)
+  ema = getattr(abstract_state, "ema_params", None)
+  if ema is not None:  # the config (checked on resume) keeps an EMA: the save has it
+    items["ema_params"] = ocp.args.StandardRestore(ema)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   extra = {"mtl_state": restored["mtl_state"]} if carried else {}
+  if ema is not None:
+    extra["ema_params"] = restored["ema_params"]
   return abstract_state.replace(step=jax.numpy.asarray(step, jax.numpy.int32),
                                 params=restored["params"], opt_state=restored["opt_state"],
                                 **extra)
 
 
-def restore_params(checkpoint_dir, abstract_params, step=None):
-  """Only the parameters of a run's checkpoint (for fine-tuning and analysis)."""
+def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
+  """Only the parameters of a run's checkpoint (for fine-tuning and analysis); item='ema_params'
+  reads their EMA instead (runs with config.optim.ema_decay > 0)."""
   mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise ValueError(f"no checkpoint in {checkpoint_dir}; point to a run's workdir or its "
                      "checkpoints/ folder that holds a saved step")
+  if not os.path.isdir(os.path.join(os.path.abspath(checkpoint_dir), str(step), item)):
+    mngr.close()
+    raise ValueError(f"step {step} of {checkpoint_dir} holds no {item} (a run trained with "
+                     "config.optim.ema_decay > 0 saves ema_params)")
   restored = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params)))
+      **{item: ocp.args.StandardRestore(abstract_params)}))
   mngr.close()
-  return restored["params"], step
+  return restored[item], step
 
 
 def checkpoint_dir_of(path):

@@ -22,6 +22,7 @@ import zlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mtl import degradations, events, io, metrics, tasks
 
@@ -118,26 +119,182 @@ def tile_starts(size, tile, overlap):
   return starts + [size - tile]
 
 
-def restore_image(apply_fn, image, scale, tile=48, overlap=8, tile_batch=32):
-  """Whole-image inference: overlapping tile x tile crops, outputs averaged where they overlap."""
+TILINGS = ("centre", "ipt", "mean")
+
+
+def axis_windows(size, tile, scale, overlap, tiling):
+  """(tile starts, weights (tiles, size * scale), split) along one axis of `size` >= `tile` input
+  pixels: at every output pixel the weights of the tiles covering it sum to 1.
+
+  centre: tiles `overlap` apart as tile_starts places them; each keeps its centre, dropping
+    overlap // 2 pixels on every side a neighbour covers (its image-border sides are kept), so
+    every output pixel comes from a tile that sees at least overlap // 2 input pixels around it
+    (tiled equals untiled for a model whose receptive field reaches no farther).
+  ipt: the official IPT test (huawei-noah/Pretrained-IPT, model/__init__.py forward_chop):
+    tiles a quarter tile apart (stride s = (tile // 2) // 2), each keeping its centre (s pixels
+    dropped per side, the first tile's outer side kept) and overlapping centres averaged; the
+    last `cut` = (size - tile) % s pixels come from one more tile flush with the far border,
+    which takes over at `split` (the middle of its overlap with the grid's last tile).
+  mean: tile_starts' tiles averaged where they overlap (seams where a model sees less context).
+  split is only used by 'ipt' (None otherwise).
+  """
+  if tiling == "ipt":
+    stride = max(1, (tile // 2) // 2)
+    margin = stride
+    cut = (size - tile) % stride
+    grid = list(range(0, size - tile + 1, stride))
+    starts = grid + ([size - tile] if cut else [])
+    split = (size - cut) * scale - (tile - cut) * scale // 2
+  elif tiling in ("centre", "mean"):
+    starts = grid = tile_starts(size, tile, overlap)
+    margin = overlap // 2 if tiling == "centre" else 0
+    split = None
+  else:
+    raise ValueError(f"eval.tiling={tiling!r}; valid: {', '.join(map(repr, TILINGS))}")
+  cover = np.zeros((len(starts), size * scale))
+  for i, start in enumerate(grid):
+    lo = start + margin if start > 0 else 0
+    end = start + tile
+    hi = end - margin if (end < size or tiling == "ipt") else end
+    cover[i, lo * scale:hi * scale] = 1
+  if tiling == "ipt":  # the far border's tile (or the grid's last when it is flush) from split on
+    cover[:, split:] = 0
+    cover[len(starts) - 1, split:] = 1
+  weights = cover / cover.sum(0, keepdims=True)
+  return starts, weights, split
+
+
+# The eight transforms of the square's symmetry group (EDSR's and IPT's self-ensemble "x8"):
+# k quarter turns, after a left-right flip or not.
+ENSEMBLE = tuple((k, flip) for flip in (False, True) for k in range(4))
+
+
+def transform(image, k, flip):
+  """HWC image -> its flip (if any), then k counter-clockwise quarter turns."""
+  return np.rot90(image[:, ::-1] if flip else image, k, axes=(0, 1))
+
+
+def invert(image, k, flip):
+  """The inverse of transform(., k, flip)."""
+  image = np.rot90(image, -k, axes=(0, 1))
+  return image[:, ::-1] if flip else image
+
+
+def tiled_restore(apply_tiles, image, scale, tile=48, overlap=8, tiling="centre"):
+  """Whole-image inference, float32 (H*s, W*s, 3): tile x tile crops through `apply_tiles`
+  ((N, tile, tile, 3) float32 -> (N, tile*s, tile*s, 3), any N), weighted by `axis_windows`.
+  An image smaller than a tile is reflect-padded to one and the output cropped back."""
   h, w = image.shape[:2]
   padded = np.pad(image, ((0, max(0, tile - h)), (0, max(0, tile - w)), (0, 0)), mode="reflect")
   ph, pw = padded.shape[:2]
-  origins = [(y, x) for y in tile_starts(ph, tile, overlap) for x in tile_starts(pw, tile, overlap)]
-  tiles = np.stack([padded[y:y + tile, x:x + tile] for y, x in origins]).astype(np.float32)
-  canvas = np.zeros((ph * scale, pw * scale, 3), np.float64)
-  weight = np.zeros((ph * scale, pw * scale, 1), np.float64)
+  ys, wy, _ = axis_windows(ph, tile, scale, overlap, tiling)
+  xs, wx, split_x = axis_windows(pw, tile, scale, overlap, tiling)
+  origins = [(i, y, j, x) for i, y in enumerate(ys) for j, x in enumerate(xs)]
+  outputs = apply_tiles(np.stack([padded[y:y + tile, x:x + tile] for _, y, _, x in origins])
+                        .astype(np.float32))
   t = tile * scale
-  for start in range(0, len(tiles), tile_batch):
-    chunk = tiles[start:start + tile_batch]
-    full = np.zeros((tile_batch,) + chunk.shape[1:], np.float32)  # fixed shape: one compile
-    full[:len(chunk)] = chunk
-    out = np.asarray(apply_fn(full))[:len(chunk)]
-    for (y, x), o in zip(origins[start:start + tile_batch], out):
-      canvas[y * scale:y * scale + t, x * scale:x * scale + t] += o
-      weight[y * scale:y * scale + t, x * scale:x * scale + t] += 1
-  out = (canvas / weight)[:h * scale, :w * scale]
+  canvas = np.zeros((ph * scale, pw * scale, 3), np.float64)
+  for (i, y, j, x), out in zip(origins, outputs):
+    window = np.outer(wy[i, y * scale:y * scale + t], wx[j, x * scale:x * scale + t])
+    canvas[y * scale:y * scale + t, x * scale:x * scale + t] += out * window[..., None]
+  if tiling == "ipt":
+    # forward_chop writes its left column of tiles over its top row before it writes the
+    # averaged centres, so the top rows' first tile-width comes from the corner tile alone.
+    m = max(1, (tile // 2) // 2) * scale
+    canvas[:m, m:min(t, split_x)] = outputs[0][:m, m:min(t, split_x)]
+  return canvas[:h * scale, :w * scale].astype(np.float32)
+
+
+def restore_float(apply_tiles, image, scale, tile=48, overlap=8, tiling="centre",
+                  self_ensemble=False):
+  """tiled_restore, or with self_ensemble the mean over ENSEMBLE of each transformed image's
+  tiled restoration transformed back (EDSR's "+" and IPT's --self_ensemble: whole images
+  transformed, each tiled on its own grid)."""
+  if not self_ensemble:
+    return tiled_restore(apply_tiles, image, scale, tile, overlap, tiling)
+  outs = [invert(tiled_restore(apply_tiles, np.ascontiguousarray(transform(image, k, flip)),
+                               scale, tile, overlap, tiling), k, flip) for k, flip in ENSEMBLE]
+  return np.mean(outs, axis=0, dtype=np.float64).astype(np.float32)
+
+
+def restore_image(apply_tiles, image, scale, tile=48, overlap=8, tiling="centre",
+                  self_ensemble=False):
+  """restore_float rounded and clipped to uint8, as scored and saved."""
+  out = restore_float(apply_tiles, image, scale, tile, overlap, tiling, self_ensemble)
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- on the devices
+
+
+def local_mesh(mesh=None):
+  """A ('data',) mesh of this process's devices (of `mesh`'s, when given): evaluation's."""
+  devices = (jax.local_devices() if mesh is None else
+             [d for d in mesh.devices.flat if d.process_index == jax.process_index()])
+  return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def local_params(params, mesh):
+  """The parameters replicated on every device of the local `mesh`, copied device to device
+  (sharded ones all-gathered on the devices first); never through the host."""
+  replicated = NamedSharding(mesh, P())
+  if all(getattr(x, "is_fully_addressable", True) for x in jax.tree_util.tree_leaves(params)):
+    return jax.device_put(params, replicated)
+  # Spread over several processes: all-gather on the run's mesh, then take the local copies.
+  gathered = jax.jit(lambda p: p, out_shardings=jax.tree_util.tree_map(
+      lambda x: NamedSharding(x.sharding.mesh, P()), params))(params)
+  def local(x):
+    shards = {s.device: s.data for s in x.addressable_shards}
+    return jax.make_array_from_single_device_arrays(
+        x.shape, replicated, [shards[d] for d in mesh.devices.flat])
+  return jax.tree_util.tree_map(local, gathered)
+
+
+@functools.lru_cache(maxsize=None)
+def _tiles_fn(model, task, mesh):
+  """jit of (params, chunks (C, B, P, P, 3)) -> outputs: lax.map over the C chunks, each
+  chunk's B tiles sharded over the mesh's devices."""
+  chunk = NamedSharding(mesh, P("data"))
+  def run(params, chunks):
+    apply = lambda c: model.apply(params, task, jax.lax.with_sharding_constraint(c, chunk))
+    return jax.lax.map(apply, chunks)
+  return jax.jit(run, out_shardings=NamedSharding(mesh, P(None, "data")))
+
+
+MAX_CHUNKS = 8  # chunks per call: calls of 1, 2, 4 or 8 chunks, one program each
+
+
+def tile_runner(model, params, task, tile_batch=32, mesh=None):
+  """apply_tiles for tiled_restore: (N, P, P, 3) float32 numpy -> (N, P*s, P*s, 3) numpy, any N.
+
+  `params` must already live on `mesh` (local_params). The tiles go through the jitted lax.map
+  of _tiles_fn in chunks of tile_batch (rounded up to a multiple of the device count) sharded
+  over the devices; a call takes up to MAX_CHUNKS chunks, padded to a power of two, so one
+  program per (task, chunk count) serves every image size. Calls are dispatched before any
+  result is fetched.
+  """
+  mesh = local_mesh() if mesh is None else mesh
+  fn = _tiles_fn(model, task, mesh)
+  devices = mesh.devices.size
+  batch = -(-tile_batch // devices) * devices
+  sharding = NamedSharding(mesh, P(None, "data"))
+
+  def apply_tiles(tiles):
+    n = len(tiles)
+    chunks = -(-n // batch)
+    pending = []
+    for first in range(0, chunks, MAX_CHUNKS):
+      count = min(MAX_CHUNKS, chunks - first)
+      count = 1 << (count - 1).bit_length()  # the next power of two
+      block = np.zeros((count * batch,) + tiles.shape[1:], np.float32)
+      part = tiles[first * batch:(first + count) * batch]
+      block[:len(part)] = part
+      block = jax.device_put(block.reshape((count, batch) + tiles.shape[1:]), sharding)
+      pending.append((len(part), fn(params, block)))
+    outs = [np.asarray(out).reshape((-1,) + out.shape[2:])[:size] for size, out in pending]
+    return np.concatenate(outs)
+  return apply_tiles
 
 
 def input_baseline(spec, degraded):
@@ -157,49 +314,82 @@ def score(output, target, crop_border):
   }
 
 
-def _gather(params):
-  if all(getattr(x, "is_fully_addressable", True) for x in jax.tree_util.tree_leaves(params)):
-    return jax.device_get(params)
-  from jax.experimental import multihost_utils
-  return multihost_utils.process_allgather(params, tiled=True)
+VARIANT_LABELS = {"self_ensemble": "x8", "ema": "EMA", "ema+self_ensemble": "EMA x8"}
 
 
-def evaluate(model, params, config, testsets, workdir, step, writer=None, final=False):
-  """Score every task on every applicable test set; write results.json; return the results."""
-  params = _gather(params)
-  results = {"tasks": {}, "step": int(step)}
-  for spec in model.specs:
-    jitted = jax.jit(model.apply, static_argnums=1)
-    apply_fn = functools.partial(jitted, params, spec.name)
-    crop = spec.scale if spec.kind == "sr" else 0
-    per_set = {}
-    for testset in testsets:
-      if not tasks.selects(testset.tasks, spec):
-        continue
-      rows, baseline = [], []
-      for index, (name, degraded, clean) in enumerate(test_pairs(spec, testset, config)):
-        clean = clean[:degraded.shape[0] * spec.scale, :degraded.shape[1] * spec.scale]
-        output = restore_image(apply_fn, degraded, spec.scale, config.model.patch_size,
-                               config.eval.tile_overlap, config.eval.tile_batch)
-        rows.append(score(output, clean, crop))
-        if config.eval.get("save_images", False) and jax.process_index() == 0:
-          events.write_png(os.path.join(workdir, "restored", str(int(step)), spec.name, testset.name,
-                                 f"{name}.png"), output)
-        baseline.append(score(input_baseline(spec, degraded), clean, crop))
-        if writer is not None and index < config.eval.samples:
-          writer.image(step, f"eval/{spec.name}/{testset.name}/{name}",
-                       _side_by_side(input_baseline(spec, degraded), output, clean))
-      if not rows:
-        continue
-      entry = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-      entry.update({f"input_{k}": float(np.mean([r[k] for r in baseline])) for k in baseline[0]})
-      entry["num_images"] = len(rows)
-      per_set[testset.name] = entry
-    results["tasks"][spec.name] = per_set
+def variants(config, ema_params=None):
+  """[(name, use EMA parameters, self-ensemble)] evaluated beside the headline ('', False, False):
+  config.eval.self_ensemble adds 'self_ensemble'; EMA parameters add 'ema' (and both
+  'ema+self_ensemble')."""
+  ensemble = bool(config.eval.get("self_ensemble", False))
+  out = [("self_ensemble", False, True)] if ensemble else []
+  if ema_params is not None:
+    out += [("ema", True, False)] + ([("ema+self_ensemble", True, True)] if ensemble else [])
+  return out
+
+
+def evaluate(model, params, config, testsets, workdir, step, writer=None, final=False,
+             ema_params=None):
+  """Score every task on every applicable test set; write results.json; return the results.
+
+  results['tasks'] scores the parameters as trained, restored plainly; each of `variants`
+  (self-ensemble x8, EMA parameters) goes in results['variants'][name]['tasks'], same schema.
+  The parameters stay on the devices: copied once onto this process's devices (local_mesh), every
+  tile batch sharded over them (tile_runner).
+  """
+  mesh = local_mesh()
+  tiling = config.eval.get("tiling", "centre")
+  others = variants(config, ema_params)
+  with jax.set_mesh(mesh):
+    on_device = {False: local_params(params, mesh)}
+    if ema_params is not None:
+      on_device[True] = local_params(ema_params, mesh)
+    runs = [("", False, False)] + others
+    scored = {name: {} for name, _, _ in runs}
+    for spec in model.specs:
+      runners = {ema: tile_runner(model, p, spec.name, config.eval.tile_batch, mesh)
+                 for ema, p in on_device.items()}
+      crop = spec.scale if spec.kind == "sr" else 0
+      for testset in testsets:
+        if not tasks.selects(testset.tasks, spec):
+          continue
+        rows, baseline = {name: [] for name, _, _ in runs}, []
+        for index, (name, degraded, clean) in enumerate(test_pairs(spec, testset, config)):
+          clean = clean[:degraded.shape[0] * spec.scale, :degraded.shape[1] * spec.scale]
+          for variant, ema, ensemble in runs:
+            output = restore_image(runners[ema], degraded, spec.scale, config.model.patch_size,
+                                   config.eval.tile_overlap, tiling, ensemble)
+            rows[variant].append(score(output, clean, crop))
+            if config.eval.get("save_images", False) and jax.process_index() == 0:
+              folder = "restored" + (f"-{variant}" if variant else "")
+              events.write_png(os.path.join(workdir, folder, str(int(step)), spec.name,
+                                            testset.name, f"{name}.png"), output)
+            if not variant and writer is not None and index < config.eval.samples:
+              writer.image(step, f"eval/{spec.name}/{testset.name}/{name}",
+                           _side_by_side(input_baseline(spec, degraded), output, clean))
+          baseline.append(score(input_baseline(spec, degraded), clean, crop))
+        if not baseline:
+          continue
+        for variant in rows:
+          entry = {k: float(np.mean([r[k] for r in rows[variant]])) for k in rows[variant][0]}
+          entry.update({f"input_{k}": float(np.mean([r[k] for r in baseline]))
+                        for k in baseline[0]})
+          entry["num_images"] = len(baseline)
+          scored[variant].setdefault(spec.name, {})[testset.name] = entry
+      for variant in scored:
+        scored[variant].setdefault(spec.name, {})
+  results = {"tasks": scored[""], "step": int(step)}
+  if others:
+    results["variants"] = {name: {"tasks": scored[name]} for name, _, _ in others}
+    if ema_params is not None:
+      results["ema_decay"] = float(config.optim.get("ema_decay", 0.0))
   if jax.process_index() == 0:
     if writer is not None:
-      writer.scalars(step, {f"eval/{t}/{s}/{k}": v for t, sets in results["tasks"].items()
-                            for s, e in sets.items() for k, v in e.items() if k != "num_images"})
+      prefixes = [("eval", results["tasks"])] + [
+          (f"eval/{name}", v["tasks"]) for name, v in results.get("variants", {}).items()]
+      writer.scalars(step, {f"{prefix}/{t}/{s}/{k}": v for prefix, by_task in prefixes
+                            for t, sets in by_task.items() for s, e in sets.items()
+                            for k, v in e.items() if k != "num_images"})
     name = "results.json" if final else f"results-{step:09d}.json"
     io.write_json(os.path.join(workdir, name), results)
     print(format_table(results), flush=True)
@@ -213,10 +403,17 @@ def _side_by_side(*images):
 
 
 def format_table(results):
-  lines = [f"step {results['step']}: Y-channel PSNR (dB) / SSIM; input = the degraded input",
-           f"{'task':<12} {'test set':<12} {'input PSNR':>10} {'PSNR':>8} {'gain':>7} {'SSIM':>7}"]
+  names = list(results.get("variants", {}))
+  extra = "".join(f" {'PSNR ' + VARIANT_LABELS.get(n, n):>11}" for n in names)
+  lines = [f"step {results['step']}: Y-channel PSNR (dB) / SSIM; input = the degraded input"
+           + (f"; x8 = self-ensemble, EMA = EMA parameters (decay {results['ema_decay']:g})"
+              if names and "ema_decay" in results else "; x8 = self-ensemble" if names else ""),
+           f"{'task':<12} {'test set':<12} {'input PSNR':>10} {'PSNR':>8} {'gain':>7} {'SSIM':>7}"
+           + extra]
   for task, sets in results["tasks"].items():
     for name, e in sets.items():
+      more = "".join(f" {results['variants'][n]['tasks'][task][name]['psnr_y']:>11.2f}"
+                     for n in names)
       lines.append(f"{task:<12} {name:<12} {e['input_psnr_y']:>10.2f} {e['psnr_y']:>8.2f} "
-                   f"{e['psnr_y'] - e['input_psnr_y']:>+7.2f} {e['ssim_y']:>7.4f}")
+                   f"{e['psnr_y'] - e['input_psnr_y']:>+7.2f} {e['ssim_y']:>7.4f}" + more)
   return "\n".join(lines)

@@ -4,7 +4,6 @@ Restoration goes through `evaluate.restore_image`, so a restored file is exactly
 scores for that input. Scoring uses `mtl.metrics` (BasicSR conventions).
 """
 import csv
-import functools
 import json
 import os
 import sys
@@ -34,8 +33,9 @@ def load_config(workdir):
     return ml_collections.ConfigDict(_tuples(json.load(f)))
 
 
-def load_model(workdir, step=None):
-  """(config, model, params on one device, step) of a workdir's checkpoint (latest by default)."""
+def load_model(workdir, step=None, ema=False):
+  """(config, model, params on one device, step) of a workdir's checkpoint (latest by default);
+  ema: its EMA parameters (runs with config.optim.ema_decay > 0)."""
   import jax
   from mtl import checkpoints, tasks
   from mtl.models import ipt
@@ -50,21 +50,25 @@ def load_model(workdir, step=None):
     saved = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(
         ckpt_dir) else []
     raise ValueError(f"step {step} is not saved in {ckpt_dir}; saved steps: {saved or 'none'}")
-  params, step = checkpoints.restore_params(ckpt_dir, abstract, step)
+  params, step = checkpoints.restore_params(ckpt_dir, abstract, step,
+                                            "ema_params" if ema else "params")
   return config, model, params, int(step)
 
 
-def restorer(model, params, config, task):
-  """image uint8 HWC -> restored uint8 (H*s, W*s, 3), the way evaluation restores it."""
-  import jax
+def restorer(model, params, config, task, self_ensemble=False):
+  """image uint8 HWC -> restored uint8 (H*s, W*s, 3), the way evaluation restores it (with
+  self_ensemble, as config.eval.self_ensemble scores it: the x8 flips and rotations averaged)."""
   from mtl import evaluate, tasks
   if task not in model.task_names:
     raise ValueError(f"task {task!r} is not in this model; its tasks: {', '.join(model.task_names)}")
   spec = tasks.get(task)
-  apply_fn = functools.partial(jax.jit(model.apply, static_argnums=1), params, task)
+  mesh = evaluate.local_mesh()
+  apply_tiles = evaluate.tile_runner(model, evaluate.local_params(params, mesh), task,
+                                     config.eval.tile_batch, mesh)
+  tiling = config.eval.get("tiling", "centre")
   return lambda image: evaluate.restore_image(
-      apply_fn, image, spec.scale, config.model.patch_size, config.eval.tile_overlap,
-      config.eval.tile_batch)
+      apply_tiles, image, spec.scale, config.model.patch_size, config.eval.tile_overlap, tiling,
+      self_ensemble)
 
 
 def _names(paths, limit=4):
@@ -104,8 +108,10 @@ def plan_outputs(paths, source, output, overwrite=False):
   return outs, existing
 
 
-def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, overwrite=False):
-  """Restore one image file or every image directly in a folder into `output` as <stem>.png.
+def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, overwrite=False,
+                   self_ensemble=False, ema=False):
+  """Restore one image file or every image directly in a folder into `output` as <stem>.png
+  (self_ensemble: the x8 flips and rotations averaged; ema: the run's EMA parameters).
 
   Refuses (see `plan_outputs`) before reading the model whenever a result could replace an input,
   another result, or (without `overwrite`) an existing file. Unreadable files are skipped with a
@@ -123,8 +129,8 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
   else:
     raise FileNotFoundError(f"--input={source} is neither a file nor a folder")
   outs, existing = plan_outputs(paths, source, output, overwrite)
-  config, model, params, step = load_model(workdir, step)
-  restore = restorer(model, params, config, task)
+  config, model, params, step = load_model(workdir, step, ema)
+  restore = restorer(model, params, config, task, self_ensemble)
   os.makedirs(output, exist_ok=True)
   print(f"restoring {len(paths)} image(s) with {task} from {workdir} (step {step})"
         + (f"; replacing {len(existing)} existing file(s) in {output}" if existing else ""),

@@ -45,8 +45,10 @@ class Run:
         self.config.get("mtl"), len(self.model.task_names),
         len(jax.tree_util.tree_leaves(params["body"])))
     params = dict(params, loss_weighting=extra) if extra else params
+    ema = params if self.config.optim.get("ema_decay", 0.0) > 0 else None  # starts at the init
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=self.optimizer.init(params), mtl_state=mtl_state or None)
+                      opt_state=self.optimizer.init(params), mtl_state=mtl_state or None,
+                      ema_params=ema)
 
   def init_state(self):
     """Fresh state, created directly with its shardings (never whole on one device)."""
@@ -56,6 +58,10 @@ class Run:
 
 def build(config):
   specs = validate(config)
+  decay = config.optim.get("ema_decay", 0.0)
+  if not 0 <= decay < 1:
+    raise ValueError(f"optim.ema_decay={decay} must be in [0, 1): 0 keeps no EMA of the "
+                     "parameters, 0.999 is BasicSR's")
   model_cfg = ipt.ModelConfig.from_config(config.model, config.precision)
   model = ipt.IPT(model_cfg, specs)
   mesh = sharding.make_mesh(config.mesh)
@@ -96,6 +102,8 @@ def finetune_params(run, init_from):
   params = jax.device_put(params, run.state_shardings.params)
   state = fresh.replace(params=params, opt_state=jax.jit(
       run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params))
+  if state.ema_params is not None:  # the EMA starts from the fine-tune's starting point
+    state = state.replace(ema_params=jax.device_put(params, run.state_shardings.ema_params))
   return state, f"fine-tuned from {init_from} ({kind}, step {step}): {kept}"
 
 

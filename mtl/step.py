@@ -35,9 +35,16 @@ class TrainState:
   params: Any
   opt_state: Any
   mtl_state: Any = None  # config.mtl's carried state (dict); None for runs without one
+  ema_params: Any = None  # the parameters' EMA (config.optim.ema_decay > 0), else None
 
 # The random stream of config.mtl (PCGrad/GradVac orders, RLW draws), apart from task ids.
 _MTL_STREAM = 2**20
+
+
+def ema_update(ema_params, params, decay):
+  """One step of the parameters' exponential moving average (BasicSR's model_ema):
+  decay * ema + (1 - decay) * params, per leaf."""
+  return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema_params, params)
 
 
 def degrade_batch(specs, task_ids, config, step, batch):
@@ -184,7 +191,10 @@ def _step(state, batch, model, config, optimizer, names, split):
     agg_w = agg_w.reshape(-1, len(names)).mean(0)  # per_leaf: the mean over leaves
     metrics.update({f"mtl/weight/{n}": agg_w[i] for i, n in enumerate(names)})
   new_mtl = mtl_state if (state.mtl_state is not None or mtl_state) else None
-  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, mtl_state=new_mtl)
+  ema = (None if state.ema_params is None else
+         ema_update(state.ema_params, params, config.optim.ema_decay))
+  state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, mtl_state=new_mtl,
+                        ema_params=ema)
   return state, metrics, grams
 
 

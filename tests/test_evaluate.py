@@ -1,0 +1,187 @@
+"""Whole-image evaluation: tiling without seams, IPT's test tiling, the x8 self-ensemble, and the
+tile loop on the devices (equal to one device's plain apply), with EMA parameters beside."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import tiny
+from mtl import evaluate, tasks
+from mtl.models import ipt
+
+# float32 outputs in [0, 255] of sums over ~10^3 terms whose order XLA may choose by shape (a
+# tile vs the whole image, 1 vs 8 devices): differences of a few ulp of 255 per term, << 1e-2.
+TOL = 1e-2
+
+
+def _conv(kernel):
+  """A convolution on NHWC float32 numpy batches of any size (zero 'SAME' padding)."""
+  fn = jax.jit(lambda x: jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  return lambda x: np.asarray(fn(jnp.asarray(x, jnp.float32)))
+
+
+def _model(tasks_=("sr_x2",), patch_size=48):
+  config = tiny.get_config()
+  config.tasks, config.model.patch_size = tasks_, patch_size
+  model = ipt.IPT(ipt.ModelConfig.from_config(config.model), tasks.get_all(config.tasks))
+  return config, model, model.init(jax.random.key(0))
+
+
+def test_centre_tiling_equals_the_untiled_image_where_the_margin_covers_the_receptive_field():
+  # IPT's head and tail without the body are convolutions of any input size: a receptive field
+  # of 11 input pixels (head 3x3 + four 5x5: 9; x2 tail 3x3 before and after the shuffle: 2).
+  _, model, params = _model()
+  head_tail = jax.jit(lambda x: model.tail(params["tails"]["sr_x2"], 2,
+                                           model.head(params["heads"]["sr_x2"], x)))
+  apply = lambda x: np.asarray(head_tail(jnp.asarray(x)))
+  image = np.random.default_rng(0).integers(0, 256, (101, 77, 3), dtype=np.uint8)
+  untiled = apply(image[None].astype(np.float32))[0]
+  tiled = evaluate.tiled_restore(apply, image, 2, tile=48, overlap=22, tiling="centre")
+  assert tiled.shape == untiled.shape == (202, 154, 3)
+  np.testing.assert_allclose(tiled, untiled, atol=TOL, rtol=0)
+  # Averaged tiles (the former evaluation) see too little context at their seams.
+  mean = evaluate.tiled_restore(apply, image, 2, tile=48, overlap=22, tiling="mean")
+  assert np.abs(mean - untiled).max() > 10 * TOL
+  # A margin short of the receptive field leaves seams too: the test can fail.
+  short = evaluate.tiled_restore(apply, image, 2, tile=48, overlap=12, tiling="centre")
+  assert np.abs(short - untiled).max() > 10 * TOL
+
+
+def _origin_map(tiling, h, w, tile):
+  """Each output pixel's weighted mean over the origins (row, col) of the tiles it comes from."""
+  rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  coords = np.stack([rows, cols, np.zeros((h, w))], -1).astype(np.uint8)
+  origin = lambda tiles: np.broadcast_to(tiles[:, :1, :1], tiles.shape).copy()
+  return evaluate.tiled_restore(origin, coords, 1, tile=tile, overlap=0, tiling=tiling)
+
+
+def test_ipt_tiling_takes_each_pixel_from_the_tiles_forward_chop_takes_it_from():
+  # forward_chop at tile 16: stride = margin = 16 // 2 // 2 = 4. h = 61: (61 - 16) % 4 = 1 row
+  # left over, so one more tile at 45 takes over at (61 - 1) - (16 - 1) // 2 = 53. w = 64: no
+  # row left over; the grid's last tile (48) takes over at 64 - 16 // 2 = 56.
+  rows = _origin_map("ipt", 61, 64, 16)[..., 0]
+  cols = _origin_map("ipt", 61, 64, 16)[..., 1]
+  assert rows[2, 30] == 0                  # the first tile's outer margin is kept
+  assert rows[20, 30] == 14                # centres of the tiles at 12 and 16, averaged
+  assert rows[52, 30] == 44                # only the grid's last tile's centre covers row 52
+  assert np.all(rows[53:, 30] == 45)       # the extra tile flush with the bottom border
+  assert cols[30, 55] == 46 and np.all(cols[30, 56:] == 48)
+  # forward_chop writes its left tile column over its top tile row: rows 0-3 of columns 4-15
+  # come from the corner tile alone (averaged centres would give (0 + 4) / 2 at column 10).
+  assert cols[1, 10] == 0 and cols[5, 10] == 2
+  # Away from that strip a local model gives the untiled output (margin 4 >= radius 3).
+  kernel = np.random.default_rng(1).normal(size=(7, 7, 3, 3)).astype(np.float32) / 50
+  apply = _conv(kernel)
+  image = np.random.default_rng(2).integers(0, 256, (61, 64, 3), dtype=np.uint8)
+  untiled = apply(image[None].astype(np.float32))[0]
+  tiled = evaluate.tiled_restore(apply, image, 1, tile=16, overlap=0, tiling="ipt")
+  error = np.abs(tiled - untiled).max(-1)
+  assert error[:4, 4:16].max() > 10 * TOL
+  error[:4, 4:16] = 0
+  assert error.max() < TOL
+
+
+@pytest.mark.parametrize("tiling", evaluate.TILINGS)
+def test_every_tiling_weights_sum_to_one(tiling):
+  for size in (48, 49, 61, 97, 256):
+    for scale in (1, 2, 3):
+      _, weights, _ = evaluate.axis_windows(size, 48, scale, 8, tiling)
+      np.testing.assert_allclose(weights.sum(0), 1.0, rtol=1e-12)
+  constant = evaluate.tiled_restore(lambda t: np.full(t.shape[:1] + (96, 96, 3), 7.0), np.zeros(
+      (61, 130, 3), np.uint8), 2, tile=48, overlap=8, tiling=tiling)
+  np.testing.assert_allclose(constant, 7.0, rtol=1e-6)
+
+
+def test_the_eight_transforms_invert_exactly_and_are_distinct():
+  image = np.random.default_rng(3).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+  seen = set()
+  for k, flip in evaluate.ENSEMBLE:
+    moved = evaluate.transform(image, k, flip)
+    np.testing.assert_array_equal(evaluate.invert(moved, k, flip), image)
+    seen.add(moved.tobytes() + bytes(moved.shape[:2]))
+  assert len(evaluate.ENSEMBLE) == len(seen) == 8
+
+
+def test_self_ensemble_of_an_equivariant_model_is_the_model():
+  # A kernel symmetric under the square's eight symmetries makes the convolution commute with
+  # them: each of the eight restorations transformed back is the plain one, and so is their mean.
+  raw = np.random.default_rng(4).normal(size=(5, 5, 3, 3)).astype(np.float32) / 30
+  sym = np.mean([evaluate.transform(raw, k, f) for k, f in evaluate.ENSEMBLE], axis=0)
+  image = np.random.default_rng(5).integers(0, 256, (53, 70, 3), dtype=np.uint8)
+  plain = evaluate.restore_float(_conv(sym), image, 1, tile=24, overlap=4)
+  ensemble = evaluate.restore_float(_conv(sym), image, 1, tile=24, overlap=4, self_ensemble=True)
+  np.testing.assert_allclose(ensemble, plain, atol=TOL, rtol=0)
+  # Without the symmetry the ensemble is another (smoother) model: the test can fail.
+  other = evaluate.restore_float(_conv(raw), image, 1, tile=24, overlap=4, self_ensemble=True)
+  assert np.abs(other - evaluate.restore_float(_conv(raw), image, 1, 24, 4)).max() > 10 * TOL
+
+
+def test_tile_runner_on_all_local_devices_equals_one_device_apply():
+  config, model, params = _model(("sr_x2",), patch_size=24)
+  mesh = evaluate.local_mesh()
+  assert mesh.devices.size == jax.local_device_count() == 8   # conftest's fake CPU devices
+  with jax.set_mesh(mesh):
+    run = evaluate.tile_runner(model, evaluate.local_params(params, mesh), "sr_x2", 4, mesh)
+    tiles = np.random.default_rng(6).uniform(0, 255, (75, 24, 24, 3)).astype(np.float32)
+    # tile_batch 4 -> 8 (one per device): 10 chunks, as one call of 8 and one of 2.
+    ours = run(tiles)
+  one = jax.jit(model.apply, static_argnums=1)
+  host = jax.device_get(params)
+  reference = np.concatenate([np.asarray(one(host, "sr_x2", tiles[i:i + 25]))
+                              for i in range(0, 75, 25)])
+  assert ours.shape == (75, 48, 48, 3)
+  np.testing.assert_allclose(ours, reference, atol=TOL, rtol=0)
+
+
+def _former_restore(model, params, task, image, scale, tile, overlap, tile_batch):
+  """The evaluation before the device runner: parameters on the host, one jitted apply per
+  fixed-size tile batch, overlapping tiles averaged (tiling='mean')."""
+  apply = functools.partial(jax.jit(model.apply, static_argnums=1), jax.device_get(params), task)
+  h, w = image.shape[:2]
+  ys, xs = evaluate.tile_starts(h, tile, overlap), evaluate.tile_starts(w, tile, overlap)
+  origins = [(y, x) for y in ys for x in xs]
+  tiles = np.stack([image[y:y + tile, x:x + tile] for y, x in origins]).astype(np.float32)
+  canvas = np.zeros((h * scale, w * scale, 3))
+  weight = np.zeros((h * scale, w * scale, 1))
+  t = tile * scale
+  for start in range(0, len(tiles), tile_batch):
+    full = np.zeros((tile_batch,) + tiles.shape[1:], np.float32)
+    chunk = tiles[start:start + tile_batch]
+    full[:len(chunk)] = chunk
+    for (y, x), o in zip(origins[start:], np.asarray(apply(full))[:len(chunk)]):
+      canvas[y * scale:y * scale + t, x * scale:x * scale + t] += o
+      weight[y * scale:y * scale + t, x * scale:x * scale + t] += 1
+  return canvas / weight
+
+
+def test_evaluation_on_the_devices_equals_the_former_one_and_reports_ema_and_x8(tmp_path):
+  config, model, params = _model(("denoise_30", "sr_x2"), patch_size=24)
+  config.eval.update(max_images=1, max_side=64, tile_overlap=4, tile_batch=4, samples=0,
+                     tiling="mean", self_ensemble=True)
+  config.optim.ema_decay = 0.9
+  testsets = evaluate.load_testsets(config)
+  results = evaluate.evaluate(model, params, config, testsets, str(tmp_path), 3, ema_params=params)
+  spec = tasks.get("sr_x2")
+  name, degraded, clean = evaluate.test_pairs(spec, testsets[0], config)[0]
+  former = _former_restore(model, params, "sr_x2", degraded, 2, 24, 4, 4)
+  ours = evaluate.restore_float(evaluate.tile_runner(model, params, "sr_x2", 4), degraded, 2,
+                                24, 4, "mean")
+  np.testing.assert_allclose(ours, former, atol=TOL, rtol=0)
+  output = np.clip(np.round(former), 0, 255).astype(np.uint8)
+  # Rounding may flip where the two differ by ~1e-4 at a .5: PSNR moves by << 0.01 dB.
+  assert results["tasks"]["sr_x2"]["photos"]["psnr_y"] == pytest.approx(
+      evaluate.score(output, clean, 2)["psnr_y"], abs=0.01)
+  assert set(results["variants"]) == {"self_ensemble", "ema", "ema+self_ensemble"}
+  assert results["ema_decay"] == 0.9
+  # EMA parameters equal to the raw ones score the same, to the bit; x8 scores differently.
+  assert results["variants"]["ema"]["tasks"] == results["tasks"]
+  assert results["variants"]["ema+self_ensemble"]["tasks"] == \
+      results["variants"]["self_ensemble"]["tasks"]
+  x8 = results["variants"]["self_ensemble"]["tasks"]["sr_x2"]["photos"]
+  assert x8["psnr_y"] != results["tasks"]["sr_x2"]["photos"]["psnr_y"]
+  assert x8["input_psnr_y"] == results["tasks"]["sr_x2"]["photos"]["input_psnr_y"]
+  table = evaluate.format_table(results)
+  assert "PSNR x8" in table and "PSNR EMA x8" in table and "decay 0.9" in table
