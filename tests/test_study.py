@@ -237,13 +237,30 @@ def test_a_study_saved_by_an_older_mtl_still_loads(tmp_path):
       "joint-lr1e-3-s0", "joint-lr2e-4-s0"]
 
 
-def test_changed_study_is_refused_naming_the_field(tmp_path):
-  study_lib.Study(micro(), str(tmp_path)).prepare()
+def _fake_finished(study, name):
+  os.makedirs(study.run_dir(name), exist_ok=True)
+  study.write_run_config(study.by_name[name])
+  with open(study.path(name, "DONE"), "w") as f:
+    json.dump({"seconds": 1.0}, f)
+
+
+def test_changed_study_is_refused_naming_the_field_and_the_finished_runs(tmp_path, capsys):
+  study = study_lib.Study(micro(), str(tmp_path))
+  study.prepare()
   saved = (tmp_path / "study.json").read_text()
+  _fake_finished(study, "joint-lr1e-3-s0")
   changed = micro()
   changed.steps.joint = 50
-  with pytest.raises(ValueError, match=r"holds a different study: steps.joint \(5 -> 50\)"):
+  with pytest.raises(ValueError, match=r"holds a different study: steps.joint \(5 -> 50\); it "
+                                       r"changes the finished run\(s\) joint-lr1e-3-s0: use a new"):
     study_lib.Study(changed, str(tmp_path)).prepare()
+  # A change that no finished run sees (here: scratch's steps) is the fix of a failed run.
+  fixed = micro()
+  fixed.steps.scratch = 7
+  study_lib.Study(fixed, str(tmp_path)).prepare()
+  assert "the study changed (steps.scratch); no finished run changes" in capsys.readouterr().out
+  assert json.loads((tmp_path / "study.json").read_text())["study"]["steps"]["scratch"] == 7
+  study_lib.Study(micro(), str(tmp_path)).prepare()  # back to the saved study
   # report-only fields may change; runs are untouched by them
   renamed = micro(name="renamed")
   study_lib.Study(renamed, str(tmp_path)).prepare()
@@ -265,6 +282,10 @@ def test_dry_run_prints_runs_and_exact_commands_and_writes_nothing(study_file, t
   assert (f"    python launch/train.py --config=experiments/from_json.py:{workdir}/runs/{name}/"
           f"run_config.json --workdir={workdir}/runs/{name}") in lines
   assert any("init_from: <best on photos_val of joint-lr1e-3-s0" in l for l in lines)
+  # The commands read run_config.json files the dry run does not write: it says so.
+  assert lines.count("    (run_config.json not written yet)") == 5
+  assert lines[-1].startswith("dry run: nothing was written; the study writes a run's "
+                              "run_config.json when it starts the run")
   assert not os.path.exists(workdir)
   subset = cli(f"--config={study_file}", f"--workdir={workdir}", "--dry_run", "--only=scratch-*")
   assert [l.split()[2] for l in subset.stdout.splitlines() if l.startswith("run ")] == [
@@ -316,5 +337,68 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(study_file, tmp
   changed = cli(*args, "--config.steps.scratch=21")
   assert changed.returncode == 1
   assert changed.stderr.strip() == (
-      f"error: {workdir} holds a different study: steps.scratch (20 -> 21); use a new "
-      "--workdir, or the same study config to continue it")
+      f"error: {workdir} holds a different study: steps.scratch (20 -> 21); it changes the "
+      f"finished run(s) {first}, {second}: use a new --workdir, or the same study config to "
+      "continue it")
+
+
+def test_a_corrected_study_restarts_a_run_whose_checkpoints_cannot_resume(tmp_path):
+  study = study_lib.Study(micro(), str(tmp_path))
+  study.prepare()
+  name = "scratch-sr_x2-lr1e-3-s0"
+  spec = study.by_name[name]
+  study.write_run_config(spec)
+  config = json.loads(open(study.path(name, "run_config.json")).read())
+  with open(study.path(name, "config.json"), "w") as f:  # the trainer's, from a failed attempt
+    json.dump(dict(config, optim=dict(config["optim"], grad_clip=123.0)), f)
+  os.makedirs(study.path(name, "checkpoints", "2"))
+  with open(study.path(name, "FAILED"), "w") as f:
+    json.dump({"status": 1}, f)
+  assert study.status(name) == "failed"
+  import io as io_lib
+  out = io_lib.StringIO()
+  study.write_run_config(spec, out)
+  moved = [d for d in os.listdir(study.run_dir(name)) if d.startswith("superseded-")]
+  assert len(moved) == 1 and f"{name}: its checkpoints cannot resume" in out.getvalue()
+  assert sorted(os.listdir(study.path(name, moved[0]))) == ["checkpoints", "config.json"]
+  assert not study.has_started(name) and study.status(name) == "failed"
+  study.write_run_config(spec, out)  # nothing more to move
+  assert len([d for d in os.listdir(study.run_dir(name)) if d.startswith("superseded-")]) == 1
+
+
+FIXABLE = MICRO_STUDY + """
+import ml_collections
+_micro = get_config
+
+
+def get_config(arg=""):
+  study = _micro(arg)
+  study.regimes = ("scratch", "joint")
+  study.steps.scratch = study.steps.joint = 2
+  study.run.conflicts.every = 0
+  # token dim 16 * 3 * 3 = 144 is not divisible by 5 heads: the joint run fails at its start.
+  study.per_regime.joint.model = ml_collections.ConfigDict(dict(num_heads=5))  # CAUSE
+  return study
+"""
+
+
+def test_a_failed_study_is_fixed_in_place_keeping_its_finished_runs(tmp_path):
+  workdir, study_file = str(tmp_path / "study"), tmp_path / "fixable.py"
+  study_file.write_text(FIXABLE)
+  args = [f"--config={study_file}", f"--workdir={workdir}"]
+  failing = cli(*args, timeout=900)
+  assert failing.returncode == 1, failing.stdout[-3000:] + failing.stderr[-2000:]
+  joint, scratch = "joint-lr1e-3-s0", ["scratch-denoise_30-lr1e-3-s0", "scratch-derain-lr1e-3-s0"]
+  failed = json.load(open(os.path.join(workdir, "runs", joint, "FAILED")))
+  assert failed["status"] == 1 and failed["log"] == os.path.join(workdir, "runs", joint, "train.log")
+  study = study_lib.Study.load(workdir)
+  assert [study.status(n) for n in scratch + [joint]] == ["done", "done", "failed"]
+  stamps = {n: os.stat(os.path.join(workdir, "runs", n, "DONE")).st_mtime_ns for n in scratch}
+  study_file.write_text("\n".join(l for l in FIXABLE.splitlines() if "# CAUSE" not in l))
+  fixed = cli(*args, timeout=900)  # the cause removed from the file, the same command
+  assert fixed.returncode == 0, fixed.stdout[-3000:] + fixed.stderr[-2000:]
+  assert "no finished run changes: they are kept" in fixed.stdout
+  assert all(f"{n}: done, skipped" in fixed.stdout for n in scratch)
+  assert stamps == {n: os.stat(os.path.join(workdir, "runs", n, "DONE")).st_mtime_ns
+                    for n in scratch}
+  assert os.path.exists(os.path.join(workdir, "runs", joint, "DONE"))

@@ -6,7 +6,8 @@ command resumes. Each run's output goes to its train.log and, prefixed, to the s
 While a study process runs a run it holds an exclusive lock on the run's RUNNING file (its host,
 pid and start inside): another study process (a second terminal, a SLURM job) skips that run,
 and the status table shows it as running; the lock dies with its process. A run whose training
-failed gets a FAILED file (exit status, time), removed when it is started again.
+failed gets a FAILED file (exit status, time, log), removed when it is started again; a study
+corrected after a failure re-runs the failed run (see Study.check_saved, write_run_config).
 """
 import fcntl
 import fnmatch
@@ -22,10 +23,8 @@ import time
 
 from mtl import compile_cache, io
 from mtl.study.spec import format_lr
-from mtl.study.workdir import DONE_FILE, LOG_FILE, ROOT, RUN_CONFIG
+from mtl.study.workdir import DONE_FILE, FAILED_FILE, LOG_FILE, ROOT, RUN_CONFIG, RUN_LOCK
 
-RUN_LOCK = "RUNNING"
-FAILED_FILE = "FAILED"
 STATES = ("done", "running", "failed", "waiting", "started", "pending")
 
 
@@ -138,12 +137,20 @@ def dry_run(study, only="", out=sys.stdout):
             f"{', '.join(map(str, c['seeds']))}; lr chosen on {c['validation']}; test "
             f"{', '.join(c['test'])}\n")
   width = len(str(len(runs)))
+  unwritten = 0
   for i, spec in enumerate(runs, 1):
     out.write(f"run {i:>{width}}/{len(runs)} {spec.name}  [{state(study, spec)}]  "
               f"{summary_line(spec)}\n")
     if spec.regime == "finetune":
       out.write(f"    init_from: {study.describe_init(spec)}\n")
     out.write(f"    {shlex.join(study.command(spec))}\n")
+    if not os.path.exists(study.path(spec.name, RUN_CONFIG)):
+      unwritten += 1
+      out.write(f"    ({RUN_CONFIG} not written yet)\n")
+  if unwritten:
+    out.write(f"dry run: nothing was written; the study writes a run's {RUN_CONFIG} when it starts "
+              f"the run (a fine-tune's once its pre-training runs are done), so the {unwritten} "
+              "command(s) marked 'not written yet' work only after that\n")
   out.flush()
   return 0
 
@@ -330,11 +337,11 @@ class Runner:
             continue
           queue.remove(spec)
           try:
-            config = study.write_run_config(spec)
+            config = study.write_run_config(spec, self.out)
           except BaseException:
             lock.close()
             raise
-          resuming = study.status(spec.name) == "started"
+          resuming = study.has_started(spec.name)
           device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else "")
           self.say(f"{head}: {'resuming' if resuming else 'starting'} | {summary_line(spec)}"
                    + (f" | from {os.path.basename(config['init_from'])}" if config["init_from"]
@@ -348,10 +355,12 @@ class Runner:
           continue
         if code != 0 or not self._finished(spec):
           io.write_json(study.path(spec.name, FAILED_FILE),
-                        {"status": code, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+                        {"status": code, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                         "log": study.path(spec.name, LOG_FILE)})
           self.say(f"{head}: failed (exit status {code}); its log: "
-                   f"{study.path(spec.name, LOG_FILE)}; fix it and run the same command to "
-                   "resume" + ("; starting no other run" if queue else ""))
+                   f"{study.path(spec.name, LOG_FILE)}; fix the cause (the study's config may "
+                   "change for runs not yet done) and run the same command: finished runs are "
+                   "kept" + ("; starting no other run" if queue else ""))
           failed.append(spec.name)
           continue
         seconds = time.time() - run.started

@@ -23,7 +23,11 @@ STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
 RUN_CONFIG = "run_config.json"
 DONE_FILE = "DONE"
+FAILED_FILE = "FAILED"
 LOG_FILE = "train.log"
+RUN_LOCK = "RUNNING"
+# A run's own files the study writes; the rest of its directory is the trainer's workdir.
+STUDY_FILES = ("run_config.json", DONE_FILE, FAILED_FILE, LOG_FILE, RUN_LOCK)
 FORMAT_VERSION = 1
 
 
@@ -89,16 +93,21 @@ class Study:
   def run_dir(self, name):
     return os.path.join(self.workdir, RUNS_DIR, name)
 
-  def path(self, name, filename):
-    return os.path.join(self.run_dir(name), filename)
+  def path(self, name, *filenames):
+    return os.path.join(self.run_dir(name), *filenames)
 
   def is_done(self, name):
     return os.path.exists(self.path(name, DONE_FILE))
 
+  def has_started(self, name):
+    return os.path.exists(self.path(name, "config.json"))  # the trainer's first write
+
   def status(self, name):
     if self.is_done(name):
       return "done"
-    if os.path.exists(self.path(name, "config.json")):  # the trainer has started it
+    if os.path.exists(self.path(name, FAILED_FILE)):  # its last attempt failed
+      return "failed"
+    if self.has_started(name):
       return "started"
     return "pending"
 
@@ -125,14 +134,47 @@ class Study:
     return {"version": FORMAT_VERSION, "study": self.config,
             "runs": [r.to_json() for r in self.runs]}
 
+  def finished_runs_changed(self, saved):
+    """Names of the finished runs (DONE) of the study saved as `saved` (study.json's content)
+    that this study drops or would configure differently."""
+    changed = []
+    for name in [r["name"] for r in saved.get("runs", [])]:
+      if not self.is_done(name):
+        continue
+      spec = self.by_name.get(name)
+      try:
+        old = io.read_json(self.path(name, RUN_CONFIG))
+        steps = self.known_steps(spec) if spec is not None else None
+        new = (run_config(self.config, spec, old["init_from"], steps or old["total_steps"])
+               if spec is not None else None)
+      except (OSError, ValueError, KeyError):
+        new = None
+      if new is None or io.differences(old, new):
+        changed.append(name)
+    return changed
+
   def check_saved(self):
-    """Refuse (ValueError, one line) a study.json in workdir that holds a different study."""
+    """Whether workdir holds a study.json; refuses (ValueError, one line) a different study
+    there when the change drops or alters a finished run. A change that only alters unfinished
+    runs (the fix for what made one fail) is accepted and said: finished runs are kept."""
     path = os.path.join(self.workdir, STUDY_FILE)
     if not os.path.exists(path):
       return False
-    added = io.refuse_changes(self.workdir, io.read_json(path)["study"], self.config,
-                              REPORT_ONLY, "a different study",
-                              "use a new --workdir, or the same study config to continue it")
+    saved = io.read_json(path)
+    finished = self.finished_runs_changed(saved)
+    advice = (f"it changes the finished run(s) {io.field_list(finished, 3)}: " if finished
+              else "") + "use a new --workdir, or the same study config to continue it"
+    try:
+      added = io.refuse_changes(self.workdir, saved["study"], self.config, REPORT_ONLY,
+                                "a different study", advice)
+    except ValueError:
+      if finished:
+        raise
+      changed = [k for k in io.differences(saved["study"], self.config, REPORT_ONLY)
+                 if k in io.flatten(saved["study"])]
+      print(f"{path}: the study changed ({io.field_list(changed, 4)}); no finished run changes: "
+            "they are kept, the unfinished runs take the new config", flush=True)
+      added = []
     if added:
       print(f"{path} predates the study fields {io.field_list(added)}: continuing with their "
             "current values", flush=True)
@@ -147,14 +189,34 @@ class Study:
     elif io.read_json(os.path.join(self.workdir, STUDY_FILE)) != self.study_json():
       io.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())  # report fields
 
-  def write_run_config(self, spec):
+  def write_run_config(self, spec, out=None):
     """Write run_config.json (a fine-tune's needs its pre-training runs done; an equal_flops
-    scratch run's needs its fine-tunes done); returns it."""
+    scratch run's needs its fine-tunes done); returns it. A started run whose checkpoints the
+    new config cannot resume (the study was corrected after it failed) starts afresh: its
+    trainer files move into <run>/superseded-<UTC time>/ (kept, and said on `out`)."""
     init_from = self.init_from(spec) if spec.regime == "finetune" else ""
     config = run_config(self.config, spec, init_from, self.steps_of(spec))
     os.makedirs(self.run_dir(spec.name), exist_ok=True)
+    if self.has_started(spec.name):
+      from mtl import checkpoints  # orbax: only when a run has started
+      try:
+        checkpoints.check_config(self.run_dir(spec.name), config)
+      except ValueError as refusal:
+        self._supersede(spec.name, refusal, out)
     io.write_json(self.path(spec.name, RUN_CONFIG), config)
     return config
+
+  def _supersede(self, name, why, out):
+    import time
+    folder = f"superseded-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    os.makedirs(self.path(name, folder))
+    for entry in sorted(os.listdir(self.run_dir(name))):
+      if entry not in STUDY_FILES and not entry.startswith("superseded-"):
+        os.rename(self.path(name, entry), self.path(name, folder, entry))
+    if out is not None:
+      out.write(f"{name}: its checkpoints cannot resume with the corrected study ({why}); "
+                f"moved its files to {self.path(name, folder)} and starting it afresh\n")
+      out.flush()
 
   # -- budgets
 
