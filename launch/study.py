@@ -9,9 +9,10 @@ r"""Run a study: every run of experiments/studies/<name>.py, resumable, here or 
 
 Every start prints the study's status table (done, running, failed, waiting, started, pending
 per run). Re-running the same command skips the runs that are done, skips runs that another
-process is running, and resumes an interrupted one from its checkpoint; a different study config
-for the same --workdir is refused. Without --config, the study saved in <workdir>/study.json is
-used (this is what the SLURM jobs run).
+process is running, and resumes an interrupted one from its checkpoint. A changed study config
+for the same --workdir is refused when it would drop or alter a finished run; otherwise (fixing
+what made a run fail) it is taken: finished runs are kept, the others run with the new config.
+Without --config, the study saved in <workdir>/study.json is used (what the SLURM jobs run).
 
 --max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
 sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU they are plain
