@@ -1,17 +1,20 @@
-"""A study's report: every table in tables/, loss figures in figures/, and report.md.
+"""A study's report: every table in tables/, figures in figures/, and report.md.
 
   write(workdir) -> STUDY/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex},
-                    STUDY/figures/loss-<task>.png and STUDY/report.md (never trains anything)
-  write_with_summary(workdir) -> that, and a few lines for a terminal (launch/report.py)
+                    STUDY/figures/{loss-<task>,findings-delta,findings-conflict}.png and
+                    STUDY/report.md, which opens with the findings (the three questions,
+                    answered: mtl.report.findings) (never trains anything)
+  write_with_summary(workdir) -> that, and a few lines for a terminal (launch/report.py) that
+                    start with the three answers
 """
 import dataclasses
 import os
 
 from mtl import events, stats
 from mtl import study as study_lib
-from mtl.report import remedies
-from mtl.report import render, tables
-from mtl.report.scores import conflict_summaries, regime_columns, regime_scores
+from mtl.report import figures, findings, remedies, render, tables
+from mtl.report.scores import (conflict_records, conflict_summaries, regime_columns,
+                               regime_scores)
 from mtl.study.workdir import RUNS_DIR
 
 TABLES_DIR = "tables"
@@ -134,16 +137,26 @@ def write_with_summary(workdir):
   study = study_lib.Study.load(workdir)
   tables_dir = os.path.join(study.workdir, TABLES_DIR)
   os.makedirs(tables_dir, exist_ok=True)
-  summaries = conflict_summaries(study)
+  records = conflict_records(study)
+  summaries = conflict_summaries(study, records)
   built = [tables.main_table(study), tables.transfer_table(study),
            tables.conflict_table(study, summaries), tables.compute_table(study),
            tables.selection_table(study)]
   built += remedies.tables(study)  # acting on conflicts: only when the study has those runs
   for table in built:
     render.write_table(table, tables_dir)
-  loss_paths = loss_figures(study, os.path.join(study.workdir, FIGURES_DIR))
+  figures_dir = os.path.join(study.workdir, FIGURES_DIR)
+  loss_paths = loss_figures(study, figures_dir)
+  found = findings.build(study, built[1], records)
+  drawn = figures.write(found, figures_dir, tables.metric_names(study)[2])
   warnings = built[0].warnings
-  parts = [f"# Study {study.name}\n", _status_section(study, warnings)]
+  done = sum(study.is_done(r.name) for r in study.runs)
+  status = (f"From the {done}/{len(study.runs)} runs done"
+            + ("; the warnings below qualify these answers." if warnings else "."))
+  parts = [f"# Study {study.name}\n",
+           findings.markdown(found, [(os.path.relpath(p, study.workdir), t) for p, t in drawn],
+                             status),
+           _status_section(study, warnings)]
   for table in built:  # the warnings head the report once, not again under their table
     shown = dataclasses.replace(table, notes=[n for n in table.notes if n not in warnings])
     parts.append(f"## {table.title}\n\n(tables/{table.name}.md, .csv, .tex)\n\n"
@@ -152,15 +165,17 @@ def write_with_summary(workdir):
   path = os.path.join(study.workdir, REPORT_FILE)
   with open(path, "w") as f:
     f.write("\n".join(parts))
-  return path, terminal_summary(study, built, path)
+  return path, terminal_summary(study, built, path, found)
 
 
-def terminal_summary(study, built, path):
-  """A few lines: runs done, the warnings (once), per task the primary test set's PSNR of each
-  regime with its verdict vs scratch, per task pair the conflict verdict, and the files."""
+def terminal_summary(study, built, path, found=None):
+  """A few lines: the three answers (`found`: findings.Findings), runs done, the warnings
+  (once), per task the primary test set's PSNR of each regime with its verdict vs scratch, per
+  task pair the conflict verdict (without `found`: its first answer has it), and the files."""
   main, conflict = built[0], built[2]
   done = sum(study.is_done(r.name) for r in study.runs)
-  lines = [f"study {study.name}: {done}/{len(study.runs)} runs done"] + list(main.warnings)
+  lines = findings.terminal_lines(found) if found is not None else []
+  lines += [f"study {study.name}: {done}/{len(study.runs)} runs done"] + list(main.warnings)
   label = tables.metric_names(study)[2]
   first = {}
   for r in main.records:
@@ -172,11 +187,12 @@ def terminal_summary(study, built, path):
              for r in main.records if r["task"] == task and r["test_set"] == test_set
              and r["regime"] != tables.INPUT_ROW and r.get("n_seeds")]
     lines.append(f"  {task} on {test_set}, {label}: " + ", ".join(cells))
-  for r in conflict.records:
-    iv = stats.Interval(r["corrected_cos"], r["corrected_cos_low"], r["corrected_cos_high"],
-                        0.95, r["n_seeds"])
-    lines.append(f"  conflict {r['pair']} ({r['source']}): corrected cos "
-                 f"{iv.text(3, missing='n/a')}, {r['verdict']}")
+  if found is None:  # the findings' first answer says this per phase
+    for r in conflict.records:
+      iv = stats.Interval(r["corrected_cos"], r["corrected_cos_low"], r["corrected_cos_high"],
+                          0.95, r["n_seeds"])
+      lines.append(f"  conflict {r['pair']} ({r['source']}): corrected cos "
+                   f"{iv.text(3, missing='n/a')}, {r['verdict']}")
   names = ", ".join(t.name for t in built)
   lines.append(f"wrote {path}, {os.path.join(study.workdir, TABLES_DIR)}/ ({names}: .md .csv "
                f".tex) and {os.path.join(study.workdir, FIGURES_DIR)}/")

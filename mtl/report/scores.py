@@ -115,10 +115,9 @@ def pairwise_transfer(study):
   return out
 
 
-def conflict_summaries(study):
-  """[(column, seed, run name, conflicts.summarize dict)] of the chosen multi-task
-  pre-training runs (joint and groups) that recorded conflicts, each over its headline
-  training phase (conflicts.headline_window: the last third of its probe steps)."""
+def conflict_records(study):
+  """[(column, seed, run name, conflicts.Record)] of the chosen multi-task pre-training runs
+  (joint and groups) of each seed that recorded conflicts, in column then seed order."""
   out = []
   for col in regime_columns(study):
     if col != "joint" and not col.startswith("group:"):
@@ -131,9 +130,50 @@ def conflict_summaries(study):
       workdir = study.run_dir(chosen.run.name)
       if not os.path.isdir(conflicts.store_dir(workdir)):
         continue
-      record = conflicts.load(workdir)  # the headline phase, as analyze.py and the run read it
-      out.append((col, seed, chosen.run.name,
-                  conflicts.summarize(record, conflicts.headline_window(record))))
+      out.append((col, seed, chosen.run.name, conflicts.load(workdir)))
   return out
 
 
+def conflict_summaries(study, records=None):
+  """[(column, seed, run name, conflicts.summarize dict)] of `conflict_records` (computed if
+  None), each over its headline training phase (conflicts.headline_window: the last third of
+  its probe steps), as analyze.py and the run read it."""
+  records = conflict_records(study) if records is None else records
+  return [(col, seed, name, conflicts.summarize(record, conflicts.headline_window(record)))
+          for col, seed, name, record in records]
+
+
+def conflict_phases(records, level=0.95):
+  """Per (column, pair) of `conflict_records`, the noise-corrected cosine of every training
+  phase combined over the seeds (stats.mean_of_runs of each run's phase interval).
+
+  Every run of a column is split into the same number of phases (the fewest any of its runs
+  allows, conflicts.summary.phase_count), so the last phase is each run's headline window.
+  Returns {(column, pair): {'phases': [{'label', 'first', 'last', 'count' (of the first
+  seed's run), 'interval': stats.Interval, 'verdict'}] in training order, 'seeds': [seed],
+  'runs': [run name]}}.
+  """
+  from mtl.conflicts import summary as conflict_summary
+  by_column = {}
+  for col, seed, name, record in records:
+    by_column.setdefault(col, []).append((seed, name, record))
+  out = {}
+  for col, runs in by_column.items():
+    count = min(conflict_summary.phase_count(r.num_steps) for _, _, r in runs)
+    phased = [conflict_summary.phase_verdicts(r, count, level) for _, _, r in runs]
+    for pair in phased[0]["phases"][0]["pair"]:
+      phases = []
+      for k, first in enumerate(phased[0]["phases"]):
+        iv = stats.mean_of_runs([_interval(p["phases"][k]["pair"][pair]["corrected_cos"])
+                                 for p in phased], level)
+        phases.append({"label": first["label"], "first": first["first"], "last": first["last"],
+                       "count": first["count"], "interval": iv,
+                       "verdict": conflict_summary.pair_verdict(iv)})
+      out[col, pair] = {"phases": phases, "seeds": [s for s, _, _ in runs],
+                        "runs": [n for _, n, _ in runs]}
+  return out
+
+
+def _interval(d):
+  return stats.Interval(d["estimate"], d["low"], d["high"], d["level"], d["n"], math.nan,
+                        d.get("method", ""), d.get("note", ""))

@@ -1,0 +1,168 @@
+"""The findings page's figures (matplotlib, Agg, no pyplot state), from findings.Findings:
+
+  findings-delta.png     questions 2 and 3 as a dot plot: one row per task and comparison, the
+                         paired Δ PSNR (dB) at its dot, its 95% interval as a bar, a line at 0;
+                         a filled dot where the interval excludes 0, a hollow one where it does
+                         not (or where one seed gives no interval)
+  findings-conflict.png  question 1 as small multiples: a panel per task pair (and pre-training),
+                         the training phases on x, the noise-corrected cosine with its 95%
+                         interval, a line at 0, the headline phase named; every panel on the same
+                         y scale, which always holds 0
+
+Scales are honest: 0 is always in view, the limits come from the intervals themselves (never
+clipped: a corrected cosine's interval may pass +-1, and the figure shows it), and panels that
+are compared share one axis. Every builder returns a Figure; `write` saves the PNGs.
+"""
+import io
+import math
+import os
+import textwrap
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from mtl import io as io_lib
+
+DPI = 100
+PAD = 0.08            # share of the data range added on each side of an axis
+SIGNIFICANT = "#1f4e9c"
+COLUMNS = 3           # small multiples per row
+LEGEND_INCHES = 0.35  # the legend's strip under the axes
+FIGURE_DELTAS = "findings-delta.png"
+FIGURE_CONFLICT = "findings-conflict.png"
+
+
+def to_png(fig, dpi=DPI):
+  """PNG bytes of a Figure (rendered with Agg whatever the global backend)."""
+  if not isinstance(fig.canvas, FigureCanvasAgg):
+    FigureCanvasAgg(fig)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=dpi)
+  return buf.getvalue()
+
+
+def _limits(intervals):
+  """(low, high) holding 0 and every finite estimate and bound, padded."""
+  values = [0.0] + [v for iv in intervals for v in (iv.estimate, iv.low, iv.high)
+                    if math.isfinite(v)]
+  lo, hi = min(values), max(values)
+  span = hi - lo or 1.0
+  return lo - PAD * span, hi + PAD * span
+
+
+def _has_interval(iv):
+  return math.isfinite(iv.low) and math.isfinite(iv.high)
+
+
+def _excludes_zero(iv):
+  return _has_interval(iv) and (iv.low > 0 or iv.high < 0)
+
+
+def _dot(ax, x, y, iv, vertical):
+  """The estimate and its interval bar; filled where the interval excludes 0."""
+  if not math.isfinite(iv.estimate):
+    return
+  if _has_interval(iv):
+    err = [[iv.estimate - iv.low], [iv.high - iv.estimate]]
+    kw = dict(yerr=err) if vertical else dict(xerr=err)
+    ax.errorbar([x], [y], fmt="none", ecolor="0.3", elinewidth=1.2, capsize=3, **kw)
+  filled = _excludes_zero(iv)
+  ax.plot([x], [y], "o", markersize=7, markeredgecolor=SIGNIFICANT,
+          markerfacecolor=SIGNIFICANT if filled else "white", zorder=3)
+
+
+def _legend(fig):
+  """Filled / hollow, under the axes (never over a dot)."""
+  handles = [Line2D([], [], marker="o", ls="", color=SIGNIFICANT, label="95% CI excludes 0"),
+             Line2D([], [], marker="o", ls="", markerfacecolor="white",
+                    markeredgecolor=SIGNIFICANT, label="95% CI holds 0: not enough evidence")]
+  fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+
+
+def _zero_line(ax, vertical):
+  (ax.axvline if vertical else ax.axhline)(0.0, color="0.15", lw=1, zorder=2)
+
+
+def delta_figure(answers, label="PSNR"):
+  """Dot plot of question 2 and 3 answers (findings.Answer): Δ (dB) with 95% intervals."""
+  rows = [(_row_label(a), a.interval) for a in answers]
+  fig = Figure(figsize=(7.5, 1.5 + 0.45 * max(len(rows), 1)))
+  ax = fig.add_subplot()
+  _zero_line(ax, vertical=True)
+  for k, (_, iv) in enumerate(rows):
+    y = len(rows) - 1 - k  # the first answer on top
+    _dot(ax, iv.estimate, y, iv, vertical=False)
+    if not _has_interval(iv) and math.isfinite(iv.estimate):
+      ax.annotate(f"{iv.n} seed{'s' if iv.n != 1 else ''}: no CI", (iv.estimate, y),
+                  xytext=(6, 5), textcoords="offset points", fontsize=8, color="0.3")
+  ax.set_yticks(range(len(rows)), [r for r, _ in reversed(rows)], fontsize=8)
+  ax.set_ylim(-0.7, len(rows) - 0.3)
+  ax.set_xlim(*_limits([iv for _, iv in rows]))
+  ax.set_xlabel(f"paired Δ {label} (dB), mean over seeds with 95% CI")
+  ax.set_title("Does pre-training help? (Δ > 0: the first named does better)", fontsize=10)
+  ax.grid(axis="x", color="0.9")
+  _legend(fig)
+  fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
+  return fig
+
+
+def _row_label(answer):
+  if answer.question == 3:
+    return f"{answer.subject}: from related − from unrelated"
+  col = answer.source
+  source = "joint" if col == "finetune" else col[len("finetune:"):]
+  return f"{answer.subject}: fine-tuned from {source} − scratch"
+
+
+def conflict_figure(answers, note=""):
+  """Small multiples of question 1 answers (findings.Answer with phases): a panel per pair."""
+  n = len(answers)
+  cols = min(COLUMNS, n)
+  rows = math.ceil(n / cols)
+  fig = Figure(figsize=(3.2 * cols + 0.6, 2.6 * rows + 1.2))
+  axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
+  limits = _limits([ph["interval"] for a in answers for ph in a.phases])
+  for k, ax in enumerate(axes.ravel()):
+    if k >= n:
+      ax.set_visible(False)
+      continue
+    a = answers[k]
+    _zero_line(ax, vertical=False)
+    for x, ph in enumerate(a.phases):
+      _dot(ax, x, ph["interval"].estimate, ph["interval"], vertical=True)
+    labels = [ph["label"] + ("\n(headline)" if x == len(a.phases) - 1 and len(a.phases) > 1
+                             else "") for x, ph in enumerate(a.phases)]
+    ax.set_xticks(range(len(a.phases)), labels, fontsize=8)
+    ax.set_xlim(-0.5, len(a.phases) - 0.5)
+    ax.set_ylim(*limits)
+    source = "joint" if a.source == "joint" else a.source
+    ax.set_title(f"{a.subject} ({source})", fontsize=9)
+    ax.grid(axis="y", color="0.9")
+    if k % cols == 0:
+      ax.set_ylabel("corrected cosine")
+  _legend(fig)
+  title = "Noise-corrected cosine per training phase, 95% CI over seeds (< 0: conflict)"
+  fig.suptitle("\n".join([title] + textwrap.wrap(note, 40 + 35 * cols)), fontsize=9)
+  fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
+  return fig
+
+
+def write(findings, figures_dir, label="PSNR"):
+  """Write the findings' figures into figures_dir; returns [(path, title)] of those drawn."""
+  drawn = []
+  deltas = findings.answers[2] + findings.answers[3]
+  if deltas:
+    drawn.append((FIGURE_DELTAS, "paired Δ per task with 95% intervals",
+                  delta_figure(deltas, label)))
+  if findings.answers[1]:
+    drawn.append((FIGURE_CONFLICT, "corrected cosine per training phase",
+                  conflict_figure(findings.answers[1], findings.probe_note)))
+  out = []
+  os.makedirs(figures_dir, exist_ok=True)
+  for name, title, fig in drawn:
+    path = os.path.join(figures_dir, name)
+    data = to_png(fig)
+    io_lib.write_atomic(path, lambda f, data=data: f.write(data))
+    out.append((path, title))
+  return out

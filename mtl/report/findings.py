@@ -1,0 +1,270 @@
+"""The findings page: the three questions mtl exists for, each answered from the study's own
+tables in one sentence per subject, with its 95% interval and a verdict.
+
+  1. Do the tasks conflict on the shared body?
+     Per task pair of each multi-task pre-training (joint, group:<g>): the noise-corrected
+     whole-body cosine per training phase, combined over seeds (scores.conflict_phases); the
+     answer is the headline (last) phase's, the other phases are stated beside it.
+  2. Does pre-train + fine-tune beat a tuned from-scratch run?
+     Per task and fine-tune column (finetune, finetune:<g>): the transfer table's paired
+     Δ PSNR (fine-tune - scratch, paired by seed, each lr chosen on validation) on the task's
+     primary test set.
+  3. Do related tasks help more than unrelated ones?
+     Per task fine-tuned from both groups RELATED and UNRELATED: the paired Δ PSNR of the two
+     fine-tunes (from related - from unrelated), paired by seed (scores.paired). A study without
+     both groups says so and names the study config that measures it.
+
+A verdict is a yes / no only when the 95% interval excludes 0; an interval that spans 0 (or
+that one seed cannot give) is NOT_ENOUGH.
+"""
+import dataclasses
+import math
+
+from mtl import stats
+from mtl.conflicts import summary as conflict_summary
+from mtl.report import tables
+from mtl.report.scores import conflict_phases, paired, primary_test_set, regime_scores
+
+QUESTIONS = ("Do the tasks conflict on the shared body?",
+             "Does pre-train + fine-tune beat a tuned from-scratch run?",
+             "Do related tasks help more than unrelated ones?")
+NOT_ENOUGH = "not enough evidence"
+NOT_MEASURED = "not measured by this study"
+# The groups question 3 compares: a study's `groups` of these names, each fine-tuned
+# (regimes 'groups' and 'finetune'), as experiments/studies/related_vs_unrelated.py sets them.
+RELATED, UNRELATED = "related", "unrelated"
+MEASURED_BY = {1: "experiments/studies/mini.py",   # a joint run that probes conflicts
+               2: "experiments/studies/mini.py",   # scratch and finetune
+               3: "experiments/studies/related_vs_unrelated.py"}
+
+
+@dataclasses.dataclass
+class Answer:
+  """One subject's answer to a question: its interval, verdict and sentence."""
+  question: int          # 1, 2, 3
+  subject: str           # 'a~b' (question 1) or the task
+  source: str            # the column: joint / group:<g> (1), finetune[:<g>] (2), '' (3)
+  interval: stats.Interval
+  verdict: str           # the answer's words; NOT_ENOUGH where the interval holds 0
+  sentence: str
+  phases: list = None    # question 1: every phase's {'label', 'interval', 'verdict', ...}
+
+
+@dataclasses.dataclass
+class Findings:
+  answers: dict          # {question: [Answer]}
+  missing: dict          # {question: the sentence saying why it is not measured}
+  probe_note: str = ""   # question 1: the probes' batch and spacing
+
+  def sentences(self, question):
+    return ([a.sentence for a in self.answers[question]] if self.answers[question]
+            else [self.missing[question]])
+
+
+def _significant(iv):
+  return math.isfinite(iv.low) and math.isfinite(iv.high) and (iv.low > 0 or iv.high < 0)
+
+
+def _why_no_interval(iv, unit="seed"):
+  n = iv.n
+  return f"{n} {unit}{'s' if n != 1 else ''}: no interval" if not math.isfinite(iv.low) else ""
+
+
+# ----------------------------------------------------------------------------- question 1
+
+
+def conflict_verdict(iv):
+  """The answer to question 1 from a corrected-cosine interval."""
+  v = conflict_summary.pair_verdict(iv)
+  if v == conflict_summary.CONFLICT:
+    return "yes: conflict beyond noise"
+  if v == conflict_summary.AGREEMENT:
+    return "no: agreement beyond noise"
+  if v == conflict_summary.NOT_MEASURABLE:
+    return "not measurable" + (f" ({iv.note})" if iv.note else "")
+  return NOT_ENOUGH
+
+
+def _phase_where(ph, count):
+  steps = f"steps {ph['first']}-{ph['last']}"
+  if count == 1:
+    return f"over the whole run ({steps}; too few probes to split into phases)"
+  part = {2: "half", 3: "third"}.get(count, "part")
+  return f"in the {ph['label']} phase (the last {part} of training, {steps})"
+
+
+def _source_words(study, col):
+  if col == "joint":
+    return "joint"
+  group = col[len("group:"):]
+  members = study.config["groups"].get(group, ())
+  return f"group {group}: {', '.join(members)}" if members else col
+
+
+def conflict_answers(study, records):
+  """Question 1 for every (column, pair) of `records` (scores.conflict_records)."""
+  answers = []
+  for (col, pair), entry in conflict_phases(records).items():
+    phases = entry["phases"]
+    head = phases[-1]
+    iv, n = head["interval"], len(entry["seeds"])
+    verdict = conflict_verdict(iv)
+    why = _why_no_interval(iv, "seed")
+    sentence = (f"{pair} ({_source_words(study, col)}, {n} seed{'s' if n != 1 else ''}): "
+                f"corrected cosine {iv.text(3)} {_phase_where(head, len(phases))}"
+                + (f" ({why})" if why else "") + f" — {verdict}")
+    if len(phases) > 1:
+      sentence += "; earlier: " + ", ".join(
+          f"{ph['label']} {ph['interval'].text(3)}" for ph in phases[:-1])
+      changed = {conflict_verdict(ph["interval"]) for ph in phases} - {NOT_ENOUGH}
+      if len(changed) > 1 or (changed and verdict == NOT_ENOUGH):
+        sentence += " (the verdict changes between phases)"
+    answers.append(Answer(1, pair, col, iv, verdict, sentence + ".", phases))
+  return answers
+
+
+def probe_note(study, records):
+  """Which batch the conflict figures used: the probes' spacing and per-task batch."""
+  if not records:
+    return ""
+  from mtl import study as study_lib
+  spec = next(s for s in study.runs if s.name == records[0][2])
+  run = study_lib.run_config(study.config, spec)
+  probes = run.get("conflicts", {})
+  batch = probes.get("batch_size") or run["data"]["batch_size"]
+  every = probes.get("every")
+  return (f"Probes every {'step' if every == 1 else f'{every} steps'} on a batch of {batch} per "
+          "task, split into two independent halves (the noise correction's same-task "
+          "agreement).")
+
+
+# ----------------------------------------------------------------------------- question 2
+
+
+def transfer_verdict(iv, better="yes", worse="no: it does worse"):
+  """The answer to a 'does A beat B' question from the paired interval of A - B."""
+  v = stats.verdict(iv)
+  return better if v == "gain" else worse if v == "loss" else NOT_ENOUGH
+
+
+def _delta_sentence(subject, what, iv, test_set, label, verdict):
+  """'sr_x2 (<what>, Y-PSNR on photos): Δ +0.42 [+0.10, +0.74] dB, p = 0.031, 3 paired
+  seeds — <verdict>.' (the transfer table's numbers: the same paired Interval)"""
+  if math.isfinite(iv.low):
+    numbers = f"{iv.text(2)} dB, {tables.format_p(iv.p)}, {iv.n} paired seeds"
+  else:
+    numbers = f"{iv.text(2)} dB ({_why_no_interval(iv, 'paired seed')})"
+  return f"{subject} ({what}, {label} on {test_set}): Δ {numbers} — {verdict}."
+
+
+def _finetune_words(col):
+  return ("fine-tuned from joint" if col == "finetune"
+          else f"fine-tuned from group {col[len('finetune:'):]}")
+
+
+def finetune_answers(study, transfer):
+  """Question 2 from the transfer table's records (`transfer`: tables.transfer_table)."""
+  label = tables.metric_names(study)[2]
+  answers = []
+  for task in study.tasks:
+    rows = [r for r in transfer.records if r["task"] == task
+            and (r["regime"] == "finetune" or r["regime"].startswith("finetune:"))]
+    test_set = next((s for s in study.test_sets if any(r["test_set"] == s for r in rows)), None)
+    for r in rows:
+      if r["test_set"] != test_set:
+        continue
+      iv = stats.Interval(r["delta"], r["delta_low"], r["delta_high"], tables.LEVEL,
+                          r["n_pairs"], r["p"], "paired t")
+      verdict = transfer_verdict(iv, "yes: the fine-tune does better",
+                                 "no: scratch does better")
+      sentence = _delta_sentence(task, f"{_finetune_words(r['regime'])} − tuned scratch", iv,
+                                 test_set, label, verdict)
+      answers.append(Answer(2, task, r["regime"], iv, verdict, sentence))
+  return answers
+
+
+# ----------------------------------------------------------------------------- question 3
+
+
+def related_answers(study):
+  """Question 3: per task fine-tuned from both RELATED and UNRELATED, from related - from
+  unrelated, paired by seed on the task's primary test set."""
+  label = tables.metric_names(study)[2]
+  answers = []
+  for task in study.tasks:
+    rel = regime_scores(study, f"finetune:{RELATED}", task)
+    unrel = regime_scores(study, f"finetune:{UNRELATED}", task)
+    if rel is None or unrel is None:
+      continue
+    test_set = primary_test_set(study, task, rel)
+    if test_set is None or not unrel.values(test_set, study.metric):
+      continue
+    iv = paired(unrel.by_seed(test_set, study.metric), rel.by_seed(test_set, study.metric))
+    verdict = transfer_verdict(iv, "yes: the related pre-training helps more",
+                               "no: the unrelated pre-training helps more")
+    groups = study.config["groups"]
+    what = (f"fine-tuned from related {'+'.join(groups[RELATED])} − from unrelated "
+            f"{'+'.join(groups[UNRELATED])}")
+    answers.append(Answer(3, task, "", iv, verdict,
+                          _delta_sentence(task, what, iv, test_set, label, verdict)))
+  return answers
+
+
+def _missing(study, question):
+  """Why `question` has no answer here, and which study config measures it."""
+  regimes = study.config["regimes"]
+  if question == 1:
+    why = ("no joint or group run of it recorded conflicts (run.conflicts.every > 0)"
+           if any(r in regimes for r in ("joint", "groups")) else
+           "it has no multi-task pre-training (regime 'joint' or 'groups')")
+  elif question == 2:
+    why = "it needs the regimes 'scratch' and 'finetune' with runs done"
+  else:
+    groups = set(study.config["groups"])
+    why = (f"it needs groups named '{RELATED}' and '{UNRELATED}' sharing a task, each "
+           "fine-tuned (regimes 'groups' and 'finetune'), with runs done" +
+           ("" if {RELATED, UNRELATED} <= groups else
+            f"; its groups: {', '.join(sorted(groups)) or 'none'}"))
+  return f"{NOT_MEASURED}: {why}; {MEASURED_BY[question]} measures it."
+
+
+def build(study, transfer, records):
+  """The Findings of a study from its transfer table and its conflict records
+  (scores.conflict_records)."""
+  answers = {1: conflict_answers(study, records), 2: finetune_answers(study, transfer),
+             3: related_answers(study)}
+  missing = {q: _missing(study, q) for q, a in answers.items() if not a}
+  return Findings(answers, missing, probe_note(study, records))
+
+
+# ----------------------------------------------------------------------------- text
+
+
+def markdown(findings, figures=(), status=""):
+  """The findings section of report.md: each question, a sentence per subject, the figures."""
+  lines = ["## Findings", ""]
+  if status:
+    lines += [status, ""]
+  for q, question in enumerate(QUESTIONS, 1):
+    lines += [f"**{q}. {question}**", ""]
+    lines += [f"- {s}" for s in findings.sentences(q)]
+    lines.append("")
+  probes = findings.probe_note + " " if findings.probe_note else ""
+  lines += ["Intervals: 95%. Question 1: the noise-corrected cosine between the two tasks' "
+            "expected gradients on the shared body, per phase of the probe steps (thirds), "
+            "combined over seeds; the answer is the last phase's (what training settled into). "
+            f"{probes}Questions 2 and 3: paired Δ over seeds (paired t), each regime's "
+            f"learning rate chosen per seed on validation. '{NOT_ENOUGH}': the interval holds 0 "
+            "(or one seed gives none).", ""]
+  for path, title in figures:
+    lines += [f"![{title}]({path})", ""]
+  return "\n".join(lines) + "\n"
+
+
+def terminal_lines(findings):
+  """The three answers for a terminal: a question line each, an indented sentence per subject."""
+  lines = []
+  for q, question in enumerate(QUESTIONS, 1):
+    lines.append(f"{q}. {question}")
+    lines += [f"   {s}" for s in findings.sentences(q)]
+  return lines

@@ -1,0 +1,188 @@
+"""The findings page (mtl.report.findings, mtl.report.figures) on study directories whose
+results and conflict stores are written by the real writers with known values: each answer's
+interval is the tables' own, its verdict follows the interval, and a question the study cannot
+answer says so. The real micro study's findings are checked in test_report.py."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib import image
+
+from mtl import conflicts, stats
+from mtl.report import document, figures, findings, scores, tables
+from mtl import study as study_lib
+from test_conflicts import known_halves
+from test_report import DIFF, SCRATCH, _psnr, synthetic_study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Per phase (thirds of 90 probes), the expected-gradient cosines of (denoise_30~sr_x2,
+# denoise_30~derain, sr_x2~derain): a clear conflict throughout, an agreement that fades to
+# orthogonal after the first third, a steady agreement.
+PHASE_COS = [(-0.3, 0.5, 0.1), (-0.3, 0.0, 0.1), (-0.3, 0.0, 0.1)]
+
+
+def write_conflicts(study):
+  """A conflict store in every joint run, written by the store's writer: 90 probe steps of
+  PHASE_COS, noise drawn per seed."""
+  for spec in study.runs:
+    if spec.regime == "joint":
+      grams = np.concatenate([known_halves(30, cos, noise=4.0, seed=10 * spec.seed + k)
+                              for k, cos in enumerate(PHASE_COS)])
+      conflicts.append(study.run_dir(spec.name), np.arange(0, 900, 10), grams, ["pos_embed"],
+                       list(study.tasks))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  s = synthetic_study(str(tmp_path_factory.mktemp("findings") / "study"))
+  write_conflicts(s)
+  return s
+
+
+@pytest.fixture(scope="module")
+def found(study):
+  return findings.build(study, tables.transfer_table(study), scores.conflict_records(study))
+
+
+def test_conflict_answer_is_the_last_phase_combined_over_seeds(study, found):
+  records = scores.conflict_records(study)
+  assert [(col, seed) for col, seed, _, _ in records] == [("joint", k) for k in range(3)]
+  answers = {a.subject: a for a in found.answers[1]}
+  assert list(answers) == ["denoise_30~sr_x2", "denoise_30~derain", "sr_x2~derain"]
+  for pair, a in answers.items():
+    per_run = [conflicts.phase_verdicts(r)["phases"][-1]["pair"][pair]["corrected_cos"]
+               for *_, r in records]
+    expected = stats.mean_of_runs([stats.Interval(d["estimate"], d["low"], d["high"],
+                                                  d["level"], d["n"]) for d in per_run])
+    assert a.interval[:5] == pytest.approx(expected[:5], rel=1e-12)
+    assert [ph["label"] for ph in a.phases] == ["early", "middle", "late"]
+    assert a.sentence.startswith(f"{pair} (joint, 3 seeds): corrected cosine "
+                                 f"{expected.text(3)} in the late phase (the last third of "
+                                 "training, steps 600-890)")
+  # the headline phase is the conflict table's: one window, one combination over seeds
+  table = {r["pair"]: r for r in tables.conflict_table(study).records}
+  for pair, a in answers.items():
+    assert (table[pair]["corrected_cos_low"], table[pair]["corrected_cos_high"]) == \
+        pytest.approx((a.interval.low, a.interval.high), rel=1e-12)
+
+
+def test_conflict_verdicts_follow_the_interval(found):
+  answers = {a.subject: a for a in found.answers[1]}
+  assert answers["denoise_30~sr_x2"].verdict == "yes: conflict beyond noise"
+  assert answers["sr_x2~derain"].verdict == "no: agreement beyond noise"
+  faded = answers["denoise_30~derain"]
+  assert faded.interval.low < 0 < faded.interval.high       # true cosine 0 in the late phase
+  assert faded.verdict == findings.NOT_ENOUGH
+  assert faded.sentence.endswith(f"— {findings.NOT_ENOUGH}; earlier: early "
+                                 f"{faded.phases[0]['interval'].text(3)}, middle "
+                                 f"{faded.phases[1]['interval'].text(3)} (the verdict changes "
+                                 "between phases).")
+  assert faded.phases[0]["interval"].low > 0                 # the early agreement is seen
+
+
+def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
+  answers = {a.subject: a for a in found.answers[2]}
+  assert list(answers) == list(SCRATCH) and {a.source for a in answers.values()} == {"finetune"}
+  for task, a in answers.items():
+    iv = stats.paired_interval(SCRATCH[task], [_psnr("finetune", task, k) for k in range(3)])
+    assert a.interval[:6] == pytest.approx(iv[:6], rel=1e-12)
+    assert a.sentence == (f"{task} (fine-tuned from joint − tuned scratch, Y-PSNR on photos): "
+                          f"Δ {iv.text(2)} dB, {tables.format_p(iv.p)}, 3 paired seeds — "
+                          f"{a.verdict}.")
+  assert answers["derain"].verdict == "yes: the fine-tune does better"
+  # sr_x2: per-seed differences of both signs, the interval spans 0
+  assert answers["sr_x2"].interval.low < 0 < answers["sr_x2"].interval.high
+  assert answers["sr_x2"].verdict == findings.NOT_ENOUGH
+  assert found.sentences(3) == [
+      "not measured by this study: it needs groups named 'related' and 'unrelated' sharing a "
+      "task, each fine-tuned (regimes 'groups' and 'finetune'), with runs done; its groups: "
+      "none; experiments/studies/related_vs_unrelated.py measures it."]
+
+
+# Per-seed Y-PSNR of sr_x2 fine-tuned from each group, over scratch (SCRATCH['sr_x2']).
+FROM_GROUP = {"related": [0.5, 0.9, 0.6], "unrelated": [0.1, 0.2, 0.15]}
+
+
+def _group_psnr(spec, task):
+  base = SCRATCH.get(task, [25.0] * 3)[spec.seed]
+  return base + FROM_GROUP[spec.column.split(":")[1]][spec.seed] if spec.column.startswith(
+      "finetune:") else base
+
+
+@pytest.fixture(scope="module")
+def groups_study(tmp_path_factory):
+  groups = study_lib.defaults().groups
+  groups.related, groups.unrelated = ("sr_x2", "sr_x3"), ("sr_x2", "denoise_30")
+  return synthetic_study(str(tmp_path_factory.mktemp("groups") / "study"), psnr=_group_psnr,
+                         tasks=("sr_x2",), regimes=("scratch", "groups", "finetune"),
+                         groups=groups)
+
+
+def test_related_vs_unrelated_is_the_paired_delta_of_the_two_finetunes(groups_study):
+  found = findings.build(groups_study, tables.transfer_table(groups_study), [])
+  (a,) = found.answers[3]
+  rel = [SCRATCH["sr_x2"][k] + FROM_GROUP["related"][k] for k in range(3)]
+  unrel = [SCRATCH["sr_x2"][k] + FROM_GROUP["unrelated"][k] for k in range(3)]
+  iv = stats.paired_interval(unrel, rel)
+  assert a.interval[:6] == pytest.approx(iv[:6], rel=1e-12) and iv.low > 0
+  assert a.verdict == "yes: the related pre-training helps more"
+  assert a.sentence == ("sr_x2 (fine-tuned from related sr_x2+sr_x3 − from unrelated "
+                        f"sr_x2+denoise_30, Y-PSNR on photos): Δ {iv.text(2)} dB, "
+                        f"{tables.format_p(iv.p)}, 3 paired seeds — {a.verdict}.")
+  # question 2 for each group's fine-tune; question 1 not measured (no conflict store)
+  assert [x.source for x in found.answers[2]] == ["finetune:related", "finetune:unrelated"]
+  assert found.sentences(1)[0].startswith(f"{findings.NOT_MEASURED}: no joint or group run")
+
+
+def test_one_seed_has_no_interval_and_not_enough_evidence(tmp_path):
+  s = synthetic_study(str(tmp_path / "one"), seeds=(0,))
+  found = findings.build(s, tables.transfer_table(s), [])
+  a = next(a for a in found.answers[2] if a.subject == "derain")
+  assert a.verdict == findings.NOT_ENOUGH   # +1.5 dB, but one seed shows nothing
+  assert a.sentence.endswith(f"Δ {DIFF['finetune', 'derain'][0]:+.2f} dB (1 paired seed: no "
+                             f"interval) — {findings.NOT_ENOUGH}.")
+
+
+def _is_png(path):
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  pixels = image.imread(path)  # decodes the whole file
+  return pixels.ndim == 3 and min(pixels.shape[:2]) > 100
+
+
+def test_figures_are_pngs_with_zero_in_view(study, found, tmp_path):
+  drawn = figures.write(found, str(tmp_path))
+  assert [os.path.basename(p) for p, _ in drawn] == [figures.FIGURE_DELTAS,
+                                                      figures.FIGURE_CONFLICT]
+  assert all(_is_png(p) for p, _ in drawn)
+  fig = figures.conflict_figure(found.answers[1])
+  axes = [ax for ax in fig.axes if ax.get_visible()]
+  assert len(axes) == 3 and len({ax.get_ylim() for ax in axes}) == 1   # one shared scale
+  low, high = axes[0].get_ylim()
+  bounds = [b for a in found.answers[1] for ph in a.phases
+            for b in (ph["interval"].low, ph["interval"].high)]
+  assert low < min(bounds + [0]) and high > max(bounds + [0])         # nothing clipped
+  ax = figures.delta_figure(found.answers[2]).axes[0]
+  assert ax.get_xlim()[0] < 0 < ax.get_xlim()[1]
+
+
+def test_report_opens_with_the_findings_and_links_the_figures(study):
+  out = subprocess.run([sys.executable, "launch/report.py", f"--workdir={study.workdir}"],
+                       cwd=ROOT, text=True, capture_output=True, timeout=600)
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert lines[0] == f"1. {findings.QUESTIONS[0]}"
+  assert lines[1].startswith("   denoise_30~sr_x2 (joint, 3 seeds): corrected cosine ")
+  assert f"2. {findings.QUESTIONS[1]}" in lines and f"3. {findings.QUESTIONS[2]}" in lines
+  assert lines.index(f"3. {findings.QUESTIONS[2]}") < lines.index(
+      "study synthetic: 42/42 runs done")
+  with open(os.path.join(study.workdir, "report.md")) as f:
+    md = f.read()
+  assert md.index("## Findings") < md.index("Runs done") < md.index("## Main table")
+  for q, question in enumerate(findings.QUESTIONS, 1):
+    assert f"**{q}. {question}**" in md
+  for name in (figures.FIGURE_DELTAS, figures.FIGURE_CONFLICT):
+    assert f"](figures/{name})" in md
+    assert _is_png(os.path.join(study.workdir, "figures", name))
