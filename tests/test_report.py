@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mtl import conflicts, report, stats
-from mtl.report import render, scores, tables
+from mtl.report import figures, findings, render, scores, tables
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY
 
@@ -86,7 +86,8 @@ def test_every_table_and_format_is_written(study_runs):
     tex = f.read()
   assert r"\begin{tabular}" in tex and r"denoise\_30" in tex
   assert r"\textbf{" not in tex  # one seed: nothing is significantly best
-  assert logs["report"].stdout.startswith("study micro: 5/5 runs done")
+  assert logs["report"].stdout.startswith(f"1. {findings.QUESTIONS[0]}\n")
+  assert "\nstudy micro: 5/5 runs done\n" in logs["report"].stdout
 
 
 def test_main_table_cells_are_the_runs_results(study_runs):
@@ -183,6 +184,37 @@ def test_report_md_embeds_figures_and_states_the_method(study_runs):
     assert phrase in md
 
 
+def test_report_opens_with_the_three_answers_of_the_micro_study(study_runs):
+  workdir, logs = study_runs
+  with open(os.path.join(workdir, "report.md")) as f:
+    md = f.read()
+  assert md.index("## Findings") < md.index("## Main table")
+  findings_md = md[md.index("## Findings"):md.index("Runs done")]
+  answers = [l[2:] for l in findings_md.splitlines() if l.startswith("- ")]
+  assert len(answers) == 4  # the pair, a sentence per task, related vs unrelated
+  # One seed of 4 probes: the pair's estimate at most, no interval, so no verdict beyond it
+  assert answers[0].startswith("denoise_30~derain (joint, 1 seed): corrected cosine ")
+  steps = conflicts.load(os.path.join(workdir, "runs", JOINT)).steps
+  assert (f"over the whole run (steps {steps[0]}-{steps[-1]}; too few probes to split into "
+          "phases)") in answers[0]
+  assert answers[0].endswith(f"— {findings.NOT_ENOUGH}.") or "not measurable" in answers[0]
+  for task, answer in zip(TASKS, answers[1:3]):
+    scratch = _results(workdir, f"scratch-{task}-lr1e-3-s0")["tasks"][task]["photos"]
+    finetune = _results(workdir, f"finetune-{task}-lr1e-3-s0")["tasks"][task]["photos"]
+    delta = stats.Interval(finetune["psnr_y"] - scratch["psnr_y"], np.nan, np.nan, 0.95, 1)
+    assert answer == (f"{task} (fine-tuned from joint − tuned scratch, Y-PSNR on photos): Δ "
+                      f"{delta.text(2)} dB (1 paired seed: no interval) — "
+                      f"{findings.NOT_ENOUGH}.")
+  assert answers[3].startswith(f"{findings.NOT_MEASURED}: it needs groups named 'related'")
+  assert answers[3].endswith("experiments/studies/related_vs_unrelated.py measures it.")
+  stdout = logs["report"].stdout
+  assert all(f"   {a}" in stdout for a in answers)
+  for name in (figures.FIGURE_DELTAS, figures.FIGURE_CONFLICT):
+    assert f"](figures/{name})" in findings_md
+    with open(os.path.join(workdir, "figures", name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 # ----------------------------------------------------------------------------- synthetic studies
 
 # Per-seed test Y-PSNR of a synthetic study (seeds 0, 1, 2): scratch, and each regime as scratch
@@ -207,10 +239,10 @@ def _psnr(regime, task, seed):
   return base if regime == "scratch" else base + DIFF[regime, task][seed]
 
 
-def synthetic_study(workdir, metric="psnr_y", **fields):
+def synthetic_study(workdir, metric="psnr_y", psnr=None, **fields):
   """A study directory whose runs are written by hand (no training): run_config.json,
-  results.json and DONE per run, results from SCRATCH and DIFF (the lr grid's second lr is
-  1 dB worse on validation, so the first is chosen)."""
+  results.json and DONE per run, results from SCRATCH and DIFF, or psnr(spec, task) (the lr
+  grid's second lr is 1 dB worse on validation, so the first is chosen)."""
   from experiments import base
   study = study_lib.defaults()
   study.name, study.metric = "synthetic", metric
@@ -227,10 +259,11 @@ def synthetic_study(workdir, metric="psnr_y", **fields):
     s.write_run_config(spec)
     tasks = {}
     for t in spec.tasks:
-      v = _psnr(spec.regime, t, spec.seed)
+      v = _psnr(spec.regime, t, spec.seed) if psnr is None else psnr(spec, t)
+      x = INPUT.get(t, 20.0)  # a task only a group trains: any input score
       entry = lambda v: {"psnr_y": v, "ssim_y": v / 100, "psnr_rgb": v - 2, "ssim_rgb": v / 200,
-                         "input_psnr_y": INPUT[t], "input_ssim_y": INPUT[t] / 100,
-                         "input_psnr_rgb": INPUT[t] - 2, "input_ssim_rgb": INPUT[t] / 200}
+                         "input_psnr_y": x, "input_ssim_y": x / 100,
+                         "input_psnr_rgb": x - 2, "input_ssim_rgb": x / 200}
       worse = 0.0 if spec.lr == 1e-3 else 1.0
       tasks[t] = {"photos": entry(v - 5 * worse), "photos_val": entry(v - worse)}
     for filename, obj in (("results.json", {"step": 4, "tasks": tasks}), ("DONE", {})):
@@ -350,7 +383,8 @@ def test_warning_when_no_trained_regime_beats_the_input(synthetic):
   assert out.returncode == 0 and out.stdout.count("WARNING: sr_x2 on photos") == 1
   # a short summary, not the report: runs, the warning, a line per task, where the files are
   lines = out.stdout.splitlines()
-  assert lines[0] == "study synthetic: 42/42 runs done" and len(lines) == 6
+  lines = lines[lines.index("study synthetic: 42/42 runs done"):]  # after the three answers
+  assert len(lines) == 6
   assert lines[3] == ("  sr_x2 on photos, Y-PSNR: scratch 33.03, joint 32.03 (loss vs scratch), "
                       "finetune 33.10 (no detectable difference vs scratch)")
   assert lines[-1].startswith(f"wrote {path}, ") and "(main, transfer, conflicts" in lines[-1]
