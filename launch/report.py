@@ -3,9 +3,17 @@
   python launch/report.py --workdir=/tmp/mtl/mini
 
 Writes WORKDIR/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex},
-WORKDIR/figures/loss-<task>.png and WORKDIR/report.md (which lists the runs still missing),
-and prints a short summary: runs done, warnings, per task each regime's score and verdict
-vs scratch, per task pair the conflict verdict, and where the files are.
+WORKDIR/figures/{loss-<task>,findings-delta,findings-conflict}.png and WORKDIR/report.md.
+report.md opens with the findings: the three questions mtl exists for, each answered from the
+study's own tables, a sentence per task pair or task with its 95% interval and verdict ('not
+enough evidence' where the interval holds 0; 'not measured by this study' and the study config
+that measures it where the study lacks the runs):
+  1. Do the tasks conflict on the shared body? (corrected cosine per training phase)
+  2. Does pre-train + fine-tune beat a tuned from-scratch run? (paired Δ PSNR per task)
+  3. Do related tasks help more than unrelated ones? (paired Δ of the two fine-tunes)
+then lists the runs still missing, the tables, the method and the figures. The terminal
+summary starts with the same three answers, then runs done, warnings, per task each regime's
+score and verdict vs scratch, and where the files are.
 """
 import sys
 
