@@ -7,7 +7,9 @@
 Checkpoint mode: restores the parameters of the latest checkpoint under --checkpoint (a run's
 workdir or its checkpoints/ folder), measures the per-task gradient Gramians on --num_batches
 fresh batches (no training), writes them as a conflict store into --out (default
-<checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread.
+<checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread and the
+summary over all batches (one phase: a saved model has no training phases); when too few batches
+leave the noise floor 'not measurable', it says how many to measure.
 
 Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optional),
 redraws the figures into <workdir>/conflicts/ (file names: see mtl/plots.py), writes the
@@ -25,6 +27,7 @@ makes that the whole run. Stores without halves (format version 1) say that the 
 was not measured. Bad input: one line on stderr, exit status 1, nothing written.
 """
 import os
+import re
 import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `mtl` without installing)
@@ -82,6 +85,9 @@ def affinity_text(workdir):
                                            groups=range(2, min(len(tasks), 4)))
 
 
+FEW_BATCHES = 32  # checkpoint mode: fewer fresh batches than this get a hint to measure more
+
+
 def measure(checkpoint, config, num_batches, out=None):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
@@ -100,7 +106,16 @@ def measure(checkpoint, config, num_batches, out=None):
   lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh batches"]
   for k, pair in enumerate(conflicts.pair_names(tasks)):
     lines.append(f"  {pair:<28} mean {np.mean(cos[:, k]):+.4f}  std {np.std(cos[:, k]):.4f}")
-  return "\n".join(lines) + "\n" + analyze(out)
+  # One model, no training phases; its probes are batches (numbered from measure's first_step,
+  # past any training step), so the text names them by the checkpoint's step instead.
+  text = re.sub(rf"steps {int(steps[0])}-{int(steps[-1])} \({len(steps)}( probes)?\)",
+                f"checkpoint step {ckpt_step}, {len(steps)} fresh batches", analyze(out, phases=1))
+  if conflicts.NOT_MEASURABLE in text or num_batches < FEW_BATCHES:
+    # Batch-means intervals rest on ~sqrt(n) batches of probes: a few batches leave them wide.
+    text += (f"\n{num_batches} fresh batches are few for the noise floor: its intervals are wide, "
+             f"missing or {conflicts.NOT_MEASURABLE!r}; measure more, e.g. "
+             f"--num_batches={max(4 * num_batches, FEW_BATCHES)}")
+  return "\n".join(lines) + "\n" + text
 
 
 def main(argv):

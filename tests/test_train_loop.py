@@ -269,6 +269,12 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "checkpoint step 4: whole-body cosine over 3 fresh batches" in result.stdout
+  # The probes are named by the checkpoint, not by the batch seeds (10000000 ...), and few
+  # batches come with how many to measure.
+  assert "whole body, checkpoint step 4, 3 fresh batches" in result.stdout
+  assert "10000000" not in result.stdout
+  assert "3 fresh batches are few for the noise floor" in result.stdout
+  assert "--num_batches=32" in result.stdout
   record = conflicts.load(str(out))
   assert record.gramians.shape[:1] == (3,) and record.gramians.shape[2:] == (2, 2)
   assert os.path.exists(out / "conflicts" / "cos_matrix.png")
