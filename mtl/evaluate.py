@@ -405,9 +405,10 @@ def _side_by_side(*images):
 def format_table(results):
   names = list(results.get("variants", {}))
   extra = "".join(f" {'PSNR ' + VARIANT_LABELS.get(n, n):>11}" for n in names)
+  legend = (["x8 = self-ensemble"] if "self_ensemble" in names else []) + (
+      [f"EMA = EMA parameters (decay {results['ema_decay']:g})"] if "ema" in names else [])
   lines = [f"step {results['step']}: Y-channel PSNR (dB) / SSIM; input = the degraded input"
-           + (f"; x8 = self-ensemble, EMA = EMA parameters (decay {results['ema_decay']:g})"
-              if names and "ema_decay" in results else "; x8 = self-ensemble" if names else ""),
+           + "".join(f"; {part}" for part in legend),
            f"{'task':<12} {'test set':<12} {'input PSNR':>10} {'PSNR':>8} {'gain':>7} {'SSIM':>7}"
            + extra]
   for task, sets in results["tasks"].items():

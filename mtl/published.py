@@ -50,6 +50,7 @@ def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False):
     config.eval.sets = ",".join(entries)
     config.eval.max_images = max_images
     config.eval.save_images = save_images
+    config.eval.tiling = "ipt"  # the tables come from the official test's tiling (forward_chop)
     one = ipt.IPT(model.cfg, tasks.get_all([spec.name]))  # evaluate this task only
     task_params = {"body": params["body"], **{group: {spec.name: params[group][spec.name]}
                                               for group in ("heads", "queries", "tails")}}
