@@ -7,7 +7,8 @@ Config files take `:key=value,...` (`experiments/tiny.py:tasks=sr_x2+derain`); l
 take `a,b` as overrides (`--config.tasks=sr_x2,derain`, `--config.degrade.rain.length=8,24`).
 Re-running the same command resumes from the workdir's latest checkpoint; re-running a
 finished run says so and exits 0. --dry_run prints the resolved config, parameters per group,
-the mesh and the workdir's files, and exits without writing anything.
+the mesh and the workdir's files, and exits without writing anything; --help_config lists every
+config field with its value and what it means (experiments/base.py documents them).
 
 Output goes to the terminal and is appended to <workdir>/train.log. Exit status: 0 finished
 (or already finished), 1 bad input, a refused workdir or a failed run (one `error:` line),
@@ -28,10 +29,12 @@ config_flags.DEFINE_config_file("config", None, "Config file (experiments/*.py[:
 flags.DEFINE_string("workdir", None, "Directory of the run (checkpoints, events, results).")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config, parameter counts, mesh and the "
                   "workdir's files, then exit without writing anything.")
+flags.DEFINE_bool("help_config", False, "Print every config field with its value in --config "
+                  "(and the overrides) and what it means, then exit.")
 flags.DEFINE_string("compile_cache", "", "Persistent XLA compilation cache: a resume, rerun or "
                     "study run with the same steps loads them instead of compiling. '' -> "
                     "$JAX_COMPILATION_CACHE_DIR or ~/.cache/mtl/jax_cache; 'off' -> none.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])  # and --workdir, except for --help_config
 distributed.define_flags()
 
 PREEMPTED_EXIT, INTERRUPTED_EXIT = 75, 130
@@ -91,6 +94,20 @@ def parse_flags(argv):
     _fail(f"{error}".splitlines()[0] if str(error) else type(error).__name__)
 
 
+def describe_fields(config):
+  """Every field of `config`: `name = value  meaning` (experiments/base.py's FIELD_HELP)."""
+  from experiments import base
+  from mtl import io
+  fields = io.flatten(config.to_dict())
+  width = max(len(f"{k} = {v!r}") for k, v in fields.items())
+  def meaning(key):  # a field the config added (an aggregator's argument): its group's line
+    while key and key not in base.FIELD_HELP:
+      key = key.rpartition(".")[0]
+    return base.FIELD_HELP.get(key, "")
+  return "\n".join(f"{f'{k} = {v!r}':<{min(width, 48)}}  {meaning(k)}".rstrip()
+                   for k, v in sorted(fields.items()))
+
+
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # orbax and jax are chatty at INFO
@@ -101,6 +118,11 @@ def main(argv):
   distributed.initialize()
   try:
     config = run_config.normalize(flags.FLAGS.config)
+    if flags.FLAGS.help_config:
+      print(describe_fields(config))
+      return
+    if not flags.FLAGS.workdir:
+      _fail("flag --workdir must have a value (the run's directory)")
     if flags.FLAGS.dry_run:
       print(run_state.prepare(config, flags.FLAGS.workdir).describe())
       return

@@ -106,3 +106,17 @@ def test_every_launcher_s_help_exits_zero(flag):
   bad = subprocess.run([sys.executable, "launch/score.py", "--no_such_flag"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 1 and "no_such_flag" in bad.stderr
+
+
+def test_help_config_lists_every_field_with_its_value_and_meaning():
+  from mtl import io
+  fields = io.flatten(base.get_config().to_dict())
+  undocumented = sorted(set(fields) - set(base.FIELD_HELP))
+  assert not undocumented, f"experiments/base.py FIELD_HELP lacks {undocumented}"
+  proc = _launch("--config=experiments/tiny.py", "--config.optim.lr=0.01", "--help_config")
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  assert len(lines) == len(fields)
+  lr = next(l for l in lines if l.startswith("optim.lr = "))
+  assert lr.split() == ["optim.lr", "=", "0.01", "peak", "learning", "rate", "(Adam)"]
+  assert all(len(l.split("  ")) > 1 and l.split("  ")[-1].strip() for l in lines), lines
