@@ -11,7 +11,7 @@ import pytest
 from matplotlib import image
 
 from mtl import conflicts, stats
-from mtl.report import document, figures, findings, scores, tables
+from mtl.report import figures, findings, scores, tables
 from mtl import study as study_lib
 from test_conflicts import known_halves
 from test_report import DIFF, SCRATCH, _psnr, synthetic_study
