@@ -392,8 +392,19 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
                             for k, v in e.items() if k != "num_images"})
     name = "results.json" if final else f"results-{step:09d}.json"
     io.write_json(os.path.join(workdir, name), results)
-    print(format_table(results), flush=True)
+    print(format_table(results) + "\n" + describe_sets(testsets, config), flush=True)
   return results
+
+
+def describe_sets(testsets, config):
+  """What the table covers: images per set and the crop (a table of crops is not the paper's)."""
+  sets = ", ".join(f"{t.name} {len(t.items)} image{'s' if len(t.items) != 1 else ''}"
+                   + (" (photographs' test split)" if t.name == "photos" else "")
+                   for t in testsets)
+  crop = (f"centre-cropped to at most {config.eval.max_side} px (eval.max_side)"
+          if config.eval.max_side else "whole images")
+  first = f"; the first {config.eval.max_images} per set" if config.eval.max_images else ""
+  return f"covers: {sets}; {crop}{first}"
 
 
 def _side_by_side(*images):

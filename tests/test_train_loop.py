@@ -80,6 +80,9 @@ def test_the_run_ends_with_its_conflict_verdicts_and_where_to_read_more(straight
   start = lines.index("task conflict: noise-corrected whole-body gradient cosine [95% interval], "
                       "steps 0-3 (4 probes):")
   assert any("Y-channel PSNR" in line for line in lines[:start])  # after the PSNR table
+  # The table says what it covers: one photograph (eval.max_images=1), a 48 px centre crop.
+  assert ("covers: photos 1 image (photographs' test split); centre-cropped to at most 48 px "
+          "(eval.max_side); the first 1 per set") in lines[:start]
   iv = conflicts.load(workdir).corrected_cosine_intervals()[0]
   verdict = conflicts.pair_verdict(iv)
   estimate = "   nan" if np.isnan(iv.estimate) else f"{iv.estimate:+.3f}"
