@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from mtl import conflicts, stats
+from mtl.conflicts import summary as conflict_summary
 
 
 @dataclasses.dataclass
@@ -153,7 +154,6 @@ def conflict_phases(records, level=0.95):
   seed's run), 'interval': stats.Interval, 'verdict'}] in training order, 'seeds': [seed],
   'runs': [run name]}}.
   """
-  from mtl.conflicts import summary as conflict_summary
   by_column = {}
   for col, seed, name, record in records:
     by_column.setdefault(col, []).append((seed, name, record))
