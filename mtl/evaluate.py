@@ -244,11 +244,8 @@ def local_params(params, mesh):
   # Spread over several processes: all-gather on the run's mesh, then take the local copies.
   gathered = jax.jit(lambda p: p, out_shardings=jax.tree_util.tree_map(
       lambda x: NamedSharding(x.sharding.mesh, P()), params))(params)
-  def local(x):
-    shards = {s.device: s.data for s in x.addressable_shards}
-    return jax.make_array_from_single_device_arrays(
-        x.shape, replicated, [shards[d] for d in mesh.devices.flat])
-  return jax.tree_util.tree_map(local, gathered)
+  return jax.tree_util.tree_map(lambda x: jax.device_put(x.addressable_data(0), replicated),
+                                gathered)
 
 
 @functools.lru_cache(maxsize=None)
