@@ -69,7 +69,7 @@ def measure(checkpoint, config, num_batches, out=None):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
   from mtl import conflicts
-  from mtl.conflicts import measure as conflicts_measure
+  from mtl import measure as conflicts_measure
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
   steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(config, checkpoint, num_batches)

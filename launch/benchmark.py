@@ -38,7 +38,7 @@ SIX_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 SECTIONS = ("train", "pipeline", "probe", "devices", "profile", "aggregators")
 
 flags.DEFINE_list("sections", ["train", "pipeline", "probe", "devices"], "What to measure.")
-flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (experiments/base.py SIZES).")
+flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (mtl.models.ipt.SIZES).")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported).")
 flags.DEFINE_integer("batch_size", 8, "Images per task per step.")
 flags.DEFINE_integer("devices", 8, "Fake CPU devices for the devices section.")
@@ -57,8 +57,8 @@ FLAGS = flags.FLAGS
 
 
 def _config(size, tasks, devices=1):
-  from experiments import base
-  config = base.get_config(size)
+  from mtl import run_defaults
+  config = run_defaults.get_config(size)
   config.tasks = tasks
   config.data.batch_size = FLAGS.batch_size
   config.mesh.data = devices
@@ -77,9 +77,9 @@ _IMAGES = []
 
 def _images():
   if not _IMAGES:
-    from experiments import base
+    from mtl import run_defaults
     from mtl.data import sources
-    _IMAGES.append(sources.open_images(base.get_config().data, "train"))
+    _IMAGES.append(sources.open_images(run_defaults.get_config().data, "train"))
   return _IMAGES[0]
 
 

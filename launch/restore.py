@@ -21,9 +21,9 @@ flags.mark_flags_as_required(["workdir", "task", "input", "output"])
 
 @cli.absl_main
 def main():
-  from mtl import restore
+  from mtl import restoration
   f = flags.FLAGS
-  written, skipped = restore.restore_folder(f.workdir, f.task, f.input, f.output, f.step)
+  written, skipped = restoration.restore_folder(f.workdir, f.task, f.input, f.output, f.step)
   print(f"wrote {len(written)} image(s) to {f.output}"
         + (f"; skipped {len(skipped)} unreadable" if skipped else ""), flush=True)
 

@@ -1,4 +1,4 @@
-"""Checkpoints (orbax CheckpointManager, async, keep-N) and the run's saved config.
+"""Checkpoints (orbax CheckpointManager, async, keep-N).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a killed
 run never leaves a half-written checkpoint that resume would pick up.
@@ -8,12 +8,6 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
-from mtl import io
-
-CONFIG_FILE = "config.json"
-# Fields that may change between a run and its resumption: they do not change what is learned.
-RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
-                    "keep_checkpoints", "eval", "mesh")
 
 
 def manager(workdir, keep=3, async_save=True):
@@ -76,31 +70,3 @@ def latest_saved_step(workdir):
     return None
   return max((int(d) for d in os.listdir(folder) if d.isdigit()), default=None)
 
-
-def check_config(workdir, config_dict):
-  """Refuse (one line) a config that differs from the workdir's saved one, unless the run there
-  never saved a step (then it may be replaced: returns True). No saved config: False."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return False
-  saved = io.read_json(path)
-  if latest_saved_step(workdir) is None:
-    return bool(io.differences(saved, config_dict))
-  added = io.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
-                            "a run with a different config",
-                            "use a new --workdir or the same config to resume")
-  if added:
-    print(f"{path} predates the config fields {io.field_list(added)}: resuming with their current "
-          "values", flush=True)
-  return False
-
-
-def check_or_write_config(workdir, config_dict):
-  """First start: save the config. Restart: refuse a different config (one clear line); a run
-  that never saved a step takes the new config (its old one is replaced, and said so)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  replace = check_config(workdir, config_dict)
-  if replace:
-    print(f"{path}: replacing the config of a run that never saved a step", flush=True)
-  if replace or not os.path.exists(path):
-    io.write_json(path, config_dict)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl import degradations, events, io, metrics, tasks
+from mtl import degradations, events, files, metrics, run_folder, tasks
 
 
 PHOTO_SETS = {"photos": "test", "photos_val": "validation"}  # eval set -> photos split
@@ -200,8 +200,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
     if writer is not None:
       writer.scalars(step, {f"eval/{t}/{s}/{k}": v for t, sets in results["tasks"].items()
                             for s, e in sets.items() for k, v in e.items() if k != "num_images"})
-    name = "results.json" if final else f"results-{step:09d}.json"
-    io.write_json(os.path.join(workdir, name), results)
+    files.write_json(os.path.join(workdir, run_folder.results_name(step, final)), results)
     print(format_table(results), flush=True)
   return results
 

@@ -38,10 +38,10 @@ def encode_png(image):
 
 def write_png(path, image):
   """An image as a PNG file, written atomically (parent folders created)."""
-  from mtl import io as io_lib
+  from mtl import files
   data = encode_png(image)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  io_lib.write_atomic(path, lambda f: f.write(data))
+  files.write_atomic(path, lambda f: f.write(data))
 
 
 def png_info(data):

@@ -39,7 +39,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mtl import conflicts
-from mtl import io as io_lib
+from mtl import files
 from mtl.models import ipt
 
 MAX_ROWS = 128
@@ -69,7 +69,7 @@ def to_png(fig, dpi=DPI):
 def save_png(fig, path, dpi=DPI):
   """Write a Figure as PNG atomically; returns the path."""
   data = to_png(fig, dpi)
-  io_lib.write_atomic(path, lambda f: f.write(data))
+  files.write_atomic(path, lambda f: f.write(data))
   return path
 
 
@@ -408,7 +408,7 @@ def _write(out_dir, drawn):
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, name) for name, _ in drawn]
   for path, (_, data) in zip(paths, drawn):
-    io_lib.write_atomic(path, lambda f, data=data: f.write(data))
+    files.write_atomic(path, lambda f, data=data: f.write(data))
   return paths
 
 

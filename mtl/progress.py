@@ -17,7 +17,7 @@ import time
 import numpy as np
 from absl import logging
 
-from mtl import io
+from mtl import files
 
 
 class Progress:
@@ -60,7 +60,7 @@ class Progress:
       return None
     self._last_logged = step
     parts = [f"step {step}/{self.total_steps} ({100 * step / max(1, self.total_steps):.1f}%)",
-             f"{self.rate():.3g} steps/s", f"ETA {io.format_duration(self.eta())}"]
+             f"{self.rate():.3g} steps/s", f"ETA {files.format_duration(self.eta())}"]
     parts += [f"{k} {v:.4g}" if isinstance(v, (int, float, np.floating, np.integer))
               else f"{k} {v}" for k, v in (metrics or {}).items()]
     line = " | ".join(parts)
@@ -139,14 +139,11 @@ class Tee:
       self._file.close()
 
 
-def attach_log(workdir):
-  """Start appending this attempt's output to <workdir>/train.log (if a Tee is installed and
+def attach_log(path):
+  """Start appending this attempt's output to `path`, the run's log (if a Tee is installed and
   $MTL_TRAIN_LOG is not 0: a parent that writes the log itself, like the study runner, sets it)."""
   if Tee.current is not None and os.environ.get("MTL_TRAIN_LOG", "1") != "0":
-    Tee.current.attach(os.path.join(workdir, "train.log"))
-
-
-METRICS_FILE = "metrics.jsonl"
+    Tee.current.attach(path)
 
 
 def hparams_of(config):
@@ -176,7 +173,7 @@ class MetricsLog:
               kept.append(line if line.endswith("\n") else line + "\n")
           except (ValueError, KeyError, TypeError):
             pass
-      io.write_atomic(path, lambda f: f.write("".join(kept).encode()))
+      files.write_atomic(path, lambda f: f.write("".join(kept).encode()))
     self._file = open(path, "a")
 
   def write(self, record):
@@ -189,8 +186,3 @@ class MetricsLog:
       self._file.close()
       self._file = None
 
-
-def read_metrics(workdir):
-  """The records of <workdir>/metrics.jsonl, in order."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]

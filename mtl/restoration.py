@@ -5,7 +5,6 @@ scores for that input. Scoring uses `mtl.metrics` (BasicSR conventions).
 """
 import csv
 import functools
-import json
 import os
 import sys
 
@@ -16,30 +15,12 @@ from mtl import metrics
 # jax, orbax and the model are imported where restoring needs them: scoring starts in ~2 s without.
 
 
-def _tuples(value):
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def load_config(workdir):
-  """The ConfigDict a run saved in <workdir>/config.json."""
-  import ml_collections
-  from mtl import checkpoints
-  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir} holds no {checkpoints.CONFIG_FILE}; point --workdir to a "
-                            "training run or an imported IPT workdir")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
-
-
 def load_model(workdir, step=None):
   """(config, model, params on one device, step) of a workdir's checkpoint (latest by default)."""
   import jax
-  from mtl import checkpoints, tasks
+  from mtl import checkpoints, run_folder, tasks
   from mtl.models import ipt
-  config = load_config(workdir)
+  config = run_folder.read_config(workdir)
   model = ipt.IPT(ipt.ModelConfig.from_config(config.model, config.precision),
                   tasks.get_all(config.tasks))
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -7,13 +7,11 @@ import os
 
 from absl import logging
 
-from mtl import aggregators, checkpoints, io, optim, tasks
+from mtl import aggregators, optim, run_folder, tasks
 from mtl.data import pipeline
 from mtl.models import ipt
 
 RUN_REGIMES = ("scratch", "joint", "finetune")
-
-
 
 
 def normalize(config):
@@ -100,7 +98,7 @@ def validate(config):
   if streaks and not os.path.isdir(streaks):
     raise FileNotFoundError(f"degrade.rain.streak_dir={streaks} is not a folder")
   if config.regime == "finetune":
-    source_run(config.init_from)
+    run_folder.source_run(config.init_from)
   if _probes_pairs(config) and config.data.batch_size % 2:
     raise ValueError(f"data.batch_size={config.data.batch_size} is odd; conflict probes split "
                      "each task's sub-batch into two equal halves (the noise floor): use an even "
@@ -113,17 +111,6 @@ def _probes_pairs(config):
   probes = (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
             and config.schedule != "one")
   return probes or aggregators.aggregating(config.get("mtl"))
-
-
-def source_run(init_from):
-  """The config dict of the run `init_from` names; ValueError unless it is a run with a checkpoint."""
-  path = os.path.join(init_from, checkpoints.CONFIG_FILE)
-  if not os.path.isdir(init_from):
-    raise FileNotFoundError(f"init_from={init_from} is not a folder; point it to a run's workdir")
-  if not os.path.exists(path) or checkpoints.latest_saved_step(init_from) is None:
-    raise ValueError(f"init_from={init_from} is not a run with a checkpoint (no "
-                     f"{checkpoints.CONFIG_FILE} or no saved step); point it to a run's workdir")
-  return io.read_json(path)
 
 
 def probing_enabled(config):

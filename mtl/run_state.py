@@ -9,14 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl import aggregators, checkpoints, io, optim, sharding, tasks
+from mtl import aggregators, checkpoints, files, optim, run_defaults, run_folder, sharding, tasks
 from mtl.models import ipt
-from mtl.run_config import probing_enabled, source_run, validate
+from mtl.run_config import probing_enabled, validate
 from mtl.step import TrainState
 
 LOSS_UNITS = "loss: L1 on the [0, 255] scale, per task (total = their sum); /255 for BasicSR's [0, 1]"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
 
 
 # ----------------------------------------------------------------------------- state
@@ -72,7 +70,7 @@ def finetune_params(run, init_from):
   """(state, description) for a fine-tune: the body (and the target's head, tail and query when
   the source trained the target task) from a run: a joint run, or a scratch run of one task."""
   init_from = os.path.abspath(init_from)
-  source_cfg = source_run(init_from)
+  source_cfg = run_folder.source_run(init_from)
   target = run.model.task_names[0]
   source_model = ipt.IPT(ipt.ModelConfig.from_config(source_cfg["model"], run.config.precision),
                          tasks.get_all(source_cfg["tasks"]))
@@ -94,8 +92,7 @@ def finetune_params(run, init_from):
   else:
     kept = f"body only ({target} was not trained there: its head and tail start fresh)"
   params = jax.device_put(params, run.state_shardings.params)
-  state = fresh.replace(params=params, opt_state=jax.jit(
-      run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params))
+  state = run_folder.state_from_params(run, params, like=fresh)
   return state, f"fine-tuned from {init_from} ({kind}, step {step}): {kept}"
 
 
@@ -121,9 +118,7 @@ class Setup:
   probe_every: int
 
   def artifacts(self):
-    names = ["config.json", LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
-             "compute.json", "results.json", "train.lock"]
-    return {n: os.path.join(self.workdir, n) for n in names}
+    return {n: os.path.join(self.workdir, n) for n in run_folder.ARTIFACTS}
 
   def start_kind(self):
     if self.latest_step is not None:
@@ -149,7 +144,7 @@ class Setup:
     """The dry run's text: resolved config, parameters per group, mesh, artifact paths."""
     counts = count_params(self.run.model)
     lines = ["config:"] + [f"  {k} = {v!r}" for k, v in sorted(
-        io.flatten(self.run.config.to_dict()).items())] + ["",
+        files.flatten(self.run.config.to_dict()).items())] + ["",
              "parameters: " + ", ".join(f"{g} {counts[g]:,}" for g in
                                         ("heads", "body", "queries", "tails", "total")),
              "mesh: " + ", ".join(f"{k}={v}" for k, v in self.run.mesh.shape.items())
@@ -182,13 +177,44 @@ def prepare(config, workdir):
   """
   run = build(config)
   workdir = check_workdir(workdir)
-  checkpoints.check_config(workdir, config.to_dict())
+  run_folder.check_config(workdir, config.to_dict())
   latest = checkpoints.latest_saved_step(workdir)
   finished = None
-  results_path = os.path.join(workdir, "results.json")
-  if latest == config.total_steps and os.path.exists(results_path):
-    saved = io.read_json(results_path)
+  saved = run_folder.read_results(workdir) if latest == config.total_steps else None
+  if saved is not None:
     if saved.get("step") == config.total_steps:
       finished = saved
   probe_every = config.conflicts.every if probing_enabled(config) else 0
   return Setup(run, workdir, latest, finished, probe_every)
+
+
+def write_workdir(params, cfg, task_names, workdir, source=""):
+  """An mtl workdir (config.json + orbax checkpoint at step 0) holding `params`, as train.py writes.
+
+  The config is mtl.run_defaults' with the imported model, tasks and regime 'joint' (so
+  fine-tunes can init_from it and analysis can load it); the optimizer state is fresh.
+  """
+  if os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE)):
+    raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
+  config = run_defaults.get_config("tiny")
+  config.tasks = tuple(task_names)
+  for field in ipt.SIZES["paper"]:
+    config.model[field] = getattr(cfg, field)
+  config.regime, config.schedule = "joint", "one"  # IPT trained one task per batch
+  config.total_steps = 1
+  config.conflicts.every = 0
+  config.mesh.data = 1
+  config.data.batch_size = 1
+  run = build(config)
+  os.makedirs(workdir, exist_ok=True)
+  run_folder.check_or_write_config(workdir, config.to_dict())
+  with jax.set_mesh(run.mesh):
+    params = jax.device_put(params, run.state_shardings.params)
+    state = run_folder.state_from_params(run, params)
+    mngr = checkpoints.manager(workdir, keep=1, async_save=False)
+    checkpoints.save(mngr, 0, state, force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+  files.write_json(os.path.join(workdir, run_folder.IMPORT_RECORD), {
+      "source": os.path.abspath(source) if source else "", "tasks": list(task_names)})
+  return config

@@ -5,7 +5,7 @@ The batch holds clean uint8 HR crops per task; degradations run inside the step,
 
 Per-task gradients on the shared body come out of the ordinary backward pass: on probe steps
 each task's sub-batch is split into two equal halves a and b (the noise floor of
-mtl.conflicts.gramians) and each half is given its own (identical) reference to the body
+mtl.gramians) and each half is given its own (identical) reference to the body
 parameters, so the gradient with respect to those 2T references is the list of per-half
 gradients, in the order [t0a, t0b, t1a, t1b, ...]; their sum is the update's body gradient.
 (A `jax.vmap` over broadcast copies computes the same, but XLA's CPU backend runs its batched
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl import aggregators, conflicts, degradations, losses
+from mtl import aggregators, degradations, gramians, losses
 from mtl.tasks import task_id
 
 
@@ -155,7 +155,7 @@ def _step(state, batch, model, config, optimizer, names, split):
     g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (2T, ...) per leaf
     # A half's reference carries half of its own loss's gradient (per-task loss = mean of the
     # halves): the Gramian of the halves' own gradients is 2^2 times that of the references.
-    grams = 4.0 * conflicts.leaf_gramians(g_body)
+    grams = 4.0 * gramians.leaf_gramians(g_body)
     if aggregate:  # the task gradients, g_t = the sum of its two references' gradients
       per_task_grads = jax.tree_util.tree_map(
           lambda g: g.reshape((len(names), 2) + g.shape[1:]).sum(1), g_body)
@@ -210,7 +210,7 @@ def naive_probe_step(state, batch, model, config, optimizer, names):
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
   jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
                                                  [body] * len(names), inputs, targets))
-  return state_out, metrics, conflicts.leaf_gramians(jacobian(state.params["body"]))
+  return state_out, metrics, gramians.leaf_gramians(jacobian(state.params["body"]))
 
 
 STEPS = {False: train_step, True: probe_step, "jacrev": naive_probe_step}

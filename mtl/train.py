@@ -13,10 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl import checkpoints, conflicts, io, sharding
+from mtl import checkpoints, conflicts, files, run_folder, sharding
 from mtl.data import pipeline
 from mtl.models import ipt
-from mtl.progress import METRICS_FILE, MetricsLog, hparams_of
+from mtl.progress import MetricsLog, hparams_of
 from mtl.run_config import normalize
 from mtl.run_state import finetune_params, prepare
 from mtl.step import make_step
@@ -90,7 +90,7 @@ def train_and_evaluate(config, workdir):
   setup = prepare(config, workdir)
   workdir = setup.workdir
   if setup.finished is not None:
-    progress_lib.attach_log(workdir)  # the attempt is logged; nothing else is written
+    progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))  # the attempt is logged; nothing else is written
     print(f"already finished at step {setup.finished['step']}; results in "
           f"{os.path.join(workdir, 'results.json')}", flush=True)
     return setup.finished
@@ -105,16 +105,16 @@ def train_and_evaluate(config, workdir):
     os.makedirs(workdir, exist_ok=True)
   except OSError as error:
     raise ValueError(f"--workdir={workdir} cannot be created: {error.strerror}") from None
-  lock = io.WorkdirLock(workdir)
+  lock = files.WorkdirLock(workdir)
   if is_writer:
     lock.acquire()
   try:
     if is_writer:
-      progress_lib.attach_log(workdir)
+      progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
       if lock.stale:
         print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
               flush=True)
-      checkpoints.check_or_write_config(workdir, config.to_dict())
+      run_folder.check_or_write_config(workdir, config.to_dict())
     return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)
   finally:
     if is_writer:
@@ -145,7 +145,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         print(source_note, flush=True)
       if probe_every or start == 0:
         conflicts.truncate_after(workdir, start - 1)  # steps >= start will be probed again
-    metrics_log = MetricsLog(os.path.join(workdir, METRICS_FILE), start, enabled=is_writer)
+    metrics_log = MetricsLog(os.path.join(workdir, run_folder.METRICS_FILE), start, enabled=is_writer)
 
     shardings = (run.state_shardings, None)
     plain = {}
@@ -251,7 +251,7 @@ def _all_finite(tree):
 def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
   """<workdir>/compute.json: steps, images seen, XLA-counted training FLOPs, wall time."""
   import json
-  path = os.path.join(workdir, "compute.json")
+  path = os.path.join(workdir, run_folder.COMPUTE_FILE)
   previous = json.load(open(path)) if os.path.exists(path) else {"wall_seconds": 0.0}
   per_step_images = config.data.batch_size * (len(config.tasks) if config.schedule == "all" else 1)
   specs = run.model.specs if config.schedule == "all" else run.model.specs[:1]
@@ -260,7 +260,7 @@ def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
       sharding=sharding.batch_sharding(run.mesh)) for s in specs}
   cost = step_fn.lower(run.abstract_state, abstract_batch).cost_analysis() or {}
   flops = float(cost.get("flops", float("nan")))
-  io.write_json(path, {
+  files.write_json(path, {
       "steps": final_step, "images_seen": final_step * per_step_images,
       "flops_per_step": flops, "train_flops": flops * final_step,
       "wall_seconds": previous["wall_seconds"] + seconds})

@@ -8,7 +8,9 @@ import sys
 import ml_collections
 import pytest
 
-from experiments import base, from_json, ipt_paper, small, tiny
+from experiments import from_json, ipt_paper, small, tiny
+
+from mtl import run_defaults
 from mtl import run_config, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +36,7 @@ def test_config_file_arguments_share_one_convention(tmp_path):
   with pytest.raises(ValueError, match=r"experiments/tiny.py has no argument 'task'; valid: tasks"):
     tiny.get_config("task=sr_x2")
   with pytest.raises(ValueError, match=r"piece 'sr_x3' has no '='"):
-    base.parse_arg("tasks=sr_x2,sr_x3", "experiments/tiny.py", "tasks", tasks="")
+    run_defaults.parse_arg("tasks=sr_x2,sr_x3", "experiments/tiny.py", "tasks", tasks="")
 
 
 def test_normalize_splits_comma_lists_from_the_command_line():

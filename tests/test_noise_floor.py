@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mtl.conflicts.gramians import (corrected_cosine_pieces, corrected_cosines, cosines, leaf_gramians,
+from mtl.gramians import (corrected_cosine_pieces, corrected_cosines, cosines, leaf_gramians,
                                     half_index, half_names, interleave_halves, noisy_cosines,
                                     same_task_agreement, task_gramian)
 

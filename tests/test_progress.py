@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mtl import io
+from mtl import files
 from mtl import progress as progress_lib
 
 
@@ -24,8 +24,8 @@ def test_progress_rate_eta_and_cadence():
   assert line == "step 400/1000 (40.0%) | 5 steps/s | ETA 2m00s"
   now[0] += 1.0
   assert progress.update(1000) is not None  # the last step always logs
-  assert io.format_duration(3 * 3600 + 125) == "3h02m"
-  assert io.format_duration(float("nan")) == "?"
+  assert files.format_duration(3 * 3600 + 125) == "3h02m"
+  assert files.format_duration(float("nan")) == "?"
 
 
 def test_compilation_is_excluded_from_the_rate():
@@ -49,7 +49,7 @@ def test_tee_keeps_output_until_attached_then_appends(tmp_path, capsys):
   with progress_lib.Tee(argv=["launch/train.py", "--workdir=w"]) as tee:
     print("before the workdir was checked")
     assert path.read_text() == "earlier attempt\n"  # nothing written before attach
-    progress_lib.attach_log(str(tmp_path))
+    progress_lib.attach_log(str(path))
     print("after")
     import sys
     print("an error line", file=sys.stderr)

@@ -211,13 +211,13 @@ def synthetic_study(workdir, metric="psnr_y", **fields):
   """A study directory whose runs are written by hand (no training): run_config.json,
   results.json and DONE per run, results from SCRATCH and DIFF (the lr grid's second lr is
   1 dB worse on validation, so the first is chosen)."""
-  from experiments import base
+  from mtl import run_defaults
   study = study_lib.defaults()
   study.name, study.metric = "synthetic", metric
   study.tasks = tuple(SCRATCH)
   study.steps.scratch = study.steps.joint = study.steps.finetune = 4
   study.lrs = (1e-3, 3e-3)
-  study.run = base.get_config("tiny")
+  study.run = run_defaults.get_config("tiny")
   study.run.eval.sets = "photos,photos_val"
   for key, value in fields.items():
     study[key] = value
@@ -328,8 +328,8 @@ def test_published_row_only_when_its_requirement_holds(tmp_path):
   reference.requires = {"derain": "degrade.rain.streak_dir"}
   s = synthetic_study(str(tmp_path / "a"), reference=reference)
   assert not any(r["regime"] == "published" for r in tables.main_table(s).records)
-  from experiments import base
-  run = base.get_config("tiny")
+  from mtl import run_defaults
+  run = run_defaults.get_config("tiny")
   run.eval.sets = "photos,photos_val"
   run.degrade.rain.streak_dir = "/data/RainTrainL/streaks"
   s = synthetic_study(str(tmp_path / "b"), reference=reference, run=run)
@@ -350,8 +350,8 @@ def test_spearman_between_conflict_and_pairwise_transfer(tmp_path):
   study.regimes = ("joint", "pairs")
   study.steps.joint = 4
   study.lrs = (1e-3,)
-  from experiments import base
-  study.run = base.get_config("tiny")
+  from mtl import run_defaults
+  study.run = run_defaults.get_config("tiny")
   study.run.eval.sets = "photos,photos_val"
   s = study_lib.Study(study, str(tmp_path))
   cos = {"denoise_30~sr_x2": 0.3, "denoise_30~derain": -0.1, "sr_x2~derain": 0.05}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from experiments import base
+from mtl import run_defaults
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY, cli
 
@@ -26,7 +26,7 @@ def micro(**fields):
   study.seeds = (0, 1)
   study.steps.scratch, study.steps.joint, study.steps.finetune = 6, 5, 3
   study.lrs = (1e-3, 2e-4)
-  run = base.get_config("tiny")
+  run = run_defaults.get_config("tiny")
   run.eval.sets = "photos,photos_val"
   study.run = run
   for key, value in fields.items():

@@ -11,10 +11,15 @@ import pytest
 
 from experiments import tiny
 from mtl import checkpoints, conflicts, train
-from mtl import run_state
-from mtl import progress as progress_lib
+from mtl import run_folder, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read_metrics(workdir):
+  """The records of <workdir>/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, run_folder.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _config(**overrides):
@@ -174,7 +179,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   assert step == 4
   for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
-  records = progress_lib.read_metrics(str(workdir))
+  records = _read_metrics(str(workdir))
   assert [r["step"] for r in records][-2:] == [saved, 4] and sorted(records[-1]["loss"]) == [
       "denoise_30", "sr_x2"]
   assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # each step once

@@ -3,6 +3,7 @@ the loss weights, and the state both carry between steps."""
 import jax
 import jax.numpy as jnp
 
+from mtl import gramians  # the step's own per-leaf Gramian (float32, HIGHEST)
 from mtl.aggregators.loss_weightings import get_loss_weighting
 from mtl.aggregators.weightings import RANDOM, STATEFUL, get_weighting, init
 
@@ -94,7 +95,6 @@ def aggregate_tree(task_grads, mtl_cfg, key=None, state=None):
   (T, D) concatenation is formed. aggregator_args.per_leaf=True: each leaf its own Gramian and
   weights. Returns (update tree, new state dict, weights (T,) or (L, T)).
   """
-  from mtl.conflicts import gramians  # the step's own per-leaf Gramian (float32, HIGHEST)
   state = {} if state is None else state
   name = mtl_cfg.aggregator
   per_leaf, args = _aggregator_args(mtl_cfg)

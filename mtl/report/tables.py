@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from mtl import conflicts, io, stats
+from mtl import conflicts, files, stats
 from mtl import study as study_lib
 from mtl.conflicts import summary as conflict_summary
 from mtl.report.scores import (conflict_summaries, paired, pairwise_transfer, regime_columns,
@@ -383,7 +383,7 @@ def conflict_table(study, summaries=None, transfer=None):
            "probe steps of the chosen run of each seed, then over seeds. same-task agreement: "
            "cosine between the two half-batches of one task (a / b), the noise floor. corrected "
            "cos: the cosine between the tasks' expected gradients, from independent halves only "
-           "(mtl.conflicts.gramians). conflict fraction: share of probe steps with raw cos < 0. "
+           "(mtl.gramians). conflict fraction: share of probe steps with raw cos < 0. "
            "Intervals: each run's 95% batch-means interval over its probe steps (which respects "
            "their autocorrelation), combined over the independent seeds "
            "(mtl.stats.mean_of_runs). Verdict from the corrected interval: 'conflict beyond "
@@ -448,10 +448,10 @@ def compute_table(study):
         _count(entry.get("images_seen_per_run")) if has else "–",
         _flops(entry.get("train_flops_per_run")) if has else "–",
         _flops(entry.get("train_flops_total")) if "train_flops_total" in entry else "",
-        io.format_duration(entry["wall_seconds_per_run"]) if has else "–",
-        io.format_duration(entry["wall_seconds_total"])
+        files.format_duration(entry["wall_seconds_per_run"]) if has else "–",
+        files.format_duration(entry["wall_seconds_total"])
         if "wall_seconds_total" in entry else "",
-        io.format_duration(entry["run_seconds_total"])
+        files.format_duration(entry["run_seconds_total"])
         if "run_seconds_total" in entry else ""])
     records.append(dict(entry, steps_per_run=" ".join(map(str, entry["steps_per_run"]))))
   derived = (" Scratch steps 0: derived from its fine-tune's FLOPs, not known yet."

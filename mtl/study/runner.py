@@ -20,9 +20,9 @@ import sys
 import threading
 import time
 
-from mtl import compile_cache, io
+from mtl import compile_cache, files, run_folder
 from mtl.study.spec import format_lr
-from mtl.study.workdir import DONE_FILE, LOG_FILE, ROOT, RUN_CONFIG
+from mtl.study.workdir import DONE_FILE, LOG_FILE, RUN_CONFIG
 
 RUN_LOCK = "RUNNING"
 FAILED_FILE = "FAILED"
@@ -89,7 +89,7 @@ def _detail(study, spec, run_state):
   """A few words on a run's state for the status table."""
   if run_state == "done":
     seconds = study.done_info(spec.name).get("seconds")
-    return f"in {io.format_duration(seconds)}" if seconds is not None else ""
+    return f"in {files.format_duration(seconds)}" if seconds is not None else ""
   if run_state == "running":
     holder = lock_holder(study, spec.name) or {}
     where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
@@ -97,7 +97,7 @@ def _detail(study, spec, run_state):
       where += f", SLURM job {holder['slurm_job']}"
     return f"{where}, since {holder.get('started', '?')}"
   if run_state == "failed":
-    failed = io.read_json(study.path(spec.name, FAILED_FILE))
+    failed = files.read_json(study.path(spec.name, FAILED_FILE))
     return (f"exit status {failed.get('status')} at {failed.get('time')}; log: "
             f"{study.path(spec.name, LOG_FILE)}")
   if run_state == "waiting":
@@ -128,8 +128,8 @@ def dependencies(study, runs):
           for spec in runs if not study.is_done(spec.name)}
 
 
-def dry_run(study, only="", out=sys.stdout):
-  """Print the runs, their state and exact commands (run from the repository root)."""
+def dry_run(study, train, only="", out=sys.stdout):
+  """Print the runs, their state and exact commands (`train`: Study.command's)."""
   study.check_saved()
   runs = matching(study.runs, only)
   c = study.config
@@ -143,7 +143,7 @@ def dry_run(study, only="", out=sys.stdout):
               f"{summary_line(spec)}\n")
     if spec.regime == "finetune":
       out.write(f"    init_from: {study.describe_init(spec)}\n")
-    out.write(f"    {shlex.join(study.command(spec))}\n")
+    out.write(f"    {shlex.join(study.command(spec, train))}\n")
   out.flush()
   return 0
 
@@ -170,10 +170,11 @@ class _Active:
 
 
 class Runner:
-  """Runs a study's runs as subprocesses of launch/train.py: at most `max_parallel` at once (each
-  with one of `devices` as CUDA_VISIBLE_DEVICES when given), fine-tunes after their sweep."""
+  """Runs a study's runs as subprocesses, each `train`'s command (Study.command): at most
+  `max_parallel` at once (each with one of `devices` as CUDA_VISIBLE_DEVICES when given),
+  fine-tunes after their sweep."""
 
-  def __init__(self, study, out=sys.stdout, python=sys.executable, compile_cache="", max_parallel=1,
+  def __init__(self, study, train, out=sys.stdout, compile_cache="", max_parallel=1,
                devices=None):
     if max_parallel < 1:
       raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
@@ -182,7 +183,7 @@ class Runner:
                        f"there are {len(devices)} ({','.join(devices) or 'none'})")
     self.study = study
     self.out = out
-    self.python = python
+    self.train = train
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
@@ -253,13 +254,13 @@ class Runner:
     if os.path.exists(failed):
       os.remove(failed)
     device = self.free_devices.pop(0) if self.free_devices is not None else None
-    command = self.study.command(spec, self.python)
+    command = self.study.command(spec, self.train)
     log = open(self.study.path(spec.name, LOG_FILE), "a")
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(self.study.command(spec))}"
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}"
               + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "") + "\n")
     log.flush()
     # Own session: a terminal's Ctrl-C reaches only the study, which turns it into SIGTERM.
-    proc = subprocess.Popen(command, cwd=ROOT, env=self._env(device), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(command, env=self._env(device), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=_die_with_parent)
     pump = threading.Thread(target=self._pump, args=(proc.stdout, prefix, log), daemon=True)
@@ -281,9 +282,9 @@ class Runner:
   def _finished(self, spec):
     """The run evaluated its last step (its run_config's total_steps: an equal_flops scratch
     run's steps are only known once its pre-training runs are done)."""
-    path = self.study.path(spec.name, "results.json")
-    steps = io.read_json(self.study.path(spec.name, RUN_CONFIG))["total_steps"]
-    return os.path.exists(path) and io.read_json(path).get("step") == steps
+    path = self.study.path(spec.name, run_folder.RESULTS_FILE)
+    steps = files.read_json(self.study.path(spec.name, RUN_CONFIG))["total_steps"]
+    return os.path.exists(path) and files.read_json(path).get("step") == steps
 
   def run(self, only=""):
     """Run the matching runs that are not done; the exit status of the study: 0 all done, 1 a
@@ -347,7 +348,7 @@ class Runner:
           self.say(f"{head}: interrupted; run the same command to resume")
           continue
         if code != 0 or not self._finished(spec):
-          io.write_json(study.path(spec.name, FAILED_FILE),
+          files.write_json(study.path(spec.name, FAILED_FILE),
                         {"status": code, "time": time.strftime("%Y-%m-%d %H:%M:%S")})
           self.say(f"{head}: failed (exit status {code}); its log: "
                    f"{study.path(spec.name, LOG_FILE)}; fix it and run the same command to "
@@ -355,14 +356,14 @@ class Runner:
           failed.append(spec.name)
           continue
         seconds = time.time() - run.started
-        io.write_json(study.path(spec.name, DONE_FILE),
+        files.write_json(study.path(spec.name, DONE_FILE),
                       {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds})
         ran += 1
         left = sum(not study.is_done(r.name) for r in runs)
         eta = (time.time() - started) / ran * left
-        self.say(f"{head}: done in {io.format_duration(seconds)} | study: {total - left}/{total} "
-                 f"done, elapsed {io.format_duration(time.time() - started)}"
-                 + (f", ~{io.format_duration(eta)} to go" if left else ""))
+        self.say(f"{head}: done in {files.format_duration(seconds)} | study: {total - left}/{total} "
+                 f"done, elapsed {files.format_duration(time.time() - started)}"
+                 + (f", ~{files.format_duration(eta)} to go" if left else ""))
       if not self.active and (self.signalled is not None or failed):
         break
       time.sleep(0.05)

@@ -3,7 +3,7 @@
 A study config (experiments/studies/*.py) starts from `defaults()` and sets:
   name           title of the report ('' -> the study directory's name)
   tasks          the tasks compared: the rows of the tables, the task list of the joint run
-  run            the base run config (experiments/base.py fields): model, data, eval sets ...
+  run            the base run config (mtl/run_defaults.py fields): model, data, eval sets ...
   regimes        which of STUDY_REGIMES to run:
                    scratch   each task alone, from random init
                    joint     all tasks together (every task every step), from random init
@@ -61,7 +61,7 @@ import re
 
 import ml_collections
 
-from mtl import evaluate, io
+from mtl import evaluate, files
 from mtl import tasks as tasks_lib
 
 STUDY_REGIMES = ("scratch", "joint", "finetune", "pairs", "groups")
@@ -453,4 +453,4 @@ def run_config(study, spec, init_from="", steps=None):
 
 def differences(saved, current):
   """Study fields (dotted) that differ, ignoring REPORT_ONLY fields."""
-  return io.differences(saved, current, REPORT_ONLY)
+  return files.differences(saved, current, REPORT_ONLY)

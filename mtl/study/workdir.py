@@ -12,18 +12,15 @@ import os
 import ml_collections
 import numpy as np
 
-from mtl import io
+from mtl import files, run_folder
 from mtl.study.spec import (REPORT_ONLY, StudyRun, equal_flops_steps, expand, reference_source,
                             run_config, upgrade, validate, _as_dict)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN = "launch/train.py"
-FROM_JSON = "experiments/from_json.py"
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
 RUN_CONFIG = "run_config.json"
 DONE_FILE = "DONE"
-LOG_FILE = "train.log"
+LOG_FILE = run_folder.LOG_FILE
 FORMAT_VERSION = 1
 
 
@@ -61,8 +58,8 @@ class Study:
     if not os.path.exists(path):
       raise FileNotFoundError(f"no {STUDY_FILE} in {workdir}; run launch/study.py "
                               f"--workdir={workdir} first")
-    saved = io.read_json(path)
-    return cls(ml_collections.ConfigDict(io.tuples(upgrade(saved["study"]))), workdir)
+    saved = files.read_json(path)
+    return cls(ml_collections.ConfigDict(files.tuples(upgrade(saved["study"]))), workdir)
 
   @property
   def name(self):
@@ -98,7 +95,7 @@ class Study:
   def status(self, name):
     if self.is_done(name):
       return "done"
-    if os.path.exists(self.path(name, "config.json")):  # the trainer has started it
+    if os.path.exists(self.path(name, run_folder.CONFIG_FILE)):  # the trainer has started it
       return "started"
     return "pending"
 
@@ -106,20 +103,21 @@ class Study:
     """results.json of a done run (cached), else None."""
     if name not in self._results:
       done = self.is_done(name)
-      self._results[name] = io.read_json(self.path(name, "results.json")) if done else None
+      self._results[name] = run_folder.read_results(self.run_dir(name)) if done else None
     return self._results[name]
 
   def done_info(self, name):
     """The DONE file's content ({} if not done)."""
-    return io.read_json(self.path(name, DONE_FILE)) if self.is_done(name) else {}
+    return files.read_json(self.path(name, DONE_FILE)) if self.is_done(name) else {}
 
   def compute(self, name):
-    path = self.path(name, "compute.json")
-    return io.read_json(path) if self.is_done(name) and os.path.exists(path) else None
+    path = self.path(name, run_folder.COMPUTE_FILE)
+    return files.read_json(path) if self.is_done(name) and os.path.exists(path) else None
 
-  def command(self, spec, python="python"):
-    return [python, TRAIN, f"--config={FROM_JSON}:{self.path(spec.name, RUN_CONFIG)}",
-            f"--workdir={self.run_dir(spec.name)}"]
+  def command(self, spec, train):
+    """The command that trains run `spec`: train(its run_config.json, its workdir), the caller's
+    command (launch/study.py: launch/train.py on experiments/from_json.py)."""
+    return train(self.path(spec.name, RUN_CONFIG), self.run_dir(spec.name))
 
   def study_json(self):
     return {"version": FORMAT_VERSION, "study": self.config,
@@ -130,11 +128,11 @@ class Study:
     path = os.path.join(self.workdir, STUDY_FILE)
     if not os.path.exists(path):
       return False
-    added = io.refuse_changes(self.workdir, io.read_json(path)["study"], self.config,
+    added = files.refuse_changes(self.workdir, files.read_json(path)["study"], self.config,
                               REPORT_ONLY, "a different study",
                               "use a new --workdir, or the same study config to continue it")
     if added:
-      print(f"{path} predates the study fields {io.field_list(added)}: continuing with their "
+      print(f"{path} predates the study fields {files.field_list(added)}: continuing with their "
             "current values", flush=True)
     return True
 
@@ -143,9 +141,9 @@ class Study:
     exists = self.check_saved()
     os.makedirs(os.path.join(self.workdir, RUNS_DIR), exist_ok=True)
     if not exists:
-      io.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())
-    elif io.read_json(os.path.join(self.workdir, STUDY_FILE)) != self.study_json():
-      io.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())  # report fields
+      files.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())
+    elif files.read_json(os.path.join(self.workdir, STUDY_FILE)) != self.study_json():
+      files.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())  # report fields
 
   def write_run_config(self, spec):
     """Write run_config.json (a fine-tune's needs its pre-training runs done; an equal_flops
@@ -153,7 +151,7 @@ class Study:
     init_from = self.init_from(spec) if spec.regime == "finetune" else ""
     config = run_config(self.config, spec, init_from, self.steps_of(spec))
     os.makedirs(self.run_dir(spec.name), exist_ok=True)
-    io.write_json(self.path(spec.name, RUN_CONFIG), config)
+    files.write_json(self.path(spec.name, RUN_CONFIG), config)
     return config
 
   # -- budgets
