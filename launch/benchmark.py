@@ -121,7 +121,7 @@ def _compiled_figures(jitted, state, batch):
 def _step(run, config, names, probe=False):
   import jax
   from mtl import step as step_lib
-  return jax.jit(step_lib.make_step(run.model, config, run.optimizer, names, probe=probe),
+  return jax.jit(step_lib.make_step(run.model, config, run.optimizer, names, run.plan, probe=probe),
                  donate_argnums=0)
 
 

@@ -29,7 +29,8 @@ def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
     params, ckpt_step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(checkpoint),
                                                    abstract.params)
     state = run_folder.state_from_params(run, params, first_step)
-    probe = jax.jit(make_step(run.model, config, run.optimizer, run.model.task_names, probe=True))
+    probe = jax.jit(make_step(run.model, config, run.optimizer, run.model.task_names, run.plan,
+                               probe=True))
     images = sources.open_images(config.data, "train")
     pairs = pipeline.load_pairs(config.data.get("pairs", ""), run.model.specs, config.data.cache_mb)
     layer_names, order = ipt.body_layer_order(params["body"])

@@ -3,6 +3,7 @@
 `validate(config)` raises ValueError / FileNotFoundError with one line naming the bad value and
 what would be valid; nothing is built or written before it passes.
 """
+import dataclasses
 import os
 
 from absl import logging
@@ -99,29 +100,39 @@ def validate(config):
     raise FileNotFoundError(f"degrade.rain.streak_dir={streaks} is not a folder")
   if config.regime == "finetune":
     run_folder.source_run(config.init_from)
-  if _probes_pairs(config) and config.data.batch_size % 2:
+  if (config.schedule == "one" and config.conflicts.every > 0 and config.regime != "scratch"
+      and len(specs) >= 2):  # probe_plan's case with no pair of gradients at the same parameters
+    logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "
+                    "no two task gradients are taken at the same parameters; use schedule='all' "
+                    "to measure conflicts", config.conflicts.every)
+  if probe_plan(config).splits and config.data.batch_size % 2:
     raise ValueError(f"data.batch_size={config.data.batch_size} is odd; conflict probes split "
                      "each task's sub-batch into two equal halves (the noise floor): use an even "
                      "batch size, or conflicts.every=0")
   return specs
 
 
-def _probes_pairs(config):
-  """Whether steps split each task's sub-batch in halves: conflict probes and aggregators."""
+@dataclasses.dataclass(frozen=True)
+class ProbePlan:
+  """Which steps split each task's sub-batch into two equal halves, decided once from the config
+  (`probe_plan`) and given to the step and the loop: conflict probes every `probe_every` steps
+  (0: none), and every step when an aggregator needs the per-task body gradients (`aggregate`)."""
+  probe_every: int
+  aggregate: bool
+
+  @property
+  def splits(self):
+    """Whether any step splits (each task's sub-batch size must then be even)."""
+    return bool(self.probe_every) or self.aggregate
+
+  def probes(self, step):
+    return bool(self.probe_every and step % self.probe_every == 0)
+
+
+def probe_plan(config):
+  """Conflicts are measured only where tasks share parameters within one step: two or more
+  tasks, trained jointly, all of them in every step."""
   probes = (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
             and config.schedule != "one")
-  return probes or aggregators.aggregating(config.get("mtl"))
-
-
-def probing_enabled(config):
-  """Conflicts are measured only where tasks share parameters within one step."""
-  if config.conflicts.every <= 0:
-    return False
-  if config.regime == "scratch" or len(config.tasks) < 2:
-    return False  # one task: no pair to compare (the banner says conflicts are off)
-  if config.schedule == "one":
-    logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "
-                    "no two task gradients are taken at the same parameters; use schedule='all' "
-                    "to measure conflicts", config.conflicts.every)
-    return False
-  return True
+  return ProbePlan(config.conflicts.every if probes else 0,
+                   aggregators.aggregating(config.get("mtl")))

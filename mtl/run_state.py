@@ -11,7 +11,7 @@ import numpy as np
 
 from mtl import aggregators, checkpoints, files, optim, run_defaults, run_folder, sharding, tasks
 from mtl.models import ipt
-from mtl.run_config import probing_enabled, validate
+from mtl.run_config import probe_plan, validate
 from mtl.step import TrainState
 
 LOSS_UNITS = "loss: L1 on the [0, 255] scale, per task (total = their sum); /255 for BasicSR's [0, 1]"
@@ -28,6 +28,7 @@ class Run:
   mesh: Any
   optimizer: Any
   schedule: Any
+  plan: Any               # run_config.ProbePlan: which steps split (probes, aggregators)
   state_shardings: Any
 
   @property
@@ -59,7 +60,7 @@ def build(config):
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(mesh, config.data.batch_size)
   optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  run = Run(config, model, mesh, optimizer, schedule, None)
+  run = Run(config, model, mesh, optimizer, schedule, probe_plan(config), None)
   abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))
   run.state_shardings = jax.tree_util.tree_map(
       lambda x: sharding.leaf_sharding(mesh, x.shape), abstract)
@@ -115,7 +116,6 @@ class Setup:
   workdir: str
   latest_step: Any        # the newest saved checkpoint step, or None
   finished: Any           # the saved results of a finished run, or None
-  probe_every: int
 
   def artifacts(self):
     return {n: os.path.join(self.workdir, n) for n in run_folder.ARTIFACTS}
@@ -132,7 +132,8 @@ class Setup:
     counts = count_params(run.model)
     mesh = " x ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
     devices = jax.devices()
-    conflicts_part = (f"conflicts every {self.probe_every} steps" if self.probe_every
+    probe_every = run.plan.probe_every
+    conflicts_part = (f"conflicts every {probe_every} steps" if probe_every
                       else "conflicts off")
     return (f"run: {config.regime} {','.join(config.tasks)} | {_millions(counts['total'])} "
             f"parameters | {len(devices)} {devices[0].platform} device(s), mesh {mesh} | "
@@ -184,8 +185,7 @@ def prepare(config, workdir):
   if saved is not None:
     if saved.get("step") == config.total_steps:
       finished = saved
-  probe_every = config.conflicts.every if probing_enabled(config) else 0
-  return Setup(run, workdir, latest, finished, probe_every)
+  return Setup(run, workdir, latest, finished)
 
 
 def write_workdir(params, cfg, task_names, workdir, source=""):

@@ -120,13 +120,13 @@ def keep_absent_tasks(absent, old_params, params, old_opt_state, opt_state):
           jax.tree_util.tree_map_with_path(keep, old_opt_state, opt_state))
 
 
-def _step(state, batch, model, config, optimizer, names, split):
+def _step(state, batch, model, config, optimizer, names, plan, split):
   """The shared step. split: each half of each task's sub-batch gets its own (identical)
   reference to the body, so the gradient with respect to those 2T references is the list of
   per-half body gradients, and the step also returns their per-leaf Gramians (L, 2T, 2T).
-  An aggregator (config.mtl) takes the split path on every step."""
+  An aggregator (plan.aggregate: config.mtl) takes the split path on every step."""
   mtl_cfg = config.get("mtl")
-  aggregate = aggregators.aggregating(mtl_cfg)
+  aggregate = plan.aggregate
   split = split or aggregate  # an aggregator needs the per-task body gradients on every step
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
@@ -188,24 +188,24 @@ def _step(state, batch, model, config, optimizer, names, split):
   return state, metrics, grams
 
 
-def train_step(state, batch, model, config, optimizer, names):
+def train_step(state, batch, model, config, optimizer, names, plan):
   """One optimizer step on the tasks `names`: (state, batch) -> (state, metrics)."""
-  state, metrics, _ = _step(state, batch, model, config, optimizer, names, split=False)
+  state, metrics, _ = _step(state, batch, model, config, optimizer, names, plan, split=False)
   return state, metrics
 
 
-def probe_step(state, batch, model, config, optimizer, names):
+def probe_step(state, batch, model, config, optimizer, names, plan):
   """train_step that also returns the per-leaf Gramians (L, 2T, 2T) of the per-half body
   gradients (order [t0a, t0b, t1a, ...]; mtl.conflicts.task_gramian gives the per-task
   (L, T, T)), taken from the step's own backward pass (the update is unchanged). Each task's
   sub-batch must be even."""
-  return _step(state, batch, model, config, optimizer, names, split=True)
+  return _step(state, batch, model, config, optimizer, names, plan, split=True)
 
 
-def naive_probe_step(state, batch, model, config, optimizer, names):
+def naive_probe_step(state, batch, model, config, optimizer, names, plan):
   """The reference the benchmark compares probe_step with: Gramians from `jax.jacrev` of the
   loss vector, i.e. T extra backward passes (per task, no halves: (L, T, T))."""
-  state_out, metrics = train_step(state, batch, model, config, optimizer, names)
+  state_out, metrics = train_step(state, batch, model, config, optimizer, names, plan)
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
   jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
@@ -216,10 +216,11 @@ def naive_probe_step(state, batch, model, config, optimizer, names):
 STEPS = {False: train_step, True: probe_step, "jacrev": naive_probe_step}
 
 
-def make_step(model, config, optimizer, names, probe=False):
+def make_step(model, config, optimizer, names, plan, probe=False):
   """The step over `names` with its static arguments bound, ready for jax.jit.
 
-  probe=False: train_step; True: probe_step; 'jacrev': naive_probe_step.
+  plan: the run's ProbePlan (mtl.run_config.probe_plan). probe=False: train_step; True:
+  probe_step; 'jacrev': naive_probe_step.
   """
   return functools.partial(STEPS[probe], model=model, config=config, optimizer=optimizer,
-                           names=tuple(names))
+                           names=tuple(names), plan=plan)

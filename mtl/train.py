@@ -123,7 +123,8 @@ def train_and_evaluate(config, workdir):
 
 def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
   from mtl import evaluate, events, progress as progress_lib
-  run, probe_every = setup.run, setup.probe_every
+  run = setup.run
+  probe_every = run.plan.probe_every
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)
   with jax.set_mesh(run.mesh):
     source_note = ""
@@ -151,10 +152,10 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     plain = {}
     def plain_step(task_names):
       if task_names not in plain:
-        plain[task_names] = jax.jit(make_step(run.model, config, run.optimizer, task_names),
+        plain[task_names] = jax.jit(make_step(run.model, config, run.optimizer, task_names, run.plan),
                                     out_shardings=shardings, donate_argnums=0)
       return plain[task_names]
-    probe = jax.jit(make_step(run.model, config, run.optimizer, names, probe=True),
+    probe = jax.jit(make_step(run.model, config, run.optimizer, names, run.plan, probe=True),
                     out_shardings=shardings + (None,), donate_argnums=0)
 
     writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
@@ -175,7 +176,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
             affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
                                                       config.mtl.get("affinity_lr", 0.0))))
-          probing = bool(probe_every and step % probe_every == 0)
+          probing = run.plan.probes(step)
           key = ("probe",) if probing else task_names
           t0 = time.monotonic()
           if probing:

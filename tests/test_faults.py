@@ -75,10 +75,11 @@ def test_workdir_that_is_a_file_or_read_only(tmp_path):
 
 def test_single_task_runs_say_nothing_about_conflicts(caplog):
   with caplog.at_level(logging.WARNING):
-    assert not run_config.probing_enabled(_config(tasks=("sr_x2",)))
-    assert not run_config.probing_enabled(_config(tasks=("sr_x2",), regime="scratch"))
+    assert run_config.probe_plan(_config(tasks=("sr_x2",))).probe_every == 0
+    run_config.validate(_config(tasks=("sr_x2",)))
+    assert run_config.probe_plan(_config(tasks=("sr_x2",), regime="scratch")).probe_every == 0
   assert not [r for r in caplog.records if "conflicts" in r.getMessage()]
-  assert run_config.probing_enabled(_config())
+  assert run_config.probe_plan(_config()).probe_every == _config().conflicts.every
 
 
 def test_a_run_that_never_saved_a_step_takes_a_new_config(tmp_path):
