@@ -17,7 +17,6 @@ import dataclasses
 import functools
 import json
 import os
-import zlib
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +83,7 @@ def _center_crop(image, side):
 
 
 def _key(seed, task, index):
-  key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(task.encode()) & 0x7FFFFFFF)
+  key = jax.random.fold_in(jax.random.key(seed), tasks.task_id(task))
   return jax.random.fold_in(key, index)
 
 

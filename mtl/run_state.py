@@ -97,10 +97,9 @@ def finetune_params(run, init_from):
   return state, f"fine-tuned from {init_from} ({kind}, step {step}): {kept}"
 
 
-def count_params(model):
+def param_counts(model):
   """{group: parameter count} for heads, body, queries, tails and 'total'."""
-  counts = {group: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-            for group, tree in model.abstract_params().items()}
+  counts = {group: ipt.count_params(tree) for group, tree in model.abstract_params().items()}
   counts["total"] = sum(counts.values())
   return counts
 
@@ -129,7 +128,7 @@ class Setup:
 
   def banner(self):
     config, run = self.run.config, self.run
-    counts = count_params(run.model)
+    counts = param_counts(run.model)
     mesh = " x ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
     devices = jax.devices()
     probe_every = run.plan.probe_every
@@ -143,7 +142,7 @@ class Setup:
 
   def describe(self):
     """The dry run's text: resolved config, parameters per group, mesh, artifact paths."""
-    counts = count_params(self.run.model)
+    counts = param_counts(self.run.model)
     lines = ["config:"] + [f"  {k} = {v!r}" for k, v in sorted(
         files.flatten(self.run.config.to_dict()).items())] + ["",
              "parameters: " + ", ".join(f"{g} {counts[g]:,}" for g in
