@@ -125,14 +125,14 @@ def _pid_alive(pid):
 
 
 class WorkdirLock:
-  """`<workdir>/train.lock` holding {pid, host, started}: one trainer per workdir.
+  """`<workdir>/<name>` holding {pid, host, started}: one trainer per workdir.
 
   acquire() creates it (O_EXCL); a lock left by a dead process on this host is stale and
   replaced; a live holder, or any holder on another host (its pid cannot be checked from
   here), makes acquire() raise LockHeld naming it. release() removes only our own lock.
   """
 
-  def __init__(self, workdir, name="train.lock"):
+  def __init__(self, workdir, name):
     self.path = os.path.join(workdir, name)
     self.stale = None  # the holder record of a stale lock that acquire() replaced
 

@@ -187,14 +187,6 @@ def ema(values, beta, init=0.0):
 HALVES = ("a", "b")
 
 
-def half_index(task, half):
-  """Row of half `half` (0 = a, 1 = b, or 'a' / 'b') of task `task` in the 2T order: 2t + h."""
-  h = HALVES.index(half) if isinstance(half, str) else int(half)
-  if h not in (0, 1):
-    raise ValueError(f"half={half!r}; valid: 0, 1, 'a', 'b'")
-  return 2 * int(task) + h
-
-
 def half_names(task_names):
   """'<task>/a', '<task>/b' for every task, in the 2T order."""
   return [f"{t}/{h}" for t in task_names for h in HALVES]
@@ -285,8 +277,8 @@ def corrected_cosines(G2, axis=None):
   Cauchy-Schwarz keeps in [-1, 1].
   NaN ("not measurable", never clipped) where a pooled same-task product is <= 0.
   |rho| > 1 is possible on a noisy window and is reported as is: clipping would hide that
-  the window is too noisy and bias window means; callers flag |rho| > 1 as noisy (e.g.
-  `noisy_cosines`) and may clip for display only. The diagonal is 1 where measurable.
+  the window is too noisy and bias window means; callers flag |rho| > 1 as noisy and may
+  clip for display only. The diagonal is 1 where measurable.
   """
   cross, same = corrected_cosine_pieces(G2)
   if axis is not None:
@@ -297,9 +289,3 @@ def corrected_cosines(G2, axis=None):
       raise ValueError(f"axis={axis} is not a leading axis of Gramians {np.shape(G2)}")
     cross, same = cross.sum(axis=axes), same.sum(axis=axes)
   return corrected_ratio(cross, same)
-
-
-def noisy_cosines(rho):
-  """True where a corrected cosine lies outside [-1, 1] (too noisy to read); False on NaN."""
-  rho = np.asarray(rho, np.float64)
-  return np.abs(np.nan_to_num(rho)) > 1.0

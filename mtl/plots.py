@@ -66,13 +66,6 @@ def to_png(fig, dpi=DPI):
   return buf.getvalue()
 
 
-def save_png(fig, path, dpi=DPI):
-  """Write a Figure as PNG atomically; returns the path."""
-  data = to_png(fig, dpi)
-  files.write_atomic(path, lambda f: f.write(data))
-  return path
-
-
 def short_name(name):
   """A compact row label: 'encoder/0/attn/query/kernel' -> 'enc0 attn.query.kernel'."""
   parts = name.split("/")

@@ -1,8 +1,8 @@
-"""A run: its config checked, its state built (fresh, resumed or fine-tuned), and the loop that
-trains, checkpoints, probes conflicts, logs and evaluates it (`train_and_evaluate`).
+"""The loop of one run (`train_and_evaluate`): trains, checkpoints, probes conflicts, logs and
+evaluates the run that `mtl.run_state.prepare` built and checked (its config: mtl.run_config).
 
-Everything a run needs is checked (`validate`, `prepare`) before anything is written; a run
-holds `<workdir>/train.lock` while it works. The step itself is mtl.step; the optimizer mtl.optim.
+Nothing is written before `prepare` passes; a run holds its workdir's lock (mtl.run_folder) while
+it works. The step itself is mtl.step; the optimizer mtl.optim.
 """
 import os
 import signal
@@ -90,9 +90,10 @@ def train_and_evaluate(config, workdir):
   setup = prepare(config, workdir)
   workdir = setup.workdir
   if setup.finished is not None:
-    progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))  # the attempt is logged; nothing else is written
+    # the attempt is logged; nothing else is written
+    progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
     print(f"already finished at step {setup.finished['step']}; results in "
-          f"{os.path.join(workdir, 'results.json')}", flush=True)
+          f"{os.path.join(workdir, run_folder.RESULTS_FILE)}", flush=True)
     return setup.finished
   # Inputs are opened before anything is written: a missing folder fails the start cleanly.
   images = sources.open_images(config.data, "train")
@@ -105,7 +106,7 @@ def train_and_evaluate(config, workdir):
     os.makedirs(workdir, exist_ok=True)
   except OSError as error:
     raise ValueError(f"--workdir={workdir} cannot be created: {error.strerror}") from None
-  lock = files.WorkdirLock(workdir)
+  lock = files.WorkdirLock(workdir, run_folder.LOCK_FILE)
   if is_writer:
     lock.acquire()
   try:
