@@ -118,7 +118,7 @@ def _dead_pid():
 
 
 def test_workdir_lock(tmp_path):
-  lock = files.WorkdirLock(str(tmp_path))
+  lock = files.WorkdirLock(str(tmp_path), run_folder.LOCK_FILE)
   host = socket.gethostname()
   (tmp_path / "train.lock").write_text(json.dumps({"pid": os.getppid(), "host": host,
                                                    "started": "then"}))
