@@ -1,4 +1,4 @@
-"""Running a study: its runs as subprocesses of launch/train.py (one at a time, or up to
+"""Running a study: its runs as child processes of the given train command (one at a time, or up to
 `max_parallel` side by side, one device each), the study's status table, and a dry run.
 
 A signal to the study becomes SIGTERM to the running runs (which checkpoint and stop); the same
@@ -15,12 +15,11 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 
-from mtl import compile_cache, files, run_folder
+from mtl import children, compile_cache, files, run_folder
 from mtl.study.spec import format_lr
 from mtl.study.workdir import DONE_FILE, LOG_FILE, RUN_CONFIG
 
@@ -148,19 +147,6 @@ def dry_run(study, train, only="", out=sys.stdout):
   return 0
 
 
-try:  # loaded here: the child, between fork and exec, must only call it
-  import ctypes
-  _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: an orphaned run is possible, nothing else changes
-  _PRCTL = None
-
-
-def _die_with_parent():
-  """In the child: SIGTERM when the study process dies (the trainer checkpoints and stops)."""
-  if _PRCTL is not None:
-    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class _Active:
   """A run in progress: its process, output pump, log, lock and device."""
 
@@ -206,16 +192,11 @@ class Runner:
       self._send(signal.SIGKILL)
 
   def _send(self, sig):
-    for run in list(self.active.values()):
-      if run.proc.poll() is None:
-        try:
-          run.proc.send_signal(sig)
-        except ProcessLookupError:
-          pass
+    children.send([run.proc for run in list(self.active.values())], sig)
 
   def _env(self, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["MTL_TRAIN_LOG"] = "0"  # the runner writes each run's train.log itself (_pump)
+    env["MTL_TRAIN_LOG"] = "0"  # the runner writes each run's train.log itself (_printer)
     # Runs share most of their programs (model init, eval, same-shaped steps): the persistent
     # compilation cache (launch/train.py reads it from here; '' = none) spares them compiling.
     env["JAX_COMPILATION_CACHE_DIR"] = compile_cache.directory_from(self.compile_cache)
@@ -223,13 +204,14 @@ class Runner:
       env["CUDA_VISIBLE_DEVICES"] = device
     return env
 
-  def _pump(self, stream, prefix, log):
-    for line in iter(stream.readline, b""):
+  def _printer(self, prefix, log):
+    """on_line for one run: each line of its output to its train.log and, prefixed, to ours."""
+    def on_line(line):
       text = line.decode(errors="replace").rstrip("\n")
       log.write(text + "\n")
       log.flush()
       self.say(f"{prefix}{text}")
-    stream.close()
+    return on_line
 
   def _acquire(self, spec):
     """The run's lock (an open file), or None when another live process holds it."""
@@ -259,13 +241,9 @@ class Runner:
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}"
               + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "") + "\n")
     log.flush()
-    # Own session: a terminal's Ctrl-C reaches only the study, which turns it into SIGTERM.
-    proc = subprocess.Popen(command, env=self._env(device), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=_die_with_parent)
-    pump = threading.Thread(target=self._pump, args=(proc.stdout, prefix, log), daemon=True)
-    pump.start()
-    self.active[spec.name] = _Active(spec, head, proc, pump, log, lock, device, time.time())
+    child = children.Child(command, self._env(device), self._printer(prefix, log))
+    self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
+                                     time.time())
 
   def _finish(self, run):
     """Reap a finished run: release its lock and device; its exit status."""
