@@ -10,7 +10,7 @@ fresh batches (no training), writes them as a conflict store into --out (default
 <checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread.
 
 Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optional),
-redraws the figures into <workdir>/conflicts/ (file names: see mtl/plots.py), writes the
+redraws the figures into <workdir>/conflicts/ (file names: see mtl/draw.py), writes the
 same images and the whole-body cosine per pair to TensorBoard under
 <workdir>/events/analyze/ (a run of its own beside the trainer's <workdir>/events/), and
 prints a text summary of the last N probe steps (all for N=0): task x task mean cosine,
@@ -41,13 +41,13 @@ flags.DEFINE_float("ema_beta", 0.1, "GradVac EMA beta for the curves (0 for none
 
 def analyze(workdir, step_range="", window=0, ema_beta=0.1):
   """Load, draw, log to TensorBoard, and return the text summary."""
-  from mtl import conflicts, events, plots
+  from mtl import conflicts, draw, events
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is not a directory")
   record = conflicts.load(workdir, conflicts.parse_step_range(step_range))
   report = conflicts.summarize(record, window)  # everything that can fail on input comes first
   with events.Writer(os.path.join(workdir, "events", "analyze")) as writer:
-    paths = plots.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, window,
+    paths = draw.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, window,
                                ema_beta)
   text = conflicts.format_summary(report)
   text += "\nfigures: " + ", ".join(os.path.relpath(p, workdir) for p in paths)

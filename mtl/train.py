@@ -232,8 +232,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
                                 writer, final=True)
     if is_writer and probe_every:
-      from mtl import plots
-      plots.draw_and_log(conflicts.load(workdir), os.path.join(workdir, "conflicts"), writer,
+      from mtl import draw
+      draw.draw_and_log(conflicts.load(workdir), os.path.join(workdir, "conflicts"), writer,
                          ema_beta=config.conflicts.ema_beta, scalars=False)  # logged per flush
     writer.close()
   return results
@@ -306,11 +306,11 @@ def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, wri
   whole-body raw and corrected cosines and conflict fractions to TensorBoard (per checkpoint)."""
   if not probe_buffer or not is_writer:
     return
-  from mtl import plots
+  from mtl import draw
   steps = np.array([s for s, _ in probe_buffer], np.int64)
   grams = np.stack(jax.device_get([g for _, g in probe_buffer])).astype(np.float32)
   conflicts.append(workdir, steps, grams, layer_names, list(task_names))
-  plots.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names),
+  draw.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names),
                           writer)
 
 

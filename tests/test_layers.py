@@ -14,7 +14,7 @@ LAYERS = [
                      "mtl.progress"]),
     ("step, data, evaluation", ["mtl.step", "mtl.data", "mtl.evaluate", "mtl.run_folder"]),
     ("conflict analysis", ["mtl.conflicts"]),
-    ("figures", ["mtl.plots"]),
+    ("figures", ["mtl.plots", "mtl.draw"]),
     ("a run", ["mtl.run_defaults", "mtl.run_config", "mtl.run_state"]),
     ("a run's loop and saved models", ["mtl.train", "mtl.restoration", "mtl.measure",
                                        "mtl.published"]),
