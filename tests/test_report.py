@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mtl import conflicts, report, stats
+from mtl.report import cells as table_cells
 from mtl.report import render, scores, tables
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY
@@ -264,7 +265,7 @@ def test_delta_cells_are_paired_intervals_of_the_per_seed_values(synthetic):
     assert r["delta_ssim_low"] == pytest.approx(iv.low / 100)
     assert r["verdict_ssim"] == VERDICTS[regime, task]
     assert cells[task, regime][4] == (
-        f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}], {tables.format_p(iv.p)}")
+        f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}], {table_cells.format_p(iv.p)}")
     assert cells[task, regime][5] == VERDICTS[regime, task]
   assert cells["sr_x2", "scratch"][4] == ""   # scratch is the baseline: no Δ
   assert any("paired t 95% CI" in n for n in table.notes)
@@ -273,7 +274,7 @@ def test_delta_cells_are_paired_intervals_of_the_per_seed_values(synthetic):
 def test_bold_only_for_the_significantly_best_regime(synthetic):
   cells = _cells(tables.main_table(synthetic))
   bold = {(task, regime) for (task, regime), row in cells.items()
-          if isinstance(row[3], tables.PsnrSsimText) and row[3].psnr_bold}
+          if isinstance(row[3], table_cells.PsnrSsimText) and row[3].psnr_bold}
   # derain: finetune beats joint and scratch on every seed; denoise_30: finetune's mean is
   # highest but not significantly above joint's; sr_x2: the best (finetune) is null vs scratch
   assert bold == {("derain", "finetune")}

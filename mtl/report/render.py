@@ -2,7 +2,7 @@
 import csv
 import os
 
-from mtl.report.tables import Bold, PsnrSsimText
+from mtl.report.cells import Bold, PsnrSsimText
 
 
 def to_markdown(table):

@@ -24,7 +24,6 @@ How each number is computed (report.md repeats it):
   compute     compute.json of the runs: steps, images seen (batch x tasks per step x steps),
               XLA-counted training FLOPs (one step's cost analysis x steps), wall seconds.
 """
-import dataclasses
 import math
 
 import numpy as np
@@ -32,6 +31,8 @@ import numpy as np
 from mtl import conflicts, files, stats
 from mtl import study as study_lib
 from mtl.conflicts import summary as conflict_summary
+from mtl.report.cells import (Bold, PsnrSsimText, Table, _fmt, _pm, _signed, delta_text,
+                              format_p)
 from mtl.report.scores import (conflict_summaries, paired, pairwise_transfer, regime_columns,
                                regime_scores)
 
@@ -51,71 +52,12 @@ PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same body 
                "with one seed, which has no CI).")
 
 
-class Bold(str):
-  """A table cell shown in bold."""
-
-
-@dataclasses.dataclass
-class PsnrSsimText:
-  """'PSNR / SSIM' in one table cell, either part possibly in bold."""
-  psnr: str
-  psnr_bold: bool
-  ssim: str
-  ssim_bold: bool
-
-  def render(self, bold, plain=str):
-    part = lambda text, is_bold: bold(text) if is_bold else plain(text)
-    return f"{part(self.psnr, self.psnr_bold)} / {part(self.ssim, self.ssim_bold)}"
-
-
-@dataclasses.dataclass
-class Table:
-  name: str
-  title: str
-  header: list
-  rows: list             # display cells (str, Bold or PsnrSsimText)
-  records: list          # CSV rows (dicts of raw values)
-  notes: list = dataclasses.field(default_factory=list)
-  csv_columns: list = None   # None: the records' keys in order of appearance
-  spearman: object = None    # conflicts: the stats.Spearman of cosine vs transfer, when n >= 3
-  warnings: list = dataclasses.field(default_factory=list)  # lines the report shows first
-
-
-
-def _fmt(value, digits):
-  return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _signed(value, digits):
-  return "–" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
-
-
-def _pm(stats_, digits):
-  mean, std, n = stats_
-  return _fmt(mean, digits) + (f" ± {std:.{digits}f}" if n > 1 else "")
-
-
-def format_p(p):
-  """'p = 0.031', 'p < 0.001' (never 'p = 0.0'), '–' for NaN."""
-  if p is None or not math.isfinite(p):
-    return "–"
-  return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
 def _run_interval(entry, key):
   """One run's interval of `key` in its conflict summary; NaN where the record lacks it."""
   d = entry.get(key)
   if not d:
     return stats.Interval(float("nan"), float("nan"), float("nan"), 0.95, 0)
   return stats.Interval(d["estimate"], d["low"], d["high"], d["level"], d["n"])
-
-
-def delta_text(iv, digits=2):
-  """'+0.42 [+0.10, +0.74], p = 0.031' or '+0.42 (1 seed: no CI)'."""
-  if not math.isfinite(iv.low):
-    return f"{_signed(iv.estimate, digits)} ({iv.n} seed{'s' if iv.n != 1 else ''}: no CI)"
-  return (f"{_signed(iv.estimate, digits)} [{_signed(iv.low, digits)}, "
-          f"{_signed(iv.high, digits)}], {format_p(iv.p)}")
 
 
 def _lrs(c):
