@@ -3,6 +3,7 @@ study (launch/study.py running launch/train.py) that resumes without redoing fin
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -262,8 +263,10 @@ def test_dry_run_prints_runs_and_exact_commands_and_writes_nothing(study_file, t
   runs = [l for l in lines if l.startswith("run ")]
   assert len(runs) == 5 and runs[2].startswith("run 3/5 joint-lr1e-3-s0  [pending]")
   name = "finetune-derain-lr1e-3-s0"
-  assert (f"    python launch/train.py --config=experiments/from_json.py:{workdir}/runs/{name}/"
-          f"run_config.json --workdir={workdir}/runs/{name}") in lines
+  train = [sys.executable, os.path.join(ROOT, "launch", "train.py"),  # launch/study.py's command
+           f"--config={ROOT}/experiments/from_json.py:{workdir}/runs/{name}/run_config.json",
+           f"--workdir={workdir}/runs/{name}"]
+  assert "    " + shlex.join(train) in lines
   assert any("init_from: <best on photos_val of joint-lr1e-3-s0" in l for l in lines)
   assert not os.path.exists(workdir)
   subset = cli(f"--config={study_file}", f"--workdir={workdir}", "--dry_run", "--only=scratch-*")

@@ -13,8 +13,9 @@ import ml_collections
 import numpy as np
 
 from mtl import files, run_folder
-from mtl.study.spec import (REPORT_ONLY, StudyRun, equal_flops_steps, expand, reference_source,
-                            run_config, upgrade, validate, _as_dict)
+from mtl.study.runs import StudyRun, expand, run_config
+from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, reference_source, upgrade, validate,
+                            _as_dict)
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
