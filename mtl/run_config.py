@@ -42,7 +42,8 @@ def _positive(name, value):
 
 
 def validate(config):
-  """Check a config before anything is built or written; one clear line per problem.
+  """Check a config before anything is built or written; one clear line per problem. Returns
+  what the checks built: the task specs and the model's ipt.ModelConfig.
 
   Besides the fields, it checks that the folders the config names exist (data folder, eval
   sets, rain streaks, init_from): a run that would fail there must fail before it starts.
@@ -80,7 +81,7 @@ def validate(config):
                "num_decoder_layers"):
     if config.model[name] < 1:
       raise ValueError(f"model.{name}={config.model[name]} must be >= 1")
-  ipt.ModelConfig.from_config(config.model, config.precision)
+  model_cfg = ipt.ModelConfig.from_config(config.model, config.precision)
   aggregators.check_config(config.get("mtl"), len(specs), config.schedule)
   overlap, patch = config.eval.tile_overlap, config.model.patch_size
   if not 0 <= overlap < patch:
@@ -109,7 +110,7 @@ def validate(config):
     raise ValueError(f"data.batch_size={config.data.batch_size} is odd; conflict probes split "
                      "each task's sub-batch into two equal halves (the noise floor): use an even "
                      "batch size, or conflicts.every=0")
-  return specs
+  return specs, model_cfg
 
 
 @dataclasses.dataclass(frozen=True)

@@ -54,8 +54,7 @@ class Run:
 
 
 def build(config):
-  specs = validate(config)
-  model_cfg = ipt.ModelConfig.from_config(config.model, config.precision)
+  specs, model_cfg = validate(config)
   model = ipt.IPT(model_cfg, specs)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(mesh, config.data.batch_size)
