@@ -9,7 +9,6 @@ import jax
 import orbax.checkpoint as ocp
 
 
-
 def manager(workdir, keep=3, async_save=True):
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                          enable_async_checkpointing=async_save)

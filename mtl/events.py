@@ -136,7 +136,6 @@ def read_scalars(events_dir, tag):
   return steps, np.array([by_step[s] for s in steps], np.float64)
 
 
-
 def read_hparams(events_dir):
   """{name: value} of the last HParams session recorded in a run's events ({} if none)."""
   from tensorboard.backend.event_processing import event_accumulator

@@ -41,7 +41,6 @@ def write_atomic(path, write):
   fsync_dir(os.path.dirname(path))
 
 
-
 def write_json(path, obj):
   """JSON (sorted keys, indent 2) written atomically; values JSON lacks are written as str."""
   data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()

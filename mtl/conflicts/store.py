@@ -215,7 +215,6 @@ def _describe_steps(steps):
   return f"steps {int(steps[0])}..{int(steps[-1])} ({len(steps)} probes)"
 
 
-
 class Store:
   """The probe store of one workdir: <workdir>/conflicts/store/ (format: the module docstring).
 
