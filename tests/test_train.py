@@ -46,13 +46,13 @@ def _independent_task_grads(run, config, params, batch, step, halves=False):
 
 
 def _leaf_gramians(grads):
-  leaves = [jax.tree_util.tree_leaves(g) for g in grads]
+  leaves = [jax.tree_util.tree_leaves(ipt.unstack_layers(g)) for g in grads]  # per layer
   flat = [[np.asarray(l, np.float64).ravel() for l in task] for task in leaves]
   return np.array([[[flat[i][l] @ flat[j][l] for j in range(len(grads))]
                     for i in range(len(grads))] for l in range(len(leaves[0]))])
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("devices", [1, pytest.param(8, marks=pytest.mark.cpu_only)])
 def test_probe_gramians_equal_independent_per_half_gradients(devices):
   config = _config(data=devices)
   run = run_state.build(config)
@@ -123,6 +123,7 @@ def _keep_gradient():
                                                                                 grads))
 
 
+@pytest.mark.cpu_only
 def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
   """The loss and the per-leaf gradients of one step agree between 1 and 8 devices.
 
