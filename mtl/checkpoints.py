@@ -38,10 +38,15 @@ def save(mngr, step, state, force=False):
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
-def _saved_per_layer(mngr, step):
+def _saved_per_layer(directory, step):
   """Whether checkpoint `step` holds the body in the per-layer layout (written before the
-  stacking)."""
-  saved = mngr.item_metadata(step)["params"]
+  stacking). Its own reader: a manager that has not saved knows no handler for 'params'."""
+  reader = ocp.CheckpointManager(directory, item_handlers={
+      "params": ocp.StandardCheckpointHandler()})
+  try:
+    saved = reader.item_metadata(step)["params"]
+  finally:
+    reader.close()
   tree = getattr(saved, "tree", saved)
   return isinstance(tree, dict) and ipt.is_per_layer(tree.get("body"))
 
@@ -59,7 +64,7 @@ def _layer_of(leaf, i):
 def _restore_items(mngr, step, abstract):
   """{name: restored tree} for {name: abstract tree} (params, opt_state, ...), a checkpoint in
   the per-layer layout stacked into the abstract trees' layout and shardings."""
-  per_layer = _saved_per_layer(mngr, step)
+  per_layer = _saved_per_layer(mngr.directory, step)
   target = (ipt.map_bodies(lambda b: ipt.unstack_layers(b, take=_layer_of), abstract)
             if per_layer else abstract)
   restored = mngr.restore(step, args=ocp.args.Composite(
