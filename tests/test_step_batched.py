@@ -3,6 +3,7 @@ over the probe's 2T half-batches) give the losses, gradients and Gramians of one
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -37,7 +38,7 @@ def _config():
 
 def _keep_gradient():
   """Zero updates whose state is the step's gradient, as the step computed it."""
-  zeros = lambda tree: jax.tree_util.tree_map(np.zeros_like, tree)
+  zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
   return optax.GradientTransformation(zeros, lambda grads, state, params=None: (zeros(grads),
                                                                                 grads))
 
