@@ -77,9 +77,31 @@ flags.DEFINE_list("torch_precisions", ["fp32"], "The PyTorch peer's precisions, 
 flags.DEFINE_integer("startup_steps", 2, "Steps of the start-up section's training runs.")
 FLAGS = flags.FLAGS
 
-# Rows of the closing summary table: (section, size, batch, what, ms/step, images/s, MFU model,
-# MFU XLA, peak GiB, PyTorch ms).
+# Rows of the closing summary table: (what, size, batch, precision, seconds per step (or a
+# count), MFU by the model's FLOPs, MFU by XLA's, peak GiB, PyTorch's seconds per step).
 SUMMARY = []
+
+
+def _summary_row(row):
+  """Keep a row for the closing table, and print it now as `ROW | ... |`: a run cut short by a
+  time limit (launch/gpu_check.sh) keeps the rows it finished."""
+  SUMMARY.append(row)
+  print("ROW " + _markdown_row(row), flush=True)
+
+
+def _markdown_row(row):
+  what, size, batch, precision, value, mfu, mfu_xla, peak, torch_s = row
+  fmt = lambda x, f: "-" if x is None or x != x else f.format(x)
+  step = what.startswith(("train", "probe"))
+  return (f"| {what} | {size} | {batch} | {precision} | "
+          f"{fmt(value * 1e3 if step else value, '{:.1f}')} | "
+          f"{fmt(batch / value if what.startswith('train') else None, '{:.0f}')} | "
+          f"{mfu or '-'} | {mfu_xla or '-'} | {fmt(peak, '{:.2f}')} | "
+          f"{fmt(torch_s * 1e3 if torch_s == torch_s else None, '{:.1f}')} |")
+
+
+SUMMARY_HEADER = ("| what | size | batch | precision | ms/step, s or crops/s | images/s | MFU | "
+                  "MFU (XLA) | peak GiB | PyTorch ms (faster) |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _batch_sizes():
@@ -407,7 +429,7 @@ def _train_at(size, batch_size):
   print(f"  device peak memory in use so far: {used / 2**30:.2f} GiB" if used else
         "  device peak memory: not reported by this backend (compiled peak per step above)")
   print(f"  process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
-  SUMMARY.append(("train: one-task step", size, batch_size, config.precision, mean,
+  _summary_row(("train: one-task step", size, batch_size, config.precision, mean,
                   mfu, _mfu_cells(xla_flops, mean, device, config.precision)[0], peak_gib,
                   torch_mean))
 
@@ -492,7 +514,7 @@ def section_pipeline():
     device = sorted(_device_throughput(specs, batch_size, mesh, prefetch) for _ in range(3))[1]
     print(f"  {len(names):<6} {one:>9.0f} {every:>11.0f} {every / min(threads, cores):>9.0f} "
           f"{device:>10.0f}")
-    SUMMARY.append((f"pipeline: crops/s per host core ({len(names)} tasks)", "-", batch_size,
+    _summary_row((f"pipeline: crops/s per host core ({len(names)} tasks)", "-", batch_size,
                     "uint8", every / min(threads, cores), "", "", float("nan"), float("nan")))
   print("  (per core: all threads' rate over the cores they use; onto the device: the same "
         "batches copied by DevicePrefetch with the batch sharding, as the trainer feeds them)")
@@ -556,7 +578,7 @@ def _probe_at(size, batch_size):
           f"({of_matmul} of matmul)  compiled peak {peaks[label] / 2**20:8.1f} MB  compile "
           f"{compiled[label][3]:.1f} s")
     used = _device_peak_bytes()
-    SUMMARY.append((f"probe: {label}" + (f" ({seconds[label] / base:.2f}x plain)" if base and
+    _summary_row((f"probe: {label}" + (f" ({seconds[label] / base:.2f}x plain)" if base and
                                          label != "no probe" else ""), size, batch_size,
                     config.precision, seconds[label], mfu,
                     _mfu_cells(compiled[label][0], seconds[label], device, config.precision)[0],
@@ -614,9 +636,9 @@ def section_compile(size):
       if label.startswith("one-task"):
         one_task.append(traced + compiled)
       else:
-        SUMMARY.append((f"compile s: {label.split(' (')[0]}", size, batch_size, config.precision,
+        _summary_row((f"compile s: {label.split(' (')[0]}", size, batch_size, config.precision,
                         traced + compiled, "", "", float("nan"), float("nan")))
-  SUMMARY.append(("compile s: one-task step (max of the tasks)", size, batch_size,
+  _summary_row(("compile s: one-task step (max of the tasks)", size, batch_size,
                   config.precision, max(one_task), "", "", float("nan"), float("nan")))
   print(f"  one-task steps: {len(one_task)} programs, {sum(one_task):.1f} s in all, at most "
         f"{max(one_task):.1f} s each")
@@ -665,7 +687,7 @@ def section_startup(size):
                                        for m in milestones) + f" {rc:>5}")
       if rc:
         print("  " + "  ".join(lines[-5:]))
-      SUMMARY.append((f"start-up s: command to first step ({kind} cache)", size, batch_size,
+      _summary_row((f"start-up s: command to first step ({kind} cache)", size, batch_size,
                       FLAGS.precision, seen.get("first step done", float("nan")), "", "",
                       float("nan"), float("nan")))
   finally:
@@ -680,17 +702,9 @@ def print_summary():
   device = jax.devices()[0]
   print(f"\n[summary] {device.device_kind} ({len(jax.devices())} {device.platform} device(s)), "
         f"jax {jax.__version__}; command: python3 launch/benchmark.py {' '.join(sys.argv[1:])}")
-  print("| what | size | batch | precision | ms/step or s or crops/s | images/s | MFU | MFU (XLA) "
-        "| peak GiB | PyTorch ms (faster) |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  fmt = lambda x, f: "-" if x is None or x != x else f.format(x)
-  for what, size, batch, precision, value, mfu, mfu_xla, peak, torch_s in SUMMARY:
-    step = what.startswith(("train", "probe"))
-    print(f"| {what} | {size} | {batch} | {precision} | "
-          f"{fmt(value * 1e3 if step else value, '{:.1f}')} | "
-          f"{fmt(batch / value if what.startswith('train') else None, '{:.0f}')} | "
-          f"{mfu or '-'} | {mfu_xla or '-'} | {fmt(peak, '{:.2f}')} | "
-          f"{fmt(torch_s * 1e3 if torch_s == torch_s else None, '{:.1f}')} |")
+  print(SUMMARY_HEADER)
+  for row in SUMMARY:
+    print(_markdown_row(row))
 
 
 def section_devices(size):

@@ -6,11 +6,11 @@
 # the main job. Every part has its own time limit and log ($OUT/<part>.log); one table at the end.
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
-#   SIZE=tiny BATCHES=2,4 BUDGET=300 bash launch/gpu_check.sh     # a rehearsal on a CPU
+#   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
 #
 # Environment: OUT (logs; default /tmp/gpu_check), BUDGET (seconds; 480), SIZE (paper),
 # BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES (PyTorch's; 8,32), REPEATS (5),
-# PRECISION (bfloat16), IPT_REPO (a checkout of huawei-noah/Pretrained-IPT; default ./.ipt: the
+# PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of huawei-noah/Pretrained-IPT; default ./.ipt: the
 # PyTorch part is skipped without it or without torch), TORCH_PYTHON (python3).
 # Wheels the machine lacks go in ./.whl (ignored by git): installed first, into /tmp/site.
 BUDGET=${BUDGET:-480}
@@ -20,6 +20,7 @@ BATCHES=${BATCHES:-8,32,128}
 PEER_BATCHES=${PEER_BATCHES:-8,32}
 REPEATS=${REPEATS:-5}
 PRECISION=${PRECISION:-bfloat16}
+LIMITS=${LIMITS:-1}
 IPT_REPO=${IPT_REPO:-$PWD/.ipt}
 TORCH_PYTHON=${TORCH_PYTHON:-python3}
 FIRST=${BATCHES%%,*}
@@ -31,7 +32,7 @@ trap 'rm -rf "$CACHE"' EXIT
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 part() {  # part NAME LIMIT CMD...: runs CMD for at most LIMIT s (less if the budget is short)
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(( $2 * LIMITS )); shift 2
   local l; l=$(( $(left) - 5 )); [ "$limit" -lt "$l" ] && l=$limit
   if [ "$l" -lt 15 ]; then
     echo "== $name: skipped (budget spent)"; printf '%s\tskipped\t0\tbudget spent\n' "$name" >> "$OUT/parts.tsv"
@@ -40,7 +41,7 @@ part() {  # part NAME LIMIT CMD...: runs CMD for at most LIMIT s (less if the bu
   echo "== $name (limit ${l}s, $(left)s of the budget left): $*"
   local t0; t0=$(date +%s)
   timeout -k 5 "$l" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
-  grep -v -E "^(W|I)[0-9]{4} |^\s*$|^\| |^\|---" "$OUT/$name.log" | tail -n 30
+  grep -v -E "^(W|I)[0-9]{4} |^\s*$|^\| |^\|---|^ROW " "$OUT/$name.log" | tail -n 30
   local note=""; [ $rc -eq 124 ] || [ $rc -eq 137 ] && note="time limit"
   echo "== $name rc=$rc in $(( $(date +%s) - t0 ))s"
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$note" >> "$OUT/parts.tsv"
@@ -84,7 +85,8 @@ part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$F
 part startup 120 "${BENCH[@]}" --sections=startup --batch_size="$FIRST"
 part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
 XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -q -p no:cacheprovider \
-    -m "not cpu_only" tests/test_models.py tests/test_flops.py
+    -m "not cpu_only" tests/test_models.py tests/test_step_batched.py tests/test_flops.py \
+    tests/test_train.py
 part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$OUT/tiny" \
     --compile_cache="$CACHE"
 
@@ -102,13 +104,11 @@ part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir
     echo "| $name | $rc | $seconds | $note |"
   done < "$OUT/parts.tsv"
   echo
-  header=0
+  # launch/benchmark.py prints each row as it finishes (ROW | ... |): a part cut short keeps them.
+  echo "| what | size | batch | precision | ms/step, s or crops/s | images/s | MFU | MFU (XLA) | peak GiB | PyTorch ms (faster) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for name in sweep torch_peer probe compile startup pipeline; do
-    [ -f "$OUT/$name.log" ] || continue
-    if [ $header -eq 0 ]; then
-      grep -m 2 -E "^\| what|^\|---" "$OUT/$name.log" && header=1
-    fi
-    grep -E "^\| " "$OUT/$name.log" | grep -v -E "^\| what|^\|---"
+    [ -f "$OUT/$name.log" ] && grep -E "^ROW \| " "$OUT/$name.log" | cut -c5-
   done
   echo
   echo "(commands: $OUT/<part>.log, first lines; each row's figures: median over REPEATS=$REPEATS)"
