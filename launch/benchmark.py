@@ -648,7 +648,9 @@ def section_compile(size):
 def section_startup(size):
   """launch/train.py at `size` (IPT's config with the embedded photographs): seconds from the
   command to its first step done (the first progress line), with an empty compilation cache
-  and again with the one the first run filled; milestones from the output's arrival times."""
+  and again with the one the first run filled; milestones from the output's arrival times. The
+  run is stopped there. On a GPU, run it with XLA_PYTHON_CLIENT_PREALLOCATE=false (this process
+  holds the device too)."""
   import tempfile
   batch_size = _batch_sizes()[0]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -659,7 +661,7 @@ def section_startup(size):
   milestones = (("banner (built, state initialised)", "run: "),
                 ("first step compiled", "compiled the "),
                 ("first step done", "step 1/"))
-  print(f"  {'run':<6} " + " ".join(f"{m[0]:>34}" for m in milestones) + f" {'exit':>5}")
+  print(f"  {'run':<6} " + " ".join(f"{m[0]:>34}" for m in milestones) + f" {'':>5}")
   try:
     for kind in ("cold", "warm"):
       command = [sys.executable, os.path.join(root, "launch", "train.py"),
@@ -682,10 +684,14 @@ def section_startup(size):
         for label, prefix in milestones:
           if label not in seen and line.startswith(prefix):
             seen[label] = time.perf_counter() - start
+        if len(seen) == len(milestones):  # what comes after (evaluation) is not start-up
+          proc.kill()
+          break
       rc = proc.wait()
+      done = len(seen) == len(milestones)
       print(f"  {kind:<6} " + " ".join(f"{seen.get(m[0], float('nan')):>33.1f}s"
-                                       for m in milestones) + f" {rc:>5}")
-      if rc:
+                                       for m in milestones) + f" {'ok' if done else rc:>5}")
+      if not done:
         print("  " + "  ".join(lines[-5:]))
       _summary_row((f"start-up s: command to first step ({kind} cache)", size, batch_size,
                       FLAGS.precision, seen.get("first step done", float("nan")), "", "",
