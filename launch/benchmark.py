@@ -601,7 +601,7 @@ def section_compile(size):
   batch_size = _batch_sizes()[0]
   config = _config(size, SIX_TASKS, batch_size=batch_size)
   run = run_state.build(config)
-  cache = jax.config.jax_compilation_cache_dir
+  cache_was_on = jax.config.jax_enable_compilation_cache
   jax.config.update("jax_enable_compilation_cache", False)
   print(f"\n[compile] size={size}: batch {batch_size} per task, {config.precision}, "
         f"{len(jax.devices())} {jax.devices()[0].platform} device(s), persistent cache off; "
@@ -642,7 +642,7 @@ def section_compile(size):
                   config.precision, max(one_task), "", "", float("nan"), float("nan")))
   print(f"  one-task steps: {len(one_task)} programs, {sum(one_task):.1f} s in all, at most "
         f"{max(one_task):.1f} s each")
-  jax.config.update("jax_enable_compilation_cache", bool(cache))
+  jax.config.update("jax_enable_compilation_cache", cache_was_on)
 
 
 def section_startup(size):
