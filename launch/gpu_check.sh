@@ -100,8 +100,8 @@ part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir
   echo "|---|---|---|---|"
   while IFS=$'\t' read -r name rc seconds note; do
     case $name in
-      tests) note="${note:+$note; }$(grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 1)";;
-      main_job) note="${note:+$note; }$(grep -E "^step " "$OUT/main_job.log" | tail -n 1 | cut -d'|' -f1-3)";;
+      tests) note="${note:+$note; }$(grep -E "passed|failed|error" "$OUT/tests.log" 2>/dev/null | tail -n 1)";;
+      main_job) note="${note:+$note; }$(grep -E "^step " "$OUT/main_job.log" 2>/dev/null | tail -n 1 | cut -d'|' -f1-3)";;
     esac
     echo "| $name | $rc | $seconds | $note |"
   done < "$OUT/parts.tsv"
