@@ -85,10 +85,10 @@ part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$F
 # Two processes share the device here: neither takes 75% of its memory up front.
 XLA_PYTHON_CLIENT_PREALLOCATE=false part startup 120 "${BENCH[@]}" --sections=startup \
     --batch_size="$FIRST"
-part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
 XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -q -p no:cacheprovider \
     -m "not cpu_only" tests/test_models.py tests/test_step_batched.py tests/test_flops.py \
     tests/test_train.py
+part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
 part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$OUT/tiny" \
     --compile_cache="$CACHE"
 
