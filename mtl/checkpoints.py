@@ -2,11 +2,18 @@
 
 Orbax writes each step into a temporary directory and renames it when complete, so a killed
 run never leaves a half-written checkpoint that resume would pick up.
+
+Checkpoints hold the parameters (and Adam's moments) in the model's layout. Those written
+before the body's layers were stacked hold one subtree per layer ('body/encoder/0/...'); they
+restore into that layout and are stacked on the way in (`ipt.stack_layers`), onto the shardings
+asked for.
 """
 import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from mtl.models import ipt
 
 
 def manager(workdir, keep=3, async_save=True):
@@ -24,15 +31,53 @@ def save(mngr, step, state, force=False):
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+def _saved_per_layer(directory, step):
+  """Whether checkpoint `step` holds the body in the per-layer layout (written before the
+  stacking). Its own reader: a manager that has not saved knows no handler for 'params'."""
+  reader = ocp.CheckpointManager(directory, item_handlers={
+      "params": ocp.StandardCheckpointHandler()})
+  try:
+    saved = reader.item_metadata(step)["params"]
+  finally:
+    reader.close()
+  tree = getattr(saved, "tree", saved)
+  return isinstance(tree, dict) and ipt.is_per_layer(tree.get("body"))
+
+
+def _layer_of(leaf, i):
+  """The abstract layer slice of an abstract stacked leaf, sharded as the leaf is past its
+  layer axis."""
+  sharding = leaf.sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(sharding.mesh,
+                                          jax.sharding.PartitionSpec(*sharding.spec[1:]))
+  return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
+
+
+def _restore_items(mngr, step, abstract):
+  """{name: restored tree} for {name: abstract tree} (params, opt_state, ...), a checkpoint in
+  the per-layer layout stacked into the abstract trees' layout and shardings."""
+  per_layer = _saved_per_layer(mngr.directory, step)
+  target = (ipt.map_bodies(lambda b: ipt.unstack_layers(b, take=_layer_of), abstract)
+            if per_layer else abstract)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      **{name: ocp.args.StandardRestore(tree) for name, tree in target.items()}))
+  restored = {name: restored[name] for name in abstract}
+  if not per_layer:
+    return restored
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
+  return jax.jit(lambda tree: ipt.map_bodies(ipt.stack_layers, tree),
+                 out_shardings=shardings)(restored)
+
+
 def restore(mngr, abstract_state, step=None):
   """Restore params and optimizer state onto the shardings carried by `abstract_state`."""
   step = mngr.latest_step() if step is None else step
-  items = dict(params=ocp.args.StandardRestore(abstract_state.params),
-               opt_state=ocp.args.StandardRestore(abstract_state.opt_state))
+  items = dict(params=abstract_state.params, opt_state=abstract_state.opt_state)
   carried = getattr(abstract_state, "mtl_state", None)
   if carried:  # the config (checked on resume) asks for config.mtl's state: the save has it
-    items["mtl_state"] = ocp.args.StandardRestore(carried)
-  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    items["mtl_state"] = carried
+  restored = _restore_items(mngr, step, items)
   extra = {"mtl_state": restored["mtl_state"]} if carried else {}
   return abstract_state.replace(step=jax.numpy.asarray(step, jax.numpy.int32),
                                 params=restored["params"], opt_state=restored["opt_state"],
@@ -46,10 +91,9 @@ def restore_params(checkpoint_dir, abstract_params, step=None):
   if step is None:
     raise ValueError(f"no checkpoint in {checkpoint_dir}; point to a run's workdir or its "
                      "checkpoints/ folder that holds a saved step")
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_params)))
+  params = _restore_items(mngr, step, {"params": abstract_params})["params"]
   mngr.close()
-  return restored["params"], step
+  return params, step
 
 
 def checkpoint_dir_of(path):

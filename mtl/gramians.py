@@ -20,11 +20,18 @@ GROUPINGS = ipt.GROUPINGS
 
 
 def leaf_gramians(task_grads):
-  """Per-leaf Gramians G_l = J_l J_l^T, stacked (L, T, T), from a tree of (T, ...) gradients."""
-  def gram(g):
-    flat = g.reshape(g.shape[0], -1).astype(jnp.float32)
-    return jnp.einsum("ti,si->ts", flat, flat, precision=jax.lax.Precision.HIGHEST)
-  return jnp.stack([gram(g) for g in jax.tree_util.tree_leaves(task_grads)])
+  """Per-leaf Gramians G_l = J_l J_l^T, stacked (L, T, T), from a tree of (T, ...) gradients.
+
+  A body tree with stacked layers (mtl.models.ipt: its encoder's and decoder's leaves are
+  (T, layers, ...)) gives one Gramian per layer of those leaves, in the per-layer order of
+  `ipt.shared_layer_names`: one batched product per stacked leaf, then the layer axis unstacked.
+  """
+  def gram(g, stacked):
+    flat = g.reshape(g.shape[:1 + stacked] + (-1,)).astype(jnp.float32)
+    spec = "tli,sli->lts" if stacked else "ti,si->ts"
+    return jnp.einsum(spec, flat, flat, precision=jax.lax.Precision.HIGHEST)
+  grams = jax.tree_util.tree_map(gram, task_grads, ipt.layer_stacked_leaves(task_grads))
+  return jnp.stack(jax.tree_util.tree_leaves(ipt.map_bodies(ipt.unstack_layers, grams)))
 
 
 

@@ -4,7 +4,9 @@ the run's text log (`Tee`: stdout and stderr also appended to <workdir>/train.lo
 `Progress(total_steps, start_step, every)` logs, via absl logging,
   step 250/1000 (25.0%) | 3.21 steps/s | ETA 3m54s | loss 0.0123
 with the rate over the last `window` updates. Compilation is not training: `exclude(seconds)`
-takes a compile's duration out of the clock, so the first ETA is already right.
+takes a compile's duration out of the clock, so the first ETA is already right. Given the seconds
+the loop has waited for data so far (`update(..., data_wait=s)`), the line also says which share
+of the time since the previous update went to waiting (`| data wait 2%`; `wait_share()`).
 """
 import collections
 import json
@@ -34,6 +36,7 @@ class Progress:
     self._excluded = 0.0
     self._history = collections.deque([(clock(), int(start_step))], maxlen=max(2, window + 1))
     self._last_logged = int(start_step)
+    self._waits = collections.deque([(self._now(), 0.0)], maxlen=2)  # (clock, seconds waited)
 
   def _now(self):
     return self._clock() - self._excluded
@@ -53,14 +56,24 @@ class Progress:
     step = self._history[-1][1]
     return max(0, self.total_steps - step) / rate if rate > 0 else float("nan")
 
-  def update(self, step, metrics=None):
+  def wait_share(self):
+    """The share of the time between the last two updates spent waiting for data; NaN if
+    unknown."""
+    (t0, w0), (t1, w1) = self._waits[0], self._waits[-1]
+    return min(1.0, max(0.0, (w1 - w0) / (t1 - t0))) if t1 > t0 else float("nan")
+
+  def update(self, step, metrics=None, data_wait=None):
     step = int(step)
     self._history.append((self._now(), step))
+    if data_wait is not None:
+      self._waits.append((self._history[-1][0], float(data_wait)))
     if step - self._last_logged < self.every and step < self.total_steps:
       return None
     self._last_logged = step
     parts = [f"step {step}/{self.total_steps} ({100 * step / max(1, self.total_steps):.1f}%)",
              f"{self.rate():.3g} steps/s", f"ETA {files.format_duration(self.eta())}"]
+    if data_wait is not None:
+      parts.append(f"data wait {self.wait_share():.0%}")
     parts += [f"{k} {v:.4g}" if isinstance(v, (int, float, np.floating, np.integer))
               else f"{k} {v}" for k, v in (metrics or {}).items()]
     line = " | ".join(parts)

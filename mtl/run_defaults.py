@@ -47,6 +47,10 @@ def get_config(size="tiny"):
 
   c.model = ml_collections.ConfigDict(ipt.SIZES[size])
   c.model.init = "torch"      # torch: as the official IPT code initialises | flax: nnx defaults
+  c.model.remat = "none"      # none | layer: recompute each encoder/decoder layer in the backward
+  # The step's T task (probe: 2T half-batch) body calls: auto (one batched computation on GPUs
+  # and TPUs, one call each on CPUs, whichever is faster there) | batched | looped.
+  c.model.body_calls = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "photos"    # photos (embedded) | folder | tfds

@@ -25,9 +25,10 @@ LOCK_FILE = "train.lock"
 IMPORT_RECORD = "imported.json"  # an imported IPT workdir: which file it came from
 ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
              COMPUTE_FILE, RESULTS_FILE, LOCK_FILE)
-# Fields that may change between a run and its resumption: they do not change what is learned.
+# Fields that may change between a run and its resumption: they do not change what is learned
+# (model.remat and model.body_calls: how the same step is computed).
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
-                    "keep_checkpoints", "eval", "mesh")
+                    "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls")
 
 
 def results_name(step, final):
@@ -68,8 +69,8 @@ def check_config(workdir, config_dict):
                             "a run with a different config",
                             "use a new --workdir or the same config to resume")
   if added:
-    print(f"{path} predates the config fields {files.field_list(added)}: resuming with their current "
-          "values", flush=True)
+    print(f"{path} predates the config fields {files.field_list(added)}: resuming with their "
+          "current values", flush=True)
   return False
 
 
@@ -85,7 +86,8 @@ def check_or_write_config(workdir, config_dict):
 
 
 def source_run(init_from):
-  """The config dict of the run `init_from` names; ValueError unless it is a run with a checkpoint."""
+  """The config dict of the run `init_from` names; ValueError unless it is a run with a
+  checkpoint."""
   path = os.path.join(init_from, CONFIG_FILE)
   if not os.path.isdir(init_from):
     raise FileNotFoundError(f"init_from={init_from} is not a folder; point it to a run's workdir")

@@ -42,7 +42,7 @@ class Run:
     params = self.model.init(key)
     extra, mtl_state = aggregators.init_step_state(  # config.mtl's trained params, carried state
         self.config.get("mtl"), len(self.model.task_names),
-        len(jax.tree_util.tree_leaves(params["body"])))
+        len(ipt.shared_layer_names(params["body"])))
     params = dict(params, loss_weighting=extra) if extra else params
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=self.optimizer.init(params), mtl_state=mtl_state or None)
@@ -74,8 +74,9 @@ def finetune_params(run, init_from):
   target = run.model.task_names[0]
   source_model = ipt.IPT(ipt.ModelConfig.from_config(source_cfg["model"], run.config.precision),
                          tasks.get_all(source_cfg["tasks"]))
-  if dataclasses.replace(source_model.cfg, compute_dtype="float32") != dataclasses.replace(
-      run.model.cfg, compute_dtype="float32"):
+  same = lambda cfg: dataclasses.replace(cfg, compute_dtype="float32", **{
+      f: getattr(run.model.cfg, f) for f in ipt.ModelConfig.EXECUTION_FIELDS})
+  if same(source_model.cfg) != same(run.model.cfg):
     raise ValueError(f"init_from={init_from} has a different model size than this config; "
                      "fine-tune with the same model fields")
   abstract = jax.tree_util.tree_map(

@@ -14,7 +14,7 @@ import numpy as np
 from absl import logging
 
 from mtl import checkpoints, conflicts, files, run_folder, sharding
-from mtl.data import pipeline
+from mtl.data import pipeline, prefetch
 from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
 from mtl.run_config import normalize
@@ -153,7 +153,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     plain = {}
     def plain_step(task_names):
       if task_names not in plain:
-        plain[task_names] = jax.jit(make_step(run.model, config, run.optimizer, task_names, run.plan),
+        plain[task_names] = jax.jit(make_step(run.model, config, run.optimizer, task_names,
+                                              run.plan),
                                     out_shardings=shardings, donate_argnums=0)
       return plain[task_names]
     probe = jax.jit(make_step(run.model, config, run.optimizer, names, run.plan, probe=True),
@@ -162,18 +163,19 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
     writer.hparams(hparams_of(config), trial_id=os.path.basename(workdir))
     progress = progress_lib.Progress(config.total_steps, start, every=config.log_every)
-    batches = pipeline.train_batches(
+    # Host crops built ahead by the pipeline's threads, copied onto the devices ahead by
+    # DevicePrefetch's; the time the loop still waits for a batch is logged as data_wait.
+    batches = prefetch.DevicePrefetch(pipeline.train_batches(
         images, run.model.specs, config.model.patch_size, config.data.batch_size, config.seed,
         start_step=start, num_steps=config.total_steps - start,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        schedule=config.schedule, streaks=streaks, pairs=pairs)
+        schedule=config.schedule, streaks=streaks, pairs=pairs), run.mesh)
     probe_buffer, pending, compiled = [], [], set()
     step, started = start, time.time()
     try:
       with _Preemption() as preemption:
-        for step, local_batch in batches:
-          batch = sharding.to_global(local_batch, run.mesh)
-          task_names = tuple(n for n in names if n in local_batch)
+        for step, batch in batches:
+          task_names = tuple(n for n in names if n in batch)
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
             affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
                                                       config.mtl.get("affinity_lr", 0.0))))
@@ -199,7 +201,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
                             or stop)
           if done % config.log_every == 0 or checkpoint_now:
             try:
-              _log_metrics(pending, writer, progress, run.schedule, done, metrics_log)
+              _log_metrics(pending, writer, progress, run.schedule, done, metrics_log,
+                           data_wait=batches.wait_seconds)
             except NonFiniteLoss as error:
               raise NonFiniteLoss(f"{error}: training stopped; {_kept(mngr)}. Lower optim.lr "
                                   "or set optim.grad_clip") from None
@@ -218,6 +221,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
           if stop:  # not preemption.requested: a signal after check() is seen at the next step
             break
     finally:  # a save in flight completes even when training stops on an error
+      batches.close()
       mngr.wait_until_finished()
       mngr.close()
       metrics_log.close()
@@ -268,9 +272,11 @@ def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
       "wall_seconds": previous["wall_seconds"] + seconds})
 
 
-def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None):
+def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None, data_wait=None):
   """Fetch pending step metrics, stop on a non-finite one, write TensorBoard, metrics.jsonl and
-  the progress line (per-task losses: means over the steps since the last line)."""
+  the progress line (per-task losses: means over the steps since the last line). `data_wait`:
+  the seconds the loop has waited for batches so far; its share of the wall time since the last
+  line is logged as train/data_wait (TensorBoard, metrics.jsonl) and 'data wait' (the line)."""
   if not pending:
     return
   fetched = jax.device_get([m for _, m in pending])
@@ -287,10 +293,12 @@ def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None):
   per_task = {k[len("loss/"):]: v for k, v in sorted(mean.items())
               if k.startswith("loss/") and k != "loss/total"}
   shown = dict({"loss": mean["loss/total"]}, **(per_task if len(per_task) > 1 else {}))
-  line = progress.update(done, shown)
+  line = progress.update(done, shown, data_wait=data_wait)
   if line and jax.process_index() == 0:
     print(line, flush=True)
   mean["steps_per_sec"] = progress.rate()
+  if data_wait is not None:
+    mean["data_wait"] = progress.wait_share()
   writer.scalars(done, {f"train/{k}": v for k, v in mean.items()})
   if metrics_log is not None:
     rate = mean["steps_per_sec"]
@@ -298,7 +306,12 @@ def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None):
         "step": done, "time": round(time.time(), 3), "steps": len(fetched),
         "loss": per_task,
         "loss_total": mean["loss/total"], "lr": mean["lr"], "grad_norm": mean["grad_norm"],
-        "steps_per_sec": rate if np.isfinite(rate) else None})
+        "steps_per_sec": rate if np.isfinite(rate) else None,
+        "data_wait": _finite_or_none(mean.get("data_wait"))})
+
+
+def _finite_or_none(value):
+  return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, writer):

@@ -8,7 +8,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bottom first. A module may import its own layer or any below it, never one above.
 LAYERS = [
     ("pure pieces", ["mtl.__init__", "mtl.xla_options", "mtl.compile_cache", "mtl.distributed",
-                     "mtl.files", "mtl.children", "mtl.tasks", "mtl.losses", "mtl.optim",
+                     "mtl.files", "mtl.children", "mtl.flops", "mtl.tasks", "mtl.losses", "mtl.optim",
                      "mtl.metrics", "mtl.stats", "mtl.sharding", "mtl.gramians", "mtl.models",
                      "mtl.aggregators", "mtl.degradations", "mtl.checkpoints", "mtl.events",
                      "mtl.progress"]),

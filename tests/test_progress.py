@@ -60,3 +60,17 @@ def test_tee_keeps_output_until_attached_then_appends(tmp_path, capsys):
   assert lines[2:] == ["before the workdir was checked", "after", "an error line"]
   assert progress_lib.Tee.current is None
   assert "after" in capsys.readouterr().out  # the terminal still gets everything
+
+
+def test_data_wait_share_between_updates():
+  now = [0.0]
+  progress = progress_lib.Progress(total_steps=100, start_step=0, every=10, clock=lambda: now[0])
+  now[0] = 4.0
+  line = progress.update(10, data_wait=1.0)  # 1 s of the first 4 s waiting for batches
+  assert progress.wait_share() == pytest.approx(0.25)
+  assert line == "step 10/100 (10.0%) | 2.5 steps/s | ETA 36s | data wait 25%"
+  now[0] = 10.0
+  progress.exclude(2.0)  # a compile: neither training nor waiting
+  progress.update(20, data_wait=1.2)  # 0.2 s of the 4 s of steps since
+  assert progress.wait_share() == pytest.approx(0.05)
+  assert "data wait" not in progress.update(30)  # a loop that does not measure it

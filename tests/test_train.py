@@ -46,13 +46,13 @@ def _independent_task_grads(run, config, params, batch, step, halves=False):
 
 
 def _leaf_gramians(grads):
-  leaves = [jax.tree_util.tree_leaves(g) for g in grads]
+  leaves = [jax.tree_util.tree_leaves(ipt.unstack_layers(g)) for g in grads]  # per layer
   flat = [[np.asarray(l, np.float64).ravel() for l in task] for task in leaves]
   return np.array([[[flat[i][l] @ flat[j][l] for j in range(len(grads))]
                     for i in range(len(grads))] for l in range(len(leaves[0]))])
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("devices", [1, pytest.param(8, marks=pytest.mark.cpu_only)])
 def test_probe_gramians_equal_independent_per_half_gradients(devices):
   config = _config(data=devices)
   run = run_state.build(config)
@@ -97,8 +97,10 @@ def test_probe_step_makes_the_same_update_as_the_plain_step():
     start = run.init_state()
     start = start.replace(opt_state=sgd.init(start.params))
     names = run.model.task_names
-    plain, m_plain = jax.jit(step_lib.make_step(run.model, config, sgd, names, run.plan))(start, batch)
-    probed, m_probe, _ = jax.jit(step_lib.make_step(run.model, config, sgd, names, run.plan, probe=True))(
+    plain, m_plain = jax.jit(step_lib.make_step(run.model, config, sgd, names, run.plan))(start,
+                                                                                          batch)
+    probed, m_probe, _ = jax.jit(step_lib.make_step(run.model, config, sgd, names, run.plan,
+                                                    probe=True))(
         start, batch)
   assert float(m_plain["loss/total"]) == pytest.approx(float(m_probe["loss/total"]), rel=1e-6)
   assert float(m_plain["grad_norm"]) == pytest.approx(float(m_probe["grad_norm"]), rel=1e-5)
@@ -123,6 +125,7 @@ def _keep_gradient():
                                                                                 grads))
 
 
+@pytest.mark.cpu_only
 def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
   """The loss and the per-leaf gradients of one step agree between 1 and 8 devices.
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import checkpoints, conflicts, train
+from mtl import checkpoints, conflicts, events, train
 from mtl import run_folder, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,6 +69,10 @@ def test_joint_run_writes_every_artifact(straight_run):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "events")))
   compute = json.load(open(os.path.join(workdir, "compute.json")))
   assert compute["steps"] == 4 and compute["images_seen"] == 4 * 2 * 2 and compute["train_flops"] > 0
+  # The share of wall time the loop waited for batches: TensorBoard and metrics.jsonl, per line.
+  steps, waits = events.read_scalars(os.path.join(workdir, "events"), "train/data_wait")
+  assert list(steps) == [2, 4] and all(0 <= w <= 1 for w in waits)
+  assert [r["data_wait"] for r in _read_metrics(workdir)] == pytest.approx(list(waits))
 
 
 def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path):

@@ -350,7 +350,8 @@ def convert(state, cfg: ipt.ModelConfig, task_names, path="checkpoint"):
         "cross_attn": _attention(state, f"{name}.multihead_attn", perm),
         "mlp": _mlp(state, f"{name}.linear1", f"{name}.linear2", perm),
         **{f"norm{k}": _norm(state, f"{name}.norm{k}", perm) for k in (1, 2, 3)}}
-  params = {"heads": {}, "body": body, "queries": {}, "tails": {}}
+  # One subtree per official layer, stacked into the model's layer axis.
+  params = {"heads": {}, "body": ipt.stack_layers(body), "queries": {}, "tails": {}}
   for t, task in enumerate(task_names):
     params["heads"][task] = {
         "conv": _conv(state, f"head.{t}.0"),
