@@ -27,7 +27,7 @@ import os
 
 import ml_collections
 
-from experiments import base
+from mtl import run_defaults
 
 TASKS = ("denoise_15", "denoise_25", "denoise_50", "derain", "dehaze")
 # Published RGB PSNR (dB), 3-task all-in-one setting, in each paper's table; avg of the 5 columns.
@@ -55,9 +55,9 @@ def photos(config, tasks):
 
 def get_config(root=None):
   if not root:
-    config = photos(base.get_config("tiny"), TASKS)
+    config = photos(run_defaults.get_config("tiny"), TASKS)
   else:
-    config = base.get_config("small")
+    config = run_defaults.get_config("small")
     config.tasks = TASKS
     config.data.source, config.data.folder = "folder", os.path.join(root, "train", "denoise")
     config.data.pairs = ",".join([f"derain={os.path.join(root, 'train', 'derain')}",

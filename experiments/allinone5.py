@@ -18,14 +18,16 @@ allinone3 apply (mtl is task-aware, equal task shares per step).
 """
 import os
 
-from experiments import allinone3, base
+from experiments import allinone3
+
+from mtl import run_defaults
 
 TASKS = ("derain", "dehaze", "denoise_25", "deblur", "lowlight")
 
 
 def get_config(root=None):
   if not root:
-    return allinone3.photos(base.get_config("tiny"), TASKS)
+    return allinone3.photos(run_defaults.get_config("tiny"), TASKS)
   config = allinone3.get_config(root)
   del config["published"]   # allinone3's 3-task figures do not apply
   config.tasks = TASKS

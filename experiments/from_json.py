@@ -3,25 +3,14 @@
   python launch/train.py --config=experiments/from_json.py:path=STUDY/runs/NAME/run_config.json \
       --workdir=STUDY/runs/NAME
 
-Argument (base.py's convention): path=<run_config.json>; the short form
+Argument (mtl/run_defaults.py's convention): path=<run_config.json>; the short form
 `from_json.py:STUDY/runs/NAME/run_config.json` means the same.
 """
-import json
-
-import ml_collections
-
-from experiments import base
-
-
-def _tuples(value):
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+from mtl import run_defaults, run_folder
 
 
 def get_config(arg=None):
-  path = base.parse_arg(arg, "experiments/from_json.py", "path", path="")["path"]
+  path = run_defaults.parse_arg(arg, "experiments/from_json.py", "path", path="")["path"]
   if not path:
     raise ValueError("experiments/from_json.py needs path=<run_config.json>")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  return run_folder.config_from_json(path)

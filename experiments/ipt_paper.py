@@ -2,7 +2,7 @@
 
   python launch/train.py --config=experiments/ipt_paper.py:root=/data --workdir=/ckpt/ipt
 
-Argument (base.py's convention): root=<data root> (the short form `ipt_paper.py:/data` means
+Argument (mtl/run_defaults.py's convention): root=<data root> (the short form `ipt_paper.py:/data` means
 the same; default /data), a data root holding imagenet/train (clean pre-training images) and the
 benchmark folders benchmark/{Set5,Set14,B100,Urban100,CBSD68} (HR images) and
 benchmark/Rain100L (rainy/clean pairs). Published protocol: one task per batch, batch 256,
@@ -10,14 +10,14 @@ Adam lr 5e-5 for 300 epochs, L1 + 0.1 x supervised contrastive loss (temperature
 """
 import os
 
-from experiments import base
+from mtl import run_defaults
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 def get_config(arg=None):
-  root = base.parse_arg(arg, "experiments/ipt_paper.py", "root", root="/data")["root"]
-  config = base.get_config("paper")
+  root = run_defaults.parse_arg(arg, "experiments/ipt_paper.py", "root", root="/data")["root"]
+  config = run_defaults.get_config("paper")
   config.tasks = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
   config.schedule = "one"                      # IPT draws one task per batch
   config.precision = "bfloat16"

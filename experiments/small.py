@@ -3,15 +3,15 @@
   python launch/train.py --config=experiments/small.py:folder=/data/DIV2K/DIV2K_train_HR \
       --workdir=/ckpt/small
 
-Argument (base.py's convention): folder=<folder of clean images> (the short form
+Argument (mtl/run_defaults.py's convention): folder=<folder of clean images> (the short form
 `small.py:/data/DIV2K/DIV2K_train_HR` means the same). Without it, the embedded photographs.
 """
-from experiments import base
+from mtl import run_defaults
 
 
 def get_config(arg=None):
-  args = base.parse_arg(arg, "experiments/small.py", "folder", folder="")
-  config = base.get_config("small")
+  args = run_defaults.parse_arg(arg, "experiments/small.py", "folder", folder="")
+  config = run_defaults.get_config("small")
   config.tasks = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
   if args["folder"]:
     config.data.source, config.data.folder = "folder", args["folder"]

@@ -12,7 +12,7 @@ summary over all batches (one phase: a saved model has no training phases); when
 leave the noise floor 'not measurable', it says how many to measure.
 
 Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optional),
-redraws the figures into <workdir>/conflicts/ (file names: see mtl/plots.py), writes the
+redraws the figures into <workdir>/conflicts/ (file names: see mtl/draw.py), writes the
 same images and the whole-body cosine per pair to TensorBoard under
 <workdir>/events/analyze/ (a run of its own beside the trainer's <workdir>/events/), and
 prints a text summary: task x task mean cosine, conflict fractions, and per pair the noise
@@ -51,7 +51,7 @@ flags.DEFINE_float("ema_beta", 0.1, "GradVac EMA beta for the curves (0 for none
 def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   """Load, draw, log to TensorBoard, and return the text summary (window 0: the headline
   training phase of `phases`)."""
-  from mtl import conflicts, events, plots
+  from mtl import conflicts, draw, events
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is not a directory")
   record = conflicts.load(workdir, conflicts.parse_step_range(step_range))
@@ -59,7 +59,7 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   chosen = window or conflicts.headline_window(record, phases)
   report = conflicts.summarize(record, chosen)
   with events.Writer(os.path.join(workdir, "events", "analyze")) as writer:
-    paths = plots.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, chosen,
+    paths = draw.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, chosen,
                                ema_beta)
   if window:
     read = f"the last {window} probe steps (--window={window})"
@@ -92,7 +92,7 @@ def measure(checkpoint, config, num_batches, out=None):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
   from mtl import conflicts
-  from mtl.conflicts import measure as conflicts_measure
+  from mtl import measure as conflicts_measure
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
   steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(config, checkpoint, num_batches)

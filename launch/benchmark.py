@@ -1,21 +1,33 @@
-"""Speed and memory figures: train steps, the input pipeline, the conflict probe, devices.
+"""Speed and memory figures: train steps, the input pipeline, the conflict probe, devices,
+compile and start-up times.
 
   python launch/benchmark.py                      # everything, tiny and small sizes
   python launch/benchmark.py --sections=train --sizes=small --repeats=7
   python launch/benchmark.py --sections=train,probe,profile --sizes=small --against=torch \
       --ipt_repo=PATH --torch_python=PATH                # the official PyTorch IPT, same run
-  python launch/benchmark.py --sections=train --sizes=paper --precision=bfloat16  # accelerator
+  python launch/benchmark.py --sections=train --sizes=paper --precision=bfloat16 \
+      --tasks=sr_x2 --batch_size=8,32,128                # accelerator: a batch sweep with MFU
+  python launch/benchmark.py --sections=compile --sizes=paper --batch_size=2   # compile seconds
 
 Every figure is a median over --repeats timed runs after a warm-up (this machine is noisy);
 ratios compare runs made in the same process, and --against=torch steps the official model
 (launch/torch_peer.py, in a subprocess) right after each of ours, so both see the same load.
 Sections:
-  train     one-task steps (IPT schedule), 6 tasks, batch 8: ms/step per task, images/s,
-            XLA FLOPs per step and GFLOP/s, compiled peak memory, compile seconds; MFU against
-            the device's peak on accelerators; PyTorch's step per task and the ratio
-  pipeline  host input pipeline: crops/s delivered (3 and 6 tasks)
-  probe     joint step, every task every step: probe / no-probe time ratio, and the naive
-            jax.jacrev probe's ratio, with peak memory of each; PyTorch's per-task loop
+  train     one-task steps (IPT schedule), 6 tasks, at each --batch_size: ms/step per task,
+            images/s, model FLOPs (mtl/flops.py, counted from the shapes) and XLA's count,
+            compiled and device peak memory, compile seconds; MFU of both counts against the
+            device's data-sheet peak, and against this process's measured matmul ceiling;
+            PyTorch's step per task and the ratio
+  pipeline  host input pipeline: crops/s delivered (3 and 6 tasks), on one thread (= per host
+            core) and on all cores, and onto the device (mtl/data/prefetch.py)
+  probe     joint step, every task every step, at each --batch_size: probe / plain joint step
+            ratio, and the naive jax.jacrev probe's (--probe_variants), peak memory, MFU;
+            PyTorch's per-task loop
+  compile   (not in the default) seconds to trace and to compile each step function at the
+            first --batch_size: the one-task step of each of --tasks (schedule 'one'), the plain
+            joint step, the probe step, the evaluation's tile function
+  startup   (not in the default) launch/train.py at the size, from the command to its first
+            step done, with an empty compilation cache (cold) and again with it filled (warm)
   devices   the same joint step on 8 fake CPU devices / 1 device, equal global batch
   aggregators  (not in the default) the joint step (3 tasks) with each aggregator and loss
             weighting of mtl.aggregators, relative to plain summed gradients
@@ -35,12 +47,17 @@ import cli
 from absl import app, flags
 
 SIX_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
-SECTIONS = ("train", "pipeline", "probe", "devices", "profile", "aggregators")
+SECTIONS = ("train", "pipeline", "probe", "devices", "profile", "aggregators", "compile",
+            "startup")
+PROBE_VARIANTS = ("plain", "probe", "jacrev")
 
 flags.DEFINE_list("sections", ["train", "pipeline", "probe", "devices"], "What to measure.")
-flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (experiments/base.py SIZES).")
+flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (mtl.models.ipt.SIZES).")
 flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported).")
-flags.DEFINE_integer("batch_size", 8, "Images per task per step.")
+flags.DEFINE_list("batch_size", ["8"], "Images per task per step; several (8,32,128): the train "
+                  "and probe sections sweep them, the others take the first.")
+flags.DEFINE_list("probe_variants", list(PROBE_VARIANTS),
+                  "Steps the probe section times: plain (joint step), probe, jacrev (naive).")
 flags.DEFINE_integer("devices", 8, "Fake CPU devices for the devices section.")
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Compute dtype (parameters and optimizer state stay float32).")
@@ -53,14 +70,49 @@ flags.DEFINE_string("torch_python", os.environ.get("TORCH_PYTHON", sys.executabl
                     "A Python with torch and einops, for --against=torch (default: $TORCH_PYTHON, "
                     "else this one).")
 flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0: the CPU count).")
+flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
+                  "Where the PyTorch peer runs (auto: cuda when this run's devices are GPUs).")
+flags.DEFINE_list("torch_precisions", ["fp32"], "The PyTorch peer's precisions, each stepped after "
+                  "ours: fp32, bf16 (torch.autocast).")
+flags.DEFINE_integer("startup_steps", 2, "Steps of the start-up section's training runs.")
 FLAGS = flags.FLAGS
 
+# Rows of the closing summary table: (what, size, batch, precision, seconds per step (or a
+# count), MFU by the model's FLOPs, MFU by XLA's, peak GiB, PyTorch's seconds per step).
+SUMMARY = []
 
-def _config(size, tasks, devices=1):
-  from experiments import base
-  config = base.get_config(size)
+
+def _summary_row(row):
+  """Keep a row for the closing table, and print it now as `ROW | ... |`: a run cut short by a
+  time limit (launch/gpu_check.sh) keeps the rows it finished."""
+  SUMMARY.append(row)
+  print("ROW " + _markdown_row(row), flush=True)
+
+
+def _markdown_row(row):
+  what, size, batch, precision, value, mfu, mfu_xla, peak, torch_s = row
+  fmt = lambda x, f: "-" if x is None or x != x else f.format(x)
+  step = what.startswith(("train", "probe"))
+  return (f"| {what} | {size} | {batch} | {precision} | "
+          f"{fmt(value * 1e3 if step else value, '{:.1f}')} | "
+          f"{fmt(batch / value if what.startswith('train') else None, '{:.0f}')} | "
+          f"{mfu or '-'} | {mfu_xla or '-'} | {fmt(peak, '{:.2f}')} | "
+          f"{fmt(torch_s * 1e3 if torch_s == torch_s else None, '{:.1f}')} |")
+
+
+SUMMARY_HEADER = ("| what | size | batch | precision | ms/step, s or crops/s | images/s | MFU | "
+                  "MFU (XLA) | peak GiB | PyTorch ms (faster) |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _batch_sizes():
+  return sorted(int(b) for b in FLAGS.batch_size)  # ascending: the device's peak grows with them
+
+
+def _config(size, tasks, devices=1, batch_size=None):
+  from mtl import run_defaults
+  config = run_defaults.get_config(size)
   config.tasks = tasks
-  config.data.batch_size = FLAGS.batch_size
+  config.data.batch_size = batch_size or _batch_sizes()[0]
   config.mesh.data = devices
   config.precision = FLAGS.precision
   return config
@@ -77,9 +129,9 @@ _IMAGES = []
 
 def _images():
   if not _IMAGES:
-    from experiments import base
+    from mtl import run_defaults
     from mtl.data import sources
-    _IMAGES.append(sources.open_images(base.get_config().data, "train"))
+    _IMAGES.append(sources.open_images(run_defaults.get_config().data, "train"))
   return _IMAGES[0]
 
 
@@ -87,8 +139,8 @@ def _interleaved(calls, repeats, peer=None):
   """Median seconds per call of each {label: (call, peer request or None)}: `call()` runs one of
   ours to completion; the labels take turns, so that machine noise hits all alike, and the
   peer's step for a label, if it has one, runs right after ours. A warm-up round (compilation,
-  both sides) comes first. Returns (ours, the peer's): {label: median seconds}, NaN for a label
-  the peer did not run."""
+  both sides) comes first. Returns (ours, the peer's): {label: median seconds}, and
+  {label: {peer precision: median seconds}} ({} for a label the peer did not run)."""
   import numpy as np
   ours, theirs = {label: [] for label in calls}, {label: [] for label in calls}
   for warm_up in [True] + [False] * repeats:
@@ -102,7 +154,8 @@ def _interleaved(calls, repeats, peer=None):
         if peer_taken is not None:
           theirs[label].append(peer_taken)
   med = lambda d: {k: float(np.median(v)) if v else float("nan") for k, v in d.items()}
-  return med(ours), med(theirs)
+  return med(ours), {label: {p: float(np.median([t[p] for t in taken])) for p in taken[0]}
+                     if taken else {} for label, taken in theirs.items()}
 
 
 def _compiled_figures(jitted, state, batch):
@@ -121,16 +174,17 @@ def _compiled_figures(jitted, state, batch):
 def _step(run, config, names, probe=False):
   import jax
   from mtl import step as step_lib
-  return jax.jit(step_lib.make_step(run.model, config, run.optimizer, names, probe=probe),
+  return jax.jit(step_lib.make_step(run.model, config, run.optimizer, names, run.plan, probe=probe),
                  donate_argnums=0)
 
 
-def matmul_gflops(repeats=7):
-  """This process's fp32 2048^2 matmul speed: context for how loaded the machine is right now."""
+def matmul_gflops(repeats=7, precision="float32", side=2048):
+  """This process's side^2 matmul speed at `precision`, GFLOP/s: context for how loaded the
+  machine is right now, and the ceiling a step's FLOP/s can be held against."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  a = jnp.ones((2048, 2048), jnp.float32)
+  a = jnp.ones((side, side), jnp.dtype(precision))
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
   times = []
@@ -138,7 +192,20 @@ def matmul_gflops(repeats=7):
     start = time.perf_counter()
     f(a).block_until_ready()
     times.append(time.perf_counter() - start)
-  return 2 * 2048**3 / float(np.median(times)) / 1e9
+  return 2 * side**3 / float(np.median(times)) / 1e9
+
+
+_CEILING = {}
+
+
+def measured_peak(precision):
+  """FLOP/s of the largest matmul worth timing here at `precision` (8192^2 on accelerators,
+  2048^2 on CPUs), measured once per process: the ceiling a step could reach on this machine."""
+  import jax
+  if precision not in _CEILING:
+    side = 2048 if jax.default_backend() == "cpu" else 8192
+    _CEILING[precision] = matmul_gflops(repeats=10, precision=precision, side=side) * 1e9
+  return _CEILING[precision]
 
 
 # Dense peak FLOP/s per chip by device kind (vendor data sheets), for MFU. Keys are matched as
@@ -167,8 +234,30 @@ def peak_flops(device, precision):
 
 
 def _device_peak_bytes():
+  """The device's peak bytes in use so far in this process (None where the backend keeps no
+  count, e.g. CPU): with batch sizes in ascending order, the peak of the largest so far."""
   stats = getattr(__import__("jax").devices()[0], "memory_stats", lambda: None)() or {}
   return stats.get("peak_bytes_in_use")
+
+
+def _mfu_note(device, precision):
+  """The line saying what MFU is measured against, and why."""
+  spec, ceiling = peak_flops(device, precision), measured_peak(precision)
+  side = "2048" if device.platform == "cpu" else "8192"
+  if spec:
+    return (f"  MFU against the data sheet's dense {precision} peak, {spec / 1e12:.0f} TFLOP/s "
+            f"({device.device_kind}): the usual denominator (PaLM's MFU), so figures compare "
+            f"across code bases; 'of matmul' is against this process's measured {side}^2 "
+            f"{precision} matmul, {ceiling / 1e12:.0f} TFLOP/s, what this chip reaches in practice")
+  return (f"  MFU: no data-sheet peak for {device.device_kind} ({device.platform}); 'of matmul' "
+          f"is against this process's measured {side}^2 {precision} matmul, "
+          f"{ceiling / 1e9:.0f} GFLOP/s")
+
+
+def _mfu_cells(flops, seconds, device, precision):
+  spec = peak_flops(device, precision)
+  rate = flops / seconds
+  return (f"{rate / spec:.1%}" if spec else "n/a"), f"{rate / measured_peak(precision):.1%}"
 
 
 class TorchPeer:
@@ -189,12 +278,17 @@ class TorchPeer:
                      "comparison skipped")
       return
     m = config.model
+    import jax
+    self.device = FLAGS.torch_device
+    if self.device == "auto":
+      self.device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    self.precisions = tuple(FLAGS.torch_precisions)
     self.proc = subprocess.Popen(
         [python, os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_peer.py"),
          f"--ipt_repo={repo}", f"--n_feats={m.n_feats}", f"--patch_size={m.patch_size}",
          f"--patch_dim={m.patch_dim}", f"--layers={m.num_encoder_layers}",
          f"--heads={m.num_heads}", f"--batch={config.data.batch_size}",
-         f"--threads={FLAGS.torch_threads or os.cpu_count()}"],
+         f"--threads={FLAGS.torch_threads or os.cpu_count()}", f"--device={self.device}"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     first = self.proc.stdout.readline().split()
     if not first or first[0] != "ready":
@@ -203,10 +297,21 @@ class TorchPeer:
     self.ok, self.num_params = True, int(first[1])
 
   def step(self, request):
-    """Seconds of one step (timed inside the peer, so pipe latency is not counted)."""
-    self.proc.stdin.write(request + "\n")
-    self.proc.stdin.flush()
-    return float(self.proc.stdout.readline().split()[1]) / 1e3
+    """{precision: seconds} of one step in each of the peer's precisions (timed inside the peer,
+    so pipe latency is not counted)."""
+    taken = {}
+    for precision in self.precisions:
+      self.proc.stdin.write(f"{request} {precision}\n")
+      self.proc.stdin.flush()
+      reply = self.proc.stdout.readline().split()
+      if not reply or reply[0] != "ms":
+        raise RuntimeError(f"the PyTorch peer failed on {request!r} ({precision}); see its error "
+                           "above")
+      taken[precision] = float(reply[1]) / 1e3
+    return taken
+
+  def describe(self):
+    return f"{self.device}, {'/'.join(self.precisions)}"
 
   def close(self):
     if self.proc:
@@ -233,6 +338,18 @@ def _time_with_peer(calls, state, peer, repeats, mesh):
                        for label, (fn, batch, request) in calls.items()}, repeats, peer)
 
 
+def _torch_header(peer):
+  return "".join(f" {'torch ' + p + ' ms':>14}" for p in peer.precisions) + f" {'ratio':>6}"
+
+
+def _torch_cells(ours, theirs):
+  """The peer's ms per precision and ours / the fastest of them (the issue's yardstick)."""
+  if not theirs:
+    return ""
+  return "".join(f" {t * 1e3:>14.1f}" for t in theirs.values()) + \
+      f" {ours / min(theirs.values()):>6.2f}"
+
+
 def _open_peer(config):
   if "torch" not in FLAGS.against:
     return None
@@ -241,21 +358,26 @@ def _open_peer(config):
     print(f"  PyTorch: {peer.reason}")
     return None
   print(f"  PyTorch peer: official IPT from {FLAGS.ipt_repo}, {peer.num_params} parameters, "
-        f"{FLAGS.torch_threads or os.cpu_count()} threads, steps interleaved with ours")
+        f"{peer.device} ({FLAGS.torch_threads or os.cpu_count()} threads), precisions "
+        f"{', '.join(peer.precisions)}, steps interleaved with ours")
   return peer
 
 
 def section_train(size):
+  for batch_size in _batch_sizes():
+    _train_at(size, batch_size)
+
+
+def _train_at(size, batch_size):
   import jax
   import numpy as np
-  from mtl import run_state, sharding
+  from mtl import flops as flops_lib, run_state, sharding
   names = tuple(FLAGS.tasks)
-  config = _config(size, SIX_TASKS)
+  config = _config(size, SIX_TASKS, batch_size=batch_size)
   run = run_state.build(config)
   device = jax.devices()[0]
-  peak = peak_flops(device, config.precision)
   print(f"\n[train] size={size}: {len(names)} of 6 tasks, one task per step, batch "
-        f"{config.data.batch_size}, {config.precision}; {os.popen('uptime').read().strip()}")
+        f"{batch_size}, {config.precision}; {os.popen('uptime').read().strip()}")
   peer = _open_peer(config)
   with jax.set_mesh(run.mesh):
     state = run.init_state()
@@ -264,38 +386,52 @@ def section_train(size):
     for name in names:
       flops, mem, compiled, compile_s = _compiled_figures(
           _step(run, config, (name,)), state, {name: full[name]})
+      model_flops = flops_lib.train_step(run.model.cfg, (run.model.specs[
+          run.model.task_names.index(name)].scale,), batch_size)
       calls[name] = (compiled, {name: full[name]}, f"ipt {SIX_TASKS.index(name)}",
-                     (flops, mem), compile_s)
+                     (flops, mem, model_flops), compile_s)
     seconds, torch_seconds = _time_with_peer(
         {k: v[:3] for k, v in calls.items()}, state, peer, FLAGS.repeats, run.mesh)
+    del state, full
   if peer:
     peer.close()
-  print(f"  {'task':<11} {'ms/step':>8} {'images/s':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} "
-        f"{'peak MB':>8} {'compile s':>9}" + (f" {'MFU':>6}" if peak else "")
-        + (f" {'torch ms':>9} {'ratio':>6}" if peer else ""))
+  used = _device_peak_bytes()
+  print(_mfu_note(device, config.precision))
+  print(f"  {'task':<11} {'ms/step':>8} {'images/s':>9} {'TFLOP/step':>10} {'XLA TFLOP':>9} "
+        f"{'MFU':>6} {'of matmul':>9} {'MFU XLA':>7} {'peak MB':>8} {'compile s':>9}"
+        + (_torch_header(peer) if peer else ""))
   for name in names:
-    (flops, mem), compile_s, s = calls[name][3], calls[name][4], seconds[name]
-    line = (f"  {name:<11} {s * 1e3:>8.1f} {config.data.batch_size / s:>9.1f} "
-            f"{flops / 1e9:>11.2f} {flops / 1e9 / s:>8.1f} {mem / 2**20:>8.1f} {compile_s:>9.1f}")
-    if peak:
-      line += f" {flops / s / peak:>6.1%}"
+    (flops, mem, model_flops), compile_s, s = calls[name][3], calls[name][4], seconds[name]
+    mfu, of_matmul = _mfu_cells(model_flops, s, device, config.precision)
+    mfu_xla, _ = _mfu_cells(flops, s, device, config.precision)
+    line = (f"  {name:<11} {s * 1e3:>8.1f} {batch_size / s:>9.1f} {model_flops / 1e12:>10.3f} "
+            f"{flops / 1e12:>9.3f} {mfu:>6} {of_matmul:>9} {mfu_xla:>7} {mem / 2**20:>8.1f} "
+            f"{compile_s:>9.1f}")
     if peer:
-      line += f" {torch_seconds[name] * 1e3:>9.1f} {s / torch_seconds[name]:>6.2f}"
+      line += _torch_cells(s, torch_seconds[name])
     print(line)
   mean = float(np.mean(list(seconds.values())))
-  flops = float(np.mean([calls[n][3][0] for n in names]))
-  print(f"  mean over tasks: {mean * 1e3:.1f} ms/step ({config.data.batch_size / mean:.1f} "
-        f"images/s)" + (f", MFU {flops / mean / peak:.1%} of {peak / 1e12:.0f} TFLOP/s "
-                        f"({device.device_kind}, {config.precision})" if peak else ""))
+  model_flops = float(np.mean([calls[n][3][2] for n in names]))
+  xla_flops = float(np.mean([calls[n][3][0] for n in names]))
+  mfu, of_matmul = _mfu_cells(model_flops, mean, device, config.precision)
+  print(f"  mean over tasks: {mean * 1e3:.1f} ms/step ({batch_size / mean:.1f} images/s), "
+        f"{model_flops / mean / 1e12:.2f} model TFLOP/s: MFU {mfu} ({of_matmul} of the matmul "
+        f"ceiling), by XLA's count {_mfu_cells(xla_flops, mean, device, config.precision)[0]}")
+  torch_mean = float("nan")
   if peer:
-    torch_mean = float(np.mean(list(torch_seconds.values())))
-    print(f"  official PyTorch IPT, same run: {torch_mean * 1e3:.1f} ms/step; mtl / PyTorch = "
-          f"{mean / torch_mean:.2f}")
-  if device.platform != "cpu":
-    used = _device_peak_bytes()
-    print(f"  device peak memory in use: {used / 2**30:.2f} GiB" if used else
-          "  device peak memory: not reported by this backend")
+    by_precision = {p: float(np.mean([torch_seconds[n][p] for n in names]))
+                    for p in peer.precisions}
+    torch_mean = min(by_precision.values())
+    print(f"  official PyTorch IPT ({peer.device}), same run: " + ", ".join(
+        f"{p} {t * 1e3:.1f} ms/step" for p, t in by_precision.items())
+          + f"; mtl / the faster = {mean / torch_mean:.2f}")
+  peak_gib = used / 2**30 if used else max(calls[n][3][1] for n in names) / 2**30
+  print(f"  device peak memory in use so far: {used / 2**30:.2f} GiB" if used else
+        "  device peak memory: not reported by this backend (compiled peak per step above)")
   print(f"  process peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+  _summary_row(("train: one-task step", size, batch_size, config.precision, mean,
+                  mfu, _mfu_cells(xla_flops, mean, device, config.precision)[0], peak_gib,
+                  torch_mean))
 
 
 def section_profile(size):
@@ -351,36 +487,72 @@ def section_profile(size):
     peer.close()
   print(f"\n[profile] size={size}: stages of a one-task step alone, forward + backward, batch {b}, "
         f"{config.precision}; {os.popen('uptime').read().strip()}")
-  print(f"  {'stage':<30} {'mtl ms':>8}" + (f" {'torch ms':>9} {'ratio':>6}" if peer else ""))
+  print(f"  {'stage':<30} {'mtl ms':>8}" + (_torch_header(peer) if peer else ""))
   for label, t in sorted(ours.items(), key=lambda kv: -kv[1]):
-    line = f"  {label:<30} {t * 1e3:>8.1f}"
-    if peer:
-      line += f" {theirs[label] * 1e3:>9.1f} {t / theirs[label]:>6.2f}"
-    print(line)
+    print(f"  {label:<30} {t * 1e3:>8.1f}" + (_torch_cells(t, theirs[label]) if peer else ""))
   if peer:
     print("  (PyTorch: the same stage of the official model, stepped right after ours; its "
           "optimizer row is torch.optim.Adam.step, which also applies the update)")
 
 
 def section_pipeline():
-  from mtl import tasks
-  from mtl.data import pipeline
-  print("\n[pipeline] crops/s delivered by the host pipeline (photos, batch "
-        f"{FLAGS.batch_size} per task)")
+  import jax
+  from mtl import run_state, tasks
+  from mtl.data import pipeline, prefetch
+  batch_size, cores = _batch_sizes()[0], os.cpu_count() or 1
+  threads = pipeline.default_threads()
+  print(f"\n[pipeline] crops/s delivered by the host pipeline (photos, batch {batch_size} per "
+        f"task; {cores} host cores, {threads} threads by default), median of 3")
+  mesh = run_state.build(_config("tiny", SIX_TASKS, batch_size=batch_size)).mesh
+  print(f"  {'tasks':<6} {'1 thread':>9} {f'{threads} threads':>11} {'per core':>9} "
+        f"{'onto ' + jax.devices()[0].platform:>10}")
   for names in (("denoise_30", "sr_x2", "derain"), SIX_TASKS):
-    rates = [pipeline.measure_throughput(_images(), tasks.get_all(names), 48, FLAGS.batch_size,
-                                         num_steps=30) for _ in range(3)]
-    print(f"  {len(names)} tasks: {sorted(rates)[1]:.0f} crops/s (median of 3)")
+    specs = tasks.get_all(names)
+    rate = lambda **kw: sorted(pipeline.measure_throughput(
+        _images(), specs, 48, batch_size, num_steps=30, **kw) for _ in range(3))[1]
+    one, every = rate(num_threads=1), rate()
+    device = sorted(_device_throughput(specs, batch_size, mesh, prefetch) for _ in range(3))[1]
+    print(f"  {len(names):<6} {one:>9.0f} {every:>11.0f} {every / min(threads, cores):>9.0f} "
+          f"{device:>10.0f}")
+    _summary_row((f"pipeline: crops/s per host core ({len(names)} tasks)", "-", batch_size,
+                    "uint8", every / min(threads, cores), "", "", float("nan"), float("nan")))
+  print("  (per core: all threads' rate over the cores they use; onto the device: the same "
+        "batches copied by DevicePrefetch with the batch sharding, as the trainer feeds them)")
+
+
+def _device_throughput(specs, batch_size, mesh, prefetch, num_steps=30, warmup_steps=5):
+  """Crops/s of train_batches through DevicePrefetch onto `mesh`, each batch ready on device."""
+  import jax
+  from mtl.data import pipeline
+  source = pipeline.train_batches(_images(), specs, 48, batch_size, 0,
+                                  num_steps=warmup_steps + num_steps)
+  with prefetch.DevicePrefetch(source, mesh) as batches:
+    for _ in range(warmup_steps):
+      next(batches)
+    count, start = 0, time.perf_counter()
+    for _, batch in batches:
+      jax.block_until_ready(batch)
+      count += sum(v.shape[0] for k, v in batch.items() if ":" not in k)
+  return count / (time.perf_counter() - start)
 
 
 def section_probe(size):
+  for batch_size in _batch_sizes():
+    _probe_at(size, batch_size)
+
+
+def _probe_at(size, batch_size):
   import jax
-  from mtl import run_state, sharding
-  print(f"\n[probe] size={size}: joint step, 6 tasks every step, batch {FLAGS.batch_size} per "
+  from mtl import flops as flops_lib, run_state, sharding
+  print(f"\n[probe] size={size}: joint step, 6 tasks every step, batch {batch_size} per "
         f"task; {os.popen('uptime').read().strip()}")
-  config = _config(size, SIX_TASKS)
+  config = _config(size, SIX_TASKS, batch_size=batch_size)
   run = run_state.build(config)
-  variants = (("no probe", False), ("probe", True), ("naive jacrev", "jacrev"))
+  device = jax.devices()[0]
+  wanted = set(FLAGS.probe_variants)
+  variants = [(label, probe) for label, key, probe in (
+      ("no probe", "plain", False), ("probe", "probe", True), ("naive jacrev", "jacrev", "jacrev"))
+              if key in wanted]
   peer = _open_peer(config)
   with jax.set_mesh(run.mesh):
     batch = sharding.to_global(_batch(run, config), run.mesh)
@@ -392,22 +564,159 @@ def section_probe(size):
     calls = {label: (c[2], batch, "pertask" if label == "probe" else None)
              for label, c in compiled.items()}
     seconds, torch_seconds = _time_with_peer(calls, state, peer, FLAGS.repeats, run.mesh)
+    del state, batch
   if peer:
     peer.close()
+  model_flops = flops_lib.train_step(run.model.cfg, [s.scale for s in run.model.specs],
+                                     batch_size)
+  print(_mfu_note(device, config.precision))
+  base = seconds.get("no probe")
   for label in calls:
-    print(f"  {label:<13} {seconds[label] * 1e3:>8.1f} ms/step  ratio "
-          f"{seconds[label] / seconds['no probe']:5.2f}  peak {peaks[label] / 2**20:8.1f} MB")
-  if peer:
-    t = torch_seconds["probe"]
+    mfu, of_matmul = _mfu_cells(model_flops, seconds[label], device, config.precision)
+    ratio = f"ratio {seconds[label] / base:5.2f}  " if base else ""
+    print(f"  {label:<13} {seconds[label] * 1e3:>8.1f} ms/step  {ratio}MFU {mfu:>6} "
+          f"({of_matmul} of matmul)  compiled peak {peaks[label] / 2**20:8.1f} MB  compile "
+          f"{compiled[label][3]:.1f} s")
+    used = _device_peak_bytes()
+    _summary_row((f"probe: {label}" + (f" ({seconds[label] / base:.2f}x plain)" if base and
+                                         label != "no probe" else ""), size, batch_size,
+                    config.precision, seconds[label], mfu,
+                    _mfu_cells(compiled[label][0], seconds[label], device, config.precision)[0],
+                    (used or peaks[label]) / 2**30,
+                    min(torch_seconds[label].values()) if torch_seconds.get(label) else
+                    float("nan")))
+  if peer and torch_seconds.get("probe"):
     print(f"  official PyTorch IPT per-task loop (6 backward passes, body gradients kept apart, "
-          f"cosines), same run: {t * 1e3:.1f} ms/step; mtl probe / PyTorch = "
-          f"{seconds['probe'] / t:.2f}")
+          f"cosines), same run: " + ", ".join(f"{p} {t * 1e3:.1f} ms/step" for p, t in
+                                             torch_seconds["probe"].items())
+          + f"; mtl probe / the faster = {seconds['probe'] / min(torch_seconds['probe'].values()):.2f}")
+
+
+def section_compile(size):
+  """Seconds to trace (jit's lower) and to compile each step function, from abstract arguments
+  (nothing is initialised), without the persistent compilation cache."""
+  import jax
+  import jax.numpy as jnp
+  from mtl import run_state, sharding
+  batch_size = _batch_sizes()[0]
+  config = _config(size, SIX_TASKS, batch_size=batch_size)
+  run = run_state.build(config)
+  cache_was_on = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  print(f"\n[compile] size={size}: batch {batch_size} per task, {config.precision}, "
+        f"{len(jax.devices())} {jax.devices()[0].platform} device(s), persistent cache off; "
+        f"{os.popen('uptime').read().strip()}")
+  abstract_batch = lambda specs: {s.name: jax.ShapeDtypeStruct(
+      (batch_size,) + (s.hr_crop(config.model.patch_size),) * 2 + (3,), jnp.uint8,
+      sharding=sharding.batch_sharding(run.mesh)) for s in specs}
+  functions = [(f"one-task step {s.name} (schedule one)", _step(run, config, (s.name,)),
+                (run.abstract_state, abstract_batch([s]))) for s in run.model.specs
+               if s.name in FLAGS.tasks]
+  functions.append(("plain joint step (schedule all)", _step(run, config, run.model.task_names),
+                    (run.abstract_state, abstract_batch(run.model.specs))))
+  functions.append(("probe step (schedule all)",
+                    _step(run, config, run.model.task_names, probe=True),
+                    (run.abstract_state, abstract_batch(run.model.specs))))
+  tile = config.eval.tile_batch
+  params = run.abstract_state.params
+  images = jax.ShapeDtypeStruct((tile, config.model.patch_size, config.model.patch_size, 3),
+                                jnp.float32)
+  functions.append((f"eval tile function ({tile} tiles, sr_x4)",
+                    jax.jit(run.model.apply, static_argnums=1), (params, "sr_x4", images)))
+  print(f"  {'function':<44} {'trace s':>8} {'compile s':>9}")
+  one_task = []
+  with jax.set_mesh(run.mesh):
+    for label, jitted, args in functions:
+      start = time.perf_counter()
+      lowered = jitted.lower(*args)
+      traced = time.perf_counter() - start
+      lowered.compile()
+      compiled = time.perf_counter() - start - traced
+      print(f"  {label:<44} {traced:>8.1f} {compiled:>9.1f}", flush=True)
+      if label.startswith("one-task"):
+        one_task.append(traced + compiled)
+      else:
+        _summary_row((f"compile s: {label.split(' (')[0]}", size, batch_size, config.precision,
+                        traced + compiled, "", "", float("nan"), float("nan")))
+  _summary_row(("compile s: one-task step (max of the tasks)", size, batch_size,
+                  config.precision, max(one_task), "", "", float("nan"), float("nan")))
+  print(f"  one-task steps: {len(one_task)} programs, {sum(one_task):.1f} s in all, at most "
+        f"{max(one_task):.1f} s each")
+  jax.config.update("jax_enable_compilation_cache", cache_was_on)
+
+
+def section_startup(size):
+  """launch/train.py at `size` (IPT's config with the embedded photographs): seconds from the
+  command to its first step done (the first progress line), with an empty compilation cache
+  and again with the one the first run filled; milestones from the output's arrival times. The
+  run is stopped there. On a GPU, run it with XLA_PYTHON_CLIENT_PREALLOCATE=false (this process
+  holds the device too)."""
+  import tempfile
+  batch_size = _batch_sizes()[0]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  print(f"\n[startup] size={size}: launch/train.py, IPT's config (6 tasks, schedule one) on the "
+        f"embedded photographs, batch {batch_size}, {FLAGS.precision}; "
+        f"{os.popen('uptime').read().strip()}")
+  base = tempfile.mkdtemp(prefix="mtl-startup-")
+  milestones = (("banner (built, state initialised)", "run: "),
+                ("first step compiled", "compiled the "),
+                ("first step done", "step 1/"))
+  print(f"  {'run':<6} " + " ".join(f"{m[0]:>34}" for m in milestones) + f" {'':>5}")
+  try:
+    for kind in ("cold", "warm"):
+      command = [sys.executable, os.path.join(root, "launch", "train.py"),
+                 "--config=experiments/ipt_paper.py", f"--workdir={base}/{kind}",
+                 f"--compile_cache={base}/cache", "--config.data.source=photos",
+                 "--config.eval.sets=photos", "--config.eval.max_images=1",
+                 "--config.eval.max_side=48", f"--config.data.batch_size={batch_size}",
+                 f"--config.total_steps={FLAGS.startup_steps}", "--config.log_every=1",
+                 f"--config.checkpoint_every={FLAGS.startup_steps}",
+                 f"--config.precision={FLAGS.precision}"]
+      if size != "paper":
+        from mtl.models import ipt
+        command += [f"--config.model.{k}={v}" for k, v in ipt.SIZES[size].items()]
+      seen, start = {}, time.perf_counter()
+      proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+      lines = []
+      for line in proc.stdout:
+        lines.append(line)
+        for label, prefix in milestones:
+          if label not in seen and line.startswith(prefix):
+            seen[label] = time.perf_counter() - start
+        if len(seen) == len(milestones):  # what comes after (evaluation) is not start-up
+          proc.kill()
+          break
+      rc = proc.wait()
+      done = len(seen) == len(milestones)
+      print(f"  {kind:<6} " + " ".join(f"{seen.get(m[0], float('nan')):>33.1f}s"
+                                       for m in milestones) + f" {'ok' if done else rc:>5}")
+      if not done:
+        print("  " + "  ".join(lines[-5:]))
+      _summary_row((f"start-up s: command to first step ({kind} cache)", size, batch_size,
+                      FLAGS.precision, seen.get("first step done", float("nan")), "", "",
+                      float("nan"), float("nan")))
+  finally:
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def print_summary():
+  """One markdown table of the run's headline figures (for README's Speed section)."""
+  if not SUMMARY:
+    return
+  import jax
+  device = jax.devices()[0]
+  print(f"\n[summary] {device.device_kind} ({len(jax.devices())} {device.platform} device(s)), "
+        f"jax {jax.__version__}; command: python3 launch/benchmark.py {' '.join(sys.argv[1:])}")
+  print(SUMMARY_HEADER)
+  for row in SUMMARY:
+    print(_markdown_row(row))
 
 
 def section_devices(size):
   import jax
   from mtl import run_state, sharding
-  print(f"\n[devices] size={size}: joint step (3 tasks, batch {FLAGS.batch_size} per task), "
+  print(f"\n[devices] size={size}: joint step (3 tasks, batch {_batch_sizes()[0]} per task), "
         f"{FLAGS.devices} fake CPU devices vs 1 (a correctness-and-overhead figure on 2 cores)")
   times = {}
   for devices in (1, FLAGS.devices):
@@ -433,7 +742,7 @@ def section_aggregators(size):
   methods = [("sum", "")] + [(a, "") for a in aggregators.WEIGHTINGS if a != "sum"]
   methods += [("sum", w) for w in aggregators.LOSS_WEIGHTINGS]
   print(f"\n[aggregators] size={size}: joint step, {len(AGGREGATOR_TASKS)} tasks every step, "
-        f"batch {FLAGS.batch_size} per task (the aggregators take per-task body gradients on "
+        f"batch {_batch_sizes()[0]} per task (the aggregators take per-task body gradients on "
         "every step; the loss weightings sum them); "
         f"{os.popen('uptime').read().strip()}")
   calls = {}
@@ -465,6 +774,16 @@ def main():
   bad = set(FLAGS.tasks) - set(SIX_TASKS)
   if bad:
     raise ValueError(f"--tasks={','.join(FLAGS.tasks)}; valid: {','.join(SIX_TASKS)}")
+  if not FLAGS.batch_size or not all(b.isdigit() and int(b) > 0 for b in FLAGS.batch_size):
+    raise ValueError(f"--batch_size={','.join(FLAGS.batch_size)}; valid: positive integers, "
+                     "comma-separated (8,32,128)")
+  bad = set(FLAGS.probe_variants) - set(PROBE_VARIANTS)
+  if bad:
+    raise ValueError(f"--probe_variants={','.join(FLAGS.probe_variants)}; valid: "
+                     f"{','.join(PROBE_VARIANTS)}")
+  bad = set(FLAGS.torch_precisions) - {"fp32", "bf16"}
+  if bad or not FLAGS.torch_precisions:
+    raise ValueError(f"--torch_precisions={','.join(FLAGS.torch_precisions)}; valid: fp32, bf16")
   if FLAGS.compile_cache:
     from mtl import compile_cache
     compile_cache.enable(FLAGS.compile_cache)
@@ -480,7 +799,9 @@ def main():
       continue
     for size in FLAGS.sizes:
       {"train": section_train, "probe": section_probe, "devices": section_devices,
-       "profile": section_profile, "aggregators": section_aggregators}[section](size)
+       "profile": section_profile, "aggregators": section_aggregators,
+       "compile": section_compile, "startup": section_startup}[section](size)
+  print_summary()
 
 
 if __name__ == "__main__":

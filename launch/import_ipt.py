@@ -25,10 +25,11 @@ flags.mark_flags_as_required(["checkpoint", "workdir"])
 
 @cli.absl_main
 def main():
+  from mtl import run_state
   from mtl.models import ipt, ipt_import
   f = flags.FLAGS
   cfg, names, params = ipt_import.load(f.checkpoint, f.tasks or None, f.num_heads or None, f.size)
-  ipt_import.write_workdir(params, cfg, names, f.workdir, source=f.checkpoint)
+  run_state.write_workdir(params, cfg, names, f.workdir, source=f.checkpoint)
   print(f"imported {f.checkpoint} -> {f.workdir}: tasks {', '.join(names)}; "
         f"{ipt.count_params(params) / 1e6:.2f}M parameters "
         f"(body {ipt.count_params(params['body']) / 1e6:.2f}M)", flush=True)

@@ -20,14 +20,15 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 
+import _root  # noqa: F401  (repository root on sys.path for `mtl`)
 from absl import flags
 
 import cli
+from mtl import children
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 
@@ -73,28 +74,16 @@ def commands(args, train_args, port):
           for i in range(args.num_processes)]
 
 
-try:  # loaded here: the child, between fork and exec, must only call it
-  import ctypes
-  _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: orphans are possible, nothing else changes
-  _PRCTL = None
-
-
-def _die_with_parent():
-  """In the child: SIGTERM when the launcher dies (it checkpoints), so no orphan is left."""
-  if _PRCTL is not None:
-    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _pump(index, stream, lock):
-  """Copy a child's output line by line, each line prefixed by [p<index>]."""
+def _printer(index, lock):
+  """on_line for process `index`: each line of its output to ours, prefixed by [p<index>]."""
   prefix = f"[p{index}] ".encode()
-  out = sys.stdout.buffer
-  for line in iter(stream.readline, b""):
+
+  def on_line(line):
     with lock:
+      out = sys.stdout.buffer
       out.write(prefix + line if line.endswith(b"\n") else prefix + line + b"\n")
       out.flush()
-  stream.close()
+  return on_line
 
 
 def _exit_status(returncode):
@@ -127,12 +116,7 @@ class Launcher:
       self._send(signal.SIGKILL)
 
   def _send(self, sig):
-    for p in self.procs:
-      if p.poll() is None:
-        try:
-          p.send_signal(sig)
-        except ProcessLookupError:
-          pass
+    children.send(self.procs, sig)
 
   def run(self):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -140,13 +124,9 @@ class Launcher:
       signal.signal(sig, self._on_signal)
     pumps = []
     for i, cmd in enumerate(self.cmds):
-      # Own session: a terminal's Ctrl-C reaches only the launcher, which turns it into SIGTERM.
-      p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                           start_new_session=True, preexec_fn=_die_with_parent)
-      self.procs.append(p)
-      t = threading.Thread(target=_pump, args=(i, p.stdout, self.lock), daemon=True)
-      t.start()
-      pumps.append(t)
+      child = children.Child(cmd, env, _printer(i, self.lock))
+      self.procs.append(child.proc)
+      pumps.append(child.pump)
     self.say("started " + ", ".join(f"p{i} pid {p.pid}" for i, p in enumerate(self.procs)))
 
     first_failure = None

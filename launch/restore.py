@@ -21,7 +21,8 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_bool("overwrite", False, "Replace files of the same name already in --output "
                   "(refused otherwise).")
 flags.DEFINE_bool("self_ensemble", False, "Average the x8 flips and rotations of each image "
-                  "(EDSR's '+', IPT's --self_ensemble); 8 times the work.")
+                  "(EDSR's '+', IPT's --self_ensemble; derain and dehaze: the image and its "
+                  "left-right mirror); up to 8 times the work.")
 flags.DEFINE_bool("ema", False, "Use the run's EMA parameters (trained with "
                   "config.optim.ema_decay > 0).")
 flags.mark_flags_as_required(["workdir", "task", "input", "output"])
@@ -29,11 +30,11 @@ flags.mark_flags_as_required(["workdir", "task", "input", "output"])
 
 @cli.absl_main
 def main():
-  from mtl import restore
+  from mtl import restoration
   f = flags.FLAGS
-  written, skipped = restore.restore_folder(f.workdir, f.task, f.input, f.output, f.step,
-                                            overwrite=f.overwrite,
-                                            self_ensemble=f.self_ensemble, ema=f.ema)
+  written, skipped = restoration.restore_folder(f.workdir, f.task, f.input, f.output, f.step,
+                                                overwrite=f.overwrite,
+                                                self_ensemble=f.self_ensemble, ema=f.ema)
   print(f"wrote {len(written)} image(s) to {f.output}"
         + (f"; skipped {len(skipped)} unreadable" if skipped else ""), flush=True)
 

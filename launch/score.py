@@ -27,14 +27,14 @@ flags.mark_flags_as_required(["restored", "reference"])
 
 @cli.absl_main
 def main():
-  from mtl import restore
+  from mtl import restoration
   f = flags.FLAGS
   y_channel = f.y_channel and not f.rgb
-  rows, mean = restore.score_folders(f.restored, f.reference, f.crop_border, y_channel,
+  rows, mean = restoration.score_folders(f.restored, f.reference, f.crop_border, y_channel,
                                      f.mod_crop)
   if f.csv:
-    restore.write_csv(f.csv, rows)
-  print(restore.format_scores(rows, mean, y_channel), flush=True)
+    restoration.write_csv(f.csv, rows)
+  print(restoration.format_scores(rows, mean, y_channel), flush=True)
 
 
 if __name__ == "__main__":

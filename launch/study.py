@@ -64,6 +64,16 @@ flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+FROM_JSON = os.path.join(os.path.dirname(HERE), "experiments", "from_json.py")
+
+
+def train_command(run_config, workdir):
+  """One study run's command: launch/train.py on the run config the study saved as JSON."""
+  return [sys.executable, os.path.join(HERE, "train.py"), f"--config={FROM_JSON}:{run_config}",
+          f"--workdir={workdir}"]
+
+
 def devices(value, max_parallel):
   """The device ids handed out one per run, or None (plain processes)."""
   if max_parallel == 1 or value == "none":
@@ -102,10 +112,10 @@ def queued(job_ids):
 def plan(study, runs, args):
   """[(run, job script, sbatch arguments before the script, names it depends on)] for the runs
   not done (and not already queued or running), and {run: job id} of those already queued."""
-  from mtl import io
+  from mtl import files
   from mtl.study import runner
   jobs_file = os.path.join(study.workdir, "slurm", "jobs.json")
-  recorded = io.read_json(jobs_file) if os.path.exists(jobs_file) else {}
+  recorded = files.read_json(jobs_file) if os.path.exists(jobs_file) else {}
   live = queued(list(recorded.values()))
   known = {name: job for name, job in recorded.items() if job in live}
   for spec in runs:  # a run a SLURM job is running now holds its lock
@@ -136,7 +146,7 @@ def plan(study, runs, args):
 
 def submit(study, runs, dry_run, out=sys.stdout):
   """Submit (or with dry_run print) one sbatch job per run, fine-tunes after their sweep."""
-  from mtl import io
+  from mtl import files
   args = slurm.options("slurm_")
   if args.nodes != 1:
     raise ValueError(f"--slurm_nodes={args.nodes}: a study's run is one process on one node; "
@@ -173,8 +183,8 @@ def submit(study, runs, dry_run, out=sys.stdout):
                        f"far are in {os.path.join(study.workdir, 'slurm', 'jobs.json')}")
     ids[spec.name] = result.stdout.strip().split(";")[0]
     jobs_file = os.path.join(study.workdir, "slurm", "jobs.json")
-    recorded = io.read_json(jobs_file) if os.path.exists(jobs_file) else {}
-    io.write_json(jobs_file, dict(recorded, **{spec.name: ids[spec.name]}))
+    recorded = files.read_json(jobs_file) if os.path.exists(jobs_file) else {}
+    files.write_json(jobs_file, dict(recorded, **{spec.name: ids[spec.name]}))
     out.write(f"submitted {spec.name} as job {ids[spec.name]}"
               + (f" (after {', '.join(after)})" if after else "") + "\n")
   graph = {}  # {the runs waited for: the runs waiting}
@@ -203,8 +213,8 @@ def main(argv):
       study.check_saved()
       sys.exit(submit(study, runner.matching(study.runs, FLAGS.only), FLAGS.dry_run))
     if FLAGS.dry_run:
-      sys.exit(study_lib.dry_run(study, FLAGS.only))
-    sys.exit(study_lib.Runner(study, compile_cache=FLAGS.compile_cache, max_parallel=FLAGS.max_parallel,
+      sys.exit(study_lib.dry_run(study, train_command, FLAGS.only))
+    sys.exit(study_lib.Runner(study, train_command, compile_cache=FLAGS.compile_cache, max_parallel=FLAGS.max_parallel,
                               devices=devices(FLAGS.devices, FLAGS.max_parallel))
              .run(FLAGS.only))
   except (ValueError, FileNotFoundError, cli.UsageError) as error:

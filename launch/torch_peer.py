@@ -3,9 +3,13 @@ request, so that launch/benchmark.py can interleave its steps with mtl's in one 
 
 Run by launch/benchmark.py with a Python that has torch (never a dependency of mtl):
   /path/to/python launch/torch_peer.py --ipt_repo=PATH --n_feats=32 --layers=2 --heads=4 --batch=8
+  /path/to/python launch/torch_peer.py --ipt_repo=PATH --n_feats=64 --layers=12 --heads=12 \
+      --device=cuda                                   # on the GPU that mtl's steps run on
 
 Protocol, one line each way: the peer prints `ready <parameter count>` once built; then for each
-request line it runs one step and prints `ms <milliseconds>`:
+request line it runs one step and prints `ms <milliseconds>`; a request may end in `fp32` (the
+default) or `bf16` (the forward pass under torch.autocast to bfloat16, as PyTorch's mixed
+precision trains; parameters, gradients and Adam stay float32):
   ipt <t>    one IPT training step of task index t (Adam, L1 loss), as the official trainer does
   pertask    every task at the same parameters, one backward per task, the body's per-task
              gradients kept apart and their cosine matrix formed, one Adam step on the sum
@@ -13,6 +17,9 @@ request line it runs one step and prints `ms <milliseconds>`:
              profile section times mtl's): head, body, encoder_layer, attention, mlp, adam,
              tail:<task index>
   quit       exit
+On CUDA the time is taken between torch.cuda.synchronize() calls, so it is the step's whole run on
+the device (PyTorch launches kernels asynchronously). fp32 keeps PyTorch's defaults (TF32 for
+convolutions, not for matmuls), as the official code runs.
 """
 import argparse
 import os
@@ -32,10 +39,20 @@ def main():
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--threads", type=int, default=2)
   parser.add_argument("--scales", default="2,3,4,1,1,1", help="one upscaling factor per task")
+  parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
   args = parser.parse_args()
 
+  import contextlib
   import torch
   torch.set_num_threads(args.threads)
+  if args.device == "cuda" and not torch.cuda.is_available():
+    raise RuntimeError("--device=cuda but this torch sees no CUDA device (torch "
+                       f"{torch.__version__}); give --device=cpu or a CUDA build of torch")
+  device = torch.device(args.device)
+  sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+  precisions = {
+      "fp32": contextlib.nullcontext,
+      "bf16": lambda: torch.autocast(args.device, dtype=torch.bfloat16)}
   if not os.path.isfile(os.path.join(args.ipt_repo, "model", "ipt.py")):
     raise FileNotFoundError(f"--ipt_repo={args.ipt_repo} has no model/ipt.py; give a checkout of "
                             "huawei-noah/Pretrained-IPT")
@@ -49,17 +66,21 @@ def main():
       rgb_range=255, n_colors=3, dropout_rate=0.0, no_mlp=False, pos_every=False, no_pos=False,
       no_norm=False)
   torch.manual_seed(0)
-  model = official.ipt(model_args)
+  model = official.ipt(model_args).to(device)
   params = [p for p in model.parameters() if p.requires_grad]
   body_ids = {id(p) for p in model.body.parameters()}
   optimizer = torch.optim.Adam(params, 1e-4)
   side = args.patch_size
-  inputs = torch.rand(args.batch, 3, side, side) * 255
-  targets = {s: torch.rand(args.batch, 3, side * s, side * s) * 255 for s in set(scales)}
+  inputs = torch.rand(args.batch, 3, side, side, device=device) * 255
+  targets = {s: torch.rand(args.batch, 3, side * s, side * s, device=device) * 255
+             for s in set(scales)}
+  autocast = [contextlib.nullcontext]  # the current request's precision
 
   def task_loss(t):
     model.set_scale(t)
-    return (model(inputs) - targets[scales[t]]).abs().mean()
+    with autocast[0]():
+      out = model(inputs)
+    return (out.float() - targets[scales[t]]).abs().mean()
 
   def ipt_step(t):
     optimizer.zero_grad()
@@ -86,12 +107,19 @@ def main():
     optimizer.step()
     return cosines
 
-  stage = stages(model, optimizer, params, args)
+  stage = stages(model, optimizer, params, args, device, autocast)
+  print(f"torch {torch.__version__} on {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}"
+        f", TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN "
+        f"{torch.backends.cudnn.allow_tf32}", file=sys.stderr, flush=True)
   print(f"ready {sum(p.numel() for p in params)}", flush=True)
   for line in sys.stdin:
     words = line.split()
     if not words or words[0] == "quit":
       break
+    autocast[0] = precisions["fp32"]
+    if words[-1] in precisions:
+      autocast[0] = precisions[words.pop()]
+    sync()
     start = time.perf_counter()
     if words[0] == "ipt":
       ipt_step(int(words[1]))
@@ -102,25 +130,30 @@ def main():
       stage[name](*([int(index)] if index else []))
     else:
       raise ValueError(f"request {line.strip()!r}; valid: 'ipt <task index>', 'pertask', "
-                       f"'stage <{'|'.join(stage)}>', 'quit'")
+                       f"'stage <{'|'.join(stage)}>', 'quit', each optionally ending in "
+                       f"{' or '.join(precisions)}")
+    sync()
     print(f"ms {(time.perf_counter() - start) * 1e3:.3f}", flush=True)
 
 
-def stages(model, optimizer, params, args):
+def stages(model, optimizer, params, args, device, autocast):
   """{name: fn(*index)}: each stage of a one-task step alone, forward + backward to its own
-  parameters on inputs that need no gradient, as mtl's profile section times its stages."""
+  parameters on inputs that need no gradient, as mtl's profile section times its stages; the
+  forward under the request's precision (autocast[0])."""
   import torch
   side, feats = args.patch_size, args.n_feats
   tokens_per_image = (side // args.patch_dim) ** 2
-  images = torch.rand(args.batch, 3, side, side) * 255
-  maps = torch.ones(args.batch, feats, side, side)
+  images = torch.rand(args.batch, 3, side, side, device=device) * 255
+  maps = torch.ones(args.batch, feats, side, side, device=device)
   # The official transformer works on (tokens, batch, dim).
-  tokens = torch.randn(tokens_per_image, args.batch, feats * args.patch_dim ** 2)
+  tokens = torch.randn(tokens_per_image, args.batch, feats * args.patch_dim ** 2, device=device)
   encoder_layer = model.body.encoder.layers[0]
 
-  def backward(module, out):
+  def backward(module, forward):
     module.zero_grad(set_to_none=True)
-    out.sum().backward()
+    with autocast[0]():
+      out = forward()
+    out.float().sum().backward()
 
   def adam():
     for p in params:
@@ -129,14 +162,14 @@ def stages(model, optimizer, params, args):
 
   mlp = lambda x: encoder_layer.linear2(encoder_layer.activation(encoder_layer.linear1(x)))
   return {
-      "head": lambda: backward(model.head[0], model.head[0](images)),
-      "body": lambda: backward(model.body, model.body(maps, 0)),
-      "encoder_layer": lambda: backward(encoder_layer, encoder_layer(tokens)),
+      "head": lambda: backward(model.head[0], lambda: model.head[0](images)),
+      "body": lambda: backward(model.body, lambda: model.body(maps, 0)),
+      "encoder_layer": lambda: backward(encoder_layer, lambda: encoder_layer(tokens)),
       "attention": lambda: backward(encoder_layer.self_attn,
-                                    encoder_layer.self_attn(tokens, tokens, tokens)[0]),
-      "mlp": lambda: backward(encoder_layer, mlp(tokens)),
+                                    lambda: encoder_layer.self_attn(tokens, tokens, tokens)[0]),
+      "mlp": lambda: backward(encoder_layer, lambda: mlp(tokens)),
       "adam": adam,
-      "tail": lambda t: backward(model.tail[t], model.tail[t](maps)),
+      "tail": lambda t: backward(model.tail[t], lambda: model.tail[t](maps)),
   }
 
 

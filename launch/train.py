@@ -95,10 +95,9 @@ def parse_flags(argv):
 
 
 def describe_fields(config):
-  """Every field of `config`: `name = value  meaning` (experiments/base.py's FIELD_HELP)."""
-  from experiments import base
-  from mtl import io
-  fields = io.flatten(config.to_dict())
+  """Every field of `config`: `name = value  meaning` (mtl/run_defaults.py's FIELD_HELP)."""
+  from mtl import files, run_defaults as base
+  fields = files.flatten(config.to_dict())
   width = max(len(f"{k} = {v!r}") for k, v in fields.items())
   def meaning(key):  # a field the config added (an aggregator's argument): its group's line
     while key and key not in base.FIELD_HELP:

@@ -1,19 +1,19 @@
-"""Checkpoints (orbax CheckpointManager, async, keep-N) and the run's saved config.
+"""Checkpoints (orbax CheckpointManager, async, keep-N).
 
 Orbax writes each step into a temporary directory and renames it when complete, so a killed
 run never leaves a half-written checkpoint that resume would pick up.
+
+Checkpoints hold the parameters (and Adam's moments) in the model's layout. Those written
+before the body's layers were stacked hold one subtree per layer ('body/encoder/0/...'); they
+restore into that layout and are stacked on the way in (`ipt.stack_layers`), onto the shardings
+asked for.
 """
 import os
 
 import jax
 import orbax.checkpoint as ocp
 
-from mtl import io
-
-CONFIG_FILE = "config.json"
-# Fields that may change between a run and its resumption: they do not change what is learned.
-RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
-                    "keep_checkpoints", "eval", "mesh")
+from mtl.models import ipt
 
 
 def manager(workdir, keep=3, async_save=True):
@@ -67,18 +67,56 @@ def save(mngr, step, state, force=False):
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+def _saved_per_layer(directory, step):
+  """Whether checkpoint `step` holds the body in the per-layer layout (written before the
+  stacking). Its own reader: a manager that has not saved knows no handler for 'params'."""
+  reader = ocp.CheckpointManager(directory, item_handlers={
+      "params": ocp.StandardCheckpointHandler()})
+  try:
+    saved = reader.item_metadata(step)["params"]
+  finally:
+    reader.close()
+  tree = getattr(saved, "tree", saved)
+  return isinstance(tree, dict) and ipt.is_per_layer(tree.get("body"))
+
+
+def _layer_of(leaf, i):
+  """The abstract layer slice of an abstract stacked leaf, sharded as the leaf is past its
+  layer axis."""
+  sharding = leaf.sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    sharding = jax.sharding.NamedSharding(sharding.mesh,
+                                          jax.sharding.PartitionSpec(*sharding.spec[1:]))
+  return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
+
+
+def _restore_items(mngr, step, abstract):
+  """{name: restored tree} for {name: abstract tree} (params, opt_state, ...), a checkpoint in
+  the per-layer layout stacked into the abstract trees' layout and shardings."""
+  per_layer = _saved_per_layer(mngr.directory, step)
+  target = (ipt.map_bodies(lambda b: ipt.unstack_layers(b, take=_layer_of), abstract)
+            if per_layer else abstract)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      **{name: ocp.args.StandardRestore(tree) for name, tree in target.items()}))
+  restored = {name: restored[name] for name in abstract}
+  if not per_layer:
+    return restored
+  shardings = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
+  return jax.jit(lambda tree: ipt.map_bodies(ipt.stack_layers, tree),
+                 out_shardings=shardings)(restored)
+
+
 def restore(mngr, abstract_state, step=None):
   """Restore params and optimizer state onto the shardings carried by `abstract_state`."""
   step = mngr.latest_step() if step is None else step
-  items = dict(params=ocp.args.StandardRestore(abstract_state.params),
-               opt_state=ocp.args.StandardRestore(abstract_state.opt_state))
+  items = dict(params=abstract_state.params, opt_state=abstract_state.opt_state)
   carried = getattr(abstract_state, "mtl_state", None)
   if carried:  # the config (checked on resume) asks for config.mtl's state: the save has it
-    items["mtl_state"] = ocp.args.StandardRestore(carried)
+    items["mtl_state"] = carried
   ema = getattr(abstract_state, "ema_params", None)
   if ema is not None:  # the config (checked on resume) keeps an EMA: the save has it
-    items["ema_params"] = ocp.args.StandardRestore(ema)
-  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    items["ema_params"] = ema
+  restored = _restore_items(mngr, step, items)
   extra = {"mtl_state": restored["mtl_state"]} if carried else {}
   if ema is not None:
     extra["ema_params"] = restored["ema_params"]
@@ -99,10 +137,9 @@ def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
     mngr.close()
     raise ValueError(f"step {step} of {checkpoint_dir} holds no {item} (a run trained with "
                      "config.optim.ema_decay > 0 saves ema_params)")
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      **{item: ocp.args.StandardRestore(abstract_params)}))
+  params = _restore_items(mngr, step, {item: abstract_params})[item]
   mngr.close()
-  return restored[item], step
+  return params, step
 
 
 def checkpoint_dir_of(path):
@@ -122,31 +159,3 @@ def latest_saved_step(workdir):
     return None
   return max((int(d) for d in os.listdir(folder) if d.isdigit()), default=None)
 
-
-def check_config(workdir, config_dict):
-  """Refuse (one line) a config that differs from the workdir's saved one, unless the run there
-  never saved a step (then it may be replaced: returns True). No saved config: False."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    return False
-  saved = io.read_json(path)
-  if latest_saved_step(workdir) is None:
-    return bool(io.differences(saved, config_dict))
-  added = io.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
-                            "a run with a different config",
-                            "use a new --workdir or the same config to resume")
-  if added:
-    print(f"{path} predates the config fields {io.field_list(added)}: resuming with their current "
-          "values", flush=True)
-  return False
-
-
-def check_or_write_config(workdir, config_dict):
-  """First start: save the config. Restart: refuse a different config (one clear line); a run
-  that never saved a step takes the new config (its old one is replaced, and said so)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  replace = check_config(workdir, config_dict)
-  if replace:
-    print(f"{path}: replacing the config of a run that never saved a step", flush=True)
-  if replace or not os.path.exists(path):
-    io.write_json(path, config_dict)

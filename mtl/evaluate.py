@@ -17,14 +17,13 @@ import dataclasses
 import functools
 import json
 import os
-import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mtl import degradations, events, io, metrics, tasks
+from mtl import degradations, events, files, metrics, run_folder, tasks
 
 
 PHOTO_SETS = {"photos": "test", "photos_val": "validation"}  # eval set -> photos split
@@ -85,7 +84,7 @@ def _center_crop(image, side):
 
 
 def _key(seed, task, index):
-  key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(task.encode()) & 0x7FFFFFFF)
+  key = jax.random.fold_in(jax.random.key(seed), tasks.task_id(task))
   return jax.random.fold_in(key, index)
 
 
@@ -167,6 +166,15 @@ def axis_windows(size, tile, scale, overlap, tiling):
 # The eight transforms of the square's symmetry group (EDSR's and IPT's self-ensemble "x8"):
 # k quarter turns, after a left-right flip or not.
 ENSEMBLE = tuple((k, flip) for flip in (False, True) for k in range(4))
+# Degradations with a direction: rain streaks fall within 30 degrees of vertical and haze's depth
+# grows towards the top, so a quarter turn or an upside-down image shows the model inputs it never
+# saw; their self-ensemble keeps the orientation (the image and its left-right mirror).
+ORIENTED_KINDS = ("derain", "dehaze")
+
+
+def ensemble_of(kind):
+  """The (quarter turns, flip) transforms a task's self-ensemble averages."""
+  return ((0, False), (0, True)) if kind in ORIENTED_KINDS else ENSEMBLE
 
 
 def transform(image, k, flip):
@@ -206,21 +214,22 @@ def tiled_restore(apply_tiles, image, scale, tile=48, overlap=8, tiling="centre"
 
 
 def restore_float(apply_tiles, image, scale, tile=48, overlap=8, tiling="centre",
-                  self_ensemble=False):
-  """tiled_restore, or with self_ensemble the mean over ENSEMBLE of each transformed image's
-  tiled restoration transformed back (EDSR's "+" and IPT's --self_ensemble: whole images
+                  self_ensemble=False, kind=""):
+  """tiled_restore, or with self_ensemble the mean over ensemble_of(kind) of each transformed
+  image's tiled restoration transformed back (EDSR's "+" and IPT's --self_ensemble: whole images
   transformed, each tiled on its own grid)."""
   if not self_ensemble:
     return tiled_restore(apply_tiles, image, scale, tile, overlap, tiling)
   outs = [invert(tiled_restore(apply_tiles, np.ascontiguousarray(transform(image, k, flip)),
-                               scale, tile, overlap, tiling), k, flip) for k, flip in ENSEMBLE]
+                               scale, tile, overlap, tiling), k, flip)
+          for k, flip in ensemble_of(kind)]
   return np.mean(outs, axis=0, dtype=np.float64).astype(np.float32)
 
 
 def restore_image(apply_tiles, image, scale, tile=48, overlap=8, tiling="centre",
-                  self_ensemble=False):
+                  self_ensemble=False, kind=""):
   """restore_float rounded and clipped to uint8, as scored and saved."""
-  out = restore_float(apply_tiles, image, scale, tile, overlap, tiling, self_ensemble)
+  out = restore_float(apply_tiles, image, scale, tile, overlap, tiling, self_ensemble, kind)
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -355,7 +364,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
           clean = clean[:degraded.shape[0] * spec.scale, :degraded.shape[1] * spec.scale]
           for variant, ema, ensemble in runs:
             output = restore_image(runners[ema], degraded, spec.scale, config.model.patch_size,
-                                   config.eval.tile_overlap, tiling, ensemble)
+                                   config.eval.tile_overlap, tiling, ensemble, spec.kind)
             rows[variant].append(score(output, clean, crop))
             if config.eval.get("save_images", False) and jax.process_index() == 0:
               folder = "restored" + (f"-{variant}" if variant else "")
@@ -387,8 +396,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
       writer.scalars(step, {f"{prefix}/{t}/{s}/{k}": v for prefix, by_task in prefixes
                             for t, sets in by_task.items() for s, e in sets.items()
                             for k, v in e.items() if k != "num_images"})
-    name = "results.json" if final else f"results-{step:09d}.json"
-    io.write_json(os.path.join(workdir, name), results)
+    files.write_json(os.path.join(workdir, run_folder.results_name(step, final)), results)
     print(format_table(results) + "\n" + describe_sets(testsets, config), flush=True)
   return results
 

@@ -38,10 +38,10 @@ def encode_png(image):
 
 def write_png(path, image):
   """An image as a PNG file, written atomically (parent folders created)."""
-  from mtl import io as io_lib
+  from mtl import files
   data = encode_png(image)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  io_lib.write_atomic(path, lambda f: f.write(data))
+  files.write_atomic(path, lambda f: f.write(data))
 
 
 def png_info(data):
@@ -134,7 +134,6 @@ def read_scalars(events_dir, tag):
   by_step = {e.step: e.value for e in acc.Scalars(tag)}  # a resumed run re-logs some steps
   steps = np.array(sorted(by_step), np.int64)
   return steps, np.array([by_step[s] for s in steps], np.float64)
-
 
 
 def read_hparams(events_dir):

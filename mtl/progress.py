@@ -4,7 +4,9 @@ the run's text log (`Tee`: stdout and stderr also appended to <workdir>/train.lo
 `Progress(total_steps, start_step, every)` logs, via absl logging,
   step 250/1000 (25.0%) | 3.21 steps/s | ETA 3m54s | loss 0.0123
 with the rate over the last `window` updates. Compilation is not training: `exclude(seconds)`
-takes a compile's duration out of the clock, so the first ETA is already right.
+takes a compile's duration out of the clock, so the first ETA is already right. Given the seconds
+the loop has waited for data so far (`update(..., data_wait=s)`), the line also says which share
+of the time since the previous update went to waiting (`| data wait 2%`; `wait_share()`).
 """
 import collections
 import json
@@ -17,7 +19,7 @@ import time
 import numpy as np
 from absl import logging
 
-from mtl import io
+from mtl import files
 
 
 class Progress:
@@ -34,6 +36,7 @@ class Progress:
     self._excluded = 0.0
     self._history = collections.deque([(clock(), int(start_step))], maxlen=max(2, window + 1))
     self._last_logged = int(start_step)
+    self._waits = collections.deque([(self._now(), 0.0)], maxlen=2)  # (clock, seconds waited)
 
   def _now(self):
     return self._clock() - self._excluded
@@ -53,14 +56,24 @@ class Progress:
     step = self._history[-1][1]
     return max(0, self.total_steps - step) / rate if rate > 0 else float("nan")
 
-  def update(self, step, metrics=None):
+  def wait_share(self):
+    """The share of the time between the last two updates spent waiting for data; NaN if
+    unknown."""
+    (t0, w0), (t1, w1) = self._waits[0], self._waits[-1]
+    return min(1.0, max(0.0, (w1 - w0) / (t1 - t0))) if t1 > t0 else float("nan")
+
+  def update(self, step, metrics=None, data_wait=None):
     step = int(step)
     self._history.append((self._now(), step))
+    if data_wait is not None:
+      self._waits.append((self._history[-1][0], float(data_wait)))
     if step - self._last_logged < self.every and step < self.total_steps:
       return None
     self._last_logged = step
     parts = [f"step {step}/{self.total_steps} ({100 * step / max(1, self.total_steps):.1f}%)",
-             f"{self.rate():.3g} steps/s", f"ETA {io.format_duration(self.eta())}"]
+             f"{self.rate():.3g} steps/s", f"ETA {files.format_duration(self.eta())}"]
+    if data_wait is not None:
+      parts.append(f"data wait {self.wait_share():.0%}")
     parts += [f"{k} {v:.4g}" if isinstance(v, (int, float, np.floating, np.integer))
               else f"{k} {v}" for k, v in (metrics or {}).items()]
     line = " | ".join(parts)
@@ -139,14 +152,11 @@ class Tee:
       self._file.close()
 
 
-def attach_log(workdir):
-  """Start appending this attempt's output to <workdir>/train.log (if a Tee is installed and
+def attach_log(path):
+  """Start appending this attempt's output to `path`, the run's log (if a Tee is installed and
   $MTL_TRAIN_LOG is not 0: a parent that writes the log itself, like the study runner, sets it)."""
   if Tee.current is not None and os.environ.get("MTL_TRAIN_LOG", "1") != "0":
-    Tee.current.attach(os.path.join(workdir, "train.log"))
-
-
-METRICS_FILE = "metrics.jsonl"
+    Tee.current.attach(path)
 
 
 def hparams_of(config):
@@ -179,7 +189,7 @@ class MetricsLog:
               kept.append(line if line.endswith("\n") else line + "\n")
           except (ValueError, KeyError, TypeError):
             pass
-      io.write_atomic(path, lambda f: f.write("".join(kept).encode()))
+      files.write_atomic(path, lambda f: f.write("".join(kept).encode()))
     self._file = open(path, "a")
 
   def write(self, record):
@@ -192,8 +202,3 @@ class MetricsLog:
       self._file.close()
       self._file = None
 
-
-def read_metrics(workdir):
-  """The records of <workdir>/metrics.jsonl, in order."""
-  with open(os.path.join(workdir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]

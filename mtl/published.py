@@ -32,9 +32,9 @@ def find_set(benchmark, name):
 
 def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False):
   """[(task, set, mtl result dict or None, published PSNR or None)] for one workdir."""
-  from mtl import evaluate, restore, tasks
+  from mtl import evaluate, restoration, tasks
   from mtl.models import ipt
-  config, model, params, step = restore.load_model(workdir)
+  config, model, params, step = restoration.load_model(workdir)
   rows = []
   for spec in model.specs:
     wanted = PUBLISHED.get(spec.name, {})

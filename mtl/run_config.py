@@ -3,17 +3,16 @@
 `validate(config)` raises ValueError / FileNotFoundError with one line naming the bad value and
 what would be valid; nothing is built or written before it passes.
 """
+import dataclasses
 import os
 
 from absl import logging
 
-from mtl import aggregators, checkpoints, io, optim, tasks
+from mtl import aggregators, optim, run_folder, tasks
 from mtl.data import pipeline
 from mtl.models import ipt
 
 RUN_REGIMES = ("scratch", "joint", "finetune")
-
-
 
 
 def normalize(config):
@@ -43,7 +42,8 @@ def _positive(name, value):
 
 
 def validate(config):
-  """Check a config before anything is built or written; one clear line per problem.
+  """Check a config before anything is built or written; one clear line per problem. Returns
+  what the checks built: the task specs and the model's ipt.ModelConfig.
 
   Besides the fields, it checks that the folders the config names exist (data folder, eval
   sets, rain streaks, init_from): a run that would fail there must fail before it starts.
@@ -75,13 +75,17 @@ def validate(config):
   if config.eval_every < 0:
     raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0: at the end only)")
   _positive("optim.lr", config.optim.lr)
+  decay = config.optim.get("ema_decay", 0.0)
+  if not 0 <= decay < 1:
+    raise ValueError(f"optim.ema_decay={decay} must be in [0, 1): 0 keeps no EMA of the "
+                     "parameters, 0.999 is BasicSR's")
   if config.optim.schedule not in optim.LR_SCHEDULES:
     raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(optim.LR_SCHEDULES)}")
   for name in ("n_feats", "patch_size", "patch_dim", "num_heads", "num_encoder_layers",
                "num_decoder_layers"):
     if config.model[name] < 1:
       raise ValueError(f"model.{name}={config.model[name]} must be >= 1")
-  ipt.ModelConfig.from_config(config.model, config.precision)
+  model_cfg = ipt.ModelConfig.from_config(config.model, config.precision)
   aggregators.check_config(config.get("mtl"), len(specs), config.schedule)
   overlap, patch = config.eval.tile_overlap, config.model.patch_size
   if not 0 <= overlap < patch:
@@ -109,41 +113,40 @@ def validate(config):
   if streaks and not os.path.isdir(streaks):
     raise FileNotFoundError(f"degrade.rain.streak_dir={streaks} is not a folder")
   if config.regime == "finetune":
-    source_run(config.init_from)
-  if _probes_pairs(config) and config.data.batch_size % 2:
-    raise ValueError(f"data.batch_size={config.data.batch_size} is odd; conflict probes split "
-                     "each task's sub-batch into two equal halves (the noise floor): use an even "
-                     "batch size, or conflicts.every=0")
-  return specs
-
-
-def _probes_pairs(config):
-  """Whether steps split each task's sub-batch in halves: conflict probes and aggregators."""
-  probes = (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
-            and config.schedule != "one")
-  return probes or aggregators.aggregating(config.get("mtl"))
-
-
-def source_run(init_from):
-  """The config dict of the run `init_from` names; ValueError unless it is a run with a checkpoint."""
-  path = os.path.join(init_from, checkpoints.CONFIG_FILE)
-  if not os.path.isdir(init_from):
-    raise FileNotFoundError(f"init_from={init_from} is not a folder; point it to a run's workdir")
-  if not os.path.exists(path) or checkpoints.latest_saved_step(init_from) is None:
-    raise ValueError(f"init_from={init_from} is not a run with a checkpoint (no "
-                     f"{checkpoints.CONFIG_FILE} or no saved step); point it to a run's workdir")
-  return io.read_json(path)
-
-
-def probing_enabled(config):
-  """Conflicts are measured only where tasks share parameters within one step."""
-  if config.conflicts.every <= 0:
-    return False
-  if config.regime == "scratch" or len(config.tasks) < 2:
-    return False  # one task: no pair to compare (the banner says conflicts are off)
-  if config.schedule == "one":
+    run_folder.source_run(config.init_from)
+  if (config.schedule == "one" and config.conflicts.every > 0 and config.regime != "scratch"
+      and len(specs) >= 2):  # probe_plan's case with no pair of gradients at the same parameters
     logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "
                     "no two task gradients are taken at the same parameters; use schedule='all' "
                     "to measure conflicts", config.conflicts.every)
-    return False
-  return True
+  if probe_plan(config).splits and config.data.batch_size % 2:
+    raise ValueError(f"data.batch_size={config.data.batch_size} is odd; conflict probes split "
+                     "each task's sub-batch into two equal halves (the noise floor): use an even "
+                     "batch size, or conflicts.every=0")
+  return specs, model_cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbePlan:
+  """Which steps split each task's sub-batch into two equal halves, decided once from the config
+  (`probe_plan`) and given to the step and the loop: conflict probes every `probe_every` steps
+  (0: none), and every step when an aggregator needs the per-task body gradients (`aggregate`)."""
+  probe_every: int
+  aggregate: bool
+
+  @property
+  def splits(self):
+    """Whether any step splits (each task's sub-batch size must then be even)."""
+    return bool(self.probe_every) or self.aggregate
+
+  def probes(self, step):
+    return bool(self.probe_every and step % self.probe_every == 0)
+
+
+def probe_plan(config):
+  """Conflicts are measured only where tasks share parameters within one step: two or more
+  tasks, trained jointly, all of them in every step."""
+  probes = (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
+            and config.schedule != "one")
+  return ProbePlan(config.conflicts.every if probes else 0,
+                   aggregators.aggregating(config.get("mtl")))

@@ -7,16 +7,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mtl import aggregators, checkpoints, io, optim, sharding, tasks
+from mtl import aggregators, checkpoints, files, optim, run_defaults, run_folder, sharding, tasks
 from mtl.models import ipt
-from mtl.run_config import probing_enabled, source_run, validate
+from mtl.run_config import probe_plan, validate
 from mtl.step import TrainState
 
 LOSS_UNITS = "loss: L1 on the [0, 255] scale, per task (total = their sum); /255 for BasicSR's [0, 1]"
-METRICS_FILE = "metrics.jsonl"
-LOG_FILE = "train.log"
 
 
 # ----------------------------------------------------------------------------- state
@@ -30,6 +27,7 @@ class Run:
   mesh: Any
   optimizer: Any
   schedule: Any
+  plan: Any               # run_config.ProbePlan: which steps split (probes, aggregators)
   state_shardings: Any
 
   @property
@@ -43,7 +41,7 @@ class Run:
     params = self.model.init(key)
     extra, mtl_state = aggregators.init_step_state(  # config.mtl's trained params, carried state
         self.config.get("mtl"), len(self.model.task_names),
-        len(jax.tree_util.tree_leaves(params["body"])))
+        len(ipt.shared_layer_names(params["body"])))
     params = dict(params, loss_weighting=extra) if extra else params
     ema = params if self.config.optim.get("ema_decay", 0.0) > 0 else None  # starts at the init
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -57,17 +55,12 @@ class Run:
 
 
 def build(config):
-  specs = validate(config)
-  decay = config.optim.get("ema_decay", 0.0)
-  if not 0 <= decay < 1:
-    raise ValueError(f"optim.ema_decay={decay} must be in [0, 1): 0 keeps no EMA of the "
-                     "parameters, 0.999 is BasicSR's")
-  model_cfg = ipt.ModelConfig.from_config(config.model, config.precision)
+  specs, model_cfg = validate(config)
   model = ipt.IPT(model_cfg, specs)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(mesh, config.data.batch_size)
   optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  run = Run(config, model, mesh, optimizer, schedule, None)
+  run = Run(config, model, mesh, optimizer, schedule, probe_plan(config), None)
   abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))
   run.state_shardings = jax.tree_util.tree_map(
       lambda x: sharding.leaf_sharding(mesh, x.shape), abstract)
@@ -78,12 +71,13 @@ def finetune_params(run, init_from):
   """(state, description) for a fine-tune: the body (and the target's head, tail and query when
   the source trained the target task) from a run: a joint run, or a scratch run of one task."""
   init_from = os.path.abspath(init_from)
-  source_cfg = source_run(init_from)
+  source_cfg = run_folder.source_run(init_from)
   target = run.model.task_names[0]
   source_model = ipt.IPT(ipt.ModelConfig.from_config(source_cfg["model"], run.config.precision),
                          tasks.get_all(source_cfg["tasks"]))
-  if dataclasses.replace(source_model.cfg, compute_dtype="float32") != dataclasses.replace(
-      run.model.cfg, compute_dtype="float32"):
+  same = lambda cfg: dataclasses.replace(cfg, compute_dtype="float32", **{
+      f: getattr(run.model.cfg, f) for f in ipt.ModelConfig.EXECUTION_FIELDS})
+  if same(source_model.cfg) != same(run.model.cfg):
     raise ValueError(f"init_from={init_from} has a different model size than this config; "
                      "fine-tune with the same model fields")
   abstract = jax.tree_util.tree_map(
@@ -100,17 +94,15 @@ def finetune_params(run, init_from):
   else:
     kept = f"body only ({target} was not trained there: its head and tail start fresh)"
   params = jax.device_put(params, run.state_shardings.params)
-  state = fresh.replace(params=params, opt_state=jax.jit(
-      run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params))
+  state = run_folder.state_from_params(run, params, like=fresh)
   if state.ema_params is not None:  # the EMA starts from the fine-tune's starting point
     state = state.replace(ema_params=jax.device_put(params, run.state_shardings.ema_params))
   return state, f"fine-tuned from {init_from} ({kind}, step {step}): {kept}"
 
 
-def count_params(model):
+def param_counts(model):
   """{group: parameter count} for heads, body, queries, tails and 'total'."""
-  counts = {group: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-            for group, tree in model.abstract_params().items()}
+  counts = {group: ipt.count_params(tree) for group, tree in model.abstract_params().items()}
   counts["total"] = sum(counts.values())
   return counts
 
@@ -126,12 +118,9 @@ class Setup:
   workdir: str
   latest_step: Any        # the newest saved checkpoint step, or None
   finished: Any           # the saved results of a finished run, or None
-  probe_every: int
 
   def artifacts(self):
-    names = ["config.json", LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
-             "compute.json", "results.json", "train.lock"]
-    return {n: os.path.join(self.workdir, n) for n in names}
+    return {n: os.path.join(self.workdir, n) for n in run_folder.ARTIFACTS}
 
   def start_kind(self):
     if self.latest_step is not None:
@@ -142,10 +131,11 @@ class Setup:
 
   def banner(self):
     config, run = self.run.config, self.run
-    counts = count_params(run.model)
+    counts = param_counts(run.model)
     mesh = " x ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
     devices = jax.devices()
-    conflicts_part = (f"conflicts every {self.probe_every} steps" if self.probe_every
+    probe_every = run.plan.probe_every
+    conflicts_part = (f"conflicts every {probe_every} steps" if probe_every
                       else "conflicts off")
     remedy = aggregators.describe(config.get("mtl"))
     if remedy != aggregators.describe(None):  # a remedy's run must not look like a plain one
@@ -159,9 +149,9 @@ class Setup:
 
   def describe(self):
     """The dry run's text: resolved config, parameters per group, mesh, artifact paths."""
-    counts = count_params(self.run.model)
+    counts = param_counts(self.run.model)
     lines = ["config:"] + [f"  {k} = {v!r}" for k, v in sorted(
-        io.flatten(self.run.config.to_dict()).items())] + ["",
+        files.flatten(self.run.config.to_dict()).items())] + ["",
              "parameters: " + ", ".join(f"{g} {counts[g]:,}" for g in
                                         ("heads", "body", "queries", "tails", "total")),
              "mesh: " + ", ".join(f"{k}={v}" for k, v in self.run.mesh.shape.items())
@@ -194,13 +184,43 @@ def prepare(config, workdir):
   """
   run = build(config)
   workdir = check_workdir(workdir)
-  checkpoints.check_config(workdir, config.to_dict())
+  run_folder.check_config(workdir, config.to_dict())
   latest = checkpoints.latest_saved_step(workdir)
   finished = None
-  results_path = os.path.join(workdir, "results.json")
-  if latest == config.total_steps and os.path.exists(results_path):
-    saved = io.read_json(results_path)
+  saved = run_folder.read_results(workdir) if latest == config.total_steps else None
+  if saved is not None:
     if saved.get("step") == config.total_steps:
       finished = saved
-  probe_every = config.conflicts.every if probing_enabled(config) else 0
-  return Setup(run, workdir, latest, finished, probe_every)
+  return Setup(run, workdir, latest, finished)
+
+
+def write_workdir(params, cfg, task_names, workdir, source=""):
+  """An mtl workdir (config.json + orbax checkpoint at step 0) holding `params`, as train.py writes.
+
+  The config is mtl.run_defaults' with the imported model, tasks and regime 'joint' (so
+  fine-tunes can init_from it and analysis can load it); the optimizer state is fresh.
+  """
+  if os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE)):
+    raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
+  config = run_defaults.get_config("tiny")
+  config.tasks = tuple(task_names)
+  for field in ipt.SIZES["paper"]:
+    config.model[field] = getattr(cfg, field)
+  config.regime, config.schedule = "joint", "one"  # IPT trained one task per batch
+  config.total_steps = 1
+  config.conflicts.every = 0
+  config.mesh.data = 1
+  config.data.batch_size = 1
+  run = build(config)
+  os.makedirs(workdir, exist_ok=True)
+  run_folder.check_or_write_config(workdir, config.to_dict())
+  with jax.set_mesh(run.mesh):
+    params = jax.device_put(params, run.state_shardings.params)
+    state = run_folder.state_from_params(run, params)
+    mngr = checkpoints.manager(workdir, keep=1, async_save=False)
+    checkpoints.save(mngr, 0, state, force=True)
+    mngr.wait_until_finished()
+    mngr.close()
+  files.write_json(os.path.join(workdir, run_folder.IMPORT_RECORD), {
+      "source": os.path.abspath(source) if source else "", "tasks": list(task_names)})
+  return config

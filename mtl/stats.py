@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats as sps
 
-from mtl.conflicts.gramians import corrected_cosine_pieces, pair_indices
+from mtl.gramians import corrected_cosine_pieces, pair_indices
 
 NO_DIFFERENCE = "no detectable difference"
 WINDOW_METHODS = ("batch_means", "block_bootstrap")
@@ -189,7 +189,7 @@ def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_mean
                           draws=BOOTSTRAP_DRAWS, seed=0):
   """R = sum(num) / sqrt(sum(den_a) sum(den_b)) over a window (sum(num) / sum(den_a) if no den_b).
 
-  The corrected cosine of a window is such a ratio of pooled sums (conflicts.gramians).
+  The corrected cosine of a window is such a ratio of pooled sums (mtl.gramians).
   Steps with a NaN piece are skipped. NaN ("not measurable") where a pooled denominator is
   <= 0; the estimate is not clipped (|R| > 1 means a noisy window).
   method='batch_means' (default): the pieces' means over ~sqrt(n) batches, the ratio

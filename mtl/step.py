@@ -5,11 +5,16 @@ The batch holds clean uint8 HR crops per task; degradations run inside the step,
 
 Per-task gradients on the shared body come out of the ordinary backward pass: on probe steps
 each task's sub-batch is split into two equal halves a and b (the noise floor of
-mtl.conflicts.gramians) and each half is given its own (identical) reference to the body
+mtl.gramians) and each half is given its own (identical) reference to the body
 parameters, so the gradient with respect to those 2T references is the list of per-half
 gradients, in the order [t0a, t0b, t1a, t1b, ...]; their sum is the update's body gradient.
-(A `jax.vmap` over broadcast copies computes the same, but XLA's CPU backend runs its batched
-matmuls ~1.8x slower.)
+
+config.model.body_calls (`ModelConfig.batched_body`): the step's several body calls (the plain
+step's T tasks, the probe's 2T halves) run as one batched computation (`IPT.body_batched`: the
+probe's 2T references are broadcast copies of the body, a `jax.vmap` over them gives 2T batched
+matmuls) on GPUs and TPUs, and one call each on CPUs, where XLA's batched matmuls run slower
+than the loop's plain ones. Both give the same losses, gradients and Gramians
+(tests/test_step_batched.py).
 
 config.mtl (mtl.aggregators): an aggregator other than 'sum' makes every step take the per-task
 body gradients and replaces their sum by the aggregator's output (`aggregators.aggregate_tree`);
@@ -25,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mtl import aggregators, conflicts, degradations, losses
+from mtl import aggregators, degradations, gramians, losses
 from mtl.tasks import task_id
 
 
@@ -58,22 +63,43 @@ def degrade_batch(specs, task_ids, config, step, batch):
   return inputs, targets
 
 
+def _task_loss(loss_cfg, out, target, tokens):
+  loss = losses.l1(out, target)
+  if loss_cfg.contrastive_weight > 0:
+    loss = loss + loss_cfg.contrastive_weight * losses.supervised_contrastive(
+        tokens, loss_cfg.temperature)
+  return loss
+
+
 def task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
-  """(T,) per-task losses; task t's forward pass runs on body parameters `bodies[t]`."""
+  """(T,) per-task losses, each task's forward pass the model's apply (head -> body -> tail).
+
+  bodies: a list, task t's forward pass on body parameters `bodies[t]` (T body calls); or one
+  body tree for every task, run as one batched body call over the tasks' stacked inputs
+  (`IPT.body_batched`: a concatenation along the batch, exact since the body works per image).
+  """
+  if isinstance(bodies, list):
+    per_task = []
+    for name, body in zip(names, bodies):
+      out, tokens = model.apply(dict(params, body=body), name, inputs[name], return_tokens=True)
+      per_task.append(_task_loss(loss_cfg, out, targets[name], tokens))
+    return jnp.stack(per_task)
+  feats = [model.head(params["heads"][n], inputs[n]) for n in names]
+  res, tokens = model.body_batched(bodies, jnp.stack(feats),
+                                   jnp.stack([params["queries"][n] for n in names]))
   per_task = []
-  for name, body in zip(names, bodies):
-    out, tokens = model.apply(dict(params, body=body), name, inputs[name], return_tokens=True)
-    loss = losses.l1(out, targets[name])
-    if loss_cfg.contrastive_weight > 0:
-      loss = loss + loss_cfg.contrastive_weight * losses.supervised_contrastive(
-          tokens, loss_cfg.temperature)
-    per_task.append(loss)
+  for t, name in enumerate(names):
+    spec = model.specs[model.task_names.index(name)]
+    out = model.tail(params["tails"][name], spec.scale, res[t] + feats[t])
+    per_task.append(_task_loss(loss_cfg, out, targets[name], tokens[t]))
   return jnp.stack(per_task)
 
 
 def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
   """(T,) per-task losses, each the mean of its two halves' L1 losses; half h of task t (the
-  rows h, h + 2, ... of its sub-batch) runs through the body on parameters `bodies[2 t + h]`.
+  rows h, h + 2, ... of its sub-batch) runs through the body on its own body parameters, number
+  2 t + h of `bodies`: a list of 2T trees (2T body calls), or one tree whose every leaf stacks
+  the 2T on a leading axis (one batched body call, `IPT.body_batched`: 2T batched matmuls).
 
   The model's apply (head -> body -> tail), with only the body run per half: head and tail
   work per image, so they run once on the whole sub-batch (fewer, larger kernels; the probe
@@ -85,17 +111,24 @@ def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
   """
   split = lambda x: (x[0::2], x[1::2])  # strided: each device's shard splits locally
   merge = lambda a, b: jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])  # batch order
-  per_task = []
-  for t, name in enumerate(names):
+  for name in names:
     if inputs[name].shape[0] % 2:
       raise ValueError(f"task {name}: sub-batch of {inputs[name].shape[0]} cannot be split into "
                        "two equal halves; probe steps need an even data.batch_size")
+  feats = {n: model.head(params["heads"][n], inputs[n]) for n in names}
+  halves = [h for n in names for h in split(feats[n])]  # [t0a, t0b, t1a, ...]
+  queries = [params["queries"][n] for n in names for _ in range(2)]
+  if isinstance(bodies, list):
+    outputs = [model.body(b, f, q) for b, f, q in zip(bodies, halves, queries)]
+  else:
+    res, tokens = model.body_batched(bodies, jnp.stack(halves), jnp.stack(queries), stacked=True)
+    outputs = [(res[r], tokens[r]) for r in range(len(halves))]
+  per_task = []
+  for t, name in enumerate(names):
     spec = model.specs[model.task_names.index(name)]
-    feats = model.head(params["heads"][name], inputs[name])
-    halves = [model.body(bodies[2 * t + h], f, params["queries"][name])
-              for h, f in enumerate(split(feats))]
-    res, tokens = merge(halves[0][0], halves[1][0]), merge(halves[0][1], halves[1][1])
-    out = model.tail(params["tails"][name], spec.scale, res + feats)
+    (res_a, tok_a), (res_b, tok_b) = outputs[2 * t], outputs[2 * t + 1]
+    res, tokens = merge(res_a, res_b), merge(tok_a, tok_b)
+    out = model.tail(params["tails"][name], spec.scale, res + feats[name])
     loss = sum(losses.l1(o, y) for o, y in zip(split(out), split(targets[name]))) / 2
     if loss_cfg.contrastive_weight > 0:
       loss = loss + loss_cfg.contrastive_weight * losses.supervised_contrastive(
@@ -127,19 +160,24 @@ def keep_absent_tasks(absent, old_params, params, old_opt_state, opt_state):
           jax.tree_util.tree_map_with_path(keep, old_opt_state, opt_state))
 
 
-def _step(state, batch, model, config, optimizer, names, split):
+def _step(state, batch, model, config, optimizer, names, plan, split):
   """The shared step. split: each half of each task's sub-batch gets its own (identical)
   reference to the body, so the gradient with respect to those 2T references is the list of
   per-half body gradients, and the step also returns their per-leaf Gramians (L, 2T, 2T).
-  An aggregator (config.mtl) takes the split path on every step."""
+  An aggregator (plan.aggregate: config.mtl) takes the split path on every step."""
   mtl_cfg = config.get("mtl")
-  aggregate = aggregators.aggregating(mtl_cfg)
+  aggregate = plan.aggregate
   split = split or aggregate  # an aggregator needs the per-task body gradients on every step
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
-  bodies = [body] * (2 * len(names)) if split else body
+  batched = model.cfg.batched_body()
+  if split and batched:  # the 2T references, stacked: their gradient is the per-half one
+    bodies = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (2 * len(names),) + p.shape),
+                                    body)
+  else:
+    bodies = [body] * (2 * len(names)) if split else body
   mtl_state = state.mtl_state if state.mtl_state is not None else {}
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), state.step),
                            _MTL_STREAM)
@@ -149,8 +187,8 @@ def _step(state, batch, model, config, optimizer, names, split):
     if split:
       per_task = half_task_losses(model, config.loss, names, specific, bodies, inputs, targets)
     else:
-      per_task = task_losses(model, config.loss, names, specific, [bodies] * len(names), inputs,
-                             targets)
+      per_task = task_losses(model, config.loss, names, specific,
+                             bodies if batched else [bodies] * len(names), inputs, targets)
     total, weights = aggregators.combine_losses(
         mtl_cfg, specific.get("loss_weighting", {}), mtl_state, per_task, key_loss)
     return total, (per_task, weights)
@@ -159,10 +197,11 @@ def _step(state, batch, model, config, optimizer, names, split):
       total_loss, argnums=(0, 1), has_aux=True)(specific, bodies)
   grams, agg_w = None, None
   if split:
-    g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (2T, ...) per leaf
+    if not batched:
+      g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (2T, ...) per leaf
     # A half's reference carries half of its own loss's gradient (per-task loss = mean of the
     # halves): the Gramian of the halves' own gradients is 2^2 times that of the references.
-    grams = 4.0 * conflicts.leaf_gramians(g_body)
+    grams = 4.0 * gramians.leaf_gramians(g_body)
     if aggregate:  # the task gradients, g_t = the sum of its two references' gradients
       per_task_grads = jax.tree_util.tree_map(
           lambda g: g.reshape((len(names), 2) + g.shape[1:]).sum(1), g_body)
@@ -178,8 +217,8 @@ def _step(state, batch, model, config, optimizer, names, split):
   if "loss_weighting" in mtl_state:  # DWA's history, FAMO's logits (FAMO: losses after the step)
     new_losses = per_task
     if mtl_cfg.loss_weighting == "famo":
-      new_losses = task_losses(model, config.loss, names, params, [params["body"]] * len(names),
-                               inputs, targets)
+      new_losses = task_losses(model, config.loss, names, params, params["body"] if batched
+                               else [params["body"]] * len(names), inputs, targets)
     mtl_state = aggregators.update_loss_state(mtl_cfg, mtl_state, per_task, new_losses)
   metrics = {f"loss/{n}": per_task[i] for i, n in enumerate(names)}
   metrics["loss/total"] = per_task.sum()
@@ -198,38 +237,39 @@ def _step(state, batch, model, config, optimizer, names, split):
   return state, metrics, grams
 
 
-def train_step(state, batch, model, config, optimizer, names):
+def train_step(state, batch, model, config, optimizer, names, plan):
   """One optimizer step on the tasks `names`: (state, batch) -> (state, metrics)."""
-  state, metrics, _ = _step(state, batch, model, config, optimizer, names, split=False)
+  state, metrics, _ = _step(state, batch, model, config, optimizer, names, plan, split=False)
   return state, metrics
 
 
-def probe_step(state, batch, model, config, optimizer, names):
+def probe_step(state, batch, model, config, optimizer, names, plan):
   """train_step that also returns the per-leaf Gramians (L, 2T, 2T) of the per-half body
   gradients (order [t0a, t0b, t1a, ...]; mtl.conflicts.task_gramian gives the per-task
   (L, T, T)), taken from the step's own backward pass (the update is unchanged). Each task's
   sub-batch must be even."""
-  return _step(state, batch, model, config, optimizer, names, split=True)
+  return _step(state, batch, model, config, optimizer, names, plan, split=True)
 
 
-def naive_probe_step(state, batch, model, config, optimizer, names):
+def naive_probe_step(state, batch, model, config, optimizer, names, plan):
   """The reference the benchmark compares probe_step with: Gramians from `jax.jacrev` of the
   loss vector, i.e. T extra backward passes (per task, no halves: (L, T, T))."""
-  state_out, metrics = train_step(state, batch, model, config, optimizer, names)
+  state_out, metrics = train_step(state, batch, model, config, optimizer, names, plan)
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
   jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
                                                  [body] * len(names), inputs, targets))
-  return state_out, metrics, conflicts.leaf_gramians(jacobian(state.params["body"]))
+  return state_out, metrics, gramians.leaf_gramians(jacobian(state.params["body"]))
 
 
 STEPS = {False: train_step, True: probe_step, "jacrev": naive_probe_step}
 
 
-def make_step(model, config, optimizer, names, probe=False):
+def make_step(model, config, optimizer, names, plan, probe=False):
   """The step over `names` with its static arguments bound, ready for jax.jit.
 
-  probe=False: train_step; True: probe_step; 'jacrev': naive_probe_step.
+  plan: the run's ProbePlan (mtl.run_config.probe_plan). probe=False: train_step; True:
+  probe_step; 'jacrev': naive_probe_step.
   """
   return functools.partial(STEPS[probe], model=model, config=config, optimizer=optimizer,
-                           names=tuple(names))
+                           names=tuple(names), plan=plan)

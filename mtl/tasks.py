@@ -39,11 +39,13 @@ class TaskSpec:
     return patch_size * self.scale
 
 
-def task_id(name: str) -> int:
-  """A task's random-stream id: crc32 of its name. Degradations and the task's own parameters
-  (head, query, tail) are keyed by it, so a seed gives a task the same inputs and the same
-  initial values whichever other tasks a run trains (seeds stay paired across study regimes)."""
-  return zlib.crc32(name.encode()) & 0x7FFFFFFF
+def task_id(name: str, bits: int = 31) -> int:
+  """A task's random-stream id: the low `bits` bits of the crc32 of its name. Degradations, test
+  inputs and the task's own parameters (head, query, tail) are keyed by it (31 bits: a
+  non-negative int32 for jax.random.fold_in), and the data pipeline's host draws by all 32 bits,
+  so a seed gives a task the same inputs and the same initial values whichever other tasks a run
+  trains (seeds stay paired across study regimes)."""
+  return zlib.crc32(name.encode()) & ((1 << bits) - 1)
 
 
 def _sigma(match):

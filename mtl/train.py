@@ -1,8 +1,8 @@
-"""A run: its config checked, its state built (fresh, resumed or fine-tuned), and the loop that
-trains, checkpoints, probes conflicts, logs and evaluates it (`train_and_evaluate`).
+"""The loop of one run (`train_and_evaluate`): trains, checkpoints, probes conflicts, logs and
+evaluates the run that `mtl.run_state.prepare` built and checked (its config: mtl.run_config).
 
-Everything a run needs is checked (`validate`, `prepare`) before anything is written; a run
-holds `<workdir>/train.lock` while it works. The step itself is mtl.step; the optimizer mtl.optim.
+Nothing is written before `prepare` passes; a run holds its workdir's lock (mtl.run_folder) while
+it works. The step itself is mtl.step; the optimizer mtl.optim.
 """
 import errno
 import os
@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl import checkpoints, conflicts, io, sharding
-from mtl.data import pipeline
+from mtl import checkpoints, conflicts, files, run_folder, sharding
+from mtl.data import pipeline, prefetch
 from mtl.models import ipt
-from mtl.progress import METRICS_FILE, MetricsLog, hparams_of
+from mtl.progress import MetricsLog, hparams_of
 from mtl.run_config import normalize
 from mtl.run_state import finetune_params, prepare
 from mtl.step import make_step
@@ -91,9 +91,10 @@ def train_and_evaluate(config, workdir):
   setup = prepare(config, workdir)
   workdir = setup.workdir
   if setup.finished is not None:
-    progress_lib.attach_log(workdir)  # the attempt is logged; nothing else is written
+    # the attempt is logged; nothing else is written
+    progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
     print(f"already finished at step {setup.finished['step']}; results in "
-          f"{os.path.join(workdir, 'results.json')}", flush=True)
+          f"{os.path.join(workdir, run_folder.RESULTS_FILE)}", flush=True)
     return setup.finished
   # Inputs are opened before anything is written: a missing folder fails the start cleanly.
   images = sources.open_images(config.data, "train")
@@ -106,16 +107,16 @@ def train_and_evaluate(config, workdir):
     os.makedirs(workdir, exist_ok=True)
   except OSError as error:
     raise ValueError(f"--workdir={workdir} cannot be created: {error.strerror}") from None
-  lock = io.WorkdirLock(workdir)
+  lock = files.WorkdirLock(workdir, run_folder.LOCK_FILE)
   if is_writer:
     lock.acquire()
   try:
     if is_writer:
-      progress_lib.attach_log(workdir)
+      progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
       if lock.stale:
         print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
               flush=True)
-      checkpoints.check_or_write_config(workdir, config.to_dict())
+      run_folder.check_or_write_config(workdir, config.to_dict())
     return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)
   except (OSError, ValueError) as error:  # the disk filled beyond the check's estimate
     if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(
@@ -133,7 +134,8 @@ def train_and_evaluate(config, workdir):
 
 def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
   from mtl import evaluate, events, progress as progress_lib
-  run, probe_every = setup.run, setup.probe_every
+  run = setup.run
+  probe_every = run.plan.probe_every
   mngr = checkpoints.manager(workdir, config.keep_checkpoints)
   with jax.set_mesh(run.mesh):
     source_note = ""
@@ -155,37 +157,39 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         print(source_note, flush=True)
       if probe_every or start == 0:
         conflicts.truncate_after(workdir, start - 1)  # steps >= start will be probed again
-    metrics_log = MetricsLog(os.path.join(workdir, METRICS_FILE), start, enabled=is_writer)
+    metrics_log = MetricsLog(os.path.join(workdir, run_folder.METRICS_FILE), start, enabled=is_writer)
 
     shardings = (run.state_shardings, None)
     plain = {}
     def plain_step(task_names):
       if task_names not in plain:
-        plain[task_names] = jax.jit(make_step(run.model, config, run.optimizer, task_names),
+        plain[task_names] = jax.jit(make_step(run.model, config, run.optimizer, task_names,
+                                              run.plan),
                                     out_shardings=shardings, donate_argnums=0)
       return plain[task_names]
-    probe = jax.jit(make_step(run.model, config, run.optimizer, names, probe=True),
+    probe = jax.jit(make_step(run.model, config, run.optimizer, names, run.plan, probe=True),
                     out_shardings=shardings + (None,), donate_argnums=0)
 
     writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
     writer.hparams(hparams_of(config), trial_id=os.path.basename(workdir))
     progress = progress_lib.Progress(config.total_steps, start, every=config.log_every)
-    batches = pipeline.train_batches(
+    # Host crops built ahead by the pipeline's threads, copied onto the devices ahead by
+    # DevicePrefetch's; the time the loop still waits for a batch is logged as data_wait.
+    batches = prefetch.DevicePrefetch(pipeline.train_batches(
         images, run.model.specs, config.model.patch_size, config.data.batch_size, config.seed,
         start_step=start, num_steps=config.total_steps - start,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        schedule=config.schedule, streaks=streaks, pairs=pairs)
+        schedule=config.schedule, streaks=streaks, pairs=pairs), run.mesh)
     probe_buffer, pending, compiled = [], [], set()
     step, started = start, time.time()
     try:
       with _Preemption() as preemption:
-        for step, local_batch in batches:
-          batch = sharding.to_global(local_batch, run.mesh)
-          task_names = tuple(n for n in names if n in local_batch)
+        for step, batch in batches:
+          task_names = tuple(n for n in names if n in batch)
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
             affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
                                                       config.mtl.get("affinity_lr", 0.0))))
-          probing = bool(probe_every and step % probe_every == 0)
+          probing = run.plan.probes(step)
           key = ("probe",) if probing else task_names
           t0 = time.monotonic()
           if probing:
@@ -207,7 +211,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
                             or stop)
           if done % config.log_every == 0 or checkpoint_now:
             try:
-              _log_metrics(pending, writer, progress, run.schedule, done, metrics_log, names)
+              _log_metrics(pending, writer, progress, run.schedule, done, metrics_log, names,
+                           data_wait=batches.wait_seconds)
             except NonFiniteLoss as error:
               raise NonFiniteLoss(f"{error}: training stopped; {_kept(mngr)}. Lower optim.lr "
                                   "or set optim.grad_clip") from None
@@ -228,6 +233,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
           if stop:  # not preemption.requested: a signal after check() is seen at the next step
             break
     finally:  # a save in flight completes even when training stops on an error
+      batches.close()
       mngr.wait_until_finished()
       mngr.close()
       metrics_log.close()
@@ -252,12 +258,12 @@ def _conflict_answer(workdir, writer, ema_beta):
   """Draw the conflict figures (averaged over the headline phase, as launch/analyze.py does)
   and return the run's answer: per pair the headline verdict, phase warnings, where the
   figures are, and the command that says more."""
-  from mtl import plots
+  from mtl import draw
   record = conflicts.load(workdir)
   phased = conflicts.phase_verdicts(record)
-  paths = plots.draw_and_log(record, os.path.join(workdir, "conflicts"), writer,
-                             conflicts.headline_window(record), ema_beta,
-                             scalars=False)  # the scalars were logged per flush
+  paths = draw.draw_and_log(record, os.path.join(workdir, "conflicts"), writer,
+                            conflicts.headline_window(record), ema_beta,
+                            scalars=False)  # the scalars were logged per flush
   figures = os.path.dirname(paths[0])
   return "\n".join([
       conflicts.format_headline(phased),
@@ -297,7 +303,7 @@ def _all_finite(tree):
 def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
   """<workdir>/compute.json: steps, images seen, XLA-counted training FLOPs, wall time."""
   import json
-  path = os.path.join(workdir, "compute.json")
+  path = os.path.join(workdir, run_folder.COMPUTE_FILE)
   previous = json.load(open(path)) if os.path.exists(path) else {"wall_seconds": 0.0}
   per_step_images = config.data.batch_size * (len(config.tasks) if config.schedule == "all" else 1)
   specs = run.model.specs if config.schedule == "all" else run.model.specs[:1]
@@ -306,16 +312,19 @@ def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
       sharding=sharding.batch_sharding(run.mesh)) for s in specs}
   cost = step_fn.lower(run.abstract_state, abstract_batch).cost_analysis() or {}
   flops = float(cost.get("flops", float("nan")))
-  io.write_json(path, {
+  files.write_json(path, {
       "steps": final_step, "images_seen": final_step * per_step_images,
       "flops_per_step": flops, "train_flops": flops * final_step,
       "wall_seconds": previous["wall_seconds"] + seconds})
 
 
-def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None, task_names=()):
+def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None, task_names=(),
+                 data_wait=None):
   """Fetch pending step metrics, stop on a non-finite one, write TensorBoard, metrics.jsonl and
   the progress line (per-task losses: means over the steps since the last line, in the order of
-  `task_names`, the config's, as the banner lists them)."""
+  `task_names`, the config's, as the banner lists them). `data_wait`: the seconds the loop has
+  waited for batches so far; its share of the wall time since the last line is logged as
+  train/data_wait (TensorBoard, metrics.jsonl) and 'data wait' (the line)."""
   if not pending:
     return
   fetched = jax.device_get([m for _, m in pending])
@@ -334,10 +343,12 @@ def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None, ta
       mean.items(), key=lambda kv: (rank.get(kv[0][len("loss/"):], len(rank)), kv[0]))
               if k.startswith("loss/") and k != "loss/total"}
   shown = dict({"loss": mean["loss/total"]}, **(per_task if len(per_task) > 1 else {}))
-  line = progress.update(done, shown)
+  line = progress.update(done, shown, data_wait=data_wait)
   if line and jax.process_index() == 0:
     print(line, flush=True)
   mean["steps_per_sec"] = progress.rate()
+  if data_wait is not None:
+    mean["data_wait"] = progress.wait_share()
   writer.scalars(done, {f"train/{k}": v for k, v in mean.items()})
   if metrics_log is not None:
     rate = mean["steps_per_sec"]
@@ -345,7 +356,12 @@ def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None, ta
         "step": done, "time": round(time.time(), 3), "steps": len(fetched),
         "loss": per_task,
         "loss_total": mean["loss/total"], "lr": mean["lr"], "grad_norm": mean["grad_norm"],
-        "steps_per_sec": rate if np.isfinite(rate) else None})
+        "steps_per_sec": rate if np.isfinite(rate) else None,
+        "data_wait": _finite_or_none(mean.get("data_wait"))})
+
+
+def _finite_or_none(value):
+  return float(value) if value is not None and np.isfinite(value) else None
 
 
 def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, writer):
@@ -353,11 +369,11 @@ def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, wri
   whole-body raw and corrected cosines and conflict fractions to TensorBoard (per checkpoint)."""
   if not probe_buffer or not is_writer:
     return
-  from mtl import plots
+  from mtl import draw
   steps = np.array([s for s, _ in probe_buffer], np.int64)
   grams = np.stack(jax.device_get([g for _, g in probe_buffer])).astype(np.float32)
   conflicts.append(workdir, steps, grams, layer_names, list(task_names))
-  plots.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names),
+  draw.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names),
                           writer)
 
 

@@ -19,3 +19,11 @@ jax.config.update("jax_num_cpu_devices", 8)
 # xdist worker), so the many tiny runs compile each program once; a test may give its own.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"mtl-tests-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+
+
+def pytest_configure(config):
+  # Tests that only make sense on the CPU backend: its XLA flags, or the eight fake CPU devices
+  # above (on a GPU or TPU host, jax.devices() is the accelerators). `-m "not cpu_only"` leaves
+  # them out there (README, Tests).
+  config.addinivalue_line("markers", "cpu_only: needs the CPU backend (its flags or its eight "
+                          "fake devices)")

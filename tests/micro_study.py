@@ -13,7 +13,7 @@ def cli(*args, timeout=300):
 
 
 MICRO_STUDY = '''
-from experiments import base
+from mtl import run_defaults
 from mtl import study as study_lib
 
 
@@ -27,7 +27,7 @@ def get_config(arg=""):
   study.seeds = (0,)
   study.steps.scratch = study.steps.joint = study.steps.finetune = 4
   study.lrs = (1e-3,)
-  run = base.get_config("tiny")
+  run = run_defaults.get_config("tiny")
   run.data.batch_size = 2
   run.optim.warmup_steps = 0
   run.log_every = run.checkpoint_every = 2

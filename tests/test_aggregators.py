@@ -308,7 +308,7 @@ def _step_grads(config):
     state = state.replace(opt_state=rec.init(state.params))
     params = jax.device_get(state.params)
     batch = photo_batch(config, run)
-    step = jax.jit(step_lib.make_step(run.model, config, rec, run.model.task_names))
+    step = jax.jit(step_lib.make_step(run.model, config, rec, run.model.task_names, run.plan))
     new_state, _ = step(state, sharding.to_global(batch, run.mesh))
     return jax.device_get(new_state.opt_state), params, batch, run, jax.device_get(new_state)
 

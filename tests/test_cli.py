@@ -8,7 +8,9 @@ import sys
 import ml_collections
 import pytest
 
-from experiments import base, from_json, ipt_paper, small, tiny
+from experiments import from_json, ipt_paper, small, tiny
+
+from mtl import run_defaults
 from mtl import run_config, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +36,7 @@ def test_config_file_arguments_share_one_convention(tmp_path):
   with pytest.raises(ValueError, match=r"experiments/tiny.py has no argument 'task'; valid: tasks"):
     tiny.get_config("task=sr_x2")
   with pytest.raises(ValueError, match=r"piece 'sr_x3' has no '='"):
-    base.parse_arg("tasks=sr_x2,sr_x3", "experiments/tiny.py", "tasks", tasks="")
+    run_defaults.parse_arg("tasks=sr_x2,sr_x3", "experiments/tiny.py", "tasks", tasks="")
 
 
 def test_normalize_splits_comma_lists_from_the_command_line():
@@ -58,7 +60,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
   assert "  tasks = ['sr_x2', 'derain']" in text and "  degrade.rain.length = [6, 20]" in text
   config = tiny.get_config("sr_x2,derain")
   config.mesh.data = 1
-  counts = run_state.count_params(run_state.build(config).model)
+  counts = run_state.param_counts(run_state.build(config).model)
   assert (f"parameters: heads {counts['heads']:,}, body {counts['body']:,}, queries "
           f"{counts['queries']:,}, tails {counts['tails']:,}, total {counts['total']:,}") in text
   assert "mesh: data=1, fsdp=1 over 1 cpu device(s)" in text
@@ -109,10 +111,10 @@ def test_every_launcher_s_help_exits_zero(flag):
 
 
 def test_help_config_lists_every_field_with_its_value_and_meaning():
-  from mtl import io
-  fields = io.flatten(base.get_config().to_dict())
-  undocumented = sorted(set(fields) - set(base.FIELD_HELP))
-  assert not undocumented, f"experiments/base.py FIELD_HELP lacks {undocumented}"
+  from mtl import files, run_defaults
+  fields = files.flatten(run_defaults.get_config().to_dict())
+  undocumented = sorted(set(fields) - set(run_defaults.FIELD_HELP))
+  assert not undocumented, f"mtl/run_defaults.py FIELD_HELP lacks {undocumented}"
   proc = _launch("--config=experiments/tiny.py", "--config.optim.lr=0.01", "--help_config")
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()

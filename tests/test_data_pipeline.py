@@ -216,3 +216,45 @@ def test_load_pairs_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="paired folder .*nope does not exist"):
     pipeline.load_pairs(f"dehaze={tmp_path / 'nope'}", _specs(("dehaze",)))
   assert pipeline.load_pairs("", _specs(("dehaze",))) == {}
+
+
+def _mesh(devices):
+  from mtl import sharding
+  return sharding.make_mesh(ml_collections.ConfigDict(dict(data=devices, fsdp=1)))
+
+
+@pytest.mark.parametrize("size", [0, 2])
+def test_device_prefetch_keeps_order_values_and_the_batch_sharding(images, size):
+  from mtl import sharding
+  from mtl.data import prefetch
+  mesh = _mesh(4)
+  source = list(pipeline.train_batches(images, ("denoise_30", "sr_x2"), 48, 4, seed=3,
+                                       start_step=5, num_steps=6, num_threads=2))
+  with prefetch.DevicePrefetch(iter(source), mesh, size=size) as batches:
+    got = list(batches)
+    assert batches.wait_seconds >= 0
+  assert [step for step, _ in got] == list(range(5, 11))
+  for (_, local), (_, global_batch) in zip(source, got):
+    assert set(global_batch) == set(local)
+    for name, array in global_batch.items():
+      assert array.sharding == sharding.batch_sharding(mesh)
+      np.testing.assert_array_equal(np.asarray(array), local[name])
+
+
+def test_device_prefetch_raises_the_sources_error_in_order_and_stops_early(images):
+  from mtl.data import prefetch
+
+  def failing():
+    yield 0, pipeline.batch_for_step(images, ("sr_x2",), 48, 2, 0, 0)
+    raise OSError("disk gone")
+  batches = prefetch.DevicePrefetch(failing(), _mesh(1), size=2)
+  assert next(batches)[0] == 0
+  with pytest.raises(OSError, match="disk gone"):
+    next(batches)
+  endless = prefetch.DevicePrefetch(pipeline.train_batches(images, ("sr_x2",), 48, 2, 0,
+                                                           num_threads=1), _mesh(1), size=2)
+  assert next(endless)[0] == 0
+  endless.close()  # a loop that stops early: the thread ends
+  assert not endless._thread.is_alive()
+  with pytest.raises(ValueError, match="prefetch size=-1"):
+    prefetch.DevicePrefetch(iter(()), _mesh(1), size=-1)

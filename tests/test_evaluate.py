@@ -119,6 +119,21 @@ def test_self_ensemble_of_an_equivariant_model_is_the_model():
   assert np.abs(other - evaluate.restore_float(_conv(raw), image, 1, 24, 4)).max() > 10 * TOL
 
 
+def test_oriented_degradations_keep_their_orientation_in_the_self_ensemble():
+  # Rain streaks near vertical and haze far at the top: only the image and its left-right mirror.
+  image = np.zeros((6, 4, 3), np.uint8)
+  image[:, 1] = 255  # a vertical streak
+  for kind in evaluate.ORIENTED_KINDS:
+    for k, flip in evaluate.ensemble_of(kind):
+      moved = evaluate.transform(image, k, flip)
+      assert moved.shape == image.shape and (moved[:, :, 0] == 255).sum(axis=0).max() == 6
+  assert evaluate.ensemble_of("derain") == ((0, False), (0, True))
+  assert evaluate.ensemble_of("sr") == evaluate.ENSEMBLE
+  # A model that only removes vertical streaks, run on a transposed image, would not remove them:
+  # the derain ensemble never shows it one.
+  assert not any(k % 2 for k, _ in evaluate.ensemble_of("derain"))
+
+
 def test_tile_runner_on_all_local_devices_equals_one_device_apply():
   config, model, params = _model(("sr_x2",), patch_size=24)
   mesh = evaluate.local_mesh()

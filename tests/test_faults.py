@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from experiments import tiny
-from mtl import checkpoints, io, run_config, run_state
+from mtl import files, run_config, run_folder, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,39 +81,40 @@ def test_workdir_that_is_a_file_or_read_only(tmp_path):
 
 def test_single_task_runs_say_nothing_about_conflicts(caplog):
   with caplog.at_level(logging.WARNING):
-    assert not run_config.probing_enabled(_config(tasks=("sr_x2",)))
-    assert not run_config.probing_enabled(_config(tasks=("sr_x2",), regime="scratch"))
+    assert run_config.probe_plan(_config(tasks=("sr_x2",))).probe_every == 0
+    run_config.validate(_config(tasks=("sr_x2",)))
+    assert run_config.probe_plan(_config(tasks=("sr_x2",), regime="scratch")).probe_every == 0
   assert not [r for r in caplog.records if "conflicts" in r.getMessage()]
-  assert run_config.probing_enabled(_config())
+  assert run_config.probe_plan(_config()).probe_every == _config().conflicts.every
 
 
 def test_a_run_that_never_saved_a_step_takes_a_new_config(tmp_path):
   workdir = str(tmp_path)
-  checkpoints.check_or_write_config(workdir, _config().to_dict())
+  run_folder.check_or_write_config(workdir, _config().to_dict())
   changed = _config(tasks=("sr_x2", "derain")).to_dict()
-  assert checkpoints.check_config(workdir, changed) is True  # no step saved: replaceable
-  checkpoints.check_or_write_config(workdir, changed)
-  assert io.read_json(os.path.join(workdir, "config.json"))["tasks"] == ["sr_x2", "derain"]
+  assert run_folder.check_config(workdir, changed) is True  # no step saved: replaceable
+  run_folder.check_or_write_config(workdir, changed)
+  assert files.read_json(os.path.join(workdir, "config.json"))["tasks"] == ["sr_x2", "derain"]
   os.makedirs(os.path.join(workdir, "checkpoints", "2"))  # a saved step: now it is refused
   with pytest.raises(ValueError, match=r"holds a run with a different config: tasks"):
-    checkpoints.check_config(workdir, _config().to_dict())
+    run_folder.check_config(workdir, _config().to_dict())
 
 
 def test_a_config_written_before_a_field_existed_resumes_and_says_so(tmp_path, capsys):
   workdir = str(tmp_path)
   older = _config().to_dict()
   del older["mtl"], older["model"]["init"]  # fields added to mtl after this run started
-  io.write_json(os.path.join(workdir, "config.json"), older)
+  files.write_json(os.path.join(workdir, "config.json"), older)
   os.makedirs(os.path.join(workdir, "checkpoints", "2"))
-  assert checkpoints.check_config(workdir, _config().to_dict()) is False  # resumable
+  assert run_folder.check_config(workdir, _config().to_dict()) is False  # resumable
   out = capsys.readouterr().out
   assert "predates the config fields model.init, mtl.affinity_every" in out, out
   assert "more: resuming with their current values" in out
-  saved = io.read_json(os.path.join(workdir, "config.json"))
+  saved = files.read_json(os.path.join(workdir, "config.json"))
   assert saved == json.loads(json.dumps(older))  # left as it was
   changed = _config(seed=7).to_dict()  # a field it has, changed: still refused
   with pytest.raises(ValueError, match=r"different config: seed \(0 -> 7\)"):
-    checkpoints.check_config(workdir, changed)
+    run_folder.check_config(workdir, changed)
 
 
 def _dead_pid():
@@ -123,15 +124,15 @@ def _dead_pid():
 
 
 def test_workdir_lock(tmp_path):
-  lock = io.WorkdirLock(str(tmp_path))
+  lock = files.WorkdirLock(str(tmp_path), run_folder.LOCK_FILE)
   host = socket.gethostname()
   (tmp_path / "train.lock").write_text(json.dumps({"pid": os.getppid(), "host": host,
                                                    "started": "then"}))
-  with pytest.raises(io.LockHeld, match=rf"in use by pid {os.getppid()} since then"):
+  with pytest.raises(files.LockHeld, match=rf"in use by pid {os.getppid()} since then"):
     lock.acquire()
   (tmp_path / "train.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere",
                                                    "started": "then"}))
-  with pytest.raises(io.LockHeld, match=r"in use by pid 1 on elsewhere"):  # pid not checkable
+  with pytest.raises(files.LockHeld, match=r"in use by pid 1 on elsewhere"):  # pid not checkable
     lock.acquire()
   dead = _dead_pid()
   (tmp_path / "train.lock").write_text(json.dumps({"pid": dead, "host": host, "started": "x"}))
@@ -147,8 +148,8 @@ def test_workdir_lock(tmp_path):
 ])
 def test_an_unreadable_lock_is_named_with_how_to_clear_it(tmp_path, content, shown):
   (tmp_path / "train.lock").write_bytes(content)
-  with pytest.raises(io.LockHeld) as error:
-    io.WorkdirLock(str(tmp_path)).acquire()
+  with pytest.raises(files.LockHeld) as error:
+    files.WorkdirLock(str(tmp_path)).acquire()
   message = str(error.value)
   assert re.search(rf"train.lock is not a lock a trainer wrote \({shown}", message), message
   assert "delete that file and run again" in message and "pid -1" not in message

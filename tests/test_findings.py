@@ -11,7 +11,7 @@ import pytest
 from matplotlib import image
 
 from mtl import conflicts, stats
-from mtl.report import figures, findings, scores, tables
+from mtl.report import cells, figures, findings, scores, tables
 from mtl import study as study_lib
 from test_conflicts import known_halves
 from test_report import DIFF, SCRATCH, _psnr, synthetic_study
@@ -89,7 +89,7 @@ def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
     iv = stats.paired_interval(SCRATCH[task], [_psnr("finetune", task, k) for k in range(3)])
     assert a.interval[:6] == pytest.approx(iv[:6], rel=1e-12)
     assert a.sentence == (f"{task} (fine-tuned from joint − tuned scratch, Y-PSNR on photos): "
-                          f"Δ {iv.text(2)} dB, {tables.format_p(iv.p)}, 3 paired seeds — "
+                          f"Δ {iv.text(2)} dB, {cells.format_p(iv.p)}, 3 paired seeds — "
                           f"{a.verdict}.")
   assert answers["derain"].verdict == "yes: the fine-tune does better"
   # sr_x2: per-seed differences of both signs, the interval spans 0
@@ -130,7 +130,7 @@ def test_related_vs_unrelated_is_the_paired_delta_of_the_two_finetunes(groups_st
   assert a.verdict == "yes: the related pre-training helps more"
   assert a.sentence == ("sr_x2 (fine-tuned from related sr_x2+sr_x3 − from unrelated "
                         f"sr_x2+denoise_30, Y-PSNR on photos): Δ {iv.text(2)} dB, "
-                        f"{tables.format_p(iv.p)}, 3 paired seeds — {a.verdict}.")
+                        f"{cells.format_p(iv.p)}, 3 paired seeds — {a.verdict}.")
   # question 2 for each group's fine-tune; question 1 not measured (no conflict store)
   assert [x.source for x in found.answers[2]] == ["finetune:related", "finetune:unrelated"]
   assert found.sentences(1)[0].startswith(f"{findings.NOT_MEASURED}: no joint or group run")

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtl import checkpoints, restore, tasks
+from mtl import restoration, run_folder, run_state, tasks
 from mtl.models import ipt, ipt_import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,13 +80,13 @@ def test_reader_matches_the_layout_and_dtypes():
 def test_workdir_round_trip(tmp_path):
   cfg, names, params = ipt_import.load(os.path.join(FIXTURES, "ipt_pretrain6.pt"), num_heads=2)
   workdir = str(tmp_path / "imported")
-  ipt_import.write_workdir(params, cfg, names, workdir, source="x.pt")
-  config, model, loaded, step = restore.load_model(workdir)
+  run_state.write_workdir(params, cfg, names, workdir, source="x.pt")
+  config, model, loaded, step = restoration.load_model(workdir)
   assert step == 0 and model.task_names == names
   for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(loaded)):
     np.testing.assert_array_equal(a, np.asarray(b))
   with pytest.raises(ValueError, match="already holds a run"):
-    ipt_import.write_workdir(params, cfg, names, workdir)
+    run_state.write_workdir(params, cfg, names, workdir)
 
 
 def _one_line(error):
@@ -195,7 +195,7 @@ def test_launcher_imports_and_refuses(tmp_path):
                         capture_output=True, text=True, env=env, timeout=120)
   assert good.returncode == 0, good.stderr
   assert "tasks sr_x2" in good.stdout
-  assert os.path.isfile(tmp_path / "w" / checkpoints.CONFIG_FILE)
+  assert os.path.isfile(tmp_path / "w" / run_folder.CONFIG_FILE)
   assert os.path.isdir(tmp_path / "w" / "checkpoints" / "0")
 
 

@@ -1,7 +1,10 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from mtl import tasks
 from mtl.models import ipt, ops
@@ -83,13 +86,17 @@ def test_attention_uses_cudnn_only_on_gpu_in_half_precision():
 def test_attention_equals_dot_product_attention_values_and_gradients():
   # Scores spread over ~+-20 so that the softmax is far from uniform and the max-subtraction
   # matters; float32 throughout, so both sides agree to float32 rounding of sums over 32 keys.
+  # Both at matmul precision 'highest': a GPU's default float32 matmul is TF32 (10-bit
+  # mantissa, ~1e-3 relative per product), which would put each side 1e-3 off on its own.
   q, k, v, d_out = (jax.random.normal(key, (2, 32, 3, 8)) * 3
                     for key in jax.random.split(jax.random.key(0), 4))
   reference = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
-  out, vjp = jax.vjp(ops.attention, q, k, v)
-  want, want_vjp = jax.vjp(reference, q, k, v)
+  with jax.default_matmul_precision("highest"):
+    out, vjp = jax.vjp(ops.attention, q, k, v)
+    want, want_vjp = jax.vjp(reference, q, k, v)
+    got_grads, want_grads = vjp(d_out), want_vjp(d_out)
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
-  for got, expected in zip(vjp(d_out), want_vjp(d_out)):
+  for got, expected in zip(got_grads, want_grads):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(jnp.abs(expected).max()))
   # bfloat16 inputs: the softmax runs in float32; the probabilities and the output are rounded
   # to bfloat16 (8 significant bits: steps of 2^-8 = 0.4%), a few steps of error on |out| < 10.
@@ -99,3 +106,73 @@ def test_attention_equals_dot_product_attention_values_and_gradients():
   grads = jax.grad(lambda *a: jnp.sum(ops.attention(*a).astype(jnp.float32)), argnums=(0, 1, 2))(*low)
   assert all(g.dtype == jnp.bfloat16 and bool(jnp.isfinite(g.astype(jnp.float32)).all())
              for g in grads)
+
+
+def _layers_config(**changes):
+  # Two encoder and two decoder layers drawn independently (init 'flax'; 'torch' copies one
+  # layer), so a scan that took them in another order, or twice the same, would show.
+  return ipt.ModelConfig(**dict(ipt.SIZES["small"], patch_size=12, init="flax", **changes))
+
+
+# Equality tests between two programs run at matmul precision 'highest': a GPU computes float32
+# matmuls as TF32 by default (10-bit mantissa), and the two programs may pick different kernels;
+# at 'highest' both compute float32 products on every backend and the float32 bounds below hold.
+@jax.default_matmul_precision("highest")
+def test_scanned_layers_equal_the_per_layer_loop():
+  model = ipt.IPT(_layers_config(), tasks.get_all(["sr_x2"]))
+  params = model.init(jax.random.key(0))
+  body, query = params["body"], params["queries"]["sr_x2"]
+  feats = jax.random.normal(jax.random.key(1), (2, 12, 12, model.cfg.n_feats)) * 10
+  _, tokens = model.body(body, feats, query)
+  # The reference: the body's own modules, each layer merged from the per-layer tree and run in
+  # a Python loop.
+  m, layers = nnx.merge(model._body_def, body), ipt.unstack_layers(body)
+  enc_def, dec_def = nnx.split(m.encoder)[0], nnx.split(m.decoder)[0]
+  x = ops.unfold(feats, model.cfg.patch_dim)
+  x = (x + m.pos_embed[...][None] + m.token_embed(x)).reshape(-1, x.shape[-1])
+  for i in range(2):
+    x = nnx.merge(enc_def, layers["encoder"][i])(x, 2)
+  memory, queries = x, jnp.tile(query, (2, 1))
+  for i in range(2):
+    x = nnx.merge(dec_def, layers["decoder"][i])(x, memory, queries, 2)
+  want = (m.out_mlp(x) + x).reshape(tokens.shape)
+  # Identical float32 operations; only XLA's fusion inside and outside a scan may differ, by a
+  # few ulps of activations of size ~10-100.
+  np.testing.assert_allclose(tokens, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))
+  assert not np.allclose(layers["encoder"][0]["attn"]["query"]["kernel"],
+                         layers["encoder"][1]["attn"]["query"]["kernel"])
+
+
+def test_layer_names_unstack_the_layer_axis_in_network_order():
+  model = ipt.IPT(_layers_config(), tasks.get_all(["sr_x2"]))
+  body = model.abstract_params()["body"]
+  assert body["encoder"]["attn"]["query"]["kernel"].shape == (2, 288, 288)
+  names, order = ipt.body_layer_order(body)
+  assert len(names) == 3 + 2 * 12 + 2 * 18 + 4  # embeddings, 2 encoder, 2 decoder layers, MLP
+  assert names[:5] == ["token_embed/bias", "token_embed/kernel", "pos_embed",
+                       "encoder/0/attn/key/kernel", "encoder/0/attn/out/kernel"]
+  assert names.index("encoder/1/attn/key/kernel") < names.index("decoder/0/cross_attn/key/kernel")
+  assert names[-1] == "out_mlp/fc2/kernel"
+  # The per-layer tree and back: the layout checkpoints written before the stacking hold.
+  params = model.init(jax.random.key(0))["body"]
+  per_layer = ipt.unstack_layers(params)
+  assert ipt.is_per_layer(per_layer) and not ipt.is_per_layer(params)
+  assert ipt.shared_layer_names(per_layer) == ipt.shared_layer_names(params)
+  jax.tree.map(np.testing.assert_array_equal, ipt.stack_layers(per_layer), params)
+
+
+@jax.default_matmul_precision("highest")  # see test_scanned_layers_equal_the_per_layer_loop
+def test_remat_gives_the_same_gradients():
+  plain, remat = (ipt.IPT(_layers_config(remat=r), tasks.get_all(["sr_x2"]))
+                  for r in ("none", "layer"))
+  params = plain.init(jax.random.key(0))
+  images = jax.random.uniform(jax.random.key(1), (2, 12, 12, 3), maxval=255.0)
+  loss = lambda model: jax.grad(lambda p: jnp.mean(jnp.abs(model.apply(p, "sr_x2", images))))
+  got, want = jax.jit(loss(remat))(params), jax.jit(loss(plain))(params)
+  # The recomputed forward pass runs the same float32 operations; XLA may fuse them otherwise,
+  # which moves a gradient by float32 rounding (~1e-6 of its leaf's scale).
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got)):
+    scale = float(jnp.abs(a).max())
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+  with pytest.raises(ValueError, match="model.remat='all'; valid: 'none', 'layer'"):
+    dataclasses.replace(plain.cfg, remat="all").validate()

@@ -199,35 +199,6 @@ def test_curves_figure():
   assert png.startswith(b"\x89PNG") and png_size(png)[0] > 300
 
 
-def test_probe_scalars_per_flush():
-  rec = record(steps=10)
-  out = plots.probe_scalars(rec)
-  assert [s for s, _ in out] == rec.steps.tolist()
-  body = conflicts.pair_values(rec.cosines("body")[:, 0])
-  assert out[3][1][f"conflicts/cos/{PAIRS[1]}"] == pytest.approx(body[3, 1])
-  last = out[-1][1]
-  corrected = conflicts.pair_values(conflicts.corrected_cosines(
-      rec.grouped_halves("body")[1][:, 0], axis=0))
-  assert last[f"conflicts/corrected_cos/{PAIRS[0]}"] == pytest.approx(corrected[0])
-  assert last[f"conflicts/conflict_fraction/{PAIRS[0]}"] == pytest.approx((body[:, 0] < 0).mean())
-  assert f"conflicts/same_task/{TASKS[2]}" in last
-  assert "conflicts/corrected_cos/" + PAIRS[0] not in out[0][1]  # windowed values: last step only
-  assert not any("corrected" in k for k in plots.probe_scalars(record(halves=False))[-1][1])
-
-
-def test_draw_all_writes_the_documented_files(tmp_path):
-  rec = record(layers=layer_names()[:20])
-  paths = plots.draw_all(rec, str(tmp_path / "conflicts"), window=4)
-  names = [os.path.basename(p) for p in paths]
-  assert names == ["cos_matrix.png", "cos_layers_pairs.png", "cos_curves.png"] + [
-      f"cos_layers_steps-{p}.png" for p in PAIRS]
-  for path in paths:
-    with open(path, "rb") as f:
-      width, height = png_size(f.read())
-    assert 250 < width < 2000 and 250 < height < 3000, (path, width, height)
-  assert sorted(os.listdir(tmp_path / "conflicts")) == sorted(names)  # no temporary files left
-
-
 def write_store(workdir, steps=8):
   rec = record(steps=steps, layers=layer_names()[:12])
   conflicts.append(workdir, rec.steps, rec.half_gramians, rec.layer_names, rec.task_names)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mtl import io
+from mtl import files
 from mtl import progress as progress_lib
 
 
@@ -24,8 +24,8 @@ def test_progress_rate_eta_and_cadence():
   assert line == "step 400/1000 (40.0%) | 5 steps/s | ETA 2m00s"
   now[0] += 1.0
   assert progress.update(1000) is not None  # the last step always logs
-  assert io.format_duration(3 * 3600 + 125) == "3h02m"
-  assert io.format_duration(float("nan")) == "?"
+  assert files.format_duration(3 * 3600 + 125) == "3h02m"
+  assert files.format_duration(float("nan")) == "?"
 
 
 def test_compilation_is_excluded_from_the_rate():
@@ -49,7 +49,7 @@ def test_tee_keeps_output_until_attached_then_appends(tmp_path, capsys):
   with progress_lib.Tee(argv=["launch/train.py", "--workdir=w"]) as tee:
     print("before the workdir was checked")
     assert path.read_text() == "earlier attempt\n"  # nothing written before attach
-    progress_lib.attach_log(str(tmp_path))
+    progress_lib.attach_log(str(path))
     print("after")
     import sys
     print("an error line", file=sys.stderr)
@@ -82,3 +82,15 @@ def test_a_remedy_run_says_its_config_mtl_in_the_banner_and_hparams(tmp_path):
   hparams = events.read_hparams(logdir)
   assert (hparams["aggregator"], hparams["loss_weighting"], hparams["affinity"]) == (
       "cagrad(c=0.4)", "uncertainty", "every 10 steps")
+def test_data_wait_share_between_updates():
+  now = [0.0]
+  progress = progress_lib.Progress(total_steps=100, start_step=0, every=10, clock=lambda: now[0])
+  now[0] = 4.0
+  line = progress.update(10, data_wait=1.0)  # 1 s of the first 4 s waiting for batches
+  assert progress.wait_share() == pytest.approx(0.25)
+  assert line == "step 10/100 (10.0%) | 2.5 steps/s | ETA 36s | data wait 25%"
+  now[0] = 10.0
+  progress.exclude(2.0)  # a compile: neither training nor waiting
+  progress.update(20, data_wait=1.2)  # 0.2 s of the 4 s of steps since
+  assert progress.wait_share() == pytest.approx(0.05)
+  assert "data wait" not in progress.update(30)  # a loop that does not measure it

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from experiments import base
-from mtl import conflicts, io, stats
+from mtl import run_defaults
+from mtl import conflicts, files, stats
 from mtl import study as study_lib
 from mtl.conflicts import affinity
 from mtl.report import remedies
@@ -39,7 +39,7 @@ def study(tmp_path_factory):
   cfg.seeds = SEEDS
   cfg.steps.scratch = cfg.steps.joint = 4
   cfg.lrs = (1e-3,)
-  cfg.run = base.get_config("tiny")
+  cfg.run = run_defaults.get_config("tiny")
   cfg.run.eval.sets = "photos,photos_val"
   cfg.test = ("photos",)
   s = study_lib.Study(cfg, str(tmp_path_factory.mktemp("remedies")))
@@ -47,11 +47,11 @@ def study(tmp_path_factory):
   for spec in s.runs:
     d = s.run_dir(spec.name)
     os.makedirs(d)
-    io.write_json(os.path.join(d, "run_config.json"), study_lib.run_config(s.config, spec))
+    files.write_json(os.path.join(d, "run_config.json"), study_lib.run_config(s.config, spec))
     res = {t: {"photos": {"psnr_y": _psnr(spec.column, t, spec.seed), "ssim_y": 0.8},
                "photos_val": {"psnr_y": 20.0, "ssim_y": 0.7}} for t in spec.tasks}
-    io.write_json(os.path.join(d, "results.json"), {"step": 4, "tasks": res})
-    io.write_json(os.path.join(d, "DONE"), {})
+    files.write_json(os.path.join(d, "results.json"), {"step": 4, "tasks": res})
+    files.write_json(os.path.join(d, "DONE"), {})
     if spec.column == "joint":  # half-split Gramians (as the probe stores) and TAG affinity
       shared = np.repeat(rng.normal(size=(5, 2, 3, 16)), 2, axis=2)  # each task's mean, 2 halves
       j = rng.normal(size=(5, 2, 6, 16)) + 2.0 * shared

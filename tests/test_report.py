@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mtl import conflicts, report, stats
+from mtl.report import cells as table_cells
 from mtl.report import figures, findings, render, scores, tables
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY
@@ -243,13 +244,13 @@ def synthetic_study(workdir, metric="psnr_y", psnr=None, **fields):
   """A study directory whose runs are written by hand (no training): run_config.json,
   results.json and DONE per run, results from SCRATCH and DIFF, or psnr(spec, task) (the lr
   grid's second lr is 1 dB worse on validation, so the first is chosen)."""
-  from experiments import base
+  from mtl import run_defaults
   study = study_lib.defaults()
   study.name, study.metric = "synthetic", metric
   study.tasks = tuple(SCRATCH)
   study.steps.scratch = study.steps.joint = study.steps.finetune = 4
   study.lrs = (1e-3, 3e-3)
-  study.run = base.get_config("tiny")
+  study.run = run_defaults.get_config("tiny")
   study.run.eval.sets = "photos,photos_val"
   for key, value in fields.items():
     study[key] = value
@@ -297,7 +298,7 @@ def test_delta_cells_are_paired_intervals_of_the_per_seed_values(synthetic):
     assert r["delta_ssim_low"] == pytest.approx(iv.low / 100)
     assert r["verdict_ssim"] == VERDICTS[regime, task]
     assert cells[task, regime][5] == (
-        f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}], {tables.format_p(iv.p)}")
+        f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}], {table_cells.format_p(iv.p)}")
     assert cells[task, regime][6] == VERDICTS[regime, task]
   assert cells["sr_x2", "scratch"][5] == ""   # scratch is the baseline: no Δ
   assert any("paired t 95% CI" in n for n in table.notes)
@@ -306,7 +307,7 @@ def test_delta_cells_are_paired_intervals_of_the_per_seed_values(synthetic):
 def test_bold_only_for_the_significantly_best_regime(synthetic):
   cells = _cells(tables.main_table(synthetic))
   bold = {(task, regime) for (task, regime), row in cells.items()
-          if isinstance(row[3], tables.Bold)}
+          if isinstance(row[3], table_cells.Bold)}
   # derain: finetune beats joint and scratch on every seed; denoise_30: finetune's mean is
   # highest but not significantly above joint's; sr_x2: the best (finetune) is null vs scratch
   assert bold == {("derain", "finetune")}
@@ -406,8 +407,8 @@ def test_published_row_only_when_its_requirement_holds(tmp_path):
   reference.requires = {"derain": "degrade.rain.streak_dir"}
   s = synthetic_study(str(tmp_path / "a"), reference=reference)
   assert not any(r["regime"] == "published" for r in tables.main_table(s).records)
-  from experiments import base
-  run = base.get_config("tiny")
+  from mtl import run_defaults
+  run = run_defaults.get_config("tiny")
   run.eval.sets = "photos,photos_val"
   run.degrade.rain.streak_dir = "/data/RainTrainL/streaks"
   s = synthetic_study(str(tmp_path / "b"), reference=reference, run=run)
@@ -428,8 +429,8 @@ def test_spearman_between_conflict_and_pairwise_transfer(tmp_path):
   study.regimes = ("joint", "pairs")
   study.steps.joint = 4
   study.lrs = (1e-3,)
-  from experiments import base
-  study.run = base.get_config("tiny")
+  from mtl import run_defaults
+  study.run = run_defaults.get_config("tiny")
   study.run.eval.sets = "photos,photos_val"
   s = study_lib.Study(study, str(tmp_path))
   cos = {"denoise_30~sr_x2": 0.3, "denoise_30~derain": -0.1, "sr_x2~derain": 0.05}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl import evaluate, metrics, restore
+from mtl import evaluate, metrics, restoration, run_state
 from mtl.models import ipt_import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,7 +25,7 @@ def _png(path, image):
 def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("ipt") / "imported")
   cfg, names, params = ipt_import.load(FIXTURE, num_heads=2)
-  ipt_import.write_workdir(params, cfg, names, path)
+  run_state.write_workdir(params, cfg, names, path)
   return path
 
 
@@ -40,7 +40,7 @@ def test_restore_equals_evaluation_on_an_odd_sized_image(workdir, tmp_path):
   (tmp_path / "inputs" / "broken.png").write_bytes(b"not an image")
 
   err = io.StringIO()
-  written, skipped = restore.restore_folder(workdir, "derain", str(tmp_path / "inputs"),
+  written, skipped = restoration.restore_folder(workdir, "derain", str(tmp_path / "inputs"),
                                             str(tmp_path / "out"), err=err)
   assert [os.path.basename(p) for p in written] == ["rain-001.png"]
   assert [os.path.basename(p) for p in skipped] == ["broken.png"]
@@ -48,7 +48,7 @@ def test_restore_equals_evaluation_on_an_odd_sized_image(workdir, tmp_path):
   assert "ETA" in err.getvalue()
 
   # Evaluation of the same model on the same input, with its PNGs saved (config.eval.save_images).
-  config, model, params, step = restore.load_model(workdir)
+  config, model, params, step = restoration.load_model(workdir)
   config.eval.sets = f"Rain=paired:{tmp_path / 'Rain'}"
   config.eval.save_images = True
   results = evaluate.evaluate(model, params, config, evaluate.load_testsets(config), workdir, step)
@@ -63,13 +63,13 @@ def test_restore_equals_evaluation_on_an_odd_sized_image(workdir, tmp_path):
 def test_restore_upscales_and_refuses_unknown_tasks(workdir, tmp_path):
   image = np.random.default_rng(1).integers(0, 256, (13, 29, 3), dtype=np.uint8)
   _png(str(tmp_path / "a.png"), image)
-  written, _ = restore.restore_folder(workdir, "sr_x3", str(tmp_path / "a.png"),
+  written, _ = restoration.restore_folder(workdir, "sr_x3", str(tmp_path / "a.png"),
                                       str(tmp_path / "out"), err=io.StringIO())
   assert np.asarray(Image.open(written[0])).shape == (39, 87, 3)
   with pytest.raises(ValueError, match="its tasks: sr_x2, sr_x3"):
-    restore.restore_folder(workdir, "sr_x8", str(tmp_path / "a.png"), str(tmp_path / "o"))
+    restoration.restore_folder(workdir, "sr_x8", str(tmp_path / "a.png"), str(tmp_path / "o"))
   with pytest.raises(ValueError, match="step 7 is not saved"):
-    restore.load_model(workdir, step=7)
+    restoration.load_model(workdir, step=7)
 
 
 def _snapshot(folder):
@@ -89,12 +89,12 @@ def test_restore_never_writes_into_its_input_or_one_output_twice(workdir, tmp_pa
   ]
   for source, output, why in refusals:
     with pytest.raises(ValueError) as error:
-      restore.restore_folder(workdir, "derain", source, output, err=io.StringIO())
+      restoration.restore_folder(workdir, "derain", source, output, err=io.StringIO())
     assert why in str(error.value) and "\n" not in str(error.value), (source, output)
   # Same stem, two formats: both would be <stem>.png.
   Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(inputs / "x.jpg")
   with pytest.raises(ValueError) as error:
-    restore.restore_folder(workdir, "derain", str(inputs), str(tmp_path / "out"))
+    restoration.restore_folder(workdir, "derain", str(inputs), str(tmp_path / "out"))
   assert "x.jpg, x.png -> x.png" in str(error.value) and "\n" not in str(error.value)
   assert _snapshot(tmp_path) == {**before, inputs / "x.jpg": (inputs / "x.jpg").read_bytes()}
   assert not (tmp_path / "out").exists() and not (inputs / "restored").exists()
@@ -113,7 +113,7 @@ def test_restore_replaces_existing_outputs_only_when_asked(workdir, tmp_path):
   assert sorted(os.listdir(tmp_path / "out")) == ["b.png"]
   assert (tmp_path / "out" / "b.png").read_bytes() == b"an earlier result"
   err = io.StringIO()
-  written, _ = restore.restore_folder(workdir, "derain", str(tmp_path / "in"),
+  written, _ = restoration.restore_folder(workdir, "derain", str(tmp_path / "in"),
                                       str(tmp_path / "out"), err=err, overwrite=True)
   assert len(written) == 2 and "replacing 1 existing file(s)" in err.getvalue()
   assert np.asarray(Image.open(tmp_path / "out" / "b.png")).shape == (12, 12, 3)
@@ -127,12 +127,12 @@ def test_score_pairs_each_reference_once_and_names_the_unscored(tmp_path):
     _png(str(tmp_path / "ref" / name), image)
   # ax2 would pair with a (EDSR naming), but a is a's own reference; b has no restored image.
   with pytest.raises(ValueError) as error:
-    restore.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=io.StringIO())
+    restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=io.StringIO())
   assert "ax2.png has no partner" in str(error.value) and "a.png is paired with a.png" in str(
       error.value)
   os.remove(tmp_path / "out" / "a.png")  # now ax2 pairs with a, and b is named as unscored
   err = io.StringIO()
-  rows, _ = restore.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=err)
+  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=err)
   assert [r["image"] for r in rows] == ["ax2"]
   assert "1 of 2 reference image(s) have no restored partner and are not scored: b.png" in (
       err.getvalue())
@@ -148,7 +148,7 @@ def test_score_equals_metrics_on_known_pairs(tmp_path):
   _png(str(tmp_path / "restored" / "noisyx2.png"), out)       # EDSR LR naming pairs with 'noisy'
   _png(str(tmp_path / "reference" / "flat.png"), flat_ref)
   _png(str(tmp_path / "reference" / "noisy.png"), ref)
-  rows, mean = restore.score_folders(str(tmp_path / "restored"), str(tmp_path / "reference"),
+  rows, mean = restoration.score_folders(str(tmp_path / "restored"), str(tmp_path / "reference"),
                                      crop_border=2, y_channel=False)
   by_name = {r["image"]: r for r in rows}
   # A constant error of 10 in every channel: MSE 100, PSNR 10 log10(255^2 / 100).
@@ -156,7 +156,7 @@ def test_score_equals_metrics_on_known_pairs(tmp_path):
   assert by_name["noisyx2"]["psnr"] == pytest.approx(metrics.psnr(out, ref, 2, y_channel=False))
   assert by_name["noisyx2"]["ssim"] == pytest.approx(metrics.ssim(out, ref, 2, y_channel=False))
   assert mean["psnr"] == pytest.approx((by_name["flat"]["psnr"] + by_name["noisyx2"]["psnr"]) / 2)
-  rows_y, _ = restore.score_folders(str(tmp_path / "restored"), str(tmp_path / "reference"))
+  rows_y, _ = restoration.score_folders(str(tmp_path / "restored"), str(tmp_path / "reference"))
   # Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255: a grey step of 10 moves Y by 10 * 219 / 255.
   assert rows_y[0]["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / (10 * 219 / 255) ** 2))
 
@@ -178,7 +178,7 @@ def test_score_launcher_csv_and_one_line_errors(tmp_path):
   _png(str(tmp_path / "ref" / "img.png"), ref)
   _png(str(tmp_path / "out" / "orphan.png"), ref)
   with pytest.raises(ValueError) as error:
-    restore.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+    restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
   assert "orphan.png has no partner" in str(error.value) and "\n" not in str(error.value)
   os.remove(tmp_path / "out" / "orphan.png")
   noisy = np.clip(ref + rng.normal(0, 5, ref.shape), 0, 255).astype(np.uint8)
@@ -196,7 +196,7 @@ def test_published_table_from_an_imported_workdir(tmp_path):
   from mtl import published
   cfg, names, params = ipt_import.load(FIXTURE.replace("pretrain6", "finetune1"), num_heads=2)
   workdir = str(tmp_path / "sr2")
-  ipt_import.write_workdir(params, cfg, names, workdir)
+  run_state.write_workdir(params, cfg, names, workdir)
   rng = np.random.default_rng(4)
   for name in ("a", "b"):
     _png(str(tmp_path / "bench" / "Set5" / "HR" / f"{name}.png"),

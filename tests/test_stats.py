@@ -13,7 +13,7 @@ from scipy import signal
 from scipy import stats as sps
 
 from mtl import stats
-from mtl.conflicts.gramians import corrected_cosine_pieces, corrected_cosines
+from mtl.gramians import corrected_cosine_pieces, corrected_cosines
 
 SIMS = 200
 

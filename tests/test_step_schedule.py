@@ -33,7 +33,7 @@ def test_absent_tasks_params_and_adam_moments_do_not_move():
     fill = lambda x: np.full(x.shape, 1e-3, x.dtype) if x.ndim else x
     before = state.replace(opt_state=jax.tree_util.tree_map(fill, state.opt_state))
     batch = {PRESENT: photo_batch(config, run, 1)[PRESENT]}
-    after, _ = jax.jit(step_lib.make_step(run.model, config, run.optimizer, (PRESENT,)))(
+    after, _ = jax.jit(step_lib.make_step(run.model, config, run.optimizer, (PRESENT,), run.plan))(
         before, sharding.to_global(batch, run.mesh))
     # What a bare optax update on the step's zero gradients would have done to them.
     zeros = jax.tree_util.tree_map(np.zeros_like, before.params)

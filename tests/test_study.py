@@ -1,8 +1,10 @@
 """Studies: expansion, validation, dry run, refusal of a changed study, and a real interrupted
 study (launch/study.py running launch/train.py) that resumes without redoing finished runs."""
+import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -10,12 +12,11 @@ import time
 
 import pytest
 
-from experiments import base
+from mtl import run_defaults
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 
 def micro(**fields):
@@ -26,7 +27,7 @@ def micro(**fields):
   study.seeds = (0, 1)
   study.steps.scratch, study.steps.joint, study.steps.finetune = 6, 5, 3
   study.lrs = (1e-3, 2e-4)
-  run = base.get_config("tiny")
+  run = run_defaults.get_config("tiny")
   run.eval.sets = "photos,photos_val"
   study.run = run
   for key, value in fields.items():
@@ -279,8 +280,10 @@ def test_dry_run_prints_runs_and_exact_commands_and_writes_nothing(study_file, t
   runs = [l for l in lines if l.startswith("run ")]
   assert len(runs) == 5 and runs[2].startswith("run 3/5 joint-lr1e-3-s0  [pending]")
   name = "finetune-derain-lr1e-3-s0"
-  assert (f"    python launch/train.py --config=experiments/from_json.py:{workdir}/runs/{name}/"
-          f"run_config.json --workdir={workdir}/runs/{name}") in lines
+  train = [sys.executable, os.path.join(ROOT, "launch", "train.py"),  # launch/study.py's command
+           f"--config={ROOT}/experiments/from_json.py:{workdir}/runs/{name}/run_config.json",
+           f"--workdir={workdir}/runs/{name}"]
+  assert "    " + shlex.join(train) in lines
   assert any("init_from: <best on photos_val of joint-lr1e-3-s0" in l for l in lines)
   # The commands read run_config.json files the dry run does not write: it says so.
   assert lines.count("    (run_config.json not written yet)") == 5
@@ -355,8 +358,7 @@ def test_a_corrected_study_restarts_a_run_whose_checkpoints_cannot_resume(tmp_pa
   with open(study.path(name, "FAILED"), "w") as f:
     json.dump({"status": 1}, f)
   assert study.status(name) == "failed"
-  import io as io_lib
-  out = io_lib.StringIO()
+  out = io.StringIO()
   study.write_run_config(spec, out)
   moved = [d for d in os.listdir(study.run_dir(name)) if d.startswith("superseded-")]
   assert len(moved) == 1 and f"{name}: its checkpoints cannot resume" in out.getvalue()

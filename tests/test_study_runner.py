@@ -218,9 +218,9 @@ def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_pa
 def test_max_parallel_needs_a_device_per_run():
   with pytest.raises(ValueError, match=r"--max_parallel=3 needs as many devices, one per run; "
                                        r"there are 2 \(0,1\)"):
-    runner.Runner(None, max_parallel=3, devices=["0", "1"])
+    runner.Runner(None, None, max_parallel=3, devices=["0", "1"])
   with pytest.raises(ValueError, match="--max_parallel=0 must be >= 1"):
-    runner.Runner(None, max_parallel=0)
+    runner.Runner(None, None, max_parallel=0)
 
 
 def test_max_parallel_beyond_the_devices_is_one_line(study_file, tmp_path):

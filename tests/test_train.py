@@ -46,13 +46,13 @@ def _independent_task_grads(run, config, params, batch, step, halves=False):
 
 
 def _leaf_gramians(grads):
-  leaves = [jax.tree_util.tree_leaves(g) for g in grads]
+  leaves = [jax.tree_util.tree_leaves(ipt.unstack_layers(g)) for g in grads]  # per layer
   flat = [[np.asarray(l, np.float64).ravel() for l in task] for task in leaves]
   return np.array([[[flat[i][l] @ flat[j][l] for j in range(len(grads))]
                     for i in range(len(grads))] for l in range(len(leaves[0]))])
 
 
-@pytest.mark.parametrize("devices", [1, 8])
+@pytest.mark.parametrize("devices", [1, pytest.param(8, marks=pytest.mark.cpu_only)])
 def test_probe_gramians_equal_independent_per_half_gradients(devices):
   config = _config(data=devices)
   run = run_state.build(config)
@@ -61,7 +61,7 @@ def test_probe_gramians_equal_independent_per_half_gradients(devices):
     params = jax.device_get(state.params)
     batch = photo_batch(config, run)
     step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names,
-                                   probe=True))
+                                   run.plan, probe=True))
     _, metrics, grams = step(state, sharding.to_global(batch, run.mesh))
   expected = _leaf_gramians(_independent_task_grads(run, config, params, batch, 0, halves=True))
   grams = np.asarray(grams, np.float64)
@@ -97,8 +97,10 @@ def test_probe_step_makes_the_same_update_as_the_plain_step():
     start = run.init_state()
     start = start.replace(opt_state=sgd.init(start.params))
     names = run.model.task_names
-    plain, m_plain = jax.jit(step_lib.make_step(run.model, config, sgd, names))(start, batch)
-    probed, m_probe, _ = jax.jit(step_lib.make_step(run.model, config, sgd, names, probe=True))(
+    plain, m_plain = jax.jit(step_lib.make_step(run.model, config, sgd, names, run.plan))(start,
+                                                                                          batch)
+    probed, m_probe, _ = jax.jit(step_lib.make_step(run.model, config, sgd, names, run.plan,
+                                                    probe=True))(
         start, batch)
   assert float(m_plain["loss/total"]) == pytest.approx(float(m_probe["loss/total"]), rel=1e-6)
   assert float(m_plain["grad_norm"]) == pytest.approx(float(m_probe["grad_norm"]), rel=1e-5)
@@ -123,6 +125,7 @@ def _keep_gradient():
                                                                                 grads))
 
 
+@pytest.mark.cpu_only
 def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
   """The loss and the per-leaf gradients of one step agree between 1 and 8 devices.
 
@@ -138,7 +141,7 @@ def test_same_step_on_one_and_eight_devices_gives_the_same_loss():
     with jax.set_mesh(run.mesh):
       state = run.init_state()
       state = state.replace(opt_state=keep.init(state.params))
-      step = jax.jit(step_lib.make_step(run.model, config, keep, run.model.task_names))
+      step = jax.jit(step_lib.make_step(run.model, config, keep, run.model.task_names, run.plan))
       state, metrics = step(state, sharding.to_global(photo_batch(config, run), run.mesh))
       results.append((float(metrics["loss/total"]), jax.device_get(state.opt_state)))
   (loss1, grads1), (loss8, grads8) = results
@@ -197,7 +200,8 @@ def test_bfloat16_compute_trains_with_float32_parameters():
   config.data.batch_size = 2  # bfloat16 matmuls are slow on CPU; the point is the dtypes
   run = run_state.build(config)
   with jax.set_mesh(run.mesh):
-    step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names))
+    step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names,
+                                      run.plan))
     state, metrics = step(run.init_state(), sharding.to_global(photo_batch(config, run), run.mesh))
   assert np.isfinite(float(metrics["loss/total"]))
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(state.params))

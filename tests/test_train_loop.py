@@ -12,11 +12,17 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import checkpoints, conflicts, train
-from mtl import run_state
+from mtl import checkpoints, conflicts, events, train
 from mtl import progress as progress_lib
+from mtl import run_folder, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read_metrics(workdir):
+  """The records of <workdir>/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, run_folder.METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _config(**overrides):
@@ -71,6 +77,10 @@ def test_joint_run_writes_every_artifact(straight_run):
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "events")))
   compute = json.load(open(os.path.join(workdir, "compute.json")))
   assert compute["steps"] == 4 and compute["images_seen"] == 4 * 2 * 2 and compute["train_flops"] > 0
+  # The share of wall time the loop waited for batches: TensorBoard and metrics.jsonl, per line.
+  steps, waits = events.read_scalars(os.path.join(workdir, "events"), "train/data_wait")
+  assert list(steps) == [2, 4] and all(0 <= w <= 1 for w in waits)
+  assert [r["data_wait"] for r in _read_metrics(workdir)] == pytest.approx(list(waits))
 
 
 def test_the_run_ends_with_its_conflict_verdicts_and_where_to_read_more(straight_run):
@@ -202,7 +212,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   assert step == 4
   for a, b in zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)):
     np.testing.assert_array_equal(a, b)  # bitwise on CPU
-  records = progress_lib.read_metrics(str(workdir))
+  records = _read_metrics(str(workdir))
   assert [r["step"] for r in records][-2:] == [saved, 4] and sorted(records[-1]["loss"]) == [
       "denoise_30", "sr_x2"]
   assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # each step once

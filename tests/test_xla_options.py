@@ -3,7 +3,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from mtl import xla_options
+
+pytestmark = pytest.mark.cpu_only  # the CPU backend's flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAG = "--xla_cpu_experimental_ynn_fusion_type="

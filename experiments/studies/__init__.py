@@ -1,1 +1,1 @@
-"""Study configs for launch/study.py (see mtl/study.py for the fields)."""
+"""Study configs for launch/study.py (see mtl/study/spec.py for the fields)."""

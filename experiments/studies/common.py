@@ -1,10 +1,10 @@
 """Pieces study configs share: the tiny run of CPU studies on the embedded photographs."""
-from experiments import base
+from mtl import run_defaults
 
 
 def tiny_run():
   """Tiny IPT, batch 4 per task, conflicts every 10 steps, photos (test) and photos_val."""
-  run = base.get_config("tiny")
+  run = run_defaults.get_config("tiny")
   run.data.batch_size = 4
   run.optim.warmup_steps = 30
   run.log_every = 20

@@ -22,7 +22,7 @@ related group's pre-training, which trains two tasks; it runs after them).
 """
 import os
 
-from experiments import base
+from mtl import run_defaults
 from experiments.studies import common
 from mtl import study as study_lib
 
@@ -36,7 +36,7 @@ def get_config(root=None):
   study.groups.unrelated = ("sr_x2", "denoise_30")
   study.seeds = (0, 1, 2)
   if root:
-    run = base.get_config("small")
+    run = run_defaults.get_config("small")
     run.data.source, run.data.folder = "folder", os.path.join(root, "DIV2K", "DIV2K_train_HR")
     run.data.batch_size = 16
     run.precision = "bfloat16"

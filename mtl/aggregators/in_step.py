@@ -3,8 +3,10 @@ the loss weights, and the state both carry between steps."""
 import jax
 import jax.numpy as jnp
 
+from mtl import gramians  # the step's own per-leaf Gramian (float32, HIGHEST)
 from mtl.aggregators.loss_weightings import get_loss_weighting
 from mtl.aggregators.weightings import RANDOM, STATEFUL, get_weighting, init
+from mtl.models import ipt
 
 
 # In the training step: config.mtl -> the body's update gradient, loss weights, carried state.
@@ -113,13 +115,15 @@ def aggregate_tree(task_grads, mtl_cfg, key=None, state=None):
   Whole tree by default: one body Gramian (the sum of the per-leaf Gramians, i.e. the Gramian of
   the flattened (T, D) gradients), one weight vector w, update sum_t w_t g_t per leaf, so no
   (T, D) concatenation is formed. aggregator_args.per_leaf=True: each leaf its own Gramian and
-  weights. Returns (update tree, new state dict, weights (T,) or (L, T)).
+  weights; a body's stacked layers count one leaf per layer (mtl.models.ipt.shared_layer_names).
+  Returns (update tree, new state dict, weights (T,) or (L, T)).
   """
-  from mtl.conflicts import gramians  # the step's own per-leaf Gramian (float32, HIGHEST)
   state = {} if state is None else state
   name = mtl_cfg.aggregator
   per_leaf, args = _aggregator_args(mtl_cfg)
   weighting = get_weighting(name, **args)
+  if per_leaf:  # (T, layers, ...) leaves -> one (T, ...) leaf per layer, restacked at the end
+    task_grads = ipt.map_bodies(lambda b: ipt.unstack_layers(b, axis=1), task_grads)
   leaves, treedef = jax.tree_util.tree_flatten(task_grads)
   grams = gramians.leaf_gramians(task_grads)  # (L, T, T)
   num_leaves = grams.shape[0]
@@ -150,4 +154,5 @@ def aggregate_tree(task_grads, mtl_cfg, key=None, state=None):
     out = [jnp.tensordot(weights.astype(x.dtype), x, axes=1) for x in leaves]
   if s_in is not None:
     state = dict(state, aggregator=new_s)
-  return jax.tree_util.tree_unflatten(treedef, out), state, weights
+  update = jax.tree_util.tree_unflatten(treedef, out)
+  return ipt.map_bodies(ipt.stack_layers, update), state, weights

@@ -8,7 +8,7 @@
 
 `mtl.conflicts.load(workdir)` returns the Record of a run's probe steps.
 """
-from mtl.conflicts.gramians import (GROUPINGS, HALVES, conflict_fraction,
+from mtl.gramians import (GROUPINGS, HALVES, conflict_fraction,
                                     corrected_cosine_pieces, corrected_cosines, cosines, ema,
                                     group, half_names, interleave_halves, leaf_gramians,
                                     nan_mean, norm_ratios, norms, pair_indices, pair_names,

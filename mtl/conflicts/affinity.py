@@ -11,7 +11,7 @@ such size: on IPT's L1 loss on the [0, 255] scale (body gradient norms ~100) lr 
 and even a task's affinity with itself comes out negative.
 
 The store is one file, <workdir>/conflicts/affinity.npz (steps (N,), affinity (N, T, T), tasks),
-rewritten atomically (mtl.io) at each checkpoint flush; a resumed run first drops the steps it
+rewritten atomically (mtl.files) at each checkpoint flush; a resumed run first drops the steps it
 will measure again, so steps are neither lost nor repeated.
 """
 import io as _io
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl import io, stats
+from mtl import files, stats
 from mtl.tasks import task_id
 
 FILE = "affinity.npz"
@@ -87,7 +87,7 @@ def _write(workdir, steps, values, tasks):
     np.savez(buf, steps=np.asarray(steps, np.int64), affinity=np.asarray(values, np.float32),
              tasks=np.asarray(tasks))
     f.write(buf.getvalue())
-  io.write_atomic(path_of(workdir), write)
+  files.write_atomic(path_of(workdir), write)
 
 
 def append(workdir, steps, values, tasks):

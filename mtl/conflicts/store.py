@@ -5,12 +5,12 @@
   chunk-<first:09d>-<last:09d>.npz   steps (S,) int64 ascending, gramians (S, L, K, K) float32
 
 halves: true (what the trainer writes): K = 2T, the Gramians of the per-half gradients in the
-order [t0a, t0b, t1a, ...] (mtl.conflicts.gramians, "noise floor"); false: K = T, per-task
+order [t0a, t0b, t1a, ...] (mtl.gramians, "noise floor"); false: K = T, per-task
 Gramians. task_names are always the T tasks. Version 1 stores (no "halves" key, K = T) still
 load, as records without halves: their noise-floor quantities are NaN and say so.
 
 `load(workdir)` returns a Record: the stored steps, their per-leaf task Gramians in network
-order, the half Gramians where stored, and the derived statistics (mtl.conflicts.gramians,
+order, the half Gramians where stored, and the derived statistics (mtl.gramians,
 mtl.stats) grouped by layer, module, block or body.
 """
 import dataclasses
@@ -22,8 +22,8 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from mtl import io
-from mtl.conflicts.gramians import (conflict_fraction, corrected_cosines, cosines, group, norms,
+from mtl import files
+from mtl.gramians import (conflict_fraction, corrected_cosines, cosines, group, norms,
                                     pair_indices, pair_names, pair_values, same_task_agreement,
                                     task_gramian, update_cosines)
 
@@ -215,7 +215,6 @@ def _describe_steps(steps):
   return f"steps {int(steps[0])}..{int(steps[-1])} ({len(steps)} probes)"
 
 
-
 class Store:
   """The probe store of one workdir: <workdir>/conflicts/store/ (format: the module docstring).
 
@@ -388,7 +387,7 @@ class Store:
     else:
       meta = dict(format=FORMAT, version=VERSION, halves=bool(halves), task_names=task_names,
                   layer_names=layer_names)
-      io.write_atomic(self.meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
+      files.write_atomic(self.meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     chunks = self.chunks()
     if chunks and max(c[1] for c in chunks) >= steps[0]:
       logging.warning("conflict store %s: dropping stored probes at steps >= %d, which are "
@@ -411,11 +410,11 @@ class Store:
         keep = steps <= step
         self._write_chunk(steps[keep], grams[keep])  # the shorter chunk first, then drop the old
       os.remove(path)
-    io.fsync_dir(self.path)
+    files.fsync_dir(self.path)
 
   def _write_chunk(self, steps, gramians):
     path = os.path.join(self.path, f"chunk-{int(steps[0]):09d}-{int(steps[-1]):09d}.npz")
-    io.write_atomic(path, lambda f: np.savez(f, steps=steps, gramians=gramians))
+    files.write_atomic(path, lambda f: np.savez(f, steps=steps, gramians=gramians))
     return path
 
 

@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 
-from mtl.conflicts.gramians import (cosines, nan_mean, norms, pair_indices, pair_names,
+from mtl.gramians import (cosines, nan_mean, norms, pair_indices, pair_names,
                                     pair_values, share_negative, update_cosines)
 
 LEVEL = 0.95

@@ -34,7 +34,6 @@ DEGRADED_DIRS = ("rain", "rainy", "input", "degraded", "lq", "data", "hazy", "ha
                  "blurred", "low", "synthetic")
 CLEAN_DIRS = ("norain", "clean", "gt", "target", "groundtruth", "hq", "label", "background",
               "clear", "sharp", "high", "normal", "original")
-RAINY_DIRS = DEGRADED_DIRS   # the names before other degradations joined
 _TAG = (r"(?:no_?rain|rainy?|clean|gt|target|input|groundtruth|degraded|lq|hq|label|background"
         r"|hazy|haze|clear|blur|blurred|sharp|low|high|normal)")
 

@@ -1,7 +1,7 @@
 """The training input pipeline, host side: clean uint8 HR crops for every task of a step.
 
 Data is a pure function of (seed, step, task, global sample index). Sample i of task t at step s
-draws, from `np.random.default_rng([seed, step, crc32(t), i, 1])`, in this order: its image
+draws, from numpy's `default_rng([seed, step, task_id(t, 32 bits), i, 1])`, in this order: its image
 index, crop top and left, a horizontal flip and a number of 90-degree rotations (then, for derain
 tasks given real streak layers, a streak layer, its crop, flip and rotation). So:
   - any process count and any resume point give identical global batches: process p of P builds
@@ -27,7 +27,6 @@ import os
 import sys
 import threading
 import time
-import zlib
 
 import grain
 import numpy as np
@@ -38,11 +37,6 @@ from mtl.data import folder as folder_lib
 
 TASK_SCHEDULES = ("all", "one")
 _SAMPLE_STREAM, _TASK_STREAM = 1, 2   # last seed word: keeps the two kinds of draws apart
-
-
-def task_key(name):
-  """A task's stable 32-bit key: crc32 of its name."""
-  return zlib.crc32(name.encode())
 
 
 def task_for_step(seed, step, num_tasks):
@@ -87,7 +81,8 @@ def _random_window(rng, image, side):
 def sample_crop(images, seed, step, task_name, index, side, streaks=None):
   """Global sample `index` of task `task_name` at `step`: (crop uint8 (side, side, 3), streak crop
   uint8 (side, side) or None). A pure function of its arguments."""
-  rng = np.random.default_rng([seed, step, task_key(task_name), index, _SAMPLE_STREAM])
+  rng = np.random.default_rng([seed, step, tasks_lib.task_id(task_name, bits=32), index,
+                               _SAMPLE_STREAM])
   crop = _random_window(rng, images[int(rng.integers(len(images)))], side)
   streak = None
   if streaks is not None:
@@ -160,7 +155,8 @@ def load_pairs(spec, specs, cache_mb=1024):
 def sample_pair(pairs, seed, step, task_name, index, side):
   """Global sample `index` of a paired task at `step`: aligned (clean, degraded) uint8
   (side, side, 3) crops, one window, flip and rotation for both. A pure function of its arguments."""
-  rng = np.random.default_rng([seed, step, task_key(task_name), index, _SAMPLE_STREAM])
+  rng = np.random.default_rng([seed, step, tasks_lib.task_id(task_name, bits=32), index,
+                               _SAMPLE_STREAM])
   degraded, clean = pairs[int(rng.integers(len(pairs)))]
   both = _random_window(rng, np.concatenate([clean, degraded], axis=-1), side)
   return both[..., :3], both[..., 3:]

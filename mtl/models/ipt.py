@@ -3,7 +3,12 @@
 Layout is NHWC, pixels in [0, 255]. Parameters live in one pure pytree:
   {'heads': {task: ...}, 'body': {...}, 'queries': {task: (N, D)}, 'tails': {task: ...}}
 `body` is the shared part whose per-task gradients the conflict analyzer compares; the task
-queries are per task, so they sit beside the body, not in it.
+queries are per task, so they sit beside the body, not in it. The body's encoder and decoder
+layers are stacked: every leaf under body/encoder and body/decoder carries a leading layer axis,
+and the body runs them with one `jax.lax.scan` each, so a body call puts one layer of each kind
+into the compiled program, not 24. The conflict records stay per layer: `unstack_layers` gives
+the per-layer view ('encoder/3/attn/query/kernel'), the one `shared_layer_names` names and the
+layout checkpoints written before the stacking hold (`stack_layers` converts them).
 
 Modules are Flax NNX; the trainer works on the pure pytree and merges it into modules inside
 jit (`nnx.merge`), so every function here is a pure function of (params, inputs).
@@ -16,6 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mtl.models.layers import (  # noqa: F401  (the model's layer names, as ipt.<name>)
+    GROUPINGS, LAYER_STACKS, block_of, body_layer_order, group_keys, is_per_layer,
+    layer_stacked_leaves, map_bodies, module_of, network_order, shared_layer_names, stack_layers,
+    unstack_layers)
 from mtl.models.ops import attention, fold, pixel_shuffle, unfold
 from mtl.tasks import task_id
 
@@ -42,7 +51,12 @@ class ModelConfig:
   num_decoder_layers: int
   mlp_ratio: int = 4
   init: str = "torch"  # torch: as the official IPT code initialises; flax: nnx's defaults
+  remat: str = "none"  # none | layer: recompute each scanned layer in the backward pass
+  body_calls: str = "auto"  # auto | batched | looped: how a step runs its several body calls
   compute_dtype: str = "float32"
+
+  # How the model is run, not what it is: a fine-tune or an import may change them.
+  EXECUTION_FIELDS = ("remat", "body_calls")
 
   @property
   def token_dim(self):
@@ -55,11 +69,22 @@ class ModelConfig:
   @classmethod
   def from_config(cls, model_cfg, compute_dtype="float32"):
     fields = {f.name for f in dataclasses.fields(cls)} - {"compute_dtype"}
-    # Configs saved before `init` existed lack it (their params are restored, not initialised).
-    cfg = cls(**{k: model_cfg[k] for k in fields if k in model_cfg or k != "init"},
+    # Configs saved before `init`, `remat` or `body_calls` existed lack them (their params are
+    # restored, not initialised; the others only say how to run): the defaults apply.
+    optional = {"init"} | set(cls.EXECUTION_FIELDS)
+    cfg = cls(**{k: model_cfg[k] for k in fields if k in model_cfg or k not in optional},
               compute_dtype=compute_dtype)
     cfg.validate()
     return cfg
+
+  def batched_body(self, backend=None):
+    """Whether a step runs its several body calls (T tasks, or the probe's 2T half-batches) as one
+    batched computation. 'auto': on GPUs and TPUs, whose batched matmuls keep the chip busy where
+    T small ones do not; looped on CPUs, where XLA's batched matmuls run slower than the loop's
+    plain ones (README, Speed)."""
+    if self.body_calls == "auto":
+      return (backend or jax.default_backend()) != "cpu"
+    return self.body_calls == "batched"
 
   def validate(self):
     if self.patch_size % self.patch_dim:
@@ -73,6 +98,11 @@ class ModelConfig:
         raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
     if self.init not in INITS:
       raise ValueError(f"model.init={self.init!r}; valid: {', '.join(map(repr, INITS))}")
+    if self.remat not in REMATS:
+      raise ValueError(f"model.remat={self.remat!r}; valid: {', '.join(map(repr, REMATS))}")
+    if self.body_calls not in BODY_CALLS:
+      raise ValueError(f"model.body_calls={self.body_calls!r}; valid: "
+                       f"{', '.join(map(repr, BODY_CALLS))}")
     if self.compute_dtype not in ("float32", "bfloat16"):
       raise ValueError(f"precision={self.compute_dtype!r}; valid: 'float32', 'bfloat16'")
 
@@ -82,6 +112,8 @@ class ModelConfig:
 # init='torch' draws every parameter as the official IPT code (huawei-noah/Pretrained-IPT,
 # model/ipt.py) initialises it: PyTorch's defaults plus that file's one re-draw (encoder in_proj).
 INITS = ("torch", "flax")
+REMATS = ("none", "layer")
+BODY_CALLS = ("auto", "batched", "looped")
 
 
 def _torch_uniform(fan_in):
@@ -214,6 +246,29 @@ class DecoderLayer(nnx.Module):
     return x + self.mlp(self.norm3(x).astype(x.dtype))
 
 
+def _stacked(layers):
+  """One module of the layers' structure whose every parameter stacks theirs on a leading axis."""
+  graphdef, state = nnx.split(layers[0])
+  stack = lambda *xs: jnp.stack(xs)
+  nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(
+      stack, *[nnx.to_pure_dict(nnx.state(layer)) for layer in layers]))
+  return nnx.merge(graphdef, state)
+
+
+def _scan_layers(layers, x, call, remat=False):
+  """x through the stacked `layers` in order: `call(layer, x)` once per layer, one copy of it in
+  the program (jax.lax.scan). remat: jax.checkpoint on each layer, so the backward pass keeps only
+  the layers' inputs and recomputes the rest (memory for large batches, ~1/3 more compute)."""
+  graphdef, state = nnx.split(layers)
+
+  def step(x, layer_state):
+    return call(nnx.merge(graphdef, layer_state), x), None
+
+  if remat:
+    step = jax.checkpoint(step, prevent_cse=False)  # inside scan CSE cannot undo it
+  return jax.lax.scan(step, x, state)[0]
+
+
 class Body(nnx.Module):
   """The shared transformer: unfold 3x3 patches -> encoder -> decoder(task query) -> MLP -> fold."""
 
@@ -232,9 +287,10 @@ class Body(nnx.Module):
     else:
       enc_key = dec_key = None
       layer_rngs = lambda key: rngs
-    self.encoder = nnx.List([EncoderLayer(cfg, layer_rngs(enc_key))
+    # Built layer by layer (the same draws as one module per layer), then stacked.
+    self.encoder = _stacked([EncoderLayer(cfg, layer_rngs(enc_key))
                              for _ in range(cfg.num_encoder_layers)])
-    self.decoder = nnx.List([DecoderLayer(cfg, layer_rngs(dec_key))
+    self.decoder = _stacked([DecoderLayer(cfg, layer_rngs(dec_key))
                              for _ in range(cfg.num_decoder_layers)])
     self.out_mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs, cfg.init)
 
@@ -244,12 +300,11 @@ class Body(nnx.Module):
     x = unfold(feats, self.cfg.patch_dim).astype(dtype)
     x = x + self.pos_embed[...].astype(dtype)[None] + self.token_embed(x)  # residual embedding
     x = x.reshape(-1, x.shape[-1])  # (B*N, D) from here on
-    for layer in self.encoder:
-      x = layer(x, batch)
+    remat = self.cfg.remat == "layer"
+    x = _scan_layers(self.encoder, x, lambda layer, x: layer(x, batch), remat)
     memory = x
     query_pos = jnp.tile(query_pos.astype(dtype), (batch, 1))
-    for layer in self.decoder:
-      x = layer(x, memory, query_pos, batch)
+    x = _scan_layers(self.decoder, x, lambda layer, x: layer(x, memory, query_pos, batch), remat)
     tokens = (self.out_mlp(x) + x).reshape(batch, -1, x.shape[-1])
     return fold(tokens, self.cfg.patch_dim, feats.shape[1]), tokens
 
@@ -315,6 +370,16 @@ class IPT:
   def body(self, body_params, feats, query_pos):
     return nnx.merge(self._body_def, body_params)(feats, query_pos)
 
+  def body_batched(self, body_params, feats, query_pos, stacked=False):
+    """The body on K inputs in one computation: feats (K, B, P, P, C), query_pos (K, N, D) ->
+    (maps (K, B, P, P, C), tokens (K, B, N, D)). body_params: one tree for all K (a jax.vmap
+    with the parameters unbatched: the matmuls see the K batches as one, a concatenation along
+    the batch, exact since everything in the body works per image), or, stacked=True, one tree
+    per input stacked on a leading K axis (K batched matmuls; the gradient with respect to it is
+    each input's own)."""
+    return jax.vmap(self.body, in_axes=(0 if stacked else None, 0, 0))(body_params, feats,
+                                                                       query_pos)
+
   def tail(self, tail_params, scale, feats):
     out = nnx.merge(self._tail_defs[scale], tail_params)(feats)
     return out.astype(jnp.float32) + DIV2K_RGB_MEAN
@@ -330,82 +395,3 @@ class IPT:
 
 def count_params(tree) -> int:
   return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-
-
-# ----------------------------------------------------------------------------- layer names
-
-def shared_layer_names(body_params):
-  """'/'-joined names of the body's leaves, in flattening order (the Gramians' L axis)."""
-  paths = jax.tree_util.tree_flatten_with_path(body_params)[0]
-  key = lambda k: str(getattr(k, "key", getattr(k, "idx", k)))
-  return ["/".join(key(k) for k in path) for path, _ in paths]
-
-
-_BLOCK_RANK = {"token_embed": 0, "pos_embed": 1, "encoder": 2, "decoder": 3, "out_mlp": 4}
-
-
-def network_order(layer_names):
-  """Permutation putting flattened (alphabetical) leaves in network order for the store."""
-  def rank(i):
-    parts = layer_names[i].split("/")
-    index = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1
-    return (_BLOCK_RANK.get(parts[0], len(_BLOCK_RANK)), index, i)
-  return sorted(range(len(layer_names)), key=rank)
-
-
-
-GROUPINGS = ("layer", "module", "block", "body")
-
-
-def block_of(layer_name):
-  """The network block of a body leaf.
-
-  'token_embed/*', 'pos_embed' -> 'embeddings'; 'encoder/<k>/*' -> 'encoder_<k>';
-  'decoder/<k>/*' -> 'decoder_<k>'; 'out_mlp/*' -> 'output_mlp'; anything else -> its
-  first path component.
-  """
-  parts = layer_name.split("/")
-  if parts[0] in ("token_embed", "pos_embed"):
-    return "embeddings"
-  if parts[0] in ("encoder", "decoder") and len(parts) > 1 and parts[1].isdigit():
-    return f"{parts[0]}_{parts[1]}"
-  if parts[0] == "out_mlp":
-    return "output_mlp"
-  return parts[0]
-
-
-def module_of(layer_name):
-  """The sub-layer a leaf belongs to: between a leaf and a block.
-
-  'encoder/0/attn/query/kernel' -> 'encoder/0/attn', 'decoder/1/norm3/scale' ->
-  'decoder/1/norm3', 'token_embed/kernel' -> 'token_embed', 'out_mlp/fc1/bias' -> 'out_mlp'.
-  """
-  parts = layer_name.split("/")
-  if parts[0] in ("encoder", "decoder") and len(parts) > 2 and parts[1].isdigit():
-    return "/".join(parts[:3])
-  return parts[0]
-
-
-def group_keys(layer_names, by):
-  """Group name of every leaf for `by` in GROUPINGS."""
-  if by == "layer":
-    return list(layer_names)
-  if by == "module":
-    return [module_of(n) for n in layer_names]
-  if by == "block":
-    return [block_of(n) for n in layer_names]
-  if by == "body":
-    return ["body"] * len(layer_names)
-  raise ValueError(f"by={by!r}; valid: {', '.join(map(repr, GROUPINGS))}")
-
-
-
-def body_layer_order(body_params):
-  """(leaf names in network order, the permutation from flattening order to it).
-
-  The conflict store keeps per-leaf Gramians in network order (embeddings, encoder, decoder,
-  output MLP); the trainer applies the permutation to the Gramians its step returns.
-  """
-  names = shared_layer_names(body_params)
-  order = network_order(names)
-  return [names[i] for i in order], order

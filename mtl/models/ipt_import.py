@@ -33,7 +33,6 @@ from mtl.models import ipt
 # one the released MindSpore port uses.
 PRETRAINED_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 # Released fine-tuned file names -> their one task.
-IMPORT_RECORD = "imported.json"  # beside config.json: which file the workdir came from
 RELEASED_NAMES = {"sr2": "sr_x2", "sr3": "sr_x3", "sr4": "sr_x4", "derain": "derain",
                   "denoise30": "denoise_30", "denoise50": "denoise_50"}
 
@@ -412,7 +411,8 @@ def convert(state, cfg: ipt.ModelConfig, task_names, path="checkpoint"):
         "cross_attn": _attention(state, f"{name}.multihead_attn", perm),
         "mlp": _mlp(state, f"{name}.linear1", f"{name}.linear2", perm),
         **{f"norm{k}": _norm(state, f"{name}.norm{k}", perm) for k in (1, 2, 3)}}
-  params = {"heads": {}, "body": body, "queries": {}, "tails": {}}
+  # One subtree per official layer, stacked into the model's layer axis.
+  params = {"heads": {}, "body": ipt.stack_layers(body), "queries": {}, "tails": {}}
   for t, task in enumerate(task_names):
     params["heads"][task] = {
         "conv": _conv(state, f"head.{t}.0"),
@@ -480,39 +480,3 @@ def load(path, task_names=None, num_heads=None, size=None):
                      f"checkpoint's tails {scales}; list one task per head, in order")
   return cfg, task_names, convert(state, cfg, task_names, path)
 
-
-def write_workdir(params, cfg: ipt.ModelConfig, task_names, workdir, source=""):
-  """An mtl workdir (config.json + orbax checkpoint at step 0) holding `params`, as train.py writes.
-
-  The config is experiments/base.py's with the imported model, tasks and regime 'joint' (so
-  fine-tunes can init_from it and analysis can load it); the optimizer state is fresh.
-  """
-  from experiments import base
-  from mtl import checkpoints, run_state, step as step_lib
-  from mtl import io as io_lib
-  if os.path.exists(os.path.join(workdir, checkpoints.CONFIG_FILE)):
-    raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
-  config = base.get_config("tiny")
-  config.tasks = tuple(task_names)
-  for field in ipt.SIZES["paper"]:
-    config.model[field] = getattr(cfg, field)
-  config.regime, config.schedule = "joint", "one"  # IPT trained one task per batch
-  config.total_steps = 1
-  config.conflicts.every = 0
-  config.mesh.data = 1
-  config.data.batch_size = 1
-  run = run_state.build(config)
-  os.makedirs(workdir, exist_ok=True)
-  checkpoints.check_or_write_config(workdir, config.to_dict())
-  with jax.set_mesh(run.mesh):
-    params = jax.device_put(params, run.state_shardings.params)
-    opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
-    state = step_lib.TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                             opt_state=opt_state)
-    mngr = checkpoints.manager(workdir, keep=1, async_save=False)
-    checkpoints.save(mngr, 0, state, force=True)
-    mngr.wait_until_finished()
-    mngr.close()
-  io_lib.write_json(os.path.join(workdir, IMPORT_RECORD), {
-      "source": os.path.abspath(source) if source else "", "tasks": list(task_names)})
-  return config

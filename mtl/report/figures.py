@@ -22,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from mtl import io as io_lib
+from mtl import files
 
 DPI = 100
 PAD = 0.08            # share of the data range added on each side of an axis
@@ -163,6 +163,6 @@ def write(findings, figures_dir, label="PSNR"):
   for name, title, fig in drawn:
     path = os.path.join(figures_dir, name)
     data = to_png(fig)
-    io_lib.write_atomic(path, lambda f, data=data: f.write(data))
+    files.write_atomic(path, lambda f, data=data: f.write(data))
     out.append((path, title))
   return out

@@ -22,7 +22,7 @@ import math
 
 from mtl import stats
 from mtl.conflicts import summary as conflict_summary
-from mtl.report import tables
+from mtl.report import cells, tables
 from mtl.report.scores import conflict_phases, paired, primary_test_set, regime_scores
 
 QUESTIONS = ("Do the tasks conflict on the shared body?",
@@ -151,7 +151,7 @@ def _delta_sentence(subject, what, iv, test_set, label, verdict):
   """'sr_x2 (<what>, Y-PSNR on photos): Δ +0.42 [+0.10, +0.74] dB, p = 0.031, 3 paired
   seeds — <verdict>.' (the transfer table's numbers: the same paired Interval)"""
   if math.isfinite(iv.low):
-    numbers = f"{iv.text(2)} dB, {tables.format_p(iv.p)}, {iv.n} paired seeds"
+    numbers = f"{iv.text(2)} dB, {cells.format_p(iv.p)}, {iv.n} paired seeds"
   else:
     numbers = f"{iv.text(2)} dB ({_why_no_interval(iv, 'paired seed')})"
   return f"{subject} ({what}, {label} on {test_set}): Δ {numbers} — {verdict}."

@@ -22,7 +22,7 @@ from mtl import conflicts, stats
 from mtl.conflicts import affinity as affinity_lib
 from mtl.report.scores import (pairwise_transfer, primary_test_set, regime_columns,
                                regime_scores)
-from mtl.report.tables import Table, _fmt, _signed
+from mtl.report.cells import Table, _fmt, _signed
 
 
 def method_columns(study):

@@ -3,7 +3,7 @@
 import csv
 import os
 
-from mtl.report.tables import Bold
+from mtl.report.cells import Bold
 
 
 def to_markdown(table):

@@ -24,14 +24,14 @@ How each number is computed (report.md repeats it):
   compute     compute.json of the runs: steps, images seen (batch x tasks per step x steps),
               XLA-counted training FLOPs (one step's cost analysis x steps), wall seconds.
 """
-import dataclasses
 import math
 
 import numpy as np
 
-from mtl import conflicts, io, stats
+from mtl import conflicts, files, stats
 from mtl import study as study_lib
 from mtl.conflicts import summary as conflict_summary
+from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format_p
 from mtl.report.scores import (conflict_summaries, paired, pairwise_transfer, regime_columns,
                                regime_scores)
 
@@ -51,60 +51,12 @@ PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same body 
                "with one seed, which has no CI).")
 
 
-class Bold(str):
-  """A table cell shown in bold."""
-
-
-@dataclasses.dataclass
-class Table:
-  name: str
-  title: str
-  header: list
-  rows: list             # display cells (str or Bold), one value per cell
-  records: list          # CSV rows (dicts of raw values)
-  notes: list = dataclasses.field(default_factory=list)
-  csv_columns: list = None   # None: the records' keys in order of appearance
-  spearman: object = None    # conflicts: the stats.Spearman of cosine vs transfer, when n >= 3
-  warnings: list = dataclasses.field(default_factory=list)  # lines the report shows first
-  column_groups: list = None  # LaTeX: [(label, span)] over the header (first: the row labels)
-  latex: "Table" = None       # the table the .tex file holds instead (a paper's layout)
-
-
-
-def _fmt(value, digits):
-  return "–" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _signed(value, digits):
-  return "–" if value is None or not math.isfinite(value) else f"{value:+.{digits}f}"
-
-
-def _pm(stats_, digits):
-  mean, std, n = stats_
-  return _fmt(mean, digits) + (f" ± {std:.{digits}f}" if n > 1 else "")
-
-
-def format_p(p):
-  """'p = 0.031', 'p < 0.001' (never 'p = 0.0'), '–' for NaN."""
-  if p is None or not math.isfinite(p):
-    return "–"
-  return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
 def _run_interval(entry, key):
   """One run's interval of `key` in its conflict summary; NaN where the record lacks it."""
   d = entry.get(key)
   if not d:
     return stats.Interval(float("nan"), float("nan"), float("nan"), 0.95, 0)
   return stats.Interval(d["estimate"], d["low"], d["high"], d["level"], d["n"])
-
-
-def delta_text(iv, digits=2):
-  """'+0.42 [+0.10, +0.74], p = 0.031' or '+0.42 (1 seed: no CI)'."""
-  if not math.isfinite(iv.low):
-    return f"{_signed(iv.estimate, digits)} ({iv.n} seed{'s' if iv.n != 1 else ''}: no CI)"
-  return (f"{_signed(iv.estimate, digits)} [{_signed(iv.low, digits)}, "
-          f"{_signed(iv.high, digits)}], {format_p(iv.p)}")
 
 
 def _lrs(c):
@@ -399,15 +351,15 @@ def conflict_table(study, summaries=None, transfer=None):
       joint_points.append((mean_cos, t.estimate))
   notes = ["raw cos: whole-body cosine between the two tasks' gradients, the mean over the "
            "probe steps of the headline phase (the last third of the probes; launch/analyze.py "
-           "shows every phase) of the chosen run of each seed, then over seeds. same-task agreement: "
-           "cosine between the two half-batches of one task (a / b), the noise floor. corrected "
-           "cos: the cosine between the tasks' expected gradients, from independent halves only "
-           "(mtl.conflicts.gramians). conflict fraction: share of probe steps with raw cos < 0. "
+           "shows every phase) of the chosen run of each seed, then over seeds. same-task "
+           "agreement: cosine between the two half-batches of one task (a / b), the noise floor. "
+           "corrected cos: the cosine between the tasks' expected gradients, from independent "
+           "halves only (mtl.gramians). conflict fraction: share of probe steps with raw cos < 0. "
            "Intervals: each run's 95% batch-means interval over its probe steps (which respects "
            "their autocorrelation), combined over the independent seeds "
            "(mtl.stats.mean_of_runs); the conflict fraction's a Wilson score interval at the "
-           "seeds' combined effective n (mtl.stats.mean_of_shares), within [0, 100]%. Verdict from the corrected interval: 'conflict beyond "
-           "noise' only when it lies below 0.",
+           "seeds' combined effective n (mtl.stats.mean_of_shares), within [0, 100]%. Verdict "
+           "from the corrected interval: 'conflict beyond noise' only when it lies below 0.",
            "pairwise transfer of a~b: per seed, mean over a and b of (PSNR of the two trained "
            "jointly as a pair − scratch PSNR) on each task's primary test set; mean over seeds, "
            "paired t 95% CI and p."]
@@ -468,10 +420,10 @@ def compute_table(study):
         _count(entry.get("images_seen_per_run")) if has else "–",
         _flops(entry.get("train_flops_per_run")) if has else "–",
         _flops(entry.get("train_flops_total")) if "train_flops_total" in entry else "",
-        io.format_duration(entry["wall_seconds_per_run"]) if has else "–",
-        io.format_duration(entry["wall_seconds_total"])
+        files.format_duration(entry["wall_seconds_per_run"]) if has else "–",
+        files.format_duration(entry["wall_seconds_total"])
         if "wall_seconds_total" in entry else "",
-        io.format_duration(entry["run_seconds_total"])
+        files.format_duration(entry["run_seconds_total"])
         if "run_seconds_total" in entry else ""])
     records.append(dict(entry, steps_per_run=" ".join(map(str, entry["steps_per_run"]))))
   derived = (" Scratch steps 0: derived from its fine-tune's FLOPs, not known yet."

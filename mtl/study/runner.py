@@ -1,4 +1,4 @@
-"""Running a study: its runs as subprocesses of launch/train.py (one at a time, or up to
+"""Running a study: its runs as child processes of the given train command (one at a time, or up to
 `max_parallel` side by side, one device each), the study's status table, and a dry run.
 
 A signal to the study becomes SIGTERM to the running runs (which checkpoint and stop); the same
@@ -16,14 +16,13 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 
-from mtl import compile_cache, io
+from mtl import children, compile_cache, files, run_folder
 from mtl.study.spec import format_lr
-from mtl.study.workdir import DONE_FILE, FAILED_FILE, LOG_FILE, ROOT, RUN_CONFIG, RUN_LOCK
+from mtl.study.workdir import DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK
 
 STATES = ("done", "running", "failed", "waiting", "started", "pending")
 
@@ -88,7 +87,7 @@ def _detail(study, spec, run_state):
   """A few words on a run's state for the status table."""
   if run_state == "done":
     seconds = study.done_info(spec.name).get("seconds")
-    return f"in {io.format_duration(seconds)}" if seconds is not None else ""
+    return f"in {files.format_duration(seconds)}" if seconds is not None else ""
   if run_state == "running":
     holder = lock_holder(study, spec.name) or {}
     where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
@@ -96,7 +95,7 @@ def _detail(study, spec, run_state):
       where += f", SLURM job {holder['slurm_job']}"
     return f"{where}, since {holder.get('started', '?')}"
   if run_state == "failed":
-    failed = io.read_json(study.path(spec.name, FAILED_FILE))
+    failed = files.read_json(study.path(spec.name, FAILED_FILE))
     return (f"exit status {failed.get('status')} at {failed.get('time')}; log: "
             f"{study.path(spec.name, LOG_FILE)}")
   if run_state == "waiting":
@@ -127,8 +126,8 @@ def dependencies(study, runs):
           for spec in runs if not study.is_done(spec.name)}
 
 
-def dry_run(study, only="", out=sys.stdout):
-  """Print the runs, their state and exact commands (run from the repository root)."""
+def dry_run(study, train, only="", out=sys.stdout):
+  """Print the runs, their state and exact commands (`train`: Study.command's)."""
   study.check_saved()
   runs = matching(study.runs, only)
   c = study.config
@@ -143,7 +142,7 @@ def dry_run(study, only="", out=sys.stdout):
               f"{summary_line(spec)}\n")
     if spec.regime == "finetune":
       out.write(f"    init_from: {study.describe_init(spec)}\n")
-    out.write(f"    {shlex.join(study.command(spec))}\n")
+    out.write(f"    {shlex.join(study.command(spec, train))}\n")
     if not os.path.exists(study.path(spec.name, RUN_CONFIG)):
       unwritten += 1
       out.write(f"    ({RUN_CONFIG} not written yet)\n")
@@ -155,19 +154,6 @@ def dry_run(study, only="", out=sys.stdout):
   return 0
 
 
-try:  # loaded here: the child, between fork and exec, must only call it
-  import ctypes
-  _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: an orphaned run is possible, nothing else changes
-  _PRCTL = None
-
-
-def _die_with_parent():
-  """In the child: SIGTERM when the study process dies (the trainer checkpoints and stops)."""
-  if _PRCTL is not None:
-    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class _Active:
   """A run in progress: its process, output pump, log, lock and device."""
 
@@ -177,10 +163,11 @@ class _Active:
 
 
 class Runner:
-  """Runs a study's runs as subprocesses of launch/train.py: at most `max_parallel` at once (each
-  with one of `devices` as CUDA_VISIBLE_DEVICES when given), fine-tunes after their sweep."""
+  """Runs a study's runs as subprocesses, each `train`'s command (Study.command): at most
+  `max_parallel` at once (each with one of `devices` as CUDA_VISIBLE_DEVICES when given),
+  fine-tunes after their sweep."""
 
-  def __init__(self, study, out=sys.stdout, python=sys.executable, compile_cache="", max_parallel=1,
+  def __init__(self, study, train, out=sys.stdout, compile_cache="", max_parallel=1,
                devices=None):
     if max_parallel < 1:
       raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
@@ -189,7 +176,7 @@ class Runner:
                        f"there are {len(devices)} ({','.join(devices) or 'none'})")
     self.study = study
     self.out = out
-    self.python = python
+    self.train = train
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
@@ -212,16 +199,11 @@ class Runner:
       self._send(signal.SIGKILL)
 
   def _send(self, sig):
-    for run in list(self.active.values()):
-      if run.proc.poll() is None:
-        try:
-          run.proc.send_signal(sig)
-        except ProcessLookupError:
-          pass
+    children.send([run.proc for run in list(self.active.values())], sig)
 
   def _env(self, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env["MTL_TRAIN_LOG"] = "0"  # the runner writes each run's train.log itself (_pump)
+    env["MTL_TRAIN_LOG"] = "0"  # the runner writes each run's train.log itself (_printer)
     # Runs share most of their programs (model init, eval, same-shaped steps): the persistent
     # compilation cache (launch/train.py reads it from here; '' = none) spares them compiling.
     env["JAX_COMPILATION_CACHE_DIR"] = compile_cache.directory_from(self.compile_cache)
@@ -229,13 +211,14 @@ class Runner:
       env["CUDA_VISIBLE_DEVICES"] = device
     return env
 
-  def _pump(self, stream, prefix, log):
-    for line in iter(stream.readline, b""):
+  def _printer(self, prefix, log):
+    """on_line for one run: each line of its output to its train.log and, prefixed, to ours."""
+    def on_line(line):
       text = line.decode(errors="replace").rstrip("\n")
       log.write(text + "\n")
       log.flush()
       self.say(f"{prefix}{text}")
-    stream.close()
+    return on_line
 
   def _acquire(self, spec):
     """The run's lock (an open file), or None when another live process holds it."""
@@ -260,18 +243,14 @@ class Runner:
     if os.path.exists(failed):
       os.remove(failed)
     device = self.free_devices.pop(0) if self.free_devices is not None else None
-    command = self.study.command(spec, self.python)
+    command = self.study.command(spec, self.train)
     log = open(self.study.path(spec.name, LOG_FILE), "a")
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(self.study.command(spec))}"
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}"
               + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "") + "\n")
     log.flush()
-    # Own session: a terminal's Ctrl-C reaches only the study, which turns it into SIGTERM.
-    proc = subprocess.Popen(command, cwd=ROOT, env=self._env(device), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=_die_with_parent)
-    pump = threading.Thread(target=self._pump, args=(proc.stdout, prefix, log), daemon=True)
-    pump.start()
-    self.active[spec.name] = _Active(spec, head, proc, pump, log, lock, device, time.time())
+    child = children.Child(command, self._env(device), self._printer(prefix, log))
+    self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
+                                     time.time())
 
   def _finish(self, run):
     """Reap a finished run: release its lock and device; its exit status."""
@@ -288,9 +267,9 @@ class Runner:
   def _finished(self, spec):
     """The run evaluated its last step (its run_config's total_steps: an equal_flops scratch
     run's steps are only known once its pre-training runs are done)."""
-    path = self.study.path(spec.name, "results.json")
-    steps = io.read_json(self.study.path(spec.name, RUN_CONFIG))["total_steps"]
-    return os.path.exists(path) and io.read_json(path).get("step") == steps
+    path = self.study.path(spec.name, run_folder.RESULTS_FILE)
+    steps = files.read_json(self.study.path(spec.name, RUN_CONFIG))["total_steps"]
+    return os.path.exists(path) and files.read_json(path).get("step") == steps
 
   def run(self, only=""):
     """Run the matching runs that are not done; the exit status of the study: 0 all done, 1 a
@@ -354,9 +333,9 @@ class Runner:
           self.say(f"{head}: interrupted; run the same command to resume")
           continue
         if code != 0 or not self._finished(spec):
-          io.write_json(study.path(spec.name, FAILED_FILE),
-                        {"status": code, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                         "log": study.path(spec.name, LOG_FILE)})
+          files.write_json(study.path(spec.name, FAILED_FILE),
+                           {"status": code, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                            "log": study.path(spec.name, LOG_FILE)})
           self.say(f"{head}: failed (exit status {code}); its log: "
                    f"{study.path(spec.name, LOG_FILE)}; fix the cause (the study's config may "
                    "change for runs not yet done) and run the same command: finished runs are "
@@ -364,14 +343,14 @@ class Runner:
           failed.append(spec.name)
           continue
         seconds = time.time() - run.started
-        io.write_json(study.path(spec.name, DONE_FILE),
+        files.write_json(study.path(spec.name, DONE_FILE),
                       {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds})
         ran += 1
         left = sum(not study.is_done(r.name) for r in runs)
         eta = (time.time() - started) / ran * left
-        self.say(f"{head}: done in {io.format_duration(seconds)} | study: {total - left}/{total} "
-                 f"done, elapsed {io.format_duration(time.time() - started)}"
-                 + (f", ~{io.format_duration(eta)} to go" if left else ""))
+        self.say(f"{head}: done in {files.format_duration(seconds)} | study: {total - left}/{total} "
+                 f"done, elapsed {files.format_duration(time.time() - started)}"
+                 + (f", ~{files.format_duration(eta)} to go" if left else ""))
       if not self.active and (self.signalled is not None or failed):
         break
       time.sleep(0.05)

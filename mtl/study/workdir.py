@@ -8,26 +8,25 @@ fine-tune starts from.
 import dataclasses
 import json
 import os
+import time
 
 import ml_collections
 import numpy as np
 
-from mtl import io
-from mtl.study.spec import (REPORT_ONLY, StudyRun, equal_flops_steps, expand, reference_source,
-                            run_config, upgrade, validate, _as_dict)
+from mtl import files, run_folder
+from mtl.study.runs import StudyRun, expand, run_config
+from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, reference_source, upgrade, validate,
+                            _as_dict)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TRAIN = "launch/train.py"
-FROM_JSON = "experiments/from_json.py"
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
 RUN_CONFIG = "run_config.json"
 DONE_FILE = "DONE"
 FAILED_FILE = "FAILED"
-LOG_FILE = "train.log"
+LOG_FILE = run_folder.LOG_FILE
 RUN_LOCK = "RUNNING"
 # A run's own files the study writes; the rest of its directory is the trainer's workdir.
-STUDY_FILES = ("run_config.json", DONE_FILE, FAILED_FILE, LOG_FILE, RUN_LOCK)
+STUDY_FILES = (RUN_CONFIG, DONE_FILE, FAILED_FILE, LOG_FILE, RUN_LOCK)
 FORMAT_VERSION = 1
 
 
@@ -65,8 +64,8 @@ class Study:
     if not os.path.exists(path):
       raise FileNotFoundError(f"no {STUDY_FILE} in {workdir}; run launch/study.py "
                               f"--workdir={workdir} first")
-    saved = io.read_json(path)
-    return cls(ml_collections.ConfigDict(io.tuples(upgrade(saved["study"]))), workdir)
+    saved = files.read_json(path)
+    return cls(ml_collections.ConfigDict(files.tuples(upgrade(saved["study"]))), workdir)
 
   @property
   def name(self):
@@ -100,7 +99,7 @@ class Study:
     return os.path.exists(self.path(name, DONE_FILE))
 
   def has_started(self, name):
-    return os.path.exists(self.path(name, "config.json"))  # the trainer's first write
+    return os.path.exists(self.path(name, run_folder.CONFIG_FILE))  # the trainer's first write
 
   def status(self, name):
     if self.is_done(name):
@@ -115,20 +114,21 @@ class Study:
     """results.json of a done run (cached), else None."""
     if name not in self._results:
       done = self.is_done(name)
-      self._results[name] = io.read_json(self.path(name, "results.json")) if done else None
+      self._results[name] = run_folder.read_results(self.run_dir(name)) if done else None
     return self._results[name]
 
   def done_info(self, name):
     """The DONE file's content ({} if not done)."""
-    return io.read_json(self.path(name, DONE_FILE)) if self.is_done(name) else {}
+    return files.read_json(self.path(name, DONE_FILE)) if self.is_done(name) else {}
 
   def compute(self, name):
-    path = self.path(name, "compute.json")
-    return io.read_json(path) if self.is_done(name) and os.path.exists(path) else None
+    path = self.path(name, run_folder.COMPUTE_FILE)
+    return files.read_json(path) if self.is_done(name) and os.path.exists(path) else None
 
-  def command(self, spec, python="python"):
-    return [python, TRAIN, f"--config={FROM_JSON}:{self.path(spec.name, RUN_CONFIG)}",
-            f"--workdir={self.run_dir(spec.name)}"]
+  def command(self, spec, train):
+    """The command that trains run `spec`: train(its run_config.json, its workdir), the caller's
+    command (launch/study.py: launch/train.py on experiments/from_json.py)."""
+    return train(self.path(spec.name, RUN_CONFIG), self.run_dir(spec.name))
 
   def study_json(self):
     return {"version": FORMAT_VERSION, "study": self.config,
@@ -143,13 +143,13 @@ class Study:
         continue
       spec = self.by_name.get(name)
       try:
-        old = io.read_json(self.path(name, RUN_CONFIG))
+        old = files.read_json(self.path(name, RUN_CONFIG))
         steps = self.known_steps(spec) if spec is not None else None
         new = (run_config(self.config, spec, old["init_from"], steps or old["total_steps"])
                if spec is not None else None)
       except (OSError, ValueError, KeyError):
         new = None
-      if new is None or io.differences(old, new):
+      if new is None or files.differences(old, new):
         changed.append(name)
     return changed
 
@@ -160,23 +160,23 @@ class Study:
     path = os.path.join(self.workdir, STUDY_FILE)
     if not os.path.exists(path):
       return False
-    saved = io.read_json(path)
+    saved = files.read_json(path)
     finished = self.finished_runs_changed(saved)
-    advice = (f"it changes the finished run(s) {io.field_list(finished, 3)}: " if finished
+    advice = (f"it changes the finished run(s) {files.field_list(finished, 3)}: " if finished
               else "") + "use a new --workdir, or the same study config to continue it"
     try:
-      added = io.refuse_changes(self.workdir, saved["study"], self.config, REPORT_ONLY,
-                                "a different study", advice)
+      added = files.refuse_changes(self.workdir, saved["study"], self.config, REPORT_ONLY,
+                                   "a different study", advice)
     except ValueError:
       if finished:
         raise
-      changed = [k for k in io.differences(saved["study"], self.config, REPORT_ONLY)
-                 if k in io.flatten(saved["study"])]
-      print(f"{path}: the study changed ({io.field_list(changed, 4)}); no finished run changes: "
-            "they are kept, the unfinished runs take the new config", flush=True)
+      changed = [k for k in files.differences(saved["study"], self.config, REPORT_ONLY)
+                 if k in files.flatten(saved["study"])]
+      print(f"{path}: the study changed ({files.field_list(changed, 4)}); no finished run "
+            "changes: they are kept, the unfinished runs take the new config", flush=True)
       added = []
     if added:
-      print(f"{path} predates the study fields {io.field_list(added)}: continuing with their "
+      print(f"{path} predates the study fields {files.field_list(added)}: continuing with their "
             "current values", flush=True)
     return True
 
@@ -185,9 +185,9 @@ class Study:
     exists = self.check_saved()
     os.makedirs(os.path.join(self.workdir, RUNS_DIR), exist_ok=True)
     if not exists:
-      io.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())
-    elif io.read_json(os.path.join(self.workdir, STUDY_FILE)) != self.study_json():
-      io.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())  # report fields
+      files.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())
+    elif files.read_json(os.path.join(self.workdir, STUDY_FILE)) != self.study_json():
+      files.write_json(os.path.join(self.workdir, STUDY_FILE), self.study_json())  # report fields
 
   def write_run_config(self, spec, out=None):
     """Write run_config.json (a fine-tune's needs its pre-training runs done; an equal_flops
@@ -198,16 +198,14 @@ class Study:
     config = run_config(self.config, spec, init_from, self.steps_of(spec))
     os.makedirs(self.run_dir(spec.name), exist_ok=True)
     if self.has_started(spec.name):
-      from mtl import checkpoints  # orbax: only when a run has started
       try:
-        checkpoints.check_config(self.run_dir(spec.name), config)
+        run_folder.check_config(self.run_dir(spec.name), config)
       except ValueError as refusal:
         self._supersede(spec.name, refusal, out)
-    io.write_json(self.path(spec.name, RUN_CONFIG), config)
+    files.write_json(self.path(spec.name, RUN_CONFIG), config)
     return config
 
   def _supersede(self, name, why, out):
-    import time
     folder = f"superseded-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
     os.makedirs(self.path(name, folder))
     for entry in sorted(os.listdir(self.run_dir(name))):

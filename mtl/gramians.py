@@ -20,11 +20,18 @@ GROUPINGS = ipt.GROUPINGS
 
 
 def leaf_gramians(task_grads):
-  """Per-leaf Gramians G_l = J_l J_l^T, stacked (L, T, T), from a tree of (T, ...) gradients."""
-  def gram(g):
-    flat = g.reshape(g.shape[0], -1).astype(jnp.float32)
-    return jnp.einsum("ti,si->ts", flat, flat, precision=jax.lax.Precision.HIGHEST)
-  return jnp.stack([gram(g) for g in jax.tree_util.tree_leaves(task_grads)])
+  """Per-leaf Gramians G_l = J_l J_l^T, stacked (L, T, T), from a tree of (T, ...) gradients.
+
+  A body tree with stacked layers (mtl.models.ipt: its encoder's and decoder's leaves are
+  (T, layers, ...)) gives one Gramian per layer of those leaves, in the per-layer order of
+  `ipt.shared_layer_names`: one batched product per stacked leaf, then the layer axis unstacked.
+  """
+  def gram(g, stacked):
+    flat = g.reshape(g.shape[:1 + stacked] + (-1,)).astype(jnp.float32)
+    spec = "tli,sli->lts" if stacked else "ti,si->ts"
+    return jnp.einsum(spec, flat, flat, precision=jax.lax.Precision.HIGHEST)
+  grams = jax.tree_util.tree_map(gram, task_grads, ipt.layer_stacked_leaves(task_grads))
+  return jnp.stack(jax.tree_util.tree_leaves(ipt.map_bodies(ipt.unstack_layers, grams)))
 
 
 
@@ -148,7 +155,6 @@ def group(gramians, layer_names, by="block"):
 
 
 
-
 # ----------------------------------------------------------------------------- over steps
 
 
@@ -185,14 +191,6 @@ def ema(values, beta, init=0.0):
 # That is what the noise-corrected cosine is built from.
 
 HALVES = ("a", "b")
-
-
-def half_index(task, half):
-  """Row of half `half` (0 = a, 1 = b, or 'a' / 'b') of task `task` in the 2T order: 2t + h."""
-  h = HALVES.index(half) if isinstance(half, str) else int(half)
-  if h not in (0, 1):
-    raise ValueError(f"half={half!r}; valid: 0, 1, 'a', 'b'")
-  return 2 * int(task) + h
 
 
 def half_names(task_names):
@@ -285,8 +283,8 @@ def corrected_cosines(G2, axis=None):
   Cauchy-Schwarz keeps in [-1, 1].
   NaN ("not measurable", never clipped) where a pooled same-task product is <= 0.
   |rho| > 1 is possible on a noisy window and is reported as is: clipping would hide that
-  the window is too noisy and bias window means; callers flag |rho| > 1 as noisy (e.g.
-  `noisy_cosines`) and may clip for display only. The diagonal is 1 where measurable.
+  the window is too noisy and bias window means; callers flag |rho| > 1 as noisy and may
+  clip for display only. The diagonal is 1 where measurable.
   """
   cross, same = corrected_cosine_pieces(G2)
   if axis is not None:
@@ -297,9 +295,3 @@ def corrected_cosines(G2, axis=None):
       raise ValueError(f"axis={axis} is not a leading axis of Gramians {np.shape(G2)}")
     cross, same = cross.sum(axis=axes), same.sum(axis=axes)
   return corrected_ratio(cross, same)
-
-
-def noisy_cosines(rho):
-  """True where a corrected cosine lies outside [-1, 1] (too noisy to read); False on NaN."""
-  rho = np.asarray(rho, np.float64)
-  return np.abs(np.nan_to_num(rho)) > 1.0

@@ -1,6 +1,7 @@
-"""Every field a run reads, with its default. Config files start from `base.get_config()`.
+"""Every field a run reads, with its default. Config files in experiments/ start from
+`run_defaults.get_config()` and override what they change.
 
-Not a run by itself: see tiny.py, small.py, ipt_paper.py. Config files take their argument in
+Not a run by itself: see experiments/tiny.py, small.py, ipt_paper.py. Config files take their argument in
 one convention (big_vision's): `--config=experiments/FILE.py:key=value,key=value`, with `+`
 between the items of a list value (`tiny.py:tasks=sr_x2+sr_x3`); a bare value without `=`
 sets the file's main key (`tiny.py:sr_x2,sr_x3` still works). `parse_arg` reads it.
@@ -46,6 +47,10 @@ def get_config(size="tiny"):
 
   c.model = ml_collections.ConfigDict(ipt.SIZES[size])
   c.model.init = "torch"      # torch: as the official IPT code initialises | flax: nnx defaults
+  c.model.remat = "none"      # none | layer: recompute each encoder/decoder layer in the backward
+  # The step's T task (probe: 2T half-batch) body calls: auto (one batched computation on GPUs
+  # and TPUs, one call each on CPUs, whichever is faster there) | batched | looped.
+  c.model.body_calls = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "photos"    # photos (embedded) | folder | tfds
@@ -65,7 +70,7 @@ def get_config(size="tiny"):
   c.degrade.rain = ml_collections.ConfigDict(dict(
       density=(0.004, 0.012), length=(8, 24), angle=(-30.0, 30.0), intensity=(0.4, 0.9),
       width=0.6, streak_dir=""))
-  # Ranges each sample draws from (see mtl/degradations.py for what every field means).
+  # Ranges each sample draws from (see mtl/degradations/ for what every field means).
   c.degrade.haze = ml_collections.ConfigDict(dict(
       beta=(0.6, 2.5), airlight=(0.7, 1.0), position_weight=(0.3, 0.7), position_span=256,
       luminance_sigma=8.0))
@@ -96,7 +101,7 @@ def get_config(size="tiny"):
 
   c.conflicts = ml_collections.ConfigDict(dict(every=1, ema_beta=0.1))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-  # Acting on conflicts (mtl/aggregators.py): the body's update from the per-task gradients
+  # Acting on conflicts (mtl/aggregators/): the body's update from the per-task gradients
   # (sum | mean | pcgrad | gradvac | cagrad | mgda | imtl_g | nash_mtl | aligned_mtl | upgrad;
   # aggregator_args.per_leaf=True: per leaf), a loss weighting ('' | uncertainty | dwa | rlw |
   # famo), and TAG task affinity (Fifty et al. 2021) every affinity_every steps (0: never), its

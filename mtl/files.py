@@ -41,7 +41,6 @@ def write_atomic(path, write):
   fsync_dir(os.path.dirname(path))
 
 
-
 def write_json(path, obj):
   """JSON (sorted keys, indent 2) written atomically; values JSON lacks are written as str."""
   data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
@@ -135,14 +134,14 @@ def _peek(path, size=40):
 
 
 class WorkdirLock:
-  """`<workdir>/train.lock` holding {pid, host, started}: one trainer per workdir.
+  """`<workdir>/<name>` holding {pid, host, started}: one trainer per workdir.
 
   acquire() creates it (O_EXCL); a lock left by a dead process on this host is stale and
   replaced; a live holder, or any holder on another host (its pid cannot be checked from
   here), makes acquire() raise LockHeld naming it. release() removes only our own lock.
   """
 
-  def __init__(self, workdir, name="train.lock"):
+  def __init__(self, workdir, name):
     self.path = os.path.join(workdir, name)
     self.stale = None  # the holder record of a stale lock that acquire() replaced
 

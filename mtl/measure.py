@@ -6,10 +6,9 @@ import numpy as np
 from mtl import checkpoints, sharding
 from mtl.data import pipeline
 from mtl.models import ipt
+from mtl import run_folder
 from mtl.run_state import build
-from mtl.step import TrainState, make_step
-
-
+from mtl.step import make_step
 
 
 def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
@@ -29,10 +28,9 @@ def measure_conflicts(config, checkpoint, num_batches=8, first_step=10**7):
     abstract = run.abstract_state
     params, ckpt_step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(checkpoint),
                                                    abstract.params)
-    state = TrainState(step=jnp.asarray(first_step, jnp.int32), params=params,
-                       opt_state=jax.jit(run.optimizer.init,
-                                         out_shardings=run.state_shardings.opt_state)(params))
-    probe = jax.jit(make_step(run.model, config, run.optimizer, run.model.task_names, probe=True))
+    state = run_folder.state_from_params(run, params, first_step)
+    probe = jax.jit(make_step(run.model, config, run.optimizer, run.model.task_names, run.plan,
+                               probe=True))
     images = sources.open_images(config.data, "train")
     pairs = pipeline.load_pairs(config.data.get("pairs", ""), run.model.specs, config.data.cache_mb)
     layer_names, order = ipt.body_layer_order(params["body"])

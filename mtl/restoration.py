@@ -4,7 +4,6 @@ Restoration goes through `evaluate.restore_image`, so a restored file is exactly
 scores for that input. Scoring uses `mtl.metrics` (BasicSR conventions).
 """
 import csv
-import json
 import os
 import sys
 
@@ -15,31 +14,13 @@ from mtl import metrics
 # jax, orbax and the model are imported where restoring needs them: scoring starts in ~2 s without.
 
 
-def _tuples(value):
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-def load_config(workdir):
-  """The ConfigDict a run saved in <workdir>/config.json."""
-  import ml_collections
-  from mtl import checkpoints
-  path = os.path.join(workdir, checkpoints.CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{workdir} holds no {checkpoints.CONFIG_FILE}; point --workdir to a "
-                            "training run or an imported IPT workdir")
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
-
-
 def load_model(workdir, step=None, ema=False):
   """(config, model, params on one device, step) of a workdir's checkpoint (latest by default);
   ema: its EMA parameters (runs with config.optim.ema_decay > 0)."""
   import jax
-  from mtl import checkpoints, tasks
+  from mtl import checkpoints, run_folder, tasks
   from mtl.models import ipt
-  config = load_config(workdir)
+  config = run_folder.read_config(workdir)
   model = ipt.IPT(ipt.ModelConfig.from_config(config.model, config.precision),
                   tasks.get_all(config.tasks))
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -57,7 +38,7 @@ def load_model(workdir, step=None, ema=False):
 
 def restorer(model, params, config, task, self_ensemble=False):
   """image uint8 HWC -> restored uint8 (H*s, W*s, 3), the way evaluation restores it (with
-  self_ensemble, as config.eval.self_ensemble scores it: the x8 flips and rotations averaged)."""
+  self_ensemble, as config.eval.self_ensemble scores it: the x8 flips and rotations averaged; derain and dehaze: the image and its mirror)."""
   from mtl import evaluate, tasks
   if task not in model.task_names:
     raise ValueError(f"task {task!r} is not in this model; its tasks: {', '.join(model.task_names)}")
@@ -68,7 +49,7 @@ def restorer(model, params, config, task, self_ensemble=False):
   tiling = config.eval.get("tiling", "centre")
   return lambda image: evaluate.restore_image(
       apply_tiles, image, spec.scale, config.model.patch_size, config.eval.tile_overlap, tiling,
-      self_ensemble)
+      self_ensemble, spec.kind)
 
 
 def _names(paths, limit=4):

@@ -1,0 +1,117 @@
+#!/bin/bash
+# One prepared check of mtl's speed on an accelerator (a GPU), in at most BUDGET seconds: compile
+# seconds, a batch sweep with MFU, the official PyTorch IPT on the same device (fp32 and bf16
+# autocast, interleaved), the probe / plain joint step ratio, start-up (command to first step,
+# cold and warm compilation cache), the input pipeline, the test subset that runs on GPUs, and
+# the main job. Every part has its own time limit and log ($OUT/<part>.log); one table at the end.
+#
+#   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
+#   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
+#
+# Environment: OUT (logs; default /tmp/gpu_check), BUDGET (seconds; 480), SIZE (paper),
+# BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES (PyTorch's; 8,32), REPEATS (5),
+# PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of huawei-noah/Pretrained-IPT; default ./.ipt: the
+# PyTorch part is skipped without it or without torch), TORCH_PYTHON (python3).
+# Wheels the machine lacks go in ./.whl (ignored by git): installed first, into /tmp/site.
+BUDGET=${BUDGET:-480}
+OUT=${OUT:-/tmp/gpu_check}
+SIZE=${SIZE:-paper}
+BATCHES=${BATCHES:-8,32,128}
+PEER_BATCHES=${PEER_BATCHES:-8,32}
+REPEATS=${REPEATS:-5}
+PRECISION=${PRECISION:-bfloat16}
+LIMITS=${LIMITS:-1}
+IPT_REPO=${IPT_REPO:-$PWD/.ipt}
+TORCH_PYTHON=${TORCH_PYTHON:-python3}
+FIRST=${BATCHES%%,*}
+mkdir -p "$OUT"
+START=$(date +%s)
+CACHE=$(mktemp -d /tmp/gpu_check_cache.XXXXXX)  # shared by the timing parts; not in $OUT (large)
+trap 'rm -rf "$CACHE"' EXIT
+: > "$OUT/parts.tsv"
+
+left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+part() {  # part NAME LIMIT CMD...: runs CMD for at most LIMIT s (less if the budget is short)
+  local name=$1 limit=$(( $2 * LIMITS )); shift 2
+  local l; l=$(( $(left) - 5 )); [ "$limit" -lt "$l" ] && l=$limit
+  if [ "$l" -lt 15 ]; then
+    echo "== $name: skipped (budget spent)"; printf '%s\tskipped\t0\tbudget spent\n' "$name" >> "$OUT/parts.tsv"
+    return
+  fi
+  echo "== $name (limit ${l}s, $(left)s of the budget left): $*"
+  local t0; t0=$(date +%s)
+  timeout -k 5 "$l" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
+  grep -v -E "^(W|I)[0-9]{4} |^\s*$|^\| |^\|---|^ROW " "$OUT/$name.log" | tail -n 30
+  local note=""; [ $rc -eq 124 ] || [ $rc -eq 137 ] && note="time limit"
+  echo "== $name rc=$rc in $(( $(date +%s) - t0 ))s"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$note" >> "$OUT/parts.tsv"
+}
+skip() {  # skip NAME REASON
+  echo "== $1: skipped ($2)"; printf '%s\tskipped\t0\t%s\n' "$1" "$2" >> "$OUT/parts.tsv"
+}
+
+export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
+if ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 || { tail "$OUT/pip.log"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm \
+    --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
+    2>&1 | tail -n 1 | tee "$OUT/jax.txt"
+
+BENCH=(python3 launch/benchmark.py --sizes="$SIZE" --precision="$PRECISION" --repeats="$REPEATS")
+# The steps' compiled programs are shared between the timing parts (the compile part turns the
+# cache off for its own timings; the start-up part keeps its own, empty at first).
+part sweep 150 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$BATCHES" \
+    --compile_cache="$CACHE"
+if [ ! -f "$IPT_REPO/model/ipt.py" ]; then
+  skip torch_peer "no official IPT checkout at IPT_REPO=$IPT_REPO"
+elif ! "$TORCH_PYTHON" -c "import torch, einops" > /dev/null 2>&1; then
+  skip torch_peer "$TORCH_PYTHON cannot import torch and einops"
+else
+  # JAX takes 75% of the GPU's memory by default: leave PyTorch its share.
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 part torch_peer 120 "${BENCH[@]}" --sections=train \
+      --tasks=sr_x2,denoise_30 --batch_size="$PEER_BATCHES" --against=torch \
+      --torch_precisions=fp32,bf16 --ipt_repo="$IPT_REPO" --torch_python="$TORCH_PYTHON" \
+      --compile_cache="$CACHE"
+fi
+part probe 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe --batch_size="$FIRST" \
+    --compile_cache="$CACHE"
+part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST"
+# Two processes share the device here: neither takes 75% of its memory up front.
+XLA_PYTHON_CLIENT_PREALLOCATE=false part startup 120 "${BENCH[@]}" --sections=startup \
+    --batch_size="$FIRST"
+XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -q -p no:cacheprovider \
+    -m "not cpu_only" tests/test_models.py tests/test_step_batched.py tests/test_flops.py \
+    tests/test_train.py
+part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
+part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$OUT/tiny" \
+    --compile_cache="$CACHE"
+
+{
+  echo
+  echo "## gpu_check: $(cat "$OUT/gpu.txt" 2>/dev/null | head -n 1 || echo no GPU); $(cat "$OUT/jax.txt"); SIZE=$SIZE, $(( $(date +%s) - START ))s in all"
+  echo
+  echo "| part | exit | seconds | note |"
+  echo "|---|---|---|---|"
+  while IFS=$'\t' read -r name rc seconds note; do
+    case $name in
+      tests) note="${note:+$note; }$(grep -E "passed|failed|error" "$OUT/tests.log" 2>/dev/null | tail -n 1)";;
+      main_job) note="${note:+$note; }$(grep -E "^step " "$OUT/main_job.log" 2>/dev/null | tail -n 1 | cut -d'|' -f1-3)";;
+    esac
+    echo "| $name | $rc | $seconds | $note |"
+  done < "$OUT/parts.tsv"
+  echo
+  # launch/benchmark.py prints each row as it finishes (ROW | ... |): a part cut short keeps them.
+  echo "| what | size | batch | precision | ms/step, s or crops/s | images/s | MFU | MFU (XLA) | peak GiB | PyTorch ms (faster) |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
+  for name in sweep torch_peer probe compile startup pipeline; do
+    [ -f "$OUT/$name.log" ] && grep -E "^ROW \| " "$OUT/$name.log" | cut -c5-
+  done
+  echo
+  echo "(commands: $OUT/<part>.log, first lines; each row's figures: median over REPEATS=$REPEATS)"
+} | tee "$OUT/table.md"

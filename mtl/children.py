@@ -1,0 +1,49 @@
+"""Child processes a parent supervises (launch/local.py's trainers, a study's runs).
+
+Each child runs in its own session, so a terminal's Ctrl-C reaches only the parent, which
+forwards SIGTERM (`send`): the trainers checkpoint at the next step boundary and stop. A child
+gets SIGTERM when its parent dies (Linux), so none is left orphaned. Its output (stdout and
+stderr together) is pumped line by line to the parent's `on_line`.
+"""
+import signal
+import subprocess
+import threading
+
+try:  # loaded here: the child, between fork and exec, must only call it
+  import ctypes
+  _PRCTL = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: an orphaned child is possible, nothing else changes
+  _PRCTL = None
+
+
+def _die_with_parent():
+  """In the child: SIGTERM when the parent dies (a trainer checkpoints and stops)."""
+  if _PRCTL is not None:
+    _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Child:
+  """A started child process (`proc`) and the thread (`pump`) that hands each line of its
+  output, as bytes, to on_line."""
+
+  def __init__(self, command, env, on_line):
+    self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 env=env, start_new_session=True, preexec_fn=_die_with_parent)
+    self.pump = threading.Thread(target=self._pump, args=(on_line,), daemon=True)
+    self.pump.start()
+
+  def _pump(self, on_line):
+    stream = self.proc.stdout
+    for line in iter(stream.readline, b""):
+      on_line(line)
+    stream.close()
+
+
+def send(procs, sig):
+  """Send `sig` to every process of `procs` still running."""
+  for p in procs:
+    if p.poll() is None:
+      try:
+        p.send_signal(sig)
+      except ProcessLookupError:
+        pass

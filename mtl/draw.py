@@ -1,0 +1,108 @@
+"""A record's conflict figures (mtl.plots) written to files and TensorBoard, and its probe scalars.
+
+`draw_all(record, out_dir)` writes these PNGs into out_dir (normally <workdir>/conflicts/):
+
+  cos_matrix.png                 task x task whole-body cosine over the window: with halves the
+                                 noise-corrected cosine and its 95% interval ("+0.01 [-0.02,
+                                 +0.04]") and the raw window mean below it; without, the raw
+                                 mean and its interval. The diagonal: mean gradient norm and
+                                 the same-task agreement (the noise floor).
+  cos_layers_pairs.png           layer x task-pair mean cosine over the window: where in the
+                                 network the conflict lives.
+  cos_curves.png                 whole-body cosine of every pair over steps (thin) and its
+                                 GradVac EMA (bold, started from the first value), with each
+                                 task's same-task agreement (dashed: the noise floor a cross-
+                                 task cosine is read against); conflict fraction over steps
+                                 (thin) and its moving mean (bold); gradient norm per task.
+  cos_layers_steps-<a>~<b>.png   for each task pair a~b: layer x step cosine, steps binned
+                                 into at most plots.MAX_COLUMNS columns of window means.
+"""
+import os
+
+import numpy as np
+
+from mtl import conflicts, files
+from mtl.plots import (cosine_matrix_figure, curves_figure, layer_pair_figure, layer_step_figure,
+                       rows_for, to_png)
+
+
+def pair_file_name(pair_name):
+  return f"cos_layers_steps-{pair_name}.png"
+
+
+def figures(record, window=None, ema_beta=0.1, rows="auto"):
+  """[(file name, PNG bytes)] of every figure of a record (see the module docstring)."""
+  if record.num_steps == 0:
+    raise ValueError("no probe steps to draw")
+  by = rows_for(record.layer_names, rows)
+  drawn = [("cos_matrix.png", cosine_matrix_figure(record, window)),
+           ("cos_layers_pairs.png", layer_pair_figure(record, window, by)),
+           ("cos_curves.png", curves_figure(record, ema_beta))]
+  drawn += [(pair_file_name(name), layer_step_figure(record, name, by))
+            for name in record.pair_names]
+  return [(name, to_png(fig)) for name, fig in drawn]
+
+
+def _write(out_dir, drawn):
+  os.makedirs(out_dir, exist_ok=True)
+  paths = [os.path.join(out_dir, name) for name, _ in drawn]
+  for path, (_, data) in zip(paths, drawn):
+    files.write_atomic(path, lambda f, data=data: f.write(data))
+  return paths
+
+
+def draw_all(record, out_dir, window=None, ema_beta=0.1, rows="auto"):
+  """Write every figure into out_dir (atomically); returns the written paths."""
+  return _write(out_dir, figures(record, window, ema_beta, rows))
+
+
+def probe_scalars(record):
+  """[(step, {tag: value})] TensorBoard scalars of a record's probe steps.
+
+  Every probe step: conflicts/cos/<pair> (whole-body raw cosine) and conflicts/conflict_fraction
+  (share of pairs with cos < 0). At the record's last step, over all its steps (the trainer
+  passes the probes since the previous checkpoint): conflicts/corrected_cos/<pair> (pooled,
+  where measurable), conflicts/conflict_fraction/<pair> (share of probes with cos < 0) and
+  conflicts/same_task/<task> (mean same-task agreement).
+  """
+  body = conflicts.pair_values(record.cosines("body")[:, 0])
+  fraction = record.conflict_fraction("body")[:, 0]
+  out = []
+  for s, step in enumerate(record.steps):
+    values = {f"conflicts/cos/{p}": float(body[s, k]) for k, p in enumerate(record.pair_names)}
+    values["conflicts/conflict_fraction"] = float(fraction[s])
+    out.append((int(step), values))
+  last = out[-1][1]
+  for k, p in enumerate(record.pair_names):
+    last[f"conflicts/conflict_fraction/{p}"] = float(conflicts.share_negative(body[:, k]))
+  if record.halves:
+    corrected = conflicts.pair_values(record.corrected_cosines("body")[0])
+    agree = conflicts.nan_mean(record.same_task_agreement("body")[:, 0], axis=0)
+    for k, p in enumerate(record.pair_names):
+      if np.isfinite(corrected[k]):
+        last[f"conflicts/corrected_cos/{p}"] = float(corrected[k])
+    for t, name in enumerate(record.task_names):
+      last[f"conflicts/same_task/{name}"] = float(agree[t])
+  return out
+
+
+def log_probe_scalars(record, writer):
+  """Write `probe_scalars` to a TensorBoard writer (the trainer calls it at every flush)."""
+  if record.num_steps == 0:
+    return
+  for step, values in probe_scalars(record):
+    writer.scalars(step, values)
+
+
+def draw_and_log(record, out_dir, writer, window=None, ema_beta=0.1, scalars=True):
+  """Figures into out_dir and TensorBoard (images at the last probe step); with `scalars`,
+  also `probe_scalars` of the whole record (the trainer logs those per flush instead).
+  Returns the paths."""
+  drawn = figures(record, window, ema_beta)
+  paths = _write(out_dir, drawn)
+  last = int(record.steps[-1])
+  for name, data in drawn:
+    writer.image(last, "conflicts/" + os.path.splitext(name)[0], data)
+  if scalars:
+    log_probe_scalars(record, writer)
+  return paths

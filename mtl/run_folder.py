@@ -1,0 +1,106 @@
+"""A run's folder (its workdir): the names of what a run writes there, its saved config, and a
+state from parameters. Every other module asks here for a path or a config of a run.
+
+  config.json    the run's config (written once; a restart with a different config is refused)
+  train.log      the output of every attempt        metrics.jsonl  one JSON line per logged step
+  checkpoints/   orbax steps                         events/        TensorBoard
+  conflicts/     the conflict store                  compute.json   wall time and throughput
+  results.json   the final evaluation                train.lock     the live trainer's pid
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mtl import checkpoints, files
+from mtl.step import TrainState
+
+CONFIG_FILE = "config.json"
+LOG_FILE = "train.log"
+METRICS_FILE = "metrics.jsonl"
+COMPUTE_FILE = "compute.json"
+RESULTS_FILE = "results.json"
+LOCK_FILE = "train.lock"
+IMPORT_RECORD = "imported.json"  # an imported IPT workdir: which file it came from
+ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
+             COMPUTE_FILE, RESULTS_FILE, LOCK_FILE)
+# Fields that may change between a run and its resumption: they do not change what is learned
+# (model.remat and model.body_calls: how the same step is computed).
+RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
+                    "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls")
+
+
+def results_name(step, final):
+  """results.json for the final evaluation, results-<step>.json for one during training."""
+  return RESULTS_FILE if final else f"results-{step:09d}.json"
+
+
+def config_from_json(path):
+  """The ConfigDict saved as JSON at `path` (lists become the tuples config files hold)."""
+  return ml_collections.ConfigDict(files.tuples(files.read_json(path)))
+
+
+def read_config(workdir):
+  """The ConfigDict a run saved in <workdir>/config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{workdir} holds no {CONFIG_FILE}; point --workdir to a "
+                            "training run or an imported IPT workdir")
+  return config_from_json(path)
+
+
+def read_results(workdir):
+  """The final results a run saved, or None."""
+  path = os.path.join(workdir, RESULTS_FILE)
+  return files.read_json(path) if os.path.exists(path) else None
+
+
+def check_config(workdir, config_dict):
+  """Refuse (one line) a config that differs from the workdir's saved one, unless the run there
+  never saved a step (then it may be replaced: returns True). No saved config: False."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return False
+  saved = files.read_json(path)
+  if checkpoints.latest_saved_step(workdir) is None:
+    return bool(files.differences(saved, config_dict))
+  added = files.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
+                            "a run with a different config",
+                            "use a new --workdir or the same config to resume")
+  if added:
+    print(f"{path} predates the config fields {files.field_list(added)}: resuming with their "
+          "current values", flush=True)
+  return False
+
+
+def check_or_write_config(workdir, config_dict):
+  """First start: save the config. Restart: refuse a different config (one clear line); a run
+  that never saved a step takes the new config (its old one is replaced, and said so)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  replace = check_config(workdir, config_dict)
+  if replace:
+    print(f"{path}: replacing the config of a run that never saved a step", flush=True)
+  if replace or not os.path.exists(path):
+    files.write_json(path, config_dict)
+
+
+def source_run(init_from):
+  """The config dict of the run `init_from` names; ValueError unless it is a run with a
+  checkpoint."""
+  path = os.path.join(init_from, CONFIG_FILE)
+  if not os.path.isdir(init_from):
+    raise FileNotFoundError(f"init_from={init_from} is not a folder; point it to a run's workdir")
+  if not os.path.exists(path) or checkpoints.latest_saved_step(init_from) is None:
+    raise ValueError(f"init_from={init_from} is not a run with a checkpoint (no "
+                     f"{CONFIG_FILE} or no saved step); point it to a run's workdir")
+  return files.read_json(path)
+
+
+def state_from_params(run, params, step=0, like=None):
+  """A TrainState of `params` with a fresh optimizer state (run.optimizer.init, jitted to the
+  run's shardings) at `step`; with `like`, the rest of the state (step, carried state) is its."""
+  opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
+  if like is not None:
+    return like.replace(params=params, opt_state=opt_state)
+  return TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=opt_state)

@@ -1,0 +1,41 @@
+"""launch/benchmark.py: the compile section's table and summary rows, the summary's cells, and
+one-line refusals of bad flags."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _benchmark(*args, timeout=900):
+  return subprocess.run([sys.executable, "launch/benchmark.py", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout,
+                        env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+@pytest.mark.parametrize("flag, valid", [("--batch_size=8,x", "positive integers"),
+                                         ("--probe_variants=fast", "plain,probe,jacrev"),
+                                         ("--torch_precisions=fp16", "fp32, bf16")])
+def test_bad_flags_are_refused_with_one_line(flag, valid):
+  out = _benchmark("--sections=pipeline", flag)
+  assert out.returncode == 1
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and valid in errors[0] and flag.split("=")[1] in errors[0]
+
+
+def test_compile_section_times_every_step_function_and_keeps_summary_rows():
+  out = _benchmark("--sections=compile", "--sizes=tiny", "--tasks=sr_x2", "--batch_size=2")
+  assert out.returncode == 0, out.stderr[-3000:]
+  text = out.stdout
+  for label in ("one-task step sr_x2 (schedule one)", "plain joint step (schedule all)",
+                "probe step (schedule all)", "eval tile function (32 tiles, sr_x4)"):
+    assert re.search(rf"^  {re.escape(label)} +\d+\.\d +\d+\.\d$", text, re.M), text
+  assert "one-task step sr_x3" not in text  # --tasks picks the one-task steps
+  rows = [l for l in text.splitlines() if l.startswith("ROW | compile s: ")]
+  assert len(rows) == 4  # plain, probe, eval, the one-task maximum: printed as they finish
+  table = text[text.index("[summary]"):].splitlines()
+  assert table[1].startswith("| what | size | batch |") and len(table) == 3 + len(rows)
+  assert all(r[4:] in table for r in rows)

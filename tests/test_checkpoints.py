@@ -1,0 +1,44 @@
+"""Checkpoints written before the body's layers were stacked (one subtree per layer) restore
+into the stacked layout: parameters and Adam's moments, whole runs and parameters only."""
+import jax
+import numpy as np
+
+from experiments import small
+from mtl import checkpoints, run_state, sharding
+from mtl import step as step_lib
+from mtl.models import ipt
+from photo_batch import photo_batch
+
+
+def test_a_per_layer_checkpoint_restores_stacked(tmp_path):
+  config = small.get_config()
+  config.tasks = ("denoise_30", "sr_x2")
+  config.precision, config.model.patch_size, config.data.batch_size = "float32", 12, 2
+  config.model.init, config.mesh.data = "flax", 1  # layers that differ from each other
+  run = run_state.build(config)
+  with jax.set_mesh(run.mesh):
+    state = run.init_state()
+    step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, run.model.task_names,
+                                      run.plan))
+    state, _ = step(state, sharding.to_global(photo_batch(config, run), run.mesh))  # moments != 0
+    # The layout the model had before the stacking: body/encoder/<layer>/..., in the parameters
+    # and in Adam's moments alike.
+    old = state.replace(params=ipt.map_bodies(ipt.unstack_layers, state.params),
+                        opt_state=ipt.map_bodies(ipt.unstack_layers, state.opt_state))
+    assert "encoder/1/attn/query/kernel" in ipt.shared_layer_names(old.params["body"])
+    mngr = checkpoints.manager(tmp_path, async_save=False)
+    checkpoints.save(mngr, 1, old)
+    mngr.wait_until_finished()
+    saved = mngr.item_metadata(1)["params"]
+    assert set(saved.tree["body"]["encoder"]) == {"0", "1"}  # written per layer
+    restored = checkpoints.restore(mngr, run.abstract_state)
+    params, step_saved = checkpoints.restore_params(tmp_path / "checkpoints",
+                                                    run.abstract_state.params)
+    mngr.close()
+  assert int(restored.step) == step_saved == 1
+  for tree, want in ((restored.params, state.params), (restored.opt_state, state.opt_state),
+                     (params, state.params)):
+    assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(want)
+    jax.tree.map(np.testing.assert_array_equal, tree, want)
+  assert all(a.sharding == s for a, s in zip(jax.tree_util.tree_leaves(restored.params),
+                                             jax.tree_util.tree_leaves(run.state_shardings.params)))

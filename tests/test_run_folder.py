@@ -1,0 +1,50 @@
+"""A run's folder: its file names, its saved config read back as the config files hold it, the
+checks on a run to start from, and a state from parameters."""
+import jax
+import numpy as np
+import pytest
+
+from experiments import tiny
+from mtl import files, run_folder, run_state
+
+
+def test_results_names():
+  assert run_folder.results_name(120, final=True) == "results.json"
+  assert run_folder.results_name(60, final=False) == "results-000000060.json"
+  assert {run_folder.RESULTS_FILE, run_folder.LOG_FILE} <= set(run_folder.ARTIFACTS)
+
+
+def test_saved_config_reads_back_with_tuples(tmp_path):
+  config = tiny.get_config()
+  files.write_json(str(tmp_path / run_folder.CONFIG_FILE), config.to_dict())
+  back = run_folder.read_config(str(tmp_path))
+  assert back.tasks == config.tasks and isinstance(back.tasks, tuple)
+  assert back.degrade.rain.length == config.degrade.rain.length  # nested lists -> tuples
+  assert back.to_dict() == config.to_dict()
+
+
+def test_missing_config_and_bad_sources_are_one_line(tmp_path):
+  with pytest.raises(FileNotFoundError, match=f"{tmp_path} holds no config.json"):
+    run_folder.read_config(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="is not a folder"):
+    run_folder.source_run(str(tmp_path / "nowhere"))
+  files.write_json(str(tmp_path / run_folder.CONFIG_FILE), {"tasks": ["sr_x2"]})
+  with pytest.raises(ValueError, match="not a run with a checkpoint"):  # config, no saved step
+    run_folder.source_run(str(tmp_path))
+  assert run_folder.read_results(str(tmp_path)) is None
+
+
+def test_state_from_params_is_a_fresh_optimizer_state():
+  config = tiny.get_config()
+  config.mesh.data = 1
+  run = run_state.build(config)
+  with jax.set_mesh(run.mesh):
+    fresh = run.init_state()
+    state = run_folder.state_from_params(run, fresh.params, step=7)
+    assert int(state.step) == 7 and state.mtl_state is None
+    for a, b in zip(jax.tree_util.tree_leaves(state.opt_state),
+                    jax.tree_util.tree_leaves(run.optimizer.init(fresh.params))):
+      np.testing.assert_array_equal(a, b)  # the same init, jitted: exact
+    like = run_folder.state_from_params(run, fresh.params, like=fresh)
+    assert int(like.step) == 0 and like.params is fresh.params
+

@@ -1,0 +1,95 @@
+"""config.model.body_calls: the steps' batched body calls (one vmapped body over the tasks, or
+over the probe's 2T half-batches) give the losses, gradients and Gramians of one call each."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from experiments import small
+from mtl import run_state, sharding
+from mtl import step as step_lib
+from mtl.models import ipt
+from photo_batch import photo_batch
+
+TASKS = ("denoise_30", "sr_x2", "derain")
+
+# Both paths compute the same float32 products; only the order of float32 sums differs (a
+# batched matmul blocks its reductions differently from the looped ones, and the plain step's
+# body-weight gradient sums the tasks inside one matmul instead of adding T of them). A sum of n
+# terms in another order moves by ~sqrt(n) eps (eps = 1.2e-7) times its cancellation factor:
+# the losses (n ~ 1e5 pixels, no cancellation) by < 1e-5 relative; gradient leaves and
+# Gramians (n ~ 1e4 products per element, cancellation 10-100) by < 1e-3 of their scale. A path
+# that mixed up tasks or halves would move them by O(1).
+LOSS_RTOL, GRAD_TOL = 1e-5, 1e-3
+
+
+def _config():
+  config = small.get_config()
+  config.tasks = TASKS
+  config.precision = "float32"
+  config.model.patch_size = 24  # two encoder and two decoder layers on 64 tokens: a fast step
+  config.data.batch_size = 4
+  config.mesh.data = 1
+  return config
+
+
+def _keep_gradient():
+  """Zero updates whose state is the step's gradient, as the step computed it."""
+  zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+  return optax.GradientTransformation(zeros, lambda grads, state, params=None: (zeros(grads),
+                                                                                grads))
+
+
+def _run(config, body_calls, probe):
+  config.model.body_calls = body_calls
+  run = run_state.build(config)
+  assert run.model.cfg.batched_body() == (body_calls == "batched")
+  keep = _keep_gradient()
+  # A GPU runs float32 matmuls as TF32 by default (10-bit mantissa) and two programs may pick
+  # different kernels; at 'highest' both paths compute float32 products on every backend.
+  with jax.set_mesh(run.mesh), jax.default_matmul_precision("highest"):
+    state = run.init_state()
+    state = state.replace(opt_state=keep.init(state.params))
+    step = jax.jit(step_lib.make_step(run.model, config, keep, run.model.task_names, run.plan,
+                                      probe=probe))
+    out = step(state, sharding.to_global(photo_batch(config, run), run.mesh))
+  return jax.device_get(out)
+
+
+def _assert_trees_close(got, want):
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want),
+                          jax.tree_util.tree_leaves(got)):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = np.abs(a).max()
+    assert scale > 0, jax.tree_util.keystr(path)  # every leaf gets a gradient
+    np.testing.assert_allclose(b / scale, a / scale, atol=GRAD_TOL,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("probe", [False, True], ids=["plain", "probe"])
+def test_batched_body_calls_give_the_looped_losses_gradients_and_gramians(probe):
+  config = _config()
+  looped = _run(config, "looped", probe)
+  batched = _run(config, "batched", probe)
+  for name in TASKS:
+    assert float(batched[1][f"loss/{name}"]) == pytest.approx(float(looped[1][f"loss/{name}"]),
+                                                              rel=LOSS_RTOL)
+  _assert_trees_close(batched[0].opt_state, looped[0].opt_state)
+  if probe:
+    grams, want = np.asarray(batched[2], np.float64), np.asarray(looped[2], np.float64)
+    assert grams.shape == want.shape == (len(ipt.shared_layer_names(
+        looped[0].params["body"])), 2 * len(TASKS), 2 * len(TASKS))
+    scale = np.abs(want).max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(grams / scale, want / scale, atol=GRAD_TOL)
+
+
+def test_auto_body_calls_batch_on_accelerators_and_loop_on_cpus():
+  cfg = ipt.ModelConfig(**ipt.SIZES["tiny"])
+  assert cfg.batched_body("gpu") and cfg.batched_body("tpu") and not cfg.batched_body("cpu")
+  assert not dataclasses.replace(cfg, body_calls="looped").batched_body("gpu")
+  assert dataclasses.replace(cfg, body_calls="batched").batched_body("cpu")
+  with pytest.raises(ValueError, match="model.body_calls='both'; valid: 'auto', 'batched'"):
+    dataclasses.replace(cfg, body_calls="both").validate()
