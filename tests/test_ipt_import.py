@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mtl import restoration, run_folder, run_state, tasks
-from mtl.models import ipt, ipt_import
+from mtl.models import ipt, ipt_import, torch_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -68,8 +68,8 @@ def test_the_feature_permutations_matter(monkeypatch):
 
 
 def test_reader_matches_the_layout_and_dtypes():
-  state = ipt_import.read_state_dict(os.path.join(FIXTURES, "ipt_finetune1.pt"))
-  legacy = ipt_import.read_state_dict(os.path.join(FIXTURES, "ipt_pretrain6_legacy.pt"))
+  state = torch_file.read_state_dict(os.path.join(FIXTURES, "ipt_finetune1.pt"))
+  legacy = torch_file.read_state_dict(os.path.join(FIXTURES, "ipt_pretrain6_legacy.pt"))
   assert state["body.position_encoding.position_ids"].dtype == np.int64
   assert state["head.0.0.weight"].shape == (8, 3, 3, 3)
   assert state["body.query_embed.weight"].shape == (1, 16 * 72)
@@ -105,19 +105,19 @@ def test_bad_files_are_refused_with_one_line(tmp_path):
   junk = tmp_path / "junk.pt"
   junk.write_bytes(b"not a checkpoint at all")
   with pytest.raises(ValueError) as error:
-    ipt_import.read_state_dict(str(junk))
+    torch_file.read_state_dict(str(junk))
   assert "not a torch.save file" in _one_line(error)
   # A pickle naming any other callable (here os.system) is refused, never run.
   evil = _zip_with_pickle(tmp_path / "evil.pt", b"cos\nsystem\n(S'touch " +
                           str(tmp_path / "ran").encode() + b"'\ntR.")
   with pytest.raises(ValueError) as error:
-    ipt_import.read_state_dict(evil)
+    torch_file.read_state_dict(evil)
   assert "os.system" in _one_line(error) and not (tmp_path / "ran").exists()
   with pytest.raises(ValueError) as error:
-    ipt_import.read_state_dict(_zip_with_pickle(tmp_path / "list.pt", pickle.dumps([1, 2])))
+    torch_file.read_state_dict(_zip_with_pickle(tmp_path / "list.pt", pickle.dumps([1, 2])))
   assert "state_dict of tensors" in _one_line(error)
   with pytest.raises(FileNotFoundError):
-    ipt_import.read_state_dict(str(tmp_path / "missing.pt"))
+    torch_file.read_state_dict(str(tmp_path / "missing.pt"))
 
 
 def _evil(marker):
@@ -129,7 +129,7 @@ def _evil(marker):
 def test_no_pickle_of_the_legacy_format_runs_code(tmp_path, record):
   # torch's pre-1.6 stream is five pickles in a row; a crafted file can put a callable in any one.
   marker = tmp_path / "ran"
-  valid = {"magic": pickle.dumps(ipt_import._LEGACY_MAGIC, protocol=2),
+  valid = {"magic": pickle.dumps(torch_file._LEGACY_MAGIC, protocol=2),
            "protocol": pickle.dumps(1001, protocol=2),
            "sys_info": pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2),
            "object": pickle.dumps({}, protocol=2),
@@ -138,12 +138,12 @@ def test_no_pickle_of_the_legacy_format_runs_code(tmp_path, record):
   path = tmp_path / f"evil_{record}.pt"
   path.write_bytes(b"".join(valid.values()))
   with pytest.raises(ValueError) as error:
-    ipt_import.read_state_dict(str(path))
+    torch_file.read_state_dict(str(path))
   assert "os.system" in _one_line(error) and str(path) in _one_line(error)
   assert not marker.exists()
   # The same payload as the zip format's data.pkl is refused too.
   with pytest.raises(ValueError):
-    ipt_import.read_state_dict(_zip_with_pickle(tmp_path / "evil.zip.pt", _evil(marker)))
+    torch_file.read_state_dict(_zip_with_pickle(tmp_path / "evil.zip.pt", _evil(marker)))
   assert not marker.exists()
 
 
@@ -151,7 +151,7 @@ def test_an_unknown_pickle_protocol_names_the_file(tmp_path):
   path = tmp_path / "random.pt"
   path.write_bytes(b"\x80\xa4" + bytes(range(64)))
   with pytest.raises(ValueError) as error:
-    ipt_import.read_state_dict(str(path))
+    torch_file.read_state_dict(str(path))
   assert str(path) in _one_line(error)
 
 
@@ -166,7 +166,7 @@ def test_mismatches_are_refused_with_one_line():
   with pytest.raises(ValueError) as error:
     ipt_import.load(path, task_names=("sr_x2", "sr_x3", "sr_x4", "denoise_30", "derain"), num_heads=2)
   assert "scales" in _one_line(error)
-  state = ipt_import.read_state_dict(path)
+  state = torch_file.read_state_dict(path)
   cfg, names, _ = ipt_import.load(path, num_heads=2)
   shifted = dict(state, **{"sub_mean.bias": state["sub_mean.bias"] + 5.0})
   with pytest.raises(ValueError) as error:
@@ -200,7 +200,7 @@ def test_launcher_imports_and_refuses(tmp_path):
 
 
 def test_reader_dtypes_and_strided_views():
-  state = ipt_import.read_state_dict(os.path.join(FIXTURES, "dtypes.pt"))
+  state = torch_file.read_state_dict(os.path.join(FIXTURES, "dtypes.pt"))
   expected = np.load(os.path.join(FIXTURES, "dtypes.npz"))
   assert sorted(state) == sorted(expected.files)
   for name in expected.files:
@@ -218,7 +218,7 @@ def test_reader_dtypes_and_strided_views():
 ])
 def test_every_tensor_shape_is_checked_before_any_reordering(name, shape):
   path = os.path.join(FIXTURES, "ipt_pretrain6.pt")
-  state = ipt_import.read_state_dict(path)
+  state = torch_file.read_state_dict(path)
   cfg, names, _ = ipt_import.load(path, num_heads=2)
   bad = dict(state, **{name: np.zeros(shape, np.float32)})
   with pytest.raises(ValueError) as error:
@@ -229,7 +229,7 @@ def test_every_tensor_shape_is_checked_before_any_reordering(name, shape):
 
 def test_non_finite_weights_are_refused():
   path = os.path.join(FIXTURES, "ipt_finetune1.pt")
-  state = ipt_import.read_state_dict(path)
+  state = torch_file.read_state_dict(path)
   cfg, names, _ = ipt_import.load(path, num_heads=2)
   weight = state["body.decoder.layers.0.linear2.weight"].copy()
   weight[3, 5] = np.nan

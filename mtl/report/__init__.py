@@ -2,6 +2,7 @@
 
   scores.py    the numbers: per (regime column, task) the chosen run of each seed, its scores
   tables.py    the tables built from them (display rows and CSV records); cells.py their cells
+  accounting.py  the compute and lr-selection tables
   render.py    Markdown, LaTeX and CSV renderers
   findings.py  the findings page: the three questions, each answered from the tables
   figures.py   its figures (paired Δ dot plot, corrected cosine per phase)

@@ -12,7 +12,7 @@ import os
 
 from mtl import events, stats
 from mtl import study as study_lib
-from mtl.report import figures, findings, remedies, render, tables
+from mtl.report import accounting, figures, findings, remedies, render, tables
 from mtl.report.scores import (conflict_records, conflict_summaries, regime_columns,
                                regime_scores)
 from mtl.study.workdir import RUNS_DIR
@@ -140,8 +140,8 @@ def write_with_summary(workdir):
   records = conflict_records(study)
   summaries = conflict_summaries(study, records)
   built = [tables.main_table(study), tables.transfer_table(study),
-           tables.conflict_table(study, summaries), tables.compute_table(study),
-           tables.selection_table(study)]
+           tables.conflict_table(study, summaries), accounting.compute_table(study),
+           accounting.selection_table(study)]
   built += remedies.tables(study)  # acting on conflicts: only when the study has those runs
   for table in built:
     render.write_table(table, tables_dir)

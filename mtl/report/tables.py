@@ -1,4 +1,5 @@
-"""The tables of a study: main, transfer, conflicts, compute, selection (display rows + CSV records).
+"""The tables of a study's scores: main, transfer, conflicts (display rows + CSV records);
+mtl.report.accounting holds the compute and lr-selection tables.
 
 How each number is computed (report.md repeats it):
   cell        for each seed, the run its sweep chose on validation (see mtl.study); the test
@@ -21,14 +22,12 @@ How each number is computed (report.md repeats it):
   transfer    run - scratch PSNR), each on the task's primary test set (the first of study.test
               it is scored on); its paired interval over seeds. Spearman's rank correlation with
               the mean cosine: mtl.stats.spearman (exact permutation p for n <= 9 pairs, n >= 3).
-  compute     compute.json of the runs: steps, images seen (batch x tasks per step x steps),
-              XLA-counted training FLOPs (one step's cost analysis x steps), wall seconds.
 """
 import math
 
 import numpy as np
 
-from mtl import conflicts, files, stats
+from mtl import conflicts, stats
 from mtl import study as study_lib
 from mtl.conflicts import summary as conflict_summary
 from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format_p
@@ -380,91 +379,3 @@ def conflict_table(study, summaries=None, transfer=None):
       rank = None
   return Table("conflicts", "Gradient conflict during multi-task training", header, rows, records,
                notes, spearman=rank)
-
-
-def compute_table(study):
-  """Per regime: runs done, steps, images seen, training FLOPs and wall time."""
-  header = ["regime", "runs done", "steps / run", "images / run", "FLOPs / run", "total FLOPs",
-            "train wall / run", "train wall", "run wall"]
-  rows, records = [], []
-  per_regime = {}
-  regimes = [r for r in study_lib.STUDY_REGIMES if any(s.regime == r for s in study.runs)]
-  regimes += list(dict.fromkeys(s.regime for s in study.runs if s.regime not in regimes))
-  for regime in regimes:  # the named regimes in their order, then joint:<method> as they come
-    specs = [r for r in study.runs if r.regime == regime]
-    done = [(r, study.compute(r.name)) for r in specs]
-    done = [(r, c) for r, c in done if c is not None]
-    entry = {"regime": regime, "runs": len(specs), "runs_done": len(done),
-             "steps_per_run": sorted({study.known_steps(r) or 0 for r in specs})}
-    if done:
-      for key in ("images_seen", "train_flops", "wall_seconds"):
-        entry[f"{key}_per_run"] = float(np.mean([c[key] for _, c in done]))
-        entry[f"{key}_total"] = float(np.sum([c[key] for _, c in done]))
-      run_seconds = [study.done_info(r.name).get("seconds", float("nan")) for r, _ in done]
-      entry["run_seconds_total"] = float(np.sum(run_seconds))
-    per_regime[regime] = entry
-  if "joint" in per_regime and "finetune" in per_regime and "images_seen_per_run" in \
-      per_regime["joint"] and "images_seen_per_run" in per_regime["finetune"]:
-    j, f = per_regime["joint"], per_regime["finetune"]
-    per_regime["joint + finetune"] = {
-        "regime": "joint + finetune (one task's model)", "runs": None, "runs_done": None,
-        "steps_per_run": [a + b for a in j["steps_per_run"] for b in f["steps_per_run"]],
-        **{f"{k}_per_run": j[f"{k}_per_run"] + f[f"{k}_per_run"]
-           for k in ("images_seen", "train_flops", "wall_seconds")}}
-  for entry in per_regime.values():
-    has = "images_seen_per_run" in entry
-    rows.append([
-        entry["regime"],
-        "" if entry["runs"] is None else f"{entry['runs_done']}/{entry['runs']}",
-        ", ".join(map(str, entry["steps_per_run"])),
-        _count(entry.get("images_seen_per_run")) if has else "–",
-        _flops(entry.get("train_flops_per_run")) if has else "–",
-        _flops(entry.get("train_flops_total")) if "train_flops_total" in entry else "",
-        files.format_duration(entry["wall_seconds_per_run"]) if has else "–",
-        files.format_duration(entry["wall_seconds_total"])
-        if "wall_seconds_total" in entry else "",
-        files.format_duration(entry["run_seconds_total"])
-        if "run_seconds_total" in entry else ""])
-    records.append(dict(entry, steps_per_run=" ".join(map(str, entry["steps_per_run"]))))
-  derived = (" Scratch steps 0: derived from its fine-tune's FLOPs, not known yet."
-             if study.config["budget"] == "equal_flops" else "")
-  notes = [budget_note(study) + derived + " Images = batch x tasks per step "
-           "x steps. FLOPs: XLA's cost analysis of one training step x steps (runs that probe "
-           "conflicts count the probe step at every step: +0.06% at the tiny size). Train wall: "
-           "the training loops' time (mean per run, sum); run wall: the whole runs' time with "
-           "start-up, compilation and evaluation (sum)."]
-  return Table("compute", "Compute", header, rows, records, notes)
-
-
-def selection_table(study):
-  """Every sweep per seed: the validation score of each lr and the one chosen."""
-  header = ["sweep", "candidates (lr: validation PSNR)", "chosen", "complete"]
-  rows, records = [], []
-  for sweep, specs in study.sweeps.items():
-    chosen = study.select(sweep)
-    if chosen is None:
-      continue
-    text = ", ".join(f"{study_lib.format_lr(r.lr)}: {_fmt(score, 2)}"
-                     for r, score in chosen.candidates)
-    rows.append([sweep, text, chosen.run.name, "yes" if chosen.complete else "no"])
-    for r, score in chosen.candidates:
-      records.append({"sweep": sweep, "run": r.name, "lr": r.lr, "validation_psnr_y": score,
-                      "chosen": r.name == chosen.run.name})
-  notes = [f"Validation score: mean {metric_names(study)[2]} on {study.validation} over the "
-           "run's tasks; the best lr per seed is chosen (ties: the first listed). "
-           + lr_note(study)]
-  return Table("selection", "Learning rates chosen on validation", header, rows, records, notes)
-
-
-def _count(value):
-  return "–" if value is None else f"{value:,.0f}"
-
-
-def _flops(value):
-  if value is None or not math.isfinite(value):
-    return "–"
-  for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9)):
-    if value >= scale:
-      return f"{value / scale:.3g} {unit}"
-  return f"{value:.3g}"
-
