@@ -14,7 +14,8 @@ ratios compare runs made in the same process, and --against=torch steps the offi
 (launch/torch_peer.py, in a subprocess) right after each of ours, so both see the same load.
 Sections:
   train     one-task steps (IPT schedule), 6 tasks, at each --batch_size: ms/step per task,
-            images/s, model FLOPs (mtl/flops.py, counted from the shapes) and XLA's count,
+            images/s, model FLOPs (mtl/flops.py, counted from the shapes) and XLA's count
+            (which counts the scanned layers once: an undercount),
             compiled and device peak memory, compile seconds; MFU of both counts against the
             device's data-sheet peak, and against this process's measured matmul ceiling;
             PyTorch's step per task and the ratio

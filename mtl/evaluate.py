@@ -346,10 +346,11 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
   mesh = local_mesh()
   tiling = config.eval.get("tiling", "centre")
   others = variants(config, ema_params)
+  # Copied before the local mesh is the context: gathering spread parameters runs on theirs.
+  on_device = {False: local_params(params, mesh)}
+  if ema_params is not None:
+    on_device[True] = local_params(ema_params, mesh)
   with jax.set_mesh(mesh):
-    on_device = {False: local_params(params, mesh)}
-    if ema_params is not None:
-      on_device[True] = local_params(ema_params, mesh)
     runs = [("", False, False)] + others
     scored = {name: {} for name, _, _ in runs}
     for spec in model.specs:

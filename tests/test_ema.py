@@ -43,7 +43,8 @@ def test_a_step_moves_the_ema_towards_the_new_parameters():
                     jax.tree_util.tree_leaves(state.params)):
       np.testing.assert_array_equal(a, b)  # BasicSR's model_ema(0): a copy of the initial net
     before = jax.device_get(state.params)
-    step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, config.tasks))
+    step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, config.tasks,
+                                      run.plan))
     after, _ = step(state, sharding.to_global(photo_batch(config, run, 1), run.mesh))
   after = jax.device_get(after)
   moved = [np.abs(a - b).max() for a, b in zip(jax.tree_util.tree_leaves(after.params),

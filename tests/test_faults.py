@@ -149,7 +149,7 @@ def test_workdir_lock(tmp_path):
 def test_an_unreadable_lock_is_named_with_how_to_clear_it(tmp_path, content, shown):
   (tmp_path / "train.lock").write_bytes(content)
   with pytest.raises(files.LockHeld) as error:
-    files.WorkdirLock(str(tmp_path)).acquire()
+    files.WorkdirLock(str(tmp_path), run_folder.LOCK_FILE).acquire()
   message = str(error.value)
   assert re.search(rf"train.lock is not a lock a trainer wrote \({shown}", message), message
   assert "delete that file and run again" in message and "pid -1" not in message

@@ -40,7 +40,8 @@ def _leaves(params):
 
 def init_leaves():
   model = ipt.IPT(CFG, tasks.get_all(("denoise_30", "sr_x2")))
-  return _leaves(model.init(jax.random.key(0)))
+  # Per layer, as the official code holds them: the stacked layer axis would count as fan-in.
+  return _leaves(ipt.map_bodies(ipt.unstack_layers, model.init(jax.random.key(0))))
 
 
 @pytest.fixture(scope="module")
