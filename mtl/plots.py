@@ -208,8 +208,8 @@ def cosine_matrix_figure(record, window=None):
       second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
                 + f"{100 * share[i, j]:.0f}% <0")
       ax.text(j, i, f"{cells[i, j].text(digits)}{'*' if beyond else ''}\n{second}",
-              ha="center", va="center", fontsize=7.5, color=_text_color(shown[i, j] / vmax),
-              fontweight="bold" if beyond else "normal")
+              ha="center", va="center", fontsize=6.5 if beyond else 7.5,  # bold fits the frame
+              color=_text_color(shown[i, j] / vmax), fontweight="bold" if beyond else "normal")
       if beyond:
         ax.add_patch(patches.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
                                        edgecolor="black", linewidth=2.2))
