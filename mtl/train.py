@@ -122,11 +122,10 @@ def train_and_evaluate(config, workdir):
     if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(
         error):
       raise
-    last = checkpoints.latest_saved_step(workdir)
     raise checkpoints.DiskFull(
         f"no space left on the device of {workdir}: training stopped; "
-        + (f"the last complete checkpoint (step {last}) is kept" if last is not None else
-           "no checkpoint was saved") + ". Free space and run the same command to resume") from None
+        f"{_kept(checkpoints.latest_saved_step(workdir))}. Free space and run the same command "
+        "to resume") from None
   finally:
     if is_writer:
       lock.release()
@@ -214,13 +213,14 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
               _log_metrics(pending, writer, progress, run.schedule, done, metrics_log, names,
                            data_wait=batches.wait_seconds)
             except NonFiniteLoss as error:
-              raise NonFiniteLoss(f"{error}: training stopped; {_kept(mngr)}. Lower optim.lr "
-                                  "or set optim.grad_clip") from None
+              raise NonFiniteLoss(f"{error}: training stopped; {_kept(mngr.latest_step())}. "
+                                  "Lower optim.lr or set optim.grad_clip") from None
             pending = []
           if checkpoint_now:
             if not bool(_all_finite(state.params)):
               raise NonFiniteLoss(f"non-finite parameters after step {step}: training stopped; "
-                                  f"{_kept(mngr)}. Lower optim.lr or set optim.grad_clip")
+                                  f"{_kept(mngr.latest_step())}. Lower optim.lr or set "
+                                  "optim.grad_clip")
             _check_space(mngr, state, done)
             _flush_probes(workdir, probe_buffer, layer_names, names, is_writer, writer)
             probe_buffer = []
@@ -286,11 +286,12 @@ def _check_space(mngr, state, step):
     raise checkpoints.DiskFull(
         f"not enough space in {mngr.directory} for the checkpoint of step {step}: it needs "
         f"{checkpoints.megabytes(needed)}, {checkpoints.megabytes(free)} are free; "
-        f"{_kept(mngr)}. Free space (or lower keep_checkpoints) and run the same command to resume")
+        f"{_kept(mngr.latest_step())}. Free space (or lower keep_checkpoints) and run the same "
+        "command to resume")
 
 
-def _kept(mngr):
-  latest = mngr.latest_step()
+def _kept(latest):
+  """What a stop keeps, given the newest complete checkpoint step (or None)."""
   return (f"the last good checkpoint (step {latest}) is kept" if latest is not None
           else "no checkpoint was saved before it")
 
