@@ -13,6 +13,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from mtl import files
 from mtl.models import ipt
 
 
@@ -41,20 +42,9 @@ def space_shortfall(directory, state):
   """(bytes needed, bytes free) when `directory`'s file system cannot take one more checkpoint
   of `state` (orbax writes the new step before deleting the oldest), else None. A file system
   whose free space cannot be read (an object store) is not checked."""
-  import shutil
-  path = os.path.abspath(directory)
-  while not os.path.exists(path) and os.path.dirname(path) != path:
-    path = os.path.dirname(path)
-  try:
-    free = shutil.disk_usage(path).free
-  except OSError:
-    return None
+  free = files.free_bytes(directory)
   needed = state_bytes(state) + SPACE_MARGIN_BYTES
-  return (needed, free) if free < needed else None
-
-
-def megabytes(n):
-  return f"{n / 2 ** 20:.1f} MB"
+  return (needed, free) if free is not None and free < needed else None
 
 
 def save(mngr, step, state, force=False):

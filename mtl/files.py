@@ -8,6 +8,7 @@ killed run never leaves a half-written results.json, meta.json or chunk behind.
 import json
 import math
 import os
+import shutil
 import socket
 import time
 
@@ -199,3 +200,22 @@ class WorkdirLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+def format_bytes(n):
+  for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+    if n >= size:
+      return f"{n / size:.1f} {unit}"
+  return f"{n / 1e3:.1f} kB"
+
+
+def free_bytes(path):
+  """Free bytes on the file system that holds `path` (its nearest existing ancestor); None where
+  that cannot be read."""
+  path = os.path.abspath(path)
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  try:
+    return shutil.disk_usage(path).free
+  except OSError:
+    return None

@@ -285,7 +285,7 @@ def _check_space(mngr, state, step):
     needed, free = short
     raise checkpoints.DiskFull(
         f"not enough space in {mngr.directory} for the checkpoint of step {step}: it needs "
-        f"{checkpoints.megabytes(needed)}, {checkpoints.megabytes(free)} are free; "
+        f"{files.format_bytes(needed)}, {files.format_bytes(free)} are free; "
         f"{_kept(mngr.latest_step())}. Free space (or lower keep_checkpoints) and run the same "
         "command to resume")
 
