@@ -15,6 +15,7 @@ Output goes to the terminal and is appended to <workdir>/train.log. Exit status:
 75 stopped by SIGTERM or Ctrl-C after saving a checkpoint (run the same command to resume),
 130 a second Ctrl-C (stopped at once; the last checkpoint is kept).
 """
+import os
 import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `experiments`)
@@ -111,7 +112,8 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # orbax and jax are chatty at INFO
     logging.set_verbosity(logging.WARNING)
-  from mtl import compile_cache, progress, train
+  import jax
+  from mtl import compile_cache, progress, run_folder, train
   from mtl import run_state
   from mtl import run_config
   distributed.initialize()
@@ -128,9 +130,14 @@ def main(argv):
     cache = compile_cache.directory_from(flags.FLAGS.compile_cache)
     if cache:
       compile_cache.enable(cache)
+    counter = compile_cache.Counter()
     with progress.Tee():
       try:
-        train.train_and_evaluate(config, flags.FLAGS.workdir)
+        try:
+          train.train_and_evaluate(config, flags.FLAGS.workdir)
+        finally:  # also for a stopped run: its compute.json holds what its attempts compiled
+          if jax.process_index() == 0:
+            counter.add_to(os.path.join(flags.FLAGS.workdir, run_folder.COMPUTE_FILE))
       except train.Preempted as stop:
         print(stop, flush=True)
         sys.exit(PREEMPTED_EXIT)

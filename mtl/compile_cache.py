@@ -2,12 +2,17 @@
 
 launch/train.py calls `enable(directory)` before its first jit (--compile_cache, on by default);
 the loop prints each step function's compile time ("compiled the probe step in 0.3s" on a warm
-start). The benchmark compiles ahead of time with `compile_timed`.
+start). The benchmark compiles ahead of time with `compile_timed`. `Counter` counts the programs
+a process compiled and those it loaded from the cache (launch/train.py adds them to the run's
+compute.json; a study prints their sum).
 """
+import collections
 import os
+import threading
 import time
 
 import jax
+from jax import monitoring
 
 # Where launch/train.py and the study runs keep compiled steps unless told otherwise
 # ($JAX_COMPILATION_CACHE_DIR, or --compile_cache=DIR|off).
@@ -53,3 +58,48 @@ def compile_timed(jitted, *args, label="step", log=print):
   if log:
     log(f"compiled {label} in {seconds:.1f} s")
   return compiled, seconds
+
+
+# jax.monitoring events: every executable a jit call builds (XLA compile or persistent-cache
+# load) ends with the first, named; a load is announced by the second just before.
+_BUILT = "/jax/core/compile/backend_compile_duration"
+_LOADED = "/jax/compilation_cache/cache_hits"
+
+
+class Counter:
+  """Programs this process compiled and loaded from the persistent cache, by function name,
+  from jax.monitoring's events (listening from construction on, in every thread)."""
+
+  def __init__(self):
+    self.compiled, self.loaded = collections.Counter(), collections.Counter()
+    self._hit = threading.local()  # the cache-hit event and its build's event share a thread
+    monitoring.register_event_listener(self._on_event)
+    monitoring.register_event_duration_secs_listener(self._on_duration)
+
+  def _on_event(self, event, **kwargs):
+    if event == _LOADED:
+      self._hit.value = True
+
+  def _on_duration(self, event, seconds, fun_name="?", **kwargs):
+    del seconds, kwargs
+    if event == _BUILT:
+      (self.loaded if getattr(self._hit, "value", False) else self.compiled)[fun_name] += 1
+      self._hit.value = False
+
+  def close(self):
+    monitoring.unregister_event_listener(self._on_event)
+    monitoring.unregister_event_duration_listener(self._on_duration)
+
+  def add_to(self, path):
+    """Add the counts to the JSON file `path` (compute.json; written by the run) when it
+    exists: programs_compiled, programs_loaded (totals over the run's attempts) and
+    compiled_programs ({function name: times compiled})."""
+    from mtl import files
+    if not os.path.exists(path):
+      return
+    record = files.read_json(path)
+    names = collections.Counter(record.get("compiled_programs", {})) + self.compiled
+    record.update(programs_compiled=record.get("programs_compiled", 0) + sum(self.compiled.values()),
+                  programs_loaded=record.get("programs_loaded", 0) + sum(self.loaded.values()),
+                  compiled_programs=dict(sorted(names.items())))
+    files.write_json(path, record)

@@ -1,25 +1,96 @@
-"""The optimizer of a run: Adam(W) with optional global-norm clipping and a learning-rate schedule."""
+"""The optimizer of a run: Adam(W) with optional global-norm clipping and a learning-rate schedule.
+
+The schedule's numbers (peak lr, warmup, decay length, milestones: `schedule_args`) are values,
+not constants of the program: the step passes them as a traced argument (`update(...,
+schedule_args=...)`), so a study's runs with other learning rates or lengths share one compiled
+step. Its formulas are optax's (linear warmup joined to a constant, cosine or step decay), and the
+optimizer state is optax.adamw's (a ScaleByScheduleState counts the steps), so checkpoints of
+either load into the other.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
+# A milestone past any step: pads the step schedule's milestones to a fixed number.
+_NEVER = np.iinfo(np.int32).max
 
-def _warmup_then(lr, warmup, decay):
-  if warmup <= 0:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+def schedule_args(optim_cfg, total_steps):
+  """The schedule's numbers for a run of `total_steps`: {name: numpy scalar or array}, the same
+  structure and dtypes for every run of one schedule (they enter the step as arguments)."""
+  warmup = max(int(optim_cfg.warmup_steps), 0)
+  args = {"lr": np.float32(optim_cfg.lr), "warmup": np.int32(warmup)}
+  if optim_cfg.schedule == "cosine":
+    decay = max(total_steps, warmup + 1) - warmup  # optax.warmup_cosine_decay_schedule's
+    args["decay"] = np.float32(decay)
+    args["alpha"] = np.float32(0.0 if optim_cfg.lr == 0 else
+                               optim_cfg.lr * optim_cfg.final_lr_ratio / optim_cfg.lr)
+  elif optim_cfg.schedule == "step":
+    # optax.piecewise_constant_schedule's dict: milestones at one step count once.
+    bounds = sorted({int(m * total_steps) - warmup for m in optim_cfg.milestones})
+    args["bounds"] = np.array(bounds + [_NEVER] * (len(optim_cfg.milestones) - len(bounds)),
+                              np.int32)
+    args["gamma"] = np.float32(optim_cfg.gamma)
+  return args
+
+
+def _warmup_then(args, count, decay):
+  """optax.join_schedules([linear_schedule(0, lr, warmup), decay], [warmup]); warmup 0: decay."""
+  lr, warmup = args["lr"], args["warmup"]
+  ramp = jnp.clip(count, 0, warmup)
+  linear = (0.0 - lr) * (1 - ramp / jnp.maximum(warmup, 1)) + lr
+  return jnp.where(count < warmup, linear, decay(count - warmup))
+
+
+def _cosine(args, count):
+  """optax.cosine_decay_schedule(lr, decay, alpha)."""
+  count = jnp.minimum(count, args["decay"])
+  cosine = 0.5 * (1 + jnp.cos(jnp.pi * count / args["decay"]))
+  return args["lr"] * ((1 - args["alpha"]) * cosine + args["alpha"])
+
+
+def _steps(args, count):
+  """optax.piecewise_constant_schedule(lr, {bound: gamma}), bounds in increasing order."""
+  value = args["lr"]
+  for i in range(args["bounds"].shape[0]):
+    indicator = jnp.maximum(0.0, jnp.sign(args["bounds"][i] - count))
+    value = value * indicator + (1 - indicator) * args["gamma"] * value
+  return value
 
 
 LR_SCHEDULES = {
-    "constant": lambda o, total: _warmup_then(o.lr, o.warmup_steps, optax.constant_schedule(o.lr)),
-    "cosine": lambda o, total: optax.warmup_cosine_decay_schedule(
-        0.0, o.lr, o.warmup_steps, max(total, o.warmup_steps + 1), o.lr * o.final_lr_ratio),
-    "step": lambda o, total: _warmup_then(o.lr, o.warmup_steps, optax.piecewise_constant_schedule(
-        o.lr, {int(m * total) - o.warmup_steps: o.gamma for m in o.milestones})),
+    "constant": lambda a, c: _warmup_then(a, c, lambda c: a["lr"]),
+    "cosine": lambda a, c: _warmup_then(a, c, lambda c: _cosine(a, c)),
+    "step": lambda a, c: _warmup_then(a, c, lambda c: _steps(a, c)),
 }
 
 
+def scale_by_schedule_args(name, default_args):
+  """optax.scale_by_learning_rate(schedule) whose schedule reads its numbers from the update's
+  `schedule_args` (traced in the step; `default_args` when not given). Same state as optax's."""
+
+  def init_fn(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None, schedule_args=None, **extra_args):
+    del params, extra_args
+    step_size = -LR_SCHEDULES[name](
+        default_args if schedule_args is None else schedule_args, state.count)
+    updates = jax.tree.map(lambda g: jnp.asarray(step_size, g.dtype) * g, updates)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
 def make_optimizer(optim_cfg, total_steps):
-  schedule = LR_SCHEDULES[optim_cfg.schedule](optim_cfg, total_steps)
+  """(optimizer, schedule): optax.adamw's chain (after clipping when grad_clip > 0) with the
+  schedule's numbers as an update argument, and the run's schedule (step -> lr) for the logs."""
+  args = schedule_args(optim_cfg, total_steps)
   chain = [optax.clip_by_global_norm(optim_cfg.grad_clip)] if optim_cfg.grad_clip > 0 else []
-  chain.append(optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps,
-                           weight_decay=optim_cfg.weight_decay))
-  return optax.chain(*chain), schedule
+  chain.append(optax.chain(  # optax.adamw's own chain: its state's structure
+      optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
+      optax.add_decayed_weights(optim_cfg.weight_decay),
+      scale_by_schedule_args(optim_cfg.schedule, args)))
+  return optax.chain(*chain), lambda count: LR_SCHEDULES[optim_cfg.schedule](args, count)

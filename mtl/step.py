@@ -28,9 +28,10 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from mtl import aggregators, degradations, gramians, losses
+from mtl import aggregators, degradations, gramians, losses, optim
 from mtl.tasks import task_id
 
 
@@ -52,9 +53,19 @@ def ema_update(ema_params, params, decay):
   return jax.tree_util.tree_map(lambda e, p: decay * e + (1 - decay) * p, ema_params, params)
 
 
-def degrade_batch(specs, task_ids, config, step, batch):
-  """Degraded inputs and clean targets per task, keyed by (seed, step, task_id(name))."""
-  key = jax.random.fold_in(jax.random.key(config.seed), step)
+def step_args(config):
+  """The values a study's runs differ in, as the step's traced argument `hyper` (the same
+  structure and dtypes for every run, so they share one compiled step): the seed and the
+  learning-rate schedule's numbers (mtl.optim.schedule_args). The seed as jax.random.key takes
+  a Python int without x64: its low 32 bits, unsigned."""
+  return {"seed": np.uint32(config.seed % 2**32),
+          "schedule": optim.schedule_args(config.optim, config.total_steps)}
+
+
+def degrade_batch(specs, task_ids, config, step, batch, seed=None):
+  """Degraded inputs and clean targets per task, keyed by (seed, step, task_id(name)); seed:
+  traced (the step's hyper['seed']), or None for config.seed."""
+  key = jax.random.fold_in(jax.random.key(config.seed if seed is None else seed), step)
   inputs, targets = {}, {}
   for spec, tid in zip(specs, task_ids):
     inputs[spec.name], targets[spec.name] = degradations.degrade(
@@ -160,16 +171,18 @@ def keep_absent_tasks(absent, old_params, params, old_opt_state, opt_state):
           jax.tree_util.tree_map_with_path(keep, old_opt_state, opt_state))
 
 
-def _step(state, batch, model, config, optimizer, names, plan, split):
-  """The shared step. split: each half of each task's sub-batch gets its own (identical)
+def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
+  """The shared step; hyper: step_args (None: the config's, as constants). split: each half of each task's sub-batch gets its own (identical)
   reference to the body, so the gradient with respect to those 2T references is the list of
   per-half body gradients, and the step also returns their per-leaf Gramians (L, 2T, 2T).
   An aggregator (plan.aggregate: config.mtl) takes the split path on every step."""
   mtl_cfg = config.get("mtl")
+  hyper = step_args(config) if hyper is None else hyper
   aggregate = plan.aggregate
   split = split or aggregate  # an aggregator needs the per-task body gradients on every step
   specs = [model.specs[model.task_names.index(n)] for n in names]
-  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
+  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch,
+                                  hyper["seed"])
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
   batched = model.cfg.batched_body()
@@ -179,7 +192,7 @@ def _step(state, batch, model, config, optimizer, names, plan, split):
   else:
     bodies = [body] * (2 * len(names)) if split else body
   mtl_state = state.mtl_state if state.mtl_state is not None else {}
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), state.step),
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(hyper["seed"]), state.step),
                            _MTL_STREAM)
   key_loss, key_agg = jax.random.split(key)
 
@@ -210,7 +223,9 @@ def _step(state, batch, model, config, optimizer, names, plan, split):
     else:
       g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
   grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
-  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  # mtl.optim's schedule reads its numbers from schedule_args; other optimizers ignore them
+  updates, opt_state = optax.with_extra_args_support(optimizer).update(
+      grads, state.opt_state, state.params, schedule_args=hyper["schedule"])
   params = optax.apply_updates(state.params, updates)
   absent = tuple(n for n in model.task_names if n not in names)
   params, opt_state = keep_absent_tasks(absent, state.params, params, state.opt_state, opt_state)
@@ -237,26 +252,31 @@ def _step(state, batch, model, config, optimizer, names, plan, split):
   return state, metrics, grams
 
 
-def train_step(state, batch, model, config, optimizer, names, plan):
-  """One optimizer step on the tasks `names`: (state, batch) -> (state, metrics)."""
-  state, metrics, _ = _step(state, batch, model, config, optimizer, names, plan, split=False)
+def train_step(state, batch, hyper=None, *, model, config, optimizer, names, plan):
+  """One optimizer step on the tasks `names`: (state, batch[, hyper]) -> (state, metrics);
+  hyper: step_args(config), traced (None: the same values as constants)."""
+  state, metrics, _ = _step(state, batch, hyper, model, config, optimizer, names, plan,
+                            split=False)
   return state, metrics
 
 
-def probe_step(state, batch, model, config, optimizer, names, plan):
+def probe_step(state, batch, hyper=None, *, model, config, optimizer, names, plan):
   """train_step that also returns the per-leaf Gramians (L, 2T, 2T) of the per-half body
   gradients (order [t0a, t0b, t1a, ...]; mtl.conflicts.task_gramian gives the per-task
   (L, T, T)), taken from the step's own backward pass (the update is unchanged). Each task's
   sub-batch must be even."""
-  return _step(state, batch, model, config, optimizer, names, plan, split=True)
+  return _step(state, batch, hyper, model, config, optimizer, names, plan, split=True)
 
 
-def naive_probe_step(state, batch, model, config, optimizer, names, plan):
+def naive_probe_step(state, batch, hyper=None, *, model, config, optimizer, names, plan):
   """The reference the benchmark compares probe_step with: Gramians from `jax.jacrev` of the
   loss vector, i.e. T extra backward passes (per task, no halves: (L, T, T))."""
-  state_out, metrics = train_step(state, batch, model, config, optimizer, names, plan)
+  state_out, metrics = train_step(state, batch, hyper, model=model, config=config,
+                                  optimizer=optimizer, names=names, plan=plan)
   specs = [model.specs[model.task_names.index(n)] for n in names]
-  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch)
+  hyper = step_args(config) if hyper is None else hyper
+  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch,
+                                  hyper["seed"])
   jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
                                                  [body] * len(names), inputs, targets))
   return state_out, metrics, gramians.leaf_gramians(jacobian(state.params["body"]))
@@ -266,7 +286,8 @@ STEPS = {False: train_step, True: probe_step, "jacrev": naive_probe_step}
 
 
 def make_step(model, config, optimizer, names, plan, probe=False):
-  """The step over `names` with its static arguments bound, ready for jax.jit.
+  """The step over `names` with its static arguments bound, ready for jax.jit: (state, batch,
+  hyper=None); pass hyper=step_args(config) so runs that differ only in those values share it.
 
   plan: the run's ProbePlan (mtl.run_config.probe_plan). probe=False: train_step; True:
   probe_step; 'jacrev': naive_probe_step.

@@ -20,7 +20,7 @@ from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
 from mtl.run_config import normalize
 from mtl.run_state import finetune_params, prepare
-from mtl.step import make_step
+from mtl.step import make_step, step_args
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on SIGTERM or Ctrl-C after a checkpoint; run again
 
@@ -147,6 +147,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
       state = run.init_state()
     start = int(state.step)
     names = run.model.task_names
+    hyper = step_args(config)  # traced: runs differing only in these values share the steps
     layer_names, order = ipt.body_layer_order(state.params["body"])
     affinity_every, affinity_fn, affinity_buffer = _affinity_setup(run, config, workdir, start,
                                                                    is_writer)
@@ -187,15 +188,16 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
           task_names = tuple(n for n in names if n in batch)
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
             affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
-                                                      config.mtl.get("affinity_lr", 0.0))))
+                                                      config.mtl.get("affinity_lr", 0.0),
+                                                      hyper["seed"])))
           probing = run.plan.probes(step)
           key = ("probe",) if probing else task_names
           t0 = time.monotonic()
           if probing:
-            state, metrics, grams = probe(state, batch)
+            state, metrics, grams = probe(state, batch, hyper)
             probe_buffer.append((step, grams[np.asarray(order)]))
           else:
-            state, metrics = plain_step(task_names)(state, batch)
+            state, metrics = plain_step(task_names)(state, batch, hyper)
           if key not in compiled:  # the first call traces and compiles (execution is async)
             compiled.add(key)
             seconds = time.monotonic() - t0
@@ -240,7 +242,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     final_step = int(state.step)
     if is_writer:
       _record_compute(workdir, run, config, state, probe if probe_every else plain_step(names),
-                      final_step, time.time() - started)
+                      hyper, final_step, time.time() - started)
     if preemption.requested and final_step < config.total_steps:
       writer.close()
       raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
@@ -301,7 +303,7 @@ def _all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
+def _record_compute(workdir, run, config, state, step_fn, hyper, final_step, seconds):
   """<workdir>/compute.json: steps, images seen, XLA-counted training FLOPs, wall time."""
   import json
   path = os.path.join(workdir, run_folder.COMPUTE_FILE)
@@ -311,7 +313,7 @@ def _record_compute(workdir, run, config, state, step_fn, final_step, seconds):
   abstract_batch = {s.name: jax.ShapeDtypeStruct(
       (config.data.batch_size,) + (s.hr_crop(config.model.patch_size),) * 2 + (3,), jnp.uint8,
       sharding=sharding.batch_sharding(run.mesh)) for s in specs}
-  cost = step_fn.lower(run.abstract_state, abstract_batch).cost_analysis() or {}
+  cost = step_fn.lower(run.abstract_state, abstract_batch, hyper).cost_analysis() or {}
   flops = float(cost.get("flops", float("nan")))
   files.write_json(path, {
       "steps": final_step, "images_seen": final_step * per_step_images,

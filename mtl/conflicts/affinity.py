@@ -29,12 +29,13 @@ FILE = "affinity.npz"
 AUTO_DECREASE = 0.01  # the automatic step: first-order decrease of the steepest task's loss
 
 
-def affinity(model, config, names, params, batch, step, lr):
-  """(T, T) Z[i, j] = Z_{i->j} at `step` (same degradations as that training step)."""
+def affinity(model, config, names, params, batch, step, lr, seed=None):
+  """(T, T) Z[i, j] = Z_{i->j} at `step` (same degradations as that training step; seed: the
+  step's traced hyper['seed'], None for config.seed)."""
   from mtl import step as step_lib  # the step's own degradations and per-task losses
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = step_lib.degrade_batch(specs, [task_id(n) for n in names], config, step,
-                                           batch)
+                                           batch, seed)
   body = params["body"]
   t = len(names)
 
@@ -57,9 +58,10 @@ def affinity(model, config, names, params, batch, step, lr):
 
 
 def make_affinity(model, config, names):
-  """affinity(params, batch, step, lr) with its static arguments bound, ready for jax.jit."""
-  def fn(params, batch, step, lr):
-    return affinity(model, config, tuple(names), params, batch, step, lr)
+  """affinity(params, batch, step, lr, seed=None) with its static arguments bound, ready for
+  jax.jit."""
+  def fn(params, batch, step, lr, seed=None):
+    return affinity(model, config, tuple(names), params, batch, step, lr, seed)
   return fn
 
 

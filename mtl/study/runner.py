@@ -157,9 +157,18 @@ def dry_run(study, train, only="", out=sys.stdout):
 class _Active:
   """A run in progress: its process, output pump, log, lock and device."""
 
-  def __init__(self, spec, head, proc, pump, log, lock, device, started):
+  def __init__(self, spec, head, proc, pump, log, lock, device, started, programs):
     self.spec, self.head, self.proc, self.pump = spec, head, proc, pump
     self.log, self.lock, self.device, self.started = log, lock, device, started
+    self.programs = programs  # (compiled, loaded) in its compute.json before this start
+
+
+def programs(study, name):
+  """(XLA programs compiled, loaded from the cache) by a run's attempts: its compute.json's
+  counts (launch/train.py adds each attempt's), (0, 0) before its first."""
+  path = study.path(name, run_folder.COMPUTE_FILE)
+  record = files.read_json(path) if os.path.exists(path) else {}
+  return record.get("programs_compiled", 0), record.get("programs_loaded", 0)
 
 
 class Runner:
@@ -181,6 +190,7 @@ class Runner:
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
     self.active = {}
+    self.programs = [0, 0]  # compiled, loaded by the runs this process ran
     self.signalled = None
     self.lock = threading.RLock()  # the signal handler may interrupt a say() in progress
 
@@ -250,7 +260,7 @@ class Runner:
     log.flush()
     child = children.Child(command, self._env(device), self._printer(prefix, log))
     self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
-                                     time.time())
+                                     time.time(), programs(self.study, spec.name))
 
   def _finish(self, run):
     """Reap a finished run: release its lock and device; its exit status."""
@@ -262,6 +272,8 @@ class Runner:
     if run.device is not None:
       self.free_devices.append(run.device)
     del self.active[run.spec.name]
+    after = programs(self.study, run.spec.name)
+    self.programs = [n + a - b for n, a, b in zip(self.programs, after, run.programs)]
     return code
 
   def _finished(self, spec):
@@ -354,6 +366,9 @@ class Runner:
       if not self.active and (self.signalled is not None or failed):
         break
       time.sleep(0.05)
+    if ran or failed or self.signalled is not None:
+      self.say(f"[study] compiled {self.programs[0]} programs, {self.programs[1]} loaded from "
+               "the cache (XLA, the runs started here)")
     if self.signalled is not None:
       if queue:
         self.say(f"[study] interrupted before {queue[0].name}; run the same command to resume")
