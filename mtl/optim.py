@@ -35,34 +35,38 @@ def schedule_args(optim_cfg, total_steps):
   return args
 
 
-def _warmup_then(args, count, decay):
+# The schedules as functions of (args, count, xp): xp=jax.numpy in the step, numpy for the
+# logged lr (no device round trip per log line).
+
+
+def _warmup_then(args, count, xp, decay):
   """optax.join_schedules([linear_schedule(0, lr, warmup), decay], [warmup]); warmup 0: decay."""
   lr, warmup = args["lr"], args["warmup"]
-  ramp = jnp.clip(count, 0, warmup)
-  linear = (0.0 - lr) * (1 - ramp / jnp.maximum(warmup, 1)) + lr
-  return jnp.where(count < warmup, linear, decay(count - warmup))
+  ramp = xp.clip(count, 0, warmup)
+  linear = (0.0 - lr) * (1 - ramp / xp.maximum(warmup, 1)) + lr
+  return xp.where(count < warmup, linear, decay(count - warmup))
 
 
-def _cosine(args, count):
+def _cosine(args, count, xp):
   """optax.cosine_decay_schedule(lr, decay, alpha)."""
-  count = jnp.minimum(count, args["decay"])
-  cosine = 0.5 * (1 + jnp.cos(jnp.pi * count / args["decay"]))
+  count = xp.minimum(count, args["decay"])
+  cosine = 0.5 * (1 + xp.cos(xp.pi * count / args["decay"]))
   return args["lr"] * ((1 - args["alpha"]) * cosine + args["alpha"])
 
 
-def _steps(args, count):
+def _steps(args, count, xp):
   """optax.piecewise_constant_schedule(lr, {bound: gamma}), bounds in increasing order."""
   value = args["lr"]
   for i in range(args["bounds"].shape[0]):
-    indicator = jnp.maximum(0.0, jnp.sign(args["bounds"][i] - count))
+    indicator = xp.maximum(0.0, xp.sign(args["bounds"][i] - count))
     value = value * indicator + (1 - indicator) * args["gamma"] * value
   return value
 
 
 LR_SCHEDULES = {
-    "constant": lambda a, c: _warmup_then(a, c, lambda c: a["lr"]),
-    "cosine": lambda a, c: _warmup_then(a, c, lambda c: _cosine(a, c)),
-    "step": lambda a, c: _warmup_then(a, c, lambda c: _steps(a, c)),
+    "constant": lambda a, c, xp=jnp: _warmup_then(a, c, xp, lambda c: a["lr"]),
+    "cosine": lambda a, c, xp=jnp: _warmup_then(a, c, xp, lambda c: _cosine(a, c, xp)),
+    "step": lambda a, c, xp=jnp: _warmup_then(a, c, xp, lambda c: _steps(a, c, xp)),
 }
 
 
@@ -93,4 +97,6 @@ def make_optimizer(optim_cfg, total_steps):
       optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
       optax.add_decayed_weights(optim_cfg.weight_decay),
       scale_by_schedule_args(optim_cfg.schedule, args)))
-  return optax.chain(*chain), lambda count: LR_SCHEDULES[optim_cfg.schedule](args, count)
+  # int64: the step schedule's padding milestone minus a step stays in range
+  return optax.chain(*chain), lambda count: float(
+      LR_SCHEDULES[optim_cfg.schedule](args, np.int64(count), np))

@@ -29,13 +29,7 @@ class Run:
   schedule: Any
   plan: Any               # run_config.ProbePlan: which steps split (probes, aggregators)
   state_shardings: Any
-
-  @property
-  def abstract_state(self):
-    abstract = jax.eval_shape(lambda: self._fresh_state(jax.random.key(0)))
-    return jax.tree_util.tree_map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
-        self.state_shardings)
+  abstract_state: Any = None  # the state's ShapeDtypeStructs with their shardings (build's)
 
   def _fresh_state(self, key):
     params = self.model.init(key)
@@ -61,9 +55,12 @@ def build(config):
   sharding.check_batch(mesh, config.data.batch_size)
   optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
   run = Run(config, model, mesh, optimizer, schedule, probe_plan(config), None)
-  abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))
+  abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))  # traces the init once
   run.state_shardings = jax.tree_util.tree_map(
       lambda x: sharding.leaf_sharding(mesh, x.shape), abstract)
+  run.abstract_state = jax.tree_util.tree_map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract,
+      run.state_shardings)
   return run
 
 

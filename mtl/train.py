@@ -382,19 +382,19 @@ def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, wri
 
 def _affinity_setup(run, config, workdir, start, is_writer):
   """config.mtl.affinity_every: (every, jitted TAG affinity, buffer); (0, None, []) when off."""
-  from mtl.conflicts import affinity
   every = config.get("mtl", {}).get("affinity_every", 0)
   if every <= 0 or len(config.tasks) < 2 or config.schedule != "all":
     return 0, None, []
+  from mtl.conflicts import affinity  # imports scipy (~1 s): only for runs that measure it
   if is_writer:
     affinity.truncate_after(workdir, start - 1)  # steps >= start will be measured again
   return every, jax.jit(affinity.make_affinity(run.model, config, run.model.task_names)), []
 
 
 def _flush_affinity(workdir, buffer, task_names, is_writer):
-  from mtl.conflicts import affinity
   if not buffer or not is_writer:
     return
+  from mtl.conflicts import affinity
   steps = np.array([s for s, _ in buffer], np.int64)
   affinity.append(workdir, steps, np.stack(jax.device_get([z for _, z in buffer])),
                   list(task_names))
