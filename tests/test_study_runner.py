@@ -25,6 +25,10 @@ def get_config(arg=""):
   study = _micro(arg)
   if arg == "swept":
     study.lrs_override.joint, study.seeds = (1e-3, 2e-4), (0, 1)  # a swept joint regime
+  elif arg == "values":  # runs that differ only in seed and lr
+    study.tasks, study.regimes, study.seeds, study.lrs = ("denoise_30",), ("scratch",), (0, 1), (
+        1e-3, 5e-4)
+    study.steps.scratch = 2
   return study
 '''
 
@@ -230,3 +234,27 @@ def test_max_parallel_beyond_the_devices_is_one_line(study_file, tmp_path):
   assert out.stderr.strip().splitlines() == [
       "error: --max_parallel=3 needs as many devices, one per run; there are 2 (4,5)"]
   assert not os.path.exists(tmp_path / "study")
+
+
+# ----------------------------------------------------------------------------- compiled programs
+
+
+def test_runs_differing_in_seed_and_lr_share_their_compiled_programs(study_file, tmp_path):
+  """The first run compiles every program (a fresh cache); the three others, with other seeds and
+  learning rates, load them all; the study prints the sum of the runs' counts."""
+  workdir, cache = str(tmp_path / "study"), str(tmp_path / "cache")
+  out = cli(f"--config={study_file}:values", f"--workdir={workdir}", f"--compile_cache={cache}",
+            timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+  names = [r.name for r in _load(study_file, "values", workdir).runs]
+  assert len(names) == 4
+  counts = [json.load(open(os.path.join(workdir, "runs", n, "compute.json"))) for n in names]
+  first, later = counts[0], counts[1:]
+  assert first["compiled_programs"]["jit(train_step)"] == 1
+  assert first["programs_compiled"] > 1  # init, step, evaluation, ...
+  for name, count in zip(names[1:], later):
+    assert count["programs_compiled"] == 0, (name, count["compiled_programs"])
+    assert count["programs_loaded"] >= first["programs_compiled"], name
+  loaded = sum(c["programs_loaded"] for c in counts)
+  assert (f"[study] compiled {first['programs_compiled']} programs, {loaded} loaded from the "
+          "cache (XLA, the runs started here)") in out.stdout.splitlines()
