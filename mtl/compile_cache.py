@@ -93,9 +93,10 @@ class Counter:
   def add_to(self, path):
     """Add the counts to the JSON file `path` (compute.json; written by the run) when it
     exists: programs_compiled, programs_loaded (totals over the run's attempts) and
-    compiled_programs ({function name: times compiled})."""
+    compiled_programs ({function name: times compiled}). Nothing built, nothing written (a
+    finished run started again only reads its files)."""
     from mtl import files
-    if not os.path.exists(path):
+    if not os.path.exists(path) or not (self.compiled or self.loaded):
       return
     record = files.read_json(path)
     names = collections.Counter(record.get("compiled_programs", {})) + self.compiled
