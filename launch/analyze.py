@@ -2,11 +2,12 @@
 
   python launch/analyze.py --workdir=/tmp/mtl/tiny [--step_range=START:END] [--window=N]
   python launch/analyze.py --checkpoint=/tmp/mtl/tiny --config=experiments/tiny.py \
-      [--num_batches=8] [--out=DIR]
+      [--num_batches=16] [--batch_size=N] [--out=DIR]
 
 Checkpoint mode: restores the parameters of the latest checkpoint under --checkpoint (a run's
 workdir or its checkpoints/ folder), measures the per-task gradient Gramians on --num_batches
-fresh batches (no training), writes them as a conflict store into --out (default
+fresh probe batches of --batch_size images per task (default: the config's conflicts.batch_size,
+else its data.batch_size; no training), writes them as a conflict store into --out (default
 <checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread and the
 summary over all batches (one phase: a saved model has no training phases); when too few batches
 leave the noise floor 'not measurable', it says how many to measure.
@@ -37,7 +38,9 @@ from ml_collections import config_flags
 flags.DEFINE_string("workdir", None, "Directory of the run (holds conflicts/store/).")
 flags.DEFINE_string("checkpoint", None, "Measure this saved model instead (needs --config).")
 config_flags.DEFINE_config_file("config", None, "Config of the checkpoint's model and data.")
-flags.DEFINE_integer("num_batches", 8, "Checkpoint mode: fresh batches to probe.", lower_bound=1)
+flags.DEFINE_integer("num_batches", 16, "Checkpoint mode: fresh batches to probe.", lower_bound=1)
+flags.DEFINE_integer("batch_size", 0, "Checkpoint mode: images per task of each probe batch (0: "
+                     "the config's conflicts.batch_size, else its data.batch_size).", lower_bound=0)
 flags.DEFINE_string("out", None, "Checkpoint mode: output folder.")
 flags.DEFINE_string("step_range", "", "Probe steps START:END to load, half-open; '' for all.")
 flags.DEFINE_integer("window", 0, "Average the summary and averaged figures over the last N "
@@ -88,28 +91,31 @@ def affinity_text(workdir):
 FEW_BATCHES = 32  # checkpoint mode: fewer fresh batches than this get a hint to measure more
 
 
-def measure(checkpoint, config, num_batches, out=None):
+def measure(checkpoint, config, num_batches, out=None, batch_size=0):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
   from mtl import conflicts
   from mtl import measure as conflicts_measure
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
-  steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(config, checkpoint, num_batches)
+  steps, grams, layers, tasks, ckpt_step, size = conflicts_measure.measure_conflicts(
+      config, checkpoint, num_batches, batch_size)
   run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
       checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
   out = out or os.path.join(run_dir, "analysis", f"step-{ckpt_step}")
   if os.path.isdir(os.path.join(out, "conflicts", "store")):
     raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
-  conflicts.append(out, steps, grams, layers, tasks)
+  conflicts.append(out, steps, grams, layers, tasks, {"size": size, "fresh": True})
   cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(grams.sum(1))))
-  lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh batches"]
+  lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh probe batches "
+           f"of {size} images per task"]
   for k, pair in enumerate(conflicts.pair_names(tasks)):
     lines.append(f"  {pair:<28} mean {np.mean(cos[:, k]):+.4f}  std {np.std(cos[:, k]):.4f}")
   # One model, no training phases; its probes are batches (numbered from measure's first_step,
   # past any training step), so the text names them by the checkpoint's step instead.
-  text = re.sub(rf"steps {int(steps[0])}-{int(steps[-1])} \({len(steps)}( probes)?\)",
-                f"checkpoint step {ckpt_step}, {len(steps)} fresh batches", analyze(out, phases=1))
+  text = re.sub(rf"steps {int(steps[0])}-{int(steps[-1])} \({len(steps)}( probes)?[^)]*\)",
+                f"checkpoint step {ckpt_step}, {len(steps)} fresh batches of {size}/task",
+                analyze(out, phases=1))
   if conflicts.NOT_MEASURABLE in text or num_batches < FEW_BATCHES:
     # Batch-means intervals rest on ~sqrt(n) batches of probes: a few batches leave them wide.
     text += (f"\n{num_batches} fresh batches are few for the noise floor: its intervals are wide, "
@@ -127,7 +133,7 @@ def main(argv):
     if f.checkpoint:
       if f.config is None:
         raise ValueError("--checkpoint needs --config=<the run's config file>")
-      print(measure(f.checkpoint, f.config, f.num_batches, f.out), flush=True)
+      print(measure(f.checkpoint, f.config, f.num_batches, f.out, f.batch_size), flush=True)
     elif f.workdir:
       print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)
     else:

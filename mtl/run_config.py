@@ -119,6 +119,11 @@ def validate(config):
     logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "
                     "no two task gradients are taken at the same parameters; use schedule='all' "
                     "to measure conflicts", config.conflicts.every)
+  probe_batch = config.conflicts.get("batch_size", 0)
+  if probe_batch < 0 or probe_batch % 2:
+    raise ValueError(f"conflicts.batch_size={probe_batch} must be an even number >= 0 (it is "
+                     "split into two equal halves, the noise floor; 0: probe on the training "
+                     "batch)")
   if probe_plan(config).splits and config.data.batch_size % 2:
     raise ValueError(f"data.batch_size={config.data.batch_size} is odd; conflict probes split "
                      "each task's sub-batch into two equal halves (the noise floor): use an even "
@@ -128,19 +133,36 @@ def validate(config):
 
 @dataclasses.dataclass(frozen=True)
 class ProbePlan:
-  """Which steps split each task's sub-batch into two equal halves, decided once from the config
-  (`probe_plan`) and given to the step and the loop: conflict probes every `probe_every` steps
-  (0: none), and every step when an aggregator needs the per-task body gradients (`aggregate`)."""
+  """Which steps probe conflicts and on which batch, decided once from the config (`probe_plan`)
+  and given to the pipeline, the step and the loop: conflict probes every `probe_every` steps
+  (0: none), on a probe batch of `batch_size` images per task of its own (0: the training
+  batch's two halves); and whether every step needs the per-task body gradients (`aggregate`)."""
   probe_every: int
   aggregate: bool
+  batch_size: int = 0
 
   @property
   def splits(self):
-    """Whether any step splits (each task's sub-batch size must then be even)."""
-    return bool(self.probe_every) or self.aggregate
+    """Whether any step splits the training batch into halves (each task's sub-batch size must
+    then be even)."""
+    return bool(self.probe_every and not self.batch_size) or self.aggregate
 
   def probes(self, step):
     return bool(self.probe_every and step % self.probe_every == 0)
+
+  def probe_size(self, step):
+    """Images per task of the probe batch the pipeline adds to `step`'s batch (0: none)."""
+    return self.batch_size if self.probes(step) else 0
+
+  def describe(self, training_batch):
+    """Which batch the conflict figures use, in words."""
+    if not self.probe_every:
+      return "no conflict probes"
+    if self.batch_size:
+      return (f"a probe batch of {self.batch_size} fresh images per task (not trained on), "
+              f"every {self.probe_every} steps")
+    return (f"the training batch ({training_batch} per task, in halves), every "
+            f"{self.probe_every} steps")
 
 
 def probe_plan(config):
@@ -149,4 +171,5 @@ def probe_plan(config):
   probes = (config.conflicts.every > 0 and config.regime != "scratch" and len(config.tasks) >= 2
             and config.schedule != "one")
   return ProbePlan(config.conflicts.every if probes else 0,
-                   aggregators.aggregating(config.get("mtl")))
+                   aggregators.aggregating(config.get("mtl")),
+                   config.conflicts.get("batch_size", 0) if probes else 0)

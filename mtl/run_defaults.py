@@ -99,7 +99,7 @@ def get_config(size="tiny"):
       tiling="centre",       # centre: each tile's centre kept | ipt: IPT's test | mean (evaluate.py)
       self_ensemble=False))  # also score the x8 flips/rotations ensemble (EDSR's "+")
 
-  c.conflicts = ml_collections.ConfigDict(dict(every=1, ema_beta=0.1))
+  c.conflicts = ml_collections.ConfigDict(dict(every=1, batch_size=0, ema_beta=0.1))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # Acting on conflicts (mtl/aggregators/): the body's update from the per-task gradients
   # (sum | mean | pcgrad | gradvac | cagrad | mgda | imtl_g | nash_mtl | aligned_mtl | upgrad;
@@ -195,6 +195,8 @@ FIELD_HELP = {
     "eval.tiling": "centre: each tile's centre kept | ipt: IPT's test procedure | mean",
     "eval.self_ensemble": "also score the x8 flips/rotations ensemble (EDSR's '+')",
     "conflicts.every": "steps between conflict probes (0: never)",
+    "conflicts.batch_size": "images per task of each probe's own fresh batch, not trained on "
+                            "(even; 0: the training batch's halves, free but as noisy as it)",
     "conflicts.ema_beta": "EMA weight of the cosine curves in the figures",
     "mesh.data": "data-parallel devices (-1: all)",
     "mesh.fsdp": "devices the parameters are sharded over (FSDP)",

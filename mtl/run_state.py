@@ -53,8 +53,11 @@ def build(config):
   model = ipt.IPT(model_cfg, specs)
   mesh = sharding.make_mesh(config.mesh)
   sharding.check_batch(mesh, config.data.batch_size)
+  plan = probe_plan(config)
+  if plan.batch_size:
+    sharding.check_batch(mesh, plan.batch_size, "conflicts.batch_size")
   optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
-  run = Run(config, model, mesh, optimizer, schedule, probe_plan(config), None)
+  run = Run(config, model, mesh, optimizer, schedule, plan, None)
   abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))  # traces the init once
   run.state_shardings = jax.tree_util.tree_map(
       lambda x: sharding.leaf_sharding(mesh, x.shape), abstract)
@@ -131,9 +134,8 @@ class Setup:
     counts = param_counts(run.model)
     mesh = " x ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
     devices = jax.devices()
-    probe_every = run.plan.probe_every
-    conflicts_part = (f"conflicts every {probe_every} steps" if probe_every
-                      else "conflicts off")
+    conflicts_part = (f"conflicts on {run.plan.describe(config.data.batch_size)}"
+                      if run.plan.probe_every else "conflicts off")
     remedy = aggregators.describe(config.get("mtl"))
     if remedy != aggregators.describe(None):  # a remedy's run must not look like a plain one
       conflicts_part += (f" | update {remedy['aggregator']}, loss weighting "

@@ -46,10 +46,10 @@ def leaf_sharding(mesh, shape, min_size=2 ** 16):
   return replicated(mesh)
 
 
-def check_batch(mesh, batch_size):
+def check_batch(mesh, batch_size, field="data.batch_size"):
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % shards:
-    raise ValueError(f"data.batch_size={batch_size} is not divisible by the {shards} batch "
+    raise ValueError(f"{field}={batch_size} is not divisible by the {shards} batch "
                      f"shards of the mesh; use a multiple of {shards}")
 
 

@@ -27,7 +27,7 @@ from scipy import stats as sps
 from mtl.gramians import corrected_cosine_pieces, pair_indices
 
 NO_DIFFERENCE = "no detectable difference"
-WINDOW_METHODS = ("batch_means", "block_bootstrap")
+WINDOW_METHODS = ("batch_means", "block_bootstrap", "independent")
 EXACT_MAX_N = 9             # 9! = 362880 permutations: exact; above, Monte Carlo
 SPEARMAN_MIN_N = 3          # below 3 pairs every permutation gives |rho| = 1: no test at all
 MC_PERMUTATIONS = 9999      # Monte Carlo permutation count; p resolution 1e-4
@@ -120,11 +120,14 @@ def verdict(interval, higher_is_better=True):
 # ----------------------------------------------------------------------------- over steps
 
 
-def _batches(n):
-  """(number of batches, batch size, first index used): ~sqrt(n) non-overlapping batches.
+def _batches(n, method="batch_means"):
+  """(number of batches, batch size, first index used): ~sqrt(n) non-overlapping batches; one
+  per value for method 'independent'.
 
   The remainder n - b m is dropped at the START so the window's latest steps are all used.
   """
+  if method == "independent":
+    return n, 1, 0
   b = int(math.isqrt(n))
   m = n // b
   return b, m, n - b * m
@@ -167,6 +170,10 @@ def window_mean_interval(x, level=0.95, method="batch_means", draws=BOOTSTRAP_DR
     simulations, where the moving-block bootstrap covered ~81-86%: hence the default.
   method='block_bootstrap': moving blocks of ceil(n^(1/3)) steps, `draws` resamples with
     RNG `seed`, percentile interval.
+  method='independent': every value its own batch (n - 1 df), for values measured on fresh
+    batches of their own (probe batches, conflicts.batch_size): their noise is independent
+    given the parameters, and the drift of the true value within the window only widens the
+    interval, so it covers at least the window's mean of this run's true values.
   n >= 4 defined values (2 batches); fewer: NaN interval with a note.
   """
   _check_level(level)
@@ -179,7 +186,7 @@ def window_mean_interval(x, level=0.95, method="batch_means", draws=BOOTSTRAP_DR
                          x.mean() if n else float("nan"))
   if method == "block_bootstrap":
     return _percentile(x.mean(), x[_block_indices(n, draws, seed)].mean(axis=1), level, n, method)
-  b, m, start = _batches(n)
+  b, m, start = _batches(n, method)
   y = x[start:].reshape(b, m).mean(axis=1)
   note = "" if start == 0 else f"SE from the latest {b * m} of {n} values (whole batches)"
   return _t_interval(x.mean(), y.std(ddof=1) / math.sqrt(b), b - 1, level, n, method, note)
@@ -197,6 +204,7 @@ def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_mean
       z_k = (num_k - num) / sqrt(a b) - R/2 ((a_k - a) / a + (b_k - b) / b),
     SE = sd(z) / sqrt(batches), t quantile with batches - 1 df.
   method='block_bootstrap': moving blocks of steps, the pooled ratio per resample, percentiles.
+  method='independent': as batch_means with every step its own batch (see window_mean_interval).
   """
   _check_level(level)
   _check_method(method)
@@ -229,7 +237,7 @@ def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_mean
     idx = _block_indices(n, draws, seed)
     reps = ratio(num[idx].sum(1), da[idx].sum(1), db[idx].sum(1))
     return _percentile(r, reps, level, n, method)
-  b, m, start = _batches(n)
+  b, m, start = _batches(n, method)
   yn, ya, yb = (v[start:].reshape(b, m).mean(axis=1) for v in (num, da, db))
   mn, ma, mb = yn.mean(), ya.mean(), yb.mean()
   rb = float(ratio(mn, ma, mb))  # linearisation point: the ratio of the batched steps
@@ -241,8 +249,7 @@ def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_mean
     z = (yn - mn) / math.sqrt(ma * mb) - rb / 2 * ((ya - ma) / ma + (yb - mb) / mb)
   note = "" if start == 0 else f"SE from the latest {b * m} of {n} steps (whole batches)"
   # The estimate is the whole window's pooled ratio, the value corrected_cosines reports.
-  return _t_interval(r, z.std(ddof=1) / math.sqrt(b), b - 1, level, n, "batch_means + delta",
-                     note)
+  return _t_interval(r, z.std(ddof=1) / math.sqrt(b), b - 1, level, n, f"{method} + delta", note)
 
 
 def corrected_cosine_intervals(G2, level=0.95, method="batch_means"):

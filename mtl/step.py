@@ -8,6 +8,10 @@ each task's sub-batch is split into two equal halves a and b (the noise floor of
 mtl.gramians) and each half is given its own (identical) reference to the body
 parameters, so the gradient with respect to those 2T references is the list of per-half
 gradients, in the order [t0a, t0b, t1a, t1b, ...]; their sum is the update's body gradient.
+With a probe batch of its own (config.conflicts.batch_size, `probe_gramians`), the probe step
+measures them instead on that fresh batch (the pipeline's 'probe:' entries, degradations in a
+stream of their own) at the parameters before the update, and the update is a plain step:
+the precision of the conflict figures and the training batch are chosen apart.
 
 config.model.body_calls (`ModelConfig.batched_body`): the step's several body calls (the plain
 step's T tasks, the probe's 2T halves) run as one batched computation (`IPT.body_batched`: the
@@ -32,6 +36,7 @@ import numpy as np
 import optax
 
 from mtl import aggregators, degradations, gramians, losses, optim
+from mtl.data.pipeline import split_probe
 from mtl.tasks import task_id
 
 
@@ -43,8 +48,9 @@ class TrainState:
   mtl_state: Any = None  # config.mtl's carried state (dict); None for runs without one
   ema_params: Any = None  # the parameters' EMA (config.optim.ema_decay > 0), else None
 
-# The random stream of config.mtl (PCGrad/GradVac orders, RLW draws), apart from task ids.
-_MTL_STREAM = 2**20
+# The random streams of config.mtl (PCGrad/GradVac orders, RLW draws) and of the probe batch's
+# degradations, apart from task ids and each other.
+_MTL_STREAM, _PROBE_STREAM = 2**20, 2**20 + 1
 
 
 def ema_update(ema_params, params, decay):
@@ -62,10 +68,13 @@ def step_args(config):
           "schedule": optim.schedule_args(config.optim, config.total_steps)}
 
 
-def degrade_batch(specs, task_ids, config, step, batch, seed=None):
-  """Degraded inputs and clean targets per task, keyed by (seed, step, task_id(name)); seed:
-  traced (the step's hyper['seed']), or None for config.seed."""
+def degrade_batch(specs, task_ids, config, step, batch, stream=None, seed=None):
+  """Degraded inputs and clean targets per task, keyed by (seed, step, task_id(name)); a
+  `stream` (an int) keys draws of their own (the probe batch's), apart from the training's.
+  seed: traced (the step's hyper['seed']), or None for config.seed."""
   key = jax.random.fold_in(jax.random.key(config.seed if seed is None else seed), step)
+  if stream is not None:
+    key = jax.random.fold_in(key, stream)
   inputs, targets = {}, {}
   for spec, tid in zip(specs, task_ids):
     inputs[spec.name], targets[spec.name] = degradations.degrade(
@@ -148,6 +157,35 @@ def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
   return jnp.stack(per_task)
 
 
+def _half_bodies(body, num_halves, batched):
+  """The 2T references to the body whose gradients are the per-half ones: stacked on a leading
+  axis (one batched body call) or a list (one call each)."""
+  if batched:
+    return jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (num_halves,) + p.shape), body)
+  return [body] * num_halves
+
+
+def _stacked(g_body):
+  return (jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body) if isinstance(g_body, list)
+          else g_body)
+
+
+def probe_gramians(params, batch, step, model, config, names, stream=_PROBE_STREAM, seed=None):
+  """Per-leaf Gramians (L, 2T, 2T) of the per-half body gradients of the tasks' (unweighted)
+  losses on `batch`, at `params`, without an update: the probe batch's measurement
+  (conflicts.batch_size). Its degradations are keyed by (seed, step, task) in a stream of their
+  own (`stream`; None: the training batch's keys, as probe_step's own Gramians); seed: as
+  degrade_batch's."""
+  specs = [model.specs[model.task_names.index(n)] for n in names]
+  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, step, batch, stream,
+                                  seed)
+  specific = {k: v for k, v in params.items() if k != "body"}
+  bodies = _half_bodies(params["body"], 2 * len(names), model.cfg.batched_body())
+  g_body = jax.grad(lambda b: half_task_losses(model, config.loss, names, specific, b, inputs,
+                                               targets).sum())(bodies)
+  return 4.0 * gramians.leaf_gramians(_stacked(g_body))  # x4: see _step
+
+
 TASK_SUBTREES = ("heads", "queries", "tails")
 
 
@@ -182,15 +220,11 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
   split = split or aggregate  # an aggregator needs the per-task body gradients on every step
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch,
-                                  hyper["seed"])
+                                  seed=hyper["seed"])
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
   batched = model.cfg.batched_body()
-  if split and batched:  # the 2T references, stacked: their gradient is the per-half one
-    bodies = jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (2 * len(names),) + p.shape),
-                                    body)
-  else:
-    bodies = [body] * (2 * len(names)) if split else body
+  bodies = _half_bodies(body, 2 * len(names), batched) if split else body
   mtl_state = state.mtl_state if state.mtl_state is not None else {}
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(hyper["seed"]), state.step),
                            _MTL_STREAM)
@@ -210,8 +244,7 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
       total_loss, argnums=(0, 1), has_aux=True)(specific, bodies)
   grams, agg_w = None, None
   if split:
-    if not batched:
-      g_body = jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body)  # (2T, ...) per leaf
+    g_body = _stacked(g_body)  # (2T, ...) per leaf
     # A half's reference carries half of its own loss's gradient (per-task loss = mean of the
     # halves): the Gramian of the halves' own gradients is 2^2 times that of the references.
     grams = 4.0 * gramians.leaf_gramians(g_body)
@@ -263,8 +296,18 @@ def train_step(state, batch, hyper=None, *, model, config, optimizer, names, pla
 def probe_step(state, batch, hyper=None, *, model, config, optimizer, names, plan):
   """train_step that also returns the per-leaf Gramians (L, 2T, 2T) of the per-half body
   gradients (order [t0a, t0b, t1a, ...]; mtl.conflicts.task_gramian gives the per-task
-  (L, T, T)), taken from the step's own backward pass (the update is unchanged). Each task's
-  sub-batch must be even."""
+  (L, T, T)). With plan.batch_size (conflicts.batch_size) they come from the probe batch (the
+  pipeline's probe entries, `split_probe`, `probe_gramians`) at the parameters before the update, which
+  is a plain step on the training batch; else from the step's own backward pass on the
+  training batch's halves (the update is unchanged). Each task's sub-batch must be even."""
+  if plan.batch_size:
+    hyper = step_args(config) if hyper is None else hyper
+    batch, probe = split_probe(batch)
+    grams = probe_gramians(state.params, probe, state.step, model, config, names,
+                           seed=hyper["seed"])
+    state, metrics, _ = _step(state, batch, hyper, model, config, optimizer, names, plan,
+                              split=False)
+    return state, metrics, grams
   return _step(state, batch, hyper, model, config, optimizer, names, plan, split=True)
 
 
@@ -276,7 +319,7 @@ def naive_probe_step(state, batch, hyper=None, *, model, config, optimizer, name
   specs = [model.specs[model.task_names.index(n)] for n in names]
   hyper = step_args(config) if hyper is None else hyper
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch,
-                                  hyper["seed"])
+                                  seed=hyper["seed"])
   jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
                                                  [body] * len(names), inputs, targets))
   return state_out, metrics, gramians.leaf_gramians(jacobian(state.params["body"]))

@@ -179,8 +179,11 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         images, run.model.specs, config.model.patch_size, config.data.batch_size, config.seed,
         start_step=start, num_steps=config.total_steps - start,
         process_index=jax.process_index(), process_count=jax.process_count(),
-        schedule=config.schedule, streaks=streaks, pairs=pairs), run.mesh)
+        schedule=config.schedule, streaks=streaks, pairs=pairs,
+        probe_size=run.plan.probe_size if run.plan.batch_size else None), run.mesh)
     probe_buffer, pending, compiled = [], [], set()
+    probe_batch = {"size": run.plan.batch_size or config.data.batch_size,
+                   "fresh": bool(run.plan.batch_size)}
     step, started = start, time.time()
     try:
       with _Preemption() as preemption:
@@ -224,7 +227,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
                                   f"{_kept(mngr.latest_step())}. Lower optim.lr or set "
                                   "optim.grad_clip")
             _check_space(mngr, state, done)
-            _flush_probes(workdir, probe_buffer, layer_names, names, is_writer, writer)
+            _flush_probes(workdir, probe_buffer, layer_names, names, is_writer, writer,
+                          probe_batch)
             probe_buffer = []
             _flush_affinity(workdir, affinity_buffer, names, is_writer)
             affinity_buffer = []
@@ -241,8 +245,10 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
       metrics_log.close()
     final_step = int(state.step)
     if is_writer:
-      _record_compute(workdir, run, config, state, probe if probe_every else plain_step(names),
-                      hyper, final_step, time.time() - started)
+      # The step of every step: the probe step when it is that step split in halves.
+      every_step = probe if probe_every and not run.plan.batch_size else plain_step(names)
+      _record_compute(workdir, run, config, state, every_step, hyper, final_step,
+                      time.time() - started)
     if preemption.requested and final_step < config.total_steps:
       writer.close()
       raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
@@ -367,15 +373,16 @@ def _finite_or_none(value):
   return float(value) if value is not None and np.isfinite(value) else None
 
 
-def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, writer):
-  """Append the buffered probes' half-split Gramians (S, L, 2T, 2T) to the store and log their
-  whole-body raw and corrected cosines and conflict fractions to TensorBoard (per checkpoint)."""
+def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, writer, probe_batch):
+  """Append the buffered probes' half-split Gramians (S, L, 2T, 2T) to the store (with the
+  probe batch they measured) and log their whole-body raw and corrected cosines and conflict
+  fractions to TensorBoard (per checkpoint)."""
   if not probe_buffer or not is_writer:
     return
   from mtl import draw
   steps = np.array([s for s, _ in probe_buffer], np.int64)
   grams = np.stack(jax.device_get([g for _, g in probe_buffer])).astype(np.float32)
-  conflicts.append(workdir, steps, grams, layer_names, list(task_names))
+  conflicts.append(workdir, steps, grams, layer_names, list(task_names), probe_batch)
   draw.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names),
                           writer)
 

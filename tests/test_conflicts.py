@@ -271,7 +271,7 @@ def test_summarize_numbers(tmp_path):
   record = conflicts.load(str(tmp_path))
   body_cos = np.array(body_cos)
   out = conflicts.summarize(record)
-  assert out["steps"] == {"first": 0, "last": 70, "count": 8}
+  assert out["steps"] == {"first": 0, "last": 70, "count": 8, "label": "steps 0-70 (8 probes)"}
   for k, pair in enumerate(record.pair_names):
     assert out["pair"][pair]["mean_cos"] == pytest.approx(body_cos[:, k].mean(), abs=1e-5)
     assert out["pair"][pair]["conflict_fraction"] == pytest.approx((body_cos[:, k] < 0).mean())
@@ -409,6 +409,41 @@ def test_version_2_store_round_trip_and_clear_errors(tmp_path):
     json.dump(meta, f)
   with pytest.raises(ValueError, match="format version 3; this code reads versions 1, 2"):
     conflicts.load(wd)
+
+
+def test_the_probe_batch_is_recorded_named_and_picks_the_interval_method(tmp_path):
+  import json
+  fresh, training, old = (str(tmp_path / n) for n in ("fresh", "training", "old"))
+  rng = np.random.default_rng(0)
+  means = [np.repeat(rng.normal(size=(len(TASKS), 20)), 2, axis=0) for _ in LAYERS]  # per half
+  grams = np.stack([np.stack([gram(m + 0.5 * rng.normal(size=m.shape)) for m in means])
+                    for _ in range(12)]).astype(np.float32)
+  conflicts.append(fresh, np.arange(12), grams, LAYERS, TASKS, {"size": 32, "fresh": True})
+  conflicts.append(training, np.arange(12), grams, LAYERS, TASKS, {"size": 4, "fresh": False})
+  conflicts.append(old, np.arange(12), grams, LAYERS, TASKS)
+  record = conflicts.load(fresh)
+  assert record.probe_batch == {"size": 32, "fresh": True}
+  assert record.window_label() == "steps 0-11 (12 probes, fresh batches of 32/task)"
+  assert conflicts.load(training).window_label().endswith("training batches of 4/task)")
+  assert conflicts.load(old).window_label() == "steps 0-11 (12 probes)"
+  # Fresh probe batches are independent given the parameters: one term per probe (n - 1 df);
+  # the rest keep batch means. The same pieces, so the same estimate.
+  iv_fresh = record.corrected_cosine_intervals()[0]
+  iv_old = conflicts.load(old).corrected_cosine_intervals()[0]
+  assert iv_fresh.method == "independent + delta" and iv_old.method == "batch_means + delta"
+  assert iv_fresh.estimate == iv_old.estimate
+  assert "fresh batches of 32/task" in conflicts.format_headline(conflicts.phase_verdicts(record))
+  summary = conflicts.format_summary(conflicts.summarize(record))
+  assert "whole body, steps 0-11 (12 probes, fresh batches of 32/task)" in summary
+  assert "independent probes (fresh probe batches" in summary
+  path = os.path.join(conflicts.store_dir(fresh), "meta.json")
+  with open(path) as f:
+    meta = json.load(f)
+  meta["probe_batch"] = {"size": "32", "fresh": True}
+  with open(path, "w") as f:
+    json.dump(meta, f)
+  with pytest.raises(ValueError, match="corrupt conflict store meta .*probe_batch"):
+    conflicts.load(fresh)
 
 
 def test_non_finite_probes_are_skipped_with_a_warning(tmp_path, caplog):

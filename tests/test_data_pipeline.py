@@ -70,6 +70,24 @@ def test_process_shards_union_is_the_global_batch(images):
     _batch(images, batch_size=6, process_index=0, process_count=4)
 
 
+def test_the_probe_batch_is_fresh_samples_of_the_same_step(images):
+  """probe_size: the samples batch_size, batch_size + 1, ... of the step, under 'probe:' keys;
+  the training entries unchanged, and process shards still concatenate to the global batch."""
+  plain = _batch(images, step=3, batch_size=4)
+  both = _batch(images, step=3, batch_size=4, probe_size=6)
+  longer = _batch(images, step=3, batch_size=10)
+  train, probe = pipeline.split_probe(both)
+  _assert_batches_equal(train, plain)
+  assert probe.keys() == plain.keys()
+  for name in TASKS:
+    np.testing.assert_array_equal(probe[name], longer[name][4:])  # never trained on
+  shards = [_batch(images, step=3, batch_size=4, probe_size=6, process_index=p, process_count=2)
+            for p in (0, 1)]
+  for name in TASKS:
+    np.testing.assert_array_equal(np.concatenate([s["probe:" + name] for s in shards]),
+                                  probe[name])
+
+
 def test_one_schedule_picks_one_task_deterministically(images):
   chosen = []
   for step in range(40):

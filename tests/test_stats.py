@@ -172,6 +172,32 @@ def test_pooled_ratio_interval_covers_true_cosine():
   assert boot.low < iv.estimate < boot.high
 
 
+def test_independent_probes_interval_is_the_t_interval_and_covers_the_window_mean():
+  """method='independent' (fresh probe batches): every probe its own term, n - 1 df. Under a
+  drifting true cosine with independent probe noise it covers the window's mean truth."""
+  x = np.random.default_rng(3).normal(size=20)
+  iv = stats.window_mean_interval(x, method="independent")
+  half = sps.t.ppf(0.975, 19) * x.std(ddof=1) / math.sqrt(20)
+  assert (iv.low, iv.high) == pytest.approx((x.mean() - half, x.mean() + half))
+  rng = np.random.default_rng(5)
+  d, steps, sigma2 = 200, 20, 0.04
+  truths = np.linspace(0.2, 0.6, steps)  # the true cosine drifts over the window
+  e = np.eye(2, d)
+  covered, widths = 0, []
+  for _ in range(SIMS):
+    mus = np.stack([np.stack([e[0], t * e[0] + math.sqrt(1 - t ** 2) * e[1]]) for t in truths])
+    halves = np.repeat(mus, 2, axis=1) + math.sqrt(sigma2) * rng.normal(size=(steps, 4, d))
+    cross, same = corrected_cosine_pieces(np.einsum("sid,sjd->sij", halves, halves))
+    iv = stats.pooled_ratio_interval(cross[:, 0, 1], same[:, 0], same[:, 1],
+                                     method="independent")
+    covered += iv.low <= truths.mean() <= iv.high
+    widths.append(iv.high - iv.low)
+  # ~95% or more (the drift only widens it); 0.90 SIMS is the binomial 1% bound at 95%.
+  assert covered >= 0.90 * SIMS, covered
+  batch = stats.pooled_ratio_interval(cross[:, 0, 1], same[:, 0], same[:, 1])
+  assert np.median(widths) < batch.high - batch.low  # 19 df, not 3: narrower at 20 probes
+
+
 def test_pooled_ratio_interval_not_measurable_and_single_denominator():
   iv = stats.pooled_ratio_interval([1.0, 2.0, 1.0, 0.5], [0.5, -1.0, 0.2, -0.1], [1, 1, 1, 1])
   assert math.isnan(iv.estimate) and "not measurable" in iv.note

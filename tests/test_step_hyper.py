@@ -91,7 +91,7 @@ def test_seeds_and_lrs_share_one_step_and_still_differ():
                                                   run.plan))(state, batch)
     specs = [run.model.specs[0]]
     degrade = jax.jit(lambda batch, seed: step_lib.degrade_batch(
-        specs, [task_id(TASK)], config, 0, batch, seed)[0][TASK])
+        specs, [task_id(TASK)], config, 0, batch, seed=seed)[0][TASK])
     inputs = {c.seed: np.asarray(degrade(batch, step_lib.step_args(c)["seed"]))
               for c in (config, other)}
     constant = np.asarray(step_lib.degrade_batch(specs, [task_id(TASK)], config, 0, batch)[0][TASK])

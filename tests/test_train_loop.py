@@ -38,6 +38,7 @@ def _config(**overrides):
   config.eval.max_side = 48
   config.eval.max_images = 1
   config.eval.tile_overlap = 0
+  config.conflicts.every, config.conflicts.batch_size = 1, 0  # every step, the training halves
   for key, value in overrides.items():
     config[key] = value
   return config
@@ -273,18 +274,39 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
 
 
+def test_a_probe_batch_of_its_own_is_measured_on_probe_steps_only(tmp_path):
+  """conflicts.batch_size: probes every `every` steps on fresh batches of that size, which the
+  store, the figures' titles and the run's answer name; the training batch stays its own."""
+  config = _config()
+  config.conflicts.every, config.conflicts.batch_size = 2, 4
+  workdir = str(tmp_path / "probe_batch")
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    train.train_and_evaluate(config, workdir)
+  record = conflicts.load(workdir)
+  assert record.steps.tolist() == [0, 2]
+  assert record.probe_batch == {"size": 4, "fresh": True}
+  assert record.interval_method == "independent"
+  assert "probe batch of 4 fresh images per task (not trained on), every 2 steps" in out.getvalue()
+  assert "fresh batches of 4/task" in record.window_label()
+  assert [m["steps"] for m in _read_metrics(workdir)] == [2, 2]  # every step trained once
+
+
 def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path):
   out = tmp_path / "analysis"
   result = subprocess.run(
       [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
        "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
-       "--config.data.batch_size=2", "--config.mesh.data=1", "--num_batches=3", f"--out={out}"],
+       "--config.data.batch_size=2", "--config.mesh.data=1", "--config.conflicts.batch_size=0",
+       "--num_batches=3", f"--out={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert "checkpoint step 4: whole-body cosine over 3 fresh batches" in result.stdout
+  # The probe batch: the config's conflicts.batch_size (0 here), else its training batch.
+  assert ("checkpoint step 4: whole-body cosine over 3 fresh probe batches of 2 images per task"
+          in result.stdout)
   # The probes are named by the checkpoint, not by the batch seeds (10000000 ...), and few
   # batches come with how many to measure.
-  assert "whole body, checkpoint step 4, 3 fresh batches" in result.stdout
+  assert "whole body, checkpoint step 4, 3 fresh batches of 2/task" in result.stdout
   assert "10000000" not in result.stdout
   assert "3 fresh batches are few for the noise floor" in result.stdout
   assert "--num_batches=32" in result.stdout

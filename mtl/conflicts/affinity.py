@@ -35,7 +35,7 @@ def affinity(model, config, names, params, batch, step, lr, seed=None):
   from mtl import step as step_lib  # the step's own degradations and per-task losses
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = step_lib.degrade_batch(specs, [task_id(n) for n in names], config, step,
-                                           batch, seed)
+                                           batch, seed=seed)
   body = params["body"]
   t = len(names)
 

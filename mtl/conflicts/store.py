@@ -1,13 +1,15 @@
 """The on-disk record of probe steps: <workdir>/conflicts/store/, and the Record it loads.
 
   meta.json                          {"format", "version": 2, "halves", "task_names",
-                                      "layer_names"}
+                                      "layer_names"[, "probe_batch": {"size", "fresh"}]}
   chunk-<first:09d>-<last:09d>.npz   steps (S,) int64 ascending, gramians (S, L, K, K) float32
 
 halves: true (what the trainer writes): K = 2T, the Gramians of the per-half gradients in the
 order [t0a, t0b, t1a, ...] (mtl.gramians, "noise floor"); false: K = T, per-task
 Gramians. task_names are always the T tasks. Version 1 stores (no "halves" key, K = T) still
-load, as records without halves: their noise-floor quantities are NaN and say so.
+load, as records without halves: their noise-floor quantities are NaN and say so. probe_batch
+(absent in older stores): the images per task each probe measured, and whether they were a
+fresh batch of their own (conflicts.batch_size) or the training batch; titles and texts say it.
 
 `load(workdir)` returns a Record: the stored steps, their per-leaf task Gramians in network
 order, the half Gramians where stored, and the derived statistics (mtl.gramians,
@@ -55,14 +57,15 @@ class Record:
   task_names: tuple
   half_gramians: np.ndarray = None
   name: str = ""
+  probe_batch: dict = None  # {"size": images per task, "fresh": bool}; None: not recorded
 
   @classmethod
-  def from_halves(cls, steps, half_gramians, layer_names, task_names, name=""):
+  def from_halves(cls, steps, half_gramians, layer_names, task_names, name="", probe_batch=None):
     """A Record of half-split Gramians (S, L, 2T, 2T); task Gramians derived."""
     half = np.asarray(half_gramians, np.float32)
     return cls(steps=np.asarray(steps, np.int64), gramians=task_gramian(half).astype(np.float32),
                layer_names=tuple(layer_names), task_names=tuple(task_names), half_gramians=half,
-               name=name)
+               name=name, probe_batch=probe_batch)
 
   @property
   def halves(self):
@@ -122,20 +125,30 @@ class Record:
       return rec._nan(by, len(self.task_names), len(self.task_names))[0]
     return corrected_cosines(rec.grouped_halves(by)[1], axis=0)
 
-  def corrected_cosine_intervals(self, window=None, level=0.95, method="batch_means"):
-    """[Interval] per pair (pair order) of the whole body's corrected cosine over the window."""
+  @property
+  def interval_method(self):
+    """How intervals over probes are taken (mtl.stats): probes on fresh batches of their own
+    are independent given the parameters ('independent'); the training batch's follow the
+    trajectory, so they are batched ('batch_means', autocorrelation-aware)."""
+    return "independent" if self.probe_batch and self.probe_batch["fresh"] else "batch_means"
+
+  def corrected_cosine_intervals(self, window=None, level=0.95, method=None):
+    """[Interval] per pair (pair order) of the whole body's corrected cosine over the window
+    (method None: the record's `interval_method`)."""
     from mtl import stats
     rec = self.last(window)
+    method = method or self.interval_method
     if not rec.halves:
       return [stats.Interval(float("nan"), float("nan"), float("nan"), level, rec.num_steps,
                              method=method, note=NO_HALVES)
               for _ in pair_indices(len(self.task_names))]
     return stats.corrected_cosine_intervals(rec.grouped_halves("body")[1][:, 0], level, method)
 
-  def cosine_intervals(self, window=None, level=0.95, method="batch_means"):
-    """[Interval] per pair: the window mean of the whole body's raw cosine (autocorrelation-
-    aware: batch means by default)."""
+  def cosine_intervals(self, window=None, level=0.95, method=None):
+    """[Interval] per pair: the window mean of the whole body's raw cosine (method None: the
+    record's `interval_method`)."""
     from mtl import stats
+    method = method or self.interval_method
     pcos = pair_values(self.last(window).cosines("body")[:, 0])
     return [stats.window_mean_interval(pcos[:, k], level, method) for k in range(pcos.shape[1])]
 
@@ -166,12 +179,20 @@ class Record:
                        f"{_describe_steps(self.steps)}")
     return self._take(keep)
 
+  def batch_label(self):
+    """'fresh batches of B/task' (or 'training batches ...'); '' where the store did not say."""
+    if not self.probe_batch:
+      return ""
+    kind = "fresh batches" if self.probe_batch["fresh"] else "training batches"
+    return f"{kind} of {self.probe_batch['size']}/task"
+
   def window_label(self):
-    """'steps a-b (n probes)' for titles."""
+    """'steps a-b (n probes[, fresh batches of B/task])' for titles and texts."""
     if self.num_steps == 0:
       return "no steps"
+    batch = f", {self.batch_label()}" if self.probe_batch else ""
     return (f"steps {int(self.steps[0])}-{int(self.steps[-1])} "
-            f"({self.num_steps} probe{'s' if self.num_steps != 1 else ''})")
+            f"({self.num_steps} probe{'s' if self.num_steps != 1 else ''}{batch})")
 
   def _take(self, index):
     return dataclasses.replace(
@@ -255,6 +276,11 @@ class Store:
       if not isinstance(meta.get(key), list) or not all(isinstance(n, str) for n in meta[key]):
         raise ValueError(f"corrupt conflict store meta {self.meta_path}: {key} is not a list "
                          "of strings")
+    batch = meta.get("probe_batch")
+    if batch is not None and not (isinstance(batch, dict) and type(batch.get("size")) is int
+                                  and batch["size"] > 0 and isinstance(batch.get("fresh"), bool)):
+      raise ValueError(f"corrupt conflict store meta {self.meta_path}: probe_batch {batch!r} is "
+                       'not {"size": <images per task>, "fresh": true|false}')
     return meta
 
   def chunks(self):
@@ -327,7 +353,7 @@ class Store:
     name = os.path.basename(os.path.abspath(self.workdir).rstrip(os.sep))
     if meta["halves"]:
       record = Record.from_halves(steps, grams[first], meta["layer_names"], meta["task_names"],
-                                  name)
+                                  name, meta.get("probe_batch"))
     else:
       record = Record(steps=steps, gramians=grams[first], layer_names=tuple(meta["layer_names"]),
                       task_names=tuple(meta["task_names"]), name=name)
@@ -341,8 +367,9 @@ class Store:
 
   # --- writing
 
-  def append(self, steps, gramians, layer_names, task_names):
+  def append(self, steps, gramians, layer_names, task_names, probe_batch=None):
     """Add probe steps as one new chunk; returns its path (None if `steps` is empty).
+    probe_batch: {"size", "fresh"} of the probes (recorded with the first append).
 
     steps (S,) strictly increasing ints >= 0 (or one int); gramians (S, L, K, K) (or
     (L, K, K) for one step) with K = 2T (half-split, the probe's; stored with halves: true)
@@ -387,6 +414,9 @@ class Store:
     else:
       meta = dict(format=FORMAT, version=VERSION, halves=bool(halves), task_names=task_names,
                   layer_names=layer_names)
+      if probe_batch:
+        meta["probe_batch"] = {"size": int(probe_batch["size"]),
+                               "fresh": bool(probe_batch["fresh"])}
       files.write_atomic(self.meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     chunks = self.chunks()
     if chunks and max(c[1] for c in chunks) >= steps[0]:
@@ -425,9 +455,9 @@ def _diff(stored, given):
   return f"(at index {i}: given {given[i]!r}, stored {stored[i]!r})"
 
 
-def append(workdir, steps, gramians, layer_names, task_names):
+def append(workdir, steps, gramians, layer_names, task_names, probe_batch=None):
   """Store.append on <workdir>/conflicts/store."""
-  return Store(workdir).append(steps, gramians, layer_names, task_names)
+  return Store(workdir).append(steps, gramians, layer_names, task_names, probe_batch)
 
 
 def truncate_after(workdir, step):

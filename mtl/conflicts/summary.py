@@ -14,7 +14,6 @@ from mtl.gramians import (cosines, nan_mean, norms, pair_indices, pair_names,
                                     pair_values, share_negative, update_cosines)
 
 LEVEL = 0.95
-INTERVAL_METHOD = "batch_means"
 CONFLICT = "conflict beyond noise"
 AGREEMENT = "agreement beyond noise"
 UNDETECTED = "no conflict detectable above the noise floor"
@@ -73,14 +72,15 @@ def headline_window(record, phases=PHASES):
   return 0 if len(parts) == 1 else parts[-1][1].num_steps
 
 
-def phase_verdicts(record, phases=PHASES, level=LEVEL, method=INTERVAL_METHOD):
+def phase_verdicts(record, phases=PHASES, level=LEVEL, method=None):
   """The corrected cosine and verdict of every pair in each training phase.
 
   Returns {'phases': [{'label', 'first', 'last', 'count', 'pair': {'a~b': {'corrected_cos':
   interval dict, 'verdict'}}}] in training order, 'headline': the label of the last phase,
   'disagree': {'a~b': [verdict per phase]} for the pairs whose measurable verdicts differ}.
   """
-  out = {"phases": [], "headline": None, "disagree": {}}
+  out = {"phases": [], "headline": None, "disagree": {}, "probes": record.window_label(),
+         "batch": record.batch_label()}
   names = pair_names(record.task_names)
   for label, rec in split_phases(record, phases):
     ivs = rec.corrected_cosine_intervals(None, level, method)
@@ -103,7 +103,8 @@ def format_phases(phased):
   count = len(phased["phases"])
   what = {1: "one phase (too few probes to split)", 2: "halves of the probe steps",
           3: "thirds of the probe steps"}.get(count, f"{count} equal parts of the probe steps")
-  lines = [f"verdict per training phase ({what}), corrected cos [95% interval]:"]
+  lines = [f"verdict per training phase ({what}), corrected cos [95% interval]; probes: "
+           f"{phased['probes']}"]
   width = max(len(ph["label"]) for ph in phased["phases"])
   steps = [f"steps {ph['first']}-{ph['last']} ({ph['count']})" for ph in phased["phases"]]
   swidth = max(len(x) for x in steps)
@@ -129,9 +130,10 @@ def format_headline(phased):
   """The headline verdicts in a few lines: per pair the corrected cosine [95% interval] and
   verdict of the headline phase, then the phase-disagreement WARNING lines."""
   ph = phased["phases"][-1]
-  where = (f"the {ph['label']} phase, steps {ph['first']}-{ph['last']} ({ph['count']} probes)"
-           if len(phased["phases"]) > 1 else
-           f"steps {ph['first']}-{ph['last']} ({ph['count']} probes)")
+  batch = f", {phased['batch']}" if phased.get("batch") else ""
+  where = f"steps {ph['first']}-{ph['last']} ({ph['count']} probes{batch})"
+  if len(phased["phases"]) > 1:
+    where = f"the {ph['label']} phase, {where}"
   lines = [f"task conflict: noise-corrected whole-body gradient cosine [95% interval], {where}:"]
   width = max(len(p) for p in ph["pair"])
   for p, e in ph["pair"].items():
@@ -152,7 +154,7 @@ def _n_eff(x):
   return stats.negative_share_n_eff(x) if np.sum(~np.isnan(x)) >= 4 else float("nan")
 
 
-def noise_floor(record, window=None, level=LEVEL, method=INTERVAL_METHOD):
+def noise_floor(record, window=None, level=LEVEL, method=None):
   """Per pair over the last `window` probe steps: raw cosine window mean, conflict fraction,
   corrected cosine (each with its interval), both tasks' same-task agreement, the verdict.
 
@@ -161,6 +163,7 @@ def noise_floor(record, window=None, level=LEVEL, method=INTERVAL_METHOD):
   'same_task_agreement': [a_i, a_j], 'verdict'}}}.
   """
   rec = record.last(window)
+  method = method or rec.interval_method
   names = list(rec.task_names)
   agree = nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)  # (T,) NaN without halves
   raw = rec.cosine_intervals(None, level, method)
@@ -215,7 +218,7 @@ def summarize(record, window=None, top_layers=5):
   floor = noise_floor(rec)
   out = {
       "steps": {"first": int(rec.steps[0]), "last": int(rec.steps[-1]),
-                "count": int(rec.num_steps)},
+                "count": int(rec.num_steps), "label": rec.window_label()},
       "task_names": names,
       "pairs": pnames,
       "mean_cos": nan_mean(cos, axis=0).tolist(),
@@ -246,7 +249,7 @@ def format_summary(summary):
   """A short text report of `summarize`'s dict."""
   names, s = summary["task_names"], summary["steps"]
   width = max([len(n) for n in names] + [7])
-  lines = [f"gradient conflict, whole body, steps {s['first']}-{s['last']} ({s['count']} probes)",
+  lines = [f"gradient conflict, whole body, {s['label']}",
            "mean cos(g_i, g_j):",
            " " * (width + 1) + " ".join(f"{n:>{width}}" for n in names)]
   for name, row in zip(names, summary["mean_cos"]):
@@ -289,8 +292,7 @@ def _fmt(iv, percent=False):
 def format_noise_floor(floor, steps):
   """Per pair: raw cos, same-task agreements, corrected cos, conflict fraction, verdict."""
   level = f"{100 * floor['level']:.0f}%"
-  lines = [f"noise floor per pair, whole body, steps {steps['first']}-{steps['last']} "
-           f"({steps['count']} probes), {level} intervals:"]
+  lines = [f"noise floor per pair, whole body, {steps['label']}, {level} intervals:"]
   if not floor["halves"]:
     lines.append(f"  same-task agreement and corrected cosine {floor['note']}")
   for p, e in floor["pair"].items():
@@ -304,11 +306,17 @@ def format_noise_floor(floor, steps):
               f"    corrected cos          {corrected}",
               f"    conflict fraction      {_fmt(e['conflict_fraction'], percent=True)}",
               f"    verdict: {e['verdict']}"]
+  if floor["interval_method"] == "independent":
+    how = ("independent probes (fresh probe batches: their noise is independent given the "
+           "parameters): every probe its own term of the standard error (t quantile, n - 1 df); "
+           "corrected cos: pooled over the window, + delta method")
+  else:
+    how = ("batch means (Flegal & Jones 2010): ~sqrt(n) non-overlapping batches of consecutive "
+           "probe steps give the standard error (t quantile), so autocorrelated steps are not "
+           "counted as independent; corrected cos: pooled over the window, batch means + delta "
+           "method")
   lines += textwrap.wrap(
-      f"intervals: {level}, {floor['interval_method'].replace('_', ' ')} (Flegal & Jones 2010): "
-      "~sqrt(n) non-overlapping batches of consecutive probe steps give the standard error "
-      "(t quantile), so autocorrelated steps are not counted as independent; corrected cos: "
-      "pooled over the window, batch means + delta method; conflict fraction: share of probes "
+      f"intervals: {level}, {how}; conflict fraction: share of probes "
       "with raw cos < 0, Wilson score interval at the batch-means effective n. same-task "
       "agreement: mean cos between a task's two half-batch gradients. verdict from the "
       "corrected interval: 'conflict beyond noise' only when it is entirely < 0.", width=96)

@@ -37,6 +37,15 @@ from mtl.data import folder as folder_lib
 
 TASK_SCHEDULES = ("all", "one")
 _SAMPLE_STREAM, _TASK_STREAM = 1, 2   # last seed word: keeps the two kinds of draws apart
+# The probe batch's entries (conflicts.batch_size): PROBE_PREFIX + the training entry's key.
+PROBE_PREFIX = "probe:"
+
+
+def split_probe(batch):
+  """(training batch, probe batch) of a step's batch: the PROBE_PREFIX entries, unprefixed."""
+  n = len(PROBE_PREFIX)
+  return ({k: v for k, v in batch.items() if not k.startswith(PROBE_PREFIX)},
+          {k[n:]: v for k, v in batch.items() if k.startswith(PROBE_PREFIX)})
 
 
 def task_for_step(seed, step, num_tasks):
@@ -180,17 +189,21 @@ def _check(images, specs, schedule, seed, streaks):
 
 
 def batch_for_step(images, specs, patch_size, batch_size, seed, step, process_index=0,
-                   process_count=1, schedule="all", streaks=None, pairs=None):
+                   process_count=1, schedule="all", streaks=None, pairs=None, probe_size=0,
+                   first_sample=0):
   """This process's part of the global batch of `step`: {task name: uint8 (B_local, h, w, 3)}.
 
   `specs`: TaskSpecs (or task names) in config order. schedule 'all' gives every task; 'one'
   only task `task_for_step(seed, step, len(specs))`. With real `streaks` (uint8 (H, W) layers),
   derain tasks also get '<task>:streaks', uint8 (B_local, h, w) crops of them. Tasks in `pairs`
   ({task name: PairedImages}) get clean crops of their pairs and '<task>:input', the degraded ones.
+  probe_size > 0 adds the probe batch (conflicts.batch_size): the global samples batch_size,
+  batch_size + 1, ... of the same step (fresh crops, never trained on), under the same keys
+  prefixed by `PROBE_PREFIX`. Samples are numbered from `first_sample`.
   """
   specs = _as_specs(specs)
   _check(images, specs, schedule, seed, streaks)
-  indices = local_samples(batch_size, process_index, process_count)
+  indices = [first_sample + i for i in local_samples(batch_size, process_index, process_count)]
   if schedule == "one":
     specs = (specs[task_for_step(seed, step, len(specs))],)
   batch = {}
@@ -206,6 +219,11 @@ def batch_for_step(images, specs, patch_size, batch_size, seed, step, process_in
     batch[spec.name] = np.stack([crop for crop, _ in samples])
     if task_streaks is not None:
       batch[f"{spec.name}:streaks"] = np.stack([streak for _, streak in samples])
+  if probe_size:
+    probe = batch_for_step(images, specs, patch_size, probe_size, seed, step, process_index,
+                           process_count, schedule, streaks, pairs,
+                           first_sample=first_sample + batch_size)
+    batch.update({PROBE_PREFIX + k: v for k, v in probe.items()})
   return batch
 
 
@@ -230,20 +248,22 @@ def default_threads():
 
 def train_batches(images, specs, patch_size, batch_size, seed, start_step=0, num_steps=None,
                   process_index=0, process_count=1, schedule="all", streaks=None,
-                  num_threads=None, prefetch=None, pairs=None):
+                  num_threads=None, prefetch=None, pairs=None, probe_size=None):
   """Iterator of (step, batch) for steps start_step, start_step + 1, ... (num_steps of them, or
   forever), each batch as `batch_for_step` makes it.
 
   Steps are built ahead by `num_threads` background threads (default: cores, at most 8) into a
   buffer of `prefetch` steps (default 2 x threads), in order; num_threads=0 builds them in the
-  calling thread. Bad arguments raise here, not in a worker.
+  calling thread. Bad arguments raise here, not in a worker. `probe_size(step)`: the probe
+  batch's images per task at `step` (the run's ProbePlan.probe_size; None: no probe batches).
   """
   specs = _as_specs(specs)
   _check(images, specs, schedule, seed, streaks)
   local_samples(batch_size, process_index, process_count)
-  make = functools.partial(batch_for_step, images, specs, patch_size, batch_size, seed,
-                           process_index=process_index, process_count=process_count,
-                           schedule=schedule, streaks=streaks, pairs=pairs)
+  build = functools.partial(batch_for_step, images, specs, patch_size, batch_size, seed,
+                            process_index=process_index, process_count=process_count,
+                            schedule=schedule, streaks=streaks, pairs=pairs)
+  make = lambda step: build(step=step, probe_size=probe_size(step) if probe_size else 0)
   stop = sys.maxsize if num_steps is None else start_step + num_steps
   num_threads = default_threads() if num_threads is None else num_threads
   if num_threads == 0:

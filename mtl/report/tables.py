@@ -179,6 +179,11 @@ def main_table(study):
                           f"({label} {p:.2f} dB; best: {col} {top:.2f} dB). The runs are too "
                           "short or the lr grid misses: these Δs compare models that do not "
                           "restore yet.")
+        elif p is not None and any(m <= p for m, _ in trained):
+          behind = ", ".join(f"{col} {m:.2f} dB" for m, col in sorted(trained) if m <= p)
+          warnings.append(f"WARNING: {task} on {s}: not every regime beats the input ({label} "
+                          f"{p:.2f} dB): {behind}. Δs involving them compare a model that does "
+                          "not restore yet.")
       rows.append(row)
     ref_psnr = ref["psnr_y"].get(task, {}) if _reference_applies(study, task) else {}
     if ref["label"] and ref_psnr and psnr_key == "psnr_y":
