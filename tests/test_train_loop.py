@@ -158,7 +158,8 @@ def _cli_args(workdir, **changes):
   session (conftest): XLA's CPU code for one device depends on how many exist, in the last bits."""
   fields = {"data.batch_size": 2, "mesh.data": 1, "total_steps": 4, "checkpoint_every": 2,
             "log_every": 2, "optim.schedule": "constant", "optim.warmup_steps": 0,
-            "eval.max_side": 48, "eval.max_images": 1, "eval.tile_overlap": 0}
+            "eval.max_side": 48, "eval.max_images": 1, "eval.tile_overlap": 0,
+            "conflicts.every": 1, "conflicts.batch_size": 0}
   fields.update(changes)
   return (["--config=experiments/tiny.py:tasks=denoise_30+sr_x2", f"--workdir={workdir}",
            "--num_cpu_devices=8"]
