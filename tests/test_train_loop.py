@@ -89,7 +89,7 @@ def test_the_run_ends_with_its_conflict_verdicts_and_where_to_read_more(straight
   with open(workdir + ".stdout") as f:
     lines = f.read().splitlines()
   start = lines.index("task conflict: noise-corrected whole-body gradient cosine [95% interval], "
-                      "steps 0-3 (4 probes):")
+                      "steps 0-3 (4 probes, training batches of 2/task):")
   assert any("Y-channel PSNR" in line for line in lines[:start])  # after the PSNR table
   # The table says what it covers: one photograph (eval.max_images=1), a 48 px centre crop.
   assert ("covers: photos 1 image (photographs' test split); centre-cropped to at most 48 px "
