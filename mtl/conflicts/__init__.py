@@ -1,8 +1,8 @@
 """Gradient conflict between tasks on the shared body.
 
   gramians.py  the math: per-leaf Gramians -> cosines, norms, conflict shares, groups, EMA
-  store.py     the on-disk record of probe steps (format 2: half-split Gramians) and the Record
-               it loads
+  record.py    the Record of a run's probe steps in memory, its statistics, step ranges
+  store.py     the on-disk record of probe steps (format 2: half-split Gramians)
   summary.py   numbers and text of a record for reports, with the noise floor and verdicts,
                per training phase
 
@@ -14,8 +14,8 @@ from mtl.gramians import (GROUPINGS, HALVES, conflict_fraction,
                                     nan_mean, norm_ratios, norms, pair_indices, pair_names,
                                     pair_values, same_task_agreement, share_negative,
                                     task_gramian, update_cosines)
-from mtl.conflicts.store import (NO_HALVES, Record, Store, append, format_range, load,
-                                 parse_step_range, store_dir, truncate_after)
+from mtl.conflicts.record import NO_HALVES, Record, format_range, parse_step_range
+from mtl.conflicts.store import Store, append, load, store_dir, truncate_after
 from mtl.conflicts.summary import (AGREEMENT, CONFLICT, NOT_MEASURABLE, PHASES, UNDETECTED,
                                    format_headline, format_noise_floor, format_phases,
                                    format_summary, headline_window, noise_floor, pair_verdict,
