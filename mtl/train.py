@@ -180,7 +180,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         start_step=start, num_steps=config.total_steps - start,
         process_index=jax.process_index(), process_count=jax.process_count(),
         schedule=config.schedule, streaks=streaks, pairs=pairs,
-        probe_size=run.plan.probe_size if run.plan.batch_size else None), run.mesh)
+        probe_size=run.plan.probe_size), run.mesh)
     probe_buffer, pending, compiled = [], [], set()
     probe_batch = {"size": run.plan.batch_size or config.data.batch_size,
                    "fresh": bool(run.plan.batch_size)}
