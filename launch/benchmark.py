@@ -75,6 +75,8 @@ flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
                   "Where the PyTorch peer runs (auto: cuda when this run's devices are GPUs).")
 flags.DEFINE_list("torch_precisions", ["fp32"], "The PyTorch peer's precisions, each stepped after "
                   "ours: fp32, bf16 (torch.autocast).")
+flags.DEFINE_enum("body_calls", "auto", ["auto", "batched", "scanned", "looped"],
+                  "config.model.body_calls: how a step runs its several body calls.")
 flags.DEFINE_integer("startup_steps", 2, "Steps of the start-up section's training runs.")
 FLAGS = flags.FLAGS
 
@@ -116,6 +118,7 @@ def _config(size, tasks, devices=1, batch_size=None):
   config.data.batch_size = batch_size or _batch_sizes()[0]
   config.mesh.data = devices
   config.precision = FLAGS.precision
+  config.model.body_calls = FLAGS.body_calls
   return config
 
 
@@ -625,6 +628,7 @@ def section_compile(size):
   functions.append((f"eval tile function ({tile} tiles, sr_x4)",
                     jax.jit(run.model.apply, static_argnums=1), (params, "sr_x4", images)))
   print(f"  {'function':<44} {'trace s':>8} {'compile s':>9}")
+  mode = "" if FLAGS.body_calls == "auto" else f", body calls {FLAGS.body_calls}"
   one_task = []
   with jax.set_mesh(run.mesh):
     for label, jitted, args in functions:
@@ -637,7 +641,7 @@ def section_compile(size):
       if label.startswith("one-task"):
         one_task.append(traced + compiled)
       else:
-        _summary_row((f"compile s: {label.split(' (')[0]}", size, batch_size, config.precision,
+        _summary_row((f"compile s: {label.split(' (')[0]}{mode}", size, batch_size, config.precision,
                         traced + compiled, "", "", float("nan"), float("nan")))
   _summary_row(("compile s: one-task step (max of the tasks)", size, batch_size,
                   config.precision, max(one_task), "", "", float("nan"), float("nan")))

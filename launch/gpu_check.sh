@@ -91,6 +91,9 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -q -p no:ca
 part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
 part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$OUT/tiny" \
     --compile_cache="$CACHE"
+# Last: the fastest-compiling mode (model.body_calls=scanned), where budget is left.
+part compile_scanned 60 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST" \
+    --body_calls=scanned
 
 {
   echo
@@ -109,7 +112,7 @@ part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir
   # launch/benchmark.py prints each row as it finishes (ROW | ... |): a part cut short keeps them.
   echo "| what | size | batch | precision | ms/step, s or crops/s | images/s | MFU | MFU (XLA) | peak GiB | PyTorch ms (faster) |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
-  for name in sweep torch_peer probe compile startup pipeline; do
+  for name in sweep torch_peer probe compile compile_scanned startup pipeline; do
     [ -f "$OUT/$name.log" ] && grep -E "^ROW \| " "$OUT/$name.log" | cut -c5-
   done
   echo

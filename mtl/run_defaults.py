@@ -131,8 +131,8 @@ FIELD_HELP = {
     "model.mlp_ratio": "MLP width / token dim (IPT: 4)",
     "model.init": "torch: as the official IPT code initialises | flax: nnx defaults",
     "model.remat": "none | layer: recompute each body layer in the backward pass (less memory)",
-    "model.body_calls": "auto (batched on GPU/TPU, looped on CPU) | batched | looped: the "
-                        "step's per-task body calls",
+    "model.body_calls": "auto (batched on GPU/TPU, looped on CPU) | batched | scanned "
+                        "(compiles fastest) | looped: the step's per-task body calls",
     "data.source": "photos (embedded) | folder | tfds",
     "data.folder": "source=folder: clean images, searched recursively",
     "data.tfds_name": "source=tfds: a prepared TFDS dataset with an image feature",

@@ -13,12 +13,13 @@ measures them instead on that fresh batch (the pipeline's 'probe:' entries, degr
 stream of their own) at the parameters before the update, and the update is a plain step:
 the precision of the conflict figures and the training batch are chosen apart.
 
-config.model.body_calls (`ModelConfig.batched_body`): the step's several body calls (the plain
-step's T tasks, the probe's 2T halves) run as one batched computation (`IPT.body_batched`: the
-probe's 2T references are broadcast copies of the body, a `jax.vmap` over them gives 2T batched
-matmuls) on GPUs and TPUs, and one call each on CPUs, where XLA's batched matmuls run slower
-than the loop's plain ones. Both give the same losses, gradients and Gramians
-(tests/test_step_batched.py).
+config.model.body_calls (`ModelConfig.body_mode`): the step's several body calls (the plain
+step's T tasks, the probe's 2T halves) run as one batched computation on GPUs and TPUs
+(`IPT.body_batched`: the probe's 2T references are broadcast copies of the body, a `jax.vmap`
+over them gives 2T batched matmuls) and one call each on CPUs, where XLA's batched matmuls run
+slower than plain ones; 'scanned' runs one body in the program 2T times (`jax.lax.map`: half
+the compile time at paper size, slower steps). All modes give the same losses, gradients and
+Gramians (tests/test_step_batched.py).
 
 config.mtl (mtl.aggregators): an aggregator other than 'sum' makes every step take the per-task
 body gradients and replaces their sum by the aggregator's output (`aggregators.aggregate_tree`);
@@ -91,12 +92,12 @@ def _task_loss(loss_cfg, out, target, tokens):
   return loss
 
 
-def task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
+def task_losses(model, loss_cfg, names, params, bodies, inputs, targets, scan=False):
   """(T,) per-task losses, each task's forward pass the model's apply (head -> body -> tail).
 
   bodies: a list, task t's forward pass on body parameters `bodies[t]` (T body calls); or one
-  body tree for every task, run as one batched body call over the tasks' stacked inputs
-  (`IPT.body_batched`: a concatenation along the batch, exact since the body works per image).
+  body tree for every task, run over the tasks' stacked inputs by `IPT.body_batched` (scan:
+  jax.lax.map; else a concatenation along the batch, exact since the body works per image).
   """
   if isinstance(bodies, list):
     per_task = []
@@ -106,7 +107,7 @@ def task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
     return jnp.stack(per_task)
   feats = [model.head(params["heads"][n], inputs[n]) for n in names]
   res, tokens = model.body_batched(bodies, jnp.stack(feats),
-                                   jnp.stack([params["queries"][n] for n in names]))
+                                   jnp.stack([params["queries"][n] for n in names]), scan=scan)
   per_task = []
   for t, name in enumerate(names):
     spec = model.specs[model.task_names.index(name)]
@@ -115,11 +116,11 @@ def task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
   return jnp.stack(per_task)
 
 
-def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
+def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets, scan=False):
   """(T,) per-task losses, each the mean of its two halves' L1 losses; half h of task t (the
   rows h, h + 2, ... of its sub-batch) runs through the body on its own body parameters, number
   2 t + h of `bodies`: a list of 2T trees (2T body calls), or one tree whose every leaf stacks
-  the 2T on a leading axis (one batched body call, `IPT.body_batched`: 2T batched matmuls).
+  the 2T on a leading axis (`IPT.body_batched`: 2T batched matmuls, or scan: jax.lax.map).
 
   The model's apply (head -> body -> tail), with only the body run per half: head and tail
   work per image, so they run once on the whole sub-batch (fewer, larger kernels; the probe
@@ -141,7 +142,8 @@ def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
   if isinstance(bodies, list):
     outputs = [model.body(b, f, q) for b, f, q in zip(bodies, halves, queries)]
   else:
-    res, tokens = model.body_batched(bodies, jnp.stack(halves), jnp.stack(queries), stacked=True)
+    res, tokens = model.body_batched(bodies, jnp.stack(halves), jnp.stack(queries), stacked=True,
+                                     scan=scan)
     outputs = [(res[r], tokens[r]) for r in range(len(halves))]
   per_task = []
   for t, name in enumerate(names):
@@ -157,10 +159,10 @@ def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets):
   return jnp.stack(per_task)
 
 
-def _half_bodies(body, num_halves, batched):
-  """The 2T references to the body whose gradients are the per-half ones: stacked on a leading
-  axis (one batched body call) or a list (one call each)."""
-  if batched:
+def _half_bodies(body, num_halves, mode):
+  """The 2T references to the body whose gradients are the per-half ones: a list (mode
+  'looped': one call each) or stacked on a leading axis ('batched', 'scanned')."""
+  if mode != "looped":
     return jax.tree_util.tree_map(lambda p: jnp.broadcast_to(p, (num_halves,) + p.shape), body)
   return [body] * num_halves
 
@@ -180,9 +182,10 @@ def probe_gramians(params, batch, step, model, config, names, stream=_PROBE_STRE
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, step, batch, stream,
                                   seed)
   specific = {k: v for k, v in params.items() if k != "body"}
-  bodies = _half_bodies(params["body"], 2 * len(names), model.cfg.batched_body())
+  mode = model.cfg.body_mode()
+  bodies = _half_bodies(params["body"], 2 * len(names), mode)
   g_body = jax.grad(lambda b: half_task_losses(model, config.loss, names, specific, b, inputs,
-                                               targets).sum())(bodies)
+                                               targets, mode == "scanned").sum())(bodies)
   return 4.0 * gramians.leaf_gramians(_stacked(g_body))  # x4: see _step
 
 
@@ -223,8 +226,9 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
                                   seed=hyper["seed"])
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
-  batched = model.cfg.batched_body()
-  bodies = _half_bodies(body, 2 * len(names), batched) if split else body
+  mode = model.cfg.body_mode()
+  scan, looped = mode == "scanned", mode == "looped"
+  bodies = _half_bodies(body, 2 * len(names), mode) if split else body
   mtl_state = state.mtl_state if state.mtl_state is not None else {}
   key = jax.random.fold_in(jax.random.fold_in(jax.random.key(hyper["seed"]), state.step),
                            _MTL_STREAM)
@@ -232,10 +236,11 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
 
   def total_loss(specific, bodies):
     if split:
-      per_task = half_task_losses(model, config.loss, names, specific, bodies, inputs, targets)
+      per_task = half_task_losses(model, config.loss, names, specific, bodies, inputs, targets,
+                                  scan)
     else:
       per_task = task_losses(model, config.loss, names, specific,
-                             bodies if batched else [bodies] * len(names), inputs, targets)
+                             [bodies] * len(names) if looped else bodies, inputs, targets, scan)
     total, weights = aggregators.combine_losses(
         mtl_cfg, specific.get("loss_weighting", {}), mtl_state, per_task, key_loss)
     return total, (per_task, weights)
@@ -265,8 +270,8 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
   if "loss_weighting" in mtl_state:  # DWA's history, FAMO's logits (FAMO: losses after the step)
     new_losses = per_task
     if mtl_cfg.loss_weighting == "famo":
-      new_losses = task_losses(model, config.loss, names, params, params["body"] if batched
-                               else [params["body"]] * len(names), inputs, targets)
+      new_losses = task_losses(model, config.loss, names, params, [params["body"]] * len(names)
+                               if looped else params["body"], inputs, targets, scan)
     mtl_state = aggregators.update_loss_state(mtl_cfg, mtl_state, per_task, new_losses)
   metrics = {f"loss/{n}": per_task[i] for i, n in enumerate(names)}
   metrics["loss/total"] = per_task.sum()

@@ -1,6 +1,8 @@
 """config.model.body_calls: the steps' batched body calls (one vmapped body over the tasks, or
-over the probe's 2T half-batches) give the losses, gradients and Gramians of one call each."""
+over the probe's 2T half-batches) and scanned ones (one body run K times by jax.lax.map) give the
+losses, gradients and Gramians of one call each."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +48,7 @@ def _keep_gradient():
 def _run(config, body_calls, probe):
   config.model.body_calls = body_calls
   run = run_state.build(config)
-  assert run.model.cfg.batched_body() == (body_calls == "batched")
+  assert run.model.cfg.body_mode() == body_calls
   keep = _keep_gradient()
   # A GPU runs float32 matmuls as TF32 by default (10-bit mantissa) and two programs may pick
   # different kernels; at 'highest' both paths compute float32 products on every backend.
@@ -59,6 +61,12 @@ def _run(config, body_calls, probe):
   return jax.device_get(out)
 
 
+@functools.cache
+def _looped(probe):
+  """The reference, computed once per module (each mode is compared with it)."""
+  return _run(_config(), "looped", probe)
+
+
 def _assert_trees_close(got, want):
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want),
                           jax.tree_util.tree_leaves(got)):
@@ -69,11 +77,11 @@ def _assert_trees_close(got, want):
                                err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.parametrize("mode", ["batched", "scanned"])
 @pytest.mark.parametrize("probe", [False, True], ids=["plain", "probe"])
-def test_batched_body_calls_give_the_looped_losses_gradients_and_gramians(probe):
-  config = _config()
-  looped = _run(config, "looped", probe)
-  batched = _run(config, "batched", probe)
+def test_batched_and_scanned_body_calls_give_the_looped_losses_gradients_and_gramians(probe, mode):
+  looped = _looped(probe)
+  batched = _run(_config(), mode, probe)
   for name in TASKS:
     assert float(batched[1][f"loss/{name}"]) == pytest.approx(float(looped[1][f"loss/{name}"]),
                                                               rel=LOSS_RTOL)
@@ -88,8 +96,8 @@ def test_batched_body_calls_give_the_looped_losses_gradients_and_gramians(probe)
 
 def test_auto_body_calls_batch_on_accelerators_and_loop_on_cpus():
   cfg = ipt.ModelConfig(**ipt.SIZES["tiny"])
-  assert cfg.batched_body("gpu") and cfg.batched_body("tpu") and not cfg.batched_body("cpu")
-  assert not dataclasses.replace(cfg, body_calls="looped").batched_body("gpu")
-  assert dataclasses.replace(cfg, body_calls="batched").batched_body("cpu")
+  assert [cfg.body_mode(b) for b in ("gpu", "tpu", "cpu")] == ["batched", "batched", "looped"]
+  for mode in ("batched", "scanned", "looped"):
+    assert dataclasses.replace(cfg, body_calls=mode).body_mode("gpu") == mode
   with pytest.raises(ValueError, match="model.body_calls='both'; valid: 'auto', 'batched'"):
     dataclasses.replace(cfg, body_calls="both").validate()

@@ -52,7 +52,7 @@ class ModelConfig:
   mlp_ratio: int = 4
   init: str = "torch"  # torch: as the official IPT code initialises; flax: nnx's defaults
   remat: str = "none"  # none | layer: recompute each scanned layer in the backward pass
-  body_calls: str = "auto"  # auto | batched | looped: how a step runs its several body calls
+  body_calls: str = "auto"  # auto | batched | scanned | looped: how a step runs its body calls
   compute_dtype: str = "float32"
 
   # How the model is run, not what it is: a fine-tune or an import may change them.
@@ -77,14 +77,16 @@ class ModelConfig:
     cfg.validate()
     return cfg
 
-  def batched_body(self, backend=None):
-    """Whether a step runs its several body calls (T tasks, or the probe's 2T half-batches) as one
-    batched computation. 'auto': on GPUs and TPUs, whose batched matmuls keep the chip busy where
-    T small ones do not; looped on CPUs, where XLA's batched matmuls run slower than the loop's
-    plain ones (README, Speed)."""
+  def body_mode(self, backend=None):
+    """How a step runs its several body calls (T tasks, or the probe's 2T half-batches):
+    'batched', one vmapped computation; 'looped', K copies of the body in the program;
+    'scanned', one copy run K times by jax.lax.map (compiles fastest, runs slower: the probe's
+    K references are materialised copies of the body). 'auto': batched on GPUs and TPUs, whose
+    batched matmuls keep the chip busy where K small ones do not; looped on CPUs, where it runs
+    fastest (README, Speed)."""
     if self.body_calls == "auto":
-      return (backend or jax.default_backend()) != "cpu"
-    return self.body_calls == "batched"
+      return "looped" if (backend or jax.default_backend()) == "cpu" else "batched"
+    return self.body_calls
 
   def validate(self):
     if self.patch_size % self.patch_dim:
@@ -113,7 +115,7 @@ class ModelConfig:
 # model/ipt.py) initialises it: PyTorch's defaults plus that file's one re-draw (encoder in_proj).
 INITS = ("torch", "flax")
 REMATS = ("none", "layer")
-BODY_CALLS = ("auto", "batched", "looped")
+BODY_CALLS = ("auto", "batched", "scanned", "looped")
 
 
 def _torch_uniform(fan_in):
@@ -370,13 +372,17 @@ class IPT:
   def body(self, body_params, feats, query_pos):
     return nnx.merge(self._body_def, body_params)(feats, query_pos)
 
-  def body_batched(self, body_params, feats, query_pos, stacked=False):
+  def body_batched(self, body_params, feats, query_pos, stacked=False, scan=False):
     """The body on K inputs in one computation: feats (K, B, P, P, C), query_pos (K, N, D) ->
-    (maps (K, B, P, P, C), tokens (K, B, N, D)). body_params: one tree for all K (a jax.vmap
-    with the parameters unbatched: the matmuls see the K batches as one, a concatenation along
-    the batch, exact since everything in the body works per image), or, stacked=True, one tree
-    per input stacked on a leading K axis (K batched matmuls; the gradient with respect to it is
-    each input's own)."""
+    (maps (K, B, P, P, C), tokens (K, B, N, D)). body_params: one tree for all K, or,
+    stacked=True, one tree per input stacked on a leading K axis (the gradient with respect to
+    it is each input's own). scan=False: a jax.vmap (unstacked parameters: the matmuls see the K
+    batches as one, a concatenation along the batch, exact since the body works per image;
+    stacked: K batched matmuls); scan=True: jax.lax.map, one body in the program run K times."""
+    if scan:
+      if stacked:
+        return jax.lax.map(lambda a: self.body(*a), (body_params, feats, query_pos))
+      return jax.lax.map(lambda a: self.body(body_params, *a), (feats, query_pos))
     return jax.vmap(self.body, in_axes=(0 if stacked else None, 0, 0))(body_params, feats,
                                                                        query_pos)
 
