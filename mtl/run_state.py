@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from mtl import aggregators, checkpoints, files, optim, run_defaults, run_folder, sharding, tasks
 from mtl.models import ipt
 from mtl.run_config import probe_plan, validate
-from mtl.step import TrainState
+from mtl.step import TrainState, step_args
 
 LOSS_UNITS = "loss: L1 on the [0, 255] scale, per task (total = their sum); /255 for BasicSR's [0, 1]"
 
@@ -30,9 +30,13 @@ class Run:
   plan: Any               # run_config.ProbePlan: which steps split (probes, aggregators)
   state_shardings: Any
   abstract_state: Any = None  # the state's ShapeDtypeStructs with their shardings (build's)
+  # _fresh_state as one object: build's eval_shape and init_state's jit share its trace (jax's
+  # trace cache holds the function weakly, and each `self._fresh_state` is a new bound method)
+  fresh_state: Any = None
 
-  def _fresh_state(self, key):
-    params = self.model.init(key)
+  def _fresh_state(self, seed):
+    """seed: uint32, as step_args gives it (traced: every run's init shares one program)."""
+    params = self.model.init(jax.random.key(seed))
     extra, mtl_state = aggregators.init_step_state(  # config.mtl's trained params, carried state
         self.config.get("mtl"), len(self.model.task_names),
         len(ipt.shared_layer_names(params["body"])))
@@ -44,8 +48,8 @@ class Run:
 
   def init_state(self):
     """Fresh state, created directly with its shardings (never whole on one device)."""
-    init = jax.jit(self._fresh_state, out_shardings=self.state_shardings)
-    return init(jax.random.key(self.config.seed))
+    init = jax.jit(self.fresh_state, out_shardings=self.state_shardings)
+    return init(step_args(self.config)["seed"])
 
 
 def build(config):
@@ -58,7 +62,9 @@ def build(config):
     sharding.check_batch(mesh, plan.batch_size, "conflicts.batch_size")
   optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
   run = Run(config, model, mesh, optimizer, schedule, plan, None)
-  abstract = jax.eval_shape(lambda: run._fresh_state(jax.random.key(0)))  # traces the init once
+  run.fresh_state = run._fresh_state
+  with jax.set_mesh(mesh):  # as init_state is called: the mesh is part of the trace's context
+    abstract = jax.jit(run.fresh_state).eval_shape(jax.ShapeDtypeStruct((), jnp.uint32))
   run.state_shardings = jax.tree_util.tree_map(
       lambda x: sharding.leaf_sharding(mesh, x.shape), abstract)
   run.abstract_state = jax.tree_util.tree_map(
@@ -100,9 +106,13 @@ def finetune_params(run, init_from):
   return state, f"fine-tuned from {init_from} ({kind}, step {step}): {kept}"
 
 
-def param_counts(model):
-  """{group: parameter count} for heads, body, queries, tails and 'total'."""
-  counts = {group: ipt.count_params(tree) for group, tree in model.abstract_params().items()}
+MODEL_GROUPS = ("heads", "body", "queries", "tails")
+
+
+def param_counts(run):
+  """{group: parameter count} of the model's heads, body, queries, tails and 'total'."""
+  params = run.abstract_state.params
+  counts = {group: ipt.count_params(params[group]) for group in MODEL_GROUPS}
   counts["total"] = sum(counts.values())
   return counts
 
@@ -131,7 +141,7 @@ class Setup:
 
   def banner(self):
     config, run = self.run.config, self.run
-    counts = param_counts(run.model)
+    counts = param_counts(run)
     mesh = " x ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
     devices = jax.devices()
     conflicts_part = (f"conflicts on {run.plan.describe(config.data.batch_size)}"
@@ -148,11 +158,11 @@ class Setup:
 
   def describe(self):
     """The dry run's text: resolved config, parameters per group, mesh, artifact paths."""
-    counts = param_counts(self.run.model)
+    counts = param_counts(self.run)
     lines = ["config:"] + [f"  {k} = {v!r}" for k, v in sorted(
         files.flatten(self.run.config.to_dict()).items())] + ["",
              "parameters: " + ", ".join(f"{g} {counts[g]:,}" for g in
-                                        ("heads", "body", "queries", "tails", "total")),
+                                        MODEL_GROUPS + ("total",)),
              "mesh: " + ", ".join(f"{k}={v}" for k, v in self.run.mesh.shape.items())
              + f" over {self.run.mesh.devices.size} {jax.devices()[0].platform} device(s)",
              f"workdir: {self.workdir} ({self.start_kind() if not self.finished else 'finished'})"]

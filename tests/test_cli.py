@@ -60,7 +60,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
   assert "  tasks = ['sr_x2', 'derain']" in text and "  degrade.rain.length = [6, 20]" in text
   config = tiny.get_config("sr_x2,derain")
   config.mesh.data = 1
-  counts = run_state.param_counts(run_state.build(config).model)
+  counts = run_state.param_counts(run_state.build(config))
   assert (f"parameters: heads {counts['heads']:,}, body {counts['body']:,}, queries "
           f"{counts['queries']:,}, tails {counts['tails']:,}, total {counts['total']:,}") in text
   assert "mesh: data=1, fsdp=1 over 1 cpu device(s)" in text
