@@ -2,12 +2,15 @@
 
   python launch/analyze.py --workdir=/tmp/mtl/tiny [--step_range=START:END] [--window=N]
   python launch/analyze.py --checkpoint=/tmp/mtl/tiny --config=experiments/tiny.py \
-      [--num_batches=16] [--batch_size=N] [--out=DIR]
+      [--num_batches=16] [--halfwidth=0.02] [--max_batches=256] [--batch_size=N] [--out=DIR]
 
 Checkpoint mode: restores the parameters of the latest checkpoint under --checkpoint (a run's
-workdir or its checkpoints/ folder), measures the per-task gradient Gramians on --num_batches
-fresh probe batches of --batch_size images per task (default: the config's conflicts.batch_size,
-else its data.batch_size; no training), writes them as a conflict store into --out (default
+workdir or its checkpoints/ folder), measures the per-task gradient Gramians on fresh probe
+batches of --batch_size images per task (default: the config's conflicts.batch_size, else its
+data.batch_size; no training): --num_batches, then more until every pair's corrected-cosine 95%
+interval is within +-halfwidth (0: exactly --num_batches) or --max_batches are measured, and
+says when the target was not reached and about how many batches it would take. It writes them
+as a conflict store into --out (default
 <checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread and the
 summary over all batches (one phase: a saved model has no training phases); when too few batches
 leave the noise floor 'not measurable', it says how many to measure.
@@ -38,7 +41,13 @@ from ml_collections import config_flags
 flags.DEFINE_string("workdir", None, "Directory of the run (holds conflicts/store/).")
 flags.DEFINE_string("checkpoint", None, "Measure this saved model instead (needs --config).")
 config_flags.DEFINE_config_file("config", None, "Config of the checkpoint's model and data.")
-flags.DEFINE_integer("num_batches", 16, "Checkpoint mode: fresh batches to probe.", lower_bound=1)
+flags.DEFINE_integer("num_batches", 16, "Checkpoint mode: fresh batches to probe first.",
+                     lower_bound=1)
+flags.DEFINE_float("halfwidth", 0.02, "Checkpoint mode: then probe more until every pair's "
+                   "corrected-cosine 95% interval is within +-this (0: --num_batches only).",
+                   lower_bound=0.0)
+flags.DEFINE_integer("max_batches", 256, "Checkpoint mode: at most this many batches in all "
+                     "(--halfwidth > 0).", lower_bound=1)
 flags.DEFINE_integer("batch_size", 0, "Checkpoint mode: images per task of each probe batch (0: "
                      "the config's conflicts.batch_size, else its data.batch_size).", lower_bound=0)
 flags.DEFINE_string("out", None, "Checkpoint mode: output folder.")
@@ -91,20 +100,27 @@ def affinity_text(workdir):
 FEW_BATCHES = 32  # checkpoint mode: fewer fresh batches than this get a hint to measure more
 
 
-def measure(checkpoint, config, num_batches, out=None, batch_size=0):
+def _check_out(out):
+  if out and os.path.isdir(os.path.join(out, "conflicts", "store")):
+    raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
+
+
+def measure(checkpoint, config, num_batches, out=None, batch_size=0, halfwidth=0.0,
+            max_batches=0):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
   from mtl import conflicts
   from mtl import measure as conflicts_measure
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
+  _check_out(out)  # a given --out before the measuring; the default one names the step
   steps, grams, layers, tasks, ckpt_step, size = conflicts_measure.measure_conflicts(
-      config, checkpoint, num_batches, batch_size)
+      config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches)
+  num_batches = len(steps)
   run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
       checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
   out = out or os.path.join(run_dir, "analysis", f"step-{ckpt_step}")
-  if os.path.isdir(os.path.join(out, "conflicts", "store")):
-    raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
+  _check_out(out)
   conflicts.append(out, steps, grams, layers, tasks, {"size": size, "fresh": True})
   cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(grams.sum(1))))
   lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh probe batches "
@@ -116,8 +132,19 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=0):
   text = re.sub(rf"steps {int(steps[0])}-{int(steps[-1])} \({len(steps)}( probes)?[^)]*\)",
                 f"checkpoint step {ckpt_step}, {len(steps)} fresh batches of {size}/task",
                 analyze(out, phases=1))
-  if conflicts.NOT_MEASURABLE in text or num_batches < FEW_BATCHES:
-    # Batch-means intervals rest on ~sqrt(n) batches of probes: a few batches leave them wide.
+  if halfwidth > 0:
+    widest, pair = conflicts_measure.widest_halfwidth(grams, tasks)
+    if widest <= halfwidth:
+      text += (f"\nevery pair's corrected-cosine interval is within +-{halfwidth:g} after "
+               f"{num_batches} batches (--halfwidth)")
+    else:
+      # An interval narrows as 1/sqrt(batches): the batches +-halfwidth would take, about.
+      need = int(np.ceil(num_batches * (widest / halfwidth) ** 2)) if np.isfinite(widest) else 0
+      more = f"; +-{halfwidth:g} would take about {need} batches (--max_batches)" if need else ""
+      text += (f"\ntarget not reached: the widest interval, {pair}, is "
+               f"+-{widest:.3f} after {num_batches} batches{more}")
+  elif conflicts.NOT_MEASURABLE in text or num_batches < FEW_BATCHES:
+    # A few batches leave the intervals wide (or the same-task products not yet positive).
     text += (f"\n{num_batches} fresh batches are few for the noise floor: its intervals are wide, "
              f"missing or {conflicts.NOT_MEASURABLE!r}; measure more, e.g. "
              f"--num_batches={max(4 * num_batches, FEW_BATCHES)}")
@@ -133,7 +160,8 @@ def main(argv):
     if f.checkpoint:
       if f.config is None:
         raise ValueError("--checkpoint needs --config=<the run's config file>")
-      print(measure(f.checkpoint, f.config, f.num_batches, f.out, f.batch_size), flush=True)
+      print(measure(f.checkpoint, f.config, f.num_batches, f.out, f.batch_size, f.halfwidth,
+                    f.max_batches), flush=True)
     elif f.workdir:
       print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)
     else:

@@ -1,10 +1,11 @@
 """Conflicts of a saved model: probe-batch Gramians on fresh batches, without training."""
 import functools
+import time
 
 import jax
 import numpy as np
 
-from mtl import checkpoints, sharding
+from mtl import checkpoints, gramians, sharding, stats
 from mtl.data import pipeline
 from mtl.models import ipt
 from mtl.run_state import build
@@ -17,9 +18,26 @@ def probe_batch_size(config, batch_size=0):
   return batch_size or config.conflicts.get("batch_size", 0) or config.data.batch_size
 
 
-def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_step=10**7):
-  """Per-leaf Gramians of a saved model on `num_batches` fresh probe batches of
-  `probe_batch_size(config, batch_size)` images per task, without training.
+def widest_halfwidth(grams, task_names, level=0.95):
+  """(half-width, pair name) of the widest whole-body corrected-cosine interval over the probe
+  batches so far (grams: (N, L, 2T, 2T); fresh batches, so stats' 'independent' method); inf
+  for a pair that has no interval yet (too few batches, or not measurable)."""
+  intervals = stats.corrected_cosine_intervals(np.asarray(grams, np.float64).sum(1), level,
+                                               method="independent")
+  widths = [(iv.high - iv.low) / 2 if np.isfinite(iv.high - iv.low) else np.inf
+            for iv in intervals]
+  k = int(np.argmax(widths))
+  return float(widths[k]), gramians.pair_names(task_names)[k]
+
+
+def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_step=10**7,
+                      halfwidth=0.0, max_batches=0, log=print):
+  """Per-leaf Gramians of a saved model on fresh probe batches of
+  `probe_batch_size(config, batch_size)` images per task, without training: `num_batches`, then
+  with `halfwidth` > 0 more, one at a time, until every pair's whole-body corrected-cosine 95%
+  interval is within +-halfwidth or `max_batches` are measured (progress through `log`;
+  stopping at the first batch whose intervals are narrow enough: a fixed-width sequential
+  interval, whose coverage tends to the nominal level as the target narrows).
 
   Batches are those of steps first_step, first_step + 1, ... (far past any training step, so
   unseen crops and degradations). Returns (steps, half-split gramians (N, L, 2T, 2T), layer
@@ -44,13 +62,27 @@ def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_st
     images = sources.open_images(config.data, "train")
     pairs = pipeline.load_pairs(config.data.get("pairs", ""), run.model.specs, config.data.cache_mb)
     layer_names, order = ipt.body_layer_order(params["body"])
-    steps, grams = [], []
-    for step in range(first_step, first_step + num_batches):
+    names = list(run.model.task_names)
+    limit = max(num_batches, max_batches) if halfwidth > 0 else num_batches
+    steps, grams, started, shown = [], [], time.monotonic(), time.monotonic()
+    for step in range(first_step, first_step + limit):
       batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size, size,
                                       config.seed, step, jax.process_index(),
                                       jax.process_count(), pairs=pairs)
       g = probe(params, sharding.to_global(batch, run.mesh), np.int32(step))
       steps.append(step)
       grams.append(np.asarray(jax.device_get(g))[np.asarray(order)])
+      if halfwidth > 0 and len(steps) >= num_batches:
+        widest, pair = widest_halfwidth(grams, names)
+        if widest <= halfwidth:
+          break
+        if time.monotonic() - shown > 10:  # progress: batches, rate, the widest interval, ETA
+          shown, rate = time.monotonic(), len(steps) / (time.monotonic() - started)
+          # an interval narrows as 1/sqrt(batches): the batches the target takes, about
+          need = min(limit, int(np.ceil(len(steps) * (widest / halfwidth) ** 2))
+                     if np.isfinite(widest) else limit)
+          log(f"batch {len(steps)}/{limit} | {rate:.2f} batches/s | widest +-{widest:.3f} "
+              f"({pair}), target +-{halfwidth:g} | ETA {(need - len(steps)) / rate:.0f}s",
+              flush=True)
   return (np.asarray(steps, np.int64), np.stack(grams).astype(np.float32),
-          layer_names, list(run.model.task_names), int(ckpt_step), size)
+          layer_names, names, int(ckpt_step), size)

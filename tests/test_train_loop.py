@@ -299,7 +299,7 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
       [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
        "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
        "--config.data.batch_size=2", "--config.mesh.data=1", "--config.conflicts.batch_size=0",
-       "--num_batches=3", f"--out={out}"],
+       "--num_batches=3", "--halfwidth=0", f"--out={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   # The probe batch: the config's conflicts.batch_size (0 here), else its training batch.
@@ -319,6 +319,22 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
        "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
        "--config.data.batch_size=2", "--config.mesh.data=1", "--num_batches=1", f"--out={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 1 and "already holds a conflict store" in again.stderr
+
+
+def test_analyze_probes_until_its_halfwidth_target_or_max_batches(straight_run, tmp_path):
+  # A target no finite number of batches reaches: it measures --max_batches and says so, with
+  # the batches the target would take; a store already at --out is refused before measuring.
+  args = [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
+          "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
+          "--config.data.batch_size=2", "--config.mesh.data=1", "--num_batches=4",
+          "--halfwidth=1e-9", "--max_batches=6", f"--out={tmp_path / 'seq'}"]
+  result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert conflicts.load(str(tmp_path / "seq")).num_steps == 6
+  assert re.search(r"target not reached: the widest interval, denoise_30~sr_x2, is \+-[\d.]+ "
+                   r"after 6 batches(; \+-1e-09 would take about \d+ batches)?", result.stdout)
+  again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert again.returncode == 1 and "already holds a conflict store" in again.stderr
 
 
