@@ -143,6 +143,11 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=0, halfwidth=0
       more = f"; +-{halfwidth:g} would take about {need} batches (--max_batches)" if need else ""
       text += (f"\ntarget not reached: the widest interval, {pair}, is "
                f"+-{widest:.3f} after {num_batches} batches{more}")
+      noisy = conflicts_measure.noisy_tasks(grams, tasks)
+      if noisy:
+        text += ("\n" + ", ".join(f"{t} (same-task agreement {a:+.3f})" for t, a in noisy)
+                 + f": mostly noise at {size} images per task; a larger --batch_size narrows "
+                 "the intervals faster than more batches")
   elif conflicts.NOT_MEASURABLE in text or num_batches < FEW_BATCHES:
     # A few batches leave the intervals wide (or the same-task products not yet positive).
     text += (f"\n{num_batches} fresh batches are few for the noise floor: its intervals are wide, "

@@ -30,6 +30,15 @@ def widest_halfwidth(grams, task_names, level=0.95):
   return float(widths[k]), gramians.pair_names(task_names)[k]
 
 
+def noisy_tasks(grams, task_names):
+  """[(task, pooled same-task agreement)] of the tasks whose half-batch gradients are mostly
+  noise (agreement < 0.5, the signal's share of their squared norm; NaN counts too) over the
+  probe batches (grams: (N, L, 2T, 2T)). There a larger probe batch narrows the corrected
+  cosines faster per image than more batches: it raises the agreement, the denominator."""
+  agree = gramians.same_task_agreement(np.asarray(grams, np.float64).sum((0, 1)))
+  return [(t, float(a)) for t, a in zip(task_names, agree) if not a >= 0.5]
+
+
 def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_step=10**7,
                       halfwidth=0.0, max_batches=0, log=print):
   """Per-leaf Gramians of a saved model on fresh probe batches of

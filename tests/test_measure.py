@@ -28,3 +28,9 @@ def test_widest_halfwidth_is_inf_without_an_interval_and_narrows_as_one_over_sqr
   # standard deviation estimated from 100 products of Gaussians (kurtosis ~9: relative SE
   # sqrt(8/400) = 14%); [0.15, 0.40] is 0.25 within 3 such errors either side.
   assert 0.15 < w1600 / w100 < 0.40
+
+
+def test_noisy_tasks_are_those_whose_halves_agree_less_than_half():
+  # signal |a|^2 ~ 64 against half-batch noise 64 noise^2: agreement ~ 1 / (1 + noise^2)
+  assert [t for t, _ in measure.noisy_tasks(_grams(200, noise=2.0), ["x", "y"])] == ["x", "y"]
+  assert measure.noisy_tasks(_grams(200, noise=0.3), ["x", "y"]) == []
