@@ -133,17 +133,18 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=0, halfwidth=0
                 f"checkpoint step {ckpt_step}, {len(steps)} fresh batches of {size}/task",
                 analyze(out, phases=1))
   if halfwidth > 0:
-    widest, pair = conflicts_measure.widest_halfwidth(grams, tasks)
+    body = grams.astype(np.float64).sum(1)
+    widest, pair = conflicts_measure.widest_halfwidth(body, tasks)
     if widest <= halfwidth:
       text += (f"\nevery pair's corrected-cosine interval is within +-{halfwidth:g} after "
                f"{num_batches} batches (--halfwidth)")
     else:
-      # An interval narrows as 1/sqrt(batches): the batches +-halfwidth would take, about.
-      need = int(np.ceil(num_batches * (widest / halfwidth) ** 2)) if np.isfinite(widest) else 0
+      need = conflicts_measure.batches_needed(num_batches, widest, halfwidth)
       more = f"; +-{halfwidth:g} would take about {need} batches (--max_batches)" if need else ""
-      text += (f"\ntarget not reached: the widest interval, {pair}, is "
-               f"+-{widest:.3f} after {num_batches} batches{more}")
-      noisy = conflicts_measure.noisy_tasks(grams, tasks)
+      width = f"+-{widest:.3f}" if need else "not measurable"
+      text += (f"\ntarget not reached: the widest interval, {pair}, is {width} after "
+               f"{num_batches} batches{more}")
+      noisy = conflicts_measure.noisy_tasks(body, tasks)
       if noisy:
         text += ("\n" + ", ".join(f"{t} (same-task agreement {a:+.3f})" for t, a in noisy)
                  + f": mostly noise at {size} images per task; a larger --batch_size narrows "

@@ -18,24 +18,30 @@ def probe_batch_size(config, batch_size=0):
   return batch_size or config.conflicts.get("batch_size", 0) or config.data.batch_size
 
 
-def widest_halfwidth(grams, task_names, level=0.95):
+def widest_halfwidth(G2, task_names, level=0.95):
   """(half-width, pair name) of the widest whole-body corrected-cosine interval over the probe
-  batches so far (grams: (N, L, 2T, 2T); fresh batches, so stats' 'independent' method); inf
-  for a pair that has no interval yet (too few batches, or not measurable)."""
-  intervals = stats.corrected_cosine_intervals(np.asarray(grams, np.float64).sum(1), level,
-                                               method="independent")
+  batches so far (G2: (N, 2T, 2T), the whole body's half-split Gramians; fresh batches, so
+  stats' 'independent' method); inf for a pair that has no interval yet (too few batches, or
+  not measurable)."""
+  intervals = stats.corrected_cosine_intervals(G2, level, method="independent")
   widths = [(iv.high - iv.low) / 2 if np.isfinite(iv.high - iv.low) else np.inf
             for iv in intervals]
   k = int(np.argmax(widths))
   return float(widths[k]), gramians.pair_names(task_names)[k]
 
 
-def noisy_tasks(grams, task_names):
+def batches_needed(num_batches, widest, halfwidth):
+  """About how many batches bring a half-width `widest` after `num_batches` to `halfwidth`: an
+  interval narrows as 1/sqrt(batches). None while there is no interval (widest = inf)."""
+  return int(np.ceil(num_batches * (widest / halfwidth) ** 2)) if np.isfinite(widest) else None
+
+
+def noisy_tasks(G2, task_names):
   """[(task, pooled same-task agreement)] of the tasks whose half-batch gradients are mostly
   noise (agreement < 0.5, the signal's share of their squared norm; NaN counts too) over the
-  probe batches (grams: (N, L, 2T, 2T)). There a larger probe batch narrows the corrected
+  probe batches (G2: (N, 2T, 2T), whole body). There a larger probe batch narrows the corrected
   cosines faster per image than more batches: it raises the agreement, the denominator."""
-  agree = gramians.same_task_agreement(np.asarray(grams, np.float64).sum((0, 1)))
+  agree = gramians.same_task_agreement(np.asarray(G2, np.float64).sum(0))
   return [(t, float(a)) for t, a in zip(task_names, agree) if not a >= 0.5]
 
 
@@ -73,7 +79,7 @@ def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_st
     layer_names, order = ipt.body_layer_order(params["body"])
     names = list(run.model.task_names)
     limit = max(num_batches, max_batches) if halfwidth > 0 else num_batches
-    steps, grams, started, shown = [], [], time.monotonic(), time.monotonic()
+    steps, grams, body, started, shown = [], [], [], time.monotonic(), time.monotonic()
     for step in range(first_step, first_step + limit):
       batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size, size,
                                       config.seed, step, jax.process_index(),
@@ -81,15 +87,14 @@ def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_st
       g = probe(params, sharding.to_global(batch, run.mesh), np.int32(step))
       steps.append(step)
       grams.append(np.asarray(jax.device_get(g))[np.asarray(order)])
+      body.append(grams[-1].sum(0, dtype=np.float64))
       if halfwidth > 0 and len(steps) >= num_batches:
-        widest, pair = widest_halfwidth(grams, names)
+        widest, pair = widest_halfwidth(np.stack(body), names)
         if widest <= halfwidth:
           break
         if time.monotonic() - shown > 10:  # progress: batches, rate, the widest interval, ETA
           shown, rate = time.monotonic(), len(steps) / (time.monotonic() - started)
-          # an interval narrows as 1/sqrt(batches): the batches the target takes, about
-          need = min(limit, int(np.ceil(len(steps) * (widest / halfwidth) ** 2))
-                     if np.isfinite(widest) else limit)
+          need = min(limit, batches_needed(len(steps), widest, halfwidth) or limit)
           log(f"batch {len(steps)}/{limit} | {rate:.2f} batches/s | widest +-{widest:.3f} "
               f"({pair}), target +-{halfwidth:g} | ETA {(need - len(steps)) / rate:.0f}s",
               flush=True)

@@ -7,14 +7,14 @@ from mtl import measure
 
 
 def _grams(n, seed=0, dim=64, noise=2.0):
-  """(n, 1, 4, 4) half-split Gramians of two tasks whose true gradients have cosine 0.6."""
+  """(n, 4, 4) half-split Gramians of two tasks whose true gradients have cosine 0.6."""
   rng = np.random.default_rng(seed)
   a = rng.standard_normal(dim)
   b = 0.6 * a + 0.8 * rng.standard_normal(dim) * np.linalg.norm(a) / math.sqrt(dim)
   out = []
   for _ in range(n):
     halves = np.stack([s + noise * rng.standard_normal(dim) for s in (a, a, b, b)])
-    out.append((halves @ halves.T)[None])
+    out.append(halves @ halves.T)
   return np.stack(out)
 
 
@@ -28,6 +28,8 @@ def test_widest_halfwidth_is_inf_without_an_interval_and_narrows_as_one_over_sqr
   # standard deviation estimated from 100 products of Gaussians (kurtosis ~9: relative SE
   # sqrt(8/400) = 14%); [0.15, 0.40] is 0.25 within 3 such errors either side.
   assert 0.15 < w1600 / w100 < 0.40
+  assert measure.batches_needed(100, w100, w100 / 2) == 400
+  assert measure.batches_needed(4, np.inf, 0.02) is None
 
 
 def test_noisy_tasks_are_those_whose_halves_agree_less_than_half():
