@@ -643,7 +643,7 @@ def section_compile(size):
       else:
         _summary_row((f"compile s: {label.split(' (')[0]}{mode}", size, batch_size, config.precision,
                         traced + compiled, "", "", float("nan"), float("nan")))
-  _summary_row(("compile s: one-task step (max of the tasks)", size, batch_size,
+  _summary_row((f"compile s: one-task step (max of the tasks){mode}", size, batch_size,
                   config.precision, max(one_task), "", "", float("nan"), float("nan")))
   print(f"  one-task steps: {len(one_task)} programs, {sum(one_task):.1f} s in all, at most "
         f"{max(one_task):.1f} s each")
