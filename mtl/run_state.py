@@ -2,6 +2,7 @@
 fresh or fine-tuned state, and what `prepare` finds in its workdir (Setup: banner, dry-run text).
 """
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -30,9 +31,12 @@ class Run:
   plan: Any               # run_config.ProbePlan: which steps split (probes, aggregators)
   state_shardings: Any
   abstract_state: Any = None  # the state's ShapeDtypeStructs with their shardings (build's)
-  # _fresh_state as one object: build's eval_shape and init_state's jit share its trace (jax's
-  # trace cache holds the function weakly, and each `self._fresh_state` is a new bound method)
-  fresh_state: Any = None
+
+  @functools.cached_property
+  def fresh_state(self):
+    """_fresh_state as one object: build's eval_shape and init_state's jit share its trace
+    (jax's trace cache holds the function weakly; each `self._fresh_state` is a new object)."""
+    return self._fresh_state
 
   def _fresh_state(self, seed):
     """seed: uint32, as step_args gives it (traced: every run's init shares one program)."""
@@ -62,7 +66,6 @@ def build(config):
     sharding.check_batch(mesh, plan.batch_size, "conflicts.batch_size")
   optimizer, schedule = optim.make_optimizer(config.optim, config.total_steps)
   run = Run(config, model, mesh, optimizer, schedule, plan, None)
-  run.fresh_state = run._fresh_state
   with jax.set_mesh(mesh):  # as init_state is called: the mesh is part of the trace's context
     abstract = jax.jit(run.fresh_state).eval_shape(jax.ShapeDtypeStruct((), jnp.uint32))
   run.state_shardings = jax.tree_util.tree_map(
