@@ -283,6 +283,7 @@ def _conflict_answer(workdir, writer, ema_beta):
 def _check_space(mngr, state, step):
   """Stop with one line (checkpoints.DiskFull) before a save the disk cannot hold, so the last
   checkpoint stays whole and orbax's write threads never fail half-way."""
+  mngr.wait_until_finished()  # an unfinished save's bytes are not on the disk yet (save waits too)
   short = checkpoints.space_shortfall(str(mngr.directory), state)
   if jax.process_count() > 1:  # saving is collective: process 0's answer stops all, or none
     from jax.experimental import multihost_utils
