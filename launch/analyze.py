@@ -2,15 +2,14 @@
 
   python launch/analyze.py --workdir=/tmp/mtl/tiny [--step_range=START:END] [--window=N]
   python launch/analyze.py --checkpoint=/tmp/mtl/tiny --config=experiments/tiny.py \
-      [--num_batches=16] [--halfwidth=0.02] [--max_batches=256] [--batch_size=N] [--out=DIR]
+      [--batch_size=128] [--num_batches=16] [--halfwidth=0.02] [--max_batches=256] [--out=DIR]
 
 Checkpoint mode: restores the parameters of the latest checkpoint under --checkpoint (a run's
 workdir or its checkpoints/ folder), measures the per-task gradient Gramians on fresh probe
-batches of --batch_size images per task (default: the config's conflicts.batch_size, else its
-data.batch_size; no training): --num_batches, then more until every pair's corrected-cosine 95%
-interval is within +-halfwidth (0: exactly --num_batches) or --max_batches are measured, and
-says when the target was not reached and about how many batches it would take. It writes them
-as a conflict store into --out (default
+batches of --batch_size images per task (no training): --num_batches, then more until every
+pair's corrected-cosine 95% interval is within +-halfwidth (0: exactly --num_batches) or
+--max_batches are measured, and says when the target was not reached and about how many batches
+it would take. It writes them as a conflict store into --out (default
 <checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread and the
 summary over all batches (one phase: a saved model has no training phases); when too few batches
 leave the noise floor 'not measurable', it says how many to measure.
@@ -48,8 +47,10 @@ flags.DEFINE_float("halfwidth", 0.02, "Checkpoint mode: then probe more until ev
                    lower_bound=0.0)
 flags.DEFINE_integer("max_batches", 256, "Checkpoint mode: at most this many batches in all "
                      "(--halfwidth > 0).", lower_bound=1)
-flags.DEFINE_integer("batch_size", 0, "Checkpoint mode: images per task of each probe batch (0: "
-                     "the config's conflicts.batch_size, else its data.batch_size).", lower_bound=0)
+# The corrected cosine estimates the cosine of the expected gradients, whatever the batch; while
+# a task's half-batch gradient is mostly noise, the images a target costs fall as 1/batch.
+flags.DEFINE_integer("batch_size", 128, "Checkpoint mode: images per task of each probe batch "
+                     "(even; lower it where memory is short).", lower_bound=2)
 flags.DEFINE_string("out", None, "Checkpoint mode: output folder.")
 flags.DEFINE_string("step_range", "", "Probe steps START:END to load, half-open; '' for all.")
 flags.DEFINE_integer("window", 0, "Average the summary and averaged figures over the last N "
@@ -105,7 +106,7 @@ def _check_out(out):
     raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
 
 
-def measure(checkpoint, config, num_batches, out=None, batch_size=0, halfwidth=0.0,
+def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth=0.0,
             max_batches=0):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
@@ -114,8 +115,9 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=0, halfwidth=0
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
   _check_out(out)  # a given --out before the measuring; the default one names the step
-  steps, grams, layers, tasks, ckpt_step, size = conflicts_measure.measure_conflicts(
+  steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
       config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches)
+  size = batch_size
   num_batches = len(steps)
   run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
       checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)

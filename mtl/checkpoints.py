@@ -118,9 +118,11 @@ def restore(mngr, abstract_state, step=None):
 def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
   """Only the parameters of a run's checkpoint (for fine-tuning and analysis); item='ema_params'
   reads their EMA instead (runs with config.optim.ema_decay > 0)."""
-  mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir))
+  read_only = ocp.CheckpointManagerOptions(read_only=True, create=False)  # a user's files
+  mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=read_only)
   step = mngr.latest_step() if step is None else step
   if step is None:
+    mngr.close()
     raise ValueError(f"no checkpoint in {checkpoint_dir}; point to a run's workdir or its "
                      "checkpoints/ folder that holds a saved step")
   if not os.path.isdir(os.path.join(os.path.abspath(checkpoint_dir), str(step), item)):

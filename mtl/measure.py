@@ -12,12 +12,6 @@ from mtl.run_state import build
 from mtl.step import probe_gramians
 
 
-def probe_batch_size(config, batch_size=0):
-  """The probe batch a measurement uses: `batch_size`, else the config's conflicts.batch_size,
-  else its training batch size (images per task)."""
-  return batch_size or config.conflicts.get("batch_size", 0) or config.data.batch_size
-
-
 def widest_halfwidth(G2, task_names, level=0.95):
   """(half-width, pair name) of the widest whole-body corrected-cosine interval over the probe
   batches so far (G2: (N, 2T, 2T), the whole body's half-split Gramians; fresh batches, so
@@ -45,10 +39,10 @@ def noisy_tasks(G2, task_names):
   return [(t, float(a)) for t, a in zip(task_names, agree) if not a >= 0.5]
 
 
-def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_step=10**7,
+def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10**7,
                       halfwidth=0.0, max_batches=0, log=print):
-  """Per-leaf Gramians of a saved model on fresh probe batches of
-  `probe_batch_size(config, batch_size)` images per task, without training: `num_batches`, then
+  """Per-leaf Gramians of a saved model on fresh probe batches of `batch_size` images per task,
+  without training: `num_batches`, then
   with `halfwidth` > 0 more, one at a time, until every pair's whole-body corrected-cosine 95%
   interval is within +-halfwidth or `max_batches` are measured (progress through `log`;
   stopping at the first batch whose intervals are narrow enough: a fixed-width sequential
@@ -56,7 +50,7 @@ def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_st
 
   Batches are those of steps first_step, first_step + 1, ... (far past any training step, so
   unseen crops and degradations). Returns (steps, half-split gramians (N, L, 2T, 2T), layer
-  names in network order, task names, the checkpoint's step, the probe batch size).
+  names in network order, task names, the checkpoint's step).
   """
   from mtl.data import sources
   if len(config.tasks) < 2:
@@ -68,10 +62,9 @@ def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_st
     abstract = run.abstract_state
     params, ckpt_step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(checkpoint),
                                                    abstract.params)
-    size = probe_batch_size(config, batch_size)
-    sharding.check_batch(run.mesh, size, "the probe batch size")
-    if size % 2:
-      raise ValueError(f"probe batch size {size} is odd; it is split into two equal halves")
+    sharding.check_batch(run.mesh, batch_size, "the probe batch size")
+    if batch_size % 2:
+      raise ValueError(f"probe batch size {batch_size} is odd; it is split into two equal halves")
     probe = jax.jit(functools.partial(probe_gramians, model=run.model, config=config,
                                       names=run.model.task_names))
     images = sources.open_images(config.data, "train")
@@ -81,8 +74,8 @@ def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_st
     limit = max(num_batches, max_batches) if halfwidth > 0 else num_batches
     steps, grams, body, started, shown = [], [], [], time.monotonic(), time.monotonic()
     for step in range(first_step, first_step + limit):
-      batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size, size,
-                                      config.seed, step, jax.process_index(),
+      batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size,
+                                      batch_size, config.seed, step, jax.process_index(),
                                       jax.process_count(), pairs=pairs)
       g = probe(params, sharding.to_global(batch, run.mesh), np.int32(step))
       steps.append(step)
@@ -99,4 +92,4 @@ def measure_conflicts(config, checkpoint, num_batches=16, batch_size=0, first_st
               f"({pair}), target +-{halfwidth:g} | ETA {(need - len(steps)) / rate:.0f}s",
               flush=True)
   return (np.asarray(steps, np.int64), np.stack(grams).astype(np.float32),
-          layer_names, names, int(ckpt_step), size)
+          layer_names, names, int(ckpt_step))

@@ -299,11 +299,10 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
   result = subprocess.run(
       [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
        "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
-       "--config.data.batch_size=2", "--config.mesh.data=1", "--config.conflicts.batch_size=0",
+       "--config.data.batch_size=2", "--config.mesh.data=1", "--batch_size=2",
        "--num_batches=3", "--halfwidth=0", f"--out={out}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
-  # The probe batch: the config's conflicts.batch_size (0 here), else its training batch.
   assert ("checkpoint step 4: whole-body cosine over 3 fresh probe batches of 2 images per task"
           in result.stdout)
   # The probes are named by the checkpoint, not by the batch seeds (10000000 ...), and few
@@ -328,8 +327,8 @@ def test_analyze_probes_until_its_halfwidth_target_or_max_batches(straight_run, 
   # the batches the target would take; a store already at --out is refused before measuring.
   args = [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
           "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
-          "--config.data.batch_size=2", "--config.mesh.data=1", "--num_batches=4",
-          "--halfwidth=1e-9", "--max_batches=6", f"--out={tmp_path / 'seq'}"]
+          "--config.data.batch_size=2", "--config.mesh.data=1", "--batch_size=2",
+          "--num_batches=4", "--halfwidth=1e-9", "--max_batches=6", f"--out={tmp_path / 'seq'}"]
   result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert conflicts.load(str(tmp_path / "seq")).num_steps == 6
@@ -377,7 +376,7 @@ def test_a_full_disk_stops_the_run_and_keeps_the_last_checkpoint(tmp_path):
     params, step = _params(workdir, config)
     assert step == 2 and all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
   finally:
-    subprocess.run(["umount", str(mount)], check=False)
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)  # tensorstore may hold a file
 
 
 def test_the_space_check_waits_for_the_save_in_flight(tmp_path):
