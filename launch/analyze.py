@@ -110,7 +110,7 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
             max_batches=0):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
-  from mtl import conflicts
+  from mtl import conflicts, run_folder
   from mtl import measure as conflicts_measure
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
@@ -121,7 +121,7 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   num_batches = len(steps)
   run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
       checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
-  out = out or os.path.join(run_dir, "analysis", f"step-{ckpt_step}")
+  out = out or run_folder.analysis_dir(run_dir, ckpt_step)
   _check_out(out)
   conflicts.append(out, steps, grams, layers, tasks, {"size": size, "fresh": True})
   cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(grams.sum(1))))

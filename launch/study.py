@@ -74,6 +74,16 @@ def train_command(run_config, workdir):
           f"--workdir={workdir}"]
 
 
+def analyze_command(run_config, workdir, out, final):
+  """A pre-training run's conflicts at its last step (the study's final_conflicts): launch/
+  analyze.py on its checkpoint, 16 fresh batches then more until +-halfwidth or max_batches."""
+  first = min(16, final["max_batches"]) if final["halfwidth"] > 0 else final["max_batches"]
+  return [sys.executable, os.path.join(HERE, "analyze.py"), f"--checkpoint={workdir}",
+          f"--config={FROM_JSON}:{run_config}", f"--batch_size={final['batch_size']}",
+          f"--num_batches={first}", f"--halfwidth={final['halfwidth']}",
+          f"--max_batches={final['max_batches']}", f"--out={out}"]
+
+
 def devices(value, max_parallel):
   """The device ids handed out one per run, or None (plain processes)."""
   if max_parallel == 1 or value == "none":
@@ -214,9 +224,10 @@ def main(argv):
       sys.exit(submit(study, runner.matching(study.runs, FLAGS.only), FLAGS.dry_run))
     if FLAGS.dry_run:
       sys.exit(study_lib.dry_run(study, train_command, FLAGS.only))
-    sys.exit(study_lib.Runner(study, train_command, compile_cache=FLAGS.compile_cache, max_parallel=FLAGS.max_parallel,
-                              devices=devices(FLAGS.devices, FLAGS.max_parallel))
-             .run(FLAGS.only))
+    sys.exit(study_lib.Runner(study, train_command, compile_cache=FLAGS.compile_cache,
+                              max_parallel=FLAGS.max_parallel,
+                              devices=devices(FLAGS.devices, FLAGS.max_parallel),
+                              analyze=analyze_command).run(FLAGS.only))
   except (ValueError, FileNotFoundError, cli.UsageError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)

@@ -6,6 +6,7 @@ state from parameters. Every other module asks here for a path or a config of a 
   checkpoints/   orbax steps                         events/        TensorBoard
   conflicts/     the conflict store                  compute.json   wall time and throughput
   results.json   the final evaluation                train.lock     the live trainer's pid
+  analysis/step-<N>/  conflicts of the step-N checkpoint on fresh batches (analyze.py --checkpoint)
 """
 import os
 
@@ -23,12 +24,19 @@ COMPUTE_FILE = "compute.json"
 RESULTS_FILE = "results.json"
 LOCK_FILE = "train.lock"
 IMPORT_RECORD = "imported.json"  # an imported IPT workdir: which file it came from
+ANALYSIS_DIR = "analysis"
 ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
-             COMPUTE_FILE, RESULTS_FILE, LOCK_FILE)
+             COMPUTE_FILE, RESULTS_FILE, LOCK_FILE, ANALYSIS_DIR + "/")
 # Fields that may change between a run and its resumption: they do not change what is learned
 # (model.remat and model.body_calls: how the same step is computed).
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
                     "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls")
+
+
+def analysis_dir(workdir, step):
+  """Where launch/analyze.py --checkpoint measures the conflicts of a run's step-`step` checkpoint
+  (its conflict store under conflicts/, figures beside it)."""
+  return os.path.join(workdir, ANALYSIS_DIR, f"step-{step}")
 
 
 def results_name(step, final):

@@ -35,6 +35,8 @@ def get_config(arg=""):
   run.eval.sets = "photos,photos_val"
   run.eval.max_side, run.eval.max_images = 64, 1
   study.run = run
+  study.final_conflicts.batch_size = 2   # the joint run's last step, 3 fresh batches
+  study.final_conflicts.halfwidth, study.final_conflicts.max_batches = 0.0, 3
   if arg == "kill":            # two scratch runs long enough to be interrupted
     study.tasks, study.regimes, study.seeds = ("denoise_30",), ("scratch",), (0, 1)
     study.steps.scratch = 20

@@ -68,6 +68,37 @@ def test_conflict_answer_is_the_last_phase_combined_over_seeds(study, found):
         pytest.approx((a.interval.low, a.interval.high), rel=1e-12)
 
 
+def test_a_final_measurement_is_the_headline_with_the_phases_beside_it(tmp_path):
+  # Each seed's chosen joint run measured at its last step on fresh batches (less noise than
+  # the training probes): the answer is those runs' intervals combined over seeds.
+  s = synthetic_study(str(tmp_path / "study"))
+  write_conflicts(s)
+  for _, seed, chosen in s.pretraining_choices():
+    grams = known_halves(20, (-0.3, 0.0, 0.1), noise=1.0, seed=100 + seed)
+    conflicts.append(s.final_conflicts_dir(chosen.run.name), 10**7 + np.arange(20), grams,
+                     ["pos_embed"], list(s.tasks), {"size": 128, "fresh": True})
+  final = scores.final_conflict_records(s)
+  assert [(col, seed, name) for col, seed, name, _ in final] == [
+      ("joint", k, f"joint-lr1e-3-s{k}") for k in range(3)]  # the lr chosen on validation
+  found = findings.build(s, tables.transfer_table(s), scores.conflict_records(s), final)
+  answers = {a.subject: a for a in found.answers[1]}
+  for pair, a in answers.items():
+    per_run = [conflicts.phase_verdicts(r, 1)["phases"][0]["pair"][pair]["corrected_cos"]
+               for *_, r in final]
+    expected = stats.mean_of_runs([stats.Interval(d["estimate"], d["low"], d["high"],
+                                                  d["level"], d["n"]) for d in per_run])
+    assert a.interval[:5] == pytest.approx(expected[:5], rel=1e-12)
+    assert [ph["label"] for ph in a.phases] == ["early", "middle", "late", "end"]
+    late = a.phases[2]["interval"]
+    assert a.interval.high - a.interval.low < late.high - late.low
+    assert f"corrected cosine {expected.text(3)} at the end of training (each seed's last " \
+        "checkpoint, 20 fresh batches of 128/task)" in a.sentence
+    assert f"; during training: early {a.phases[0]['interval'].text(3)}, middle" in a.sentence
+  assert answers["denoise_30~sr_x2"].verdict == "yes: conflict beyond noise"
+  assert answers["sr_x2~derain"].verdict == "no: agreement beyond noise"
+  assert "'end': each seed's chosen run measured at its last checkpoint" in found.probe_note
+
+
 def test_conflict_verdicts_follow_the_interval(found):
   answers = {a.subject: a for a in found.answers[1]}
   assert answers["denoise_30~sr_x2"].verdict == "yes: conflict beyond noise"

@@ -193,12 +193,18 @@ def test_report_opens_with_the_three_answers_of_the_micro_study(study_runs):
   findings_md = md[md.index("## Findings"):md.index("Runs done")]
   answers = [l[2:] for l in findings_md.splitlines() if l.startswith("- ")]
   assert len(answers) == 4  # the pair, a sentence per task, related vs unrelated
-  # One seed of 4 probes: the pair's estimate at most, no interval, so no verdict beyond it
+  # One seed: the pair's estimate at the joint run's last step (3 fresh batches, measured once
+  # the joint sweep was done) and over its 4 training probes; no interval, so no verdict
   assert answers[0].startswith("denoise_30~derain (joint, 1 seed): corrected cosine ")
-  steps = conflicts.load(os.path.join(workdir, "runs", JOINT)).steps
-  assert (f"over the whole run (steps {steps[0]}-{steps[-1]}; too few probes to split into "
-          "phases)") in answers[0]
-  assert answers[0].endswith(f"— {findings.NOT_ENOUGH}.") or "not measurable" in answers[0]
+  assert ("at the end of training (each seed's last checkpoint, 3 fresh batches of 2/task)"
+          in answers[0])
+  assert "; during training: whole run " in answers[0]
+  assert findings.NOT_ENOUGH in answers[0] or "not measurable" in answers[0]
+  final = conflicts.load(os.path.join(workdir, "runs", JOINT, "analysis", "step-4"))
+  assert final.num_steps == 3 and final.probe_batch == {"size": 2, "fresh": True}
+  assert f"conflicts 1/1 {JOINT}: measuring its last step on fresh batches of 2/task" in \
+      logs["pretrain"].stdout
+  assert "conflicts 1/1" not in logs["rest"].stdout  # measured once
   for task, answer in zip(TASKS, answers[1:3]):
     scratch = _results(workdir, f"scratch-{task}-lr1e-3-s0")["tasks"][task]["photos"]
     finetune = _results(workdir, f"finetune-{task}-lr1e-3-s0")["tasks"][task]["photos"]

@@ -162,6 +162,10 @@ def test_run_config_sets_what_the_study_controls():
     (dict(metric="psnr"), "metric='psnr'; valid: psnr_y, psnr_rgb"),
     (dict(budget="equal_compute"), "budget='equal_compute'; valid: steps, equal_images"),
     (dict(lrs=()), "give one or more positive learning rates"),
+    (dict(final_conflicts=dict(batch_size=3, halfwidth=0.02, max_batches=64)),
+     "final_conflicts.batch_size=3; give an even number of images per task"),
+    (dict(final_conflicts=dict(batch_size=128, halfwidth=0.02, max_batches=1)),
+     "final_conflicts.max_batches=1; give at least 2"),
 ])
 def test_bad_studies_are_refused_with_one_line(fields, message):
   with pytest.raises(ValueError, match=re.escape(message)) as error:

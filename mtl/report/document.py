@@ -13,8 +13,8 @@ import os
 from mtl import events, stats
 from mtl import study as study_lib
 from mtl.report import accounting, figures, findings, remedies, render, tables
-from mtl.report.scores import (conflict_records, conflict_summaries, regime_columns,
-                               regime_scores)
+from mtl.report.scores import (conflict_records, conflict_summaries, final_conflict_records,
+                               regime_columns, regime_scores)
 from mtl.study.workdir import RUNS_DIR
 
 TABLES_DIR = "tables"
@@ -147,7 +147,7 @@ def write_with_summary(workdir):
     render.write_table(table, tables_dir)
   figures_dir = os.path.join(study.workdir, FIGURES_DIR)
   loss_paths = loss_figures(study, figures_dir)
-  found = findings.build(study, built[1], records)
+  found = findings.build(study, built[1], records, final_conflict_records(study))
   drawn = figures.write(found, figures_dir, tables.metric_names(study)[2])
   warnings = built[0].warnings
   done = sum(study.is_done(r.name) for r in study.runs)

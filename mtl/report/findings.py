@@ -23,7 +23,8 @@ import math
 from mtl import stats
 from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, tables
-from mtl.report.scores import conflict_phases, paired, primary_test_set, regime_scores
+from mtl.report.scores import (conflict_phases, final_conflicts, paired, primary_test_set,
+                               regime_scores)
 
 QUESTIONS = ("Do the tasks conflict on the shared body?",
              "Does pre-train + fine-tune beat a tuned from-scratch run?",
@@ -101,41 +102,64 @@ def _source_words(study, col):
   return f"group {group}: {', '.join(members)}" if members else col
 
 
-def conflict_answers(study, records):
-  """Question 1 for every (column, pair) of `records` (scores.conflict_records)."""
+def conflict_answers(study, records, final=()):
+  """Question 1 for every (column, pair) of `records` (scores.conflict_records) and `final`
+  (scores.final_conflict_records): the headline is the last step's fresh-batch measurement where
+  there is one (a tighter interval than a training phase's), else the last training phase's."""
+  phased, ended = conflict_phases(records), final_conflicts(final)
   answers = []
-  for (col, pair), entry in conflict_phases(records).items():
-    phases = entry["phases"]
-    head = phases[-1]
-    iv, n = head["interval"], len(entry["seeds"])
+  for (col, pair) in dict.fromkeys(list(phased) + list(ended)):
+    phases = phased[col, pair]["phases"] if (col, pair) in phased else []
+    if (col, pair) in ended:
+      end = ended[col, pair]
+      iv, n = end["interval"], len(end["seeds"])
+      where = (f"at the end of training (each seed's last checkpoint, {end['batches']} fresh "
+               f"batches of {end['size']}/task)")
+      phases = phases + [{"label": "end", "interval": iv, "verdict": end["verdict"]}]
+      earlier = phases[:-1]
+    else:
+      head = phases[-1]
+      iv, n = head["interval"], len(phased[col, pair]["seeds"])
+      where, earlier = _phase_where(head, len(phases)), phases[:-1]
     verdict = conflict_verdict(iv)
     why = _why_no_interval(iv, "seed")
     sentence = (f"{pair} ({_source_words(study, col)}, {n} seed{'s' if n != 1 else ''}): "
-                f"corrected cosine {iv.text(3)} {_phase_where(head, len(phases))}"
-                + (f" ({why})" if why else "") + f" — {verdict}")
-    if len(phases) > 1:
-      sentence += "; earlier: " + ", ".join(
-          f"{ph['label']} {ph['interval'].text(3)}" for ph in phases[:-1])
-      changed = {conflict_verdict(ph["interval"]) for ph in phases} - {NOT_ENOUGH}
+                f"corrected cosine {iv.text(3)} {where}" + (f" ({why})" if why else "")
+                + f" — {verdict}")
+    if earlier:
+      sentence += ("; during training: " if (col, pair) in ended else "; earlier: ") + ", ".join(
+          f"{ph['label']} {ph['interval'].text(3)}" for ph in earlier)
+      changed = {v for v in map(conflict_verdict, [ph["interval"] for ph in phases])
+                 if v.startswith(("yes", "no:"))}  # the decided verdicts
       if len(changed) > 1 or (changed and verdict == NOT_ENOUGH):
         sentence += " (the verdict changes between phases)"
     answers.append(Answer(1, pair, col, iv, verdict, sentence + ".", phases))
   return answers
 
 
-def probe_note(study, records):
+def probe_note(study, records, final=()):
   """Which batch the conflict figures used: the probes' spacing and per-task batch."""
-  if not records:
+  if not records and not final:
     return ""
   from mtl import study as study_lib
-  spec = next(s for s in study.runs if s.name == records[0][2])
-  run = study_lib.run_config(study.config, spec)
-  probes = run.get("conflicts", {})
-  batch = probes.get("batch_size") or run["data"]["batch_size"]
-  every = probes.get("every")
-  return (f"Probes every {'step' if every == 1 else f'{every} steps'} on a batch of {batch} per "
-          "task, split into two independent halves (the noise correction's same-task "
-          "agreement).")
+  note = []
+  if records:
+    spec = next(s for s in study.runs if s.name == records[0][2])
+    run = study_lib.run_config(study.config, spec)
+    probes = run.get("conflicts", {})
+    batch = probes.get("batch_size") or run["data"]["batch_size"]
+    every = probes.get("every")
+    note.append(f"Probes every {'step' if every == 1 else f'{every} steps'} on a batch of {batch} "
+                "per task, split into two independent halves (the noise correction's same-task "
+                "agreement).")
+  if final:
+    f = study.config["final_conflicts"]
+    most = f"{f['max_batches']} batches"
+    until = (f"until every pair's interval was within ±{f['halfwidth']:g} (at most {most}"
+             if f["halfwidth"] > 0 else f"({most}")
+    note.append(f"'end': each seed's chosen run measured at its last checkpoint on fresh batches "
+                f"of {f['batch_size']} per task {until}; launch/analyze.py --checkpoint).")
+  return " ".join(note)
 
 
 # ----------------------------------------------------------------------------- question 2
@@ -228,13 +252,13 @@ def _missing(study, question):
   return f"{NOT_MEASURED}: {why}; {MEASURED_BY[question]} measures it."
 
 
-def build(study, transfer, records):
+def build(study, transfer, records, final=()):
   """The Findings of a study from its transfer table and its conflict records
-  (scores.conflict_records)."""
-  answers = {1: conflict_answers(study, records), 2: finetune_answers(study, transfer),
+  (scores.conflict_records, scores.final_conflict_records)."""
+  answers = {1: conflict_answers(study, records, final), 2: finetune_answers(study, transfer),
              3: related_answers(study)}
   missing = {q: _missing(study, q) for q, a in answers.items() if not a}
-  return Findings(answers, missing, probe_note(study, records))
+  return Findings(answers, missing, probe_note(study, records, final))
 
 
 # ----------------------------------------------------------------------------- text
@@ -252,7 +276,8 @@ def markdown(findings, figures=(), status=""):
   probes = findings.probe_note + " " if findings.probe_note else ""
   lines += ["Intervals: 95%. Question 1: the noise-corrected cosine between the two tasks' "
             "expected gradients on the shared body, per phase of the probe steps (thirds), "
-            "combined over seeds; the answer is the last phase's (what training settled into). "
+            "combined over seeds; the answer is the last step's fresh-batch measurement ('end') "
+            "where the study made one, else the last phase's (what training settled into). "
             f"{probes}Questions 2 and 3: paired Δ over seeds (paired t), each regime's "
             f"learning rate chosen per seed on validation. '{NOT_ENOUGH}': the interval holds 0 "
             "(or one seed gives none).", ""]

@@ -118,20 +118,20 @@ def pairwise_transfer(study):
 
 def conflict_records(study):
   """[(column, seed, run name, conflicts.Record)] of the chosen multi-task pre-training runs
-  (joint and groups) of each seed that recorded conflicts, in column then seed order."""
+  (joint and groups) of each seed that recorded conflicts while training, in run order."""
+  return [(col, seed, chosen.run.name, conflicts.load(study.run_dir(chosen.run.name)))
+          for col, seed, chosen in study.pretraining_choices()
+          if os.path.isdir(conflicts.store_dir(study.run_dir(chosen.run.name)))]
+
+
+def final_conflict_records(study):
+  """[(column, seed, run name, conflicts.Record)] of those runs' conflicts measured at their last
+  step on fresh batches (study.final_conflicts), where measured."""
   out = []
-  for col in regime_columns(study):
-    if col != "joint" and not col.startswith("group:"):
-      continue
-    sweeps = dict.fromkeys((r.seed, r.sweep) for r in study.runs if r.column == col)
-    for seed, sweep in sweeps:
-      chosen = study.select(sweep)
-      if chosen is None:
-        continue
-      workdir = study.run_dir(chosen.run.name)
-      if not os.path.isdir(conflicts.store_dir(workdir)):
-        continue
-      out.append((col, seed, chosen.run.name, conflicts.load(workdir)))
+  for col, seed, chosen in study.pretraining_choices():
+    where = study.final_conflicts_dir(chosen.run.name)
+    if os.path.isdir(conflicts.store_dir(where)):
+      out.append((col, seed, chosen.run.name, conflicts.load(where)))
   return out
 
 
@@ -171,6 +171,27 @@ def conflict_phases(records, level=0.95):
                        "verdict": conflict_summary.pair_verdict(iv)})
       out[col, pair] = {"phases": phases, "seeds": [s for s, _, _ in runs],
                         "runs": [n for _, n, _ in runs]}
+  return out
+
+
+def final_conflicts(records, level=0.95):
+  """Per (column, pair) of `final_conflict_records`, the corrected cosine at the last step
+  combined over the seeds (stats.mean_of_runs of each run's interval over all its batches).
+  Returns {(column, pair): {'interval', 'verdict', 'seeds', 'runs', 'batches' (min-max over
+  the runs, text), 'size' (images per task)}}."""
+  by_column = {}
+  for col, seed, name, record in records:
+    by_column.setdefault(col, []).append((seed, name, record))
+  out = {}
+  for col, runs in by_column.items():
+    whole = [conflict_summary.phase_verdicts(r, 1, level)["phases"][0]["pair"] for _, _, r in runs]
+    counts = sorted(r.num_steps for _, _, r in runs)
+    batches = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+    for pair in whole[0]:
+      iv = stats.mean_of_runs([_interval(w[pair]["corrected_cos"]) for w in whole], level)
+      out[col, pair] = {"interval": iv, "verdict": conflict_summary.pair_verdict(iv),
+                        "seeds": [s for s, _, _ in runs], "runs": [n for _, n, _ in runs],
+                        "batches": batches, "size": (runs[0][2].probe_batch or {}).get("size")}
   return out
 
 

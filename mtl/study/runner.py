@@ -20,10 +20,11 @@ import sys
 import threading
 import time
 
-from mtl import children, compile_cache, files, run_folder
+from mtl import children, compile_cache, conflicts, files, run_folder
 from mtl.study.spec import format_lr
 from mtl.study.workdir import DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK
 
+ANALYZE_LOG = "analyze.log"  # a final_conflicts measurement's output, in its folder
 STATES = ("done", "running", "failed", "waiting", "started", "pending")
 
 
@@ -177,7 +178,7 @@ class Runner:
   fine-tunes after their sweep."""
 
   def __init__(self, study, train, out=sys.stdout, compile_cache="", max_parallel=1,
-               devices=None):
+               devices=None, analyze=None):
     if max_parallel < 1:
       raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
     if devices is not None and len(devices) < max_parallel:
@@ -186,6 +187,8 @@ class Runner:
     self.study = study
     self.out = out
     self.train = train
+    self.analyze = analyze  # (run_config, workdir, out, final) -> the measuring command
+    self.measuring = None   # the final_conflicts measurement in progress (a children.Child)
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
@@ -209,7 +212,8 @@ class Runner:
       self._send(signal.SIGKILL)
 
   def _send(self, sig):
-    children.send([run.proc for run in list(self.active.values())], sig)
+    measuring = [self.measuring.proc] if self.measuring is not None else []
+    children.send([run.proc for run in list(self.active.values())] + measuring, sig)
 
   def _env(self, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -282,6 +286,45 @@ class Runner:
     path = self.study.path(spec.name, run_folder.RESULTS_FILE)
     steps = files.read_json(self.study.path(spec.name, RUN_CONFIG))["total_steps"]
     return os.path.exists(path) and files.read_json(path).get("step") == steps
+
+  def _measure_final_conflicts(self):
+    """study.final_conflicts: the conflicts of each pre-training sweep's chosen run (every lr
+    done) at its last step, one run at a time, where not yet measured. False if one failed."""
+    study, final = self.study, self.study.config["final_conflicts"]
+    if not final["batch_size"] or self.analyze is None:
+      return True
+    todo = [c.run.name for _, _, c in study.pretraining_choices() if c.complete and
+            not os.path.isdir(conflicts.store_dir(study.final_conflicts_dir(c.run.name)))]
+    for k, name in enumerate(todo, 1):
+      out = study.final_conflicts_dir(name)
+      os.makedirs(out, exist_ok=True)
+      head = f"conflicts {k}/{len(todo)} {name}"
+      self.say(f"{head}: measuring its last step on fresh batches of {final['batch_size']}/task "
+               f"until +-{final['halfwidth']:g} (at most {final['max_batches']} batches) -> {out}")
+      started = time.time()
+      with open(os.path.join(out, ANALYZE_LOG), "a") as log:
+        try:  # one process measures a run (SLURM jobs of a study may finish side by side)
+          fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+          self.say(f"{head}: being measured by another process; skipped")
+          continue
+        if os.path.isdir(conflicts.store_dir(out)):
+          continue  # measured while this process waited
+        self.measuring = children.Child(
+            self.analyze(study.path(name, RUN_CONFIG), study.run_dir(name), out, final),
+            self._env(None), self._printer(f"[{head}] ", log))
+        code = self.measuring.proc.wait()
+        self.measuring.pump.join(timeout=10)
+        self.measuring = None
+      if self.signalled is not None:
+        self.say(f"{head}: interrupted; run the same command to measure it")
+        return True
+      if code != 0:
+        self.say(f"{head}: failed (exit status {code}); its log: "
+                 f"{os.path.join(out, ANALYZE_LOG)}; the same command measures it again")
+        return False
+      self.say(f"{head}: done in {files.format_duration(time.time() - started)}")
+    return True
 
   def run(self, only=""):
     """Run the matching runs that are not done; the exit status of the study: 0 all done, 1 a
@@ -369,6 +412,8 @@ class Runner:
     if ran or failed or self.signalled is not None:
       self.say(f"[study] compiled {self.programs[0]} programs, {self.programs[1]} loaded from "
                "the cache (XLA, the runs started here)")
+    if self.signalled is None and not failed and not self._measure_final_conflicts():
+      failed.append("final_conflicts")
     if self.signalled is not None:
       if queue:
         self.say(f"[study] interrupted before {queue[0].name}; run the same command to resume")

@@ -83,7 +83,7 @@ def _check_method_regime(regime):
 # Fields of the run config that the study sets for each run; per_regime may not set them.
 CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from")
 # Study fields that only change the report; they may differ between invocations.
-REPORT_ONLY = ("name", "test", "reference")
+REPORT_ONLY = ("name", "test", "reference", "final_conflicts")
 REFERENCE_FIELDS = ("label", "note", "psnr_y", "ssim_y", "requires")
 METRICS = {"psnr_y": "ssim_y", "psnr_rgb": "ssim_rgb"}   # study.metric -> the SSIM shown with it
 BUDGETS = ("steps", "equal_images", "equal_flops")
@@ -106,6 +106,11 @@ def defaults():
   c.per_regime = ml_collections.ConfigDict({r: ml_collections.ConfigDict() for r in STUDY_REGIMES})
   c.validation = "photos_val"
   c.test = ("photos",)
+  # Once a pre-training sweep (joint, group:<g>) is done, its run chosen on validation gets its
+  # conflicts measured at the last step on fresh batches of batch_size images per task (0: not),
+  # until +-halfwidth or max_batches (launch/analyze.py --checkpoint); question 1's headline.
+  c.final_conflicts = ml_collections.ConfigDict(dict(batch_size=0, halfwidth=0.02,
+                                                     max_batches=64))
   # requires: {task: dotted run-config field}; the task's reference values are shown only when
   # that field is set in every run that trains the task (e.g. real rain streaks for Rain100L).
   c.reference = ml_collections.ConfigDict(dict(
@@ -141,6 +146,17 @@ def validate(study):
   for key in ("steps", "lrs_override", "per_regime"):
     _unknown(d[key], STUDY_REGIMES, key)
   _unknown(d["reference"], REFERENCE_FIELDS, "reference")
+  _unknown(d["final_conflicts"], defaults().final_conflicts.keys(), "final_conflicts")
+  final = d["final_conflicts"]
+  if not (isinstance(final["batch_size"], int) and final["batch_size"] >= 0
+          and final["batch_size"] % 2 == 0):
+    raise ValueError(f"final_conflicts.batch_size={final['batch_size']!r}; give an even number of "
+                     "images per task (split into two halves), or 0 for no final measurement")
+  if not (isinstance(final["max_batches"], int) and final["max_batches"] >= 2):
+    raise ValueError(f"final_conflicts.max_batches={final['max_batches']!r}; give at least 2")
+  if not (isinstance(final["halfwidth"], (int, float)) and final["halfwidth"] >= 0):
+    raise ValueError(f"final_conflicts.halfwidth={final['halfwidth']!r}; give a half-width >= 0 "
+                     "(0: exactly max_batches)")
   if not d["tasks"]:
     raise ValueError("tasks=() names no task; list the tasks to compare, e.g. "
                      "('denoise_30', 'sr_x2', 'derain')")

@@ -288,3 +288,16 @@ class Study:
     except Waiting:
       names = ", ".join(r.name for r in self.sweeps[spec.source])
       return f"<best on {self.validation} of {names}; chosen when they are done>"
+
+  def pretraining_choices(self):
+    """[(column, seed, Selection)] of the multi-task pre-training sweeps (columns joint and
+    group:<g>) with a done run, in run order: the run each seed reports and fine-tunes from."""
+    sweeps = dict.fromkeys((r.column, r.seed, r.sweep) for r in self.runs
+                           if r.column == "joint" or r.column.startswith("group:"))
+    chosen = [(column, seed, self.select(sweep)) for column, seed, sweep in sweeps]
+    return [(column, seed, c) for column, seed, c in chosen if c is not None]
+
+  def final_conflicts_dir(self, name):
+    """Where run `name`'s conflicts at its last step are measured (study.final_conflicts)."""
+    steps = files.read_json(self.path(name, RUN_CONFIG))["total_steps"]
+    return run_folder.analysis_dir(self.run_dir(name), steps)
