@@ -31,9 +31,9 @@ was not measured. Bad input: one line on stderr, exit status 1, nothing written.
 """
 import os
 import re
-import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `mtl` without installing)
+import cli
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -159,24 +159,18 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   return "\n".join(lines) + "\n" + text
 
 
-def main(argv):
-  if len(argv) > 1:
-    print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
-    sys.exit(1)
+@cli.absl_main
+def main():
   f = flags.FLAGS
-  try:
-    if f.checkpoint:
-      if f.config is None:
-        raise ValueError("--checkpoint needs --config=<the run's config file>")
-      print(measure(f.checkpoint, f.config, f.num_batches, f.out, f.batch_size, f.halfwidth,
-                    f.max_batches), flush=True)
-    elif f.workdir:
-      print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)
-    else:
-      raise ValueError("pass --workdir=<run> (redraw its store) or --checkpoint=<run> --config=...")
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  if f.checkpoint:
+    if f.config is None:
+      raise ValueError("--checkpoint needs --config=<the run's config file>")
+    print(measure(f.checkpoint, f.config, f.num_batches, f.out, f.batch_size, f.halfwidth,
+                  f.max_batches), flush=True)
+  elif f.workdir:
+    print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)
+  else:
+    raise ValueError("pass --workdir=<run> (redraw its store) or --checkpoint=<run> --config=...")
 
 
 if __name__ == "__main__":

@@ -266,23 +266,34 @@ def corrected_cosine_intervals(G2, level=0.95, method="batch_means"):
           for i, j in pair_indices(same.shape[-1])]
 
 
+SEEDS_DIFFER = "the seeds differ beyond their own intervals"
+
+
 def mean_of_runs(intervals, level=0.95):
   """The mean of k independent runs' estimates (one window mean per seed) with a normal interval
-  from their own intervals: se_i = half-width_i / z, se = sqrt(sum se_i^2) / k. Runs' intervals
-  from t quantiles (batch means) give se_i >= the true one, so the result errs wide. NaN runs
-  are left out; none left, or one without an interval: a NaN interval saying so."""
+  whose se is the larger of two. Within runs: from the runs' own intervals, se_i = half-width_i
+  / z, se = sqrt(sum se_i^2) / k (runs' t-quantile intervals give se_i >= the true one, so it
+  errs wide). Between runs (k >= 2): s / sqrt(k), s the estimates' standard deviation, which
+  also holds the seeds' own differences (the moment estimate of a between-seed variance, as in
+  DerSimonian & Laird 1986): trained models that disagree beyond their noise leave the mean
+  undecided however precise each is, and the note says so. NaN runs are left out; none left,
+  or one without an interval: a NaN interval saying so."""
   _check_level(level)
   runs = [iv for iv in intervals if math.isfinite(iv.estimate)]
-  method = "mean of runs (independent seeds; per-run intervals combined)"
+  method = "mean of runs (independent seeds; se: the larger of within-run and between-seed)"
   if not runs:
     return _nan_interval(level, 0, method, "no run has an estimate")
   estimate = float(np.mean([iv.estimate for iv in runs]))
   if not all(math.isfinite(iv.low) and math.isfinite(iv.high) for iv in runs):
     return _nan_interval(level, len(runs), method, "a run has no interval", estimate)
-  z = sps.norm.ppf((1 + level) / 2)
-  se = math.sqrt(sum(((iv.high - iv.low) / (2 * z)) ** 2 for iv in runs)) / len(runs)
+  k, z = len(runs), sps.norm.ppf((1 + level) / 2)
+  se = math.sqrt(sum(((iv.high - iv.low) / (2 * z)) ** 2 for iv in runs)) / k
+  between = float(np.std([iv.estimate for iv in runs], ddof=1)) / math.sqrt(k) if k > 1 else 0.0
+  # Noise alone makes `between` exceed `se` about half the time; twice it, the seeds differ.
+  note = SEEDS_DIFFER if between > 2 * se else ""
+  se = max(se, between)
   p = float(2 * sps.norm.sf(abs(estimate) / se)) if se > 0 else (1.0 if estimate == 0 else 0.0)
-  return Interval(estimate, estimate - z * se, estimate + z * se, level, len(runs), p, method)
+  return Interval(estimate, estimate - z * se, estimate + z * se, level, k, p, method, note)
 
 
 def conflict_fraction_interval(x, level=0.95):

@@ -109,9 +109,9 @@ def test_batch_means_covers_ar1_mean_where_iid_does_not():
 
 
 def test_mean_of_runs_combines_seeds_and_covers_the_shared_mean():
-  # Three seeds' AR(1) series around one true mean 0: the combined interval is the mean of the
-  # three estimates with se = sqrt(sum se_i^2) / 3, and covers 0 about as often as each run's
-  # own interval (~91%, above); 85% of 200 is the same 3-SD bound.
+  # Three seeds' AR(1) series around one true mean 0: the combined interval (the mean of the
+  # three estimates, at least as wide as se = sqrt(sum se_i^2) / 3) covers 0 at least about as
+  # often as each run's own interval (~91%, above); 85% of 200 is the same 3-SD bound.
   rng = np.random.default_rng(5)
   hits = 0
   for _ in range(SIMS):
@@ -120,16 +120,24 @@ def test_mean_of_runs_combines_seeds_and_covers_the_shared_mean():
     hits += iv.low <= 0.0 <= iv.high
   assert hits >= 0.85 * SIMS, hits
   z = sps.norm.ppf(0.975)
-  runs = [stats.Interval(0.1, 0.0, 0.2, 0.95, 10), stats.Interval(0.3, 0.1, 0.5, 0.95, 10)]
+  # Seeds that agree within their noise: the within-run interval is the wider
+  runs = [stats.Interval(0.19, 0.09, 0.29, 0.95, 10), stats.Interval(0.21, 0.01, 0.41, 0.95, 10)]
   iv = stats.mean_of_runs(runs)
   se = math.sqrt((0.1 / z) ** 2 + (0.2 / z) ** 2) / 2  # half-widths 0.1 and 0.2
-  assert iv.estimate == pytest.approx(0.2) and iv.n == 2
+  assert iv.estimate == pytest.approx(0.2) and iv.n == 2 and iv.note == ""
   assert (iv.low, iv.high) == pytest.approx((0.2 - z * se, 0.2 + z * se))
+  # Precise seeds that disagree (as the mini study's final checkpoints did): the spread of the
+  # three estimates sets the se, and the note says why
+  runs = [stats.Interval(x, x - 0.01, x + 0.01, 0.95, 64) for x in (0.009, -0.108, 0.006)]
+  iv = stats.mean_of_runs(runs)
+  half = z * np.std([0.009, -0.108, 0.006], ddof=1) / math.sqrt(3)
+  assert (iv.low, iv.high) == pytest.approx((-0.031 - half, -0.031 + half))
+  assert iv.low < 0 < iv.high and iv.note == stats.SEEDS_DIFFER
   nan = stats.Interval(float("nan"), float("nan"), float("nan"), 0.95, 0)
-  assert stats.mean_of_runs([runs[0], nan]).estimate == pytest.approx(0.1)  # NaN runs left out
+  assert stats.mean_of_runs([runs[0], nan]).estimate == pytest.approx(0.009)  # NaN left out
   assert "no run" in stats.mean_of_runs([nan]).note
   no_ci = stats.mean_of_runs([runs[0], stats.Interval(0.5, float("nan"), float("nan"), 0.95, 1)])
-  assert no_ci.estimate == pytest.approx(0.3) and math.isnan(no_ci.low) and no_ci.note
+  assert no_ci.estimate == pytest.approx(0.2545) and math.isnan(no_ci.low) and no_ci.note
 
 
 def test_block_bootstrap_is_seeded_and_wider_than_iid():

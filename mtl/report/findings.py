@@ -115,7 +115,8 @@ def conflict_answers(study, records, final=()):
       iv, n = end["interval"], len(end["seeds"])
       where = (f"at the end of training (each seed's last checkpoint, {end['batches']} fresh "
                f"batches of {end['size']}/task)")
-      phases = phases + [{"label": "end", "interval": iv, "verdict": end["verdict"]}]
+      phases = phases + [{"label": "end", "interval": iv, "verdict": end["verdict"],
+                          "per_run": end["per_run"]}]
       earlier = phases[:-1]
     else:
       head = phases[-1]
@@ -126,6 +127,8 @@ def conflict_answers(study, records, final=()):
     sentence = (f"{pair} ({_source_words(study, col)}, {n} seed{'s' if n != 1 else ''}): "
                 f"corrected cosine {iv.text(3)} {where}" + (f" ({why})" if why else "")
                 + f" — {verdict}")
+    if iv.note == stats.SEEDS_DIFFER:
+      sentence += f" ({iv.note}: " + ", ".join(r.text(3) for r in phases[-1]["per_run"]) + ")"
     if earlier:
       sentence += ("; during training: " if (col, pair) in ended else "; earlier: ") + ", ".join(
           f"{ph['label']} {ph['interval'].text(3)}" for ph in earlier)

@@ -151,8 +151,8 @@ def conflict_phases(records, level=0.95):
   Every run of a column is split into the same number of phases (the fewest any of its runs
   allows, conflicts.summary.phase_count), so the last phase is each run's headline window.
   Returns {(column, pair): {'phases': [{'label', 'first', 'last', 'count' (of the first
-  seed's run), 'interval': stats.Interval, 'verdict'}] in training order, 'seeds': [seed],
-  'runs': [run name]}}.
+  seed's run), 'interval': stats.Interval, 'per_run': [each seed's], 'verdict'}] in training
+  order, 'seeds': [seed], 'runs': [run name]}}.
   """
   by_column = {}
   for col, seed, name, record in records:
@@ -164,10 +164,10 @@ def conflict_phases(records, level=0.95):
     for pair in phased[0]["phases"][0]["pair"]:
       phases = []
       for k, first in enumerate(phased[0]["phases"]):
-        iv = stats.mean_of_runs([_interval(p["phases"][k]["pair"][pair]["corrected_cos"])
-                                 for p in phased], level)
+        per_run = [_interval(p["phases"][k]["pair"][pair]["corrected_cos"]) for p in phased]
+        iv = stats.mean_of_runs(per_run, level)
         phases.append({"label": first["label"], "first": first["first"], "last": first["last"],
-                       "count": first["count"], "interval": iv,
+                       "count": first["count"], "interval": iv, "per_run": per_run,
                        "verdict": conflict_summary.pair_verdict(iv)})
       out[col, pair] = {"phases": phases, "seeds": [s for s, _, _ in runs],
                         "runs": [n for _, n, _ in runs]}
@@ -177,8 +177,8 @@ def conflict_phases(records, level=0.95):
 def final_conflicts(records, level=0.95):
   """Per (column, pair) of `final_conflict_records`, the corrected cosine at the last step
   combined over the seeds (stats.mean_of_runs of each run's interval over all its batches).
-  Returns {(column, pair): {'interval', 'verdict', 'seeds', 'runs', 'batches' (min-max over
-  the runs, text), 'size' (images per task)}}."""
+  Returns {(column, pair): {'interval', 'verdict', 'per_run' (each seed's), 'seeds', 'runs',
+  'batches' (min-max over the runs, text), 'size' (images per task)}}."""
   by_column = {}
   for col, seed, name, record in records:
     by_column.setdefault(col, []).append((seed, name, record))
@@ -188,8 +188,10 @@ def final_conflicts(records, level=0.95):
     counts = sorted(r.num_steps for _, _, r in runs)
     batches = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
     for pair in whole[0]:
-      iv = stats.mean_of_runs([_interval(w[pair]["corrected_cos"]) for w in whole], level)
+      per_run = [_interval(w[pair]["corrected_cos"]) for w in whole]
+      iv = stats.mean_of_runs(per_run, level)
       out[col, pair] = {"interval": iv, "verdict": conflict_summary.pair_verdict(iv),
+                        "per_run": per_run,
                         "seeds": [s for s, _, _ in runs], "runs": [n for _, n, _ in runs],
                         "batches": batches, "size": (runs[0][2].probe_batch or {}).get("size")}
   return out
