@@ -14,6 +14,10 @@ for the same --workdir is refused when it would drop or alter a finished run; ot
 what made a run fail) it is taken: finished runs are kept, the others run with the new config.
 Without --config, the study saved in <workdir>/study.json is used (what the SLURM jobs run).
 
+A study with final_conflicts.batch_size > 0 then measures each seed's chosen joint / group run
+at its last step (launch/analyze.py --checkpoint into runs/<run>/analysis/step-<N>/, one at a
+time, once every lr of its sweep is done; an interrupted one is measured on the next start).
+
 --max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
 sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU they are plain
 processes sharing the cores.

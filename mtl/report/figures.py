@@ -6,8 +6,8 @@
                          not (or where one seed gives no interval)
   findings-conflict.png  question 1 as small multiples: a panel per task pair (and pre-training),
                          the training phases on x, the noise-corrected cosine with its 95%
-                         interval, a line at 0, the headline phase named; every panel on the same
-                         y scale, which always holds 0
+                         interval (each seed's estimate beside it), a line at 0, the headline
+                         phase named; every panel on the same y scale, which always holds 0
 
 Scales are honest: 0 is always in view, the limits come from the intervals themselves (never
 clipped: a corrected cosine's interval may pass +-1, and the figure shows it), and panels that
@@ -27,6 +27,7 @@ from mtl import files
 DPI = 100
 PAD = 0.08            # share of the data range added on each side of an axis
 SIGNIFICANT = "#1f4e9c"
+SEED_COLOR, SEED_MARKER = "0.45", "x"
 COLUMNS = 3           # small multiples per row
 LEGEND_INCHES = 0.35  # the legend's strip under the axes
 FIGURE_DELTAS = "findings-delta.png"
@@ -72,12 +73,15 @@ def _dot(ax, x, y, iv, vertical):
           markerfacecolor=SIGNIFICANT if filled else "white", zorder=3)
 
 
-def _legend(fig):
-  """Filled / hollow, under the axes (never over a dot)."""
+def _legend(fig, seeds=False):
+  """Filled / hollow (and a seed's own estimate), under the axes (never over a dot)."""
   handles = [Line2D([], [], marker="o", ls="", color=SIGNIFICANT, label="95% CI excludes 0"),
              Line2D([], [], marker="o", ls="", markerfacecolor="white",
                     markeredgecolor=SIGNIFICANT, label="95% CI holds 0: not enough evidence")]
-  fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+  if seeds:
+    handles.append(Line2D([], [], marker=SEED_MARKER, ls="", color=SEED_COLOR,
+                          label="one seed's estimate"))
+  fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
 
 
 def _zero_line(ax, vertical):
@@ -122,7 +126,9 @@ def conflict_figure(answers, note=""):
   rows = math.ceil(n / cols)
   fig = Figure(figsize=(3.2 * cols + 0.6, 2.6 * rows + 1.2))
   axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
-  limits = _limits([ph["interval"] for a in answers for ph in a.phases])
+  limits = _limits([ph["interval"] for a in answers for ph in a.phases]
+                   + [r._replace(low=r.estimate, high=r.estimate)  # the seeds' dots only
+                      for a in answers for ph in a.phases for r in ph.get("per_run", ())])
   for k, ax in enumerate(axes.ravel()):
     if k >= n:
       ax.set_visible(False)
@@ -131,6 +137,9 @@ def conflict_figure(answers, note=""):
     _zero_line(ax, vertical=False)
     for x, ph in enumerate(a.phases):
       _dot(ax, x, ph["interval"].estimate, ph["interval"], vertical=True)
+      seeds = [r.estimate for r in ph.get("per_run", ()) if math.isfinite(r.estimate)]
+      if len(seeds) > 1:  # the spread the interval holds: seeds that differ show it
+        ax.plot([x + 0.18] * len(seeds), seeds, SEED_MARKER, color=SEED_COLOR, markersize=5)
     labels = [ph["label"] + ("\n(headline)" if x == len(a.phases) - 1 and len(a.phases) > 1
                              else "") for x, ph in enumerate(a.phases)]
     ax.set_xticks(range(len(a.phases)), labels, fontsize=8)
@@ -141,7 +150,7 @@ def conflict_figure(answers, note=""):
     ax.grid(axis="y", color="0.9")
     if k % cols == 0:
       ax.set_ylabel("corrected cosine")
-  _legend(fig)
+  _legend(fig, seeds=any(len(ph.get("per_run", ())) > 1 for a in answers for ph in a.phases))
   title = "Noise-corrected cosine per training phase, 95% CI over seeds (< 0: conflict)"
   fig.suptitle("\n".join([title] + textwrap.wrap(note, 40 + 35 * cols)), fontsize=9)
   fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
