@@ -118,8 +118,9 @@ def restore(mngr, abstract_state, step=None):
 def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
   """Only the parameters of a run's checkpoint (for fine-tuning and analysis); item='ema_params'
   reads their EMA instead (runs with config.optim.ema_decay > 0)."""
-  read_only = ocp.CheckpointManagerOptions(read_only=True, create=False)  # a user's files
-  mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=read_only)
+  # create=False: opening a user's folder writes nothing (read_only=True would warn each time)
+  options = ocp.CheckpointManagerOptions(create=False)
+  mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=options)
   step = mngr.latest_step() if step is None else step
   if step is None:
     mngr.close()

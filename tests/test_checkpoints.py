@@ -2,6 +2,7 @@
 into the stacked layout: parameters and Adam's moments, whole runs and parameters only."""
 import jax
 import numpy as np
+import pytest
 
 from experiments import small
 from mtl import checkpoints, run_state, sharding
@@ -42,3 +43,10 @@ def test_a_per_layer_checkpoint_restores_stacked(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, tree, want)
   assert all(a.sharding == s for a, s in zip(jax.tree_util.tree_leaves(restored.params),
                                              jax.tree_util.tree_leaves(run.state_shardings.params)))
+
+
+def test_restoring_from_a_folder_without_a_checkpoint_says_so_and_writes_nothing(tmp_path):
+  missing = tmp_path / "no" / "such"
+  with pytest.raises(ValueError, match=r"no checkpoint in .*; point to a run's workdir"):
+    checkpoints.restore_params(str(missing), {"w": jax.ShapeDtypeStruct((2,), np.float32)})
+  assert not (tmp_path / "no").exists()  # a user's path is only read
