@@ -117,22 +117,21 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   _check_out(out)  # a given --out before the measuring; the default one names the step
   steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
       config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches)
-  size = batch_size
   num_batches = len(steps)
   run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
       checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
   out = out or run_folder.analysis_dir(run_dir, ckpt_step)
   _check_out(out)
-  conflicts.append(out, steps, grams, layers, tasks, {"size": size, "fresh": True})
+  conflicts.append(out, steps, grams, layers, tasks, {"size": batch_size, "fresh": True})
   cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(grams.sum(1))))
   lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh probe batches "
-           f"of {size} images per task"]
+           f"of {batch_size} images per task"]
   for k, pair in enumerate(conflicts.pair_names(tasks)):
     lines.append(f"  {pair:<28} mean {np.mean(cos[:, k]):+.4f}  std {np.std(cos[:, k]):.4f}")
   # One model, no training phases; its probes are batches (numbered from measure's first_step,
   # past any training step), so the text names them by the checkpoint's step instead.
   text = re.sub(rf"steps {int(steps[0])}-{int(steps[-1])} \({len(steps)}( probes)?[^)]*\)",
-                f"checkpoint step {ckpt_step}, {len(steps)} fresh batches of {size}/task",
+                f"checkpoint step {ckpt_step}, {len(steps)} fresh batches of {batch_size}/task",
                 analyze(out, phases=1))
   if halfwidth > 0:
     body = grams.astype(np.float64).sum(1)
@@ -149,7 +148,7 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
       noisy = conflicts_measure.noisy_tasks(body, tasks)
       if noisy:
         text += ("\n" + ", ".join(f"{t} (same-task agreement {a:+.3f})" for t, a in noisy)
-                 + f": mostly noise at {size} images per task; a larger --batch_size narrows "
+                 + f": mostly noise at {batch_size} images per task; a larger --batch_size narrows "
                  "the intervals faster than more batches")
   elif conflicts.NOT_MEASURABLE in text or num_batches < FEW_BATCHES:
     # A few batches leave the intervals wide (or the same-task products not yet positive).

@@ -42,9 +42,9 @@ def noisy_tasks(G2, task_names):
 def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10**7,
                       halfwidth=0.0, max_batches=0, log=print):
   """Per-leaf Gramians of a saved model on fresh probe batches of `batch_size` images per task,
-  without training: `num_batches`, then
-  with `halfwidth` > 0 more, one at a time, until every pair's whole-body corrected-cosine 95%
-  interval is within +-halfwidth or `max_batches` are measured (progress through `log`;
+  without training: `num_batches`, then with `halfwidth` > 0 more, one at a time, until every
+  pair's whole-body corrected-cosine 95% interval is within +-halfwidth or `max_batches` are
+  measured (progress through `log`;
   stopping at the first batch whose intervals are narrow enough: a fixed-width sequential
   interval, whose coverage tends to the nominal level as the target narrows).
 

@@ -154,11 +154,8 @@ def conflict_phases(records, level=0.95):
   seed's run), 'interval': stats.Interval, 'per_run': [each seed's], 'verdict'}] in training
   order, 'seeds': [seed], 'runs': [run name]}}.
   """
-  by_column = {}
-  for col, seed, name, record in records:
-    by_column.setdefault(col, []).append((seed, name, record))
   out = {}
-  for col, runs in by_column.items():
+  for col, runs in _by_column(records).items():
     count = min(conflict_summary.phase_count(r.num_steps) for _, _, r in runs)
     phased = [conflict_summary.phase_verdicts(r, count, level) for _, _, r in runs]
     for pair in phased[0]["phases"][0]["pair"]:
@@ -179,11 +176,8 @@ def final_conflicts(records, level=0.95):
   combined over the seeds (stats.mean_of_runs of each run's interval over all its batches).
   Returns {(column, pair): {'interval', 'verdict', 'per_run' (each seed's), 'seeds', 'runs',
   'batches' (min-max over the runs, text), 'size' (images per task)}}."""
-  by_column = {}
-  for col, seed, name, record in records:
-    by_column.setdefault(col, []).append((seed, name, record))
   out = {}
-  for col, runs in by_column.items():
+  for col, runs in _by_column(records).items():
     whole = [conflict_summary.phase_verdicts(r, 1, level)["phases"][0]["pair"] for _, _, r in runs]
     counts = sorted(r.num_steps for _, _, r in runs)
     batches = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
@@ -195,6 +189,14 @@ def final_conflicts(records, level=0.95):
                         "seeds": [s for s, _, _ in runs], "runs": [n for _, n, _ in runs],
                         "batches": batches, "size": (runs[0][2].probe_batch or {}).get("size")}
   return out
+
+
+def _by_column(records):
+  """{column: [(seed, run name, Record)]} of conflict records, in their order."""
+  by_column = {}
+  for col, seed, name, record in records:
+    by_column.setdefault(col, []).append((seed, name, record))
+  return by_column
 
 
 def _interval(d):
