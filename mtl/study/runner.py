@@ -299,9 +299,6 @@ class Runner:
       out = study.final_conflicts_dir(name)
       os.makedirs(out, exist_ok=True)
       head = f"conflicts {k}/{len(todo)} {name}"
-      self.say(f"{head}: measuring its last step on fresh batches of {final['batch_size']}/task "
-               f"until +-{final['halfwidth']:g} (at most {final['max_batches']} batches) -> {out}")
-      started = time.time()
       with open(os.path.join(out, ANALYZE_LOG), "a") as log:
         try:  # one process measures a run (SLURM jobs of a study may finish side by side)
           fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -310,6 +307,10 @@ class Runner:
           continue
         if os.path.isdir(conflicts.store_dir(out)):
           continue  # measured while this process waited
+        self.say(f"{head}: measuring its last step on fresh batches of {final['batch_size']}/task "
+                 f"until +-{final['halfwidth']:g} (at most {final['max_batches']} batches) -> "
+                 f"{out}")
+        started = time.time()
         self.measuring = children.Child(
             self.analyze(study.path(name, RUN_CONFIG), study.run_dir(name), out, final),
             self._env(None), self._printer(f"[{head}] ", log))
