@@ -270,17 +270,23 @@ SEEDS_DIFFER = "the seeds differ beyond their own intervals"
 
 
 def mean_of_runs(intervals, level=0.95):
-  """The mean of k independent runs' estimates (one window mean per seed) with a normal interval
+  """The mean of k independent runs' estimates (one window mean per seed) with an interval
   whose se is the larger of two. Within runs: from the runs' own intervals, se_i = half-width_i
   / z, se = sqrt(sum se_i^2) / k (runs' t-quantile intervals give se_i >= the true one, so it
-  errs wide). Between runs (k >= 2): s / sqrt(k), s the estimates' standard deviation, which
-  also holds the seeds' own differences (the moment estimate of a between-seed variance, as in
-  DerSimonian & Laird 1986): trained models that disagree beyond their noise leave the mean
+  errs wide); normal quantile. Between runs (k >= 2): s / sqrt(k), s the estimates' standard
+  deviation, which also holds the seeds' own differences (the moment estimate of a
+  between-seed variance, as in DerSimonian & Laird 1986); Student t quantile with k - 1 df, as
+  s comes from k values. Trained models that disagree beyond their noise leave the mean
   undecided however precise each is, and the note says so. NaN runs are left out; none left,
-  or one without an interval: a NaN interval saying so."""
+  or one without an interval: a NaN interval saying so.
+
+  Coverage of a shared mean when each seed's true value scatters by tau around it (40,000
+  simulations, 3 seeds): >= 92% at every tau/se_i from 0 to 20 (a z quantile throughout:
+  81% once tau dominates); 2 seeds: >= 87%."""
   _check_level(level)
   runs = [iv for iv in intervals if math.isfinite(iv.estimate)]
-  method = "mean of runs (independent seeds; se: the larger of within-run and between-seed)"
+  method = ("mean of runs (independent seeds; se: the larger of within-run (normal) and "
+            "between-seed (t, k-1 df))")
   if not runs:
     return _nan_interval(level, 0, method, "no run has an estimate")
   estimate = float(np.mean([iv.estimate for iv in runs]))
@@ -292,9 +298,11 @@ def mean_of_runs(intervals, level=0.95):
   # Noise alone puts `between` above `se` 37% and above 2 se 2% of the time (3 seeds): the latter
   # says the seeds differ.
   note = SEEDS_DIFFER if between > 2 * se else ""
+  dist = sps.t(k - 1) if between > se else sps.norm
   se = max(se, between)
-  p = float(2 * sps.norm.sf(abs(estimate) / se)) if se > 0 else (1.0 if estimate == 0 else 0.0)
-  return Interval(estimate, estimate - z * se, estimate + z * se, level, k, p, method, note)
+  q = dist.ppf((1 + level) / 2)
+  p = float(2 * dist.sf(abs(estimate) / se)) if se > 0 else (1.0 if estimate == 0 else 0.0)
+  return Interval(estimate, estimate - q * se, estimate + q * se, level, k, p, method, note)
 
 
 def conflict_fraction_interval(x, level=0.95):

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Per phase (thirds of 90 probes), the expected-gradient cosines of (denoise_30~sr_x2,
 # denoise_30~derain, sr_x2~derain): a clear conflict throughout, an agreement that fades to
 # orthogonal after the first third, a steady agreement.
-PHASE_COS = [(-0.3, 0.5, 0.1), (-0.3, 0.0, 0.1), (-0.3, 0.0, 0.1)]
+PHASE_COS = [(-0.3, 0.5, 0.2), (-0.3, 0.0, 0.2), (-0.3, 0.0, 0.2)]
 
 
 def write_conflicts(study):
