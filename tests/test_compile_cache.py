@@ -74,4 +74,4 @@ def test_a_run_traces_its_init_once_and_creates_the_seeds_state(monkeypatch):
   for seed, state in states.items():
     want = init(run.model, jax.random.key(seed))
     for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(state.params)):
-      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same draws, bit for bit
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit for bit, at its options
