@@ -123,7 +123,8 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   out = out or run_folder.analysis_dir(run_dir, ckpt_step)
   _check_out(out)
   conflicts.append(out, steps, grams, layers, tasks, {"size": batch_size, "fresh": True})
-  cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(grams.sum(1))))
+  body = grams.astype(np.float64).sum(1)  # per batch, over the body's layers
+  cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(body)))
   lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh probe batches "
            f"of {batch_size} images per task"]
   for k, pair in enumerate(conflicts.pair_names(tasks)):
@@ -134,7 +135,6 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
                 f"checkpoint step {ckpt_step}, {len(steps)} fresh batches of {batch_size}/task",
                 analyze(out, phases=1))
   if halfwidth > 0:
-    body = grams.astype(np.float64).sum(1)
     widest, pair = conflicts_measure.widest_halfwidth(body, tasks)
     if widest <= halfwidth:
       text += (f"\nevery pair's corrected-cosine interval is within +-{halfwidth:g} after "

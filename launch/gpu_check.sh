@@ -1,9 +1,9 @@
 #!/bin/bash
-# One prepared check of mtl's speed on an accelerator (a GPU), in at most BUDGET seconds: compile
-# seconds, a batch sweep with MFU, the official PyTorch IPT on the same device (fp32 and bf16
-# autocast, interleaved), the probe / plain joint step ratio, start-up (command to first step,
-# cold and warm compilation cache), the input pipeline, the test subset that runs on GPUs, and
-# the main job. Every part has its own time limit and log ($OUT/<part>.log); one table at the end.
+# One prepared check of mtl's speed on an accelerator (a GPU), in at most BUDGET seconds: the test
+# subset that runs on GPUs, compile seconds (both body-call modes), a batch sweep with MFU, the
+# official PyTorch IPT on the same device (fp32 and bf16 autocast, interleaved), the probe /
+# plain joint step ratio, start-up (command to first step, cold and warm compilation cache), the
+# input pipeline, and the main job. Every part has its own time limit and log ($OUT/<part>.log); one table at the end.
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
@@ -63,7 +63,16 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,cl
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
     2>&1 | tail -n 1 | tee "$OUT/jax.txt"
 
+# First what no GPU has verified yet: the test subset, then compile seconds in both body-call
+# modes (the speed parts after them were measured once, 2026-12-04).
+# -v: a line per test as it ends, so a subset cut by its limit still says which passed or failed.
+XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -v -p no:cacheprovider \
+    -m "not cpu_only" tests/test_models.py tests/test_step_batched.py tests/test_flops.py \
+    tests/test_train.py
 BENCH=(python3 launch/benchmark.py --sizes="$SIZE" --precision="$PRECISION" --repeats="$REPEATS")
+part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST"
+part compile_scanned 60 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST" \
+    --body_calls=scanned
 # The steps' compiled programs are shared between the timing parts (the compile part turns the
 # cache off for its own timings; the start-up part keeps its own, empty at first).
 part sweep 150 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$BATCHES" \
@@ -81,19 +90,12 @@ else
 fi
 part probe 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe --batch_size="$FIRST" \
     --compile_cache="$CACHE"
-part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST"
 # Two processes share the device here: neither takes 75% of its memory up front.
 XLA_PYTHON_CLIENT_PREALLOCATE=false part startup 120 "${BENCH[@]}" --sections=startup \
     --batch_size="$FIRST"
-XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -q -p no:cacheprovider \
-    -m "not cpu_only" tests/test_models.py tests/test_step_batched.py tests/test_flops.py \
-    tests/test_train.py
 part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
 part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$OUT/tiny" \
     --compile_cache="$CACHE"
-# Last: the fastest-compiling mode (model.body_calls=scanned), where budget is left.
-part compile_scanned 60 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST" \
-    --body_calls=scanned
 
 {
   echo
@@ -103,7 +105,7 @@ part compile_scanned 60 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_s
   echo "|---|---|---|---|"
   while IFS=$'\t' read -r name rc seconds note; do
     case $name in
-      tests) note="${note:+$note; }$(grep -E "passed|failed|error" "$OUT/tests.log" 2>/dev/null | tail -n 1)";;
+      tests) note="${note:+$note; }$(grep -cE " PASSED( |$)" "$OUT/tests.log") passed, $(grep -cE " (FAILED|ERROR)( |$)" "$OUT/tests.log") failed: $(grep -oE "^[^ ]+ (FAILED|ERROR)" "$OUT/tests.log" | cut -d' ' -f1 | tr '\n' ' ')";;
       main_job) note="${note:+$note; }$(grep -E "^step " "$OUT/main_job.log" 2>/dev/null | tail -n 1 | cut -d'|' -f1-3)";;
     esac
     echo "| $name | $rc | $seconds | $note |"
