@@ -26,7 +26,7 @@ Sections:
             PyTorch's per-task loop
   compile   (not in the default) seconds to trace and to compile each step function at the
             first --batch_size: the one-task step of each of --tasks (schedule 'one'), the plain
-            joint step, the probe step, the evaluation's tile function
+            joint step, the probe step, the initialisation, the evaluation's tile function
   startup   (not in the default) launch/train.py at the size, from the command to its first
             step done, with an empty compilation cache (cold) and again with it filled (warm)
   devices   the same joint step on 8 fake CPU devices / 1 device, equal global batch
@@ -597,8 +597,8 @@ def _probe_at(size, batch_size):
 
 
 def section_compile(size):
-  """Seconds to trace (jit's lower) and to compile each step function, from abstract arguments
-  (nothing is initialised), without the persistent compilation cache."""
+  """Seconds to trace (jit's lower) and to compile each step function and the init, from
+  abstract arguments (nothing is initialised), without the persistent compilation cache."""
   import jax
   import jax.numpy as jnp
   from mtl import run_state, sharding
@@ -621,6 +621,8 @@ def section_compile(size):
   functions.append(("probe step (schedule all)",
                     _step(run, config, run.model.task_names, probe=True),
                     (run.abstract_state, abstract_batch(run.model.specs))))
+  functions.append(("init (the fresh state)", run.init_function(),
+                    (jax.ShapeDtypeStruct((), jnp.uint32),)))
   tile = config.eval.tile_batch
   params = run.abstract_state.params
   images = jax.ShapeDtypeStruct((tile, config.model.patch_size, config.model.patch_size, 3),

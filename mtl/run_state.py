@@ -54,11 +54,14 @@ class Run:
                       opt_state=self.optimizer.init(params), mtl_state=mtl_state or None,
                       ema_params=ema)
 
+  def init_function(self):
+    """The jitted init: seed (uint32) -> fresh state with its shardings."""
+    return jax.jit(self.fresh_state, out_shardings=self.state_shardings,
+                   compiler_options=INIT_COMPILER_OPTIONS)
+
   def init_state(self):
     """Fresh state, created directly with its shardings (never whole on one device)."""
-    init = jax.jit(self.fresh_state, out_shardings=self.state_shardings,
-                   compiler_options=INIT_COMPILER_OPTIONS)
-    return init(step_args(self.config)["seed"])
+    return self.init_function()(step_args(self.config)["seed"])
 
 
 def build(config):

@@ -31,11 +31,12 @@ def test_compile_section_times_every_step_function_and_keeps_summary_rows():
   assert out.returncode == 0, out.stderr[-3000:]
   text = out.stdout
   for label in ("one-task step sr_x2 (schedule one)", "plain joint step (schedule all)",
-                "probe step (schedule all)", "eval tile function (32 tiles, sr_x4)"):
+                "probe step (schedule all)", "init (the fresh state)",
+                "eval tile function (32 tiles, sr_x4)"):
     assert re.search(rf"^  {re.escape(label)} +\d+\.\d +\d+\.\d$", text, re.M), text
   assert "one-task step sr_x3" not in text  # --tasks picks the one-task steps
   rows = [l for l in text.splitlines() if l.startswith("ROW | compile s: ")]
-  assert len(rows) == 4  # plain, probe, eval, the one-task maximum: printed as they finish
+  assert len(rows) == 5  # plain, probe, init, eval, the one-task maximum: as they finish
   table = text[text.index("[summary]"):].splitlines()
   assert table[1].startswith("| what | size | batch |") and len(table) == 3 + len(rows)
   assert all(r[4:] in table for r in rows)

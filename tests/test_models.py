@@ -46,6 +46,26 @@ def test_a_seed_gives_a_task_the_same_init_in_every_run_that_holds_it():
   assert tasks.task_id("denoise_30") != tasks.task_id("sr_x2")
 
 
+def test_tasks_parts_drawn_together_are_each_tasks_own_draws():
+  """init draws the heads, queries and tails of tasks that share a structure in one vmap (denoise_30
+  and derain share a scale-1 tail): each is still its task's own draw from its task key, bit for
+  bit, as a part built alone from that key."""
+  cfg = ipt.ModelConfig(**ipt.SIZES["tiny"])
+  model = ipt.IPT(cfg, tasks.get_all(["denoise_30", "sr_x2", "derain"]))
+  key = jax.random.key(7)
+  params = model.init(key)
+  pure = lambda module: nnx.to_pure_dict(nnx.state(module))
+  for spec in model.specs:
+    task_key = jax.random.fold_in(jax.random.split(key)[1], tasks.task_id(spec.name))
+    k_head, k_query, k_tail = jax.random.split(task_key, 3)
+    jax.tree.map(np.testing.assert_array_equal, params["heads"][spec.name],
+                 pure(ipt.Head(cfg, nnx.Rngs(k_head))))
+    jax.tree.map(np.testing.assert_array_equal, params["tails"][spec.name],
+                 pure(ipt.Tail(cfg, spec.scale, nnx.Rngs(k_tail))))
+    np.testing.assert_array_equal(params["queries"][spec.name], ipt.embedding_std(cfg.init)
+                                  * jax.random.normal(k_query, (cfg.num_tokens, cfg.token_dim)))
+
+
 @pytest.mark.parametrize("task,side", [("sr_x2", 96), ("sr_x3", 144), ("sr_x4", 192),
                                        ("denoise_30", 48)])
 def test_output_shapes_per_task(task, side):
