@@ -590,8 +590,8 @@ def _probe_at(size, batch_size):
                     min(torch_seconds[label].values()) if torch_seconds.get(label) else
                     float("nan")))
   if peer and torch_seconds.get("probe"):
-    print(f"  official PyTorch IPT per-task loop (6 backward passes, body gradients kept apart, "
-          f"cosines), same run: " + ", ".join(f"{p} {t * 1e3:.1f} ms/step" for p, t in
+    print("  official PyTorch IPT per-task loop (6 backward passes, body gradients kept apart, "
+          "cosines), same run: " + ", ".join(f"{p} {t * 1e3:.1f} ms/step" for p, t in
                                              torch_seconds["probe"].items())
           + f"; mtl probe / the faster = {seconds['probe'] / min(torch_seconds['probe'].values()):.2f}")
 
