@@ -283,17 +283,13 @@ class Body(nnx.Module):
     if cfg.init == "torch":
       # As the official IPT code (huawei-noah/Pretrained-IPT, model/ipt.py) initialises it: its
       # encoder and decoder stacks are deep copies of one layer (_get_clones), so every encoder
-      # layer starts from the same values, and every decoder layer too.
+      # layer starts from the same values, and every decoder layer too: one layer drawn, repeated.
       enc_key, dec_key = rngs.params(), rngs.params()
-      layer_rngs = lambda key: nnx.Rngs(key)
-    else:
-      enc_key = dec_key = None
-      layer_rngs = lambda key: rngs
-    # Built layer by layer (the same draws as one module per layer), then stacked.
-    self.encoder = _stacked([EncoderLayer(cfg, layer_rngs(enc_key))
-                             for _ in range(cfg.num_encoder_layers)])
-    self.decoder = _stacked([DecoderLayer(cfg, layer_rngs(dec_key))
-                             for _ in range(cfg.num_decoder_layers)])
+      self.encoder = _stacked([EncoderLayer(cfg, nnx.Rngs(enc_key))] * cfg.num_encoder_layers)
+      self.decoder = _stacked([DecoderLayer(cfg, nnx.Rngs(dec_key))] * cfg.num_decoder_layers)
+    else:  # layer by layer from one stream (the same draws as one module per layer), stacked
+      self.encoder = _stacked([EncoderLayer(cfg, rngs) for _ in range(cfg.num_encoder_layers)])
+      self.decoder = _stacked([DecoderLayer(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
     self.out_mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs, cfg.init)
 
   def __call__(self, feats, query_pos):
