@@ -161,7 +161,10 @@ def probe_note(study, records, final=()):
     until = (f"until every pair's interval was within ±{f['halfwidth']:g} (at most {most}"
              if f["halfwidth"] > 0 else f"({most}")
     note.append(f"'end': each seed's chosen run measured at its last checkpoint on fresh batches "
-                f"of {f['batch_size']} per task {until}; launch/analyze.py --checkpoint).")
+                f"of {f['batch_size']} per task {until}; launch/analyze.py --checkpoint). A "
+                "seed's interval covers its batches' noise at those parameters; the conflict "
+                "moves between nearby checkpoints (README, Conflicts), which the seeds' spread "
+                "holds.")
   return " ".join(note)
 
 
