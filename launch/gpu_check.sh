@@ -3,7 +3,8 @@
 # subset that runs on GPUs, compile seconds (both body-call modes), a batch sweep with MFU, the
 # official PyTorch IPT on the same device (fp32 and bf16 autocast, interleaved), the probe /
 # plain joint step ratio, start-up (command to first step, cold and warm compilation cache), the
-# input pipeline, and the main job. Every part has its own time limit and log ($OUT/<part>.log); one table at the end.
+# input pipeline, and the main job. Every part has its own time limit and log ($OUT/<part>.log);
+# one table at the end.
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU

@@ -16,7 +16,7 @@ from mtl.step import TrainState, step_args
 
 # The init runs once per run and compiles at every cold start: LLVM's level 1 compiles it faster
 # (2 CPU cores: tiny 5.2 -> 2.8 s, paper 9.9 -> 8.6 s) with the same draws bit for bit (level 0
-# would differ by an ulp) and no slower a run.
+# would differ by an ulp), for at most 0.1 s more of its one run.
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 LOSS_UNITS = "loss: L1 on the [0, 255] scale, per task (total = their sum); /255 for BasicSR's [0, 1]"
 
