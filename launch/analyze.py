@@ -1,12 +1,13 @@
 """Redraw and summarize the gradient conflicts a run has stored, or measure a saved model's.
 
   python launch/analyze.py --workdir=/tmp/mtl/tiny [--step_range=START:END] [--window=N]
-  python launch/analyze.py --checkpoint=/tmp/mtl/tiny --config=experiments/tiny.py \
+  python launch/analyze.py --checkpoint=/tmp/mtl/tiny --config=experiments/tiny.py [--step=N] \
       [--batch_size=128] [--num_batches=16] [--halfwidth=0.02] [--max_batches=256] [--out=DIR]
 
 Checkpoint mode: restores the parameters of the latest checkpoint under --checkpoint (a run's
-workdir or its checkpoints/ folder), measures the per-task gradient Gramians on fresh probe
-batches of --batch_size images per task (no training): --num_batches, then more until every
+workdir or its checkpoints/ folder; --step: that step's), measures the per-task gradient
+Gramians on fresh probe batches of --batch_size images per task (no training; the batches are
+keyed by the run's seed and the checkpoint's step, so each checkpoint gets its own): --num_batches, then more until every
 pair's corrected-cosine 95% interval is within +-halfwidth (0: exactly --num_batches) or
 --max_batches are measured, and says when the target was not reached and about how many batches
 it would take. It writes them as a conflict store into --out (default
@@ -52,6 +53,8 @@ flags.DEFINE_integer("max_batches", 256, "Checkpoint mode: at most this many bat
 flags.DEFINE_integer("batch_size", 128, "Checkpoint mode: images per task of each probe batch "
                      "(even; lower it where memory is short).", lower_bound=2)
 flags.DEFINE_string("out", None, "Checkpoint mode: output folder.")
+flags.DEFINE_integer("step", None, "Checkpoint mode: the checkpoint's step (default: the latest).",
+                     lower_bound=0)
 flags.DEFINE_string("step_range", "", "Probe steps START:END to load, half-open; '' for all.")
 flags.DEFINE_integer("window", 0, "Average the summary and averaged figures over the last N "
                      "probe steps; 0 for the headline (last) training phase.", lower_bound=0)
@@ -107,7 +110,7 @@ def _check_out(out):
 
 
 def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth=0.0,
-            max_batches=0):
+            max_batches=0, step=None):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
   import numpy as np
   from mtl import conflicts, run_folder
@@ -116,7 +119,8 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
   _check_out(out)  # a given --out before the measuring; the default one names the step
   steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
-      config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches)
+      config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches,
+      step=step)
   num_batches = len(steps)
   run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
       checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
@@ -165,7 +169,7 @@ def main():
     if f.config is None:
       raise ValueError("--checkpoint needs --config=<the run's config file>")
     print(measure(f.checkpoint, f.config, f.num_batches, f.out, f.batch_size, f.halfwidth,
-                  f.max_batches), flush=True)
+                  f.max_batches, f.step), flush=True)
   elif f.workdir:
     print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)
   else:

@@ -121,6 +121,11 @@ def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
   # create=False: opening a user's folder writes nothing (read_only=True would warn each time)
   options = ocp.CheckpointManagerOptions(create=False)
   mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=options)
+  saved = mngr.all_steps()
+  if step is not None and step not in saved:
+    mngr.close()
+    raise ValueError(f"step {step} has no checkpoint in {checkpoint_dir}; saved steps: "
+                     f"{', '.join(map(str, sorted(saved))) or 'none'}")
   step = mngr.latest_step() if step is None else step
   if step is None:
     mngr.close()
@@ -141,14 +146,19 @@ def checkpoint_dir_of(path):
   return inner if os.path.isdir(inner) else path
 
 
-def latest_saved_step(workdir):
-  """The newest complete checkpoint step of a run (its workdir or checkpoints/), or None.
+def saved_steps(workdir):
+  """The complete checkpoint steps of a run (its workdir or checkpoints/), ascending.
 
   Orbax renames `<step>.orbax-checkpoint-tmp-*` to `<step>` when a save completes, so only
   all-digit names count; nothing is created or locked (unlike a CheckpointManager).
   """
   folder = checkpoint_dir_of(workdir)
   if not os.path.isdir(folder):
-    return None
-  return max((int(d) for d in os.listdir(folder) if d.isdigit()), default=None)
+    return []
+  return sorted(int(d) for d in os.listdir(folder) if d.isdigit())
+
+
+def latest_saved_step(workdir):
+  """The newest complete checkpoint step of a run (its workdir or checkpoints/), or None."""
+  return (saved_steps(workdir) or [None])[-1]
 

@@ -39,18 +39,29 @@ def noisy_tasks(G2, task_names):
   return [(t, float(a)) for t, a in zip(task_names, agree) if not a >= 0.5]
 
 
-def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10**7,
-                      halfwidth=0.0, max_batches=0, log=print):
-  """Per-leaf Gramians of a saved model on fresh probe batches of `batch_size` images per task,
-  without training: `num_batches`, then with `halfwidth` > 0 more, one at a time, until every
-  pair's whole-body corrected-cosine 95% interval is within +-halfwidth or `max_batches` are
-  measured (progress through `log`; stopping at the first batch whose intervals are narrow
-  enough: a fixed-width sequential interval, whose coverage tends to the nominal level as the
-  target narrows).
+_PROBE_SEED_TAG = 3  # SeedSequence ignores trailing zeros; the tag keeps [seed, step] its own
 
-  Batches are those of steps first_step, first_step + 1, ... (far past any training step, so
-  unseen crops and degradations). Returns (steps, half-split gramians (N, L, 2T, 2T), layer
-  names in network order, task names, the checkpoint's step).
+
+def probe_seed(seed, step):
+  """The data and degradation seed of a checkpoint's fresh probe batches: a pure function of the
+  run's seed and the checkpoint's step, so the batches of two checkpoints of a run (and of two
+  runs) are independent, and a measurement repeats exactly."""
+  return int(np.random.SeedSequence([seed, step, _PROBE_SEED_TAG]).generate_state(1)[0] >> 1)
+
+
+def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10**7,
+                      halfwidth=0.0, max_batches=0, log=print, step=None):
+  """Per-leaf Gramians of a saved model (its checkpoint of `step`, default the latest) on fresh
+  probe batches of `batch_size` images per task, without training: `num_batches`, then with
+  `halfwidth` > 0 more, one at a time, until every pair's whole-body corrected-cosine 95%
+  interval is within +-halfwidth or `max_batches` are measured (progress through `log`;
+  stopping at the first batch whose intervals are narrow enough: a fixed-width sequential
+  interval, whose coverage tends to the nominal level as the target narrows).
+
+  Batches are those of steps first_step, first_step + 1, ... (far past any training step) under
+  the seed `probe_seed(config.seed, checkpoint step)`: unseen crops and degradations, others for
+  every checkpoint. Returns (steps, half-split gramians (N, L, 2T, 2T), layer names in network
+  order, task names, the checkpoint's step).
   """
   from mtl.data import sources
   if len(config.tasks) < 2:
@@ -61,7 +72,8 @@ def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10
   with jax.set_mesh(run.mesh):
     abstract = run.abstract_state
     params, ckpt_step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(checkpoint),
-                                                   abstract.params)
+                                                   abstract.params, step)
+    config.seed = probe_seed(config.seed, ckpt_step)
     sharding.check_batch(run.mesh, batch_size, "the probe batch size")
     if batch_size % 2:
       raise ValueError(f"probe batch size {batch_size} is odd; it is split into two equal halves")

@@ -26,12 +26,7 @@ def load_model(workdir, step=None, ema=False):
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), model.abstract_params())
-  ckpt_dir = checkpoints.checkpoint_dir_of(workdir)
-  if step is not None and not os.path.isdir(os.path.join(ckpt_dir, str(step))):
-    saved = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(
-        ckpt_dir) else []
-    raise ValueError(f"step {step} is not saved in {ckpt_dir}; saved steps: {saved or 'none'}")
-  params, step = checkpoints.restore_params(ckpt_dir, abstract, step,
+  params, step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(workdir), abstract, step,
                                             "ema_params" if ema else "params")
   return config, model, params, int(step)
 

@@ -322,6 +322,35 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
   assert again.returncode == 1 and "already holds a conflict store" in again.stderr
 
 
+def test_a_checkpoint_of_a_given_step_is_measured_on_batches_of_its_own(straight_run):
+  # --step: that checkpoint's parameters, on fresh batches keyed by (the run's seed, its step):
+  # the same Gramians as the reference probe on that batch at those parameters.
+  from mtl import measure, step as step_lib
+  from mtl.data import pipeline, sources
+  from mtl.models import ipt
+  config = _config()
+  steps, grams, _, tasks, saved = measure.measure_conflicts(config, straight_run[0], 2, 2,
+                                                            log=lambda *a, **k: None, step=2)
+  assert saved == 2 and tasks == ["denoise_30", "sr_x2"] and grams.shape[0] == 2
+  assert measure.probe_seed(config.seed, 2) != measure.probe_seed(config.seed, 4)
+  config.regime, config.schedule = "joint", "all"
+  config.seed = measure.probe_seed(config.seed, 2)
+  run = run_state.build(config)
+  params, _ = checkpoints.restore_params(os.path.join(straight_run[0], "checkpoints"),
+                                         run.abstract_state.params, 2)
+  _, order = ipt.body_layer_order(params["body"])
+  images = sources.open_images(config.data, "train")
+  probe = jax.jit(lambda p, b, s: step_lib.probe_gramians(p, b, s, run.model, config, tasks))
+  for k, step in enumerate(steps):
+    batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size, 2,
+                                    config.seed, int(step))
+    want = np.asarray(probe(params, batch, np.int32(step)))[np.asarray(order)]
+    # The same computation on the same inputs, compiled twice: equal up to summation order.
+    np.testing.assert_allclose(grams[k], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  with pytest.raises(ValueError, match=r"step 3 has no checkpoint in .*; saved steps: 2, 4"):
+    measure.measure_conflicts(config, straight_run[0], 1, 2, step=3)
+
+
 def test_analyze_probes_until_its_halfwidth_target_or_max_batches(straight_run, tmp_path):
   # A target no finite number of batches reaches: it measures --max_batches and says so, with
   # the batches the target would take; a store already at --out is refused before measuring.
