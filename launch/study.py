@@ -15,8 +15,9 @@ what made a run fail) it is taken: finished runs are kept, the others run with t
 Without --config, the study saved in <workdir>/study.json is used (what the SLURM jobs run).
 
 A study with final_conflicts.batch_size > 0 then measures each seed's chosen joint / group run
-at its last step (launch/analyze.py --checkpoint into runs/<run>/analysis/step-<N>/, one at a
-time, once every lr of its sweep is done; an interrupted one is measured on the next start).
+at its last final_conflicts.checkpoints saved steps (launch/analyze.py --checkpoint --step=N into
+runs/<run>/analysis/step-<N>/, one at a time, once every lr of its sweep is done; an
+interrupted one is measured on the next start).
 
 --max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
 sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU they are plain
@@ -78,14 +79,20 @@ def train_command(run_config, workdir):
           f"--workdir={workdir}"]
 
 
-def analyze_command(run_config, workdir, out, final):
-  """A pre-training run's conflicts at its last step (the study's final_conflicts): launch/
-  analyze.py on its checkpoint, 16 fresh batches then more until +-halfwidth or max_batches."""
-  first = min(16, final["max_batches"]) if final["halfwidth"] > 0 else final["max_batches"]
+FIRST_BATCHES = 16  # analyze.py's --num_batches default: measured before checking the target
+
+
+def analyze_command(run_config, workdir, out, final, step):
+  """A pre-training run's conflicts at its saved step `step` (the study's final_conflicts):
+  launch/analyze.py on that checkpoint, 16 fresh batches then more until +-halfwidth or
+  max_batches."""
+  first = min(FIRST_BATCHES, final["max_batches"]) if final["halfwidth"] > 0 else \
+      final["max_batches"]
   return [sys.executable, os.path.join(HERE, "analyze.py"), f"--checkpoint={workdir}",
-          f"--config={FROM_JSON}:{run_config}", f"--batch_size={final['batch_size']}",
-          f"--num_batches={first}", f"--halfwidth={final['halfwidth']}",
-          f"--max_batches={final['max_batches']}", f"--out={out}"]
+          f"--config={FROM_JSON}:{run_config}", f"--step={step}",
+          f"--batch_size={final['batch_size']}", f"--num_batches={first}",
+          f"--halfwidth={final['halfwidth']}", f"--max_batches={final['max_batches']}",
+          f"--out={out}"]
 
 
 def devices(value, max_parallel):

@@ -269,6 +269,34 @@ def corrected_cosine_intervals(G2, level=0.95, method="batch_means"):
 SEEDS_DIFFER = "the seeds differ beyond their own intervals"
 
 
+def mean_of_estimates(intervals, level=0.95):
+  """The mean of independent estimates of one thing (a run's last checkpoints, each measured on
+  batches of its own) with the se of their noise alone: se_i = half-width_i / z, se =
+  sqrt(sum se_i^2) / k, normal quantile. It covers the mean of those k values, not what they
+  scatter around (mean_of_runs adds that). NaN estimates are left out (as by mean_of_runs);
+  one left: itself; none, or one without an interval: a NaN interval saying so."""
+  _check_level(level)
+  parts = [iv for iv in intervals if math.isfinite(iv.estimate)]
+  method = f"mean of {len(parts)} estimates (se from their own intervals)"
+  if len(parts) == 1:
+    return parts[0]
+  if not parts:
+    return _nan_interval(level, 0, method, "no estimate")
+  estimate = float(np.mean([iv.estimate for iv in parts]))
+  if not all(math.isfinite(iv.low) and math.isfinite(iv.high) for iv in parts):
+    return _nan_interval(level, len(parts), method, "an estimate has no interval", estimate)
+  z = sps.norm.ppf((1 + level) / 2)
+  se = _within_se(parts, z)
+  p = float(2 * sps.norm.sf(abs(estimate) / se)) if se > 0 else (1.0 if estimate == 0 else 0.0)
+  return Interval(estimate, estimate - z * se, estimate + z * se, level,
+                  sum(iv.n for iv in parts), p, method)
+
+
+def _within_se(intervals, z):
+  """sqrt(sum se_i^2) / k of k independent estimates, se_i = half-width_i / z."""
+  return math.sqrt(sum(((iv.high - iv.low) / (2 * z)) ** 2 for iv in intervals)) / len(intervals)
+
+
 def mean_of_runs(intervals, level=0.95):
   """The mean of k independent runs' estimates (one window mean per seed) with an interval
   whose se is the larger of two. Within runs: from the runs' own intervals, se_i = half-width_i
@@ -293,7 +321,7 @@ def mean_of_runs(intervals, level=0.95):
   if not all(math.isfinite(iv.low) and math.isfinite(iv.high) for iv in runs):
     return _nan_interval(level, len(runs), method, "a run has no interval", estimate)
   k, z = len(runs), sps.norm.ppf((1 + level) / 2)
-  se = math.sqrt(sum(((iv.high - iv.low) / (2 * z)) ** 2 for iv in runs)) / k
+  se = _within_se(runs, z)
   between = float(np.std([iv.estimate for iv in runs], ddof=1)) / math.sqrt(k) if k > 1 else 0.0
   # Noise alone puts `between` above `se` 37% and above 2 se 2% of the time (3 seeds): the latter
   # says the seeds differ.

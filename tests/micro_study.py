@@ -35,7 +35,8 @@ def get_config(arg=""):
   run.eval.sets = "photos,photos_val"
   run.eval.max_side, run.eval.max_images = 64, 1
   study.run = run
-  study.final_conflicts.batch_size = 2   # the joint run's last step, 3 fresh batches
+  # The joint run's last two checkpoints (steps 2 and 4), 3 fresh batches each
+  study.final_conflicts.batch_size, study.final_conflicts.checkpoints = 2, 2
   study.final_conflicts.halfwidth, study.final_conflicts.max_batches = 0.0, 3
   if arg == "kill":            # two scratch runs long enough to be interrupted
     study.tasks, study.regimes, study.seeds = ("denoise_30",), ("scratch",), (0, 1)

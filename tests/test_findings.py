@@ -2,6 +2,7 @@
 results and conflict stores are written by the real writers with known values: each answer's
 interval is the tables' own, its verdict follows the interval, and a question the study cannot
 answer says so. The real micro study's findings are checked in test_report.py."""
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from mtl import conflicts, stats
+from mtl import conflicts, run_defaults, run_folder, stats
 from mtl.report import cells, figures, findings, scores, tables
 from mtl import study as study_lib
 from test_conflicts import known_halves
@@ -75,16 +76,17 @@ def test_a_final_measurement_is_the_headline_with_the_phases_beside_it(tmp_path)
   write_conflicts(s)
   for _, seed, chosen in s.pretraining_choices():
     grams = known_halves(20, (-0.3, 0.0, 0.1), noise=1.0, seed=100 + seed)
-    conflicts.append(s.final_conflicts_dir(chosen.run.name), 10**7 + np.arange(20), grams,
-                     ["pos_embed"], list(s.tasks), {"size": 128, "fresh": True})
+    conflicts.append(run_folder.analysis_dir(s.run_dir(chosen.run.name), 4),
+                     10**7 + np.arange(20), grams, ["pos_embed"], list(s.tasks),
+                     {"size": 128, "fresh": True})
   final = scores.final_conflict_records(s)
-  assert [(col, seed, name) for col, seed, name, _ in final] == [
-      ("joint", k, f"joint-lr1e-3-s{k}") for k in range(3)]  # the lr chosen on validation
+  assert [(col, seed, name, [step for step, _ in m]) for col, seed, name, m in final] == [
+      ("joint", k, f"joint-lr1e-3-s{k}", [4]) for k in range(3)]  # the lr chosen on validation
   found = findings.build(s, tables.transfer_table(s), scores.conflict_records(s), final)
   answers = {a.subject: a for a in found.answers[1]}
   for pair, a in answers.items():
     per_run = [conflicts.phase_verdicts(r, 1)["phases"][0]["pair"][pair]["corrected_cos"]
-               for *_, r in final]
+               for *_, [(_, r)] in final]
     expected = stats.mean_of_runs([stats.Interval(d["estimate"], d["low"], d["high"],
                                                   d["level"], d["n"]) for d in per_run])
     assert a.interval[:5] == pytest.approx(expected[:5], rel=1e-12)
@@ -97,6 +99,70 @@ def test_a_final_measurement_is_the_headline_with_the_phases_beside_it(tmp_path)
   assert answers["denoise_30~sr_x2"].verdict == "yes: conflict beyond noise"
   assert answers["sr_x2~derain"].verdict == "no: agreement beyond noise"
   assert "'end': each seed's chosen run measured at its last checkpoint" in found.probe_note
+
+
+def test_a_seeds_end_is_the_mean_of_its_last_checkpoints(tmp_path):
+  # final_conflicts.checkpoints=2: each seed's two last saved steps measured on batches of their
+  # own; a seed's figure is their mean (the noise of both), the answer those means over seeds.
+  s = _two_checkpoint_study(str(tmp_path / "study"))
+  assert [d for _, d in s.final_conflicts_dirs("joint-lr1e-3-s0")] == [
+      run_folder.analysis_dir(s.run_dir("joint-lr1e-3-s0"), step) for step in (2, 4)]
+  records = scores.final_conflict_records(s)
+  found = findings.build(s, tables.transfer_table(s), [], records)
+  answers = {a.subject: a for a in found.answers[1]}
+  for pair, a in answers.items():
+    per_run = [stats.mean_of_estimates([
+        _interval(conflicts.phase_verdicts(r, 1)["phases"][0]["pair"][pair]["corrected_cos"])
+        for _, r in measured]) for *_, measured in records]
+    assert a.interval[:5] == pytest.approx(stats.mean_of_runs(per_run)[:5], rel=1e-12)
+    assert ("at the end of training (the mean of each seed's last 2 checkpoints, steps 2 to 4, "
+            "each on 20 fresh batches of 128/task)") in a.sentence
+  # the true means: -0.3, 0.0, +0.1
+  assert answers["denoise_30~sr_x2"].verdict == "yes: conflict beyond noise"
+  assert answers["denoise_30~derain"].verdict == findings.NOT_ENOUGH
+  assert ("'end': each seed's chosen run measured at its last 2 checkpoints, each on fresh "
+          "batches of its own of 128 per task (20 batches; ") in found.probe_note
+  assert "a seed's figure is their mean" in found.probe_note
+
+
+def _interval(d):
+  return stats.Interval(d["estimate"], d["low"], d["high"], d["level"], d["n"])
+
+
+def _two_checkpoint_study(path, noise_only=()):
+  """A synthetic study whose joint runs' last two checkpoints (steps 2, 4) were measured on 20
+  fresh batches each; at the (seed, step)s in `noise_only`, denoise_30's two half-batch
+  gradients point apart on average (its same-task product < 0: not measurable there)."""
+  run = run_defaults.get_config("tiny")
+  run.eval.sets, run.checkpoint_every = "photos,photos_val", 2
+  final = study_lib.defaults().final_conflicts
+  final.batch_size, final.halfwidth, final.max_batches, final.checkpoints = 128, 0.0, 20, 2
+  s = synthetic_study(path, run=run, final_conflicts=final)
+  for _, seed, chosen in s.pretraining_choices():
+    for step, cos in ((2, (-0.5, 0.2, 0.1)), (4, (-0.1, -0.2, 0.1))):
+      grams = known_halves(20, cos, noise=1.0, seed=100 * step + seed)
+      if (seed, step) in noise_only:
+        grams[:, :, 0, 1] = grams[:, :, 1, 0] = -np.abs(grams[:, :, 0, 1])  # denoise_30 a.b < 0
+      conflicts.append(run_folder.analysis_dir(s.run_dir(chosen.run.name), step),
+                       10**7 + np.arange(20), grams, ["pos_embed"], list(s.tasks),
+                       {"size": 128, "fresh": True})
+  return s
+
+
+def test_a_checkpoint_or_seed_without_an_estimate_is_left_out_and_counted(tmp_path):
+  # Seed 1 has no denoise_30 estimate at either checkpoint, seed 2 none at step 4: the answer
+  # combines seed 0's two and seed 2's one, and says so.
+  s = _two_checkpoint_study(str(tmp_path / "study"), noise_only={(1, 2), (1, 4), (2, 4)})
+  found = findings.build(s, tables.transfer_table(s), [], scores.final_conflict_records(s))
+  answers = {a.subject: a for a in found.answers[1]}
+  pair = answers["denoise_30~sr_x2"]
+  assert pair.sentence.startswith("denoise_30~sr_x2 (joint, 2 of 3 seeds (seed 1: no estimate)):")
+  assert "each on 20 fresh batches of 128/task; 3 of 6 measurable)" in pair.sentence
+  assert pair.interval.n == 2 and math.isfinite(pair.interval.low)
+  seed0, seed2 = [r for r in pair.phases[-1]["per_run"] if math.isfinite(r.estimate)]
+  assert seed2.n == 20 and seed0.n == 40  # one checkpoint's batches, two checkpoints'
+  assert answers["sr_x2~derain"].sentence.startswith("sr_x2~derain (joint, 3 seeds):")
+  assert "measurable" not in answers["sr_x2~derain"].sentence
 
 
 def test_conflict_verdicts_follow_the_interval(found):

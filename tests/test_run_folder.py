@@ -14,6 +14,12 @@ def test_results_names():
   assert {run_folder.RESULTS_FILE, run_folder.LOG_FILE} <= set(run_folder.ARTIFACTS)
 
 
+def test_checkpoint_steps_are_every_n_and_the_last():
+  assert run_folder.checkpoint_steps(10, 4) == [4, 8, 10]
+  assert run_folder.checkpoint_steps(600, 25)[-4:] == [525, 550, 575, 600]
+  assert run_folder.checkpoint_steps(5, 250) == [5]
+
+
 def test_saved_config_reads_back_with_tuples(tmp_path):
   config = tiny.get_config()
   files.write_json(str(tmp_path / run_folder.CONFIG_FILE), config.to_dict())

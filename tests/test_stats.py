@@ -141,6 +141,34 @@ def test_mean_of_runs_combines_seeds_and_covers_the_shared_mean():
   assert no_ci.estimate == pytest.approx(0.2545) and math.isnan(no_ci.low) and no_ci.note
 
 
+def test_mean_of_estimates_is_the_mean_with_the_noise_of_its_parts():
+  # A seed's last checkpoints, each on batches of its own: independent noise, se = sqrt(sum
+  # se_i^2) / k whatever their spread (mean_of_runs, not this, answers for the spread).
+  z = sps.norm.ppf(0.975)
+  parts = [stats.Interval(0.1, 0.1 - 0.01 * z, 0.1 + 0.01 * z, 0.95, 12),
+           stats.Interval(0.3, 0.3 - 0.02 * z, 0.3 + 0.02 * z, 0.95, 12)]
+  iv = stats.mean_of_estimates(parts)
+  se = math.sqrt(0.01 ** 2 + 0.02 ** 2) / 2
+  assert iv.estimate == pytest.approx(0.2) and iv.n == 24
+  assert (iv.low, iv.high) == pytest.approx((0.2 - z * se, 0.2 + z * se))
+  assert iv.p == pytest.approx(2 * sps.norm.sf(0.2 / se))
+  # Coverage of the mean of the parts' true values, each part N(truth_i, se_i^2): ~95%; 1000
+  # simulations (binomial SD 0.7%), so 92% is 4 SDs below.
+  rng, hits = np.random.default_rng(3), 0
+  truth, ses = np.array([0.1, -0.2, 0.05, 0.3]), np.array([0.01, 0.03, 0.02, 0.05])
+  for _ in range(1000):
+    est = truth + rng.normal(0, ses)
+    iv = stats.mean_of_estimates([stats.Interval(x, x - z * e, x + z * e, 0.95, 12)
+                                  for x, e in zip(est, ses)])
+    hits += iv.low <= truth.mean() <= iv.high
+  assert hits >= 920, hits
+  nan = stats.Interval(float("nan"), float("nan"), float("nan"), 0.95, 12)
+  assert stats.mean_of_estimates([parts[0], nan]) == parts[0]  # a NaN estimate is left out
+  assert stats.mean_of_estimates([nan]).note == "no estimate"
+  no_ci = stats.Interval(0.5, float("nan"), float("nan"), 0.95, 1)
+  assert math.isnan(stats.mean_of_estimates([parts[0], no_ci]).low)
+
+
 def test_mean_of_runs_covers_the_shared_mean_when_seeds_scatter():
   # Each seed's true value scatters around the shared mean 0 by tau = 5x its own se: the
   # spread of 3 estimates is then the se, known to 2 df. With a t(2) quantile the interval

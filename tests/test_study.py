@@ -162,10 +162,22 @@ def test_run_config_sets_what_the_study_controls():
     (dict(metric="psnr"), "metric='psnr'; valid: psnr_y, psnr_rgb"),
     (dict(budget="equal_compute"), "budget='equal_compute'; valid: steps, equal_images"),
     (dict(lrs=()), "give one or more positive learning rates"),
-    (dict(final_conflicts=dict(batch_size=3, halfwidth=0.02, max_batches=64)),
+    (dict(final_conflicts=dict(batch_size=3, halfwidth=0.02, max_batches=64, checkpoints=1)),
      "final_conflicts.batch_size=3; give an even number of images per task"),
-    (dict(final_conflicts=dict(batch_size=128, halfwidth=0.02, max_batches=1)),
+    (dict(final_conflicts=dict(batch_size=128, halfwidth=0.02, max_batches=1, checkpoints=1)),
      "final_conflicts.max_batches=1; give at least 2"),
+    (dict(final_conflicts=dict(batch_size=128, halfwidth=0.02, max_batches=64)),
+     "final_conflicts has no checkpoints; set its fields one by one"),
+    (dict(final_conflicts=dict(batch_size=128, halfwidth=0.02, max_batches=64, checkpoints=0)),
+     "final_conflicts.checkpoints=0; give the number of last saved steps to measure (>= 1)"),
+    # micro: joint runs of 5 steps, saved at the last only (checkpoint_every=250), 2 kept
+    (dict(final_conflicts=dict(batch_size=2, halfwidth=0.0, max_batches=3, checkpoints=2)),
+     "final_conflicts.checkpoints=2 but the joint runs save 1 (steps 5: checkpoint_every=250); "
+     "lower per_regime.joint.checkpoint_every or measure fewer"),
+    (dict(final_conflicts=dict(batch_size=2, halfwidth=0.0, max_batches=3, checkpoints=2),
+          per_regime=dict(joint=dict(checkpoint_every=2, keep_checkpoints=1))),
+     "final_conflicts.checkpoints=2 but the joint runs keep 1 (keep_checkpoints); set "
+     "per_regime.joint.keep_checkpoints = 2 or measure fewer"),
 ])
 def test_bad_studies_are_refused_with_one_line(fields, message):
   with pytest.raises(ValueError, match=re.escape(message)) as error:
@@ -381,6 +393,7 @@ def get_config(arg=""):
   study = _micro(arg)
   study.regimes = ("scratch", "joint")
   study.steps.scratch = study.steps.joint = 2
+  study.final_conflicts.checkpoints = 1  # 2 steps save one checkpoint
   study.run.conflicts.every = 0
   # token dim 16 * 3 * 3 = 144 is not divisible by 5 heads: the joint run fails at its start.
   study.per_regime.joint.model = ml_collections.ConfigDict(dict(num_heads=5))  # CAUSE

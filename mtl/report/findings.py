@@ -67,8 +67,10 @@ def _significant(iv):
 
 
 def _why_no_interval(iv, unit="seed"):
+  """'1 seed: no interval' for an estimate without one (no estimate: the verdict says why)."""
   n = iv.n
-  return f"{n} {unit}{'s' if n != 1 else ''}: no interval" if not math.isfinite(iv.low) else ""
+  return (f"{n} {unit}{'s' if n != 1 else ''}: no interval"
+          if math.isfinite(iv.estimate) and not math.isfinite(iv.low) else "")
 
 
 # ----------------------------------------------------------------------------- question 1
@@ -104,27 +106,27 @@ def _source_words(study, col):
 
 def conflict_answers(study, records, final=()):
   """Question 1 for every (column, pair) of `records` (scores.conflict_records) and `final`
-  (scores.final_conflict_records): the headline is the last step's fresh-batch measurement where
-  there is one (a tighter interval than a training phase's), else the last training phase's."""
+  (scores.final_conflict_records): the headline is the last checkpoints' fresh-batch
+  measurement where there is one (a tighter interval than a training phase's), else the last
+  training phase's."""
   phased, ended = conflict_phases(records), final_conflicts(final)
   answers = []
   for (col, pair) in dict.fromkeys(list(phased) + list(ended)):
     phases = phased[col, pair]["phases"] if (col, pair) in phased else []
     if (col, pair) in ended:
       end = ended[col, pair]
-      iv, n = end["interval"], len(end["seeds"])
-      where = (f"at the end of training (each seed's last checkpoint, {end['batches']} fresh "
-               f"batches of {end['size']}/task)")
+      iv, seeds = end["interval"], end["seeds"]
+      where = f"at the end of training ({_final_words(end)})"
       phases = phases + [{"label": "end", "interval": iv, "verdict": end["verdict"],
                           "per_run": end["per_run"]}]
       earlier = phases[:-1]
     else:
       head = phases[-1]
-      iv, n = head["interval"], len(phased[col, pair]["seeds"])
+      iv, seeds = head["interval"], phased[col, pair]["seeds"]
       where, earlier = _phase_where(head, len(phases)), phases[:-1]
     verdict = conflict_verdict(iv)
     why = _why_no_interval(iv, "seed")
-    sentence = (f"{pair} ({_source_words(study, col)}, {n} seed{'s' if n != 1 else ''}): "
+    sentence = (f"{pair} ({_source_words(study, col)}, {_seed_words(seeds, phases[-1])}): "
                 f"corrected cosine {iv.text(3)} {where}" + (f" ({why})" if why else "")
                 + f" — {verdict}")
     if iv.note == stats.SEEDS_DIFFER:
@@ -138,6 +140,28 @@ def conflict_answers(study, records, final=()):
         sentence += " (the verdict changes between phases)"
     answers.append(Answer(1, pair, col, iv, verdict, sentence + ".", phases))
   return answers
+
+
+def _seed_words(seeds, headline):
+  """'3 seeds', or '2 of 3 seeds (seed 2: no estimate)' where a seed's figure is NaN (mean_of_runs
+  leaves it out)."""
+  missing = [str(s) for s, r in zip(seeds, headline["per_run"]) if not math.isfinite(r.estimate)]
+  n = len(seeds) - len(missing)
+  if not missing or not n:  # none: the verdict says that no seed has an estimate
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
+  return (f"{n} of {len(seeds)} seeds (seed{'s' if len(missing) > 1 else ''} "
+          f"{', '.join(missing)}: no estimate)")
+
+
+def _final_words(end):
+  """Which checkpoints and batches a final_conflicts answer (scores.final_conflicts) used."""
+  batches = f"{end['batches']} fresh batches of {end['size']}/task"
+  if end["checkpoints"] == "1":
+    return f"each seed's last checkpoint, {batches}"
+  gaps = f"; {end['measured']} of {end['total']} measurable" if end["measured"] < end["total"] \
+      else ""
+  return (f"the mean of each seed's last {end['checkpoints']} checkpoints, steps {end['steps']}, "
+          f"each on {batches}{gaps}")
 
 
 def probe_note(study, records, final=()):
@@ -160,8 +184,13 @@ def probe_note(study, records, final=()):
     most = f"{f['max_batches']} batches"
     until = (f"until every pair's interval was within ±{f['halfwidth']:g} (at most {most}"
              if f["halfwidth"] > 0 else f"({most}")
-    note.append(f"'end': each seed's chosen run measured at its last checkpoint on fresh batches "
-                f"of {f['batch_size']} per task {until}; launch/analyze.py --checkpoint). A "
+    where = ("its last checkpoint on fresh batches" if f["checkpoints"] == 1 else
+             f"its last {f['checkpoints']} checkpoints, each on fresh batches of its own")
+    note.append(f"'end': each seed's chosen run measured at {where} of {f['batch_size']} per "
+                f"task {until}; launch/analyze.py --checkpoint)"
+                + ("" if f["checkpoints"] == 1 else "; a seed's figure is their mean, leaving "
+                   "out a checkpoint not measurable at that batch: one where a task's gradient "
+                   "is mostly noise") + ". A "
                 "seed's interval covers its batches' noise at those parameters; the conflict "
                 "moves between nearby checkpoints (README, Conflicts), which the seeds' spread "
                 "holds.")
@@ -284,7 +313,7 @@ def markdown(findings, figures=(), status=""):
             "expected gradients on the shared body, per phase of the probe steps (thirds), "
             "combined over seeds (their mean; its se the larger of the runs' own and the seeds' "
             "spread / √k, the latter with a t quantile on k-1 df, so seeds that disagree leave "
-            "it open); the answer is the last step's fresh-batch measurement ('end') where the "
+            "it open); the answer is the last checkpoints' fresh-batch measurement ('end') where the "
             "study made one, else the last phase's (what training settled into). "
             f"{probes}Questions 2 and 3: paired Δ over seeds (paired t), each regime's "
             f"learning rate chosen per seed on validation. '{NOT_ENOUGH}': the interval holds 0 "

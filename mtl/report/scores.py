@@ -125,13 +125,15 @@ def conflict_records(study):
 
 
 def final_conflict_records(study):
-  """[(column, seed, run name, conflicts.Record)] of those runs' conflicts measured at their last
-  step on fresh batches (study.final_conflicts), where measured."""
+  """[(column, seed, run name, [(step, conflicts.Record)])] of those runs' conflicts measured at
+  their last saved steps on fresh batches (study.final_conflicts), oldest first, where measured."""
   out = []
   for col, seed, chosen in study.pretraining_choices():
-    where = study.final_conflicts_dir(chosen.run.name)
-    if os.path.isdir(conflicts.store_dir(where)):
-      out.append((col, seed, chosen.run.name, conflicts.load(where)))
+    measured = [(step, conflicts.load(where))
+                for step, where in study.final_conflicts_dirs(chosen.run.name)
+                if os.path.isdir(conflicts.store_dir(where))]
+    if measured:
+      out.append((col, seed, chosen.run.name, measured))
   return out
 
 
@@ -172,23 +174,44 @@ def conflict_phases(records, level=0.95):
 
 
 def final_conflicts(records, level=0.95):
-  """Per (column, pair) of `final_conflict_records`, the corrected cosine at the last step
-  combined over the seeds (stats.mean_of_runs of each run's interval over all its batches).
-  Returns {(column, pair): {'interval', 'verdict', 'per_run' (each seed's), 'seeds', 'runs',
-  'batches' (min-max over the runs, text), 'size' (images per task)}}."""
+  """Per (column, pair) of `final_conflict_records`, the corrected cosine at the end of training
+  combined over the seeds: each seed's the mean of its last checkpoints' (stats.mean_of_estimates
+  of each checkpoint's interval over all its batches; those without an estimate left out), then
+  stats.mean_of_runs over the seeds. Returns {(column, pair): {'interval', 'verdict', 'per_run'
+  (each seed's), 'per_checkpoint' (each seed's [(step, interval)]), 'seeds', 'runs', as text
+  (min-max over the runs) 'batches' per checkpoint, 'checkpoints', 'steps' (first and last);
+  'measured' and 'total': the checkpoints with an estimate and all; 'size' (images/task)}}."""
   out = {}
   for col, runs in _by_column(records).items():
-    whole = [conflict_summary.phase_verdicts(r, 1, level)["phases"][0]["pair"] for _, _, r in runs]
-    counts = sorted(r.num_steps for _, _, r in runs)
-    batches = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
-    for pair in whole[0]:
-      per_run = [_interval(w[pair]["corrected_cos"]) for w in whole]
+    per_checkpoint = [[(step, _whole(r, level)) for step, r in measured] for *_, measured in runs]
+    batches = _span(r.num_steps for *_, measured in runs for _, r in measured)
+    checkpoints = _span(len(measured) for *_, measured in runs)
+    first, last = _span(m[0][0] for *_, m in runs), _span(m[-1][0] for *_, m in runs)
+    for pair in per_checkpoint[0][0][1]:
+      each = [[(step, c[pair]) for step, c in run] for run in per_checkpoint]
+      per_run = [stats.mean_of_estimates([iv for _, iv in run], level) for run in each]
       iv = stats.mean_of_runs(per_run, level)
       out[col, pair] = {"interval": iv, "verdict": conflict_summary.pair_verdict(iv),
-                        "per_run": per_run,
+                        "per_run": per_run, "per_checkpoint": each,
                         "seeds": [s for s, _, _ in runs], "runs": [n for _, n, _ in runs],
-                        "batches": batches, "size": (runs[0][2].probe_batch or {}).get("size")}
+                        "batches": batches, "checkpoints": checkpoints,
+                        "steps": first if first == last else f"{first} to {last}",
+                        "measured": sum(math.isfinite(c.estimate) for run in each for _, c in run),
+                        "total": sum(len(run) for run in each),
+                        "size": (runs[0][2][0][1].probe_batch or {}).get("size")}
   return out
+
+
+def _whole(record, level):
+  """{pair: corrected-cosine Interval} over all of a record's probes (one phase)."""
+  pairs = conflict_summary.phase_verdicts(record, 1, level)["phases"][0]["pair"]
+  return {pair: _interval(d["corrected_cos"]) for pair, d in pairs.items()}
+
+
+def _span(values):
+  """'3' or '2-4': the range of some counts, as text."""
+  values = sorted(values)
+  return f"{values[0]}" if values[0] == values[-1] else f"{values[0]}-{values[-1]}"
 
 
 def _by_column(records):

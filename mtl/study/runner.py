@@ -187,7 +187,7 @@ class Runner:
     self.study = study
     self.out = out
     self.train = train
-    self.analyze = analyze  # (run_config, workdir, out, final) -> the measuring command
+    self.analyze = analyze  # (run_config, workdir, out, final, step) -> the measuring command
     self.measuring = None   # the final_conflicts measurement in progress (a children.Child)
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
@@ -289,30 +289,31 @@ class Runner:
 
   def _measure_final_conflicts(self):
     """study.final_conflicts: the conflicts of each pre-training sweep's chosen run (every lr
-    done) at its last step, one run at a time, where not yet measured. False if one failed."""
+    done) at its last saved steps, one at a time, where not yet measured. False if one failed."""
     study, final = self.study, self.study.config["final_conflicts"]
     if not final["batch_size"] or self.analyze is None:
       return True
-    todo = [c.run.name for _, _, c in study.pretraining_choices() if c.complete and
-            not os.path.isdir(conflicts.store_dir(study.final_conflicts_dir(c.run.name)))]
-    for k, name in enumerate(todo, 1):
-      out = study.final_conflicts_dir(name)
+    todo = [(c.run.name, step, out) for _, _, c in study.pretraining_choices() if c.complete
+            for step, out in study.final_conflicts_dirs(c.run.name)
+            if not os.path.isdir(conflicts.store_dir(out))]
+    for k, (name, step, out) in enumerate(todo, 1):
       os.makedirs(out, exist_ok=True)
-      head = f"conflicts {k}/{len(todo)} {name}"
+      head = f"conflicts {k}/{len(todo)} {name} step {step}"
       with open(os.path.join(out, ANALYZE_LOG), "a") as log:
-        try:  # one process measures a run (SLURM jobs of a study may finish side by side)
+        try:  # one process measures a checkpoint (SLURM jobs of a study may finish side by side)
           fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
           self.say(f"{head}: being measured by another process; skipped")
           continue
         if os.path.isdir(conflicts.store_dir(out)):
           continue  # measured while this process waited
-        self.say(f"{head}: measuring its last step on fresh batches of {final['batch_size']}/task "
-                 f"until +-{final['halfwidth']:g} (at most {final['max_batches']} batches) -> "
-                 f"{out}")
+        amount = (f"until +-{final['halfwidth']:g} (at most {final['max_batches']} batches)"
+                  if final["halfwidth"] > 0 else f"{final['max_batches']} batches")
+        self.say(f"{head}: measuring it on fresh batches of {final['batch_size']}/task, {amount} "
+                 f"-> {out}")
         started = time.time()
         self.measuring = children.Child(
-            self.analyze(study.path(name, RUN_CONFIG), study.run_dir(name), out, final),
+            self.analyze(study.path(name, RUN_CONFIG), study.run_dir(name), out, final, step),
             self._env(None), self._printer(f"[{head}] ", log))
         code = self.measuring.proc.wait()
         self.measuring.pump.join(timeout=10)

@@ -60,7 +60,7 @@ import re
 
 import ml_collections
 
-from mtl import evaluate, files
+from mtl import evaluate, files, run_folder
 from mtl import tasks as tasks_lib
 
 STUDY_REGIMES = ("scratch", "joint", "finetune", "pairs", "groups")
@@ -107,10 +107,11 @@ def defaults():
   c.validation = "photos_val"
   c.test = ("photos",)
   # Once a pre-training sweep (joint, group:<g>) is done, its run chosen on validation gets its
-  # conflicts measured at the last step on fresh batches of batch_size images per task (0: not),
-  # until +-halfwidth or max_batches (launch/analyze.py --checkpoint); question 1's headline.
+  # conflicts measured at its last `checkpoints` saved steps (run.checkpoint_every apart), each
+  # on fresh batches of batch_size images per task (0: not), until +-halfwidth or max_batches
+  # (launch/analyze.py --checkpoint); their mean per seed is question 1's headline.
   c.final_conflicts = ml_collections.ConfigDict(dict(batch_size=0, halfwidth=0.02,
-                                                     max_batches=64))
+                                                     max_batches=64, checkpoints=1))
   # requires: {task: dotted run-config field}; the task's reference values are shown only when
   # that field is set in every run that trains the task (e.g. real rain streaks for Rain100L).
   c.reference = ml_collections.ConfigDict(dict(
@@ -148,6 +149,10 @@ def validate(study):
   _unknown(d["reference"], REFERENCE_FIELDS, "reference")
   _unknown(d["final_conflicts"], defaults().final_conflicts.keys(), "final_conflicts")
   final = d["final_conflicts"]
+  missing = [k for k in defaults().final_conflicts if k not in final]
+  if missing:
+    raise ValueError(f"final_conflicts has no {missing[0]}; set its fields one by one on "
+                     "study_lib.defaults()'s (study.final_conflicts.batch_size = 128, ...)")
   if not (isinstance(final["batch_size"], int) and final["batch_size"] >= 0
           and final["batch_size"] % 2 == 0):
     raise ValueError(f"final_conflicts.batch_size={final['batch_size']!r}; give an even number of "
@@ -157,6 +162,9 @@ def validate(study):
   if not (isinstance(final["halfwidth"], (int, float)) and final["halfwidth"] >= 0):
     raise ValueError(f"final_conflicts.halfwidth={final['halfwidth']!r}; give a half-width >= 0 "
                      "(0: exactly max_batches)")
+  if not (isinstance(final["checkpoints"], int) and final["checkpoints"] >= 1):
+    raise ValueError(f"final_conflicts.checkpoints={final['checkpoints']!r}; give the number of "
+                     "last saved steps to measure (>= 1)")
   if not d["tasks"]:
     raise ValueError("tasks=() names no task; list the tasks to compare, e.g. "
                      "('denoise_30', 'sr_x2', 'derain')")
@@ -232,6 +240,8 @@ def validate(study):
     if partial and regime not in regimes:
       raise ValueError(f"per_regime.{regime} is set but {regime!r} is not in regimes")
     _check_partial(d["run"], partial, f"per_regime.{regime}")
+  if final["batch_size"]:
+    _check_final_checkpoints(d, final["checkpoints"])
   names = eval_set_names(d["run"]["eval"]["sets"])
   if d["validation"] not in names:
     raise ValueError(f"validation={d['validation']!r} is not among run.eval.sets "
@@ -253,6 +263,24 @@ def validate(study):
     tasks_lib.get(task)
     if _lookup(d["run"], field) is _MISSING:
       raise ValueError(f"reference.requires.{task}={field!r} is not a run config field")
+
+
+def _check_final_checkpoints(d, wanted):
+  """The pre-training runs save and keep the `wanted` last checkpoints final_conflicts measures."""
+  for regime in ("joint", "groups"):
+    if regime not in d["regimes"]:
+      continue
+    run = {**d["run"], **d["per_regime"][regime]}
+    saved = run_folder.checkpoint_steps(regime_steps(d, regime), run["checkpoint_every"])
+    if len(saved) < wanted:
+      raise ValueError(f"final_conflicts.checkpoints={wanted} but the {regime} runs save "
+                       f"{len(saved)} (steps {', '.join(map(str, saved))}: checkpoint_every="
+                       f"{run['checkpoint_every']}); lower per_regime.{regime}.checkpoint_every "
+                       "or measure fewer")
+    if run["keep_checkpoints"] < wanted:
+      raise ValueError(f"final_conflicts.checkpoints={wanted} but the {regime} runs keep "
+                       f"{run['keep_checkpoints']} (keep_checkpoints); set per_regime.{regime}."
+                       f"keep_checkpoints = {wanted} or measure fewer")
 
 
 _MISSING = object()
@@ -347,7 +375,8 @@ def lr_grids_differ(d):
 
 
 def upgrade(saved):
-  """A study dict saved by an older mtl (per-regime lrs, equal_compute) in today's fields."""
+  """A study dict saved by an older mtl (per-regime lrs, equal_compute, fewer final_conflicts
+  fields) in today's fields."""
   saved = dict(saved)
   if isinstance(saved.get("lrs"), dict):
     per = saved.pop("lrs")
@@ -360,6 +389,8 @@ def upgrade(saved):
   saved.setdefault("seeds", (0,))
   saved["reference"] = dict(saved.get("reference", {}))
   saved["reference"].setdefault("requires", {})
+  saved["final_conflicts"] = {**defaults().final_conflicts.to_dict(),
+                              **saved.get("final_conflicts", {})}
   return saved
 
 

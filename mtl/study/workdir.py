@@ -13,7 +13,7 @@ import time
 import ml_collections
 import numpy as np
 
-from mtl import files, run_folder
+from mtl import checkpoints, files, run_folder
 from mtl.study.runs import StudyRun, expand, run_config
 from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, reference_source, upgrade, validate,
                             _as_dict)
@@ -297,7 +297,11 @@ class Study:
     chosen = [(column, seed, self.select(sweep)) for column, seed, sweep in sweeps]
     return [(column, seed, c) for column, seed, c in chosen if c is not None]
 
-  def final_conflicts_dir(self, name):
-    """Where run `name`'s conflicts at its last step are measured (study.final_conflicts)."""
-    steps = files.read_json(self.path(name, RUN_CONFIG))["total_steps"]
-    return run_folder.analysis_dir(self.run_dir(name), steps)
+  def final_conflicts_dirs(self, name):
+    """[(step, folder)] where run `name`'s conflicts at its last saved steps are measured
+    (study.final_conflicts: its newest `checkpoints` saved steps, oldest first; where its
+    checkpoints are gone, its newest measured ones)."""
+    run_dir = self.run_dir(name)
+    steps = checkpoints.saved_steps(run_dir) or run_folder.analysed_steps(run_dir)
+    return [(step, run_folder.analysis_dir(run_dir, step))
+            for step in steps[-self.config["final_conflicts"]["checkpoints"]:]]
