@@ -9,13 +9,12 @@ state from parameters. Every other module asks here for a path or a config of a 
   analysis/step-<N>/  conflicts of the step-N checkpoint on fresh batches (analyze.py --checkpoint)
 """
 import os
-import re
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mtl import checkpoints, conflicts, files
+from mtl import checkpoints, files
 from mtl.step import TrainState
 
 CONFIG_FILE = "config.json"
@@ -38,14 +37,6 @@ def analysis_dir(workdir, step):
   """Where launch/analyze.py --checkpoint measures the conflicts of a run's step-`step` checkpoint
   (its conflict store under conflicts/, figures beside it)."""
   return os.path.join(workdir, ANALYSIS_DIR, f"step-{step}")
-
-
-def analysed_steps(workdir):
-  """The steps whose checkpoints analyze.py --checkpoint measured into analysis/step-<N>/."""
-  folder = os.path.join(workdir, ANALYSIS_DIR)
-  names = os.listdir(folder) if os.path.isdir(folder) else []
-  return sorted(int(n[len("step-"):]) for n in names if re.fullmatch(r"step-\d+", n) and
-                os.path.isdir(conflicts.store_dir(os.path.join(folder, n))))
 
 
 def checkpoint_steps(total_steps, checkpoint_every):

@@ -8,12 +8,13 @@ fine-tune starts from.
 import dataclasses
 import json
 import os
+import re
 import time
 
 import ml_collections
 import numpy as np
 
-from mtl import checkpoints, files, run_folder
+from mtl import checkpoints, conflicts, files, run_folder
 from mtl.study.runs import StudyRun, expand, run_config
 from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, reference_source, upgrade, validate,
                             _as_dict)
@@ -302,6 +303,14 @@ class Study:
     (study.final_conflicts: its newest `checkpoints` saved steps, oldest first; where its
     checkpoints are gone, its newest measured ones)."""
     run_dir = self.run_dir(name)
-    steps = checkpoints.saved_steps(run_dir) or run_folder.analysed_steps(run_dir)
+    steps = checkpoints.saved_steps(run_dir) or _analysed_steps(run_dir)
     return [(step, run_folder.analysis_dir(run_dir, step))
             for step in steps[-self.config["final_conflicts"]["checkpoints"]:]]
+
+
+def _analysed_steps(run_dir):
+  """The steps whose checkpoints analyze.py --checkpoint measured into analysis/step-<N>/."""
+  folder = os.path.join(run_dir, run_folder.ANALYSIS_DIR)
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return sorted(int(n[len("step-"):]) for n in names if re.fullmatch(r"step-\d+", n) and
+                os.path.isdir(conflicts.store_dir(os.path.join(folder, n))))
