@@ -7,9 +7,9 @@
 Checkpoint mode: restores the parameters of the latest checkpoint under --checkpoint (a run's
 workdir or its checkpoints/ folder; --step: that step's), measures the per-task gradient
 Gramians on fresh probe batches of --batch_size images per task (no training; the batches are
-keyed by the run's seed and the checkpoint's step, so each checkpoint gets its own): --num_batches, then more until every
-pair's corrected-cosine 95% interval is within +-halfwidth (0: exactly --num_batches) or
---max_batches are measured, and says when the target was not reached and about how many batches
+keyed by the run's seed and the checkpoint's step, so each checkpoint gets its own):
+--num_batches, then more until every pair's corrected-cosine 95% interval is within
++-halfwidth (0: exactly --num_batches) or --max_batches are measured, and says when the target was not reached and about how many batches
 it would take. It writes them as a conflict store into --out (default
 <checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread and the
 summary over all batches (one phase: a saved model has no training phases); when too few batches

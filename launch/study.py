@@ -84,8 +84,8 @@ FIRST_BATCHES = 16  # analyze.py's --num_batches default: measured before checki
 
 def analyze_command(run_config, workdir, out, final, step):
   """A pre-training run's conflicts at its saved step `step` (the study's final_conflicts):
-  launch/analyze.py on that checkpoint, 16 fresh batches then more until +-halfwidth or
-  max_batches."""
+  launch/analyze.py on that checkpoint, FIRST_BATCHES fresh batches then more until
+  +-halfwidth or max_batches."""
   first = min(FIRST_BATCHES, final["max_batches"]) if final["halfwidth"] > 0 else \
       final["max_batches"]
   return [sys.executable, os.path.join(HERE, "analyze.py"), f"--checkpoint={workdir}",

@@ -173,7 +173,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
     writer.hparams(hparams_of(config), trial_id=os.path.basename(workdir))
     progress = progress_lib.Progress(config.total_steps, start, every=config.log_every)
-    saved_steps = frozenset(run_folder.checkpoint_steps(config.total_steps, config.checkpoint_every))
+    saved_steps = frozenset(run_folder.checkpoint_steps(config.total_steps,
+                                                        config.checkpoint_every))
     # Host crops built ahead by the pipeline's threads, copied onto the devices ahead by
     # DevicePrefetch's; the time the loop still waits for a batch is logged as data_wait.
     batches = prefetch.DevicePrefetch(pipeline.train_batches(

@@ -313,8 +313,8 @@ def markdown(findings, figures=(), status=""):
             "expected gradients on the shared body, per phase of the probe steps (thirds), "
             "combined over seeds (their mean; its se the larger of the runs' own and the seeds' "
             "spread / √k, the latter with a t quantile on k-1 df, so seeds that disagree leave "
-            "it open); the answer is the last checkpoints' fresh-batch measurement ('end') where the "
-            "study made one, else the last phase's (what training settled into). "
+            "it open); the answer is the last checkpoints' fresh-batch measurement ('end') "
+            "where the study made one, else the last phase's (what training settled into). "
             f"{probes}Questions 2 and 3: paired Δ over seeds (paired t), each regime's "
             f"learning rate chosen per seed on validation. '{NOT_ENOUGH}': the interval holds 0 "
             "(or one seed gives none).", ""]
