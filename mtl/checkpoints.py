@@ -126,7 +126,7 @@ def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
     mngr.close()
     raise ValueError(f"step {step} has no checkpoint in {checkpoint_dir}; saved steps: "
                      f"{', '.join(map(str, sorted(saved))) or 'none'}")
-  step = mngr.latest_step() if step is None else step
+  step = max(saved, default=None) if step is None else step  # the latest, as latest_step()
   if step is None:
     mngr.close()
     raise ValueError(f"no checkpoint in {checkpoint_dir}; point to a run's workdir or its "

@@ -173,8 +173,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
     writer.hparams(hparams_of(config), trial_id=os.path.basename(workdir))
     progress = progress_lib.Progress(config.total_steps, start, every=config.log_every)
-    saved_steps = frozenset(run_folder.checkpoint_steps(config.total_steps,
-                                                        config.checkpoint_every))
+    save_at = frozenset(run_folder.checkpoint_steps(config.total_steps, config.checkpoint_every))
     # Host crops built ahead by the pipeline's threads, copied onto the devices ahead by
     # DevicePrefetch's; the time the loop still waits for a batch is logged as data_wait.
     batches = prefetch.DevicePrefetch(pipeline.train_batches(
@@ -213,7 +212,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
           pending.append((step, metrics))
           done = step + 1
           stop = preemption.check(done)  # on every step: all processes must ask in step
-          checkpoint_now = done in saved_steps or stop
+          checkpoint_now = done in save_at or stop
           if done % config.log_every == 0 or checkpoint_now:
             try:
               _log_metrics(pending, writer, progress, run.schedule, done, metrics_log, names,
