@@ -32,6 +32,7 @@ was not measured. Bad input: one line on stderr, exit status 1, nothing written.
 """
 import os
 import re
+import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `mtl` without installing)
 import cli
@@ -155,10 +156,12 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
                  + f": mostly noise at {batch_size} images per task; a larger --batch_size narrows "
                  "the intervals faster than more batches")
   elif conflicts.NOT_MEASURABLE in text or num_batches < FEW_BATCHES:
-    # A few batches leave the intervals wide (or the same-task products not yet positive).
-    text += (f"\n{num_batches} fresh batches are few for the noise floor: its intervals are wide, "
-             f"missing or {conflicts.NOT_MEASURABLE!r}; measure more, e.g. "
-             f"--num_batches={max(4 * num_batches, FEW_BATCHES)}")
+    widest, pair = conflicts_measure.widest_halfwidth(body, tasks)
+    where = (f"the widest interval, {pair}, is +-{widest:.3f}" if np.isfinite(widest) else
+             f"{pair} has no interval ({conflicts.NOT_MEASURABLE!r} or too few batches)")
+    text += (f"\nafter {num_batches} fresh batches {where}; intervals narrow as 1/sqrt(batches): "
+             f"measure more for a tighter noise floor, e.g. "
+             f"--num_batches={max(4 * num_batches, FEW_BATCHES)} or --halfwidth=0.02")
   return "\n".join(lines) + "\n" + text
 
 
@@ -177,4 +180,4 @@ def main():
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, argv=cli.json_config(sys.argv))

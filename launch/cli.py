@@ -1,7 +1,8 @@
 """What the launchers share (every one imports it through _root): --help exits 0; one-line errors
-for absl entry points (`absl_main`); for the cluster launchers (local, slurm, tpu_vm) absl flags
-parsed with one-line errors, the `-- <train.py arguments>` split, and workdir paths (local or a
-gs:// style URL)."""
+for absl entry points (`absl_main`); a run's saved run_config.json taken as --config
+(`json_config`); for the cluster launchers (local, slurm, tpu_vm) absl flags parsed with
+one-line errors, the `-- <train.py arguments>` split, and workdir paths (local or a gs:// style
+URL)."""
 import functools
 import os
 import re
@@ -69,6 +70,20 @@ def _help_exits_zero():
 
 
 _help_exits_zero()
+
+
+def json_config(argv):
+  """`argv` with `--config=<file>.json` (a run's saved run_config.json) read through
+  experiments/from_json.py: the config flag would run the file as Python."""
+  from_json = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "experiments", "from_json.py")
+  out = []
+  for arg in argv:
+    head, _, path = arg.partition("=")
+    if head in ("--config", "-config") and path.endswith(".json") and ".py:" not in path:
+      arg = f"--config={from_json}:path={path}"
+    out.append(arg)
+  return out
 
 
 def error(message, status=2):

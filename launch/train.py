@@ -19,6 +19,7 @@ import os
 import sys
 
 import _root  # noqa: F401  (repository root on sys.path for `experiments`)
+import cli
 from absl import app, flags, logging
 import ml_collections
 from ml_collections import config_flags
@@ -160,4 +161,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, argv=cli.json_config(sys.argv), flags_parser=parse_flags)

@@ -57,11 +57,19 @@ def save(mngr, step, state, force=False):
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+# Every item a checkpoint may hold (`save`): a reader that knows them all reads one without
+# warning about the others.
+ITEMS = ("params", "opt_state", "mtl_state", "ema_params")
+
+
+def _handlers():
+  return {name: ocp.StandardCheckpointHandler() for name in ITEMS}
+
+
 def _saved_per_layer(directory, step):
   """Whether checkpoint `step` holds the body in the per-layer layout (written before the
   stacking). Its own reader: a manager that has not saved knows no handler for 'params'."""
-  reader = ocp.CheckpointManager(directory, item_handlers={
-      "params": ocp.StandardCheckpointHandler()})
+  reader = ocp.CheckpointManager(directory, item_handlers=_handlers())
   try:
     saved = reader.item_metadata(step)["params"]
   finally:
@@ -120,7 +128,8 @@ def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
   reads their EMA instead (runs with config.optim.ema_decay > 0)."""
   # create=False: opening a user's folder writes nothing (read_only=True would warn each time)
   options = ocp.CheckpointManagerOptions(create=False)
-  mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=options)
+  mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=options,
+                               item_handlers=_handlers())
   saved = mngr.all_steps()
   if step is not None and step not in saved:
     mngr.close()

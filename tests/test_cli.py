@@ -8,6 +8,7 @@ import sys
 import ml_collections
 import pytest
 
+import cli
 from experiments import from_json, ipt_paper, small, tiny
 
 from mtl import run_defaults
@@ -84,6 +85,18 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message
   assert len(errors) == 1 and errors[0].startswith(message), out.stderr[-2000:]
   assert "Traceback" not in out.stderr
   assert not workdir.exists()
+
+
+def test_a_run_s_saved_run_config_json_is_taken_as_its_config_file(tmp_path):
+  path = tmp_path / "run_config.json"  # what a study writes for each run
+  path.write_text(json.dumps(tiny.get_config("sr_x2").to_dict()))
+  out = _launch(f"--config={path}", "--config.total_steps=7", f"--workdir={tmp_path / 'w'}",
+                "--dry_run")
+  assert out.returncode == 0, out.stderr[-2000:]  # not run as Python (JSON's `false`)
+  assert "  tasks = ['sr_x2']" in out.stdout and "  total_steps = 7" in out.stdout
+  # Already read through from_json.py (a study's run commands): left as it is.
+  through = f"--config={ROOT}/experiments/from_json.py:{path}"
+  assert cli.json_config(["train.py", through]) == ["train.py", through]
 
 
 def test_a_bad_config_file_argument_is_one_line(tmp_path):

@@ -265,6 +265,18 @@ def test_figures_are_pngs_with_zero_in_view(study, found, tmp_path):
   assert ax.get_xlim()[0] < 0 < ax.get_xlim()[1]
 
 
+@pytest.mark.parametrize("panels", [1, 2, 3])
+def test_the_conflict_figure_s_title_and_note_fit_in_it(found, panels):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  note = " ".join(["A seed's interval covers its batches' noise at those parameters."] * 8)
+  fig = figures.conflict_figure(found.answers[1][:panels], note=note)
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  fig.draw(renderer)
+  box = fig._suptitle.get_window_extent(renderer)
+  assert 0 <= box.x0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height
+  assert all(box.y0 >= ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.get_visible())
+
+
 def test_report_opens_with_the_findings_and_links_the_figures(study):
   out = subprocess.run([sys.executable, "launch/report.py", f"--workdir={study.workdir}"],
                        cwd=ROOT, text=True, capture_output=True, timeout=600)

@@ -1,5 +1,6 @@
 """Studies: expansion, validation, dry run, refusal of a changed study, and a real interrupted
 study (launch/study.py running launch/train.py) that resumes without redoing finished runs."""
+import importlib
 import io
 import json
 import os
@@ -44,6 +45,17 @@ def study_file(tmp_path_factory):
 
 # ----------------------------------------------------------------------------- expansion
 
+
+
+@pytest.mark.parametrize("name, arg, runs", [
+    ("mini", None, 42), ("mini", "gpu", 42), ("related_vs_unrelated", None, 30),
+    ("related_vs_unrelated", "/data", 45), ("allinone3", None, 126), ("allinone3", "/data", 126),
+    ("ipt_paper", "/data", 117), ("remedies", None, 33), ("remedies_gpu", "/data/DIV2K", 105)])
+def test_every_shipped_study_config_validates_and_expands(name, arg, runs):
+  module = importlib.import_module(f"experiments.studies.{name}")
+  study = module.get_config(arg) if arg else module.get_config()
+  study_lib.validate(study)
+  assert len(study_lib.expand(study)) == runs  # a changed grid changes the cost its docs state
 
 def test_expansion_names_counts_and_order():
   runs = study_lib.expand(micro())

@@ -29,27 +29,9 @@ def get_config(arg=None):
   args = run_defaults.parse_arg(arg, "experiments/studies/mini.py", "device", device="cpu")
   if args["device"] not in ("cpu", "gpu"):
     raise ValueError(f"mini.py:{args['device']}; valid: mini.py (2 CPU cores) or mini.py:gpu")
-  scale = 2 if args["device"] == "gpu" else 1
   study = study_lib.defaults()
   study.name = "mini"
   study.tasks = ("denoise_30", "sr_x2", "derain")
   study.regimes = ("scratch", "joint", "finetune")
   study.seeds = (0, 1, 2)
-  study.steps.joint = 600 * scale
-  study.steps.finetune = 150 * scale
-  study.budget = "equal_images"       # scratch: joint + fine-tune steps
-  study.lrs = (3e-3, 5e-3)            # every regime
-  study.per_regime.finetune = {"optim": {"warmup_steps": 10}}
-
-  run = common.tiny_run()
-  run.optim.warmup_steps = 30
-  run.checkpoint_every = 150 * scale
-  study.run = run
-  study.validation = "photos_val"
-  study.test = ("photos",)
-  # Question 1 at each seed's last 4 joint checkpoints (the last 75 steps), 12 batches each: the
-  # conflict moves between nearby checkpoints by more than 12 batches' noise (README, Conflicts).
-  study.per_regime.joint = {"checkpoint_every": 25 * scale, "keep_checkpoints": 4}
-  f = study.final_conflicts
-  f.batch_size, f.halfwidth, f.max_batches, f.checkpoints = 128, 0.0, 12, 4
-  return study
+  return common.converged_schedule(study, "joint", scale=2 if args["device"] == "gpu" else 1)

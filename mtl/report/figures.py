@@ -30,6 +30,8 @@ SIGNIFICANT = "#1f4e9c"
 SEED_COLOR, SEED_MARKER = "0.45", "x"
 COLUMNS = 3           # small multiples per row
 LEGEND_INCHES = 0.35  # the legend's strip under the axes
+# 9-point title text: characters per inch of figure width (margins kept), height of a line.
+TITLE_CHARS_PER_INCH, TITLE_LINE_INCHES = 13, 0.17
 FIGURE_DELTAS = "findings-delta.png"
 FIGURE_CONFLICT = "findings-conflict.png"
 
@@ -124,7 +126,10 @@ def conflict_figure(answers, note=""):
   n = len(answers)
   cols = min(COLUMNS, n)
   rows = math.ceil(n / cols)
-  fig = Figure(figsize=(3.2 * cols + 0.6, 2.6 * rows + 1.2))
+  width = max(3.2 * cols + 0.6, 7.5)  # room for the note's lines beside one or two panels
+  title = "Noise-corrected cosine per training phase, 95% CI over seeds (< 0: conflict)"
+  lines = [title] + textwrap.wrap(note, int(TITLE_CHARS_PER_INCH * width))
+  fig = Figure(figsize=(width, 2.6 * rows + 0.6 + TITLE_LINE_INCHES * len(lines)))
   axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
   limits = _limits([ph["interval"] for a in answers for ph in a.phases]
                    + [r._replace(low=r.estimate, high=r.estimate)  # the seeds' dots only
@@ -151,8 +156,7 @@ def conflict_figure(answers, note=""):
     if k % cols == 0:
       ax.set_ylabel("corrected cosine")
   _legend(fig, seeds=any(len(ph.get("per_run", ())) > 1 for a in answers for ph in a.phases))
-  title = "Noise-corrected cosine per training phase, 95% CI over seeds (< 0: conflict)"
-  fig.suptitle("\n".join([title] + textwrap.wrap(note, 40 + 35 * cols)), fontsize=9)
+  fig.suptitle("\n".join(lines), fontsize=9)
   fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
   return fig
 
