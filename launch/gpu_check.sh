@@ -13,7 +13,7 @@
 # BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES (PyTorch's; 8,32), REPEATS (5),
 # PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of huawei-noah/Pretrained-IPT; default ./.ipt: the
 # PyTorch part is skipped without it or without torch), TORCH_PYTHON (python3).
-# Wheels the machine lacks go in ./.whl (ignored by git): installed first, into /tmp/site.
+# Wheels the machine lacks go in ./.whl (ignored by git): launch/gpu_env.sh installs them first.
 BUDGET=${BUDGET:-480}
 OUT=${OUT:-/tmp/gpu_check}
 SIZE=${SIZE:-paper}
@@ -51,18 +51,7 @@ skip() {  # skip NAME REASON
   echo "== $1: skipped ($2)"; printf '%s\tskipped\t0\t%s\n' "$1" "$2" >> "$OUT/parts.tsv"
 }
 
-export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
-if ls .whl/*.whl > /dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl > "$OUT/pip.log" 2>&1 || { tail "$OUT/pip.log"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
-command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm \
-    --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
-    2>&1 | tail -n 1 | tee "$OUT/jax.txt"
+source launch/gpu_env.sh
 
 # First what no GPU has verified yet: the test subset, then compile seconds in both body-call
 # modes (the speed parts after them were measured once, 2026-12-04).

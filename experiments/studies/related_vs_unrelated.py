@@ -4,6 +4,8 @@
       --workdir=/tmp/mtl/related
   python launch/study.py --config=experiments/studies/related_vs_unrelated.py:/data \
       --workdir=/ckpt/related
+  python launch/study.py --config=experiments/studies/related_vs_unrelated.py:device=gpu \
+      --workdir=/ckpt/related_gpu                 # one GPU, sized as mini.py:gpu
   python launch/report.py --workdir=/tmp/mtl/related
 
 Two groups of the same size are pre-trained jointly from random init for the same steps,
@@ -18,7 +20,8 @@ Without an argument: tiny model on the embedded photographs, the mini study's CP
 'equal_images': as many sr_x2 images as group pre-training + fine-tuning), lr grid 3e-3 and
 5e-3 for every regime: 30 runs; each seed's chosen group runs measured at their last 4
 checkpoints, each on 8 fresh batches of 128 per task. 52m57s on 2 CPU cores with
---max_parallel=2; every regime beats bicubic (README, Studies).
+--max_parallel=2; every regime beats bicubic (README, Studies). With `device=gpu`: the same
+study 2x longer, as mini.py:gpu (not yet run on a GPU).
 
 With a data root holding DIV2K/DIV2K_train_HR and
 benchmark/{Set5,Set14,B100,Urban100,DIV2K_val10}: the small model on DIV2K, one-GPU budgets,
@@ -32,7 +35,13 @@ from experiments.studies import common
 from mtl import study as study_lib
 
 
-def get_config(root=None):
+def get_config(arg=None):
+  args = run_defaults.parse_arg(arg, "experiments/studies/related_vs_unrelated.py", "root",
+                                root="", device="cpu")
+  if args["device"] not in ("cpu", "gpu"):
+    raise ValueError(f"related_vs_unrelated.py:device={args['device']}; valid: cpu (2 CPU "
+                     "cores) or gpu (one GPU)")
+  root = args["root"]
   study = study_lib.defaults()
   study.name = "related_vs_unrelated"
   study.tasks = ("sr_x2",)
@@ -41,7 +50,8 @@ def get_config(root=None):
   study.groups.unrelated = ("sr_x2", "denoise_30")
   study.seeds = (0, 1, 2)
   if not root:
-    return common.converged_schedule(study, "groups", batches=8)
+    return common.converged_schedule(study, "groups", scale=2 if args["device"] == "gpu" else 1,
+                                     batches=8)
   run = run_defaults.get_config("small")
   run.data.source, run.data.folder = "folder", os.path.join(root, "DIV2K", "DIV2K_train_HR")
   run.data.batch_size = 16

@@ -1,0 +1,53 @@
+#!/bin/bash
+# A whole study on one accelerator (a GPU) in at most BUDGET seconds, then its report: the
+# findings page, tables and figures, the study's log and each run's train.log land in $OUT. The
+# study itself (checkpoints, stores) lives in $WORK, outside $OUT; run the same command with the
+# same WORK to resume one that the budget cut short.
+#
+#   OUT=/tmp/gpu_study bash launch/gpu_study.sh                                  # mini.py:gpu
+#   STUDY=experiments/studies/related_vs_unrelated.py:device=gpu bash launch/gpu_study.sh
+#   STUDY=experiments/studies/mini.py ONLY='scratch-sr_x2-lr3e-3-s0' BUDGET=400 \
+#       bash launch/gpu_study.sh                                                 # a CPU rehearsal
+#
+# Environment: STUDY (a study config; experiments/studies/mini.py:gpu), OUT (/tmp/gpu_study),
+# WORK (the study's workdir; /tmp/gpu_study_work), BUDGET (seconds for the study; 540; the
+# report runs after it), PARALLEL (runs at once; 4 on a GPU, sharing it: the tiny runs are bound
+# by their start-up and step dispatch, not by the device; 2 without one), ONLY (launch/study.py
+# --only). Wheels the machine lacks go in ./.whl (ignored by git): launch/gpu_env.sh installs them.
+STUDY=${STUDY:-experiments/studies/mini.py:gpu}
+OUT=${OUT:-/tmp/gpu_study}
+WORK=${WORK:-/tmp/gpu_study_work}
+BUDGET=${BUDGET:-540}
+mkdir -p "$OUT"
+source launch/gpu_env.sh
+
+if [ -s "$OUT/gpu.txt" ]; then
+  PARALLEL=${PARALLEL:-4}
+  DEVICES=$(printf '0,%.0s' $(seq "$PARALLEL")); DEVICES=${DEVICES%,}  # every run on GPU 0
+  export XLA_PYTHON_CLIENT_PREALLOCATE=false  # runs side by side: none takes 75% up front
+else
+  PARALLEL=${PARALLEL:-2}
+  DEVICES=none
+fi
+START=$(date +%s)
+echo "== study $STUDY in $WORK: $PARALLEL runs at once (--devices=$DEVICES), at most ${BUDGET}s"
+# SIGTERM at the budget: the running runs checkpoint and stop (launch/study.py), -k: then killed.
+timeout -k 30 "$BUDGET" python3 launch/study.py --config="$STUDY" --workdir="$WORK" \
+    --max_parallel="$PARALLEL" --devices="$DEVICES" --compile_cache="$WORK/.jax_cache" \
+    ${ONLY:+--only="$ONLY"} > "$OUT/study.log" 2>&1
+RC=$?
+SECONDS_USED=$(( $(date +%s) - START ))
+grep -v "^\[" "$OUT/study.log" | tail -n 15
+echo "== study rc=$RC in ${SECONDS_USED}s$([ $RC -eq 124 ] && echo ' (budget spent: the same command resumes it)')"
+
+timeout 120 python3 launch/report.py --workdir="$WORK" > "$OUT/report.log" 2>&1
+echo "== report rc=$?"
+cp -r "$WORK/report.md" "$WORK/tables" "$WORK/figures" "$OUT/" 2>/dev/null
+mkdir -p "$OUT/runs"
+for log in "$WORK"/runs/*/train.log; do
+  [ -f "$log" ] && cp "$log" "$OUT/runs/$(basename "$(dirname "$log")").log"
+done
+echo
+echo "## gpu_study: $(head -n 1 "$OUT/gpu.txt" 2>/dev/null || echo no GPU); $(cat "$OUT/jax.txt"); $STUDY, study ${SECONDS_USED}s (rc $RC)"
+sed -n '/^## Findings/,/^## Main table/p' "$OUT/report.md" 2>/dev/null | sed '$d'
+sed -n '/^## Main table/,/^Y-PSNR/p' "$OUT/report.md" 2>/dev/null | sed '$d'
