@@ -89,7 +89,7 @@ part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir
 
 {
   echo
-  echo "## gpu_check: $(cat "$OUT/gpu.txt" 2>/dev/null | head -n 1 || echo no GPU); $(cat "$OUT/jax.txt"); SIZE=$SIZE, $(( $(date +%s) - START ))s in all"
+  echo "## gpu_check: $(head -n 1 "$OUT/gpu.txt" 2>/dev/null || echo no GPU); $(cat "$OUT/jax.txt"); SIZE=$SIZE, $(( $(date +%s) - START ))s in all"
   echo
   echo "| part | exit | seconds | note |"
   echo "|---|---|---|---|"
