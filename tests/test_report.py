@@ -74,6 +74,9 @@ def test_partial_report_says_what_is_missing(study_runs):
   md = logs["partial_md"]
   assert "Runs done: 3/5." in md
   assert "finetune-denoise_30-lr1e-3-s0 (pending)" in md
+  # Question 2 is this study's to answer once its fine-tunes are done: it says so.
+  assert ("- not answered yet: its scratch/finetune runs, 2 of 4 done; the same launch/study.py "
+          "command runs the rest") in md
 
 
 def test_every_table_and_format_is_written(study_runs):

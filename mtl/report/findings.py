@@ -31,6 +31,9 @@ QUESTIONS = ("Do the tasks conflict on the shared body?",
              "Do related tasks help more than unrelated ones?")
 NOT_ENOUGH = "not enough evidence"
 NOT_MEASURED = "not measured by this study"
+NOT_YET = "not answered yet"
+# The regimes whose runs answer each question (3: with both groups; 1: probing conflicts).
+ANSWERED_BY = {1: ("joint", "groups"), 2: ("scratch", "finetune"), 3: ("groups", "finetune")}
 # The groups question 3 compares: a study's `groups` of these names, each fine-tuned
 # (regimes 'groups' and 'finetune'), as experiments/studies/related_vs_unrelated.py sets them.
 RELATED, UNRELATED = "related", "unrelated"
@@ -270,16 +273,23 @@ def related_answers(study):
 
 
 def _missing(study, question):
-  """Why `question` has no answer here, and which study config measures it."""
-  regimes = study.config["regimes"]
+  """Why `question` has no answer here: the runs that answer it are not done yet, or the study
+  does not measure it (and which study config does)."""
+  regimes, groups = study.config["regimes"], set(study.config["groups"])
+  wanted = [r for r in ANSWERED_BY[question] if r in regimes]
+  measures = {1: bool(wanted) and study.config["run"]["conflicts"]["every"] > 0,
+              2: len(wanted) == 2, 3: len(wanted) == 2 and {RELATED, UNRELATED} <= groups}
+  runs = [r for r in study.runs if r.regime in wanted]
+  left = [r for r in runs if not study.is_done(r.name)]
+  if measures[question] and left:
+    return (f"{NOT_YET}: its {'/'.join(wanted)} runs, {len(runs) - len(left)} of {len(runs)} "
+            "done; the same launch/study.py command runs the rest")
   if question == 1:
     why = ("no joint or group run of it recorded conflicts (run.conflicts.every > 0)"
-           if any(r in regimes for r in ("joint", "groups")) else
-           "it has no multi-task pre-training (regime 'joint' or 'groups')")
+           if wanted else "it has no multi-task pre-training (regime 'joint' or 'groups')")
   elif question == 2:
     why = "it needs the regimes 'scratch' and 'finetune' with runs done"
   else:
-    groups = set(study.config["groups"])
     why = (f"it needs groups named '{RELATED}' and '{UNRELATED}' sharing a task, each "
            "fine-tuned (regimes 'groups' and 'finetune'), with runs done" +
            ("" if {RELATED, UNRELATED} <= groups else
