@@ -3,8 +3,8 @@
 # subset that runs on GPUs, compile seconds (both body-call modes), a batch sweep with MFU, the
 # official PyTorch IPT on the same device (fp32 and bf16 autocast, interleaved), the probe /
 # plain joint step ratio, start-up (command to first step, cold and warm compilation cache), the
-# input pipeline, and the main job. Every part has its own time limit and log ($OUT/<part>.log);
-# one table at the end.
+# input pipeline, the main job, and compiling without XLA's GPU autotuning. Every part has its own
+# time limit and log ($OUT/<part>.log); one table at the end.
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
@@ -86,6 +86,11 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false part startup 120 "${BENCH[@]}" --sections=st
 part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
 part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$OUT/tiny" \
     --compile_cache="$CACHE"
+# XLA's GPU autotuning (trying gemm and convolution algorithms) is part of every compile: the
+# compile seconds and the one-task step without it, to weigh one against the other; last, so it
+# takes no budget from the parts above.
+XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 90 "${BENCH[@]}" \
+    --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
 
 {
   echo
@@ -107,6 +112,8 @@ part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir
   for name in sweep torch_peer probe compile compile_scanned startup pipeline; do
     [ -f "$OUT/$name.log" ] && grep -E "^ROW \| " "$OUT/$name.log" | cut -c5-
   done
+  [ -f "$OUT/autotune0.log" ] && grep -E "^ROW \| " "$OUT/autotune0.log" | cut -c5- \
+      | sed 's/^| /| autotune 0: /'
   echo
   echo "(commands: $OUT/<part>.log, first lines; each row's figures: median over REPEATS=$REPEATS)"
 } | tee "$OUT/table.md"
