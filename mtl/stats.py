@@ -4,6 +4,7 @@ One job: say how sure a reported number is. Every interval is an `Interval` (est
 high, level, n, p, method, note); a NaN interval always carries a one-line `note` saying why.
 
   paired_interval       b - a over seeds: paired t interval and two-sided p (Student 1908)
+  paired_seeds_needed   the seeds a paired t-test needs to detect a difference of that size
   verdict               'gain' / 'loss' only when the interval excludes 0
   window_mean_interval  mean of an autocorrelated per-step series: batch means (default) or a
                         moving-block bootstrap
@@ -32,6 +33,7 @@ EXACT_MAX_N = 9             # 9! = 362880 permutations: exact; above, Monte Carl
 SPEARMAN_MIN_N = 3          # below 3 pairs every permutation gives |rho| = 1: no test at all
 MC_PERMUTATIONS = 9999      # Monte Carlo permutation count; p resolution 1e-4
 BOOTSTRAP_DRAWS = 2000
+PLAN_MAX_SEEDS = 1000       # paired_seeds_needed looks no further
 
 
 class Interval(NamedTuple):
@@ -102,6 +104,26 @@ def paired_interval(a, b, level=0.95):
     raise ValueError(f"paired_interval needs >= 2 seeds with both arms measured; got {d.size}")
   se = d.std(ddof=1) / math.sqrt(d.size)
   return _t_interval(d.mean(), se, d.size - 1, level, d.size, "paired t")
+
+
+def paired_seeds_needed(interval, power=0.8, max_seeds=PLAN_MAX_SEEDS):
+  """About how many paired seeds a two-sided paired t-test at `interval`'s level needs to detect
+  a true difference as large as its estimate, were the differences' spread the one observed, at
+  `power` (the noncentral t; Cohen 1988): a planning figure for a comparison the seeds left
+  open, not evidence of an effect. None without an estimate or a spread (fewer than 2 seeds),
+  for an estimate of 0, or beyond `max_seeds`."""
+  n, d = interval.n, interval.estimate
+  if n < 2 or not (math.isfinite(d) and math.isfinite(interval.high)) or d == 0:
+    return None
+  sd = (interval.high - d) / sps.t.ppf((1 + interval.level) / 2, n - 1) * math.sqrt(n)
+  if not sd > 0:
+    return None
+
+  for m in range(2, max_seeds + 1):  # power grows with the seeds: the first m that reaches it
+    crit, shift = sps.t.ppf((1 + interval.level) / 2, m - 1), abs(d) / (sd / math.sqrt(m))
+    if sps.nct.sf(crit, m - 1, shift) + sps.nct.cdf(-crit, m - 1, shift) >= power:
+      return m
+  return None
 
 
 def verdict(interval, higher_is_better=True):

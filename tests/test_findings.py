@@ -185,13 +185,17 @@ def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
   for task, a in answers.items():
     iv = stats.paired_interval(SCRATCH[task], [_psnr("finetune", task, k) for k in range(3)])
     assert a.interval[:6] == pytest.approx(iv[:6], rel=1e-12)
+    seeds = stats.paired_seeds_needed(iv)  # what a comparison left open would need
+    plan = (f" (about {seeds} paired seeds would detect a Δ this size at 80% power)"
+            if a.verdict == findings.NOT_ENOUGH else "")
     assert a.sentence == (f"{task} (fine-tuned from joint − tuned scratch, Y-PSNR on photos): "
                           f"Δ {iv.text(2)} dB, {cells.format_p(iv.p)}, 3 paired seeds — "
-                          f"{a.verdict}.")
+                          f"{a.verdict}{plan}.")
   assert answers["derain"].verdict == "yes: the fine-tune does better"
   # sr_x2: per-seed differences of both signs, the interval spans 0
   assert answers["sr_x2"].interval.low < 0 < answers["sr_x2"].interval.high
   assert answers["sr_x2"].verdict == findings.NOT_ENOUGH
+  assert "(about 114 paired seeds would detect a Δ this size" in answers["sr_x2"].sentence
   assert found.sentences(3) == [
       "not measured by this study: it needs groups named 'related' and 'unrelated' sharing a "
       "task, each fine-tuned (regimes 'groups' and 'finetune'), with runs done; its groups: "

@@ -216,7 +216,17 @@ def _delta_sentence(subject, what, iv, test_set, label, verdict):
     numbers = f"{iv.text(2)} dB, {cells.format_p(iv.p)}, {iv.n} paired seeds"
   else:
     numbers = f"{iv.text(2)} dB ({_why_no_interval(iv, 'paired seed')})"
-  return f"{subject} ({what}, {label} on {test_set}): Δ {numbers} — {verdict}."
+  return f"{subject} ({what}, {label} on {test_set}): Δ {numbers} — {verdict}{_plan(iv, verdict)}."
+
+
+def _plan(iv, verdict, power=0.8):
+  """For a Δ the seeds left open: how many paired seeds would detect one of its size."""
+  if verdict != NOT_ENOUGH or not math.isfinite(iv.low) or iv.estimate == 0:
+    return ""
+  seeds = stats.paired_seeds_needed(iv, power)
+  return (f" (about {seeds} paired seeds would detect a Δ this size at {power:.0%} power)"
+          if seeds else f" (a Δ this size would take more than {stats.PLAN_MAX_SEEDS} paired "
+          "seeds to detect)")
 
 
 def _finetune_words(col):
@@ -327,7 +337,9 @@ def markdown(findings, figures=(), status=""):
             "where the study made one, else the last phase's (what training settled into). "
             f"{probes}Questions 2 and 3: paired Δ over seeds (paired t), each regime's "
             f"learning rate chosen per seed on validation. '{NOT_ENOUGH}': the interval holds 0 "
-            "(or one seed gives none).", ""]
+            "(or one seed gives none); where a Δ is left open, about how many paired seeds "
+            "would detect a true Δ of its size at 80% power, were the seeds' spread as observed "
+            "(the noncentral t): a planning figure, not evidence of an effect.", ""]
   for path, title in figures:
     lines += [f"![{title}]({path})", ""]
   return "\n".join(lines) + "\n"
