@@ -4,7 +4,7 @@ One job: say how sure a reported number is. Every interval is an `Interval` (est
 high, level, n, p, method, note); a NaN interval always carries a one-line `note` saying why.
 
   paired_interval       b - a over seeds: paired t interval and two-sided p (Student 1908)
-  paired_seeds_needed   the seeds a paired t-test needs to detect a difference of that size
+  seeds_needed          the seeds a t-test over seeds needs to detect an effect of that size
   verdict               'gain' / 'loss' only when the interval excludes 0
   window_mean_interval  mean of an autocorrelated per-step series: batch means (default) or a
                         moving-block bootstrap
@@ -33,7 +33,7 @@ EXACT_MAX_N = 9             # 9! = 362880 permutations: exact; above, Monte Carl
 SPEARMAN_MIN_N = 3          # below 3 pairs every permutation gives |rho| = 1: no test at all
 MC_PERMUTATIONS = 9999      # Monte Carlo permutation count; p resolution 1e-4
 BOOTSTRAP_DRAWS = 2000
-PLAN_MAX_SEEDS = 1000       # paired_seeds_needed looks no further
+PLAN_MAX_SEEDS = 1000       # seeds_needed looks no further
 
 
 class Interval(NamedTuple):
@@ -106,12 +106,13 @@ def paired_interval(a, b, level=0.95):
   return _t_interval(d.mean(), se, d.size - 1, level, d.size, "paired t")
 
 
-def paired_seeds_needed(interval, power=0.8, max_seeds=PLAN_MAX_SEEDS):
-  """About how many paired seeds a two-sided paired t-test at `interval`'s level needs to detect
-  a true difference as large as its estimate, were the differences' spread the one observed, at
-  `power` (the noncentral t; Cohen 1988): a planning figure for a comparison the seeds left
-  open, not evidence of an effect. None without an estimate or a spread (fewer than 2 seeds),
-  for an estimate of 0, or beyond `max_seeds`."""
+def seeds_needed(interval, power=0.8, max_seeds=PLAN_MAX_SEEDS):
+  """About how many seeds a two-sided t-test at `interval`'s level needs to detect a true effect
+  as large as its estimate, were the spread over seeds the one observed, at `power` (the
+  noncentral t; Cohen 1988): a planning figure for a comparison the seeds left open, not
+  evidence of an effect. `interval`: a t interval from its n seeds, n - 1 df (paired_interval's
+  Δ, or mean_of_runs' where the seeds' spread sets it). None without an estimate or a spread
+  (fewer than 2 seeds), for an estimate of 0, or beyond `max_seeds`."""
   n, d = interval.n, interval.estimate
   if n < 2 or not (math.isfinite(d) and math.isfinite(interval.high)) or d == 0:
     return None

@@ -165,6 +165,21 @@ def test_a_checkpoint_or_seed_without_an_estimate_is_left_out_and_counted(tmp_pa
   assert "measurable" not in answers["sr_x2~derain"].sentence
 
 
+def test_an_open_answer_set_by_the_seeds_spread_names_the_seeds_it_would_take():
+  # Three precise seeds that disagree: the spread sets a t interval over them (k - 1 df), as a
+  # paired Δ's is, so the same count applies; a decided answer or a zero estimate names none.
+  seeds = [stats.Interval(e, e - 0.005, e + 0.005, 0.95, 20) for e in (0.075, 0.014, -0.014)]
+  iv = stats.mean_of_runs(seeds)
+  assert iv.note == stats.SEEDS_DIFFER and findings.conflict_verdict(iv) == findings.NOT_ENOUGH
+  n = stats.seeds_needed(iv)
+  assert n == 28  # the related study's sr_x2~denoise_30 (README, Studies)
+  assert findings._plan(iv, findings.NOT_ENOUGH, "seeds", "mean", "; ") == (
+      f"; about {n} seeds would detect a mean this size at 80% power")
+  assert findings._plan(iv, "yes: conflict beyond noise", "seeds", "mean", "; ") == ""
+  assert findings._plan(iv._replace(estimate=0.0), findings.NOT_ENOUGH, "seeds", "mean",
+                        "; ") == ""
+
+
 def test_conflict_verdicts_follow_the_interval(found):
   answers = {a.subject: a for a in found.answers[1]}
   assert answers["denoise_30~sr_x2"].verdict == "yes: conflict beyond noise"
@@ -185,7 +200,7 @@ def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
   for task, a in answers.items():
     iv = stats.paired_interval(SCRATCH[task], [_psnr("finetune", task, k) for k in range(3)])
     assert a.interval[:6] == pytest.approx(iv[:6], rel=1e-12)
-    seeds = stats.paired_seeds_needed(iv)  # what a comparison left open would need
+    seeds = stats.seeds_needed(iv)  # what a comparison left open would need
     plan = (f" (about {seeds} paired seeds would detect a Δ this size at 80% power)"
             if a.verdict == findings.NOT_ENOUGH else "")
     assert a.sentence == (f"{task} (fine-tuned from joint − tuned scratch, Y-PSNR on photos): "

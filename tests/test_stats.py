@@ -63,8 +63,8 @@ def test_verdict_on_null_data_is_rarely_a_call():
 # The related_vs_unrelated study's Δs as README prints them (from related - scratch, - unrelated).
 @pytest.mark.parametrize("estimate, low, high, seeds", [(-0.32, -0.71, 0.06, 5),
                                                         (-0.15, -0.73, 0.43, 22)])
-def test_paired_seeds_needed_reach_the_power_and_one_fewer_does_not(estimate, low, high, seeds):
-  m = stats.paired_seeds_needed(stats.Interval(estimate, low, high, 0.95, 3))
+def test_seeds_needed_reach_the_power_and_one_fewer_does_not(estimate, low, high, seeds):
+  m = stats.seeds_needed(stats.Interval(estimate, low, high, 0.95, 3))
   sd = (high - estimate) / sps.t.ppf(0.975, 2) * math.sqrt(3)  # the 3 differences' spread
   rng = np.random.default_rng(0)
 
@@ -75,9 +75,9 @@ def test_paired_seeds_needed_reach_the_power_and_one_fewer_does_not(estimate, lo
   # 4000 simulations: the rate's Monte Carlo se is <= 0.008, so 0.03 is beyond 3.5 se.
   assert rejection_rate(m) >= 0.8 - 0.03 and rejection_rate(m - 1) < 0.8 + 0.03
   assert m == seeds
-  assert stats.paired_seeds_needed(stats.Interval(0.0, -1.0, 1.0, 0.95, 3)) is None
-  assert stats.paired_seeds_needed(stats.Interval(0.01, -3.0, 3.0, 0.95, 3)) is None  # > 1000
-  assert stats.paired_seeds_needed(stats.Interval(0.3, math.nan, math.nan, 0.95, 1)) is None
+  assert stats.seeds_needed(stats.Interval(0.0, -1.0, 1.0, 0.95, 3)) is None
+  assert stats.seeds_needed(stats.Interval(0.01, -3.0, 3.0, 0.95, 3)) is None  # > 1000
+  assert stats.seeds_needed(stats.Interval(0.3, math.nan, math.nan, 0.95, 1)) is None
 
 
 def test_paired_interval_matches_the_t_formula_and_scipy():

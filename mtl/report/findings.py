@@ -132,8 +132,9 @@ def conflict_answers(study, records, final=()):
     sentence = (f"{pair} ({_source_words(study, col)}, {_seed_words(seeds, phases[-1])}): "
                 f"corrected cosine {iv.text(3)} {where}" + (f" ({why})" if why else "")
                 + f" — {verdict}")
-    if iv.note == stats.SEEDS_DIFFER:
-      sentence += f" ({iv.note}: " + ", ".join(r.text(3) for r in phases[-1]["per_run"]) + ")"
+    if iv.note == stats.SEEDS_DIFFER:  # the seeds' spread sets the interval: a t over seeds
+      sentence += (f" ({iv.note}: " + ", ".join(r.text(3) for r in phases[-1]["per_run"])
+                   + _plan(iv, verdict, "seeds", "mean", "; ") + ")")
     if earlier:
       sentence += ("; during training: " if (col, pair) in ended else "; earlier: ") + ", ".join(
           f"{ph['label']} {ph['interval'].text(3)}" for ph in earlier)
@@ -216,17 +217,20 @@ def _delta_sentence(subject, what, iv, test_set, label, verdict):
     numbers = f"{iv.text(2)} dB, {cells.format_p(iv.p)}, {iv.n} paired seeds"
   else:
     numbers = f"{iv.text(2)} dB ({_why_no_interval(iv, 'paired seed')})"
-  return f"{subject} ({what}, {label} on {test_set}): Δ {numbers} — {verdict}{_plan(iv, verdict)}."
+  plan = _plan(iv, verdict, "paired seeds", "Δ", " (")
+  return (f"{subject} ({what}, {label} on {test_set}): Δ {numbers} — {verdict}"
+          f"{plan + ')' if plan else ''}.")
 
 
-def _plan(iv, verdict, power=0.8):
-  """For a Δ the seeds left open: how many paired seeds would detect one of its size."""
+def _plan(iv, verdict, seeds_word, effect, lead, power=0.8):
+  """For an effect the seeds left open (a t interval over them): about how many seeds would
+  detect one of its size, after `lead`; '' where decided or without an interval."""
   if verdict != NOT_ENOUGH or not math.isfinite(iv.low) or iv.estimate == 0:
     return ""
-  seeds = stats.paired_seeds_needed(iv, power)
-  return (f" (about {seeds} paired seeds would detect a Δ this size at {power:.0%} power)"
-          if seeds else f" (a Δ this size would take more than {stats.PLAN_MAX_SEEDS} paired "
-          "seeds to detect)")
+  seeds = stats.seeds_needed(iv, power)
+  return lead + (f"about {seeds} {seeds_word} would detect a {effect} this size at {power:.0%} "
+                 "power" if seeds else f"a {effect} this size would take more than "
+                 f"{stats.PLAN_MAX_SEEDS} {seeds_word} to detect")
 
 
 def _finetune_words(col):
@@ -337,9 +341,9 @@ def markdown(findings, figures=(), status=""):
             "where the study made one, else the last phase's (what training settled into). "
             f"{probes}Questions 2 and 3: paired Δ over seeds (paired t), each regime's "
             f"learning rate chosen per seed on validation. '{NOT_ENOUGH}': the interval holds 0 "
-            "(or one seed gives none); where a Δ is left open, about how many paired seeds "
-            "would detect a true Δ of its size at 80% power, were the seeds' spread as observed "
-            "(the noncentral t): a planning figure, not evidence of an effect.", ""]
+            "(or one seed gives none); where the seeds' spread leaves an answer open, about how "
+            "many seeds would detect a true effect of its size at 80% power, were the spread as "
+            "observed (the noncentral t): a planning figure, not evidence of an effect.", ""]
   for path, title in figures:
     lines += [f"![{title}]({path})", ""]
   return "\n".join(lines) + "\n"
