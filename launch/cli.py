@@ -72,16 +72,19 @@ def _help_exits_zero():
 _help_exits_zero()
 
 
+# The config file that reads a run config saved as JSON (a study's runs are launched with it).
+FROM_JSON = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "experiments", "from_json.py")
+
+
 def json_config(argv):
   """`argv` with `--config=<file>.json` (a run's saved run_config.json) read through
-  experiments/from_json.py: the config flag would run the file as Python."""
-  from_json = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "experiments", "from_json.py")
+  FROM_JSON: the config flag would run the file as Python."""
   out = []
   for arg in argv:
     head, _, path = arg.partition("=")
     if head in ("--config", "-config") and path.endswith(".json") and ".py:" not in path:
-      arg = f"--config={from_json}:path={path}"
+      arg = f"--config={FROM_JSON}:path={path}"
     out.append(arg)
   return out
 

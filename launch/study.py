@@ -70,12 +70,11 @@ FLAGS = flags.FLAGS
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FROM_JSON = os.path.join(os.path.dirname(HERE), "experiments", "from_json.py")
 
 
 def train_command(run_config, workdir):
   """One study run's command: launch/train.py on the run config the study saved as JSON."""
-  return [sys.executable, os.path.join(HERE, "train.py"), f"--config={FROM_JSON}:{run_config}",
+  return [sys.executable, os.path.join(HERE, "train.py"), f"--config={cli.FROM_JSON}:{run_config}",
           f"--workdir={workdir}"]
 
 
@@ -89,7 +88,7 @@ def analyze_command(run_config, workdir, out, final, step):
   first = min(FIRST_BATCHES, final["max_batches"]) if final["halfwidth"] > 0 else \
       final["max_batches"]
   return [sys.executable, os.path.join(HERE, "analyze.py"), f"--checkpoint={workdir}",
-          f"--config={FROM_JSON}:{run_config}", f"--step={step}",
+          f"--config={cli.FROM_JSON}:{run_config}", f"--step={step}",
           f"--batch_size={final['batch_size']}", f"--num_batches={first}",
           f"--halfwidth={final['halfwidth']}", f"--max_batches={final['max_batches']}",
           f"--out={out}"]
