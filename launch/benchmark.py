@@ -32,6 +32,13 @@ Sections:
   devices   the same joint step on 8 fake CPU devices / 1 device, equal global batch
   aggregators  (not in the default) the joint step (3 tasks) with each aggregator and loss
             weighting of mtl.aggregators, relative to plain summed gradients
+  trace     (not in the default) where a step's time goes, op by op (mtl/op_profile.py, from a
+            jax.profiler trace of --repeats steps): the share of the wall time in which an op
+            runs, op time by kind (matmul, convolution, attention, fusion, ...) and by stage
+            (head, body/encoder/attention, ..., optimizer), the longest ops; the one-task step of
+            the first of --tasks at each --batch_size, the plain joint and probe steps at the
+            first (the trace stays in --trace_dir for TensorBoard's profile plugin or Perfetto).
+            For GPUs and TPUs: a CPU's trace times its matmuls' and convolutions' launch only
   profile   (not in the default) each stage of a one-task step alone, forward + backward: head,
             body, one encoder layer / attention / MLP, each task's tail, the optimizer update;
             with --against=torch the official model's same stages, interleaved, and the ratios
@@ -49,7 +56,7 @@ from absl import app, flags
 
 SIX_TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 SECTIONS = ("train", "pipeline", "probe", "devices", "profile", "aggregators", "compile",
-            "startup")
+            "startup", "trace")
 PROBE_VARIANTS = ("plain", "probe", "jacrev")
 
 flags.DEFINE_list("sections", ["train", "pipeline", "probe", "devices"], "What to measure.")
@@ -77,6 +84,10 @@ flags.DEFINE_list("torch_precisions", ["fp32"], "The PyTorch peer's precisions, 
                   "ours: fp32, bf16 (torch.autocast).")
 flags.DEFINE_enum("body_calls", "auto", ["auto", "batched", "scanned", "looped"],
                   "config.model.body_calls: how a step runs its several body calls.")
+flags.DEFINE_string("trace_dir", "", "Where the trace section keeps its traces ('': a temporary "
+                    "folder, removed).")
+flags.DEFINE_integer("scan_unroll", 1, "config.model.scan_unroll: encoder/decoder layers per "
+                     "scan iteration.")
 flags.DEFINE_integer("startup_steps", 2, "Steps of the start-up section's training runs.")
 FLAGS = flags.FLAGS
 
@@ -119,6 +130,7 @@ def _config(size, tasks, devices=1, batch_size=None):
   config.mesh.data = devices
   config.precision = FLAGS.precision
   config.model.body_calls = FLAGS.body_calls
+  config.model.scan_unroll = FLAGS.scan_unroll
   return config
 
 
@@ -596,6 +608,45 @@ def _probe_at(size, batch_size):
           + f"; mtl probe / the faster = {seconds['probe'] / min(torch_seconds['probe'].values()):.2f}")
 
 
+def section_trace(size):
+  """Where each step's time goes, op by op: mtl.op_profile over a trace of --repeats steps."""
+  import tempfile
+  import jax
+  from mtl import op_profile, run_state, sharding
+  log_dir = FLAGS.trace_dir or tempfile.mkdtemp(prefix="mtl_trace_")
+  try:
+    for batch_size in _batch_sizes():
+      config = _config(size, SIX_TASKS, batch_size=batch_size)
+      run = run_state.build(config)
+      steps = [(f"one-task step ({FLAGS.tasks[0]})", (FLAGS.tasks[0],), False)]
+      if batch_size == _batch_sizes()[0]:
+        steps += [("plain joint step", run.model.task_names, False),
+                  ("probe step", run.model.task_names, True)]
+      with jax.set_mesh(run.mesh):
+        full = sharding.to_global(_batch(run, config), run.mesh)
+        threaded = [run.init_state()]
+        for label, names, probe in steps:
+          batch = {n: full[n] for n in names}
+          compiled = _step(run, config, names, probe).lower(threaded[0], batch).compile()
+          call = _step_call(compiled, batch, threaded, run.mesh)
+          untraced = _interleaved({label: (call, None)}, FLAGS.repeats)[0][label]
+          events, wall = op_profile.trace_calls(call, FLAGS.repeats, log_dir)
+          profile = op_profile.summarize(events, compiled.as_text(), FLAGS.repeats, wall)
+          print(f"\n[trace] size={size}: {label}, batch {batch_size} per task, "
+                f"{config.precision}, {FLAGS.repeats} steps traced; untraced "
+                f"{untraced * 1e3:.2f} ms/step (median; the profiler adds its own overhead)")
+          print("\n".join(profile.lines()))
+          busy = 100 * profile.busy_ms / profile.wall_ms if profile.on_device else float("nan")
+          _summary_row((f"trace: {label}, % of the wall time an op runs", size, batch_size,
+                        config.precision, busy, "", "", float("nan"), float("nan")))
+        del threaded, full
+    if FLAGS.trace_dir:
+      print(f"  traces: {log_dir} (tensorboard --logdir, or ui.perfetto.dev: perfetto_trace.json.gz)")
+  finally:
+    if not FLAGS.trace_dir:
+      shutil.rmtree(log_dir, ignore_errors=True)
+
+
 def section_compile(size):
   """Seconds to trace (jit's lower) and to compile each step function and the init, from
   abstract arguments (nothing is initialised), without the persistent compilation cache."""
@@ -807,7 +858,8 @@ def main():
     for size in FLAGS.sizes:
       {"train": section_train, "probe": section_probe, "devices": section_devices,
        "profile": section_profile, "aggregators": section_aggregators,
-       "compile": section_compile, "startup": section_startup}[section](size)
+       "compile": section_compile, "startup": section_startup,
+       "trace": section_trace}[section](size)
   print_summary()
 
 

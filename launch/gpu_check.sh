@@ -3,16 +3,20 @@
 # subset that runs on GPUs, compile seconds (both body-call modes), a batch sweep with MFU, the
 # official PyTorch IPT on the same device (fp32 and bf16 autocast, interleaved), the probe /
 # plain joint step ratio, start-up (command to first step, cold and warm compilation cache), the
-# input pipeline, the main job, and compiling without XLA's GPU autotuning. Every part has its own
-# time limit and log ($OUT/<part>.log); one table at the end.
+# input pipeline, the main job, where the steps' time goes op by op (a profiler trace), and three
+# settings weighed against the defaults: no XLA GPU autotuning, CUDA graphs over the layer loops,
+# unrolled layer scans. Every part has its own time limit and log ($OUT/<part>.log); one table at
+# the end.
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
+#   PARTS="trace cmdbuf unroll" bash launch/gpu_check.sh          # only these parts
 #
 # Environment: OUT (logs; default /tmp/gpu_check), BUDGET (seconds; 480), SIZE (paper),
 # BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES (PyTorch's; 8,32), REPEATS (5),
 # PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of huawei-noah/Pretrained-IPT; default ./.ipt: the
-# PyTorch part is skipped without it or without torch), TORCH_PYTHON (python3).
+# PyTorch part is skipped without it or without torch), TORCH_PYTHON (python3), PARTS (the parts to
+# run, space-separated; default all, in the order below).
 # Wheels the machine lacks go in ./.whl (ignored by git): launch/gpu_env.sh installs them first.
 BUDGET=${BUDGET:-480}
 OUT=${OUT:-/tmp/gpu_check}
@@ -25,6 +29,9 @@ LIMITS=${LIMITS:-1}
 IPT_REPO=${IPT_REPO:-$PWD/.ipt}
 TORCH_PYTHON=${TORCH_PYTHON:-python3}
 FIRST=${BATCHES%%,*}
+SECOND=$(echo "$BATCHES" | cut -d, -f2)
+LAST=${BATCHES##*,}
+PARTS=${PARTS:-tests compile compile_scanned sweep torch_peer probe trace startup pipeline main_job autotune0 cmdbuf unroll}
 mkdir -p "$OUT"
 START=$(date +%s)
 CACHE=$(mktemp -d /tmp/gpu_check_cache.XXXXXX)  # shared by the timing parts; not in $OUT (large)
@@ -32,8 +39,10 @@ trap 'rm -rf "$CACHE"' EXIT
 : > "$OUT/parts.tsv"
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
+wanted() { case " $PARTS " in *" $1 "*) return 0;; *) return 1;; esac; }
 part() {  # part NAME LIMIT CMD...: runs CMD for at most LIMIT s (less if the budget is short)
   local name=$1 limit=$(( $2 * LIMITS )); shift 2
+  wanted "$name" || return
   local l; l=$(( $(left) - 5 )); [ "$limit" -lt "$l" ] && l=$limit
   if [ "$l" -lt 15 ]; then
     echo "== $name: skipped (budget spent)"; printf '%s\tskipped\t0\tbudget spent\n' "$name" >> "$OUT/parts.tsv"
@@ -48,6 +57,7 @@ part() {  # part NAME LIMIT CMD...: runs CMD for at most LIMIT s (less if the bu
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$note" >> "$OUT/parts.tsv"
 }
 skip() {  # skip NAME REASON
+  wanted "$1" || return
   echo "== $1: skipped ($2)"; printf '%s\tskipped\t0\t%s\n' "$1" "$2" >> "$OUT/parts.tsv"
 }
 
@@ -81,6 +91,11 @@ fi
 part probe 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe --batch_size="$FIRST" \
     --compile_cache="$CACHE"
 # Two processes share the device here: neither takes 75% of its memory up front.
+# Where the one-task step's time goes at the smallest and largest batch, and the joint steps'
+# (plain, probe) at the smallest: op time by kind and by stage, and the share of the wall time in
+# which the device runs an op at all (low: it waits for its launches).
+part trace 90 "${BENCH[@]}" --sections=trace --tasks=sr_x2 --batch_size="$FIRST,$LAST" \
+    --compile_cache="$CACHE"
 XLA_PYTHON_CLIENT_PREALLOCATE=false part startup 120 "${BENCH[@]}" --sections=startup \
     --batch_size="$FIRST"
 part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
@@ -91,6 +106,13 @@ part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir
 # takes no budget from the parts above.
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 90 "${BENCH[@]}" \
     --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
+# The layer scans are while loops, which XLA's CUDA graphs leave out by default: the one-task step
+# with them in (a launch-bound step gains), then with the scans unrolled (no loops; a larger
+# program to compile).
+XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
+    part cmdbuf 90 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$SECOND"
+part unroll 120 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$SECOND" \
+    --scan_unroll=12
 
 {
   echo
@@ -109,11 +131,13 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 9
   # launch/benchmark.py prints each row as it finishes (ROW | ... |): a part cut short keeps them.
   echo "| what | size | batch | precision | ms/step, s or crops/s | images/s | MFU | MFU (XLA) | peak GiB | PyTorch ms (faster) |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
-  for name in sweep torch_peer probe compile compile_scanned startup pipeline; do
+  for name in sweep torch_peer probe trace compile compile_scanned startup pipeline; do
     [ -f "$OUT/$name.log" ] && grep -E "^ROW \| " "$OUT/$name.log" | cut -c5-
   done
-  [ -f "$OUT/autotune0.log" ] && grep -E "^ROW \| " "$OUT/autotune0.log" | cut -c5- \
-      | sed 's/^| /| autotune 0: /'
+  for variant in "autotune0:autotune 0" "cmdbuf:CUDA graphs +WHILE" "unroll:scan_unroll 12"; do
+    [ -f "$OUT/${variant%%:*}.log" ] && grep -E "^ROW \| " "$OUT/${variant%%:*}.log" | cut -c5- \
+        | sed "s/^| /| ${variant#*:}: /"
+  done
   echo
   echo "(commands: $OUT/<part>.log, first lines; each row's figures: median over REPEATS=$REPEATS)"
 } | tee "$OUT/table.md"

@@ -48,6 +48,7 @@ def get_config(size="tiny"):
   c.model = ml_collections.ConfigDict(ipt.SIZES[size])
   c.model.init = "torch"      # torch: as the official IPT code initialises | flax: nnx defaults
   c.model.remat = "none"      # none | layer: recompute each encoder/decoder layer in the backward
+  c.model.scan_unroll = 1     # encoder/decoder layers per scan iteration: fewer loop iterations
   # The step's T task (probe: 2T half-batch) body calls: auto (one batched computation on GPUs
   # and TPUs, one call each on CPUs, whichever is faster there) | batched | looped.
   c.model.body_calls = "auto"
@@ -131,6 +132,8 @@ FIELD_HELP = {
     "model.mlp_ratio": "MLP width / token dim (IPT: 4)",
     "model.init": "torch: as the official IPT code initialises | flax: nnx defaults",
     "model.remat": "none | layer: recompute each body layer in the backward pass (less memory)",
+    "model.scan_unroll": "encoder/decoder layers per iteration of their scans (1: the smallest "
+                         "program; more: fewer loop iterations, a larger program)",
     "model.body_calls": "auto (batched on GPU/TPU, looped on CPU) | batched | scanned "
                         "(compiles fastest) | looped: the step's per-task body calls",
     "data.source": "photos (embedded) | folder | tfds",

@@ -28,9 +28,10 @@ ANALYSIS_DIR = "analysis"
 ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
              COMPUTE_FILE, RESULTS_FILE, LOCK_FILE, ANALYSIS_DIR + "/")
 # Fields that may change between a run and its resumption: they do not change what is learned
-# (model.remat and model.body_calls: how the same step is computed).
+# (model.remat, model.body_calls and model.scan_unroll: how the same step is computed).
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
-                    "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls")
+                    "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls",
+                    "model.scan_unroll")
 
 
 def analysis_dir(workdir, step):

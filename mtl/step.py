@@ -69,6 +69,7 @@ def step_args(config):
           "schedule": optim.schedule_args(config.optim, config.total_steps)}
 
 
+@jax.named_scope("degrade")
 def degrade_batch(specs, task_ids, config, step, batch, stream=None, seed=None):
   """Degraded inputs and clean targets per task, keyed by (seed, step, task_id(name)); a
   `stream` (an int) keys draws of their own (the probe batch's), apart from the training's.
@@ -84,6 +85,7 @@ def degrade_batch(specs, task_ids, config, step, batch, stream=None, seed=None):
   return inputs, targets
 
 
+@jax.named_scope("loss")
 def _task_loss(loss_cfg, out, target, tokens):
   loss = losses.l1(out, target)
   if loss_cfg.contrastive_weight > 0:
@@ -186,7 +188,8 @@ def probe_gramians(params, batch, step, model, config, names, stream=_PROBE_STRE
   bodies = _half_bodies(params["body"], 2 * len(names), mode)
   g_body = jax.grad(lambda b: half_task_losses(model, config.loss, names, specific, b, inputs,
                                                targets, mode == "scanned").sum())(bodies)
-  return 4.0 * gramians.leaf_gramians(_stacked(g_body))  # x4: see _step
+  with jax.named_scope("gramians"):
+    return 4.0 * gramians.leaf_gramians(_stacked(g_body))  # x4: see _step
 
 
 TASK_SUBTREES = ("heads", "queries", "tails")
@@ -249,10 +252,11 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
       total_loss, argnums=(0, 1), has_aux=True)(specific, bodies)
   grams, agg_w = None, None
   if split:
-    g_body = _stacked(g_body)  # (2T, ...) per leaf
     # A half's reference carries half of its own loss's gradient (per-task loss = mean of the
     # halves): the Gramian of the halves' own gradients is 2^2 times that of the references.
-    grams = 4.0 * gramians.leaf_gramians(g_body)
+    with jax.named_scope("gramians"):
+      g_body = _stacked(g_body)  # (2T, ...) per leaf
+      grams = 4.0 * gramians.leaf_gramians(g_body)
     if aggregate:  # the task gradients, g_t = the sum of its two references' gradients
       per_task_grads = jax.tree_util.tree_map(
           lambda g: g.reshape((len(names), 2) + g.shape[1:]).sum(1), g_body)
@@ -262,11 +266,13 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
       g_body = jax.tree_util.tree_map(lambda g: g.sum(0), g_body)
   grads = dict(g_specific, body=g_body)  # tasks absent from a one-task step get zeros
   # mtl.optim's schedule reads its numbers from schedule_args; other optimizers ignore them
-  updates, opt_state = optax.with_extra_args_support(optimizer).update(
-      grads, state.opt_state, state.params, schedule_args=hyper["schedule"])
-  params = optax.apply_updates(state.params, updates)
-  absent = tuple(n for n in model.task_names if n not in names)
-  params, opt_state = keep_absent_tasks(absent, state.params, params, state.opt_state, opt_state)
+  with jax.named_scope("optimizer"):
+    updates, opt_state = optax.with_extra_args_support(optimizer).update(
+        grads, state.opt_state, state.params, schedule_args=hyper["schedule"])
+    params = optax.apply_updates(state.params, updates)
+    absent = tuple(n for n in model.task_names if n not in names)
+    params, opt_state = keep_absent_tasks(absent, state.params, params, state.opt_state,
+                                          opt_state)
   if "loss_weighting" in mtl_state:  # DWA's history, FAMO's logits (FAMO: losses after the step)
     new_losses = per_task
     if mtl_cfg.loss_weighting == "famo":

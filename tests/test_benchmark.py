@@ -1,10 +1,11 @@
-"""launch/benchmark.py: the compile section's table and summary rows, the summary's cells, and
-one-line refusals of bad flags."""
+"""launch/benchmark.py: the compile and trace sections' tables and summary rows, the summary's
+cells, and one-line refusals of bad flags."""
 import os
 import re
 import subprocess
 import sys
 
+import jax
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,3 +41,25 @@ def test_compile_section_times_every_step_function_and_keeps_summary_rows():
   table = text[text.index("[summary]"):].splitlines()
   assert table[1].startswith("| what | size | batch |") and len(table) == 3 + len(rows)
   assert all(r[4:] in table for r in rows)
+
+
+def test_trace_section_says_where_each_step_s_time_goes():
+  out = _benchmark("--sections=trace", "--sizes=tiny", "--tasks=sr_x2", "--batch_size=2",
+                   "--repeats=1")
+  assert out.returncode == 0, out.stderr[-3000:]
+  text = out.stdout
+  blocks = text.split("\n[trace] ")[1:]
+  assert [re.match(r"size=tiny: (.*?), batch 2", b).group(1) for b in blocks] == [
+      "one-task step (sr_x2)", "plain joint step", "probe step"]
+  for block in blocks:
+    busy = re.search(r"ops running [\d.]+ ms of it \((\d+)%", block)
+    assert busy and 0 < int(busy.group(1)) <= 100, block
+    for stage in ("head", "body/encoder/attention", "body/decoder/mlp", "tail", "optimizer"):
+      assert re.search(rf"^    {re.escape(stage)} +\d+\.\d\d +\d+\.\d\d ", block, re.M), (stage, block)
+    assert "events read" not in block  # the step's own module was found in the trace
+    assert ("a host trace" in block) == (jax.default_backend() == "cpu")
+  assert re.search(r"^    gramians ", blocks[2], re.M) and not re.search(r"^    gramians ", blocks[1],
+                                                                            re.M)
+  rows = [l for l in text.splitlines() if l.startswith("ROW | trace: ")]
+  assert len(rows) == 3  # the running share only where the trace times the ops: not on a CPU
+  assert all((r.split(" | ")[5] == "-") == (jax.default_backend() == "cpu") for r in rows), rows

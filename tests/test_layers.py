@@ -8,8 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bottom first. A module may import its own layer or any below it, never one above.
 LAYERS = [
     ("pure pieces", ["mtl.__init__", "mtl.xla_options", "mtl.compile_cache", "mtl.distributed",
-                     "mtl.files", "mtl.children", "mtl.flops", "mtl.tasks", "mtl.losses", "mtl.optim",
-                     "mtl.metrics", "mtl.stats", "mtl.sharding", "mtl.gramians", "mtl.models",
+                     "mtl.files", "mtl.children", "mtl.flops", "mtl.op_profile", "mtl.tasks",
+                     "mtl.losses", "mtl.optim", "mtl.metrics", "mtl.stats", "mtl.sharding", "mtl.gramians", "mtl.models",
                      "mtl.aggregators", "mtl.degradations", "mtl.checkpoints", "mtl.events",
                      "mtl.progress"]),
     ("step, data, evaluation", ["mtl.step", "mtl.data", "mtl.evaluate", "mtl.run_folder"]),

@@ -181,18 +181,21 @@ def test_layer_names_unstack_the_layer_axis_in_network_order():
   jax.tree.map(np.testing.assert_array_equal, ipt.stack_layers(per_layer), params)
 
 
+@pytest.mark.parametrize("setting", [dict(remat="layer"), dict(scan_unroll=2),
+                                     dict(remat="layer", scan_unroll=3)])
 @jax.default_matmul_precision("highest")  # see test_scanned_layers_equal_the_per_layer_loop
-def test_remat_gives_the_same_gradients():
-  plain, remat = (ipt.IPT(_layers_config(remat=r), tasks.get_all(["sr_x2"]))
-                  for r in ("none", "layer"))
+def test_execution_settings_give_the_same_gradients(setting):
+  plain, other = (ipt.IPT(_layers_config(**s), tasks.get_all(["sr_x2"])) for s in ({}, setting))
   params = plain.init(jax.random.key(0))
   images = jax.random.uniform(jax.random.key(1), (2, 12, 12, 3), maxval=255.0)
   loss = lambda model: jax.grad(lambda p: jnp.mean(jnp.abs(model.apply(p, "sr_x2", images))))
-  got, want = jax.jit(loss(remat))(params), jax.jit(loss(plain))(params)
-  # The recomputed forward pass runs the same float32 operations; XLA may fuse them otherwise,
-  # which moves a gradient by float32 rounding (~1e-6 of its leaf's scale).
+  got, want = jax.jit(loss(other))(params), jax.jit(loss(plain))(params)
+  # The recomputed (remat) or unrolled layers run the same float32 operations; XLA may fuse them
+  # otherwise, which moves a gradient by float32 rounding (~1e-6 of its leaf's scale).
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(want), jax.tree_util.tree_leaves(got)):
     scale = float(jnp.abs(a).max())
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
   with pytest.raises(ValueError, match="model.remat='all'; valid: 'none', 'layer'"):
     dataclasses.replace(plain.cfg, remat="all").validate()
+  with pytest.raises(ValueError, match="model.scan_unroll=0; valid: an integer >= 1"):
+    dataclasses.replace(plain.cfg, scan_unroll=0).validate()

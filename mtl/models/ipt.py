@@ -52,11 +52,12 @@ class ModelConfig:
   mlp_ratio: int = 4
   init: str = "torch"  # torch: as the official IPT code initialises; flax: nnx's defaults
   remat: str = "none"  # none | layer: recompute each scanned layer in the backward pass
+  scan_unroll: int = 1  # layers per iteration of the layer scans (fewer iterations, more code)
   body_calls: str = "auto"  # auto | batched | scanned | looped: how a step runs its body calls
   compute_dtype: str = "float32"
 
   # How the model is run, not what it is: a fine-tune or an import may change them.
-  EXECUTION_FIELDS = ("remat", "body_calls")
+  EXECUTION_FIELDS = ("remat", "body_calls", "scan_unroll")
 
   @property
   def token_dim(self):
@@ -69,7 +70,7 @@ class ModelConfig:
   @classmethod
   def from_config(cls, model_cfg, compute_dtype="float32"):
     fields = {f.name for f in dataclasses.fields(cls)} - {"compute_dtype"}
-    # Configs saved before `init`, `remat` or `body_calls` existed lack them (their params are
+    # Configs saved before `init` or an execution field existed lack them (their params are
     # restored, not initialised; the others only say how to run): the defaults apply.
     optional = {"init"} | set(cls.EXECUTION_FIELDS)
     cfg = cls(**{k: model_cfg[k] for k in fields if k in model_cfg or k not in optional},
@@ -100,6 +101,9 @@ class ModelConfig:
         raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
     if self.init not in INITS:
       raise ValueError(f"model.init={self.init!r}; valid: {', '.join(map(repr, INITS))}")
+    if not isinstance(self.scan_unroll, int) or self.scan_unroll < 1:
+      raise ValueError(f"model.scan_unroll={self.scan_unroll!r}; valid: an integer >= 1 (layers "
+                       "per scan iteration)")
     if self.remat not in REMATS:
       raise ValueError(f"model.remat={self.remat!r}; valid: {', '.join(map(repr, REMATS))}")
     if self.body_calls not in BODY_CALLS:
@@ -195,6 +199,7 @@ class Attention(nnx.Module):
     # torch's out_proj is an nn.Linear that _reset_parameters leaves at its default init.
     self.out = linear(**{k: v for k, v in dense_init(init, dim).items() if k == "kernel_init"})
 
+  @jax.named_scope("attention")
   def __call__(self, q, k, v, batch):
     split = lambda x: x.reshape(batch, -1, self.num_heads, x.shape[-1] // self.num_heads)
     attended = attention(split(self.query(q)), split(self.key(k)), split(self.value(v)))
@@ -206,6 +211,7 @@ class MLP(nnx.Module):
     self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs, **dense_init(init, dim))
     self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs, **dense_init(init, hidden))
 
+  @jax.named_scope("mlp")
   def __call__(self, x):
     return self.fc2(jax.nn.relu(self.fc1(x)))
 
@@ -213,6 +219,11 @@ class MLP(nnx.Module):
 def _norm(dim, rngs):
   # LayerNorm statistics in float32 whatever the compute dtype.
   return nnx.LayerNorm(dim, epsilon=1e-5, dtype=jnp.float32, rngs=rngs)
+
+
+def _normed(norm, x):
+  with jax.named_scope("norm"):
+    return norm(x).astype(x.dtype)
 
 
 class EncoderLayer(nnx.Module):
@@ -225,9 +236,9 @@ class EncoderLayer(nnx.Module):
     self.mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs, cfg.init)
 
   def __call__(self, x, batch):
-    h = self.norm1(x).astype(x.dtype)
+    h = _normed(self.norm1, x)
     x = x + self.attn(h, h, h, batch)
-    return x + self.mlp(self.norm2(x).astype(x.dtype))
+    return x + self.mlp(_normed(self.norm2, x))
 
 
 class DecoderLayer(nnx.Module):
@@ -241,11 +252,11 @@ class DecoderLayer(nnx.Module):
     self.mlp = MLP(dim, dim * cfg.mlp_ratio, dtype, rngs, cfg.init)
 
   def __call__(self, x, memory, query_pos, batch):
-    h = self.norm1(x).astype(x.dtype)
+    h = _normed(self.norm1, x)
     x = x + self.self_attn(h + query_pos, h + query_pos, h, batch)
-    h = self.norm2(x).astype(x.dtype)
+    h = _normed(self.norm2, x)
     x = x + self.cross_attn(h + query_pos, memory, memory, batch)
-    return x + self.mlp(self.norm3(x).astype(x.dtype))
+    return x + self.mlp(_normed(self.norm3, x))
 
 
 def _stacked(layers):
@@ -257,10 +268,11 @@ def _stacked(layers):
   return nnx.merge(graphdef, state)
 
 
-def _scan_layers(layers, x, call, remat=False):
+def _scan_layers(layers, x, call, remat=False, unroll=1):
   """x through the stacked `layers` in order: `call(layer, x)` once per layer, one copy of it in
-  the program (jax.lax.scan). remat: jax.checkpoint on each layer, so the backward pass keeps only
-  the layers' inputs and recomputes the rest (memory for large batches, ~1/3 more compute)."""
+  the program (jax.lax.scan; `unroll` copies, each loop iteration running that many layers).
+  remat: jax.checkpoint on each layer, so the backward pass keeps only the layers' inputs and
+  recomputes the rest (memory for large batches, ~1/3 more compute)."""
   graphdef, state = nnx.split(layers)
 
   def step(x, layer_state):
@@ -268,7 +280,7 @@ def _scan_layers(layers, x, call, remat=False):
 
   if remat:
     step = jax.checkpoint(step, prevent_cse=False)  # inside scan CSE cannot undo it
-  return jax.lax.scan(step, x, state)[0]
+  return jax.lax.scan(step, x, state, unroll=unroll)[0]
 
 
 class Body(nnx.Module):
@@ -298,11 +310,14 @@ class Body(nnx.Module):
     x = unfold(feats, self.cfg.patch_dim).astype(dtype)
     x = x + self.pos_embed[...].astype(dtype)[None] + self.token_embed(x)  # residual embedding
     x = x.reshape(-1, x.shape[-1])  # (B*N, D) from here on
-    remat = self.cfg.remat == "layer"
-    x = _scan_layers(self.encoder, x, lambda layer, x: layer(x, batch), remat)
+    remat, unroll = self.cfg.remat == "layer", self.cfg.scan_unroll
+    with jax.named_scope("encoder"):
+      x = _scan_layers(self.encoder, x, lambda layer, x: layer(x, batch), remat, unroll)
     memory = x
     query_pos = jnp.tile(query_pos.astype(dtype), (batch, 1))
-    x = _scan_layers(self.decoder, x, lambda layer, x: layer(x, memory, query_pos, batch), remat)
+    with jax.named_scope("decoder"):
+      x = _scan_layers(self.decoder, x, lambda layer, x: layer(x, memory, query_pos, batch),
+                       remat, unroll)
     tokens = (self.out_mlp(x) + x).reshape(batch, -1, x.shape[-1])
     return fold(tokens, self.cfg.patch_dim, feats.shape[1]), tokens
 
@@ -371,9 +386,12 @@ class IPT:
     return jax.eval_shape(self.init, jax.random.key(0))
 
   # The three stages, as pure functions. Inputs and outputs are in [0, 255].
+  # Named scopes: the stages' names in the compiled program's op metadata (mtl.op_profile).
+  @jax.named_scope("head")
   def head(self, head_params, images):
     return nnx.merge(self._head_def, head_params)(images - DIV2K_RGB_MEAN)
 
+  @jax.named_scope("body")
   def body(self, body_params, feats, query_pos):
     return nnx.merge(self._body_def, body_params)(feats, query_pos)
 
@@ -391,6 +409,7 @@ class IPT:
     return jax.vmap(self.body, in_axes=(0 if stacked else None, 0, 0))(body_params, feats,
                                                                        query_pos)
 
+  @jax.named_scope("tail")
   def tail(self, tail_params, scale, feats):
     out = nnx.merge(self._tail_defs[scale], tail_params)(feats)
     return out.astype(jnp.float32) + DIV2K_RGB_MEAN
