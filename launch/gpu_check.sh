@@ -10,13 +10,14 @@
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
-#   PARTS="trace cmdbuf unroll" bash launch/gpu_check.sh          # only these parts
+#   PARTS=diagnose bash launch/gpu_check.sh                       # only the diagnosis parts
 #
 # Environment: OUT (logs; default /tmp/gpu_check), BUDGET (seconds; 480), SIZE (paper),
 # BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES (PyTorch's; 8,32), REPEATS (5),
 # PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of huawei-noah/Pretrained-IPT; default ./.ipt: the
 # PyTorch part is skipped without it or without torch), TORCH_PYTHON (python3), PARTS (the parts to
-# run, space-separated; default all, in the order below).
+# run, space-separated, in this script's order whatever theirs: 'check' = the check's, 'diagnose' =
+# the diagnosis's; default 'check diagnose').
 # Wheels the machine lacks go in ./.whl (ignored by git): launch/gpu_env.sh installs them first.
 BUDGET=${BUDGET:-480}
 OUT=${OUT:-/tmp/gpu_check}
@@ -31,7 +32,11 @@ TORCH_PYTHON=${TORCH_PYTHON:-python3}
 FIRST=${BATCHES%%,*}
 SECOND=$(echo "$BATCHES" | cut -d, -f2)
 LAST=${BATCHES##*,}
-PARTS=${PARTS:-tests compile compile_scanned sweep torch_peer probe trace startup pipeline main_job autotune0 cmdbuf unroll}
+CHECK="tests compile compile_scanned sweep torch_peer probe startup pipeline main_job"
+DIAGNOSE="trace cmdbuf unroll autotune0"
+PARTS=${PARTS:-check diagnose}
+PARTS=${PARTS//check/$CHECK}
+PARTS=${PARTS//diagnose/$DIAGNOSE}
 mkdir -p "$OUT"
 START=$(date +%s)
 CACHE=$(mktemp -d /tmp/gpu_check_cache.XXXXXX)  # shared by the timing parts; not in $OUT (large)
@@ -63,18 +68,18 @@ skip() {  # skip NAME REASON
 
 source launch/gpu_env.sh
 
-# First what no GPU has verified yet: the test subset, then compile seconds in both body-call
-# modes (the speed parts after them were measured once, 2026-12-04).
+# The check (the issue's items 1-5) first: the test subset and compile seconds, which no GPU has
+# verified since their last changes, then the speed parts measured once (2026-12-04), again.
 # -v: a line per test as it ends, so a subset cut by its limit still says which passed or failed.
 XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -v -p no:cacheprovider \
     -m "not cpu_only" tests/test_models.py tests/test_step_batched.py tests/test_flops.py \
-    tests/test_train.py
+    tests/test_op_profile.py tests/test_train.py
 BENCH=(python3 launch/benchmark.py --sizes="$SIZE" --precision="$PRECISION" --repeats="$REPEATS")
 part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST"
 part compile_scanned 60 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST" \
     --body_calls=scanned
-# The steps' compiled programs are shared between the timing parts (the compile part turns the
-# cache off for its own timings; the start-up part keeps its own, empty at first).
+# The steps' compiled programs are shared between the timing parts (the compile parts turn the
+# cache off for their own timings; the start-up part keeps its own, empty at first).
 part sweep 150 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$BATCHES" \
     --compile_cache="$CACHE"
 if [ ! -f "$IPT_REPO/model/ipt.py" ]; then
@@ -91,28 +96,28 @@ fi
 part probe 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe --batch_size="$FIRST" \
     --compile_cache="$CACHE"
 # Two processes share the device here: neither takes 75% of its memory up front.
-# Where the one-task step's time goes at the smallest and largest batch, and the joint steps'
-# (plain, probe) at the smallest: op time by kind and by stage, and the share of the wall time in
-# which the device runs an op at all (low: it waits for its launches).
-part trace 90 "${BENCH[@]}" --sections=trace --tasks=sr_x2 --batch_size="$FIRST,$LAST" \
-    --compile_cache="$CACHE"
 XLA_PYTHON_CLIENT_PREALLOCATE=false part startup 120 "${BENCH[@]}" --sections=startup \
     --batch_size="$FIRST"
 part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
 part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$OUT/tiny" \
     --compile_cache="$CACHE"
-# XLA's GPU autotuning (trying gemm and convolution algorithms) is part of every compile: the
-# compile seconds and the one-task step without it, to weigh one against the other; last, so it
-# takes no budget from the parts above.
-XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 90 "${BENCH[@]}" \
-    --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
+
+# The diagnosis: where the one-task step's time goes at the smallest and largest batch, and the
+# joint steps' (plain, probe) at the smallest: op time by kind and by stage, and the share of the
+# wall time in which the device runs an op at all (low: it waits for its launches).
+part trace 90 "${BENCH[@]}" --sections=trace --tasks=sr_x2 --batch_size="$FIRST,$LAST" \
+    --compile_cache="$CACHE"
 # The layer scans are while loops, which XLA's CUDA graphs leave out by default: the one-task step
-# with them in (a launch-bound step gains), then with the scans unrolled (no loops; a larger
-# program to compile).
+# with them in (a step that waits on its launches gains), then with the scans unrolled (no loops;
+# a larger program to compile).
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
     part cmdbuf 90 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$SECOND"
 part unroll 120 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$SECOND" \
     --scan_unroll=12
+# XLA's GPU autotuning (trying gemm and convolution algorithms) is part of every compile: the
+# compile seconds and the one-task step without it, to weigh one against the other.
+XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 90 "${BENCH[@]}" \
+    --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
 
 {
   echo

@@ -34,8 +34,11 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute
 SCOPES = ("degrade", "head", "body", "encoder", "decoder", "attention", "mlp", "norm", "tail",
           "loss", "gramians", "optimizer")
 # Device threads that repeat the kernels' time under another grouping (xprof's derived lines).
-DERIVED_LINES = ("XLA Modules", "XLA Ops", "Steps", "Framework", "Source code", "XLA TraceMe",
-                 "TensorFlow", "Launch Stats")
+DERIVED_LINES = ("XLA Modules", "XLA Ops", "Async XLA Ops", "Steps", "Framework", "Source code",
+                 "XLA TraceMe", "TensorFlow", "Launch Stats")
+# XLA's GPU thunks annotate their kernels "Thunk:#hlo_op=fusion.3,hlo_module=jit_f,...#"; a
+# trace that has not parsed it into hlo_op / hlo_module keeps it as the kernel's annotation.
+_ANNOTATED = re.compile(r"#(?:[^#]*,)?hlo_op=([^,#]+)(?:,hlo_module=([^,#]+))?")
 
 
 def _kind_of_target(target):
@@ -248,9 +251,19 @@ def _op_events(events):
     if devices:
       if e["pid"] in devices and (e["pid"], e.get("tid")) not in derived:
         out.append(e)
-    elif "hlo_op" in e.get("args", {}):
+    elif _hlo_op(e)[0]:
       out.append(e)
   return out, bool(devices)
+
+
+def _hlo_op(event):
+  """(the HLO op an event ran, its module): from the event's hlo_op / hlo_module, else from its
+  kernel annotation (the innermost that names an op); '' where it names none."""
+  args = event.get("args", {})
+  if "hlo_op" in args:
+    return args["hlo_op"], args.get("hlo_module")
+  found = _ANNOTATED.findall(str(args.get("annotation", "")))
+  return (found[-1][0], found[-1][1] or None) if found else ("", None)
 
 
 def summarize(events, hlo_text, calls, wall_s, top=10):
@@ -259,7 +272,7 @@ def summarize(events, hlo_text, calls, wall_s, top=10):
   kinds, module = op_kinds(hlo_text), module_name(hlo_text)
   ops, on_device = _op_events(events)
   # Events that name another module are another program's; a kernel that names none is kept.
-  mine = [e for e in ops if e.get("args", {}).get("hlo_module", module).startswith(module or "?")]
+  mine = [e for e in ops if (_hlo_op(e)[1] or module).startswith(module or "?")]
   matched = "module"
   if not mine:
     mine = ops
@@ -267,7 +280,7 @@ def summarize(events, hlo_text, calls, wall_s, top=10):
                if ops else "the trace holds no op events")
   intervals, by_kind, per_op, by_stage = [], dict.fromkeys(KINDS, 0.0), {}, {}
   for e in mine:
-    op = e.get("args", {}).get("hlo_op", "")
+    op = _hlo_op(e)[0]
     kind, where = kinds.get(op, (kernel_kind(e.get("name", "")), ""))
     if kind is None:
       continue  # a container: the ops inside it have their own events
