@@ -33,7 +33,7 @@ FIRST=${BATCHES%%,*}
 SECOND=$(echo "$BATCHES" | cut -d, -f2)
 LAST=${BATCHES##*,}
 CHECK="tests compile compile_scanned sweep torch_peer probe startup pipeline main_job"
-DIAGNOSE="trace cmdbuf unroll autotune0"
+DIAGNOSE="trace cmdbuf unroll probe_looped autotune0"
 PARTS=${PARTS:-check diagnose}
 PARTS=${PARTS//check/$CHECK}
 PARTS=${PARTS//diagnose/$DIAGNOSE}
@@ -114,6 +114,12 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+COND
     part cmdbuf 90 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$SECOND"
 part unroll 120 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$SECOND" \
     --scan_unroll=12
+# The joint steps with a body call per task (probe: per half) instead of one batched computation:
+# the batched probe differentiates 2T broadcast copies of the body (at paper size, batch 8, its
+# compiled temporaries exceed the looped probe's by 4.5 GiB on a CPU), the looped one compiles
+# longer. `auto` picks batched on GPUs: this says whether that is the faster.
+part probe_looped 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe \
+    --batch_size="$FIRST" --body_calls=looped --compile_cache="$CACHE"
 # XLA's GPU autotuning (trying gemm and convolution algorithms) is part of every compile: the
 # compile seconds and the one-task step without it, to weigh one against the other.
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 90 "${BENCH[@]}" \
@@ -139,7 +145,8 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 9
   for name in sweep torch_peer probe trace compile compile_scanned startup pipeline; do
     [ -f "$OUT/$name.log" ] && grep -E "^ROW \| " "$OUT/$name.log" | cut -c5-
   done
-  for variant in "autotune0:autotune 0" "cmdbuf:CUDA graphs +WHILE" "unroll:scan_unroll 12"; do
+  for variant in "cmdbuf:CUDA graphs +WHILE" "unroll:scan_unroll 12" \
+      "probe_looped:body calls looped" "autotune0:autotune 0"; do
     [ -f "$OUT/${variant%%:*}.log" ] && grep -E "^ROW \| " "$OUT/${variant%%:*}.log" | cut -c5- \
         | sed "s/^| /| ${variant#*:}: /"
   done
