@@ -173,7 +173,7 @@ class Profile:
   busy_ms: float  # per call: the union of the ops' intervals
   ops_per_call: float
   by_kind: dict  # kind -> ms per call (summed op time: concurrent ops add up)
-  by_stage: dict  # stage (mtl's named scopes) -> (forward ms per call, backward ms per call)
+  by_stage: dict  # stage (mtl's named scopes) -> (forward ms, backward ms, ops), per call
   top: list  # [(hlo op, kind, ms per call, events per call, op_name)], longest first
   matched: str  # which events were read: 'module' (the function's own) or a fallback's reason
   on_device: bool  # from a device's timelines; else the host's (the CPU backend's thunks)
@@ -190,10 +190,11 @@ class Profile:
            f"{self.ops_per_call:.0f} ops per call; op time by kind:"]
     out += [f"    {kind:<14} {ms:8.2f} ms  {ms / total:5.1%}"
             for kind, ms in sorted(self.by_kind.items(), key=lambda kv: -kv[1]) if ms > 0]
-    out.append("  op time by stage (mtl's named scopes; forward, backward ms):")
+    out.append("  op time by stage (mtl's named scopes; forward ms, backward ms, share, ops per "
+               "call):")
     out += [f"    {name or '(no named scope)':<26} {fwd:8.2f} {bwd:8.2f}  {(fwd + bwd) / total:5.1%}"
-            for name, (fwd, bwd) in sorted(self.by_stage.items(), key=lambda kv: -sum(kv[1]))
-            if fwd + bwd > 0]
+            f" {ops:6.0f}" for name, (fwd, bwd, ops) in sorted(
+                self.by_stage.items(), key=lambda kv: -(kv[1][0] + kv[1][1]))]
     out.append(f"  the {min(top, len(self.top))} longest ops (ms per call, runs per call, kind, "
                "where in the model):")
     out += [f"    {op:<28} {ms:8.3f} ms {runs:5.0f}x  {kind:<13} {_short(where)}"
@@ -290,8 +291,9 @@ def summarize(events, hlo_text, calls, wall_s, top=10):
     intervals.append((float(e["ts"]) / 1e3, float(e["ts"]) / 1e3 + dur))
     by_kind[kind] += dur / calls
     name, backward = stage(where)
-    fwd, bwd = by_stage.get(name, (0.0, 0.0))
-    by_stage[name] = (fwd, bwd + dur / calls) if backward else (fwd + dur / calls, bwd)
+    fwd, bwd, n = by_stage.get(name, (0.0, 0.0, 0.0))
+    by_stage[name] = ((fwd, bwd + dur / calls) if backward else (fwd + dur / calls, bwd)) + (
+        n + 1 / calls,)
     ms, runs, _, _ = per_op.get(op, (0.0, 0, kind, where))
     per_op[op] = (ms + dur / calls, runs + 1, kind, where)
   ranked = sorted(((op, kind, ms, runs / calls, where) for op, (ms, runs, kind, where)

@@ -55,7 +55,8 @@ def test_trace_section_says_where_each_step_s_time_goes():
     busy = re.search(r"ops running [\d.]+ ms of it \((\d+)%", block)
     assert busy and 0 < int(busy.group(1)) <= 100, block
     for stage in ("head", "body/encoder/attention", "body/decoder/mlp", "tail", "optimizer"):
-      assert re.search(rf"^    {re.escape(stage)} +\d+\.\d\d +\d+\.\d\d ", block, re.M), (stage, block)
+      assert re.search(rf"^    {re.escape(stage)} +\d+\.\d\d +\d+\.\d\d +[\d.]+% +[1-9]\d*$",
+                       block, re.M), (stage, block)
     assert "events read" not in block  # the step's own module was found in the trace
     assert ("a host trace" in block) == (jax.default_backend() == "cpu")
   assert re.search(r"^    gramians ", blocks[2], re.M) and not re.search(r"^    gramians ", blocks[1],
