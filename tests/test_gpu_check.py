@@ -1,0 +1,45 @@
+"""launch/gpu_check.sh, the prepared accelerator check, run on this machine: parts picked by
+PARTS run in the script's order, a spent budget skips them (and says so), and a part's rows
+reach the closing table."""
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECK = ["tests", "compile", "compile_scanned", "sweep", "torch_peer", "probe", "startup",
+         "pipeline", "main_job"]
+DIAGNOSE = ["trace", "cmdbuf", "unroll", "probe_looped", "autotune0"]
+
+
+def _gpu_check(tmp_path, **env):
+  out = tmp_path / "out"
+  proc = subprocess.run(["bash", "launch/gpu_check.sh"], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300,
+                        env=dict(os.environ, OUT=str(out), SIZE="tiny", BATCHES="2,4",
+                                 IPT_REPO=str(tmp_path / "no-checkout"), **env))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  parts = [line.split("\t") for line in (out / "parts.tsv").read_text().splitlines()]
+  return proc.stdout, parts, (out / "table.md").read_text()
+
+
+def test_parts_run_in_the_script_s_order_and_a_spent_budget_skips_them(tmp_path):
+  # Asked for diagnosis first: the check still comes first. A 10-second budget is spent by the
+  # set-up, so every part is skipped with its reason, and nothing is run.
+  _, parts, table = _gpu_check(tmp_path, PARTS="diagnose check", BUDGET="10")
+  assert [p[0] for p in parts] == CHECK + DIAGNOSE
+  reasons = {p[0]: (p[1], p[3]) for p in parts}
+  assert reasons["torch_peer"][0] == "skipped" and "no official IPT checkout" in reasons[
+      "torch_peer"][1]
+  assert all(reasons[n] == ("skipped", "budget spent") for n in CHECK + DIAGNOSE
+             if n != "torch_peer")
+  assert all(f"| {n} | skipped |" in table for n in CHECK + DIAGNOSE)
+
+
+def test_a_part_runs_its_command_and_its_rows_reach_the_table(tmp_path):
+  stdout, parts, table = _gpu_check(tmp_path, PARTS="pipeline", BUDGET="200")
+  assert [p[:2] for p in parts] == [["pipeline", "0"]]
+  assert "== pipeline rc=0" in stdout
+  assert "| pipeline | 0 |" in table
+  # the benchmark's own rows (crops/s per host core, 3 and 6 tasks), printed as it went
+  rows = [line.split(" | ") for line in table.splitlines()
+          if line.startswith("| pipeline: crops/s per host core")]
+  assert len(rows) == 2 and all(float(r[4]) > 0 for r in rows), table
