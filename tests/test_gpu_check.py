@@ -1,8 +1,10 @@
-"""launch/gpu_check.sh, the prepared accelerator check, run on this machine: parts picked by
-PARTS run in the script's order, a spent budget skips them (and says so), and a part's rows
-reach the closing table."""
+"""launch/gpu_check.sh and launch/gpu_study.sh, the prepared accelerator scripts, run on this
+machine: the check's parts picked by PARTS run in the script's order, a spent budget skips them
+(and says so), a part's rows reach the closing table; a study's report comes back in OUT."""
 import os
 import subprocess
+
+from micro_study import MICRO_STUDY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = ["tests", "compile", "compile_scanned", "sweep", "torch_peer", "probe", "startup",
@@ -43,3 +45,22 @@ def test_a_part_runs_its_command_and_its_rows_reach_the_table(tmp_path):
   rows = [line.split(" | ") for line in table.splitlines()
           if line.startswith("| pipeline: crops/s per host core")]
   assert len(rows) == 2 and all(float(r[4]) > 0 for r in rows), table
+
+
+def test_the_gpu_study_script_runs_a_study_and_brings_back_its_report(tmp_path):
+  """launch/gpu_study.sh (no GPU here: two runs side by side on the CPU): the study's runs, its
+  report and every run's train.log land in OUT, the study itself in WORK."""
+  study_file = tmp_path / "micro.py"
+  study_file.write_text(MICRO_STUDY)
+  out, work = tmp_path / "out", tmp_path / "work"
+  proc = subprocess.run(["bash", "launch/gpu_study.sh"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, OUT=str(out), WORK=str(work),
+                                              STUDY=str(study_file), ONLY="scratch-*",
+                                              BUDGET="400"))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert "== study rc=0" in proc.stdout and "== report rc=0" in proc.stdout
+  assert sorted(os.listdir(out / "runs")) == ["scratch-denoise_30-lr1e-3-s0.log",
+                                              "scratch-derain-lr1e-3-s0.log"]
+  report = (out / "report.md").read_text()
+  assert "## Findings" in report and (work / "runs").is_dir()
+  assert "## gpu_study: no GPU" in proc.stdout or "## gpu_study: NVIDIA" in proc.stdout
