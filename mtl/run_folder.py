@@ -21,6 +21,9 @@ CONFIG_FILE = "config.json"
 LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
 COMPUTE_FILE = "compute.json"
+# How compute.json counts FLOPs: 'model' (mtl/flops.py, from the shapes); files without the field
+# hold XLA's cost analysis, which counts a scanned layer loop's body once.
+FLOPS_COUNTED_BY = "model"
 RESULTS_FILE = "results.json"
 LOCK_FILE = "train.lock"
 IMPORT_RECORD = "imported.json"  # an imported IPT workdir: which file it came from

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl import checkpoints, conflicts, files, run_folder, sharding
+from mtl import checkpoints, conflicts, files, flops, run_folder
 from mtl.data import pipeline, prefetch
 from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
@@ -246,9 +246,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     final_step = int(state.step)
     if is_writer:
       # The step of every step: the probe step when it is that step split in halves.
-      every_step = probe if probe_every and not run.plan.batch_size else plain_step(names)
-      _record_compute(workdir, run, config, state, every_step, hyper, final_step,
-                      time.time() - started)
+      _record_compute(workdir, run, config, final_step, time.time() - started)
     if preemption.requested and final_step < config.total_steps:
       writer.close()
       raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
@@ -310,21 +308,21 @@ def _all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _record_compute(workdir, run, config, state, step_fn, hyper, final_step, seconds):
-  """<workdir>/compute.json: steps, images seen, XLA-counted training FLOPs, wall time."""
+def _record_compute(workdir, run, config, final_step, seconds):
+  """<workdir>/compute.json: steps, images seen, training FLOPs (the model's, counted from its
+  shapes by mtl/flops.py: what the steps train, whatever the backend compiles), wall time."""
   import json
   path = os.path.join(workdir, run_folder.COMPUTE_FILE)
   previous = json.load(open(path)) if os.path.exists(path) else {"wall_seconds": 0.0}
   per_step_images = config.data.batch_size * (len(config.tasks) if config.schedule == "all" else 1)
-  specs = run.model.specs if config.schedule == "all" else run.model.specs[:1]
-  abstract_batch = {s.name: jax.ShapeDtypeStruct(
-      (config.data.batch_size,) + (s.hr_crop(config.model.patch_size),) * 2 + (3,), jnp.uint8,
-      sharding=sharding.batch_sharding(run.mesh)) for s in specs}
-  cost = step_fn.lower(run.abstract_state, abstract_batch, hyper).cost_analysis() or {}
-  flops = float(cost.get("flops", float("nan")))
+  scales = [s.scale for s in run.model.specs]
+  per_step = flops.train_step(run.model.cfg, scales, config.data.batch_size)
+  if config.schedule == "one":  # one task per step: the tasks' mean
+    per_step /= len(scales)
   files.write_json(path, {
       "steps": final_step, "images_seen": final_step * per_step_images,
-      "flops_per_step": flops, "train_flops": flops * final_step,
+      "flops_per_step": per_step, "train_flops": per_step * final_step,
+      "flops_counted_by": run_folder.FLOPS_COUNTED_BY,
       "wall_seconds": previous["wall_seconds"] + seconds})
 
 

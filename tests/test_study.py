@@ -132,6 +132,9 @@ def test_equal_flops_scratch_costs_its_finetune_plus_a_share_of_pretraining(tmp_
   joint = {"steps": 5, "flops_per_step": 9.6e9, "train_flops": 4.8e10}
   fine = {"steps": 3, "flops_per_step": 2e9, "train_flops": 6e9}
   assert study_lib.equal_flops_steps(joint, fine, 3) == (1.6e10 + 6e9) / 2e9 == 11
+  # compute.json written before mtl counted the model's FLOPs holds XLA's count: never mixed
+  with pytest.raises(ValueError, match=r"count FLOPs differently \(model and xla\)"):
+    study_lib.equal_flops_steps(joint, dict(fine, flops_counted_by="model"), 3)
   study = micro(budget="equal_flops", seeds=(0,))
   study.steps.scratch = 0
   s = study_lib.Study(study, str(tmp_path))

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import checkpoints, conflicts, events, train
+from mtl import checkpoints, conflicts, events, flops, train
 from mtl import progress as progress_lib
 from mtl import run_folder, run_state
+from mtl.models import ipt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -78,7 +79,11 @@ def test_joint_run_writes_every_artifact(straight_run):
   assert os.path.exists(os.path.join(workdir, "conflicts", "cos_matrix.png"))
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "events")))
   compute = json.load(open(os.path.join(workdir, "compute.json")))
-  assert compute["steps"] == 4 and compute["images_seen"] == 4 * 2 * 2 and compute["train_flops"] > 0
+  assert compute["steps"] == 4 and compute["images_seen"] == 4 * 2 * 2
+  # The model's FLOPs, from its shapes: both tasks' steps (batch 2 each), forward + backward.
+  model = ipt.ModelConfig.from_config(_config().model)
+  assert compute["flops_counted_by"] == "model" and compute["flops_per_step"] == flops.train_step(
+      model, [1, 2], 2) and compute["train_flops"] == 4 * compute["flops_per_step"]
   # The share of wall time the loop waited for batches: TensorBoard and metrics.jsonl, per line.
   steps, waits = events.read_scalars(os.path.join(workdir, "events"), "train/data_wait")
   assert list(steps) == [2, 4] and all(0 <= w <= 1 for w in waits)

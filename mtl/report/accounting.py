@@ -1,7 +1,7 @@
 """The tables of what a study spent and chose: compute and lr selection (display rows + CSV).
 
   compute     compute.json of the runs: steps, images seen (batch x tasks per step x steps),
-              XLA-counted training FLOPs (one step's cost analysis x steps), wall seconds.
+              training FLOPs (the model's per step, mtl/flops.py, x steps), wall seconds.
   selection   every sweep per seed: each lr's validation score and the one chosen.
 """
 import math
@@ -19,7 +19,7 @@ def compute_table(study):
   header = ["regime", "runs done", "steps / run", "images / run", "FLOPs / run", "total FLOPs",
             "train wall / run", "train wall", "run wall"]
   rows, records = [], []
-  per_regime = {}
+  per_regime, methods = {}, set()
   regimes = [r for r in study_lib.STUDY_REGIMES if any(s.regime == r for s in study.runs)]
   regimes += list(dict.fromkeys(s.regime for s in study.runs if s.regime not in regimes))
   for regime in regimes:  # the named regimes in their order, then joint:<method> as they come
@@ -28,6 +28,7 @@ def compute_table(study):
     done = [(r, c) for r, c in done if c is not None]
     entry = {"regime": regime, "runs": len(specs), "runs_done": len(done),
              "steps_per_run": sorted({study.known_steps(r) or 0 for r in specs})}
+    methods.update(c.get("flops_counted_by", "xla") for _, c in done)
     if done:
       for key in ("images_seen", "train_flops", "wall_seconds"):
         entry[f"{key}_per_run"] = float(np.mean([c[key] for _, c in done]))
@@ -60,11 +61,18 @@ def compute_table(study):
     records.append(dict(entry, steps_per_run=" ".join(map(str, entry["steps_per_run"]))))
   derived = (" Scratch steps 0: derived from its fine-tune's FLOPs, not known yet."
              if study.config["budget"] == "equal_flops" else "")
-  notes = [budget_note(study) + derived + " Images = batch x tasks per step "
-           "x steps. FLOPs: XLA's cost analysis of one training step x steps (runs that probe "
-           "conflicts count the probe step at every step: +0.06% at the tiny size). Train wall: "
-           "the training loops' time (mean per run, sum); run wall: the whole runs' time with "
-           "start-up, compilation and evaluation (sum)."]
+  counted = {"model": "the model's training FLOPs per step, counted from its shapes "
+                      "(mtl/flops.py: forward + backward = 3x forward; conflict probes and "
+                      "aggregators not counted) x steps",
+             "xla": "XLA's cost analysis of one training step x steps (it counts a scanned "
+                    "layer loop's body once: runs of models with more than one layer per "
+                    "stack are undercounted)"}
+  flops_note = ("FLOPs: " + counted[methods.pop() if methods else "model"] if len(methods) <= 1 else
+                "FLOPs: runs counted differently (" + ", ".join(sorted(methods)) + "): not "
+                "comparable across them")
+  notes = [budget_note(study) + derived + " Images = batch x tasks per step x steps. "
+           + flops_note + ". Train wall: the training loops' time (mean per run, sum); run "
+           "wall: the whole runs' time with start-up, compilation and evaluation (sum)."]
   return Table("compute", "Compute", header, rows, records, notes)
 
 

@@ -77,7 +77,7 @@ def budget_note(study):
     return (f"Budget 'equal_images': scratch sees as many images of its task as pre-training + "
             f"fine-tuning (steps per run: {given}).")
   if c["budget"] == "equal_flops":
-    return (f"Budget 'equal_flops': scratch costs as many XLA-counted training FLOPs as its "
+    return (f"Budget 'equal_flops': scratch costs as many training FLOPs as its "
             f"fine-tune plus the pre-training run's FLOPs / the number of tasks it trains "
             f"(steps per run: {given}; scratch derived per task: compute table).")
   return f"Budget 'steps': every regime runs the steps set for it ({given}); nothing equalized."

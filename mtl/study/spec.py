@@ -25,7 +25,7 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
                    'equal_images'  scratch sees as many images of its task as pre-training +
                                    fine-tuning did: steps.joint (schedule 'all'; 'one': / tasks)
                                    + steps.finetune (steps.scratch is derived: leave it 0)
-                   'equal_flops'   scratch costs as many XLA-counted training FLOPs (compute.json)
+                   'equal_flops'   scratch costs as many training FLOPs (compute.json: the model's)
                                    as its fine-tune plus its share of the pre-training run: the
                                    pre-training FLOPs / the number of tasks it trains (one
                                    pre-training serves a fine-tune per task). Known only when
@@ -354,10 +354,15 @@ def equal_flops_steps(pretraining, finetune, pretraining_tasks):
   """Scratch steps of equal training FLOPs: (pre-training FLOPs / its tasks + fine-tune FLOPs)
   / FLOPs of one fine-tune step (a scratch step of the same task costs the same: same model,
   batch and crops). pretraining, finetune: the runs' compute.json dicts."""
+  methods = {c.get("flops_counted_by", "xla") for c in (pretraining, finetune)}
+  if len(methods) > 1:
+    raise ValueError("the pre-training and fine-tune compute.json count FLOPs differently "
+                     f"({' and '.join(sorted(methods))}): rerun the older with this mtl, or use "
+                     "budget='equal_images'")
   per_step = finetune["flops_per_step"]
   if not per_step > 0:
     raise ValueError(f"fine-tune compute.json has flops_per_step={per_step}; equal_flops needs "
-                     "XLA's cost analysis (use budget='equal_images' on this backend)")
+                     "a positive count (use budget='equal_images')")
   charged = pretraining["train_flops"] / pretraining_tasks + finetune["train_flops"]
   return max(1, int(round(charged / per_step)))
 
