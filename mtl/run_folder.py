@@ -22,7 +22,7 @@ LOG_FILE = "train.log"
 METRICS_FILE = "metrics.jsonl"
 COMPUTE_FILE = "compute.json"
 # How compute.json counts FLOPs: 'model' (mtl/flops.py, from the shapes); files without the field
-# hold XLA's cost analysis, which counts a scanned layer loop's body once.
+# hold XLA's cost analysis ('xla'), which counts a scanned layer loop's body once.
 FLOPS_COUNTED_BY = "model"
 RESULTS_FILE = "results.json"
 LOCK_FILE = "train.lock"
@@ -35,6 +35,11 @@ ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "co
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
                     "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls",
                     "model.scan_unroll")
+
+
+def flops_counted_by(compute):
+  """How a compute.json dict counts its FLOPs: 'model', or 'xla' (written before the field)."""
+  return compute.get("flops_counted_by", "xla")
 
 
 def analysis_dir(workdir, step):

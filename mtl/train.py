@@ -245,7 +245,6 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
       metrics_log.close()
     final_step = int(state.step)
     if is_writer:
-      # The step of every step: the probe step when it is that step split in halves.
       _record_compute(workdir, run, config, final_step, time.time() - started)
     if preemption.requested and final_step < config.total_steps:
       writer.close()

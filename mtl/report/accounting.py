@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from mtl import files
+from mtl import files, run_folder
 from mtl import study as study_lib
 from mtl.report.cells import Table, _fmt
 from mtl.report.tables import budget_note, lr_note, metric_names
@@ -28,7 +28,7 @@ def compute_table(study):
     done = [(r, c) for r, c in done if c is not None]
     entry = {"regime": regime, "runs": len(specs), "runs_done": len(done),
              "steps_per_run": sorted({study.known_steps(r) or 0 for r in specs})}
-    methods.update(c.get("flops_counted_by", "xla") for _, c in done)
+    methods.update(run_folder.flops_counted_by(c) for _, c in done)
     if done:
       for key in ("images_seen", "train_flops", "wall_seconds"):
         entry[f"{key}_per_run"] = float(np.mean([c[key] for _, c in done]))
@@ -67,9 +67,10 @@ def compute_table(study):
              "xla": "XLA's cost analysis of one training step x steps (it counts a scanned "
                     "layer loop's body once: runs of models with more than one layer per "
                     "stack are undercounted)"}
-  flops_note = ("FLOPs: " + counted[methods.pop() if methods else "model"] if len(methods) <= 1 else
-                "FLOPs: runs counted differently (" + ", ".join(sorted(methods)) + "): not "
-                "comparable across them")
+  if len(methods) > 1:
+    flops_note = f"FLOPs: runs counted differently ({', '.join(sorted(methods))}): not comparable"
+  else:
+    flops_note = "FLOPs: " + counted[methods.pop() if methods else run_folder.FLOPS_COUNTED_BY]
   notes = [budget_note(study) + derived + " Images = batch x tasks per step x steps. "
            + flops_note + ". Train wall: the training loops' time (mean per run, sum); run "
            "wall: the whole runs' time with start-up, compilation and evaluation (sum)."]

@@ -354,7 +354,7 @@ def equal_flops_steps(pretraining, finetune, pretraining_tasks):
   """Scratch steps of equal training FLOPs: (pre-training FLOPs / its tasks + fine-tune FLOPs)
   / FLOPs of one fine-tune step (a scratch step of the same task costs the same: same model,
   batch and crops). pretraining, finetune: the runs' compute.json dicts."""
-  methods = {c.get("flops_counted_by", "xla") for c in (pretraining, finetune)}
+  methods = {run_folder.flops_counted_by(c) for c in (pretraining, finetune)}
   if len(methods) > 1:
     raise ValueError("the pre-training and fine-tune compute.json count FLOPs differently "
                      f"({' and '.join(sorted(methods))}): rerun the older with this mtl, or use "
