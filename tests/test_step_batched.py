@@ -45,8 +45,8 @@ def _keep_gradient():
                                                                                 grads))
 
 
-def _run(config, body_calls, probe):
-  config.model.body_calls = body_calls
+def _run(config, body_calls, probe, scan_unroll=1):
+  config.model.body_calls, config.model.scan_unroll = body_calls, scan_unroll
   run = run_state.build(config)
   assert run.model.cfg.body_mode() == body_calls
   keep = _keep_gradient()
@@ -77,11 +77,13 @@ def _assert_trees_close(got, want):
                                err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("mode", ["batched", "scanned"])
+@pytest.mark.parametrize("mode, scan_unroll", [("batched", 1), ("scanned", 1), ("batched", 2)],
+                         ids=["batched", "scanned", "batched-unrolled"])
 @pytest.mark.parametrize("probe", [False, True], ids=["plain", "probe"])
-def test_batched_and_scanned_body_calls_give_the_looped_losses_gradients_and_gramians(probe, mode):
+def test_batched_and_scanned_body_calls_give_the_looped_losses_gradients_and_gramians(
+    probe, mode, scan_unroll):
   looped = _looped(probe)
-  batched = _run(_config(), mode, probe)
+  batched = _run(_config(), mode, probe, scan_unroll)
   for name in TASKS:
     assert float(batched[1][f"loss/{name}"]) == pytest.approx(float(looped[1][f"loss/{name}"]),
                                                               rel=LOSS_RTOL)
