@@ -3,9 +3,9 @@
 # subset that runs on GPUs, compile seconds (both body-call modes), a batch sweep with MFU, the
 # official PyTorch IPT on the same device (fp32 and bf16 autocast, interleaved), the probe /
 # plain joint step ratio, start-up (command to first step, cold and warm compilation cache), the
-# input pipeline, the main job, where the steps' time goes op by op (a profiler trace), and three
-# settings weighed against the defaults: no XLA GPU autotuning, CUDA graphs over the layer loops,
-# unrolled layer scans. Every part has its own time limit and log ($OUT/<part>.log); one table at
+# input pipeline, the main job, where the steps' time goes op by op (a profiler trace), and four
+# settings weighed against the defaults: CUDA graphs over the layer loops, unrolled layer scans,
+# looped body calls in the joint steps, no XLA GPU autotuning. Every part has its own time limit and log ($OUT/<part>.log); one table at
 # the end.
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root

@@ -28,6 +28,9 @@ NOT_RUN = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "af
            "partition-id", "replica-id"}
 MOVES = {"copy", "copy-start", "copy-done", "transpose", "dynamic-slice", "dynamic-update-slice",
          "slice", "concatenate", "pad", "broadcast", "reshape", "gather", "scatter"}
+ELEMENTWISE = {"add", "subtract", "multiply", "divide", "maximum", "minimum", "exponential", "log",
+               "tanh", "negate", "convert", "compare", "select", "sqrt", "rsqrt", "abs", "power",
+               "and", "or", "not", "clamp", "logistic", "iota", "sign"}
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
                "collective-broadcast", "send", "recv")
 # The named scopes of mtl.models.ipt and mtl.step: a stage is the path of those an op sits in.
@@ -100,12 +103,11 @@ def op_kinds(hlo_text):
     inst = _INSTRUCTION.match(line) if current is not None else None
     if inst:
       name, rhs = inst.groups()
-      current.append(_opcode(rhs))
-      lines[name] = rhs
+      lines[name] = (_opcode(rhs), rhs)
+      current.append(lines[name][0])
 
   kinds = {}
-  for name, rhs in lines.items():
-    opcode = _opcode(rhs)
+  for name, (opcode, rhs) in lines.items():
     if opcode in CONTAINERS or opcode in NOT_RUN or not opcode:
       kinds[name] = (None, "")
       continue
@@ -133,18 +135,12 @@ def op_kinds(hlo_text):
       kind = "data movement"
     elif opcode.startswith(COLLECTIVES):
       kind = "collective"
-    elif opcode in ("reduce", "reduce-window", "select-and-scatter") or _elementwise(opcode):
+    elif opcode in ELEMENTWISE or opcode in ("reduce", "reduce-window", "select-and-scatter"):
       kind = "fusion"
     else:
       kind = "other"
     kinds[name] = (kind, op_name)
   return kinds
-
-
-def _elementwise(opcode):
-  return opcode in {"add", "subtract", "multiply", "divide", "maximum", "minimum", "exponential",
-                    "log", "tanh", "negate", "convert", "compare", "select", "sqrt", "rsqrt",
-                    "abs", "power", "and", "or", "not", "clamp", "logistic", "iota", "sign"}
 
 
 def stage(op_name):
@@ -219,14 +215,14 @@ def trace_calls(call, calls, log_dir):
   log_dir (TensorBoard's profile plugin and ui.perfetto.dev read it)."""
   import jax
   os.makedirs(log_dir, exist_ok=True)
-  before = set(glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"), recursive=True))
+  pattern = os.path.join(log_dir, "**", "perfetto_trace.json.gz")
+  before = set(glob.glob(pattern, recursive=True))
   with jax.profiler.trace(log_dir, create_perfetto_trace=True):
     start = time.perf_counter()
     for _ in range(calls):
       call()
     wall = time.perf_counter() - start
-  new = set(glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"),
-                      recursive=True)) - before
+  new = set(glob.glob(pattern, recursive=True)) - before
   if not new:
     raise RuntimeError(f"jax.profiler.trace wrote no perfetto_trace.json.gz under {log_dir}")
   with gzip.open(max(new, key=os.path.getmtime), "rt") as f:
