@@ -49,6 +49,7 @@ def validate(config):
   sets, rain streaks, init_from): a run that would fail there must fail before it starts.
   """
   from mtl import evaluate
+  from mtl.data import sources  # TFDS: imported where a run is checked, not with this module
   names = list(config.tasks)
   if any(not isinstance(n, str) or not n.strip() for n in names):
     raise ValueError(f"tasks={names} holds an empty name; list task names such as sr_x2,derain")
@@ -94,6 +95,7 @@ def validate(config):
   for name in ("tile_batch", "samples"):
     if config.eval[name] < 1:
       raise ValueError(f"eval.{name}={config.eval[name]} must be >= 1")
+  sources.check_config(config.data)
   if config.data.source == "folder" and config.data.folder and not os.path.isdir(
       config.data.folder):
     raise FileNotFoundError(f"data.folder={config.data.folder} is not a folder")

@@ -150,7 +150,8 @@ class Setup:
       return f"fresh, fine-tuning from {self.run.config.init_from}"
     return "fresh"
 
-  def banner(self):
+  def banner(self, data=""):
+    """The run's first line in train.log; data: what it trains on (the opened images)."""
     config, run = self.run.config, self.run
     counts = param_counts(run)
     mesh = " x ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
@@ -164,7 +165,8 @@ class Setup:
     return (f"run: {config.regime} {','.join(config.tasks)} | {_millions(counts['total'])} "
             f"parameters | {len(devices)} {devices[0].platform} device(s), mesh {mesh} | "
             f"batch {config.data.batch_size}/task, {config.total_steps} steps, lr "
-            f"{config.optim.lr:g} | {conflicts_part} | workdir {self.workdir} "
+            f"{config.optim.lr:g} | {f'data {data} | ' if data else ''}{conflicts_part} | "
+            f"workdir {self.workdir} "
             f"({self.start_kind()}) | {LOSS_UNITS}")
 
   def describe(self):

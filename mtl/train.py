@@ -152,7 +152,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     affinity_every, affinity_fn, affinity_buffer = _affinity_setup(run, config, workdir, start,
                                                                    is_writer)
     if is_writer:
-      print(setup.banner(), flush=True)
+      print(setup.banner(data=f"{images.description}, {len(images)} images"), flush=True)
       if source_note:
         print(source_note, flush=True)
       if probe_every or start == 0:

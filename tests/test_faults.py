@@ -52,6 +52,12 @@ def _set(config, dotted, value):
     ("eval.sets", f"photos,photos={ROOT}/tests", r"eval.sets: the name 'photos' is given twice"),
     ("eval.sets", f"={ROOT}/tests", r"eval.sets: =.*/tests has no usable name"),
     ("eval.sets", f"../x={ROOT}/tests", r"eval.sets: \.\./x=.*/tests has no usable name"),
+    # A folder given without its source would train on the embedded photographs unannounced.
+    ("data.folder", "/d/DIV2K", r"data.folder=/d/DIV2K is set, but data.source='photos' does not "
+                                r"read it; add --config.data.source=folder"),
+    ("data.tfds_name", "div2k", r"data.tfds_name=div2k is set, but data.source='photos' does not "
+                                r"read it; add --config.data.source=tfds"),
+    ("data.source", "imagenet", r"data.source='imagenet'; valid sources: photos, folder, tfds$"),
 ])
 def test_validate_names_the_bad_value(field, value, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -16,6 +16,7 @@ from experiments import tiny
 from mtl import checkpoints, conflicts, events, flops, train
 from mtl import progress as progress_lib
 from mtl import run_folder, run_state
+from mtl.data import sources
 from mtl.models import ipt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +89,10 @@ def test_joint_run_writes_every_artifact(straight_run):
   steps, waits = events.read_scalars(os.path.join(workdir, "events"), "train/data_wait")
   assert list(steps) == [2, 4] and all(0 <= w <= 1 for w in waits)
   assert [r["data_wait"] for r in _read_metrics(workdir)] == pytest.approx(list(waits))
+  # The banner says what the run trains on.
+  banner = next(line for line in open(workdir + ".stdout") if line.startswith("run: "))
+  count = len(sources.open_images(_config().data, "train"))
+  assert f"| data photos [train], {count} images | conflicts on" in banner, banner
 
 
 def test_the_run_ends_with_its_conflict_verdicts_and_where_to_read_more(straight_run):

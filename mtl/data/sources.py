@@ -237,6 +237,23 @@ def _split_base(split):
   return split.split("[")[0]   # 'train[:90%]' -> 'train'
 
 
+# The data fields that one source alone reads: set beside another source, they would be ignored.
+SOURCE_FIELDS = {"folder": "folder", "tfds_name": "tfds"}
+
+
+def check_config(data_cfg):
+  """ValueError (one line) for an unknown data.source, or for a field of another source set
+  beside it (data.folder with the embedded photographs would train on the photographs)."""
+  source = data_cfg.source
+  if source not in SOURCES:
+    raise ValueError(f"data.source={source!r}; valid sources: {', '.join(SOURCES)}")
+  for field, owner in SOURCE_FIELDS.items():
+    if data_cfg.get(field, "") and source != owner:
+      raise ValueError(f"data.{field}={data_cfg[field]} is set, but data.source={source!r} does "
+                       f"not read it; add --config.data.source={owner} to train on it, or leave "
+                       f"data.{field} empty")
+
+
 def open_images(data_cfg, split="train", cache_mb=None):
   """The images of `split` of the configured source, as an `ImageSource`.
 
@@ -246,6 +263,7 @@ def open_images(data_cfg, split="train", cache_mb=None):
   images) and has a 'validation' split when `data.validation_fraction` > 0 (default 0).
   `cache_mb` (default `data.cache_mb`, else 1024) bounds the decoded images kept in memory.
   """
+  check_config(data_cfg)
   data_dir = tfds_dir(data_cfg)
   source = data_cfg.source
   if source == "photos":
@@ -263,8 +281,6 @@ def open_images(data_cfg, split="train", cache_mb=None):
     builder, name = catalog_builder(data_cfg.tfds_name, data_dir), f"tfds {data_cfg.tfds_name}"
     if split == "train":
       split = data_cfg.get("tfds_split", "") or "train"
-  else:
-    raise ValueError(f"data.source={source!r}; valid sources: {', '.join(SOURCES)}")
   if _split_base(split) not in builder.info.splits:
     raise ValueError(f"split {split!r} not in {name}; its splits: "
                      f"{', '.join(sorted(builder.info.splits))}")
