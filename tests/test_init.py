@@ -20,6 +20,8 @@ from mtl.models import ipt
 CFG = ipt.ModelConfig(n_feats=64, patch_size=48, patch_dim=3, num_heads=12,
                       num_encoder_layers=2, num_decoder_layers=2)
 D = CFG.token_dim
+# One xdist worker for the module (--dist loadgroup): its paper-size init fixture is drawn once.
+pytestmark = pytest.mark.xdist_group("init")
 
 
 def _bound(path, shape):

@@ -19,6 +19,8 @@ from micro_study import MICRO_STUDY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("denoise_30", "derain")
+# One xdist worker for the module (--dist loadgroup): its micro study fixture is run once.
+pytestmark = pytest.mark.xdist_group("report")
 JOINT = "joint-lr1e-3-s0"
 
 
