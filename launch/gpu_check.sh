@@ -14,8 +14,9 @@
 #
 # Environment: OUT (logs; default /tmp/gpu_check), BUDGET (seconds; 480), SIZE (paper),
 # BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES (PyTorch's; 8,32), REPEATS (5),
-# PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of huawei-noah/Pretrained-IPT; default ./.ipt: the
-# PyTorch part is skipped without it or without torch), TORCH_PYTHON (python3), PARTS (the parts to
+# PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of
+# huawei-noah/Pretrained-IPT; default ./.ipt: the PyTorch part is skipped without it or without
+# torch), TORCH_PYTHON (python3), TEST_WORKERS (pytest-xdist processes; 4), PARTS (the parts to
 # run, space-separated, in this script's order whatever theirs: 'check' = the check's, 'diagnose' =
 # the diagnosis's; default 'check diagnose').
 # Wheels the machine lacks go in ./.whl (ignored by git): launch/gpu_env.sh installs them first.
@@ -29,6 +30,7 @@ PRECISION=${PRECISION:-bfloat16}
 LIMITS=${LIMITS:-1}
 IPT_REPO=${IPT_REPO:-$PWD/.ipt}
 TORCH_PYTHON=${TORCH_PYTHON:-python3}
+TEST_WORKERS=${TEST_WORKERS:-4}
 FIRST=${BATCHES%%,*}
 SECOND=$(echo "$BATCHES" | cut -d, -f2)
 LAST=${BATCHES##*,}
@@ -71,9 +73,10 @@ source launch/gpu_env.sh
 # The check (the issue's items 1-5) first: the test subset and compile seconds, which no GPU has
 # verified since their last changes, then the speed parts measured once (2026-12-04), again.
 # -v: a line per test as it ends, so a subset cut by its limit still says which passed or failed.
+# The tests mostly compile (host work): TEST_WORKERS processes share the device (none preallocates).
 XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -v -p no:cacheprovider \
-    -m "not cpu_only" tests/test_models.py tests/test_step_batched.py tests/test_flops.py \
-    tests/test_op_profile.py tests/test_train.py
+    -n "$TEST_WORKERS" -m "not cpu_only" tests/test_models.py tests/test_step_batched.py \
+    tests/test_flops.py tests/test_op_profile.py tests/test_train.py
 BENCH=(python3 launch/benchmark.py --sizes="$SIZE" --precision="$PRECISION" --repeats="$REPEATS")
 part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST"
 part compile_scanned 60 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST" \
@@ -136,7 +139,7 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 9
   echo "|---|---|---|---|"
   while IFS=$'\t' read -r name rc seconds note; do
     case $name in
-      tests) note="${note:+$note; }$(grep -cE " PASSED( |$)" "$OUT/tests.log") passed, $(grep -cE " (FAILED|ERROR)( |$)" "$OUT/tests.log") failed: $(grep -oE "^[^ ]+ (FAILED|ERROR)" "$OUT/tests.log" | cut -d' ' -f1 | tr '\n' ' ')";;
+      tests) note="${note:+$note; }$(grep -cE " PASSED( |$)" "$OUT/tests.log") passed, $(grep -cE " (FAILED|ERROR)( |$)" "$OUT/tests.log") failed: $(grep -oE "^[^ ]+ (FAILED|ERROR)|(FAILED|ERROR) tests/[^ ]+" "$OUT/tests.log" | sed -E 's/^(FAILED|ERROR) //; s/ (FAILED|ERROR)$//' | sort -u | tr '\n' ' ')";;
       main_job) note="${note:+$note; }$(grep -E "^step " "$OUT/main_job.log" 2>/dev/null | tail -n 1 | cut -d'|' -f1-3)";;
     esac
     echo "| $name | $rc | $seconds | $note |"
