@@ -310,6 +310,8 @@ def test_dry_run_prints_runs_and_exact_commands_and_writes_nothing(study_file, t
   lines = out.stdout.splitlines()
   runs = [l for l in lines if l.startswith("run ")]
   assert len(runs) == 5 and runs[2].startswith("run 3/5 joint-lr1e-3-s0  [pending]")
+  steps = sum(int(re.search(r"\| (\d+) steps \|", l).group(1)) for l in runs)
+  assert lines[0] == f"study micro: 5 of 5 runs in {workdir}; 5 to go, {steps:,} training steps"
   name = "finetune-derain-lr1e-3-s0"
   train = [sys.executable, os.path.join(ROOT, "launch", "train.py"),  # launch/study.py's command
            f"--config={ROOT}/experiments/from_json.py:{workdir}/runs/{name}/run_config.json",

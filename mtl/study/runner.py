@@ -132,7 +132,9 @@ def dry_run(study, train, only="", out=sys.stdout):
   study.check_saved()
   runs = matching(study.runs, only)
   c = study.config
-  out.write(f"study {study.name}: {len(runs)} of {len(study.runs)} runs in {study.workdir}\n"
+  to_go = [spec for spec in runs if not study.is_done(spec.name)]
+  out.write(f"study {study.name}: {len(runs)} of {len(study.runs)} runs in {study.workdir}; "
+            f"{len(to_go)} to go, {sum(spec.steps for spec in to_go):,} training steps\n"
             f"  tasks {', '.join(c['tasks'])}; regimes {', '.join(c['regimes'])}; seeds "
             f"{', '.join(map(str, c['seeds']))}; lr chosen on {c['validation']}; test "
             f"{', '.join(c['test'])}\n")
