@@ -107,6 +107,12 @@ def test_bad_files_are_refused_with_one_line(tmp_path):
   with pytest.raises(ValueError) as error:
     torch_file.read_state_dict(str(junk))
   assert "not a torch.save file" in _one_line(error)
+  plain = tmp_path / "plain.pt"  # one pickle of a dict: no legacy magic number first
+  plain.write_bytes(pickle.dumps({"weight": [1.0]}, protocol=2))
+  with pytest.raises(ValueError) as error:
+    torch_file.read_state_dict(str(plain))
+  assert _one_line(error).endswith("plain.pt is neither a zip nor a legacy torch.save file (bad "
+                                   "magic number)")
   # A pickle naming any other callable (here os.system) is refused, never run.
   evil = _zip_with_pickle(tmp_path / "evil.pt", b"cos\nsystem\n(S'touch " +
                           str(tmp_path / "ran").encode() + b"'\ntR.")

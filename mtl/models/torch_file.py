@@ -125,9 +125,10 @@ def _read_legacy(path, data):
   """
   stream = io.BytesIO(data)
   storages = {}
-  header = [_Unpickler(stream, path, storages).load() for _ in range(3)]
-  if header[0] != _LEGACY_MAGIC:
+  magic = _Unpickler(stream, path, storages).load()  # checked first: a plain pickle stops here
+  if not (isinstance(magic, int) and magic == _LEGACY_MAGIC):
     raise ValueError(f"{path} is neither a zip nor a legacy torch.save file (bad magic number)")
+  header = [magic] + [_Unpickler(stream, path, storages).load() for _ in range(2)]
   if isinstance(header[2], dict) and not header[2].get("little_endian", True):
     raise ValueError(f"{path} was saved big-endian; only little-endian files are supported")
   obj = _Unpickler(stream, path, storages).load()
