@@ -151,7 +151,8 @@ class Setup:
     return "fresh"
 
   def banner(self, data=""):
-    """The run's first line in train.log; data: what it trains on (the opened images)."""
+    """The run's one-line banner (stdout and train.log); data: what it trains on, the images
+    opened for it."""
     config, run = self.run.config, self.run
     counts = param_counts(run)
     mesh = " x ".join(f"{k}={v}" for k, v in run.mesh.shape.items())
@@ -166,8 +167,7 @@ class Setup:
             f"parameters | {len(devices)} {devices[0].platform} device(s), mesh {mesh} | "
             f"batch {config.data.batch_size}/task, {config.total_steps} steps, lr "
             f"{config.optim.lr:g} | {f'data {data} | ' if data else ''}{conflicts_part} | "
-            f"workdir {self.workdir} "
-            f"({self.start_kind()}) | {LOSS_UNITS}")
+            f"workdir {self.workdir} ({self.start_kind()}) | {LOSS_UNITS}")
 
   def describe(self):
     """The dry run's text: resolved config, parameters per group, mesh, artifact paths."""
