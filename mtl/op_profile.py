@@ -44,27 +44,17 @@ DERIVED_LINES = ("XLA Modules", "XLA Ops", "Async XLA Ops", "Steps", "Framework"
 _ANNOTATED = re.compile(r"#(?:[^#]*,)?hlo_op=([^,#]+)(?:,hlo_module=([^,#]+))?")
 
 
-def _kind_of_target(target):
-  t = target.lower()
-  if "fmha" in t or "flash" in t or "attention" in t:
-    return "attention"
-  if "conv" in t:
-    return "convolution"
-  if "gemm" in t or "matmul" in t or "cublas" in t or "dot" in t:
-    return "matmul"
-  return "other"
-
-
 def kernel_kind(name):
-  """The kind of a device kernel from its name alone (cuBLAS/CUTLASS/cuDNN naming)."""
+  """The kind of a device kernel or a custom call's target from its name alone (cuBLAS, CUTLASS
+  and cuDNN naming)."""
   n = name.lower()
   if "memcpy" in n or "memset" in n:
     return "data movement"
-  if any(k in n for k in ("fmha", "flash", "sdpa")):
+  if any(k in n for k in ("fmha", "flash", "sdpa", "attention")):
     return "attention"
   if any(k in n for k in ("conv", "dgrad", "wgrad", "fprop", "implicit_gemm")):
     return "convolution"
-  if any(k in n for k in ("gemm", "xmma", "nvjet", "cutlass", "matmul", "cublas")):
+  if any(k in n for k in ("gemm", "xmma", "nvjet", "cutlass", "matmul", "cublas", "dot")):
     return "matmul"
   return "other"
 
@@ -115,7 +105,7 @@ def op_kinds(hlo_text):
     op_name = meta.group(1) if meta else ""
     if opcode == "custom-call":
       target = re.search(r'custom_call_target="([^"]*)"', rhs)
-      kind = _kind_of_target(target.group(1) if target else "")
+      kind = kernel_kind(target.group(1) if target else "")
     elif opcode == "fusion":
       called = re.search(r"calls=%?([\w.\-]+)", rhs)
       inner = set(computations.get(called.group(1), ())) if called else set()
