@@ -88,6 +88,8 @@ flags.DEFINE_string("trace_dir", "", "Where the trace section keeps its traces (
                     "folder, removed).")
 flags.DEFINE_integer("scan_unroll", 1, "config.model.scan_unroll: encoder/decoder layers per "
                      "scan iteration.")
+flags.DEFINE_integer("gramian_chunk", 0, "config.conflicts.gramian_chunk: entries per piece of the "
+                     "probe's Gramian contractions (0: one product per leaf).")
 flags.DEFINE_integer("startup_steps", 2, "Steps of the start-up section's training runs.")
 FLAGS = flags.FLAGS
 
@@ -131,6 +133,7 @@ def _config(size, tasks, devices=1, batch_size=None):
   config.precision = FLAGS.precision
   config.model.body_calls = FLAGS.body_calls
   config.model.scan_unroll = FLAGS.scan_unroll
+  config.conflicts.gramian_chunk = FLAGS.gramian_chunk
   return config
 
 

@@ -19,17 +19,40 @@ from mtl.models import ipt
 GROUPINGS = ipt.GROUPINGS
 
 
-def leaf_gramians(task_grads):
+def split_k(size, chunk):
+  """Chunks (C, size // C) that cut a contraction of `size` entries into C equal pieces of at
+  most `chunk` entries, C the smallest such divisor of size; (1, size) when chunk <= 0, when
+  size fits one chunk, or when size has no such divisor near size / chunk (a prime, say)."""
+  if chunk <= 0 or size <= chunk:
+    return 1, size
+  lo = -(-size // chunk)
+  for c in range(lo, 2 * lo + 1):  # pieces at least half the chunk: long enough to stream
+    if size % c == 0:
+      return c, size // c
+  return 1, size
+
+
+def leaf_gramians(task_grads, chunk=0):
   """Per-leaf Gramians G_l = J_l J_l^T, stacked (L, T, T), from a tree of (T, ...) gradients.
 
   A body tree with stacked layers (mtl.models.ipt: its encoder's and decoder's leaves are
   (T, layers, ...)) gives one Gramian per layer of those leaves, in the per-layer order of
   `ipt.shared_layer_names`: one batched product per stacked leaf, then the layer axis unstacked.
+  chunk > 0 (config.conflicts.gramian_chunk): each product's contraction is cut into pieces of
+  at most `chunk` entries (`split_k`, a reshape: no copy) that are multiplied as a batch and then
+  summed, so a backend whose matmul of a tiny T x T output over millions of entries would run on
+  a few cores gets one small product per piece instead. Same values up to the order of the sum.
   """
   def gram(g, stacked):
-    flat = g.reshape(g.shape[:1 + stacked] + (-1,)).astype(jnp.float32)
-    spec = "tli,sli->lts" if stacked else "ti,si->ts"
-    return jnp.einsum(spec, flat, flat, precision=jax.lax.Precision.HIGHEST)
+    lead = g.shape[:1 + stacked]
+    pieces, piece = split_k(int(np.prod(g.shape[1 + stacked:], dtype=np.int64)), chunk)
+    if pieces == 1:
+      flat = g.reshape(lead + (-1,)).astype(jnp.float32)
+      spec = "tli,sli->lts" if stacked else "ti,si->ts"
+      return jnp.einsum(spec, flat, flat, precision=jax.lax.Precision.HIGHEST)
+    flat = g.reshape(lead + (pieces, piece)).astype(jnp.float32)
+    spec = "tlci,slci->lcts" if stacked else "tci,sci->cts"  # the pieces a batch axis, summed
+    return jnp.einsum(spec, flat, flat, precision=jax.lax.Precision.HIGHEST).sum(axis=stacked)
   grams = jax.tree_util.tree_map(gram, task_grads, ipt.layer_stacked_leaves(task_grads))
   return jnp.stack(jax.tree_util.tree_leaves(ipt.map_bodies(ipt.unstack_layers, grams)))
 

@@ -121,6 +121,9 @@ def validate(config):
     logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "
                     "no two task gradients are taken at the same parameters; use schedule='all' "
                     "to measure conflicts", config.conflicts.every)
+  if config.conflicts.get("gramian_chunk", 0) < 0:
+    raise ValueError(f"conflicts.gramian_chunk={config.conflicts.gramian_chunk} must be >= 0 "
+                     "(entries per piece of the Gramians' contractions; 0: no pieces)")
   probe_batch = config.conflicts.get("batch_size", 0)
   if probe_batch < 0 or probe_batch % 2:
     raise ValueError(f"conflicts.batch_size={probe_batch} must be an even number >= 0 (it is "

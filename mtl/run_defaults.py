@@ -100,7 +100,8 @@ def get_config(size="tiny"):
       tiling="centre",       # centre: each tile's centre kept | ipt: IPT's test | mean (evaluate.py)
       self_ensemble=False))  # also score the x8 flips/rotations ensemble (EDSR's "+")
 
-  c.conflicts = ml_collections.ConfigDict(dict(every=1, batch_size=0, ema_beta=0.1))
+  c.conflicts = ml_collections.ConfigDict(dict(every=1, batch_size=0, ema_beta=0.1,
+                                               gramian_chunk=0))
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # Acting on conflicts (mtl/aggregators/): the body's update from the per-task gradients
   # (sum | mean | pcgrad | gradvac | cagrad | mgda | imtl_g | nash_mtl | aligned_mtl | upgrad;
@@ -201,6 +202,9 @@ FIELD_HELP = {
     "conflicts.batch_size": "images per task of each probe's own fresh batch, not trained on "
                             "(even; 0: the training batch's halves, free but as noisy as it)",
     "conflicts.ema_beta": "EMA weight of the cosine curves in the figures",
+    "conflicts.gramian_chunk": "entries per piece of the Gramians' contractions, the pieces "
+                               "multiplied as a batch and summed (split-K; 0: one product per "
+                               "leaf); for accelerators, see gpu_check's gram_chunk part",
     "mesh.data": "data-parallel devices (-1: all)",
     "mesh.fsdp": "devices the parameters are sharded over (FSDP)",
     "mtl.aggregator": "the body's update from the task gradients: sum | mean | pcgrad | ...",

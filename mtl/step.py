@@ -169,6 +169,10 @@ def _half_bodies(body, num_halves, mode):
   return [body] * num_halves
 
 
+def _gramian_chunk(config):
+  return config.conflicts.get("gramian_chunk", 0)  # absent from configs saved before it
+
+
 def _stacked(g_body):
   return (jax.tree_util.tree_map(lambda *g: jnp.stack(g), *g_body) if isinstance(g_body, list)
           else g_body)
@@ -189,7 +193,7 @@ def probe_gramians(params, batch, step, model, config, names, stream=_PROBE_STRE
   g_body = jax.grad(lambda b: half_task_losses(model, config.loss, names, specific, b, inputs,
                                                targets, mode == "scanned").sum())(bodies)
   with jax.named_scope("gramians"):
-    return 4.0 * gramians.leaf_gramians(_stacked(g_body))  # x4: see _step
+    return 4.0 * gramians.leaf_gramians(_stacked(g_body), _gramian_chunk(config))  # x4: see _step
 
 
 TASK_SUBTREES = ("heads", "queries", "tails")
@@ -256,7 +260,7 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
     # halves): the Gramian of the halves' own gradients is 2^2 times that of the references.
     with jax.named_scope("gramians"):
       g_body = _stacked(g_body)  # (2T, ...) per leaf
-      grams = 4.0 * gramians.leaf_gramians(g_body)
+      grams = 4.0 * gramians.leaf_gramians(g_body, _gramian_chunk(config))
     if aggregate:  # the task gradients, g_t = the sum of its two references' gradients
       per_task_grads = jax.tree_util.tree_map(
           lambda g: g.reshape((len(names), 2) + g.shape[1:]).sum(1), g_body)

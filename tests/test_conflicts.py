@@ -1,10 +1,11 @@
 """Conflict quantities against explicit gradient vectors, grouping, EMA, the store, summaries."""
 import os
 
+import jax
 import numpy as np
 import pytest
 
-from mtl import conflicts
+from mtl import conflicts, gramians
 from mtl.models import ipt
 
 TASKS = ["denoise_30", "sr_x2", "derain"]
@@ -122,6 +123,30 @@ def test_group_sums_equal_gramian_of_concatenation():
     conflicts.group(per_leaf, LAYERS, by="blocks")
   with pytest.raises(ValueError, match="layer names"):
     conflicts.group(per_leaf, LAYERS[:-1])
+
+
+def test_leaf_gramians_in_pieces_match_float64_products_per_layer():
+  # A stacked body (T, layers, ...) of float32 gradients: one leaf cut into 24 pieces, one that
+  # fits a piece, one whose size (13 x 101) has no divisor near size / chunk (one product).
+  rng = np.random.default_rng(4)
+  T, L = 4, 3
+  body = {"encoder": {"w": rng.normal(size=(T, L, 24, 1000))},
+          "decoder": {"b": rng.normal(size=(T, L, 7))}, "pos_embed": rng.normal(size=(T, 13, 101))}
+  body = jax.tree_util.tree_map(lambda g: g.astype(np.float32), body)
+  assert [gramians.split_k(n, 1000) for n in (24000, 7, 1313)] == [(24, 1000), (1, 7), (1, 1313)]
+  want = np.stack([gram(g.reshape(T, -1).astype(np.float64)) for g in
+                   [body["decoder"]["b"][:, l] for l in range(L)]
+                   + [body["encoder"]["w"][:, l] for l in range(L)] + [body["pos_embed"]]])
+  sizes = np.array([7] * L + [24000] * L + [1313])[:, None, None]
+  norms = np.sqrt(np.einsum("ltt->lt", want))
+  # Any order of a float32 sum of n products is within n u sum|a_i b_i| <= n u |a||b| of the
+  # exact one (u = 2^-24; a float64 sum of these float32 products is exact to ~1e-16): the bound
+  # for both forms on every backend at 'highest'. Mixing up layers, tasks or pieces moves O(1).
+  bound = 1.01 * sizes * 2.0**-24 * norms[:, :, None] * norms[:, None, :]
+  for chunk in (0, 1000):
+    got = np.asarray(gramians.leaf_gramians(body, chunk), np.float64)
+    assert got.shape == (2 * L + 1, T, T)
+    assert np.all(np.abs(got - want) <= bound), chunk
 
 
 def test_ema_matches_gradvac_recursion():

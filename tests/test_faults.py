@@ -42,6 +42,7 @@ def _set(config, dotted, value):
     ("checkpoint_every", 0, r"checkpoint_every=0 must be >= 1"),
     ("log_every", 0, r"log_every=0 must be >= 1"),
     ("data.batch_size", 0, r"data.batch_size=0 must be >= 1"),
+    ("conflicts.gramian_chunk", -1, r"conflicts.gramian_chunk=-1 must be >= 0"),
     ("tasks", ("sr_x2", "denoise_30", "sr_x2"), r"listed twice in tasks=\['sr_x2', 'denoise_30', "
                                                r"'sr_x2'\]: 'sr_x2'$"),
     ("tasks", ("sr_x2", ""), r"tasks=\['sr_x2', ''\] holds an empty name"),
