@@ -21,9 +21,22 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"mtl-tests-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
 
 
+# The subset for a GPU or TPU (`-m "gpu and not cpu_only"`: README, launch/gpu_check.sh): the
+# modules whose results a backend's kernels and matmul precision can move; the rest is host work.
+GPU_MODULES = frozenset({"test_checkpoints", "test_conflicts", "test_flops", "test_models",
+                         "test_op_profile", "test_step_batched", "test_train"})
+
+
 def pytest_configure(config):
   # Tests that only make sense on the CPU backend: its XLA flags, or the eight fake CPU devices
   # above (on a GPU or TPU host, jax.devices() is the accelerators). `-m "not cpu_only"` leaves
-  # them out there (README, Tests).
+  # them out there.
   config.addinivalue_line("markers", "cpu_only: needs the CPU backend (its flags or its eight "
                           "fake devices)")
+  config.addinivalue_line("markers", "gpu: in the subset for a GPU (conftest.GPU_MODULES)")
+
+
+def pytest_collection_modifyitems(config, items):
+  for item in items:
+    if item.module.__name__.rpartition(".")[2] in GPU_MODULES:
+      item.add_marker("gpu")
