@@ -3,11 +3,11 @@
 # subset that runs on GPUs, compile seconds (both body-call modes), a batch sweep with MFU, the
 # official PyTorch IPT on the same device (fp32 and bf16 autocast, interleaved), the probe /
 # plain joint step ratio, start-up (command to first step, cold and warm compilation cache), the
-# input pipeline, the main job, where the steps' time goes op by op (a profiler trace), and six
+# input pipeline, the main job, where the steps' time goes op by op (a profiler trace), and seven
 # settings weighed against the defaults: CUDA graphs over the layer loops, unrolled layer scans,
-# looped body calls in the joint steps, the probe's Gramians in pieces (split-K), cuBLAS alone for
-# gemms, no XLA GPU autotuning. Every part has its own time limit and log ($OUT/<part>.log); one
-# table at the end.
+# looped body calls in the joint steps, the probe's Gramians in pieces (split-K), LLVM compiling
+# a program's parts in parallel, cuBLAS alone for gemms, no XLA GPU autotuning. Every part has its
+# own time limit and log ($OUT/<part>.log); one table at the end.
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
@@ -36,7 +36,7 @@ FIRST=${BATCHES%%,*}
 SECOND=$(echo "$BATCHES" | cut -d, -f2)
 LAST=${BATCHES##*,}
 CHECK="tests compile compile_scanned sweep torch_peer probe startup pipeline main_job"
-DIAGNOSE="trace cmdbuf unroll probe_looped gram_chunk cublas autotune0"
+DIAGNOSE="trace cmdbuf unroll probe_looped gram_chunk llvm_parallel cublas autotune0"
 PARTS=${PARTS:-check diagnose}
 PARTS=${PARTS//check/$CHECK}
 PARTS=${PARTS//diagnose/$DIAGNOSE}
@@ -130,9 +130,13 @@ part probe_looped 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,prob
 # spread over all of them (the trace part's 'gramians' stage says how long they take now).
 part gram_chunk 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe \
     --batch_size="$FIRST" --gramian_chunk=65536 --compile_cache="$CACHE"
-# XLA's GPU autotuning (trying gemm and convolution algorithms) is part of every compile: the
-# compile seconds and the one-task step with cuBLAS as the only gemm candidate (no Triton gemm
-# kernels compiled to try), then with no autotuning at all, to weigh each against its speed.
+# Compile seconds: XLA splits each program's LLVM module into parts compiled on parallel host
+# threads (the GPU machine has 16 cores; NVIDIA's JAX-Toolbox sets this flag), the kernels the
+# same. Then XLA's GPU autotuning (trying gemm and convolution algorithms), part of every
+# compile: the compile seconds and the one-task step with cuBLAS as the only gemm candidate (no
+# Triton gemm kernels compiled to try), then with no autotuning at all, each against its speed.
+XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_llvm_module_compilation_parallelism=true" \
+    part llvm_parallel 90 "${BENCH[@]}" --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_triton_gemm=false" part cublas 90 \
     "${BENCH[@]}" --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 90 "${BENCH[@]}" \
@@ -160,7 +164,7 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 9
   done
   for variant in "cmdbuf:CUDA graphs +WHILE" "unroll:scan_unroll 12" \
       "probe_looped:body calls looped" "gram_chunk:Gramians split-K 64K" \
-      "cublas:Triton gemm off" "autotune0:autotune 0"; do
+      "llvm_parallel:LLVM in parallel" "cublas:Triton gemm off" "autotune0:autotune 0"; do
     [ -f "$OUT/${variant%%:*}.log" ] && grep -E "^ROW \| " "$OUT/${variant%%:*}.log" | cut -c5- \
         | sed "s/^| /| ${variant#*:}: /"
   done

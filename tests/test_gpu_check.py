@@ -9,7 +9,8 @@ from micro_study import MICRO_STUDY
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = ["tests", "compile", "compile_scanned", "sweep", "torch_peer", "probe", "startup",
          "pipeline", "main_job"]
-DIAGNOSE = ["trace", "cmdbuf", "unroll", "probe_looped", "gram_chunk", "cublas", "autotune0"]
+DIAGNOSE = ["trace", "cmdbuf", "unroll", "probe_looped", "gram_chunk", "llvm_parallel", "cublas",
+            "autotune0"]
 
 
 def _gpu_check(tmp_path, **env):
