@@ -22,7 +22,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
 
 
 # The subset for a GPU or TPU (`-m "gpu and not cpu_only"`: README, launch/gpu_check.sh): the
-# modules whose results a backend's kernels and matmul precision can move; the rest is host work.
+# model, the step modes, training and checkpoints, the Gramians, FLOP counts and the trace reader,
+# within gpu_check's time limit for it.
 GPU_MODULES = frozenset({"test_checkpoints", "test_conflicts", "test_flops", "test_models",
                          "test_op_profile", "test_step_batched", "test_train"})
 
