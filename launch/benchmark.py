@@ -612,10 +612,12 @@ def _probe_at(size, batch_size):
 
 
 def section_trace(size):
-  """Where each step's time goes, op by op: mtl.op_profile over a trace of --repeats steps."""
+  """Where each step's time goes, op by op: mtl.op_profile over a trace of --repeats steps. Each
+  step's untraced time is a row of its own, as the train and probe sections time it: the
+  baseline of a run that changes a setting for the same steps (launch/gpu_check.sh's parts)."""
   import tempfile
   import jax
-  from mtl import op_profile, run_state, sharding
+  from mtl import flops as flops_lib, op_profile, run_state, sharding
   log_dir = FLAGS.trace_dir or tempfile.mkdtemp(prefix="mtl_trace_")
   try:
     for batch_size in _batch_sizes():
@@ -628,11 +630,26 @@ def section_trace(size):
       with jax.set_mesh(run.mesh):
         full = sharding.to_global(_batch(run, config), run.mesh)
         threaded = [run.init_state()]
+        untraced_plain = None
         for label, names, probe in steps:
           batch = {n: full[n] for n in names}
-          compiled = _step(run, config, names, probe).lower(threaded[0], batch).compile()
+          xla_flops, peak, compiled, _ = _compiled_figures(_step(run, config, names, probe),
+                                                           threaded[0], batch)
           call = _step_call(compiled, batch, threaded, run.mesh)
           untraced = _interleaved({label: (call, None)}, FLAGS.repeats)[0][label]
+          model_flops = flops_lib.train_step(run.model.cfg, [run.model.specs[
+              run.model.task_names.index(n)].scale for n in names], batch_size)
+          if len(names) == 1:
+            what = "train: one-task step"
+          elif probe:
+            what = f"probe: probe ({untraced / untraced_plain:.2f}x plain)"
+          else:
+            what, untraced_plain = "probe: no probe", untraced
+          device = jax.devices()[0]
+          _summary_row((f"{what} [trace part, untraced]", size, batch_size, config.precision,
+                        untraced, _mfu_cells(model_flops, untraced, device, config.precision)[0],
+                        _mfu_cells(xla_flops, untraced, device, config.precision)[0],
+                        peak / 2**30, float("nan")))
           events, wall = op_profile.trace_calls(call, FLAGS.repeats, log_dir)
           profile = op_profile.summarize(events, compiled.as_text(), FLAGS.repeats, wall)
           print(f"\n[trace] size={size}: {label}, batch {batch_size} per task, "

@@ -36,7 +36,7 @@ FIRST=${BATCHES%%,*}
 SECOND=$(echo "$BATCHES" | cut -d, -f2)
 LAST=${BATCHES##*,}
 CHECK="tests compile compile_scanned sweep torch_peer probe startup pipeline main_job"
-DIAGNOSE="trace cmdbuf unroll probe_looped gram_chunk llvm_parallel cublas autotune0"
+DIAGNOSE="trace cmdbuf unroll gram_chunk probe_looped llvm_parallel cublas autotune0"
 PARTS=${PARTS:-check diagnose}
 PARTS=${PARTS//check/$CHECK}
 PARTS=${PARTS//diagnose/$DIAGNOSE}
@@ -108,33 +108,36 @@ part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir
 
 # The diagnosis: where the one-task step's time goes at the smallest and largest batch, and the
 # joint steps' (plain, probe) at the smallest: op time by kind and by stage, and the share of the
-# wall time in which the device runs an op at all (low: it waits for its launches).
+# wall time in which the device runs an op at all (low: it waits for its launches). Its rows
+# ("[trace part, untraced]") are the baselines of the settings below, timed alike in this run.
 part trace 90 "${BENCH[@]}" --sections=trace --tasks=sr_x2 --batch_size="$FIRST,$LAST" \
     --compile_cache="$CACHE"
 # The layer scans are while loops, which XLA's CUDA graphs leave out by default: the one-task step
 # with them in (a step that waits on its launches gains), then with the scans unrolled (no loops;
-# a larger program to compile).
+# a larger program to compile), at the trace's batches.
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL" \
-    part cmdbuf 90 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$SECOND"
-part unroll 120 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$SECOND" \
+    part cmdbuf 120 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$LAST"
+part unroll 120 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$FIRST,$LAST" \
     --scan_unroll=12
-# The joint steps with a body call per task (probe: per half) instead of one batched computation:
-# the batched probe differentiates 2T broadcast copies of the body (at paper size, batch 8, its
-# compiled temporaries exceed the looped probe's by 4.5 GiB on a CPU), the looped one compiles
-# longer. `auto` picks batched on GPUs: this says whether that is the faster.
-part probe_looped 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe \
-    --batch_size="$FIRST" --body_calls=looped --compile_cache="$CACHE"
 # The probe's Gramians are products with a 2T x 2T output over every body leaf's millions of
 # entries (per layer), in float32 at 'highest' precision: a gemm of that shape can run on a few
 # of the GPU's cores. Cut into pieces of 64K entries, multiplied as a batch and summed, they
 # spread over all of them (the trace part's 'gramians' stage says how long they take now).
 part gram_chunk 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe \
     --batch_size="$FIRST" --gramian_chunk=65536 --compile_cache="$CACHE"
+# The joint steps with a body call per task (probe: per half) instead of one batched computation:
+# the batched probe differentiates 2T broadcast copies of the body (at paper size, batch 8, its
+# compiled temporaries exceed the looped probe's by 4.5 GiB on a CPU), the looped one compiles
+# longer. `auto` picks batched on GPUs: this says whether that is the faster.
+part probe_looped 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe \
+    --batch_size="$FIRST" --body_calls=looped --compile_cache="$CACHE"
 # Compile seconds: XLA splits each program's LLVM module into parts compiled on parallel host
 # threads (the GPU machine has 16 cores; NVIDIA's JAX-Toolbox sets this flag), the kernels the
 # same. Then XLA's GPU autotuning (trying gemm and convolution algorithms), part of every
 # compile: the compile seconds and the one-task step with cuBLAS as the only gemm candidate (no
-# Triton gemm kernels compiled to try), then with no autotuning at all, each against its speed.
+# Triton gemm kernels compiled to try), then with no autotuning at all, each against its speed
+# (their baselines: the compile part's rows, and the trace part's; PARTS='compile llvm_parallel
+# cublas autotune0' runs them with the first).
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_llvm_module_compilation_parallelism=true" \
     part llvm_parallel 90 "${BENCH[@]}" --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_triton_gemm=false" part cublas 90 \
@@ -163,7 +166,7 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 9
     [ -f "$OUT/$name.log" ] && grep -E "^ROW \| " "$OUT/$name.log" | cut -c5-
   done
   for variant in "cmdbuf:CUDA graphs +WHILE" "unroll:scan_unroll 12" \
-      "probe_looped:body calls looped" "gram_chunk:Gramians split-K 64K" \
+      "gram_chunk:Gramians split-K 64K" "probe_looped:body calls looped" \
       "llvm_parallel:LLVM in parallel" "cublas:Triton gemm off" "autotune0:autotune 0"; do
     [ -f "$OUT/${variant%%:*}.log" ] && grep -E "^ROW \| " "$OUT/${variant%%:*}.log" | cut -c5- \
         | sed "s/^| /| ${variant#*:}: /"

@@ -64,3 +64,12 @@ def test_trace_section_says_where_each_step_s_time_goes():
   rows = [l for l in text.splitlines() if l.startswith("ROW | trace: ")]
   assert len(rows) == 3  # the running share only where the trace times the ops: not on a CPU
   assert all((r.split(" | ")[5] == "-") == (jax.default_backend() == "cpu") for r in rows), rows
+  # Each step's untraced time, a row as the train and probe sections write theirs (the baselines
+  # of gpu_check's diagnosis parts); the probe's ratio is of the two rows' own times.
+  untraced = [l.split(" | ") for l in text.splitlines()
+              if l.startswith("ROW ") and "[trace part, untraced]" in l]
+  labels = [r[1].removesuffix(" [trace part, untraced]") for r in untraced]
+  assert len(labels) == 3 and labels[:2] == ["train: one-task step", "probe: no probe"], labels
+  ratio = float(re.fullmatch(r"probe: probe \(([\d.]+)x plain\)", labels[2]).group(1))
+  ms = [float(r[5]) for r in untraced]
+  assert all(m > 0 for m in ms) and ratio == pytest.approx(ms[2] / ms[1], abs=0.01), untraced

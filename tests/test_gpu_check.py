@@ -9,7 +9,7 @@ from micro_study import MICRO_STUDY
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK = ["tests", "compile", "compile_scanned", "sweep", "torch_peer", "probe", "startup",
          "pipeline", "main_job"]
-DIAGNOSE = ["trace", "cmdbuf", "unroll", "probe_looped", "gram_chunk", "llvm_parallel", "cublas",
+DIAGNOSE = ["trace", "cmdbuf", "unroll", "gram_chunk", "probe_looped", "llvm_parallel", "cublas",
             "autotune0"]
 
 
