@@ -597,8 +597,7 @@ def _probe_at(size, batch_size):
           f"({of_matmul} of matmul)  compiled peak {peaks[label] / 2**20:8.1f} MB  compile "
           f"{compiled[label][3]:.1f} s")
     used = _device_peak_bytes()
-    _summary_row((f"probe: {label}" + (f" ({seconds[label] / base:.2f}x plain)" if base and
-                                         label != "no probe" else ""), size, batch_size,
+    _summary_row((_probe_label(label, seconds[label], base), size, batch_size,
                     config.precision, seconds[label], mfu,
                     _mfu_cells(compiled[label][0], seconds[label], device, config.precision)[0],
                     (used or peaks[label]) / 2**30,
@@ -609,6 +608,12 @@ def _probe_at(size, batch_size):
           "cosines), same run: " + ", ".join(f"{p} {t * 1e3:.1f} ms/step" for p, t in
                                              torch_seconds["probe"].items())
           + f"; mtl probe / the faster = {seconds['probe'] / min(torch_seconds['probe'].values()):.2f}")
+
+
+def _probe_label(label, seconds, plain):
+  """A probe row's label: 'probe: <label>', with its time's ratio to the plain joint step's."""
+  ratio = f" ({seconds / plain:.2f}x plain)" if plain and label != "no probe" else ""
+  return f"probe: {label}{ratio}"
 
 
 def section_trace(size):
@@ -630,7 +635,7 @@ def section_trace(size):
       with jax.set_mesh(run.mesh):
         full = sharding.to_global(_batch(run, config), run.mesh)
         threaded = [run.init_state()]
-        untraced_plain = None
+        device, untraced_plain = jax.devices()[0], None
         for label, names, probe in steps:
           batch = {n: full[n] for n in names}
           xla_flops, peak, compiled, _ = _compiled_figures(_step(run, config, names, probe),
@@ -641,11 +646,9 @@ def section_trace(size):
               run.model.task_names.index(n)].scale for n in names], batch_size)
           if len(names) == 1:
             what = "train: one-task step"
-          elif probe:
-            what = f"probe: probe ({untraced / untraced_plain:.2f}x plain)"
-          else:
-            what, untraced_plain = "probe: no probe", untraced
-          device = jax.devices()[0]
+          else:  # the plain joint step, then the probe step
+            untraced_plain = untraced_plain if probe else untraced
+            what = _probe_label("probe" if probe else "no probe", untraced, untraced_plain)
           _summary_row((f"{what} [trace part, untraced]", size, batch_size, config.precision,
                         untraced, _mfu_cells(model_flops, untraced, device, config.precision)[0],
                         _mfu_cells(xla_flops, untraced, device, config.precision)[0],
