@@ -124,8 +124,10 @@ def restore(mngr, abstract_state, step=None):
 
 
 def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
-  """Only the parameters of a run's checkpoint (for fine-tuning and analysis); item='ema_params'
+  """(params, step): only the parameters of a run's checkpoint (for fine-tuning and analysis),
+  from its workdir or its checkpoints/ folder; the latest step unless `step`. item='ema_params'
   reads their EMA instead (runs with config.optim.ema_decay > 0)."""
+  checkpoint_dir = checkpoint_dir_of(checkpoint_dir)
   # create=False: opening a user's folder writes nothing (read_only=True would warn each time)
   options = ocp.CheckpointManagerOptions(create=False)
   mngr = ocp.CheckpointManager(os.path.abspath(checkpoint_dir), options=options,

@@ -71,7 +71,7 @@ def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10
   run = build(config)
   with jax.set_mesh(run.mesh):
     abstract = run.abstract_state
-    params, ckpt_step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(checkpoint),
+    params, ckpt_step = checkpoints.restore_params(checkpoint,
                                                    abstract.params, step)
     config.seed = probe_seed(config.seed, ckpt_step)
     sharding.check_batch(run.mesh, batch_size, "the probe batch size")

@@ -26,7 +26,7 @@ def load_model(workdir, step=None, ema=False):
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), model.abstract_params())
-  params, step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(workdir), abstract, step,
+  params, step = checkpoints.restore_params(workdir, abstract, step,
                                             "ema_params" if ema else "params")
   return config, model, params, int(step)
 

@@ -100,7 +100,7 @@ def finetune_params(run, init_from):
   abstract = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(run.mesh)),
       source_model.abstract_params())
-  source, step = checkpoints.restore_params(checkpoints.checkpoint_dir_of(init_from), abstract)
+  source, step = checkpoints.restore_params(init_from, abstract)
   fresh = run.init_state()
   params = dict(fresh.params, body=source["body"])
   kind = f"a {source_cfg.get('regime', 'joint')} run of {','.join(source_model.task_names)}"

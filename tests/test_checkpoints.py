@@ -38,12 +38,13 @@ def test_a_per_layer_checkpoint_restores_stacked(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
       params, step_saved = checkpoints.restore_params(tmp_path / "checkpoints",
                                                       run.abstract_state.params)
+    from_workdir, _ = checkpoints.restore_params(str(tmp_path), run.abstract_state.params)
     mngr.close()
   # Reading the parameters alone leaves the optimizer state unread, without a warning about it.
   assert not [r.getMessage() for r in caplog.records if "could not be restored" in r.getMessage()]
   assert int(restored.step) == step_saved == 1
   for tree, want in ((restored.params, state.params), (restored.opt_state, state.opt_state),
-                     (params, state.params)):
+                     (params, state.params), (from_workdir, state.params)):
     assert jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(want)
     jax.tree.map(np.testing.assert_array_equal, tree, want)
   assert all(a.sharding == s for a, s in zip(jax.tree_util.tree_leaves(restored.params),

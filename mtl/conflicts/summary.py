@@ -58,6 +58,11 @@ def phase_label(k, count):
   return PHASE_LABELS[count][k] if count in PHASE_LABELS else f"phase {k + 1}/{count}"
 
 
+def _the_phase(label):
+  """'the late phase', 'the phase 10/10': a label read in a sentence."""
+  return f"the {label}" if label.startswith("phase") else f"the {label} phase"
+
+
 def split_phases(record, phases=PHASES):
   """[(label, Record)]: the record's probe steps in `phase_count` contiguous parts of equal
   probe count, in training order."""
@@ -77,10 +82,11 @@ def phase_verdicts(record, phases=PHASES, level=LEVEL, method=None):
 
   Returns {'phases': [{'label', 'first', 'last', 'count', 'pair': {'a~b': {'corrected_cos':
   interval dict, 'verdict'}}}] in training order, 'headline': the label of the last phase,
-  'disagree': {'a~b': [verdict per phase]} for the pairs whose measurable verdicts differ}.
+  'disagree': {'a~b': [verdict per phase]} for the pairs whose measurable verdicts differ,
+  'asked': `phases`}.
   """
   out = {"phases": [], "headline": None, "disagree": {}, "probes": record.window_label(),
-         "batch": record.batch_label()}
+         "batch": record.batch_label(), "asked": int(phases)}
   names = pair_names(record.task_names)
   for label, rec in split_phases(record, phases):
     ivs = rec.corrected_cosine_intervals(None, level, method)
@@ -101,7 +107,8 @@ def format_phases(phased):
   """Per pair and phase: steps, corrected cosine [95% interval] and verdict; which phase the
   headline uses; one WARNING line per pair whose verdict changes between phases."""
   count = len(phased["phases"])
-  what = {1: "one phase (too few probes to split)", 2: "halves of the probe steps",
+  one = "one phase" + (" (too few probes to split)" if phased.get("asked", 1) > 1 else "")
+  what = {1: one, 2: "halves of the probe steps",
           3: "thirds of the probe steps"}.get(count, f"{count} equal parts of the probe steps")
   lines = [f"verdict per training phase ({what}), corrected cos [95% interval]; probes: "
            f"{phased['probes']}"]
@@ -117,12 +124,12 @@ def format_phases(phased):
                    f"  {e['verdict']}{mark}")
   if count > 1:
     part = {2: "half", 3: "third"}.get(count, "part")
-    lines.append(f"headline: the {phased['headline']} phase (the last {part} of the probe steps: "
+    lines.append(f"headline: {_the_phase(phased['headline'])} (the last {part} of the probe steps: "
                  "what training settled into; earlier ones hold the warm-up and first transients)")
   for p, verdicts in phased["disagree"].items():
     lines.append(f"WARNING: {p} changes verdict between phases: " + ", ".join(
         f"{ph['label']} '{v}'" for ph, v in zip(phased["phases"], verdicts))
-                 + f"; the headline reads the {phased['headline']} phase")
+                 + f"; the headline reads {_the_phase(phased['headline'])}")
   return "\n".join(lines)
 
 
