@@ -11,7 +11,8 @@ MATLAB-bicubic downscaling of the mod-cropped HR image and noisy inputs get fixe
 (not the paper's noise draw), whole images by 48 x 48 tiles as the official test places and blends
 them (its forward_chop: config.eval.tiling='ipt'). The paper reports Y-channel
 PSNR (SR: `scale` border pixels cropped); RGB PSNR is shown beside it. Results also go to
-<workdir>/results-<step>-<task>.json; --save_images writes the restorations under <workdir>/restored/.
+<workdir>/results-<step>-<task>.json (an earlier scoring's are kept unless --overwrite);
+--save_images writes the restorations under <workdir>/restored/.
 """
 import os
 
@@ -24,6 +25,8 @@ flags.DEFINE_multi_string("workdir", None, "Imported (or trained) workdir; repea
 flags.DEFINE_integer("max_images", 0, "Score only the first N images of each set (0: all).",
                      lower_bound=0)
 flags.DEFINE_bool("save_images", False, "Also write the restored PNGs under <workdir>/restored/.")
+flags.DEFINE_bool("overwrite", False, "Replace a workdir's results-<step>-<task>.json of an "
+                  "earlier scoring (refused otherwise).")
 
 
 @cli.absl_main
@@ -37,7 +40,8 @@ def main():
     raise ValueError("pass --workdir=<imported workdir> (repeat it for several)")
   rows = []
   for workdir in f.workdir:
-    rows += published.evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images)
+    rows += published.evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images,
+                                       f.overwrite)
   print(published.format_table(rows), flush=True)
 
 

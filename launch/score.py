@@ -21,7 +21,9 @@ flags.DEFINE_integer("mod_crop", 0, "Crop references to a multiple of this (the 
                      lower_bound=0)
 flags.DEFINE_bool("y_channel", True, "Score the Y channel (--rgb or --noy_channel: RGB).")
 flags.DEFINE_bool("rgb", False, "Score RGB (same as --noy_channel).")
-flags.DEFINE_string("csv", "", "Also write the per-image scores to this CSV file.")
+flags.DEFINE_string("csv", "", "Also write the per-image scores to this CSV file (a new file "
+                    "unless --overwrite).")
+flags.DEFINE_bool("overwrite", False, "Replace an existing --csv file (refused otherwise).")
 flags.mark_flags_as_required(["restored", "reference"])
 
 
@@ -29,7 +31,12 @@ flags.mark_flags_as_required(["restored", "reference"])
 def main():
   from mtl import restoration
   f = flags.FLAGS
+  if f.rgb and f.y_channel and f["y_channel"].present:
+    raise ValueError("--rgb and --y_channel contradict each other; pass one (RGB or Y)")
   y_channel = f.y_channel and not f.rgb
+  if f.csv:  # refused before the scoring: nothing is computed for a result that can't be kept
+    restoration.check_new_file(f.csv, "--csv", f.overwrite,
+                               {"--restored": f.restored, "--reference": f.reference})
   rows, mean = restoration.score_folders(f.restored, f.reference, f.crop_border, y_channel,
                                      f.mod_crop)
   if f.csv:

@@ -335,8 +335,9 @@ def variants(config, ema_params=None):
 
 
 def evaluate(model, params, config, testsets, workdir, step, writer=None, final=False,
-             ema_params=None):
-  """Score every task on every applicable test set; write results.json; return the results.
+             ema_params=None, results_file=None):
+  """Score every task on every applicable test set; write results.json (or the run folder's
+  name for `step`, or `results_file` in workdir); return the results.
 
   results['tasks'] scores the parameters as trained, restored plainly; each of `variants`
   (self-ensemble x8, EMA parameters) goes in results['variants'][name]['tasks'], same schema.
@@ -397,7 +398,8 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
       writer.scalars(step, {f"{prefix}/{t}/{s}/{k}": v for prefix, by_task in prefixes
                             for t, sets in by_task.items() for s, e in sets.items()
                             for k, v in e.items() if k != "num_images"})
-    files.write_json(os.path.join(workdir, run_folder.results_name(step, final)), results)
+    files.write_json(os.path.join(workdir, results_file or run_folder.results_name(step, final)),
+                     results)
     print(format_table(results) + "\n" + describe_sets(testsets, config), flush=True)
   return results
 

@@ -30,11 +30,18 @@ def find_set(benchmark, name):
   return None
 
 
-def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False):
-  """[(task, set, mtl result dict or None, published PSNR or None)] for one workdir."""
-  from mtl import evaluate, restoration, tasks
+def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False, overwrite=False):
+  """[(task, set, mtl result dict or None, published PSNR or None)] for one workdir, each task's
+  scores written to its results-<step>-<task>.json (refused before any work where one exists,
+  unless `overwrite`)."""
+  from mtl import evaluate, restoration, run_folder, tasks
   from mtl.models import ipt
   config, model, params, step = restoration.load_model(workdir)
+  names = {spec.name: run_folder.results_name(step, False, spec.name) for spec in model.specs}
+  existing = [n for n in names.values() if os.path.exists(os.path.join(workdir, n))]
+  if existing and not overwrite:
+    raise ValueError(f"{workdir} already holds {', '.join(existing)}; pass --overwrite to "
+                     "replace them")
   rows = []
   for spec in model.specs:
     wanted = PUBLISHED.get(spec.name, {})
@@ -55,10 +62,7 @@ def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False):
     task_params = {"body": params["body"], **{group: {spec.name: params[group][spec.name]}
                                               for group in ("heads", "queries", "tails")}}
     results = evaluate.evaluate(one, task_params, config, evaluate.load_testsets(config),
-                                workdir, step)
-    written = os.path.join(workdir, f"results-{step:09d}.json")
-    if os.path.exists(written):  # one file per task, not overwritten by the next task
-      os.replace(written, os.path.join(workdir, f"results-{step:09d}-{spec.name}.json"))
+                                workdir, step, results_file=names[spec.name])
     rows += [(spec.name, name, results["tasks"][spec.name].get(name), wanted[name])
              for name in wanted]
   return rows

@@ -4,12 +4,13 @@ Restoration goes through `evaluate.restore_image`, so a restored file is exactly
 scores for that input. Scoring uses `mtl.metrics` (BasicSR conventions).
 """
 import csv
+import io
 import os
 import sys
 
 import numpy as np
 
-from mtl import metrics
+from mtl import files, metrics
 
 # jax, orbax and the model are imported where restoring needs them: scoring starts in ~2 s without.
 
@@ -193,11 +194,32 @@ def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0
   return rows, mean
 
 
+def check_new_file(path, flag, overwrite=False, inputs=()):
+  """Refuse (ValueError, one line) an output file inside one of the `inputs` {flag: folder}
+  (whatever `overwrite` says), one that would replace a file unless `overwrite` (never a
+  folder), and one with no folder to go into."""
+  real = os.path.realpath(path)
+  for name, folder in dict(inputs).items():
+    if real.startswith(os.path.realpath(folder) + os.sep):
+      raise ValueError(f"{flag}={path} is inside {name}={folder}, an input: choose a file "
+                       "outside it")
+  if os.path.isdir(path):
+    raise ValueError(f"{flag}={path} is a folder; name a file to write")
+  if os.path.exists(path) and not overwrite:
+    raise ValueError(f"{flag}={path} already exists; pass --overwrite to replace it, or choose "
+                     "another file")
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise ValueError(f"{flag}={path}: its folder {folder} does not exist (or is a file)")
+
+
 def write_csv(path, rows):
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=["image", "psnr", "ssim"])
-    writer.writeheader()
-    writer.writerows(rows)
+  """Per-image scores as CSV, written atomically (complete or absent)."""
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, fieldnames=["image", "psnr", "ssim"])
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_atomic(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def format_scores(rows, mean, y_channel=True):

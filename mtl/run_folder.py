@@ -53,8 +53,11 @@ def checkpoint_steps(total_steps, checkpoint_every):
   return sorted({*range(checkpoint_every, total_steps + 1, checkpoint_every), total_steps})
 
 
-def results_name(step, final):
-  """results.json for the final evaluation, results-<step>.json for one during training."""
+def results_name(step, final, task=""):
+  """results.json for the final evaluation, results-<step>.json for one during training;
+  results-<step>-<task>.json for launch/ipt_published.py's scores of one task."""
+  if task:
+    return f"results-{step:09d}-{task}.json"
   return RESULTS_FILE if final else f"results-{step:09d}.json"
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl import evaluate, metrics, restoration, run_state
+from mtl import evaluate, files, metrics, restoration, run_state
 from mtl.models import ipt_import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,6 +190,22 @@ def test_score_launcher_csv_and_one_line_errors(tmp_path):
     (row,) = list(csv.DictReader(f))
   assert float(row["psnr"]) == pytest.approx(metrics.psnr(noisy, ref, 0, y_channel=False))
   assert "mean (1 images)" in proc.stdout
+  # An existing file is kept: refused, unless --overwrite; never a file inside an input folder.
+  reference = (tmp_path / "ref" / "img.png").read_bytes()
+  for target, extra, why in (("s.csv", (), "already exists; pass --overwrite"),
+                             ("ref/img.png", ("--overwrite",), "is inside --reference"),
+                             ("out/new.csv", (), "is inside --restored")):
+    proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref",
+                f"--csv={tmp_path}/{target}", *extra)
+    assert proc.returncode == 1 and why in proc.stderr and proc.stderr.count("\n") == 1
+  assert (tmp_path / "ref" / "img.png").read_bytes() == reference
+  assert not (tmp_path / "out" / "new.csv").exists()
+  proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref",
+              f"--csv={tmp_path}/s.csv", "--overwrite")
+  assert proc.returncode == 0, proc.stderr
+  with open(tmp_path / "s.csv") as f:  # Y now: the file was replaced
+    (row,) = list(csv.DictReader(f))
+  assert float(row["psnr"]) == pytest.approx(metrics.psnr(noisy, ref, 0, y_channel=True))
 
 
 def test_published_table_from_an_imported_workdir(tmp_path):
@@ -206,6 +222,16 @@ def test_published_table_from_an_imported_workdir(tmp_path):
   assert by_set["Set5"][1] == 38.37 and by_set["Set5"][0]["num_images"] == 2
   assert by_set["Set14"][0] is None
   assert os.path.isfile(os.path.join(workdir, "restored", "0", "sr_x2", "Set5", "a.png"))
-  assert os.path.isfile(os.path.join(workdir, "results-000000000-sr_x2.json"))
+  written = os.path.join(workdir, "results-000000000-sr_x2.json")
+  assert files.read_json(written)["tasks"]["sr_x2"]["Set5"] == by_set["Set5"][0]
+  assert sorted(f for f in os.listdir(workdir) if f.startswith("results")) == [
+      "results-000000000-sr_x2.json"]  # the only results file: a run's own are not touched
   table = published.format_table(rows)
   assert f"{by_set['Set5'][0]['psnr_y']:>7.2f}" in table and "(no data)" in table
+  # A second scoring keeps the first, unless asked.
+  with pytest.raises(ValueError, match="already holds results-000000000-sr_x2.json; pass "
+                     "--overwrite"):
+    published.evaluate_workdir(workdir, str(tmp_path / "bench"), max_images=1)
+  assert files.read_json(written)["tasks"]["sr_x2"]["Set5"]["num_images"] == 2
+  published.evaluate_workdir(workdir, str(tmp_path / "bench"), max_images=1, overwrite=True)
+  assert files.read_json(written)["tasks"]["sr_x2"]["Set5"]["num_images"] == 1

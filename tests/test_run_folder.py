@@ -11,6 +11,7 @@ from mtl import files, run_folder, run_state
 def test_results_names():
   assert run_folder.results_name(120, final=True) == "results.json"
   assert run_folder.results_name(60, final=False) == "results-000000060.json"
+  assert run_folder.results_name(60, False, "sr_x2") == "results-000000060-sr_x2.json"
   assert {run_folder.RESULTS_FILE, run_folder.LOG_FILE} <= set(run_folder.ARTIFACTS)
 
 
