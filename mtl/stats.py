@@ -122,7 +122,10 @@ def seeds_needed(interval, power=0.8, max_seeds=PLAN_MAX_SEEDS):
 
   for m in range(2, max_seeds + 1):  # power grows with the seeds: the first m that reaches it
     crit, shift = sps.t.ppf((1 + interval.level) / 2, m - 1), abs(d) / (sd / math.sqrt(m))
-    if sps.nct.sf(crit, m - 1, shift) + sps.nct.cdf(-crit, m - 1, shift) >= power:
+    # The wrong-sign tail is below the central t's (1 - level) / 2 and vanishes as the shift
+    # grows; scipy's nct.cdf returns NaN there for large shifts, which would skip this m.
+    wrong_sign = sps.nct.cdf(-crit, m - 1, shift)
+    if sps.nct.sf(crit, m - 1, shift) + np.nan_to_num(wrong_sign, nan=0.0) >= power:
       return m
   return None
 

@@ -60,12 +60,14 @@ def test_verdict_on_null_data_is_rarely_a_call():
   assert all((iv.p < 0.05) == (c != stats.NO_DIFFERENCE) for iv, c in zip(intervals, calls))
 
 
-# The related_vs_unrelated study's Δs as README prints them (from related - scratch, - unrelated).
-@pytest.mark.parametrize("estimate, low, high, seeds", [(-0.32, -0.71, 0.06, 5),
-                                                        (-0.15, -0.73, 0.43, 22)])
-def test_seeds_needed_reach_the_power_and_one_fewer_does_not(estimate, low, high, seeds):
-  m = stats.seeds_needed(stats.Interval(estimate, low, high, 0.95, 3))
-  sd = (high - estimate) / sps.t.ppf(0.975, 2) * math.sqrt(3)  # the 3 differences' spread
+# The related_vs_unrelated study's Δs as README prints them (from related - scratch, - unrelated),
+# and a 2-seed Δ so large that scipy's nct.cdf of the wrong-sign tail is NaN at 3 and 4 seeds.
+@pytest.mark.parametrize("estimate, low, high, n, seeds", [(-0.32, -0.71, 0.06, 3, 5),
+                                                           (-0.15, -0.73, 0.43, 3, 22),
+                                                           (-3.6754636, -10.63, 3.2755587, 2, 3)])
+def test_seeds_needed_reach_the_power_and_one_fewer_does_not(estimate, low, high, n, seeds):
+  m = stats.seeds_needed(stats.Interval(estimate, low, high, 0.95, n))
+  sd = (high - estimate) / sps.t.ppf(0.975, n - 1) * math.sqrt(n)  # the n differences' spread
   rng = np.random.default_rng(0)
 
   def rejection_rate(n, sims=4000):  # paired t-tests of simulated studies of n seeds
