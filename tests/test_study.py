@@ -298,6 +298,21 @@ def test_changed_study_is_refused_naming_the_field_and_the_finished_runs(tmp_pat
   study_lib.Study(renamed, str(tmp_path)).prepare()
   assert json.loads((tmp_path / "study.json").read_text())["study"]["name"] == "renamed"
   assert json.loads(saved)["runs"] == json.loads((tmp_path / "study.json").read_text())["runs"]
+  # Without its study.json, the finished run is still checked against the study that finds it.
+  os.remove(tmp_path / "study.json")
+  with pytest.raises(ValueError, match=r"holds no study.json but finished runs this study would "
+                                       r"configure differently \(joint-lr1e-3-s0\)"):
+    study_lib.Study(changed, str(tmp_path)).prepare()
+  assert not (tmp_path / "study.json").exists()
+  study_lib.Study(micro(), str(tmp_path)).prepare()  # the study it ran with takes it back
+  assert json.loads((tmp_path / "study.json").read_text())["runs"] == json.loads(saved)["runs"]
+  # A training run's workdir is no study's.
+  run_dir = tmp_path / "a_run"
+  run_dir.mkdir()
+  (run_dir / "config.json").write_text("{}")
+  with pytest.raises(ValueError, match="is a training run's workdir"):
+    study_lib.Study(micro(), str(run_dir)).prepare()
+  assert sorted(os.listdir(run_dir)) == ["config.json"]
 
 
 # ----------------------------------------------------------------------------- the launcher

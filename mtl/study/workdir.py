@@ -157,9 +157,21 @@ class Study:
   def check_saved(self):
     """Whether workdir holds a study.json; refuses (ValueError, one line) a different study
     there when the change drops or alters a finished run. A change that only alters unfinished
-    runs (the fix for what made one fail) is accepted and said: finished runs are kept."""
+    runs (the fix for what made one fail) is accepted and said: finished runs are kept. Without
+    a study.json, a training run's workdir is refused, and so are finished runs this study
+    would configure differently."""
     path = os.path.join(self.workdir, STUDY_FILE)
     if not os.path.exists(path):
+      if os.path.exists(os.path.join(self.workdir, run_folder.CONFIG_FILE)):
+        raise ValueError(f"--workdir={self.workdir} is a training run's workdir (it holds "
+                         f"{run_folder.CONFIG_FILE}); give a study a folder of its own")
+      runs = os.path.join(self.workdir, RUNS_DIR)
+      found = sorted(os.listdir(runs)) if os.path.isdir(runs) else []
+      changed = self.finished_runs_changed({"runs": [{"name": n} for n in found]})
+      if changed:
+        raise ValueError(f"{self.workdir} holds no {STUDY_FILE} but finished runs this study "
+                         f"would configure differently ({files.field_list(changed, 3)}); use a "
+                         "new --workdir, or the study config they were run with")
       return False
     saved = files.read_json(path)
     finished = self.finished_runs_changed(saved)
