@@ -48,7 +48,7 @@ def validate(config):
   Besides the fields, it checks that the folders the config names exist (data folder, eval
   sets, rain streaks, init_from): a run that would fail there must fail before it starts.
   """
-  from mtl import evaluate
+  from mtl import degradations, evaluate
   from mtl.data import sources  # TFDS: imported where a run is checked, not with this module
   names = list(config.tasks)
   if any(not isinstance(n, str) or not n.strip() for n in names):
@@ -73,9 +73,21 @@ def validate(config):
                        ("data.batch_size", config.data.batch_size)):
     if value < 1:
       raise ValueError(f"{field}={value} must be >= 1")
-  if config.eval_every < 0:
-    raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0: at the end only)")
+  for field, value, what in (("eval_every", config.eval_every, "0: at the end only"),
+                             ("conflicts.every", config.conflicts.every, "0: no conflict probes"),
+                             ("optim.warmup_steps", config.optim.warmup_steps, "0: no warm-up"),
+                             ("eval.max_images", config.eval.max_images, "0: every image"),
+                             ("eval.max_side", config.eval.max_side, "0: whole images")):
+    if value < 0:
+      raise ValueError(f"{field}={value} must be >= 0 ({what})")
   _positive("optim.lr", config.optim.lr)
+  for field in ("b1", "b2"):
+    if not 0 <= config.optim[field] < 1:
+      raise ValueError(f"optim.{field}={config.optim[field]} must be in [0, 1) (Adam's moment "
+                       "decay; 0.9 and 0.999 are the usual)")
+  if not 0 <= config.optim.final_lr_ratio <= 1:
+    raise ValueError(f"optim.final_lr_ratio={config.optim.final_lr_ratio} must be in [0, 1] (the "
+                     "schedule's last lr over its peak)")
   decay = config.optim.get("ema_decay", 0.0)
   if not 0 <= decay < 1:
     raise ValueError(f"optim.ema_decay={decay} must be in [0, 1): 0 keeps no EMA of the "
@@ -111,6 +123,7 @@ def validate(config):
     seen.add(set_name)
     if path is not None and not os.path.isdir(path):
       raise FileNotFoundError(f"eval.sets: {set_name}={path} is not a folder")
+  degradations.check_config(config.degrade)
   streaks = config.degrade.rain.streak_dir
   if streaks and not os.path.isdir(streaks):
     raise FileNotFoundError(f"degrade.rain.streak_dir={streaks} is not a folder")

@@ -184,11 +184,32 @@ class Setup:
     return "\n".join(lines)
 
 
+def _refuse_unresumable_results(workdir):
+  """A start from step 0 in a workdir that holds what only saved steps write (the final
+  results, the conflict store's chunks, checkpoint analyses) would replace them: refused."""
+  from mtl import conflicts
+  found = [name for name in (run_folder.RESULTS_FILE, run_folder.ANALYSIS_DIR)
+           if os.path.exists(os.path.join(workdir, name))]
+  if conflicts.Store(workdir).chunks():
+    found.append("conflicts/store/ chunks")
+  if found:
+    raise ValueError(f"--workdir={workdir} holds an earlier run's results ({', '.join(found)}) "
+                     "but no checkpoint to resume from; a start from step 0 would replace them: "
+                     "use a new --workdir")
+
+
 def check_workdir(workdir):
-  """The absolute workdir; ValueError (one line) if it is a file or cannot be created/written."""
+  """The absolute workdir; ValueError (one line) if it is a file or cannot be created/written,
+  or if one of a run's folders there is a file (or one of its files a folder)."""
   workdir = os.path.abspath(workdir)
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is a file; give a folder (new or a run's)")
+  for name in run_folder.ARTIFACTS:
+    path = os.path.join(workdir, name.rstrip("/"))
+    if os.path.exists(path) and os.path.isdir(path) != name.endswith("/"):
+      kind = "folder" if name.endswith("/") else "file"
+      raise ValueError(f"{path} is not a {kind}, as a run's {name.rstrip('/')} must be; move it "
+                       "away or use a new --workdir")
   existing = workdir
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
@@ -208,6 +229,8 @@ def prepare(config, workdir):
   workdir = check_workdir(workdir)
   run_folder.check_config(workdir, config.to_dict())
   latest = checkpoints.latest_saved_step(workdir)
+  if latest is None:
+    _refuse_unresumable_results(workdir)
   finished = None
   saved = run_folder.read_results(workdir) if latest == config.total_steps else None
   if saved is not None:

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import files, run_config, run_folder, run_state
+from mtl import conflicts, files, run_config, run_folder, run_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,6 +44,13 @@ def _set(config, dotted, value):
     ("log_every", 0, r"log_every=0 must be >= 1"),
     ("data.batch_size", 0, r"data.batch_size=0 must be >= 1"),
     ("conflicts.gramian_chunk", -1, r"conflicts.gramian_chunk=-1 must be >= 0"),
+    ("conflicts.every", -1, r"conflicts.every=-1 must be >= 0 \(0: no conflict probes\)"),
+    ("optim.warmup_steps", -1, r"optim.warmup_steps=-1 must be >= 0"),
+    ("eval.max_side", -5, r"eval.max_side=-5 must be >= 0"),
+    ("optim.b2", 1.5, r"optim.b2=1.5 must be in \[0, 1\)"),
+    ("optim.final_lr_ratio", -3.0, r"optim.final_lr_ratio=-3.0 must be in \[0, 1\]"),
+    ("degrade.rain.density", ("abc", 0.1), r"degrade.rain.density=\('abc', 0.1\) must be \(lo, hi\)"),
+    ("degrade.blur.size", 4, r"degrade.blur.size=4 must be an odd kernel side"),
     ("tasks", ("sr_x2", "denoise_30", "sr_x2"), r"listed twice in tasks=\['sr_x2', 'denoise_30', "
                                                r"'sr_x2'\]: 'sr_x2'$"),
     ("tasks", ("sr_x2", ""), r"tasks=\['sr_x2', ''\] holds an empty name"),
@@ -84,6 +92,23 @@ def test_workdir_that_is_a_file_or_read_only(tmp_path):
     run_state.prepare(_config(), str(tmp_path / "file"))
   with pytest.raises(ValueError, match=r"--workdir=.*file/run is a file|not writable"):
     run_state.check_workdir(str(tmp_path / "file" / "run"))
+
+
+def test_a_run_folder_of_the_wrong_kind_or_with_results_but_no_checkpoint_is_refused(tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "checkpoints").write_text("x")  # orbax's saves would fail, and hang at exit
+  with pytest.raises(ValueError, match=r"a/checkpoints is not a folder, as a run's checkpoints"):
+    run_state.prepare(_config(), str(tmp_path / "a"))
+  # Results only saved steps write, with no checkpoint left to resume: a start would replace them.
+  conflicts.append(str(tmp_path / "b"), np.arange(2), np.ones((2, 1, 4, 4), np.float32),
+                   ["pos_embed"], ["denoise_30", "sr_x2"])
+  (tmp_path / "b" / "results.json").write_text("{}")
+  before = sorted(str(p) for p in (tmp_path / "b").rglob("*"))
+  with pytest.raises(ValueError, match=r"holds an earlier run's results \(results.json, "
+                                       r"conflicts/store/ chunks\) but no checkpoint"):
+    run_state.prepare(_config(), str(tmp_path / "b"))
+  assert sorted(str(p) for p in (tmp_path / "b").rglob("*")) == before
+  run_state.prepare(_config(), str(tmp_path / "c"))  # a new folder is fine
 
 
 def test_single_task_runs_say_nothing_about_conflicts(caplog):

@@ -33,6 +33,19 @@ from mtl.degradations.rain import _streak_kernel, add_rain, default_rain_config,
 from mtl.degradations.resize import bicubic_weights, imresize, output_size
 
 
+def check_config(cfg):
+  """Refuse (ValueError naming the field) a `degrade` block's bad range before any work: each
+  kind's ranges are otherwise read when its first batch is traced."""
+  from mtl.degradations.blur import _BlurRanges
+  from mtl.degradations.haze import _HazeRanges
+  from mtl.degradations.lowlight import _LowlightRanges
+  from mtl.degradations.rain import _RainRanges
+  for kind, ranges in (("rain", _RainRanges), ("haze", _HazeRanges), ("blur", _BlurRanges),
+                       ("lowlight", _LowlightRanges)):
+    if kind in cfg:  # a config saved before a kind existed has no block for it
+      ranges.from_config(cfg[kind])
+
+
 def degrade(spec, key, hr, cfg, streaks=None, given=None):
   """(inputs, targets) float32 for task `spec` from a (B, h, w, 3) batch of clean crops in [0, 255].
 

@@ -7,7 +7,10 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 def config_range(cfg, name, low, high, block="rain"):
   """A (lo, hi) config range as floats, checked against [low, high]."""
-  lo, hi = (float(v) for v in cfg[name])
+  try:
+    lo, hi = (float(v) for v in cfg[name])
+  except (TypeError, ValueError):
+    lo = hi = float("nan")  # refused below, naming the field
   if not low <= lo <= hi <= high:
     raise ValueError(f"degrade.{block}.{name}={tuple(cfg[name])} must be (lo, hi) with "
                      f"{low} <= lo <= hi <= {high}")
