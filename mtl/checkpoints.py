@@ -8,7 +8,12 @@ before the body's layers were stacked hold one subtree per layer ('body/encoder/
 restore into that layout and are stacked on the way in (`ipt.stack_layers`), onto the shardings
 asked for.
 """
+import contextlib
+import io
+import logging
 import os
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -88,14 +93,44 @@ def _layer_of(leaf, i):
   return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
 
 
+@contextlib.contextmanager
+def _held_stderr():
+  """Orbax's other reads of a damaged checkpoint each print a traceback on stderr as they fail,
+  after the first failure has raised. While restoring, stderr is held: written through on
+  success, dropped on failure once those reads have settled (the raised error says it all)."""
+  real, held = sys.stderr, io.StringIO()
+  sys.stderr = held
+  try:
+    yield
+  except Exception:
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # their futures, when collected
+    size, deadline = -1, time.monotonic() + 5
+    while size != len(held.getvalue()) and time.monotonic() < deadline:
+      size = len(held.getvalue())
+      time.sleep(0.3)
+    raise
+  else:
+    real.write(held.getvalue())
+  finally:
+    sys.stderr = real
+
+
 def _restore_items(mngr, step, abstract):
   """{name: restored tree} for {name: abstract tree} (params, opt_state, ...), a checkpoint in
   the per-layer layout stacked into the abstract trees' layout and shardings."""
-  per_layer = _saved_per_layer(mngr.directory, step)
-  target = (ipt.map_bodies(lambda b: ipt.unstack_layers(b, take=_layer_of), abstract)
-            if per_layer else abstract)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      **{name: ocp.args.StandardRestore(tree) for name, tree in target.items()}))
+  try:
+    with _held_stderr():
+      per_layer = _saved_per_layer(mngr.directory, step)
+      target = (ipt.map_bodies(lambda b: ipt.unstack_layers(b, take=_layer_of), abstract)
+                if per_layer else abstract)
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          **{name: ocp.args.StandardRestore(tree) for name, tree in target.items()}))
+  except Exception as error:  # orbax and tensorstore raise plain Exceptions for damaged files
+    reason = " ".join(str(error.__cause__ or error).split())[:240]
+    others = [s for s in mngr.all_steps() if s != step]
+    raise ValueError(f"checkpoint step {step} in {mngr.directory} cannot be read ({reason}); "
+                     f"the other saved steps: {', '.join(map(str, sorted(others))) or 'none'}: "
+                     f"move {step}/ out of that folder to use the latest of them") from None
   restored = {name: restored[name] for name in abstract}
   if not per_layer:
     return restored

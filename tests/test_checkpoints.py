@@ -1,6 +1,9 @@
 """Checkpoints written before the body's layers were stacked (one subtree per layer) restore
 into the stacked layout: parameters and Adam's moments, whole runs and parameters only."""
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,6 +14,8 @@ from mtl import checkpoints, run_state, sharding
 from mtl import step as step_lib
 from mtl.models import ipt
 from photo_batch import photo_batch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_a_per_layer_checkpoint_restores_stacked(tmp_path, caplog):
@@ -56,3 +61,46 @@ def test_restoring_from_a_folder_without_a_checkpoint_says_so_and_writes_nothing
   with pytest.raises(ValueError, match=r"no checkpoint in .*; point to a run's workdir"):
     checkpoints.restore_params(str(missing), {"w": jax.ShapeDtypeStruct((2,), np.float32)})
   assert not (tmp_path / "no").exists()  # a user's path is only read
+
+
+# orbax's other failed reads report when collected, after the test; the launcher test checks stderr.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_damaged_checkpoint_is_one_line_naming_the_other_steps(tmp_path):
+  # Several arrays: orbax reads them concurrently, and the others fail after the first.
+  params = {f"w{i}": np.arange(4096, dtype=np.float32) + i for i in range(8)}
+  state = step_lib.TrainState(step=0, params=params, opt_state={"m": np.zeros(4, np.float32)})
+  mngr = checkpoints.manager(tmp_path, async_save=False)
+  for step in (1, 2):
+    checkpoints.save(mngr, step, state)
+  mngr.close()
+  data = tmp_path / "checkpoints" / "2" / "params"
+  damaged = [p for p in data.rglob("*") if p.is_file() and p.parent.name == "d"]
+  assert damaged  # the OCDBT data files of step 2's parameters
+  for path in damaged:
+    path.write_bytes(path.read_bytes()[:10])
+  abstract = {k: jax.ShapeDtypeStruct((4096,), np.float32) for k in params}
+  with pytest.raises(ValueError, match=r"checkpoint step 2 in .*checkpoints cannot be read \(.*\); "
+                                       r"the other saved steps: 1: move 2/ out of that folder"):
+    checkpoints.restore_params(str(tmp_path), abstract)
+  restored, _ = checkpoints.restore_params(str(tmp_path), abstract, step=1)
+  jax.tree.map(np.testing.assert_array_equal, restored, state.params)
+
+
+def test_a_trainer_resuming_a_damaged_checkpoint_prints_one_line(tmp_path):
+  """orbax's other reads of the damaged step fail after the first, each with a traceback on
+  stderr, and its pending reads print more at the interpreter's exit: one line is left."""
+  run = [sys.executable, "launch/train.py", "--config=experiments/tiny.py:sr_x2",
+         f"--workdir={tmp_path}", "--config.mesh.data=1", "--config.checkpoint_every=1",
+         "--config.eval.max_images=1", "--config.eval.max_side=48"]
+  out = subprocess.run(run + ["--config.total_steps=2"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  for path in (tmp_path / "checkpoints" / "2").rglob("*"):
+    if path.is_file() and path.parent.name == "d":  # the OCDBT data files
+      path.write_bytes(path.read_bytes()[:10])
+  out = subprocess.run(run + ["--config.total_steps=3"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 1
+  assert out.stderr.startswith("error: checkpoint step 2 in ") and out.stderr.count("\n") == 1, (
+      out.stderr[:2000])
+  assert "the other saved steps: 1: move 2/ out of that folder" in out.stderr
