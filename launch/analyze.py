@@ -180,4 +180,4 @@ def main():
 
 
 if __name__ == "__main__":
-  app.run(main, argv=cli.json_config(sys.argv))
+  app.run(main, argv=cli.json_config(sys.argv), flags_parser=cli.parse_flags)

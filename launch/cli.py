@@ -39,16 +39,81 @@ def absl_main(body):
   def main(argv):
     from absl import logging
     if len(argv) > 1:
-      print(f"error: unexpected arguments {' '.join(argv[1:])}; pass flags only", file=sys.stderr)
-      sys.exit(1)
+      fail(f"unexpected arguments {' '.join(argv[1:])}; pass flags only")
     if not flags.FLAGS["verbosity"].present:  # orbax is chatty at INFO
       logging.set_verbosity(logging.WARNING)
     try:
       body()
     except (ValueError, FileNotFoundError) as error:
-      print(f"error: {error}", file=sys.stderr)
-      exit_now(1)
+      fail(error)
   return main
+
+
+def _load_config(argv):
+  """The config the --config argument names, loaded as ml_collections does (None if it fails)."""
+  import importlib.util
+  spec = next((a[len("--config="):] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path, _, arg = spec.partition(".py")
+  try:
+    module_spec = importlib.util.spec_from_file_location("_config_file", path + ".py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg[1:]) if arg.startswith(":") else module.get_config()
+  except Exception:  # the flag's own parse reports a config that fails to load
+    return None
+
+
+def _unknown_field(argv, error):
+  """One line for an override naming a field the config does not have."""
+  import ml_collections
+  config = _load_config(argv)
+  for arg in argv[1:]:
+    if arg.startswith("--config.") and config is not None:
+      parts, node = arg[len("--config."):].partition("=")[0].split("."), config
+      for i, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+          valid = (", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict)
+                   else "no fields (not a group)")
+          where = ".".join(parts[:i]) or "the config"
+          return f"unknown config field {'.'.join(parts[:i + 1])!r} in {arg}; {where} has: {valid}"
+        node = node[part]
+  return f"unknown config field in the overrides ({error})"
+
+
+def fail(message):
+  """Print `error: message` (one line) on stderr and exit with status 1 (bad input)."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  exit_now(1)
+
+
+def parse_flags(argv):
+  """absl's parsing with one `error:` line (exit 1) instead of a traceback or absl's two-line
+  'FATAL Flags parsing error' block; a --config file that fails to load is named here too."""
+  try:
+    rest = flags.FLAGS(argv)
+  except (AttributeError, flags.UnrecognizedFlagError) as error:  # --config.<no such field>
+    if isinstance(error, AttributeError) or "'config." in str(error):
+      fail(_unknown_field(argv, error))
+    fail(f"unknown flag --{error.flagname}; --help lists the flags")
+  except flags.Error as error:  # a config file's own error ends absl's message (a traceback)
+    lines = [l.strip() for l in str(error).splitlines() if l.strip()]
+    line = lines[-1] if "Traceback" in str(error) else lines[0]
+    fail(line.split(": ", 1)[1] if line.startswith(("ValueError: ", "FileNotFoundError: "))
+         else line)
+  except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as error:
+    fail(f"{error}".splitlines()[0] if str(error) else type(error).__name__)
+  if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+    try:  # a config file that failed to load says so only when its value is used
+      getattr(flags.FLAGS["config"].value, "keys")
+    except OSError as error:
+      reason = [l.strip() for l in str(error.__cause__ or error).splitlines() if l.strip()]
+      given = next((a for a in argv if a.startswith(("--config=", "-config="))), "--config")
+      fail(f"{given.replace(f'{FROM_JSON}:path=', '')}: {reason[-1]}")
+  if len(rest) > 1:
+    fail(f"unexpected arguments {' '.join(rest[1:])}; pass flags only")
+  return rest
 
 
 def exit_now(status):

@@ -15,27 +15,20 @@ then lists the runs still missing, the tables, the method and the figures. The t
 summary starts with the same three answers, then runs done, warnings, per task each regime's
 score and verdict vs scratch, and where the files are.
 """
-import sys
-
 import _root  # noqa: F401  (repository root on sys.path)
-from absl import app, flags, logging
+import cli
+from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "Directory of the study (holds study.json).")
 flags.mark_flags_as_required(["workdir"])
 
 
-def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
+@cli.absl_main
+def main():
   from mtl.report import document
-  try:
-    _, summary = document.write_with_summary(flags.FLAGS.workdir)
-  except (ValueError, FileNotFoundError) as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
+  _, summary = document.write_with_summary(flags.FLAGS.workdir)
   print(summary)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

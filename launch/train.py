@@ -21,7 +21,6 @@ import sys
 import _root  # noqa: F401  (repository root on sys.path for `experiments`)
 import cli
 from absl import app, flags, logging
-import ml_collections
 from ml_collections import config_flags
 
 from mtl import distributed
@@ -42,58 +41,7 @@ distributed.define_flags()
 PREEMPTED_EXIT, INTERRUPTED_EXIT = 75, 130
 
 
-def _fail(message):
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  cli.exit_now(1)
-
-
-def _load_config(argv):
-  """The config the --config argument names, loaded as ml_collections does (None if it fails)."""
-  import importlib.util
-  spec = next((a[len("--config="):] for a in argv if a.startswith("--config=")), None)
-  if spec is None:
-    return None
-  path, _, arg = spec.partition(".py")
-  try:
-    module_spec = importlib.util.spec_from_file_location("_config_file", path + ".py")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg[1:]) if arg.startswith(":") else module.get_config()
-  except Exception:  # the flag's own parse reports a config that fails to load
-    return None
-
-
-def _unknown_field(argv, error):
-  """One line for an override naming a field the config does not have."""
-  config = _load_config(argv)
-  for arg in argv[1:]:
-    if arg.startswith("--config.") and config is not None:
-      parts, node = arg[len("--config."):].partition("=")[0].split("."), config
-      for i, part in enumerate(parts):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-          valid = (", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict)
-                   else "no fields (not a group)")
-          where = ".".join(parts[:i]) or "the config"
-          return f"unknown config field {'.'.join(parts[:i + 1])!r} in {arg}; {where} has: {valid}"
-        node = node[part]
-  return f"unknown config field in the overrides ({error})"
-
-
-def parse_flags(argv):
-  """absl's parsing with one `error:` line (exit 1) instead of a traceback or usage block."""
-  try:
-    return flags.FLAGS(argv)
-  except (AttributeError, flags.UnrecognizedFlagError) as error:  # --config.<no such field>
-    if isinstance(error, AttributeError) or "'config." in str(error):
-      _fail(_unknown_field(argv, error))
-    _fail(str(error).splitlines()[0])
-  except flags.Error as error:  # a config file's own error ends absl's message (a traceback)
-    lines = [l for l in str(error).splitlines() if l.strip()]
-    line = lines[-1] if "Traceback" in str(error) else lines[0]
-    _fail(line.split(": ", 1)[1] if line.startswith(("ValueError: ", "FileNotFoundError: "))
-          else line)
-  except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as error:
-    _fail(f"{error}".splitlines()[0] if str(error) else type(error).__name__)
+_fail = cli.fail
 
 
 def describe_fields(config):
@@ -154,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, argv=cli.json_config(sys.argv), flags_parser=parse_flags)
+  app.run(main, argv=cli.json_config(sys.argv), flags_parser=cli.parse_flags)

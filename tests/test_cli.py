@@ -99,11 +99,19 @@ def test_a_run_s_saved_run_config_json_is_taken_as_its_config_file(tmp_path):
   assert cli.json_config(["train.py", through]) == ["train.py", through]
 
 
-def test_a_bad_config_file_argument_is_one_line(tmp_path):
-  out = _launch("--config=experiments/tiny.py:foo=1", f"--workdir={tmp_path / 'w'}")
+@pytest.mark.parametrize("config, message", [
+    ("experiments/tiny.py:foo=1", "experiments/tiny.py has no argument 'foo'; valid: tasks"),
+    ("experiments/nope.py", "--config=experiments/nope.py: [Errno 2] No such file or directory: "
+                            "'experiments/nope.py'"),
+    ("experiments", "--config=experiments: [Errno 21] Is a directory: 'experiments'"),
+    ("/no/such/run_config.json", "--config=/no/such/run_config.json: [Errno 2] No such file or "
+                                 "directory: '/no/such/run_config.json'"),
+])
+def test_a_bad_config_file_argument_is_one_line(tmp_path, config, message):
+  out = _launch(f"--config={config}", f"--workdir={tmp_path / 'w'}")
   assert out.returncode == 1 and "Traceback" not in out.stderr
-  assert out.stderr.strip().splitlines() == [
-      "error: experiments/tiny.py has no argument 'foo'; valid: tasks"]
+  assert out.stderr.strip().splitlines() == [f"error: {message}"]
+  assert not (tmp_path / "w").exists()
 
 
 LAUNCHERS = sorted(n for n in os.listdir(os.path.join(ROOT, "launch"))
@@ -121,6 +129,30 @@ def test_every_launcher_s_help_exits_zero(flag):
   bad = subprocess.run([sys.executable, "launch/score.py", "--no_such_flag"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 1 and "no_such_flag" in bad.stderr
+
+
+ABSL_LAUNCHERS = ["analyze.py", "benchmark.py", "import_ipt.py", "ipt_published.py", "report.py",
+                  "restore.py", "score.py", "study.py", "train.py"]
+
+
+def test_every_absl_launcher_s_bad_flag_is_one_line():
+  """absl's own parse error is two lines ('FATAL Flags parsing error', 'Pass --helpshort ...');
+  cli.parse_flags makes it one, as the cluster launchers' (cli.run)."""
+  for name, args, line in [
+      ("analyze.py", ["--window=-3"], "error: flag --window=-3: -3 is not a non-negative integer"),
+      ("benchmark.py", ["--precision=float16"],
+       "error: flag --precision=float16: value should be one of <float32|bfloat16>"),
+      ("study.py", ["--config=experiments/studies/mini.py", "--config.seedz=1"],
+       "error: unknown config field 'seedz' in --config.seedz=1; the config has: budget,")]:
+    proc = subprocess.run([sys.executable, os.path.join("launch", name), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, (name, proc.stderr[-1500:])
+    assert proc.stderr.startswith(line), (name, proc.stderr)
+  for name in ABSL_LAUNCHERS:
+    proc = subprocess.run([sys.executable, os.path.join("launch", name), "--no_such_flag"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stderr == (
+        "error: unknown flag --no_such_flag; --help lists the flags\n"), (name, proc.stderr)
 
 
 def test_help_config_lists_every_field_with_its_value_and_meaning():
