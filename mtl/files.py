@@ -48,9 +48,19 @@ def write_json(path, obj):
   write_atomic(path, lambda f: f.write(data))
 
 
-def read_json(path):
-  with open(path) as f:
-    return json.load(f)
+def read_json(path, kind=dict):
+  """The JSON value in the file `path`; a file that is not JSON, or whose value is not a `kind`
+  (None: any), is a ValueError naming it."""
+  with open(path, "rb") as f:
+    try:
+      value = json.loads(f.read())
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+      raise ValueError(f"{path} is not a readable JSON file ({error}); it may be damaged: restore "
+                       "it or move it away") from None
+  if kind is not None and not isinstance(value, kind):
+    raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the {kind.__name__} this "
+                     "file has; it may be damaged: restore it or move it away")
+  return value
 
 
 def tuples(value):

@@ -310,9 +310,8 @@ def _all_finite(tree):
 def _record_compute(workdir, run, config, final_step, seconds):
   """<workdir>/compute.json: steps, images seen, training FLOPs (the model's, counted from its
   shapes by mtl/flops.py: what the steps train, whatever the backend compiles), wall time."""
-  import json
   path = os.path.join(workdir, run_folder.COMPUTE_FILE)
-  previous = json.load(open(path)) if os.path.exists(path) else {"wall_seconds": 0.0}
+  previous = files.read_json(path) if os.path.exists(path) else {"wall_seconds": 0.0}
   per_step_images = config.data.batch_size * (len(config.tasks) if config.schedule == "all" else 1)
   scales = [s.scale for s in run.model.specs]
   per_step = flops.train_step(run.model.cfg, scales, config.data.batch_size)

@@ -41,6 +41,18 @@ def test_missing_config_and_bad_sources_are_one_line(tmp_path):
   assert run_folder.read_results(str(tmp_path)) is None
 
 
+@pytest.mark.parametrize("content, shown", [(b'{"tasks": ["sr', "is not a readable JSON file"),
+                                            (b"", "is not a readable JSON file"),
+                                            (b"\xff\xfe", "is not a readable JSON file"),
+                                            (b"[1, 2]", "holds a JSON list, not the dict")])
+def test_a_damaged_json_file_is_named(tmp_path, content, shown):
+  (tmp_path / run_folder.CONFIG_FILE).write_bytes(content)
+  with pytest.raises(ValueError) as error:
+    run_folder.read_config(str(tmp_path))
+  assert str(error.value).startswith(f"{tmp_path}/config.json {shown}")
+  assert "\n" not in str(error.value) and "restore it or move it away" in str(error.value)
+
+
 def test_state_from_params_is_a_fresh_optimizer_state():
   config = tiny.get_config()
   config.mesh.data = 1

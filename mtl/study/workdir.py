@@ -66,6 +66,9 @@ class Study:
       raise FileNotFoundError(f"no {STUDY_FILE} in {workdir}; run launch/study.py "
                               f"--workdir={workdir} first")
     saved = files.read_json(path)
+    if not isinstance(saved.get("study"), dict):
+      raise ValueError(f"{path} holds no study (its 'study' entry is missing); it may be damaged: "
+                       "restore it, or rerun launch/study.py with the study's config")
     return cls(ml_collections.ConfigDict(files.tuples(upgrade(saved["study"]))), workdir)
 
   @property
