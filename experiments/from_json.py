@@ -13,4 +13,6 @@ def get_config(arg=None):
   path = run_defaults.parse_arg(arg, "experiments/from_json.py", "path", path="")["path"]
   if not path:
     raise ValueError("experiments/from_json.py needs path=<run_config.json>")
-  return run_folder.config_from_json(path)
+  config = run_folder.config_from_json(path)
+  run_defaults.check_fields(config.to_dict(), path)
+  return config

@@ -31,6 +31,36 @@ def parse_arg(arg, file, main, **defaults):
   return out
 
 
+# Groups whose fields are the chosen method's keyword arguments: any name is theirs.
+FREE_GROUPS = ("mtl.aggregator_args", "mtl.loss_weighting_args")
+
+
+def check_fields(saved, source, node=None, prefix=""):
+  """Refuse (ValueError, one line) a field of a group of the config dict `saved` (read from
+  `source`) that the defaults lack, a group given as a value (or a value as a group), and a
+  non-number where the default is a number: what ml_collections' typed overrides check, for a
+  config read from a file. Top-level fields of their own are kept: config files add reference
+  data there (experiments/allinone3.py's published scores)."""
+  node = get_config().to_dict() if node is None else node
+  for key, value in saved.items():
+    name = prefix + key
+    if key not in node and not prefix:
+      continue
+    if key not in node:
+      where = prefix.rstrip(".") or "the config"
+      raise ValueError(f"{source}: unknown config field {name!r}; {where} has: "
+                       f"{', '.join(sorted(node))}")
+    default = node[key]
+    if isinstance(default, dict) != isinstance(value, dict):
+      kind = "a group of fields" if isinstance(default, dict) else "a value, not a group"
+      raise ValueError(f"{source}: {name}={value!r} must be {kind}, as in the defaults")
+    if isinstance(default, dict) and name not in FREE_GROUPS:
+      check_fields(value, source, default, name + ".")
+    elif (isinstance(default, (int, float)) and not isinstance(default, bool)
+          and (isinstance(value, bool) or not isinstance(value, (int, float)))):
+      raise ValueError(f"{source}: {name}={value!r} must be a number, as the default {default!r}")
+
+
 def split_list(value):
   """'a+b', 'a,b' -> ('a', 'b'); empty items dropped."""
   return tuple(v.strip() for v in value.replace("+", ",").split(",") if v.strip())

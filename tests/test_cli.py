@@ -87,6 +87,22 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message
   assert not workdir.exists()
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"total_steps": "abc"}, "total_steps='abc' must be a number, as the default 1000"),
+    ({"optim": {"b3": 0.9}}, "unknown config field 'optim.b3'; optim has: b1, b2, ema_decay,"),
+    ({"optim": 3}, "optim=3 must be a group of fields, as in the defaults"),
+])
+def test_a_json_config_s_fields_are_checked_as_overrides_are(tmp_path, change, message):
+  config = tiny.get_config("sr_x2").to_dict()
+  for key, value in change.items():
+    config[key] = dict(config[key], **value) if isinstance(value, dict) else value
+  path = tmp_path / "run_config.json"
+  path.write_text(json.dumps(config))
+  out = _launch(f"--config={path}", f"--workdir={tmp_path / 'w'}")
+  assert out.returncode == 1 and out.stderr.startswith(f"error: {path}: {message}"), out.stderr
+  assert out.stderr.count("\n") == 1 and not (tmp_path / "w").exists()
+
+
 def test_a_run_s_saved_run_config_json_is_taken_as_its_config_file(tmp_path):
   path = tmp_path / "run_config.json"  # what a study writes for each run
   path.write_text(json.dumps(tiny.get_config("sr_x2").to_dict()))
