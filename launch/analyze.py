@@ -106,6 +106,8 @@ FEW_BATCHES = 32  # checkpoint mode: fewer fresh batches than this get a hint to
 
 
 def _check_out(out):
+  if out and os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"--out={out} is a file; give a folder for the measured store and figures")
   if out and os.path.isdir(os.path.join(out, "conflicts", "store")):
     raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
 
@@ -171,6 +173,12 @@ def main():
   if f.checkpoint:
     if f.config is None:
       raise ValueError("--checkpoint needs --config=<the run's config file>")
+    if f.workdir:
+      raise ValueError("pass --checkpoint (measure a saved model) or --workdir (redraw a run's "
+                       "store), not both")
+    if f.halfwidth > 0 and f.max_batches < f.num_batches:
+      raise ValueError(f"--max_batches={f.max_batches} is below --num_batches={f.num_batches}; "
+                       "it bounds all the batches measured")
     print(measure(f.checkpoint, f.config, f.num_batches, f.out, f.batch_size, f.halfwidth,
                   f.max_batches, f.step), flush=True)
   elif f.workdir:

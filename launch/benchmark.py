@@ -61,7 +61,7 @@ PROBE_VARIANTS = ("plain", "probe", "jacrev")
 
 flags.DEFINE_list("sections", ["train", "pipeline", "probe", "devices"], "What to measure.")
 flags.DEFINE_list("sizes", ["tiny", "small"], "Model sizes (mtl.models.ipt.SIZES).")
-flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported).")
+flags.DEFINE_integer("repeats", 5, "Timed runs per figure (median reported).", lower_bound=1)
 flags.DEFINE_list("batch_size", ["8"], "Images per task per step; several (8,32,128): the train "
                   "and probe sections sweep them, the others take the first.")
 flags.DEFINE_list("probe_variants", list(PROBE_VARIANTS),
@@ -846,12 +846,16 @@ def section_aggregators(size):
 @cli.absl_main
 def main():
   import jax
+  from mtl.models import ipt
   bad = set(FLAGS.against) - {"torch"}
   if bad:
     raise ValueError(f"--against={','.join(FLAGS.against)}; valid: torch")
   bad = set(FLAGS.sections) - set(SECTIONS)
   if bad:
     raise ValueError(f"--sections={','.join(FLAGS.sections)}; valid: {','.join(SECTIONS)}")
+  bad = set(FLAGS.sizes) - set(ipt.SIZES)
+  if bad or not FLAGS.sizes:
+    raise ValueError(f"--sizes={','.join(FLAGS.sizes)}; valid: {','.join(ipt.SIZES)}")
   bad = set(FLAGS.tasks) - set(SIX_TASKS)
   if bad:
     raise ValueError(f"--tasks={','.join(FLAGS.tasks)}; valid: {','.join(SIX_TASKS)}")

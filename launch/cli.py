@@ -33,8 +33,8 @@ def owned_flag(arg):
 
 def absl_main(body):
   """An absl `main(argv)` around `body()`: no positional arguments, orbax/jax quiet below
-  WARNING unless --verbosity is given, and bad input (ValueError, FileNotFoundError) printed as
-  one `error: ...` line with exit status 1."""
+  WARNING unless --verbosity is given, and bad input (ValueError, OSError such as a file where a
+  folder belongs) printed as one `error: ...` line with exit status 1."""
   @functools.wraps(body)
   def main(argv):
     from absl import logging
@@ -44,7 +44,7 @@ def absl_main(body):
       logging.set_verbosity(logging.WARNING)
     try:
       body()
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: a path of the wrong kind, names itself
       fail(error)
   return main
 

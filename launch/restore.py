@@ -5,10 +5,12 @@
 
 --input is one image or a folder (its images, not its subfolders). Uses the workdir's latest
 checkpoint (or --step). Progress (images, rate, ETA) on stderr; unreadable files are skipped with a
-warning and the rest are restored. Nothing is written (one line on stderr, exit status 1) when
+warning, the rest are restored, and the run ends with one line naming them (exit status 1). Nothing is written (one line on stderr, exit status 1) when
 --output is --input or inside it, when two inputs share a stem (x.png, x.jpg -> x.png), or when
 --output already holds a result's name (unless --overwrite). Bad input: one line, exit status 1.
 """
+import os
+
 import _root  # noqa: F401  (repository root on sys.path for `mtl`)
 import cli
 from absl import app, flags
@@ -35,8 +37,12 @@ def main():
   written, skipped = restoration.restore_folder(f.workdir, f.task, f.input, f.output, f.step,
                                                 overwrite=f.overwrite,
                                                 self_ensemble=f.self_ensemble, ema=f.ema)
-  print(f"wrote {len(written)} image(s) to {f.output}"
-        + (f"; skipped {len(skipped)} unreadable" if skipped else ""), flush=True)
+  if skipped:  # the readable ones are written; the exit status says not all were
+    names = ", ".join(os.path.basename(p) for p in skipped[:3]) + (" ..." if len(skipped) > 3
+                                                                  else "")
+    raise ValueError(f"wrote {len(written)} image(s) to {f.output}; {len(skipped)} of the "
+                     f"inputs unreadable, skipped: {names}")
+  print(f"wrote {len(written)} image(s) to {f.output}", flush=True)
 
 
 if __name__ == "__main__":

@@ -238,7 +238,7 @@ def main(argv):
                               max_parallel=FLAGS.max_parallel,
                               devices=devices(FLAGS.devices, FLAGS.max_parallel),
                               analyze=analyze_command).run(FLAGS.only))
-  except (ValueError, FileNotFoundError, cli.UsageError) as error:
+  except (ValueError, OSError, cli.UsageError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
   except BrokenPipeError:  # e.g. --dry_run | head: the reader has all it wanted

@@ -117,6 +117,14 @@ def test_restore_replaces_existing_outputs_only_when_asked(workdir, tmp_path):
                                       str(tmp_path / "out"), err=err, overwrite=True)
   assert len(written) == 2 and "replacing 1 existing file(s)" in err.getvalue()
   assert np.asarray(Image.open(tmp_path / "out" / "b.png")).shape == (12, 12, 3)
+  # An unreadable input: the rest are restored, and the exit status says not all were.
+  (tmp_path / "in" / "c.png").write_bytes(b"not a png")
+  proc = _run("restore.py", f"--workdir={workdir}", "--task=derain", f"--input={tmp_path}/in",
+              f"--output={tmp_path}/out2")
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: wrote 2 image(s) to {tmp_path}/out2; 1 of the inputs unreadable, skipped: c.png")
+  assert sorted(os.listdir(tmp_path / "out2")) == ["a.png", "b.png"]
 
 
 def test_score_pairs_each_reference_once_and_names_the_unscored(tmp_path):
