@@ -107,6 +107,9 @@ def test_a_seeds_end_is_the_mean_of_its_last_checkpoints(tmp_path):
   s = _two_checkpoint_study(str(tmp_path / "study"))
   assert [d for _, d in s.final_conflicts_dirs("joint-lr1e-3-s0")] == [
       run_folder.analysis_dir(s.run_dir("joint-lr1e-3-s0"), step) for step in (2, 4)]
+  # A stop's extra checkpoint (SIGTERM at step 3) is off the schedule: the same steps measured.
+  os.makedirs(conflicts.store_dir(run_folder.analysis_dir(s.run_dir("joint-lr1e-3-s0"), 3)))
+  assert [step for step, _ in s.final_conflicts_dirs("joint-lr1e-3-s0")] == [2, 4]
   records = scores.final_conflict_records(s)
   found = findings.build(s, tables.transfer_table(s), [], records)
   answers = {a.subject: a for a in found.answers[1]}

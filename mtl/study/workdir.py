@@ -316,11 +316,19 @@ class Study:
   def final_conflicts_dirs(self, name):
     """[(step, folder)] where run `name`'s conflicts at its last saved steps are measured
     (study.final_conflicts: its newest `checkpoints` saved steps, oldest first; where its
-    checkpoints are gone, its newest measured ones)."""
-    run_dir = self.run_dir(name)
+    checkpoints are gone, its newest measured ones). Steps of the run's checkpoint schedule
+    come first: a stop's extra checkpoint (SIGTERM saves where it stops) would make an
+    interrupted study measure other steps than an uninterrupted one."""
+    run_dir, wanted = self.run_dir(name), self.config["final_conflicts"]["checkpoints"]
     steps = checkpoints.saved_steps(run_dir) or _analysed_steps(run_dir)
-    return [(step, run_folder.analysis_dir(run_dir, step))
-            for step in steps[-self.config["final_conflicts"]["checkpoints"]:]]
+    try:
+      run = files.read_json(self.path(name, RUN_CONFIG))
+      scheduled = set(run_folder.checkpoint_steps(run["total_steps"], run["checkpoint_every"]))
+    except (OSError, ValueError, KeyError):
+      scheduled = set()
+    on_schedule = [s for s in steps if s in scheduled]
+    steps = on_schedule if len(on_schedule) >= wanted else steps
+    return [(step, run_folder.analysis_dir(run_dir, step)) for step in steps[-wanted:]]
 
 
 def _analysed_steps(run_dir):
