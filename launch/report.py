@@ -13,7 +13,8 @@ that measures it where the study lacks the runs):
   3. Do related tasks help more than unrelated ones? (paired Δ of the two fine-tunes)
 then lists the runs still missing, the tables, the method and the figures. The terminal
 summary starts with the same three answers, then runs done, warnings, per task each regime's
-score and verdict vs scratch, and where the files are.
+score and verdict vs scratch, and where the files are. These files are derived from the runs
+and rewritten by every report (keep notes of your own beside them); the runs are only read.
 """
 import _root  # noqa: F401  (repository root on sys.path)
 import cli

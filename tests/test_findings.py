@@ -4,6 +4,7 @@ interval is the tables' own, its verdict follows the interval, and a question th
 answer says so. The real micro study's findings are checked in test_report.py."""
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 from matplotlib import image
 
 from mtl import conflicts, run_defaults, run_folder, stats
-from mtl.report import cells, figures, findings, scores, tables
+from mtl.report import cells, document, figures, findings, scores, tables
 from mtl import study as study_lib
 from test_conflicts import known_halves
 from test_report import DIFF, SCRATCH, _psnr, synthetic_study
@@ -110,6 +111,7 @@ def test_a_seeds_end_is_the_mean_of_its_last_checkpoints(tmp_path):
   # A stop's extra checkpoint (SIGTERM at step 3) is off the schedule: the same steps measured.
   os.makedirs(conflicts.store_dir(run_folder.analysis_dir(s.run_dir("joint-lr1e-3-s0"), 3)))
   assert [step for step, _ in s.final_conflicts_dirs("joint-lr1e-3-s0")] == [2, 4]
+  assert s.final_conflicts_pending() == []
   records = scores.final_conflict_records(s)
   found = findings.build(s, tables.transfer_table(s), [], records)
   answers = {a.subject: a for a in found.answers[1]}
@@ -150,6 +152,19 @@ def _two_checkpoint_study(path, noise_only=()):
                        10**7 + np.arange(20), grams, ["pos_embed"], list(s.tasks),
                        {"size": 128, "fresh": True})
   return s
+
+
+def test_a_measurement_not_made_yet_heads_the_report(tmp_path):
+  s = _two_checkpoint_study(str(tmp_path / "study"))
+  name = s.pretraining_choices()[1][2].run.name
+  for step in (2, 4):  # the run's saved steps, by their folders' names (checkpoints.saved_steps)
+    os.makedirs(os.path.join(s.run_dir(name), "checkpoints", str(step)))
+  shutil.rmtree(run_folder.analysis_dir(s.run_dir(name), 4))
+  assert s.final_conflicts_pending() == [(name, 4, run_folder.analysis_dir(s.run_dir(name), 4))]
+  path, summary = document.write_with_summary(s.workdir)
+  line = (f"The end-of-training conflicts (final_conflicts) of 1 checkpoint(s) are not measured "
+          f"yet ({name} step 4): question 1 reads the rest")
+  assert line in summary and line in open(path).read()
 
 
 def test_a_checkpoint_or_seed_without_an_estimate_is_left_out_and_counted(tmp_path):

@@ -149,7 +149,14 @@ def write_with_summary(workdir):
   loss_paths = loss_figures(study, figures_dir)
   found = findings.build(study, built[1], records, final_conflict_records(study))
   drawn = figures.write(found, figures_dir, tables.metric_names(study)[2])
-  warnings = built[0].warnings
+  warnings = list(built[0].warnings)
+  pending = study.final_conflicts_pending()
+  if pending:
+    warnings.append(
+        f"The end-of-training conflicts (final_conflicts) of {len(pending)} checkpoint(s) are not "
+        "measured yet (" + ", ".join(f"{name} step {step}" for name, step, _ in pending[:4])
+        + (" ..." if len(pending) > 4 else "") + "): question 1 reads the rest, or the "
+        "training phases where a run has none; the same launch/study.py command measures them.")
   done = sum(study.is_done(r.name) for r in study.runs)
   status = (f"From the {done}/{len(study.runs)} runs done"
             + ("; the warnings below qualify these answers." if warnings else "."))
@@ -165,17 +172,18 @@ def write_with_summary(workdir):
   path = os.path.join(study.workdir, REPORT_FILE)
   with open(path, "w") as f:
     f.write("\n".join(parts))
-  return path, terminal_summary(study, built, path, found)
+  return path, terminal_summary(study, built, path, found, warnings)
 
 
-def terminal_summary(study, built, path, found=None):
+def terminal_summary(study, built, path, found=None, warnings=None):
   """A few lines: the three answers (`found`: findings.Findings), runs done, the warnings
   (once), per task the primary test set's PSNR of each regime with its verdict vs scratch, per
   task pair the conflict verdict (without `found`: its first answer has it), and the files."""
   main, conflict = built[0], built[2]
   done = sum(study.is_done(r.name) for r in study.runs)
   lines = findings.terminal_lines(found) if found is not None else []
-  lines += [f"study {study.name}: {done}/{len(study.runs)} runs done"] + list(main.warnings)
+  lines += [f"study {study.name}: {done}/{len(study.runs)} runs done"] + list(
+      main.warnings if warnings is None else warnings)
   label = tables.metric_names(study)[2]
   first = {}
   for r in main.records:

@@ -295,9 +295,7 @@ class Runner:
     study, final = self.study, self.study.config["final_conflicts"]
     if not final["batch_size"] or self.analyze is None:
       return True
-    todo = [(c.run.name, step, out) for _, _, c in study.pretraining_choices() if c.complete
-            for step, out in study.final_conflicts_dirs(c.run.name)
-            if not os.path.isdir(conflicts.store_dir(out))]
+    todo = study.final_conflicts_pending()
     for k, (name, step, out) in enumerate(todo, 1):
       os.makedirs(out, exist_ok=True)
       head = f"conflicts {k}/{len(todo)} {name} step {step}"

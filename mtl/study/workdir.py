@@ -313,6 +313,16 @@ class Study:
     chosen = [(column, seed, self.select(sweep)) for column, seed, sweep in sweeps]
     return [(column, seed, c) for column, seed, c in chosen if c is not None]
 
+  def final_conflicts_pending(self):
+    """[(run name, step, folder)] of the end-of-training measurements (study.final_conflicts)
+    that the chosen pre-training runs (every lr done) still lack: question 1 reads only what is
+    measured."""
+    if not self.config["final_conflicts"]["batch_size"]:
+      return []
+    return [(c.run.name, step, out) for _, _, c in self.pretraining_choices() if c.complete
+            for step, out in self.final_conflicts_dirs(c.run.name)
+            if not os.path.isdir(conflicts.store_dir(out))]
+
   def final_conflicts_dirs(self, name):
     """[(step, folder)] where run `name`'s conflicts at its last saved steps are measured
     (study.final_conflicts: its newest `checkpoints` saved steps, oldest first; where its
