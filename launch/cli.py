@@ -104,6 +104,10 @@ def parse_flags(argv):
          else line)
   except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as error:
     fail(f"{error}".splitlines()[0] if str(error) else type(error).__name__)
+  fields = [a.partition("=")[0] for a in argv[1:] if a.startswith("--config.")]
+  twice = sorted({f for f in fields if fields.count(f) > 1})
+  if twice:  # ml_collections applies both, and a tuple field adds the second to the first
+    fail(f"{twice[0]} is given {fields.count(twice[0])} times; give each config field once")
   if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
     try:  # a config file that failed to load says so only when its value is used
       getattr(flags.FLAGS["config"].value, "keys")

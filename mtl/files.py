@@ -97,7 +97,10 @@ def refuse_changes(path, saved, current, ignore=(), what="a different config", a
   added = sorted(set(new) - set(old))
   diff = [k for k in differences(saved, current, ignore) if k not in added]
   if diff:
-    shown = ", ".join(f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in diff[:4])
+    value = lambda d, k: repr(d[k]) if k in d else "absent"
+    shown = ", ".join(f"{k} ({value(old, k)} -> {value(new, k)})" for k in diff[:4])
+    if len(diff) > 4:
+      shown += f" and {len(diff) - 4} more ({', '.join(diff[4:8])}{' ...' if len(diff) > 8 else ''})"
     raise ValueError(f"{path} holds {what}: {shown}{'; ' + advice if advice else ''}")
   return added
 

@@ -75,6 +75,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     (["--config.optim.nope=1"], "error: unknown config field 'optim.nope' in --config.optim.nope=1; "
                                 "optim has: b1, b2,"),
     (["--config.eval.tile_overlap=48"], "error: eval.tile_overlap=48 must be in [0, model.patch_size=48)"),
+    # ml_collections would apply both (a tuple field: the second added to the first)
+    (["--config.seed=1", "--config.seed=2"], "error: --config.seed is given 2 times; give each"),
     # the other checks of run_config.validate: tests/test_faults.py, in process
 ])
 def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message):

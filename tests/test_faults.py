@@ -132,6 +132,15 @@ def test_a_run_that_never_saved_a_step_takes_a_new_config(tmp_path):
     run_folder.check_config(workdir, _config().to_dict())
 
 
+def test_a_changed_config_names_every_change():
+  saved = {"a": 1, "b": 2, "c": 3, "d": 4, "e": 5, "f": 6}
+  current = {"a": 0, "b": 0, "c": 0, "d": 0, "e": 0, "g": 0}
+  with pytest.raises(ValueError) as error:
+    files.refuse_changes("w", saved, current)
+  assert str(error.value) == ("w holds a different config: a (1 -> 0), b (2 -> 0), c (3 -> 0), "
+                              "d (4 -> 0) and 2 more (e, f)")  # g: added to mtl since, not refused
+
+
 def test_a_config_written_before_a_field_existed_resumes_and_says_so(tmp_path, capsys):
   workdir = str(tmp_path)
   older = _config().to_dict()
