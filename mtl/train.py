@@ -155,6 +155,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
       print(setup.banner(data=f"{images.description}, {len(images)} images"), flush=True)
       if source_note:
         print(source_note, flush=True)
+      if probe_every:  # before any step: a store this run cannot append to is refused now
+        conflicts.Store(workdir).check(run.model.task_names, layer_names)
       if probe_every or start == 0:
         conflicts.truncate_after(workdir, start - 1)  # steps >= start will be probed again
     metrics_log = MetricsLog(os.path.join(workdir, run_folder.METRICS_FILE), start, enabled=is_writer)

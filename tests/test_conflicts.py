@@ -255,6 +255,10 @@ def test_clear_errors(tmp_path):
     conflicts.parse_step_range("10-20")
   assert conflicts.parse_step_range("10:") == (10, None)
   assert conflicts.parse_step_range("") is None
+  store = conflicts.Store(wd)
+  store.check(TASKS, LAYERS)  # what a resuming run appends to: fine
+  with pytest.raises(ValueError, match="task_names .* differ from the ones stored"):
+    store.check(TASKS[::-1], LAYERS)
   chunk = os.path.join(conflicts.store_dir(wd), chunk_names(wd)[0])
   with open(chunk, "rb") as f:
     data = f.read()
@@ -263,6 +267,8 @@ def test_clear_errors(tmp_path):
   with pytest.raises(ValueError, match=f"corrupt conflict chunk {chunk}") as info:
     conflicts.load(wd)
   assert "\n" not in str(info.value)
+  with pytest.raises(ValueError, match=f"corrupt conflict chunk {chunk}"):
+    store.check(TASKS, LAYERS)  # before the run trains, not when it first appends
   meta = os.path.join(conflicts.store_dir(wd), "meta.json")
   with open(meta, "w") as f:
     f.write("{not json")

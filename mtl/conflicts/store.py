@@ -200,12 +200,7 @@ class Store:
       raise ValueError("task_names and layer_names must be unique")
     os.makedirs(self.path, exist_ok=True)
     if self.exists():
-      meta = self.meta()
-      for key, given in (("task_names", task_names), ("layer_names", layer_names)):
-        if meta[key] != given:
-          raise ValueError(f"{key} {_diff(meta[key], given)} differ from the ones stored in "
-                           f"{self.meta_path}; use a fresh workdir for a different model or "
-                           "task set")
+      meta = self._meta_of(task_names, layer_names)
       if meta["halves"] != halves or meta["version"] != VERSION:
         raise ValueError(f"{self.meta_path} holds {'half-split' if meta['halves'] else 'per-task'}"
                          f" Gramians (format version {meta['version']}), these are "
@@ -223,6 +218,25 @@ class Store:
                       "being re-measured", self.path, int(steps[0]))
       self.truncate_after(int(steps[0]) - 1)
     return self._write_chunk(steps.astype(np.int64), gramians.astype(np.float32))
+
+  def _meta_of(self, task_names, layer_names):
+    """The meta, refused (ValueError) unless it holds these task and layer names."""
+    meta = self.meta()
+    for key, given in (("task_names", task_names), ("layer_names", layer_names)):
+      if meta[key] != given:
+        raise ValueError(f"{key} {_diff(meta[key], given)} differ from the ones stored in "
+                         f"{self.meta_path}; use a fresh workdir for a different model or "
+                         "task set")
+    return meta
+
+  def check(self, task_names, layer_names):
+    """Before a run resumes: the store it will append to holds these names and every chunk
+    reads (ValueError, one line, naming what is wrong), so no training is spent first."""
+    if not self.exists():
+      return
+    meta = self._meta_of([str(n) for n in task_names], [str(n) for n in layer_names])
+    for _, _, path in self.chunks():
+      self.read_chunk(path, meta)
 
   def truncate_after(self, step):
     """Drop every stored probe step > `step` (on resume). No store: nothing to do."""
