@@ -23,6 +23,7 @@ def _gaussian_taps(radius=_SSIM_RADIUS, sigma=1.5):
 
 
 _SSIM_TAPS = _gaussian_taps()
+SSIM_WINDOW = len(_SSIM_TAPS)  # an image's smallest side SSIM scores, after its border crop
 
 
 def rgb_to_y(img):

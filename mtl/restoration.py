@@ -187,9 +187,12 @@ def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0
     if ours.shape != ref.shape:
       raise ValueError(f"{ours_path} is {ours.shape[1]}x{ours.shape[0]} but {ref_path} is "
                        f"{ref.shape[1]}x{ref.shape[0]}; for SR references pass --mod_crop=SCALE")
-    rows.append({"image": name,
-                 "psnr": metrics.psnr(ours, ref, crop_border, y_channel=y_channel),
-                 "ssim": metrics.ssim(ours, ref, crop_border, y_channel=y_channel)})
+    try:
+      rows.append({"image": name,
+                   "psnr": metrics.psnr(ours, ref, crop_border, y_channel=y_channel),
+                   "ssim": metrics.ssim(ours, ref, crop_border, y_channel=y_channel)})
+    except ValueError as error:  # too small for SSIM after the crop
+      raise ValueError(f"{ours_path}: {error}") from None
   mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
   return rows, mean
 

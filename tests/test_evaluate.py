@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import evaluate, tasks
+from mtl import evaluate, run_defaults, tasks
 from mtl.models import ipt
 
 # float32 outputs in [0, 255] of sums over ~10^3 terms whose order XLA may choose by shape (a
@@ -200,3 +200,17 @@ def test_evaluation_on_the_devices_equals_the_former_one_and_reports_ema_and_x8(
   assert x8["input_psnr_y"] == results["tasks"]["sr_x2"]["photos"]["input_psnr_y"]
   table = evaluate.format_table(results)
   assert "PSNR x8" in table and "PSNR EMA x8" in table and "decay 0.9" in table
+
+
+def test_an_evaluation_image_too_small_to_score_is_refused_before_training(tmp_path):
+  from PIL import Image
+  for name, side in (("small", 12), ("large", 40)):
+    Image.fromarray(np.zeros((side, side + 3, 3), np.uint8)).save(tmp_path / f"{name}.png")
+  config = run_defaults.get_config("tiny")
+  config.eval.sets = f"S={tmp_path}"
+  config.tasks = ("denoise_30",)  # SSIM's 11x11 window fits 12 pixels
+  assert [item[0] for item in evaluate.load_testsets(config)[0].items] == ["large", "small"]
+  config.tasks = ("denoise_30", "sr_x4")  # 11 + 2 x 4 (border) + 3 (mod-crop) = 22
+  with pytest.raises(ValueError, match=r"eval.sets S: small is 12x15 pixels; scoring needs at "
+                                       r"least 22x22"):
+    evaluate.load_testsets(config)
