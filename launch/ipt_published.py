@@ -43,6 +43,9 @@ def main():
     rows += published.evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images,
                                        f.overwrite)
   print(published.format_table(rows), flush=True)
+  if all(result is None for _, _, result, _ in rows):
+    raise ValueError(f"--benchmark={f.benchmark} holds none of the sets these tasks are scored "
+                     "on (<Set>/HR or <Set>: Set5, Set14, B100, Urban100, CBSD68, Rain100L)")
 
 
 if __name__ == "__main__":
