@@ -134,7 +134,7 @@ def _interval(d):
   return stats.Interval(d["estimate"], d["low"], d["high"], d["level"], d["n"])
 
 
-def _two_checkpoint_study(path, noise_only=()):
+def _two_checkpoint_study(path, noise_only=(), batches=20):
   """A synthetic study whose joint runs' last two checkpoints (steps 2, 4) were measured on 20
   fresh batches each; at the (seed, step)s in `noise_only`, denoise_30's two half-batch
   gradients point apart on average (its same-task product < 0: not measurable there)."""
@@ -145,13 +145,23 @@ def _two_checkpoint_study(path, noise_only=()):
   s = synthetic_study(path, run=run, final_conflicts=final)
   for _, seed, chosen in s.pretraining_choices():
     for step, cos in ((2, (-0.5, 0.2, 0.1)), (4, (-0.1, -0.2, 0.1))):
-      grams = known_halves(20, cos, noise=1.0, seed=100 * step + seed)
+      grams = known_halves(batches, cos, noise=1.0, seed=100 * step + seed)
       if (seed, step) in noise_only:
         grams[:, :, 0, 1] = grams[:, :, 1, 0] = -np.abs(grams[:, :, 0, 1])  # denoise_30 a.b < 0
       conflicts.append(run_folder.analysis_dir(s.run_dir(chosen.run.name), step),
-                       10**7 + np.arange(20), grams, ["pos_embed"], list(s.tasks),
+                       10**7 + np.arange(batches), grams, ["pos_embed"], list(s.tasks),
                        {"size": 128, "fresh": True})
   return s
+
+
+def test_an_answer_without_an_interval_says_why(tmp_path):
+  # 2 fresh batches per checkpoint: no seed's figure has an interval, whatever the seeds.
+  s = _two_checkpoint_study(str(tmp_path / "study"), batches=2)
+  found = findings.build(s, tables.transfer_table(s), [], scores.final_conflict_records(s))
+  pair = {a.subject: a for a in found.answers[1]}["denoise_30~sr_x2"]
+  assert not math.isfinite(pair.interval.low)
+  assert ("(no interval: a seed's own figure has none (too few probes or fresh batches to "
+          "estimate its noise))") in pair.sentence and "seeds: no interval" not in pair.sentence
 
 
 def test_a_measurement_not_made_yet_heads_the_report(tmp_path):

@@ -129,6 +129,9 @@ def conflict_answers(study, records, final=()):
       where, earlier = _phase_where(head, len(phases)), phases[:-1]
     verdict = conflict_verdict(iv)
     why = _why_no_interval(iv, "seed")
+    if why and any(not math.isfinite(r.low) for r in phases[-1]["per_run"]):
+      why = ("no interval: a seed's own figure has none (too few probes or fresh batches to "
+             "estimate its noise)")
     sentence = (f"{pair} ({_source_words(study, col)}, {_seed_words(seeds, phases[-1])}): "
                 f"corrected cosine {iv.text(3)} {where}" + (f" ({why})" if why else "")
                 + f" — {verdict}")
