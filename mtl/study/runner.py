@@ -405,9 +405,11 @@ class Runner:
         ran += 1
         left = sum(not study.is_done(r.name) for r in runs)
         eta = (time.time() - started) / ran * left
+        then = (" for the runs, then the end-of-training conflict measurements"
+                if study.config["final_conflicts"]["batch_size"] and self.analyze else "")
         self.say(f"{head}: done in {files.format_duration(seconds)} | study: {total - left}/{total} "
                  f"done, elapsed {files.format_duration(time.time() - started)}"
-                 + (f", ~{files.format_duration(eta)} to go" if left else ""))
+                 + (f", ~{files.format_duration(eta)} to go{then}" if left else ""))
       if not self.active and (self.signalled is not None or failed):
         break
       time.sleep(0.05)
