@@ -2,7 +2,8 @@
 
   python launch/report.py --workdir=/tmp/mtl/mini
 
-Writes WORKDIR/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex},
+Writes WORKDIR/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex} (and
+end_conflicts: question 1's end-of-training figures, where the study measured them),
 WORKDIR/figures/{loss-<task>,findings-delta,findings-conflict}.png and WORKDIR/report.md.
 report.md opens with the findings: the three questions mtl exists for, each answered from the
 study's own tables, a sentence per task pair or task with its 95% interval and verdict ('not

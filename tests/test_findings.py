@@ -2,6 +2,7 @@
 results and conflict stores are written by the real writers with known values: each answer's
 interval is the tables' own, its verdict follows the interval, and a question the study cannot
 answer says so. The real micro study's findings are checked in test_report.py."""
+import csv
 import math
 import os
 import shutil
@@ -175,6 +176,14 @@ def test_a_measurement_not_made_yet_heads_the_report(tmp_path):
   line = (f"The end-of-training conflicts (final_conflicts) of 1 checkpoint(s) are not measured "
           f"yet ({name} step 4): question 1 reads the rest")
   assert line in summary and line in open(path).read()
+  # Question 1's end figure is checkable in a table: the same number, and each seed's.
+  found = findings.build(s, tables.transfer_table(s), [], scores.final_conflict_records(s))
+  answer = {a.subject: a for a in found.answers[1]}["denoise_30~sr_x2"]
+  with open(os.path.join(s.workdir, "tables", "end_conflicts.csv")) as f:
+    row = next(r for r in csv.DictReader(f) if r["pair"] == "denoise_30~sr_x2")
+  assert float(row["corrected_cos"]) == pytest.approx(answer.interval.estimate, rel=1e-12)
+  assert float(row["corrected_cos_low"]) == pytest.approx(answer.interval.low, rel=1e-12)
+  assert row["steps"] == "2 to 2-4" and int(row["n_seeds"]) == len(answer.phases[-1]["per_run"])
 
 
 def test_a_checkpoint_or_seed_without_an_estimate_is_left_out_and_counted(tmp_path):

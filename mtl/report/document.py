@@ -143,11 +143,14 @@ def write_with_summary(workdir):
            tables.conflict_table(study, summaries), accounting.compute_table(study),
            accounting.selection_table(study)]
   built += remedies.tables(study)  # acting on conflicts: only when the study has those runs
+  final = final_conflict_records(study)
+  if final:  # question 1's end-of-training figures, checkable in a table of their own
+    built.append(tables.end_conflict_table(final))
   for table in built:
     render.write_table(table, tables_dir)
   figures_dir = os.path.join(study.workdir, FIGURES_DIR)
   loss_paths = loss_figures(study, figures_dir)
-  found = findings.build(study, built[1], records, final_conflict_records(study))
+  found = findings.build(study, built[1], records, final)
   drawn = figures.write(found, figures_dir, tables.metric_names(study)[2])
   warnings = list(built[0].warnings)
   pending = study.final_conflicts_pending()

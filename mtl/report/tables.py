@@ -31,8 +31,8 @@ from mtl import conflicts, stats
 from mtl import study as study_lib
 from mtl.conflicts import summary as conflict_summary
 from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format_p
-from mtl.report.scores import (conflict_summaries, paired, pairwise_transfer, regime_columns,
-                               regime_scores)
+from mtl.report.scores import (conflict_summaries, final_conflicts, paired, pairwise_transfer,
+                               regime_columns, regime_scores)
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
@@ -384,3 +384,30 @@ def conflict_table(study, summaries=None, transfer=None):
       rank = None
   return Table("conflicts", "Gradient conflict during multi-task training", header, rows, records,
                notes, spearman=rank)
+
+
+def end_conflict_table(final_records):
+  """Per (source, task pair): the conflict at the end of training that question 1 answers with
+  (scores.final_conflicts of `final_records`, scores.final_conflict_records): each seed's figure
+  (the mean of its last checkpoints' fresh-batch measurements) and their combination."""
+  header = ["source", "pair", "seeds", "steps", "batches per checkpoint",
+            "per seed: corrected cos [95% CI]", "corrected cos [95% CI]", "verdict"]
+  rows, records = [], []
+  for (col, pair), end in final_conflicts(final_records).items():
+    iv = end["interval"]
+    rows.append([col, pair, str(len(end["seeds"])), str(end["steps"]), str(end["batches"]),
+                 "; ".join(f"seed {s}: {r.text(3, missing='–')}"
+                           for s, r in zip(end["seeds"], end["per_run"])),
+                 iv.text(3, missing="–"), end["verdict"]])
+    records.append({"source": col, "pair": pair, "n_seeds": len(end["seeds"]),
+                    "steps": end["steps"], "batches": end["batches"], "size": end["size"],
+                    **{f"seed{s}_corrected_cos": r.estimate
+                       for s, r in zip(end["seeds"], end["per_run"])},
+                    "corrected_cos": iv.estimate, "corrected_cos_low": iv.low,
+                    "corrected_cos_high": iv.high, "verdict": end["verdict"]})
+  notes = ["The end-of-training measurement question 1 answers with (study.final_conflicts): "
+           "each seed's chosen pre-training run, its last checkpoints each on fresh batches of "
+           "their own (launch/analyze.py --checkpoint); a seed's figure is their mean "
+           "(mtl.stats.mean_of_estimates), combined over the seeds (mtl.stats.mean_of_runs)."]
+  return Table("end_conflicts", "Gradient conflict at the end of training", header, rows, records,
+               notes)
