@@ -49,7 +49,7 @@ def validate(config):
   sets, rain streaks, init_from): a run that would fail there must fail before it starts.
   """
   from mtl import degradations, evaluate
-  from mtl.data import sources  # TFDS: imported where a run is checked, not with this module
+  from mtl.data import folder as folder_lib, sources  # TFDS: imported where a run is checked
   names = list(config.tasks)
   if any(not isinstance(n, str) or not n.strip() for n in names):
     raise ValueError(f"tasks={names} holds an empty name; list task names such as sr_x2,derain")
@@ -108,9 +108,12 @@ def validate(config):
     if config.eval[name] < 1:
       raise ValueError(f"eval.{name}={config.eval[name]} must be >= 1")
   sources.check_config(config.data)
-  if config.data.source == "folder" and config.data.folder and not os.path.isdir(
-      config.data.folder):
-    raise FileNotFoundError(f"data.folder={config.data.folder} is not a folder")
+  if config.data.source == "folder" and config.data.folder:
+    if not os.path.isdir(config.data.folder):
+      raise FileNotFoundError(f"data.folder={config.data.folder} is not a folder")
+    if not folder_lib.has_images(config.data.folder):  # before TFDS prepares a dataset of it
+      raise ValueError(f"data.folder={config.data.folder} holds no images (looked recursively "
+                       f"for {', '.join(folder_lib.IMAGE_EXTENSIONS)})")
   seen = set()
   for set_name, _, path, _ in evaluate.parse_sets(config.eval.sets):
     # The name keys the results, the TensorBoard tags and restored/<step>/<task>/<set>/.

@@ -77,6 +77,12 @@ def test_missing_folders_and_bad_init_from(tmp_path):
   config = _set(_set(_config(), "data.source", "folder"), "data.folder", str(tmp_path / "none"))
   with pytest.raises(FileNotFoundError, match=r"data.folder=.*none is not a folder"):
     run_config.validate(config)
+  (tmp_path / "no_images" / "sub").mkdir(parents=True)
+  (tmp_path / "no_images" / "sub" / "notes.txt").write_text("x")
+  config.data.folder = str(tmp_path / "no_images")
+  with pytest.raises(ValueError, match=r"data.folder=.*no_images holds no images \(looked "
+                                       r"recursively for .png, .jpg"):
+    run_config.validate(config)  # before TFDS prepares (and logs) a dataset of it
   config = _config(regime="finetune", tasks=("sr_x2",), init_from=str(tmp_path / "none"))
   with pytest.raises(FileNotFoundError, match=r"init_from=.*none is not a folder"):
     run_config.validate(config)

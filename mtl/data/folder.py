@@ -79,6 +79,15 @@ def read_rgb(path):
     raise ValueError(f"cannot read image {path}: {error}") from None
 
 
+def has_images(folder):
+  """Whether a local `folder` (or a subfolder) holds an image file; stops at the first."""
+  for root, dirs, files in os.walk(os.path.expanduser(folder), followlinks=True):
+    dirs[:] = [d for d in dirs if not d.startswith(".")]
+    if any(is_image_file(n) for n in files):
+      return True
+  return False
+
+
 def list_images(folder, recursive=True):
   """Sorted paths of the image files in `folder` (and its subfolders when `recursive`).
 
