@@ -146,6 +146,8 @@ def _read_legacy(path, data):
 
 def read_state_dict(path):
   """{name: numpy array} of a torch.save'd state_dict, read without torch."""
+  if os.path.isdir(path):
+    raise ValueError(f"checkpoint {path} is a folder; give the .pt file itself")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist")
   with open(path, "rb") as f:
