@@ -198,6 +198,18 @@ def _refuse_unresumable_results(workdir):
                      "use a new --workdir")
 
 
+def _refuse_a_folder_of_images(workdir):
+  """A first start in a folder that holds images (a run writes none at its top level): likely a
+  user's data folder, where a run's files would mix with theirs."""
+  from mtl.data import folder as folder_lib
+  found = sorted(n for n in os.listdir(workdir) if folder_lib.is_image_file(n)) if os.path.isdir(
+      workdir) else []
+  if found:
+    raise ValueError(f"--workdir={workdir} holds images ({', '.join(found[:3])}"
+                     f"{' ...' if len(found) > 3 else ''}): a run's files would go among them; "
+                     "use a new or empty folder")
+
+
 def check_workdir(workdir):
   """The absolute workdir; ValueError (one line) if it is a file or cannot be created/written,
   or if one of a run's folders there is a file (or one of its files a folder)."""
@@ -231,6 +243,8 @@ def prepare(config, workdir):
   latest = checkpoints.latest_saved_step(workdir)
   if latest is None:
     _refuse_unresumable_results(workdir)
+  if not os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE)):
+    _refuse_a_folder_of_images(workdir)
   finished = None
   saved = run_folder.read_results(workdir) if latest == config.total_steps else None
   if saved is not None:

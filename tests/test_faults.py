@@ -115,6 +115,11 @@ def test_a_run_folder_of_the_wrong_kind_or_with_results_but_no_checkpoint_is_ref
     run_state.prepare(_config(), str(tmp_path / "b"))
   assert sorted(str(p) for p in (tmp_path / "b").rglob("*")) == before
   run_state.prepare(_config(), str(tmp_path / "c"))  # a new folder is fine
+  (tmp_path / "photos").mkdir()  # a user's folder of images: a run's files would mix with them
+  (tmp_path / "photos" / "cat.png").write_bytes(b"")
+  with pytest.raises(ValueError, match=r"--workdir=.*photos holds images \(cat.png\): a run's "
+                                       r"files would go among them"):
+    run_state.prepare(_config(), str(tmp_path / "photos"))
 
 
 def test_single_task_runs_say_nothing_about_conflicts(caplog):
