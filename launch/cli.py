@@ -83,9 +83,8 @@ def _unknown_field(argv, error):
 
 
 def fail(message):
-  """Print `error: message` (one line) on stderr and exit with status 1 (bad input)."""
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  exit_now(1)
+  """`error` with exit status 1: bad input to train.py and the absl launchers."""
+  error(message, 1)
 
 
 def parse_flags(argv):
@@ -173,9 +172,10 @@ def json_config(argv):
 
 
 def error(message, status=2):
-  """Print `error: message` (one line) on stderr and exit with `status`."""
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(status)
+  """Print `error: message` (one line) on stderr and exit with `status` (2: the cluster
+  launchers' usage errors)."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  exit_now(status)
 
 
 def run(main):

@@ -41,9 +41,6 @@ distributed.define_flags()
 PREEMPTED_EXIT, INTERRUPTED_EXIT = 75, 130
 
 
-_fail = cli.fail
-
-
 def describe_fields(config):
   """Every field of `config`: `name = value  meaning` (mtl/run_defaults.py's FIELD_HELP)."""
   from mtl import files, run_defaults as base
@@ -72,7 +69,7 @@ def main(argv):
       print(describe_fields(config))
       return
     if not flags.FLAGS.workdir:
-      _fail("flag --workdir must have a value (the run's directory)")
+      cli.fail("flag --workdir must have a value (the run's directory)")
     if flags.FLAGS.dry_run:
       print(run_state.prepare(config, flags.FLAGS.workdir).describe())
       return
@@ -95,9 +92,9 @@ def main(argv):
               "command to resume", file=sys.stderr, flush=True)
         sys.exit(INTERRUPTED_EXIT)
       except (ValueError, FileNotFoundError, train.NonFiniteLoss) as error:
-        _fail(error)
+        cli.fail(error)
   except (ValueError, FileNotFoundError) as error:
-    _fail(error)
+    cli.fail(error)
   cli.exit_now(0)  # ~1 s of teardown saved per study run
 
 
