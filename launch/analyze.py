@@ -88,6 +88,9 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   text += f"\nthe summary above and the averaged figures read {read}"
   text += "\n\n" + conflicts.format_phases(phased)
   text += "\nfigures: " + ", ".join(os.path.relpath(p, workdir) for p in paths)
+  for first, last in conflicts.step_gaps(record.steps):
+    text += (f"\nWARNING: no probes at steps {first}-{last} (a store chunk removed?): the phases "
+             "and figures span that gap")
   return text + affinity_text(workdir)
 
 

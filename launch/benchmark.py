@@ -853,6 +853,8 @@ def main():
   bad = set(FLAGS.sections) - set(SECTIONS)
   if bad:
     raise ValueError(f"--sections={','.join(FLAGS.sections)}; valid: {','.join(SECTIONS)}")
+  if FLAGS.trace_dir and os.path.exists(FLAGS.trace_dir) and not os.path.isdir(FLAGS.trace_dir):
+    raise ValueError(f"--trace_dir={FLAGS.trace_dir} is a file; give a folder for the traces")
   bad = set(FLAGS.sizes) - set(ipt.SIZES)
   if bad or not FLAGS.sizes:
     raise ValueError(f"--sizes={','.join(FLAGS.sizes)}; valid: {','.join(ipt.SIZES)}")

@@ -68,6 +68,9 @@ def _load_config(argv):
 def _unknown_field(argv, error):
   """One line for an override naming a field the config does not have."""
   import ml_collections
+  if not any(a.startswith(("--config=", "-config=")) for a in argv):
+    return ("--config=<config file> is missing: the --config.<field> overrides apply to it "
+            "(e.g. --config=experiments/tiny.py)")
   config = _load_config(argv)
   for arg in argv[1:]:
     if arg.startswith("--config.") and config is not None:

@@ -58,7 +58,8 @@ flags.DEFINE_bool("dry_run", False, "Print the runs and their exact commands (wi
 flags.DEFINE_string("only", "", "Comma-separated globs of run names to run, e.g. 'joint-*'.")
 flags.DEFINE_string("compile_cache", "", "XLA compilation cache the runs share: '' -> "
                     "$JAX_COMPILATION_CACHE_DIR or ~/.cache/mtl/jax_cache; 'off' -> none.")
-flags.DEFINE_integer("max_parallel", 1, "Runs at once on this machine (each its own process).")
+flags.DEFINE_integer("max_parallel", 1, "Runs at once on this machine (each its own process).",
+                     lower_bound=1)
 flags.DEFINE_string("devices", "auto", "With --max_parallel > 1, the GPUs handed out one per run "
                     "as CUDA_VISIBLE_DEVICES: 'auto' ($CUDA_VISIBLE_DEVICES, else nvidia-smi's "
                     "GPUs, else none: CPU processes), 'none', or indices like 0,1,2,3.")
@@ -225,6 +226,10 @@ def main(argv):
   from mtl import study as study_lib
   from mtl.study import runner
   try:
+    if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
+      raise ValueError(f"--workdir={FLAGS.workdir} is a file; give a study a folder (new or "
+                       "its own)")
+    run_devices = devices(FLAGS.devices, FLAGS.max_parallel)  # checked for a dry run too
     if FLAGS.config is None:
       study = study_lib.Study.load(FLAGS.workdir)
     else:
@@ -236,7 +241,7 @@ def main(argv):
       sys.exit(study_lib.dry_run(study, train_command, FLAGS.only))
     sys.exit(study_lib.Runner(study, train_command, compile_cache=FLAGS.compile_cache,
                               max_parallel=FLAGS.max_parallel,
-                              devices=devices(FLAGS.devices, FLAGS.max_parallel),
+                              devices=run_devices,
                               analyze=analyze_command).run(FLAGS.only))
   except (ValueError, OSError, cli.UsageError) as error:
     print(f"error: {error}", file=sys.stderr)

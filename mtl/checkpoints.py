@@ -178,9 +178,12 @@ def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
     raise ValueError(f"no checkpoint in {checkpoint_dir}; point to a run's workdir or its "
                      "checkpoints/ folder that holds a saved step")
   if not os.path.isdir(os.path.join(os.path.abspath(checkpoint_dir), str(step), item)):
+    others = [s for s in saved if s != step]
     mngr.close()
-    raise ValueError(f"step {step} of {checkpoint_dir} holds no {item} (a run trained with "
-                     "config.optim.ema_decay > 0 saves ema_params)")
+    why = ("a run trained with config.optim.ema_decay > 0 saves ema_params" if item != "params"
+           else f"damaged; the other saved steps: {', '.join(map(str, others)) or 'none'}: "
+                f"move {step}/ out of that folder to use the latest of them")
+    raise ValueError(f"step {step} of {checkpoint_dir} holds no {item} ({why})")
   params = _restore_items(mngr, step, {item: abstract_params})[item]
   mngr.close()
   return params, step

@@ -73,14 +73,15 @@ def load_testsets(config):
     if config.eval.max_side:
       items = [tuple([item[0]] + [_center_crop(im, config.eval.max_side) for im in item[1:]])
                for item in items]
-    _check_sides(name, items, config.tasks)
+    _check_sides(name, items, config.tasks, config.eval.max_side)
     sets.append(TestSet(name, kind, items, selector))
   return sets
 
 
-def _check_sides(set_name, items, task_names):
+def _check_sides(set_name, items, task_names, max_side=0):
   """Refuse (before training) a clean image too small to score: SSIM's window must fit after an
-  SR task's mod-crop (< scale pixels) and its `scale`-pixel border crop."""
+  SR task's mod-crop (< scale pixels) and its `scale`-pixel border crop (and eval.max_side's
+  centre crop, `max_side`)."""
   scale = max(spec.scale for spec in tasks.get_all(task_names))
   needed = metrics.SSIM_WINDOW + 2 * (scale if scale > 1 else 0) + scale - 1
   for item in items:
@@ -88,8 +89,9 @@ def _check_sides(set_name, items, task_names):
     if min(h, w) < needed:
       raise ValueError(f"eval.sets {set_name}: {item[0]} is {h}x{w} pixels; scoring needs at "
                        f"least {needed}x{needed} (SSIM's {metrics.SSIM_WINDOW}x"
-                       f"{metrics.SSIM_WINDOW} window after the SR border crop): remove it, or "
-                       "raise eval.max_side")
+                       f"{metrics.SSIM_WINDOW} window after the SR border crop): "
+                       + (f"raise eval.max_side={max_side}" if 0 < max_side < needed
+                          else "remove it from the set"))
 
 
 def _center_crop(image, side):

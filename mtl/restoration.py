@@ -57,6 +57,8 @@ def plan_outputs(paths, source, output, overwrite=False):
   """[output path per input path]: <output>/<stem>.png, refusing (ValueError, one line, before
   anything is written) an output folder that is the input folder or inside it, two inputs with one
   output (x.png and x.jpg), and, unless `overwrite`, outputs that already exist."""
+  if os.path.exists(output) and not os.path.isdir(output):
+    raise ValueError(f"--output={output} is a file; give a folder for the restored PNGs")
   source_dir = os.path.realpath(source if os.path.isdir(source) else os.path.dirname(source) or ".")
   output_dir = os.path.realpath(output)
   if os.path.isdir(source) and (output_dir == source_dir or output_dir.startswith(
@@ -98,6 +100,7 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
   from mtl import events, progress as progress_lib
   from mtl.data import folder as folder_lib
   if os.path.isfile(source):
+    folder_lib.read_rgb(source)  # one unreadable input: refused before the model loads
     paths = [source]
   elif os.path.isdir(source):
     paths = folder_lib.list_images(source, recursive=False)
@@ -182,6 +185,9 @@ def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0
           f"restored partner and are not scored: {_names(unpaired)}", file=err, flush=True)
   for name, ours_path, ref_path in pairs:
     ours, ref = folder_lib.read_rgb(ours_path), folder_lib.read_rgb(ref_path)
+    if mod_crop > min(ref.shape[:2]):
+      raise ValueError(f"--mod_crop={mod_crop} is larger than {ref_path} ({ref.shape[1]}x"
+                       f"{ref.shape[0]}); give the SR scale (2, 3 or 4)")
     if mod_crop:
       ref = benchmarks.mod_crop(ref, mod_crop)
     if ours.shape != ref.shape:

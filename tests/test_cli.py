@@ -105,6 +105,13 @@ def test_a_json_config_s_fields_are_checked_as_overrides_are(tmp_path, change, m
   assert out.stderr.count("\n") == 1 and not (tmp_path / "w").exists()
 
 
+def test_overrides_without_a_config_file_say_it_is_missing(tmp_path):
+  out = _launch(f"--workdir={tmp_path / 'w'}", "--config.total_steps=8")
+  assert out.returncode == 1 and out.stderr == (
+      "error: --config=<config file> is missing: the --config.<field> overrides apply to it "
+      "(e.g. --config=experiments/tiny.py)\n")
+
+
 def test_a_run_s_saved_run_config_json_is_taken_as_its_config_file(tmp_path):
   path = tmp_path / "run_config.json"  # what a study writes for each run
   path.write_text(json.dumps(tiny.get_config("sr_x2").to_dict()))

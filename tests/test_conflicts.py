@@ -366,6 +366,9 @@ def test_verdict_per_phase_and_a_warning_per_pair_that_changes(tmp_path):
   # Few probes: fewer phases (each >= MIN_PHASE_PROBES), down to the whole run.
   assert [len(conflicts.split_phases(record.last(n))) for n in (8, 18, 26, 27)] == [1, 2, 2, 3]
   assert conflicts.headline_window(record.last(8)) == 0
+  # A removed chunk leaves a stretch without probes, named by analyze.py.
+  assert conflicts.step_gaps(record.steps) == []
+  assert conflicts.step_gaps(np.r_[0:200:10, 400:600:10]) == [(200, 390)]
   # The title says why there is one phase; a numbered phase reads as one in a sentence.
   assert "(one phase (too few probes to split))" in conflicts.format_phases(
       conflicts.phase_verdicts(record.last(8)))

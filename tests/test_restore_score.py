@@ -100,6 +100,19 @@ def test_restore_never_writes_into_its_input_or_one_output_twice(workdir, tmp_pa
   assert not (tmp_path / "out").exists() and not (inputs / "restored").exists()
 
 
+def test_restore_refuses_a_file_as_output_and_a_lone_unreadable_input_before_loading(tmp_path):
+  (tmp_path / "out").write_text("x")
+  (tmp_path / "junk.png").write_bytes(b"not a png")
+  _png(str(tmp_path / "ok.png"), np.zeros((8, 8, 3), np.uint8))
+  no_model = str(tmp_path / "no_such_run")  # loading it would fail otherwise: nothing got that far
+  with pytest.raises(ValueError, match=r"--output=.*out is a file; give a folder"):
+    restoration.restore_folder(no_model, "derain", str(tmp_path / "ok.png"), str(tmp_path / "out"))
+  with pytest.raises(ValueError, match=r"cannot read image .*junk.png"):
+    restoration.restore_folder(no_model, "derain", str(tmp_path / "junk.png"),
+                               str(tmp_path / "new"))
+  assert not (tmp_path / "new").exists()
+
+
 def test_restore_replaces_existing_outputs_only_when_asked(workdir, tmp_path):
   rng = np.random.default_rng(5)
   _png(str(tmp_path / "in" / "a.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))

@@ -356,6 +356,18 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(study_file, tmp_path, 
   assert not os.path.exists(workdir)
 
 
+def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):
+  (tmp_path / "file").write_text("x")
+  for args, message in (
+      ([f"--workdir={tmp_path}/file"],
+       f"error: --workdir={tmp_path}/file is a file; give a study a folder (new or its own)"),
+      ([f"--workdir={tmp_path}/s", "--max_parallel=2", "--devices=abc"],
+       "error: --devices=abc; use 'auto', 'none' or GPU indices like 0,1")):
+    out = cli(f"--config={study_file}", *args, "--dry_run")
+    assert out.returncode == 1 and out.stderr.strip() == message, out.stderr
+  assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
 def test_interrupted_study_resumes_without_redoing_finished_runs(study_file, tmp_path):
   workdir = str(tmp_path / "study")
   args = [f"--config={study_file}:kill", f"--workdir={workdir}"]

@@ -58,6 +58,17 @@ def phase_label(k, count):
   return PHASE_LABELS[count][k] if count in PHASE_LABELS else f"phase {k + 1}/{count}"
 
 
+def step_gaps(steps):
+  """[(first, last)] missing probe steps inside `steps` (ascending): stretches longer than twice
+  the usual spacing (a deleted store chunk, say), in the usual spacing's grid."""
+  steps = np.asarray(steps)
+  if len(steps) < 3:
+    return []
+  spacing = int(np.median(np.diff(steps)))
+  return [(int(a) + spacing, int(b) - spacing) for a, b in zip(steps[:-1], steps[1:])
+          if b - a > 2 * spacing]
+
+
 def _the_phase(label):
   """'the late phase', 'the phase 10/10': a label read in a sentence."""
   return f"the {label}" if label.startswith("phase") else f"the {label} phase"
