@@ -109,8 +109,8 @@ FEW_BATCHES = 32  # checkpoint mode: fewer fresh batches than this get a hint to
 
 
 def _check_out(out):
-  if out and os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f"--out={out} is a file; give a folder for the measured store and figures")
+  from mtl import files
+  files.check_not_a_file(out, "--out", "a folder for the measured store and figures")
   if out and os.path.isdir(os.path.join(out, "conflicts", "store")):
     raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
 

@@ -846,6 +846,7 @@ def section_aggregators(size):
 @cli.absl_main
 def main():
   import jax
+  from mtl import files
   from mtl.models import ipt
   bad = set(FLAGS.against) - {"torch"}
   if bad:
@@ -853,8 +854,7 @@ def main():
   bad = set(FLAGS.sections) - set(SECTIONS)
   if bad:
     raise ValueError(f"--sections={','.join(FLAGS.sections)}; valid: {','.join(SECTIONS)}")
-  if FLAGS.trace_dir and os.path.exists(FLAGS.trace_dir) and not os.path.isdir(FLAGS.trace_dir):
-    raise ValueError(f"--trace_dir={FLAGS.trace_dir} is a file; give a folder for the traces")
+  files.check_not_a_file(FLAGS.trace_dir, "--trace_dir", "a folder for the traces")
   bad = set(FLAGS.sizes) - set(ipt.SIZES)
   if bad or not FLAGS.sizes:
     raise ValueError(f"--sizes={','.join(FLAGS.sizes)}; valid: {','.join(ipt.SIZES)}")

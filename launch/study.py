@@ -223,12 +223,10 @@ def submit(study, runs, dry_run, out=sys.stdout):
 
 def main(argv):
   del argv
-  from mtl import study as study_lib
+  from mtl import files, study as study_lib
   from mtl.study import runner
   try:
-    if os.path.exists(FLAGS.workdir) and not os.path.isdir(FLAGS.workdir):
-      raise ValueError(f"--workdir={FLAGS.workdir} is a file; give a study a folder (new or "
-                       "its own)")
+    files.check_not_a_file(FLAGS.workdir, "--workdir", "a study a folder (new or its own)")
     run_devices = devices(FLAGS.devices, FLAGS.max_parallel)  # checked for a dry run too
     if FLAGS.config is None:
       study = study_lib.Study.load(FLAGS.workdir)

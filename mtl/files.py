@@ -63,6 +63,13 @@ def read_json(path, kind=dict):
   return value
 
 
+def check_not_a_file(path, flag, wanted):
+  """Refuse (ValueError, one line) an output folder `path` that is a file: `flag=path is a file;
+  give {wanted}`."""
+  if path and os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"{flag}={path} is a file; give {wanted}")
+
+
 def tuples(value):
   """JSON lists -> tuples, recursively (ConfigDict fields that are tuples in config files)."""
   if isinstance(value, dict):

@@ -57,8 +57,7 @@ def plan_outputs(paths, source, output, overwrite=False):
   """[output path per input path]: <output>/<stem>.png, refusing (ValueError, one line, before
   anything is written) an output folder that is the input folder or inside it, two inputs with one
   output (x.png and x.jpg), and, unless `overwrite`, outputs that already exist."""
-  if os.path.exists(output) and not os.path.isdir(output):
-    raise ValueError(f"--output={output} is a file; give a folder for the restored PNGs")
+  files.check_not_a_file(output, "--output", "a folder for the restored PNGs")
   source_dir = os.path.realpath(source if os.path.isdir(source) else os.path.dirname(source) or ".")
   output_dir = os.path.realpath(output)
   if os.path.isdir(source) and (output_dir == source_dir or output_dir.startswith(

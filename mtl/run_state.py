@@ -214,8 +214,7 @@ def check_workdir(workdir):
   """The absolute workdir; ValueError (one line) if it is a file or cannot be created/written,
   or if one of a run's folders there is a file (or one of its files a folder)."""
   workdir = os.path.abspath(workdir)
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"--workdir={workdir} is a file; give a folder (new or a run's)")
+  files.check_not_a_file(workdir, "--workdir", "a folder (new or a run's)")
   for name in run_folder.ARTIFACTS:
     path = os.path.join(workdir, name.rstrip("/"))
     if os.path.exists(path) and os.path.isdir(path) != name.endswith("/"):
