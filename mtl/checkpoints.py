@@ -115,6 +115,13 @@ def _held_stderr():
     sys.stderr = real
 
 
+def _other_steps(saved, step):
+  """What to do about a damaged checkpoint `step`, naming the other `saved` steps."""
+  others = ", ".join(str(s) for s in sorted(saved) if s != step) or "none"
+  return (f"the other saved steps: {others}: move {step}/ out of that folder to use the latest "
+          "of them")
+
+
 def _restore_items(mngr, step, abstract):
   """{name: restored tree} for {name: abstract tree} (params, opt_state, ...), a checkpoint in
   the per-layer layout stacked into the abstract trees' layout and shardings."""
@@ -127,10 +134,8 @@ def _restore_items(mngr, step, abstract):
           **{name: ocp.args.StandardRestore(tree) for name, tree in target.items()}))
   except Exception as error:  # orbax and tensorstore raise plain Exceptions for damaged files
     reason = " ".join(str(error.__cause__ or error).split())[:240]
-    others = [s for s in mngr.all_steps() if s != step]
     raise ValueError(f"checkpoint step {step} in {mngr.directory} cannot be read ({reason}); "
-                     f"the other saved steps: {', '.join(map(str, sorted(others))) or 'none'}: "
-                     f"move {step}/ out of that folder to use the latest of them") from None
+                     + _other_steps(mngr.all_steps(), step)) from None
   restored = {name: restored[name] for name in abstract}
   if not per_layer:
     return restored
@@ -178,11 +183,9 @@ def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
     raise ValueError(f"no checkpoint in {checkpoint_dir}; point to a run's workdir or its "
                      "checkpoints/ folder that holds a saved step")
   if not os.path.isdir(os.path.join(os.path.abspath(checkpoint_dir), str(step), item)):
-    others = [s for s in saved if s != step]
     mngr.close()
     why = ("a run trained with config.optim.ema_decay > 0 saves ema_params" if item != "params"
-           else f"damaged; the other saved steps: {', '.join(map(str, others)) or 'none'}: "
-                f"move {step}/ out of that folder to use the latest of them")
+           else "damaged; " + _other_steps(saved, step))
     raise ValueError(f"step {step} of {checkpoint_dir} holds no {item} ({why})")
   params = _restore_items(mngr, step, {item: abstract_params})[item]
   mngr.close()

@@ -48,18 +48,18 @@ def write_json(path, obj):
   write_atomic(path, lambda f: f.write(data))
 
 
-def read_json(path, kind=dict):
-  """The JSON value in the file `path`; a file that is not JSON, or whose value is not a `kind`
-  (None: any), is a ValueError naming it."""
+def read_json(path):
+  """The JSON object in the file `path` (every file mtl writes holds one); a file that is not
+  JSON, or holds another value, is a ValueError naming it."""
   with open(path, "rb") as f:
     try:
       value = json.loads(f.read())
     except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
       raise ValueError(f"{path} is not a readable JSON file ({error}); it may be damaged: restore "
                        "it or move it away") from None
-  if kind is not None and not isinstance(value, kind):
-    raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the {kind.__name__} this "
-                     "file has; it may be damaged: restore it or move it away")
+  if not isinstance(value, dict):
+    raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the dict this file has; "
+                     "it may be damaged: restore it or move it away")
   return value
 
 
@@ -107,7 +107,8 @@ def refuse_changes(path, saved, current, ignore=(), what="a different config", a
     value = lambda d, k: repr(d[k]) if k in d else "absent"
     shown = ", ".join(f"{k} ({value(old, k)} -> {value(new, k)})" for k in diff[:4])
     if len(diff) > 4:
-      shown += f" and {len(diff) - 4} more ({', '.join(diff[4:8])}{' ...' if len(diff) > 8 else ''})"
+      rest = ", ".join(diff[4:8]) + (" ..." if len(diff) > 8 else "")
+      shown += f" and {len(diff) - 4} more ({rest})"
     raise ValueError(f"{path} holds {what}: {shown}{'; ' + advice if advice else ''}")
   return added
 
