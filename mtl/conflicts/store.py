@@ -103,8 +103,7 @@ class Store:
       with np.load(path, allow_pickle=False) as data:
         steps, grams = np.asarray(data["steps"]), np.asarray(data["gramians"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-      raise ValueError(f"corrupt conflict chunk {path}: {type(error).__name__}: {error}; "
-                       "delete it to load the rest") from None
+      raise _corrupt_chunk(path, f"{type(error).__name__}: {error}") from None
     match = _CHUNK.match(os.path.basename(path))
     problem = None
     if steps.ndim != 1 or not np.issubdtype(steps.dtype, np.integer) or len(steps) == 0:
@@ -116,7 +115,7 @@ class Store:
     elif match and (steps[0], steps[-1]) != (int(match.group(1)), int(match.group(2))):
       problem = f"holds steps {steps[0]}..{steps[-1]}, not the ones its name says"
     if problem:
-      raise ValueError(f"corrupt conflict chunk {path}: {problem}; delete it to load the rest")
+      raise _corrupt_chunk(path, problem)
     return steps.astype(np.int64), grams.astype(np.float32)
 
   def load(self, step_range=None):
@@ -231,12 +230,20 @@ class Store:
 
   def check(self, task_names, layer_names):
     """Before a run resumes: the store it will append to holds these names and every chunk
-    reads (ValueError, one line, naming what is wrong), so no training is spent first."""
+    opens with both arrays listed (ValueError, one line, naming what is wrong), so no training
+    is spent first. Only each file's zip directory is read, at its end, where a truncated file
+    fails; the arrays themselves (a long run's store: gigabytes) are read and checked on load."""
     if not self.exists():
       return
-    meta = self._meta_of([str(n) for n in task_names], [str(n) for n in layer_names])
+    self._meta_of([str(n) for n in task_names], [str(n) for n in layer_names])
     for _, _, path in self.chunks():
-      self.read_chunk(path, meta)
+      try:
+        with zipfile.ZipFile(path) as archive:
+          missing = {"steps.npy", "gramians.npy"} - set(archive.namelist())
+      except (OSError, zipfile.BadZipFile) as error:
+        raise _corrupt_chunk(path, f"{type(error).__name__}: {error}") from None
+      if missing:
+        raise _corrupt_chunk(path, f"it lacks {', '.join(sorted(missing))}")
 
   def truncate_after(self, step):
     """Drop every stored probe step > `step` (on resume). No store: nothing to do."""
@@ -259,6 +266,10 @@ class Store:
     path = os.path.join(self.path, f"chunk-{int(steps[0]):09d}-{int(steps[-1]):09d}.npz")
     files.write_atomic(path, lambda f: np.savez(f, steps=steps, gramians=gramians))
     return path
+
+
+def _corrupt_chunk(path, problem):
+  return ValueError(f"corrupt conflict chunk {path}: {problem}; delete it to load the rest")
 
 
 def _diff(stored, given):

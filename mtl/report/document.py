@@ -175,18 +175,17 @@ def write_with_summary(workdir):
   path = os.path.join(study.workdir, REPORT_FILE)
   with open(path, "w") as f:
     f.write("\n".join(parts))
-  return path, terminal_summary(study, built, path, found, warnings)
+  return path, terminal_summary(study, built, path, warnings, found)
 
 
-def terminal_summary(study, built, path, found=None, warnings=None):
+def terminal_summary(study, built, path, warnings, found=None):
   """A few lines: the three answers (`found`: findings.Findings), runs done, the warnings
   (once), per task the primary test set's PSNR of each regime with its verdict vs scratch, per
   task pair the conflict verdict (without `found`: its first answer has it), and the files."""
   main, conflict = built[0], built[2]
   done = sum(study.is_done(r.name) for r in study.runs)
   lines = findings.terminal_lines(found) if found is not None else []
-  lines += [f"study {study.name}: {done}/{len(study.runs)} runs done"] + list(
-      main.warnings if warnings is None else warnings)
+  lines += [f"study {study.name}: {done}/{len(study.runs)} runs done"] + list(warnings)
   label = tables.metric_names(study)[2]
   first = {}
   for r in main.records:
