@@ -26,7 +26,8 @@ def directory_from(flag):
     return ""
   if flag:
     return os.path.abspath(os.path.expanduser(flag))
-  return os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_DIR)
+  # Expanded: a child process given it (the study's runs and analyses) may hand it to jax as is.
+  return os.path.expanduser(os.environ.get("JAX_COMPILATION_CACHE_DIR", DEFAULT_DIR))
 
 
 def enable(directory):

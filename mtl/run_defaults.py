@@ -39,12 +39,13 @@ def check_fields(saved, source, node=None, prefix=""):
   """Refuse (ValueError, one line) a field of a group of the config dict `saved` (read from
   `source`) that the defaults lack, a group given as a value (or a value as a group), and a
   non-number where the default is a number: what ml_collections' typed overrides check, for a
-  config read from a file. Top-level fields of their own are kept: config files add reference
-  data there (experiments/allinone3.py's published scores)."""
+  config read from a file. Top-level groups of their own are kept: config files add reference
+  data there (experiments/allinone3.py's published scores); a top-level value the defaults lack
+  is a misspelt field."""
   node = get_config().to_dict() if node is None else node
   for key, value in saved.items():
     name = prefix + key
-    if key not in node and not prefix:
+    if key not in node and not prefix and isinstance(value, dict):
       continue
     if key not in node:
       where = prefix.rstrip(".") or "the config"

@@ -93,6 +93,8 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message
     ({"total_steps": "abc"}, "total_steps='abc' must be a number, as the default 1000"),
     ({"optim": {"b3": 0.9}}, "unknown config field 'optim.b3'; optim has: b1, b2, ema_decay,"),
     ({"optim": 3}, "optim=3 must be a group of fields, as in the defaults"),
+    # a misspelt top-level field (a top-level group of its own is reference data: kept)
+    ({"total_step": 9}, "unknown config field 'total_step'; the config has: checkpoint_every, "),
 ])
 def test_a_json_config_s_fields_are_checked_as_overrides_are(tmp_path, change, message):
   config = tiny.get_config("sr_x2").to_dict()

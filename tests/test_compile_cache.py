@@ -49,7 +49,9 @@ def test_flag_values_name_the_directory(monkeypatch, tmp_path):
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "")  # set but empty: none
   assert compile_cache.directory_from("") == ""
   monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
-  assert compile_cache.directory_from("") == compile_cache.DEFAULT_DIR
+  monkeypatch.setenv("HOME", str(tmp_path))
+  # expanded: a study hands it to its analyses' jax, which would make a folder named '~'
+  assert compile_cache.directory_from("") == str(tmp_path / ".cache" / "mtl" / "jax_cache")
 
 
 def test_a_run_traces_its_init_once_and_creates_the_seeds_state(monkeypatch):
