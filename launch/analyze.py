@@ -9,16 +9,18 @@ workdir or its checkpoints/ folder; --step: that step's), measures the per-task 
 Gramians on fresh probe batches of --batch_size images per task (no training; the batches are
 keyed by the run's seed and the checkpoint's step, so each checkpoint gets its own):
 --num_batches, then more until every pair's corrected-cosine 95% interval is within
-+-halfwidth (0: exactly --num_batches) or --max_batches are measured, and says when the target was not reached and about how many batches
-it would take. It writes them as a conflict store into --out (default
++-halfwidth (0: exactly --num_batches) or --max_batches are measured, and says when the target
+was not reached and about how many batches it would take. It writes them as a conflict store
+(recording the run and step measured: figures count batches, not steps) into --out (default
 <checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread and the
 summary over all batches (one phase: a saved model has no training phases); when too few batches
 leave the noise floor 'not measurable', it says how many to measure.
 
 Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optional),
 redraws the figures into <workdir>/conflicts/ (file names: see mtl/draw.py), writes the
-same images and the whole-body cosine per pair to TensorBoard under
-<workdir>/events/analyze/ (a run of its own beside the trainer's <workdir>/events/), and
+same images and the probe scalars (mtl.draw.probe_scalars, over the figures' window) to
+TensorBoard under <workdir>/events/analyze/ (a run of its own beside the trainer's
+<workdir>/events/; a rerun replaces its event files, as it redraws the figures), and
 prints a text summary: task x task mean cosine, conflict fractions, and per pair the noise
 floor: the raw cosine's window mean, both tasks' same-task agreement, the noise-corrected
 cosine and the conflict fraction, each with a 95% batch-means interval, and a verdict
@@ -75,7 +77,9 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   phased = conflicts.phase_verdicts(record, phases)  # what can fail on input comes first
   chosen = window or conflicts.headline_window(record, phases)
   report = conflicts.summarize(record, chosen)
-  with events.Writer(os.path.join(workdir, "events", "analyze")) as writer:
+  logdir = os.path.join(workdir, "events", "analyze")
+  replaced = events.remove_event_files(logdir)  # TensorBoard would merge a rerun with them
+  with events.Writer(logdir) as writer:
     paths = draw.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, chosen,
                                ema_beta)
   if window:
@@ -88,6 +92,9 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   text += f"\nthe summary above and the averaged figures read {read}"
   text += "\n\n" + conflicts.format_phases(phased)
   text += "\nfigures: " + ", ".join(os.path.relpath(p, workdir) for p in paths)
+  if replaced:
+    text += (f"\nreplaced {os.path.relpath(logdir, workdir)}/'s earlier event file"
+             f"{'s' if replaced > 1 else ''} ({replaced}) and figures with these")
   for first, last in conflicts.step_gaps(record.steps):
     text += (f"\nWARNING: no probes at steps {first}-{last} (a store chunk removed?): the phases "
              "and figures span that gap")
@@ -132,7 +139,9 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
       checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
   out = out or run_folder.analysis_dir(run_dir, ckpt_step)
   _check_out(out)
-  conflicts.append(out, steps, grams, layers, tasks, {"size": batch_size, "fresh": True})
+  conflicts.append(out, steps, grams, layers, tasks, {
+      "size": batch_size, "fresh": True,
+      "checkpoint": {"run": os.path.basename(run_dir), "step": ckpt_step}})
   body = grams.astype(np.float64).sum(1)  # per batch, over the body's layers
   cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(body)))
   lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh probe batches "

@@ -7,23 +7,27 @@
                                  +0.04]") and the raw window mean below it; without, the raw
                                  mean and its interval. The diagonal: mean gradient norm and
                                  the same-task agreement (the noise floor).
-  cos_layers_pairs.png           layer x task-pair mean cosine over the window: where in the
-                                 network the conflict lives.
-  cos_curves.png                 whole-body cosine of every pair over steps (thin) and its
-                                 GradVac EMA (bold, started from the first value), with each
-                                 task's same-task agreement (dashed: the noise floor a cross-
-                                 task cosine is read against); conflict fraction over steps
-                                 (thin) and its moving mean (bold); gradient norm per task.
-  cos_layers_steps-<a>~<b>.png   for each task pair a~b: layer x step cosine, steps binned
-                                 into at most plots.MAX_COLUMNS columns of window means.
+  cos_layers_pairs.png           layer x task-pair mean raw cosine over the window: where in the
+                                 network the tasks' gradients differ; cells whose 95% interval
+                                 holds 0 faded, those beyond noise bold with '*'.
+  cos_curves.png                 over the probes: the noise-corrected whole-body cosine of every
+                                 pair per tenth of the probes with its 95% interval (filled:
+                                 excludes 0); the raw cosine per probe (thin) and its GradVac
+                                 EMA (bold, started from the first value); each task's same-task
+                                 agreement (the corrected cosine's denominator); conflict
+                                 fraction (thin) and its moving mean (bold); gradient norms. At
+                                 one checkpoint (analyze --checkpoint) the x axis counts fresh
+                                 batches, nothing is smoothed and there are no tenths.
+  cos_layers_steps-<a>~<b>.png   for each task pair a~b: layer x step raw cosine, steps binned
+                                 into at most plots.MAX_COLUMNS columns of window means, on one
+                                 colour scale for all pairs.
 """
 import os
 
-import numpy as np
 
 from mtl import conflicts, files
 from mtl.plots import (cosine_matrix_figure, curves_figure, layer_pair_figure, layer_step_figure,
-                       rows_for, to_png)
+                       layer_step_limit, rows_for, to_png)
 
 
 def pair_file_name(pair_name):
@@ -38,7 +42,8 @@ def figures(record, window=None, ema_beta=0.1, rows="auto"):
   drawn = [("cos_matrix.png", cosine_matrix_figure(record, window)),
            ("cos_layers_pairs.png", layer_pair_figure(record, window, by)),
            ("cos_curves.png", curves_figure(record, ema_beta))]
-  drawn += [(pair_file_name(name), layer_step_figure(record, name, by))
+  vmax = layer_step_limit(record, by)  # one scale: the pairs' maps compare at a glance
+  drawn += [(pair_file_name(name), layer_step_figure(record, name, by, vmax))
             for name in record.pair_names]
   return [(name, to_png(fig)) for name, fig in drawn]
 
@@ -56,53 +61,59 @@ def draw_all(record, out_dir, window=None, ema_beta=0.1, rows="auto"):
   return _write(out_dir, figures(record, window, ema_beta, rows))
 
 
-def probe_scalars(record):
-  """[(step, {tag: value})] TensorBoard scalars of a record's probe steps.
+def probe_scalars(record, window=None):
+  """[(x, {tag: value})] TensorBoard scalars of a record's probes (x: record.x_axis, the
+  training step or, at one checkpoint, the batch number).
 
-  Every probe step: conflicts/cos/<pair> (whole-body raw cosine) and conflicts/conflict_fraction
-  (share of pairs with cos < 0). At the record's last step, over all its steps (the trainer
-  passes the probes since the previous checkpoint): conflicts/corrected_cos/<pair> (pooled,
-  where measurable), conflicts/conflict_fraction/<pair> (share of probes with cos < 0) and
-  conflicts/same_task/<task> (mean same-task agreement).
+  Every probe: conflicts/cos/<pair> (whole-body raw cosine) and conflicts/conflict_fraction
+  (share of pairs with cos < 0). At the record's last probe, over its last `window` probes (the
+  trainer passes the probes since the previous checkpoint, analyze its figures' window):
+  conflicts/conflict_fraction/<pair> (share of probes with cos < 0), conflicts/same_task/<task>
+  (mean same-task agreement) and conflicts/corrected_cos/<pair> with its 95% interval's ends
+  (corrected_cos_low/<pair>, corrected_cos_high/<pair>), only where that interval exists and
+  lies within [-1, 1]: a wider one says the noise floor is not resolved there.
   """
+  xs = record.x_axis()[0]
   body = conflicts.pair_values(record.cosines("body")[:, 0])
   fraction = record.conflict_fraction("body")[:, 0]
   out = []
-  for s, step in enumerate(record.steps):
+  for s, x in enumerate(xs):
     values = {f"conflicts/cos/{p}": float(body[s, k]) for k, p in enumerate(record.pair_names)}
     values["conflicts/conflict_fraction"] = float(fraction[s])
-    out.append((int(step), values))
-  last = out[-1][1]
+    out.append((int(x), values))
+  rec, last = record.last(window), out[-1][1]
+  window_body = body[-rec.num_steps:]
   for k, p in enumerate(record.pair_names):
-    last[f"conflicts/conflict_fraction/{p}"] = float(conflicts.share_negative(body[:, k]))
+    last[f"conflicts/conflict_fraction/{p}"] = float(conflicts.share_negative(window_body[:, k]))
   if record.halves:
-    corrected = conflicts.pair_values(record.corrected_cosines("body")[0])
-    agree = conflicts.nan_mean(record.same_task_agreement("body")[:, 0], axis=0)
-    for k, p in enumerate(record.pair_names):
-      if np.isfinite(corrected[k]):
-        last[f"conflicts/corrected_cos/{p}"] = float(corrected[k])
+    agree = conflicts.nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)
+    for k, (p, interval) in enumerate(zip(record.pair_names, rec.corrected_cosine_intervals())):
+      if -1 <= interval.low and interval.high <= 1:  # False for NaN: no interval
+        last[f"conflicts/corrected_cos/{p}"] = interval.estimate
+        last[f"conflicts/corrected_cos_low/{p}"] = interval.low
+        last[f"conflicts/corrected_cos_high/{p}"] = interval.high
     for t, name in enumerate(record.task_names):
       last[f"conflicts/same_task/{name}"] = float(agree[t])
   return out
 
 
-def log_probe_scalars(record, writer):
+def log_probe_scalars(record, writer, window=None):
   """Write `probe_scalars` to a TensorBoard writer (the trainer calls it at every flush)."""
   if record.num_steps == 0:
     return
-  for step, values in probe_scalars(record):
+  for step, values in probe_scalars(record, window):
     writer.scalars(step, values)
 
 
 def draw_and_log(record, out_dir, writer, window=None, ema_beta=0.1, scalars=True):
-  """Figures into out_dir and TensorBoard (images at the last probe step); with `scalars`,
-  also `probe_scalars` of the whole record (the trainer logs those per flush instead).
+  """Figures into out_dir and TensorBoard (images at the last probe); with `scalars`, also
+  `probe_scalars` over the figures' window (the trainer logs those per flush instead).
   Returns the paths."""
   drawn = figures(record, window, ema_beta)
   paths = _write(out_dir, drawn)
-  last = int(record.steps[-1])
+  last = int(record.x_axis()[0][-1])
   for name, data in drawn:
     writer.image(last, "conflicts/" + os.path.splitext(name)[0], data)
   if scalars:
-    log_probe_scalars(record, writer)
+    log_probe_scalars(record, writer, window)
   return paths

@@ -52,6 +52,19 @@ def png_info(data):
   return height, width, _PNG_CHANNELS.get(data[25], 3)
 
 
+EVENT_FILE_PREFIX = "events.out.tfevents."
+
+
+def remove_event_files(logdir):
+  """Delete the TensorBoard event files directly in `logdir` (nothing else); returns how many."""
+  if not os.path.isdir(logdir):
+    return 0
+  found = [n for n in os.listdir(logdir) if n.startswith(EVENT_FILE_PREFIX)]
+  for name in found:
+    os.remove(os.path.join(logdir, name))
+  return len(found)
+
+
 class Writer:
   """Scalars and images into an event file in `logdir` (nothing at all if not enabled)."""
 

@@ -136,13 +136,19 @@ def _label_rows(ax, names, by):
         ax.axhline(r - 0.5, color="black", linewidth=0.6)
 
 
-def _step_ticks(ax, steps, max_ticks=8):
-  """Column k shows steps[k] (an int: the first step of its bin)."""
-  if len(steps) == 0:
+def _step_ticks(ax, firsts, max_ticks=8):
+  """Ticks at round steps on columns whose k-th starts at firsts[k] (ascending ints): a tick
+  sits where its step falls, interpolated between the columns' first steps."""
+  if len(firsts) == 0:
     return
-  where = np.unique(np.linspace(0, len(steps) - 1, min(max_ticks, len(steps))).round().astype(int))
-  ax.set_xticks(where)
-  ax.set_xticklabels([str(int(steps[k])) for k in where], fontsize=8)
+  if len(firsts) == 1:
+    ax.set_xticks([0])
+    ax.set_xticklabels([str(int(firsts[0]))], fontsize=8)
+    return
+  values = ticker.MaxNLocator(max_ticks, integer=True).tick_values(firsts[0], firsts[-1])
+  values = values[(values >= firsts[0]) & (values <= firsts[-1])]
+  ax.set_xticks(np.interp(values, firsts, np.arange(len(firsts))))
+  ax.set_xticklabels([str(int(v)) for v in values], fontsize=8)
 
 
 def _integer_steps(ax):
@@ -207,7 +213,9 @@ def cosine_matrix_figure(record, window=None):
       beyond = excludes_zero(cells[i, j])
       second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
                 + f"{100 * share[i, j]:.0f}% <0")
-      ax.text(j, i, f"{cells[i, j].text(digits)}{'*' if beyond else ''}\n{second}",
+      bare = np.isfinite(cells[i, j].estimate) and not np.isfinite(cells[i, j].low)
+      ax.text(j, i, f"{cells[i, j].text(digits)}{'*' if beyond else ''}"
+              f"{' (no interval)' if bare else ''}\n{second}",
               ha="center", va="center", fontsize=6.5 if beyond else 7.5,  # bold fits the frame
               color=_text_color(shown[i, j] / vmax), fontweight="bold" if beyond else "normal")
       if beyond:
@@ -223,9 +231,10 @@ def cosine_matrix_figure(record, window=None):
   return fig
 
 
-MATRIX_CAPTION = ("cell: estimate [95% interval]; framed, bold, '*': the interval excludes 0 "
-                  "(beyond noise).\nred < 0: conflict, blue > 0: agreement; colour on the "
-                  "cosine's full range [-1, 1].")
+MATRIX_CAPTION = ("cell: estimate [95% interval] ('no interval': fewer than 4 probes; n/a: not "
+                  "measurable, a same-task agreement <= 0); framed, bold, '*': the interval "
+                  "excludes 0\n(beyond noise). red < 0: conflict, blue > 0: agreement; colour on "
+                  "the cosine's full range [-1, 1]; |g|: whole-body gradient norm.")
 
 
 def excludes_zero(interval):
@@ -235,15 +244,22 @@ def excludes_zero(interval):
 
 
 def binned_layer_steps(record, pair, rows="auto", max_columns=MAX_COLUMNS):
-  """(row names, grouping, (rows, C) window-mean cosines, first step of each column) of one
-  pair: the probe steps split into C <= max_columns contiguous bins."""
+  """(row names, grouping, (rows, C) window-mean cosines, first x of each column) of one pair:
+  the probes split into C <= max_columns contiguous bins (x: record.x_axis)."""
   k = _pair_index(record, pair)
   by = rows_for(record.layer_names, rows)
   names, grams = record.grouped(by)
   cos = conflicts.pair_values(conflicts.cosines(grams))[..., k]  # (S, rows)
   bins = step_bins(record.num_steps, max_columns)
   binned = np.stack([conflicts.nan_mean(cos[b], axis=0) for b in bins], axis=1)
-  return names, by, binned, np.array([record.steps[b[0]] for b in bins])
+  xs = record.x_axis()[0]
+  return names, by, binned, np.array([xs[b[0]] for b in bins])
+
+
+def layer_step_limit(record, rows="auto"):
+  """One colour limit for every pair's layer x step map, so that the maps compare at a glance."""
+  return symmetric_limit(np.concatenate([
+      binned_layer_steps(record, name, rows)[2].ravel() for name in record.pair_names]))
 
 
 def layer_step_figure(record, pair, rows="auto", vmax=None):
@@ -259,27 +275,54 @@ def layer_step_figure(record, pair, rows="auto", vmax=None):
   _label_rows(ax, names, by)
   _step_ticks(ax, firsts)
   per = record.num_steps / cos.shape[1]
-  ax.set_xlabel("step" + (f" (each column: mean of ~{per:.0f} probes)" if per > 1 else ""))
+  ax.set_xlabel(record.x_axis()[1]
+                + (f" (each column: mean of ~{per:.0f} probes)" if per > 1 else ""))
   fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02,
-               label=_stretched("cos", vmax))
-  ax.set_title(_title(record, f"{record.pair_names[k]}: per-{by} gradient cosine, "
+               label=_stretched("raw cos", vmax))
+  ax.set_title(_title(record, f"{record.pair_names[k]}: per-{by} raw gradient cosine, "
                       f"{record.window_label()}"), fontsize=10)
   return fig
 
 
+def layer_pair_intervals(record, rows="auto", level=0.95):
+  """(row names, grouping, (rows, P) window means of the raw cosine, (rows, P) whether each
+  mean's `level` interval over the probes excludes 0 (False without an interval), whether any
+  cell has an interval)."""
+  from mtl import stats
+  by = rows_for(record.layer_names, rows)
+  names, grams = record.grouped(by)
+  cos = conflicts.pair_values(conflicts.cosines(grams))  # (S, rows, P)
+  mean = conflicts.nan_mean(cos, axis=0)
+  beyond = np.zeros(mean.shape, bool)
+  measured = False
+  for r in range(mean.shape[0]):
+    for c in range(mean.shape[1]):
+      interval = stats.window_mean_interval(cos[:, r, c], level, record.interval_method)
+      measured |= bool(np.isfinite(interval.low))
+      beyond[r, c] = excludes_zero(interval)
+  return names, by, mean, beyond, measured
+
+
+FADE = 0.65  # layer x pair map: a cell whose interval holds 0 is blended this far toward white
+
+
 def layer_pair_figure(record, window=None, rows="auto", vmax=None):
-  """Layer x task-pair mean cosine over the last `window` probe steps."""
+  """Layer x task-pair mean raw cosine over the last `window` probe steps; cells whose 95%
+  interval holds 0 faded, those beyond noise marked."""
   rec = record.last(window)
-  by = rows_for(rec.layer_names, rows)
-  names, grams = rec.grouped(by)
-  cos = conflicts.nan_mean(conflicts.pair_values(conflicts.cosines(grams)), axis=0)  # (rows, P)
+  names, by, cos, beyond, measured = layer_pair_intervals(rec, rows)
   vmax = vmax or symmetric_limit(cos)
   pnames = rec.pair_names
-  fig = Figure(figsize=(3.2 + 0.75 * len(pnames), _row_figure_height(len(names))),
+  largest = np.nanmax(np.abs(cos)) if np.isfinite(cos).any() else 1.0
+  digits = 2 if largest >= 0.1 else 3
+  norm = matplotlib.colors.Normalize(-vmax, vmax)
+  colours = _cmap()(norm(np.ma.masked_invalid(cos)))
+  faded = measured & ~beyond & np.isfinite(cos)
+  colours[faded, :3] = 1 - (1 - FADE) * (1 - colours[faded, :3])
+  fig = Figure(figsize=(3.2 + 0.75 * len(pnames), _row_figure_height(len(names)) + 0.3),
                layout="constrained")
   ax = fig.add_subplot()
-  image = ax.imshow(np.ma.masked_invalid(cos), cmap=_cmap(), vmin=-vmax, vmax=vmax,
-                    aspect="auto", interpolation="nearest")
+  ax.imshow(colours, aspect="auto", interpolation="nearest")
   _label_rows(ax, names, by)
   ax.set_xticks(np.arange(len(pnames)))
   ax.set_xticklabels(pnames, rotation=40, ha="right", fontsize=8)
@@ -287,83 +330,144 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
     for r in range(len(names)):
       for c in range(len(pnames)):
         if np.isfinite(cos[r, c]):
-          ax.text(c, r, _signed(cos[r, c]), ha="center", va="center", fontsize=6.5,
-                  color=_text_color(cos[r, c] / vmax))
-  fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03,
-               label=_stretched("mean cos", vmax))
-  ax.set_title(_title(rec, f"per-{by} gradient cosine,\nmean over {rec.window_label()}"),
+          ax.text(c, r, _signed(cos[r, c], digits) + ("*" if beyond[r, c] else ""),
+                  ha="center", va="center", fontsize=6.5,
+                  color="#808080" if faded[r, c] else _text_color(cos[r, c] / vmax),
+                  fontweight="bold" if beyond[r, c] else "normal")
+  fig.colorbar(matplotlib.cm.ScalarMappable(norm, _cmap()), ax=ax, fraction=0.05, pad=0.03,
+               label=_stretched("mean raw cos", vmax))
+  ax.set_title(_title(rec, f"per-{by} raw gradient cosine,\nmean over {rec.window_label()}"),
                fontsize=10)
+  fig.supxlabel(("full colour, bold, '*': the mean's 95% interval over the probes excludes 0; "
+                 "faded: it holds 0 (noise)") if measured else
+                "fewer than 4 probes: no interval, nothing marked", fontsize=7)
   return fig
+
+
+CURVE_PARTS = 10  # cos_curves.png: the corrected cosine per tenth of the probes
+
+
+def _corrected_parts(ax, record, colors):
+  """The noise-corrected whole-body cosine of each pair per tenth of the probes (fewer parts
+  for short records: conflicts.split_phases), with its 95% interval; filled: excludes 0."""
+  parts = [part for _, part in conflicts.split_phases(record, CURVE_PARTS)]
+  num_pairs = len(record.pair_names)
+  for k, name in enumerate(record.pair_names):
+    for p, part in enumerate(parts):
+      interval = part.corrected_cosine_intervals()[k]
+      width = part.steps[-1] - part.steps[0] if part.num_steps > 1 else 1
+      x = 0.5 * (part.steps[0] + part.steps[-1]) + (k - (num_pairs - 1) / 2) * 0.5 * width / max(
+          1, num_pairs)
+      if not np.isfinite(interval.estimate):  # a same-task agreement <= 0: no estimate
+        ax.plot([x], [0.0], marker="x", markersize=6, color=colors[k])
+        continue
+      low, high = interval.low, interval.high
+      if np.isfinite(low):
+        ax.plot([x, x], [max(low, -1.05), min(high, 1.05)], color=colors[k], linewidth=1.4)
+      ax.plot([x], [interval.estimate], marker="o", markersize=5, color=colors[k],
+              markerfacecolor=colors[k] if excludes_zero(interval) else "white",
+              label=name if p == 0 else None)
+  ax.axhline(0, color="black", linewidth=0.7)
+  ax.set_ylim(max(-1.05, ax.get_ylim()[0]), min(1.05, ax.get_ylim()[1]))
+  ax.set_ylabel("corrected cos")
+  ax.set_title(f"noise-corrected whole-body cosine per {'tenth' if len(parts) == 10 else 'part'} "
+               f"of the probes ({len(parts)} parts), 95% interval (cut at ±1.05)\nfilled: the "
+               "interval excludes 0; x at 0: not measurable (a same-task agreement <= 0)",
+               fontsize=9)
 
 
 def curves_figure(record, ema_beta=0.1):
-  """Whole-body cosine per pair (+ EMA) with the same-task noise floor, the conflict fraction
-  (+ moving mean) and gradient norms over steps."""
-  steps = record.steps
+  """Over the probes: the noise-corrected whole-body cosine per tenth with its interval (with
+  halves, along training), the raw cosine per pair (+ EMA), each task's same-task agreement,
+  the conflict fraction (+ moving mean) and gradient norms. At one checkpoint (independent
+  fresh batches) the x axis counts batches and nothing is smoothed over them as if in time."""
+  xs, xlabel = record.x_axis()
+  ema_beta = 0.0 if record.checkpoint else ema_beta
   body = record.grouped("body")[1][:, 0]
   pcos = conflicts.pair_values(conflicts.cosines(body))          # (S, P)
   leaf_pcos = conflicts.pair_values(conflicts.cosines(record.gramians))  # (S, L, P)
-  marker = "o" if len(steps) < 30 else None
-  fig = Figure(figsize=(10, 8.2), layout="constrained")
-  axes = fig.subplots(3, 1, sharex=True)
+  marker = "o" if len(xs) < 30 else None
+  parts = record.halves and not record.checkpoint
+  panels = ["corrected"] * parts + ["raw"] + ["agreement"] * record.halves + ["fraction", "norm"]
+  fig = Figure(figsize=(10, 1.2 + 2.3 * len(panels)), layout="constrained")
+  axes = dict(zip(panels, fig.subplots(len(panels), 1, sharex=True)))
   palette = matplotlib.colormaps["tab10" if pcos.shape[1] <= 10 else "tab20"]
   colors = [palette(k % palette.N) for k in range(pcos.shape[1])]
   smooth = (lambda x: conflicts.ema(x, ema_beta, init=None)) if ema_beta else (lambda x: x)
+  legend = dict(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
 
-  ax = axes[0]
+  if parts:
+    _corrected_parts(axes["corrected"], record, colors)
+    axes["corrected"].legend(**legend)
+
+  ax = axes["raw"]
   for k, name in enumerate(record.pair_names):
     if ema_beta:
-      ax.plot(steps, pcos[:, k], color=colors[k], alpha=0.3, linewidth=0.8, marker=marker,
+      ax.plot(xs, pcos[:, k], color=colors[k], alpha=0.3, linewidth=0.8, marker=marker,
               markersize=2.5)
-      ax.plot(steps, smooth(pcos[:, k]), color=colors[k], linewidth=1.8, label=name)
+      ax.plot(xs, smooth(pcos[:, k]), color=colors[k], linewidth=1.8, label=name)
     else:
-      ax.plot(steps, pcos[:, k], color=colors[k], linewidth=1.2, marker=marker, markersize=2.5,
+      ax.plot(xs, pcos[:, k], color=colors[k], linewidth=1.2, marker=marker, markersize=2.5,
               label=name)
-  if record.halves:  # the noise floor: how well a task agrees with itself on another half-batch
-    agree = record.same_task_agreement("body")[:, 0]
-    greys = matplotlib.colormaps["Greys"]
-    for t, name in enumerate(record.task_names):
-      ax.plot(steps, smooth(agree[:, t]), color=greys(0.45 + 0.5 * t / max(1, agree.shape[1])),
-              linestyle="--", linewidth=1.4, label=f"{name}: same task, half a vs b")
   ax.axhline(0, color="black", linewidth=0.7)
-  ax.set_ylabel("whole-body cos")
-  ax.set_title("gradient cosine per task pair" + (f" (bold: GradVac EMA, beta={ema_beta:g})"
-                                                   if ema_beta else "")
-               + ("; dashed: same-task agreement, the noise floor" if record.halves else ""),
-               fontsize=10)
-  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  ax.set_ylabel("raw cos")
+  ax.set_title("raw whole-body gradient cosine per probe (not corrected for minibatch noise)"
+               + (f"\nbold: GradVac EMA, beta={ema_beta:g}, from the first probe"
+                  if ema_beta else ""), fontsize=9)
+  ax.legend(**legend)
 
-  ax = axes[1]
+  if record.halves:  # a task's agreement with itself on the other half-batch: its signal share
+    ax = axes["agreement"]
+    agree = record.same_task_agreement("body")[:, 0]
+    for t, name in enumerate(record.task_names):
+      color = f"C{t % 10}"
+      if ema_beta:
+        ax.plot(xs, agree[:, t], color=color, alpha=0.3, linewidth=0.8)
+      ax.plot(xs, smooth(agree[:, t]), color=color, linewidth=1.6 if ema_beta else 1.2,
+              marker=marker, markersize=2.5, label=name)
+    ax.axhline(0, color="black", linewidth=0.7)
+    ax.set_ylabel("same-task cos")
+    ax.set_title("same-task agreement: cos of a task's two half-batch gradients\n(near 0: mostly "
+                 "noise; the corrected cosine divides by it)"
+                 + (f"; bold: EMA, beta={ema_beta:g}" if ema_beta else ""), fontsize=9)
+    ax.legend(**legend)
+
+  ax = axes["fraction"]
   fraction = conflicts.conflict_fraction(body)
-  width = max(1, int(round(SMOOTH_SHARE * len(steps))))
-  ax.plot(steps, fraction, color="C3", alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
-  ax.plot(steps, moving_mean(fraction, width), color="C3", linewidth=1.8,
-          label=f"whole body: pairs with cos<0\n(mean of the last {width} probes)")
-  leaf_share = conflicts.share_negative(leaf_pcos.reshape(len(steps), -1), axis=1)
-  ax.plot(steps, moving_mean(leaf_share, width), color="C7", linewidth=1.4,
-          label=f"leaves: (leaf, pair) with cos<0\n(mean of the last {width} probes)")
+  width = max(1, int(round(SMOOTH_SHARE * len(xs))))
+  ax.plot(xs, fraction, color="C3", alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
+  ax.plot(xs, moving_mean(fraction, width), color="C3", linewidth=1.8,
+          label=f"whole body: pairs with raw cos<0\n(mean of the last {width} probes)")
+  leaf_share = conflicts.share_negative(leaf_pcos.reshape(len(xs), -1), axis=1)
+  ax.plot(xs, moving_mean(leaf_share, width), color="C7", linewidth=1.4,
+          label=f"leaves: (leaf, pair) with raw cos<0\n(mean of the last {width} probes)")
   ax.set_ylim(-0.03, 1.03)
   ax.set_ylabel("conflict fraction")
-  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+  ax.legend(**legend)
 
-  ax = axes[2]
+  ax = axes["norm"]
   body_norms = conflicts.norms(body)
   for t, name in enumerate(record.task_names):
-    ax.plot(steps, body_norms[:, t], marker=marker, markersize=2.5, label=name)
+    ax.plot(xs, body_norms[:, t], color=f"C{t % 10}", marker=marker, markersize=2.5, label=name)
   if np.isfinite(body_norms).any() and np.all(body_norms[np.isfinite(body_norms)] > 0):
-    ax.set_yscale("log")
-    plain = ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))  # 40, not 4x10^1
-    ax.yaxis.set_major_formatter(plain)
-    ax.yaxis.set_minor_formatter(plain)
+    _plain_log(ax)
   ax.set_ylabel("|g| (whole body)")
-  ax.set_xlabel("step")
-  ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-  for ax in axes:
+  ax.set_xlabel(xlabel)
+  ax.legend(**legend)
+  for ax in axes.values():
     ax.grid(alpha=0.3)
-  _integer_steps(axes[2])
-  fig.suptitle(_title(record, f"task conflict over training, {record.window_label()}"),
-               fontsize=11)
+  _integer_steps(axes["norm"])
+  what = "at one checkpoint" if record.checkpoint else "over training"
+  fig.suptitle(_title(record, f"task conflict {what}, {record.window_label()}"), fontsize=11)
   return fig
+
+
+def _plain_log(ax):
+  """A log y axis labelled 20, 30, 40 (not 2x10^1, ...)."""
+  ax.set_yscale("log")
+  plain = ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5))
+  ax.yaxis.set_major_formatter(plain)
+  ax.yaxis.set_minor_formatter(plain)
 
 
 def curves_png(steps, series, title="", xlabel="step", ylabel="", logy=False):
@@ -377,7 +481,7 @@ def curves_png(steps, series, title="", xlabel="step", ylabel="", logy=False):
     xs, ys = values if isinstance(values, tuple) else (steps, values)
     ax.plot(np.asarray(xs), np.asarray(ys, np.float64), label=name)
   if logy:
-    ax.set_yscale("log")
+    _plain_log(ax)
   ax.set_title(title, fontsize=10)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)

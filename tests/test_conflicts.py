@@ -13,6 +13,9 @@ LAYERS = ["token_embed/bias", "token_embed/kernel", "pos_embed",
           "encoder/0/attn/query/kernel", "encoder/0/norm1/scale", "encoder/0/norm1/bias",
           "encoder/1/mlp/fc1/kernel", "decoder/0/cross_attn/key/kernel",
           "decoder/0/norm3/scale", "out_mlp/fc1/kernel", "out_mlp/fc2/bias"]
+# A load sorts each layer's leaves into the order the network runs them (pre-norm: norm1 before
+# attn; kernel before bias).
+LOADED_ORDER = [1, 0, 2, 4, 5, 3, 6, 7, 8, 9, 10]
 BLOCKS = ["embeddings", "embeddings", "embeddings", "encoder_0", "encoder_0", "encoder_0",
           "encoder_1", "decoder_0", "decoder_0", "output_mlp", "output_mlp"]
 
@@ -37,10 +40,12 @@ def gram(j):
 
 
 def synthetic_store(workdir, steps, seed=0):
+  """Stores Gramians of LAYERS (the trainer's block order); returns them as a load reads them:
+  leaves in network order (LOADED_ORDER)."""
   rng = np.random.default_rng(seed)
   grams = np.stack([np.stack([gram(g) for g in random_grads(rng)]) for _ in steps])
   conflicts.append(workdir, np.asarray(steps), grams.astype(np.float32), LAYERS, TASKS)
-  return grams.astype(np.float32)
+  return grams.astype(np.float32)[:, LOADED_ORDER]
 
 
 # ----------------------------------------------------------------------------- derived
@@ -179,8 +184,14 @@ def test_store_round_trip(tmp_path):
   record = conflicts.load(wd)
   assert record.steps.dtype == np.int64 and record.steps.tolist() == [0, 5, 10, 15, 20]
   assert record.gramians.dtype == np.float32
+  assert record.layer_names == (
+      "token_embed/kernel", "token_embed/bias", "pos_embed", "encoder/0/norm1/scale",
+      "encoder/0/norm1/bias", "encoder/0/attn/query/kernel", "encoder/1/mlp/fc1/kernel",
+      "decoder/0/cross_attn/key/kernel", "decoder/0/norm3/scale", "out_mlp/fc1/kernel",
+      "out_mlp/fc2/bias")
+  assert list(record.layer_names) == [LAYERS[i] for i in LOADED_ORDER]
   np.testing.assert_array_equal(record.gramians, np.concatenate([a, b]))
-  assert record.layer_names == tuple(LAYERS) and record.task_names == tuple(TASKS)
+  assert record.task_names == tuple(TASKS)
   assert record.cosines(by="body").shape == (5, 1, 3, 3)
   assert record.cosines(by="block").shape == (5, 5, 3, 3)
   assert record.pair_names == ["denoise_30~sr_x2", "denoise_30~derain", "sr_x2~derain"]
@@ -219,7 +230,7 @@ def test_load_drops_duplicate_steps_defensively(tmp_path):
   grams = synthetic_store(wd, [0, 1, 2, 3], seed=0)
   # What a crash between writing the shorter chunk and removing the old one leaves behind.
   np.savez(os.path.join(conflicts.store_dir(wd), "chunk-000000000-000000001.npz"),
-           steps=np.array([0, 1], np.int64), gramians=grams[:2])
+           steps=np.array([0, 1], np.int64), gramians=grams[:2][:, np.argsort(LOADED_ORDER)])
   record = conflicts.load(wd)
   assert record.steps.tolist() == [0, 1, 2, 3]
   np.testing.assert_array_equal(record.gramians, grams)
@@ -392,7 +403,7 @@ def write_v1_store(workdir, steps, seed=0):
                "layer_names": LAYERS}, f)
   np.savez(os.path.join(path, f"chunk-{steps[0]:09d}-{steps[-1]:09d}.npz"),
            steps=np.asarray(steps, np.int64), gramians=grams.astype(np.float32))
-  return grams.astype(np.float32)
+  return grams.astype(np.float32)[:, LOADED_ORDER]
 
 
 def test_version_1_store_loads_without_a_noise_floor(tmp_path):
@@ -426,7 +437,7 @@ def synthetic_half_store(workdir, steps, seed=0):
   grams = np.stack([np.stack([gram(g) for g in random_grads(rng, num_tasks=2 * len(TASKS))])
                     for _ in steps]).astype(np.float32)
   conflicts.append(workdir, np.asarray(steps), grams, LAYERS, TASKS)
-  return grams
+  return grams[:, LOADED_ORDER]
 
 
 def test_version_2_store_round_trip_and_clear_errors(tmp_path):
@@ -461,6 +472,15 @@ def test_the_probe_batch_is_recorded_named_and_picks_the_interval_method(tmp_pat
   conflicts.append(fresh, np.arange(12), grams, LAYERS, TASKS, {"size": 32, "fresh": True})
   conflicts.append(training, np.arange(12), grams, LAYERS, TASKS, {"size": 4, "fresh": False})
   conflicts.append(old, np.arange(12), grams, LAYERS, TASKS)
+  at_checkpoint = str(tmp_path / "checkpoint")  # analyze --checkpoint's: batches at one step
+  conflicts.append(at_checkpoint, np.arange(10**7, 10**7 + 12), grams, LAYERS, TASKS, {
+      "size": 8, "fresh": True, "checkpoint": {"run": "joint-s0", "step": 400}})
+  measured = conflicts.load(at_checkpoint)
+  assert measured.checkpoint == {"run": "joint-s0", "step": 400} and measured.name == "joint-s0"
+  assert measured.window_label() == "checkpoint step 400, 12 fresh batches of 8/task"
+  xs, label = measured.x_axis()
+  assert xs.tolist() == list(range(1, 13)) and label == "fresh probe batch (one checkpoint)"
+  assert conflicts.load(fresh).checkpoint is None and conflicts.load(old).checkpoint is None
   record = conflicts.load(fresh)
   assert record.probe_batch == {"size": 32, "fresh": True}
   assert record.window_label() == "steps 0-11 (12 probes, fresh batches of 32/task)"
@@ -479,11 +499,13 @@ def test_the_probe_batch_is_recorded_named_and_picks_the_interval_method(tmp_pat
   path = os.path.join(conflicts.store_dir(fresh), "meta.json")
   with open(path) as f:
     meta = json.load(f)
-  meta["probe_batch"] = {"size": "32", "fresh": True}
-  with open(path, "w") as f:
-    json.dump(meta, f)
-  with pytest.raises(ValueError, match="corrupt conflict store meta .*probe_batch"):
-    conflicts.load(fresh)
+  for bad in ({"size": "32", "fresh": True},
+              {"size": 32, "fresh": True, "checkpoint": {"run": "x", "step": "400"}}):
+    meta["probe_batch"] = bad
+    with open(path, "w") as f:
+      json.dump(meta, f)
+    with pytest.raises(ValueError, match="corrupt conflict store meta .*probe_batch"):
+      conflicts.load(fresh)
 
 
 def test_non_finite_probes_are_skipped_with_a_warning(tmp_path, caplog):

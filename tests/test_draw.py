@@ -16,11 +16,35 @@ def test_probe_scalars_per_flush():
   last = out[-1][1]
   corrected = conflicts.pair_values(conflicts.corrected_cosines(
       rec.grouped_halves("body")[1][:, 0], axis=0))
+  interval = rec.corrected_cosine_intervals()[0]
+  assert -1 < interval.low < interval.high < 1  # the constructed conflict: resolved
   assert last[f"conflicts/corrected_cos/{PAIRS[0]}"] == pytest.approx(corrected[0])
+  assert (last[f"conflicts/corrected_cos_low/{PAIRS[0]}"],
+          last[f"conflicts/corrected_cos_high/{PAIRS[0]}"]) == (interval.low, interval.high)
   assert last[f"conflicts/conflict_fraction/{PAIRS[0]}"] == pytest.approx((body[:, 0] < 0).mean())
   assert f"conflicts/same_task/{TASKS[2]}" in last
   assert "conflicts/corrected_cos/" + PAIRS[0] not in out[0][1]  # windowed values: last step only
   assert not any("corrected" in k for k in draw.probe_scalars(record(halves=False))[-1][1])
+  # Over a window (analyze's figures'): the last 4 probes' values, at the last step.
+  windowed = draw.probe_scalars(rec, window=4)[-1][1]
+  assert windowed[f"conflicts/conflict_fraction/{PAIRS[0]}"] == pytest.approx(
+      (body[-4:, 0] < 0).mean())
+  assert windowed[f"conflicts/corrected_cos/{PAIRS[0]}"] == pytest.approx(
+      rec.last(4).corrected_cosine_intervals()[0].estimate)
+
+
+def test_an_unresolved_corrected_cosine_is_not_logged():
+  """Tasks whose half-batch gradients are noise (same-task agreement near 0): the corrected
+  cosine divides by nearly 0, and its interval reaches past +-1; no scalar (its spike would set
+  the chart's scale), where the raw cosines are still logged."""
+  rec = record(steps=10, noise=50.0)
+  intervals = rec.corrected_cosine_intervals()
+  last = draw.probe_scalars(rec)[-1][1]
+  for pair, interval in zip(PAIRS, intervals):
+    resolved = -1 <= interval.low and interval.high <= 1
+    assert (f"conflicts/corrected_cos/{pair}" in last) == resolved
+    assert f"conflicts/cos/{pair}" in last
+  assert not all(-1 <= iv.low and iv.high <= 1 for iv in intervals)  # the case is exercised
 
 
 def test_draw_all_writes_the_documented_files(tmp_path):

@@ -1,4 +1,5 @@
 """Conflict figures: files, labels, sizes, legibility for many leaves; launch/analyze.py."""
+import dataclasses
 import io
 import os
 import subprocess
@@ -31,13 +32,13 @@ def layer_names(encoders=1, decoders=1):
   return names + [f"out_mlp/fc{i}/{p}" for i in (1, 2) for p in ("bias", "kernel")]
 
 
-def record(steps=12, layers=None, tasks=TASKS, seed=0, halves=True, name="run7"):
+def record(steps=12, layers=None, tasks=TASKS, seed=0, halves=True, name="run7", noise=0.5):
   """Halves = task means + noise; the first pair conflicts. halves=False: a version-1 record."""
   layers = layers or layer_names()
   rng = np.random.default_rng(seed)
   mu = rng.normal(size=(steps, len(layers), len(tasks), 1, 8))
   mu[:, :, 1] -= 0.8 * mu[:, :, 0]
-  j = (mu + 0.5 * rng.normal(size=mu.shape[:3] + (2, 8))).reshape(steps, len(layers), -1, 8)
+  j = (mu + noise * rng.normal(size=mu.shape[:3] + (2, 8))).reshape(steps, len(layers), -1, 8)
   grams = np.einsum("sltd,slud->sltu", j, j).astype(np.float32)
   steps = np.arange(0, 3 * steps, 3, dtype=np.int64)
   rec = conflicts.Record.from_halves(steps, grams, layers, tasks, name)
@@ -125,8 +126,32 @@ def test_layer_figures_rows_and_labels():
   assert len(rows) == len(rec.layer_names)
   assert rows[3] == "enc0 attn.key.kernel" and rows[-1] == "out_mlp.fc2.kernel"
   mean = conflicts.nan_mean(conflicts.pair_values(conflicts.cosines(rec.gramians)), axis=0)
-  assert ax.get_images()[0].get_clim()[1] == pytest.approx(np.percentile(np.abs(mean), 98))
+  norm = fig.axes[1]._colorbar.mappable.norm
+  limit = np.percentile(np.abs(mean), 98)
+  assert (norm.vmin, norm.vmax) == pytest.approx((-limit, limit))
   assert ax.get_title().startswith("run7: ")
+  # Significance: a cell whose interval over the 12 probes excludes 0 is bold, '*', in full
+  # colour, one that holds 0 faded toward white; the constructed conflict (pair 0) is marked most.
+  cos = conflicts.pair_values(conflicts.cosines(rec.gramians))  # (S, L, P)
+  texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t for t in ax.texts}
+  pixels = ax.get_images()[0].get_array()
+  faded = 0
+  for r in range(len(rows)):
+    for c in range(len(PAIRS)):
+      iv = stats.window_mean_interval(cos[:, r, c], 0.95, rec.interval_method)
+      beyond = plots.excludes_zero(iv)
+      assert texts[c, r].get_text().endswith("*") == beyond
+      assert (texts[c, r].get_fontweight() == "bold") == beyond
+      full = np.asarray(plots._cmap()(norm(mean[r, c]))[:3])
+      if beyond:
+        np.testing.assert_allclose(pixels[r, c, :3], full)
+      else:
+        faded += 1
+        np.testing.assert_allclose(pixels[r, c, :3], 1 - (1 - plots.FADE) * (1 - full))
+  marked = [sum(texts[c, r].get_text().endswith("*") for r in range(len(rows)))
+            for c in range(len(PAIRS))]
+  assert marked[0] > max(marked[1:])
+  assert faded > 0 and "faded" in fig._supxlabel.get_text()
   fig = plots.layer_step_figure(rec, "sr_x2~derain")
   ax = fig.axes[0]
   data = ax.get_images()[0].get_array()
@@ -134,7 +159,10 @@ def test_layer_figures_rows_and_labels():
   cos = conflicts.cosines(rec.gramians)[:, :, 1, 2]
   np.testing.assert_allclose(data.filled(np.nan), cos.T, rtol=1e-6)
   assert ax.get_images()[0].get_clim()[1] == pytest.approx(np.percentile(np.abs(cos), 98))
-  assert labels(ax.get_xticklabels())[0] == "0" and labels(ax.get_xticklabels())[-1] == "33"
+  # steps 0, 3, ..., 33 a column each: ticks at round steps, placed where those steps fall
+  ticks = [int(t) for t in labels(ax.get_xticklabels())]
+  assert ticks[0] == 0 and len(set(np.diff(ticks))) == 1 and ticks[-1] <= 33
+  np.testing.assert_allclose(ax.get_xticks(), np.array(ticks) / 3)
   with pytest.raises(ValueError, match="valid: denoise_30~sr_x2"):
     plots.layer_step_figure(rec, "sr_x2~rain")
 
@@ -149,9 +177,10 @@ def test_layer_step_map_bins_long_runs_into_window_means():
   # 450 steps in 200 contiguous bins: the first 50 hold 3 steps, the rest 2
   np.testing.assert_allclose(data[:, 0], cos[0:3].mean(0), rtol=1e-6)
   np.testing.assert_allclose(data[:, -1], cos[-2:].mean(0), rtol=1e-6)
-  ticks = labels(ax.get_xticklabels())
-  assert ticks[0] == "0" and ticks[-1] == str(int(rec.steps[-2]))  # the last bin's first step
-  assert all(t.isdigit() for t in ticks)
+  ticks = [int(t) for t in labels(ax.get_xticklabels())]
+  assert ticks[0] == 0 and len(set(np.diff(ticks))) == 1 and ticks[-1] <= rec.steps[-2]
+  firsts = rec.steps[[b[0] for b in plots.step_bins(rec.num_steps)]]
+  np.testing.assert_allclose(ax.get_xticks(), np.interp(ticks, firsts, np.arange(len(firsts))))
   assert "mean of ~2 probes" in ax.get_xlabel()
 
 
@@ -175,28 +204,54 @@ def test_many_leaves_use_coarser_rows_and_taller_figures():
 def test_curves_figure():
   rec = record(steps=40)
   fig = plots.curves_figure(rec, ema_beta=0.2)
-  top, middle, bottom = fig.axes[:3]
-  legend = [t.get_text() for t in top.get_legend().get_texts()]
-  assert legend == PAIRS + [f"{t}: same task, half a vs b" for t in TASKS]
-  ema_line = [l for l in top.get_lines() if l.get_label() == PAIRS[0]][0]
+  corrected, raw, agreement, fraction_ax, norms = fig.axes[:5]
+  # The corrected cosine per part of the probes (40 probes: 4 parts of >= 9), its interval.
+  parts = [part for _, part in conflicts.split_phases(rec, plots.CURVE_PARTS)]
+  assert len(parts) == 4
+  dots = [l for l in corrected.get_lines() if l.get_marker() == "o"]
+  assert len(dots) == 4 * len(PAIRS)
+  first = parts[0].corrected_cosine_intervals()[0]
+  assert dots[0].get_ydata()[0] == pytest.approx(first.estimate)
+  assert (dots[0].get_markerfacecolor() == dots[0].get_color()) == plots.excludes_zero(first)
+  assert [t.get_text() for t in corrected.get_legend().get_texts()] == PAIRS
+  assert [t.get_text() for t in raw.get_legend().get_texts()] == PAIRS
+  ema_line = [l for l in raw.get_lines() if l.get_label() == PAIRS[0]][0]
   body = conflicts.pair_values(rec.cosines("body")[:, 0])
   np.testing.assert_allclose(ema_line.get_ydata(), conflicts.ema(body[:, 0], 0.2, init=None))
-  floor = [l for l in top.get_lines() if l.get_label() == "sr_x2: same task, half a vs b"][0]
+  assert "not corrected" in raw.get_title()
+  floor = [l for l in agreement.get_lines() if l.get_label() == "sr_x2"][0]
   np.testing.assert_allclose(floor.get_ydata(), conflicts.ema(
       rec.same_task_agreement("body")[:, 0, 1], 0.2, init=None))
   fraction = rec.conflict_fraction("body")[:, 0]
-  np.testing.assert_allclose(middle.get_lines()[0].get_ydata(), fraction)
+  np.testing.assert_allclose(fraction_ax.get_lines()[0].get_ydata(), fraction)
   width = 4  # SMOOTH_SHARE of 40 probes
-  np.testing.assert_allclose(middle.get_lines()[1].get_ydata()[width - 1:],
+  np.testing.assert_allclose(fraction_ax.get_lines()[1].get_ydata()[width - 1:],
                              np.convolve(fraction, np.ones(width) / width, mode="valid"))
-  assert [t.get_text() for t in bottom.get_legend().get_texts()] == TASKS
+  assert [t.get_text() for t in norms.get_legend().get_texts()] == TASKS
   plots.to_png(fig)  # ticks exist once drawn
-  ticks = [t.get_text() for t in bottom.get_xticklabels() if t.get_text()]
+  ticks = [t.get_text() for t in norms.get_xticklabels() if t.get_text()]
   assert ticks and all(t.lstrip("-").isdigit() for t in ticks)  # integer steps
-  assert fig._suptitle.get_text().startswith("run7: ")
+  assert fig._suptitle.get_text().startswith("run7: task conflict over training")
   png = plots.curves_png([0, 1, 2], {"loss/a": [3.0, 2.0, 1.0], "loss/b": ([0, 2], [1.0, 0.5])},
                          title="loss", logy=True)
   assert png.startswith(b"\x89PNG") and png_size(png)[0] > 300
+
+
+def test_curves_at_one_checkpoint_count_batches_and_smooth_nothing():
+  """Fresh batches at one saved step are independent draws, not a trajectory: the x axis counts
+  them, no EMA runs over them, and there are no tenths of training."""
+  rec = record(steps=6)
+  rec = dataclasses.replace(rec, steps=rec.steps + 10**7, probe_batch={
+      "size": 8, "fresh": True, "checkpoint": {"run": "run7", "step": 400}})
+  fig = plots.curves_figure(rec, ema_beta=0.2)
+  raw = fig.axes[0]
+  assert len(fig.axes) == 4  # raw, agreement, fraction, norms
+  assert [l.get_label() for l in raw.get_lines()][:len(PAIRS)] == PAIRS  # one line each
+  assert raw.get_lines()[0].get_xdata().tolist() == [1, 2, 3, 4, 5, 6]
+  assert "EMA" not in raw.get_title()
+  assert fig.axes[-1].get_xlabel() == "fresh probe batch (one checkpoint)"
+  assert fig._suptitle.get_text() == (
+      "run7: task conflict at one checkpoint, checkpoint step 400, 6 fresh batches of 8/task")
 
 
 def write_store(workdir, steps=8):
@@ -233,6 +288,12 @@ def test_analyze_script(tmp_path):
   assert os.path.exists(os.path.join(wd, "conflicts", "cos_layers_steps-sr_x2~derain.png"))
   events = os.listdir(os.path.join(wd, "events", "analyze"))
   assert len(events) == 1 and events[0].startswith("events.out.tfevents.")
+  # A rerun replaces its TensorBoard events (which TensorBoard would merge), as its figures.
+  again = run_analyze(f"--workdir={wd}")
+  assert again.returncode == 0, again.stderr
+  assert "replaced events/analyze/'s earlier event file (1) and figures" in again.stdout
+  assert os.listdir(os.path.join(wd, "events", "analyze")) != events
+  assert len(os.listdir(os.path.join(wd, "events", "analyze"))) == 1
 
 
 def test_analyze_reads_the_late_phase_by_default_and_warns_when_phases_disagree(tmp_path):

@@ -325,6 +325,11 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
   record = conflicts.load(str(out))
   assert record.gramians.shape[:1] == (3,) and record.gramians.shape[2:] == (2, 2)
   assert os.path.exists(out / "conflicts" / "cos_matrix.png")
+  # Its figures name the run and the checkpoint, and count batches, not training steps.
+  run_name = os.path.basename(straight_run[0].rstrip("/"))
+  assert record.checkpoint == {"run": run_name, "step": 4} and record.name == run_name
+  assert record.window_label() == "checkpoint step 4, 3 fresh batches of 2/task"
+  assert record.x_axis()[0].tolist() == [1, 2, 3]
   again = subprocess.run(  # the store is never overwritten
       [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
        "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",

@@ -31,7 +31,8 @@ class Record:
   task_names: tuple
   half_gramians: np.ndarray = None
   name: str = ""
-  probe_batch: dict = None  # {"size": images per task, "fresh": bool}; None: not recorded
+  # {"size": images per task, "fresh": bool[, "checkpoint": {"run", "step"}]}; None: not recorded
+  probe_batch: dict = None
 
   @classmethod
   def from_halves(cls, steps, half_gramians, layer_names, task_names, name="", probe_batch=None):
@@ -160,10 +161,27 @@ class Record:
     kind = "fresh batches" if self.probe_batch["fresh"] else "training batches"
     return f"{kind} of {self.probe_batch['size']}/task"
 
+  @property
+  def checkpoint(self):
+    """{"run", "step"} when the probes are fresh batches at one saved step (analyze
+    --checkpoint), else None: then they are training steps."""
+    return (self.probe_batch or {}).get("checkpoint")
+
+  def x_axis(self):
+    """(x values, axis label) of the probes: their training steps, or at one checkpoint the
+    batches' numbers 1..N (independent batches: no order in time)."""
+    if self.checkpoint:
+      return np.arange(1, self.num_steps + 1), "fresh probe batch (one checkpoint)"
+    return self.steps, "step"
+
   def window_label(self):
-    """'steps a-b (n probes[, fresh batches of B/task])' for titles and texts."""
+    """'steps a-b (n probes[, fresh batches of B/task])' for titles and texts; at a checkpoint
+    'checkpoint step N, n fresh batches of B/task'."""
     if self.num_steps == 0:
       return "no steps"
+    if self.checkpoint:
+      return (f"checkpoint step {self.checkpoint['step']}, {self.num_steps} fresh "
+              f"batch{'es' if self.num_steps != 1 else ''} of {self.probe_batch['size']}/task")
     batch = f", {self.batch_label()}" if self.probe_batch else ""
     return (f"steps {int(self.steps[0])}-{int(self.steps[-1])} "
             f"({self.num_steps} probe{'s' if self.num_steps != 1 else ''}{batch})")

@@ -1,7 +1,8 @@
 """The on-disk record of probe steps: <workdir>/conflicts/store/, and the Record it loads.
 
   meta.json                          {"format", "version": 2, "halves", "task_names",
-                                      "layer_names"[, "probe_batch": {"size", "fresh"}]}
+                                      "layer_names"[, "probe_batch": {"size", "fresh"[,
+                                      "checkpoint": {"run", "step"}]}]}
   chunk-<first:09d>-<last:09d>.npz   steps (S,) int64 ascending, gramians (S, L, K, K) float32
 
 halves: true (what the trainer writes): K = 2T, the Gramians of the per-half gradients in the
@@ -10,6 +11,8 @@ Gramians. task_names are always the T tasks. Version 1 stores (no "halves" key, 
 load, as records without halves: their noise-floor quantities are NaN and say so. probe_batch
 (absent in older stores): the images per task each probe measured, and whether they were a
 fresh batch of their own (conflicts.batch_size) or the training batch; titles and texts say it.
+checkpoint (launch/analyze.py --checkpoint): the probes are independent fresh batches at one
+saved step of a run (its name and step), not training steps: figures and texts count batches.
 
 `load(workdir)` returns a Record (mtl.conflicts.record): the stored steps, their per-leaf task
 Gramians in network order, the half Gramians where stored, and the derived statistics.
@@ -23,6 +26,7 @@ import numpy as np
 from absl import logging
 
 from mtl import files
+from mtl.models import ipt
 from mtl.conflicts.record import Record, _check_range, _describe_steps, format_range
 
 FORMAT = "mtl.conflicts"
@@ -77,9 +81,11 @@ class Store:
                          "of strings")
     batch = meta.get("probe_batch")
     if batch is not None and not (isinstance(batch, dict) and type(batch.get("size")) is int
-                                  and batch["size"] > 0 and isinstance(batch.get("fresh"), bool)):
+                                  and batch["size"] > 0 and isinstance(batch.get("fresh"), bool)
+                                  and _is_checkpoint(batch.get("checkpoint"))):
       raise ValueError(f"corrupt conflict store meta {self.meta_path}: probe_batch {batch!r} is "
-                       'not {"size": <images per task>, "fresh": true|false}')
+                       'not {"size": <images per task>, "fresh": true|false[, "checkpoint": '
+                       '{"run": <name>, "step": <saved step>}]}')
     return meta
 
   def chunks(self):
@@ -148,12 +154,15 @@ class Store:
         raise ValueError(f"conflict store {self.path}: every probe step's Gramians are non-finite "
                          "(NaN/inf): the run's gradients overflowed; nothing to analyze")
       steps, first = steps[finite], first[finite]
-    name = os.path.basename(os.path.abspath(self.workdir).rstrip(os.sep))
+    grams, layer_names = _in_network_order(grams[first], meta["layer_names"])
+    checkpoint = (meta.get("probe_batch") or {}).get("checkpoint")
+    name = checkpoint["run"] if checkpoint else os.path.basename(
+        os.path.abspath(self.workdir).rstrip(os.sep))
     if meta["halves"]:
-      record = Record.from_halves(steps, grams[first], meta["layer_names"], meta["task_names"],
-                                  name, meta.get("probe_batch"))
+      record = Record.from_halves(steps, grams, layer_names, meta["task_names"], name,
+                                  meta.get("probe_batch"))
     else:
-      record = Record(steps=steps, gramians=grams[first], layer_names=tuple(meta["layer_names"]),
+      record = Record(steps=steps, gramians=grams, layer_names=tuple(layer_names),
                       task_names=tuple(meta["task_names"]), name=name)
     if step_range is None:
       return record
@@ -167,7 +176,7 @@ class Store:
 
   def append(self, steps, gramians, layer_names, task_names, probe_batch=None):
     """Add probe steps as one new chunk; returns its path (None if `steps` is empty).
-    probe_batch: {"size", "fresh"} of the probes (recorded with the first append).
+    probe_batch: {"size", "fresh"[, "checkpoint"]} of the probes (recorded with the first append).
 
     steps (S,) strictly increasing ints >= 0 (or one int); gramians (S, L, K, K) (or
     (L, K, K) for one step) with K = 2T (half-split, the probe's; stored with halves: true)
@@ -210,6 +219,10 @@ class Store:
       if probe_batch:
         meta["probe_batch"] = {"size": int(probe_batch["size"]),
                                "fresh": bool(probe_batch["fresh"])}
+        if probe_batch.get("checkpoint"):
+          checkpoint = probe_batch["checkpoint"]
+          meta["probe_batch"]["checkpoint"] = {"run": str(checkpoint["run"]),
+                                               "step": int(checkpoint["step"])}
       files.write_atomic(self.meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
     chunks = self.chunks()
     if chunks and max(c[1] for c in chunks) >= steps[0]:
@@ -266,6 +279,19 @@ class Store:
     path = os.path.join(self.path, f"chunk-{int(steps[0]):09d}-{int(steps[-1]):09d}.npz")
     files.write_atomic(path, lambda f: np.savez(f, steps=steps, gramians=gramians))
     return path
+
+
+def _in_network_order(gramians, layer_names):
+  """(gramians, names) with the leaves (axis 1) sorted by ipt.network_rank: stores keep the
+  trainer's block order, within a layer alphabetical."""
+  order = sorted(range(len(layer_names)), key=lambda i: ipt.network_rank(layer_names[i]))
+  return gramians[:, order], [layer_names[i] for i in order]
+
+
+def _is_checkpoint(value):
+  """probe_batch's optional "checkpoint": absent, or {"run": name, "step": saved step >= 0}."""
+  return value is None or (isinstance(value, dict) and isinstance(value.get("run"), str)
+                           and type(value.get("step")) is int and value["step"] >= 0)
 
 
 def _corrupt_chunk(path, problem):

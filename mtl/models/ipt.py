@@ -23,8 +23,8 @@ from flax import nnx
 
 from mtl.models.layers import (  # noqa: F401  (the model's layer names, as ipt.<name>)
     GROUPINGS, LAYER_STACKS, block_of, body_layer_order, group_keys, is_per_layer,
-    layer_stacked_leaves, map_bodies, module_of, network_order, shared_layer_names, stack_layers,
-    unstack_layers)
+    layer_stacked_leaves, map_bodies, module_of, network_order, network_rank, shared_layer_names,
+    stack_layers, unstack_layers)
 from mtl.models.ops import attention, fold, pixel_shuffle, unfold
 from mtl.tasks import task_id
 

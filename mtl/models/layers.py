@@ -87,8 +87,27 @@ def shared_layer_names(body_params):
 _BLOCK_RANK = {"token_embed": 0, "pos_embed": 1, "encoder": 2, "decoder": 3, "out_mlp": 4}
 
 
+# Within a layer, the order the computation runs: IPT's layers are pre-norm (Chen et al. 2021),
+# encoder norm1 > attn > norm2 > mlp, decoder norm1 > self_attn > norm2 > cross_attn > norm3 > mlp.
+_PART_RANK = {"norm1": 0, "attn": 1, "self_attn": 1, "norm2": 2, "cross_attn": 3, "norm3": 4,
+              "mlp": 5, "query": 0, "key": 1, "value": 2, "out": 3, "fc1": 0, "fc2": 1,
+              "kernel": 0, "scale": 0, "bias": 1}
+
+
+def network_rank(name):
+  """A sort key putting body leaf (or sub-layer) names in the order the network runs them:
+  block, layer index, then each sub-layer and leaf in computation order (kernel before bias)."""
+  parts = name.split("/")
+  indexed = len(parts) > 1 and parts[1].isdigit()
+  rest = parts[2:] if indexed else parts[1:]
+  return (_BLOCK_RANK.get(parts[0], len(_BLOCK_RANK)), int(parts[1]) if indexed else -1,
+          tuple((_PART_RANK.get(p, len(_PART_RANK)), p) for p in rest))
+
+
 def network_order(layer_names):
-  """Permutation putting flattened (alphabetical) leaves in network order for the store."""
+  """Permutation putting flattened (alphabetical) leaves in block order for the store (within
+  a layer alphabetical: the stores of runs in progress keep it; a loaded record re-sorts its
+  leaves by `network_rank`)."""
   def rank(i):
     parts = layer_names[i].split("/")
     index = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else -1

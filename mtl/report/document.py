@@ -10,7 +10,7 @@
 import dataclasses
 import os
 
-from mtl import events, stats
+from mtl import events, files, stats
 from mtl import study as study_lib
 from mtl.report import accounting, figures, findings, remedies, render, tables
 from mtl.report.scores import (conflict_records, conflict_summaries, final_conflict_records,
@@ -49,9 +49,9 @@ def loss_figures(study, figures_dir):
       continue
     os.makedirs(figures_dir, exist_ok=True)
     path = os.path.join(figures_dir, f"loss-{task}.png")
-    with open(path, "wb") as f:
-      f.write(plots.curves_png(None, series, title=f"training loss of {task} (L1), seed {seed}",
-                               ylabel="loss", logy=True))
+    data = plots.curves_png(None, series, title=f"training loss of {task}, seed {seed}",
+                            ylabel="L1 loss ([0, 255] scale)", logy=True)
+    files.write_atomic(path, lambda f: f.write(data))
     written.append(path)
   return written
 

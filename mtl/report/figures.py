@@ -70,16 +70,29 @@ def _dot(ax, x, y, iv, vertical):
     err = [[iv.estimate - iv.low], [iv.high - iv.estimate]]
     kw = dict(yerr=err) if vertical else dict(xerr=err)
     ax.errorbar([x], [y], fmt="none", ecolor="0.3", elinewidth=1.2, capsize=3, **kw)
-  filled = _excludes_zero(iv)
-  ax.plot([x], [y], "o", markersize=7, markeredgecolor=SIGNIFICANT,
-          markerfacecolor=SIGNIFICANT if filled else "white", zorder=3)
+    filled = _excludes_zero(iv)
+    ax.plot([x], [y], "o", markersize=7, markeredgecolor=SIGNIFICANT,
+            markerfacecolor=SIGNIFICANT if filled else "white", zorder=3)
+  else:  # neither filled nor hollow: there is no interval to read
+    ax.plot([x], [y], **BARE, zorder=3)
 
 
-def _legend(fig, seeds=False):
-  """Filled / hollow (and a seed's own estimate), under the axes (never over a dot)."""
+BARE = dict(marker="s", ls="", markersize=6, markerfacecolor="0.75", markeredgecolor="0.35")
+
+
+def _bare(intervals):
+  """Whether any of these estimates lacks an interval."""
+  return any(math.isfinite(iv.estimate) and not _has_interval(iv) for iv in intervals)
+
+
+def _legend(fig, seeds=False, bare=False):
+  """Filled / hollow (a grey square: no interval; a seed's own estimate), under the axes (never
+  over a dot)."""
   handles = [Line2D([], [], marker="o", ls="", color=SIGNIFICANT, label="95% CI excludes 0"),
              Line2D([], [], marker="o", ls="", markerfacecolor="white",
                     markeredgecolor=SIGNIFICANT, label="95% CI holds 0: not enough evidence")]
+  if bare:
+    handles.append(Line2D([], [], **BARE, label="no CI: too few seeds or probes"))
   if seeds:
     handles.append(Line2D([], [], marker=SEED_MARKER, ls="", color=SEED_COLOR,
                           label="one seed's estimate"))
@@ -108,7 +121,7 @@ def delta_figure(answers, label="PSNR"):
   ax.set_xlabel(f"paired Δ {label} (dB), mean over seeds with 95% CI")
   ax.set_title("Does pre-training help? (Δ > 0: the first named does better)", fontsize=10)
   ax.grid(axis="x", color="0.9")
-  _legend(fig)
+  _legend(fig, bare=_bare([iv for _, iv in rows]))
   fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
   return fig
 
@@ -127,7 +140,8 @@ def conflict_figure(answers, note=""):
   cols = min(COLUMNS, n)
   rows = math.ceil(n / cols)
   width = max(3.2 * cols + 0.6, 7.5)  # room for the note's lines beside one or two panels
-  title = "Noise-corrected cosine per training phase, 95% CI over seeds (< 0: conflict)"
+  title = ("Noise-corrected cosine per training phase, 95% CI over seeds where there is one "
+           "(< 0: conflict)")
   lines = [title] + textwrap.wrap(note, int(TITLE_CHARS_PER_INCH * width))
   fig = Figure(figsize=(width, 2.6 * rows + 0.6 + TITLE_LINE_INCHES * len(lines)))
   axes = fig.subplots(rows, cols, sharey=True, squeeze=False)
@@ -142,6 +156,9 @@ def conflict_figure(answers, note=""):
     _zero_line(ax, vertical=False)
     for x, ph in enumerate(a.phases):
       _dot(ax, x, ph["interval"].estimate, ph["interval"], vertical=True)
+      if _bare([ph["interval"]]):
+        ax.annotate("no CI", (x, ph["interval"].estimate), xytext=(6, 5),
+                    textcoords="offset points", fontsize=8, color="0.3")
       seeds = [r.estimate for r in ph.get("per_run", ()) if math.isfinite(r.estimate)]
       if len(seeds) > 1:  # the spread the interval holds: seeds that differ show it
         ax.plot([x + 0.18] * len(seeds), seeds, SEED_MARKER, color=SEED_COLOR, markersize=5)
@@ -155,7 +172,8 @@ def conflict_figure(answers, note=""):
     ax.grid(axis="y", color="0.9")
     if k % cols == 0:
       ax.set_ylabel("corrected cosine")
-  _legend(fig, seeds=any(len(ph.get("per_run", ())) > 1 for a in answers for ph in a.phases))
+  _legend(fig, seeds=any(len(ph.get("per_run", ())) > 1 for a in answers for ph in a.phases),
+          bare=_bare([ph["interval"] for a in answers for ph in a.phases]))
   fig.suptitle("\n".join(lines), fontsize=9)
   fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
   return fig
