@@ -305,7 +305,7 @@ def test_analyze_reads_the_late_phase_by_default_and_warns_when_phases_disagree(
   assert out.startswith("gradient conflict, whole body, steps 600-890 (30 probes)")
   assert "read the headline phase (late)" in out
   late = conflicts.load(wd).last(30).corrected_cosine_intervals()[1]
-  assert f"a~c\n    raw cos" in out and (
+  assert "a~c\n    raw cos" in out and (
       f"corrected cos          {late.estimate:+.3f} [{late.low:+.3f}, {late.high:+.3f}]") in out
   assert "    late    steps 600-890 (30)" in out
   assert [l.split(":")[0] for l in out.splitlines() if l.startswith("WARNING")] == [
