@@ -96,6 +96,7 @@ FLAGS = flags.FLAGS
 # Rows of the closing summary table: (what, size, batch, precision, seconds per step (or a
 # count), MFU by the model's FLOPs, MFU by XLA's, peak GiB, PyTorch's seconds per step).
 SUMMARY = []
+FAILED = []  # measurements that did not come about (the benchmark then exits 1)
 
 
 def _summary_row(row):
@@ -726,6 +727,23 @@ def section_compile(size):
   jax.config.update("jax_enable_compilation_cache", cache_was_on)
 
 
+def startup_command(size, batch_size, workdir, cache):
+  """launch/train.py with IPT's config at `size` on the embedded photographs (its ImageNet
+  folder left out), one tiny evaluation, FLAGS.startup_steps steps."""
+  command = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py"),
+             "--config=experiments/ipt_paper.py", f"--workdir={workdir}",
+             f"--compile_cache={cache}", "--config.data.source=photos", "--config.data.folder=",
+             "--config.eval.sets=photos", "--config.eval.max_images=1",
+             "--config.eval.max_side=48", f"--config.data.batch_size={batch_size}",
+             f"--config.total_steps={FLAGS.startup_steps}", "--config.log_every=1",
+             f"--config.checkpoint_every={FLAGS.startup_steps}",
+             f"--config.precision={FLAGS.precision}"]
+  if size != "paper":
+    from mtl.models import ipt
+    command += [f"--config.model.{k}={v}" for k, v in ipt.SIZES[size].items()]
+  return command
+
+
 def section_startup(size):
   """launch/train.py at `size` (IPT's config with the embedded photographs): seconds from the
   command to its first step done (the first progress line), with an empty compilation cache
@@ -745,17 +763,7 @@ def section_startup(size):
   print(f"  {'run':<6} " + " ".join(f"{m[0]:>34}" for m in milestones) + f" {'':>5}")
   try:
     for kind in ("cold", "warm"):
-      command = [sys.executable, os.path.join(root, "launch", "train.py"),
-                 "--config=experiments/ipt_paper.py", f"--workdir={base}/{kind}",
-                 f"--compile_cache={base}/cache", "--config.data.source=photos",
-                 "--config.eval.sets=photos", "--config.eval.max_images=1",
-                 "--config.eval.max_side=48", f"--config.data.batch_size={batch_size}",
-                 f"--config.total_steps={FLAGS.startup_steps}", "--config.log_every=1",
-                 f"--config.checkpoint_every={FLAGS.startup_steps}",
-                 f"--config.precision={FLAGS.precision}"]
-      if size != "paper":
-        from mtl.models import ipt
-        command += [f"--config.model.{k}={v}" for k, v in ipt.SIZES[size].items()]
+      command = startup_command(size, batch_size, f"{base}/{kind}", f"{base}/cache")
       seen, start = {}, time.perf_counter()
       proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
@@ -774,6 +782,7 @@ def section_startup(size):
                                        for m in milestones) + f" {'ok' if done else rc:>5}")
       if not done:
         print("  " + "  ".join(lines[-5:]))
+        FAILED.append(f"startup ({kind}): launch/train.py stopped before its first step")
       _summary_row((f"start-up s: command to first step ({kind} cache)", size, batch_size,
                       FLAGS.precision, seen.get("first step done", float("nan")), "", "",
                       float("nan"), float("nan")))
@@ -890,6 +899,8 @@ def main():
        "compile": section_compile, "startup": section_startup,
        "trace": section_trace}[section](size)
   print_summary()
+  if FAILED:  # the figures above lack these: exit 1, so that a script running it sees it
+    cli.fail("; ".join(FAILED))
 
 
 if __name__ == "__main__":

@@ -73,3 +73,22 @@ def test_trace_section_says_where_each_step_s_time_goes():
   ratio = float(re.fullmatch(r"probe: probe \(([\d.]+)x plain\)", labels[2]).group(1))
   ms = [float(r[5]) for r in untraced]
   assert all(m > 0 for m in ms) and ratio == pytest.approx(ms[2] / ms[1], abs=0.01), untraced
+
+
+def test_the_startup_section_s_train_command_is_valid():
+  """The start-up section times launch/train.py with IPT's config on the embedded photographs:
+  its command must pass every check train.py makes before its first step (a dry run makes them
+  all and writes nothing)."""
+  import json
+  code = ("import json, sys; sys.path.insert(0, 'launch'); import benchmark; "
+          "benchmark.FLAGS(['benchmark.py']); print(json.dumps(benchmark.startup_command("
+          "'tiny', 2, '/nonexistent/startup/cold', '/nonexistent/cache')))")
+  made = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert made.returncode == 0, made.stderr[-2000:]
+  command = json.loads(made.stdout.splitlines()[-1])  # its own process: absl's flags are global
+  out = subprocess.run(command + ["--dry_run"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "data.source = 'photos'" in out.stdout and "data.folder = ''" in out.stdout
+  assert not os.path.exists("/nonexistent")
