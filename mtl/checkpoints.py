@@ -22,9 +22,18 @@ from mtl import files
 from mtl.models import ipt
 
 
-def manager(workdir, keep=3, async_save=True):
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                         enable_async_checkpointing=async_save)
+def manager(workdir, keep=3, async_save=True, every=None):
+  """The run's CheckpointManager, keeping its newest `keep` checkpoints; with `every` (the run's
+  checkpoint_every), its newest `keep` on that schedule and the latest: a stop's own checkpoint
+  (SIGTERM saves where it stops) is kept only until the next save, never at the cost of a
+  scheduled one (a study measures conflicts at the newest scheduled steps)."""
+  from orbax.checkpoint import checkpoint_managers
+  kept = dict(max_to_keep=keep) if every is None else dict(
+      preservation_policy=checkpoint_managers.AnyPreservationPolicy([
+          checkpoint_managers.LatestN(1),
+          checkpoint_managers.EveryNSteps(interval_steps=every, max_to_keep=keep)]))
+  options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
+                                         **kept)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
                                options=options)
 

@@ -66,6 +66,8 @@ def validate(config):
                      "use regime='joint' for several tasks")
   if config.regime == "finetune" and not config.init_from:
     raise ValueError("regime='finetune' needs init_from=<workdir of a joint or scratch run>")
+  if not 0 <= config.seed < 2**32:  # the step and the init draw from its 32 bits (step_args)
+    raise ValueError(f"seed={config.seed}; valid: 0 <= seed < 2**32 = {2**32}")
   if config.total_steps < 1:
     raise ValueError(f"total_steps={config.total_steps} must be >= 1")
   for field, value in (("checkpoint_every", config.checkpoint_every),

@@ -64,7 +64,7 @@ def step_args(config):
   """The values a study's runs differ in, as the step's traced argument `hyper` (the same
   structure and dtypes for every run, so they share one compiled step): the seed and the
   learning-rate schedule's numbers (mtl.optim.schedule_args). The seed as jax.random.key takes
-  a Python int without x64: its low 32 bits, unsigned."""
+  a Python int without x64: 32 bits, unsigned (run_config.validate keeps seeds below 2**32)."""
   return {"seed": np.uint32(config.seed % 2**32),
           "schedule": optim.schedule_args(config.optim, config.total_steps)}
 

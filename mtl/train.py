@@ -35,12 +35,15 @@ class _Preemption:
   notice goes through jax's preemption sync, whose SIGTERM handler jax.distributed installs:
   a SIGTERM to any process stops every process after one agreed step (launch/local.py turns
   Ctrl-C into SIGTERM). One process: SIGTERM and the first Ctrl-C ask to stop; a second
-  Ctrl-C interrupts at once (KeyboardInterrupt; the last checkpoint is kept).
+  Ctrl-C interrupts at once (KeyboardInterrupt; the last checkpoint is kept). A stop asked for
+  after the last step skips the final evaluation once the last checkpoint is saved (a rerun
+  evaluates); one asked for during the final evaluation lets it finish.
   """
 
   def __init__(self):
     self.requested = False
     self.synced = jax.process_count() > 1
+    self.stage = "the next step"  # where a stop takes effect; None: the final evaluation
 
   def __enter__(self):
     self._previous = {}
@@ -53,7 +56,13 @@ class _Preemption:
     name = signal.Signals(signum).name
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt
-    print(f"{name} received: saving a checkpoint at the next step and stopping"
+    if self.stage is None:
+      what = "the final evaluation finishes first"
+    elif self.stage == "the next step":
+      what = "saving a checkpoint at the next step and stopping"
+    else:
+      what = f"stopping once {self.stage}, before the final evaluation"
+    print(f"{name} received: {what}"
           + (" (Ctrl-C again: stop at once)" if signum == signal.SIGINT else ""), flush=True)
     self.requested = True
 
@@ -135,7 +144,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
   from mtl import evaluate, events, progress as progress_lib
   run = setup.run
   probe_every = run.plan.probe_every
-  mngr = checkpoints.manager(workdir, config.keep_checkpoints)
+  mngr = checkpoints.manager(workdir, config.keep_checkpoints, every=config.checkpoint_every)
   with jax.set_mesh(run.mesh):
     source_note = ""
     if mngr.latest_step() is not None:
@@ -188,8 +197,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     probe_batch = {"size": run.plan.batch_size or config.data.batch_size,
                    "fresh": bool(run.plan.batch_size)}
     step, started = start, time.time()
-    try:
-      with _Preemption() as preemption:
+    with _Preemption() as preemption:
+      try:
         for step, batch in batches:
           task_names = tuple(n for n in names if n in batch)
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
@@ -240,21 +249,24 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
                               ema_params=state.ema_params)
           if stop:  # not preemption.requested: a signal after check() is seen at the next step
             break
-    finally:  # a save in flight completes even when training stops on an error
-      batches.close()
-      mngr.wait_until_finished()
-      mngr.close()
-      metrics_log.close()
-    final_step = int(state.step)
-    if is_writer:
-      _record_compute(workdir, run, config, final_step, time.time() - started)
-    if preemption.requested and final_step < config.total_steps:
-      writer.close()
-      raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
-                      "run the same command to resume")
-    results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
-                                writer, final=True,
-                                ema_params=state.ema_params)
+        preemption.stage = "the last checkpoint is saved"
+      finally:  # a save in flight completes even when training stops on an error
+        batches.close()
+        mngr.wait_until_finished()
+        mngr.close()
+        metrics_log.close()
+      final_step = int(state.step)
+      if is_writer:
+        _record_compute(workdir, run, config, final_step, time.time() - started)
+      if preemption.requested:  # a stop asked for before the final evaluation skips it
+        writer.close()
+        what = "resume" if final_step < config.total_steps else "evaluate it"
+        raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
+                        f"run the same command to {what}")
+      preemption.stage = None  # a stop asked for during the final evaluation waits for it
+      results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
+                                  writer, final=True,
+                                  ema_params=state.ema_params)
     if is_writer and probe_every:
       print(_conflict_answer(workdir, writer, config.conflicts.ema_beta), flush=True)
     writer.close()

@@ -63,6 +63,24 @@ def test_restoring_from_a_folder_without_a_checkpoint_says_so_and_writes_nothing
   assert not (tmp_path / "no").exists()  # a user's path is only read
 
 
+def test_a_stop_s_checkpoint_never_costs_a_scheduled_one(tmp_path):
+  """keep=4 every=5: the newest 4 scheduled checkpoints and the latest. A stop's checkpoint (26,
+  then 28 after a resume) stays only until the next save; the study measures the scheduled."""
+  state = step_lib.TrainState(step=0, params={"w": np.zeros(4, np.float32)},
+                              opt_state={"m": np.zeros(4, np.float32)})
+  mngr = checkpoints.manager(tmp_path, keep=4, every=5)
+  kept = {}
+  for step in (5, 10, 15, 20, 25, 26, 28, 30, 35):
+    checkpoints.save(mngr, step, state, force=True)
+    mngr.wait_until_finished()
+    kept[step] = mngr.all_steps()
+  mngr.close()
+  assert kept[25] == [10, 15, 20, 25]
+  assert kept[26] == [10, 15, 20, 25, 26] and kept[28] == [10, 15, 20, 25, 28]
+  assert kept[30] == [15, 20, 25, 30] and kept[35] == [20, 25, 30, 35]
+  assert checkpoints.latest_saved_step(str(tmp_path)) == 35
+
+
 # orbax's other failed reads report when collected, after the test; the launcher test checks stderr.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_checkpoint_is_one_line_naming_the_other_steps(tmp_path):

@@ -232,6 +232,10 @@ def test_bad_configs_are_refused_with_valid_choices():
     run_config.validate(_config(regime="scratch"))
   with pytest.raises(ValueError, match="schedule='mixed'; valid: all, one"):
     run_config.validate(_config(schedule="mixed"))
+  # the step draws from the seed's 32 bits: 2**32 would repeat seed 0's init and degradations
+  for seed in (2**32, -1):
+    with pytest.raises(ValueError, match=rf"seed={seed}; valid: 0 <= seed < 2\*\*32"):
+      run_config.validate(_config(seed=seed))
   odd = _config()
   odd.data.batch_size = 3
   with pytest.raises(ValueError, match="data.batch_size=3 is odd; conflict probes split") as info:

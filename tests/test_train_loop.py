@@ -217,9 +217,32 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   assert re.search(r"^compiled the probe step in [\d.]+s$", text, re.M)
   assert os.listdir(cache)  # the compiled steps, for the resume to load
 
-  second = _launch(*_cli_args(workdir), f"--compile_cache={cache}")  # its normal length
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert f"(resuming at step {saved})" in second.stdout
+  # Its normal length, stopped again once its last step is logged: before its final evaluation
+  # (the process must not die on the signal, 143, with its lock left behind).
+  log = tmp_path / "second.out"
+  with open(log, "w") as out:
+    second = subprocess.Popen([sys.executable, "launch/train.py", *_cli_args(workdir),
+                               f"--compile_cache={cache}"], cwd=ROOT, stdout=out,
+                              stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + 500
+    while "step 4/4" not in log.read_text() and second.poll() is None:
+      assert time.monotonic() < deadline, log.read_text()[-3000:]
+      time.sleep(0.05)
+    second.send_signal(signal.SIGTERM)
+    rc = second.wait(timeout=300)
+  finally:
+    if second.poll() is None:
+      second.kill()
+  text = log.read_text()
+  assert f"(resuming at step {saved})" in text
+  assert rc == train.PREEMPTED_EXIT and "Traceback" not in text, text[-3000:]
+  assert f"preempted: checkpoint saved at step 4 in {workdir}; run the same command to " \
+         "evaluate it" in text
+  assert not (workdir / "train.lock").exists() and not (workdir / "results.json").exists()
+  third = _launch(*_cli_args(workdir), f"--compile_cache={cache}")  # evaluates only
+  assert third.returncode == 0, third.stderr[-3000:]
+  assert "(resuming at step 4)" in third.stdout and (workdir / "results.json").exists()
   resumed, step = _params(str(workdir), _config())
   straight, _ = _params(straight_run[0], _config())
   assert step == 4
@@ -244,7 +267,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   assert {k: v for k, v in after.items() if k != log_path} == {
       k: v for k, v in before.items() if k != log_path}  # no new events, results or checkpoints
   attempts = [l for l in open(log_path) if l.startswith("=== ")]
-  assert len(attempts) == 3 and "launch/train.py" in attempts[0]
+  assert len(attempts) == 4 and "launch/train.py" in attempts[0]  # stopped twice, done, again
 
 
 def _launch(*args):
