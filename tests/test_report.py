@@ -212,7 +212,8 @@ def test_report_opens_with_the_three_answers_of_the_micro_study(study_runs):
   ends = [conflicts.load(os.path.join(workdir, "runs", JOINT, "analysis", f"step-{step}"))
           for step in (2, 4)]
   for k, (step, end) in enumerate(zip((2, 4), ends), 1):
-    assert end.num_steps == 3 and end.probe_batch == {"size": 2, "fresh": True}
+    assert end.num_steps == 3 and end.probe_batch == {
+        "size": 2, "fresh": True, "checkpoint": {"run": JOINT, "step": step}}
     assert f"conflicts {k}/2 {JOINT} step {step}: measuring it on fresh batches of 2/task" in \
         logs["pretrain"].stdout
   assert not np.array_equal(ends[0].gramians, ends[1].gramians)  # other parameters and batches
