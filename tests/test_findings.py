@@ -3,6 +3,7 @@ results and conflict stores are written by the real writers with known values: e
 interval is the tables' own, its verdict follows the interval, and a question the study cannot
 answer says so. The real micro study's findings are checked in test_report.py."""
 import csv
+import dataclasses
 import math
 import os
 import shutil
@@ -319,6 +320,26 @@ def test_figures_are_pngs_with_zero_in_view(study, found, tmp_path):
   assert low < min(bounds + [0]) and high > max(bounds + [0])         # nothing clipped
   ax = figures.delta_figure(found.answers[2]).axes[0]
   assert ax.get_xlim()[0] < 0 < ax.get_xlim()[1]
+
+
+def test_an_estimate_without_an_interval_or_a_value_is_marked_as_such(found):
+  """Neither filled nor hollow (those read 'excludes 0' and 'holds 0'): a grey square and 'no
+  CI' where there is no interval, an x and 'not measurable' on the zero line where there is no
+  estimate; the legend names what is drawn."""
+  nan = float("nan")
+  answer = found.answers[1][0]
+  iv = answer.phases[0]["interval"]
+  phases = [dict(answer.phases[0], interval=iv._replace(low=nan, high=nan), per_run=()),
+            dict(answer.phases[-1], interval=iv._replace(estimate=nan, low=nan, high=nan),
+                 per_run=())]
+  fig = figures.conflict_figure([dataclasses.replace(answer, phases=phases)])
+  ax = fig.axes[0]
+  marks = [(l.get_marker(), tuple(l.get_xydata()[0])) for l in ax.get_lines()
+           if l.get_marker() not in ("None", None, "")]
+  assert marks == [("s", (0.0, iv.estimate)), ("x", (1.0, 0.0))]
+  assert [t.get_text() for t in ax.texts] == ["no CI", "not measurable"]
+  legend = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert "no CI: too few seeds or probes" in legend
 
 
 @pytest.mark.parametrize("panels", [1, 2, 3])

@@ -64,7 +64,11 @@ def _excludes_zero(iv):
 
 def _dot(ax, x, y, iv, vertical):
   """The estimate and its interval bar; filled where the interval excludes 0."""
-  if not math.isfinite(iv.estimate):
+  if not math.isfinite(iv.estimate):  # said where the dot would be, on the zero line
+    at = (x, 0.0) if vertical else (0.0, y)
+    ax.plot(*at, **MISSING, zorder=3)
+    ax.annotate("not measurable", at, xytext=(6, 5), textcoords="offset points", fontsize=8,
+                color="0.3")
     return
   if _has_interval(iv):
     err = [[iv.estimate - iv.low], [iv.high - iv.estimate]]
@@ -78,6 +82,7 @@ def _dot(ax, x, y, iv, vertical):
 
 
 BARE = dict(marker="s", ls="", markersize=6, markerfacecolor="0.75", markeredgecolor="0.35")
+MISSING = dict(marker="x", ls="", markersize=7, color="0.35")
 
 
 def _bare(intervals):
