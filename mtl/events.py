@@ -157,7 +157,10 @@ def read_hparams(events_dir):
     return {}
   acc = event_accumulator.EventAccumulator(events_dir)
   acc.Reload()
-  content = acc.PluginTagToContent(metadata.PLUGIN_NAME).get(metadata.SESSION_START_INFO_TAG)
+  try:
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME).get(metadata.SESSION_START_INFO_TAG)
+  except KeyError:  # no event of the hparams plugin at all
+    content = None
   if content is None:
     return {}
   info = metadata.parse_session_start_info_plugin_data(content)

@@ -54,7 +54,7 @@ def read_json(path):
   with open(path, "rb") as f:
     try:
       value = json.loads(f.read())
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError; nesting
       raise ValueError(f"{path} is not a readable JSON file ({error}); it may be damaged: restore "
                        "it or move it away") from None
   if not isinstance(value, dict):
@@ -172,9 +172,10 @@ class WorkdirLock:
     try:
       with open(self.path) as f:
         record = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
       return None
-    valid = isinstance(record, dict) and isinstance(record.get("pid"), int) and record["pid"] > 0
+    valid = (isinstance(record, dict) and isinstance(record.get("pid"), int)
+             and 0 < record["pid"] < 2**31)  # os.kill takes a C int
     return record if valid else None
 
   def acquire(self):

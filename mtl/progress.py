@@ -172,24 +172,42 @@ def hparams_of(config):
           "precision": config.precision, "init_from": config.init_from}
 
 
+def _logged_step(line):
+  """The step of a metrics.jsonl line, or None for a line that is not a metrics record."""
+  try:
+    step = json.loads(line).get("step")
+  except (ValueError, AttributeError):
+    return None
+  return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 class MetricsLog:
-  """<workdir>/metrics.jsonl: one JSON line per logged step; lines past `start` are dropped on
-  a resume (those steps are trained and logged again), and a torn last line is ignored."""
+  """<workdir>/metrics.jsonl: one JSON line per logged step; records past `start` are dropped on
+  a resume (those steps are trained and logged again), and so is a torn last line (a write cut
+  short); any other line is kept as it is, with a warning."""
 
   def __init__(self, path, start, enabled=True):
     self.path, self._file = path, None
     if not enabled:
       return
     if os.path.exists(path):
-      kept = []
-      with open(path) as f:
-        for line in f:
-          try:
-            if json.loads(line)["step"] <= start:
-              kept.append(line if line.endswith("\n") else line + "\n")
-          except (ValueError, KeyError, TypeError):
-            pass
-      files.write_atomic(path, lambda f: f.write("".join(kept).encode()))
+      with open(path, errors="surrogateescape") as f:
+        lines = f.readlines()
+      kept, odd = [], []
+      for number, line in enumerate(lines, 1):
+        step = _logged_step(line)
+        if step is None and number == len(lines) and not line.endswith("\n"):
+          continue  # torn
+        if step is None:
+          odd.append(number)
+        if step is None or step <= start:
+          kept.append(line if line.endswith("\n") else line + "\n")
+      if odd:
+        logging.warning("%s: kept %d line(s) that are not metrics records, as they are (line "
+                        "%s)", path, len(odd), ", ".join(map(str, odd[:8])) + (
+                            " ..." if len(odd) > 8 else ""))
+      data = "".join(kept).encode(errors="surrogateescape")
+      files.write_atomic(path, lambda f: f.write(data))
     self._file = open(path, "a")
 
   def write(self, record):

@@ -6,6 +6,8 @@ one convention (big_vision's): `--config=experiments/FILE.py:key=value,key=value
 between the items of a list value (`tiny.py:tasks=sr_x2+sr_x3`); a bare value without `=`
 sets the file's main key (`tiny.py:sr_x2,sr_x3` still works). `parse_arg` reads it.
 """
+import math
+
 import ml_collections
 
 from mtl.models import ipt
@@ -58,8 +60,10 @@ def check_fields(saved, source, node=None, prefix=""):
     if isinstance(default, dict) and name not in FREE_GROUPS:
       check_fields(value, source, default, name + ".")
     elif (isinstance(default, (int, float)) and not isinstance(default, bool)
-          and (isinstance(value, bool) or not isinstance(value, (int, float)))):
-      raise ValueError(f"{source}: {name}={value!r} must be a number, as the default {default!r}")
+          and (isinstance(value, bool) or not isinstance(value, (int, float))
+               or not math.isfinite(value))):  # JSON's NaN and Infinity parse as floats
+      raise ValueError(f"{source}: {name}={value!r} must be a finite number, as the default "
+                       f"{default!r}")
 
 
 def split_list(value):

@@ -81,6 +81,14 @@ def test_store_appends_replaces_and_truncates(tmp_path):
   with pytest.raises(ValueError, match="holds tasks"):
     affinity.append(wd, [9], z[:1], ["a", "c"])
   assert not [f for f in os.listdir(os.path.join(wd, "conflicts")) if ".tmp" in f]
+  # A damaged or foreign file: one line naming it.
+  path = affinity.path_of(wd)
+  for arrays in (dict(steps=[0], affinity=z[:1]),  # no task names
+                 dict(steps=[0], affinity=np.zeros(7), tasks=np.array(["a", "b"]))):
+    np.savez(path, **arrays)
+    with pytest.raises(ValueError, match=f"corrupt TAG affinity file {path}: ") as error:
+      affinity.load(wd)
+    assert "\n" not in str(error.value)
 
 
 def test_partitions_are_complete_and_best_grouping_is_the_brute_force_optimum():

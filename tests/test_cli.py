@@ -90,7 +90,8 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"total_steps": "abc"}, "total_steps='abc' must be a number, as the default 1000"),
+    ({"total_steps": "abc"}, "total_steps='abc' must be a finite number, as the default 1000"),
+    ({"optim": {"lr": float("nan")}}, "optim.lr=nan must be a finite number, as the default"),
     ({"optim": {"b3": 0.9}}, "unknown config field 'optim.b3'; optim has: b1, b2, ema_decay,"),
     ({"optim": 3}, "optim=3 must be a group of fields, as in the defaults"),
     # a misspelt top-level field (a top-level group of its own is reference data: kept)

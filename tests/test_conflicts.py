@@ -280,11 +280,24 @@ def test_clear_errors(tmp_path):
   assert "\n" not in str(info.value)
   with pytest.raises(ValueError, match=f"corrupt conflict chunk {chunk}"):
     store.check(TASKS, LAYERS)  # before the run trains, not when it first appends
+  # Foreign arrays under a chunk's name: one array, steps past int64, complex Gramians.
+  grams = np.zeros((1, len(LAYERS), 3, 3), np.float32)
+  for problem, write in (
+      ("TypeError", lambda f: np.save(f, np.arange(3))),
+      ("outside \\[0, 2\\*\\*63\\)", lambda f: np.savez(
+          f, steps=np.array([2**64 - 1], np.uint64), gramians=grams)),
+      ("not real floating point", lambda f: np.savez(
+          f, steps=np.array([0]), gramians=grams.astype(np.complex64)))):
+    with open(chunk, "wb") as f:
+      write(f)
+    with pytest.raises(ValueError, match=f"corrupt conflict chunk {chunk}: .*{problem}"):
+      store.read_chunk(chunk)
   meta = os.path.join(conflicts.store_dir(wd), "meta.json")
-  with open(meta, "w") as f:
-    f.write("{not json")
-  with pytest.raises(ValueError, match="corrupt conflict store meta"):
-    conflicts.load(wd)
+  for damaged in ("{not json", "[" * 100_000 + "]" * 100_000):  # deep nesting: RecursionError
+    with open(meta, "w") as f:
+      f.write(damaged)
+    with pytest.raises(ValueError, match="corrupt conflict store meta"):
+      conflicts.load(wd)
 
 
 def test_truncate_removes_crashed_temporary_files(tmp_path):

@@ -235,6 +235,27 @@ def test_read_rgb_16_bit_and_palette(tmp_path):
     folder.read_rgb(str(tmp_path / "pal.webp"))
 
 
+def test_only_the_named_formats_are_decoded_and_bombs_are_refused_from_the_header(tmp_path):
+  """A user's folder is untrusted: a file named .png is decoded only as one of IMAGE_FORMATS
+  (Pillow's EPS decoder would hand it to Ghostscript), and a small file declaring more pixels
+  than MAX_PIXELS is refused before it is decoded."""
+  eps = tmp_path / "page.png"
+  eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+  gif = tmp_path / "anim.png"
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).convert("P").save(gif, format="GIF")
+  for path in (eps, gif):
+    with pytest.raises(ValueError, match=f"cannot read image {path}: cannot identify"):
+      folder.read_rgb(str(path))
+  side = int(np.sqrt(folder.MAX_PIXELS)) + 2
+  bomb = tmp_path / "bomb.png"
+  Image.new("1", (side, side)).save(bomb)
+  assert bomb.stat().st_size < 100_000
+  message = f"cannot read image {bomb}: {side} x {side} pixels, more than the"
+  for read in (folder.read_rgb, folder.image_size):
+    with pytest.raises(ValueError, match=message):
+      read(str(bomb))
+
+
 # ----------------------------------------------------------------------------- folder cache size
 
 

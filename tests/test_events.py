@@ -84,3 +84,6 @@ def test_hparams_read_back(tmp_path):
   assert got == {"lr": pytest.approx(3e-3), "seed": 1.0, "regime": "joint",
                  "tasks": "sr_x2,derain", "fresh": True}
   assert events.read_hparams(str(tmp_path / "none")) == {}
+  with events.Writer(str(tmp_path / "plain")) as writer:  # events, but no hparams session
+    writer.scalars(1, {"train/loss": 1.0})
+  assert events.read_hparams(str(tmp_path / "plain")) == {}

@@ -197,6 +197,8 @@ def test_workdir_lock(tmp_path):
 @pytest.mark.parametrize("content, shown", [
     (b"\x93garbage\x00", r"it holds b'\\x93garbage\\x00'"), (b"", "empty"),
     (b"[1, 2]", r"it holds b'\[1, 2\]'"), (b'{"pid": -1}', "it holds"),
+    (b'{"pid": 1000000000000000000000000000000}', "it holds"),  # past os.kill's C int
+    (b"[" * 100_000 + b"]" * 100_000, r"it holds b'\[\[\["),  # json's RecursionError
 ])
 def test_an_unreadable_lock_is_named_with_how_to_clear_it(tmp_path, content, shown):
   (tmp_path / "train.lock").write_bytes(content)

@@ -3,6 +3,7 @@
 The fixtures (tests/fixtures/make_ipt_fixture.py) are official IPT models with random weights at a
 small size, with their own outputs computed by the official PyTorch code.
 """
+import io
 import os
 import pickle
 import subprocess
@@ -243,3 +244,80 @@ def test_non_finite_weights_are_refused():
     ipt_import.convert(dict(state, **{"body.decoder.layers.0.linear2.weight": weight}), cfg, names,
                        path)
   assert "body.decoder.layers.0.linear2.weight holds 1 non-finite" in _one_line(error)
+
+
+def _torch_zip(path, tensors, storages, monkeypatch, compress=False):
+  """A torch.save zip built without torch: stand-in `torch` modules let pickle name torch's own
+  rebuild function and storage class. tensors: {name: (storage key, offset, size, stride)};
+  storages: {key: (declared elements, float32 bytes)}."""
+  import collections
+  import types
+  utils, torch_module = types.ModuleType("torch._utils"), types.ModuleType("torch")
+
+  def _rebuild_tensor_v2(*args):
+    raise AssertionError("never called while pickling")
+  _rebuild_tensor_v2.__module__ = "torch._utils"
+  _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+  utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+  storage_class = type("FloatStorage", (), {"__module__": "torch",
+                                            "__qualname__": "FloatStorage"})
+  torch_module.FloatStorage, torch_module._utils = storage_class, utils
+  monkeypatch.setitem(sys.modules, "torch", torch_module)
+  monkeypatch.setitem(sys.modules, "torch._utils", utils)
+
+  class Key(str):
+    pass
+
+  class Tensor:
+    def __init__(self, key, offset, size, stride):
+      self.args = (Key(key), offset, size, stride, False, collections.OrderedDict())
+
+    def __reduce__(self):
+      return _rebuild_tensor_v2, self.args
+
+  class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+      if isinstance(obj, Key):
+        return ("storage", storage_class, str(obj), "cpu", storages[str(obj)][0])
+      return None
+
+  buffer = io.BytesIO()
+  Pickler(buffer, protocol=2).dump(collections.OrderedDict(
+      (name, Tensor(*record)) for name, record in tensors.items()))
+  kind = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+  with zipfile.ZipFile(path, "w", kind) as archive:
+    archive.writestr("archive/data.pkl", buffer.getvalue())
+    for key, (_, data) in storages.items():
+      archive.writestr(f"archive/data/{key}", data)
+  return str(path)
+
+
+def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path, monkeypatch):
+  """Offsets, sizes and strides come from an untrusted file: a tensor that names elements past
+  its storage's bytes (numpy would read, or crash on, whatever memory lies there) is refused;
+  so is a storage holding fewer elements than it declares, and a zip bomb."""
+  four = np.arange(4, dtype="<f4").tobytes()
+  good = _torch_zip(tmp_path / "good.pt", {"w": ("0", 1, (3,), (1,))}, {"0": (4, four)},
+                    monkeypatch)
+  np.testing.assert_array_equal(torch_file.read_state_dict(good)["w"], [1, 2, 3])
+  cases = {
+      "stride.pt": ({"w": ("0", 0, (4,), (100,))}, {"0": (4, four)},
+                    "tensor 'w': sizes (4,), strides (100,) and offset 0 reach element 300 of a "
+                    "storage of 4"),
+      "offset.pt": ({"w": ("0", 4, (), ())}, {"0": (4, four)},
+                    "reach element 4 of a storage of 4"),
+      "short.pt": ({"w": ("0", 0, (4096,), (1,))}, {"0": (4096, four)},
+                   "storage '0' declares 4096 elements and holds 4"),
+      "negative.pt": ({"w": ("0", 0, (4,), (-1,))}, {"0": (4, four)},
+                      "needs a storage and indices >= 0"),
+  }
+  for name, (tensors, storages, message) in cases.items():
+    path = _torch_zip(tmp_path / name, tensors, storages, monkeypatch)
+    with pytest.raises(ValueError) as error:
+      torch_file.read_state_dict(path)
+    assert _one_line(error).startswith(path) and message in _one_line(error), _one_line(error)
+  bomb = _torch_zip(tmp_path / "bomb.pt", {"w": ("0", 0, (4,), (1,))},
+                    {"0": (4, four), "1": (0, bytes(16 << 20))}, monkeypatch, compress=True)
+  with pytest.raises(ValueError) as error:
+    torch_file.read_state_dict(bomb)
+  assert "(a zip bomb?)" in _one_line(error) and _one_line(error).startswith(bomb)

@@ -94,3 +94,20 @@ def test_data_wait_share_between_updates():
   progress.update(20, data_wait=1.2)  # 0.2 s of the 4 s of steps since
   assert progress.wait_share() == pytest.approx(0.05)
   assert "data wait" not in progress.update(30)  # a loop that does not measure it
+
+
+def test_a_resume_drops_the_steps_it_retrains_and_a_torn_line_only(tmp_path, caplog):
+  """metrics.jsonl is the run's record: on a resume from step 4 the records past it go (they
+  are logged again) and so does a torn last line; a line that is not a record stays, said."""
+  path = tmp_path / "metrics.jsonl"
+  lines = ['{"step": 2, "loss": 1}\n', '{"step": 2, oops\n', '{"step": "3"}\n',
+           '{"step": 4, "loss": 0.5}\n', '{"step": 6, "loss": 0.4}\n', '{"step": 8, "lo']
+  path.write_text("".join(lines))
+  with caplog.at_level("WARNING"):
+    log = progress_lib.MetricsLog(str(path), start=4)
+  log.write({"step": 6, "loss": 0.3})
+  log.close()
+  assert path.read_text().splitlines() == [
+      '{"step": 2, "loss": 1}', '{"step": 2, oops', '{"step": "3"}', '{"step": 4, "loss": 0.5}',
+      '{"loss": 0.3, "step": 6}']
+  assert "kept 2 line(s) that are not metrics records, as they are (line 2, 3)" in caplog.text

@@ -174,6 +174,8 @@ def test_run_config_sets_what_the_study_controls():
     (dict(validation="photos"), "also the validation set"),
     (dict(test=("Set5",)), "'Set5' is not among run.eval.sets"),
     (dict(seeds=(0, 0)), "lists a seed twice"),
+    (dict(seeds=(2**32,)), "give one or more integers in [0, 2**32)"),  # the step's 32 bits
+    (dict(lrs=(float("inf"),)), "give one or more positive learning rates"),
     (dict(metric="psnr"), "metric='psnr'; valid: psnr_y, psnr_rgb"),
     (dict(budget="equal_compute"), "budget='equal_compute'; valid: steps, equal_images"),
     (dict(lrs=()), "give one or more positive learning rates"),

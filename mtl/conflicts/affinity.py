@@ -17,6 +17,7 @@ will measure again, so steps are neither lost nor repeated.
 import io as _io
 import itertools
 import os
+import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -73,13 +74,25 @@ def path_of(workdir):
 
 
 def load(workdir):
-  """(steps (N,), affinity (N, T, T) float64, task names) or None when nothing was measured."""
+  """(steps (N,), affinity (N, T, T) float64, task names) or None when nothing was measured;
+  ValueError (one line naming the file) for one that is not such a record."""
   path = path_of(workdir)
   if not os.path.exists(path):
     return None
-  with np.load(path) as f:
-    return (f["steps"].astype(np.int64), f["affinity"].astype(np.float64),
-            [str(t) for t in f["tasks"]])
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      steps, values, tasks = (np.asarray(f[k]) for k in ("steps", "affinity", "tasks"))
+  except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
+    raise ValueError(f"corrupt TAG affinity file {path}: {type(error).__name__}: {error}; move "
+                     "it away to analyze the rest") from None
+  t = len(tasks)
+  if not (steps.ndim == 1 and np.issubdtype(steps.dtype, np.integer) and tasks.ndim == 1
+          and tasks.dtype.kind == "U" and np.issubdtype(values.dtype, np.floating)
+          and values.shape == (len(steps), t, t)):
+    raise ValueError(f"corrupt TAG affinity file {path}: steps {steps.shape} {steps.dtype}, "
+                     f"affinity {values.shape} {values.dtype}, tasks {tasks.shape} {tasks.dtype}; "
+                     "expected (N,) integers, (N, T, T) floats and T names")
+  return steps.astype(np.int64), values.astype(np.float64), [str(t) for t in tasks]
 
 
 def _write(workdir, steps, values, tasks):

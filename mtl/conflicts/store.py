@@ -64,7 +64,7 @@ class Store:
     try:
       with open(self.meta_path) as f:
         meta = json.load(f)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
       raise ValueError(f"corrupt conflict store meta {self.meta_path}: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
       raise ValueError(f"{self.meta_path} is not a conflict store meta (format != {FORMAT!r})")
@@ -108,12 +108,17 @@ class Store:
     try:
       with np.load(path, allow_pickle=False) as data:
         steps, grams = np.asarray(data["steps"]), np.asarray(data["gramians"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    # TypeError: an .npy (one array) under a chunk's name has no arrays to take by name
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
       raise _corrupt_chunk(path, f"{type(error).__name__}: {error}") from None
     match = _CHUNK.match(os.path.basename(path))
     problem = None
     if steps.ndim != 1 or not np.issubdtype(steps.dtype, np.integer) or len(steps) == 0:
       problem = f"steps has shape {steps.shape} and dtype {steps.dtype}"
+    elif steps.max() > np.iinfo(np.int64).max or steps.min() < 0:  # uint64 would wrap
+      problem = f"steps run from {steps.min()} to {steps.max()}, outside [0, 2**63)"
+    elif not np.issubdtype(grams.dtype, np.floating):
+      problem = f"gramians have dtype {grams.dtype}, not real floating point"
     elif grams.shape != (len(steps),) + shape:
       problem = f"gramians has shape {grams.shape}, expected {(len(steps),) + shape}"
     elif np.any(np.diff(steps) <= 0):

@@ -29,6 +29,7 @@ file is used and EXIF orientation is ignored (as MATLAB's imread does).
 import hashlib
 import os
 import re
+import warnings
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -36,6 +37,23 @@ from etils import epath
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The decoders Pillow may use on them, whatever a file holds: never its others (EPS would run
+# Ghostscript on an untrusted file).
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "WEBP")
+# A larger image is refused from its header, before decoding: Pillow's decompression-bomb bound
+# (a 17 KB PNG may declare 12000 x 12000 pixels, 432 MB decoded); Pillow only warns below twice it.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # refused here instead
+
+
+def _open(handle):
+  """Image.open restricted to IMAGE_FORMATS and MAX_PIXELS (ValueError naming the path)."""
+  image = Image.open(handle, formats=IMAGE_FORMATS)
+  if image.width * image.height > MAX_PIXELS:
+    image.close()
+    raise ValueError(f"{image.width} x {image.height} pixels, more than the {MAX_PIXELS:,} an "
+                     "image may hold here (a decompression bomb?)")
+  return image
 DEFAULT_TILE = 512
 ESTIMATE_SAMPLE = 2000   # images whose headers are read to size a cache (all of a smaller folder)
 
@@ -65,7 +83,7 @@ def is_image_file(name):
 def read_rgb(path):
   """The image at `path` as uint8 (H, W, 3) RGB; ValueError naming the path if it can't be read."""
   try:
-    with epath.Path(path).open("rb") as handle, Image.open(handle) as image:
+    with epath.Path(path).open("rb") as handle, _open(handle) as image:
       if image.mode.startswith("I"):   # 16/32-bit grey: scale the 16-bit range to 8 bits
         array = np.asarray(image).astype(np.float64)
         if image.mode.startswith("I;16") or array.max() > 255:
@@ -133,7 +151,7 @@ def tiled_bytes(height, width, tile):
 def image_size(path):
   """(height, width) from the image's header, without decoding it."""
   try:
-    with epath.Path(path).open("rb") as handle, Image.open(handle) as image:
+    with epath.Path(path).open("rb") as handle, _open(handle) as image:
       return image.height, image.width
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
     raise ValueError(f"cannot read image {path}: {error}") from None

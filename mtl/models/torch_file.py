@@ -35,12 +35,27 @@ class _Storage:
     self.kind, self.key, self.numel, self.array = kind, key, numel, None
 
 
+def _is_index(value):
+  return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 class _Tensor:
   def __init__(self, storage, offset, size, stride):
-    self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
+    self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
   def to_numpy(self):
+    """The tensor's values, copied out of its storage; ValueError unless every element it names
+    lies inside the storage (the file's offset, sizes and strides are untrusted: numpy's strided
+    view would read whatever memory they point at)."""
     flat = self.storage.array
+    if flat is None:
+      raise ValueError(f"its storage {self.storage.key!r} holds no data")
+    if 0 in self.size:
+      return np.zeros(self.size, flat.dtype)
+    last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+    if last >= flat.size:
+      raise ValueError(f"sizes {self.size}, strides {self.stride} and offset {self.offset} reach "
+                       f"element {last} of a storage of {flat.size}")
     if not self.size:
       return flat[self.offset].copy()
     itemsize = flat.dtype.itemsize
@@ -50,6 +65,11 @@ class _Tensor:
 
 
 def _rebuild_tensor(storage, offset, size, stride, *unused):
+  size, stride = tuple(size), tuple(stride)
+  if not (isinstance(storage, _Storage) and _is_index(offset) and len(size) == len(stride)
+          and all(map(_is_index, size + stride))):
+    raise ValueError(f"a tensor record of storage {storage!r:.40}, offset {offset!r:.20}, sizes "
+                     f"{size!r:.60}, strides {stride!r:.60} (needs a storage and indices >= 0)")
   return _Tensor(storage, offset, size, stride)
 
 
@@ -86,13 +106,28 @@ class _Unpickler(pickle.Unpickler):
                        f"supported: {', '.join(_STORAGE_DTYPES)}")
     if len(pid) > 5 and pid[5] is not None:
       raise ValueError(f"{self.path}: storage views (pre-1.0 torch) are not supported")
+    numel = pid[4] if len(pid) > 4 else None
+    if numel is not None and not _is_index(numel):
+      raise ValueError(f"{self.path}: storage {key!r} declares {numel!r:.40} elements")
     if key not in self.storages:
-      self.storages[key] = _Storage(kind.name, key, pid[4] if len(pid) > 4 else None)
+      self.storages[key] = _Storage(kind.name, key, numel)
     return self.storages[key]
 
 
-def _to_array(raw, kind, path):
+def _to_array(raw, storage, path):
+  """The storage's bytes as its dtype; ValueError unless they are as many as it declares."""
+  array = _decode(raw, storage.kind, path)
+  if storage.numel is not None and array.size != storage.numel:
+    raise ValueError(f"{path}: storage {storage.key!r} declares {storage.numel} elements and "
+                     f"holds {array.size}")
+  return array
+
+
+def _decode(raw, kind, path):
   dtype = _STORAGE_DTYPES[kind]
+  itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+  if len(raw) % itemsize:
+    raise ValueError(f"{path}: storage of {len(raw)} bytes is not a whole number of {kind}")
   if dtype == "bfloat16":  # bfloat16 is the top half of a float32
     return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
   dtype = np.dtype(dtype).newbyteorder("<")
@@ -101,8 +136,17 @@ def _to_array(raw, kind, path):
   return np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="))
 
 
+# torch.save stores its members uncompressed: more declared bytes than this many times the file
+# are a zip bomb, refused before anything is inflated.
+MAX_INFLATION = 50
+
+
 def _read_zip(path):
   with zipfile.ZipFile(path) as archive:
+    declared = sum(info.file_size for info in archive.infolist())
+    if declared > MAX_INFLATION * os.path.getsize(path) + (1 << 20):
+      raise ValueError(f"{path} declares {declared:,} bytes inflated from "
+                       f"{os.path.getsize(path):,} (a zip bomb?); torch.save does not compress")
     names = archive.namelist()
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
@@ -113,7 +157,7 @@ def _read_zip(path):
     storages = {}
     obj = _Unpickler(io.BytesIO(archive.read(pickles[0])), path, storages).load()
     for key, storage in storages.items():
-      storage.array = _to_array(archive.read(f"{root}data/{key}"), storage.kind, path)
+      storage.array = _to_array(archive.read(f"{root}data/{key}"), storage, path)
   return obj
 
 
@@ -140,7 +184,12 @@ def _read_legacy(path, data):
     storage = storages[str(key)]
     itemsize = 2 if storage.kind == "BFloat16Storage" else np.dtype(
         _STORAGE_DTYPES[storage.kind]).itemsize
-    storage.array = _to_array(stream.read(numel * itemsize), storage.kind, path)
+    left = len(data) - stream.tell()
+    if not 0 <= numel * itemsize <= left:
+      raise ValueError(f"{path}: storage {storage.key!r} declares {numel} elements; the file has "
+                       f"{left} bytes left")
+    storage.numel = numel if storage.numel is None else storage.numel  # _to_array compares
+    storage.array = _to_array(stream.read(numel * itemsize), storage, path)
   return obj
 
 
@@ -159,7 +208,9 @@ def read_state_dict(path):
       obj = _read_legacy(path, data)
     else:
       raise ValueError(f"{path} is not a torch.save file (neither zip nor pickle)")
-  except (pickle.UnpicklingError, EOFError, KeyError, struct.error, zipfile.BadZipFile) as error:
+  # TypeError, AttributeError: a pickle that calls or indexes records as they are never used
+  except (pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, AttributeError,
+          struct.error, zipfile.BadZipFile) as error:
     raise ValueError(f"{path} is not a readable torch.save file: {error}") from None
   except ValueError as error:  # pickle's own (e.g. "unsupported pickle protocol") lack the path
     if path in str(error):
@@ -169,7 +220,12 @@ def read_state_dict(path):
     obj = obj["state_dict"]
   if not isinstance(obj, dict) or not all(isinstance(v, _Tensor) for v in obj.values()):
     raise ValueError(f"{path} does not hold a state_dict of tensors")
-  state = {str(k): v.to_numpy() for k, v in obj.items()}
+  state = {}
+  for name, tensor in obj.items():
+    try:
+      state[str(name)] = tensor.to_numpy()
+    except ValueError as error:
+      raise ValueError(f"{path}: tensor {str(name)!r:.80}: {error}") from None
   for prefix in ("module.", "model."):  # DataParallel / wrapper prefixes
     if state and all(k.startswith(prefix) for k in state):
       state = {k[len(prefix):]: v for k, v in state.items()}

@@ -56,6 +56,7 @@ Each run is its study runner's train command on <run>/run_config.json (launch/st
 launch/train.py --config=experiments/from_json.py:<run>/run_config.json --workdir=<run>); a
 finished and evaluated run gets a DONE file. See WORKSPACE.md for the layout.
 """
+import math
 import re
 
 import ml_collections
@@ -198,8 +199,8 @@ def validate(study):
   if "finetune" in regimes and not {"joint", "groups"} & set(regimes):
     raise ValueError("regime 'finetune' needs a pre-training regime: add 'joint' or 'groups'")
   seeds = list(d["seeds"])
-  if not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
-    raise ValueError(f"seeds={tuple(seeds)}; give one or more non-negative integers")
+  if not seeds or not all(isinstance(s, int) and 0 <= s < 2**32 for s in seeds):
+    raise ValueError(f"seeds={tuple(seeds)}; give one or more integers in [0, 2**32)")
   if len(set(seeds)) != len(seeds):
     raise ValueError(f"seeds={tuple(seeds)} lists a seed twice")
   if d["metric"] not in METRICS:
@@ -231,7 +232,7 @@ def validate(study):
     if not isinstance(steps, int) or steps < 1:
       raise ValueError(f"steps.{regime}={steps}; give the steps of each {regime} run (>= 1)")
     lrs = regime_lrs(d, regime)
-    if not lrs or not all(isinstance(lr, (int, float)) and lr > 0 for lr in lrs):
+    if not lrs or not all(isinstance(lr, (int, float)) and 0 < lr < math.inf for lr in lrs):
       raise ValueError(f"lrs={tuple(lrs)} (for {regime}); give one or more positive learning "
                        "rates, e.g. lrs = (1e-3, 3e-3)")
     if len({format_lr(lr) for lr in lrs}) != len(lrs):
