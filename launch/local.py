@@ -134,7 +134,15 @@ class Launcher:
       for i, p in enumerate(self.procs):
         if p.returncode not in (None, 0) and first_failure is None:
           first_failure = (i, p.returncode)
-          if self.signalled is None and any(q.poll() is None for q in self.procs):
+          if self.signalled is None and any(q.poll() is None for q in self.procs) and (
+              p.returncode < 0):
+            # Killed (SIGKILL, a crash): the others' next collective waits for it until the
+            # heartbeat timeout (~100 s), then aborts; no checkpoint can be saved without it.
+            self.say(f"p{i} was killed by {signal.Signals(-p.returncode).name}: the others cannot "
+                     "finish a collective without it; killing them (the last saved checkpoint "
+                     "is kept: run the same command to resume)")
+            self._send(signal.SIGKILL)
+          elif self.signalled is None and any(q.poll() is None for q in self.procs):
             # The others would wait in a collective for the failed one: stop them.
             self.say(f"p{i} exited with status {_exit_status(p.returncode)}: stopping the others")
             self._send(signal.SIGTERM)
@@ -153,9 +161,9 @@ class Launcher:
       i, code = first_failure
       self.say(f"p{i} exited with status {_exit_status(code)}")
       return _exit_status(code)
-    if self.signalled is not None:
+    if self.signalled is not None and any(p.returncode != 0 for p in self.procs):
       return 128 + self.signalled
-    return 0
+    return 0  # every process finished (a signal near the end may come after their last step)
 
 
 def main(train_args):

@@ -71,7 +71,7 @@ class _Preemption:
     if self.synced and not self.requested:
       from jax.experimental import multihost_utils
       if multihost_utils.reached_preemption_sync_point(step):
-        logging.warning("preemption notice: saving a checkpoint at step %d and stopping", step)
+        logging.warning("preemption notice: every process stops at step %d", step)
         self.requested = True
     return self.requested
 
@@ -100,8 +100,9 @@ def train_and_evaluate(config, workdir):
   setup = prepare(config, workdir)
   workdir = setup.workdir
   if setup.finished is not None:
-    # the attempt is logged; nothing else is written
-    progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
+    # the attempt is logged (by the writer process only); nothing else is written
+    if jax.process_index() == 0:
+      progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
     print(f"already finished at step {setup.finished['step']}; results in "
           f"{os.path.join(workdir, run_folder.RESULTS_FILE)}", flush=True)
     return setup.finished
@@ -258,7 +259,9 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
       final_step = int(state.step)
       if is_writer:
         _record_compute(workdir, run, config, final_step, time.time() - started)
-      if preemption.requested:  # a stop asked for before the final evaluation skips it
+      # A stop asked for before the final evaluation skips it (several processes: a notice after
+      # the last step's own check is agreed on at one more sync point, by all of them alike).
+      if preemption.check(final_step + 1):
         writer.close()
         what = "resume" if final_step < config.total_steps else "evaluate it"
         raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "

@@ -212,6 +212,73 @@ def test_two_processes_killed_and_resumed_equal_one_process(killed, reference):
   assert os.path.exists(os.path.join(workdir, "results.json"))
 
 
+def test_a_process_killed_outright_stops_the_others_at_once_with_one_line(killed, tmp_path):
+  """kill -9 of one process: the other waits in its next collective until jax.distributed's
+  heartbeat timeout (~100 s), then aborts with pages of C++ logs; no checkpoint can be saved
+  without the dead one. The launcher kills it at once and says so in one line."""
+  _, copy, killed_at, _ = killed
+  workdir = str(tmp_path / "run")
+  shutil.copytree(copy, workdir, symlinks=True)
+  log_path = tmp_path / "log"
+  cmd = _local_cmd(workdir, total_steps=STEPS + 20)
+  cmd.insert(2, "--grace_seconds=120")  # a survivor that waits shows as a launcher that waits
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
+                            start_new_session=True)
+  try:
+    _wait_for(lambda: f"[p0] step {killed_at + 1}/" in log_path.read_text(), proc, RUN_TIMEOUT,
+              "a step after the resume")
+    p1 = int(re.search(r"p1 pid (\d+)", log_path.read_text()).group(1))
+    os.kill(p1, signal.SIGKILL)
+    start = time.monotonic()
+    rc = proc.wait(timeout=300)
+    waited = time.monotonic() - start
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  out = log_path.read_text()
+  assert rc == 128 + signal.SIGKILL and waited < 60, (waited, out[-4000:])  # not its grace
+  assert ("[local] p1 was killed by SIGKILL: the others cannot finish a collective without it; "
+          "killing them (the last saved checkpoint is kept: run the same command to resume)"
+          in out), out[-4000:]
+  assert "Traceback" not in out and "Fatal Python error" not in out, out[-4000:]
+
+
+def test_a_stop_after_the_last_step_is_agreed_by_both_processes(killed, tmp_path):
+  """SIGTERM once the last step is logged: the notice comes after the last step's own sync
+  point, so one more, after the last save, decides for both processes alike: both stop before
+  the final evaluation (exit 75, a rerun evaluates), or, if the notice came later still, both
+  evaluate and the launcher reports the finished run (0), never a signal's 143."""
+  _, copy, _, _ = killed
+  workdir = str(tmp_path / "run")
+  shutil.copytree(copy, workdir, symlinks=True)
+  log_path = tmp_path / "log"
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(_local_cmd(workdir), stdout=log, stderr=subprocess.STDOUT,
+                            env=_env(), cwd=ROOT, start_new_session=True)
+  try:
+    _wait_for(lambda: f"[p0] step {STEPS}/{STEPS}" in log_path.read_text(), proc, RUN_TIMEOUT,
+              "the last step")
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=150)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  out = log_path.read_text()
+  stopped = re.findall(r"\[p\d\] preempted: checkpoint saved at step (\d+) in .*; run the same "
+                       r"command to evaluate it", out)
+  assert rc in (train.PREEMPTED_EXIT, 0), out[-4000:]
+  if rc == train.PREEMPTED_EXIT:
+    assert stopped == [str(STEPS)] * 2 and not os.path.exists(os.path.join(workdir,
+                                                                           "results.json"))
+    proc, _ = _run(_local_cmd(workdir), _env())  # evaluates only
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert not re.search(r"\[p0\] step \d+/", proc.stdout), proc.stdout[-4000:]
+  else:
+    assert not stopped
+  assert os.path.exists(os.path.join(workdir, "results.json"))
+
+
 def test_sigterm_to_one_process_stops_both_at_one_step(killed, tmp_path):
   """A preemption notice may reach one host only (or each at a different step): both must save
   the same step, or the collective save deadlocks (it does with a per-process SIGTERM flag; the

@@ -91,7 +91,7 @@ def stand_in(tmp_path):
       pid = args["process_id"]
       def on_term(signum, frame):
         print(f"process {{pid}} got SIGTERM", flush=True)
-        sys.exit(1)
+        sys.exit(int(os.environ.get("STAND_IN_TERM", "1")))
       signal.signal(signal.SIGTERM, on_term)
       print(f"process {{pid}} of {{args['num_processes']}}, {{args['num_cpu_devices']}} devices, "
             f"coordinator {{args['coordinator_address']}}", flush=True)
@@ -156,6 +156,22 @@ def test_local_forwards_sigterm_to_every_process(stand_in, tmp_path):
   assert "[local] SIGTERM: forwarding SIGTERM to 2 processes" in out, out + err
   assert "[p0] process 0 got SIGTERM" in out and "[p1] process 1 got SIGTERM" in out
   assert proc.returncode == 1  # the processes' own status (a preempted trainer exits 1)
+
+
+def test_local_reports_a_run_that_finished_despite_a_signal(stand_in, tmp_path):
+  """SIGTERM just after the last step: the processes may finish (their evaluation) and exit 0;
+  the run is done, and the launcher says so with 0, not the signal's 143."""
+  ready = tmp_path / "ready"
+  ready.mkdir()
+  proc = _launch(stand_in, {"STAND_IN_0": "wait", "STAND_IN_1": "wait", "STAND_IN_TERM": "0",
+                            "STAND_IN_READY": str(ready)})
+  deadline = time.monotonic() + 20
+  while len(os.listdir(ready)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=30)
+  assert "[p0] process 0 got SIGTERM" in out and "[p1] process 1 got SIGTERM" in out, out + err
+  assert proc.returncode == 0
 
 
 # ----------------------------------------------------------------------------- slurm
