@@ -106,6 +106,27 @@ def _wait_for(predicate, proc, timeout, what):
     time.sleep(0.05)
 
 
+def _signal_when(cmd, log_path, line, send, timeout=150):
+  """(exit status, output, seconds from the signal to the exit) of `cmd` (its own process
+  group), `send(proc, output)` called once its output shows `line`."""
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
+                            start_new_session=True)
+  try:
+    _wait_for(lambda: line in log_path.read_text(), proc, RUN_TIMEOUT, repr(line))
+    send(proc, log_path.read_text())
+    start = time.monotonic()
+    rc = proc.wait(timeout=timeout)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  return rc, log_path.read_text(), time.monotonic() - start
+
+
+def _kill_p1(sig):
+  return lambda proc, out: os.kill(int(re.search(r"p1 pid (\d+)", out).group(1)), sig)
+
+
 def _latest(workdir):
   ckpt = os.path.join(workdir, "checkpoints")
   steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
@@ -219,24 +240,10 @@ def test_a_process_killed_outright_stops_the_others_at_once_with_one_line(killed
   _, copy, killed_at, _ = killed
   workdir = str(tmp_path / "run")
   shutil.copytree(copy, workdir, symlinks=True)
-  log_path = tmp_path / "log"
   cmd = _local_cmd(workdir, total_steps=STEPS + 20)
   cmd.insert(2, "--grace_seconds=120")  # a survivor that waits shows as a launcher that waits
-  with open(log_path, "w") as log:
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
-                            start_new_session=True)
-  try:
-    _wait_for(lambda: f"[p0] step {killed_at + 1}/" in log_path.read_text(), proc, RUN_TIMEOUT,
-              "a step after the resume")
-    p1 = int(re.search(r"p1 pid (\d+)", log_path.read_text()).group(1))
-    os.kill(p1, signal.SIGKILL)
-    start = time.monotonic()
-    rc = proc.wait(timeout=300)
-    waited = time.monotonic() - start
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  out = log_path.read_text()
+  rc, out, waited = _signal_when(cmd, tmp_path / "log", f"[p0] step {killed_at + 1}/",
+                                 _kill_p1(signal.SIGKILL), timeout=300)
   assert rc == 128 + signal.SIGKILL and waited < 60, (waited, out[-4000:])  # not its grace
   assert ("[local] p1 was killed by SIGKILL: the others cannot finish a collective without it; "
           "killing them (the last saved checkpoint is kept: run the same command to resume)"
@@ -252,19 +259,8 @@ def test_a_stop_after_the_last_step_is_agreed_by_both_processes(killed, tmp_path
   _, copy, _, _ = killed
   workdir = str(tmp_path / "run")
   shutil.copytree(copy, workdir, symlinks=True)
-  log_path = tmp_path / "log"
-  with open(log_path, "w") as log:
-    proc = subprocess.Popen(_local_cmd(workdir), stdout=log, stderr=subprocess.STDOUT,
-                            env=_env(), cwd=ROOT, start_new_session=True)
-  try:
-    _wait_for(lambda: f"[p0] step {STEPS}/{STEPS}" in log_path.read_text(), proc, RUN_TIMEOUT,
-              "the last step")
-    proc.send_signal(signal.SIGTERM)
-    rc = proc.wait(timeout=150)
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  out = log_path.read_text()
+  rc, out, _ = _signal_when(_local_cmd(workdir), tmp_path / "log", f"[p0] step {STEPS}/{STEPS}",
+                            lambda proc, out: proc.send_signal(signal.SIGTERM))
   stopped = re.findall(r"\[p\d\] preempted: checkpoint saved at step (\d+) in .*; run the same "
                        r"command to evaluate it", out)
   assert rc in (train.PREEMPTED_EXIT, 0), out[-4000:]
@@ -286,22 +282,10 @@ def test_sigterm_to_one_process_stops_both_at_one_step(killed, tmp_path):
   _, copy, killed_at, _ = killed
   workdir = str(tmp_path / "run")
   shutil.copytree(copy, workdir, symlinks=True)
-  log_path = tmp_path / "log"
-  with open(log_path, "w") as log:
-    # total_steps may change on resume; a far end keeps the agreed step short of it.
-    proc = subprocess.Popen(_local_cmd(workdir, total_steps=STEPS + 20), stdout=log,
-                            stderr=subprocess.STDOUT, env=_env(), cwd=ROOT,
-                            start_new_session=True)
-  try:
-    _wait_for(lambda: f"[p0] step {killed_at + 1}/" in log_path.read_text(), proc, RUN_TIMEOUT,
-              "a step after the resume")
-    p1 = int(re.search(r"p1 pid (\d+)", log_path.read_text()).group(1))
-    os.kill(p1, signal.SIGTERM)
-    rc = proc.wait(timeout=150)  # a save takes seconds; without the step agreement it deadlocks
-  finally:
-    if proc.poll() is None:
-      os.killpg(proc.pid, signal.SIGKILL)
-  out = log_path.read_text()
+  # total_steps may change on resume; a far end keeps the agreed step short of it. A save takes
+  # seconds; without the step agreement it deadlocks (the wait's timeout).
+  rc, out, _ = _signal_when(_local_cmd(workdir, total_steps=STEPS + 20), tmp_path / "log",
+                            f"[p0] step {killed_at + 1}/", _kill_p1(signal.SIGTERM))
   saved = {int(s) for s in re.findall(r"\[p\d\] preempted: checkpoint saved at step (\d+)", out)}
   assert rc == train.PREEMPTED_EXIT and len(saved) == 1, out[-4000:]
   assert len(re.findall(r"\[p\d\] preempted: checkpoint saved", out)) == 2  # both processes

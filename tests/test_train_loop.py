@@ -177,11 +177,29 @@ def _cli_args(workdir, **changes):
           + [f"--config.{k}={v}" for k, v in fields.items()])
 
 
+def _signal_when(args, log, line, sig):
+  """(exit status, output) of launch/train.py `args` sent `sig` once its output shows `line`."""
+  import time
+  with open(log, "w") as out:
+    proc = subprocess.Popen([sys.executable, "launch/train.py", *args], cwd=ROOT, stdout=out,
+                            stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + 500
+    while line not in log.read_text() and proc.poll() is None:
+      assert time.monotonic() < deadline, log.read_text()[-3000:]
+      time.sleep(0.05)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return rc, log.read_text()
+
+
 def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(straight_run,
                                                                           tmp_path):
   import signal
   import socket
-  import time
   workdir = tmp_path / "interrupted"
   workdir.mkdir()
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -193,20 +211,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   cache = tmp_path / "xla"
   args = _cli_args(workdir, total_steps=1000, checkpoint_every=1000, log_every=1) + [
       f"--compile_cache={cache}"]
-  with open(log, "w") as out:
-    first = subprocess.Popen([sys.executable, "launch/train.py", *args], cwd=ROOT, stdout=out,
-                             stderr=subprocess.STDOUT)
-  try:
-    deadline = time.monotonic() + 500
-    while "step 1/1000" not in log.read_text() and first.poll() is None:
-      assert time.monotonic() < deadline, log.read_text()[-3000:]
-      time.sleep(0.05)
-    first.send_signal(signal.SIGINT)
-    rc = first.wait(timeout=300)
-  finally:
-    if first.poll() is None:
-      first.kill()
-  text = log.read_text()
+  rc, text = _signal_when(args, log, "step 1/1000", signal.SIGINT)
   assert rc == train.PREEMPTED_EXIT, text[-3000:]
   assert "Traceback" not in text and "SIGINT received: saving a checkpoint" in text
   saved = int(re.search(r"preempted: checkpoint saved at step (\d+) in ", text).group(1))
@@ -219,22 +224,8 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
 
   # Its normal length, stopped again once its last step is logged: before its final evaluation
   # (the process must not die on the signal, 143, with its lock left behind).
-  log = tmp_path / "second.out"
-  with open(log, "w") as out:
-    second = subprocess.Popen([sys.executable, "launch/train.py", *_cli_args(workdir),
-                               f"--compile_cache={cache}"], cwd=ROOT, stdout=out,
-                              stderr=subprocess.STDOUT)
-  try:
-    deadline = time.monotonic() + 500
-    while "step 4/4" not in log.read_text() and second.poll() is None:
-      assert time.monotonic() < deadline, log.read_text()[-3000:]
-      time.sleep(0.05)
-    second.send_signal(signal.SIGTERM)
-    rc = second.wait(timeout=300)
-  finally:
-    if second.poll() is None:
-      second.kill()
-  text = log.read_text()
+  rc, text = _signal_when(_cli_args(workdir) + [f"--compile_cache={cache}"],
+                          tmp_path / "second.out", "step 4/4", signal.SIGTERM)
   assert f"(resuming at step {saved})" in text
   assert rc == train.PREEMPTED_EXIT and "Traceback" not in text, text[-3000:]
   assert f"preempted: checkpoint saved at step 4 in {workdir}; run the same command to " \
