@@ -243,23 +243,27 @@ def excludes_zero(interval):
               and (interval.low > 0 or interval.high < 0))
 
 
-def binned_layer_steps(record, pair, rows="auto", max_columns=MAX_COLUMNS):
-  """(row names, grouping, (rows, C) window-mean cosines, first x of each column) of one pair:
-  the probes split into C <= max_columns contiguous bins (x: record.x_axis)."""
-  k = _pair_index(record, pair)
+def binned_layer_maps(record, rows="auto", max_columns=MAX_COLUMNS):
+  """(row names, grouping, (P, rows, C) window-mean cosines of every pair, first x of each
+  column): the probes split into C <= max_columns contiguous bins (x: record.x_axis)."""
   by = rows_for(record.layer_names, rows)
   names, grams = record.grouped(by)
-  cos = conflicts.pair_values(conflicts.cosines(grams))[..., k]  # (S, rows)
+  cos = conflicts.pair_values(conflicts.cosines(grams))  # (S, rows, P): every pair at once
   bins = step_bins(record.num_steps, max_columns)
-  binned = np.stack([conflicts.nan_mean(cos[b], axis=0) for b in bins], axis=1)
+  binned = np.stack([conflicts.nan_mean(cos[b], axis=0) for b in bins], axis=-1)  # (rows, P, C)
   xs = record.x_axis()[0]
-  return names, by, binned, np.array([xs[b[0]] for b in bins])
+  return names, by, np.moveaxis(binned, 1, 0), np.array([xs[b[0]] for b in bins])
+
+
+def binned_layer_steps(record, pair, rows="auto", max_columns=MAX_COLUMNS):
+  """binned_layer_maps of one pair ('a~b' or (i, j)): (row names, grouping, (rows, C), firsts)."""
+  names, by, maps, firsts = binned_layer_maps(record, rows, max_columns)
+  return names, by, maps[_pair_index(record, pair)], firsts
 
 
 def layer_step_limit(record, rows="auto"):
   """One colour limit for every pair's layer x step map, so that the maps compare at a glance."""
-  return symmetric_limit(np.concatenate([
-      binned_layer_steps(record, name, rows)[2].ravel() for name in record.pair_names]))
+  return symmetric_limit(binned_layer_maps(record, rows)[2])
 
 
 def layer_step_figure(record, pair, rows="auto", vmax=None):
@@ -351,10 +355,11 @@ def _corrected_parts(ax, record, colors):
   """The noise-corrected whole-body cosine of each pair per tenth of the probes (fewer parts
   for short records: conflicts.split_phases), with its 95% interval; filled: excludes 0."""
   parts = [part for _, part in conflicts.split_phases(record, CURVE_PARTS)]
+  intervals = [part.corrected_cosine_intervals() for part in parts]  # [part][pair]
   num_pairs = len(record.pair_names)
   for k, name in enumerate(record.pair_names):
     for p, part in enumerate(parts):
-      interval = part.corrected_cosine_intervals()[k]
+      interval = intervals[p][k]
       width = part.steps[-1] - part.steps[0] if part.num_steps > 1 else 1
       x = 0.5 * (part.steps[0] + part.steps[-1]) + (k - (num_pairs - 1) / 2) * 0.5 * width / max(
           1, num_pairs)

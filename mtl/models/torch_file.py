@@ -131,8 +131,6 @@ def _decode(raw, kind, path):
   if dtype == "bfloat16":  # bfloat16 is the top half of a float32
     return (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
   dtype = np.dtype(dtype).newbyteorder("<")
-  if len(raw) % dtype.itemsize:
-    raise ValueError(f"{path}: storage of {len(raw)} bytes is not a whole number of {kind}")
   return np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="))
 
 
