@@ -22,16 +22,25 @@ from mtl import files
 from mtl.models import ipt
 
 
-def manager(workdir, keep=3, async_save=True, every=None):
-  """The run's CheckpointManager, keeping its newest `keep` checkpoints; with `every` (the run's
-  checkpoint_every), its newest `keep` on that schedule and the latest: a stop's own checkpoint
-  (SIGTERM saves where it stops) is kept only until the next save, never at the cost of a
+class _NewestScheduled:
+  """An orbax preservation policy: the newest `keep` checkpoints at `scheduled` steps, and the
+  latest whatever its step (a stop's own, kept until the next save)."""
+
+  def __init__(self, scheduled, keep):
+    self.scheduled, self.keep = frozenset(scheduled), keep
+
+  def should_preserve(self, checkpoints, *, context):
+    on = [i for i, c in enumerate(checkpoints) if c.step in self.scheduled][-self.keep:]
+    return [i in on or i == len(checkpoints) - 1 for i in range(len(checkpoints))]
+
+
+def manager(workdir, keep=3, async_save=True, scheduled=None):
+  """The run's CheckpointManager, keeping its newest `keep` checkpoints; with `scheduled` (the
+  steps a run saves uninterrupted: run_folder.checkpoint_steps), its newest `keep` of those and
+  the latest, so that a stop's own checkpoint (SIGTERM saves where it stops) never costs a
   scheduled one (a study measures conflicts at the newest scheduled steps)."""
-  from orbax.checkpoint import checkpoint_managers
-  kept = dict(max_to_keep=keep) if every is None else dict(
-      preservation_policy=checkpoint_managers.AnyPreservationPolicy([
-          checkpoint_managers.LatestN(1),
-          checkpoint_managers.EveryNSteps(interval_steps=every, max_to_keep=keep)]))
+  kept = dict(max_to_keep=keep) if scheduled is None else dict(
+      preservation_policy=_NewestScheduled(scheduled, keep))
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
                                          **kept)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),

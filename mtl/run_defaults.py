@@ -222,8 +222,8 @@ FIELD_HELP = {
     "total_steps": "training steps",
     "log_every": "steps between progress lines, TensorBoard scalars and metrics.jsonl lines",
     "checkpoint_every": "steps between checkpoints (and conflict-store flushes)",
-    "keep_checkpoints": "checkpoints kept: the newest on the checkpoint_every schedule (and a "
-                        "stop's own until the next save)",
+    "keep_checkpoints": "checkpoints kept: the newest of the schedule (every checkpoint_every "
+                        "steps and the last; a stop's own until the next save)",
     "eval_every": "steps between intermediate evaluations (0: at the end only)",
     "eval.sets": "test sets: photos, photos_val, NAME=PATH, NAME=paired:PATH, NAME=for:SEL:...",
     "eval.max_images": "evaluate at most this many images per set (0: all)",

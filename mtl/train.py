@@ -145,7 +145,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
   from mtl import evaluate, events, progress as progress_lib
   run = setup.run
   probe_every = run.plan.probe_every
-  mngr = checkpoints.manager(workdir, config.keep_checkpoints, every=config.checkpoint_every)
+  save_at = frozenset(run_folder.checkpoint_steps(config.total_steps, config.checkpoint_every))
+  mngr = checkpoints.manager(workdir, config.keep_checkpoints, scheduled=save_at)
   with jax.set_mesh(run.mesh):
     source_note = ""
     if mngr.latest_step() is not None:
@@ -185,7 +186,6 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
     writer.hparams(hparams_of(config), trial_id=os.path.basename(workdir))
     progress = progress_lib.Progress(config.total_steps, start, every=config.log_every)
-    save_at = frozenset(run_folder.checkpoint_steps(config.total_steps, config.checkpoint_every))
     # Host crops built ahead by the pipeline's threads, copied onto the devices ahead by
     # DevicePrefetch's; the time the loop still waits for a batch is logged as data_wait.
     batches = prefetch.DevicePrefetch(pipeline.train_batches(

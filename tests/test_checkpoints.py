@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import small
-from mtl import checkpoints, run_state, sharding
+from mtl import checkpoints, run_folder, run_state, sharding
 from mtl import step as step_lib
 from mtl.models import ipt
 from photo_batch import photo_batch
@@ -64,13 +64,14 @@ def test_restoring_from_a_folder_without_a_checkpoint_says_so_and_writes_nothing
 
 
 def test_a_stop_s_checkpoint_never_costs_a_scheduled_one(tmp_path):
-  """keep=4 every=5: the newest 4 scheduled checkpoints and the latest. A stop's checkpoint (26,
-  then 28 after a resume) stays only until the next save; the study measures the scheduled."""
+  """keep=4, every 5 of 37 steps: the newest 4 scheduled checkpoints and the latest. A stop's
+  checkpoint (26, then 28 after a resume) stays only until the next save; the last step (37)
+  is on the schedule. The study measures at the newest scheduled steps."""
   state = step_lib.TrainState(step=0, params={"w": np.zeros(4, np.float32)},
                               opt_state={"m": np.zeros(4, np.float32)})
-  mngr = checkpoints.manager(tmp_path, keep=4, every=5)
+  mngr = checkpoints.manager(tmp_path, keep=4, scheduled=run_folder.checkpoint_steps(37, 5))
   kept = {}
-  for step in (5, 10, 15, 20, 25, 26, 28, 30, 35):
+  for step in (5, 10, 15, 20, 25, 26, 28, 30, 35, 37):
     checkpoints.save(mngr, step, state, force=True)
     mngr.wait_until_finished()
     kept[step] = mngr.all_steps()
@@ -78,7 +79,7 @@ def test_a_stop_s_checkpoint_never_costs_a_scheduled_one(tmp_path):
   assert kept[25] == [10, 15, 20, 25]
   assert kept[26] == [10, 15, 20, 25, 26] and kept[28] == [10, 15, 20, 25, 28]
   assert kept[30] == [15, 20, 25, 30] and kept[35] == [20, 25, 30, 35]
-  assert checkpoints.latest_saved_step(str(tmp_path)) == 35
+  assert kept[37] == [25, 30, 35, 37] and checkpoints.latest_saved_step(str(tmp_path)) == 37
 
 
 # orbax's other failed reads report when collected, after the test; the launcher test checks stderr.
