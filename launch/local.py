@@ -134,19 +134,20 @@ class Launcher:
       for i, p in enumerate(self.procs):
         if p.returncode not in (None, 0) and first_failure is None:
           first_failure = (i, p.returncode)
-          if self.signalled is None and any(q.poll() is None for q in self.procs) and (
-              p.returncode < 0):
-            # Killed (SIGKILL, a crash): the others' next collective waits for it until the
-            # heartbeat timeout (~100 s), then aborts; no checkpoint can be saved without it.
-            self.say(f"p{i} was killed by {signal.Signals(-p.returncode).name}: the others cannot "
-                     "finish a collective without it; killing them (the last saved checkpoint "
-                     "is kept: run the same command to resume)")
-            self._send(signal.SIGKILL)
-          elif self.signalled is None and any(q.poll() is None for q in self.procs):
+          if self.signalled is None and any(q.poll() is None for q in self.procs):
             # The others would wait in a collective for the failed one: stop them.
-            self.say(f"p{i} exited with status {_exit_status(p.returncode)}: stopping the others")
-            self._send(signal.SIGTERM)
-            self.deadline = time.monotonic() + self.grace_seconds
+            if p.returncode < 0:  # killed (SIGKILL, a crash): no checkpoint can be saved without
+              # it; the others' next collective would wait for it until the heartbeat timeout
+              # (~100 s), then abort
+              self.say(f"p{i} was killed by {signal.Signals(-p.returncode).name}: the others "
+                       "cannot finish a collective without it; killing them (the last saved "
+                       "checkpoint is kept: run the same command to resume)")
+              self._send(signal.SIGKILL)
+            else:
+              self.say(f"p{i} exited with status {_exit_status(p.returncode)}: stopping the "
+                       "others")
+              self._send(signal.SIGTERM)
+              self.deadline = time.monotonic() + self.grace_seconds
       if self.deadline is not None and time.monotonic() > self.deadline:
         self.say("processes still running after SIGTERM: killing them")
         self._send(signal.SIGKILL)
