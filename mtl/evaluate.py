@@ -328,7 +328,10 @@ def input_baseline(spec, degraded):
   return np.asarray(jnp.clip(jnp.round(up), 0, 255)).astype(np.uint8)
 
 
-def score(output, target, crop_border):
+def score(output, target, crop_border, gray=False):
+  if gray:  # DnCNN's grey PSNR is on the grey plane: Y of 3 equal channels adds 219/255 (+1.3 dB)
+    grey = lambda x: np.round(np.asarray(x, np.float64) @ np.asarray(degradations.LUMA))[..., None]
+    output, target = grey(output), grey(target)
   return {
       "psnr_y": metrics.psnr(output, target, crop_border, y_channel=True),
       "ssim_y": metrics.ssim(output, target, crop_border, y_channel=True),
@@ -384,7 +387,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
           for variant, ema, ensemble in runs:
             output = restore_image(runners[ema], degraded, spec.scale, config.model.patch_size,
                                    config.eval.tile_overlap, tiling, ensemble, spec.kind)
-            rows[variant].append(score(output, clean, crop))
+            rows[variant].append(score(output, clean, crop, spec.gray))
             if config.eval.get("save_images", False) and jax.process_index() == 0:
               folder = "restored" + (f"-{variant}" if variant else "")
               events.write_png(os.path.join(workdir, folder, str(int(step)), spec.name,
@@ -392,7 +395,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
             if not variant and writer is not None and index < config.eval.samples:
               writer.image(step, f"eval/{spec.name}/{testset.name}/{name}",
                            _side_by_side(input_baseline(spec, degraded), output, clean))
-          baseline.append(score(input_baseline(spec, degraded), clean, crop))
+          baseline.append(score(input_baseline(spec, degraded), clean, crop, spec.gray))
         if not baseline:
           continue
         for variant in rows:

@@ -92,6 +92,14 @@ def test_a_joint_run_over_every_task_kind_trains_and_evaluates(all_kinds_run):
   assert results["tasks"]["lowlight"]["LOL"]["input_psnr_y"] < 20.0
 
 
+def test_grey_denoising_is_scored_on_the_grey_plane(all_kinds_run):
+  # DnCNN's grey PSNR: the Y of the 3 equal channels would read 1.3 dB higher (16-235 range)
+  _, results = all_kinds_run
+  for entry in results["tasks"]["denoise_gray_25"].values():
+    for key in ("psnr", "ssim", "input_psnr", "input_ssim"):
+      assert entry[f"{key}_y"] == pytest.approx(entry[f"{key}_rgb"]), key
+
+
 def test_conflict_analyzer_and_heatmaps_take_any_mix_of_kinds(all_kinds_run):
   workdir, _ = all_kinds_run
   record = conflicts.load(workdir)
