@@ -41,6 +41,13 @@ def _positive(name, value):
     raise ValueError(f"{name}={value} must be > 0")
 
 
+def _is_task(name):
+  try:
+    return bool(tasks.get(name))
+  except ValueError:
+    return False
+
+
 def validate(config):
   """Check a config before anything is built or written; one clear line per problem. Returns
   what the checks built: the task specs and the model's ipt.ModelConfig.
@@ -117,7 +124,7 @@ def validate(config):
       raise ValueError(f"data.folder={config.data.folder} holds no images (looked recursively "
                        f"for {', '.join(folder_lib.IMAGE_EXTENSIONS)})")
   seen = set()
-  for set_name, _, path, _ in evaluate.parse_sets(config.eval.sets):
+  for set_name, _, path, selector in evaluate.parse_sets(config.eval.sets):
     # The name keys the results, the TensorBoard tags and restored/<step>/<task>/<set>/.
     if not set_name.strip() or set_name in (".", "..") or "/" in set_name or "\\" in set_name:
       raise ValueError(f"eval.sets: {set_name}={path} has no usable name; give each set a name "
@@ -128,6 +135,10 @@ def validate(config):
     seen.add(set_name)
     if path is not None and not os.path.isdir(path):
       raise FileNotFoundError(f"eval.sets: {set_name}={path} is not a folder")
+    for part in filter(None, selector.split("+")):  # a misspelt one would score nothing, silently
+      if part not in tasks.KINDS and not _is_task(part):
+        raise ValueError(f"eval.sets: {set_name}=for:{selector}: {part!r} is neither a task kind "
+                         f"({', '.join(tasks.KINDS)}) nor a task ({tasks.VALID_NAMES})")
   degradations.check_config(config.degrade)
   streaks = config.degrade.rain.streak_dir
   if streaks and not os.path.isdir(streaks):

@@ -61,6 +61,10 @@ def _set(config, dotted, value):
     ("eval.sets", f"photos,photos={ROOT}/tests", r"eval.sets: the name 'photos' is given twice"),
     ("eval.sets", f"={ROOT}/tests", r"eval.sets: =.*/tests has no usable name"),
     ("eval.sets", f"../x={ROOT}/tests", r"eval.sets: \.\./x=.*/tests has no usable name"),
+    # A misspelt selector would load the set and score it for no task.
+    ("eval.sets", f"S=for:dehazing:paired:{ROOT}/tests", r"eval.sets: S=for:dehazing: 'dehazing' "
+                                                         r"is neither a task kind \(denoise, sr"),
+    ("eval.sets", f"S=for:denoise+sr_x5:{ROOT}/tests", r"'sr_x5' is neither a task kind"),
     # A folder given without its source would train on the embedded photographs unannounced.
     ("data.folder", "/d/DIV2K", r"data.folder=/d/DIV2K is set, but data.source='photos' does not "
                                 r"read it; add --config.data.source=folder"),
