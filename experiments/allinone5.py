@@ -14,7 +14,8 @@ minutes on 2 CPU cores. With a data root, allinone3's layout (see experiments/al
   <root>/test/lowlight/LOL/    LOL eval15, 15 pairs
 The papers score RGB PSNR / SSIM: results.json holds them (psnr_rgb, ssim_rgb) beside the
 Y-channel ones, and the table the trainer prints is Y-channel. The same protocol differences as
-allinone3 apply (mtl is task-aware, equal task shares per step).
+allinone3 apply (mtl is task-aware, equal task shares per step; its SSIM is BasicSR's, not the
+papers' scikit-image window).
 """
 import os
 
