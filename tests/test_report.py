@@ -435,6 +435,29 @@ def test_published_row_only_when_its_requirement_holds(tmp_path):
   assert row["psnr_mean"] == 40.0 and row.get("delta_psnr") is None  # no seeds to pair
 
 
+def test_published_row_follows_the_study_metric(tmp_path):
+  reference = study_lib.defaults().reference
+  reference.label = "published"
+  reference.psnr_y = {"derain": {"photos": 40.0}}
+  reference.psnr_rgb = {"derain": {"photos": 38.0}}
+  reference.ssim_rgb = {"derain": {"photos": 0.9}}
+  for metric, want in (("psnr_y", (40.0, None)), ("psnr_rgb", (38.0, 0.9))):
+    s = synthetic_study(str(tmp_path / metric), metric=metric, reference=reference)
+    (row,) = [r for r in tables.main_table(s).records if r["regime"] == "published"]
+    assert (row["metric"], row["psnr_mean"], row["ssim_mean"]) == (metric, *want)
+
+
+def test_allinone3_study_holds_real_data_runs_against_promptir():
+  from experiments import allinone3
+  from experiments.studies import allinone3 as study3
+  ref = study3.get_config("/data").reference
+  assert ref.psnr_rgb.to_dict() == {
+      "denoise_15": {"CBSD68": 33.98}, "denoise_25": {"CBSD68": 31.31},
+      "denoise_50": {"CBSD68": 28.06}, "derain": {"Rain100L": 36.37}, "dehaze": {"SOTS": 30.58}}
+  assert allinone3.PUBLISHED["PromptIR"]["derain"] == 36.37
+  assert not study3.get_config().reference.label  # synthetic photographs: no published row
+
+
 def test_ipt_paper_study_requires_real_streaks_for_rain100l():
   from experiments.studies import ipt_paper
   assert ipt_paper.get_config("/data").reference.requires.to_dict() == {

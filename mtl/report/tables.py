@@ -185,11 +185,11 @@ def main_table(study):
                           f"{p:.2f} dB): {behind}. Δs involving them compare a model that does "
                           "not restore yet.")
       rows.append(row)
-    ref_psnr = ref["psnr_y"].get(task, {}) if _reference_applies(study, task) else {}
-    if ref["label"] and ref_psnr and psnr_key == "psnr_y":
+    ref_psnr = ref[psnr_key].get(task, {}) if _reference_applies(study, task) else {}
+    if ref["label"] and ref_psnr:
       row = [task, ref["label"], "–"]
       for s in test_sets:
-        p, q = ref_psnr.get(s), ref["ssim_y"].get(task, {}).get(s)
+        p, q = ref_psnr.get(s), ref[ssim_key].get(task, {}).get(s)
         if p is None:
           row += ["–", "–", "", ""]
           continue

@@ -36,10 +36,11 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
                  (e.g. fine-tuning data, warm-up)
   validation     the eval set the learning rate is chosen on (one of run.eval.sets)
   test           the eval sets the tables report (run.eval.sets, not the validation set)
-  reference      published numbers for a reference row: label, note, psnr_y / ssim_y as
-                 {task: {test set: value}}; requires {task: dotted run-config field}: the
-                 task's numbers are shown only when every run of the task sets that field
-                 (shown with metric 'psnr_y' only, never with a Δ: no seeds to pair)
+  reference      published numbers for a reference row: label, note, and per metric (psnr_y,
+                 ssim_y, psnr_rgb, ssim_rgb) {task: {test set: value}}; requires {task: dotted
+                 run-config field}: the task's numbers are shown only when every run of the
+                 task sets that field (shown in the study metric's table, never with a Δ: no
+                 seeds to pair)
 
 Every run evaluates on validation and test sets (`run.eval.sets`). Runs that differ only in
 their learning rate form a *sweep*; per seed, the sweep's run with the best validation score
@@ -85,8 +86,8 @@ def _check_method_regime(regime):
 CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from")
 # Study fields that only change the report; they may differ between invocations.
 REPORT_ONLY = ("name", "test", "reference", "final_conflicts")
-REFERENCE_FIELDS = ("label", "note", "psnr_y", "ssim_y", "requires")
 METRICS = {"psnr_y": "ssim_y", "psnr_rgb": "ssim_rgb"}   # study.metric -> the SSIM shown with it
+REFERENCE_FIELDS = ("label", "note", *METRICS, *METRICS.values(), "requires")
 BUDGETS = ("steps", "equal_images", "equal_flops")
 
 
@@ -116,8 +117,8 @@ def defaults():
   # requires: {task: dotted run-config field}; the task's reference values are shown only when
   # that field is set in every run that trains the task (e.g. real rain streaks for Rain100L).
   c.reference = ml_collections.ConfigDict(dict(
-      label="", note="", psnr_y=ml_collections.ConfigDict(), ssim_y=ml_collections.ConfigDict(),
-      requires=ml_collections.ConfigDict()))
+      label="", note="", requires=ml_collections.ConfigDict(),
+      **{m: ml_collections.ConfigDict() for m in (*METRICS, *METRICS.values())}))
   return c
 
 
@@ -255,7 +256,7 @@ def validate(study):
     if name == d["validation"]:
       raise ValueError(f"test set {name!r} is also the validation set; the lr is chosen on "
                        "validation, so report other sets as test")
-  for metric in ("psnr_y", "ssim_y"):
+  for metric in (*METRICS, *METRICS.values()):
     for task, sets in d["reference"][metric].items():
       tasks_lib.get(task)
       if not isinstance(sets, dict) or not all(isinstance(v, (int, float)) for v in sets.values()):
@@ -394,7 +395,8 @@ def upgrade(saved):
   saved.setdefault("metric", "psnr_y")
   saved.setdefault("seeds", (0,))
   saved["reference"] = dict(saved.get("reference", {}))
-  saved["reference"].setdefault("requires", {})
+  for field in ("requires", *METRICS, *METRICS.values()):
+    saved["reference"].setdefault(field, {})
   saved["final_conflicts"] = {**defaults().final_conflicts.to_dict(),
                               **saved.get("final_conflicts", {})}
   return saved
