@@ -55,7 +55,8 @@ def photos(config, tasks):
   return config
 
 
-def get_config(root=None):
+def get_config(arg=None):
+  root = run_defaults.parse_arg(arg, "experiments/allinone3.py", "root", root="")["root"]
   if not root:
     config = photos(run_defaults.get_config("tiny"), TASKS)
   else:

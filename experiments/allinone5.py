@@ -26,7 +26,8 @@ from mtl import run_defaults
 TASKS = ("derain", "dehaze", "denoise_25", "deblur", "lowlight")
 
 
-def get_config(root=None):
+def get_config(arg=None):
+  root = run_defaults.parse_arg(arg, "experiments/allinone5.py", "root", root="")["root"]
   if not root:
     return allinone3.photos(run_defaults.get_config("tiny"), TASKS)
   config = allinone3.get_config(root)

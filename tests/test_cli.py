@@ -34,6 +34,17 @@ def test_config_file_arguments_share_one_convention(tmp_path):
   path.write_text(json.dumps(tiny.get_config("sr_x2").to_dict()))
   assert from_json.get_config(f"path={path}").tasks == ("sr_x2",)
   assert from_json.get_config(str(path)).tasks == ("sr_x2",)
+  from experiments import allinone3, allinone5
+  from experiments.studies import allinone3 as study3, ipt_paper as ipt_study, remedies
+  for module, get in ((allinone3, lambda c: c.data.folder), (allinone5, lambda c: c.data.folder),
+                      (study3, lambda s: s.run.data.folder),
+                      (ipt_study, lambda s: s.run.data.folder)):
+    assert get(module.get_config("root=/r")) == get(module.get_config("/r")), module
+    assert get(module.get_config("/r")).startswith("/r/"), module
+    with pytest.raises(ValueError, match="has no argument 'rot'; valid: root"):
+      module.get_config("rot=/r")
+  with pytest.raises(ValueError, match="remedies.py takes no argument"):
+    remedies.get_config("/r")
   with pytest.raises(ValueError, match=r"experiments/tiny.py has no argument 'task'; valid: tasks"):
     tiny.get_config("task=sr_x2")
   with pytest.raises(ValueError, match=r"piece 'sr_x3' has no '='"):

@@ -17,11 +17,13 @@ table's reference row (AirNet's and AdaIR's are in experiments/allinone3.py, PUB
 """
 from experiments import allinone3
 from experiments.studies import common
+from mtl import run_defaults
 from mtl import study as study_lib
 from mtl import tasks as tasks_lib
 
 
-def get_config(root=None):
+def get_config(arg=None):
+  root = run_defaults.parse_arg(arg, "experiments/studies/allinone3.py", "root", root="")["root"]
   study = study_lib.defaults()
   study.name = "allinone3"
   study.tasks = allinone3.TASKS

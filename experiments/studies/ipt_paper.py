@@ -27,13 +27,15 @@ Lower the budgets with e.g. --config.steps.joint=20000 --config.steps.finetune=3
 import os
 
 from experiments import ipt_paper
+from mtl import run_defaults
 from mtl import study as study_lib
 
 TASKS = ("sr_x2", "sr_x3", "sr_x4", "derain", "denoise_30", "denoise_50")
 TEST_SETS = ("Set5", "Set14", "B100", "Urban100", "CBSD68", "Rain100L")
 
 
-def get_config(root="/data"):
+def get_config(arg=None):
+  root = run_defaults.parse_arg(arg, "experiments/studies/ipt_paper.py", "root", root="/data")["root"]
   study = study_lib.defaults()
   study.name = "ipt_paper"
   study.tasks = TASKS

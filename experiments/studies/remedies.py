@@ -24,7 +24,8 @@ METHODS = ("pcgrad", "cagrad", "upgrad", "uncertainty")
 
 
 def get_config(arg=None):
-  del arg
+  if arg:
+    raise ValueError(f"experiments/studies/remedies.py takes no argument (got {arg!r})")
   study = study_lib.defaults()
   study.name = "remedies"
   study.tasks = ("denoise_30", "sr_x2", "derain")
