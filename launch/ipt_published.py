@@ -38,6 +38,9 @@ def main():
                      "Set5, Set14, B100, Urban100, CBSD68, Rain100L")
   if not f.workdir:
     raise ValueError("pass --workdir=<imported workdir> (repeat it for several)")
+  # every workdir is checked before the first is scored: a refusal after hours of scoring
+  # would lose the table and make a rerun refuse the workdirs already scored
+  published.check_workdirs(f.workdir, f.overwrite)
   rows = []
   for workdir in f.workdir:
     rows += published.evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images,

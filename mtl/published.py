@@ -30,18 +30,34 @@ def find_set(benchmark, name):
   return None
 
 
+def check_workdirs(workdirs, overwrite=False):
+  """Refuse (ValueError, one line) before any scoring: a workdir given twice, or one that holds
+  an earlier scoring's results-<step>-<task>.json (unless `overwrite`)."""
+  from mtl import checkpoints, run_folder
+  seen = set()
+  for workdir in workdirs:
+    real = os.path.realpath(workdir)
+    if real in seen:
+      raise ValueError(f"--workdir={workdir} is given twice; give each workdir once")
+    seen.add(real)
+    step = checkpoints.latest_saved_step(workdir)
+    names = [run_folder.results_name(step, False, task)
+             for task in run_folder.read_config(workdir).tasks] if step is not None else []
+    existing = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+    if existing and not overwrite:
+      raise ValueError(f"{workdir} already holds {', '.join(existing)}; pass --overwrite to "
+                       "replace them")
+
+
 def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False, overwrite=False):
   """[(task, set, mtl result dict or None, published PSNR or None)] for one workdir, each task's
   scores written to its results-<step>-<task>.json (refused before any work where one exists,
   unless `overwrite`)."""
   from mtl import evaluate, restoration, run_folder, tasks
   from mtl.models import ipt
+  check_workdirs([workdir], overwrite)
   config, model, params, step = restoration.load_model(workdir)
   names = {spec.name: run_folder.results_name(step, False, spec.name) for spec in model.specs}
-  existing = [n for n in names.values() if os.path.exists(os.path.join(workdir, n))]
-  if existing and not overwrite:
-    raise ValueError(f"{workdir} already holds {', '.join(existing)}; pass --overwrite to "
-                     "replace them")
   rows = []
   for spec in model.specs:
     wanted = PUBLISHED.get(spec.name, {})

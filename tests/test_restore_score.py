@@ -256,3 +256,25 @@ def test_published_table_from_an_imported_workdir(tmp_path):
   assert files.read_json(written)["tasks"]["sr_x2"]["Set5"]["num_images"] == 2
   published.evaluate_workdir(workdir, str(tmp_path / "bench"), max_images=1, overwrite=True)
   assert files.read_json(written)["tasks"]["sr_x2"]["Set5"]["num_images"] == 1
+
+
+def test_published_refuses_every_workdir_before_scoring_any(tmp_path):
+  # A later workdir's earlier results (or a workdir given twice) are refused before the first
+  # workdir is scored: nothing is written, and a rerun with the right flags is not refused.
+  cfg, names, params = ipt_import.load(FIXTURE.replace("pretrain6", "finetune1"), num_heads=2)
+  first, second = str(tmp_path / "first"), str(tmp_path / "second")
+  for workdir in (first, second):
+    run_state.write_workdir(params, cfg, names, workdir)
+  files.write_json(os.path.join(second, "results-000000000-sr_x2.json"), {"kept": True})
+  _png(str(tmp_path / "bench" / "Set5" / "HR" / "a.png"),
+       np.random.default_rng(5).integers(0, 256, (26, 30, 3), dtype=np.uint8))
+  launcher = os.path.join(ROOT, "launch", "ipt_published.py")
+  for workdirs, message in (([first, second], f"{second} already holds"),
+                            ([first, first], "is given twice")):
+    proc = subprocess.run([sys.executable, launcher, f"--benchmark={tmp_path / 'bench'}"]
+                          + [f"--workdir={w}" for w in workdirs], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not any(f.startswith("results") for f in os.listdir(first))
+  assert files.read_json(os.path.join(second, "results-000000000-sr_x2.json")) == {"kept": True}
