@@ -267,6 +267,7 @@ def write_workdir(params, cfg, task_names, workdir, source=""):
   config.regime, config.schedule = "joint", "one"  # IPT trained one task per batch
   config.total_steps = 1
   config.conflicts.every = 0
+  config.eval.tiling = "ipt"  # restore.py and evaluation then give the official test's output
   config.mesh.data = 1
   config.data.batch_size = 1
   run = build(config)

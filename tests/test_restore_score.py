@@ -278,3 +278,19 @@ def test_published_refuses_every_workdir_before_scoring_any(tmp_path):
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
     assert not any(f.startswith("results") for f in os.listdir(first))
   assert files.read_json(os.path.join(second, "results-000000000-sr_x2.json")) == {"kept": True}
+
+
+def test_restore_of_an_imported_workdir_tiles_as_the_official_test(workdir, tmp_path):
+  # An imported IPT restores whole images with the official test's tiling (forward_chop, which
+  # eval.tiling='ipt' reproduces: tests/test_evaluate.py), not mtl's default centre tiling.
+  image = np.random.default_rng(6).integers(0, 256, (29, 41, 3), dtype=np.uint8)  # > one tile
+  _png(str(tmp_path / "in" / "x.png"), image)
+  (written,), _ = restoration.restore_folder(workdir, "sr_x2", str(tmp_path / "in"),
+                                             str(tmp_path / "out"), err=io.StringIO())
+  config, model, params, _ = restoration.load_model(workdir)
+  assert config.eval.tiling == "ipt"
+  apply_tiles = evaluate.tile_runner(model, evaluate.local_params(params, evaluate.local_mesh()),
+                                     "sr_x2", config.eval.tile_batch, evaluate.local_mesh())
+  official = evaluate.restore_image(apply_tiles, image, 2, config.model.patch_size,
+                                    config.eval.tile_overlap, "ipt")
+  np.testing.assert_array_equal(np.asarray(Image.open(written)), official)
