@@ -154,3 +154,13 @@ def test_photos_testset(tmp_path):
   assert [name for name, _ in items] == ["chelsea", "coffee", "rocket"]
   assert [image.shape for _, image in items] == [(300, 451, 3), (400, 600, 3), (427, 640, 3)]
   assert all(image.dtype == np.uint8 for _, image in items)
+
+
+def test_load_hr_folder_reads_the_hr_subfolder_of_the_official_ipt_layout(tmp_path):
+  # benchmark/Set5/{HR,LR_bicubic/X2}: what launch/ipt_published.py accepts, and what
+  # experiments/ipt_paper.py's eval sets (benchmark/Set5) must read too.
+  _save(tmp_path / "Set5" / "HR" / "baby.png", _image(0))
+  _save(tmp_path / "Set5" / "LR_bicubic" / "X2" / "babyx2.png", _image(1, (6, 5, 3)))
+  items = benchmarks.load_hr_folder(str(tmp_path / "Set5"))
+  assert [name for name, _ in items] == ["baby"]
+  np.testing.assert_array_equal(items[0][1], _image(0))

@@ -57,11 +57,14 @@ def load_hr_folder(path):
   """[(name, uint8 HWC RGB)] of the images directly in `path`, sorted by name.
 
   Not recursive: a Set5 download often holds LR copies in subfolders. In a folder of
-  `*_HR.png` / `*_LR.png` files (Huang's SelfExSR layout) only the `_HR` ones are read.
+  `*_HR.png` / `*_LR.png` files (Huang's SelfExSR layout) only the `_HR` ones are read; a folder
+  with no images but an `HR` subfolder (the official IPT / EDSR benchmark layout) reads that.
   """
   paths = folder_lib.list_images(path, recursive=False)
   hr_only = [p for p in paths if _stem(p).upper().endswith("_HR")]
   paths = hr_only or paths
+  if not paths and os.path.isdir(os.path.join(path, "HR")):  # EDSR / IPT's <Set>/HR, LR_bicubic/
+    return load_hr_folder(os.path.join(path, "HR"))
   if not paths:
     subfolders = _subfolders(path)
     hint = f"; its subfolders: {', '.join(subfolders)}" if subfolders else ""
