@@ -260,6 +260,8 @@ def write_workdir(params, cfg, task_names, workdir, source=""):
   """
   if os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE)):
     raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
+  check_workdir(workdir)  # a file, or an unwritable place: one line naming it, as train.py's
+  _refuse_a_folder_of_images(workdir)
   config = run_defaults.get_config("tiny")
   config.tasks = tuple(task_names)
   for field in ipt.SIZES["paper"]:

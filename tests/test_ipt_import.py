@@ -90,6 +90,21 @@ def test_workdir_round_trip(tmp_path):
     run_state.write_workdir(params, cfg, names, workdir)
 
 
+def test_import_refuses_a_file_or_a_folder_of_images_as_workdir(tmp_path):
+  cfg, names, params = ipt_import.load(os.path.join(FIXTURES, "ipt_finetune1.pt"), num_heads=2)
+  (tmp_path / "afile").write_text("kept")
+  with pytest.raises(ValueError, match=r"--workdir=.*afile is a file; give a folder") as error:
+    run_state.write_workdir(params, cfg, names, str(tmp_path / "afile"))
+  _one_line(error)
+  (tmp_path / "photos").mkdir()
+  (tmp_path / "photos" / "a.png").write_bytes(b"x")
+  with pytest.raises(ValueError, match=r"photos holds images \(a.png\)") as error:
+    run_state.write_workdir(params, cfg, names, str(tmp_path / "photos"))
+  _one_line(error)
+  assert (tmp_path / "afile").read_text() == "kept"
+  assert sorted(os.listdir(tmp_path / "photos")) == ["a.png"]
+
+
 def _one_line(error):
   message = str(error.value)
   assert "\n" not in message
