@@ -41,12 +41,11 @@ def main():
   # every workdir is checked before the first is scored: a refusal after hours of scoring
   # would lose the table and make a rerun refuse the workdirs already scored
   published.check_workdirs(f.workdir, f.overwrite)
-  rows = []
-  for workdir in f.workdir:
-    rows += published.evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images,
-                                       f.overwrite)
-  print(published.format_table(rows), flush=True)
-  if all(result is None for _, _, result, _ in rows):
+  groups = [(published.weights_label(workdir),
+             published.evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images,
+                                        f.overwrite)) for workdir in f.workdir]
+  print(published.format_table(groups), flush=True)
+  if all(result is None for _, rows in groups for _, _, result, _ in rows):
     raise ValueError(f"--benchmark={f.benchmark} holds none of the sets these tasks are scored "
                      "on (<Set>/HR or <Set>: Set5, Set14, B100, Urban100, CBSD68, Rain100L)")
 

@@ -84,19 +84,34 @@ def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False, overwr
   return rows
 
 
-def format_table(rows):
+def weights_label(workdir):
+  """The file an imported workdir came from (imported.json), else the workdir's name."""
+  from mtl import files, run_folder
+  path = os.path.join(workdir, run_folder.IMPORT_RECORD)
+  source = files.read_json(path).get("source", "") if os.path.isfile(path) else ""
+  return os.path.basename(str(source)) or os.path.basename(os.path.normpath(workdir))
+
+
+def format_table(groups):
+  """`groups`: [(weights label, evaluate_workdir's rows)] -> the table, a row per weights, task
+  and set (the label tells two workdirs' rows of one task and set apart)."""
+  width = max([7] + [len(label) for label, _ in groups])
   lines = ["IPT (Chen et al. 2021) published vs mtl with the released weights: PSNR (dB)",
-           f"{'task':<11} {'set':<9} {'paper Y':>8} {'mtl Y':>7} {'diff':>6} {'mtl RGB':>8} "
-           f"{'SSIM Y':>7} {'images':>6}"]
-  for task, name, result, paper in rows:
-    mark = "?" if (task, name) in UNSURE else " "
-    paper_text = f"{paper:>7.2f}{mark}" if paper is not None else f"{'-':>8}"
-    if result is None:
-      lines.append(f"{task:<11} {name:<9} {paper_text} {'(no data)':>7}")
-      continue
-    diff = f"{result['psnr_y'] - paper:+6.2f}" if paper is not None else f"{'':>6}"
-    lines.append(f"{task:<11} {name:<9} {paper_text} {result['psnr_y']:>7.2f} {diff} "
-                 f"{result['psnr_rgb']:>8.2f} {result['ssim_y']:>7.4f} {result['num_images']:>6}")
-  if any((t, n) in UNSURE for t, n, _, _ in rows):
+           f"{'weights':<{width}} {'task':<11} {'set':<9} {'paper Y':>8} {'mtl Y':>7} {'diff':>6} "
+           f"{'mtl RGB':>8} {'SSIM Y':>7} {'images':>6}"]
+  unsure = False
+  for label, rows in groups:
+    for task, name, result, paper in rows:
+      unsure |= (task, name) in UNSURE
+      mark = "?" if (task, name) in UNSURE else " "
+      paper_text = f"{paper:>7.2f}{mark}" if paper is not None else f"{'-':>8}"
+      start = f"{label:<{width}} {task:<11} {name:<9} {paper_text}"
+      if result is None:
+        lines.append(f"{start} {'(no data)':>7}")
+        continue
+      diff = f"{result['psnr_y'] - paper:+6.2f}" if paper is not None else f"{'':>6}"
+      lines.append(f"{start} {result['psnr_y']:>7.2f} {diff} {result['psnr_rgb']:>8.2f} "
+                   f"{result['ssim_y']:>7.4f} {result['num_images']:>6}")
+  if unsure:
     lines.append("? = published value not checked against the paper here")
   return "\n".join(lines)

@@ -247,8 +247,10 @@ def test_published_table_from_an_imported_workdir(tmp_path):
   assert files.read_json(written)["tasks"]["sr_x2"]["Set5"] == by_set["Set5"][0]
   assert sorted(f for f in os.listdir(workdir) if f.startswith("results")) == [
       "results-000000000-sr_x2.json"]  # the only results file: a run's own are not touched
-  table = published.format_table(rows)
+  table = published.format_table([(published.weights_label(workdir), rows)])
   assert f"{by_set['Set5'][0]['psnr_y']:>7.2f}" in table and "(no data)" in table
+  set5 = [line for line in table.splitlines() if " Set5 " in line]
+  assert len(set5) == 1 and set5[0].split()[:3] == ["sr2", "sr_x2", "Set5"]  # weights named
   # A second scoring keeps the first, unless asked.
   with pytest.raises(ValueError, match="already holds results-000000000-sr_x2.json; pass "
                      "--overwrite"):
