@@ -1,11 +1,12 @@
 """Redraw and summarize the gradient conflicts a run has stored, or measure a saved model's.
 
   python launch/analyze.py --workdir=/tmp/mtl/tiny [--step_range=START:END] [--window=N]
-  python launch/analyze.py --checkpoint=/tmp/mtl/tiny --config=experiments/tiny.py [--step=N] \
+  python launch/analyze.py --checkpoint=/tmp/mtl/tiny [--config=experiments/tiny.py] [--step=N] \
       [--batch_size=128] [--num_batches=16] [--halfwidth=0.02] [--max_batches=256] [--out=DIR]
 
 Checkpoint mode: restores the parameters of the latest checkpoint under --checkpoint (a run's
-workdir or its checkpoints/ folder; --step: that step's), measures the per-task gradient
+workdir or its checkpoints/ folder; --step: that step's) with the run's own config.json, or
+--config (e.g. other data; its tasks and model must be the run's), measures the per-task gradient
 Gramians on fresh probe batches of --batch_size images per task (no training; the batches are
 keyed by the run's seed and the checkpoint's step, so each checkpoint gets its own):
 --num_batches, then more until every pair's corrected-cosine 95% interval is within
@@ -42,8 +43,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Directory of the run (holds conflicts/store/).")
-flags.DEFINE_string("checkpoint", None, "Measure this saved model instead (needs --config).")
-config_flags.DEFINE_config_file("config", None, "Config of the checkpoint's model and data.")
+flags.DEFINE_string("checkpoint", None, "Measure this saved model instead.")
+config_flags.DEFINE_config_file("config", None, "Checkpoint mode: the model and data to measure "
+                                "with (default: the run's config.json; its tasks and model fixed).")
 flags.DEFINE_integer("num_batches", 16, "Checkpoint mode: fresh batches to probe first.",
                      lower_bound=1)
 flags.DEFINE_float("halfwidth", 0.02, "Checkpoint mode: then probe more until every pair's "
@@ -122,6 +124,32 @@ def _check_out(out):
     raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
 
 
+def _checkpoint_config(run_dir, config):
+  """The config to measure `run_dir`'s checkpoint with: `config`, refused (one line) where its
+  tasks or model differ from the run's saved config.json, or that saved config if None."""
+  from mtl import run_folder
+  from mtl.models import ipt
+  saved = os.path.join(run_dir, run_folder.CONFIG_FILE)
+  if not os.path.isfile(saved):
+    if config is None:
+      raise ValueError(f"--checkpoint={run_dir} holds no {run_folder.CONFIG_FILE}; pass "
+                       "--config=<the run's config file>")
+    return config
+  run = run_folder.read_config(run_dir)
+  if config is None:
+    return run
+  fix = f"omit --config to measure with the run's own ({saved})"
+  if sorted(config.tasks) != sorted(run.tasks):
+    raise ValueError(f"--config's tasks ({', '.join(config.tasks)}) differ from the checkpoint "
+                     f"run's ({', '.join(run.tasks)}); {fix}")
+  ours, theirs = (ipt.ModelConfig.from_config(c.model).parameter_fields() for c in (config, run))
+  if ours != theirs:
+    diff = ", ".join(f"model.{k}={ours[k]} (the run's: {theirs[k]})"
+                     for k in ours if ours[k] != theirs[k])
+    raise ValueError(f"--config's model differs from the checkpoint run's: {diff}; {fix}")
+  return config
+
+
 def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth=0.0,
             max_batches=0, step=None):
   """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
@@ -130,13 +158,14 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   from mtl import measure as conflicts_measure
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
+  run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
+      checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
+  config = _checkpoint_config(run_dir, config)
   _check_out(out)  # a given --out before the measuring; the default one names the step
   steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
       config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches,
       step=step)
   num_batches = len(steps)
-  run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
-      checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
   out = out or run_folder.analysis_dir(run_dir, ckpt_step)
   _check_out(out)
   conflicts.append(out, steps, grams, layers, tasks, {
@@ -183,8 +212,6 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
 def main():
   f = flags.FLAGS
   if f.checkpoint:
-    if f.config is None:
-      raise ValueError("--checkpoint needs --config=<the run's config file>")
     if f.workdir:
       raise ValueError("pass --checkpoint (measure a saved model) or --workdir (redraw a run's "
                        "store), not both")
@@ -196,7 +223,7 @@ def main():
   elif f.workdir:
     print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)
   else:
-    raise ValueError("pass --workdir=<run> (redraw its store) or --checkpoint=<run> --config=...")
+    raise ValueError("pass --workdir=<run> (redraw its store) or --checkpoint=<run> (measure it)")
 
 
 if __name__ == "__main__":

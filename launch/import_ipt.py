@@ -5,8 +5,8 @@
 
 The workdir (config.json + an orbax checkpoint at step 0, as launch/train.py writes them) is
 accepted by every other command: launch/restore.py, launch/ipt_published.py, init_from of a
-fine-tune, and launch/analyze.py --checkpoint=DIR --config=experiments/from_json.py:DIR/config.json
---batch_size=16 (the default 128 images per task of six tasks is more than paper-size memory).
+fine-tune, and launch/analyze.py --checkpoint=DIR --batch_size=16 (the default 128 images per
+task of six tasks is more than paper-size memory).
 Tasks default to the published order (pre-trained: sr_x2, sr_x3, sr_x4, derain, denoise_30,
 denoise_50) or the released file's name (IPT_denoise30.pt -> denoise_30). torch is not needed.
 Bad input: one line on stderr, exit status 1.

@@ -92,9 +92,7 @@ def finetune_params(run, init_from):
   target = run.model.task_names[0]
   source_model = ipt.IPT(ipt.ModelConfig.from_config(source_cfg["model"], run.config.precision),
                          tasks.get_all(source_cfg["tasks"]))
-  same = lambda cfg: dataclasses.replace(cfg, compute_dtype="float32", **{
-      f: getattr(run.model.cfg, f) for f in ipt.ModelConfig.EXECUTION_FIELDS})
-  if same(source_model.cfg) != same(run.model.cfg):
+  if source_model.cfg.parameter_fields() != run.model.cfg.parameter_fields():
     raise ValueError(f"init_from={init_from} has a different model size than this config; "
                      "fine-tune with the same model fields")
   abstract = jax.tree_util.tree_map(

@@ -344,12 +344,18 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
   assert record.checkpoint == {"run": run_name, "step": 4} and record.name == run_name
   assert record.window_label() == "checkpoint step 4, 3 fresh batches of 2/task"
   assert record.x_axis()[0].tolist() == [1, 2, 3]
-  again = subprocess.run(  # the store is never overwritten
-      [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
-       "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
-       "--config.data.batch_size=2", "--config.mesh.data=1", "--num_batches=1", f"--out={out}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(  # the store is never overwritten; no --config: the run's own
+      [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}", "--num_batches=1",
+       f"--out={out}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert again.returncode == 1 and "already holds a conflict store" in again.stderr
+  other = subprocess.run(  # a config of other tasks: named as such, not as an unreadable checkpoint
+      [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
+       "--config=experiments/tiny.py", "--num_batches=1", f"--out={tmp_path / 'other'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert other.returncode == 1 and other.stderr.strip().count("\n") == 0, other.stderr
+  assert ("--config's tasks (denoise_30, sr_x2, derain) differ from the checkpoint run's "
+          "(denoise_30, sr_x2); omit --config" in other.stderr), other.stderr
+  assert not os.path.exists(tmp_path / "other")
 
 
 def test_a_checkpoint_of_a_given_step_is_measured_on_batches_of_its_own(straight_run):

@@ -59,6 +59,12 @@ class ModelConfig:
   # How the model is run, not what it is: a fine-tune or an import may change them.
   EXECUTION_FIELDS = ("remat", "body_calls", "scan_unroll")
 
+  def parameter_fields(self):
+    """{field: value} of the fields that fix the parameters' shapes (not how they were
+    initialised or how the model runs): two configs that agree here restore each other's."""
+    skip = {"init", "compute_dtype", *self.EXECUTION_FIELDS}
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+
   @property
   def token_dim(self):
     return self.n_feats * self.patch_dim ** 2
