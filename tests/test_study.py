@@ -317,6 +317,33 @@ def test_changed_study_is_refused_naming_the_field_and_the_finished_runs(tmp_pat
   assert sorted(os.listdir(run_dir)) == ["config.json"]
 
 
+
+def test_a_changed_grid_or_selection_that_would_restart_a_finished_finetune_is_refused(tmp_path):
+  study = study_lib.Study(micro(seeds=(0,)), str(tmp_path))
+  study.prepare()
+  for lr, val in (("1e-3", 26.0), ("2e-4", 25.0)):
+    study.write_run_config(study.by_name[f"joint-lr{lr}-s0"])
+    _fake_done(study, f"joint-lr{lr}-s0", val_psnr=val, test_psnr=30.0)
+  name = "finetune-sr_x2-lr1e-3-s0"
+  study.write_run_config(study.by_name[name])  # from joint-lr1e-3-s0
+  _fake_done(study, name, val_psnr=27.0, test_psnr=31.0)
+  # A new lr in the grid: the finished fine-tune's start is chosen anew (not run yet, or better)
+  grown = micro(seeds=(0,), lrs=(1e-3, 2e-4, 5e-3))
+  with pytest.raises(ValueError, match=rf"changes the finished run\(s\) {name}: use a new"):
+    study_lib.Study(grown, str(tmp_path)).prepare()
+  # Another metric choosing another joint run (joint-lr2e-4-s0 is best on psnr_rgb)
+  for lr, rgb in (("1e-3", 20.0), ("2e-4", 21.0)):
+    path = study.path(f"joint-lr{lr}-s0", "results.json")
+    results = json.load(open(path))
+    for sets in results["tasks"].values():
+      sets["photos_val"]["psnr_rgb"] = rgb
+    json.dump(results, open(path, "w"))
+  with pytest.raises(ValueError, match=rf"changes the finished run\(s\) {name}: use a new"):
+    study_lib.Study(micro(seeds=(0,), metric="psnr_rgb"), str(tmp_path)).prepare()
+  # More seeds leave the seed-0 fine-tune's start as it was
+  study_lib.Study(micro(seeds=(0, 1)), str(tmp_path)).prepare()
+
+
 # ----------------------------------------------------------------------------- the launcher
 
 

@@ -151,7 +151,10 @@ class Study:
         steps = self.known_steps(spec) if spec is not None else None
         new = (run_config(self.config, spec, old["init_from"], steps or old["total_steps"])
                if spec is not None else None)
-      except (OSError, ValueError, KeyError):
+        if spec is not None and spec.regime == "finetune":  # a changed grid/validation/metric
+          if os.path.basename(self.init_from(spec)) != os.path.basename(old["init_from"]):
+            new = None  # chooses another start than it had (Waiting: one not trained yet)
+      except (OSError, ValueError, KeyError, Waiting):
         new = None
       if new is None or files.differences(old, new):
         changed.append(name)
