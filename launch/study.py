@@ -241,12 +241,12 @@ def main(argv):
                               max_parallel=FLAGS.max_parallel,
                               devices=run_devices,
                               analyze=analyze_command).run(FLAGS.only))
+  except BrokenPipeError:  # e.g. --dry_run | head: the reader has all it wanted (an OSError too)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
   except (ValueError, OSError, cli.UsageError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
-  except BrokenPipeError:  # e.g. --dry_run | head: the reader has all it wanted
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(0)
 
 
 if __name__ == "__main__":

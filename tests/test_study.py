@@ -397,6 +397,15 @@ def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
+def test_a_dry_run_whose_reader_has_gone_exits_quietly(study_file, tmp_path):
+  proc = subprocess.Popen([sys.executable, "launch/study.py", f"--config={study_file}",
+                           f"--workdir={tmp_path}/s", "--dry_run"], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc.stdout.close()  # as `| head` once it has its lines: every write is a broken pipe
+  assert proc.wait(timeout=120) == 0
+  assert "Broken pipe" not in proc.stderr.read()
+
+
 def test_interrupted_study_resumes_without_redoing_finished_runs(study_file, tmp_path):
   workdir = str(tmp_path / "study")
   args = [f"--config={study_file}:kill", f"--workdir={workdir}"]
