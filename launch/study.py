@@ -10,8 +10,9 @@ r"""Run a study: every run of experiments/studies/<name>.py, resumable, here or 
 Every start prints the study's status table (done, running, failed, waiting, started, pending
 per run). Re-running the same command skips the runs that are done, skips runs that another
 process is running, and resumes an interrupted one from its checkpoint. A changed study config
-for the same --workdir is refused when it would drop or alter a finished run; otherwise (fixing
-what made a run fail) it is taken: finished runs are kept, the others run with the new config.
+for the same --workdir is refused when it would drop or alter a finished run, or while another
+process runs one of its runs; otherwise (fixing what made a run fail) it is taken: finished runs
+are kept, the others run with the new config.
 Without --config, the study saved in <workdir>/study.json is used (what the SLURM jobs run).
 
 A study with final_conflicts.batch_size > 0 then measures each seed's chosen joint / group run

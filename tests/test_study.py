@@ -344,6 +344,24 @@ def test_a_changed_grid_or_selection_that_would_restart_a_finished_finetune_is_r
   study_lib.Study(micro(seeds=(0, 1)), str(tmp_path)).prepare()
 
 
+def test_a_study_changed_while_another_process_runs_one_of_its_runs_is_refused(tmp_path):
+  import fcntl
+  study_lib.Study(micro(seeds=(0,)), str(tmp_path)).prepare()
+  fixed = micro(seeds=(0,))
+  fixed.steps.scratch = 7  # no finished run sees it: taken, when no run is running
+  running = tmp_path / "runs" / "scratch-sr_x2-lr1e-3-s0"
+  running.mkdir(parents=True)
+  with open(running / "RUNNING", "w") as held:
+    fcntl.flock(held, fcntl.LOCK_EX)  # another study process runs it, with 6 steps
+    with pytest.raises(ValueError, match=r"the study changed \(steps.scratch\) while another "
+                                         r"process runs scratch-sr_x2-lr1e-3-s0; let it finish"):
+      study_lib.Study(fixed, str(tmp_path)).prepare()
+    study_lib.Study(micro(seeds=(0,)), str(tmp_path)).prepare()  # the same study: continued
+  assert json.loads((tmp_path / "study.json").read_text())["study"]["steps"]["scratch"] == 6
+  study_lib.Study(fixed, str(tmp_path)).prepare()  # its holder is gone: the change is taken
+  assert json.loads((tmp_path / "study.json").read_text())["study"]["steps"]["scratch"] == 7
+
+
 # ----------------------------------------------------------------------------- the launcher
 
 

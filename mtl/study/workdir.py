@@ -163,7 +163,8 @@ class Study:
   def check_saved(self):
     """Whether workdir holds a study.json; refuses (ValueError, one line) a different study
     there when the change drops or alters a finished run. A change that only alters unfinished
-    runs (the fix for what made one fail) is accepted and said: finished runs are kept. Without
+    runs (the fix for what made one fail) is accepted and said: finished runs are kept (refused
+    while another process runs one of its runs: that run would finish the old study). Without
     a study.json, a training run's workdir is refused, and so are finished runs this study
     would configure differently."""
     path = os.path.join(self.workdir, STUDY_FILE)
@@ -191,6 +192,13 @@ class Study:
         raise
       changed = [k for k in files.differences(saved["study"], self.config, REPORT_ONLY)
                  if k in files.flatten(saved["study"])]
+      from mtl.study.runner import lock_holder  # (runner imports this module)
+      running = [r["name"] for r in saved.get("runs", []) if lock_holder(self, r["name"])
+                 is not None]
+      if running:  # it would finish under the old study, beside runs of the new one
+        raise ValueError(f"{path}: the study changed ({files.field_list(changed, 4)}) while "
+                         f"another process runs {files.field_list(running, 3)}; let it finish "
+                         "(or stop it), then run the changed study")
       print(f"{path}: the study changed ({files.field_list(changed, 4)}); no finished run "
             "changes: they are kept, the unfinished runs take the new config", flush=True)
       added = []
