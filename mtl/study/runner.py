@@ -22,7 +22,7 @@ import time
 
 from mtl import children, compile_cache, conflicts, files, run_folder
 from mtl.study.spec import format_lr
-from mtl.study.workdir import DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK
+from mtl.study.workdir import DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK, lock_holder
 
 ANALYZE_LOG = "analyze.log"  # a final_conflicts measurement's output, in its folder
 STATES = ("done", "running", "failed", "waiting", "started", "pending")
@@ -42,25 +42,6 @@ def matching(runs, only):
 def summary_line(spec):
   return (f"{spec.regime} {','.join(spec.tasks)} | {spec.steps} steps | "
           f"lr {format_lr(spec.lr)} | seed {spec.seed}")
-
-
-def lock_holder(study, name):
-  """The RUNNING file's content ({} if unreadable) while a live process holds its lock, else
-  None (no file, or a stale one left by a killed process)."""
-  path = study.path(name, RUN_LOCK)
-  if not os.path.exists(path):
-    return None
-  with open(path, "a+") as handle:
-    try:
-      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      handle.seek(0)
-      try:
-        return json.loads(handle.read() or "{}")
-      except ValueError:
-        return {}
-    fcntl.flock(handle, fcntl.LOCK_UN)
-  return None
 
 
 def waits_for(study, spec):

@@ -6,6 +6,7 @@ seed, the sweep's run with the best validation score is the one reported and the
 fine-tune starts from.
 """
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -42,6 +43,25 @@ class Selection:
   score: float            # its validation score (mean study.metric over its tasks)
   candidates: list        # [(StudyRun, score or None when not done)] in lr order
   complete: bool          # every lr of the sweep is done
+
+
+def lock_holder(study, name):
+  """The RUNNING file's content ({} if unreadable) while a live process holds its lock, else
+  None (no file, or a stale one left by a killed process)."""
+  path = study.path(name, RUN_LOCK)
+  if not os.path.exists(path):
+    return None
+  with open(path, "a+") as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      handle.seek(0)
+      try:
+        return json.loads(handle.read() or "{}")
+      except ValueError:
+        return {}
+    fcntl.flock(handle, fcntl.LOCK_UN)
+  return None
 
 
 class Study:
@@ -192,7 +212,6 @@ class Study:
         raise
       changed = [k for k in files.differences(saved["study"], self.config, REPORT_ONLY)
                  if k in files.flatten(saved["study"])]
-      from mtl.study.runner import lock_holder  # (runner imports this module)
       running = [r["name"] for r in saved.get("runs", []) if lock_holder(self, r["name"])
                  is not None]
       if running:  # it would finish under the old study, beside runs of the new one
