@@ -27,9 +27,10 @@ FLOPS_COUNTED_BY = "model"
 RESULTS_FILE = "results.json"
 LOCK_FILE = "train.lock"
 IMPORT_RECORD = "imported.json"  # an imported IPT workdir: which file it came from
+DIVERGED_FILE = "diverged.json"  # training stopped on a non-finite loss or parameters: {error}
 ANALYSIS_DIR = "analysis"
 ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
-             COMPUTE_FILE, RESULTS_FILE, LOCK_FILE, ANALYSIS_DIR + "/")
+             COMPUTE_FILE, RESULTS_FILE, LOCK_FILE, ANALYSIS_DIR + "/", DIVERGED_FILE)
 # Fields that may change between a run and its resumption: they do not change what is learned
 # (model.remat, model.body_calls and model.scan_unroll: how the same step is computed).
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",

@@ -81,7 +81,7 @@ class _Preemption:
 
 
 class NonFiniteLoss(RuntimeError):
-  pass
+  """Training stopped on a non-finite loss or parameters (DIVERGED_FILE records it)."""
 
 
 class Preempted(Exception):
@@ -127,7 +127,13 @@ def train_and_evaluate(config, workdir):
         print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
               flush=True)
       run_folder.check_or_write_config(workdir, config.to_dict())
+      if os.path.exists(os.path.join(workdir, run_folder.DIVERGED_FILE)):  # this attempt's own
+        os.remove(os.path.join(workdir, run_folder.DIVERGED_FILE))
     return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)
+  except NonFiniteLoss as error:  # a study reads it: this lr diverged, an outcome of its sweep
+    if is_writer:
+      files.write_json(os.path.join(workdir, run_folder.DIVERGED_FILE), {"error": str(error)})
+    raise
   except (OSError, ValueError) as error:  # the disk filled beyond the check's estimate
     if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(
         error):

@@ -29,6 +29,10 @@ def get_config(arg=""):
     study.tasks, study.regimes, study.seeds, study.lrs = ("denoise_30",), ("scratch",), (0, 1), (
         1e-3, 5e-4)
     study.steps.scratch = 2
+  elif arg.startswith("diverge"):  # an lr whose loss goes non-finite at its first step
+    study.regimes, study.final_conflicts.batch_size = ("joint", "finetune"), 0
+    study.lrs = (1e30,) if arg == "diverge_all" else (1e-3, 1e30)
+    study.run.conflicts.every = 0
   return study
 '''
 
@@ -258,3 +262,38 @@ def test_runs_differing_in_seed_and_lr_share_their_compiled_programs(study_file,
   loaded = sum(c["programs_loaded"] for c in counts)
   assert (f"[study] compiled {first['programs_compiled']} programs, {loaded} loaded from the "
           "cache (XLA, the runs started here)") in out.stdout.splitlines()
+
+
+def test_a_diverged_lr_is_its_sweep_s_result_and_the_study_goes_on(study_file, tmp_path):
+  # The lr's non-finite loss is an outcome of the grid, not a failure to fix: the run is done
+  # (marked diverged), never chosen, and the fine-tunes start from the lr that trained.
+  workdir = str(tmp_path / "diverge")
+  out = cli(f"--config={study_file}:diverge", f"--workdir={workdir}", timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+  study = _load(study_file, "diverge", workdir)
+  diverged = sorted(r.name for r in study.runs if study.diverged(r.name))
+  assert diverged == ["finetune-denoise_30-lr1e30-s0", "finetune-derain-lr1e30-s0",
+                      "joint-lr1e30-s0"]
+  assert "non-finite" in study.diverged("joint-lr1e30-s0")
+  assert all(study.is_done(r.name) for r in study.runs)
+  assert study.select("joint-s0").run.name == "joint-lr1e-3-s0"
+  with open(study.path("finetune-derain-lr1e-3-s0", "run_config.json")) as f:
+    assert json.load(f)["init_from"] == study.run_dir("joint-lr1e-3-s0")
+  assert re.search(r"joint-lr1e30-s0: diverged in \d+s \(non-finite loss\): its sweep chooses "
+                   r"among its other lrs \| study: 2/6 done", out.stdout), out.stdout[-3000:]
+  table = runner.status_table(study, study.runs)
+  assert table[0].endswith("6 runs in " + workdir + ": 3 done, 3 diverged")
+  from mtl.report import accounting
+  rows = {row[0]: row for row in accounting.selection_table(study).rows}
+  assert rows["joint-s0"][1].endswith(", 1e30: diverged") and rows["joint-s0"][2] == (
+      "joint-lr1e-3-s0")
+  # Every lr diverged: the fine-tunes cannot start, and say why in one line each.
+  workdir = str(tmp_path / "diverge_all")
+  out = cli(f"--config={study_file}:diverge_all", f"--workdir={workdir}", timeout=600)
+  assert out.returncode == 1, out.stdout[-3000:] + out.stderr
+  assert ("finetune-denoise_30-lr1e30-s0 has no start: every lr of joint-lr*-s0 diverged; give "
+          "the study lower lrs" in out.stdout), out.stdout[-3000:]
+  study = _load(study_file, "diverge_all", workdir)
+  assert runner.state(study, study.by_name["finetune-denoise_30-lr1e30-s0"]) == "failed"
+  rows = {row[0]: row for row in accounting.selection_table(study).rows}
+  assert rows["joint-s0"][1:3] == ["1e30: diverged", "none: every lr diverged"]

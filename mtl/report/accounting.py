@@ -83,14 +83,18 @@ def selection_table(study):
   rows, records = [], []
   for sweep, specs in study.sweeps.items():
     chosen = study.select(sweep)
-    if chosen is None:
+    if chosen is None and not all(study.diverged(r.name) for r in specs):
       continue
-    text = ", ".join(f"{study_lib.format_lr(r.lr)}: {_fmt(score, 2)}"
-                     for r, score in chosen.candidates)
-    rows.append([sweep, text, chosen.run.name, "yes" if chosen.complete else "no"])
-    for r, score in chosen.candidates:
+    candidates = chosen.candidates if chosen else [(r, None) for r in specs]
+    text = ", ".join(f"{study_lib.format_lr(r.lr)}: "
+                     + ("diverged" if study.diverged(r.name) else _fmt(score, 2))
+                     for r, score in candidates)
+    rows.append([sweep, text, chosen.run.name if chosen else "none: every lr diverged",
+                 "yes" if chosen is None or chosen.complete else "no"])
+    for r, score in candidates:
       records.append({"sweep": sweep, "run": r.name, "lr": r.lr, "validation_psnr_y": score,
-                      "chosen": r.name == chosen.run.name})
+                      "diverged": bool(study.diverged(r.name)),
+                      "chosen": chosen is not None and r.name == chosen.run.name})
   notes = [f"Validation score: mean {metric_names(study)[2]} on {study.validation} over the "
            "run's tasks; the best lr per seed is chosen (ties: the first listed). "
            + lr_note(study)]

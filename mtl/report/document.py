@@ -124,6 +124,10 @@ def _status_section(study, warnings=()):
   if missing:
     lines.append("Missing (their cells are left out or have fewer seeds): " + ", ".join(
         f"{r.name} ({study.status(r.name)})" for r in missing) + ".")
+  diverged = [r.name for r in done if study.diverged(r.name)]
+  if diverged:
+    lines.append("Diverged (a non-finite loss; done, never chosen by their sweep: the selection "
+                 "table): " + ", ".join(diverged) + ".")
   return "\n".join(lines) + "\n"
 
 
@@ -173,8 +177,8 @@ def write_with_summary(workdir):
                  + render.to_markdown(shown))
   parts += [_method_section(study), _figures_section(study, loss_paths, summaries)]
   path = os.path.join(study.workdir, REPORT_FILE)
-  with open(path, "w") as f:
-    f.write("\n".join(parts))
+  text = "\n".join(parts).encode()
+  files.write_atomic(path, lambda f: f.write(text))
   return path, terminal_summary(study, built, path, warnings, found)
 
 

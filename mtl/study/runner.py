@@ -7,7 +7,9 @@ While a study process runs a run it holds an exclusive lock on the run's RUNNING
 pid and start inside): another study process (a second terminal, a SLURM job) skips that run,
 and the status table shows it as running; the lock dies with its process. A run whose training
 failed gets a FAILED file (exit status, time, log), removed when it is started again; a study
-corrected after a failure re-runs the failed run (see Study.check_saved, write_run_config).
+corrected after a failure re-runs the failed run (see Study.check_saved, write_run_config). A run
+whose loss went non-finite (the trainer's diverged.json) is done, marked diverged: that is its
+lr's outcome, so the study goes on and its sweep chooses among the other lrs.
 """
 import fcntl
 import fnmatch
@@ -25,7 +27,7 @@ from mtl.study.spec import format_lr
 from mtl.study.workdir import DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK, lock_holder
 
 ANALYZE_LOG = "analyze.log"  # a final_conflicts measurement's output, in its folder
-STATES = ("done", "running", "failed", "waiting", "started", "pending")
+STATES = ("done", "diverged", "running", "failed", "waiting", "started", "pending")
 
 
 def matching(runs, only):
@@ -52,10 +54,11 @@ def waits_for(study, spec):
 
 
 def state(study, spec):
-  """One of STATES: done; running (a live lock); failed (FAILED, not running); waiting (a
-  fine-tune whose pre-training sweep is not done); started (has trained; resumes); pending."""
+  """One of STATES: done; diverged (done: its loss went non-finite); running (a live lock);
+  failed (FAILED, not running); waiting (a fine-tune whose pre-training sweep is not done);
+  started (has trained; resumes); pending."""
   if study.is_done(spec.name):
-    return "done"
+    return study.status(spec.name)  # done | diverged
   if lock_holder(study, spec.name) is not None:
     return "running"
   if os.path.exists(study.path(spec.name, FAILED_FILE)):
@@ -70,6 +73,8 @@ def _detail(study, spec, run_state):
   if run_state == "done":
     seconds = study.done_info(spec.name).get("seconds")
     return f"in {files.format_duration(seconds)}" if seconds is not None else ""
+  if run_state == "diverged":
+    return study.diverged(spec.name)
   if run_state == "running":
     holder = lock_holder(study, spec.name) or {}
     where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
@@ -78,6 +83,8 @@ def _detail(study, spec, run_state):
     return f"{where}, since {holder.get('started', '?')}"
   if run_state == "failed":
     failed = files.read_json(study.path(spec.name, FAILED_FILE))
+    if "error" in failed:  # it could not start
+      return f"{failed['error']} ({failed.get('time')})"
     return (f"exit status {failed.get('status')} at {failed.get('time')}; log: "
             f"{study.path(spec.name, LOG_FILE)}")
   if run_state == "waiting":
@@ -263,6 +270,14 @@ class Runner:
     self.programs = [n + a - b for n, a, b in zip(self.programs, after, run.programs)]
     return code
 
+  def _diverged(self, spec, code):
+    """The error of a run that stopped on a non-finite loss or parameters (the trainer's
+    DIVERGED_FILE, exit 1), else None: the lr's outcome, not a failure to fix."""
+    path = self.study.path(spec.name, run_folder.DIVERGED_FILE)
+    if code != 1 or not os.path.exists(path):
+      return None
+    return str(files.read_json(path).get("error", "non-finite loss"))
+
   def _finished(self, spec):
     """The run evaluated its last step (its run_config's total_steps: an equal_flops scratch
     run's steps are only known once its pre-training runs are done)."""
@@ -355,6 +370,13 @@ class Runner:
           queue.remove(spec)
           try:
             config = study.write_run_config(spec, self.out)
+          except ValueError as error:  # e.g. a fine-tune whose every pre-training lr diverged
+            lock.close()
+            files.write_json(study.path(spec.name, FAILED_FILE),
+                             {"error": str(error), "time": time.strftime("%Y-%m-%d %H:%M:%S")})
+            self.say(f"{head}: failed: {error}")
+            failed.append(spec.name)
+            continue
           except BaseException:
             lock.close()
             raise
@@ -370,7 +392,8 @@ class Runner:
         if self.signalled is not None:
           self.say(f"{head}: interrupted; run the same command to resume")
           continue
-        if code != 0 or not self._finished(spec):
+        diverged = self._diverged(spec, code)
+        if not diverged and (code != 0 or not self._finished(spec)):
           files.write_json(study.path(spec.name, FAILED_FILE),
                            {"status": code, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                             "log": study.path(spec.name, LOG_FILE)})
@@ -382,13 +405,17 @@ class Runner:
           continue
         seconds = time.time() - run.started
         files.write_json(study.path(spec.name, DONE_FILE),
-                      {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds})
+                         {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
+                          **({"diverged": diverged} if diverged else {})})
         ran += 1
         left = sum(not study.is_done(r.name) for r in runs)
         eta = (time.time() - started) / ran * left
         then = (" for the runs, then the end-of-training conflict measurements"
                 if study.config["final_conflicts"]["batch_size"] and self.analyze else "")
-        self.say(f"{head}: done in {files.format_duration(seconds)} | study: {total - left}/{total} "
+        what = f"{'diverged' if diverged else 'done'} in {files.format_duration(seconds)}"
+        if diverged:  # its error is in DONE and the status table; here, what the sweep does
+          what += " (non-finite loss): its sweep chooses among its other lrs"
+        self.say(f"{head}: {what} | study: {total - left}/{total} "
                  f"done, elapsed {files.format_duration(time.time() - started)}"
                  + (f", ~{files.format_duration(eta)} to go{then}" if left else ""))
       if not self.active and (self.signalled is not None or failed):

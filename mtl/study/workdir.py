@@ -125,9 +125,14 @@ class Study:
   def has_started(self, name):
     return os.path.exists(self.path(name, run_folder.CONFIG_FILE))  # the trainer's first write
 
+  def diverged(self, name):
+    """The error a finished run stopped on when its loss or parameters went non-finite (its DONE
+    says so: a result of its lr, never chosen by its sweep), else None."""
+    return self.done_info(name).get("diverged")
+
   def status(self, name):
     if self.is_done(name):
-      return "done"
+      return "diverged" if self.diverged(name) else "done"
     if os.path.exists(self.path(name, FAILED_FILE)):  # its last attempt failed
       return "failed"
     if self.has_started(name):
@@ -146,8 +151,10 @@ class Study:
     return files.read_json(self.path(name, DONE_FILE)) if self.is_done(name) else {}
 
   def compute(self, name):
+    """compute.json of a run that trained to its end (done, not diverged), else None."""
     path = self.path(name, run_folder.COMPUTE_FILE)
-    return files.read_json(path) if self.is_done(name) and os.path.exists(path) else None
+    finished = self.is_done(name) and not self.diverged(name)
+    return files.read_json(path) if finished and os.path.exists(path) else None
 
   def command(self, spec, train):
     """The command that trains run `spec`: train(its run_config.json, its workdir), the caller's
@@ -283,7 +290,8 @@ class Study:
     if missing:
       raise Waiting(f"{spec.name} runs as many FLOPs as {fine.replace('-s', '-lr*-s')} plus its "
                     f"share of {pre.replace('-s', '-lr*-s')}; not done yet: {', '.join(missing)}")
-    first = lambda sweep: self.sweeps[sweep][0]
+    first = lambda sweep: next((r for r in self.sweeps[sweep] if not self.diverged(r.name)),
+                               self.sweeps[sweep][0])
     pre_compute, fine_compute = self.compute(first(pre).name), self.compute(first(fine).name)
     if pre_compute is None or fine_compute is None:
       raise ValueError(f"{spec.name}: budget='equal_flops' needs compute.json in "
@@ -300,7 +308,8 @@ class Study:
   # -- learning rate selection
 
   def validation_score(self, spec):
-    """Mean study.metric on the validation set over the run's tasks (None if not done)."""
+    """Mean study.metric on the validation set over the run's tasks (None if not done or
+    diverged: it has no results)."""
     results = self.results(spec.name)
     if results is None:
       return None
@@ -312,13 +321,15 @@ class Study:
     return float(np.mean(values))
 
   def select(self, sweep):
-    """The sweep's best done run on validation (ties: the first lr), or None if none is done."""
+    """The sweep's best done run on validation (ties: the first lr), or None if none is done
+    (diverged runs are done, never chosen)."""
     candidates = [(r, self.validation_score(r)) for r in self.sweeps[sweep]]
-    done = [(r, s) for r, s in candidates if s is not None]
-    if not done:
+    scored = [(r, s) for r, s in candidates if s is not None]
+    if not scored:
       return None
-    best = max(done, key=lambda rs: rs[1])  # max keeps the first of equal scores
-    return Selection(best[0], best[1], candidates, len(done) == len(candidates))
+    best = max(scored, key=lambda rs: rs[1])  # max keeps the first of equal scores
+    return Selection(best[0], best[1], candidates,
+                     all(self.is_done(r.name) for r in self.sweeps[sweep]))
 
   def init_from(self, spec):
     """A fine-tune's starting point: its source sweep's run chosen on validation."""
@@ -326,7 +337,11 @@ class Study:
     if missing:
       raise Waiting(f"{spec.name} starts from the best of {spec.source.replace('-s', '-lr*-s')} "
                     f"on {self.validation}; not done yet: {', '.join(missing)}")
-    return self.run_dir(self.select(spec.source).run.name)
+    chosen = self.select(spec.source)
+    if chosen is None:
+      raise ValueError(f"{spec.name} has no start: every lr of {spec.source.replace('-s', '-lr*-s')}"
+                       " diverged; give the study lower lrs (lrs, or lrs_override for that regime)")
+    return self.run_dir(chosen.run.name)
 
   def describe_init(self, spec):
     try:
