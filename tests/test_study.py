@@ -510,6 +510,7 @@ def test_a_failed_study_is_fixed_in_place_keeping_its_finished_runs(tmp_path):
   joint, scratch = "joint-lr1e-3-s0", ["scratch-denoise_30-lr1e-3-s0", "scratch-derain-lr1e-3-s0"]
   failed = json.load(open(os.path.join(workdir, "runs", joint, "FAILED")))
   assert failed["status"] == 1 and failed["log"] == os.path.join(workdir, "runs", joint, "train.log")
+  assert failing.stdout.splitlines()[-1].startswith(f"[study] stopped: {joint} failed")
   study = study_lib.Study.load(workdir)
   assert [study.status(n) for n in scratch + [joint]] == ["done", "done", "failed"]
   stamps = {n: os.stat(os.path.join(workdir, "runs", n, "DONE")).st_mtime_ns for n in scratch}

@@ -430,7 +430,10 @@ class Runner:
       if queue:
         self.say(f"[study] interrupted before {queue[0].name}; run the same command to resume")
       return 128 + self.signalled
-    if failed:
+    if failed:  # the last line, as the runs' own failure lines may have scrolled away
+      self.say(f"[study] stopped: {', '.join(failed)} failed (the status table names the logs: "
+               "launch/study.py --dry_run); fix the cause and run the same command: finished "
+               "runs are kept")
       return 1
     if waiting or elsewhere:
       if waiting:
