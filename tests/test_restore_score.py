@@ -195,7 +195,9 @@ def test_score_launcher_csv_and_one_line_errors(tmp_path):
   _png(str(tmp_path / "ref" / "img.png"), ref[:24, :24])
   proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref")
   assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0
-  assert "25x25" in proc.stderr and "24x24" in proc.stderr
+  assert "25x25" in proc.stderr and "24x24" in proc.stderr and "--mod_crop=SCALE" in proc.stderr
+  with pytest.raises(ValueError, match="20x20 after --mod_crop=5: is 5 these images' SR scale"):
+    restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), mod_crop=5)
   _png(str(tmp_path / "ref" / "img.png"), ref)
   _png(str(tmp_path / "out" / "orphan.png"), ref)
   with pytest.raises(ValueError) as error:
