@@ -522,3 +522,13 @@ def test_a_failed_study_is_fixed_in_place_keeping_its_finished_runs(tmp_path):
   assert stamps == {n: os.stat(os.path.join(workdir, "runs", n, "DONE")).st_mtime_ns
                     for n in scratch}
   assert os.path.exists(os.path.join(workdir, "runs", joint, "DONE"))
+
+
+def test_loading_a_training_run_as_a_study_says_what_it_is(tmp_path):
+  (tmp_path / "config.json").write_text("{}")  # a training run's workdir (report.py's mistake)
+  with pytest.raises(FileNotFoundError, match="is a training run's workdir, not a study's: its "
+                     "scores are in its results.json"):
+    study_lib.Study.load(str(tmp_path))
+  os.remove(tmp_path / "config.json")
+  with pytest.raises(FileNotFoundError, match="no study.json in .*; run launch/study.py"):
+    study_lib.Study.load(str(tmp_path))

@@ -82,6 +82,10 @@ class Study:
   def load(cls, workdir):
     """The study saved in workdir/study.json (for the report)."""
     path = os.path.join(workdir, STUDY_FILE)
+    if not os.path.exists(path) and os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE)):
+      raise FileNotFoundError(f"{workdir} is a training run's workdir, not a study's: its scores "
+                              f"are in its {run_folder.RESULTS_FILE}, its conflicts drawn by "
+                              f"launch/analyze.py --workdir={workdir}")
     if not os.path.exists(path):
       raise FileNotFoundError(f"no {STUDY_FILE} in {workdir}; run launch/study.py "
                               f"--workdir={workdir} first")
