@@ -248,6 +248,10 @@ def main(argv):
   except (ValueError, OSError, cli.UsageError) as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:  # before the runner's handler (which stops its runs) is in place
+    print("error: interrupted (Ctrl-C) before any run started; run the same command to start",
+          file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":
