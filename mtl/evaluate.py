@@ -243,10 +243,19 @@ def restore_float(apply_tiles, image, scale, tile=48, overlap=8, tiling="centre"
   return np.mean(outs, axis=0, dtype=np.float64).astype(np.float32)
 
 
+class NonFiniteOutput(ValueError):
+  """The model's restoration holds NaN or inf (a diverged or overflowing model)."""
+
+
 def restore_image(apply_tiles, image, scale, tile=48, overlap=8, tiling="centre",
                   self_ensemble=False, kind=""):
-  """restore_float rounded and clipped to uint8, as scored and saved."""
+  """restore_float rounded and clipped to uint8, as scored and saved; NonFiniteOutput if it holds
+  NaN or inf."""
   out = restore_float(apply_tiles, image, scale, tile, overlap, tiling, self_ensemble, kind)
+  bad = out.size - np.count_nonzero(np.isfinite(out))
+  if bad:  # NaN casts to an arbitrary uint8: its image and scores would look real
+    raise NonFiniteOutput(f"the model's output holds {bad} non-finite values (NaN or inf) of "
+                          f"{out.size}")
   return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -385,8 +394,14 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
         for index, (name, degraded, clean) in enumerate(test_pairs(spec, testset, config)):
           clean = clean[:degraded.shape[0] * spec.scale, :degraded.shape[1] * spec.scale]
           for variant, ema, ensemble in runs:
-            output = restore_image(runners[ema], degraded, spec.scale, config.model.patch_size,
-                                   config.eval.tile_overlap, tiling, ensemble, spec.kind)
+            try:
+              output = restore_image(runners[ema], degraded, spec.scale, config.model.patch_size,
+                                     config.eval.tile_overlap, tiling, ensemble, spec.kind)
+            except NonFiniteOutput as error:
+              raise NonFiniteOutput(f"evaluation at step {int(step)}: task {spec.name}, test set "
+                                    f"{testset.name}, image {name}"
+                                    + (f" ({VARIANT_LABELS[variant]})" if variant else "")
+                                    + f": {error}; not scored") from None
             rows[variant].append(score(output, clean, crop, spec.gray))
             if config.eval.get("save_images", False) and jax.process_index() == 0:
               folder = "restored" + (f"-{variant}" if variant else "")

@@ -123,7 +123,11 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
       print(f"warning: skipped: {error}", file=err)
       skipped.append(path)
     else:
-      events.write_png(out, restore(image))
+      try:
+        restored = restore(image)
+      except ValueError as error:  # a non-finite output: stop, naming the image
+        raise ValueError(f"{path}: {error}; nothing written for it") from None
+      events.write_png(out, restored)
       written.append(out)
     line = progress.update(done)
     if line:

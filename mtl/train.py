@@ -130,7 +130,7 @@ def train_and_evaluate(config, workdir):
       if os.path.exists(os.path.join(workdir, run_folder.DIVERGED_FILE)):  # this attempt's own
         os.remove(os.path.join(workdir, run_folder.DIVERGED_FILE))
     return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)
-  except NonFiniteLoss as error:  # a study reads it: this lr diverged, an outcome of its sweep
+  except (NonFiniteLoss, evaluate.NonFiniteOutput) as error:  # a study reads it: this lr diverged
     if is_writer:
       files.write_json(os.path.join(workdir, run_folder.DIVERGED_FILE), {"error": str(error)})
     raise

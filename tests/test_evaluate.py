@@ -214,3 +214,17 @@ def test_an_evaluation_image_too_small_to_score_is_refused_before_training(tmp_p
   with pytest.raises(ValueError, match=r"eval.sets S: small is 12x15 pixels; scoring needs at "
                                        r"least 22x22"):
     evaluate.load_testsets(config)
+
+
+def test_a_non_finite_output_is_refused_naming_the_task_set_and_image(tmp_path):
+  # NaN cast to uint8 is an arbitrary value: it was scored (and saved) as if it were an image.
+  nan = lambda tiles: np.full(tiles.shape, np.nan, np.float32)
+  with pytest.raises(evaluate.NonFiniteOutput, match=r"output holds 300 non-finite values"):
+    evaluate.restore_image(nan, np.zeros((10, 10, 3), np.uint8), 1, tile=8, overlap=2)
+  config, model, params = _model(("denoise_30",), patch_size=24)
+  config.eval.update(max_images=1, max_side=24, tile_overlap=4, tile_batch=4, samples=0)
+  overflowing = jax.tree_util.tree_map(lambda x: x * 1e30, params)
+  with pytest.raises(evaluate.NonFiniteOutput, match=r"step 5: task denoise_30, test set photos, "
+                                                     r"image chelsea: the model's output holds"):
+    evaluate.evaluate(model, overflowing, config, evaluate.load_testsets(config), str(tmp_path), 5)
+  assert not list(tmp_path.iterdir())   # no results.json

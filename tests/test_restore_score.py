@@ -113,6 +113,19 @@ def test_restore_refuses_a_file_as_output_and_a_lone_unreadable_input_before_loa
   assert not (tmp_path / "new").exists()
 
 
+def test_restore_refuses_a_non_finite_output_naming_the_image(tmp_path, monkeypatch):
+  # A NaN restoration was cast to arbitrary uint8 and written as a PNG.
+  _png(str(tmp_path / "in" / "a.png"), np.zeros((10, 10, 3), np.uint8))
+  monkeypatch.setattr(restoration, "load_model", lambda *args: (None, None, None, 0))
+  nan = lambda tiles: np.full(tiles.shape, np.nan, np.float32)
+  monkeypatch.setattr(restoration, "restorer", lambda *args: lambda image: evaluate.restore_image(
+      nan, image, 1, tile=8, overlap=2))
+  with pytest.raises(ValueError, match=r"a.png: the model's output holds 300 non-finite values"):
+    restoration.restore_folder("run", "derain", str(tmp_path / "in"), str(tmp_path / "out"),
+                               err=io.StringIO())
+  assert not os.listdir(tmp_path / "out")
+
+
 def test_restore_replaces_existing_outputs_only_when_asked(workdir, tmp_path):
   rng = np.random.default_rng(5)
   _png(str(tmp_path / "in" / "a.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))

@@ -303,9 +303,26 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   # The divergence is recorded for a study (the lr's outcome), and cleared by the next start.
   diverged = os.path.join(workdir, run_folder.DIVERGED_FILE)
   assert "training stopped" in files.read_json(diverged)["error"]
-  config.total_steps = max(saved)  # resumed to end at its last good step: it finishes
-  train.train_and_evaluate(config, workdir)
-  assert not os.path.exists(diverged)
+  config.total_steps = max(saved)  # resumed to end at its last good step: its training finishes,
+  # but weights moved by ~1e30 overflow in the evaluation: diverged again, recorded afresh
+  from mtl import evaluate
+  with pytest.raises(evaluate.NonFiniteOutput, match=r"evaluation at step \d: task"):
+    train.train_and_evaluate(config, workdir)
+  assert "training stopped" not in files.read_json(diverged)["error"]
+  assert not os.path.exists(os.path.join(workdir, run_folder.RESULTS_FILE))
+
+
+def test_a_non_finite_evaluation_output_is_recorded_as_a_divergence(tmp_path, monkeypatch):
+  from mtl import evaluate
+  workdir = str(tmp_path / "nan_eval")
+  monkeypatch.setattr(evaluate, "restore_float", lambda apply, image, scale, *args: np.full(
+      (image.shape[0] * scale, image.shape[1] * scale, 3), np.nan, np.float32))
+  with pytest.raises(evaluate.NonFiniteOutput, match=r"task denoise_30, test set photos"):
+    train.train_and_evaluate(_config(tasks=("denoise_30",), total_steps=1), workdir)
+  # A study reads it as this lr's outcome (as a non-finite loss), not as a failure to fix.
+  assert "non-finite values" in files.read_json(os.path.join(workdir, run_folder.DIVERGED_FILE))[
+      "error"]
+  assert not os.path.exists(os.path.join(workdir, run_folder.RESULTS_FILE))
 
 
 def test_a_probe_batch_of_its_own_is_measured_on_probe_steps_only(tmp_path):
