@@ -123,6 +123,12 @@ def validate(config):
     if not folder_lib.has_images(config.data.folder):  # before TFDS prepares a dataset of it
       raise ValueError(f"data.folder={config.data.folder} holds no images (looked recursively "
                        f"for {', '.join(folder_lib.IMAGE_EXTENSIONS)})")
+    tile = config.data.get("folder_tile", folder_lib.DEFAULT_TILE)
+    crop = max(specs, key=lambda s: s.hr_crop(config.model.patch_size))
+    side = crop.hr_crop(config.model.patch_size)
+    if 0 < tile < side:  # the pipeline would reflect-pad every tile: crops mostly mirror images
+      raise ValueError(f"data.folder_tile={tile} is smaller than task {crop.name}'s {side}-pixel "
+                       f"training crop; use data.folder_tile >= {side} (or 0: whole images)")
   seen = set()
   for set_name, _, path, selector in evaluate.parse_sets(config.eval.sets):
     # The name keys the results, the TensorBoard tags and restored/<step>/<task>/<set>/.

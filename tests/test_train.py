@@ -245,6 +245,20 @@ def test_bad_configs_are_refused_with_valid_choices():
   run_config.validate(odd)
 
 
+def test_a_folder_tile_smaller_than_a_training_crop_is_refused(tmp_path):
+  # Every crop of a tile smaller than it was reflect-padded: mostly mirrored images, one warning.
+  from PIL import Image
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+  config = _config(tasks=("denoise_30", "sr_x4"))
+  config.data.source, config.data.folder, config.data.folder_tile = "folder", str(tmp_path), 96
+  with pytest.raises(ValueError, match=r"data.folder_tile=96 is smaller than task sr_x4's "
+                                       r"192-pixel training crop; use data.folder_tile >= 192"):
+    run_config.validate(config)
+  for tile in (192, 0):  # the crop's side; whole images
+    config.data.folder_tile = tile
+    run_config.validate(config)
+
+
 def test_bfloat16_compute_trains_with_float32_parameters():
   config = _config(precision="bfloat16")
   config.data.batch_size = 2  # bfloat16 matmuls are slow on CPU; the point is the dtypes
