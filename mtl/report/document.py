@@ -126,8 +126,8 @@ def _status_section(study, warnings=()):
         f"{r.name} ({study.status(r.name)})" for r in missing) + ".")
   diverged = [r.name for r in done if study.diverged(r.name)]
   if diverged:
-    lines.append("Diverged (a non-finite loss; done, never chosen by their sweep: the selection "
-                 "table): " + ", ".join(diverged) + ".")
+    lines.append("Diverged (a non-finite loss or output; done, never chosen by their sweep: the "
+                 "selection table): " + ", ".join(diverged) + ".")
   return "\n".join(lines) + "\n"
 
 

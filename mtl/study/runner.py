@@ -271,8 +271,8 @@ class Runner:
     return code
 
   def _diverged(self, spec, code):
-    """The error of a run that stopped on a non-finite loss or parameters (the trainer's
-    DIVERGED_FILE, exit 1), else None: the lr's outcome, not a failure to fix."""
+    """The error of a run that stopped on a non-finite loss, parameters or output (the
+    trainer's DIVERGED_FILE, exit 1), else None: the lr's outcome, not a failure to fix."""
     path = self.study.path(spec.name, run_folder.DIVERGED_FILE)
     if code != 1 or not os.path.exists(path):
       return None
@@ -414,7 +414,7 @@ class Runner:
                 if study.config["final_conflicts"]["batch_size"] and self.analyze else "")
         what = f"{'diverged' if diverged else 'done'} in {files.format_duration(seconds)}"
         if diverged:  # its error is in DONE and the status table; here, what the sweep does
-          what += " (non-finite loss): its sweep chooses among its other lrs"
+          what += " (non-finite loss or output): its sweep chooses among its other lrs"
         self.say(f"{head}: {what} | study: {total - left}/{total} "
                  f"done, elapsed {files.format_duration(time.time() - started)}"
                  + (f", ~{files.format_duration(eta)} to go{then}" if left else ""))
