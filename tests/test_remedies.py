@@ -105,6 +105,24 @@ def test_remedies_cells_are_paired_intervals(study):
   assert cells[("joint:pcgrad", "derain")]["verdict"] == "loss"
 
 
+def test_each_method_is_compared_with_plain_joint_paired_by_seed(study):
+  # the question the study asks: does a remedy beat plain summed joint training?
+  table = remedies.remedies_table(study)
+  assert "Δ vs joint [95% CI]" in table.header
+  cells = {(r["method"], r["task"]): r for r in table.records}
+  for task in TASKS:
+    a = [_psnr("joint", task, k) for k in SEEDS]
+    b = [_psnr("joint:pcgrad", task, k) for k in SEEDS]
+    iv = stats.paired_interval(a, b)
+    c = cells[("joint:pcgrad", task)]
+    assert (c["delta_joint"], c["delta_joint_low"], c["delta_joint_high"], c["p_joint"]) == (
+        pytest.approx((iv.estimate, iv.low, iv.high, iv.p)))
+    assert c["verdict_joint"] == stats.verdict(iv)
+    assert cells[("joint", task)]["delta_joint"] is None  # joint against itself: no row
+  # pcgrad's derain: -0.6 dB vs scratch, joint's +0.1: a detected loss against joint too
+  assert cells[("joint:pcgrad", "derain")]["verdict_joint"] == "loss"
+
+
 def test_predictors_table(study):
   table = remedies.predictors_table(study)
   rec = {r["pair"]: r for r in table.records}
