@@ -198,6 +198,21 @@ def test_bad_names_raise():
     agg.get("cagrad", c=-1)
 
 
+def test_bad_affinity_settings_are_refused_by_the_config_check():
+  import ml_collections
+  def cfg(**kw):
+    return ml_collections.ConfigDict(dict(dict(aggregator="sum", loss_weighting="",
+                                               affinity_every=0, affinity_lr=0.0), **kw))
+  agg.check_config(cfg(affinity_every=5, affinity_lr=1e-3), 3)
+  with pytest.raises(ValueError, match="affinity_every=-1"):
+    agg.check_config(cfg(affinity_every=-1), 3)
+  with pytest.raises(ValueError, match="affinity_lr=-0.01"):  # was used as the automatic step
+    agg.check_config(cfg(affinity_every=5, affinity_lr=-0.01), 3)
+  with pytest.raises(ValueError, match="schedule='one'"):  # measured nothing, said 'every 5'
+    agg.check_config(cfg(affinity_every=5), 3, schedule="one")
+  agg.check_config(cfg(affinity_every=5), 1, schedule="one")  # one task: nothing to measure
+
+
 # ------------------------------------------------------------------------------------------
 # Loss weightings.
 

@@ -44,13 +44,21 @@ def describe(mtl_cfg):
 
 
 def check_config(mtl_cfg, num_tasks, schedule="all"):
-  """ValueError (one line) for an unknown aggregator / loss weighting or a bad argument."""
+  """ValueError (one line) for an unknown aggregator / loss weighting, a bad argument or a bad
+  TAG affinity setting."""
   if mtl_cfg is None:
     return
   name = mtl_cfg.get("aggregator", "sum")
   if (name != "sum" or mtl_cfg.get("loss_weighting", "")) and schedule != "all":
     raise ValueError(f"mtl.aggregator={name!r} / mtl.loss_weighting needs schedule='all' (every "
                      f"task in every step); got schedule={schedule!r}")
+  every, lr = mtl_cfg.get("affinity_every", 0), mtl_cfg.get("affinity_lr", 0.0)
+  if every < 0 or lr < 0:  # a negative lr was silently replaced by the automatic step
+    raise ValueError(f"mtl.affinity_every={every}, mtl.affinity_lr={lr:g}: both must be >= 0 "
+                     "(0: never / the step sized by the gradients)")
+  if every > 0 and schedule != "all" and num_tasks >= 2:  # the trainer would measure nothing
+    raise ValueError(f"mtl.affinity_every={every} needs schedule='all' (TAG's lookahead takes "
+                     f"every task's loss on one step); got schedule={schedule!r}")
   _, args = _aggregator_args(mtl_cfg)
   try:
     get_weighting(name, **args)
