@@ -213,6 +213,20 @@ def test_bad_affinity_settings_are_refused_by_the_config_check():
   agg.check_config(cfg(affinity_every=5), 1, schedule="one")  # one task: nothing to measure
 
 
+def test_invalid_method_arguments_are_refused_by_the_config_check():
+  import ml_collections
+  def cfg(**kw):
+    return ml_collections.ConfigDict(dict(dict(aggregator="sum", loss_weighting=""), **kw))
+  agg.check_config(cfg(aggregator="upgrad", aggregator_args=dict(pref_vector=(1.0, 2.0))), 2)
+  for name in ("upgrad", "aligned_mtl"):  # a traceback in the first step, after files were written
+    with pytest.raises(ValueError, match="pref_vector"):
+      agg.check_config(cfg(aggregator=name, aggregator_args=dict(pref_vector=(1.0, 2.0, 3.0))), 2)
+  with pytest.raises(ValueError, match="temperature=0"):  # NaN weights from the third epoch
+    agg.check_config(cfg(loss_weighting="dwa", loss_weighting_args=dict(temperature=0.0)), 2)
+  with pytest.raises(ValueError, match="lr=-0.1"):  # ascent on FAMO's objective
+    agg.check_config(cfg(loss_weighting="famo", loss_weighting_args=dict(lr=-0.1)), 2)
+
+
 # ------------------------------------------------------------------------------------------
 # Loss weightings.
 

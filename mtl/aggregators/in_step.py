@@ -64,6 +64,10 @@ def check_config(mtl_cfg, num_tasks, schedule="all"):
     get_weighting(name, **args)
   except TypeError as e:
     raise ValueError(f"mtl.aggregator_args={args} for {name!r}: {e}") from None
+  pref = args.get("pref_vector")
+  if pref is not None and len(pref) != num_tasks:  # else a shape error in the first step
+    raise ValueError(f"mtl.aggregator_args.pref_vector={tuple(pref)} for {name!r}: one weight "
+                     f"per task, {num_tasks} tasks")
   lw = mtl_cfg.get("loss_weighting", "")
   if lw:
     try:

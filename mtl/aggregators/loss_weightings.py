@@ -49,6 +49,8 @@ def dwa_weighting(num_tasks, temperature=2.0, steps_per_epoch=100):
   """
   if steps_per_epoch < 1:
     raise ValueError(f"dwa steps_per_epoch={steps_per_epoch}; valid: an integer >= 1")
+  if not temperature > 0:  # it divides the loss ratios
+    raise ValueError(f"dwa temperature={temperature}; valid: > 0 (2.0 in the paper)")
 
   def init():
     return {}, {"history": jnp.ones((2, num_tasks), jnp.float32),
@@ -97,6 +99,8 @@ def famo_weighting(num_tasks, lr=0.025, weight_decay=1e-3, eps=1e-8, betas=(0.9,
   logits by torch.optim.Adam (L2 weight decay) along the softmax-Jacobian product with the
   decrease of log losses from `losses` to `new_losses`.
   """
+  if lr < 0:  # a step up FAMO's objective
+    raise ValueError(f"famo lr={lr}; valid: >= 0 (0.025 in LibMTL)")
   b1, b2 = betas
 
   def init():
