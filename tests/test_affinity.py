@@ -113,6 +113,19 @@ def test_partitions_are_complete_and_best_grouping_is_the_brute_force_optimum():
     affinity.best_grouping(planted[:3, :3], 4)
 
 
+def test_grouping_scores_each_task_by_the_affinity_onto_it_as_tag():
+  # TAG's network selection: each task scores the mean affinity onto it from its group-mates,
+  # summed over tasks. 0, 1, 2 help each other by 0.5; 3 gains only 0.1 with 2. {0,1,2} | {3}:
+  # 3 tasks x 0.5 = 1.5; {0,1} | {2,3}: 2 x 0.5 + 2 x 0.1 = 1.2 (a mean per group, size-blind,
+  # ranked it first: 0.6 against 0.5).
+  z = np.zeros((4, 4))
+  for i, j in itertools.permutations(range(3), 2):
+    z[i, j] = 0.5
+  z[2, 3] = z[3, 2] = 0.1
+  groups, score = affinity.best_grouping(z, 2)
+  assert groups == [[0, 1, 2], [3]] and score == pytest.approx(1.5)
+
+
 def test_format_prints_matrix_and_grouping():
   z = np.tile(np.array([[0.1, 0.02, -0.03], [0.01, 0.2, -0.01], [-0.02, -0.04, 0.3]]), (6, 1, 1))
   z = z + np.random.default_rng(1).normal(scale=1e-3, size=z.shape)

@@ -159,14 +159,16 @@ def _partitions(items, k):
 
 
 def group_score(z, group):
-  """A group's score: the mean of Z_{i->j} over ordered pairs i != j in it (0 for one task)."""
+  """A group's score in TAG's network selection: the sum over its tasks j of the mean of
+  Z_{i->j} over the other members i (0 for one task); a mean over the group would rank a large
+  group's tasks below a small one's."""
   pairs = [(i, j) for i, j in itertools.permutations(group, 2)]
-  return float(np.mean([z[i, j] for i, j in pairs])) if pairs else 0.0
+  return float(sum(z[i, j] for i, j in pairs) / (len(group) - 1)) if pairs else 0.0
 
 
 def best_grouping(z, k):
   """Partition of the T tasks into k groups maximising the sum of group scores (TAG's rule:
-  each group scored by the mean affinity among its members). Exhaustive; T <= 9.
+  the total over tasks of the mean affinity onto each from its group). Exhaustive; T <= 9.
 
   Returns (groups as lists of task indices, total score). Ties: the first partition found.
   """
@@ -220,6 +222,6 @@ def format_affinity(steps, values, tasks, groups=(2,)):
   for k in wanted:
     part, score = best_grouping(z, k)
     named = " | ".join(", ".join(tasks[i] for i in g) for g in part)
-    lines.append(f"best {k} groups (max sum of within-group mean affinity): {named} "
-                 f"(score {score:+.2e})")
+    lines.append(f"best {k} groups (max sum over tasks of the mean affinity onto each from its "
+                 f"group): {named} (score {score:+.2e})")
   return "\n".join(lines)

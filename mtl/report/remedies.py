@@ -12,8 +12,8 @@ predictors  per task pair: the measured transfer (scratch -> pair run, mtl.repor
             half-batch Gramians) of the chosen joint run, and the symmetrised TAG affinity
             (Z_ij + Z_ji) / 2 (Fifty et al. 2021); each predictor's Spearman rho with transfer
             (exact permutation p for <= 9 pairs, mtl.stats.spearman), and the split of the tasks
-            into 2 groups each one proposes (max sum over groups of within-group mean score,
-            mtl.conflicts.affinity.best_grouping) beside the split the measured transfer gives.
+            into 2 groups each one proposes (max sum over tasks of the mean score with its
+            group-mates, mtl.conflicts.affinity.best_grouping) beside the split the measured transfer gives.
 """
 import os
 
@@ -187,8 +187,8 @@ def predictors_table(study):
     notes.append(f"{p}: Spearman rho = {sp.rho:+.3f}, p = {sp.p:.3g} ({sp.method}, n = {sp.n} "
                  f"pairs); proposes {_grouping_text(names, m)}.")
   notes.append(f"measured transfer supports {_grouping_text(names, measured)}.")
-  notes.append("Groupings: the split into 2 groups maximising the sum over groups of the mean "
-               "pair score within each group (TAG's rule, Fifty et al. 2021).")
+  notes.append("Groupings: the split into 2 groups maximising the sum over tasks of the mean "
+               "pair score with the task's group-mates (TAG's rule, Fifty et al. 2021).")
   table = Table("predictors", "Predicting pairwise transfer: cosines and TAG affinity", header,
                 rows, records, notes)
   table.spearman_by_predictor = summary
