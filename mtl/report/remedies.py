@@ -65,12 +65,7 @@ def remedies_table(study):
       a, b = _by_seed(base, s), _by_seed(cell, s)
       seeds = sorted(set(a) & set(b))
       mean = float(np.mean([b[k] for k in seeds])) if seeds else float("nan")
-      if len(seeds) >= 2:
-        iv = stats.paired_interval([a[k] for k in seeds], [b[k] for k in seeds])
-        verdict = stats.verdict(iv)
-        delta = f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]"
-      else:
-        iv, verdict, delta = None, "needs 2 seeds", "–"
+      iv, delta, verdict = _paired(base, cell, s)
       for k in seeds:
         per_seed_dm.setdefault(k, {})[task] = (b[k], a[k])
       means.append(mean)
