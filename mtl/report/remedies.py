@@ -13,7 +13,8 @@ predictors  per task pair: the measured transfer (scratch -> pair run, mtl.repor
             (Z_ij + Z_ji) / 2 (Fifty et al. 2021); each predictor's Spearman rho with transfer
             (exact permutation p for <= 9 pairs, mtl.stats.spearman), and the split of the tasks
             into 2 groups each one proposes (max sum over tasks of the mean score with its
-            group-mates, mtl.conflicts.affinity.best_grouping) beside the split the measured transfer gives.
+            group-mates, mtl.conflicts.affinity.best_grouping) beside the split the measured
+            transfer gives.
 """
 import os
 
