@@ -48,8 +48,9 @@ def study(tmp_path_factory):
     d = s.run_dir(spec.name)
     os.makedirs(d)
     files.write_json(os.path.join(d, "run_config.json"), study_lib.run_config(s.config, spec))
-    res = {t: {"photos": {"psnr_y": _psnr(spec.column, t, spec.seed), "ssim_y": 0.8},
-               "photos_val": {"psnr_y": 20.0, "ssim_y": 0.7}} for t in spec.tasks}
+    res = {t: {"photos": {"psnr_y": _psnr(spec.column, t, spec.seed), "ssim_y": 0.8,
+                          "psnr_rgb": _psnr(spec.column, t, spec.seed) ** 2 / 30},
+               "photos_val": {"psnr_y": 20.0, "ssim_y": 0.7, "psnr_rgb": 19.0}} for t in spec.tasks}
     files.write_json(os.path.join(d, "results.json"), {"step": 4, "tasks": res})
     files.write_json(os.path.join(d, "DONE"), {})
     if spec.column == "joint":  # half-split Gramians (as the probe stores) and TAG affinity
@@ -91,7 +92,7 @@ def test_remedies_cells_are_paired_intervals(study):
       assert (c["delta"], c["delta_low"], c["delta_high"], c["p"]) == pytest.approx(
           (iv.estimate, iv.low, iv.high, iv.p))
       assert c["verdict"] == stats.verdict(iv)
-      assert c["psnr_y"] == pytest.approx(np.mean(b))
+      assert c["psnr"] == pytest.approx(np.mean(b)) and c["metric"] == "psnr_y"
     dm = cells[(method, "Δm%")]
     means = [np.mean([_psnr(method, t, k) for k in SEEDS]) for t in TASKS]
     bases = [np.mean([_psnr("scratch", t, k) for k in SEEDS]) for t in TASKS]
@@ -104,6 +105,18 @@ def test_remedies_cells_are_paired_intervals(study):
   # pcgrad's derain offset (-0.6 dB) is far outside its seed wobble: a detected loss
   assert cells[("joint:pcgrad", "derain")]["verdict"] == "loss"
 
+
+
+def test_remedies_read_the_study_metric(study):
+  rgb = study_lib.Study(dict(study.config, metric="psnr_rgb"), study.workdir)
+  table = remedies.remedies_table(rgb)
+  cells = {(r["method"], r["task"]): r for r in table.records}
+  a = [_psnr("scratch", "derain", k) ** 2 / 30 for k in SEEDS]
+  b = [_psnr("joint:pcgrad", "derain", k) ** 2 / 30 for k in SEEDS]
+  c = cells[("joint:pcgrad", "derain")]
+  assert (c["metric"], c["psnr"]) == ("psnr_rgb", pytest.approx(np.mean(b)))
+  assert c["delta"] == pytest.approx(stats.paired_interval(a, b).estimate)
+  assert table.header[3] == "RGB-PSNR"
 
 def test_each_method_is_compared_with_plain_joint_paired_by_seed(study):
   # the question the study asks: does a remedy beat plain summed joint training?

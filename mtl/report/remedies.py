@@ -1,7 +1,7 @@
 """The remedies tables of a study: joint training with aggregators / loss weightings against
 scratch, and how well conflict measures predict the measured pairwise transfer.
 
-remedies    per method column ('joint', 'joint:<method>') and task: the mean test Y-PSNR over
+remedies    per method column ('joint', 'joint:<method>') and task: the mean test PSNR over
             seeds; delta = method - scratch and (each 'joint:<method>') method - plain joint,
             paired by seed, each with its 95% paired t interval (mtl.stats.paired_interval) and
             verdict; per method, Delta_m% (Maninis et al. 2019;
@@ -25,6 +25,7 @@ from mtl.conflicts import affinity as affinity_lib
 from mtl.report.scores import (pairwise_transfer, primary_test_set, regime_columns,
                                regime_scores)
 from mtl.report.cells import Table, _fmt, _signed
+from mtl.report.tables import metric_names
 
 
 def method_columns(study):
@@ -32,18 +33,9 @@ def method_columns(study):
   return [c for c in regime_columns(study) if c == "joint" or c.startswith("joint:")]
 
 
-def _by_seed(cell, test_set):
-  out = {}
-  for run, result in zip(cell.runs, cell.results):
-    entry = result["tasks"].get(cell.task, {}).get(test_set)
-    if entry is not None:
-      out[run.seed] = float(entry["psnr_y"])
-  return out
-
-
-def _paired(base, cell, s):
+def _paired(base, cell, s, metric):
   """(paired interval of cell - base over their common seeds or None, its text, verdict)."""
-  a, b = _by_seed(base, s), _by_seed(cell, s)
+  a, b = base.by_seed(s, metric), cell.by_seed(s, metric)
   seeds = sorted(set(a) & set(b))
   if len(seeds) < 2:
     return None, "–", "needs 2 seeds"
@@ -52,7 +44,8 @@ def _paired(base, cell, s):
 
 
 def remedies_table(study):
-  header = ["method", "task", "test set", "PSNR-Y", "Δ vs scratch [95% CI]", "verdict",
+  metric, _, label = metric_names(study)
+  header = ["method", "task", "test set", label, "Δ vs scratch [95% CI]", "verdict",
             "Δ vs joint [95% CI]", "verdict vs joint", "Δm% [95% CI]"]
   rows, records = [], []
   for col in method_columns(study):
@@ -63,20 +56,21 @@ def remedies_table(study):
       s = primary_test_set(study, task, base)
       if s is None or cell is None:
         continue
-      a, b = _by_seed(base, s), _by_seed(cell, s)
+      a, b = base.by_seed(s, metric), cell.by_seed(s, metric)
       seeds = sorted(set(a) & set(b))
       mean = float(np.mean([b[k] for k in seeds])) if seeds else float("nan")
-      iv, delta, verdict = _paired(base, cell, s)
+      iv, delta, verdict = _paired(base, cell, s, metric)
       for k in seeds:
         per_seed_dm.setdefault(k, {})[task] = (b[k], a[k])
       means.append(mean)
       bases.append(float(np.mean([a[k] for k in seeds])) if seeds else float("nan"))
       # a remedy's question is whether it beats plain joint training: paired with it by seed
       joint = regime_scores(study, "joint", task) if col != "joint" else None
-      jv, jtext, jverdict = (_paired(joint, cell, s) if joint is not None
+      jv, jtext, jverdict = (_paired(joint, cell, s, metric) if joint is not None
                              else (None, "–", ""))
       col_rows.append([col, task, s, _fmt(mean, 2), delta, verdict, jtext, jverdict])
-      records.append(dict(method=col, task=task, test_set=s, n_seeds=len(seeds), psnr_y=mean,
+      records.append(dict(method=col, task=task, test_set=s, n_seeds=len(seeds), metric=metric,
+                          psnr=mean,
                           delta=None if iv is None else iv.estimate,
                           delta_low=None if iv is None else iv.low,
                           delta_high=None if iv is None else iv.high,
@@ -101,12 +95,12 @@ def remedies_table(study):
     for r in col_rows:
       rows.append(r + [dm_text])
     records.append(dict(method=col, task="Δm%", test_set="", n_seeds=len(dm_seeds),
-                        psnr_y=None, delta=float(dm),
+                        metric=metric, psnr=None, delta=float(dm),
                         delta_low=None if div is None else div.low,
                         delta_high=None if div is None else div.high,
                         p=None if div is None else div.p, verdict=""))
-  notes = ["Δ: method - scratch Y-PSNR (dB) on the task's primary test set, paired by seed; "
-           "95% paired t interval; verdict 'gain'/'loss' where it excludes 0.",
+  notes = [f"Δ: method - scratch {label} (dB, study.metric) on the task's primary test set, "
+           "paired by seed; 95% paired t interval; verdict 'gain'/'loss' where it excludes 0.",
            "Δ vs joint: the same for method - plain summed joint training (same lrs, steps and "
            "seeds).",
            "Δm%: mean over tasks of (PSNR - scratch PSNR) / scratch PSNR x 100 (seed means); "
