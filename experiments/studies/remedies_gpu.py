@@ -11,6 +11,8 @@ joint:<m> for the 9 aggregators and 4 loss weightings, pairs (15 pair runs: the 
 transfer). The plain joint runs probe conflicts with half-batch Gramians where the trainer
 stores them (noise-corrected cosine) and TAG affinity every 100 steps. 3 seeds x (6 + 14 + 15)
 = 105 runs of 20k steps; not timed (size it with launch/benchmark.py's aggregator ratios).
+Every method runs with its defaults in mtl.aggregators (e.g. CAGrad c=0.5, GradVac beta=0.5,
+Nash-MTL max_norm 1, DWA T=2 over 100-step epochs, FAMO lr 0.025), untuned; the lr is swept alike.
 """
 from experiments import small
 from mtl import aggregators
