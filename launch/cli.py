@@ -80,6 +80,11 @@ def _unknown_field(argv, error):
           valid = (", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict)
                    else "no fields (not a group)")
           where = ".".join(parts[:i]) or "the config"
+          from mtl import run_defaults
+          if where in run_defaults.FREE_GROUPS and i == len(parts) - 1:  # a method's own argument
+            value = arg.partition("=")[2]
+            return (f"{arg}: give {where} as one dict of the method's arguments, e.g. "
+                    f"\"--config.{where}={{'{part}': {value}}}\"")
           return f"unknown config field {'.'.join(parts[:i + 1])!r} in {arg}; {where} has: {valid}"
         node = node[part]
   return f"unknown config field in the overrides ({error})"

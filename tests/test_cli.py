@@ -66,9 +66,11 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
   workdir = tmp_path / "w"
   out = _launch("--config=experiments/tiny.py:tasks=sr_x2+derain", f"--workdir={workdir}",
                 "--config.tasks=sr_x2,derain", "--config.degrade.rain.length=6,20",
-                "--config.mesh.data=1", "--dry_run")
+                "--config.mesh.data=1", "--config.mtl.aggregator=cagrad",
+                "--config.mtl.aggregator_args={'c': 0.4}", "--dry_run")
   assert out.returncode == 0, out.stderr[-2000:]
   text = out.stdout
+  assert "update cagrad(c=0.4)" in text  # a method's arguments as one dict
   assert "  tasks = ['sr_x2', 'derain']" in text and "  degrade.rain.length = [6, 20]" in text
   config = tiny.get_config("sr_x2,derain")
   config.mesh.data = 1
@@ -86,6 +88,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     (["--config.optim.nope=1"], "error: unknown config field 'optim.nope' in --config.optim.nope=1; "
                                 "optim has: b1, b2,"),
     (["--config.eval.tile_overlap=48"], "error: eval.tile_overlap=48 must be in [0, model.patch_size=48)"),
+    # a method's own argument: the group takes one dict (ml_collections adds no new field)
+    (["--config.mtl.aggregator=cagrad", "--config.mtl.aggregator_args.c=0.4"],
+     "error: --config.mtl.aggregator_args.c=0.4: give mtl.aggregator_args as one dict of the "
+     "method's arguments, e.g. \"--config.mtl.aggregator_args={'c': 0.4}\""),
     # ml_collections would apply both (a tuple field: the second added to the first)
     (["--config.seed=1", "--config.seed=2"], "error: --config.seed is given 2 times; give each"),
     # the other checks of run_config.validate: tests/test_faults.py, in process
