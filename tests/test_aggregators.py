@@ -225,6 +225,8 @@ def test_invalid_method_arguments_are_refused_by_the_config_check():
     agg.check_config(cfg(loss_weighting="dwa", loss_weighting_args=dict(temperature=0.0)), 2)
   with pytest.raises(ValueError, match="lr=-0.1"):  # ascent on FAMO's objective
     agg.check_config(cfg(loss_weighting="famo", loss_weighting_args=dict(lr=-0.1)), 2)
+  with pytest.raises(ValueError, match="max_norm=-1"):  # clipping off, as silently as 0
+    agg.check_config(cfg(aggregator="nash_mtl", aggregator_args=dict(max_norm=-1.0)), 2)
 
 
 # ------------------------------------------------------------------------------------------

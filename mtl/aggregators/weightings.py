@@ -148,6 +148,8 @@ def nash_mtl_weighting(max_norm=1.0, newton_steps=100, n_tasks=None):
   clipped to max_norm (0 disables). `n_tasks` is accepted for TorchJD's signature and unused.
   """
   del n_tasks
+  if max_norm < 0:  # it would disable the clipping as silently as 0
+    raise ValueError(f"nash_mtl max_norm={max_norm}; valid: >= 0 (0: no clipping)")
 
   def weighting(g):
     a0 = 1.0 / jnp.sqrt(jnp.maximum(jnp.diag(g), jnp.finfo(g.dtype).tiny))
