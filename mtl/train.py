@@ -81,7 +81,7 @@ class _Preemption:
 
 
 class NonFiniteLoss(RuntimeError):
-  """Training stopped on a non-finite loss or parameters (DIVERGED_FILE records it)."""
+  """Training stopped on a non-finite loss or parameters (run_folder.DIVERGED_FILE records it)."""
 
 
 class Preempted(Exception):
@@ -118,6 +118,7 @@ def train_and_evaluate(config, workdir):
   except OSError as error:
     raise ValueError(f"--workdir={workdir} cannot be created: {error.strerror}") from None
   lock = files.WorkdirLock(workdir, run_folder.LOCK_FILE)
+  diverged = os.path.join(workdir, run_folder.DIVERGED_FILE)
   if is_writer:
     lock.acquire()
   try:
@@ -127,12 +128,12 @@ def train_and_evaluate(config, workdir):
         print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
               flush=True)
       run_folder.check_or_write_config(workdir, config.to_dict())
-      if os.path.exists(os.path.join(workdir, run_folder.DIVERGED_FILE)):  # this attempt's own
-        os.remove(os.path.join(workdir, run_folder.DIVERGED_FILE))
+      if os.path.exists(diverged):  # an earlier attempt's: this one records its own outcome
+        os.remove(diverged)
     return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)
   except (NonFiniteLoss, evaluate.NonFiniteOutput) as error:  # a study reads it: this lr diverged
     if is_writer:
-      files.write_json(os.path.join(workdir, run_folder.DIVERGED_FILE), {"error": str(error)})
+      files.write_json(diverged, {"error": str(error)})
     raise
   except (OSError, ValueError) as error:  # the disk filled beyond the check's estimate
     if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(

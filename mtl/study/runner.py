@@ -8,8 +8,8 @@ pid and start inside): another study process (a second terminal, a SLURM job) sk
 and the status table shows it as running; the lock dies with its process. A run whose training
 failed gets a FAILED file (exit status, time, log), removed when it is started again; a study
 corrected after a failure re-runs the failed run (see Study.check_saved, write_run_config). A run
-whose loss went non-finite (the trainer's diverged.json) is done, marked diverged: that is its
-lr's outcome, so the study goes on and its sweep chooses among the other lrs.
+whose loss or output went non-finite (the trainer's diverged.json) is done, marked diverged: that
+is its lr's outcome, so the study goes on and its sweep chooses among the other lrs.
 """
 import fcntl
 import fnmatch
