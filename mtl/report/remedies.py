@@ -16,13 +16,14 @@ predictors  per task pair: the measured transfer (scratch -> pair run, mtl.repor
             group-mates, mtl.conflicts.affinity.best_grouping) beside the split the measured
             transfer gives.
 """
+import math
 import os
 
 import numpy as np
 
 from mtl import conflicts, stats
 from mtl.conflicts import affinity as affinity_lib
-from mtl.report.scores import (pairwise_transfer, primary_test_set, regime_columns,
+from mtl.report.scores import (paired, pairwise_transfer, primary_test_set, regime_columns,
                                regime_scores)
 from mtl.report.cells import Table, _fmt, _signed
 from mtl.report.tables import metric_names
@@ -35,11 +36,9 @@ def method_columns(study):
 
 def _paired(base, cell, s, metric):
   """(paired interval of cell - base over their common seeds or None, its text, verdict)."""
-  a, b = base.by_seed(s, metric), cell.by_seed(s, metric)
-  seeds = sorted(set(a) & set(b))
-  if len(seeds) < 2:
+  iv = paired(base.by_seed(s, metric), cell.by_seed(s, metric))
+  if not math.isfinite(iv.low):
     return None, "–", "needs 2 seeds"
-  iv = stats.paired_interval([a[k] for k in seeds], [b[k] for k in seeds])
   return iv, f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]", stats.verdict(iv)
 
 
