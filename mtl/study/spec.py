@@ -87,7 +87,8 @@ CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from")
 # Study fields that only change the report; they may differ between invocations.
 REPORT_ONLY = ("name", "test", "reference", "final_conflicts")
 METRICS = {"psnr_y": "ssim_y", "psnr_rgb": "ssim_rgb"}   # study.metric -> the SSIM shown with it
-REFERENCE_FIELDS = ("label", "note", *METRICS, *METRICS.values(), "requires")
+REFERENCE_METRICS = (*METRICS, *METRICS.values())  # the reference row's values, per metric
+REFERENCE_FIELDS = ("label", "note", *REFERENCE_METRICS, "requires")
 BUDGETS = ("steps", "equal_images", "equal_flops")
 
 
@@ -118,7 +119,7 @@ def defaults():
   # that field is set in every run that trains the task (e.g. real rain streaks for Rain100L).
   c.reference = ml_collections.ConfigDict(dict(
       label="", note="", requires=ml_collections.ConfigDict(),
-      **{m: ml_collections.ConfigDict() for m in (*METRICS, *METRICS.values())}))
+      **{m: ml_collections.ConfigDict() for m in REFERENCE_METRICS}))
   return c
 
 
@@ -256,7 +257,7 @@ def validate(study):
     if name == d["validation"]:
       raise ValueError(f"test set {name!r} is also the validation set; the lr is chosen on "
                        "validation, so report other sets as test")
-  for metric in (*METRICS, *METRICS.values()):
+  for metric in REFERENCE_METRICS:
     for task, sets in d["reference"][metric].items():
       tasks_lib.get(task)
       if not isinstance(sets, dict) or not all(isinstance(v, (int, float)) for v in sets.values()):
@@ -395,7 +396,7 @@ def upgrade(saved):
   saved.setdefault("metric", "psnr_y")
   saved.setdefault("seeds", (0,))
   saved["reference"] = dict(saved.get("reference", {}))
-  for field in ("requires", *METRICS, *METRICS.values()):
+  for field in ("requires", *REFERENCE_METRICS):
     saved["reference"].setdefault(field, {})
   saved["final_conflicts"] = {**defaults().final_conflicts.to_dict(),
                               **saved.get("final_conflicts", {})}

@@ -130,8 +130,8 @@ class Study:
     return os.path.exists(self.path(name, run_folder.CONFIG_FILE))  # the trainer's first write
 
   def diverged(self, name):
-    """The error a finished run stopped on when its loss or parameters went non-finite (its DONE
-    says so: a result of its lr, never chosen by its sweep), else None."""
+    """The error a finished run stopped on when its loss, parameters or output went non-finite
+    (its DONE says so: a result of its lr, never chosen by its sweep), else None."""
     return self.done_info(name).get("diverged")
 
   def status(self, name):
