@@ -1,6 +1,7 @@
 """Remedies and predictors tables from a synthetic study workdir (hand-written runs, no training)."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -160,3 +161,25 @@ def test_predictors_table(study):
   print("\n".join(table.notes))
   print("\n".join(" | ".join(map(str, r)) for r in [remedies.remedies_table(study).header] +
                   remedies.remedies_table(study).rows))
+
+
+def test_a_method_s_own_arguments_reach_its_runs_only_and_are_checked_first(tmp_path):
+  cfg = study_lib.defaults()
+  cfg.tasks, cfg.regimes, cfg.seeds = TASKS, ("scratch", "joint", "joint:cagrad"), (0,)
+  cfg.steps.scratch = cfg.steps.joint = 4
+  cfg.lrs = (1e-3,)
+  cfg.run = run_defaults.get_config("tiny")
+  cfg.run.eval.sets = "photos,photos_val"
+  cfg.per_regime["joint:cagrad"] = {"mtl": {"aggregator_args": {"c": 0.4}}}
+  s = study_lib.Study(cfg, str(tmp_path / "s"))
+  mtl = {r.regime: study_lib.run_config(s.config, r)["mtl"] for r in s.runs}
+  assert mtl["joint:cagrad"]["aggregator_args"] == {"per_leaf": False, "c": 0.4}
+  assert mtl["joint"]["aggregator_args"] == {"per_leaf": False}  # plain joint: untouched
+  assert remedies.remedies_table(s).notes[-1].startswith("Method arguments: joint:cagrad c=0.4; ")
+  for partial, message in (
+      ({"mtl": {"aggregator_args": {"c": -1.0}}}, "regime joint:cagrad: cagrad c=-1.0"),
+      ({"mtl": {"aggregator_args": {"cc": 1.0}}}, "unexpected keyword argument 'cc'"),
+      ({"optim": {"lr": 1.0}}, "may set only the method's arguments")):  # else an unfair tuning
+    cfg.per_regime["joint:cagrad"] = partial
+    with pytest.raises(ValueError, match=re.escape(message)):
+      study_lib.Study(cfg, str(tmp_path / "s"))

@@ -11,10 +11,10 @@ Regimes: scratch (each task alone), joint (sum of the task losses), joint:pcgrad
 aggregators take the per-task body gradients on every step (mtl.aggregators); every joint run
 also records TAG affinity (Fifty et al. 2021) every 20 steps, and the three pair runs per seed
 give the measured pairwise transfer the predictors table ranks the cosines and affinity against.
-Each method runs with its defaults in mtl.aggregators (the study sets no method argument: a
-run.mtl argument would reach every regime): CAGrad c=0.5 (LibMTL's default), UPGrad a
-uniform preference, uncertainty log-variances from -0.5; these are untuned, unlike the lr,
-which every regime sweeps alike.
+Each method runs with its defaults in mtl.aggregators: CAGrad c=0.5 (LibMTL's default), UPGrad
+a uniform preference, uncertainty log-variances from -0.5; these are untuned, unlike the lr,
+which every regime sweeps alike (one method's own arguments: per_regime['joint:cagrad'] =
+{'mtl': {'aggregator_args': {'c': 0.4}}}; the remedies table names them).
 Budget: 11 runs per seed, 33 runs of 120 steps (batch 4 per task). Measured 2026-11-29 on 2
 otherwise idle cores: 32 min wall (the first 6 runs one at a time, 8 min; the other 27 with
 --max_parallel=2, 24 min: two runs at once keep both cores busy while one compiles). Far too

@@ -104,6 +104,15 @@ def remedies_table(study):
            "seeds).",
            "Δm%: mean over tasks of (PSNR - scratch PSNR) / scratch PSNR x 100 (seed means); "
            "its interval is a t interval over the per-seed Δm%."]
+  given = []  # per_regime['joint:<method>'] = {'mtl': {'aggregator_args': {...}}}
+  for col in method_columns(study):
+    groups = study.config["per_regime"].get(col, {}).get("mtl", {})
+    args = sorted((k, v) for group in groups.values() for k, v in group.items())
+    if args:
+      given.append(f"{col} " + ", ".join(f"{k}={v}" for k, v in args) + "; ")
+  notes.append("Method arguments: " + "".join(given)
+               + ("the other methods" if given else "every method")
+               + " with mtl.aggregators' defaults (per_regime['joint:<method>'] sets them).")
   return Table("remedies", "Acting on conflicts: aggregators and loss weightings vs scratch "
                "and plain joint",
                header, rows, records, notes)

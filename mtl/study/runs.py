@@ -88,6 +88,7 @@ def run_config(study, spec, init_from="", steps=None):
     from mtl import aggregators
     key = "loss_weighting" if method in aggregators.LOSS_WEIGHTINGS else "aggregator"
     config.setdefault("mtl", {})[key] = method
+    _merge(config, d["per_regime"].get(spec.regime, {}))  # the method's own arguments
   config["tasks"] = list(spec.tasks)
   config["regime"] = spec.regime if spec.regime in ("scratch", "finetune") else "joint"
   config["seed"] = spec.seed

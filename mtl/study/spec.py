@@ -33,7 +33,9 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
   lrs            the learning-rate grid every regime sweeps (one grid: a fair protocol)
   lrs_override   {regime: grid} replacing `lrs` for one regime (the report says grids differ)
   per_regime     {regime: partial run config}, merged onto `run` for that regime's runs
-                 (e.g. fine-tuning data, warm-up)
+                 (e.g. fine-tuning data, warm-up); per_regime['joint:<method>'] (merged after
+                 per_regime.joint) may set only that method's arguments: {'mtl':
+                 {'aggregator_args' or 'loss_weighting_args': {...}}} (e.g. CAGrad's c)
   validation     the eval set the learning rate is chosen on (one of run.eval.sets)
   test           the eval sets the tables report (run.eval.sets, not the validation set)
   reference      published numbers for a reference row: label, note, and per metric (psnr_y,
@@ -62,7 +64,7 @@ import re
 
 import ml_collections
 
-from mtl import evaluate, files, run_folder
+from mtl import evaluate, files, run_defaults, run_folder
 from mtl import tasks as tasks_lib
 
 STUDY_REGIMES = ("scratch", "joint", "finetune", "pairs", "groups")
@@ -147,8 +149,10 @@ def validate(study):
   """Check a study config; ValueError with one line naming the bad field and the valid values."""
   d = _as_dict(study)
   _unknown(d, defaults().keys(), "")
-  for key in ("steps", "lrs_override", "per_regime"):
+  for key in ("steps", "lrs_override"):
     _unknown(d[key], STUDY_REGIMES, key)
+  methods = [r for r in d["regimes"] if r.startswith(METHOD_PREFIX)]
+  _unknown(d["per_regime"], (*STUDY_REGIMES, *methods), "per_regime")
   _unknown(d["reference"], REFERENCE_FIELDS, "reference")
   _unknown(d["final_conflicts"], defaults().final_conflicts.keys(), "final_conflicts")
   final = d["final_conflicts"]
@@ -242,6 +246,11 @@ def validate(study):
   for regime, partial in d["per_regime"].items():
     if partial and regime not in regimes:
       raise ValueError(f"per_regime.{regime} is set but {regime!r} is not in regimes")
+    args = {k: v for k, v in partial.get("mtl", {}).items()
+            if k in ("aggregator_args", "loss_weighting_args")}
+    if method_of(regime) and partial != ({"mtl": args} if args else {}):  # else unfair
+      raise ValueError(f"per_regime.{regime} may set only the method's arguments (mtl."
+                       "aggregator_args or mtl.loss_weighting_args); the rest is per_regime.joint's")
     _check_partial(d["run"], partial, f"per_regime.{regime}")
   if final["batch_size"]:
     _check_final_checkpoints(d, final["checkpoints"])
@@ -305,6 +314,8 @@ def _check_partial(run, partial, where, path=""):
       raise ValueError(f"{where}.{full} is set by the study for each run; remove it")
     if not isinstance(run, dict) or key not in run:
       raise ValueError(f"{where}.{full} is not a run config field")
+    if full in run_defaults.FREE_GROUPS:  # the method's keyword arguments: checked with the method
+      continue
     if isinstance(value, dict):
       _check_partial(run[key], value, where, full + ".")
 

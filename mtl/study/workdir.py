@@ -17,8 +17,8 @@ import numpy as np
 
 from mtl import checkpoints, conflicts, files, run_folder
 from mtl.study.runs import StudyRun, expand, run_config
-from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, reference_source, upgrade, validate,
-                            _as_dict)
+from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, method_of, reference_source, upgrade,
+                            validate, _as_dict)
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
@@ -64,6 +64,18 @@ def lock_holder(study, name):
   return None
 
 
+def _check_methods(config, runs):
+  """Each joint:<method> regime's config.mtl (its arguments included) as the trainer checks it,
+  before any run: a bad argument would fail that regime's runs only after the others."""
+  from mtl import aggregators
+  for spec in {r.regime: r for r in runs if method_of(r.regime)}.values():
+    run = run_config(config, spec)
+    try:
+      aggregators.check_config(run["mtl"], len(spec.tasks), run.get("schedule", "all"))
+    except ValueError as error:
+      raise ValueError(f"regime {spec.regime}: {error}") from None
+
+
 class Study:
   """A validated, expanded study bound to its directory."""
 
@@ -72,6 +84,7 @@ class Study:
     self.config = json.loads(json.dumps(_as_dict(config)))
     self.workdir = os.path.abspath(workdir)
     self.runs = expand(self.config)
+    _check_methods(self.config, self.runs)
     self.by_name = {r.name: r for r in self.runs}
     self.sweeps = {}
     for r in self.runs:
