@@ -18,8 +18,8 @@ Without an argument: the tiny IPT on the embedded photographs, every degradation
 Protocol differences, stated: the papers score RGB PSNR / SSIM (results.json: psnr_rgb,
 ssim_rgb; the printed table is Y-channel). mtl's PSNR matches theirs up to PromptIR's crop of each
 test image to a multiple of 16 and its unrounded outputs (~0.01 dB); its SSIM is BasicSR's 11x11
-Gaussian, theirs scikit-image's 7x7 uniform window: compare SSIM only within mtl. They train blind (no task label) with PromptIR's
-per-epoch mix of about 3 copies of BSD400+WED per sigma (x3 sigmas), Rain100L's 200 pairs
+Gaussian, theirs scikit-image's 7x7 uniform window: compare SSIM only within mtl. They train
+blind (no task label) with PromptIR's per-epoch mix of about 3 copies of BSD400+WED per sigma (x3 sigmas), Rain100L's 200 pairs
 repeated 120 times and OTS once (so per epoch ~46k denoise, 24k rain, 72k haze samples), 120
 epochs, batch 32 of 128 x 128, AdamW 2e-4 with cosine decay. mtl gives each task its own head
 and tail (the task is known) and an equal share of every step (schedule 'all', conflicts

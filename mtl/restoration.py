@@ -194,10 +194,10 @@ def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0
     if mod_crop:
       ref = benchmarks.mod_crop(ref, mod_crop)
     if ours.shape != ref.shape:
-      sizes = (f"{ours_path} is {ours.shape[1]}x{ours.shape[0]} but {ref_path} is "
-               f"{ref.shape[1]}x{ref.shape[0]}")
-      raise ValueError(f"{sizes} after --mod_crop={mod_crop}: is {mod_crop} these images' SR "
-                       "scale?" if mod_crop else f"{sizes}; for SR references pass --mod_crop=SCALE")
+      hint = (f" after --mod_crop={mod_crop}: is {mod_crop} these images' SR scale?" if mod_crop
+              else "; for SR references pass --mod_crop=SCALE")
+      raise ValueError(f"{ours_path} is {ours.shape[1]}x{ours.shape[0]} but {ref_path} is "
+                       f"{ref.shape[1]}x{ref.shape[0]}{hint}")
     try:
       rows.append({"image": name,
                    "psnr": metrics.psnr(ours, ref, crop_border, y_channel=y_channel),

@@ -279,8 +279,9 @@ def test_a_diverged_lr_is_its_sweep_s_result_and_the_study_goes_on(study_file, t
   assert study.select("joint-s0").run.name == "joint-lr1e-3-s0"
   with open(study.path("finetune-derain-lr1e-3-s0", "run_config.json")) as f:
     assert json.load(f)["init_from"] == study.run_dir("joint-lr1e-3-s0")
-  assert re.search(r"joint-lr1e30-s0: diverged in \d+s \(non-finite loss or output\): its sweep chooses "
-                   r"among its other lrs \| study: 2/6 done", out.stdout), out.stdout[-3000:]
+  assert re.search(r"joint-lr1e30-s0: diverged in \d+s \(non-finite loss or output\): its "
+                   r"sweep chooses among its other lrs \| study: 2/6 done", out.stdout), (
+      out.stdout[-3000:])
   table = runner.status_table(study, study.runs)
   assert table[0].endswith("6 runs in " + workdir + ": 3 done, 3 diverged")
   from mtl.report import accounting

@@ -42,10 +42,12 @@ def get_config(arg=None):
     study.test = ("CBSD68", "Rain100L", "SOTS")
     study.reference.label = "PromptIR (published)"
     study.reference.note = ("Potlapalli et al., NeurIPS 2023, the three-degradation all-in-one "
-                            "table (RGB PSNR): trained blind on 128 x 128 crops; its SSIM is scikit-image's, so none is shown.")
+                            "table (RGB PSNR): trained blind on 128 x 128 crops; its SSIM is "
+                            "scikit-image's, so none is shown.")
     test_set = {"denoise": "CBSD68", "derain": "Rain100L", "dehaze": "SOTS"}
-    study.reference.psnr_rgb = {
-        t: {test_set[tasks_lib.get(t).kind]: allinone3.PUBLISHED["PromptIR"][t]} for t in study.tasks}
+    promptir = allinone3.PUBLISHED["PromptIR"]
+    study.reference.psnr_rgb = {t: {test_set[tasks_lib.get(t).kind]: promptir[t]}
+                                for t in study.tasks}
   else:
     tiny = common.tiny_run()
     run.total_steps = 240

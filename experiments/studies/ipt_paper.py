@@ -36,7 +36,8 @@ TEST_SETS = ("Set5", "Set14", "B100", "Urban100", "CBSD68", "Rain100L")
 
 
 def get_config(arg=None):
-  root = run_defaults.parse_arg(arg, "experiments/studies/ipt_paper.py", "root", root="/data")["root"]
+  root = run_defaults.parse_arg(arg, "experiments/studies/ipt_paper.py", "root",
+                              root="/data")["root"]
   study = study_lib.defaults()
   study.name = "ipt_paper"
   study.tasks = TASKS

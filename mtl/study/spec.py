@@ -250,7 +250,8 @@ def validate(study):
             if k in ("aggregator_args", "loss_weighting_args")}
     if method_of(regime) and partial != ({"mtl": args} if args else {}):  # else unfair
       raise ValueError(f"per_regime.{regime} may set only the method's arguments (mtl."
-                       "aggregator_args or mtl.loss_weighting_args); the rest is per_regime.joint's")
+                       "aggregator_args or mtl.loss_weighting_args); the rest is "
+                       "per_regime.joint's")
     _check_partial(d["run"], partial, f"per_regime.{regime}")
   if final["batch_size"]:
     _check_final_checkpoints(d, final["checkpoints"])

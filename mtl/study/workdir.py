@@ -356,8 +356,9 @@ class Study:
                     f"on {self.validation}; not done yet: {', '.join(missing)}")
     chosen = self.select(spec.source)
     if chosen is None:
-      raise ValueError(f"{spec.name} has no start: every lr of {spec.source.replace('-s', '-lr*-s')}"
-                       " diverged; give the study lower lrs (lrs, or lrs_override for that regime)")
+      sweep = spec.source.replace("-s", "-lr*-s")
+      raise ValueError(f"{spec.name} has no start: every lr of {sweep} diverged; give the study "
+                       "lower lrs (lrs, or lrs_override for that regime)")
     return self.run_dir(chosen.run.name)
 
   def describe_init(self, spec):
