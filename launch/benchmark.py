@@ -232,7 +232,9 @@ def measured_peak(precision):
 # substrings of jax's device_kind, lower-cased; the first match wins.
 PEAK_TFLOPS = (
     ("h200", {"bfloat16": 989, "float32": 67}),
-    ("h100", {"bfloat16": 989, "float32": 67}),
+    ("h100 pcie", {"bfloat16": 756, "float32": 51}),
+    ("h100 nvl", {"bfloat16": 835, "float32": 60}),
+    ("h100", {"bfloat16": 989, "float32": 67}),  # SXM ("NVIDIA H100 80GB HBM3")
     ("a100", {"bfloat16": 312, "float32": 19.5}),
     ("l4", {"bfloat16": 121, "float32": 30}),
     ("tpu v5 lite", {"bfloat16": 197, "float32": 197}),

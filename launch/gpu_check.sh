@@ -7,21 +7,25 @@
 # settings weighed against the defaults: CUDA graphs over the layer loops, unrolled layer scans,
 # looped body calls in the joint steps, the probe's Gramians in pieces (split-K), LLVM compiling
 # a program's parts in parallel, cuBLAS alone for gemms, no XLA GPU autotuning. Every part has its
-# own time limit and log ($OUT/<part>.log); one table at the end.
+# own time limit and log; one table at the end. $OUT ends with three files, within what a lent
+# machine sends back: table.md, parts.tsv and logs.tar.gz (every part's log, pip's, the device's,
+# the main job's train.log and results.json; `tar -xzf logs.tar.gz` reads them).
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
 #   PARTS=diagnose bash launch/gpu_check.sh                       # only the diagnosis parts
 #
-# Environment: OUT (logs; default /tmp/gpu_check), BUDGET (seconds; 480), SIZE (paper),
+# Environment: OUT (logs; default /tmp/gpu_check), BUDGET (seconds; 540: one 10-minute call on a
+# lent machine, its set-up and the packing included; the check's own parts come first), SIZE (paper),
 # BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES (PyTorch's; 8,32), REPEATS (5),
 # PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of
 # huawei-noah/Pretrained-IPT; default ./.ipt: the PyTorch part is skipped without it or without
 # torch), TORCH_PYTHON (python3), TEST_WORKERS (pytest-xdist processes; 4), PARTS (the parts to
 # run, space-separated, in this script's order whatever theirs: 'check' = the check's, 'diagnose' =
 # the diagnosis's; default 'check diagnose').
-# Wheels the machine lacks go in ./.whl (ignored by git): launch/gpu_env.sh installs them first.
-BUDGET=${BUDGET:-480}
+# Wheels the machine lacks go in ./.whl (ignored by git; launch/gpu_wheels.sh makes it, and .ipt):
+# launch/gpu_env.sh installs them first.
+BUDGET=${BUDGET:-540}
 OUT=${OUT:-/tmp/gpu_check}
 SIZE=${SIZE:-paper}
 BATCHES=${BATCHES:-8,32,128}
@@ -35,7 +39,7 @@ TEST_WORKERS=${TEST_WORKERS:-4}
 FIRST=${BATCHES%%,*}
 SECOND=$(echo "$BATCHES" | cut -d, -f2)
 LAST=${BATCHES##*,}
-CHECK="tests compile compile_scanned sweep torch_peer probe startup pipeline main_job"
+CHECK="tests compile sweep torch_peer probe startup pipeline main_job compile_scanned"
 DIAGNOSE="trace cmdbuf unroll gram_chunk probe_looped llvm_parallel cublas autotune0"
 PARTS=${PARTS:-check diagnose}
 PARTS=${PARTS//check/$CHECK}
@@ -43,7 +47,8 @@ PARTS=${PARTS//diagnose/$DIAGNOSE}
 mkdir -p "$OUT"
 START=$(date +%s)
 CACHE=$(mktemp -d /tmp/gpu_check_cache.XXXXXX)  # shared by the timing parts; not in $OUT (large)
-trap 'rm -rf "$CACHE"' EXIT
+MAIN_JOB=$(mktemp -d /tmp/gpu_check_tiny.XXXXXX)  # the main job's workdir: its checkpoints stay here
+trap 'rm -rf "$CACHE" "$MAIN_JOB"' EXIT
 : > "$OUT/parts.tsv"
 
 left() { echo $(( BUDGET - ($(date +%s) - START) )); }
@@ -80,8 +85,6 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false part tests 120 python3 -m pytest -v -p no:ca
     -n "$TEST_WORKERS" -m "gpu and not cpu_only" --continue-on-collection-errors tests
 BENCH=(python3 launch/benchmark.py --sizes="$SIZE" --precision="$PRECISION" --repeats="$REPEATS")
 part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST"
-part compile_scanned 60 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST" \
-    --body_calls=scanned
 # The steps' compiled programs are shared between the timing parts (the compile parts turn the
 # cache off for their own timings; the start-up part keeps its own, empty at first).
 part sweep 150 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$BATCHES" \
@@ -103,8 +106,14 @@ part probe 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe --bat
 XLA_PYTHON_CLIENT_PREALLOCATE=false part startup 120 "${BENCH[@]}" --sections=startup \
     --batch_size="$FIRST"
 part pipeline 45 python3 launch/benchmark.py --sections=pipeline --batch_size="$FIRST" --repeats=1
-part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$OUT/tiny" \
+part main_job 100 python3 launch/train.py --config=experiments/tiny.py --workdir="$MAIN_JOB" \
     --compile_cache="$CACHE"
+for f in train.log results.json; do
+  [ -f "$MAIN_JOB/$f" ] && cp "$MAIN_JOB/$f" "$OUT/main_job_$f"
+done
+# The other body-call mode's compile seconds: a setting, not a target, so last of the check.
+part compile_scanned 60 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$FIRST" \
+    --body_calls=scanned
 
 # The diagnosis: where the one-task step's time goes at the smallest and largest batch, and the
 # joint steps' (plain, probe) at the smallest: op time by kind and by stage, and the share of the
@@ -172,5 +181,9 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 9
         | sed "s/^| /| ${variant#*:}: /"
   done
   echo
-  echo "(commands: $OUT/<part>.log, first lines; each row's figures: median over REPEATS=$REPEATS)"
+  echo "(commands: first lines of <part>.log in $OUT/logs.tar.gz; each row's figures: median over"
+  echo "REPEATS=$REPEATS)"
 } | tee "$OUT/table.md"
+
+# A lent machine sends back at most 8 files: all but the table and parts.tsv in one archive.
+pack logs.tar.gz table.md parts.tsv

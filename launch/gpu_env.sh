@@ -1,7 +1,7 @@
 # Sourced by launch/gpu_check.sh and launch/gpu_study.sh (from the repository root, $OUT set):
 # the wheels a bare GPU machine lacks (./.whl, ignored by git) installed into /tmp/site where
-# python3 cannot import mtl's dependencies, the repository on PYTHONPATH, and the device and the
-# jax version printed into $OUT.
+# python3 cannot import mtl's dependencies, the repository on PYTHONPATH, the device and the
+# jax version printed into $OUT; and `pack`, which leaves $OUT few files at the end.
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 if ls .whl/*.whl > /dev/null 2>&1 && \
     ! python3 -c "import tensorflow_datasets, grain, ml_collections" > /dev/null 2>&1; then
@@ -15,3 +15,15 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,cl
     --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" \
     2>&1 | tail -n 1 | tee "$OUT/jax.txt"
+
+# A lent machine sends back at most 8 files (and none deeper than 2 folders): the scripts end by
+# packing all but their headline files into one archive.
+pack() {  # pack ARCHIVE KEEP...: every other file in $OUT into ARCHIVE, then removed
+  local archive=$1; shift
+  local keep=" $archive $* " files=() f
+  for f in "$OUT"/*; do
+    case "$keep" in *" ${f##*/} "*) ;; *) files+=("${f##*/}");; esac
+  done
+  [ ${#files[@]} -eq 0 ] || { tar -C "$OUT" -czf "$OUT/$archive" "${files[@]}" &&
+      (cd "$OUT" && rm -rf "${files[@]}"); }
+}

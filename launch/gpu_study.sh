@@ -1,6 +1,7 @@
 #!/bin/bash
-# A whole study on one accelerator (a GPU) in at most BUDGET seconds, then its report: the
-# findings page, tables and figures, the study's log and each run's train.log land in $OUT. The
+# A whole study on one accelerator (a GPU) in at most BUDGET seconds, then its report. $OUT ends
+# with report.md (the findings page), its two findings figures and study.tar.gz (the tables and
+# figures, the study's log and each run's train.log; `tar -xzf study.tar.gz` reads them). The
 # study itself (checkpoints, stores) lives in $WORK, outside $OUT; run the same command with the
 # same WORK to resume one that the budget cut short.
 #
@@ -10,14 +11,15 @@
 #       bash launch/gpu_study.sh                                                 # a CPU rehearsal
 #
 # Environment: STUDY (a study config; experiments/studies/mini.py:gpu), OUT (/tmp/gpu_study),
-# WORK (the study's workdir; /tmp/gpu_study_work), BUDGET (seconds for the study; 540; the
-# report runs after it), PARALLEL (runs at once; 4 on a GPU, sharing it: the tiny runs are bound
-# by their start-up and step dispatch, not by the device; 2 without one), ONLY (launch/study.py
-# --only). Wheels the machine lacks go in ./.whl (ignored by git): launch/gpu_env.sh installs them.
+# WORK (the study's workdir; /tmp/gpu_study_work), BUDGET (seconds for the study; 420: with the
+# set-up and the report, at most 90 s, one 10-minute call on a lent machine), PARALLEL (runs at
+# once; 4 on a GPU, sharing it: the tiny runs are bound by their start-up and step dispatch, not
+# by the device; 2 without one), ONLY (launch/study.py --only). Wheels the machine lacks go in
+# ./.whl (ignored by git; launch/gpu_wheels.sh makes it): launch/gpu_env.sh installs them.
 STUDY=${STUDY:-experiments/studies/mini.py:gpu}
 OUT=${OUT:-/tmp/gpu_study}
 WORK=${WORK:-/tmp/gpu_study_work}
-BUDGET=${BUDGET:-540}
+BUDGET=${BUDGET:-420}
 mkdir -p "$OUT"
 source launch/gpu_env.sh
 
@@ -40,7 +42,7 @@ SECONDS_USED=$(( $(date +%s) - START ))
 grep -v "^\[" "$OUT/study.log" | tail -n 15
 echo "== study rc=$RC in ${SECONDS_USED}s$([ $RC -eq 124 ] && echo ' (budget spent: the same command resumes it)')"
 
-timeout 120 python3 launch/report.py --workdir="$WORK" > "$OUT/report.log" 2>&1
+timeout 90 python3 launch/report.py --workdir="$WORK" > "$OUT/report.log" 2>&1
 echo "== report rc=$?"
 cp -r "$WORK/report.md" "$WORK/tables" "$WORK/figures" "$OUT/" 2>/dev/null
 mkdir -p "$OUT/runs"
@@ -51,3 +53,5 @@ echo
 echo "## gpu_study: $(head -n 1 "$OUT/gpu.txt" 2>/dev/null || echo no GPU); $(cat "$OUT/jax.txt"); $STUDY, study ${SECONDS_USED}s (rc $RC)"
 sed -n '/^## Findings/,/^## Main table/p' "$OUT/report.md" 2>/dev/null | sed '$d'
 sed -n '/^## Main table/,/^Y-PSNR/p' "$OUT/report.md" 2>/dev/null | sed '$d'
+cp "$OUT"/figures/findings-*.png "$OUT/" 2>/dev/null
+pack study.tar.gz report.md findings-delta.png findings-conflict.png

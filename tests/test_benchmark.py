@@ -92,3 +92,16 @@ def test_the_startup_section_s_train_command_is_valid():
   assert out.returncode == 0, out.stderr[-2000:]
   assert "data.source = 'photos'" in out.stdout and "data.folder = ''" in out.stdout
   assert not os.path.exists("/nonexistent")
+
+
+def test_mfu_peak_is_the_data_sheet_s_for_each_h100_form():
+  """The H100's forms differ in dense bf16 peak (SXM 989, NVL 835, PCIe 756 TFLOP/s): a lent
+  'NVIDIA H100 80GB HBM3' is the SXM form. Device kinds as jax's CUDA devices name them."""
+  code = ("import sys, types; sys.path.insert(0, 'launch'); import benchmark; "
+          "print([benchmark.peak_flops(types.SimpleNamespace(platform='gpu', device_kind=k), "
+          "'bfloat16') for k in ('NVIDIA H100 80GB HBM3', 'NVIDIA H100 NVL', "
+          "'NVIDIA H100 PCIe', 'NVIDIA H200', 'NVIDIA GeForce RTX 4090')])")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.splitlines()[-1] == str([989e12, 835e12, 756e12, 989e12, None]), out.stdout

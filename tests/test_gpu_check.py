@@ -1,14 +1,16 @@
 """launch/gpu_check.sh and launch/gpu_study.sh, the prepared accelerator scripts, run on this
 machine: the check's parts picked by PARTS run in the script's order, a spent budget skips them
-(and says so), a part's rows reach the closing table; a study's report comes back in OUT."""
+(and says so), a part's rows reach the closing table; a study's report comes back in OUT; each
+leaves OUT as few files as a lent machine sends back (at most 8, none in a folder)."""
 import os
 import subprocess
+import tarfile
 
 from micro_study import MICRO_STUDY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHECK = ["tests", "compile", "compile_scanned", "sweep", "torch_peer", "probe", "startup",
-         "pipeline", "main_job"]
+CHECK = ["tests", "compile", "sweep", "torch_peer", "probe", "startup", "pipeline", "main_job",
+         "compile_scanned"]
 DIAGNOSE = ["trace", "cmdbuf", "unroll", "gram_chunk", "probe_looped", "llvm_parallel", "cublas",
             "autotune0"]
 
@@ -20,8 +22,14 @@ def _gpu_check(tmp_path, **env):
                         env=dict(os.environ, OUT=str(out), SIZE="tiny", BATCHES="2,4",
                                  IPT_REPO=str(tmp_path / "no-checkout"), **env))
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  assert sorted(os.listdir(out)) == ["logs.tar.gz", "parts.tsv", "table.md"]
   parts = [line.split("\t") for line in (out / "parts.tsv").read_text().splitlines()]
   return proc.stdout, parts, (out / "table.md").read_text()
+
+
+def _packed(archive):
+  with tarfile.open(archive) as tar:
+    return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
 def test_parts_run_in_the_script_s_order_and_a_spent_budget_skips_them(tmp_path):
@@ -35,6 +43,7 @@ def test_parts_run_in_the_script_s_order_and_a_spent_budget_skips_them(tmp_path)
   assert all(reasons[n] == ("skipped", "budget spent") for n in CHECK + DIAGNOSE
              if n != "torch_peer")
   assert all(f"| {n} | skipped |" in table for n in CHECK + DIAGNOSE)
+  assert _packed(tmp_path / "out" / "logs.tar.gz")["jax.txt"].startswith(b"jax ")
 
 
 def test_a_part_runs_its_command_and_its_rows_reach_the_table(tmp_path):
@@ -46,6 +55,7 @@ def test_a_part_runs_its_command_and_its_rows_reach_the_table(tmp_path):
   rows = [line.split(" | ") for line in table.splitlines()
           if line.startswith("| pipeline: crops/s per host core")]
   assert len(rows) == 2 and all(float(r[4]) > 0 for r in rows), table
+  assert b"crops/s" in _packed(tmp_path / "out" / "logs.tar.gz")["pipeline.log"]
 
 
 def test_the_gpu_study_script_runs_a_study_and_brings_back_its_report(tmp_path):
@@ -60,8 +70,13 @@ def test_the_gpu_study_script_runs_a_study_and_brings_back_its_report(tmp_path):
                                               BUDGET="400"))
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
   assert "== study rc=0" in proc.stdout and "== report rc=0" in proc.stdout
-  assert sorted(os.listdir(out / "runs")) == ["scratch-denoise_30-lr1e-3-s0.log",
-                                              "scratch-derain-lr1e-3-s0.log"]
-  report = (out / "report.md").read_text()
-  assert "## Findings" in report and (work / "runs").is_dir()
+  packed = _packed(out / "study.tar.gz")
+  # The findings figures are copied to the top where the report drew them (a scratch-only study
+  # has no Δ and no conflict to draw).
+  drawn = sorted(n.split("/")[1] for n in packed if n.startswith("figures/findings-"))
+  assert sorted(os.listdir(out)) == sorted(drawn + ["report.md", "study.tar.gz"])
+  assert sorted(n for n in packed if n.startswith("runs/")) == [
+      "runs/scratch-denoise_30-lr1e-3-s0.log", "runs/scratch-derain-lr1e-3-s0.log"]
+  assert "## Findings" in (out / "report.md").read_text() and (work / "runs").is_dir()
+  assert "study.log" in packed and any(n.startswith("tables/") for n in packed)
   assert "## gpu_study: no GPU" in proc.stdout or "## gpu_study: NVIDIA" in proc.stdout
