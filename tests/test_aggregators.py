@@ -3,6 +3,7 @@ import functools
 import itertools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -227,6 +228,19 @@ def test_invalid_method_arguments_are_refused_by_the_config_check():
     agg.check_config(cfg(loss_weighting="famo", loss_weighting_args=dict(lr=-0.1)), 2)
   with pytest.raises(ValueError, match="max_norm=-1"):  # clipping off, as silently as 0
     agg.check_config(cfg(aggregator="nash_mtl", aggregator_args=dict(max_norm=-1.0)), 2)
+
+
+def test_a_non_bool_per_leaf_is_refused_by_the_config_check():
+  import ml_collections
+  def cfg(per_leaf):
+    return ml_collections.ConfigDict(dict(aggregator="upgrad", loss_weighting="",
+                                          aggregator_args=dict(per_leaf=per_leaf)))
+  for ok in (True, False):
+    agg.check_config(cfg(ok), 2)
+  for bad in ("no", 1, 0.5, None):  # each was read as its truth value
+    with pytest.raises(ValueError, match=re.escape(f"mtl.aggregator_args.per_leaf={bad!r}; "
+                                                   "valid: True")):
+      agg.check_config(cfg(bad), 2)
 
 
 # ------------------------------------------------------------------------------------------

@@ -59,7 +59,10 @@ def check_config(mtl_cfg, num_tasks, schedule="all"):
   if every > 0 and schedule != "all" and num_tasks >= 2:  # the trainer would measure nothing
     raise ValueError(f"mtl.affinity_every={every} needs schedule='all' (TAG's lookahead takes "
                      f"every task's loss on one step); got schedule={schedule!r}")
-  _, args = _aggregator_args(mtl_cfg)
+  per_leaf, args = _aggregator_args(mtl_cfg)
+  if not isinstance(per_leaf, bool):  # any truthy value ('no', 0.5) would switch it on
+    raise ValueError(f"mtl.aggregator_args.per_leaf={per_leaf!r}; valid: True (one Gramian per "
+                     "parameter leaf) or False (one for the whole body)")
   try:
     get_weighting(name, **args)
   except TypeError as e:
