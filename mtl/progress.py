@@ -163,7 +163,7 @@ def hparams_of(config):
   """The run's TensorBoard HParams: what distinguishes the runs of a study (and a remedy's run
   from a plain one: config.mtl's aggregator, loss weighting and TAG affinity)."""
   from mtl import aggregators
-  return {**aggregators.describe(config.get("mtl")),
+  return {**aggregators.describe(config.get("mtl"), len(config.tasks), config.schedule),
           "lr": float(config.optim.lr), "seed": int(config.seed), "regime": config.regime,
           "tasks": ",".join(config.tasks), "schedule": config.schedule,
           "n_feats": int(config.model.n_feats),

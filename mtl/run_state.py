@@ -157,10 +157,12 @@ class Setup:
     devices = jax.devices()
     conflicts_part = (f"conflicts on {run.plan.describe(config.data.batch_size)}"
                       if run.plan.probe_every else "conflicts off")
-    remedy = aggregators.describe(config.get("mtl"))
-    if remedy != aggregators.describe(None):  # a remedy's run must not look like a plain one
+    shape = (len(config.tasks), config.schedule)
+    remedy = aggregators.describe(config.get("mtl"), *shape)
+    if remedy != aggregators.describe(None, *shape):  # a remedy's run must not look plain
       conflicts_part += (f" | update {remedy['aggregator']}, loss weighting "
-                         f"{remedy['loss_weighting']}, TAG affinity {remedy['affinity']}")
+                         f"{remedy['loss_weighting']}" + (f", TAG affinity {remedy['affinity']}"
+                                                          if "affinity" in remedy else ""))
     return (f"run: {config.regime} {','.join(config.tasks)} | {_millions(counts['total'])} "
             f"parameters | {len(devices)} {devices[0].platform} device(s), mesh {mesh} | "
             f"batch {config.data.batch_size}/task, {config.total_steps} steps, lr "

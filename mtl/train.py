@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl import checkpoints, conflicts, files, flops, run_folder
+from mtl import aggregators, checkpoints, conflicts, files, flops, run_folder
 from mtl.data import pipeline, prefetch
 from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
@@ -410,8 +410,8 @@ def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, wri
 
 def _affinity_setup(run, config, workdir, start, is_writer):
   """config.mtl.affinity_every: (every, jitted TAG affinity, buffer); (0, None, []) when off."""
-  every = config.get("mtl", {}).get("affinity_every", 0)
-  if every <= 0 or len(config.tasks) < 2 or config.schedule != "all":
+  every = aggregators.affinity_every(config.get("mtl"), len(config.tasks), config.schedule)
+  if not every:
     return 0, None, []
   from mtl.conflicts import affinity  # imports scipy (~1 s): only for runs that measure it
   if is_writer:

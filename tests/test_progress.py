@@ -82,6 +82,20 @@ def test_a_remedy_run_says_its_config_mtl_in_the_banner_and_hparams(tmp_path):
   hparams = events.read_hparams(logdir)
   assert (hparams["aggregator"], hparams["loss_weighting"], hparams["affinity"]) == (
       "cagrad(c=0.4)", "uncertainty", "every 10 steps")
+
+
+def test_a_one_task_run_shows_no_tag_affinity_it_would_not_measure(tmp_path):
+  from experiments import tiny
+  from mtl import run_state
+  config = tiny.get_config("denoise_30")
+  config.regime, config.mesh.data = "scratch", 1
+  config.mtl.affinity_every = 10  # TAG needs two tasks: the trainer measures nothing here
+  banner = run_state.prepare(config, str(tmp_path / "tag")).banner()
+  assert "TAG" not in banner and "update" not in banner, banner  # a plain run's banner
+  config.mtl.aggregator = "mean"
+  banner = run_state.prepare(config, str(tmp_path / "mean")).banner()
+  assert "| update mean, loss weighting none |" in banner, banner
+  assert "affinity" not in progress_lib.hparams_of(config)
 def test_data_wait_share_between_updates():
   now = [0.0]
   progress = progress_lib.Progress(total_steps=100, start_step=0, every=10, clock=lambda: now[0])

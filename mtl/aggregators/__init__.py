@@ -28,5 +28,6 @@ from mtl.aggregators.weightings import (RANDOM, STATEFUL, WEIGHTINGS, aligned_mt
 from mtl.aggregators.loss_weightings import (LOSS_WEIGHTINGS, LossWeighting, dwa_weighting,
                                              famo_weighting, get_loss_weighting, rlw_weighting,
                                              uncertainty_weighting)
-from mtl.aggregators.in_step import (aggregate_tree, aggregating, check_config, combine_losses,
-                                     describe, init_step_state, update_loss_state)
+from mtl.aggregators.in_step import (affinity_applies, affinity_every, aggregate_tree,
+                                     aggregating, check_config, combine_losses, describe,
+                                     init_step_state, update_loss_state)

@@ -28,19 +28,32 @@ def _call(name, args):
   return f"{name}({shown})" if shown else name
 
 
-def describe(mtl_cfg):
-  """{aggregator, loss_weighting, affinity}: config.mtl in words, for the banner and HParams
-  ('sum' / 'none' / 'off' for a plain run)."""
+def affinity_applies(num_tasks, schedule):
+  """Whether TAG's lookahead can measure a run: two or more tasks, every one in every step."""
+  return num_tasks >= 2 and schedule == "all"
+
+
+def affinity_every(mtl_cfg, num_tasks, schedule):
+  """The steps between TAG affinity measurements; 0 where none are taken."""
+  every = (mtl_cfg or {}).get("affinity_every", 0)
+  return every if every > 0 and affinity_applies(num_tasks, schedule) else 0
+
+
+def describe(mtl_cfg, num_tasks, schedule):
+  """{aggregator, loss_weighting[, affinity]}: config.mtl in words, for the banner and HParams
+  ('sum' / 'none' / 'off' for a plain run); affinity only where it applies (affinity_applies)."""
   mtl_cfg = mtl_cfg or {}
   per_leaf, args = _aggregator_args(mtl_cfg)
   aggregator = _call(mtl_cfg.get("aggregator", "sum"), args) + (" per leaf" if per_leaf else "")
   lw = mtl_cfg.get("loss_weighting", "")
-  every, lr = mtl_cfg.get("affinity_every", 0), mtl_cfg.get("affinity_lr", 0.0)
-  return {"aggregator": aggregator,
-          "loss_weighting": _call(lw, dict(mtl_cfg.get("loss_weighting_args", {}) or {}))
-                            if lw else "none",
-          "affinity": (f"every {every} steps" + (f", lr {lr:g}" if lr else "")) if every > 0
-                      else "off"}
+  described = {"aggregator": aggregator,
+               "loss_weighting": _call(lw, dict(mtl_cfg.get("loss_weighting_args", {}) or {}))
+                                 if lw else "none"}
+  if affinity_applies(num_tasks, schedule):  # one task: nothing to measure, nothing to show
+    every, lr = affinity_every(mtl_cfg, num_tasks, schedule), mtl_cfg.get("affinity_lr", 0.0)
+    described["affinity"] = ((f"every {every} steps" + (f", lr {lr:g}" if lr else ""))
+                             if every else "off")
+  return described
 
 
 def check_config(mtl_cfg, num_tasks, schedule="all"):
