@@ -141,9 +141,10 @@ def get_config(size="tiny"):
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # Acting on conflicts (mtl/aggregators/): the body's update from the per-task gradients
   # (sum | mean | pcgrad | gradvac | cagrad | mgda | imtl_g | nash_mtl | aligned_mtl | upgrad;
-  # aggregator_args.per_leaf=True: per leaf), a loss weighting ('' | uncertainty | dwa | rlw |
-  # famo), and TAG task affinity (Fifty et al. 2021) every affinity_every steps (0: never), its
-  # lookahead an SGD step of affinity_lr (0: sized by the gradients, mtl/conflicts/affinity.py).
+  # aggregator_args.per_leaf=True: per leaf) or a loss weighting ('' | uncertainty | dwa | rlw |
+  # famo), not both, and TAG task affinity (Fifty et al. 2021) every affinity_every steps (0:
+  # never), its lookahead an SGD step of affinity_lr (0: sized by the gradients,
+  # mtl/conflicts/affinity.py).
   c.mtl = ml_collections.ConfigDict(dict(aggregator="sum", loss_weighting="", affinity_every=0,
                                          affinity_lr=0.0))
   c.mtl.aggregator_args = ml_collections.ConfigDict(dict(per_leaf=False))  # + the method's kwargs

@@ -230,6 +230,18 @@ def test_invalid_method_arguments_are_refused_by_the_config_check():
     agg.check_config(cfg(aggregator="nash_mtl", aggregator_args=dict(max_norm=-1.0)), 2)
 
 
+def test_an_aggregator_with_a_loss_weighting_is_refused_by_the_config_check():
+  import ml_collections
+  def cfg(aggregator, loss_weighting):
+    return ml_collections.ConfigDict(dict(aggregator=aggregator, loss_weighting=loss_weighting))
+  agg.check_config(cfg("pcgrad", ""), 3)
+  agg.check_config(cfg("sum", "dwa"), 3)
+  for name in ("pcgrad", "mean", "imtl_g"):  # IMTL-G would undo DWA's weights on the body
+    with pytest.raises(ValueError, match=re.escape(f"mtl.aggregator={name!r} with "
+                                                   "mtl.loss_weighting='dwa': ")):
+      agg.check_config(cfg(name, "dwa"), 3)
+
+
 def test_a_non_bool_per_leaf_is_refused_by_the_config_check():
   import ml_collections
   def cfg(per_leaf):

@@ -71,17 +71,20 @@ def test_a_remedy_run_says_its_config_mtl_in_the_banner_and_hparams(tmp_path):
   assert "update" not in plain_banner and "loss weighting" not in plain_banner
   config.mtl.aggregator = "cagrad"
   config.mtl.aggregator_args.c = 0.4
-  config.mtl.loss_weighting = "uncertainty"
   config.mtl.affinity_every = 10
   banner = run_state.prepare(config, str(tmp_path / "remedy")).banner()
-  assert ("| update cagrad(c=0.4), loss weighting uncertainty, TAG affinity every 10 steps |"
+  assert ("| update cagrad(c=0.4), loss weighting none, TAG affinity every 10 steps |"
           in banner), banner
   logdir = str(tmp_path / "events")
   with events.Writer(logdir) as writer:
     writer.hparams(progress_lib.hparams_of(config), trial_id="remedy")
   hparams = events.read_hparams(logdir)
   assert (hparams["aggregator"], hparams["loss_weighting"], hparams["affinity"]) == (
-      "cagrad(c=0.4)", "uncertainty", "every 10 steps")
+      "cagrad(c=0.4)", "none", "every 10 steps")
+  config.mtl.aggregator, config.mtl.loss_weighting = "sum", "uncertainty"  # one kind a run
+  config.mtl.aggregator_args = {"per_leaf": False}
+  banner = run_state.prepare(config, str(tmp_path / "weighted")).banner()
+  assert "| update sum, loss weighting uncertainty, TAG affinity every 10 steps |" in banner
 
 
 def test_a_one_task_run_shows_no_tag_affinity_it_would_not_measure(tmp_path):

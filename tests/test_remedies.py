@@ -183,3 +183,8 @@ def test_a_method_s_own_arguments_reach_its_runs_only_and_are_checked_first(tmp_
     cfg.per_regime["joint:cagrad"] = partial
     with pytest.raises(ValueError, match=re.escape(message)):
       study_lib.Study(cfg, str(tmp_path / "s"))
+  # a loss weighting for every joint run would reach the aggregators' runs too: refused first
+  cfg.per_regime["joint:cagrad"], cfg.per_regime["joint"] = {}, {"mtl": {"loss_weighting": "dwa"}}
+  with pytest.raises(ValueError, match=re.escape("regime joint:cagrad: mtl.aggregator='cagrad' "
+                                                 "with mtl.loss_weighting='dwa'")):
+    study_lib.Study(cfg, str(tmp_path / "s"))

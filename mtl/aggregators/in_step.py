@@ -57,12 +57,17 @@ def describe(mtl_cfg, num_tasks, schedule):
 
 
 def check_config(mtl_cfg, num_tasks, schedule="all"):
-  """ValueError (one line) for an unknown aggregator / loss weighting, a bad argument or a bad
-  TAG affinity setting."""
+  """ValueError (one line) for an unknown aggregator / loss weighting, both at once, a bad
+  argument or a bad TAG affinity setting."""
   if mtl_cfg is None:
     return
-  name = mtl_cfg.get("aggregator", "sum")
-  if (name != "sum" or mtl_cfg.get("loss_weighting", "")) and schedule != "all":
+  name, lw = mtl_cfg.get("aggregator", "sum"), mtl_cfg.get("loss_weighting", "")
+  if name != "sum" and lw:  # the step would aggregate the weighted gradients: neither method
+    raise ValueError(f"mtl.aggregator={name!r} with mtl.loss_weighting={lw!r}: the aggregator "
+                     "would re-weigh the loss-weighted task gradients (IMTL-G undoes the weights "
+                     "on the body), a method that is neither; use one: aggregator='sum' or "
+                     "loss_weighting=''")
+  if (name != "sum" or lw) and schedule != "all":
     raise ValueError(f"mtl.aggregator={name!r} / mtl.loss_weighting needs schedule='all' (every "
                      f"task in every step); got schedule={schedule!r}")
   every, lr = mtl_cfg.get("affinity_every", 0), mtl_cfg.get("affinity_lr", 0.0)
@@ -84,7 +89,6 @@ def check_config(mtl_cfg, num_tasks, schedule="all"):
   if pref is not None and len(pref) != num_tasks:  # else a shape error in the first step
     raise ValueError(f"mtl.aggregator_args.pref_vector={tuple(pref)} for {name!r}: one weight "
                      f"per task, {num_tasks} tasks")
-  lw = mtl_cfg.get("loss_weighting", "")
   if lw:
     try:
       get_loss_weighting(lw, num_tasks, **dict(mtl_cfg.get("loss_weighting_args", {}) or {}))
