@@ -56,7 +56,7 @@ def validate(config):
   sets, rain streaks, init_from): a run that would fail there must fail before it starts.
   """
   from mtl import degradations, evaluate
-  from mtl.data import folder as folder_lib, sources  # TFDS: imported where a run is checked
+  from mtl.data import benchmarks, folder as folder_lib, sources  # TFDS: where a run is checked
   names = list(config.tasks)
   if any(not isinstance(n, str) or not n.strip() for n in names):
     raise ValueError(f"tasks={names} holds an empty name; list task names such as sr_x2,derain")
@@ -145,6 +145,11 @@ def validate(config):
       if part not in tasks.KINDS and not _is_task(part):
         raise ValueError(f"eval.sets: {set_name}=for:{selector}: {part!r} is neither a task kind "
                          f"({', '.join(tasks.KINDS)}) nor a task ({tasks.VALID_NAMES})")
+  for selector, path in pipeline.parse_pairs(config.data.get("pairs", "")):
+    try:  # else the first batch that draws a misfit pair fails, after the workdir was written
+      benchmarks.check_pair_sizes(path)
+    except ValueError as error:
+      raise ValueError(f"data.pairs: {selector}={path}: {error}") from None
   degradations.check_config(config.degrade)
   streaks = config.degrade.rain.streak_dir
   if streaks and not os.path.isdir(streaks):

@@ -1,5 +1,7 @@
 """The training input pipeline: shapes per task, determinism, process shards, schedules, real
 sub-windows, streak layers, the threaded iterator."""
+import re
+
 import ml_collections
 import numpy as np
 import pytest
@@ -221,6 +223,22 @@ def test_paired_tasks_get_aligned_clean_and_degraded_crops(images, tmp_path, lay
   _assert_batches_equal(batch, threaded)
   half = _batch(images, names=names, pairs=pairs, batch_size=8, process_index=1, process_count=2)
   np.testing.assert_array_equal(half["dehaze:input"], batch["dehaze:input"][4:])
+
+
+def test_a_paired_folder_with_a_misfit_pair_is_refused_before_anything_is_written(tmp_path):
+  from experiments import tiny
+  from mtl import train
+  folder = _paired_folder(tmp_path / "lol", count=4)
+  for i, height in ((2, 89), (4, 1)):  # an odd margin, then a larger degraded image: both bad
+    Image.fromarray(np.zeros((height, 90, 3), np.uint8)).save(tmp_path / "lol" / "low" / f"{i}.png")
+  config = tiny.get_config("lowlight")
+  config.regime, config.data.pairs, config.mesh.data = "scratch", f"lowlight={folder}", 1
+  workdir = tmp_path / "run"
+  message = (f"data.pairs: lowlight={folder}: {tmp_path}/lol/low/2.png is 89 x 90 (height x "
+             f"width) but its clean image {tmp_path}/lol/high/2.png is 90 x 90; a clean image ")
+  with pytest.raises(ValueError, match="^" + re.escape(message)):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
 
 
 def test_load_pairs_errors(tmp_path):

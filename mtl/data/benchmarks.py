@@ -152,18 +152,36 @@ def find_pairs(path):
       "files, or subfolders that each hold such a pair of subfolders (GoPro)")
 
 
+def clean_margins(degraded_path, degraded_hw, clean_path, clean_hw):
+  """(top, left) of a degraded image's (height, width) window in its clean image's: (0, 0) for
+  equal sizes, half an even margin a side for a larger clean image (SOTS indoor); ValueError
+  naming the pair and both sizes for any other mismatch."""
+  dh, dw = clean_hw[0] - degraded_hw[0], clean_hw[1] - degraded_hw[1]
+  if dh < 0 or dw < 0 or dh % 2 or dw % 2:
+    raise ValueError(f"{degraded_path} is {degraded_hw[0]} x {degraded_hw[1]} (height x width) "
+                     f"but its clean image {clean_path} is {clean_hw[0]} x {clean_hw[1]}; a "
+                     "clean image must be the same size or larger by an even margin a side")
+  return dh // 2, dw // 2
+
+
+def check_pair_sizes(path):
+  """ValueError (clean_margins') for the first pair of a paired folder whose sizes do not fit,
+  from the image headers only: reading the pixels would cost as much as training on them."""
+  sizes = {}  # RESIDE's hazy images share their clean one
+  size = lambda p: sizes.setdefault(p, folder_lib.image_size(p))
+  for _, degraded, clean in find_pairs(path):
+    clean_margins(degraded, size(degraded), clean, size(clean))
+
+
 def read_pair(degraded_path, clean_path):
   """(degraded, clean) uint8 HWC of one pair, the clean one centre-cropped to the degraded one's
   size where it is larger by an even margin on each side; ValueError on any other mismatch."""
   degraded, clean = folder_lib.read_rgb(degraded_path), folder_lib.read_rgb(clean_path)
+  top, left = clean_margins(degraded_path, degraded.shape[:2], clean_path, clean.shape[:2])
   if degraded.shape != clean.shape:
-    dh, dw = (c - d for c, d in zip(clean.shape[:2], degraded.shape[:2]))
-    if dh < 0 or dw < 0 or dh % 2 or dw % 2:
-      raise ValueError(f"{degraded_path} is {degraded.shape[:2]} but its clean image "
-                       f"{clean_path} is {clean.shape[:2]}")
     logging.log_first_n(logging.INFO, "centre-cropping clean %s from %s to %s (SOTS indoor "
                         "layout)", 1, clean_path, clean.shape[:2], degraded.shape[:2])
-    clean = clean[dh // 2:dh // 2 + degraded.shape[0], dw // 2:dw // 2 + degraded.shape[1]]
+    clean = clean[top:top + degraded.shape[0], left:left + degraded.shape[1]]
   return degraded, clean
 
 
