@@ -223,6 +223,45 @@ def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_pa
   assert "starting" not in again.stdout
 
 
+# A trainer's stand-in: its first start trains 2 s, then signals the study (which stops it: exit
+# 75, as launch/train.py on SIGTERM); its second start finishes at once.
+TWO_STARTS = """
+import json, os, signal, sys, time
+config, workdir = sys.argv[1:]
+marker = os.path.join(workdir, "first_start")
+if not os.path.exists(marker):
+  open(marker, "w").close()
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
+  time.sleep(2.0)
+  os.kill(os.getppid(), signal.SIGTERM)
+  time.sleep(60)
+with open(os.path.join(workdir, "results.json"), "w") as f:
+  json.dump({"step": json.load(open(config))["total_steps"]}, f)
+"""
+
+
+def test_done_records_the_seconds_of_every_start_of_a_stopped_and_resumed_run(study_file,
+                                                                               tmp_path):
+  import io
+  import signal
+  study = _load(study_file, "values", str(tmp_path / "study"))
+  name = study.runs[0].name
+  train = lambda config, workdir: [sys.executable, "-c", TWO_STARTS, config, workdir]
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    assert runner.Runner(study, train, out=io.StringIO()).run(only=name) == 128 + signal.SIGTERM
+    assert not study.is_done(name)
+    assert runner.Runner(study, train, out=io.StringIO()).run(only=name) == 0
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  done = study.done_info(name)
+  assert done["starts"] == 2 and done["seconds"] >= 2.0, done  # the second start alone: < 2 s
+  assert re.fullmatch(rf"  done     {name}  in \d+s over 2 starts",
+                      runner.status_table(study, [study.by_name[name]])[1])
+  assert runner.took({"seconds": 12.0}) == "12s"  # a DONE written before starts were counted
+
+
 def test_max_parallel_needs_a_device_per_run():
   with pytest.raises(ValueError, match=r"--max_parallel=3 needs as many devices, one per run; "
                                        r"there are 2 \(0,1\)"):

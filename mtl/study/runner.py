@@ -24,7 +24,8 @@ import time
 
 from mtl import children, compile_cache, conflicts, files, run_folder
 from mtl.study.spec import format_lr
-from mtl.study.workdir import DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK, lock_holder
+from mtl.study.workdir import (DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK, STARTS_FILE,
+                               lock_holder)
 
 ANALYZE_LOG = "analyze.log"  # a final_conflicts measurement's output, in its folder
 STATES = ("done", "diverged", "running", "failed", "waiting", "started", "pending")
@@ -68,11 +69,27 @@ def state(study, spec):
   return study.status(spec.name)  # started | pending
 
 
+def add_start(record, seconds):
+  """A run's starts record ({'seconds': their wall total, 'starts': how many}; {} before the
+  first ended) with one more start of `seconds`."""
+  return {"seconds": record.get("seconds", 0.0) + seconds, "starts": record.get("starts", 0) + 1}
+
+
+def took(record):
+  """'12s', or '1m05s over 2 starts': a DONE or STARTS record's time in words ('' without one;
+  a DONE written before 'starts' was recorded holds its last start's seconds)."""
+  if record.get("seconds") is None:
+    return ""
+  starts = record.get("starts", 1)
+  return files.format_duration(record["seconds"]) + (f" over {starts} starts" if starts > 1
+                                                     else "")
+
+
 def _detail(study, spec, run_state):
   """A few words on a run's state for the status table."""
   if run_state == "done":
-    seconds = study.done_info(spec.name).get("seconds")
-    return f"in {files.format_duration(seconds)}" if seconds is not None else ""
+    spent = took(study.done_info(spec.name))
+    return f"in {spent}" if spent else ""
   if run_state == "diverged":
     return study.diverged(spec.name)
   if run_state == "running":
@@ -257,10 +274,15 @@ class Runner:
                                      time.time(), programs(self.study, spec.name))
 
   def _finish(self, run):
-    """Reap a finished run: release its lock and device; its exit status."""
+    """Reap a finished run: release its lock and device, add the start to its STARTS record;
+    (its exit status, that record)."""
     code = run.proc.wait()
     run.pump.join(timeout=10)
     run.log.close()
+    path = self.study.path(run.spec.name, STARTS_FILE)  # before the lock goes: ours to write
+    spent = add_start(files.read_json(path) if os.path.exists(path) else {},
+                      time.time() - run.started)
+    files.write_json(path, spent)
     fcntl.flock(run.lock, fcntl.LOCK_UN)
     run.lock.close()
     if run.device is not None:
@@ -268,7 +290,7 @@ class Runner:
     del self.active[run.spec.name]
     after = programs(self.study, run.spec.name)
     self.programs = [n + a - b for n, a, b in zip(self.programs, after, run.programs)]
-    return code
+    return code, spent
 
   def _diverged(self, spec, code):
     """The error of a run that stopped on a non-finite loss, parameters or output (the
@@ -388,7 +410,7 @@ class Runner:
           self._start(spec, head, prefixes[spec.name], lock)
       for run in [r for r in self.active.values() if r.proc.poll() is not None]:
         spec, head = run.spec, run.head
-        code = self._finish(run)
+        code, spent = self._finish(run)  # every start counts: one stopped, one resumed
         if self.signalled is not None:
           self.say(f"{head}: interrupted; run the same command to resume")
           continue
@@ -403,16 +425,15 @@ class Runner:
                    "kept" + ("; starting no other run" if queue else ""))
           failed.append(spec.name)
           continue
-        seconds = time.time() - run.started
         files.write_json(study.path(spec.name, DONE_FILE),
-                         {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": seconds,
+                         {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **spent,
                           **({"diverged": diverged} if diverged else {})})
         ran += 1
         left = sum(not study.is_done(r.name) for r in runs)
         eta = (time.time() - started) / ran * left
         then = (" for the runs, then the end-of-training conflict measurements"
                 if study.config["final_conflicts"]["batch_size"] and self.analyze else "")
-        what = f"{'diverged' if diverged else 'done'} in {files.format_duration(seconds)}"
+        what = f"{'diverged' if diverged else 'done'} in {took(spent)}"
         if diverged:  # its error is in DONE and the status table; here, what the sweep does
           what += " (non-finite loss or output): its sweep chooses among its other lrs"
         self.say(f"{head}: {what} | study: {total - left}/{total} "

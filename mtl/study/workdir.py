@@ -27,6 +27,9 @@ DONE_FILE = "DONE"
 FAILED_FILE = "FAILED"
 LOG_FILE = run_folder.LOG_FILE
 RUN_LOCK = "RUNNING"
+# The wall seconds and count of a run's ended starts; not in STUDY_FILES, so a superseded run's
+# moves with the trainer files those starts made.
+STARTS_FILE = "STARTS"
 # A run's own files the study writes; the rest of its directory is the trainer's workdir.
 STUDY_FILES = (RUN_CONFIG, DONE_FILE, FAILED_FILE, LOG_FILE, RUN_LOCK)
 FORMAT_VERSION = 1
