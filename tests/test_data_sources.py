@@ -1,8 +1,10 @@
 """TFDS builders and sources: the embedded photographs, a user folder, a prepared TFDS dataset by
 name; built offline into tmp dirs and read back."""
 import os
+import struct
 import subprocess
 import sys
+import zlib
 
 import ml_collections
 import numpy as np
@@ -233,6 +235,35 @@ def test_read_rgb_16_bit_and_palette(tmp_path):
   (tmp_path / "pal.webp").write_bytes(b"")  # empty file: unreadable
   with pytest.raises(ValueError, match="cannot read image .*pal.webp"):
     folder.read_rgb(str(tmp_path / "pal.webp"))
+
+
+def _png_16bit_rgb(path, samples):
+  """A 16-bit RGB PNG of (H, W, 3) uint16 `samples` (Pillow writes none): filter 0 rows, zlib."""
+  def chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+  h, w, _ = samples.shape
+  rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
+  header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, colour type 2: RGB
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                   + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_grey_and_colour_are_scaled_to_8_bits_alike(tmp_path):
+  import tifffile
+  v = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # every 16-bit value
+  want = np.round(v.astype(np.float64) * 255 / 65535).astype(np.uint8)
+  Image.fromarray(v).save(tmp_path / "grey.png")
+  rgb = np.stack([v, 65535 - v, v.T], axis=-1)
+  _png_16bit_rgb(tmp_path / "rgb.png", rgb)
+  tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")  # Pillow's raw decoder
+  tifffile.imwrite(tmp_path / "rgb_be.tif", rgb, photometric="rgb", byteorder=">")
+  tifffile.imwrite(tmp_path / "rgb_zip.tif", rgb, photometric="rgb", compression="zlib")  # libtiff
+  np.testing.assert_array_equal(folder.read_rgb(str(tmp_path / "grey.png"))[..., 0], want)
+  for name in ("rgb.png", "rgb.tif", "rgb_be.tif", "rgb_zip.tif"):  # v >> 8 before: 1 off
+    got = folder.read_rgb(str(tmp_path / name))
+    np.testing.assert_array_equal(got[..., 0], want, err_msg=name)
+    np.testing.assert_array_equal(got[..., 1], want[::-1, ::-1], err_msg=name)
+    np.testing.assert_array_equal(got[..., 2], want.T, err_msg=name)
 
 
 def test_only_the_named_formats_are_decoded_and_bombs_are_refused_from_the_header(tmp_path):

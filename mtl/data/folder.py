@@ -23,12 +23,14 @@ dataset whose folder changed since it was built is an error (see `check_fingerpr
 
 Reading rules, shared with the benchmark loaders: png, jpg/jpeg, bmp, tif/tiff, webp (any case);
 hidden files (names starting with '.') are skipped; grey and palette images become RGB, alpha is
-dropped (not composited), 16-bit images are scaled to 8 bits, the first frame of a multi-frame
+dropped (not composited), 16-bit images (grey or colour) are scaled to 8 bits as
+round(v * 255 / 65535) (`to_8bit`: MATLAB's im2uint8), the first frame of a multi-frame
 file is used and EXIF orientation is ignored (as MATLAB's imread does).
 """
 import hashlib
 import os
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -80,15 +82,52 @@ def is_image_file(name):
   return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def to_8bit(values):
+  """16-bit samples (0..65535) as uint8: round(v * 255 / 65535), the nearest 8-bit level
+  (MATLAB's im2uint8); the one rule for 16-bit grey and colour images."""
+  return np.clip(np.round(np.asarray(values, np.float64) * 255 / 65535), 0, 255).astype(np.uint8)
+
+
+# Pillow decodes 16-bit colour to 8 bits by keeping each sample's high byte (v >> 8, not the
+# nearest level): the same tiles decoded with the byte-swapped rawmode give the low bytes.
+_SWAPPED = {"B": "L", "L": "B", "N": "B" if sys.byteorder == "little" else "L"}
+_LOW_BYTES = {f"{mode};16{order}": f"{mode};16{swapped}" for mode in ("RGB", "RGBA")
+              for order, swapped in _SWAPPED.items()}
+
+
+def _low_bytes_args(args):
+  """A tile's decoder args with its 16-bit colour rawmode byte-swapped; None for another."""
+  rawmode = args if isinstance(args, str) else args[0]
+  if rawmode not in _LOW_BYTES:
+    return None
+  return _LOW_BYTES[rawmode] if isinstance(args, str) else (_LOW_BYTES[rawmode], *args[1:])
+
+
+def _colour_16bit(image, handle):
+  """(H, W, 3) uint16 samples of a 16-bit RGB / RGBA image not yet loaded (alpha dropped), else
+  None; `handle` is its file, opened again for the low bytes."""
+  if image.mode not in ("RGB", "RGBA") or not image.tile or any(
+      _low_bytes_args(t.args) is None for t in image.tile):
+    return None
+  high = np.asarray(image)[..., :3].astype(np.uint16)
+  handle.seek(0)
+  with _open(handle) as again:
+    again.tile = [t._replace(args=_low_bytes_args(t.args)) for t in again.tile]
+    return high << 8 | np.asarray(again)[..., :3]
+
+
 def read_rgb(path):
   """The image at `path` as uint8 (H, W, 3) RGB; ValueError naming the path if it can't be read."""
   try:
     with epath.Path(path).open("rb") as handle, _open(handle) as image:
       if image.mode.startswith("I"):   # 16/32-bit grey: scale the 16-bit range to 8 bits
-        array = np.asarray(image).astype(np.float64)
+        array = np.asarray(image)
         if image.mode.startswith("I;16") or array.max() > 255:
-          array = np.round(array / 257.0)
+          array = to_8bit(array)
         return np.repeat(np.clip(array, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+      colour = _colour_16bit(image, handle)
+      if colour is not None:
+        return to_8bit(colour)
       if image.mode == "F":
         array = np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
         return np.repeat(array[..., None], 3, axis=-1)
