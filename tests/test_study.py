@@ -118,6 +118,14 @@ def test_equal_images_gives_scratch_the_images_of_pretraining_plus_finetuning():
   assert {r.steps for r in study_lib.expand(study) if r.regime == "scratch"} == {2 + 3}
   with pytest.raises(ValueError, match="leave steps.scratch 0"):
     study_lib.validate(micro(budget="equal_images"))
+  # A fine-tune of batch 8 sees twice the images per step: steps would not equal images.
+  for regime in ("finetune", "joint", "scratch"):
+    bad = micro(budget="equal_images")
+    bad.steps.scratch = 0
+    bad.per_regime[regime] = {"data": {"batch_size": 8}}
+    with pytest.raises(ValueError, match=re.escape(
+        f"per_regime.{regime}.data.batch_size makes them differ")):
+      study_lib.validate(bad)
 
 
 def _write(study, name, **files):

@@ -24,7 +24,8 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
                    'steps'         every regime runs steps.<regime> as set
                    'equal_images'  scratch sees as many images of its task as pre-training +
                                    fine-tuning did: steps.joint (schedule 'all'; 'one': / tasks)
-                                   + steps.finetune (steps.scratch is derived: leave it 0)
+                                   + steps.finetune (steps.scratch is derived: leave it 0;
+                                   per_regime may not give these regimes their own batch)
                    'equal_flops'   scratch costs as many training FLOPs (compute.json: the model's)
                                    as its fine-tune plus its share of the pre-training run: the
                                    pre-training FLOPs / the number of tasks it trains (one
@@ -223,14 +224,8 @@ def validate(study):
       if not reference_source(d, t):
         raise ValueError(f"budget={d['budget']!r}: task {t} has no fine-tune to equal (it is in "
                          "no group and there is no joint regime); add it to a group")
-  if d["budget"] == "equal_flops":
-    for regime in ("scratch", "finetune"):
-      for key in ("model", "data.batch_size"):
-        head, _, tail = key.partition(".")
-        part = d["per_regime"][regime].get(head, {})
-        if (tail and isinstance(part, dict) and tail in part) or (not tail and part):
-          raise ValueError(f"budget='equal_flops' prices a scratch step as a fine-tune step; "
-                           f"per_regime.{regime}.{key} makes them differ: remove it")
+  if d["budget"] != "steps":
+    _check_budget_alike(d)
   for regime in regimes:
     steps = regime_steps(d, regime)
     if regime == "scratch" and d["budget"] == "equal_flops":
@@ -276,6 +271,25 @@ def validate(study):
     tasks_lib.get(task)
     if _lookup(d["run"], field) is _MISSING:
       raise ValueError(f"reference.requires.{task}={field!r} is not a run config field")
+
+
+def _check_budget_alike(d):
+  """The regimes a budget equates set none of the fields it takes to be the same in them: it
+  derives scratch's steps from theirs (equal_images: a step of any of them is data.batch_size
+  images of the task; equal_flops: a scratch step costs a fine-tune step)."""
+  if d["budget"] == "equal_images":
+    regimes, keys = ("scratch", "finetune", pretraining_regime(d)), ("data.batch_size",)
+    why = "counts a step of scratch, pre-training and fine-tuning as the same images"
+  else:
+    regimes, keys = ("scratch", "finetune"), ("model", "data.batch_size")
+    why = "prices a scratch step as a fine-tune step"
+  for regime in regimes:
+    for key in keys:
+      head, _, tail = key.partition(".")
+      part = d["per_regime"][regime].get(head, {})
+      if (tail and isinstance(part, dict) and tail in part) or (not tail and part):
+        raise ValueError(f"budget={d['budget']!r} {why}; per_regime.{regime}.{key} makes them "
+                         "differ: remove it")
 
 
 def _check_final_checkpoints(d, wanted):
