@@ -290,6 +290,37 @@ def test_related_vs_unrelated_is_the_paired_delta_of_the_two_finetunes(groups_st
   assert found.sentences(1)[0].startswith(f"{findings.NOT_MEASURED}: no joint or group run")
 
 
+def test_a_delta_whose_arms_are_not_tuned_alike_gets_no_verdict(tmp_path):
+  # Seed 1 of scratch derain has tried one lr of two (the other not done): the same Δ and interval
+  # as the transfer table's, but fine-tune vs scratch is not yet a tuned comparison.
+  s = synthetic_study(str(tmp_path / "study"))
+  os.remove(s.path("scratch-derain-lr3e-3-s1", "DONE"))
+  s = study_lib.Study.load(s.workdir)
+  transfer = tables.transfer_table(s)
+  record = next(r for r in transfer.records if (r["task"], r["regime"]) == ("derain", "finetune"))
+  assert not record["complete_sweeps"] and tables.INCOMPLETE_NOTE in transfer.notes
+  answers = {a.subject: a for a in findings.build(s, transfer, []).answers[2]}
+  iv = stats.paired_interval(SCRATCH["derain"], [_psnr("finetune", "derain", k) for k in range(3)])
+  assert answers["derain"].interval[:6] == pytest.approx(iv[:6], rel=1e-12) and iv.low > 0
+  assert answers["derain"].verdict == (f"{findings.NOT_YET}: seed 1 has an lr sweep not "
+                                       "complete, so the two are not tuned alike")
+  assert answers["sr_x2"].verdict == findings.NOT_ENOUGH  # its sweeps are all done
+  labels = [t.get_text() for t in figures.delta_figure(list(answers.values())).axes[0]
+            .get_yticklabels()]
+  assert "derain: fine-tuned from joint − scratch (lr sweeps incomplete)" in labels
+  assert "sr_x2: fine-tuned from joint − scratch" in labels
+  # question 3 likewise: a group fine-tune's sweep of seed 0 and 2 not complete
+  groups = study_lib.defaults().groups
+  groups.related, groups.unrelated = ("sr_x2", "sr_x3"), ("sr_x2", "denoise_30")
+  g = synthetic_study(str(tmp_path / "groups"), psnr=_group_psnr, tasks=("sr_x2",),
+                      regimes=("scratch", "groups", "finetune"), groups=groups)
+  for seed in (0, 2):
+    os.remove(g.path(f"finetune-sr_x2-from-unrelated-lr3e-3-s{seed}", "DONE"))
+  (a,) = findings.build(study_lib.Study.load(g.workdir), tables.transfer_table(g), []).answers[3]
+  assert a.interval.low > 0 and a.verdict == (f"{findings.NOT_YET}: seeds 0, 2 have an lr sweep "
+                                              "not complete, so the two are not tuned alike")
+
+
 def test_one_seed_has_no_interval_and_not_enough_evidence(tmp_path):
   s = synthetic_study(str(tmp_path / "one"), seeds=(0,))
   found = findings.build(s, tables.transfer_table(s), [])

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from mtl import files
+from mtl.report import findings
 
 DPI = 100
 PAD = 0.08            # share of the data range added on each side of an axis
@@ -132,11 +133,13 @@ def delta_figure(answers, label="PSNR"):
 
 
 def _row_label(answer):
+  # a filled dot is no verdict where the arms are not tuned alike yet: the label says so
+  untuned = " (lr sweeps incomplete)" if answer.verdict.startswith(findings.NOT_YET) else ""
   if answer.question == 3:
-    return f"{answer.subject}: from related − from unrelated"
+    return f"{answer.subject}: from related − from unrelated{untuned}"
   col = answer.source
   source = "joint" if col == "finetune" else col[len("finetune:"):]
-  return f"{answer.subject}: fine-tuned from {source} − scratch"
+  return f"{answer.subject}: fine-tuned from {source} − scratch{untuned}"
 
 
 def conflict_figure(answers, note=""):

@@ -15,7 +15,8 @@ tables in one sentence per subject, with its 95% interval and a verdict.
      both groups says so and names the study config that measures it.
 
 A verdict is a yes / no only when the 95% interval excludes 0; an interval that spans 0 (or
-that one seed cannot give) is NOT_ENOUGH.
+that one seed cannot give) is NOT_ENOUGH. A Δ of questions 2 and 3 whose arms have a paired seed
+with an lr sweep not complete has no verdict (NOT_YET): the two are not tuned alike yet.
 """
 import dataclasses
 import math
@@ -24,7 +25,7 @@ from mtl import stats
 from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, tables
 from mtl.report.scores import (conflict_phases, final_conflicts, paired, primary_test_set,
-                               regime_scores)
+                               regime_scores, untuned_seeds)
 
 QUESTIONS = ("Do the tasks conflict on the shared body?",
              "Does pre-train + fine-tune beat a tuned from-scratch run?",
@@ -236,6 +237,14 @@ def _plan(iv, verdict, seeds_word, effect, lead, power=0.8):
                  f"{stats.PLAN_MAX_SEEDS} {seeds_word} to detect")
 
 
+def _untuned_verdict(seeds):
+  """The verdict of a Δ whose arms are not tuned alike yet (scores.untuned_seeds: some lr of a
+  paired seed's sweep not done), whatever its interval."""
+  many = len(seeds) > 1
+  return (f"{NOT_YET}: seed{'s' if many else ''} {', '.join(map(str, seeds))} "
+          f"{'have' if many else 'has'} an lr sweep not complete, so the two are not tuned alike")
+
+
 def _finetune_words(col):
   return ("fine-tuned from joint" if col == "finetune"
           else f"fine-tuned from group {col[len('finetune:'):]}")
@@ -254,8 +263,10 @@ def finetune_answers(study, transfer):
         continue
       iv = stats.Interval(r["delta"], r["delta_low"], r["delta_high"], tables.LEVEL,
                           r["n_pairs"], r["p"], "paired t")
-      verdict = transfer_verdict(iv, "yes: the fine-tune does better",
-                                 "no: scratch does better")
+      untuned = untuned_seeds(regime_scores(study, "scratch", task),
+                              regime_scores(study, r["regime"], task))
+      verdict = (_untuned_verdict(untuned) if untuned else
+                 transfer_verdict(iv, "yes: the fine-tune does better", "no: scratch does better"))
       sentence = _delta_sentence(task, f"{_finetune_words(r['regime'])} − tuned scratch", iv,
                                  test_set, label, verdict)
       answers.append(Answer(2, task, r["regime"], iv, verdict, sentence))
@@ -279,8 +290,10 @@ def related_answers(study):
     if test_set is None or not unrel.values(test_set, study.metric):
       continue
     iv = paired(unrel.by_seed(test_set, study.metric), rel.by_seed(test_set, study.metric))
-    verdict = transfer_verdict(iv, "yes: the related pre-training helps more",
-                               "no: the unrelated pre-training helps more")
+    untuned = untuned_seeds(unrel, rel)
+    verdict = (_untuned_verdict(untuned) if untuned else
+               transfer_verdict(iv, "yes: the related pre-training helps more",
+                                "no: the unrelated pre-training helps more"))
     groups = study.config["groups"]
     what = (f"fine-tuned from related {'+'.join(groups[RELATED])} − from unrelated "
             f"{'+'.join(groups[UNRELATED])}")

@@ -33,6 +33,10 @@ class RegimeScores:
   def values(self, test_set, metric):
     return list(self.by_seed(test_set, metric).values())
 
+  def incomplete_seeds(self):
+    """The seeds whose sweep is not complete (not every lr done): their lr choice may change."""
+    return {spec.seed for spec, done in zip(self.runs, self.complete) if not done}
+
   def stats(self, test_set, metric):
     """(mean, std, n) over seeds; std is NaN for one seed; None if no value."""
     values = self.values(test_set, metric)
@@ -53,6 +57,14 @@ def paired(a, b, level=0.95):
     return stats.Interval(float(estimate), math.nan, math.nan, level, len(seeds), math.nan,
                           "paired t", f"{len(seeds)} paired seed(s): no interval (needs >= 2)")
   return stats.paired_interval(x, y, level)
+
+
+def untuned_seeds(a, b):
+  """The seeds two RegimeScores both report where either one's lr sweep is incomplete: there
+  the two are not tuned alike yet (one has tried fewer lrs), so a Δ over them is not the study's
+  fair comparison."""
+  both = {spec.seed for spec in a.runs} & {spec.seed for spec in b.runs}
+  return sorted(both & (a.incomplete_seeds() | b.incomplete_seeds()))
 
 
 def regime_columns(study):

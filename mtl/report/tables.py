@@ -32,7 +32,7 @@ from mtl import study as study_lib
 from mtl.conflicts import summary as conflict_summary
 from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format_p
 from mtl.report.scores import (conflict_summaries, final_conflicts, paired, pairwise_transfer,
-                               regime_columns, regime_scores)
+                               regime_columns, regime_scores, untuned_seeds)
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
@@ -48,6 +48,8 @@ PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same body 
                "95% CI [low, high] (n − 1 degrees of freedom) and two-sided p. Verdict 'gain' / "
                "'loss' only when the CI excludes 0, else 'no detectable difference' (always so "
                "with one seed, which has no CI).")
+
+INCOMPLETE_NOTE = "Some sweeps are incomplete (not every lr done); their choice may change."
 
 
 def _run_interval(entry, key):
@@ -207,7 +209,7 @@ def main_table(study):
            "upsampling), the baseline to beat; published rows have no Δ (no seeds to pair).",
            budget_note(study), lr_note(study)]
   if any(not r["complete_sweeps"] for r in records):
-    notes.append("Some sweeps are incomplete (not every lr done); their choice may change.")
+    notes.append(INCOMPLETE_NOTE)
   if ref["label"] and ref["note"]:
     notes.append(f"{ref['label']}: {ref['note']}")
   notes += warnings
@@ -298,8 +300,11 @@ def transfer_table(study):
                         "scratch_mean": a[0], "scratch_std": a[1], "regime_mean": b[0],
                         "regime_std": b[1], "n_pairs": iv.n, "delta": iv.estimate,
                         "delta_low": iv.low, "delta_high": iv.high, "p": iv.p,
-                        "verdict": verdict, "budget": study.config["budget"]})
+                        "verdict": verdict, "budget": study.config["budget"],
+                        "complete_sweeps": not untuned_seeds(base, c)})
   notes = [f"{label} (dB). " + PAIRED_NOTE, budget_note(study), lr_note(study)]
+  if any(not r["complete_sweeps"] for r in records):
+    notes.append(INCOMPLETE_NOTE)
   return Table("transfer", "Transfer vs scratch", header, rows, records, notes)
 
 
