@@ -321,6 +321,23 @@ def test_a_delta_whose_arms_are_not_tuned_alike_gets_no_verdict(tmp_path):
                                               "not complete, so the two are not tuned alike")
 
 
+def test_the_deltas_say_what_budget_and_lr_grids_they_compare(tmp_path):
+  # Scratch swept one lr and ran as many steps as the fine-tune alone (the fine-tune had the
+  # joint run's steps before it): the answers' own lines say so, not only the tables' notes.
+  override = {r: () for r in study_lib.STUDY_REGIMES}
+  s = synthetic_study(str(tmp_path / "study"), lrs_override=dict(override, scratch=(1e-3,)))
+  found = findings.build(s, tables.transfer_table(s), [])
+  note = ("Compared at: Budget 'steps': every regime runs the steps set for it (scratch 4, "
+          "joint 4, finetune 4); nothing equalized. Learning-rate grids DIFFER between regimes "
+          "(lrs_override): scratch: 1e-3; joint: 1e-3, 3e-3; finetune: 1e-3, 3e-3; chosen per "
+          "seed on photos_val.")
+  assert found.notes == {2: note}
+  md = findings.markdown(found).splitlines()
+  assert md[md.index(f"**3. {findings.QUESTIONS[2]}**") - 2] == note
+  lines = findings.terminal_lines(found)
+  assert lines[lines.index(f"3. {findings.QUESTIONS[2]}") - 1] == "   " + note
+
+
 def test_one_seed_has_no_interval_and_not_enough_evidence(tmp_path):
   s = synthetic_study(str(tmp_path / "one"), seeds=(0,))
   found = findings.build(s, tables.transfer_table(s), [])

@@ -60,6 +60,7 @@ class Findings:
   answers: dict          # {question: [Answer]}
   missing: dict          # {question: the sentence saying why it is not measured}
   probe_note: str = ""   # question 1: the probes' batch and spacing
+  notes: dict = dataclasses.field(default_factory=dict)  # {question: line under its answers}
 
   def sentences(self, question):
     return ([a.sentence for a in self.answers[question]] if self.answers[question]
@@ -333,7 +334,14 @@ def build(study, transfer, records, final=()):
   answers = {1: conflict_answers(study, records, final), 2: finetune_answers(study, transfer),
              3: related_answers(study)}
   missing = {q: _missing(study, q) for q, a in answers.items() if not a}
-  return Findings(answers, missing, probe_note(study, records, final))
+  # what a Δ of 2 and 3 compares: each arm's steps and lr grid, beside the answer it qualifies
+  notes = {q: comparison_note(study) for q in (2, 3) if answers[q]}
+  return Findings(answers, missing, probe_note(study, records, final), notes)
+
+
+def comparison_note(study):
+  """The budget (each regime's steps, what is equalized) and the lr grids the Δs compare."""
+  return f"Compared at: {tables.budget_note(study)} {tables.lr_note(study)}"
 
 
 # ----------------------------------------------------------------------------- text
@@ -348,6 +356,8 @@ def markdown(findings, figures=(), status=""):
     lines += [f"**{q}. {question}**", ""]
     lines += [f"- {s}" for s in findings.sentences(q)]
     lines.append("")
+    if q in findings.notes:
+      lines += [findings.notes[q], ""]
   probes = findings.probe_note + " " if findings.probe_note else ""
   lines += ["Intervals: 95%. Question 1: the noise-corrected cosine between the two tasks' "
             "expected gradients on the shared body, per phase of the probe steps (thirds), "
@@ -371,4 +381,5 @@ def terminal_lines(findings):
   for q, question in enumerate(QUESTIONS, 1):
     lines.append(f"{q}. {question}")
     lines += [f"   {s}" for s in findings.sentences(q)]
+    lines += [f"   {findings.notes[q]}"] if q in findings.notes else []
   return lines
