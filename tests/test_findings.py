@@ -281,13 +281,31 @@ def test_related_vs_unrelated_is_the_paired_delta_of_the_two_finetunes(groups_st
   unrel = [SCRATCH["sr_x2"][k] + FROM_GROUP["unrelated"][k] for k in range(3)]
   iv = stats.paired_interval(unrel, rel)
   assert a.interval[:6] == pytest.approx(iv[:6], rel=1e-12) and iv.low > 0
-  assert a.verdict == "yes: the related pre-training helps more"
+  assert a.verdict == "yes: the fine-tune from the related group does better"
   assert a.sentence == ("sr_x2 (fine-tuned from related sr_x2+sr_x3 − from unrelated "
                         f"sr_x2+denoise_30, Y-PSNR on photos): Δ {iv.text(2)} dB, "
                         f"{cells.format_p(iv.p)}, 3 paired seeds — {a.verdict}.")
   # question 2 for each group's fine-tune; question 1 not measured (no conflict store)
   assert [x.source for x in found.answers[2]] == ["finetune:related", "finetune:unrelated"]
   assert found.sentences(1)[0].startswith(f"{findings.NOT_MEASURED}: no joint or group run")
+
+
+def test_related_vs_unrelated_never_says_a_pre_training_helps_that_scratch_beats(tmp_path):
+  # Both fine-tunes below scratch on every seed, the unrelated one less so: question 3's answer
+  # says which does better, as question 2 says that neither beats scratch.
+  below = {"related": [-0.9, -0.6, -0.8], "unrelated": [-0.2, -0.1, -0.15]}
+  psnr = lambda spec, task: SCRATCH["sr_x2"][spec.seed] + (
+      below[spec.column.split(":")[1]][spec.seed] if spec.column.startswith("finetune:") else 0)
+  groups = study_lib.defaults().groups
+  groups.related, groups.unrelated = ("sr_x2", "sr_x3"), ("sr_x2", "denoise_30")
+  s = synthetic_study(str(tmp_path / "study"), psnr=psnr, tasks=("sr_x2",),
+                      regimes=("scratch", "groups", "finetune"), groups=groups)
+  found = findings.build(s, tables.transfer_table(s), [])
+  assert [a.verdict for a in found.answers[2]] == ["no: scratch does better"] * 2
+  (a,) = found.answers[3]
+  assert a.interval.high < 0
+  assert a.verdict == "no: the fine-tune from the unrelated group does better"
+  assert "helps" not in a.sentence
 
 
 def test_a_delta_whose_arms_are_not_tuned_alike_gets_no_verdict(tmp_path):

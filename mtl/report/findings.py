@@ -38,6 +38,10 @@ ANSWERED_BY = {1: ("joint", "groups"), 2: ("scratch", "finetune"), 3: ("groups",
 # The groups question 3 compares: a study's `groups` of these names, each fine-tuned
 # (regimes 'groups' and 'finetune'), as experiments/studies/related_vs_unrelated.py sets them.
 RELATED, UNRELATED = "related", "unrelated"
+# Question 3's yes / no say which fine-tune does better, never that its pre-training helps: both
+# may do worse than scratch (question 2 says whether either helps).
+RELATED_VERDICTS = ("yes: the fine-tune from the related group does better",
+                    "no: the fine-tune from the unrelated group does better")
 MEASURED_BY = {1: "experiments/studies/mini.py",   # a joint run that probes conflicts
                2: "experiments/studies/mini.py",   # scratch and finetune
                3: "experiments/studies/related_vs_unrelated.py"}
@@ -293,8 +297,7 @@ def related_answers(study):
     iv = paired(unrel.by_seed(test_set, study.metric), rel.by_seed(test_set, study.metric))
     untuned = untuned_seeds(unrel, rel)
     verdict = (_untuned_verdict(untuned) if untuned else
-               transfer_verdict(iv, "yes: the related pre-training helps more",
-                                "no: the unrelated pre-training helps more"))
+               transfer_verdict(iv, *RELATED_VERDICTS))
     groups = study.config["groups"]
     what = (f"fine-tuned from related {'+'.join(groups[RELATED])} − from unrelated "
             f"{'+'.join(groups[UNRELATED])}")
