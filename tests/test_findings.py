@@ -349,11 +349,20 @@ def test_the_deltas_say_what_budget_and_lr_grids_they_compare(tmp_path):
           "joint 4, finetune 4); nothing equalized. Learning-rate grids DIFFER between regimes "
           "(lrs_override): scratch: 1e-3; joint: 1e-3, 3e-3; finetune: 1e-3, 3e-3; chosen per "
           "seed on photos_val.")
-  assert found.notes == {2: note}
+  assert list(found.notes) == [2] and found.notes[2].startswith(note)
   md = findings.markdown(found).splitlines()
-  assert md[md.index(f"**3. {findings.QUESTIONS[2]}**") - 2] == note
+  assert md[md.index(f"**3. {findings.QUESTIONS[2]}**") - 2] == found.notes[2]
   lines = findings.terminal_lines(found)
-  assert lines[lines.index(f"3. {findings.QUESTIONS[2]}") - 1] == "   " + note
+  assert lines[lines.index(f"3. {findings.QUESTIONS[2]}") - 1] == "   " + found.notes[2]
+
+
+def test_several_deltas_of_a_question_claim_nothing_together(found, groups_study):
+  # 3 tasks answered at 95% each: no family-wise claim, and the page says so; one Δ: nothing
+  assert found.notes[2].endswith(" These 3 Δs each have their own 95% interval, not adjusted for "
+                                 "the others: were nothing different, each would still exclude "
+                                 "0 one time in 20.")
+  notes = findings.build(groups_study, tables.transfer_table(groups_study), []).notes
+  assert "These 2 Δs each have" in notes[2] and "These" not in notes[3]
 
 
 def test_one_seed_has_no_interval_and_not_enough_evidence(tmp_path):

@@ -338,8 +338,15 @@ def build(study, transfer, records, final=()):
              3: related_answers(study)}
   missing = {q: _missing(study, q) for q, a in answers.items() if not a}
   # what a Δ of 2 and 3 compares: each arm's steps and lr grid, beside the answer it qualifies
-  notes = {q: comparison_note(study) for q in (2, 3) if answers[q]}
+  notes = {q: comparison_note(study) + _multiplicity(len(answers[q])) for q in (2, 3)
+           if answers[q]}
   return Findings(answers, missing, probe_note(study, records, final), notes)
+
+
+def _multiplicity(k):
+  """What k verdicts of one question claim together: each its own (no family-wise claim)."""
+  return ("" if k < 2 else f" These {k} Δs each have their own 95% interval, not adjusted "
+          "for the others: were nothing different, each would still exclude 0 one time in 20.")
 
 
 def comparison_note(study):
