@@ -464,6 +464,32 @@ def test_ipt_paper_study_requires_real_streaks_for_rain100l():
       "derain": "degrade.rain.streak_dir"}
 
 
+def test_pairwise_transfer_says_the_steps_it_compares(tmp_path):
+  # pair runs of 4 steps against scratch runs of 6: the transfer is at unequal steps, said
+  study = micro_config(regimes=("scratch", "joint", "pairs"))
+  study.steps.scratch, study.steps.joint = 6, 4
+  s = study_lib.Study(study, str(tmp_path))
+  transfer = {"denoise_30~derain": scores.paired({0: 0.0, 1: 0.0}, {0: 0.3, 1: 0.5})}
+  notes = tables.conflict_table(s, [], transfer).notes
+  assert ("Pairwise transfer's runs: Budget 'steps': every regime runs the steps set for it "
+          "(scratch 6, joint 4, pairs 4); nothing equalized.") in notes
+  assert not any(n.startswith("Pairwise transfer's") for n in tables.conflict_table(s, [], {})
+                 .notes)
+
+
+def micro_config(**fields):
+  """A study config on the tiny run (no workdir): tasks denoise_30 and derain, one lr."""
+  from mtl import run_defaults
+  study = study_lib.defaults()
+  study.tasks = TASKS
+  study.lrs = (1e-3,)
+  study.run = run_defaults.get_config("tiny")
+  study.run.eval.sets = "photos,photos_val"
+  for key, value in fields.items():
+    study[key] = value
+  return study
+
+
 def test_spearman_between_conflict_and_pairwise_transfer(tmp_path):
   from scipy import stats as sps
   study = study_lib.defaults()

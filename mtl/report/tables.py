@@ -374,6 +374,8 @@ def conflict_table(study, summaries=None, transfer=None):
            "paired t 95% CI and p."]
   if not transfer:
     notes.append("Pairwise transfer: not measured (add 'pairs' to the study's regimes).")
+  else:  # a pair run's steps need not be scratch's (equal_images gives scratch more)
+    notes.append(f"Pairwise transfer's runs: {budget_note(study)}")
   rank = None
   if joint_points:
     x, y = zip(*joint_points)
