@@ -106,13 +106,15 @@ def _low_bytes_args(args):
 def _colour_16bit(image, handle):
   """(H, W, 3) uint16 samples of a 16-bit RGB / RGBA image not yet loaded (alpha dropped), else
   None; `handle` is its file, opened again for the low bytes."""
+  # A tile is (decoder, extents, offset, args): a tuple before Pillow 11, a NamedTuple since.
   if image.mode not in ("RGB", "RGBA") or not image.tile or any(
-      _low_bytes_args(t.args) is None for t in image.tile):
+      _low_bytes_args(t[3]) is None for t in image.tile):
     return None
   high = np.asarray(image)[..., :3].astype(np.uint16)
   handle.seek(0)
   with _open(handle) as again:
-    again.tile = [t._replace(args=_low_bytes_args(t.args)) for t in again.tile]
+    again.tile = [t._replace(args=_low_bytes_args(t[3])) if hasattr(t, "_replace")
+                  else (*t[:3], _low_bytes_args(t[3])) for t in again.tile]
     return high << 8 | np.asarray(again)[..., :3]
 
 
