@@ -88,29 +88,46 @@ def flatten(d, prefix=""):
   return out
 
 
-def differences(saved, current, ignore=()):
-  """Dotted fields whose values differ between two nested dicts, except `ignore` and below."""
+def differences(saved, current, ignore=(), defaults=None):
+  """Dotted fields whose values differ between two nested dicts, except `ignore` and below.
+  With `defaults` (a nested dict), a field `saved` lacks counts as its default there: `saved`
+  was written before the field existed, and what wrote it behaved as the default."""
   a, b = flatten(saved), flatten(json.loads(json.dumps(current, default=str)))
+  if defaults is not None:
+    known = flatten(json.loads(json.dumps(defaults, default=str)))
+    a = {**{k: known[k] for k in b if k not in a and k in known}, **a}
   ignored = lambda k: any(k == f or k.startswith(f + ".") for f in ignore)
   return sorted(k for k in set(a) | set(b) if not ignored(k) and a.get(k) != b.get(k))
 
 
-def refuse_changes(path, saved, current, ignore=(), what="a different config", advice=""):
+def refuse_changes(path, saved, current, ignore=(), what="a different config", advice="",
+                   defaults=None):
   """ValueError naming up to four changed fields (saved -> current) if the dicts differ.
 
   Fields that only `current` has were added to mtl after `saved` was written (an older run
-  behaved as if they had their defaults): not refused; returned, for the caller to mention."""
+  behaved as if they had their defaults): not refused, but for a field of `defaults` (a nested
+  dict) given another value than its default; returned, for the caller to mention."""
   old, new = flatten(saved), flatten(json.loads(json.dumps(current, default=str)))
+  known = flatten(json.loads(json.dumps(defaults, default=str))) if defaults else {}
   added = sorted(set(new) - set(old))
-  diff = [k for k in differences(saved, current, ignore) if k not in added]
+  diff = [k for k in differences(saved, current, ignore, defaults)
+          if k not in added or k in known]
   if diff:
-    value = lambda d, k: repr(d[k]) if k in d else "absent"
-    shown = ", ".join(f"{k} ({value(old, k)} -> {value(new, k)})" for k in diff[:4])
-    if len(diff) > 4:
-      rest = ", ".join(diff[4:8]) + (" ..." if len(diff) > 8 else "")
-      shown += f" and {len(diff) - 4} more ({rest})"
-    raise ValueError(f"{path} holds {what}: {shown}{'; ' + advice if advice else ''}")
+    raise ValueError(f"{path} holds {what}: {show_changes(saved, current, diff)}"
+                     f"{'; ' + advice if advice else ''}")
   return added
+
+
+def show_changes(saved, current, fields):
+  """'a.b (1 -> 2), c (absent -> 3)': up to four of the dotted `fields` with their values in
+  the two nested dicts, then how many more."""
+  old, new = flatten(saved), flatten(json.loads(json.dumps(current, default=str)))
+  value = lambda d, k: repr(d[k]) if k in d else "absent"
+  shown = ", ".join(f"{k} ({value(old, k)} -> {value(new, k)})" for k in fields[:4])
+  if len(fields) > 4:
+    rest = ", ".join(fields[4:8]) + (" ..." if len(fields) > 8 else "")
+    shown += f" and {len(fields) - 4} more ({rest})"
+  return shown
 
 
 def field_list(fields, shown=6):

@@ -77,6 +77,13 @@ def validate(config):
     raise ValueError(f"seed={config.seed}; valid: 0 <= seed < 2**32 = {2**32}")
   if config.total_steps < 1:
     raise ValueError(f"total_steps={config.total_steps} must be >= 1")
+  offset = pipeline.step_offset(config.data)
+  if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+    raise ValueError(f"data.step_offset={offset!r} must be an integer >= 0 (step k draws the "
+                     "data of step k + offset; a fine-tune's: its pre-training's steps)")
+  if offset + config.total_steps >= 2**31:  # the step's int32 counter plus the offset
+    raise ValueError(f"data.step_offset={offset} + total_steps={config.total_steps} must stay "
+                     f"below 2**31 = {2**31}")
   for field, value in (("checkpoint_every", config.checkpoint_every),
                        ("log_every", config.log_every), ("keep_checkpoints", config.keep_checkpoints),
                        ("data.batch_size", config.data.batch_size)):

@@ -101,6 +101,9 @@ def get_config(size="tiny"):
   c.data.cache_mb = 1024      # decoded images kept in memory
   c.data.pairs = ""           # real degraded/clean training pairs: 'TASK=PATH,...' (scale-1 tasks)
   c.data.cache_dir = ""       # source=folder: where its cache of RGB tiles goes ('' -> tfds_dir)
+  # The run's step k draws the crops and degradations of step k + step_offset: a fine-tune's
+  # data continues after its pre-training's steps instead of repeating them (studies set it).
+  c.data.step_offset = 0
 
   c.degrade = ml_collections.ConfigDict()
   c.degrade.noise_quantize = False  # IPT clips but does not round the noisy image
@@ -185,6 +188,8 @@ FIELD_HELP = {
     "data.cache_mb": "decoded images kept in memory, MB",
     "data.pairs": "real degraded/clean training pairs 'TASK=PATH,...' (scale-1 tasks)",
     "data.cache_dir": "source=folder: where its tile cache goes ('' -> data.tfds_dir)",
+    "data.step_offset": "step k draws the data (crops, degradations, probe batch) of step k + "
+                        "this; a study's fine-tune: its pre-training's steps (0: from the start)",
     "degrade.noise_quantize": "round the noisy image to integers (IPT clips, does not round)",
     "degrade.rain.density": "rain: fraction of pixels that seed a drop (range)",
     "degrade.rain.length": "rain: streak length, pixels (range)",

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mtl import checkpoints, files
+from mtl import checkpoints, files, run_defaults
 from mtl.step import TrainState
 
 CONFIG_FILE = "config.json"
@@ -82,6 +82,12 @@ def read_results(workdir):
   return files.read_json(path) if os.path.exists(path) else None
 
 
+def config_defaults():
+  """Every run config field's default, as a plain dict: what a run saved before a field
+  existed behaved as."""
+  return run_defaults.get_config().to_dict()
+
+
 def check_config(workdir, config_dict):
   """Refuse (one line) a config that differs from the workdir's saved one, unless the run there
   never saved a step (then it may be replaced: returns True). No saved config: False."""
@@ -93,7 +99,8 @@ def check_config(workdir, config_dict):
     return bool(files.differences(saved, config_dict))
   added = files.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
                             "a run with a different config",
-                            "use a new --workdir or the same config to resume")
+                            "use a new --workdir or the same config to resume",
+                            defaults=config_defaults())
   if added:
     print(f"{path} predates the config fields {files.field_list(added)}: resuming with their "
           "current values", flush=True)

@@ -1,7 +1,9 @@
 """The training step: one pure function (state, batch) -> (state, metrics[, gramians]).
 
 The batch holds clean uint8 HR crops per task; degradations run inside the step, keyed by
-(seed, step, task). Every task's forward pass is the model's own `apply` (head -> body -> tail).
+(seed, data step, task): the data step is the run's step + data.step_offset (`data_step`), as
+the pipeline's crops are. Every task's forward pass is the model's own `apply` (head -> body ->
+tail).
 
 Per-task gradients on the shared body come out of the ordinary backward pass: on probe steps
 each task's sub-batch is split into two equal halves a and b (the noise floor of
@@ -37,7 +39,7 @@ import numpy as np
 import optax
 
 from mtl import aggregators, degradations, gramians, losses, optim
-from mtl.data.pipeline import split_probe
+from mtl.data.pipeline import split_probe, step_offset
 from mtl.tasks import task_id
 
 
@@ -62,11 +64,20 @@ def ema_update(ema_params, params, decay):
 
 def step_args(config):
   """The values a study's runs differ in, as the step's traced argument `hyper` (the same
-  structure and dtypes for every run, so they share one compiled step): the seed and the
-  learning-rate schedule's numbers (mtl.optim.schedule_args). The seed as jax.random.key takes
-  a Python int without x64: 32 bits, unsigned (run_config.validate keeps seeds below 2**32)."""
+  structure and dtypes for every run, so they share one compiled step): the seed, the
+  learning-rate schedule's numbers (mtl.optim.schedule_args) and data.step_offset (int32, as
+  the step counter). The seed as jax.random.key takes a Python int without x64: 32 bits,
+  unsigned (run_config.validate keeps seeds below 2**32)."""
   return {"seed": np.uint32(config.seed % 2**32),
-          "schedule": optim.schedule_args(config.optim, config.total_steps)}
+          "schedule": optim.schedule_args(config.optim, config.total_steps),
+          "step_offset": np.int32(step_offset(config.data))}
+
+
+def data_step(step, hyper):
+  """The step whose random draws the run's `step` makes (degradations, the probe batch's,
+  config.mtl's): step + data.step_offset. The optimizer's count, the lr schedule, checkpoints
+  and logs keep the run's own step."""
+  return step + hyper["step_offset"]
 
 
 @jax.named_scope("degrade")
@@ -229,7 +240,8 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
   aggregate = plan.aggregate
   split = split or aggregate  # an aggregator needs the per-task body gradients on every step
   specs = [model.specs[model.task_names.index(n)] for n in names]
-  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch,
+  draw = data_step(state.step, hyper)
+  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, draw, batch,
                                   seed=hyper["seed"])
   specific = {k: v for k, v in state.params.items() if k != "body"}
   body = state.params["body"]
@@ -237,8 +249,7 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
   scan, looped = mode == "scanned", mode == "looped"
   bodies = _half_bodies(body, 2 * len(names), mode) if split else body
   mtl_state = state.mtl_state if state.mtl_state is not None else {}
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(hyper["seed"]), state.step),
-                           _MTL_STREAM)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(hyper["seed"]), draw), _MTL_STREAM)
   key_loss, key_agg = jax.random.split(key)
 
   def total_loss(specific, bodies):
@@ -318,8 +329,8 @@ def probe_step(state, batch, hyper=None, *, model, config, optimizer, names, pla
   if plan.batch_size:
     hyper = step_args(config) if hyper is None else hyper
     batch, probe = split_probe(batch)
-    grams = probe_gramians(state.params, probe, state.step, model, config, names,
-                           seed=hyper["seed"])
+    grams = probe_gramians(state.params, probe, data_step(state.step, hyper), model, config,
+                           names, seed=hyper["seed"])
     state, metrics, _ = _step(state, batch, hyper, model, config, optimizer, names, plan,
                               split=False)
     return state, metrics, grams
@@ -333,8 +344,8 @@ def naive_probe_step(state, batch, hyper=None, *, model, config, optimizer, name
                                   optimizer=optimizer, names=names, plan=plan)
   specs = [model.specs[model.task_names.index(n)] for n in names]
   hyper = step_args(config) if hyper is None else hyper
-  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, state.step, batch,
-                                  seed=hyper["seed"])
+  inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config,
+                                  data_step(state.step, hyper), batch, seed=hyper["seed"])
   jacobian = jax.jacrev(lambda body: task_losses(model, config.loss, names, state.params,
                                                  [body] * len(names), inputs, targets))
   return state_out, metrics, gramians.leaf_gramians(jacobian(state.params["body"]))

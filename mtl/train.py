@@ -20,7 +20,7 @@ from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
 from mtl.run_config import normalize
 from mtl.run_state import finetune_params, prepare
-from mtl.step import make_step, step_args
+from mtl.step import data_step, make_step, step_args
 
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on SIGTERM or Ctrl-C after a checkpoint; run again
 
@@ -200,7 +200,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         start_step=start, num_steps=config.total_steps - start,
         process_index=jax.process_index(), process_count=jax.process_count(),
         schedule=config.schedule, streaks=streaks, pairs=pairs,
-        probe_size=run.plan.probe_size), run.mesh)
+        probe_size=run.plan.probe_size, step_offset=int(hyper["step_offset"])), run.mesh)
     probe_buffer, pending, compiled = [], [], set()
     probe_batch = {"size": run.plan.batch_size or config.data.batch_size,
                    "fresh": bool(run.plan.batch_size)}
@@ -210,7 +210,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         for step, batch in batches:
           task_names = tuple(n for n in names if n in batch)
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
-            affinity_buffer.append((step, affinity_fn(state.params, batch, state.step,
+            affinity_buffer.append((step, affinity_fn(state.params, batch,
+                                                      data_step(state.step, hyper),
                                                       config.mtl.get("affinity_lr", 0.0),
                                                       hyper["seed"])))
           probing = run.plan.probes(step)

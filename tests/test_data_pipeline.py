@@ -177,6 +177,29 @@ def test_train_batches_match_batch_for_step_and_resume(images):
     pipeline.train_batches(images, specs, 48, 4, 7, process_count=3)
 
 
+def test_a_step_offset_draws_the_later_steps_samples_under_the_runs_own_steps(images):
+  """data.step_offset P: the run's step k is a scratch run's step k + P (crops, streaks, the
+  probe batch; the probe schedule stays the run's); P = 0 is batch_for_step's step k itself."""
+  specs, probe_every = _specs(), lambda step: 2 if step % 2 == 0 else 0
+  offset = pipeline.train_batches(images, specs, 48, 4, 7, start_step=0, num_steps=4,
+                                  num_threads=0, probe_size=probe_every, step_offset=5)
+  scratch = dict(pipeline.train_batches(images, specs, 48, 4, 7, start_step=0, num_steps=9,
+                                        num_threads=2, probe_size=lambda step: 2))
+  for step, batch in offset:
+    expected = scratch[step + 5] if probe_every(step) else pipeline.split_probe(
+        scratch[step + 5])[0]
+    _assert_batches_equal(batch, expected)
+  (step, resumed), = pipeline.train_batches(images, specs, 48, 4, 7, start_step=2, num_steps=1,
+                                            num_threads=0, step_offset=5)  # resumed at step 2
+  assert step == 2
+  _assert_batches_equal(resumed, pipeline.split_probe(scratch[7])[0])
+  for step, batch in pipeline.train_batches(images, specs, 48, 4, 7, num_steps=2, num_threads=0,
+                                            step_offset=0):
+    _assert_batches_equal(batch, pipeline.batch_for_step(images, specs, 48, 4, 7, step))
+  with pytest.raises(ValueError, match="step_offset=-1 must be >= 0"):
+    pipeline.train_batches(images, specs, 48, 4, 7, step_offset=-1)
+
+
 def test_photos_source_feeds_the_pipeline_and_throughput(tmp_path):
   data_cfg = ml_collections.ConfigDict({"source": "photos", "tfds_dir": str(tmp_path)})
   photos = sources.open_images(data_cfg, "train")

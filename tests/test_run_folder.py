@@ -30,6 +30,22 @@ def test_saved_config_reads_back_with_tuples(tmp_path):
   assert back.to_dict() == config.to_dict()
 
 
+def test_a_resume_takes_a_newer_field_only_at_its_default(tmp_path, capsys):
+  """A run saved before a field behaved as its default: resumed with it, fine (and said);
+  resumed with another value (a study's fine-tune given data.step_offset), refused."""
+  old = tiny.get_config().to_dict()
+  del old["data"]["step_offset"]
+  files.write_json(str(tmp_path / run_folder.CONFIG_FILE), old)
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)  # a saved step
+  config = tiny.get_config()
+  assert run_folder.check_config(str(tmp_path), config.to_dict()) is False
+  assert "predates the config fields data.step_offset" in capsys.readouterr().out
+  config.data.step_offset = 600
+  with pytest.raises(ValueError, match=r"holds a run with a different config: data.step_offset "
+                                       r"\(absent -> 600\); use a new --workdir"):
+    run_folder.check_config(str(tmp_path), config.to_dict())
+
+
 def test_missing_config_and_bad_sources_are_one_line(tmp_path):
   with pytest.raises(FileNotFoundError, match=f"{tmp_path} holds no config.json"):
     run_folder.read_config(str(tmp_path))

@@ -112,3 +112,47 @@ def test_seeds_and_lrs_share_one_step_and_still_differ():
   # reference's by at most lr times the gradient's relative rounding (~1e-6, 1e-5 with margin),
   # or by that times |g| / eps where |g| ~ eps (absolute bound lr * 1e-5 covers both).
   np.testing.assert_allclose(move_a, move_ref, rtol=1e-5, atol=1e-3 * 1e-5)
+
+
+
+def test_a_finetunes_step_k_draws_a_scratch_runs_step_k_plus_its_pretraining_steps():
+  """data.step_offset = P (a study's fine-tune after P pre-training steps): the real pipeline
+  and the real step give its step k the crops and degradations of a scratch run's step k + P,
+  one compiled step for both; offset 0 gives step k its own, as every run drew before."""
+  import skimage.data
+  from mtl.data import pipeline
+  pretraining, k = 6, 2
+  scratch, finetune = _config(), _config()
+  finetune.data.step_offset = pretraining
+  images = [skimage.data.astronaut(), skimage.data.coffee()]
+  run = run_state.build(scratch)
+  spec = run.model.specs[0]
+  with jax.set_mesh(run.mesh):
+    start = run.init_state()
+    step = jax.jit(step_lib.make_step(run.model, scratch, run.optimizer, (TASK,), run.plan))
+    degrade = jax.jit(lambda step, crops, seed: step_lib.degrade_batch(
+        [spec], [task_id(TASK)], scratch, step, crops, seed=seed)[0][TASK])
+    draws = {}
+    for name, config, run_step in (("finetune", finetune, k), ("scratch", scratch, k + pretraining),
+                                   ("scratch_k", scratch, k)):
+      (_, crops), = pipeline.train_batches(
+          images, run.model.specs, config.model.patch_size, config.data.batch_size, config.seed,
+          start_step=run_step, num_steps=1, num_threads=0,
+          step_offset=pipeline.step_offset(config.data))
+      crops, hyper = sharding.to_global(crops, run.mesh), step_lib.step_args(config)
+      state = start.replace(step=jax.numpy.asarray(run_step, jax.numpy.int32))
+      inputs = degrade(step_lib.data_step(state.step, hyper), crops, hyper["seed"])
+      _, metrics = step(state, crops, hyper)
+      draws[name] = (np.asarray(crops[TASK]), np.asarray(inputs), float(metrics["loss/total"]))
+    # one program for both: the offset is traced, as the seed (a study's runs share the step)
+    assert (step.lower(start, crops, step_lib.step_args(finetune)).as_text()
+            == step.lower(start, crops, step_lib.step_args(scratch)).as_text())
+    # offset 0: the step draws at the run's own step, the key every run had before the offset
+    before = degrade(np.int32(k), sharding.to_global({TASK: draws["scratch_k"][0]}, run.mesh),
+                     step_lib.step_args(scratch)["seed"])
+  for a, b in zip(draws["finetune"], draws["scratch"]):
+    np.testing.assert_array_equal(a, b)  # same crops, degraded inputs and loss, bit for bit
+  # Without the offset the fine-tune would draw the pre-training's step k again: other samples.
+  assert not np.array_equal(draws["finetune"][0], draws["scratch_k"][0])
+  assert np.abs(draws["finetune"][1] - draws["scratch_k"][1]).mean() > 10
+  np.testing.assert_array_equal(draws["scratch_k"][1], np.asarray(before))

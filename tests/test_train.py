@@ -1,5 +1,7 @@
 """The train step: probe Gramians equal independently taken per-half gradients; the probe's
 update equals the plain step's; odd probe batches are refused; devices agree."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -243,6 +245,30 @@ def test_bad_configs_are_refused_with_valid_choices():
   assert "\n" not in str(info.value)
   odd.conflicts.every = 0  # no probes: an odd batch is fine
   run_config.validate(odd)
+
+
+def test_a_bad_data_step_offset_is_refused_with_one_line():
+  import ml_collections
+
+  def with_offset(offset):  # as a config read from JSON: any value reaches the check
+    d = _config().to_dict()
+    d["data"]["step_offset"] = offset
+    return ml_collections.ConfigDict(d)
+
+  for offset in (-1, 1.5, True, "3"):
+    with pytest.raises(ValueError, match=re.escape(
+        f"data.step_offset={offset!r} must be an integer >= 0 (step k draws the data of step "
+        "k + offset")) as info:
+      run_config.validate(with_offset(offset))
+    assert "\n" not in str(info.value)
+  steps = _config().total_steps  # the step's int32 counter: step + offset must fit
+  with pytest.raises(ValueError, match=rf"data.step_offset={2**31 - steps} \+ total_steps={steps} "
+                                       r"must stay below 2\*\*31"):
+    run_config.validate(with_offset(2**31 - steps))
+  run_config.validate(with_offset(2**31 - steps - 1))
+  old = _config().to_dict()
+  del old["data"]["step_offset"]  # a config saved before the field: offset 0
+  run_config.validate(ml_collections.ConfigDict(old))
 
 
 def test_a_folder_tile_smaller_than_a_training_crop_is_refused(tmp_path):

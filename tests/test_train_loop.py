@@ -15,8 +15,9 @@ import pytest
 from experiments import tiny
 from mtl import checkpoints, conflicts, events, files, flops, train
 from mtl import progress as progress_lib
-from mtl import run_folder, run_state
-from mtl.data import sources
+from mtl import run_folder, run_state, sharding
+from mtl import step as step_lib
+from mtl.data import pipeline, sources
 from mtl.models import ipt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,8 +161,25 @@ def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
     for a, b in zip(jax.tree_util.tree_leaves(got[group]),
                     jax.tree_util.tree_leaves(joint[group]["sr_x2"])):
       np.testing.assert_array_equal(a, b)
+  # Its data continues after the joint run's 4 steps (data.step_offset, as a study sets it):
+  # its step 0 trains on the crops and degradations of the joint run's step 4, not step 0's.
+  config.data.step_offset, config.log_every = 4, 1
+  images = sources.open_images(config.data, "train")
+  step = jax.jit(step_lib.make_step(run.model, config, run.optimizer, ("sr_x2",), run.plan))
+  first_loss = {}
+  with jax.set_mesh(run.mesh):
+    for data_step in (4, 0):
+      batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size,
+                                      config.data.batch_size, config.seed, data_step)
+      hyper = dict(step_lib.step_args(config), step_offset=np.int32(data_step))
+      _, metrics = step(state, sharding.to_global(batch, run.mesh), hyper)
+      first_loss[data_step] = float(metrics["loss/total"])
   results = train.train_and_evaluate(config, str(tmp_path / "ft"))
   assert list(results["tasks"]) == ["sr_x2"] and results["step"] == 2
+  logged = _read_metrics(str(tmp_path / "ft"))[0]
+  assert logged["step"] == 1
+  np.testing.assert_allclose(logged["loss_total"], first_loss[4], rtol=1e-5)
+  assert abs(first_loss[4] - first_loss[0]) > 1e-3 * first_loss[4]
 
 
 def _cli_args(workdir, **changes):

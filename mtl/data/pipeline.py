@@ -7,7 +7,10 @@ tasks given real streak layers, a streak layer, its crop, flip and rotation). So
   - any process count and any resume point give identical global batches: process p of P builds
     only global samples [p * B / P, (p + 1) * B / P) of each task;
   - tasks are keyed by name, not by position: a task's crops are the same in a scratch run, a
-    joint run and under any task order.
+    joint run and under any task order;
+  - the step is the data step, the run's step + data.step_offset (`train_batches`): a fine-tune
+    started after P pre-training steps (offset P) draws at its step k a scratch run's step
+    k + P samples, never the pre-training's again.
 (The trailing 1 tags the stream: numpy's SeedSequence ignores trailing zeros, so [.., i] and
 [.., i, 0] would collide with other streams.)
 
@@ -39,6 +42,12 @@ TASK_SCHEDULES = ("all", "one")
 _SAMPLE_STREAM, _TASK_STREAM = 1, 2   # last seed word: keeps the two kinds of draws apart
 # The probe batch's entries (conflicts.batch_size): PROBE_PREFIX + the training entry's key.
 PROBE_PREFIX = "probe:"
+
+
+def step_offset(data_config):
+  """A run's data.step_offset: its step k draws the samples of step k + offset (0 in configs
+  saved before the field)."""
+  return data_config.get("step_offset", 0)
 
 
 def split_probe(batch):
@@ -248,9 +257,10 @@ def default_threads():
 
 def train_batches(images, specs, patch_size, batch_size, seed, start_step=0, num_steps=None,
                   process_index=0, process_count=1, schedule="all", streaks=None,
-                  num_threads=None, prefetch=None, pairs=None, probe_size=None):
+                  num_threads=None, prefetch=None, pairs=None, probe_size=None, step_offset=0):
   """Iterator of (step, batch) for steps start_step, start_step + 1, ... (num_steps of them, or
-  forever), each batch as `batch_for_step` makes it.
+  forever), each batch as `batch_for_step` makes it for step + `step_offset` (data.step_offset:
+  a fine-tune's data continues after its pre-training's steps); `step` is the run's own.
 
   Steps are built ahead by `num_threads` background threads (default: cores, at most 8) into a
   buffer of `prefetch` steps (default 2 x threads), in order; num_threads=0 builds them in the
@@ -260,10 +270,14 @@ def train_batches(images, specs, patch_size, batch_size, seed, start_step=0, num
   specs = _as_specs(specs)
   _check(images, specs, schedule, seed, streaks)
   local_samples(batch_size, process_index, process_count)
+  if step_offset < 0:
+    raise ValueError(f"step_offset={step_offset} must be >= 0")
   build = functools.partial(batch_for_step, images, specs, patch_size, batch_size, seed,
                             process_index=process_index, process_count=process_count,
                             schedule=schedule, streaks=streaks, pairs=pairs)
-  make = lambda step: build(step=step, probe_size=probe_size(step) if probe_size else 0)
+  # The probe schedule is the run's (its steps); what a step draws is the data step's.
+  make = lambda step: build(step=step + step_offset,
+                            probe_size=probe_size(step) if probe_size else 0)
   stop = sys.maxsize if num_steps is None else start_step + num_steps
   num_threads = default_threads() if num_threads is None else num_threads
   if num_threads == 0:
