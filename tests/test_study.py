@@ -175,6 +175,33 @@ def test_run_config_sets_what_the_study_controls():
   assert config["mesh"]["data"] == -1
 
 
+def test_a_finetunes_data_continues_after_its_pretraining_runs_steps():
+  """data.step_offset = the steps of the run a fine-tune starts from (joint or group): its step
+  k draws a scratch run's step k + those steps, so under equal_images pre-training + fine-tune
+  and scratch see one stream of the task's samples; every other run starts at 0."""
+  study = micro(regimes=("scratch", "joint", "finetune", "groups"), seeds=(0,),
+                budget="equal_images")
+  study.steps.scratch, study.steps.groups = 0, 4
+  study.groups.related = ("sr_x2", "derain")
+  study.run.data.step_offset = 99  # the study sets it for every run
+  offsets = {}
+  for spec in study_lib.expand(study):
+    config = study_lib.run_config(study, spec, init_from="/x/source")
+    offsets[spec.sweep] = config["data"]["step_offset"]
+    assert spec.step_offset == offsets[spec.sweep]
+  assert offsets["finetune-sr_x2-s0"] == 5 and offsets["finetune-sr_x2-from-related-s0"] == 4
+  assert {s: o for s, o in offsets.items() if not s.startswith("finetune-")} == {
+      "scratch-denoise_30-s0": 0, "scratch-sr_x2-s0": 0, "scratch-derain-s0": 0, "joint-s0": 0,
+      "group-related-s0": 0}
+  # scratch's 8 steps = the joint run's 5 (its data steps 0-4) + the fine-tune's 3 (5-7)
+  assert study_lib.regime_steps(study, "scratch") == 5 + 3
+  bad = micro()
+  bad.per_regime.finetune = {"data": {"step_offset": 0}}
+  with pytest.raises(ValueError, match="per_regime.finetune.data.step_offset is set by the "
+                                       "study for each run; remove it"):
+    study_lib.validate(bad)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(tasks=()), "tasks=() names no task"),
     (dict(regimes=("scratch", "bogus")), "unknown regime 'bogus'"),
@@ -311,7 +338,8 @@ def test_changed_study_is_refused_naming_the_field_and_the_finished_runs(tmp_pat
   # Without its study.json, the finished run is still checked against the study that finds it.
   os.remove(tmp_path / "study.json")
   with pytest.raises(ValueError, match=r"holds no study.json but finished runs this study would "
-                                       r"configure differently \(joint-lr1e-3-s0\)"):
+                                       r"configure differently \(joint-lr1e-3-s0; "
+                                       r"joint-lr1e-3-s0: total_steps \(5 -> 50\)\)"):
     study_lib.Study(changed, str(tmp_path)).prepare()
   assert not (tmp_path / "study.json").exists()
   study_lib.Study(micro(), str(tmp_path)).prepare()  # the study it ran with takes it back
@@ -324,6 +352,47 @@ def test_changed_study_is_refused_naming_the_field_and_the_finished_runs(tmp_pat
     study_lib.Study(micro(), str(run_dir)).prepare()
   assert sorted(os.listdir(run_dir)) == ["config.json"]
 
+
+
+def test_finetunes_run_before_the_data_offset_are_refused_with_what_changed(tmp_path):
+  """A study whose fine-tunes ran before data.step_offset (their data repeated the
+  pre-training's) is not continued with fine-tunes that draw the samples after it: the same
+  study config is refused with the field, its values and a new workdir to use. Its older
+  scratch and joint runs (no field: offset 0, as now) are not what changed."""
+  study = study_lib.Study(micro(seeds=(0,)), str(tmp_path))
+  study.prepare()
+  for lr, val in (("1e-3", 26.0), ("2e-4", 25.0)):
+    study.write_run_config(study.by_name[f"joint-lr{lr}-s0"])
+    _fake_done(study, f"joint-lr{lr}-s0", val_psnr=val, test_psnr=30.0)
+  _fake_finished(study, "scratch-sr_x2-lr1e-3-s0")
+  study.write_run_config(study.by_name["finetune-sr_x2-lr1e-3-s0"])  # finished below
+  for name in ("joint-lr1e-3-s0", "joint-lr2e-4-s0", "scratch-sr_x2-lr1e-3-s0",
+               "finetune-sr_x2-lr1e-3-s0"):
+    path = study.path(name, "run_config.json")
+    config = json.load(open(path))
+    assert config["data"].pop("step_offset") == (5 if name.startswith("finetune") else 0)
+    json.dump(config, open(path, "w"))  # as an older mtl wrote it
+  study_lib.Study(micro(seeds=(0,)), str(tmp_path)).prepare()  # the scratch and joint runs: kept
+  _fake_done(study, "finetune-sr_x2-lr1e-3-s0", val_psnr=27.0, test_psnr=31.0)
+  with pytest.raises(ValueError) as error:
+    study_lib.Study(micro(seeds=(0,)), str(tmp_path)).prepare()
+  assert str(error.value) == (
+      f"{tmp_path}/study.json: this mtl configures the finished run(s) finetune-sr_x2-lr1e-3-s0 "
+      "differently than they ran, with the same study config (finetune-sr_x2-lr1e-3-s0: "
+      "data.step_offset (absent -> 5)): a fine-tune now draws the samples after its "
+      "pre-training's steps, where it drew the pre-training's first ones again; their results "
+      "would be mixed with runs of another protocol: run the study in a new --workdir (this one "
+      "stays readable by launch/report.py)")
+  assert study_lib.Study.load(str(tmp_path)).is_done("finetune-sr_x2-lr1e-3-s0")  # reportable
+  # An unfinished fine-tune of the old protocol resumes nothing: it starts afresh with the offset
+  name = "finetune-sr_x2-lr2e-4-s0"
+  old = dict(study.write_run_config(study.by_name[name]))
+  old["data"] = {k: v for k, v in old["data"].items() if k != "step_offset"}
+  json.dump(old, open(study.path(name, "config.json"), "w"))  # the trainer's, from its start
+  os.makedirs(study.path(name, "checkpoints", "2"))
+  out = io.StringIO()
+  assert study.write_run_config(study.by_name[name], out)["data"]["step_offset"] == 5
+  assert "data.step_offset (absent -> 5)" in out.getvalue() and not study.has_started(name)
 
 
 def test_a_changed_grid_or_selection_that_would_restart_a_finished_finetune_is_refused(tmp_path):

@@ -86,7 +86,8 @@ def _method_section(study):
       "group) run chosen that way for the same seed. " + tables.lr_note(study),
       f"- **Seeds**: {', '.join(map(str, c['seeds']))}, paired across regimes (same seed: same "
       "init of the shared body and of a task's head, query and tail; same crops and "
-      "degradations of a task at a step, all keyed by task name). Cells are "
+      "degradations of a task at a data step, all keyed by task name; a fine-tune's data "
+      "steps continue after its pre-training's, data.step_offset). Cells are "
       "mean ± sample std over seeds (n shown); every Δ is paired over seeds: mean, paired t "
       "95% CI, two-sided p; 'gain' / 'loss' only when the CI excludes 0.",
       f"- **{tables.budget_note(study)}**",

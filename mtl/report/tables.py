@@ -8,7 +8,8 @@ How each number is computed (report.md repeats it):
   delta       regime - scratch of the same task, test set and seed, over the seeds both have:
               mean, paired t 95% interval (n - 1 degrees of freedom) and two-sided p
               (mtl.stats.paired_interval). Seeds are paired: the same seed gives the same body
-              init and the same crops and degradations of a task at a step.
+              init and the same crops and degradations of a task at a data step (a
+              fine-tune's continue after its pre-training's steps: data.step_offset).
   verdict     'gain' / 'loss' only when the interval excludes 0 (mtl.stats.verdict); else 'no
               detectable difference' (always so with one seed: no interval).
   bold        a trained regime's mean, only when it is the best of the task and significantly

@@ -149,7 +149,8 @@ def dry_run(study, train, only="", out=sys.stdout):
     out.write(f"run {i:>{width}}/{len(runs)} {spec.name}  [{state(study, spec)}]  "
               f"{summary_line(spec)}\n")
     if spec.regime == "finetune":
-      out.write(f"    init_from: {study.describe_init(spec)}\n")
+      out.write(f"    init_from: {study.describe_init(spec)}; its data from step "
+                f"{spec.step_offset} on (data.step_offset: after its pre-training's)\n")
     out.write(f"    {shlex.join(study.command(spec, train))}\n")
     if not os.path.exists(study.path(spec.name, RUN_CONFIG)):
       unwritten += 1

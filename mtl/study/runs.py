@@ -18,6 +18,9 @@ class StudyRun:
   steps: int
   sweep: str         # the name without the lr: the runs among which the lr is chosen
   source: str = ""   # finetune: the sweep of the pre-training runs it starts from
+  # finetune: its source's steps; its data (run config data.step_offset) continues after them,
+  # so pre-training + fine-tuning see the samples a scratch run of as many steps sees
+  step_offset: int = 0
 
   def to_json(self):
     return dict(dataclasses.asdict(self), tasks=list(self.tasks))
@@ -31,12 +34,13 @@ def expand(study):
   regimes, names = d["regimes"], list(d["tasks"])
   runs = []
 
-  def add(regime, column, prefix, run_tasks, seed, source=""):
+  def add(regime, column, prefix, run_tasks, seed, source="", source_regime=None):
     for lr in regime_lrs(d, regime):
       runs.append(StudyRun(
           name=f"{prefix}-lr{format_lr(lr)}-s{seed}", regime=regime, column=column,
           tasks=tuple(run_tasks), seed=seed, lr=float(lr), steps=regime_steps(d, regime),
-          sweep=f"{prefix}-s{seed}", source=source))
+          sweep=f"{prefix}-s{seed}", source=source,
+          step_offset=regime_steps(d, source_regime) if source_regime else 0))
 
   scratch_last = d["budget"] == "equal_flops"  # its steps come from the fine-tunes' FLOPs
   for seed in d["seeds"]:
@@ -47,7 +51,8 @@ def expand(study):
       add("joint", "joint", "joint", names, seed)
       if "finetune" in regimes:
         for t in names:
-          add("finetune", "finetune", f"finetune-{t}", [t], seed, source=f"joint-s{seed}")
+          add("finetune", "finetune", f"finetune-{t}", [t], seed, source=f"joint-s{seed}",
+              source_regime="joint")
     for regime in regimes:
       if method_of(regime):
         add(regime, regime, f"joint-{method_of(regime)}", names, seed)
@@ -63,7 +68,7 @@ def expand(study):
           for t in names:
             if t in members:
               add("finetune", f"finetune:{g}", f"finetune-{t}-from-{g}", [t], seed,
-                  source=f"group-{g}-s{seed}")
+                  source=f"group-{g}-s{seed}", source_regime="groups")
     if "scratch" in regimes and scratch_last:
       for t in names:
         add("scratch", "scratch", f"scratch-{t}", [t], seed)
@@ -95,6 +100,7 @@ def run_config(study, spec, init_from="", steps=None):
   config["total_steps"] = spec.steps if steps is None else steps
   config["optim"]["lr"] = spec.lr
   config["init_from"] = init_from
+  config["data"]["step_offset"] = spec.step_offset  # 0 but for fine-tunes: see StudyRun
   if len(spec.tasks) == 1:  # one task has no pairs to probe (the trainer would only warn)
     config["conflicts"]["every"] = 0
   return config

@@ -15,8 +15,11 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
   seeds          every run is repeated for each seed (default 0, 1, 2: a paired interval over
                  seeds needs >= 2, and is usable from 3). Seeds are paired across regimes: the
                  same seed gives the same body init, the same head / query / tail init of a
-                 task and the same crops and degradations of a task at a step in every regime
-                 (keyed by seed, step and task name, never by a task's place in the run)
+                 task and the same crops and degradations of a task at a data step in every
+                 regime (keyed by seed, data step and task name, never by a task's place in
+                 the run); a fine-tune's data steps continue after its pre-training's
+                 (data.step_offset = the pre-training's steps), so pre-training + fine-tuning
+                 see a task's samples of a scratch run's steps, none twice
   metric         'psnr_y' (BasicSR's Y channel) or 'psnr_rgb': the lr is chosen on it and the
                  tables report it (with the matching SSIM)
   steps          {regime: steps per run}; pairs / groups 0 -> as joint
@@ -25,7 +28,8 @@ A study config (experiments/studies/*.py) starts from `defaults()` and sets:
                    'equal_images'  scratch sees as many images of its task as pre-training +
                                    fine-tuning did: steps.joint (schedule 'all'; 'one': / tasks)
                                    + steps.finetune (steps.scratch is derived: leave it 0;
-                                   per_regime may not give these regimes their own batch)
+                                   per_regime may not give these regimes their own batch);
+                                   under schedule 'all' the same images (see seeds)
                    'equal_flops'   scratch costs as many training FLOPs (compute.json: the model's)
                                    as its fine-tune plus its share of the pre-training run: the
                                    pre-training FLOPs / the number of tasks it trains (one
@@ -86,7 +90,8 @@ def _check_method_regime(regime):
     raise ValueError(f"unknown regime {regime!r} in regimes; valid: {', '.join(STUDY_REGIMES)}"
                      f" or joint:<{'|'.join(valid)}>")
 # Fields of the run config that the study sets for each run; per_regime may not set them.
-CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from")
+CONTROLLED = ("tasks", "regime", "seed", "total_steps", "optim.lr", "init_from",
+              "data.step_offset")
 # Study fields that only change the report; they may differ between invocations.
 REPORT_ONLY = ("name", "test", "reference", "final_conflicts")
 METRICS = {"psnr_y": "ssim_y", "psnr_rgb": "ssim_rgb"}   # study.metric -> the SSIM shown with it

@@ -33,6 +33,11 @@ STARTS_FILE = "STARTS"
 # A run's own files the study writes; the rest of its directory is the trainer's workdir.
 STUDY_FILES = (RUN_CONFIG, DONE_FILE, FAILED_FILE, LOG_FILE, RUN_LOCK)
 FORMAT_VERSION = 1
+# Run-config fields whose change by mtl (not by a study config) alters what a finished run's
+# results mean, and how: said when a study holding such runs is continued.
+PROTOCOL_CHANGES = {
+    "data.step_offset": "a fine-tune now draws the samples after its pre-training's steps, "
+                        "where it drew the pre-training's first ones again"}
 
 
 class Waiting(Exception):
@@ -185,27 +190,53 @@ class Study:
     return {"version": FORMAT_VERSION, "study": self.config,
             "runs": [r.to_json() for r in self.runs]}
 
-  def finished_runs_changed(self, saved):
-    """Names of the finished runs (DONE) of the study saved as `saved` (study.json's content)
-    that this study drops or would configure differently."""
-    changed = []
-    for name in [r["name"] for r in saved.get("runs", [])]:
-      if not self.is_done(name):
-        continue
-      spec = self.by_name.get(name)
-      try:
-        old = files.read_json(self.path(name, RUN_CONFIG))
-        steps = self.known_steps(spec) if spec is not None else None
-        new = (run_config(self.config, spec, old["init_from"], steps or old["total_steps"])
-               if spec is not None else None)
-        if spec is not None and spec.regime == "finetune":  # a changed grid/validation/metric
-          if os.path.basename(self.init_from(spec)) != os.path.basename(old["init_from"]):
-            new = None  # chooses another start than it had (Waiting: one not trained yet)
-      except (OSError, ValueError, KeyError, Waiting):
-        new = None
-      if new is None or files.differences(old, new):
-        changed.append(name)
-    return changed
+  def run_change(self, name):
+    """How this study would configure the finished run `name` differently than it ran (its
+    run_config.json), in words ('' when it would not): the fields that change, or why none
+    compare (dropped, another start chosen, unreadable). A field its run_config.json predates
+    counts where this study gives it another value than its default."""
+    spec = self.by_name.get(name)
+    if spec is None:
+      return "dropped by this study"
+    try:
+      old = files.read_json(self.path(name, RUN_CONFIG))
+      new = run_config(self.config, spec, old["init_from"],
+                       self.known_steps(spec) or old["total_steps"])
+      if spec.regime == "finetune":  # a changed grid/validation/metric chooses another start
+        chosen = os.path.basename(self.init_from(spec))
+        if chosen != os.path.basename(old["init_from"]):
+          return f"init_from ({os.path.basename(old['init_from'])} -> {chosen})"
+    except Waiting:
+      return "init_from (its start would be chosen among runs not trained yet)"
+    except (OSError, ValueError, KeyError) as error:
+      return f"its {RUN_CONFIG} does not compare ({error})"
+    fields = files.differences(old, new, defaults=run_folder.config_defaults())
+    return files.show_changes(old, new, fields) if fields else ""
+
+  def finished_run_changes(self, saved):
+    """{name: run_change(name)} of the finished runs (DONE) of the study saved as `saved`
+    (study.json's content) that this study drops or would configure differently."""
+    names = [r["name"] for r in saved.get("runs", []) if self.is_done(r["name"])]
+    return {n: what for n, what in ((n, self.run_change(n)) for n in names) if what}
+
+  def _refuse_changed_protocol(self, path, saved):
+    """Refuse (one line) a study whose finished runs this mtl would configure differently under
+    the study they ran with (e.g. fine-tunes run before data.step_offset: their data repeated
+    the pre-training's): new runs beside them would answer with two protocols mixed."""
+    try:
+      ran = Study(ml_collections.ConfigDict(files.tuples(upgrade(saved["study"]))), self.workdir)
+    except (KeyError, TypeError, ValueError):
+      return  # no study to compare with: the current study's check decides
+    changes = ran.finished_run_changes(saved)
+    if changes:
+      name, what = next(iter(changes.items()))
+      why = "; ".join(PROTOCOL_CHANGES[f] for f in PROTOCOL_CHANGES if f in what)
+      raise ValueError(
+          f"{path}: this mtl configures the finished run(s) {files.field_list(list(changes), 3)} "
+          f"differently than they ran, with the same study config ({name}: {what})"
+          + (f": {why}" if why else "") + "; their results would be mixed with runs of another "
+          "protocol: run the study in a new --workdir (this one stays readable by "
+          "launch/report.py)")
 
   def check_saved(self):
     """Whether workdir holds a study.json; refuses (ValueError, one line) a different study
@@ -221,14 +252,17 @@ class Study:
                          f"{run_folder.CONFIG_FILE}); give a study a folder of its own")
       runs = os.path.join(self.workdir, RUNS_DIR)
       found = sorted(os.listdir(runs)) if os.path.isdir(runs) else []
-      changed = self.finished_runs_changed({"runs": [{"name": n} for n in found]})
+      changed = self.finished_run_changes({"runs": [{"name": n} for n in found]})
       if changed:
+        name, what = next(iter(changed.items()))
         raise ValueError(f"{self.workdir} holds no {STUDY_FILE} but finished runs this study "
-                         f"would configure differently ({files.field_list(changed, 3)}); use a "
-                         "new --workdir, or the study config they were run with")
+                         f"would configure differently ({files.field_list(list(changed), 3)}; "
+                         f"{name}: {what}); use a new --workdir, or the study config they were "
+                         "run with")
       return False
     saved = files.read_json(path)
-    finished = self.finished_runs_changed(saved)
+    self._refuse_changed_protocol(path, saved)
+    finished = list(self.finished_run_changes(saved))
     advice = (f"it changes the finished run(s) {files.field_list(finished, 3)}: " if finished
               else "") + "use a new --workdir, or the same study config to continue it"
     try:
@@ -285,8 +319,9 @@ class Study:
       if entry not in STUDY_FILES and not entry.startswith("superseded-"):
         os.rename(self.path(name, entry), self.path(name, folder, entry))
     if out is not None:
-      out.write(f"{name}: its checkpoints cannot resume with the corrected study ({why}); "
-                f"moved its files to {self.path(name, folder)} and starting it afresh\n")
+      out.write(f"{name}: its checkpoints cannot resume with the run config the study now "
+                f"gives it ({why}); moved its files to {self.path(name, folder)} and starting "
+                "it afresh\n")
       out.flush()
 
   # -- budgets
