@@ -163,7 +163,7 @@ XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 9
   while IFS=$'\t' read -r name rc seconds note; do
     case $name in
       tests) note="${note:+$note; }$(grep -cE " PASSED( |$)" "$OUT/tests.log") passed, $(grep -cE " (FAILED|ERROR)( |$)" "$OUT/tests.log") failed: $(grep -oE "^[^ ]+ (FAILED|ERROR)|(FAILED|ERROR) tests/[^ ]+" "$OUT/tests.log" | sed -E 's/^(FAILED|ERROR) //; s/ (FAILED|ERROR)$//' | sort -u | tr '\n' ' ')";;
-      main_job) note="${note:+$note; }$(grep -E "^step " "$OUT/main_job.log" 2>/dev/null | tail -n 1 | cut -d'|' -f1-3)";;
+      main_job) note="${note:+$note; }$(grep -E "^step " "$OUT/main_job.log" 2>/dev/null | tail -n 1 | cut -d'|' -f1-3 | tr '|' ',')";;
     esac
     echo "| $name | $rc | $seconds | $note |"
   done < "$OUT/parts.tsv"
