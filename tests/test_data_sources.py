@@ -361,3 +361,15 @@ def test_folder_cache_is_refused_with_one_line_when_the_disk_lacks_space(tmp_pat
   with pytest.raises(ValueError, match="is free there"):
     sources.check_space(sources.free_bytes(str(tmp_path)) + 10**9, str(tmp_path / "new"), "it")
   assert sources.check_space(1, str(tmp_path / "new" / "dir"), "it") > 0
+
+
+def test_building_leaves_no_temporary_folder_behind(tmp_path, monkeypatch):
+  # TFDS makes one for its GCS bucket's files when a builder's dataset is not prepared yet.
+  import tempfile
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  _write_folder(tmp_path / "imgs")
+  sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), tile=0)
+  sources.photos_builder(str(tmp_path / "tfds"))
+  assert os.listdir(temp) == []

@@ -267,6 +267,15 @@ class FolderConfig(tfds.core.BuilderConfig):
     self.tile = int(tile)
 
 
+class LocalInfo(tfds.core.DatasetInfo):
+  """The DatasetInfo of mtl's own builders, which TFDS's GCS bucket never holds: TFDS (4.9)
+  makes an empty temporary folder for the bucket's files before it sees GCS is off, and leaves
+  it behind, one for every builder of a dataset not yet prepared."""
+
+  def initialize_from_bucket(self):
+    pass
+
+
 class MtlFolder(tfds.core.GeneratorBasedBuilder):
   """Clean images (or tiles) from a user folder; features `image` (uint8 HWC RGB, raw bytes) and
   `name` (relative path, plus '@top,left' for a tile of an image cut in several)."""
@@ -278,7 +287,7 @@ class MtlFolder(tfds.core.GeneratorBasedBuilder):
   code_path = None
 
   def _info(self):
-    return tfds.core.DatasetInfo(
+    return LocalInfo(
         builder=self,
         description=f"Clean images from the folder {self.builder_config.folder}.",
         features=tfds.features.FeaturesDict({

@@ -61,7 +61,7 @@ class MtlPhotos(tfds.core.GeneratorBasedBuilder):
   code_path = None
 
   def _info(self):
-    return tfds.core.DatasetInfo(
+    return folder.LocalInfo(
         builder=self,
         description=("Real colour photographs shipped inside the scikit-image wheel "
                      f"({', '.join(sorted(PHOTO_FILES))}); test: {', '.join(TEST_PHOTOS)}."),
