@@ -71,10 +71,6 @@ class Findings:
             else [self.missing[question]])
 
 
-def _significant(iv):
-  return math.isfinite(iv.low) and math.isfinite(iv.high) and (iv.low > 0 or iv.high < 0)
-
-
 def _why_no_interval(iv, unit="seed"):
   """'1 seed: no interval' for an estimate without one (no estimate: the verdict says why)."""
   n = iv.n
