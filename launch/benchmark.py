@@ -875,6 +875,10 @@ def main():
   if not FLAGS.batch_size or not all(b.isdigit() and int(b) > 0 for b in FLAGS.batch_size):
     raise ValueError(f"--batch_size={','.join(FLAGS.batch_size)}; valid: positive integers, "
                      "comma-separated (8,32,128)")
+  if "devices" in FLAGS.sections and _batch_sizes()[0] % FLAGS.devices:
+    raise ValueError(f"--batch_size={_batch_sizes()[0]} with --sections=devices: that section "
+                     f"splits each task's batch over --devices={FLAGS.devices}; give a multiple "
+                     "of it, fewer devices, or leave the section out")
   bad = set(FLAGS.probe_variants) - set(PROBE_VARIANTS)
   if bad:
     raise ValueError(f"--probe_variants={','.join(FLAGS.probe_variants)}; valid: "

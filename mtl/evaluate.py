@@ -461,14 +461,17 @@ def format_table(results):
   extra = "".join(f" {'PSNR ' + VARIANT_LABELS.get(n, n):>11}" for n in names)
   legend = (["x8 = self-ensemble"] if "self_ensemble" in names else []) + (
       [f"EMA = EMA parameters (decay {results['ema_decay']:g})"] if "ema" in names else [])
+  # columns as wide as the longest task and set names (denoise_gray_25, Rain100L_test)
+  tw = max([12] + [len(t) for t in results["tasks"]])
+  sw = max([12] + [len(n) for sets in results["tasks"].values() for n in sets])
   lines = [f"step {results['step']}: Y-channel PSNR (dB) / SSIM; input = the degraded input"
            + "".join(f"; {part}" for part in legend),
-           f"{'task':<12} {'test set':<12} {'input PSNR':>10} {'PSNR':>8} {'gain':>7} {'SSIM':>7}"
-           + extra]
+           f"{'task':<{tw}} {'test set':<{sw}} {'input PSNR':>10} {'PSNR':>8} {'gain':>7} "
+           f"{'SSIM':>7}" + extra]
   for task, sets in results["tasks"].items():
     for name, e in sets.items():
       more = "".join(f" {results['variants'][n]['tasks'][task][name]['psnr_y']:>11.2f}"
                      for n in names)
-      lines.append(f"{task:<12} {name:<12} {e['input_psnr_y']:>10.2f} {e['psnr_y']:>8.2f} "
+      lines.append(f"{task:<{tw}} {name:<{sw}} {e['input_psnr_y']:>10.2f} {e['psnr_y']:>8.2f} "
                    f"{e['psnr_y'] - e['input_psnr_y']:>+7.2f} {e['ssim_y']:>7.4f}" + more)
   return "\n".join(lines)

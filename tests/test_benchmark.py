@@ -19,9 +19,10 @@ def _benchmark(*args, timeout=900):
 
 @pytest.mark.parametrize("flag, valid", [("--batch_size=8,x", "positive integers"),
                                          ("--probe_variants=fast", "plain,probe,jacrev"),
-                                         ("--torch_precisions=fp16", "fp32, bf16")])
+                                         ("--torch_precisions=fp16", "fp32, bf16"),
+                                         ("--batch_size=2", "a multiple of it")])
 def test_bad_flags_are_refused_with_one_line(flag, valid):
-  out = _benchmark("--sections=pipeline", flag)
+  out = _benchmark("--sections=pipeline,devices", flag)
   assert out.returncode == 1
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and valid in errors[0] and flag.split("=")[1] in errors[0]

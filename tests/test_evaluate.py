@@ -202,6 +202,15 @@ def test_evaluation_on_the_devices_equals_the_former_one_and_reports_ema_and_x8(
   assert "PSNR x8" in table and "PSNR EMA x8" in table and "decay 0.9" in table
 
 
+def test_the_results_table_widens_its_columns_for_long_names():
+  entry = {"input_psnr_y": 20.0, "psnr_y": 25.0, "ssim_y": 0.8}
+  results = {"step": 3, "tasks": {"denoise_gray_25": {"BSD68_grey_test": entry},
+                                  "sr_x2": {"Set5": entry}}}
+  header, *rows = evaluate.format_table(results).splitlines()[1:]
+  end = header.index("input PSNR") + len("input PSNR")  # right-aligned under their header
+  assert [r.index("20.00") + len("20.00") for r in rows] == [end, end]
+
+
 def test_an_evaluation_image_too_small_to_score_is_refused_before_training(tmp_path):
   from PIL import Image
   for name, side in (("small", 12), ("large", 40)):

@@ -205,14 +205,23 @@ def format_affinity(steps, values, tasks, groups=(2,)):
   k-groupings, or that the data support none (every off-diagonal interval holds 0)."""
   ivs = mean_intervals(values)
   z = np.array([[iv.estimate for iv in row] for row in ivs])
+  def cell(iv):  # fewer than 4 steps give no interval (stats.window_mean_interval)
+    if not (np.isfinite(iv.low) and np.isfinite(iv.high)):
+      return f"{iv.estimate:+.2e} [no interval]"
+    return f"{iv.estimate:+.2e} [{iv.low:+.1e},{iv.high:+.1e}]"
+  cells = [[cell(ivs[i][j]) if i != j else "-" for j in range(len(tasks))]
+           for i in range(len(tasks))]
   width = max(len(n) for n in tasks) + 2
+  col = max(len(c) for row in cells for c in row + tasks) + 2
   lines = [f"task affinity Z_(row->column) (TAG, Fifty et al. 2021), mean over {len(steps)} "
            f"steps {int(steps[0])}..{int(steps[-1])} [95% interval]:",
-           " " * width + "".join(f"{n:>26}" for n in tasks)]
-  for i, n in enumerate(tasks):
-    cells = "".join(f"{ivs[i][j].estimate:+10.2e} [{ivs[i][j].low:+.1e},{ivs[i][j].high:+.1e}]"
-                    if i != j else f"{'-':>26}" for j in range(len(tasks)))
-    lines.append(f"{n:<{width}}{cells}")
+           " " * width + "".join(f"{n:>{col}}" for n in tasks)]
+  for n, row in zip(tasks, cells):
+    lines.append(f"{n:<{width}}" + "".join(f"{c:>{col}}" for c in row))
+  why = sorted({ivs[i][j].note for i in range(len(tasks)) for j in range(len(tasks))
+                if i != j and "no interval" in cells[i][j]})
+  if why:
+    lines.append(f"no interval: {'; '.join(why)}")
   lines.append(MEANING)
   wanted = [k for k in groups if 1 < k < len(tasks)]
   if wanted and not supported(ivs):
