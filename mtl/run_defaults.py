@@ -258,3 +258,9 @@ FIELD_HELP = {
     "mtl.affinity_every": "steps between TAG task-affinity measurements (0: never)",
     "mtl.affinity_lr": "TAG's lookahead SGD step (0: sized by the gradients)",
 }
+
+
+def config_defaults():
+  """Every run config field's default, as a plain dict: what a run saved before a field
+  existed behaved as."""
+  return get_config().to_dict()

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mtl import checkpoints, files, run_defaults
+from mtl import checkpoints, files
 from mtl.step import TrainState
 
 CONFIG_FILE = "config.json"
@@ -82,15 +82,11 @@ def read_results(workdir):
   return files.read_json(path) if os.path.exists(path) else None
 
 
-def config_defaults():
-  """Every run config field's default, as a plain dict: what a run saved before a field
-  existed behaved as."""
-  return run_defaults.get_config().to_dict()
-
-
-def check_config(workdir, config_dict):
+def check_config(workdir, config_dict, defaults=None):
   """Refuse (one line) a config that differs from the workdir's saved one, unless the run there
-  never saved a step (then it may be replaced: returns True). No saved config: False."""
+  never saved a step (then it may be replaced: returns True). No saved config: False.
+  defaults (run_defaults.config_defaults()): a field the saved config predates counts as its
+  default, so a resume that gives it another value is refused."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return False
@@ -100,18 +96,18 @@ def check_config(workdir, config_dict):
   added = files.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
                             "a run with a different config",
                             "use a new --workdir or the same config to resume",
-                            defaults=config_defaults())
+                            defaults=defaults)
   if added:
     print(f"{path} predates the config fields {files.field_list(added)}: resuming with their "
           "current values", flush=True)
   return False
 
 
-def check_or_write_config(workdir, config_dict):
+def check_or_write_config(workdir, config_dict, defaults=None):
   """First start: save the config. Restart: refuse a different config (one clear line); a run
   that never saved a step takes the new config (its old one is replaced, and said so)."""
   path = os.path.join(workdir, CONFIG_FILE)
-  replace = check_config(workdir, config_dict)
+  replace = check_config(workdir, config_dict, defaults)
   if replace:
     print(f"{path}: replacing the config of a run that never saved a step", flush=True)
   if replace or not os.path.exists(path):

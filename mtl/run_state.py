@@ -238,7 +238,7 @@ def prepare(config, workdir):
   """
   run = build(config)
   workdir = check_workdir(workdir)
-  run_folder.check_config(workdir, config.to_dict())
+  run_folder.check_config(workdir, config.to_dict(), run_defaults.config_defaults())
   latest = checkpoints.latest_saved_step(workdir)
   if latest is None:
     _refuse_unresumable_results(workdir)
@@ -274,7 +274,7 @@ def write_workdir(params, cfg, task_names, workdir, source=""):
   config.data.batch_size = 1
   run = build(config)
   os.makedirs(workdir, exist_ok=True)
-  run_folder.check_or_write_config(workdir, config.to_dict())
+  run_folder.check_or_write_config(workdir, config.to_dict(), run_defaults.config_defaults())
   with jax.set_mesh(run.mesh):
     params = jax.device_put(params, run.state_shardings.params)
     state = run_folder.state_from_params(run, params)

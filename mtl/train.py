@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl import aggregators, checkpoints, conflicts, files, flops, run_folder
+from mtl import aggregators, checkpoints, conflicts, files, flops, run_defaults, run_folder
 from mtl.data import pipeline, prefetch
 from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
@@ -127,7 +127,8 @@ def train_and_evaluate(config, workdir):
       if lock.stale:
         print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
               flush=True)
-      run_folder.check_or_write_config(workdir, config.to_dict())
+      run_folder.check_or_write_config(workdir, config.to_dict(),
+                                       run_defaults.config_defaults())
       if os.path.exists(diverged):  # an earlier attempt's: this one records its own outcome
         os.remove(diverged)
     return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import files, run_folder, run_state
+from mtl import files, run_defaults, run_folder, run_state
 
 
 def test_results_names():
@@ -37,13 +37,13 @@ def test_a_resume_takes_a_newer_field_only_at_its_default(tmp_path, capsys):
   del old["data"]["step_offset"]
   files.write_json(str(tmp_path / run_folder.CONFIG_FILE), old)
   (tmp_path / "checkpoints" / "4").mkdir(parents=True)  # a saved step
-  config = tiny.get_config()
-  assert run_folder.check_config(str(tmp_path), config.to_dict()) is False
+  config, defaults = tiny.get_config(), run_defaults.config_defaults()  # as the trainer passes
+  assert run_folder.check_config(str(tmp_path), config.to_dict(), defaults) is False
   assert "predates the config fields data.step_offset" in capsys.readouterr().out
   config.data.step_offset = 600
   with pytest.raises(ValueError, match=r"holds a run with a different config: data.step_offset "
                                        r"\(absent -> 600\); use a new --workdir"):
-    run_folder.check_config(str(tmp_path), config.to_dict())
+    run_folder.check_config(str(tmp_path), config.to_dict(), defaults)
 
 
 def test_missing_config_and_bad_sources_are_one_line(tmp_path):

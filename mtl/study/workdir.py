@@ -15,7 +15,7 @@ import time
 import ml_collections
 import numpy as np
 
-from mtl import checkpoints, conflicts, files, run_folder
+from mtl import checkpoints, conflicts, files, run_defaults, run_folder
 from mtl.study.runs import StudyRun, expand, run_config
 from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, method_of, reference_source, upgrade,
                             validate, _as_dict)
@@ -210,7 +210,7 @@ class Study:
       return "init_from (its start would be chosen among runs not trained yet)"
     except (OSError, ValueError, KeyError) as error:
       return f"its {RUN_CONFIG} does not compare ({error})"
-    fields = files.differences(old, new, defaults=run_folder.config_defaults())
+    fields = files.differences(old, new, defaults=run_defaults.config_defaults())
     return files.show_changes(old, new, fields) if fields else ""
 
   def finished_run_changes(self, saved):
@@ -227,7 +227,9 @@ class Study:
       ran = Study(ml_collections.ConfigDict(files.tuples(upgrade(saved["study"]))), self.workdir)
     except (KeyError, TypeError, ValueError):
       return  # no study to compare with: the current study's check decides
-    changes = ran.finished_run_changes(saved)
+    # a finished run without its run_config.json has no protocol to compare (e.g. made by hand)
+    changes = {n: what for n, what in ran.finished_run_changes(saved).items()
+               if os.path.exists(ran.path(n, RUN_CONFIG))}
     if changes:
       name, what = next(iter(changes.items()))
       why = "; ".join(PROTOCOL_CHANGES[f] for f in PROTOCOL_CHANGES if f in what)
@@ -306,7 +308,7 @@ class Study:
     os.makedirs(self.run_dir(spec.name), exist_ok=True)
     if self.has_started(spec.name):
       try:
-        run_folder.check_config(self.run_dir(spec.name), config)
+        run_folder.check_config(self.run_dir(spec.name), config, run_defaults.config_defaults())
       except ValueError as refusal:
         self._supersede(spec.name, refusal, out)
     files.write_json(self.path(spec.name, RUN_CONFIG), config)
