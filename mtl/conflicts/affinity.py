@@ -212,7 +212,7 @@ def format_affinity(steps, values, tasks, groups=(2,)):
   cells = [[cell(ivs[i][j]) if i != j else "-" for j in range(len(tasks))]
            for i in range(len(tasks))]
   width = max(len(n) for n in tasks) + 2
-  col = max(len(c) for row in cells for c in row + tasks) + 2
+  col = max(len(c) for c in [*tasks, *(c for row in cells for c in row)]) + 2
   lines = [f"task affinity Z_(row->column) (TAG, Fifty et al. 2021), mean over {len(steps)} "
            f"steps {int(steps[0])}..{int(steps[-1])} [95% interval]:",
            " " * width + "".join(f"{n:>{col}}" for n in tasks)]
