@@ -152,7 +152,7 @@ def test_no_grouping_is_recommended_when_every_interval_includes_zero():
 def test_format_names_a_missing_interval_and_keeps_columns_aligned():
   # Two measured steps: estimates, but no interval (batch means need >= 4 values).
   z = np.random.default_rng(3).normal(scale=1e-3, size=(2, 3, 3))
-  lines = affinity.format_affinity(np.arange(2), z, list(TASKS)).splitlines()
+  lines = affinity.format_affinity(np.arange(2), z, np.asarray(TASKS)).splitlines()  # as stored
   rows = lines[2:5]
   assert all("[no interval]" in r for r in rows) and "nan" not in "\n".join(lines)
   assert len({len(r) for r in lines[1:5]}) == 1  # the header and rows end in one column
