@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from mtl import conflicts, run_defaults, run_folder, stats
+from mtl import conflicts, files, run_defaults, run_folder, stats
 from mtl.report import cells, document, figures, findings, scores, tables
 from mtl import study as study_lib
 from test_conflicts import known_halves
@@ -337,6 +337,51 @@ def test_a_delta_whose_arms_are_not_tuned_alike_gets_no_verdict(tmp_path):
   (a,) = findings.build(study_lib.Study.load(g.workdir), tables.transfer_table(g), []).answers[3]
   assert a.interval.low > 0 and a.verdict == (f"{findings.NOT_YET}: seeds 0, 2 have an lr sweep "
                                               "not complete, so the two are not tuned alike")
+
+
+def _diverge(study, name):
+  """Make a done run one that diverged, as the study's runner records it (DONE says so; no
+  results.json)."""
+  os.remove(study.path(name, "results.json"))
+  files.write_json(study.path(name, "DONE"), {"diverged": "loss went non-finite at step 3"})
+
+
+def test_an_arm_that_diverged_at_every_lr_leaves_its_seed_out_and_the_delta_unjudged(tmp_path):
+  # Scratch derain diverged at both lrs on seed 1 where the fine-tune trained: the Δ over seeds 0
+  # and 2 leaves out the seed scratch lost outright, so it is not the comparison; no verdict.
+  s = synthetic_study(str(tmp_path / "study"))
+  for lr in ("1e-3", "3e-3"):
+    _diverge(s, f"scratch-derain-lr{lr}-s1")
+  s = study_lib.Study.load(s.workdir)
+  transfer = tables.transfer_table(s)
+  record = next(r for r in transfer.records if (r["task"], r["regime"]) == ("derain", "finetune"))
+  assert record["left_out_seeds"] == [1] and record["n_pairs"] == 2 and record["complete_sweeps"]
+  why = "every lr of scratch-derain-lr*-s1 diverged: seed 1 left out of the Δ, where the other arm"
+  assert any(f"derain finetune: {why} trained." in note for note in transfer.notes)
+  answers = {a.subject: a for a in findings.build(s, transfer, []).answers[2]}
+  iv = stats.paired_interval([SCRATCH["derain"][k] for k in (0, 2)],
+                             [_psnr("finetune", "derain", k) for k in (0, 2)])
+  assert answers["derain"].interval[:6] == pytest.approx(iv[:6], rel=1e-12)
+  assert answers["derain"].verdict == (f"{findings.NO_VERDICT}: {why} trained; give the study "
+                                       "lower lrs")
+  assert answers["sr_x2"].verdict == findings.NOT_ENOUGH  # its arms trained on every seed
+  labels = [t.get_text() for t in figures.delta_figure(list(answers.values())).axes[0]
+            .get_yticklabels()]
+  assert "derain: fine-tuned from joint − scratch (a seed left out: an arm diverged)" in labels
+  # The joint pre-training diverged at every lr on seed 2: its fine-tunes never ran (the runner
+  # marks them failed), so seed 2 is out of every task's fine-tune Δ, and it says why.
+  g = synthetic_study(str(tmp_path / "joint"))
+  for lr in ("1e-3", "3e-3"):
+    _diverge(g, f"joint-lr{lr}-s2")
+    for task in g.tasks:
+      for name in ("results.json", "DONE"):
+        os.remove(g.path(f"finetune-{task}-lr{lr}-s2", name))
+  g = study_lib.Study.load(g.workdir)
+  assert g.dead_end("finetune-sr_x2-s2") == "joint-s2" and g.dead_end("finetune-sr_x2-s1") is None
+  for a in findings.build(g, tables.transfer_table(g), []).answers[2]:
+    assert a.interval.n == 2 and a.verdict == (
+        f"{findings.NO_VERDICT}: every lr of joint-lr*-s2 diverged: seed 2 left out of the Δ, "
+        "where the other arm trained; give the study lower lrs"), a.subject
 
 
 def test_the_deltas_say_what_budget_and_lr_grids_they_compare(tmp_path):

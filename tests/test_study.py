@@ -1,5 +1,6 @@
 """Studies: expansion, validation, dry run, refusal of a changed study, and a real interrupted
 study (launch/study.py running launch/train.py) that resumes without redoing finished runs."""
+import fnmatch
 import importlib
 import io
 import json
@@ -105,6 +106,14 @@ def test_pairs_and_groups_expand():
   # fine-tunes from a group only for the study's tasks that are in the group
   assert [n for n in names if n.startswith("finetune-")] == [
       "finetune-sr_x2-from-related-lr1e-3-s0", "finetune-sr_x2-from-related-lr2e-4-s0"]
+  # a sweep's pattern (the messages name sweeps by it) matches its runs and no other run
+  runs = study_lib.expand(study)
+  for sweep in {r.sweep for r in runs}:
+    pattern = study_lib.runs.sweep_runs(sweep)
+    assert {r.name for r in runs if fnmatch.fnmatchcase(r.name, pattern)} == {
+        r.name for r in runs if r.sweep == sweep}, pattern
+  assert study_lib.runs.sweep_runs("finetune-sr_x2-from-related-s0") == (
+      "finetune-sr_x2-from-related-lr*-s0")
 
 
 def test_equal_images_gives_scratch_the_images_of_pretraining_plus_finetuning():

@@ -133,8 +133,10 @@ def delta_figure(answers, label="PSNR"):
 
 
 def _row_label(answer):
-  # a filled dot is no verdict where the arms are not tuned alike yet: the label says so
-  untuned = " (lr sweeps incomplete)" if answer.verdict.startswith(findings.NOT_YET) else ""
+  # a filled dot is no verdict where the arms are not compared alike: the label says so
+  untuned = (" (lr sweeps incomplete)" if answer.verdict.startswith(findings.NOT_YET) else
+             " (a seed left out: an arm diverged)"
+             if answer.verdict.startswith(findings.NO_VERDICT) else "")
   if answer.question == 3:
     return f"{answer.subject}: from related − from unrelated{untuned}"
   col = answer.source

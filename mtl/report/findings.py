@@ -16,7 +16,9 @@ tables in one sentence per subject, with its 95% interval and a verdict.
 
 A verdict is a yes / no only when the 95% interval excludes 0; an interval that spans 0 (or
 that one seed cannot give) is NOT_ENOUGH. A Δ of questions 2 and 3 whose arms have a paired seed
-with an lr sweep not complete has no verdict (NOT_YET): the two are not tuned alike yet.
+with an lr sweep not complete has no verdict (NOT_YET): the two are not tuned alike yet; nor has
+one where an arm diverged at every lr on a seed the other trained (NO_VERDICT): that seed, where
+the arm lost outright, is left out of the Δ.
 """
 import dataclasses
 import math
@@ -24,8 +26,8 @@ import math
 from mtl import stats
 from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, tables
-from mtl.report.scores import (conflict_phases, final_conflicts, paired, primary_test_set,
-                               regime_scores, untuned_seeds)
+from mtl.report.scores import (conflict_phases, final_conflicts, left_out, paired,
+                               primary_test_set, regime_scores, untuned_seeds)
 
 QUESTIONS = ("Do the tasks conflict on the shared body?",
              "Does pre-train + fine-tune beat a tuned from-scratch run?",
@@ -33,6 +35,7 @@ QUESTIONS = ("Do the tasks conflict on the shared body?",
 NOT_ENOUGH = "not enough evidence"
 NOT_MEASURED = "not measured by this study"
 NOT_YET = "not answered yet"
+NO_VERDICT = "no verdict"
 # The regimes whose runs answer each question (3: with both groups; 1: probing conflicts).
 ANSWERED_BY = {1: ("joint", "groups"), 2: ("scratch", "finetune"), 3: ("groups", "finetune")}
 # The groups question 3 compares: a study's `groups` of these names, each fine-tuned
@@ -238,12 +241,21 @@ def _plan(iv, verdict, seeds_word, effect, lead, power=0.8):
                  f"{stats.PLAN_MAX_SEEDS} {seeds_word} to detect")
 
 
-def _untuned_verdict(seeds):
-  """The verdict of a Δ whose arms are not tuned alike yet (scores.untuned_seeds: some lr of a
-  paired seed's sweep not done), whatever its interval."""
-  many = len(seeds) > 1
-  return (f"{NOT_YET}: seed{'s' if many else ''} {', '.join(map(str, seeds))} "
-          f"{'have' if many else 'has'} an lr sweep not complete, so the two are not tuned alike")
+def arms_verdict(a, b):
+  """The verdict a Δ of RegimeScores b - a gets whatever its interval where its arms are not
+  compared alike, else None: an arm diverged at every lr on a seed the other trained
+  (scores.left_out: the Δ leaves out the seed that arm lost outright), or a paired seed's lr
+  sweep is not complete (scores.untuned_seeds: one arm has tried fewer lrs)."""
+  dead = left_out(a, b)
+  if dead:
+    return f"{NO_VERDICT}: {dead}; give the study lower lrs"
+  untuned = untuned_seeds(a, b)
+  if untuned:
+    many = len(untuned) > 1
+    return (f"{NOT_YET}: seed{'s' if many else ''} {', '.join(map(str, untuned))} "
+            f"{'have' if many else 'has'} an lr sweep not complete, so the two are not tuned "
+            "alike")
+  return None
 
 
 def _finetune_words(col):
@@ -264,10 +276,10 @@ def finetune_answers(study, transfer):
         continue
       iv = stats.Interval(r["delta"], r["delta_low"], r["delta_high"], tables.LEVEL,
                           r["n_pairs"], r["p"], "paired t")
-      untuned = untuned_seeds(regime_scores(study, "scratch", task),
+      verdict = (arms_verdict(regime_scores(study, "scratch", task),
                               regime_scores(study, r["regime"], task))
-      verdict = (_untuned_verdict(untuned) if untuned else
-                 transfer_verdict(iv, "yes: the fine-tune does better", "no: scratch does better"))
+                 or transfer_verdict(iv, "yes: the fine-tune does better",
+                                     "no: scratch does better"))
       sentence = _delta_sentence(task, f"{_finetune_words(r['regime'])} − tuned scratch", iv,
                                  test_set, label, verdict)
       answers.append(Answer(2, task, r["regime"], iv, verdict, sentence))
@@ -291,9 +303,8 @@ def related_answers(study):
     if test_set is None or not unrel.values(test_set, study.metric):
       continue
     iv = paired(unrel.by_seed(test_set, study.metric), rel.by_seed(test_set, study.metric))
-    untuned = untuned_seeds(unrel, rel)
-    verdict = (_untuned_verdict(untuned) if untuned else
-               transfer_verdict(iv, *RELATED_VERDICTS))
+    verdict = (arms_verdict(unrel, rel)
+               or transfer_verdict(iv, *RELATED_VERDICTS))
     groups = study.config["groups"]
     what = (f"fine-tuned from related {'+'.join(groups[RELATED])} − from unrelated "
             f"{'+'.join(groups[UNRELATED])}")

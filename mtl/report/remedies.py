@@ -4,9 +4,10 @@ scratch, and how well conflict measures predict the measured pairwise transfer.
 remedies    per method column ('joint', 'joint:<method>') and task: the mean test PSNR over
             seeds; delta = method - scratch and (each 'joint:<method>') method - plain joint,
             paired by seed, each with its 95% paired t interval (mtl.stats.paired_interval) and
-            verdict; per method, Delta_m% (Maninis et al. 2019;
-            mtl.stats.delta_m) of the seed means over tasks, with a t interval over the per-seed
-            Delta_m% values.
+            verdict; per method, Delta_m% (Maninis et al. 2019; mtl.stats.delta_m) per seed over
+            tasks, its mean over seeds with a t interval. A Delta whose arms are not compared
+            alike (an lr sweep not complete, or an arm diverged at every lr on a seed the other
+            trained: scores.left_out) has no verdict.
 predictors  per task pair: the measured transfer (scratch -> pair run, mtl.report.scores), the
             raw whole-body gradient cosine and the noise-corrected one (when the probe stored
             half-batch Gramians) of the chosen joint run, and the symmetrised TAG affinity
@@ -23,8 +24,8 @@ import numpy as np
 
 from mtl import conflicts, stats
 from mtl.conflicts import affinity as affinity_lib
-from mtl.report.scores import (paired, pairwise_transfer, primary_test_set, regime_columns,
-                               regime_scores)
+from mtl.report.scores import (left_out, paired, pairwise_transfer, primary_test_set,
+                               regime_columns, regime_scores, untuned_seeds)
 from mtl.report.cells import Table, _fmt, _signed
 from mtl.report.tables import metric_names
 
@@ -34,21 +35,27 @@ def method_columns(study):
   return [c for c in regime_columns(study) if c == "joint" or c.startswith("joint:")]
 
 
+# The verdict of a Δ whose arms are not compared alike, whatever its interval (a note says why).
+NO_VERDICT = ("no verdict: a seed left out", "not yet: lr sweeps incomplete")
+
+
 def _paired(base, cell, s, metric):
   """(paired interval of cell - base over their common seeds or None, its text, verdict)."""
   iv = paired(base.by_seed(s, metric), cell.by_seed(s, metric))
   if not math.isfinite(iv.low):
     return None, "–", "needs 2 seeds"
-  return iv, f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]", stats.verdict(iv)
+  verdict = (NO_VERDICT[0] if left_out(base, cell) else
+             NO_VERDICT[1] if untuned_seeds(base, cell) else stats.verdict(iv))
+  return iv, f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]", verdict
 
 
 def remedies_table(study):
   metric, _, label = metric_names(study)
   header = ["method", "task", "test set", label, "Δ vs scratch [95% CI]", "verdict",
             "Δ vs joint [95% CI]", "verdict vs joint", "Δm% [95% CI]"]
-  rows, records = [], []
+  rows, records, unlike = [], [], []
   for col in method_columns(study):
-    per_seed_dm, means, bases = {}, [], []
+    per_seed_dm = {}
     col_rows = []
     for task in study.tasks:
       base, cell = regime_scores(study, "scratch", task), regime_scores(study, col, task)
@@ -61,12 +68,13 @@ def remedies_table(study):
       iv, delta, verdict = _paired(base, cell, s, metric)
       for k in seeds:
         per_seed_dm.setdefault(k, {})[task] = (b[k], a[k])
-      means.append(mean)
-      bases.append(float(np.mean([a[k] for k in seeds])) if seeds else float("nan"))
       # a remedy's question is whether it beats plain joint training: paired with it by seed
       joint = regime_scores(study, "joint", task) if col != "joint" else None
       jv, jtext, jverdict = (_paired(joint, cell, s, metric) if joint is not None
                              else (None, "–", ""))
+      for other, against in ((base, "scratch"), (joint, "joint")):
+        if other is not None and left_out(other, cell):
+          unlike.append(f"{col} vs {against} on {task}: {left_out(other, cell)}.")
       col_rows.append([col, task, s, _fmt(mean, 2), delta, verdict, jtext, jverdict])
       records.append(dict(method=col, task=task, test_set=s, n_seeds=len(seeds), metric=metric,
                           psnr=mean,
@@ -81,20 +89,21 @@ def remedies_table(study):
     if not col_rows:
       continue
     n_tasks = len(col_rows)
-    dm = stats.delta_m(means, bases, [False] * n_tasks) if np.all(np.isfinite(bases)) else np.nan
     seeds_all = [k for k, v in per_seed_dm.items() if len(v) == n_tasks]
     dm_seeds = [float(stats.delta_m([v[0] for v in per_seed_dm[k].values()],
                                     [v[1] for v in per_seed_dm[k].values()], [False] * n_tasks))
                 for k in sorted(seeds_all)]
+    # the mean of the per-seed Δm%, the centre of their t interval (not Δm% of the seed means)
+    dm = float(np.mean(dm_seeds)) if dm_seeds else math.nan
     if len(dm_seeds) >= 2:
       div = stats.paired_interval(np.zeros(len(dm_seeds)), dm_seeds)
-      dm_text = f"{float(dm):+.2f} [{div.low:+.2f}, {div.high:+.2f}]"
+      dm_text = f"{dm:+.2f} [{div.low:+.2f}, {div.high:+.2f}]"
     else:
-      div, dm_text = None, _signed(float(dm), 2)
+      div, dm_text = None, _signed(dm, 2)
     for r in col_rows:
       rows.append(r + [dm_text])
     records.append(dict(method=col, task="Δm%", test_set="", n_seeds=len(dm_seeds),
-                        metric=metric, psnr=None, delta=float(dm),
+                        metric=metric, psnr=None, delta=dm,
                         delta_low=None if div is None else div.low,
                         delta_high=None if div is None else div.high,
                         p=None if div is None else div.p, verdict=""))
@@ -102,8 +111,13 @@ def remedies_table(study):
            "paired by seed; 95% paired t interval; verdict 'gain'/'loss' where it excludes 0.",
            "Δ vs joint: the same for method - plain summed joint training (same lrs, steps and "
            "seeds).",
-           "Δm%: mean over tasks of (PSNR - scratch PSNR) / scratch PSNR x 100 (seed means); "
-           "its interval is a t interval over the per-seed Δm%."]
+           "Δm%: per seed that has every task, the mean over tasks of (PSNR - scratch PSNR) / "
+           "scratch PSNR x 100; their mean over seeds, with a t interval."]
+  if any(r["verdict"] in NO_VERDICT or r["verdict_joint"] in NO_VERDICT
+         for r in records if r["task"] != "Δm%"):
+    notes.append("No verdict where a Δ's arms are not compared alike: a paired seed's lr sweep "
+                 "not complete (its choice may change), or an arm diverged at every lr on a "
+                 "seed the other trained. " + " ".join(unlike))
   given = []  # per_regime['joint:<method>'] = {'mtl': {'aggregator_args': {...}}}
   for col in method_columns(study):
     groups = study.config["per_regime"].get(col, {}).get("mtl", {})

@@ -14,6 +14,7 @@ import numpy as np
 
 from mtl import conflicts, stats
 from mtl.conflicts import summary as conflict_summary
+from mtl.study.runs import sweep_runs
 
 
 @dataclasses.dataclass
@@ -23,6 +24,8 @@ class RegimeScores:
   runs: list             # chosen StudyRun per seed (seeds that have a done run)
   results: list          # their results.json
   complete: list         # whether each seed's sweep was complete
+  # {seed: the sweep whose every lr diverged (Study.dead_end)}: seeds that can never have a run
+  dead: dict = dataclasses.field(default_factory=dict)
 
   def by_seed(self, test_set, metric):
     """{seed: value} of the seeds scored on test_set."""
@@ -67,6 +70,24 @@ def untuned_seeds(a, b):
   return sorted(both & (a.incomplete_seeds() | b.incomplete_seeds()))
 
 
+def dead_seeds(a, b):
+  """The seeds where one of two RegimeScores has a run and the other diverged at every lr: left
+  out of their Δ, where that arm lost outright, so a Δ over the rest is not the comparison."""
+  have = lambda c: {spec.seed for spec in c.runs}
+  return sorted((set(a.dead) & have(b)) | (set(b.dead) & have(a)))
+
+
+def left_out(a, b):
+  """dead_seeds(a, b) in words: 'every lr of scratch-derain-lr*-s1 diverged: seed 1 left out of
+  the Δ, where the other arm trained'; '' where there are none."""
+  dead = dead_seeds(a, b)
+  if not dead:
+    return ""
+  sweeps = [sweep_runs(c.dead[k]) for k in dead for c in (a, b) if k in c.dead]
+  return (f"every lr of {', '.join(sweeps)} diverged: seed{'s' if len(dead) > 1 else ''} "
+          f"{', '.join(map(str, dead))} left out of the Δ, where the other arm trained")
+
+
 def regime_columns(study):
   """Regime columns of the main and transfer tables, in order (pairs have their own table)."""
   seen = []
@@ -84,14 +105,16 @@ def regime_scores(study, column, task):
       sweeps.setdefault(spec.seed, spec.sweep)
   if not sweeps:
     return None
-  runs, results, complete = [], [], []
+  runs, results, complete, dead = [], [], [], {}
   for seed in sorted(sweeps):
     chosen = study.select(sweeps[seed])
     if chosen is not None:
       runs.append(chosen.run)
       results.append(study.results(chosen.run.name))
       complete.append(chosen.complete)
-  return RegimeScores(task, runs, results, complete)
+    elif study.dead_end(sweeps[seed]):
+      dead[seed] = study.dead_end(sweeps[seed])
+  return RegimeScores(task, runs, results, complete, dead)
 
 
 def primary_test_set(study, task, c):

@@ -32,8 +32,9 @@ from mtl import conflicts, stats
 from mtl import study as study_lib
 from mtl.conflicts import summary as conflict_summary
 from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format_p
-from mtl.report.scores import (conflict_summaries, final_conflicts, paired, pairwise_transfer,
-                               regime_columns, regime_scores, untuned_seeds)
+from mtl.report.scores import (conflict_summaries, dead_seeds, final_conflicts, left_out,
+                               paired, pairwise_transfer, regime_columns, regime_scores,
+                               untuned_seeds)
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
@@ -275,7 +276,7 @@ def transfer_table(study):
   psnr_key, _, label = metric_names(study)
   header = ["task", "test set", "regime", f"scratch {label}", f"regime {label}", "n pairs",
             "Δ", "95% CI", "p", "verdict"]
-  rows, records = [], []
+  rows, records, dead = [], [], []
   for task in study.tasks:
     base = regime_scores(study, "scratch", task)
     if base is None:
@@ -286,6 +287,8 @@ def transfer_table(study):
       c = regime_scores(study, col, task)
       if c is None:
         continue
+      if left_out(base, c):
+        dead.append(f"{task} {col}: {left_out(base, c)}.")
       for s in study.test_sets:
         a, b = base.stats(s, psnr_key), c.stats(s, psnr_key)
         if a is None or b is None:
@@ -302,10 +305,13 @@ def transfer_table(study):
                         "regime_std": b[1], "n_pairs": iv.n, "delta": iv.estimate,
                         "delta_low": iv.low, "delta_high": iv.high, "p": iv.p,
                         "verdict": verdict, "budget": study.config["budget"],
-                        "complete_sweeps": not untuned_seeds(base, c)})
+                        "complete_sweeps": not untuned_seeds(base, c),
+                        "left_out_seeds": dead_seeds(base, c)})
   notes = [f"{label} (dB). " + PAIRED_NOTE, budget_note(study), lr_note(study)]
   if any(not r["complete_sweeps"] for r in records):
     notes.append(INCOMPLETE_NOTE)
+  if dead:
+    notes.append("Not compared alike (the findings give these Δs no verdict): " + " ".join(dead))
   return Table("transfer", "Transfer vs scratch", header, rows, records, notes)
 
 

@@ -26,6 +26,12 @@ class StudyRun:
     return dict(dataclasses.asdict(self), tasks=list(self.tasks))
 
 
+def sweep_runs(sweep):
+  """The shell pattern of a sweep's run names: 'scratch-sr_x2-s0' -> 'scratch-sr_x2-lr*-s0'."""
+  prefix, seed = sweep.rsplit("-s", 1)
+  return f"{prefix}-lr*-s{seed}"
+
+
 def expand(study):
   """The study's runs in the order they run: per seed, scratch, joint, its fine-tunes, pairs,
   groups, their fine-tunes (scratch last under equal_flops); within each, tasks in study order,

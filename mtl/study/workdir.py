@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from mtl import checkpoints, conflicts, files, run_defaults, run_folder
-from mtl.study.runs import StudyRun, expand, run_config
+from mtl.study.runs import StudyRun, expand, run_config, sweep_runs
 from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, method_of, reference_source, upgrade,
                             validate, _as_dict)
 
@@ -345,8 +345,8 @@ class Study:
     pre, fine = self.budget_sweeps(spec)
     missing = [r.name for r in self.sweeps[pre] + self.sweeps[fine] if not self.is_done(r.name)]
     if missing:
-      raise Waiting(f"{spec.name} runs as many FLOPs as {fine.replace('-s', '-lr*-s')} plus its "
-                    f"share of {pre.replace('-s', '-lr*-s')}; not done yet: {', '.join(missing)}")
+      raise Waiting(f"{spec.name} runs as many FLOPs as {sweep_runs(fine)} plus its "
+                    f"share of {sweep_runs(pre)}; not done yet: {', '.join(missing)}")
     first = lambda sweep: next((r for r in self.sweeps[sweep] if not self.diverged(r.name)),
                                self.sweeps[sweep][0])
     pre_compute, fine_compute = self.compute(first(pre).name), self.compute(first(fine).name)
@@ -388,15 +388,23 @@ class Study:
     return Selection(best[0], best[1], candidates,
                      all(self.is_done(r.name) for r in self.sweeps[sweep]))
 
+  def dead_end(self, sweep):
+    """The sweep whose every lr diverged, so that `sweep` can never choose a run: `sweep`
+    itself, or (a fine-tune) the pre-training it starts from; None if there is none."""
+    specs = self.sweeps[sweep]
+    if all(self.diverged(r.name) for r in specs):
+      return sweep
+    return self.dead_end(specs[0].source) if specs[0].source else None
+
   def init_from(self, spec):
     """A fine-tune's starting point: its source sweep's run chosen on validation."""
     missing = [r.name for r in self.sweeps[spec.source] if not self.is_done(r.name)]
     if missing:
-      raise Waiting(f"{spec.name} starts from the best of {spec.source.replace('-s', '-lr*-s')} "
+      raise Waiting(f"{spec.name} starts from the best of {sweep_runs(spec.source)} "
                     f"on {self.validation}; not done yet: {', '.join(missing)}")
     chosen = self.select(spec.source)
     if chosen is None:
-      sweep = spec.source.replace("-s", "-lr*-s")
+      sweep = sweep_runs(spec.source)
       raise ValueError(f"{spec.name} has no start: every lr of {sweep} diverged; give the study "
                        "lower lrs (lrs, or lrs_override for that regime)")
     return self.run_dir(chosen.run.name)
