@@ -40,7 +40,8 @@ def compute_table(study):
       per_regime["joint"] and "images_seen_per_run" in per_regime["finetune"]:
     j, f = per_regime["joint"], per_regime["finetune"]
     per_regime["joint + finetune"] = {
-        "regime": "joint + finetune (one task's model)", "runs": None, "runs_done": None,
+        "regime": "joint + finetune (one fine-tuned model: joint's every task, then one)",
+        "runs": None, "runs_done": None,
         "steps_per_run": [a + b for a in j["steps_per_run"] for b in f["steps_per_run"]],
         **{f"{k}_per_run": j[f"{k}_per_run"] + f[f"{k}_per_run"]
            for k in ("images_seen", "train_flops", "wall_seconds")}}

@@ -366,8 +366,9 @@ def conflict_table(study, summaries=None, transfer=None):
     if col == "joint" and t is not None:
       joint_points.append((mean_cos, t.estimate))
   notes = ["raw cos: whole-body cosine between the two tasks' gradients, the mean over the "
-           "probe steps of the headline phase (the last third of the probes; launch/analyze.py "
-           "shows every phase) of the chosen run of each seed, then over seeds. same-task "
+           "probe steps of the headline phase (the last third of the probes; the last half, or all "
+           "of them, where too few probes split the run in three; launch/analyze.py shows "
+           "every phase) of the chosen run of each seed, then over seeds. same-task "
            "agreement: cosine between the two half-batches of one task (a / b), the noise floor. "
            "corrected cos: the cosine between the tasks' expected gradients, from independent "
            "halves only (mtl.gramians). conflict fraction: share of probe steps with raw cos < 0. "
