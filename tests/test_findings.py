@@ -358,6 +358,11 @@ def test_an_arm_that_diverged_at_every_lr_leaves_its_seed_out_and_the_delta_unju
   assert record["left_out_seeds"] == [1] and record["n_pairs"] == 2 and record["complete_sweeps"]
   why = "every lr of scratch-derain-lr*-s1 diverged: seed 1 left out of the Δ, where the other arm"
   assert any(f"derain finetune: {why} trained." in note for note in transfer.notes)
+  main = tables.main_table(s)
+  assert "Seeds left out where every lr diverged: derain scratch: every lr of " \
+      "scratch-derain-lr*-s1 diverged." in main.notes
+  assert next(r for r in main.records if (r["task"], r["regime"]) == ("derain", "scratch"))[
+      "n_seeds"] == 2
   answers = {a.subject: a for a in findings.build(s, transfer, []).answers[2]}
   iv = stats.paired_interval([SCRATCH["derain"][k] for k in (0, 2)],
                              [_psnr("finetune", "derain", k) for k in (0, 2)])

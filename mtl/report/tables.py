@@ -35,6 +35,7 @@ from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format
 from mtl.report.scores import (conflict_summaries, dead_seeds, final_conflicts, left_out,
                                paired, pairwise_transfer, regime_columns, regime_scores,
                                untuned_seeds)
+from mtl.study.runs import sweep_runs
 
 FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
@@ -125,10 +126,12 @@ def main_table(study):
   ref = study.config["reference"]
   header = ["task", "regime", "n"] + [h for s in test_sets for h in (
       f"{s} {label}", f"{s} SSIM", f"{s} Δ {label} vs scratch [95% CI], p", f"{s} verdict")]
-  rows, records, warnings = [], [], []
+  rows, records, warnings, dead = [], [], [], []
   paper = {}  # {row label: {(task, test set): (PSNR cell, SSIM cell)}}
   for task in study.tasks:
     cells = {col: regime_scores(study, col, task) for col in columns}
+    dead += [f"{task} {col}: every lr of {', '.join(sweep_runs(w) for w in c.dead.values())} "
+             "diverged." for col, c in cells.items() if c is not None and c.dead]
     cells = {col: c for col, c in cells.items() if c is not None and c.runs}
     best = {(s, m): _best(cells, s, m) for s in test_sets for m in (psnr_key, ssim_key)}
     base = cells.get("scratch")
@@ -212,6 +215,8 @@ def main_table(study):
            budget_note(study), lr_note(study)]
   if any(not r["complete_sweeps"] for r in records):
     notes.append(INCOMPLETE_NOTE)
+  if dead:  # a seed it lost outright: not in its mean, n or Δs (a regime with none has no row)
+    notes.append("Seeds left out where every lr diverged: " + " ".join(dead))
   if ref["label"] and ref["note"]:
     notes.append(f"{ref['label']}: {ref['note']}")
   notes += warnings
