@@ -317,6 +317,7 @@ def test_a_delta_whose_arms_are_not_tuned_alike_gets_no_verdict(tmp_path):
   transfer = tables.transfer_table(s)
   record = next(r for r in transfer.records if (r["task"], r["regime"]) == ("derain", "finetune"))
   assert not record["complete_sweeps"] and tables.INCOMPLETE_NOTE in transfer.notes
+  assert record["verdict"] == scores.UNLIKE[1]
   answers = {a.subject: a for a in findings.build(s, transfer, []).answers[2]}
   iv = stats.paired_interval(SCRATCH["derain"], [_psnr("finetune", "derain", k) for k in range(3)])
   assert answers["derain"].interval[:6] == pytest.approx(iv[:6], rel=1e-12) and iv.low > 0
@@ -356,13 +357,17 @@ def test_an_arm_that_diverged_at_every_lr_leaves_its_seed_out_and_the_delta_unju
   transfer = tables.transfer_table(s)
   record = next(r for r in transfer.records if (r["task"], r["regime"]) == ("derain", "finetune"))
   assert record["left_out_seeds"] == [1] and record["n_pairs"] == 2 and record["complete_sweeps"]
+  assert record["verdict"] == scores.UNLIKE[0]  # whatever its interval, as in the findings
   why = "every lr of scratch-derain-lr*-s1 diverged: seed 1 left out of the Δ, where the other arm"
   assert any(f"derain finetune: {why} trained." in note for note in transfer.notes)
   main = tables.main_table(s)
   assert "Seeds left out where every lr diverged: derain scratch: every lr of " \
       "scratch-derain-lr*-s1 diverged." in main.notes
-  assert next(r for r in main.records if (r["task"], r["regime"]) == ("derain", "scratch"))[
-      "n_seeds"] == 2
+  main_rows = {(r["task"], r["regime"]): r for r in main.records if r["test_set"] == "photos"}
+  assert main_rows["derain", "scratch"]["n_seeds"] == 2
+  assert main_rows["derain", "finetune"]["verdict_psnr"] == scores.UNLIKE[0]
+  assert main_rows["sr_x2", "finetune"]["verdict_psnr"] == stats.verdict(stats.paired_interval(
+      SCRATCH["sr_x2"], [_psnr("finetune", "sr_x2", k) for k in range(3)]))
   answers = {a.subject: a for a in findings.build(s, transfer, []).answers[2]}
   iv = stats.paired_interval([SCRATCH["derain"][k] for k in (0, 2)],
                              [_psnr("finetune", "derain", k) for k in (0, 2)])

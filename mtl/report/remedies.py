@@ -24,8 +24,8 @@ import numpy as np
 
 from mtl import conflicts, stats
 from mtl.conflicts import affinity as affinity_lib
-from mtl.report.scores import (left_out, paired, pairwise_transfer, primary_test_set,
-                               regime_columns, regime_scores, untuned_seeds)
+from mtl.report.scores import (UNLIKE, left_out, paired, pairwise_transfer, primary_test_set,
+                               regime_columns, regime_scores, table_verdict)
 from mtl.report.cells import Table, _fmt, _signed
 from mtl.report.tables import metric_names
 
@@ -35,18 +35,13 @@ def method_columns(study):
   return [c for c in regime_columns(study) if c == "joint" or c.startswith("joint:")]
 
 
-# The verdict of a Δ whose arms are not compared alike, whatever its interval (a note says why).
-NO_VERDICT = ("no verdict: a seed left out", "not yet: lr sweeps incomplete")
-
-
 def _paired(base, cell, s, metric):
   """(paired interval of cell - base over their common seeds or None, its text, verdict)."""
   iv = paired(base.by_seed(s, metric), cell.by_seed(s, metric))
   if not math.isfinite(iv.low):
     return None, "–", "needs 2 seeds"
-  verdict = (NO_VERDICT[0] if left_out(base, cell) else
-             NO_VERDICT[1] if untuned_seeds(base, cell) else stats.verdict(iv))
-  return iv, f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]", verdict
+  return (iv, f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]",
+          table_verdict(base, cell, iv))
 
 
 def remedies_table(study):
@@ -113,7 +108,7 @@ def remedies_table(study):
            "seeds).",
            "Δm%: per seed that has every task, the mean over tasks of (PSNR - scratch PSNR) / "
            "scratch PSNR x 100; their mean over seeds, with a t interval."]
-  if any(r["verdict"] in NO_VERDICT or r["verdict_joint"] in NO_VERDICT
+  if any(r["verdict"] in UNLIKE or r["verdict_joint"] in UNLIKE
          for r in records if r["task"] != "Δm%"):
     notes.append("No verdict where a Δ's arms are not compared alike: a paired seed's lr sweep "
                  "not complete (its choice may change), or an arm diverged at every lr on a "

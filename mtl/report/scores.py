@@ -88,6 +88,18 @@ def left_out(a, b):
           f"{', '.join(map(str, dead))} left out of the Δ, where the other arm trained")
 
 
+# A table's verdict of a Δ whose arms are not compared alike, whatever its interval: a seed left
+# out (left_out), or a paired seed's lr sweep not complete (untuned_seeds); a note says which.
+UNLIKE = ("no verdict: a seed left out", "not yet: lr sweeps incomplete")
+
+
+def table_verdict(a, b, iv):
+  """The verdict a table gives the Δ b - a with paired interval `iv`: UNLIKE where its arms are
+  not compared alike, else stats.verdict(iv)."""
+  return (UNLIKE[0] if dead_seeds(a, b) else UNLIKE[1] if untuned_seeds(a, b)
+          else stats.verdict(iv))
+
+
 def regime_columns(study):
   """Regime columns of the main and transfer tables, in order (pairs have their own table)."""
   seen = []

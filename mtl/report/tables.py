@@ -34,7 +34,7 @@ from mtl.conflicts import summary as conflict_summary
 from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format_p
 from mtl.report.scores import (conflict_summaries, dead_seeds, final_conflicts, left_out,
                                paired, pairwise_transfer, regime_columns, regime_scores,
-                               untuned_seeds)
+                               table_verdict, untuned_seeds)
 from mtl.study.runs import sweep_runs
 
 FIGURES_DIR = "figures"
@@ -52,7 +52,8 @@ PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same body 
                "'loss' only when the CI excludes 0, else 'no detectable difference' (always so "
                "with one seed, which has no CI).")
 
-INCOMPLETE_NOTE = "Some sweeps are incomplete (not every lr done); their choice may change."
+INCOMPLETE_NOTE = ("Some sweeps are incomplete (not every lr done): their choice may change, and "
+                   "a Δ with such a seed has no verdict yet (its arms are not tuned alike).")
 
 
 def _run_interval(entry, key):
@@ -145,7 +146,8 @@ def main_table(study):
         deltas = {m: paired(base.by_seed(s, m), c.by_seed(s, m))
                   if base is not None and col != "scratch" else None for m in (psnr_key,
                                                                                ssim_key)}
-        verdicts = {m: stats.verdict(iv) if iv is not None else "" for m, iv in deltas.items()}
+        verdicts = {m: table_verdict(base, c, iv) if iv is not None else ""
+                    for m, iv in deltas.items()}
         dp, ds = deltas[psnr_key], deltas[ssim_key]
         cells_ = (_bold_if(_pm(psnr, 2), best[s, psnr_key] == col),
                   _bold_if(_pm(ssim, 4), best[s, ssim_key] == col))
@@ -299,11 +301,11 @@ def transfer_table(study):
         if a is None or b is None:
           continue
         iv = paired(base.by_seed(s, psnr_key), c.by_seed(s, psnr_key))
-        verdict = stats.verdict(iv)
+        verdict = table_verdict(base, c, iv)
         ci = (f"[{_signed(iv.low, 2)}, {_signed(iv.high, 2)}]" if math.isfinite(iv.low)
               else "– (needs 2 seeds)")
         rows.append([task, s, col, _pm(a, 2), _pm(b, 2), str(iv.n), _signed(iv.estimate, 2),
-                     ci, format_p(iv.p), Bold(verdict) if verdict != stats.NO_DIFFERENCE
+                     ci, format_p(iv.p), Bold(verdict) if verdict in ("gain", "loss")
                      else verdict])
         records.append({"task": task, "test_set": s, "regime": col, "metric": psnr_key,
                         "scratch_mean": a[0], "scratch_std": a[1], "regime_mean": b[0],
@@ -316,7 +318,8 @@ def transfer_table(study):
   if any(not r["complete_sweeps"] for r in records):
     notes.append(INCOMPLETE_NOTE)
   if dead:
-    notes.append("Not compared alike (the findings give these Δs no verdict): " + " ".join(dead))
+    notes.append("No verdict where an arm diverged at every lr on a seed the other trained: "
+                 + " ".join(dead))
   return Table("transfer", "Transfer vs scratch", header, rows, records, notes)
 
 
