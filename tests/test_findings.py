@@ -15,7 +15,7 @@ import pytest
 from matplotlib import image
 
 from mtl import conflicts, files, run_defaults, run_folder, stats
-from mtl.report import cells, document, figures, findings, scores, tables
+from mtl.report import accounting, cells, document, figures, findings, scores, tables
 from mtl import study as study_lib
 from test_conflicts import known_halves
 from test_report import DIFF, SCRATCH, _psnr, synthetic_study
@@ -392,6 +392,25 @@ def test_an_arm_that_diverged_at_every_lr_leaves_its_seed_out_and_the_delta_unju
     assert a.interval.n == 2 and a.verdict == (
         f"{findings.NO_VERDICT}: every lr of joint-lr*-s2 diverged: seed 2 left out of the Δ, "
         "where the other arm trained; give the study lower lrs"), a.subject
+
+
+def test_the_deltas_say_which_arms_chose_an_lr_at_an_end_of_their_grid(tmp_path):
+  # The synthetic grid (1e-3, 3e-3) with 1e-3 best on validation: every arm chose the smallest
+  # lr, so the grid brackets no arm's best lr; a grid around 1e-3 brackets every one.
+  s = synthetic_study(str(tmp_path / "edge"))
+  found = findings.build(s, tables.transfer_table(s), [])
+  arms = [f"{col} {task}: the smallest lr on 3 of 3 seeds" for task in s.tasks
+          for col in ("scratch", "finetune")]
+  assert ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
+          "show): " + "; ".join(arms) + ".") in found.notes[2]
+  selection = accounting.selection_table(s)
+  chosen = [row[2] for row in selection.rows]
+  assert chosen and all("-lr1e-3-s" in c and c.endswith(" (the grid's smallest)") for c in chosen)
+  assert {r["grid_end"] for r in selection.records if r["chosen"]} == {"smallest"}
+  inside = synthetic_study(str(tmp_path / "inside"), lrs=(3e-4, 1e-3, 3e-3))
+  found = findings.build(inside, tables.transfer_table(inside), [])
+  assert "Every chosen lr lies inside its grid." in found.notes[2]
+  assert not any("(the grid's" in row[2] for row in accounting.selection_table(inside).rows)
 
 
 def test_the_deltas_say_what_budget_and_lr_grids_they_compare(tmp_path):

@@ -90,15 +90,19 @@ def selection_table(study):
     text = ", ".join(f"{study_lib.format_lr(r.lr)}: "
                      + ("diverged" if study.diverged(r.name) else _fmt(score, 2))
                      for r, score in candidates)
-    rows.append([sweep, text, chosen.run.name if chosen else "none: every lr diverged",
+    edge = chosen.edge if chosen else ""
+    rows.append([sweep, text, (chosen.run.name + (f" (the grid's {edge})" if edge else "")
+                               if chosen else "none: every lr diverged"),
                  "yes" if chosen is None or chosen.complete else "no"])
     for r, score in candidates:
+      is_chosen = chosen is not None and r.name == chosen.run.name
       records.append({"sweep": sweep, "run": r.name, "lr": r.lr, "validation_psnr_y": score,
-                      "diverged": bool(study.diverged(r.name)),
-                      "chosen": chosen is not None and r.name == chosen.run.name})
+                      "diverged": bool(study.diverged(r.name)), "chosen": is_chosen,
+                      "grid_end": edge if is_chosen else ""})
   notes = [f"Validation score: mean {metric_names(study)[2]} on {study.validation} over the "
            "run's tasks; the best lr per seed is chosen (ties: the first listed). "
-           + lr_note(study)]
+           + lr_note(study) + " (the grid's smallest / largest): the chosen lr is an end of "
+           "its grid, which then does not bracket the best lr (it may lie beyond)."]
   return Table("selection", "Learning rates chosen on validation", header, rows, records, notes)
 
 

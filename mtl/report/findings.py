@@ -345,8 +345,8 @@ def build(study, transfer, records, final=()):
              3: related_answers(study)}
   missing = {q: _missing(study, q) for q, a in answers.items() if not a}
   # what a Δ of 2 and 3 compares: each arm's steps and lr grid, beside the answer it qualifies
-  notes = {q: comparison_note(study) + _multiplicity(len(answers[q])) for q in (2, 3)
-           if answers[q]}
+  notes = {q: comparison_note(study) + " " + edge_note(study, _arms(answers[q]))
+           + _multiplicity(len(answers[q])) for q in (2, 3) if answers[q]}
   return Findings(answers, missing, probe_note(study, records, final), notes)
 
 
@@ -354,6 +354,35 @@ def _multiplicity(k):
   """What k verdicts of one question claim together: each its own (no family-wise claim)."""
   return ("" if k < 2 else f" These {k} Δs each have their own 95% interval, not adjusted "
           "for the others: were nothing different, each would still exclude 0 one time in 20.")
+
+
+def _arms(answers):
+  """The (column, task) arms the Δs of question 2 or 3 answers compare, in order."""
+  arms = {}
+  for a in answers:
+    pair = (("scratch", a.source) if a.question == 2 else
+            (f"finetune:{UNRELATED}", f"finetune:{RELATED}"))
+    arms.update(dict.fromkeys((col, a.subject) for col in pair))
+  return list(arms)
+
+
+def edge_note(study, arms):
+  """Which arms chose an lr at an end of their grid, and on how many seeds: there the grid does
+  not bracket the best lr, which may lie beyond it (a wider grid would show); or that every
+  chosen lr lies inside its grid."""
+  parts = []
+  for col, task in arms:
+    c = regime_scores(study, col, task)
+    if c is None or not c.runs:
+      continue
+    ends = [(edge, sum(e == edge for e in c.edges)) for edge in ("smallest", "largest")]
+    ends = [f"the {edge} lr on {k}" for edge, k in ends if k]
+    if ends:
+      parts.append(f"{col} {task}: {' and '.join(ends)} of {len(c.runs)} seeds")
+  if not parts:
+    return "Every chosen lr lies inside its grid."
+  return ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
+          "show): " + "; ".join(parts) + ".")
 
 
 def comparison_note(study):

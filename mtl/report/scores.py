@@ -26,6 +26,8 @@ class RegimeScores:
   complete: list         # whether each seed's sweep was complete
   # {seed: the sweep whose every lr diverged (Study.dead_end)}: seeds that can never have a run
   dead: dict = dataclasses.field(default_factory=dict)
+  # per run: 'smallest' / 'largest' where its lr is an end of its sweep's grid (Selection.edge)
+  edges: list = dataclasses.field(default_factory=list)
 
   def by_seed(self, test_set, metric):
     """{seed: value} of the seeds scored on test_set."""
@@ -117,16 +119,17 @@ def regime_scores(study, column, task):
       sweeps.setdefault(spec.seed, spec.sweep)
   if not sweeps:
     return None
-  runs, results, complete, dead = [], [], [], {}
+  runs, results, complete, dead, edges = [], [], [], {}, []
   for seed in sorted(sweeps):
     chosen = study.select(sweeps[seed])
     if chosen is not None:
       runs.append(chosen.run)
       results.append(study.results(chosen.run.name))
       complete.append(chosen.complete)
+      edges.append(chosen.edge)
     elif study.dead_end(sweeps[seed]):
       dead[seed] = study.dead_end(sweeps[seed])
-  return RegimeScores(task, runs, results, complete, dead)
+  return RegimeScores(task, runs, results, complete, dead, edges)
 
 
 def primary_test_set(study, task, c):

@@ -52,6 +52,16 @@ class Selection:
   candidates: list        # [(StudyRun, score or None when not done)] in lr order
   complete: bool          # every lr of the sweep is done
 
+  @property
+  def edge(self):
+    """'smallest' / 'largest' where the chosen lr is an end of a grid of 2 or more lrs (the best
+    lr may lie beyond it: the grid does not bracket it), else ''."""
+    lrs = [r.lr for r, _ in self.candidates]
+    if len(set(lrs)) < 2:
+      return ""
+    return ("smallest" if self.run.lr == min(lrs) else
+            "largest" if self.run.lr == max(lrs) else "")
+
 
 def lock_holder(study, name):
   """The RUNNING file's content ({} if unreadable) while a live process holds its lock, else
