@@ -399,8 +399,9 @@ def test_the_deltas_say_which_arms_chose_an_lr_at_an_end_of_their_grid(tmp_path)
   # lr, so the grid brackets no arm's best lr; a grid around 1e-3 brackets every one.
   s = synthetic_study(str(tmp_path / "edge"))
   found = findings.build(s, tables.transfer_table(s), [])
-  arms = [f"{col} {task}: the smallest lr on 3 of 3 seeds" for task in s.tasks
-          for col in ("scratch", "finetune")]
+  arms = [f"{arm}: the smallest lr on 3 of 3 seeds" for arm in (
+      "scratch denoise_30", "finetune denoise_30", "joint", "scratch sr_x2", "finetune sr_x2",
+      "scratch derain", "finetune derain")]  # the joint pre-training once: it has one choice
   assert ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
           "show): " + "; ".join(arms) + ".") in found.notes[2]
   selection = accounting.selection_table(s)

@@ -357,28 +357,34 @@ def _multiplicity(k):
 
 
 def _arms(answers):
-  """The (column, task) arms the Δs of question 2 or 3 answers compare, in order."""
+  """The (column, task) arms the Δs of question 2 or 3 compare, in order, each fine-tune with
+  the pre-training it starts from (joint or group:<g>)."""
   arms = {}
   for a in answers:
-    pair = (("scratch", a.source) if a.question == 2 else
-            (f"finetune:{UNRELATED}", f"finetune:{RELATED}"))
-    arms.update(dict.fromkeys((col, a.subject) for col in pair))
+    tuned = (("scratch", a.source) if a.question == 2 else
+             (f"finetune:{UNRELATED}", f"finetune:{RELATED}"))
+    for col in tuned:
+      source = (None if col == "scratch" else "joint" if col == "finetune" else
+                "group:" + col[len("finetune:"):])
+      arms.update(dict.fromkeys([(col, a.subject)] + ([(source, a.subject)] if source else [])))
   return list(arms)
 
 
 def edge_note(study, arms):
   """Which arms chose an lr at an end of their grid, and on how many seeds: there the grid does
   not bracket the best lr, which may lie beyond it (a wider grid would show); or that every
-  chosen lr lies inside its grid."""
-  parts = []
+  chosen lr lies inside its grid. A pre-training is named once (its choice is over its tasks)."""
+  parts = {}
   for col, task in arms:
     c = regime_scores(study, col, task)
     if c is None or not c.runs:
       continue
     ends = [(edge, sum(e == edge for e in c.edges)) for edge in ("smallest", "largest")]
     ends = [f"the {edge} lr on {k}" for edge, k in ends if k]
+    name = col if col == "joint" or col.startswith("group:") else f"{col} {task}"
     if ends:
-      parts.append(f"{col} {task}: {' and '.join(ends)} of {len(c.runs)} seeds")
+      parts[name] = f"{name}: {' and '.join(ends)} of {len(c.runs)} seeds"
+  parts = list(parts.values())
   if not parts:
     return "Every chosen lr lies inside its grid."
   return ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
