@@ -399,9 +399,16 @@ def test_the_deltas_say_which_arms_chose_an_lr_at_an_end_of_their_grid(tmp_path)
   # lr, so the grid brackets no arm's best lr; a grid around 1e-3 brackets every one.
   s = synthetic_study(str(tmp_path / "edge"))
   found = findings.build(s, tables.transfer_table(s), [])
+  assert ("Every arm chose its grid's smallest lr on every seed: the grid brackets none of "
+          "their best lrs, which may lie below it (a wider grid would show).") in found.notes[2]
+  # Seed 2's scratch derain chose the largest lr: each arm at an end is counted, by name
+  s2 = synthetic_study(str(tmp_path / "mixed"), psnr=lambda spec, task: _psnr(
+      spec.regime, task, spec.seed) + (2.0 if (spec.name == "scratch-derain-lr3e-3-s2") else 0))
+  found = findings.build(s2, tables.transfer_table(s2), [])
   arms = [f"{arm}: the smallest lr on 3 of 3 seeds" for arm in (
-      "scratch denoise_30", "finetune denoise_30", "joint", "scratch sr_x2", "finetune sr_x2",
-      "scratch derain", "finetune derain")]  # the joint pre-training once: it has one choice
+      "scratch denoise_30", "finetune denoise_30", "joint", "scratch sr_x2", "finetune sr_x2")]
+  arms += ["scratch derain: the smallest lr on 2 and the largest lr on 1 of 3 seeds",
+           "finetune derain: the smallest lr on 3 of 3 seeds"]  # joint once: one choice
   assert ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
           "show): " + "; ".join(arms) + ".") in found.notes[2]
   selection = accounting.selection_table(s)
