@@ -413,12 +413,16 @@ def test_the_deltas_say_which_arms_chose_an_lr_at_an_end_of_their_grid(tmp_path)
           "show): " + "; ".join(arms) + ".") in found.notes[2]
   selection = accounting.selection_table(s)
   chosen = [row[2] for row in selection.rows]
-  assert chosen and all("-lr1e-3-s" in c and c.endswith(" (the grid's smallest)") for c in chosen)
+  assert chosen and all("-lr1e-3-s" in c and c.endswith(" (the grid's smallest lr)")
+                        for c in chosen)
   assert {r["grid_end"] for r in selection.records if r["chosen"]} == {"smallest"}
   inside = synthetic_study(str(tmp_path / "inside"), lrs=(3e-4, 1e-3, 3e-3))
   found = findings.build(inside, tables.transfer_table(inside), [])
   assert "Every chosen lr lies inside its grid." in found.notes[2]
   assert not any("(the grid's" in row[2] for row in accounting.selection_table(inside).rows)
+  one = synthetic_study(str(tmp_path / "one"), lrs=(1e-3,))
+  found = findings.build(one, tables.transfer_table(one), [])
+  assert "Every arm had one lr: none was tuned" in found.notes[2]
 
 
 def test_the_deltas_say_what_budget_and_lr_grids_they_compare(tmp_path):

@@ -91,7 +91,7 @@ def selection_table(study):
                      + ("diverged" if study.diverged(r.name) else _fmt(score, 2))
                      for r, score in candidates)
     edge = chosen.edge if chosen else ""
-    rows.append([sweep, text, (chosen.run.name + (f" (the grid's {edge})" if edge else "")
+    rows.append([sweep, text, (chosen.run.name + (f" (the grid's {edge} lr)" if edge else "")
                                if chosen else "none: every lr diverged"),
                  "yes" if chosen is None or chosen.complete else "no"])
     for r, score in candidates:
@@ -101,7 +101,7 @@ def selection_table(study):
                       "grid_end": edge if is_chosen else ""})
   notes = [f"Validation score: mean {metric_names(study)[2]} on {study.validation} over the "
            "run's tasks; the best lr per seed is chosen (ties: the first listed). "
-           + lr_note(study) + " (the grid's smallest / largest): the chosen lr is an end of "
+           + lr_note(study) + " (the grid's smallest / largest lr): the chosen lr is an end of "
            "its grid, which then does not bracket the best lr (it may lie beyond)."]
   return Table("selection", "Learning rates chosen on validation", header, rows, records, notes)
 

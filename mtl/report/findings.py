@@ -380,13 +380,15 @@ def edge_note(study, arms):
     if c is None or not c.runs:
       continue
     edges.update(c.edges)
-    ends = [(edge, sum(e == edge for e in c.edges)) for edge in ("smallest", "largest")]
+    ends = [(edge, sum(e == edge for e in c.edges)) for edge in ("smallest", "largest", "only")]
     ends = [f"the {edge} lr on {k}" for edge, k in ends if k]
     name = col if col == "joint" or col.startswith("group:") else f"{col} {task}"
     if ends:
       parts[name] = f"{name}: {' and '.join(ends)} of {len(c.runs)} seeds"
   if not parts:
     return "Every chosen lr lies inside its grid."
+  if edges == {"only"}:
+    return "Every arm had one lr: none was tuned (a grid of 2 or more lrs would tune them)."
   if len(edges) == 1:  # every arm, every seed, the same end
     edge = edges.pop()
     return (f"Every arm chose its grid's {edge} lr on every seed: the grid brackets none of "

@@ -54,11 +54,11 @@ class Selection:
 
   @property
   def edge(self):
-    """'smallest' / 'largest' where the chosen lr is an end of a grid of 2 or more lrs (the best
-    lr may lie beyond it: the grid does not bracket it), else ''."""
+    """'smallest' / 'largest' where the chosen lr is an end of its grid (the best lr may lie
+    beyond it: the grid does not bracket it), 'only' for a grid of one lr, else ''."""
     lrs = [r.lr for r, _ in self.candidates]
     if len(set(lrs)) < 2:
-      return ""
+      return "only"
     return ("smallest" if self.run.lr == min(lrs) else
             "largest" if self.run.lr == max(lrs) else "")
 
