@@ -60,7 +60,7 @@ def test_verdict_on_null_data_is_rarely_a_call():
   assert all((iv.p < 0.05) == (c != stats.NO_DIFFERENCE) for iv, c in zip(intervals, calls))
 
 
-# The related_vs_unrelated study's Δs as README prints them (from related - scratch, - unrelated),
+# Two Δs of a 3-seed related_vs_unrelated run (from related - scratch, - from unrelated),
 # and a 2-seed Δ so large that scipy's nct.cdf of the wrong-sign tail is NaN at 3 and 4 seeds.
 @pytest.mark.parametrize("estimate, low, high, n, seeds", [(-0.32, -0.71, 0.06, 3, 5),
                                                            (-0.15, -0.73, 0.43, 3, 22),
