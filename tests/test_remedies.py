@@ -105,6 +105,9 @@ def test_remedies_cells_are_paired_intervals(study):
         (np.mean(per_seed), div.low, div.high, div.p), rel=1e-12)
   # pcgrad's derain offset (-0.6 dB) is far outside its seed wobble: a detected loss
   assert cells[("joint:pcgrad", "derain")]["verdict"] == "loss"
+  # one lr (1e-3) for every regime: the note says that nothing was tuned
+  assert ("Every arm had one lr: none was tuned (a grid of 2 or more lrs would tune them)."
+          in table.notes)
 
 
 

@@ -27,7 +27,7 @@ from mtl.conflicts import affinity as affinity_lib
 from mtl.report.scores import (UNLIKE, left_out, paired, pairwise_transfer, primary_test_set,
                                regime_columns, regime_scores, table_verdict)
 from mtl.report.cells import Table, _fmt, _signed
-from mtl.report.tables import metric_names
+from mtl.report.tables import edge_note, metric_names
 
 
 def method_columns(study):
@@ -113,6 +113,8 @@ def remedies_table(study):
     notes.append("No verdict where a Δ's arms are not compared alike: a paired seed's lr sweep "
                  "not complete (its choice may change), or an arm diverged at every lr on a "
                  "seed the other trained. " + " ".join(unlike))
+  arms = [(col, task) for col in ["scratch"] + method_columns(study) for task in study.tasks]
+  notes.append(edge_note(study, arms))
   given = []  # per_regime['joint:<method>'] = {'mtl': {'aggregator_args': {...}}}
   for col in method_columns(study):
     groups = study.config["per_regime"].get(col, {}).get("mtl", {})

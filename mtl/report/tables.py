@@ -102,6 +102,34 @@ def lr_note(study):
           f"{study.validation}.")
 
 
+def edge_note(study, arms):
+  """Which arms chose an lr at an end of their grid, and on how many seeds: there the grid does
+  not bracket the best lr, which may lie beyond it (a wider grid would show); or that every
+  chosen lr lies inside its grid. A pre-training is named once (its choice is over its tasks)."""
+  parts, edges = {}, set()
+  for col, task in arms:
+    c = regime_scores(study, col, task)
+    if c is None or not c.runs:
+      continue
+    edges.update(c.edges)
+    ends = [(edge, sum(e == edge for e in c.edges)) for edge in ("smallest", "largest", "only")]
+    ends = [f"the {edge} lr on {k}" for edge, k in ends if k]
+    name = col if col.startswith(("joint", "group:")) else f"{col} {task}"
+    if ends:
+      parts[name] = f"{name}: {' and '.join(ends)} of {len(c.runs)} seeds"
+  if not parts:
+    return "Every chosen lr lies inside its grid."
+  if edges == {"only"}:
+    return "Every arm had one lr: none was tuned (a grid of 2 or more lrs would tune them)."
+  if len(edges) == 1:  # every arm, every seed, the same end
+    edge = edges.pop()
+    return (f"Every arm chose its grid's {edge} lr on every seed: the grid brackets none of "
+            f"their best lrs, which may lie {'below' if edge == 'smallest' else 'above'} it (a "
+            "wider grid would show).")
+  return ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
+          "show): " + "; ".join(parts.values()) + ".")
+
+
 # ----------------------------------------------------------------------------- tables
 
 
