@@ -53,13 +53,8 @@ def get_config(arg=None):
   study.groups.unrelated = ("sr_x2", "denoise_30")
   study.seeds = (0, 1, 2)
   if not root:
-    study = common.converged_schedule(study, "groups", scale=2 if args["device"] == "gpu" else 1,
-                                      batches=8)
-    # Grids that bracket each arm's best lr (README, Studies: with 5 seeds and wider grids,
-    # scratch chose 2e-3 or 3e-3, the fine-tunes 5e-4 or 1e-3); the groups keep (3e-3, 5e-3).
-    study.lrs_override.scratch = (2e-3, 3e-3, 5e-3)
-    study.lrs_override.finetune = (5e-4, 1e-3, 2e-3)
-    return study
+    return common.converged_schedule(study, "groups", scale=2 if args["device"] == "gpu" else 1,
+                                     batches=8)
   run = run_defaults.get_config("small")
   run.data.source, run.data.folder = "folder", os.path.join(root, "DIV2K", "DIV2K_train_HR")
   run.data.batch_size = 16
