@@ -68,8 +68,8 @@ def remedies_table(study):
       jv, jtext, jverdict = (_paired(joint, cell, s, metric) if joint is not None
                              else (None, "–", ""))
       for other, against in ((base, "scratch"), (joint, "joint")):
-        if other is not None and left_out(other, cell):
-          unlike.append(f"{col} vs {against} on {task}: {left_out(other, cell)}.")
+        if other is not None and (why := left_out(other, cell)):
+          unlike.append(f"{col} vs {against} on {task}: {why}.")
       col_rows.append([col, task, s, _fmt(mean, 2), delta, verdict, jtext, jverdict])
       records.append(dict(method=col, task=task, test_set=s, n_seeds=len(seeds), metric=metric,
                           psnr=mean,

@@ -322,8 +322,8 @@ def transfer_table(study):
       c = regime_scores(study, col, task)
       if c is None:
         continue
-      if left_out(base, c):
-        dead.append(f"{task} {col}: {left_out(base, c)}.")
+      if why := left_out(base, c):
+        dead.append(f"{task} {col}: {why}.")
       for s in study.test_sets:
         a, b = base.stats(s, psnr_key), c.stats(s, psnr_key)
         if a is None or b is None:
