@@ -14,8 +14,8 @@ photographs (photos_val: the motorcycle stereo pair, which no training or test p
 shares); test on the photographs' test split (photos). Budgets: joint 600 steps (conflicts
 probed every 10), fine-tune 150, scratch 750 (budget 'equal_images': as many images of its task
 as joint + fine-tune), batch 4 per task: 60 runs, about 58 minutes on 2 CPU cores with
---max_parallel=2, then 16 of conflict measurement (estimated; README). The main job (joint, 800
-steps) gets sr_x2 +0.5 dB over bicubic. Once a seed's joint sweep is done, its chosen run's conflicts
+--max_parallel=2, then 16 of conflict measurement (estimated; README). The main job (joint,
+800 steps) gets sr_x2 +0.5 dB over bicubic. Once a seed's joint sweep is done, its chosen run's conflicts
 are measured at its last 4 checkpoints (steps 525, 550, 575, 600), each on 12 fresh batches of
 128 images per task: their mean per seed, combined over the seeds, is question 1's answer.
 
