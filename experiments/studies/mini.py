@@ -15,9 +15,10 @@ shares); test on the photographs' test split (photos). Budgets: joint 600 steps 
 probed every 10), fine-tune 150, scratch 750 (budget 'equal_images': as many images of its task
 as joint + fine-tune), batch 4 per task: 60 runs, about 58 minutes on 2 CPU cores with
 --max_parallel=2, then 16 of conflict measurement (estimated; README). The main job (joint,
-800 steps) gets sr_x2 +0.5 dB over bicubic. Once a seed's joint sweep is done, its chosen run's conflicts
-are measured at its last 4 checkpoints (steps 525, 550, 575, 600), each on 12 fresh batches of
-128 images per task: their mean per seed, combined over the seeds, is question 1's answer.
+800 steps) gets sr_x2 +0.5 dB over bicubic. Once a seed's joint sweep is done, its chosen
+run's conflicts are measured at its last 4 checkpoints (steps 525, 550, 575, 600), each on 12
+fresh batches of 128 images per task: their mean per seed, combined over the seeds, is
+question 1's answer.
 
 With the argument `gpu`: the same study 2x longer (joint 1200, fine-tune 300 steps), sized for
 10 minutes on one GPU from the tiny main job's ~108 steps/s on an H200 when it had 42 runs
