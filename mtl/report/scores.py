@@ -127,8 +127,8 @@ def regime_scores(study, column, task):
       results.append(study.results(chosen.run.name))
       complete.append(chosen.complete)
       edges.append(chosen.edge)
-    elif study.dead_end(sweeps[seed]):
-      dead[seed] = study.dead_end(sweeps[seed])
+    elif dead_end := study.dead_end(sweeps[seed]):
+      dead[seed] = dead_end
   return RegimeScores(task, runs, results, complete, dead, edges)
 
 
