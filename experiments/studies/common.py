@@ -16,18 +16,18 @@ def tiny_run():
   return run
 
 
-def converged_schedule(study, pretraining, scale=1, batches=12):
+def converged_schedule(study, pretraining, scale=1, batches=12, lrs=(3e-3, 5e-3)):
   """The tiny run pre-trained for 600 * scale steps (regime `pretraining`: 'joint' or 'groups'),
   fine-tuned for 150 * scale, scratch for as many images of its task (750 * scale; budget
-  'equal_images'); the pre-training's lr grid (3e-3, 5e-3): sr_x2 alone at 300 steps reached
-  32.1 and 32.3 dB, 1e-3 28.9, 1e-2 diverged; scratch's and the fine-tune's grids below.
+  'equal_images'); the pre-training's lr grid `lrs` (3e-3, 5e-3: sr_x2 alone at 300 steps reached
+  32.1 and 32.3 dB, 1e-3 28.9, 1e-2 diverged); scratch's and the fine-tune's grids below.
   Question 1 is measured at each seed's chosen pre-training run's last 4 checkpoints (25 *
   scale steps apart), each on `batches` fresh batches of 128/task: the conflict moves between
   nearby checkpoints by more than a few batches' noise (README, Conflicts)."""
   setattr(study.steps, pretraining, 600 * scale)
   study.steps.finetune = 150 * scale
   study.budget = "equal_images"
-  study.lrs = (3e-3, 5e-3)
+  study.lrs = lrs
   # Grids that bracket scratch's and the fine-tunes' best lrs: with the one grid above, every
   # sweep chose 3e-3, its end, and the fine-tunes lost to scratch by up to 0.3 dB; with wider
   # grids scratch chose 2e-3 or 3e-3 and the fine-tunes 5e-4 to 2e-3 (README, Studies).
