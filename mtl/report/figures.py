@@ -139,9 +139,7 @@ def _row_label(answer):
              if answer.verdict.startswith(findings.NO_VERDICT) else "")
   if answer.question == 3:
     return f"{answer.subject}: from related − from unrelated{untuned}"
-  col = answer.source
-  source = "joint" if col == "finetune" else col[len("finetune:"):]
-  return f"{answer.subject}: fine-tuned from {source} − scratch{untuned}"
+  return f"{answer.subject}: {findings.finetune_words(answer.source)} − scratch{untuned}"
 
 
 def conflict_figure(answers, note=""):

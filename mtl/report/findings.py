@@ -26,6 +26,7 @@ import math
 from mtl import stats
 from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, tables
+from mtl.study.runs import pretraining_column
 from mtl.report.scores import (conflict_phases, final_conflicts, left_out, paired,
                                primary_test_set, regime_scores, untuned_seeds)
 
@@ -258,9 +259,9 @@ def arms_verdict(a, b):
   return None
 
 
-def _finetune_words(col):
-  return ("fine-tuned from joint" if col == "finetune"
-          else f"fine-tuned from group {col[len('finetune:'):]}")
+def finetune_words(col):
+  """A fine-tune column in words: 'fine-tuned from joint', 'fine-tuned from group related'."""
+  return "fine-tuned from " + pretraining_column(col).replace(":", " ")
 
 
 def finetune_answers(study, transfer):
@@ -280,7 +281,7 @@ def finetune_answers(study, transfer):
                               regime_scores(study, r["regime"], task))
                  or transfer_verdict(iv, "yes: the fine-tune does better",
                                      "no: scratch does better"))
-      sentence = _delta_sentence(task, f"{_finetune_words(r['regime'])} − tuned scratch", iv,
+      sentence = _delta_sentence(task, f"{finetune_words(r['regime'])} − tuned scratch", iv,
                                  test_set, label, verdict)
       answers.append(Answer(2, task, r["regime"], iv, verdict, sentence))
   return answers
@@ -364,9 +365,8 @@ def _arms(answers):
     tuned = (("scratch", a.source) if a.question == 2 else
              (f"finetune:{UNRELATED}", f"finetune:{RELATED}"))
     for col in tuned:
-      source = (None if col == "scratch" else "joint" if col == "finetune" else
-                "group:" + col[len("finetune:"):])
-      arms.update(dict.fromkeys([(col, a.subject)] + ([(source, a.subject)] if source else [])))
+      sources = [] if col == "scratch" else [(pretraining_column(col), a.subject)]
+      arms.update(dict.fromkeys([(col, a.subject)] + sources))
   return list(arms)
 
 

@@ -34,7 +34,7 @@ from mtl.conflicts import summary as conflict_summary
 from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format_p
 from mtl.report.scores import (conflict_summaries, dead_seeds, final_conflicts, left_out,
                                paired, pairwise_transfer, regime_columns, regime_scores,
-                               table_verdict, untuned_seeds)
+                               table_verdict, untuned_seeds, UNLIKE)
 from mtl.study.runs import sweep_runs
 
 FIGURES_DIR = "figures"
@@ -135,7 +135,8 @@ def edge_note(study, arms):
 
 def _best(cells, s, m):
   """The column whose mean is highest on (s, m) and that is significantly better than every
-  other trained column (paired interval of best - other > 0); None if there is no such one."""
+  other trained column (paired interval of best - other > 0), each compared alike (no seed left
+  out, every paired sweep complete: table_verdict); None if there is no such one."""
   means = {col: c.stats(s, m)[0] for col, c in cells.items() if c.stats(s, m)}
   if len(means) < 2:
     return None
@@ -143,7 +144,8 @@ def _best(cells, s, m):
   for col in means:
     if col != top:
       iv = paired(cells[col].by_seed(s, m), cells[top].by_seed(s, m))
-      if not (math.isfinite(iv.low) and iv.low > 0):
+      if table_verdict(cells[col], cells[top], iv) in UNLIKE or not (
+          math.isfinite(iv.low) and iv.low > 0):
         return None
   return top
 

@@ -32,6 +32,12 @@ def sweep_runs(sweep):
   return f"{prefix}-lr*-s{seed}"
 
 
+def pretraining_column(column):
+  """The column of the pre-training runs a fine-tune column starts from: finetune -> joint,
+  finetune:g -> group:g."""
+  return "joint" if column == "finetune" else "group:" + column.split(":", 1)[1]
+
+
 def expand(study):
   """The study's runs in the order they run: per seed, scratch, joint, its fine-tunes, pairs,
   groups, their fine-tunes (scratch last under equal_flops); within each, tasks in study order,
