@@ -21,8 +21,9 @@ runs/<run>/analysis/step-<N>/, one at a time, once every lr of its sweep is done
 interrupted one is measured on the next start).
 
 --max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
-sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU they are plain
-processes sharing the cores.
+sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU each gets cores of
+its own (its share of the CPUs this process may use, pinned: two runs sharing 2 cores trained ~6%
+slower), or all of them where there are fewer cores than runs.
 
 --submit=slurm submits one job per run not done (`sbatch`, the script of launch/slurm.py with
 --slurm_* options; each job is one process, `launch/study.py --workdir=<study> --only=<run>`,

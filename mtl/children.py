@@ -1,10 +1,13 @@
 """Child processes a parent supervises (launch/local.py's trainers, a study's runs).
 
-Each child runs in its own session, so a terminal's Ctrl-C reaches only the parent, which
+Children side by side on a CPU may each get cores of their own (`core_sets`, `cores`): two
+unpinned study runs on 2 cores share both and train ~6% slower (README, Studies). Each child
+runs in its own session, so a terminal's Ctrl-C reaches only the parent, which
 forwards SIGTERM (`send`): the trainers checkpoint at the next step boundary and stop. A child
 gets SIGTERM when its parent dies (Linux), so none is left orphaned. Its output (stdout and
 stderr together) is pumped line by line to the parent's `on_line`.
 """
+import os
 import signal
 import subprocess
 import threading
@@ -22,13 +25,30 @@ def _die_with_parent():
     _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def core_sets(n, cores=None):
+  """`cores` (default: the CPUs this process may use) cut into n disjoint sets of consecutive
+  cores, one per child side by side (the last takes any left over); None where n < 2 or there
+  are fewer cores than n (the children then share them all)."""
+  if cores is None and not hasattr(os, "sched_getaffinity"):  # not Linux: they share them
+    return None
+  cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
+  if n < 2 or len(cores) < n:
+    return None
+  k = len(cores) // n
+  return [set(cores[i * k:(i + 1) * k if i < n - 1 else None]) for i in range(n)]
+
+
 class Child:
   """A started child process (`proc`) and the thread (`pump`) that hands each line of its
   output, as bytes, to on_line."""
 
-  def __init__(self, command, env, on_line):
+  def __init__(self, command, env, on_line, cores=None):
+    def setup():  # in the child, before exec; its threads (XLA's pool) then fit `cores`
+      _die_with_parent()
+      if cores:
+        os.sched_setaffinity(0, cores)
     self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                 env=env, start_new_session=True, preexec_fn=setup)
     self.pump = threading.Thread(target=self._pump, args=(on_line,), daemon=True)
     self.pump.start()
 

@@ -262,6 +262,31 @@ def test_done_records_the_seconds_of_every_start_of_a_stopped_and_resumed_run(st
   assert runner.took({"seconds": 12.0}) == "12s"  # a DONE written before starts were counted
 
 
+# A trainer's stand-in that records the cores it may run on, then finishes.
+AFFINITY = """
+import json, os, sys
+config, workdir = sys.argv[1:]
+with open(os.path.join(workdir, "results.json"), "w") as f:
+  json.dump({"step": json.load(open(config))["total_steps"],
+             "cores": sorted(os.sched_getaffinity(0))}, f)
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to split")
+def test_cpu_runs_side_by_side_each_get_cores_of_their_own(study_file, tmp_path):
+  import io
+  study = _load(study_file, "values", str(tmp_path / "study"))
+  train = lambda config, workdir: [sys.executable, "-c", AFFINITY, config, workdir]
+  out = io.StringIO()
+  assert runner.Runner(study, train, out=out, max_parallel=2).run() == 0
+  sets = [tuple(json.load(open(study.path(r.name, "results.json")))["cores"])
+          for r in study.runs]
+  cores = sorted(os.sched_getaffinity(0))
+  halves = {tuple(cores[:len(cores) // 2]), tuple(cores[len(cores) // 2:])}
+  assert set(sets) == halves, sets  # each run on one half, both halves used, never all cores
+  assert re.search(r"starting \| scratch .* \| cores \d", out.getvalue()), out.getvalue()
+
+
 def test_max_parallel_needs_a_device_per_run():
   with pytest.raises(ValueError, match=r"--max_parallel=3 needs as many devices, one per run; "
                                        r"there are 2 \(0,1\)"):

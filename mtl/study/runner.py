@@ -1,5 +1,6 @@
 """Running a study: its runs as child processes of the given train command (one at a time, or up to
-`max_parallel` side by side, one device each), the study's status table, and a dry run.
+`max_parallel` side by side: one GPU each, or on a CPU cores of their own), the study's status
+table, and a dry run.
 
 A signal to the study becomes SIGTERM to the running runs (which checkpoint and stop); the same
 command resumes. Each run's output goes to its train.log and, prefixed, to the study's stdout.
@@ -163,12 +164,20 @@ def dry_run(study, train, only="", out=sys.stdout):
   return 0
 
 
+def _cores(cores):
+  """A core set in words: '0', '0-3', '0,2'."""
+  low, high = min(cores), max(cores)
+  if len(cores) == high - low + 1:
+    return str(low) if low == high else f"{low}-{high}"
+  return ",".join(map(str, sorted(cores)))
+
+
 class _Active:
   """A run in progress: its process, output pump, log, lock and device."""
 
-  def __init__(self, spec, head, proc, pump, log, lock, device, started, programs):
+  def __init__(self, spec, head, proc, pump, log, lock, device, cores, started, programs):
     self.spec, self.head, self.proc, self.pump = spec, head, proc, pump
-    self.log, self.lock, self.device, self.started = log, lock, device, started
+    self.log, self.lock, self.device, self.cores, self.started = log, lock, device, cores, started
     self.programs = programs  # (compiled, loaded) in its compute.json before this start
 
 
@@ -200,6 +209,8 @@ class Runner:
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
+    # CPU runs side by side get cores of their own (GPU runs: a device each)
+    self.free_cores = children.core_sets(max_parallel) if devices is None else None
     self.active = {}
     self.programs = [0, 0]  # compiled, loaded by the runs this process ran
     self.signalled = None
@@ -265,14 +276,16 @@ class Runner:
     if os.path.exists(failed):
       os.remove(failed)
     device = self.free_devices.pop(0) if self.free_devices is not None else None
+    cores = self.free_cores.pop(0) if self.free_cores is not None else None
     command = self.study.command(spec, self.train)
     log = open(self.study.path(spec.name, LOG_FILE), "a")
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}"
-              + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "") + "\n")
+              + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "")
+              + (f"  (cores {_cores(cores)})" if cores else "") + "\n")
     log.flush()
-    child = children.Child(command, self._env(device), self._printer(prefix, log))
+    child = children.Child(command, self._env(device), self._printer(prefix, log), cores)
     self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
-                                     time.time(), programs(self.study, spec.name))
+                                     cores, time.time(), programs(self.study, spec.name))
 
   def _finish(self, run):
     """Reap a finished run: release its lock and device, add the start to its STARTS record;
@@ -288,6 +301,8 @@ class Runner:
     run.lock.close()
     if run.device is not None:
       self.free_devices.append(run.device)
+    if run.cores:
+      self.free_cores.append(run.cores)
     del self.active[run.spec.name]
     after = programs(self.study, run.spec.name)
     self.programs = [n + a - b for n, a, b in zip(self.programs, after, run.programs)]
@@ -404,7 +419,8 @@ class Runner:
             lock.close()
             raise
           resuming = study.has_started(spec.name)
-          device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else "")
+          device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else
+                    f" | cores {_cores(self.free_cores[0])}" if self.free_cores else "")
           self.say(f"{head}: {'resuming' if resuming else 'starting'} | {summary_line(spec)}"
                    + (f" | from {os.path.basename(config['init_from'])}" if config["init_from"]
                       else "") + device)
