@@ -285,6 +285,11 @@ def test_cpu_runs_side_by_side_each_get_cores_of_their_own(study_file, tmp_path)
   halves = {tuple(cores[:len(cores) // 2]), tuple(cores[len(cores) // 2:])}
   assert set(sets) == halves, sets  # each run on one half, both halves used, never all cores
   assert re.search(r"starting \| scratch .* \| cores \d", out.getvalue()), out.getvalue()
+  # A run that starts with nothing beside it, nor anything ready to be, gets every core.
+  alone = _load(study_file, "values", str(tmp_path / "alone"))
+  name = alone.runs[0].name
+  assert runner.Runner(alone, train, out=io.StringIO(), max_parallel=2).run(only=name) == 0
+  assert json.load(open(alone.path(name, "results.json")))["cores"] == cores
 
 
 def test_max_parallel_needs_a_device_per_run():

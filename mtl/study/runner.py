@@ -212,6 +212,7 @@ class Runner:
     # CPU runs side by side get cores of their own (GPU runs: a device each)
     self.free_cores = children.core_sets(max_parallel) if devices is None else None
     self.active = {}
+    self.queue = []         # the runs not started yet (run())
     self.programs = [0, 0]  # compiled, loaded by the runs this process ran
     self.signalled = None
     self.lock = threading.RLock()  # the signal handler may interrupt a say() in progress
@@ -270,22 +271,38 @@ class Runner:
     handle.flush()
     return handle
 
-  def _start(self, spec, head, prefix, lock):
-    """Start one run as a subprocess (its output to train.log and, prefixed, to ours)."""
+  def _start(self, spec, head, prefix, lock, cores):
+    """Start one run as a subprocess (its output to train.log and, prefixed, to ours), pinned to
+    the core sets `cores` (_cores_for; None or []: unpinned)."""
     failed = self.study.path(spec.name, FAILED_FILE)
     if os.path.exists(failed):
       os.remove(failed)
     device = self.free_devices.pop(0) if self.free_devices is not None else None
-    cores = self.free_cores.pop(0) if self.free_cores is not None else None
+    pinned = set().union(*cores) if cores else None
     command = self.study.command(spec, self.train)
     log = open(self.study.path(spec.name, LOG_FILE), "a")
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}"
               + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "")
-              + (f"  (cores {_cores(cores)})" if cores else "") + "\n")
+              + (f"  (cores {_cores(pinned)})" if pinned else "") + "\n")
     log.flush()
-    child = children.Child(command, self._env(device), self._printer(prefix, log), cores)
+    child = children.Child(command, self._env(device), self._printer(prefix, log), pinned)
     self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
                                      cores, time.time(), programs(self.study, spec.name))
+
+  def _cores_for(self, spec):
+    """The core sets a CPU run starts on (None: every core, as without --max_parallel): one of
+    free_cores; all of them where it would run alone, nothing else being ready to start beside
+    it (a pre-training sweep's last run, whose fine-tunes wait), pinned then as if it had the
+    machine to itself."""
+    if self.free_cores is None:
+      return None
+    if not self.free_cores:  # taken by a run started alone: the scheduler found none ready since
+      return []
+    others = [s for s in self.queue if s is not spec and not waits_for(self.study, s)]
+    if not self.active and not others:
+      taken, self.free_cores = self.free_cores, []
+      return taken
+    return [self.free_cores.pop(0)]
 
   def _finish(self, run):
     """Reap a finished run: release its lock and device, add the start to its STARTS record;
@@ -301,8 +318,8 @@ class Runner:
     run.lock.close()
     if run.device is not None:
       self.free_devices.append(run.device)
-    if run.cores:
-      self.free_cores.append(run.cores)
+    if run.cores is not None:
+      self.free_cores.extend(run.cores)
     del self.active[run.spec.name]
     after = programs(self.study, run.spec.name)
     self.programs = [n + a - b for n, a, b in zip(self.programs, after, run.programs)]
@@ -375,7 +392,7 @@ class Runner:
     total, width = len(runs), len(str(len(runs)))
     heads = {spec.name: f"run {i:>{width}}/{total} {spec.name}" for i, spec in enumerate(runs, 1)}
     prefixes = {spec.name: f"[{i}/{total} {spec.name}] " for i, spec in enumerate(runs, 1)}
-    queue = []
+    queue = self.queue = []
     for spec in runs:
       if study.is_done(spec.name):
         self.say(f"{heads[spec.name]}: done, skipped")
@@ -419,12 +436,13 @@ class Runner:
             lock.close()
             raise
           resuming = study.has_started(spec.name)
+          cores = self._cores_for(spec)
           device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else
-                    f" | cores {_cores(self.free_cores[0])}" if self.free_cores else "")
+                    f" | cores {_cores(set().union(*cores))}" if cores else "")
           self.say(f"{head}: {'resuming' if resuming else 'starting'} | {summary_line(spec)}"
                    + (f" | from {os.path.basename(config['init_from'])}" if config["init_from"]
                       else "") + device)
-          self._start(spec, head, prefixes[spec.name], lock)
+          self._start(spec, head, prefixes[spec.name], lock, cores)
       for run in [r for r in self.active.values() if r.proc.poll() is not None]:
         spec, head = run.spec, run.head
         code, spent = self._finish(run)  # every start counts: one stopped, one resumed
