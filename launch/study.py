@@ -22,9 +22,10 @@ interrupted one is measured on the next start).
 
 --max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
 sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU each gets cores of
-its own (its share of the CPUs this process may use, pinned: two runs sharing 2 cores trained ~6%
-slower), or all of them where there are fewer cores than runs or where it starts with nothing
-beside it and nothing else ready to (a pre-training sweep's last run, its fine-tunes waiting).
+its own (its share of the CPUs this process may use, pinned: runs of the mini study sharing 2
+cores took 1.3-1.5x as long; README, Studies), or all of them where there are fewer cores than
+runs or where it starts with nothing beside it and nothing else ready to (a pre-training sweep's
+last run, its fine-tunes waiting).
 
 --submit=slurm submits one job per run not done (`sbatch`, the script of launch/slurm.py with
 --slurm_* options; each job is one process, `launch/study.py --workdir=<study> --only=<run>`,

@@ -1,7 +1,7 @@
 """Child processes a parent supervises (launch/local.py's trainers, a study's runs).
 
 Children side by side on a CPU may each get cores of their own (`core_sets`, `cores`): two
-unpinned study runs on 2 cores share both and train ~6% slower (README, Studies). Each child
+unpinned study runs on 2 cores share both and took 1.3-1.5x as long (README, Studies). Each child
 runs in its own session, so a terminal's Ctrl-C reaches only the parent, which
 forwards SIGTERM (`send`): the trainers checkpoint at the next step boundary and stop. A child
 gets SIGTERM when its parent dies (Linux), so none is left orphaned. Its output (stdout and
