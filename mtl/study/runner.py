@@ -164,8 +164,9 @@ def dry_run(study, train, only="", out=sys.stdout):
   return 0
 
 
-def _cores(cores):
-  """A core set in words: '0', '0-3', '0,2'."""
+def _cores(sets):
+  """Core sets in words: '0', '0-3', '0,2'."""
+  cores = set().union(*sets)
   low, high = min(cores), max(cores)
   if len(cores) == high - low + 1:
     return str(low) if low == high else f"{low}-{high}"
@@ -283,7 +284,7 @@ class Runner:
     log = open(self.study.path(spec.name, LOG_FILE), "a")
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}"
               + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "")
-              + (f"  (cores {_cores(pinned)})" if pinned else "") + "\n")
+              + (f"  (cores {_cores(cores)})" if cores else "") + "\n")
     log.flush()
     child = children.Child(command, self._env(device), self._printer(prefix, log), pinned)
     self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
@@ -438,7 +439,7 @@ class Runner:
           resuming = study.has_started(spec.name)
           cores = self._cores_for(spec)
           device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else
-                    f" | cores {_cores(set().union(*cores))}" if cores else "")
+                    f" | cores {_cores(cores)}" if cores else "")
           self.say(f"{head}: {'resuming' if resuming else 'starting'} | {summary_line(spec)}"
                    + (f" | from {os.path.basename(config['init_from'])}" if config["init_from"]
                       else "") + device)
