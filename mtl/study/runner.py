@@ -213,7 +213,6 @@ class Runner:
     # CPU runs side by side get cores of their own (GPU runs: a device each)
     self.free_cores = children.core_sets(max_parallel) if devices is None else None
     self.active = {}
-    self.queue = []         # the runs not started yet (run())
     self.programs = [0, 0]  # compiled, loaded by the runs this process ran
     self.signalled = None
     self.lock = threading.RLock()  # the signal handler may interrupt a say() in progress
@@ -290,16 +289,15 @@ class Runner:
     self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
                                      cores, time.time(), programs(self.study, spec.name))
 
-  def _cores_for(self, spec):
+  def _cores_for(self, spec, queue):
     """The core sets a CPU run starts on (None: every core, as without --max_parallel): one of
-    free_cores; all of them where it would run alone, nothing else being ready to start beside
-    it (a pre-training sweep's last run, whose fine-tunes wait), pinned then as if it had the
-    machine to itself."""
+    free_cores; all of them where it would run alone, nothing else in `queue` being ready to
+    start beside it (a pre-training sweep's last run, whose fine-tunes wait)."""
     if self.free_cores is None:
       return None
     if not self.free_cores:  # taken by a run started alone: the scheduler found none ready since
       return []
-    others = [s for s in self.queue if s is not spec and not waits_for(self.study, s)]
+    others = [s for s in queue if s is not spec and not waits_for(self.study, s)]
     if not self.active and not others:
       taken, self.free_cores = self.free_cores, []
       return taken
@@ -393,7 +391,7 @@ class Runner:
     total, width = len(runs), len(str(len(runs)))
     heads = {spec.name: f"run {i:>{width}}/{total} {spec.name}" for i, spec in enumerate(runs, 1)}
     prefixes = {spec.name: f"[{i}/{total} {spec.name}] " for i, spec in enumerate(runs, 1)}
-    queue = self.queue = []
+    queue = []
     for spec in runs:
       if study.is_done(spec.name):
         self.say(f"{heads[spec.name]}: done, skipped")
@@ -437,7 +435,7 @@ class Runner:
             lock.close()
             raise
           resuming = study.has_started(spec.name)
-          cores = self._cores_for(spec)
+          cores = self._cores_for(spec, queue)
           device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else
                     f" | cores {_cores(cores)}" if cores else "")
           self.say(f"{head}: {'resuming' if resuming else 'starting'} | {summary_line(spec)}"
