@@ -21,11 +21,12 @@ runs/<run>/analysis/step-<N>/, one at a time, once every lr of its sweep is done
 interrupted one is measured on the next start).
 
 --max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
-sweep. With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices); on CPU each gets cores of
-its own (its share of the CPUs this process may use, pinned: runs of the mini study sharing 2
-cores took 1.3-1.5x as long; README, Studies), or all of them where there are fewer cores than
-runs or where it starts with nothing beside it and nothing else ready to (a pre-training sweep's
-last run, its fine-tunes waiting).
+sweep; runs start seed by seed, a seed's pre-training runs first (its other runs then fill the
+cores beside the last of them). With GPUs each run gets one (CUDA_VISIBLE_DEVICES; --devices);
+on CPU each gets an equal share of the CPUs this process may use, pinned (runs of the mini study
+sharing 2 cores took 1.3-1.5x as long; README, Studies), the same share when it runs alone, as
+a CPU run's numbers depend on its thread count (run.cpu_threads fixes it; the CPU studies: 1);
+all of them where there are fewer cores than runs.
 
 --submit=slurm submits one job per run not done (`sbatch`, the script of launch/slurm.py with
 --slurm_* options; each job is one process, `launch/study.py --workdir=<study> --only=<run>`,

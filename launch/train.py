@@ -58,10 +58,14 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # orbax and jax are chatty at INFO
     logging.set_verbosity(logging.WARNING)
+  from mtl import run_config, xla_options
+  try:  # before any backend opens: XLA sizes its CPU thread pool once
+    xla_options.set_cpu_threads(flags.FLAGS.config.get("cpu_threads", 0))
+  except ValueError as error:
+    cli.fail(error)
   import jax
   from mtl import compile_cache, progress, run_folder, train
   from mtl import run_state
-  from mtl import run_config
   distributed.initialize()
   try:
     config = run_config.normalize(flags.FLAGS.config)

@@ -27,15 +27,16 @@ def _die_with_parent():
 
 def core_sets(n, cores=None):
   """`cores` (default: the CPUs this process may use) cut into n disjoint sets of consecutive
-  cores, one per child side by side (the last takes any left over); None where n < 2 or there
-  are fewer cores than n (the children then share them all)."""
+  cores, one per child side by side, all of one size (any left over stay idle: XLA sizes a CPU
+  run's thread pool to its cores, and its sums' order to its pool, so unequal sets would give
+  unequal numbers); None where n < 2 or there are fewer cores than n (they share them all)."""
   if cores is None and not hasattr(os, "sched_getaffinity"):  # not Linux: they share them
     return None
   cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
   if n < 2 or len(cores) < n:
     return None
   k = len(cores) // n
-  return [set(cores[i * k:(i + 1) * k if i < n - 1 else None]) for i in range(n)]
+  return [set(cores[i * k:(i + 1) * k]) for i in range(n)]
 
 
 class Child:

@@ -93,7 +93,9 @@ def validate(config):
                              ("conflicts.every", config.conflicts.every, "0: no conflict probes"),
                              ("optim.warmup_steps", config.optim.warmup_steps, "0: no warm-up"),
                              ("eval.max_images", config.eval.max_images, "0: every image"),
-                             ("eval.max_side", config.eval.max_side, "0: whole images")):
+                             ("eval.max_side", config.eval.max_side, "0: whole images"),
+                             ("cpu_threads", config.get("cpu_threads", 0),
+                              "0: every CPU the run may use")):
     if value < 0:
       raise ValueError(f"{field}={value} must be >= 0 ({what})")
   _positive("optim.lr", config.optim.lr)

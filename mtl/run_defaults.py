@@ -79,6 +79,7 @@ def get_config(size="tiny"):
   c.schedule = "all"          # all: every task every step (EDT); one: one task per step (IPT)
   c.init_from = ""            # finetune: workdir of the joint run to start from
   c.precision = "float32"     # float32 | bfloat16 (compute dtype; parameters stay float32)
+  c.cpu_threads = 0           # XLA's CPU threads (0: every CPU the run may use); fixes CPU sums
 
   c.model = ml_collections.ConfigDict(ipt.SIZES[size])
   c.model.init = "torch"      # torch: as the official IPT code initialises | flax: nnx defaults
@@ -164,6 +165,8 @@ FIELD_HELP = {
     "schedule": "all: every task every step (conflicts measurable) | one: one task per step (IPT)",
     "init_from": "finetune: the workdir of the run to start from",
     "precision": "compute dtype: float32 | bfloat16 (parameters stay float32)",
+    "cpu_threads": "threads of XLA's CPU backend (0: every CPU the run may use); a CPU run's "
+                   "numbers depend on it (Eigen splits sums by thread), not on its cores",
     "model.n_feats": "channels of the heads and tails (IPT: 64)",
     "model.patch_size": "side of the training crops and evaluation tiles, pixels (IPT: 48)",
     "model.patch_dim": "side of the patches the body makes tokens of (IPT: 3)",

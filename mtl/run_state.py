@@ -9,7 +9,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from mtl import aggregators, checkpoints, files, optim, run_defaults, run_folder, sharding, tasks
+from mtl import (aggregators, checkpoints, files, optim, run_defaults, run_folder, sharding,
+                 tasks, xla_options)
 from mtl.models import ipt
 from mtl.run_config import probe_plan, validate
 from mtl.step import TrainState, step_args
@@ -163,8 +164,10 @@ class Setup:
       conflicts_part += (f" | update {remedy['aggregator']}, loss weighting "
                          f"{remedy['loss_weighting']}" + (f", TAG affinity {remedy['affinity']}"
                                                           if "affinity" in remedy else ""))
+    threads = (f" on {xla_options.cpu_threads()} thread(s)" if devices[0].platform == "cpu"
+               else "")  # a CPU run's sums are split by thread: its numbers depend on them
     return (f"run: {config.regime} {','.join(config.tasks)} | {_millions(counts['total'])} "
-            f"parameters | {len(devices)} {devices[0].platform} device(s), mesh {mesh} | "
+            f"parameters | {len(devices)} {devices[0].platform} device(s){threads}, mesh {mesh} | "
             f"batch {config.data.batch_size}/task, {config.total_steps} steps, lr "
             f"{config.optim.lr:g} | {f'data {data} | ' if data else ''}{conflicts_part} | "
             f"workdir {self.workdir} ({self.start_kind()}) | {LOSS_UNITS}")
@@ -236,6 +239,12 @@ def prepare(config, workdir):
   A different config in a workdir that holds saved steps is refused here; a finished run
   (results.json of the final step, and its checkpoint) is recognised.
   """
+  threads = config.get("cpu_threads", 0)
+  if threads and jax.default_backend() == "cpu" and xla_options.cpu_threads() != threads:
+    raise ValueError(f"cpu_threads={threads}, but XLA's CPU backend here has "
+                     f"{xla_options.cpu_threads()} threads: it is sized once, as JAX starts "
+                     "(launch/train.py does it; elsewhere call mtl.xla_options.set_cpu_threads "
+                     "first)")
   run = build(config)
   workdir = check_workdir(workdir)
   run_folder.check_config(workdir, config.to_dict(), run_defaults.config_defaults())

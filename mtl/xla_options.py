@@ -1,5 +1,6 @@
 """Process-wide XLA options, put into XLA_FLAGS when mtl is imported (XLA reads that variable once,
-when JAX opens its first backend; a backend opened before `import mtl` keeps its own options).
+when JAX opens its first backend; a backend opened before `import mtl` keeps its own options),
+and the size of XLA's CPU thread pool (a run's `cpu_threads`).
 
 A flag the user already set in XLA_FLAGS is left as the user set it.
 """
@@ -56,3 +57,27 @@ def apply(environ=os.environ):
   if added:
     environ["XLA_FLAGS"] = " ".join([current.strip()] + added).strip()
   return added
+
+
+# XLA's CPU client sizes its thread pool from the first of these set, else from the CPUs this
+# process may use (its affinity).
+THREAD_VARIABLES = ("PJRT_NPROC", "NPROC")
+
+
+def cpu_threads(environ=os.environ):
+  """The threads XLA's CPU client of this process has (or will have)."""
+  for name in THREAD_VARIABLES:
+    if environ.get(name, "").isdigit() and int(environ[name]) > 0:
+      return int(environ[name])
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def set_cpu_threads(n, environ=os.environ):
+  """Give XLA's CPU client n threads (0: leave it as it is). Eigen splits a matmul's or a
+  convolution's sums by thread, so a CPU run's numbers depend on this count, not on which cores
+  run it: 1 thread alone on 2 cores and 1 beside another run give the same losses, 2 threads
+  others. Call before JAX opens its CPU backend (launch/train.py does, first thing)."""
+  if n < 0:
+    raise ValueError(f"cpu_threads={n} must be >= 0 (0: every CPU this process may use)")
+  if n:
+    environ[THREAD_VARIABLES[0]] = str(n)

@@ -30,7 +30,7 @@ def test_send_reaches_running_children_only():
 
 def test_core_sets_cut_the_cores_into_disjoint_runs_of_consecutive_ones():
   assert children.core_sets(2, {0, 1}) == [{0}, {1}]
-  assert children.core_sets(2, {0, 1, 2, 3, 4}) == [{0, 1}, {2, 3, 4}]  # the last takes the rest
+  assert children.core_sets(2, {0, 1, 2, 3, 4}) == [{0, 1}, {2, 3}]  # equal sets: equal pools
   assert children.core_sets(3, {4, 9, 6}) == [{4}, {6}, {9}]
   assert children.core_sets(3, {0, 1}) is None  # fewer cores than children: they share them
   assert children.core_sets(1, {0, 1}) is None

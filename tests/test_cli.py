@@ -67,7 +67,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
   out = _launch("--config=experiments/tiny.py:tasks=sr_x2+derain", f"--workdir={workdir}",
                 "--config.tasks=sr_x2,derain", "--config.degrade.rain.length=6,20",
                 "--config.mesh.data=1", "--config.mtl.aggregator=cagrad",
-                "--config.mtl.aggregator_args={'c': 0.4}", "--dry_run")
+                "--config.mtl.aggregator_args={'c': 0.4}", "--config.cpu_threads=3", "--dry_run")
   assert out.returncode == 0, out.stderr[-2000:]
   text = out.stdout
   assert "update cagrad(c=0.4)" in text  # a method's arguments as one dict
@@ -79,7 +79,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
           f"{counts['queries']:,}, tails {counts['tails']:,}, total {counts['total']:,}") in text
   assert "mesh: data=1, fsdp=1 over 1 cpu device(s)" in text
   assert f"  metrics.jsonl  {workdir}/metrics.jsonl" in text
-  assert "run: joint sr_x2,derain | 0.94M parameters" in text
+  assert "run: joint sr_x2,derain | 0.94M parameters | 1 cpu device(s) on 3 thread(s)" in text
   assert not workdir.exists()
 
 

@@ -196,6 +196,22 @@ def test_status_table_shows_done_running_failed_and_waiting(study_file, tmp_path
 # ----------------------------------------------------------------------------- side by side
 
 
+def test_start_order_is_seed_by_seed_with_awaited_runs_first(study_file, tmp_path):
+  study = _load(study_file, "swept", str(tmp_path / "study"))
+  names = lambda runs: [r.name.rsplit("-s", 1)[0] + f" s{r.seed}" for r in runs]
+  seed = ["joint-lr1e-3", "joint-lr2e-4", "scratch-denoise_30-lr1e-3", "scratch-derain-lr1e-3",
+          "finetune-denoise_30-lr1e-3", "finetune-derain-lr1e-3"]
+  assert names(runner.start_order(study, study.runs)) == (
+      [f"{n} s0" for n in seed] + [f"{n} s1" for n in seed])
+  # Seed 0's joint sweep done: nothing waits on seed 0, whose other runs still come first.
+  for name in ("joint-lr1e-3-s0", "joint-lr2e-4-s0"):
+    _fake_done(study, name, 30.0)
+  queue = [r for r in study.runs if r.name not in ("joint-lr1e-3-s0", "joint-lr2e-4-s0")]
+  assert names(runner.start_order(study, queue))[:5] == [
+      "scratch-denoise_30-lr1e-3 s0", "scratch-derain-lr1e-3 s0", "finetune-denoise_30-lr1e-3 s0",
+      "finetune-derain-lr1e-3 s0", "joint-lr1e-3 s1"]
+
+
 def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_path):
   workdir = str(tmp_path / "study")
   out = cli(f"--config={study_file}", f"--workdir={workdir}", "--max_parallel=2",
@@ -203,9 +219,9 @@ def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_pa
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr
   lines = [l for l in out.stdout.splitlines() if not l.startswith("[") or l.startswith("[study]")]
   events = [re.sub(r"^run \d/5 ", "", l).split(" |")[0] for l in lines if l.startswith("run ")]
-  # Two runs side by side from the start; the fine-tunes only after the joint run is done.
-  assert events[:2] == ["scratch-denoise_30-lr1e-3-s0: starting",
-                        "scratch-derain-lr1e-3-s0: starting"]
+  # Two runs side by side from the start, the one the fine-tunes wait for first; the fine-tunes
+  # only after it is done.
+  assert events[:2] == ["joint-lr1e-3-s0: starting", "scratch-denoise_30-lr1e-3-s0: starting"]
   joint_done = next(i for i, e in enumerate(events) if e.startswith("joint-lr1e-3-s0: done"))
   for task in ("denoise_30", "derain"):
     assert events.index(f"finetune-{task}-lr1e-3-s0: starting") > joint_done
@@ -285,11 +301,12 @@ def test_cpu_runs_side_by_side_each_get_cores_of_their_own(study_file, tmp_path)
   halves = {tuple(cores[:len(cores) // 2]), tuple(cores[len(cores) // 2:])}
   assert set(sets) == halves, sets  # each run on one half, both halves used, never all cores
   assert re.search(r"starting \| scratch .* \| cores \d", out.getvalue()), out.getvalue()
-  # A run that starts with nothing beside it, nor anything ready to be, gets every core.
+  # A run with nothing beside it gets one half too: XLA sizes its thread pool, and so orders its
+  # sums, by its cores, and its numbers may not depend on what happened to run beside it.
   alone = _load(study_file, "values", str(tmp_path / "alone"))
   name = alone.runs[0].name
   assert runner.Runner(alone, train, out=io.StringIO(), max_parallel=2).run(only=name) == 0
-  assert json.load(open(alone.path(name, "results.json")))["cores"] == cores
+  assert tuple(json.load(open(alone.path(name, "results.json")))["cores"]) in halves
 
 
 def test_max_parallel_needs_a_device_per_run():

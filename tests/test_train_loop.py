@@ -235,8 +235,9 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   saved = int(re.search(r"preempted: checkpoint saved at step (\d+) in ", text).group(1))
   assert 1 <= saved < 4, text[-3000:]  # resumed below to the straight run's 4 steps
   assert f"removed the stale lock of pid {dead.pid}" in text
-  assert re.search(r"^run: joint denoise_30,sr_x2 \| [\d.]+M parameters \| 8 cpu device\(s\), "
-                   r"mesh data=1 x fsdp=1 \| .* \(fresh\) \| loss: L1 on the \[0, 255\]", text, re.M)
+  assert re.search(r"^run: joint denoise_30,sr_x2 \| [\d.]+M parameters \| 8 cpu device\(s\) "
+                   r"on \d+ thread\(s\), mesh data=1 x fsdp=1 \| .* \(fresh\) \| loss: L1 on the "
+                   r"\[0, 255\]", text, re.M)
   assert re.search(r"^compiled the probe step in [\d.]+s$", text, re.M)
   assert os.listdir(cache)  # the compiled steps, for the resume to load
 

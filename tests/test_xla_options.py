@@ -47,3 +47,54 @@ def test_import_turns_off_single_threaded_ynnpack_convolutions():
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                        text=True, check=True).stdout.strip()
   assert out == f"{FLAG}individual_convolution"
+
+
+def test_cpu_threads_is_read_from_the_environment_as_xla_reads_it():
+  assert xla_options.cpu_threads({"PJRT_NPROC": "3", "NPROC": "5"}) == 3
+  assert xla_options.cpu_threads({"NPROC": "5"}) == 5
+  assert xla_options.cpu_threads({}) == len(os.sched_getaffinity(0))  # XLA's default: affinity
+  environ = {}
+  xla_options.set_cpu_threads(0, environ)
+  assert environ == {}  # 0 leaves XLA its default
+  xla_options.set_cpu_threads(2, environ)
+  assert xla_options.cpu_threads(environ) == 2
+  with pytest.raises(ValueError, match=r"cpu_threads=-1 must be >= 0 \(0: every CPU"):
+    xla_options.set_cpu_threads(-1, environ)
+
+
+def test_a_run_whose_backend_has_other_threads_than_its_cpu_threads_is_refused(tmp_path):
+  from experiments import tiny
+  from mtl import run_state
+  config = tiny.get_config()
+  config.cpu_threads = xla_options.cpu_threads() + 1  # this process's pool is already sized
+  with pytest.raises(ValueError, match=rf"cpu_threads={config.cpu_threads}, but XLA's CPU "
+                                       rf"backend here has {config.cpu_threads - 1} threads"):
+    run_state.prepare(config, str(tmp_path / "w"))
+
+
+# A Gramian-shaped product (a few rows, a long inner dimension), in a fresh process whose XLA
+# CPU pool has `threads` threads, on `cores`: its bytes.
+GRAMIAN = """
+import sys
+import numpy as np
+from mtl import xla_options
+xla_options.set_cpu_threads(int(sys.argv[1]))
+import jax
+x = jax.random.normal(jax.random.key(0), (4, 1 << 20))
+print(np.asarray(jax.jit(lambda x: x @ x.T)(x)).tobytes().hex())
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to differ")
+def test_cpu_sums_depend_on_the_thread_count_not_on_the_cores():
+  # Why a run's cpu_threads is in its config: Eigen splits a long sum by thread, so 1 and 2
+  # threads round differently; a pinned study run and one alone compute alike at equal counts.
+  def product(threads, cores):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PJRT_", "NPROC"))}
+    return subprocess.run([sys.executable, "-c", GRAMIAN, str(threads)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True,
+                          preexec_fn=lambda: os.sched_setaffinity(0, cores)).stdout
+  one, every = sorted(os.sched_getaffinity(0))[:1], sorted(os.sched_getaffinity(0))
+  assert product(1, one) == product(1, every)
+  assert product(2, one) == product(2, every)
+  assert product(1, one) != product(2, one)

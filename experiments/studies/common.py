@@ -4,8 +4,12 @@ from mtl import run_defaults
 
 
 def tiny_run():
-  """Tiny IPT, batch 4 per task, conflicts every 10 steps, photos (test) and photos_val."""
+  """Tiny IPT, batch 4 per task, conflicts every 10 steps, photos (test) and photos_val; one
+  XLA CPU thread per run."""
   run = run_defaults.get_config("tiny")
+  # A CPU run's numbers depend on its thread count: one each, as --max_parallel=2 on 2 cores
+  # gives them, whatever the scheduling, --max_parallel or the machine's cores (on a GPU: moot).
+  run.cpu_threads = 1
   run.data.batch_size = 4
   run.optim.warmup_steps = 30
   run.log_every = 20

@@ -55,6 +55,15 @@ def waits_for(study, spec):
   return [r for r in study.sweeps[spec.source] if not study.is_done(r.name)]
 
 
+def start_order(study, queue):
+  """The order `queue`'s runs are offered a free slot in: seed by seed (a study stopped early
+  has whole seeds), and within a seed the runs a fine-tune waits for first, so that the seed's
+  other runs fill the cores while the last of them trains instead of it training alone."""
+  seeds = list(dict.fromkeys(r.seed for r in study.runs))
+  awaited = {r.name for spec in queue for r in waits_for(study, spec)}
+  return sorted(queue, key=lambda r: (seeds.index(r.seed), r.name not in awaited))
+
+
 def state(study, spec):
   """One of STATES: done; diverged (done: its loss went non-finite); running (a live lock);
   failed (FAILED, not running); waiting (a fine-tune whose pre-training sweep is not done);
@@ -164,9 +173,8 @@ def dry_run(study, train, only="", out=sys.stdout):
   return 0
 
 
-def _cores(sets):
-  """Core sets in words: '0', '0-3', '0,2'."""
-  cores = set().union(*sets)
+def _cores(cores):
+  """A core set in words: '0', '0-3', '0,2'."""
   low, high = min(cores), max(cores)
   if len(cores) == high - low + 1:
     return str(low) if low == high else f"{low}-{high}"
@@ -210,7 +218,7 @@ class Runner:
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
-    # CPU runs side by side get cores of their own (GPU runs: a device each)
+    # CPU runs get equal core sets of their own, also alone: their thread count sets their sums
     self.free_cores = children.core_sets(max_parallel) if devices is None else None
     self.active = {}
     self.programs = [0, 0]  # compiled, loaded by the runs this process ran
@@ -273,35 +281,20 @@ class Runner:
 
   def _start(self, spec, head, prefix, lock, cores):
     """Start one run as a subprocess (its output to train.log and, prefixed, to ours), pinned to
-    the core sets `cores` (_cores_for; None or []: unpinned)."""
+    the core set `cores` (None: unpinned)."""
     failed = self.study.path(spec.name, FAILED_FILE)
     if os.path.exists(failed):
       os.remove(failed)
     device = self.free_devices.pop(0) if self.free_devices is not None else None
-    pinned = set().union(*cores) if cores else None
     command = self.study.command(spec, self.train)
     log = open(self.study.path(spec.name, LOG_FILE), "a")
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}"
               + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "")
               + (f"  (cores {_cores(cores)})" if cores else "") + "\n")
     log.flush()
-    child = children.Child(command, self._env(device), self._printer(prefix, log), pinned)
+    child = children.Child(command, self._env(device), self._printer(prefix, log), cores)
     self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
                                      cores, time.time(), programs(self.study, spec.name))
-
-  def _cores_for(self, spec, queue):
-    """The core sets a CPU run starts on (None: every core, as without --max_parallel): one of
-    free_cores; all of them where it would run alone, nothing else in `queue` being ready to
-    start beside it (a pre-training sweep's last run, whose fine-tunes wait)."""
-    if self.free_cores is None:
-      return None
-    if not self.free_cores:  # taken by a run started alone: the scheduler found none ready since
-      return []
-    others = [s for s in queue if s is not spec and not waits_for(self.study, s)]
-    if not self.active and not others:
-      taken, self.free_cores = self.free_cores, []
-      return taken
-    return [self.free_cores.pop(0)]
 
   def _finish(self, run):
     """Reap a finished run: release its lock and device, add the start to its STARTS record;
@@ -318,7 +311,7 @@ class Runner:
     if run.device is not None:
       self.free_devices.append(run.device)
     if run.cores is not None:
-      self.free_cores.extend(run.cores)
+      self.free_cores.append(run.cores)
     del self.active[run.spec.name]
     after = programs(self.study, run.spec.name)
     self.programs = [n + a - b for n, a, b in zip(self.programs, after, run.programs)]
@@ -400,7 +393,7 @@ class Runner:
     started, ran, waiting, elsewhere, failed = time.time(), 0, [], [], []
     while queue or self.active:
       if self.signalled is None and not failed:
-        for spec in list(queue):
+        for spec in start_order(study, queue):
           if len(self.active) >= self.max_parallel:
             break
           head = heads[spec.name]
@@ -435,7 +428,7 @@ class Runner:
             lock.close()
             raise
           resuming = study.has_started(spec.name)
-          cores = self._cores_for(spec, queue)
+          cores = self.free_cores.pop(0) if self.free_cores is not None else None
           device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else
                     f" | cores {_cores(cores)}" if cores else "")
           self.say(f"{head}: {'resuming' if resuming else 'starting'} | {summary_line(spec)}"

@@ -1,4 +1,4 @@
-"""A study expanded: its runs (StudyRun), in the order they run, and each run's config."""
+"""A study expanded: its runs (StudyRun), in the order it lists them, and each run's config."""
 import dataclasses
 import json
 
@@ -39,9 +39,9 @@ def pretraining_column(column):
 
 
 def expand(study):
-  """The study's runs in the order they run: per seed, scratch, joint, its fine-tunes, pairs,
-  groups, their fine-tunes (scratch last under equal_flops); within each, tasks in study order,
-  then learning rates."""
+  """The study's runs in the order tables and listings show them: per seed, scratch, joint, its
+  fine-tunes, pairs, groups, their fine-tunes (scratch last under equal_flops); within each,
+  tasks in study order, then learning rates. (runner.start_order says which starts first.)"""
   d = _as_dict(study)
   regimes, names = d["regimes"], list(d["tasks"])
   runs = []
