@@ -78,6 +78,6 @@ def set_cpu_threads(n, environ=os.environ):
   run it: 1 thread alone on 2 cores and 1 beside another run give the same losses, 2 threads
   others. Call before JAX opens its CPU backend (launch/train.py does, first thing)."""
   if n < 0:
-    raise ValueError(f"cpu_threads={n} must be >= 0 (0: every CPU this process may use)")
+    raise ValueError(f"cpu_threads={n} must be >= 0 (0: every CPU the run may use)")
   if n:
     environ[THREAD_VARIABLES[0]] = str(n)

@@ -58,7 +58,8 @@ def test_cpu_threads_is_read_from_the_environment_as_xla_reads_it():
   assert environ == {}  # 0 leaves XLA its default
   xla_options.set_cpu_threads(2, environ)
   assert xla_options.cpu_threads(environ) == 2
-  with pytest.raises(ValueError, match=r"cpu_threads=-1 must be >= 0 \(0: every CPU"):
+  with pytest.raises(ValueError,
+                     match=r"cpu_threads=-1 must be >= 0 \(0: every CPU the run may use\)"):
     xla_options.set_cpu_threads(-1, environ)
 
 

@@ -392,7 +392,7 @@ class Runner:
         queue.append(spec)
     started, ran, waiting, elsewhere, failed = time.time(), 0, [], [], []
     while queue or self.active:
-      if self.signalled is None and not failed:
+      if self.signalled is None and not failed and len(self.active) < self.max_parallel:
         for spec in start_order(study, queue):
           if len(self.active) >= self.max_parallel:
             break
