@@ -239,10 +239,10 @@ def prepare(config, workdir):
   A different config in a workdir that holds saved steps is refused here; a finished run
   (results.json of the final step, and its checkpoint) is recognised.
   """
-  threads = config.get("cpu_threads", 0)
-  if threads and jax.default_backend() == "cpu" and xla_options.cpu_threads() != threads:
-    raise ValueError(f"cpu_threads={threads}, but XLA's CPU backend here has "
-                     f"{xla_options.cpu_threads()} threads: it is sized once, as JAX starts "
+  threads, pool = config.get("cpu_threads", 0), xla_options.cpu_threads()
+  if threads and jax.default_backend() == "cpu" and pool != threads:
+    raise ValueError(f"cpu_threads={threads}, but XLA's CPU backend here has {pool} threads: "
+                     "it is sized once, as JAX starts "
                      "(launch/train.py does it; elsewhere call mtl.xla_options.set_cpu_threads "
                      "first)")
   run = build(config)

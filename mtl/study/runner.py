@@ -182,7 +182,7 @@ def _cores(cores):
 
 
 class _Active:
-  """A run in progress: its process, output pump, log, lock, device and core sets."""
+  """A run in progress: its process, output pump, log, lock, device and core set."""
 
   def __init__(self, spec, head, proc, pump, log, lock, device, cores, started, programs):
     self.spec, self.head, self.proc, self.pump = spec, head, proc, pump
