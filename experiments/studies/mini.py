@@ -9,16 +9,17 @@ about an hour on 2 CPU cores.
 
 Tiny IPT, tasks sr_x2 and derain, seeds 0, 1, 2 (paired across regimes: every Δ in the tables
 gets a paired 95% interval over them). lr grids, each bracketing its regime's best lr: joint
-and scratch 2e-3, 3e-3, 5e-3 (sr_x2 alone at 300 steps reached 32.1 dB at 3e-3, 32.3 at 5e-3,
-28.9 at 1e-3, and diverged at 1e-2); fine-tunes 5e-4, 1e-3, 2e-3 (with one grid 3e-3, 5e-3 for
-all, 19 of 21 sweeps chose its end, 3e-3, and the fine-tunes were handicapped: README,
+2e-3, 3e-3, 5e-3 (sr_x2 alone at 300 steps reached 32.1 dB at 3e-3, 32.3 at 5e-3, 28.9 at
+1e-3, and diverged at 1e-2); scratch 1e-3, 2e-3, 3e-3, 5e-3 (at 750 steps scratch sr_x2 chose
+2e-3 on every seed, 1e-3 and 3e-3 below it); fine-tunes 5e-4, 1e-3, 2e-3 (with one grid 3e-3,
+5e-3 for all, 19 of 21 sweeps chose its end, 3e-3, and the fine-tunes were handicapped: README,
 Studies); each chosen per seed on the validation photographs (photos_val: the motorcycle
 stereo pair, which no training or test photograph shares); test on the photographs' test split
 (photos). Budgets: joint 600 steps (conflicts probed every 10), fine-tune 150, scratch 750
 (budget 'equal_images': as many images of its task as joint + fine-tune), batch 4 per task.
 Once a seed's joint sweep is done, its chosen run's conflicts are measured at its last 4
 checkpoints (steps 525, 550, 575, 600), each on 12 fresh batches of 128 images per task: their
-mean per seed, combined over the seeds, is question 1's answer. 45 runs, then 12 conflict
+mean per seed, combined over the seeds, is question 1's answer. 51 runs, then 12 conflict
 measurements (README, Studies, gives the wall time).
 
 Two tasks, not three: with denoise_30 as well (60 runs, the joint grid 3e-3, 5e-3:

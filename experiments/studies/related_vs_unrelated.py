@@ -18,11 +18,11 @@ interval); the conflict table shows how the tasks of each group pulled on the sh
 Without an argument: tiny model on the embedded photographs, the mini study's CPU schedule
 (experiments/studies/common.py): groups 600 steps, fine-tune 150, scratch 750 (budget
 'equal_images': as many sr_x2 images as group pre-training + fine-tuning); lr grids: scratch
-2e-3, 3e-3, 5e-3; groups 3e-3, 5e-3; fine-tunes 5e-4, 1e-3, 2e-3 (a fine-tune wants a smaller
+1e-3, 2e-3, 3e-3, 5e-3; groups 3e-3, 5e-3; fine-tunes 5e-4, 1e-3, 2e-3 (a fine-tune wants a smaller
 lr: with the one grid 3e-3, 5e-3 every fine-tune chose 3e-3, its end, and scratch looked 0.26 dB
-better; README, Studies): 39 runs; each seed's chosen group runs measured at their last 4
-checkpoints, each on 8 fresh batches of 128 per task. About 1h05m on 2 CPU cores with
---max_parallel=2 (estimated: its 39 runs took 110 minutes one by one, beside other jobs, as
+better; README, Studies): 42 runs; each seed's chosen group runs measured at their last 4
+checkpoints, each on 8 fresh batches of 128 per task. About 1h10m on 2 CPU cores with
+--max_parallel=2 (estimated: 39 of its runs took 110 minutes one by one, beside other jobs, as
 part of a 5-seed run; not yet run as one piece). Every regime beats bicubic. With
 `device=gpu`: the same study 2x longer, as mini.py:gpu (not yet run on a GPU).
 
