@@ -15,7 +15,9 @@ was not reached and about how many batches it would take. It writes them as a co
 (recording the run and step measured: figures count batches, not steps) into --out (default
 <checkpoint run>/analysis/step-<N>), draws its figures there, and prints mean and spread and the
 summary over all batches (one phase: a saved model has no training phases); when too few batches
-leave the noise floor 'not measurable', it says how many to measure.
+leave the noise floor 'not measurable', it says how many to measure. On a CPU it uses the run's
+cpu_threads (its sums depend on the thread count), so a study's measurements are the same numbers
+on any machine of that instruction set.
 
 Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optional),
 redraws the figures into <workdir>/conflicts/ (file names: see mtl/draw.py), writes the
@@ -124,6 +126,14 @@ def _check_out(out):
     raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
 
 
+def _run_dir(checkpoint):
+  """The run folder --checkpoint names (a run's workdir or its checkpoints/ folder)."""
+  if not os.path.isdir(checkpoint):
+    raise ValueError(f"--checkpoint={checkpoint} is not a directory")
+  return os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
+      checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
+
+
 def _checkpoint_config(run_dir, config):
   """The config to measure `run_dir`'s checkpoint with: `config`, refused (one line) where its
   tasks or model differ from the run's saved config.json, or that saved config if None."""
@@ -156,10 +166,7 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   import numpy as np
   from mtl import conflicts, run_folder
   from mtl import measure as conflicts_measure
-  if not os.path.isdir(checkpoint):
-    raise ValueError(f"--checkpoint={checkpoint} is not a directory")
-  run_dir = os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
-      checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
+  run_dir = _run_dir(checkpoint)
   config = _checkpoint_config(run_dir, config)
   _check_out(out)  # a given --out before the measuring; the default one names the step
   steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
@@ -173,8 +180,12 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
       "checkpoint": {"run": os.path.basename(run_dir), "step": ckpt_step}})
   body = grams.astype(np.float64).sum(1)  # per batch, over the body's layers
   cos = conflicts.pair_values(conflicts.cosines(conflicts.task_gramian(body)))
+  import jax
+  from mtl import xla_options
+  threads = (f" ({xla_options.cpu_threads()} CPU thread(s))" if jax.default_backend() == "cpu"
+             else "")
   lines = [f"checkpoint step {ckpt_step}: whole-body cosine over {num_batches} fresh probe batches "
-           f"of {batch_size} images per task"]
+           f"of {batch_size} images per task{threads}"]
   for k, pair in enumerate(conflicts.pair_names(tasks)):
     lines.append(f"  {pair:<28} mean {np.mean(cos[:, k]):+.4f}  std {np.std(cos[:, k]):.4f}")
   # One model, no training phases; its probes are batches (numbered from measure's first_step,
@@ -218,7 +229,10 @@ def main():
     if f.halfwidth > 0 and f.max_batches < f.num_batches:
       raise ValueError(f"--max_batches={f.max_batches} is below --num_batches={f.num_batches}; "
                        "it bounds all the batches measured")
-    print(measure(f.checkpoint, f.config, f.num_batches, f.out, f.batch_size, f.halfwidth,
+    from mtl import xla_options
+    config = _checkpoint_config(_run_dir(f.checkpoint), f.config)
+    xla_options.set_cpu_threads(config.get("cpu_threads", 0))  # before JAX opens its backend
+    print(measure(f.checkpoint, config, f.num_batches, f.out, f.batch_size, f.halfwidth,
                   f.max_batches, f.step), flush=True)
   elif f.workdir:
     print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)

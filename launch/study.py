@@ -17,8 +17,8 @@ Without --config, the study saved in <workdir>/study.json is used (what the SLUR
 
 A study with final_conflicts.batch_size > 0 then measures each seed's chosen joint / group run
 at its last final_conflicts.checkpoints saved steps (launch/analyze.py --checkpoint --step=N into
-runs/<run>/analysis/step-<N>/, one at a time, once every lr of its sweep is done; an
-interrupted one is measured on the next start).
+runs/<run>/analysis/step-<N>/, after the runs, up to --max_parallel at once, each on the run's
+cpu_threads; an interrupted one is measured on the next start).
 
 --max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
 sweep; runs start seed by seed, a seed's pre-training runs first (its other runs then fill the

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from micro_study import MICRO_STUDY, cli
+from mtl import children
 from mtl import study as study_lib
 from mtl.study import runner
 
@@ -29,6 +30,8 @@ def get_config(arg=""):
     study.tasks, study.regimes, study.seeds, study.lrs = ("denoise_30",), ("scratch",), (0, 1), (
         1e-3, 5e-4)
     study.steps.scratch = 2
+  elif arg == "joint":  # one joint run, measured at its last two checkpoints
+    study.regimes = ("joint",)
   elif arg.startswith("diverge"):  # an lr whose loss goes non-finite at its first step
     study.regimes, study.final_conflicts.batch_size = ("joint", "finetune"), 0
     study.lrs = (1e30,) if arg == "diverge_all" else (1e-3, 1e30)
@@ -232,6 +235,14 @@ def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_pa
   for name in os.listdir(os.path.join(workdir, "runs")):
     assert os.path.exists(os.path.join(workdir, "runs", name, "DONE")), name
   assert lines[-1].startswith("[study] all 5 runs done")
+  # Then the joint run's two end-of-training measurements, side by side as well, each on a core
+  # set of its own where there are two
+  measured = [l for l in lines if l.startswith("conflicts ")]
+  starts = [i for i, l in enumerate(measured) if ": measuring it on fresh batches" in l]
+  assert len(starts) == 2 and starts[1] < next(i for i, l in enumerate(measured) if ": done in"
+                                                in l), measured
+  if children.core_sets(2):
+    assert len({measured[i].rpartition(" | cores ")[2] for i in starts}) == 2, measured
   # Re-running shows the table and does nothing else.
   again = cli(f"--config={study_file}", f"--workdir={workdir}", "--max_parallel=2")
   assert again.returncode == 0
@@ -276,6 +287,58 @@ def test_done_records_the_seconds_of_every_start_of_a_stopped_and_resumed_run(st
   assert re.fullmatch(rf"  done     {name}  in \d+s over 2 starts",
                       runner.status_table(study, [study.by_name[name]])[1])
   assert runner.took({"seconds": 12.0}) == "12s"  # a DONE written before starts were counted
+
+
+# launch/analyze.py's stand-in: fails (exit 3) if told to, else writes a conflict store and the
+# cores it may run on after a second (long enough for another to start beside it).
+MEASURE = """
+import json, os, sys, time
+out, fail = sys.argv[1:]
+time.sleep(1.0)
+if fail == "True":
+  sys.exit(3)
+os.makedirs(os.path.join(out, "conflicts", "store"))
+with open(os.path.join(out, "cores.json"), "w") as f:
+  json.dump(sorted(os.sched_getaffinity(0)), f)
+"""
+
+
+def test_end_of_training_measurements_run_side_by_side_and_a_failure_starts_no_other(
+    study_file, tmp_path):
+  import io
+  import signal
+  study = _load(study_file, "joint", str(tmp_path / "study"))
+  (name,) = [r.name for r in study.runs]
+  study.prepare()
+  study.write_run_config(study.runs[0], io.StringIO())
+  _fake_done(study, name, 30.0)
+  for step in (2, 4):  # its two last complete checkpoints (orbax's final names)
+    os.makedirs(os.path.join(study.run_dir(name), "checkpoints", str(step)))
+  outs = {step: os.path.join(study.run_dir(name), "analysis", f"step-{step}") for step in (2, 4)}
+
+  def measure(max_parallel, fail=None):
+    analyze = lambda config, workdir, out, final, step: [sys.executable, "-c", MEASURE, out,
+                                                         str(step == fail)]
+    out = io.StringIO()
+    code = runner.Runner(study, None, out=out, max_parallel=max_parallel, analyze=analyze).run()
+    return code, [l for l in out.getvalue().splitlines() if l.startswith("conflicts ")]
+
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    code, lines = measure(1, fail=2)  # one at a time: the failure stops the measuring
+    assert code == 1 and lines[-1] == (
+        f"conflicts 1/2 {name} step 2: failed (exit status 3); its log: "
+        f"{os.path.join(outs[2], 'analyze.log')}; the same command measures it again"), lines
+    assert not any("step 4" in l for l in lines) and study.final_conflicts_pending()
+    code, lines = measure(2)  # both, side by side: each starts before either is done
+    assert code == 0 and not study.final_conflicts_pending(), lines
+    assert [l.split(": ")[1][:9] for l in lines] == ["measuring"] * 2 + ["done in 1"] * 2, lines
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  cores = [tuple(json.load(open(os.path.join(outs[s], "cores.json")))) for s in (2, 4)]
+  if children.core_sets(2):  # each on a core set of its own, as a run
+    assert set(cores) == {tuple(sorted(c)) for c in children.core_sets(2)}, cores
 
 
 # A trainer's stand-in that records the cores it may run on, then finishes.

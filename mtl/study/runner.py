@@ -190,6 +190,15 @@ class _Active:
     self.programs = programs  # (compiled, loaded) in its compute.json before this start
 
 
+class _Measuring:
+  """A final_conflicts measurement in progress: its process, output pump, log (which holds its
+  lock), device and core set."""
+
+  def __init__(self, proc, pump, log, device, cores, started):
+    self.proc, self.pump, self.log, self.device, self.cores = proc, pump, log, device, cores
+    self.started = started
+
+
 def programs(study, name):
   """(XLA programs compiled, loaded from the cache) by a run's attempts: its compute.json's
   counts (launch/train.py adds each attempt's), (0, 0) before its first."""
@@ -214,7 +223,7 @@ class Runner:
     self.out = out
     self.train = train
     self.analyze = analyze  # (run_config, workdir, out, final, step) -> the measuring command
-    self.measuring = None   # the final_conflicts measurement in progress (a children.Child)
+    self.measuring = {}     # the final_conflicts measurements in progress, by their head
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
@@ -240,8 +249,8 @@ class Runner:
       self._send(signal.SIGKILL)
 
   def _send(self, sig):
-    measuring = [self.measuring.proc] if self.measuring is not None else []
-    children.send([run.proc for run in list(self.active.values())] + measuring, sig)
+    children.send([r.proc for r in list(self.active.values()) + list(self.measuring.values())],
+                  sig)
 
   def _env(self, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -334,42 +343,64 @@ class Runner:
 
   def _measure_final_conflicts(self):
     """study.final_conflicts: the conflicts of each pre-training sweep's chosen run (every lr
-    done) at its last saved steps, one at a time, where not yet measured. False if one failed."""
+    done) at its last saved steps, where not yet measured: up to max_parallel at once, each on a
+    core set (or device) of its own, as the runs. False if one failed (none start after it)."""
     study, final = self.study, self.study.config["final_conflicts"]
     if not final["batch_size"] or self.analyze is None:
       return True
-    todo = study.final_conflicts_pending()
-    for k, (name, step, out) in enumerate(todo, 1):
-      os.makedirs(out, exist_ok=True)
-      head = f"conflicts {k}/{len(todo)} {name} step {step}"
-      with open(os.path.join(out, ANALYZE_LOG), "a") as log:
-        try:  # one process measures a checkpoint (SLURM jobs of a study may finish side by side)
-          fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-          self.say(f"{head}: being measured by another process; skipped")
-          continue
-        if os.path.isdir(conflicts.store_dir(out)):
-          continue  # measured while this process waited
-        amount = (f"until +-{final['halfwidth']:g} (at most {final['max_batches']} batches)"
-                  if final["halfwidth"] > 0 else f"{final['max_batches']} batches")
-        self.say(f"{head}: measuring it on fresh batches of {final['batch_size']}/task, {amount} "
-                 f"-> {out}")
-        started = time.time()
-        self.measuring = children.Child(
-            self.analyze(study.path(name, RUN_CONFIG), study.run_dir(name), out, final, step),
-            self._env(None), self._printer(f"[{head}] ", log))
-        code = self.measuring.proc.wait()
-        self.measuring.pump.join(timeout=10)
-        self.measuring = None
-      if self.signalled is not None:
-        self.say(f"{head}: interrupted; run the same command to measure it")
-        return True
-      if code != 0:
-        self.say(f"{head}: failed (exit status {code}); its log: "
-                 f"{os.path.join(out, ANALYZE_LOG)}; the same command measures it again")
-        return False
-      self.say(f"{head}: done in {files.format_duration(time.time() - started)}")
-    return True
+    todo = list(enumerate(study.final_conflicts_pending(), 1))
+    total, ok = len(todo), True
+    while self.measuring or (todo and ok and self.signalled is None):
+      while todo and ok and self.signalled is None and len(self.measuring) < self.max_parallel:
+        k, (name, step, out) = todo.pop(0)
+        self._start_measuring(f"conflicts {k}/{total} {name} step {step}", name, step, out)
+      for head, m in [(h, m) for h, m in self.measuring.items() if m.proc.poll() is not None]:
+        code = m.proc.wait()
+        m.pump.join(timeout=10)
+        m.log.close()  # releases its lock
+        if m.device is not None:
+          self.free_devices.append(m.device)
+        if m.cores is not None:
+          self.free_cores.append(m.cores)
+        del self.measuring[head]
+        if self.signalled is not None:
+          self.say(f"{head}: interrupted; run the same command to measure it")
+        elif code != 0:
+          self.say(f"{head}: failed (exit status {code}); its log: {m.log.name}; the same "
+                   "command measures it again")
+          ok = False
+        else:
+          self.say(f"{head}: done in {files.format_duration(time.time() - m.started)}")
+      time.sleep(0.05)
+    return ok
+
+  def _start_measuring(self, head, name, step, out):
+    """Start one final_conflicts measurement (launch/analyze.py --checkpoint) into `out`,
+    unless another process measures it or has measured it."""
+    study, final = self.study, self.study.config["final_conflicts"]
+    os.makedirs(out, exist_ok=True)
+    log = open(os.path.join(out, ANALYZE_LOG), "a")
+    try:  # one process measures a checkpoint (SLURM jobs of a study may finish side by side)
+      fcntl.flock(log, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      log.close()
+      self.say(f"{head}: being measured by another process; skipped")
+      return
+    if os.path.isdir(conflicts.store_dir(out)):
+      log.close()
+      return  # measured while this process waited
+    amount = (f"until +-{final['halfwidth']:g} (at most {final['max_batches']} batches)"
+              if final["halfwidth"] > 0 else f"{final['max_batches']} batches")
+    device = self.free_devices.pop(0) if self.free_devices is not None else None
+    cores = self.free_cores.pop(0) if self.free_cores is not None else None
+    where = (f" | device {device}" if device is not None else
+             f" | cores {_cores(cores)}" if cores else "")
+    self.say(f"{head}: measuring it on fresh batches of {final['batch_size']}/task, {amount} "
+             f"-> {out}{where}")
+    child = children.Child(
+        self.analyze(study.path(name, RUN_CONFIG), study.run_dir(name), out, final, step),
+        self._env(device), self._printer(f"[{head}] ", log), cores)
+    self.measuring[head] = _Measuring(child.proc, child.pump, log, device, cores, time.time())
 
   def run(self, only=""):
     """Run the matching runs that are not done; the exit status of the study: 0 all done, 1 a
