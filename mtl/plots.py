@@ -363,15 +363,16 @@ def _corrected_parts(ax, record, colors):
       width = part.steps[-1] - part.steps[0] if part.num_steps > 1 else 1
       x = 0.5 * (part.steps[0] + part.steps[-1]) + (k - (num_pairs - 1) / 2) * 0.5 * width / max(
           1, num_pairs)
+      label = name if p == 0 else None  # the pair's first part names it, measurable or not
       if not np.isfinite(interval.estimate):  # a same-task agreement <= 0: no estimate
-        ax.plot([x], [0.0], marker="x", markersize=6, color=colors[k])
+        ax.plot([x], [0.0], marker="x", markersize=6, color=colors[k], linestyle="none",
+                label=label)
         continue
       low, high = interval.low, interval.high
       if np.isfinite(low):
         ax.plot([x, x], [max(low, -1.05), min(high, 1.05)], color=colors[k], linewidth=1.4)
       ax.plot([x], [interval.estimate], marker="o", markersize=5, color=colors[k],
-              markerfacecolor=colors[k] if excludes_zero(interval) else "white",
-              label=name if p == 0 else None)
+              markerfacecolor=colors[k] if excludes_zero(interval) else "white", label=label)
   ax.axhline(0, color="black", linewidth=0.7)
   ax.set_ylim(max(-1.05, ax.get_ylim()[0]), min(1.05, ax.get_ylim()[1]))
   ax.set_ylabel("corrected cos")

@@ -237,6 +237,21 @@ def test_curves_figure():
   assert png.startswith(b"\x89PNG") and png_size(png)[0] > 300
 
 
+def test_a_pair_not_measurable_is_still_named_in_the_corrected_panel_s_legend():
+  import warnings
+  rec = record(steps=4, noise=5.0, seed=4)  # 4 probes, one part: 2 of its 3 pairs unmeasurable
+  (part,) = [part for _, part in conflicts.split_phases(rec, plots.CURVE_PARTS)]
+  assert [np.isfinite(i.estimate) for i in part.corrected_cosine_intervals()] == [
+      True, False, False]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # matplotlib warns of a legend with no labelled artists
+    fig = plots.curves_figure(rec)
+  corrected = fig.axes[0]
+  assert [t.get_text() for t in corrected.get_legend().get_texts()] == PAIRS
+  assert [l.get_marker() for l in corrected.get_lines() if l.get_label() in PAIRS] == [
+      "o", "x", "x"]
+
+
 def test_curves_at_one_checkpoint_count_batches_and_smooth_nothing():
   """Fresh batches at one saved step are independent draws, not a trajectory: the x axis counts
   them, no EMA runs over them, and there are no tenths of training."""
