@@ -162,12 +162,12 @@ def _checkpoint_config(run_dir, config):
 
 def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth=0.0,
             max_batches=0, step=None):
-  """Checkpoint mode: Gramians on fresh batches -> a store in `out`, then `analyze(out)`."""
+  """Checkpoint mode: Gramians of `checkpoint`'s saved model on fresh batches, with `config`
+  (_checkpoint_config's) -> a store in `out`, then `analyze(out)`."""
   import numpy as np
   from mtl import conflicts, run_folder
   from mtl import measure as conflicts_measure
   run_dir = _run_dir(checkpoint)
-  config = _checkpoint_config(run_dir, config)
   _check_out(out)  # a given --out before the measuring; the default one names the step
   steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
       config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches,
