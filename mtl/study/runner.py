@@ -252,6 +252,19 @@ class Runner:
     children.send([r.proc for r in list(self.active.values()) + list(self.measuring.values())],
                   sig)
 
+  def _take_slot(self):
+    """(device, core set, ' | device D' or ' | cores C' for the start line) for a child."""
+    device = self.free_devices.pop(0) if self.free_devices is not None else None
+    cores = self.free_cores.pop(0) if self.free_cores is not None else None
+    return device, cores, (f" | device {device}" if device is not None else
+                           f" | cores {_cores(cores)}" if cores else "")
+
+  def _give_back(self, device, cores):
+    if device is not None:
+      self.free_devices.append(device)
+    if cores is not None:
+      self.free_cores.append(cores)
+
   def _env(self, device):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["MTL_TRAIN_LOG"] = "0"  # the runner writes each run's train.log itself (_printer)
@@ -288,13 +301,13 @@ class Runner:
     handle.flush()
     return handle
 
-  def _start(self, spec, head, prefix, lock, cores):
-    """Start one run as a subprocess (its output to train.log and, prefixed, to ours), pinned to
-    the core set `cores` (None: unpinned)."""
+  def _start(self, spec, head, prefix, lock, device, cores):
+    """Start one run as a subprocess (its output to train.log and, prefixed, to ours) on
+    `device` (CUDA_VISIBLE_DEVICES; None: every device), pinned to the core set `cores` (None:
+    unpinned)."""
     failed = self.study.path(spec.name, FAILED_FILE)
     if os.path.exists(failed):
       os.remove(failed)
-    device = self.free_devices.pop(0) if self.free_devices is not None else None
     command = self.study.command(spec, self.train)
     log = open(self.study.path(spec.name, LOG_FILE), "a")
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}"
@@ -317,10 +330,7 @@ class Runner:
     files.write_json(path, spent)
     fcntl.flock(run.lock, fcntl.LOCK_UN)
     run.lock.close()
-    if run.device is not None:
-      self.free_devices.append(run.device)
-    if run.cores is not None:
-      self.free_cores.append(run.cores)
+    self._give_back(run.device, run.cores)
     del self.active[run.spec.name]
     after = programs(self.study, run.spec.name)
     self.programs = [n + a - b for n, a, b in zip(self.programs, after, run.programs)]
@@ -358,10 +368,7 @@ class Runner:
         code = m.proc.wait()
         m.pump.join(timeout=10)
         m.log.close()  # releases its lock
-        if m.device is not None:
-          self.free_devices.append(m.device)
-        if m.cores is not None:
-          self.free_cores.append(m.cores)
+        self._give_back(m.device, m.cores)
         del self.measuring[head]
         if self.signalled is not None:
           self.say(f"{head}: interrupted; run the same command to measure it")
@@ -391,10 +398,7 @@ class Runner:
       return  # measured while this process waited
     amount = (f"until +-{final['halfwidth']:g} (at most {final['max_batches']} batches)"
               if final["halfwidth"] > 0 else f"{final['max_batches']} batches")
-    device = self.free_devices.pop(0) if self.free_devices is not None else None
-    cores = self.free_cores.pop(0) if self.free_cores is not None else None
-    where = (f" | device {device}" if device is not None else
-             f" | cores {_cores(cores)}" if cores else "")
+    device, cores, where = self._take_slot()
     self.say(f"{head}: measuring it on fresh batches of {final['batch_size']}/task, {amount} "
              f"-> {out}{where}")
     child = children.Child(
@@ -459,13 +463,11 @@ class Runner:
             lock.close()
             raise
           resuming = study.has_started(spec.name)
-          cores = self.free_cores.pop(0) if self.free_cores is not None else None
-          device = (f" | device {self.free_devices[0]}" if self.free_devices is not None else
-                    f" | cores {_cores(cores)}" if cores else "")
+          device, cores, where = self._take_slot()
           self.say(f"{head}: {'resuming' if resuming else 'starting'} | {summary_line(spec)}"
                    + (f" | from {os.path.basename(config['init_from'])}" if config["init_from"]
-                      else "") + device)
-          self._start(spec, head, prefixes[spec.name], lock, cores)
+                      else "") + where)
+          self._start(spec, head, prefixes[spec.name], lock, device, cores)
       for run in [r for r in self.active.values() if r.proc.poll() is not None]:
         spec, head = run.spec, run.head
         code, spent = self._finish(run)  # every start counts: one stopped, one resumed
