@@ -215,6 +215,31 @@ def test_start_order_is_seed_by_seed_with_awaited_runs_first(study_file, tmp_pat
       "finetune-derain-lr1e-3 s0", "joint-lr1e-3 s1"]
 
 
+def test_eta_weighs_each_run_by_its_steps_and_tasks_and_counts_the_runs_in_progress():
+  run = lambda name, regime, tasks, steps: study_lib.StudyRun(
+      name=name, regime=regime, column=regime, tasks=tasks, seed=0, lr=1e-3, steps=steps,
+      sweep=name)
+  group = run("g2", "groups", ("sr_x2", "sr_x3"), 600)
+  scratch = [run(f"s{i}", "scratch", ("sr_x2",), 750) for i in range(2)]
+  finetunes = [run(f"f{i}", "finetune", ("sr_x2",), 150) for i in range(3)]
+  finished = [(run("g0", "groups", ("sr_x2", "sr_x3"), 600), 230.0),
+              (run("g1", "groups", ("sr_x2", "sr_x3"), 600), 250.0)]
+  # The groups' 0.4 s/step; scratch and fine-tunes, not seen yet, 0.2 s per step and task; the
+  # group in progress for 100 s has 140 s left; two at a time: (140 + 2 * 150 + 3 * 30) / 2.
+  to_go = [group, *scratch, *finetunes]
+  assert runner.seconds_left(finished, to_go, {"g2": 100.0}, 2) == pytest.approx(265.0)
+  # Once a scratch run is done, scratch runs cost what it took (60 s); the fine-tunes the three
+  # runs' seconds per step and task: 540 s / 3150.
+  finished.append((scratch[0], 60.0))
+  assert runner.seconds_left(finished, to_go[2:], {}, 2) == pytest.approx(
+      (60 + 3 * 150 * 540 / 3150) / 2)
+  # One run left runs alone; a run over its estimate counts 0, not less; steps not known yet
+  # (equal_flops scratch, 0) cost the mean finished run.
+  assert runner.seconds_left(finished, [group], {"g2": 500.0}, 2) == 0.0
+  unknown = run("s9", "scratch", ("sr_x2",), 0)
+  assert runner.seconds_left(finished, [unknown], {}, 2) == pytest.approx((230 + 250 + 60) / 3)
+
+
 def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_path):
   workdir = str(tmp_path / "study")
   out = cli(f"--config={study_file}", f"--workdir={workdir}", "--max_parallel=2",

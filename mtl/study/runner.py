@@ -79,6 +79,31 @@ def state(study, spec):
   return study.status(spec.name)  # started | pending
 
 
+def seconds_left(finished, to_go, elapsed, parallel):
+  """Seconds until the runs `to_go` are done, `parallel` at a time: a run costs the seconds per
+  step of the finished runs [(run, seconds)] of its regime and task count (else of every finished
+  run, per step and task: a step trains each of its tasks), less what it has run (`elapsed`:
+  {name: seconds}); a run whose steps are not known yet (equal_flops scratch) the mean run."""
+  known = [(r, s) for r, s in finished if r.steps]
+  per_step = {}
+  for r, s in known:
+    runs, secs = per_step.get((r.regime, len(r.tasks)), (0, 0.0))
+    per_step[(r.regime, len(r.tasks))] = (runs + r.steps, secs + s)
+  per_task_step = sum(s for _, s in known) / max(1, sum(r.steps * len(r.tasks) for r, _ in known))
+  mean = sum(s for _, s in finished) / max(1, len(finished))
+  left = 0.0
+  for r in to_go:
+    steps, secs = per_step.get((r.regime, len(r.tasks)), (0, 0.0))
+    if not r.steps:
+      cost = mean
+    elif steps:
+      cost = r.steps * secs / steps
+    else:
+      cost = r.steps * len(r.tasks) * per_task_step
+    left += max(cost - elapsed.get(r.name, 0.0), 0.0)
+  return left / max(1, min(parallel, len(to_go)))
+
+
 def add_start(record, seconds):
   """A run's starts record ({'seconds': their wall total, 'starts': how many}; {} before the
   first ended) with one more start of `seconds`."""
@@ -426,6 +451,7 @@ class Runner:
       else:
         queue.append(spec)
     started, ran, waiting, elsewhere, failed = time.time(), 0, [], [], []
+    finished = []  # (run, seconds): runs trained whole here, which the ETA extrapolates
     while queue or self.active:
       if self.signalled is None and not failed and len(self.active) < self.max_parallel:
         for spec in start_order(study, queue):
@@ -489,8 +515,13 @@ class Runner:
                          {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **spent,
                           **({"diverged": diverged} if diverged else {})})
         ran += 1
-        left = sum(not study.is_done(r.name) for r in runs)
-        eta = (time.time() - started) / ran * left
+        if not diverged and spent["starts"] == 1:  # trained all its steps in one start
+          finished.append((spec, spent["seconds"]))
+        to_go = [r for r in runs if not study.is_done(r.name)]
+        left = len(to_go)
+        eta = seconds_left(finished, to_go, {name: time.time() - a.started
+                                             for name, a in self.active.items()},
+                           self.max_parallel)
         then = (" for the runs, then the end-of-training conflict measurements"
                 if study.config["final_conflicts"]["batch_size"] and self.analyze else "")
         what = f"{'diverged' if diverged else 'done'} in {took(spent)}"
@@ -498,7 +529,8 @@ class Runner:
           what += " (non-finite loss or output): its sweep chooses among its other lrs"
         self.say(f"{head}: {what} | study: {total - left}/{total} "
                  f"done, elapsed {files.format_duration(time.time() - started)}"
-                 + (f", ~{files.format_duration(eta)} to go{then}" if left else ""))
+                 + (f", ~{files.format_duration(eta)} to go{then}" if left and finished
+                    else ""))
       if not self.active and (self.signalled is not None or failed):
         break
       time.sleep(0.05)
