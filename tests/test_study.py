@@ -49,8 +49,8 @@ def study_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name, arg, runs", [
-    ("mini", None, 51), ("mini", "gpu", 51), ("related_vs_unrelated", None, 42),
-    ("related_vs_unrelated", "device=gpu", 42), ("related_vs_unrelated", "/data", 45),
+    ("mini", None, 51), ("mini", "gpu", 51), ("related_vs_unrelated", None, 54),
+    ("related_vs_unrelated", "device=gpu", 54), ("related_vs_unrelated", "/data", 45),
     ("allinone3", None, 126), ("allinone3", "/data", 126),
     ("ipt_paper", "/data", 117), ("remedies", None, 33), ("remedies_gpu", "/data/DIV2K", 105)])
 def test_every_shipped_study_config_validates_and_expands(name, arg, runs):
