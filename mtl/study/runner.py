@@ -85,10 +85,10 @@ def seconds_left(finished, to_go, elapsed, parallel):
   run, per step and task: a step trains each of its tasks), less what it has run (`elapsed`:
   {name: seconds}); a run whose steps are not known yet (equal_flops scratch) the mean run."""
   known = [(r, s) for r, s in finished if r.steps]
-  per_step = {}
+  per_step = {}  # (regime, task count): (steps, seconds) of its finished runs
   for r, s in known:
-    runs, secs = per_step.get((r.regime, len(r.tasks)), (0, 0.0))
-    per_step[(r.regime, len(r.tasks))] = (runs + r.steps, secs + s)
+    steps, secs = per_step.get((r.regime, len(r.tasks)), (0, 0.0))
+    per_step[(r.regime, len(r.tasks))] = (steps + r.steps, secs + s)
   per_task_step = sum(s for _, s in known) / max(1, sum(r.steps * len(r.tasks) for r, _ in known))
   mean = sum(s for _, s in finished) / max(1, len(finished))
   left = 0.0
