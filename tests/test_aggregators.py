@@ -377,8 +377,9 @@ def _task_grads(run, config, params, batch):
   for spec in run.model.specs:  # degradations keyed by the task's name, as the step does
     x, y = degradations.degrade(spec, jax.random.fold_in(key, tasks_lib.task_id(spec.name)),
                                 batch[spec.name], config.degrade)
-    out.append(jax.grad(lambda b: losses.l1(run.model.apply(dict(params, body=b), spec.name, x),
-                                            y))(params["body"]))
+    # jitted: eager op-by-op dispatch of the model took ~3x as long on 2 cores
+    out.append(jax.jit(jax.grad(lambda b, x, y, name=spec.name: losses.l1(
+        run.model.apply(dict(params, body=b), name, x), y)))(params["body"], x, y))
   return [[np.asarray(l, np.float64) for l in jax.tree_util.tree_leaves(g)] for g in out]
 
 
@@ -389,7 +390,7 @@ def _body_close(got, want, tol):
     np.testing.assert_allclose(g / scale, w / scale, atol=tol)
 
 
-# float32 reductions in a different order (jit vs eager, 1 vs 8 devices) move a body gradient
+# float32 reductions in a different order (another program, 1 vs 8 devices) move a body gradient
 # entry by ~1e-5 of the largest; weights from a well-conditioned G move as little.
 STEP_TOL = 2e-4
 

@@ -398,27 +398,34 @@ def test_an_arm_that_diverged_at_every_lr_leaves_its_seed_out_and_the_delta_unju
 
 
 def test_the_deltas_say_which_arms_chose_an_lr_at_an_end_of_their_grid(tmp_path):
-  # The synthetic grid (1e-3, 3e-3) with 1e-3 best on validation: every arm chose the smallest
-  # lr, so the grid brackets no arm's best lr; a grid around 1e-3 brackets every one.
+  # The synthetic grid (1e-3, 3e-3) with 1e-3 best on validation by 1 dB: every arm chose the
+  # smallest lr, so the grid brackets no arm's best lr; a grid around 1e-3 brackets every one.
   s = synthetic_study(str(tmp_path / "edge"))
   found = findings.build(s, tables.transfer_table(s), [])
-  assert ("Every arm chose its grid's smallest lr on every seed: the grid brackets none of "
-          "their best lrs, which may lie below it (a wider grid would show).") in found.notes[2]
-  # Seed 2's scratch derain chose the largest lr: each arm at an end is counted, by name
+  assert ("Every arm chose its grid's smallest lr on every seed (ahead of the next lr by 1.00 dB "
+          "on photos_val): the grid brackets none of their best lrs, which may lie below it (a "
+          "wider grid would show).") in found.notes[2]
+  # Seed 2's scratch derain chose the largest lr, 1.25 dB ahead of 1e-3 on validation: each arm
+  # at an end is counted, by name, with the span of its leads
   s2 = synthetic_study(str(tmp_path / "mixed"), psnr=lambda spec, task: _psnr(
-      spec.regime, task, spec.seed) + (2.0 if (spec.name == "scratch-derain-lr3e-3-s2") else 0))
+      spec.regime, task, spec.seed) + (2.25 if (spec.name == "scratch-derain-lr3e-3-s2") else 0))
   found = findings.build(s2, tables.transfer_table(s2), [])
-  arms = [f"{arm}: the smallest lr on 3 of 3 seeds" for arm in (
+  lead = " (ahead of the next lr by 1.00 dB on photos_val)"
+  arms = [f"{arm}: the smallest lr on 3 of 3 seeds{lead}" for arm in (
       "scratch denoise_30", "finetune denoise_30", "joint", "scratch sr_x2", "finetune sr_x2")]
-  arms += ["scratch derain: the smallest lr on 2 and the largest lr on 1 of 3 seeds",
-           "finetune derain: the smallest lr on 3 of 3 seeds"]  # joint once: one choice
+  arms += ["scratch derain: the smallest lr on 2 and the largest lr on 1 of 3 seeds (ahead of "
+           "the next lr by 1.00-1.25 dB on photos_val)",
+           f"finetune derain: the smallest lr on 3 of 3 seeds{lead}"]  # joint once: one choice
   assert ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
           "show): " + "; ".join(arms) + ".") in found.notes[2]
   selection = accounting.selection_table(s)
   chosen = [row[2] for row in selection.rows]
-  assert chosen and all("-lr1e-3-s" in c and c.endswith(" (the grid's smallest lr)")
-                        for c in chosen)
+  assert chosen and all("-lr1e-3-s" in c and c.endswith(
+      " (the grid's smallest lr, ahead of the next by 1.00 dB)") for c in chosen)
   assert {r["grid_end"] for r in selection.records if r["chosen"]} == {"smallest"}
+  assert [r["grid_end_lead"] for r in selection.records if r["chosen"]] == pytest.approx(
+      [1.0] * len(chosen), abs=1e-9)
+  assert {r["grid_end_lead"] for r in selection.records if not r["chosen"]} == {None}
   inside = synthetic_study(str(tmp_path / "inside"), lrs=(3e-4, 1e-3, 3e-3))
   found = findings.build(inside, tables.transfer_table(inside), [])
   assert "Every chosen lr lies inside its grid." in found.notes[2]

@@ -240,6 +240,14 @@ def test_eta_weighs_each_run_by_its_steps_and_tasks_and_counts_the_runs_in_progr
   assert runner.seconds_left(finished, [unknown], {}, 2) == pytest.approx((230 + 250 + 60) / 3)
 
 
+def test_measurements_left_counts_the_queued_and_what_those_in_progress_still_need():
+  # Two done in 60 s and 80 s (mean 70): 3 queued cost 210 s; one in progress for 30 s needs 40
+  # more, one past the mean (90 s) nothing: 250 s of work on 2 at a time.
+  assert runner.measurements_left([60, 80], 3, [30, 90], 2) == pytest.approx(250 / 2)
+  assert runner.measurements_left([60, 80], 1, [], 4) == pytest.approx(70)  # 1 left: 1 at a time
+  assert runner.measurements_left([60], 0, [], 2) == 0
+
+
 def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_path):
   workdir = str(tmp_path / "study")
   out = cli(f"--config={study_file}", f"--workdir={workdir}", "--max_parallel=2",
@@ -264,8 +272,11 @@ def test_max_parallel_runs_the_micro_study_with_two_processes(study_file, tmp_pa
   # set of its own where there are two
   measured = [l for l in lines if l.startswith("conflicts ")]
   starts = [i for i, l in enumerate(measured) if ": measuring it on fresh batches" in l]
-  assert len(starts) == 2 and starts[1] < next(i for i, l in enumerate(measured) if ": done in"
-                                                in l), measured
+  done = [l for l in measured if ": done in" in l]
+  assert len(starts) == 2 and starts[1] < measured.index(done[0]), measured
+  # The first done says what the other still needs; the last, nothing
+  assert re.search(r": done in \S+ \| ~\S+ to go for the other 1$", done[0]), done
+  assert re.search(r": done in \S+$", done[1]), done
   if children.core_sets(2):
     assert len({measured[i].rpartition(" | cores ")[2] for i in starts}) == 2, measured
   # Re-running shows the table and does nothing else.

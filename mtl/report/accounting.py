@@ -91,18 +91,22 @@ def selection_table(study):
                      + ("diverged" if study.diverged(r.name) else _fmt(score, 2))
                      for r, score in candidates)
     edge = chosen.edge if chosen else ""
-    rows.append([sweep, text, (chosen.run.name + (f" (the grid's {edge} lr)" if edge else "")
+    lead = "" if chosen is None or chosen.margin is None else (
+        f", ahead of the next by {chosen.margin:.2f} dB")
+    rows.append([sweep, text, (chosen.run.name + (f" (the grid's {edge} lr{lead})" if edge else "")
                                if chosen else "none: every lr diverged"),
                  "yes" if chosen is None or chosen.complete else "no"])
     for r, score in candidates:
       is_chosen = chosen is not None and r.name == chosen.run.name
       records.append({"sweep": sweep, "run": r.name, "lr": r.lr, "validation_psnr_y": score,
                       "diverged": bool(study.diverged(r.name)), "chosen": is_chosen,
-                      "grid_end": edge if is_chosen else ""})
+                      "grid_end": edge if is_chosen else "",
+                      "grid_end_lead": chosen.margin if is_chosen else None})
   notes = [f"Validation score: mean {metric_names(study)[2]} on {study.validation} over the "
            "run's tasks; the best lr per seed is chosen (ties: the first listed). "
            + lr_note(study) + " (the grid's smallest / largest lr): the chosen lr is an end of "
-           "its grid, which then does not bracket the best lr (it may lie beyond)."]
+           "its grid, which then does not bracket the best lr (it may lie beyond); its lead over "
+           "the next lr inward says how flat the landscape is there."]
   return Table("selection", "Learning rates chosen on validation", header, rows, records, notes)
 
 

@@ -105,8 +105,10 @@ def lr_note(study):
 def edge_note(study, arms):
   """Which arms chose an lr at an end of their grid, and on how many seeds: there the grid does
   not bracket the best lr, which may lie beyond it (a wider grid would show); or that every
-  chosen lr lies inside its grid. A pre-training is named once (its choice is over its tasks)."""
-  parts, edges = {}, set()
+  chosen lr lies inside its grid. Beside each, the chosen lr's validation lead over the next lr
+  inward: a lead of hundredths of a dB says the landscape is flat there. A pre-training is named
+  once (its choice is over its tasks)."""
+  parts, edges, margins = {}, set(), []
   for col, task in arms:
     c = regime_scores(study, col, task)
     if c is None or not c.runs:
@@ -115,19 +117,31 @@ def edge_note(study, arms):
     ends = [(edge, sum(e == edge for e in c.edges)) for edge in ("smallest", "largest", "only")]
     ends = [f"the {edge} lr on {k}" for edge, k in ends if k]
     name = col if col.startswith(("joint", "group:")) else f"{col} {task}"
-    if ends:
-      parts[name] = f"{name}: {' and '.join(ends)} of {len(c.runs)} seeds"
+    if ends and name not in parts:
+      margins += c.margins
+      parts[name] = (f"{name}: {' and '.join(ends)} of {len(c.runs)} seeds"
+                     + _lead(c.margins, study))
   if not parts:
     return "Every chosen lr lies inside its grid."
   if edges == {"only"}:
     return "Every arm had one lr: none was tuned (a grid of 2 or more lrs would tune them)."
   if len(edges) == 1:  # every arm, every seed, the same end
     edge = edges.pop()
-    return (f"Every arm chose its grid's {edge} lr on every seed: the grid brackets none of "
-            f"their best lrs, which may lie {'below' if edge == 'smallest' else 'above'} it (a "
-            "wider grid would show).")
+    return (f"Every arm chose its grid's {edge} lr on every seed{_lead(margins, study)}: the "
+            f"grid brackets none of their best lrs, which may lie "
+            f"{'below' if edge == 'smallest' else 'above'} it (a wider grid would show).")
   return ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
           "show): " + "; ".join(parts.values()) + ".")
+
+
+def _lead(margins, study):
+  """' (ahead of the next lr by A-B dB on <validation>)' over the margins that are known."""
+  known = sorted(m for m in margins if m is not None)
+  if not known:
+    return ""
+  span = f"{known[0]:.2f}" + (f"-{known[-1]:.2f}" if f"{known[-1]:.2f}" != f"{known[0]:.2f}"
+                               else "")
+  return f" (ahead of the next lr by {span} dB on {study.validation})"
 
 
 # ----------------------------------------------------------------------------- tables

@@ -104,6 +104,15 @@ def seconds_left(finished, to_go, elapsed, parallel):
   return left / max(1, min(parallel, len(to_go)))
 
 
+def measurements_left(took, queued, running, parallel):
+  """Seconds until the end-of-training measurements are done, `parallel` at a time: they are
+  alike (one model, its tasks, as many batches each), so each costs the mean of those done
+  (`took`: their seconds), less what each one in progress has run (`running`: seconds)."""
+  mean = sum(took) / len(took)
+  work = mean * queued + sum(max(mean - s, 0.0) for s in running)
+  return work / max(1, min(parallel, queued + len(running)))
+
+
 def add_start(record, seconds):
   """A run's starts record ({'seconds': their wall total, 'starts': how many}; {} before the
   first ended) with one more start of `seconds`."""
@@ -384,7 +393,7 @@ class Runner:
     if not final["batch_size"] or self.analyze is None:
       return True
     todo = list(enumerate(study.final_conflicts_pending(), 1))
-    total, ok = len(todo), True
+    total, ok, took_s = len(todo), True, []  # took_s: seconds of each measurement done here
     while self.measuring or (todo and ok and self.signalled is None):
       while todo and ok and self.signalled is None and len(self.measuring) < self.max_parallel:
         k, (name, step, out) = todo.pop(0)
@@ -402,9 +411,20 @@ class Runner:
                    "command measures it again")
           ok = False
         else:
-          self.say(f"{head}: done in {files.format_duration(time.time() - m.started)}")
+          took_s.append(time.time() - m.started)
+          self.say(f"{head}: done in {files.format_duration(took_s[-1])}"
+                   + self._measurements_left(took_s, len(todo)))
       time.sleep(0.05)
     return ok
+
+  def _measurements_left(self, took_s, queued):
+    """' | ~T to go for the other N' after a measurement, '' after the last one."""
+    now = time.time()
+    running = [now - m.started for m in self.measuring.values()]
+    if not queued and not running:
+      return ""
+    left = measurements_left(took_s, queued, running, self.max_parallel)
+    return f" | ~{files.format_duration(left)} to go for the other {queued + len(running)}"
 
   def _start_measuring(self, head, name, step, out):
     """Start one final_conflicts measurement (launch/analyze.py --checkpoint) into `out`,

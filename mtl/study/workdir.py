@@ -62,6 +62,17 @@ class Selection:
     return ("smallest" if self.run.lr == min(lrs) else
             "largest" if self.run.lr == max(lrs) else "")
 
+  @property
+  def margin(self):
+    """At a grid end, the chosen score minus that of the next lr inward (how flat the landscape
+    is where the grid stops: a small margin says the lr hardly matters there); None inside the
+    grid, for one lr, or where the next lr has no score (diverged or not done)."""
+    if self.edge not in ("smallest", "largest"):
+      return None
+    ranked = sorted(self.candidates, key=lambda rs: rs[0].lr)
+    _, score = ranked[1] if self.edge == "smallest" else ranked[-2]
+    return None if score is None else self.score - score
+
 
 def lock_holder(study, name):
   """The RUNNING file's content ({} if unreadable) while a live process holds its lock, else
