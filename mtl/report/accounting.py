@@ -91,9 +91,9 @@ def selection_table(study):
                      + ("diverged" if study.diverged(r.name) else _fmt(score, 2))
                      for r, score in candidates)
     edge = chosen.edge if chosen else ""
-    lead = "" if chosen is None or chosen.margin is None else (
-        f", ahead of the next by {chosen.margin:.2f} dB")
-    rows.append([sweep, text, (chosen.run.name + (f" (the grid's {edge} lr{lead})" if edge else "")
+    ahead = "" if chosen is None or chosen.lead is None else (
+        f", ahead of the next by {chosen.lead:.2f} dB")
+    rows.append([sweep, text, (chosen.run.name + (f" (the grid's {edge} lr{ahead})" if edge else "")
                                if chosen else "none: every lr diverged"),
                  "yes" if chosen is None or chosen.complete else "no"])
     for r, score in candidates:
@@ -101,7 +101,7 @@ def selection_table(study):
       records.append({"sweep": sweep, "run": r.name, "lr": r.lr, "validation_psnr_y": score,
                       "diverged": bool(study.diverged(r.name)), "chosen": is_chosen,
                       "grid_end": edge if is_chosen else "",
-                      "grid_end_lead": chosen.margin if is_chosen else None})
+                      "grid_end_lead": chosen.lead if is_chosen else None})
   notes = [f"Validation score: mean {metric_names(study)[2]} on {study.validation} over the "
            "run's tasks; the best lr per seed is chosen (ties: the first listed). "
            + lr_note(study) + " (the grid's smallest / largest lr): the chosen lr is an end of "

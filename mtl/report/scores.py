@@ -28,8 +28,8 @@ class RegimeScores:
   dead: dict = dataclasses.field(default_factory=dict)
   # per run: 'smallest' / 'largest' where its lr is an end of its sweep's grid (Selection.edge)
   edges: list = dataclasses.field(default_factory=list)
-  # per run: its validation lead over the next lr inward where it is at an end (Selection.margin)
-  margins: list = dataclasses.field(default_factory=list)
+  # per run: its validation lead over the next lr inward where it is at an end (Selection.lead)
+  leads: list = dataclasses.field(default_factory=list)
 
   def by_seed(self, test_set, metric):
     """{seed: value} of the seeds scored on test_set."""
@@ -121,7 +121,7 @@ def regime_scores(study, column, task):
       sweeps.setdefault(spec.seed, spec.sweep)
   if not sweeps:
     return None
-  runs, results, complete, dead, edges, margins = [], [], [], {}, [], []
+  runs, results, complete, dead, edges, leads = [], [], [], {}, [], []
   for seed in sorted(sweeps):
     chosen = study.select(sweeps[seed])
     if chosen is not None:
@@ -129,10 +129,10 @@ def regime_scores(study, column, task):
       results.append(study.results(chosen.run.name))
       complete.append(chosen.complete)
       edges.append(chosen.edge)
-      margins.append(chosen.margin)
+      leads.append(chosen.lead)
     elif dead_end := study.dead_end(sweeps[seed]):
       dead[seed] = dead_end
-  return RegimeScores(task, runs, results, complete, dead, edges, margins)
+  return RegimeScores(task, runs, results, complete, dead, edges, leads)
 
 
 def primary_test_set(study, task, c):

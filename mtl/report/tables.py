@@ -108,7 +108,7 @@ def edge_note(study, arms):
   chosen lr lies inside its grid. Beside each, the chosen lr's validation lead over the next lr
   inward: a lead of hundredths of a dB says the landscape is flat there. A pre-training is named
   once (its choice is over its tasks)."""
-  parts, edges, margins = {}, set(), []
+  parts, edges, leads = {}, set(), []
   for col, task in arms:
     c = regime_scores(study, col, task)
     if c is None or not c.runs:
@@ -118,25 +118,25 @@ def edge_note(study, arms):
     ends = [f"the {edge} lr on {k}" for edge, k in ends if k]
     name = col if col.startswith(("joint", "group:")) else f"{col} {task}"
     if ends and name not in parts:
-      margins += c.margins
+      leads += c.leads
       parts[name] = (f"{name}: {' and '.join(ends)} of {len(c.runs)} seeds"
-                     + _lead(c.margins, study))
+                     + _lead(c.leads, study))
   if not parts:
     return "Every chosen lr lies inside its grid."
   if edges == {"only"}:
     return "Every arm had one lr: none was tuned (a grid of 2 or more lrs would tune them)."
   if len(edges) == 1:  # every arm, every seed, the same end
     edge = edges.pop()
-    return (f"Every arm chose its grid's {edge} lr on every seed{_lead(margins, study)}: the "
+    return (f"Every arm chose its grid's {edge} lr on every seed{_lead(leads, study)}: the "
             f"grid brackets none of their best lrs, which may lie "
             f"{'below' if edge == 'smallest' else 'above'} it (a wider grid would show).")
   return ("Chosen at an end of the lr grid (the best lr may lie beyond it; a wider grid would "
           "show): " + "; ".join(parts.values()) + ".")
 
 
-def _lead(margins, study):
-  """' (ahead of the next lr by A-B dB on <validation>)' over the margins that are known."""
-  known = sorted(m for m in margins if m is not None)
+def _lead(leads, study):
+  """' (ahead of the next lr by A-B dB on <validation>)' over the leads that are known."""
+  known = sorted(x for x in leads if x is not None)
   if not known:
     return ""
   span = f"{known[0]:.2f}" + (f"-{known[-1]:.2f}" if f"{known[-1]:.2f}" != f"{known[0]:.2f}"

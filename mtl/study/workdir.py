@@ -63,9 +63,9 @@ class Selection:
             "largest" if self.run.lr == max(lrs) else "")
 
   @property
-  def margin(self):
+  def lead(self):
     """At a grid end, the chosen score minus that of the next lr inward (how flat the landscape
-    is where the grid stops: a small margin says the lr hardly matters there); None inside the
+    is where the grid stops: a small lead says the lr hardly matters there); None inside the
     grid, for one lr, or where the next lr has no score (diverged or not done)."""
     if self.edge not in ("smallest", "largest"):
       return None
