@@ -22,9 +22,8 @@ checkpoints (steps 525, 550, 575, 600), each on 12 fresh batches of 128 images p
 mean per seed, combined over the seeds, is question 1's answer. 51 runs, then 12 conflict
 measurements (README, Studies, gives the wall time).
 
-Two tasks, not three: with denoise_30 as well (60 runs, the joint grid 3e-3, 5e-3:
---config.tasks="('denoise_30','sr_x2','derain')" --config.lrs="(3e-3,5e-3)") the work is about
-71 minutes of 2 fully used cores, over the hour; that study's figures are in the README.
+Two tasks, not three: with denoise_30 as well (--config.tasks="('denoise_30','sr_x2','derain')":
+72 runs) the study took 1h22m on 2 cores, over the hour; its figures are in the README.
 
 With the argument `gpu`: the same study 2x longer (joint 1200, fine-tune 300 steps), sized for
 10 minutes on one GPU from the tiny main job's ~108 steps/s on an H200 (the rest is the runs'
