@@ -139,9 +139,9 @@ def _lead(leads, study):
   known = sorted(x for x in leads if x is not None)
   if not known:
     return ""
-  span = f"{known[0]:.2f}" + (f"-{known[-1]:.2f}" if f"{known[-1]:.2f}" != f"{known[0]:.2f}"
-                               else "")
-  return f" (ahead of the next lr by {span} dB on {study.validation})"
+  low, high = f"{known[0]:.2f}", f"{known[-1]:.2f}"
+  return (f" (ahead of the next lr by {low if low == high else f'{low}-{high}'} dB on "
+          f"{study.validation})")
 
 
 # ----------------------------------------------------------------------------- tables
