@@ -17,9 +17,31 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src.metadata import array_metadata_store
 
 from mtl import files
 from mtl.models import ipt
+
+
+def _save_replicated_arrays_whole():
+  """Orbax saves a replicated array "replica-parallel" off GPUs: one slice per device, each an
+  eager op and, the first time, a compile. For the tiny model's state on 8 CPU devices that is
+  6.9 s for the first save and 1.0-1.2 s for the next, against 0.45 s and 0.4 s saved whole
+  (from one replica), as orbax already does on GPUs. The same handler otherwise (its metadata
+  store too); orbax's warning that it replaces its default is held back."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()),
+        override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
+_save_replicated_arrays_whole()
 
 
 class _NewestScheduled:
