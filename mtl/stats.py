@@ -143,6 +143,21 @@ def verdict(interval, higher_is_better=True):
   return "gain" if better else "loss"
 
 
+def holm(p_values):
+  """Holm's (1979) step-down adjusted p-values of a family of tests, in the order given: the k
+  finite p sorted ascending, the i-th (from 0) times k - i, made non-decreasing in that order and
+  capped at 1. A test whose adjusted p is below a holds at family-wise level a: the chance that
+  any of the k rejects a true null is at most a. A NaN stays NaN and is not counted in k."""
+  p = np.asarray(p_values, np.float64).ravel()
+  adjusted = np.full(p.shape, np.nan)
+  finite = np.flatnonzero(np.isfinite(p))
+  running = 0.0
+  for i, index in enumerate(finite[np.argsort(p[finite], kind="stable")]):
+    running = max(running, min(1.0, (finite.size - i) * p[index]))
+    adjusted[index] = running
+  return adjusted
+
+
 # ----------------------------------------------------------------------------- over steps
 
 

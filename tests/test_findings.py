@@ -235,15 +235,16 @@ def test_conflict_verdicts_follow_the_interval(found):
 def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
   answers = {a.subject: a for a in found.answers[2]}
   assert list(answers) == list(SCRATCH) and {a.source for a in answers.values()} == {"finetune"}
-  for task, a in answers.items():
-    iv = stats.paired_interval(SCRATCH[task], [_psnr("finetune", task, k) for k in range(3)])
+  ivs = [stats.paired_interval(SCRATCH[t], [_psnr("finetune", t, k) for k in range(3)])
+         for t in answers]
+  for (task, a), iv, p_holm in zip(answers.items(), ivs, stats.holm([iv.p for iv in ivs])):
     assert a.interval[:6] == pytest.approx(iv[:6], rel=1e-12)
     seeds = stats.seeds_needed(iv)  # what a comparison left open would need
     plan = (f" (about {seeds} paired seeds would detect a Δ this size at 80% power)"
             if a.verdict == findings.NOT_ENOUGH else "")
     assert a.sentence == (f"{task} (fine-tuned from joint − tuned scratch, Y-PSNR on photos): "
-                          f"Δ {iv.text(2)} dB, {cells.format_p(iv.p)}, 3 paired seeds — "
-                          f"{a.verdict}{plan}.")
+                          f"Δ {iv.text(2)} dB, {cells.format_p(iv.p)} (Holm {p_holm:.3f} over "
+                          f"3), 3 paired seeds — {a.verdict}{plan}.")
   assert answers["derain"].verdict == "yes: the fine-tune does better"
   # sr_x2: per-seed differences of both signs, the interval spans 0
   assert answers["sr_x2"].interval.low < 0 < answers["sr_x2"].interval.high
@@ -284,7 +285,7 @@ def test_related_vs_unrelated_is_the_paired_delta_of_the_two_finetunes(groups_st
   assert a.verdict == "yes: the fine-tune from the related group does better"
   assert a.sentence == ("sr_x2 (fine-tuned from related sr_x2+sr_x3 − from unrelated "
                         f"sr_x2+denoise_30, Y-PSNR on photos): Δ {iv.text(2)} dB, "
-                        f"{cells.format_p(iv.p)}, 3 paired seeds — {a.verdict}.")
+                        f"{cells.format_p(iv.p)}, 3 paired seeds — {a.verdict}.")  # one Δ: no Holm
   # question 2 for each group's fine-tune; question 1 not measured (no conflict store)
   assert [x.source for x in found.answers[2]] == ["finetune:related", "finetune:unrelated"]
   assert found.sentences(1)[0].startswith(f"{findings.NOT_MEASURED}: no joint or group run")
@@ -452,13 +453,37 @@ def test_the_deltas_say_what_budget_and_lr_grids_they_compare(tmp_path):
   assert lines[lines.index(f"3. {findings.QUESTIONS[2]}") - 1] == "   " + found.notes[2]
 
 
-def test_several_deltas_of_a_question_claim_nothing_together(found, groups_study):
-  # 3 tasks answered at 95% each: no family-wise claim, and the page says so; one Δ: nothing
-  assert found.notes[2].endswith(" These 3 Δs each have their own 95% interval, not adjusted for "
-                                 "the others: were nothing different, each would still exclude "
-                                 "0 one time in 20.")
+def test_the_deltas_of_a_question_are_held_family_wise(found, groups_study):
+  # 3 tasks: a verdict holds over all of them, and the page says so; one Δ: nothing to say
+  assert found.notes[2].endswith(
+      " These 3 Δs each have their own 95% interval; a yes or no holds over all of them (Holm "
+      "1979: were nothing different, the chance that any verdict is wrong is at most 5%), so a Δ "
+      "whose interval just excludes 0 may still be not enough evidence.")
   notes = findings.build(groups_study, tables.transfer_table(groups_study), []).notes
   assert "These 2 Δs each have" in notes[2] and "These" not in notes[3]
+
+
+def test_a_delta_that_excludes_0_alone_but_not_over_its_family_has_no_verdict():
+  # p = 0.03 alone (its interval excludes 0) is 0.06 once 2 others are counted (Holm: the
+  # smallest p times 3, the next times 2, the last as is, each at least the one before)
+  ivs = [stats.Interval(0.5, 0.1, 0.9, 0.95, 3, p, "paired t") for p in (0.01, 0.03, 0.04)]
+  ivs.append(stats.Interval(-0.5, -0.9, -0.1, 0.95, 3, 0.02, "paired t"))  # not compared alike
+  out = findings.family_verdicts([(iv, None) for iv in ivs[:3]] + [(ivs[3], "no verdict: x")],
+                                 "yes", "no")
+  assert [round(p, 6) for _, p, _ in out[:3]] == [0.03, 0.06, 0.06] and math.isnan(out[3][1])
+  assert [k for _, _, k in out] == [3] * 4
+  assert [v for v, _, _ in out] == [
+      "yes", f"{findings.NOT_ENOUGH} over the 3 Δs: its own interval excludes 0, its "
+      "Holm-adjusted p (0.060) does not", f"{findings.NOT_ENOUGH} over the 3 Δs: its own "
+      "interval excludes 0, its Holm-adjusted p (0.060) does not", "no verdict: x"]
+  # One Δ compared alike: its own interval decides
+  assert findings.family_verdicts([(ivs[1], None)], "yes", "no") == [("yes", 0.03, 1)]
+  # The dot plot fills a dot whose interval excludes 0; its label says the verdict did not hold
+  held = [findings.Answer(2, task, "finetune", iv, verdict, "")
+          for task, iv, (verdict, _, _) in zip(("denoise_30", "sr_x2"), ivs, out)]
+  labels = [t.get_text() for t in figures.delta_figure(held).axes[0].get_yticklabels()]
+  assert labels == ["sr_x2: fine-tuned from joint − scratch (not over the others: Holm)",
+                    "denoise_30: fine-tuned from joint − scratch"]  # bottom up: the first on top
 
 
 def test_one_seed_has_no_interval_and_not_enough_evidence(tmp_path):

@@ -355,3 +355,15 @@ def test_delta_m_known_example():
   assert per_seed.shape == (2,) and per_seed[1] == 0.0
   with pytest.raises(ValueError, match="baseline"):
     stats.delta_m([1.0], [0.0], [False])
+
+
+def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order():
+  # Holm (1979) by hand: sorted 0.01, 0.02, 0.04, 0.30 times 4, 3, 2, 1 -> 0.04, 0.06, 0.08, 0.30;
+  # each at least the one before; NaN not counted (k = 4, not 5), results in the order given.
+  got = stats.holm([0.04, 0.30, float("nan"), 0.01, 0.02])
+  np.testing.assert_allclose(got, [0.08, 0.30, np.nan, 0.04, 0.06], rtol=1e-12)
+  # Monotone in the step-down order: 0.012 x 2 = 0.024 is raised to 0.011 x 3 = 0.033
+  np.testing.assert_allclose(stats.holm([0.012, 0.011, 0.5]), [0.033, 0.033, 0.5], rtol=1e-12)
+  np.testing.assert_allclose(stats.holm([0.4, 0.3]), [0.6, 0.6])  # 0.3 x 2, then max(0.6, 0.4)
+  np.testing.assert_allclose(stats.holm([0.9, 0.8]), [1.0, 1.0])  # capped at 1
+  assert stats.holm([0.03]).tolist() == [0.03] and stats.holm([]).size == 0

@@ -3,7 +3,8 @@
   findings-delta.png     questions 2 and 3 as a dot plot: one row per task and comparison, the
                          paired Δ PSNR (dB) at its dot, its 95% interval as a bar, a line at 0;
                          a filled dot where the interval excludes 0, a hollow one where it does
-                         not (or where one seed gives no interval)
+                         not (or where one seed gives no interval); a row's label says where its
+                         verdict did not hold over the question's other Δs (Holm)
   findings-conflict.png  question 1 as small multiples: a panel per task pair (and pre-training),
                          the training phases on x, the noise-corrected cosine with its 95%
                          interval (each seed's estimate beside it), a line at 0, the headline
@@ -133,10 +134,13 @@ def delta_figure(answers, label="PSNR"):
 
 
 def _row_label(answer):
-  # a filled dot is no verdict where the arms are not compared alike: the label says so
+  # a filled dot is no verdict where the arms are not compared alike, or where the question's
+  # other Δs are counted (findings.family_verdicts): the label says so
   untuned = (" (lr sweeps incomplete)" if answer.verdict.startswith(findings.NOT_YET) else
              " (a seed left out: an arm diverged)"
-             if answer.verdict.startswith(findings.NO_VERDICT) else "")
+             if answer.verdict.startswith(findings.NO_VERDICT) else
+             " (not over the others: Holm)"
+             if answer.verdict.startswith(findings.NOT_ENOUGH + " over") else "")
   if answer.question == 3:
     return f"{answer.subject}: from related − from unrelated{untuned}"
   return f"{answer.subject}: {findings.finetune_words(answer.source)} − scratch{untuned}"

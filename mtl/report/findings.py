@@ -15,7 +15,9 @@ tables in one sentence per subject, with its 95% interval and a verdict.
      both groups says so and names the study config that measures it.
 
 A verdict is a yes / no only when the 95% interval excludes 0; an interval that spans 0 (or
-that one seed cannot give) is NOT_ENOUGH. A Δ of questions 2 and 3 whose arms have a paired seed
+that one seed cannot give) is NOT_ENOUGH. The Δs of question 2 (and of question 3) are one
+family: a yes / no there also needs its Holm-adjusted p over the family below 5%
+(family_verdicts). A Δ of questions 2 and 3 whose arms have a paired seed
 with an lr sweep not complete has no verdict (NOT_YET): the two are not tuned alike yet; nor has
 one where an arm diverged at every lr on a seed the other trained (NO_VERDICT): that seed, where
 the arm lost outright, is left out of the Δ.
@@ -219,11 +221,30 @@ def transfer_verdict(iv, better="yes", worse="no: it does worse"):
   return better if v == "gain" else worse if v == "loss" else NOT_ENOUGH
 
 
-def _delta_sentence(subject, what, iv, test_set, label, verdict):
-  """'sr_x2 (<what>, Y-PSNR on photos): Δ +0.42 [+0.10, +0.74] dB, p = 0.031, 3 paired
-  seeds — <verdict>.' (the transfer table's numbers: the same paired Interval)"""
+def family_verdicts(deltas, better, worse):
+  """The verdicts of one question's Δs, held family-wise: deltas are (paired Interval, the
+  verdict where the arms are not compared alike (arms_verdict) or None). A Δ whose own interval
+  excludes 0 is a yes or no only where its Holm-adjusted p over the Δs compared alike is below
+  5% as well. Returns [(verdict, Holm-adjusted p or NaN, how many Δs it was adjusted over)]."""
+  tested = [iv.p if not_alike is None else math.nan for iv, not_alike in deltas]
+  adjusted = stats.holm(tested)
+  family = sum(math.isfinite(p) for p in adjusted)
+  out = []
+  for (iv, not_alike), p_holm in zip(deltas, adjusted):
+    verdict = not_alike or transfer_verdict(iv, better, worse)
+    if verdict in (better, worse) and family > 1 and not p_holm < 1 - tables.LEVEL:
+      verdict = (f"{NOT_ENOUGH} over the {family} Δs: its own interval excludes 0, its "
+                 f"Holm-adjusted p ({p_holm:.3f}) does not")
+    out.append((verdict, p_holm, family))
+  return out
+
+
+def _delta_sentence(subject, what, iv, test_set, label, verdict, p_holm=math.nan, family=1):
+  """'sr_x2 (<what>, Y-PSNR on photos): Δ +0.42 [+0.10, +0.74] dB, p = 0.031 (Holm 0.062 over
+  2), 3 paired seeds — <verdict>.' (the transfer table's numbers: the same paired Interval)"""
   if math.isfinite(iv.low):
-    numbers = f"{iv.text(2)} dB, {cells.format_p(iv.p)}, {iv.n} paired seeds"
+    holm = f" (Holm {p_holm:.3f} over {family})" if family > 1 and math.isfinite(p_holm) else ""
+    numbers = f"{iv.text(2)} dB, {cells.format_p(iv.p)}{holm}, {iv.n} paired seeds"
   else:
     numbers = f"{iv.text(2)} dB ({_why_no_interval(iv, 'paired seed')})"
   plan = _plan(iv, verdict, "paired seeds", "Δ", " (")
@@ -267,7 +288,7 @@ def finetune_words(col):
 def finetune_answers(study, transfer):
   """Question 2 from the transfer table's records (`transfer`: tables.transfer_table)."""
   label = tables.metric_names(study)[2]
-  answers = []
+  deltas = []  # (task, regime, test set, interval, arms' verdict)
   for task in study.tasks:
     rows = [r for r in transfer.records if r["task"] == task
             and (r["regime"] == "finetune" or r["regime"].startswith("finetune:"))]
@@ -277,14 +298,14 @@ def finetune_answers(study, transfer):
         continue
       iv = stats.Interval(r["delta"], r["delta_low"], r["delta_high"], tables.LEVEL,
                           r["n_pairs"], r["p"], "paired t")
-      verdict = (arms_verdict(regime_scores(study, "scratch", task),
-                              regime_scores(study, r["regime"], task))
-                 or transfer_verdict(iv, "yes: the fine-tune does better",
-                                     "no: scratch does better"))
-      sentence = _delta_sentence(task, f"{finetune_words(r['regime'])} − tuned scratch", iv,
-                                 test_set, label, verdict)
-      answers.append(Answer(2, task, r["regime"], iv, verdict, sentence))
-  return answers
+      deltas.append((task, r["regime"], test_set, iv, arms_verdict(
+          regime_scores(study, "scratch", task), regime_scores(study, r["regime"], task))))
+  verdicts = family_verdicts([d[3:] for d in deltas], "yes: the fine-tune does better",
+                             "no: scratch does better")
+  return [Answer(2, task, regime, iv, verdict, _delta_sentence(
+              task, f"{finetune_words(regime)} − tuned scratch", iv, test_set, label, verdict,
+              p_holm, family))
+          for (task, regime, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
 
 
 # ----------------------------------------------------------------------------- question 3
@@ -294,7 +315,7 @@ def related_answers(study):
   """Question 3: per task fine-tuned from both RELATED and UNRELATED, from related - from
   unrelated, paired by seed on the task's primary test set."""
   label = tables.metric_names(study)[2]
-  answers = []
+  deltas = []  # (task, test set, interval, arms' verdict)
   for task in study.tasks:
     rel = regime_scores(study, f"finetune:{RELATED}", task)
     unrel = regime_scores(study, f"finetune:{UNRELATED}", task)
@@ -304,14 +325,14 @@ def related_answers(study):
     if test_set is None or not unrel.values(test_set, study.metric):
       continue
     iv = paired(unrel.by_seed(test_set, study.metric), rel.by_seed(test_set, study.metric))
-    verdict = (arms_verdict(unrel, rel)
-               or transfer_verdict(iv, *RELATED_VERDICTS))
-    groups = study.config["groups"]
-    what = (f"fine-tuned from related {'+'.join(groups[RELATED])} − from unrelated "
-            f"{'+'.join(groups[UNRELATED])}")
-    answers.append(Answer(3, task, "", iv, verdict,
-                          _delta_sentence(task, what, iv, test_set, label, verdict)))
-  return answers
+    deltas.append((task, test_set, iv, arms_verdict(unrel, rel)))
+  groups = study.config["groups"]
+  what = (f"fine-tuned from related {'+'.join(groups.get(RELATED, ()))} − from unrelated "
+          f"{'+'.join(groups.get(UNRELATED, ()))}")
+  verdicts = family_verdicts([d[2:] for d in deltas], *RELATED_VERDICTS)
+  return [Answer(3, task, "", iv, verdict, _delta_sentence(task, what, iv, test_set, label,
+                                                           verdict, p_holm, family))
+          for (task, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
 
 
 def _missing(study, question):
@@ -352,9 +373,11 @@ def build(study, transfer, records, final=()):
 
 
 def _multiplicity(k):
-  """What k verdicts of one question claim together: each its own (no family-wise claim)."""
-  return ("" if k < 2 else f" These {k} Δs each have their own 95% interval, not adjusted "
-          "for the others: were nothing different, each would still exclude 0 one time in 20.")
+  """What k verdicts of one question claim together: held family-wise (family_verdicts)."""
+  return ("" if k < 2 else f" These {k} Δs each have their own 95% interval; a yes or no "
+          "holds over all of them (Holm 1979: were nothing different, the chance that any "
+          "verdict is wrong is at most 5%), so a Δ whose interval just excludes 0 may still be "
+          f"{NOT_ENOUGH}.")
 
 
 def _arms(answers):
