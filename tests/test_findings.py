@@ -285,7 +285,7 @@ def test_related_vs_unrelated_is_the_paired_delta_of_the_two_finetunes(groups_st
   assert a.verdict == "yes: the fine-tune from the related group does better"
   assert a.sentence == ("sr_x2 (fine-tuned from related sr_x2+sr_x3 − from unrelated "
                         f"sr_x2+denoise_30, Y-PSNR on photos): Δ {iv.text(2)} dB, "
-                        f"{cells.format_p(iv.p)}, 3 paired seeds — {a.verdict}.")  # one Δ: no Holm
+                        f"{cells.format_p(iv.p)}, 3 paired seeds — {a.verdict}.")  # 1 Δ: no Holm
   # question 2 for each group's fine-tune; question 1 not measured (no conflict store)
   assert [x.source for x in found.answers[2]] == ["finetune:related", "finetune:unrelated"]
   assert found.sentences(1)[0].startswith(f"{findings.NOT_MEASURED}: no joint or group run")
