@@ -319,9 +319,11 @@ def test_a_delta_whose_arms_are_not_tuned_alike_gets_no_verdict(tmp_path):
   record = next(r for r in transfer.records if (r["task"], r["regime"]) == ("derain", "finetune"))
   assert not record["complete_sweeps"] and tables.INCOMPLETE_NOTE in transfer.notes
   assert record["verdict"] == scores.UNLIKE[1]
-  answers = {a.subject: a for a in findings.build(s, transfer, []).answers[2]}
+  found = findings.build(s, transfer, [])
+  answers = {a.subject: a for a in found.answers[2]}
   iv = stats.paired_interval(SCRATCH["derain"], [_psnr("finetune", "derain", k) for k in range(3)])
   assert answers["derain"].interval[:6] == pytest.approx(iv[:6], rel=1e-12) and iv.low > 0
+  assert "The 2 Δs compared alike each have" in found.notes[2]  # the family: derain not alike
   assert answers["derain"].verdict == (f"{findings.NOT_YET}: seed 1 has an lr sweep not "
                                        "complete, so the two are not tuned alike")
   assert answers["sr_x2"].verdict == findings.NOT_ENOUGH  # its sweeps are all done
@@ -456,11 +458,11 @@ def test_the_deltas_say_what_budget_and_lr_grids_they_compare(tmp_path):
 def test_the_deltas_of_a_question_are_held_family_wise(found, groups_study):
   # 3 tasks: a verdict holds over all of them, and the page says so; one Δ: nothing to say
   assert found.notes[2].endswith(
-      " These 3 Δs each have their own 95% interval; a yes or no holds over all of them (Holm "
-      "1979: were nothing different, the chance that any verdict is wrong is at most 5%), so a Δ "
-      "whose interval just excludes 0 may still be not enough evidence.")
+      " The 3 Δs compared alike each have their own 95% interval; a yes or no holds over all "
+      "of them (Holm 1979: were nothing different, the chance that any verdict is wrong is at "
+      "most 5%), so a Δ whose interval just excludes 0 may still be not enough evidence.")
   notes = findings.build(groups_study, tables.transfer_table(groups_study), []).notes
-  assert "These 2 Δs each have" in notes[2] and "These" not in notes[3]
+  assert "The 2 Δs compared alike each have" in notes[2] and "compared alike" not in notes[3]
 
 
 def test_a_delta_that_excludes_0_alone_but_not_over_its_family_has_no_verdict():

@@ -63,6 +63,7 @@ class Answer:
   verdict: str           # the answer's words; NOT_ENOUGH where the interval holds 0
   sentence: str
   phases: list = None    # question 1: every phase's {'label', 'interval', 'verdict', ...}
+  family: int = 1        # questions 2 and 3: the Δs compared alike its verdict is held over
 
 
 @dataclasses.dataclass
@@ -304,7 +305,7 @@ def finetune_answers(study, transfer):
                              "no: scratch does better")
   return [Answer(2, task, regime, iv, verdict, _delta_sentence(
               task, f"{finetune_words(regime)} − tuned scratch", iv, test_set, label, verdict,
-              p_holm, family))
+              p_holm, family), family=family)
           for (task, regime, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
 
 
@@ -331,7 +332,8 @@ def related_answers(study):
           f"{'+'.join(groups.get(UNRELATED, ()))}")
   verdicts = family_verdicts([d[2:] for d in deltas], *RELATED_VERDICTS)
   return [Answer(3, task, "", iv, verdict, _delta_sentence(task, what, iv, test_set, label,
-                                                           verdict, p_holm, family))
+                                                           verdict, p_holm, family),
+                 family=family)
           for (task, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
 
 
@@ -368,16 +370,17 @@ def build(study, transfer, records, final=()):
   missing = {q: _missing(study, q) for q, a in answers.items() if not a}
   # what a Δ of 2 and 3 compares: each arm's steps and lr grid, beside the answer it qualifies
   notes = {q: comparison_note(study) + " " + tables.edge_note(study, _arms(answers[q]))
-           + _multiplicity(len(answers[q])) for q in (2, 3) if answers[q]}
+           + _multiplicity(answers[q][0].family) for q in (2, 3) if answers[q]}
   return Findings(answers, missing, probe_note(study, records, final), notes)
 
 
 def _multiplicity(k):
-  """What k verdicts of one question claim together: held family-wise (family_verdicts)."""
-  return ("" if k < 2 else f" These {k} Δs each have their own 95% interval; a yes or no "
-          "holds over all of them (Holm 1979: were nothing different, the chance that any "
-          "verdict is wrong is at most 5%), so a Δ whose interval just excludes 0 may still be "
-          f"{NOT_ENOUGH}.")
+  """What the verdicts of one question's k Δs compared alike claim together: held family-wise
+  (family_verdicts)."""
+  return ("" if k < 2 else f" The {k} Δs compared alike each have their own 95% interval; a "
+          "yes or no holds over all of them (Holm 1979: were nothing different, the chance that "
+          "any verdict is wrong is at most 5%), so a Δ whose interval just excludes 0 may still "
+          f"be {NOT_ENOUGH}.")
 
 
 def _arms(answers):
