@@ -19,6 +19,10 @@ jax.config.update("jax_num_cpu_devices", 8)
 # xdist worker), so the many tiny runs compile each program once; a test may give its own.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), f"mtl-tests-jax-cache-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+# xdist's workers start with this environment (the controller loads this file first), so their
+# own jax reads it too: every program, however fast it compiles, is then compiled once for the
+# suite, not once per test that builds it (on a cold CI machine, most of the suite's time).
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
 # The subset for a GPU or TPU (`-m "gpu and not cpu_only"`: README, launch/gpu_check.sh): the
