@@ -202,6 +202,16 @@ def terminal_summary(study, built, path, warnings, found=None):
              for r in main.records if r["task"] == task and r["test_set"] == test_set
              and r["regime"] != tables.INPUT_ROW and r.get("n_seeds")]
     lines.append(f"  {task} on {test_set}, {label}: " + ", ".join(cells))
+  held = [a for q in (2, 3) for a in (found.answers[q] if found is not None else ())
+          if a.verdict.startswith(findings.NOT_ENOUGH + " over")]
+  if held:  # the verdicts above are per comparison; the findings' hold over their question
+    lines.append("  (each verdict here is on its own 95% interval; held over its question's Δs "
+                 "(Holm), " + ", ".join(f"{a.subject} {findings.finetune_words(a.source)}"
+                                        if a.question == 2 else
+                                        f"{a.subject} from related − from unrelated"
+                                        for a in held)
+                 + f" {'is' if len(held) == 1 else 'are'} {findings.NOT_ENOUGH}, as the "
+                 "findings above say)")
   if found is None:  # the findings' first answer says this per phase
     for r in conflict.records:
       iv = stats.Interval(r["corrected_cos"], r["corrected_cos_low"], r["corrected_cos_high"],
