@@ -203,7 +203,7 @@ def terminal_summary(study, built, path, warnings, found=None):
              and r["regime"] != tables.INPUT_ROW and r.get("n_seeds")]
     lines.append(f"  {task} on {test_set}, {label}: " + ", ".join(cells))
   held = [a for q in (2, 3) for a in (found.answers[q] if found is not None else ())
-          if a.verdict.startswith(findings.NOT_ENOUGH + " over")]
+          if a.verdict.startswith(findings.NOT_HELD)]
   if held:  # the verdicts above are per comparison; the findings' hold over their question
     lines.append("  (each verdict here is on its own 95% interval; held over its question's Δs "
                  "(Holm), " + ", ".join(f"{a.subject} {findings.finetune_words(a.source)}"

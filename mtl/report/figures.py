@@ -140,7 +140,7 @@ def _row_label(answer):
              " (a seed left out: an arm diverged)"
              if answer.verdict.startswith(findings.NO_VERDICT) else
              " (not over the others: Holm)"
-             if answer.verdict.startswith(findings.NOT_ENOUGH + " over") else "")
+             if answer.verdict.startswith(findings.NOT_HELD) else "")
   if answer.question == 3:
     return f"{answer.subject}: from related − from unrelated{untuned}"
   return f"{answer.subject}: {findings.finetune_words(answer.source)} − scratch{untuned}"

@@ -36,6 +36,8 @@ QUESTIONS = ("Do the tasks conflict on the shared body?",
              "Does pre-train + fine-tune beat a tuned from-scratch run?",
              "Do related tasks help more than unrelated ones?")
 NOT_ENOUGH = "not enough evidence"
+# a Δ whose own interval excludes 0 but whose Holm-adjusted p over its question does not
+NOT_HELD = NOT_ENOUGH + " over the"
 NOT_MEASURED = "not measured by this study"
 NOT_YET = "not answered yet"
 NO_VERDICT = "no verdict"
@@ -234,7 +236,7 @@ def family_verdicts(deltas, better, worse):
   for (iv, not_alike), p_holm in zip(deltas, adjusted):
     verdict = not_alike or transfer_verdict(iv, better, worse)
     if verdict in (better, worse) and family > 1 and not p_holm < 1 - tables.LEVEL:
-      verdict = (f"{NOT_ENOUGH} over the {family} Δs: its own interval excludes 0, its "
+      verdict = (f"{NOT_HELD} {family} Δs: its own interval excludes 0, its "
                  f"Holm-adjusted p ({p_holm:.3f}) does not")
     out.append((verdict, p_holm, family))
   return out
