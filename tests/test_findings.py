@@ -27,13 +27,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASE_COS = [(-0.3, 0.5, 0.2), (-0.3, 0.0, 0.2), (-0.3, 0.0, 0.2)]
 
 
-def write_conflicts(study):
+def write_conflicts(study, phase_cos=PHASE_COS, seed=0):
   """A conflict store in every joint run, written by the store's writer: 90 probe steps of
-  PHASE_COS, noise drawn per seed."""
+  phase_cos, noise drawn per seed (from `seed` on)."""
   for spec in study.runs:
     if spec.regime == "joint":
-      grams = np.concatenate([known_halves(30, cos, noise=4.0, seed=10 * spec.seed + k)
-                              for k, cos in enumerate(PHASE_COS)])
+      grams = np.concatenate([known_halves(30, cos, noise=4.0, seed=seed + 10 * spec.seed + k)
+                              for k, cos in enumerate(phase_cos)])
       conflicts.append(study.run_dir(spec.name), np.arange(0, 900, 10), grams, ["pos_embed"],
                        list(study.tasks))
 
@@ -230,6 +230,42 @@ def test_conflict_verdicts_follow_the_interval(found):
                                  f"{faded.phases[1]['interval'].text(3)} (the verdict changes "
                                  "between phases).")
   assert faded.phases[0]["interval"].low > 0                 # the early agreement is seen
+
+
+def test_the_pairs_of_question_1_are_held_family_wise(tmp_path):
+  # True cosines -0.12, +0.12, 0 and these seeds' noise: the late phase's first pair excludes 0
+  # alone (p = 0.040) but not over the 3 pairs (Holm: 2 x 0.040, the second smallest p), the
+  # second holds (p < 0.001), the third holds 0 alone
+  s = synthetic_study(str(tmp_path / "study"))
+  write_conflicts(s, [(-0.12, 0.12, 0.0)] * 3, seed=1000)
+  found = findings.build(s, tables.transfer_table(s), scores.conflict_records(s))
+  answers = found.answers[1]
+  own = [iv.p for iv in (a.interval for a in answers)]
+  assert answers[0].interval.high < 0 and 0.02 < own[0] < 0.05 and own[1] < 0.001 < 0.05 < own[2]
+  holm = stats.holm(own)
+  assert holm[0] == pytest.approx(2 * own[0], rel=1e-12) and holm[0] > 0.05
+  assert [a.family for a in answers] == [3, 3, 3]
+  assert [a.verdict for a in answers] == [
+      f"{findings.NOT_HELD} 3 pairs: its own interval excludes 0, its Holm-adjusted p "
+      f"({holm[0]:.3f}) does not", "no: agreement beyond noise", findings.NOT_ENOUGH]
+  assert (f"{answers[0].interval.text(3)} in the late phase (the last third of training, steps "
+          f"600-890), p = {own[0]:.3f} (Holm {holm[0]:.3f} over 3) — {findings.NOT_HELD} 3 "
+          "pairs") in answers[0].sentence
+  assert ", p < 0.001 (Holm < 0.001 over 3) — no: agreement beyond noise" in answers[1].sentence
+  assert found.notes[1] == (
+      "The 3 pairs' answers each have their own 95% interval; a yes or no holds over all of "
+      "them (Holm 1979: were nothing different, the chance that any verdict is wrong is at most "
+      "5%), so a pair whose interval just excludes 0 may still be not enough evidence.")
+  # the table keeps each pair's own verdict; the figure's panel says the headline did not hold
+  table = {r["pair"]: r["verdict"] for r in tables.conflict_table(s).records}
+  assert table[answers[0].subject] == conflicts.CONFLICT
+  titles = [ax.get_title() for ax in figures.conflict_figure(answers).axes if ax.get_visible()]
+  assert titles == ["denoise_30~sr_x2 (joint)\nheadline not over the others: Holm",
+                    "denoise_30~derain (joint)", "sr_x2~derain (joint)"]
+  # the same pair alone: its own interval decides
+  iv = answers[0].interval
+  assert findings.family_verdicts([(iv, findings.conflict_verdict(iv), True)], (
+      "yes: conflict beyond noise",)) == [("yes: conflict beyond noise", own[0], 1)]
 
 
 def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
@@ -470,8 +506,8 @@ def test_a_delta_that_excludes_0_alone_but_not_over_its_family_has_no_verdict():
   # smallest p times 3, the next times 2, the last as is, each at least the one before)
   ivs = [stats.Interval(0.5, 0.1, 0.9, 0.95, 3, p, "paired t") for p in (0.01, 0.03, 0.04)]
   ivs.append(stats.Interval(-0.5, -0.9, -0.1, 0.95, 3, 0.02, "paired t"))  # not compared alike
-  out = findings.family_verdicts([(iv, None) for iv in ivs[:3]] + [(ivs[3], "no verdict: x")],
-                                 "yes", "no")
+  out = findings.family_verdicts([(iv, "yes", True) for iv in ivs[:3]]
+                                 + [(ivs[3], "no verdict: x", False)], ("yes", "no"))
   assert [round(p, 6) for _, p, _ in out[:3]] == [0.03, 0.06, 0.06] and math.isnan(out[3][1])
   assert [k for _, _, k in out] == [3] * 4
   assert [v for v, _, _ in out] == [
@@ -479,7 +515,7 @@ def test_a_delta_that_excludes_0_alone_but_not_over_its_family_has_no_verdict():
       "Holm-adjusted p (0.060) does not", f"{findings.NOT_ENOUGH} over the 3 Δs: its own "
       "interval excludes 0, its Holm-adjusted p (0.060) does not", "no verdict: x"]
   # One Δ compared alike: its own interval decides
-  assert findings.family_verdicts([(ivs[1], None)], "yes", "no") == [("yes", 0.03, 1)]
+  assert findings.family_verdicts([(ivs[1], "yes", True)], ("yes", "no")) == [("yes", 0.03, 1)]
   # The dot plot fills a dot whose interval excludes 0; its label says the verdict did not hold
   held = [findings.Answer(2, task, "finetune", iv, verdict, "")
           for task, iv, (verdict, _, _) in zip(("denoise_30", "sr_x2"), ivs, out)]

@@ -15,9 +15,10 @@ tables in one sentence per subject, with its 95% interval and a verdict.
      both groups says so and names the study config that measures it.
 
 A verdict is a yes / no only when the 95% interval excludes 0; an interval that spans 0 (or
-that one seed cannot give) is NOT_ENOUGH. The Δs of question 2 (and of question 3) are one
-family: a yes / no there also needs its Holm-adjusted p over the family below 5%
-(family_verdicts). A Δ of questions 2 and 3 whose arms have a paired seed
+that one seed cannot give) is NOT_ENOUGH. Each question's answers are one family (question 1:
+its pairs' headlines, of every pre-training; 2 and 3: their Δs): a yes / no also needs its
+Holm-adjusted p over the family below 5% (family_verdicts); the phases before a headline, and
+the tables, stay each on its own interval. A Δ of questions 2 and 3 whose arms have a paired seed
 with an lr sweep not complete has no verdict (NOT_YET): the two are not tuned alike yet; nor has
 one where an arm diverged at every lr on a seed the other trained (NO_VERDICT): that seed, where
 the arm lost outright, is left out of the Δ.
@@ -124,40 +125,54 @@ def conflict_answers(study, records, final=()):
   measurement where there is one (a tighter interval than a training phase's), else the last
   training phase's."""
   phased, ended = conflict_phases(records), final_conflicts(final)
-  answers = []
+  heads = []  # (column, pair, headline interval, its seeds, where, every phase, ended)
   for (col, pair) in dict.fromkeys(list(phased) + list(ended)):
     phases = phased[col, pair]["phases"] if (col, pair) in phased else []
     if (col, pair) in ended:
       end = ended[col, pair]
-      iv, seeds = end["interval"], end["seeds"]
-      where = f"at the end of training ({_final_words(end)})"
-      phases = phases + [{"label": "end", "interval": iv, "verdict": end["verdict"],
-                          "per_run": end["per_run"]}]
-      earlier = phases[:-1]
+      phases = phases + [{"label": "end", "interval": end["interval"],
+                          "verdict": end["verdict"], "per_run": end["per_run"]}]
+      heads.append((col, pair, end["interval"], end["seeds"],
+                    f"at the end of training ({_final_words(end)})", phases, True))
     else:
-      head = phases[-1]
-      iv, seeds = head["interval"], phased[col, pair]["seeds"]
-      where, earlier = _phase_where(head, len(phases)), phases[:-1]
-    verdict = conflict_verdict(iv)
+      heads.append((col, pair, phases[-1]["interval"], phased[col, pair]["seeds"],
+                    _phase_where(phases[-1], len(phases)), phases, False))
+  verdicts = family_verdicts([(iv, conflict_verdict(iv), True) for _, _, iv, *_ in heads],
+                             ("yes: conflict beyond noise", "no: agreement beyond noise"),
+                             "pairs")
+  answers = []
+  for (col, pair, iv, seeds, where, phases, at_end), (verdict, p_holm, family) in zip(
+      heads, verdicts):
     why = _why_no_interval(iv, "seed")
     if why and any(not math.isfinite(r.low) for r in phases[-1]["per_run"]):
       why = ("no interval: a seed's own figure has none (too few probes or fresh batches to "
              "estimate its noise)")
     sentence = (f"{pair} ({_source_words(study, col)}, {_seed_words(seeds, phases[-1])}): "
                 f"corrected cosine {iv.text(3)} {where}" + (f" ({why})" if why else "")
-                + f" — {verdict}")
+                + _p_words(iv, p_holm, family) + f" — {verdict}")
     if iv.note == stats.SEEDS_DIFFER:  # the seeds' spread sets the interval: a t over seeds
       sentence += (f" ({iv.note}: " + ", ".join(r.text(3) for r in phases[-1]["per_run"])
                    + _plan(iv, verdict, "seeds", "mean", "; ") + ")")
+    earlier = phases[:-1]
     if earlier:
-      sentence += ("; during training: " if (col, pair) in ended else "; earlier: ") + ", ".join(
+      sentence += ("; during training: " if at_end else "; earlier: ") + ", ".join(
           f"{ph['label']} {ph['interval'].text(3)}" for ph in earlier)
-      changed = {v for v in map(conflict_verdict, [ph["interval"] for ph in phases])
-                 if v.startswith(("yes", "no:"))}  # the decided verdicts
-      if len(changed) > 1 or (changed and verdict == NOT_ENOUGH):
+      # each phase on its own interval, the headline's as well
+      own = [conflict_verdict(ph["interval"]) for ph in phases]
+      changed = {v for v in own if v.startswith(("yes", "no:"))}  # the decided verdicts
+      if len(changed) > 1 or (changed and own[-1] == NOT_ENOUGH):
         sentence += " (the verdict changes between phases)"
-    answers.append(Answer(1, pair, col, iv, verdict, sentence + ".", phases))
+    answers.append(Answer(1, pair, col, iv, verdict, sentence + ".", phases, family))
   return answers
+
+
+def _p_words(iv, p_holm, family):
+  """', p = 0.012 (Holm 0.036 over 3)' beside an estimate with an interval; '' without one."""
+  if not math.isfinite(iv.low):
+    return ""
+  holm = (f" (Holm {'< 0.001' if p_holm < 0.001 else f'{p_holm:.3f}'} over {family})"
+          if family > 1 and math.isfinite(p_holm) else "")
+  return f", {cells.format_p(iv.p)}{holm}"
 
 
 def _seed_words(seeds, headline):
@@ -224,30 +239,35 @@ def transfer_verdict(iv, better="yes", worse="no: it does worse"):
   return better if v == "gain" else worse if v == "loss" else NOT_ENOUGH
 
 
-def family_verdicts(deltas, better, worse):
-  """The verdicts of one question's Δs, held family-wise: deltas are (paired Interval, the
-  verdict where the arms are not compared alike (arms_verdict) or None). A Δ whose own interval
-  excludes 0 is a yes or no only where its Holm-adjusted p over the Δs compared alike is below
-  5% as well. Returns [(verdict, Holm-adjusted p or NaN, how many Δs it was adjusted over)]."""
-  tested = [iv.p if not_alike is None else math.nan for iv, not_alike in deltas]
-  adjusted = stats.holm(tested)
+def family_verdicts(judged, decided, unit="Δs"):
+  """The verdicts of one question's estimates, held family-wise. judged: [(Interval, its
+  verdict on its own, whether it is counted in the family)]; an estimate not counted (a Δ whose
+  arms are not compared alike) keeps its own verdict. A verdict in `decided` (a yes or no: the
+  own interval excludes 0) holds only where the Holm-adjusted p over those counted is below 5%
+  as well (an estimate without a p is not counted). Returns [(verdict, Holm-adjusted p or NaN,
+  how many estimates it was adjusted over)]."""
+  adjusted = stats.holm([iv.p if counted else math.nan for iv, _, counted in judged])
   family = sum(math.isfinite(p) for p in adjusted)
   out = []
-  for (iv, not_alike), p_holm in zip(deltas, adjusted):
-    verdict = not_alike or transfer_verdict(iv, better, worse)
-    if verdict in (better, worse) and family > 1 and not p_holm < 1 - tables.LEVEL:
-      verdict = (f"{NOT_HELD} {family} Δs: its own interval excludes 0, its "
+  for (iv, verdict, _), p_holm in zip(judged, adjusted):
+    if verdict in decided and family > 1 and not p_holm < 1 - tables.LEVEL:
+      verdict = (f"{NOT_HELD} {family} {unit}: its own interval excludes 0, its "
                  f"Holm-adjusted p ({p_holm:.3f}) does not")
     out.append((verdict, p_holm, family))
   return out
+
+
+def _deltas_verdicts(deltas, better, worse):
+  """family_verdicts of question 2's or 3's Δs: (paired Interval, arms_verdict)."""
+  return family_verdicts([(iv, not_alike or transfer_verdict(iv, better, worse),
+                           not_alike is None) for iv, not_alike in deltas], (better, worse))
 
 
 def _delta_sentence(subject, what, iv, test_set, label, verdict, p_holm=math.nan, family=1):
   """'sr_x2 (<what>, Y-PSNR on photos): Δ +0.42 [+0.10, +0.74] dB, p = 0.031 (Holm 0.062 over
   2), 3 paired seeds — <verdict>.' (the transfer table's numbers: the same paired Interval)"""
   if math.isfinite(iv.low):
-    holm = f" (Holm {p_holm:.3f} over {family})" if family > 1 and math.isfinite(p_holm) else ""
-    numbers = f"{iv.text(2)} dB, {cells.format_p(iv.p)}{holm}, {iv.n} paired seeds"
+    numbers = f"{iv.text(2)} dB{_p_words(iv, p_holm, family)}, {iv.n} paired seeds"
   else:
     numbers = f"{iv.text(2)} dB ({_why_no_interval(iv, 'paired seed')})"
   plan = _plan(iv, verdict, "paired seeds", "Δ", " (")
@@ -303,8 +323,8 @@ def finetune_answers(study, transfer):
                           r["n_pairs"], r["p"], "paired t")
       deltas.append((task, r["regime"], test_set, iv, arms_verdict(
           regime_scores(study, "scratch", task), regime_scores(study, r["regime"], task))))
-  verdicts = family_verdicts([d[3:] for d in deltas], "yes: the fine-tune does better",
-                             "no: scratch does better")
+  verdicts = _deltas_verdicts([d[3:] for d in deltas], "yes: the fine-tune does better",
+                              "no: scratch does better")
   return [Answer(2, task, regime, iv, verdict, _delta_sentence(
               task, f"{finetune_words(regime)} − tuned scratch", iv, test_set, label, verdict,
               p_holm, family), family=family)
@@ -332,7 +352,7 @@ def related_answers(study):
   groups = study.config["groups"]
   what = (f"fine-tuned from related {'+'.join(groups.get(RELATED, ()))} − from unrelated "
           f"{'+'.join(groups.get(UNRELATED, ()))}")
-  verdicts = family_verdicts([d[2:] for d in deltas], *RELATED_VERDICTS)
+  verdicts = _deltas_verdicts([d[2:] for d in deltas], *RELATED_VERDICTS)
   return [Answer(3, task, "", iv, verdict, _delta_sentence(task, what, iv, test_set, label,
                                                            verdict, p_holm, family),
                  family=family)
@@ -373,16 +393,18 @@ def build(study, transfer, records, final=()):
   # what a Δ of 2 and 3 compares: each arm's steps and lr grid, beside the answer it qualifies
   notes = {q: comparison_note(study) + " " + tables.edge_note(study, _arms(answers[q]))
            + _multiplicity(answers[q][0].family) for q in (2, 3) if answers[q]}
+  if answers[1] and answers[1][0].family > 1:
+    notes[1] = _multiplicity(answers[1][0].family, "pairs' answers", "pair").strip()
   return Findings(answers, missing, probe_note(study, records, final), notes)
 
 
-def _multiplicity(k):
-  """What the verdicts of one question's k Δs compared alike claim together: held family-wise
+def _multiplicity(k, these="Δs compared alike", one="Δ"):
+  """What the verdicts of one question's k estimates claim together: held family-wise
   (family_verdicts)."""
-  return ("" if k < 2 else f" The {k} Δs compared alike each have their own 95% interval; a "
+  return ("" if k < 2 else f" The {k} {these} each have their own 95% interval; a "
           "yes or no holds over all of them (Holm 1979: were nothing different, the chance that "
-          "any verdict is wrong is at most 5%), so a Δ whose interval just excludes 0 may still "
-          f"be {NOT_ENOUGH}.")
+          f"any verdict is wrong is at most 5%), so a {one} whose interval just excludes 0 may "
+          f"still be {NOT_ENOUGH}.")
 
 
 def _arms(answers):
