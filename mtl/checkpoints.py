@@ -17,7 +17,10 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
-from orbax.checkpoint._src.metadata import array_metadata_store
+try:  # orbax's own metadata store, from a private module that a later orbax may move
+  from orbax.checkpoint._src.metadata import array_metadata_store
+except ImportError:
+  array_metadata_store = None
 
 from mtl import files
 from mtl.models import ipt
@@ -28,7 +31,10 @@ def _save_replicated_arrays_whole():
   eager op and, the first time, a compile. For the tiny model's state on 8 CPU devices that is
   6.9 s for the first save and 1.0-1.2 s for the next, against 0.45 s and 0.4 s saved whole
   (from one replica), as orbax already does on GPUs. The same handler otherwise (its metadata
-  store too); orbax's warning that it replaces its default is held back."""
+  store too); orbax's warning that it replaces its default is held back. Without that store
+  (an orbax that moved it) orbax's default stays: the same checkpoints, saved slower."""
+  if array_metadata_store is None:
+    return
   absl_logger = logging.getLogger("absl")
   level = absl_logger.level
   absl_logger.setLevel(logging.ERROR)
