@@ -401,6 +401,35 @@ def test_verdict_per_phase_and_a_warning_per_pair_that_changes(tmp_path):
       conflicts.phase_verdicts(record, 5))
 
 
+def test_a_verdict_beyond_noise_says_where_it_does_not_hold_over_the_pairs(tmp_path):
+  # True cosines -0.1, +0.1, 0 and this seed's noise: a~b and a~c each exclude 0 alone (p = 0.004,
+  # 0.039), but a~c's Holm-adjusted p over the 3 pairs (2 x 0.039, the second smallest) is not
+  # below 5%; the verdicts themselves stay each on its own interval
+  conflicts.append(str(tmp_path), np.arange(0, 300, 10),
+                   known_halves(30, (-0.1, 0.1, 0.0), noise=4.0, seed=2), ["pos_embed"],
+                   ["a", "b", "c"])
+  record = conflicts.load(str(tmp_path))
+  pairs = conflicts.phase_verdicts(record, 1)["phases"][0]["pair"]
+  p = [e["corrected_cos"]["p"] for e in pairs.values()]
+  assert p[0] < 0.01 < p[1] < 0.05 < p[2]
+  assert [e["p_holm"] for e in pairs.values()] == pytest.approx(
+      [3 * p[0], 2 * p[1], p[2]], rel=1e-12)
+  assert [e["verdict"] for e in pairs.values()] == [
+      conflicts.CONFLICT, conflicts.AGREEMENT, conflicts.UNDETECTED]
+  held = f"agreement beyond noise; not held over the 3 pairs (Holm p {2 * p[1]:.3f})"
+  assert [conflicts.verdict_text(e, pairs) for e in pairs.values()] == [
+      conflicts.CONFLICT, held, conflicts.UNDETECTED]
+  # the run's answer, analyze.py's phases and its noise floor all say so
+  headline = conflicts.format_headline(conflicts.phase_verdicts(record, 1)).splitlines()
+  assert headline[1].endswith(f"  {conflicts.CONFLICT}") and headline[2].endswith(f"  {held}")
+  assert f"  {held}" in conflicts.format_phases(conflicts.phase_verdicts(record, 1))
+  floor = conflicts.noise_floor(record)
+  assert f"    verdict: {held}" in conflicts.format_noise_floor(floor, {"label": "all"})
+  # a pair alone: its own interval decides
+  alone = {"a~c": dict(pairs["a~c"], p_holm=p[1])}
+  assert conflicts.verdict_text(alone["a~c"], alone) == conflicts.AGREEMENT
+
+
 # ----------------------------------------------------------------------------- format versions
 
 

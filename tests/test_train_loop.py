@@ -106,11 +106,14 @@ def test_the_run_ends_with_its_conflict_verdicts_and_where_to_read_more(straight
   # The table says what it covers: one photograph (eval.max_images=1), a 48 px centre crop.
   assert ("covers: photos 1 image (photographs' test split); centre-cropped to at most 48 px "
           "(eval.max_side); the first 1 per set") in lines[:start]
-  iv = conflicts.load(workdir).corrected_cosine_intervals()[0]
-  verdict = conflicts.pair_verdict(iv)
+  record = conflicts.load(workdir)
+  iv = record.corrected_cosine_intervals()[0]
+  pairs = conflicts.phase_verdicts(record)["phases"][-1]["pair"]
+  assert pairs["denoise_30~sr_x2"]["verdict"] == conflicts.pair_verdict(iv)
   estimate = "   nan" if np.isnan(iv.estimate) else f"{iv.estimate:+.3f}"
   assert lines[start + 1].startswith(f"  denoise_30~sr_x2  {estimate}")
-  assert lines[start + 1].endswith(f"  {verdict}")
+  assert lines[start + 1].endswith(
+      "  " + conflicts.verdict_text(pairs["denoise_30~sr_x2"], pairs))
   assert lines[start + 2] == (f"figures: {workdir}/conflicts/ (cos_matrix.png, "
                               "cos_layers_pairs.png, cos_curves.png, cos_layers_steps-<pair>.png)")
   assert lines[start + 3] == ("per phase, layers and noise floor: python launch/analyze.py "

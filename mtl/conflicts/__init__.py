@@ -19,4 +19,5 @@ from mtl.conflicts.store import Store, append, load, store_dir, truncate_after
 from mtl.conflicts.summary import (AGREEMENT, CONFLICT, NOT_MEASURABLE, PHASES, UNDETECTED,
                                    format_headline, format_noise_floor, format_phases,
                                    format_summary, headline_window, noise_floor, pair_verdict,
-                                   phase_verdicts, split_phases, step_gaps, summarize)
+                                   phase_verdicts, split_phases, step_gaps, summarize,
+                                   verdict_text)

@@ -5,6 +5,10 @@ Phases: the probe steps split into PHASES contiguous parts of equal probe count 
 middle, late). The headline verdict is the LAST phase's: what training settled into, with
 the warm-up and the first transients (which can carry a verdict of their own) left out.
 A pair whose verdict differs between phases gets one warning line.
+
+Each verdict is on its own interval; the pairs of one window are also held together (Holm 1979:
+a verdict beyond noise whose Holm-adjusted p over the window's pairs is not below 1 - level
+says that it does not hold over them, verdict_text), as a study's findings hold them.
 """
 import textwrap
 
@@ -104,8 +108,8 @@ def phase_verdicts(record, phases=PHASES, level=LEVEL, method=None):
     out["phases"].append({
         "label": label, "first": int(rec.steps[0]), "last": int(rec.steps[-1]),
         "count": int(rec.num_steps),
-        "pair": {p: {"corrected_cos": _interval(iv), "verdict": pair_verdict(iv)}
-                 for p, iv in zip(names, ivs)}})
+        "pair": _hold_over_pairs({p: {"corrected_cos": _interval(iv), "verdict": pair_verdict(iv)}
+                                  for p, iv in zip(names, ivs)})})
   out["headline"] = out["phases"][-1]["label"]
   for p in names:
     verdicts = [ph["pair"][p]["verdict"] for ph in out["phases"]]
@@ -132,7 +136,7 @@ def format_phases(phased):
       e = ph["pair"][p]
       mark = "  <- headline" if ph["label"] == phased["headline"] and count > 1 else ""
       lines.append(f"    {ph['label']:<{width}}  {where:<{swidth}}  {_fmt(e['corrected_cos'])}"
-                   f"  {e['verdict']}{mark}")
+                   f"  {verdict_text(e, ph['pair'])}{mark}")
   if count > 1:
     part = {2: "half", 3: "third"}.get(count, "part")
     lines.append(f"headline: {_the_phase(phased['headline'])} (the last {part} of the probe steps: "
@@ -155,14 +159,33 @@ def format_headline(phased):
   lines = [f"task conflict: noise-corrected whole-body gradient cosine [95% interval], {where}:"]
   width = max(len(p) for p in ph["pair"])
   for p, e in ph["pair"].items():
-    lines.append(f"  {p:<{width}}  {_fmt(e['corrected_cos'])}  {e['verdict']}")
+    lines.append(f"  {p:<{width}}  {_fmt(e['corrected_cos'])}  {verdict_text(e, ph['pair'])}")
   lines += [line for line in format_phases(phased).splitlines() if line.startswith("WARNING")]
   return "\n".join(lines)
 
 
 def _interval(iv):
   return {"estimate": iv.estimate, "low": iv.low, "high": iv.high, "level": iv.level,
-          "n": iv.n, "method": iv.method, "note": iv.note}
+          "n": iv.n, "p": iv.p, "method": iv.method, "note": iv.note}
+
+
+def _hold_over_pairs(pairs):
+  """{pair: entry} of one window, each entry given 'p_holm': its corrected cosine's p adjusted
+  over the window's pairs that have one (Holm 1979; NaN without a p)."""
+  from mtl import stats
+  for e, p in zip(pairs.values(), stats.holm([e["corrected_cos"]["p"] for e in pairs.values()])):
+    e["p_holm"] = float(p)
+  return pairs
+
+
+def verdict_text(entry, pairs):
+  """A pair's verdict on its own interval, and where it does not hold over its window's `pairs`
+  (Holm): 'conflict beyond noise; not held over the 3 pairs (Holm p 0.090)'."""
+  family = sum(bool(np.isfinite(e["p_holm"])) for e in pairs.values())
+  if (entry["verdict"] in (CONFLICT, AGREEMENT) and family > 1
+      and not entry["p_holm"] < 1 - entry["corrected_cos"]["level"]):
+    return f"{entry['verdict']}; not held over the {family} pairs (Holm p {entry['p_holm']:.3f})"
+  return entry["verdict"]
 
 
 def _n_eff(x):
@@ -198,6 +221,7 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
         "corrected_cos": _interval(corrected[k]),
         "same_task_agreement": [float(agree[i]), float(agree[j])],
         "verdict": pair_verdict(corrected[k])}
+  _hold_over_pairs(out["pair"])
   return out
 
 
@@ -323,7 +347,7 @@ def format_noise_floor(floor, steps):
               f"    same-task agreement    {agree}",
               f"    corrected cos          {corrected}",
               f"    conflict fraction      {_fmt(e['conflict_fraction'], percent=True)}",
-              f"    verdict: {e['verdict']}"]
+              f"    verdict: {verdict_text(e, floor['pair'])}"]
   if floor["interval_method"] == "independent":
     how = ("independent probes (fresh probe batches: their noise is independent given the "
            "parameters): every probe its own term of the standard error (t quantile, n - 1 df); "
