@@ -290,6 +290,7 @@ def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
       "not measured by this study: it needs groups named 'related' and 'unrelated' sharing a "
       "task, each fine-tuned (regimes 'groups' and 'finetune'), with runs done; its groups: "
       "none; experiments/studies/related_vs_unrelated.py measures it."]
+  assert found.sentences(4)[0].startswith(f"{findings.NOT_MEASURED}: it needs the regime 'joint'")
 
 
 # Per-seed Y-PSNR of sr_x2 fine-tuned from each group, over scratch (SCRATCH['sr_x2']).

@@ -11,7 +11,7 @@ from mtl import run_defaults
 from mtl import conflicts, files, stats
 from mtl import study as study_lib
 from mtl.conflicts import affinity
-from mtl.report import remedies
+from mtl.report import figures, findings, remedies, tables
 
 TASKS = ("denoise_30", "sr_x2", "derain")
 SEEDS = (0, 1, 2)
@@ -171,6 +171,45 @@ def test_each_method_is_compared_with_plain_joint_paired_by_seed(study):
     assert cells[("joint", task)]["delta_joint"] is None  # joint against itself: no row
   # pcgrad's derain: -0.6 dB vs scratch, joint's +0.1: a detected loss against joint too
   assert cells[("joint:pcgrad", "derain")]["verdict_joint"] == "loss"
+
+
+def test_the_findings_answer_question_4_from_the_remedies_table(study, tmp_path):
+  # the findings' sentence per method and task: the table's Δ vs joint, its verdicts held over
+  # the 6 Δs (Holm), what they compare and the methods' arguments beside them
+  found = findings.build(study, tables.transfer_table(study), [])
+  cells = {(r["method"], r["task"]): r for r in remedies.remedies_table(study).records}
+  answers = found.answers[4]
+  assert [(a.source, a.subject) for a in answers] == [
+      (m, t) for m in ("joint:pcgrad", "joint:uncertainty") for t in TASKS]
+  holm = stats.holm([cells[a.source, a.subject]["p_joint"] for a in answers])
+  for a, p_holm in zip(answers, holm):
+    c = cells[a.source, a.subject]
+    assert (a.interval.estimate, a.interval.low, a.interval.high, a.interval.p) == pytest.approx(
+        (c["delta_joint"], c["delta_joint_low"], c["delta_joint_high"], c["p_joint"]), rel=1e-12)
+    assert a.family == 6 and p_holm < 0.05  # these offsets are far outside the seeds' wobble
+    assert a.verdict == {"gain": findings.REMEDY_VERDICTS[0],
+                         "loss": findings.REMEDY_VERDICTS[1]}[c["verdict_joint"]]
+  derain = answers[2]
+  assert derain.sentence == (
+      f"derain (joint:pcgrad − plain joint, Y-PSNR on photos): Δ {derain.interval.text(2)} dB, "
+      "p < 0.001 (Holm < 0.001 over 6), 3 paired seeds — no: plain joint does better.")
+  assert found.notes[4].startswith("Compared at: Budget 'steps'") and found.notes[4].endswith(
+      " The 6 Δs compared alike each have their own 95% interval; a yes or no holds over all of "
+      "them (Holm 1979: were nothing different, the chance that any verdict is wrong is at most "
+      "5%), so a Δ whose interval just excludes 0 may still be not enough evidence. "
+      + remedies.arguments_note(study))
+  labels = [t.get_text() for t in figures.delta_figure(answers).axes[0].get_yticklabels()]
+  assert labels[-1] == "denoise_30: joint:pcgrad − joint"  # bottom up: the first on top
+  assert f"**4. {findings.QUESTIONS[3]}**" in findings.markdown(found)
+  # a method that diverged on a seed: its Δs vs joint have no verdict, nor count in the family
+  workdir = str(tmp_path / "study")
+  shutil.copytree(study.workdir, workdir)
+  run = os.path.join(workdir, "runs", "joint-pcgrad-lr1e-3-s1")
+  os.remove(os.path.join(run, "results.json"))
+  files.write_json(os.path.join(run, "DONE"), {"diverged": "loss went non-finite at step 2"})
+  answers = findings.remedy_answers(study_lib.Study(study.config, workdir))
+  assert [a.verdict.startswith(findings.NO_VERDICT) for a in answers] == [True] * 3 + [False] * 3
+  assert [a.family for a in answers] == [3] * 6
 
 
 def test_predictors_table(study):

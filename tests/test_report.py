@@ -198,7 +198,7 @@ def test_report_opens_with_the_three_answers_of_the_micro_study(study_runs):
   assert md.index("## Findings") < md.index("## Main table")
   findings_md = md[md.index("## Findings"):md.index("Runs done")]
   answers = [l[2:] for l in findings_md.splitlines() if l.startswith("- ")]
-  assert len(answers) == 4  # the pair, a sentence per task, related vs unrelated
+  assert len(answers) == 5  # the pair, a sentence per task, related vs unrelated, remedies
   # One seed: the pair's estimate at the joint run's last two checkpoints (3 fresh batches
   # each, measured once the joint sweep was done) and over its 4 training probes; no interval,
   # so no verdict
@@ -227,6 +227,9 @@ def test_report_opens_with_the_three_answers_of_the_micro_study(study_runs):
                       f"{findings.NOT_ENOUGH}.")
   assert answers[3].startswith(f"{findings.NOT_MEASURED}: it needs groups named 'related'")
   assert answers[3].endswith("experiments/studies/related_vs_unrelated.py measures it.")
+  assert answers[4] == (f"{findings.NOT_MEASURED}: it needs the regime 'joint' and a "
+                        "'joint:<method>' (an aggregator or a loss weighting) with runs done; "
+                        "experiments/studies/remedies.py measures it.")
   stdout = logs["report"].stdout
   assert all(f"   {a}" in stdout for a in answers)
   for name in (figures.FIGURE_DELTAS, figures.FIGURE_CONFLICT):

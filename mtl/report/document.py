@@ -2,10 +2,10 @@
 
   write(workdir) -> STUDY/tables/{main,transfer,conflicts,compute,selection}.{md,csv,tex},
                     STUDY/figures/{loss-<task>,findings-delta,findings-conflict}.png and
-                    STUDY/report.md, which opens with the findings (the three questions,
+                    STUDY/report.md, which opens with the findings (the four questions,
                     answered: mtl.report.findings) (never trains anything)
   write_with_summary(workdir) -> that, and a few lines for a terminal (launch/report.py) that
-                    start with the three answers
+                    start with the four answers
 """
 import dataclasses
 import os
@@ -184,7 +184,7 @@ def write_with_summary(workdir):
 
 
 def terminal_summary(study, built, path, warnings, found=None):
-  """A few lines: the three answers (`found`: findings.Findings), runs done, the warnings
+  """A few lines: the four answers (`found`: findings.Findings), runs done, the warnings
   (once), per task the primary test set's PSNR of each regime with its verdict vs scratch, per
   task pair the conflict verdict (without `found`: its first answer has it), and the files."""
   main, conflict = built[0], built[2]

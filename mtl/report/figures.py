@@ -1,6 +1,6 @@
 """The findings page's figures (matplotlib, Agg, no pyplot state), from findings.Findings:
 
-  findings-delta.png     questions 2 and 3 as a dot plot: one row per task and comparison, the
+  findings-delta.png     questions 2-4 as a dot plot: one row per task and comparison, the
                          paired Δ PSNR (dB) at its dot, its 95% interval as a bar, a line at 0;
                          a filled dot where the interval excludes 0, a hollow one where it does
                          not (or where one seed gives no interval); a row's label says where its
@@ -111,7 +111,7 @@ def _zero_line(ax, vertical):
 
 
 def delta_figure(answers, label="PSNR"):
-  """Dot plot of question 2 and 3 answers (findings.Answer): Δ (dB) with 95% intervals."""
+  """Dot plot of question 2-4 answers (findings.Answer): Δ (dB) with 95% intervals."""
   rows = [(_row_label(a), a.interval) for a in answers]
   fig = Figure(figsize=(7.5, 1.5 + 0.45 * max(len(rows), 1)))
   ax = fig.add_subplot()
@@ -126,7 +126,7 @@ def delta_figure(answers, label="PSNR"):
   ax.set_ylim(-0.7, len(rows) - 0.3)
   ax.set_xlim(*_limits([iv for _, iv in rows]))
   ax.set_xlabel(f"paired Δ {label} (dB), mean over seeds with 95% CI")
-  ax.set_title("Does pre-training help? (Δ > 0: the first named does better)", fontsize=10)
+  ax.set_title("Paired Δ per task (Δ > 0: the first named does better)", fontsize=10)
   ax.grid(axis="x", color="0.9")
   _legend(fig, bare=_bare([iv for _, iv in rows]))
   fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
@@ -143,6 +143,8 @@ def _row_label(answer):
              if answer.verdict.startswith(findings.NOT_HELD) else "")
   if answer.question == 3:
     return f"{answer.subject}: from related − from unrelated{untuned}"
+  if answer.question == 4:
+    return f"{answer.subject}: {answer.source} − joint{untuned}"
   return f"{answer.subject}: {findings.finetune_words(answer.source)} − scratch{untuned}"
 
 
@@ -196,7 +198,7 @@ def conflict_figure(answers, note=""):
 def write(findings, figures_dir, label="PSNR"):
   """Write the findings' figures into figures_dir; returns [(path, title)] of those drawn."""
   drawn = []
-  deltas = findings.answers[2] + findings.answers[3]
+  deltas = findings.answers[2] + findings.answers[3] + findings.answers[4]
   if deltas:
     drawn.append((FIGURE_DELTAS, "paired Δ per task with 95% intervals",
                   delta_figure(deltas, label)))

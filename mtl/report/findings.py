@@ -1,5 +1,5 @@
-"""The findings page: the three questions mtl exists for, each answered from the study's own
-tables in one sentence per subject, with its 95% interval and a verdict.
+"""The findings page: the questions mtl exists for, each answered from the study's own tables
+in one sentence per subject, with its 95% interval and a verdict.
 
   1. Do the tasks conflict on the shared body?
      Per task pair of each multi-task pre-training (joint, group:<g>): the noise-corrected
@@ -13,12 +13,16 @@ tables in one sentence per subject, with its 95% interval and a verdict.
      Per task fine-tuned from both groups RELATED and UNRELATED: the paired Δ PSNR of the two
      fine-tunes (from related - from unrelated), paired by seed (scores.paired). A study without
      both groups says so and names the study config that measures it.
+  4. Does acting on conflicts beat plain joint training?
+     Per method column (joint:<method>: an aggregator or a loss weighting) and task: the
+     remedies table's paired Δ PSNR (method - plain summed joint, same steps, lr grid and
+     seeds, each lr chosen on validation) on the task's primary test set.
 
 A verdict is a yes / no only when the 95% interval excludes 0; an interval that spans 0 (or
 that one seed cannot give) is NOT_ENOUGH. Each question's answers are one family (question 1:
-its pairs' headlines, of every pre-training; 2 and 3: their Δs): a yes / no also needs its
+its pairs' headlines, of every pre-training; 2-4: their Δs): a yes / no also needs its
 Holm-adjusted p over the family below 5% (family_verdicts); the phases before a headline, and
-the tables, stay each on its own interval. A Δ of questions 2 and 3 whose arms have a paired seed
+the tables, stay each on its own interval. A Δ of questions 2-4 whose arms have a paired seed
 with an lr sweep not complete has no verdict (NOT_YET): the two are not tuned alike yet; nor has
 one where an arm diverged at every lr on a seed the other trained (NO_VERDICT): that seed, where
 the arm lost outright, is left out of the Δ.
@@ -28,22 +32,25 @@ import math
 
 from mtl import stats
 from mtl.conflicts import summary as conflict_summary
-from mtl.report import cells, tables
+from mtl.report import cells, remedies, tables
 from mtl.study.runs import pretraining_column
 from mtl.report.scores import (conflict_phases, final_conflicts, left_out, paired,
                                primary_test_set, regime_scores, untuned_seeds)
 
 QUESTIONS = ("Do the tasks conflict on the shared body?",
              "Does pre-train + fine-tune beat a tuned from-scratch run?",
-             "Do related tasks help more than unrelated ones?")
+             "Do related tasks help more than unrelated ones?",
+             "Does acting on conflicts beat plain joint training?")
 NOT_ENOUGH = "not enough evidence"
 # a Δ whose own interval excludes 0 but whose Holm-adjusted p over its question does not
 NOT_HELD = NOT_ENOUGH + " over the"
 NOT_MEASURED = "not measured by this study"
 NOT_YET = "not answered yet"
 NO_VERDICT = "no verdict"
-# The regimes whose runs answer each question (3: with both groups; 1: probing conflicts).
-ANSWERED_BY = {1: ("joint", "groups"), 2: ("scratch", "finetune"), 3: ("groups", "finetune")}
+# The regimes whose runs answer each question (3: with both groups; 1: probing conflicts; 4:
+# with a 'joint:<method>' regime).
+ANSWERED_BY = {1: ("joint", "groups"), 2: ("scratch", "finetune"), 3: ("groups", "finetune"),
+               4: ("joint", "joint:")}
 # The groups question 3 compares: a study's `groups` of these names, each fine-tuned
 # (regimes 'groups' and 'finetune'), as experiments/studies/related_vs_unrelated.py sets them.
 RELATED, UNRELATED = "related", "unrelated"
@@ -51,9 +58,11 @@ RELATED, UNRELATED = "related", "unrelated"
 # may do worse than scratch (question 2 says whether either helps).
 RELATED_VERDICTS = ("yes: the fine-tune from the related group does better",
                     "no: the fine-tune from the unrelated group does better")
+REMEDY_VERDICTS = ("yes: the method does better", "no: plain joint does better")
 MEASURED_BY = {1: "experiments/studies/mini.py",   # a joint run that probes conflicts
                2: "experiments/studies/mini.py",   # scratch and finetune
-               3: "experiments/studies/related_vs_unrelated.py"}
+               3: "experiments/studies/related_vs_unrelated.py",
+               4: "experiments/studies/remedies.py"}
 
 
 @dataclasses.dataclass
@@ -61,12 +70,13 @@ class Answer:
   """One subject's answer to a question: its interval, verdict and sentence."""
   question: int          # 1, 2, 3
   subject: str           # 'a~b' (question 1) or the task
-  source: str            # the column: joint / group:<g> (1), finetune[:<g>] (2), '' (3)
+  source: str            # the column: joint / group:<g> (1), finetune[:<g>] (2), '' (3),
+                         # joint:<method> (4)
   interval: stats.Interval
   verdict: str           # the answer's words; NOT_ENOUGH where the interval holds 0
   sentence: str
   phases: list = None    # question 1: every phase's {'label', 'interval', 'verdict', ...}
-  family: int = 1        # questions 2 and 3: the Δs compared alike its verdict is held over
+  family: int = 1        # the answers its verdict is held over (Δs: those compared alike)
 
 
 @dataclasses.dataclass
@@ -359,13 +369,41 @@ def related_answers(study):
           for (task, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
 
 
+# ----------------------------------------------------------------------------- question 4
+
+
+def remedy_answers(study):
+  """Question 4: per method column (joint:<method>) and task, method - plain joint, paired by
+  seed on the task's primary test set (the remedies table's Δ vs joint)."""
+  label = tables.metric_names(study)[2]
+  deltas = []  # (task, column, test set, interval, arms' verdict)
+  for col in remedies.method_columns(study):
+    for task in study.tasks if col != "joint" else ():
+      joint, method = regime_scores(study, "joint", task), regime_scores(study, col, task)
+      if joint is None or method is None:
+        continue
+      test_set = primary_test_set(study, task, joint)
+      if test_set is None or not method.values(test_set, study.metric):
+        continue
+      iv = paired(joint.by_seed(test_set, study.metric), method.by_seed(test_set, study.metric))
+      deltas.append((task, col, test_set, iv, arms_verdict(joint, method)))
+  verdicts = _deltas_verdicts([d[3:] for d in deltas], *REMEDY_VERDICTS)
+  return [Answer(4, task, col, iv, verdict, _delta_sentence(
+              task, f"{col} − plain joint", iv, test_set, label, verdict, p_holm, family),
+                 family=family)
+          for (task, col, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
+
+
 def _missing(study, question):
   """Why `question` has no answer here: the runs that answer it are not done yet, or the study
   does not measure it (and which study config does)."""
   regimes, groups = study.config["regimes"], set(study.config["groups"])
   wanted = [r for r in ANSWERED_BY[question] if r in regimes]
+  if question == 4:
+    wanted = [r for r in regimes if r == "joint" or r.startswith("joint:")]
   measures = {1: bool(wanted) and study.config["run"]["conflicts"]["every"] > 0,
-              2: len(wanted) == 2, 3: len(wanted) == 2 and {RELATED, UNRELATED} <= groups}
+              2: len(wanted) == 2, 3: len(wanted) == 2 and {RELATED, UNRELATED} <= groups,
+              4: "joint" in wanted and len(wanted) > 1}
   runs = [r for r in study.runs if r.regime in wanted]
   left = [r for r in runs if not study.is_done(r.name)]
   if measures[question] and left:
@@ -376,6 +414,9 @@ def _missing(study, question):
            if wanted else "it has no multi-task pre-training (regime 'joint' or 'groups')")
   elif question == 2:
     why = "it needs the regimes 'scratch' and 'finetune' with runs done"
+  elif question == 4:
+    why = ("it needs the regime 'joint' and a 'joint:<method>' (an aggregator or a loss "
+           "weighting) with runs done")
   else:
     why = (f"it needs groups named '{RELATED}' and '{UNRELATED}' sharing a task, each "
            "fine-tuned (regimes 'groups' and 'finetune'), with runs done" +
@@ -388,11 +429,13 @@ def build(study, transfer, records, final=()):
   """The Findings of a study from its transfer table and its conflict records
   (scores.conflict_records, scores.final_conflict_records)."""
   answers = {1: conflict_answers(study, records, final), 2: finetune_answers(study, transfer),
-             3: related_answers(study)}
+             3: related_answers(study), 4: remedy_answers(study)}
   missing = {q: _missing(study, q) for q, a in answers.items() if not a}
-  # what a Δ of 2 and 3 compares: each arm's steps and lr grid, beside the answer it qualifies
+  # what a Δ of 2-4 compares: each arm's steps and lr grid, beside the answer it qualifies
   notes = {q: comparison_note(study) + " " + tables.edge_note(study, _arms(answers[q]))
-           + _multiplicity(answers[q][0].family) for q in (2, 3) if answers[q]}
+           + _multiplicity(answers[q][0].family) for q in (2, 3, 4) if answers[q]}
+  if answers[4]:  # the methods' own arguments are not swept as the lr is
+    notes[4] += " " + remedies.arguments_note(study)
   if answers[1] and answers[1][0].family > 1:
     notes[1] = _multiplicity(answers[1][0].family, "pairs' answers", "pair").strip()
   return Findings(answers, missing, probe_note(study, records, final), notes)
@@ -408,14 +451,14 @@ def _multiplicity(k, these="Δs compared alike", one="Δ"):
 
 
 def _arms(answers):
-  """The (column, task) arms the Δs of question 2 or 3 compare, in order, each fine-tune with
-  the pre-training it starts from (joint or group:<g>)."""
+  """The (column, task) arms the Δs of question 2, 3 or 4 compare, in order, each fine-tune
+  with the pre-training it starts from (joint or group:<g>)."""
   arms = {}
   for a in answers:
-    tuned = (("scratch", a.source) if a.question == 2 else
-             (f"finetune:{UNRELATED}", f"finetune:{RELATED}"))
+    tuned = {2: ("scratch", a.source), 3: (f"finetune:{UNRELATED}", f"finetune:{RELATED}"),
+             4: ("joint", a.source)}[a.question]
     for col in tuned:
-      sources = [] if col == "scratch" else [(pretraining_column(col), a.subject)]
+      sources = [(pretraining_column(col), a.subject)] if col.startswith("finetune") else []
       arms.update(dict.fromkeys([(col, a.subject)] + sources))
   return list(arms)
 
@@ -446,7 +489,7 @@ def markdown(findings, figures=(), status=""):
             "spread / √k, the latter with a t quantile on k-1 df, so seeds that disagree leave "
             "it open); the answer is the last checkpoints' fresh-batch measurement ('end') "
             "where the study made one, else the last phase's (what training settled into). "
-            f"{probes}Questions 2 and 3: paired Δ over seeds (paired t), each regime's "
+            f"{probes}Questions 2-4: paired Δ over seeds (paired t), each regime's "
             f"learning rate chosen per seed on validation. '{NOT_ENOUGH}': the interval holds 0 "
             "(or one seed gives none); where the seeds' spread leaves an answer open, about how "
             "many seeds would detect a true effect of its size at 80% power, were the spread as "

@@ -115,18 +115,23 @@ def remedies_table(study):
                  "seed the other trained. " + " ".join(unlike))
   arms = [(col, task) for col in ["scratch"] + method_columns(study) for task in study.tasks]
   notes.append(edge_note(study, arms))
+  notes.append(arguments_note(study))
+  return Table("remedies", "Acting on conflicts: aggregators and loss weightings vs scratch "
+               "and plain joint",
+               header, rows, records, notes)
+
+
+def arguments_note(study):
+  """Each method's own arguments (per_regime['joint:<method>']), or that it runs its defaults."""
   given = []  # per_regime['joint:<method>'] = {'mtl': {'aggregator_args': {...}}}
   for col in method_columns(study):
     groups = study.config["per_regime"].get(col, {}).get("mtl", {})
     args = sorted((k, v) for group in groups.values() for k, v in group.items())
     if args:
       given.append(f"{col} " + ", ".join(f"{k}={v}" for k, v in args) + "; ")
-  notes.append("Method arguments: " + "".join(given)
-               + ("the other methods" if given else "every method")
-               + " with mtl.aggregators' defaults (per_regime['joint:<method>'] sets them).")
-  return Table("remedies", "Acting on conflicts: aggregators and loss weightings vs scratch "
-               "and plain joint",
-               header, rows, records, notes)
+  return ("Method arguments: " + "".join(given)
+          + ("the other methods" if given else "every method")
+          + " with mtl.aggregators' defaults (per_regime['joint:<method>'] sets them).")
 
 
 def _joint_runs(study):
