@@ -68,7 +68,7 @@ MEASURED_BY = {1: "experiments/studies/mini.py",   # a joint run that probes con
 @dataclasses.dataclass
 class Answer:
   """One subject's answer to a question: its interval, verdict and sentence."""
-  question: int          # 1, 2, 3
+  question: int          # 1-4
   subject: str           # 'a~b' (question 1) or the task
   source: str            # the column: joint / group:<g> (1), finetune[:<g>] (2), '' (3),
                          # joint:<method> (4)
@@ -268,7 +268,7 @@ def family_verdicts(judged, decided, unit="Δs"):
 
 
 def _deltas_verdicts(deltas, better, worse):
-  """family_verdicts of question 2's or 3's Δs: (paired Interval, arms_verdict)."""
+  """family_verdicts of the Δs of question 2, 3 or 4: (paired Interval, arms_verdict)."""
   return family_verdicts([(iv, not_alike or transfer_verdict(iv, better, worse),
                            not_alike is None) for iv, not_alike in deltas], (better, worse))
 
@@ -377,8 +377,8 @@ def remedy_answers(study):
   seed on the task's primary test set (the remedies table's Δ vs joint)."""
   label = tables.metric_names(study)[2]
   deltas = []  # (task, column, test set, interval, arms' verdict)
-  for col in remedies.method_columns(study):
-    for task in study.tasks if col != "joint" else ():
+  for col in [c for c in remedies.method_columns(study) if c != "joint"]:
+    for task in study.tasks:
       joint, method = regime_scores(study, "joint", task), regime_scores(study, col, task)
       if joint is None or method is None:
         continue
