@@ -296,6 +296,19 @@ def _plan(iv, verdict, seeds_word, effect, lead, power=0.8):
                  f"{stats.PLAN_MAX_SEEDS} {seeds_word} to detect")
 
 
+def _columns_delta(study, task, a, b):
+  """(test set, paired Interval of b - a by seed, arms_verdict) of two regime columns on
+  `task`'s primary test set (b's); None where either column lacks it."""
+  base, other = regime_scores(study, a, task), regime_scores(study, b, task)
+  if base is None or other is None:
+    return None
+  test_set = primary_test_set(study, task, other)
+  if test_set is None or not base.values(test_set, study.metric):
+    return None
+  return (test_set, paired(base.by_seed(test_set, study.metric),
+                           other.by_seed(test_set, study.metric)), arms_verdict(base, other))
+
+
 def arms_verdict(a, b):
   """The verdict a Δ of RegimeScores b - a gets whatever its interval where its arms are not
   compared alike, else None: an arm diverged at every lr on a seed the other trained
@@ -350,15 +363,9 @@ def related_answers(study):
   label = tables.metric_names(study)[2]
   deltas = []  # (task, test set, interval, arms' verdict)
   for task in study.tasks:
-    rel = regime_scores(study, f"finetune:{RELATED}", task)
-    unrel = regime_scores(study, f"finetune:{UNRELATED}", task)
-    if rel is None or unrel is None:
-      continue
-    test_set = primary_test_set(study, task, rel)
-    if test_set is None or not unrel.values(test_set, study.metric):
-      continue
-    iv = paired(unrel.by_seed(test_set, study.metric), rel.by_seed(test_set, study.metric))
-    deltas.append((task, test_set, iv, arms_verdict(unrel, rel)))
+    delta = _columns_delta(study, task, f"finetune:{UNRELATED}", f"finetune:{RELATED}")
+    if delta:
+      deltas.append((task, *delta))
   groups = study.config["groups"]
   what = (f"fine-tuned from related {'+'.join(groups.get(RELATED, ()))} − from unrelated "
           f"{'+'.join(groups.get(UNRELATED, ()))}")
@@ -379,14 +386,9 @@ def remedy_answers(study):
   deltas = []  # (task, column, test set, interval, arms' verdict)
   for col in [c for c in remedies.method_columns(study) if c != "joint"]:
     for task in study.tasks:
-      joint, method = regime_scores(study, "joint", task), regime_scores(study, col, task)
-      if joint is None or method is None:
-        continue
-      test_set = primary_test_set(study, task, joint)
-      if test_set is None or not method.values(test_set, study.metric):
-        continue
-      iv = paired(joint.by_seed(test_set, study.metric), method.by_seed(test_set, study.metric))
-      deltas.append((task, col, test_set, iv, arms_verdict(joint, method)))
+      delta = _columns_delta(study, task, "joint", col)
+      if delta:
+        deltas.append((task, col, *delta))
   verdicts = _deltas_verdicts([d[3:] for d in deltas], *REMEDY_VERDICTS)
   return [Answer(4, task, col, iv, verdict, _delta_sentence(
               task, f"{col} − plain joint", iv, test_set, label, verdict, p_holm, family),
