@@ -15,11 +15,10 @@ Each method runs with its defaults in mtl.aggregators: CAGrad c=0.5 (LibMTL's de
 a uniform preference, uncertainty log-variances from -0.5; these are untuned, unlike the lr,
 which every regime sweeps alike (one method's own arguments: per_regime['joint:cagrad'] =
 {'mtl': {'aggregator_args': {'c': 0.4}}}; the remedies table names them).
-Budget: 11 runs per seed, 33 runs of 120 steps (batch 4 per task). Measured 2026-11-29 on 2
-otherwise idle cores: 32 min wall (the first 6 runs one at a time, 8 min; the other 27 with
---max_parallel=2, 24 min: two runs at once keep both cores busy while one compiles). Far too
-short for converged numbers: it exercises the comparison and its paired intervals, not the
-answer.
+Budget: 11 runs per seed, 33 runs of 120 steps (batch 4 per task). Measured 2026-12-06 on 2
+cores with --max_parallel=2: 19 min wall (programs shared between runs: 63 compiled, 747 loaded
+from the cache). Far too short for converged numbers (no regime beats bicubic on sr_x2): it
+exercises the comparison and its paired intervals, not the answer.
 """
 from experiments.studies import common
 from mtl import study as study_lib
