@@ -191,7 +191,7 @@ def test_report_md_embeds_figures_and_states_the_method(study_runs):
     assert phrase in md
 
 
-def test_report_opens_with_the_three_answers_of_the_micro_study(study_runs):
+def test_report_opens_with_the_answers_of_the_micro_study(study_runs):
   workdir, logs = study_runs
   with open(os.path.join(workdir, "report.md")) as f:
     md = f.read()

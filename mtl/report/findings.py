@@ -59,6 +59,7 @@ RELATED, UNRELATED = "related", "unrelated"
 RELATED_VERDICTS = ("yes: the fine-tune from the related group does better",
                     "no: the fine-tune from the unrelated group does better")
 REMEDY_VERDICTS = ("yes: the method does better", "no: plain joint does better")
+CONFLICT_VERDICTS = ("yes: conflict beyond noise", "no: agreement beyond noise")
 MEASURED_BY = {1: "experiments/studies/mini.py",   # a joint run that probes conflicts
                2: "experiments/studies/mini.py",   # scratch and finetune
                3: "experiments/studies/related_vs_unrelated.py",
@@ -105,9 +106,9 @@ def conflict_verdict(iv):
   """The answer to question 1 from a corrected-cosine interval."""
   v = conflict_summary.pair_verdict(iv)
   if v == conflict_summary.CONFLICT:
-    return "yes: conflict beyond noise"
+    return CONFLICT_VERDICTS[0]
   if v == conflict_summary.AGREEMENT:
-    return "no: agreement beyond noise"
+    return CONFLICT_VERDICTS[1]
   if v == conflict_summary.NOT_MEASURABLE:
     return "not measurable" + (f" ({iv.note})" if iv.note else "")
   return NOT_ENOUGH
@@ -148,8 +149,7 @@ def conflict_answers(study, records, final=()):
       heads.append((col, pair, phases[-1]["interval"], phased[col, pair]["seeds"],
                     _phase_where(phases[-1], len(phases)), phases, False))
   verdicts = family_verdicts([(iv, conflict_verdict(iv), True) for _, _, iv, *_ in heads],
-                             ("yes: conflict beyond noise", "no: agreement beyond noise"),
-                             "pairs")
+                             CONFLICT_VERDICTS, "pairs")
   answers = []
   for (col, pair, iv, seeds, where, phases, at_end), (verdict, p_holm, family) in zip(
       heads, verdicts):
@@ -169,7 +169,7 @@ def conflict_answers(study, records, final=()):
           f"{ph['label']} {ph['interval'].text(3)}" for ph in earlier)
       # each phase on its own interval, the headline's as well
       own = [conflict_verdict(ph["interval"]) for ph in phases]
-      changed = {v for v in own if v.startswith(("yes", "no:"))}  # the decided verdicts
+      changed = {v for v in own if v in CONFLICT_VERDICTS}  # the decided verdicts
       if len(changed) > 1 or (changed and own[-1] == NOT_ENOUGH):
         sentence += " (the verdict changes between phases)"
     answers.append(Answer(1, pair, col, iv, verdict, sentence + ".", phases, family))
