@@ -82,6 +82,35 @@ def test_a_stop_s_checkpoint_never_costs_a_scheduled_one(tmp_path):
   assert kept[37] == [25, 30, 35, 37] and checkpoints.latest_saved_step(str(tmp_path)) == 37
 
 
+def test_an_orbax_without_its_private_metadata_store_module_keeps_its_default_handler(tmp_path):
+  # mtl.checkpoints imports that module from orbax's _src; an orbax that moved it must still
+  # import mtl and save and restore (orbax's own handler, replica-parallel), not fail at import
+  script = f"""
+import sys
+import jax, numpy as np
+import orbax.checkpoint as ocp
+import orbax.checkpoint._src.metadata as metadata
+del metadata.array_metadata_store
+sys.modules["orbax.checkpoint._src.metadata.array_metadata_store"] = None  # as if it moved
+before = ocp.type_handlers.get_type_handler(jax.Array)
+from mtl import checkpoints, step
+assert checkpoints.array_metadata_store is None
+assert ocp.type_handlers.get_type_handler(jax.Array) is before
+state = step.TrainState(step=0, params={{"w": np.arange(4, dtype=np.float32)}},
+                        opt_state={{"m": np.zeros(4, np.float32)}})
+mngr = checkpoints.manager({str(tmp_path)!r}, async_save=False)
+checkpoints.save(mngr, 1, state)
+mngr.close()
+params, _ = checkpoints.restore_params({str(tmp_path)!r},
+                                       {{"w": jax.ShapeDtypeStruct((4,), np.float32)}})
+np.testing.assert_array_equal(params["w"], np.arange(4, dtype=np.float32))
+print("restored")
+"""
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, text=True, capture_output=True,
+                       timeout=300)
+  assert out.returncode == 0 and out.stdout.strip().endswith("restored"), out.stderr[-2000:]
+
+
 # orbax's other failed reads report when collected, after the test; the launcher test checks stderr.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_damaged_checkpoint_is_one_line_naming_the_other_steps(tmp_path):
