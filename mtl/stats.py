@@ -106,22 +106,24 @@ def paired_interval(a, b, level=0.95):
   return _t_interval(d.mean(), se, d.size - 1, level, d.size, "paired t")
 
 
-def seeds_needed(interval, power=0.8, max_seeds=PLAN_MAX_SEEDS):
-  """About how many seeds a two-sided t-test at `interval`'s level needs to detect a true effect
-  as large as its estimate, were the spread over seeds the one observed, at `power` (the
-  noncentral t; Cohen 1988): a planning figure for a comparison the seeds left open, not
-  evidence of an effect. `interval`: a t interval from its n seeds, n - 1 df (paired_interval's
-  Δ, or mean_of_runs' where the seeds' spread sets it). None without an estimate or a spread
-  (fewer than 2 seeds), for an estimate of 0, or beyond `max_seeds`."""
+def seeds_needed(interval, power=0.8, max_seeds=PLAN_MAX_SEEDS, test_level=None):
+  """About how many seeds a two-sided t-test at `test_level` (default: `interval`'s level)
+  needs to detect a true effect as large as its estimate, were the spread over seeds the one
+  observed, at `power` (the noncentral t; Cohen 1988): a planning figure for a comparison the
+  seeds left open, not evidence of an effect. `interval`: a t interval from its n seeds, n - 1 df
+  (paired_interval's Δ, or mean_of_runs' where the seeds' spread sets it). None without an
+  estimate or a spread (fewer than 2 seeds), for an estimate of 0, or beyond `max_seeds`."""
   n, d = interval.n, interval.estimate
   if n < 2 or not (math.isfinite(d) and math.isfinite(interval.high)) or d == 0:
     return None
   sd = (interval.high - d) / sps.t.ppf((1 + interval.level) / 2, n - 1) * math.sqrt(n)
   if not sd > 0:
     return None
+  test_level = interval.level if test_level is None else test_level
+  _check_level(test_level)
 
   for m in range(2, max_seeds + 1):  # power grows with the seeds: the first m that reaches it
-    crit, shift = sps.t.ppf((1 + interval.level) / 2, m - 1), abs(d) / (sd / math.sqrt(m))
+    crit, shift = sps.t.ppf((1 + test_level) / 2, m - 1), abs(d) / (sd / math.sqrt(m))
     # The wrong-sign tail is below the central t's (1 - level) / 2 and vanishes as the shift
     # grows; scipy's nct.cdf returns NaN there for large shifts, which would skip this m.
     wrong_sign = sps.nct.cdf(-crit, m - 1, shift)

@@ -214,6 +214,12 @@ def test_an_open_answer_set_by_the_seeds_spread_names_the_seeds_it_would_take():
   assert findings._plan(iv, findings.NOT_ENOUGH, "seeds", "mean", "; ") == (
       f"; about {n} seeds would detect a mean this size at 80% power")
   assert findings._plan(iv, "yes: conflict beyond noise", "seeds", "mean", "; ") == ""
+  # among 3 pairs held together (Holm), open or withheld alike: tested at 5%/3
+  n3 = stats.seeds_needed(iv, test_level=1 - 0.05 / 3)
+  for verdict in (findings.NOT_ENOUGH, findings.NOT_HELD + " 3 pairs: its own interval ..."):
+    assert findings._plan(iv, verdict, "seeds", "mean", "; ", 3) == (
+        f"; about {n3} seeds would detect a mean this size at 80% power, tested at 5%/3 (Holm "
+        "over 3)") and n3 > n
   assert findings._plan(iv._replace(estimate=0.0), findings.NOT_ENOUGH, "seeds", "mean",
                         "; ") == ""
 
@@ -275,9 +281,10 @@ def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
          for t in answers]
   for (task, a), iv, p_holm in zip(answers.items(), ivs, stats.holm([iv.p for iv in ivs])):
     assert a.interval[:6] == pytest.approx(iv[:6], rel=1e-12)
-    seeds = stats.seeds_needed(iv)  # what a comparison left open would need
-    plan = (f" (about {seeds} paired seeds would detect a Δ this size at 80% power)"
-            if a.verdict == findings.NOT_ENOUGH else "")
+    # what a comparison left open would need, tested at the level Holm asks first of the 3
+    seeds = stats.seeds_needed(iv, test_level=1 - 0.05 / 3)
+    plan = (f" (about {seeds} paired seeds would detect a Δ this size at 80% power, tested at "
+            "5%/3 (Holm over 3))" if a.verdict == findings.NOT_ENOUGH else "")
     assert a.sentence == (f"{task} (fine-tuned from joint − tuned scratch, Y-PSNR on photos): "
                           f"Δ {iv.text(2)} dB, {cells.format_p(iv.p)} (Holm {p_holm:.3f} over "
                           f"3), 3 paired seeds — {a.verdict}{plan}.")
@@ -285,7 +292,8 @@ def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):
   # sr_x2: per-seed differences of both signs, the interval spans 0
   assert answers["sr_x2"].interval.low < 0 < answers["sr_x2"].interval.high
   assert answers["sr_x2"].verdict == findings.NOT_ENOUGH
-  assert "(about 114 paired seeds would detect a Δ this size" in answers["sr_x2"].sentence
+  assert "(about 153 paired seeds would detect a Δ this size" in answers["sr_x2"].sentence
+  assert stats.seeds_needed(answers["sr_x2"].interval) == 114  # alone, at 5%
   assert found.sentences(3) == [
       "not measured by this study: it needs groups named 'related' and 'unrelated' sharing a "
       "task, each fine-tuned (regimes 'groups' and 'finetune'), with runs done; its groups: "

@@ -162,7 +162,7 @@ def conflict_answers(study, records, final=()):
                 + _p_words(iv, p_holm, family) + f" — {verdict}")
     if iv.note == stats.SEEDS_DIFFER:  # the seeds' spread sets the interval: a t over seeds
       sentence += (f" ({iv.note}: " + ", ".join(r.text(3) for r in phases[-1]["per_run"])
-                   + _plan(iv, verdict, "seeds", "mean", "; ") + ")")
+                   + _plan(iv, verdict, "seeds", "mean", "; ", family) + ")")
     earlier = phases[:-1]
     if earlier:
       sentence += ("; during training: " if at_end else "; earlier: ") + ", ".join(
@@ -280,20 +280,24 @@ def _delta_sentence(subject, what, iv, test_set, label, verdict, p_holm=math.nan
     numbers = f"{iv.text(2)} dB{_p_words(iv, p_holm, family)}, {iv.n} paired seeds"
   else:
     numbers = f"{iv.text(2)} dB ({_why_no_interval(iv, 'paired seed')})"
-  plan = _plan(iv, verdict, "paired seeds", "Δ", " (")
+  plan = _plan(iv, verdict, "paired seeds", "Δ", " (", family)
   return (f"{subject} ({what}, {label} on {test_set}): Δ {numbers} — {verdict}"
           f"{plan + ')' if plan else ''}.")
 
 
-def _plan(iv, verdict, seeds_word, effect, lead, power=0.8):
+def _plan(iv, verdict, seeds_word, effect, lead, family=1, power=0.8):
   """For an effect the seeds left open (a t interval over them): about how many seeds would
-  detect one of its size, after `lead`; '' where decided or without an interval."""
-  if verdict != NOT_ENOUGH or not math.isfinite(iv.low) or iv.estimate == 0:
+  detect one of its size, after `lead`; '' where decided or without an interval. Held over a
+  family of k, the test is at 5%/k: the level Holm asks of the family's smallest p."""
+  if (not (verdict == NOT_ENOUGH or verdict.startswith(NOT_HELD)) or not math.isfinite(iv.low)
+      or iv.estimate == 0):
     return ""
-  seeds = stats.seeds_needed(iv, power)
+  alpha = 1 - tables.LEVEL
+  seeds = stats.seeds_needed(iv, power, test_level=1 - alpha / family)
+  held = f", tested at {alpha:.0%}/{family} (Holm over {family})" if family > 1 else ""
   return lead + (f"about {seeds} {seeds_word} would detect a {effect} this size at {power:.0%} "
-                 "power" if seeds else f"a {effect} this size would take more than "
-                 f"{stats.PLAN_MAX_SEEDS} {seeds_word} to detect")
+                 f"power{held}" if seeds else f"a {effect} this size would take more than "
+                 f"{stats.PLAN_MAX_SEEDS} {seeds_word} to detect{held}")
 
 
 def _columns_delta(study, task, a, b):
@@ -495,7 +499,9 @@ def markdown(findings, figures=(), status=""):
             f"learning rate chosen per seed on validation. '{NOT_ENOUGH}': the interval holds 0 "
             "(or one seed gives none); where the seeds' spread leaves an answer open, about how "
             "many seeds would detect a true effect of its size at 80% power, were the spread as "
-            "observed (the noncentral t): a planning figure, not evidence of an effect.", ""]
+            "observed (the noncentral t; tested at 5%/k where the question holds k answers "
+            "together, the level Holm asks of their smallest p): a planning figure, not "
+            "evidence of an effect.", ""]
   for path, title in figures:
     lines += [f"![{title}]({path})", ""]
   return "\n".join(lines) + "\n"
