@@ -406,7 +406,7 @@ def test_warning_when_no_trained_regime_beats_the_input(synthetic):
   assert out.returncode == 0 and out.stdout.count("WARNING: sr_x2 on photos") == 1
   # a short summary, not the report: runs, the warning, a line per task, where the files are
   lines = out.stdout.splitlines()
-  lines = lines[lines.index("study synthetic: 42/42 runs done"):]  # after the three answers
+  lines = lines[lines.index("study synthetic: 42/42 runs done"):]  # after the answers
   assert len(lines) == 6
   assert lines[3] == ("  sr_x2 on photos, Y-PSNR: scratch 33.03, joint 32.03 (loss vs scratch), "
                       "finetune 33.10 (no detectable difference vs scratch)")

@@ -508,7 +508,7 @@ def markdown(findings, figures=(), status=""):
 
 
 def terminal_lines(findings):
-  """The three answers for a terminal: a question line each, an indented sentence per subject."""
+  """The answers for a terminal: a question line each, an indented sentence per subject."""
   lines = []
   for q, question in enumerate(QUESTIONS, 1):
     lines.append(f"{q}. {question}")
