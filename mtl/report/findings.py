@@ -48,7 +48,7 @@ NOT_MEASURED = "not measured by this study"
 NOT_YET = "not answered yet"
 NO_VERDICT = "no verdict"
 # The regimes whose runs answer each question (3: with both groups; 1: probing conflicts; 4:
-# with a 'joint:<method>' regime).
+# with a 'joint:<method>' regime); a name ending in ':' stands for every regime it begins.
 ANSWERED_BY = {1: ("joint", "groups"), 2: ("scratch", "finetune"), 3: ("groups", "finetune"),
                4: ("joint", "joint:")}
 # The groups question 3 compares: a study's `groups` of these names, each fine-tuned
@@ -404,9 +404,8 @@ def _missing(study, question):
   """Why `question` has no answer here: the runs that answer it are not done yet, or the study
   does not measure it (and which study config does)."""
   regimes, groups = study.config["regimes"], set(study.config["groups"])
-  wanted = [r for r in ANSWERED_BY[question] if r in regimes]
-  if question == 4:
-    wanted = [r for r in regimes if r == "joint" or r.startswith("joint:")]
+  wanted = [r for a in ANSWERED_BY[question] for r in regimes
+            if r == a or (a.endswith(":") and r.startswith(a))]
   measures = {1: bool(wanted) and study.config["run"]["conflicts"]["every"] > 0,
               2: len(wanted) == 2, 3: len(wanted) == 2 and {RELATED, UNRELATED} <= groups,
               4: "joint" in wanted and len(wanted) > 1}
