@@ -17,8 +17,9 @@ Without --config, the study saved in <workdir>/study.json is used (what the SLUR
 
 A study with final_conflicts.batch_size > 0 then measures each seed's chosen joint / group run
 at its last final_conflicts.checkpoints saved steps (launch/analyze.py --checkpoint --step=N into
-runs/<run>/analysis/step-<N>/, after the runs, up to --max_parallel at once, each on the run's
-cpu_threads; an interrupted one is measured on the next start).
+runs/<run>/analysis/step-<N>/, each on the run's cpu_threads; an interrupted one is measured on
+the next start): the first in the first slot free once a sweep is done, among the runs (its time
+gives the runs' lines the others' ETA), the others after the runs, up to --max_parallel at once.
 
 --max_parallel=N runs up to N runs at once on this machine, fine-tunes after their pre-training
 sweep; runs start seed by seed, a seed's pre-training runs first (its other runs then fill the

@@ -297,19 +297,45 @@ def test_max_parallel_runs_the_micro_study_two_at_a_time(study_file, tmp_path):
     first_two = [l for l in lines if ": starting" in l][:2]
     assert len({l.rpartition(" | cores ")[2] for l in first_two}) == 2, first_two
   assert [l for l in lines if l.startswith("[study]")][-1].startswith("[study] all 5 runs done")
-  # Then the joint run's two end-of-training measurements, side by side as well; the first done
-  # says what the other still needs, the last nothing.
-  measured = [l for l in lines if l.startswith("conflicts ")]
-  starts = [i for i, l in enumerate(measured) if ": measuring it on fresh batches" in l]
-  done = [l for l in measured if ": done in" in l]
-  assert len(starts) == 2 and starts[1] < measured.index(done[0]), measured
-  assert re.search(r": done in \S+ \| ~\S+ to go for the other 1$", done[0]), done
-  assert re.search(r": done in \S+$", done[1]), done
+  # The joint run's two end-of-training measurements: the first among the runs, in the first
+  # slot free once its sweep is done (before the fine-tunes, which share that slot's turn), the
+  # other after the runs.
+  starts = [i for i, l in enumerate(lines) if ": measuring it on fresh batches" in l]
+  ran = next(i for i, l in enumerate(lines) if l.startswith("[study] compiled"))
+  assert [lines[i].split(" joint-")[0] for i in starts] == ["conflicts 1/2", "conflicts 2/2"]
+  assert starts[0] < ran < starts[1], lines
+  for task in ("denoise_30", "derain"):
+    assert next(i for i, l in enumerate(lines)
+                if f"finetune-{task}-lr1e-3-s0: starting" in l) > starts[0], lines
+  assert len([l for l in lines if re.match(r"conflicts \d/2 .*: done in \S+", l)]) == 2, lines
   # Run again, it shows the table and does nothing else.
   again = io.StringIO()
   assert runner.Runner(study, train, out=again, max_parallel=2, analyze=analyze).run() == 0
   assert again.getvalue().splitlines()[0] == f"[study] micro: 5 runs in {workdir}: 5 done"
   assert "starting" not in again.getvalue()
+
+
+def test_the_runs_lines_say_what_the_end_of_training_measurements_will_take(study_file,
+                                                                             tmp_path):
+  """Before a measurement is done here, the runs' lines count the measurements to come (a sweep
+  not done yet counts its checkpoints); after, they say their time: the mean so far."""
+  import io
+  study = _load(study_file, "", str(tmp_path / "study"))  # one joint sweep; 2 checkpoints
+  study.prepare()
+  run = runner.Runner(study, None, out=io.StringIO(), max_parallel=2, analyze=lambda *a: [])
+  assert study.final_conflicts_to_come() == [2, 2]  # its 2 tasks, at each of 2 checkpoints
+  assert run._measurements_to_come() == "the 2 end-of-training conflict measurements"
+  (joint,) = [r for r in study.runs if r.regime == "joint"]
+  study.write_run_config(joint, io.StringIO())
+  joint = joint.name
+  _fake_done(study, joint, 30.0)
+  for step in (2, 4):
+    os.makedirs(os.path.join(study.run_dir(joint), "checkpoints", str(step)))
+  os.makedirs(os.path.join(study.run_dir(joint), "analysis", "step-2", "conflicts", "store"))
+  assert [p[1] for p in study.final_conflicts_pending()] == [4]
+  run.took_s = [75.0]
+  assert run._measurements_to_come() == "~1m15s for the 1 end-of-training conflict measurement"
+  assert runner.Runner(study, None, max_parallel=2)._measurements_to_come() == ""  # no analyze
 
 
 # A trainer's stand-in: its first start trains 2 s, then signals the study (which stops it: exit

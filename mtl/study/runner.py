@@ -226,11 +226,11 @@ class _Active:
 
 class _Measuring:
   """A final_conflicts measurement in progress: its process, output pump, log (which holds its
-  lock), device and core set."""
+  lock), device, core set and folder."""
 
-  def __init__(self, proc, pump, log, device, cores, started):
+  def __init__(self, proc, pump, log, device, cores, started, out):
     self.proc, self.pump, self.log, self.device, self.cores = proc, pump, log, device, cores
-    self.started = started
+    self.started, self.out = started, out
 
 
 def programs(study, name):
@@ -258,6 +258,10 @@ class Runner:
     self.train = train
     self.analyze = analyze  # (run_config, workdir, out, final, step) -> the measuring command
     self.measuring = {}     # the final_conflicts measurements in progress, by their head
+    self.measured = 0       # measurements started here (their heads' numbers)
+    self.took_s = []        # seconds of each measurement done here: their ETA
+    self.measure_failed = False
+    self.first_measurement = None  # (name, step, out): the one started among the runs
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
     self.free_devices = list(devices) if devices is not None else None
@@ -385,37 +389,59 @@ class Runner:
     steps = files.read_json(self.study.path(spec.name, RUN_CONFIG))["total_steps"]
     return os.path.exists(path) and files.read_json(path).get("step") == steps
 
-  def _measure_final_conflicts(self):
+  def _measure_final_conflicts(self, start=True):
     """study.final_conflicts: the conflicts of each pre-training sweep's chosen run (every lr
     done) at its last saved steps, where not yet measured: up to max_parallel at once, each on a
-    core set (or device) of its own, as the runs. False if one failed (none start after it)."""
-    study, final = self.study, self.study.config["final_conflicts"]
-    if not final["batch_size"] or self.analyze is None:
+    core set (or device) of its own, as the runs; with start=False only those in progress are
+    awaited. False if one failed (none start after it)."""
+    if not self.study.config["final_conflicts"]["batch_size"] or self.analyze is None:
       return True
-    todo = list(enumerate(study.final_conflicts_pending(), 1))
-    total, ok, took_s = len(todo), True, []  # took_s: seconds of each measurement done here
-    while self.measuring or (todo and ok and self.signalled is None):
-      while todo and ok and self.signalled is None and len(self.measuring) < self.max_parallel:
-        k, (name, step, out) = todo.pop(0)
-        self._start_measuring(f"conflicts {k}/{total} {name} step {step}", name, step, out)
-      for head, m in [(h, m) for h, m in self.measuring.items() if m.proc.poll() is not None]:
-        code = m.proc.wait()
-        m.pump.join(timeout=10)
-        m.log.close()  # releases its lock
-        self._give_back(m.device, m.cores)
-        del self.measuring[head]
-        if self.signalled is not None:
-          self.say(f"{head}: interrupted; run the same command to measure it")
-        elif code != 0:
-          self.say(f"{head}: failed (exit status {code}); its log: {m.log.name}; the same "
-                   "command measures it again")
-          ok = False
-        else:
-          took_s.append(time.time() - m.started)
-          self.say(f"{head}: done in {files.format_duration(took_s[-1])}"
-                   + self._measurements_left(took_s, len(todo)))
+    busy = {m.out for m in self.measuring.values()}
+    todo = [p for p in self.study.final_conflicts_pending() if p[2] not in busy]
+    total = self.measured + len(todo)
+    while self.measuring or (todo and start and not self.measure_failed
+                             and self.signalled is None):
+      while (todo and start and not self.measure_failed and self.signalled is None
+             and len(self.measuring) < self.max_parallel):
+        self._start_measuring(total, *todo.pop(0))
+      self._poll_measurements(len(todo))
       time.sleep(0.05)
-    return ok
+    return not self.measure_failed
+
+  def _poll_measurements(self, queued=None):
+    """Collect the measurements that ended; a done line says the time the others still need
+    (`queued` not started yet; None: said in the runs' lines instead)."""
+    for head, m in [(h, m) for h, m in self.measuring.items() if m.proc.poll() is not None]:
+      code = m.proc.wait()
+      m.pump.join(timeout=10)
+      m.log.close()  # releases its lock
+      self._give_back(m.device, m.cores)
+      del self.measuring[head]
+      if self.signalled is not None:
+        self.say(f"{head}: interrupted; run the same command to measure it")
+      elif code != 0:
+        self.say(f"{head}: failed (exit status {code}); its log: {m.log.name}; the same "
+                 "command measures it again")
+        self.measure_failed = True
+      else:
+        self.took_s.append(time.time() - m.started)
+        self.say(f"{head}: done in {files.format_duration(self.took_s[-1])}"
+                 + ("" if queued is None else self._measurements_left(self.took_s, queued)))
+
+  def _measurements_to_come(self):
+    """'~T for the N end-of-training conflict measurements' (T once one of them is done here),
+    '' where there are none."""
+    to_come = self.study.final_conflicts_to_come() if self.analyze else []
+    if not to_come:
+      return ""
+    what = (f"the {len(to_come)} end-of-training conflict measurement"
+            + ("s" if len(to_come) > 1 else ""))
+    if not self.took_s:
+      return what
+    running = [time.time() - m.started for m in self.measuring.values()]
+    left = measurements_left(self.took_s, max(0, len(to_come) - len(running)), running,
+                             self.max_parallel)
+    return f"~{files.format_duration(left)} for {what}"
 
   def _measurements_left(self, took_s, queued):
     """' | ~T to go for the other N' after a measurement, '' after the last one."""
@@ -426,10 +452,11 @@ class Runner:
     left = measurements_left(took_s, queued, running, self.max_parallel)
     return f" | ~{files.format_duration(left)} to go for the other {queued + len(running)}"
 
-  def _start_measuring(self, head, name, step, out):
-    """Start one final_conflicts measurement (launch/analyze.py --checkpoint) into `out`,
-    unless another process measures it or has measured it."""
+  def _start_measuring(self, total, name, step, out):
+    """Start one final_conflicts measurement (launch/analyze.py --checkpoint) into `out`, the
+    next of `total`, unless another process measures it or has measured it."""
     study, final = self.study, self.study.config["final_conflicts"]
+    head = f"conflicts {self.measured + 1}/{total} {name} step {step}"
     os.makedirs(out, exist_ok=True)
     log = open(os.path.join(out, ANALYZE_LOG), "a")
     try:  # one process measures a checkpoint (SLURM jobs of a study may finish side by side)
@@ -449,7 +476,9 @@ class Runner:
     child = children.Child(
         self.analyze(study.path(name, RUN_CONFIG), study.run_dir(name), out, final, step),
         self._env(device), self._printer(f"[{head}] ", log), cores)
-    self.measuring[head] = _Measuring(child.proc, child.pump, log, device, cores, time.time())
+    self.measuring[head] = _Measuring(child.proc, child.pump, log, device, cores, time.time(),
+                                      out)
+    self.measured += 1
 
   def run(self, only=""):
     """Run the matching runs that are not done; the exit status of the study: 0 all done, 1 a
@@ -473,9 +502,16 @@ class Runner:
     started, ran, waiting, elsewhere, failed = time.time(), 0, [], [], []
     finished = []  # (run, seconds): runs trained whole here, which the ETA extrapolates
     while queue or self.active:
-      if self.signalled is None and not failed and len(self.active) < self.max_parallel:
+      if (self.first_measurement and self.signalled is None and not failed
+          and len(self.active) + len(self.measuring) < self.max_parallel):
+        # one measurement among the runs, in the first slot free once a sweep is done: the
+        # runs' lines can then say how long the others will take
+        self._start_measuring(len(study.final_conflicts_to_come()), *self.first_measurement)
+        self.first_measurement = None
+      if (self.signalled is None and not failed
+          and len(self.active) + len(self.measuring) < self.max_parallel):
         for spec in start_order(study, queue):
-          if len(self.active) >= self.max_parallel:
+          if len(self.active) + len(self.measuring) >= self.max_parallel:
             break
           head = heads[spec.name]
           missing = waits_for(study, spec)
@@ -542,22 +578,27 @@ class Runner:
         eta = seconds_left(finished, to_go, {name: time.time() - a.started
                                              for name, a in self.active.items()},
                            self.max_parallel)
-        then = (" for the runs, then the end-of-training conflict measurements"
-                if study.config["final_conflicts"]["batch_size"] and self.analyze else "")
+        if self.analyze and not self.measured and not self.first_measurement:
+          self.first_measurement = next(iter(study.final_conflicts_pending()), None)
+        measuring = self._measurements_to_come()
+        if left and finished:
+          then = (f", ~{files.format_duration(eta)} to go"
+                  + (f" for the runs, then {measuring}" if measuring else ""))
+        else:
+          then = f", then {measuring}" if measuring else ""
         what = f"{'diverged' if diverged else 'done'} in {took(spent)}"
         if diverged:  # its error is in DONE and the status table; here, what the sweep does
           what += " (non-finite loss or output): its sweep chooses among its other lrs"
         self.say(f"{head}: {what} | study: {total - left}/{total} "
-                 f"done, elapsed {files.format_duration(time.time() - started)}"
-                 + (f", ~{files.format_duration(eta)} to go{then}" if left and finished
-                    else ""))
+                 f"done, elapsed {files.format_duration(time.time() - started)}{then}")
+      self._poll_measurements()
       if not self.active and (self.signalled is not None or failed):
         break
       time.sleep(0.05)
     if ran or failed or self.signalled is not None:
       self.say(f"[study] compiled {self.programs[0]} programs, {self.programs[1]} loaded from "
                "the cache (XLA, the runs started here)")
-    if self.signalled is None and not failed and not self._measure_final_conflicts():
+    if not self._measure_final_conflicts(start=self.signalled is None and not failed):
       failed.append("final_conflicts")
     if self.signalled is not None:
       if queue:

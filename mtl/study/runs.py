@@ -32,6 +32,12 @@ def sweep_runs(sweep):
   return f"{prefix}-lr*-s{seed}"
 
 
+def is_pretraining(column):
+  """Whether a column's runs are multi-task pre-training (joint, group:<g>): its sweeps are
+  chosen for fine-tunes and measured by final_conflicts."""
+  return column == "joint" or column.startswith("group:")
+
+
 def pretraining_column(column):
   """The column of the pre-training runs a fine-tune column starts from: finetune -> joint,
   finetune:g -> group:g."""

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from mtl import checkpoints, conflicts, files, run_defaults, run_folder
-from mtl.study.runs import StudyRun, expand, run_config, sweep_runs
+from mtl.study.runs import StudyRun, expand, is_pretraining, run_config, sweep_runs
 from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, method_of, reference_source, upgrade,
                             validate, _as_dict)
 
@@ -186,10 +186,12 @@ class Study:
     return "pending"
 
   def results(self, name):
-    """results.json of a done run (cached), else None."""
+    """results.json of a done run (cached once it is done: a runner's study sees runs finish),
+    else None."""
     if name not in self._results:
-      done = self.is_done(name)
-      self._results[name] = run_folder.read_results(self.run_dir(name)) if done else None
+      if not self.is_done(name):
+        return None
+      self._results[name] = run_folder.read_results(self.run_dir(name))
     return self._results[name]
 
   def done_info(self, name):
@@ -437,12 +439,17 @@ class Study:
       names = ", ".join(r.name for r in self.sweeps[spec.source])
       return f"<best on {self.validation} of {names}; chosen when they are done>"
 
+  def _pretraining_sweeps(self):
+    """[(column, seed, sweep)] of the multi-task pre-training sweeps (columns joint and
+    group:<g>), in run order."""
+    return list(dict.fromkeys((r.column, r.seed, r.sweep) for r in self.runs
+                              if is_pretraining(r.column)))
+
   def pretraining_choices(self):
-    """[(column, seed, Selection)] of the multi-task pre-training sweeps (columns joint and
-    group:<g>) with a done run, in run order: the run each seed reports and fine-tunes from."""
-    sweeps = dict.fromkeys((r.column, r.seed, r.sweep) for r in self.runs
-                           if r.column == "joint" or r.column.startswith("group:"))
-    chosen = [(column, seed, self.select(sweep)) for column, seed, sweep in sweeps]
+    """[(column, seed, Selection)] of the multi-task pre-training sweeps with a done run, in run
+    order: the run each seed reports and fine-tunes from."""
+    chosen = [(column, seed, self.select(sweep))
+              for column, seed, sweep in self._pretraining_sweeps()]
     return [(column, seed, c) for column, seed, c in chosen if c is not None]
 
   def final_conflicts_pending(self):
@@ -454,6 +461,17 @@ class Study:
     return [(c.run.name, step, out) for _, _, c in self.pretraining_choices() if c.complete
             for step, out in self.final_conflicts_dirs(c.run.name)
             if not os.path.isdir(conflicts.store_dir(out))]
+
+  def final_conflicts_to_come(self):
+    """The task count of each end-of-training measurement not made yet: those the chosen runs
+    lack (final_conflicts_pending) and `checkpoints` for each pre-training sweep not done."""
+    if not self.config["final_conflicts"]["batch_size"]:
+      return []
+    wanted = self.config["final_conflicts"]["checkpoints"]
+    open_sweeps = [self.sweeps[sweep][0] for _, _, sweep in self._pretraining_sweeps()
+                   if not all(self.is_done(r.name) for r in self.sweeps[sweep])]
+    return ([len(r.tasks) for r in open_sweeps for _ in range(wanted)]
+            + [len(self.by_name[name].tasks) for name, _, _ in self.final_conflicts_pending()])
 
   def final_conflicts_dirs(self, name):
     """[(step, folder)] where run `name`'s conflicts at its last saved steps are measured
