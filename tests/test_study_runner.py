@@ -323,7 +323,7 @@ def test_the_runs_lines_say_what_the_end_of_training_measurements_will_take(stud
   study = _load(study_file, "", str(tmp_path / "study"))  # one joint sweep; 2 checkpoints
   study.prepare()
   run = runner.Runner(study, None, out=io.StringIO(), max_parallel=2, analyze=lambda *a: [])
-  assert study.final_conflicts_to_come() == [2, 2]  # its 2 tasks, at each of 2 checkpoints
+  assert study.final_conflicts_to_come() == 2  # its 2 checkpoints
   assert run._measurements_to_come() == "the 2 end-of-training conflict measurements"
   (joint,) = [r for r in study.runs if r.regime == "joint"]
   study.write_run_config(joint, io.StringIO())

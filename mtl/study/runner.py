@@ -431,15 +431,14 @@ class Runner:
   def _measurements_to_come(self):
     """'~T for the N end-of-training conflict measurements' (T once one of them is done here),
     '' where there are none."""
-    to_come = self.study.final_conflicts_to_come() if self.analyze else []
+    to_come = self.study.final_conflicts_to_come() if self.analyze else 0
     if not to_come:
       return ""
-    what = (f"the {len(to_come)} end-of-training conflict measurement"
-            + ("s" if len(to_come) > 1 else ""))
+    what = f"the {to_come} end-of-training conflict measurement" + ("s" if to_come > 1 else "")
     if not self.took_s:
       return what
     running = [time.time() - m.started for m in self.measuring.values()]
-    left = measurements_left(self.took_s, max(0, len(to_come) - len(running)), running,
+    left = measurements_left(self.took_s, max(0, to_come - len(running)), running,
                              self.max_parallel)
     return f"~{files.format_duration(left)} for {what}"
 
@@ -506,7 +505,7 @@ class Runner:
           and len(self.active) + len(self.measuring) < self.max_parallel):
         # one measurement among the runs, in the first slot free once a sweep is done: the
         # runs' lines can then say how long the others will take
-        self._start_measuring(len(study.final_conflicts_to_come()), *self.first_measurement)
+        self._start_measuring(study.final_conflicts_to_come(), *self.first_measurement)
         self.first_measurement = None
       if (self.signalled is None and not failed
           and len(self.active) + len(self.measuring) < self.max_parallel):

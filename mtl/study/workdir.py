@@ -463,15 +463,14 @@ class Study:
             if not os.path.isdir(conflicts.store_dir(out))]
 
   def final_conflicts_to_come(self):
-    """The task count of each end-of-training measurement not made yet: those the chosen runs
-    lack (final_conflicts_pending) and `checkpoints` for each pre-training sweep not done."""
+    """How many end-of-training measurements are not made yet: those the chosen runs lack
+    (final_conflicts_pending) and `checkpoints` for each pre-training sweep not done."""
     if not self.config["final_conflicts"]["batch_size"]:
-      return []
-    wanted = self.config["final_conflicts"]["checkpoints"]
-    open_sweeps = [self.sweeps[sweep][0] for _, _, sweep in self._pretraining_sweeps()
-                   if not all(self.is_done(r.name) for r in self.sweeps[sweep])]
-    return ([len(r.tasks) for r in open_sweeps for _ in range(wanted)]
-            + [len(self.by_name[name].tasks) for name, _, _ in self.final_conflicts_pending()])
+      return 0
+    open_sweeps = sum(not all(self.is_done(r.name) for r in self.sweeps[sweep])
+                      for _, _, sweep in self._pretraining_sweeps())
+    return (open_sweeps * self.config["final_conflicts"]["checkpoints"]
+            + len(self.final_conflicts_pending()))
 
   def final_conflicts_dirs(self, name):
     """[(step, folder)] where run `name`'s conflicts at its last saved steps are measured
