@@ -426,7 +426,7 @@ class Runner:
       else:
         self.took_s.append(time.time() - m.started)
         self.say(f"{head}: done in {files.format_duration(self.took_s[-1])}"
-                 + ("" if queued is None else self._measurements_left(self.took_s, queued)))
+                 + ("" if queued is None else self._measurements_left(queued)))
 
   def _measurements_to_come(self):
     """'~T for the N end-of-training conflict measurements' (T once one of them is done here),
@@ -442,13 +442,13 @@ class Runner:
                              self.max_parallel)
     return f"~{files.format_duration(left)} for {what}"
 
-  def _measurements_left(self, took_s, queued):
+  def _measurements_left(self, queued):
     """' | ~T to go for the other N' after a measurement, '' after the last one."""
     now = time.time()
     running = [now - m.started for m in self.measuring.values()]
     if not queued and not running:
       return ""
-    left = measurements_left(took_s, queued, running, self.max_parallel)
+    left = measurements_left(self.took_s, queued, running, self.max_parallel)
     return f" | ~{files.format_duration(left)} to go for the other {queued + len(running)}"
 
   def _start_measuring(self, total, name, step, out):
