@@ -65,8 +65,9 @@ def _load_config(argv):
     return None
 
 
-def _unknown_field(argv, error):
-  """One line for an override naming a field the config does not have."""
+def _unknown_field(argv):
+  """One line for an override naming a field the config does not have (None where none is
+  found: the config does not load, or has every field the overrides name)."""
   import ml_collections
   if not any(a.startswith(("--config=", "-config=")) for a in argv):
     return ("--config=<config file> is missing: the --config.<field> overrides apply to it "
@@ -87,7 +88,7 @@ def _unknown_field(argv, error):
                     f"\"--config.{where}={{'{part}': {value}}}\"")
           return f"unknown config field {'.'.join(parts[:i + 1])!r} in {arg}; {where} has: {valid}"
         node = node[part]
-  return f"unknown config field in the overrides ({error})"
+  return None
 
 
 def fail(message):
@@ -102,7 +103,7 @@ def parse_flags(argv):
     rest = flags.FLAGS(argv)
   except (AttributeError, flags.UnrecognizedFlagError) as error:  # --config.<no such field>
     if isinstance(error, AttributeError) or "'config." in str(error):
-      fail(_unknown_field(argv, error))
+      fail(_unknown_field(argv) or f"unknown config field in the overrides ({error})")
     fail(f"unknown flag --{error.flagname}; --help lists the flags")
   except flags.Error as error:  # a config file's own error ends absl's message (a traceback)
     lines = [l.strip() for l in str(error).splitlines() if l.strip()]
@@ -110,7 +111,9 @@ def parse_flags(argv):
     fail(line.split(": ", 1)[1] if line.startswith(("ValueError: ", "FileNotFoundError: "))
          else line)
   except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as error:
-    fail(f"{error}".splitlines()[0] if str(error) else type(error).__name__)
+    # a KeyError: ml_collections' error for an override below a field that is not there
+    fail(isinstance(error, KeyError) and _unknown_field(argv)
+         or (f"{error}".splitlines()[0] if str(error) else type(error).__name__))
   fields = [a.partition("=")[0] for a in argv[1:] if a.startswith("--config.")]
   twice = sorted({f for f in fields if fields.count(f) > 1})
   if twice:  # ml_collections applies both, and a tuple field adds the second to the first

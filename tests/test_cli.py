@@ -87,6 +87,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     (["--config.tasks=sr_x2,sr_x5"], "error: unknown task 'sr_x5'; valid tasks: "),
     (["--config.optim.nope=1"], "error: unknown config field 'optim.nope' in --config.optim.nope=1; "
                                 "optim has: b1, b2,"),
+    # a field below a missing one (ml_collections raises a bare KeyError)
+    (["--config.mtl.conflicts.batch_size=8"], "error: unknown config field 'mtl.conflicts' in "
+     "--config.mtl.conflicts.batch_size=8; mtl has: affinity_every,"),
     (["--config.eval.tile_overlap=48"], "error: eval.tile_overlap=48 must be in [0, model.patch_size=48)"),
     # a method's own argument: the group takes one dict (ml_collections adds no new field)
     (["--config.mtl.aggregator=cagrad", "--config.mtl.aggregator_args.c=0.4"],
