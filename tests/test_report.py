@@ -365,8 +365,9 @@ def test_conflict_fraction_interval_of_the_seeds_stays_within_0_100(synthetic):
   table = tables.conflict_table(synthetic, [("joint", 0, "joint-s0", summary)], {})
   for r in table.records:
     assert 0.0 == r["conflict_fraction"] == r["conflict_fraction_low"] < r["conflict_fraction_high"] < 1
-    n_eff = summary["pair"][r["pair"]]["conflict_fraction_interval"]["n_eff"]
-    assert r["conflict_fraction_high"] == pytest.approx(stats.wilson_interval(0.0, n_eff).high)
+    own = summary["pair"][r["pair"]]["conflict_fraction_interval"]
+    assert r["conflict_fraction_high"] == pytest.approx(
+        stats.wilson_interval(0.0, own["n_eff"], df=own["df"]).high)
   assert all(row[6].startswith("0.0% [0.0, ") for row in table.rows)
   # two seeds: the Wilson interval at the combined effective n, still within [0, 1]
   iv = stats.mean_of_shares([0.0, 0.1], [4.0, 12.0])

@@ -189,10 +189,13 @@ def verdict_text(entry, pairs):
 
 
 def _n_eff(x):
-  """The conflict fraction's effective number of draws (NaN below 4 defined values), which
-  lets independent runs' fractions be combined (stats.mean_of_shares)."""
+  """The conflict fraction's effective number of draws and its df (NaN below 4 defined
+  values), which let independent runs' fractions be combined (stats.mean_of_shares)."""
   from mtl import stats
-  return stats.negative_share_n_eff(x) if np.sum(~np.isnan(x)) >= 4 else float("nan")
+  n = int(np.sum(~np.isnan(x)))
+  if n < 4:
+    return {"n_eff": float("nan"), "df": float("nan")}
+  return {"n_eff": stats.negative_share_n_eff(x), "df": stats.negative_share_df(n)}
 
 
 def noise_floor(record, window=None, level=LEVEL, method=None):
@@ -200,7 +203,7 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
   corrected cosine (each with its interval), both tasks' same-task agreement, the verdict.
 
   Returns {'halves', 'level', 'interval_method', 'note', 'same_task_agreement': {task: mean},
-  'pair': {'a~b': {'cos', 'conflict_fraction' (with 'n_eff'), 'corrected_cos': interval dicts,
+  'pair': {'a~b': {'cos', 'conflict_fraction' (with 'n_eff', 'df'), 'corrected_cos': interval dicts,
   'same_task_agreement': [a_i, a_j], 'verdict'}}}.
   """
   rec = record.last(window)
@@ -217,7 +220,7 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
   for k, (i, j) in enumerate(pair_indices(len(names))):
     out["pair"][f"{names[i]}~{names[j]}"] = {
         "cos": _interval(raw[k]),
-        "conflict_fraction": dict(_interval(share[k]), n_eff=_n_eff(pcos[:, k])),
+        "conflict_fraction": dict(_interval(share[k]), **_n_eff(pcos[:, k])),
         "corrected_cos": _interval(corrected[k]),
         "same_task_agreement": [float(agree[i]), float(agree[j])],
         "verdict": pair_verdict(corrected[k])}

@@ -394,7 +394,7 @@ def conflict_table(study, summaries=None, transfer=None):
     raw, corrected = (stats.mean_of_runs([_run_interval(e, key) for e in entries])
                       for key in ("cos_interval", "corrected_cos"))
     share = stats.mean_of_shares(  # a proportion: Wilson, within [0, 1]
-        *zip(*[(d.get("estimate"), d.get("n_eff"))
+        *zip(*[(d.get("estimate"), d.get("n_eff"), d.get("df"))
                for d in (e.get("conflict_fraction_interval") or {} for e in entries)]))
     agree = conflicts.nan_mean([e.get("same_task_agreement", [np.nan] * 2) for e in entries], 0)
     verdict = conflict_summary.pair_verdict(corrected)
@@ -427,7 +427,8 @@ def conflict_table(study, summaries=None, transfer=None):
            "Intervals: each run's 95% batch-means interval over its probe steps (which respects "
            "their autocorrelation), combined over the independent seeds "
            "(mtl.stats.mean_of_runs); the conflict fraction's a Wilson score interval at the "
-           "seeds' combined effective n (mtl.stats.mean_of_shares), within [0, 100]%. Verdict "
+           "seeds' combined effective n, widened where the seeds differ more "
+           "(mtl.stats.mean_of_shares), within [0, 100]%. Verdict "
            "from the corrected interval: 'conflict beyond noise' only when it lies below 0.",
            "pairwise transfer of a~b: per seed, mean over a and b of (PSNR of the two trained "
            "jointly as a pair − scratch PSNR) on each task's primary test set; mean over seeds, "
