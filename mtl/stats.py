@@ -336,7 +336,9 @@ def mean_of_estimates(intervals, level=0.95):
     return _nan_interval(level, len(parts), method, "an estimate has no interval", estimate)
   z = sps.norm.ppf((1 + level) / 2)
   se = _within_se(parts, z)
-  p = float(2 * sps.norm.sf(abs(estimate) / se)) if se > 0 else (1.0 if estimate == 0 else 0.0)
+  if not se > 0:
+    return _nan_interval(level, sum(iv.n for iv in parts), method, NO_SPREAD, estimate)
+  p = float(2 * sps.norm.sf(abs(estimate) / se))
   return Interval(estimate, estimate - z * se, estimate + z * se, level,
                   sum(iv.n for iv in parts), p, method)
 

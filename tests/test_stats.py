@@ -220,6 +220,7 @@ def test_values_without_spread_get_no_interval_and_no_verdict():
   assert stats.holm([iv.p, 0.01]).tolist()[1] == 0.01  # left out of the family
   point = stats.Interval(0.3, 0.3, 0.3, 0.95, 64)
   assert stats.mean_of_runs([point, point, point]).note == stats.NO_SPREAD
+  assert stats.mean_of_estimates([point, point]).note == stats.NO_SPREAD
 
 
 def test_mean_of_shares_covers_the_shared_share_when_seeds_scatter():
