@@ -633,3 +633,12 @@ def test_the_summary_says_which_verdicts_their_question_did_not_hold(tmp_path):
           f"joint are {findings.NOT_ENOUGH}, as the findings above say)") in lines
   assert all("(Holm 0.105 over 3)" in a.sentence for a in findings.build(
       s, tables.transfer_table(s), []).answers[2])
+
+
+def test_a_delta_whose_seeds_do_not_spread_says_so_and_gets_no_verdict():
+  iv = stats.paired_interval([30.0, 31.0, 32.0], [30.25, 31.25, 32.25])  # rounded alike
+  verdict = findings.transfer_verdict(iv)
+  assert verdict == findings.NOT_ENOUGH
+  assert findings._delta_sentence("sr_x2", "joint − scratch", iv, "photos", "Y-PSNR", verdict) \
+      == ("sr_x2 (joint − scratch, Y-PSNR on photos): Δ +0.25 dB (3 paired seeds: no interval, "
+          "as they do not spread at all) — not enough evidence.")

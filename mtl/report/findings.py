@@ -93,10 +93,13 @@ class Findings:
 
 
 def _why_no_interval(iv, unit="seed"):
-  """'1 seed: no interval' for an estimate without one (no estimate: the verdict says why)."""
+  """'1 seed: no interval' for an estimate without one (no estimate: the verdict says why);
+  values that do not spread at all say so."""
   n = iv.n
+  if not math.isfinite(iv.estimate) or math.isfinite(iv.low):
+    return ""
   return (f"{n} {unit}{'s' if n != 1 else ''}: no interval"
-          if math.isfinite(iv.estimate) and not math.isfinite(iv.low) else "")
+          + (", as they do not spread at all" if iv.note == stats.NO_SPREAD else ""))
 
 
 # ----------------------------------------------------------------------------- question 1
