@@ -263,8 +263,9 @@ def test_non_finite_weights_are_refused():
 
 def _torch_zip(path, tensors, storages, monkeypatch, compress=False):
   """A torch.save zip built without torch: stand-in `torch` modules let pickle name torch's own
-  rebuild function and storage class. tensors: {name: (storage key, offset, size, stride)};
-  storages: {key: (declared elements, float32 bytes)}."""
+  rebuild function and storage class. tensors: {name: (storage key, offset, size, stride[,
+  fields the pickle then sets on the record (a BUILD)])}; storages: {key: (declared elements,
+  float32 bytes)}."""
   import collections
   import types
   utils, torch_module = types.ModuleType("torch._utils"), types.ModuleType("torch")
@@ -284,11 +285,12 @@ def _torch_zip(path, tensors, storages, monkeypatch, compress=False):
     pass
 
   class Tensor:
-    def __init__(self, key, offset, size, stride):
+    def __init__(self, key, offset, size, stride, fields=None):
       self.args = (Key(key), offset, size, stride, False, collections.OrderedDict())
+      self.fields = fields
 
     def __reduce__(self):
-      return _rebuild_tensor_v2, self.args
+      return (_rebuild_tensor_v2, self.args) + ((self.fields,) if self.fields else ())
 
   class Pickler(pickle.Pickler):
     def persistent_id(self, obj):
@@ -325,12 +327,22 @@ def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path, monkeypatch):
                    "storage '0' declares 4096 elements and holds 4"),
       "negative.pt": ({"w": ("0", 0, (4,), (-1,))}, {"0": (4, four)},
                       "needs a storage and indices >= 0"),
+      # fields set after the record is checked (a BUILD): a stride of -1 read the heap before
+      "build.pt": ({"w": ("0", 0, (4,), (1,), {"stride": (-1,)})}, {"0": (4, four)},
+                   "the pickle sets the fields of a tensor record (torch.save never does)"),
+      # zero strides: a few hundred bytes that would ask for any amount of memory
+      "expanded.pt": ({"w": ("0", 0, (4, 4), (0, 1))}, {"0": (4, four)},
+                      "tensor 'w': sizes (4, 4) name 16 elements of a storage of 4"),
+      "huge.pt": ({"w": ("0", 0, (100000, 100000), (0, 0))}, {"0": (4, four)},
+                  "its tensors name 40,000,000,000 bytes from a file of"),
   }
   for name, (tensors, storages, message) in cases.items():
     path = _torch_zip(tmp_path / name, tensors, storages, monkeypatch)
     with pytest.raises(ValueError) as error:
       torch_file.read_state_dict(path)
     assert _one_line(error).startswith(path) and message in _one_line(error), _one_line(error)
+  with pytest.raises(ValueError, match="fields of a storage record"):
+    torch_file._Storage("FloatStorage", "0").__setstate__({"array": None})
   bomb = _torch_zip(tmp_path / "bomb.pt", {"w": ("0", 0, (4,), (1,))},
                     {"0": (4, four), "1": (0, bytes(16 << 20))}, monkeypatch, compress=True)
   with pytest.raises(ValueError) as error:

@@ -38,11 +38,16 @@ def _indices(state, pattern):
 
 def infer_layout(state, path="checkpoint"):
   """(model fields except num_heads, scales per task index) from the tensors' names and shapes."""
-  need = ("body.linear_encoding.weight", "body.position_encoding.pe.weight",
-          "body.query_embed.weight", "head.0.0.weight", "tail.0.1.weight")
+  need = {"body.linear_encoding.weight": 2, "body.position_encoding.pe.weight": 2,
+          "body.query_embed.weight": 2, "body.encoder.layers.0.linear1.weight": 2,
+          "head.0.0.weight": 4, "tail.0.1.weight": 4}  # name: its dimensions
   missing = [k for k in need if k not in state]
   if missing:
     raise ValueError(f"{path} is not an IPT state_dict: no {', '.join(missing)}")
+  for k, ndim in need.items():
+    if state[k].ndim != ndim or 0 in state[k].shape:
+      raise ValueError(f"{path} is not an IPT state_dict: {k} has shape {state[k].shape}; an "
+                       f"IPT's has {ndim} non-empty dimensions")
   n_feats = state["head.0.0.weight"].shape[0]
   num_tokens, dim = state["body.position_encoding.pe.weight"].shape
   patch_dim = int(round((dim / n_feats) ** 0.5))

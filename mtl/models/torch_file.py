@@ -7,6 +7,7 @@ any other class is refused with one line and no code runs.
 """
 import collections
 import io
+import math
 import os
 import pickle
 import struct
@@ -23,12 +24,21 @@ _STORAGE_DTYPES = {
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
 
 
-class _StorageType:
+class _Record:
+  """A record the unpickler makes; the pickle may not set its fields (BUILD), which are checked
+  as it is made: a stride set afterwards would read memory outside its storage."""
+
+  def __setstate__(self, state):
+    raise ValueError(f"the pickle sets the fields of a {type(self).__name__.strip('_').lower()} "
+                     "record (torch.save never does)")
+
+
+class _StorageType(_Record):
   def __init__(self, name):
     self.name = name
 
 
-class _Storage:
+class _Storage(_Record):
   """A storage record; `data` is filled in from the file once its bytes are located."""
 
   def __init__(self, kind, key, numel=None):
@@ -39,17 +49,24 @@ def _is_index(value):
   return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-class _Tensor:
+class _Tensor(_Record):
   def __init__(self, storage, offset, size, stride):
     self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
+  def numel(self):
+    return math.prod(self.size)
+
   def to_numpy(self):
     """The tensor's values, copied out of its storage; ValueError unless every element it names
-    lies inside the storage (the file's offset, sizes and strides are untrusted: numpy's strided
-    view would read whatever memory they point at)."""
+    lies inside the storage and it names no more elements than the storage holds (the file's
+    offset, sizes and strides are untrusted: numpy's strided view would read whatever memory
+    they point at, and zero strides would ask for any amount of it)."""
     flat = self.storage.array
     if flat is None:
       raise ValueError(f"its storage {self.storage.key!r} holds no data")
+    if self.numel() > flat.size:
+      raise ValueError(f"sizes {self.size} name {self.numel():,} elements of a storage of "
+                       f"{flat.size:,} (an expanded view; a state_dict holds none)")
     if 0 in self.size:
       return np.zeros(self.size, flat.dtype)
     last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
@@ -137,6 +154,7 @@ def _decode(raw, kind, path):
 # torch.save stores its members uncompressed: more declared bytes than this many times the file
 # are a zip bomb, refused before anything is inflated.
 MAX_INFLATION = 50
+MAX_SHARING = 4  # the most bytes a state_dict's tensors may name per byte of its file
 
 
 def _read_zip(path):
@@ -206,10 +224,12 @@ def read_state_dict(path):
       obj = _read_legacy(path, data)
     else:
       raise ValueError(f"{path} is not a torch.save file (neither zip nor pickle)")
-  # TypeError, AttributeError: a pickle that calls or indexes records as they are never used
+  # TypeError, AttributeError: a pickle that calls or indexes records as they are never used;
+  # Overflow-, Memory-, RecursionError: records declaring absurd sizes or nesting
   except (pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, AttributeError,
-          struct.error, zipfile.BadZipFile) as error:
-    raise ValueError(f"{path} is not a readable torch.save file: {error}") from None
+          OverflowError, MemoryError, RecursionError, struct.error, zipfile.BadZipFile) as error:
+    raise ValueError(f"{path} is not a readable torch.save file: "
+                     f"{error or type(error).__name__}") from None
   except ValueError as error:  # pickle's own (e.g. "unsupported pickle protocol") lack the path
     if path in str(error):
       raise
@@ -218,6 +238,12 @@ def read_state_dict(path):
     obj = obj["state_dict"]
   if not isinstance(obj, dict) or not all(isinstance(v, _Tensor) for v in obj.values()):
     raise ValueError(f"{path} does not hold a state_dict of tensors")
+  # tensors sharing storages (tied weights) can name more bytes than the file holds, not this many
+  named = sum(t.numel() * t.storage.array.itemsize for t in obj.values()
+              if t.storage.array is not None)
+  if named > MAX_SHARING * len(data) + (1 << 20):
+    raise ValueError(f"{path}: its tensors name {named:,} bytes from a file of {len(data):,}; "
+                     f"a state_dict names at most {MAX_SHARING} times its file")
   state = {}
   for name, tensor in obj.items():
     try:
