@@ -339,8 +339,7 @@ def input_baseline(spec, degraded):
 
 def score(output, target, crop_border, gray=False):
   if gray:  # DnCNN's grey PSNR is on the grey plane: Y of 3 equal channels adds 219/255 (+1.3 dB)
-    grey = lambda x: np.round(np.asarray(x, np.float64) @ np.asarray(degradations.LUMA))[..., None]
-    output, target = grey(output), grey(target)
+    output, target = metrics.grey_plane(output), metrics.grey_plane(target)
   return {
       "psnr_y": metrics.psnr(output, target, crop_border, y_channel=True),
       "ssim_y": metrics.ssim(output, target, crop_border, y_channel=True),

@@ -2,13 +2,17 @@
 
 Host-side numpy in float64. Images are HWC (or HW) in [0, 255], uint8 or float. `crop_border`
 pixels are dropped from every edge first (SR papers crop `scale` pixels); `y_channel=True`
-scores the BT.601 luma of RGB images (MATLAB rgb2ycbcr, unrounded), as IPT reports every task.
+scores the BT.601 luma of RGB images (MATLAB rgb2ycbcr, unrounded), as IPT reports every task;
+callers score grey images (`is_grey`) on their grey plane (`grey_plane`): the Y of three equal
+channels is 16 + 219/255 v, which shrinks every difference and adds 20 log10(255/219) = 1.32 dB.
 """
 import numpy as np
 
 # MATLAB rgb2ycbcr, Y row, for R, G, B in [0, 1]: Y = 16 + 65.481 R + 128.553 G + 24.966 B.
 _Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255.0
 _Y_OFFSET = 16.0
+
+LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601, as MATLAB's rgb2gray and JPEG's Y
 
 _SSIM_C1 = (0.01 * 255.0) ** 2
 _SSIM_C2 = (0.03 * 255.0) ** 2
@@ -32,6 +36,18 @@ def rgb_to_y(img):
   if img.shape[-1] != 3:
     raise ValueError(f"rgb_to_y needs a trailing axis of 3 (RGB), got shape {img.shape}")
   return img @ _Y_WEIGHTS + _Y_OFFSET
+
+
+def grey_plane(img):
+  """(H, W, 1) float64 grey plane of an (H, W, 3) image in [0, 255]: round(BT.601 luminance), as
+  a saved grey image holds it (DnCNN's grey protocol); of a grey image, its one channel."""
+  return np.round(np.asarray(img, np.float64) @ np.asarray(LUMA))[..., None]
+
+
+def is_grey(img):
+  """Whether an HWC image is grey: one channel, or all its channels equal at every pixel."""
+  img = np.asarray(img)
+  return img.ndim == 2 or bool(np.all(img == img[..., :1]))
 
 
 def _prepare(a, b, crop_border, y_channel):

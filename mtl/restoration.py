@@ -174,8 +174,34 @@ def _match(restored, reference):
   return pairs, [r for r in refs if r not in paired_with]
 
 
+def score_pair(ours, ref, crop_border=0, y_channel=True):
+  """{'psnr', 'ssim', 'channel'} of one restored image against its reference (uint8 HWC).
+
+  When both are grey (a grey file, or R == G == B everywhere) they are scored on the grey plane,
+  as evaluation scores grey denoising (`evaluate.score`): channel 'grey', whatever `y_channel`
+  says; else 'Y' or 'RGB'.
+  """
+  channel = "Y" if y_channel else "RGB"
+  if metrics.is_grey(ours) and metrics.is_grey(ref):
+    # Y of equal channels is 16 + 219/255 v: it would shrink every error and add 1.32 dB.
+    ours, ref, channel = metrics.grey_plane(ours), metrics.grey_plane(ref), "grey"
+  return {"psnr": metrics.psnr(ours, ref, crop_border, y_channel=y_channel),
+          "ssim": metrics.ssim(ours, ref, crop_border, y_channel=y_channel), "channel": channel}
+
+
+def mean_scores(rows):
+  """{'psnr', 'ssim', 'identical'}: mean PSNR over the pairs that differ (an identical pair's
+  inf would hide every other), mean SSIM over all, and how many pairs are identical (PSNR inf;
+  the mean PSNR is inf only when all are)."""
+  finite = [r["psnr"] for r in rows if np.isfinite(r["psnr"])]
+  return {"psnr": float(np.mean(finite)) if finite else float("inf"),
+          "ssim": float(np.mean([r["ssim"] for r in rows])),
+          "identical": len(rows) - len(finite)}
+
+
 def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0, err=sys.stderr):
-  """Per-image PSNR / SSIM of each restored image against its reference: [dict], mean dict.
+  """Per-image PSNR / SSIM of each restored image against its reference (`score_pair`): [dict],
+  and their means (`mean_scores`).
 
   References without a restored partner are named in one warning line on `err`.
   """
@@ -199,13 +225,10 @@ def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0
       raise ValueError(f"{ours_path} is {ours.shape[1]}x{ours.shape[0]} but {ref_path} is "
                        f"{ref.shape[1]}x{ref.shape[0]}{hint}")
     try:
-      rows.append({"image": name,
-                   "psnr": metrics.psnr(ours, ref, crop_border, y_channel=y_channel),
-                   "ssim": metrics.ssim(ours, ref, crop_border, y_channel=y_channel)})
+      rows.append({"image": name, **score_pair(ours, ref, crop_border, y_channel)})
     except ValueError as error:  # too small for SSIM after the crop
       raise ValueError(f"{ours_path}: {error}") from None
-  mean = {k: float(np.mean([r[k] for r in rows])) for k in ("psnr", "ssim")}
-  return rows, mean
+  return rows, mean_scores(rows)
 
 
 def check_new_file(path, flag, overwrite=False, inputs=()):
@@ -228,18 +251,34 @@ def check_new_file(path, flag, overwrite=False, inputs=()):
 
 
 def write_csv(path, rows):
-  """Per-image scores as CSV, written atomically (complete or absent)."""
+  """Per-image scores as CSV (image, psnr, ssim, channel), written atomically (complete or
+  absent)."""
   text = io.StringIO(newline="")
-  writer = csv.DictWriter(text, fieldnames=["image", "psnr", "ssim"])
+  writer = csv.DictWriter(text, fieldnames=["image", "psnr", "ssim", "channel"])
   writer.writeheader()
   writer.writerows(rows)
   files.write_atomic(path, lambda f: f.write(text.getvalue().encode()))
 
 
-def format_scores(rows, mean, y_channel=True):
-  channel = "Y" if y_channel else "RGB"
-  lines = [f"{'image':<24} {'PSNR ' + channel:>9} {'SSIM ' + channel:>9}"]
-  lines += [f"{r['image']:<24} {r['psnr']:>9.2f} {r['ssim']:>9.4f}" for r in rows]
+def format_scores(rows, mean):
+  """The table `launch/score.py` prints: a line per image, the means, and notes on grey and
+  identical pairs."""
+  channels = sorted({r["channel"] for r in rows})
+  mixed = len(channels) > 1   # grey and colour pairs: the channel goes on each line instead
+  label = "" if mixed else " " + channels[0]
+  lines = [f"{'image':<24} {'PSNR' + label:>9} {'SSIM' + label:>9}"
+           + ("  channel" if mixed else "")]
+  lines += [f"{r['image']:<24} {r['psnr']:>9.2f} {r['ssim']:>9.4f}"
+            + (f"  {r['channel']}" if mixed else "") for r in rows]
   lines.append(f"{'mean (' + str(len(rows)) + ' images)':<24} {mean['psnr']:>9.2f} "
                f"{mean['ssim']:>9.4f}")
+  grey = sum(r["channel"] == "grey" for r in rows)
+  if grey:
+    lines.append(f"{grey} of {len(rows)} pair(s) grey: scored on the grey plane, as mtl's "
+                 "evaluation scores grey denoising (their Y PSNR would read 1.32 dB higher)")
+  if mean["identical"] and mean["identical"] < len(rows):
+    lines.append(f"{mean['identical']} of {len(rows)} pair(s) identical (PSNR inf): the mean PSNR "
+                 f"is over the other {len(rows) - mean['identical']}, the mean SSIM over all")
+  elif mean["identical"]:
+    lines.append(f"all {len(rows)} pair(s) identical (PSNR inf)")
   return "\n".join(lines)

@@ -237,13 +237,14 @@ def test_read_rgb_16_bit_and_palette(tmp_path):
     folder.read_rgb(str(tmp_path / "pal.webp"))
 
 
-def _png_16bit_rgb(path, samples):
-  """A 16-bit RGB PNG of (H, W, 3) uint16 `samples` (Pillow writes none): filter 0 rows, zlib."""
+def _png_16bit_rgb(path, samples, colour_type=2):
+  """A 16-bit PNG of (H, W, C) uint16 `samples` (Pillow writes none): filter 0 rows, zlib;
+  colour type 2: RGB, 4: grey + alpha."""
   def chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
   h, w, _ = samples.shape
   rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
-  header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # 16 bits, colour type 2: RGB
+  header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
   path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
                    + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
@@ -264,6 +265,46 @@ def test_16_bit_grey_and_colour_are_scaled_to_8_bits_alike(tmp_path):
     np.testing.assert_array_equal(got[..., 0], want, err_msg=name)
     np.testing.assert_array_equal(got[..., 1], want[::-1, ::-1], err_msg=name)
     np.testing.assert_array_equal(got[..., 2], want.T, err_msg=name)
+
+
+def test_16_bit_grey_and_alpha_is_scaled_as_16_bit_grey(tmp_path):
+  from skimage import data
+  # A photograph's 16 bits: camera's pixels as the high byte, astronaut's red as the low one.
+  v = data.camera().astype(np.uint16) << 8 | data.astronaut()[..., 0]
+  alpha = 65535 - v
+  _png_16bit_rgb(tmp_path / "la.png", np.stack([v, alpha], axis=-1), colour_type=4)
+  Image.fromarray(v).save(tmp_path / "grey.png")
+  assert Image.open(tmp_path / "la.png").tile[0][3] == "LA;16B"   # Pillow keeps the high byte
+  want = np.round(v.astype(np.float64) * 255 / 65535).astype(np.uint8)
+  got = folder.read_rgb(str(tmp_path / "la.png"))
+  for c in range(3):  # v >> 8 before: 1 off on about half of the pixels
+    np.testing.assert_array_equal(got[..., c], want)
+  np.testing.assert_array_equal(got, folder.read_rgb(str(tmp_path / "grey.png")))
+  assert np.mean(want != v >> 8) > 0.3
+
+
+def test_float_and_32_bit_integer_images_are_refused_naming_the_file(tmp_path):
+  """A float TIFF may hold 0..1 or 0..255, a 32-bit integer one any range: read as 0..255, a
+  [0, 1] photograph became an image of 0s and 1s. 16-bit files stay 16-bit however dark."""
+  from skimage import data
+  camera = data.camera()
+  Image.fromarray(camera.astype(np.float32) / 255).save(tmp_path / "unit.tif")
+  Image.fromarray(camera.astype(np.float32)).save(tmp_path / "float255.tif")
+  Image.fromarray(camera.astype(np.int32), "I").save(tmp_path / "int32.tif")
+  assert [Image.open(tmp_path / n).mode for n in ("unit.tif", "float255.tif", "int32.tif")] == [
+      "F", "F", "I"]
+  for name, kind in (("unit.tif", "floating-point"), ("float255.tif", "floating-point"),
+                     ("int32.tif", "32-bit integer")):
+    with pytest.raises(ValueError) as error:
+      folder.read_rgb(str(tmp_path / name))
+    message = str(error.value)
+    assert message.startswith(f"cannot read image {tmp_path / name}: its samples are {kind}")
+    assert "save it as an 8- or 16-bit image" in message and "\n" not in message
+  dark = camera.astype(np.uint16)  # 16-bit samples all <= 255: near black, not 8-bit levels
+  Image.fromarray(dark).save(tmp_path / "dark16.tif")
+  got = folder.read_rgb(str(tmp_path / "dark16.tif"))
+  np.testing.assert_array_equal(got[..., 0], np.round(dark * 255 / 65535).astype(np.uint8))
+  assert got.max() == 1
 
 
 def test_only_the_named_formats_are_decoded_and_bombs_are_refused_from_the_header(tmp_path):

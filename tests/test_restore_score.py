@@ -173,8 +173,8 @@ def test_score_pairs_each_reference_once_and_names_the_unscored(tmp_path):
 
 
 def test_score_equals_metrics_on_known_pairs(tmp_path):
-  flat_ref = np.full((20, 24, 3), 100, np.uint8)
-  flat_out = np.full((20, 24, 3), 110, np.uint8)
+  flat_ref = np.broadcast_to(np.array([100, 120, 90], np.uint8), (20, 24, 3))  # colour: not grey
+  flat_out = flat_ref + np.uint8(10)
   rng = np.random.default_rng(2)
   ref = rng.integers(0, 256, (32, 30, 3), dtype=np.uint8)
   out = np.clip(ref + rng.normal(0, 8, ref.shape), 0, 255).astype(np.uint8)
@@ -191,8 +191,91 @@ def test_score_equals_metrics_on_known_pairs(tmp_path):
   assert by_name["noisyx2"]["ssim"] == pytest.approx(metrics.ssim(out, ref, 2, y_channel=False))
   assert mean["psnr"] == pytest.approx((by_name["flat"]["psnr"] + by_name["noisyx2"]["psnr"]) / 2)
   rows_y, _ = restoration.score_folders(str(tmp_path / "restored"), str(tmp_path / "reference"))
-  # Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255: a grey step of 10 moves Y by 10 * 219 / 255.
+  # Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255: a step of 10 in R, G and B moves Y by
+  # 10 * 219 / 255.
   assert rows_y[0]["psnr"] == pytest.approx(10 * np.log10(255 ** 2 / (10 * 219 / 255) ** 2))
+  assert [r["channel"] for r in rows + rows_y] == ["RGB", "RGB", "Y", "Y"]
+
+
+def _noisy(clean, sigma, seed):
+  noise = np.random.default_rng(seed).normal(0, sigma, clean.shape)
+  return np.clip(np.round(clean + noise), 0, 255).astype(np.uint8)
+
+
+def test_a_grey_pair_is_scored_on_its_grey_plane_as_evaluation_scores_it(tmp_path):
+  from skimage import data
+  clean = data.camera()
+  noisy = _noisy(clean, 10, 7)
+  _png(str(tmp_path / "ref" / "camera.png"), clean)   # grey files (PIL mode L)
+  _png(str(tmp_path / "out" / "camera.png"), noisy)
+  as_rgb = lambda x: np.repeat(x[..., None], 3, axis=-1)
+  _png(str(tmp_path / "ref" / "rgb.png"), as_rgb(clean))  # RGB files with R == G == B
+  _png(str(tmp_path / "out" / "rgb.png"), as_rgb(noisy))
+  mse = np.mean((noisy.astype(np.float64) - clean) ** 2)
+  grey_psnr = 10 * np.log10(255 ** 2 / mse)
+  y_psnr = metrics.psnr(as_rgb(noisy), as_rgb(clean), y_channel=True)
+  # Y of equal channels is 16 + 219/255 v: every error shrinks by 219/255, +1.32 dB.
+  assert y_psnr - grey_psnr == pytest.approx(20 * np.log10(255 / 219))
+  for y_channel in (True, False):
+    rows, mean = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
+                                           crop_border=4, y_channel=y_channel)
+    want = evaluate.score(as_rgb(noisy), as_rgb(clean), 4, gray=True)
+    for row in rows:
+      assert row["channel"] == "grey"
+      assert row["psnr"] == pytest.approx(want["psnr_y"], abs=1e-12)
+      assert row["ssim"] == pytest.approx(want["ssim_y"], abs=1e-12)
+      assert row["psnr"] == pytest.approx(metrics.psnr(noisy, clean, 4), abs=1e-12)
+  assert rows[0]["psnr"] == pytest.approx(28.244, abs=1e-3)   # its Y: 29.566 (+1.32 dB)
+  assert rows[0]["ssim"] == pytest.approx(0.6083, abs=1e-4)   # its Y: 0.6499
+  assert metrics.psnr(as_rgb(noisy), as_rgb(clean), 4) == pytest.approx(29.566, abs=1e-3)
+  # Uncropped, the grey-plane figure is the plain grey PSNR, and not the Y one.
+  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+  assert rows[0]["psnr"] == pytest.approx(grey_psnr) and abs(rows[0]["psnr"] - y_psnr) > 1.3
+  # One grey image against a colour one is a colour pair: Y as before.
+  _png(str(tmp_path / "ref" / "rgb.png"), data.astronaut()[:512, :512])
+  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+  assert [r["channel"] for r in rows] == ["grey", "Y"]
+  assert rows[1]["psnr"] == pytest.approx(
+      metrics.psnr(as_rgb(noisy), data.astronaut()[:512, :512]))
+  proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref")
+  assert proc.returncode == 0, proc.stderr
+  assert f"camera                       {rows[0]['psnr']:.2f}" in proc.stdout
+  assert "1 of 2 pair(s) grey: scored on the grey plane" in proc.stdout
+
+
+def test_identical_pairs_are_left_out_of_the_mean_psnr_and_counted(tmp_path):
+  from skimage import data
+  clean = data.astronaut()[:128, :160]
+  noisy = _noisy(clean, 5, 8)
+  for name, out in (("a", clean), ("b", noisy), ("c", clean)):
+    _png(str(tmp_path / "ref" / f"{name}.png"), clean)
+    _png(str(tmp_path / "out" / f"{name}.png"), out)
+  rows, mean = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+  assert [r["psnr"] for r in rows][::2] == [float("inf")] * 2
+  assert rows[1]["psnr"] == pytest.approx(metrics.psnr(noisy, clean)) and rows[1]["psnr"] < 40
+  assert mean["psnr"] == rows[1]["psnr"] and mean["identical"] == 2
+  assert mean["ssim"] == pytest.approx((2 + rows[1]["ssim"]) / 3)
+  text = restoration.format_scores(rows, mean)
+  assert f"mean (3 images)              {rows[1]['psnr']:.2f}" in text
+  assert "2 of 3 pair(s) identical (PSNR inf): the mean PSNR is over the other 1" in text
+  os.remove(tmp_path / "out" / "b.png")
+  rows, mean = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
+                                         err=io.StringIO())
+  assert mean["psnr"] == float("inf") and mean["identical"] == 2
+  assert "all 2 pair(s) identical" in restoration.format_scores(rows, mean)
+
+
+def test_score_refuses_a_float_image_in_one_line_writing_nothing(tmp_path):
+  from skimage import data
+  clean = data.camera()[:64, :64]
+  _png(str(tmp_path / "ref" / "a.png"), clean)
+  os.makedirs(tmp_path / "out")
+  Image.fromarray(clean.astype(np.float32) / 255).save(tmp_path / "out" / "a.tif")  # 0..1
+  proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref",
+              f"--csv={tmp_path}/s.csv")
+  assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+  assert f"cannot read image {tmp_path}/out/a.tif: its samples are floating-point" in proc.stderr
+  assert "8- or 16-bit" in proc.stderr and not (tmp_path / "s.csv").exists()
 
 
 def _run(script, *args):

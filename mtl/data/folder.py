@@ -23,9 +23,10 @@ dataset whose folder changed since it was built is an error (see `check_fingerpr
 
 Reading rules, shared with the benchmark loaders: png, jpg/jpeg, bmp, tif/tiff, webp (any case);
 hidden files (names starting with '.') are skipped; grey and palette images become RGB, alpha is
-dropped (not composited), 16-bit images (grey or colour) are scaled to 8 bits as
-round(v * 255 / 65535) (`to_8bit`: MATLAB's im2uint8), the first frame of a multi-frame
-file is used and EXIF orientation is ignored (as MATLAB's imread does).
+dropped (not composited), 16-bit images (grey, grey + alpha or colour) are scaled to 8 bits as
+round(v * 255 / 65535) (`to_8bit`: MATLAB's im2uint8), 32-bit integer and floating-point images
+are refused (their range, 0..1, 0..255 or 0..65535, is not in the file), the first frame of a
+multi-frame file is used and EXIF orientation is ignored (as MATLAB's imread does).
 """
 import hashlib
 import os
@@ -95,44 +96,80 @@ _LOW_BYTES = {f"{mode};16{order}": f"{mode};16{swapped}" for mode in ("RGB", "RG
               for order, swapped in _SWAPPED.items()}
 
 
+def _rawmode(args):
+  """A tile's decoder rawmode (its args are the rawmode or a tuple starting with it)."""
+  return args if isinstance(args, str) else args[0]
+
+
 def _low_bytes_args(args):
   """A tile's decoder args with its 16-bit colour rawmode byte-swapped; None for another."""
-  rawmode = args if isinstance(args, str) else args[0]
+  rawmode = _rawmode(args)
   if rawmode not in _LOW_BYTES:
     return None
   return _LOW_BYTES[rawmode] if isinstance(args, str) else (_LOW_BYTES[rawmode], *args[1:])
 
 
+def _retile(tiles, args_of):
+  """`tiles` with each one's decoder args replaced by args_of(args)."""
+  # A tile is (decoder, extents, offset, args): a tuple before Pillow 11, a NamedTuple since.
+  return [t._replace(args=args_of(t[3])) if hasattr(t, "_replace") else (*t[:3], args_of(t[3]))
+          for t in tiles]
+
+
 def _colour_16bit(image, handle):
   """(H, W, 3) uint16 samples of a 16-bit RGB / RGBA image not yet loaded (alpha dropped), else
   None; `handle` is its file, opened again for the low bytes."""
-  # A tile is (decoder, extents, offset, args): a tuple before Pillow 11, a NamedTuple since.
   if image.mode not in ("RGB", "RGBA") or not image.tile or any(
       _low_bytes_args(t[3]) is None for t in image.tile):
     return None
   high = np.asarray(image)[..., :3].astype(np.uint16)
   handle.seek(0)
   with _open(handle) as again:
-    again.tile = [t._replace(args=_low_bytes_args(t[3])) if hasattr(t, "_replace")
-                  else (*t[:3], _low_bytes_args(t[3])) for t in again.tile]
+    again.tile = _retile(again.tile, _low_bytes_args)
     return high << 8 | np.asarray(again)[..., :3]
 
 
+def _grey_alpha_16bit(image):
+  """(H, W) uint16 grey samples of a 16-bit grey + alpha PNG not yet loaded, else None."""
+  # Pillow decodes it as RGBA from rawmode 'LA;16B', keeping the high bytes; read as 8-bit RGBA,
+  # each pixel's four bytes (grey high, grey low, alpha high, alpha low) land in R, G, B, A.
+  if image.mode != "RGBA" or not image.tile or any(
+      _rawmode(t[3]) != "LA;16B" for t in image.tile):
+    return None
+  image.tile = _retile(image.tile, lambda args: "RGBA" if isinstance(args, str)
+                       else ("RGBA", *args[1:]))
+  pixels = np.asarray(image).astype(np.uint16)
+  return pixels[..., 0] << 8 | pixels[..., 1]
+
+
+def _grey_samples(image):
+  """The samples of a Pillow 'I*' or 'F' (one-channel, more than 8-bit) image as 16-bit values;
+  ValueError for 32-bit integer and float samples, whose range the file does not give."""
+  rawmodes = sorted({_rawmode(t[3]) for t in image.tile})
+  if image.mode.startswith("I;16") or (
+      image.mode == "I" and rawmodes and all(r.startswith("I;16") for r in rawmodes)):
+    return np.asarray(image)   # "I" with 16-bit rawmodes: older Pillows' 16-bit grey PNGs
+  kind = "floating-point" if image.mode == "F" else "32-bit integer"
+  raise ValueError(f"its samples are {kind} (Pillow mode {image.mode}"
+                   f"{', ' + '/'.join(rawmodes) if rawmodes else ''}), whose range (0..1? "
+                   "0..255? 0..65535?) the file does not say: save it as an 8- or 16-bit image "
+                   "(PNG, TIFF, ...)")
+
+
 def read_rgb(path):
-  """The image at `path` as uint8 (H, W, 3) RGB; ValueError naming the path if it can't be read."""
+  """The image at `path` as uint8 (H, W, 3) RGB; ValueError naming the path if it can't be read
+  or its samples have no fixed range (32-bit integer or float)."""
   try:
     with epath.Path(path).open("rb") as handle, _open(handle) as image:
-      if image.mode.startswith("I"):   # 16/32-bit grey: scale the 16-bit range to 8 bits
-        array = np.asarray(image)
-        if image.mode.startswith("I;16") or array.max() > 255:
-          array = to_8bit(array)
-        return np.repeat(np.clip(array, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+      if image.mode.startswith("I") or image.mode == "F":   # 16-bit grey; others refused
+        grey = to_8bit(np.clip(_grey_samples(image), 0, 65535))
+        return np.repeat(grey[..., None], 3, axis=-1)
+      grey = _grey_alpha_16bit(image)
+      if grey is not None:
+        return np.repeat(to_8bit(grey)[..., None], 3, axis=-1)
       colour = _colour_16bit(image, handle)
       if colour is not None:
         return to_8bit(colour)
-      if image.mode == "F":
-        array = np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
-        return np.repeat(array[..., None], 3, axis=-1)
       return np.asarray(image.convert("RGB"))   # grey, palette, RGBA (alpha dropped), CMYK ...
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
     raise ValueError(f"cannot read image {path}: {error}") from None

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 
 from mtl.degradations.common import _HIGHEST
+from mtl.metrics import LUMA  # one home: scoring takes grey images' plane with the same weights
 
 
 def add_noise(key, hr, sigma, quantize=False):
@@ -12,9 +13,6 @@ def add_noise(key, hr, sigma, quantize=False):
   if quantize:
     noisy = jnp.round(noisy)
   return jnp.clip(noisy, 0.0, 255.0)
-
-
-LUMA = (0.299, 0.587, 0.114)   # ITU-R BT.601, as MATLAB's rgb2gray and JPEG's Y
 
 
 def to_gray(hr):
