@@ -486,3 +486,24 @@ def test_step_uncertainty_weighting_trains_log_vars():
   w = 1 / (2 * np.exp(s))
   _body_close(grads["body"], [sum(wt * t[l] for wt, t in zip(w, per_task))
                               for l in range(len(per_task[0]))], STEP_TOL)
+
+
+def test_small_gradients_keep_upgrad_and_cagrad_scale_free():
+  # A conflicting J with ||J||_F^2 = 1e-6 (per-layer Gramians reach 1e-4 in a real study; with
+  # TorchJD's absolute 1e-4 both would be the mean there): the same weights as at scale 1.
+  j = np.array([[1.0, 0.2, -0.3], [-0.8, 0.5, 0.1], [0.2, -0.9, 0.4]])
+  g = j @ j.T / np.trace(j @ j.T)
+  with jax.enable_x64(True):
+    for name in ("upgrad", "cagrad"):
+      at_one = np.asarray(jitted(name, weighting=True)(jnp.asarray(g)))
+      small = np.asarray(jitted(name, weighting=True)(jnp.asarray(1e-6 * g)))
+      assert not np.allclose(at_one, 1 / 3, atol=1e-3), (name, at_one)
+      np.testing.assert_allclose(small, at_one, rtol=1e-9, err_msg=name)
+    zero = np.asarray(jitted("upgrad", weighting=True)(jnp.zeros((3, 3))))
+    np.testing.assert_allclose(zero, 1 / 3)  # a zero J: the mean
+
+
+def test_gradvac_with_one_task_is_the_task_itself():
+  weights, state = agg.get_weighting("gradvac")(jnp.eye(1), agg.init("gradvac", 1, jnp.float32),
+                                                key=jax.random.key(0))
+  assert np.asarray(weights).tolist() == [1.0] and state.shape == (1, 1)

@@ -18,12 +18,13 @@ def mean_weighting():
   return lambda g: jnp.full(g.shape[0], 1.0 / g.shape[0], g.dtype)
 
 
-def upgrad_weighting(pref_vector=None, norm_eps=1e-4, reg_eps=1e-4):
+def upgrad_weighting(pref_vector=None, norm_eps=0.0, reg_eps=1e-4):
   """UPGrad (Quinton & Rey 2024): sum over tasks i of the dual-cone projection weights of J^T u_i.
 
   Projection of J^T u onto the dual cone of the rows of J has weights v = argmin v^T G v s.t.
   v >= u (their Prop. 1), solved on G / tr(G) + reg_eps I as TorchJD's quadprog projector does;
-  here with `solve_nonneg_qp` on z = v - u (exact active set).
+  here with `solve_nonneg_qp` on z = v - u (exact active set). A trace <= norm_eps counts as a
+  zero Gramian (the mean weights); TorchJD's 1e-4 is absolute, so the default is 0 (scale-free).
   """
   def weighting(g):
     t = g.shape[0]
@@ -107,13 +108,16 @@ def cagrad_weighting(c=0.5, norm_eps=1e-4, bisection_steps=64):
   w(nu) = argmin 1/2 w^T G w + (nu / (c|g0|)) w^T G 1/T (the variational form of the norm; the
   derivative of the partial minimum is monotone in nu, so bisection on nu is exact). Accuracy:
   nu to 2^-bisection_steps of max_i |g_i| (below float64 rounding at the default), QPs exact.
+  As TorchJD: the update is the paper's d = g0 + sqrt(phi) g_w / |g_w| (LibMTL's default rescale
+  divides it by 1 + c^2, a constant factor), and where |g_w| < norm_eps on the normalised
+  Gramian (about Pareto-stationary) the weights are zero.
   """
   if c < 0:
     raise ValueError(f"cagrad c={c}; valid: c >= 0")
 
   def weighting(g):
     t = g.shape[0]
-    gn = _normalize(g, norm_eps)
+    gn = _normalize(g)  # scale-free; norm_eps is the Pareto test on the normalised |g_w|
     ones = jnp.full(t, 1.0 / t, g.dtype)
     b = gn @ ones
     sqrt_phi = c * jnp.sqrt(jnp.maximum(ones @ b, 0.0))
@@ -216,6 +220,8 @@ def gradvac_weighting(beta=0.5, eps=1e-8):
 
   def weighting(g, state, key=None, order=None):
     t = g.shape[0]
+    if t == 1:  # no other task to align with
+      return jnp.ones(1, g.dtype), state
     order = _orders(key, t, t - 1) if order is None else jnp.asarray(order)
     diag_sqrt = jnp.sqrt(jnp.maximum(jnp.diag(g), 0.0))
 
