@@ -117,6 +117,15 @@ class Writer:
                                   start_time_secs=time.time() if start_time is None else start_time)
     self._add(0, list(proto.value))
 
+  def restart(self, step):
+    """Mark a resumed run's start at `step`: TensorBoard's Python loader (and read_scalars)
+    drops the points written before the mark at steps >= `step` (a killed attempt's)."""
+    self._add(step, [])  # a closed writer refuses
+    if self._writer is not None:
+      self._writer.add_event(event_pb2.Event(
+          wall_time=time.time(), step=int(step),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
   def flush(self):
     if self._writer is not None and not self._closed:
       self._writer.flush()

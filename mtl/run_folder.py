@@ -1,7 +1,8 @@
 """A run's folder (its workdir): the names of what a run writes there, its saved config, and a
 state from parameters. Every other module asks here for a path or a config of a run.
 
-  config.json    the run's config (written once; a restart with a different config is refused)
+  config.json    the run's config in force (a restart with a different config is refused, but
+                 for RESUMABLE_FIELDS)
   train.log      the output of every attempt        metrics.jsonl  one JSON line per logged step
   checkpoints/   orbax steps                         events/        TensorBoard
   conflicts/     the conflict store                  compute.json   wall time and throughput
@@ -13,8 +14,9 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from mtl import checkpoints, files
+from mtl import checkpoints, files, optim
 from mtl.step import TrainState
 
 CONFIG_FILE = "config.json"
@@ -32,7 +34,8 @@ ANALYSIS_DIR = "analysis"
 ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
              COMPUTE_FILE, RESULTS_FILE, LOCK_FILE, ANALYSIS_DIR + "/", DIVERGED_FILE)
 # Fields that may change between a run and its resumption: they do not change what is learned
-# (model.remat, model.body_calls and model.scan_unroll: how the same step is computed).
+# (model.remat, model.body_calls and model.scan_unroll: how the same step is computed);
+# total_steps only where the lr schedule does not depend on it (check_total_steps).
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
                     "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls",
                     "model.scan_unroll")
@@ -91,25 +94,54 @@ def check_config(workdir, config_dict, defaults=None):
   if not os.path.exists(path):
     return False
   saved = files.read_json(path)
-  if checkpoints.latest_saved_step(workdir) is None:
+  latest = checkpoints.latest_saved_step(workdir)
+  if latest is None:
     return bool(files.differences(saved, config_dict))
   added = files.refuse_changes(f"workdir {workdir}", saved, config_dict, RESUMABLE_FIELDS,
                             "a run with a different config",
                             "use a new --workdir or the same config to resume",
                             defaults=defaults)
+  check_total_steps(workdir, latest, saved.get("total_steps"), config_dict)
   if added:
     print(f"{path} predates the config fields {files.field_list(added)}: resuming with their "
           "current values", flush=True)
   return False
 
 
+def check_total_steps(workdir, latest, saved_steps, config_dict):
+  """Refuse (one line) a resume at step `latest` whose total_steps differs from the saved
+  config's `saved_steps` where the lr schedule depends on it (cosine, step: their lr at every
+  later step would change), or is below `latest` (that step would be evaluated on every rerun)."""
+  steps = config_dict["total_steps"]
+  if saved_steps is not None and steps != saved_steps:
+    optim_cfg = ml_collections.ConfigDict(config_dict["optim"])  # not resumable: the saved one
+    old, new = (optim.schedule_args(optim_cfg, n) for n in (saved_steps, steps))
+    if any(not np.array_equal(old[k], new[k]) for k in old):
+      raise ValueError(f"total_steps={steps}: the run in {workdir} has total_steps="
+                       f"{saved_steps}, and its {optim_cfg.schedule} lr schedule depends on it "
+                       f"(the lr of every later step would change); resume with total_steps="
+                       f"{saved_steps}, or use a new --workdir")
+  if steps < latest:
+    raise ValueError(f"total_steps={steps} is below step {latest}, the latest checkpoint in "
+                     f"{workdir}; valid: total_steps >= {latest}")
+
+
 def check_or_write_config(workdir, config_dict, defaults=None):
   """First start: save the config. Restart: refuse a different config (one clear line); a run
-  that never saved a step takes the new config (its old one is replaced, and said so)."""
+  that never saved a step takes the new config (its old one is replaced, and said so); a resume
+  that changes resumable fields says which, and config.json then holds the config in force."""
   path = os.path.join(workdir, CONFIG_FILE)
   replace = check_config(workdir, config_dict, defaults)
   if replace:
     print(f"{path}: replacing the config of a run that never saved a step", flush=True)
+  elif os.path.exists(path):
+    saved = files.read_json(path)
+    changed = [k for k in files.differences(saved, config_dict) if k in files.flatten(saved)]
+    if changed:
+      print(f"resuming with changed fields: {files.show_changes(saved, config_dict, changed)}; "
+            f"{path} records them", flush=True)
+    # fields the saved config predates too: launch/analyze.py reads the config in force
+    replace = bool(files.differences(saved, config_dict))
   if replace or not os.path.exists(path):
     files.write_json(path, config_dict)
 

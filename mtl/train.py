@@ -127,6 +127,9 @@ def train_and_evaluate(config, workdir):
       if lock.stale:
         print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
               flush=True)
+      earlier = run_folder.read_results(workdir)
+      if earlier is not None and earlier.get("step") != config.total_steps:
+        _keep_results(workdir, earlier)  # before the config is updated: a refusal changes nothing
       run_folder.check_or_write_config(workdir, config.to_dict(),
                                        run_defaults.config_defaults())
       if os.path.exists(diverged):  # an earlier attempt's: this one records its own outcome
@@ -147,6 +150,20 @@ def train_and_evaluate(config, workdir):
   finally:
     if is_writer:
       lock.release()
+
+
+def _keep_results(workdir, earlier):
+  """Move the final results of a run's earlier end (a run extended past it) to the name of an
+  evaluation during training, so this run's final results replace nothing."""
+  path = os.path.join(workdir, run_folder.RESULTS_FILE)
+  kept = os.path.join(workdir, run_folder.results_name(earlier["step"], final=False))
+  if os.path.exists(kept) and files.read_json(kept) != earlier:
+    raise ValueError(f"{path} (step {earlier['step']}) would be kept as {kept}, which holds "
+                     "other results; move one of them away to extend the run")
+  os.replace(path, kept)
+  files.fsync_dir(workdir)
+  print(f"kept the results of step {earlier['step']} as {kept}: the run goes on to a new end",
+        flush=True)
 
 
 def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
@@ -193,6 +210,17 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
 
     writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
     writer.hparams(hparams_of(config), trial_id=os.path.basename(workdir))
+    if start:  # a killed attempt's points past the checkpoint are logged again from here
+      writer.restart(start + 1)
+    missing = os.path.join(workdir, run_folder.results_name(start, final=False))
+    if (start and config.eval_every and start % config.eval_every == 0
+        and start < config.total_steps and not os.path.exists(missing)):
+      # the attempt that saved this step stopped before evaluating it (the save comes first)
+      if is_writer:
+        print(f"evaluating step {start}: the attempt that saved it stopped before its "
+              "evaluation", flush=True)
+      evaluate.evaluate(run.model, state.params, config, testsets, workdir, start, writer,
+                        ema_params=state.ema_params)
     progress = progress_lib.Progress(config.total_steps, start, every=config.log_every)
     # Host crops built ahead by the pipeline's threads, copied onto the devices ahead by
     # DevicePrefetch's; the time the loop still waits for a batch is logged as data_wait.
@@ -344,6 +372,7 @@ def _record_compute(workdir, run, config, final_step, seconds):
   if config.schedule == "one":  # one task per step: the tasks' mean
     per_step /= len(scales)
   files.write_json(path, {
+      **previous,  # fields others own: the launcher's program counts over the attempts
       "steps": final_step, "images_seen": final_step * per_step_images,
       "flops_per_step": per_step, "train_flops": per_step * final_step,
       "flops_counted_by": run_folder.FLOPS_COUNTED_BY,

@@ -73,6 +73,27 @@ def test_writer_errors(tmp_path):
   assert len(os.listdir(tmp_path)) == 1
 
 
+def test_a_restart_drops_the_points_an_earlier_attempt_wrote_past_it(tmp_path):
+  logdir = str(tmp_path / "events")
+  with events.Writer(logdir) as killed:  # checkpointed at 2, killed after logging 3 and 4
+    for step in (1, 2, 3, 4):
+      killed.scalars(step, {"train/loss": 10.0 + step})
+  with events.Writer(logdir) as resumed:  # one file: the order of the events is certain
+    resumed.restart(3)
+    resumed.scalars(4, {"train/loss": 4.0})
+  # the first file is read first (TensorBoard sorts them by name: their creation time)
+  first, second = sorted(os.listdir(logdir))
+  os.rename(os.path.join(logdir, second), os.path.join(logdir, first + "0"))
+  acc = read_events(logdir)
+  assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 11.0), (2, 12.0),
+                                                                     (4, 4.0)]
+  assert [list(x) for x in events.read_scalars(logdir, "train/loss")] == [[1, 2, 4],
+                                                                          [11.0, 12.0, 4.0]]
+  disabled = events.Writer(str(tmp_path / "none"), enabled=False)
+  disabled.restart(3)
+  assert not (tmp_path / "none").exists()
+
+
 def test_hparams_read_back(tmp_path):
   logdir = str(tmp_path / "events")
   values = {"lr": 3e-3, "seed": 1, "regime": "joint", "tasks": "sr_x2,derain", "fresh": True}

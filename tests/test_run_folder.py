@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import files, run_defaults, run_folder, run_state
+from mtl import files, optim, run_defaults, run_folder, run_state
 
 
 def test_results_names():
@@ -44,6 +44,55 @@ def test_a_resume_takes_a_newer_field_only_at_its_default(tmp_path, capsys):
   with pytest.raises(ValueError, match=r"holds a run with a different config: data.step_offset "
                                        r"\(absent -> 600\); use a new --workdir"):
     run_folder.check_config(str(tmp_path), config.to_dict(), defaults)
+
+
+def _saved_run(tmp_path, schedule, total_steps=800, latest=400):
+  """A workdir whose run (tiny.py with this lr schedule) saved step `latest`; its config."""
+  config = tiny.get_config()
+  config.optim.schedule, config.total_steps = schedule, total_steps
+  files.write_json(str(tmp_path / run_folder.CONFIG_FILE), config.to_dict())
+  (tmp_path / "checkpoints" / str(latest)).mkdir(parents=True)
+  return config
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step"])
+def test_a_resume_may_not_change_total_steps_that_the_lr_schedule_depends_on(tmp_path, schedule):
+  config = _saved_run(tmp_path, schedule)
+  # why: the lr of every step after the resume would change (step 400 of 800, or of 1600)
+  lrs = [optim.make_optimizer(config.optim, n)[1](400) for n in (800, 1600)]
+  assert lrs == pytest.approx({"cosine": [1.670e-3, 2.642e-3], "step": [1.5e-3, 3e-3]}[schedule],
+                              abs=1e-6)
+  config.total_steps = 1600
+  with pytest.raises(ValueError) as error:
+    run_folder.check_config(str(tmp_path), config.to_dict(), run_defaults.config_defaults())
+  assert str(error.value) == (
+      f"total_steps=1600: the run in {tmp_path} has total_steps=800, and its {schedule} lr "
+      "schedule depends on it (the lr of every later step would change); resume with "
+      "total_steps=800, or use a new --workdir")
+  config.total_steps = 800
+  assert run_folder.check_config(str(tmp_path), config.to_dict()) is False
+
+
+def test_a_constant_lr_run_may_change_total_steps_but_not_below_its_saved_step(tmp_path,
+                                                                              capsys):
+  config = _saved_run(tmp_path, "constant")
+  config.total_steps, config.eval_every = 1600, 200
+  run_folder.check_or_write_config(str(tmp_path), config.to_dict(),
+                                   run_defaults.config_defaults())
+  assert capsys.readouterr().out == (
+      "resuming with changed fields: eval_every (0 -> 200), total_steps (800 -> 1600); "
+      f"{tmp_path}/config.json records them\n")
+  saved = run_folder.read_config(str(tmp_path))  # the config in force, as analyze.py reads it
+  assert (saved.total_steps, saved.eval_every) == (1600, 200)
+  assert saved.to_dict() == config.to_dict()
+  config.total_steps = 399
+  with pytest.raises(ValueError, match=rf"^total_steps=399 is below step 400, the latest "
+                                       rf"checkpoint in {tmp_path}; valid: total_steps >= 400$"):
+    run_folder.check_or_write_config(str(tmp_path), config.to_dict())
+  assert run_folder.read_config(str(tmp_path)).total_steps == 1600  # nothing written
+  config.total_steps = 400  # ends at its saved step: evaluates it
+  run_folder.check_or_write_config(str(tmp_path), config.to_dict())
+  assert "total_steps (1600 -> 400)" in capsys.readouterr().out
 
 
 def test_missing_config_and_bad_sources_are_one_line(tmp_path):

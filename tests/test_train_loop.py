@@ -120,11 +120,19 @@ def test_the_run_ends_with_its_conflict_verdicts_and_where_to_read_more(straight
                               f"--workdir={workdir}")
 
 
-def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path):
+def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path, capsys):
   workdir = str(tmp_path / "resumed")
-  train.train_and_evaluate(_config(total_steps=2), workdir)  # "interrupted" after step 2
+  first = train.train_and_evaluate(_config(total_steps=2), workdir)  # "interrupted" after step 2
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
   train.train_and_evaluate(_config(), workdir)               # same command, longer budget
+  # The first end's results are kept under their step's name, said so; config.json is in force.
+  kept = os.path.join(workdir, run_folder.results_name(2, final=False))
+  assert files.read_json(kept) == json.loads(json.dumps(first)) and first["step"] == 2
+  assert files.read_json(os.path.join(workdir, run_folder.RESULTS_FILE))["step"] == 4
+  out = capsys.readouterr().out
+  assert f"kept the results of step 2 as {kept}: the run goes on to a new end" in out
+  assert "resuming with changed fields: total_steps (2 -> 4)" in out
+  assert run_folder.read_config(workdir).total_steps == 4
   config = _config()
   resumed, step = _params(workdir, config)
   straight, _ = _params(straight_run[0], config)
@@ -299,6 +307,53 @@ def test_a_different_config_is_refused_and_nothing_is_touched(straight_run):
   with pytest.raises(ValueError, match=r"different config: tasks"):
     train.train_and_evaluate(_config(tasks=("denoise_30", "derain")), workdir)
   assert _snapshot(workdir) == before
+
+
+def test_total_steps_below_the_saved_step_is_refused_and_nothing_is_touched(straight_run):
+  workdir = straight_run[0]
+  before = _snapshot(workdir)
+  with pytest.raises(ValueError, match=r"^total_steps=3 is below step 4, the latest checkpoint"):
+    train.train_and_evaluate(_config(total_steps=3), workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_a_resume_evaluates_the_saved_step_its_attempt_never_evaluated(straight_run, tmp_path,
+                                                                       capsys):
+  """An attempt (total_steps=8, eval_every=4) that died evaluating step 4, after saving it: the
+  straight run's folder without its results. Its resume evaluates step 4 first, keeps the
+  launcher's compile counts in compute.json, and drops the killed attempt's later points."""
+  import shutil
+  import time
+  workdir = str(tmp_path / "eval_lost")
+  shutil.copytree(straight_run[0], workdir)
+  os.remove(os.path.join(workdir, run_folder.RESULTS_FILE))
+  compute_path = os.path.join(workdir, run_folder.COMPUTE_FILE)
+  earlier = files.read_json(compute_path)
+  launcher = {"programs_compiled": 3, "programs_loaded": 2, "compiled_programs": {"step": 3}}
+  files.write_json(compute_path, {**earlier, **launcher})  # as launch/train.py adds them
+  with events.Writer(os.path.join(workdir, "events")) as killed:  # logged after step 4's save
+    killed.scalars(5, {"train/loss/total": 1e9})
+  time.sleep(1.1)  # event files are read in name order: their creation time, in seconds
+  train.train_and_evaluate(_config(total_steps=8, eval_every=4), workdir)
+  out = capsys.readouterr().out
+  assert "evaluating step 4: the attempt that saved it stopped before its evaluation" in out
+  # Every result file an uninterrupted run with eval_every=4 has, and TensorBoard's once each.
+  assert sorted(n for n in os.listdir(workdir) if n.startswith("results")) == [
+      "results-000000004.json", "results.json"]
+  at_4 = files.read_json(os.path.join(workdir, "results-000000004.json"))
+  assert at_4["step"] == 4
+  assert at_4["tasks"] == json.loads(json.dumps(straight_run[1]["tasks"]))  # step 4's params
+  steps, psnr = events.read_scalars(os.path.join(workdir, "events"), "eval/sr_x2/photos/psnr_y")
+  assert list(steps) == [4, 8] and psnr[0] == pytest.approx(at_4["tasks"]["sr_x2"]["photos"][
+      "psnr_y"])
+  steps, loss = events.read_scalars(os.path.join(workdir, "events"), "train/loss/total")
+  straight_steps, straight_loss = events.read_scalars(os.path.join(straight_run[0], "events"),
+                                                      "train/loss/total")
+  assert list(steps) == [2, 4, 6, 8] and 1e9 not in loss  # step 5's point is gone
+  np.testing.assert_array_equal(loss[:2], straight_loss)  # steps up to the checkpoint kept
+  compute = files.read_json(compute_path)
+  assert {k: compute[k] for k in launcher} == launcher
+  assert compute["steps"] == 8 and compute["wall_seconds"] > earlier["wall_seconds"]
 
 
 def test_bad_task_exits_with_one_line(tmp_path):
