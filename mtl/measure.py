@@ -81,6 +81,8 @@ def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10
                                       names=run.model.task_names))
     images = sources.open_images(config.data, "train")
     pairs = pipeline.load_pairs(config.data.get("pairs", ""), run.model.specs, config.data.cache_mb)
+    streaks = (pipeline.load_streak_layers(config.degrade.rain.streak_dir)  # as training had
+               if config.degrade.rain.streak_dir else None)
     layer_names, order = ipt.body_layer_order(params["body"])
     names = list(run.model.task_names)
     limit = max(num_batches, max_batches) if halfwidth > 0 else num_batches
@@ -88,7 +90,7 @@ def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10
     for step in range(first_step, first_step + limit):
       batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size,
                                       batch_size, config.seed, step, jax.process_index(),
-                                      jax.process_count(), pairs=pairs)
+                                      jax.process_count(), streaks=streaks, pairs=pairs)
       g = probe(params, sharding.to_global(batch, run.mesh), np.int32(step))
       steps.append(step)
       grams.append(np.asarray(jax.device_get(g))[np.asarray(order)])

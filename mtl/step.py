@@ -13,7 +13,9 @@ gradients, in the order [t0a, t0b, t1a, t1b, ...]; their sum is the update's bod
 With a probe batch of its own (config.conflicts.batch_size, `probe_gramians`), the probe step
 measures them instead on that fresh batch (the pipeline's 'probe:' entries, degradations in a
 stream of their own) at the parameters before the update, and the update is a plain step:
-the precision of the conflict figures and the training batch are chosen apart.
+the precision of the conflict figures and the training batch are chosen apart; and as it
+updates nothing, a contrastive loss term is taken per half, which keeps the halves independent
+(on the training batch its negatives span both halves, as the update's do).
 
 config.model.body_calls (`ModelConfig.body_mode`): the step's several body calls (the plain
 step's T tasks, the probe's 2T halves) run as one batched computation on GPUs and TPUs
@@ -129,7 +131,8 @@ def task_losses(model, loss_cfg, names, params, bodies, inputs, targets, scan=Fa
   return jnp.stack(per_task)
 
 
-def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets, scan=False):
+def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets, scan=False,
+                     independent_halves=False):
   """(T,) per-task losses, each the mean of its two halves' L1 losses; half h of task t (the
   rows h, h + 2, ... of its sub-batch) runs through the body on its own body parameters, number
   2 t + h of `bodies`: a list of 2T trees (2T body calls), or one tree whose every leaf stacks
@@ -141,7 +144,8 @@ def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets, sc
   sub-batch mean: the plain step's loss. The contrastive term, if any, is taken over the whole
   sub-batch's tokens as in the plain step (its negatives span both halves), so the update is
   unchanged but that term's half gradients are not independent (the noise floor assumes they
-  are; it is exact for the L1 term).
+  are; it is exact for the L1 term); with `independent_halves` (a probe batch that updates
+  nothing) it is the mean of the two halves' own terms, and the halves are independent.
   """
   split = lambda x: (x[0::2], x[1::2])  # strided: each device's shard splits locally
   merge = lambda a, b: jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])  # batch order
@@ -166,8 +170,9 @@ def half_task_losses(model, loss_cfg, names, params, bodies, inputs, targets, sc
     out = model.tail(params["tails"][name], spec.scale, res + feats[name])
     loss = sum(losses.l1(o, y) for o, y in zip(split(out), split(targets[name]))) / 2
     if loss_cfg.contrastive_weight > 0:
-      loss = loss + loss_cfg.contrastive_weight * losses.supervised_contrastive(
-          tokens, loss_cfg.temperature)
+      term = (lambda tok: losses.supervised_contrastive(tok, loss_cfg.temperature))
+      both = (term(tok_a) + term(tok_b)) / 2 if independent_halves else term(tokens)
+      loss = loss + loss_cfg.contrastive_weight * both
     per_task.append(loss)
   return jnp.stack(per_task)
 
@@ -202,7 +207,8 @@ def probe_gramians(params, batch, step, model, config, names, stream=_PROBE_STRE
   mode = model.cfg.body_mode()
   bodies = _half_bodies(params["body"], 2 * len(names), mode)
   g_body = jax.grad(lambda b: half_task_losses(model, config.loss, names, specific, b, inputs,
-                                               targets, mode == "scanned").sum())(bodies)
+                                               targets, mode == "scanned",
+                                               independent_halves=True).sum())(bodies)
   with jax.named_scope("gramians"):
     return 4.0 * gramians.leaf_gramians(_stacked(g_body), _gramian_chunk(config))  # x4: see _step
 

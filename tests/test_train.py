@@ -89,6 +89,37 @@ def test_probe_gramians_equal_independent_per_half_gradients(devices):
                                atol=1e-5)
 
 
+def test_a_probe_batch_takes_the_contrastive_term_per_half_so_the_halves_are_independent():
+  """With a contrastive loss term, half a's body gradient must not depend on half b's images
+  (the noise floor's premise): on a probe batch (which updates nothing) it does not; on the
+  training batch the term's negatives span both halves, as the update's do."""
+  config = _config(tasks=("sr_x2",))
+  config.model.patch_size = 24
+  config.data.batch_size = 4
+  config.loss.contrastive_weight = 0.1
+  run = run_state.build(config)
+  with jax.set_mesh(run.mesh):
+    params = jax.device_get(run.init_state().params)
+  specific = {k: v for k, v in params.items() if k != "body"}
+  x = np.random.default_rng(0).uniform(0, 255, (4, 24, 24, 3)).astype(np.float32)
+  y = np.random.default_rng(1).uniform(0, 255, (4, 48, 48, 3)).astype(np.float32)
+  other = x.copy()
+  other[1::2] = 255.0 - other[1::2]  # half b (rows 1, 3) changed, half a (rows 0, 2) kept
+
+  for independent in (True, False):
+    loss = lambda bodies, inputs: step_lib.half_task_losses(
+        run.model, config.loss, ["sr_x2"], specific, bodies, {"sr_x2": inputs},
+        {"sr_x2": jnp.asarray(y)}, independent_halves=independent).sum()
+    grad = jax.jit(jax.grad(loss))
+    same, changed = (np.concatenate([np.ravel(g) for g in jax.tree_util.tree_leaves(
+        grad([params["body"]] * 2, jnp.asarray(inputs))[0])]) for inputs in (x, other))
+    moved = np.abs(changed - same).max() / np.abs(same).max()
+    # independent: half a's rows go through the same float32 program (0.0 here; 1e-5 leaves
+    # room for a backend whose reductions are not bitwise repeatable); coupled: half b's tokens
+    # are half a's negatives, which moved its gradient by 2e-2 of its largest entry
+    assert (moved < 1e-5) if independent else (moved > 1e-3), (independent, moved)
+
+
 def test_probe_batch_gramians_equal_the_reference_probe_on_the_same_batch():
   """conflicts.batch_size: the probe step's Gramians come from the probe batch (at the
   parameters before the update) and equal the reference probe's (the training batch's halves)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import checkpoints, conflicts, events, files, flops, train
+from mtl import checkpoints, conflicts, events, files, flops, measure, train
 from mtl import progress as progress_lib
 from mtl import run_folder, run_state, sharding
 from mtl import step as step_lib
@@ -418,6 +418,15 @@ def test_a_probe_batch_of_its_own_is_measured_on_probe_steps_only(tmp_path):
   assert "probe batch of 4 fresh images per task (not trained on), every 2 steps" in out.getvalue()
   assert "fresh batches of 4/task" in record.window_label()
   assert [m["steps"] for m in _read_metrics(workdir)] == [2, 2]  # every step trained once
+
+
+def test_fresh_batches_degrade_with_the_real_rain_streaks_training_used(straight_run, tmp_path):
+  # The run's config names a streak folder: the measurement reads it (here an empty one, so the
+  # one-line refusal shows it is read) rather than measuring derain on procedural rain.
+  config = _config()
+  config.degrade.rain.streak_dir = str(tmp_path)
+  with pytest.raises(ValueError, match=f"no rain streak layers .* under {tmp_path}"):
+    measure.measure_conflicts(config, straight_run[0], num_batches=1, batch_size=2)
 
 
 def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path):
