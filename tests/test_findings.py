@@ -445,6 +445,24 @@ def test_an_arm_that_diverged_at_every_lr_leaves_its_seed_out_and_the_delta_unju
         "where the other arm trained; give the study lower lrs"), a.subject
 
 
+def test_a_seed_one_arm_has_not_trained_yet_leaves_the_delta_unjudged(tmp_path):
+  # Scratch derain's seed 2 failed at both lrs (no run, no dead end): a Δ over seeds 0 and 1
+  # would leave it out unsaid, with a verdict; it is not the comparison yet.
+  s = synthetic_study(str(tmp_path / "study"))
+  for lr in ("1e-3", "3e-3"):
+    for name in ("results.json", "DONE"):
+      os.remove(s.path(f"scratch-derain-lr{lr}-s2", name))
+  s = study_lib.Study.load(s.workdir)
+  record = next(r for r in tables.transfer_table(s).records
+                if (r["task"], r["regime"]) == ("derain", "finetune"))
+  assert record["n_pairs"] == 2 and not record["complete_sweeps"]
+  assert record["verdict"] == scores.UNLIKE[1]
+  answers = {a.subject: a for a in findings.build(s, tables.transfer_table(s), []).answers[2]}
+  assert answers["derain"].verdict.startswith(f"{findings.NOT_YET}: seed 2 has an lr sweep not "
+                                              "complete")
+  assert answers["sr_x2"].verdict == findings.NOT_ENOUGH  # every seed in both arms
+
+
 def test_the_deltas_say_which_arms_chose_an_lr_at_an_end_of_their_grid(tmp_path):
   # The synthetic grid (1e-3, 3e-3) with 1e-3 best on validation by 1 dB: every arm chose the
   # smallest lr, so the grid brackets no arm's best lr; a grid around 1e-3 brackets every one.

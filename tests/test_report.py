@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from mtl import conflicts, report, stats
+from mtl import conflicts, files, report, run_folder, stats
 from mtl.report import cells as table_cells
 from mtl.report import figures, findings, render, scores, tables
 from mtl import study as study_lib
@@ -522,3 +522,35 @@ def test_spearman_between_conflict_and_pairwise_transfer(tmp_path):
   assert table.records[0]["pairwise_transfer_db"] == pytest.approx(0.4)
   assert table.records[0]["pairwise_transfer_low"] == pytest.approx(transfer[
       "denoise_30~sr_x2"].low)
+
+
+def test_deltas_between_arms_of_unequal_budgets_get_no_verdict(tmp_path):
+  # Budget 'equal_images' matches scratch (8 steps) to joint (4) + fine-tune (4), not to the
+  # joint run alone: joint trained each task on 16 images, scratch on 32; a fine-tune 16 + 16.
+  s = synthetic_study(str(tmp_path / "study"), budget="equal_images",
+                      steps={"scratch": 0, "joint": 4, "finetune": 4, "pairs": 0, "groups": 0})
+  for spec in s.runs:
+    files.write_json(s.path(spec.name, run_folder.COMPUTE_FILE), {
+        "steps": spec.steps, "images_seen": 4 * spec.steps * len(spec.tasks),
+        "train_flops": 1e9 * spec.steps * len(spec.tasks)})
+  s = study_lib.Study.load(s.workdir)
+  scratch, joint, finetune = (scores.regime_scores(s, col, "sr_x2")
+                              for col in ("scratch", "joint", "finetune"))
+  assert (scratch.budgets, joint.budgets, finetune.budgets) == ([32.0] * 3, [16.0] * 3,
+                                                                [32.0] * 3)
+  assert scores.unequal_budgets(scratch, joint, ("scratch", "joint")) == (
+      "scratch trained sr_x2 on 32 images, joint on 16")
+  assert scores.unequal_budgets(scratch, finetune) == ""
+  main = {(r["task"], r["regime"]): r for r in tables.main_table(s).records
+          if r["test_set"] == "photos"}
+  transfer = tables.transfer_table(s)
+  for task in SCRATCH:
+    assert main[task, "joint"]["verdict_psnr"] == scores.UNLIKE[2]
+    iv = stats.paired_interval(SCRATCH[task], [_psnr("finetune", task, k) for k in range(3)])
+    assert main[task, "finetune"]["verdict_psnr"] == stats.verdict(iv)
+  assert any(n.startswith(tables.UNEQUAL_NOTE) and "sr_x2 joint: scratch trained sr_x2 on 32 "
+             "images, joint on 16." in n for n in transfer.notes)
+  # budget 'steps' equalizes nothing, and says so: its Δs keep their verdicts
+  plain = study_lib.Study(dict(s.config, budget="steps", steps=dict(s.config["steps"],
+                                                                    scratch=8)), s.workdir)
+  assert scores.regime_scores(plain, "joint", "sr_x2").budgets == []

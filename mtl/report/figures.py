@@ -137,6 +137,8 @@ def _row_label(answer):
   # a filled dot is no verdict where the arms are not compared alike, or where the question's
   # other Δs are counted (findings.family_verdicts): the label says so
   untuned = (" (lr sweeps incomplete)" if answer.verdict.startswith(findings.NOT_YET) else
+             " (unequal budgets)"
+             if answer.verdict.startswith(f"{findings.NO_VERDICT}: unequal budgets") else
              " (a seed left out: an arm diverged)"
              if answer.verdict.startswith(findings.NO_VERDICT) else
              " (not over the others: Holm)"

@@ -35,7 +35,8 @@ from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, remedies, tables
 from mtl.study.runs import pretraining_column
 from mtl.report.scores import (conflict_phases, final_conflicts, left_out, paired,
-                               primary_test_set, regime_scores, untuned_seeds)
+                               primary_test_set, regime_scores, unequal_budgets,
+                               untuned_seeds)
 
 QUESTIONS = ("Do the tasks conflict on the shared body?",
              "Does pre-train + fine-tune beat a tuned from-scratch run?",
@@ -319,8 +320,9 @@ def _columns_delta(study, task, a, b):
 def arms_verdict(a, b):
   """The verdict a Δ of RegimeScores b - a gets whatever its interval where its arms are not
   compared alike, else None: an arm diverged at every lr on a seed the other trained
-  (scores.left_out: the Δ leaves out the seed that arm lost outright), or a paired seed's lr
-  sweep is not complete (scores.untuned_seeds: one arm has tried fewer lrs)."""
+  (scores.left_out: the Δ leaves out the seed that arm lost outright), a paired seed's lr
+  sweep is not complete (scores.untuned_seeds: one arm has tried fewer lrs), or the arms trained
+  the task on budgets more than 1% apart (scores.unequal_budgets)."""
   dead = left_out(a, b)
   if dead:
     return f"{NO_VERDICT}: {dead}; give the study lower lrs"
@@ -330,6 +332,9 @@ def arms_verdict(a, b):
     return (f"{NOT_YET}: seed{'s' if many else ''} {', '.join(map(str, untuned))} "
             f"{'have' if many else 'has'} an lr sweep not complete, so the two are not tuned "
             "alike")
+  unequal = unequal_budgets(a, b, ("one arm", "the other"))
+  if unequal:
+    return f"{NO_VERDICT}: unequal budgets ({unequal})"
   return None
 
 

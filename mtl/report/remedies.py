@@ -39,7 +39,9 @@ def _paired(base, cell, s, metric):
   """(paired interval of cell - base over their common seeds or None, its text, verdict)."""
   iv = paired(base.by_seed(s, metric), cell.by_seed(s, metric))
   if not math.isfinite(iv.low):
-    return None, "–", "needs 2 seeds"
+    unlike = table_verdict(base, cell, iv)
+    return None, "–", (unlike if unlike in UNLIKE else "no spread between seeds"
+                       if iv.note == stats.NO_SPREAD else "needs 2 seeds")
   return (iv, f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]",
           table_verdict(base, cell, iv))
 

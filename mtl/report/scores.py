@@ -30,6 +30,10 @@ class RegimeScores:
   edges: list = dataclasses.field(default_factory=list)
   # per run: its validation lead over the next lr inward where it is at an end (Selection.lead)
   leads: list = dataclasses.field(default_factory=list)
+  # per run: what its training gave the task in the study's budget measure (task_budget);
+  # none under budget 'steps
+  budgets: list = dataclasses.field(default_factory=list)
+  budget_unit: str = "images"
 
   def by_seed(self, test_set, metric):
     """{seed: value} of the seeds scored on test_set."""
@@ -69,9 +73,13 @@ def paired(a, b, level=0.95):
 def untuned_seeds(a, b):
   """The seeds two RegimeScores both report where either one's lr sweep is incomplete: there
   the two are not tuned alike yet (one has tried fewer lrs), so a Δ over them is not the study's
-  fair comparison."""
-  both = {spec.seed for spec in a.runs} & {spec.seed for spec in b.runs}
-  return sorted(both & (a.incomplete_seeds() | b.incomplete_seeds()))
+  fair comparison; and the seeds one reports where the other has neither a run nor a dead end
+  (no lr of its sweep done yet: pending or failed), which a Δ would otherwise leave out
+  unsaid."""
+  have = lambda c: {spec.seed for spec in c.runs}
+  both = have(a) & have(b)
+  missing = (have(a) - have(b) - set(b.dead)) | (have(b) - have(a) - set(a.dead))
+  return sorted((both & (a.incomplete_seeds() | b.incomplete_seeds())) | missing)
 
 
 def dead_seeds(a, b):
@@ -93,15 +101,17 @@ def left_out(a, b):
 
 
 # A table's verdict of a Δ whose arms are not compared alike, whatever its interval: a seed left
-# out (left_out), or a paired seed's lr sweep not complete (untuned_seeds); a note says which.
-UNLIKE = ("no verdict: a seed left out", "not yet: lr sweeps incomplete")
+# out (left_out), a paired seed's lr sweep not complete (untuned_seeds), or the arms trained the
+# task on other budgets (unequal_budgets); a note says which.
+UNLIKE = ("no verdict: a seed left out", "not yet: lr sweeps incomplete",
+          "no verdict: unequal budgets")
 
 
 def table_verdict(a, b, iv):
   """The verdict a table gives the Δ b - a with paired interval `iv`: UNLIKE where its arms are
   not compared alike, else stats.verdict(iv)."""
   return (UNLIKE[0] if dead_seeds(a, b) else UNLIKE[1] if untuned_seeds(a, b)
-          else stats.verdict(iv))
+          else UNLIKE[2] if unequal_budgets(a, b) else stats.verdict(iv))
 
 
 def regime_columns(study):
@@ -132,7 +142,46 @@ def regime_scores(study, column, task):
       leads.append(chosen.lead)
     elif dead_end := study.dead_end(sweeps[seed]):
       dead[seed] = dead_end
-  return RegimeScores(task, runs, results, complete, dead, edges, leads)
+  flops = study.config["budget"] == "equal_flops"
+  # budget 'steps' equalizes nothing (the tables say so): its Δs are compared as set
+  budgets = ([task_budget(study, spec, flops) for spec in runs]
+             if study.config["budget"] != "steps" else [])
+  return RegimeScores(task, runs, results, complete, dead, edges, leads, budgets,
+                      "training FLOPs" if flops else "images")
+
+
+def task_budget(study, spec, flops=False):
+  """What a done run's training gave each of its tasks, from compute.json: images seen (or
+  training FLOPs), a multi-task run's total over its tasks (as budget 'equal_flops' charges
+  pre-training), plus, for a fine-tune, its starting run's; None where a compute.json lacks."""
+  compute = study.compute(spec.name)
+  if compute is None:
+    return None
+  own = compute["train_flops" if flops else "images_seen"] / len(spec.tasks)
+  if not spec.source:
+    return own
+  chosen = study.select(spec.source)
+  start = task_budget(study, chosen.run, flops) if chosen is not None else None
+  return None if start is None else own + start
+
+
+# Budgets within this share count as equal (equal_flops rounds scratch to whole steps).
+BUDGET_RTOL = 0.01
+
+
+def unequal_budgets(a, b, names=("scratch", "the other arm")):
+  """'scratch trained derain on 3,000 images, joint on 2,400' where two RegimeScores' chosen
+  runs gave the task budgets (the study's measure: mean over seeds) more than BUDGET_RTOL
+  apart: a Δ between them is not the comparison a budget-equalizing study makes; '' where
+  alike or not known (budget 'steps')."""
+  if None in a.budgets + b.budgets or not a.budgets or not b.budgets:
+    return ""
+  x, y = float(np.mean(a.budgets)), float(np.mean(b.budgets))
+  if abs(x - y) <= BUDGET_RTOL * max(x, y):
+    return ""
+  amount = lambda v: f"{v:.3g}" if a.budget_unit != "images" else f"{v:,.0f}"
+  return (f"{names[0]} trained {a.task} on {amount(x)} {a.budget_unit}, {names[1]} on "
+          f"{amount(y)}")
 
 
 def primary_test_set(study, task, c):

@@ -34,7 +34,7 @@ from mtl.conflicts import summary as conflict_summary
 from mtl.report.cells import Bold, Table, _fmt, _pm, _signed, delta_text, format_p
 from mtl.report.scores import (conflict_summaries, dead_seeds, final_conflicts, left_out,
                                paired, pairwise_transfer, regime_columns, regime_scores,
-                               table_verdict, untuned_seeds, UNLIKE)
+                               table_verdict, unequal_budgets, untuned_seeds, UNLIKE)
 from mtl.study.runs import sweep_runs
 
 FIGURES_DIR = "figures"
@@ -52,6 +52,10 @@ PAIRED_NOTE = ("Δ = regime − scratch, seed by seed (the same seed: same body 
                "'loss' only when the CI excludes 0, else 'no detectable difference' (always so "
                "with one seed, which has no CI).")
 
+UNEQUAL_NOTE = ("No verdict where scratch and the other arm trained the task on budgets more "
+                "than 1% apart (images seen; training FLOPs under budget 'equal_flops'; a "
+                "fine-tune's include its pre-training's share), whatever the interval: the "
+                "budget equalizes scratch with pre-train + fine-tune only: ")
 INCOMPLETE_NOTE = ("Some sweeps are incomplete (not every lr done): their choice may change, and "
                    "a Δ with such a seed has no verdict yet (its arms are not tuned alike).")
 
@@ -171,7 +175,7 @@ def main_table(study):
   ref = study.config["reference"]
   header = ["task", "regime", "n"] + [h for s in test_sets for h in (
       f"{s} {label}", f"{s} SSIM", f"{s} Δ {label} vs scratch [95% CI], p", f"{s} verdict")]
-  rows, records, warnings, dead = [], [], [], []
+  rows, records, warnings, dead, unequal = [], [], [], [], []
   paper = {}  # {row label: {(task, test set): (PSNR cell, SSIM cell)}}
   for task in study.tasks:
     cells = {col: regime_scores(study, col, task) for col in columns}
@@ -180,6 +184,8 @@ def main_table(study):
     cells = {col: c for col, c in cells.items() if c is not None and c.runs}
     best = {(s, m): _best(cells, s, m) for s in test_sets for m in (psnr_key, ssim_key)}
     base = cells.get("scratch")
+    unequal += [f"{task} {col}: {why}." for col, c in cells.items() if col != "scratch"
+                and base is not None and (why := unequal_budgets(base, c, ("scratch", col)))]
     for col, c in cells.items():
       row = [task, col, str(len(c.runs))]
       for s in test_sets:
@@ -263,6 +269,8 @@ def main_table(study):
     notes.append(INCOMPLETE_NOTE)
   if dead:  # a seed it lost outright: not in its mean, n or Δs (a regime with none has no row)
     notes.append("Seeds left out where every lr diverged: " + " ".join(dead))
+  if unequal:
+    notes.append(UNEQUAL_NOTE + " ".join(unequal))
   if ref["label"] and ref["note"]:
     notes.append(f"{ref['label']}: {ref['note']}")
   notes += warnings
@@ -327,7 +335,7 @@ def transfer_table(study):
   psnr_key, _, label = metric_names(study)
   header = ["task", "test set", "regime", f"scratch {label}", f"regime {label}", "n pairs",
             "Δ", "95% CI", "p", "verdict"]
-  rows, records, dead = [], [], []
+  rows, records, dead, unequal = [], [], [], []
   for task in study.tasks:
     base = regime_scores(study, "scratch", task)
     if base is None:
@@ -340,6 +348,8 @@ def transfer_table(study):
         continue
       if why := left_out(base, c):
         dead.append(f"{task} {col}: {why}.")
+      if why := unequal_budgets(base, c, ("scratch", col)):
+        unequal.append(f"{task} {col}: {why}.")
       for s in study.test_sets:
         a, b = base.stats(s, psnr_key), c.stats(s, psnr_key)
         if a is None or b is None:
@@ -347,7 +357,7 @@ def transfer_table(study):
         iv = paired(base.by_seed(s, psnr_key), c.by_seed(s, psnr_key))
         verdict = table_verdict(base, c, iv)
         ci = (f"[{_signed(iv.low, 2)}, {_signed(iv.high, 2)}]" if math.isfinite(iv.low)
-              else "– (needs 2 seeds)")
+              else "– (no spread)" if iv.note == stats.NO_SPREAD else "– (needs 2 seeds)")
         rows.append([task, s, col, _pm(a, 2), _pm(b, 2), str(iv.n), _signed(iv.estimate, 2),
                      ci, format_p(iv.p), Bold(verdict) if verdict in ("gain", "loss")
                      else verdict])
@@ -364,6 +374,8 @@ def transfer_table(study):
   if dead:
     notes.append("No verdict where an arm diverged at every lr on a seed the other trained: "
                  + " ".join(dead))
+  if unequal:
+    notes.append(UNEQUAL_NOTE + " ".join(unequal))
   return Table("transfer", "Transfer vs scratch", header, rows, records, notes)
 
 
