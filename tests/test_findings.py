@@ -492,6 +492,8 @@ def test_the_deltas_say_which_arms_chose_an_lr_at_an_end_of_their_grid(tmp_path)
   assert [r["grid_end_lead"] for r in selection.records if r["chosen"]] == pytest.approx(
       [1.0] * len(chosen), abs=1e-9)
   assert {r["grid_end_lead"] for r in selection.records if not r["chosen"]} == {None}
+  rgb = accounting.selection_table(study_lib.Study(dict(s.config, metric="psnr_rgb"), s.workdir))
+  assert "validation_psnr_rgb" in rgb.records[0] and "validation_psnr_y" in selection.records[0]
   inside = synthetic_study(str(tmp_path / "inside"), lrs=(3e-4, 1e-3, 3e-3))
   found = findings.build(inside, tables.transfer_table(inside), [])
   assert "Every chosen lr lies inside its grid." in found.notes[2]

@@ -262,6 +262,20 @@ def test_unknown_fields_are_refused():
     study_lib.validate(study)
 
 
+def test_test_and_validation_sets_must_be_other_images(tmp_path):
+  # other names, the same folder: the lr would be chosen on the test images
+  val, train = tmp_path / "val", tmp_path / "train"
+  study = micro()
+  study.run.eval.sets = f"photos,V={val},T={tmp_path / 'x' / '..' / 'val'}"
+  study.validation, study.test = "V", ("T",)
+  with pytest.raises(ValueError, match=f"test set 'T' is the validation set's folder {val}"):
+    study_lib.validate(study)
+  study.run.eval.sets = f"V={val},T={train}"
+  study.per_regime.scratch = {"data": {"source": "folder", "folder": str(train)}}
+  with pytest.raises(ValueError, match=f"eval set 'T' is a training folder, {train}"):
+    study_lib.validate(study)
+
+
 # ----------------------------------------------------------------------------- selection
 
 

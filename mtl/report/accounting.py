@@ -98,7 +98,8 @@ def selection_table(study):
                  "yes" if chosen is None or chosen.complete else "no"])
     for r, score in candidates:
       is_chosen = chosen is not None and r.name == chosen.run.name
-      records.append({"sweep": sweep, "run": r.name, "lr": r.lr, "validation_psnr_y": score,
+      records.append({"sweep": sweep, "run": r.name, "lr": r.lr,
+                      f"validation_{study.metric}": score,  # the metric the lr is chosen on
                       "diverged": bool(study.diverged(r.name)), "chosen": is_chosen,
                       "grid_end": edge if is_chosen else "",
                       "grid_end_lead": chosen.lead if is_chosen else None})

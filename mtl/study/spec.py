@@ -65,6 +65,7 @@ launch/train.py --config=experiments/from_json.py:<run>/run_config.json --workdi
 finished and evaluated run gets a DONE file. See WORKSPACE.md for the layout.
 """
 import math
+import os
 import re
 
 import ml_collections
@@ -149,6 +150,24 @@ def _unknown(given, known, where):
 def eval_set_names(sets):
   """'photos,Set5=/d/Set5,Rain100L=paired:/d/R' -> ['photos', 'Set5', 'Rain100L']."""
   return [entry[0] for entry in evaluate.parse_sets(str(sets))]
+
+
+def _check_sets_apart(d):
+  """Refuse a test set whose folder is the validation set's, or either one's the training
+  folder: other names, the same images (the lr would be chosen on the test images)."""
+  paths = {name: os.path.realpath(path) for name, _, path, _ in
+           evaluate.parse_sets(str(d["run"]["eval"]["sets"])) if path}
+  datas = [d["run"]["data"]] + [p.get("data", {}) for p in d["per_regime"].values()]
+  train = {os.path.realpath(x["folder"]) for x in datas if x.get("folder")}
+  val = paths.get(d["validation"])
+  for name in d["test"]:
+    if val and paths.get(name) == val:
+      raise ValueError(f"test set {name!r} is the validation set's folder {val}; the lr is "
+                       "chosen on validation, so report other images as test")
+  for name in (d["validation"], *d["test"]):
+    if paths.get(name) in train:
+      raise ValueError(f"eval set {name!r} is a training folder, {paths[name]} (data.folder); "
+                       "evaluate on images the runs do not train on")
 
 
 def validate(study):
@@ -267,6 +286,7 @@ def validate(study):
     if name == d["validation"]:
       raise ValueError(f"test set {name!r} is also the validation set; the lr is chosen on "
                        "validation, so report other sets as test")
+  _check_sets_apart(d)
   for metric in REFERENCE_METRICS:
     for task, sets in d["reference"][metric].items():
       tasks_lib.get(task)
