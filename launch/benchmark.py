@@ -409,7 +409,8 @@ def _train_at(size, batch_size):
       flops, mem, compiled, compile_s = _compiled_figures(
           _step(run, config, (name,)), state, {name: full[name]})
       model_flops = flops_lib.train_step(run.model.cfg, (run.model.specs[
-          run.model.task_names.index(name)].scale,), batch_size)
+          run.model.task_names.index(name)].scale,), batch_size,
+          config.loss.contrastive_weight > 0)
       calls[name] = (compiled, {name: full[name]}, f"ipt {SIX_TASKS.index(name)}",
                      (flops, mem, model_flops), compile_s)
     seconds, torch_seconds = _time_with_peer(
@@ -590,7 +591,7 @@ def _probe_at(size, batch_size):
   if peer:
     peer.close()
   model_flops = flops_lib.train_step(run.model.cfg, [s.scale for s in run.model.specs],
-                                     batch_size)
+                                     batch_size, config.loss.contrastive_weight > 0)
   print(_mfu_note(device, config.precision))
   base = seconds.get("no probe")
   for label in calls:
@@ -646,7 +647,8 @@ def section_trace(size):
           call = _step_call(compiled, batch, threaded, run.mesh)
           untraced = _interleaved({label: (call, None)}, FLAGS.repeats)[0][label]
           model_flops = flops_lib.train_step(run.model.cfg, [run.model.specs[
-              run.model.task_names.index(n)].scale for n in names], batch_size)
+              run.model.task_names.index(n)].scale for n in names], batch_size,
+              config.loss.contrastive_weight > 0)
           if len(names) == 1:
             what = "train: one-task step"
           else:  # the plain joint step, then the probe step

@@ -8,7 +8,9 @@ Counted per image, forward, multiply-adds as 2 FLOPs, only the matmul-like work:
 Training counts 3x the forward (the backward pass computes the gradients of the activations and
 of the weights, each about the forward's cost), as PaLM's MFU does (Chowdhery et al. 2022, app. B).
 Left out, as small or not the model's: biases, layer norms, softmax, ReLU, residual adds, the
-in-step degradations, the optimizer update, the probe's Gramians.
+in-step degradations, the optimizer update, the probe's Gramians. Counted where the loss has it:
+the supervised contrastive term (IPT's, loss.contrastive_weight > 0), the similarities of a
+task's B N body tokens, 2 (B N)^2 D forward (at paper size, batch 256, +29% of a step).
 
 IPT (Chen et al. 2021) at a P x P crop, n_feats F, patch side p, N = (P/p)^2 tokens of D = F p^2:
   head   conv 3x3 3 -> F, then 2 residual blocks of two conv 5x5 F -> F, all at P x P
@@ -19,8 +21,9 @@ IPT (Chen et al. 2021) at a P x P crop, n_feats F, patch side p, N = (P/p)^2 tok
          the output side (x4: two x2 stages)
 At the paper size (F 64, p 3, 12 + 12 layers, 48 x 48 crops) a task's forward is 66-69 GFLOP per
 image, 96% of it in the body. XLA's own count (cost_analysis) differs: it skips the zero-padding
-taps of 'SAME' convolutions, adds the elementwise work, and does not see inside custom calls
-(cuDNN's fused attention on GPUs), so it undercounts there.
+taps of 'SAME' convolutions, adds the elementwise work, counts a scanned layer loop's body once
+(12 + 12 layers: about half the body) and does not see inside custom calls (cuDNN's fused
+attention on GPUs), so it undercounts there.
 """
 
 
@@ -69,7 +72,14 @@ def forward_per_image(model_cfg, scale):
   return head_forward(model_cfg) + body_forward(model_cfg) + tail_forward(model_cfg, scale)
 
 
-def train_step(model_cfg, scales, batch_size):
+def contrastive_forward(model_cfg, batch_size):
+  """The contrastive term's token similarities over one task's sub-batch (losses.py)."""
+  return linear(model_cfg.token_dim, batch_size * model_cfg.num_tokens,
+                batch_size * model_cfg.num_tokens)
+
+
+def train_step(model_cfg, scales, batch_size, contrastive=False):
   """Model FLOPs of one training step: `batch_size` images of each task (its scale in `scales`),
-  forward + backward (3x forward)."""
-  return 3 * batch_size * sum(forward_per_image(model_cfg, s) for s in scales)
+  forward + backward (3x forward); with `contrastive`, the contrastive term of each task too."""
+  per_task = contrastive_forward(model_cfg, batch_size) if contrastive else 0
+  return 3 * sum(batch_size * forward_per_image(model_cfg, s) + per_task for s in scales)

@@ -368,7 +368,8 @@ def _record_compute(workdir, run, config, final_step, seconds):
   previous = files.read_json(path) if os.path.exists(path) else {"wall_seconds": 0.0}
   per_step_images = config.data.batch_size * (len(config.tasks) if config.schedule == "all" else 1)
   scales = [s.scale for s in run.model.specs]
-  per_step = flops.train_step(run.model.cfg, scales, config.data.batch_size)
+  per_step = flops.train_step(run.model.cfg, scales, config.data.batch_size,
+                              config.loss.contrastive_weight > 0)
   if config.schedule == "one":  # one task per step: the tasks' mean
     per_step /= len(scales)
   files.write_json(path, {

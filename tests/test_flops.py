@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from mtl import flops, tasks
+from mtl import flops, losses, tasks
 from mtl.models import ipt
 
 
@@ -53,3 +53,18 @@ def test_train_step_is_three_forwards_per_image_of_each_task():
   assert round(flops.body_forward(cfg) / 1e9, 1) == 64.0
   with pytest.raises(ValueError, match="scale=5"):
     flops.tail_forward(cfg, 5)
+
+
+def test_the_contrastive_term_is_counted_as_xla_counts_its_gradient():
+  # IPT's supervised contrastive term compares a task's B N body tokens pairwise: 2 (B N)^2 D
+  # forward, 3x with its gradient; at the paper size and batch 256 that adds 29% to a step.
+  cfg = ipt.ModelConfig(**ipt.SIZES["paper"])
+  with_term = flops.train_step(cfg, (2,), 256, contrastive=True)
+  assert with_term - flops.train_step(cfg, (2,), 256) == 3 * 2 * (256 * 256) ** 2 * 576
+  assert round(with_term / flops.train_step(cfg, (2,), 256) - 1, 2) == 0.29
+  tokens = jnp.ones((2, 256, 144))  # B = 2 images of N = 256 tokens of D = 144 (tiny)
+  counted = _xla_flops(jax.grad(lambda t: losses.supervised_contrastive(t)), tokens)
+  tiny = ipt.ModelConfig(**ipt.SIZES["tiny"])
+  assert (tiny.num_tokens, tiny.token_dim) == (256, 144)
+  # XLA adds the softmax and masks (O((B N)^2), against the matmuls' O((B N)^2 D), D = 144)
+  assert 1.0 <= counted / (3 * flops.contrastive_forward(tiny, 2)) < 1.05, counted
