@@ -15,14 +15,14 @@
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
 #   PARTS=diagnose bash launch/gpu_check.sh                       # only the diagnosis parts
 #
-# Environment: OUT (logs; default /tmp/gpu_check), BUDGET (seconds; 540: one 10-minute call on a
-# lent machine, its set-up and the packing included; the check's own parts come first), SIZE (paper),
-# BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES (PyTorch's; 8,32), REPEATS (5),
-# PRECISION (bfloat16), LIMITS (a factor on every part's time limit; 1), IPT_REPO (a checkout of
-# huawei-noah/Pretrained-IPT; default ./.ipt: the PyTorch part is skipped without it or without
-# torch), TORCH_PYTHON (python3), TEST_WORKERS (pytest-xdist processes; 4), PARTS (the parts to
-# run, space-separated, in this script's order whatever theirs: 'check' = the check's, 'diagnose' =
-# the diagnosis's; default 'check diagnose').
+# Environment: OUT (logs; default /tmp/gpu_check; a new or empty folder), BUDGET (seconds; 540:
+# one 10-minute call on a lent machine, its set-up and the packing included; the check's own
+# parts come first), SIZE (paper), BATCHES (the sweep's batch sizes; 8,32,128), PEER_BATCHES
+# (PyTorch's; 8,32), REPEATS (5), PRECISION (bfloat16), LIMITS (a whole-number factor on every
+# part's time limit; 1), IPT_REPO (a checkout of huawei-noah/Pretrained-IPT; default ./.ipt: the
+# PyTorch part is skipped without it or without torch), TORCH_PYTHON (python3), TEST_WORKERS
+# (pytest-xdist processes; 4), PARTS (the parts to run, space-separated, in this script's order
+# whatever theirs: 'check' = the check's, 'diagnose' = the diagnosis's; default 'check diagnose').
 # Wheels the machine lacks go in ./.whl (ignored by git; launch/gpu_wheels.sh makes it, and .ipt):
 # launch/gpu_env.sh installs them first.
 BUDGET=${BUDGET:-540}
@@ -44,6 +44,12 @@ DIAGNOSE="trace cmdbuf unroll gram_chunk probe_looped llvm_parallel cublas autot
 PARTS=${PARTS:-check diagnose}
 PARTS=${PARTS//check/$CHECK}
 PARTS=${PARTS//diagnose/$DIAGNOSE}
+[[ $BUDGET =~ ^[0-9]+$ ]] || { echo "BUDGET=$BUDGET: give a whole number" >&2; exit 1; }
+[[ $LIMITS =~ ^[0-9]+$ ]] || { echo "LIMITS=$LIMITS: give a whole number" >&2; exit 1; }
+[[ $REPEATS =~ ^[0-9]+$ ]] || { echo "REPEATS=$REPEATS: give a whole number" >&2; exit 1; }
+# the script packs and removes every file in $OUT at its end: a new or empty folder only
+[ -z "$(ls -A "$OUT" 2>/dev/null)" ] ||
+  { echo "OUT=$OUT holds files; give a new or empty folder" >&2; exit 1; }
 mkdir -p "$OUT"
 START=$(date +%s)
 CACHE=$(mktemp -d /tmp/gpu_check_cache.XXXXXX)  # shared by the timing parts; not in $OUT (large)

@@ -10,16 +10,21 @@
 #   STUDY=experiments/studies/mini.py ONLY='scratch-sr_x2-lr3e-3-s0' BUDGET=400 \
 #       bash launch/gpu_study.sh                                                 # a CPU rehearsal
 #
-# Environment: STUDY (a study config; experiments/studies/mini.py:gpu), OUT (/tmp/gpu_study),
-# WORK (the study's workdir; /tmp/gpu_study_work), BUDGET (seconds for the study; 420: with the
-# set-up and the report, at most 90 s, one 10-minute call on a lent machine), PARALLEL (runs at
-# once; 4 on a GPU, sharing it: the tiny runs are bound by their start-up and step dispatch, not
-# by the device; 2 without one), ONLY (launch/study.py --only). Wheels the machine lacks go in
-# ./.whl (ignored by git; launch/gpu_wheels.sh makes it): launch/gpu_env.sh installs them.
+# Environment: STUDY (a study config; experiments/studies/mini.py:gpu), OUT (/tmp/gpu_study; a
+# new or empty folder), WORK (the study's workdir; /tmp/gpu_study_work), BUDGET (seconds for the
+# study; 420: with the set-up and the report, at most 90 s, one 10-minute call on a lent
+# machine), PARALLEL (runs at once; 4 on a GPU, sharing it: the tiny runs are bound by their
+# start-up and step dispatch, not by the device; 2 without one), ONLY (launch/study.py --only).
+# Wheels the machine lacks go in ./.whl (ignored by git; launch/gpu_wheels.sh makes it):
+# launch/gpu_env.sh installs them.
 STUDY=${STUDY:-experiments/studies/mini.py:gpu}
 OUT=${OUT:-/tmp/gpu_study}
 WORK=${WORK:-/tmp/gpu_study_work}
 BUDGET=${BUDGET:-420}
+[[ $BUDGET =~ ^[0-9]+$ ]] || { echo "BUDGET=$BUDGET: give a whole number" >&2; exit 1; }
+# the script packs and removes every file in $OUT at its end: a new or empty folder only
+[ -z "$(ls -A "$OUT" 2>/dev/null)" ] ||
+  { echo "OUT=$OUT holds files; give a new or empty folder" >&2; exit 1; }
 mkdir -p "$OUT"
 source launch/gpu_env.sh
 

@@ -101,10 +101,19 @@ def options(prefix=""):
   if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.job_name):
     raise cli.UsageError(f"--{prefix}job_name={args.job_name!r}: use letters, digits, '_', '.', "
                          "'-'")
+  # An #SBATCH line ends at a newline (the rest would run as a command, and sbatch stops
+  # reading directives there), a '#' starts a comment, whitespace splits the option.
+  for name in ("partition", "account"):
+    if getattr(args, name) and not re.fullmatch(r"[A-Za-z0-9_.,-]+", getattr(args, name)):
+      raise cli.UsageError(f"--{prefix}{name}={getattr(args, name)!r}: use letters, digits, "
+                           "'_', '.', ',', '-'")
   for extra in args.sbatch:
-    if not extra.startswith("--"):
-      raise cli.UsageError(f"--{prefix}sbatch={extra}: give a long option, e.g. "
-                           f"--{prefix}sbatch=--qos=high")
+    if not extra.startswith("--") or re.search(r"[\s#]", extra):
+      raise cli.UsageError(f"--{prefix}sbatch={extra!r}: give one long option without spaces "
+                           f"or '#', e.g. --{prefix}sbatch=--qos=high")
+  for line in args.setup:
+    if "\n" in line or "\r" in line:
+      raise cli.UsageError(f"--{prefix}setup={line!r}: give one shell line per --{prefix}setup")
   return args
 
 
@@ -126,14 +135,20 @@ def render(args, command, workdir, log_dir, one_process=False):
     directives.append(f"--signal=TERM@{args.signal_seconds}")
   if args.requeue:
     directives.append("--requeue")
-  directives += ["--open-mode=append", f"--output={os.path.join(log_dir, '%x-%j.out')}"]
+  if re.search(r'[\n#"%]', log_dir):
+    raise cli.UsageError(f"--workdir={os.path.dirname(log_dir)!r}: an #SBATCH --output path "
+                         "cannot hold a newline, '#', '\"' or '%'")
+  output = os.path.join(log_dir, "%x-%j.out")  # quoted: sbatch reads a quoted value whole
+  directives += ["--open-mode=append", f'--output="{output}"']
   directives += args.sbatch
   with open(TEMPLATE) as f:
     template = f.read()
   return template.format(
       sbatch="\n".join(f"#SBATCH {d}" for d in directives),
       repo=shlex.quote(ROOT), workdir=shlex.quote(workdir),
-      setup="\n".join(args.setup) if args.setup else "# (no --setup lines)",
+      # a failed setup line (a module that does not load) stops the job before srun
+      setup="\n".join(f"{line} || exit 1" for line in args.setup) if args.setup
+      else "# (no --setup lines)",
       train=shlex.join(command), requeue="1" if args.requeue else "0")
 
 

@@ -42,7 +42,7 @@ def define_flags():
   flags.DEFINE_string("repo", "~/mtl", "The repository on the workers (same path on each).")
   flags.DEFINE_string("python", "python3", "The interpreter on the workers.")
   flags.DEFINE_multi_string("setup", [], "A shell command run first on each worker (e.g. source "
-                            "venv/bin/activate).")
+                            "venv/bin/activate); one per --setup, joined with '&&'.")
   flags.DEFINE_bool("dry_run", False, "Print the gcloud command and exit.")
 
 
@@ -57,6 +57,11 @@ def check(args, train_args):
                            "(lowercase letters, digits, '-')")
   if args.worker != "all" and not re.fullmatch(r"\d+(,\d+)*", args.worker):
     raise cli.UsageError(f"--worker={args.worker}: use 'all' or indices like 0 or 0,1")
+  for line in args.setup:
+    if _chains(line):
+      raise cli.UsageError(f"--setup={line!r}: give one command per --setup (they are joined "
+                           "with '&&': a comment, newline, ';', '&' or '|' would change what "
+                           "runs after it, training included)")
   if not any(a.startswith("--workdir") for a in train_args):
     raise cli.UsageError("train.py arguments need --workdir=DIR (shared by all workers), "
                          "e.g. -- --config=experiments/tiny.py --workdir=/mnt/shared/mtl/tiny")
@@ -64,6 +69,17 @@ def check(args, train_args):
     if cli.owned_flag(arg):
       raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; "
                            "remove it")
+
+
+def _chains(line):
+  """Whether a shell line holds a comment, a newline or a control operator outside quotes."""
+  try:
+    words = list(shlex.shlex(line, posix=True, punctuation_chars=";&|"))
+    commented = list(shlex.shlex(line.replace("#", "\\#"), posix=True, punctuation_chars=";&|"))
+  except ValueError:  # unbalanced quotes
+    return True
+  return ("\n" in line or "\r" in line or words != [w.replace("\\#", "#") for w in commented]
+          or any(set(w) <= set(";&|") for w in words))
 
 
 def remote_command(args, train_args):

@@ -195,8 +195,9 @@ def test_slurm_dry_run_prints_the_script_and_the_sbatch_command(tmp_path):
       "#SBATCH --gpus-per-task=1", "#SBATCH --time=2-00:00:00", "#SBATCH --cpus-per-task=12",
       "#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --signal=TERM@120",
       "#SBATCH --requeue", "#SBATCH --open-mode=append",
-      f"#SBATCH --output={workdir}/slurm/%x-%j.out", "#SBATCH --qos=high"]
-  assert f"cd {ROOT}" in lines and "source ~/venv/bin/activate" in lines
+      f'#SBATCH --output="{workdir}/slurm/%x-%j.out"', "#SBATCH --qos=high"]
+  # a failed setup line stops the job before srun
+  assert f"cd {ROOT}" in lines and "source ~/venv/bin/activate || exit 1" in lines
   srun = [l for l in lines if l.startswith("srun ")]
   config = f"--config={ROOT}/experiments/tiny.py:sr_x2,derain"  # a local file: made absolute
   assert srun == ["srun --kill-on-bad-exit=1 " + shlex.join(
@@ -223,7 +224,11 @@ def test_slurm_options_off_and_relative_workdir(tmp_path):
     (["--gpus_per_node=0"], ["--gpus_per_node=0", ">= 1"]),
     (["--time=soon"], ["--time=soon", "HH:MM:SS"]),
     (["--job_name=my job"], ["--job_name"]),
-    (["--sbatch=qos=high"], ["--sbatch=qos=high"]),
+    (["--sbatch=qos=high"], ["--sbatch='qos=high'"]),
+    # a newline would end the #SBATCH line and run the rest as a command; '#' starts a comment
+    (["--partition=gpu\necho INJECTED"], ["--partition='gpu\\necho INJECTED'", "letters"]),
+    (["--sbatch=--comment=my run"], ["--sbatch='--comment=my run'", "without spaces"]),
+    (["--setup=module load x\nrm -rf ~"], ["give one shell line per --setup"]),
     (["--", "--config=experiments/tiny.py"], ["--workdir"]),
     (["--", "--workdir=/x", "--num_processes=2"], ["--num_processes=2"]),
     (["--", "--workdir=gs://bucket/run"], ["--workdir=gs://bucket/run", "gcsfuse"]),
@@ -317,6 +322,10 @@ def test_tpu_vm_defaults():
     (["--name=t", "--zone=z", "--dry_run", "--", "--config=x"], ["--workdir"]),
     (["--name=t", "--zone=z", "--dry_run", "--", "--workdir=/w", "--num_processes=4"],
      ["--num_processes=4"]),
+    # joined with '&&': a comment would comment out the training, a ';' run it after a failure
+    (["--name=t", "--zone=z", "--setup=source ~/venv/bin/activate  # py3.12"],
+     ["--setup='source ~/venv/bin/activate  # py3.12'", "one command per --setup"]),
+    (["--name=t", "--zone=z", "--setup=module load x; true"], ["--setup='module load x; true'"]),
 ])
 def test_tpu_vm_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", "--workdir=/w"]
