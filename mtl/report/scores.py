@@ -31,7 +31,7 @@ class RegimeScores:
   # per run: its validation lead over the next lr inward where it is at an end (Selection.lead)
   leads: list = dataclasses.field(default_factory=list)
   # per run: what its training gave the task in the study's budget measure (task_budget);
-  # none under budget 'steps
+  # none under budget 'steps'
   budgets: list = dataclasses.field(default_factory=list)
   budget_unit: str = "images"
 
