@@ -6,7 +6,8 @@
 
 Each workdir's tasks are scored on their sets (SR: Set5, Set14, B100, Urban100; denoising: CBSD68;
 deraining: Rain100L), found under --benchmark as <Set>/HR or <Set> (clean images; Rain100L as
-rainy/clean pairs); missing sets are listed and skipped. As in mtl.evaluate, SR inputs are the
+rainy/clean pairs, also beside --benchmark, where IPT's README puts it); missing sets are listed
+and skipped. As in mtl.evaluate, SR inputs are the
 MATLAB-bicubic downscaling of the mod-cropped HR image and noisy inputs get fixed Gaussian noise
 (not the paper's noise draw), whole images by 48 x 48 tiles as the official test places and blends
 them (its forward_chop: config.eval.tiling='ipt'). The paper reports Y-channel

@@ -10,8 +10,10 @@ Test sets come from `config.eval.sets`, a comma-separated list of
                       SOTS=for:dehaze:paired:/d/SOTS/outdoor, LOL=for:lowlight:paired:/d/LOL/eval15)
 With config.eval.save_images the restorations are also written as PNG under
 <workdir>/restored/<step>/<task>/<set>/<name>.png.
-Clean HR images are degraded deterministically, per (task, image), with keys independent of the
-run's task list, so scratch, joint and fine-tuned runs are scored on identical inputs.
+Clean HR images are degraded deterministically, per (task, image's place in its set's sorted
+listing), with keys independent of the run's task list, so scratch, joint and fine-tuned runs
+are scored on identical inputs; a set with an image added or removed draws other noise for the
+images after it.
 """
 import dataclasses
 import functools

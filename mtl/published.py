@@ -23,8 +23,12 @@ PAIRED_SETS = ("Rain100L",)
 
 
 def find_set(benchmark, name):
-  """The folder of a test set under `benchmark` (<name>/HR or <name>), or None."""
-  for path in (os.path.join(benchmark, name, "HR"), os.path.join(benchmark, name)):
+  """The folder of a test set under `benchmark` (<name>/HR or <name>), or None; a paired set
+  also beside it (IPT's README puts Rain100L at $DATA_PATH/Rain100L, next to benchmark/)."""
+  places = [benchmark] + ([os.path.dirname(os.path.normpath(benchmark))]
+                          if name in PAIRED_SETS else [])
+  for path in (p for place in places for p in (os.path.join(place, name, "HR"),
+                                               os.path.join(place, name))):
     if os.path.isdir(path):
       return path
   return None

@@ -107,7 +107,7 @@ def get_config(size="tiny"):
   c.data.step_offset = 0
 
   c.degrade = ml_collections.ConfigDict()
-  c.degrade.noise_quantize = False  # IPT clips but does not round the noisy image
+  c.degrade.noise_quantize = False  # IPT clips but does not round the noisy training image
   c.degrade.rain = ml_collections.ConfigDict(dict(
       density=(0.004, 0.012), length=(8, 24), angle=(-30.0, 30.0), intensity=(0.4, 0.9),
       width=0.6, streak_dir=""))
@@ -193,7 +193,8 @@ FIELD_HELP = {
     "data.cache_dir": "source=folder: where its tile cache goes ('' -> data.tfds_dir)",
     "data.step_offset": "step k draws the data (crops, degradations, probe batch) of step k + "
                         "this; a study's fine-tune: its pre-training's steps (0: from the start)",
-    "degrade.noise_quantize": "round the noisy image to integers (IPT clips, does not round)",
+    "degrade.noise_quantize": "round the noisy training image to integers (IPT clips, does not "
+                              "round); test inputs are always uint8, as saved images are",
     "degrade.rain.density": "rain: fraction of pixels that seed a drop (range)",
     "degrade.rain.length": "rain: streak length, pixels (range)",
     "degrade.rain.angle": "rain: degrees from vertical, positive leans right (range)",

@@ -88,6 +88,14 @@ def test_load_paired_folder_errors(tmp_path):
     benchmarks.load_paired_folder(str(tmp_path / "size"))
   with pytest.raises(FileNotFoundError, match="paired folder .*missing does not exist"):
     benchmarks.load_paired_folder(str(tmp_path / "missing"))
+  # one name in two files: it read as several rainy images per clean one (RESIDE), which let
+  # a missing and an extra pair pass unsaid
+  for name in ("rain-1.png", "rain-1.jpg", "rain-2.png"):
+    _save(tmp_path / "twice" / "rain" / name, _image(0))
+  for name in ("norain-1.png", "norain-3.png"):
+    _save(tmp_path / "twice" / "norain" / name, _image(0))
+  with pytest.raises(ValueError, match="holds 'rain-1' in 2 files"):
+    benchmarks.load_paired_folder(str(tmp_path / "twice"))
 
 
 @pytest.mark.parametrize("layout", ["sots_outdoor", "lol", "lol_v2", "gopro"])

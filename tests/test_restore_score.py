@@ -394,3 +394,15 @@ def test_restore_of_an_imported_workdir_tiles_as_the_official_test(workdir, tmp_
   official = evaluate.restore_image(apply_tiles, image, 2, config.model.patch_size,
                                     config.eval.tile_overlap, "ipt")
   np.testing.assert_array_equal(np.asarray(Image.open(written)), official)
+
+
+def test_published_sets_are_found_where_ipt_puts_them(tmp_path):
+  # benchmark/<Set>/HR (EDSR's bundle) or benchmark/<Set>; Rain100L also beside benchmark/
+  # (IPT's README: $DATA_PATH/Rain100L); a clean-image set only under benchmark/.
+  from mtl import published
+  bench = tmp_path / "data" / "benchmark"
+  for folder in (bench / "Set5" / "HR", tmp_path / "data" / "Rain100L", tmp_path / "data" / "B100"):
+    folder.mkdir(parents=True)
+  assert published.find_set(str(bench), "Set5") == str(bench / "Set5" / "HR")
+  assert published.find_set(str(bench) + "/", "Rain100L") == str(tmp_path / "data" / "Rain100L")
+  assert published.find_set(str(bench), "B100") is None

@@ -117,6 +117,12 @@ def _layout(path):
 
 def _match(path, degraded, clean, prefix=""):
   """[(name, degraded path, clean path)] of one layout's files, paired by `pair_key`."""
+  for listed in (degraded, clean):  # rain-001.png and rain-001.jpg: one name, two images
+    stems = [_stem(p) for p in listed]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:
+      raise ValueError(f"{path} holds {twice[0]!r} in {stems.count(twice[0])} files (other "
+                       "extensions or folders); keep one of them")
   clean_by_key = {pair_key(_stem(p)): p for p in clean}
   keys = [pair_key(_stem(p)) for p in degraded]
   used = [k for k in keys if k in clean_by_key]
