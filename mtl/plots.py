@@ -25,7 +25,7 @@ from matplotlib import patches, ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mtl import conflicts
+from mtl import conflicts, stats
 from mtl.models import ipt
 
 MAX_ROWS = 128
@@ -190,11 +190,14 @@ def cosine_matrix_figure(record, window=None):
   shown = np.full((t, t), np.nan)
   cells = {}
   for k, (i, j) in enumerate(conflicts.pair_indices(t)):
-    shown[i, j] = shown[j, i] = intervals[k].estimate
-    cells[i, j] = cells[j, i] = intervals[k]
+    iv = intervals[k]
+    unresolved = np.isfinite(iv.low) and (iv.low < -1 or iv.high > 1)  # noise beyond the range
+    shown[i, j] = shown[j, i] = np.nan if unresolved else iv.estimate
+    cells[i, j] = cells[j, i] = iv
   vmax = MATRIX_LIMIT
-  largest = np.nanmax(np.abs(shown)) if np.isfinite(shown).any() else 1.0
-  digits = 2 if largest >= 0.1 else 3  # small cosines: a third digit shows whether 0 is inside
+  # the pairs' tests as one family (Holm), as analyze's verdicts: a frame only where it holds
+  held = stats.holm([iv.p for iv in intervals])
+  held = {pair: p < 0.05 for pair, p in zip(conflicts.pair_indices(t), held)}
 
   fig = Figure(figsize=(3.0 + 1.75 * t, 2.4 + 1.1 * t), layout="constrained")
   ax = fig.add_subplot()
@@ -210,17 +213,23 @@ def cosine_matrix_figure(record, window=None):
         ax.text(j, i, f"|g| {mean_norm[i]:.2g}{same}", ha="center", va="center", fontsize=7,
                 color="#404040")
         continue
-      beyond = excludes_zero(cells[i, j])
+      iv = cells[i, j]
+      beyond, digits = excludes_zero(iv), _cell_digits(iv)
+      holds = beyond and held[min(i, j), max(i, j)]
       second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
                 + f"{100 * share[i, j]:.0f}% <0")
-      bare = np.isfinite(cells[i, j].estimate) and not np.isfinite(cells[i, j].low)
-      ax.text(j, i, f"{cells[i, j].text(digits)}{'*' if beyond else ''}"
-              f"{' (no interval)' if bare else ''}\n{second}",
-              ha="center", va="center", fontsize=6.5 if beyond else 7.5,  # bold fits the frame
-              color=_text_color(shown[i, j] / vmax), fontweight="bold" if beyond else "normal")
-      if beyond:
+      bare = np.isfinite(iv.estimate) and not np.isfinite(iv.low)
+      unresolved = np.isfinite(iv.low) and (iv.low < -1 or iv.high > 1)
+      note = (" (no interval)" if bare else "\nnot resolved (beyond ±1)" if unresolved
+              else "" if not beyond or holds else "\nnot held over the pairs")
+      ax.text(j, i, f"{iv.text(digits)}{'*' if beyond else ''}{note}\n{second}",
+              ha="center", va="center", fontsize=6.5 if beyond or unresolved else 7.5,
+              color="black" if unresolved else _text_color(shown[i, j] / vmax),
+              fontweight="bold" if holds else "normal")
+      if beyond:  # solid: held over the pairs (Holm); dashed: its own interval only
         ax.add_patch(patches.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
-                                       edgecolor="black", linewidth=2.2))
+                                       edgecolor="black", linewidth=2.2 if holds else 1.2,
+                                       linestyle="-" if holds else "--"))
   what = "noise-corrected cos" if rec.halves else "mean cos"
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04,
                label=f"{what}, colour on its full range [-1, 1]")
@@ -232,9 +241,22 @@ def cosine_matrix_figure(record, window=None):
 
 
 MATRIX_CAPTION = ("cell: estimate [95% interval] ('no interval': fewer than 4 probes; n/a: not "
-                  "measurable, a same-task agreement <= 0); framed, bold, '*': the interval "
-                  "excludes 0\n(beyond noise). red < 0: conflict, blue > 0: agreement; colour on "
-                  "the cosine's full range [-1, 1]; |g|: whole-body gradient norm.")
+                  "measurable, a same-task agreement <= 0; uncoloured: an interval beyond ±1,\n"
+                  "the noise floor not resolved); '*': the interval excludes 0, framed bold where "
+                  "that holds over the pairs (Holm), dashed where it does not.\nred < 0: "
+                  "conflict, blue > 0: agreement; colour on the cosine's full range [-1, 1]; "
+                  "|g|: whole-body gradient norm.")
+
+
+def _cell_digits(interval):
+  """2 digits, 3 for a small cosine, more where a bound of an interval that excludes 0 would
+  print as 0 (its mark would seem to sit on an interval holding 0); 4 at most."""
+  values = [v for v in interval[:3] if np.isfinite(v)]
+  digits = 2 if values and max(map(abs, values)) >= 0.1 else 3
+  while digits < 4 and excludes_zero(interval) and min(
+      abs(interval.low), abs(interval.high)) < 0.5 * 10.0 ** -digits:
+    digits += 1
+  return digits
 
 
 def excludes_zero(interval):
@@ -447,6 +469,7 @@ def curves_figure(record, ema_beta=0.1):
   leaf_share = conflicts.share_negative(leaf_pcos.reshape(len(xs), -1), axis=1)
   ax.plot(xs, moving_mean(leaf_share, width), color="C7", linewidth=1.4,
           label=f"leaves: (leaf, pair) with raw cos<0\n(mean of the last {width} probes)")
+  ax.axhline(0.5, color="0.5", linestyle="--", linewidth=0.8, label="0.5: pure noise's share")
   ax.set_ylim(-0.03, 1.03)
   ax.set_ylabel("conflict fraction")
   ax.legend(**legend)

@@ -342,3 +342,26 @@ def test_analyze_script_bad_input(tmp_path):
   assert result.returncode != 0 and "outside the stored steps 0..21" in result.stderr
   assert result.stderr.strip().count("\n") == 0
   assert sorted(os.listdir(tmp_path / "conflicts")) == ["store"]
+
+
+def test_cosine_matrix_marks_hold_over_the_pairs_and_unresolved_cells_stay_uncoloured():
+  # noise 3: a~b's conflict is beyond noise; b~c's interval reaches past +1 (not resolved)
+  rec = conflicts.Record.from_halves(np.arange(8), known_halves(8, (-0.6, 0.03, 0.4), noise=3.0),
+                                     ["pos_embed"], ["a", "b", "c"], "known")
+  ivs = rec.corrected_cosine_intervals()
+  assert ivs[0].high < 0 and ivs[2].high > 1
+  held = stats.holm([iv.p for iv in ivs])
+  fig = plots.cosine_matrix_figure(rec)
+  ax = fig.axes[0]
+  image = ax.get_images()[0]
+  assert np.ma.is_masked(image.get_array()[1, 2])  # b~c: no colour for an unresolved interval
+  texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text()
+           for t in ax.texts}
+  assert "not resolved (beyond ±1)" in texts[2, 1]
+  frames = {(round(p.get_x() + p.get_width() / 2), round(p.get_y() + p.get_height() / 2)):
+            p.get_linestyle() for p in ax.patches}
+  assert frames[1, 0] == ("-" if held[0] < 0.05 else "--")  # solid only where Holm holds
+  # a bound that would round to 0.00 gets the digits to show it is not 0
+  assert plots._cell_digits(stats.Interval(-0.2, -0.398, -0.003, 0.95, 8)) == 3
+  assert plots._cell_digits(stats.Interval(-0.2, -0.3998, -0.0004, 0.95, 8)) == 4
+  assert plots._cell_digits(stats.Interval(0.3, 0.1, 0.5, 0.95, 8)) == 2
