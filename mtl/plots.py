@@ -199,7 +199,8 @@ def cosine_matrix_figure(record, window=None):
   held = stats.holm([iv.p for iv in intervals])
   held = {pair: p < 0.05 for pair, p in zip(conflicts.pair_indices(t), held)}
 
-  fig = Figure(figsize=(3.0 + 1.75 * t, 2.4 + 1.1 * t), layout="constrained")
+  # wide enough for the caption at two tasks too
+  fig = Figure(figsize=(max(8.5, 3.0 + 1.75 * t), 2.4 + 1.1 * t), layout="constrained")
   ax = fig.add_subplot()
   image = ax.imshow(np.ma.masked_invalid(shown), cmap=_cmap(), vmin=-vmax, vmax=vmax)
   ax.set_xticks(np.arange(t))
@@ -345,8 +346,8 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
   colours = _cmap()(norm(np.ma.masked_invalid(cos)))
   faded = measured & ~beyond & np.isfinite(cos)
   colours[faded, :3] = 1 - (1 - FADE) * (1 - colours[faded, :3])
-  fig = Figure(figsize=(3.2 + 0.75 * len(pnames), _row_figure_height(len(names)) + 0.3),
-               layout="constrained")
+  fig = Figure(figsize=(max(6.5, 3.2 + 0.75 * len(pnames)), _row_figure_height(len(names)) + 0.3),
+               layout="constrained")  # at least as wide as the title and caption
   ax = fig.add_subplot()
   ax.imshow(colours, aspect="auto", interpolation="nearest")
   _label_rows(ax, names, by)
@@ -364,7 +365,8 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
                label=_stretched("mean raw cos", vmax))
   ax.set_title(_title(rec, f"per-{by} raw gradient cosine,\nmean over {rec.window_label()}"),
                fontsize=10)
-  fig.supxlabel(("full colour, bold, '*': the mean's 95% interval over the probes excludes 0; "
+  fig.supxlabel(("full colour, bold, '*': the mean's 95% interval over the probes excludes 0,\n"
+                 "each cell on its own (of cells without a true effect, 1 in 20 is marked); "
                  "faded: it holds 0 (noise)") if measured else
                 "fewer than 4 probes: no interval, nothing marked", fontsize=7)
   return fig
