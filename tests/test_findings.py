@@ -581,8 +581,13 @@ def test_figures_are_pngs_with_zero_in_view(study, found, tmp_path):
   bounds = [b for a in found.answers[1] for ph in a.phases
             for b in (ph["interval"].low, ph["interval"].high)]
   assert low < min(bounds + [0]) and high > max(bounds + [0])         # nothing clipped
-  ax = figures.delta_figure(found.answers[2]).axes[0]
+  fig = figures.delta_figure(found.answers[2])
+  ax = fig.axes[0]
   assert ax.get_xlim()[0] < 0 < ax.get_xlim()[1]
+  # the seeds behind the Δs, and a title over the figure (long row labels push the axes right)
+  assert {a.interval.n for a in found.answers[2]} == {3}
+  assert ax.get_xlabel().endswith("mean of 3 paired seeds, 95% CI")
+  assert fig._suptitle.get_text().startswith("Paired Δ")
 
 
 def test_an_estimate_without_an_interval_or_a_value_is_marked_as_such(found):

@@ -113,7 +113,7 @@ def _zero_line(ax, vertical):
 def delta_figure(answers, label="PSNR"):
   """Dot plot of question 2-4 answers (findings.Answer): Δ (dB) with 95% intervals."""
   rows = [(_row_label(a), a.interval) for a in answers]
-  fig = Figure(figsize=(7.5, 1.5 + 0.45 * max(len(rows), 1)))
+  fig = Figure(figsize=(8.5, 1.5 + 0.45 * max(len(rows), 1)))
   ax = fig.add_subplot()
   _zero_line(ax, vertical=True)
   for k, (_, iv) in enumerate(rows):
@@ -125,8 +125,11 @@ def delta_figure(answers, label="PSNR"):
   ax.set_yticks(range(len(rows)), [r for r, _ in reversed(rows)], fontsize=8)
   ax.set_ylim(-0.7, len(rows) - 0.3)
   ax.set_xlim(*_limits([iv for _, iv in rows]))
-  ax.set_xlabel(f"paired Δ {label} (dB), mean over seeds with 95% CI")
-  ax.set_title("Paired Δ per task (Δ > 0: the first named does better)", fontsize=10)
+  seeds = sorted({iv.n for _, iv in rows}) or [0]
+  seeds = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+  ax.set_xlabel(f"paired Δ {label} (dB): mean of {seeds} paired seeds, 95% CI")
+  # over the figure, not the axes: long row labels push the axes right, and its title off
+  fig.suptitle("Paired Δ per task (Δ > 0: the first named does better)", fontsize=10)
   ax.grid(axis="x", color="0.9")
   _legend(fig, bare=_bare([iv for _, iv in rows]))
   fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
