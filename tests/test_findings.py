@@ -581,6 +581,10 @@ def test_figures_are_pngs_with_zero_in_view(study, found, tmp_path):
   bounds = [b for a in found.answers[1] for ph in a.phases
             for b in (ph["interval"].low, ph["interval"].high)]
   assert low < min(bounds + [0]) and high > max(bounds + [0])         # nothing clipped
+  for a, ax in zip(found.answers[1], axes):  # the headline in numbers under its tick
+    if len(a.phases) > 1:
+      assert ax.get_xticklabels()[-1].get_text().endswith(
+          "(headline)\n" + a.phases[-1]["interval"].text(3))
   fig = figures.delta_figure(found.answers[2])
   ax = fig.axes[0]
   assert ax.get_xlim()[0] < 0 < ax.get_xlim()[1]

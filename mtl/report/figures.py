@@ -181,8 +181,10 @@ def conflict_figure(answers, note=""):
       seeds = [r.estimate for r in ph.get("per_run", ()) if math.isfinite(r.estimate)]
       if len(seeds) > 1:  # the spread the interval holds: seeds that differ show it
         ax.plot([x + 0.18] * len(seeds), seeds, SEED_MARKER, color=SEED_COLOR, markersize=5)
-    labels = [ph["label"] + ("\n(headline)" if x == len(a.phases) - 1 and len(a.phases) > 1
-                             else "") for x, ph in enumerate(a.phases)]
+    # the headline in numbers too: a wider phase's interval can set the shared scale
+    labels = [ph["label"] + (f"\n(headline)\n{ph['interval'].text(3)}"
+                             if x == len(a.phases) - 1 and len(a.phases) > 1 else "")
+              for x, ph in enumerate(a.phases)]
     ax.set_xticks(range(len(a.phases)), labels, fontsize=8)
     ax.set_xlim(-0.5, len(a.phases) - 0.5)
     ax.set_ylim(*limits)
