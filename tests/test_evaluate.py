@@ -237,3 +237,21 @@ def test_a_non_finite_output_is_refused_naming_the_task_set_and_image(tmp_path):
                                                      r"image chelsea: the model's output holds"):
     evaluate.evaluate(model, overflowing, config, evaluate.load_testsets(config), str(tmp_path), 5)
   assert not list(tmp_path.iterdir())   # no results.json
+
+
+def test_a_colour_denoising_task_on_a_grey_set_is_warned_about(tmp_path, capsys):
+  # BSD68 (grey) is not CBSD68: denoise_30 adds noise per channel and scores Y, a figure no
+  # grey benchmark reports; denoise_gray_30 is the grey protocol
+  from PIL import Image
+  from skimage import data
+  (tmp_path / "set").mkdir()
+  (tmp_path / "w").mkdir()
+  Image.fromarray(data.camera()[:48, :48]).save(tmp_path / "set" / "camera.png")
+  config, model, params = _model(("denoise_30", "denoise_gray_30"), patch_size=24)
+  config.eval.update(sets=f"G={tmp_path / 'set'}", max_images=1, max_side=24, tile_overlap=4,
+                     tile_batch=4, samples=0)
+  evaluate.evaluate(model, params, config, evaluate.load_testsets(config), str(tmp_path / "w"), 1)
+  out = capsys.readouterr().out
+  assert ("warning: denoise_30 on G: every image is grey; a colour task adds noise per channel "
+          "and scores Y, which no grey benchmark reports (grey protocol: denoise_gray_30)") in out
+  assert "warning: denoise_gray_30" not in out
