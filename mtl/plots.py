@@ -191,8 +191,7 @@ def cosine_matrix_figure(record, window=None):
   cells = {}
   for k, (i, j) in enumerate(conflicts.pair_indices(t)):
     iv = intervals[k]
-    unresolved = np.isfinite(iv.low) and (iv.low < -1 or iv.high > 1)  # noise beyond the range
-    shown[i, j] = shown[j, i] = np.nan if unresolved else iv.estimate
+    shown[i, j] = shown[j, i] = np.nan if _unresolved(iv) else iv.estimate
     cells[i, j] = cells[j, i] = iv
   vmax = MATRIX_LIMIT
   # the pairs' tests as one family (Holm), as analyze's verdicts: a frame only where it holds
@@ -220,7 +219,7 @@ def cosine_matrix_figure(record, window=None):
       second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
                 + f"{100 * share[i, j]:.0f}% <0")
       bare = np.isfinite(iv.estimate) and not np.isfinite(iv.low)
-      unresolved = np.isfinite(iv.low) and (iv.low < -1 or iv.high > 1)
+      unresolved = _unresolved(iv)
       note = (" (no interval)" if bare else "\nnot resolved (beyond ±1)" if unresolved
               else "" if not beyond or holds else "\nnot held over the pairs")
       ax.text(j, i, f"{iv.text(digits)}{'*' if beyond else ''}{note}\n{second}",
@@ -247,6 +246,11 @@ MATRIX_CAPTION = ("cell: estimate [95% interval] ('no interval': fewer than 4 pr
                   "that holds over the pairs (Holm), dashed where it does not.\nred < 0: "
                   "conflict, blue > 0: agreement; colour on the cosine's full range [-1, 1]; "
                   "|g|: whole-body gradient norm.")
+
+
+def _unresolved(interval):
+  """Whether a cosine's interval reaches past ±1: its noise floor is not resolved."""
+  return bool(np.isfinite(interval.low) and (interval.low < -1 or interval.high > 1))
 
 
 def _cell_digits(interval):
