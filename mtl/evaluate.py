@@ -77,6 +77,12 @@ def load_testsets(config):
                for item in items]
     _check_sides(name, items, config.tasks, config.eval.max_side)
     sets.append(TestSet(name, kind, items, selector))
+    if kind == "hr" and all(metrics.is_grey(hr) for _, hr in items):
+      for spec in tasks.get_all(config.tasks):  # once per start, not at every evaluation
+        if spec.kind == "denoise" and not spec.gray and tasks.selects(selector, spec):
+          print(f"warning: {spec.name} on {name}: every image is grey; a colour task adds noise "
+                "per channel and scores Y, which no grey benchmark reports (grey protocol: "
+                f"denoise_gray_{spec.sigma:g})", flush=True)
   return sets
 
 
@@ -391,11 +397,6 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
       for testset in testsets:
         if not tasks.selects(testset.tasks, spec):
           continue
-        if (spec.kind == "denoise" and not spec.gray and testset.kind == "hr"
-            and all(metrics.is_grey(hr) for _, hr in testset.items)):
-          print(f"warning: {spec.name} on {testset.name}: every image is grey; a colour task "
-                "adds noise per channel and scores Y, which no grey benchmark reports (grey "
-                f"protocol: denoise_gray_{spec.sigma:g})", flush=True)
         rows, baseline = {name: [] for name, _, _ in runs}, []
         for index, (name, degraded, clean) in enumerate(test_pairs(spec, testset, config)):
           clean = clean[:degraded.shape[0] * spec.scale, :degraded.shape[1] * spec.scale]
