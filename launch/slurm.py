@@ -4,8 +4,8 @@ r"""A SLURM batch job: one training process per GPU on every node, resumable and
       --account=myproj [--job_name=mtl] [--signal_seconds=120] [--norequeue] [--dry_run] \
       -- --config=experiments/ipt_paper.py --workdir=/shared/ckpt/ipt --config.mesh.fsdp=8
 
-writes <workdir>/slurm/<job_name>.sbatch (from launch/slurm.sbatch.template) and submits it with
-sbatch. --dry_run prints the script and then the sbatch command, and submits nothing;
+writes <workdir>/slurm/<job_name>.sbatch (from launch/slurm.sbatch.template; an earlier, other
+script there is kept as <job_name>.sbatch.1, .2, ...) and submits it with sbatch. --dry_run prints the script and then the sbatch command, and submits nothing;
 --help lists every flag with its default.
 
 In the job, `srun` starts nodes x gpus_per_node tasks, each `python launch/train.py ...` with one
@@ -84,6 +84,36 @@ def define_flags(prefix="", gpus_per_node=8, job_name="mtl", module_name=None):
   flags.DEFINE_string(f("python"), "python", "The interpreter on the nodes.", **kw)
 
 
+def time_seconds(value):
+  """A SLURM --time in seconds (0: no limit), or None where `value` is not one of sbatch's forms:
+  M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+  match = re.fullmatch(r"(?:(\d+)-)?(\d+)((?::\d{1,2}){0,2})", value)
+  if match is None:
+    return None
+  days, first, rest = match.groups()
+  parts = [int(first)] + [int(p) for p in rest.split(":")[1:]]
+  if days is None:  # M, M:S or H:M:S
+    scale = {1: [60], 2: [60, 1], 3: [3600, 60, 1]}[len(parts)]
+  else:             # D-H, D-H:M or D-H:M:S
+    scale = [3600, 60, 1][:len(parts)]
+  return (int(days or 0) * 86400) + sum(p * s for p, s in zip(parts, scale))
+
+
+def keep_earlier(path, text):
+  """Before `text` is written to `path`: an earlier, different file there (the script of an
+  earlier submission, its record) is kept as <path>.<k>; returns that name, or None."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    if f.read() == text:
+      return None
+  k = 1
+  while os.path.exists(f"{path}.{k}"):
+    k += 1
+  os.replace(path, f"{path}.{k}")
+  return f"{path}.{k}"
+
+
 def options(prefix=""):
   """The parsed job flags (without the prefix) as a namespace; UsageError for a bad value."""
   names = ("nodes", "gpus_per_node", "time", "partition", "account", "job_name", "cpus_per_task",
@@ -95,9 +125,14 @@ def options(prefix=""):
   for name in ("cpus_per_task", "signal_seconds"):
     if getattr(args, name) < 0:
       raise cli.UsageError(f"--{prefix}{name}={getattr(args, name)} must be >= 0")
-  if not re.fullmatch(r"(\d+-)?\d+(:\d{1,2}){0,2}", args.time):
+  limit = time_seconds(args.time)
+  if limit is None:
     raise cli.UsageError(f"--{prefix}time={args.time} is not a SLURM time; use [D-]HH:MM:SS, "
                          "e.g. 24:00:00")
+  if limit and args.signal_seconds >= limit:
+    raise cli.UsageError(f"--{prefix}signal_seconds={args.signal_seconds} is not less than "
+                         f"--{prefix}time={args.time} ({limit} s): SLURM would send SIGTERM as "
+                         "the job starts")
   if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.job_name):
     raise cli.UsageError(f"--{prefix}job_name={args.job_name!r}: use letters, digits, '_', '.', "
                          "'-'")
@@ -175,9 +210,11 @@ def main(train_args):
     cli.error("sbatch not found on PATH; run this on a SLURM login node, or add --dry_run to "
               "print the script", status=1)
   os.makedirs(log_dir, exist_ok=True)
+  kept = keep_earlier(path, script)
   with open(path, "w") as f:
     f.write(script)
-  print(f"wrote {path}", flush=True)
+  print(f"wrote {path}" + (f" (the earlier script is kept as {kept})" if kept else ""),
+        flush=True)
   return subprocess.run(command).returncode
 
 

@@ -201,6 +201,7 @@ def submit(study, runs, dry_run, out=sys.stdout):
       out.write(f"# {spec.name}: {srun}\n{variables[spec.name]}=$({line})\n")
       continue
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    slurm.keep_earlier(path, script)  # an earlier submission's script stays beside it
     with open(path, "w") as f:
       f.write(script)
     result = subprocess.run(call, capture_output=True, text=True)

@@ -223,6 +223,7 @@ def test_slurm_options_off_and_relative_workdir(tmp_path):
     (["--nodes=0"], ["--nodes=0", ">= 1"]),
     (["--gpus_per_node=0"], ["--gpus_per_node=0", ">= 1"]),
     (["--time=soon"], ["--time=soon", "HH:MM:SS"]),
+    (["--time=2:00", "--signal_seconds=120"], ["--signal_seconds=120", "--time=2:00 (120 s)"]),
     (["--job_name=my job"], ["--job_name"]),
     (["--sbatch=qos=high"], ["--sbatch='qos=high'"]),
     # a newline would end the #SBATCH line and run the rest as a command; '#' starts a comment
@@ -243,6 +244,23 @@ def test_slurm_without_sbatch_says_so_and_writes_nothing(tmp_path):
   proc = _run([SLURM, "--", f"--workdir={tmp_path}/run"], env=env)
   _one_line_error(proc, "sbatch not found", "--dry_run", status=1)
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_slurm_resubmission_keeps_the_earlier_script(tmp_path):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text("#!/bin/bash\necho Submitted batch job 7\n")
+  (bin_dir / "sbatch").chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+  script = tmp_path / "run" / "slurm" / "mtl.sbatch"
+  for hours in ("1", "1", "2"):
+    proc = _run([SLURM, f"--time={hours}:00:00", "--", f"--workdir={tmp_path}/run"], env=env)
+    assert proc.returncode == 0, proc.stderr
+  # the same script again replaces nothing; another one keeps the earlier beside it
+  assert "#SBATCH --time=2:00:00" in script.read_text()
+  assert "#SBATCH --time=1:00:00" in (tmp_path / "run" / "slurm" / "mtl.sbatch.1").read_text()
+  assert not os.path.exists(f"{script}.2")
+  assert f"the earlier script is kept as {script}.1" in proc.stdout
 
 
 def _fake_tools(bin_dir, log):
