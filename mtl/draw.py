@@ -9,7 +9,8 @@
                                  the same-task agreement (the noise floor).
   cos_layers_pairs.png           layer x task-pair mean raw cosine over the window: where in the
                                  network the tasks' gradients differ; cells whose 95% interval
-                                 holds 0 faded, those beyond noise bold with '*'.
+                                 holds 0 faded, those beyond noise in full colour,
+                                 bold with '*' where that holds over the map (Holm).
   cos_curves.png                 over the probes: the noise-corrected whole-body cosine of every
                                  pair per tenth of the probes with its 95% interval (filled:
                                  excludes 0); the raw cosine per probe (thin) and its GradVac

@@ -317,7 +317,8 @@ def layer_step_figure(record, pair, rows="auto", vmax=None):
 
 def layer_pair_intervals(record, rows="auto", level=0.95):
   """(row names, grouping, (rows, P) window means of the raw cosine, (rows, P) whether each
-  mean's `level` interval over the probes excludes 0 (False without an interval), whether any
+  mean's `level` interval over the probes excludes 0 (False without an interval), (rows, P)
+  whether that holds over all the map's cells at family-wise level 1 - `level` (Holm), whether any
   cell has an interval)."""
   from mtl import stats
   by = rows_for(record.layer_names, rows)
@@ -325,13 +326,15 @@ def layer_pair_intervals(record, rows="auto", level=0.95):
   cos = conflicts.pair_values(conflicts.cosines(grams))  # (S, rows, P)
   mean = conflicts.nan_mean(cos, axis=0)
   beyond = np.zeros(mean.shape, bool)
+  p = np.full(mean.shape, np.nan)
   measured = False
   for r in range(mean.shape[0]):
     for c in range(mean.shape[1]):
       interval = stats.window_mean_interval(cos[:, r, c], level, record.interval_method)
       measured |= bool(np.isfinite(interval.low))
-      beyond[r, c] = excludes_zero(interval)
-  return names, by, mean, beyond, measured
+      beyond[r, c], p[r, c] = excludes_zero(interval), interval.p
+  held = beyond & (stats.holm(p).reshape(p.shape) < 1 - level)  # NaN p: never held
+  return names, by, mean, beyond, held, measured
 
 
 FADE = 0.65  # layer x pair map: a cell whose interval holds 0 is blended this far toward white
@@ -339,9 +342,9 @@ FADE = 0.65  # layer x pair map: a cell whose interval holds 0 is blended this f
 
 def layer_pair_figure(record, window=None, rows="auto", vmax=None):
   """Layer x task-pair mean raw cosine over the last `window` probe steps; cells whose 95%
-  interval holds 0 faded, those beyond noise marked."""
+  interval holds 0 faded, those beyond noise over the whole map (Holm) marked."""
   rec = record.last(window)
-  names, by, cos, beyond, measured = layer_pair_intervals(rec, rows)
+  names, by, cos, beyond, held, measured = layer_pair_intervals(rec, rows)
   vmax = vmax or symmetric_limit(cos)
   pnames = rec.pair_names
   largest = np.nanmax(np.abs(cos)) if np.isfinite(cos).any() else 1.0
@@ -361,18 +364,19 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
     for r in range(len(names)):
       for c in range(len(pnames)):
         if np.isfinite(cos[r, c]):
-          ax.text(c, r, _signed(cos[r, c], digits) + ("*" if beyond[r, c] else ""),
+          ax.text(c, r, _signed(cos[r, c], digits) + ("*" if held[r, c] else ""),
                   ha="center", va="center", fontsize=6.5,
                   color="#808080" if faded[r, c] else _text_color(cos[r, c] / vmax),
-                  fontweight="bold" if beyond[r, c] else "normal")
+                  fontweight="bold" if held[r, c] else "normal")
   fig.colorbar(matplotlib.cm.ScalarMappable(norm, _cmap()), ax=ax, fraction=0.05, pad=0.03,
                label=_stretched("mean raw cos", vmax))
   ax.set_title(_title(rec, f"per-{by} raw gradient cosine,\nmean over {rec.window_label()}"),
                fontsize=10)
-  fig.supxlabel(("full colour, bold, '*': the mean's 95% interval over the probes excludes 0,\n"
-                 "each cell on its own (of cells without a true effect, 1 in 20 is marked); "
-                 "faded: it holds 0 (noise)") if measured else
-                "fewer than 4 probes: no interval, nothing marked", fontsize=7)
+  fig.supxlabel((f"full colour: the mean's 95% interval over the probes excludes 0, each cell "
+                 "on its own (of cells without a true effect, 1 in 20 is);\n"
+                 f"bold, '*': that holds over all {cos.size} cells (Holm); faded: it holds 0 "
+                 f"(noise); {int(held.sum())} of {int(beyond.sum())} full-colour cells hold")
+                if measured else "fewer than 4 probes: no interval, nothing marked", fontsize=7)
   return fig
 
 

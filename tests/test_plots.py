@@ -118,7 +118,7 @@ def test_symmetric_limit_is_the_percentile():
 
 
 def test_layer_figures_rows_and_labels():
-  rec = record()
+  rec = record(steps=40)  # ~6 batch means a cell: enough df for Holm to hold some of them
   fig = plots.layer_pair_figure(rec)
   ax = fig.axes[0]
   assert labels(ax.get_xticklabels()) == PAIRS
@@ -130,18 +130,23 @@ def test_layer_figures_rows_and_labels():
   limit = np.percentile(np.abs(mean), 98)
   assert (norm.vmin, norm.vmax) == pytest.approx((-limit, limit))
   assert ax.get_title().startswith("run7: ")
-  # Significance: a cell whose interval over the 12 probes excludes 0 is bold, '*', in full
-  # colour, one that holds 0 faded toward white; the constructed conflict (pair 0) is marked most.
+  # Significance: a cell whose interval over the 40 probes excludes 0 is in full colour, one
+  # that holds 0 faded toward white; bold, '*' where that holds over the map's cells (Holm);
+  # the constructed conflict (pair 0) is marked most.
   cos = conflicts.pair_values(conflicts.cosines(rec.gramians))  # (S, L, P)
   texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t for t in ax.texts}
   pixels = ax.get_images()[0].get_array()
-  faded = 0
+  ivs = [[stats.window_mean_interval(cos[:, r, c], 0.95, rec.interval_method)
+          for c in range(len(PAIRS))] for r in range(len(rows))]
+  adjusted = stats.holm([iv.p for row in ivs for iv in row]).reshape(len(rows), len(PAIRS))
+  faded = held = 0
   for r in range(len(rows)):
     for c in range(len(PAIRS)):
-      iv = stats.window_mean_interval(cos[:, r, c], 0.95, rec.interval_method)
-      beyond = plots.excludes_zero(iv)
-      assert texts[c, r].get_text().endswith("*") == beyond
-      assert (texts[c, r].get_fontweight() == "bold") == beyond
+      beyond = plots.excludes_zero(ivs[r][c])
+      holds = beyond and adjusted[r, c] < 0.05
+      held += holds
+      assert texts[c, r].get_text().endswith("*") == holds
+      assert (texts[c, r].get_fontweight() == "bold") == holds
       full = np.asarray(plots._cmap()(norm(mean[r, c]))[:3])
       if beyond:
         np.testing.assert_allclose(pixels[r, c, :3], full)
@@ -152,6 +157,11 @@ def test_layer_figures_rows_and_labels():
             for c in range(len(PAIRS))]
   assert marked[0] > max(marked[1:])
   assert faded > 0 and "faded" in fig._supxlabel.get_text()
+  # Holm holds fewer cells than their own intervals mark, and the caption counts both
+  assert 0 < held < len(rows) * len(PAIRS) - faded
+  assert f"{held} of {len(rows) * len(PAIRS) - faded} full-colour cells hold" in (
+      fig._supxlabel.get_text())
+  rec = record()
   fig = plots.layer_step_figure(rec, "sr_x2~derain")
   ax = fig.axes[0]
   data = ax.get_images()[0].get_array()
