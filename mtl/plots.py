@@ -510,15 +510,25 @@ def _plain_log(ax):
 
 
 def curves_png(steps, series, title="", xlabel="step", ylabel="", logy=False):
-  """PNG bytes of line curves (e.g. losses).
+  """PNG bytes of lines_figure."""
+  return to_png(lines_figure(steps, series, title, xlabel, ylabel, logy))
 
-  series: {name: values} sharing `steps`, or {name: (steps, values)} with steps of its own.
+
+def lines_figure(steps, series, title="", xlabel="step", ylabel="", logy=False):
+  """Line curves (e.g. losses).
+
+  series: {name: values} sharing `steps`, {name: (steps, values)} with steps of its own, or
+  {name: [(steps, values), ...]}: several lines (seeds) in the name's one colour.
   """
   fig = Figure(figsize=(8, 4.5), layout="constrained")
   ax = fig.add_subplot()
-  for name, values in series.items():
-    xs, ys = values if isinstance(values, tuple) else (steps, values)
-    ax.plot(np.asarray(xs), np.asarray(ys, np.float64), label=name)
+  for k, (name, values) in enumerate(series.items()):
+    lines = values if isinstance(values, list) and isinstance(values[0], tuple) else [values]
+    for i, line in enumerate(lines):
+      xs, ys = line if isinstance(line, tuple) else (steps, line)
+      ax.plot(np.asarray(xs), np.asarray(ys, np.float64), color=f"C{k % 10}",
+              label=name if i == 0 else None, lw=1.2 if len(lines) == 1 else 0.9,
+              alpha=1.0 if len(lines) == 1 else 0.7)
   if logy:
     _plain_log(ax)
   ax.set_title(title, fontsize=10)
@@ -527,4 +537,4 @@ def curves_png(steps, series, title="", xlabel="step", ylabel="", logy=False):
   ax.grid(alpha=0.3)
   if series:
     ax.legend(fontsize=8)
-  return to_png(fig)
+  return fig

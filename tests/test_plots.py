@@ -245,6 +245,13 @@ def test_curves_figure():
   png = plots.curves_png([0, 1, 2], {"loss/a": [3.0, 2.0, 1.0], "loss/b": ([0, 2], [1.0, 0.5])},
                          title="loss", logy=True)
   assert png.startswith(b"\x89PNG") and png_size(png)[0] > 300
+  # several lines under one name (a regime's seeds): one colour, one legend entry
+  fig = plots.lines_figure(None, {"joint": [([0, 1], [2.0, 1.0]), ([0, 1], [2.5, 1.5])],
+                                 "scratch": ([0, 1], [3.0, 2.0])})
+  joint_a, joint_b, scratch = fig.axes[0].get_lines()
+  assert joint_a.get_color() == joint_b.get_color() != scratch.get_color()
+  assert list(joint_b.get_ydata()) == [2.5, 1.5]
+  assert labels(fig.axes[0].get_legend().get_texts()) == ["joint", "scratch"]
 
 
 def test_a_pair_not_measurable_is_still_named_in_the_corrected_panel_s_legend():

@@ -23,34 +23,36 @@ REPORT_FILE = "report.md"
 
 
 def loss_figures(study, figures_dir):
-  """figures/loss-<task>.png: the task's training loss in each regime (first seed with runs);
-  fine-tunes are drawn after their pre-training run's steps."""
+  """figures/loss-<task>.png: the task's training loss in each regime, one colour per regime and
+  a line per seed (its validation-chosen run); fine-tunes are drawn after their pre-training
+  run's steps."""
   from mtl import plots
   written = []
   for task in study.tasks:
-    series, seed = {}, None
+    series, seeds = {}, set()
     for col in regime_columns(study):
       c = regime_scores(study, col, task)
-      if c is None or not c.runs:
-        continue
-      if seed is None:
-        seed = c.runs[0].seed
-      spec = next((r for r in c.runs if r.seed == seed), None)
-      if spec is None:
-        continue
-      steps, values = events.read_scalars(os.path.join(study.run_dir(spec.name), "events"),
-                                   f"train/loss/{task}")
-      if not len(steps):
-        continue
-      # A fine-tune continues its pre-training run: draw it after the pre-training steps.
-      offset = study.sweeps[spec.source][0].steps if spec.regime == "finetune" else 0
-      series[f"{col} (lr {study_lib.format_lr(spec.lr)})"] = (steps + offset, values)
+      lines, lrs = [], []
+      for spec in (c.runs if c is not None else []):
+        steps, values = events.read_scalars(os.path.join(study.run_dir(spec.name), "events"),
+                                            f"train/loss/{task}")
+        if not len(steps):
+          continue
+        # A fine-tune continues its pre-training run: draw it after the pre-training steps.
+        offset = study.sweeps[spec.source][0].steps if spec.regime == "finetune" else 0
+        lines.append((steps + offset, values))
+        lrs.append(study_lib.format_lr(spec.lr))
+        seeds.add(spec.seed)
+      if lines:
+        series[f"{col} (lr {', '.join(dict.fromkeys(lrs))})"] = lines
     if not series:
       continue
     os.makedirs(figures_dir, exist_ok=True)
     path = os.path.join(figures_dir, f"loss-{task}.png")
-    data = plots.curves_png(None, series, title=f"training loss of {task}, seed {seed}",
-                            ylabel="L1 loss ([0, 255] scale)", logy=True)
+    data = plots.curves_png(None, series, ylabel="L1 loss ([0, 255] scale)", logy=True,
+                            title=f"training loss of {task}: "
+                            + (f"seed {min(seeds)}" if len(seeds) == 1 else
+                               f"{len(seeds)} seeds, a line each (lr chosen per seed)"))
     files.write_atomic(path, lambda f: f.write(data))
     written.append(path)
   return written
