@@ -307,6 +307,61 @@ def test_float_and_32_bit_integer_images_are_refused_naming_the_file(tmp_path):
   assert got.max() == 1
 
 
+def _png(path, pixels, interlace=False, rows=None):
+  """An 8-bit RGB PNG of `pixels` written by hand: Adam7-interlaced if asked (Pillow writes
+  none), its zlib stream complete but holding only the first `rows` rows if given."""
+  def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+  passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+            (0, 1, 1, 2)) if interlace else ((0, 0, 1, 1),)
+  raw = b"".join(b"\0" + row.tobytes() for x0, y0, dx, dy in passes
+                 for row in pixels[y0::dy, x0::dx] if row.size)
+  if rows is not None:
+    raw = raw[:rows * (1 + pixels.shape[1] * 3)]
+  height, width = pixels.shape[:2]
+  path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                   + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0,
+                                                int(interlace)))
+                   + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_a_png_whose_data_ends_early_and_signed_16_bit_samples_are_refused(tmp_path):
+  """Pillow reads a PNG whose complete zlib stream holds 10 of 37 rows as an image whose other
+  rows are black; a signed 16-bit TIFF's negative samples clipped to 0. Both are refused."""
+  pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8)
+  _png(tmp_path / "short.png", pixels, rows=10)
+  with pytest.raises(ValueError) as error:
+    folder.read_rgb(str(tmp_path / "short.png"))
+  rowbytes = 1 + 53 * 3
+  assert str(error.value) == (
+      f"cannot read image {tmp_path / 'short.png'}: its image data ends early "
+      f"({10 * rowbytes:,} of {37 * rowbytes:,} bytes: the rows past it would read as black); "
+      "the file is damaged")
+  # whole, plain or interlaced (7 passes, some of them empty at this size), it reads exactly
+  for interlace in (False, True):
+    _png(tmp_path / "whole.png", pixels, interlace)
+    np.testing.assert_array_equal(folder.read_rgb(str(tmp_path / "whole.png")), pixels)
+  _png(tmp_path / "tiny.png", pixels[:1, :3], interlace=True)
+  np.testing.assert_array_equal(folder.read_rgb(str(tmp_path / "tiny.png")), pixels[:1, :3])
+  import tifffile
+  tifffile.imwrite(tmp_path / "signed.tif", np.array([[-1000, 0, 1000]], np.int16))
+  with pytest.raises(ValueError, match=f"cannot read image {tmp_path / 'signed.tif'}: its "
+                     "samples are signed 16-bit integers"):
+    folder.read_rgb(str(tmp_path / "signed.tif"))
+
+
+def test_a_symlink_back_up_the_folder_lists_each_image_once(tmp_path):
+  root = tmp_path / "images"  # tmp_path holds nothing else: the links below lead back into it
+  (root / "sub").mkdir(parents=True)
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "a.png")
+  (root / "sub" / "up").symlink_to("..")        # a loop: 41 copies of a.png before
+  (root / "sub" / "up2").symlink_to("../..")    # out of the folder and back: never ended
+  (root / "again").symlink_to("sub")            # a second way into sub: nothing new
+  assert folder.list_images(str(root)) == [str(root / "a.png")]
+  assert folder.has_images(str(root / "sub"))
+
+
 def test_only_the_named_formats_are_decoded_and_bombs_are_refused_from_the_header(tmp_path):
   """A user's folder is untrusted: a file named .png is decoded only as one of IMAGE_FORMATS
   (Pillow's EPS decoder would hand it to Ghostscript), and a small file declaring more pixels

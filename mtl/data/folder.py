@@ -10,7 +10,8 @@ least the largest training crop (192 for sr_x4 at patch 48). Pixels are stored u
 Before a build, `estimate_bytes` sizes the cache from the image headers (every image up to 2000
 of them, else a sample scaled by file sizes); `sources.folder_builder` says where it goes and
 how much it needs, and refuses when the disk lacks the space. The folder may be a URL
-(gs://bucket/images) that etils.epath reads; local folders are walked following symlinks.
+(gs://bucket/images) that etils.epath reads; local folders are walked following symlinks, each
+directory once.
 
 Each folder gets its own builder config, named `<folder name>_<hash of the absolute path, the
 hold-out fraction and the tile size>` with the path as description, so two folders never share
@@ -25,14 +26,17 @@ Reading rules, shared with the benchmark loaders: png, jpg/jpeg, bmp, tif/tiff, 
 hidden files (names starting with '.') are skipped; grey and palette images become RGB, alpha is
 dropped (not composited), 16-bit images (grey, grey + alpha or colour) are scaled to 8 bits as
 round(v * 255 / 65535) (`to_8bit`: MATLAB's im2uint8), 32-bit integer and floating-point images
-are refused (their range, 0..1, 0..255 or 0..65535, is not in the file), the first frame of a
+are refused (their range, 0..1, 0..255 or 0..65535, is not in the file), and so are signed
+16-bit ones and PNGs whose image data ends before the last row; the first frame of a
 multi-frame file is used and EXIF orientation is ignored (as MATLAB's imread does).
 """
 import hashlib
 import os
 import re
+import struct
 import sys
 import warnings
+import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -146,6 +150,10 @@ def _grey_samples(image):
   """The samples of a Pillow 'I*' or 'F' (one-channel, more than 8-bit) image as 16-bit values;
   ValueError for 32-bit integer and float samples, whose range the file does not give."""
   rawmodes = sorted({_rawmode(t[3]) for t in image.tile})
+  if any(r.startswith("I;16") and "S" in r[4:] for r in rawmodes + [image.mode]):
+    raise ValueError(f"its samples are signed 16-bit integers (Pillow {'/'.join(rawmodes)}), "
+                     "whose range (-32768..32767? 0..32767?) the file does not say: save it as "
+                     "an unsigned 8- or 16-bit image (PNG, TIFF, ...)")
   if image.mode.startswith("I;16") or (
       image.mode == "I" and rawmodes and all(r.startswith("I;16") for r in rawmodes)):
     return np.asarray(image)   # "I" with 16-bit rawmodes: older Pillows' 16-bit grey PNGs
@@ -156,29 +164,90 @@ def _grey_samples(image):
                    "(PNG, TIFF, ...)")
 
 
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))  # (x0, y0, dx, dy) of the 7 passes of an interlaced PNG
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+
+
+def _check_png_data(handle):
+  """ValueError where a PNG's image data ends before its last row: Pillow fills the rest with
+  zeros without a word when the zlib stream is complete but short (libpng, MATLAB's imread,
+  refuses it). The data is inflated once more, to count its bytes."""
+  handle.seek(8)
+  inflate, size, header = zlib.decompressobj(), 0, None
+  while True:
+    head = handle.read(8)
+    if len(head) < 8:
+      break
+    length, kind = struct.unpack(">I4s", head)
+    data = handle.read(length)
+    handle.seek(4, os.SEEK_CUR)  # the CRC, checked by Pillow
+    if kind == b"IHDR":
+      header = struct.unpack(">IIBBBBB", data[:13])
+    elif kind == b"IDAT":
+      size += len(inflate.decompress(data))
+    elif kind == b"IEND":
+      break
+  if header is None:
+    return
+  width, height, depth, colour, _, _, interlace = header
+  bits = depth * _PNG_CHANNELS.get(colour, 1)
+  passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+  expected = 0
+  for x0, y0, dx, dy in passes:
+    cols, rows = max(0, -(-(width - x0) // dx)), max(0, -(-(height - y0) // dy))
+    if cols and rows:
+      expected += rows * (1 + -(-cols * bits // 8))  # a filter byte, then the row's samples
+  if size < expected:
+    raise ValueError(f"its image data ends early ({size:,} of {expected:,} bytes: the rows "
+                     "past it would read as black); the file is damaged")
+
+
+def _decoded_rgb(image, handle):
+  """uint8 (H, W, 3) RGB of an opened image (`handle`: its file)."""
+  if image.mode.startswith("I") or image.mode == "F":   # 16-bit grey; others refused
+    grey = to_8bit(np.clip(_grey_samples(image), 0, 65535))
+    return np.repeat(grey[..., None], 3, axis=-1)
+  grey = _grey_alpha_16bit(image)
+  if grey is not None:
+    return np.repeat(to_8bit(grey)[..., None], 3, axis=-1)
+  colour = _colour_16bit(image, handle)
+  if colour is not None:
+    return to_8bit(colour)
+  return np.asarray(image.convert("RGB"))   # grey, palette, RGBA (alpha dropped), CMYK ...
+
+
 def read_rgb(path):
   """The image at `path` as uint8 (H, W, 3) RGB; ValueError naming the path if it can't be read
-  or its samples have no fixed range (32-bit integer or float)."""
+  or its samples have no fixed range (32-bit integer, float or signed)."""
   try:
     with epath.Path(path).open("rb") as handle, _open(handle) as image:
-      if image.mode.startswith("I") or image.mode == "F":   # 16-bit grey; others refused
-        grey = to_8bit(np.clip(_grey_samples(image), 0, 65535))
-        return np.repeat(grey[..., None], 3, axis=-1)
-      grey = _grey_alpha_16bit(image)
-      if grey is not None:
-        return np.repeat(to_8bit(grey)[..., None], 3, axis=-1)
-      colour = _colour_16bit(image, handle)
-      if colour is not None:
-        return to_8bit(colour)
-      return np.asarray(image.convert("RGB"))   # grey, palette, RGBA (alpha dropped), CMYK ...
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+      rgb = _decoded_rgb(image, handle)
+      if image.format == "PNG":
+        _check_png_data(handle)
+      return rgb
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as error:
     raise ValueError(f"cannot read image {path}: {error}") from None
+
+
+def _walk(folder):
+  """os.walk of a local folder following symlinks, in sorted order, each directory once (a link
+  to a directory already seen, such as one back up, would repeat its images or never end),
+  hidden ones (.git, .ipynb_checkpoints, ...) skipped."""
+  seen = set()
+  for root, dirs, files in os.walk(folder, followlinks=True):
+    stat = os.stat(root)
+    if (stat.st_dev, stat.st_ino) in seen:
+      dirs[:] = []
+      continue
+    seen.add((stat.st_dev, stat.st_ino))
+    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    yield root, dirs, files
 
 
 def has_images(folder):
   """Whether a local `folder` (or a subfolder) holds an image file; stops at the first."""
-  for root, dirs, files in os.walk(os.path.expanduser(folder), followlinks=True):
-    dirs[:] = [d for d in dirs if not d.startswith(".")]
+  for root, dirs, files in _walk(os.path.expanduser(folder)):
     if any(is_image_file(n) for n in files):
       return True
   return False
@@ -199,8 +268,7 @@ def list_images(folder, recursive=True):
     return sorted(os.path.join(folder, n) for n in os.listdir(folder)
                   if is_image_file(n) and os.path.isfile(os.path.join(folder, n)))
   paths = []
-  walk = (epath.Path(folder).walk() if is_url(folder)
-          else os.walk(folder, followlinks=True))
+  walk = epath.Path(folder).walk() if is_url(folder) else _walk(folder)
   for root, dirs, files in walk:
     dirs[:] = [d for d in dirs if not d.startswith(".")]   # .ipynb_checkpoints, .git, ...
     paths.extend(os.path.join(str(root), n) for n in files if is_image_file(n))
