@@ -106,7 +106,7 @@ def _block_codec(plane, table):
   q = jnp.asarray(table, jnp.float32)
   levels = jnp.sign(coef) * jnp.floor(jnp.abs(coef) / q + 0.5)
   pixels = jnp.einsum("uk,abuv,vl->abkl", c, levels * q, c, precision=_HIGHEST) + 128.0
-  pixels = jnp.clip(jnp.round(pixels), 0, 255).astype(jnp.int32)
+  pixels = jnp.clip(jnp.floor(pixels + 0.5), 0, 255).astype(jnp.int32)  # DESCALE: halves up
   return pixels.transpose(0, 2, 1, 3).reshape(h, w)
 
 
