@@ -158,8 +158,11 @@ def _match(restored, reference):
   for path in ours:
     if path in partner:
       continue
-    key = benchmarks.pair_key(stem(path))
-    same_key = [r for r in refs if benchmarks.pair_key(stem(r)) == key]
+    ref_keys = {r: benchmarks.pair_keys(stem(r))[0] for r in refs}
+    same_key = []
+    # strictest first: 'babyx2' -> 'baby'; a SOTS hazy image's name '1400_3' -> clear 1400
+    for key in benchmarks.pair_keys(stem(path)) + [benchmarks.reside_key(stem(path))]:
+      same_key = same_key or [r for r in refs if ref_keys[r] == key]
     free = [r for r in same_key if r not in paired_with]
     if len(free) > 1:
       raise ValueError(f"{path} could pair with {_names(free)} in --reference={reference}; "

@@ -96,6 +96,34 @@ def test_load_paired_folder_errors(tmp_path):
     _save(tmp_path / "twice" / "norain" / name, _image(0))
   with pytest.raises(ValueError, match="holds 'rain-1' in 2 files"):
     benchmarks.load_paired_folder(str(tmp_path / "twice"))
+  # two names that pair with one clean image, without RESIDE's parameters: refused, not shared
+  for name in ("rain-1.png", "rainy-1.png"):
+    _save(tmp_path / "both" / "rain" / name, _image(0))
+  _save(tmp_path / "both" / "norain" / "norain-1.png", _image(0))
+  with pytest.raises(ValueError, match=r"rain-1.png and .*rainy-1.png in .*both pair with "
+                                       r".*norain-1.png; keep one"):
+    benchmarks.load_paired_folder(str(tmp_path / "both"))
+  for name in ("5_gt.png", "gt_5.png"):
+    _save(tmp_path / "clean2" / "clean" / name, _image(0))
+  _save(tmp_path / "clean2" / "input" / "5.png", _image(0))
+  with pytest.raises(ValueError, match=r"5_gt.png and .*gt_5.png in .* pair by the same name"):
+    benchmarks.load_paired_folder(str(tmp_path / "clean2"))
+
+
+def test_names_pair_exactly_before_reside_s_parameters_are_removed(tmp_path):
+  """'3_1' and '3_2' are images of their own, not two hazy versions of a clean '3', and 'box1' is
+  not 'bo' with a JORDER 'x1': each degraded image pairs with the clean one of its own name
+  (before, 3_1 and box1 read the clean images of 3_2 and box2)."""
+  names = ("3_1", "3_2", "4_1", "box1", "box2", "blurred_7")
+  for i, name in enumerate(names):
+    _save(tmp_path / "set" / "input" / f"{name}.png", _image(i))
+    _save(tmp_path / "set" / "target" / f"{name}.png", _image(10 + i))
+  items = benchmarks.load_paired_folder(str(tmp_path / "set"))
+  assert sorted(name for name, _, _ in items) == sorted(names)
+  for name, degraded, clean in items:
+    i = names.index(name)
+    np.testing.assert_array_equal(degraded, _image(i))
+    np.testing.assert_array_equal(clean, _image(10 + i))
 
 
 @pytest.mark.parametrize("layout", ["sots_outdoor", "lol", "lol_v2", "gopro"])
@@ -149,13 +177,18 @@ def test_reside_training_pairs_share_a_clean_image_and_sots_indoor_is_cropped(tm
   np.testing.assert_array_equal(clean, big[10:38, 10:30])
 
 
-def test_pair_key():
-  assert benchmarks.pair_key("0001_0.8_0.2") == benchmarks.pair_key("0001") == 1
-  assert benchmarks.pair_key("1400_10") == 1400
-  assert benchmarks.pair_key("low00690") == benchmarks.pair_key("normal00690") == 690
-  assert benchmarks.pair_key("norain-001x2") == benchmarks.pair_key("norain-001") == 1
-  assert benchmarks.pair_key("rain-12") == benchmarks.pair_key("12_gt") == 12
-  assert benchmarks.pair_key("city_rainy") == benchmarks.pair_key("city_clean") == "city"
+def test_pair_keys():
+  assert benchmarks.reside_key("0001_0.8_0.2") == benchmarks.pair_keys("0001")[0] == 1
+  assert benchmarks.reside_key("1400_10") == 1400 and benchmarks.pair_keys("1400_10") == [
+      "1400_10"]
+  assert benchmarks.reside_key("rain-1") is None
+  assert benchmarks.pair_keys("low00690") == benchmarks.pair_keys("normal00690") == [690]
+  assert benchmarks.pair_keys("norain-001x2") == ["001x2", 1]
+  assert benchmarks.pair_keys("norain-001") == benchmarks.pair_keys("blurred_001") == [1]
+  assert benchmarks.pair_keys("rain-12") == benchmarks.pair_keys("12_gt") == [12]
+  assert benchmarks.pair_keys("city_rainy") == benchmarks.pair_keys("city_clean") == ["city"]
+  assert [benchmarks.pair_keys(n)[0] for n in ("box1", "yellow", "rainbow_2")] == [
+      "box1", "yellow", "rainbow_2"]
 
 
 def test_photos_testset(tmp_path):

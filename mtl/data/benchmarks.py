@@ -15,11 +15,13 @@ Degraded / clean layouts that `find_pairs` recognises, in this order:
   3. one folder of rain-001.png and norain-001.png files;
   4. subfolders that each hold layout 1 (GoPro: <split>/GOPR0384_11_00/{blur,sharp}/000001.png);
      their images are named '<subfolder>/<name>'.
-Files pair by their name with the layout's words, separators and a JORDER 'x2' suffix removed
-(rain/X2/norain-001x2.png pairs with norain/norain-001.png), and with RESIDE's haze parameters
-removed: hazy 0001_0.8_0.2.jpg (outdoor: id, airlight, beta) and 1400_3.png (indoor) pair with
-clear 0001.png and 1400.png. Several degraded images may share one clean image (RESIDE's training
-sets); every degraded image needs its clean one. A clean image larger than its degraded one by an
+Files pair by their name with the layout's words (whole, or beside digits) and separators
+removed, the same name first; a degraded name without a partner then loses a JORDER 'x2' suffix
+(rain/X2/norain-001x2.png pairs with norain/norain-001.png), and then RESIDE's haze parameters:
+hazy 0001_0.8_0.2.jpg (outdoor: id, airlight, beta) and 1400_3.png (indoor) pair with clear
+0001.png and 1400.png. Only so may several degraded images share one clean image (RESIDE's
+training sets); two clean images, or two degraded ones otherwise, that pair by the same name are
+refused, naming both; every degraded image needs its clean one. A clean image larger than its degraded one by an
 even margin on each side is centre-cropped to it (SOTS indoor: 640 x 480 clean, 620 x 460 hazy).
 """
 import os
@@ -72,16 +74,22 @@ def load_hr_folder(path):
   return [(_stem(p), folder_lib.read_rgb(p)) for p in paths]
 
 
-def pair_key(stem):
-  """What a degraded and a clean file name share: 'norain-001x2', 'rain-001' -> 1; '12_gt' -> 12;
-  RESIDE's '0001_0.8_0.2' (outdoor hazy), '1400_3' (indoor hazy) -> 1, 1400."""
-  stem = re.sub(r"x\d$", "", stem.lower())
-  stem = re.sub(rf"^{_TAG}[-_ ]?", "", stem)
-  stem = re.sub(rf"[-_ ]?{_TAG}$", "", stem)
-  reside = re.fullmatch(r"(\d+)(?:_\d+(?:\.\d+)?)+", stem)
-  if reside:
-    stem = reside.group(1)
-  return int(stem) if stem.isdigit() else stem
+def pair_keys(stem):
+  """What a degraded and a clean file name may share, strictest first: the name without the
+  layout's words (whole, or beside digits) and separators ('rain-001', '12_gt' -> 1, 12;
+  'blurred_7' -> 7; 'yellow' stays); then without a JORDER / SR suffix 'x2' too ('norain-001x2',
+  'babyx2' -> 1, 'baby'). Digits become an int."""
+  stem = re.sub(rf"^{_TAG}(?:[-_ ]|(?=\d)|$)", "", stem.lower())
+  stem = re.sub(rf"(?:^|[-_ ]|(?<=\d)){_TAG}$", "", stem)
+  return list(dict.fromkeys(int(k) if k.isdigit() else k
+                            for k in (stem, re.sub(r"x\d$", "", stem))))
+
+
+def reside_key(stem):
+  """The clear image's id in a RESIDE hazy name: '0001_0.8_0.2' (outdoor: id, airlight, beta),
+  '1400_3' (indoor) -> 1, 1400; None for another name."""
+  match = re.fullmatch(r"(\d+)(?:_\d+(?:\.\d+)?)+", stem)
+  return int(match.group(1)) if match else None
 
 
 def _find_dir(path, names):
@@ -116,15 +124,32 @@ def _layout(path):
 
 
 def _match(path, degraded, clean, prefix=""):
-  """[(name, degraded path, clean path)] of one layout's files, paired by `pair_key`."""
+  """[(name, degraded path, clean path)] of one layout's files, paired by `pair_keys`."""
   for listed in (degraded, clean):  # rain-001.png and rain-001.jpg: one name, two images
     stems = [_stem(p) for p in listed]
     twice = sorted({s for s in stems if stems.count(s) > 1})
     if twice:
       raise ValueError(f"{path} holds {twice[0]!r} in {stems.count(twice[0])} files (other "
                        "extensions or folders); keep one of them")
-  clean_by_key = {pair_key(_stem(p)): p for p in clean}
-  keys = [pair_key(_stem(p)) for p in degraded]
+  clean_by_key = {}
+  for p in clean:
+    key = pair_keys(_stem(p))[0]
+    if clean_by_key.setdefault(key, p) != p:
+      raise ValueError(f"{clean_by_key[key]} and {p} in {path} pair by the same name "
+                       f"({key!r}); rename one of them")
+  keys, taken = [], {}
+  for p in degraded:
+    candidates = pair_keys(_stem(p))
+    key = next((k for k in candidates if k in clean_by_key), None)
+    if key is None:   # RESIDE: several hazy images (airlight, beta) share a clear one
+      key = reside_key(_stem(p))
+      key = key if key in clean_by_key else candidates[-1]
+    elif key in taken:
+      raise ValueError(f"{taken[key]} and {p} in {path} both pair with {clean_by_key[key]}; "
+                       "keep one of them")
+    else:
+      taken[key] = p
+    keys.append(key)
   used = [k for k in keys if k in clean_by_key]
   many = len(set(used)) < len(used)    # several degraded per clean image (RESIDE training sets)
   unmatched = sorted(map(str, set(keys) - set(clean_by_key)))
@@ -135,8 +160,9 @@ def _match(path, degraded, clean, prefix=""):
                      f"degraded, {len(clean)} clean; unmatched: {', '.join(unmatched[:5])})")
   triples = [(prefix + _stem(d if many else clean_by_key[k]), d, clean_by_key[k])
              for k, d in zip(keys, degraded)]
-  return sorted(triples, key=lambda t: (pair_key(os.path.basename(t[0])).__class__ is str,
-                                        pair_key(os.path.basename(t[0])), t[0]))
+  by = lambda name: pair_keys(name)[-1] if reside_key(name) is None else reside_key(name)
+  order = lambda t: by(os.path.basename(t[0]))
+  return sorted(triples, key=lambda t: (isinstance(order(t), str), order(t), t[0]))
 
 
 def find_pairs(path):
