@@ -278,6 +278,10 @@ def _step(state, batch, hyper, model, config, optimizer, names, plan, split):
     with jax.named_scope("gramians"):
       g_body = _stacked(g_body)  # (2T, ...) per leaf
       grams = 4.0 * gramians.leaf_gramians(g_body, _gramian_chunk(config))
+      # the references carry the weighted losses' gradients: the tasks' own are w_t-th of them
+      # (a loss weighting's w_t > 0), as probe_gramians measures them
+      w2 = jax.lax.stop_gradient(jnp.repeat(loss_w.astype(grams.dtype), 2))
+      grams = grams / (w2[:, None] * w2[None, :])
     if aggregate:  # the task gradients, g_t = the sum of its two references' gradients
       per_task_grads = jax.tree_util.tree_map(
           lambda g: g.reshape((len(names), 2) + g.shape[1:]).sum(1), g_body)

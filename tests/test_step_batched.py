@@ -107,6 +107,22 @@ def test_gramians_in_pieces_give_the_probe_s_gramians():
   np.testing.assert_allclose(grams / scale, want / scale, atol=GRAD_TOL)
 
 
+@pytest.mark.parametrize("weighting", ["rlw", "uncertainty"])
+def test_a_loss_weighting_leaves_the_gramians_those_of_the_tasks_own_losses(weighting):
+  # The step differentiates w_t L_t; its Gramians are of the L_t's gradients (those the probe
+  # batch measures), so they equal the unweighted step's whatever the weights (rlw: random each
+  # step; uncertainty: exp(-s_t) of the log-variances). Weighted, they read w_i w_j G_ij.
+  config = _config()
+  config.mtl.loss_weighting = weighting
+  weighted = _run(config, "looped", True)
+  weights = [float(weighted[1][f"mtl/loss_weight/{name}"]) for name in TASKS]
+  assert max(abs(w - 1) for w in weights) > 0.1, weights
+  grams = np.asarray(weighted[2], np.float64)
+  want = np.asarray(_looped(True)[2], np.float64)
+  scale = np.abs(want).max(axis=(1, 2), keepdims=True)
+  np.testing.assert_allclose(grams / scale, want / scale, atol=GRAD_TOL)
+
+
 def test_auto_body_calls_batch_on_accelerators_and_loop_on_cpus():
   cfg = ipt.ModelConfig(**ipt.SIZES["tiny"])
   assert [cfg.body_mode(b) for b in ("gpu", "tpu", "cpu")] == ["batched", "batched", "looped"]
