@@ -31,13 +31,22 @@ def define_flags():
 def initialize():
   """Start jax.distributed if this is a multi-process job; a no-op for one process."""
   f = flags.FLAGS
+  # checked whatever the branch: a --process_id=3 without --num_processes ran as one process
+  if f.num_processes < 1:
+    raise SystemExit(f"error: --num_processes={f.num_processes} must be >= 1")
+  if not 0 <= f.process_id < f.num_processes:
+    raise SystemExit(f"error: --process_id={f.process_id} is outside 0..{f.num_processes - 1}"
+                     + ("; give --num_processes too" if f.num_processes == 1 else ""))
+  if f.distributed_timeout < 1:
+    raise SystemExit(f"error: --distributed_timeout={f.distributed_timeout} must be >= 1 "
+                     "(seconds)")
+  if f.num_cpu_devices < 0:
+    raise SystemExit(f"error: --num_cpu_devices={f.num_cpu_devices} must be >= 0 (0: default)")
   if f.num_cpu_devices:
     jax.config.update("jax_num_cpu_devices", f.num_cpu_devices)
   if f.coordinator_address or f.num_processes > 1:
     if not f.coordinator_address:
       raise SystemExit(f"error: --num_processes={f.num_processes} needs --coordinator_address")
-    if not 0 <= f.process_id < f.num_processes:
-      raise SystemExit(f"error: --process_id={f.process_id} is outside 0..{f.num_processes - 1}")
     logging.info("jax.distributed: process %d of %d, coordinator %s",
                  f.process_id, f.num_processes, f.coordinator_address)
     # On a timeout jax aborts the process from C++ (a multi-line fatal log, exit 134), which no

@@ -13,10 +13,10 @@ def make_mesh(mesh_cfg, devices=None):
   first data*fsdp devices (e.g. one device of several, for a comparison)."""
   devices = jax.devices() if devices is None else devices
   count, fsdp = len(devices), int(mesh_cfg.get("fsdp", 1))
-  if fsdp < 1 or count % fsdp:
-    raise ValueError(f"mesh.fsdp={fsdp} does not divide the {count} devices; "
-                     f"valid: a divisor of {count}")
   data = int(mesh_cfg.get("data", -1))
+  if fsdp < 1 or (data == -1 and count % fsdp):  # data=-1 spans every device: fsdp must divide
+    raise ValueError(f"mesh.fsdp={fsdp} does not divide the {count} devices; "
+                     f"valid: a divisor of {count}, or an explicit mesh.data")
   data = count // fsdp if data == -1 else data
   if data < 1 or data * fsdp > count:
     raise ValueError(f"mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices, "

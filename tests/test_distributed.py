@@ -30,7 +30,7 @@ import pytest
 
 from experiments import tiny
 from mtl import checkpoints, conflicts, train
-from mtl import run_state
+from mtl import run_state, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")
@@ -349,9 +349,26 @@ def test_mesh_that_does_not_divide_the_devices_stops_both_processes(tmp_path):
   assert "Traceback" not in out and not os.path.exists(os.path.join(workdir, "checkpoints"))
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--process_id=3"], "--process_id=3 is outside 0..0; give --num_processes too"),
+    (["--num_processes=0"], "--num_processes=0 must be >= 1"),
+    (["--num_processes=2", "--process_id=2"], "--process_id=2 is outside 0..1"),
+    (["--distributed_timeout=-5"], "--distributed_timeout=-5 must be >= 1 (seconds)"),
+    (["--num_cpu_devices=-1"], "--num_cpu_devices=-1 must be >= 0 (0: default)"),
+])
+def test_bad_process_flags_are_one_line_whatever_else_is_given(tmp_path, flags, message):
+  # a launcher that sets MTL_PROCESS_ID but not MTL_NUM_PROCESSES ran N single-process runs
+  proc, _ = _run([sys.executable, TRAIN, *_args(str(tmp_path / "run")), *flags], _env(),
+                 timeout=120)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1] == f"error: {message}", proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "run")
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"mesh.data": 16}, "mesh data=16 x fsdp=1 needs 16 devices, 8 are present"),
     ({"mesh.fsdp": 3}, "mesh.fsdp=3 does not divide the 8 devices"),
+    ({"mesh.data": 3, "mesh.fsdp": 3}, "mesh data=3 x fsdp=3 needs 9 devices, 8 are present"),
     ({"data.batch_size": 4}, "data.batch_size=4 is not divisible by the 8 batch shards"),
     ({"mesh.data": 2, "mesh.fsdp": 2, "data.batch_size": 6},
      "data.batch_size=6 is not divisible by the 4 batch shards"),
@@ -364,3 +381,9 @@ def test_mesh_that_does_not_fit_is_a_clear_error(changes, message):
   with pytest.raises(ValueError) as error:
     run_state.build(config)
   assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_an_explicit_mesh_may_use_some_of_the_devices_whatever_fsdp_divides():
+  # fsdp must divide the devices only where data=-1 spans them all
+  mesh = sharding.make_mesh({"data": 2, "fsdp": 3}, jax.devices()[:8])
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 3}
