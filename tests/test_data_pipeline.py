@@ -248,6 +248,34 @@ def test_paired_tasks_get_aligned_clean_and_degraded_crops(images, tmp_path, lay
   np.testing.assert_array_equal(half["dehaze:input"], batch["dehaze:input"][4:])
 
 
+def test_a_paired_crop_is_the_crop_of_the_pair_stacked_channel_wise():
+  """sample_pair cuts the clean and the degraded image apart with one drawn window, copying only
+  the windows: the crops of the two stacked (its former definition), so a seed draws as before."""
+  rng = np.random.default_rng(9)
+  pairs = [tuple(rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(2))
+           for shape in ((70, 90), (30, 60), (48, 48), (100, 40))]
+
+  def stacked(seed, step, index, side):   # the former sample_pair
+    draw = np.random.default_rng([seed, step, tasks.task_id("dehaze", bits=32), index, 1])
+    degraded, clean = pairs[int(draw.integers(len(pairs)))]
+    both = np.concatenate([clean, degraded], axis=-1)
+    both = np.pad(both, [(0, max(0, side - both.shape[0])), (0, max(0, side - both.shape[1])),
+                         (0, 0)], mode="symmetric")
+    top = int(draw.integers(both.shape[0] - side + 1))
+    left = int(draw.integers(both.shape[1] - side + 1))
+    window = both[top:top + side, left:left + side]
+    flip, rotations = int(draw.integers(2)), int(draw.integers(4))
+    window = np.rot90(window[:, ::-1] if flip else window, rotations)
+    return window[..., :3], window[..., 3:]
+
+  for seed in (0, 1, 7):
+    for index in range(16):
+      for side in (48, 64):
+        got = pipeline.sample_pair(pairs, seed, 3, "dehaze", index, side)
+        for crop, expected in zip(got, stacked(seed, 3, index, side)):
+          np.testing.assert_array_equal(crop, expected)
+
+
 def test_a_paired_folder_with_a_misfit_pair_is_refused_before_anything_is_written(tmp_path):
   from experiments import tiny
   from mtl import train

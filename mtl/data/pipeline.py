@@ -15,9 +15,9 @@ tasks given real streak layers, a streak layer, its crop, flip and rotation). So
 [.., i, 0] would collide with other streams.)
 
 Tasks with real degraded / clean pairs (`load_pairs`, config `data.pairs`) draw a pair instead of
-a clean image, and one window, flip and rotation cut both: the clean crop is the task's entry and
-the aligned degraded crop its '<task>:input' entry, which the train step uses as the input
-instead of synthesizing one (scale-1 tasks only).
+a clean image, and one window, flip and rotation cut both (only the window is copied from each):
+the clean crop is the task's entry and the aligned degraded crop its '<task>:input' entry, which
+the train step uses as the input instead of synthesizing one (scale-1 tasks only).
 
 Crop side per task is `spec.hr_crop(patch_size)` (SR x2: 96, x3: 144, x4: 192; others 48).
 Images smaller than a crop are reflect-padded (mirror including the edge pixel) up to the crop
@@ -75,25 +75,38 @@ def local_samples(batch_size, process_index=0, process_count=1):
   return range(process_index * per_process, (process_index + 1) * per_process)
 
 
-def _pad_to(image, side):
+def _pad_to(window, side):
   """Reflect-pad (symmetric: mirror including the edge pixel) so both sides are >= `side`."""
-  h, w = image.shape[:2]
+  h, w = window.shape[:2]
   if h >= side and w >= side:
-    return image
-  logging.log_first_n(logging.WARNING, "image of %dx%d is smaller than the %d crop; "
-                      "reflect-padding it (further warnings suppressed)", 1, h, w, side)
-  pad = [(0, max(0, side - h)), (0, max(0, side - w))] + [(0, 0)] * (image.ndim - 2)
-  return np.pad(image, pad, mode="symmetric")
+    return window
+  pad = [(0, max(0, side - h)), (0, max(0, side - w))] + [(0, 0)] * (window.ndim - 2)
+  return np.pad(window, pad, mode="symmetric")
+
+
+def _draw_window(rng, shape, side):
+  """(top, left, flip, rotations) of a random side x side window of an image of `shape`, drawn
+  as if it were reflect-padded up to `side` first."""
+  h, w = shape[:2]
+  if h < side or w < side:
+    logging.log_first_n(logging.WARNING, "image of %dx%d is smaller than the %d crop; "
+                        "reflect-padding it (further warnings suppressed)", 1, h, w, side)
+  top = int(rng.integers(max(h, side) - side + 1))
+  left = int(rng.integers(max(w, side) - side + 1))
+  return top, left, int(rng.integers(2)), int(rng.integers(4))
+
+
+def _cut(image, window, side):
+  """The crop `window` (`_draw_window`) of `image`: only its pixels are read (a view, unless padded
+  or read from several tiles). Padding the cut equals cutting the padded image."""
+  top, left, flip, rotations = window
+  crop = _pad_to(image[top:top + side, left:left + side], side)
+  return np.rot90(crop[:, ::-1] if flip else crop, rotations)
 
 
 def _random_window(rng, image, side):
-  """A random side x side window of `image`, flipped and rotated at random (a view)."""
-  image = _pad_to(image, side)
-  top = int(rng.integers(image.shape[0] - side + 1))
-  left = int(rng.integers(image.shape[1] - side + 1))
-  window = image[top:top + side, left:left + side]
-  flip, rotations = int(rng.integers(2)), int(rng.integers(4))
-  return np.rot90(window[:, ::-1] if flip else window, rotations)
+  """A random side x side window of `image`, flipped and rotated at random."""
+  return _cut(image, _draw_window(rng, image.shape, side), side)
 
 
 def sample_crop(images, seed, step, task_name, index, side, streaks=None):
@@ -172,12 +185,14 @@ def load_pairs(spec, specs, cache_mb=1024):
 
 def sample_pair(pairs, seed, step, task_name, index, side):
   """Global sample `index` of a paired task at `step`: aligned (clean, degraded) uint8
-  (side, side, 3) crops, one window, flip and rotation for both. A pure function of its arguments."""
+  (side, side, 3) crops, one window, flip and rotation for both. A pure function of its
+  arguments."""
   rng = np.random.default_rng([seed, step, tasks_lib.task_id(task_name, bits=32), index,
                                _SAMPLE_STREAM])
   degraded, clean = pairs[int(rng.integers(len(pairs)))]
-  both = _random_window(rng, np.concatenate([clean, degraded], axis=-1), side)
-  return both[..., :3], both[..., 3:]
+  # The draws of a window of the two stacked channel-wise, without copying them: the same crops.
+  window = _draw_window(rng, clean.shape, side)
+  return _cut(clean, window, side), _cut(degraded, window, side)
 
 
 def _as_specs(specs):
