@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from mtl import tasks
-from mtl.data import pipeline, sources
+from mtl.data import folder, pipeline, sources
 
 TASKS = ("denoise_30", "sr_x2", "sr_x3", "derain")
 
@@ -274,6 +274,36 @@ def test_a_paired_crop_is_the_crop_of_the_pair_stacked_channel_wise():
         got = pipeline.sample_pair(pairs, seed, 3, "dehaze", index, side)
         for crop, expected in zip(got, stacked(seed, 3, index, side)):
           np.testing.assert_array_equal(crop, expected)
+
+
+def test_tiling_a_folder_changes_no_crop_and_images_are_drawn_uniformly(tmp_path):
+  """data.folder_tile is a pure speed-up: a tiled folder serves each crop from the tiles holding
+  it (two or four where it straddles a seam), so every crop, and each image's share of them,
+  is what the whole images give; drawing a stored tile instead weighted images by tile count."""
+  rng = np.random.default_rng(5)
+  sizes = ((40, 40), (65, 65), (70, 150), (130, 130), (30, 200))
+  (tmp_path / "imgs").mkdir()
+  for k, (h, w) in enumerate(sizes):   # red 50 k .. 50 k + 49 tells a crop's image
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    image[..., 0] = 50 * k + rng.integers(0, 50, (h, w))
+    Image.fromarray(image).save(tmp_path / "imgs" / f"{k}.png")
+  opened = {tile: sources.open_images(ml_collections.ConfigDict(dict(
+      source="folder", folder=str(tmp_path / "imgs"), tfds_dir=str(tmp_path / "tfds"),
+      folder_tile=tile)), "train") for tile in (0, 64)}
+  tiles = [len(folder.tile_origins(h, 64)) * len(folder.tile_origins(w, 64)) for h, w in sizes]
+  assert tiles == [1, 4, 6, 9, 4] and len(opened[64].records) == 24 and len(opened[64]) == 5
+  for step in range(3):   # crops of 48 and 96 (larger than a tile)
+    _assert_batches_equal(_batch(opened[0], step, names=("denoise_30", "sr_x2"), batch_size=8),
+                          _batch(opened[64], step, names=("denoise_30", "sr_x2"), batch_size=8))
+  n, k = 2000, len(sizes)
+  crops = [pipeline.sample_crop(opened[64], 3, 0, "denoise_30", i, 48)[0] for i in range(n)]
+  counts = np.bincount([crop[..., 0].min() // 50 for crop in crops], minlength=k)
+  # Drawn uniformly, each count is Binomial(n, 1/k): sd sqrt(n (1/k)(1 - 1/k)) = 17.9. Within 5 sd
+  # a false alarm has probability < 6e-7 per image for any seed; the tile-count weighting moves
+  # the 1-tile image's mean by n/k - n/24 = 317 (over 3 x 5 sd), which this tolerance catches.
+  tolerance = 5 * np.sqrt(n / k * (1 - 1 / k))
+  assert np.abs(counts - n / k).max() < tolerance, counts
+  assert np.abs(n * np.array(tiles) / sum(tiles) - n / k).max() > 3 * tolerance
 
 
 def test_a_paired_folder_with_a_misfit_pair_is_refused_before_anything_is_written(tmp_path):

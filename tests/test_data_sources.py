@@ -1,5 +1,6 @@
 """TFDS builders and sources: the embedded photographs, a user folder, a prepared TFDS dataset by
 name; built offline into tmp dirs and read back."""
+import json
 import os
 import struct
 import subprocess
@@ -171,6 +172,70 @@ def test_folder_tiles_cover_each_image(tmp_path):
     assert tile.shape == (128, 128, 3)
     rebuilt[top:top + 128, left:left + 128] = tile
   np.testing.assert_array_equal(rebuilt, image)
+
+
+def test_a_tiled_image_reads_any_window_from_the_tiles_that_hold_it():
+  image = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+  rows, cols = folder.tile_origins(70, 32), folder.tile_origins(90, 32)
+  assert rows == [0, 19, 38] and cols == [0, 29, 58]
+  stored = {(i, j): image[top:top + 32, left:left + 32] for i, top in enumerate(rows)
+            for j, left in enumerate(cols)}
+  reads = []
+  tiled = folder.TiledImage(70, 90, 32, lambda i, j: reads.append((i, j)) or stored[i, j])
+  assert tiled.shape == image.shape
+  np.testing.assert_array_equal(np.asarray(tiled), image)
+  for top in range(70 - 20 + 1):
+    for left in range(90 - 20 + 1):
+      np.testing.assert_array_equal(tiled[top:top + 20, left:left + 20],
+                                    image[top:top + 20, left:left + 20])
+  np.testing.assert_array_equal(tiled[60:80, 80:100], image[60:80, 80:100])  # cut at the edge
+  reads.clear()
+  assert np.shares_memory(tiled[20:40, 1:21], stored[1, 0]) and reads == [(1, 0)]  # one tile
+  reads.clear()
+  tiled[20:40, 25:45]   # straddles column 32: each part from the last tile starting before it
+  assert reads == [(1, 0), (1, 1)]
+  with pytest.raises(TypeError, match="reads windows"):
+    tiled[::2, :]
+
+
+def test_a_tiled_folder_serves_whole_images_numbered_as_untiled(tmp_path, monkeypatch):
+  rng = np.random.default_rng(3)
+  sizes = ((40, 50), (65, 65), (70, 150), (130, 64), (64, 64), (20, 300))
+  (tmp_path / "imgs").mkdir()
+  for k, shape in enumerate(sizes):
+    Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(
+        tmp_path / "imgs" / f"{k}.png")
+
+  def open_images(tile, split="train", **fields):
+    return sources.open_images(_data_cfg(tmp_path / "tfds", source="folder", folder_tile=tile,
+                                         folder=str(tmp_path / "imgs"), **fields), split)
+
+  for split, fraction, count in (("train", 0.0, 6), ("train", 0.3, 4), ("validation", 0.3, 2)):
+    whole, tiled = (open_images(t, split, validation_fraction=fraction) for t in (0, 64))
+    assert len(tiled) == len(whole) == count
+    for k in range(count):   # image k is the same image: a seed draws the same crops
+      np.testing.assert_array_equal(np.asarray(tiled[k]), whole[k])
+  tiled = open_images(64)
+  # A cache built before the image sizes were stored: they come from the image headers.
+  builder = sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), tile=64)
+  path = os.path.join(builder.data_dir, "metadata.json")
+  with open(path) as f:
+    metadata = json.load(f)
+  assert metadata[folder.SIZES_KEY] == {"train": [list(size) for size in sizes]}
+  with open(path, "w") as f:
+    json.dump({k: v for k, v in metadata.items() if k != folder.SIZES_KEY}, f)
+  headers, image_size = [], folder.image_size
+  monkeypatch.setattr(folder, "image_size", lambda p: headers.append(p) or image_size(p))
+  older = open_images(64, cache_mb=0)
+  assert len(headers) == 6
+  for k in range(6):
+    np.testing.assert_array_equal(np.asarray(older[k]), np.asarray(tiled[k]))
+  # A tile not where the layout looks for it is named, not read as another image's pixels.
+  older.layout.records[:] = older.layout.records[::-1]
+  with pytest.raises(ValueError, match=r"record \d+ is '.*', not the tile '.*' expected there"):
+    [np.asarray(older[k]) for k in range(6)]
+  with pytest.raises(ValueError, match="a slice of the records would cut images' tiles apart"):
+    open_images(64, "train[:50%]")
 
 
 def test_folder_validation_hold_out_is_deterministic(tmp_path):
@@ -422,7 +487,7 @@ def test_folder_cache_estimate_is_its_stored_pixels_and_it_goes_to_cache_dir(tmp
   # the margin covers the framing
   assert stored <= records <= stored * sources.SPACE_MARGIN + sources.SPACE_FIXED
   assert not os.path.exists(tmp_path / "tfds")  # nothing went to the TFDS data dir
-  assert len(sources.open_images(cfg)) == 9
+  assert len(sources.open_images(cfg)) == 3   # images, whatever their tiles
   said.clear()  # a built cache is reused without a word
   sources.folder_builder(cfg.folder, sources.cache_dir(cfg), tile=128, say=said.append)
   assert said == []

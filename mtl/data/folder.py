@@ -2,9 +2,13 @@
 an ImageNet subset ...), searched recursively, stored as raw RGB uint8 in array_record files.
 
 Large images are stored as tiles of at most `tile` x `tile` pixels (default 512; 0 keeps whole
-images), spread evenly over the image and overlapping a little: a training crop then reads one
-tile instead of a whole 2K image (over 10x faster for DIV2K-sized images). `tile` must be at
-least the largest training crop (192 for sr_x4 at patch 48). Pixels are stored uncompressed
+images), spread evenly over the image and overlapping a little: a training crop then reads the
+tile that holds it (or the two or four it straddles) instead of a whole 2K image (about 7-10x
+faster for DIV2K-sized images when not cached). Tiling is a pure speed-up: readers see whole
+images (`TiledImage`), numbered as a tile-0 build numbers them, so a seed draws the same crops
+at any tile size; the split's image sizes, stored in the dataset's metadata, locate the tiles
+(`tile_layout`). `tile` must be at least the largest training crop (192 for sr_x4 at patch 48).
+Pixels are stored uncompressed
 (Encoding.BYTES): zlib would shrink photographs by only 1.2-1.7x and make reads about 3x slower.
 
 Before a build, `estimate_bytes` sizes the cache from the image headers (every image up to 2000
@@ -30,6 +34,7 @@ are refused (their range, 0..1, 0..255 or 0..65535, is not in the file), and so 
 16-bit ones and PNGs whose image data ends before the last row; the first frame of a
 multi-frame file is used and EXIF orientation is ignored (as MATLAB's imread does).
 """
+import bisect
 import hashlib
 import os
 import re
@@ -40,8 +45,10 @@ import zlib
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 from PIL import Image
+from tensorflow_datasets.core import hashing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The decoders Pillow may use on them, whatever a file holds: never its others (EPS would run
@@ -62,6 +69,7 @@ def _open(handle):
                      "image may hold here (a decompression bomb?)")
   return image
 DEFAULT_TILE = 512
+SIZES_KEY = "tiled_image_sizes"  # metadata: {split: [[height, width]] in name order}
 ESTIMATE_SAMPLE = 2000   # images whose headers are read to size a cache (all of a smaller folder)
 
 
@@ -349,13 +357,108 @@ def tile_origins(length, tile):
   return [int(round(i * (length - tile) / (count - 1))) for i in range(count)]
 
 
-def tiles(image, tile):
-  """[((top, left), view)] of `image` cut into tiles (the whole image if tile is 0)."""
-  if not tile:
-    return [((0, 0), image)]
-  return [((top, left), image[top:top + tile, left:left + tile])
-          for top in tile_origins(image.shape[0], tile)
-          for left in tile_origins(image.shape[1], tile)]
+def tile_keys(name, height, width, tile):
+  """[((top, left), record key)] of the tiles, row-major, that an image `name` of height x width
+  is stored as: '<name>@<top>,<left>', or `name` alone for an image kept whole."""
+  origins = [(top, left) for top in tile_origins(height, tile)
+             for left in tile_origins(width, tile)]
+  if len(origins) == 1:
+    return [((0, 0), name)]
+  return [((top, left), f"{name}@{top},{left}") for top, left in origins]
+
+
+def _spans(origins, side, start, stop):
+  """[(tile, first, end)]: the tiles along one axis (`origins`, each `side` long) and the ranges of
+  them that make [start, stop), each from the last tile starting at or before it (which reaches
+  furthest): one tile where one holds the whole range."""
+  spans = []
+  while True:
+    i = bisect.bisect_right(origins, start) - 1
+    end = min(stop, origins[i] + side)
+    spans.append((i, start - origins[i], end - origins[i]))
+    if end >= stop:
+      return spans
+    start = end
+
+
+class TiledImage:
+  """An image stored as tiles (`tile_keys`), read lazily: its `shape`, and windows
+  image[top:bottom, left:right] cut from the tiles that cover them (the one tile that holds a
+  window when there is one, else the pieces of two or four); np.asarray gives the whole image."""
+
+  def __init__(self, height, width, tile, read):
+    """read(i, j): the tile in row i, column j of the image's tiles (uint8 (h, w, 3))."""
+    self.shape = (height, width, 3)
+    self._origins = (tile_origins(height, tile), tile_origins(width, tile))
+    self._sides = (min(tile, height), min(tile, width))
+    self._read = read
+
+  def __getitem__(self, key):
+    if not (isinstance(key, tuple) and len(key) == 2
+            and all(isinstance(k, slice) and k.step in (None, 1) for k in key)):
+      raise TypeError(f"a TiledImage reads windows image[top:bottom, left:right], not [{key}]")
+    spans = []
+    for k, length, origins, side in zip(key, self.shape, self._origins, self._sides):
+      start, stop, _ = k.indices(length)
+      spans.append(_spans(origins, side, start, max(start, stop)))
+    rows, cols = spans
+    if len(rows) == len(cols) == 1:
+      (i, top, bottom), (j, left, right) = rows[0], cols[0]
+      return self._read(i, j)[top:bottom, left:right]
+    window = np.empty((sum(b - a for _, a, b in rows), sum(b - a for _, a, b in cols), 3),
+                      np.uint8)
+    y = 0
+    for i, top, bottom in rows:
+      x = 0
+      for j, left, right in cols:
+        window[y:y + bottom - top, x:x + right - left] = self._read(i, j)[top:bottom, left:right]
+        x += right - left
+      y += bottom - top
+    return window
+
+  def __array__(self, dtype=None, copy=None):
+    image = self[:, :]
+    return image if dtype is None else image.astype(dtype)
+
+  def __repr__(self):
+    return f"TiledImage({self.shape[0]} x {self.shape[1]})"
+
+
+class TileLayout:
+  """Where a tiled split keeps each image's tiles. Images are numbered in the order a whole-image
+  (tile 0) build stores them, so image k is the same image whatever the tile size; TFDS orders a
+  split's records by the md5 of their keys salted with the split name (stable: TFDS would bump
+  every dataset's version to change it), and reads check each tile's key."""
+
+  def __init__(self, names, sizes, tile, split):
+    hasher = hashing.Hasher(split)
+    order = sorted(range(len(names)), key=lambda i: hasher.hash_key(names[i]))
+    self.tile, self.names = tile, [names[i] for i in order]
+    self.sizes = np.asarray(sizes, np.int64).reshape(-1, 2)[order]
+    keys = [key for name, (h, w) in zip(self.names, self.sizes.tolist())
+            for _, key in tile_keys(name, h, w, tile)]
+    self.records = np.empty(len(keys), np.int64)  # keys[j] is record records[j]
+    self.records[sorted(range(len(keys)), key=lambda j: hasher.hash_key(keys[j]))] = np.arange(
+        len(keys))
+    counts = [len(tile_origins(h, tile)) * len(tile_origins(w, tile)) for h, w in self.sizes]
+    self.first = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+
+  def __len__(self):
+    return len(self.names)
+
+  def size(self, index):
+    """(height, width) of image `index`."""
+    height, width = self.sizes[index].tolist()
+    return height, width
+
+  def tile_record(self, index, row, column):
+    """(record index, key) of the tile in row `row`, column `column` of image `index`'s tiles."""
+    height, width = self.size(index)
+    tops, lefts = tile_origins(height, self.tile), tile_origins(width, self.tile)
+    record = int(self.records[self.first[index] + row * len(lefts) + column])
+    if len(tops) == len(lefts) == 1:
+      return record, self.names[index]
+    return record, f"{self.names[index]}@{tops[row]},{lefts[column]}"
 
 
 class FolderConfig(tfds.core.BuilderConfig):
@@ -412,20 +515,53 @@ class MtlFolder(tfds.core.GeneratorBasedBuilder):
                        f"(looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
     self.info.metadata["fingerprint"] = fingerprint(config.folder, paths)
     self.info.metadata["folder"] = config.folder
-    by_name = {relative(p, config.folder): p for p in paths}
-    train, validation = split_validation(sorted(by_name), config.validation_fraction)
-    splits = {"train": self._generate_examples([(n, by_name[n]) for n in train])}
-    if validation:
-      splits["validation"] = self._generate_examples([(n, by_name[n]) for n in validation])
-    return splits
+    return {split: self._generate_examples(split, named)
+            for split, named in split_paths(config, paths).items()}
 
-  def _generate_examples(self, named_paths):
-    tile = self.builder_config.tile
+  def _generate_examples(self, split, named_paths):
+    tile, sizes = self.builder_config.tile, []
     for name, path in named_paths:
-      parts = tiles(read_rgb(path), tile)
-      for (top, left), part in parts:
-        key = f"{name}@{top},{left}" if len(parts) > 1 else name
-        yield key, {"image": np.ascontiguousarray(part), "name": key}
+      image = read_rgb(path)
+      sizes.append(list(image.shape[:2]))
+      side = tile or max(image.shape[:2])
+      for (top, left), key in tile_keys(name, *image.shape[:2], tile):
+        part = np.ascontiguousarray(image[top:top + side, left:left + side])
+        yield key, {"image": part, "name": key}
+    if tile:  # the split's tile layout, without reading its records (`tile_layout`)
+      self.info.metadata.setdefault(SIZES_KEY, {})[split] = sizes
+
+
+def split_paths(config, paths):
+  """{split: [(name, path)]} of a folder config's images `paths`: 'train', and 'validation' when
+  images are held out; names are relative paths."""
+  by_name = {relative(p, config.folder): p for p in paths}
+  train, validation = split_validation(sorted(by_name), config.validation_fraction)
+  splits = {"train": [(n, by_name[n]) for n in train]}
+  if validation:
+    splits["validation"] = [(n, by_name[n]) for n in validation]
+  return splits
+
+
+def tile_layout(builder, split):
+  """The `TileLayout` of a prepared tiled folder dataset's split: image sizes from its metadata,
+  or from the image headers for a dataset built before they were stored there."""
+  config = builder.builder_config
+  if split not in ("train", "validation"):
+    raise ValueError(f"split {split!r} of a tiled image folder: use 'train' or 'validation' "
+                     "whole (a slice of the records would cut images' tiles apart)")
+  named = split_paths(config, list_images(config.folder)).get(split, [])
+  sizes = (builder.info.metadata or {}).get(SIZES_KEY, {}).get(split)
+  if sizes is None:
+    logging.info("reading the sizes of %d images from their headers (their cache in %s was "
+                 "built before it stored them)", len(named), builder.data_dir)
+    sizes = [image_size(path) for _, path in named]
+  layout = TileLayout([name for name, _ in named], sizes, config.tile, split)
+  stored = builder.info.splits[split].num_examples
+  if stored != len(layout.records):
+    raise ValueError(f"the {split} split in {builder.data_dir} holds {stored} tiles, but the "
+                     f"images of {config.folder} make {len(layout.records)}; delete that "
+                     "directory to rebuild it")
+  return layout
 
 
 def check_fingerprint(builder):

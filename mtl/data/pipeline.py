@@ -12,7 +12,9 @@ tasks given real streak layers, a streak layer, its crop, flip and rotation). So
     started after P pre-training steps (offset P) draws at its step k a scratch run's step
     k + P samples, never the pre-training's again.
 (The trailing 1 tags the stream: numpy's SeedSequence ignores trailing zeros, so [.., i] and
-[.., i, 0] would collide with other streams.)
+[.., i, 0] would collide with other streams.) Images are drawn uniformly and windows uniformly
+within them, over whole images whatever the storage: a tiled folder (`data.folder_tile`) serves
+each crop from the tiles that hold it (`folder.TiledImage`), so tiling changes no crop.
 
 Tasks with real degraded / clean pairs (`load_pairs`, config `data.pairs`) draw a pair instead of
 a clean image, and one window, flip and rotation cut both (only the window is copied from each):

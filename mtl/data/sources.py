@@ -11,7 +11,7 @@ Datasets live in the TFDS data dir: `data.tfds_dir`, else $MTL_TFDS_DIR, else
 the folder source says where it goes and how much it needs, and refuses when that disk lacks
 the space. Data dirs may be URLs (gs://...; TFDS reads them through etils.epath; no space
 check there). Builds happen once and are reused; several processes may
-start at once (see `prepare`). The result is a random-access sequence of uint8 HWC RGB arrays;
+start at once (see `prepare`). The result is a random-access sequence of uint8 HWC RGB images;
 decoded images are kept in memory up to `data.cache_mb` MiB (default 1024), so the embedded set
 is decoded once and a large folder is read through array_record for the rest.
 """
@@ -198,30 +198,49 @@ def as_rgb(image):
 class ImageSource(collections.abc.Sequence):
   """Random access to one split's images as uint8 (H, W, 3) RGB arrays (read-only).
 
-  Decoded images are kept in memory while their total stays within `cache_bytes`; the rest are
-  decoded from the record files on every access. Safe to read from several threads.
+  A tiled folder's images (`layout`: its `folder.TileLayout`) are `folder.TiledImage`s, whose
+  windows are read from the tiles that hold them (np.asarray: the whole image); an image kept
+  whole is an array. Decoded records (images or tiles) are kept in memory while their total
+  stays within `cache_bytes`; the rest are decoded from the record files on every access. Safe
+  to read from several threads.
   """
 
-  def __init__(self, records, image_key, description, cache_bytes=0):
+  def __init__(self, records, image_key, description, cache_bytes=0, layout=None):
     self.records = records
     self.image_key = image_key
     self.description = description
     self.cache_bytes = int(cache_bytes)
+    self.layout = layout
     self._cache = {}
     self._cached_bytes = 0
     self._lock = threading.Lock()
 
   def __len__(self):
-    return len(self.records)
+    return len(self.records) if self.layout is None else len(self.layout)
 
   def __getitem__(self, index):
     index = operator.index(index)
     if not -len(self) <= index < len(self):
       raise IndexError(f"image index {index} out of range for {len(self)} images")
     index %= len(self)
+    if self.layout is None:
+      return self._record(index)
+    height, width = self.layout.size(index)
+    if max(height, width) <= self.layout.tile:   # kept whole
+      return self._record(*self.layout.tile_record(index, 0, 0))
+    read = lambda i, j: self._record(*self.layout.tile_record(index, i, j))
+    return folder_lib.TiledImage(height, width, self.layout.tile, read)
+
+  def _record(self, index, key=None):
+    """The image of record `index`, decoded (and cached); ValueError if its key is not `key`."""
     image = self._cache.get(index)
     if image is None:
-      image = as_rgb(self.records[index][self.image_key])
+      record = self.records[index]
+      if key is not None and record["name"].decode() != key:
+        raise ValueError(f"{self.description}: record {index} is "
+                         f"{record['name'].decode()!r}, not the tile {key!r} expected there; "
+                         "delete the prepared dataset to rebuild it")
+      image = as_rgb(record[self.image_key])
       image.setflags(write=False)
       with self._lock:
         if index not in self._cache and self._cached_bytes + image.nbytes <= self.cache_bytes:
@@ -260,7 +279,8 @@ def open_images(data_cfg, split="train", cache_mb=None):
   The folder source's cache goes to `data.cache_dir` ('' -> the TFDS data dir).
   For source='tfds' the 'train' split means `data.tfds_split` (which may be sliced, e.g.
   'train[:90%]'). source='folder' stores tiles of `data.folder_tile` pixels (default 512, 0: whole
-  images) and has a 'validation' split when `data.validation_fraction` > 0 (default 0).
+  images), served as whole images all the same, and has a 'validation' split when
+  `data.validation_fraction` > 0 (default 0).
   `cache_mb` (default `data.cache_mb`, else 1024) bounds the decoded images kept in memory.
   """
   check_config(data_cfg)
@@ -287,8 +307,11 @@ def open_images(data_cfg, split="train", cache_mb=None):
   key = image_feature_key(builder.info.features)
   if cache_mb is None:
     cache_mb = data_cfg.get("cache_mb", DEFAULT_CACHE_MB)
+  layout = None
+  if source == "folder" and builder.builder_config.tile:
+    layout = folder_lib.tile_layout(builder, split)
   images = ImageSource(builder.as_data_source(split), key, f"{name} [{split}]",
-                       cache_bytes=cache_mb * 2**20)
+                       cache_bytes=cache_mb * 2**20, layout=layout)
   if not len(images):
     raise ValueError(f"split {split!r} of {name} holds no images")
   return images
