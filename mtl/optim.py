@@ -1,4 +1,5 @@
 """The optimizer of a run: Adam(W) with optional global-norm clipping and a learning-rate schedule.
+Weight decay (AdamW's, decoupled) applies to the dense and conv kernels only.
 
 The schedule's numbers (peak lr, warmup, decay length, milestones: `schedule_args`) are values,
 not constants of the program: the step passes them as a traced argument (`update(...,
@@ -88,6 +89,21 @@ def scale_by_schedule_args(name, default_args):
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def decay_kernels(weight_decay):
+  """optax.add_decayed_weights(weight_decay) on the dense and conv kernels alone: not on biases,
+  LayerNorm scales (decay would pull them to 0, not 1), embeddings or a loss weighting's own
+  parameters. Its state is add_decayed_weights' (none), so checkpoints load either way."""
+  def update_fn(updates, state, params=None):
+    if weight_decay == 0:
+      return updates, state
+    if params is None:
+      raise ValueError("weight decay needs the parameters: optimizer.update(grads, state, params)")
+    decay = lambda path, g, p: (g + weight_decay * p if getattr(path[-1], "key", None) == "kernel"
+                                and "loss_weighting" not in jax.tree_util.keystr(path) else g)
+    return jax.tree_util.tree_map_with_path(decay, updates, params), state
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(optim_cfg, total_steps):
   """(optimizer, schedule): optax.adamw's chain (after clipping when grad_clip > 0) with the
   schedule's numbers as an update argument, and the run's schedule (step -> lr) for the logs."""
@@ -95,7 +111,7 @@ def make_optimizer(optim_cfg, total_steps):
   chain = [optax.clip_by_global_norm(optim_cfg.grad_clip)] if optim_cfg.grad_clip > 0 else []
   chain.append(optax.chain(  # optax.adamw's own chain: its state's structure
       optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
-      optax.add_decayed_weights(optim_cfg.weight_decay),
+      decay_kernels(optim_cfg.weight_decay),
       scale_by_schedule_args(optim_cfg.schedule, args)))
   # int64: the step schedule's padding milestone minus a step stays in range
   return optax.chain(*chain), lambda count: float(

@@ -105,7 +105,7 @@ def validate(config):
                        "decay; 0.9 and 0.999 are the usual)")
   if not 0 <= config.optim.final_lr_ratio <= 1:
     raise ValueError(f"optim.final_lr_ratio={config.optim.final_lr_ratio} must be in [0, 1] (the "
-                     "schedule's last lr over its peak)")
+                     "cosine's end lr over its peak)")
   decay = config.optim.get("ema_decay", 0.0)
   if not 0 <= decay < 1:
     raise ValueError(f"optim.ema_decay={decay} must be in [0, 1): 0 keeps no EMA of the "

@@ -221,11 +221,13 @@ FIELD_HELP = {
     "optim.b1": "Adam beta1",
     "optim.b2": "Adam beta2",
     "optim.eps": "Adam epsilon",
-    "optim.weight_decay": "decoupled weight decay (AdamW; 0: Adam)",
+    "optim.weight_decay": "decoupled weight decay (AdamW; 0: Adam) of the kernels, not of "
+                          "biases, norms or embeddings",
     "optim.grad_clip": "clip the global gradient norm to this (0: no clipping)",
     "optim.schedule": "learning-rate schedule: cosine | step | constant",
     "optim.warmup_steps": "linear warm-up steps",
-    "optim.final_lr_ratio": "cosine: the last step's lr / the peak lr",
+    "optim.final_lr_ratio": "cosine: the lr / the peak lr at step total_steps, one past the "
+                            "last (optax's cosine over total_steps - warmup_steps)",
     "optim.milestones": "schedule=step: fractions of total_steps where the lr drops",
     "optim.gamma": "schedule=step: factor the lr drops by at each milestone",
     "optim.ema_decay": "> 0: keep an EMA of the parameters (BasicSR: 0.999), evaluated beside",

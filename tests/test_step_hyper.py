@@ -156,3 +156,29 @@ def test_a_finetunes_step_k_draws_a_scratch_runs_step_k_plus_its_pretraining_ste
   assert not np.array_equal(draws["finetune"][0], draws["scratch_k"][0])
   assert np.abs(draws["finetune"][1] - draws["scratch_k"][1]).mean() > 10
   np.testing.assert_array_equal(draws["scratch_k"][1], np.asarray(before))
+
+
+def test_weight_decay_pulls_the_kernels_alone_toward_zero():
+  # AdamW's decoupled decay on zero gradients: a kernel moves by -lr * wd * p; biases, LayerNorm
+  # scales (decayed, they would shrink toward 0, not 1), embeddings, task queries and the
+  # uncertainty weighting's log-variances stay where they are.
+  config = _config(schedule="constant", warmup_steps=0, lr=1e-2, weight_decay=0.5)
+  config.tasks = (TASK, "sr_x2")
+  config.mtl.loss_weighting = "uncertainty"
+  run = run_state.build(config)
+  with jax.set_mesh(run.mesh):
+    params = run.init_state().params
+  params["loss_weighting"] = jax.tree.map(lambda p: p + 1.0, params["loss_weighting"])
+  optimizer, _ = optim.make_optimizer(config.optim, config.total_steps)
+  updates, _ = optimizer.update(jax.tree.map(np.zeros_like, params), optimizer.init(params),
+                                params)
+  names = set()
+  for (path, update), param in zip(jax.tree_util.tree_leaves_with_path(updates),
+                                   jax.tree_util.tree_leaves(params)):
+    name = jax.tree_util.keystr(path)
+    names.add(getattr(path[-1], "key", None))
+    decayed = getattr(path[-1], "key", None) == "kernel" and "loss_weighting" not in name
+    want = -1e-2 * 0.5 * np.asarray(param, np.float64) if decayed else 0.0 * param
+    np.testing.assert_allclose(np.asarray(update, np.float64), want, rtol=1e-5, atol=1e-12,
+                               err_msg=name)
+  assert {"kernel", "bias", "scale", "pos_embed", "log_var", TASK} <= names, names
