@@ -67,6 +67,12 @@ def load_testsets(config):
     if path is None:
       items = benchmarks.photos_testset(config.data, PHOTO_SETS[name])
     elif kind == "paired":
+      sr = [spec.name for spec in tasks.get_all(config.tasks)
+            if spec.scale > 1 and tasks.selects(selector, spec)]
+      if sr:  # its clean image would be read as a larger, centre-cropped one (SOTS indoor)
+        raise ValueError(f"eval.sets {name}: {', '.join(sr)} would score a paired set; an SR "
+                         f"task degrades a clean set itself: give {name}=for:{sr[0]}:<HR "
+                         "folder>, or name the tasks the pairs are for (for:derain:paired:...)")
       items = benchmarks.load_paired_folder(path)
     else:
       items = benchmarks.load_hr_folder(path)
@@ -75,7 +81,8 @@ def load_testsets(config):
     if config.eval.max_side:
       items = [tuple([item[0]] + [_center_crop(im, config.eval.max_side) for im in item[1:]])
                for item in items]
-    _check_sides(name, items, config.tasks, config.eval.max_side)
+    _check_sides(name, items, [spec.name for spec in tasks.get_all(config.tasks)
+                               if tasks.selects(selector, spec)], config.eval.max_side)
     sets.append(TestSet(name, kind, items, selector))
     if kind == "hr" and all(metrics.is_grey(hr) for _, hr in items):
       for spec in tasks.get_all(config.tasks):  # once per start, not at every evaluation
@@ -90,8 +97,10 @@ def _check_sides(set_name, items, task_names, max_side=0):
   """Refuse (before training) a clean image too small to score: SSIM's window must fit after an
   SR task's mod-crop (< scale pixels) and its `scale`-pixel border crop (and eval.max_side's
   centre crop, `max_side`)."""
-  scale = max(spec.scale for spec in tasks.get_all(task_names))
-  needed = metrics.SSIM_WINDOW + 2 * (scale if scale > 1 else 0) + scale - 1
+  # the smallest side whose mod-crop (a multiple of `scale`) keeps the window after the border
+  needed = max([metrics.SSIM_WINDOW] + [
+      spec.scale * -(-(metrics.SSIM_WINDOW + 2 * spec.scale) // spec.scale)
+      for spec in tasks.get_all(task_names) if spec.scale > 1])
   for item in items:
     h, w = item[-1].shape[:2]
     if min(h, w) < needed:

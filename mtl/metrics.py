@@ -40,8 +40,12 @@ def rgb_to_y(img):
 
 def grey_plane(img):
   """(H, W, 1) float64 grey plane of an (H, W, 3) image in [0, 255]: round(BT.601 luminance), as
-  a saved grey image holds it (DnCNN's grey protocol); of a grey image, its one channel."""
-  return np.round(np.asarray(img, np.float64) @ np.asarray(LUMA))[..., None]
+  a saved grey image holds it (DnCNN's grey protocol); of a one-channel (H, W, 1) or (H, W)
+  image, that channel."""
+  img = np.asarray(img, np.float64)
+  if img.ndim == 2 or img.shape[-1] == 1:
+    return img.reshape(img.shape[:2] + (1,))
+  return np.round(img @ np.asarray(LUMA))[..., None]
 
 
 def is_grey(img):

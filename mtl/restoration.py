@@ -152,6 +152,12 @@ def _match(restored, reference):
   refs = folder_lib.list_images(reference, recursive=False)
   if not ours:
     raise ValueError(f"no image files directly in --restored={restored}")
+  for flag, paths in (("restored", ours), ("reference", refs)):  # baby.png and baby.bmp
+    seen = {}
+    for p in paths:
+      if seen.setdefault(stem(p), p) != p:
+        raise ValueError(f"--{flag} holds {os.path.basename(seen[stem(p)])} and "
+                         f"{os.path.basename(p)}: one name, two images; keep one of them")
   by_stem = {stem(p): p for p in refs}
   partner = {p: by_stem[stem(p)] for p in ours if stem(p) in by_stem}
   paired_with = {ref: path for path, ref in partner.items()}
@@ -180,12 +186,12 @@ def _match(restored, reference):
 def score_pair(ours, ref, crop_border=0, y_channel=True):
   """{'psnr', 'ssim', 'channel'} of one restored image against its reference (uint8 HWC).
 
-  When both are grey (a grey file, or R == G == B everywhere) they are scored on the grey plane,
-  as evaluation scores grey denoising (`evaluate.score`): channel 'grey', whatever `y_channel`
-  says; else 'Y' or 'RGB'.
+  When the reference is grey (a grey file, or R == G == B everywhere) both are scored on the grey
+  plane (a colour output's: its rounded luma), as evaluation scores grey denoising
+  (`evaluate.score`): channel 'grey', whatever `y_channel` says; else 'Y' or 'RGB'.
   """
   channel = "Y" if y_channel else "RGB"
-  if metrics.is_grey(ours) and metrics.is_grey(ref):
+  if metrics.is_grey(ref):  # a grey task's RGB output is near grey, rarely exactly
     # Y of equal channels is 16 + 219/255 v: it would shrink every error and add 1.32 dB.
     ours, ref, channel = metrics.grey_plane(ours), metrics.grey_plane(ref), "grey"
   return {"psnr": metrics.psnr(ours, ref, crop_border, y_channel=y_channel),

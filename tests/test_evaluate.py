@@ -219,9 +219,21 @@ def test_an_evaluation_image_too_small_to_score_is_refused_before_training(tmp_p
   config.eval.sets = f"S={tmp_path}"
   config.tasks = ("denoise_30",)  # SSIM's 11x11 window fits 12 pixels
   assert [item[0] for item in evaluate.load_testsets(config)[0].items] == ["large", "small"]
-  config.tasks = ("denoise_30", "sr_x4")  # 11 + 2 x 4 (border) + 3 (mod-crop) = 22
+  # x4: a side mod-cropped to a multiple of 4 must keep 11 after the 2 x 4 border: 20 (19
+  # mod-crops to 16, which keeps 8)
+  config.tasks = ("denoise_30", "sr_x4")
   with pytest.raises(ValueError, match=r"eval.sets S: small is 12x15 pixels; scoring needs at "
-                                       r"least 22x22"):
+                                       r"least 20x20"):
+    evaluate.load_testsets(config)
+  Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "small.png")
+  assert len(evaluate.load_testsets(config)[0].items) == 2
+  # a set only a scale-1 task reads needs only SSIM's window
+  Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "small.png")
+  config.eval.sets = f"S=for:denoise:{tmp_path}"
+  assert len(evaluate.load_testsets(config)[0].items) == 2
+  # an SR task does not score degraded / clean pairs: it degrades a clean set itself
+  config.eval.sets = f"S=for:sr_x4:paired:{tmp_path}"
+  with pytest.raises(ValueError, match=r"eval.sets S: sr_x4 would score a paired set"):
     evaluate.load_testsets(config)
 
 

@@ -164,6 +164,12 @@ def test_score_pairs_each_reference_once_and_names_the_unscored(tmp_path):
     restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=io.StringIO())
   assert "ax2.png has no partner" in str(error.value) and "a.png is paired with a.png" in str(
       error.value)
+  _png(str(tmp_path / "out" / "b.bmp"), image)   # and b.png would score twice against one b
+  _png(str(tmp_path / "out" / "b.png"), image)
+  with pytest.raises(ValueError, match=r"--restored holds b.bmp and b.png: one name, two images"):
+    restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=io.StringIO())
+  os.remove(tmp_path / "out" / "b.bmp")
+  os.remove(tmp_path / "out" / "b.png")
   os.remove(tmp_path / "out" / "a.png")  # now ax2 pairs with a, and b is named as unscored
   err = io.StringIO()
   rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"), err=err)
@@ -231,6 +237,17 @@ def test_a_grey_pair_is_scored_on_its_grey_plane_as_evaluation_scores_it(tmp_pat
   # Uncropped, the grey-plane figure is the plain grey PSNR, and not the Y one.
   rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
   assert rows[0]["psnr"] == pytest.approx(grey_psnr) and abs(rows[0]["psnr"] - y_psnr) > 1.3
+  # A grey task's RGB output is near grey, not exactly: its grey plane (rounded luma) against a
+  # grey reference, as evaluation scores it (on Y it read 1.3 dB higher).
+  jitter = np.random.default_rng(3).integers(-1, 2, clean.shape + (3,))
+  near = np.clip(as_rgb(noisy).astype(np.int64) + jitter, 0, 255).astype(np.uint8)
+  _png(str(tmp_path / "out" / "rgb.png"), near)
+  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+  assert rows[1]["channel"] == "grey" and not metrics.is_grey(near)
+  assert rows[1]["psnr"] == pytest.approx(
+      evaluate.score(near, as_rgb(clean), 0, gray=True)["psnr_y"], abs=1e-12)
+  assert metrics.psnr(near, as_rgb(clean)) - rows[1]["psnr"] > 1.2
+  _png(str(tmp_path / "out" / "rgb.png"), as_rgb(noisy))
   # One grey image against a colour one is a colour pair: Y as before.
   _png(str(tmp_path / "ref" / "rgb.png"), data.astronaut()[:512, :512])
   rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
