@@ -267,7 +267,7 @@ def test_clear_errors(tmp_path):
   assert conflicts.parse_step_range("10:") == (10, None)
   assert conflicts.parse_step_range("") is None
   store = conflicts.Store(wd)
-  store.check(TASKS, LAYERS)  # what a resuming run appends to: fine
+  store.check(TASKS, LAYERS, halves=False)  # the per-task store it holds: fine
   with pytest.raises(ValueError, match="task_names .* differ from the ones stored"):
     store.check(TASKS[::-1], LAYERS)
   chunk = os.path.join(conflicts.store_dir(wd), chunk_names(wd)[0])
@@ -279,7 +279,7 @@ def test_clear_errors(tmp_path):
     conflicts.load(wd)
   assert "\n" not in str(info.value)
   with pytest.raises(ValueError, match=f"corrupt conflict chunk {chunk}"):
-    store.check(TASKS, LAYERS)  # before the run trains, not when it first appends
+    store.check(TASKS, LAYERS, halves=False)  # before the run trains, not when it first appends
   # Foreign arrays under a chunk's name: one array, steps past int64, complex Gramians.
   grams = np.zeros((1, len(LAYERS), 3, 3), np.float32)
   for problem, write in (
@@ -567,3 +567,102 @@ def test_non_finite_probes_are_skipped_with_a_warning(tmp_path, caplog):
   conflicts.append(nan_only, np.asarray([0]), np.full_like(grams[:1], np.nan), LAYERS, TASKS)
   with pytest.raises(ValueError, match="every probe step's Gramians are non-finite"):
     conflicts.load(nan_only)
+
+
+# ----------------------------------------------------------------------------- resumes and metas
+
+
+def half_grams(steps, seed=0):
+  """Half-split (S, L, 2T, 2T) Gramians of LAYERS, as the trainer's probes store them."""
+  rng = np.random.default_rng(seed)
+  return np.stack([np.stack([gram(g) for g in random_grads(rng, num_tasks=2 * len(TASKS))])
+                   for _ in range(steps)]).astype(np.float32)
+
+
+def test_check_refuses_a_store_the_trainer_cannot_append_to(tmp_path):
+  # The trainer checks before training and appends half-split Gramians at its first checkpoint,
+  # before saving it: a store that append refuses must be refused here, or every resume fails.
+  v1, per_task, halves = (str(tmp_path / n) for n in ("v1", "per_task", "halves"))
+  write_v1_store(v1, [0, 5])
+  with pytest.raises(ValueError) as error:
+    conflicts.Store(v1).check(TASKS, LAYERS)
+  assert str(error.value) == (
+      f"{conflicts.store_dir(v1)}/meta.json holds per-task Gramians (format version 1), these "
+      f"are half-split (version 2); move {conflicts.store_dir(v1)} away or use a fresh workdir")
+  synthetic_store(per_task, [0, 5])  # version 2 without halves
+  with pytest.raises(ValueError, match=r"meta.json holds per-task Gramians \(format version 2\), "
+                                       r"these are half-split \(version 2\); move "):
+    conflicts.Store(per_task).check(TASKS, LAYERS)
+  conflicts.Store(per_task).check(TASKS, LAYERS, halves=False)  # per-task appends: fine
+  conflicts.append(halves, [0, 5], half_grams(2), LAYERS, TASKS)
+  conflicts.Store(halves).check(TASKS, LAYERS)  # what the trainer wrote: fine
+  with pytest.raises(ValueError, match=r"holds half-split Gramians \(format version 2\), these "
+                                       r"are per-task"):
+    conflicts.Store(halves).check(TASKS, LAYERS, halves=False)
+
+
+def test_a_meta_without_task_pairs_or_of_a_non_integer_version_is_refused_in_one_line(tmp_path):
+  import json
+  wd = str(tmp_path / "run")
+  conflicts.append(wd, [0, 1], half_grams(2), LAYERS, TASKS)
+  path = os.path.join(conflicts.store_dir(wd), "meta.json")
+  with open(path) as f:
+    meta = json.load(f)
+  for key, value, problem in (
+      ("task_names", ["a"], "task_names ['a'] has fewer than two tasks"),
+      ("task_names", [], "task_names [] has fewer than two tasks"),
+      ("task_names", ["a", "b", "a"], "task_names repeats 'a'"),
+      ("layer_names", [], "layer_names is empty"),
+      ("layer_names", LAYERS[:-1] + [LAYERS[0]], "layer_names repeats 'token_embed/bias'")):
+    with open(path, "w") as f:
+      json.dump(dict(meta, **{key: value}), f)
+    with pytest.raises(ValueError) as error:
+      conflicts.load(wd)
+    assert str(error.value) == f"corrupt conflict store meta {path}: {problem}"
+  with open(path, "w") as f:
+    json.dump(dict(meta, version=True), f)  # true == 1 in Python: no version 1 store
+  with pytest.raises(ValueError) as error:
+    conflicts.load(wd)
+  assert str(error.value) == f"{path} has format version True; this code reads versions 1, 2"
+  # The writer refuses such names too, before writing anything.
+  one = str(tmp_path / "one")
+  with pytest.raises(ValueError, match=r"^cannot store conflicts: task_names \['a'\] has fewer "
+                                       r"than two tasks$"):
+    conflicts.append(one, [0], np.zeros((1, 1, 2, 2), np.float32), ["pos_embed"], ["a"])
+  assert not os.path.exists(one)
+
+
+def test_a_fresh_restart_records_its_own_probe_batch(tmp_path):
+  # Attempt 1 probes the training batch and stops before its first checkpoint; attempt 2 starts
+  # afresh with fresh probe batches: the trainer's check and truncation, then its append.
+  wd = str(tmp_path)
+  meta = os.path.join(conflicts.store_dir(wd), "meta.json")
+  conflicts.append(wd, [0, 10], half_grams(2), LAYERS, TASKS, {"size": 8, "fresh": False})
+  conflicts.Store(wd).check(TASKS, LAYERS)
+  conflicts.truncate_after(wd, -1)
+  assert chunk_names(wd) == [] and not os.path.exists(meta)
+  conflicts.append(wd, [0, 10, 20], half_grams(3), LAYERS, TASKS, {"size": 32, "fresh": True})
+  record = conflicts.load(wd)
+  assert record.probe_batch == {"size": 32, "fresh": True}
+  assert record.interval_method == "independent"
+  # An append over every stored step (a resume from step 0) also records its own.
+  conflicts.append(wd, [0, 5], half_grams(2), LAYERS, TASKS, {"size": 4, "fresh": False})
+  assert conflicts.load(wd).probe_batch == {"size": 4, "fresh": False}
+  # Steps kept: the meta stays with them.
+  conflicts.append(wd, [10], half_grams(1), LAYERS, TASKS, {"size": 16, "fresh": True})
+  conflicts.truncate_after(wd, 7)
+  assert conflicts.load(wd).steps.tolist() == [0, 5]
+  assert conflicts.load(wd).probe_batch == {"size": 4, "fresh": False}
+
+
+def test_a_store_without_halves_keeps_its_probe_batch(tmp_path):
+  wd = str(tmp_path)
+  rng = np.random.default_rng(0)
+  grams = np.stack([np.stack([gram(g) for g in random_grads(rng)]) for _ in range(6)])
+  conflicts.append(wd, np.arange(6), grams.astype(np.float32), LAYERS, TASKS,
+                   {"size": 16, "fresh": True})
+  record = conflicts.load(wd)
+  assert not record.halves and record.probe_batch == {"size": 16, "fresh": True}
+  assert record.interval_method == "independent"
+  assert record.window_label() == "steps 0-5 (6 probes, fresh batches of 16/task)"
+

@@ -7,8 +7,9 @@
 
 halves: true (what the trainer writes): K = 2T, the Gramians of the per-half gradients in the
 order [t0a, t0b, t1a, ...] (mtl.gramians, "noise floor"); false: K = T, per-task
-Gramians. task_names are always the T tasks. Version 1 stores (no "halves" key, K = T) still
-load, as records without halves: their noise-floor quantities are NaN and say so. probe_batch
+Gramians. task_names are always the T >= 2 tasks, unique. Version 1 stores (no "halves" key,
+K = T) still load, as records without halves: their noise-floor quantities are NaN and say so;
+a run does not append to one (Store.check refuses it before training). probe_batch
 (absent in older stores): the images per task each probe measured, and whether they were a
 fresh batch of their own (conflicts.batch_size) or the training batch; titles and texts say it.
 checkpoint (launch/analyze.py --checkpoint): the probes are independent fresh batches at one
@@ -17,6 +18,7 @@ saved step of a run (its name and step), not training steps: figures and texts c
 `load(workdir)` returns a Record (mtl.conflicts.record): the stored steps, their per-leaf task
 Gramians in network order, the half Gramians where stored, and the derived statistics.
 """
+import collections
 import json
 import os
 import re
@@ -68,8 +70,9 @@ class Store:
       raise ValueError(f"corrupt conflict store meta {self.meta_path}: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
       raise ValueError(f"{self.meta_path} is not a conflict store meta (format != {FORMAT!r})")
-    if meta.get("version") not in READABLE_VERSIONS:
-      raise ValueError(f"{self.meta_path} has format version {meta.get('version')}; "
+    version = meta.get("version")
+    if type(version) is not int or version not in READABLE_VERSIONS:  # true == 1 in Python
+      raise ValueError(f"{self.meta_path} has format version {version!r}; "
                        f"this code reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     if meta["version"] == 1:
       meta = dict(meta, halves=False)  # version 1 stored per-task Gramians only
@@ -79,6 +82,9 @@ class Store:
       if not isinstance(meta.get(key), list) or not all(isinstance(n, str) for n in meta[key]):
         raise ValueError(f"corrupt conflict store meta {self.meta_path}: {key} is not a list "
                          "of strings")
+    problem = _names_problem(meta["task_names"], meta["layer_names"])
+    if problem:
+      raise ValueError(f"corrupt conflict store meta {self.meta_path}: {problem}")
     batch = meta.get("probe_batch")
     if batch is not None and not (isinstance(batch, dict) and type(batch.get("size")) is int
                                   and batch["size"] > 0 and isinstance(batch.get("fresh"), bool)
@@ -168,7 +174,8 @@ class Store:
                                   meta.get("probe_batch"))
     else:
       record = Record(steps=steps, gramians=grams, layer_names=tuple(layer_names),
-                      task_names=tuple(meta["task_names"]), name=name)
+                      task_names=tuple(meta["task_names"]), name=name,
+                      probe_batch=meta.get("probe_batch"))
     if step_range is None:
       return record
     try:
@@ -209,16 +216,18 @@ class Store:
       raise ValueError(f"gramians of shape {gramians.shape} do not match {len(steps)} steps, "
                        f"{len(layer_names)} layers, {t} tasks; expected {expected[:2] + (t, t)} "
                        f"or, half-split, {expected[:2] + (2 * t, 2 * t)}")
-    if len(set(task_names)) != len(task_names) or len(set(layer_names)) != len(layer_names):
-      raise ValueError("task_names and layer_names must be unique")
+    problem = _names_problem(task_names, layer_names)
+    if problem:
+      raise ValueError(f"cannot store conflicts: {problem}")
     os.makedirs(self.path, exist_ok=True)
     if self.exists():
-      meta = self._meta_of(task_names, layer_names)
-      if meta["halves"] != halves or meta["version"] != VERSION:
-        raise ValueError(f"{self.meta_path} holds {'half-split' if meta['halves'] else 'per-task'}"
-                         f" Gramians (format version {meta['version']}), these are "
-                         f"{'half-split' if halves else 'per-task'}; use a fresh workdir")
-    else:
+      self._check_meta(task_names, layer_names, halves)
+    chunks = self.chunks()
+    if chunks and max(c[1] for c in chunks) >= steps[0]:
+      logging.warning("conflict store %s: dropping stored probes at steps >= %d, which are "
+                      "being re-measured", self.path, int(steps[0]))
+      self.truncate_after(int(steps[0]) - 1)
+    if not self.exists():  # a new store, or one truncated to nothing: this run's meta
       meta = dict(format=FORMAT, version=VERSION, halves=bool(halves), task_names=task_names,
                   layer_names=layer_names)
       if probe_batch:
@@ -229,31 +238,34 @@ class Store:
           meta["probe_batch"]["checkpoint"] = {"run": str(checkpoint["run"]),
                                                "step": int(checkpoint["step"])}
       files.write_atomic(self.meta_path, lambda f: f.write(json.dumps(meta, indent=1).encode()))
-    chunks = self.chunks()
-    if chunks and max(c[1] for c in chunks) >= steps[0]:
-      logging.warning("conflict store %s: dropping stored probes at steps >= %d, which are "
-                      "being re-measured", self.path, int(steps[0]))
-      self.truncate_after(int(steps[0]) - 1)
     return self._write_chunk(steps.astype(np.int64), gramians.astype(np.float32))
 
-  def _meta_of(self, task_names, layer_names):
-    """The meta, refused (ValueError) unless it holds these task and layer names."""
+  def _check_meta(self, task_names, layer_names, halves):
+    """The meta, refused (ValueError, one line) unless it holds these task and layer names and
+    Gramians of this kind (half-split or per-task) in the current format version."""
     meta = self.meta()
     for key, given in (("task_names", task_names), ("layer_names", layer_names)):
       if meta[key] != given:
         raise ValueError(f"{key} {_diff(meta[key], given)} differ from the ones stored in "
                          f"{self.meta_path}; use a fresh workdir for a different model or "
                          "task set")
+    if meta["halves"] != halves or meta["version"] != VERSION:
+      raise ValueError(f"{self.meta_path} holds {'half-split' if meta['halves'] else 'per-task'}"
+                       f" Gramians (format version {meta['version']}), these are "
+                       f"{'half-split' if halves else 'per-task'} (version {VERSION}); move "
+                       f"{self.path} away or use a fresh workdir")
     return meta
 
-  def check(self, task_names, layer_names):
-    """Before a run resumes: the store it will append to holds these names and every chunk
-    opens with both arrays listed (ValueError, one line, naming what is wrong), so no training
-    is spent first. Only each file's zip directory is read, at its end, where a truncated file
-    fails; the arrays themselves (a long run's store: gigabytes) are read and checked on load."""
+  def check(self, task_names, layer_names, halves=True):
+    """Before a run resumes: the store it will append to holds these names and Gramians of
+    this kind (halves: the trainer's half-split ones) in the current format version, and every
+    chunk opens with both arrays listed (ValueError, one line, naming what is wrong), so no
+    training is spent first. Only each file's zip directory is read, at its end, where a
+    truncated file fails; the arrays themselves (a long run's store: gigabytes) are read and
+    checked on load."""
     if not self.exists():
       return
-    self._meta_of([str(n) for n in task_names], [str(n) for n in layer_names])
+    self._check_meta([str(n) for n in task_names], [str(n) for n in layer_names], halves)
     for _, _, path in self.chunks():
       try:
         with zipfile.ZipFile(path) as archive:
@@ -264,7 +276,9 @@ class Store:
         raise _corrupt_chunk(path, f"it lacks {', '.join(sorted(missing))}")
 
   def truncate_after(self, step):
-    """Drop every stored probe step > `step` (on resume). No store: nothing to do."""
+    """Drop every stored probe step > `step` (on resume); a store left without chunks loses
+    its meta too, so the next append records its own run's (probe_batch). No store: nothing
+    to do."""
     if not os.path.isdir(self.path):
       return
     for name in os.listdir(self.path):  # leftovers of writes that crashed
@@ -278,6 +292,8 @@ class Store:
         keep = steps <= step
         self._write_chunk(steps[keep], grams[keep])  # the shorter chunk first, then drop the old
       os.remove(path)
+    if not self.chunks() and self.exists():  # the next append writes its own run's meta
+      os.remove(self.meta_path)
     files.fsync_dir(self.path)
 
   def _write_chunk(self, steps, gramians):
@@ -297,6 +313,19 @@ def _is_checkpoint(value):
   """probe_batch's optional "checkpoint": absent, or {"run": name, "step": saved step >= 0}."""
   return value is None or (isinstance(value, dict) and isinstance(value.get("run"), str)
                            and type(value.get("step")) is int and value["step"] >= 0)
+
+
+def _names_problem(task_names, layer_names):
+  """What makes these names no conflict store's (None if nothing): pairs need two tasks."""
+  if len(task_names) < 2:
+    return f"task_names {task_names!r} has fewer than two tasks"
+  if not layer_names:
+    return "layer_names is empty"
+  for key, names in (("task_names", task_names), ("layer_names", layer_names)):
+    repeated = sorted(n for n, count in collections.Counter(names).items() if count > 1)
+    if repeated:
+      return f"{key} repeats {', '.join(map(repr, repeated))}"
+  return None
 
 
 def _corrupt_chunk(path, problem):
