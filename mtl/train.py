@@ -436,8 +436,9 @@ def _flush_probes(workdir, probe_buffer, layer_names, task_names, is_writer, wri
   steps = np.array([s for s, _ in probe_buffer], np.int64)
   grams = np.stack(jax.device_get([g for _, g in probe_buffer])).astype(np.float32)
   conflicts.append(workdir, steps, grams, layer_names, list(task_names), probe_batch)
-  draw.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names),
-                          writer)
+  stored = conflicts.Store(workdir).meta().get("probe_batch")  # analyze reads it: same intervals
+  draw.log_probe_scalars(conflicts.Record.from_halves(steps, grams, layer_names, task_names,
+                                                      probe_batch=stored), writer)
 
 
 def _affinity_setup(run, config, workdir, start, is_writer):

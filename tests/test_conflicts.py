@@ -666,3 +666,26 @@ def test_a_store_without_halves_keeps_its_probe_batch(tmp_path):
   assert record.interval_method == "independent"
   assert record.window_label() == "steps 0-5 (6 probes, fresh batches of 16/task)"
 
+
+def test_the_trainer_logs_the_intervals_analyze_reads(tmp_path):
+  # Probes on fresh batches: TensorBoard's corrected-cosine intervals are the independent ones
+  # that analyze computes from the store, not batch means.
+  from mtl import draw, train
+
+  class Scalars:
+    def __init__(self):
+      self.logged = {}
+
+    def scalars(self, step, values):
+      self.logged.setdefault(step, {}).update(values)
+
+  wd, writer = str(tmp_path), Scalars()
+  grams = known_halves(30, (-0.3, 0.5, 0.1), noise=4.0)
+  train._flush_probes(wd, list(zip(range(30), grams)), ["pos_embed"], ["a", "b", "c"], True,
+                      writer, {"size": 8, "fresh": True})
+  record = conflicts.load(wd)
+  want = dict(draw.probe_scalars(record))[29]
+  assert "conflicts/corrected_cos_low/a~b" in want
+  assert writer.logged[29] == pytest.approx(want)
+  batch_means = record.corrected_cosine_intervals(method="batch_means")[0]
+  assert writer.logged[29]["conflicts/corrected_cos_low/a~b"] != pytest.approx(batch_means.low)
