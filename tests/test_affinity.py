@@ -159,3 +159,17 @@ def test_format_names_a_missing_interval_and_keeps_columns_aligned():
   assert all("[no interval]" in r for r in rows) and "nan" not in "\n".join(lines)
   assert len({len(r) for r in lines[1:5]}) == 1  # the header and rows end in one column
   assert "no interval: 2 defined values; an interval needs >= 4" in lines
+
+
+def test_a_file_of_no_steps_is_nothing_measured(tmp_path):
+  wd = str(tmp_path)
+  z = np.ones((2, 2, 2))
+  affinity.append(wd, [3, 4], z, ["a", "b"])
+  affinity.truncate_after(wd, 2)  # a restart before the first measured step: nothing left
+  assert not os.path.exists(affinity.path_of(wd)) and affinity.load(wd) is None
+  # What such a truncation wrote before: a file of no steps, read as no file.
+  np.savez(affinity.path_of(wd), steps=np.zeros(0, np.int64), affinity=np.zeros((0, 2, 2)),
+           tasks=np.array(["a", "b"]))
+  assert affinity.load(wd) is None
+  affinity.append(wd, [5], z[:1], ["a", "b"])
+  assert affinity.load(wd)[0].tolist() == [5]

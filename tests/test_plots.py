@@ -361,6 +361,17 @@ def test_analyze_script_bad_input(tmp_path):
   assert sorted(os.listdir(tmp_path / "conflicts")) == ["store"]
 
 
+def test_analyze_prints_no_affinity_for_a_file_of_no_steps(tmp_path):
+  from mtl.conflicts import affinity
+  wd = str(tmp_path)
+  write_store(wd)
+  np.savez(affinity.path_of(wd), steps=np.zeros(0, np.int64), affinity=np.zeros((0, 3, 3)),
+           tasks=np.array(TASKS))
+  result = run_analyze(f"--workdir={wd}")
+  assert result.returncode == 0, result.stderr
+  assert "task affinity" not in result.stdout
+
+
 def test_cosine_matrix_marks_hold_over_the_pairs_and_unresolved_cells_stay_uncoloured():
   # noise 3: a~b's conflict is beyond noise; b~c's interval reaches past +1 (not resolved)
   rec = conflicts.Record.from_halves(np.arange(8), known_halves(8, (-0.6, 0.03, 0.4), noise=3.0),

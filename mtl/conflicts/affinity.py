@@ -74,8 +74,9 @@ def path_of(workdir):
 
 
 def load(workdir):
-  """(steps (N,), affinity (N, T, T) float64, task names) or None when nothing was measured;
-  ValueError (one line naming the file) for one that is not such a record."""
+  """(steps (N,), affinity (N, T, T) float64, task names) or None when nothing was measured
+  (no file, or one of no steps); ValueError (one line naming the file) for one that is not such
+  a record."""
   path = path_of(workdir)
   if not os.path.exists(path):
     return None
@@ -92,6 +93,8 @@ def load(workdir):
     raise ValueError(f"corrupt TAG affinity file {path}: steps {steps.shape} {steps.dtype}, "
                      f"affinity {values.shape} {values.dtype}, tasks {tasks.shape} {tasks.dtype}; "
                      "expected (N,) integers, (N, T, T) floats and T names")
+  if len(steps) == 0:  # as no file: nothing measured (summaries read the first step)
+    return None
   return steps.astype(np.int64), values.astype(np.float64), [str(t) for t in tasks]
 
 
@@ -123,12 +126,14 @@ def append(workdir, steps, values, tasks):
 
 
 def truncate_after(workdir, step):
-  """Drop stored steps > step (a resumed run measures them again)."""
+  """Drop stored steps > step (a resumed run measures them again); none left: the file goes."""
   old = load(workdir)
   if old is None:
     return
   keep = old[0] <= step
-  if not keep.all():
+  if not keep.any():
+    os.remove(path_of(workdir))
+  elif not keep.all():
     _write(workdir, old[0][keep], old[1][keep], old[2])
 
 
