@@ -33,7 +33,8 @@ late) with one WARNING line per pair whose verdict changes between phases. The s
 the averaged figures read the last N probe steps with --window=N; by default (0) the
 headline phase, the last one (what training settled into, warm-up left out); --phases=1
 makes that the whole run. Stores without halves (format version 1) say that the noise floor
-was not measured. Bad input: one line on stderr, exit status 1, nothing written.
+was not measured. Bad input (a flag of the other mode among it): one line on stderr, exit
+status 1, nothing written.
 """
 import os
 import re
@@ -74,18 +75,30 @@ flags.DEFINE_float("ema_beta", 0.1, "GradVac EMA beta for the curves (0 for none
 def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   """Load, draw, log to TensorBoard, and return the text summary (window 0: the headline
   training phase of `phases`)."""
-  from mtl import conflicts, draw, events
+  from mtl import conflicts, draw, events, files
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is not a directory")
+  # Everything that can fail on input is read and drawn in memory first: bad input leaves the
+  # earlier figures and event files as they were.
   record = conflicts.load(workdir, conflicts.parse_step_range(step_range))
-  phased = conflicts.phase_verdicts(record, phases)  # what can fail on input comes first
+  phased = conflicts.phase_verdicts(record, phases)
   chosen = window or conflicts.headline_window(record, phases)
   report = conflicts.summarize(record, chosen)
+  drawn = draw.figures(record, chosen, ema_beta)
+  scalars = draw.probe_scalars(record, chosen)
+  tag = affinity_text(workdir)
+  out_dir = os.path.join(workdir, "conflicts")
+  paths = [os.path.join(out_dir, name) for name, _ in drawn]
+  for path, (_, data) in zip(paths, drawn):
+    files.write_atomic(path, lambda f, data=data: f.write(data))
   logdir = os.path.join(workdir, "events", "analyze")
   replaced = events.remove_event_files(logdir)  # TensorBoard would merge a rerun with them
+  last = int(record.x_axis()[0][-1])  # the images at the last probe, as the trainer's
   with events.Writer(logdir) as writer:
-    paths = draw.draw_and_log(record, os.path.join(workdir, "conflicts"), writer, chosen,
-                               ema_beta)
+    for name, data in drawn:
+      writer.image(last, "conflicts/" + os.path.splitext(name)[0], data)
+    for x, values in scalars:
+      writer.scalars(x, values)
   if window:
     read = f"the last {window} probe steps (--window={window})"
   elif len(phased["phases"]) > 1:
@@ -102,7 +115,7 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   for first, last in conflicts.step_gaps(record.steps):
     text += (f"\nWARNING: no probes at steps {first}-{last} (a store chunk removed?): the phases "
              "and figures span that gap")
-  return text + affinity_text(workdir)
+  return text + tag
 
 
 def affinity_text(workdir):
@@ -119,11 +132,12 @@ def affinity_text(workdir):
 FEW_BATCHES = 32  # checkpoint mode: fewer fresh batches than this get a hint to measure more
 
 
-def _check_out(out):
+def _check_out(out, default=False):
   from mtl import files
   files.check_not_a_file(out, "--out", "a folder for the measured store and figures")
   if out and os.path.isdir(os.path.join(out, "conflicts", "store")):
-    raise ValueError(f"--out={out} already holds a conflict store; choose another --out")
+    named = f"{out} (the default --out)" if default else f"--out={out}"
+    raise ValueError(f"{named} already holds a conflict store; choose another --out")
 
 
 def _run_dir(checkpoint):
@@ -165,16 +179,19 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   """Checkpoint mode: Gramians of `checkpoint`'s saved model on fresh batches, with `config`
   (_checkpoint_config's) -> a store in `out`, then `analyze(out)`."""
   import numpy as np
-  from mtl import conflicts, run_folder
+  from mtl import checkpoints, conflicts, run_folder
   from mtl import measure as conflicts_measure
   run_dir = _run_dir(checkpoint)
-  _check_out(out)  # a given --out before the measuring; the default one names the step
+  if step is None:  # the latest, resolved now: the default --out names it
+    step = checkpoints.latest_saved_step(run_dir)
+  default = out is None and step is not None
+  _check_out(run_folder.analysis_dir(run_dir, step) if default else out, default)  # before work
   steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
       config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches,
       step=step)
   num_batches = len(steps)
   out = out or run_folder.analysis_dir(run_dir, ckpt_step)
-  _check_out(out)
+  _check_out(out, default)  # again: another analyze may have measured it meanwhile
   conflicts.append(out, steps, grams, layers, tasks, {
       "size": batch_size, "fresh": True,
       "checkpoint": {"run": os.path.basename(run_dir), "step": ckpt_step}})
@@ -219,6 +236,21 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   return "\n".join(lines) + "\n" + text
 
 
+# Each mode's own flags: given to the other mode, one would be silently ignored.
+MODE_FLAGS = {
+    "workdir": ("redraw a run's store", ("step_range", "window", "phases", "ema_beta")),
+    "checkpoint": ("measure a saved model", ("config", "num_batches", "halfwidth", "max_batches",
+                                             "batch_size", "out", "step"))}
+
+
+def _refuse_other_mode_flags(mode):
+  """One line for a flag given that belongs to the mode other than `mode`."""
+  for other, (what, names) in MODE_FLAGS.items():
+    for name in names if other != mode else ():
+      if flags.FLAGS[name].present:
+        raise ValueError(f"--{name} belongs to --{other} mode ({what}), not --{mode}; drop it")
+
+
 @cli.absl_main
 def main():
   f = flags.FLAGS
@@ -226,6 +258,7 @@ def main():
     if f.workdir:
       raise ValueError("pass --checkpoint (measure a saved model) or --workdir (redraw a run's "
                        "store), not both")
+    _refuse_other_mode_flags("checkpoint")
     if f.halfwidth > 0 and f.max_batches < f.num_batches:
       raise ValueError(f"--max_batches={f.max_batches} is below --num_batches={f.num_batches}; "
                        "it bounds all the batches measured")
@@ -235,6 +268,7 @@ def main():
     print(measure(f.checkpoint, config, f.num_batches, f.out, f.batch_size, f.halfwidth,
                   f.max_batches, f.step), flush=True)
   elif f.workdir:
+    _refuse_other_mode_flags("workdir")
     print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)
   else:
     raise ValueError("pass --workdir=<run> (redraw its store) or --checkpoint=<run> (measure it)")

@@ -361,6 +361,33 @@ def test_analyze_script_bad_input(tmp_path):
   assert sorted(os.listdir(tmp_path / "conflicts")) == ["store"]
 
 
+def outputs(workdir):
+  """{path: bytes} of what analyze writes: figures and TensorBoard event files."""
+  found = {}
+  for folder in ("conflicts", os.path.join("events", "analyze")):
+    for name in os.listdir(os.path.join(workdir, folder)):
+      path = os.path.join(workdir, folder, name)
+      if os.path.isfile(path):
+        with open(path, "rb") as f:
+          found[os.path.relpath(path, workdir)] = f.read()
+  return found
+
+
+def test_analyze_bad_input_leaves_the_earlier_figures_and_events(tmp_path):
+  from mtl.conflicts import affinity
+  wd = str(tmp_path)
+  write_store(wd)
+  assert run_analyze(f"--workdir={wd}").returncode == 0
+  with open(affinity.path_of(wd), "wb") as f:
+    f.write(b"not an npz")  # read after the store: the figures are drawn by then
+  before = outputs(wd)
+  assert any(p.startswith("events") for p in before) and "conflicts/cos_matrix.png" in before
+  result = run_analyze(f"--workdir={wd}")
+  assert result.returncode == 1 and result.stderr.strip().count("\n") == 0
+  assert result.stderr.startswith(f"error: corrupt TAG affinity file {affinity.path_of(wd)}: ")
+  assert outputs(wd) == before
+
+
 def test_analyze_prints_no_affinity_for_a_file_of_no_steps(tmp_path):
   from mtl.conflicts import affinity
   wd = str(tmp_path)
@@ -370,6 +397,37 @@ def test_analyze_prints_no_affinity_for_a_file_of_no_steps(tmp_path):
   result = run_analyze(f"--workdir={wd}")
   assert result.returncode == 0, result.stderr
   assert "task affinity" not in result.stdout
+
+
+def test_analyze_refuses_a_flag_of_the_other_mode(tmp_path):
+  wd = str(tmp_path)
+  write_store(wd)
+  result = run_analyze(f"--workdir={wd}", f"--out={tmp_path / 'x'}", "--num_batches=3",
+                       "--step=5")
+  assert result.returncode == 1
+  assert result.stderr == ("error: --num_batches belongs to --checkpoint mode (measure a saved "
+                           "model), not --workdir; drop it\n")
+  assert os.listdir(tmp_path) == ["conflicts"] and os.listdir(tmp_path / "conflicts") == ["store"]
+  result = run_analyze(f"--workdir={wd}", "--step=5")
+  assert result.returncode == 1 and "error: --step belongs to --checkpoint mode" in result.stderr
+  result = run_analyze(f"--checkpoint={wd}", "--window=4")
+  assert result.returncode == 1
+  assert result.stderr == ("error: --window belongs to --workdir mode (redraw a run's store), "
+                           "not --checkpoint; drop it\n")
+
+
+def test_analyze_checkpoint_refuses_a_measured_default_out_before_measuring(tmp_path):
+  # A rerun for a step already measured: refused at once, not after up to --max_batches.
+  from mtl import run_folder
+  run = tmp_path / "run"
+  (run / "checkpoints" / "7").mkdir(parents=True)  # no parameters: measuring it would fail
+  done = run_folder.analysis_dir(str(run), 7)
+  write_store(done)
+  for args in ((f"--checkpoint={run}",), (f"--checkpoint={run / 'checkpoints'}", "--step=7")):
+    result = run_analyze(*args, "--config=experiments/tiny.py")
+    assert result.returncode == 1
+    assert result.stderr == (f"error: {done} (the default --out) already holds a conflict store; "
+                             "choose another --out\n")
 
 
 def test_cosine_matrix_marks_hold_over_the_pairs_and_unresolved_cells_stay_uncoloured():
