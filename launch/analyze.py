@@ -75,7 +75,7 @@ flags.DEFINE_float("ema_beta", 0.1, "GradVac EMA beta for the curves (0 for none
 def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   """Load, draw, log to TensorBoard, and return the text summary (window 0: the headline
   training phase of `phases`)."""
-  from mtl import conflicts, draw, events, files
+  from mtl import conflicts, draw, events
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is not a directory")
   # Everything that can fail on input is read and drawn in memory first: bad input leaves the
@@ -87,18 +87,11 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   drawn = draw.figures(record, chosen, ema_beta)
   scalars = draw.probe_scalars(record, chosen)
   tag = affinity_text(workdir)
-  out_dir = os.path.join(workdir, "conflicts")
-  paths = [os.path.join(out_dir, name) for name, _ in drawn]
-  for path, (_, data) in zip(paths, drawn):
-    files.write_atomic(path, lambda f, data=data: f.write(data))
+  paths = draw.write_figures(os.path.join(workdir, "conflicts"), drawn)
   logdir = os.path.join(workdir, "events", "analyze")
   replaced = events.remove_event_files(logdir)  # TensorBoard would merge a rerun with them
-  last = int(record.x_axis()[0][-1])  # the images at the last probe, as the trainer's
   with events.Writer(logdir) as writer:
-    for name, data in drawn:
-      writer.image(last, "conflicts/" + os.path.splitext(name)[0], data)
-    for x, values in scalars:
-      writer.scalars(x, values)
+    draw.log_figures(writer, record, drawn, scalars)
   if window:
     read = f"the last {window} probe steps (--window={window})"
   elif len(phased["phases"]) > 1:

@@ -49,7 +49,8 @@ def figures(record, window=None, ema_beta=0.1, rows="auto"):
   return [(name, to_png(fig)) for name, fig in drawn]
 
 
-def _write(out_dir, drawn):
+def write_figures(out_dir, drawn):
+  """Write `figures`' [(file name, PNG bytes)] into out_dir (atomically); returns the paths."""
   os.makedirs(out_dir, exist_ok=True)
   paths = [os.path.join(out_dir, name) for name, _ in drawn]
   for path, (_, data) in zip(paths, drawn):
@@ -59,7 +60,7 @@ def _write(out_dir, drawn):
 
 def draw_all(record, out_dir, window=None, ema_beta=0.1, rows="auto"):
   """Write every figure into out_dir (atomically); returns the written paths."""
-  return _write(out_dir, figures(record, window, ema_beta, rows))
+  return write_figures(out_dir, figures(record, window, ema_beta, rows))
 
 
 def probe_scalars(record, window=None):
@@ -106,15 +107,21 @@ def log_probe_scalars(record, writer, window=None):
     writer.scalars(step, values)
 
 
+def log_figures(writer, record, drawn, scalars=()):
+  """`figures`' PNGs as TensorBoard images at the record's last probe, then `scalars`
+  (probe_scalars' [(x, {tag: value})])."""
+  last = int(record.x_axis()[0][-1])
+  for name, data in drawn:
+    writer.image(last, "conflicts/" + os.path.splitext(name)[0], data)
+  for x, values in scalars:
+    writer.scalars(x, values)
+
+
 def draw_and_log(record, out_dir, writer, window=None, ema_beta=0.1, scalars=True):
   """Figures into out_dir and TensorBoard (images at the last probe); with `scalars`, also
   `probe_scalars` over the figures' window (the trainer logs those per flush instead).
   Returns the paths."""
   drawn = figures(record, window, ema_beta)
-  paths = _write(out_dir, drawn)
-  last = int(record.x_axis()[0][-1])
-  for name, data in drawn:
-    writer.image(last, "conflicts/" + os.path.splitext(name)[0], data)
-  if scalars:
-    log_probe_scalars(record, writer, window)
+  paths = write_figures(out_dir, drawn)
+  log_figures(writer, record, drawn, probe_scalars(record, window) if scalars else ())
   return paths
