@@ -11,7 +11,11 @@ compile and start-up times.
 
 Every figure is a median over --repeats timed runs after a warm-up (this machine is noisy);
 ratios compare runs made in the same process, and --against=torch steps the official model
-(launch/torch_peer.py, in a subprocess) right after each of ours, so both see the same load.
+(launch/torch_peer.py, in a subprocess) right after each of ours, so both see the same load,
+in each of --torch_precisions: fp32 (PyTorch's defaults: FP32 matmuls, TF32 convolutions on GPUs),
+tf32 (TF32 both: what mtl's float32 runs on GPUs at JAX's default precision), bf16 (autocast); the
+ratios are to the faster of fp32 and bf16 (the target's). A peer asked for that cannot run is a
+failure: the figures still come, then the benchmark exits 1 naming why.
 Sections:
   train     one-task steps (IPT schedule), 6 tasks, at each --batch_size: ms/step per task,
             images/s, model FLOPs (mtl/flops.py, counted from the shapes) and XLA's count
@@ -29,7 +33,8 @@ Sections:
             joint step, the probe step, the initialisation, the evaluation's tile function
   startup   (not in the default) launch/train.py at the size, from the command to its first
             step done, with an empty compilation cache (cold) and again with it filled (warm)
-  devices   the same joint step on 8 fake CPU devices / 1 device, equal global batch
+  devices   the same joint step on 8 fake CPU devices / 1 device, equal global batch (CPU runs
+            only: refused on an accelerator, and left out of the default sections there)
   aggregators  (not in the default) the joint step (3 tasks) with each aggregator and loss
             weighting of mtl.aggregators, relative to plain summed gradients
   trace     (not in the default) where a step's time goes, op by op (mtl/op_profile.py, from a
@@ -66,7 +71,8 @@ flags.DEFINE_list("batch_size", ["8"], "Images per task per step; several (8,32,
                   "and probe sections sweep them, the others take the first.")
 flags.DEFINE_list("probe_variants", list(PROBE_VARIANTS),
                   "Steps the probe section times: plain (joint step), probe, jacrev (naive).")
-flags.DEFINE_integer("devices", 8, "Fake CPU devices for the devices section.")
+flags.DEFINE_integer("devices", 8, "Fake CPU devices for the devices section (CPU runs only).",
+                     lower_bound=1)
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Compute dtype (parameters and optimizer state stay float32).")
 flags.DEFINE_list("tasks", list(SIX_TASKS), "Tasks timed by the train section (of the six).")
@@ -81,7 +87,9 @@ flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0: the CPU c
 flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
                   "Where the PyTorch peer runs (auto: cuda when this run's devices are GPUs).")
 flags.DEFINE_list("torch_precisions", ["fp32"], "The PyTorch peer's precisions, each stepped after "
-                  "ours: fp32, bf16 (torch.autocast).")
+                  "ours: fp32 (PyTorch's defaults: FP32 matmuls, TF32 convolutions on GPUs), tf32 "
+                  "(TF32 matmuls and convolutions: what mtl's float32 runs on GPUs), bf16 "
+                  "(torch.autocast).")
 flags.DEFINE_enum("body_calls", "auto", ["auto", "batched", "scanned", "looped"],
                   "config.model.body_calls: how a step runs its several body calls.")
 flags.DEFINE_string("trace_dir", "", "Where the trace section keeps its traces ('': a temporary "
@@ -109,12 +117,15 @@ def _summary_row(row):
 def _markdown_row(row):
   what, size, batch, precision, value, mfu, mfu_xla, peak, torch_s = row
   fmt = lambda x, f: "-" if x is None or x != x else f.format(x)
+  # the peer's (seconds, which): the faster of the compared precisions, named (_peer_cell)
+  torch_s, which = torch_s if isinstance(torch_s, tuple) else (torch_s, "")
+  which = f" ({which})" if which else ""
   step = what.startswith(("train", "probe"))
   return (f"| {what} | {size} | {batch} | {precision} | "
           f"{fmt(value * 1e3 if step else value, '{:.1f}')} | "
           f"{fmt(batch / value if what.startswith('train') else None, '{:.0f}')} | "
           f"{mfu or '-'} | {mfu_xla or '-'} | {fmt(peak, '{:.2f}')} | "
-          f"{fmt(torch_s * 1e3 if torch_s == torch_s else None, '{:.1f}')} |")
+          f"{fmt(torch_s * 1e3 if torch_s == torch_s else None, '{:.1f}')}{which} |")
 
 
 SUMMARY_HEADER = ("| what | size | batch | precision | ms/step, s or crops/s | images/s | MFU | "
@@ -228,31 +239,69 @@ def measured_peak(precision):
   return _CEILING[precision]
 
 
-# Dense peak FLOP/s per chip by device kind (vendor data sheets), for MFU. Keys are matched as
-# substrings of jax's device_kind, lower-cased; the first match wins.
+# Dense peak FLOP/s per chip by device kind, for MFU: (key, {column: TFLOP/s}). Keys are matched
+# as substrings of jax's device_kind, lower-cased; the first match wins, so each NVL form comes
+# before the name it contains ("NVIDIA H200 NVL" holds "h200"). Columns: bfloat16; tf32, what
+# float32 runs as at JAX's default precision (jax_default_matmul_precision unset, and nothing in
+# mtl sets it): TF32 tensor-core matmuls and convolutions on NVIDIA GPUs since the A100 (a JAX
+# process's fp32 2048^2 matmul ran at 60-81 TFLOP/s on an H200, above its 67 TFLOP/s FP32), one
+# bfloat16 pass on TPUs; float32, the non-tensor FP32 peak, only where the default precision is
+# raised to 'highest' (no figure for TPUs: MFU n/a). NVIDIA's data sheets give the tensor-core
+# figures with 2:4 sparsity: halved here. H100 (SXM / PCIe / NVL): TF32 989 / 756 / 835, BF16
+# 1,979 / 1,513 / 1,671 with sparsity, FP32 67 / 51 / 60; H200 (SXM / NVL): TF32 989 / 835,
+# BF16 1,979 / 1,671 with sparsity, FP32 67 / 60; A100: TF32 156, BF16 312 dense, FP32 19.5;
+# L4: TF32 120, BF16 242 with sparsity, FP32 30.
 PEAK_TFLOPS = (
-    ("h200", {"bfloat16": 989, "float32": 67}),
-    ("h100 pcie", {"bfloat16": 756, "float32": 51}),
-    ("h100 nvl", {"bfloat16": 835, "float32": 60}),
-    ("h100", {"bfloat16": 989, "float32": 67}),  # SXM ("NVIDIA H100 80GB HBM3")
-    ("a100", {"bfloat16": 312, "float32": 19.5}),
-    ("l4", {"bfloat16": 121, "float32": 30}),
-    ("tpu v5 lite", {"bfloat16": 197, "float32": 197}),
-    ("tpu v5p", {"bfloat16": 459, "float32": 459}),
-    ("tpu v4", {"bfloat16": 275, "float32": 275}),
-    ("tpu v6", {"bfloat16": 918, "float32": 918}),
+    ("h200 nvl", {"bfloat16": 835, "tf32": 417.5, "float32": 60}),
+    ("h200", {"bfloat16": 989, "tf32": 494.7, "float32": 67}),  # SXM ("NVIDIA H200")
+    ("h100 pcie", {"bfloat16": 756, "tf32": 378, "float32": 51}),
+    ("h100 nvl", {"bfloat16": 835, "tf32": 417.5, "float32": 60}),
+    ("h100", {"bfloat16": 989, "tf32": 494.7, "float32": 67}),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("a100", {"bfloat16": 312, "tf32": 156, "float32": 19.5}),
+    ("l4", {"bfloat16": 121, "tf32": 60, "float32": 30}),
+    ("tpu v5 lite", {"bfloat16": 197, "tf32": 197}),
+    ("tpu v5p", {"bfloat16": 459, "tf32": 459}),
+    ("tpu v4", {"bfloat16": 275, "tf32": 275}),
+    ("tpu v6", {"bfloat16": 918, "tf32": 918}),
 )
 
 
+def _full_float32():
+  """Whether float32 matmuls run as true FP32: jax_default_matmul_precision raised to 'highest'
+  (unset, JAX's default, they run as TF32 on GPUs and as one bfloat16 pass on TPUs)."""
+  import jax
+  return str(jax.config.jax_default_matmul_precision).lower() in ("highest", "float32")
+
+
+def _peak_column(precision):
+  """The PEAK_TFLOPS column that `precision`'s matmuls and convolutions run at."""
+  return ("float32" if _full_float32() else "tf32") if precision == "float32" else precision
+
+
 def peak_flops(device, precision):
-  """The device's dense peak FLOP/s at `precision`, or None (CPU, or a kind not in the table)."""
+  """The device's dense peak FLOP/s for what `precision` runs as (float32: TF32 on GPUs at JAX's
+  default precision), or None (CPU, or a kind or column not in the table)."""
   if device.platform == "cpu":
     return None
   kind = device.device_kind.lower()
   for key, peaks in PEAK_TFLOPS:
     if key in kind:
-      return peaks[precision] * 1e12
+      peak = peaks.get(_peak_column(precision))
+      return peak * 1e12 if peak else None
   return None
+
+
+def _peak_arithmetic(device, precision):
+  """What the peak of peak_flops(device, precision) is the peak of, in words."""
+  column = _peak_column(precision)
+  if column == "float32":
+    return "FP32 (non-tensor; jax_default_matmul_precision=highest: true float32 matmuls)"
+  if column == "tf32" and device.platform == "gpu":
+    return ("dense TF32 tensor-core (float32 on GPUs is TF32 at JAX's default precision: "
+            "matmuls and convolutions; jax_default_matmul_precision is unset)")
+  if column == "tf32":
+    return "dense bfloat16 (float32 is one bfloat16 pass at JAX's default precision)"
+  return f"dense {column}"
 
 
 def _device_peak_bytes():
@@ -266,14 +315,16 @@ def _mfu_note(device, precision):
   """The line saying what MFU is measured against, and why."""
   spec, ceiling = peak_flops(device, precision), measured_peak(precision)
   side = "2048" if device.platform == "cpu" else "8192"
+  matmul = f"{side}^2 {precision} matmul" + (
+      " (TF32 at JAX's default precision)" if precision == "float32" and device.platform == "gpu"
+      and not _full_float32() else "")
   if spec:
-    return (f"  MFU against the data sheet's dense {precision} peak, {spec / 1e12:.0f} TFLOP/s "
-            f"({device.device_kind}): the usual denominator (PaLM's MFU), so figures compare "
-            f"across code bases; 'of matmul' is against this process's measured {side}^2 "
-            f"{precision} matmul, {ceiling / 1e12:.0f} TFLOP/s, what this chip reaches in practice")
+    return (f"  MFU against the data sheet's {_peak_arithmetic(device, precision)} peak, "
+            f"{spec / 1e12:.0f} TFLOP/s ({device.device_kind}): the usual denominator (PaLM's "
+            f"MFU), so figures compare across code bases; 'of matmul' is against this process's "
+            f"measured {matmul}, {ceiling / 1e12:.0f} TFLOP/s, what this chip reaches in practice")
   return (f"  MFU: no data-sheet peak for {device.device_kind} ({device.platform}); 'of matmul' "
-          f"is against this process's measured {side}^2 {precision} matmul, "
-          f"{ceiling / 1e9:.0f} GFLOP/s")
+          f"is against this process's measured {matmul}, {ceiling / 1e9:.0f} GFLOP/s")
 
 
 def _mfu_cells(flops, seconds, device, precision):
@@ -291,13 +342,19 @@ class TorchPeer:
     repo, python = FLAGS.ipt_repo, FLAGS.torch_python
     if not repo or not os.path.isfile(os.path.join(repo, "model", "ipt.py")):
       self.reason = (f"no official IPT checkout at --ipt_repo={repo!r} (needs model/ipt.py of "
-                     "huawei-noah/Pretrained-IPT); PyTorch comparison skipped")
+                     "huawei-noah/Pretrained-IPT)")
       return
-    probe = subprocess.run([python, "-c", "import torch, einops"], capture_output=True, text=True) \
-        if python and shutil.which(python) or os.path.isfile(python or "") else None
+    try:
+      probe = subprocess.run([python, "-c", "import torch, einops"], capture_output=True,
+                             text=True, timeout=120) \
+          if python and shutil.which(python) or os.path.isfile(python or "") else None
+    except subprocess.TimeoutExpired:
+      self.reason = f"--torch_python={python!r} did not import torch and einops within 120 s"
+      return
     if probe is None or probe.returncode:
-      self.reason = (f"--torch_python={python!r} cannot import torch and einops; PyTorch "
-                     "comparison skipped")
+      why = probe.stderr.strip().splitlines()[-1:] if probe else ["no such program"]
+      self.reason = (f"--torch_python={python!r} cannot import torch and einops"
+                     + (f" ({why[0]})" if why else ""))
       return
     m = config.model
     import jax
@@ -314,7 +371,10 @@ class TorchPeer:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     first = self.proc.stdout.readline().split()
     if not first or first[0] != "ready":
-      self.reason = "the PyTorch peer did not start; see its error above"
+      self.proc.kill()
+      self.reason = (f"the PyTorch peer (launch/torch_peer.py) did not start (exit "
+                     f"{self.proc.wait()}); see its error above")
+      self.proc = None
       return
     self.ok, self.num_params = True, int(first[1])
 
@@ -334,6 +394,9 @@ class TorchPeer:
 
   def describe(self):
     return f"{self.device}, {'/'.join(self.precisions)}"
+
+  def arithmetic(self, precision):
+    return peer_arithmetic(precision, self.device)
 
   def close(self):
     if self.proc:
@@ -360,28 +423,74 @@ def _time_with_peer(calls, state, peer, repeats, mesh):
                        for label, (fn, batch, request) in calls.items()}, repeats, peer)
 
 
+TORCH_PRECISIONS = ("fp32", "tf32", "bf16")
+# The target (README, Speed): mtl's one-task step <= 0.3x the faster of PyTorch fp32 and bf16
+# autocast. The ratios compare with the faster of these where the peer ran any of them.
+TARGET_PRECISIONS = ("fp32", "bf16")
+
+
+def peer_arithmetic(precision, device):
+  """The arithmetic of a PyTorch peer precision on `device` ('cuda' or 'cpu'), in words: 'fp32'
+  is not what mtl's float32 runs (TF32 for matmuls and convolutions at JAX's default precision
+  on GPUs); 'tf32' is."""
+  if device != "cuda":
+    return {"fp32": "FP32", "tf32": "FP32: TF32 is a GPU mode, so the same as fp32 on a CPU",
+            "bf16": "bf16 autocast"}[precision]
+  return {"fp32": "FP32 matmuls, TF32 convs: PyTorch's defaults",
+          "tf32": "TF32 matmuls and convs: allow_tf32 on for cuBLAS and cuDNN, as mtl's float32",
+          "bf16": "bf16 autocast, PyTorch's defaults otherwise"}[precision]
+
+
+def _compared(precisions):
+  """The peer precisions a ratio compares with: the target's (fp32, bf16) where any ran."""
+  return [p for p in precisions if p in TARGET_PRECISIONS] or list(precisions)
+
+
+def _faster(theirs):
+  """(seconds, precision) of the faster of the compared precisions in {precision: seconds}."""
+  return min((theirs[p], p) for p in _compared(theirs))
+
+
+def _peer_cell(theirs):
+  """A summary row's PyTorch cell from {precision: seconds}: (the faster of the compared
+  precisions' seconds, 'bf16 of fp32/bf16'); nan where the peer did not run."""
+  if not theirs:
+    return float("nan")
+  seconds, faster = _faster(theirs)
+  return seconds, f"{faster} of {'/'.join(_compared(theirs))}"
+
+
 def _torch_header(peer):
   return "".join(f" {'torch ' + p + ' ms':>14}" for p in peer.precisions) + f" {'ratio':>6}"
 
 
+def _ratio_note(peer):
+  return (f"  ratio: mtl / the faster of PyTorch {' and '.join(_compared(peer.precisions))}, "
+          "the same step of the official model right after ours")
+
+
 def _torch_cells(ours, theirs):
-  """The peer's ms per precision and ours / the fastest of them (the issue's yardstick)."""
+  """The peer's ms per precision and ours / the faster of the compared ones (_ratio_note)."""
   if not theirs:
     return ""
   return "".join(f" {t * 1e3:>14.1f}" for t in theirs.values()) + \
-      f" {ours / min(theirs.values()):>6.2f}"
+      f" {ours / _faster(theirs)[0]:>6.2f}"
 
 
 def _open_peer(config):
+  """The PyTorch peer for --against=torch (None without it). One that cannot run is a failure:
+  the sections go on, and the benchmark exits 1 at its end, naming why."""
   if "torch" not in FLAGS.against:
     return None
   peer = TorchPeer(config)
   if not peer.ok:
-    print(f"  PyTorch: {peer.reason}")
+    print(f"  PyTorch: {peer.reason}; no PyTorch figures (the benchmark exits 1 at its end)")
+    FAILED.append(f"--against=torch: the PyTorch peer did not run: {peer.reason}")
     return None
   print(f"  PyTorch peer: official IPT from {FLAGS.ipt_repo}, {peer.num_params} parameters, "
-        f"{peer.device} ({FLAGS.torch_threads or os.cpu_count()} threads), precisions "
-        f"{', '.join(peer.precisions)}, steps interleaved with ours")
+        f"{peer.device} ({FLAGS.torch_threads or os.cpu_count()} threads), steps interleaved "
+        "with ours; precisions: " + "; ".join(f"{p} ({peer.arithmetic(p)})"
+                                             for p in peer.precisions))
   return peer
 
 
@@ -433,6 +542,8 @@ def _train_at(size, batch_size):
     if peer:
       line += _torch_cells(s, torch_seconds[name])
     print(line)
+  if peer:
+    print(_ratio_note(peer))
   mean = float(np.mean(list(seconds.values())))
   model_flops = float(np.mean([calls[n][3][2] for n in names]))
   xla_flops = float(np.mean([calls[n][3][0] for n in names]))
@@ -444,10 +555,13 @@ def _train_at(size, batch_size):
   if peer:
     by_precision = {p: float(np.mean([torch_seconds[n][p] for n in names]))
                     for p in peer.precisions}
-    torch_mean = min(by_precision.values())
-    print(f"  official PyTorch IPT ({peer.device}), same run: " + ", ".join(
-        f"{p} {t * 1e3:.1f} ms/step" for p, t in by_precision.items())
-          + f"; mtl / the faster = {mean / torch_mean:.2f}")
+    torch_mean, faster = _faster(by_precision)
+    print(f"  official PyTorch IPT ({peer.device}), same run, mean over tasks: " + "; ".join(
+        f"{p} ({peer.arithmetic(p)}) {t * 1e3:.1f} ms/step, mtl / it {mean / t:.2f}"
+        for p, t in by_precision.items()))
+    print(f"  mtl / the faster of PyTorch {' and '.join(_compared(peer.precisions))} ({faster} "
+          f"here) = {mean / torch_mean:.2f} (the target: <= 0.3)")
+    torch_mean = _peer_cell(by_precision)
   peak_gib = used / 2**30 if used else max(calls[n][3][1] for n in names) / 2**30
   print(f"  device peak memory in use so far: {used / 2**30:.2f} GiB" if used else
         "  device peak memory: not reported by this backend (compiled peak per step above)")
@@ -514,6 +628,7 @@ def section_profile(size):
   for label, t in sorted(ours.items(), key=lambda kv: -kv[1]):
     print(f"  {label:<30} {t * 1e3:>8.1f}" + (_torch_cells(t, theirs[label]) if peer else ""))
   if peer:
+    print(_ratio_note(peer))
     print("  (PyTorch: the same stage of the official model, stepped right after ours; its "
           "optimizer row is torch.optim.Adam.step, which also applies the update)")
 
@@ -600,18 +715,24 @@ def _probe_at(size, batch_size):
     print(f"  {label:<13} {seconds[label] * 1e3:>8.1f} ms/step  {ratio}MFU {mfu:>6} "
           f"({of_matmul} of matmul)  compiled peak {peaks[label] / 2**20:8.1f} MB  compile "
           f"{compiled[label][3]:.1f} s")
-    used = _device_peak_bytes()
+    # Each row its own variant's compiled peak: the device's peak in use is the process's, the
+    # heaviest variant's for every row once all have run (printed once, below).
     _summary_row((_probe_label(label, seconds[label], base), size, batch_size,
                     config.precision, seconds[label], mfu,
                     _mfu_cells(compiled[label][0], seconds[label], device, config.precision)[0],
-                    (used or peaks[label]) / 2**30,
-                    min(torch_seconds[label].values()) if torch_seconds.get(label) else
-                    float("nan")))
+                    peaks[label] / 2**30,
+                    _peer_cell(torch_seconds.get(label))))
+  used = _device_peak_bytes()
+  print(f"  device peak memory in use so far in this process (all variants above): "
+        f"{used / 2**30:.2f} GiB" if used else "  device peak memory: not reported by this "
+        "backend (compiled peak per variant above)")
   if peer and torch_seconds.get("probe"):
+    faster_s, faster = _faster(torch_seconds["probe"])
     print("  official PyTorch IPT per-task loop (6 backward passes, body gradients kept apart, "
-          "cosines), same run: " + ", ".join(f"{p} {t * 1e3:.1f} ms/step" for p, t in
-                                             torch_seconds["probe"].items())
-          + f"; mtl probe / the faster = {seconds['probe'] / min(torch_seconds['probe'].values()):.2f}")
+          "cosines), same run: " + "; ".join(f"{p} ({peer.arithmetic(p)}) {t * 1e3:.1f} ms/step"
+                                             for p, t in torch_seconds["probe"].items())
+          + f"; mtl probe / the faster of PyTorch {' and '.join(_compared(peer.precisions))} "
+          f"({faster} here) = {seconds['probe'] / faster_s:.2f}")
 
 
 def _probe_label(label, seconds, plain):
@@ -865,15 +986,17 @@ def main():
   if bad:
     raise ValueError(f"--against={','.join(FLAGS.against)}; valid: torch")
   bad = set(FLAGS.sections) - set(SECTIONS)
-  if bad:
-    raise ValueError(f"--sections={','.join(FLAGS.sections)}; valid: {','.join(SECTIONS)}")
+  if bad or not FLAGS.sections:
+    raise ValueError(f"--sections={','.join(FLAGS.sections)}; valid: one or more of "
+                     f"{','.join(SECTIONS)}")
   files.check_not_a_file(FLAGS.trace_dir, "--trace_dir", "a folder for the traces")
   bad = set(FLAGS.sizes) - set(ipt.SIZES)
   if bad or not FLAGS.sizes:
     raise ValueError(f"--sizes={','.join(FLAGS.sizes)}; valid: {','.join(ipt.SIZES)}")
   bad = set(FLAGS.tasks) - set(SIX_TASKS)
-  if bad:
-    raise ValueError(f"--tasks={','.join(FLAGS.tasks)}; valid: {','.join(SIX_TASKS)}")
+  if bad or not FLAGS.tasks:
+    raise ValueError(f"--tasks={','.join(FLAGS.tasks)}; valid: one or more of "
+                     f"{','.join(SIX_TASKS)}")
   if not FLAGS.batch_size or not all(b.isdigit() and int(b) > 0 for b in FLAGS.batch_size):
     raise ValueError(f"--batch_size={','.join(FLAGS.batch_size)}; valid: positive integers, "
                      "comma-separated (8,32,128)")
@@ -882,22 +1005,36 @@ def main():
                      f"splits each task's batch over --devices={FLAGS.devices}; give a multiple "
                      "of it, fewer devices, or leave the section out")
   bad = set(FLAGS.probe_variants) - set(PROBE_VARIANTS)
-  if bad:
-    raise ValueError(f"--probe_variants={','.join(FLAGS.probe_variants)}; valid: "
+  if bad or not FLAGS.probe_variants:
+    raise ValueError(f"--probe_variants={','.join(FLAGS.probe_variants)}; valid: one or more of "
                      f"{','.join(PROBE_VARIANTS)}")
-  bad = set(FLAGS.torch_precisions) - {"fp32", "bf16"}
+  bad = set(FLAGS.torch_precisions) - set(TORCH_PRECISIONS)
   if bad or not FLAGS.torch_precisions:
-    raise ValueError(f"--torch_precisions={','.join(FLAGS.torch_precisions)}; valid: fp32, bf16")
+    raise ValueError(f"--torch_precisions={','.join(FLAGS.torch_precisions)}; valid: "
+                     f"{', '.join(TORCH_PRECISIONS)}")
   if FLAGS.compile_cache:
     from mtl import compile_cache
     compile_cache.enable(FLAGS.compile_cache)
-  if "devices" in FLAGS.sections:
-    jax.config.update("jax_num_cpu_devices", FLAGS.devices)
+  sections = list(FLAGS.sections)
+  if "devices" in sections:
+    jax.config.update("jax_num_cpu_devices", FLAGS.devices)  # before the backends start
+    if jax.default_backend() != "cpu":
+      # jax.devices() are the accelerators here; a CPU mesh in this process would not give the
+      # CPU figure either: the model picks its GPU forms by backend (cuDNN attention, batched
+      # body calls).
+      why = (f"the devices section compares {FLAGS.devices} fake CPU devices with 1 in a CPU-only "
+             f"process; this one's backend is {jax.default_backend()}")
+      if FLAGS["sections"].present:
+        raise ValueError(f"--sections={','.join(FLAGS.sections)}: {why}; leave devices out, or "
+                         "run it on a CPU (JAX_PLATFORMS=cpu)")
+      sections.remove("devices")
+      print(f"devices section left out: {why}")
   print(f"jax {jax.__version__}, backend {jax.default_backend()}, "
         f"{len(jax.devices())} device(s): {jax.devices()[0].device_kind}; repeats={FLAGS.repeats}; "
-        f"fp32 2048^2 matmul in this process {matmul_gflops():.0f} GFLOP/s (context, not a "
-        f"yardstick); XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  for section in FLAGS.sections:
+        f"float32 2048^2 matmul in this process (TF32 on GPUs at JAX's default precision) "
+        f"{matmul_gflops():.0f} GFLOP/s (context, not a yardstick); "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  for section in sections:
     if section == "pipeline":
       section_pipeline()
       continue
@@ -908,7 +1045,7 @@ def main():
        "trace": section_trace}[section](size)
   print_summary()
   if FAILED:  # the figures above lack these: exit 1, so that a script running it sees it
-    cli.fail("; ".join(FAILED))
+    cli.fail("; ".join(dict.fromkeys(FAILED)))  # each once (the peer fails alike per section)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,15 @@ Run by launch/benchmark.py with a Python that has torch (never a dependency of m
       --device=cuda                                   # on the GPU that mtl's steps run on
 
 Protocol, one line each way: the peer prints `ready <parameter count>` once built; then for each
-request line it runs one step and prints `ms <milliseconds>`; a request may end in `fp32` (the
-default) or `bf16` (the forward pass under torch.autocast to bfloat16, as PyTorch's mixed
-precision trains; parameters, gradients and Adam stay float32):
+request line it runs one step and prints `ms <milliseconds>`; a request may end in a precision:
+  fp32   (the default) PyTorch's defaults, as the official code runs: on CUDA, FP32 matmuls
+         (torch.backends.cuda.matmul.allow_tf32 False) and TF32 convolutions (cudnn.allow_tf32
+         True)
+  tf32   TF32 matmuls and convolutions (both allow_tf32 True): the arithmetic of mtl's float32 on
+         GPUs, where JAX's default precision runs both as TF32
+  bf16   the forward pass under torch.autocast to bfloat16, as PyTorch's mixed precision trains
+         (parameters, gradients and Adam stay float32), PyTorch's TF32 defaults otherwise
+On a CPU, fp32 and tf32 are the same arithmetic (TF32 is a GPU tensor-core mode). Requests:
   ipt <t>    one IPT training step of task index t (Adam, L1 loss), as the official trainer does
   pertask    every task at the same parameters, one backward per task, the body's per-task
              gradients kept apart and their cosine matrix formed, one Adam step on the sum
@@ -18,8 +24,9 @@ precision trains; parameters, gradients and Adam stay float32):
              tail:<task index>
   quit       exit
 On CUDA the time is taken between torch.cuda.synchronize() calls, so it is the step's whole run on
-the device (PyTorch launches kernels asynchronously). fp32 keeps PyTorch's defaults (TF32 for
-convolutions, not for matmuls), as the official code runs.
+the device (PyTorch launches kernels asynchronously). The TF32 switches are set before each
+request's timing starts, with the legacy allow_tf32 flags alone (torch 2.9+ refuses a mix of
+those and the fp32_precision ones).
 """
 import argparse
 import os
@@ -43,16 +50,22 @@ def main():
   args = parser.parse_args()
 
   import contextlib
+  import warnings
   import torch
+  # torch 2.9+ asks for its fp32_precision settings instead of allow_tf32 (still honoured)
+  warnings.filterwarnings("ignore", message="Please use the new API settings to control TF32")
   torch.set_num_threads(args.threads)
   if args.device == "cuda" and not torch.cuda.is_available():
     raise RuntimeError("--device=cuda but this torch sees no CUDA device (torch "
                        f"{torch.__version__}); give --device=cpu or a CUDA build of torch")
   device = torch.device(args.device)
   sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+  # precision: (the forward pass's context, (TF32 for cuBLAS matmuls, TF32 for cuDNN convs))
+  defaults = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
   precisions = {
-      "fp32": contextlib.nullcontext,
-      "bf16": lambda: torch.autocast(args.device, dtype=torch.bfloat16)}
+      "fp32": (contextlib.nullcontext, defaults),
+      "tf32": (contextlib.nullcontext, (True, True)),
+      "bf16": (lambda: torch.autocast(args.device, dtype=torch.bfloat16), defaults)}
   if not os.path.isfile(os.path.join(args.ipt_repo, "model", "ipt.py")):
     raise FileNotFoundError(f"--ipt_repo={args.ipt_repo} has no model/ipt.py; give a checkout of "
                             "huawei-noah/Pretrained-IPT")
@@ -108,17 +121,19 @@ def main():
     return cosines
 
   stage = stages(model, optimizer, params, args, device, autocast)
-  print(f"torch {torch.__version__} on {torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}"
-        f", TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN "
-        f"{torch.backends.cudnn.allow_tf32}", file=sys.stderr, flush=True)
+  print(f"torch {torch.__version__} on "
+        f"{torch.cuda.get_device_name() if args.device == 'cuda' else 'cpu'}; TF32 (matmul, "
+        "cuDNN) per precision: " + ", ".join(f"{p} {tf32}" for p, (_, tf32) in precisions.items()),
+        file=sys.stderr, flush=True)
   print(f"ready {sum(p.numel() for p in params)}", flush=True)
   for line in sys.stdin:
     words = line.split()
     if not words or words[0] == "quit":
       break
-    autocast[0] = precisions["fp32"]
-    if words[-1] in precisions:
-      autocast[0] = precisions[words.pop()]
+    context, tf32 = precisions[words.pop() if len(words) > 1 and words[-1] in precisions
+                               else "fp32"]
+    autocast[0] = context
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     sync()
     start = time.perf_counter()
     if words[0] == "ipt":

@@ -1,5 +1,7 @@
 """launch/benchmark.py: the compile and trace sections' tables and summary rows, the summary's
-cells, and one-line refusals of bad flags."""
+cells, one-line refusals of bad flags, MFU's data-sheet peaks, a PyTorch peer that cannot run
+(a failure), the probe rows' memory, and the devices section on an accelerator."""
+import json
 import os
 import re
 import subprocess
@@ -17,15 +19,35 @@ def _benchmark(*args, timeout=900):
                         env=dict(os.environ, PYTHONPATH=ROOT))
 
 
+def _patched(code, *args, timeout=900):
+  """launch/benchmark.py's main run as the command line does, after `code` (which may replace
+  the module's functions: `benchmark`, `jax`), in its own process (absl's flags are global)."""
+  script = ("import sys; sys.path.insert(0, 'launch'); import jax, benchmark, cli; "
+            f"from absl import app; {code}; sys.argv = ['benchmark.py'] + {list(args)!r}; "
+            "app.run(benchmark.main, flags_parser=cli.parse_flags)")
+  return subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                        timeout=timeout, env=dict(os.environ, PYTHONPATH=ROOT))
+
+
+def _one_error(out):
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  return errors[0]
+
+
 @pytest.mark.parametrize("flag, valid", [("--batch_size=8,x", "positive integers"),
                                          ("--probe_variants=fast", "plain,probe,jacrev"),
-                                         ("--torch_precisions=fp16", "fp32, bf16"),
-                                         ("--batch_size=2", "a multiple of it")])
+                                         ("--probe_variants=", "one or more of plain,"),
+                                         ("--torch_precisions=fp16", "fp32, tf32, bf16"),
+                                         ("--batch_size=2", "a multiple of it"),
+                                         ("--devices=0", "positive integer"),
+                                         ("--tasks=", "one or more of sr_x2,"),
+                                         ("--sections=", "one or more of train,")])
 def test_bad_flags_are_refused_with_one_line(flag, valid):
   out = _benchmark("--sections=pipeline,devices", flag)
   assert out.returncode == 1
-  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-  assert len(errors) == 1 and valid in errors[0] and flag.split("=")[1] in errors[0]
+  error = _one_error(out)
+  assert valid in error and flag.split("=")[1] in error
 
 
 def test_compile_section_times_every_step_function_and_keeps_summary_rows():
@@ -95,14 +117,98 @@ def test_the_startup_section_s_train_command_is_valid():
   assert not os.path.exists("/nonexistent")
 
 
-def test_mfu_peak_is_the_data_sheet_s_for_each_h100_form():
-  """The H100's forms differ in dense bf16 peak (SXM 989, NVL 835, PCIe 756 TFLOP/s): a lent
-  'NVIDIA H100 80GB HBM3' is the SXM form. Device kinds as jax's CUDA devices name them."""
-  code = ("import sys, types; sys.path.insert(0, 'launch'); import benchmark; "
-          "print([benchmark.peak_flops(types.SimpleNamespace(platform='gpu', device_kind=k), "
-          "'bfloat16') for k in ('NVIDIA H100 80GB HBM3', 'NVIDIA H100 NVL', "
-          "'NVIDIA H100 PCIe', 'NVIDIA H200', 'NVIDIA GeForce RTX 4090')])")
+KINDS = ("NVIDIA H100 80GB HBM3", "NVIDIA H100 NVL", "NVIDIA H100 PCIe", "NVIDIA H200",
+         "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB", "NVIDIA GeForce RTX 4090")
+
+
+def _peaks(precision, matmul_precision=None):
+  """{device kind: benchmark.peak_flops / 1e12} for KINDS (GPUs), and the words of the peak."""
+  code = ("import json, sys, types; sys.path.insert(0, 'launch'); import jax, benchmark; "
+          f"p = {matmul_precision!r}; p and jax.config.update('jax_default_matmul_precision', p); "
+          "gpu = lambda k: types.SimpleNamespace(platform='gpu', device_kind=k); "
+          f"print(json.dumps([{{k: (benchmark.peak_flops(gpu(k), {precision!r}) or 0) / 1e12 "
+          f"for k in {KINDS!r}}}, benchmark._peak_arithmetic(gpu('NVIDIA H200'), "
+          f"{precision!r})]))")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
   assert out.returncode == 0, out.stderr[-2000:]
-  assert out.stdout.splitlines()[-1] == str([989e12, 835e12, 756e12, 989e12, None]), out.stdout
+  return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_mfu_peak_is_the_data_sheet_s_for_each_form_and_what_float32_runs_as():
+  """Dense bf16 peaks differ by form (SXM 989, NVL 835, PCIe 756 TFLOP/s): a lent 'NVIDIA H100
+  80GB HBM3' is the SXM form, and 'NVIDIA H200 NVL' is not the SXM H200. float32 runs as TF32 on
+  these GPUs at JAX's default precision: its MFU is against the dense TF32 tensor-core peak (half
+  the data sheets' figures with sparsity), not the non-tensor FP32 one, which a JAX float32
+  matmul exceeded on an H200; that one only where the default precision is 'highest'. Device
+  kinds as jax's CUDA devices name them."""
+  bf16, words = _peaks("bfloat16")
+  assert bf16 == pytest.approx({KINDS[0]: 989, KINDS[1]: 835, KINDS[2]: 756, KINDS[3]: 989,
+                                KINDS[4]: 835, KINDS[5]: 312, KINDS[6]: 0}), bf16
+  assert words == "dense bfloat16"
+  tf32, words = _peaks("float32")
+  assert tf32 == pytest.approx({KINDS[0]: 494.7, KINDS[1]: 417.5, KINDS[2]: 378, KINDS[3]: 494.7,
+                                KINDS[4]: 417.5, KINDS[5]: 156, KINDS[6]: 0}), tf32
+  assert "TF32" in words and "JAX's default precision" in words, words
+  fp32, words = _peaks("float32", "highest")
+  assert fp32[KINDS[0]] == pytest.approx(67) and fp32[KINDS[4]] == pytest.approx(60), fp32
+  assert words.startswith("FP32"), words
+
+
+@pytest.mark.parametrize("checkout, python, why", [
+    (False, "python3", "no official IPT checkout at --ipt_repo="),
+    (True, "/nonexistent/python", "cannot import torch and einops (no such program)")])
+def test_a_peer_asked_for_that_cannot_run_is_a_failure_after_the_figures(
+    tmp_path, checkout, python, why):
+  repo = tmp_path / "ipt"
+  if checkout:
+    (repo / "model").mkdir(parents=True)
+    (repo / "model" / "ipt.py").write_text("")
+  out = _benchmark("--against=torch", "--sections=train", "--sizes=tiny", "--tasks=sr_x2",
+                   "--batch_size=2", "--repeats=1", f"--ipt_repo={repo}",
+                   f"--torch_python={python}")
+  assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+  error = _one_error(out)
+  assert error.startswith("error: --against=torch: the PyTorch peer did not run: ") and why in error
+  # our figures still come, with no PyTorch cell
+  rows = [l for l in out.stdout.splitlines() if l.startswith("ROW | train: one-task step |")]
+  assert len(rows) == 1 and rows[0].endswith("| - |"), out.stdout[-2000:]
+  assert "[summary]" in out.stdout
+
+
+def test_probe_rows_carry_each_variant_s_compiled_peak_not_the_process_s():
+  """On a GPU the device's peak in use is the process's, the heaviest variant's once all have
+  run: each row carries its own variant's compiled peak, and the process's is printed once. Here
+  the device is made to report 7 GiB."""
+  out = _patched("benchmark._device_peak_bytes = lambda: 7 * 2**30", "--sections=probe",
+                 "--sizes=tiny", "--batch_size=2", "--repeats=1", "--probe_variants=plain,probe")
+  assert out.returncode == 0, out.stderr[-3000:]
+  compiled = dict(re.findall(r"^  (no probe|probe) .* compiled peak +([\d.]+) MB", out.stdout,
+                             re.M))
+  rows = {r.split(" | ")[1]: r.split(" | ")[9] for r in out.stdout.splitlines()
+          if r.startswith("ROW | probe: ")}
+  assert len(compiled) == 2 and len(rows) == 2, out.stdout
+  for label, peak in rows.items():
+    variant = "no probe" if label == "probe: no probe" else "probe"
+    assert peak == f"{float(compiled[variant]) / 1024:.2f}" != "7.00", (label, out.stdout)
+  assert out.stdout.count("in use so far in this process (all variants above): 7.00 GiB") == 1
+
+
+def test_sections_run_in_flag_order_and_devices_is_for_cpu_runs_only():
+  """On an accelerator jax.devices() are its chips: the devices section (fake CPU devices) is
+  refused when asked for, and left out of the default sections with a line saying so. Sections
+  run in the order given (launch/gpu_check.sh runs compile before train)."""
+  fake = ("jax.default_backend = lambda: 'gpu'; [setattr(benchmark, f'section_{n}', "
+          "lambda size, n=n: print('ran', n)) for n in ('train', 'probe', 'devices', 'compile')]; "
+          "benchmark.section_pipeline = lambda: print('ran pipeline')")
+  out = _patched(fake, "--sections=train,devices", "--sizes=tiny", timeout=300)
+  assert out.returncode == 1 and "ran " not in out.stdout
+  assert "the devices section compares 8 fake CPU devices" in _one_error(out)
+  out = _patched(fake, "--sizes=tiny", timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "devices section left out" in out.stdout
+  assert [l for l in out.stdout.splitlines() if l.startswith("ran ")] == [
+      "ran train", "ran pipeline", "ran probe"]
+  out = _patched(fake, "--sections=compile,train", "--sizes=tiny", timeout=300)
+  assert [l for l in out.stdout.splitlines() if l.startswith("ran ")] == [
+      "ran compile", "ran train"], out.stdout
