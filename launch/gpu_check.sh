@@ -1,15 +1,17 @@
 #!/bin/bash
 # One prepared check of mtl's speed on an accelerator (a GPU), in at most BUDGET seconds: the test
 # subset that runs on GPUs, compile seconds (both body-call modes), a batch sweep with MFU, the
-# official PyTorch IPT on the same device (fp32 and bf16 autocast, interleaved), the probe /
-# plain joint step ratio, start-up (command to first step, cold and warm compilation cache), the
-# input pipeline, the main job, where the steps' time goes op by op (a profiler trace), and seven
-# settings weighed against the defaults: CUDA graphs over the layer loops, unrolled layer scans,
-# looped body calls in the joint steps, the probe's Gramians in pieces (split-K), LLVM compiling
-# a program's parts in parallel, cuBLAS alone for gemms, no XLA GPU autotuning. Every part has its
-# own time limit and log; one table at the end. $OUT ends with three files, within what a lent
-# machine sends back: table.md, parts.tsv and logs.tar.gz (every part's log, pip's, the device's,
-# the main job's train.log and results.json; `tar -xzf logs.tar.gz` reads them).
+# official PyTorch IPT on the same device (fp32: PyTorch's defaults, FP32 matmuls and TF32 convs;
+# tf32: TF32 both, as mtl's float32 at JAX's default precision; bf16 autocast; interleaved), the
+# probe / plain joint step ratio, start-up (command to first step, cold and warm compilation
+# cache), the input pipeline, the main job, where the steps' time goes op by op (a profiler
+# trace), and seven settings weighed against the defaults: CUDA graphs over the layer loops,
+# unrolled layer scans, looped body calls in the joint steps, the probe's Gramians in pieces
+# (split-K), LLVM compiling a program's parts in parallel, cuBLAS alone for gemms, no XLA GPU
+# autotuning. Every part has its own time limit and log (the set-up's steps too: pip, the device
+# probe, the PyTorch import check); one table at the end. $OUT ends with three files, within
+# what a lent machine sends back: table.md, parts.tsv and logs.tar.gz (every part's log, pip's,
+# the device's, the main job's train.log and results.json; `tar -xzf logs.tar.gz` reads them).
 #
 #   OUT=/tmp/gpu_check bash launch/gpu_check.sh                   # from the repository root
 #   SIZE=tiny BATCHES=2,4 LIMITS=3 BUDGET=1200 bash launch/gpu_check.sh   # a rehearsal on a CPU
@@ -72,6 +74,10 @@ part() {  # part NAME LIMIT CMD...: runs CMD for at most LIMIT s (less if the bu
   timeout -k 5 "$l" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   grep -v -E "^(W|I)[0-9]{4} |^\s*$|^\| |^\|---|^ROW " "$OUT/$name.log" | tail -n 30
   local note=""; [ $rc -eq 124 ] || [ $rc -eq 137 ] && note="time limit"
+  # a failed part's reason: the last one-line error its command printed (launch/benchmark.py's
+  # `error: ...`, e.g. a PyTorch peer that did not start), as a table cell
+  [ $rc -ne 0 ] && [ -z "$note" ] &&
+    note=$(grep -E "^error: " "$OUT/$name.log" | tail -n 1 | cut -c1-300 | tr '|\t' '/ ')
   echo "== $name rc=$rc in $(( $(date +%s) - t0 ))s"
   printf '%s\t%s\t%s\t%s\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$note" >> "$OUT/parts.tsv"
 }
@@ -95,16 +101,34 @@ part compile 120 "${BENCH[@]}" --sections=compile --tasks=sr_x2 --batch_size="$F
 # cache off for their own timings; the start-up part keeps its own, empty at first).
 part sweep 150 "${BENCH[@]}" --sections=train --tasks=sr_x2 --batch_size="$BATCHES" \
     --compile_cache="$CACHE"
-if [ ! -f "$IPT_REPO/model/ipt.py" ]; then
-  skip torch_peer "no official IPT checkout at IPT_REPO=$IPT_REPO"
-elif ! "$TORCH_PYTHON" -c "import torch, einops" > /dev/null 2>&1; then
-  skip torch_peer "$TORCH_PYTHON cannot import torch and einops"
-else
-  # JAX takes 75% of the GPU's memory by default: leave PyTorch its share.
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 part torch_peer 120 "${BENCH[@]}" --sections=train \
-      --tasks=sr_x2,denoise_30 --batch_size="$PEER_BATCHES" --against=torch \
-      --torch_precisions=fp32,bf16 --ipt_repo="$IPT_REPO" --torch_python="$TORCH_PYTHON" \
-      --compile_cache="$CACHE"
+# The PyTorch part's pre-checks, each a skip with its reason (the benchmark itself counts a peer
+# it cannot start as a failure): the checkout, then torch and einops importable within at most
+# 60 s of the budget (a hung import must not eat the call).
+torch_peer_missing() {  # prints why the PyTorch part cannot run; nothing when it can
+  [ -f "$IPT_REPO/model/ipt.py" ] ||
+    { echo "no official IPT checkout at IPT_REPO=$IPT_REPO"; return; }
+  local l; l=$(( $(left) - 20 )); [ "$l" -gt 60 ] && l=60
+  [ "$l" -ge 5 ] || return 0  # the budget is spent: part says so
+  timeout -k 5 "$l" "$TORCH_PYTHON" -c "import torch, einops" > /dev/null 2>&1
+  case $? in
+    0) ;;
+    124|137) echo "$TORCH_PYTHON did not import torch and einops within ${l}s";;
+    *) echo "$TORCH_PYTHON cannot import torch and einops";;
+  esac
+}
+if wanted torch_peer; then
+  why=$(torch_peer_missing)
+  if [ -n "$why" ]; then
+    skip torch_peer "$why"
+  else
+    # JAX takes 75% of the GPU's memory by default: leave PyTorch its share. The peer steps in
+    # three precisions after each of ours: tf32 adds 2 tasks x 2 batches x 6 rounds = 24 steps,
+    # none slower than an fp32 one (83-200 ms on the H200): under 5 s of the part's 120.
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.45 part torch_peer 120 "${BENCH[@]}" --sections=train \
+        --tasks=sr_x2,denoise_30 --batch_size="$PEER_BATCHES" --against=torch \
+        --torch_precisions=fp32,tf32,bf16 --ipt_repo="$IPT_REPO" \
+        --torch_python="$TORCH_PYTHON" --compile_cache="$CACHE"
+  fi
 fi
 part probe 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,probe --batch_size="$FIRST" \
     --compile_cache="$CACHE"
@@ -152,13 +176,15 @@ part probe_looped 120 "${BENCH[@]}" --sections=probe --probe_variants=plain,prob
 # compile: the compile seconds and the one-task step with cuBLAS as the only gemm candidate (no
 # Triton gemm kernels compiled to try), then with no autotuning at all, each against its speed
 # (their baselines: the compile part's rows, and the trace part's; PARTS='compile llvm_parallel
-# cublas autotune0' runs them with the first).
+# cublas autotune0' runs them with the first). The sections run in flag order: compile first,
+# in a fresh process as the compile part's, so that compile seconds compare cold with cold (after
+# the train section, XLA's in-process autotuning results would be warm).
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_llvm_module_compilation_parallelism=true" \
-    part llvm_parallel 90 "${BENCH[@]}" --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
+    part llvm_parallel 90 "${BENCH[@]}" --sections=compile,train --tasks=sr_x2 --batch_size="$FIRST"
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_enable_triton_gemm=false" part cublas 90 \
-    "${BENCH[@]}" --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
+    "${BENCH[@]}" --sections=compile,train --tasks=sr_x2 --batch_size="$FIRST"
 XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_gpu_autotune_level=0" part autotune0 90 "${BENCH[@]}" \
-    --sections=train,compile --tasks=sr_x2 --batch_size="$FIRST"
+    --sections=compile,train --tasks=sr_x2 --batch_size="$FIRST"
 
 {
   echo
