@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import weakref
 
 import jax
 import orbax.checkpoint as ocp
@@ -62,17 +63,48 @@ class _NewestScheduled:
     return [i in on or i == len(checkpoints) - 1 for i in range(len(checkpoints))]
 
 
+# A save off the schedule (a stop's own) says so in its step's metadata: a resume's manager
+# then leaves it out of the kept candidates, whatever the schedule it resumes with.
+OFF_SCHEDULE = "mtl_off_schedule"
+_POLICIES = weakref.WeakKeyDictionary()  # manager -> its _NewestScheduled, for `save`
+
+
+def _off_schedule(directory, step):
+  """Whether the saved step `step` in `directory` was saved off its run's schedule."""
+  try:  # orbax's record of a complete step; one without it counts as on the schedule
+    record = files.read_json(os.path.join(directory, str(step), "_CHECKPOINT_METADATA"))
+  except (OSError, ValueError):
+    return False
+  return bool((record.get("custom_metadata") or {}).get(OFF_SCHEDULE))
+
+
+def _kept_candidates(directory, scheduled):
+  """`scheduled` and the steps already saved in `directory` (a resume's: a changed
+  checkpoint_every must not make them deletable), but the latest where it was a stop's own."""
+  saved = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+      directory) else []
+  if saved and saved[-1] not in scheduled and _off_schedule(directory, saved[-1]):
+    saved.pop()
+  return frozenset(scheduled) | frozenset(saved)
+
+
 def manager(workdir, keep=3, async_save=True, scheduled=None):
   """The run's CheckpointManager, keeping its newest `keep` checkpoints; with `scheduled` (the
   steps a run saves uninterrupted: run_folder.checkpoint_steps), its newest `keep` of those and
   the latest, so that a stop's own checkpoint (SIGTERM saves where it stops) never costs a
-  scheduled one (a study measures conflicts at the newest scheduled steps)."""
-  kept = dict(max_to_keep=keep) if scheduled is None else dict(
-      preservation_policy=_NewestScheduled(scheduled, keep))
+  scheduled one (a study measures conflicts at the newest scheduled steps). The steps a resumed
+  run saved before count as scheduled (but a stop's own), whatever its checkpoint_every now.
+  Temporary folders of saves cut short (`<step>.orbax-checkpoint-tmp-*`) are removed."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  policy = None if scheduled is None else _NewestScheduled(
+      _kept_candidates(directory, scheduled), keep)
+  kept = dict(max_to_keep=keep) if policy is None else dict(preservation_policy=policy)
   options = ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=async_save,
-                                         **kept)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+                                         cleanup_tmp_directories=True, **kept)
+  mngr = ocp.CheckpointManager(directory, options=options)
+  if policy is not None:
+    _POLICIES[mngr] = policy
+  return mngr
 
 
 class DiskFull(ValueError):
@@ -105,7 +137,10 @@ def save(mngr, step, state, force=False):
     items["mtl_state"] = ocp.args.StandardSave(state.mtl_state)
   if getattr(state, "ema_params", None) is not None:  # config.optim.ema_decay > 0
     items["ema_params"] = ocp.args.StandardSave(state.ema_params)
-  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+  policy = _POLICIES.get(mngr)
+  off = policy is not None and step not in policy.scheduled
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force,
+                   custom_metadata={OFF_SCHEDULE: True} if off else None)
 
 
 # Every item a checkpoint may hold (`save`): a reader that knows them all reads one without

@@ -152,3 +152,67 @@ def test_a_trainer_resuming_a_damaged_checkpoint_prints_one_line(tmp_path):
   assert out.stderr.startswith("error: checkpoint step 2 in ") and out.stderr.count("\n") == 1, (
       out.stderr[:2000])
   assert "the other saved steps: 1: move 2/ out of that folder" in out.stderr
+
+
+def _kept_after(tmp_path, runs, keep=2):
+  """Each of `runs` ((total_steps, checkpoint_every, steps saved)) a trainer of its own on one
+  workdir, as resumes are: the steps kept after each."""
+  state = step_lib.TrainState(step=0, params={"w": np.zeros(4, np.float32)},
+                              opt_state={"m": np.zeros(4, np.float32)})
+  kept = []
+  for total, every, steps in runs:
+    mngr = checkpoints.manager(tmp_path, keep=keep,
+                               scheduled=run_folder.checkpoint_steps(total, every))
+    for step in steps:
+      checkpoints.save(mngr, step, state, force=True)
+      mngr.wait_until_finished()
+    mngr.close()
+    kept.append(checkpoints.saved_steps(str(tmp_path)))
+  return kept
+
+
+def test_a_resume_with_another_checkpoint_every_keeps_the_steps_saved_before(tmp_path):
+  # keep=2: saved 2 and 4 every 2 steps, resumed to 6 every 3 steps: 4 is no longer on the
+  # schedule, and must not be deleted for it.
+  assert _kept_after(tmp_path, [(4, 2, (2, 4)), (6, 3, (6,))]) == [[2, 4], [4, 6]]
+
+
+def test_a_stop_s_checkpoint_never_costs_a_scheduled_one_across_a_resume(tmp_path):
+  # keep=2, every 5 of 20 steps: a stop at 12 (its own checkpoint), resumed by a new trainer
+  # that stops again at 13 and then at 17; neither costs 5 or 10, nor 10 and 15.
+  kept = _kept_after(tmp_path, [(20, 5, (5, 10, 12)), (20, 5, (13,)), (20, 5, (15, 17)),
+                                (20, 5, (20,))])
+  assert kept == [[5, 10, 12], [5, 10, 13], [10, 15, 17], [15, 20]]
+
+
+def test_a_save_cut_short_leaves_no_temporary_folder_once_a_trainer_saves_again(tmp_path):
+  state = step_lib.TrainState(step=0, params={"w": np.zeros(4, np.float32)},
+                              opt_state={"m": np.zeros(4, np.float32)})
+  cut = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1733540000123456"  # killed mid-save
+  (cut / "params").mkdir(parents=True)
+  (cut / "params" / "half-written").write_bytes(b"x")
+  mngr = checkpoints.manager(tmp_path, keep=2, scheduled=run_folder.checkpoint_steps(6, 2))
+  checkpoints.save(mngr, 4, state, force=True)
+  mngr.wait_until_finished()
+  mngr.close()
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+
+
+def test_a_trainer_resumed_with_another_checkpoint_every_keeps_its_saved_steps(tmp_path):
+  """launch/train.py, keep_checkpoints=2: 2 and 4 saved every 2 steps, then resumed to 6 every
+  3 steps (constant lr: total_steps may change) keeps 4 and 6; the temporary folder of a save
+  cut short (planted) is gone."""
+  run = [sys.executable, "launch/train.py", "--config=experiments/tiny.py:sr_x2",
+         f"--workdir={tmp_path}", "--config.mesh.data=1", "--config.keep_checkpoints=2",
+         "--config.optim.schedule=constant", "--config.conflicts.every=0",
+         "--config.eval.max_images=1", "--config.eval.max_side=48"]
+  out = subprocess.run(run + ["--config.total_steps=4", "--config.checkpoint_every=2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert checkpoints.saved_steps(str(tmp_path)) == [2, 4]
+  cut = tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp-1733540000123456"
+  (cut / "params").mkdir(parents=True)
+  out = subprocess.run(run + ["--config.total_steps=6", "--config.checkpoint_every=3"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]
