@@ -279,6 +279,16 @@ def checkpoint_dir_of(path):
   return inner if os.path.isdir(inner) else path
 
 
+def step_folders(folder):
+  """The names of orbax step folders directly in `folder` (complete, `<step>`, or cut short,
+  `<step>.orbax-checkpoint-tmp-*`), sorted by step; none for a folder that is not there."""
+  if not os.path.isdir(folder):
+    return []
+  names = [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and (
+      d.isdigit() or d.partition(".orbax-checkpoint-tmp-")[0].isdigit() and ".orbax-" in d)]
+  return sorted(names, key=lambda d: (int(d.partition(".")[0]), d))
+
+
 def saved_steps(workdir):
   """The complete checkpoint steps of a run (its workdir or checkpoints/), ascending.
 

@@ -87,10 +87,12 @@ def read_results(workdir):
 
 def check_config(workdir, config_dict, defaults=None):
   """Refuse (one line) a config that differs from the workdir's saved one, unless the run there
-  never saved a step (then it may be replaced: returns True). No saved config: False.
+  never saved a step (then it may be replaced: returns True). No saved config: False (saved
+  steps without it, or a run's checkpoints/ folder as the workdir: refused).
   defaults (run_defaults.config_defaults()): a field the saved config predates counts as its
   default, so a resume that gives it another value is refused."""
   path = os.path.join(workdir, CONFIG_FILE)
+  check_checkpoints_have_config(workdir)
   if not os.path.exists(path):
     return False
   saved = files.read_json(path)
@@ -106,6 +108,27 @@ def check_config(workdir, config_dict, defaults=None):
     print(f"{path} predates the config fields {files.field_list(added)}: resuming with their "
           "current values", flush=True)
   return False
+
+
+def _shown(names, most=4):
+  return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_checkpoints_have_config(workdir):
+  """Refuse (one line) a workdir that is a run's checkpoints/ folder (orbax step folders at its
+  top: a run there would write its own files among them), or that holds saved steps but no
+  config.json (another run's checkpoints, or a run's whose config was lost: resuming them with
+  this config would go unchecked)."""
+  own = checkpoints.step_folders(workdir)
+  if own:
+    raise ValueError(f"--workdir={workdir} holds checkpoint steps ({_shown(own)}): it looks "
+                     "like a run's checkpoints/ folder; point --workdir to its parent")
+  saved = [d for d in checkpoints.step_folders(os.path.join(workdir, "checkpoints"))
+           if d.isdigit()]
+  if saved and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
+    raise ValueError(f"--workdir={workdir} holds saved steps ({_shown(saved)} in checkpoints/) "
+                     f"but no {CONFIG_FILE}, so their config cannot be checked; use a new "
+                     f"--workdir, or put back the {CONFIG_FILE} of the run that saved them")
 
 
 def check_total_steps(workdir, latest, saved_steps, config_dict):

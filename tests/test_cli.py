@@ -2,6 +2,7 @@
 --dry_run, and one `error:` line per bad input, before anything is written."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -215,3 +216,25 @@ def test_help_config_lists_every_field_with_its_value_and_meaning():
   lr = next(l for l in lines if l.startswith("optim.lr = "))
   assert lr.split() == ["optim.lr", "=", "0.01", "peak", "learning", "rate", "(Adam)"]
   assert all(len(l.split("  ")) > 1 and l.split("  ")[-1].strip() for l in lines), lines
+
+
+def test_another_run_s_checkpoints_are_refused_before_anything_is_written(tmp_path):
+  """A run's checkpoints/ folder given as the workdir, and a workdir holding another run's
+  checkpoints/ but no config.json (a different lr would resume them unchecked): one line each."""
+  args = ["--config=experiments/tiny.py:sr_x2", "--config.mesh.data=1",
+          "--config.total_steps=2", "--config.checkpoint_every=2", "--config.conflicts.every=0",
+          "--config.eval.max_images=1", "--config.eval.max_side=48"]
+  out = _launch(*args, f"--workdir={tmp_path / 'run'}")
+  assert out.returncode == 0, out.stderr[-2000:]
+  shutil.copytree(tmp_path / "run" / "checkpoints", tmp_path / "other" / "checkpoints")
+  for workdir, message in (
+      (tmp_path / "run" / "checkpoints", f"error: --workdir={tmp_path}/run/checkpoints holds "
+       "checkpoint steps (2): it looks like a run's checkpoints/ folder; point --workdir to its "
+       "parent"),
+      (tmp_path / "other", f"error: --workdir={tmp_path}/other holds saved steps (2 in "
+       "checkpoints/) but no config.json, so their config cannot be checked; use a new "
+       "--workdir, or put back the config.json of the run that saved them")):
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    out = _launch(*args, f"--workdir={workdir}", "--config.optim.lr=1e-4")
+    assert out.returncode == 1 and out.stderr == message + "\n", out.stderr[-2000:]
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

@@ -1,5 +1,7 @@
 """A run's folder: its file names, its saved config read back as the config files hold it, the
 checks on a run to start from, and a state from parameters."""
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -132,3 +134,34 @@ def test_state_from_params_is_a_fresh_optimizer_state():
     like = run_folder.state_from_params(run, fresh.params, like=fresh)
     assert int(like.step) == 0 and like.params is fresh.params
 
+
+
+def test_another_run_s_checkpoints_without_its_config_are_refused(tmp_path):
+  config = tiny.get_config().to_dict()
+  os.makedirs(tmp_path / "a" / "checkpoints" / "20")  # its config.json lost, or never copied
+  with pytest.raises(ValueError) as error:
+    run_folder.check_config(str(tmp_path / "a"), config)
+  assert str(error.value) == (
+      f"--workdir={tmp_path / 'a'} holds saved steps (20 in checkpoints/) but no config.json, "
+      "so their config cannot be checked; use a new --workdir, or put back the config.json of "
+      "the run that saved them")
+  # A save cut short (no saved step) leaves nothing to resume: a fresh start is fine.
+  os.makedirs(tmp_path / "b" / "checkpoints" / "2.orbax-checkpoint-tmp-1733540000123456")
+  assert run_folder.check_config(str(tmp_path / "b"), config) is False
+
+
+@pytest.mark.parametrize("names, shown", [(["2", "4"], "2, 4"),
+                                          (["6.orbax-checkpoint-tmp-1733540000123456"],
+                                           "6.orbax-checkpoint-tmp-1733540000123456"),
+                                          ([str(s) for s in range(1, 8)],
+                                           "1, 2, 3, 4 and 3 more")])
+def test_a_run_s_checkpoints_folder_as_the_workdir_is_refused(tmp_path, names, shown):
+  for name in names:
+    os.makedirs(tmp_path / "checkpoints" / name)
+  files.write_json(str(tmp_path / "config.json"), tiny.get_config().to_dict())
+  with pytest.raises(ValueError) as error:
+    run_folder.check_or_write_config(str(tmp_path / "checkpoints"), tiny.get_config().to_dict())
+  assert str(error.value) == (f"--workdir={tmp_path / 'checkpoints'} holds checkpoint steps "
+                              f"({shown}): it looks like a run's checkpoints/ folder; point "
+                              "--workdir to its parent")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == sorted(names)  # nothing written
