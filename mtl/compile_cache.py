@@ -8,6 +8,7 @@ compute.json; a study prints their sum).
 """
 import collections
 import os
+import tempfile
 import threading
 import time
 
@@ -32,16 +33,24 @@ def directory_from(flag):
 
 def enable(directory):
   """Persist every compiled executable under `directory` (created if missing); later processes
-  with the same jax, backend, flags and program load them instead of compiling."""
+  with the same jax, backend, flags and program load them instead of compiling. A directory
+  that cannot be created or written is refused (one line, ValueError): nothing is enabled."""
   if not directory:
     raise ValueError("compile cache directory is empty; give a writable path, e.g. "
                      "~/.cache/mtl/xla")
   directory = os.path.expanduser(directory)
+  fix = "give a writable path, or --compile_cache=off to compile without a cache"
   try:
     os.makedirs(directory, exist_ok=True)
   except OSError as error:
-    raise ValueError(f"compile cache directory {directory!r}: {error.strerror}; give a writable "
-                     "path, or --compile_cache='' to compile without a cache") from None
+    raise ValueError(f"compile cache directory {directory!r}: {error.strerror}; {fix}") from None
+  try:  # else jax warns at every program it cannot write (lines each, terminal and train.log)
+    handle, probe = tempfile.mkstemp(prefix=".mtl-writable-", dir=directory)
+    os.close(handle)
+    os.remove(probe)
+  except OSError as error:
+    raise ValueError(f"compile cache directory {directory!r} is not writable "
+                     f"({error.strerror}); {fix}") from None
   jax.config.update("jax_compilation_cache_dir", directory)
   # Cache everything: the small steps compile in seconds on a CPU, and that is what a warm
   # start should skip.

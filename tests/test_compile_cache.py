@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -77,3 +78,44 @@ def test_a_run_traces_its_init_once_and_creates_the_seeds_state(monkeypatch):
     want = init(run.model, jax.random.key(seed))
     for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(state.params)):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bit for bit, at its options
+
+
+def _unwritable_folder(tmp_path):
+  """An existing folder where no file can be created: a read-only one, or where the tests run as
+  root (whom modes do not stop), /sys."""
+  folder = tmp_path / "read-only"
+  folder.mkdir()
+  folder.chmod(0o555)
+  for candidate in (str(folder), "/sys"):
+    try:
+      handle, probe = tempfile.mkstemp(dir=candidate)
+    except OSError:
+      if os.path.isdir(candidate):
+        return candidate
+      continue
+    os.close(handle)
+    os.remove(probe)
+  pytest.skip("no existing folder here refuses a new file")
+
+
+@pytest.mark.parametrize("kind", ["unwritable", "not creatable"])
+def test_a_cache_folder_that_cannot_be_written_is_one_line_naming_off(tmp_path, kind):
+  """Else jax warns at every program it cannot write, lines each, in the terminal and train.log;
+  --compile_cache='' is the default folder, not none."""
+  if kind == "unwritable":
+    cache = _unwritable_folder(tmp_path)
+    why = "is not writable ("
+  else:
+    (tmp_path / "file").write_text("x")
+    cache, why = str(tmp_path / "file" / "cache"), ": Not a directory; "
+  workdir = tmp_path / "run"
+  out = subprocess.run(
+      [sys.executable, "launch/train.py", "--config=experiments/tiny.py:sr_x2",
+       f"--workdir={workdir}", f"--compile_cache={cache}", "--config.mesh.data=1",
+       "--config.total_steps=1", "--config.conflicts.every=0", "--config.eval.max_images=1",
+       "--config.eval.max_side=48"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.stderr.startswith(f"error: compile cache directory {cache!r}") and why in out.stderr
+  assert out.stderr.endswith("; give a writable path, or --compile_cache=off to compile without "
+                             "a cache\n") and out.stderr.count("\n") == 1, out.stderr[-2000:]
+  assert not workdir.exists()
