@@ -138,8 +138,14 @@ def validate(config):
     if 0 < tile < side:  # the pipeline would reflect-pad every tile: crops mostly mirror images
       raise ValueError(f"data.folder_tile={tile} is smaller than task {crop.name}'s {side}-pixel "
                        f"training crop; use data.folder_tile >= {side} (or 0: whole images)")
+  entries = evaluate.parse_sets(config.eval.sets)
+  if not entries:  # else every evaluation prints empty tables and saves results of no set
+    raise ValueError(f"eval.sets={config.eval.sets!r} names no test set; give one or more, "
+                     "comma-separated: photos, photos_val, NAME=PATH (clean HR folder), "
+                     "NAME=paired:PATH (degraded/clean pairs) or NAME=for:TASKS:... (only for "
+                     "TASKS)")
   seen = set()
-  for set_name, _, path, selector in evaluate.parse_sets(config.eval.sets):
+  for set_name, _, path, selector in entries:
     # The name keys the results, the TensorBoard tags and restored/<step>/<task>/<set>/.
     if not set_name.strip() or set_name in (".", "..") or "/" in set_name or "\\" in set_name:
       raise ValueError(f"eval.sets: {set_name}={path} has no usable name; give each set a name "

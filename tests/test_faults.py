@@ -233,3 +233,14 @@ def test_a_second_trainer_refuses_while_the_first_holds_the_workdir(tmp_path):
       f"error: workdir {workdir} is in use by pid {holder.pid} since now "
       f"({workdir}/train.lock); wait for it to end, or delete that file if the process is gone")
   assert sorted(os.listdir(workdir)) == ["train.lock"]  # no config.json, no log
+
+
+@pytest.mark.parametrize("sets", ["", " , "])
+def test_an_empty_eval_sets_is_refused_naming_the_valid_entries(sets):
+  # Else each evaluation prints empty tables and writes results.json with no task scored.
+  with pytest.raises(ValueError) as error:
+    run_config.validate(_set(_config(), "eval.sets", sets))
+  assert str(error.value) == (
+      f"eval.sets={sets!r} names no test set; give one or more, comma-separated: photos, "
+      "photos_val, NAME=PATH (clean HR folder), NAME=paired:PATH (degraded/clean pairs) or "
+      "NAME=for:TASKS:... (only for TASKS)")
