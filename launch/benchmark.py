@@ -76,7 +76,8 @@ flags.DEFINE_integer("devices", 8, "Fake CPU devices for the devices section (CP
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"],
                   "Compute dtype (parameters and optimizer state stay float32).")
 flags.DEFINE_list("tasks", list(SIX_TASKS), "Tasks timed by the train section (of the six).")
-flags.DEFINE_string("compile_cache", "", "Persistent XLA compilation cache directory ('': off).")
+flags.DEFINE_string("compile_cache", "", "Persistent XLA compilation cache directory ('' or "
+                    "'off': none, so compiles are timed cold).")
 flags.DEFINE_list("against", [], "Peers timed in the same run, interleaved with ours: torch.")
 flags.DEFINE_string("ipt_repo", os.environ.get("IPT_REPO", ""),
                     "Checkout of huawei-noah/Pretrained-IPT (default: $IPT_REPO).")
@@ -1012,7 +1013,7 @@ def main():
   if bad or not FLAGS.torch_precisions:
     raise ValueError(f"--torch_precisions={','.join(FLAGS.torch_precisions)}; valid: "
                      f"{', '.join(TORCH_PRECISIONS)}")
-  if FLAGS.compile_cache:
+  if FLAGS.compile_cache not in ("", "off"):  # 'off' as launch/train.py's, which errors name
     from mtl import compile_cache
     compile_cache.enable(FLAGS.compile_cache)
   sections = list(FLAGS.sections)

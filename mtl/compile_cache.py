@@ -36,8 +36,8 @@ def enable(directory):
   with the same jax, backend, flags and program load them instead of compiling. A directory
   that cannot be created or written is refused (one line, ValueError): nothing is enabled."""
   if not directory:
-    raise ValueError("compile cache directory is empty; give a writable path, e.g. "
-                     "~/.cache/mtl/xla")
+    raise ValueError(f"compile cache directory is empty; give a writable path, e.g. "
+                     f"{DEFAULT_DIR}")
   directory = os.path.expanduser(directory)
   fix = "give a writable path, or --compile_cache=off to compile without a cache"
   try:
