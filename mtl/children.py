@@ -4,8 +4,12 @@ Children side by side on a CPU may each get cores of their own (`core_sets`, `co
 unpinned study runs on 2 cores share both and took 1.3-1.5x as long (README, Studies). Each child
 runs in its own session, so a terminal's Ctrl-C reaches only the parent, which
 forwards SIGTERM (`send`): the trainers checkpoint at the next step boundary and stop. A child
-gets SIGTERM when its parent dies (Linux), so none is left orphaned. Its output (stdout and
-stderr together) is pumped line by line to the parent's `on_line`.
+gets SIGTERM when its parent dies (Linux), so none is left orphaned: a trainer then checkpoints
+and exits 75 as on any SIGTERM, its output (to a pipe nobody reads any more) going on to its
+train.log only (mtl.progress.Tee); one whose parent died before it could ask for that signal
+exits before it starts. The signal follows the parent's thread that started the child: start
+children from a thread that outlives them (the main one). Its output (stdout and stderr
+together) is pumped line by line to the parent's `on_line`.
 """
 import os
 import signal
@@ -19,10 +23,13 @@ except (OSError, AttributeError):  # not Linux: an orphaned child is possible, n
   _PRCTL = None
 
 
-def _die_with_parent():
-  """In the child: SIGTERM when the parent dies (a trainer checkpoints and stops)."""
+def _die_with_parent(parent):
+  """In the child (between fork and exec): SIGTERM when the parent, pid `parent`, dies (a
+  trainer checkpoints and stops); where it died already, exit now (no signal would come)."""
   if _PRCTL is not None:
     _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # reparented: the parent died before the line above
+      os._exit(1)
 
 
 def core_sets(n, cores=None):
@@ -44,8 +51,9 @@ class Child:
   output, as bytes, to on_line."""
 
   def __init__(self, command, env, on_line, cores=None):
+    parent = os.getpid()
     def setup():  # in the child, before exec; its threads (XLA's pool) then fit `cores`
-      _die_with_parent()
+      _die_with_parent(parent)
       if cores:
         os.sched_setaffinity(0, cores)
     self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

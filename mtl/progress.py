@@ -82,21 +82,65 @@ class Progress:
 
 
 class _Stream:
-  """A text stream writing to the original stream and to the Tee."""
+  """A text stream writing to the original stream and to the Tee.
+
+  Once the original is gone (EPIPE: nothing reads its pipe any more, as when the parent that
+  pumped a trainer's output died) only the Tee is written, with a line saying so; the original's
+  file descriptor is pointed at /dev/null, so what it still holds, and whatever else writes to
+  it (the flush at exit, C++ logs), goes nowhere instead of failing.
+  """
 
   def __init__(self, original, tee):
     self._original, self._tee = original, tee
+    self._gone = False
 
   def write(self, text):
     self._tee.write(text)
-    return self._original.write(text)
+    if not self._gone:
+      try:
+        self._original.write(text)
+      except BrokenPipeError:
+        self._lost()
+    return len(text)
 
   def flush(self):
-    self._original.flush()
+    if not self._gone:
+      try:
+        self._original.flush()
+      except BrokenPipeError:
+        self._lost()
     self._tee.flush()
+
+  def _lost(self):
+    self._gone = True
+    _to_devnull(self._original)
+    self._tee.note(f"(the reader of this process's {self._name()} is gone: from here on its "
+                   "output goes to this log only)")
+
+  def _name(self):
+    return {1: "stdout", 2: "stderr"}.get(_fileno(self._original), "output")
 
   def __getattr__(self, name):
     return getattr(self._original, name)
+
+
+def _fileno(stream):
+  try:
+    return stream.fileno()
+  except (AttributeError, OSError, ValueError):  # not a file (a test's StringIO)
+    return None
+
+
+def _to_devnull(stream):
+  """Point `stream`'s file descriptor (if it has one) at /dev/null."""
+  fd = _fileno(stream)
+  if fd is None:
+    return
+  null = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(null, fd)
+  finally:
+    os.close(null)
 
 
 class Tee:
@@ -105,7 +149,9 @@ class Tee:
   Until attach(path) it keeps what was written in memory, so the log of an attempt starts with
   its command line and everything printed before the workdir was known to be usable; after
   attach every line is appended to the file as it is written. Nothing is written to disk
-  before attach (a refused run leaves no file).
+  before attach (a refused run leaves no file). A log that can no longer be written (a full
+  disk) is given up, said once on the terminal: the output goes on there, and the run stops
+  (or not) for its own reasons, with its own one line.
   """
 
   current = None
@@ -113,27 +159,63 @@ class Tee:
   def __init__(self, argv=None):
     self.argv = list(sys.argv if argv is None else argv)
     self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    self._buffer, self._file = [], None
+    self._buffer, self._file, self._path, self._given_up = [], None, None, False
+    self._at_line_start, self._notes = True, []
 
   def write(self, text):
+    self._write(text)
+    if text:
+      self._at_line_start = text.endswith("\n")
+    if self._notes and self._at_line_start:
+      notes, self._notes = "".join(self._notes), []
+      self._write(notes)
+
+  def note(self, line):
+    """Write `line` (to the log only) once the line being written ends."""
+    self._notes.append(line + "\n")
+    self.write("")
+
+  def _write(self, text):
     if self._file is not None:
-      self._file.write(text)
-    else:
+      try:
+        self._file.write(text)
+      except OSError as error:
+        self._give_up(error)
+    elif not self._given_up:
       self._buffer.append(text)
 
   def flush(self):
     if self._file is not None:
-      self._file.flush()
+      try:
+        self._file.flush()
+      except OSError as error:
+        self._give_up(error)
+
+  def _give_up(self, error):
+    file, self._file, self._given_up = self._file, None, True
+    try:
+      if file is not None:
+        file.close()  # what it still holds cannot be written either
+    except OSError:
+      pass
+    try:
+      terminal = getattr(self, "_saved", (sys.__stdout__, sys.__stderr__))[1]
+      terminal.write(f"\nwarning: {self._path} cannot be written ({error.strerror or error}): "
+                     "the output goes on to the terminal only\n")
+      terminal.flush()
+    except OSError:  # that is gone too
+      pass
 
   def attach(self, path):
-    if self._file is not None:
+    if self._file is not None or self._given_up:
       return
+    self._path = path
     self._file = open(path, "a")
-    self._file.write(f"=== {self.started} | pid {os.getpid()} on {socket.gethostname()} | "
-                     f"{shlex.join([sys.executable] + self.argv)}\n")
-    self._file.write("".join(self._buffer))
+    self._write(f"=== {self.started} | pid {os.getpid()} on {socket.gethostname()} | "
+                f"{shlex.join([sys.executable] + self.argv)}\n")
+    self._write("".join(self._buffer))
     self._buffer = []
-    self._file.flush()
+    self.flush()
 
   def __enter__(self):
     self._saved = sys.stdout, sys.stderr
@@ -149,7 +231,11 @@ class Tee:
     self._absl.stream = self._absl_stream
     sys.stdout, sys.stderr = self._saved
     if self._file is not None:
-      self._file.close()
+      file, self._file = self._file, None
+      try:
+        file.close()
+      except OSError as error:
+        self._give_up(error)
 
 
 def attach_log(path):

@@ -62,9 +62,12 @@ class _Preemption:
       what = "saving a checkpoint at the next step and stopping"
     else:
       what = f"stopping once {self.stage}, before the final evaluation"
-    print(f"{name} received: {what}"
-          + (" (Ctrl-C again: stop at once)" if signum == signal.SIGINT else ""), flush=True)
-    self.requested = True
+    self.requested = True  # first: the line below fails where its reader is gone (EPIPE)
+    try:
+      print(f"{name} received: {what}"
+            + (" (Ctrl-C again: stop at once)" if signum == signal.SIGINT else ""), flush=True)
+    except (OSError, RuntimeError):  # a stdout not the Tee's, or one the signal interrupted
+      pass                            # mid-write (reentrant call): the stop is asked for anyway
 
   def check(self, step):
     """Whether to stop after `step`; every process calls it once per step, in order."""

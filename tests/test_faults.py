@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -244,3 +245,46 @@ def test_an_empty_eval_sets_is_refused_naming_the_valid_entries(sets):
       f"eval.sets={sets!r} names no test set; give one or more, comma-separated: photos, "
       "photos_val, NAME=PATH (clean HR folder), NAME=paired:PATH (degraded/clean pairs) or "
       "NAME=for:TASKS:... (only for TASKS)")
+
+
+def _trainer(workdir, **fields):
+  """launch/train.py on a tiny two-task run in `workdir` (no conflict probes: one step kind)."""
+  fields = {"mesh.data": 1, "data.batch_size": 2, "total_steps": 1000,
+            "checkpoint_every": 1000, "log_every": 1, "conflicts.every": 0,
+            "eval.max_images": 1, "eval.max_side": 48, **fields}
+  return [sys.executable, "launch/train.py",
+          "--config=experiments/tiny.py:tasks=denoise_30+sr_x2", f"--workdir={workdir}"] + [
+              f"--config.{k}={v}" for k, v in fields.items()]
+
+
+def test_sigterm_after_the_reader_of_the_output_is_gone_checkpoints_and_exits_75(tmp_path):
+  """As when the parent pumping a trainer's output dies: the pipe is closed, then SIGTERM. The
+  handler's line raised BrokenPipeError before it asked to stop (exit 1, no checkpoint); now the
+  trainer saves a checkpoint, goes on writing its train.log and exits 75."""
+  from mtl import checkpoints, train
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_trainer(workdir), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+  try:
+    for line in proc.stdout:
+      if line.startswith(b"step 2/"):
+        break
+    proc.stdout.close()  # nothing reads its output any more
+    proc.send_signal(signal.SIGTERM)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  log = (workdir / "train.log").read_text()
+  assert rc == train.PREEMPTED_EXIT, log[-3000:]
+  assert "Traceback" not in log and "BrokenPipe" not in log, log[-3000:]
+  saved = checkpoints.latest_saved_step(str(workdir))
+  assert saved is not None and saved >= 2, log[-3000:]
+  tail = log[log.index("SIGTERM received"):].splitlines()
+  assert tail[0] == "SIGTERM received: saving a checkpoint at the next step and stopping"
+  assert ("(the reader of this process's stdout is gone: from here on its output goes to this "
+          "log only)") in tail
+  assert tail[-1] == (f"preempted: checkpoint saved at step {saved} in {workdir}; run the same "
+                      "command to resume")
+

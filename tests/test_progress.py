@@ -128,3 +128,51 @@ def test_a_resume_drops_the_steps_it_retrains_and_a_torn_line_only(tmp_path, cap
       '{"step": 2, "loss": 1}', '{"step": 2, oops', '{"step": "3"}', '{"step": 4, "loss": 0.5}',
       '{"loss": 0.3, "step": 6}']
   assert "kept 2 line(s) that are not metrics records, as they are (line 2, 3)" in caplog.text
+
+
+def _closed_pipe():
+  """A text stream whose pipe has no reader (its parent died): writes fail with EPIPE."""
+  import os
+  read, write = os.pipe()
+  os.close(read)
+  return os.fdopen(write, "w", buffering=1)
+
+
+def test_the_log_goes_on_when_the_reader_of_the_output_is_gone(tmp_path, monkeypatch):
+  """A trainer whose parent died (the pipe it wrote to has no reader): print goes on, to the
+  log only, from the line that failed on; the stream's descriptor is pointed at /dev/null."""
+  import os
+  import sys
+  pipe = _closed_pipe()
+  with pytest.raises(BrokenPipeError):  # what print raised in the trainer
+    print("x", file=pipe, flush=True)
+  pipe = _closed_pipe()
+  monkeypatch.setattr(sys, "stdout", pipe)
+  path = tmp_path / "train.log"
+  with progress_lib.Tee(argv=["launch/train.py"]):
+    progress_lib.attach_log(str(path))
+    print("SIGTERM received: saving a checkpoint", flush=True)
+    print("preempted: checkpoint saved", flush=True)
+    assert os.path.samestat(os.fstat(pipe.fileno()), os.stat(os.devnull))
+  pipe.flush()  # what it still held: to /dev/null (the interpreter's flush at exit)
+  lines = path.read_text().splitlines()[1:]
+  assert lines == ["SIGTERM received: saving a checkpoint",
+                   "(the reader of this process's output is gone: from here on its output "
+                   "goes to this log only)",
+                   "preempted: checkpoint saved"]
+
+
+def test_a_log_the_disk_cannot_hold_is_given_up_and_said_on_the_terminal(tmp_path, capsys):
+  import os
+  if not os.path.exists("/dev/full"):
+    pytest.skip("needs /dev/full")
+  path = tmp_path / "train.log"
+  path.symlink_to("/dev/full")  # every write: ENOSPC
+  with progress_lib.Tee(argv=["launch/train.py"]):
+    print("step 8/40", flush=True)
+    progress_lib.attach_log(str(path))
+    print("error: no space left on the device", flush=True)
+  out, err = capsys.readouterr()
+  assert out == "step 8/40\nerror: no space left on the device\n"
+  assert err == (f"\nwarning: {path} cannot be written (No space left on device): the output "
+                 "goes on to the terminal only\n")
