@@ -6,11 +6,16 @@ files written by tf.summary. `Writer(logdir, enabled=False)` (non-zero processes
 nothing and creates no file. `read_scalars(logdir, tag)` reads a scalar series back.
 `Writer.hparams` records a run's hyperparameters for TensorBoard's HParams dashboard through the
 hparams plugin's own protos (tensorboard.plugins.hparams.summary_v2 builds them without
-TensorFlow); `read_hparams(logdir)` reads them back.
+TensorFlow), in an event file of their own that replaces an earlier attempt's;
+`read_hparams(logdir)` reads them back.
+
+Where the disk fills, the error of tensorboard's write thread is raised by the next write or
+flush, as before, but its traceback is no longer printed by the thread as well.
 """
 import io
 import os
 import struct
+import threading
 import time
 
 import numpy as np
@@ -53,6 +58,31 @@ def png_info(data):
 
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
+HPARAMS_SUFFIX = "-hparams"  # after <pid>.<n>: the name's fields before it stay where they were
+
+
+def _quiet_writer_threads(args):
+  """threading.excepthook: nothing printed for a failed tensorboard write thread (its error is
+  raised in the thread that writes next); every other thread's goes to the hook it replaced."""
+  from tensorboard.summary.writer import event_file_writer
+  kind = getattr(event_file_writer, "_AsyncWriterThread", None)
+  if kind is not None and isinstance(args.thread, kind) and issubclass(args.exc_type, Exception):
+    return
+  _quiet_writer_threads.previous(args)
+
+
+def _event_file_writer(logdir, **kwargs):
+  """tensorboard's EventFileWriter, its write thread's traceback held back."""
+  if threading.excepthook is not _quiet_writer_threads:
+    _quiet_writer_threads.previous = threading.excepthook
+    threading.excepthook = _quiet_writer_threads
+  return EventFileWriter(logdir, **kwargs)
+
+
+def _held_error(writer):
+  """The error that stopped an EventFileWriter's write thread, or None."""
+  worker = getattr(getattr(writer, "_async_writer", None), "_worker", None)
+  return getattr(worker, "exception", None)
 
 
 def remove_event_files(logdir):
@@ -71,8 +101,9 @@ class Writer:
   def __init__(self, logdir, enabled=True, flush_secs=30):
     self.logdir = logdir
     self.enabled = enabled
-    self._writer = EventFileWriter(logdir, flush_secs=flush_secs) if enabled else None
+    self._writer = _event_file_writer(logdir, flush_secs=flush_secs) if enabled else None
     self._closed = False
+    self._raised = False  # the write thread's error was raised to a caller
 
   def _add(self, step, values):
     if self._closed:
@@ -81,7 +112,14 @@ class Writer:
       return
     event = event_pb2.Event(wall_time=time.time(), step=int(step),
                             summary=summary_pb2.Summary(value=values))
-    self._writer.add_event(event)
+    self._write(self._writer.add_event, event)
+
+  def _write(self, call, *args):
+    try:
+      call(*args)
+    except Exception:
+      self._raised = True
+      raise
 
   def scalars(self, step, values):
     """Write {tag: number} at `step`."""
@@ -106,7 +144,14 @@ class Writer:
     self._add(step, [summary_pb2.Summary.Value(tag=tag, image=proto)])
 
   def hparams(self, values, trial_id="", start_time=None):
-    """Record {name: str | number | bool} as this run's HParams session (step 0)."""
+    """Record {name: str | number | bool} as this run's HParams session (step 0).
+
+    TensorBoard's HParams dashboard shows the first session info it reads in a run (both its
+    loaders keep a tag's first metadata; a START mark drops no metadata), so each attempt's goes
+    to an event file of its own (<name>-hparams) that replaces the ones written before it: the
+    dashboard shows this attempt's. A TensorBoard already running keeps what it read until it is
+    restarted. Runs from before this file hold each attempt's in its main event file: the
+    dashboard shows their first attempt's, read_hparams the last."""
     if self._writer is None:
       return self._add(0, [])
     from tensorboard.plugins.hparams import summary_v2
@@ -115,7 +160,20 @@ class Writer:
       raise ValueError(f"hparams {bad!r}: values must be str, bool, int or float")
     proto = summary_v2.hparams_pb(values, trial_id=trial_id,
                                   start_time_secs=time.time() if start_time is None else start_time)
-    self._add(0, list(proto.value))
+    self._add(0, [])  # a closed writer refuses
+    earlier = [n for n in os.listdir(self.logdir)
+               if n.startswith(EVENT_FILE_PREFIX) and n.endswith(HPARAMS_SUFFIX)]
+    own = _event_file_writer(self.logdir, filename_suffix=HPARAMS_SUFFIX)
+    try:
+      own.add_event(event_pb2.Event(wall_time=time.time(), step=0,
+                                    summary=summary_pb2.Summary(value=list(proto.value))))
+    finally:
+      own.close()
+    error = _held_error(own)
+    if error is not None:
+      raise error
+    for name in earlier:  # once this one is whole: a failure above leaves the earlier one
+      os.remove(os.path.join(self.logdir, name))
 
   def restart(self, step):
     """Mark a resumed run's start at `step`: TensorBoard's Python loader (and read_scalars)
@@ -128,12 +186,18 @@ class Writer:
 
   def flush(self):
     if self._writer is not None and not self._closed:
-      self._writer.flush()
+      self._write(self._writer.flush)
 
   def close(self):
-    """Flush and close; calling it again does nothing."""
+    """Flush and close; calling it again does nothing. A write that failed in the write thread
+    and was not raised by a later write or flush is raised here."""
     if self._writer is not None and not self._closed:
+      self._closed = True
       self._writer.close()
+      error = _held_error(self._writer)
+      if error is not None and not self._raised:
+        self._raised = True
+        raise error
     self._closed = True
 
   def __enter__(self):
@@ -159,17 +223,22 @@ def read_scalars(events_dir, tag):
 
 
 def read_hparams(events_dir):
-  """{name: value} of the last HParams session recorded in a run's events ({} if none)."""
-  from tensorboard.backend.event_processing import event_accumulator
+  """{name: value} of the last HParams session recorded in a run's events ({} if none): its
+  event files read in TensorBoard's order (by name: their creation time), the last one kept."""
+  from tensorboard.backend.event_processing import event_file_loader, io_wrapper
   from tensorboard.plugins.hparams import metadata
   if not os.path.isdir(events_dir):
     return {}
-  acc = event_accumulator.EventAccumulator(events_dir)
-  acc.Reload()
-  try:
-    content = acc.PluginTagToContent(metadata.PLUGIN_NAME).get(metadata.SESSION_START_INFO_TAG)
-  except KeyError:  # no event of the hparams plugin at all
-    content = None
+  content = None
+  for name in sorted(os.listdir(events_dir)):
+    path = os.path.join(events_dir, name)
+    if not io_wrapper.IsTensorFlowEventsFile(path) or not os.path.isfile(path):
+      continue
+    for event in event_file_loader.LegacyEventFileLoader(path).Load():
+      for value in event.summary.value:
+        if (value.tag == metadata.SESSION_START_INFO_TAG
+            and value.metadata.plugin_data.plugin_name == metadata.PLUGIN_NAME):
+          content = value.metadata.plugin_data.content
   if content is None:
     return {}
   info = metadata.parse_session_start_info_plugin_data(content)

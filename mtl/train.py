@@ -213,8 +213,9 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
 
     writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
     writer.hparams(hparams_of(config), trial_id=os.path.basename(workdir))
-    if start:  # a killed attempt's points past the checkpoint are logged again from here
-      writer.restart(start + 1)
+    # Every attempt marks its start, a fresh one too: a killed attempt's points past the
+    # checkpoint it resumes from (all of them, where it saved none) are logged again from here.
+    writer.restart(start + 1)
     missing = os.path.join(workdir, run_folder.results_name(start, final=False))
     if (start and config.eval_every and start % config.eval_every == 0
         and start < config.total_steps and not os.path.exists(missing)):

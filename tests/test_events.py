@@ -108,3 +108,79 @@ def test_hparams_read_back(tmp_path):
   with events.Writer(str(tmp_path / "plain")) as writer:  # events, but no hparams session
     writer.scalars(1, {"train/loss": 1.0})
   assert events.read_hparams(str(tmp_path / "plain")) == {}
+
+
+def _session_shown(acc):
+  """The HParams session TensorBoard's dashboard shows: the session start info of the run's
+  summary metadata, as its loader keeps it (the first one read)."""
+  from tensorboard.plugins.hparams import metadata
+  content = acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG]
+  info = metadata.parse_session_start_info_plugin_data(content)
+  return {k: getattr(v, v.WhichOneof("kind")) for k, v in info.hparams.items()}
+
+
+def test_the_last_attempts_hparams_are_read_and_shown(tmp_path):
+  """A run's attempts record their hparams each (an extended run: total_steps changed):
+  read_hparams and TensorBoard's dashboard give the last attempt's."""
+  logdir = str(tmp_path / "events")
+  for total in (100, 200, 300):  # three attempts, each with a writer of its own
+    with events.Writer(logdir) as writer:
+      writer.hparams({"total_steps": total, "tasks": "sr_x2"}, trial_id="run")
+      writer.scalars(total, {"train/loss": 1.0})
+  assert events.read_hparams(logdir) == {"total_steps": 300.0, "tasks": "sr_x2"}
+  assert _session_shown(read_events(logdir))["total_steps"] == 300.0
+  kept = [n for n in os.listdir(logdir) if n.endswith(events.HPARAMS_SUFFIX)]
+  assert len(kept) == 1 and kept[0].startswith(events.EVENT_FILE_PREFIX)  # the earlier replaced
+  assert len(os.listdir(logdir)) == 4  # and the three attempts' own files
+
+
+def test_hparams_in_the_main_files_of_older_runs_read_back_as_the_last_attempts(tmp_path):
+  """Runs written before the hparams had a file of their own: each attempt's in its main event
+  file. read_hparams reads every file in TensorBoard's order and keeps the last; TensorBoard's
+  dashboard keeps the first (its loaders keep a tag's first metadata)."""
+  from tensorboard.plugins.hparams import summary_v2
+  logdir = str(tmp_path / "events")
+  for total in (100, 200):
+    with events.Writer(logdir) as writer:
+      proto = summary_v2.hparams_pb({"total_steps": total}, trial_id="run", start_time_secs=1.0)
+      writer._add(0, list(proto.value))  # as Writer.hparams wrote them then
+  first, second = sorted(os.listdir(logdir))  # one second may name both alike but for a count
+  os.rename(os.path.join(logdir, second), os.path.join(logdir, first + "0"))
+  assert events.read_hparams(logdir) == {"total_steps": 200.0}
+  assert _session_shown(read_events(logdir)) == {"total_steps": 100.0}
+
+
+def test_a_full_disk_raises_at_the_next_write_and_the_write_thread_prints_nothing(
+    tmp_path, monkeypatch):
+  """The write thread's ENOSPC (a real one: its file is /dev/full) printed a traceback of its
+  own before the run's one-line stop; the error is raised by the next write instead."""
+  import errno
+  import threading
+  import time
+  if not os.path.exists("/dev/full"):
+    pytest.skip("needs /dev/full")
+  seen = []  # what threading prints through its hook
+  monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+  logdir = tmp_path / "events"
+  writer = events.Writer(str(logdir))
+  (path,) = logdir.iterdir()
+  path.unlink()
+  path.symlink_to("/dev/full")
+  writer.scalars(1, {"train/loss": 1.0})
+  deadline = time.monotonic() + 30
+  with pytest.raises(OSError) as error:
+    while time.monotonic() < deadline:  # the thread fails while the loop goes on
+      writer.scalars(2, {"train/loss": 1.0})
+      time.sleep(0.05)
+  assert error.value.errno == errno.ENOSPC
+  assert seen == []
+  writer.close()  # the error was raised: close does not raise it again
+  # One that is never written again raises it at close.
+  other = events.Writer(str(tmp_path / "other"))
+  (path,) = (tmp_path / "other").iterdir()
+  path.unlink()
+  path.symlink_to("/dev/full")
+  other.scalars(1, {"train/loss": 1.0})
+  with pytest.raises(OSError, match="No space left"):
+    other.close()
+  assert seen == []

@@ -1,5 +1,6 @@
 """Bad input and faults: every check happens before anything is written, one line each; the
 workdir lock; a run that never saved a step may take a new config; exit codes."""
+import errno
 import json
 import logging
 import os
@@ -288,3 +289,43 @@ def test_sigterm_after_the_reader_of_the_output_is_gone_checkpoints_and_exits_75
   assert tail[-1] == (f"preempted: checkpoint saved at step {saved} in {workdir}; run the same "
                       "command to resume")
 
+
+def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tmp_path):
+  """A real full disk (a tmpfs filled at step 3; root only): the run stops with its one
+  `error:` line; tensorboard's write thread printed ~15 lines of traceback before it (here on
+  step 4's evaluation image, larger than what a file's last page has left)."""
+  mount = tmp_path / "small"
+  mount.mkdir()
+  try:
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+                             capture_output=True).returncode == 0
+  except OSError:  # no mount command
+    mounted = False
+  if not mounted:
+    pytest.skip("needs a tmpfs (mount -t tmpfs: root)")
+  try:
+    workdir = mount / "run"
+    proc = subprocess.Popen(_trainer(workdir, total_steps=200, checkpoint_every=100,
+                                     eval_every=4), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = []
+    for line in proc.stdout:
+      out.append(line)
+      if line.startswith("step 3/"):
+        with open(mount / "filler", "wb", buffering=0) as filler:  # every page left
+          for size in (1 << 16, 1 << 12):
+            try:
+              while True:
+                filler.write(b"\0" * size)
+            except OSError as error:
+              assert error.errno == errno.ENOSPC
+    err = proc.stderr.read()
+    rc = proc.wait(timeout=300)
+  finally:
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)
+  text = "".join(out) + err
+  assert rc == 1, text[-3000:]
+  assert "Traceback" not in text and "Exception in thread" not in text, text[-3000:]
+  assert err.strip().splitlines()[-1] == (
+      f"error: no space left on the device of {workdir}: training stopped; no checkpoint was "
+      "saved before it. Free space and run the same command to resume")

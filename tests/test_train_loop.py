@@ -580,3 +580,31 @@ def test_the_progress_line_lists_tasks_in_config_order(tmp_path):
     train._log_metrics([(0, metrics)], writer, progress, lambda step: 1e-3, 1, None, names)
   assert re.search(r"\| loss 6 \| sr_x2 1 \| derain 2 \| denoise_30 3$", out.getvalue().strip()), (
       out.getvalue())
+
+
+def test_a_fresh_start_after_a_killed_attempt_shows_its_own_points_and_hparams(tmp_path):
+  """An attempt killed before its first checkpoint (total_steps=2) left points and hparams in
+  events/; the next start is fresh (step 0), and marked as a resume's is: TensorBoard and
+  read_scalars drop the killed attempt's points, and the HParams are this attempt's."""
+  import time
+  from tensorboard.backend.event_processing import event_accumulator
+  from tensorboard.plugins.hparams import metadata
+  workdir = str(tmp_path / "run")
+  logdir = os.path.join(workdir, "events")
+  with events.Writer(logdir) as killed:
+    killed.hparams(progress_lib.hparams_of(_config(total_steps=2)), trial_id="run")
+    killed.scalars(1, {"train/loss/total": 1e9})
+    killed.scalars(2, {"train/loss/total": 1e9})
+  time.sleep(1.1)  # event files are read in name order: their creation time, in seconds
+  train.train_and_evaluate(_config(), workdir)
+  steps, loss = events.read_scalars(logdir, "train/loss/total")
+  assert list(steps) == [2, 4] and 1e9 not in loss
+  acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.SCALARS: 0})
+  acc.Reload()  # TensorBoard's Python loader
+  assert [(e.step, e.value != 1e9) for e in acc.Scalars("train/loss/total")] == [
+      (2, True), (4, True)]
+  assert events.read_hparams(logdir)["total_steps"] == 4
+  shown = metadata.parse_session_start_info_plugin_data(  # what the HParams dashboard shows
+      acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
+  assert shown.hparams["total_steps"].number_value == 4
+
