@@ -3,8 +3,9 @@ the run's text log (`Tee`: stdout and stderr also appended to <workdir>/train.lo
 
 `Progress(total_steps, start_step, every)` logs, via absl logging,
   step 250/1000 (25.0%) | 3.21 steps/s | ETA 3m54s | loss 0.0123
-with the rate over the last `window` updates. Compilation is not training: `exclude(seconds)`
-takes a compile's duration out of the clock, so the first ETA is already right. Given the seconds
+with the rate over the last `window` updates. Compilation and evaluation are not training:
+`exclude(seconds)` takes their duration out of the clock, so the first ETA is already right and
+an evaluation neither dips the rate nor dilutes the data wait. Given the seconds
 the loop has waited for data so far (`update(..., data_wait=s)`), the line also says which share
 of the time since the previous update went to waiting (`| data wait 2%`; `wait_share()`).
 """
@@ -25,8 +26,9 @@ from mtl import files
 class Progress:
   """Logs step/total, steps/s over the recent window, ETA and given metrics every `every` steps.
 
-  update(step, metrics) takes the number of steps done; it logs when at least `every`
-  steps passed since the last line, or at the last step, and returns the line (else None).
+  update(step, metrics) takes the number of steps done; it logs at every multiple of `every`
+  (a resumed run's too: resumed at 7 with every=5, at 10, 15, ...) and at the last step, and
+  returns the line (else None).
   """
 
   def __init__(self, total_steps, start_step=0, every=100, window=20, clock=time.monotonic):
@@ -35,14 +37,14 @@ class Progress:
     self._clock = clock
     self._excluded = 0.0
     self._history = collections.deque([(clock(), int(start_step))], maxlen=max(2, window + 1))
-    self._last_logged = int(start_step)
     self._waits = collections.deque([(self._now(), 0.0)], maxlen=2)  # (clock, seconds waited)
 
   def _now(self):
     return self._clock() - self._excluded
 
   def exclude(self, seconds):
-    """Time spent on something other than steps (a compile): not counted in the rate."""
+    """Time spent on something other than steps (a compile, an evaluation): not counted in
+    the rate, the ETA or the data wait's share."""
     self._excluded += max(0.0, float(seconds))
 
   def rate(self):
@@ -67,9 +69,8 @@ class Progress:
     self._history.append((self._now(), step))
     if data_wait is not None:
       self._waits.append((self._history[-1][0], float(data_wait)))
-    if step - self._last_logged < self.every and step < self.total_steps:
+    if step % self.every and step < self.total_steps:
       return None
-    self._last_logged = step
     parts = [f"step {step}/{self.total_steps} ({100 * step / max(1, self.total_steps):.1f}%)",
              f"{self.rate():.3g} steps/s", f"ETA {files.format_duration(self.eta())}"]
     if data_wait is not None:

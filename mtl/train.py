@@ -286,9 +286,12 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
             _flush_affinity(workdir, affinity_buffer, names, is_writer)
             affinity_buffer = []
             checkpoints.save(mngr, done, state, force=True)
-          if config.eval_every and done % config.eval_every == 0 and done < config.total_steps:
+          if (config.eval_every and done % config.eval_every == 0 and done < config.total_steps
+              and not stop):  # a stop saved this step first: the resume evaluates it (above)
+            t0 = time.monotonic()
             evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer,
                               ema_params=state.ema_params)
+            progress.exclude(time.monotonic() - t0)  # not training: out of steps/s and the ETA
           if stop:  # not preemption.requested: a signal after check() is seen at the next step
             break
         preemption.stage = "the last checkpoint is saved"

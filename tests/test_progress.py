@@ -130,6 +130,34 @@ def test_a_resume_drops_the_steps_it_retrains_and_a_torn_line_only(tmp_path, cap
   assert "kept 2 line(s) that are not metrics records, as they are (line 2, 3)" in caplog.text
 
 
+def test_a_resumed_run_logs_at_every_multiple_of_log_every():
+  """Resumed at 7 with log_every=5 (a stop's checkpoint): lines at 10, 15 and 20 (the loop
+  calls update at those steps and at its checkpoints), not counted from 7 (14 and 20)."""
+  now = [0.0]
+  progress = progress_lib.Progress(total_steps=20, start_step=7, every=5, clock=lambda: now[0])
+  logged = []
+  for step in (8, 10, 12, 14, 15, 16, 20):  # the loop's calls: multiples and checkpoints
+    now[0] += 1.0
+    if progress.update(step) is not None:
+      logged.append(step)
+  assert logged == [10, 15, 20]
+
+
+def test_an_evaluation_is_left_out_of_the_rate_eta_and_data_wait():
+  """The loop excludes an evaluation's seconds as a compile's: 0.5 s/step before and after a
+  10 s evaluation is 2 steps/s, and the data wait's share is of the steps' time."""
+  now = [0.0]
+  progress = progress_lib.Progress(total_steps=100, start_step=0, every=10, clock=lambda: now[0])
+  now[0] = 5.0
+  progress.update(10, data_wait=0.5)
+  now[0] += 10.0  # the evaluation at step 10
+  progress.exclude(10.0)
+  now[0] += 5.0
+  line = progress.update(20, data_wait=1.0)
+  assert progress.rate() == pytest.approx(2.0) and progress.wait_share() == pytest.approx(0.1)
+  assert line == "step 20/100 (20.0%) | 2 steps/s | ETA 40s | data wait 10%"
+
+
 def _closed_pipe():
   """A text stream whose pipe has no reader (its parent died): writes fail with EPIPE."""
   import os

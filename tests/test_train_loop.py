@@ -608,3 +608,71 @@ def test_a_fresh_start_after_a_killed_attempt_shows_its_own_points_and_hparams(t
       acc.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_START_INFO_TAG])
   assert shown.hparams["total_steps"].number_value == 4
 
+
+def _signal_during_step(monkeypatch, index, sig):
+  """Send this process `sig` as the loop takes the batch of step `index` (0-based): the stop is
+  asked for during that step, so the loop stops after it, at step index + 1."""
+  import signal
+  from mtl.data import prefetch
+
+  class Signalling(prefetch.DevicePrefetch):
+    def __next__(self):
+      step, batch = super().__next__()
+      if step == index:
+        signal.raise_signal(sig)
+      return step, batch
+  monkeypatch.setattr(prefetch, "DevicePrefetch", Signalling)
+
+
+def test_a_stop_at_an_evaluation_step_saves_it_and_the_resume_evaluates_it(tmp_path,
+                                                                          monkeypatch, capsys):
+  """SIGTERM during step 3, an evaluation step: the checkpoint of step 3 is saved and the run
+  stops without evaluating it (it did, delaying the stop by an evaluation); the resume evaluates
+  it first, and logs its progress at every multiple of log_every (4, 6, 8: not 6 and 8)."""
+  import signal
+  workdir = str(tmp_path / "run")
+  config = _config(total_steps=8, eval_every=3, checkpoint_every=100, log_every=2)
+  config.conflicts.every = 0
+  _signal_during_step(monkeypatch, 2, signal.SIGTERM)
+  with pytest.raises(train.Preempted, match=r"checkpoint saved at step 3 in "):
+    train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert "SIGTERM received: saving a checkpoint at the next step and stopping" in out
+  assert checkpoints.latest_saved_step(workdir) == 3
+  at_3 = os.path.join(workdir, run_folder.results_name(3, final=False))
+  assert not os.path.exists(at_3)
+  assert list(events.read_scalars(os.path.join(workdir, "events"),
+                                  "eval/sr_x2/photos/psnr_y")[0]) == []
+  monkeypatch.undo()
+  train.train_and_evaluate(config, workdir)
+  out = capsys.readouterr().out
+  assert "evaluating step 3: the attempt that saved it stopped before its evaluation" in out
+  assert files.read_json(at_3)["step"] == 3
+  steps, _ = events.read_scalars(os.path.join(workdir, "events"), "eval/sr_x2/photos/psnr_y")
+  assert list(steps) == [3, 6, 8]
+  assert re.findall(r"^step (\d+)/8 ", out, re.M) == ["4", "6", "8"]
+
+
+def test_an_evaluation_is_not_counted_in_steps_per_second(tmp_path, monkeypatch):
+  """An evaluation at step 2 that takes 6 s (one slowed down): the rate logged after it is the
+  steps' own. Counted, it would be at most 4 steps in 6 s (0.67/s) for up to 20 lines."""
+  import time
+  from mtl import evaluate
+  evaluated = evaluate.evaluate
+
+  def slow(*args, **kwargs):
+    if not kwargs.get("final"):
+      time.sleep(6.0)
+    return evaluated(*args, **kwargs)
+  monkeypatch.setattr(evaluate, "evaluate", slow)
+  excluded = []
+  exclude = progress_lib.Progress.exclude
+  monkeypatch.setattr(progress_lib.Progress, "exclude",
+                      lambda self, seconds: (excluded.append(seconds), exclude(self, seconds)))
+  workdir = str(tmp_path / "run")
+  config = _config(total_steps=4, eval_every=2, log_every=1, checkpoint_every=100)
+  config.conflicts.every = 0
+  train.train_and_evaluate(config, workdir)
+  assert max(excluded) >= 6.0  # the evaluation's seconds (and the compiles')
+  rates = {r["step"]: r["steps_per_sec"] for r in _read_metrics(workdir)}
+  assert rates[4] > 1.0, rates  # 4 steps of < 1 s each, the evaluation left out
