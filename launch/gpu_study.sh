@@ -12,7 +12,7 @@
 #
 # Environment: STUDY (a study config; experiments/studies/mini.py:gpu), OUT (/tmp/gpu_study; a
 # new or empty folder), WORK (the study's workdir; /tmp/gpu_study_work), BUDGET (seconds for the
-# study; 420: with the set-up and the report, at most 90 s, one 10-minute call on a lent
+# set-up and the study; 420: with the report, at most 90 s, one 10-minute call on a lent
 # machine), PARALLEL (runs at once; 4 on a GPU, sharing it: the tiny runs are bound by their
 # start-up and step dispatch, not by the device; 2 without one), ONLY (launch/study.py --only).
 # Wheels the machine lacks go in ./.whl (ignored by git; launch/gpu_wheels.sh makes it):
@@ -26,6 +26,7 @@ BUDGET=${BUDGET:-420}
 [ -z "$(ls -A "$OUT" 2>/dev/null)" ] ||
   { echo "OUT=$OUT holds files; give a new or empty folder" >&2; exit 1; }
 mkdir -p "$OUT"
+START=$(date +%s)  # the set-up's time limits (gpu_env.sh) are spent from the budget too
 source launch/gpu_env.sh
 
 if [ -s "$OUT/gpu.txt" ]; then
@@ -36,16 +37,17 @@ else
   PARALLEL=${PARALLEL:-2}
   DEVICES=none
 fi
-START=$(date +%s)
-echo "== study $STUDY in $WORK: $PARALLEL runs at once (--devices=$DEVICES), at most ${BUDGET}s"
+LEFT=$(( BUDGET - ($(date +%s) - START) ))
+[ "$LEFT" -ge 30 ] || LEFT=30  # a set-up that spent the budget: the study still starts (resumable)
+echo "== study $STUDY in $WORK: $PARALLEL runs at once (--devices=$DEVICES), at most ${LEFT}s"
 # SIGTERM at the budget: the running runs checkpoint and stop (launch/study.py), -k: then killed.
-timeout -k 30 "$BUDGET" python3 launch/study.py --config="$STUDY" --workdir="$WORK" \
+timeout -k 30 "$LEFT" python3 launch/study.py --config="$STUDY" --workdir="$WORK" \
     --max_parallel="$PARALLEL" --devices="$DEVICES" --compile_cache="$WORK/.jax_cache" \
     ${ONLY:+--only="$ONLY"} > "$OUT/study.log" 2>&1
 RC=$?
 SECONDS_USED=$(( $(date +%s) - START ))
 grep -v "^\[" "$OUT/study.log" | tail -n 15
-echo "== study rc=$RC in ${SECONDS_USED}s$([ $RC -eq 124 ] && echo ' (budget spent: the same command resumes it)')"
+echo "== study rc=$RC; set-up and study ${SECONDS_USED}s$([ $RC -eq 124 ] && echo ' (budget spent: the same command resumes it)')"
 
 timeout 90 python3 launch/report.py --workdir="$WORK" > "$OUT/report.log" 2>&1
 echo "== report rc=$?"
@@ -55,7 +57,7 @@ for log in "$WORK"/runs/*/train.log; do
   [ -f "$log" ] && cp "$log" "$OUT/runs/$(basename "$(dirname "$log")").log"
 done
 echo
-echo "## gpu_study: $(head -n 1 "$OUT/gpu.txt" 2>/dev/null || echo no GPU); $(cat "$OUT/jax.txt"); $STUDY, study ${SECONDS_USED}s (rc $RC)"
+echo "## gpu_study: $(head -n 1 "$OUT/gpu.txt" 2>/dev/null || echo no GPU); $(cat "$OUT/jax.txt"); $STUDY, set-up and study ${SECONDS_USED}s (rc $RC)"
 sed -n '/^## Findings/,/^## Main table/p' "$OUT/report.md" 2>/dev/null | sed '$d'
 sed -n '/^## Main table/,/^Y-PSNR/p' "$OUT/report.md" 2>/dev/null | sed '$d'
 cp "$OUT"/figures/findings-*.png "$OUT/" 2>/dev/null
