@@ -10,6 +10,7 @@ the loop has waited for data so far (`update(..., data_wait=s)`), the line also 
 of the time since the previous update went to waiting (`| data wait 2%`; `wait_share()`).
 """
 import collections
+import errno
 import json
 import os
 import shlex
@@ -86,7 +87,7 @@ class _Stream:
   """A text stream writing to the original stream and to the Tee.
 
   Once the original is gone (EPIPE: nothing reads its pipe any more, as when the parent that
-  pumped a trainer's output died) only the Tee is written, with a line saying so; the original's
+  pumped a trainer's output died; EIO: its terminal hung up) only the Tee is written, with a line saying so; the original's
   file descriptor is pointed at /dev/null, so what it still holds, and whatever else writes to
   it (the flush at exit, C++ logs), goes nowhere instead of failing.
   """
@@ -100,17 +101,23 @@ class _Stream:
     if not self._gone:
       try:
         self._original.write(text)
-      except BrokenPipeError:
-        self._lost()
+      except OSError as error:
+        self._lost_or_raise(error)
     return len(text)
 
   def flush(self):
     if not self._gone:
       try:
         self._original.flush()
-      except BrokenPipeError:
-        self._lost()
+      except OSError as error:
+        self._lost_or_raise(error)
     self._tee.flush()
+
+  def _lost_or_raise(self, error):
+    """EPIPE (its reader died) or EIO (its terminal hung up): the original is gone."""
+    if error.errno not in (errno.EPIPE, errno.EIO):
+      raise error
+    self._lost()
 
   def _lost(self):
     self._gone = True

@@ -29,7 +29,8 @@ PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on SIGTERM or Ctrl-C after a checkpo
 
 
 class _Preemption:
-  """SIGTERM (preemption notice) or Ctrl-C -> checkpoint at the next step boundary, then exit.
+  """SIGTERM (preemption notice), Ctrl-C or SIGHUP (its terminal closed) -> checkpoint at the
+  next step boundary, then exit.
 
   With several processes all must stop after the same step (saving is collective), so the
   notice goes through jax's preemption sync, whose SIGTERM handler jax.distributed installs:
@@ -48,7 +49,9 @@ class _Preemption:
   def __enter__(self):
     self._previous = {}
     if not self.synced:  # a Python handler would replace jax's
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+          continue  # started under nohup: a closed terminal is to change nothing
         self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
@@ -88,7 +91,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Preempted(Exception):
-  """Stopped on SIGTERM or Ctrl-C after saving a checkpoint; exit PREEMPTED_EXIT."""
+  """Stopped on SIGTERM, Ctrl-C or SIGHUP after saving a checkpoint; exit PREEMPTED_EXIT."""
 
 
 def train_and_evaluate(config, workdir):

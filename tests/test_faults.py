@@ -290,6 +290,50 @@ def test_sigterm_after_the_reader_of_the_output_is_gone_checkpoints_and_exits_75
                       "command to resume")
 
 
+def test_a_closed_terminal_checkpoints_and_exits_75_and_nohup_keeps_training(tmp_path):
+  """A trainer on a terminal (a pty) that closes: SIGHUP, and writes to the terminal fail with
+  EIO. It killed the run where it stood; now it saves a checkpoint, its train.log goes on, and it
+  exits 75. Started under nohup (SIGHUP ignored), a SIGHUP changes nothing."""
+  import pty
+  from mtl import checkpoints, train
+  workdir = tmp_path / "run"
+  master, terminal = pty.openpty()
+  proc = subprocess.Popen(_trainer(workdir), cwd=ROOT, stdout=terminal, stderr=terminal,
+                          stdin=subprocess.DEVNULL)
+  os.close(terminal)
+  try:
+    seen = b""
+    while b"step 2/" not in seen:
+      seen += os.read(master, 4096)
+    os.close(master)  # the terminal goes away: its writes fail with EIO
+    proc.send_signal(signal.SIGHUP)
+    rc = proc.wait(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  log = (workdir / "train.log").read_text()
+  assert rc == train.PREEMPTED_EXIT, log[-3000:]
+  saved = checkpoints.latest_saved_step(str(workdir))
+  assert saved is not None and saved >= 2, log[-3000:]
+  assert "SIGHUP received: saving a checkpoint at the next step and stopping" in log
+  assert "Traceback" not in log, log[-3000:]
+  assert log.rstrip().endswith(f"preempted: checkpoint saved at step {saved} in {workdir}; run "
+                               "the same command to resume")
+  # under nohup: a run goes on to its last step
+  ignored = lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)
+  other = tmp_path / "nohup"
+  proc = subprocess.Popen(_trainer(other, total_steps=6, checkpoint_every=6), cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=ignored)
+  for line in proc.stdout:
+    if line.startswith(b"step 2/"):
+      proc.send_signal(signal.SIGHUP)
+      break
+  out = proc.stdout.read().decode()
+  assert proc.wait(timeout=300) == 0, out[-3000:]
+  assert checkpoints.latest_saved_step(str(other)) == 6 and "SIGHUP" not in out
+
+
 def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tmp_path):
   """A real full disk (a tmpfs filled at step 3; root only): the run stops with its one
   `error:` line; tensorboard's write thread printed ~15 lines of traceback before it (here on
