@@ -7,11 +7,11 @@ Images pair by file name (stem; else as benchmarks pair them: babyx2 ~ baby, rai
 each reference with one restored image; references left without one are named in a warning.
 Y channel (MATLAB BT.601 luma, as IPT reports) by default; --rgb scores all three channels; against
 a grey reference (a grey file, or R == G == B) both are scored on the grey plane either way (a
-colour output's: its rounded luma), as mtl's evaluation scores grey denoising (Y would read 1.32
-dB high). Two images of one name (baby.png, baby.bmp) in either folder are refused. The mean PSNR leaves out
-identical pairs (PSNR inf) and says how many there were. SR papers crop `scale` border pixels
-(--crop_border) and crop the reference to a multiple of the scale (--mod_crop). A missing partner,
-a size mismatch or an unreadable image: one line on stderr, exit status 1.
+colour output's: its rounded luma), as mtl's evaluation scores grey denoising (Y would read 1.32 dB
+high). Two images of one name (baby.png, baby.bmp) in either folder are refused. The mean PSNR
+leaves out identical pairs (PSNR inf) and says how many there were. SR papers crop `scale` border
+pixels (--crop_border) and crop the reference to a multiple of the scale (--mod_crop). A missing
+partner, a size mismatch or an unreadable image: one line on stderr, exit status 1.
 """
 import _root  # noqa: F401  (repository root on sys.path for `mtl`)
 import cli

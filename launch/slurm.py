@@ -5,8 +5,9 @@ r"""A SLURM batch job: one training process per GPU on every node, resumable and
       -- --config=experiments/ipt_paper.py --workdir=/shared/ckpt/ipt --config.mesh.fsdp=8
 
 writes <workdir>/slurm/<job_name>.sbatch (from launch/slurm.sbatch.template; an earlier, other
-script there is kept as <job_name>.sbatch.1, .2, ...) and submits it with sbatch. --dry_run prints the script and then the sbatch command, and submits nothing;
---help lists every flag with its default.
+script there is kept as <job_name>.sbatch.1, .2, ...) and submits it with sbatch. --dry_run
+prints the script and then the sbatch command, and submits nothing; --help lists every flag with
+its default.
 
 In the job, `srun` starts nodes x gpus_per_node tasks, each `python launch/train.py ...` with one
 GPU; mtl.distributed sees SLURM_JOB_ID and calls jax.distributed.initialize() without arguments

@@ -86,10 +86,10 @@ class Progress:
 class _Stream:
   """A text stream writing to the original stream and to the Tee.
 
-  Once the original is gone (EPIPE: nothing reads its pipe any more, as when the parent that
-  pumped a trainer's output died; EIO: its terminal hung up) only the Tee is written, with a line saying so; the original's
-  file descriptor is pointed at /dev/null, so what it still holds, and whatever else writes to
-  it (the flush at exit, C++ logs), goes nowhere instead of failing.
+  Once the original is gone (EPIPE: nothing reads its pipe any more, as when the parent that pumped
+  a trainer's output died; EIO: its terminal hung up) only the Tee is written, with a line saying
+  so; the original's file descriptor is pointed at /dev/null, so what it still holds, and whatever
+  else writes to it (the flush at exit, C++ logs), goes nowhere instead of failing.
   """
 
   def __init__(self, original, tee):

@@ -21,8 +21,9 @@ removed, the same name first; a degraded name without a partner then loses a JOR
 hazy 0001_0.8_0.2.jpg (outdoor: id, airlight, beta) and 1400_3.png (indoor) pair with clear
 0001.png and 1400.png. Only so may several degraded images share one clean image (RESIDE's
 training sets); two clean images, or two degraded ones otherwise, that pair by the same name are
-refused, naming both; every degraded image needs its clean one. A clean image larger than its degraded one by an
-even margin on each side is centre-cropped to it (SOTS indoor: 640 x 480 clean, 620 x 460 hazy).
+refused, naming both; every degraded image needs its clean one. A clean image larger than its
+degraded one by an even margin on each side is centre-cropped to it (SOTS indoor: 640 x 480
+clean, 620 x 460 hazy).
 """
 import os
 import re

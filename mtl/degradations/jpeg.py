@@ -10,15 +10,15 @@ from mtl.degradations.common import _HIGHEST
 
 # JPEG.
 #
-# libjpeg's (IJG, as Pillow uses it through libjpeg-turbo) baseline path, step by step: RGB ->
-# YCbCr in its 16-bit fixed point (JFIF, ITU-R BT.601 full range), edge replication to whole
-# 16 x 16 MCUs, 4:2:0 chroma by 2 x 2 averaging with its alternating rounding bias, 8 x 8
-# DCT of level-shifted blocks, quantization rounding half away from zero, dequantization,
-# inverse DCT rounded (halves up) and clamped to 0..255, 'fancy' (triangular 3/4-1/4) chroma upsampling in
-# its integer arithmetic, and YCbCr -> RGB in its fixed point. The only departure: the DCTs
-# here are exact (float32 matmuls), libjpeg's default JDCT_ISLOW are 13-bit fixed-point
-# approximations, so a coefficient that lands within ~1/q of a rounding boundary can quantize
-# to the neighbouring level, and an inverse-DCT pixel can differ by one level.
+# libjpeg's (IJG, as Pillow uses it through libjpeg-turbo) baseline path, step by step: RGB -> YCbCr
+# in its 16-bit fixed point (JFIF, ITU-R BT.601 full range), edge replication to whole 16 x 16 MCUs,
+# 4:2:0 chroma by 2 x 2 averaging with its alternating rounding bias, 8 x 8 DCT of level-shifted
+# blocks, quantization rounding half away from zero, dequantization, inverse DCT rounded (halves up)
+# and clamped to 0..255, 'fancy' (triangular 3/4-1/4) chroma upsampling in its integer arithmetic,
+# and YCbCr -> RGB in its fixed point. The only departure: the DCTs here are exact (float32
+# matmuls), libjpeg's default JDCT_ISLOW are 13-bit fixed-point approximations, so a coefficient
+# that lands within ~1/q of a rounding boundary can quantize to the neighbouring level, and an
+# inverse-DCT pixel can differ by one level.
 
 # ITU-T T.81 Annex K tables (natural order), as libjpeg's jcparam.c.
 JPEG_LUMA_TABLE = np.array([
