@@ -542,14 +542,16 @@ def split_paths(config, paths):
   return splits
 
 
-def tile_layout(builder, split):
+def tile_layout(builder, split, paths=None):
   """The `TileLayout` of a prepared tiled folder dataset's split: image sizes from its metadata,
-  or from the image headers for a dataset built before they were stored there."""
+  or from the image headers for a dataset built before they were stored there. `paths`: the
+  folder's `list_images`, where the caller has it (a large folder's listing takes a while)."""
   config = builder.builder_config
   if split not in ("train", "validation"):
     raise ValueError(f"split {split!r} of a tiled image folder: use 'train' or 'validation' "
                      "whole (a slice of the records would cut images' tiles apart)")
-  named = split_paths(config, list_images(config.folder)).get(split, [])
+  paths = list_images(config.folder) if paths is None else paths
+  named = split_paths(config, paths).get(split, [])
   sizes = (builder.info.metadata or {}).get(SIZES_KEY, {}).get(split)
   if sizes is None:
     logging.info("reading the sizes of %d images from their headers (their cache in %s was "
@@ -564,11 +566,12 @@ def tile_layout(builder, split):
   return layout
 
 
-def check_fingerprint(builder):
-  """ValueError if the prepared dataset's folder listing differs from the folder's listing now."""
+def check_fingerprint(builder, paths=None):
+  """ValueError if the prepared dataset's folder listing differs from the folder's listing now
+  (`paths`: its `list_images`, where the caller has it)."""
   config = builder.builder_config
   built = builder.info.metadata.get("fingerprint") if builder.info.metadata else None
-  now = fingerprint(config.folder, list_images(config.folder))
+  now = fingerprint(config.folder, list_images(config.folder) if paths is None else paths)
   if built is not None and built != now:
     raise ValueError(f"image folder {config.folder} changed since its dataset was built in "
                      f"{builder.data_dir}; delete that directory to rebuild it")

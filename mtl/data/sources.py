@@ -122,13 +122,15 @@ def photos_builder(data_dir):
 
 
 def folder_builder(folder, data_dir, validation_fraction=0.0, tile=folder_lib.DEFAULT_TILE,
-                   say=lambda message: print(message, flush=True)):
+                   say=lambda message: print(message, flush=True), paths=None):
   """The prepared `mtl_folder` builder of `folder`; an error if the folder changed since.
 
   Before a build, `say`s how many images are cached where and the estimated size, and refuses
-  (ValueError, one line) when the disk lacks the space."""
+  (ValueError, one line) when the disk lacks the space. `paths`: the folder's
+  `folder.list_images`, where the caller has it."""
   config = folder_lib.FolderConfig(folder, validation_fraction, tile)
-  paths = folder_lib.list_images(config.folder)   # FileNotFoundError now, before a lock or a build
+  if paths is None:  # FileNotFoundError now, before a lock or a build
+    paths = folder_lib.list_images(config.folder)
   make = lambda: folder_lib.MtlFolder(config=config, data_dir=data_dir, file_format=FILE_FORMAT)
   if paths and not make().is_prepared():
     where = os.path.join(folder_lib.absolute(data_dir), "mtl_folder", config.name)
@@ -141,7 +143,7 @@ def folder_builder(folder, data_dir, validation_fraction=0.0, tile=folder_lib.DE
         + (f" ({format_bytes(free)} free)" if free is not None else "")
         + "; config.data.cache_dir chooses the place")
   builder = prepare(make)
-  folder_lib.check_fingerprint(builder)
+  folder_lib.check_fingerprint(builder, paths)
   return builder
 
 
@@ -291,9 +293,11 @@ def open_images(data_cfg, split="train", cache_mb=None):
   elif source == "folder":
     if not data_cfg.get("folder", ""):
       raise ValueError("data.source='folder' needs data.folder=<folder of clean images>")
+    # listed once: the build, the fingerprint check and the tile layout all read it
+    paths = folder_lib.list_images(folder_lib.absolute(data_cfg.folder))
     builder = folder_builder(data_cfg.folder, cache_dir(data_cfg),
                              data_cfg.get("validation_fraction", 0.0),
-                             data_cfg.get("folder_tile", folder_lib.DEFAULT_TILE))
+                             data_cfg.get("folder_tile", folder_lib.DEFAULT_TILE), paths=paths)
     name = f"folder {builder.builder_config.folder}"
   elif source == "tfds":
     if not data_cfg.get("tfds_name", ""):
@@ -309,7 +313,7 @@ def open_images(data_cfg, split="train", cache_mb=None):
     cache_mb = data_cfg.get("cache_mb", DEFAULT_CACHE_MB)
   layout = None
   if source == "folder" and builder.builder_config.tile:
-    layout = folder_lib.tile_layout(builder, split)
+    layout = folder_lib.tile_layout(builder, split, paths)
   images = ImageSource(builder.as_data_source(split), key, f"{name} [{split}]",
                        cache_bytes=cache_mb * 2**20, layout=layout)
   if not len(images):
