@@ -81,8 +81,7 @@ def _off_schedule(directory, step):
 def _kept_candidates(directory, scheduled):
   """`scheduled` and the steps already saved in `directory` (a resume's: a changed
   checkpoint_every must not make them deletable), but the latest where it was a stop's own."""
-  saved = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
-      directory) else []
+  saved = saved_steps(directory)
   if saved and saved[-1] not in scheduled and _off_schedule(directory, saved[-1]):
     saved.pop()
   return frozenset(scheduled) | frozenset(saved)

@@ -110,10 +110,6 @@ def check_config(workdir, config_dict, defaults=None):
   return False
 
 
-def _shown(names, most=4):
-  return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
-
-
 def check_checkpoints_have_config(workdir):
   """Refuse (one line) a workdir that is a run's checkpoints/ folder (orbax step folders at its
   top: a run there would write its own files among them), or that holds saved steps but no
@@ -121,14 +117,14 @@ def check_checkpoints_have_config(workdir):
   this config would go unchecked)."""
   own = checkpoints.step_folders(workdir)
   if own:
-    raise ValueError(f"--workdir={workdir} holds checkpoint steps ({_shown(own)}): it looks "
-                     "like a run's checkpoints/ folder; point --workdir to its parent")
-  saved = [d for d in checkpoints.step_folders(os.path.join(workdir, "checkpoints"))
-           if d.isdigit()]
+    raise ValueError(f"--workdir={workdir} holds checkpoint steps ({files.field_list(own, 4)}): "
+                     "it looks like a run's checkpoints/ folder; point --workdir to its parent")
+  saved = [str(s) for s in checkpoints.saved_steps(os.path.join(workdir, "checkpoints"))]
   if saved and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
-    raise ValueError(f"--workdir={workdir} holds saved steps ({_shown(saved)} in checkpoints/) "
-                     f"but no {CONFIG_FILE}, so their config cannot be checked; use a new "
-                     f"--workdir, or put back the {CONFIG_FILE} of the run that saved them")
+    raise ValueError(f"--workdir={workdir} holds saved steps ({files.field_list(saved, 4)} in "
+                     f"checkpoints/) but no {CONFIG_FILE}, so their config cannot be checked; "
+                     f"use a new --workdir, or put back the {CONFIG_FILE} of the run that saved "
+                     "them")
 
 
 def check_total_steps(workdir, latest, saved_steps, config_dict):
