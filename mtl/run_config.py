@@ -4,6 +4,7 @@
 what would be valid; nothing is built or written before it passes.
 """
 import dataclasses
+import math
 import os
 
 from absl import logging
@@ -99,6 +100,22 @@ def validate(config):
     if value < 0:
       raise ValueError(f"{field}={value} must be >= 0 ({what})")
   _positive("optim.lr", config.optim.lr)
+  if not math.isfinite(config.optim.lr):
+    raise ValueError(f"optim.lr={config.optim.lr} must be finite (2e-4 is IPT's)")
+  for field, what in (("eps", "Adam's denominator floor; 1e-8 is the usual"),
+                      ("gamma", "the step schedule's factor at each milestone; 0.5 is BasicSR's")):
+    if not 0 < config.optim[field] < math.inf:
+      raise ValueError(f"optim.{field}={config.optim[field]} must be > 0 and finite ({what})")
+  for field, what in (("weight_decay", "0: Adam, no decay"), ("grad_clip", "0: no clipping")):
+    if not 0 <= config.optim[field] < math.inf:  # a negative one would grow or never clip
+      raise ValueError(f"optim.{field}={config.optim[field]} must be >= 0 and finite ({what})")
+  outside = [m for m in config.optim.milestones if not 0 < m < 1]
+  if outside:  # fractions of total_steps: one at or past 1 would never be reached
+    raise ValueError(f"optim.milestones={tuple(config.optim.milestones)}: {outside[0]} is not a "
+                     "fraction of total_steps in (0, 1); e.g. 0.5,0.75")
+  if config.optim.warmup_steps >= config.total_steps:
+    logging.warning("optim.warmup_steps=%d >= total_steps=%d: the lr never reaches optim.lr",
+                    config.optim.warmup_steps, config.total_steps)
   for field in ("b1", "b2"):
     if not 0 <= config.optim[field] < 1:
       raise ValueError(f"optim.{field}={config.optim[field]} must be in [0, 1) (Adam's moment "
@@ -113,11 +130,28 @@ def validate(config):
   if config.optim.schedule not in optim.LR_SCHEDULES:
     raise ValueError(f"optim.schedule={config.optim.schedule!r}; valid: {', '.join(optim.LR_SCHEDULES)}")
   for name in ("n_feats", "patch_size", "patch_dim", "num_heads", "num_encoder_layers",
-               "num_decoder_layers"):
+               "num_decoder_layers", "mlp_ratio"):
     if config.model[name] < 1:
       raise ValueError(f"model.{name}={config.model[name]} must be >= 1")
   model_cfg = ipt.ModelConfig.from_config(config.model, config.precision)
   aggregators.check_config(config.get("mtl"), len(specs), config.schedule)
+  if not 0 <= config.loss.contrastive_weight < math.inf:
+    raise ValueError(f"loss.contrastive_weight={config.loss.contrastive_weight} must be >= 0 and "
+                     "finite (0: L1 alone)")
+  if config.loss.contrastive_weight and not 0 < config.loss.temperature < math.inf:
+    raise ValueError(f"loss.temperature={config.loss.temperature} must be > 0 and finite (it "
+                     "divides the similarities; 0.07 is IPT's)")
+  if not 0 <= config.conflicts.ema_beta <= 1:  # read by the figures drawn at the end of the run
+    raise ValueError(f"conflicts.ema_beta={config.conflicts.ema_beta} must be in [0, 1] (the "
+                     "GradVac EMA weight of the cosine curves; 0: no EMA)")
+  if config.eval.tiling not in evaluate.TILINGS:  # else the first evaluation fails, after training
+    raise ValueError(f"eval.tiling={config.eval.tiling!r}; valid: "
+                     f"{', '.join(map(repr, evaluate.TILINGS))}")
+  if not 0 <= config.eval.seed < 2**32:
+    raise ValueError(f"eval.seed={config.eval.seed}; valid: 0 <= eval.seed < 2**32 = {2**32}")
+  if config.data.cache_mb < 0:
+    raise ValueError(f"data.cache_mb={config.data.cache_mb} must be >= 0 (MiB of decoded images "
+                     "kept in memory; 0: none)")
   overlap, patch = config.eval.tile_overlap, config.model.patch_size
   if not 0 <= overlap < patch:
     raise ValueError(f"eval.tile_overlap={overlap} must be in [0, model.patch_size={patch}) "
@@ -132,7 +166,13 @@ def validate(config):
     if not folder_lib.has_images(config.data.folder):  # before TFDS prepares a dataset of it
       raise ValueError(f"data.folder={config.data.folder} holds no images (looked recursively "
                        f"for {', '.join(folder_lib.IMAGE_EXTENSIONS)})")
+    fraction = config.data.get("validation_fraction", 0.0)
+    if not 0 <= fraction < 1:
+      raise ValueError(f"data.validation_fraction={fraction} must be in [0, 1) (the share of "
+                       "the folder's images held out; 0: none)")
     tile = config.data.get("folder_tile", folder_lib.DEFAULT_TILE)
+    if tile < 0:
+      raise ValueError(f"data.folder_tile={tile} must be >= 0 (0: whole images)")
     crop = max(specs, key=lambda s: s.hr_crop(config.model.patch_size))
     side = crop.hr_crop(config.model.patch_size)
     if 0 < tile < side:  # the pipeline would reflect-pad every tile: crops mostly mirror images

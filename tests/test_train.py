@@ -278,6 +278,41 @@ def test_bad_configs_are_refused_with_valid_choices():
   run_config.validate(odd)
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("optim.lr", float("inf"), "optim.lr=inf must be finite"),
+    ("optim.eps", 0.0, "optim.eps=0.0 must be > 0 and finite"),
+    ("optim.gamma", -0.5, "optim.gamma=-0.5 must be > 0 and finite"),
+    ("optim.weight_decay", -0.1, r"optim.weight_decay=-0.1 must be >= 0 and finite \(0: Adam"),
+    ("optim.grad_clip", float("nan"), r"optim.grad_clip=nan must be >= 0 and finite \(0: no "),
+    ("optim.milestones", (0.5, 1.5), r"optim.milestones=\(0.5, 1.5\): 1.5 is not a fraction"),
+    ("model.mlp_ratio", 0, "model.mlp_ratio=0 must be >= 1"),
+    ("loss.contrastive_weight", -1.0, "loss.contrastive_weight=-1.0 must be >= 0"),
+    ("conflicts.ema_beta", 1.5, r"conflicts.ema_beta=1.5 must be in \[0, 1\]"),
+    ("eval.tiling", "edge", "eval.tiling='edge'; valid: 'centre', 'ipt', 'mean'"),
+    ("eval.seed", -1, r"eval.seed=-1; valid: 0 <= eval.seed < 2\*\*32"),
+    ("data.cache_mb", -5, "data.cache_mb=-5 must be >= 0"),
+])
+def test_a_value_out_of_its_range_is_refused_before_anything_runs(field, value, message):
+  # Each was accepted before: a negative weight decay grew the kernels, a negative grad_clip
+  # never clipped, a milestone past 1 never decayed, and a bad eval.tiling or ema_beta failed
+  # only at the first evaluation, after training.
+  config = _config()
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=message) as info:
+    run_config.validate(config)
+  assert "\n" not in str(info.value)
+
+
+def test_a_contrastive_temperature_is_checked_where_the_loss_reads_it():
+  config = _config()
+  config.loss.temperature = 0.0
+  run_config.validate(config)  # contrastive_weight 0: the temperature is never read
+  config.loss.contrastive_weight = 0.1
+  with pytest.raises(ValueError, match=r"loss.temperature=0.0 must be > 0 and finite"):
+    run_config.validate(config)
+
+
 def test_a_bad_data_step_offset_is_refused_with_one_line():
   import ml_collections
 
@@ -313,6 +348,12 @@ def test_a_folder_tile_smaller_than_a_training_crop_is_refused(tmp_path):
     run_config.validate(config)
   for tile in (192, 0):  # the crop's side; whole images
     config.data.folder_tile = tile
+    run_config.validate(config)
+  config.data.folder_tile = -1
+  with pytest.raises(ValueError, match=r"data.folder_tile=-1 must be >= 0 \(0: whole images\)"):
+    run_config.validate(config)
+  config.data.folder_tile, config.data.validation_fraction = 0, 1.0  # else refused at the build
+  with pytest.raises(ValueError, match=r"data.validation_fraction=1.0 must be in \[0, 1\)"):
     run_config.validate(config)
 
 
