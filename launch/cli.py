@@ -6,6 +6,7 @@ URL)."""
 import functools
 import os
 import re
+import shlex
 import sys
 
 from absl import app, flags
@@ -229,3 +230,23 @@ def absolute(path, cwd):
   if is_url(path):
     return path
   return os.path.abspath(os.path.join(cwd, os.path.expanduser(path)))
+
+
+def shell_path(path):
+  """`path` quoted for a shell, a leading ~ kept outside the quotes (the shell running the
+  script or remote command expands it)."""
+  if path == "~" or path.startswith("~/"):
+    return "~" + (("/" + shlex.quote(path[2:])) if path[2:] else "")
+  return shlex.quote(path)
+
+
+def chains(line):
+  """Whether a shell line holds a comment, a newline or a control operator outside quotes (a
+  launcher that appends to it, '&& next' or '|| exit 1', would act on part of it only)."""
+  try:
+    words = list(shlex.shlex(line, posix=True, punctuation_chars=";&|"))
+    commented = list(shlex.shlex(line.replace("#", "\\#"), posix=True, punctuation_chars=";&|"))
+  except ValueError:  # unbalanced quotes
+    return True
+  return ("\n" in line or "\r" in line or words != [w.replace("\\#", "#") for w in commented]
+          or any(set(w) <= set(";&|") for w in words))

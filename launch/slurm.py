@@ -9,9 +9,13 @@ script there is kept as <job_name>.sbatch.1, .2, ...) and submits it with sbatch
 prints the script and then the sbatch command, and submits nothing; --help lists every flag with
 its default.
 
-In the job, `srun` starts nodes x gpus_per_node tasks, each `python launch/train.py ...` with one
-GPU; mtl.distributed sees SLURM_JOB_ID and calls jax.distributed.initialize() without arguments
-(SLURM gives the coordinator, the process count and index). SLURM sends SIGTERM
+The job runs in the folder slurm.py was started from (#SBATCH --chdir), so relative paths in
+the train.py arguments (init_from, data and evaluation folders) name what they name here. In the
+job, `srun` starts nodes x gpus_per_node tasks, each `python <repo>/launch/train.py ...`, all
+seeing the node's GPUs; mtl.distributed sees SLURM_JOB_ID and calls jax.distributed.initialize()
+without arguments (SLURM gives the coordinator, the process count and index), and JAX gives the
+task of local index i the node's GPU i (JAX's SLURM rule: --gpus-per-task=1 would hide GPU i from
+every task but the first). SLURM sends SIGTERM
 --signal_seconds before the time limit: the trainer checkpoints at the next step boundary and
 exits; the script then requeues the job if training is unfinished and the checkpoint advanced
 (so a run that fails before making progress is not requeued forever). The requeued job resumes
@@ -35,8 +39,8 @@ TEMPLATE = os.path.join(HERE, "slurm.sbatch.template")
 
 
 def absolute_train_args(train_args, cwd):
-  """The job runs in the repository: make --workdir and a local --config file absolute (a
-  gs:// style workdir stays as it is)."""
+  """Make --workdir absolute (a gs:// style workdir stays as it is) and --config a file path:
+  the local file, else the repository's (experiments/...)."""
   out, workdir = [], None
   for arg in train_args:
     name, eq, value = arg.partition("=")
@@ -45,8 +49,10 @@ def absolute_train_args(train_args, cwd):
       arg = f"{name}={value}"
     elif name == "--config" and eq:
       path, colon, rest = value.partition(":")
-      if os.path.exists(os.path.join(cwd, path)):
-        arg = f"{name}={os.path.abspath(os.path.join(cwd, path))}{colon}{rest}"
+      for base in (cwd, ROOT):
+        if os.path.exists(os.path.join(base, path)):
+          arg = f"{name}={os.path.abspath(os.path.join(base, path))}{colon}{rest}"
+          break
     elif name in ("--workdir", "--config"):
       raise cli.UsageError(f"{arg}: write it as {arg}=VALUE (one argument)")
     if name.lstrip("-") in cli.OWNED:
@@ -148,18 +154,21 @@ def options(prefix=""):
       raise cli.UsageError(f"--{prefix}sbatch={extra!r}: give one long option without spaces "
                            f"or '#', e.g. --{prefix}sbatch=--qos=high")
   for line in args.setup:
-    if "\n" in line or "\r" in line:
-      raise cli.UsageError(f"--{prefix}setup={line!r}: give one shell line per --{prefix}setup")
+    if cli.chains(line):  # '|| exit 1' is appended: it must cover the whole line
+      raise cli.UsageError(f"--{prefix}setup={line!r}: give one command per --{prefix}setup (a "
+                           "failed one stops the job: a comment, newline, ';', '&' or '|' would "
+                           "let a failure through to training)")
   return args
 
 
 def render(args, command, workdir, log_dir, one_process=False):
-  """The batch script's text: `command` (a list) run by srun in the repository, one process per
-  GPU (or with `one_process`, one process owning the node's GPUs); `workdir` is the run whose
-  checkpoints decide the requeue; SLURM's output is appended under `log_dir`."""
-  layout = (["--ntasks-per-node=1", f"--gpus-per-node={args.gpus_per_node}"] if one_process
-            else [f"--ntasks-per-node={args.gpus_per_node}", "--gpus-per-task=1"])
-  directives = [f"--job-name={args.job_name}", f"--nodes={args.nodes}", *layout,
+  """The batch script's text: `command` (a list; its interpreter, args.python, may start with
+  ~/) run by srun in this folder, one process per GPU (or with `one_process`, one process owning
+  the node's GPUs); `workdir` is the run whose checkpoints decide the requeue; SLURM's output is
+  appended under `log_dir`."""
+  tasks = 1 if one_process else args.gpus_per_node
+  directives = [f"--job-name={args.job_name}", f"--nodes={args.nodes}",
+                f"--ntasks-per-node={tasks}", f"--gpus-per-node={args.gpus_per_node}",
                 f"--time={args.time}"]
   if args.cpus_per_task:
     directives.append(f"--cpus-per-task={args.cpus_per_task}")
@@ -174,18 +183,26 @@ def render(args, command, workdir, log_dir, one_process=False):
   if re.search(r'[\n#"%]', log_dir):
     raise cli.UsageError(f"--workdir={os.path.dirname(log_dir)!r}: an #SBATCH --output path "
                          "cannot hold a newline, '#', '\"' or '%'")
+  here = os.getcwd()
+  if re.search(r'[\n#"%]', here):
+    raise cli.UsageError(f"this folder, {here!r}, cannot be an #SBATCH --chdir path (a newline, "
+                         "'#', '\"' or '%'); run from another folder")
   output = os.path.join(log_dir, "%x-%j.out")  # quoted: sbatch reads a quoted value whole
-  directives += ["--open-mode=append", f'--output="{output}"']
+  directives += [f'--chdir="{here}"', "--open-mode=append", f'--output="{output}"']
   directives += args.sbatch
   with open(TEMPLATE) as f:
     template = f.read()
   return template.format(
       sbatch="\n".join(f"#SBATCH {d}" for d in directives),
-      repo=shlex.quote(ROOT), workdir=shlex.quote(workdir),
+      workdir=shlex.quote(workdir),
       # a failed setup line (a module that does not load) stops the job before srun
       setup="\n".join(f"{line} || exit 1" for line in args.setup) if args.setup
       else "# (no --setup lines)",
-      train=shlex.join(command), requeue="1" if args.requeue else "0")
+      # one process owning the node's GPUs: no jax.distributed, whose SLURM rule gives a
+      # process only the GPU of its local index
+      distributed="export MTL_DISTRIBUTED=off" if one_process else "",
+      train=" ".join([cli.shell_path(command[0]), shlex.join(command[1:])]),
+      requeue="1" if args.requeue else "0")
 
 
 def local_dir(workdir, prefix=""):
@@ -200,7 +217,8 @@ def main(train_args):
   args = options()
   train_args, workdir = absolute_train_args(train_args, os.getcwd())
   log_dir = local_dir(workdir)
-  script = render(args, [args.python, "launch/train.py", *train_args], workdir, log_dir)
+  script = render(args, [args.python, os.path.join(ROOT, "launch", "train.py"), *train_args],
+                  workdir, log_dir)
   path = os.path.join(log_dir, f"{args.job_name}.sbatch")
   command = ["sbatch", path]
   if flags.FLAGS.dry_run:

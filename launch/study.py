@@ -158,7 +158,7 @@ def plan(study, runs, args):
       raise ValueError(f"run {spec.name} is running in a process outside SLURM; let it finish "
                        "(or stop it) and submit again")
     options = dict(vars(args), job_name=job_name(args.job_name, spec.name))
-    command = [args.python, "launch/study.py", f"--workdir={study.workdir}",
+    command = [args.python, os.path.join(HERE, "study.py"), f"--workdir={study.workdir}",
                f"--only={spec.name}"]
     if FLAGS.compile_cache:
       command.append(f"--compile_cache={FLAGS.compile_cache}")

@@ -13,7 +13,9 @@ Every worker runs one process that owns the worker's local chips; jax.distribute
 without arguments finds the slice (JAX asks the TPU metadata server). MTL_DISTRIBUTED=on asks
 mtl.distributed to make that call: the environment variables it otherwise looks for may be
 absent on a TPU VM. The repository (same path) and its environment must be on every worker,
-and --workdir on a filesystem all workers share (NFS / Filestore, or a gcsfuse mount).
+and --workdir on a filesystem all workers share (NFS / Filestore, or a gcsfuse mount): an
+absolute path or a gs:// URL. Other relative paths (--config, init_from, data folders) name
+files under --repo on each worker.
 Re-running the same command resumes from the latest checkpoint. --dry_run prints the command;
 --help lists every flag with its default.
 """
@@ -25,13 +27,6 @@ import subprocess
 from absl import flags
 
 import cli
-
-
-def _quote_path(path):
-  """Quote a remote path but keep a leading ~ (expanded by the remote shell)."""
-  if path == "~" or path.startswith("~/"):
-    return "~" + (("/" + shlex.quote(path[2:])) if path[2:] else "")
-  return shlex.quote(path)
 
 
 def define_flags():
@@ -58,33 +53,29 @@ def check(args, train_args):
   if args.worker != "all" and not re.fullmatch(r"\d+(,\d+)*", args.worker):
     raise cli.UsageError(f"--worker={args.worker}: use 'all' or indices like 0 or 0,1")
   for line in args.setup:
-    if _chains(line):
+    if cli.chains(line):
       raise cli.UsageError(f"--setup={line!r}: give one command per --setup (they are joined "
                            "with '&&': a comment, newline, ';', '&' or '|' would change what "
                            "runs after it, training included)")
-  if not any(a.startswith("--workdir") for a in train_args):
+  workdirs = [a.partition("=")[2] for a in train_args if a.startswith("--workdir=")]
+  if not workdirs:
     raise cli.UsageError("train.py arguments need --workdir=DIR (shared by all workers), "
                          "e.g. -- --config=experiments/tiny.py --workdir=/mnt/shared/mtl/tiny")
+  for workdir in workdirs:  # relative or ~: a folder of each worker's own, not shared
+    if not (workdir.startswith("/") or cli.is_url(workdir)):
+      raise cli.UsageError(f"--workdir={workdir} is not absolute: on the workers it would name "
+                           "a folder of each worker's own; give a path all workers share, e.g. "
+                           "--workdir=/mnt/shared/mtl/run or gs://bucket/run")
   for arg in train_args:
     if cli.owned_flag(arg):
       raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; "
                            "remove it")
 
 
-def _chains(line):
-  """Whether a shell line holds a comment, a newline or a control operator outside quotes."""
-  try:
-    words = list(shlex.shlex(line, posix=True, punctuation_chars=";&|"))
-    commented = list(shlex.shlex(line.replace("#", "\\#"), posix=True, punctuation_chars=";&|"))
-  except ValueError:  # unbalanced quotes
-    return True
-  return ("\n" in line or "\r" in line or words != [w.replace("\\#", "#") for w in commented]
-          or any(set(w) <= set(";&|") for w in words))
-
-
 def remote_command(args, train_args):
-  steps = [f"cd {_quote_path(args.repo)}", *args.setup,
-           "MTL_DISTRIBUTED=on " + shlex.join([args.python, "launch/train.py", *train_args])]
+  steps = [f"cd {cli.shell_path(args.repo)}", *args.setup,
+           f"MTL_DISTRIBUTED=on {cli.shell_path(args.python)} "
+           + shlex.join(["launch/train.py", *train_args])]
   return " && ".join(steps)
 
 

@@ -113,9 +113,6 @@ def validate(config):
   if outside:  # fractions of total_steps: one at or past 1 would never be reached
     raise ValueError(f"optim.milestones={tuple(config.optim.milestones)}: {outside[0]} is not a "
                      "fraction of total_steps in (0, 1); e.g. 0.5,0.75")
-  if config.optim.warmup_steps >= config.total_steps:
-    logging.warning("optim.warmup_steps=%d >= total_steps=%d: the lr never reaches optim.lr",
-                    config.optim.warmup_steps, config.total_steps)
   for field in ("b1", "b2"):
     if not 0 <= config.optim[field] < 1:
       raise ValueError(f"optim.{field}={config.optim[field]} must be in [0, 1) (Adam's moment "

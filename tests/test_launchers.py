@@ -192,31 +192,37 @@ def test_slurm_dry_run_prints_the_script_and_the_sbatch_command(tmp_path):
   assert lines[0] == "#!/bin/bash"
   assert [l for l in lines if l.startswith("#SBATCH")] == [
       "#SBATCH --job-name=ipt", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
-      "#SBATCH --gpus-per-task=1", "#SBATCH --time=2-00:00:00", "#SBATCH --cpus-per-task=12",
+      # every task sees the node's GPUs: JAX gives local task i GPU i of those it sees
+      "#SBATCH --gpus-per-node=4", "#SBATCH --time=2-00:00:00", "#SBATCH --cpus-per-task=12",
       "#SBATCH --partition=gpu", "#SBATCH --account=proj", "#SBATCH --signal=TERM@120",
-      "#SBATCH --requeue", "#SBATCH --open-mode=append",
+      "#SBATCH --requeue", f'#SBATCH --chdir="{ROOT}"', "#SBATCH --open-mode=append",
       f'#SBATCH --output="{workdir}/slurm/%x-%j.out"', "#SBATCH --qos=high"]
   # a failed setup line stops the job before srun
-  assert f"cd {ROOT}" in lines and "source ~/venv/bin/activate || exit 1" in lines
+  assert "source ~/venv/bin/activate || exit 1" in lines
+  assert not any("MTL_DISTRIBUTED" in l for l in lines)  # one process per GPU: distributed
   srun = [l for l in lines if l.startswith("srun ")]
   config = f"--config={ROOT}/experiments/tiny.py:sr_x2,derain"  # a local file: made absolute
   assert srun == ["srun --kill-on-bad-exit=1 " + shlex.join(
-      ["python", "launch/train.py", config, f"--workdir={workdir}", TRAIN_ARGS[2]])]
+      ["python", f"{ROOT}/launch/train.py", config, f"--workdir={workdir}", TRAIN_ARGS[2]])]
   assert lines[-1] == f"sbatch {workdir}/slurm/ipt.sbatch"
   assert not os.path.exists(workdir)  # a dry run writes nothing
 
 
-def test_slurm_options_off_and_relative_workdir(tmp_path):
-  proc = _run([SLURM, "--signal_seconds=0", "--norequeue", "--dry_run", "--",
-               "--config=experiments/tiny.py", "--workdir=rel/run"], cwd=str(tmp_path))
+def test_slurm_options_off_and_relative_paths(tmp_path):
+  proc = _run([SLURM, "--signal_seconds=0", "--norequeue", "--python=~/venv/bin/python",
+               "--dry_run", "--", "--config=experiments/tiny.py", "--workdir=rel/run",
+               "--config.init_from=runs/joint"], cwd=str(tmp_path))
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   assert not any(l.startswith(("#SBATCH --signal", "#SBATCH --requeue")) for l in lines)
   assert "REQUEUE=0" in lines
-  # --workdir becomes absolute; the config path is not a local file here, so it stays
-  # relative to the repository, where the job runs.
-  assert any(f"--workdir={tmp_path}/rel/run" in l and "--config=experiments/tiny.py" in l
-             for l in lines if l.startswith("srun "))
+  # The job runs here, so runs/joint names tmp_path/runs/joint as it would in a local run;
+  # --workdir becomes absolute, and a config that is no file here is the repository's.
+  assert f'#SBATCH --chdir="{tmp_path}"' in lines
+  srun = [l for l in lines if l.startswith("srun ")]
+  assert srun == ["srun --kill-on-bad-exit=1 ~/venv/bin/python " + shlex.join([
+      f"{ROOT}/launch/train.py", f"--config={ROOT}/experiments/tiny.py",
+      f"--workdir={tmp_path}/rel/run", "--config.init_from=runs/joint"])]  # ~: bash expands it
 
 
 @pytest.mark.parametrize("args, words", [
@@ -229,7 +235,10 @@ def test_slurm_options_off_and_relative_workdir(tmp_path):
     # a newline would end the #SBATCH line and run the rest as a command; '#' starts a comment
     (["--partition=gpu\necho INJECTED"], ["--partition='gpu\\necho INJECTED'", "letters"]),
     (["--sbatch=--comment=my run"], ["--sbatch='--comment=my run'", "without spaces"]),
-    (["--setup=module load x\nrm -rf ~"], ["give one shell line per --setup"]),
+    (["--setup=module load x\nrm -rf ~"], ["give one command per --setup"]),
+    # '|| exit 1' would cover only the part after ';' or be commented out: a failure let through
+    (["--setup=module load cuda  # ours"], ["--setup='module load cuda  # ours'", "one command"]),
+    (["--setup=module load a; module load b"], ["one command per --setup"]),
     (["--", "--config=experiments/tiny.py"], ["--workdir"]),
     (["--", "--workdir=/x", "--num_processes=2"], ["--num_processes=2"]),
     (["--", "--workdir=gs://bucket/run"], ["--workdir=gs://bucket/run", "gcsfuse"]),
@@ -290,7 +299,6 @@ def test_slurm_script_requeues_only_unfinished_runs_that_progressed(
   workdir = tmp_path / "run"
   lines = _slurm_dry(tmp_path, "--job_name=t")
   script = "\n".join(lines[:-1]) + "\n"
-  script = script.replace(f"cd {ROOT}", f"cd {tmp_path}")
   if existing:
     (workdir / "checkpoints" / existing).mkdir(parents=True)
   log = tmp_path / "calls.log"
@@ -302,7 +310,7 @@ def test_slurm_script_requeues_only_unfinished_runs_that_progressed(
                         timeout=30)
   assert proc.returncode == status, proc.stdout + proc.stderr
   calls = log.read_text().splitlines()
-  assert calls[0].startswith("srun --kill-on-bad-exit=1 python launch/train.py")
+  assert calls[0].startswith(f"srun --kill-on-bad-exit=1 python {ROOT}/launch/train.py")
   assert (calls[1:] == ["scontrol requeue 777"]) == requeued, calls
   assert ("requeueing job 777" in proc.stdout) == requeued
 
@@ -333,6 +341,22 @@ def test_tpu_vm_defaults():
                                  "launch/train.py --workdir=/mnt/w'")
 
 
+def test_tpu_vm_keeps_a_python_s_leading_tilde_for_the_remote_shell(tmp_path):
+  proc = _run([TPU_VM, "--name=t", "--zone=z", "--python=~/my env/bin/python", "--dry_run", "--",
+               "--workdir=gs://b/run"])
+  assert proc.returncode == 0, proc.stderr
+  remote = shlex.split(proc.stdout)[-1][len("--command="):].split(" && ")[-1]
+  assert remote == ("MTL_DISTRIBUTED=on ~/'my env/bin/python' launch/train.py "
+                    "--workdir=gs://b/run")
+  fake = tmp_path / "my env" / "bin"  # the remote shell expands ~ and runs that interpreter
+  fake.mkdir(parents=True)
+  (fake / "python").write_text("#!/bin/sh\necho ran \"$@\"\n")
+  (fake / "python").chmod(0o755)
+  ran = subprocess.run(["bash", "-c", remote], capture_output=True, text=True,
+                       env=dict(os.environ, HOME=str(tmp_path)), timeout=30)
+  assert ran.stdout == "ran launch/train.py --workdir=gs://b/run\n", ran.stderr
+
+
 @pytest.mark.parametrize("args, words", [
     (["--zone=z"], ["--name"]),
     (["--name=My_TPU", "--zone=z"], ["--name='My_TPU'"]),
@@ -344,6 +368,11 @@ def test_tpu_vm_defaults():
     (["--name=t", "--zone=z", "--setup=source ~/venv/bin/activate  # py3.12"],
      ["--setup='source ~/venv/bin/activate  # py3.12'", "one command per --setup"]),
     (["--name=t", "--zone=z", "--setup=module load x; true"], ["--setup='module load x; true'"]),
+    # each worker would write a folder of its own, not one shared run
+    (["--name=t", "--zone=z", "--dry_run", "--", "--workdir=runs/a"],
+     ["--workdir=runs/a is not absolute", "gs://"]),
+    (["--name=t", "--zone=z", "--dry_run", "--", "--workdir=~/runs/a"],
+     ["--workdir=~/runs/a is not absolute"]),
 ])
 def test_tpu_vm_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", "--workdir=/w"]

@@ -91,7 +91,7 @@ def test_submit_dry_run_prints_exact_sbatch_calls_and_dependencies(study_file, t
              else "--dependency=afterok:$JOB_9:$JOB_10 "}.get(name.split("-")[0], "")
     assert call == f"JOB_{i}=$(sbatch --parsable {after}{slurm_dir}/{name}.sbatch)"
   # the command each job runs, exactly
-  assert (f"# joint-lr2e-4-s1: srun --kill-on-bad-exit=1 python launch/study.py "
+  assert (f"# joint-lr2e-4-s1: srun --kill-on-bad-exit=1 python {ROOT}/launch/study.py "
           f"--workdir={workdir} --only=joint-lr2e-4-s1") in lines
   assert lines[-3:] == [
       "# dependencies (a fine-tune starts when every lr of its sweep is done and picks the best "
@@ -142,7 +142,9 @@ def test_submit_writes_scripts_chains_real_job_ids_and_skips_queued_jobs(study_f
     assert json.load(f)["joint-lr1e-3-s0"] == "1003"
   script = open(f"{workdir}/slurm/joint-lr1e-3-s0.sbatch").read().splitlines()
   assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --gpus-per-node=2" in script
-  assert (f"srun --kill-on-bad-exit=1 python launch/study.py --workdir={workdir} "
+  # one process drives both GPUs: jax.distributed's SLURM rule would give it only GPU 0
+  assert "export MTL_DISTRIBUTED=off" in script
+  assert (f"srun --kill-on-bad-exit=1 python {ROOT}/launch/study.py --workdir={workdir} "
           "--only=joint-lr1e-3-s0") in script
   assert f"WORKDIR={workdir}/runs/joint-lr1e-3-s0" in script  # the requeue rule's run
   again = subprocess.run(args, cwd=ROOT, text=True, capture_output=True, env=env, timeout=120)
