@@ -204,6 +204,12 @@ def check_tensors(state, cfg: ipt.ModelConfig, task_names, path="checkpoint"):
   Runs before any reordering: a permutation would silently cut an oversized tensor down.
   """
   shapes = torch_shapes(cfg, task_names)
+  # position_ids: a buffer some torch versions leave out of a state_dict
+  missing = sorted(set(shapes) - set(state) - {"body.position_encoding.position_ids"})
+  if missing:
+    raise ValueError(f"{path}: tensors missing: {', '.join(missing[:4])}"
+                     f"{' ...' if len(missing) > 4 else ''} ({len(missing)} of the "
+                     f"{len(task_names)}-task model's {len(shapes)}; a damaged or cut file?)")
   for name, value in state.items():
     expected = shapes.get(name)
     if expected is not None and (len(value.shape) != len(expected) or any(
@@ -213,7 +219,7 @@ def check_tensors(state, cfg: ipt.ModelConfig, task_names, path="checkpoint"):
                        f"{shown} (n_feats={cfg.n_feats}, token dim {cfg.token_dim})")
     if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
       bad = int(value.size - np.isfinite(value).sum())
-      raise ValueError(f"{path}: {name} holds {bad} non-finite value(s) (NaN/inf) of "
+      raise ValueError(f"{path}: {name!r} holds {bad} non-finite value(s) (NaN/inf) of "
                        f"{value.size}; refusing to import a broken checkpoint")
 
 
@@ -264,8 +270,8 @@ def convert(state, cfg: ipt.ModelConfig, task_names, path="checkpoint"):
           for k, r in enumerate(factors)}
     params["tails"][task] = {"conv": _conv(state, f"tail.{t}.1"), **({"up": up} if up else {})}
   if state:  # every tensor must have found its place
-    raise ValueError(f"{path}: tensors not mapped: {', '.join(sorted(state)[:4])}"
-                     f"{' ...' if len(state) > 4 else ''}")
+    names = ", ".join(repr(name)[:80] for name in sorted(state)[:4])  # a file's names, quoted
+    raise ValueError(f"{path}: tensors not mapped: {names}{' ...' if len(state) > 4 else ''}")
   return _fit(params, ipt.IPT(cfg, tasks.get_all(task_names)).abstract_params(), path)
 
 

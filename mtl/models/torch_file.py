@@ -3,13 +3,16 @@
 
 A user's file is untrusted: every pickle in it goes through one restricted unpickler that
 rebuilds tensors from storage records and allows ordered dicts and plain values, nothing else;
-any other class is refused with one line and no code runs.
+any other class is refused with one line and no code runs. Its dict keys must be strings (a key
+is hashed as it is stored, and a pickle's memo lets 700 bytes build a tuple whose hash takes
+2**40 steps, or one nested too deep for the hash to survive), and it holds no sets.
 """
 import collections
 import io
 import math
 import os
 import pickle
+import reprlib
 import struct
 import zipfile
 
@@ -22,6 +25,25 @@ _STORAGE_DTYPES = {
     "BoolStorage": np.bool_,
 }
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+
+
+class _Brief(reprlib.Repr):
+  """Short reprs of untrusted values for messages: a full repr of a memo-shared tuple is
+  exponentially long; a container other than a tuple, list or dict shows its type only."""
+
+  def __init__(self):
+    super().__init__()
+    self.maxlevel, self.maxtuple, self.maxlist, self.maxdict = 2, 4, 4, 4
+
+  def repr_int(self, x, level):
+    return repr(x) if x.bit_length() <= 64 else f"<int of {x.bit_length()} bits>"
+
+  def repr_instance(self, x, level):
+    plain = isinstance(x, (float, type(None)))
+    return repr(x)[:self.maxother] if plain else f"<{type(x).__name__}>"
+
+
+_brief = _Brief().repr
 
 
 class _Record:
@@ -65,14 +87,17 @@ class _Tensor(_Record):
     if flat is None:
       raise ValueError(f"its storage {self.storage.key!r} holds no data")
     if self.numel() > flat.size:
-      raise ValueError(f"sizes {self.size} name {self.numel():,} elements of a storage of "
+      raise ValueError(f"sizes {_brief(self.size)} name {self.numel():,} elements of a storage of "
                        f"{flat.size:,} (an expanded view; a state_dict holds none)")
     if 0 in self.size:
       return np.zeros(self.size, flat.dtype)
     last = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride))
     if last >= flat.size:
-      raise ValueError(f"sizes {self.size}, strides {self.stride} and offset {self.offset} reach "
-                       f"element {last} of a storage of {flat.size}")
+      raise ValueError(f"sizes {_brief(self.size)}, strides {_brief(self.stride)} and offset "
+                       f"{_brief(self.offset)} reach element {_brief(last)} of a storage of "
+                       f"{flat.size}")
+    if any(s > flat.size for s in self.stride):  # a size-1 dimension's (as_strided overflows)
+      raise ValueError(f"strides {_brief(self.stride)} step past a storage of {flat.size}")
     if not self.size:
       return flat[self.offset].copy()
     itemsize = flat.dtype.itemsize
@@ -85,8 +110,9 @@ def _rebuild_tensor(storage, offset, size, stride, *unused):
   size, stride = tuple(size), tuple(stride)
   if not (isinstance(storage, _Storage) and _is_index(offset) and len(size) == len(stride)
           and all(map(_is_index, size + stride))):
-    raise ValueError(f"a tensor record of storage {storage!r:.40}, offset {offset!r:.20}, sizes "
-                     f"{size!r:.60}, strides {stride!r:.60} (needs a storage and indices >= 0)")
+    raise ValueError(f"a tensor record of storage {_brief(storage)}, offset {_brief(offset)}, "
+                     f"sizes {_brief(size)}, strides {_brief(stride)} (needs a storage and "
+                     "indices >= 0)")
   return _Tensor(storage, offset, size, stride)
 
 
@@ -94,16 +120,55 @@ def _rebuild_parameter(tensor, *unused):
   return tensor
 
 
-class _Unpickler(pickle.Unpickler):
-  """Rebuilds tensors from storage records; refuses every other class (no code runs on load)."""
+def _ordered_dict():
+  """collections.OrderedDict as a state_dict's pickle calls it: without arguments (given pairs,
+  it would hash their keys before the unpickler could look at them)."""
+  return collections.OrderedDict()
+
+
+def _string_keys(keys, path):
+  bad = next((key for key in keys if type(key) is not str), None)
+  if bad is not None:  # checked by type alone: hashing or printing it could take forever
+    raise ValueError(f"{path}: a dict key of type {type(bad).__name__} (a state_dict's keys are "
+                     "strings)")
+
+
+class _Unpickler(pickle._Unpickler):
+  """Rebuilds tensors from storage records; refuses every other class (no code runs on load), a
+  dict key that is not a string and any set. Python's own unpickler (pickle._Unpickler, not the
+  C one) so that the opcodes that store keys can be checked before a key is hashed."""
+
+  dispatch = dict(pickle._Unpickler.dispatch)
 
   def __init__(self, file, path, storages):
     super().__init__(file, encoding="latin1")
     self.path, self.storages = path, storages
 
+  def _setitem(self):  # the stack ends with dict, key, value
+    _string_keys(self.stack[-2:-1], self.path)
+    super().load_setitem()
+
+  def _setitems(self):  # after a MARK the stack holds the marked items alone: key, value, ...
+    _string_keys(self.stack[::2], self.path)
+    super().load_setitems()
+
+  def _dict(self):
+    _string_keys(self.stack[::2], self.path)
+    super().load_dict()
+
+  def _set(self):
+    raise ValueError(f"{self.path}: the pickle builds a set (a state_dict holds none)")
+
+  dispatch[pickle.SETITEM[0]] = _setitem
+  dispatch[pickle.SETITEMS[0]] = _setitems
+  dispatch[pickle.DICT[0]] = _dict
+  for _op in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
+    dispatch[_op[0]] = _set
+  del _op
+
   def find_class(self, module, name):
     if (module, name) == ("collections", "OrderedDict"):
-      return collections.OrderedDict
+      return _ordered_dict
     if (module, name) == ("torch._utils", "_rebuild_tensor_v2") or (
         module, name) == ("torch._utils", "_rebuild_tensor"):
       return _rebuild_tensor
@@ -111,21 +176,25 @@ class _Unpickler(pickle.Unpickler):
       return _rebuild_parameter
     if module == "torch" and name in _STORAGE_DTYPES:
       return _StorageType(name)
-    raise ValueError(f"{self.path} is not a plain IPT state_dict (it pickles {module}.{name}); "
+    what = f"{module}.{name}"  # from the file: a newline in it would forge a line of output
+    what = what if what.isprintable() and len(what) <= 80 else _brief(what)
+    raise ValueError(f"{self.path} is not a plain IPT state_dict (it pickles {what}); "
                      "save model.state_dict(), not the model or a training state")
 
   def persistent_load(self, pid):
-    if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-      raise ValueError(f"{self.path}: unknown persistent record {pid!r:.60}")
-    kind, key = pid[1], str(pid[2])
+    if not (isinstance(pid, tuple) and len(pid) >= 3 and pid[0] == "storage"
+            and type(pid[2]) is str):
+      raise ValueError(f"{self.path}: unknown persistent record {_brief(pid)} (torch.save's: "
+                       "('storage', type, key, ...) with a string key)")
+    kind, key = pid[1], pid[2]
     if not isinstance(kind, _StorageType):
-      raise ValueError(f"{self.path}: tensor storage of type {kind!r:.60} is not supported; "
+      raise ValueError(f"{self.path}: tensor storage of type {_brief(kind)} is not supported; "
                        f"supported: {', '.join(_STORAGE_DTYPES)}")
     if len(pid) > 5 and pid[5] is not None:
       raise ValueError(f"{self.path}: storage views (pre-1.0 torch) are not supported")
     numel = pid[4] if len(pid) > 4 else None
     if numel is not None and not _is_index(numel):
-      raise ValueError(f"{self.path}: storage {key!r} declares {numel!r:.40} elements")
+      raise ValueError(f"{self.path}: storage {_brief(key)} declares {_brief(numel)} elements")
     if key not in self.storages:
       self.storages[key] = _Storage(kind.name, key, numel)
     return self.storages[key]
@@ -151,18 +220,16 @@ def _decode(raw, kind, path):
   return np.frombuffer(raw, dtype).astype(dtype.newbyteorder("="))
 
 
-# torch.save stores its members uncompressed: more declared bytes than this many times the file
-# are a zip bomb, refused before anything is inflated.
-MAX_INFLATION = 50
 MAX_SHARING = 4  # the most bytes a state_dict's tensors may name per byte of its file
 
 
 def _read_zip(path):
   with zipfile.ZipFile(path) as archive:
-    declared = sum(info.file_size for info in archive.infolist())
-    if declared > MAX_INFLATION * os.path.getsize(path) + (1 << 20):
-      raise ValueError(f"{path} declares {declared:,} bytes inflated from "
-                       f"{os.path.getsize(path):,} (a zip bomb?); torch.save does not compress")
+    for info in archive.infolist():  # so no member inflates past the file (a zip bomb)
+      if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        raise ValueError(f"{path}: member {_brief(info.filename)} is "
+                         f"{'encrypted' if info.flag_bits & 0x1 else 'compressed'}; torch.save "
+                         "stores its members plain")
     names = archive.namelist()
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
