@@ -11,6 +11,9 @@ import os
 import shutil
 import socket
 import time
+import zipfile
+
+import numpy as np
 
 
 def fsync_dir(path):
@@ -61,6 +64,20 @@ def read_json(path):
     raise ValueError(f"{path} holds a JSON {type(value).__name__}, not the dict this file has; "
                      "it may be damaged: restore it or move it away")
   return value
+
+
+def read_arrays(path, names):
+  """The arrays `names` of the .npz file `path`, never unpickled; ValueError ("Kind: message")
+  for a file that is not such an archive: damaged, an .npy, a name missing, a member encrypted
+  or compressed past zipfile (RuntimeError, NotImplementedError), or a header claiming more
+  memory than there is (MemoryError)."""
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return tuple(np.asarray(data[name]) for name in names)
+  # TypeError: an .npy (one array) has no arrays to take by name
+  except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, RuntimeError,
+          NotImplementedError, MemoryError) as error:
+    raise ValueError(f"{type(error).__name__}: {error}") from None
 
 
 def check_not_a_file(path, flag, wanted):

@@ -270,7 +270,7 @@ def _logged_step(line):
   """The step of a metrics.jsonl line, or None for a line that is not a metrics record."""
   try:
     step = json.loads(line).get("step")
-  except (ValueError, AttributeError):
+  except (ValueError, AttributeError, RecursionError):  # RecursionError: nested past the parser
     return None
   return step if isinstance(step, int) and not isinstance(step, bool) else None
 

@@ -1,5 +1,7 @@
 """Conflict quantities against explicit gradient vectors, grouping, EMA, the store, summaries."""
+import io
 import os
+import zipfile
 
 import jax
 import numpy as np
@@ -46,6 +48,12 @@ def synthetic_store(workdir, steps, seed=0):
   grams = np.stack([np.stack([gram(g) for g in random_grads(rng)]) for _ in steps])
   conflicts.append(workdir, np.asarray(steps), grams.astype(np.float32), LAYERS, TASKS)
   return grams.astype(np.float32)[:, LOADED_ORDER]
+
+
+def _npy(array):
+  out = io.BytesIO()
+  np.save(out, array)
+  return out.getvalue()
 
 
 # ----------------------------------------------------------------------------- derived
@@ -282,7 +290,28 @@ def test_clear_errors(tmp_path):
     store.check(TASKS, LAYERS, halves=False)  # before the run trains, not when it first appends
   # Foreign arrays under a chunk's name: one array, steps past int64, complex Gramians.
   grams = np.zeros((1, len(LAYERS), 3, 3), np.float32)
+
+  def huge(f):  # a header claiming petabytes over 16 bytes of data
+    with zipfile.ZipFile(f, "w") as archive:
+      archive.writestr("steps.npy", _npy(np.array([0])))
+      header = io.BytesIO()
+      np.lib.format.write_array_header_1_0(header, {
+          "descr": "<f4", "fortran_order": False, "shape": (10**12, len(LAYERS), 3, 3)})
+      archive.writestr("gramians.npy", header.getvalue() + bytes(16))
+
+  def flagged(f, flag, offset):  # an encrypted member, or one of compression method 99 (AES)
+    plain = io.BytesIO()
+    np.savez(plain, steps=np.array([0]), gramians=grams)
+    data = bytearray(plain.getvalue())
+    for start in (0, data.find(b"PK\x01\x02")):  # the first member's local and central headers
+      field = start + (6 if start == 0 else 8) + offset
+      data[field:field + 1] = flag
+    f.write(bytes(data))
+
   for problem, write in (
+      ("MemoryError", huge),  # these three were tracebacks
+      ("RuntimeError: File 'steps.npy' is encrypted", lambda f: flagged(f, b"\x01", 0)),
+      ("NotImplementedError", lambda f: flagged(f, b"\x63", 2)),
       ("TypeError", lambda f: np.save(f, np.arange(3))),
       ("outside \\[0, 2\\*\\*63\\)", lambda f: np.savez(
           f, steps=np.array([2**64 - 1], np.uint64), gramians=grams)),

@@ -17,7 +17,6 @@ will measure again, so steps are neither lost nor repeated.
 import io as _io
 import itertools
 import os
-import zipfile
 
 import jax
 import jax.numpy as jnp
@@ -81,11 +80,10 @@ def load(workdir):
   if not os.path.exists(path):
     return None
   try:
-    with np.load(path, allow_pickle=False) as f:
-      steps, values, tasks = (np.asarray(f[k]) for k in ("steps", "affinity", "tasks"))
-  except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
-    raise ValueError(f"corrupt TAG affinity file {path}: {type(error).__name__}: {error}; move "
-                     "it away to analyze the rest") from None
+    steps, values, tasks = files.read_arrays(path, ("steps", "affinity", "tasks"))
+  except ValueError as error:
+    raise ValueError(f"corrupt TAG affinity file {path}: {error}; move it away to analyze the "
+                     "rest") from None
   t = len(tasks)
   if not (steps.ndim == 1 and np.issubdtype(steps.dtype, np.integer) and tasks.ndim == 1
           and tasks.dtype.kind == "U" and np.issubdtype(values.dtype, np.floating)

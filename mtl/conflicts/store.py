@@ -112,11 +112,9 @@ class Store:
     k = len(meta["task_names"]) * (2 if meta["halves"] else 1)
     shape = (len(meta["layer_names"]), k, k)
     try:
-      with np.load(path, allow_pickle=False) as data:
-        steps, grams = np.asarray(data["steps"]), np.asarray(data["gramians"])
-    # TypeError: an .npy (one array) under a chunk's name has no arrays to take by name
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
-      raise _corrupt_chunk(path, f"{type(error).__name__}: {error}") from None
+      steps, grams = files.read_arrays(path, ("steps", "gramians"))
+    except ValueError as error:
+      raise _corrupt_chunk(path, str(error)) from None
     match = _CHUNK.match(os.path.basename(path))
     problem = None
     if steps.ndim != 1 or not np.issubdtype(steps.dtype, np.integer) or len(steps) == 0:

@@ -86,9 +86,10 @@ def lock_holder(study, name):
     except BlockingIOError:
       handle.seek(0)
       try:
-        return json.loads(handle.read() or "{}")
-      except ValueError:
+        holder = json.loads(handle.read() or "{}")
+      except (ValueError, RecursionError):
         return {}
+      return holder if isinstance(holder, dict) else {}  # its callers .get() fields
     fcntl.flock(handle, fcntl.LOCK_UN)
   return None
 
