@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mtl import aggregators as agg
+from mtl.aggregators import solvers
 
 FIXTURES = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "aggregators.npz"))
 META = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "aggregators.json")))
@@ -102,6 +103,44 @@ def test_float32_within_conditioning(case):
       continue
     ref_tol = TOL_SOLVER_REF if name in ("cagrad", "nash_mtl") else 0.0
     assert rel(out, FIXTURES[f"{case}/{name}"]) < tol + ref_tol, name
+
+
+def _nonneg_qp_by_enumeration(a, q):
+  """argmin 1/2 z'Az + q'z over z >= 0 in float64: the free set whose solve meets the KKT
+  conditions (A positive definite: exactly one does)."""
+  t = len(q)
+  for size in range(t + 1):
+    for free in map(list, itertools.combinations(range(t), size)):
+      z = np.zeros(t)
+      if free:
+        z[free] = np.linalg.solve(a[np.ix_(free, free)], -q[free])
+      grad = a @ z + q
+      fixed = [i for i in range(t) if i not in free]
+      if np.all(z[free] >= 0) and np.all(grad[fixed] >= -1e-12 * (1 + np.abs(q).max())):
+        return z
+  raise AssertionError("no free set meets the KKT conditions")
+
+
+def test_float32_nonneg_qp_is_exact_up_to_the_conditioning():
+  """UPGrad's projections (Senushkin et al. 2023 via TorchJD): the QP of G/tr(G) + 1e-4 I with
+  tasks' norms spread over e^3. In float32 the active-set loop stops only where the KKT slack is
+  below a few roundings, so z matches the float64 optimum of the same float32 problem to
+  eps * cond(A) (a factor of 8 seen here); the slack it accepted before (64 T eps) left z
+  up to 0.08 off, 290 eps * cond."""
+  rng = np.random.default_rng(0)
+  eps = np.finfo(np.float32).eps
+  solve = jax.jit(solvers.solve_nonneg_qp)
+  for _ in range(30):
+    jac = rng.normal(size=(6, 200)) * np.exp(rng.uniform(-3, 0, size=(6, 1)))
+    g = jac @ jac.T
+    a32 = np.asarray(g / np.trace(g) + 1e-4 * np.eye(6), np.float32)
+    a = a32.astype(np.float64)
+    for i in range(6):
+      q32 = a32[:, i] / 6  # the projection of the mean weighting's i-th unit vector
+      z = np.asarray(solve(jnp.asarray(a32), jnp.asarray(q32)), np.float64)
+      exact = _nonneg_qp_by_enumeration(a, q32.astype(np.float64))
+      bound = 16 * eps * np.linalg.cond(a) * max(1.0, np.abs(exact).max())
+      assert np.abs(z - exact).max() < bound
 
 
 def test_cagrad_is_optimal():

@@ -67,7 +67,7 @@ def solve_nonneg_qp(a, q, max_iter=None):
   max_iter = 10 * t + 10 if max_iter is None else max_iter
   eye = jnp.eye(t, dtype=a.dtype)
   scale = jnp.max(jnp.abs(a)) + jnp.max(jnp.abs(q)) + jnp.finfo(a.dtype).tiny
-  tol = 64 * t * _eps(a.dtype) * scale  # KKT slack below rounding of A z + q counts as optimal
+  tol = 2 * t * _eps(a.dtype) * scale  # KKT slack below rounding of A z + q counts as optimal
 
   def solve_free(free):
     both = free[:, None] & free[None, :]
@@ -106,7 +106,7 @@ def solve_simplex_qp(h, f, ridge, max_iter=None):
   max_iter = 10 * t + 10 if max_iter is None else max_iter
   h = h + ridge * jnp.eye(t, dtype=h.dtype)
   scale = jnp.max(jnp.abs(h)) + jnp.max(jnp.abs(f)) + jnp.finfo(h.dtype).tiny
-  tol = 64 * t * _eps(h.dtype) * scale
+  tol = 2 * t * _eps(h.dtype) * scale
   eye = jnp.eye(t, dtype=h.dtype)
 
   def solve_free(free):
