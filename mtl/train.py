@@ -246,10 +246,17 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         for step, batch in batches:
           task_names = tuple(n for n in names if n in batch)
           if affinity_every and step % affinity_every == 0:  # before the step donates `state`
+            t0 = time.monotonic()
             affinity_buffer.append((step, affinity_fn(state.params, batch,
                                                       data_step(state.step, hyper),
                                                       config.mtl.get("affinity_lr", 0.0),
                                                       hyper["seed"])))
+            if "affinity" not in compiled:  # its first call compiles, as a step's (below)
+              compiled.add("affinity")
+              progress.exclude(time.monotonic() - t0)
+              if is_writer:
+                print(f"compiled the affinity lookahead in {time.monotonic() - t0:.1f}s",
+                      flush=True)
           probing = run.plan.probes(step)
           key = ("probe",) if probing else task_names
           t0 = time.monotonic()

@@ -185,3 +185,23 @@ def test_a_file_of_no_steps_is_nothing_measured(tmp_path):
   assert affinity.load(wd) is None
   affinity.append(wd, [5], z[:1], ["a", "b"])
   assert affinity.load(wd)[0].tolist() == [5]
+
+
+def test_a_run_measures_affinity_at_every_multiple_and_leaves_its_compile_out_of_the_rate(
+    tmp_path, capsys):
+  from mtl import train
+  config = tiny.get_config()
+  config.tasks = ("denoise_30", "sr_x2")
+  config.data.batch_size, config.mesh.data = 2, 1
+  config.total_steps, config.checkpoint_every, config.log_every = 5, 5, 5
+  config.conflicts.every = 0
+  config.mtl.affinity_every = 2
+  config.eval.update(max_side=48, max_images=1)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  steps, values, names = affinity.load(workdir)
+  assert list(steps) == [0, 2, 4] and names == ["denoise_30", "sr_x2"]
+  assert values.shape == (3, 2, 2) and np.isfinite(values).all()
+  # the first lookahead compiles: timed apart, as a step's compile, and not counted in steps/s
+  out = capsys.readouterr().out
+  assert out.count("compiled the affinity lookahead in ") == 1, out
