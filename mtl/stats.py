@@ -98,14 +98,15 @@ def paired_interval(a, b, level=0.95):
   a[k], b[k]: one metric of two arms (e.g. scratch, joint) on the same seed k. The paired t
   interval (Student 1908) uses scipy.stats.t with n - 1 degrees of freedom; it assumes the
   differences are roughly normal, the only workable assumption at 3-5 seeds. Pairs with a NaN
-  in either arm are dropped. n >= 2 pairs; at n = 2 the 95% interval is mean +- 12.7 SE: very
-  wide, and rightly so.
+  or an infinity in either arm are dropped (a PSNR of identical images is inf: no difference of
+  it is a number). n >= 2 pairs; at n = 2 the 95% interval is mean +- 12.7 SE: very wide, and
+  rightly so.
   """
   _check_level(level)
   a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
   if a.shape != b.shape:
     raise ValueError(f"paired arms differ in length: {a.size} vs {b.size}; pass one value per seed")
-  d = (b - a)[~(np.isnan(a) | np.isnan(b))]
+  d = (b - a)[np.isfinite(a) & np.isfinite(b)]
   if d.size < 2:
     raise ValueError(f"paired_interval needs >= 2 seeds with both arms measured; got {d.size}")
   se = d.std(ddof=1) / math.sqrt(d.size)

@@ -72,6 +72,29 @@ def test_conflict_answer_is_the_last_phase_combined_over_seeds(study, found):
         pytest.approx((a.interval.low, a.interval.high), rel=1e-12)
 
 
+def test_the_table_and_question_1_read_one_window_when_a_seed_holds_fewer_probes(tmp_path):
+  # Seed 2 holds 18 probes (two phases; a store chunk lost, say), the others 90: the column
+  # splits in two, and the table's headline is that second half too (it took each seed's own
+  # last third, and printed another interval than the findings for the same headline).
+  s = synthetic_study(str(tmp_path / "s"))
+  for spec in s.runs:
+    if spec.regime == "joint":
+      steps = 90 if spec.seed < 2 else 18
+      grams = np.concatenate([known_halves(steps // 3, c, noise=4.0, seed=10 * spec.seed + k)
+                              for k, c in enumerate([(-0.3, 0.5, 0.2), (-0.3, 0.0, 0.2),
+                                                     (-0.3, 0.0, 0.2)])])
+      conflicts.append(s.run_dir(spec.name), np.arange(0, 10 * steps, 10), grams, ["pos_embed"],
+                       list(s.tasks))
+  records = scores.conflict_records(s)
+  assert [r.num_steps for *_, r in records] == [90, 90, 18]
+  answers = {a.subject: a for a in findings.build(s, tables.transfer_table(s), records).answers[1]}
+  table = {r["pair"]: r for r in tables.conflict_table(s).records}
+  for pair, a in answers.items():
+    assert [ph["label"] for ph in a.phases] == ["first half", "second half"]
+    assert (table[pair]["corrected_cos_low"], table[pair]["corrected_cos_high"]) == \
+        pytest.approx((a.interval.low, a.interval.high), rel=1e-12)
+
+
 def test_a_final_measurement_is_the_headline_with_the_phases_beside_it(tmp_path):
   # Each seed's chosen joint run measured at its last step on fresh batches (less noise than
   # the training probes): the answer is those runs' intervals combined over seeds.

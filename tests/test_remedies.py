@@ -237,6 +237,29 @@ def test_predictors_table(study):
                   remedies.remedies_table(study).rows))
 
 
+def test_a_delta_m_whose_seeds_do_not_spread_says_so_not_nan(tmp_path):
+  cfg = study_lib.defaults()
+  cfg.tasks = ("denoise_30", "sr_x2")
+  cfg.regimes = ("scratch", "joint")
+  cfg.seeds, cfg.lrs = (0, 1, 2), (1e-3,)
+  cfg.steps.scratch = cfg.steps.joint = 4
+  cfg.run = run_defaults.get_config("tiny")
+  cfg.run.eval.sets, cfg.test = "photos,photos_val", ("photos",)
+  st = study_lib.Study(cfg, str(tmp_path / "s"))
+  for spec in st.runs:  # joint 0.5 dB above scratch on every seed: one Δm% for all seeds
+    d = st.run_dir(spec.name)
+    os.makedirs(d)
+    files.write_json(os.path.join(d, "run_config.json"), study_lib.run_config(st.config, spec))
+    value = 32.0 + (0.0 if spec.column == "scratch" else 0.5)
+    files.write_json(os.path.join(d, "results.json"), {"step": 4, "tasks": {
+        t: {"photos": {"psnr_y": value, "ssim_y": 0.8, "psnr_rgb": value - 2},
+            "photos_val": {"psnr_y": 20.0, "ssim_y": 0.7, "psnr_rgb": 19.0}}
+        for t in spec.tasks}})
+    files.write_json(os.path.join(d, "DONE"), {})
+  rows = remedies.remedies_table(st).rows
+  assert {r[-1] for r in rows if r[0] == "joint"} == {"+1.56 (no spread between seeds)"}, rows
+
+
 def test_a_method_s_own_arguments_reach_its_runs_only_and_are_checked_first(tmp_path):
   cfg = study_lib.defaults()
   cfg.tasks, cfg.regimes, cfg.seeds = TASKS, ("scratch", "joint", "joint:cagrad"), (0,)

@@ -384,6 +384,31 @@ def test_transfer_table_uses_the_same_paired_intervals(synthetic):
     assert r["verdict"] == VERDICTS[regime, task] and r["n_pairs"] == 3
 
 
+def test_a_seed_with_an_infinite_or_missing_score_is_left_out_of_a_delta_and_said():
+  # A PSNR of identical images is inf: inf - inf (NaN) or inf - x kept a NaN or inf Δ, read as
+  # "no spread"; two seeds with one NaN raised instead of giving no interval.
+  iv = scores.paired({0: 30.0, 1: 31.0, 2: 32.1, 3: np.inf},
+                     {0: 31.0, 1: 32.5, 2: 33.5, 3: np.inf})
+  expected = stats.paired_interval([30.0, 31.0, 32.1], [31.0, 32.5, 33.5])
+  assert iv[:7] == pytest.approx(expected[:7]) and iv.n == 3
+  assert iv.note == "1 seed(s) with a NaN or infinite score left out"
+  one = scores.paired({0: 30.0, 1: np.nan}, {0: 31.0, 1: 32.0})
+  assert one.n == 1 and one.estimate == 1.0 and np.isnan(one.low)
+  assert one.note == ("1 paired seed(s): no interval (needs >= 2); 1 seed(s) with a NaN or "
+                      "infinite score left out")
+
+
+def test_a_delta_whose_seeds_do_not_spread_keeps_the_reason_into_question_2(tmp_path):
+  def psnr(spec, task):  # fine-tune - scratch = +0.25 dB on every seed (exact in binary)
+    base = 30.0 + spec.seed
+    return base + {"scratch": 0.0, "joint": 0.5 + 0.1 * spec.seed, "finetune": 0.25}[spec.regime]
+  s = synthetic_study(str(tmp_path / "s"), psnr=psnr)
+  transfer = tables.transfer_table(s)
+  assert [r[7] for r in transfer.rows if r[2] == "finetune"][0] == "– (no spread)"
+  sentence = findings.build(s, transfer, []).answers[2][0].sentence
+  assert "(3 paired seeds: no interval, as they do not spread at all)" in sentence, sentence
+
+
 def test_lr_grid_and_budget_are_stated(synthetic, tmp_path):
   notes = " ".join(tables.main_table(synthetic).notes)
   assert "one grid for every regime: 1e-3, 3e-3" in notes and "Budget 'steps'" in notes

@@ -100,7 +100,7 @@ def _why_no_interval(iv, unit="seed"):
   if not math.isfinite(iv.estimate) or math.isfinite(iv.low):
     return ""
   return (f"{n} {unit}{'s' if n != 1 else ''}: no interval"
-          + (", as they do not spread at all" if iv.note == stats.NO_SPREAD else ""))
+          + (", as they do not spread at all" if iv.note.startswith(stats.NO_SPREAD) else ""))
 
 
 # ----------------------------------------------------------------------------- question 1
@@ -355,7 +355,7 @@ def finetune_answers(study, transfer):
       if r["test_set"] != test_set:
         continue
       iv = stats.Interval(r["delta"], r["delta_low"], r["delta_high"], tables.LEVEL,
-                          r["n_pairs"], r["p"], "paired t")
+                          r["n_pairs"], r["p"], "paired t", r["delta_note"])
       deltas.append((task, r["regime"], test_set, iv, arms_verdict(
           regime_scores(study, "scratch", task), regime_scores(study, r["regime"], task))))
   verdicts = _deltas_verdicts([d[3:] for d in deltas], "yes: the fine-tune does better",

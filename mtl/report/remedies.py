@@ -41,7 +41,7 @@ def _paired(base, cell, s, metric):
   if not math.isfinite(iv.low):
     unlike = table_verdict(base, cell, iv)
     return None, "–", (unlike if unlike in UNLIKE else "no spread between seeds"
-                       if iv.note == stats.NO_SPREAD else "needs 2 seeds")
+                       if iv.note.startswith(stats.NO_SPREAD) else "needs 2 seeds")
   return (iv, f"{iv.estimate:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}]",
           table_verdict(base, cell, iv))
 
@@ -94,7 +94,8 @@ def remedies_table(study):
     dm = float(np.mean(dm_seeds)) if dm_seeds else math.nan
     if len(dm_seeds) >= 2:
       div = stats.paired_interval(np.zeros(len(dm_seeds)), dm_seeds)
-      dm_text = f"{dm:+.2f} [{div.low:+.2f}, {div.high:+.2f}]"
+      dm_text = (f"{dm:+.2f} [{div.low:+.2f}, {div.high:+.2f}]" if math.isfinite(div.low)
+                 else f"{dm:+.2f} (no spread between seeds)")
     else:
       div, dm_text = None, _signed(dm, 2)
     for r in col_rows:

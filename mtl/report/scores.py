@@ -58,16 +58,21 @@ class RegimeScores:
 
 
 def paired(a, b, level=0.95):
-  """b - a over the seeds both {seed: value} maps hold: stats.paired_interval, or a NaN
-  interval with a note when fewer than 2 seeds pair up (the estimate is then the 1-seed
-  difference, or NaN)."""
-  seeds = sorted(set(a) & set(b))
+  """b - a over the seeds both {seed: value} maps hold with finite values: stats.paired_interval,
+  or a NaN interval with a note when fewer than 2 seeds pair up (the estimate is then the 1-seed
+  difference, or NaN). Seeds left out for a NaN or infinite value are said in the note."""
+  both = sorted(set(a) & set(b))
+  seeds = [k for k in both if math.isfinite(a[k]) and math.isfinite(b[k])]
+  left = (f"{len(both) - len(seeds)} seed(s) with a NaN or infinite score left out"
+          if len(seeds) < len(both) else "")
   x, y = [a[k] for k in seeds], [b[k] for k in seeds]
   if len(seeds) < 2:
     estimate = y[0] - x[0] if seeds else float("nan")
+    note = f"{len(seeds)} paired seed(s): no interval (needs >= 2)"
     return stats.Interval(float(estimate), math.nan, math.nan, level, len(seeds), math.nan,
-                          "paired t", f"{len(seeds)} paired seed(s): no interval (needs >= 2)")
-  return stats.paired_interval(x, y, level)
+                          "paired t", f"{note}; {left}" if left else note)
+  iv = stats.paired_interval(x, y, level)
+  return iv._replace(note="; ".join(filter(None, (iv.note, left))))
 
 
 def untuned_seeds(a, b):
@@ -242,25 +247,36 @@ def final_conflict_records(study):
 def conflict_summaries(study, records=None):
   """[(column, seed, run name, conflicts.summarize dict)] of `conflict_records` (computed if
   None), each over its headline training phase (conflicts.headline_window: the last third of
-  its probe steps), as analyze.py and the run read it."""
+  its probe steps, as analyze.py and the run read it; the last of `_phase_counts`' phases where
+  a run of its column holds too few probes for three, as conflict_phases splits them)."""
   records = conflict_records(study) if records is None else records
-  return [(col, seed, name, conflicts.summarize(record, conflicts.headline_window(record)))
+  counts = _phase_counts(records)
+  return [(col, seed, name,
+           conflicts.summarize(record, conflicts.headline_window(record, counts[col])))
           for col, seed, name, record in records]
+
+
+def _phase_counts(records):
+  """{column: phases}: the fewest any run of the column allows (conflicts.summary.phase_count),
+  so every seed's last phase is its headline window in the table and in the findings alike."""
+  return {col: min(conflict_summary.phase_count(r.num_steps) for _, _, r in runs)
+          for col, runs in _by_column(records).items()}
 
 
 def conflict_phases(records, level=0.95):
   """Per (column, pair) of `conflict_records`, the noise-corrected cosine of every training
   phase combined over the seeds (stats.mean_of_runs of each run's phase interval).
 
-  Every run of a column is split into the same number of phases (the fewest any of its runs
-  allows, conflicts.summary.phase_count), so the last phase is each run's headline window.
+  Every run of a column is split into the same number of phases (`_phase_counts`), so the last
+  phase is each run's headline window (conflict_summaries').
   Returns {(column, pair): {'phases': [{'label', 'first', 'last', 'count' (of the first
   seed's run), 'interval': stats.Interval, 'per_run': [each seed's], 'verdict'}] in training
   order, 'seeds': [seed], 'runs': [run name]}}.
   """
   out = {}
+  counts = _phase_counts(records)
   for col, runs in _by_column(records).items():
-    count = min(conflict_summary.phase_count(r.num_steps) for _, _, r in runs)
+    count = counts[col]
     phased = [conflict_summary.phase_verdicts(r, count, level) for _, _, r in runs]
     for pair in phased[0]["phases"][0]["pair"]:
       phases = []

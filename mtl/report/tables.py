@@ -357,7 +357,8 @@ def transfer_table(study):
         iv = paired(base.by_seed(s, psnr_key), c.by_seed(s, psnr_key))
         verdict = table_verdict(base, c, iv)
         ci = (f"[{_signed(iv.low, 2)}, {_signed(iv.high, 2)}]" if math.isfinite(iv.low)
-              else "– (no spread)" if iv.note == stats.NO_SPREAD else "– (needs 2 seeds)")
+              else "– (no spread)" if iv.note.startswith(stats.NO_SPREAD)
+              else "– (needs 2 seeds)")
         rows.append([task, s, col, _pm(a, 2), _pm(b, 2), str(iv.n), _signed(iv.estimate, 2),
                      ci, format_p(iv.p), Bold(verdict) if verdict in ("gain", "loss")
                      else verdict])
@@ -365,6 +366,7 @@ def transfer_table(study):
                         "scratch_mean": a[0], "scratch_std": a[1], "regime_mean": b[0],
                         "regime_std": b[1], "n_pairs": iv.n, "delta": iv.estimate,
                         "delta_low": iv.low, "delta_high": iv.high, "p": iv.p,
+                        "delta_note": iv.note,
                         "verdict": verdict, "budget": study.config["budget"],
                         "complete_sweeps": not untuned_seeds(base, c),
                         "left_out_seeds": dead_seeds(base, c)})
