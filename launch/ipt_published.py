@@ -13,7 +13,8 @@ MATLAB-bicubic downscaling of the mod-cropped HR image and noisy inputs get fixe
 them (its forward_chop: config.eval.tiling='ipt'). The paper reports Y-channel
 PSNR (SR: `scale` border pixels cropped); RGB PSNR is shown beside it. Results also go to
 <workdir>/results-<step>-<task>.json (an earlier scoring's are kept unless --overwrite);
---save_images writes the restorations under <workdir>/restored/.
+--save_images writes the restorations under <workdir>/restored/<step>/<task>/ (refused where
+images are there already, the run's own or an earlier scoring's, unless --overwrite).
 """
 import os
 
@@ -27,7 +28,8 @@ flags.DEFINE_integer("max_images", 0, "Score only the first N images of each set
                      lower_bound=0)
 flags.DEFINE_bool("save_images", False, "Also write the restored PNGs under <workdir>/restored/.")
 flags.DEFINE_bool("overwrite", False, "Replace a workdir's results-<step>-<task>.json of an "
-                  "earlier scoring (refused otherwise).")
+                  "earlier scoring, and with --save_images its restored/<step>/<task>/ images "
+                  "(refused otherwise).")
 
 
 @cli.absl_main
@@ -41,7 +43,7 @@ def main():
     raise ValueError("pass --workdir=<imported workdir> (repeat it for several)")
   # every workdir is checked before the first is scored: a refusal after hours of scoring
   # would lose the table and make a rerun refuse the workdirs already scored
-  published.check_workdirs(f.workdir, f.overwrite)
+  published.check_workdirs(f.workdir, f.overwrite, f.save_images)
   groups = [(published.weights_label(workdir),
              published.evaluate_workdir(workdir, f.benchmark, f.max_images, f.save_images,
                                         f.overwrite)) for workdir in f.workdir]

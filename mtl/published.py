@@ -34,9 +34,10 @@ def find_set(benchmark, name):
   return None
 
 
-def check_workdirs(workdirs, overwrite=False):
+def check_workdirs(workdirs, overwrite=False, save_images=False):
   """Refuse (ValueError, one line) before any scoring: a workdir given twice, or one that holds
-  an earlier scoring's results-<step>-<task>.json (unless `overwrite`)."""
+  an earlier scoring's results-<step>-<task>.json or, with `save_images`, images under
+  restored/<step>/<task>/ (the run's own evaluation writes there too) (unless `overwrite`)."""
   from mtl import checkpoints, run_folder
   seen = set()
   for workdir in workdirs:
@@ -47,7 +48,11 @@ def check_workdirs(workdirs, overwrite=False):
     step = checkpoints.latest_saved_step(workdir)
     names = [run_folder.results_name(step, False, task)
              for task in run_folder.read_config(workdir).tasks] if step is not None else []
-    existing = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+    if save_images and step is not None:
+      names += [os.path.join("restored", str(step), task) + "/"
+                for task in run_folder.read_config(workdir).tasks]
+    existing = [n for n in names if os.path.exists(os.path.join(workdir, n))
+                and (not n.endswith("/") or any(os.scandir(os.path.join(workdir, n))))]
     if existing and not overwrite:
       raise ValueError(f"{workdir} already holds {', '.join(existing)}; pass --overwrite to "
                        "replace them")
@@ -59,7 +64,7 @@ def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False, overwr
   unless `overwrite`)."""
   from mtl import evaluate, restoration, run_folder, tasks
   from mtl.models import ipt
-  check_workdirs([workdir], overwrite)
+  check_workdirs([workdir], overwrite, save_images)
   config, model, params, step = restoration.load_model(workdir)
   names = {spec.name: run_folder.results_name(step, False, spec.name) for spec in model.specs}
   rows = []
@@ -76,6 +81,7 @@ def evaluate_workdir(workdir, benchmark, max_images=0, save_images=False, overwr
       continue
     config.eval.sets = ",".join(entries)
     config.eval.max_images = max_images
+    config.eval.max_side = 0  # whole images, as the paper's tables (a run's config may crop)
     config.eval.save_images = save_images
     config.eval.tiling = "ipt"  # the tables come from the official test's tiling (forward_chop)
     one = ipt.IPT(model.cfg, tasks.get_all([spec.name]))  # evaluate this task only

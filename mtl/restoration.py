@@ -110,6 +110,8 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
   outs, existing = plan_outputs(paths, source, output, overwrite)
   config, model, params, step = load_model(workdir, step, ema)
   restore = restorer(model, params, config, task, self_ensemble)
+  from mtl import tasks
+  gray = tasks.get(task).gray
   os.makedirs(output, exist_ok=True)
   print(f"restoring {len(paths)} image(s) with {task} from {workdir} (step {step})"
         + (f"; replacing {len(existing)} existing file(s) in {output}" if existing else ""),
@@ -123,6 +125,10 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
       print(f"warning: skipped: {error}", file=err)
       skipped.append(path)
     else:
+      for note in _input_notes(path, image, task, gray):
+        print(f"warning: {path}: {note}", file=err)
+      if gray:  # as evaluation feeds it: the grey plane in three equal channels
+        image = np.repeat(metrics.grey_plane(image).astype(np.uint8), 3, axis=-1)
       try:
         restored = restore(image)
       except ValueError as error:  # a non-finite output: stop, naming the image
@@ -133,6 +139,22 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
     if line:
       print(line.replace("step ", "image ", 1).replace("steps/s", "images/s"), file=err, flush=True)
   return written, skipped
+
+
+def _input_notes(path, image, task, gray):
+  """What restoring `image` (read from `path`) changes without a word otherwise: transparency
+  dropped; colour given to a grey model (restored on its grey plane)."""
+  from PIL import Image
+  notes = []
+  with Image.open(path) as original:
+    if original.mode in ("RGBA", "LA", "PA") or "transparency" in original.info:
+      if (np.asarray(original.convert("RGBA"))[..., 3] < 255).any():
+        notes.append("its transparency is dropped (the output is opaque RGB: transparent "
+                     "pixels come back as the colour stored under them)")
+  if gray and not metrics.is_grey(image):
+    notes.append(f"a colour image given to {task}, a grey model: restored on its grey plane "
+                 "(BT.601 luminance), as evaluation feeds it")
+  return notes
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -72,6 +72,36 @@ def test_restore_upscales_and_refuses_unknown_tasks(workdir, tmp_path):
     restoration.load_model(workdir, step=7)
 
 
+def test_restore_says_what_it_drops_and_feeds_a_grey_model_its_grey_plane(tmp_path):
+  # Transparency was dropped, and a grey model given colour restored colour, without a word.
+  cfg, names, params = ipt_import.load(FIXTURE, num_heads=2)
+  names = tuple("denoise_gray_25" if n == "denoise_30" else n for n in names)
+  params = {group: ({("denoise_gray_25" if k == "denoise_30" else k): v for k, v in p.items()}
+                    if group != "body" else p) for group, p in params.items()}
+  workdir = str(tmp_path / "grey")
+  run_state.write_workdir(params, cfg, names, workdir)
+  rng = np.random.default_rng(7)
+  colour = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+  rgba = np.concatenate([colour, np.full((20, 24, 1), 255, np.uint8)], -1)
+  rgba[:, 12:, 3] = 0
+  (tmp_path / "in").mkdir()
+  Image.fromarray(colour).save(tmp_path / "in" / "colour.png")
+  Image.fromarray(rgba).save(tmp_path / "in" / "clear.png")
+  err = io.StringIO()
+  restoration.restore_folder(workdir, "denoise_gray_25", str(tmp_path / "in"),
+                             str(tmp_path / "out"), err=err)
+  warnings = [l for l in err.getvalue().splitlines() if l.startswith("warning: ")]
+  assert sum("its transparency is dropped" in l for l in warnings) == 1
+  assert sum("a colour image given to denoise_gray_25, a grey model: restored on its grey "
+             "plane" in l for l in warnings) == 2
+  out = np.asarray(Image.open(tmp_path / "out" / "colour.png"))
+  grey = np.repeat(metrics.grey_plane(colour).astype(np.uint8), 3, axis=-1)
+  Image.fromarray(grey).save(tmp_path / "grey.png")
+  again, _ = restoration.restore_folder(workdir, "denoise_gray_25", str(tmp_path / "grey.png"),
+                                        str(tmp_path / "out2"), err=io.StringIO())
+  np.testing.assert_array_equal(np.asarray(Image.open(again[0])), out)  # its grey plane went in
+
+
 def _snapshot(folder):
   return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -373,6 +403,30 @@ def test_published_table_from_an_imported_workdir(tmp_path):
   assert files.read_json(written)["tasks"]["sr_x2"]["Set5"]["num_images"] == 2
   published.evaluate_workdir(workdir, str(tmp_path / "bench"), max_images=1, overwrite=True)
   assert files.read_json(written)["tasks"]["sr_x2"]["Set5"]["num_images"] == 1
+  # Saved images are a run's evaluation's folder too: not replaced without a word.
+  saved = os.path.join(workdir, "restored", "0", "sr_x2", "Set5", "a.png")
+  before = open(saved, "rb").read()
+  with pytest.raises(ValueError, match=r"already holds results-000000000-sr_x2.json, "
+                     r"restored/0/sr_x2/; pass --overwrite"):
+    published.evaluate_workdir(workdir, str(tmp_path / "bench"), save_images=True)
+  assert open(saved, "rb").read() == before
+
+
+def test_published_scores_whole_images_whatever_the_run_s_crop(tmp_path):
+  from mtl import published
+  cfg, names, params = ipt_import.load(FIXTURE.replace("pretrain6", "finetune1"), num_heads=2)
+  workdir = str(tmp_path / "sr2")
+  run_state.write_workdir(params, cfg, names, workdir)
+  config_path = os.path.join(workdir, "config.json")
+  config = files.read_json(config_path)
+  config["eval"]["max_side"] = 16  # a trained run's crop (tiny.py: 256) read 1 dB off
+  files.write_json(config_path, config)
+  _png(str(tmp_path / "bench" / "Set5" / "HR" / "a.png"),
+       np.random.default_rng(6).integers(0, 256, (26, 30, 3), dtype=np.uint8))
+  published.evaluate_workdir(workdir, str(tmp_path / "bench"), save_images=True)
+  restored = np.asarray(Image.open(os.path.join(workdir, "restored", "0", "sr_x2", "Set5",
+                                                "a.png")))
+  assert restored.shape == (26, 30, 3)  # the whole mod-cropped image, not a 16-pixel crop
 
 
 def test_published_refuses_every_workdir_before_scoring_any(tmp_path):
