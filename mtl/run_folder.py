@@ -34,7 +34,8 @@ ANALYSIS_DIR = "analysis"
 ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
              COMPUTE_FILE, RESULTS_FILE, LOCK_FILE, ANALYSIS_DIR + "/", DIVERGED_FILE)
 # Fields that may change between a run and its resumption: they do not change what is learned
-# (model.remat, model.body_calls and model.scan_unroll: how the same step is computed);
+# (model.remat, model.body_calls and model.scan_unroll: how the same step is computed; the
+# mesh and body_calls sum in another order, so the numbers differ by float rounding);
 # total_steps only where the lr schedule does not depend on it (check_total_steps).
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
                     "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls",

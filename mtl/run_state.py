@@ -112,7 +112,10 @@ def finetune_params(run, init_from):
   params = jax.device_put(params, run.state_shardings.params)
   state = run_folder.state_from_params(run, params, like=fresh)
   if state.ema_params is not None:  # the EMA starts from the fine-tune's starting point
-    state = state.replace(ema_params=jax.device_put(params, run.state_shardings.ema_params))
+    # a copy: put on the sharding they have, the arrays would be params' own buffers, and the
+    # step donates both (XLA: "Attempt to donate the same buffer twice")
+    state = state.replace(ema_params=jax.device_put(params, run.state_shardings.ema_params,
+                                                    may_alias=False))
   return state, f"fine-tuned from {init_from} ({kind}, step {step}): {kept}"
 
 
@@ -187,13 +190,17 @@ class Setup:
     return "\n".join(lines)
 
 
-def _refuse_unresumable_results(workdir):
+def _refuse_unresumable_results(workdir, config):
   """A start from step 0 in a workdir that holds what only saved steps write (the final
-  results, the conflict store's chunks, checkpoint analyses) would replace them: refused."""
+  results, the conflict store's chunks, checkpoint analyses) would replace them: refused. Chunks
+  of this run's own steps before its first save are not (they are flushed just before that save,
+  so a kill during it leaves them with no checkpoint; the start measures them again, the same)."""
   from mtl import conflicts
   found = [name for name in (run_folder.RESULTS_FILE, run_folder.ANALYSIS_DIR)
            if os.path.exists(os.path.join(workdir, name))]
-  if conflicts.Store(workdir).chunks():
+  first_save = run_folder.checkpoint_steps(config.total_steps, config.checkpoint_every)[0]
+  own = os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE))  # its config was checked
+  if any(not own or last >= first_save for _, last, _ in conflicts.Store(workdir).chunks()):
     found.append("conflicts/store/ chunks")
   if found:
     raise ValueError(f"--workdir={workdir} holds an earlier run's results ({', '.join(found)}) "
@@ -250,7 +257,7 @@ def prepare(config, workdir):
   run_folder.check_config(workdir, config.to_dict(), run_defaults.config_defaults())
   latest = checkpoints.latest_saved_step(workdir)
   if latest is None:
-    _refuse_unresumable_results(workdir)
+    _refuse_unresumable_results(workdir, config)
   if not os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE)):
     _refuse_a_folder_of_images(workdir)
   finished = None

@@ -60,7 +60,7 @@ class _Preemption:
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt
     if self.stage is None:
-      what = "the final evaluation finishes first"
+      what = "the final evaluation and the conflict figures finish first"
     elif self.stage == "the next step":
       what = "saving a checkpoint at the next step and stopping"
     else:
@@ -320,12 +320,12 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
         what = "resume" if final_step < config.total_steps else "evaluate it"
         raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
                         f"run the same command to {what}")
-      preemption.stage = None  # a stop asked for during the final evaluation waits for it
+      preemption.stage = None  # a stop asked for now waits for the evaluation and the figures
       results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
                                   writer, final=True,
                                   ema_params=state.ema_params)
-    if is_writer and probe_every:
-      print(_conflict_answer(workdir, writer, config.conflicts.ema_beta), flush=True)
+      if is_writer and probe_every:  # inside: a SIGTERM here killed the run before its figures
+        print(_conflict_answer(workdir, writer, config.conflicts.ema_beta), flush=True)
     writer.close()
   return results
 

@@ -93,6 +93,26 @@ def test_the_ema_is_checkpointed_resumes_exactly_and_is_evaluated_beside_the_raw
     _ema(str(tmp_path / "plain"), _config())
 
 
+def test_a_fine_tune_with_an_ema_trains_and_its_ema_starts_at_the_starting_point(tmp_path):
+  # Its EMA was put on the parameters' own buffers, and the step donated both: every fine-tune
+  # with an EMA failed on its first step ("Attempt to donate the same buffer twice").
+  joint_config = _config(ema_decay=0.0, total_steps=2)
+  joint = str(tmp_path / "joint")
+  train.train_and_evaluate(joint_config, joint)
+  config = _config(regime="finetune", init_from=joint, tasks=("sr_x2",), total_steps=2)
+  config.data.step_offset = 2
+  train.train_and_evaluate(config, str(tmp_path / "tuned"))
+  ema, raw = _ema(str(tmp_path / "tuned"), config)
+  abstract = run_state.build(joint_config).abstract_state.params
+  start = jax.device_get(checkpoints.restore_params(os.path.join(joint, "checkpoints"),
+                                                    abstract)[0])
+  flat = lambda p: np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(p["body"])])
+  # decay 0.9 from the starting body: after 2 steps ema - start = 0.09 (p1 - s) + 0.1 (p2 - s),
+  # a fifth of the trained body's move, not the trained body itself
+  moved, lagged = flat(raw) - flat(start), flat(ema) - flat(start)
+  assert np.linalg.norm(moved) > 0 and np.linalg.norm(lagged) < 0.5 * np.linalg.norm(moved)
+
+
 def test_a_bad_decay_is_refused_in_one_line():
   with pytest.raises(ValueError, match=r"optim.ema_decay=1.0 must be in \[0, 1\)"):
     run_state.build(_config(ema_decay=1.0))

@@ -128,6 +128,37 @@ def test_a_run_folder_of_the_wrong_kind_or_with_results_but_no_checkpoint_is_ref
     run_state.prepare(_config(), str(tmp_path / "photos"))
 
 
+def test_a_start_killed_in_its_first_save_is_started_again_with_the_same_store(tmp_path):
+  """The probes before the first save are flushed just before it; a kill during that save left
+  their chunk and no checkpoint, and every rerun was refused. The run's own such chunk is
+  measured again (the same Gramians); a chunk past the first save is another run's, refused."""
+  import shutil
+  from mtl import train
+  config = _config(total_steps=8, checkpoint_every=4, log_every=4)
+  config.data.batch_size = 2
+  config.eval.update(max_side=48, max_images=1)
+  straight = str(tmp_path / "straight")
+  train.train_and_evaluate(config, straight)
+  chunks = sorted(os.listdir(conflicts.store_dir(straight)))
+  assert "chunk-000000000-000000003.npz" in chunks  # the flush before the save at step 4
+  killed = tmp_path / "killed"
+  os.makedirs(conflicts.store_dir(str(killed)))
+  shutil.copy(os.path.join(straight, run_folder.CONFIG_FILE), killed)
+  for name in ("meta.json", "chunk-000000000-000000003.npz"):
+    shutil.copy(os.path.join(conflicts.store_dir(straight), name), conflicts.store_dir(str(killed)))
+  later = tmp_path / "later"
+  shutil.copytree(killed, later)
+  train.train_and_evaluate(config, str(killed))
+  a, b = conflicts.load(straight), conflicts.load(str(killed))
+  np.testing.assert_array_equal(a.steps, b.steps)
+  np.testing.assert_array_equal(a.gramians, b.gramians)
+  last = [c for c in chunks if c.startswith("chunk-") and c != "chunk-000000000-000000003.npz"]
+  shutil.copy(os.path.join(conflicts.store_dir(straight), last[0]), conflicts.store_dir(str(later)))
+  with pytest.raises(ValueError, match=r"holds an earlier run's results \(conflicts/store/ "
+                                       r"chunks\) but no checkpoint"):
+    run_state.prepare(config, str(later))
+
+
 def test_single_task_runs_say_nothing_about_conflicts(caplog):
   with caplog.at_level(logging.WARNING):
     assert run_config.probe_plan(_config(tasks=("sr_x2",))).probe_every == 0
@@ -329,6 +360,26 @@ def test_a_closed_terminal_checkpoints_and_exits_75_and_nohup_keeps_training(tmp
   out = proc.stdout.read().decode()
   assert proc.wait(timeout=300) == 0, out[-3000:]
   assert checkpoints.latest_saved_step(str(other)) == 6 and "SIGHUP" not in out
+
+
+def test_a_sigterm_as_the_conflict_figures_are_drawn_lets_them_finish(tmp_path):
+  """The figures are drawn after the final evaluation: a SIGTERM there (a job's time limit) hit
+  the default handler (exit -15, no figures, no answer), and the rerun only said 'already
+  finished'. Now the stop waits for them, as it does for the evaluation."""
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_trainer(workdir, total_steps=4, checkpoint_every=4,
+                                   **{"conflicts.every": 1}),
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  out = b""
+  for line in proc.stdout:
+    out += line
+    if line.startswith(b"covers: "):  # the evaluation's last line: the drawing comes next
+      proc.send_signal(signal.SIGTERM)
+      break
+  out = (out + proc.stdout.read()).decode()
+  assert proc.wait(timeout=300) == 0, out[-3000:]
+  assert "SIGTERM received: the final evaluation and the conflict figures finish first" in out
+  assert (workdir / "conflicts" / "cos_matrix.png").is_file() and "figures: " in out
 
 
 def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tmp_path):
