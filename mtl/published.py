@@ -46,13 +46,13 @@ def check_workdirs(workdirs, overwrite=False, save_images=False):
       raise ValueError(f"--workdir={workdir} is given twice; give each workdir once")
     seen.add(real)
     step = checkpoints.latest_saved_step(workdir)
-    names = [run_folder.results_name(step, False, task)
-             for task in run_folder.read_config(workdir).tasks] if step is not None else []
-    if save_images and step is not None:
-      names += [os.path.join("restored", str(step), task) + "/"
-                for task in run_folder.read_config(workdir).tasks]
-    existing = [n for n in names if os.path.exists(os.path.join(workdir, n))
-                and (not n.endswith("/") or any(os.scandir(os.path.join(workdir, n))))]
+    names = run_folder.read_config(workdir).tasks if step is not None else ()
+    results = [run_folder.results_name(step, False, task) for task in names]
+    existing = [n for n in results if os.path.exists(os.path.join(workdir, n))]
+    if save_images:
+      folders = [os.path.join("restored", str(step), task) for task in names]
+      existing += [f + "/" for f in folders if os.path.isdir(os.path.join(workdir, f))
+                   and any(os.scandir(os.path.join(workdir, f)))]
     if existing and not overwrite:
       raise ValueError(f"{workdir} already holds {', '.join(existing)}; pass --overwrite to "
                        "replace them")
