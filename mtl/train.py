@@ -253,10 +253,10 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
                                                       hyper["seed"])))
             if "affinity" not in compiled:  # its first call compiles, as a step's (below)
               compiled.add("affinity")
-              progress.exclude(time.monotonic() - t0)
+              seconds = time.monotonic() - t0
+              progress.exclude(seconds)
               if is_writer:
-                print(f"compiled the affinity lookahead in {time.monotonic() - t0:.1f}s",
-                      flush=True)
+                print(f"compiled the affinity lookahead in {seconds:.1f}s", flush=True)
           probing = run.plan.probes(step)
           key = ("probe",) if probing else task_names
           t0 = time.monotonic()
