@@ -252,6 +252,9 @@ def main():
       raise ValueError("pass --checkpoint (measure a saved model) or --workdir (redraw a run's "
                        "store), not both")
     _refuse_other_mode_flags("checkpoint")
+    if not f.halfwidth < float("inf"):  # NaN passes the flag's bound, and stops no measurement
+      raise ValueError(f"--halfwidth={f.halfwidth} must be a finite number >= 0 (0.02: every "
+                       "pair's interval within +-0.02; 0: --num_batches only)")
     if f.halfwidth > 0 and f.max_batches < f.num_batches:
       raise ValueError(f"--max_batches={f.max_batches} is below --num_batches={f.num_batches}; "
                        "it bounds all the batches measured")

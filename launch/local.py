@@ -18,6 +18,7 @@ step boundary and exit; a second Ctrl-C kills them. Re-running the same command 
 """
 import os
 import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -53,6 +54,12 @@ def check(args, train_args):
     raise cli.UsageError(f"--num_processes={args.num_processes} must be >= 1")
   if args.devices_per_process < 1:
     raise cli.UsageError(f"--devices_per_process={args.devices_per_process} must be >= 1")
+  for name in ("grace_seconds", "stop_seconds"):
+    if not 0 < getattr(args, name) < float("inf"):
+      raise cli.UsageError(f"--{name}={getattr(args, name)} must be a number of seconds > 0")
+  if shutil.which(args.python) is None:
+    raise cli.UsageError(f"--python={args.python} is not an interpreter found here; give a "
+                         "python that runs launch/train.py")
   if args.port != "auto" and not (args.port.isdigit() and 0 < int(args.port) < 65536):
     raise cli.UsageError(f"--port={args.port} is not valid; use 'auto' or a number in 1..65535")
   for arg in train_args:

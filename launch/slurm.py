@@ -45,6 +45,9 @@ def absolute_train_args(train_args, cwd):
   for arg in train_args:
     name, eq, value = arg.partition("=")
     if name == "--workdir" and eq:
+      if not value:  # else the current folder
+        raise cli.UsageError("--workdir= is empty; give the run's folder on a filesystem all "
+                             "nodes see, e.g. --workdir=/shared/mtl/tiny")
       value = workdir = cli.absolute(value, cwd)
       arg = f"{name}={value}"
     elif name == "--config" and eq:
@@ -210,6 +213,8 @@ def local_dir(workdir, prefix=""):
   if cli.is_url(workdir):
     raise cli.UsageError(f"--workdir={workdir}: sbatch needs a local (shared) workdir for the job "
                          "script and its output; mount the bucket (gcsfuse) and give that path")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise cli.UsageError(f"--workdir={workdir} is a file; give the run's folder (new or its own)")
   return os.path.join(workdir, "slurm")
 
 

@@ -233,6 +233,8 @@ def main(argv):
   from mtl import files, study as study_lib
   from mtl.study import runner
   try:
+    if not FLAGS.workdir:  # else the study's files go into the current folder
+      raise ValueError("--workdir is empty; give the study's folder, e.g. --workdir=/tmp/mtl/mini")
     files.check_not_a_file(FLAGS.workdir, "--workdir", "a study a folder (new or its own)")
     run_devices = devices(FLAGS.devices, FLAGS.max_parallel)  # checked for a dry run too
     if FLAGS.config is None:

@@ -35,8 +35,8 @@ def find_set(benchmark, name):
 
 
 def check_workdirs(workdirs, overwrite=False, save_images=False):
-  """Refuse (ValueError, one line) before any scoring: a workdir given twice, or one that holds
-  an earlier scoring's results-<step>-<task>.json or, with `save_images`, images under
+  """Refuse (ValueError, one line) before any scoring: a workdir given twice, one without a
+  config.json or a checkpoint, or one that holds an earlier scoring's results-<step>-<task>.json or, with `save_images`, images under
   restored/<step>/<task>/ (the run's own evaluation writes there too) (unless `overwrite`)."""
   from mtl import checkpoints, run_folder
   seen = set()
@@ -45,8 +45,11 @@ def check_workdirs(workdirs, overwrite=False, save_images=False):
     if real in seen:
       raise ValueError(f"--workdir={workdir} is given twice; give each workdir once")
     seen.add(real)
+    names = run_folder.read_config(workdir).tasks  # each workdir before any is scored
     step = checkpoints.latest_saved_step(workdir)
-    names = run_folder.read_config(workdir).tasks if step is not None else ()
+    if step is None:
+      raise ValueError(f"--workdir={workdir} holds no checkpoint to score; give a trained or "
+                       "imported workdir (launch/import_ipt.py)")
     results = [run_folder.results_name(step, False, task) for task in names]
     existing = [n for n in results if os.path.exists(os.path.join(workdir, n))]
     if save_images:

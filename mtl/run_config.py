@@ -74,6 +74,10 @@ def validate(config):
                      "use regime='joint' for several tasks")
   if config.regime == "finetune" and not config.init_from:
     raise ValueError("regime='finetune' needs init_from=<workdir of a joint or scratch run>")
+  if config.init_from and config.regime != "finetune":  # it would train from scratch, silently
+    raise ValueError(f"init_from={config.init_from} is read by regime='finetune' only; this run "
+                     f"(regime={config.regime!r}) would start from a fresh initialisation: add "
+                     "--config.regime=finetune, or leave init_from empty")
   if not 0 <= config.seed < 2**32:  # the step and the init draw from its 32 bits (step_args)
     raise ValueError(f"seed={config.seed}; valid: 0 <= seed < 2**32 = {2**32}")
   if config.total_steps < 1:

@@ -73,6 +73,10 @@ def test_local_auto_port_is_one_free_port_for_all():
     (["--port=70000"], ["--port=70000"]),
     (["--bogus"], ["--bogus"]),
     (["--", "--process_id=1"], ["--process_id=1", "launcher"]),
+    # a traceback (FileNotFoundError) when the processes started; NaN or negative: no deadline
+    (["--python=/nonexistent/python"], ["--python=/nonexistent/python is not an interpreter"]),
+    (["--grace_seconds=nan"], ["--grace_seconds=nan", "> 0"]),
+    (["--stop_seconds=-5"], ["--stop_seconds=-5.0", "> 0"]),
 ])
 def test_local_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", *TRAIN_ARGS]
@@ -242,6 +246,9 @@ def test_slurm_options_off_and_relative_paths(tmp_path):
     (["--", "--config=experiments/tiny.py"], ["--workdir"]),
     (["--", "--workdir=/x", "--num_processes=2"], ["--num_processes=2"]),
     (["--", "--workdir=gs://bucket/run"], ["--workdir=gs://bucket/run", "gcsfuse"]),
+    # the current folder, silently; a file: a traceback at makedirs
+    (["--dry_run", "--", "--workdir="], ["--workdir= is empty"]),
+    (["--dry_run", "--", f"--workdir={os.path.abspath(__file__)}"], ["is a file"]),
 ])
 def test_slurm_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", "--workdir=/x"]

@@ -414,6 +414,11 @@ def test_analyze_refuses_a_flag_of_the_other_mode(tmp_path):
   assert result.returncode == 1
   assert result.stderr == ("error: --window belongs to --workdir mode (redraw a run's store), "
                            "not --checkpoint; drop it\n")
+  # NaN passed the flag's bound and wrote a measurement that no target stopped
+  result = run_analyze(f"--checkpoint={wd}", "--halfwidth=nan")
+  assert result.returncode == 1 and result.stderr.startswith(
+      "error: --halfwidth=nan must be a finite number >= 0"), result.stderr
+  assert os.listdir(tmp_path) == ["conflicts"]
 
 
 def test_analyze_checkpoint_refuses_a_measured_default_out_before_measuring(tmp_path):

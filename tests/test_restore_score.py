@@ -441,7 +441,8 @@ def test_published_refuses_every_workdir_before_scoring_any(tmp_path):
        np.random.default_rng(5).integers(0, 256, (26, 30, 3), dtype=np.uint8))
   launcher = os.path.join(ROOT, "launch", "ipt_published.py")
   for workdirs, message in (([first, second], f"{second} already holds"),
-                            ([first, first], "is given twice")):
+                            ([first, first], "is given twice"),
+                            ([first, str(tmp_path / "nope")], "nope holds no config.json")):
     proc = subprocess.run([sys.executable, launcher, f"--benchmark={tmp_path / 'bench'}"]
                           + [f"--workdir={w}" for w in workdirs], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)

@@ -510,7 +510,9 @@ def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):
       ([f"--workdir={tmp_path}/file"],
        f"error: --workdir={tmp_path}/file is a file; give a study a folder (new or its own)"),
       ([f"--workdir={tmp_path}/s", "--max_parallel=2", "--devices=abc"],
-       "error: --devices=abc; use 'auto', 'none' or GPU indices like 0,1")):
+       "error: --devices=abc; use 'auto', 'none' or GPU indices like 0,1"),
+      (["--workdir="],  # the current folder: its study.json and runs/ went there
+       "error: --workdir is empty; give the study's folder, e.g. --workdir=/tmp/mtl/mini")):
     out = cli(f"--config={study_file}", *args, "--dry_run")
     assert out.returncode == 1 and out.stderr.strip() == message, out.stderr
   assert sorted(os.listdir(tmp_path)) == ["file"]

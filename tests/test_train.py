@@ -291,6 +291,7 @@ def test_bad_configs_are_refused_with_valid_choices():
     ("eval.tiling", "edge", "eval.tiling='edge'; valid: 'centre', 'ipt', 'mean'"),
     ("eval.seed", -1, r"eval.seed=-1; valid: 0 <= eval.seed < 2\*\*32"),
     ("data.cache_mb", -5, "data.cache_mb=-5 must be >= 0"),
+    ("mtl.affinity_lr", float("nan"), "mtl.affinity_lr=nan: both must be >= 0"),
 ])
 def test_a_value_out_of_its_range_is_refused_before_anything_runs(field, value, message):
   # Each was accepted before: a negative weight decay grew the kernels, a negative grad_clip
@@ -302,6 +303,19 @@ def test_a_value_out_of_its_range_is_refused_before_anything_runs(field, value, 
   with pytest.raises(ValueError, match=message) as info:
     run_config.validate(config)
   assert "\n" not in str(info.value)
+
+
+def test_init_from_outside_a_fine_tune_and_a_method_s_unknown_argument_are_one_line():
+  config = _config(init_from="/tmp/a_joint_run")  # it would train from scratch, silently
+  with pytest.raises(ValueError, match=r"init_from=/tmp/a_joint_run is read by regime='finetune' "
+                                       r"only; this run \(regime='joint'\) would start from a "
+                                       r"fresh initialisation"):
+    run_config.validate(config)
+  config = _config()
+  config.mtl.aggregator, config.mtl.aggregator_args = "cagrad", {"per_leaf": False, "cc": 0.4}
+  with pytest.raises(ValueError, match=r"got an unexpected keyword argument 'cc'; its arguments: "
+                                       r"c=0.5, norm_eps=0.0001, bisection_steps=64"):
+    run_config.validate(config)
 
 
 def test_a_contrastive_temperature_is_checked_where_the_loss_reads_it():

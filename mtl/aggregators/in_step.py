@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 
 from mtl import gramians  # the step's own per-leaf Gramian (float32, HIGHEST)
-from mtl.aggregators.loss_weightings import get_loss_weighting
-from mtl.aggregators.weightings import RANDOM, STATEFUL, get_weighting, init
+from mtl.aggregators.loss_weightings import LOSS_WEIGHTINGS, get_loss_weighting
+from mtl.aggregators.weightings import RANDOM, STATEFUL, WEIGHTINGS, get_weighting, init
 from mtl.models import ipt
 
 
@@ -71,7 +71,7 @@ def check_config(mtl_cfg, num_tasks, schedule="all"):
     raise ValueError(f"mtl.aggregator={name!r} / mtl.loss_weighting needs schedule='all' (every "
                      f"task in every step); got schedule={schedule!r}")
   every, lr = mtl_cfg.get("affinity_every", 0), mtl_cfg.get("affinity_lr", 0.0)
-  if every < 0 or lr < 0:  # a negative lr was silently replaced by the automatic step
+  if not (every >= 0 and 0 <= lr < float("inf")):  # a negative or NaN lr: the automatic step
     raise ValueError(f"mtl.affinity_every={every}, mtl.affinity_lr={lr:g}: both must be >= 0 "
                      "(0: never / the step sized by the gradients)")
   if every > 0 and schedule != "all" and num_tasks >= 2:  # the trainer would measure nothing
@@ -83,8 +83,9 @@ def check_config(mtl_cfg, num_tasks, schedule="all"):
                      "parameter leaf) or False (one for the whole body)")
   try:
     get_weighting(name, **args)
-  except TypeError as e:
-    raise ValueError(f"mtl.aggregator_args={args} for {name!r}: {e}") from None
+  except TypeError as e:  # an argument it has not, or a value of the wrong type
+    raise ValueError(f"mtl.aggregator_args={args} for {name!r}: {e}; its arguments: "
+                     f"{_arguments(WEIGHTINGS.get(name))}") from None
   pref = args.get("pref_vector")
   if pref is not None and len(pref) != num_tasks:  # else a shape error in the first step
     raise ValueError(f"mtl.aggregator_args.pref_vector={tuple(pref)} for {name!r}: one weight "
@@ -93,7 +94,17 @@ def check_config(mtl_cfg, num_tasks, schedule="all"):
     try:
       get_loss_weighting(lw, num_tasks, **dict(mtl_cfg.get("loss_weighting_args", {}) or {}))
     except TypeError as e:
-      raise ValueError(f"mtl.loss_weighting_args for {lw!r}: {e}") from None
+      raise ValueError(f"mtl.loss_weighting_args for {lw!r}: {e}; its arguments: "
+                       f"{_arguments(LOSS_WEIGHTINGS.get(lw), skip=1)}") from None
+
+
+def _arguments(factory, skip=0):
+  """A factory's keyword arguments with their defaults, for a message ('none' if it has none)."""
+  import inspect
+  if factory is None:
+    return "none"
+  params = list(inspect.signature(factory).parameters.values())[skip:]
+  return ", ".join(f"{p.name}={p.default!r}" for p in params) or "none"
 
 
 def _loss_weighting(mtl_cfg, num_tasks):
