@@ -36,8 +36,9 @@ def find_set(benchmark, name):
 
 def check_workdirs(workdirs, overwrite=False, save_images=False):
   """Refuse (ValueError, one line) before any scoring: a workdir given twice, one without a
-  config.json or a checkpoint, or one that holds an earlier scoring's results-<step>-<task>.json or, with `save_images`, images under
-  restored/<step>/<task>/ (the run's own evaluation writes there too) (unless `overwrite`)."""
+  config.json or a checkpoint, or one that holds an earlier scoring's
+  results-<step>-<task>.json or, with `save_images`, images under restored/<step>/<task>/ (the
+  run's own evaluation writes there too) (unless `overwrite`)."""
   from mtl import checkpoints, run_folder
   seen = set()
   for workdir in workdirs:
