@@ -97,6 +97,15 @@ def fail(message):
   error(message, 1)
 
 
+def required_paths(*names):
+  """absl's mark_flags_as_required, and an empty value refused too (a path '' is the current
+  folder, or a bare errno line)."""
+  flags.mark_flags_as_required(list(names))
+  for name in names:
+    flags.register_validator(name, lambda value: value != "",
+                             message=f"--{name} is empty; give a path")
+
+
 def parse_flags(argv):
   """absl's parsing with one `error:` line (exit 1) instead of a traceback or absl's two-line
   'FATAL Flags parsing error' block; a --config file that fails to load is named here too."""

@@ -21,7 +21,7 @@ flags.DEFINE_list("tasks", [], "Task of each head, in order (default: from the l
 flags.DEFINE_string("size", "paper", "Named size the file must have (mtl.models.ipt.SIZES); gives "
                     "num_heads. '' infers every field from the file (then pass --num_heads).")
 flags.DEFINE_integer("num_heads", 0, "Attention heads (not stored in a state_dict); 0: from --size.")
-flags.mark_flags_as_required(["checkpoint", "workdir"])
+cli.required_paths("checkpoint", "workdir")
 
 
 @cli.absl_main

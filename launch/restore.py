@@ -27,7 +27,8 @@ flags.DEFINE_bool("self_ensemble", False, "Average the x8 flips and rotations of
                   "left-right mirror); up to 8 times the work.")
 flags.DEFINE_bool("ema", False, "Use the run's EMA parameters (trained with "
                   "config.optim.ema_decay > 0).")
-flags.mark_flags_as_required(["workdir", "task", "input", "output"])
+flags.mark_flags_as_required(["task"])
+cli.required_paths("workdir", "input", "output")
 
 
 @cli.absl_main

@@ -28,7 +28,7 @@ flags.DEFINE_bool("rgb", False, "Score RGB (same as --noy_channel).")
 flags.DEFINE_string("csv", "", "Also write the per-image scores to this CSV file (a new file "
                     "unless --overwrite).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --csv file (refused otherwise).")
-flags.mark_flags_as_required(["restored", "reference"])
+cli.required_paths("restored", "reference")
 
 
 @cli.absl_main

@@ -331,6 +331,17 @@ def _run(script, *args):
                         timeout=120)
 
 
+@pytest.mark.parametrize("script, args, flag", [
+    ("score.py", ["--restored=", "--reference=/tmp"], "--restored"),
+    ("restore.py", ["--workdir=/tmp", "--task=sr_x2", "--input=/tmp", "--output="], "--output"),
+    ("import_ipt.py", [f"--checkpoint={FIXTURE}", "--workdir="], "--workdir"),
+])
+def test_an_empty_path_is_one_line_not_an_errno(script, args, flag):
+  proc = _run(script, *args)  # it gave "[Errno 2] No such file or directory: ''"
+  assert proc.returncode == 1
+  assert proc.stderr == f"error: flag {flag}=: {flag} is empty; give a path\n"
+
+
 def test_score_launcher_csv_and_one_line_errors(tmp_path):
   rng = np.random.default_rng(3)
   ref = rng.integers(0, 256, (25, 25, 3), dtype=np.uint8)
