@@ -230,7 +230,7 @@ def submit(study, runs, dry_run, out=sys.stdout):
 
 def main(argv):
   del argv
-  from mtl import files, study as study_lib
+  from mtl import files, run_config, study as study_lib
   from mtl.study import runner
   try:
     if not FLAGS.workdir:  # else the study's files go into the current folder
@@ -239,8 +239,8 @@ def main(argv):
     run_devices = devices(FLAGS.devices, FLAGS.max_parallel)  # checked for a dry run too
     if FLAGS.config is None:
       study = study_lib.Study.load(FLAGS.workdir)
-    else:
-      study = study_lib.Study(FLAGS.config, FLAGS.workdir)
+    else:  # --config.tasks=sr_x2,derain splits as a run config's tuple fields do
+      study = study_lib.Study(run_config.normalize(FLAGS.config), FLAGS.workdir)
     if FLAGS.submit == "slurm":
       study.check_saved()
       sys.exit(submit(study, runner.matching(study.runs, FLAGS.only), FLAGS.dry_run))

@@ -518,6 +518,14 @@ def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):
   assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
+def test_a_study_s_tuple_fields_split_on_commas_as_a_run_config_s(study_file, tmp_path):
+  # --config.tasks=a,b reached the study as the one task 'a,b' ("unknown task 'sr_x2,derain'")
+  out = cli(f"--config={study_file}", f"--workdir={tmp_path}/s", "--dry_run",
+            "--config.tasks=derain,denoise_30")
+  assert out.returncode == 0, out.stderr
+  assert "  tasks derain, denoise_30; " in out.stdout
+
+
 def test_a_dry_run_whose_reader_has_gone_exits_quietly(study_file, tmp_path):
   proc = subprocess.Popen([sys.executable, "launch/study.py", f"--config={study_file}",
                            f"--workdir={tmp_path}/s", "--dry_run"], cwd=ROOT,
