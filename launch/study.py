@@ -241,6 +241,7 @@ def main(argv):
       study = study_lib.Study.load(FLAGS.workdir)
     else:  # --config.tasks=sr_x2,derain splits as a run config's tuple fields do
       study = study_lib.Study(run_config.normalize(FLAGS.config), FLAGS.workdir)
+    study.check_runs()  # a dry run too: it says what the runs would
     if FLAGS.submit == "slurm":
       study.check_saved()
       sys.exit(submit(study, runner.matching(study.runs, FLAGS.only), FLAGS.dry_run))

@@ -512,7 +512,10 @@ def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):
       ([f"--workdir={tmp_path}/s", "--max_parallel=2", "--devices=abc"],
        "error: --devices=abc; use 'auto', 'none' or GPU indices like 0,1"),
       (["--workdir="],  # the current folder: its study.json and runs/ went there
-       "error: --workdir is empty; give the study's folder, e.g. --workdir=/tmp/mtl/mini")):
+       "error: --workdir is empty; give the study's folder, e.g. --workdir=/tmp/mtl/mini"),
+      # a run's own config check: the dry run passed and each run failed as it started
+      ([f"--workdir={tmp_path}/s", "--config.run.data.batch_size=0"],
+       "error: regime scratch: data.batch_size=0 must be >= 1")):
     out = cli(f"--config={study_file}", *args, "--dry_run")
     assert out.returncode == 1 and out.stderr.strip() == message, out.stderr
   assert sorted(os.listdir(tmp_path)) == ["file"]
@@ -606,8 +609,9 @@ def get_config(arg=""):
   study.steps.scratch = study.steps.joint = 2
   study.final_conflicts.batch_size = 0  # no end-of-training measurement: not what is tested
   study.run.conflicts.every = 0
-  # token dim 16 * 3 * 3 = 144 is not divisible by 5 heads: the joint run fails at its start.
-  study.per_regime.joint.model = ml_collections.ConfigDict(dict(num_heads=5))  # CAUSE
+  # 3-pixel test images cannot be scored (SSIM's window): the joint run fails at its start,
+  # after the study's check of its config (which a config error would fail before any run).
+  study.per_regime.joint.eval = ml_collections.ConfigDict(dict(max_side=3))  # CAUSE
   return study
 """
 

@@ -121,6 +121,21 @@ class Study:
       self.sweeps.setdefault(r.sweep, []).append(r)
     self._results = {}
 
+  def check_runs(self):
+    """One run of each regime checked as the trainer checks its config (its folders included),
+    before any run trains: a bad value would fail that regime's runs only after the others
+    trained. Fine-tunes aside: their start is chosen when they start (their other fields are
+    their pre-training's). Not on load: a report reads a study whose folders may be elsewhere."""
+    from mtl import run_config as trainer_config
+    for spec in {r.regime: r for r in self.runs if not r.regime.startswith("finetune")}.values():
+      run = run_config(self.config, spec)
+      run["total_steps"] = max(run["total_steps"], 1)  # equal_flops: derived when it starts
+      try:
+        trainer_config.validate(trainer_config.normalize(
+            ml_collections.ConfigDict(files.tuples(run))))
+      except (ValueError, FileNotFoundError) as error:
+        raise ValueError(f"regime {spec.regime}: {error}") from None
+
   @classmethod
   def load(cls, workdir):
     """The study saved in workdir/study.json (for the report)."""
