@@ -56,7 +56,7 @@ def check_workdirs(workdirs, overwrite=False, save_images=False):
     if save_images:
       folders = [os.path.join("restored", str(step), task) for task in names]
       existing += [f + "/" for f in folders if os.path.isdir(os.path.join(workdir, f))
-                   and any(os.scandir(os.path.join(workdir, f)))]
+                   and os.listdir(os.path.join(workdir, f))]
     if existing and not overwrite:
       raise ValueError(f"{workdir} already holds {', '.join(existing)}; pass --overwrite to "
                        "replace them")
