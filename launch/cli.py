@@ -4,6 +4,7 @@ for absl entry points (`absl_main`); a run's saved run_config.json taken as --co
 one-line errors, the `-- <train.py arguments>` split, and workdir paths (local or a gs:// style
 URL)."""
 import functools
+import math
 import os
 import re
 import shlex
@@ -137,7 +138,17 @@ def parse_flags(argv):
       fail(f"{given.replace(f'{FROM_JSON}:path=', '')}: {reason[-1]}")
   if len(rest) > 1:
     fail(f"unexpected arguments {' '.join(rest[1:])}; pass flags only")
+  _refuse_nan(fail)
   return rest
+
+
+def _refuse_nan(refuse):
+  """A float flag given as nan passes absl's bounds (every comparison with it is false) and would
+  turn off whatever it bounds; refused, through `refuse`, before anything runs."""
+  for name in flags.FLAGS:
+    flag = flags.FLAGS[name]
+    if flag.present and isinstance(flag.value, float) and math.isnan(flag.value):
+      refuse(f"--{name}=nan is not a number; give a finite value")
 
 
 def exit_now(status):
@@ -217,6 +228,7 @@ def run(main):
     if rest[1:]:
       error(f"unexpected argument {rest[1]!r}; the train.py arguments go after `--`, "
             "e.g. -- --config=experiments/tiny.py --workdir=/tmp/mtl/tiny")
+    _refuse_nan(error)
     return rest
 
   def wrapped(argv):

@@ -75,7 +75,7 @@ def test_local_auto_port_is_one_free_port_for_all():
     (["--", "--process_id=1"], ["--process_id=1", "launcher"]),
     # a traceback (FileNotFoundError) when the processes started; NaN or negative: no deadline
     (["--python=/nonexistent/python"], ["--python=/nonexistent/python is not an interpreter"]),
-    (["--grace_seconds=nan"], ["--grace_seconds=nan", "> 0"]),
+    (["--grace_seconds=nan"], ["--grace_seconds=nan", "not a number"]),
     (["--stop_seconds=-5"], ["--stop_seconds=-5.0", "> 0"]),
 ])
 def test_local_bad_input_is_one_line(args, words):
