@@ -1,7 +1,7 @@
 """Speed and memory figures: train steps, the input pipeline, the conflict probe, devices,
 compile and start-up times.
 
-  python launch/benchmark.py                      # everything, tiny and small sizes
+  python launch/benchmark.py                      # train, pipeline, probe, devices; tiny, small
   python launch/benchmark.py --sections=train --sizes=small --repeats=7
   python launch/benchmark.py --sections=train,probe,profile --sizes=small --against=torch \
       --ipt_repo=PATH --torch_python=PATH                # the official PyTorch IPT, same run

@@ -1,8 +1,8 @@
 """What the launchers share (every one imports it through _root): --help exits 0; one-line errors
 for absl entry points (`absl_main`); a run's saved run_config.json taken as --config
 (`json_config`); for the cluster launchers (local, slurm, tpu_vm) absl flags parsed with
-one-line errors, the `-- <train.py arguments>` split, and workdir paths (local or a gs:// style
-URL)."""
+one-line errors, the `-- <train.py arguments>` split, and paths (a gs:// style URL is told
+apart: data may be read from one, a workdir is refused)."""
 import functools
 import math
 import os

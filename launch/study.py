@@ -178,8 +178,6 @@ def submit(study, runs, dry_run, out=sys.stdout):
   if args.nodes != 1:
     raise ValueError(f"--slurm_nodes={args.nodes}: a study's run is one process on one node; "
                      "give it more GPUs with --slurm_gpus_per_node")
-  if cli.is_url(study.workdir):
-    raise ValueError(f"--workdir={study.workdir}: SLURM jobs need a shared filesystem path")
   jobs, known = plan(study, runs, args)
   variables = {spec.name: f"JOB_{i}" for i, (spec, *_) in enumerate(jobs, 1)}
   ids = dict(known)
@@ -235,6 +233,9 @@ def main(argv):
   try:
     if not FLAGS.workdir:  # else the study's files go into the current folder
       raise ValueError("--workdir is empty; give the study's folder, e.g. --workdir=/tmp/mtl/mini")
+    if cli.is_url(FLAGS.workdir):  # os.path would read gs://b/s as the folder gs:/b/s
+      raise ValueError(f"--workdir={FLAGS.workdir} is a URL; a study is written with file I/O: "
+                       "mount the bucket (gcsfuse) and give that path")
     files.check_not_a_file(FLAGS.workdir, "--workdir", "a study a folder (new or its own)")
     run_devices = devices(FLAGS.devices, FLAGS.max_parallel)  # checked for a dry run too
     if FLAGS.config is None:

@@ -13,9 +13,9 @@ Every worker runs one process that owns the worker's local chips; jax.distribute
 without arguments finds the slice (JAX asks the TPU metadata server). MTL_DISTRIBUTED=on asks
 mtl.distributed to make that call: the environment variables it otherwise looks for may be
 absent on a TPU VM. The repository (same path) and its environment must be on every worker,
-and --workdir on a filesystem all workers share (NFS / Filestore, or a gcsfuse mount): an
-absolute path or a gs:// URL. Other relative paths (--config, init_from, data folders) name
-files under --repo on each worker.
+and --workdir an absolute path on a filesystem all workers share (NFS / Filestore, or a gcsfuse
+mount; not a gs:// URL: the run folder is written with file I/O). Other relative paths
+(--config, init_from, data folders) name files under --repo on each worker.
 Re-running the same command resumes from the latest checkpoint. --dry_run prints the command;
 --help lists every flag with its default.
 """
@@ -62,10 +62,14 @@ def check(args, train_args):
     raise cli.UsageError("train.py arguments need --workdir=DIR (shared by all workers), "
                          "e.g. -- --config=experiments/tiny.py --workdir=/mnt/shared/mtl/tiny")
   for workdir in workdirs:  # relative or ~: a folder of each worker's own, not shared
-    if not (workdir.startswith("/") or cli.is_url(workdir)):
+    if cli.is_url(workdir):
+      raise cli.UsageError(f"--workdir={workdir} is a URL; the trainer writes the run folder with "
+                           "file I/O: mount the bucket on every worker (gcsfuse) and give that "
+                           "path")
+    if not workdir.startswith("/"):
       raise cli.UsageError(f"--workdir={workdir} is not absolute: on the workers it would name "
                            "a folder of each worker's own; give a path all workers share, e.g. "
-                           "--workdir=/mnt/shared/mtl/run or gs://bucket/run")
+                           "--workdir=/mnt/shared/mtl/run")
   for arg in train_args:
     if cli.owned_flag(arg):
       raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; "

@@ -8,7 +8,7 @@ take `a,b` as overrides (`--config.tasks=sr_x2,derain`, `--config.degrade.rain.l
 Re-running the same command resumes from the workdir's latest checkpoint; re-running a
 finished run says so and exits 0. --dry_run prints the resolved config, parameters per group,
 the mesh and the workdir's files, and exits without writing anything; --help_config lists every
-config field with its value and what it means (experiments/base.py documents them).
+config field with its value and what it means (mtl/run_defaults.py documents them).
 
 Output goes to the terminal and is appended to <workdir>/train.log. Exit status: 0 finished
 (or already finished), 1 bad input, a refused workdir or a failed run (one `error:` line),
@@ -74,6 +74,9 @@ def main(argv):
       return
     if not flags.FLAGS.workdir:
       cli.fail("flag --workdir must have a value (the run's directory)")
+    if cli.is_url(flags.FLAGS.workdir):  # os.path would read gs://b/run as the folder gs:/b/run
+      cli.fail(f"--workdir={flags.FLAGS.workdir} is a URL; the run folder is written with file "
+               "I/O: mount the bucket (gcsfuse) and give that path")
     if flags.FLAGS.dry_run:
       print(run_state.prepare(config, flags.FLAGS.workdir).describe())
       return

@@ -110,6 +110,18 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, args, message
   assert not workdir.exists()
 
 
+def test_a_url_workdir_is_refused_not_read_as_a_relative_folder(tmp_path):
+  # os.path reads gs://bucket/run as <cwd>/gs:/bucket/run: a local folder, not the bucket
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"),
+                        "--config=" + os.path.join(ROOT, "experiments", "tiny.py"),
+                        "--workdir=gs://bucket/run", "--dry_run"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 1 and out.stderr == (
+      "error: --workdir=gs://bucket/run is a URL; the run folder is written with file I/O: "
+      "mount the bucket (gcsfuse) and give that path\n"), out.stderr
+  assert not os.listdir(tmp_path)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"total_steps": "abc"}, "total_steps='abc' must be a finite number, as the default 1000"),
     ({"optim": {"lr": float("nan")}}, "optim.lr=nan must be a finite number, as the default"),

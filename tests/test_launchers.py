@@ -350,18 +350,18 @@ def test_tpu_vm_defaults():
 
 def test_tpu_vm_keeps_a_python_s_leading_tilde_for_the_remote_shell(tmp_path):
   proc = _run([TPU_VM, "--name=t", "--zone=z", "--python=~/my env/bin/python", "--dry_run", "--",
-               "--workdir=gs://b/run"])
+               "--workdir=/mnt/run"])
   assert proc.returncode == 0, proc.stderr
   remote = shlex.split(proc.stdout)[-1][len("--command="):].split(" && ")[-1]
   assert remote == ("MTL_DISTRIBUTED=on ~/'my env/bin/python' launch/train.py "
-                    "--workdir=gs://b/run")
+                    "--workdir=/mnt/run")
   fake = tmp_path / "my env" / "bin"  # the remote shell expands ~ and runs that interpreter
   fake.mkdir(parents=True)
   (fake / "python").write_text("#!/bin/sh\necho ran \"$@\"\n")
   (fake / "python").chmod(0o755)
   ran = subprocess.run(["bash", "-c", remote], capture_output=True, text=True,
                        env=dict(os.environ, HOME=str(tmp_path)), timeout=30)
-  assert ran.stdout == "ran launch/train.py --workdir=gs://b/run\n", ran.stderr
+  assert ran.stdout == "ran launch/train.py --workdir=/mnt/run\n", ran.stderr
 
 
 @pytest.mark.parametrize("args, words", [
@@ -377,7 +377,10 @@ def test_tpu_vm_keeps_a_python_s_leading_tilde_for_the_remote_shell(tmp_path):
     (["--name=t", "--zone=z", "--setup=module load x; true"], ["--setup='module load x; true'"]),
     # each worker would write a folder of its own, not one shared run
     (["--name=t", "--zone=z", "--dry_run", "--", "--workdir=runs/a"],
-     ["--workdir=runs/a is not absolute", "gs://"]),
+     ["--workdir=runs/a is not absolute", "/mnt/shared/mtl/run"]),
+    # the trainer writes with file I/O: each worker would write <repo>/gs:/b/run of its own
+    (["--name=t", "--zone=z", "--dry_run", "--", "--workdir=gs://b/run"],
+     ["--workdir=gs://b/run is a URL", "gcsfuse"]),
     (["--name=t", "--zone=z", "--dry_run", "--", "--workdir=~/runs/a"],
      ["--workdir=~/runs/a is not absolute"]),
 ])

@@ -513,6 +513,9 @@ def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):
        "error: --devices=abc; use 'auto', 'none' or GPU indices like 0,1"),
       (["--workdir="],  # the current folder: its study.json and runs/ went there
        "error: --workdir is empty; give the study's folder, e.g. --workdir=/tmp/mtl/mini"),
+      (["--workdir=gs://b/s"],  # read by os.path as the relative folder gs:/b/s
+       "error: --workdir=gs://b/s is a URL; a study is written with file I/O: mount the bucket "
+       "(gcsfuse) and give that path"),
       # a run's own config check: the dry run passed and each run failed as it started
       ([f"--workdir={tmp_path}/s", "--config.run.data.batch_size=0"],
        "error: regime scratch: data.batch_size=0 must be >= 1")):

@@ -12,8 +12,8 @@ aggregators take the per-task body gradients on every step (mtl.aggregators); ev
 also records TAG affinity (Fifty et al. 2021) every 20 steps, and the three pair runs per seed
 give the measured pairwise transfer the predictors table ranks the cosines and affinity against.
 Each method runs with its defaults in mtl.aggregators: CAGrad c=0.5 (LibMTL's default), UPGrad
-a uniform preference, uncertainty log-variances from -0.5; these are untuned, unlike the lr,
-which every regime sweeps alike (one method's own arguments: per_regime['joint:cagrad'] =
+a uniform preference, uncertainty log-variances from -0.5; these are untuned, as is the lr:
+one value, the same for every regime (one method's own arguments: per_regime['joint:cagrad'] =
 {'mtl': {'aggregator_args': {'c': 0.4}}}; the remedies table names them).
 Budget: 11 runs per seed, 33 runs of 120 steps (batch 4 per task). Measured 2026-12-06 on 2
 cores with --max_parallel=2: 19 min wall (programs shared between runs: 63 compiled, 747 loaded

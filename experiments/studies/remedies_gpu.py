@@ -12,7 +12,8 @@ transfer). The plain joint runs probe conflicts with half-batch Gramians where t
 stores them (noise-corrected cosine) and TAG affinity every 100 steps. 3 seeds x (6 + 14 + 15)
 = 105 runs of 20k steps; not timed (size it with launch/benchmark.py's aggregator ratios).
 Every method runs with its defaults in mtl.aggregators (e.g. CAGrad c=0.5, GradVac beta=0.5,
-Nash-MTL max_norm 1, DWA T=2 over 100-step epochs, FAMO lr 0.025), untuned; the lr is swept alike.
+Nash-MTL max_norm 1, DWA T=2 over 100-step epochs, FAMO lr 0.025), untuned; so is the lr (one
+value for every regime).
 """
 from experiments import small
 from mtl import aggregators
