@@ -7,9 +7,13 @@ r"""Run a study: every run of experiments/studies/<name>.py, resumable, here or 
   python launch/study.py --config=... --workdir=/shared/mini --submit=slurm \
       --slurm_partition=gpu --slurm_time=4:00:00 [--dry_run]           # one SLURM job per run
 
-Every start prints the study's status table (done, running, failed, waiting, started, pending
-per run). Re-running the same command skips the runs that are done, skips runs that another
-process is running, and resumes an interrupted one from its checkpoint. A changed study config
+Every start prints the study's status table (done, diverged, no start, running, failed, waiting,
+started, pending per run). Re-running the same command skips the runs that are done, skips runs
+that another process is running, and resumes an interrupted one from its checkpoint. A run that
+fails stops new starts (the runs in progress finish): a failure is mostly the config's, which the
+other runs share; fix it and run the same command. A run stopped at a checkpoint by a signal of
+its own (exit status 75) is started again once; a fine-tune whose every pre-training lr diverged
+can never start ('no start', an outcome of the grid as a diverged run is): the others go on. A changed study config
 for the same --workdir is refused when it would drop or alter a finished run, or while another
 process runs one of its runs; otherwise (fixing what made a run fail) it is taken: finished runs
 are kept, the others run with the new config.
@@ -37,8 +41,8 @@ on validation at its start. With --dry_run it prints the sbatch calls and the de
 Submitted job ids are kept in <workdir>/slurm/jobs.json.
 
 Tables and report:  python launch/report.py --workdir=/tmp/mtl/mini
-Exit status: 0 all selected runs done (or submitted); 1 bad input, a failed run or a failed
-submission; 3 some fine-tunes wait for pre-training runs not done here (--only), or runs run in
+Exit status: 0 all selected runs done (or submitted); 1 bad input, a failed run, a run with no
+start or a failed submission; 3 some fine-tunes wait for pre-training runs not done here (--only), or runs run in
 another process; 128 + signal when interrupted.
 """
 import os
@@ -247,7 +251,7 @@ def main(argv):
       study.check_saved()
       sys.exit(submit(study, runner.matching(study.runs, FLAGS.only), FLAGS.dry_run))
     if FLAGS.dry_run:
-      sys.exit(study_lib.dry_run(study, train_command, FLAGS.only))
+      sys.exit(study_lib.dry_run(study, train_command, FLAGS.only, analyze=analyze_command))
     sys.exit(study_lib.Runner(study, train_command, compile_cache=FLAGS.compile_cache,
                               max_parallel=FLAGS.max_parallel,
                               devices=run_devices,

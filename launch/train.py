@@ -38,7 +38,7 @@ flags.DEFINE_string("compile_cache", "", "Persistent XLA compilation cache: a re
 flags.mark_flags_as_required(["config"])  # and --workdir, except for --help_config
 distributed.define_flags()
 
-PREEMPTED_EXIT, INTERRUPTED_EXIT = 75, 130
+INTERRUPTED_EXIT = 130
 
 
 def describe_fields(config):
@@ -93,7 +93,7 @@ def main(argv):
             counter.add_to(os.path.join(flags.FLAGS.workdir, run_folder.COMPUTE_FILE))
       except train.Preempted as stop:
         print(stop, flush=True)
-        sys.exit(PREEMPTED_EXIT)
+        sys.exit(run_folder.PREEMPTED_EXIT)
       except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C); the last saved checkpoint is kept; run the same "
               "command to resume", file=sys.stderr, flush=True)

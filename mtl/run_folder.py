@@ -30,6 +30,7 @@ RESULTS_FILE = "results.json"
 LOCK_FILE = "train.lock"
 IMPORT_RECORD = "imported.json"  # an imported IPT workdir: which file it came from
 DIVERGED_FILE = "diverged.json"  # stopped on a non-finite loss, parameters or output: {error}
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on SIGTERM or Ctrl-C after a checkpoint; run again
 ANALYSIS_DIR = "analysis"
 ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
              COMPUTE_FILE, RESULTS_FILE, LOCK_FILE, ANALYSIS_DIR + "/", DIVERGED_FILE)

@@ -22,7 +22,7 @@ from mtl.run_config import normalize
 from mtl.run_state import finetune_params, prepare
 from mtl.step import data_step, make_step, step_args
 
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on SIGTERM or Ctrl-C after a checkpoint; run again
+PREEMPTED_EXIT = run_folder.PREEMPTED_EXIT
 
 
 # ----------------------------------------------------------------------------- the loop

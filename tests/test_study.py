@@ -483,6 +483,9 @@ def test_dry_run_prints_runs_and_exact_commands_and_writes_nothing(study_file, t
   assert any("init_from: <best on photos_val of joint-lr1e-3-s0" in l for l in lines)
   # The commands read run_config.json files the dry run does not write: it says so.
   assert lines.count("    (run_config.json not written yet)") == 5
+  # the joint run's last 2 checkpoints are measured once its sweep is done
+  assert ("end-of-training conflict measurements: 2 to come (once the pre-training sweeps are "
+          "done)") in lines
   assert lines[-1].startswith("dry run: nothing was written; the study writes a run's "
                               "run_config.json when it starts the run")
   assert not os.path.exists(workdir)

@@ -33,11 +33,14 @@ def get_config(arg=""):
     study.steps.scratch = 2
   elif arg == "joint":  # one joint run, measured at its last two checkpoints
     study.regimes = ("joint",)
-  elif arg.startswith("diverge"):  # an lr whose loss goes non-finite at its first step
+  elif arg == "diverge":  # the joint sweep's lr 1e30 diverges; the fine-tunes train at 1e-3
     study.regimes, study.final_conflicts.batch_size = ("joint", "finetune"), 0
-    study.lrs = (1e30,) if arg == "diverge_all" else (1e-3, 1e30)
-    if arg == "diverge":  # the joint sweep's lr diverges; the fine-tunes train at 1e-3 only
-      study.lrs_override.finetune = (1e-3,)
+    study.lrs, study.lrs_override.finetune = (1e-3, 1e30), (1e-3,)
+    study.run.conflicts.every = 0
+  elif arg == "diverge_all":  # every joint lr diverges, on both seeds; scratch trains
+    study.final_conflicts.batch_size, study.seeds = 0, (0, 1)
+    study.lrs_override.joint = (1e30,)
+    study.steps.scratch = 2
     study.run.conflicts.every = 0
   return study
 '''
@@ -337,6 +340,12 @@ def test_the_runs_lines_say_what_the_end_of_training_measurements_will_take(stud
   assert [p[1] for p in study.final_conflicts_pending()] == [4]
   run.took_s = [75.0]
   assert run._measurements_to_come() == "~1m15s for the 1 end-of-training conflict measurement"
+  dry = io.StringIO()  # a dry run lists it with its command (it listed none: "0 to go")
+  runner.dry_run(study, lambda config, workdir: ["train"], out=dry,
+                 analyze=lambda config, workdir, out, final, step: ["analyze", out])
+  assert dry.getvalue().splitlines()[-3:-1] == [
+      "end-of-training conflict measurements: 1 to come, 1 of them ready now:",
+      f"  {joint} step 4: analyze {study.run_dir(joint)}/analysis/step-4"], dry.getvalue()
   assert runner.Runner(study, None, max_parallel=2)._measurements_to_come() == ""  # no analyze
 
 
@@ -377,6 +386,73 @@ def test_done_records_the_seconds_of_every_start_of_a_stopped_and_resumed_run(st
   assert re.fullmatch(rf"  done     {name}  in \d+s over 2 starts",
                       runner.status_table(study, [study.by_name[name]])[1])
   assert runner.took({"seconds": 12.0}) == "12s"  # a DONE written before starts were counted
+
+
+# A trainer's stand-in acting as told by its run's name (the last of its workdir) and the starts
+# it has had: 'own75' exits 75 on its first start (stopped at a checkpoint by a SIGTERM of its
+# own), then finishes; 'always75' always exits 75; 'killed' dies of SIGKILL; 'other' finishes and
+# writes DONE for the next run, as another study process would; 'ends' signals the study and
+# finishes anyway (a run that ended as the study stopped).
+OWN_EXITS = """
+import json, os, signal, sys, time
+config, workdir = sys.argv[1:]
+how = open(os.path.join(os.path.dirname(workdir), "how.json")).read().strip('"')
+starts = os.path.join(workdir, "starts")
+n = os.path.exists(starts) and int(open(starts).read()) or 0
+open(starts, "w").write(str(n + 1))
+if how == "always75" or how == "own75" and n == 0:
+  sys.exit(75)
+if how == "killed":
+  os.kill(os.getpid(), signal.SIGKILL)
+if how == "ends":
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  os.kill(os.getppid(), signal.SIGTERM)
+  time.sleep(0.5)
+with open(os.path.join(workdir, "results.json"), "w") as f:
+  json.dump({"step": json.load(open(config))["total_steps"]}, f)
+if how == "other":
+  later = os.path.join(os.path.dirname(workdir), "scratch-denoise_30-lr5e-4-s0")
+  os.makedirs(later, exist_ok=True)
+  open(os.path.join(later, "DONE"), "w").write(json.dumps({"seconds": 1.0}))
+"""
+
+
+@pytest.mark.parametrize("how, status, words", [
+    ("own75", 0, "stopped at a checkpoint by a signal of its own (exit status 75); resuming it"),
+    ("always75", 1, "failed (exit status 75)"),
+    ("killed", 1, "failed (killed by SIGKILL (the OOM killer, or a kill -9))"),
+    ("other", 0, "scratch-denoise_30-lr5e-4-s0: done by another process; skipped"),
+    ("ends", 128 + 15, "scratch-denoise_30-lr1e-3-s0: done in"),
+])
+def test_a_child_s_own_stop_death_or_end_and_a_run_done_elsewhere(study_file, tmp_path, how,
+                                                                    status, words):
+  """A run stopped at a checkpoint by a signal of its own (exit 75: nothing to fix) is started
+  again once, not a failure that stops the study; a killed one says its signal; a run another
+  process finished since the queue was made is not started again (its DONE rewritten); a run
+  that ended as the study was stopped is done, not 'interrupted'."""
+  import io
+  import signal
+  study = _load(study_file, "values", str(tmp_path / "study"))
+  first, later = "scratch-denoise_30-lr1e-3-s0", "scratch-denoise_30-lr5e-4-s0"
+  study.prepare()
+  with open(os.path.join(study.workdir, "runs", "how.json"), "w") as f:
+    json.dump(how, f)
+  train = lambda config, workdir: [sys.executable, "-c", OWN_EXITS, config, workdir]
+  out = io.StringIO()
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    assert runner.Runner(study, train, out=out).run(only=f"{first},{later}") == status, (
+        out.getvalue())
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  assert words in out.getvalue(), out.getvalue()
+  assert study.is_done(first) == (how in ("own75", "other", "ends")), out.getvalue()
+  if how == "own75":
+    assert study.done_info(first)["starts"] == 2
+  if how == "other":  # the other process's DONE kept, its run not started here
+    assert study.done_info(later) == {"seconds": 1.0}
+    assert not os.path.exists(study.path(later, "starts"))
 
 
 # launch/analyze.py's stand-in: fails (exit 3) if told to, else writes a conflict store and the
@@ -526,13 +602,26 @@ def test_a_diverged_lr_is_its_sweep_s_result_and_the_study_goes_on(study_file, t
   rows = {row[0]: row for row in accounting.selection_table(study).rows}
   assert rows["joint-s0"][1].endswith(", 1e30: diverged") and rows["joint-s0"][2] == (
       "joint-lr1e-3-s0 (the grid's smallest lr)")  # the best may lie below it
-  # Every lr diverged: the fine-tunes cannot start, and say why in one line each.
+  # Every joint lr diverged: the fine-tunes can never start, an outcome of the grid as a
+  # diverged run is; they say why, and the other runs (both seeds' scratch) still all train
+  # (counted as failures, they stopped every start after them: one run per rerun).
   workdir = str(tmp_path / "diverge_all")
   out = cli(f"--config={study_file}:diverge_all", f"--workdir={workdir}", timeout=600)
   assert out.returncode == 1, out.stdout[-3000:] + out.stderr
-  assert ("finetune-denoise_30-lr1e30-s0 has no start: every lr of joint-lr*-s0 diverged; give "
-          "the study lower lrs" in out.stdout), out.stdout[-3000:]
+  assert ("finetune-denoise_30-lr1e-3-s0: no start: every lr of joint-lr*-s0 diverged; give "
+          "that sweep lower lrs (lrs, or lrs_override for its regime)" in out.stdout), (
+      out.stdout[-3000:])
+  assert out.stdout.splitlines()[-1].startswith(
+      "[study] 4 runs can never start, every lr of their pre-training sweep diverged: "), (
+      out.stdout[-3000:])
   study = _load(study_file, "diverge_all", workdir)
-  assert runner.state(study, study.by_name["finetune-denoise_30-lr1e30-s0"]) == "failed"
+  assert runner.status_table(study, study.runs)[0].endswith(
+      ": 4 done, 2 diverged, 4 no start")
+  from mtl.report import findings, scores, tables
+  found = findings.build(study, tables.transfer_table(study), scores.conflict_records(study))
+  assert found.missing[2].startswith(
+      "no answer: every lr of joint-lr*-s0, joint-lr*-s1 diverged, so the fine-tunes"), found
+  again = cli(f"--config={study_file}:diverge_all", f"--workdir={workdir}", timeout=600)
+  assert again.returncode == 1 and "starting" not in again.stdout, again.stdout[-3000:]
   rows = {row[0]: row for row in accounting.selection_table(study).rows}
   assert rows["joint-s0"][1:3] == ["1e30: diverged", "none: every lr diverged"]

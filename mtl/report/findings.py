@@ -33,7 +33,7 @@ import math
 from mtl import stats
 from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, remedies, tables
-from mtl.study.runs import pretraining_column
+from mtl.study.runs import pretraining_column, sweep_runs
 from mtl.report.scores import (conflict_phases, final_conflicts, left_out, paired,
                                primary_test_set, regime_scores, unequal_budgets,
                                untuned_seeds)
@@ -418,10 +418,17 @@ def _missing(study, question):
               2: len(wanted) == 2, 3: len(wanted) == 2 and {RELATED, UNRELATED} <= groups,
               4: "joint" in wanted and len(wanted) > 1}
   runs = [r for r in study.runs if r.regime in wanted]
-  left = [r for r in runs if not study.is_done(r.name)]
+  dead = sorted({study.dead_end(r.sweep) for r in runs if not study.is_done(r.name)} - {None})
+  left = [r for r in runs if not study.is_done(r.name) and not study.dead_end(r.sweep)]
+  never = (f"every lr of {', '.join(map(sweep_runs, dead))} diverged, so the fine-tunes that "
+           "start there never can; give those sweeps lower lrs (lrs, or lrs_override for the "
+           "regime)")
   if measures[question] and left:
-    return (f"{NOT_YET}: its {'/'.join(wanted)} runs, {len(runs) - len(left)} of {len(runs)} "
-            "done; the same launch/study.py command runs the rest")
+    done = sum(study.is_done(r.name) for r in runs)
+    return (f"{NOT_YET}: its {'/'.join(wanted)} runs, {done} of {len(runs)} done; the same "
+            "launch/study.py command runs the rest" + (f"; {never}" if dead else ""))
+  if measures[question] and dead:
+    return f"no answer: {never}"
   if question == 1:
     why = ("no joint or group run of it recorded conflicts (run.conflicts.every > 0)"
            if wanted else "it has no multi-task pre-training (regime 'joint' or 'groups')")

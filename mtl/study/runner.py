@@ -24,12 +24,14 @@ import threading
 import time
 
 from mtl import children, compile_cache, conflicts, files, run_folder
+from mtl.run_folder import PREEMPTED_EXIT
+from mtl.study.runs import sweep_runs
 from mtl.study.spec import format_lr
 from mtl.study.workdir import (DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK, STARTS_FILE,
                                lock_holder)
 
 ANALYZE_LOG = "analyze.log"  # a final_conflicts measurement's output, in its folder
-STATES = ("done", "diverged", "running", "failed", "waiting", "started", "pending")
+STATES = ("done", "diverged", "no start", "running", "failed", "waiting", "started", "pending")
 
 
 def matching(runs, only):
@@ -65,11 +67,14 @@ def start_order(study, queue):
 
 
 def state(study, spec):
-  """One of STATES: done; diverged (done: its loss went non-finite); running (a live lock);
-  failed (FAILED, not running); waiting (a fine-tune whose pre-training sweep is not done);
-  started (has trained; resumes); pending."""
+  """One of STATES: done; diverged (done: its loss went non-finite); no start (a fine-tune
+  whose every pre-training lr diverged: an outcome of the grid, as diverged); running (a live
+  lock); failed (FAILED, not running); waiting (a fine-tune whose pre-training sweep is not
+  done); started (has trained; resumes); pending."""
   if study.is_done(spec.name):
     return study.status(spec.name)  # done | diverged
+  if study.dead_end(spec.sweep):
+    return "no start"
   if lock_holder(study, spec.name) is not None:
     return "running"
   if os.path.exists(study.path(spec.name, FAILED_FILE)):
@@ -136,6 +141,8 @@ def _detail(study, spec, run_state):
     return f"in {spent}" if spent else ""
   if run_state == "diverged":
     return study.diverged(spec.name)
+  if run_state == "no start":
+    return _no_start(study, spec)
   if run_state == "running":
     holder = lock_holder(study, spec.name) or {}
     where = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
@@ -146,13 +153,31 @@ def _detail(study, spec, run_state):
     failed = files.read_json(study.path(spec.name, FAILED_FILE))
     if "error" in failed:  # it could not start
       return f"{failed['error']} ({failed.get('time')})"
-    return (f"exit status {failed.get('status')} at {failed.get('time')}; log: "
+    return (f"{_exit_words(failed.get('status', 0))} at {failed.get('time')}; log: "
             f"{study.path(spec.name, LOG_FILE)}")
   if run_state == "waiting":
     return "for " + ", ".join(r.name for r in waits_for(study, spec))
   if run_state == "started":
     return "interrupted; resumes from its checkpoint"
   return ""
+
+
+def _no_start(study, spec):
+  """Why a fine-tune can never start, and what to change."""
+  return (f"every lr of {sweep_runs(study.dead_end(spec.sweep))} diverged; give that sweep "
+          "lower lrs (lrs, or lrs_override for its regime)")
+
+
+def _exit_words(code):
+  """A child's exit status in words: a negative one is the signal that killed it."""
+  if code >= 0:
+    return f"exit status {code}"
+  try:
+    name = signal.Signals(-code).name
+  except ValueError:
+    name = f"signal {-code}"
+  return f"killed by {name}" + (" (the OOM killer, or a kill -9)" if -code == signal.SIGKILL
+                                else "")
 
 
 def status_table(study, runs):
@@ -176,9 +201,10 @@ def dependencies(study, runs):
           for spec in runs if not study.is_done(spec.name)}
 
 
-def dry_run(study, train, only="", out=sys.stdout):
-  """Print the runs, their state and exact commands (`train`: Study.command's)."""
-  study.check_saved()
+def dry_run(study, train, only="", out=sys.stdout, analyze=None):
+  """Print the runs, their state and exact commands (`train`: Study.command's), then the
+  end-of-training conflict measurements to come (`analyze`: the Runner's)."""
+  study.check_saved(dry_run=True)
   runs = matching(study.runs, only)
   c = study.config
   to_go = [spec for spec in runs if not study.is_done(spec.name)]
@@ -199,6 +225,16 @@ def dry_run(study, train, only="", out=sys.stdout):
     if not os.path.exists(study.path(spec.name, RUN_CONFIG)):
       unwritten += 1
       out.write(f"    ({RUN_CONFIG} not written yet)\n")
+  to_come = study.final_conflicts_to_come() if analyze is not None else 0
+  if to_come:
+    final = study.config["final_conflicts"]
+    pending = study.final_conflicts_pending()
+    out.write(f"end-of-training conflict measurements: {to_come} to come"
+              + (f", {len(pending)} of them ready now:" if pending else
+                 " (once the pre-training sweeps are done)") + "\n")
+    for name, step, folder in pending:
+      command = analyze(study.path(name, RUN_CONFIG), study.run_dir(name), folder, final, step)
+      out.write(f"  {name} step {step}: {shlex.join(command)}\n")
   if unwritten:
     out.write(f"dry run: nothing was written; the study writes a run's {RUN_CONFIG} when it starts "
               f"the run (a fine-tune's once its pre-training runs are done), so the {unwritten} "
@@ -492,13 +528,17 @@ class Runner:
     total, width = len(runs), len(str(len(runs)))
     heads = {spec.name: f"run {i:>{width}}/{total} {spec.name}" for i, spec in enumerate(runs, 1)}
     prefixes = {spec.name: f"[{i}/{total} {spec.name}] " for i, spec in enumerate(runs, 1)}
-    queue = []
+    queue, no_start = [], []
     for spec in runs:
       if study.is_done(spec.name):
         self.say(f"{heads[spec.name]}: done, skipped")
+      elif study.dead_end(spec.sweep):
+        self.say(f"{heads[spec.name]}: no start: {_no_start(study, spec)}")
+        no_start.append(spec.name)
       else:
         queue.append(spec)
     started, ran, waiting, elsewhere, failed = time.time(), 0, [], [], []
+    requeued = set()  # runs stopped at a checkpoint by a signal of their own, started again
     finished = []  # (run, seconds): runs trained whole here, which the ETA extrapolates
     while queue or self.active:
       if (self.first_measurement and self.signalled is None and not failed
@@ -531,9 +571,18 @@ class Runner:
             elsewhere.append(spec.name)
             continue
           queue.remove(spec)
+          if study.is_done(spec.name):  # finished by another process since the queue was made
+            lock.close()
+            self.say(f"{head}: done by another process; skipped")
+            continue
+          if study.dead_end(spec.sweep):  # its pre-training sweep ended here, every lr diverged
+            lock.close()
+            self.say(f"{head}: no start: {_no_start(study, spec)}")
+            no_start.append(spec.name)
+            continue
           try:
             config = study.write_run_config(spec, self.out)
-          except ValueError as error:  # e.g. a fine-tune whose every pre-training lr diverged
+          except ValueError as error:
             lock.close()
             files.write_json(study.path(spec.name, FAILED_FILE),
                              {"error": str(error), "time": time.strftime("%Y-%m-%d %H:%M:%S")})
@@ -552,15 +601,23 @@ class Runner:
       for run in [r for r in self.active.values() if r.proc.poll() is not None]:
         spec, head = run.spec, run.head
         code, spent = self._finish(run)  # every start counts: one stopped, one resumed
-        if self.signalled is not None:
+        diverged = self._diverged(spec, code)
+        ended = diverged or (code == 0 and self._finished(spec))
+        if self.signalled is not None and not ended:  # one that ended as we stopped is done
           self.say(f"{head}: interrupted; run the same command to resume")
           continue
-        diverged = self._diverged(spec, code)
-        if not diverged and (code != 0 or not self._finished(spec)):
+        if code == PREEMPTED_EXIT and spec.name not in requeued:
+          # a signal of its own (a kill, a preemption reaching it alone): nothing to fix
+          self.say(f"{head}: stopped at a checkpoint by a signal of its own (exit status "
+                   f"{code}); resuming it")
+          requeued.add(spec.name)
+          queue.insert(0, spec)
+          continue
+        if not ended:
           files.write_json(study.path(spec.name, FAILED_FILE),
                            {"status": code, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                             "log": study.path(spec.name, LOG_FILE)})
-          self.say(f"{head}: failed (exit status {code}); its log: "
+          self.say(f"{head}: failed ({_exit_words(code)}); its log: "
                    f"{study.path(spec.name, LOG_FILE)}; fix the cause (the study's config may "
                    "change for runs not yet done) and run the same command: finished runs are "
                    "kept" + ("; starting no other run" if queue else ""))
@@ -572,9 +629,9 @@ class Runner:
         ran += 1
         if not diverged and spent["starts"] == 1:  # trained all its steps in one start
           finished.append((spec, spent["seconds"]))
-        to_go = [r for r in runs if not study.is_done(r.name)]
+        to_go = [r for r in runs if not study.is_done(r.name) and r.name not in no_start]
         left = len(to_go)
-        eta = seconds_left(finished, to_go, {name: time.time() - a.started
+        eta = seconds_left(finished, [r for r in to_go if r.name not in elsewhere], {name: time.time() - a.started
                                              for name, a in self.active.items()},
                            self.max_parallel)
         if self.analyze and not self.measured and not self.first_measurement:
@@ -607,6 +664,11 @@ class Runner:
       self.say(f"[study] stopped: {', '.join(failed)} failed (the status table names the logs: "
                "launch/study.py --dry_run); fix the cause and run the same command: finished "
                "runs are kept")
+      return 1
+    if no_start:
+      self.say(f"[study] {len(no_start)} runs can never start, every lr of their pre-training "
+               f"sweep diverged: {', '.join(no_start)}; give those sweeps lower lrs (lrs, or "
+               "lrs_override for the regime) and run the same command: finished runs are kept")
       return 1
     if waiting or elsewhere:
       if waiting:

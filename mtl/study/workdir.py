@@ -279,7 +279,7 @@ class Study:
           "protocol: run the study in a new --workdir (this one stays readable by "
           "launch/report.py)")
 
-  def check_saved(self):
+  def check_saved(self, dry_run=False):
     """Whether workdir holds a study.json; refuses (ValueError, one line) a different study
     there when the change drops or alters a finished run. A change that only alters unfinished
     runs (the fix for what made one fail) is accepted and said: finished runs are kept (refused
@@ -321,7 +321,9 @@ class Study:
                          f"another process runs {files.field_list(running, 3)}; let it finish "
                          "(or stop it), then run the changed study")
       print(f"{path}: the study changed ({files.field_list(changed, 4)}); no finished run "
-            "changes: they are kept, the unfinished runs take the new config", flush=True)
+            + ("would change: they would be kept, the unfinished runs would take the new "
+               "config" if dry_run else
+               "changes: they are kept, the unfinished runs take the new config"), flush=True)
       added = []
     if added:
       print(f"{path} predates the study fields {files.field_list(added)}: continuing with their "
