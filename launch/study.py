@@ -13,10 +13,10 @@ that another process is running, and resumes an interrupted one from its checkpo
 fails stops new starts (the runs in progress finish): a failure is mostly the config's, which the
 other runs share; fix it and run the same command. A run stopped at a checkpoint by a signal of
 its own (exit status 75) is started again once; a fine-tune whose every pre-training lr diverged
-can never start ('no start', an outcome of the grid as a diverged run is): the others go on. A changed study config
-for the same --workdir is refused when it would drop or alter a finished run, or while another
-process runs one of its runs; otherwise (fixing what made a run fail) it is taken: finished runs
-are kept, the others run with the new config.
+can never start ('no start', an outcome of the grid as a diverged run is): the others go on. A
+changed study config for the same --workdir is refused when it would drop or alter a finished
+run, or while another process runs one of its runs; otherwise (fixing what made a run fail) it
+is taken: finished runs are kept, the others run with the new config.
 Without --config, the study saved in <workdir>/study.json is used (what the SLURM jobs run).
 
 A study with final_conflicts.batch_size > 0 then measures each seed's chosen joint / group run
@@ -42,8 +42,8 @@ Submitted job ids are kept in <workdir>/slurm/jobs.json.
 
 Tables and report:  python launch/report.py --workdir=/tmp/mtl/mini
 Exit status: 0 all selected runs done (or submitted); 1 bad input, a failed run, a run with no
-start or a failed submission; 3 some fine-tunes wait for pre-training runs not done here (--only), or runs run in
-another process; 128 + signal when interrupted.
+start or a failed submission; 3 some fine-tunes wait for pre-training runs not done here
+(--only), or runs run in another process; 128 + signal when interrupted.
 """
 import os
 import re

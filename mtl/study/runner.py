@@ -631,8 +631,9 @@ class Runner:
           finished.append((spec, spent["seconds"]))
         to_go = [r for r in runs if not study.is_done(r.name) and r.name not in no_start]
         left = len(to_go)
-        eta = seconds_left(finished, [r for r in to_go if r.name not in elsewhere], {name: time.time() - a.started
-                                             for name, a in self.active.items()},
+        here = [r for r in to_go if r.name not in elsewhere]  # not another process's to run
+        eta = seconds_left(finished, here, {name: time.time() - a.started
+                                            for name, a in self.active.items()},
                            self.max_parallel)
         if self.analyze and not self.measured and not self.first_measurement:
           self.first_measurement = next(iter(study.final_conflicts_pending()), None)
