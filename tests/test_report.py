@@ -70,6 +70,32 @@ def test_finetunes_wait_for_their_joint_run(study_runs):
   assert "not done yet: joint-lr1e-3-s0" in out.stdout
 
 
+def test_a_changed_final_conflicts_keeps_the_measurements_made_and_says_their_span(
+    study_runs, tmp_path, capsys):
+  """Its end-of-training measurements made, a study's final_conflicts may change (a report-only
+  field): those made keep their settings, the study says so, and the findings give the span of
+  their batch sizes (the first run's alone before: '2/task' for measurements of 2 and 4)."""
+  import shutil
+  workdir = str(tmp_path / "study")
+  shutil.copytree(study_runs[0], workdir)
+  meta = os.path.join(workdir, "runs", JOINT, "analysis", "step-2", "conflicts", "store",
+                      "meta.json")
+  saved = files.read_json(meta)  # as if step 2 were measured again at 4 images per task
+  saved["probe_batch"]["size"] = 4
+  files.write_json(meta, saved)
+  config = study_lib.Study.load(workdir).config
+  config["final_conflicts"]["batch_size"] = 4
+  study = study_lib.Study(config, workdir)
+  assert study.check_saved()
+  assert (f"final_conflicts changed (batch_size); the 2 end-of-training measurement(s) made "
+          f"keep their settings (the report gives their span); delete a checkpoint's "
+          f"runs/<run>/analysis/step-<N>/ to measure it again with the new ones (made: "
+          f"{JOINT}/step-2, {JOINT}/step-4)") in capsys.readouterr().out
+  found = findings.build(study, tables.transfer_table(study), scores.conflict_records(study),
+                         scores.final_conflict_records(study))
+  assert "each on 3 fresh batches of 2-4/task" in found.answers[1][0].sentence, found
+
+
 def test_partial_report_says_what_is_missing(study_runs):
   _, logs = study_runs
   assert logs["partial_report"].returncode == 0, logs["partial_report"].stderr

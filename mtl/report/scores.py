@@ -298,13 +298,16 @@ def final_conflicts(records, level=0.95):
   stats.mean_of_runs over the seeds. Returns {(column, pair): {'interval', 'verdict', 'per_run'
   (each seed's), 'per_checkpoint' (each seed's [(step, interval)]), 'seeds', 'runs', as text
   (min-max over the runs) 'batches' per checkpoint, 'checkpoints', 'steps' (first and last);
-  'measured' and 'total': the checkpoints with an estimate and all; 'size' (images/task)}}."""
+  'measured' and 'total': the checkpoints with an estimate and all; 'size' (images/task, as
+  'batches')}}."""
   out = {}
   for col, runs in _by_column(records).items():
     per_checkpoint = [[(step, _whole(r, level)) for step, r in measured] for *_, measured in runs]
     batches = _span(r.num_steps for *_, measured in runs for _, r in measured)
     checkpoints = _span(len(measured) for *_, measured in runs)
     first, last = _span(m[0][0] for *_, m in runs), _span(m[-1][0] for *_, m in runs)
+    # a study whose final_conflicts changed keeps the measurements made: their span
+    sizes = [r.probe_batch["size"] for *_, measured in runs for _, r in measured if r.probe_batch]
     for pair in per_checkpoint[0][0][1]:
       each = [[(step, c[pair]) for step, c in run] for run in per_checkpoint]
       per_run = [stats.mean_of_estimates([iv for _, iv in run], level) for run in each]
@@ -316,7 +319,7 @@ def final_conflicts(records, level=0.95):
                         "steps": first if first == last else f"{first} to {last}",
                         "measured": sum(math.isfinite(c.estimate) for run in each for _, c in run),
                         "total": sum(len(run) for run in each),
-                        "size": (runs[0][2][0][1].probe_batch or {}).get("size")}
+                        "size": _span(sizes) if sizes else None}
   return out
 
 

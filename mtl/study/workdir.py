@@ -328,7 +328,22 @@ class Study:
     if added:
       print(f"{path} predates the study fields {files.field_list(added)}: continuing with their "
             "current values", flush=True)
+    measure = files.differences(saved["study"].get("final_conflicts", {}),
+                                self.config["final_conflicts"])
+    made = self._measured_checkpoints()
+    if measure and made:  # the report reads each store's own settings, and gives their span
+      print(f"{path}: final_conflicts changed ({files.field_list(measure, 4)}); the {len(made)} "
+            "end-of-training measurement(s) made keep their settings (the report gives their "
+            "span); delete a checkpoint's runs/<run>/analysis/step-<N>/ to measure it again "
+            f"with the new ones (made: {files.field_list(made, 3)})", flush=True)
     return True
+
+  def _measured_checkpoints(self):
+    """'<run>/step-<N>' of every checkpoint with an end-of-training conflict store."""
+    runs = os.path.join(self.workdir, RUNS_DIR)
+    return [f"{name}/step-{step}" for name in sorted(os.listdir(runs))
+            if os.path.isdir(os.path.join(runs, name))
+            for step in _analysed_steps(os.path.join(runs, name))]
 
   def prepare(self):
     """Write study.json (first start; a changed study is refused) and the runs' directories."""
