@@ -16,7 +16,9 @@ that measures it where the study lacks the runs):
 then lists the runs still missing, the tables, the method and the figures. The terminal
 summary starts with the same four answers, then runs done, warnings, per task each regime's
 score and verdict vs scratch, and where the files are. These files are derived from the runs
-and rewritten by every report (keep notes of your own beside them); the runs are only read.
+and rewritten by every report (keep notes of your own beside them, not in tables/ or figures/:
+a file there that this report does not write, e.g. an earlier report's end_conflicts, is
+removed, and the summary says so); the runs are only read.
 """
 import _root  # noqa: F401  (repository root on sys.path)
 import cli

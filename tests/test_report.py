@@ -13,7 +13,7 @@ import pytest
 
 from mtl import conflicts, files, report, run_folder, stats
 from mtl.report import cells as table_cells
-from mtl.report import figures, findings, render, scores, tables
+from mtl.report import document, figures, findings, render, scores, tables
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY
 
@@ -94,6 +94,22 @@ def test_a_changed_final_conflicts_keeps_the_measurements_made_and_says_their_sp
   found = findings.build(study, tables.transfer_table(study), scores.conflict_records(study),
                          scores.final_conflict_records(study))
   assert "each on 3 fresh batches of 2-4/task" in found.answers[1][0].sentence, found
+
+
+def test_a_report_removes_the_files_an_earlier_report_wrote_and_it_does_not(study_runs, tmp_path):
+  """end_conflicts.* stayed beside a report.md that no longer listed them."""
+  import shutil
+  workdir = str(tmp_path / "study")
+  shutil.copytree(study_runs[0], workdir)
+  assert os.path.exists(os.path.join(workdir, "tables", "end_conflicts.csv"))
+  shutil.rmtree(os.path.join(workdir, "runs", JOINT, "analysis"))  # no measurement now
+  _, summary = document.write_with_summary(workdir)
+  assert summary.splitlines()[-1] == (
+      "removed 3 file(s) an earlier report wrote that this one does not: "
+      "tables/end_conflicts.csv, tables/end_conflicts.md, tables/end_conflicts.tex")
+  assert not [n for n in os.listdir(os.path.join(workdir, "tables")) if "end_conflicts" in n]
+  assert "tables/main.csv" not in summary and os.path.exists(
+      os.path.join(workdir, "tables", "main.csv"))
 
 
 def test_partial_report_says_what_is_missing(study_runs):

@@ -153,12 +153,12 @@ def write_with_summary(workdir):
   final = final_conflict_records(study)
   if final:  # question 1's end-of-training figures, checkable in a table of their own
     built.append(tables.end_conflict_table(final))
-  for table in built:
-    render.write_table(table, tables_dir)
+  written = [p for table in built for p in render.write_table(table, tables_dir)]
   figures_dir = os.path.join(study.workdir, FIGURES_DIR)
   loss_paths = loss_figures(study, figures_dir)
   found = findings.build(study, built[1], records, final)
   drawn = figures.write(found, figures_dir, tables.metric_names(study)[2])
+  stale = _remove_stale(tables_dir, figures_dir, written + loss_paths + [p for p, _ in drawn])
   warnings = list(built[0].warnings)
   pending = study.final_conflicts_pending()
   if pending:
@@ -182,7 +182,25 @@ def write_with_summary(workdir):
   path = os.path.join(study.workdir, REPORT_FILE)
   text = "\n".join(parts).encode()
   files.write_atomic(path, lambda f: f.write(text))
-  return path, terminal_summary(study, built, path, warnings, found)
+  summary = terminal_summary(study, built, path, warnings, found)
+  if stale:
+    summary += (f"\nremoved {len(stale)} file(s) an earlier report wrote that this one does not: "
+                + ", ".join(os.path.relpath(p, study.workdir) for p in stale))
+  return path, summary
+
+
+def _remove_stale(tables_dir, figures_dir, written):
+  """Remove the tables (.md .csv .tex) and figures (.png) an earlier report wrote that this one
+  did not (e.g. end_conflicts after a final_conflicts change), so that no file in tables/ and
+  figures/ contradicts report.md; returns their paths."""
+  kept = set(written)
+  stale = [os.path.join(folder, name)
+           for folder, extensions in ((tables_dir, (".md", ".csv", ".tex")), (figures_dir, (".png",)))
+           if os.path.isdir(folder) for name in sorted(os.listdir(folder))
+           if name.endswith(extensions) and os.path.join(folder, name) not in kept]
+  for path in stale:
+    os.remove(path)
+  return stale
 
 
 def terminal_summary(study, built, path, warnings, found=None):

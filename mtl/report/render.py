@@ -1,8 +1,10 @@
 """Renderers of a study table: Markdown, LaTeX (booktabs) and CSV, and the three files of a table
 (the .tex of a table with a paper layout, `Table.latex`, holds that layout)."""
 import csv
+import io
 import os
 
+from mtl import files
 from mtl.report.cells import Bold
 
 
@@ -56,24 +58,26 @@ def _numeric_column(table, k):
   return bool(cells) and all(c[0] in "0123456789+-–" for c in cells)
 
 
-def to_csv(table, path):
+def to_csv(table, out):
+  """The table's records as CSV into `out`, a text stream."""
   fields = table.csv_columns
   if fields is None:
     fields = list(dict.fromkeys(k for r in table.records for k in r)) or ["empty"]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    for record in table.records:
-      writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
+  writer = csv.DictWriter(out, fieldnames=fields)
+  writer.writeheader()
+  for record in table.records:
+    writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
 
 
 def write_table(table, tables_dir):
+  """tables_dir/<name>.md, .csv and .tex, each written atomically; returns their paths."""
   base = os.path.join(tables_dir, table.name)
-  with open(base + ".md", "w") as f:
-    f.write(f"## {table.title}\n\n" + to_markdown(table))
-  with open(base + ".tex", "w") as f:
-    f.write(to_latex(table.latex or table))
-  to_csv(table, base + ".csv")
+  csv_text = io.StringIO(newline="")
+  to_csv(table, csv_text)
+  for ext, text in ((".md", f"## {table.title}\n\n" + to_markdown(table)),
+                    (".tex", to_latex(table.latex or table)), (".csv", csv_text.getvalue())):
+    data = text.encode()
+    files.write_atomic(base + ext, lambda f, data=data: f.write(data))
   return [base + ext for ext in (".md", ".csv", ".tex")]
 
 
