@@ -193,9 +193,8 @@ def _remove_stale(tables_dir, figures_dir, written):
   """Remove the tables (.md .csv .tex) and figures (.png) an earlier report wrote that this one
   did not (e.g. end_conflicts after a final_conflicts change), so that no file in tables/ and
   figures/ contradicts report.md; returns their paths."""
-  kept = set(written)
-  stale = [os.path.join(folder, name)
-           for folder, extensions in ((tables_dir, (".md", ".csv", ".tex")), (figures_dir, (".png",)))
+  kept, made = set(written), ((tables_dir, (".md", ".csv", ".tex")), (figures_dir, (".png",)))
+  stale = [os.path.join(folder, name) for folder, extensions in made
            if os.path.isdir(folder) for name in sorted(os.listdir(folder))
            if name.endswith(extensions) and os.path.join(folder, name) not in kept]
   for path in stale:
