@@ -122,6 +122,7 @@ class _Stream:
   def _lost(self):
     self._gone = True
     _to_devnull(self._original)
+    self._tee.take_over()
     self._tee.note(f"(the reader of this process's {self._name()} is gone: from here on its "
                    "output goes to this log only)")
 
@@ -151,6 +152,10 @@ def _to_devnull(stream):
     os.close(null)
 
 
+# Writes a Tee on stand-by keeps (a printed line is two: its text and its newline)
+STANDBY_WRITES = 40
+
+
 class Tee:
   """Copies sys.stdout and sys.stderr (absl's log lines included) into a run's text log.
 
@@ -169,6 +174,25 @@ class Tee:
     self.started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     self._buffer, self._file, self._path, self._given_up = [], None, None, False
     self._at_line_start, self._notes = True, []
+    self._standby = None  # the log a parent writes (stand_by); the last lines kept for it
+
+  def stand_by(self, path):
+    """Its parent writes the log `path` from this process's output (the study runner): keep only
+    the last lines (the parent may not have had them), and take the log over (take_over) if
+    that parent goes."""
+    self._standby, self._buffer = path, collections.deque(maxlen=STANDBY_WRITES)
+
+  def take_over(self):
+    """Write the log from here on, the parent that wrote it gone (its pipe's reader died)."""
+    if self._standby is None or self._file is not None or self._given_up:
+      return
+    path, tail, self._standby, self._buffer = self._standby, "".join(self._buffer), None, []
+    self._path = path
+    self._file = open(path, "a")
+    self._write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} | pid "
+                f"{os.getpid()}: the process that wrote this log is gone; this run writes it "
+                "from here, from its last lines (some logged above already):\n" + tail)
+    self.flush()
 
   def write(self, text):
     self._write(text)
@@ -190,7 +214,7 @@ class Tee:
       except OSError as error:
         self._give_up(error)
     elif not self._given_up:
-      self._buffer.append(text)
+      self._buffer.append(text)  # a deque of the last lines while on stand-by
 
   def flush(self):
     if self._file is not None:
@@ -249,8 +273,12 @@ class Tee:
 def attach_log(path):
   """Start appending this attempt's output to `path`, the run's log (if a Tee is installed and
   $MTL_TRAIN_LOG is not 0: a parent that writes the log itself, like the study runner, sets it)."""
-  if Tee.current is not None and os.environ.get("MTL_TRAIN_LOG", "1") != "0":
+  if Tee.current is None:
+    return
+  if os.environ.get("MTL_TRAIN_LOG", "1") != "0":
     Tee.current.attach(path)
+  else:
+    Tee.current.stand_by(path)
 
 
 def hparams_of(config):

@@ -191,6 +191,39 @@ def test_the_log_goes_on_when_the_reader_of_the_output_is_gone(tmp_path, monkeyp
                    "preempted: checkpoint saved"]
 
 
+def test_a_study_run_takes_its_log_over_when_the_runner_that_wrote_it_is_gone(tmp_path,
+                                                                              monkeypatch):
+  """A study's run does not write its train.log (MTL_TRAIN_LOG=0: the runner writes it from the
+  run's output); where the runner dies, the run's last words (its SIGTERM, its checkpoint) went
+  nowhere: it takes the log over, from its last lines, and keeps no more than those before."""
+  import os
+  import sys
+  monkeypatch.setenv("MTL_TRAIN_LOG", "0")
+  path = tmp_path / "train.log"
+  path.write_text("step 10/40 (the runner's copy)\n")
+  pipe = _closed_pipe()
+  with progress_lib.Tee(argv=["launch/train.py"]) as tee:
+    monkeypatch.setattr(sys, "stdout", progress_lib._Stream(pipe, tee))
+    progress_lib.attach_log(str(path))
+    for step in range(1, 101):
+      tee.write(f"step {step}/100\n")  # as the pipe had them: the runner logged them
+    assert len(tee._buffer) == progress_lib.STANDBY_WRITES  # the last lines only
+    assert path.read_text() == "step 10/40 (the runner's copy)\n"
+    print("SIGTERM received: saving a checkpoint", flush=True)  # the runner is gone
+    print("preempted: checkpoint saved at step 13", flush=True)
+  lines = path.read_text().splitlines()
+  assert lines[0] == "step 10/40 (the runner's copy)"
+  assert lines[1].endswith(f"| pid {os.getpid()}: the process that wrote this log is gone; this "
+                           "run writes it from here, from its last lines (some logged above "
+                           "already):")
+  # the last STANDBY_WRITES writes: 38 steps, then the SIGTERM line's text and newline (its
+  # write to the pipe failed at the flush)
+  assert lines[2:] == [f"step {s}/100" for s in range(63, 101)] + [
+      "SIGTERM received: saving a checkpoint",
+      "(the reader of this process's output is gone: from here on its output goes to this log "
+      "only)", "preempted: checkpoint saved at step 13"]
+
+
 def test_a_log_the_disk_cannot_hold_is_given_up_and_said_on_the_terminal(tmp_path, capsys):
   import os
   if not os.path.exists("/dev/full"):
