@@ -7,9 +7,9 @@ forwards SIGTERM (`send`): the trainers checkpoint at the next step boundary and
 gets SIGTERM when its parent dies (Linux), so none is left orphaned: a trainer then checkpoints
 and exits 75 as on any SIGTERM, its output (to a pipe nobody reads any more) going on to its
 train.log only (mtl.progress.Tee: a study's run, whose log the runner wrote, takes it over); one
-whose parent died before it could ask for that signal
-exits before it starts. The signal follows the parent's thread that started the child: start
-children from a thread that outlives them (the main one). Its output (stdout and stderr
+whose parent died before it could ask for that signal exits before it starts. The signal follows
+the parent's thread that started the child: start children from a thread that outlives them
+(the main one). Its output (stdout and stderr
 together) is pumped line by line to the parent's `on_line`.
 """
 import os
