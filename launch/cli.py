@@ -154,10 +154,15 @@ def _refuse_nan(refuse):
 def exit_now(status):
   """Exit once every file is written and closed. One process skips the interpreter's teardown:
   a failed checkpoint read's pending reads would print a traceback each there, and jax's backend
-  takes ~1 s to tear down. Several processes (jax.distributed) exit as usual."""
+  takes ~1 s to tear down. Several processes (jax.distributed) that finished or stopped together
+  (status 0, or 75 after an agreed step) exit as usual, through jax.distributed's shutdown
+  barrier; one that fails alone skips it too: the others, blocked in a collective, would never
+  reach it (the barrier timed out after 5 minutes), and its death ends their collective."""
   jax = sys.modules.get("jax")
   if jax is not None and jax.distributed.is_initialized():  # asks no backend to start
-    sys.exit(status)
+    from mtl import run_folder  # loaded: only the trainer starts jax.distributed
+    if status in (0, run_folder.PREEMPTED_EXIT):
+      sys.exit(status)
   sys.stdout.flush()
   sys.stderr.flush()
   from absl import logging

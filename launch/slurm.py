@@ -12,8 +12,9 @@ its default.
 The job runs in the folder slurm.py was started from (#SBATCH --chdir), so relative paths in
 the train.py arguments (init_from, data and evaluation folders) name what they name here. In the
 job, `srun` starts nodes x gpus_per_node tasks, each `python <repo>/launch/train.py ...`, all
-seeing the node's GPUs; mtl.distributed sees SLURM_JOB_ID and calls jax.distributed.initialize()
-without arguments (SLURM gives the coordinator, the process count and index), and JAX gives the
+seeing the node's GPUs; mtl.distributed sees a step of several tasks and calls
+jax.distributed.initialize() without arguments (SLURM gives the coordinator, the process count
+and index), and JAX gives the
 task of local index i the node's GPU i (JAX's SLURM rule: --gpus-per-task=1 would hide GPU i from
 every task but the first). SLURM sends SIGTERM
 --signal_seconds before the time limit: the trainer checkpoints at the next step boundary and

@@ -17,6 +17,7 @@ Output goes to the terminal and is appended to <workdir>/train.log. Exit status:
 """
 import os
 import sys
+import traceback
 
 import _root  # noqa: F401  (repository root on sys.path for `experiments`)
 import cli
@@ -97,11 +98,20 @@ def main(argv):
       except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C); the last saved checkpoint is kept; run the same "
               "command to resume", file=sys.stderr, flush=True)
-        sys.exit(INTERRUPTED_EXIT)
+        cli.exit_now(INTERRUPTED_EXIT)
       except (ValueError, FileNotFoundError, train.NonFiniteLoss) as error:
         cli.fail(error)
   except (ValueError, FileNotFoundError) as error:
     cli.fail(error)
+  except Exception as error:
+    if not jax.distributed.is_initialized():
+      raise
+    if isinstance(error, jax.errors.JaxRuntimeError):  # a collective whose peer has gone
+      cli.fail(f"process {jax.process_index()}: a collective with the other processes failed, "
+               f"one of them having stopped (its own error says why): "
+               f"{str(error).strip().splitlines()[0]}")
+    traceback.print_exc()  # then exit without waiting for processes blocked in a collective
+    cli.exit_now(1)
   cli.exit_now(0)  # ~1 s of teardown saved per study run
 
 

@@ -1,4 +1,5 @@
 """Device mesh and shardings: batch over ('data', 'fsdp'), large parameters over 'fsdp'."""
+import collections
 import math
 
 import jax
@@ -21,7 +22,16 @@ def make_mesh(mesh_cfg, devices=None):
   if data < 1 or data * fsdp > count:
     raise ValueError(f"mesh data={data} x fsdp={fsdp} needs {data * fsdp} devices, "
                      f"{count} are present; set mesh.data=-1 or data*fsdp <= {count}")
-  return jax.make_mesh((data, fsdp), BATCH_AXES, devices=devices[:data * fsdp],
+  chosen = devices[:data * fsdp]
+  shares = collections.Counter(d.process_index for d in chosen)
+  processes = len({d.process_index for d in devices})
+  if processes > 1 and (len(shares) < processes or len(set(shares.values())) > 1):
+    # each process feeds its share of the batch to its own devices in the mesh
+    raise ValueError(f"mesh data={data} x fsdp={fsdp} takes "
+                     + ", ".join(f"{n} of process {p}'s devices" for p, n in sorted(shares.items()))
+                     + f" of {processes} processes; every process must give it as many: set "
+                     f"mesh.data=-1 (all {count} devices)")
+  return jax.make_mesh((data, fsdp), BATCH_AXES, devices=chosen,
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from mtl import aggregators, checkpoints, conflicts, files, flops, run_defaults, run_folder
+from mtl import (aggregators, checkpoints, conflicts, distributed, files, flops, run_defaults,
+                 run_folder)
 from mtl.data import pipeline, prefetch
 from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
@@ -125,21 +126,28 @@ def train_and_evaluate(config, workdir):
     raise ValueError(f"--workdir={workdir} cannot be created: {error.strerror}") from None
   lock = files.WorkdirLock(workdir, run_folder.LOCK_FILE)
   diverged = os.path.join(workdir, run_folder.DIVERGED_FILE)
-  if is_writer:
-    lock.acquire()
   try:
-    if is_writer:
-      progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
-      if lock.stale:
-        print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
-              flush=True)
-      earlier = run_folder.read_results(workdir)
-      if earlier is not None and earlier.get("step") != config.total_steps:
-        _keep_results(workdir, earlier)  # before the config is updated: a refusal changes nothing
-      run_folder.check_or_write_config(workdir, config.to_dict(),
-                                       run_defaults.config_defaults())
-      if os.path.exists(diverged):  # an earlier attempt's: this one records its own outcome
-        os.remove(diverged)
+    refusal = None
+    if is_writer:  # the writer's checks; every process learns their verdict (distributed.agree)
+      try:
+        lock.acquire()
+        progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
+        if lock.stale:
+          print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
+                flush=True)
+        earlier = run_folder.read_results(workdir)
+        if earlier is not None and earlier.get("step") != config.total_steps:
+          _keep_results(workdir, earlier)  # before the config is updated: a refusal changes nothing
+        run_folder.check_or_write_config(workdir, config.to_dict(),
+                                         run_defaults.config_defaults())
+        if os.path.exists(diverged):  # an earlier attempt's: this one records its own outcome
+          os.remove(diverged)
+        if setup.run.plan.probe_every:  # a store this run cannot append to is refused now
+          conflicts.Store(workdir).check(setup.run.model.task_names, ipt.body_layer_order(
+              setup.run.abstract_state.params["body"])[0])
+      except ValueError as error:
+        refusal = error
+    distributed.agree(refusal)
     return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)
   except (NonFiniteLoss, evaluate.NonFiniteOutput) as error:  # a study reads it: this lr diverged
     if is_writer:
@@ -197,8 +205,6 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
       print(setup.banner(data=f"{images.description}, {len(images)} images"), flush=True)
       if source_note:
         print(source_note, flush=True)
-      if probe_every:  # before any step: a store this run cannot append to is refused now
-        conflicts.Store(workdir).check(run.model.task_names, layer_names)
       if probe_every or start == 0:
         conflicts.truncate_after(workdir, start - 1)  # steps >= start will be probed again
     metrics_log = MetricsLog(os.path.join(workdir, run_folder.METRICS_FILE), start, enabled=is_writer)

@@ -11,10 +11,10 @@ same 8-device mesh as one process with 8 fake devices; the data of a step is a p
   (c) a coordinator that never answers: a clear one-line error within seconds, not a hang.
   (d) a mesh that does not divide the devices or the batch: a clear one-line error.
 
-The single-process runs share a persistent compilation cache (same programs: ~30 s saved each).
-The multi-process runs must not: a cached CPU executable with cross-process collectives stalled
-in gloo context set-up here (jax 0.10.2), so each multi-process run compiles afresh.
+The single-process runs share a persistent compilation cache of their own (same programs: ~30 s
+saved each); the multi-process runs use the trainer's default one, as the other tests' runs.
 """
+import json
 import os
 import re
 import shutil
@@ -338,15 +338,45 @@ def test_coordinator_that_never_answers_fails_fast_with_one_line(tmp_path):
       proc.stderr[-3000:])
 
 
-def test_mesh_that_does_not_divide_the_devices_stops_both_processes(tmp_path):
+@pytest.mark.parametrize("changes, message", [
+    ({"mesh.fsdp": 3}, "mesh.fsdp=3 does not divide the 8 devices"),
+    # process 1 crashed (a jax.Array spanning devices it cannot address) and process 0 trained
+    # alone on its half of the batch, then hung at the first checkpoint
+    ({"mesh.data": 4}, "mesh data=4 x fsdp=1 takes 4 of process 0's devices of 2 processes; "
+                       "every process must give it as many: set mesh.data=-1 (all 8 devices)"),
+    # a check process 0 makes alone: process 1 went on into orbax's first barrier and failed
+    # there 30 s later with a traceback, process 0 waiting minutes in jax's shutdown barrier
+    ({}, "is in use by pid"),
+])
+def test_a_refused_start_stops_both_processes_with_one_line_each(tmp_path, changes, message):
   workdir = str(tmp_path / "run")
-  proc, _ = _run(_local_cmd(workdir, **{"mesh.fsdp": 3}), _env(), timeout=120)
+  if not changes:  # the workdir of a live run (this test's process)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "train.lock"), "w") as f:
+      json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": "now"}, f)
+  proc, _ = _run(_local_cmd(workdir, **changes), _env(), timeout=120)
   out = proc.stdout + proc.stderr
   assert proc.returncode == 1, out[-3000:]
   errors = [l for l in out.splitlines() if re.match(r"\[p\d\] error:", l)]
   assert sorted(l[:4] for l in errors) == ["[p0]", "[p1]"], out[-3000:]  # once per process
-  assert all("mesh.fsdp=3 does not divide the 8 devices" in l for l in errors), out[-3000:]
+  assert all(message in l for l in errors), out[-3000:]
   assert "Traceback" not in out and not os.path.exists(os.path.join(workdir, "checkpoints"))
+
+
+def test_an_error_in_one_process_ends_the_run_at_once(killed, tmp_path):
+  """A process that stops on an error (here a Ctrl-C of its own: KeyboardInterrupt) exited
+  through jax.distributed's shutdown barrier, which the others, blocked in their next
+  collective, never reached: 5 minutes, then pages of C++ logs. It exits at once now, and the
+  other's collective fails: one line each."""
+  _, copy, killed_at, _ = killed
+  workdir = str(tmp_path / "run")
+  shutil.copytree(copy, workdir, symlinks=True)
+  rc, out, waited = _signal_when(_local_cmd(workdir, total_steps=STEPS + 20), tmp_path / "log",
+                                 f"[p0] step {killed_at + 1}/", _kill_p1(signal.SIGINT),
+                                 timeout=300)
+  assert rc == 128 + signal.SIGINT and waited < 60, (waited, out[-4000:])  # not the barrier's
+  assert "[p1] error: interrupted (Ctrl-C)" in out, out[-4000:]
+  assert "Traceback" not in out and "Fatal Python error" not in out, out[-4000:]
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -355,10 +385,24 @@ def test_mesh_that_does_not_divide_the_devices_stops_both_processes(tmp_path):
     (["--num_processes=2", "--process_id=2"], "--process_id=2 is outside 0..1"),
     (["--distributed_timeout=-5"], "--distributed_timeout=-5 must be >= 1 (seconds)"),
     (["--num_cpu_devices=-1"], "--num_cpu_devices=-1 must be >= 0 (0: default)"),
+    # a launcher that sets MTL_PROCESS_ID but not MTL_NUM_PROCESSES ran N single-process runs
+    (["MTL_PROCESS_ID=1"], "$MTL_PROCESS_ID=1 is outside 0..0; give --num_processes too"),
+    # the environment's values were read as the flags were defined: a traceback each
+    (["MTL_NUM_PROCESSES=two"], "$MTL_NUM_PROCESSES='two' is not valid for --num_processes: "
+                                "invalid literal for int() with base 10: 'two'"),
+    (["MTL_DISTRIBUTED=yes"], "$MTL_DISTRIBUTED='yes' is not valid for --distributed: value "
+                              "should be one of <auto|on|off>"),
+    (["--num_processes=2", "--coordinator_address=localhost"],  # an IndexError deep in jax
+     "--coordinator_address=localhost is not host:port (e.g. 10.0.0.1:1234, a port in "
+     "1..65535)"),
+    (["MTL_DISTRIBUTED=on"], "jax.distributed could not start from the environment "
+                             "($MTL_DISTRIBUTED=on): coordinator_address should be defined.; "
+                             "MTL_DISTRIBUTED=off runs this process alone"),
 ])
 def test_bad_process_flags_are_one_line_whatever_else_is_given(tmp_path, flags, message):
-  # a launcher that sets MTL_PROCESS_ID but not MTL_NUM_PROCESSES ran N single-process runs
-  proc, _ = _run([sys.executable, TRAIN, *_args(str(tmp_path / "run")), *flags], _env(),
+  env = dict(_env(), **dict(f.split("=", 1) for f in flags if f.startswith("MTL_")))
+  flags = [f for f in flags if not f.startswith("MTL_")]
+  proc, _ = _run([sys.executable, TRAIN, *_args(str(tmp_path / "run")), *flags], env,
                  timeout=120)
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1] == f"error: {message}", proc.stderr[-2000:]
@@ -381,6 +425,22 @@ def test_mesh_that_does_not_fit_is_a_clear_error(changes, message):
   with pytest.raises(ValueError) as error:
     run_state.build(config)
   assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_slurm_is_detected_as_jax_detects_it_and_one_task_runs_alone(tmp_path, monkeypatch):
+  """SLURM_JOB_ID alone (a shell of salloc, a job step without srun) started jax.distributed,
+  which failed with a traceback; a one-task step (a study's job) took one GPU of its N."""
+  slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node1", "SLURM_NTASKS": "1",
+           "SLURM_PROCID": "0", "SLURM_LOCALID": "0"}
+  for env in ({"SLURM_JOB_ID": "7"}, slurm):
+    proc, _ = _run([sys.executable, TRAIN, *_args(str(tmp_path / "run")), "--dry_run"],
+                   dict(_env(), **env), timeout=120)
+    assert proc.returncode == 0 and "mesh: data=1, fsdp=1 over 1 cpu device" in proc.stdout, (
+        env, proc.stderr[-2000:])
+  from mtl import distributed
+  for name, value in dict(slurm, SLURM_NTASKS="4").items():
+    monkeypatch.setenv(name, value)
+  assert distributed._auto() == distributed.SLURM_ENV
 
 
 def test_an_explicit_mesh_may_use_some_of_the_devices_whatever_fsdp_divides():
