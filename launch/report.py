@@ -25,7 +25,7 @@ import cli
 from absl import app, flags
 
 flags.DEFINE_string("workdir", None, "Directory of the study (holds study.json).")
-flags.mark_flags_as_required(["workdir"])
+cli.required_paths("workdir")
 
 
 @cli.absl_main

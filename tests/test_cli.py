@@ -207,7 +207,8 @@ def test_every_absl_launcher_s_bad_flag_is_one_line():
        "error: unknown config field 'seedz' in --config.seedz=1; the config has: budget,"),
       # nan passes absl's bounds (every comparison with it is false): refused by parse_flags
       ("analyze.py", ["--workdir=.", "--ema_beta=nan"],
-       "error: --ema_beta=nan is not a number; give a finite value")]:
+       "error: --ema_beta=nan is not a number; give a finite value"),
+      ("report.py", ["--workdir="], "error: flag --workdir=: --workdir is empty; give a path")]:
     proc = subprocess.run([sys.executable, os.path.join("launch", name), *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, (name, proc.stderr[-1500:])

@@ -112,6 +112,24 @@ def test_a_report_removes_the_files_an_earlier_report_wrote_and_it_does_not(stud
       os.path.join(workdir, "tables", "main.csv"))
 
 
+def test_a_run_done_without_its_results_is_said_and_evaluated_again(study_runs, tmp_path):
+  """A DONE run whose results.json is gone counted as done, scored nowhere, said nowhere."""
+  import shutil
+  workdir = str(tmp_path / "study")
+  shutil.copytree(study_runs[0], workdir)
+  name = "scratch-derain-lr1e-3-s0"
+  os.remove(os.path.join(workdir, "runs", name, "results.json"))
+  _, summary = document.write_with_summary(workdir)
+  assert (f"1 run(s) marked done have no results.json ({name}): their scores are left out; "
+          "delete such a run's DONE and run the same launch/study.py command: it evaluates the "
+          "run again from its last checkpoint.") in summary.splitlines(), summary
+  os.remove(os.path.join(workdir, "runs", name, "DONE"))  # as the warning says
+  config = os.path.join(os.path.dirname(study_runs[0]), "micro.py")
+  out = _cli("launch/study.py", f"--config={config}:reference", f"--workdir={workdir}")
+  assert out.returncode == 0, out.stdout[-3000:]
+  assert _results(workdir, name)["step"] == 4, out.stdout[-3000:]
+
+
 def test_partial_report_says_what_is_missing(study_runs):
   _, logs = study_runs
   assert logs["partial_report"].returncode == 0, logs["partial_report"].stderr

@@ -653,3 +653,9 @@ def test_loading_a_training_run_as_a_study_says_what_it_is(tmp_path):
   os.remove(tmp_path / "config.json")
   with pytest.raises(FileNotFoundError, match="no study.json in .*; run launch/study.py"):
     study_lib.Study.load(str(tmp_path))
+  (tmp_path / "study.json").write_text("{}")  # its runs/ folder given: the study is its parent
+  os.makedirs(tmp_path / "runs")
+  with pytest.raises(FileNotFoundError) as error:
+    study_lib.Study.load(str(tmp_path / "runs"))
+  assert str(error.value) == (f"{tmp_path}/runs is inside the study {tmp_path}; give "
+                              f"--workdir={tmp_path}")

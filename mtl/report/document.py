@@ -10,7 +10,7 @@
 import dataclasses
 import os
 
-from mtl import events, files, stats
+from mtl import events, files, run_folder, stats
 from mtl import study as study_lib
 from mtl.report import accounting, figures, findings, remedies, render, tables
 from mtl.report.scores import (conflict_records, conflict_summaries, final_conflict_records,
@@ -160,6 +160,14 @@ def write_with_summary(workdir):
   drawn = figures.write(found, figures_dir, tables.metric_names(study)[2])
   stale = _remove_stale(tables_dir, figures_dir, written + loss_paths + [p for p, _ in drawn])
   warnings = list(built[0].warnings)
+  lost = [r.name for r in study.runs
+          if study.is_done(r.name) and not study.diverged(r.name) and study.results(r.name) is None]
+  if lost:  # counted done above, scored nowhere
+    warnings.append(
+        f"{len(lost)} run(s) marked done have no {run_folder.RESULTS_FILE} "
+        f"({files.field_list(lost, 3)}): their scores are left out; delete such a run's DONE and "
+        "run the same launch/study.py command: it evaluates the run again from its last "
+        "checkpoint.")
   pending = study.final_conflicts_pending()
   if pending:
     warnings.append(

@@ -144,6 +144,9 @@ class Study:
       raise FileNotFoundError(f"{workdir} is a training run's workdir, not a study's: its scores "
                               f"are in its {run_folder.RESULTS_FILE}, its conflicts drawn by "
                               f"launch/analyze.py --workdir={workdir}")
+    parent = os.path.dirname(os.path.abspath(workdir))
+    if not os.path.exists(path) and os.path.exists(os.path.join(parent, STUDY_FILE)):
+      raise FileNotFoundError(f"{workdir} is inside the study {parent}; give --workdir={parent}")
     if not os.path.exists(path):
       raise FileNotFoundError(f"no {STUDY_FILE} in {workdir}; run launch/study.py "
                               f"--workdir={workdir} first")
