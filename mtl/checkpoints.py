@@ -214,6 +214,9 @@ def _restore_items(mngr, step, abstract):
           **{name: ocp.args.StandardRestore(tree) for name, tree in target.items()}))
   except Exception as error:  # orbax and tensorstore raise plain Exceptions for damaged files
     reason = " ".join(str(error.__cause__ or error).split())[:240]
+    if "tree structures do not match" in reason:  # readable, but not what was asked for
+      raise ValueError(f"checkpoint step {step} in {mngr.directory} holds other parameters "
+                       f"than its reader's model and config ({reason})") from None
     raise ValueError(f"checkpoint step {step} in {mngr.directory} cannot be read ({reason}); "
                      + _other_steps(mngr.all_steps(), step)) from None
   restored = {name: restored[name] for name in abstract}

@@ -26,9 +26,11 @@ def load_model(workdir, step=None, ema=False):
                   tasks.get_all(config.tasks))
   one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), model.abstract_params())
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
+      run_folder.saved_params(config, model))
   params, step = checkpoints.restore_params(workdir, abstract, step,
                                             "ema_params" if ema else "params")
+  params.pop("loss_weighting", None)  # the training's, not the model's
   return config, model, params, int(step)
 
 

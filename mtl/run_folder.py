@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mtl import checkpoints, files, optim
+from mtl import aggregators, checkpoints, files, optim
+from mtl.models import ipt
 from mtl.step import TrainState
 
 CONFIG_FILE = "config.json"
@@ -177,6 +178,19 @@ def source_run(init_from):
     raise ValueError(f"init_from={init_from} is not a run with a checkpoint (no "
                      f"{CONFIG_FILE} or no saved step); point it to a run's workdir")
   return files.read_json(path)
+
+
+def saved_params(config, model):
+  """The abstract params a run of `config` saved: its model's, and what its config.mtl trained
+  (uncertainty's log-variances, params['loss_weighting']): a restore must name them all."""
+  params = model.abstract_params()
+  mtl_cfg = config.get("mtl")
+  if not mtl_cfg or not mtl_cfg.get("loss_weighting"):
+    return params
+  leaves = len(ipt.shared_layer_names(params["body"]))
+  extra = jax.eval_shape(lambda: aggregators.init_step_state(
+      ml_collections.ConfigDict(dict(mtl_cfg)), len(model.task_names), leaves)[0])
+  return dict(params, loss_weighting=extra) if extra else params
 
 
 def state_from_params(run, params, step=0, like=None):

@@ -98,7 +98,7 @@ def finetune_params(run, init_from):
                      "fine-tune with the same model fields")
   abstract = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(run.mesh)),
-      source_model.abstract_params())
+      run_folder.saved_params(source_cfg, source_model))
   source, step = checkpoints.restore_params(init_from, abstract)
   fresh = run.init_state()
   params = dict(fresh.params, body=source["body"])

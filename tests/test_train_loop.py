@@ -156,6 +156,33 @@ def test_resume_on_another_mesh_restores_resharded(straight_run, tmp_path):
   assert list(conflicts.load(workdir).steps) == [0, 1, 2, 3]
 
 
+def test_a_run_with_trained_loss_weights_is_fine_tuned_from_and_restored(tmp_path):
+  """uncertainty's log-variances are saved with the parameters (params['loss_weighting']): a
+  restore that named only the model's groups failed as 'cannot be read', 'move 2/ out'."""
+  from mtl import restoration
+  joint_dir = str(tmp_path / "joint")
+  config = _config(total_steps=2, checkpoint_every=2)
+  config.conflicts.every = 0
+  config.mtl.loss_weighting = "uncertainty"
+  train.train_and_evaluate(config, joint_dir)
+  saved, _ = checkpoints.restore_params(joint_dir, run_folder.saved_params(
+      config, run_state.build(config).model))
+  assert saved["loss_weighting"]["log_var"].shape == (2,)
+  with pytest.raises(ValueError, match="step 2 in .* holds other parameters than its reader's "
+                     "model and config"):  # not 'cannot be read', nor 'move 2/ out'
+    checkpoints.restore_params(joint_dir, run_state.build(config).model.abstract_params())
+  target = _config(regime="finetune", tasks=("sr_x2",), init_from=joint_dir, total_steps=2)
+  run = run_state.build(target)
+  with jax.set_mesh(run.mesh):
+    state, note = run_state.finetune_params(run, joint_dir)
+  assert "step 2): body, sr_x2's head, query and tail" in note and "loss_weighting" not in (
+      state.params)
+  np.testing.assert_array_equal(jax.device_get(state.params["body"]["token_embed"]["kernel"]),
+                                saved["body"]["token_embed"]["kernel"])
+  _, model, params, step = restoration.load_model(joint_dir)
+  assert step == 2 and sorted(params) == ["body", "heads", "queries", "tails"]
+
+
 def test_finetune_starts_from_the_joint_body(straight_run, tmp_path):
   joint_dir = straight_run[0]
   config = _config(regime="finetune", tasks=("sr_x2",), init_from=joint_dir, total_steps=2)
