@@ -164,7 +164,8 @@ FIELD_HELP = {
     "regime": "scratch (one task) | joint (several, multi-task pre-training) | finetune",
     "schedule": "all: every task every step (conflicts measurable) | one: one task per step (IPT)",
     "init_from": "finetune: the workdir of the run to start from",
-    "precision": "compute dtype: float32 | bfloat16 (parameters stay float32)",
+    "precision": "compute dtype: float32 | bfloat16 (parameters, norms, softmax, losses and "
+                 "bias gradients stay float32; mtl/models/ipt.py)",
     "cpu_threads": "threads of XLA's CPU backend (0: every CPU the run may use); a CPU run's "
                    "numbers depend on it (Eigen splits sums by thread), not on its cores",
     "model.n_feats": "channels of the heads and tails (IPT: 64)",

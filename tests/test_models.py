@@ -138,6 +138,27 @@ def _layers_config(**changes):
 # matmuls as TF32 by default (10-bit mantissa), and the two programs may pick different kernels;
 # at 'highest' both compute float32 products on every backend and the float32 bounds below hold.
 @jax.default_matmul_precision("highest")
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_bfloat16_bias_gradients_are_summed_in_float32(layer):
+  """A bias added in bfloat16 has its gradient, a sum over every pixel or token, summed in
+  bfloat16: of 16 x 48 x 48 positive terms of about 1 the sum stalls near 2**9, where adding 1
+  no longer changes it (99% error). Summed in float32 the error is at most n u = 73,728 x 2**-24
+  = 0.44% (a sequential sum's bound, u float32's unit roundoff), whatever XLA's order."""
+  dtype, rngs = jnp.bfloat16, nnx.Rngs(0)
+  module = (ipt.Conv(8, 8, (3, 3), dtype=dtype, rngs=rngs) if layer == "conv"
+            else ipt.Linear(8, 8, dtype=dtype, rngs=rngs))
+  x = jax.random.normal(jax.random.key(1), (16, 48, 48, 8))
+  x = x if layer == "conv" else x.reshape(-1, 8)
+  graph, state = nnx.split(module)
+  y, vjp = jax.vjp(lambda s: nnx.merge(graph, s)(x), state)
+  assert y.dtype == dtype  # the output stays in the compute dtype
+  cotangent = (1 + jax.random.uniform(jax.random.key(2), y.shape)).astype(dtype)  # in [1, 2]
+  bias = np.asarray(vjp(cotangent)[0]["bias"][...], np.float64)
+  exact = np.asarray(cotangent, np.float64).reshape(-1, 8).sum(0)
+  n = y.size // 8  # terms per bias entry
+  assert np.max(np.abs(bias - exact) / exact) <= n * 2.0 ** -24, np.abs(bias - exact) / exact
+
+
 def test_scanned_layers_equal_the_per_layer_loop():
   model = ipt.IPT(_layers_config(), tasks.get_all(["sr_x2"]))
   params = model.init(jax.random.key(0))

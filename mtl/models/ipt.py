@@ -12,6 +12,10 @@ layout checkpoints written before the stacking hold (`stack_layers` converts the
 
 Modules are Flax NNX; the trainer works on the pure pytree and merges it into modules inside
 jit (`nnx.merge`), so every function here is a pure function of (params, inputs).
+
+In bfloat16 (config.precision) the activations, residual stream and tail output are bfloat16;
+parameters, LayerNorm statistics, the attention softmax, the losses and every gradient sum over
+pixels or tokens (biases, position and query embeddings: `_add_bias`) are float32.
 """
 import dataclasses
 import math
@@ -164,13 +168,40 @@ def embedding_std(init):
 # ----------------------------------------------------------------------------- modules
 
 
+def _add_bias(y, bias):
+  """y + bias, the bias broadcast in its own dtype (float32) and then cast: its gradient, a sum
+  over every pixel or token, is summed in float32. Added in bfloat16, it was summed there (a
+  tail bias over 16 x 192 x 192 pixels: 83% error against float32)."""
+  return y + jnp.broadcast_to(bias, y.shape).astype(y.dtype)
+
+
+class Linear(nnx.Linear):
+  """nnx.Linear (its parameters, init and matmul) with the bias added by _add_bias."""
+
+  def __call__(self, x):
+    x, kernel = self.promote_dtype((x, self.kernel[...]), dtype=self.dtype)
+    y = self.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
+    return y if self.bias is None else _add_bias(y, self.bias[...])
+
+
+class Conv(nnx.Conv):
+  """nnx.Conv as the model uses it (NHWC, stride 1, 'SAME'; its parameters and init) with the
+  bias added by _add_bias."""
+
+  def __call__(self, x):
+    x, kernel = self.promote_dtype((x, self.kernel[...]), dtype=self.dtype)
+    y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", precision=self.precision,
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return _add_bias(y, self.bias[...])
+
+
 class ResBlock(nnx.Module):
   """conv 5x5 -> ReLU -> conv 5x5, plus identity (EDSR-style, no norm)."""
 
   def __init__(self, feats, dtype, rngs, init="flax"):
     kw = dense_init(init, 5 * 5 * feats)
-    self.conv1 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs, **kw)
-    self.conv2 = nnx.Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs, **kw)
+    self.conv1 = Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs, **kw)
+    self.conv2 = Conv(feats, feats, (5, 5), dtype=dtype, rngs=rngs, **kw)
 
   def __call__(self, x):
     return x + self.conv2(jax.nn.relu(self.conv1(x)))
@@ -181,7 +212,7 @@ class Head(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs):
     dtype = jnp.dtype(cfg.compute_dtype)
-    self.conv = nnx.Conv(3, cfg.n_feats, (3, 3), dtype=dtype, rngs=rngs,
+    self.conv = Conv(3, cfg.n_feats, (3, 3), dtype=dtype, rngs=rngs,
                          **dense_init(cfg.init, 3 * 3 * 3))
     self.res1 = ResBlock(cfg.n_feats, dtype, rngs, cfg.init)
     self.res2 = ResBlock(cfg.n_feats, dtype, rngs, cfg.init)
@@ -214,8 +245,8 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
   def __init__(self, dim, hidden, dtype, rngs, init="flax"):
-    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs, **dense_init(init, dim))
-    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs, **dense_init(init, hidden))
+    self.fc1 = Linear(dim, hidden, dtype=dtype, rngs=rngs, **dense_init(init, dim))
+    self.fc2 = Linear(hidden, dim, dtype=dtype, rngs=rngs, **dense_init(init, hidden))
 
   @jax.named_scope("mlp")
   def __call__(self, x):
@@ -295,7 +326,7 @@ class Body(nnx.Module):
   def __init__(self, cfg: ModelConfig, rngs):
     self.cfg = cfg
     dim, dtype = cfg.token_dim, jnp.dtype(cfg.compute_dtype)
-    self.token_embed = nnx.Linear(dim, dim, dtype=dtype, rngs=rngs, **dense_init(cfg.init, dim))
+    self.token_embed = Linear(dim, dim, dtype=dtype, rngs=rngs, **dense_init(cfg.init, dim))
     self.pos_embed = nnx.Param(jax.random.normal(rngs.params(), (cfg.num_tokens, dim))
                                * embedding_std(cfg.init))
     if cfg.init == "torch":
@@ -314,13 +345,13 @@ class Body(nnx.Module):
     """feats (B, P, P, C), query_pos (N, D) -> (output map (B, P, P, C), tokens (B, N, D))."""
     dtype, batch = jnp.dtype(self.cfg.compute_dtype), feats.shape[0]
     x = unfold(feats, self.cfg.patch_dim).astype(dtype)
-    x = x + self.pos_embed[...].astype(dtype)[None] + self.token_embed(x)  # residual embedding
+    x = _add_bias(x, self.pos_embed[...]) + self.token_embed(x)  # residual embedding
     x = x.reshape(-1, x.shape[-1])  # (B*N, D) from here on
     remat, unroll = self.cfg.remat == "layer", self.cfg.scan_unroll
     with jax.named_scope("encoder"):
       x = _scan_layers(self.encoder, x, lambda layer, x: layer(x, batch), remat, unroll)
     memory = x
-    query_pos = jnp.tile(query_pos.astype(dtype), (batch, 1))
+    query_pos = jnp.tile(query_pos, (batch, 1)).astype(dtype)  # its gradient summed in float32
     with jax.named_scope("decoder"):
       x = _scan_layers(self.decoder, x, lambda layer, x: layer(x, memory, query_pos, batch),
                        remat, unroll)
@@ -338,9 +369,9 @@ class Tail(nnx.Module):
       raise ValueError(f"no tail for scale {scale}; valid scales: {sorted(factors)}")
     self.factors = tuple(factors[scale])
     kw = dense_init(cfg.init, 3 * 3 * f)
-    self.up = nnx.List([nnx.Conv(f, f * r * r, (3, 3), dtype=dtype, rngs=rngs, **kw)
+    self.up = nnx.List([Conv(f, f * r * r, (3, 3), dtype=dtype, rngs=rngs, **kw)
                         for r in self.factors])
-    self.conv = nnx.Conv(f, 3, (3, 3), dtype=dtype, rngs=rngs, **kw)
+    self.conv = Conv(f, 3, (3, 3), dtype=dtype, rngs=rngs, **kw)
 
   def __call__(self, x):
     for r, layer in zip(self.factors, self.up):
