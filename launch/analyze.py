@@ -21,9 +21,10 @@ on any machine of that instruction set.
 
 Reads <workdir>/conflicts/store/ (probe steps in [START, END), either side optional),
 redraws the figures into <workdir>/conflicts/ (file names: see mtl/draw.py), writes the
-same images and the probe scalars (mtl.draw.probe_scalars, over the figures' window) to
-TensorBoard under <workdir>/events/analyze/ (a run of its own beside the trainer's
-<workdir>/events/; a rerun replaces its event files, as it redraws the figures), and
+same images and the probe scalars (mtl.draw.probe_scalars; its window's summaries under
+conflicts/figure_window/) to TensorBoard under <workdir>/events/analyze/ (a run of its own
+beside the trainer's <workdir>/events/; a rerun replaces its event files, as it redraws the
+figures), and
 prints a text summary: task x task mean cosine, conflict fractions, and per pair the noise
 floor: the raw cosine's window mean, both tasks' same-task agreement, the noise-corrected
 cosine and the conflict fraction, each with a 95% batch-means interval, and a verdict
@@ -85,7 +86,7 @@ def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
   chosen = window or conflicts.headline_window(record, phases)
   report = conflicts.summarize(record, chosen)
   drawn = draw.figures(record, chosen, ema_beta)
-  scalars = draw.probe_scalars(record, chosen)
+  scalars = draw.probe_scalars(record, chosen, summary="conflicts/figure_window")
   tag = affinity_text(workdir)
   paths = draw.write_figures(os.path.join(workdir, "conflicts"), drawn)
   logdir = os.path.join(workdir, "events", "analyze")

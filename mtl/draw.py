@@ -63,39 +63,44 @@ def draw_all(record, out_dir, window=None, ema_beta=0.1, rows="auto"):
   return write_figures(out_dir, figures(record, window, ema_beta, rows))
 
 
-def probe_scalars(record, window=None):
+def probe_scalars(record, window=None, summary="conflicts"):
   """[(x, {tag: value})] TensorBoard scalars of a record's probes (x: record.x_axis, the
   training step or, at one checkpoint, the batch number).
 
   Every probe: conflicts/cos/<pair> (whole-body raw cosine) and conflicts/conflict_fraction
-  (share of pairs with cos < 0). At the record's last probe, over its last `window` probes (the
-  trainer passes the probes since the previous checkpoint, analyze its figures' window):
-  conflicts/conflict_fraction/<pair> (share of probes with cos < 0), conflicts/same_task/<task>
-  (mean same-task agreement) and conflicts/corrected_cos/<pair> with its 95% interval's ends
-  (corrected_cos_low/<pair>, corrected_cos_high/<pair>), only where that interval exists and
-  lies within [-1, 1]: a wider one says the noise floor is not resolved there.
+  (share of pairs with cos < 0). At the record's last probe, over its last `window` probes,
+  under `summary`/ (the trainer: conflicts/, over the probes since the previous checkpoint;
+  analyze: conflicts/figure_window/, over its figures' window, so that the two never share a
+  chart): <summary>/conflict_fraction/<pair> (share of probes with cos < 0),
+  <summary>/same_task/<task> (mean same-task agreement) and <summary>/corrected_cos/<pair> with
+  its 95% interval's ends (corrected_cos_low/<pair>, corrected_cos_high/<pair>), only where that
+  interval exists and lies within [-1, 1]: a wider one says the noise floor is not resolved
+  there. A record of one checkpoint's fresh batches (x: the batch) logs every tag under
+  conflicts/at_checkpoint/ instead: its batches are no training steps.
   """
   xs = record.x_axis()[0]
+  base = "conflicts/at_checkpoint" if record.checkpoint else "conflicts"
+  summary = base if record.checkpoint else summary
   body = conflicts.pair_values(record.cosines("body")[:, 0])
   fraction = record.conflict_fraction("body")[:, 0]
   out = []
   for s, x in enumerate(xs):
-    values = {f"conflicts/cos/{p}": float(body[s, k]) for k, p in enumerate(record.pair_names)}
-    values["conflicts/conflict_fraction"] = float(fraction[s])
+    values = {f"{base}/cos/{p}": float(body[s, k]) for k, p in enumerate(record.pair_names)}
+    values[f"{base}/conflict_fraction"] = float(fraction[s])
     out.append((int(x), values))
   rec, last = record.last(window), out[-1][1]
   window_body = body[-rec.num_steps:]
   for k, p in enumerate(record.pair_names):
-    last[f"conflicts/conflict_fraction/{p}"] = float(conflicts.share_negative(window_body[:, k]))
+    last[f"{summary}/conflict_fraction/{p}"] = float(conflicts.share_negative(window_body[:, k]))
   if record.halves:
     agree = conflicts.nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)
     for k, (p, interval) in enumerate(zip(record.pair_names, rec.corrected_cosine_intervals())):
       if -1 <= interval.low and interval.high <= 1:  # False for NaN: no interval
-        last[f"conflicts/corrected_cos/{p}"] = interval.estimate
-        last[f"conflicts/corrected_cos_low/{p}"] = interval.low
-        last[f"conflicts/corrected_cos_high/{p}"] = interval.high
+        last[f"{summary}/corrected_cos/{p}"] = interval.estimate
+        last[f"{summary}/corrected_cos_low/{p}"] = interval.low
+        last[f"{summary}/corrected_cos_high/{p}"] = interval.high
     for t, name in enumerate(record.task_names):
-      last[f"conflicts/same_task/{name}"] = float(agree[t])
+      last[f"{summary}/same_task/{name}"] = float(agree[t])
   return out
 
 

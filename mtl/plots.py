@@ -421,6 +421,9 @@ def curves_figure(record, ema_beta=0.1):
   fresh batches) the x axis counts batches and nothing is smoothed over them as if in time."""
   xs, xlabel = record.x_axis()
   ema_beta = 0.0 if record.checkpoint else ema_beta
+  # batches of one checkpoint have no order in time: markers, not lines, and no moving mean
+  line = (dict(linestyle="none", marker="o", markersize=3.5) if record.checkpoint else
+          dict(marker="o" if len(xs) < 30 else None, markersize=2.5))
   body = record.grouped("body")[1][:, 0]
   pcos = conflicts.pair_values(conflicts.cosines(body))          # (S, P)
   leaf_pcos = conflicts.pair_values(conflicts.cosines(record.gramians))  # (S, L, P)
@@ -445,8 +448,7 @@ def curves_figure(record, ema_beta=0.1):
               markersize=2.5)
       ax.plot(xs, smooth(pcos[:, k]), color=colors[k], linewidth=1.8, label=name)
     else:
-      ax.plot(xs, pcos[:, k], color=colors[k], linewidth=1.2, marker=marker, markersize=2.5,
-              label=name)
+      ax.plot(xs, pcos[:, k], color=colors[k], linewidth=1.2, label=name, **line)
   ax.axhline(0, color="black", linewidth=0.7)
   ax.set_ylabel("raw cos")
   ax.set_title("raw whole-body gradient cosine per probe (not corrected for minibatch noise)"
@@ -462,7 +464,7 @@ def curves_figure(record, ema_beta=0.1):
       if ema_beta:
         ax.plot(xs, agree[:, t], color=color, alpha=0.3, linewidth=0.8)
       ax.plot(xs, smooth(agree[:, t]), color=color, linewidth=1.6 if ema_beta else 1.2,
-              marker=marker, markersize=2.5, label=name)
+              label=name, **line)
     ax.axhline(0, color="black", linewidth=0.7)
     ax.set_ylabel("same-task cos")
     ax.set_title("same-task agreement: cos of a task's two half-batch gradients\n(near 0: mostly "
@@ -472,13 +474,17 @@ def curves_figure(record, ema_beta=0.1):
 
   ax = axes["fraction"]
   fraction = conflicts.conflict_fraction(body)
-  width = max(1, int(round(SMOOTH_SHARE * len(xs))))
-  ax.plot(xs, fraction, color="C3", alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
-  ax.plot(xs, moving_mean(fraction, width), color="C3", linewidth=1.8,
-          label=f"whole body: pairs with raw cos<0\n(mean of the last {width} probes)")
   leaf_share = conflicts.share_negative(leaf_pcos.reshape(len(xs), -1), axis=1)
-  ax.plot(xs, moving_mean(leaf_share, width), color="C7", linewidth=1.4,
-          label=f"leaves: (leaf, pair) with raw cos<0\n(mean of the last {width} probes)")
+  if record.checkpoint:
+    ax.plot(xs, fraction, color="C3", label="whole body: pairs with raw cos<0", **line)
+    ax.plot(xs, leaf_share, color="C7", label="leaves: (leaf, pair) with raw cos<0", **line)
+  else:
+    width = max(1, int(round(SMOOTH_SHARE * len(xs))))
+    ax.plot(xs, fraction, color="C3", alpha=0.3, linewidth=0.8, marker=marker, markersize=2.5)
+    ax.plot(xs, moving_mean(fraction, width), color="C3", linewidth=1.8,
+            label=f"whole body: pairs with raw cos<0\n(mean of the last {width} probes)")
+    ax.plot(xs, moving_mean(leaf_share, width), color="C7", linewidth=1.4,
+            label=f"leaves: (leaf, pair) with raw cos<0\n(mean of the last {width} probes)")
   ax.axhline(0.5, color="0.5", linestyle="--", linewidth=0.8, label="0.5: pure noise's share")
   ax.set_ylim(-0.03, 1.03)
   ax.set_ylabel("conflict fraction")
@@ -487,7 +493,7 @@ def curves_figure(record, ema_beta=0.1):
   ax = axes["norm"]
   body_norms = conflicts.norms(body)
   for t, name in enumerate(record.task_names):
-    ax.plot(xs, body_norms[:, t], color=f"C{t % 10}", marker=marker, markersize=2.5, label=name)
+    ax.plot(xs, body_norms[:, t], color=f"C{t % 10}", label=name, **line)
   if np.isfinite(body_norms).any() and np.all(body_norms[np.isfinite(body_norms)] > 0):
     _plain_log(ax)
   ax.set_ylabel("|g| (whole body)")

@@ -25,12 +25,21 @@ def test_probe_scalars_per_flush():
   assert f"conflicts/same_task/{TASKS[2]}" in last
   assert "conflicts/corrected_cos/" + PAIRS[0] not in out[0][1]  # windowed values: last step only
   assert not any("corrected" in k for k in draw.probe_scalars(record(halves=False))[-1][1])
-  # Over a window (analyze's figures'): the last 4 probes' values, at the last step.
-  windowed = draw.probe_scalars(rec, window=4)[-1][1]
-  assert windowed[f"conflicts/conflict_fraction/{PAIRS[0]}"] == pytest.approx(
+  # Over a window (analyze's figures'): the last 4 probes' values, at the last step, under tags
+  # of their own (the trainer's, over another window at the same step, shared a chart with them)
+  windowed = draw.probe_scalars(rec, window=4, summary="conflicts/figure_window")[-1][1]
+  assert windowed[f"conflicts/figure_window/conflict_fraction/{PAIRS[0]}"] == pytest.approx(
       (body[-4:, 0] < 0).mean())
-  assert windowed[f"conflicts/corrected_cos/{PAIRS[0]}"] == pytest.approx(
+  assert windowed[f"conflicts/figure_window/corrected_cos/{PAIRS[0]}"] == pytest.approx(
       rec.last(4).corrected_cosine_intervals()[0].estimate)
+  assert f"conflicts/corrected_cos/{PAIRS[0]}" not in windowed
+  assert windowed[f"conflicts/cos/{PAIRS[1]}"] == pytest.approx(body[-1, 1])  # per probe: one tag
+  # One checkpoint's fresh batches (x: the batch, no training step): tags of their own.
+  import dataclasses
+  at_checkpoint = dataclasses.replace(rec, probe_batch={"size": 8, "fresh": True,
+                                                        "checkpoint": {"run": "r", "step": 120}})
+  at = draw.probe_scalars(at_checkpoint)[-1][1]
+  assert sorted({k.split("/")[1] for k in at}) == ["at_checkpoint"], sorted(at)
 
 
 def test_an_unresolved_corrected_cosine_is_not_logged():
