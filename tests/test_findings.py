@@ -637,6 +637,24 @@ def test_an_estimate_without_an_interval_or_a_value_is_marked_as_such(found):
   assert "no CI: too few seeds or probes" in legend
 
 
+def test_a_legend_of_four_entries_fits_a_one_panel_figure(found):
+  """Filled, hollow, 'no CI' and a seed's estimate: in one row they spanned -27..777 px of a
+  750 px figure, both ends cut off."""
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  nan = float("nan")
+  answer = found.answers[1][0]
+  bare = dict(answer.phases[0], interval=answer.phases[0]["interval"]._replace(low=nan,
+                                                                               high=nan))
+  fig = figures.conflict_figure([dataclasses.replace(answer, phases=[bare, *answer.phases[1:]])])
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  fig.draw(renderer)
+  legend = fig.legends[0]
+  assert len(legend.get_texts()) == 4, [t.get_text() for t in legend.get_texts()]
+  box = legend.get_window_extent(renderer)
+  assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (box, fig.bbox.width)
+  assert all(box.y1 <= ax.get_tightbbox(renderer).y0 for ax in fig.axes if ax.get_visible())
+
+
 @pytest.mark.parametrize("panels", [1, 2, 3])
 def test_the_conflict_figure_s_title_and_note_fit_in_it(found, panels):
   from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -94,7 +94,7 @@ def _bare(intervals):
 
 def _legend(fig, seeds=False, bare=False):
   """Filled / hollow (a grey square: no interval; a seed's own estimate), under the axes (never
-  over a dot)."""
+  over a dot), in rows of two where one row would not fit the figure; returns the rows."""
   handles = [Line2D([], [], marker="o", ls="", color=SIGNIFICANT, label="95% CI excludes 0"),
              Line2D([], [], marker="o", ls="", markerfacecolor="white",
                     markeredgecolor=SIGNIFICANT, label="95% CI holds 0: not enough evidence")]
@@ -103,7 +103,10 @@ def _legend(fig, seeds=False, bare=False):
   if seeds:
     handles.append(Line2D([], [], marker=SEED_MARKER, ls="", color=SEED_COLOR,
                           label="one seed's estimate"))
-  fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+  # an entry takes about 2.6 inches at fontsize 8: four did not fit 7.5 (both ends cut off)
+  ncol = len(handles) if 2.6 * len(handles) <= fig.get_figwidth() else 2
+  fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+  return math.ceil(len(handles) / ncol)
 
 
 def _zero_line(ax, vertical):
@@ -131,8 +134,8 @@ def delta_figure(answers, label="PSNR"):
   # over the figure, not the axes: long row labels push the axes right, and its title off
   fig.suptitle("Paired Δ per task (Δ > 0: the first named does better)", fontsize=10)
   ax.grid(axis="x", color="0.9")
-  _legend(fig, bare=_bare([iv for _, iv in rows]))
-  fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
+  legend_rows = _legend(fig, bare=_bare([iv for _, iv in rows]))
+  fig.tight_layout(rect=(0, LEGEND_INCHES * legend_rows / fig.get_figheight(), 1, 1))
   return fig
 
 
@@ -195,10 +198,12 @@ def conflict_figure(answers, note=""):
     ax.grid(axis="y", color="0.9")
     if k % cols == 0:
       ax.set_ylabel("corrected cosine")
-  _legend(fig, seeds=any(len(ph.get("per_run", ())) > 1 for a in answers for ph in a.phases),
-          bare=_bare([ph["interval"] for a in answers for ph in a.phases]))
+  drawn_seeds = any(sum(math.isfinite(r.estimate) for r in ph.get("per_run", ())) > 1
+                    for a in answers for ph in a.phases)  # as the panels draw them
+  legend_rows = _legend(fig, seeds=drawn_seeds,
+                        bare=_bare([ph["interval"] for a in answers for ph in a.phases]))
   fig.suptitle("\n".join(lines), fontsize=9)
-  fig.tight_layout(rect=(0, LEGEND_INCHES / fig.get_figheight(), 1, 1))
+  fig.tight_layout(rect=(0, LEGEND_INCHES * legend_rows / fig.get_figheight(), 1, 1))
   return fig
 
 
