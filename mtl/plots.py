@@ -347,8 +347,6 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
   names, by, cos, beyond, held, measured = layer_pair_intervals(rec, rows)
   vmax = vmax or symmetric_limit(cos)
   pnames = rec.pair_names
-  largest = np.nanmax(np.abs(cos)) if np.isfinite(cos).any() else 1.0
-  digits = 2 if largest >= 0.1 else 3
   norm = matplotlib.colors.Normalize(-vmax, vmax)
   colours = _cmap()(norm(np.ma.masked_invalid(cos)))
   faded = measured & ~beyond & np.isfinite(cos)
@@ -360,21 +358,25 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
   _label_rows(ax, names, by)
   ax.set_xticks(np.arange(len(pnames)))
   ax.set_xticklabels(pnames, rotation=40, ha="right", fontsize=8)
-  if len(names) * len(pnames) <= 300:
-    for r in range(len(names)):
-      for c in range(len(pnames)):
-        if np.isfinite(cos[r, c]):
-          ax.text(c, r, _signed(cos[r, c], digits) + ("*" if held[r, c] else ""),
-                  ha="center", va="center", fontsize=6.5,
-                  color="#808080" if faded[r, c] else _text_color(cos[r, c] / vmax),
-                  fontweight="bold" if held[r, c] else "normal")
+  numbers = len(names) * len(pnames) <= 300  # beyond, the cells are too small for text
+  for r in range(len(names)):
+    for c in range(len(pnames)):
+      if numbers and np.isfinite(cos[r, c]):  # 3 digits below 0.1: +0.003 read "+0.00"
+        ax.text(c, r, _signed(cos[r, c], 2 if abs(cos[r, c]) >= 0.1 else 3)
+                + ("*" if held[r, c] else ""), ha="center", va="center", fontsize=6.5,
+                color="#808080" if faded[r, c] else _text_color(cos[r, c] / vmax),
+                fontweight="bold" if held[r, c] else "normal")
+      elif held[r, c]:  # the caption's mark, without the number
+        ax.plot(c, r, marker="*", markersize=4, color=_text_color(cos[r, c] / vmax),
+                linestyle="none")
   fig.colorbar(matplotlib.cm.ScalarMappable(norm, _cmap()), ax=ax, fraction=0.05, pad=0.03,
                label=_stretched("mean raw cos", vmax))
   ax.set_title(_title(rec, f"per-{by} raw gradient cosine,\nmean over {rec.window_label()}"),
                fontsize=10)
   fig.supxlabel((f"full colour: the mean's 95% interval over the probes excludes 0, each cell "
                  "on its own (of cells without a true effect, 1 in 20 is);\n"
-                 f"bold, '*': that holds over all {cos.size} cells (Holm); faded: it holds 0 "
+                 f"{'bold, ' if numbers else ''}'*': that holds over all {cos.size} cells "
+                 "(Holm); faded: it holds 0 "
                  f"(noise); {int(held.sum())} of {int(beyond.sum())} full-colour cells hold")
                 if measured else "fewer than 4 probes: no interval, nothing marked", fontsize=7)
   return fig

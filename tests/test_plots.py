@@ -117,6 +117,19 @@ def test_symmetric_limit_is_the_percentile():
   assert plots.symmetric_limit([np.nan]) == 1.0 and plots.symmetric_limit([0.0, 0.0]) == 1.0
 
 
+def test_a_layer_map_too_large_for_numbers_still_marks_what_holds():
+  """Beyond 300 cells no number is written; the caption still promised '*' where a cell holds
+  over the map (Holm), and none was drawn."""
+  rec = record(steps=40, layers=layer_names(encoders=4, decoders=4))  # 127 rows x 3 pairs
+  fig = plots.layer_pair_figure(rec, rows="layer")
+  ax = fig.axes[0]
+  _, _, _, _, held, _ = plots.layer_pair_intervals(rec.last(None), "layer")
+  assert held.size > 300 and held.sum() > 0 and not ax.texts
+  stars = [tuple(l.get_xydata()[0]) for l in ax.get_lines() if l.get_marker() == "*"]
+  assert sorted(stars) == sorted((float(c), float(r)) for r, c in zip(*np.nonzero(held)))
+  assert f"'*': that holds over all {held.size} cells (Holm)" in fig._supxlabel.get_text()
+
+
 def test_layer_figures_rows_and_labels():
   rec = record(steps=40)  # ~6 batch means a cell: enough df for Holm to hold some of them
   fig = plots.layer_pair_figure(rec)
