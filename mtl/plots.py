@@ -410,8 +410,10 @@ def _corrected_parts(ax, record, colors):
   ax.axhline(0, color="black", linewidth=0.7)
   ax.set_ylim(max(-1.05, ax.get_ylim()[0]), min(1.05, ax.get_ylim()[1]))
   ax.set_ylabel("corrected cos")
-  ax.set_title(f"noise-corrected whole-body cosine per {'tenth' if len(parts) == 10 else 'part'} "
-               f"of the probes ({len(parts)} parts), 95% interval (cut at ±1.05)\nfilled: the "
+  what = ("tenth" if len(parts) == 10 else "part") + (
+      f" of the probes ({len(parts)} parts)" if len(parts) > 1 else " (the probes, as one part)")
+  ax.set_title(f"noise-corrected whole-body cosine per {what}, 95% interval (cut at ±1.05)\n"
+               "filled: the "
                "interval excludes 0; x at 0: not measurable (a same-task agreement <= 0)",
                fontsize=9)
 

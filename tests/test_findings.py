@@ -637,6 +637,18 @@ def test_an_estimate_without_an_interval_or_a_value_is_marked_as_such(found):
   assert "no CI: too few seeds or probes" in legend
 
 
+def test_a_phase_estimated_from_fewer_seeds_says_so_under_it(found):
+  """'95% CI over seeds' in the title: a phase one seed could not measure is fewer seeds'."""
+  answer = found.answers[1][0]
+  first = answer.phases[0]
+  runs = [first["per_run"][0]._replace(estimate=float("nan")), *first["per_run"][1:]]
+  fig = figures.conflict_figure([dataclasses.replace(
+      answer, phases=[dict(first, per_run=runs), *answer.phases[1:]])])
+  ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+  assert ticks[0] == f"{first['label']}\n({len(runs) - 1} of {len(runs)} seeds)", ticks
+  assert "seeds)" not in ticks[1]
+
+
 def test_a_legend_of_four_entries_fits_a_one_panel_figure(found):
   """Filled, hollow, 'no CI' and a seed's estimate: in one row they spanned -27..777 px of a
   750 px figure, both ends cut off."""

@@ -185,8 +185,9 @@ def conflict_figure(answers, note=""):
       if len(seeds) > 1:  # the spread the interval holds: seeds that differ show it
         ax.plot([x + 0.18] * len(seeds), seeds, SEED_MARKER, color=SEED_COLOR, markersize=5)
     # the headline in numbers too: a wider phase's interval can set the shared scale
-    labels = [ph["label"] + (f"\n(headline)\n{ph['interval'].text(3)}"
-                             if x == len(a.phases) - 1 and len(a.phases) > 1 else "")
+    labels = [ph["label"] + _seed_count(ph) + (f"\n(headline)\n{ph['interval'].text(3)}"
+                                              if x == len(a.phases) - 1 and len(a.phases) > 1
+                                              else "")
               for x, ph in enumerate(a.phases)]
     ax.set_xticks(range(len(a.phases)), labels, fontsize=8)
     ax.set_xlim(-0.5, len(a.phases) - 0.5)
@@ -205,6 +206,14 @@ def conflict_figure(answers, note=""):
   fig.suptitle("\n".join(lines), fontsize=9)
   fig.tight_layout(rect=(0, LEGEND_INCHES * legend_rows / fig.get_figheight(), 1, 1))
   return fig
+
+
+def _seed_count(phase):
+  """'\n(k of n seeds)' under a phase estimated from fewer seeds than the study ran (a seed's
+  phase not measurable): its interval is then that of fewer seeds, or one seed's own."""
+  runs = phase.get("per_run", ())
+  k = sum(math.isfinite(r.estimate) for r in runs)
+  return f"\n({k} of {len(runs)} seeds)" if 0 < k < len(runs) else ""
 
 
 def write(findings, figures_dir, label="PSNR"):
