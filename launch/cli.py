@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 
 from absl import app, flags
 
@@ -151,18 +152,28 @@ def _refuse_nan(refuse):
       refuse(f"--{name}=nan is not a number; give a finite value")
 
 
+SHUTDOWN_GRACE = 10.0  # seconds a failed process of several waits for the others to shut down
+
+
 def exit_now(status):
   """Exit once every file is written and closed. One process skips the interpreter's teardown:
   a failed checkpoint read's pending reads would print a traceback each there, and jax's backend
   takes ~1 s to tear down. Several processes (jax.distributed) that finished or stopped together
   (status 0, or 75 after an agreed step) exit as usual, through jax.distributed's shutdown
-  barrier; one that fails alone skips it too: the others, blocked in a collective, would never
-  reach it (the barrier timed out after 5 minutes), and its death ends their collective."""
+  barrier. One that failed waits at that barrier SHUTDOWN_GRACE seconds at most: the others
+  reach it too where they failed alike (a config error; process 0, the coordinator, leaving
+  first aborted the others' start), and never where it failed alone (they wait in a collective:
+  the barrier timed out after 5 minutes); then it exits, and its death ends their collective."""
   jax = sys.modules.get("jax")
   if jax is not None and jax.distributed.is_initialized():  # asks no backend to start
     from mtl import run_folder  # loaded: only the trainer starts jax.distributed
     if status in (0, run_folder.PREEMPTED_EXIT):
       sys.exit(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    barrier = threading.Thread(target=jax.distributed.shutdown, daemon=True)
+    barrier.start()
+    barrier.join(SHUTDOWN_GRACE)
   sys.stdout.flush()
   sys.stderr.flush()
   from absl import logging

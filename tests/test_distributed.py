@@ -366,8 +366,8 @@ def test_a_refused_start_stops_both_processes_with_one_line_each(tmp_path, chang
 def test_an_error_in_one_process_ends_the_run_at_once(killed, tmp_path):
   """A process that stops on an error (here a Ctrl-C of its own: KeyboardInterrupt) exited
   through jax.distributed's shutdown barrier, which the others, blocked in their next
-  collective, never reached: 5 minutes, then pages of C++ logs. It exits at once now, and the
-  other's collective fails: one line each."""
+  collective, never reached: 5 minutes, then pages of C++ logs. It leaves the barrier after
+  cli.SHUTDOWN_GRACE now, and the other's collective fails: one line each."""
   _, copy, killed_at, _ = killed
   workdir = str(tmp_path / "run")
   shutil.copytree(copy, workdir, symlinks=True)
