@@ -23,8 +23,6 @@ from mtl.run_config import normalize
 from mtl.run_state import finetune_params, prepare
 from mtl.step import data_step, make_step, step_args
 
-PREEMPTED_EXIT = run_folder.PREEMPTED_EXIT
-
 
 # ----------------------------------------------------------------------------- the loop
 
@@ -92,7 +90,8 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Preempted(Exception):
-  """Stopped on SIGTERM, Ctrl-C or SIGHUP after saving a checkpoint; exit PREEMPTED_EXIT."""
+  """Stopped on SIGTERM, Ctrl-C or SIGHUP after saving a checkpoint; exit
+  run_folder.PREEMPTED_EXIT."""
 
 
 def train_and_evaluate(config, workdir):

@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 
 from experiments import tiny
-from mtl import checkpoints, conflicts, train
-from mtl import run_state, sharding
+from mtl import checkpoints, conflicts
+from mtl import run_folder, run_state, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "launch", "train.py")
@@ -263,8 +263,8 @@ def test_a_stop_after_the_last_step_is_agreed_by_both_processes(killed, tmp_path
                             lambda proc, out: proc.send_signal(signal.SIGTERM))
   stopped = re.findall(r"\[p\d\] preempted: checkpoint saved at step (\d+) in .*; run the same "
                        r"command to evaluate it", out)
-  assert rc in (train.PREEMPTED_EXIT, 0), out[-4000:]
-  if rc == train.PREEMPTED_EXIT:
+  assert rc in (run_folder.PREEMPTED_EXIT, 0), out[-4000:]
+  if rc == run_folder.PREEMPTED_EXIT:
     assert stopped == [str(STEPS)] * 2 and not os.path.exists(os.path.join(workdir,
                                                                            "results.json"))
     proc, _ = _run(_local_cmd(workdir), _env())  # evaluates only
@@ -287,7 +287,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step(killed, tmp_path):
   rc, out, _ = _signal_when(_local_cmd(workdir, total_steps=STEPS + 20), tmp_path / "log",
                             f"[p0] step {killed_at + 1}/", _kill_p1(signal.SIGTERM))
   saved = {int(s) for s in re.findall(r"\[p\d\] preempted: checkpoint saved at step (\d+)", out)}
-  assert rc == train.PREEMPTED_EXIT and len(saved) == 1, out[-4000:]
+  assert rc == run_folder.PREEMPTED_EXIT and len(saved) == 1, out[-4000:]
   assert len(re.findall(r"\[p\d\] preempted: checkpoint saved", out)) == 2  # both processes
   assert _latest(workdir) == saved.pop()
 

@@ -292,7 +292,7 @@ def _trainer(workdir, **fields):
 def _stopped(proc, signum, workdir):
   """(train.log, latest saved step) of a trainer sent `signum` after its output was cut off,
   once it exited 75 (preempted) with a checkpoint of step 2 or later and no traceback."""
-  from mtl import checkpoints, train
+  from mtl import checkpoints
   try:
     proc.send_signal(signum)
     rc = proc.wait(timeout=300)
@@ -301,7 +301,7 @@ def _stopped(proc, signum, workdir):
       proc.kill()
       proc.wait()
   log = (workdir / "train.log").read_text()
-  assert rc == train.PREEMPTED_EXIT, log[-3000:]
+  assert rc == run_folder.PREEMPTED_EXIT, log[-3000:]
   assert "Traceback" not in log, log[-3000:]
   saved = checkpoints.latest_saved_step(str(workdir))
   assert saved is not None and saved >= 2, log[-3000:]

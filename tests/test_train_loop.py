@@ -268,7 +268,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   args = _cli_args(workdir, total_steps=1000, checkpoint_every=1000, log_every=1) + [
       f"--compile_cache={cache}"]
   rc, text = _signal_when(args, log, "step 1/1000", signal.SIGINT)
-  assert rc == train.PREEMPTED_EXIT, text[-3000:]
+  assert rc == run_folder.PREEMPTED_EXIT, text[-3000:]
   assert "Traceback" not in text and "SIGINT received: saving a checkpoint" in text
   saved = int(re.search(r"preempted: checkpoint saved at step (\d+) in ", text).group(1))
   assert 1 <= saved < 4, text[-3000:]  # resumed below to the straight run's 4 steps
@@ -284,7 +284,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
   rc, text = _signal_when(_cli_args(workdir) + [f"--compile_cache={cache}"],
                           tmp_path / "second.out", "step 4/4", signal.SIGTERM)
   assert f"(resuming at step {saved})" in text
-  assert rc == train.PREEMPTED_EXIT and "Traceback" not in text, text[-3000:]
+  assert rc == run_folder.PREEMPTED_EXIT and "Traceback" not in text, text[-3000:]
   assert f"preempted: checkpoint saved at step 4 in {workdir}; run the same command to " \
          "evaluate it" in text
   assert not (workdir / "train.lock").exists() and not (workdir / "results.json").exists()
