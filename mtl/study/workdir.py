@@ -333,8 +333,8 @@ class Study:
             "current values", flush=True)
     measure = files.differences(saved["study"].get("final_conflicts", {}),
                                 self.config["final_conflicts"])
-    made = self._measured_checkpoints()
-    if measure and made:  # the report reads each store's own settings, and gives their span
+    # the report reads each store's own settings, and gives their span
+    if measure and (made := self._measured_checkpoints()):
       print(f"{path}: final_conflicts changed ({files.field_list(measure, 4)}); the {len(made)} "
             "end-of-training measurement(s) made keep their settings (the report gives their "
             "span); delete a checkpoint's runs/<run>/analysis/step-<N>/ to measure it again "
