@@ -253,7 +253,7 @@ def main():
       raise ValueError("pass --checkpoint (measure a saved model) or --workdir (redraw a run's "
                        "store), not both")
     _refuse_other_mode_flags("checkpoint")
-    if not f.halfwidth < float("inf"):  # NaN passes the flag's bound, and stops no measurement
+    if not f.halfwidth < float("inf"):  # inf passes the flag's bound, and stops no measurement
       raise ValueError(f"--halfwidth={f.halfwidth} must be a finite number >= 0 (0.02: every "
                        "pair's interval within +-0.02; 0: --num_batches only)")
     if f.halfwidth > 0 and f.max_batches < f.num_batches:

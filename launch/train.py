@@ -109,7 +109,7 @@ def main(argv):
     if isinstance(error, jax.errors.JaxRuntimeError):  # a collective whose peer has gone
       cli.fail(f"process {jax.process_index()}: a collective with the other processes failed, "
                f"one of them having stopped (its own error says why): "
-               f"{str(error).strip().splitlines()[0]}")
+               f"{distributed.first_line(error)}")
     traceback.print_exc()  # then exit without waiting for processes blocked in a collective
     cli.exit_now(1)
   cli.exit_now(0)  # ~1 s of teardown saved per study run

@@ -100,7 +100,7 @@ def initialize():
     except Exception as error:  # the runtime's own messages span many lines
       raise SystemExit(f"error: jax.distributed could not start (coordinator {address}, "
                        f"{processes} processes, timeout {f.distributed_timeout}s): "
-                       f"{_first_line(error)}")
+                       f"{first_line(error)}")
     finally:
       watchdog.cancel()
     return
@@ -111,10 +111,11 @@ def initialize():
     except Exception as error:
       where = f"found {', '.join(found)}" if found else f"{say('distributed')}"
       raise SystemExit(f"error: jax.distributed could not start from the environment ({where}): "
-                       f"{_first_line(error)}; MTL_DISTRIBUTED=off runs this process alone")
+                       f"{first_line(error)}; MTL_DISTRIBUTED=off runs this process alone")
 
 
-def _first_line(error):
+def first_line(error):
+  """The first line of an error's message (the runtime's span many), or its type's name."""
   text = str(error).strip()
   return text.splitlines()[0] if text else type(error).__name__
 
