@@ -425,13 +425,13 @@ def curves_figure(record, ema_beta=0.1):
   fresh batches) the x axis counts batches and nothing is smoothed over them as if in time."""
   xs, xlabel = record.x_axis()
   ema_beta = 0.0 if record.checkpoint else ema_beta
-  # batches of one checkpoint have no order in time: markers, not lines, and no moving mean
-  line = (dict(linestyle="none", marker="o", markersize=3.5) if record.checkpoint else
-          dict(marker="o" if len(xs) < 30 else None, markersize=2.5))
   body = record.grouped("body")[1][:, 0]
   pcos = conflicts.pair_values(conflicts.cosines(body))          # (S, P)
   leaf_pcos = conflicts.pair_values(conflicts.cosines(record.gramians))  # (S, L, P)
   marker = "o" if len(xs) < 30 else None
+  # batches of one checkpoint have no order in time: markers, not lines, and no moving mean
+  line = (dict(linestyle="none", marker="o", markersize=3.5) if record.checkpoint else
+          dict(marker=marker, markersize=2.5))
   parts = record.halves and not record.checkpoint
   panels = ["corrected"] * parts + ["raw"] + ["agreement"] * record.halves + ["fraction", "norm"]
   fig = Figure(figsize=(10, 1.2 + 2.3 * len(panels)), layout="constrained")

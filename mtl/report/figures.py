@@ -181,7 +181,7 @@ def conflict_figure(answers, note=""):
       if _bare([ph["interval"]]):
         ax.annotate("no CI", (x, ph["interval"].estimate), xytext=(6, 5),
                     textcoords="offset points", fontsize=8, color="0.3")
-      seeds = [r.estimate for r in ph.get("per_run", ()) if math.isfinite(r.estimate)]
+      seeds = _seed_estimates(ph)
       if len(seeds) > 1:  # the spread the interval holds: seeds that differ show it
         ax.plot([x + 0.18] * len(seeds), seeds, SEED_MARKER, color=SEED_COLOR, markersize=5)
     # the headline in numbers too: a wider phase's interval can set the shared scale
@@ -199,8 +199,7 @@ def conflict_figure(answers, note=""):
     ax.grid(axis="y", color="0.9")
     if k % cols == 0:
       ax.set_ylabel("corrected cosine")
-  drawn_seeds = any(sum(math.isfinite(r.estimate) for r in ph.get("per_run", ())) > 1
-                    for a in answers for ph in a.phases)  # as the panels draw them
+  drawn_seeds = any(len(_seed_estimates(ph)) > 1 for a in answers for ph in a.phases)
   legend_rows = _legend(fig, seeds=drawn_seeds,
                         bare=_bare([ph["interval"] for a in answers for ph in a.phases]))
   fig.suptitle("\n".join(lines), fontsize=9)
@@ -208,12 +207,16 @@ def conflict_figure(answers, note=""):
   return fig
 
 
+def _seed_estimates(phase):
+  """The estimates of the seeds that measured a phase (a panel draws them as dots)."""
+  return [r.estimate for r in phase.get("per_run", ()) if math.isfinite(r.estimate)]
+
+
 def _seed_count(phase):
   """'\n(k of n seeds)' under a phase estimated from fewer seeds than the study ran (a seed's
   phase not measurable): its interval is then that of fewer seeds, or one seed's own."""
-  runs = phase.get("per_run", ())
-  k = sum(math.isfinite(r.estimate) for r in runs)
-  return f"\n({k} of {len(runs)} seeds)" if 0 < k < len(runs) else ""
+  k, n = len(_seed_estimates(phase)), len(phase.get("per_run", ()))
+  return f"\n({k} of {n} seeds)" if 0 < k < n else ""
 
 
 def write(findings, figures_dir, label="PSNR"):
