@@ -25,6 +25,7 @@
 """
 import os
 
+import numpy as np
 
 from mtl import conflicts, files
 from mtl.plots import (cosine_matrix_figure, curves_figure, layer_pair_figure, layer_step_figure,
@@ -74,9 +75,11 @@ def probe_scalars(record, window=None, summary="conflicts"):
   chart): <summary>/conflict_fraction/<pair> (share of probes with cos < 0),
   <summary>/same_task/<task> (mean same-task agreement) and <summary>/corrected_cos/<pair> with
   its 95% interval's ends (corrected_cos_low/<pair>, corrected_cos_high/<pair>), only where that
-  interval exists and lies within [-1, 1]: a wider one says the noise floor is not resolved
-  there. A record of one checkpoint's fresh batches (x: the batch) logs every tag under
-  conflicts/at_checkpoint/ instead: its batches are no training steps.
+  interval exists and both tasks' noise floors are resolved (mtl.stats.resolved_noise_floors:
+  a ratio whose denominator may be 0 has a size not to be read, and its spikes would set the
+  chart's scale). A record of
+  one checkpoint's fresh batches (x: the batch) logs every tag under conflicts/at_checkpoint/
+  instead: its batches are no training steps.
   """
   xs = record.x_axis()[0]
   base = "conflicts/at_checkpoint" if record.checkpoint else "conflicts"
@@ -94,8 +97,10 @@ def probe_scalars(record, window=None, summary="conflicts"):
     last[f"{summary}/conflict_fraction/{p}"] = float(conflicts.share_negative(window_body[:, k]))
   if record.halves:
     agree = conflicts.nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)
-    for k, (p, interval) in enumerate(zip(record.pair_names, rec.corrected_cosine_intervals())):
-      if -1 <= interval.low and interval.high <= 1:  # False for NaN: no interval
+    floors = rec.resolved_noise_floors()
+    pairs = conflicts.pair_indices(len(record.task_names))
+    for p, interval, (i, j) in zip(record.pair_names, rec.corrected_cosine_intervals(), pairs):
+      if np.isfinite(interval.low) and floors[i] and floors[j]:
         last[f"{summary}/corrected_cos/{p}"] = interval.estimate
         last[f"{summary}/corrected_cos_low/{p}"] = interval.low
         last[f"{summary}/corrected_cos_high/{p}"] = interval.high

@@ -187,11 +187,15 @@ def cosine_matrix_figure(record, window=None):
   mean_norm = conflicts.nan_mean(conflicts.norms(body), axis=0)
   agree = conflicts.nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)
   intervals = rec.corrected_cosine_intervals() if rec.halves else rec.cosine_intervals()
+  floors = rec.resolved_noise_floors()
   shown = np.full((t, t), np.nan)
-  cells = {}
+  cells, unresolved = {}, {}
   for k, (i, j) in enumerate(conflicts.pair_indices(t)):
     iv = intervals[k]
-    shown[i, j] = shown[j, i] = np.nan if _unresolved(iv) else iv.estimate
+    # the size of a ratio whose denominator may be 0 is not to be read (Fieller)
+    unresolved[i, j] = unresolved[j, i] = bool(
+        rec.halves and np.isfinite(iv.low) and not (floors[i] and floors[j]))
+    shown[i, j] = shown[j, i] = np.nan if unresolved[i, j] else iv.estimate
     cells[i, j] = cells[j, i] = iv
   vmax = MATRIX_LIMIT
   # the pairs' tests as one family (Holm), as analyze's verdicts: a frame only where it holds
@@ -219,12 +223,11 @@ def cosine_matrix_figure(record, window=None):
       second = ((f"raw {_signed(raw[i, j], digits)}, " if rec.halves else "")
                 + f"{100 * share[i, j]:.0f}% <0")
       bare = np.isfinite(iv.estimate) and not np.isfinite(iv.low)
-      unresolved = _unresolved(iv)
-      note = (" (no interval)" if bare else "\nnot resolved (beyond ±1)" if unresolved
+      note = ("\nnoise floor not resolved" if unresolved[i, j] else " (no interval)" if bare
               else "" if not beyond or holds else "\nnot held over the pairs")
       ax.text(j, i, f"{iv.text(digits)}{'*' if beyond else ''}{note}\n{second}",
-              ha="center", va="center", fontsize=6.5 if beyond or unresolved else 7.5,
-              color="black" if unresolved else _text_color(shown[i, j] / vmax),
+              ha="center", va="center", fontsize=6.5 if beyond or unresolved[i, j] else 7.5,
+              color="black" if unresolved[i, j] else _text_color(shown[i, j] / vmax),
               fontweight="bold" if holds else "normal")
       if beyond:  # solid: held over the pairs (Holm); dashed: its own interval only
         ax.add_patch(patches.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False,
@@ -241,16 +244,12 @@ def cosine_matrix_figure(record, window=None):
 
 
 MATRIX_CAPTION = ("cell: estimate [95% interval] ('no interval': fewer than 4 probes; n/a: not "
-                  "measurable, a same-task agreement <= 0; uncoloured: an interval beyond ±1,\n"
-                  "the noise floor not resolved); '*': the interval excludes 0, framed bold where "
-                  "that holds over the pairs (Holm), dashed where it does not.\nred < 0: "
-                  "conflict, blue > 0: agreement; colour on the cosine's full range [-1, 1]; "
-                  "|g|: whole-body gradient norm.")
-
-
-def _unresolved(interval):
-  """Whether a cosine's interval reaches past ±1: its noise floor is not resolved."""
-  return bool(np.isfinite(interval.low) and (interval.low < -1 or interval.high > 1))
+                  "measurable, a same-task agreement <= 0; uncoloured: a task's noise floor "
+                  "not resolved,\nits same-task product's interval holding 0: the sign holds "
+                  "as the interval says, not the size (Fieller 1954)); '*': the interval "
+                  "excludes 0,\nframed bold where that holds over the pairs (Holm), dashed "
+                  "where it does not. red < 0: conflict, blue > 0: agreement;\ncolour on the "
+                  "cosine's full range [-1, 1]; |g|: whole-body gradient norm.")
 
 
 def _cell_digits(interval):

@@ -306,7 +306,8 @@ def corrected_cosine_intervals(G2, level=0.95, method="batch_means"):
   """Intervals of the window's corrected cosine for every task pair i < j.
 
   G2: (S, 2T, 2T) half-split Gramians of one group (e.g. the whole body) over S probe steps.
-  Returns a list of Intervals in `pair_indices` order.
+  Returns a list of Intervals in `pair_indices` order (resolved_noise_floors says which may
+  be read for their size).
   """
   G2 = np.asarray(G2, np.float64)
   if G2.ndim != 3:
@@ -314,6 +315,26 @@ def corrected_cosine_intervals(G2, level=0.95, method="batch_means"):
   cross, same = corrected_cosine_pieces(G2)
   return [pooled_ratio_interval(cross[:, i, j], same[:, i], same[:, j], level, method)
           for i, j in pair_indices(same.shape[-1])]
+
+
+def resolved_noise_floors(G2, level=0.95, method="batch_means"):
+  """(T,) bool: whether each task's window mean of the same-task product <g_t^a, g_t^b> (the
+  corrected cosine's denominator piece) lies above 0 at `level` (window_mean_interval).
+
+  Fieller (1954): a ratio's confidence set is a bounded interval only where its denominator
+  is significantly nonzero. Where a task's is not, its corrected cosines' delta-method
+  intervals still guard the sign (in simulation they exclude a true 0 no more often than their
+  level allows, so verdicts stand) but not the size: at low signal those within [-1, 1] miss
+  the true cosine far more often than 5%, so figures leave those cosines uncoloured and the
+  trainer does not log them. A resolved pair's interval may reach past +-1: a precise cosine
+  near +-1 (tests/test_stats.py measures both).
+  """
+  G2 = np.asarray(G2, np.float64)
+  if G2.ndim != 3:
+    raise ValueError(f"G2 of shape {G2.shape}; expected (steps, 2T, 2T) for one group")
+  same = corrected_cosine_pieces(G2)[1]
+  return np.array([window_mean_interval(same[:, t], level, method).low > 0
+                   for t in range(same.shape[-1])], bool)
 
 
 SEEDS_DIFFER = "the seeds differ beyond their own intervals"

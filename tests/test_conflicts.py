@@ -371,16 +371,16 @@ def test_summarize_numbers(tmp_path):
   assert "sr_x2~derain" in text and "steps 0-70 (8 probes)" in text
 
 
-def known_halves(steps, cos, noise=8.0, dim=4000, seed=0):
-  """(steps, 1, 6, 6) half-split Gramians of tasks a, b, c whose expected gradients have unit
-  norm and pairwise cosines `cos` (a~b, a~c, b~c); each half-batch gradient is its task's
+def known_halves(steps, cos, noise=8.0, dim=4000, seed=0, norms=(1.0, 1.0, 1.0)):
+  """(steps, 1, 6, 6) half-split Gramians of tasks a, b, c whose expected gradients have norms
+  `norms` and pairwise cosines `cos` (a~b, a~c, b~c); each half-batch gradient is its task's
   expectation plus isotropic noise of norm ~`noise`."""
   rng = np.random.default_rng(seed)
   c = np.eye(3)
   for (i, j), v in zip(conflicts.pair_indices(3), cos):
     c[i, j] = c[j, i] = v
   basis = np.linalg.qr(rng.normal(size=(dim, 3)))[0].T           # 3 orthonormal directions
-  mu = np.linalg.cholesky(c) @ basis                              # their Gram matrix is c
+  mu = np.asarray(norms)[:, None] * (np.linalg.cholesky(c) @ basis)  # cosines: c
   halves = mu[None, :, None] + noise / np.sqrt(dim) * rng.normal(size=(steps, 3, 2, dim))
   halves = halves.reshape(steps, 1, 6, dim)
   return np.einsum("sltd,slud->sltu", halves, halves).astype(np.float32)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl import conflicts, plots, stats
+from mtl import conflicts, draw, plots, stats
 from test_conflicts import known_halves, phased_store
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -448,23 +448,50 @@ def test_analyze_checkpoint_refuses_a_measured_default_out_before_measuring(tmp_
                              "choose another --out\n")
 
 
+def cell_texts(ax):
+  return {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text()
+          for t in ax.texts}
+
+
 def test_cosine_matrix_marks_hold_over_the_pairs_and_unresolved_cells_stay_uncoloured():
-  # noise 3: a~b's conflict is beyond noise; b~c's interval reaches past +1 (not resolved)
-  rec = conflicts.Record.from_halves(np.arange(8), known_halves(8, (-0.6, 0.03, 0.4), noise=3.0),
-                                     ["pos_embed"], ["a", "b", "c"], "known")
+  # noise 3: a~b's conflict is beyond noise; c's expected gradient (norm 0.05) is lost in its
+  # noise: its same-task product's interval holds 0, so the size of a~c and b~c is not to be
+  # read (Fieller), a~c's interval as narrow as it is notwithstanding
+  halves = known_halves(8, (-0.6, 0.03, 0.4), noise=3.0, norms=(1.0, 1.0, 0.05))
+  rec = conflicts.Record.from_halves(np.arange(8), halves, ["pos_embed"], ["a", "b", "c"], "known")
   ivs = rec.corrected_cosine_intervals()
-  assert ivs[0].high < 0 and ivs[2].high > 1
+  assert ivs[0].high < 0 and -0.5 < ivs[1].low < ivs[1].high < 0.5
+  assert list(rec.resolved_noise_floors()) == [True, True, False]
   held = stats.holm([iv.p for iv in ivs])
   fig = plots.cosine_matrix_figure(rec)
   ax = fig.axes[0]
   image = ax.get_images()[0]
-  assert np.ma.is_masked(image.get_array()[1, 2])  # b~c: no colour for an unresolved interval
-  texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text()
-           for t in ax.texts}
-  assert "not resolved (beyond ±1)" in texts[2, 1]
+  assert not np.ma.is_masked(image.get_array()[1, 0])
+  assert np.ma.is_masked(image.get_array()[2, 0]) and np.ma.is_masked(image.get_array()[1, 2])
+  texts = cell_texts(ax)
+  assert "noise floor not resolved" in texts[0, 2] and "noise floor not resolved" in texts[2, 1]
+  assert "not resolved" not in texts[0, 1]
   frames = {(round(p.get_x() + p.get_width() / 2), round(p.get_y() + p.get_height() / 2)):
             p.get_linestyle() for p in ax.patches}
   assert frames[1, 0] == ("-" if held[0] < 0.05 else "--")  # solid only where Holm holds
+  # analyze's text says it too, beside the corrected cosine whose size is not to be read
+  text = conflicts.format_noise_floor(conflicts.noise_floor(rec), {"label": "all"}).splitlines()
+  corrected = [line for line in text if line.startswith("    corrected cos")]
+  assert [line.endswith("(its sign, not its size: c's floor not resolved)")
+          for line in corrected] == [False, True, True]
+
+
+def test_a_precise_cosine_near_one_is_coloured_though_its_interval_passes_one():
+  # b and c nearly the same task (cos 0.99): every noise floor resolved, b~c's interval ~+-0.03
+  halves = known_halves(12, (-0.6, -0.6, 0.99), noise=1.0)
+  rec = conflicts.Record.from_halves(np.arange(12), halves, ["pos_embed"], ["a", "b", "c"], "near")
+  b_c = rec.corrected_cosine_intervals()[2]
+  assert b_c.low > 0.9 and b_c.high > 1 and b_c.high - b_c.low < 0.1
+  ax = plots.cosine_matrix_figure(rec).axes[0]
+  assert ax.get_images()[0].get_array()[1, 2] == pytest.approx(b_c.estimate)
+  assert "not resolved" not in cell_texts(ax)[2, 1]
+  last = draw.probe_scalars(rec)[-1][1]
+  assert last["conflicts/corrected_cos_high/b~c"] == pytest.approx(b_c.high)
   # a bound that would round to 0.00 gets the digits to show it is not 0
   assert plots._cell_digits(stats.Interval(-0.2, -0.398, -0.003, 0.95, 8)) == 3
   assert plots._cell_digits(stats.Interval(-0.2, -0.3998, -0.0004, 0.95, 8)) == 4

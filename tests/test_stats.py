@@ -310,6 +310,41 @@ def test_independent_probes_interval_is_the_t_interval_and_covers_the_window_mea
   assert np.median(widths) < batch.high - batch.low  # 19 df, not 3: narrower at 20 probes
 
 
+def simulated_windows(rng, sims, steps, truth, scale, d=200, sigma2=0.04):
+  """`sims` windows of half-split Gramians (steps, 4, 4) of two tasks whose expected gradients
+  have cosine `truth` and norms 1 and `scale`; each half's noise has |e|^2 ~ d sigma2 = 8."""
+  e = np.eye(2, d)
+  mu = np.stack([e[0], scale * (truth * e[0] + math.sqrt(1 - truth ** 2) * e[1])])
+  for _ in range(sims):
+    halves = np.repeat(mu, 2, axis=0)[None] + math.sqrt(sigma2) * rng.normal(size=(steps, 4, d))
+    yield np.einsum("sid,sjd->sij", halves, halves)
+
+
+def test_an_unresolved_noise_floor_keeps_the_sign_of_a_corrected_cosine_not_its_size():
+  """Why figures leave a pair with an unresolved noise floor uncoloured but verdicts stand, and
+  why a precise cosine near 1 is not greyed for an interval that passes 1."""
+  def windows(sims, steps, truth, scale, seed):
+    for G2 in simulated_windows(np.random.default_rng(seed), sims, steps, truth, scale):
+      iv = stats.corrected_cosine_intervals(G2)[0]
+      if math.isfinite(iv.low):  # a pooled same-task product <= 0: not measurable, no interval
+        yield iv, bool(stats.resolved_noise_floors(G2).all())
+
+  # 12 probes (3 batches); no true effect, a weak task: unresolved intervals exclude 0 no more
+  # often than 5% allows (one-sided binomial bound at 1%)
+  wrong = [iv.low > 0 or iv.high < 0 for iv, resolved in windows(300, 12, 0.0, 0.2, 7)
+           if not resolved]
+  assert len(wrong) > 100 and sum(wrong) <= sps.binom.ppf(0.99, len(wrong), 0.05), sum(wrong)
+  # a true +0.5 lost in the noise: unresolved intervals within [-1, 1] miss it far beyond 5%
+  kept = [iv.low <= 0.5 <= iv.high for iv, resolved in windows(400, 12, 0.5, 0.1, 8)
+          if not resolved and -1 <= iv.low and iv.high <= 1]
+  assert len(kept) > 30 and sum(kept) < sps.binom.ppf(0.01, len(kept), 0.95), sum(kept)
+  # 40 probes, a true +0.95 of strong tasks: resolved, most intervals pass +1, and they cover
+  near = list(windows(100, 40, 0.95, 1.0, 9))
+  assert sum(resolved for _, resolved in near) >= 0.9 * len(near)
+  assert sum(iv.high > 1 for iv, _ in near) > len(near) / 2
+  assert sum(iv.low <= 0.95 <= iv.high for iv, _ in near) >= sps.binom.ppf(0.01, len(near), 0.95)
+
+
 def test_pooled_ratio_interval_not_measurable_and_single_denominator():
   iv = stats.pooled_ratio_interval([1.0, 2.0, 1.0, 0.5], [0.5, -1.0, 0.2, -0.1], [1, 1, 1, 1])
   assert math.isnan(iv.estimate) and "not measurable" in iv.note

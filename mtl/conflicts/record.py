@@ -119,6 +119,16 @@ class Record:
               for _ in pair_indices(len(self.task_names))]
     return stats.corrected_cosine_intervals(rec.grouped_halves("body")[1][:, 0], level, method)
 
+  def resolved_noise_floors(self, window=None, level=0.95, method=None):
+    """(T,) bool per task: its whole-body noise floor resolved over the window (mtl.stats's
+    resolved_noise_floors; all False without halves)."""
+    from mtl import stats
+    rec = self.last(window)
+    if not rec.halves or rec.num_steps == 0:
+      return np.zeros(len(self.task_names), bool)
+    return stats.resolved_noise_floors(rec.grouped_halves("body")[1][:, 0], level,
+                                       method or self.interval_method)
+
   def cosine_intervals(self, window=None, level=0.95, method=None):
     """[Interval] per pair: the window mean of the whole body's raw cosine (method None: the
     record's `interval_method`)."""

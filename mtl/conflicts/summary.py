@@ -204,12 +204,14 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
 
   Returns {'halves', 'level', 'interval_method', 'note', 'same_task_agreement': {task: mean},
   'pair': {'a~b': {'cos', 'conflict_fraction' (with 'n_eff', 'df'), 'corrected_cos': interval dicts,
-  'same_task_agreement': [a_i, a_j], 'verdict'}}}.
+  'same_task_agreement': [a_i, a_j], 'floor_resolved': [both tasks'
+  (stats.resolved_noise_floors)], 'verdict'}}}.
   """
   rec = record.last(window)
   method = method or rec.interval_method
   names = list(rec.task_names)
   agree = nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)  # (T,) NaN without halves
+  floors = rec.resolved_noise_floors(None, level, method)
   raw = rec.cosine_intervals(None, level, method)
   share = rec.conflict_fraction_intervals(None, level)
   corrected = rec.corrected_cosine_intervals(None, level, method)
@@ -223,6 +225,7 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
         "conflict_fraction": dict(_interval(share[k]), **_n_eff(pcos[:, k])),
         "corrected_cos": _interval(corrected[k]),
         "same_task_agreement": [float(agree[i]), float(agree[j])],
+        "floor_resolved": [bool(floors[i]), bool(floors[j])],
         "verdict": pair_verdict(corrected[k])}
   _hold_over_pairs(out["pair"])
   return out
@@ -345,6 +348,9 @@ def format_noise_floor(floor, steps):
     agree = ", ".join(f"{t} {v:+.3f}" if np.isfinite(v) else f"{t} n/a"
                       for t, v in zip((a, b), e["same_task_agreement"]))
     corrected = _fmt(e["corrected_cos"]) if floor["halves"] else "n/a (no halves stored)"
+    unresolved = [t for t, ok in zip((a, b), e["floor_resolved"]) if not ok]
+    if floor["halves"] and unresolved and np.isfinite(e["corrected_cos"]["low"]):
+      corrected += f" (its sign, not its size: {' and '.join(unresolved)}'s floor not resolved)"
     lines += [f"  {p}",
               f"    raw cos (window mean)  {_fmt(e['cos'])}",
               f"    same-task agreement    {agree}",
@@ -363,6 +369,8 @@ def format_noise_floor(floor, steps):
   lines += textwrap.wrap(
       f"intervals: {level}, {how}; conflict fraction: share of probes "
       "with raw cos < 0, Wilson score interval at the batch-means effective n. same-task "
-      "agreement: mean cos between a task's two half-batch gradients. verdict from the "
-      "corrected interval: 'conflict beyond noise' only when it is entirely < 0.", width=96)
+      "agreement: mean cos between a task's two half-batch gradients; a task's floor is not "
+      "resolved where the interval of its same-task product holds 0 (Fieller 1954). verdict "
+      "from the corrected interval: 'conflict beyond noise' only when it is entirely < 0.",
+      width=96)
   return "\n".join(lines)
