@@ -160,10 +160,9 @@ def _checkpoint_config(run_dir, config):
   if sorted(config.tasks) != sorted(run.tasks):
     raise ValueError(f"--config's tasks ({', '.join(config.tasks)}) differ from the checkpoint "
                      f"run's ({', '.join(run.tasks)}); {fix}")
-  ours, theirs = (ipt.ModelConfig.from_config(c.model).parameter_fields() for c in (config, run))
-  if ours != theirs:
-    diff = ", ".join(f"model.{k}={ours[k]} (the run's: {theirs[k]})"
-                     for k in ours if ours[k] != theirs[k])
+  ours, theirs = (ipt.ModelConfig.from_config(c.model) for c in (config, run))
+  if ours.shape_differences(theirs):
+    diff = ", ".join(f"model.{k}={v} (the run's: {t})" for k, v, t in ours.shape_differences(theirs))
     raise ValueError(f"--config's model differs from the checkpoint run's: {diff}; {fix}")
   return config
 

@@ -49,6 +49,18 @@ def _is_task(name):
     return False
 
 
+def _check_source_model(config):
+  """init_from must name a run whose model has this config's parameter shapes (the fields
+  that differ, each with the value that would fit, where it does not)."""
+  source = ipt.ModelConfig.from_config(run_folder.source_run(config.init_from)["model"])
+  differ = source.shape_differences(ipt.ModelConfig.from_config(config.model))
+  if differ:
+    there = ", ".join(f"model.{k}={v!r} (here {h!r})" for k, v, h in differ)
+    flags = " ".join(f"--config.model.{k}={v}" for k, v, _ in differ)
+    raise ValueError(f"init_from={config.init_from} was trained with {there}; a fine-tune keeps "
+                     f"the model's shapes: add {flags}")
+
+
 def validate(config):
   """Check a config before anything is built or written; one clear line per problem. Returns
   what the checks built: the task specs and the model's ipt.ModelConfig.
@@ -211,7 +223,7 @@ def validate(config):
   if streaks and not os.path.isdir(streaks):
     raise FileNotFoundError(f"degrade.rain.streak_dir={streaks} is not a folder")
   if config.regime == "finetune":
-    run_folder.source_run(config.init_from)
+    _check_source_model(config)
   if (config.schedule == "one" and config.conflicts.every > 0 and config.regime != "scratch"
       and len(specs) >= 2):  # probe_plan's case with no pair of gradients at the same parameters
     logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "

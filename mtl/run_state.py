@@ -93,9 +93,6 @@ def finetune_params(run, init_from):
   target = run.model.task_names[0]
   source_model = ipt.IPT(ipt.ModelConfig.from_config(source_cfg["model"], run.config.precision),
                          tasks.get_all(source_cfg["tasks"]))
-  if source_model.cfg.parameter_fields() != run.model.cfg.parameter_fields():
-    raise ValueError(f"init_from={init_from} has a different model size than this config; "
-                     "fine-tune with the same model fields")
   abstract = jax.tree_util.tree_map(
       lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(run.mesh)),
       run_folder.saved_params(source_cfg, source_model))

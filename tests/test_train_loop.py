@@ -15,7 +15,7 @@ import pytest
 from experiments import tiny
 from mtl import checkpoints, conflicts, events, files, flops, measure, train
 from mtl import progress as progress_lib
-from mtl import run_folder, run_state, sharding
+from mtl import run_config, run_folder, run_state, sharding
 from mtl import step as step_lib
 from mtl.data import pipeline, sources
 from mtl.models import ipt
@@ -495,6 +495,27 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
   assert ("--config's tasks (denoise_30, sr_x2, derain) differ from the checkpoint run's "
           "(denoise_30, sr_x2); omit --config" in other.stderr), other.stderr
   assert not os.path.exists(tmp_path / "other")
+
+
+def test_a_model_of_other_shapes_is_named_field_by_field(straight_run, tmp_path):
+  # a fine-tune from the run, refused before anything starts, and analyze's checkpoint mode
+  config = _config()
+  config.regime, config.init_from, config.tasks = "finetune", straight_run[0], ("sr_x2",)
+  config.model.n_feats, config.model.num_heads = 8, 1
+  with pytest.raises(ValueError) as refused:
+    run_config.validate(config)
+  assert str(refused.value) == (
+      f"init_from={straight_run[0]} was trained with model.n_feats=16 (here 8), "
+      "model.num_heads=2 (here 1); a fine-tune keeps the model's shapes: add "
+      "--config.model.n_feats=16 --config.model.num_heads=2")
+  other = subprocess.run(
+      [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
+       "--config=experiments/tiny.py:denoise_30,sr_x2", "--config.model.n_feats=8",
+       "--num_batches=1", f"--out={tmp_path / 'other'}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert other.returncode == 1 and other.stderr == (
+      "error: --config's model differs from the checkpoint run's: model.n_feats=8 (the run's: "
+      f"16); omit --config to measure with the run's own ({straight_run[0]}/config.json)\n")
 
 
 def test_a_checkpoint_of_a_given_step_is_measured_on_batches_of_its_own(straight_run):

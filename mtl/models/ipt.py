@@ -69,6 +69,11 @@ class ModelConfig:
     skip = {"init", "compute_dtype", *self.EXECUTION_FIELDS}
     return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
 
+  def shape_differences(self, other):
+    """[(field, self's value, other's)] of the parameter fields on which `other` differs."""
+    mine, theirs = self.parameter_fields(), other.parameter_fields()
+    return [(k, v, theirs[k]) for k, v in mine.items() if theirs[k] != v]
+
   @property
   def token_dim(self):
     return self.n_feats * self.patch_dim ** 2
