@@ -20,10 +20,10 @@ IPT (Chen et al. 2021) at a P x P crop, n_feats F, patch side p, N = (P/p)^2 tok
   tail   per x2 / x3 stage conv 3x3 F -> r^2 F at the stage's input side, then conv 3x3 F -> 3 at
          the output side (x4: two x2 stages)
 At the paper size (F 64, p 3, 12 + 12 layers, 48 x 48 crops) a task's forward is 66-69 GFLOP per
-image, 96% of it in the body. XLA's own count (cost_analysis) differs: it skips the zero-padding
-taps of 'SAME' convolutions, adds the elementwise work, counts a scanned layer loop's body once
-(12 + 12 layers: about half the body) and does not see inside custom calls (cuDNN's fused
-attention on GPUs), so it undercounts there.
+image, 92-97% of it in the body (97% at x1, 92% at x4). XLA's own count (cost_analysis)
+differs: it skips the zero-padding taps of 'SAME' convolutions, adds the elementwise work,
+counts a scanned layer loop's body once (12 + 12 layers: about half the body) and does not see
+inside custom calls (cuDNN's fused attention on GPUs), so it undercounts there.
 """
 
 

@@ -105,7 +105,7 @@ def finetune_params(run, init_from):
       params[group] = {target: source[group][target]}
     kept = f"body, {target}'s head, query and tail"
   else:
-    kept = f"body only ({target} was not trained there: its head and tail start fresh)"
+    kept = f"body only ({target} was not trained there: its head, query and tail start fresh)"
   params = jax.device_put(params, run.state_shardings.params)
   state = run_folder.state_from_params(run, params, like=fresh)
   if state.ema_params is not None:  # the EMA starts from the fine-tune's starting point

@@ -49,8 +49,11 @@ def test_train_step_is_three_forwards_per_image_of_each_task():
   cfg = ipt.ModelConfig(**ipt.SIZES["paper"])
   assert flops.train_step(cfg, (2, 1), 8) == 3 * 8 * (flops.forward_per_image(cfg, 2)
                                                       + flops.forward_per_image(cfg, 1))
-  # IPT at the paper size: 64.0 GFLOP per image in the body, forward.
+  # IPT at the paper size: 64.0 GFLOP per image in the body, forward; 97% of x1's forward, 92%
+  # of x4's (README's Speed section)
   assert round(flops.body_forward(cfg) / 1e9, 1) == 64.0
+  assert [round(flops.body_forward(cfg) / flops.forward_per_image(cfg, s), 2)
+          for s in (1, 4)] == [0.97, 0.92]
   with pytest.raises(ValueError, match="scale=5"):
     flops.tail_forward(cfg, 5)
 
