@@ -397,8 +397,8 @@ def test_a_delta_whose_arms_are_not_tuned_alike_gets_no_verdict(tmp_path):
   assert answers["sr_x2"].verdict == findings.NOT_ENOUGH  # its sweeps are all done
   labels = [t.get_text() for t in figures.delta_figure(list(answers.values())).axes[0]
             .get_yticklabels()]
-  assert "derain: fine-tuned from joint − scratch (lr sweeps incomplete)" in labels
-  assert "sr_x2: fine-tuned from joint − scratch" in labels
+  assert "derain on photos: fine-tuned from joint − scratch (lr sweeps incomplete)" in labels
+  assert "sr_x2 on photos: fine-tuned from joint − scratch" in labels
   # question 3 likewise: a group fine-tune's sweep of seed 0 and 2 not complete
   groups = study_lib.defaults().groups
   groups.related, groups.unrelated = ("sr_x2", "sr_x3"), ("sr_x2", "denoise_30")
@@ -451,7 +451,7 @@ def test_an_arm_that_diverged_at_every_lr_leaves_its_seed_out_and_the_delta_unju
   assert answers["sr_x2"].verdict == findings.NOT_ENOUGH  # its arms trained on every seed
   labels = [t.get_text() for t in figures.delta_figure(list(answers.values())).axes[0]
             .get_yticklabels()]
-  assert "derain: fine-tuned from joint − scratch (a seed left out: an arm diverged)" in labels
+  assert "derain on photos: fine-tuned from joint − scratch (a seed left out: an arm diverged)" in labels
   # The joint pre-training diverged at every lr on seed 2: its fine-tunes never ran (the runner
   # marks them failed), so seed 2 is out of every task's fine-tune Δ, and it says why.
   g = synthetic_study(str(tmp_path / "joint"))

@@ -149,11 +149,12 @@ def _row_label(answer):
              if answer.verdict.startswith(findings.NO_VERDICT) else
              " (not over the others: Holm)"
              if answer.verdict.startswith(findings.NOT_HELD) else "")
+  task = f"{answer.subject} on {answer.test_set}" if answer.test_set else answer.subject
   if answer.question == 3:
-    return f"{answer.subject}: from related − from unrelated{untuned}"
+    return f"{task}: from related − from unrelated{untuned}"
   if answer.question == 4:
-    return f"{answer.subject}: {answer.source} − joint{untuned}"
-  return f"{answer.subject}: {findings.finetune_words(answer.source)} − scratch{untuned}"
+    return f"{task}: {answer.source} − joint{untuned}"
+  return f"{task}: {findings.finetune_words(answer.source)} − scratch{untuned}"
 
 
 def conflict_figure(answers, note=""):

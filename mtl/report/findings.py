@@ -79,6 +79,7 @@ class Answer:
   sentence: str
   phases: list = None    # question 1: every phase's {'label', 'interval', 'verdict', ...}
   family: int = 1        # the answers its verdict is held over (Δs: those compared alike)
+  test_set: str = ""     # questions 2-4: the test set the Δ is measured on
 
 
 @dataclasses.dataclass
@@ -362,7 +363,7 @@ def finetune_answers(study, transfer):
                               "no: scratch does better")
   return [Answer(2, task, regime, iv, verdict, _delta_sentence(
               task, f"{finetune_words(regime)} − tuned scratch", iv, test_set, label, verdict,
-              p_holm, family), family=family)
+              p_holm, family), family=family, test_set=test_set)
           for (task, regime, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
 
 
@@ -384,7 +385,7 @@ def related_answers(study):
   verdicts = _deltas_verdicts([d[2:] for d in deltas], *RELATED_VERDICTS)
   return [Answer(3, task, "", iv, verdict, _delta_sentence(task, what, iv, test_set, label,
                                                            verdict, p_holm, family),
-                 family=family)
+                 family=family, test_set=test_set)
           for (task, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
 
 
@@ -404,7 +405,7 @@ def remedy_answers(study):
   verdicts = _deltas_verdicts([d[3:] for d in deltas], *REMEDY_VERDICTS)
   return [Answer(4, task, col, iv, verdict, _delta_sentence(
               task, f"{col} − plain joint", iv, test_set, label, verdict, p_holm, family),
-                 family=family)
+                 family=family, test_set=test_set)
           for (task, col, test_set, iv, _), (verdict, p_holm, family) in zip(deltas, verdicts)]
 
 
