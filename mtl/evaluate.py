@@ -421,6 +421,8 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
         rows, baseline = {name: [] for name, _, _ in runs}, []
         for index, (name, degraded, clean) in enumerate(test_pairs(spec, testset, config)):
           clean = clean[:degraded.shape[0] * spec.scale, :degraded.shape[1] * spec.scale]
+          shown = input_baseline(spec, degraded)
+          baseline.append(score(shown, clean, crop, spec.gray))
           for variant, ema, ensemble in runs:
             try:
               output = restore_image(runners[ema], degraded, spec.scale, config.model.patch_size,
@@ -436,9 +438,10 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
               events.write_png(os.path.join(workdir, folder, str(int(step)), spec.name,
                                             testset.name, f"{name}.png"), output)
             if not variant and writer is not None and index < config.eval.samples:
-              writer.image(step, f"eval/{spec.name}/{testset.name}/{name}",
-                           _side_by_side(input_baseline(spec, degraded), output, clean))
-          baseline.append(score(input_baseline(spec, degraded), clean, crop, spec.gray))
+              what = "bicubic" if spec.kind == "sr" else "input"
+              writer.image(step, f"eval/{spec.name}/{testset.name}/{name}", labelled_panels([
+                  (f"{what} {baseline[-1]['psnr_y']:.2f} dB", shown),
+                  (f"output {rows[variant][-1]['psnr_y']:.2f} dB", output), ("target", clean)]))
         if not baseline:
           continue
         for variant in rows:
@@ -478,10 +481,23 @@ def describe_sets(testsets, config):
   return f"covers: {sets}; {crop}{first}"
 
 
-def _side_by_side(*images):
-  h = max(im.shape[0] for im in images)
-  padded = [np.pad(im, ((0, h - im.shape[0]), (0, 4), (0, 0))) for im in images]
-  return np.concatenate(padded, axis=1)
+LABEL_HEIGHT = 14  # pixels of the strip that names a panel (PIL's default font is ~11 high)
+
+
+def labelled_panels(panels):
+  """[(label, (H, W, C) image in [0, 255])] -> one uint8 image: the panels side by side, 4 black
+  columns apart, each under a strip with its label (cut at the panel's width)."""
+  from PIL import Image, ImageDraw
+  h = max(im.shape[0] for _, im in panels)
+  out = []
+  for label, im in panels:
+    im = np.clip(np.round(np.asarray(im, np.float64)), 0, 255).astype(np.uint8)
+    strip = Image.new("L", (im.shape[1], LABEL_HEIGHT), 0)
+    ImageDraw.Draw(strip).text((2, 1), label, fill=255)
+    strip = np.repeat(np.asarray(strip)[..., None], im.shape[2], axis=2)
+    body = np.pad(im, ((0, h - im.shape[0]), (0, 0), (0, 0)))
+    out.append(np.pad(np.concatenate([strip, body]), ((0, 0), (0, 4), (0, 0))))
+  return np.concatenate(out, axis=1)
 
 
 def format_table(results):

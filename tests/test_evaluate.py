@@ -1,11 +1,13 @@
 """Whole-image evaluation: tiling without seams, IPT's test tiling, the x8 self-ensemble, and the
 tile loop on the devices (equal to one device's plain apply), with EMA parameters beside."""
 import functools
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from experiments import tiny
 from mtl import evaluate, run_defaults, tasks
@@ -218,6 +220,38 @@ def test_evaluation_on_the_devices_equals_the_former_one_and_reports_ema_and_x8(
   assert x8["input_psnr_y"] == results["tasks"]["sr_x2"]["photos"]["input_psnr_y"]
   table = evaluate.format_table(results)
   assert "PSNR x8" in table and "PSNR EMA x8" in table and "decay 0.9" in table
+
+
+def test_an_evaluation_image_in_tensorboard_names_its_panels_and_their_psnr(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator
+  from mtl import events
+  config, model, params = _model(("sr_x2",), patch_size=24)
+  config.eval.update(max_images=1, max_side=40, tile_batch=4, samples=1)
+  testsets = evaluate.load_testsets(config)
+  with events.Writer(str(tmp_path / "events")) as writer:
+    results = evaluate.evaluate(model, params, config, testsets, str(tmp_path), 3, writer=writer)
+  spec = tasks.get("sr_x2")
+  name, degraded, clean = evaluate.test_pairs(spec, testsets[0], config)[0]
+  clean = clean[:degraded.shape[0] * 2, :degraded.shape[1] * 2]
+  shown = evaluate.input_baseline(spec, degraded)
+  entry = results["tasks"]["sr_x2"]["photos"]
+  acc = event_accumulator.EventAccumulator(str(tmp_path / "events"), {"images": 0})
+  acc.Reload()
+  [logged] = acc.Images(f"eval/sr_x2/photos/{name}")
+  image = np.asarray(Image.open(io.BytesIO(logged.encoded_image_string)))
+  h, w = clean.shape[:2]
+  assert image.shape == (evaluate.LABEL_HEIGHT + h, 3 * (w + 4), 3)
+  # each panel under its strip, as scored: the input (bicubic for SR), the output, the target
+  panels = [image[evaluate.LABEL_HEIGHT:, k * (w + 4):k * (w + 4) + w] for k in range(3)]
+  np.testing.assert_array_equal(panels[0], shown)
+  np.testing.assert_array_equal(panels[2], clean)
+  assert evaluate.score(panels[1], clean, 2)["psnr_y"] == pytest.approx(entry["psnr_y"], abs=1e-9)
+  # the strips hold text, and differ: 'bicubic 25.31 dB', 'output 27.12 dB', 'target'
+  strips = [image[:evaluate.LABEL_HEIGHT, k * (w + 4):k * (w + 4) + w] for k in range(3)]
+  assert all(strip.max() > 127 for strip in strips)  # white text, antialiased or not
+  assert not np.array_equal(strips[1], strips[2])
+  label = evaluate.labelled_panels([(f"output {entry['psnr_y']:.2f} dB", panels[1])])
+  np.testing.assert_array_equal(label[:evaluate.LABEL_HEIGHT, :w], strips[1])
 
 
 def test_the_results_table_widens_its_columns_for_long_names():
