@@ -238,6 +238,16 @@ def test_compute_table_is_the_runs_compute_json(study_runs):
   assert float(rows["scratch"]["images_seen_per_run"]) == 4 * 2
 
 
+def test_a_fine_tune_s_loss_is_drawn_after_its_pre_training_s_steps(study_runs):
+  study = study_lib.Study.load(study_runs[0])
+  series, seeds, shifted = document.loss_series(study, "derain")
+  lines = {col.split(" ")[0]: lines for col, lines in series.items()}
+  joint, tuned = lines["joint"][0][0], lines["finetune"][0][0]
+  offset = study.config["steps"]["joint"]
+  assert shifted and tuned[0] == offset + joint[0] and tuned[0] > joint[-1]
+  assert lines["scratch"][0][0][0] == joint[0]  # from-scratch runs start at the joint's first
+
+
 def test_report_md_embeds_figures_and_states_the_method(study_runs):
   workdir, _ = study_runs
   with open(os.path.join(workdir, "report.md")) as f:

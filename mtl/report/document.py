@@ -22,34 +22,42 @@ FIGURES_DIR = "figures"
 REPORT_FILE = "report.md"
 
 
+def loss_series(study, task):
+  """({'<column> (lr ...)': [(steps, losses)] a line per seed (its validation-chosen run)},
+  seeds, whether a line is shifted): fine-tunes continue their pre-training run, so their steps
+  are drawn after the pre-training's."""
+  series, seeds, shifted = {}, set(), False
+  for col in regime_columns(study):
+    c = regime_scores(study, col, task)
+    lines, lrs = [], []
+    for spec in (c.runs if c is not None else []):
+      steps, values = events.read_scalars(os.path.join(study.run_dir(spec.name), "events"),
+                                          f"train/loss/{task}")
+      if not len(steps):
+        continue
+      lines.append((steps + spec.step_offset, values))
+      shifted |= spec.step_offset > 0
+      lrs.append(study_lib.format_lr(spec.lr))
+      seeds.add(spec.seed)
+    if lines:
+      series[f"{col} (lr {', '.join(dict.fromkeys(lrs))})"] = lines
+  return series, seeds, shifted
+
+
 def loss_figures(study, figures_dir):
-  """figures/loss-<task>.png: the task's training loss in each regime, one colour per regime and
-  a line per seed (its validation-chosen run); fine-tunes are drawn after their pre-training
-  run's steps."""
+  """figures/loss-<task>.png: the task's training loss in each regime (loss_series), one colour
+  per regime and a line per seed."""
   from mtl import plots
   written = []
   for task in study.tasks:
-    series, seeds = {}, set()
-    for col in regime_columns(study):
-      c = regime_scores(study, col, task)
-      lines, lrs = [], []
-      for spec in (c.runs if c is not None else []):
-        steps, values = events.read_scalars(os.path.join(study.run_dir(spec.name), "events"),
-                                            f"train/loss/{task}")
-        if not len(steps):
-          continue
-        # A fine-tune continues its pre-training run: draw it after the pre-training steps.
-        offset = study.sweeps[spec.source][0].steps if spec.regime == "finetune" else 0
-        lines.append((steps + offset, values))
-        lrs.append(study_lib.format_lr(spec.lr))
-        seeds.add(spec.seed)
-      if lines:
-        series[f"{col} (lr {', '.join(dict.fromkeys(lrs))})"] = lines
+    series, seeds, shifted = loss_series(study, task)
     if not series:
       continue
     os.makedirs(figures_dir, exist_ok=True)
     path = os.path.join(figures_dir, f"loss-{task}.png")
-    data = plots.curves_png(None, series, ylabel="L1 loss ([0, 255] scale)", logy=True,
+    xlabel = "step" + (" (a fine-tune's after its pre-training's steps)" if shifted else "")
+    data = plots.curves_png(None, series, xlabel=xlabel, ylabel="L1 loss ([0, 255] scale)",
+                            logy=True,
                             title=f"training loss of {task}: "
                             + (f"seed {min(seeds)}" if len(seeds) == 1 else
                                f"{len(seeds)} seeds, a line each (lr chosen per seed)"))
