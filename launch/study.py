@@ -4,6 +4,7 @@ r"""Run a study: every run of experiments/studies/<name>.py, resumable, here or 
   python launch/study.py --config=... --workdir=... --dry_run          # the runs and commands
   python launch/study.py --config=... --workdir=... --only='joint-*'   # a subset
   python launch/study.py --config=... --workdir=... --max_parallel=4   # 4 runs side by side
+  python launch/study.py --config=... --workdir=... --keep_going      # a failure stops no other
   python launch/study.py --config=... --workdir=/shared/mini --submit=slurm \
       --slurm_partition=gpu --slurm_time=4:00:00 [--dry_run]           # one SLURM job per run
 
@@ -11,7 +12,8 @@ Every start prints the study's status table (done, diverged, no start, running, 
 started, pending per run). Re-running the same command skips the runs that are done, skips runs
 that another process is running, and resumes an interrupted one from its checkpoint. A run that
 fails stops new starts (the runs in progress finish): a failure is mostly the config's, which the
-other runs share; fix it and run the same command. A run stopped at a checkpoint by a signal of
+other runs share; fix it and run the same command. With --keep_going the other runs start all the
+same (those that start from a failed run's sweep wait), and the study still exits 1. A run stopped at a checkpoint by a signal of
 its own (exit status 75) is started again once; a fine-tune whose every pre-training lr diverged
 can never start ('no start', an outcome of the grid as a diverged run is): the others go on. A
 changed study config for the same --workdir is refused when it would drop or alter a finished
@@ -65,6 +67,9 @@ config_flags.DEFINE_config_file("config", None, "Study config (experiments/studi
 flags.DEFINE_string("workdir", None, "Directory of the study (study.json, runs/, tables/).")
 flags.DEFINE_bool("dry_run", False, "Print the runs and their exact commands (with --submit: the "
                   "sbatch calls and dependencies); write and submit nothing.")
+flags.DEFINE_bool("keep_going", False, "Start the other runs after one fails (the study still "
+                  "exits 1); without it a failure stops new starts, as a config error would fail "
+                  "them all.")
 flags.DEFINE_string("only", "", "Comma-separated globs of run names to run, e.g. 'joint-*'.")
 flags.DEFINE_string("compile_cache", "", "XLA compilation cache the runs share: '' -> "
                     "$JAX_COMPILATION_CACHE_DIR or ~/.cache/mtl/jax_cache; 'off' -> none.")
@@ -255,7 +260,8 @@ def main(argv):
     sys.exit(study_lib.Runner(study, train_command, compile_cache=FLAGS.compile_cache,
                               max_parallel=FLAGS.max_parallel,
                               devices=run_devices,
-                              analyze=analyze_command).run(FLAGS.only))
+                              analyze=analyze_command,
+                              keep_going=FLAGS.keep_going).run(FLAGS.only))
   except BrokenPipeError:  # e.g. --dry_run | head: the reader has all it wanted (an OSError too)
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     sys.exit(0)

@@ -404,6 +404,8 @@ if how == "always75" or how == "own75" and n == 0:
   sys.exit(75)
 if how == "killed":
   os.kill(os.getpid(), signal.SIGKILL)
+if how == "first_fails" and os.path.basename(workdir) == "scratch-denoise_30-lr1e-3-s0":
+  sys.exit(1)
 if how == "ends":
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   os.kill(os.getppid(), signal.SIGTERM)
@@ -453,6 +455,27 @@ def test_a_child_s_own_stop_death_or_end_and_a_run_done_elsewhere(study_file, tm
   if how == "other":  # the other process's DONE kept, its run not started here
     assert study.done_info(later) == {"seconds": 1.0}
     assert not os.path.exists(study.path(later, "starts"))
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_a_failed_run_stops_new_starts_unless_told_to_keep_going(study_file, tmp_path,
+                                                                  keep_going):
+  import io
+  study = _load(study_file, "values", str(tmp_path / "study"))
+  first, later = "scratch-denoise_30-lr1e-3-s0", "scratch-denoise_30-lr5e-4-s0"
+  study.prepare()
+  with open(os.path.join(study.workdir, "runs", "how.json"), "w") as f:
+    json.dump("first_fails", f)
+  train = lambda config, workdir: [sys.executable, "-c", OWN_EXITS, config, workdir]
+  out = io.StringIO()
+  assert runner.Runner(study, train, out=out, keep_going=keep_going).run(
+      only=f"{first},{later}") == 1, out.getvalue()
+  lines = out.getvalue().splitlines()
+  assert any(f"{first}: failed (exit status 1)" in line and line.endswith(
+      "; the others go on (--keep_going)" if keep_going else "; starting no other run")
+             for line in lines), lines
+  assert not study.is_done(first) and study.is_done(later) == keep_going
+  assert lines[-1].startswith(f"[study] stopped: {first} failed")
 
 
 # launch/analyze.py's stand-in: fails (exit 3) if told to, else writes a conflict store and the

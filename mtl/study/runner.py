@@ -283,7 +283,7 @@ class Runner:
   fine-tunes after their sweep."""
 
   def __init__(self, study, train, out=sys.stdout, compile_cache="", max_parallel=1,
-               devices=None, analyze=None):
+               devices=None, analyze=None, keep_going=False):
     if max_parallel < 1:
       raise ValueError(f"--max_parallel={max_parallel} must be >= 1")
     if devices is not None and len(devices) < max_parallel:
@@ -300,6 +300,7 @@ class Runner:
     self.first_measurement = None  # (name, step, out): the one started among the runs
     self.compile_cache = compile_cache
     self.max_parallel = max_parallel
+    self.keep_going = keep_going  # a failed run stops new starts unless this is set
     self.free_devices = list(devices) if devices is not None else None
     # CPU runs get equal core sets of their own, also alone: their thread count sets their sums
     self.free_cores = children.core_sets(max_parallel) if devices is None else None
@@ -538,16 +539,17 @@ class Runner:
       else:
         queue.append(spec)
     started, ran, waiting, elsewhere, failed = time.time(), 0, [], [], []
+    halted = lambda: bool(failed) and not self.keep_going  # no new starts
     requeued = set()  # runs stopped at a checkpoint by a signal of their own, started again
     finished = []  # (run, seconds): runs trained whole here, which the ETA extrapolates
     while queue or self.active:
-      if (self.first_measurement and self.signalled is None and not failed
+      if (self.first_measurement and self.signalled is None and not halted()
           and len(self.active) + len(self.measuring) < self.max_parallel):
         # one measurement among the runs, in the first slot free once a sweep is done: the
         # runs' lines can then say how long the others will take
         self._start_measuring(study.final_conflicts_to_come(), *self.first_measurement)
         self.first_measurement = None
-      if (self.signalled is None and not failed
+      if (self.signalled is None and not halted()
           and len(self.active) + len(self.measuring) < self.max_parallel):
         for spec in start_order(study, queue):
           if len(self.active) + len(self.measuring) >= self.max_parallel:
@@ -620,7 +622,8 @@ class Runner:
           self.say(f"{head}: failed ({_exit_words(code)}); its log: "
                    f"{study.path(spec.name, LOG_FILE)}; fix the cause (the study's config may "
                    "change for runs not yet done) and run the same command: finished runs are "
-                   "kept" + ("; starting no other run" if queue else ""))
+                   "kept" + (("; the others go on (--keep_going)" if self.keep_going else
+                              "; starting no other run") if queue else ""))
           failed.append(spec.name)
           continue
         files.write_json(study.path(spec.name, DONE_FILE),
@@ -649,13 +652,13 @@ class Runner:
         self.say(f"{head}: {what} | study: {total - left}/{total} "
                  f"done, elapsed {files.format_duration(time.time() - started)}{then}")
       self._poll_measurements()
-      if not self.active and (self.signalled is not None or failed):
+      if not self.active and (self.signalled is not None or halted()):
         break
       time.sleep(0.05)
     if ran or failed or self.signalled is not None:
       self.say(f"[study] compiled {self.programs[0]} programs, {self.programs[1]} loaded from "
                "the cache (XLA, the runs started here)")
-    if not self._measure_final_conflicts(start=self.signalled is None and not failed):
+    if not self._measure_final_conflicts(start=self.signalled is None and not halted()):
       failed.append("final_conflicts")
     if self.signalled is not None:
       if queue:
