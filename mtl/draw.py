@@ -77,9 +77,8 @@ def probe_scalars(record, window=None, summary="conflicts"):
   its 95% interval's ends (corrected_cos_low/<pair>, corrected_cos_high/<pair>), only where that
   interval exists and both tasks' noise floors are resolved (mtl.stats.resolved_noise_floors:
   a ratio whose denominator may be 0 has a size not to be read, and its spikes would set the
-  chart's scale). A record of
-  one checkpoint's fresh batches (x: the batch) logs every tag under conflicts/at_checkpoint/
-  instead: its batches are no training steps.
+  chart's scale). A record of one checkpoint's fresh batches (x: the batch) logs every tag under
+  conflicts/at_checkpoint/ instead: its batches are no training steps.
   """
   xs = record.x_axis()[0]
   base = "conflicts/at_checkpoint" if record.checkpoint else "conflicts"
