@@ -435,8 +435,9 @@ def curves_figure(record, ema_beta=0.1):
   panels = ["corrected"] * parts + ["raw"] + ["agreement"] * record.halves + ["fraction", "norm"]
   fig = Figure(figsize=(10, 1.2 + 2.3 * len(panels)), layout="constrained")
   axes = dict(zip(panels, fig.subplots(len(panels), 1, sharex=True)))
-  palette = matplotlib.colormaps["tab10" if pcos.shape[1] <= 10 else "tab20"]
-  colors = [palette(k % palette.N) for k in range(pcos.shape[1])]
+  # tab20's dark hues first, then its light ones: ten pairs of distinct hues before any repeats
+  palette = matplotlib.colormaps["tab20"]
+  colors = [palette((2 * k) % 20 + (k // 10) % 2) for k in range(pcos.shape[1])]
   smooth = (lambda x: conflicts.ema(x, ema_beta, init=None)) if ema_beta else (lambda x: x)
   legend = dict(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
 

@@ -267,6 +267,17 @@ def test_curves_figure():
   assert labels(fig.axes[0].get_legend().get_texts()) == ["joint", "scratch"]
 
 
+def test_six_tasks_pairs_get_fifteen_colours_the_first_ten_of_distinct_hues():
+  import matplotlib
+  six = ["denoise_30", "denoise_50", "sr_x2", "sr_x3", "sr_x4", "derain"]
+  raw = plots.curves_figure(record(steps=6, tasks=six), ema_beta=0).axes[1]
+  colours = [matplotlib.colors.to_hex(l.get_color()) for l in raw.get_lines()
+             if not l.get_label().startswith("_")]
+  assert len(colours) == 15 and len(set(colours)) == 15
+  tab10 = [matplotlib.colors.to_hex(matplotlib.colormaps["tab10"](k)) for k in range(10)]
+  assert colours[:10] == tab10  # light variants only for the pairs past ten
+
+
 def test_a_pair_not_measurable_is_still_named_in_the_corrected_panel_s_legend():
   import warnings
   rec = record(steps=4, noise=5.0, seed=4)  # 4 probes, one part: 2 of its 3 pairs unmeasurable
