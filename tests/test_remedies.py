@@ -207,7 +207,7 @@ def test_the_findings_answer_question_4_from_the_remedies_table(study):
       "5%), so a Δ whose interval just excludes 0 may still be not enough evidence. "
       + remedies.arguments_note(study))
   labels = [t.get_text() for t in figures.delta_figure(answers).axes[0].get_yticklabels()]
-  assert labels[-1] == "denoise_30: joint:pcgrad − joint"  # bottom up: the first on top
+  assert labels[-1] == "denoise_30 on photos: joint:pcgrad − joint"  # bottom up: the first on top
   assert f"**4. {findings.QUESTIONS[3]}**" in findings.markdown(found)
 
 
