@@ -225,7 +225,9 @@ def cosine_matrix_figure(record, window=None):
       bare = np.isfinite(iv.estimate) and not np.isfinite(iv.low)
       note = ("\nnoise floor not resolved" if unresolved[i, j] else " (no interval)" if bare
               else "" if not beyond or holds else "\nnot held over the pairs")
-      ax.text(j, i, f"{iv.text(digits)}{'*' if beyond else ''}{note}\n{second}",
+      # the interval on a line of its own: at 3 digits one line is wider than a cell
+      shown_iv = iv.text(digits).replace(" [", "\n[", 1)
+      ax.text(j, i, f"{shown_iv}{'*' if beyond else ''}{note}\n{second}",
               ha="center", va="center", fontsize=6.5 if beyond or unresolved[i, j] else 7.5,
               color="black" if unresolved[i, j] else _text_color(shown[i, j] / vmax),
               fontweight="bold" if holds else "normal")

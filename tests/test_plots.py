@@ -73,7 +73,7 @@ def test_cosine_matrix_figure():
   assert image.get_clim() == (-1.0, 1.0)  # the cosine's whole range, never stretched
   raw = conflicts.nan_mean(conflicts.cosines(rec.last(5).grouped("body")[1][:, 0]), axis=0)
   iv = corrected[0]
-  cell = (f"{plots._signed(iv.estimate)} [{plots._signed(iv.low)}, {plots._signed(iv.high)}]*\n"
+  cell = (f"{plots._signed(iv.estimate)}\n[{plots._signed(iv.low)}, {plots._signed(iv.high)}]*\n"
           f"raw {plots._signed(raw[0, 1])}, 100% <0")
   assert cell in [t.get_text() for t in ax.texts]
   assert len(fig.axes) == 2  # the colorbar
@@ -104,8 +104,8 @@ def test_cosine_matrix_colours_the_full_range_and_frames_cells_beyond_noise():
             for p in ax.patches}
   assert framed == {(1, 0), (0, 1), (2, 1), (1, 2)}  # a~b and b~c, both halves of the matrix
   texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t for t in ax.texts}
-  assert texts[1, 0].get_text().split("\n")[0].endswith("]*")
-  assert texts[2, 0].get_text().split("\n")[0] == ivs[1].text(2)  # no mark
+  assert texts[1, 0].get_text().split("\n")[1].endswith("]*")
+  assert " ".join(texts[2, 0].get_text().split("\n")[:2]) == ivs[1].text(2)  # no mark
   assert "[-1, 1]" in fig.axes[1].get_ylabel()
   assert "excludes 0" in fig._supxlabel.get_text()
 
