@@ -391,6 +391,28 @@ def _png(path, pixels, interlace=False, rows=None):
                    + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+def test_a_small_png_inflating_to_much_more_than_its_rows_is_read_in_bounded_memory(tmp_path):
+  # 8 x 8 pixels whose IDAT inflates to 64 MB of zeros (a 64 KB file): the data check inflates
+  # no further than the rows need, a piece at a time (it held all 64 MB at once)
+  import tracemalloc
+  pack = zlib.compressobj(9)
+  data = b"".join(pack.compress(bytes(1 << 20)) for _ in range(64)) + pack.flush()
+  chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
+                              + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+  (tmp_path / "bomb.png").write_bytes(
+      b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 8, 2, 0, 0, 0))
+      + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+  assert len(data) < 100_000
+  tracemalloc.start()
+  try:
+    image = folder.read_rgb(str(tmp_path / "bomb.png"))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert image.shape == (8, 8, 3) and not image.any()
+  assert peak < 4 << 20, peak  # at most a piece of 1 MB and the file's chunk, not 64 MB
+
+
 def test_a_png_whose_data_ends_early_and_signed_16_bit_samples_are_refused(tmp_path):
   """Pillow reads a PNG whose complete zlib stream holds 10 of 37 rows as an image whose other
   rows are black; a signed 16-bit TIFF's negative samples clipped to 0. Both are refused."""

@@ -180,10 +180,11 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
 def _check_png_data(handle):
   """ValueError where a PNG's image data ends before its last row: Pillow fills the rest with
   zeros without a word when the zlib stream is complete but short (libpng, MATLAB's imread,
-  refuses it). The data is inflated once more, to count its bytes."""
+  refuses it). The data is inflated once more, to count its bytes, no further than the rows
+  need (a small file may inflate to gigabytes) and a piece at a time."""
   handle.seek(8)
-  inflate, size, header = zlib.decompressobj(), 0, None
-  while True:
+  inflate, size, expected = zlib.decompressobj(), 0, None
+  while expected is None or size < expected:
     head = handle.read(8)
     if len(head) < 8:
       break
@@ -191,24 +192,28 @@ def _check_png_data(handle):
     data = handle.read(length)
     handle.seek(4, os.SEEK_CUR)  # the CRC, checked by Pillow
     if kind == b"IHDR":
-      header = struct.unpack(">IIBBBBB", data[:13])
-    elif kind == b"IDAT":
-      size += len(inflate.decompress(data))
+      expected = _png_data_bytes(*struct.unpack(">IIBBBBB", data[:13]))
+    elif kind == b"IDAT" and expected is not None:
+      while data and size < expected:
+        size += len(inflate.decompress(data, min(expected - size, 1 << 20)))
+        data = inflate.unconsumed_tail
     elif kind == b"IEND":
       break
-  if header is None:
-    return
-  width, height, depth, colour, _, _, interlace = header
-  bits = depth * _PNG_CHANNELS.get(colour, 1)
-  passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
-  expected = 0
-  for x0, y0, dx, dy in passes:
-    cols, rows = max(0, -(-(width - x0) // dx)), max(0, -(-(height - y0) // dy))
-    if cols and rows:
-      expected += rows * (1 + -(-cols * bits // 8))  # a filter byte, then the row's samples
-  if size < expected:
+  if expected is not None and size < expected:
     raise ValueError(f"its image data ends early ({size:,} of {expected:,} bytes: the rows "
                      "past it would read as black); the file is damaged")
+
+
+def _png_data_bytes(width, height, depth, colour, compression, filtering, interlace):
+  """The inflated size of a PNG's image data by its IHDR: per row a filter byte and its samples,
+  per pass of an interlaced one."""
+  bits = depth * _PNG_CHANNELS.get(colour, 1)
+  total = 0
+  for x0, y0, dx, dy in (_ADAM7 if interlace else ((0, 0, 1, 1),)):
+    cols, rows = max(0, -(-(width - x0) // dx)), max(0, -(-(height - y0) // dy))
+    if cols and rows:
+      total += rows * (1 + -(-cols * bits // 8))
+  return total
 
 
 def _decoded_rgb(image, handle):
