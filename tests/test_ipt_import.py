@@ -3,6 +3,7 @@
 The fixtures (tests/fixtures/make_ipt_fixture.py) are official IPT models with random weights at a
 small size, with their own outputs computed by the official PyTorch code.
 """
+import collections
 import io
 import os
 import pickle
@@ -144,6 +145,28 @@ def test_keys_that_are_not_strings_and_sets_are_refused_before_they_are_hashed(t
     with pytest.raises(ValueError) as error:
       torch_file.read_state_dict(path)
     assert _one_line(error).startswith(path) and message in _one_line(error), _one_line(error)
+
+
+def test_a_pickle_setting_attributes_other_than_a_state_dict_s_metadata_is_refused(tmp_path):
+  # BUILD on the state_dict could shadow its methods: values = OrderedDict let each 9-byte
+  # reference to a storage copy it whole past the size check; on a function find_class hands
+  # out, it changed that function for the rest of the process
+  shadowed = collections.OrderedDict()
+  shadowed.__dict__["values"] = collections.OrderedDict
+  on_function = b"\x80\x02ctorch._utils\n_rebuild_tensor\n}X\x01\x00\x00\x00xK\x01sb."
+  for name, payload, kind in (("shadow.pt", pickle.dumps(shadowed, protocol=2), "OrderedDict"),
+                              ("function.pt", on_function, "function")):
+    path = _zip_with_pickle(tmp_path / name, payload)
+    with pytest.raises(ValueError) as error:
+      torch_file.read_state_dict(path)
+    assert _one_line(error) == (f"{path}: the pickle sets attributes on an object of type {kind} "
+                                "(a state_dict has one attribute, its _metadata)")
+  assert not hasattr(torch_file._rebuild_tensor, "x")
+  # torch.save's own: an OrderedDict whose one attribute is _metadata
+  state = collections.OrderedDict()
+  state._metadata = collections.OrderedDict({"": {"version": 1}})
+  assert torch_file.read_state_dict(
+      _zip_with_pickle(tmp_path / "meta.pt", pickle.dumps(state, protocol=2))) == {}
 
 
 def test_a_compressed_or_encrypted_member_and_a_stride_past_the_storage_are_one_line(
@@ -412,8 +435,16 @@ def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path, monkeypatch):
     with pytest.raises(ValueError) as error:
       torch_file.read_state_dict(path)
     assert _one_line(error).startswith(path) and message in _one_line(error), _one_line(error)
-  with pytest.raises(ValueError, match="fields of a storage record"):
-    torch_file._Storage("FloatStorage", "0").__setstate__({"array": None})
+  # a storage's fields likewise: MARK 'storage' torch.FloatStorage '0' 'cpu' 4 TUPLE BINPERSID,
+  # then {'array': None} BUILD
+  storage_build = _zip_with_pickle(
+      tmp_path / "storage_build.pt",
+      b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
+      b"X\x03\x00\x00\x00cpuK\x04tQ}X\x05\x00\x00\x00arrayNsb.")
+  with pytest.raises(ValueError) as error:
+    torch_file.read_state_dict(storage_build)
+  assert _one_line(error) == (f"{storage_build}: the pickle sets the fields of a storage record "
+                              "(torch.save never does)")
   bomb = _torch_zip(tmp_path / "bomb.pt", {"w": ("0", 0, (4,), (1,))},
                     {"0": (4, four), "1": (0, bytes(16 << 20))}, monkeypatch, compress=True)
   with pytest.raises(ValueError) as error:

@@ -47,12 +47,8 @@ _brief = _Brief().repr
 
 
 class _Record:
-  """A record the unpickler makes; the pickle may not set its fields (BUILD), which are checked
-  as it is made: a stride set afterwards would read memory outside its storage."""
-
-  def __setstate__(self, state):
-    raise ValueError(f"the pickle sets the fields of a {type(self).__name__.strip('_').lower()} "
-                     "record (torch.save never does)")
+  """A record the unpickler makes; the pickle may not set its fields (_Unpickler's BUILD), which
+  are checked as it is made: a stride set afterwards would read memory outside its storage."""
 
 
 class _StorageType(_Record):
@@ -159,9 +155,23 @@ class _Unpickler(pickle._Unpickler):
   def _set(self):
     raise ValueError(f"{self.path}: the pickle builds a set (a state_dict holds none)")
 
+  def _build(self):  # the stack ends with the object, then the state to set on it
+    inst, state = self.stack[-2:]
+    if isinstance(inst, _Record):
+      raise ValueError(f"{self.path}: the pickle sets the fields of a "
+                       f"{type(inst).__name__.strip('_').lower()} record (torch.save never does)")
+    # torch.save's state_dict: an OrderedDict whose one attribute is _metadata; any other would
+    # shadow its methods (values, items) or change the functions find_class hands out
+    if not (type(inst) is collections.OrderedDict and type(state) is dict
+            and set(state) <= {"_metadata"}):
+      raise ValueError(f"{self.path}: the pickle sets attributes on an object of type "
+                       f"{type(inst).__name__} (a state_dict has one attribute, its _metadata)")
+    super().load_build()
+
   dispatch[pickle.SETITEM[0]] = _setitem
   dispatch[pickle.SETITEMS[0]] = _setitems
   dispatch[pickle.DICT[0]] = _dict
+  dispatch[pickle.BUILD[0]] = _build
   for _op in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
     dispatch[_op[0]] = _set
   del _op
@@ -303,16 +313,16 @@ def read_state_dict(path):
     raise ValueError(f"{path} is not a readable torch.save file: {error}") from None
   if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
     obj = obj["state_dict"]
-  if not isinstance(obj, dict) or not all(isinstance(v, _Tensor) for v in obj.values()):
+  if not isinstance(obj, dict) or not all(isinstance(v, _Tensor) for v in dict.values(obj)):
     raise ValueError(f"{path} does not hold a state_dict of tensors")
   # tensors sharing storages (tied weights) can name more bytes than the file holds, not this many
-  named = sum(t.numel() * t.storage.array.itemsize for t in obj.values()
+  named = sum(t.numel() * t.storage.array.itemsize for t in dict.values(obj)
               if t.storage.array is not None)
   if named > MAX_SHARING * len(data) + (1 << 20):
     raise ValueError(f"{path}: its tensors name {named:,} bytes from a file of {len(data):,}; "
                      f"a state_dict names at most {MAX_SHARING} times its file")
   state = {}
-  for name, tensor in obj.items():
+  for name, tensor in dict.items(obj):
     try:
       state[str(name)] = tensor.to_numpy()
     except ValueError as error:
