@@ -140,7 +140,18 @@ def parse_flags(argv):
   if len(rest) > 1:
     fail(f"unexpected arguments {' '.join(rest[1:])}; pass flags only")
   _refuse_nan(fail)
+  _expand_home()
   return rest
+
+
+def _expand_home():
+  """A string flag given as ~/path: the shell expands no ~ after --flag=, and a folder named ~
+  would be made (and later invite rm -rf ~); it is the user's home, as on a command line. Not
+  for the cluster launchers (cli.run): their paths are the remote machines'."""
+  for name in flags.FLAGS:
+    value = flags.FLAGS[name].value
+    if isinstance(value, str) and (value == "~" or value.startswith("~/")):
+      flags.FLAGS[name].value = os.path.expanduser(value)
 
 
 def _refuse_nan(refuse):

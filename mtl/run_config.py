@@ -3,13 +3,16 @@
 `validate(config)` raises ValueError / FileNotFoundError with one line naming the bad value and
 what would be valid; nothing is built or written before it passes.
 """
+import copy
 import dataclasses
+import functools
 import math
 import os
 
 from absl import logging
 
 from mtl import aggregators, optim, run_folder, tasks
+from mtl.data import folder as folder_lib
 from mtl.data import pipeline
 from mtl.models import ipt
 
@@ -34,6 +37,44 @@ def normalize(config):
                           for p in (v.split(",") if isinstance(v, str) else [v])
                           if not isinstance(p, str) or p.strip())
   visit(config)
+  return absolute_paths(config)
+
+
+# a run's local paths: a resume from another folder reads the same files (or is refused)
+PATH_FIELDS = ("data.folder", "data.tfds_dir", "data.cache_dir", "degrade.rain.streak_dir",
+               "init_from")
+
+
+def local_path(path):
+  """A user's local path made absolute, `~` expanded (the shell leaves --flag=~/x as it is);
+  '' and URLs (gs://...) as given."""
+  if not path or folder_lib.is_url(path):
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def absolute_paths(config):
+  """`config` (a run's ConfigDict, or its dict as config.json holds it) with every local path
+  absolute: PATH_FIELDS, and the paths in data.pairs and eval.sets entries. A field it lacks is
+  left out; a list whose paths are absolute already is left as given."""
+  from mtl import evaluate
+  config = copy.deepcopy(config)
+  for field in PATH_FIELDS:
+    *parents, key = field.split(".")
+    node = functools.reduce(lambda n, k: n.get(k) if hasattr(n, "get") else None, parents, config)
+    if hasattr(node, "get") and isinstance(node.get(key), str):
+      node[key] = local_path(node[key])
+  parse = {"pairs": lambda e: pipeline.parse_pairs(e)[0][1],
+           "sets": lambda e: (evaluate.parse_sets(e) or [(0, 0, None)])[0][2]}
+  for group, key in (("data", "pairs"), ("eval", "sets")):
+    node = config.get(group) if hasattr(config, "get") else None
+    value = node.get(key) if hasattr(node, "get") else None
+    if not isinstance(value, str):
+      continue
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    paths = [parse[key](e) or "" for e in entries]
+    if any(local_path(p) != p for p in paths):
+      node[key] = ",".join(e[:len(e) - len(p)] + local_path(p) for e, p in zip(entries, paths))
   return config
 
 

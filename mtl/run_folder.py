@@ -88,17 +88,20 @@ def read_results(workdir):
   return files.read_json(path) if os.path.exists(path) else None
 
 
-def check_config(workdir, config_dict, defaults=None):
+def check_config(workdir, config_dict, defaults=None, saved_view=None):
   """Refuse (one line) a config that differs from the workdir's saved one, unless the run there
   never saved a step (then it may be replaced: returns True). No saved config: False (saved
   steps without it, or a run's checkpoints/ folder as the workdir: refused).
   defaults (run_defaults.config_defaults()): a field the saved config predates counts as its
-  default, so a resume that gives it another value is refused."""
+  default, so a resume that gives it another value is refused. saved_view: what the saved
+  config is read as (run_config.absolute_paths: older runs saved paths as typed)."""
   path = os.path.join(workdir, CONFIG_FILE)
   check_checkpoints_have_config(workdir)
   if not os.path.exists(path):
     return False
   saved = files.read_json(path)
+  if saved_view is not None:  # e.g. run_config.absolute_paths: relative paths of older runs
+    saved = saved_view(saved)
   latest = checkpoints.latest_saved_step(workdir)
   if latest is None:
     return bool(files.differences(saved, config_dict))
@@ -148,12 +151,12 @@ def check_total_steps(workdir, latest, saved_steps, config_dict):
                      f"{workdir}; valid: total_steps >= {latest}")
 
 
-def check_or_write_config(workdir, config_dict, defaults=None):
+def check_or_write_config(workdir, config_dict, defaults=None, saved_view=None):
   """First start: save the config. Restart: refuse a different config (one clear line); a run
   that never saved a step takes the new config (its old one is replaced, and said so); a resume
   that changes resumable fields says which, and config.json then holds the config in force."""
   path = os.path.join(workdir, CONFIG_FILE)
-  replace = check_config(workdir, config_dict, defaults)
+  replace = check_config(workdir, config_dict, defaults, saved_view)
   if replace:
     print(f"{path}: replacing the config of a run that never saved a step", flush=True)
   elif os.path.exists(path):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from mtl import (aggregators, checkpoints, files, optim, run_defaults, run_folder, sharding,
                  tasks, xla_options)
 from mtl.models import ipt
-from mtl.run_config import probe_plan, validate
+from mtl.run_config import absolute_paths, probe_plan, validate
 from mtl.step import TrainState, step_args
 
 # The init runs once per run and compiles at every cold start: LLVM's level 1 compiles it faster
@@ -251,7 +251,8 @@ def prepare(config, workdir):
                      "first)")
   run = build(config)
   workdir = check_workdir(workdir)
-  run_folder.check_config(workdir, config.to_dict(), run_defaults.config_defaults())
+  run_folder.check_config(workdir, config.to_dict(), run_defaults.config_defaults(),
+                          absolute_paths)
   latest = checkpoints.latest_saved_step(workdir)
   if latest is None:
     _refuse_unresumable_results(workdir, config)

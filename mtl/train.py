@@ -19,7 +19,7 @@ from mtl import (aggregators, checkpoints, conflicts, distributed, files, flops,
 from mtl.data import pipeline, prefetch
 from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
-from mtl.run_config import normalize
+from mtl.run_config import absolute_paths, normalize
 from mtl.run_state import finetune_params, prepare
 from mtl.step import data_step, make_step, step_args
 
@@ -138,7 +138,7 @@ def train_and_evaluate(config, workdir):
         if earlier is not None and earlier.get("step") != config.total_steps:
           _keep_results(workdir, earlier)  # before the config is updated: a refusal changes nothing
         run_folder.check_or_write_config(workdir, config.to_dict(),
-                                         run_defaults.config_defaults())
+                                         run_defaults.config_defaults(), absolute_paths)
         if os.path.exists(diverged):  # an earlier attempt's: this one records its own outcome
           os.remove(diverged)
         if setup.run.plan.probe_every:  # a store this run cannot append to is refused now

@@ -122,6 +122,20 @@ def test_a_url_workdir_is_refused_not_read_as_a_relative_folder(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_a_path_given_as_tilde_is_the_home_folder_not_a_folder_named_tilde(tmp_path):
+  # the shell expands no ~ after --workdir=: a folder named ~ was made in the current folder
+  home = tmp_path / "home"
+  out = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "train.py"),
+                        "--config=" + os.path.join(ROOT, "experiments", "tiny.py"),
+                        "--workdir=~/runs/w", "--config.data.tfds_dir=~/tfds", "--dry_run"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, HOME=str(home)))
+  assert out.returncode == 0, out.stderr
+  assert f"workdir {home}/runs/w (fresh)" in out.stdout
+  assert f"data.tfds_dir = '{home}/tfds'" in out.stdout
+  assert not os.path.exists(tmp_path / "~")
+
+
 @pytest.mark.parametrize("change, message", [
     ({"total_steps": "abc"}, "total_steps='abc' must be a finite number, as the default 1000"),
     ({"optim": {"lr": float("nan")}}, "optim.lr=nan must be a finite number, as the default"),

@@ -497,6 +497,44 @@ def test_analyze_measures_a_saved_model_on_fresh_batches(straight_run, tmp_path)
   assert not os.path.exists(tmp_path / "other")
 
 
+def test_relative_paths_are_saved_absolute_and_a_resume_from_elsewhere_is_refused(
+    tmp_path, monkeypatch, capsys):
+  # data.tfds_dir=tfds and a test set S=set, typed relative: the same command run in another
+  # folder read other data and scored another set under the same name, unannounced
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for where in ("a", "b"):
+    (tmp_path / where / "set").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), np.uint8)).save(
+        tmp_path / where / "set" / "x.png")
+  run = str(tmp_path / "run")
+  config = _config(total_steps=1, checkpoint_every=1)
+  config.eval.sets, config.data.tfds_dir, config.conflicts.every = "S=set", "tfds", 0
+  monkeypatch.chdir(tmp_path / "a")
+  train.train_and_evaluate(config, run)
+  saved = files.read_json(os.path.join(run, "config.json"))
+  assert (saved["eval"]["sets"], saved["data"]["tfds_dir"]) == (f"S={tmp_path}/a/set",
+                                                                f"{tmp_path}/a/tfds")
+  config.total_steps = 2
+  monkeypatch.chdir(tmp_path / "b")
+  with pytest.raises(ValueError) as refused:  # the data: refused
+    train.train_and_evaluate(config, run)
+  assert f"data.tfds_dir ('{tmp_path}/a/tfds' -> '{tmp_path}/b/tfds')" in str(refused.value)
+  config.data.tfds_dir = f"{tmp_path}/a/tfds"
+  capsys.readouterr()
+  assert train.train_and_evaluate(config, run)["step"] == 2  # the test set may change: said
+  assert (f"resuming with changed fields: eval.sets ('S={tmp_path}/a/set' -> "
+          f"'S={tmp_path}/b/set')") in capsys.readouterr().out
+  # a run that saved its paths as typed (before they were made absolute) resumes where it began
+  files.write_json(os.path.join(run, "config.json"),
+                   dict(saved, data=dict(saved["data"], tfds_dir="tfds"), total_steps=2))
+  monkeypatch.chdir(tmp_path / "a")
+  config.total_steps, config.data.tfds_dir = 3, "tfds"
+  assert train.train_and_evaluate(config, run)["step"] == 3
+  assert files.read_json(os.path.join(run, "config.json"))["data"]["tfds_dir"] == (
+      f"{tmp_path}/a/tfds")
+
+
 def test_a_model_of_other_shapes_is_named_field_by_field(straight_run, tmp_path):
   # a fine-tune from the run, refused before anything starts, and analyze's checkpoint mode
   config = _config()
