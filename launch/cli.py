@@ -37,7 +37,8 @@ def owned_flag(arg):
 def absl_main(body):
   """An absl `main(argv)` around `body()`: no positional arguments, orbax/jax quiet below
   WARNING unless --verbosity is given, and bad input (ValueError, OSError such as a file where a
-  folder belongs) printed as one `error: ...` line with exit status 1."""
+  folder belongs) printed as one `error: ...` line with exit status 1; Ctrl-C as one line, exit
+  status 130 (what is written is written whole: outputs are written atomically)."""
   @functools.wraps(body)
   def main(argv):
     from absl import logging
@@ -49,6 +50,9 @@ def absl_main(body):
       body()
     except (ValueError, OSError) as error:  # OSError: a path of the wrong kind, names itself
       fail(error)
+    except KeyboardInterrupt:
+      print("error: interrupted (Ctrl-C)", file=sys.stderr, flush=True)
+      exit_now(130)
   return main
 
 

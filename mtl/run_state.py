@@ -4,6 +4,8 @@ fresh or fine-tuned state, and what `prepare` finds in its workdir (Setup: banne
 import dataclasses
 import functools
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import jax
@@ -270,12 +272,34 @@ def write_workdir(params, cfg, task_names, workdir, source=""):
   """An mtl workdir (config.json + orbax checkpoint at step 0) holding `params`, as train.py writes.
 
   The config is mtl.run_defaults' with the imported model, tasks and regime 'joint' (so
-  fine-tunes can init_from it and analysis can load it); the optimizer state is fresh.
+  fine-tunes can init_from it and analysis can load it); the optimizer state is fresh. It is
+  written into a hidden folder beside `workdir` and renamed to it once whole: an interrupted
+  import leaves no half a run (which every later command would refuse).
   """
   if os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE)):
     raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
-  check_workdir(workdir)  # a file, or an unwritable place: one line naming it, as train.py's
+  workdir = check_workdir(workdir)  # a file, or an unwritable place: one line, as train.py's
   _refuse_a_folder_of_images(workdir)
+  if os.path.isdir(workdir) and os.listdir(workdir):
+    raise ValueError(f"workdir {workdir} holds other files; an import makes a run folder of its "
+                     "own: choose a new --workdir")
+  os.makedirs(os.path.dirname(workdir), exist_ok=True)
+  whole = workdir
+  workdir = tempfile.mkdtemp(prefix=f".{os.path.basename(whole)}.importing-",
+                             dir=os.path.dirname(whole))
+  try:
+    config = _write_imported(params, cfg, task_names, workdir, source)
+    if os.path.isdir(whole):
+      os.rmdir(whole)  # empty: checked above
+    os.rename(workdir, whole)
+  finally:
+    if os.path.exists(workdir):
+      shutil.rmtree(workdir, ignore_errors=True)
+  return config
+
+
+def _write_imported(params, cfg, task_names, workdir, source):
+  """write_workdir's config.json, step 0 and import record, written into `workdir`."""
   config = run_defaults.get_config("tiny")
   config.tasks = tuple(task_names)
   for field in ipt.SIZES["paper"]:

@@ -91,6 +91,26 @@ def test_workdir_round_trip(tmp_path):
     run_state.write_workdir(params, cfg, names, workdir)
 
 
+def test_an_import_stopped_half_way_leaves_nothing_and_can_run_again(tmp_path):
+  # it wrote config.json, then stopped in the checkpoint's save: re-import ("already holds a
+  # run") and restore ("no checkpoint") both refused the folder
+  cfg, names, params = ipt_import.load(os.path.join(FIXTURES, "ipt_finetune1.pt"), num_heads=2)
+  workdir = str(tmp_path / "imported")
+  broken = dict(params, body={})  # fails in the checkpoint's save, after config.json
+  with pytest.raises(Exception):
+    run_state.write_workdir(broken, cfg, names, workdir)
+  assert os.listdir(tmp_path) == []  # neither the run folder nor the hidden one it was built in
+  run_state.write_workdir(params, cfg, names, workdir)
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "imported.json"]
+  (tmp_path / "busy").mkdir()
+  (tmp_path / "busy" / "notes.txt").write_text("kept")
+  with pytest.raises(ValueError) as error:
+    run_state.write_workdir(params, cfg, names, str(tmp_path / "busy"))
+  assert _one_line(error) == (f"workdir {tmp_path / 'busy'} holds other files; an import makes a "
+                              "run folder of its own: choose a new --workdir")
+  assert os.listdir(tmp_path / "busy") == ["notes.txt"]
+
+
 def test_import_refuses_a_file_or_a_folder_of_images_as_workdir(tmp_path):
   cfg, names, params = ipt_import.load(os.path.join(FIXTURES, "ipt_finetune1.pt"), num_heads=2)
   (tmp_path / "afile").write_text("kept")
