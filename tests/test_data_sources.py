@@ -391,6 +391,22 @@ def _png(path, pixels, interlace=False, rows=None):
                    + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
+def test_a_folder_that_cannot_be_listed_is_named_and_broken_links_are_not_left_out(tmp_path):
+  # os.walk passed over a folder it could not list, and list_images over a broken or looping
+  # link, without a word: their images were simply not there
+  (tmp_path / "x.png").write_bytes(b"x")
+  with pytest.raises(ValueError) as error:
+    list(folder._walk(str(tmp_path / "x.png")))
+  assert str(error.value) == f"cannot list folder {tmp_path / 'x.png'}: Not a directory"
+  (tmp_path / "links").mkdir()
+  (tmp_path / "links" / "broken.png").symlink_to(tmp_path / "links" / "gone.png")
+  (tmp_path / "links" / "loop.png").symlink_to(tmp_path / "links" / "loop.png")
+  listed = folder.list_images(str(tmp_path / "links"), recursive=False)
+  assert [os.path.basename(p) for p in listed] == ["broken.png", "loop.png"]
+  with pytest.raises(ValueError, match="loop.png: .*Too many levels of symbolic links"):
+    folder.read_rgb(listed[1])
+
+
 def test_a_small_png_inflating_to_much_more_than_its_rows_is_read_in_bounded_memory(tmp_path):
   # 8 x 8 pixels whose IDAT inflates to 64 MB of zeros (a 64 KB file): the data check inflates
   # no further than the rows need, a piece at a time (it held all 64 MB at once)

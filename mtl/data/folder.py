@@ -246,9 +246,13 @@ def read_rgb(path):
 def _walk(folder):
   """os.walk of a local folder following symlinks, in sorted order, each directory once (a link
   to a directory already seen, such as one back up, would repeat its images or never end),
-  hidden ones (.git, .ipynb_checkpoints, ...) skipped."""
+  hidden ones (.git, .ipynb_checkpoints, ...) skipped. A folder it cannot list is a ValueError
+  naming it (os.walk would leave its images out without a word)."""
+  def refuse(error):
+    raise ValueError(f"cannot list folder {error.filename}: {error.strerror or error}")
+
   seen = set()
-  for root, dirs, files in os.walk(folder, followlinks=True):
+  for root, dirs, files in os.walk(folder, onerror=refuse, followlinks=True):
     stat = os.stat(root)
     if (stat.st_dev, stat.st_ino) in seen:
       dirs[:] = []
@@ -277,9 +281,9 @@ def list_images(folder, recursive=True):
   if not recursive and is_url(folder):
     return sorted(str(p) for p in epath.Path(folder).iterdir()
                   if is_image_file(p.name) and p.is_file())
-  if not recursive:
+  if not recursive:  # a broken or looping link stays in: reading it says what it is
     return sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                  if is_image_file(n) and os.path.isfile(os.path.join(folder, n)))
+                  if is_image_file(n) and not os.path.isdir(os.path.join(folder, n)))
   paths = []
   walk = epath.Path(folder).walk() if is_url(folder) else _walk(folder)
   for root, dirs, files in walk:
