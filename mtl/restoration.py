@@ -145,14 +145,23 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
 
 def _input_notes(path, image, task, gray):
   """What restoring `image` (read from `path`) changes without a word otherwise: transparency
-  dropped; colour given to a grey model (restored on its grey plane)."""
+  dropped; 16-bit samples rounded to 8; an EXIF orientation not applied; colour given to a grey
+  model (restored on its grey plane)."""
   from PIL import Image
+  from mtl.data import folder as folder_lib
   notes = []
   with Image.open(path) as original:
     if original.mode in ("RGBA", "LA", "PA") or "transparency" in original.info:
       if (np.asarray(original.convert("RGBA"))[..., 3] < 255).any():
         notes.append("its transparency is dropped (the output is opaque RGB: transparent "
                      "pixels come back as the colour stored under them)")
+    if folder_lib.more_than_8_bits(original):
+      notes.append("its 16-bit samples are restored and written as 8-bit (as the model and "
+                   "the metrics read every image)")
+    orientation = original.getexif().get(0x0112, 1)  # EXIF Orientation
+    if orientation not in (1, None):
+      notes.append(f"its EXIF orientation ({orientation}) is not applied: the output is "
+                   "written as the pixels are stored, which a viewer may show turned")
   if gray and not metrics.is_grey(image):
     notes.append(f"a colour image given to {task}, a grey model: restored on its grey plane "
                  "(BT.601 luminance), as evaluation feeds it")

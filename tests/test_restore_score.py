@@ -94,6 +94,21 @@ def test_restore_says_what_it_drops_and_feeds_a_grey_model_its_grey_plane(tmp_pa
   assert sum("its transparency is dropped" in l for l in warnings) == 1
   assert sum("a colour image given to denoise_gray_25, a grey model: restored on its grey "
              "plane" in l for l in warnings) == 2
+  assert not any("16-bit" in l or "EXIF" in l for l in warnings)
+  # 16-bit samples written as 8-bit, and an EXIF turn not applied, were said nowhere either
+  (tmp_path / "more").mkdir()
+  Image.fromarray(np.full((20, 24), 40000, np.uint16)).save(tmp_path / "more" / "deep.png")
+  turned = Image.fromarray(colour)
+  exif = turned.getexif()
+  exif[0x0112] = 6  # shown turned 90 degrees clockwise
+  turned.save(tmp_path / "more" / "turned.jpg", exif=exif)
+  err = io.StringIO()
+  restoration.restore_folder(workdir, "denoise_gray_25", str(tmp_path / "more"),
+                             str(tmp_path / "out_more"), err=err)
+  assert ("deep.png: its 16-bit samples are restored and written as 8-bit (as the model and the "
+          "metrics read every image)") in err.getvalue()
+  assert ("turned.jpg: its EXIF orientation (6) is not applied: the output is written as the "
+          "pixels are stored, which a viewer may show turned") in err.getvalue()
   out = np.asarray(Image.open(tmp_path / "out" / "colour.png"))
   grey = np.repeat(metrics.grey_plane(colour).astype(np.uint8), 3, axis=-1)
   Image.fromarray(grey).save(tmp_path / "grey.png")

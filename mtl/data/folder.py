@@ -141,6 +141,13 @@ def _colour_16bit(image, handle):
     return high << 8 | np.asarray(again)[..., :3]
 
 
+def more_than_8_bits(image):
+  """Whether an opened image, not yet loaded, holds samples of more than 8 bits (read_rgb rounds
+  them to 8)."""
+  return (image.mode.startswith("I") or image.mode == "F" or any(
+      _low_bytes_args(t[3]) is not None or _rawmode(t[3]) == "LA;16B" for t in image.tile))
+
+
 def _grey_alpha_16bit(image):
   """(H, W) uint16 grey samples of a 16-bit grey + alpha PNG not yet loaded, else None."""
   # Pillow decodes it as RGBA from rawmode 'LA;16B', keeping the high bytes; read as 8-bit RGBA,
