@@ -13,6 +13,8 @@ leaves out identical pairs (PSNR inf) and says how many there were. SR papers cr
 pixels (--crop_border) and crop the reference to a multiple of the scale (--mod_crop). A missing
 partner, a size mismatch or an unreadable image: one line on stderr, exit status 1.
 """
+import os
+
 import _root  # noqa: F401  (repository root on sys.path for `mtl`)
 import cli
 from absl import app, flags
@@ -38,6 +40,10 @@ def main():
   if f.rgb and f.y_channel and f["y_channel"].present:
     raise ValueError("--rgb and --y_channel contradict each other; pass one (RGB or Y)")
   y_channel = f.y_channel and not f.rgb
+  for flag, folder in (("--restored", f.restored), ("--reference", f.reference)):
+    if not os.path.isdir(folder):
+      raise ValueError(f"{flag}={folder} is " + ("a file; give the folder that holds it"
+                                                  if os.path.isfile(folder) else "not a folder"))
   if f.csv:  # refused before the scoring: nothing is computed for a result that can't be kept
     restoration.check_new_file(f.csv, "--csv", f.overwrite,
                                {"--restored": f.restored, "--reference": f.reference})

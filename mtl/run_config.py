@@ -248,6 +248,9 @@ def validate(config):
       raise ValueError(f"eval.sets: the name {set_name!r} is given twice (its second set would "
                        "replace the first's results); give each set its own name")
     seen.add(set_name)
+    if path == "":
+      raise ValueError(f"eval.sets: {set_name} has no folder; give {set_name}=PATH (or "
+                       f"{set_name}=for:TASKS:PATH, {set_name}=paired:PATH)")
     if path is not None and not os.path.isdir(path):
       raise FileNotFoundError(f"eval.sets: {set_name}={path} is not a folder")
     for part in filter(None, selector.split("+")):  # a misspelt one would score nothing, silently
@@ -263,6 +266,9 @@ def validate(config):
   streaks = config.degrade.rain.streak_dir
   if streaks and not os.path.isdir(streaks):
     raise FileNotFoundError(f"degrade.rain.streak_dir={streaks} is not a folder")
+  if streaks and not any(spec.kind == "derain" for spec in specs):
+    raise ValueError(f"degrade.rain.streak_dir={streaks} is set, but no task rains (tasks: "
+                     f"{', '.join(config.tasks)}); add a derain task or drop it")
   if config.regime == "finetune":
     _check_source_model(config)
   if (config.schedule == "one" and config.conflicts.every > 0 and config.regime != "scratch"

@@ -405,6 +405,15 @@ def test_a_folder_that_cannot_be_listed_is_named_and_broken_links_are_not_left_o
   assert [os.path.basename(p) for p in listed] == ["broken.png", "loop.png"]
   with pytest.raises(ValueError, match="loop.png: .*Too many levels of symbolic links"):
     folder.read_rgb(listed[1])
+  # Pillow's own words named its file object: "cannot identify image file <_io.BufferedReader..."
+  (tmp_path / "empty.png").write_bytes(b"")
+  (tmp_path / "notes.jpg").write_text("not a photograph")
+  for name, why in (("empty.png", "the file is empty"),
+                    ("notes.jpg", "not a PNG, JPEG, BMP, TIFF, WEBP image, whatever its name "
+                                  "says")):
+    with pytest.raises(ValueError) as error:
+      folder.read_rgb(str(tmp_path / name))
+    assert str(error.value) == f"cannot read image {tmp_path / name}: {why}"
 
 
 def test_a_small_png_inflating_to_much_more_than_its_rows_is_read_in_bounded_memory(tmp_path):
@@ -474,7 +483,7 @@ def test_only_the_named_formats_are_decoded_and_bombs_are_refused_from_the_heade
   gif = tmp_path / "anim.png"
   Image.fromarray(np.zeros((4, 4, 3), np.uint8)).convert("P").save(gif, format="GIF")
   for path in (eps, gif):
-    with pytest.raises(ValueError, match=f"cannot read image {path}: cannot identify"):
+    with pytest.raises(ValueError, match=f"cannot read image {path}: not a PNG, JPEG, BMP"):
       folder.read_rgb(str(path))
   side = int(np.sqrt(folder.MAX_PIXELS)) + 2
   bomb = tmp_path / "bomb.png"

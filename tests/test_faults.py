@@ -58,6 +58,12 @@ def _set(config, dotted, value):
     ("tasks", ("sr_x2", ""), r"tasks=\['sr_x2', ''\] holds an empty name"),
     ("eval.sets", "photos,Set5=/no/such/Set5", r"eval.sets: Set5=/no/such/Set5 is not a folder"),
     ("eval.sets", "Set5", r"eval.sets entry 'Set5' is not valid"),
+    ("eval.sets", "S=for:sr_x2", r"eval.sets: S has no folder; give S=PATH \(or "
+                                 r"S=for:TASKS:PATH, S=paired:PATH\)$"),
+    # streaks with nothing to rain on: ignored without a word
+    ("degrade.rain.streak_dir", f"{ROOT}/tests", r"degrade.rain.streak_dir=.*/tests is set, but "
+                                                 r"no task rains \(tasks: denoise_30, sr_x2\); "
+                                                 r"add a derain task or drop it"),
     # Existing folders, so only the names are wrong.
     ("eval.sets", f"A={ROOT}/tests,A={ROOT}/mtl", r"eval.sets: the name 'A' is given twice"),
     ("eval.sets", f"photos,photos={ROOT}/tests", r"eval.sets: the name 'photos' is given twice"),

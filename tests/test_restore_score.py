@@ -346,6 +346,17 @@ def _run(script, *args):
                         timeout=120)
 
 
+def test_score_names_the_flag_of_a_missing_folder_or_a_file(tmp_path):
+  (tmp_path / "a.png").write_bytes(b"x")
+  for args, line in (
+      ([f"--restored={tmp_path}", f"--reference={tmp_path}/a.png"],
+       f"--reference={tmp_path}/a.png is a file; give the folder that holds it"),
+      ([f"--restored={tmp_path}/none", f"--reference={tmp_path}"],
+       f"--restored={tmp_path}/none is not a folder")):
+    proc = _run("score.py", *args)  # it said "image folder .../a.png does not exist"
+    assert proc.returncode == 1 and proc.stderr == f"error: {line}\n", proc.stderr
+
+
 @pytest.mark.parametrize("script, args, flag", [
     ("score.py", ["--restored=", "--reference=/tmp"], "--restored"),
     ("restore.py", ["--workdir=/tmp", "--task=sr_x2", "--input=/tmp", "--output="], "--output"),

@@ -246,6 +246,10 @@ def read_rgb(path):
       if image.format == "PNG":
         _check_png_data(handle)
       return rgb
+  except Image.UnidentifiedImageError:  # Pillow's names its file object, not the file
+    raise ValueError(f"cannot read image {path}: " + (
+        "the file is empty" if file_size(path) == 0 else
+        f"not a {', '.join(IMAGE_FORMATS)} image, whatever its name says")) from None
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as error:
     raise ValueError(f"cannot read image {path}: {error}") from None
 

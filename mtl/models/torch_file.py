@@ -299,6 +299,9 @@ def read_state_dict(path):
       obj = _read_zip(path)
     elif data[:1] == b"\x80":  # a pickle stream: torch's legacy format
       obj = _read_legacy(path, data)
+    elif data[:4] == b"PK\x03\x04":  # a zip's first entry, its directory at the end lost
+      raise ValueError(f"{path} is a damaged torch.save file (a zip cut short or broken: its "
+                       "directory is unreadable); copy or download it again")
     else:
       raise ValueError(f"{path} is not a torch.save file (neither zip nor pickle)")
   # TypeError, AttributeError: a pickle that calls or indexes records as they are never used;
