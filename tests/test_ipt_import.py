@@ -239,7 +239,8 @@ def test_bad_files_are_refused_with_one_line(tmp_path):
   with pytest.raises(FileNotFoundError):
     torch_file.read_state_dict(str(tmp_path / "missing.pt"))
   cut = tmp_path / "cut.pt"  # a zip whose end (its directory) is lost: damaged, not unknown
-  cut.write_bytes(open(_zip_with_pickle(tmp_path / "whole.pt", pickle.dumps({})), "rb").read()[:-30])
+  whole = _zip_with_pickle(tmp_path / "whole.pt", pickle.dumps({}))
+  cut.write_bytes(open(whole, "rb").read()[:-30])
   with pytest.raises(ValueError) as error:
     torch_file.read_state_dict(str(cut))
   assert _one_line(error) == (f"{cut} is a damaged torch.save file (a zip cut short or broken: "
