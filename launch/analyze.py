@@ -162,7 +162,8 @@ def _checkpoint_config(run_dir, config):
                      f"run's ({', '.join(run.tasks)}); {fix}")
   ours, theirs = (ipt.ModelConfig.from_config(c.model) for c in (config, run))
   if ours.shape_differences(theirs):
-    diff = ", ".join(f"model.{k}={v} (the run's: {t})" for k, v, t in ours.shape_differences(theirs))
+    diff = ", ".join(f"model.{k}={v} (the run's: {t})"
+                     for k, v, t in ours.shape_differences(theirs))
     raise ValueError(f"--config's model differs from the checkpoint run's: {diff}; {fix}")
   return config
 

@@ -13,9 +13,10 @@ started, pending per run). Re-running the same command skips the runs that are d
 that another process is running, and resumes an interrupted one from its checkpoint. A run that
 fails stops new starts (the runs in progress finish): a failure is mostly the config's, which the
 other runs share; fix it and run the same command. With --keep_going the other runs start all the
-same (those that start from a failed run's sweep wait), and the study still exits 1. A run stopped at a checkpoint by a signal of
-its own (exit status 75) is started again once; a fine-tune whose every pre-training lr diverged
-can never start ('no start', an outcome of the grid as a diverged run is): the others go on. A
+same (those that start from a failed run's sweep wait), and the study still exits 1. A run
+stopped at a checkpoint by a signal of its own (exit status 75) is started again once; a
+fine-tune whose every pre-training lr diverged can never start ('no start', an outcome of the
+grid as a diverged run is): the others go on. A
 changed study config for the same --workdir is refused when it would drop or alter a finished
 run, or while another process runs one of its runs; otherwise (fixing what made a run fail) it
 is taken: finished runs are kept, the others run with the new config.

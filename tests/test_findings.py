@@ -451,7 +451,8 @@ def test_an_arm_that_diverged_at_every_lr_leaves_its_seed_out_and_the_delta_unju
   assert answers["sr_x2"].verdict == findings.NOT_ENOUGH  # its arms trained on every seed
   labels = [t.get_text() for t in figures.delta_figure(list(answers.values())).axes[0]
             .get_yticklabels()]
-  assert "derain on photos: fine-tuned from joint − scratch (a seed left out: an arm diverged)" in labels
+  assert ("derain on photos: fine-tuned from joint − scratch (a seed left out: an arm diverged)"
+          in labels)
   # The joint pre-training diverged at every lr on seed 2: its fine-tunes never ran (the runner
   # marks them failed), so seed 2 is out of every task's fine-tune Δ, and it says why.
   g = synthetic_study(str(tmp_path / "joint"))
