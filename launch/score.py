@@ -41,7 +41,7 @@ def main():
     raise ValueError("--rgb and --y_channel contradict each other; pass one (RGB or Y)")
   y_channel = f.y_channel and not f.rgb
   for flag, folder in (("--restored", f.restored), ("--reference", f.reference)):
-    if not os.path.isdir(folder):
+    if not cli.is_url(folder) and not os.path.isdir(folder):  # a bucket's: read by epath
       raise ValueError(f"{flag}={folder} is " + ("a file; give the folder that holds it"
                                                   if os.path.isfile(folder) else "not a folder"))
   if f.csv:  # refused before the scoring: nothing is computed for a result that can't be kept

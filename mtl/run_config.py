@@ -267,8 +267,8 @@ def validate(config):
   if streaks and not os.path.isdir(streaks):
     raise FileNotFoundError(f"degrade.rain.streak_dir={streaks} is not a folder")
   if streaks and not any(spec.kind == "derain" for spec in specs):
-    raise ValueError(f"degrade.rain.streak_dir={streaks} is set, but no task rains (tasks: "
-                     f"{', '.join(config.tasks)}); add a derain task or drop it")
+    logging.warning("degrade.rain.streak_dir=%s is set, but no task rains (tasks: %s): it is "
+                    "not used", streaks, ", ".join(config.tasks))
   if config.regime == "finetune":
     _check_source_model(config)
   if (config.schedule == "one" and config.conflicts.every > 0 and config.regime != "scratch"

@@ -161,9 +161,10 @@ def check_or_write_config(workdir, config_dict, defaults=None, saved_view=None):
     print(f"{path}: replacing the config of a run that never saved a step", flush=True)
   elif os.path.exists(path):
     saved = files.read_json(path)
-    changed = [k for k in files.differences(saved, config_dict) if k in files.flatten(saved)]
+    seen = saved_view(saved) if saved_view is not None else saved  # what the check compared
+    changed = [k for k in files.differences(seen, config_dict) if k in files.flatten(seen)]
     if changed:
-      print(f"resuming with changed fields: {files.show_changes(saved, config_dict, changed)}; "
+      print(f"resuming with changed fields: {files.show_changes(seen, config_dict, changed)}; "
             f"{path} records them", flush=True)
     # fields the saved config predates too: launch/analyze.py reads the config in force
     replace = bool(files.differences(saved, config_dict))

@@ -273,29 +273,31 @@ def write_workdir(params, cfg, task_names, workdir, source=""):
 
   The config is mtl.run_defaults' with the imported model, tasks and regime 'joint' (so
   fine-tunes can init_from it and analysis can load it); the optimizer state is fresh. It is
-  written into a hidden folder beside `workdir` and renamed to it once whole: an interrupted
-  import leaves no half a run (which every later command would refuse).
+  written into a hidden folder inside `workdir` and moved up once whole, config.json last: an
+  interrupted import leaves no half a run (which every later command would refuse), only that
+  folder, which the next import removes.
   """
   if os.path.exists(os.path.join(workdir, run_folder.CONFIG_FILE)):
     raise ValueError(f"workdir {workdir} already holds a run; choose a new --workdir")
   workdir = check_workdir(workdir)  # a file, or an unwritable place: one line, as train.py's
   _refuse_a_folder_of_images(workdir)
-  if os.path.isdir(workdir) and os.listdir(workdir):
+  os.makedirs(workdir, exist_ok=True)
+  for left in [n for n in os.listdir(workdir) if n.startswith(IMPORTING)]:
+    shutil.rmtree(os.path.join(workdir, left))  # an interrupted import's own folder
+  if os.listdir(workdir):
     raise ValueError(f"workdir {workdir} holds other files; an import makes a run folder of its "
                      "own: choose a new --workdir")
-  os.makedirs(os.path.dirname(workdir), exist_ok=True)
-  whole = workdir
-  workdir = tempfile.mkdtemp(prefix=f".{os.path.basename(whole)}.importing-",
-                             dir=os.path.dirname(whole))
+  scratch = tempfile.mkdtemp(prefix=IMPORTING, dir=workdir)
   try:
-    config = _write_imported(params, cfg, task_names, workdir, source)
-    if os.path.isdir(whole):
-      os.rmdir(whole)  # empty: checked above
-    os.rename(workdir, whole)
+    config = _write_imported(params, cfg, task_names, scratch, source)
+    for name in sorted(os.listdir(scratch), key=lambda n: n == run_folder.CONFIG_FILE):
+      os.rename(os.path.join(scratch, name), os.path.join(workdir, name))
   finally:
-    if os.path.exists(workdir):
-      shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
   return config
+
+
+IMPORTING = ".importing-"  # write_workdir's scratch folder inside the workdir
 
 
 def _write_imported(params, cfg, task_names, workdir, source):

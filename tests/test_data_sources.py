@@ -391,20 +391,36 @@ def _png(path, pixels, interlace=False, rows=None):
                    + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-def test_a_folder_that_cannot_be_listed_is_named_and_broken_links_are_not_left_out(tmp_path):
+def test_a_folder_that_cannot_be_listed_is_named_and_broken_links_are_not_left_out(tmp_path,
+                                                                                   caplog):
   # os.walk passed over a folder it could not list, and list_images over a broken or looping
   # link, without a word: their images were simply not there
   (tmp_path / "x.png").write_bytes(b"x")
   with pytest.raises(ValueError) as error:
     list(folder._walk(str(tmp_path / "x.png")))
   assert str(error.value) == f"cannot list folder {tmp_path / 'x.png'}: Not a directory"
+  # a subfolder it cannot list (lost+found, another user's; here one gone after it was seen) is
+  # named in a warning and passed over: a whole data folder is not refused for it
+  (tmp_path / "data" / "sub").mkdir(parents=True)
+  walk = folder._walk(str(tmp_path / "data"))
+  assert next(walk)[1] == ["sub"]
+  (tmp_path / "data" / "sub").rmdir()
+  with caplog.at_level("WARNING"):
+    assert list(walk) == []
+  assert f"cannot list folder {tmp_path / 'data' / 'sub'} (No such file or directory): its " \
+         "images, if any, are left out" in caplog.text
   (tmp_path / "links").mkdir()
+  os.mkfifo(tmp_path / "links" / "pipe.png")  # opening it to read would wait for a writer
   (tmp_path / "links" / "broken.png").symlink_to(tmp_path / "links" / "gone.png")
   (tmp_path / "links" / "loop.png").symlink_to(tmp_path / "links" / "loop.png")
   listed = folder.list_images(str(tmp_path / "links"), recursive=False)
   assert [os.path.basename(p) for p in listed] == ["broken.png", "loop.png"]
   with pytest.raises(ValueError, match="loop.png: .*Too many levels of symbolic links"):
     folder.read_rgb(listed[1])
+  with pytest.raises(ValueError) as error:
+    folder.read_rgb(str(tmp_path / "links" / "pipe.png"))
+  assert str(error.value) == (f"cannot read image {tmp_path / 'links' / 'pipe.png'}: not a "
+                              "regular file (a pipe, socket or device named as an image)")
   # Pillow's own words named its file object: "cannot identify image file <_io.BufferedReader..."
   (tmp_path / "empty.png").write_bytes(b"")
   (tmp_path / "notes.jpg").write_text("not a photograph")

@@ -60,10 +60,6 @@ def _set(config, dotted, value):
     ("eval.sets", "Set5", r"eval.sets entry 'Set5' is not valid"),
     ("eval.sets", "S=for:sr_x2", r"eval.sets: S has no folder; give S=PATH \(or "
                                  r"S=for:TASKS:PATH, S=paired:PATH\)$"),
-    # streaks with nothing to rain on: ignored without a word
-    ("degrade.rain.streak_dir", f"{ROOT}/tests", r"degrade.rain.streak_dir=.*/tests is set, but "
-                                                 r"no task rains \(tasks: denoise_30, sr_x2\); "
-                                                 r"add a derain task or drop it"),
     # Existing folders, so only the names are wrong.
     ("eval.sets", f"A={ROOT}/tests,A={ROOT}/mtl", r"eval.sets: the name 'A' is given twice"),
     ("eval.sets", f"photos,photos={ROOT}/tests", r"eval.sets: the name 'photos' is given twice"),
@@ -83,6 +79,14 @@ def _set(config, dotted, value):
 def test_validate_names_the_bad_value(field, value, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):
     run_config.validate(_set(_config(), field, value))
+
+
+def test_rain_streaks_with_no_task_that_rains_are_said_to_go_unused(caplog):
+  # they were ignored without a word
+  with caplog.at_level("WARNING"):
+    run_config.validate(_set(_config(), "degrade.rain.streak_dir", f"{ROOT}/tests"))
+  assert (f"degrade.rain.streak_dir={ROOT}/tests is set, but no task rains (tasks: denoise_30, "
+          "sr_x2): it is not used") in caplog.text
 
 
 def test_missing_folders_and_bad_init_from(tmp_path):

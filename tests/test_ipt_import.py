@@ -91,6 +91,12 @@ def test_workdir_round_trip(tmp_path):
     run_state.write_workdir(params, cfg, names, workdir)
 
 
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def test_an_import_stopped_half_way_leaves_nothing_and_can_run_again(tmp_path):
   # it wrote config.json, then stopped in the checkpoint's save: re-import ("already holds a
   # run") and restore ("no checkpoint") both refused the folder
@@ -99,9 +105,11 @@ def test_an_import_stopped_half_way_leaves_nothing_and_can_run_again(tmp_path):
   broken = dict(params, body={})  # fails in the checkpoint's save, after config.json
   with pytest.raises(Exception):
     run_state.write_workdir(broken, cfg, names, workdir)
-  assert os.listdir(tmp_path) == []  # neither the run folder nor the hidden one it was built in
+  assert os.listdir(workdir) == []  # not the hidden folder it was built in either
+  os.makedirs(os.path.join(workdir, run_state.IMPORTING + "x", "checkpoints"))  # one killed
   run_state.write_workdir(params, cfg, names, workdir)
   assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "imported.json"]
+  assert oct(os.stat(workdir).st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
   (tmp_path / "busy").mkdir()
   (tmp_path / "busy" / "notes.txt").write_text("kept")
   with pytest.raises(ValueError) as error:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from mtl import run_defaults
+from mtl import files, run_defaults
 from mtl import study as study_lib
 from micro_study import MICRO_STUDY, cli
 
@@ -579,6 +579,27 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(study_file, tmp
       f"error: {workdir} holds a different study: steps.scratch (20 -> 21); it changes the "
       f"finished run(s) {first}, {second}: use a new --workdir, or the same study config to "
       "continue it")
+
+
+def test_a_run_with_relative_paths_resumes_its_checkpoints(tmp_path, monkeypatch):
+  # the trainer saves config.json with its paths absolute, the study's run config holds them as
+  # typed: every restart read as a changed config, and the run's progress was moved aside
+  from mtl import run_config as trainer_config
+  monkeypatch.chdir(tmp_path)
+  config = micro()
+  config.run.data.tfds_dir = "~/tfds"
+  config.run.data.cache_dir = "cache"
+  study = study_lib.Study(config, str(tmp_path / "study"))
+  study.prepare()
+  name = "scratch-sr_x2-lr1e-3-s0"
+  spec = study.by_name[name]
+  run = study.write_run_config(spec)
+  assert run["data"]["cache_dir"] == "cache"  # as the study config gives it
+  files.write_json(study.path(name, "config.json"), trainer_config.absolute_paths(run))
+  os.makedirs(study.path(name, "checkpoints", "2"))
+  out = io.StringIO()
+  study.write_run_config(spec, out)
+  assert out.getvalue() == "" and os.path.isdir(study.path(name, "checkpoints", "2"))
 
 
 def test_a_corrected_study_restarts_a_run_whose_checkpoints_cannot_resume(tmp_path):

@@ -530,7 +530,9 @@ def test_relative_paths_are_saved_absolute_and_a_resume_from_elsewhere_is_refuse
                    dict(saved, data=dict(saved["data"], tfds_dir="tfds"), total_steps=2))
   monkeypatch.chdir(tmp_path / "a")
   config.total_steps, config.data.tfds_dir = 3, "tfds"
+  capsys.readouterr()
   assert train.train_and_evaluate(config, run)["step"] == 3
+  assert "resuming with changed fields: total_steps (2 -> 3);" in capsys.readouterr().out  # only
   assert files.read_json(os.path.join(run, "config.json"))["data"]["tfds_dir"] == (
       f"{tmp_path}/a/tfds")
 

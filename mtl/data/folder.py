@@ -38,6 +38,7 @@ import bisect
 import hashlib
 import os
 import re
+import stat
 import struct
 import sys
 import warnings
@@ -241,6 +242,8 @@ def read_rgb(path):
   """The image at `path` as uint8 (H, W, 3) RGB; ValueError naming the path if it can't be read
   or its samples have no fixed range (32-bit integer, float or signed)."""
   try:
+    if not is_url(path) and not stat.S_ISREG(os.stat(path).st_mode):  # opening a FIFO blocks
+      raise ValueError("not a regular file (a pipe, socket or device named as an image)")
     with epath.Path(path).open("rb") as handle, _open(handle) as image:
       rgb = _decoded_rgb(image, handle)
       if image.format == "PNG":
@@ -257,18 +260,21 @@ def read_rgb(path):
 def _walk(folder):
   """os.walk of a local folder following symlinks, in sorted order, each directory once (a link
   to a directory already seen, such as one back up, would repeat its images or never end),
-  hidden ones (.git, .ipynb_checkpoints, ...) skipped. A folder it cannot list is a ValueError
-  naming it (os.walk would leave its images out without a word)."""
-  def refuse(error):
-    raise ValueError(f"cannot list folder {error.filename}: {error.strerror or error}")
+  hidden ones (.git, .ipynb_checkpoints, ...) skipped. `folder` itself unlistable: ValueError
+  naming it; a subfolder: a warning naming it (os.walk would leave it out without a word)."""
+  def refuse(error):  # a subfolder of no one's images (lost+found, another user's) is skipped
+    if os.path.abspath(error.filename) == os.path.abspath(folder):
+      raise ValueError(f"cannot list folder {error.filename}: {error.strerror or error}")
+    logging.warning("cannot list folder %s (%s): its images, if any, are left out",
+                    error.filename, error.strerror or error)
 
   seen = set()
   for root, dirs, files in os.walk(folder, onerror=refuse, followlinks=True):
-    stat = os.stat(root)
-    if (stat.st_dev, stat.st_ino) in seen:
+    here = os.stat(root)
+    if (here.st_dev, here.st_ino) in seen:
       dirs[:] = []
       continue
-    seen.add((stat.st_dev, stat.st_ino))
+    seen.add((here.st_dev, here.st_ino))
     dirs[:] = sorted(d for d in dirs if not d.startswith("."))
     yield root, dirs, files
 
@@ -293,8 +299,9 @@ def list_images(folder, recursive=True):
     return sorted(str(p) for p in epath.Path(folder).iterdir()
                   if is_image_file(p.name) and p.is_file())
   if not recursive:  # a broken or looping link stays in: reading it says what it is
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder)
-                  if is_image_file(n) and not os.path.isdir(os.path.join(folder, n)))
+    return sorted(p for p in (os.path.join(folder, n) for n in os.listdir(folder)
+                              if is_image_file(n))
+                  if os.path.isfile(p) or (os.path.islink(p) and not os.path.exists(p)))
   paths = []
   walk = epath.Path(folder).walk() if is_url(folder) else _walk(folder)
   for root, dirs, files in walk:

@@ -665,9 +665,11 @@ class Runner:
         self.say(f"[study] interrupted before {queue[0].name}; run the same command to resume")
       return 128 + self.signalled
     if failed:  # the last line, as the runs' own failure lines may have scrolled away
-      self.say(f"[study] stopped: {', '.join(failed)} failed (the status table names the logs: "
-               "launch/study.py --dry_run); fix the cause and run the same command: finished "
-               "runs are kept")
+      waits = (f"; {len(waiting)} runs wait for runs not done: {', '.join(waiting)}" if waiting
+               else "")
+      self.say(f"[study] stopped: {', '.join(failed)} failed{waits} (the status table names the "
+               "logs: launch/study.py --dry_run); fix the cause and run the same command: "
+               "finished runs are kept")
       return 1
     if no_start:
       self.say(f"[study] {len(no_start)} runs can never start, every lr of their pre-training "

@@ -366,8 +366,10 @@ class Study:
     config = run_config(self.config, spec, init_from, self.steps_of(spec))
     os.makedirs(self.run_dir(spec.name), exist_ok=True)
     if self.has_started(spec.name):
-      try:
-        run_folder.check_config(self.run_dir(spec.name), config, run_defaults.config_defaults())
+      from mtl import run_config as trainer_config
+      try:  # the trainer saves its paths absolute (relative to this process's folder, as its own)
+        run_folder.check_config(self.run_dir(spec.name), trainer_config.absolute_paths(config),
+                                run_defaults.config_defaults(), trainer_config.absolute_paths)
       except ValueError as refusal:
         self._supersede(spec.name, refusal, out)
     files.write_json(self.path(spec.name, RUN_CONFIG), config)
