@@ -46,11 +46,9 @@ PATH_FIELDS = ("data.folder", "data.tfds_dir", "data.cache_dir", "degrade.rain.s
 
 
 def local_path(path):
-  """A user's local path made absolute, `~` expanded (the shell leaves --flag=~/x as it is);
-  '' and URLs (gs://...) as given."""
-  if not path or folder_lib.is_url(path):
-    return path
-  return os.path.abspath(os.path.expanduser(path))
+  """A user's local path made absolute, `~` expanded (the shell leaves --flag=~/x as it is), as
+  folder.absolute does; '' as given (not the current folder)."""
+  return folder_lib.absolute(path) if path else path
 
 
 def absolute_paths(config):
