@@ -213,9 +213,11 @@ def validate(config):
       raise ValueError(f"eval.{name}={config.eval[name]} must be >= 1")
   sources.check_config(config.data)
   if config.data.source == "folder" and config.data.folder:
-    if not os.path.isdir(config.data.folder):
+    # a bucket's folder (gs://...) is read through etils.epath; its build lists it
+    local = not folder_lib.is_url(config.data.folder)
+    if local and not os.path.isdir(config.data.folder):
       raise FileNotFoundError(f"data.folder={config.data.folder} is not a folder")
-    if not folder_lib.has_images(config.data.folder):  # before TFDS prepares a dataset of it
+    if local and not folder_lib.has_images(config.data.folder):  # before TFDS prepares one
       raise ValueError(f"data.folder={config.data.folder} holds no images (looked recursively "
                        f"for {', '.join(folder_lib.IMAGE_EXTENSIONS)})")
     fraction = config.data.get("validation_fraction", 0.0)
@@ -249,7 +251,7 @@ def validate(config):
     if path == "":
       raise ValueError(f"eval.sets: {set_name} has no folder; give {set_name}=PATH (or "
                        f"{set_name}=for:TASKS:PATH, {set_name}=paired:PATH)")
-    if path is not None and not os.path.isdir(path):
+    if path is not None and not folder_lib.is_url(path) and not os.path.isdir(path):
       raise FileNotFoundError(f"eval.sets: {set_name}={path} is not a folder")
     for part in filter(None, selector.split("+")):  # a misspelt one would score nothing, silently
       if part not in tasks.KINDS and not _is_task(part):

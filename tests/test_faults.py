@@ -81,6 +81,15 @@ def test_validate_names_the_bad_value(field, value, message):
     run_config.validate(_set(_config(), field, value))
 
 
+def test_a_bucket_s_folder_is_left_to_the_reader_that_can_open_it():
+  # os.path sees no gs://... folder: validate refused what the folder source and the test sets
+  # read through etils.epath (no bucket is reached here: nothing of it is read before the build)
+  config = _set(_set(_config(), "data.source", "folder"), "data.folder", "gs://bucket/images")
+  config = _set(config, "eval.sets", "photos,B=gs://bucket/set5")
+  run_config.validate(run_config.normalize(config))
+  assert run_config.normalize(config).data.folder == "gs://bucket/images"
+
+
 def test_rain_streaks_with_no_task_that_rains_are_said_to_go_unused(caplog):
   # they were ignored without a word
   with caplog.at_level("WARNING"):
