@@ -276,8 +276,29 @@ def test_folder_errors_name_the_path(tmp_path):
   (tmp_path / "bad").mkdir()
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "bad" / "good.png")
   (tmp_path / "bad" / "broken.png").write_bytes(b"\x89PNG not really")
-  with pytest.raises(ValueError, match=f"cannot read image {tmp_path / 'bad' / 'broken.png'}"):
+  (tmp_path / "bad" / "empty.jpg").write_bytes(b"")
+  with pytest.raises(ValueError) as error:  # every bad one at once: it named the first only
     sources.folder_builder(str(tmp_path / "bad"), tfds_dir)
+  assert str(error.value) == (
+      f"cannot read 2 image(s) of {tmp_path / 'bad'} (fix or remove them; the dataset is not "
+      f"built): {tmp_path / 'bad' / 'broken.png'}: not a PNG, JPEG, BMP, TIFF, WEBP image, "
+      f"whatever its name says; {tmp_path / 'bad' / 'empty.jpg'}: the file is empty")
+  (tmp_path / "bad" / "broken.png").unlink()
+  (tmp_path / "bad" / "empty.jpg").unlink()
+  # headers whole, data cut short: found as the images are read, every one of them too
+  pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), np.uint8)
+  for name in ("short1.png", "short2.png"):
+    _png(tmp_path / "bad" / name, pixels, rows=10)
+  with pytest.raises(ValueError) as error:
+    sources.open_images(_data_cfg(tfds_dir, source="folder", folder=str(tmp_path / "bad")))
+  assert str(error.value).startswith(f"cannot read 2 image(s) of {tmp_path / 'bad'} (fix or "
+                                     f"remove them; the dataset is not built): "
+                                     f"{tmp_path / 'bad' / 'short1.png'}: its image data ends")
+  assert f"; {tmp_path / 'bad' / 'short2.png'}: its image data ends early" in str(error.value)
+  for name in ("short1.png", "short2.png"):
+    (tmp_path / "bad" / name).unlink()
+  assert len(sources.open_images(_data_cfg(tfds_dir, source="folder",
+                                           folder=str(tmp_path / "bad")))) == 1  # then it builds
   with pytest.raises(ValueError, match="data.source='folder' needs data.folder"):
     sources.open_images(_data_cfg(tfds_dir, source="folder"))
 

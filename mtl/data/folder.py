@@ -249,12 +249,40 @@ def read_rgb(path):
       if image.format == "PNG":
         _check_png_data(handle)
       return rgb
-  except Image.UnidentifiedImageError:  # Pillow's names its file object, not the file
-    raise ValueError(f"cannot read image {path}: " + (
-        "the file is empty" if file_size(path) == 0 else
-        f"not a {', '.join(IMAGE_FORMATS)} image, whatever its name says")) from None
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, zlib.error) as error:
-    raise ValueError(f"cannot read image {path}: {error}") from None
+    raise _read_error(path, error) from None
+
+
+def _read_error(path, error):
+  """ValueError 'cannot read image PATH: why'; Pillow's words for a file it cannot identify
+  name its file object, not the file, so they are said here."""
+  why = error
+  if isinstance(error, Image.UnidentifiedImageError):
+    why = ("the file is empty" if file_size(path) == 0 else
+           f"not a {', '.join(IMAGE_FORMATS)} image, whatever its name says")
+  return ValueError(f"cannot read image {path}: {why}")
+
+
+def read_every(read, paths, folder):
+  """[read(path)] of every path in order, or after trying them all a ValueError naming each
+  that could not be read (five, then how many more): one attempt finds every bad image."""
+  out, bad = [], []
+  for path in paths:
+    try:
+      out.append(read(path))
+    except ValueError as error:
+      bad.append(error)
+  if bad:
+    raise unreadable(bad, folder)
+  return out
+
+
+def unreadable(errors, folder):
+  """The ValueError of read_every: `errors` (read_rgb's or image_size's) of `folder`."""
+  why = [str(e).removeprefix("cannot read image ") for e in errors]
+  more = f"; and {len(why) - 5} more" if len(why) > 5 else ""
+  return ValueError(f"cannot read {len(why)} image(s) of {folder} (fix or remove them; the "
+                    f"dataset is not built): {'; '.join(why[:5])}{more}")
 
 
 def _walk(folder):
@@ -335,16 +363,17 @@ def image_size(path):
     with epath.Path(path).open("rb") as handle, _open(handle) as image:
       return image.height, image.width
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-    raise ValueError(f"cannot read image {path}: {error}") from None
+    raise _read_error(path, error) from None
 
 
-def estimate_bytes(paths, tile=DEFAULT_TILE, sample=ESTIMATE_SAMPLE):
-  """Estimated bytes of the stored tiles of `paths`: exact from the headers of up to `sample`
-  images; beyond, an evenly spread sample scaled by the ratio of file sizes."""
+def estimate_bytes(paths, tile=DEFAULT_TILE, sample=ESTIMATE_SAMPLE, folder=""):
+  """Estimated bytes of the stored tiles of `paths` (of `folder`, for read_every's refusal):
+  exact from the headers of up to `sample` images; beyond, an evenly spread sample scaled by
+  the ratio of file sizes."""
   if len(paths) <= sample:
-    return sum(tiled_bytes(*image_size(p), tile) for p in paths)
+    return sum(tiled_bytes(*size, tile) for size in read_every(image_size, paths, folder))
   chosen = [paths[round(i * (len(paths) - 1) / (sample - 1))] for i in range(sample)]
-  stored = sum(tiled_bytes(*image_size(p), tile) for p in chosen)
+  stored = sum(tiled_bytes(*size, tile) for size in read_every(image_size, chosen, folder))
   return int(stored * sum(file_size(p) for p in paths) / sum(file_size(p) for p in chosen))
 
 
@@ -546,14 +575,20 @@ class MtlFolder(tfds.core.GeneratorBasedBuilder):
             for split, named in split_paths(config, paths).items()}
 
   def _generate_examples(self, split, named_paths):
-    tile, sizes = self.builder_config.tile, []
+    tile, sizes, bad = self.builder_config.tile, [], []
     for name, path in named_paths:
-      image = read_rgb(path)
+      try:
+        image = read_rgb(path)
+      except ValueError as error:  # read on: one attempt names every bad image (read_every)
+        bad.append(error)
+        continue
       sizes.append(list(image.shape[:2]))
       side = tile or max(image.shape[:2])
       for (top, left), key in tile_keys(name, *image.shape[:2], tile):
         part = np.ascontiguousarray(image[top:top + side, left:left + side])
         yield key, {"image": part, "name": key}
+    if bad:  # nothing of the split is kept: TFDS keeps a split only once it ends
+      raise unreadable(bad, self.builder_config.folder)
     if tile:  # the split's tile layout, without reading its records (`tile_layout`)
       self.info.metadata.setdefault(SIZES_KEY, {})[split] = sizes
 

@@ -134,7 +134,7 @@ def folder_builder(folder, data_dir, validation_fraction=0.0, tile=folder_lib.DE
   make = lambda: folder_lib.MtlFolder(config=config, data_dir=data_dir, file_format=FILE_FORMAT)
   if paths and not make().is_prepared():
     where = os.path.join(folder_lib.absolute(data_dir), "mtl_folder", config.name)
-    needed = folder_lib.estimate_bytes(paths, config.tile)
+    needed = folder_lib.estimate_bytes(paths, config.tile, folder=config.folder)
     free = check_space(needed, where, f"the cache of image folder {config.folder} "
                        f"({len(paths)} images)")
     say(f"data: caching {len(paths)} images of {config.folder} as uncompressed RGB"
