@@ -230,7 +230,15 @@ def test_predictors_table(study):
   y = [rec[p]["transfer"] for p in PAIR_GAIN]
   want = stats.spearman(x, y)
   assert (sp.rho, sp.p) == pytest.approx((want.rho, want.p))
-  assert any("measured transfer supports denoise_30, sr_x2 | derain" in n for n in table.notes)
+  assert any(n.startswith("measured transfer supports denoise_30, sr_x2 | derain (3 of the 3 ")
+             for n in table.notes), table.notes
+  assert any("its point values would group" in n and n.endswith("(untested).")
+             for n in table.notes)
+  # transfer within its noise: no grouping (it proposed one from the point values alone)
+  noise = [stats.Interval(e, e - 0.5, e + 0.5, 0.95, 3, 0.6) for e in (0.2, -0.1, 0.05)]
+  measured = np.array([[np.nan, 0.2, -0.1], [0.2, np.nan, 0.05], [-0.1, 0.05, np.nan]])
+  assert remedies.transfer_grouping(list(TASKS), measured, noise) == (
+      "measured transfer supports no grouping: no pair's transfer holds over the 3 pairs (Holm).")
   print("\n".join(" | ".join(map(str, r)) for r in [table.header] + table.rows))
   print("\n".join(table.notes))
   print("\n".join(" | ".join(map(str, r)) for r in [remedies.remedies_table(study).header] +

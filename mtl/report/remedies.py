@@ -13,9 +13,11 @@ predictors  per task pair: the measured transfer (scratch -> pair run, mtl.repor
             half-batch Gramians) of the chosen joint run, and the symmetrised TAG affinity
             (Z_ij + Z_ji) / 2 (Fifty et al. 2021); each predictor's Spearman rho with transfer
             (exact permutation p for <= 9 pairs, mtl.stats.spearman), and the split of the tasks
-            into 2 groups each one proposes (max sum over tasks of the mean score with its
-            group-mates, mtl.conflicts.affinity.best_grouping) beside the split the measured
-            transfer gives.
+            into 2 groups each one's point values would give (max sum over tasks of the mean
+            score with its group-mates, mtl.conflicts.affinity.best_grouping; untested) beside
+            the split the measured transfer supports, only where a pair's transfer interval
+            holds over the pairs (Holm). The TAG affinity is, at its automatic step, to first
+            order lr <g_i, g_j> / L_j: the cosine's sign, scaled by norms and losses.
 """
 import math
 import os
@@ -172,6 +174,18 @@ def _grouping_text(names, m):
   return " | ".join(", ".join(names[i] for i in g) for g in part)
 
 
+def transfer_grouping(names, measured, intervals, level=0.95):
+  """The note on the grouping the measured transfer supports: none unless some pair's paired
+  interval holds over the pairs (Holm), as affinity's groupings need (affinity.supported)."""
+  p = [iv.p if iv is not None else np.nan for iv in intervals]
+  held = int(np.sum(stats.holm(p) < 1 - level))
+  if not held:
+    return (f"measured transfer supports no grouping: no pair's transfer holds over the "
+            f"{len(p)} pairs (Holm).")
+  return (f"measured transfer supports {_grouping_text(names, measured)} ({held} of the {len(p)} "
+          "pairs' transfer held over the pairs, Holm).")
+
+
 def predictors_table(study):
   names = list(study.tasks)
   t = len(names)
@@ -202,8 +216,8 @@ def predictors_table(study):
     sp = stats.spearman(x[ok], y[ok])
     summary[p] = sp
     notes.append(f"{p}: Spearman rho = {sp.rho:+.3f}, p = {sp.p:.3g} ({sp.method}, n = {sp.n} "
-                 f"pairs); proposes {_grouping_text(names, m)}.")
-  notes.append(f"measured transfer supports {_grouping_text(names, measured)}.")
+                 f"pairs); its point values would group {_grouping_text(names, m)} (untested).")
+  notes.append(transfer_grouping(names, measured, [transfer.get(k) for k in keys]))
   notes.append("Groupings: the split into 2 groups maximising the sum over tasks of the mean "
                "pair score with the task's group-mates (TAG's rule, Fifty et al. 2021).")
   table = Table("predictors", "Predicting pairwise transfer: cosines and TAG affinity", header,
