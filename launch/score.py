@@ -1,14 +1,15 @@
 """Score restored images against references: per-image and mean PSNR / SSIM (BasicSR conventions).
 
   python launch/score.py --restored=out/ --reference=Set5/HR [--crop_border=2] [--y_channel|--rgb] \
-      [--mod_crop=2] [--csv=scores.csv]
+      [--mod_crop=2] [--grey_plane] [--csv=scores.csv]
 
 Images pair by file name (stem; else as benchmarks pair them: babyx2 ~ baby, rain-001 ~ norain-001),
 each reference with one restored image; references left without one are named in a warning.
-Y channel (MATLAB BT.601 luma, as IPT reports) by default; --rgb scores all three channels; against
-a grey reference (a grey file, or R == G == B) both are scored on the grey plane either way (a
-colour output's: its rounded luma), as mtl's evaluation scores grey denoising (Y would read 1.32 dB
-high). Two images of one name (baby.png, baby.bmp) in either folder are refused. The mean PSNR
+Y channel (MATLAB BT.601 luma, as IPT reports) by default, a grey reference's too (its three equal
+channels, as BasicSR reads them); --rgb scores all three channels. --grey_plane scores each grey
+reference (a grey file, or R == G == B) and its image on the grey plane (a colour output's: its
+rounded luma), as mtl's evaluation scores grey denoising (DnCNN's protocol; Y reads 1.32 dB
+higher). Two images of one name (baby.png, baby.bmp) in either folder are refused. The mean PSNR
 leaves out identical pairs (PSNR inf) and says how many there were. SR papers crop `scale` border
 pixels (--crop_border) and crop the reference to a multiple of the scale (--mod_crop). A missing
 partner, a size mismatch or an unreadable image: one line on stderr, exit status 1.
@@ -27,6 +28,8 @@ flags.DEFINE_integer("mod_crop", 0, "Crop references to a multiple of this (the 
                      lower_bound=0)
 flags.DEFINE_bool("y_channel", True, "Score the Y channel (--rgb or --noy_channel: RGB).")
 flags.DEFINE_bool("rgb", False, "Score RGB (same as --noy_channel).")
+flags.DEFINE_bool("grey_plane", False, "Score grey references on the grey plane (grey denoising: "
+                  "DnCNN's protocol, as evaluation scores denoise_gray_* tasks).")
 flags.DEFINE_string("csv", "", "Also write the per-image scores to this CSV file (a new file "
                     "unless --overwrite).")
 flags.DEFINE_bool("overwrite", False, "Replace an existing --csv file (refused otherwise).")
@@ -48,7 +51,7 @@ def main():
     restoration.check_new_file(f.csv, "--csv", f.overwrite,
                                {"--restored": f.restored, "--reference": f.reference})
   rows, mean = restoration.score_folders(f.restored, f.reference, f.crop_border, y_channel,
-                                     f.mod_crop)
+                                     f.mod_crop, grey_plane=f.grey_plane)
   if f.csv:
     restoration.write_csv(f.csv, rows)
   print(restoration.format_scores(rows, mean), flush=True)

@@ -89,6 +89,13 @@ def psnr(a, b, crop_border=0, y_channel=True):
   return float(10.0 * np.log10(255.0 ** 2 / mse))
 
 
+def mean_psnr(values):
+  """(mean PSNR over the pairs that differ, how many are identical): an identical pair's inf
+  would hide every other image's score; inf only when all are identical."""
+  finite = [v for v in values if np.isfinite(v)]
+  return (float(np.mean(finite)) if finite else float("inf")), len(values) - len(finite)
+
+
 def _filter_valid(x):
   """'valid' correlation of an HW array with the separable 11 x 11 Gaussian window."""
   k = len(_SSIM_TAPS)

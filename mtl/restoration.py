@@ -216,15 +216,15 @@ def _match(restored, reference):
   return pairs, [r for r in refs if r not in paired_with]
 
 
-def score_pair(ours, ref, crop_border=0, y_channel=True):
+def score_pair(ours, ref, crop_border=0, y_channel=True, grey_plane=False):
   """{'psnr', 'ssim', 'channel'} of one restored image against its reference (uint8 HWC).
 
-  When the reference is grey (a grey file, or R == G == B everywhere) both are scored on the grey
-  plane (a colour output's: its rounded luma), as evaluation scores grey denoising
-  (`evaluate.score`): channel 'grey', whatever `y_channel` says; else 'Y' or 'RGB'.
+  'Y' or 'RGB' as `y_channel` says; with `grey_plane`, a grey reference (a grey file, or R == G ==
+  B everywhere) and its restored image are scored on the grey plane (a colour output's: its
+  rounded luma), channel 'grey', as evaluation scores grey denoising (`evaluate.score`).
   """
   channel = "Y" if y_channel else "RGB"
-  if metrics.is_grey(ref):  # a grey task's RGB output is near grey, rarely exactly
+  if grey_plane and metrics.is_grey(ref):  # a grey task's RGB output is near grey, rarely exactly
     # Y of equal channels is 16 + 219/255 v: it would shrink every error and add 1.32 dB.
     ours, ref, channel = metrics.grey_plane(ours), metrics.grey_plane(ref), "grey"
   return {"psnr": metrics.psnr(ours, ref, crop_border, y_channel=y_channel),
@@ -232,18 +232,17 @@ def score_pair(ours, ref, crop_border=0, y_channel=True):
 
 
 def mean_scores(rows):
-  """{'psnr', 'ssim', 'identical'}: mean PSNR over the pairs that differ (an identical pair's
-  inf would hide every other), mean SSIM over all, and how many pairs are identical (PSNR inf;
-  the mean PSNR is inf only when all are)."""
-  finite = [r["psnr"] for r in rows if np.isfinite(r["psnr"])]
-  return {"psnr": float(np.mean(finite)) if finite else float("inf"),
-          "ssim": float(np.mean([r["ssim"] for r in rows])),
-          "identical": len(rows) - len(finite)}
+  """{'psnr', 'ssim', 'identical'}: mean PSNR over the pairs that differ (`metrics.mean_psnr`),
+  mean SSIM over all, and how many pairs are identical."""
+  psnr, identical = metrics.mean_psnr([r["psnr"] for r in rows])
+  return {"psnr": psnr, "ssim": float(np.mean([r["ssim"] for r in rows])),
+          "identical": identical}
 
 
-def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0, err=sys.stderr):
+def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0, err=sys.stderr,
+                  grey_plane=False):
   """Per-image PSNR / SSIM of each restored image against its reference (`score_pair`): [dict],
-  and their means (`mean_scores`).
+  and their means (`mean_scores`, with 'grey': how many references are grey).
 
   References without a restored partner are named in one warning line on `err`.
   """
@@ -254,6 +253,7 @@ def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0
   if unpaired:
     print(f"warning: {len(unpaired)} of {len(pairs) + len(unpaired)} reference image(s) have no "
           f"restored partner and are not scored: {_names(unpaired)}", file=err, flush=True)
+  grey = 0
   for name, ours_path, ref_path in pairs:
     ours, ref = folder_lib.read_rgb(ours_path), folder_lib.read_rgb(ref_path)
     if mod_crop > min(ref.shape[:2]):
@@ -267,10 +267,11 @@ def score_folders(restored, reference, crop_border=0, y_channel=True, mod_crop=0
       raise ValueError(f"{ours_path} is {ours.shape[1]}x{ours.shape[0]} but {ref_path} is "
                        f"{ref.shape[1]}x{ref.shape[0]}{hint}")
     try:
-      rows.append({"image": name, **score_pair(ours, ref, crop_border, y_channel)})
+      rows.append({"image": name, **score_pair(ours, ref, crop_border, y_channel, grey_plane)})
     except ValueError as error:  # too small for SSIM after the crop
       raise ValueError(f"{ours_path}: {error}") from None
-  return rows, mean_scores(rows)
+    grey += metrics.is_grey(ref)
+  return rows, {**mean_scores(rows), "grey": grey}
 
 
 def check_new_file(path, flag, overwrite=False, inputs=()):
@@ -314,10 +315,15 @@ def format_scores(rows, mean):
             + (f"  {r['channel']}" if mixed else "") for r in rows]
   lines.append(f"{'mean (' + str(len(rows)) + ' images)':<24} {mean['psnr']:>9.2f} "
                f"{mean['ssim']:>9.4f}")
-  grey = sum(r["channel"] == "grey" for r in rows)
-  if grey:
-    lines.append(f"{grey} of {len(rows)} pair(s) grey: scored on the grey plane, as mtl's "
+  on_plane = sum(r["channel"] == "grey" for r in rows)
+  if on_plane:
+    lines.append(f"{on_plane} of {len(rows)} pair(s) grey: scored on the grey plane, as mtl's "
                  "evaluation scores grey denoising (their Y PSNR would read 1.32 dB higher)")
+  elif mean.get("grey"):
+    lines.append(f"{mean['grey']} of {len(rows)} reference(s) grey: scored on the "
+                 f"{rows[0]['channel']} of their three equal channels, as BasicSR and IPT score SR "
+                 "and mtl's evaluation every task but grey denoising; for grey denoising "
+                 "(DnCNN's grey PSNR, 1.32 dB lower on Y) pass --grey_plane")
   if mean["identical"] and mean["identical"] < len(rows):
     lines.append(f"{mean['identical']} of {len(rows)} pair(s) identical (PSNR inf): the mean PSNR "
                  f"is over the other {len(rows) - mean['identical']}, the mean SSIM over all")

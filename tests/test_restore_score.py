@@ -253,7 +253,7 @@ def _noisy(clean, sigma, seed):
   return np.clip(np.round(clean + noise), 0, 255).astype(np.uint8)
 
 
-def test_a_grey_pair_is_scored_on_its_grey_plane_as_evaluation_scores_it(tmp_path):
+def test_grey_plane_scores_a_grey_pair_as_evaluation_scores_grey_denoising(tmp_path):
   from skimage import data
   clean = data.camera()
   noisy = _noisy(clean, 10, 7)
@@ -269,7 +269,7 @@ def test_a_grey_pair_is_scored_on_its_grey_plane_as_evaluation_scores_it(tmp_pat
   assert y_psnr - grey_psnr == pytest.approx(20 * np.log10(255 / 219))
   for y_channel in (True, False):
     rows, mean = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
-                                           crop_border=4, y_channel=y_channel)
+                                           crop_border=4, y_channel=y_channel, grey_plane=True)
     want = evaluate.score(as_rgb(noisy), as_rgb(clean), 4, gray=True)
     for row in rows:
       assert row["channel"] == "grey"
@@ -280,14 +280,16 @@ def test_a_grey_pair_is_scored_on_its_grey_plane_as_evaluation_scores_it(tmp_pat
   assert rows[0]["ssim"] == pytest.approx(0.6083, abs=1e-4)   # its Y: 0.6499
   assert metrics.psnr(as_rgb(noisy), as_rgb(clean), 4) == pytest.approx(29.566, abs=1e-3)
   # Uncropped, the grey-plane figure is the plain grey PSNR, and not the Y one.
-  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
+                                      grey_plane=True)
   assert rows[0]["psnr"] == pytest.approx(grey_psnr) and abs(rows[0]["psnr"] - y_psnr) > 1.3
   # A grey task's RGB output is near grey, not exactly: its grey plane (rounded luma) against a
   # grey reference, as evaluation scores it (on Y it read 1.3 dB higher).
   jitter = np.random.default_rng(3).integers(-1, 2, clean.shape + (3,))
   near = np.clip(as_rgb(noisy).astype(np.int64) + jitter, 0, 255).astype(np.uint8)
   _png(str(tmp_path / "out" / "rgb.png"), near)
-  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
+                                      grey_plane=True)
   assert rows[1]["channel"] == "grey" and not metrics.is_grey(near)
   assert rows[1]["psnr"] == pytest.approx(
       evaluate.score(near, as_rgb(clean), 0, gray=True)["psnr_y"], abs=1e-12)
@@ -295,14 +297,46 @@ def test_a_grey_pair_is_scored_on_its_grey_plane_as_evaluation_scores_it(tmp_pat
   _png(str(tmp_path / "out" / "rgb.png"), as_rgb(noisy))
   # One grey image against a colour one is a colour pair: Y as before.
   _png(str(tmp_path / "ref" / "rgb.png"), data.astronaut()[:512, :512])
-  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
+  rows, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
+                                      grey_plane=True)
   assert [r["channel"] for r in rows] == ["grey", "Y"]
   assert rows[1]["psnr"] == pytest.approx(
       metrics.psnr(as_rgb(noisy), data.astronaut()[:512, :512]))
-  proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref")
+  proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref",
+              "--grey_plane")
   assert proc.returncode == 0, proc.stderr
   assert f"camera                       {rows[0]['psnr']:.2f}" in proc.stdout
   assert "1 of 2 pair(s) grey: scored on the grey plane" in proc.stdout
+
+
+def test_a_grey_reference_is_scored_on_y_by_default_as_evaluation_scores_sr(tmp_path):
+  """Set14's grey images (BasicSR reads them as three equal channels): score.py's SR figure is
+  evaluation's, not the grey plane's 1.32 dB lower one."""
+  from skimage import data
+  from mtl import degradations, tasks
+  clean = np.repeat(data.camera()[:254, :300, None], 3, axis=-1)
+  spec = tasks.get("sr_x2")
+  low = np.asarray(np.clip(np.round(degradations.imresize(clean.astype(np.float32), 0.5)),
+                           0, 255)).astype(np.uint8)
+  up = evaluate.input_baseline(spec, low)   # the bicubic output stands in for a model's
+  _png(str(tmp_path / "ref" / "camera.png"), clean[..., 0])
+  _png(str(tmp_path / "out" / "camera.png"), up)
+  rows, mean = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
+                                         crop_border=2, mod_crop=2)
+  want = evaluate.score(up, clean, 2, spec.gray)
+  assert rows[0]["channel"] == "Y" and mean["grey"] == 1
+  assert rows[0]["psnr"] == pytest.approx(want["psnr_y"], abs=1e-12)
+  assert rows[0]["ssim"] == pytest.approx(want["ssim_y"], abs=1e-12)
+  plane, _ = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
+                                       crop_border=2, mod_crop=2, grey_plane=True)
+  # Y of equal channels shrinks every error by 219/255; the output is near grey, not exactly.
+  assert rows[0]["psnr"] - plane[0]["psnr"] == pytest.approx(20 * np.log10(255 / 219), abs=0.05)
+  proc = _run("score.py", f"--restored={tmp_path}/out", f"--reference={tmp_path}/ref",
+              "--crop_border=2", "--mod_crop=2")
+  assert proc.returncode == 0, proc.stderr
+  assert f"camera                       {rows[0]['psnr']:.2f}" in proc.stdout
+  assert "1 of 1 reference(s) grey: scored on the Y of their three equal channels" in proc.stdout
+  assert "pass --grey_plane" in proc.stdout
 
 
 def test_identical_pairs_are_left_out_of_the_mean_psnr_and_counted(tmp_path):
