@@ -377,6 +377,21 @@ def score(output, target, crop_border, gray=False):
   }
 
 
+def mean_entry(rows):
+  """Per-image means of `score`'s keys, each PSNR's over the images that differ from their
+  target (`metrics.mean_psnr`); 'identical': how many do not, where any."""
+  entry, identical = {}, 0
+  for key in rows[0]:
+    values = [r[key] for r in rows]
+    if key.startswith("psnr"):
+      entry[key], n = metrics.mean_psnr(values)
+      identical = max(identical, n)
+    else:
+      entry[key] = float(np.mean(values))
+  return {**entry, "identical": identical} if identical else entry
+
+
+COUNTS = ("num_images", "identical", "input_identical")  # an entry's counts, not scores
 VARIANT_LABELS = {"self_ensemble": "x8", "ema": "EMA", "ema+self_ensemble": "EMA x8"}
 
 
@@ -445,9 +460,8 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
         if not baseline:
           continue
         for variant in rows:
-          entry = {k: float(np.mean([r[k] for r in rows[variant]])) for k in rows[variant][0]}
-          entry.update({f"input_{k}": float(np.mean([r[k] for r in baseline]))
-                        for k in baseline[0]})
+          entry = mean_entry(rows[variant])
+          entry.update({f"input_{k}": v for k, v in mean_entry(baseline).items()})
           entry["num_images"] = len(baseline)
           scored[variant].setdefault(spec.name, {})[testset.name] = entry
       for variant in scored:
@@ -463,7 +477,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
           (f"eval/{name}", v["tasks"]) for name, v in results.get("variants", {}).items()]
       writer.scalars(step, {f"{prefix}/{t}/{s}/{k}": v for prefix, by_task in prefixes
                             for t, sets in by_task.items() for s, e in sets.items()
-                            for k, v in e.items() if k != "num_images"})
+                            for k, v in e.items() if k not in COUNTS})
     files.write_json(os.path.join(workdir, results_file or run_folder.results_name(step, final)),
                      results)
     print(format_table(results) + "\n" + describe_sets(testsets, config), flush=True)
@@ -518,4 +532,11 @@ def format_table(results):
                      for n in names)
       lines.append(f"{task:<{tw}} {name:<{sw}} {e['input_psnr_y']:>10.2f} {e['psnr_y']:>8.2f} "
                    f"{e['psnr_y'] - e['input_psnr_y']:>+7.2f} {e['ssim_y']:>7.4f}" + more)
+  for task, sets in results["tasks"].items():
+    for name, e in sets.items():
+      same = [f"{e[k]} of {e['num_images']} {what}"
+              for k, what in (("input_identical", "inputs"), ("identical", "outputs")) if e.get(k)]
+      if same:
+        lines.append(f"{task} on {name}: {' and '.join(same)} equal their target (PSNR inf); "
+                     "a mean PSNR is over the other images")
   return "\n".join(lines)

@@ -319,3 +319,35 @@ def test_a_colour_denoising_task_on_a_grey_set_is_warned_about(tmp_path, capsys)
   assert ("warning: denoise_30 on G: every image is grey; a colour task adds noise per channel "
           "and scores Y, which no grey benchmark reports (grey protocol: denoise_gray_30)") in out
   assert "warning: denoise_gray_30" not in out
+
+
+def test_an_image_equal_to_its_target_is_left_out_of_the_mean_psnr_and_counted(tmp_path):
+  # A flat image's bicubic input is exact (PSNR inf): in the mean it hid the set's other images,
+  # and results.json held Infinity, which strict JSON readers refuse.
+  import json
+  from skimage import data
+  (tmp_path / "set").mkdir()
+  (tmp_path / "w").mkdir()
+  Image.fromarray(np.full((48, 48, 3), 90, np.uint8)).save(tmp_path / "set" / "flat.png")
+  Image.fromarray(data.astronaut()[:48, :48]).save(tmp_path / "set" / "texture.png")
+  config, model, params = _model(("sr_x2",), patch_size=24)
+  config.eval.update(sets=f"S={tmp_path / 'set'}", max_images=2, max_side=48, tile_overlap=4,
+                     tile_batch=4, samples=0)
+  testsets = evaluate.load_testsets(config)
+  results = evaluate.evaluate(model, params, config, testsets, str(tmp_path / "w"), 1)
+  spec = tasks.get("sr_x2")
+  scores = {name: evaluate.score(evaluate.input_baseline(spec, degraded), clean, 2)
+            for name, degraded, clean in evaluate.test_pairs(spec, testsets[0], config)}
+  assert scores["flat"]["psnr_y"] == float("inf") and np.isfinite(scores["texture"]["psnr_y"])
+  entry = results["tasks"]["sr_x2"]["S"]
+  assert entry["input_psnr_y"] == scores["texture"]["psnr_y"]
+  assert entry["input_psnr_rgb"] == scores["texture"]["psnr_rgb"]
+  assert entry["input_ssim_y"] == pytest.approx((1 + scores["texture"]["ssim_y"]) / 2)
+  assert entry["input_identical"] == 1 and entry["num_images"] == 2
+  assert "identical" not in entry   # the untrained model's outputs differ from their targets
+  def refuse(name):
+    raise ValueError(f"{name} in results.json")
+  [saved] = [json.loads(p.read_text(), parse_constant=refuse) for p in (tmp_path / "w").iterdir()]
+  assert saved["tasks"]["sr_x2"]["S"]["input_identical"] == 1
+  assert ("sr_x2 on S: 1 of 2 inputs equal their target (PSNR inf); a mean PSNR is over the "
+          "other images") in evaluate.format_table(results)
