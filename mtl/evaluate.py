@@ -84,6 +84,12 @@ def load_testsets(config):
     _check_sides(name, items, [spec.name for spec in tasks.get_all(config.tasks)
                                if tasks.selects(selector, spec)], config.eval.max_side)
     sets.append(TestSet(name, kind, items, selector))
+    rain = [spec.name for spec in tasks.get_all(config.tasks)
+            if spec.kind == "derain" and tasks.selects(selector, spec)]
+    if kind == "hr" and rain and config.degrade.rain.get("streak_dir"):
+      print(f"warning: {rain[0]} on {name}: trained on degrade.rain.streak_dir's real streak "
+            "layers, tested on this clean set with mtl's drawn rain; a paired set tests real rain "
+            "(e.g. Rain100L=for:derain:paired:<folder of rain / norain pairs>)", flush=True)
     if kind == "hr" and all(metrics.is_grey(hr) for _, hr in items):
       for spec in tasks.get_all(config.tasks):  # once per start, not at every evaluation
         if spec.kind == "denoise" and not spec.gray and tasks.selects(selector, spec):
@@ -200,9 +206,11 @@ def axis_windows(size, tile, scale, overlap, tiling):
 # The eight transforms of the square's symmetry group (EDSR's and IPT's self-ensemble "x8"):
 # k quarter turns, after a left-right flip or not.
 ENSEMBLE = tuple((k, flip) for flip in (False, True) for k in range(4))
-# Degradations with a direction: rain streaks fall within 30 degrees of vertical and haze's depth
-# grows towards the top, so a quarter turn or an upside-down image shows the model inputs it never
-# saw; their self-ensemble keeps the orientation (the image and its left-right mirror).
+# Degradations with a direction: drawn rain streaks fall within 30 degrees of vertical and haze's
+# depth grows towards the top, so a quarter turn or an upside-down image shows the model inputs
+# their synthesis never makes; their self-ensemble keeps the orientation (the image and its
+# left-right mirror). Real rain pairs and streak layers are quarter-turned in training as every
+# crop is (IPT's augmentation), so there it forgoes views the model has seen.
 ORIENTED_KINDS = ("derain", "dehaze")
 
 

@@ -351,3 +351,24 @@ def test_an_image_equal_to_its_target_is_left_out_of_the_mean_psnr_and_counted(t
   assert saved["tasks"]["sr_x2"]["S"]["input_identical"] == 1
   assert ("sr_x2 on S: 1 of 2 inputs equal their target (PSNR inf); a mean PSNR is over the "
           "other images") in evaluate.format_table(results)
+
+
+def test_derain_trained_on_real_streaks_and_tested_on_drawn_rain_is_warned_about(tmp_path, capsys):
+  # A clean test set gets mtl's drawn rain whatever degrade.rain.streak_dir holds: the score is
+  # of other rain than training's, which only a paired set of real rain avoids.
+  config = run_defaults.get_config("tiny")
+  config.tasks = ("derain", "sr_x2")
+  config.eval.max_images = 1
+  evaluate.load_testsets(config)
+  assert "warning" not in capsys.readouterr().out
+  config.degrade.rain.streak_dir = str(tmp_path)
+  evaluate.load_testsets(config)
+  assert capsys.readouterr().out.count(
+      "warning: derain on photos: trained on degrade.rain.streak_dir's real streak layers, "
+      "tested on this clean set with mtl's drawn rain; a paired set tests real rain "
+      "(e.g. Rain100L=for:derain:paired:<folder of rain / norain pairs>)") == 1
+  (tmp_path / "set").mkdir()
+  Image.fromarray(np.zeros((48, 48, 3), np.uint8)).save(tmp_path / "set" / "a.png")
+  config.eval.sets = f"S=for:sr_x2:{tmp_path / 'set'}"
+  evaluate.load_testsets(config)
+  assert "warning" not in capsys.readouterr().out
