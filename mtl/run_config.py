@@ -100,6 +100,31 @@ def _check_source_model(config):
                      f"the model's shapes: add {flags}")
 
 
+def _within(path, folder):
+  return os.path.commonpath([path, folder]) == folder
+
+
+def check_sets_apart(sets, data):
+  """Refuse (one line) an eval set whose images training reads: its folder the training folder or
+  inside it (data.folder is read recursively), or nested either way with a data.pairs folder (a
+  paired folder's sequences are its subfolders). Symlinks resolved; URLs left to their owner."""
+  from mtl import evaluate
+  real = lambda path: os.path.realpath(os.path.expanduser(path))
+  train = [(f"data.pairs {selector}={path}", real(path), True)
+           for selector, path in pipeline.parse_pairs(data.get("pairs", ""))
+           if not folder_lib.is_url(path)]
+  folder = data.get("folder", "") if data.get("source") == "folder" else ""
+  if folder and not folder_lib.is_url(folder):
+    train.append((f"data.folder={folder} (read recursively)", real(folder), False))
+  for name, _, path, _ in evaluate.parse_sets(sets):
+    if not path or folder_lib.is_url(path):
+      continue
+    for field, root, either in train:
+      if _within(real(path), root) or (either and _within(root, real(path))):
+        raise ValueError(f"eval.sets: {name}={path} shares images with {field}: they would be "
+                         "trained on; keep test images out of the training folders")
+
+
 def validate(config):
   """Check a config before anything is built or written; one clear line per problem. Returns
   what the checks built: the task specs and the model's ipt.ModelConfig.
@@ -257,6 +282,7 @@ def validate(config):
       if part not in tasks.KINDS and not _is_task(part):
         raise ValueError(f"eval.sets: {set_name}=for:{selector}: {part!r} is neither a task kind "
                          f"({', '.join(tasks.KINDS)}) nor a task ({tasks.VALID_NAMES})")
+  check_sets_apart(config.eval.sets, config.data)
   for selector, path in pipeline.parse_pairs(config.data.get("pairs", "")):
     try:  # else the first batch that draws a misfit pair fails, after the workdir was written
       benchmarks.check_pair_sizes(path)

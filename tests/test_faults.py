@@ -90,6 +90,30 @@ def test_a_bucket_s_folder_is_left_to_the_reader_that_can_open_it():
   assert run_config.normalize(config).data.folder == "gs://bucket/images"
 
 
+def test_a_test_set_inside_a_training_folder_is_refused(tmp_path):
+  # data.folder is read recursively: a test set in its subfolder was trained on, silently.
+  from PIL import Image
+  for sub in ("train", "train/test", "held_out", "pairs/seq"):
+    (tmp_path / sub).mkdir(parents=True)
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / sub / "a.png")
+  (tmp_path / "link").symlink_to(tmp_path / "train" / "test")
+  config = _set(_set(_config(), "data.source", "folder"), "data.folder", str(tmp_path / "train"))
+  for path in ("train/test", "train", "link"):
+    with pytest.raises(ValueError, match=rf"eval.sets: T={tmp_path / path} shares images with "
+                                         rf"data.folder={tmp_path / 'train'} \(read recursively\)"):
+      run_config.validate(_set(config, "eval.sets", f"photos,T={tmp_path / path}"))
+  run_config.validate(_set(config, "eval.sets", f"photos,T={tmp_path / 'held_out'}"))
+  # a paired folder's sequences are its subfolders: nested either way, the pairs are shared
+  config = _set(_config(), "data.pairs", f"derain={tmp_path / 'pairs'}")
+  for path in ("pairs", "pairs/seq"):
+    with pytest.raises(ValueError, match=rf"R={tmp_path / path} shares images with data.pairs "
+                                         rf"derain={tmp_path / 'pairs'}"):
+      run_config.validate(_set(config, "eval.sets", f"photos,R=paired:{tmp_path / path}"))
+  config = _set(_config(), "data.pairs", f"derain={tmp_path / 'pairs' / 'seq'}")
+  with pytest.raises(ValueError, match=r"shares images with data.pairs"):
+    run_config.validate(_set(config, "eval.sets", f"photos,R=paired:{tmp_path / 'pairs'}"))
+
+
 def test_rain_streaks_with_no_task_that_rains_are_said_to_go_unused(caplog):
   # they were ignored without a word
   with caplog.at_level("WARNING"):

@@ -272,7 +272,10 @@ def test_test_and_validation_sets_must_be_other_images(tmp_path):
     study_lib.validate(study)
   study.run.eval.sets = f"V={val},T={train}"
   study.per_regime.scratch = {"data": {"source": "folder", "folder": str(train)}}
-  with pytest.raises(ValueError, match=f"eval set 'T' is a training folder, {train}"):
+  with pytest.raises(ValueError, match=f"T={train} shares images with data.folder={train}"):
+    study_lib.validate(study)
+  study.run.eval.sets = f"V={val},T={train / 'test'}"   # read recursively: trained on too
+  with pytest.raises(ValueError, match=f"T={train / 'test'} shares images with data.folder"):
     study_lib.validate(study)
 
 

@@ -70,7 +70,7 @@ import re
 
 import ml_collections
 
-from mtl import evaluate, files, run_defaults, run_folder
+from mtl import evaluate, files, run_config, run_defaults, run_folder
 from mtl import tasks as tasks_lib
 
 STUDY_REGIMES = ("scratch", "joint", "finetune", "pairs", "groups")
@@ -153,21 +153,18 @@ def eval_set_names(sets):
 
 
 def _check_sets_apart(d):
-  """Refuse a test set whose folder is the validation set's, or either one's the training
-  folder: other names, the same images (the lr would be chosen on the test images)."""
-  paths = {name: os.path.realpath(path) for name, _, path, _ in
-           evaluate.parse_sets(str(d["run"]["eval"]["sets"])) if path}
-  datas = [d["run"]["data"]] + [p.get("data", {}) for p in d["per_regime"].values()]
-  train = {os.path.realpath(x["folder"]) for x in datas if x.get("folder")}
+  """Refuse a test set whose folder is the validation set's (other names, the same images: the lr
+  would be chosen on the test images), or any eval set that a regime trains on
+  (`run_config.check_sets_apart`)."""
+  sets = str(d["run"]["eval"]["sets"])
+  paths = {name: os.path.realpath(path) for name, _, path, _ in evaluate.parse_sets(sets) if path}
   val = paths.get(d["validation"])
   for name in d["test"]:
     if val and paths.get(name) == val:
       raise ValueError(f"test set {name!r} is the validation set's folder {val}; the lr is "
                        "chosen on validation, so report other images as test")
-  for name in (d["validation"], *d["test"]):
-    if paths.get(name) in train:
-      raise ValueError(f"eval set {name!r} is a training folder, {paths[name]} (data.folder); "
-                       "evaluate on images the runs do not train on")
+  for overrides in [{}] + [p.get("data", {}) for p in d["per_regime"].values()]:
+    run_config.check_sets_apart(sets, {**d["run"]["data"], **overrides})
 
 
 def validate(study):
