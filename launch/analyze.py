@@ -69,16 +69,28 @@ flags.DEFINE_integer("window", 0, "Average the summary and averaged figures over
                      "probe steps; 0 for the headline (last) training phase.", lower_bound=0)
 flags.DEFINE_integer("phases", 3, "Training phases (equal parts of the probe steps) to give a "
                      "verdict for; the last is the headline; 1 for the whole run.", lower_bound=1)
-flags.DEFINE_float("ema_beta", 0.1, "GradVac EMA beta for the curves (0 for none).",
+flags.DEFINE_float("ema_beta", None, "GradVac EMA beta for the curves (0 for none; default: the "
+                   "run's conflicts.ema_beta, as its trainer drew them).",
                    lower_bound=0.0, upper_bound=1.0)
 
 
-def analyze(workdir, step_range="", window=0, ema_beta=0.1, phases=3):
+def run_ema_beta(workdir):
+  """The run's conflicts.ema_beta (its trainer's curves), or the default where it saved none."""
+  from mtl import run_defaults, run_folder
+  default = run_defaults.get_config().conflicts.ema_beta
+  if not os.path.isfile(os.path.join(workdir, run_folder.CONFIG_FILE)):
+    return default
+  return run_folder.read_config(workdir).conflicts.get("ema_beta", default)
+
+
+def analyze(workdir, step_range="", window=0, ema_beta=None, phases=3):
   """Load, draw, log to TensorBoard, and return the text summary (window 0: the headline
-  training phase of `phases`)."""
+  training phase of `phases`; ema_beta None: the run's)."""
   from mtl import conflicts, draw, events
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is not a directory")
+  if ema_beta is None:
+    ema_beta = run_ema_beta(workdir)
   # Everything that can fail on input is read and drawn in memory first: bad input leaves the
   # earlier figures and event files as they were.
   record = conflicts.load(workdir, conflicts.parse_step_range(step_range))

@@ -320,6 +320,25 @@ def run_analyze(*args):
                         capture_output=True, text=True, timeout=120)
 
 
+def test_analyze_smooths_the_curves_as_the_run_s_trainer_did(tmp_path, monkeypatch):
+  # It redrew a run's cos_curves.png at beta 0.1 whatever the run's conflicts.ema_beta.
+  import analyze   # launch/analyze.py (tests/conftest.py puts launch/ on the path)
+  from mtl import draw, run_defaults, run_folder
+  wd = str(tmp_path)
+  write_store(wd)
+  assert analyze.run_ema_beta(wd) == run_defaults.get_config().conflicts.ema_beta == 0.1
+  config = run_defaults.get_config("tiny")
+  config.conflicts.ema_beta = 0.5
+  run_folder.check_or_write_config(wd, config.to_dict())
+  drawn_with = []
+  real = draw.figures
+  monkeypatch.setattr(draw, "figures", lambda rec, window, beta: drawn_with.append(beta) or
+                      real(rec, window, beta))
+  analyze.analyze(wd)
+  analyze.analyze(wd, ema_beta=0.0)
+  assert drawn_with == [0.5, 0.0]
+
+
 def test_analyze_script(tmp_path):
   wd = str(tmp_path)
   write_store(wd)
