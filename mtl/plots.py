@@ -391,7 +391,9 @@ def _corrected_parts(ax, record, colors):
   for short records: conflicts.split_phases), with its 95% interval; filled: excludes 0."""
   parts = [part for _, part in conflicts.split_phases(record, CURVE_PARTS)]
   intervals = [part.corrected_cosine_intervals() for part in parts]  # [part][pair]
+  floors = [part.resolved_noise_floors() for part in parts]  # [part][task]
   num_pairs = len(record.pair_names)
+  pairs = conflicts.pair_indices(len(record.task_names))
   for k, name in enumerate(record.pair_names):
     for p, part in enumerate(parts):
       interval = intervals[p][k]
@@ -404,19 +406,24 @@ def _corrected_parts(ax, record, colors):
                 label=label)
         continue
       low, high = interval.low, interval.high
+      fill = colors[k] if excludes_zero(interval) else "white"
+      if np.isfinite(low) and not (floors[p][pairs[k][0]] and floors[p][pairs[k][1]]):
+        # a task's noise floor unresolved: the sign holds, the size is not to be read (Fieller)
+        ax.plot([x], [0.0], marker="^" if interval.estimate > 0 else "v", markersize=6,
+                color=colors[k], markerfacecolor=fill, linestyle="none", label=label)
+        continue
       if np.isfinite(low):
         ax.plot([x, x], [max(low, -1.05), min(high, 1.05)], color=colors[k], linewidth=1.4)
       ax.plot([x], [interval.estimate], marker="o", markersize=5, color=colors[k],
-              markerfacecolor=colors[k] if excludes_zero(interval) else "white", label=label)
+              markerfacecolor=fill, label=label)
   ax.axhline(0, color="black", linewidth=0.7)
   ax.set_ylim(max(-1.05, ax.get_ylim()[0]), min(1.05, ax.get_ylim()[1]))
   ax.set_ylabel("corrected cos")
   what = ("tenth" if len(parts) == 10 else "part") + (
       f" of the probes ({len(parts)} parts)" if len(parts) > 1 else " (the probes, as one part)")
   ax.set_title(f"noise-corrected whole-body cosine per {what}, 95% interval (cut at ±1.05)\n"
-               "filled: the "
-               "interval excludes 0; x at 0: not measurable (a same-task agreement <= 0)",
-               fontsize=9)
+               "filled: the interval excludes 0; ▲/▼ at 0: its sign only (a task's noise floor "
+               "not resolved);\nx at 0: not measurable (a same-task agreement <= 0)", fontsize=9)
 
 
 def curves_figure(record, ema_beta=0.1):

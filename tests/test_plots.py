@@ -511,6 +511,36 @@ def test_cosine_matrix_marks_hold_over_the_pairs_and_unresolved_cells_stay_uncol
           for line in corrected] == [False, True, True]
 
 
+def test_the_curves_show_only_the_sign_of_a_part_whose_noise_floor_is_unresolved():
+  # as the matrix and TensorBoard: a point at its size and an interval bar were drawn anyway
+  halves = known_halves(40, (-0.6, 0.03, 0.4), noise=3.0, norms=(1.0, 1.0, 0.05))
+  rec = conflicts.Record.from_halves(np.arange(40), halves, ["pos_embed"], ["a", "b", "c"], "known")
+  fig = plots.curves_figure(rec, ema_beta=0)
+  [ax] = [a for a in fig.axes if a.get_title().startswith("noise-corrected whole-body cosine")]
+  assert "▲/▼ at 0: its sign only (a task's noise floor not resolved)" in ax.get_title()
+  parts = [part for _, part in conflicts.split_phases(rec, plots.CURVE_PARTS)]
+  assert len(parts) == 4   # at least 10 probes a part
+  drawn = {}   # pair colour -> [(marker, y)] in part order
+  for line in ax.get_lines():
+    if line.get_marker() in ("o", "^", "v", "x"):
+      drawn.setdefault(line.get_color(), []).append((line.get_marker(), line.get_ydata()[0]))
+  by_pair = list(drawn.values())   # the pairs' first points come in pair order
+  seen = set()
+  for p, part in enumerate(parts):
+    floors, ivs = part.resolved_noise_floors(), part.corrected_cosine_intervals()
+    for k, (i, j) in enumerate(conflicts.pair_indices(3)):
+      marker, y = by_pair[k][p]
+      if not np.isfinite(ivs[k].estimate):   # a same-task agreement <= 0: not measurable
+        assert (marker, y) == ("x", 0.0)
+      elif floors[i] and floors[j]:
+        assert (marker, y) == ("o", pytest.approx(ivs[k].estimate))
+      else:
+        assert (marker, y) == ("^" if ivs[k].estimate > 0 else "v", 0.0)
+      seen.add(marker == "o")
+  assert seen == {True, False}   # c's floor unresolved, a~b's resolved somewhere
+  assert all(m == "o" for m, _ in by_pair[0])
+
+
 def test_a_precise_cosine_near_one_is_coloured_though_its_interval_passes_one():
   # b and c nearly the same task (cos 0.99): every noise floor resolved, b~c's interval ~+-0.03
   halves = known_halves(12, (-0.6, -0.6, 0.99), noise=1.0)
