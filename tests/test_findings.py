@@ -725,3 +725,20 @@ def test_a_delta_whose_seeds_do_not_spread_says_so_and_gets_no_verdict():
   assert findings._delta_sentence("sr_x2", "joint − scratch", iv, "photos", "Y-PSNR", verdict) \
       == ("sr_x2 (joint − scratch, Y-PSNR on photos): Δ +0.25 dB (3 paired seeds: no interval, "
           "as they do not spread at all) — not enough evidence.")
+
+
+def test_a_study_whose_joint_runs_take_one_task_a_step_does_not_wait_for_their_conflicts(tmp_path):
+  # schedule 'one' probes nothing (run_config.probe_plan): question 1 said "not yet" while its
+  # joint runs trained, as if they would answer it.
+  run = run_defaults.get_config("tiny")
+  run.eval.sets, run.schedule = "photos,photos_val", "one"
+  study = synthetic_study(str(tmp_path / "study"), run=run)
+  joint = [r for r in study.runs if r.regime == "joint"]
+  os.remove(study.path(joint[0].name, study_lib.workdir.DONE_FILE))
+  assert findings._missing(study, 1) == (
+      f"{findings.NOT_MEASURED}: no joint or group run of it records conflicts "
+      "(run.conflicts.every > 0, schedule 'all'); " + findings.MEASURED_BY[1] + " measures it.")
+  run.schedule = "all"
+  study = synthetic_study(str(tmp_path / "all"), run=run)
+  os.remove(study.path(joint[0].name, study_lib.workdir.DONE_FILE))
+  assert findings._missing(study, 1).startswith(f"{findings.NOT_YET}: its joint runs")

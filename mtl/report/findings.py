@@ -30,10 +30,13 @@ the arm lost outright, is left out of the Δ.
 import dataclasses
 import math
 
+import ml_collections
+
 from mtl import stats
+from mtl.run_config import probe_plan
 from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, remedies, tables
-from mtl.study.runs import pretraining_column, sweep_runs
+from mtl.study.runs import pretraining_column, run_config, sweep_runs
 from mtl.report.scores import (conflict_phases, final_conflicts, left_out, paired,
                                primary_test_set, regime_scores, unequal_budgets,
                                untuned_seeds)
@@ -415,7 +418,9 @@ def _missing(study, question):
   regimes, groups = study.config["regimes"], set(study.config["groups"])
   wanted = [r for a in ANSWERED_BY[question] for r in regimes
             if r == a or (a.endswith(":") and r.startswith(a))]
-  measures = {1: bool(wanted) and study.config["run"]["conflicts"]["every"] > 0,
+  probed = any(probe_plan(ml_collections.ConfigDict(run_config(study.config, r))).probe_every
+               for r in study.runs if r.regime in wanted)
+  measures = {1: probed,
               2: len(wanted) == 2, 3: len(wanted) == 2 and {RELATED, UNRELATED} <= groups,
               4: "joint" in wanted and len(wanted) > 1}
   runs = [r for r in study.runs if r.regime in wanted]
@@ -431,8 +436,9 @@ def _missing(study, question):
   if measures[question] and dead:
     return f"no answer: {never}"
   if question == 1:
-    why = ("no joint or group run of it recorded conflicts (run.conflicts.every > 0)"
-           if wanted else "it has no multi-task pre-training (regime 'joint' or 'groups')")
+    why = ("no joint or group run of it records conflicts (run.conflicts.every > 0, "
+           "schedule 'all')" if wanted else
+           "it has no multi-task pre-training (regime 'joint' or 'groups')")
   elif question == 2:
     why = "it needs the regimes 'scratch' and 'finetune' with runs done"
   elif question == 4:
