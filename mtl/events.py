@@ -10,7 +10,7 @@ TensorFlow), in an event file of their own that replaces an earlier attempt's;
 `read_hparams(logdir)` reads them back.
 
 Where the disk fills, the error of tensorboard's write thread is raised by the next write or
-flush, as before, but its traceback is no longer printed by the thread as well.
+flush, once: the thread does not print its traceback too.
 """
 import io
 import os

@@ -87,17 +87,6 @@ def cosines(G):
   return np.clip(cos, -1.0, 1.0)  # float rounding can push |cos| a hair above 1
 
 
-def norm_ratios(G):
-  """Pairwise magnitude ratios R_ij = |g_i| / |g_j|: (..., T, T) -> (..., T, T).
-
-  Pairwise rather than a single max/min so that a figure can say which task dominates
-  which; max/min over tasks is R.max(axis=(-2, -1)). x/0 = inf, 0/0 = NaN.
-  """
-  n = norms(G)
-  with np.errstate(divide="ignore", invalid="ignore"):
-    return n[..., :, None] / n[..., None, :]
-
-
 def update_cosines(G):
   """cos(g_i, sum_j g_j), each task against the summed update: (..., T, T) -> (..., T).
 

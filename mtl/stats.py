@@ -49,9 +49,6 @@ class Interval(NamedTuple):
   method: str = ""
   note: str = ""
 
-  def as_dict(self):
-    return dict(self._asdict())
-
   def text(self, digits=2, percent=False, missing="n/a"):
     """'+0.01 [-0.02, +0.04]' ('12.5% [9.0, 16.8]' with percent); the estimate alone where there
     is no interval, `missing` where there is no estimate. Never '-0.00'."""

@@ -175,8 +175,8 @@ def embedding_std(init):
 
 def _add_bias(y, bias):
   """y + bias, the bias broadcast in its own dtype (float32) and then cast: its gradient, a sum
-  over every pixel or token, is summed in float32. Added in bfloat16, it was summed there (a
-  tail bias over 16 x 192 x 192 pixels: 83% error against float32)."""
+  over every pixel or token, is summed in float32 (summed in bfloat16, a tail bias's over
+  16 x 192 x 192 pixels is 83% off float32's)."""
   return y + jnp.broadcast_to(bias, y.shape).astype(y.dtype)
 
 

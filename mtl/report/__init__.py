@@ -4,6 +4,7 @@
   tables.py    the tables built from them (display rows and CSV records); cells.py their cells
   accounting.py  the compute and lr-selection tables
   render.py    Markdown, LaTeX and CSV renderers
+  remedies.py  the remedies tables: aggregators / loss weightings against scratch, predictors
   findings.py  the findings page: the four questions, each answered from the tables
   figures.py   its figures (paired Δ dot plot, corrected cosine per phase)
   document.py  report.md with tables, method notes and figures: `write(workdir)`
