@@ -29,6 +29,7 @@ from mtl import degradations, events, files, metrics, run_folder, tasks
 
 
 PHOTO_SETS = {"photos": "test", "photos_val": "validation"}  # eval set -> photos split
+FOLDER_VAL = "folder_val"   # the images data.validation_fraction holds out of data.folder
 
 
 @dataclasses.dataclass
@@ -43,7 +44,7 @@ def parse_sets(spec):
   """'photos,Set5=/d/Set5,SOTS=for:dehaze:paired:/d/S' -> [(name, kind, path or None, selector)]."""
   entries = []
   for entry in filter(None, (e.strip() for e in spec.split(","))):
-    if entry in PHOTO_SETS:
+    if entry in PHOTO_SETS or entry == FOLDER_VAL:
       entries.append((entry, "hr", None, ""))
     elif "=" in entry:
       name, path = entry.split("=", 1)
@@ -54,7 +55,8 @@ def parse_sets(spec):
       path = path[len("paired:"):] if kind == "paired" else path
       entries.append((name, kind, path, selector or ("derain" if kind == "paired" else "")))
     else:
-      raise ValueError(f"eval.sets entry {entry!r} is not valid; use 'photos', 'photos_val', 'NAME=PATH' "
+      raise ValueError(f"eval.sets entry {entry!r} is not valid; use 'photos', 'photos_val', "
+                       f"'{FOLDER_VAL}' (held out of data.folder), 'NAME=PATH' "
                        "(clean HR folder), 'NAME=paired:PATH' (degraded/clean pairs) or "
                        "'NAME=for:TASKS:...' (only for TASKS, e.g. SOTS=for:dehaze:paired:PATH)")
   return entries
@@ -64,7 +66,9 @@ def load_testsets(config):
   from mtl.data import benchmarks
   sets = []
   for name, kind, path, selector in parse_sets(config.eval.sets):
-    if path is None:
+    if path is None and name == FOLDER_VAL:
+      items = benchmarks.folder_validation_set(config.data)
+    elif path is None:
       items = benchmarks.photos_testset(config.data, PHOTO_SETS[name])
     elif kind == "paired":
       sr = [spec.name for spec in tasks.get_all(config.tasks)

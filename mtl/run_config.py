@@ -260,7 +260,8 @@ def validate(config):
   entries = evaluate.parse_sets(config.eval.sets)
   if not entries:  # else every evaluation prints empty tables and saves results of no set
     raise ValueError(f"eval.sets={config.eval.sets!r} names no test set; give one or more, "
-                     "comma-separated: photos, photos_val, NAME=PATH (clean HR folder), "
+                     f"comma-separated: photos, photos_val, {evaluate.FOLDER_VAL} (held out of "
+                     "data.folder), NAME=PATH (clean HR folder), "
                      "NAME=paired:PATH (degraded/clean pairs) or NAME=for:TASKS:... (only for "
                      "TASKS)")
   seen = set()
@@ -273,6 +274,13 @@ def validate(config):
       raise ValueError(f"eval.sets: the name {set_name!r} is given twice (its second set would "
                        "replace the first's results); give each set its own name")
     seen.add(set_name)
+    fraction = config.data.get("validation_fraction", 0.0)
+    if path is None and set_name == evaluate.FOLDER_VAL and (
+        config.data.source != "folder" or not fraction):
+      raise ValueError(f"eval.sets: {set_name} scores the images data.validation_fraction holds "
+                       f"out of data.folder, but data.source={config.data.source!r} and "
+                       f"data.validation_fraction={fraction}; give data.source='folder' and "
+                       "data.validation_fraction > 0")
     if path == "":
       raise ValueError(f"eval.sets: {set_name} has no folder; give {set_name}=PATH (or "
                        f"{set_name}=for:TASKS:PATH, {set_name}=paired:PATH)")

@@ -187,7 +187,8 @@ FIELD_HELP = {
     "data.tfds_split": "source=tfds: its split to train on",
     "data.tfds_dir": "TFDS data dir ('' -> $MTL_TFDS_DIR or ~/.cache/mtl/tensorflow_datasets)",
     "data.batch_size": "images per task per step, global",
-    "data.validation_fraction": "source=folder: share of whole images held out as 'validation'",
+    "data.validation_fraction": "source=folder: share of whole images held out (eval set "
+                                "folder_val scores them)",
     "data.folder_tile": "source=folder: images are cached as tiles of this side",
     "data.cache_mb": "decoded images kept in memory, MB",
     "data.pairs": "real degraded/clean training pairs 'TASK=PATH,...' (scale-1 tasks)",
@@ -238,7 +239,8 @@ FIELD_HELP = {
     "keep_checkpoints": "checkpoints kept: the newest of the schedule (every checkpoint_every "
                         "steps and the last; a stop's own until the next save)",
     "eval_every": "steps between intermediate evaluations (0: at the end only)",
-    "eval.sets": "test sets: photos, photos_val, NAME=PATH, NAME=paired:PATH, NAME=for:SEL:...",
+    "eval.sets": "test sets: photos, photos_val, folder_val, NAME=PATH, NAME=paired:PATH, "
+                 "NAME=for:SEL:...",
     "eval.max_images": "evaluate at most this many images per set (0: all)",
     "eval.max_side": "centre-crop test images to this side (0: whole images)",
     "eval.tile_overlap": "pixels by which evaluation tiles overlap",

@@ -2,6 +2,7 @@
 tile loop on the devices (equal to one device's plain apply), with EMA parameters beside."""
 import functools
 import io
+import os
 
 import jax
 import jax.numpy as jnp
@@ -372,3 +373,38 @@ def test_derain_trained_on_real_streaks_and_tested_on_drawn_rain_is_warned_about
   config.eval.sets = f"S=for:sr_x2:{tmp_path / 'set'}"
   evaluate.load_testsets(config)
   assert "warning" not in capsys.readouterr().out
+
+
+def test_folder_val_scores_the_images_held_out_of_the_training_folder(tmp_path):
+  # data.validation_fraction held images out of training that no eval set could score
+  from skimage import data
+  from mtl import run_config
+  from mtl.data import folder as folder_lib
+  photo = data.astronaut()
+  (tmp_path / "train" / "sub").mkdir(parents=True)
+  for k in range(10):
+    where = tmp_path / "train" / ("sub" if k % 3 == 0 else "")
+    Image.fromarray(photo[16 * k:16 * k + 64, 8 * k:8 * k + 64]).save(where / f"im{k}.png")
+  config = run_defaults.get_config("tiny")
+  config.tasks = ("denoise_30",)
+  config.data.source, config.data.folder = "folder", str(tmp_path / "train")
+  config.eval.update(sets="folder_val", max_images=0, max_side=0)
+  with pytest.raises(ValueError, match=r"eval.sets: folder_val scores the images "
+                                       r"data.validation_fraction holds out of data.folder, but "
+                                       r"data.source='folder' and data.validation_fraction=0.0"):
+    run_config.validate(config)
+  config.data.validation_fraction = 0.2
+  run_config.validate(config)
+  [testset] = evaluate.load_testsets(config)
+  splits = folder_lib.split_paths(
+      folder_lib.FolderConfig(str(tmp_path / "train"), 0.2, 0),
+      folder_lib.list_images(str(tmp_path / "train")))
+  held_out = splits["validation"]
+  assert len(held_out) == 2 and not {n for n, _ in held_out} & {n for n, _ in splits["train"]}
+  assert [name for name, _ in testset.items] == [
+      os.path.splitext(n)[0].replace("/", "_") for n, _ in held_out]
+  for (_, image), (_, path) in zip(testset.items, held_out):
+    np.testing.assert_array_equal(image, np.asarray(Image.open(path).convert("RGB")))
+  config.data.source = "photos"
+  with pytest.raises(ValueError, match=r"data.source='photos'"):
+    run_config.validate(config)

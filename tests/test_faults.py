@@ -318,7 +318,8 @@ def test_an_empty_eval_sets_is_refused_naming_the_valid_entries(sets):
     run_config.validate(_set(_config(), "eval.sets", sets))
   assert str(error.value) == (
       f"eval.sets={sets!r} names no test set; give one or more, comma-separated: photos, "
-      "photos_val, NAME=PATH (clean HR folder), NAME=paired:PATH (degraded/clean pairs) or "
+      "photos_val, folder_val (held out of data.folder), NAME=PATH (clean HR folder), "
+      "NAME=paired:PATH (degraded/clean pairs) or "
       "NAME=for:TASKS:... (only for TASKS)")
 
 

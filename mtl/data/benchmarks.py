@@ -27,6 +27,7 @@ clean, 620 x 460 hazy).
 """
 import os
 import re
+import types
 
 from absl import logging
 
@@ -221,6 +222,22 @@ def read_pair(degraded_path, clean_path):
 def load_paired_folder(path):
   """[(name, degraded uint8 HWC, clean uint8 HWC)] of a paired folder (see the module docstring)."""
   return [(name,) + read_pair(d, c) for name, d, c in find_pairs(path)]
+
+
+def folder_validation_set(data_cfg):
+  """[(name, uint8 HWC RGB)] of the whole images `data.validation_fraction` holds out of
+  `data.folder` (the folder source's 'validation' split, `folder.split_paths`), sorted by name;
+  a name is the image's relative path without its extension, '/' as '_'."""
+  fraction = data_cfg.get("validation_fraction", 0.0)
+  if data_cfg.get("source") != "folder" or not fraction:
+    raise ValueError(f"no images are held out of a folder (data.source={data_cfg.get('source')!r}, "
+                     f"data.validation_fraction={fraction}); give data.source='folder' and a "
+                     "data.validation_fraction > 0")
+  root = folder_lib.absolute(data_cfg.folder)
+  config = types.SimpleNamespace(folder=root, validation_fraction=fraction)
+  held_out = folder_lib.split_paths(config, folder_lib.list_images(root))["validation"]
+  return [(os.path.splitext(name)[0].replace("/", "_"), folder_lib.read_rgb(path))
+          for name, path in held_out]
 
 
 def photos_testset(data_cfg=None, split="test"):
