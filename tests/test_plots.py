@@ -289,8 +289,10 @@ def test_a_pair_not_measurable_is_still_named_in_the_corrected_panel_s_legend():
     fig = plots.curves_figure(rec)
   corrected = fig.axes[0]
   assert [t.get_text() for t in corrected.get_legend().get_texts()] == PAIRS
+  # the measurable pair's sign only: a task's noise floor is unresolved at this noise
+  assert not part.resolved_noise_floors().all()
   assert [l.get_marker() for l in corrected.get_lines() if l.get_label() in PAIRS] == [
-      "o", "x", "x"]
+      "^" if part.corrected_cosine_intervals()[0].estimate > 0 else "v", "x", "x"]
 
 
 def test_curves_at_one_checkpoint_count_batches_and_smooth_nothing():
