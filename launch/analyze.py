@@ -86,7 +86,7 @@ def run_ema_beta(workdir):
 def analyze(workdir, step_range="", window=0, ema_beta=None, phases=3):
   """Load, draw, log to TensorBoard, and return the text summary (window 0: the headline
   training phase of `phases`; ema_beta None: the run's)."""
-  from mtl import conflicts, draw, events
+  from mtl import conflicts, draw, events, run_folder
   if not os.path.isdir(workdir):
     raise ValueError(f"--workdir={workdir} is not a directory")
   if ema_beta is None:
@@ -100,8 +100,8 @@ def analyze(workdir, step_range="", window=0, ema_beta=None, phases=3):
   drawn = draw.figures(record, chosen, ema_beta)
   scalars = draw.probe_scalars(record, chosen, summary="conflicts/figure_window")
   tag = affinity_text(workdir)
-  paths = draw.write_figures(os.path.join(workdir, "conflicts"), drawn)
-  logdir = os.path.join(workdir, "events", "analyze")
+  paths = draw.write_figures(conflicts.conflicts_dir(workdir), drawn)
+  logdir = os.path.join(workdir, run_folder.EVENTS_DIR, "analyze")
   replaced = events.remove_event_files(logdir)  # TensorBoard would merge a rerun with them
   with events.Writer(logdir) as writer:
     draw.log_figures(writer, record, drawn, scalars)
@@ -139,19 +139,20 @@ FEW_BATCHES = 32  # checkpoint mode: fewer fresh batches than this get a hint to
 
 
 def _check_out(out, default=False):
-  from mtl import files
+  from mtl import conflicts, files
   files.check_not_a_file(out, "--out", "a folder for the measured store and figures")
-  if out and os.path.isdir(os.path.join(out, "conflicts", "store")):
+  if out and os.path.isdir(conflicts.store_dir(out)):
     named = f"{out} (the default --out)" if default else f"--out={out}"
     raise ValueError(f"{named} already holds a conflict store; choose another --out")
 
 
 def _run_dir(checkpoint):
   """The run folder --checkpoint names (a run's workdir or its checkpoints/ folder)."""
+  from mtl import checkpoints
   if not os.path.isdir(checkpoint):
     raise ValueError(f"--checkpoint={checkpoint} is not a directory")
   return os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))) if os.path.basename(
-      checkpoint.rstrip("/")) == "checkpoints" else os.path.abspath(checkpoint)
+      checkpoint.rstrip("/")) == checkpoints.CHECKPOINT_DIR else os.path.abspath(checkpoint)
 
 
 def _checkpoint_config(run_dir, config):

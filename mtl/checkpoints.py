@@ -65,6 +65,7 @@ class _NewestScheduled:
 
 # A save off the schedule (a stop's own) says so in its step's metadata: a resume's manager
 # then leaves it out of the kept candidates, whatever the schedule it resumes with.
+CHECKPOINT_DIR = "checkpoints"  # in a run folder: orbax's step folders
 OFF_SCHEDULE = "mtl_off_schedule"
 _POLICIES = weakref.WeakKeyDictionary()  # manager -> its _NewestScheduled, for `save`
 
@@ -94,7 +95,7 @@ def manager(workdir, keep=3, async_save=True, scheduled=None):
   scheduled one (a study measures conflicts at the newest scheduled steps). The steps a resumed
   run saved before count as scheduled (but a stop's own), whatever its checkpoint_every now.
   Temporary folders of saves cut short (`<step>.orbax-checkpoint-tmp-*`) are removed."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
   policy = None if scheduled is None else _NewestScheduled(
       _kept_candidates(directory, scheduled), keep)
   kept = dict(max_to_keep=keep) if policy is None else dict(preservation_policy=policy)
@@ -277,7 +278,7 @@ def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
 
 def checkpoint_dir_of(path):
   """Accept a run's workdir or its checkpoints/ folder."""
-  inner = os.path.join(path, "checkpoints")
+  inner = os.path.join(path, CHECKPOINT_DIR)
   return inner if os.path.isdir(inner) else path
 
 

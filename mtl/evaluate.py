@@ -461,7 +461,7 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
                                     + f": {error}; not scored") from None
             rows[variant].append(score(output, clean, crop, spec.gray))
             if config.eval.get("save_images", False) and jax.process_index() == 0:
-              folder = "restored" + (f"-{variant}" if variant else "")
+              folder = run_folder.RESTORED_DIR + (f"-{variant}" if variant else "")
               events.write_png(os.path.join(workdir, folder, str(int(step)), spec.name,
                                             testset.name, f"{name}.png"), output)
             if not variant and writer is not None and index < config.eval.samples:

@@ -54,7 +54,7 @@ def check_workdirs(workdirs, overwrite=False, save_images=False):
     results = [run_folder.results_name(step, False, task) for task in names]
     existing = [n for n in results if os.path.exists(os.path.join(workdir, n))]
     if save_images:
-      folders = [os.path.join("restored", str(step), task) for task in names]
+      folders = [os.path.join(run_folder.RESTORED_DIR, str(step), task) for task in names]
       existing += [f + "/" for f in folders if os.path.isdir(os.path.join(workdir, f))
                    and os.listdir(os.path.join(workdir, f))]
     if existing and not overwrite:

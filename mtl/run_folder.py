@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from mtl import aggregators, checkpoints, files, optim
+from mtl.conflicts.store import CONFLICTS_DIR
 from mtl.models import ipt
 from mtl.step import TrainState
 
@@ -33,8 +34,11 @@ IMPORT_RECORD = "imported.json"  # an imported IPT workdir: which file it came f
 DIVERGED_FILE = "diverged.json"  # stopped on a non-finite loss, parameters or output: {error}
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on SIGTERM or Ctrl-C after a checkpoint; run again
 ANALYSIS_DIR = "analysis"
-ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, "checkpoints/", "events/", "conflicts/",
-             COMPUTE_FILE, RESULTS_FILE, LOCK_FILE, ANALYSIS_DIR + "/", DIVERGED_FILE)
+EVENTS_DIR = "events"
+RESTORED_DIR = "restored"  # saved evaluation images: restored[-<variant>]/<step>/<task>/<set>/
+ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, checkpoints.CHECKPOINT_DIR + "/",
+             EVENTS_DIR + "/", CONFLICTS_DIR + "/", COMPUTE_FILE, RESULTS_FILE, LOCK_FILE,
+             ANALYSIS_DIR + "/", DIVERGED_FILE)
 # Fields that may change between a run and its resumption: they do not change what is learned
 # (model.remat, model.body_calls and model.scan_unroll: how the same step is computed; the
 # mesh and body_calls sum in another order, so the numbers differ by float rounding);
@@ -125,7 +129,8 @@ def check_checkpoints_have_config(workdir):
   if own:
     raise ValueError(f"--workdir={workdir} holds checkpoint steps ({files.field_list(own, 4)}): "
                      "it looks like a run's checkpoints/ folder; point --workdir to its parent")
-  saved = [str(s) for s in checkpoints.saved_steps(os.path.join(workdir, "checkpoints"))]
+  saved = [str(s) for s in checkpoints.saved_steps(os.path.join(workdir,
+                                                                 checkpoints.CHECKPOINT_DIR))]
   if saved and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     raise ValueError(f"--workdir={workdir} holds saved steps ({files.field_list(saved, 4)} in "
                      f"checkpoints/) but no {CONFIG_FILE}, so their config cannot be checked; "

@@ -219,7 +219,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     probe = jax.jit(make_step(run.model, config, run.optimizer, names, run.plan, probe=True),
                     out_shardings=shardings + (None,), donate_argnums=0)
 
-    writer = events.Writer(os.path.join(workdir, "events"), enabled=is_writer)
+    writer = events.Writer(os.path.join(workdir, run_folder.EVENTS_DIR), enabled=is_writer)
     writer.hparams(hparams_of(config), trial_id=os.path.basename(workdir))
     # Every attempt marks its start, a fresh one too: a killed attempt's points past the
     # checkpoint it resumes from (all of them, where it saved none) are logged again from here.
@@ -342,7 +342,7 @@ def _conflict_answer(workdir, writer, ema_beta):
   from mtl import draw
   record = conflicts.load(workdir)
   phased = conflicts.phase_verdicts(record)
-  paths = draw.draw_and_log(record, os.path.join(workdir, "conflicts"), writer,
+  paths = draw.draw_and_log(record, conflicts.conflicts_dir(workdir), writer,
                             conflicts.headline_window(record), ema_beta,
                             scalars=False)  # the scalars were logged per flush
   figures = os.path.dirname(paths[0])

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl import files, stats
+from mtl.conflicts import store
 from mtl.tasks import task_id
 
 FILE = "affinity.npz"
@@ -76,7 +77,7 @@ def make_affinity(model, config, names):
 
 
 def path_of(workdir):
-  return os.path.join(workdir, "conflicts", FILE)
+  return os.path.join(store.conflicts_dir(workdir), FILE)
 
 
 def load(workdir):

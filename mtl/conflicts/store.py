@@ -37,8 +37,15 @@ READABLE_VERSIONS = (1, 2)
 _CHUNK = re.compile(r"^chunk-(\d{9,})-(\d{9,})\.npz$")
 
 
+CONFLICTS_DIR = "conflicts"  # in a run folder: the store, the figures, the TAG affinity
+
+
+def conflicts_dir(workdir):
+  return os.path.join(workdir, CONFLICTS_DIR)
+
+
 def store_dir(workdir):
-  return os.path.join(workdir, "conflicts", "store")
+  return os.path.join(conflicts_dir(workdir), "store")
 
 
 class Store:

@@ -11,6 +11,7 @@ import dataclasses
 import os
 
 from mtl import events, files, run_folder, stats
+from mtl.conflicts import CONFLICTS_DIR
 from mtl import study as study_lib
 from mtl.report import accounting, figures, findings, remedies, render, tables
 from mtl.report.scores import (conflict_records, conflict_summaries, final_conflict_records,
@@ -31,7 +32,7 @@ def loss_series(study, task):
     c = regime_scores(study, col, task)
     lines, lrs = [], []
     for spec in (c.runs if c is not None else []):
-      steps, values = events.read_scalars(os.path.join(study.run_dir(spec.name), "events"),
+      steps, values = events.read_scalars(os.path.join(study.run_dir(spec.name), run_folder.EVENTS_DIR),
                                           f"train/loss/{task}")
       if not len(steps):
         continue
@@ -112,7 +113,7 @@ def _method_section(study):
 def _figures_section(study, loss_paths, summaries):
   lines = ["## Figures", ""]
   for col, seed, name, _ in summaries:
-    conflicts_dir = os.path.join(RUNS_DIR, name, "conflicts")
+    conflicts_dir = os.path.join(RUNS_DIR, name, CONFLICTS_DIR)
     lines.append(f"### Conflicts in {col}, seed {seed} (`{name}`)")
     lines.append("")
     for fig, title in (("cos_matrix.png", "task x task cosine"),
