@@ -32,8 +32,8 @@ def loss_series(study, task):
     c = regime_scores(study, col, task)
     lines, lrs = [], []
     for spec in (c.runs if c is not None else []):
-      steps, values = events.read_scalars(os.path.join(study.run_dir(spec.name), run_folder.EVENTS_DIR),
-                                          f"train/loss/{task}")
+      logdir = os.path.join(study.run_dir(spec.name), run_folder.EVENTS_DIR)
+      steps, values = events.read_scalars(logdir, f"train/loss/{task}")
       if not len(steps):
         continue
       lines.append((steps + spec.step_offset, values))
