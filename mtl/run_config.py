@@ -264,7 +264,7 @@ def validate(config):
                      "data.folder), NAME=PATH (clean HR folder), "
                      "NAME=paired:PATH (degraded/clean pairs) or NAME=for:TASKS:... (only for "
                      "TASKS)")
-  seen = set()
+  seen, fraction = set(), config.data.get("validation_fraction", 0.0)
   for set_name, _, path, selector in entries:
     # The name keys the results, the TensorBoard tags and restored/<step>/<task>/<set>/.
     if not set_name.strip() or set_name in (".", "..") or "/" in set_name or "\\" in set_name:
@@ -274,7 +274,6 @@ def validate(config):
       raise ValueError(f"eval.sets: the name {set_name!r} is given twice (its second set would "
                        "replace the first's results); give each set its own name")
     seen.add(set_name)
-    fraction = config.data.get("validation_fraction", 0.0)
     if path is None and set_name == evaluate.FOLDER_VAL and (
         config.data.source != "folder" or not fraction):
       raise ValueError(f"eval.sets: {set_name} scores the images data.validation_fraction holds "

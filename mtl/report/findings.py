@@ -33,9 +33,9 @@ import math
 import ml_collections
 
 from mtl import stats
-from mtl.run_config import probe_plan
 from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, remedies, tables
+from mtl.run_config import probe_plan
 from mtl.study.runs import pretraining_column, run_config, sweep_runs
 from mtl.report.scores import (conflict_phases, final_conflicts, left_out, paired,
                                primary_test_set, regime_scores, unequal_budgets,
