@@ -259,7 +259,9 @@ PEAK_TFLOPS = (
     ("h100 nvl", {"bfloat16": 835, "tf32": 417.5, "float32": 60}),
     ("h100", {"bfloat16": 989, "tf32": 494.7, "float32": 67}),  # SXM ("NVIDIA H100 80GB HBM3")
     ("a100", {"bfloat16": 312, "tf32": 156, "float32": 19.5}),
-    ("l4", {"bfloat16": 121, "tf32": 60, "float32": 30}),
+    ("l40s", {"bfloat16": 362, "tf32": 183, "float32": 91.6}),
+    ("l40", {"bfloat16": 181, "tf32": 90.5, "float32": 90.5}),
+    ("l4", {"bfloat16": 121, "tf32": 60, "float32": 30}),  # after l40s, l40: a key is a substring
     ("tpu v5 lite", {"bfloat16": 197, "tf32": 197}),
     ("tpu v5p", {"bfloat16": 459, "tf32": 459}),
     ("tpu v4", {"bfloat16": 275, "tf32": 275}),

@@ -118,7 +118,8 @@ def test_the_startup_section_s_train_command_is_valid():
 
 
 KINDS = ("NVIDIA H100 80GB HBM3", "NVIDIA H100 NVL", "NVIDIA H100 PCIe", "NVIDIA H200",
-         "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB", "NVIDIA GeForce RTX 4090")
+         "NVIDIA H200 NVL", "NVIDIA A100-SXM4-80GB", "NVIDIA GeForce RTX 4090", "NVIDIA L40S",
+         "NVIDIA L40", "NVIDIA L4")
 
 
 def _peaks(precision, matmul_precision=None):
@@ -143,12 +144,15 @@ def test_mfu_peak_is_the_data_sheet_s_for_each_form_and_what_float32_runs_as():
   matmul exceeded on an H200; that one only where the default precision is 'highest'. Device
   kinds as jax's CUDA devices name them."""
   bf16, words = _peaks("bfloat16")
+  # an L40S, L40 and L4 each get their own (the L4's key is part of the others' names)
   assert bf16 == pytest.approx({KINDS[0]: 989, KINDS[1]: 835, KINDS[2]: 756, KINDS[3]: 989,
-                                KINDS[4]: 835, KINDS[5]: 312, KINDS[6]: 0}), bf16
+                                KINDS[4]: 835, KINDS[5]: 312, KINDS[6]: 0, KINDS[7]: 362,
+                                KINDS[8]: 181, KINDS[9]: 121}), bf16
   assert words == "dense bfloat16"
   tf32, words = _peaks("float32")
   assert tf32 == pytest.approx({KINDS[0]: 494.7, KINDS[1]: 417.5, KINDS[2]: 378, KINDS[3]: 494.7,
-                                KINDS[4]: 417.5, KINDS[5]: 156, KINDS[6]: 0}), tf32
+                                KINDS[4]: 417.5, KINDS[5]: 156, KINDS[6]: 0, KINDS[7]: 183,
+                                KINDS[8]: 90.5, KINDS[9]: 60}), tf32
   assert "TF32" in words and "JAX's default precision" in words, words
   fp32, words = _peaks("float32", "highest")
   assert fp32[KINDS[0]] == pytest.approx(67) and fp32[KINDS[4]] == pytest.approx(60), fp32
