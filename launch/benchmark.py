@@ -48,6 +48,7 @@ Sections:
             body, one encoder layer / attention / MLP, each task's tail, the optimizer update;
             with --against=torch the official model's same stages, interleaved, and the ratios
 """
+import math
 import os
 import resource
 import shutil
@@ -190,10 +191,22 @@ def _interleaved(calls, repeats, peer=None):
                      if taken else {} for label, taken in theirs.items()}
 
 
+def _compile_text(seconds):
+  """A compile-seconds cell: 'cached' where the program was loaded from the persistent cache."""
+  return "cached" if math.isnan(seconds) else f"{seconds:.1f}"
+
+
 def _compiled_figures(jitted, state, batch):
-  """(XLA FLOPs per call, compiled peak bytes, the compiled executable, compile seconds)."""
+  """(XLA FLOPs per call, compiled peak bytes, the compiled executable, compile seconds: trace
+  and compile, nan where --compile_cache held the program and it was loaded instead)."""
   from mtl import compile_cache
-  compiled, seconds = compile_cache.compile_timed(jitted, state, batch, log=None)
+  counter = compile_cache.Counter()
+  try:
+    compiled, seconds = compile_cache.compile_timed(jitted, state, batch, log=None)
+  finally:
+    counter.close()
+  if counter.loaded and not counter.compiled:
+    seconds = float("nan")
   cost = compiled.cost_analysis() or {}
   if isinstance(cost, (list, tuple)):  # older jax: one dict per program
     cost = cost[0] if cost else {}
@@ -541,7 +554,7 @@ def _train_at(size, batch_size):
     mfu_xla, _ = _mfu_cells(flops, s, device, config.precision)
     line = (f"  {name:<11} {s * 1e3:>8.1f} {batch_size / s:>9.1f} {model_flops / 1e12:>10.3f} "
             f"{flops / 1e12:>9.3f} {mfu:>6} {of_matmul:>9} {mfu_xla:>7} {mem / 2**20:>8.1f} "
-            f"{compile_s:>9.1f}")
+            f"{_compile_text(compile_s):>9}")
     if peer:
       line += _torch_cells(s, torch_seconds[name])
     print(line)
@@ -717,7 +730,7 @@ def _probe_at(size, batch_size):
     ratio = f"ratio {seconds[label] / base:5.2f}  " if base else ""
     print(f"  {label:<13} {seconds[label] * 1e3:>8.1f} ms/step  {ratio}MFU {mfu:>6} "
           f"({of_matmul} of matmul)  compiled peak {peaks[label] / 2**20:8.1f} MB  compile "
-          f"{compiled[label][3]:.1f} s")
+          f"{_compile_text(compiled[label][3])} s")
     # Each row its own variant's compiled peak: the device's peak in use is the process's, the
     # heaviest variant's for every row once all have run (printed once, below).
     _summary_row((_probe_label(label, seconds[label], base), size, batch_size,

@@ -66,6 +66,21 @@ def test_compile_section_times_every_step_function_and_keeps_summary_rows():
   assert all(r[4:] in table for r in rows)
 
 
+def test_a_program_loaded_from_the_compile_cache_is_not_timed_as_a_compile(tmp_path):
+  # --compile_cache (gpu_check.sh passes it) made a cache load read as a compile time
+  code = ("import sys; sys.path.insert(0, 'launch'); import jax, jax.numpy as jnp, benchmark; "
+          f"from mtl import compile_cache; compile_cache.enable({str(tmp_path)!r}); "
+          "f = jax.jit(lambda a, b: jnp.sin(a) @ b); x = jnp.ones((64, 64)); out = []\n"
+          "for _ in range(2):\n"
+          "  out.append(benchmark._compiled_figures(f, x, x)[3]); jax.clear_caches()\n"
+          "import json; print(json.dumps([benchmark._compile_text(s) for s in out]))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 0, out.stderr[-2000:]
+  first, second = json.loads(out.stdout.splitlines()[-1])
+  assert first != "cached" and float(first) >= 0 and second == "cached"
+
+
 def test_trace_section_says_where_each_step_s_time_goes():
   out = _benchmark("--sections=trace", "--sizes=tiny", "--tasks=sr_x2", "--batch_size=2",
                    "--repeats=1")
