@@ -80,6 +80,8 @@ def contrastive_forward(model_cfg, batch_size):
 
 def train_step(model_cfg, scales, batch_size, contrastive=False):
   """Model FLOPs of one training step: `batch_size` images of each task (its scale in `scales`),
-  forward + backward (3x forward); with `contrastive`, the contrastive term of each task too."""
+  forward + backward (3x forward); with `contrastive`, the contrastive term of each task too.
+  The plain step's: a method's extra passes (an aggregator's per-task backward passes, FAMO's
+  forward after the update, a conflict probe's Gramians) are not counted."""
   per_task = contrastive_forward(model_cfg, batch_size) if contrastive else 0
   return 3 * sum(batch_size * forward_per_image(model_cfg, s) + per_task for s in scales)

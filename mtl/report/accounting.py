@@ -63,8 +63,9 @@ def compute_table(study):
   derived = (" Scratch steps 0: derived from its fine-tune's FLOPs, not known yet."
              if study.config["budget"] == "equal_flops" else "")
   counted = {"model": "the model's training FLOPs per step, counted from its shapes "
-                      "(mtl/flops.py: forward + backward = 3x forward; conflict probes and "
-                      "aggregators not counted) x steps",
+                      "(mtl/flops.py: forward + backward = 3x forward; conflict probes, "
+                      "aggregators' per-task backward passes and FAMO's forward after the "
+                      "update not counted) x steps",
              "xla": "XLA's cost analysis of one training step x steps (it counts a scanned "
                     "layer loop's body once: runs of models with more than one layer per "
                     "stack are undercounted)"}
