@@ -100,7 +100,7 @@ def analyze(workdir, step_range="", window=0, ema_beta=None, phases=3):
   drawn = draw.figures(record, chosen, ema_beta)
   scalars = draw.probe_scalars(record, chosen, summary="conflicts/figure_window")
   tag = affinity_text(workdir)
-  paths = draw.write_figures(conflicts.conflicts_dir(workdir), drawn)
+  paths = draw.write_figures(run_folder.conflicts_dir(workdir), drawn)
   logdir = os.path.join(workdir, run_folder.EVENTS_DIR, "analyze")
   replaced = events.remove_event_files(logdir)  # TensorBoard would merge a rerun with them
   with events.Writer(logdir) as writer:

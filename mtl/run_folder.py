@@ -17,7 +17,6 @@ import ml_collections
 import numpy as np
 
 from mtl import aggregators, checkpoints, files, optim
-from mtl.conflicts.store import CONFLICTS_DIR
 from mtl.models import ipt
 from mtl.step import TrainState
 
@@ -35,6 +34,7 @@ DIVERGED_FILE = "diverged.json"  # stopped on a non-finite loss, parameters or o
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped on SIGTERM or Ctrl-C after a checkpoint; run again
 ANALYSIS_DIR = "analysis"
 EVENTS_DIR = "events"
+CONFLICTS_DIR = "conflicts"  # the conflict store, its figures, the TAG affinity
 RESTORED_DIR = "restored"  # saved evaluation images: restored[-<variant>]/<step>/<task>/<set>/
 ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, checkpoints.CHECKPOINT_DIR + "/",
              EVENTS_DIR + "/", CONFLICTS_DIR + "/", COMPUTE_FILE, RESULTS_FILE, LOCK_FILE,
@@ -51,6 +51,10 @@ RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every"
 def flops_counted_by(compute):
   """How a compute.json dict counts its FLOPs: 'model', or 'xla' (written before the field)."""
   return compute.get("flops_counted_by", "xla")
+
+
+def conflicts_dir(workdir):
+  return os.path.join(workdir, CONFLICTS_DIR)
 
 
 def analysis_dir(workdir, step):

@@ -342,7 +342,7 @@ def _conflict_answer(workdir, writer, ema_beta):
   from mtl import draw
   record = conflicts.load(workdir)
   phased = conflicts.phase_verdicts(record)
-  paths = draw.draw_and_log(record, conflicts.conflicts_dir(workdir), writer,
+  paths = draw.draw_and_log(record, run_folder.conflicts_dir(workdir), writer,
                             conflicts.headline_window(record), ema_beta,
                             scalars=False)  # the scalars were logged per flush
   figures = os.path.dirname(paths[0])

@@ -17,8 +17,7 @@ from mtl.gramians import (GROUPINGS, HALVES, conflict_fraction,
                                     pair_values, same_task_agreement, share_negative,
                                     task_gramian, update_cosines)
 from mtl.conflicts.record import NO_HALVES, Record, format_range, parse_step_range
-from mtl.conflicts.store import (CONFLICTS_DIR, Store, append, conflicts_dir, load, store_dir,
-                                 truncate_after)
+from mtl.conflicts.store import Store, append, load, store_dir, truncate_after
 from mtl.conflicts.summary import (AGREEMENT, CONFLICT, NOT_MEASURABLE, PHASES, UNDETECTED,
                                    format_headline, format_noise_floor, format_phases,
                                    format_summary, headline_window, noise_floor, pair_verdict,

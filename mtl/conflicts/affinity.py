@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtl import files, stats
-from mtl.conflicts import store
+from mtl import files, run_folder, stats
 from mtl.tasks import task_id
 
 FILE = "affinity.npz"
@@ -77,7 +76,7 @@ def make_affinity(model, config, names):
 
 
 def path_of(workdir):
-  return os.path.join(store.conflicts_dir(workdir), FILE)
+  return os.path.join(run_folder.conflicts_dir(workdir), FILE)
 
 
 def load(workdir):

@@ -27,7 +27,7 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from mtl import files
+from mtl import files, run_folder
 from mtl.models import ipt
 from mtl.conflicts.record import Record, _check_range, _describe_steps, format_range
 
@@ -37,15 +37,8 @@ READABLE_VERSIONS = (1, 2)
 _CHUNK = re.compile(r"^chunk-(\d{9,})-(\d{9,})\.npz$")
 
 
-CONFLICTS_DIR = "conflicts"  # in a run folder: the store, the figures, the TAG affinity
-
-
-def conflicts_dir(workdir):
-  return os.path.join(workdir, CONFLICTS_DIR)
-
-
 def store_dir(workdir):
-  return os.path.join(conflicts_dir(workdir), "store")
+  return os.path.join(run_folder.conflicts_dir(workdir), "store")
 
 
 class Store:

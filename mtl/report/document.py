@@ -11,7 +11,6 @@ import dataclasses
 import os
 
 from mtl import events, files, run_folder, stats
-from mtl.conflicts import CONFLICTS_DIR
 from mtl import study as study_lib
 from mtl.report import accounting, figures, findings, remedies, render, tables
 from mtl.report.scores import (conflict_records, conflict_summaries, final_conflict_records,
@@ -113,7 +112,7 @@ def _method_section(study):
 def _figures_section(study, loss_paths, summaries):
   lines = ["## Figures", ""]
   for col, seed, name, _ in summaries:
-    conflicts_dir = os.path.join(RUNS_DIR, name, CONFLICTS_DIR)
+    conflicts_dir = os.path.join(RUNS_DIR, name, run_folder.CONFLICTS_DIR)
     lines.append(f"### Conflicts in {col}, seed {seed} (`{name}`)")
     lines.append("")
     for fig, title in (("cos_matrix.png", "task x task cosine"),
