@@ -390,8 +390,8 @@ def score(output, target, crop_border, gray=False):
 
 
 def mean_entry(rows):
-  """Per-image means of `score`'s keys, each PSNR's over the images that differ from their
-  target (`metrics.mean_psnr`); 'identical': how many do not, where any."""
+  """Per-image means of `score`'s keys (an image equal to its target: PSNR inf, at
+  `metrics.PSNR_CAP` in the mean); 'identical': how many are, where any."""
   entry, identical = {}, 0
   for key in rows[0]:
     values = [r[key] for r in rows]
@@ -546,9 +546,12 @@ def format_table(results):
                    f"{e['psnr_y'] - e['input_psnr_y']:>+7.2f} {e['ssim_y']:>7.4f}" + more)
   for task, sets in results["tasks"].items():
     for name, e in sets.items():
-      same = [f"{e[k]} of {e['num_images']} {what}"
-              for k, what in (("input_identical", "inputs"), ("identical", "outputs")) if e.get(k)]
+      counts = [(e, "input_identical", "inputs"), (e, "identical", "outputs")] + [
+          (results["variants"][n]["tasks"][task][name], "identical",
+           f"outputs ({VARIANT_LABELS.get(n, n)})") for n in names]
+      same = [f"{entry[k]} of {e['num_images']} {what}"
+              for entry, k, what in counts if entry.get(k)]
       if same:
-        lines.append(f"{task} on {name}: {' and '.join(same)} equal their target (PSNR inf); "
-                     "a mean PSNR is over the other images")
+        lines.append(f"{task} on {name}: {' and '.join(same)} equal their target (PSNR inf; "
+                     f"{metrics.PSNR_CAP:g} dB each in its mean)")
   return "\n".join(lines)

@@ -232,8 +232,8 @@ def score_pair(ours, ref, crop_border=0, y_channel=True, grey_plane=False):
 
 
 def mean_scores(rows):
-  """{'psnr', 'ssim', 'identical'}: mean PSNR over the pairs that differ (`metrics.mean_psnr`),
-  mean SSIM over all, and how many pairs are identical."""
+  """{'psnr', 'ssim', 'identical'}: mean PSNR (an identical pair at `metrics.PSNR_CAP`) and SSIM
+  over all pairs, and how many pairs are identical."""
   psnr, identical = metrics.mean_psnr([r["psnr"] for r in rows])
   return {"psnr": psnr, "ssim": float(np.mean([r["ssim"] for r in rows])),
           "identical": identical}
@@ -324,9 +324,7 @@ def format_scores(rows, mean):
                  f"{rows[0]['channel']} of their three equal channels, as BasicSR and IPT score SR "
                  "and mtl's evaluation every task but grey denoising; for grey denoising "
                  "(DnCNN's grey PSNR, 1.32 dB lower on Y) pass --grey_plane")
-  if mean["identical"] and mean["identical"] < len(rows):
-    lines.append(f"{mean['identical']} of {len(rows)} pair(s) identical (PSNR inf): the mean PSNR "
-                 f"is over the other {len(rows) - mean['identical']}, the mean SSIM over all")
-  elif mean["identical"]:
-    lines.append(f"all {len(rows)} pair(s) identical (PSNR inf)")
+  if mean["identical"]:
+    lines.append(f"{mean['identical']} of {len(rows)} pair(s) identical (PSNR inf): "
+                 f"{metrics.PSNR_CAP:g} dB each in the mean PSNR")
   return "\n".join(lines)

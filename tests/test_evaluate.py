@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from experiments import tiny
-from mtl import evaluate, run_defaults, tasks
+from mtl import evaluate, metrics, run_defaults, tasks
 from mtl.models import ipt
 
 # float32 outputs in [0, 255] of sums over ~10^3 terms whose order XLA may choose by shape (a
@@ -322,9 +322,11 @@ def test_a_colour_denoising_task_on_a_grey_set_is_warned_about(tmp_path, capsys)
   assert "warning: denoise_gray_30" not in out
 
 
-def test_an_image_equal_to_its_target_is_left_out_of_the_mean_psnr_and_counted(tmp_path):
+def test_an_image_equal_to_its_target_counts_at_the_cap_in_the_mean_psnr_and_is_counted(tmp_path):
   # A flat image's bicubic input is exact (PSNR inf): in the mean it hid the set's other images,
-  # and results.json held Infinity, which strict JSON readers refuse.
+  # and results.json held Infinity, which strict JSON readers refuse. At the cap, the output's
+  # and the input's means cover the same images, and an exact output never reads below a nearly
+  # exact one.
   import json
   from skimage import data
   (tmp_path / "set").mkdir()
@@ -341,8 +343,9 @@ def test_an_image_equal_to_its_target_is_left_out_of_the_mean_psnr_and_counted(t
             for name, degraded, clean in evaluate.test_pairs(spec, testsets[0], config)}
   assert scores["flat"]["psnr_y"] == float("inf") and np.isfinite(scores["texture"]["psnr_y"])
   entry = results["tasks"]["sr_x2"]["S"]
-  assert entry["input_psnr_y"] == scores["texture"]["psnr_y"]
-  assert entry["input_psnr_rgb"] == scores["texture"]["psnr_rgb"]
+  cap = metrics.PSNR_CAP
+  assert entry["input_psnr_y"] == pytest.approx((cap + scores["texture"]["psnr_y"]) / 2)
+  assert entry["input_psnr_rgb"] == pytest.approx((cap + scores["texture"]["psnr_rgb"]) / 2)
   assert entry["input_ssim_y"] == pytest.approx((1 + scores["texture"]["ssim_y"]) / 2)
   assert entry["input_identical"] == 1 and entry["num_images"] == 2
   assert "identical" not in entry   # the untrained model's outputs differ from their targets
@@ -350,8 +353,13 @@ def test_an_image_equal_to_its_target_is_left_out_of_the_mean_psnr_and_counted(t
     raise ValueError(f"{name} in results.json")
   [saved] = [json.loads(p.read_text(), parse_constant=refuse) for p in (tmp_path / "w").iterdir()]
   assert saved["tasks"]["sr_x2"]["S"]["input_identical"] == 1
-  assert ("sr_x2 on S: 1 of 2 inputs equal their target (PSNR inf); a mean PSNR is over the "
-          "other images") in evaluate.format_table(results)
+  assert ("sr_x2 on S: 1 of 2 inputs equal their target (PSNR inf; 100 dB each in its mean)"
+          in evaluate.format_table(results))
+  # a variant's own count is said too
+  results["variants"] = {"ema": {"tasks": {"sr_x2": {"S": dict(entry, identical=2)}}}}
+  results["ema_decay"] = 0.9
+  assert ("sr_x2 on S: 1 of 2 inputs and 2 of 2 outputs (EMA) equal their target"
+          in evaluate.format_table(results))
 
 
 def test_derain_trained_on_real_streaks_and_tested_on_drawn_rain_is_warned_about(tmp_path, capsys):

@@ -339,7 +339,7 @@ def test_a_grey_reference_is_scored_on_y_by_default_as_evaluation_scores_sr(tmp_
   assert "pass --grey_plane" in proc.stdout
 
 
-def test_identical_pairs_are_left_out_of_the_mean_psnr_and_counted(tmp_path):
+def test_identical_pairs_count_at_the_cap_in_the_mean_psnr_and_are_counted(tmp_path):
   from skimage import data
   clean = data.astronaut()[:128, :160]
   noisy = _noisy(clean, 5, 8)
@@ -349,16 +349,18 @@ def test_identical_pairs_are_left_out_of_the_mean_psnr_and_counted(tmp_path):
   rows, mean = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"))
   assert [r["psnr"] for r in rows][::2] == [float("inf")] * 2
   assert rows[1]["psnr"] == pytest.approx(metrics.psnr(noisy, clean)) and rows[1]["psnr"] < 40
-  assert mean["psnr"] == rows[1]["psnr"] and mean["identical"] == 2
+  # at the cap: left out, one nearly exact pair would read above two exact ones
+  assert mean["psnr"] == pytest.approx((2 * metrics.PSNR_CAP + rows[1]["psnr"]) / 3)
+  assert mean["identical"] == 2
   assert mean["ssim"] == pytest.approx((2 + rows[1]["ssim"]) / 3)
   text = restoration.format_scores(rows, mean)
-  assert f"mean (3 images)              {rows[1]['psnr']:.2f}" in text
-  assert "2 of 3 pair(s) identical (PSNR inf): the mean PSNR is over the other 1" in text
+  assert f"mean (3 images)              {mean['psnr']:.2f}" in text
+  assert "2 of 3 pair(s) identical (PSNR inf): 100 dB each in the mean PSNR" in text
   os.remove(tmp_path / "out" / "b.png")
   rows, mean = restoration.score_folders(str(tmp_path / "out"), str(tmp_path / "ref"),
                                          err=io.StringIO())
-  assert mean["psnr"] == float("inf") and mean["identical"] == 2
-  assert "all 2 pair(s) identical" in restoration.format_scores(rows, mean)
+  assert mean["psnr"] == metrics.PSNR_CAP and mean["identical"] == 2
+  assert "2 of 2 pair(s) identical" in restoration.format_scores(rows, mean)
 
 
 def test_score_refuses_a_float_image_in_one_line_writing_nothing(tmp_path):
