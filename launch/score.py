@@ -11,8 +11,8 @@ reference (a grey file, or R == G == B) and its image on the grey plane (a colou
 rounded luma), as mtl's evaluation scores grey denoising (DnCNN's protocol; Y reads 1.32 dB
 higher). Two images of one name (baby.png, baby.bmp) in either folder are refused. The mean PSNR
 counts an identical pair (PSNR inf) as 100 dB and says how many there were. SR papers crop `scale`
-border pixels (--crop_border) and crop the reference to a multiple of the scale (--mod_crop). A missing
-partner, a size mismatch or an unreadable image: one line on stderr, exit status 1.
+border pixels (--crop_border) and crop the reference to a multiple of the scale (--mod_crop). A
+missing partner, a size mismatch or an unreadable image: one line on stderr, exit status 1.
 """
 import os
 
