@@ -737,7 +737,11 @@ def test_a_study_whose_joint_runs_take_one_task_a_step_does_not_wait_for_their_c
   os.remove(study.path(joint[0].name, study_lib.workdir.DONE_FILE))
   assert findings._missing(study, 1) == (
       f"{findings.NOT_MEASURED}: no joint or group run of it records conflicts "
-      "(run.conflicts.every > 0, schedule 'all'); " + findings.MEASURED_BY[1] + " measures it.")
+      "(run.conflicts.every > 0 with schedule 'all', or final_conflicts.batch_size > 0); "
+      + findings.MEASURED_BY[1] + " measures it.")
+  study.config["final_conflicts"]["batch_size"] = 8   # measured at the end, whatever the schedule
+  assert findings._missing(study, 1).startswith(f"{findings.NOT_YET}: its joint runs")
+  study.config["final_conflicts"]["batch_size"] = 0
   run.schedule = "all"
   study = synthetic_study(str(tmp_path / "all"), run=run)
   os.remove(study.path(joint[0].name, study_lib.workdir.DONE_FILE))

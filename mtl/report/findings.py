@@ -418,8 +418,10 @@ def _missing(study, question):
   regimes, groups = study.config["regimes"], set(study.config["groups"])
   wanted = [r for a in ANSWERED_BY[question] for r in regimes
             if r == a or (a.endswith(":") and r.startswith(a))]
-  probed = any(probe_plan(ml_collections.ConfigDict(run_config(study.config, r))).probe_every
-               for r in study.runs if r.regime in wanted)
+  # during training (probe_plan: not under schedule 'one'), or at the end (final_conflicts)
+  probed = bool(wanted) and (bool(study.config["final_conflicts"]["batch_size"]) or any(
+      probe_plan(ml_collections.ConfigDict(run_config(study.config, r))).probe_every
+      for r in study.runs if r.regime in wanted))
   measures = {1: probed,
               2: len(wanted) == 2, 3: len(wanted) == 2 and {RELATED, UNRELATED} <= groups,
               4: "joint" in wanted and len(wanted) > 1}
@@ -436,8 +438,8 @@ def _missing(study, question):
   if measures[question] and dead:
     return f"no answer: {never}"
   if question == 1:
-    why = ("no joint or group run of it records conflicts (run.conflicts.every > 0, "
-           "schedule 'all')" if wanted else
+    why = ("no joint or group run of it records conflicts (run.conflicts.every > 0 with "
+           "schedule 'all', or final_conflicts.batch_size > 0)" if wanted else
            "it has no multi-task pre-training (regime 'joint' or 'groups')")
   elif question == 2:
     why = "it needs the regimes 'scratch' and 'finetune' with runs done"
