@@ -67,7 +67,7 @@ def load_testsets(config):
   sets = []
   for name, kind, path, selector in parse_sets(config.eval.sets):
     if path is None and name == FOLDER_VAL:
-      items = benchmarks.folder_validation_set(config.data)
+      items = benchmarks.folder_validation_set(config.data, config.eval.max_images)
     elif path is None:
       items = benchmarks.photos_testset(config.data, PHOTO_SETS[name])
     elif kind == "paired":

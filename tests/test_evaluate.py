@@ -383,7 +383,7 @@ def test_derain_trained_on_real_streaks_and_tested_on_drawn_rain_is_warned_about
   assert "warning" not in capsys.readouterr().out
 
 
-def test_folder_val_scores_the_images_held_out_of_the_training_folder(tmp_path):
+def test_folder_val_scores_the_images_held_out_of_the_training_folder(tmp_path, monkeypatch):
   # data.validation_fraction held images out of training that no eval set could score
   from skimage import data
   from mtl import run_config
@@ -409,10 +409,26 @@ def test_folder_val_scores_the_images_held_out_of_the_training_folder(tmp_path):
       folder_lib.list_images(str(tmp_path / "train")))
   held_out = splits["validation"]
   assert len(held_out) == 2 and not {n for n, _ in held_out} & {n for n, _ in splits["train"]}
-  assert [name for name, _ in testset.items] == [
-      os.path.splitext(n)[0].replace("/", "_") for n, _ in held_out]
+  assert [name for name, _ in testset.items] == [os.path.splitext(n)[0] for n, _ in held_out]
   for (_, image), (_, path) in zip(testset.items, held_out):
     np.testing.assert_array_equal(image, np.asarray(Image.open(path).convert("RGB")))
+  # eval.max_images: only those are decoded (a held-out share of a large folder is large)
+  read = []
+  real = folder_lib.read_rgb
+  monkeypatch.setattr(folder_lib, "read_rgb", lambda path: read.append(path) or real(path))
+  config.eval.max_images = 1
+  [testset] = evaluate.load_testsets(config)
+  assert len(testset.items) == len(read) == 1
+  monkeypatch.undo()
+  # two held-out images of one stem keep their extensions (their saved outputs would collide)
+  config.eval.max_images = 0
+  for k in range(10):
+    Image.fromarray(photo[:64, :64]).save(tmp_path / "train" / f"im{k}.jpg")
+  config.data.validation_fraction = 0.9
+  names = [name for name, _ in evaluate.load_testsets(config)[0].items]
+  stems = [os.path.splitext(n)[0] for n in names]
+  assert len(set(names)) == len(names) == 18 and len(set(stems)) < len(stems)
+  assert all(n.endswith((".png", ".jpg")) == (stems.count(s) > 1) for n, s in zip(names, stems))
   config.data.source = "photos"
   with pytest.raises(ValueError, match=r"data.source='photos'"):
     run_config.validate(config)

@@ -277,6 +277,15 @@ def test_test_and_validation_sets_must_be_other_images(tmp_path):
   study.run.eval.sets = f"V={val},T={train / 'test'}"   # read recursively: trained on too
   with pytest.raises(ValueError, match=f"T={train / 'test'} shares images with data.folder"):
     study_lib.validate(study)
+  # folder_val: the images held out of each regime's own folder
+  study.run.eval.sets, study.test = f"V={val},folder_val", ("folder_val",)
+  study.run.data.source, study.run.data.folder = "folder", str(tmp_path / "other")
+  study.run.data.validation_fraction = 0.1
+  with pytest.raises(ValueError, match=r"test set 'folder_val' holds other images in regime "
+                                       r"scratch \(its data.folder differs from run.data's\)"):
+    study_lib.validate(study)
+  study.per_regime.scratch = {}
+  study_lib.validate(study)
 
 
 # ----------------------------------------------------------------------------- selection

@@ -25,6 +25,7 @@ refused, naming both; every degraded image needs its clean one. A clean image la
 degraded one by an even margin on each side is centre-cropped to it (SOTS indoor: 640 x 480
 clean, 620 x 460 hazy).
 """
+import collections
 import os
 import re
 import types
@@ -224,10 +225,11 @@ def load_paired_folder(path):
   return [(name,) + read_pair(d, c) for name, d, c in find_pairs(path)]
 
 
-def folder_validation_set(data_cfg):
+def folder_validation_set(data_cfg, limit=0):
   """[(name, uint8 HWC RGB)] of the whole images `data.validation_fraction` holds out of
-  `data.folder` (the folder source's 'validation' split, `folder.split_paths`), sorted by name;
-  a name is the image's relative path without its extension, '/' as '_'."""
+  `data.folder` (the folder source's 'validation' split, `folder.split_paths`), sorted by name,
+  the first `limit` (0: all) decoded; a name is the image's relative path without its extension
+  (with it where two would share one)."""
   fraction = data_cfg.get("validation_fraction", 0.0)
   if data_cfg.get("source") != "folder" or not fraction:
     raise ValueError(f"no images are held out of a folder (data.source={data_cfg.get('source')!r}, "
@@ -236,8 +238,10 @@ def folder_validation_set(data_cfg):
   root = folder_lib.absolute(data_cfg.folder)
   config = types.SimpleNamespace(folder=root, validation_fraction=fraction)
   held_out = folder_lib.split_paths(config, folder_lib.list_images(root))["validation"]
-  return [(os.path.splitext(name)[0].replace("/", "_"), folder_lib.read_rgb(path))
-          for name, path in held_out]
+  stems = collections.Counter(os.path.splitext(name)[0] for name, _ in held_out)
+  named = lambda name: name if stems[os.path.splitext(name)[0]] > 1 else os.path.splitext(name)[0]
+  return [(named(name), folder_lib.read_rgb(path))
+          for name, path in held_out[:limit or len(held_out)]]
 
 
 def photos_testset(data_cfg=None, split="test"):

@@ -165,6 +165,14 @@ def _check_sets_apart(d):
                        "chosen on validation, so report other images as test")
   for overrides in [{}] + [p.get("data", {}) for p in d["per_regime"].values()]:
     run_config.check_sets_apart(sets, {**d["run"]["data"], **overrides})
+  held_out = ("source", "folder", "validation_fraction")   # what folder_val's images depend on
+  for regime, p in d["per_regime"].items() if evaluate.FOLDER_VAL in d["test"] else ():
+    changed = [k for k in held_out if k in p.get("data", {})
+               and p["data"][k] != d["run"]["data"].get(k)]
+    if changed:
+      raise ValueError(f"test set {evaluate.FOLDER_VAL!r} holds other images in regime {regime} "
+                       f"(its data.{changed[0]} differs from run.data's): its Δs would compare "
+                       "other images; test on a set every regime scores alike")
 
 
 def validate(study):
