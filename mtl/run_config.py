@@ -100,27 +100,38 @@ def _check_source_model(config):
                      f"the model's shapes: add {flags}")
 
 
-def _within(path, folder):
-  return os.path.commonpath([path, folder]) == folder
+def _reads(root, other):
+  """Whether (folder, recursive) `root` reads images from `other`'s folder: the same, or (read
+  recursively) one inside it that no dot-folder hides (folder.list_images skips those)."""
+  (folder, recursive), (inner, _) = root, other
+  if inner == folder:
+    return True
+  if not recursive or os.path.commonpath([inner, folder]) != folder:
+    return False
+  return not any(part.startswith(".") for part in os.path.relpath(inner, folder).split(os.sep))
 
 
 def check_sets_apart(sets, data):
-  """Refuse (one line) an eval set whose images training reads: its folder the training folder or
-  inside it (data.folder is read recursively), or nested either way with a data.pairs folder (a
-  paired folder's sequences are its subfolders). Symlinks resolved; URLs left to their owner."""
+  """Refuse (one line) an eval set that reads images training reads: data.folder's (recursively)
+  or a data.pairs folder's (`benchmarks.read_roots`). Symlinks resolved where given, not followed
+  inside the folders; URLs left to their owner."""
   from mtl import evaluate
+  from mtl.data import benchmarks
   real = lambda path: os.path.realpath(os.path.expanduser(path))
-  train = [(f"data.pairs {selector}={path}", real(path), True)
+  roots = lambda path, paired: [(real(f), r) for f, r in benchmarks.read_roots(real(path), paired)
+                                if os.path.isdir(f)]
+  train = [(f"data.pairs {selector}={path}", roots(path, True))
            for selector, path in pipeline.parse_pairs(data.get("pairs", ""))
-           if not folder_lib.is_url(path)]
+           if not folder_lib.is_url(path) and os.path.isdir(path)]
   folder = data.get("folder", "") if data.get("source") == "folder" else ""
   if folder and not folder_lib.is_url(folder):
-    train.append((f"data.folder={folder} (read recursively)", real(folder), False))
-  for name, _, path, _ in evaluate.parse_sets(sets):
-    if not path or folder_lib.is_url(path):
+    train.append((f"data.folder={folder} (read recursively)", [(real(folder), True)]))
+  for name, kind, path, _ in evaluate.parse_sets(sets):
+    if not path or folder_lib.is_url(path) or not os.path.isdir(path):
       continue
-    for field, root, either in train:
-      if _within(real(path), root) or (either and _within(root, real(path))):
+    tested = roots(path, kind == "paired")
+    for field, trained in train:
+      if any(_reads(a, b) or _reads(b, a) for a in trained for b in tested):
         raise ValueError(f"eval.sets: {name}={path} shares images with {field}: they would be "
                          "trained on; keep test images out of the training folders")
 

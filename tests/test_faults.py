@@ -93,25 +93,35 @@ def test_a_bucket_s_folder_is_left_to_the_reader_that_can_open_it():
 def test_a_test_set_inside_a_training_folder_is_refused(tmp_path):
   # data.folder is read recursively: a test set in its subfolder was trained on, silently.
   from PIL import Image
-  for sub in ("train", "train/test", "held_out", "pairs/seq"):
+  image = np.zeros((64, 64, 3), np.uint8)
+  for sub in ("train", "train/test", "train/.hidden", "held_out", "gopro/seq/blur",
+              "gopro/seq/sharp", "rain/rain", "rain/norain", "rain/test"):
     (tmp_path / sub).mkdir(parents=True)
-    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(tmp_path / sub / "a.png")
+    Image.fromarray(image).save(tmp_path / sub / "a.png")
   (tmp_path / "link").symlink_to(tmp_path / "train" / "test")
   config = _set(_set(_config(), "data.source", "folder"), "data.folder", str(tmp_path / "train"))
   for path in ("train/test", "train", "link"):
     with pytest.raises(ValueError, match=rf"eval.sets: T={tmp_path / path} shares images with "
                                          rf"data.folder={tmp_path / 'train'} \(read recursively\)"):
       run_config.validate(_set(config, "eval.sets", f"photos,T={tmp_path / path}"))
-  run_config.validate(_set(config, "eval.sets", f"photos,T={tmp_path / 'held_out'}"))
-  # a paired folder's sequences are its subfolders: nested either way, the pairs are shared
-  config = _set(_config(), "data.pairs", f"derain={tmp_path / 'pairs'}")
-  for path in ("pairs", "pairs/seq"):
+  # a set elsewhere, or in a dot-folder (which the folder source skips), is not trained on
+  for path in ("held_out", "train/.hidden"):
+    run_config.validate(_set(config, "eval.sets", f"photos,T={tmp_path / path}"))
+  # a paired folder is read by its layout: GoPro's by its sequences, a rain/norain folder by its
+  # two subfolders (a third is not read)
+  config = _set(_config(), "data.pairs", f"derain={tmp_path / 'gopro'}")
+  for path in ("gopro", "gopro/seq"):
     with pytest.raises(ValueError, match=rf"R={tmp_path / path} shares images with data.pairs "
-                                         rf"derain={tmp_path / 'pairs'}"):
+                                         rf"derain={tmp_path / 'gopro'}"):
       run_config.validate(_set(config, "eval.sets", f"photos,R=paired:{tmp_path / path}"))
-  config = _set(_config(), "data.pairs", f"derain={tmp_path / 'pairs' / 'seq'}")
+  config = _set(_config(), "data.pairs", f"derain={tmp_path / 'gopro' / 'seq'}")
   with pytest.raises(ValueError, match=r"shares images with data.pairs"):
-    run_config.validate(_set(config, "eval.sets", f"photos,R=paired:{tmp_path / 'pairs'}"))
+    run_config.validate(_set(config, "eval.sets", f"photos,R=paired:{tmp_path / 'gopro'}"))
+  config = _set(_config(), "data.pairs", f"derain={tmp_path / 'rain'}")
+  for path in ("rain", "rain/norain"):
+    with pytest.raises(ValueError, match=r"shares images with data.pairs derain="):
+      run_config.validate(_set(config, "eval.sets", f"photos,R={tmp_path / path}"))
+  run_config.validate(_set(config, "eval.sets", f"photos,R={tmp_path / 'rain' / 'test'}"))
 
 
 def test_rain_streaks_with_no_task_that_rains_are_said_to_go_unused(caplog):

@@ -265,6 +265,8 @@ def test_unknown_fields_are_refused():
 def test_test_and_validation_sets_must_be_other_images(tmp_path):
   # other names, the same folder: the lr would be chosen on the test images
   val, train = tmp_path / "val", tmp_path / "train"
+  for folder in (val, train / "test"):
+    folder.mkdir(parents=True)
   study = micro()
   study.run.eval.sets = f"photos,V={val},T={tmp_path / 'x' / '..' / 'val'}"
   study.validation, study.test = "V", ("T",)

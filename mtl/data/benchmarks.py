@@ -168,6 +168,19 @@ def _match(path, degraded, clean, prefix=""):
   return sorted(triples, key=lambda t: (isinstance(order(t), str), order(t), t[0]))
 
 
+def read_roots(path, paired):
+  """[(folder, recursive)] a test set (`paired` or clean HR) or a data.pairs folder at `path`
+  reads images from: find_pairs' layouts (a layout's degraded and clean folders may be read
+  recursively, a GoPro root by its sequences), or load_hr_folder's folder and HR/ fallback."""
+  if not paired:
+    return [(path, False), (os.path.join(path, "HR"), False)]
+  def layout(folder):
+    dirs = [d for d in (_find_dir(folder, DEGRADED_DIRS), _find_dir(folder, CLEAN_DIRS)) if d]
+    return [(folder, False)] + [(d, True) for d in dirs] if _layout(folder) else []
+  return layout(path) or [(path, False)] + [
+      root for n in _subfolders(path) for root in layout(os.path.join(path, n))]
+
+
 def find_pairs(path):
   """[(name, degraded path, clean path)] of a paired folder in a recognised layout, sorted."""
   path = os.path.expanduser(path)
