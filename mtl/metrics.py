@@ -89,9 +89,9 @@ def psnr(a, b, crop_border=0, y_channel=True):
   return float(10.0 * np.log10(255.0 ** 2 / mse))
 
 
-# An identical pair's PSNR in a mean (pyiqa's eps caps it near here too): its inf would hide
-# every other image, and leaving it out would rank an exact output below a nearly exact one. One
-# 8-bit value off by one among N values scores 10 log10(255^2 N): 100 dB at N = 154k (393 x 393).
+# An identical pair's PSNR in a mean: its inf would hide every other image, and leaving it out
+# would rank an exact output below a nearly exact one. One 8-bit value off by one among N values
+# scores 10 log10(255^2 N): 100 dB at N = 154k (393 x 393).
 PSNR_CAP = 100.0
 
 

@@ -275,7 +275,7 @@ def validate(config):
                      "data.folder), NAME=PATH (clean HR folder), "
                      "NAME=paired:PATH (degraded/clean pairs) or NAME=for:TASKS:... (only for "
                      "TASKS)")
-  seen, fraction = set(), config.data.get("validation_fraction", 0.0)
+  seen = set()
   for set_name, _, path, selector in entries:
     # The name keys the results, the TensorBoard tags and restored/<step>/<task>/<set>/.
     if not set_name.strip() or set_name in (".", "..") or "/" in set_name or "\\" in set_name:
@@ -285,12 +285,12 @@ def validate(config):
       raise ValueError(f"eval.sets: the name {set_name!r} is given twice (its second set would "
                        "replace the first's results); give each set its own name")
     seen.add(set_name)
-    if path is None and set_name == evaluate.FOLDER_VAL and (
-        config.data.source != "folder" or not fraction):
-      raise ValueError(f"eval.sets: {set_name} scores the images data.validation_fraction holds "
-                       f"out of data.folder, but data.source={config.data.source!r} and "
-                       f"data.validation_fraction={fraction}; give data.source='folder' and "
-                       "data.validation_fraction > 0")
+    if path is None and set_name == evaluate.FOLDER_VAL:
+      try:
+        benchmarks.check_held_out(config.data)
+      except ValueError as error:
+        raise ValueError(f"eval.sets: {set_name} scores the images held out of data.folder, "
+                         f"but {error}") from None
     if path == "":
       raise ValueError(f"eval.sets: {set_name} has no folder; give {set_name}=PATH (or "
                        f"{set_name}=for:TASKS:PATH, {set_name}=paired:PATH)")

@@ -397,9 +397,9 @@ def test_folder_val_scores_the_images_held_out_of_the_training_folder(tmp_path, 
   config.tasks = ("denoise_30",)
   config.data.source, config.data.folder = "folder", str(tmp_path / "train")
   config.eval.update(sets="folder_val", max_images=0, max_side=0)
-  with pytest.raises(ValueError, match=r"eval.sets: folder_val scores the images "
-                                       r"data.validation_fraction holds out of data.folder, but "
-                                       r"data.source='folder' and data.validation_fraction=0.0"):
+  with pytest.raises(ValueError, match=r"eval.sets: folder_val scores the images held out of "
+                                       r"data.folder, but no images are held out of data.folder "
+                                       r"\(data.source='folder', data.validation_fraction=0.0\)"):
     run_config.validate(config)
   config.data.validation_fraction = 0.2
   run_config.validate(config)

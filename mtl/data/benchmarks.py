@@ -238,18 +238,23 @@ def load_paired_folder(path):
   return [(name,) + read_pair(d, c) for name, d, c in find_pairs(path)]
 
 
+def check_held_out(data_cfg):
+  """Refuse (one line) a data config that holds no images out of a folder."""
+  fraction = data_cfg.get("validation_fraction", 0.0)
+  if data_cfg.get("source") != "folder" or not fraction:
+    raise ValueError(f"no images are held out of data.folder (data.source="
+                     f"{data_cfg.get('source')!r}, data.validation_fraction={fraction}); give "
+                     "data.source='folder' and a data.validation_fraction > 0")
+
+
 def folder_validation_set(data_cfg, limit=0):
   """[(name, uint8 HWC RGB)] of the whole images `data.validation_fraction` holds out of
   `data.folder` (the folder source's 'validation' split, `folder.split_paths`), sorted by name,
   the first `limit` (0: all) decoded; a name is the image's relative path without its extension
   (with it where two would share one)."""
-  fraction = data_cfg.get("validation_fraction", 0.0)
-  if data_cfg.get("source") != "folder" or not fraction:
-    raise ValueError(f"no images are held out of a folder (data.source={data_cfg.get('source')!r}, "
-                     f"data.validation_fraction={fraction}); give data.source='folder' and a "
-                     "data.validation_fraction > 0")
+  check_held_out(data_cfg)
   root = folder_lib.absolute(data_cfg.folder)
-  config = types.SimpleNamespace(folder=root, validation_fraction=fraction)
+  config = types.SimpleNamespace(folder=root, validation_fraction=data_cfg.validation_fraction)
   held_out = folder_lib.split_paths(config, folder_lib.list_images(root))["validation"]
   stems = collections.Counter(os.path.splitext(name)[0] for name, _ in held_out)
   named = lambda name: name if stems[os.path.splitext(name)[0]] > 1 else os.path.splitext(name)[0]
