@@ -133,8 +133,8 @@ def check_checkpoints_have_config(workdir):
   if own:
     raise ValueError(f"--workdir={workdir} holds checkpoint steps ({files.field_list(own, 4)}): "
                      "it looks like a run's checkpoints/ folder; point --workdir to its parent")
-  saved = [str(s) for s in checkpoints.saved_steps(os.path.join(workdir,
-                                                                 checkpoints.CHECKPOINT_DIR))]
+  folder = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+  saved = [str(s) for s in checkpoints.saved_steps(folder)]
   if saved and not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     raise ValueError(f"--workdir={workdir} holds saved steps ({files.field_list(saved, 4)} in "
                      f"checkpoints/) but no {CONFIG_FILE}, so their config cannot be checked; "
