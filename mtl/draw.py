@@ -96,10 +96,9 @@ def probe_scalars(record, window=None, summary="conflicts"):
     last[f"{summary}/conflict_fraction/{p}"] = float(conflicts.share_negative(window_body[:, k]))
   if record.halves:
     agree = conflicts.nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)
-    floors = rec.resolved_noise_floors()
-    pairs = conflicts.pair_indices(len(record.task_names))
-    for p, interval, (i, j) in zip(record.pair_names, rec.corrected_cosine_intervals(), pairs):
-      if np.isfinite(interval.low) and floors[i] and floors[j]:
+    for p, interval, resolved in zip(record.pair_names, rec.corrected_cosine_intervals(),
+                                     rec.resolved_pairs()):
+      if np.isfinite(interval.low) and resolved:
         last[f"{summary}/corrected_cos/{p}"] = interval.estimate
         last[f"{summary}/corrected_cos_low/{p}"] = interval.low
         last[f"{summary}/corrected_cos_high/{p}"] = interval.high

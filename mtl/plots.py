@@ -187,14 +187,14 @@ def cosine_matrix_figure(record, window=None):
   mean_norm = conflicts.nan_mean(conflicts.norms(body), axis=0)
   agree = conflicts.nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)
   intervals = rec.corrected_cosine_intervals() if rec.halves else rec.cosine_intervals()
-  floors = rec.resolved_noise_floors()
+  resolved = rec.resolved_pairs()
   shown = np.full((t, t), np.nan)
   cells, unresolved = {}, {}
   for k, (i, j) in enumerate(conflicts.pair_indices(t)):
     iv = intervals[k]
     # the size of a ratio whose denominator may be 0 is not to be read (Fieller)
     unresolved[i, j] = unresolved[j, i] = bool(
-        rec.halves and np.isfinite(iv.low) and not (floors[i] and floors[j]))
+        rec.halves and np.isfinite(iv.low) and not resolved[k])
     shown[i, j] = shown[j, i] = np.nan if unresolved[i, j] else iv.estimate
     cells[i, j] = cells[j, i] = iv
   vmax = MATRIX_LIMIT
@@ -391,9 +391,8 @@ def _corrected_parts(ax, record, colors):
   for short records: conflicts.split_phases), with its 95% interval; filled: excludes 0."""
   parts = [part for _, part in conflicts.split_phases(record, CURVE_PARTS)]
   intervals = [part.corrected_cosine_intervals() for part in parts]  # [part][pair]
-  floors = [part.resolved_noise_floors() for part in parts]  # [part][task]
+  resolved = [part.resolved_pairs() for part in parts]  # [part][pair]
   num_pairs = len(record.pair_names)
-  pairs = conflicts.pair_indices(len(record.task_names))
   for k, name in enumerate(record.pair_names):
     for p, part in enumerate(parts):
       interval = intervals[p][k]
@@ -407,7 +406,7 @@ def _corrected_parts(ax, record, colors):
         continue
       low, high = interval.low, interval.high
       fill = colors[k] if excludes_zero(interval) else "white"
-      if np.isfinite(low) and not (floors[p][pairs[k][0]] and floors[p][pairs[k][1]]):
+      if np.isfinite(low) and not resolved[p][k]:
         # a task's noise floor unresolved: the sign holds, the size is not to be read (Fieller)
         ax.plot([x], [0.0], marker="^" if interval.estimate > 0 else "v", markersize=6,
                 color=colors[k], markerfacecolor=fill, linestyle="none", label=label)

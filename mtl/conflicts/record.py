@@ -129,6 +129,12 @@ class Record:
     return stats.resolved_noise_floors(rec.grouped_halves("body")[1][:, 0], level,
                                        method or self.interval_method)
 
+  def resolved_pairs(self, window=None):
+    """[bool] per pair (pair_indices order): both tasks' noise floors resolved, so its corrected
+    cosine's size may be read, not only its sign (Fieller; resolved_noise_floors)."""
+    floors = self.resolved_noise_floors(window)
+    return [bool(floors[i] and floors[j]) for i, j in pair_indices(len(self.task_names))]
+
   def cosine_intervals(self, window=None, level=0.95, method=None):
     """[Interval] per pair: the window mean of the whole body's raw cosine (method None: the
     record's `interval_method`)."""
