@@ -113,8 +113,8 @@ def _reads(root, other):
 
 def check_sets_apart(sets, data):
   """Refuse (one line) an eval set that reads images training reads: data.folder's (recursively)
-  or a data.pairs folder's (`benchmarks.read_roots`). Symlinks resolved where given, not followed
-  inside the folders; URLs left to their owner."""
+  or a data.pairs folder's (`benchmarks.read_roots`). Symlinks resolved, and followed inside
+  data.folder as its reader follows them; URLs left to their owner."""
   from mtl import evaluate
   from mtl.data import benchmarks
   real = lambda path: os.path.realpath(os.path.expanduser(path))
@@ -125,7 +125,8 @@ def check_sets_apart(sets, data):
            if not folder_lib.is_url(path) and os.path.isdir(path)]
   folder = data.get("folder", "") if data.get("source") == "folder" else ""
   if folder and not folder_lib.is_url(folder):
-    train.append((f"data.folder={folder} (read recursively)", [(real(folder), True)]))
+    train.append((f"data.folder={folder} (read recursively)",
+                  [(real(d), False) for d in folder_lib.read_dirs(folder)]))
   for name, kind, path, _ in evaluate.parse_sets(sets):
     if not path or folder_lib.is_url(path) or not os.path.isdir(path):
       continue

@@ -15,6 +15,7 @@ import pytest
 
 from experiments import tiny
 from mtl import conflicts, files, run_config, run_folder, run_state
+from mtl.data import folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,6 +108,12 @@ def test_a_test_set_inside_a_training_folder_is_refused(tmp_path):
   # a set elsewhere, or in a dot-folder (which the folder source skips), is not trained on
   for path in ("held_out", "train/.hidden"):
     run_config.validate(_set(config, "eval.sets", f"photos,T={tmp_path / path}"))
+  # ... unless a link inside the training folder leads to it: the folder source follows links
+  (tmp_path / "train" / "more").symlink_to(tmp_path / "held_out")
+  with pytest.raises(ValueError, match=rf"T={tmp_path / 'held_out'} shares images with data"):
+    run_config.validate(_set(config, "eval.sets", f"photos,T={tmp_path / 'held_out'}"))
+  assert any(p.endswith("more/a.png") for p in folder.list_images(tmp_path / "train"))
+  (tmp_path / "train" / "more").unlink()
   # a paired folder is read by its layout: GoPro's by its sequences, a rain/norain folder by its
   # two subfolders (a third is not read)
   config = _set(_config(), "data.pairs", f"derain={tmp_path / 'gopro'}")

@@ -315,6 +315,12 @@ def has_images(folder):
   return False
 
 
+def read_dirs(folder):
+  """The folders a recursive list_images of a local `folder` reads images from, as it reads
+  them: links followed, each once, hidden ones skipped."""
+  return [root for root, _, _ in _walk(os.path.expanduser(folder))]
+
+
 def list_images(folder, recursive=True):
   """Sorted paths of the image files in `folder` (and its subfolders when `recursive`).
 
