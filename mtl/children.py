@@ -49,16 +49,18 @@ def core_sets(n, cores=None):
 
 class Child:
   """A started child process (`proc`) and the thread (`pump`) that hands each line of its
-  output, as bytes, to on_line."""
+  output, as bytes, to on_line. `keep`: file descriptors it inherits (a lock it then holds as
+  long as it lives)."""
 
-  def __init__(self, command, env, on_line, cores=None):
+  def __init__(self, command, env, on_line, cores=None, keep=()):
     parent = os.getpid()
     def setup():  # in the child, before exec; its threads (XLA's pool) then fit `cores`
       _die_with_parent(parent)
       if cores:
         os.sched_setaffinity(0, cores)
     self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 env=env, start_new_session=True, preexec_fn=setup)
+                                 env=env, start_new_session=True, preexec_fn=setup,
+                                 pass_fds=keep)
     self.pump = threading.Thread(target=self._pump, args=(on_line,), daemon=True)
     self.pump.start()
 

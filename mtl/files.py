@@ -241,8 +241,12 @@ class WorkdirLock:
         raise LockHeld(f"workdir {os.path.dirname(self.path)} is in use by pid {holder.get('pid')}"
                        f"{where} since {holder.get('started')} ({self.path}); wait for it to end, "
                        "or delete that file if the process is gone") from None
-      with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
+      try:
+        with os.fdopen(fd, "w") as f:
+          json.dump(record, f)
+      except BaseException:  # a full disk: an empty lock would refuse the next start
+        os.remove(self.path)
+        raise
       return self
     raise LockHeld(f"could not take {self.path}: it keeps reappearing")
 

@@ -443,19 +443,48 @@ def test_a_sigterm_as_the_conflict_figures_are_drawn_lets_them_finish(tmp_path):
   assert (workdir / "conflicts" / "cos_matrix.png").is_file() and "figures: " in out
 
 
-def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tmp_path):
-  """A real full disk (a tmpfs filled at step 3; root only): the run stops with its one
-  `error:` line; tensorboard's write thread printed ~15 lines of traceback before it (here on
-  step 4's evaluation image, larger than what a file's last page has left)."""
-  mount = tmp_path / "small"
+def _tmpfs(mount, size):
+  """`mount` as a new tmpfs of `size` (root only; the test is skipped elsewhere)."""
   mount.mkdir()
   try:
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
                              capture_output=True).returncode == 0
   except OSError:  # no mount command
     mounted = False
   if not mounted:
     pytest.skip("needs a tmpfs (mount -t tmpfs: root)")
+  return mount
+
+
+def _fill(file, size):
+  """Write `size` bytes to `file` until its disk is full."""
+  try:
+    while True:
+      file.write(b"\0" * size)
+  except OSError as error:
+    assert error.errno == errno.ENOSPC
+
+
+def test_a_lock_that_cannot_be_written_is_not_left_behind_empty(tmp_path):
+  # it was: "free space and run the same command" then met an empty lock it would not clear
+  mount = _tmpfs(tmp_path / "full", "1m")
+  try:
+    with open(mount / "filler", "wb", buffering=0) as filler:
+      for size in (1 << 16, 1 << 12, 1):
+        _fill(filler, size)
+    with pytest.raises(OSError) as error:
+      files.WorkdirLock(str(mount), run_folder.LOCK_FILE).acquire()
+    assert error.value.errno == errno.ENOSPC
+    assert not (mount / run_folder.LOCK_FILE).exists()
+  finally:
+    subprocess.run(["umount", "--lazy", str(mount)], check=False)
+
+
+def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tmp_path):
+  """A real full disk (a tmpfs filled at step 3; root only): the run stops with its one
+  `error:` line; tensorboard's write thread printed ~15 lines of traceback before it (here on
+  step 4's evaluation image, larger than what a file's last page has left)."""
+  mount = _tmpfs(tmp_path / "small", "24m")
   try:
     workdir = mount / "run"
     proc = subprocess.Popen(_trainer(workdir, total_steps=200, checkpoint_every=100,
@@ -467,11 +496,7 @@ def test_a_disk_that_fills_during_training_stops_the_run_with_one_line(tmp_path)
       if line.startswith("step 3/"):
         with open(mount / "filler", "wb", buffering=0) as filler:  # every page left
           for size in (1 << 16, 1 << 12):
-            try:
-              while True:
-                filler.write(b"\0" * size)
-            except OSError as error:
-              assert error.errno == errno.ENOSPC
+            _fill(filler, size)
     err = proc.stderr.read()
     rc = proc.wait(timeout=300)
   finally:

@@ -457,6 +457,70 @@ def test_a_child_s_own_stop_death_or_end_and_a_run_done_elsewhere(study_file, tm
     assert not os.path.exists(study.path(later, "starts"))
 
 
+# A trainer's stand-in that outlives a killed study, as the real one finishes its checkpoint
+# after the SIGTERM a dying study sends: it ends once `release` exists (or a minute passed).
+OUTLIVES = """
+import json, os, signal, sys, time
+config, workdir = sys.argv[1:]
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+open(os.path.join(workdir, "started"), "w").close()
+end = time.time() + 60
+while not os.path.exists(os.path.join(workdir, "release")) and time.time() < end:
+  time.sleep(0.05)
+with open(os.path.join(workdir, "results.json"), "w") as f:
+  json.dump({"step": json.load(open(config))["total_steps"]}, f)
+"""
+
+A_STUDY = """
+import sys
+from mtl.study import runner
+import test_study_runner as t
+study = t._load(sys.argv[1], "values", sys.argv[2])
+train = lambda config, workdir: [sys.executable, "-c", t.OUTLIVES, config, workdir]
+runner.Runner(study, train).run(only=sys.argv[3])
+"""
+
+
+def test_a_run_whose_trainer_outlives_a_killed_study_is_not_started_twice(study_file, tmp_path):
+  # the lock was the study's alone: a rerun started the run again, its trainer was refused by
+  # train.lock, and the study marked the run FAILED and started nothing else
+  import io
+  import signal
+  import time
+  workdir = str(tmp_path / "study")
+  study = _load(study_file, "values", workdir)
+  name = study.runs[0].name
+  killed = subprocess.Popen([sys.executable, "-c", A_STUDY, study_file, workdir, name],
+                            env={**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT}/tests"},
+                            stdout=subprocess.DEVNULL)
+  started = os.path.join(study.run_dir(name), "started")
+  for _ in range(600):
+    if os.path.exists(started) or killed.poll() is not None:
+      break
+    time.sleep(0.05)
+  assert os.path.exists(started), killed.poll()
+  killed.send_signal(signal.SIGKILL)  # its trainer gets SIGTERM (it dies with its parent)
+  killed.wait()
+  train = lambda config, workdir: [sys.executable, "-c", OUTLIVES, config, workdir]
+  out = io.StringIO()
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    assert runner.Runner(study, train, out=out).run(only=name) == 3, out.getvalue()
+    assert re.search(rf"{name}: running in another process \(pid {killed.pid} on .+, its "
+                     r"trainer pid \d+\); skipped", out.getvalue()), out.getvalue()
+    assert not os.path.exists(study.path(name, "FAILED"))
+    open(os.path.join(study.run_dir(name), "release"), "w").close()  # the trainer ends
+    for _ in range(600):
+      if runner.lock_holder(study, name) is None:
+        break
+      time.sleep(0.05)
+    assert runner.Runner(study, train, out=io.StringIO()).run(only=name) == 0
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  assert study.is_done(name)
+
+
 @pytest.mark.parametrize("keep_going", [False, True])
 def test_a_failed_run_stops_new_starts_unless_told_to_keep_going(study_file, tmp_path,
                                                                   keep_going):

@@ -243,6 +243,17 @@ def dry_run(study, train, only="", out=sys.stdout, analyze=None):
   return 0
 
 
+def _write_lock(handle, **more):
+  """Who holds a run's lock (the RUNNING file; `lock_holder` reads it): this host, process and
+  time, and `more`."""
+  handle.seek(0)
+  handle.truncate()
+  handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                           "slurm_job": os.environ.get("SLURM_JOB_ID", ""), **more}))
+  handle.flush()
+
+
 def _cores(cores):
   """A core set in words: '0', '0-3', '0,2'."""
   low, high = min(cores), max(cores)
@@ -368,12 +379,7 @@ class Runner:
     except BlockingIOError:
       handle.close()
       return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                             "slurm_job": os.environ.get("SLURM_JOB_ID", "")}))
-    handle.flush()
+    _write_lock(handle)
     return handle
 
   def _start(self, spec, head, prefix, lock, device, cores):
@@ -389,7 +395,11 @@ class Runner:
               + (f"  (CUDA_VISIBLE_DEVICES={device})" if device is not None else "")
               + (f"  (cores {_cores(cores)})" if cores else "") + "\n")
     log.flush()
-    child = children.Child(command, self._env(device), self._printer(prefix, log), cores)
+    # the trainer holds the run's lock too: one that outlives us (finishing its checkpoint after
+    # we were killed) keeps a rerun from starting it a second time
+    child = children.Child(command, self._env(device), self._printer(prefix, log), cores,
+                           keep=(lock.fileno(),))
+    _write_lock(lock, trainer_pid=child.proc.pid)
     self.active[spec.name] = _Active(spec, head, child.proc, child.pump, log, lock, device,
                                      cores, time.time(), programs(self.study, spec.name))
 
@@ -511,7 +521,7 @@ class Runner:
              f"-> {out}{where}")
     child = children.Child(
         self.analyze(study.path(name, RUN_CONFIG), study.run_dir(name), out, final, step),
-        self._env(device), self._printer(f"[{head}] ", log), cores)
+        self._env(device), self._printer(f"[{head}] ", log), cores, keep=(log.fileno(),))
     self.measuring[head] = _Measuring(child.proc, child.pump, log, device, cores, time.time(),
                                       out)
     self.measured += 1
@@ -567,8 +577,10 @@ class Runner:
           lock = self._acquire(spec)
           if lock is None:
             holder = lock_holder(study, spec.name) or {}
+            trainer = (f", its trainer pid {holder['trainer_pid']}" if "trainer_pid" in holder
+                       else "")
             self.say(f"{head}: running in another process (pid {holder.get('pid', '?')} on "
-                     f"{holder.get('host', '?')}); skipped")
+                     f"{holder.get('host', '?')}{trainer}); skipped")
             queue.remove(spec)
             elsewhere.append(spec.name)
             continue
