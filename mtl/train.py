@@ -37,13 +37,15 @@ class _Preemption:
   Ctrl-C into SIGTERM). One process: SIGTERM and the first Ctrl-C ask to stop; a second
   Ctrl-C interrupts at once (KeyboardInterrupt; the last checkpoint is kept). A stop asked for
   after the last step skips the final evaluation once the last checkpoint is saved (a rerun
-  evaluates); one asked for during the final evaluation lets it finish.
+  evaluates); one asked for during the final evaluation lets it finish; one during the
+  start-up (the workdir taken, a checkpoint restored, a missed evaluation made up) stops
+  before the first step.
   """
 
   def __init__(self):
     self.requested = False
     self.synced = jax.process_count() > 1
-    self.stage = "the next step"  # where a stop takes effect; None: the final evaluation
+    self.stage = "start-up"  # where a stop takes effect; None: the final evaluation
 
   def __enter__(self):
     self._previous = {}
@@ -60,6 +62,8 @@ class _Preemption:
       raise KeyboardInterrupt
     if self.stage is None:
       what = "the final evaluation and the conflict figures finish first"
+    elif self.stage == "start-up":
+      what = "stopping before the first step (nothing new to save)"
     elif self.stage == "the next step":
       what = "saving a checkpoint at the next step and stopping"
     else:
@@ -125,44 +129,46 @@ def train_and_evaluate(config, workdir):
     raise ValueError(f"--workdir={workdir} cannot be created: {error.strerror}") from None
   lock = files.WorkdirLock(workdir, run_folder.LOCK_FILE)
   diverged = os.path.join(workdir, run_folder.DIVERGED_FILE)
-  try:
-    refusal = None
-    if is_writer:  # the writer's checks; every process learns their verdict (distributed.agree)
-      try:
-        lock.acquire()
-        progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
-        if lock.stale:
-          print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
-                flush=True)
-        earlier = run_folder.read_results(workdir)
-        if earlier is not None and earlier.get("step") != config.total_steps:
-          _keep_results(workdir, earlier)  # before the config is updated: a refusal changes nothing
-        run_folder.check_or_write_config(workdir, config.to_dict(),
-                                         run_defaults.config_defaults(), absolute_paths)
-        if os.path.exists(diverged):  # an earlier attempt's: this one records its own outcome
-          os.remove(diverged)
-        if setup.run.plan.probe_every:  # a store this run cannot append to is refused now
-          conflicts.Store(workdir).check(setup.run.model.task_names, ipt.body_layer_order(
-              setup.run.abstract_state.params["body"])[0])
-      except ValueError as error:
-        refusal = error
-    distributed.agree(refusal)
-    return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer)
-  except (NonFiniteLoss, evaluate.NonFiniteOutput) as error:  # a study reads it: this lr diverged
-    if is_writer:
-      files.write_json(diverged, {"error": str(error)})
-    raise
-  except (OSError, ValueError) as error:  # the disk filled beyond the check's estimate
-    if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(
-        error):
+  with _Preemption() as preemption:  # from here a stop leaves one line, as in training
+    try:
+      refusal = None
+      if is_writer:  # the writer's checks; every process learns their verdict (distributed.agree)
+        try:
+          lock.acquire()
+          progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
+          if lock.stale:
+            print(f"removed the stale lock of pid {lock.stale.get('pid')} (no longer running)",
+                  flush=True)
+          earlier = run_folder.read_results(workdir)
+          if earlier is not None and earlier.get("step") != config.total_steps:
+            _keep_results(workdir, earlier)  # before the config changes: a refusal changes nothing
+          run_folder.check_or_write_config(workdir, config.to_dict(),
+                                           run_defaults.config_defaults(), absolute_paths)
+          if os.path.exists(diverged):  # an earlier attempt's: this one records its own outcome
+            os.remove(diverged)
+          if setup.run.plan.probe_every:  # a store this run cannot append to is refused now
+            conflicts.Store(workdir).check(setup.run.model.task_names, ipt.body_layer_order(
+                setup.run.abstract_state.params["body"])[0])
+        except ValueError as error:
+          refusal = error
+      distributed.agree(refusal)
+      return _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer,
+                    preemption)
+    except (NonFiniteLoss, evaluate.NonFiniteOutput) as error:  # a study reads it: this lr diverged
+      if is_writer:
+        files.write_json(diverged, {"error": str(error)})
       raise
-    raise checkpoints.DiskFull(
-        f"no space left on the device of {workdir}: training stopped; "
-        f"{_kept(checkpoints.latest_saved_step(workdir))}. Free space and run the same command "
-        "to resume") from None
-  finally:
-    if is_writer:
-      lock.release()
+    except (OSError, ValueError) as error:  # the disk filled beyond the check's estimate
+      if getattr(error, "errno", None) != errno.ENOSPC and "No space left on device" not in str(
+          error):
+        raise
+      raise checkpoints.DiskFull(
+          f"no space left on the device of {workdir}: training stopped; "
+          f"{_kept(checkpoints.latest_saved_step(workdir))}. Free space and run the same command "
+          "to resume") from None
+    finally:
+      if is_writer:
+        lock.release()
 
 
 def _keep_results(workdir, earlier):
@@ -179,7 +185,7 @@ def _keep_results(workdir, earlier):
         flush=True)
 
 
-def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
+def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, preemption):
   from mtl import evaluate, events, progress as progress_lib
   run = setup.run
   probe_every = run.plan.probe_every
@@ -246,91 +252,95 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer):
     probe_batch = {"size": run.plan.batch_size or config.data.batch_size,
                    "fresh": bool(run.plan.batch_size)}
     step, started = start, time.time()
-    with _Preemption() as preemption:
-      try:
-        for step, batch in batches:
-          task_names = tuple(n for n in names if n in batch)
-          if affinity_every and step % affinity_every == 0:  # before the step donates `state`
-            t0 = time.monotonic()
-            affinity_buffer.append((step, affinity_fn(state.params, batch,
-                                                      data_step(state.step, hyper),
-                                                      config.mtl.get("affinity_lr", 0.0),
-                                                      hyper["seed"])))
-            if "affinity" not in compiled:  # its first call compiles, as a step's (below)
-              compiled.add("affinity")
-              seconds = time.monotonic() - t0
-              progress.exclude(seconds)
-              if is_writer:
-                print(f"compiled the affinity lookahead in {seconds:.1f}s", flush=True)
-          probing = run.plan.probes(step)
-          key = ("probe",) if probing else task_names
+    try:
+      if preemption.requested:  # asked for during the start-up: nothing new to save
+        raise Preempted(f"stopped before training {'resumed' if start else 'started'}: "
+                        "nothing new to save; run the same command to "
+                        + ("resume" if start else "start it"))
+      preemption.stage = "the next step"
+      for step, batch in batches:
+        task_names = tuple(n for n in names if n in batch)
+        if affinity_every and step % affinity_every == 0:  # before the step donates `state`
           t0 = time.monotonic()
-          if probing:
-            state, metrics, grams = probe(state, batch, hyper)
-            probe_buffer.append((step, grams[np.asarray(order)]))
-          else:
-            state, metrics = plain_step(task_names)(state, batch, hyper)
-          if key not in compiled:  # the first call traces and compiles (execution is async)
-            compiled.add(key)
+          affinity_buffer.append((step, affinity_fn(state.params, batch,
+                                                    data_step(state.step, hyper),
+                                                    config.mtl.get("affinity_lr", 0.0),
+                                                    hyper["seed"])))
+          if "affinity" not in compiled:  # its first call compiles, as a step's (below)
+            compiled.add("affinity")
             seconds = time.monotonic() - t0
             progress.exclude(seconds)
             if is_writer:
-              what = "probe step" if probing else f"step ({','.join(task_names)})"
-              print(f"compiled the {what} in {seconds:.1f}s", flush=True)
-          pending.append((step, metrics))
-          done = step + 1
-          stop = preemption.check(done)  # on every step: all processes must ask in step
-          checkpoint_now = done in save_at or stop
-          if done % config.log_every == 0 or checkpoint_now:
-            try:
-              _log_metrics(pending, writer, progress, run.schedule, done, metrics_log, names,
-                           data_wait=batches.wait_seconds)
-            except NonFiniteLoss as error:
-              raise NonFiniteLoss(f"{error}: training stopped; {_kept(mngr.latest_step())}. "
-                                  "Lower optim.lr or set optim.grad_clip") from None
-            pending = []
-          if checkpoint_now:
-            if not bool(_all_finite(state.params)):
-              raise NonFiniteLoss(f"non-finite parameters after step {step}: training stopped; "
-                                  f"{_kept(mngr.latest_step())}. Lower optim.lr or set "
-                                  "optim.grad_clip")
-            _check_space(mngr, state, done)
-            _flush_probes(workdir, probe_buffer, layer_names, names, is_writer, writer,
-                          probe_batch)
-            probe_buffer = []
-            _flush_affinity(workdir, affinity_buffer, names, is_writer)
-            affinity_buffer = []
-            checkpoints.save(mngr, done, state, force=True)
-          if (config.eval_every and done % config.eval_every == 0 and done < config.total_steps
-              and not stop):  # a stop saved this step first: the resume evaluates it (above)
-            t0 = time.monotonic()
-            evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer,
-                              ema_params=state.ema_params)
-            progress.exclude(time.monotonic() - t0)  # not training: out of steps/s and the ETA
-          if stop:  # not preemption.requested: a signal after check() is seen at the next step
-            break
-        preemption.stage = "the last checkpoint is saved"
-      finally:  # a save in flight completes even when training stops on an error
-        batches.close()
-        mngr.wait_until_finished()
-        mngr.close()
-        metrics_log.close()
-      final_step = int(state.step)
-      if is_writer:
-        _record_compute(workdir, run, config, final_step, time.time() - started)
-      # A stop asked for before the final evaluation skips it (several processes: a notice after
-      # the last step's own check is agreed on at one more sync point, by all of them alike).
-      if preemption.check(final_step + 1):
-        writer.close()
-        what = "resume" if final_step < config.total_steps else "evaluate it"
-        raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
-                        f"run the same command to {what}")
-      preemption.stage = None  # a stop asked for now waits for the evaluation and the figures
-      results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
-                                  writer, final=True,
-                                  ema_params=state.ema_params)
-      if is_writer and probe_every:  # inside: a SIGTERM here killed the run before its figures
-        print(_conflict_answer(workdir, writer, config.conflicts.ema_beta), flush=True)
+              print(f"compiled the affinity lookahead in {seconds:.1f}s", flush=True)
+        probing = run.plan.probes(step)
+        key = ("probe",) if probing else task_names
+        t0 = time.monotonic()
+        if probing:
+          state, metrics, grams = probe(state, batch, hyper)
+          probe_buffer.append((step, grams[np.asarray(order)]))
+        else:
+          state, metrics = plain_step(task_names)(state, batch, hyper)
+        if key not in compiled:  # the first call traces and compiles (execution is async)
+          compiled.add(key)
+          seconds = time.monotonic() - t0
+          progress.exclude(seconds)
+          if is_writer:
+            what = "probe step" if probing else f"step ({','.join(task_names)})"
+            print(f"compiled the {what} in {seconds:.1f}s", flush=True)
+        pending.append((step, metrics))
+        done = step + 1
+        stop = preemption.check(done)  # on every step: all processes must ask in step
+        checkpoint_now = done in save_at or stop
+        if done % config.log_every == 0 or checkpoint_now:
+          try:
+            _log_metrics(pending, writer, progress, run.schedule, done, metrics_log, names,
+                         data_wait=batches.wait_seconds)
+          except NonFiniteLoss as error:
+            raise NonFiniteLoss(f"{error}: training stopped; {_kept(mngr.latest_step())}. "
+                                "Lower optim.lr or set optim.grad_clip") from None
+          pending = []
+        if checkpoint_now:
+          if not bool(_all_finite(state.params)):
+            raise NonFiniteLoss(f"non-finite parameters after step {step}: training stopped; "
+                                f"{_kept(mngr.latest_step())}. Lower optim.lr or set "
+                                "optim.grad_clip")
+          _check_space(mngr, state, done)
+          _flush_probes(workdir, probe_buffer, layer_names, names, is_writer, writer,
+                        probe_batch)
+          probe_buffer = []
+          _flush_affinity(workdir, affinity_buffer, names, is_writer)
+          affinity_buffer = []
+          checkpoints.save(mngr, done, state, force=True)
+        if (config.eval_every and done % config.eval_every == 0 and done < config.total_steps
+            and not stop):  # a stop saved this step first: the resume evaluates it (above)
+          t0 = time.monotonic()
+          evaluate.evaluate(run.model, state.params, config, testsets, workdir, done, writer,
+                            ema_params=state.ema_params)
+          progress.exclude(time.monotonic() - t0)  # not training: out of steps/s and the ETA
+        if stop:  # not preemption.requested: a signal after check() is seen at the next step
+          break
+      preemption.stage = "the last checkpoint is saved"
+    finally:  # a save in flight completes even when training stops on an error
+      batches.close()
+      mngr.wait_until_finished()
+      mngr.close()
+      metrics_log.close()
+    final_step = int(state.step)
+    if is_writer:
+      _record_compute(workdir, run, config, final_step, time.time() - started)
+    # A stop asked for before the final evaluation skips it (several processes: a notice after
+    # the last step's own check is agreed on at one more sync point, by all of them alike).
+    if preemption.check(final_step + 1):
+      writer.close()
+      what = "resume" if final_step < config.total_steps else "evaluate it"
+      raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
+                      f"run the same command to {what}")
+    preemption.stage = None  # a stop asked for now waits for the evaluation and the figures
+    results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
+                                writer, final=True,
+                                ema_params=state.ema_params)
+    if is_writer and probe_every:  # inside: a SIGTERM here killed the run before its figures
+      print(_conflict_answer(workdir, writer, config.conflicts.ema_beta), flush=True)
     writer.close()
   return results
 

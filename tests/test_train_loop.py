@@ -712,6 +712,29 @@ def _signal_during_step(monkeypatch, index, sig):
   monkeypatch.setattr(prefetch, "DevicePrefetch", Signalling)
 
 
+def test_a_stop_during_the_start_up_ends_before_the_first_step_with_one_line(tmp_path,
+                                                                               monkeypatch,
+                                                                               capsys):
+  # it killed the process without a word (SIGTERM) and left its train.lock behind
+  import signal
+  from mtl.data import prefetch
+
+  class Signalling(prefetch.DevicePrefetch):  # the last thing the start-up builds
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      signal.raise_signal(signal.SIGTERM)
+  monkeypatch.setattr(prefetch, "DevicePrefetch", Signalling)
+  workdir, before = str(tmp_path / "run"), signal.getsignal(signal.SIGTERM)
+  with pytest.raises(train.Preempted, match=r"^stopped before training started: nothing new to "
+                                            r"save; run the same command to start it$"):
+    train.train_and_evaluate(_config(), workdir)
+  assert ("SIGTERM received: stopping before the first step (nothing new to save)"
+          in capsys.readouterr().out)
+  assert checkpoints.latest_saved_step(workdir) is None
+  assert not os.path.exists(os.path.join(workdir, run_folder.LOCK_FILE))
+  assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
 def test_a_stop_at_an_evaluation_step_saves_it_and_the_resume_evaluates_it(tmp_path,
                                                                           monkeypatch, capsys):
   """SIGTERM during step 3, an evaluation step: the checkpoint of step 3 is saved and the run
