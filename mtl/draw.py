@@ -36,18 +36,23 @@ def pair_file_name(pair_name):
   return f"cos_layers_steps-{pair_name}.png"
 
 
+def file_names(pair_names):
+  """The files `figures` draws for a record of these task pairs, in the order written."""
+  return (["cos_matrix.png", "cos_layers_pairs.png", "cos_curves.png"]
+          + [pair_file_name(name) for name in pair_names])
+
+
 def figures(record, window=None, ema_beta=0.1, rows="auto"):
   """[(file name, PNG bytes)] of every figure of a record (see the module docstring)."""
   if record.num_steps == 0:
     raise ValueError("no probe steps to draw")
   by = rows_for(record.layer_names, rows)
-  drawn = [("cos_matrix.png", cosine_matrix_figure(record, window)),
-           ("cos_layers_pairs.png", layer_pair_figure(record, window, by)),
-           ("cos_curves.png", curves_figure(record, ema_beta))]
   vmax = layer_step_limit(record, by)  # one scale: the pairs' maps compare at a glance
-  drawn += [(pair_file_name(name), layer_step_figure(record, name, by, vmax))
-            for name in record.pair_names]
-  return [(name, to_png(fig)) for name, fig in drawn]
+  drawn = [cosine_matrix_figure(record, window), layer_pair_figure(record, window, by),
+           curves_figure(record, ema_beta)] + [layer_step_figure(record, name, by, vmax)
+                                                for name in record.pair_names]
+  return [(name, to_png(fig)) for name, fig in zip(file_names(record.pair_names), drawn,
+                                                   strict=True)]
 
 
 def write_figures(out_dir, drawn):

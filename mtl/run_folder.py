@@ -170,15 +170,21 @@ def check_or_write_config(workdir, config_dict, defaults=None, saved_view=None):
     print(f"{path}: replacing the config of a run that never saved a step", flush=True)
   elif os.path.exists(path):
     saved = files.read_json(path)
-    seen = saved_view(saved) if saved_view is not None else saved  # what the check compared
-    changed = [k for k in files.differences(seen, config_dict) if k in files.flatten(seen)]
-    if changed:
-      print(f"resuming with changed fields: {files.show_changes(seen, config_dict, changed)}; "
-            f"{path} records them", flush=True)
+    changes = changed_fields(saved, config_dict, saved_view)
+    if changes:
+      print(f"resuming with changed fields: {changes}; {path} records them", flush=True)
     # fields the saved config predates too: launch/analyze.py reads the config in force
     replace = bool(files.differences(saved, config_dict))
   if replace or not os.path.exists(path):
     files.write_json(path, config_dict)
+
+
+def changed_fields(saved, config_dict, saved_view=None):
+  """The fields (that the saved config holds) a config changes from a run's saved config, as
+  text; '' where none does. `saved_view`: what check_config compares of the saved one."""
+  seen = saved_view(saved) if saved_view is not None else saved
+  changed = [k for k in files.differences(seen, config_dict) if k in files.flatten(seen)]
+  return files.show_changes(seen, config_dict, changed) if changed else ""
 
 
 def source_run(init_from):

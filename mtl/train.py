@@ -101,9 +101,10 @@ class Preempted(Exception):
 def train_and_evaluate(config, workdir):
   """Train (or resume) the run in `workdir`, evaluate it, and return its results dict.
 
-  A finished run is not run again: its saved results are returned (and said so).
+  A finished run is not run again: its saved results are returned (and said so), and conflict
+  figures that its last attempt stopped before writing are drawn.
   """
-  from mtl import evaluate, progress as progress_lib
+  from mtl import evaluate, events, progress as progress_lib
   from mtl.data import sources
 
   config = normalize(config)
@@ -115,6 +116,19 @@ def train_and_evaluate(config, workdir):
       progress_lib.attach_log(os.path.join(workdir, run_folder.LOG_FILE))
     print(f"already finished at step {setup.finished['step']}; results in "
           f"{os.path.join(workdir, run_folder.RESULTS_FILE)}", flush=True)
+    changes = run_folder.changed_fields(
+        files.read_json(os.path.join(workdir, run_folder.CONFIG_FILE)), config.to_dict(),
+        absolute_paths)
+    if changes:  # eval.sets, say: the results above did not see them
+      print(f"not applied to a finished run: {changes}; to score other test sets, restore "
+            "them with launch/restore.py and score them with launch/score.py", flush=True)
+    if jax.process_index() == 0 and setup.run.plan.probe_every and _figures_missing(
+        workdir, setup.run.model.task_names):
+      print("drawing its conflict figures: the attempt that finished it stopped before they "
+            "were all written", flush=True)
+      writer = events.Writer(os.path.join(workdir, run_folder.EVENTS_DIR))
+      print(_conflict_answer(workdir, writer, config.conflicts.ema_beta), flush=True)
+      writer.close()
     return setup.finished
   # Inputs are opened before anything is written: a missing folder fails the start cleanly.
   images = sources.open_images(config.data, "train")
@@ -343,6 +357,14 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
       print(_conflict_answer(workdir, writer, config.conflicts.ema_beta), flush=True)
     writer.close()
   return results
+
+
+def _figures_missing(workdir, task_names):
+  """Whether a figure `_conflict_answer` draws is not in the run's conflicts folder."""
+  from mtl import draw
+  folder = run_folder.conflicts_dir(workdir)
+  return not all(os.path.exists(os.path.join(folder, name))
+                 for name in draw.file_names(conflicts.pair_names(task_names)))
 
 
 def _conflict_answer(workdir, writer, ema_beta):

@@ -316,6 +316,21 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
       k: v for k, v in before.items() if k != log_path}  # no new events, results or checkpoints
   attempts = [l for l in open(log_path) if l.startswith("=== ")]
   assert len(attempts) == 4 and "launch/train.py" in attempts[0]  # stopped twice, done, again
+  # a figure the finishing attempt did not write (killed while it wrote them) is drawn; it said
+  # "already finished" and left the run without them
+  os.remove(workdir / "conflicts" / "cos_curves.png")
+  redrawn = _launch(*_cli_args(workdir))
+  assert redrawn.returncode == 0, redrawn.stderr[-3000:]
+  assert ("drawing its conflict figures: the attempt that finished it stopped before they were "
+          "all written") in redrawn.stdout
+  assert (workdir / "conflicts" / "cos_curves.png").is_file()
+  assert "figures: " in redrawn.stdout
+  # a field a resume may change, changed for a finished run: said not to apply (it was silent)
+  changed = _launch(*_cli_args(workdir, **{"eval.max_images": 2}))
+  assert changed.returncode == 0, changed.stderr[-3000:]
+  assert changed.stdout.strip().splitlines()[-1] == (
+      "not applied to a finished run: eval.max_images (1 -> 2); to score other test sets, "
+      "restore them with launch/restore.py and score them with launch/score.py")
 
 
 def _launch(*args):
