@@ -12,7 +12,8 @@ high, level, n, p, method, note); a NaN interval always carries a one-line `note
                         cosine): batch means of the pieces + the delta method, or block bootstrap
   corrected_cosine_intervals  that, for every task pair of a window of half-split Gramians
   conflict_fraction_interval  share of steps < 0: Wilson score interval at an effective n
-  negative_share_n_eff  that effective n (negative_share_df: the df it is estimated with)
+  negative_share_draws  that effective n and its df (negative_share_n_eff, negative_share_df;
+                        independent probes: n)
   wilson_interval       a share's Wilson score interval at n draws
   mean_of_shares        the mean of independent runs' shares: Wilson at their combined n,
                         widened where the seeds differ more
@@ -405,8 +406,9 @@ def mean_of_runs(intervals, level=0.95):
   return Interval(estimate, estimate - q * se, estimate + q * se, level, k, p, method, note)
 
 
-def conflict_fraction_interval(x, level=0.95):
-  """Share of steps with x < 0 (NaN skipped) and a Wilson score interval at an effective n.
+def conflict_fraction_interval(x, level=0.95, method="batch_means"):
+  """Share of steps with x < 0 (NaN skipped) and a Wilson score interval at an effective n
+  (method 'independent', values on fresh batches of their own: n, a normal quantile).
 
   Conflicts come in runs, so n steps carry less than n independent draws: n_eff = n / tau,
   with tau = m var(batch means of the indicator) / var(indicator) (batch means, m ~ sqrt(n)),
@@ -426,9 +428,21 @@ def conflict_fraction_interval(x, level=0.95):
     share = float((x < 0).mean()) if n else float("nan")
     return _nan_interval(level, n, "wilson, effective n",
                          f"{n} defined values; an interval needs >= 4", share)
-  share, n_eff, df = float((x < 0).mean()), negative_share_n_eff(x), negative_share_df(n)
+  share = float((x < 0).mean())
+  n_eff, df = negative_share_draws(x, method)
+  if df is None:
+    return wilson_interval(share, n_eff, level, n, "wilson, independent draws")
   return wilson_interval(share, n_eff, level, n, "wilson, effective n (t quantile)",
                          f"n_eff = {n_eff:.1f}", df)
+
+
+def negative_share_draws(x, method="batch_means"):
+  """(n_eff, df) behind the share of x < 0 (NaN skipped; >= 4 values): n and None (a normal
+  quantile) for method 'independent', else negative_share_n_eff and negative_share_df."""
+  _check_method(method)
+  if method == "independent":
+    return int(np.sum(~np.isnan(np.asarray(x, np.float64)))), None
+  return negative_share_n_eff(x), negative_share_df(int(np.sum(~np.isnan(np.asarray(x)))))
 
 
 def negative_share_n_eff(x):

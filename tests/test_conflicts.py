@@ -560,6 +560,13 @@ def test_the_probe_batch_is_recorded_named_and_picks_the_interval_method(tmp_pat
   iv_old = conflicts.load(old).corrected_cosine_intervals()[0]
   assert iv_fresh.method == "independent + delta" and iv_old.method == "batch_means + delta"
   assert iv_fresh.estimate == iv_old.estimate
+  # ... the conflict fraction too (it took batch means over fresh probes, as if correlated)
+  share_fresh, share_old = (r.conflict_fraction_intervals()[0]
+                            for r in (record, conflicts.load(old)))
+  assert (share_fresh.method, share_fresh.n) == ("wilson, independent draws", 12)
+  assert share_old.method == "wilson, effective n (t quantile)"
+  entry = next(iter(conflicts.summarize(record)["pair"].values()))["conflict_fraction_interval"]
+  assert (entry["n_eff"], entry["df"]) == (12, None)
   assert "fresh batches of 32/task" in conflicts.format_headline(conflicts.phase_verdicts(record))
   summary = conflicts.format_summary(conflicts.summarize(record))
   assert "whole body, steps 0-11 (12 probes, fresh batches of 32/task)" in summary

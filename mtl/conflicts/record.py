@@ -143,11 +143,14 @@ class Record:
     pcos = pair_values(self.last(window).cosines("body")[:, 0])
     return [stats.window_mean_interval(pcos[:, k], level, method) for k in range(pcos.shape[1])]
 
-  def conflict_fraction_intervals(self, window=None, level=0.95):
-    """[Interval] per pair: the share of probe steps with whole-body raw cos < 0."""
+  def conflict_fraction_intervals(self, window=None, level=0.95, method=None):
+    """[Interval] per pair: the share of probe steps with whole-body raw cos < 0 (method None:
+    the record's `interval_method`)."""
     from mtl import stats
+    method = method or self.interval_method
     pcos = pair_values(self.last(window).cosines("body")[:, 0])
-    return [stats.conflict_fraction_interval(pcos[:, k], level) for k in range(pcos.shape[1])]
+    return [stats.conflict_fraction_interval(pcos[:, k], level, method)
+            for k in range(pcos.shape[1])]
 
   def last(self, window=None):
     """The last `window` probe steps (all for None or 0)."""

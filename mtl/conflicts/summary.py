@@ -188,14 +188,15 @@ def verdict_text(entry, pairs):
   return entry["verdict"]
 
 
-def _n_eff(x):
-  """The conflict fraction's effective number of draws and its df (NaN below 4 defined
-  values), which let independent runs' fractions be combined (stats.mean_of_shares)."""
+def _n_eff(x, method):
+  """The conflict fraction's effective number of draws and its df (None: independent draws;
+  NaN below 4 defined values), which let independent runs' fractions be combined
+  (stats.mean_of_shares)."""
   from mtl import stats
-  n = int(np.sum(~np.isnan(x)))
-  if n < 4:
+  if int(np.sum(~np.isnan(x))) < 4:
     return {"n_eff": float("nan"), "df": float("nan")}
-  return {"n_eff": stats.negative_share_n_eff(x), "df": stats.negative_share_df(n)}
+  n_eff, df = stats.negative_share_draws(x, method)
+  return {"n_eff": n_eff, "df": df}
 
 
 def noise_floor(record, window=None, level=LEVEL, method=None):
@@ -213,7 +214,7 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
   agree = nan_mean(rec.same_task_agreement("body")[:, 0], axis=0)  # (T,) NaN without halves
   floors = rec.resolved_noise_floors(None, level, method)
   raw = rec.cosine_intervals(None, level, method)
-  share = rec.conflict_fraction_intervals(None, level)
+  share = rec.conflict_fraction_intervals(None, level, method)
   corrected = rec.corrected_cosine_intervals(None, level, method)
   pcos = pair_values(rec.cosines("body")[:, 0])
   out = {"halves": rec.halves, "level": level, "interval_method": method,
@@ -222,7 +223,7 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
   for k, (i, j) in enumerate(pair_indices(len(names))):
     out["pair"][f"{names[i]}~{names[j]}"] = {
         "cos": _interval(raw[k]),
-        "conflict_fraction": dict(_interval(share[k]), **_n_eff(pcos[:, k])),
+        "conflict_fraction": dict(_interval(share[k]), **_n_eff(pcos[:, k], method)),
         "corrected_cos": _interval(corrected[k]),
         "same_task_agreement": [float(agree[i]), float(agree[j])],
         "floor_resolved": [bool(floors[i]), bool(floors[j])],
