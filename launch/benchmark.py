@@ -177,11 +177,14 @@ def _interleaved(calls, repeats, peer=None):
   import numpy as np
   ours, theirs = {label: [] for label in calls}, {label: [] for label in calls}
   for warm_up in [True] + [False] * repeats:
-    for label, (call, request) in calls.items():
+    for i, (label, (call, request)) in enumerate(calls.items()):
       start = time.perf_counter()
       call()
       taken = time.perf_counter() - start
       peer_taken = peer.step(request) if peer and request else None
+      if warm_up and len(calls) > 1:  # compiling them all may take minutes: say how far it is
+        print(f"  warm-up {i + 1}/{len(calls)}: {label} {taken:.1f}s", file=sys.stderr,
+              flush=True)
       if not warm_up:
         ours[label].append(taken)
         if peer_taken is not None:

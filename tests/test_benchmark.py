@@ -211,6 +211,8 @@ def test_probe_rows_carry_each_variant_s_compiled_peak_not_the_process_s():
     variant = "no probe" if label == "probe: no probe" else "probe"
     assert peak == f"{float(compiled[variant]) / 1024:.2f}" != "7.00", (label, out.stdout)
   assert out.stdout.count("in use so far in this process (all variants above): 7.00 GiB") == 1
+  # compiling a section's variants may take minutes: each one's warm-up is said as it ends
+  assert re.findall(r"^  warm-up (\d/2): ", out.stderr, re.M) == ["1/2", "2/2"], out.stderr
 
 
 def test_sections_run_in_flag_order_and_devices_is_for_cpu_runs_only():
