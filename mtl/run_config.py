@@ -126,7 +126,8 @@ def check_sets_apart(sets, data):
   folder = data.get("folder", "") if data.get("source") == "folder" else ""
   if folder and not folder_lib.is_url(folder):
     train.append((f"data.folder={folder} (read recursively)",
-                  [(real(d), False) for d in folder_lib.read_dirs(folder)]))
+                  [(real(d), False) for d in folder_lib.read_dirs(folder)]
+                  if os.path.isdir(folder) else [(real(folder), True)]))
   for name, kind, path, _ in evaluate.parse_sets(sets):
     if not path or folder_lib.is_url(path) or not os.path.isdir(path):
       continue

@@ -270,13 +270,18 @@ def test_pooled_ratio_interval_covers_true_cosine():
   d, steps, sigma2, truth = 200, 100, 0.04, 0.5  # half noise |e|^2 ~ 8 against |mu|^2 = 1
   e = np.eye(2, d)
   mu = np.stack([e[0], truth * e[0] + math.sqrt(1 - truth ** 2) * e[1]])
-  covered = 0
+  covered, estimates, se = 0, [], []
   for _ in range(SIMS):
     halves = np.repeat(mu, 2, axis=0)[None] + math.sqrt(sigma2) * rng.normal(size=(steps, 4, d))
     G2 = np.einsum("sid,sjd->sij", halves, halves)
     iv = stats.corrected_cosine_intervals(G2)[0]
     covered += iv.low <= truth <= iv.high
+    estimates.append(iv.estimate)
+    se.append((iv.high - iv.low) / 2 / sps.t.ppf(0.975, 9))  # 10 batch means of 10 steps
   assert covered >= 0.90 * SIMS, covered  # iid steps: a t interval at ~95%, binomial bound
+  # ... and not by being too wide: its standard error is the estimate's spread over the
+  # simulations (measured 0.98; the spread's own SD over 200 draws is 5%, so +-15% is 3 SDs)
+  assert np.median(se) / np.std(estimates, ddof=1) == pytest.approx(1.0, abs=0.15)
   assert iv.estimate == pytest.approx(corrected_cosines(G2, axis=0)[0, 1])
   cross, same = corrected_cosine_pieces(G2)
   boot = stats.pooled_ratio_interval(cross[:, 0, 1], same[:, 0], same[:, 1],
