@@ -60,6 +60,17 @@ def run(name, jac, case, **kwargs):
     return out, state
   return jitted(name, **kwargs)(jac)
 
+@pytest.mark.parametrize("scale_mode, scale", [("min", 1.0), ("median", 4.0), ("rmse", 30 / 4)])
+def test_aligned_mtl_scales_by_the_eigenvalue_its_scale_mode_names(scale_mode, scale):
+  # orthogonal gradients of norms 4, 3, 2, 1: G's eigenvalues are their squares, each task's
+  # own, so w_i = sqrt(scale / lambda_i) / T (Senushkin et al. 2023); 'median' is torch.median's
+  # lower middle (4 of 1, 4, 9, 16), 'rmse' the mean eigenvalue; only 'min' had fixtures
+  lam = np.array([16.0, 9.0, 4.0, 1.0])
+  with jax.enable_x64(True):
+    w = agg.get_weighting("aligned_mtl", scale_mode=scale_mode)(jnp.diag(jnp.asarray(lam)))
+  np.testing.assert_allclose(w, np.sqrt(scale / lam) / 4, rtol=1e-12)  # float64 rounding
+
+
 
 @pytest.mark.parametrize("case", CASES)
 def test_matches_torchjd_float64(case):
@@ -434,6 +445,15 @@ def _body_close(got, want, tol):
 STEP_TOL = 2e-4
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+  """The step tests compare two programs to float32 summation-order noise (above); at a GPU's
+  default matmul precision (TF32: ~1e-3 per product) they would measure its rounding. On CPU
+  'highest' is the default."""
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 def test_step_sum_is_the_plain_sum_and_mean_its_average():
   grads_sum, params, batch, run, _ = _step_grads(_step_config("sum"))
   per_task = _task_grads(run, _step_config("sum"), params, batch)
@@ -519,6 +539,7 @@ def test_step_uncertainty_weighting_trains_log_vars():
                                 batch[spec.name], config.degrade)
     per.append(float(losses.l1(run.model.apply(params, spec.name, x), y)))
   want = 0.5 - np.array(per) / (2 * np.exp(s))
+  # the losses again, in other programs: float32 summation order (~1e-6 of a loss)
   np.testing.assert_allclose(np.asarray(grads["loss_weighting"]["log_var"]), want, rtol=1e-4)
   # and the body gradient is the per-task gradients weighted by 1 / (2 e^s)
   per_task = _task_grads(run, config, params, batch)

@@ -221,7 +221,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(killed, reference):
   # the halves are added): ~sqrt(n) eps = 1.6e-5 of a leaf's scale, so 5e-5 for the Gramians
   # (measured 5e-6; a half-batch lost or counted twice moves them by O(1)). Later the noise grows
   # through the L1 loss's sign flips (measured: up to 8e-4 of a leaf's scale by step 3), while
-  # the whole-body cosines the analysis reports agree to 5e-6.
+  # the whole-body cosines the analysis reports agree to 5e-6 (held to 1e-4: that growth, 20x).
   got, want = record.gramians.astype(np.float64), ref_record.gramians.astype(np.float64)
   rel = np.abs(got - want) / np.abs(want).max(axis=(2, 3), keepdims=True)
   assert rel[0].max() < 5e-5 and rel.max() < 5e-3, rel.max(axis=(1, 2, 3))

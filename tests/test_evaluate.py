@@ -432,3 +432,30 @@ def test_folder_val_scores_the_images_held_out_of_the_training_folder(tmp_path, 
   config.data.source = "photos"
   with pytest.raises(ValueError, match=r"data.source='photos'"):
     run_config.validate(config)
+
+
+def test_test_images_are_centre_cropped_then_mod_cropped_to_the_scale(tmp_path):
+  # a left-aligned crop, or a mod-crop of the height alone, went unnoticed: every test image
+  # was square and even at x2
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (50, 67, 3), dtype=np.uint8)
+  (tmp_path / "T").mkdir()
+  Image.fromarray(image).save(tmp_path / "T" / "a.png")
+  config = tiny.get_config()
+  config.tasks, config.eval.sets, config.eval.max_images = ("sr_x3",), f"T={tmp_path / 'T'}", 1
+  for side, kept in ((0, image), (40, image[5:45, 13:53])):  # (50 - 40) // 2, (67 - 40) // 2
+    config.eval.max_side = side
+    (testset,) = evaluate.load_testsets(config)
+    np.testing.assert_array_equal(testset.items[0][1], kept)
+    _, degraded, clean = evaluate.test_pairs(tasks.get("sr_x3"), testset, config)[0]
+    height, width = (s - s % 3 for s in kept.shape[:2])
+    assert clean.shape == (height, width, 3) and degraded.shape == (height // 3, width // 3, 3)
+    np.testing.assert_array_equal(clean, kept[:height, :width])
+
+
+def test_a_set_s_scores_are_the_means_of_its_images_scores():
+  # per image, then averaged (IPT, BasicSR): with one or two images a median passed as a mean
+  rows = [{"psnr_y": 30.0, "ssim_y": 0.1}, {"psnr_y": 31.0, "ssim_y": 0.2},
+          {"psnr_y": 38.0, "ssim_y": 0.9}]
+  assert evaluate.mean_entry(rows) == {"psnr_y": pytest.approx(33.0),
+                                       "ssim_y": pytest.approx(0.4)}

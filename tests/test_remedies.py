@@ -239,6 +239,10 @@ def test_predictors_table(study):
   measured = np.array([[np.nan, 0.2, -0.1], [0.2, np.nan, 0.05], [-0.1, 0.05, np.nan]])
   assert remedies.transfer_grouping(list(TASKS), measured, noise) == (
       "measured transfer supports no grouping: no pair's transfer holds over the 3 pairs (Holm).")
+  # two pairs beyond noise each (p 0.03, 0.04), neither over the 3 pairs (Holm: 0.09, 0.08)
+  alone = [iv._replace(p=p) for iv, p in zip(noise, (0.03, 0.04, 0.5))]
+  assert remedies.transfer_grouping(list(TASKS), measured, alone).startswith(
+      "measured transfer supports no grouping")
   print("\n".join(" | ".join(map(str, r)) for r in [table.header] + table.rows))
   print("\n".join(table.notes))
   print("\n".join(" | ".join(map(str, r)) for r in [remedies.remedies_table(study).header] +

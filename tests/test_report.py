@@ -604,9 +604,13 @@ def test_spearman_between_conflict_and_pairwise_transfer(tmp_path):
   gains = {"denoise_30~sr_x2": [0.3, 0.5], "denoise_30~derain": [-0.1, -0.3],
            "sr_x2~derain": [0.4, 0.6]}
   transfer = {p: scores.paired({0: 0.0, 1: 0.0}, {0: g[0], 1: g[1]}) for p, g in gains.items()}
-  summaries = [("joint", 0, JOINT, {"pair": {p: {"mean_cos": c, "conflict_fraction": 0.5}
-                                              for p, c in cos.items()}})]
+  summaries = [("joint", seed, JOINT, {"pair": {p: {"mean_cos": c + shift,
+                                                     "conflict_fraction": 0.5}
+                                                 for p, c in cos.items()}})
+               for seed, shift in ((0, 0.0), (1, 0.2))]  # the seeds' ranks agree
   table = tables.conflict_table(s, summaries, transfer)
+  # the seeds' spread: a sample SD (0.3 and 0.5)
+  assert table.records[0]["mean_cos_std"] == pytest.approx(np.std([0.3, 0.5], ddof=1))
   rho = sps.spearmanr(list(cos.values()), [np.mean(gains[p]) for p in cos]).statistic
   # 3 pairs: every one of the 3! pairings reaches |rho| = 0.5, so the exact p is 1
   assert table.spearman.rho == pytest.approx(rho) == 0.5 and table.spearman.n == 3

@@ -326,6 +326,14 @@ def test_lr_is_chosen_on_the_study_metric(tmp_path):
     _write(study, name, DONE={}, results_json={"step": 5, "tasks": {t: {
         "photos_val": {"psnr_y": y, "psnr_rgb": rgb}} for t in spec.tasks}})
   assert study.select("joint-s0").run.name == "joint-lr2e-4-s0"
+  # the mean over the run's tasks, not its first task's score
+  study = study_lib.Study(micro(), str(tmp_path / "mean"))
+  for name, first, others in (("joint-lr1e-3-s0", 30.0, 20.0), ("joint-lr2e-4-s0", 25.0, 25.0)):
+    tasks = study.by_name[name].tasks
+    assert len(tasks) > 2
+    _write(study, name, DONE={}, results_json={"step": 5, "tasks": {t: {
+        "photos_val": {"psnr_y": first if t == tasks[0] else others}} for t in tasks}})
+  assert study.select("joint-s0").run.name == "joint-lr2e-4-s0"  # means 23.3 and 25.0
 
 
 def test_a_study_saved_by_an_older_mtl_still_loads(tmp_path):

@@ -30,6 +30,13 @@ def _config(data=1, **overrides):
   return config
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+  """These tests hold two programs' float32 results to float32 summation-order noise; at a GPU's
+  default matmul precision (TF32, a 10-bit mantissa: ~1e-3 per product) they would measure the
+  backend's rounding, not the step. On CPU 'highest' is the default."""
+  with jax.default_matmul_precision("highest"):
+    yield
 
 
 def _independent_task_grads(run, config, params, batch, step, halves=False):
