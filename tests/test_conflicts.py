@@ -75,6 +75,8 @@ def test_derived_quantities_match_explicit_vectors():
   negative = sum(explicit_cos(j[a], j[b]) < 0 for a in range(4) for b in range(a + 1, 4))
   assert conflicts.conflict_fraction(g) == pytest.approx(negative / 6)
   assert 0 < negative < 6
+  # orthogonal (cos 0) is not a conflict; NaN (a zero gradient) is not counted
+  assert conflicts.share_negative([0.0, -0.5, 0.5, np.nan]) == pytest.approx(1 / 3)
 
 
 def test_derived_quantities_keep_leading_axes():

@@ -108,6 +108,14 @@ def test_grayscale_is_scored_as_is():
   assert metrics.psnr(a[..., None], b[..., None]) == pytest.approx(expected)
 
 
+def test_an_image_is_grey_only_where_every_channel_is_equal():
+  grey = np.repeat(_random_image(7, (20, 20))[..., None], 3, axis=-1)
+  assert metrics.is_grey(grey) and metrics.is_grey(grey[..., 0])
+  blue = grey.copy()
+  blue[5, 5, 2] ^= 1  # red and green still equal everywhere
+  assert not metrics.is_grey(blue)
+
+
 @pytest.mark.parametrize("fn", [metrics.psnr, metrics.ssim])
 def test_bad_inputs_raise(fn):
   a = _random_image(9, (20, 20, 3))
