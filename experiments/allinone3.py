@@ -74,6 +74,7 @@ def get_config(arg=None):
     config.checkpoint_every = 5000
     config.eval_every = 50_000
     config.conflicts.every = 50
+    config.conflicts.batch_size = 32  # its own probe batch, in float32 (not bfloat16 gradients)
     test = os.path.join(root, "test")
     config.eval.sets = ",".join([
         f"CBSD68=for:denoise:{os.path.join(test, 'denoise', 'CBSD68')}",

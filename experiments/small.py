@@ -23,5 +23,6 @@ def get_config(arg=None):
   config.log_every = 100
   config.eval_every = 10_000
   config.conflicts.every = 50
+  config.conflicts.batch_size = 16  # its own probe batch, in float32 (not the bfloat16 gradients)
   config.precision = "bfloat16"
   return config

@@ -322,6 +322,13 @@ def validate(config):
     logging.warning("conflicts.every=%d ignored: with schedule='one' each step sees one task, so "
                     "no two task gradients are taken at the same parameters; use schedule='all' "
                     "to measure conflicts", config.conflicts.every)
+  plan = probe_plan(config)
+  if plan.probe_every and not plan.batch_size and config.precision == "bfloat16":
+    logging.warning("conflicts on the training batch of a bfloat16 run are measured on the "
+                    "bfloat16 gradients the update takes, whose rounding the two halves partly "
+                    "share (the noise floor cannot remove it: corrected cosines moved by up to "
+                    "0.013 on the tiny model); conflicts.batch_size > 0 measures a probe batch "
+                    "of its own in float32")
   if config.conflicts.get("gramian_chunk", 0) < 0:
     raise ValueError(f"conflicts.gramian_chunk={config.conflicts.gramian_chunk} must be >= 0 "
                      "(entries per piece of the Gramians' contractions; 0: no pieces)")

@@ -251,8 +251,9 @@ FIELD_HELP = {
     "eval.tiling": "centre: each tile's centre kept | ipt: IPT's test procedure | mean",
     "eval.self_ensemble": "also score the x8 flips/rotations ensemble (EDSR's '+')",
     "conflicts.every": "steps between conflict probes (0: never)",
-    "conflicts.batch_size": "images per task of each probe's own fresh batch, not trained on "
-                            "(even; 0: the training batch's halves, free but as noisy as it)",
+    "conflicts.batch_size": "images per task of each probe's own fresh batch, not trained on, "
+                            "measured in float32 (even; 0: the training batch's halves, free "
+                            "but as noisy as it, in the run's precision)",
     "conflicts.ema_beta": "EMA weight of the cosine curves in the figures",
     "conflicts.gramian_chunk": "entries per piece of the Gramians' contractions, the pieces "
                                "multiplied as a batch and summed (split-K; 0: one product per "

@@ -131,6 +131,19 @@ def test_a_test_set_inside_a_training_folder_is_refused(tmp_path):
   run_config.validate(_set(config, "eval.sets", f"photos,R={tmp_path / 'rain' / 'test'}"))
 
 
+def test_a_bfloat16_run_probing_its_training_batch_is_told_what_that_measures(caplog):
+  config = _set(_config(), "precision", "bfloat16")
+  with caplog.at_level("WARNING"):
+    run_config.validate(config)
+  assert ("conflicts on the training batch of a bfloat16 run are measured on the bfloat16 "
+          "gradients the update takes") in caplog.text
+  assert "conflicts.batch_size > 0 measures a probe batch of its own in float32" in caplog.text
+  caplog.clear()
+  with caplog.at_level("WARNING"):
+    run_config.validate(_set(config, "conflicts.batch_size", 8))  # a probe batch: float32
+  assert "bfloat16" not in caplog.text
+
+
 def test_rain_streaks_with_no_task_that_rains_are_said_to_go_unused(caplog):
   # they were ignored without a word
   with caplog.at_level("WARNING"):

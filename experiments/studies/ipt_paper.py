@@ -56,6 +56,7 @@ def get_config(arg=None):
   run.checkpoint_every = 5000
   run.eval_every = 0
   run.conflicts.every = 100
+  run.conflicts.batch_size = 64  # its own probe batch, in float32 (not the bfloat16 gradients)
   bench = os.path.join(root, "benchmark")
   run.eval.sets = run.eval.sets + f",DIV2K_val10={os.path.join(bench, 'DIV2K_val10')}"
   study.run = run

@@ -65,6 +65,7 @@ def get_config(arg=None):
   run.checkpoint_every = 2000
   run.log_every = 100
   run.conflicts.every = 50
+  run.conflicts.batch_size = 16  # its own probe batch, in float32 (not the bfloat16 gradients)
   bench = os.path.join(root, "benchmark")
   run.eval.sets = ",".join(f"{n}={os.path.join(bench, n)}"
                            for n in ("Set5", "Set14", "B100", "Urban100", "DIV2K_val10"))
