@@ -68,6 +68,7 @@ def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10
     raise ValueError(f"tasks={list(config.tasks)}: conflicts need two or more tasks")
   config = config.copy_and_resolve_references()
   config.regime, config.schedule = "joint", "all"
+  config.data.batch_size = batch_size  # the run's training batch is not drawn here (nor checked)
   run = build(config)
   with jax.set_mesh(run.mesh):
     abstract = run.abstract_state

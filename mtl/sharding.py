@@ -59,8 +59,12 @@ def leaf_sharding(mesh, shape, min_size=2 ** 16):
 def check_batch(mesh, batch_size, field="data.batch_size"):
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % shards:
+    fsdp = mesh.shape["fsdp"]
+    fits = [d for d in range(mesh.shape["data"] - 1, 0, -1) if batch_size % (d * fsdp) == 0]
+    fewer = (f", or fewer devices: mesh.data={fits[0]} (a resumed run may change its mesh, not "
+             "its batch)") if fits else ""
     raise ValueError(f"{field}={batch_size} is not divisible by the {shards} batch "
-                     f"shards of the mesh; use a multiple of {shards}")
+                     f"shards of the mesh; use a multiple of {shards}{fewer}")
 
 
 def to_global(batch, mesh):

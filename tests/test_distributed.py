@@ -413,9 +413,15 @@ def test_bad_process_flags_are_one_line_whatever_else_is_given(tmp_path, flags, 
     ({"mesh.data": 16}, "mesh data=16 x fsdp=1 needs 16 devices, 8 are present"),
     ({"mesh.fsdp": 3}, "mesh.fsdp=3 does not divide the 8 devices"),
     ({"mesh.data": 3, "mesh.fsdp": 3}, "mesh data=3 x fsdp=3 needs 9 devices, 8 are present"),
-    ({"data.batch_size": 4}, "data.batch_size=4 is not divisible by the 8 batch shards"),
+    # a resumed run may not change its batch: the fix then is a mesh of fewer devices
+    ({"data.batch_size": 4}, "data.batch_size=4 is not divisible by the 8 batch shards of the "
+     "mesh; use a multiple of 8, or fewer devices: mesh.data=4 (a resumed run may change its "
+     "mesh, not its batch)"),
     ({"mesh.data": 2, "mesh.fsdp": 2, "data.batch_size": 6},
-     "data.batch_size=6 is not divisible by the 4 batch shards"),
+     "data.batch_size=6 is not divisible by the 4 batch shards of the mesh; use a multiple of 4, "
+     "or fewer devices: mesh.data=1"),
+    ({"mesh.data": 2, "mesh.fsdp": 4, "data.batch_size": 6},  # no mesh.data fits fsdp=4
+     "data.batch_size=6 is not divisible by the 8 batch shards of the mesh; use a multiple of 8"),
 ])
 def test_mesh_that_does_not_fit_is_a_clear_error(changes, message):
   config = _config()
@@ -425,6 +431,7 @@ def test_mesh_that_does_not_fit_is_a_clear_error(changes, message):
   with pytest.raises(ValueError) as error:
     run_state.build(config)
   assert message in str(error.value) and "\n" not in str(error.value)
+  assert ("fewer devices" in message) == ("fewer devices" in str(error.value))
 
 
 def test_slurm_is_detected_as_jax_detects_it_and_one_task_runs_alone(tmp_path, monkeypatch):

@@ -600,6 +600,12 @@ def test_a_checkpoint_of_a_given_step_is_measured_on_batches_of_its_own(straight
     np.testing.assert_allclose(grams[k], want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
   with pytest.raises(ValueError, match=r"step 3 has no checkpoint in .*; saved steps: 2, 4"):
     measure.measure_conflicts(config, straight_run[0], 1, 2, step=3)
+  # on all 8 devices: the run's training batch (2 a step) does not divide them, the probe batch
+  # does; the former, never drawn here, refused the measurement
+  wide = _config()
+  wide.mesh.data = -1
+  assert measure.measure_conflicts(wide, straight_run[0], 1, 8, log=lambda *a, **k: None,
+                                   step=2)[1].shape[0] == 1
 
 
 def test_analyze_probes_until_its_halfwidth_target_or_max_batches(straight_run, tmp_path):
