@@ -44,6 +44,7 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
+    self.unsaid = None  # the line of a signal not printed yet
     self.synced = jax.process_count() > 1
     self.stage = "start-up"  # where a stop takes effect; None: the final evaluation
 
@@ -69,14 +70,25 @@ class _Preemption:
     else:
       what = f"stopping once {self.stage}, before the final evaluation"
     self.requested = True  # first: the line below fails where its reader is gone (EPIPE)
+    self.unsaid = (f"{name} received: {what}"
+                   + (" (Ctrl-C again: stop at once)" if signum == signal.SIGINT else ""))
+    self._say()
+
+  def _say(self):
+    """Print the line a signal left; one the signal interrupted mid-write (a reentrant call)
+    waits for the next step boundary, a stdout not the Tee's is given up on."""
+    line, self.unsaid = self.unsaid, None
     try:
-      print(f"{name} received: {what}"
-            + (" (Ctrl-C again: stop at once)" if signum == signal.SIGINT else ""), flush=True)
-    except (OSError, RuntimeError):  # a stdout not the Tee's, or one the signal interrupted
-      pass                            # mid-write (reentrant call): the stop is asked for anyway
+      if line:
+        print(line, flush=True)
+    except RuntimeError:
+      self.unsaid = line
+    except OSError:
+      pass
 
   def check(self, step):
     """Whether to stop after `step`; every process calls it once per step, in order."""
+    self._say()
     if self.synced and not self.requested:
       from jax.experimental import multihost_utils
       if multihost_utils.reached_preemption_sync_point(step):
@@ -87,6 +99,7 @@ class _Preemption:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._say()
 
 
 class NonFiniteLoss(RuntimeError):

@@ -34,6 +34,7 @@ def _config():
   config.precision = "float32"
   config.model.patch_size = 24  # two encoder and two decoder layers on 64 tokens: a fast step
   config.data.batch_size = 4
+  config.conflicts.batch_size = 0  # the probe on the training batch's halves, in the step
   config.mesh.data = 1
   return config
 

@@ -733,6 +733,26 @@ def _signal_during_step(monkeypatch, index, sig):
   monkeypatch.setattr(prefetch, "DevicePrefetch", Signalling)
 
 
+def test_a_signal_s_line_that_meets_a_write_in_progress_is_said_at_the_next_step(monkeypatch,
+                                                                                 capsys):
+  # a signal landing in the middle of a print made the handler's own print a reentrant call
+  # (RuntimeError): the line was dropped, under load now and then (a closed terminal's SIGHUP)
+  import builtins
+  import signal
+  stop = train._Preemption()
+  stop.stage = "the next step"
+  printed = builtins.print
+  def busy(*args, **kwargs):
+    raise RuntimeError("reentrant call inside <_io.BufferedWriter name='<stdout>'>")
+  monkeypatch.setattr(builtins, "print", busy)
+  stop._handle(signal.SIGHUP, None)
+  monkeypatch.setattr(builtins, "print", printed)
+  assert stop.requested and capsys.readouterr().out == ""
+  assert stop.check(3)
+  assert capsys.readouterr().out == (
+      "SIGHUP received: saving a checkpoint at the next step and stopping\n")
+
+
 def test_a_stop_during_the_start_up_ends_before_the_first_step_with_one_line(tmp_path,
                                                                                monkeypatch,
                                                                                capsys):
