@@ -133,8 +133,9 @@ def train_and_evaluate(config, workdir):
         files.read_json(os.path.join(workdir, run_folder.CONFIG_FILE)), config.to_dict(),
         absolute_paths)
     if changes:  # eval.sets, say: the results above did not see them
-      print(f"not applied to a finished run: {changes}; to score other test sets, restore "
-            "them with launch/restore.py and score them with launch/score.py", flush=True)
+      score = ("; to score other test sets, restore them with launch/restore.py and score them "
+               "with launch/score.py") if "eval." in changes else ""
+      print(f"not applied to a finished run: {changes}{score}", flush=True)
     if jax.process_index() == 0 and setup.run.plan.probe_every and _figures_missing(
         workdir, setup.run.model.task_names):
       print("drawing its conflict figures: the attempt that finished it stopped before they "
