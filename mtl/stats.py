@@ -440,9 +440,8 @@ def negative_share_draws(x, method="batch_means"):
   """(n_eff, df) behind the share of x < 0 (NaN skipped; >= 4 values): n and None (a normal
   quantile) for method 'independent', else negative_share_n_eff and negative_share_df."""
   _check_method(method)
-  if method == "independent":
-    return int(np.sum(~np.isnan(np.asarray(x, np.float64)))), None
-  return negative_share_n_eff(x), negative_share_df(int(np.sum(~np.isnan(np.asarray(x)))))
+  n = int(np.sum(~np.isnan(np.asarray(x, np.float64))))
+  return (n, None) if method == "independent" else (negative_share_n_eff(x), negative_share_df(n))
 
 
 def negative_share_n_eff(x):

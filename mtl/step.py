@@ -31,7 +31,6 @@ heads, queries and tails keep their own task's gradient. A loss weighting scales
 losses before the gradient; its trained parameters are params['loss_weighting'] and its carried
 state (with GradVac's) TrainState.mtl_state.
 """
-import dataclasses
 import functools
 from typing import Any
 
@@ -43,7 +42,6 @@ import optax
 
 from mtl import aggregators, degradations, gramians, losses, optim
 from mtl.data.pipeline import split_probe, step_offset
-from mtl.models import ipt
 from mtl.tasks import task_id
 
 
@@ -205,8 +203,7 @@ def probe_gramians(params, batch, step, model, config, names, stream=_PROBE_STRE
   activations and outputs is partly shared by the two halves (the L1 sign flips under its
   output spacing, among others), which the noise floor cannot tell from signal; on the tiny
   model it moved corrected cosines by up to 0.013, half their interval."""
-  if model.cfg.compute_dtype != "float32":
-    model = ipt.IPT(dataclasses.replace(model.cfg, compute_dtype="float32"), model.specs)
+  model = model.in_float32()
   specs = [model.specs[model.task_names.index(n)] for n in names]
   inputs, targets = degrade_batch(specs, [task_id(n) for n in names], config, step, batch, stream,
                                   seed)

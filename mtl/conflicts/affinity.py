@@ -62,10 +62,7 @@ def make_affinity(model, config, names):
   jax.jit. Computed in float32 whatever the run's precision: the lookahead moves the body by
   ~1e-5 of itself, under bfloat16's resolution (2^-9), where Z came out mostly rounding (a
   sign flipped, others half their float32 value, on the tiny model)."""
-  import dataclasses
-  from mtl.models import ipt
-  if model.cfg.compute_dtype != "float32":
-    model = ipt.IPT(dataclasses.replace(model.cfg, compute_dtype="float32"), model.specs)
+  model = model.in_float32()
 
   def fn(params, batch, step, lr, seed=None):
     return affinity(model, config, tuple(names), params, batch, step, lr, seed)

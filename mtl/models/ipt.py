@@ -399,6 +399,13 @@ class IPT:
     self._tail_defs = {s.scale: abstract(lambda s=s: Tail(cfg, s.scale, nnx.Rngs(0)))
                        for s in self.specs}
 
+  def in_float32(self):
+    """This model computing in float32 (itself where it does): for measurements a bfloat16
+    run's rounding would bias."""
+    if self.cfg.compute_dtype == "float32":
+      return self
+    return IPT(dataclasses.replace(self.cfg, compute_dtype="float32"), self.specs)
+
   def init(self, key):
     """Fresh parameters (a pure dict). Jit it with out_shardings to create them sharded."""
     body_key, tasks_key = jax.random.split(key)
