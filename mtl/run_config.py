@@ -117,6 +117,10 @@ def check_sets_apart(sets, data):
   data.folder as its reader follows them; URLs left to their owner."""
   from mtl import evaluate
   from mtl.data import benchmarks
+  tested = [(name, path, kind == "paired") for name, kind, path, _ in evaluate.parse_sets(sets)
+            if path and not folder_lib.is_url(path) and os.path.isdir(path)]
+  if not tested:  # photos, folder_val: nothing to walk data.folder for
+    return
   real = lambda path: os.path.realpath(os.path.expanduser(path))
   roots = lambda path, paired: [(real(f), r) for f, r in benchmarks.read_roots(real(path), paired)
                                 if os.path.isdir(f)]
@@ -128,12 +132,10 @@ def check_sets_apart(sets, data):
     train.append((f"data.folder={folder} (read recursively)",
                   [(real(d), False) for d in folder_lib.read_dirs(folder)]
                   if os.path.isdir(folder) else [(real(folder), True)]))
-  for name, kind, path, _ in evaluate.parse_sets(sets):
-    if not path or folder_lib.is_url(path) or not os.path.isdir(path):
-      continue
-    tested = roots(path, kind == "paired")
+  for name, path, paired in tested:
+    read = roots(path, paired)
     for field, trained in train:
-      if any(_reads(a, b) or _reads(b, a) for a in trained for b in tested):
+      if any(_reads(a, b) or _reads(b, a) for a in trained for b in read):
         raise ValueError(f"eval.sets: {name}={path} shares images with {field}: they would be "
                          "trained on; keep test images out of the training folders")
 
