@@ -949,20 +949,26 @@ def print_summary():
 
 def section_devices(size):
   import jax
-  from mtl import run_state, sharding
+  from mtl import op_profile, run_state, sharding
+  n = FLAGS.devices
   print(f"\n[devices] size={size}: joint step (3 tasks, batch {_batch_sizes()[0]} per task), "
-        f"{FLAGS.devices} fake CPU devices vs 1 (a correctness-and-overhead figure on 2 cores)")
+        f"{n} fake CPU devices vs 1 (a correctness-and-overhead figure on 2 cores); MB a "
+        "device receives per step from the compiled program's collectives")
   times = {}
-  for devices in (1, FLAGS.devices):
-    config = _config(size, ("denoise_30", "sr_x2", "derain"), devices)
+  for label, mesh in (("1 device", (1, 1)), (f"data={n}", (n, 1)), (f"fsdp={n}", (1, n))):
+    config = _config(size, ("denoise_30", "sr_x2", "derain"))
+    config.mesh.data, config.mesh.fsdp = mesh
     run = run_state.build(config)
     with jax.set_mesh(run.mesh):
       batch = sharding.to_global(_batch(run, config), run.mesh)
       step = _step(run, config, run.model.task_names)
-      times[devices] = _time_with_peer({"step": (step, batch, None)}, run.init_state(), None,
-                                       FLAGS.repeats, run.mesh)[0]["step"]
-    print(f"  {devices} device(s): {times[devices] * 1e3:.1f} ms/step")
-  print(f"  ratio {FLAGS.devices}/1: {times[FLAGS.devices] / times[1]:.2f}")
+      state = run.init_state()
+      moved = op_profile.collective_bytes(step.lower(state, batch).compile().as_text())
+      times[label] = _time_with_peer({"step": (step, batch, None)}, state, None,
+                                     FLAGS.repeats, run.mesh)[0]["step"]
+    kinds = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in sorted(moved.items())) or "none"
+    print(f"  {label:<9} {times[label] * 1e3:8.1f} ms/step  {times[label] / times['1 device']:5.2f}"
+          f"x   MB moved: {kinds}")
 
 
 AGGREGATOR_TASKS = ("denoise_30", "sr_x2", "derain")

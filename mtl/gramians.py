@@ -46,10 +46,11 @@ def leaf_gramians(task_grads, chunk=0):
   def gram(g, stacked):
     lead = g.shape[:1 + stacked]
     pieces, piece = split_k(int(np.prod(g.shape[1 + stacked:], dtype=np.int64)), chunk)
-    if pieces == 1:
-      flat = g.reshape(lead + (-1,)).astype(jnp.float32)
-      spec = "tli,sli->lts" if stacked else "ti,si->ts"
-      return jnp.einsum(spec, flat, flat, precision=jax.lax.Precision.HIGHEST)
+    if pieces == 1:  # contracted in place: a flattening reshape would gather a leaf FSDP splits
+      g = g.astype(jnp.float32)
+      summed, batch = tuple(range(1 + stacked, g.ndim)), (1,) if stacked else ()
+      return jax.lax.dot_general(g, g, ((summed, summed), (batch, batch)),
+                                 precision=jax.lax.Precision.HIGHEST)  # (layers,) T x T
     flat = g.reshape(lead + (pieces, piece)).astype(jnp.float32)
     spec = "tlci,slci->lcts" if stacked else "tci,sci->cts"  # the pieces a batch axis, summed
     return jnp.einsum(spec, flat, flat, precision=jax.lax.Precision.HIGHEST).sum(axis=stacked)

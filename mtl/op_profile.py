@@ -14,10 +14,13 @@ It is a tool for GPUs and TPUs, whose trace times every kernel on the device. XL
 runs matmuls and convolutions asynchronously, and its trace times their launch, not their work:
 on a CPU the op times undercount them (the profile says so).
 """
+import collections
 import dataclasses
+import functools
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import time
@@ -131,6 +134,58 @@ def op_kinds(hlo_text):
       kind = "other"
     kinds[name] = (kind, op_name)
   return kinds
+
+
+_SHAPE = re.compile(r"\b(pred|bf16|[suf]\d+|c\d+)\[([\d,]*)\]")
+_CALLEES = re.compile(r"(?:calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
+
+
+def _shape_bytes(text):
+  """Bytes of the array types written in `text` (an instruction's result type)."""
+  total = 0
+  for dtype, dims in _SHAPE.findall(text):
+    bits = 8 if dtype == "pred" else int(dtype.lstrip("bfsuc") or 16)
+    total += bits // 8 * math.prod(int(d) for d in dims.split(",") if d)
+  return total
+
+
+def collective_bytes(hlo_text):
+  """{collective opcode: bytes of its results per call} of compiled HLO text: each collective
+  counted as often as it runs (a while loop's body by XLA's known trip count, 1 where XLA
+  recorded none; each branch of a conditional, an upper bound), an asynchronous one once, by
+  its -done half. An all-gather's result is the
+  gathered array, an all-reduce's the reduced one: a device receives about that much."""
+  computations, current, entry = {}, None, None
+  for line in hlo_text.splitlines():
+    head = _COMPUTATION.match(line)
+    if head:
+      current = computations.setdefault(head.group(1), [])
+      entry = head.group(1) if line.startswith("ENTRY") else entry
+      continue
+    inst = _INSTRUCTION.match(line) if current is not None else None
+    if inst:
+      current.append((_opcode(inst.group(2)), inst.group(2)))
+
+  @functools.cache
+  def per_call(name):
+    total = collections.Counter()
+    for opcode, rhs in computations.get(name, ()):
+      base = opcode.removesuffix("-done")
+      if base in COLLECTIVES and not opcode.endswith(("-start", "-update")):
+        total[base] += _shape_bytes(rhs[:rhs.index(opcode + "(")])
+      if opcode == "while":
+        trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', rhs)
+        body = re.search(r"body=%?([\w.\-]+)", rhs).group(1)
+        for k, v in per_call(body).items():
+          total[k] += v * (int(trips.group(1)) if trips else 1)
+        continue
+      branches = re.search(r"branch_computations=\{([^}]*)\}", rhs)
+      for callee in _CALLEES.findall(rhs) + (re.findall(r"%?([\w.\-]+)", branches.group(1))
+                                              if branches else []):
+        total.update(per_call(callee))
+    return total
+
+  return dict(per_call(entry)) if entry else {}
 
 
 def stage(op_name):

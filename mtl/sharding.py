@@ -56,6 +56,29 @@ def leaf_sharding(mesh, shape, min_size=2 ** 16):
   return replicated(mesh)
 
 
+def gathered(params):
+  """FSDP's gather: `params` whole on every device where a layer uses them, under a mesh that
+  shards them (its 'fsdp' axis > 1; elsewhere `params` unchanged). Left to itself, XLA's
+  partitioner keeps a weight split on a feature axis and gathers the whole batch's activations
+  instead (tensor parallelism), which grows with the batch: at the paper size on fsdp=8, 32
+  images, 9.5 GB a step against 0.92 GB for the weights and their gradients."""
+  if jax.sharding.get_abstract_mesh().shape.get("fsdp", 1) == 1:
+    return params
+  return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, P()), params)
+
+
+def per_batch_shard(fn, *arrays):
+  """fn(*arrays) on each device's share of the batch (jax.shard_map over the batch axes of the
+  mesh in context), for per-image work XLA's partitioner would gather the whole batch for on
+  every device (it does not split an FFT, not even along its batch axis); fn(*arrays) itself
+  where no mesh splits the batch or the batch does not divide."""
+  mesh = jax.sharding.get_abstract_mesh()
+  shards = math.prod(mesh.shape.get(axis, 1) for axis in BATCH_AXES)
+  if shards == 1 or arrays[0].shape[0] % shards:
+    return fn(*arrays)
+  return jax.shard_map(fn, in_specs=P(BATCH_AXES), out_specs=P(BATCH_AXES))(*arrays)
+
+
 def check_batch(mesh, batch_size, field="data.batch_size"):
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % shards:

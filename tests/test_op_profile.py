@@ -60,6 +60,42 @@ def test_op_kinds_read_opcodes_call_targets_and_fusions():
   assert op_profile.op_kinds(GPU_HLO)["custom-call.2"][1].endswith("conv_general_dilated")
 
 
+# A loop of 12 (an asynchronous all-gather, a loop of 2 within it holding an all-reduce), a
+# conditional's branch and a synchronous reduce-scatter, as a GPU's compiled step writes them.
+LOOP_HLO = """HloModule jit_step
+
+%inner (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  %all-reduce.1 = f32[4]{0} all-reduce(%x), replica_groups={}, to_apply=%sum
+}
+
+%layer (p: (s32[], bf16[8,16])) -> (s32[], bf16[8,16]) {
+  %p = (s32[], bf16[8,16]{1,0}) parameter(0)
+  %all-gather-start.2 = (bf16[2,16]{1,0}, bf16[8,16]{1,0}) all-gather-start(%w), dimensions={0}
+  %all-gather-done.3 = bf16[8,16]{1,0} all-gather-done(%all-gather-start.2)
+  %while.4 = (s32[], f32[4]{0}) while(%t), condition=%c, body=%inner, backend_config={"known_trip_count":{"n":"2"}}
+}
+
+%branch (p: f32[2]) -> f32[2] {
+  %all-to-all.5 = (f32[2]{0}, f32[2]{0}) all-to-all(%a, %b), dimensions={0}
+}
+
+ENTRY %main (a: bf16[8,16]) -> f32[] {
+  %while.6 = (s32[], bf16[8,16]{1,0}) while(%t), condition=%c, body=%layer, backend_config={"known_trip_count":{"n":"12"},"other":{}}
+  %conditional.7 = f32[2]{0} conditional(%i, %x), branch_computations={%branch, %branch}
+  %reduce-scatter.8 = f32[1,256]{1,0} reduce-scatter(%g), dimensions={0}, to_apply=%sum
+}
+"""
+
+
+def test_collectives_are_counted_as_often_as_they_run():
+  assert op_profile.collective_bytes(LOOP_HLO) == {
+      "all-gather": 12 * 8 * 16 * 2,   # by its -done half: the gathered bf16[8,16], 12 times
+      "all-reduce": 12 * 2 * 4 * 4,    # f32[4], 2 trips of 12
+      "all-to-all": 2 * 2 * 2 * 4,     # both results, each branch counted (an upper bound)
+      "reduce-scatter": 256 * 4}
+
+
 @pytest.mark.parametrize("op_name, expected", [
     ("jit(train_step)/jvp(body)/encoder/while/body/closed_call/attention/dot_general",
      ("body/encoder/attention", False)),

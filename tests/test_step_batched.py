@@ -46,8 +46,9 @@ def _keep_gradient():
                                                                                 grads))
 
 
-def _run(config, body_calls, probe, scan_unroll=1):
+def _run(config, body_calls, probe, scan_unroll=1, fsdp=1):
   config.model.body_calls, config.model.scan_unroll = body_calls, scan_unroll
+  config.mesh.fsdp = fsdp
   run = run_state.build(config)
   assert run.model.cfg.body_mode() == body_calls
   keep = _keep_gradient()
@@ -93,6 +94,23 @@ def test_batched_and_scanned_body_calls_give_the_looped_losses_gradients_and_gra
     grams, want = np.asarray(batched[2], np.float64), np.asarray(looped[2], np.float64)
     assert grams.shape == want.shape == (len(ipt.shared_layer_names(
         looped[0].params["body"])), 2 * len(TASKS), 2 * len(TASKS))
+    scale = np.abs(want).max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(grams / scale, want / scale, atol=GRAD_TOL)
+
+
+@pytest.mark.parametrize("probe, mode", [(False, "looped"), (True, "batched")],
+                         ids=["plain-looped", "probe-batched"])
+def test_an_fsdp_mesh_gives_the_one_device_losses_gradients_and_gramians(probe, mode):
+  # The body's large leaves split 4 ways (mesh.fsdp=4, the batch too) and gathered where a
+  # layer uses them (sharding.gathered): only the order of float32 sums moves, as above.
+  sharded = _run(_config(), mode, probe, fsdp=4)
+  looped = _looped(probe)
+  for name in TASKS:
+    assert float(sharded[1][f"loss/{name}"]) == pytest.approx(float(looped[1][f"loss/{name}"]),
+                                                              rel=LOSS_RTOL)
+  _assert_trees_close(sharded[0].opt_state, looped[0].opt_state)
+  if probe:
+    grams, want = np.asarray(sharded[2], np.float64), np.asarray(looped[2], np.float64)
     scale = np.abs(want).max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(grams / scale, want / scale, atol=GRAD_TOL)
 

@@ -2,6 +2,8 @@
 import jax
 import jax.numpy as jnp
 
+from mtl import sharding
+
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -27,7 +29,8 @@ def per_sample(fn, key, hr, *args):
   hr = jnp.asarray(hr, jnp.float32)
   if hr.ndim != 4:
     raise ValueError(f"needs a (B, H, W, C) batch, got shape {hr.shape}")
-  return jax.vmap(lambda k, x: fn(k, x, *args))(jax.random.split(key, hr.shape[0]), hr)
+  one = lambda k, x: fn(k, x, *args)
+  return sharding.per_batch_shard(jax.vmap(one), jax.random.split(key, hr.shape[0]), hr)
 
 
 def block(cfg, name, default):

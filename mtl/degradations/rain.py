@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from mtl import sharding
 from mtl.degradations.common import config_range
 
 
@@ -103,7 +104,7 @@ def add_rain(key, hr, rain_cfg, streaks=None):
   b, h, w = hr.shape[:3]
   if streaks is None:
     keys = jax.random.split(key, b)
-    layers = jax.vmap(lambda k: rain_layer(k, h, w, rain_cfg))(keys)
+    layers = sharding.per_batch_shard(jax.vmap(lambda k: rain_layer(k, h, w, rain_cfg)), keys)
   else:
     layers = jnp.asarray(streaks, jnp.float32)
     if layers.shape != (b, h, w):

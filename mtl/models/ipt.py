@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mtl import sharding
 from mtl.models.layers import (  # noqa: F401  (the model's layer names, as ipt.<name>)
     GROUPINGS, LAYER_STACKS, block_of, body_layer_order, group_keys, is_per_layer,
     layer_stacked_leaves, map_bodies, module_of, network_order, network_rank, shared_layer_names,
@@ -318,7 +319,7 @@ def _scan_layers(layers, x, call, remat=False, unroll=1):
   graphdef, state = nnx.split(layers)
 
   def step(x, layer_state):
-    return call(nnx.merge(graphdef, layer_state), x), None
+    return call(nnx.merge(graphdef, sharding.gathered(layer_state)), x), None
 
   if remat:
     step = jax.checkpoint(step, prevent_cse=False)  # inside scan CSE cannot undo it
@@ -438,11 +439,14 @@ class IPT:
   # Named scopes: the stages' names in the compiled program's op metadata (mtl.op_profile).
   @jax.named_scope("head")
   def head(self, head_params, images):
-    return nnx.merge(self._head_def, head_params)(images - DIV2K_RGB_MEAN)
+    return nnx.merge(self._head_def, sharding.gathered(head_params))(images - DIV2K_RGB_MEAN)
 
   @jax.named_scope("body")
   def body(self, body_params, feats, query_pos):
-    return nnx.merge(self._body_def, body_params)(feats, query_pos)
+    # the stacked layers are gathered one at a time, in the layer scans
+    outer = {k: v if k in LAYER_STACKS else sharding.gathered(v)
+             for k, v in body_params.items()}
+    return nnx.merge(self._body_def, outer)(feats, sharding.gathered(query_pos))
 
   def body_batched(self, body_params, feats, query_pos, stacked=False, scan=False):
     """The body on K inputs in one computation: feats (K, B, P, P, C), query_pos (K, N, D) ->
@@ -460,7 +464,7 @@ class IPT:
 
   @jax.named_scope("tail")
   def tail(self, tail_params, scale, feats):
-    out = nnx.merge(self._tail_defs[scale], tail_params)(feats)
+    out = nnx.merge(self._tail_defs[scale], sharding.gathered(tail_params))(feats)
     return out.astype(jnp.float32) + DIV2K_RGB_MEAN
 
   def apply(self, params, task, images, return_tokens=False):
