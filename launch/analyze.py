@@ -46,6 +46,14 @@ import cli
 from absl import app, flags
 from ml_collections import config_flags
 
+# What checkpoint mode's advice calls its knobs: its own flags, or the fields of a study's
+# final_conflicts when launch/study.py runs it (there a first 16 batches are not a knob).
+KNOBS = {"analyze": {k: f"--{k}" for k in ("num_batches", "halfwidth", "max_batches",
+                                           "batch_size")},
+         "study": {"num_batches": "final_conflicts.max_batches",
+                   **{k: f"final_conflicts.{k}" for k in ("halfwidth", "max_batches",
+                                                          "batch_size")}}}
+
 flags.DEFINE_string("workdir", None, "Directory of the run (holds conflicts/store/).")
 flags.DEFINE_string("checkpoint", None, "Measure this saved model instead.")
 config_flags.DEFINE_config_file("config", None, "Checkpoint mode: the model and data to measure "
@@ -62,6 +70,9 @@ flags.DEFINE_integer("max_batches", 256, "Checkpoint mode: at most this many bat
 flags.DEFINE_integer("batch_size", 128, "Checkpoint mode: images per task of each probe batch "
                      "(even; lower it where memory is short).", lower_bound=2)
 flags.DEFINE_string("out", None, "Checkpoint mode: output folder.")
+flags.DEFINE_enum("knobs", "analyze", list(KNOBS), "Checkpoint mode: what its advice calls the "
+                  "measurement's knobs: analyze's flags, or (launch/study.py's measurements) the "
+                  "study's final_conflicts fields.")
 flags.DEFINE_integer("step", None, "Checkpoint mode: the checkpoint's step (default: the latest).",
                      lower_bound=0)
 flags.DEFINE_string("step_range", "", "Probe steps START:END to load, half-open; '' for all.")
@@ -182,12 +193,13 @@ def _checkpoint_config(run_dir, config):
 
 
 def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth=0.0,
-            max_batches=0, step=None):
+            max_batches=0, step=None, knobs="analyze"):
   """Checkpoint mode: Gramians of `checkpoint`'s saved model on fresh batches, with `config`
   (_checkpoint_config's) -> a store in `out`, then `analyze(out)`."""
   import numpy as np
   from mtl import checkpoints, conflicts, run_folder
   from mtl import measure as conflicts_measure
+  knob = KNOBS[knobs]
   run_dir = _run_dir(checkpoint)
   if step is None:  # the latest, resolved now: the default --out names it
     step = checkpoints.latest_saved_step(run_dir)
@@ -221,25 +233,27 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
     widest, pair = conflicts_measure.widest_halfwidth(body, tasks)
     if widest <= halfwidth:
       text += (f"\nevery pair's corrected-cosine interval is within +-{halfwidth:g} after "
-               f"{num_batches} batches (--halfwidth)")
+               f"{num_batches} batches ({knob['halfwidth']})")
     else:
       need = conflicts_measure.batches_needed(num_batches, widest, halfwidth)
-      more = f"; +-{halfwidth:g} would take about {need} batches (--max_batches)" if need else ""
+      more = (f"; +-{halfwidth:g} would take about {need} batches ({knob['max_batches']})"
+              if need else "")
       width = f"+-{widest:.3f}" if need else "not measurable"
       text += (f"\ntarget not reached: the widest interval, {pair}, is {width} after "
                f"{num_batches} batches{more}")
       noisy = conflicts_measure.noisy_tasks(body, tasks)
       if noisy:
         text += ("\n" + ", ".join(f"{t} (same-task agreement {a:+.3f})" for t, a in noisy)
-                 + f": mostly noise at {batch_size} images per task; a larger --batch_size narrows "
-                 "the intervals faster than more batches")
+                 + f": mostly noise at {batch_size} images per task; a larger "
+                 f"{knob['batch_size']} narrows the intervals faster than more batches")
   elif conflicts.NOT_MEASURABLE in text or num_batches < FEW_BATCHES:
     widest, pair = conflicts_measure.widest_halfwidth(body, tasks)
     where = (f"the widest interval, {pair}, is +-{widest:.3f}" if np.isfinite(widest) else
              f"{pair} has no interval ({conflicts.NOT_MEASURABLE!r} or too few batches)")
     text += (f"\nafter {num_batches} fresh batches {where}; intervals narrow as 1/sqrt(batches): "
              f"measure more for a tighter noise floor, e.g. "
-             f"--num_batches={max(4 * num_batches, FEW_BATCHES)} or --halfwidth=0.02")
+             f"{knob['num_batches']}={max(4 * num_batches, FEW_BATCHES)} or "
+             f"{knob['halfwidth']}=0.02")
   return "\n".join(lines) + "\n" + text
 
 
@@ -247,7 +261,7 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
 MODE_FLAGS = {
     "workdir": ("redraw a run's store", ("step_range", "window", "phases", "ema_beta")),
     "checkpoint": ("measure a saved model", ("config", "num_batches", "halfwidth", "max_batches",
-                                             "batch_size", "out", "step"))}
+                                             "batch_size", "out", "step", "knobs"))}
 
 
 def _refuse_other_mode_flags(mode):
@@ -276,7 +290,7 @@ def main():
     config = _checkpoint_config(_run_dir(f.checkpoint), f.config)
     xla_options.set_cpu_threads(config.get("cpu_threads", 0))  # before JAX opens its backend
     print(measure(f.checkpoint, config, f.num_batches, f.out, f.batch_size, f.halfwidth,
-                  f.max_batches, f.step), flush=True)
+                  f.max_batches, f.step, f.knobs), flush=True)
   elif f.workdir:
     _refuse_other_mode_flags("workdir")
     print(analyze(f.workdir, f.step_range, f.window, f.ema_beta, f.phases), flush=True)

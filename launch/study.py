@@ -108,7 +108,7 @@ def analyze_command(run_config, workdir, out, final, step):
           f"--config={cli.FROM_JSON}:{run_config}", f"--step={step}",
           f"--batch_size={final['batch_size']}", f"--num_batches={first}",
           f"--halfwidth={final['halfwidth']}", f"--max_batches={final['max_batches']}",
-          f"--out={out}"]
+          f"--out={out}", "--knobs=study"]
 
 
 def devices(value, max_parallel):

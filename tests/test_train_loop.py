@@ -610,17 +610,21 @@ def test_a_checkpoint_of_a_given_step_is_measured_on_batches_of_its_own(straight
 
 def test_analyze_probes_until_its_halfwidth_target_or_max_batches(straight_run, tmp_path):
   # A target no finite number of batches reaches: it measures --max_batches and says so, with
-  # the batches the target would take; a store already at --out is refused before measuring.
+  # the batches the target would take, naming the knob as a study's runs give it
+  # (launch/study.py: --knobs=study); a store already at --out is refused before measuring.
   args = [sys.executable, "launch/analyze.py", f"--checkpoint={straight_run[0]}",
           "--config=experiments/tiny.py", "--config.tasks=('denoise_30','sr_x2')",
           "--config.data.batch_size=2", "--config.mesh.data=1", "--batch_size=2",
           "--num_batches=4", "--halfwidth=1e-9", "--max_batches=6", f"--out={tmp_path / 'seq'}"]
-  result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(args + ["--knobs=study"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   assert conflicts.load(str(tmp_path / "seq")).num_steps == 6
   assert re.search(r"target not reached: the widest interval, denoise_30~sr_x2, is "
-                   r"(\+-[\d.]+ after 6 batches; \+-1e-09 would take about \d+ batches|"
-                   r"not measurable after 6 batches)", result.stdout)
+                   r"(\+-[\d.]+ after 6 batches; \+-1e-09 would take about \d+ batches "
+                   r"\(final_conflicts\.max_batches\)|not measurable after 6 batches)",
+                   result.stdout)
+  assert "--max_batches" not in result.stdout and "--batch_size" not in result.stdout
   again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert again.returncode == 1 and "already holds a conflict store" in again.stderr
 
