@@ -79,23 +79,27 @@ def _assert_trees_close(got, want):
                                err_msg=jax.tree_util.keystr(path))
 
 
+def _assert_same_step(got, looped, probe):
+  """A step's losses, gradients (kept as its optimizer state) and, probing, Gramians are the
+  looped reference's."""
+  for name in TASKS:
+    assert float(got[1][f"loss/{name}"]) == pytest.approx(float(looped[1][f"loss/{name}"]),
+                                                          rel=LOSS_RTOL)
+  _assert_trees_close(got[0].opt_state, looped[0].opt_state)
+  if probe:
+    grams, want = np.asarray(got[2], np.float64), np.asarray(looped[2], np.float64)
+    assert grams.shape == want.shape == (len(ipt.shared_layer_names(
+        looped[0].params["body"])), 2 * len(TASKS), 2 * len(TASKS))
+    scale = np.abs(want).max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(grams / scale, want / scale, atol=GRAD_TOL)
+
+
 @pytest.mark.parametrize("mode, scan_unroll", [("batched", 1), ("scanned", 1), ("batched", 2)],
                          ids=["batched", "scanned", "batched-unrolled"])
 @pytest.mark.parametrize("probe", [False, True], ids=["plain", "probe"])
 def test_batched_and_scanned_body_calls_give_the_looped_losses_gradients_and_gramians(
     probe, mode, scan_unroll):
-  looped = _looped(probe)
-  batched = _run(_config(), mode, probe, scan_unroll)
-  for name in TASKS:
-    assert float(batched[1][f"loss/{name}"]) == pytest.approx(float(looped[1][f"loss/{name}"]),
-                                                              rel=LOSS_RTOL)
-  _assert_trees_close(batched[0].opt_state, looped[0].opt_state)
-  if probe:
-    grams, want = np.asarray(batched[2], np.float64), np.asarray(looped[2], np.float64)
-    assert grams.shape == want.shape == (len(ipt.shared_layer_names(
-        looped[0].params["body"])), 2 * len(TASKS), 2 * len(TASKS))
-    scale = np.abs(want).max(axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(grams / scale, want / scale, atol=GRAD_TOL)
+  _assert_same_step(_run(_config(), mode, probe, scan_unroll), _looped(probe), probe)
 
 
 @pytest.mark.parametrize("probe, mode", [(False, "looped"), (True, "batched")],
@@ -103,16 +107,7 @@ def test_batched_and_scanned_body_calls_give_the_looped_losses_gradients_and_gra
 def test_an_fsdp_mesh_gives_the_one_device_losses_gradients_and_gramians(probe, mode):
   # The body's large leaves split 4 ways (mesh.fsdp=4, the batch too) and gathered where a
   # layer uses them (sharding.gathered): only the order of float32 sums moves, as above.
-  sharded = _run(_config(), mode, probe, fsdp=4)
-  looped = _looped(probe)
-  for name in TASKS:
-    assert float(sharded[1][f"loss/{name}"]) == pytest.approx(float(looped[1][f"loss/{name}"]),
-                                                              rel=LOSS_RTOL)
-  _assert_trees_close(sharded[0].opt_state, looped[0].opt_state)
-  if probe:
-    grams, want = np.asarray(sharded[2], np.float64), np.asarray(looped[2], np.float64)
-    scale = np.abs(want).max(axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(grams / scale, want / scale, atol=GRAD_TOL)
+  _assert_same_step(_run(_config(), mode, probe, fsdp=4), _looped(probe), probe)
 
 
 def test_gramians_in_pieces_give_the_probe_s_gramians():
