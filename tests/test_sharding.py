@@ -1,14 +1,18 @@
 """FSDP's communication, read from the compiled step: the weights are gathered where a layer
 uses them, never the batch's activations, and the Gramians of split gradients are summed where
-they lie. Counted in the program's collectives (bytes moved), so any backend can check it."""
+they lie. Counted in the compiled program's collectives (bytes moved), placed by XLA's SPMD
+partitioner, which its CPU and GPU backends share: eight fake CPU devices check the plan."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mtl import gramians, op_profile, run_defaults, run_state, sharding, tasks
 from mtl import step as step_lib
 from mtl.models import ipt
+
+pytestmark = pytest.mark.cpu_only  # meshes of the eight fake CPU devices
 
 
 def _step_gathers(batch_size, probe):

@@ -102,6 +102,7 @@ def test_batched_and_scanned_body_calls_give_the_looped_losses_gradients_and_gra
   _assert_same_step(_run(_config(), mode, probe, scan_unroll), _looped(probe), probe)
 
 
+@pytest.mark.cpu_only  # 4 devices: the fake CPU ones
 @pytest.mark.parametrize("probe, mode", [(False, "looped"), (True, "batched")],
                          ids=["plain-looped", "probe-batched"])
 def test_an_fsdp_mesh_gives_the_one_device_losses_gradients_and_gramians(probe, mode):
