@@ -80,15 +80,15 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+) \(.*\{\s*$")
 
 
-def op_kinds(hlo_text):
-  """{instruction name: (kind, op_name)} for every instruction of compiled HLO text, with op_name
-  the source path jax recorded (metadata); kind is None for the containers and the instructions
-  that run nothing (parameters, tuples, bitcasts)."""
-  computations, current, lines = {}, None, {}
+def _computations(hlo_text):
+  """({computation: [(instruction, opcode, right-hand side)]}, the ENTRY computation's name) of
+  compiled HLO text."""
+  computations, current, entry = {}, None, None
   for line in hlo_text.splitlines():
     head = _COMPUTATION.match(line)
     if head:
       current = computations.setdefault(head.group(1), [])
+      entry = head.group(1) if line.startswith("ENTRY") else entry
       continue
     if line.strip() == "}":
       current = None
@@ -96,9 +96,17 @@ def op_kinds(hlo_text):
     inst = _INSTRUCTION.match(line) if current is not None else None
     if inst:
       name, rhs = inst.groups()
-      lines[name] = (_opcode(rhs), rhs)
-      current.append(lines[name][0])
+      current.append((name, _opcode(rhs), rhs))
+  return computations, entry
 
+
+def op_kinds(hlo_text):
+  """{instruction name: (kind, op_name)} for every instruction of compiled HLO text, with op_name
+  the source path jax recorded (metadata); kind is None for the containers and the instructions
+  that run nothing (parameters, tuples, bitcasts)."""
+  parsed = _computations(hlo_text)[0]
+  computations = {c: [opcode for _, opcode, _ in insts] for c, insts in parsed.items()}
+  lines = {name: (opcode, rhs) for insts in parsed.values() for name, opcode, rhs in insts}
   kinds = {}
   for name, (opcode, rhs) in lines.items():
     if opcode in CONTAINERS or opcode in NOT_RUN or not opcode:
@@ -153,23 +161,14 @@ def collective_bytes(hlo_text):
   """{collective opcode: bytes of its results per call} of compiled HLO text: each collective
   counted as often as it runs (a while loop's body by XLA's known trip count, 1 where XLA
   recorded none; each branch of a conditional, an upper bound), an asynchronous one once, by
-  its -done half. An all-gather's result is the
-  gathered array, an all-reduce's the reduced one: a device receives about that much."""
-  computations, current, entry = {}, None, None
-  for line in hlo_text.splitlines():
-    head = _COMPUTATION.match(line)
-    if head:
-      current = computations.setdefault(head.group(1), [])
-      entry = head.group(1) if line.startswith("ENTRY") else entry
-      continue
-    inst = _INSTRUCTION.match(line) if current is not None else None
-    if inst:
-      current.append((_opcode(inst.group(2)), inst.group(2)))
+  its -done half. An all-gather's result is the gathered array, an all-reduce's the reduced one:
+  a device receives about that much."""
+  computations, entry = _computations(hlo_text)
 
   @functools.cache
   def per_call(name):
     total = collections.Counter()
-    for opcode, rhs in computations.get(name, ()):
+    for _, opcode, rhs in computations.get(name, ()):
       base = opcode.removesuffix("-done")
       if base in COLLECTIVES and not opcode.endswith(("-start", "-update")):
         total[base] += _shape_bytes(rhs[:rhs.index(opcode + "(")])
