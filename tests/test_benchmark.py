@@ -1,6 +1,7 @@
 """launch/benchmark.py: the compile and trace sections' tables and summary rows, the summary's
 cells, one-line refusals of bad flags, MFU's data-sheet peaks, a PyTorch peer that cannot run
-(a failure), the probe rows' memory, and the devices section on an accelerator."""
+(a failure), the probe rows' memory, and the devices section: its meshes' traffic, and its
+refusal on an accelerator."""
 import json
 import os
 import re
@@ -213,6 +214,24 @@ def test_probe_rows_carry_each_variant_s_compiled_peak_not_the_process_s():
   assert out.stdout.count("in use so far in this process (all variants above): 7.00 GiB") == 1
   # compiling a section's variants may take minutes: each one's warm-up is said as it ends
   assert re.findall(r"^  warm-up (\d/2): ", out.stderr, re.M) == ["1/2", "2/2"], out.stderr
+
+
+def test_devices_section_gives_each_mesh_s_traffic_and_times_what_the_host_can_hold():
+  # The host's memory as the first mesh (1 device) is timed, none left for the others: their
+  # rows say why they are not timed, and still give the MB their compiled step moves.
+  memory = "left = iter([1 << 40]); benchmark._host_memory_available = lambda: next(left, 0)"
+  out = _patched(memory, "--sections=devices", "--sizes=tiny", "--devices=2", "--batch_size=2",
+                 "--repeats=1", timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [l for l in out.stdout.splitlines() if l.startswith("  ")]
+  assert re.fullmatch(r"  1 device +[\d.]+ ms/step +1\.00x +MB moved: none", rows[0]), rows
+  data = re.fullmatch(r"  data=2 +not timed: 2 device\(s\) x [\d.]+ GB compiled peak > 0\.0 GB "
+                      r"of host memory available +MB moved: all-reduce ([\d.]+)", rows[1])
+  fsdp = re.fullmatch(r"  fsdp=2 +not timed: .* MB moved: all-gather ([\d.]+), all-reduce "
+                      r"([\d.]+)", rows[2])
+  assert data and fsdp and len(rows) == 3, rows
+  # data parallelism reduces the gradients; FSDP as much, and gathers the split weights
+  assert float(fsdp.group(2)) == float(data.group(1)) > 0 and float(fsdp.group(1)) > 0
 
 
 def test_sections_run_in_flag_order_and_devices_is_for_cpu_runs_only():
