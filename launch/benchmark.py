@@ -961,8 +961,8 @@ def section_devices(size):
     run = run_state.build(config)
     with jax.set_mesh(run.mesh):
       batch = sharding.to_global(_batch(run, config), run.mesh)
-      step = _step(run, config, run.model.task_names)
-      _, peak, compiled, _ = _compiled_figures(step, run.abstract_state, batch)
+      _, peak, compiled, _ = _compiled_figures(_step(run, config, run.model.task_names),
+                                               run.abstract_state, batch)
       moved = op_profile.collective_bytes(compiled.as_text())
       kinds = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in sorted(moved.items())) or "none"
       need, free = peak * run.mesh.size, _host_memory_available()
@@ -970,7 +970,7 @@ def section_devices(size):
         print(f"  {label:<9} not timed: {run.mesh.size} device(s) x {peak / 1e9:.1f} GB compiled "
               f"peak > {free / 1e9:.1f} GB of host memory available   MB moved: {kinds}")
         continue
-      times[label] = _time_with_peer({"step": (step, batch, None)}, run.init_state(), None,
+      times[label] = _time_with_peer({"step": (compiled, batch, None)}, run.init_state(), None,
                                      FLAGS.repeats, run.mesh)[0]["step"]
     ratio = (f"{times[label] / times['1 device']:5.2f}x" if "1 device" in times else "")
     print(f"  {label:<9} {times[label] * 1e3:8.1f} ms/step  {ratio}   MB moved: {kinds}")
