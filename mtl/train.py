@@ -34,7 +34,8 @@ class _Preemption:
   With several processes all must stop after the same step (saving is collective), so the
   notice goes through jax's preemption sync, whose SIGTERM handler jax.distributed installs:
   a SIGTERM to any process stops every process after one agreed step (launch/local.py turns
-  Ctrl-C into SIGTERM). One process: SIGTERM and the first Ctrl-C ask to stop; a second
+  Ctrl-C into SIGTERM); a Ctrl-C to one of them interrupts it at once (KeyboardInterrupt, raised
+  again at the step's end should anything have dropped it). One process: SIGTERM and the first Ctrl-C ask to stop; a second
   Ctrl-C interrupts at once (KeyboardInterrupt; the last checkpoint is kept). A stop asked for
   after the last step skips the final evaluation once the last checkpoint is saved (a rerun
   evaluates); one asked for during the final evaluation lets it finish; one during the
@@ -44,18 +45,27 @@ class _Preemption:
 
   def __init__(self):
     self.requested = False
+    self.interrupted = False  # a Ctrl-C of a multi-process run: KeyboardInterrupt
     self.unsaid = None  # the line of a signal not printed yet
     self.synced = jax.process_count() > 1
     self.stage = "start-up"  # where a stop takes effect; None: the final evaluation
 
   def __enter__(self):
     self._previous = {}
-    if not self.synced:  # a Python handler would replace jax's
-      for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
-          continue  # started under nohup: a closed terminal is to change nothing
-        self._previous[sig] = signal.signal(sig, self._handle)
+    if self.synced:  # SIGTERM is jax's (a Python handler would replace it); Ctrl-C stops at once
+      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+      return self
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+      if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+        continue  # started under nohup: a closed terminal is to change nothing
+      self._previous[sig] = signal.signal(sig, self._handle)
     return self
+
+  def _interrupt(self, signum, frame):
+    # remembered: code that runs Python's signal check and drops what it raises (a finalizer,
+    # a native callback) would lose the interrupt; `check` raises it again at the step's end
+    self.interrupted = True
+    raise KeyboardInterrupt
 
   def _handle(self, signum, frame):
     name = signal.Signals(signum).name
@@ -89,6 +99,8 @@ class _Preemption:
   def check(self, step):
     """Whether to stop after `step`; every process calls it once per step, in order."""
     self._say()
+    if self.interrupted:
+      raise KeyboardInterrupt
     if self.synced and not self.requested:
       from jax.experimental import multihost_utils
       if multihost_utils.reached_preemption_sync_point(step):

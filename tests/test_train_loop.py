@@ -834,3 +834,20 @@ def test_an_evaluation_is_not_counted_in_steps_per_second(tmp_path, monkeypatch)
   # counted, the rate could not exceed 4 steps in the 6 s of sleep alone: above it, the 6 s are
   # left out (the steps' own rate, ~5/s here, needs only a step under 1.5 s)
   assert rates[4] > 4 / 6, rates
+
+
+def test_a_ctrl_c_to_one_of_several_processes_is_not_lost_where_it_was_dropped():
+  # in a multi-process run a Ctrl-C is a KeyboardInterrupt at once; one raised where a caller
+  # drops it (a finalizer, a native callback) let the process train on: check raises it again
+  import signal
+  before = signal.getsignal(signal.SIGINT)
+  stop = train._Preemption()
+  stop.synced = True  # as under jax.distributed, whose SIGTERM handler stays in place
+  with stop:
+    try:
+      signal.raise_signal(signal.SIGINT)
+    except KeyboardInterrupt:
+      pass  # dropped
+    with pytest.raises(KeyboardInterrupt):
+      stop.check(3)
+  assert signal.getsignal(signal.SIGINT) is before
