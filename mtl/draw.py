@@ -7,10 +7,13 @@
                                  +0.04]") and the raw window mean below it; without, the raw
                                  mean and its interval. The diagonal: mean gradient norm and
                                  the same-task agreement (the noise floor).
-  cos_layers_pairs.png           layer x task-pair mean raw cosine over the window: where in the
-                                 network the tasks' gradients differ; cells whose 95% interval
-                                 holds 0 faded, those beyond noise in full colour,
-                                 bold with '*' where that holds over the map (Holm).
+  cos_layers_pairs.png           layer x task-pair cosine over the window, noise-corrected per
+                                 row where the record has halves (else the raw mean): where in
+                                 the network the tasks' gradients differ; cells whose 95%
+                                 interval holds 0 faded, those beyond noise in full colour,
+                                 bold with '*' where that holds over the map (Holm); grey with
+                                 its sign alone (▲/▼) where a task's noise floor at that row is
+                                 not resolved.
   cos_curves.png                 over the probes: the noise-corrected whole-body cosine of every
                                  pair per tenth of the probes with its 95% interval (filled:
                                  excludes 0); the raw cosine per probe (thin) and its GradVac

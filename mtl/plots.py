@@ -317,40 +317,59 @@ def layer_step_figure(record, pair, rows="auto", vmax=None):
 
 
 def layer_pair_intervals(record, rows="auto", level=0.95):
-  """(row names, grouping, (rows, P) window means of the raw cosine, (rows, P) whether each
-  mean's `level` interval over the probes excludes 0 (False without an interval), (rows, P)
-  whether that holds over all the map's cells at family-wise level 1 - `level` (Holm), whether any
-  cell has an interval)."""
+  """The layer x task-pair map's cells: (row names, grouping, (rows, P) values, (rows, P)
+  whether each value's `level` interval over the probes excludes 0 (False without one), (rows,
+  P) whether that holds over all the map's cells at family-wise level 1 - `level` (Holm),
+  whether any cell has an interval, (rows, P) unresolved).
+
+  With halves a value is the row's noise-corrected cosine pooled over the probes (its
+  delta-method interval); `unresolved` marks those with an interval where a task's noise
+  floor at that row is not (mtl.stats.resolved_noise_floors: the sign holds, not the size).
+  Without halves it is the raw cosine's window mean, and nothing is unresolved.
+  """
   from mtl import stats
   by = rows_for(record.layer_names, rows)
-  names, grams = record.grouped(by)
-  cos = conflicts.pair_values(conflicts.cosines(grams))  # (S, rows, P)
-  mean = conflicts.nan_mean(cos, axis=0)
-  beyond = np.zeros(mean.shape, bool)
-  p = np.full(mean.shape, np.nan)
-  measured = False
-  for r in range(mean.shape[0]):
-    for c in range(mean.shape[1]):
-      interval = stats.window_mean_interval(cos[:, r, c], level, record.interval_method)
-      measured |= bool(np.isfinite(interval.low))
-      beyond[r, c], p[r, c] = excludes_zero(interval), interval.p
+  method = record.interval_method
+  pairs = conflicts.pair_indices(len(record.task_names))
+  if record.halves:
+    names, halves = record.grouped_halves(by)
+    cells = [stats.corrected_cosine_intervals(halves[:, r], level, method)
+             for r in range(len(names))]
+    floors = [stats.resolved_noise_floors(halves[:, r], level, method) for r in range(len(names))]
+    unresolved = np.array([[np.isfinite(iv.low) and not (floor[i] and floor[j])
+                            for iv, (i, j) in zip(row, pairs)]
+                           for row, floor in zip(cells, floors)])
+    value = np.array([[iv.estimate for iv in row] for row in cells])
+  else:
+    names, grams = record.grouped(by)
+    cos = conflicts.pair_values(conflicts.cosines(grams))  # (S, rows, P)
+    value = conflicts.nan_mean(cos, axis=0)
+    cells = [[stats.window_mean_interval(cos[:, r, c], level, method) for c in range(len(pairs))]
+             for r in range(len(names))]
+    unresolved = np.zeros(value.shape, bool)
+  beyond = np.array([[excludes_zero(iv) for iv in row] for row in cells])
+  p = np.array([[iv.p for iv in row] for row in cells], np.float64)
+  measured = bool(any(np.isfinite(iv.low) for row in cells for iv in row))
   held = beyond & (stats.holm(p).reshape(p.shape) < 1 - level)  # NaN p: never held
-  return names, by, mean, beyond, held, measured
+  return names, by, value, beyond, held, measured, unresolved
 
 
 FADE = 0.65  # layer x pair map: a cell whose interval holds 0 is blended this far toward white
 
 
 def layer_pair_figure(record, window=None, rows="auto", vmax=None):
-  """Layer x task-pair mean raw cosine over the last `window` probe steps; cells whose 95%
-  interval holds 0 faded, those beyond noise over the whole map (Holm) marked."""
+  """Layer x task-pair cosine over the last `window` probe steps (noise-corrected and pooled
+  where the record has halves, else the raw window mean): cells whose 95% interval holds 0
+  faded, those beyond noise over the whole map (Holm) marked, those whose size is not to be
+  read (a noise floor unresolved at that row) grey with the sign alone."""
   rec = record.last(window)
-  names, by, cos, beyond, held, measured = layer_pair_intervals(rec, rows)
-  vmax = vmax or symmetric_limit(cos)
+  names, by, cos, beyond, held, measured, unresolved = layer_pair_intervals(rec, rows)
+  shown = np.where(unresolved, np.nan, cos)
+  vmax = vmax or symmetric_limit(shown)
   pnames = rec.pair_names
   norm = matplotlib.colors.Normalize(-vmax, vmax)
-  colours = _cmap()(norm(np.ma.masked_invalid(cos)))
-  faded = measured & ~beyond & np.isfinite(cos)
+  colours = _cmap()(norm(np.ma.masked_invalid(shown)))
+  faded = measured & ~beyond & np.isfinite(shown)
   colours[faded, :3] = 1 - (1 - FADE) * (1 - colours[faded, :3])
   fig = Figure(figsize=(max(6.5, 3.2 + 0.75 * len(pnames)), _row_figure_height(len(names)) + 0.3),
                layout="constrained")  # at least as wide as the title and caption
@@ -362,7 +381,11 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
   numbers = len(names) * len(pnames) <= 300  # beyond, the cells are too small for text
   for r in range(len(names)):
     for c in range(len(pnames)):
-      if numbers and np.isfinite(cos[r, c]):  # 3 digits below 0.1: +0.003 read "+0.00"
+      if unresolved[r, c]:  # the sign where the interval gives it, as the curves do
+        if beyond[r, c]:
+          ax.plot(c, r, marker="^" if cos[r, c] > 0 else "v", markersize=4, color="black",
+                  markerfacecolor="black" if held[r, c] else "white", linestyle="none")
+      elif numbers and np.isfinite(shown[r, c]):  # 3 digits below 0.1: +0.003 read "+0.00"
         ax.text(c, r, _signed(cos[r, c], 2 if abs(cos[r, c]) >= 0.1 else 3)
                 + ("*" if held[r, c] else ""), ha="center", va="center", fontsize=6.5,
                 color="#808080" if faded[r, c] else _text_color(cos[r, c] / vmax),
@@ -370,15 +393,20 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
       elif held[r, c]:  # the caption's mark, without the number
         ax.plot(c, r, marker="*", markersize=4, color=_text_color(cos[r, c] / vmax),
                 linestyle="none")
+  what = "noise-corrected cos" if rec.halves else "mean raw cos"
   fig.colorbar(matplotlib.cm.ScalarMappable(norm, _cmap()), ax=ax, fraction=0.05, pad=0.03,
-               label=_stretched("mean raw cos", vmax))
-  ax.set_title(_title(rec, f"per-{by} raw gradient cosine,\nmean over {rec.window_label()}"),
-               fontsize=10)
-  fig.supxlabel((f"full colour: the mean's 95% interval over the probes excludes 0, each cell "
-                 "on its own (of cells without a true effect, 1 in 20 is);\n"
-                 f"{'bold, ' if numbers else ''}'*': that holds over all {cos.size} cells "
-                 "(Holm); faded: it holds 0 "
-                 f"(noise); {int(held.sum())} of {int(beyond.sum())} full-colour cells hold")
+               label=_stretched(what, vmax))
+  kind = (f"per-{by} noise-corrected gradient cosine,\npooled over" if rec.halves
+          else f"per-{by} raw gradient cosine,\nmean over")
+  ax.set_title(_title(rec, f"{kind} {rec.window_label()}"), fontsize=10)
+  grey = ("\ngrey: not measurable (a same-task agreement <= 0), or a task's noise floor not "
+          "resolved at that row:\nits sign alone (▲/▼ where the interval excludes 0, filled "
+          "where that holds over the map; Fieller 1954)" if rec.halves else "")
+  fig.supxlabel((f"full colour: the {'corrected cosine' if rec.halves else 'mean'}'s 95% "
+                 "interval over the probes excludes 0, each cell on its own\n(of cells "
+                 f"without a true effect, 1 in 20 is); {'bold, ' if numbers else ''}'*': that "
+                 f"holds over all {cos.size} cells (Holm);\nfaded: it holds 0 (noise); "
+                 f"{int(held.sum())} of {int(beyond.sum())} cells beyond noise hold{grey}")
                 if measured else "fewer than 4 probes: no interval, nothing marked", fontsize=7)
   return fig
 

@@ -123,7 +123,7 @@ def test_a_layer_map_too_large_for_numbers_still_marks_what_holds():
   rec = record(steps=40, layers=layer_names(encoders=4, decoders=4))  # 127 rows x 3 pairs
   fig = plots.layer_pair_figure(rec, rows="layer")
   ax = fig.axes[0]
-  _, _, _, _, held, _ = plots.layer_pair_intervals(rec.last(None), "layer")
+  _, _, _, _, held, _, _ = plots.layer_pair_intervals(rec.last(None), "layer")
   assert held.size > 300 and held.sum() > 0 and not ax.texts
   stars = [tuple(l.get_xydata()[0]) for l in ax.get_lines() if l.get_marker() == "*"]
   assert sorted(stars) == sorted((float(c), float(r)) for r, c in zip(*np.nonzero(held)))
@@ -131,7 +131,10 @@ def test_a_layer_map_too_large_for_numbers_still_marks_what_holds():
 
 
 def test_layer_figures_rows_and_labels():
-  rec = record(steps=40)  # ~6 batch means a cell: enough df for Holm to hold some of them
+  # without halves, the raw means (with halves:
+  # test_the_layer_map_is_each_row_s_corrected_cosine_its_sign_alone_where_unresolved)
+  # ~6 batch means a cell: enough df for Holm to hold some of them
+  rec = record(steps=40, halves=False)
   fig = plots.layer_pair_figure(rec)
   ax = fig.axes[0]
   assert labels(ax.get_xticklabels()) == PAIRS
@@ -172,7 +175,7 @@ def test_layer_figures_rows_and_labels():
   assert faded > 0 and "faded" in fig._supxlabel.get_text()
   # Holm holds fewer cells than their own intervals mark, and the caption counts both
   assert 0 < held < len(rows) * len(PAIRS) - faded
-  assert f"{held} of {len(rows) * len(PAIRS) - faded} full-colour cells hold" in (
+  assert f"{held} of {len(rows) * len(PAIRS) - faded} cells beyond noise hold" in (
       fig._supxlabel.get_text())
   rec = record()
   fig = plots.layer_step_figure(rec, "sr_x2~derain")
@@ -558,3 +561,47 @@ def test_a_precise_cosine_near_one_is_coloured_though_its_interval_passes_one():
   assert plots._cell_digits(stats.Interval(-0.2, -0.398, -0.003, 0.95, 8)) == 3
   assert plots._cell_digits(stats.Interval(-0.2, -0.3998, -0.0004, 0.95, 8)) == 4
   assert plots._cell_digits(stats.Interval(0.3, 0.1, 0.5, 0.95, 8)) == 2
+
+
+def test_the_layer_map_is_each_row_s_corrected_cosine_its_sign_alone_where_unresolved():
+  # two leaves of known cosines (a~b, a~c, b~c): at pos_embed every task's expected gradient
+  # stands out of its noise; at token_embed/bias c's is lost in it (norm 0.05, noise 3), so the
+  # size of a~c and b~c is not to be read there. The map showed the raw cosine, which the noise
+  # shrinks toward 0 (the whole-body matrix beside it was corrected)
+  clear = known_halves(40, (-0.6, 0.3, 0.2), noise=1.0)
+  lost = known_halves(40, (-0.5, 0.6, -0.4), noise=3.0, norms=(1.0, 1.0, 0.05), seed=1)
+  rec = conflicts.Record.from_halves(np.arange(40), np.concatenate([clear, lost], axis=1),
+                                     ["token_embed/bias", "pos_embed"], ["a", "b", "c"], "known")
+  names, _, value, beyond, held, measured, unresolved = plots.layer_pair_intervals(rec, "layer")
+  assert names == ["token_embed/bias", "pos_embed"] and measured
+  for r in range(2):  # each row is the corrected cosine of its own leaf, with its interval
+    row = conflicts.Record.from_halves(rec.steps, rec.half_gramians[:, r:r + 1], names[r:r + 1],
+                                       rec.task_names)
+    ivs = row.corrected_cosine_intervals()
+    np.testing.assert_allclose(value[r], [iv.estimate for iv in ivs], rtol=1e-12)
+    assert list(beyond[r]) == [plots.excludes_zero(iv) for iv in ivs]
+    assert list(unresolved[r]) == [not ok for ok in row.resolved_pairs()]
+  assert list(unresolved[0]) == [False] * 3 and list(unresolved[1]) == [False, True, True]
+  # the clear leaf's corrected cosines are its true ones; its raw means shrink them by
+  # |mu|^2 / (|mu|^2 + |noise|^2 / 2) = 1 / 1.5 (a task's gradient: the mean of its two halves)
+  np.testing.assert_allclose(value[0], (-0.6, 0.3, 0.2), atol=0.1)
+  raw = plots.layer_pair_intervals(dataclasses.replace(rec, half_gramians=None), "layer")[2]
+  np.testing.assert_allclose(raw[0], value[0] / 1.5, rtol=0.05)
+  fig = plots.layer_pair_figure(rec, rows="layer")
+  ax = fig.axes[0]
+  texts = cell_texts(ax)
+  assert set(texts) == {(0, 0), (1, 0), (2, 0), (0, 1)}  # no number where unresolved
+  assert texts[0, 0].startswith("-0.") and texts[0, 0].endswith("*") == bool(held[0, 0])
+  colours = ax.get_images()[0].get_array()
+  grey = np.array(plots._cmap().get_bad()[:3])
+  for c in (1, 2):
+    np.testing.assert_allclose(colours[1, c, :3], grey)
+  marks = {(round(l.get_xdata()[0]), round(l.get_ydata()[0])): l.get_marker()
+           for l in ax.get_lines()}
+  assert marks == {(c, 1): "^" if value[1, c] > 0 else "v" for c in (1, 2) if beyond[1, c]}
+  assert "noise-corrected" in ax.get_title() and "pooled over" in ax.get_title()
+  assert "its sign alone" in fig._supxlabel.get_text()
+  # without halves: the raw means, and nothing said of noise floors
+  fig = plots.layer_pair_figure(dataclasses.replace(rec, half_gramians=None), rows="layer")
+  assert "raw gradient cosine" in fig.axes[0].get_title()
+  assert "sign alone" not in fig._supxlabel.get_text()
