@@ -28,7 +28,9 @@ figures), and
 prints a text summary: task x task mean cosine, conflict fractions, and per pair the noise
 floor: the raw cosine's window mean, both tasks' same-task agreement, the noise-corrected
 cosine and the conflict fraction, each with a 95% batch-means interval, and a verdict
-('conflict beyond noise' only when the corrected interval is entirely < 0). Then the
+('conflict beyond noise' only when the corrected interval is entirely < 0); then where in the
+body: the modules whose corrected cosine with a pair is beyond noise over all (module, pair)
+cells (Holm), conflicts and agreements, the strongest first. Then the
 verdict per training phase (--phases contiguous parts of the probe steps: early, middle,
 late) with one WARNING line per pair whose verdict changes between phases. The summary and
 the averaged figures read the last N probe steps with --window=N; by default (0) the

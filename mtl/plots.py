@@ -322,31 +322,13 @@ def layer_pair_intervals(record, rows="auto", level=0.95):
   P) whether that holds over all the map's cells at family-wise level 1 - `level` (Holm),
   whether any cell has an interval, (rows, P) unresolved).
 
-  With halves a value is the row's noise-corrected cosine pooled over the probes (its
-  delta-method interval); `unresolved` marks those with an interval where a task's noise
-  floor at that row is not (mtl.stats.resolved_noise_floors: the sign holds, not the size).
-  Without halves it is the raw cosine's window mean, and nothing is unresolved.
+  Values: Record.layer_intervals' estimates (with halves each row's noise-corrected cosine,
+  else the raw cosine's window mean).
   """
   from mtl import stats
   by = rows_for(record.layer_names, rows)
-  method = record.interval_method
-  pairs = conflicts.pair_indices(len(record.task_names))
-  if record.halves:
-    names, halves = record.grouped_halves(by)
-    cells = [stats.corrected_cosine_intervals(halves[:, r], level, method)
-             for r in range(len(names))]
-    floors = [stats.resolved_noise_floors(halves[:, r], level, method) for r in range(len(names))]
-    unresolved = np.array([[np.isfinite(iv.low) and not (floor[i] and floor[j])
-                            for iv, (i, j) in zip(row, pairs)]
-                           for row, floor in zip(cells, floors)])
-    value = np.array([[iv.estimate for iv in row] for row in cells])
-  else:
-    names, grams = record.grouped(by)
-    cos = conflicts.pair_values(conflicts.cosines(grams))  # (S, rows, P)
-    value = conflicts.nan_mean(cos, axis=0)
-    cells = [[stats.window_mean_interval(cos[:, r, c], level, method) for c in range(len(pairs))]
-             for r in range(len(names))]
-    unresolved = np.zeros(value.shape, bool)
+  names, cells, unresolved = record.layer_intervals(by, level=level)
+  value = np.array([[iv.estimate for iv in row] for row in cells], np.float64)
   beyond = np.array([[excludes_zero(iv) for iv in row] for row in cells])
   p = np.array([[iv.p for iv in row] for row in cells], np.float64)
   measured = bool(any(np.isfinite(iv.low) for row in cells for iv in row))

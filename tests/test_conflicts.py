@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from mtl import conflicts, gramians
+from mtl import conflicts, gramians, stats
 from mtl.models import ipt
 
 TASKS = ["denoise_30", "sr_x2", "derain"]
@@ -724,3 +724,34 @@ def test_the_trainer_logs_the_intervals_analyze_reads(tmp_path):
   assert writer.logged[29] == pytest.approx(want)
   batch_means = record.corrected_cosine_intervals(method="batch_means")[0]
   assert writer.logged[29]["conflicts/corrected_cos_low/a~b"] != pytest.approx(batch_means.low)
+
+
+def test_the_summary_says_which_modules_conflict_beyond_noise_over_all_of_them():
+  # pos_embed: a~b conflict, a~c and b~c agree, every noise floor resolved; token_embed: a~c
+  # conflicts but c's gradient there is all but lost in its noise (norm 0.1, noise 2): its
+  # noise floor unresolved, a~c's sign alone
+  clear = known_halves(40, (-0.6, 0.3, 0.2), noise=1.0)
+  lost = known_halves(40, (0.0, -0.7, 0.5), noise=2.0, norms=(1.0, 1.0, 0.1), seed=1)
+  record = conflicts.Record.from_halves(np.arange(40), np.concatenate([lost, clear], axis=1),
+                                        ["token_embed/bias", "pos_embed"], ["a", "b", "c"])
+  layers = conflicts.layers_beyond_noise(record)
+  assert (layers["by"], layers["cells"], layers["value"]) == ("module", 6, "corrected cos")
+  # what it holds: each module's own corrected intervals, Holm over the 6 cells
+  ivs = [conflicts.Record.from_halves(record.steps, record.half_gramians[:, r:r + 1],
+                                      record.layer_names[r:r + 1], record.task_names
+                                      ).corrected_cosine_intervals() for r in range(2)]
+  held = stats.holm([iv.p for row in ivs for iv in row]).reshape(2, 3) < 0.05
+  for side, beyond in (("conflict", lambda iv: iv.high < 0), ("agreement", lambda iv: iv.low > 0)):
+    expected = {(("token_embed", "pos_embed")[r], record.pair_names[k])
+                for r in range(2) for k in range(3) if held[r, k] and beyond(ivs[r][k])}
+    assert {(c["group"], c["pair"]) for c in layers[side]} == expected
+    assert layers[f"{side}_count"] == len(expected)
+  first = layers["conflict"][0]  # sized cells before those whose size is not to be read
+  assert (first["group"], first["pair"], first["size_readable"]) == ("pos_embed", "a~b", True)
+  assert first["cos"]["estimate"] == pytest.approx(ivs[1][0].estimate)
+  assert [c["size_readable"] for c in layers["conflict"]] == [True, False]  # token_embed a~c
+  text = conflicts.format_summary(conflicts.summarize(record))
+  assert "per-module corrected cos beyond noise over all 6 (module, pair) cells" in text
+  assert "token_embed a~c  < 0: its sign alone (a noise floor there not resolved)" in text
+  [line] = [line for line in text.splitlines() if line.startswith("    pos_embed a~b ")]
+  assert line.endswith(f" {ivs[1][0].estimate:+.3f} [{ivs[1][0].low:+.3f}, {ivs[1][0].high:+.3f}]")

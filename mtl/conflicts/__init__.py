@@ -19,7 +19,8 @@ from mtl.gramians import (GROUPINGS, HALVES, conflict_fraction,
 from mtl.conflicts.record import NO_HALVES, Record, format_range, parse_step_range
 from mtl.conflicts.store import Store, append, load, store_dir, truncate_after
 from mtl.conflicts.summary import (AGREEMENT, CONFLICT, NOT_MEASURABLE, PHASES, UNDETECTED,
-                                   format_headline, format_noise_floor, format_phases,
-                                   format_summary, headline_window, noise_floor, pair_verdict,
+                                   format_headline, format_layers_beyond_noise,
+                                   format_noise_floor, format_phases, format_summary,
+                                   headline_window, layers_beyond_noise, noise_floor, pair_verdict,
                                    phase_verdicts, split_phases, step_gaps, summarize,
                                    verdict_text)

@@ -152,6 +152,31 @@ class Record:
     return [stats.conflict_fraction_interval(pcos[:, k], level, method)
             for k in range(pcos.shape[1])]
 
+  def layer_intervals(self, by="module", window=None, level=0.95, method=None):
+    """Per group of leaves and pair over the window: (group names, [[Interval]] (rows x pairs),
+    (rows, P) unresolved). With halves each row's noise-corrected cosine pooled over the probes,
+    its own noise floor deciding `unresolved` (an interval whose task's floor at that row is
+    not resolved: its sign holds, not its size); without, the raw cosine's window mean, nothing
+    unresolved."""
+    from mtl import stats
+    rec = self.last(window)
+    method = method or self.interval_method
+    pairs = pair_indices(len(self.task_names))
+    if not rec.halves:
+      names, grams = rec.grouped(by)
+      pcos = pair_values(cosines(grams))  # (S, rows, P)
+      cells = [[stats.window_mean_interval(pcos[:, r, k], level, method)
+                for k in range(len(pairs))] for r in range(len(names))]
+      return names, cells, np.zeros((len(names), len(pairs)), bool)
+    names, halves = rec.grouped_halves(by)
+    cells, unresolved = [], []
+    for r in range(len(names)):
+      cells.append(stats.corrected_cosine_intervals(halves[:, r], level, method))
+      floor = stats.resolved_noise_floors(halves[:, r], level, method)
+      unresolved.append([bool(np.isfinite(iv.low) and not (floor[i] and floor[j]))
+                         for iv, (i, j) in zip(cells[-1], pairs)])
+    return names, cells, np.array(unresolved, bool).reshape(len(names), len(pairs))
+
   def last(self, window=None):
     """The last `window` probe steps (all for None or 0)."""
     if not window:

@@ -232,6 +232,48 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
   return out
 
 
+def layers_beyond_noise(record, by="module", level=LEVEL, top=5):
+  """Where in the body the pairs differ beyond noise: every (group, pair) cell of
+  Record.layer_intervals (the corrected cosine with halves, else the raw mean) whose interval
+  excludes 0 and holds over all the cells (Holm).
+
+  Returns {'by', 'cells' (their number), 'value' ('corrected cos' | 'raw cos'), 'conflict' and
+  'agreement': up to `top` cells [{'group', 'pair', 'cos': interval dict, 'size_readable'}],
+  sized ones strongest first, then those whose size is not to be read (a task's noise floor at
+  that group unresolved: the sign alone), 'conflict_count', 'agreement_count'}.
+  """
+  from mtl import stats
+  names, cells, unresolved = record.layer_intervals(by, level=level)
+  flat = [(r, k) for r in range(len(names)) for k in range(len(record.pair_names))]
+  adjusted = stats.holm([cells[r][k].p for r, k in flat])  # NaN p: never held
+  out = {"by": by, "cells": len(flat), "value": "corrected cos" if record.halves else "raw cos"}
+  for side, beyond in (("conflict", lambda iv: iv.high < 0), ("agreement", lambda iv: iv.low > 0)):
+    held = [(r, k) for (r, k), p in zip(flat, adjusted) if p < 1 - level and beyond(cells[r][k])]
+    held.sort(key=lambda rk: (bool(unresolved[rk]), -abs(cells[rk[0]][rk[1]].estimate)))
+    out[f"{side}_count"] = len(held)
+    out[side] = [{"group": names[r], "pair": record.pair_names[k],
+                  "cos": _interval(cells[r][k]), "size_readable": not unresolved[r, k]}
+                 for r, k in held[:top]]
+  return out
+
+
+def format_layers_beyond_noise(layers, level=LEVEL):
+  """The conflicts and the agreements `layers_beyond_noise` found, a line each."""
+  lines = [f"per-{layers['by']} {layers['value']} beyond noise over all {layers['cells']} "
+           f"({layers['by']}, pair) cells ({100 * level:.0f}% intervals, Holm):"]
+  for side in ("conflict", "agreement"):
+    count, shown = layers[f"{side}_count"], layers[side]
+    more = f", the {len(shown)} strongest" if count > len(shown) else ""
+    lines.append(f"  {side}: " + (f"{count}{more}" if count else "none"))
+    width = max([len(c["group"]) + len(c["pair"]) + 1 for c in shown] + [0])
+    for c in shown:
+      value = (_fmt(c["cos"]) if c["size_readable"] else
+               f"{'< 0' if side == 'conflict' else '> 0'}: its sign alone (a noise floor there "
+               "not resolved)")
+      lines.append(f"    {c['group'] + ' ' + c['pair']:<{width}}  {value}")
+  return "\n".join(lines)
+
+
 def summarize(record, window=None, top_layers=5):
   """The numbers a report wants over the last `window` probe steps (all for None/0).
 
@@ -246,6 +288,7 @@ def summarize(record, window=None, top_layers=5):
     mean_update_cos: {task: mean cos(g_i, sum_j g_j)}
     most_conflicted_layers: up to `top_layers` [leaf, share of (step, pair) with cos < 0],
       most often conflicted first (Recon's per-layer count)
+    layers_beyond_noise: `layers_beyond_noise` per module, up to `top_layers` a side
     noise_floor: `noise_floor`'s dict (intervals, corrected cosines, verdicts per pair); the
       same numbers also sit in each pair's entry: cos_interval, conflict_fraction_interval,
       corrected_cos (interval dict), same_task_agreement, verdict
@@ -284,6 +327,7 @@ def summarize(record, window=None, top_layers=5):
       "mean_update_cos": {t: float(v) for t, v in
                           zip(names, nan_mean(update_cosines(body), axis=0))},
       "most_conflicted_layers": [[rec.layer_names[i], float(per_layer[i])] for i in order],
+      "layers_beyond_noise": layers_beyond_noise(rec, top=top_layers),
       "noise_floor": floor,
   }
   for p, entry in out["pair"].items():
@@ -322,6 +366,8 @@ def format_summary(summary):
         f"{n} {100 * v:.0f}%" for n, v in summary["most_conflicted_layers"]))
   if "noise_floor" in summary:
     lines.append(format_noise_floor(summary["noise_floor"], summary["steps"]))
+  if "layers_beyond_noise" in summary:
+    lines.append(format_layers_beyond_noise(summary["layers_beyond_noise"]))
   return "\n".join(lines)
 
 
