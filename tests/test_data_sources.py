@@ -1,5 +1,6 @@
 """TFDS builders and sources: the embedded photographs, a user folder, a prepared TFDS dataset by
 name; built offline into tmp dirs and read back."""
+import glob
 import json
 import os
 import struct
@@ -305,11 +306,31 @@ def test_folder_errors_name_the_path(tmp_path):
 
 def test_folder_changed_after_build_is_an_error(tmp_path):
   (tmp_path / "imgs").mkdir()
-  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+  Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "a.bmp")
   sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "b.png")
   with pytest.raises(ValueError, match="changed since its dataset was built"):
     sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
+  (tmp_path / "imgs" / "b.png").unlink()
+  sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))  # as built: opens
+  # a.bmp rewritten in place (a bitmap: as large as it was): its listing is the same, its
+  # pixels are not
+  before = os.stat(tmp_path / "imgs" / "a.bmp")
+  Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "imgs" / "a.bmp")
+  assert os.path.getsize(tmp_path / "imgs" / "a.bmp") == before.st_size
+  # a second later: a file system's coarse clock could give the rewrite its old time
+  os.utime(tmp_path / "imgs" / "a.bmp", ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+  with pytest.raises(ValueError, match=r"changed since its dataset was built in .*: the same "
+                                       r"files at the same sizes, but modified since"):
+    sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
+  # a dataset built before modification times were recorded opens on its listing, as it did
+  [meta] = glob.glob(str(tmp_path / "tfds" / "mtl_folder" / "*" / "*" / "metadata.json"))
+  with open(meta) as f:
+    recorded = json.load(f)
+  del recorded["modified"]
+  with open(meta, "w") as f:
+    json.dump(recorded, f)
+  sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
 
 
 def test_read_rgb_16_bit_and_palette(tmp_path):

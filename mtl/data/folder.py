@@ -23,8 +23,9 @@ a prepared dataset:
 
   <tfds_dir>/mtl_folder/div2k_hr_3f2a9c1b/1.0.0/mtl_folder-train.array_record-00000-of-00001
 
-The listing's fingerprint (relative paths and byte sizes) is stored with the dataset; opening a
-dataset whose folder changed since it was built is an error (see `check_fingerprint`).
+The listing's fingerprints (relative paths and byte sizes; and with modification times) are
+stored with the dataset; opening a dataset whose folder changed since it was built is an error,
+an image rewritten in place at its old size included (see `check_fingerprint`).
 
 Reading rules, shared with the benchmark loaders: png, jpg/jpeg, bmp, tif/tiff, webp (any case);
 hidden files (names starting with '.') are skipped; grey and palette images become RGB, alpha is
@@ -344,16 +345,23 @@ def list_images(folder, recursive=True):
   return sorted(paths)
 
 
-def fingerprint(folder, paths):
-  """Short hash of the folder's listing (relative paths and sizes): changes when files do."""
+def fingerprint(folder, paths, modified=False):
+  """Short hash of the folder's listing (relative paths and sizes; with `modified`, and the
+  files' modification times): changes when files are added, removed or resized (or rewritten)."""
   digest = hashlib.sha1()
   for path in paths:
-    digest.update(f"{relative(path, folder)}\0{file_size(path)}\n".encode())
+    when = f"\0{modification_time(path)}" if modified else ""
+    digest.update(f"{relative(path, folder)}\0{file_size(path)}{when}\n".encode())
   return digest.hexdigest()[:16]
 
 
 def file_size(path):
   return os.path.getsize(path) if not is_url(path) else epath.Path(path).stat().length
+
+
+def modification_time(path):
+  """Nanoseconds for a local file; an object store's own stamp for a URL."""
+  return os.stat(path).st_mtime_ns if not is_url(path) else epath.Path(path).stat().mtime
 
 
 def tiled_bytes(height, width, tile):
@@ -576,6 +584,7 @@ class MtlFolder(tfds.core.GeneratorBasedBuilder):
       raise ValueError(f"image folder {config.folder} holds no images "
                        f"(looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
     self.info.metadata["fingerprint"] = fingerprint(config.folder, paths)
+    self.info.metadata["modified"] = fingerprint(config.folder, paths, modified=True)
     self.info.metadata["folder"] = config.folder
     return {split: self._generate_examples(split, named)
             for split, named in split_paths(config, paths).items()}
@@ -636,10 +645,17 @@ def tile_layout(builder, split, paths=None):
 
 def check_fingerprint(builder, paths=None):
   """ValueError if the prepared dataset's folder listing differs from the folder's listing now
-  (`paths`: its `list_images`, where the caller has it)."""
+  (`paths`: its `list_images`, where the caller has it), or a file of it was modified since (a
+  dataset built before modification times were recorded: its listing alone)."""
   config = builder.builder_config
-  built = builder.info.metadata.get("fingerprint") if builder.info.metadata else None
-  now = fingerprint(config.folder, list_images(config.folder) if paths is None else paths)
-  if built is not None and built != now:
+  metadata = builder.info.metadata or {}
+  paths = list_images(config.folder) if paths is None else paths
+  built = metadata.get("fingerprint")
+  if built is not None and built != fingerprint(config.folder, paths):
     raise ValueError(f"image folder {config.folder} changed since its dataset was built in "
                      f"{builder.data_dir}; delete that directory to rebuild it")
+  built = metadata.get("modified")
+  if built is not None and built != fingerprint(config.folder, paths, modified=True):
+    raise ValueError(f"image folder {config.folder} changed since its dataset was built in "
+                     f"{builder.data_dir}: the same files at the same sizes, but modified since "
+                     "(rewritten, or touched); delete that directory to rebuild it")
