@@ -320,6 +320,20 @@ def test_a_paired_folder_with_a_misfit_pair_is_refused_before_anything_is_writte
   with pytest.raises(ValueError, match="^" + re.escape(message)):
     train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
+  # sizes fixed, two images cut short (a copy that stopped): their headers read, their pixels do
+  # not; found when a batch first drew them, at any step. Now named before anything is written
+  for i in (2, 4):
+    Image.fromarray(np.zeros((90, 90, 3), np.uint8)).save(tmp_path / "lol" / "low" / f"{i}.png")
+  for name in ("low/1.png", "high/3.png"):
+    whole = (tmp_path / "lol" / name).read_bytes()
+    (tmp_path / "lol" / name).write_bytes(whole[:len(whole) // 2])
+  cut = "the file ends before its image data does (no IEND chunk: cut short)"
+  message = (f"data.pairs: lowlight={folder}: cannot read 2 image(s) of {folder} (fix or remove "
+             f"them; nothing is trained): {tmp_path}/lol/high/3.png: {cut}; "
+             f"{tmp_path}/lol/low/1.png: {cut}")
+  with pytest.raises(ValueError, match="^" + re.escape(message) + "$"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
 
 
 def test_load_pairs_errors(tmp_path):

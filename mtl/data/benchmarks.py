@@ -213,12 +213,16 @@ def clean_margins(degraded_path, degraded_hw, clean_path, clean_hw):
 
 
 def check_pair_sizes(path):
-  """ValueError (clean_margins') for the first pair of a paired folder whose sizes do not fit,
-  from the image headers only: reading the pixels would cost as much as training on them."""
-  sizes = {}  # RESIDE's hazy images share their clean one
-  size = lambda p: sizes.setdefault(p, folder_lib.image_size(p))
-  for _, degraded, clean in find_pairs(path):
-    clean_margins(degraded, size(degraded), clean, size(clean))
+  """ValueError for a paired folder whose images cannot all be used, from their headers and a
+  PNG's last bytes only (reading the pixels would cost as much as training on them): one line
+  naming every file that cannot be read or is cut short (folder.read_every's), else
+  clean_margins' for the first pair whose sizes do not fit."""
+  pairs = find_pairs(path)
+  files = sorted({p for _, degraded, clean in pairs for p in (degraded, clean)})  # RESIDE's
+  sizes = dict(zip(files, folder_lib.read_every(folder_lib.checked_size, files, path,  # shared
+                                                "nothing is trained")))
+  for _, degraded, clean in pairs:
+    clean_margins(degraded, sizes[degraded], clean, sizes[clean])
 
 
 def read_pair(degraded_path, clean_path):

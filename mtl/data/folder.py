@@ -264,7 +264,7 @@ def _read_error(path, error):
   return ValueError(f"cannot read image {path}: {why}")
 
 
-def read_every(read, paths, folder):
+def read_every(read, paths, folder, consequence="the dataset is not built"):
   """[read(path)] of every path in order, or after trying them all a ValueError naming each
   that could not be read (five, then how many more): one attempt finds every bad image."""
   out, bad = [], []
@@ -274,16 +274,16 @@ def read_every(read, paths, folder):
     except ValueError as error:
       bad.append(error)
   if bad:
-    raise unreadable(bad, folder)
+    raise unreadable(bad, folder, consequence)
   return out
 
 
-def unreadable(errors, folder):
+def unreadable(errors, folder, consequence="the dataset is not built"):
   """The ValueError of read_every: `errors` (read_rgb's or image_size's) of `folder`."""
   why = [str(e).removeprefix("cannot read image ") for e in errors]
   more = f"; and {len(why) - 5} more" if len(why) > 5 else ""
-  return ValueError(f"cannot read {len(why)} image(s) of {folder} (fix or remove them; the "
-                    f"dataset is not built): {'; '.join(why[:5])}{more}")
+  return ValueError(f"cannot read {len(why)} image(s) of {folder} (fix or remove them; "
+                    f"{consequence}): {'; '.join(why[:5])}{more}")
 
 
 def _walk(folder):
@@ -378,6 +378,22 @@ def image_size(path):
       return image.height, image.width
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
     raise _read_error(path, error) from None
+
+
+PNG_TAIL = 1024  # bytes of a PNG's end searched for its IEND chunk (bytes after it are ignored)
+
+
+def checked_size(path):
+  """image_size, and for a local PNG a ValueError where the file ends before its IEND chunk
+  (a copy or a download cut short), found from its last bytes as decoding it would find it."""
+  size = image_size(path)
+  if not is_url(path) and path.lower().endswith(".png"):
+    with open(path, "rb") as handle:
+      handle.seek(max(0, os.path.getsize(path) - PNG_TAIL))
+      if b"IEND" not in handle.read():
+        raise ValueError(f"cannot read image {path}: the file ends before its image data does "
+                         "(no IEND chunk: cut short)")
+  return size
 
 
 def estimate_bytes(paths, tile=DEFAULT_TILE, sample=ESTIMATE_SAMPLE, folder=""):
