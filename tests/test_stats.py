@@ -252,6 +252,10 @@ def test_block_bootstrap_is_seeded_and_wider_than_iid():
   assert one.estimate == pytest.approx(x.mean())
   iid_half = 1.96 * x.std(ddof=1) / math.sqrt(x.size)
   assert (one.high - one.low) / 2 > 1.5 * iid_half  # blocks keep the autocorrelation
+  # p for 0: twice the smaller tail's share, counted as Davison & Hinkley (1997) do, (k + 1) /
+  # (draws + 1): never 0 from finitely many replicates, however far from 0 they all lie
+  far = stats.window_mean_interval(x + 100.0, method="block_bootstrap", draws=500, seed=7)
+  assert far.low > 0 and far.p == pytest.approx(2 / 501)
 
 
 def test_window_mean_skips_nan_and_needs_four_values():
