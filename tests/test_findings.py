@@ -187,6 +187,10 @@ def test_an_answer_without_an_interval_says_why(tmp_path):
   assert not math.isfinite(pair.interval.low)
   assert ("(no interval: a seed's own figure has none (too few probes or fresh batches to "
           "estimate its noise))") in pair.sentence and "seeds: no interval" not in pair.sentence
+  # nor has any module's: the line on where in the body says so, not 'nowhere'
+  assert found.notes[1].endswith("held over all 3 (module, pair) cells (Holm)): no cell has an "
+                                 "interval (too few probes or fresh batches, or every one not "
+                                 "measurable).")
 
 
 def test_a_measurement_not_made_yet_heads_the_report(tmp_path):
@@ -281,10 +285,11 @@ def test_the_pairs_of_question_1_are_held_family_wise(tmp_path):
           f"600-890), p = {own[0]:.3f} (Holm {holm[0]:.3f} over 3) — {findings.NOT_HELD} 3 "
           "pairs") in answers[0].sentence
   assert ", p < 0.001 (Holm < 0.001 over 3) — no: agreement beyond noise" in answers[1].sentence
-  assert found.notes[1] == (
+  assert found.notes[1].startswith(
       "The 3 pairs' answers each have their own 95% interval; a yes or no holds over all of "
       "them (Holm 1979: were nothing different, the chance that any verdict is wrong is at most "
-      "5%), so a pair whose interval just excludes 0 may still be not enough evidence.")
+      "5%), so a pair whose interval just excludes 0 may still be not enough evidence. Where in "
+      "the body (joint, 3 seeds, per module")
   # the table keeps each pair's own verdict; the figure's panel says the headline did not hold
   table = {r["pair"]: r["verdict"] for r in tables.conflict_table(s).records}
   assert table[answers[0].subject] == conflicts.CONFLICT
@@ -295,6 +300,57 @@ def test_the_pairs_of_question_1_are_held_family_wise(tmp_path):
   iv = answers[0].interval
   assert findings.family_verdicts([(iv, findings.conflict_verdict(iv), True)], (
       "yes: conflict beyond noise",)) == [("yes: conflict beyond noise", own[0], 1)]
+
+
+def test_question_1_says_where_in_the_body_a_conflict_that_the_whole_body_hides_lies(tmp_path):
+  # denoise_30~sr_x2 conflicts in the token embedding (-0.5) and agrees as much in pos_embed
+  # (+0.5), at equal gradient norms: over the whole body they cancel (true cosine 0), and only
+  # the per-module line finds them; the other pairs agree alike in both (+0.3, +0.2)
+  s = synthetic_study(str(tmp_path / "study"))
+  layers = ["token_embed/bias", "pos_embed"]
+  for spec in s.runs:
+    if spec.regime == "joint":
+      grams = np.concatenate([known_halves(90, cos, noise=2.0, seed=10 * spec.seed + k)
+                              for k, cos in enumerate([(-0.5, 0.3, 0.2), (0.5, 0.3, 0.2)])],
+                             axis=1)
+      conflicts.append(s.run_dir(spec.name), np.arange(0, 900, 10), grams, layers,
+                       list(s.tasks))
+  records = scores.conflict_records(s)
+  found = findings.build(s, tables.transfer_table(s), records)
+  assert found.answers[1][0].subject == "denoise_30~sr_x2"
+  assert found.answers[1][0].verdict == findings.NOT_ENOUGH
+  # each cell: the seeds' late-phase intervals of that module (the whole body's window)
+  layers_found = scores.layer_conflicts(records)["joint"]
+  for group, k in (("token_embed", 0), ("pos_embed", 1)):
+    per_seed = [r.last(conflicts.headline_window(r)).layer_intervals("module")[1][k][0]
+                for *_, r in records]
+    assert layers_found["cells"][group, "denoise_30~sr_x2"][:5] == pytest.approx(
+        stats.mean_of_runs(per_seed)[:5], rel=1e-12)
+  conflict, agreement = (layers_found["cells"][g, "denoise_30~sr_x2"]
+                         for g in ("token_embed", "pos_embed"))
+  assert conflict.high < 0 < agreement.low
+  note = found.notes[1]
+  assert ("Where in the body (joint, 3 seeds, per module in each seed's headline phase, each "
+          "cell's corrected cosine combined over the seeds, held over all 6 (module, pair) cells "
+          f"(Holm)): conflict beyond noise at token_embed denoise_30~sr_x2 {conflict.text(3)}; "
+          f"agreement beyond noise at pos_embed denoise_30~sr_x2 {agreement.text(3)}; ") in note
+  assert "(6 in all)" not in note and "(5 in all)" in note  # 3 named, the strongest first
+  # measured at the end of training: that measurement's, as the whole-body headline
+  for _, seed, chosen in s.pretraining_choices():
+    grams = np.concatenate([known_halves(20, cos, noise=1.0, seed=100 + 10 * seed + k)
+                            for k, cos in enumerate([(-0.4, 0.3, 0.2), (0.4, 0.3, 0.2)])],
+                           axis=1)
+    conflicts.append(run_folder.analysis_dir(s.run_dir(chosen.run.name), 4),
+                     10**7 + np.arange(20), grams, layers, list(s.tasks),
+                     {"size": 128, "fresh": True})
+  final = scores.final_conflict_records(s)
+  ended = scores.layer_conflicts(records, final)["joint"]
+  assert ended["at_end"]
+  per_seed = [m[0][1].layer_intervals("module")[1][0][0] for *_, m in final]
+  assert ended["cells"]["token_embed", "denoise_30~sr_x2"][:5] == pytest.approx(
+      stats.mean_of_runs(per_seed)[:5], rel=1e-12)
+  note = findings.build(s, tables.transfer_table(s), records, final).notes[1]
+  assert "per module at the end of training" in note
 
 
 def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):

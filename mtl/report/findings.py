@@ -4,7 +4,9 @@ in one sentence per subject, with its 95% interval and a verdict.
   1. Do the tasks conflict on the shared body?
      Per task pair of each multi-task pre-training (joint, group:<g>): the noise-corrected
      whole-body cosine per training phase, combined over seeds (scores.conflict_phases); the
-     answer is the headline (last) phase's, the other phases are stated beside it.
+     answer is the headline (last) phase's, the other phases are stated beside it. A line
+     under the answers says where in the body (per module, scores.layer_conflicts) a pair's
+     cosine is beyond noise over all cells: the whole body can average a conflict away.
   2. Does pre-train + fine-tune beat a tuned from-scratch run?
      Per task and fine-tune column (finetune, finetune:<g>): the transfer table's paired
      Δ PSNR (fine-tune - scratch, paired by seed, each lr chosen on validation) on the task's
@@ -37,8 +39,8 @@ from mtl.conflicts import summary as conflict_summary
 from mtl.report import cells, remedies, tables
 from mtl.run_config import probe_plan
 from mtl.study.runs import pretraining_column, run_config, sweep_runs
-from mtl.report.scores import (conflict_phases, final_conflicts, left_out, paired,
-                               primary_test_set, regime_scores, unequal_budgets,
+from mtl.report.scores import (conflict_phases, final_conflicts, layer_conflicts, left_out,
+                               paired, primary_test_set, regime_scores, unequal_budgets,
                                untuned_seeds)
 
 QUESTIONS = ("Do the tasks conflict on the shared body?",
@@ -182,6 +184,42 @@ def conflict_answers(study, records, final=()):
         sentence += " (the verdict changes between phases)"
     answers.append(Answer(1, pair, col, iv, verdict, sentence + ".", phases, family))
   return answers
+
+
+LAYER_EXAMPLES = 3  # question 1's where-in-the-body line names at most this many cells a side
+
+
+def layer_note(study, layers, level=0.95):
+  """Question 1's 'where in the body' line per column of scores.layer_conflicts: the (group,
+  pair) cells beyond noise over all of the column's cells (Holm), conflicts and agreements,
+  the strongest first (those whose size is not to be read last, by their sign alone). The
+  whole-body answers above can hide conflicts that cancel between parts of the body."""
+  lines = []
+  for col, found in layers.items():
+    cells = found["cells"]
+    adjusted = dict(zip(cells, stats.holm([iv.p for iv in cells.values()])))
+    seeds = len(found["seeds"])
+    said = []
+    for side, beyond in (("conflict", lambda iv: iv.high < 0),
+                         ("agreement", lambda iv: iv.low > 0)):
+      held = [c for c, iv in cells.items() if beyond(iv) and adjusted[c] < 1 - level]
+      held.sort(key=lambda c: (found["sign_only"][c], -abs(cells[c].estimate)))
+      named = [f"{group} {pair} " + ("(its sign alone: a noise floor there not resolved)"
+                                     if found["sign_only"][group, pair]
+                                     else cells[group, pair].text(3))
+               for group, pair in held[:LAYER_EXAMPLES]]
+      more = f" ({len(held)} in all)" if len(held) > len(named) else ""
+      said.append(f"{side} beyond noise " + (f"at {'; '.join(named)}{more}" if named
+                                              else "nowhere"))
+    if not any(math.isfinite(iv.low) for iv in cells.values()):
+      said = ["no cell has an interval (too few probes or fresh batches, or every one not "
+              "measurable)"]
+    when = ("at the end of training" if found["at_end"] else "in each seed's headline phase")
+    lines.append(f"Where in the body ({_source_words(study, col)}, {seeds} "
+                 f"seed{'s' if seeds != 1 else ''}, per {found['by']} {when}, each cell's "
+                 f"corrected cosine combined over the seeds, held over all {len(cells)} "
+                 f"({found['by']}, pair) cells (Holm)): {'; '.join(said)}.")
+  return " ".join(lines)
 
 
 def _p_words(iv, p_holm, family):
@@ -465,8 +503,9 @@ def build(study, transfer, records, final=()):
            + _multiplicity(answers[q][0].family) for q in (2, 3, 4) if answers[q]}
   if answers[4]:  # the methods' own arguments are not swept as the lr is
     notes[4] += " " + remedies.arguments_note(study)
-  if answers[1] and answers[1][0].family > 1:
-    notes[1] = _multiplicity(answers[1][0].family, "pairs' answers", "pair").strip()
+  if answers[1]:
+    notes[1] = (_multiplicity(answers[1][0].family, "pairs' answers", "pair") + " "
+                + layer_note(study, layer_conflicts(records, final))).strip()
   return Findings(answers, missing, probe_note(study, records, final), notes)
 
 

@@ -323,6 +323,48 @@ def final_conflicts(records, level=0.95):
   return out
 
 
+def layer_conflicts(records, final=(), by="module", level=0.95):
+  """Per column, where in the body its pairs differ: each (group, pair) cell's corrected cosine
+  (Record.layer_intervals) combined over the seeds as the column's question-1 headline is: at
+  the end of training where the study measured it (a seed's figure the mean over its last
+  checkpoints, stats.mean_of_estimates), else over each seed's headline phase
+  (`conflict_summaries`' window); then stats.mean_of_runs.
+
+  Returns {column: {'by', 'at_end': bool, 'seeds', 'cells': {(group, pair): Interval} in network
+  then pair order, 'sign_only': {(group, pair): bool} (a seed's or a checkpoint's noise floor
+  there not resolved: its size is not to be read)}}.
+  """
+  ended, phased = _by_column(final), _by_column(records)
+  counts = _phase_counts(records) if records else {}
+  out = {}
+  for col in dict.fromkeys(list(phased) + list(ended)):
+    if col in ended:  # [seed][checkpoint] (names, cells, unresolved)
+      per_seed = [[r.layer_intervals(by, level=level) for _, r in measured]
+                  for _, _, measured in ended[col]]
+      seeds = [seed for seed, _, _ in ended[col]]
+    else:
+      per_seed = [[r.layer_intervals(by, conflicts.headline_window(r, counts[col]), level)]
+                  for _, _, r in phased[col]]
+      seeds = [seed for seed, _, _ in phased[col]]
+    names, pairs = per_seed[0][0][0], _pair_names(phased.get(col) or ended[col])
+    cells, sign_only = {}, {}
+    for g, group in enumerate(names):
+      for k, pair in enumerate(pairs):
+        runs = [stats.mean_of_estimates([cell[g][k] for _, cell, _ in seed], level)
+                for seed in per_seed]
+        cells[group, pair] = stats.mean_of_runs(runs, level)
+        sign_only[group, pair] = any(bool(u[g, k]) for seed in per_seed for _, _, u in seed)
+    out[col] = {"by": by, "at_end": col in ended, "seeds": seeds, "cells": cells,
+                "sign_only": sign_only}
+  return out
+
+
+def _pair_names(runs):
+  """The pair names of a column's first record (training probes or a final measurement)."""
+  record = runs[0][2]
+  return (record[0][1] if isinstance(record, list) else record).pair_names
+
+
 def _whole(record, level):
   """{pair: corrected-cosine Interval} over all of a record's probes (one phase)."""
   pairs = conflict_summary.phase_verdicts(record, 1, level)["phases"][0]["pair"]
