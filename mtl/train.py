@@ -361,13 +361,17 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
           break
       preemption.stage = "the last checkpoint is saved"
     finally:  # a save in flight completes even when training stops on an error
-      batches.close()
-      mngr.wait_until_finished()
+      try:
+        batches.close()
+        mngr.wait_until_finished()
+      finally:  # every attempt's time counts: one stopped by an error or a second Ctrl-C too
+        if is_writer:
+          _record_wall(workdir, time.time() - started)
       mngr.close()
       metrics_log.close()
     final_step = int(state.step)
     if is_writer:
-      _record_compute(workdir, run, config, final_step, time.time() - started)
+      _record_compute(workdir, run, config, final_step)
     # A stop asked for before the final evaluation skips it (several processes: a notice after
     # the last step's own check is agreed on at one more sync point, by all of them alike).
     if preemption.check(final_step + 1):
@@ -441,11 +445,20 @@ def _all_finite(tree):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
-def _record_compute(workdir, run, config, final_step, seconds):
-  """<workdir>/compute.json: steps, images seen, training FLOPs (the model's, counted from its
-  shapes by mtl/flops.py: what the steps train, whatever the backend compiles), wall time."""
+def _record_wall(workdir, seconds):
+  """Add an attempt's training seconds to <workdir>/compute.json's wall_seconds."""
   path = os.path.join(workdir, run_folder.COMPUTE_FILE)
-  previous = files.read_json(path) if os.path.exists(path) else {"wall_seconds": 0.0}
+  previous = files.read_json(path) if os.path.exists(path) else {}
+  files.write_json(path, {**previous,
+                          "wall_seconds": previous.get("wall_seconds", 0.0) + seconds})
+
+
+def _record_compute(workdir, run, config, final_step):
+  """<workdir>/compute.json: steps, images seen, training FLOPs (the model's, counted from its
+  shapes by mtl/flops.py: what the steps train, whatever the backend compiles); its wall time
+  is every attempt's (_record_wall)."""
+  path = os.path.join(workdir, run_folder.COMPUTE_FILE)
+  previous = files.read_json(path)
   per_step_images = config.data.batch_size * (len(config.tasks) if config.schedule == "all" else 1)
   scales = [s.scale for s in run.model.specs]
   per_step = flops.train_step(run.model.cfg, scales, config.data.batch_size,
@@ -453,11 +466,10 @@ def _record_compute(workdir, run, config, final_step, seconds):
   if config.schedule == "one":  # one task per step: the tasks' mean
     per_step /= len(scales)
   files.write_json(path, {
-      **previous,  # fields others own: the launcher's program counts over the attempts
+      **previous,  # fields others own: the launcher's program counts, the attempts' wall time
       "steps": final_step, "images_seen": final_step * per_step_images,
       "flops_per_step": per_step, "train_flops": per_step * final_step,
-      "flops_counted_by": run_folder.FLOPS_COUNTED_BY,
-      "wall_seconds": previous["wall_seconds"] + seconds})
+      "flops_counted_by": run_folder.FLOPS_COUNTED_BY})
 
 
 def _log_metrics(pending, writer, progress, schedule, done, metrics_log=None, task_names=(),

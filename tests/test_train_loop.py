@@ -417,6 +417,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     train.train_and_evaluate(config, workdir)
   saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
   assert saved and max(saved) < 6
+  # the attempt's time is spent all the same (a study's compute table adds it); no step count:
+  # its last steps trained nothing a resume keeps
+  compute = files.read_json(os.path.join(workdir, run_folder.COMPUTE_FILE))
+  assert compute["wall_seconds"] > 0 and "steps" not in compute
   params, _ = _params(workdir, config)
   assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
   # The divergence is recorded for a study (the lr's outcome), and cleared by the next start.
