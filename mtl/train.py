@@ -53,7 +53,8 @@ class _Preemption:
   def __enter__(self):
     self._previous = {}
     if self.synced:  # SIGTERM is jax's (a Python handler would replace it); Ctrl-C stops at once
-      self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+      if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # a shell's background job ignores it
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
       return self
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
       if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:

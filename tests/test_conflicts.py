@@ -753,5 +753,9 @@ def test_the_summary_says_which_modules_conflict_beyond_noise_over_all_of_them()
   text = conflicts.format_summary(conflicts.summarize(record))
   assert "per-module corrected cos beyond noise over all 6 (module, pair) cells" in text
   assert "token_embed a~c  < 0: its sign alone (a noise floor there not resolved)" in text
+  few = conflicts.layers_beyond_noise(record.last(3))  # 3 probes: no interval to read anywhere
+  assert conflicts.format_layers_beyond_noise(few).endswith(
+      "cells (95% intervals, Holm): no cell has an interval (fewer than 4 probes, or none "
+      "measurable)")
   [line] = [line for line in text.splitlines() if line.startswith("    pos_embed a~b ")]
   assert line.endswith(f" {ivs[1][0].estimate:+.3f} [{ivs[1][0].low:+.3f}, {ivs[1][0].high:+.3f}]")

@@ -313,21 +313,24 @@ def test_folder_changed_after_build_is_an_error(tmp_path):
     sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
   (tmp_path / "imgs" / "b.png").unlink()
   sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))  # as built: opens
+  # the same bytes at a later time (copied without -p, touched): its bytes are compared; opens
+  a_bmp = tmp_path / "imgs" / "a.bmp"
+  before = os.stat(a_bmp)
+  os.utime(a_bmp, ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+  sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
   # a.bmp rewritten in place (a bitmap: as large as it was): its listing is the same, its
-  # pixels are not
-  before = os.stat(tmp_path / "imgs" / "a.bmp")
-  Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(tmp_path / "imgs" / "a.bmp")
-  assert os.path.getsize(tmp_path / "imgs" / "a.bmp") == before.st_size
-  # a second later: a file system's coarse clock could give the rewrite its old time
-  os.utime(tmp_path / "imgs" / "a.bmp", ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))
+  # pixels are not; a second later (a file system's coarse clock could keep its old time)
+  Image.fromarray(np.full((8, 8, 3), 255, np.uint8)).save(a_bmp)
+  assert os.path.getsize(a_bmp) == before.st_size
+  os.utime(a_bmp, ns=(before.st_atime_ns, before.st_mtime_ns + 2 * 10**9))
   with pytest.raises(ValueError, match=r"changed since its dataset was built in .*: the same "
-                                       r"files at the same sizes, but modified since"):
+                                       r"files at the same sizes, but their bytes differ"):
     sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
-  # a dataset built before modification times were recorded opens on its listing, as it did
+  # a dataset built before times and contents were recorded opens on its listing, as it did
   [meta] = glob.glob(str(tmp_path / "tfds" / "mtl_folder" / "*" / "*" / "metadata.json"))
   with open(meta) as f:
     recorded = json.load(f)
-  del recorded["modified"]
+  del recorded["modified"], recorded["contents"]
   with open(meta, "w") as f:
     json.dump(recorded, f)
   sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"))
@@ -639,3 +642,21 @@ def test_building_leaves_no_temporary_folder_behind(tmp_path, monkeypatch):
   sources.folder_builder(str(tmp_path / "imgs"), str(tmp_path / "tfds"), tile=0)
   sources.photos_builder(str(tmp_path / "tfds"))
   assert os.listdir(temp) == []
+
+
+def test_a_png_cut_short_is_found_from_its_chunks_and_a_whole_one_is_not_refused(tmp_path):
+  # data.pairs checks its files before a run starts (benchmarks.check_pair_sizes): a PNG whose
+  # IEND chunk is missing is cut short; trailing bytes after IEND (over the 1 KB looked at
+  # first) or a JPEG named .png decode, and pass
+  pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)
+  Image.fromarray(pixels).save(tmp_path / "whole.png")
+  whole = (tmp_path / "whole.png").read_bytes()
+  (tmp_path / "trailing.png").write_bytes(whole + b"\0" * 5000)
+  Image.fromarray(pixels).save(tmp_path / "jpeg.png", format="JPEG")
+  (tmp_path / "cut.png").write_bytes(whole[:len(whole) // 2])
+  for name in ("whole.png", "trailing.png", "jpeg.png"):
+    assert folder.checked_size(str(tmp_path / name)) == (40, 50)
+    assert folder.read_rgb(str(tmp_path / name)).shape == (40, 50, 3)
+  with pytest.raises(ValueError, match=r"cut\.png: the file ends before its image data does "
+                                       r"\(no IEND chunk: cut short\)"):
+    folder.checked_size(str(tmp_path / "cut.png"))

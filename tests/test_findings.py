@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from matplotlib import image
 
-from mtl import conflicts, files, run_defaults, run_folder, stats
+from mtl import conflicts, files, gramians, run_defaults, run_folder, stats
 from mtl.report import accounting, cells, document, figures, findings, scores, tables
 from mtl import study as study_lib
 from test_conflicts import known_halves
@@ -189,8 +189,8 @@ def test_an_answer_without_an_interval_says_why(tmp_path):
           "estimate its noise))") in pair.sentence and "seeds: no interval" not in pair.sentence
   # nor has any module's: the line on where in the body says so, not 'nowhere'
   assert found.notes[1].endswith("held over all 3 (module, pair) cells (Holm)): no cell has an "
-                                 "interval (too few probes or fresh batches, or every one not "
-                                 "measurable).")
+                                 "interval (stores without halves, too few probes or fresh "
+                                 "batches, or every one not measurable).")
 
 
 def test_a_measurement_not_made_yet_heads_the_report(tmp_path):
@@ -351,6 +351,24 @@ def test_question_1_says_where_in_the_body_a_conflict_that_the_whole_body_hides_
       stats.mean_of_runs(per_seed)[:5], rel=1e-12)
   note = findings.build(s, tables.transfer_table(s), records, final).notes[1]
   assert "per module at the end of training" in note
+  # a seed whose store has no halves has no corrected cosine per module either: left out as
+  # from the headline, never read raw
+  shutil.rmtree(run_folder.analysis_dir(s.run_dir("joint-lr1e-3-s0"), 4))
+  grams = gramians.task_gramian(np.concatenate(
+      [known_halves(20, cos, noise=1.0, seed=100 + k)
+       for k, cos in enumerate([(-0.4, 0.3, 0.2), (0.4, 0.3, 0.2)])], axis=1))
+  conflicts.append(run_folder.analysis_dir(s.run_dir("joint-lr1e-3-s0"), 4),
+                   10**7 + np.arange(20), grams, layers, list(s.tasks),
+                   {"size": 128, "fresh": True})
+  final = scores.final_conflict_records(s)
+  found = findings.build(s, tables.transfer_table(s), records, final)
+  assert "(joint, 2 of 3 seeds (seed 0: no estimate))" in found.answers[1][0].sentence
+  assert "Where in the body (joint, 2 of 3 seeds (seed 0: no estimate), per module" in \
+      found.notes[1]
+  per_seed = [m[0][1].layer_intervals("module")[1][0][0] for *_, m in final[1:]]
+  assert scores.layer_conflicts(records, final)["joint"]["cells"][
+      "token_embed", "denoise_30~sr_x2"][:5] == pytest.approx(stats.mean_of_runs(per_seed)[:5],
+                                                              rel=1e-12)
 
 
 def test_finetune_answers_are_the_transfer_tables_paired_deltas(study, found):

@@ -855,3 +855,13 @@ def test_a_ctrl_c_to_one_of_several_processes_is_not_lost_where_it_was_dropped()
     with pytest.raises(KeyboardInterrupt):
       stop.check(3)
   assert signal.getsignal(signal.SIGINT) is before
+  # started as a shell's background job (SIGINT ignored): the terminal's Ctrl-C stays ignored
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    stop = train._Preemption()
+    stop.synced = True
+    with stop:
+      signal.raise_signal(signal.SIGINT)
+      assert not stop.interrupted
+  finally:
+    signal.signal(signal.SIGINT, before)

@@ -237,19 +237,22 @@ def layers_beyond_noise(record, by="module", level=LEVEL, top=5):
   Record.layer_intervals (the corrected cosine with halves, else the raw mean) whose interval
   excludes 0 and holds over all the cells (Holm).
 
-  Returns {'by', 'cells' (their number), 'value' ('corrected cos' | 'raw cos'), 'conflict' and
-  'agreement': up to `top` cells [{'group', 'pair', 'cos': interval dict, 'size_readable'}],
-  sized ones strongest first, then those whose size is not to be read (a task's noise floor at
-  that group unresolved: the sign alone), 'conflict_count', 'agreement_count'}.
+  Returns {'by', 'cells' (their number), 'measured' (whether any has an interval), 'value'
+  ('corrected cos' | 'raw cos'), 'conflict' and 'agreement': up to `top` cells [{'group',
+  'pair', 'cos': interval dict, 'size_readable'}], sized ones first, those whose bound nearest
+  0 lies farthest from it first, then those whose size is not to be read (a task's noise floor
+  at that group unresolved: the sign alone), 'conflict_count', 'agreement_count'}.
   """
   from mtl import stats
   names, cells, unresolved = record.layer_intervals(by, level=level)
   flat = [(r, k) for r in range(len(names)) for k in range(len(record.pair_names))]
   adjusted = stats.holm([cells[r][k].p for r, k in flat])  # NaN p: never held
-  out = {"by": by, "cells": len(flat), "value": "corrected cos" if record.halves else "raw cos"}
+  out = {"by": by, "cells": len(flat), "value": "corrected cos" if record.halves else "raw cos",
+         "measured": any(np.isfinite(cells[r][k].low) for r, k in flat)}
   for side, beyond in (("conflict", lambda iv: iv.high < 0), ("agreement", lambda iv: iv.low > 0)):
     held = [(r, k) for (r, k), p in zip(flat, adjusted) if p < 1 - level and beyond(cells[r][k])]
-    held.sort(key=lambda rk: (bool(unresolved[rk]), -abs(cells[rk[0]][rk[1]].estimate)))
+    near = lambda rk: min(abs(cells[rk[0]][rk[1]].low), abs(cells[rk[0]][rk[1]].high))
+    held.sort(key=lambda rk: (bool(unresolved[rk]), -near(rk)))
     out[f"{side}_count"] = len(held)
     out[side] = [{"group": names[r], "pair": record.pair_names[k],
                   "cos": _interval(cells[r][k]), "size_readable": not unresolved[r, k]}
@@ -261,6 +264,8 @@ def format_layers_beyond_noise(layers, level=LEVEL):
   """The conflicts and the agreements `layers_beyond_noise` found, a line each."""
   lines = [f"per-{layers['by']} {layers['value']} beyond noise over all {layers['cells']} "
            f"({layers['by']}, pair) cells ({100 * level:.0f}% intervals, Holm):"]
+  if not layers["measured"]:
+    return lines[0] + " no cell has an interval (fewer than 4 probes, or none measurable)"
   for side in ("conflict", "agreement"):
     count, shown = layers[f"{side}_count"], layers[side]
     more = f", the {len(shown)} strongest" if count > len(shown) else ""

@@ -345,23 +345,44 @@ def list_images(folder, recursive=True):
   return sorted(paths)
 
 
-def fingerprint(folder, paths, modified=False):
-  """Short hash of the folder's listing (relative paths and sizes; with `modified`, and the
-  files' modification times): changes when files are added, removed or resized (or rewritten)."""
+def listing(folder, paths):
+  """[(relative path, bytes, modification time)] of `paths`, one stat each (nanoseconds for a
+  local file, an object store's own stamp for a URL)."""
+  out = []
+  for path in paths:
+    if is_url(path):
+      stat = epath.Path(path).stat()
+      out.append((relative(path, folder), stat.length, stat.mtime))
+    else:
+      stat = os.stat(path)
+      out.append((relative(path, folder), stat.st_size, stat.st_mtime_ns))
+  return out
+
+
+def fingerprint(entries, modified=False):
+  """Short hash of a `listing` (relative paths and sizes; with `modified`, and modification
+  times): changes when files are added, removed or resized (or rewritten, copied or touched)."""
+  digest = hashlib.sha1()
+  for name, size, when in entries:
+    stamp = f"\0{when}" if modified else ""
+    digest.update(f"{name}\0{size}{stamp}\n".encode())
+  return digest.hexdigest()[:16]
+
+
+def contents_digest(folder, paths):
+  """Short hash of the files' relative paths and bytes: what a rewrite changes and a copy or a
+  touch does not."""
   digest = hashlib.sha1()
   for path in paths:
-    when = f"\0{modification_time(path)}" if modified else ""
-    digest.update(f"{relative(path, folder)}\0{file_size(path)}{when}\n".encode())
+    digest.update(f"{relative(path, folder)}\0".encode())
+    with epath.Path(path).open("rb") as handle:
+      for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
   return digest.hexdigest()[:16]
 
 
 def file_size(path):
   return os.path.getsize(path) if not is_url(path) else epath.Path(path).stat().length
-
-
-def modification_time(path):
-  """Nanoseconds for a local file; an object store's own stamp for a URL."""
-  return os.stat(path).st_mtime_ns if not is_url(path) else epath.Path(path).stat().mtime
 
 
 def tiled_bytes(height, width, tile):
@@ -380,20 +401,40 @@ def image_size(path):
     raise _read_error(path, error) from None
 
 
-PNG_TAIL = 1024  # bytes of a PNG's end searched for its IEND chunk (bytes after it are ignored)
+PNG_TAIL = 1024  # bytes of a PNG's end searched for its IEND chunk before walking its chunks
 
 
 def checked_size(path):
-  """image_size, and for a local PNG a ValueError where the file ends before its IEND chunk
-  (a copy or a download cut short), found from its last bytes as decoding it would find it."""
-  size = image_size(path)
-  if not is_url(path) and path.lower().endswith(".png"):
-    with open(path, "rb") as handle:
-      handle.seek(max(0, os.path.getsize(path) - PNG_TAIL))
-      if b"IEND" not in handle.read():
-        raise ValueError(f"cannot read image {path}: the file ends before its image data does "
-                         "(no IEND chunk: cut short)")
+  """image_size, and for a local PNG (by its header, whatever its name) a ValueError where the
+  file ends before its IEND chunk: a copy or a download cut short, found without decoding it."""
+  try:
+    with epath.Path(path).open("rb") as handle, _open(handle) as image:
+      size, kind = (image.height, image.width), image.format
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    raise _read_error(path, error) from None
+  if kind == "PNG" and not is_url(path) and not _png_ends(path):
+    raise ValueError(f"cannot read image {path}: the file ends before its image data does "
+                     "(no IEND chunk: cut short)")
   return size
+
+
+def _png_ends(path):
+  """Whether a PNG file holds its IEND chunk: in its last bytes (the usual end), else found by
+  walking its chunks' lengths from the signature (bytes after IEND are allowed)."""
+  end = os.path.getsize(path)
+  with open(path, "rb") as handle:
+    handle.seek(max(0, end - PNG_TAIL))
+    if b"IEND" in handle.read():
+      return True
+    at = 8  # the signature
+    while at + 8 <= end:
+      handle.seek(at)
+      head = handle.read(8)
+      length, kind = int.from_bytes(head[:4], "big"), head[4:]
+      if kind == b"IEND":
+        return True
+      at += 12 + length  # length, type, data, CRC
+    return False
 
 
 def estimate_bytes(paths, tile=DEFAULT_TILE, sample=ESTIMATE_SAMPLE, folder=""):
@@ -599,8 +640,10 @@ class MtlFolder(tfds.core.GeneratorBasedBuilder):
     if not paths:
       raise ValueError(f"image folder {config.folder} holds no images "
                        f"(looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
-    self.info.metadata["fingerprint"] = fingerprint(config.folder, paths)
-    self.info.metadata["modified"] = fingerprint(config.folder, paths, modified=True)
+    entries = listing(config.folder, paths)
+    self.info.metadata["fingerprint"] = fingerprint(entries)
+    self.info.metadata["modified"] = fingerprint(entries, modified=True)
+    self.info.metadata["contents"] = contents_digest(config.folder, paths)
     self.info.metadata["folder"] = config.folder
     return {split: self._generate_examples(split, named)
             for split, named in split_paths(config, paths).items()}
@@ -661,17 +704,24 @@ def tile_layout(builder, split, paths=None):
 
 def check_fingerprint(builder, paths=None):
   """ValueError if the prepared dataset's folder listing differs from the folder's listing now
-  (`paths`: its `list_images`, where the caller has it), or a file of it was modified since (a
-  dataset built before modification times were recorded: its listing alone)."""
+  (`paths`: its `list_images`, where the caller has it), or a file of it was rewritten since.
+  Modification times say which may have been: where they differ, the files' bytes are read and
+  compared (a copy or a touch changes the times, not the bytes). A dataset built before times
+  and contents were recorded is checked on its listing alone."""
   config = builder.builder_config
   metadata = builder.info.metadata or {}
   paths = list_images(config.folder) if paths is None else paths
+  entries = listing(config.folder, paths)
   built = metadata.get("fingerprint")
-  if built is not None and built != fingerprint(config.folder, paths):
+  if built is not None and built != fingerprint(entries):
     raise ValueError(f"image folder {config.folder} changed since its dataset was built in "
                      f"{builder.data_dir}; delete that directory to rebuild it")
-  built = metadata.get("modified")
-  if built is not None and built != fingerprint(config.folder, paths, modified=True):
+  if metadata.get("modified") in (None, fingerprint(entries, modified=True)):
+    return
+  logging.warning("image folder %s: its files' modification times differ from when its dataset "
+                  "was built (copied or touched?); comparing their bytes (delete %s to rebuild "
+                  "it and skip this)", config.folder, builder.data_dir)
+  if metadata.get("contents") != contents_digest(config.folder, paths):
     raise ValueError(f"image folder {config.folder} changed since its dataset was built in "
-                     f"{builder.data_dir}: the same files at the same sizes, but modified since "
-                     "(rewritten, or touched); delete that directory to rebuild it")
+                     f"{builder.data_dir}: the same files at the same sizes, but their bytes "
+                     "differ (rewritten); delete that directory to rebuild it")

@@ -167,7 +167,8 @@ def conflict_answers(study, records, final=()):
     if why and any(not math.isfinite(r.low) for r in phases[-1]["per_run"]):
       why = ("no interval: a seed's own figure has none (too few probes or fresh batches to "
              "estimate its noise)")
-    sentence = (f"{pair} ({_source_words(study, col)}, {_seed_words(seeds, phases[-1])}): "
+    estimated = [math.isfinite(r.estimate) for r in phases[-1]["per_run"]]
+    sentence = (f"{pair} ({_source_words(study, col)}, {_seed_words(seeds, estimated)}): "
                 f"corrected cosine {iv.text(3)} {where}" + (f" ({why})" if why else "")
                 + _p_words(iv, p_holm, family) + f" — {verdict}")
     if iv.note == stats.SEEDS_DIFFER:  # the seeds' spread sets the interval: a t over seeds
@@ -192,18 +193,19 @@ LAYER_EXAMPLES = 3  # question 1's where-in-the-body line names at most this man
 def layer_note(study, layers, level=0.95):
   """Question 1's 'where in the body' line per column of scores.layer_conflicts: the (group,
   pair) cells beyond noise over all of the column's cells (Holm), conflicts and agreements,
-  the strongest first (those whose size is not to be read last, by their sign alone). The
-  whole-body answers above can hide conflicts that cancel between parts of the body."""
+  those whose bound nearest 0 lies farthest from it first (those whose size is not to be
+  read last, by their sign alone). The whole-body answers above can hide conflicts that cancel
+  between parts of the body."""
   lines = []
   for col, found in layers.items():
     cells = found["cells"]
     adjusted = dict(zip(cells, stats.holm([iv.p for iv in cells.values()])))
-    seeds = len(found["seeds"])
     said = []
     for side, beyond in (("conflict", lambda iv: iv.high < 0),
                          ("agreement", lambda iv: iv.low > 0)):
       held = [c for c, iv in cells.items() if beyond(iv) and adjusted[c] < 1 - level]
-      held.sort(key=lambda c: (found["sign_only"][c], -abs(cells[c].estimate)))
+      held.sort(key=lambda c: (found["sign_only"][c], -min(abs(cells[c].low),
+                                                           abs(cells[c].high))))
       named = [f"{group} {pair} " + ("(its sign alone: a noise floor there not resolved)"
                                      if found["sign_only"][group, pair]
                                      else cells[group, pair].text(3))
@@ -212,11 +214,12 @@ def layer_note(study, layers, level=0.95):
       said.append(f"{side} beyond noise " + (f"at {'; '.join(named)}{more}" if named
                                               else "nowhere"))
     if not any(math.isfinite(iv.low) for iv in cells.values()):
-      said = ["no cell has an interval (too few probes or fresh batches, or every one not "
-              "measurable)"]
+      said = ["no cell has an interval (stores without halves, too few probes or fresh "
+              "batches, or every one not measurable)"]
     when = ("at the end of training" if found["at_end"] else "in each seed's headline phase")
-    lines.append(f"Where in the body ({_source_words(study, col)}, {seeds} "
-                 f"seed{'s' if seeds != 1 else ''}, per {found['by']} {when}, each cell's "
+    seeds = _seed_words(found["seeds"], [s in found["measured_seeds"] for s in found["seeds"]])
+    lines.append(f"Where in the body ({_source_words(study, col)}, {seeds}, per "
+                 f"{found['by']} {when}, each cell's "
                  f"corrected cosine combined over the seeds, held over all {len(cells)} "
                  f"({found['by']}, pair) cells (Holm)): {'; '.join(said)}.")
   return " ".join(lines)
@@ -231,10 +234,10 @@ def _p_words(iv, p_holm, family):
   return f", {cells.format_p(iv.p)}{holm}"
 
 
-def _seed_words(seeds, headline):
+def _seed_words(seeds, estimated):
   """'3 seeds', or '2 of 3 seeds (seed 2: no estimate)' where a seed's figure is NaN (mean_of_runs
-  leaves it out)."""
-  missing = [str(s) for s, r in zip(seeds, headline["per_run"]) if not math.isfinite(r.estimate)]
+  leaves it out); `estimated`: per seed, whether it has one."""
+  missing = [str(s) for s, known in zip(seeds, estimated) if not known]
   n = len(seeds) - len(missing)
   if not missing or not n:  # none: the verdict says that no seed has an estimate
     return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}"

@@ -330,7 +330,8 @@ def layer_conflicts(records, final=(), by="module", level=0.95):
   checkpoints, stats.mean_of_estimates), else over each seed's headline phase
   (`conflict_summaries`' window); then stats.mean_of_runs.
 
-  Returns {column: {'by', 'at_end': bool, 'seeds', 'cells': {(group, pair): Interval} in network
+  Returns {column: {'by', 'at_end': bool, 'seeds', 'measured_seeds' (those with an estimate in
+  any cell: a store without halves has none), 'cells': {(group, pair): Interval} in network
   then pair order, 'sign_only': {(group, pair): bool} (a seed's or a checkpoint's noise floor
   there not resolved: its size is not to be read)}}.
   """
@@ -339,11 +340,11 @@ def layer_conflicts(records, final=(), by="module", level=0.95):
   out = {}
   for col in dict.fromkeys(list(phased) + list(ended)):
     if col in ended:  # [seed][checkpoint] (names, cells, unresolved)
-      per_seed = [[r.layer_intervals(by, level=level) for _, r in measured]
+      per_seed = [[_corrected_layers(r, by, None, level) for _, r in measured]
                   for _, _, measured in ended[col]]
       seeds = [seed for seed, _, _ in ended[col]]
     else:
-      per_seed = [[r.layer_intervals(by, conflicts.headline_window(r, counts[col]), level)]
+      per_seed = [[_corrected_layers(r, by, conflicts.headline_window(r, counts[col]), level)]
                   for _, _, r in phased[col]]
       seeds = [seed for seed, _, _ in phased[col]]
     names, pairs = per_seed[0][0][0], _pair_names(phased.get(col) or ended[col])
@@ -354,9 +355,22 @@ def layer_conflicts(records, final=(), by="module", level=0.95):
                 for seed in per_seed]
         cells[group, pair] = stats.mean_of_runs(runs, level)
         sign_only[group, pair] = any(bool(u[g, k]) for seed in per_seed for _, _, u in seed)
-    out[col] = {"by": by, "at_end": col in ended, "seeds": seeds, "cells": cells,
-                "sign_only": sign_only}
+    measured = [seed for seed, each in zip(seeds, per_seed)
+                if any(math.isfinite(iv.estimate) for _, c, _ in each for row in c for iv in row)]
+    out[col] = {"by": by, "at_end": col in ended, "seeds": seeds, "measured_seeds": measured,
+                "cells": cells, "sign_only": sign_only}
   return out
+
+
+def _corrected_layers(record, by, window, level):
+  """Record.layer_intervals of the corrected cosine; a record without halves has none (NaN
+  cells, as its whole-body figure: left out of the seeds' combination, not read raw)."""
+  if record.halves:
+    return record.layer_intervals(by, window, level)
+  names = record.grouped(by)[0]
+  missing = stats.Interval(math.nan, math.nan, math.nan, level, 0, note=conflicts.NO_HALVES)
+  pairs = len(record.pair_names)
+  return names, [[missing] * pairs for _ in names], np.zeros((len(names), pairs), bool)
 
 
 def _pair_names(runs):
