@@ -23,9 +23,10 @@ a prepared dataset:
 
   <tfds_dir>/mtl_folder/div2k_hr_3f2a9c1b/1.0.0/mtl_folder-train.array_record-00000-of-00001
 
-The listing's fingerprints (relative paths and byte sizes; and with modification times) are
-stored with the dataset; opening a dataset whose folder changed since it was built is an error,
-an image rewritten in place at its old size included (see `check_fingerprint`).
+The listing's fingerprints (relative paths and byte sizes; and with modification times) and
+a digest of the files' bytes are stored with the dataset; opening a dataset whose folder changed
+since it was built is an error, an image rewritten in place at its old size included (where the
+times differ the bytes are compared: a copy or a touch opens; see `check_fingerprint`).
 
 Reading rules, shared with the benchmark loaders: png, jpg/jpeg, bmp, tif/tiff, webp (any case);
 hidden files (names starting with '.') are skipped; grey and palette images become RGB, alpha is
