@@ -35,8 +35,9 @@ class _Preemption:
   notice goes through jax's preemption sync, whose SIGTERM handler jax.distributed installs:
   a SIGTERM to any process stops every process after one agreed step (launch/local.py turns
   Ctrl-C into SIGTERM); a Ctrl-C to one of them interrupts it at once (KeyboardInterrupt, raised
-  again at the step's end should anything have dropped it). One process: SIGTERM and the first Ctrl-C ask to stop; a second
-  Ctrl-C interrupts at once (KeyboardInterrupt; the last checkpoint is kept). A stop asked for
+  again at the step's end should anything have dropped it). One process: SIGTERM and the first
+  Ctrl-C ask to stop; a second Ctrl-C interrupts at once (KeyboardInterrupt; the last checkpoint
+  is kept). A stop asked for
   after the last step skips the final evaluation once the last checkpoint is saved (a rerun
   evaluates); one asked for during the final evaluation lets it finish; one during the
   start-up (the workdir taken, a checkpoint restored, a missed evaluation made up) stops

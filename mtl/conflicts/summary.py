@@ -232,6 +232,21 @@ def noise_floor(record, window=None, level=LEVEL, method=None):
   return out
 
 
+def beyond_noise(cells, sign_only, level=LEVEL):
+  """{'conflict': [key], 'agreement': [key]}: the keys of `cells` ({key: stats.Interval})
+  whose interval lies below (above) 0 and holds over all of them (Holm; a NaN p never does),
+  those whose bound nearest 0 lies farthest from it first (a noisy ratio past +-1 does not
+  come first), those in `sign_only` ({key: bool}: a size not to be read) last."""
+  from mtl import stats
+  adjusted = dict(zip(cells, stats.holm([iv.p for iv in cells.values()])))
+  near = lambda key: min(abs(cells[key].low), abs(cells[key].high))
+  out = {}
+  for side, beyond in (("conflict", lambda iv: iv.high < 0), ("agreement", lambda iv: iv.low > 0)):
+    held = [key for key, iv in cells.items() if beyond(iv) and adjusted[key] < 1 - level]
+    out[side] = sorted(held, key=lambda key: (bool(sign_only[key]), -near(key)))
+  return out
+
+
 def layers_beyond_noise(record, by="module", level=LEVEL, top=5):
   """Where in the body the pairs differ beyond noise: every (group, pair) cell of
   Record.layer_intervals (the corrected cosine with halves, else the raw mean) whose interval
@@ -243,19 +258,14 @@ def layers_beyond_noise(record, by="module", level=LEVEL, top=5):
   0 lies farthest from it first, then those whose size is not to be read (a task's noise floor
   at that group unresolved: the sign alone), 'conflict_count', 'agreement_count'}.
   """
-  from mtl import stats
-  names, cells, unresolved = record.layer_intervals(by, level=level)
-  flat = [(r, k) for r in range(len(names)) for k in range(len(record.pair_names))]
-  adjusted = stats.holm([cells[r][k].p for r, k in flat])  # NaN p: never held
-  out = {"by": by, "cells": len(flat), "value": "corrected cos" if record.halves else "raw cos",
-         "measured": any(np.isfinite(cells[r][k].low) for r, k in flat)}
-  for side, beyond in (("conflict", lambda iv: iv.high < 0), ("agreement", lambda iv: iv.low > 0)):
-    held = [(r, k) for (r, k), p in zip(flat, adjusted) if p < 1 - level and beyond(cells[r][k])]
-    near = lambda rk: min(abs(cells[rk[0]][rk[1]].low), abs(cells[rk[0]][rk[1]].high))
-    held.sort(key=lambda rk: (bool(unresolved[rk]), -near(rk)))
+  names, rows, unresolved = record.layer_intervals(by, level=level)
+  cells = {(r, k): iv for r, row in enumerate(rows) for k, iv in enumerate(row)}
+  out = {"by": by, "cells": len(cells), "value": "corrected cos" if record.halves else "raw cos",
+         "measured": any(np.isfinite(iv.low) for iv in cells.values())}
+  for side, held in beyond_noise(cells, {key: unresolved[key] for key in cells}, level).items():
     out[f"{side}_count"] = len(held)
     out[side] = [{"group": names[r], "pair": record.pair_names[k],
-                  "cos": _interval(cells[r][k]), "size_readable": not unresolved[r, k]}
+                  "cos": _interval(cells[r, k]), "size_readable": not unresolved[r, k]}
                  for r, k in held[:top]]
   return out
 

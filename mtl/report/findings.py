@@ -192,20 +192,14 @@ LAYER_EXAMPLES = 3  # question 1's where-in-the-body line names at most this man
 
 def layer_note(study, layers, level=0.95):
   """Question 1's 'where in the body' line per column of scores.layer_conflicts: the (group,
-  pair) cells beyond noise over all of the column's cells (Holm), conflicts and agreements,
-  those whose bound nearest 0 lies farthest from it first (those whose size is not to be
-  read last, by their sign alone). The whole-body answers above can hide conflicts that cancel
+  pair) cells beyond noise over all of the column's cells (conflicts.summary.beyond_noise),
+  conflicts and agreements. The whole-body answers above can hide conflicts that cancel
   between parts of the body."""
   lines = []
   for col, found in layers.items():
     cells = found["cells"]
-    adjusted = dict(zip(cells, stats.holm([iv.p for iv in cells.values()])))
     said = []
-    for side, beyond in (("conflict", lambda iv: iv.high < 0),
-                         ("agreement", lambda iv: iv.low > 0)):
-      held = [c for c, iv in cells.items() if beyond(iv) and adjusted[c] < 1 - level]
-      held.sort(key=lambda c: (found["sign_only"][c], -min(abs(cells[c].low),
-                                                           abs(cells[c].high))))
+    for side, held in conflict_summary.beyond_noise(cells, found["sign_only"], level).items():
       named = [f"{group} {pair} " + ("(its sign alone: a noise floor there not resolved)"
                                      if found["sign_only"][group, pair]
                                      else cells[group, pair].text(3))
