@@ -395,9 +395,14 @@ def tiled_bytes(height, width, tile):
 
 def image_size(path):
   """(height, width) from the image's header, without decoding it."""
+  return _header(path)[0]
+
+
+def _header(path):
+  """((height, width), Pillow's format name) from the image's header."""
   try:
     with epath.Path(path).open("rb") as handle, _open(handle) as image:
-      return image.height, image.width
+      return (image.height, image.width), image.format
   except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
     raise _read_error(path, error) from None
 
@@ -408,11 +413,7 @@ PNG_TAIL = 1024  # bytes of a PNG's end searched for its IEND chunk before walki
 def checked_size(path):
   """image_size, and for a local PNG (by its header, whatever its name) a ValueError where the
   file ends before its IEND chunk: a copy or a download cut short, found without decoding it."""
-  try:
-    with epath.Path(path).open("rb") as handle, _open(handle) as image:
-      size, kind = (image.height, image.width), image.format
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-    raise _read_error(path, error) from None
+  size, kind = _header(path)
   if kind == "PNG" and not is_url(path) and not _png_ends(path):
     raise ValueError(f"cannot read image {path}: the file ends before its image data does "
                      "(no IEND chunk: cut short)")
