@@ -401,8 +401,8 @@ def _figures_missing(workdir, task_names):
 
 def _conflict_answer(workdir, writer, ema_beta):
   """Draw the conflict figures (averaged over the headline phase, as launch/analyze.py does)
-  and return the run's answer: per pair the headline verdict, phase warnings, where the
-  figures are, and the command that says more."""
+  and return the run's answer: per pair the headline verdict, phase warnings, the modules
+  beyond noise in that phase, where the figures are, and the command that says more."""
   from mtl import draw
   record = conflicts.load(workdir)
   phased = conflicts.phase_verdicts(record)
@@ -410,8 +410,10 @@ def _conflict_answer(workdir, writer, ema_beta):
                             conflicts.headline_window(record), ema_beta,
                             scalars=False)  # the scalars were logged per flush
   figures = os.path.dirname(paths[0])
+  where = conflicts.layers_beyond_noise(record.last(conflicts.headline_window(record)), top=3)
   return "\n".join([
       conflicts.format_headline(phased),
+      conflicts.format_layers_beyond_noise(where),
       f"figures: {figures}/ ({', '.join(os.path.basename(p) for p in paths[:3])}, "
       "cos_layers_steps-<pair>.png)",
       f"per phase, layers and noise floor: python launch/analyze.py --workdir={workdir}"])

@@ -114,10 +114,17 @@ def test_the_run_ends_with_its_conflict_verdicts_and_where_to_read_more(straight
   assert lines[start + 1].startswith(f"  denoise_30~sr_x2  {estimate}")
   assert lines[start + 1].endswith(
       "  " + conflicts.verdict_text(pairs["denoise_30~sr_x2"], pairs))
-  assert lines[start + 2] == (f"figures: {workdir}/conflicts/ (cos_matrix.png, "
-                              "cos_layers_pairs.png, cos_curves.png, cos_layers_steps-<pair>.png)")
-  assert lines[start + 3] == ("per phase, layers and noise floor: python launch/analyze.py "
-                              f"--workdir={workdir}")
+  # then where in the body, over the same phase, as analyze says it
+  where = conflicts.format_layers_beyond_noise(conflicts.layers_beyond_noise(
+      record.last(conflicts.headline_window(record)), top=3)).splitlines()
+  assert where[0].startswith("per-module corrected cos beyond noise over all ")
+  at = lines.index(where[0])
+  assert at > start + 1 and lines[at:at + len(where)] == where
+  assert lines[at + len(where)] == (f"figures: {workdir}/conflicts/ (cos_matrix.png, "
+                                    "cos_layers_pairs.png, cos_curves.png, "
+                                    "cos_layers_steps-<pair>.png)")
+  assert lines[at + len(where) + 1] == ("per phase, layers and noise floor: python "
+                                        f"launch/analyze.py --workdir={workdir}")
 
 
 def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path, capsys):
