@@ -37,11 +37,10 @@ class _Preemption:
   Ctrl-C into SIGTERM); a Ctrl-C to one of them interrupts it at once (KeyboardInterrupt, raised
   again at the step's end should anything have dropped it). One process: SIGTERM and the first
   Ctrl-C ask to stop; a second Ctrl-C interrupts at once (KeyboardInterrupt; the last checkpoint
-  is kept). A stop asked for
-  after the last step skips the final evaluation once the last checkpoint is saved (a rerun
-  evaluates); one asked for during the final evaluation lets it finish; one during the
-  start-up (the workdir taken, a checkpoint restored, a missed evaluation made up) stops
-  before the first step.
+  is kept). A stop asked for after the last step skips the final evaluation once the last
+  checkpoint is saved (a rerun evaluates); one asked for during the final evaluation lets it
+  finish; one during the start-up (the workdir taken, a checkpoint restored, a missed evaluation
+  made up) stops before the first step.
   """
 
   def __init__(self):
@@ -405,12 +404,11 @@ def _conflict_answer(workdir, writer, ema_beta):
   beyond noise in that phase, where the figures are, and the command that says more."""
   from mtl import draw
   record = conflicts.load(workdir)
-  phased = conflicts.phase_verdicts(record)
-  paths = draw.draw_and_log(record, run_folder.conflicts_dir(workdir), writer,
-                            conflicts.headline_window(record), ema_beta,
+  phased, window = conflicts.phase_verdicts(record), conflicts.headline_window(record)
+  paths = draw.draw_and_log(record, run_folder.conflicts_dir(workdir), writer, window, ema_beta,
                             scalars=False)  # the scalars were logged per flush
   figures = os.path.dirname(paths[0])
-  where = conflicts.layers_beyond_noise(record.last(conflicts.headline_window(record)), top=3)
+  where = conflicts.layers_beyond_noise(record.last(window), top=3)
   return "\n".join([
       conflicts.format_headline(phased),
       conflicts.format_layers_beyond_noise(where),
