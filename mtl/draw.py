@@ -22,17 +22,21 @@
                                  fraction (thin) and its moving mean (bold); gradient norms. At
                                  one checkpoint (analyze --checkpoint) the x axis counts fresh
                                  batches, nothing is smoothed and there are no tenths.
-  cos_layers_steps-<a>~<b>.png   for each task pair a~b: layer x step raw cosine, steps binned
-                                 into at most plots.MAX_COLUMNS columns of window means, on one
-                                 colour scale for all pairs.
+  cos_layers_steps-<a>~<b>.png   for each task pair a~b: layer x step cosine on one colour
+                                 scale for all pairs. With halves each column pools
+                                 >= plots.LAYER_STEP_PROBES probes into each row's
+                                 noise-corrected cosine (faded where its 95% interval holds 0,
+                                 grey where a task's noise floor there is not resolved); else
+                                 the raw cosine, steps binned into at most plots.MAX_COLUMNS
+                                 columns of window means.
 """
 import os
 
 import numpy as np
 
 from mtl import conflicts, files
-from mtl.plots import (cosine_matrix_figure, curves_figure, layer_pair_figure, layer_step_figure,
-                       layer_step_limit, rows_for, to_png)
+from mtl.plots import (binned_layer_maps, cosine_matrix_figure, curves_figure, layer_pair_figure,
+                       layer_step_figure, layer_step_limit, rows_for, to_png)
 
 
 def pair_file_name(pair_name):
@@ -50,9 +54,10 @@ def figures(record, window=None, ema_beta=0.1, rows="auto"):
   if record.num_steps == 0:
     raise ValueError("no probe steps to draw")
   by = rows_for(record.layer_names, rows)
-  vmax = layer_step_limit(record, by)  # one scale: the pairs' maps compare at a glance
+  maps = binned_layer_maps(record, by)
+  vmax = layer_step_limit(maps)  # one scale: the pairs' maps compare at a glance
   drawn = [cosine_matrix_figure(record, window), layer_pair_figure(record, window, by),
-           curves_figure(record, ema_beta)] + [layer_step_figure(record, name, by, vmax)
+           curves_figure(record, ema_beta)] + [layer_step_figure(record, name, by, vmax, maps)
                                                 for name in record.pair_names]
   return [(name, to_png(fig)) for name, fig in zip(file_names(record.pair_names), drawn,
                                                    strict=True)]

@@ -5,8 +5,8 @@ The window (last N probe steps) applies to the averaged figures; curves and laye
 figures show every step of the record. Rows are leaves in network order when there are at
 most MAX_ROWS of them, else sub-layers ('enc3 attn', 'dec1 norm2'...), else blocks.
 
-Colours: red = conflict (cos < 0), blue = agreement, grey = undefined (a zero gradient, or
-not measurable). cos_matrix.png colours the cosine on its whole range [-1, 1], so a
+Colours: red = conflict (cos < 0), blue = agreement, grey = undefined (a zero gradient, not
+measurable, or a noise floor not resolved: the size not to be read). cos_matrix.png colours the cosine on its whole range [-1, 1], so a
 near-orthogonal +0.03 stays near white however small every pair is; a framed cell (and a
 '*' after its interval) is one whose 95% interval excludes 0, and a caption under the
 matrix says so. The layer maps show where in the network the cosine changes, so their
@@ -18,6 +18,7 @@ Every figure has a builder returning the matplotlib Figure (for tests and notebo
 """
 import io
 import re
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -30,6 +31,9 @@ from mtl.models import ipt
 
 MAX_ROWS = 128
 MAX_COLUMNS = 200        # layer x step maps: more probe steps are averaged into this many bins
+LAYER_STEP_PROBES = 64   # a corrected layer x step column pools >= this many probes (>= 7 df)
+MAX_MARKED_CELLS = 4000  # a layer x step map marks sign-only cells up to this many cells
+FADE = 0.65              # layer maps: a cell whose interval holds 0 is blended this far to white
 COLOR_PERCENTILE = 98    # layer maps' colour limit: this percentile of a figure's |values|
 MATRIX_LIMIT = 1.0       # cos_matrix.png: the cosine's whole range, never stretched
 SMOOTH_SHARE = 0.1       # conflict-fraction moving mean: this share of the probes (>= 1)
@@ -271,48 +275,101 @@ def excludes_zero(interval):
               and (interval.low > 0 or interval.high < 0))
 
 
+class LayerSteps(NamedTuple):
+  """Every pair's layer x step map (binned_layer_maps): values, beyond and unresolved (P, rows,
+  C); firsts: each column's first x (record.x_axis); corrected: values are noise-corrected."""
+  names: tuple
+  by: str
+  values: np.ndarray
+  beyond: np.ndarray
+  unresolved: np.ndarray
+  firsts: np.ndarray
+  corrected: bool
+
+
 def binned_layer_maps(record, rows="auto", max_columns=MAX_COLUMNS):
-  """(row names, grouping, (P, rows, C) window-mean cosines of every pair, first x of each
-  column): the probes split into C <= max_columns contiguous bins (x: record.x_axis)."""
+  """The layer x step maps of every pair, the probes split into contiguous columns.
+
+  With halves each column pools >= LAYER_STEP_PROBES probes (one column in a shorter record)
+  into each row's noise-corrected cosine (stats.corrected_cosine_grid, the record's
+  interval_method): `beyond` where its 95% interval over the column's probes excludes 0,
+  `unresolved` where a task's noise floor there is not resolved (its size not to be read).
+  Without halves: the raw cosine's mean over <= max_columns columns, nothing marked.
+  """
   by = rows_for(record.layer_names, rows)
-  names, grams = record.grouped(by)
-  cos = conflicts.pair_values(conflicts.cosines(grams))  # (S, rows, P): every pair at once
-  bins = step_bins(record.num_steps, max_columns)
-  binned = np.stack([conflicts.nan_mean(cos[b], axis=0) for b in bins], axis=-1)  # (rows, P, C)
   xs = record.x_axis()[0]
-  return names, by, np.moveaxis(binned, 1, 0), np.array([xs[b[0]] for b in bins])
+  if not record.halves:
+    names, grams = record.grouped(by)
+    cos = conflicts.pair_values(conflicts.cosines(grams))  # (S, rows, P): every pair at once
+    bins = step_bins(record.num_steps, max_columns)
+    values = np.moveaxis(np.stack([conflicts.nan_mean(cos[b], axis=0) for b in bins], -1), 1, 0)
+    none = np.zeros(values.shape, bool)
+    return LayerSteps(names, by, values, none, none, np.array([xs[b[0]] for b in bins]), False)
+  names, halves = record.grouped_halves(by)
+  bins = step_bins(record.num_steps, max(1, min(max_columns,
+                                                record.num_steps // LAYER_STEP_PROBES)))
+  pairs = conflicts.pair_indices(len(record.task_names))
+  values, beyond, unresolved = [], [], []
+  for b in bins:
+    grid = stats.corrected_cosine_grid(halves[b], method=record.interval_method)
+    values.append(grid["estimate"])
+    beyond.append((grid["low"] > 0) | (grid["high"] < 0))
+    floors = grid["resolved"]
+    unresolved.append(np.stack([~(floors[:, i] & floors[:, j]) for i, j in pairs], -1))
+  stack = lambda cells: np.moveaxis(np.stack(cells, -1), 1, 0)  # (C, rows, P) -> (P, rows, C)
+  return LayerSteps(names, by, stack(values), stack(beyond), stack(unresolved),
+                    np.array([xs[b[0]] for b in bins]), True)
 
 
-def binned_layer_steps(record, pair, rows="auto", max_columns=MAX_COLUMNS):
-  """binned_layer_maps of one pair ('a~b' or (i, j)): (row names, grouping, (rows, C), firsts)."""
-  names, by, maps, firsts = binned_layer_maps(record, rows, max_columns)
-  return names, by, maps[_pair_index(record, pair)], firsts
+def _shown(maps):
+  """The values a layer x step map colours: NaN where unresolved (grey)."""
+  return np.where(maps.unresolved, np.nan, maps.values)
 
 
-def layer_step_limit(record, rows="auto"):
+def layer_step_limit(maps):
   """One colour limit for every pair's layer x step map, so that the maps compare at a glance."""
-  return symmetric_limit(binned_layer_maps(record, rows)[2])
+  return symmetric_limit(_shown(maps))
 
 
-def layer_step_figure(record, pair, rows="auto", vmax=None):
-  """Layer x step cosine of one task pair ('a~b' or (i, j)), binned to <= MAX_COLUMNS
-  columns of window means."""
+def layer_step_figure(record, pair, rows="auto", vmax=None, maps=None):
+  """Layer x step cosine of one task pair ('a~b' or (i, j)) over binned_layer_maps' columns
+  (`maps`: those of this record, computed once for all pairs): noise-corrected per column where
+  the record has halves, cells whose interval holds 0 faded and those whose noise floor is not
+  resolved grey; else the raw cosine's column means."""
   k = _pair_index(record, pair)
-  names, by, cos, firsts = binned_layer_steps(record, pair, rows)
-  vmax = vmax or symmetric_limit(cos)
-  fig = Figure(figsize=(10, _row_figure_height(len(names))), layout="constrained")
+  maps = maps or binned_layer_maps(record, rows)
+  shown = _shown(maps)[k]
+  vmax = vmax or symmetric_limit(shown)
+  norm = matplotlib.colors.Normalize(-vmax, vmax)
+  colours = _cmap()(norm(np.ma.masked_invalid(shown)))
+  faded = maps.corrected & ~maps.beyond[k] & np.isfinite(shown)
+  colours[faded, :3] = 1 - (1 - FADE) * (1 - colours[faded, :3])
+  fig = Figure(figsize=(10, _row_figure_height(len(maps.names)) + 0.3), layout="constrained")
   ax = fig.add_subplot()
-  image = ax.imshow(np.ma.masked_invalid(cos), cmap=_cmap(), vmin=-vmax, vmax=vmax,
-                    aspect="auto", interpolation="nearest")
-  _label_rows(ax, names, by)
-  _step_ticks(ax, firsts)
-  per = record.num_steps / cos.shape[1]
+  ax.imshow(colours, aspect="auto", interpolation="nearest")
+  _label_rows(ax, maps.names, maps.by)
+  _step_ticks(ax, maps.firsts)
+  per = record.num_steps / shown.shape[1]
+  pooled = "pooled" if maps.corrected else "mean of"
   ax.set_xlabel(record.x_axis()[1]
-                + (f" (each column: mean of ~{per:.0f} probes)" if per > 1 else ""))
-  fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02,
-               label=_stretched("raw cos", vmax))
-  ax.set_title(_title(record, f"{record.pair_names[k]}: per-{by} raw gradient cosine, "
+                + (f" (each column: {pooled} ~{per:.0f} probes)" if per > 1 else ""))
+  what = "noise-corrected cos" if maps.corrected else "raw cos"
+  fig.colorbar(matplotlib.cm.ScalarMappable(norm, _cmap()), ax=ax, fraction=0.03, pad=0.02,
+               label=_stretched(what, vmax))
+  kind = "noise-corrected" if maps.corrected else "raw"
+  ax.set_title(_title(record, f"{record.pair_names[k]}: per-{maps.by} {kind} gradient cosine, "
                       f"{record.window_label()}"), fontsize=10)
+  if maps.corrected and shown.size <= MAX_MARKED_CELLS:  # the sign, as cos_layers_pairs.png
+    for r, c in zip(*np.nonzero(maps.unresolved[k] & maps.beyond[k])):
+      ax.plot(c, r, marker="^" if maps.values[k, r, c] > 0 else "v", markersize=3,
+              color="black", markerfacecolor="white", linestyle="none")
+  if maps.corrected:
+    fig.supxlabel(
+        "full colour: the column's 95% interval excludes 0 (each cell on its own: of cells "
+        "without a true effect, 1 in 20 is); faded: it holds 0 (noise);\ngrey: a task's noise "
+        "floor not resolved in that row and column (the cosine's size not to be read; Fieller "
+        "1954; ▲/▼ its sign where the interval excludes 0), or not measurable" + ("; fewer than 4 probes: no interval" if record.num_steps < 4
+                                      else ""), fontsize=7)
   return fig
 
 
@@ -334,9 +391,6 @@ def layer_pair_intervals(record, rows="auto", level=0.95):
   measured = bool(any(np.isfinite(iv.low) for row in cells for iv in row))
   held = beyond & (stats.holm(p).reshape(p.shape) < 1 - level)  # NaN p: never held
   return names, by, value, beyond, held, measured, unresolved
-
-
-FADE = 0.65  # layer x pair map: a cell whose interval holds 0 is blended this far toward white
 
 
 def layer_pair_figure(record, window=None, rows="auto", vmax=None):

@@ -11,6 +11,7 @@ high, level, n, p, method, note); a NaN interval always carries a one-line `note
   pooled_ratio_interval sum(num) / sqrt(sum(den_a) sum(den_b)) over a window (the corrected
                         cosine): batch means of the pieces + the delta method, or block bootstrap
   corrected_cosine_intervals  that, for every task pair of a window of half-split Gramians
+  corrected_cosine_grid that and resolved_noise_floors for many groups at once, as arrays
   conflict_fraction_interval  share of steps < 0: Wilson score interval at an effective n
   negative_share_draws  that effective n and its df (negative_share_n_eff, negative_share_df;
                         independent probes: n)
@@ -234,10 +235,42 @@ def window_mean_interval(x, level=0.95, method="batch_means", draws=BOOTSTRAP_DR
                          x.mean() if n else float("nan"))
   if method == "block_bootstrap":
     return _percentile(x.mean(), x[_block_indices(n, draws, seed)].mean(axis=1), level, n, method)
-  b, m, start = _batches(n, method)
-  y = x[start:].reshape(b, m).mean(axis=1)
-  note = "" if start == 0 else f"SE from the latest {b * m} of {n} values (whole batches)"
+  y, start = _batch_means(x, method)
+  b = len(y)
+  note = "" if start == 0 else f"SE from the latest {n - start} of {n} values (whole batches)"
   return _t_interval(x.mean(), y.std(ddof=1) / math.sqrt(b), b - 1, level, n, method, note)
+
+
+def _batch_means(x, method):
+  """(batch means (b, ...) of x (n, ...) along axis 0, first index used): `_batches`' batches."""
+  b, m, start = _batches(x.shape[0], method)
+  return x[start:].reshape((b, m) + x.shape[1:]).mean(axis=1), start
+
+
+def _pooled_ratio(s_num, s_a, s_b=None):
+  """s_num / sqrt(s_a s_b) (s_num / s_a without s_b); NaN where a denominator is <= 0."""
+  with np.errstate(divide="ignore", invalid="ignore"):
+    if s_b is None:
+      return np.where(s_a > 0, s_num / np.where(s_a > 0, s_a, 1.0), np.nan)
+    ok = (s_a > 0) & (s_b > 0)
+    return np.where(ok, s_num / np.sqrt(np.where(ok, s_a * s_b, 1.0)), np.nan)
+
+
+def _delta_se(yn, ya, yb=None):
+  """(the ratio at the batch means, its delta-method SE) from the pieces' batch means (b, ...):
+  the ratio linearised around the pooled means, z_k = (num_k - num) / sqrt(a b) - R/2 ((a_k - a)
+  / a + (b_k - b) / b) (z_k = (num_k - num) / a - R (a_k - a) / a without b), SE = sd(z) /
+  sqrt(b). NaN where a mean denominator is <= 0."""
+  mn, ma = yn.mean(axis=0), ya.mean(axis=0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    if yb is None:
+      rb = _pooled_ratio(mn, ma)
+      z = (yn - mn) / ma - rb * (ya - ma) / ma
+    else:
+      mb = yb.mean(axis=0)
+      rb = _pooled_ratio(mn, ma, mb)
+      z = (yn - mn) / np.sqrt(ma * mb) - rb / 2 * ((ya - ma) / ma + (yb - mb) / mb)
+  return rb, z.std(axis=0, ddof=1) / math.sqrt(len(yn))
 
 
 def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_means",
@@ -266,13 +299,7 @@ def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_mean
   num, da, db = num[ok], da[ok], db[ok]
   n = num.size
   single = den_b is None
-
-  def ratio(s_num, s_a, s_b):
-    with np.errstate(divide="ignore", invalid="ignore"):
-      if single:
-        return np.where(s_a > 0, s_num / np.where(s_a > 0, s_a, 1.0), np.nan)
-      ok = (s_a > 0) & (s_b > 0)
-      return np.where(ok, s_num / np.sqrt(np.where(ok, s_a * s_b, 1.0)), np.nan)
+  ratio = lambda s_num, s_a, s_b: _pooled_ratio(s_num, s_a, None if single else s_b)
 
   if n == 0:
     return _nan_interval(level, 0, method, "no step with all pieces defined")
@@ -285,19 +312,13 @@ def pooled_ratio_interval(num, den_a, den_b=None, level=0.95, method="batch_mean
     idx = _block_indices(n, draws, seed)
     reps = ratio(num[idx].sum(1), da[idx].sum(1), db[idx].sum(1))
     return _percentile(r, reps, level, n, method)
-  b, m, start = _batches(n, method)
-  yn, ya, yb = (v[start:].reshape(b, m).mean(axis=1) for v in (num, da, db))
-  mn, ma, mb = yn.mean(), ya.mean(), yb.mean()
-  rb = float(ratio(mn, ma, mb))  # linearisation point: the ratio of the batched steps
+  (yn, start), (ya, _), (yb, _) = (_batch_means(v, method) for v in (num, da, db))
+  rb, se = _delta_se(yn, ya, None if single else yb)  # linearised at the batched steps' ratio
   if np.isnan(rb):
     return _nan_interval(level, n, method, "not measurable over the batched steps", r)
-  if single:
-    z = (yn - mn) / ma - rb * (ya - ma) / ma
-  else:
-    z = (yn - mn) / math.sqrt(ma * mb) - rb / 2 * ((ya - ma) / ma + (yb - mb) / mb)
-  note = "" if start == 0 else f"SE from the latest {b * m} of {n} steps (whole batches)"
+  note = "" if start == 0 else f"SE from the latest {n - start} of {n} steps (whole batches)"
   # The estimate is the whole window's pooled ratio, the value corrected_cosines reports.
-  return _t_interval(r, z.std(ddof=1) / math.sqrt(b), b - 1, level, n, f"{method} + delta", note)
+  return _t_interval(r, float(se), len(yn) - 1, level, n, f"{method} + delta", note)
 
 
 def corrected_cosine_intervals(G2, level=0.95, method="batch_means"):
@@ -333,6 +354,52 @@ def resolved_noise_floors(G2, level=0.95, method="batch_means"):
   same = corrected_cosine_pieces(G2)[1]
   return np.array([window_mean_interval(same[:, t], level, method).low > 0
                    for t in range(same.shape[-1])], bool)
+
+
+def corrected_cosine_grid(G2, level=0.95, method="batch_means"):
+  """corrected_cosine_intervals and resolved_noise_floors of many groups at once, as arrays.
+
+  G2: (S, R, 2T, 2T) half-split Gramians of R groups over S probe steps. Returns {"estimate",
+  "low", "high", "p": (R, P) in `pair_indices` order, "resolved": (R, T)}: the numbers those
+  two functions give group by group, vectorised (a paper-size layer x step map asks for ~10^5
+  intervals); NaN where they give NaN. The block bootstrap, or a non-finite Gramian (whose
+  step those functions skip), goes group by group through them.
+  """
+  G2 = np.asarray(G2, np.float64)
+  if G2.ndim != 4:
+    raise ValueError(f"G2 of shape {G2.shape}; expected (steps, groups, 2T, 2T)")
+  steps, groups, t = G2.shape[0], G2.shape[1], G2.shape[-1] // 2
+  pairs = pair_indices(t)
+  if method == "block_bootstrap" or not np.isfinite(G2).all():
+    cells = [corrected_cosine_intervals(G2[:, r], level, method) for r in range(groups)]
+    out = {k: np.array([[getattr(iv, k) for iv in row] for row in cells],
+                       np.float64).reshape(groups, len(pairs)) for k in ("estimate", "low",
+                                                                         "high", "p")}
+    out["resolved"] = np.array([resolved_noise_floors(G2[:, r], level, method)
+                                for r in range(groups)], bool).reshape(groups, t)
+    return out
+  _check_level(level)
+  _check_method(method)
+  cross, same = corrected_cosine_pieces(G2)  # (S, R, T, T), (S, R, T)
+  i, j = (np.array([p[k] for p in pairs], int) for k in (0, 1))
+  num, da, db = cross[..., i, j], same[..., i], same[..., j]  # (S, R, P)
+  out = {"estimate": _pooled_ratio(num.sum(axis=0), da.sum(axis=0), db.sum(axis=0))}
+  nan = np.full(out["estimate"].shape, np.nan)
+  out.update(low=nan, high=nan, p=nan, resolved=np.zeros((groups, t), bool))
+  if steps < 4:  # no interval, as pooled_ratio_interval and window_mean_interval
+    return out
+  rb, se = _delta_se(*(_batch_means(v, method)[0] for v in (num, da, db)))
+  ys = _batch_means(same, method)[0]
+  df = len(ys) - 1
+  q = sps.t.ppf((1 + level) / 2, df)
+  se_same = ys.std(axis=0, ddof=1) / math.sqrt(len(ys))
+  out["resolved"] = (se_same > 0) & (same.mean(axis=0) - q * se_same > 0)
+  ok = np.isfinite(out["estimate"]) & np.isfinite(rb) & (se > 0)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    out["low"] = np.where(ok, out["estimate"] - q * se, np.nan)
+    out["high"] = np.where(ok, out["estimate"] + q * se, np.nan)
+    out["p"] = np.where(ok, 2 * sps.t.sf(np.abs(out["estimate"]) / se, df), np.nan)
+  return out
 
 
 SEEDS_DIFFER = "the seeds differ beyond their own intervals"

@@ -177,14 +177,18 @@ def test_layer_figures_rows_and_labels():
   assert 0 < held < len(rows) * len(PAIRS) - faded
   assert f"{held} of {len(rows) * len(PAIRS) - faded} cells beyond noise hold" in (
       fig._supxlabel.get_text())
-  rec = record()
+  rec = record(halves=False)  # a store without halves: the raw cosine
   fig = plots.layer_step_figure(rec, "sr_x2~derain")
   ax = fig.axes[0]
-  data = ax.get_images()[0].get_array()
-  assert data.shape == (len(rec.layer_names), rec.num_steps)  # 12 steps: one column each
+  maps = plots.binned_layer_maps(rec)
+  assert maps.values.shape == (3, len(rec.layer_names), rec.num_steps)  # 12 steps: a column each
   cos = conflicts.cosines(rec.gramians)[:, :, 1, 2]
-  np.testing.assert_allclose(data.filled(np.nan), cos.T, rtol=1e-6)
-  assert ax.get_images()[0].get_clim()[1] == pytest.approx(np.percentile(np.abs(cos), 98))
+  np.testing.assert_allclose(maps.values[2], cos.T, rtol=1e-6)
+  norm = fig.axes[1]._colorbar.mappable.norm
+  assert norm.vmax == pytest.approx(np.percentile(np.abs(cos), 98))
+  np.testing.assert_allclose(ax.get_images()[0].get_array()[..., :3],  # nothing faded
+                             plots._cmap()(norm(cos.T))[..., :3], rtol=1e-6)
+  assert "raw gradient cosine" in ax.get_title() and fig._supxlabel is None
   # steps 0, 3, ..., 33 a column each: ticks at round steps, placed where those steps fall
   ticks = [int(t) for t in labels(ax.get_xticklabels())]
   assert ticks[0] == 0 and len(set(np.diff(ticks))) == 1 and ticks[-1] <= 33
@@ -194,11 +198,11 @@ def test_layer_figures_rows_and_labels():
 
 
 def test_layer_step_map_bins_long_runs_into_window_means():
-  rec = record(steps=450, layers=layer_names()[:5])
+  rec = record(steps=450, layers=layer_names()[:5], halves=False)
   fig = plots.layer_step_figure(rec, PAIRS[0])
   ax = fig.axes[0]
-  data = ax.get_images()[0].get_array().filled(np.nan)
-  assert data.shape == (5, plots.MAX_COLUMNS)
+  data = plots.binned_layer_maps(rec).values[0]
+  assert data.shape == (5, plots.MAX_COLUMNS) == ax.get_images()[0].get_array().shape[:2]
   cos = conflicts.cosines(rec.gramians)[:, :, 0, 1]  # (450, 5)
   # 450 steps in 200 contiguous bins: the first 50 hold 3 steps, the rest 2
   np.testing.assert_allclose(data[:, 0], cos[0:3].mean(0), rtol=1e-6)
@@ -605,3 +609,58 @@ def test_the_layer_map_is_each_row_s_corrected_cosine_its_sign_alone_where_unres
   fig = plots.layer_pair_figure(dataclasses.replace(rec, half_gramians=None), rows="layer")
   assert "raw gradient cosine" in fig.axes[0].get_title()
   assert "sign alone" not in fig._supxlabel.get_text()
+
+
+def test_the_layer_step_map_is_each_column_s_corrected_cosine_grey_where_unresolved():
+  # a~b turns from +0.5 to -0.5 halfway at pos_embed, a~c is 0 there; at token_embed/bias c's
+  # expected gradient is lost in its noise. The map showed each bin's raw cosine, which noise
+  # shrinks toward 0 by an amount that changes over training: a change in noise read as one in
+  # conflict.
+  per = plots.LAYER_STEP_PROBES
+  clear = np.concatenate([known_halves(2 * per, (0.5, 0.0, 0.2), noise=1.0),
+                          known_halves(2 * per, (-0.5, 0.0, 0.2), noise=1.0, seed=2)])
+  lost = known_halves(4 * per, (-0.5, 0.6, -0.4), noise=3.0, norms=(1.0, 1.0, 0.2), seed=1)
+  rec = conflicts.Record.from_halves(np.arange(4 * per), np.concatenate([lost, clear], axis=1),
+                                     ["token_embed/bias", "pos_embed"], ["a", "b", "c"], "known")
+  maps = plots.binned_layer_maps(rec, "layer")
+  assert maps.corrected and maps.values.shape == (3, 2, 4)
+  assert list(maps.firsts) == [0, per, 2 * per, 3 * per]
+  for c in range(4):  # each cell: its leaf's corrected cosine over the column's probes
+    for r in range(2):
+      cell = conflicts.Record.from_halves(rec.steps[c * per:(c + 1) * per],
+                                          rec.half_gramians[c * per:(c + 1) * per, r:r + 1],
+                                          maps.names[r:r + 1], rec.task_names)
+      ivs = cell.corrected_cosine_intervals()
+      np.testing.assert_allclose(maps.values[:, r, c], [iv.estimate for iv in ivs], rtol=1e-9)
+      assert list(maps.beyond[:, r, c]) == [plots.excludes_zero(iv) for iv in ivs]
+      assert list(maps.unresolved[:, r, c]) == [not ok for ok in cell.resolved_pairs()]
+  # the clear leaf: the true cosines, the turn where it happened; the raw means 1/1.5 of them
+  np.testing.assert_allclose(maps.values[0, 1], [0.5, 0.5, -0.5, -0.5], atol=0.15)
+  assert maps.beyond[0, 1].all() and not maps.unresolved[:, 1].any()
+  raw = plots.binned_layer_maps(dataclasses.replace(rec, half_gramians=None), "layer",
+                                max_columns=4).values
+  np.testing.assert_allclose(raw[0, 1], maps.values[0, 1] / 1.5, rtol=0.1)
+  assert maps.unresolved[1:, 0].all() and not maps.unresolved[0, 0].any()
+  assert maps.beyond[1, 0].any() and not maps.beyond[1, 1].any()  # a~c: sign only; noise
+  fig = plots.layer_step_figure(rec, "a~c", "layer", maps=maps)
+  ax = fig.axes[0]
+  pixels = ax.get_images()[0].get_array()
+  norm = fig.axes[1]._colorbar.mappable.norm
+  np.testing.assert_allclose(pixels[0, :, :3], np.tile(plots._cmap().get_bad()[:3], (4, 1)))
+  for c in range(4):  # a resolved row: faded where the interval holds 0
+    full = np.asarray(plots._cmap()(norm(maps.values[1, 1, c]))[:3])
+    np.testing.assert_allclose(pixels[1, c, :3], 1 - (1 - plots.FADE) * (1 - full))
+  fig_ab = plots.layer_step_figure(rec, "a~b", "layer", maps=maps)  # and full colour beyond it
+  norm_ab = fig_ab.axes[1]._colorbar.mappable.norm
+  np.testing.assert_allclose(fig_ab.axes[0].get_images()[0].get_array()[1, :, :3],
+                             plots._cmap()(norm_ab(maps.values[0, 1]))[:, :3])
+  marks = {(round(l.get_xdata()[0]), round(l.get_ydata()[0])): l.get_marker()
+           for l in ax.get_lines()}
+  assert marks == {(c, 0): "^" if maps.values[1, 0, c] > 0 else "v" for c in range(4)
+                   if maps.beyond[1, 0, c]}
+  assert "noise-corrected gradient cosine" in ax.get_title()
+  assert f"pooled ~{per} probes" in ax.get_xlabel()
+  assert "not resolved" in fig._supxlabel.get_text()
+  # one colour scale for every pair's map: the resolved cells of all of them
+  assert plots.layer_step_limit(maps) == pytest.approx(plots.symmetric_limit(
+      maps.values[~maps.unresolved]))

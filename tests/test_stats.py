@@ -354,6 +354,35 @@ def test_an_unresolved_noise_floor_keeps_the_sign_of_a_corrected_cosine_not_its_
   assert sum(iv.low <= 0.95 <= iv.high for iv, _ in near) >= sps.binom.ppf(0.01, len(near), 0.95)
 
 
+@pytest.mark.parametrize("method", stats.WINDOW_METHODS)
+def test_the_grid_gives_each_group_s_intervals_and_floors_as_one_group_at_a_time(method):
+  # The layer x step maps take ~10^5 intervals at paper size, so the grid vectorises them; a
+  # vectorised formula drifting from the one-group functions would misdraw every cell.
+  rng = np.random.default_rng(3)
+  scales = (1.0, 0.3, 0.1, 0.0, 1.0, 0.05)  # strong .. pure noise: resolved, unresolved, NaN
+  mu = np.array(scales)[:, None, None] * rng.normal(size=(6, 3, 50))
+  halves = np.repeat(mu, 2, axis=1)[None] + 0.15 * rng.normal(size=(13, 6, 6, 50))
+  G2 = np.einsum("srid,srjd->srij", halves, halves)  # 13 probes: batch means drop one
+  for probes in (G2, G2[:3]):  # 3 probes: estimates, no interval
+    grid = stats.corrected_cosine_grid(probes, method=method)
+    for r in range(6):
+      ivs = stats.corrected_cosine_intervals(probes[:, r], method=method)
+      for key in ("estimate", "low", "high", "p"):
+        np.testing.assert_allclose(grid[key][r], [getattr(iv, key) for iv in ivs], rtol=1e-9,
+                                   err_msg=f"{key}, group {r}")
+      assert list(grid["resolved"][r]) == list(stats.resolved_noise_floors(probes[:, r],
+                                                                           method=method))
+  grid = stats.corrected_cosine_grid(G2, method=method)
+  assert grid["resolved"][0].all() and not grid["resolved"][3].any()
+  assert np.isfinite(grid["low"][0]).all()
+  assert np.isnan(grid["estimate"]).any() and np.isfinite(grid["estimate"]).any()
+  G2[5, 1, 0, 1] = G2[5, 1, 1, 0] = np.nan  # a probe that failed: skipped there, as the one-group functions do
+  grid = stats.corrected_cosine_grid(G2, method=method)
+  ivs = stats.corrected_cosine_intervals(G2[:, 1], method=method)
+  np.testing.assert_allclose(grid["low"][1], [iv.low for iv in ivs], rtol=1e-9)
+  assert [iv.n for iv in ivs] == [12, 12, 13]
+
+
 def test_pooled_ratio_interval_not_measurable_and_single_denominator():
   iv = stats.pooled_ratio_interval([1.0, 2.0, 1.0, 0.5], [0.5, -1.0, 0.2, -0.1], [1, 1, 1, 1])
   assert math.isnan(iv.estimate) and "not measurable" in iv.note
