@@ -644,10 +644,10 @@ def test_building_leaves_no_temporary_folder_behind(tmp_path, monkeypatch):
   assert os.listdir(temp) == []
 
 
-def test_a_png_cut_short_is_found_from_its_chunks_and_a_whole_one_is_not_refused(tmp_path):
+def test_a_png_or_jpeg_cut_short_is_found_before_a_run_and_a_whole_one_is_not_refused(tmp_path):
   # data.pairs checks its files before a run starts (benchmarks.check_pair_sizes): a PNG whose
-  # IEND chunk is missing is cut short; trailing bytes after IEND (over the 1 KB looked at
-  # first) or a JPEG named .png decode, and pass
+  # IEND chunk is missing, or a JPEG whose end marker is and which does not decode, is cut short;
+  # trailing bytes after IEND (over the 1 KB looked at first) or a JPEG named .png decode, pass
   pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)
   Image.fromarray(pixels).save(tmp_path / "whole.png")
   whole = (tmp_path / "whole.png").read_bytes()
@@ -660,3 +660,12 @@ def test_a_png_cut_short_is_found_from_its_chunks_and_a_whole_one_is_not_refused
   with pytest.raises(ValueError, match=r"cut\.png: the file ends before its image data does "
                                        r"\(no IEND chunk: cut short\)"):
     folder.checked_size(str(tmp_path / "cut.png"))
+  # a JPEG: its end-of-image marker, or a trailer past the 1 KB looked at (a camera's) decodes
+  jpeg = (tmp_path / "jpeg.png").read_bytes()
+  (tmp_path / "trailer.jpg").write_bytes(jpeg + b"\0" * 5000)
+  (tmp_path / "cut.jpg").write_bytes(jpeg[:len(jpeg) * 2 // 3])
+  assert folder.checked_size(str(tmp_path / "trailer.jpg")) == (40, 50)
+  with pytest.raises(ValueError, match=r"cut\.jpg: the file ends before its image data does"):
+    folder.checked_size(str(tmp_path / "cut.jpg"))
+  with pytest.raises(ValueError, match="truncated"):  # what a run met when a batch drew it
+    folder.read_rgb(str(tmp_path / "cut.jpg"))

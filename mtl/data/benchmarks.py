@@ -214,8 +214,8 @@ def clean_margins(degraded_path, degraded_hw, clean_path, clean_hw):
 
 def check_pair_sizes(path):
   """ValueError for a paired folder whose images cannot all be used, from their headers and a
-  PNG's last bytes only (reading the pixels would cost as much as training on them): one line
-  naming every file that cannot be read or is cut short (folder.read_every's), else
+  PNG's or JPEG's last bytes only (reading the pixels would cost as much as training on them):
+  one line naming every file that cannot be read or is cut short (folder.read_every's), else
   clean_margins' for the first pair whose sizes do not fit."""
   pairs = find_pairs(path)
   files = sorted({p for _, degraded, clean in pairs for p in (degraded, clean)})  # RESIDE's

@@ -407,17 +407,37 @@ def _header(path):
     raise _read_error(path, error) from None
 
 
-PNG_TAIL = 1024  # bytes of a PNG's end searched for its IEND chunk before walking its chunks
+TAIL = 1024  # bytes of a file's end searched for its end marker (PNG IEND, JPEG EOI)
 
 
 def checked_size(path):
-  """image_size, and for a local PNG (by its header, whatever its name) a ValueError where the
-  file ends before its IEND chunk: a copy or a download cut short, found without decoding it."""
+  """image_size, and for a local PNG or JPEG (by its header, whatever its name) a ValueError
+  where the file ends before its image data does: a copy or a download cut short, found without
+  decoding it where its end marker lies in its last bytes (a JPEG with a longer trailer is
+  decoded to decide)."""
   size, kind = _header(path)
   if kind == "PNG" and not is_url(path) and not _png_ends(path):
     raise ValueError(f"cannot read image {path}: the file ends before its image data does "
                      "(no IEND chunk: cut short)")
+  if kind == "JPEG" and not is_url(path) and not _jpeg_ends(path):
+    raise ValueError(f"cannot read image {path}: the file ends before its image data does "
+                     "(no end-of-image marker, and it does not decode: cut short)")
   return size
+
+
+def _jpeg_ends(path):
+  """Whether a JPEG holds its end-of-image marker (FF D9) in its last bytes, else decodes (a
+  trailer after the marker, as some cameras write, is allowed)."""
+  with open(path, "rb") as handle:
+    handle.seek(max(0, os.path.getsize(path) - TAIL))
+    if b"\xff\xd9" in handle.read():
+      return True
+  try:
+    with open(path, "rb") as handle, _open(handle) as image:
+      image.load()
+    return True
+  except (OSError, ValueError, SyntaxError):
+    return False
 
 
 def _png_ends(path):
@@ -425,7 +445,7 @@ def _png_ends(path):
   walking its chunks' lengths from the signature (bytes after IEND are allowed)."""
   end = os.path.getsize(path)
   with open(path, "rb") as handle:
-    handle.seek(max(0, end - PNG_TAIL))
+    handle.seek(max(0, end - TAIL))
     if b"IEND" in handle.read():
       return True
     at = 8  # the signature
