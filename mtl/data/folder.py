@@ -26,7 +26,8 @@ a prepared dataset:
 The listing's fingerprints (relative paths and byte sizes; and with modification times) and
 a digest of the files' bytes are stored with the dataset; opening a dataset whose folder changed
 since it was built is an error, an image rewritten in place at its old size included (where the
-times differ the bytes are compared: a copy or a touch opens; see `check_fingerprint`).
+times differ the bytes are compared, once for those times: a copy or a touch opens; see
+`check_fingerprint`).
 
 Reading rules, shared with the benchmark loaders: png, jpg/jpeg, bmp, tif/tiff, webp (any case);
 hidden files (names starting with '.') are skipped; grey and palette images become RGB, alpha is
@@ -728,8 +729,10 @@ def check_fingerprint(builder, paths=None):
   """ValueError if the prepared dataset's folder listing differs from the folder's listing now
   (`paths`: its `list_images`, where the caller has it), or a file of it was rewritten since.
   Modification times say which may have been: where they differ, the files' bytes are read and
-  compared (a copy or a touch changes the times, not the bytes). A dataset built before times
-  and contents were recorded is checked on its listing alone."""
+  compared (a copy or a touch changes the times, not the bytes), and times whose bytes matched
+  are noted in the dataset's directory (VERIFIED_FILE), so the next start does not read them
+  again. A dataset built before times and contents were recorded is checked on its listing
+  alone."""
   config = builder.builder_config
   metadata = builder.info.metadata or {}
   paths = list_images(config.folder) if paths is None else paths
@@ -738,12 +741,31 @@ def check_fingerprint(builder, paths=None):
   if built is not None and built != fingerprint(entries):
     raise ValueError(f"image folder {config.folder} changed since its dataset was built in "
                      f"{builder.data_dir}; delete that directory to rebuild it")
-  if metadata.get("modified") in (None, fingerprint(entries, modified=True)):
+  modified = fingerprint(entries, modified=True)
+  verified = os.path.join(os.fspath(builder.data_dir), VERIFIED_FILE)
+  if metadata.get("modified") in (None, modified) or _read_text(verified) == modified:
     return
   logging.warning("image folder %s: its files' modification times differ from when its dataset "
-                  "was built (copied or touched?); comparing their bytes (delete %s to rebuild "
-                  "it and skip this)", config.folder, builder.data_dir)
+                  "was built (copied or touched?); comparing their bytes once", config.folder)
   if metadata.get("contents") != contents_digest(config.folder, paths):
     raise ValueError(f"image folder {config.folder} changed since its dataset was built in "
                      f"{builder.data_dir}: the same files at the same sizes, but their bytes "
                      "differ (rewritten); delete that directory to rebuild it")
+  try:  # these times hold the built bytes: the next start need not read them again
+    tmp = f"{verified}.tmp-{os.getpid()}"
+    with open(tmp, "w") as handle:
+      handle.write(modified)
+    os.replace(tmp, verified)
+  except OSError as error:  # a read-only dataset directory: compared again next time
+    logging.warning("could not note the compared times in %s: %s", verified, error)
+
+
+VERIFIED_FILE = "mtl_verified_modified.txt"  # the times whose files' bytes matched the build's
+
+
+def _read_text(path):
+  try:
+    with open(path) as handle:
+      return handle.read()
+  except OSError:
+    return None
