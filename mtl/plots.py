@@ -32,7 +32,6 @@ from mtl.models import ipt
 MAX_ROWS = 128
 MAX_COLUMNS = 200        # layer x step maps: more probe steps are averaged into this many bins
 LAYER_STEP_PROBES = 64   # a corrected layer x step column pools >= this many probes (>= 7 df)
-MAX_MARKED_CELLS = 4000  # a layer x step map marks sign-only cells up to this many cells
 FADE = 0.65              # layer maps: a cell whose interval holds 0 is blended this far to white
 COLOR_PERCENTILE = 98    # layer maps' colour limit: this percentile of a figure's |values|
 MATRIX_LIMIT = 1.0       # cos_matrix.png: the cosine's whole range, never stretched
@@ -140,18 +139,14 @@ def _label_rows(ax, names, by):
         ax.axhline(r - 0.5, color="black", linewidth=0.6)
 
 
-def _step_ticks(ax, firsts, max_ticks=8):
-  """Ticks at round steps on columns whose k-th starts at firsts[k] (ascending ints): a tick
-  sits where its step falls, interpolated between the columns' first steps."""
-  if len(firsts) == 0:
-    return
-  if len(firsts) == 1:
-    ax.set_xticks([0])
-    ax.set_xticklabels([str(int(firsts[0]))], fontsize=8)
-    return
-  values = ticker.MaxNLocator(max_ticks, integer=True).tick_values(firsts[0], firsts[-1])
-  values = values[(values >= firsts[0]) & (values <= firsts[-1])]
-  ax.set_xticks(np.interp(values, firsts, np.arange(len(firsts))))
+def _step_ticks(ax, edges, max_ticks=8):
+  """Ticks at round steps on image columns whose k-th covers steps [edges[k], edges[k+1])
+  (ascending ints): a tick sits where its step falls within its column (pixel k spans k +-
+  0.5), so a change at a column's edge reads at the step where it happened."""
+  last = edges[-1] - 1
+  values = ticker.MaxNLocator(max_ticks, integer=True).tick_values(edges[0], last)
+  values = values[(values >= edges[0]) & (values <= last)]
+  ax.set_xticks(np.interp(values, edges, np.arange(len(edges))) - 0.5)
   ax.set_xticklabels([str(int(v)) for v in values], fontsize=8)
 
 
@@ -348,7 +343,7 @@ def layer_step_figure(record, pair, rows="auto", vmax=None, maps=None):
   ax = fig.add_subplot()
   ax.imshow(colours, aspect="auto", interpolation="nearest")
   _label_rows(ax, maps.names, maps.by)
-  _step_ticks(ax, maps.firsts)
+  _step_ticks(ax, np.append(maps.firsts, record.x_axis()[0][-1] + 1))
   per = record.num_steps / shown.shape[1]
   pooled = "pooled" if maps.corrected else "mean of"
   ax.set_xlabel(record.x_axis()[1]
@@ -359,10 +354,12 @@ def layer_step_figure(record, pair, rows="auto", vmax=None, maps=None):
   kind = "noise-corrected" if maps.corrected else "raw"
   ax.set_title(_title(record, f"{record.pair_names[k]}: per-{maps.by} {kind} gradient cosine, "
                       f"{record.window_label()}"), fontsize=10)
-  if maps.corrected and shown.size <= MAX_MARKED_CELLS:  # the sign, as cos_layers_pairs.png
-    for r, c in zip(*np.nonzero(maps.unresolved[k] & maps.beyond[k])):
-      ax.plot(c, r, marker="^" if maps.values[k, r, c] > 0 else "v", markersize=3,
-              color="black", markerfacecolor="white", linestyle="none")
+  signed = maps.unresolved[k] & maps.beyond[k]  # the sign alone, as cos_layers_pairs.png
+  for marker, side in (("^", maps.values[k] > 0), ("v", maps.values[k] < 0)):
+    rows, columns = np.nonzero(signed & side)
+    if len(rows):
+      ax.plot(columns, rows, marker=marker, markersize=3, color="black",
+              markerfacecolor="white", linestyle="none")
   if maps.corrected:
     fig.supxlabel(
         "full colour: the column's 95% interval excludes 0 (each cell on its own: of cells "

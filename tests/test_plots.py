@@ -192,7 +192,7 @@ def test_layer_figures_rows_and_labels():
   # steps 0, 3, ..., 33 a column each: ticks at round steps, placed where those steps fall
   ticks = [int(t) for t in labels(ax.get_xticklabels())]
   assert ticks[0] == 0 and len(set(np.diff(ticks))) == 1 and ticks[-1] <= 33
-  np.testing.assert_allclose(ax.get_xticks(), np.array(ticks) / 3)
+  np.testing.assert_allclose(ax.get_xticks(), np.array(ticks) / 3 - 0.5)  # a column's left edge
   with pytest.raises(ValueError, match="valid: denoise_30~sr_x2"):
     plots.layer_step_figure(rec, "sr_x2~rain")
 
@@ -208,9 +208,9 @@ def test_layer_step_map_bins_long_runs_into_window_means():
   np.testing.assert_allclose(data[:, 0], cos[0:3].mean(0), rtol=1e-6)
   np.testing.assert_allclose(data[:, -1], cos[-2:].mean(0), rtol=1e-6)
   ticks = [int(t) for t in labels(ax.get_xticklabels())]
-  assert ticks[0] == 0 and len(set(np.diff(ticks))) == 1 and ticks[-1] <= rec.steps[-2]
-  firsts = rec.steps[[b[0] for b in plots.step_bins(rec.num_steps)]]
-  np.testing.assert_allclose(ax.get_xticks(), np.interp(ticks, firsts, np.arange(len(firsts))))
+  assert ticks[0] == 0 and len(set(np.diff(ticks))) == 1 and ticks[-1] <= rec.steps[-1]
+  edges = np.append(rec.steps[[b[0] for b in plots.step_bins(rec.num_steps)]], rec.steps[-1] + 1)
+  np.testing.assert_allclose(ax.get_xticks(), np.interp(ticks, edges, np.arange(201)) - 0.5)
   assert "mean of ~2 probes" in ax.get_xlabel()
 
 
@@ -654,12 +654,15 @@ def test_the_layer_step_map_is_each_column_s_corrected_cosine_grey_where_unresol
   norm_ab = fig_ab.axes[1]._colorbar.mappable.norm
   np.testing.assert_allclose(fig_ab.axes[0].get_images()[0].get_array()[1, :, :3],
                              plots._cmap()(norm_ab(maps.values[0, 1]))[:, :3])
-  marks = {(round(l.get_xdata()[0]), round(l.get_ydata()[0])): l.get_marker()
-           for l in ax.get_lines()}
+  marks = {(round(x), round(y)): l.get_marker() for l in ax.get_lines()
+           for x, y in zip(l.get_xdata(), l.get_ydata())}
   assert marks == {(c, 0): "^" if maps.values[1, 0, c] > 0 else "v" for c in range(4)
                    if maps.beyond[1, 0, c]}
   assert "noise-corrected gradient cosine" in ax.get_title()
   assert f"pooled ~{per} probes" in ax.get_xlabel()
+  ticks = [int(t) for t in labels(ax.get_xticklabels())]  # step s at its place in its column
+  assert ticks[0] == 0 and ticks[-1] > 3 * per
+  np.testing.assert_allclose(ax.get_xticks(), np.array(ticks) / per - 0.5)
   assert "not resolved" in fig._supxlabel.get_text()
   # one colour scale for every pair's map: the resolved cells of all of them
   assert plots.layer_step_limit(maps) == pytest.approx(plots.symmetric_limit(

@@ -155,9 +155,9 @@ class Record:
   def layer_intervals(self, by="module", window=None, level=0.95, method=None):
     """Per group of leaves and pair over the window: (group names, [[Interval]] (rows x pairs),
     (rows, P) unresolved). With halves each row's noise-corrected cosine pooled over the probes,
-    its own noise floor deciding `unresolved` (an interval whose task's floor at that row is
-    not resolved: its sign holds, not its size); without, the raw cosine's window mean, nothing
-    unresolved."""
+    its own noise floor deciding `unresolved` (a task's floor at that row not resolved, fewer
+    than 4 probes included: an interval's sign holds, not its size); without, the raw cosine's
+    window mean, nothing unresolved."""
     from mtl import stats
     rec = self.last(window)
     method = method or self.interval_method
@@ -173,8 +173,7 @@ class Record:
     for r in range(len(names)):
       cells.append(stats.corrected_cosine_intervals(halves[:, r], level, method))
       floor = stats.resolved_noise_floors(halves[:, r], level, method)
-      unresolved.append([bool(np.isfinite(iv.low) and not (floor[i] and floor[j]))
-                         for iv, (i, j) in zip(cells[-1], pairs)])
+      unresolved.append([not (floor[i] and floor[j]) for i, j in pairs])
     return names, cells, np.array(unresolved, bool).reshape(len(names), len(pairs))
 
   def last(self, window=None):
