@@ -1,6 +1,7 @@
 """TFDS builders and sources: the embedded photographs, a user folder, a prepared TFDS dataset by
 name; built offline into tmp dirs and read back."""
 import glob
+import io
 import json
 import os
 import struct
@@ -675,3 +676,14 @@ def test_a_png_or_jpeg_cut_short_is_found_before_a_run_and_a_whole_one_is_not_re
     folder.checked_size(str(tmp_path / "cut.jpg"))
   with pytest.raises(ValueError, match="truncated"):  # what a run met when a batch drew it
     folder.read_rgb(str(tmp_path / "cut.jpg"))
+  # an embedded thumbnail's end marker (in a comment segment) before the scan is not the end
+  thumb = io.BytesIO()
+  Image.fromarray(pixels[:8, :8]).save(thumb, format="JPEG")
+  segment = b"\xff\xfe" + (len(thumb.getvalue()) + 2).to_bytes(2, "big") + thumb.getvalue()
+  framed = jpeg[:2] + segment + jpeg[2:]
+  (tmp_path / "thumb.jpg").write_bytes(framed)
+  assert folder.checked_size(str(tmp_path / "thumb.jpg")) == (40, 50)
+  scan = len(segment) + jpeg.index(b"\xff\xda")
+  (tmp_path / "thumb-cut.jpg").write_bytes(framed[:scan + 50])
+  with pytest.raises(ValueError, match=r"thumb-cut\.jpg: the file ends before its image data"):
+    folder.checked_size(str(tmp_path / "thumb-cut.jpg"))

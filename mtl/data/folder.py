@@ -427,11 +427,16 @@ def checked_size(path):
 
 
 def _jpeg_ends(path):
-  """Whether a JPEG holds its end-of-image marker (FF D9) in its last bytes, else decodes (a
-  trailer after the marker, as some cameras write, is allowed)."""
+  """Whether a JPEG holds its end-of-image marker (FF D9) after its first scan's start, in its
+  last bytes, else decodes (a trailer after the marker, as some cameras write, is allowed; an
+  FF D9 before the scan ends an embedded thumbnail, not the image)."""
+  end = os.path.getsize(path)
   with open(path, "rb") as handle:
-    handle.seek(max(0, os.path.getsize(path) - TAIL))
-    if b"\xff\xd9" in handle.read():
+    scan = _jpeg_scan_start(handle, end)
+    base = max(0, end - TAIL)
+    handle.seek(base)
+    marker = handle.read().rfind(b"\xff\xd9")
+    if scan is not None and marker >= 0 and base + marker > scan:
       return True
   try:
     with open(path, "rb") as handle, _open(handle) as image:
@@ -439,6 +444,26 @@ def _jpeg_ends(path):
     return True
   except (OSError, ValueError, SyntaxError):
     return False
+
+
+def _jpeg_scan_start(handle, end):
+  """The offset of a JPEG's first start-of-scan marker (FF DA), found by walking its segments'
+  lengths from the start-of-image marker; None where the file ends first."""
+  at = 2  # the start-of-image marker
+  while at + 4 <= end:
+    handle.seek(at)
+    head = handle.read(4)
+    if head[0] != 0xFF:
+      return None
+    if head[1] == 0xFF:  # a fill byte
+      at += 1
+    elif head[1] == 0xDA:
+      return at
+    elif head[1] == 0x01 or 0xD0 <= head[1] <= 0xD8:  # markers without a length
+      at += 2
+    else:
+      at += 2 + int.from_bytes(head[2:], "big")
+  return None
 
 
 def _png_ends(path):
