@@ -7,9 +7,11 @@ import collections
 import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 
 import jax
 import numpy as np
@@ -201,12 +203,24 @@ def test_a_compressed_or_encrypted_member_and_a_stride_past_the_storage_are_one_
     tmp_path, monkeypatch):
   four = np.arange(4, dtype="<f4").tobytes()
   # size 1: the stride reaches nothing, but as_strided overflowed on it (a traceback)
-  path = _torch_zip(tmp_path / "stride.pt", {"w": ("0", 0, (1,), (2**70,))}, {"0": (4, four)},
+  path = _torch_zip(tmp_path / "stride.pt", {"w": ("0", 0, (1,), (2**40,))}, {"0": (4, four)},
                     monkeypatch)
   with pytest.raises(ValueError) as error:
     torch_file.read_state_dict(path)
-  assert _one_line(error) == (f"{path}: tensor 'w': strides (<int of 71 bits>,) step past a "
-                              "storage of 4")
+  assert _one_line(error) == f"{path}: tensor 'w': strides (1099511627776,) step past a storage of 4"
+  # no tensor torch writes has an index past 2**63 or more than 64 dimensions: refused as read,
+  # before a product of them is taken (2,000 sizes of 4,096 bits from memo references, a 5 KB
+  # file, took 21 s; a 4,300-digit number also broke the message)
+  for name, size, stride, said in (
+      ("huge", (2**20000,), (1,), "sizes (<int of 20001 bits>,), strides (1,) (needs a storage "
+                                  "and indices from 0 to 2**63 - 1)"),
+      ("dims", (1,) * 65, (1,) * 65, "a tensor record of 65 dimensions (at most 64)")):
+    path = _torch_zip(tmp_path / f"{name}.pt", {"w": ("0", 0, size, stride)}, {"0": (4, four)},
+                      monkeypatch)
+    with pytest.raises(ValueError) as error:
+      torch_file.read_state_dict(path)
+    assert _one_line(error).startswith(f"{path} is not a readable torch.save file: ")
+    assert _one_line(error).endswith(said)
   good = _torch_zip(tmp_path / "good.pt", {"w": ("0", 0, (4,), (1,))}, {"0": (4, four)},
                     monkeypatch)
   data = bytearray(open(good, "rb").read())
@@ -221,6 +235,48 @@ def test_a_compressed_or_encrypted_member_and_a_stride_past_the_storage_are_one_
       torch_file.read_state_dict(str(path))
     assert _one_line(error) == (f"{path}: member 'archive/data.pkl' is {word}; torch.save "
                                 "stores its members plain")
+
+
+def _overlapping_zip(path, count, payload):
+  """A stored zip of data.pkl and `count` storages whose data overlap: each storage's bytes
+  hold the next ones' local headers and the one payload, so the storages name about `count`
+  times the file's bytes."""
+  def header(name, size, crc):
+    return struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, crc, size, size,
+                       len(name), 0) + name
+  pkl = pickle.dumps({}, protocol=2)
+  members = [(b"archive/data.pkl", pkl)]
+  tail = payload
+  for i in reversed(range(count)):
+    members.insert(1, (f"archive/data/{i}".encode(), tail))
+    tail = header(members[1][0], len(tail), zlib.crc32(tail)) + tail
+  body = header(members[0][0], len(pkl), zlib.crc32(pkl)) + pkl
+  offsets = [0, len(body)]
+  for name, data in members[1:-1]:
+    offsets.append(offsets[-1] + 30 + len(name))
+  body += tail
+  central = b"".join(
+      struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, 0, 0, 0x21, zlib.crc32(data),
+                  len(data), len(data), len(name), 0, 0, 0, 0, 0, at) + name
+      for (name, data), at in zip(members, offsets))
+  end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(members), len(members), len(central),
+                    len(body), 0)
+  path.write_bytes(body + central + end)
+  return str(path)
+
+
+def test_zip_members_that_overlap_are_refused_before_any_is_read(tmp_path):
+  # 400 storages from one 4 MB payload held 1.6 GB in memory, then the file was accepted
+  path = _overlapping_zip(tmp_path / "overlap.pt", 50, b"\0" * (1 << 16))
+  with zipfile.ZipFile(path) as archive:  # a valid zip: every member reads, its CRC checked
+    read = sum(len(archive.read(name)) for name in archive.namelist())
+  assert read > 40 * os.path.getsize(path)
+  with pytest.raises(ValueError) as error:
+    torch_file.read_state_dict(path)
+  held = sum(i.file_size for i in zipfile.ZipFile(path).infolist())
+  assert _one_line(error) == (f"{path}: its members hold {held:,} bytes in a file of "
+                              f"{os.path.getsize(path):,}: they overlap (torch.save writes them "
+                              "apart)")
 
 
 def test_bad_files_are_refused_with_one_line(tmp_path):
@@ -455,7 +511,7 @@ def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path, monkeypatch):
       "short.pt": ({"w": ("0", 0, (4096,), (1,))}, {"0": (4096, four)},
                    "storage '0' declares 4096 elements and holds 4"),
       "negative.pt": ({"w": ("0", 0, (4,), (-1,))}, {"0": (4, four)},
-                      "needs a storage and indices >= 0"),
+                      "needs a storage and indices from 0 to 2**63 - 1"),
       # fields set after the record is checked (a BUILD): a stride of -1 read the heap before
       "build.pt": ({"w": ("0", 0, (4,), (1,), {"stride": (-1,)})}, {"0": (4, four)},
                    "the pickle sets the fields of a tensor record (torch.save never does)"),

@@ -102,13 +102,19 @@ class _Tensor(_Record):
     return np.array(view)
 
 
+MAX_DIMS = 64  # numpy's limit; a record with more is no tensor torch wrote
+
+
 def _rebuild_tensor(storage, offset, size, stride, *unused):
   size, stride = tuple(size), tuple(stride)
+  if len(size) > MAX_DIMS:  # before any product: 2 bytes of memo a size, each up to any bits
+    raise ValueError(f"a tensor record of {len(size)} dimensions (at most {MAX_DIMS})")
   if not (isinstance(storage, _Storage) and _is_index(offset) and len(size) == len(stride)
-          and all(map(_is_index, size + stride))):
+          and all(map(_is_index, size + stride))
+          and all(v < 2 ** 63 for v in (offset,) + size + stride)):
     raise ValueError(f"a tensor record of storage {_brief(storage)}, offset {_brief(offset)}, "
                      f"sizes {_brief(size)}, strides {_brief(stride)} (needs a storage and "
-                     "indices >= 0)")
+                     "indices from 0 to 2**63 - 1)")
   return _Tensor(storage, offset, size, stride)
 
 
@@ -240,6 +246,10 @@ def _read_zip(path):
         raise ValueError(f"{path}: member {_brief(info.filename)} is "
                          f"{'encrypted' if info.flag_bits & 0x1 else 'compressed'}; torch.save "
                          "stores its members plain")
+    held = sum(info.file_size for info in archive.infolist())
+    if held > os.path.getsize(path):  # members that share bytes: each read would copy them
+      raise ValueError(f"{path}: its members hold {held:,} bytes in a file of "
+                       f"{os.path.getsize(path):,}: they overlap (torch.save writes them apart)")
     names = archive.namelist()
     pickles = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pickles) != 1:
@@ -322,8 +332,8 @@ def read_state_dict(path):
   named = sum(t.numel() * t.storage.array.itemsize for t in dict.values(obj)
               if t.storage.array is not None)
   if named > MAX_SHARING * len(data) + (1 << 20):
-    raise ValueError(f"{path}: its tensors name {named:,} bytes from a file of {len(data):,}; "
-                     f"a state_dict names at most {MAX_SHARING} times its file")
+    raise ValueError(f"{path}: its tensors name {named:,} bytes from a file of "
+                     f"{len(data):,}; a state_dict names at most {MAX_SHARING} times its file")
   state = {}
   for name, tensor in dict.items(obj):
     try:
