@@ -3,14 +3,17 @@
   python launch/train.py --config=experiments/from_json.py:path=STUDY/runs/NAME/run_config.json \
       --workdir=STUDY/runs/NAME
 
-Argument (mtl/run_defaults.py's convention): path=<run_config.json>; the short form
-`from_json.py:STUDY/runs/NAME/run_config.json` means the same.
+Argument: path=<run_config.json>, or the path alone (`from_json.py:STUDY/runs/NAME/run_config.json`);
+the whole argument is the path, so it may hold any character ('=' and ',' included: a sweep's
+`lr=1e-3,seed=0/` folder), unlike the key=value,... of mtl/run_defaults.py's convention.
 """
 from mtl import run_defaults, run_folder
 
+PREFIX = "path="
+
 
 def get_config(arg=None):
-  path = run_defaults.parse_arg(arg, "experiments/from_json.py", "path", path="")["path"]
+  path = (arg or "").removeprefix(PREFIX)
   if not path:
     raise ValueError("experiments/from_json.py needs path=<run_config.json>")
   config = run_folder.config_from_json(path)

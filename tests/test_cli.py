@@ -163,7 +163,9 @@ def test_overrides_without_a_config_file_say_it_is_missing(tmp_path):
 
 
 def test_a_run_s_saved_run_config_json_is_taken_as_its_config_file(tmp_path):
-  path = tmp_path / "run_config.json"  # what a study writes for each run
+  # what a study writes for each run, in a sweep's folder: '=' and ',' are the path's own
+  (tmp_path / "lr=1e-3,seed=0").mkdir()
+  path = tmp_path / "lr=1e-3,seed=0" / "run_config.json"
   path.write_text(json.dumps(tiny.get_config("sr_x2").to_dict()))
   out = _launch(f"--config={path}", "--config.total_steps=7", f"--workdir={tmp_path / 'w'}",
                 "--dry_run")
@@ -172,6 +174,7 @@ def test_a_run_s_saved_run_config_json_is_taken_as_its_config_file(tmp_path):
   # Already read through from_json.py (a study's run commands): left as it is.
   through = f"--config={ROOT}/experiments/from_json.py:{path}"
   assert cli.json_config(["train.py", through]) == ["train.py", through]
+  assert from_json.get_config(str(path)).tasks == from_json.get_config(f"path={path}").tasks
 
 
 @pytest.mark.parametrize("config, message", [
