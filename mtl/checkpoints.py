@@ -203,6 +203,10 @@ def _other_steps(saved, step):
           "of them")
 
 
+# What orbax says of a readable checkpoint whose trees or shapes differ from the reader's.
+OTHER_PARAMETERS = ("tree structures do not match", "is not compatible with the stored shape")
+
+
 def _restore_items(mngr, step, abstract):
   """{name: restored tree} for {name: abstract tree} (params, opt_state, ...), a checkpoint in
   the per-layer layout stacked into the abstract trees' layout and shardings."""
@@ -215,7 +219,7 @@ def _restore_items(mngr, step, abstract):
           **{name: ocp.args.StandardRestore(tree) for name, tree in target.items()}))
   except Exception as error:  # orbax and tensorstore raise plain Exceptions for damaged files
     reason = " ".join(str(error.__cause__ or error).split())[:240]
-    if "tree structures do not match" in reason:  # readable, but not what was asked for
+    if any(said in reason for said in OTHER_PARAMETERS):  # readable, not what was asked for
       raise ValueError(f"checkpoint step {step} in {mngr.directory} holds other parameters "
                        f"than its reader's model and config ({reason})") from None
     raise ValueError(f"checkpoint step {step} in {mngr.directory} cannot be read ({reason}); "

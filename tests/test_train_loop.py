@@ -178,6 +178,11 @@ def test_a_run_with_trained_loss_weights_is_fine_tuned_from_and_restored(tmp_pat
   with pytest.raises(ValueError, match="step 2 in .* holds other parameters than its reader's "
                      "model and config"):  # not 'cannot be read', nor 'move 2/ out'
     checkpoints.restore_params(joint_dir, run_state.build(config).model.abstract_params())
+  wider = _config(total_steps=2)  # the same tree, other shapes (a config.json edited)
+  wider.model.n_feats *= 2
+  with pytest.raises(ValueError, match="step 2 in .* holds other parameters than its reader's "
+                     "model and config"):
+    checkpoints.restore_params(joint_dir, run_state.build(wider).model.abstract_params())
   target = _config(regime="finetune", tasks=("sr_x2",), init_from=joint_dir, total_steps=2)
   run = run_state.build(target)
   with jax.set_mesh(run.mesh):
