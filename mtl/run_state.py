@@ -4,6 +4,7 @@ fresh or fine-tuned state, and what `prepare` finds in its workdir (Setup: banne
 import dataclasses
 import functools
 import os
+import re
 import shutil
 import tempfile
 from typing import Any
@@ -282,11 +283,13 @@ def write_workdir(params, cfg, task_names, workdir, source=""):
   workdir = check_workdir(workdir)  # a file, or an unwritable place: one line, as train.py's
   _refuse_a_folder_of_images(workdir)
   os.makedirs(workdir, exist_ok=True)
-  for left in [n for n in os.listdir(workdir) if n.startswith(IMPORTING)]:
-    shutil.rmtree(os.path.join(workdir, left))  # an interrupted import's own folder
-  if os.listdir(workdir):
+  left = [n for n in os.listdir(workdir) if re.fullmatch(IMPORTING + r"[a-z0-9_]{8}", n)
+          and os.path.isdir(os.path.join(workdir, n))]  # an interrupted import's own folders
+  if set(os.listdir(workdir)) - set(left):  # checked first: nothing is removed from such a one
     raise ValueError(f"workdir {workdir} holds other files; an import makes a run folder of its "
                      "own: choose a new --workdir")
+  for name in left:
+    shutil.rmtree(os.path.join(workdir, name))
   scratch = tempfile.mkdtemp(prefix=IMPORTING, dir=workdir)
   try:
     config = _write_imported(params, cfg, task_names, scratch, source)
@@ -297,7 +300,7 @@ def write_workdir(params, cfg, task_names, workdir, source=""):
   return config
 
 
-IMPORTING = ".importing-"  # write_workdir's scratch folder inside the workdir
+IMPORTING = ".importing-"  # write_workdir's scratch folder inside the workdir (+ mkdtemp's 8)
 
 
 def _write_imported(params, cfg, task_names, workdir, source):

@@ -108,17 +108,18 @@ def test_an_import_stopped_half_way_leaves_nothing_and_can_run_again(tmp_path):
   with pytest.raises(Exception):
     run_state.write_workdir(broken, cfg, names, workdir)
   assert os.listdir(workdir) == []  # not the hidden folder it was built in either
-  os.makedirs(os.path.join(workdir, run_state.IMPORTING + "x", "checkpoints"))  # one killed
+  os.makedirs(os.path.join(workdir, run_state.IMPORTING + "k1ll3d_x", "checkpoints"))  # killed
   run_state.write_workdir(params, cfg, names, workdir)
   assert sorted(os.listdir(workdir)) == ["checkpoints", "config.json", "imported.json"]
   assert oct(os.stat(workdir).st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's 0700
-  (tmp_path / "busy").mkdir()
+  # a folder of other files keeps every one, a killed import's folder among them included
+  (tmp_path / "busy" / (run_state.IMPORTING + "k1ll3d_x")).mkdir(parents=True)
   (tmp_path / "busy" / "notes.txt").write_text("kept")
   with pytest.raises(ValueError) as error:
     run_state.write_workdir(params, cfg, names, str(tmp_path / "busy"))
   assert _one_line(error) == (f"workdir {tmp_path / 'busy'} holds other files; an import makes a "
                               "run folder of its own: choose a new --workdir")
-  assert os.listdir(tmp_path / "busy") == ["notes.txt"]
+  assert sorted(os.listdir(tmp_path / "busy")) == [run_state.IMPORTING + "k1ll3d_x", "notes.txt"]
 
 
 def test_import_refuses_a_file_or_a_folder_of_images_as_workdir(tmp_path):
