@@ -529,6 +529,17 @@ def test_bad_input_exits_with_one_line_and_writes_nothing(study_file, tmp_path, 
   assert not os.path.exists(workdir)
 
 
+def test_a_study_json_without_its_study_is_one_line_and_kept(study_file, tmp_path):
+  (tmp_path / "study").mkdir()
+  saved = tmp_path / "study" / "study.json"
+  saved.write_text('{"runs": []}')  # a KeyError's traceback
+  out = cli(f"--config={study_file}", f"--workdir={tmp_path / 'study'}", "--dry_run")
+  assert out.returncode == 1 and out.stderr == (
+      f"error: {saved} holds no study (its 'study' entry is missing); it may be damaged: "
+      "restore it, or rerun launch/study.py with the study's config\n")
+  assert saved.read_text() == '{"runs": []}'
+
+
 def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):
   (tmp_path / "file").write_text("x")
   for args, message in (

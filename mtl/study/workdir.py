@@ -40,6 +40,15 @@ PROTOCOL_CHANGES = {
                         "where it drew the pre-training's first ones again"}
 
 
+
+def _read_study(path):
+  """study.json's dict; ValueError (one line) where it holds no study."""
+  saved = files.read_json(path)
+  if not isinstance(saved.get("study"), dict):
+    raise ValueError(f"{path} holds no study (its 'study' entry is missing); it may be damaged: "
+                     "restore it, or rerun launch/study.py with the study's config")
+  return saved
+
 class Waiting(Exception):
   """A fine-tune whose pre-training runs are not all done yet."""
 
@@ -150,10 +159,7 @@ class Study:
     if not os.path.exists(path):
       raise FileNotFoundError(f"no {STUDY_FILE} in {workdir}; run launch/study.py "
                               f"--workdir={workdir} first")
-    saved = files.read_json(path)
-    if not isinstance(saved.get("study"), dict):
-      raise ValueError(f"{path} holds no study (its 'study' entry is missing); it may be damaged: "
-                       "restore it, or rerun launch/study.py with the study's config")
+    saved = _read_study(path)
     return cls(ml_collections.ConfigDict(files.tuples(upgrade(saved["study"]))), workdir)
 
   @property
@@ -304,7 +310,7 @@ class Study:
                          f"{name}: {what}); use a new --workdir, or the study config they were "
                          "run with")
       return False
-    saved = files.read_json(path)
+    saved = _read_study(path)
     self._refuse_changed_protocol(path, saved)
     finished = list(self.finished_run_changes(saved))
     advice = (f"it changes the finished run(s) {files.field_list(finished, 3)}: " if finished
