@@ -656,6 +656,13 @@ def test_a_corrected_study_restarts_a_run_whose_checkpoints_cannot_resume(tmp_pa
   assert not study.has_started(name) and study.status(name) == "failed"
   study.write_run_config(spec, out)  # nothing more to move
   assert len([d for d in os.listdir(study.run_dir(name)) if d.startswith("superseded-")]) == 1
+  with open(study.path(name, "config.json"), "w") as f:  # failed again, within the second
+    json.dump(dict(config, optim=dict(config["optim"], grad_clip=7.0)), f)
+  os.makedirs(study.path(name, "checkpoints", "4"))
+  study.write_run_config(spec, out)
+  moved = sorted(d for d in os.listdir(study.run_dir(name)) if d.startswith("superseded-"))
+  assert len(moved) == 2 and all(sorted(os.listdir(study.path(name, d))) == [
+      "checkpoints", "config.json"] for d in moved)
 
 
 FIXABLE = MICRO_STUDY + """

@@ -382,7 +382,10 @@ class Study:
     return config
 
   def _supersede(self, name, why, out):
-    folder = f"superseded-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    stamp = f"superseded-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    folder, k = stamp, 1
+    while os.path.exists(self.path(name, folder)):  # twice in one second: a suffix, no clash
+      folder, k = f"{stamp}-{k}", k + 1
     os.makedirs(self.path(name, folder))
     for entry in sorted(os.listdir(self.run_dir(name))):
       if entry not in STUDY_FILES and not entry.startswith("superseded-"):
