@@ -71,6 +71,13 @@ def plan_outputs(paths, source, output, overwrite=False):
   if os.path.isfile(source) and os.path.realpath(outs[0]) == os.path.realpath(source):
     raise ValueError(f"--output={output} would replace --input={source} itself: choose another "
                      "--output")
+  inputs = {os.path.realpath(p): p for p in paths}  # an input may be a link into --output
+  replaced = [f"{inputs[os.path.realpath(out)]} -> {out}" for out in outs
+              if os.path.realpath(out) in inputs]
+  if replaced:
+    raise ValueError(f"--output={output} would replace an input, even with --overwrite: "
+                     f"{'; '.join(replaced[:3])}{' ...' if len(replaced) > 3 else ''} (an input "
+                     "links to that file); choose another --output")
   by_out = {}
   for path, out in zip(paths, outs):
     by_out.setdefault(out, []).append(path)

@@ -143,6 +143,22 @@ def test_restore_never_writes_into_its_input_or_one_output_twice(workdir, tmp_pa
   assert "x.jpg, x.png -> x.png" in str(error.value) and "\n" not in str(error.value)
   assert _snapshot(tmp_path) == {**before, inputs / "x.jpg": (inputs / "x.jpg").read_bytes()}
   assert not (tmp_path / "out").exists() and not (inputs / "restored").exists()
+  # an input that links into --output: b.png's result would replace a.png's pixels, --overwrite
+  # or not (the input folder is elsewhere)
+  (tmp_path / "kept").mkdir()
+  _png(str(tmp_path / "kept" / "b.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+  (tmp_path / "linked").mkdir()
+  (tmp_path / "linked" / "a.png").symlink_to(tmp_path / "kept" / "b.png")
+  _png(str(tmp_path / "linked" / "b.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+  before = _snapshot(tmp_path)
+  with pytest.raises(ValueError) as error:
+    restoration.restore_folder(workdir, "derain", str(tmp_path / "linked"),
+                               str(tmp_path / "kept"), err=io.StringIO(), overwrite=True)
+  assert str(error.value) == (
+      f"--output={tmp_path / 'kept'} would replace an input, even with --overwrite: "
+      f"{tmp_path / 'linked' / 'a.png'} -> {tmp_path / 'kept' / 'b.png'} (an input links to "
+      "that file); choose another --output")
+  assert _snapshot(tmp_path) == before
 
 
 def test_restore_refuses_a_file_as_output_and_a_lone_unreadable_input_before_loading(tmp_path):
