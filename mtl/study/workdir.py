@@ -350,7 +350,8 @@ class Study:
   def _measured_checkpoints(self):
     """'<run>/step-<N>' of every checkpoint with an end-of-training conflict store."""
     runs = os.path.join(self.workdir, RUNS_DIR)
-    return [f"{name}/step-{step}" for name in sorted(os.listdir(runs))
+    return [f"{name}/step-{step}" for name in sorted(os.listdir(runs) if os.path.isdir(runs)
+                                                     else [])
             if os.path.isdir(os.path.join(runs, name))
             for step in _analysed_steps(os.path.join(runs, name))]
 
