@@ -559,6 +559,18 @@ def test_a_seed_one_arm_has_not_trained_yet_leaves_the_delta_unjudged(tmp_path):
   assert answers["derain"].verdict.startswith(f"{findings.NOT_YET}: seed 2 has an lr sweep not "
                                               "complete")
   assert answers["sr_x2"].verdict == findings.NOT_ENOUGH  # every seed in both arms
+  # seed 2 missing from both arms (a study training its last seed): not the comparison either
+  for spec in s.runs:
+    if spec.seed == 2 and spec.tasks == ("sr_x2",) and os.path.exists(s.path(spec.name, "DONE")):
+      for name in ("results.json", "DONE"):
+        os.remove(s.path(spec.name, name))
+  s = study_lib.Study.load(s.workdir)
+  record = next(r for r in tables.transfer_table(s).records
+                if (r["task"], r["regime"]) == ("sr_x2", "finetune"))
+  assert record["n_pairs"] == 2 and record["verdict"] == scores.UNLIKE[1]
+  answers = {a.subject: a for a in findings.build(s, tables.transfer_table(s), []).answers[2]}
+  assert answers["sr_x2"].verdict.startswith(f"{findings.NOT_YET}: seed 2 has an lr sweep not "
+                                             "complete")
 
 
 def test_the_deltas_say_which_arms_chose_an_lr_at_an_end_of_their_grid(tmp_path):

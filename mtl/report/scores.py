@@ -34,6 +34,7 @@ class RegimeScores:
   # none under budget 'steps'
   budgets: list = dataclasses.field(default_factory=list)
   budget_unit: str = "images"
+  planned: tuple = ()    # the seeds the study plans for this column and task
 
   def by_seed(self, test_set, metric):
     """{seed: value} of the seeds scored on test_set."""
@@ -79,12 +80,13 @@ def untuned_seeds(a, b):
   """The seeds two RegimeScores both report where either one's lr sweep is incomplete: there
   the two are not tuned alike yet (one has tried fewer lrs), so a Δ over them is not the study's
   fair comparison; and the seeds one reports where the other has neither a run nor a dead end
-  (no lr of its sweep done yet: pending or failed), which a Δ would otherwise leave out
-  unsaid."""
+  (no lr of its sweep done yet: pending or failed), or that both plan and neither has (the
+  study's last seed still training), which a Δ would otherwise leave out unsaid."""
   have = lambda c: {spec.seed for spec in c.runs}
   both = have(a) & have(b)
   missing = (have(a) - have(b) - set(b.dead)) | (have(b) - have(a) - set(a.dead))
-  return sorted((both & (a.incomplete_seeds() | b.incomplete_seeds())) | missing)
+  neither = (set(a.planned) & set(b.planned)) - have(a) - have(b) - (set(a.dead) & set(b.dead))
+  return sorted((both & (a.incomplete_seeds() | b.incomplete_seeds())) | missing | neither)
 
 
 def dead_seeds(a, b):
@@ -152,7 +154,7 @@ def regime_scores(study, column, task):
   budgets = ([task_budget(study, spec, flops) for spec in runs]
              if study.config["budget"] != "steps" else [])
   return RegimeScores(task, runs, results, complete, dead, edges, leads, budgets,
-                      "training FLOPs" if flops else "images")
+                      "training FLOPs" if flops else "images", tuple(sorted(sweeps)))
 
 
 def task_budget(study, spec, flops=False):
