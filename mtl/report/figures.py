@@ -193,9 +193,11 @@ def conflict_figure(answers, note=""):
     ax.set_xticks(range(len(a.phases)), labels, fontsize=8)
     ax.set_xlim(-0.5, len(a.phases) - 0.5)
     ax.set_ylim(*limits)
-    # a filled headline dot is no verdict where the other pairs are counted (Holm)
-    held = "\nheadline not over the others: Holm" if a.verdict.startswith(findings.NOT_HELD) \
-        else ""
+    # a filled headline dot is no verdict where the other pairs are counted (Holm), or where
+    # a pre-training sweep is not complete
+    held = ("\nheadline not over the others: Holm" if a.verdict.startswith(findings.NOT_HELD)
+            else "\nnot yet: lr sweep incomplete" if a.verdict.startswith(findings.NOT_YET)
+            else "")
     ax.set_title(f"{a.subject} ({a.source}){held}", fontsize=9)
     ax.grid(axis="y", color="0.9")
     if k % cols == 0:

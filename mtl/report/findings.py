@@ -158,8 +158,10 @@ def conflict_answers(study, records, final=()):
     else:
       heads.append((col, pair, phases[-1]["interval"], phased[col, pair]["seeds"],
                     _phase_where(phases[-1], len(phases)), phases, False))
-  verdicts = family_verdicts([(iv, conflict_verdict(iv), True) for _, _, iv, *_ in heads],
-                             CONFLICT_VERDICTS, "pairs")
+  waiting = study.open_pretraining_seeds()  # a pick that may change: no verdict, no family
+  verdicts = family_verdicts([(iv, _sweep_open(waiting[col]) if col in waiting
+                               else conflict_verdict(iv), col not in waiting)
+                              for col, _, iv, *_ in heads], CONFLICT_VERDICTS, "pairs")
   answers = []
   for (col, pair, iv, seeds, where, phases, at_end), (verdict, p_holm, family) in zip(
       heads, verdicts):
@@ -185,6 +187,13 @@ def conflict_answers(study, records, final=()):
         sentence += " (the verdict changes between phases)"
     answers.append(Answer(1, pair, col, iv, verdict, sentence + ".", phases, family))
   return answers
+
+
+def _sweep_open(seeds):
+  many = len(seeds) > 1
+  return (f"{NOT_YET}: seed{'s' if many else ''} {', '.join(map(str, seeds))} "
+          f"{'have' if many else 'has'} a pre-training lr sweep not complete, so the run "
+          "validation picks may still change")
 
 
 LAYER_EXAMPLES = 3  # question 1's where-in-the-body line names at most this many cells a side

@@ -500,6 +500,16 @@ class Study:
               for column, seed, sweep in self._pretraining_sweeps()]
     return [(column, seed, c) for column, seed, c in chosen if c is not None]
 
+  def open_pretraining_seeds(self):
+    """{column: [seed]} of the multi-task pre-training sweeps not complete (an lr not done yet,
+    and not every one diverged): the run validation picks there may still change."""
+    out = {}
+    for column, seed, sweep in self._pretraining_sweeps():
+      chosen = self.select(sweep)
+      if (not chosen.complete) if chosen is not None else not self.dead_end(sweep):
+        out.setdefault(column, []).append(seed)
+    return out
+
   def final_conflicts_pending(self):
     """[(run name, step, folder)] of the end-of-training measurements (study.final_conflicts)
     that the chosen pre-training runs (every lr done) still lack: question 1 reads only what is
