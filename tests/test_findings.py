@@ -120,7 +120,7 @@ def test_a_final_measurement_is_the_headline_with_the_phases_beside_it(tmp_path)
     late = a.phases[2]["interval"]
     assert a.interval.high - a.interval.low < late.high - late.low
     assert f"corrected cosine {expected.text(3)} at the end of training (each seed's last " \
-        "checkpoint, 20 fresh batches of 128/task)" in a.sentence
+        "checkpoint, step 4, 20 fresh batches of 128/task)" in a.sentence
     assert f"; during training: early {a.phases[0]['interval'].text(3)}, middle" in a.sentence
   assert answers["denoise_30~sr_x2"].verdict == "yes: conflict beyond noise"
   assert answers["sr_x2~derain"].verdict == "no: agreement beyond noise"
@@ -153,6 +153,16 @@ def test_a_seeds_end_is_the_mean_of_its_last_checkpoints(tmp_path):
   assert ("'end': each seed's chosen run measured at its last 2 checkpoints, each on fresh "
           "batches of its own of 128 per task (20 batches; ") in found.probe_note
   assert "a seed's figure is their mean" in found.probe_note
+  # the checkpoints at steps 2 and 4 saved, step 4's not measured yet on any seed: the sentence
+  # says which it read, not "last"
+  for _, _, chosen in s.pretraining_choices():
+    shutil.rmtree(run_folder.analysis_dir(s.run_dir(chosen.run.name), 4))
+    for step in (2, 4):
+      os.makedirs(os.path.join(s.run_dir(chosen.run.name), "checkpoints", str(step)))
+  assert len(s.final_conflicts_pending()) == 3
+  found = findings.build(s, tables.transfer_table(s), [], scores.final_conflict_records(s))
+  assert ("at the end of training (each seed's checkpoint at step 2, its later ones not measured "
+          "yet, 20 fresh batches of 128/task)") in found.answers[1][0].sentence
 
 
 def _interval(d):

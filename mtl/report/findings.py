@@ -146,6 +146,7 @@ def conflict_answers(study, records, final=()):
   measurement where there is one (a tighter interval than a training phase's), else the last
   training phase's."""
   phased, ended = conflict_phases(records), final_conflicts(final)
+  pending = {name for name, _, _ in study.final_conflicts_pending()}
   heads = []  # (column, pair, headline interval, its seeds, where, every phase, ended)
   for (col, pair) in dict.fromkeys(list(phased) + list(ended)):
     phases = phased[col, pair]["phases"] if (col, pair) in phased else []
@@ -154,7 +155,8 @@ def conflict_answers(study, records, final=()):
       phases = phases + [{"label": "end", "interval": end["interval"],
                           "verdict": end["verdict"], "per_run": end["per_run"]}]
       heads.append((col, pair, end["interval"], end["seeds"],
-                    f"at the end of training ({_final_words(end)})", phases, True))
+                    f"at the end of training ({_final_words(end, pending & set(end['runs']))})",
+                    phases, True))
     else:
       heads.append((col, pair, phases[-1]["interval"], phased[col, pair]["seeds"],
                     _phase_where(phases[-1], len(phases)), phases, False))
@@ -248,15 +250,18 @@ def _seed_words(seeds, estimated):
           f"{', '.join(missing)}: no estimate)")
 
 
-def _final_words(end):
-  """Which checkpoints and batches a final_conflicts answer (scores.final_conflicts) used."""
+def _final_words(end, pending=False):
+  """Which checkpoints and batches a final_conflicts answer (scores.final_conflicts) used;
+  `pending`: a later checkpoint of one of its runs is not measured yet."""
   batches = f"{end['batches']} fresh batches of {end['size']}/task"
   if end["checkpoints"] == "1":
-    return f"each seed's last checkpoint, {batches}"
+    return (f"each seed's checkpoint at step {end['steps']}, its later ones not measured yet, "
+            if pending else f"each seed's last checkpoint, step {end['steps']}, ") + batches
   gaps = f"; {end['measured']} of {end['total']} measurable" if end["measured"] < end["total"] \
       else ""
-  return (f"the mean of each seed's last {end['checkpoints']} checkpoints, steps {end['steps']}, "
-          f"each on {batches}{gaps}")
+  which = (f"{end['checkpoints']} checkpoints measured so far" if pending
+           else f"last {end['checkpoints']} checkpoints")
+  return f"the mean of each seed's {which}, steps {end['steps']}, each on {batches}{gaps}"
 
 
 def probe_note(study, records, final=()):
