@@ -538,6 +538,17 @@ def test_a_study_json_without_its_study_is_one_line_and_kept(study_file, tmp_pat
       f"error: {saved} holds no study (its 'study' entry is missing); it may be damaged: "
       "restore it, or rerun launch/study.py with the study's config\n")
   assert saved.read_text() == '{"runs": []}'
+  # a study without a field it always has (a KeyError's traceback), or without its seeds where
+  # its runs have seeds other than 0 (an older mtl's default: the other seeds' runs unsaid)
+  study = json.loads(json.dumps(study_lib.Study(micro(), str(tmp_path)).config))
+  runs = [{"name": f"scratch-sr_x2-lr1e-3-s{k}"} for k in (0, 1)]
+  for field, said in (("tasks", "tasks"), ("seeds", "seeds (its runs have seeds 0, 1)")):
+    saved.write_text(json.dumps({"version": 1, "runs": runs,
+                                 "study": {k: v for k, v in study.items() if k != field}}))
+    with pytest.raises(ValueError) as error:
+      study_lib.Study.load(str(tmp_path / "study"))
+    assert str(error.value) == (f"{saved}: its study has no {said}; it may be damaged: restore "
+                                "it, or rerun launch/study.py with the study's config")
 
 
 def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):

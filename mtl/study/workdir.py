@@ -17,8 +17,8 @@ import numpy as np
 
 from mtl import checkpoints, conflicts, files, run_defaults, run_folder
 from mtl.study.runs import StudyRun, expand, is_pretraining, run_config, sweep_runs
-from mtl.study.spec import (REPORT_ONLY, equal_flops_steps, method_of, reference_source, upgrade,
-                            validate, _as_dict)
+from mtl.study.spec import (REPORT_ONLY, defaults, equal_flops_steps, method_of,
+                            reference_source, upgrade, validate, _as_dict)
 
 STUDY_FILE = "study.json"
 RUNS_DIR = "runs"
@@ -42,11 +42,23 @@ PROTOCOL_CHANGES = {
 
 
 def _read_study(path):
-  """study.json's dict; ValueError (one line) where it holds no study."""
+  """study.json's dict; ValueError (one line) where it holds no study, or one without a field
+  that an older mtl's would also have (spec.upgrade fills in those it lacked)."""
   saved = files.read_json(path)
+  damaged = "it may be damaged: restore it, or rerun launch/study.py with the study's config"
   if not isinstance(saved.get("study"), dict):
-    raise ValueError(f"{path} holds no study (its 'study' entry is missing); it may be damaged: "
-                     "restore it, or rerun launch/study.py with the study's config")
+    raise ValueError(f"{path} holds no study (its 'study' entry is missing); {damaged}")
+  study = upgrade(saved["study"])
+  missing = [key for key in defaults() if key not in study]
+  missing += [f"reference.{key}" for key in defaults().reference
+              if isinstance(study.get("reference"), dict) and key not in study["reference"]]
+  # an older mtl's study without seeds ran seed 0 alone: runs of other seeds say it is damaged
+  seeds = {int(m.group(1)) for run in saved.get("runs", []) if isinstance(run, dict)
+           for m in [re.search(r"-s(\d+)$", str(run.get("name", "")))] if m}
+  if "seeds" not in saved["study"] and seeds - {0}:
+    missing.append(f"seeds (its runs have seeds {', '.join(map(str, sorted(seeds)))})")
+  if missing:
+    raise ValueError(f"{path}: its study has no {', '.join(missing)}; {damaged}")
   return saved
 
 class Waiting(Exception):
