@@ -334,6 +334,12 @@ def test_lr_is_chosen_on_the_study_metric(tmp_path):
     _write(study, name, DONE={}, results_json={"step": 5, "tasks": {t: {
         "photos_val": {"psnr_y": first if t == tasks[0] else others}} for t in tasks}})
   assert study.select("joint-s0").run.name == "joint-lr2e-4-s0"  # means 23.3 and 25.0
+  # a NaN validation score is never the best (max kept a first NaN: no score compares above it)
+  study = study_lib.Study(micro(), str(tmp_path / "nan"))
+  for name, score in (("joint-lr1e-3-s0", float("nan")), ("joint-lr2e-4-s0", 20.0)):
+    _write(study, name, DONE={}, results_json={"step": 5, "tasks": {t: {
+        "photos_val": {"psnr_y": score}} for t in study.by_name[name].tasks}})
+  assert study.select("joint-s0").run.name == "joint-lr2e-4-s0"
 
 
 def test_a_study_saved_by_an_older_mtl_still_loads(tmp_path):

@@ -8,6 +8,7 @@ fine-tune starts from.
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import re
 import time
@@ -467,7 +468,8 @@ class Study:
     scored = [(r, s) for r, s in candidates if s is not None]
     if not scored:
       return None
-    best = max(scored, key=lambda rs: rs[1])  # max keeps the first of equal scores
+    # max keeps the first of equal scores; a NaN score (a model that outputs NaN) is the worst
+    best = max(scored, key=lambda rs: rs[1] if math.isfinite(rs[1]) else -math.inf)
     return Selection(best[0], best[1], candidates,
                      all(self.is_done(r.name) for r in self.sweeps[sweep]))
 
