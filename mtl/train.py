@@ -352,6 +352,10 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
           _flush_affinity(workdir, affinity_buffer, names, is_writer)
           affinity_buffer = []
           checkpoints.save(mngr, done, state, force=True)
+          if is_writer:  # the time so far counts even if the process is killed before its end
+            now = time.time()
+            _record_wall(workdir, now - started)
+            started = now
         if (config.eval_every and done % config.eval_every == 0 and done < config.total_steps
             and not stop):  # a stop saved this step first: the resume evaluates it (above)
           t0 = time.monotonic()
@@ -366,7 +370,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
         batches.close()
         mngr.wait_until_finished()
       finally:  # every attempt's time counts: one stopped by an error or a second Ctrl-C too
-        if is_writer:
+        if is_writer:  # (since its last checkpoint's record)
           _record_wall(workdir, time.time() - started)
       mngr.close()
       metrics_log.close()

@@ -194,6 +194,9 @@ def killed(tmp_path_factory):
   killed_at = _latest(workdir)
   assert rc == 128 + signal.SIGKILL, log_path.read_text()[-3000:]
   assert killed_at < STEPS and not os.path.exists(os.path.join(workdir, "results.json"))
+  # the time up to its checkpoint is spent all the same (a study's compute table adds it)
+  with open(os.path.join(workdir, run_folder.COMPUTE_FILE)) as f:
+    assert json.load(f)["wall_seconds"] > 0
   copy = str(base / "copy")
   shutil.copytree(workdir, copy, symlinks=True)
   return workdir, copy, killed_at, pids[0]
