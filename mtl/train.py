@@ -49,6 +49,7 @@ class _Preemption:
     self.unsaid = None  # the line of a signal not printed yet
     self.synced = jax.process_count() > 1
     self.stage = "start-up"  # where a stop takes effect; None: the final evaluation
+    self.finishing = "the final evaluation finishes first"  # what a stop waits for there
 
   def __enter__(self):
     self._previous = {}
@@ -73,7 +74,7 @@ class _Preemption:
     if self.requested and signum == signal.SIGINT:
       raise KeyboardInterrupt
     if self.stage is None:
-      what = "the final evaluation and the conflict figures finish first"
+      what = self.finishing
     elif self.stage == "start-up":
       what = "stopping before the first step (nothing new to save)"
     elif self.stage == "the next step":
@@ -385,6 +386,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
       raise Preempted(f"preempted: checkpoint saved at step {final_step} in {workdir}; "
                       f"run the same command to {what}")
     preemption.stage = None  # a stop asked for now waits for the evaluation and the figures
+    if probe_every:
+      preemption.finishing = "the final evaluation and the conflict figures finish first"
     results = evaluate.evaluate(run.model, state.params, config, testsets, workdir, final_step,
                                 writer, final=True,
                                 ema_params=state.ema_params)
