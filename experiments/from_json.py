@@ -3,9 +3,10 @@
   python launch/train.py --config=experiments/from_json.py:path=STUDY/runs/NAME/run_config.json \
       --workdir=STUDY/runs/NAME
 
-Argument: path=<run_config.json>, or the path alone (`from_json.py:STUDY/runs/NAME/run_config.json`);
-the whole argument is the path, so it may hold any character ('=' and ',' included: a sweep's
-`lr=1e-3,seed=0/` folder), unlike the key=value,... of mtl/run_defaults.py's convention.
+Argument: path=<run_config.json>, or the path alone
+(`from_json.py:STUDY/runs/NAME/run_config.json`); the whole argument is the path, so it may
+hold any character ('=' and ',' included: a sweep's `lr=1e-3,seed=0/` folder), unlike the
+key=value,... of mtl/run_defaults.py's convention.
 """
 from mtl import run_defaults, run_folder
 

@@ -6,10 +6,10 @@ figures show every step of the record. Rows are leaves in network order when the
 most MAX_ROWS of them, else sub-layers ('enc3 attn', 'dec1 norm2'...), else blocks.
 
 Colours: red = conflict (cos < 0), blue = agreement, grey = undefined (a zero gradient, not
-measurable, or a noise floor not resolved: the size not to be read). cos_matrix.png colours the cosine on its whole range [-1, 1], so a
-near-orthogonal +0.03 stays near white however small every pair is; a framed cell (and a
-'*' after its interval) is one whose 95% interval excludes 0, and a caption under the
-matrix says so. The layer maps show where in the network the cosine changes, so their
+measurable, or a noise floor not resolved: the size not to be read). cos_matrix.png colours
+the cosine on its whole range [-1, 1], so a near-orthogonal +0.03 stays near white however
+small every pair is; a framed cell (and a '*' after its interval) is one whose 95% interval
+excludes 0, and a caption under the matrix says so. The layer maps show where in the network the cosine changes, so their
 scale is stretched to the COLOR_PERCENTILE-th percentile of the figure's own |values|, and
 their colour bar states that bound. Titles carry the run's name (its workdir's basename).
 
@@ -365,8 +365,8 @@ def layer_step_figure(record, pair, rows="auto", vmax=None, maps=None):
         "full colour: the column's 95% interval excludes 0 (each cell on its own: of cells "
         "without a true effect, 1 in 20 is); faded: it holds 0 (noise);\ngrey: a task's noise "
         "floor not resolved in that row and column (the cosine's size not to be read; Fieller "
-        "1954; ▲/▼ its sign where the interval excludes 0), or not measurable" + ("; fewer than 4 probes: no interval" if record.num_steps < 4
-                                      else ""), fontsize=7)
+        "1954; ▲/▼ its sign where the interval excludes 0), or not measurable"
+        + ("; fewer than 4 probes: no interval" if record.num_steps < 4 else ""), fontsize=7)
   return fig
 
 

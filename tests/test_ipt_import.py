@@ -208,7 +208,8 @@ def test_a_compressed_or_encrypted_member_and_a_stride_past_the_storage_are_one_
                     monkeypatch)
   with pytest.raises(ValueError) as error:
     torch_file.read_state_dict(path)
-  assert _one_line(error) == f"{path}: tensor 'w': strides (1099511627776,) step past a storage of 4"
+  assert _one_line(error) == (f"{path}: tensor 'w': strides (1099511627776,) step past a "
+                              "storage of 4")
   # no tensor torch writes has an index past 2**63 or more than 64 dimensions: refused as read,
   # before a product of them is taken (2,000 sizes of 4,096 bits from memo references, a 5 KB
   # file, took 21 s; a 4,300-digit number also broke the message)

@@ -376,7 +376,7 @@ def test_the_grid_gives_each_group_s_intervals_and_floors_as_one_group_at_a_time
   assert grid["resolved"][0].all() and not grid["resolved"][3].any()
   assert np.isfinite(grid["low"][0]).all()
   assert np.isnan(grid["estimate"]).any() and np.isfinite(grid["estimate"]).any()
-  G2[5, 1, 0, 1] = G2[5, 1, 1, 0] = np.nan  # a probe that failed: skipped there, as the one-group functions do
+  G2[5, 1, 0, 1] = G2[5, 1, 1, 0] = np.nan  # a failed probe: skipped, as one group at a time
   grid = stats.corrected_cosine_grid(G2, method=method)
   ivs = stats.corrected_cosine_intervals(G2[:, 1], method=method)
   np.testing.assert_allclose(grid["low"][1], [iv.low for iv in ivs], rtol=1e-9)
