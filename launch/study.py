@@ -247,6 +247,10 @@ def main(argv):
       raise ValueError(f"--workdir={FLAGS.workdir} is a URL; a study is written with file I/O: "
                        "mount the bucket (gcsfuse) and give that path")
     files.check_not_a_file(FLAGS.workdir, "--workdir", "a study a folder (new or its own)")
+    given = [f"--{name}" for name in FLAGS if name.startswith("slurm_") and FLAGS[name].present]
+    if given and FLAGS.submit != "slurm":  # else the study would train here, not submit
+      raise ValueError(f"{', '.join(given)} given without --submit=slurm: the runs would start "
+                       "on this machine; add --submit=slurm to submit them as SLURM jobs")
     run_devices = devices(FLAGS.devices, FLAGS.max_parallel)  # checked for a dry run too
     if FLAGS.config is None:
       study = study_lib.Study.load(FLAGS.workdir)

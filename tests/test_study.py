@@ -557,6 +557,14 @@ def test_a_study_json_without_its_study_is_one_line_and_kept(study_file, tmp_pat
                                 "it, or rerun launch/study.py with the study's config")
 
 
+def test_slurm_options_without_submit_slurm_are_refused_not_run_here(study_file, tmp_path):
+  out = cli(f"--config={study_file}", f"--workdir={tmp_path / 'study'}", "--slurm_time=4:00:00")
+  assert out.returncode == 1 and out.stderr == (
+      "error: --slurm_time given without --submit=slurm: the runs would start on this machine; "
+      "add --submit=slurm to submit them as SLURM jobs\n")
+  assert not (tmp_path / "study").exists()
+
+
 def test_a_dry_run_checks_what_the_run_would(study_file, tmp_path):
   (tmp_path / "file").write_text("x")
   for args, message in (
