@@ -112,12 +112,21 @@ def required_paths(*names):
                              message=f"--{name} is empty; give a path")
 
 
+def config_arg(argv):
+  """The --config file of `argv`, without a ':<argument>' after its .py ('' without one)."""
+  values = [a.split("=", 1)[1] for a in argv[1:] if a.startswith(("--config=", "-config="))]
+  return re.sub(r"(\.py):.*$", r"\1", values[-1]) if values else ""
+
+
 def parse_flags(argv):
   """absl's parsing with one `error:` line (exit 1) instead of a traceback or absl's two-line
   'FATAL Flags parsing error' block; a --config file that fails to load is named here too."""
   try:
     rest = flags.FLAGS(argv)
   except (AttributeError, flags.UnrecognizedFlagError) as error:  # --config.<no such field>
+    if "has no attribute 'get_config'" in str(error):
+      fail(f"--config={config_arg(argv)} defines no get_config(); a config file is Python "
+           "whose get_config() returns the config (e.g. experiments/tiny.py)")
     if isinstance(error, AttributeError) or "'config." in str(error):
       fail(_unknown_field(argv) or f"unknown config field in the overrides ({error})")
     fail(f"unknown flag --{error.flagname}; --help lists the flags")
@@ -130,6 +139,10 @@ def parse_flags(argv):
     # a KeyError: ml_collections' error for an override below a field that is not there
     fail(isinstance(error, KeyError) and _unknown_field(argv)
          or (f"{error}".splitlines()[0] if str(error) else type(error).__name__))
+  except (SyntaxError, NameError, ImportError) as error:  # the config file ran as Python
+    fail(f"--config={config_arg(argv)} is not a Python config file ({type(error).__name__}: "
+         f"{str(error).splitlines()[0] if str(error) else ''}); give a .py file defining "
+         "get_config(), or a run's saved run_config.json")
   fields = [a.partition("=")[0] for a in argv[1:] if a.startswith("--config.")]
   twice = sorted({f for f in fields if fields.count(f) > 1})
   if twice:  # ml_collections applies both, and a tuple field adds the second to the first

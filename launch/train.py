@@ -60,6 +60,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:  # orbax and jax are chatty at INFO
     logging.set_verbosity(logging.WARNING)
   from mtl import run_config, xla_options
+  if "regimes" in flags.FLAGS.config and "regime" not in flags.FLAGS.config:
+    cli.fail(f"--config={cli.config_arg(sys.argv)} is a study's config (it has regimes); run "
+             "it with launch/study.py, or give a run's config (e.g. experiments/tiny.py)")
   try:  # before any backend opens: XLA sizes its CPU thread pool once
     xla_options.set_cpu_threads(flags.FLAGS.config.get("cpu_threads", 0))
   except ValueError as error:
