@@ -81,6 +81,10 @@ def main(argv):
     if cli.is_url(flags.FLAGS.workdir):  # os.path would read gs://b/run as the folder gs:/b/run
       cli.fail(f"--workdir={flags.FLAGS.workdir} is a URL; the run folder is written with file "
                "I/O: mount the bucket (gcsfuse) and give that path")
+    from mtl.study.workdir import STUDY_FILE
+    if os.path.exists(os.path.join(flags.FLAGS.workdir, STUDY_FILE)):  # its runs go in runs/
+      cli.fail(f"--workdir={flags.FLAGS.workdir} is a study's folder (it holds {STUDY_FILE}); "
+               "give a run a folder of its own")
     if flags.FLAGS.dry_run:
       print(run_state.prepare(config, flags.FLAGS.workdir).describe())
       return

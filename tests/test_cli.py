@@ -202,6 +202,16 @@ def test_a_bad_config_file_argument_is_one_line(tmp_path, config, message):
   assert not (tmp_path / "w").exists()
 
 
+
+def test_a_study_s_folder_is_no_run_s_workdir(tmp_path):
+  # the run's files went in beside study.json, unnoticed by the study and its report
+  (tmp_path / "study.json").write_text("{}")
+  out = _launch("--config=experiments/tiny.py", f"--workdir={tmp_path}", "--dry_run")
+  assert out.returncode == 1 and out.stderr == (
+      f"error: --workdir={tmp_path} is a study's folder (it holds study.json); give a run a "
+      "folder of its own\n")
+  assert os.listdir(tmp_path) == ["study.json"]
+
 LAUNCHERS = sorted(n for n in os.listdir(os.path.join(ROOT, "launch"))
                    if n.endswith(".py") and n not in ("_root.py", "cli.py"))
 
