@@ -252,6 +252,10 @@ def validate(config):
     if config.eval[name] < 1:
       raise ValueError(f"eval.{name}={config.eval[name]} must be >= 1")
   sources.check_config(config.data)
+  if config.data.source == "folder" and not config.data.get("folder", ""):  # as sources would
+    raise ValueError("data.source='folder' needs data.folder=<folder of clean images>")
+  if config.data.source == "tfds" and not config.data.get("tfds_name", ""):
+    raise ValueError("data.source='tfds' needs data.tfds_name=<prepared TFDS dataset>")
   if config.data.source == "folder" and config.data.folder:
     # a bucket's folder (gs://...) is read through etils.epath; its build lists it
     local = not folder_lib.is_url(config.data.folder)
@@ -305,6 +309,12 @@ def validate(config):
         raise ValueError(f"eval.sets: {set_name}=for:{selector}: {part!r} is neither a task kind "
                          f"({', '.join(tasks.KINDS)}) nor a task ({tasks.VALID_NAMES})")
   check_sets_apart(config.eval.sets, config.data)
+  for set_name, kind, path, _ in entries:  # else found at the first evaluation, mid-run
+    if path and not folder_lib.is_url(path):
+      try:
+        benchmarks.hr_paths(path) if kind == "hr" else benchmarks.find_pairs(path)
+      except ValueError as error:
+        raise ValueError(f"eval.sets: {set_name}={path}: {error}") from None
   for selector, path in pipeline.parse_pairs(config.data.get("pairs", "")):
     try:  # else the first batch that draws a misfit pair fails, after the workdir was written
       benchmarks.check_pair_sizes(path)

@@ -76,6 +76,13 @@ def _set(config, dotted, value):
     ("data.tfds_name", "div2k", r"data.tfds_name=div2k is set, but data.source='photos' does not "
                                 r"read it; add --config.data.source=tfds"),
     ("data.source", "imagenet", r"data.source='imagenet'; valid sources: photos, folder, tfds$"),
+    # found when the data loaded: a dry run passed, and a study wrote its runs' folders first
+    ("data.source", "folder", r"data.source='folder' needs data.folder=<folder of clean images>"),
+    ("data.source", "tfds", r"data.source='tfds' needs data.tfds_name=<prepared TFDS dataset>"),
+    ("eval.sets", f"photos,E={ROOT}/tests", r"eval.sets: E=.*/tests: no images directly in test "
+                                            r"folder .*/tests; its subfolders: fixtures"),
+    ("eval.sets", f"photos,R=paired:{ROOT}/tests", r"eval.sets: R=.*/tests: no degraded/clean "
+                                                   r"pairs found in"),
 ])
 def test_validate_names_the_bad_value(field, value, message):
   with pytest.raises((ValueError, FileNotFoundError), match=message):

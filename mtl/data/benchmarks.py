@@ -59,7 +59,12 @@ def _stem(path):
 
 
 def load_hr_folder(path):
-  """[(name, uint8 HWC RGB)] of the images directly in `path`, sorted by name.
+  """[(name, uint8 HWC RGB)] of `hr_paths(path)`, sorted by name."""
+  return [(_stem(p), folder_lib.read_rgb(p)) for p in hr_paths(path)]
+
+
+def hr_paths(path):
+  """The clean images of a test folder: those directly in `path`; ValueError where there is none.
 
   Not recursive: a Set5 download often holds LR copies in subfolders. In a folder of
   `*_HR.png` / `*_LR.png` files (Huang's SelfExSR layout) only the `_HR` ones are read; a folder
@@ -69,12 +74,12 @@ def load_hr_folder(path):
   hr_only = [p for p in paths if _stem(p).upper().endswith("_HR")]
   paths = hr_only or paths
   if not paths and os.path.isdir(os.path.join(path, "HR")):  # EDSR / IPT's <Set>/HR, LR_bicubic/
-    return load_hr_folder(os.path.join(path, "HR"))
+    return hr_paths(os.path.join(path, "HR"))
   if not paths:
     subfolders = _subfolders(path)
     hint = f"; its subfolders: {', '.join(subfolders)}" if subfolders else ""
     raise ValueError(f"no images directly in test folder {path}{hint}")
-  return [(_stem(p), folder_lib.read_rgb(p)) for p in paths]
+  return paths
 
 
 def pair_keys(stem):
