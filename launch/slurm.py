@@ -54,9 +54,12 @@ def absolute_train_args(train_args, cwd):
     elif name == "--config" and eq:
       path, colon, rest = value.partition(":")
       for base in (cwd, ROOT):
-        if os.path.exists(os.path.join(base, path)):
+        if os.path.isfile(os.path.join(base, path)):
           arg = f"{name}={os.path.abspath(os.path.join(base, path))}{colon}{rest}"
           break
+      else:  # the job would wait in the queue, then fail on it
+        raise cli.UsageError(f"--config={value}: no such file here or in {ROOT} (the job runs "
+                             "from this folder)")
     elif name in ("--workdir", "--config"):
       raise cli.UsageError(f"{arg}: write it as {arg}=VALUE (one argument)")
     if name.lstrip("-") in cli.OWNED:

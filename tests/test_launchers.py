@@ -249,6 +249,9 @@ def test_slurm_options_off_and_relative_paths(tmp_path):
     # the current folder, silently; a file: a traceback at makedirs
     (["--dry_run", "--", "--workdir="], ["--workdir= is empty"]),
     (["--dry_run", "--", f"--workdir={os.path.abspath(__file__)}"], ["is a file"]),
+    # the job waited in the queue, then failed on it
+    (["--dry_run", "--", "--config=experiments/nope.py", "--workdir=/x"],
+     ["--config=experiments/nope.py: no such file here or in"]),
 ])
 def test_slurm_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", "--workdir=/x"]
