@@ -65,6 +65,10 @@ def check(args, train_args):
   for arg in train_args:
     if cli.owned_flag(arg):
       raise cli.UsageError(f"{arg} is set by the launcher; remove it from the train.py arguments")
+  for name in ("--config", "--workdir"):  # else every process fails alike, on its own output
+    if not any(arg.startswith(name + "=") and arg != name + "=" for arg in train_args):
+      raise cli.UsageError(f"train.py arguments need {name}=...; e.g. -- "
+                           "--config=experiments/tiny.py --workdir=/tmp/mtl/two")
 
 
 def free_port():

@@ -77,6 +77,9 @@ def test_local_auto_port_is_one_free_port_for_all():
     (["--python=/nonexistent/python"], ["--python=/nonexistent/python is not an interpreter"]),
     (["--grace_seconds=nan"], ["--grace_seconds=nan", "not a number"]),
     (["--stop_seconds=-5"], ["--stop_seconds=-5.0", "> 0"]),
+    # every process failed alike, each on its own output
+    (["--dry_run", "--"], ["train.py arguments need --config="]),
+    (["--dry_run", "--", "--config=experiments/tiny.py"], ["need --workdir="]),
 ])
 def test_local_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", *TRAIN_ARGS]
