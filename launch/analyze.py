@@ -119,7 +119,8 @@ def analyze(workdir, step_range="", window=0, ema_beta=None, phases=3):
   with events.Writer(logdir) as writer:
     draw.log_figures(writer, record, drawn, scalars)
   if window:
-    read = f"the last {window} probe steps (--window={window})"
+    read = (f"the last {window} probe steps (--window={window})" if window < record.num_steps
+            else f"all {record.num_steps} probe steps (--window={window} reaches past them)")
   elif len(phased["phases"]) > 1:
     read = f"the headline phase ({phased['headline']}); --window=N: the last N probe steps"
   else:
@@ -285,6 +286,9 @@ def main():
     if not f.halfwidth < float("inf"):  # inf passes the flag's bound, and stops no measurement
       raise ValueError(f"--halfwidth={f.halfwidth} must be a finite number >= 0 (0.02: every "
                        "pair's interval within +-0.02; 0: --num_batches only)")
+    if f.batch_size % 2:  # else the trainer's check names its own fields
+      raise ValueError(f"--batch_size={f.batch_size} is odd; give an even number of images per "
+                       "task (each batch is split into two halves, the noise floor)")
     if f.halfwidth > 0 and f.max_batches < f.num_batches:
       raise ValueError(f"--max_batches={f.max_batches} is below --num_batches={f.num_batches}; "
                        "it bounds all the batches measured")

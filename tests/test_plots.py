@@ -346,6 +346,9 @@ def test_analyze_smooths_the_curves_as_the_run_s_trainer_did(tmp_path, monkeypat
   analyze.analyze(wd)
   analyze.analyze(wd, ema_beta=0.0)
   assert drawn_with == [0.5, 0.0]
+  # a window past the stored probes reads them all, and says so (it said "the last 100")
+  assert "read all 8 probe steps (--window=100 reaches past them)" in analyze.analyze(
+      wd, window=100)
 
 
 def test_analyze_script(tmp_path):
@@ -470,6 +473,11 @@ def test_analyze_refuses_a_flag_of_the_other_mode(tmp_path):
   result = run_analyze(f"--checkpoint={wd}", "--halfwidth=nan")
   assert result.returncode == 1 and result.stderr == (
       "error: --halfwidth=nan is not a number; give a finite value\n"), result.stderr
+  # an odd batch was refused under the trainer's field names (data.batch_size, conflicts.every)
+  result = run_analyze(f"--checkpoint={wd}", "--batch_size=3")
+  assert result.returncode == 1 and result.stderr == (
+      "error: --batch_size=3 is odd; give an even number of images per task (each batch is "
+      "split into two halves, the noise floor)\n"), result.stderr
   assert os.listdir(tmp_path) == ["conflicts"]
 
 
