@@ -11,7 +11,8 @@ the cosine on its whole range [-1, 1], so a near-orthogonal +0.03 stays near whi
 small every pair is; a framed cell (and a '*' after its interval) is one whose 95% interval
 excludes 0, and a caption under the matrix says so. The layer maps show where in the network
 the cosine changes, so their scale is stretched to the COLOR_PERCENTILE-th percentile of the
-figure's own |values|, and their colour bar states that bound. Titles carry the run's name (its workdir's basename).
+figure's own |values|, and their colour bar states that bound. Titles carry the run's name
+(its workdir's basename).
 
 Every figure has a builder returning the matplotlib Figure (for tests and notebooks);
 `to_png` turns one into PNG bytes.
