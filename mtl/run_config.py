@@ -252,10 +252,6 @@ def validate(config):
     if config.eval[name] < 1:
       raise ValueError(f"eval.{name}={config.eval[name]} must be >= 1")
   sources.check_config(config.data)
-  if config.data.source == "folder" and not config.data.get("folder", ""):  # as sources would
-    raise ValueError("data.source='folder' needs data.folder=<folder of clean images>")
-  if config.data.source == "tfds" and not config.data.get("tfds_name", ""):
-    raise ValueError("data.source='tfds' needs data.tfds_name=<prepared TFDS dataset>")
   if config.data.source == "folder" and config.data.folder:
     # a bucket's folder (gs://...) is read through etils.epath; its build lists it
     local = not folder_lib.is_url(config.data.folder)

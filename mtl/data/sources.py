@@ -263,11 +263,16 @@ SOURCE_FIELDS = {"folder": "folder", "tfds_name": "tfds"}
 
 
 def check_config(data_cfg):
-  """ValueError (one line) for an unknown data.source, or for a field of another source set
-  beside it (data.folder with the embedded photographs would train on the photographs)."""
+  """ValueError (one line) for an unknown data.source, a source without the field it reads, or
+  a field of another source set beside it (data.folder with the embedded photographs would
+  train on the photographs)."""
   source = data_cfg.source
   if source not in SOURCES:
     raise ValueError(f"data.source={source!r}; valid sources: {', '.join(SOURCES)}")
+  if source == "folder" and not data_cfg.get("folder", ""):
+    raise ValueError("data.source='folder' needs data.folder=<folder of clean images>")
+  if source == "tfds" and not data_cfg.get("tfds_name", ""):
+    raise ValueError("data.source='tfds' needs data.tfds_name=<prepared TFDS dataset>")
   for field, owner in SOURCE_FIELDS.items():
     if data_cfg.get(field, "") and source != owner:
       raise ValueError(f"data.{field}={data_cfg[field]} is set, but data.source={source!r} does "
@@ -291,8 +296,6 @@ def open_images(data_cfg, split="train", cache_mb=None):
   if source == "photos":
     builder, name = photos_builder(data_dir), "photos"
   elif source == "folder":
-    if not data_cfg.get("folder", ""):
-      raise ValueError("data.source='folder' needs data.folder=<folder of clean images>")
     # listed once: the build, the fingerprint check and the tile layout all read it
     paths = folder_lib.list_images(folder_lib.absolute(data_cfg.folder))
     builder = folder_builder(data_cfg.folder, cache_dir(data_cfg),
@@ -300,8 +303,6 @@ def open_images(data_cfg, split="train", cache_mb=None):
                              data_cfg.get("folder_tile", folder_lib.DEFAULT_TILE), paths=paths)
     name = f"folder {builder.builder_config.folder}"
   elif source == "tfds":
-    if not data_cfg.get("tfds_name", ""):
-      raise ValueError("data.source='tfds' needs data.tfds_name=<prepared TFDS dataset>")
     builder, name = catalog_builder(data_cfg.tfds_name, data_dir), f"tfds {data_cfg.tfds_name}"
     if split == "train":
       split = data_cfg.get("tfds_split", "") or "train"
