@@ -7,6 +7,7 @@ it works. The step itself is mtl.step; the optimizer mtl.optim.
 import errno
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -56,12 +57,19 @@ class _Preemption:
     if self.synced:  # SIGTERM is jax's (a Python handler would replace it); Ctrl-C stops at once
       if signal.getsignal(signal.SIGINT) != signal.SIG_IGN:  # a shell's background job ignores it
         self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._interrupt)
+        self._unraisable, sys.unraisablehook = sys.unraisablehook, self._dropped
       return self
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
       if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
         continue  # started under nohup: a closed terminal is to change nothing
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
+
+  def _dropped(self, unraisable):
+    """sys.unraisablehook: the interrupt a callback dropped (jax's gc callback, a finalizer) is
+    not printed as a traceback; `check` raises it again."""
+    if not (self.interrupted and issubclass(unraisable.exc_type, KeyboardInterrupt)):
+      self._unraisable(unraisable)
 
   def _interrupt(self, signum, frame):
     # remembered: code that runs Python's signal check and drops what it raises (a finalizer,
@@ -113,6 +121,8 @@ class _Preemption:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    if sys.unraisablehook == self._dropped:
+      sys.unraisablehook = self._unraisable
     self._say()
 
 

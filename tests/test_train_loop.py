@@ -867,6 +867,24 @@ def test_a_ctrl_c_to_one_of_several_processes_is_not_lost_where_it_was_dropped()
     with pytest.raises(KeyboardInterrupt):
       stop.check(3)
   assert signal.getsignal(signal.SIGINT) is before
+  # dropped in a finalizer (as in jax's gc callback): Python printed it as an unraisable
+  # traceback, though check raises it again; it reaches the hook no more
+  class Finalized:
+    def __del__(self):
+      signal.raise_signal(signal.SIGINT)
+  reported, hook = [], sys.unraisablehook
+  sys.unraisablehook = reported.append
+  try:
+    stop = train._Preemption()
+    stop.synced = True
+    with stop:
+      Finalized()
+      assert stop.interrupted
+      with pytest.raises(KeyboardInterrupt):
+        stop.check(3)
+    assert reported == [] and sys.unraisablehook == reported.append
+  finally:
+    sys.unraisablehook = hook
   # started as a shell's background job (SIGINT ignored): the terminal's Ctrl-C stays ignored
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   try:
