@@ -56,7 +56,7 @@ def main():
   warnings.filterwarnings("ignore", message="Please use the new API settings to control TF32")
   torch.set_num_threads(args.threads)
   if args.device == "cuda" and not torch.cuda.is_available():
-    raise RuntimeError("--device=cuda but this torch sees no CUDA device (torch "
+    raise ValueError("--device=cuda but this torch sees no CUDA device (torch "
                        f"{torch.__version__}); give --device=cpu or a CUDA build of torch")
   device = torch.device(args.device)
   sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
@@ -189,4 +189,11 @@ def stages(model, optimizer, params, args, device, autocast):
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except ModuleNotFoundError as error:  # run from a python without torch: not mtl's environment
+    if error.name != "torch":
+      raise
+    sys.exit(f"error: {error}; run this with a python that has torch (a side environment)")
+  except (ValueError, FileNotFoundError) as error:
+    sys.exit(f"error: {error}")

@@ -1,5 +1,6 @@
 """launch/train.py's command line: list fields as `a,b`, config-file arguments (`key=value`),
 --dry_run, and one `error:` line per bad input, before anything is written."""
+import importlib.util
 import json
 import os
 import shutil
@@ -211,6 +212,16 @@ def test_a_study_s_folder_is_no_run_s_workdir(tmp_path):
       f"error: --workdir={tmp_path} is a study's folder (it holds study.json); give a run a "
       "folder of its own\n")
   assert os.listdir(tmp_path) == ["study.json"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
+def test_the_torch_peer_without_torch_is_one_line():
+  # run with mtl's python (no torch, by design): a 6-line ModuleNotFoundError traceback
+  out = subprocess.run([sys.executable, "launch/torch_peer.py", "--ipt_repo=/nope"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+  assert out.returncode == 1 and out.stderr == (
+      "error: No module named 'torch'; run this with a python that has torch (a side "
+      "environment)\n")
 
 LAUNCHERS = sorted(n for n in os.listdir(os.path.join(ROOT, "launch"))
                    if n.endswith(".py") and n not in ("_root.py", "cli.py"))
