@@ -54,6 +54,8 @@ from etils import epath
 from PIL import Image
 from tensorflow_datasets.core import hashing
 
+from mtl import files as files_lib
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The decoders Pillow may use on them, whatever a file holds: never its others (EPS would run
 # Ghostscript on an untrusted file).
@@ -777,10 +779,7 @@ def check_fingerprint(builder, paths=None):
                      f"{builder.data_dir}: the same files at the same sizes, but their bytes "
                      "differ (rewritten); delete that directory to rebuild it")
   try:  # these times hold the built bytes: the next start need not read them again
-    tmp = f"{verified}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-      handle.write(modified)
-    os.replace(tmp, verified)
+    files_lib.write_atomic(verified, lambda handle: handle.write(modified.encode()))
   except OSError as error:  # a read-only dataset directory: compared again next time
     logging.warning("could not note the compared times in %s: %s", verified, error)
 

@@ -41,7 +41,6 @@ PROTOCOL_CHANGES = {
                         "where it drew the pre-training's first ones again"}
 
 
-
 def _read_study(path):
   """study.json's dict; ValueError (one line) where it holds no study, or one without a field
   that an older mtl's would also have (spec.upgrade fills in those it lacked)."""
@@ -61,6 +60,7 @@ def _read_study(path):
   if missing:
     raise ValueError(f"{path}: its study has no {', '.join(missing)}; {damaged}")
   return saved
+
 
 class Waiting(Exception):
   """A fine-tune whose pre-training runs are not all done yet."""
