@@ -317,6 +317,13 @@ def binned_layer_maps(record, rows="auto", max_columns=MAX_COLUMNS):
                     np.array([xs[b[0]] for b in bins]), True)
 
 
+def _cell_colours(values, faded, norm):
+  """RGBA of a layer map's cells: NaN grey, `faded` cells blended FADE of the way to white."""
+  colours = _cmap()(norm(np.ma.masked_invalid(values)))
+  colours[faded, :3] = 1 - (1 - FADE) * (1 - colours[faded, :3])
+  return colours
+
+
 def _shown(maps):
   """The values a layer x step map colours: NaN where unresolved (grey)."""
   return np.where(maps.unresolved, np.nan, maps.values)
@@ -337,9 +344,8 @@ def layer_step_figure(record, pair, rows="auto", vmax=None, maps=None):
   shown = _shown(maps)[k]
   vmax = vmax or symmetric_limit(shown)
   norm = matplotlib.colors.Normalize(-vmax, vmax)
-  colours = _cmap()(norm(np.ma.masked_invalid(shown)))
   faded = maps.corrected & ~maps.beyond[k] & np.isfinite(shown)
-  colours[faded, :3] = 1 - (1 - FADE) * (1 - colours[faded, :3])
+  colours = _cell_colours(shown, faded, norm)
   fig = Figure(figsize=(10, _row_figure_height(len(maps.names)) + 0.3), layout="constrained")
   ax = fig.add_subplot()
   ax.imshow(colours, aspect="auto", interpolation="nearest")
@@ -402,9 +408,8 @@ def layer_pair_figure(record, window=None, rows="auto", vmax=None):
   vmax = vmax or symmetric_limit(shown)
   pnames = rec.pair_names
   norm = matplotlib.colors.Normalize(-vmax, vmax)
-  colours = _cmap()(norm(np.ma.masked_invalid(shown)))
   faded = measured & ~beyond & np.isfinite(shown)
-  colours[faded, :3] = 1 - (1 - FADE) * (1 - colours[faded, :3])
+  colours = _cell_colours(shown, faded, norm)
   fig = Figure(figsize=(max(6.5, 3.2 + 0.75 * len(pnames)), _row_figure_height(len(names)) + 0.3),
                layout="constrained")  # at least as wide as the title and caption
   ax = fig.add_subplot()
