@@ -167,12 +167,16 @@ class Setup:
       conflicts_part += (f" | update {remedy['aggregator']}, loss weighting "
                          f"{remedy['loss_weighting']}" + (f", TAG affinity {remedy['affinity']}"
                                                           if "affinity" in remedy else ""))
+    lr = f"lr {config.optim.lr:g}"
+    if 0 < config.total_steps <= config.optim.warmup_steps:  # the ramp never reaches its top
+      lr += (f" (its {config.optim.warmup_steps}-step warm-up outlasts the run: lr peaks at "
+             f"{run.schedule(config.total_steps - 1):.3g})")
     threads = (f" on {xla_options.cpu_threads()} thread(s)" if devices[0].platform == "cpu"
                else "")  # a CPU run's sums are split by thread: its numbers depend on them
     return (f"run: {config.regime} {','.join(config.tasks)} | {_millions(counts['total'])} "
             f"parameters | {len(devices)} {devices[0].platform} device(s){threads}, mesh {mesh} | "
-            f"batch {config.data.batch_size}/task, {config.total_steps} steps, lr "
-            f"{config.optim.lr:g} | {f'data {data} | ' if data else ''}{conflicts_part} | "
+            f"batch {config.data.batch_size}/task, {config.total_steps} steps, {lr} | "
+            f"{f'data {data} | ' if data else ''}{conflicts_part} | "
             f"workdir {self.workdir} ({self.start_kind()}) | {LOSS_UNITS}")
 
   def describe(self):

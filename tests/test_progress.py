@@ -238,3 +238,17 @@ def test_a_log_the_disk_cannot_hold_is_given_up_and_said_on_the_terminal(tmp_pat
   assert out == "step 8/40\nerror: no space left on the device\n"
   assert err == (f"\nwarning: {path} cannot be written (No space left on device): the output "
                  "goes on to the terminal only\n")
+
+
+def test_the_banner_says_when_the_warm_up_outlasts_the_run(tmp_path):
+  from experiments import tiny
+  from mtl import run_state
+  config = tiny.get_config("denoise_30")
+  config.regime, config.mesh.data = "scratch", 1
+  config.optim.lr, config.optim.warmup_steps = 1e-3, 50
+  config.total_steps = 50  # steps 0..49: the linear ramp's last value is 49/50 of the peak
+  banner = run_state.prepare(config, str(tmp_path / "short")).banner()
+  assert "lr 0.001 (its 50-step warm-up outlasts the run: lr peaks at 0.00098) |" in banner, banner
+  config.total_steps = 51  # step 50 reaches the peak: nothing to say
+  banner = run_state.prepare(config, str(tmp_path / "long")).banner()
+  assert "lr 0.001 | " in banner and "warm-up" not in banner, banner
