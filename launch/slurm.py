@@ -6,8 +6,9 @@ r"""A SLURM batch job: one training process per GPU on every node, resumable and
 
 writes <workdir>/slurm/<job_name>.sbatch (from launch/slurm.sbatch.template; an earlier, other
 script there is kept as <job_name>.sbatch.1, .2, ...) and submits it with sbatch. --dry_run
-prints the script and then the sbatch command, and submits nothing; --help lists every flag with
-its default.
+prints the script and then the sbatch command, and submits nothing; before a submission,
+train.py --check_config checks the config and its overrides here (--nocheck_config skips it);
+--help lists every flag with its default.
 
 The job runs in the folder slurm.py was started from (#SBATCH --chdir), so relative paths in
 the train.py arguments (init_from, data and evaluation folders) name what they name here. In the
@@ -70,6 +71,22 @@ def absolute_train_args(train_args, cwd):
     raise cli.UsageError("train.py arguments need --workdir=DIR (on a filesystem all nodes see), "
                          "e.g. -- --config=experiments/tiny.py --workdir=/shared/mtl/tiny")
   return out, workdir
+
+
+def check_config(train_args):
+  """UsageError (one line) where train.py, run here as the job will run it, refuses the config or
+  an override: a typo would otherwise wait in the queue, then end the job at its start."""
+  command = [sys.executable, os.path.join(HERE, "train.py"), *train_args, "--check_config"]
+  env = dict(os.environ, MTL_DISTRIBUTED="off")  # inside an allocation: no coordinator to find
+  proc = subprocess.run(command, capture_output=True, text=True, env=env)
+  if proc.returncode == 0:
+    return
+  lines = proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"]
+  refused = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+  if refused:
+    raise cli.UsageError(f"the job would stop at its start: {refused[-1]} (nothing submitted)")
+  raise cli.UsageError(f"could not check the config with {sys.executable} ({lines[-1]}); run "
+                       "slurm.py with the job's Python, or add --nocheck_config")
 
 
 def define_flags(prefix="", gpus_per_node=8, job_name="mtl", module_name=None):
@@ -226,6 +243,9 @@ def main(train_args):
   args = options()
   train_args, workdir = absolute_train_args(train_args, os.getcwd())
   log_dir = local_dir(workdir)
+  if not any(arg.startswith("--config=") for arg in train_args):
+    raise cli.UsageError("train.py arguments need --config=FILE, e.g. -- "
+                         f"--config=experiments/tiny.py --workdir={workdir}")
   script = render(args, [args.python, os.path.join(ROOT, "launch", "train.py"), *train_args],
                   workdir, log_dir)
   path = os.path.join(log_dir, f"{args.job_name}.sbatch")
@@ -237,6 +257,8 @@ def main(train_args):
   if shutil.which("sbatch") is None:
     cli.error("sbatch not found on PATH; run this on a SLURM login node, or add --dry_run to "
               "print the script", status=1)
+  if flags.FLAGS.check_config:
+    check_config(train_args)
   os.makedirs(log_dir, exist_ok=True)
   kept = keep_earlier(path, script)
   with open(path, "w") as f:
@@ -249,4 +271,6 @@ def main(train_args):
 if __name__ == "__main__":
   define_flags()
   flags.DEFINE_bool("dry_run", False, "Print the script and the sbatch command; submit nothing.")
+  flags.DEFINE_bool("check_config", True, "Before submitting, check the config and overrides "
+                    "here as train.py will (train.py --check_config); --nocheck_config skips it.")
   cli.run(main)

@@ -74,6 +74,9 @@ def check(args, train_args):
     if cli.owned_flag(arg):
       raise cli.UsageError(f"{arg}: on a TPU VM jax.distributed finds the workers itself; "
                            "remove it")
+  if not any(arg.startswith("--config=") for arg in train_args):  # else every worker fails alike
+    raise cli.UsageError("train.py arguments need --config=FILE (under --repo on the workers), "
+                         f"e.g. -- --config=experiments/tiny.py --workdir={workdirs[-1]}")
 
 
 def remote_command(args, train_args):

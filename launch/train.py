@@ -8,7 +8,8 @@ take `a,b` as overrides (`--config.tasks=sr_x2,derain`, `--config.degrade.rain.l
 Re-running the same command resumes from the workdir's latest checkpoint; re-running a
 finished run says so and exits 0. --dry_run prints the resolved config, parameters per group,
 the mesh and the workdir's files, and exits without writing anything; --help_config lists every
-config field with its value and what it means (mtl/run_defaults.py documents them).
+config field with its value and what it means (mtl/run_defaults.py documents them);
+--check_config checks the config and overrides as the run would, without devices, in one line.
 
 Output goes to the terminal and is appended to <workdir>/train.log. Exit status: 0 finished
 (or already finished), 1 bad input, a refused workdir or a failed run (one `error:` line),
@@ -33,6 +34,9 @@ flags.DEFINE_bool("dry_run", False, "Print the resolved config, parameter counts
                   "workdir's files, then exit without writing anything.")
 flags.DEFINE_bool("help_config", False, "Print every config field with its value in --config "
                   "(and the overrides) and what it means, then exit.")
+flags.DEFINE_bool("check_config", False, "Check the config and its overrides as the run would "
+                  "(fields, values, data and test folders), print one line and exit: no devices, "
+                  "no writes (slurm.py runs it before it submits).")
 flags.DEFINE_string("compile_cache", "", "Persistent XLA compilation cache: a resume, rerun or "
                     "study run with the same steps loads them instead of compiling. '' -> "
                     "$JAX_COMPILATION_CACHE_DIR or ~/.cache/mtl/jax_cache; 'off' -> none.")
@@ -85,6 +89,11 @@ def main(argv):
     if os.path.exists(os.path.join(flags.FLAGS.workdir, STUDY_FILE)):  # its runs go in runs/
       cli.fail(f"--workdir={flags.FLAGS.workdir} is a study's folder (it holds {STUDY_FILE}); "
                "give a run a folder of its own")
+    if flags.FLAGS.check_config:
+      specs, _ = run_config.validate(config)
+      print(f"config ok: {config.regime} {','.join(s.name for s in specs)}, "
+            f"{config.total_steps} steps", flush=True)
+      return
     if flags.FLAGS.dry_run:
       print(run_state.prepare(config, flags.FLAGS.workdir).describe())
       return

@@ -255,6 +255,7 @@ def test_slurm_options_off_and_relative_paths(tmp_path):
     # the job waited in the queue, then failed on it
     (["--dry_run", "--", "--config=experiments/nope.py", "--workdir=/x"],
      ["--config=experiments/nope.py: no such file here or in"]),
+    (["--dry_run", "--", "--workdir=/x"], ["need --config=FILE"]),
 ])
 def test_slurm_bad_input_is_one_line(args, words):
   argv = args if "--" in args else args + ["--dry_run", "--", "--workdir=/x"]
@@ -263,7 +264,7 @@ def test_slurm_bad_input_is_one_line(args, words):
 
 def test_slurm_without_sbatch_says_so_and_writes_nothing(tmp_path):
   env = dict(os.environ, PATH=str(tmp_path / "empty"))
-  proc = _run([SLURM, "--", f"--workdir={tmp_path}/run"], env=env)
+  proc = _run([SLURM, "--", "--config=experiments/tiny.py", f"--workdir={tmp_path}/run"], env=env)
   _one_line_error(proc, "sbatch not found", "--dry_run", status=1)
   assert not os.path.exists(tmp_path / "run")
 
@@ -276,13 +277,31 @@ def test_slurm_resubmission_keeps_the_earlier_script(tmp_path):
   env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
   script = tmp_path / "run" / "slurm" / "mtl.sbatch"
   for hours in ("1", "1", "2"):
-    proc = _run([SLURM, f"--time={hours}:00:00", "--", f"--workdir={tmp_path}/run"], env=env)
+    proc = _run([SLURM, f"--time={hours}:00:00", "--nocheck_config", "--",
+                 "--config=experiments/tiny.py", f"--workdir={tmp_path}/run"], env=env)
     assert proc.returncode == 0, proc.stderr
   # the same script again replaces nothing; another one keeps the earlier beside it
   assert "#SBATCH --time=2:00:00" in script.read_text()
   assert "#SBATCH --time=1:00:00" in (tmp_path / "run" / "slurm" / "mtl.sbatch.1").read_text()
   assert not os.path.exists(f"{script}.2")
   assert f"the earlier script is kept as {script}.1" in proc.stdout
+
+
+def test_slurm_submits_only_a_config_train_py_accepts_here(tmp_path):
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/submitted\n")
+  (bin_dir / "sbatch").chmod(0o755)
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+  run = ["--config=experiments/tiny.py", f"--workdir={tmp_path}/run"]
+  # a typo would wait in the queue, then end the job at its start
+  for override, words in (("--config.optim.lrr=1e-3", ["would stop at its start", "optim.lrr"]),
+                          ("--config.optim.lr=-1", ["would stop at its start", "optim.lr=-1"])):
+    _one_line_error(_run([SLURM, "--", *run, override], env=env), *words)
+    assert not os.path.exists(tmp_path / "submitted")
+  proc = _run([SLURM, "--", *run, "--config.optim.lr=1e-3"], env=env)
+  assert proc.returncode == 0, proc.stderr
+  assert (tmp_path / "submitted").read_text() == f"{tmp_path}/run/slurm/mtl.sbatch\n"
 
 
 def _fake_tools(bin_dir, log):
@@ -347,27 +366,28 @@ def test_tpu_vm_dry_run_prints_exactly_the_gcloud_command():
 
 
 def test_tpu_vm_defaults():
-  proc = _run([TPU_VM, "--name=t", "--zone=z-1", "--dry_run", "--", "--workdir=/mnt/w"])
+  proc = _run([TPU_VM, "--name=t", "--zone=z-1", "--dry_run", "--", "--config=c.py",
+               "--workdir=/mnt/w"])
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.strip() == ("gcloud compute tpus tpu-vm ssh t --zone=z-1 --worker=all "
                                  "'--command=cd ~/mtl && MTL_DISTRIBUTED=on python3 "
-                                 "launch/train.py --workdir=/mnt/w'")
+                                 "launch/train.py --config=c.py --workdir=/mnt/w'")
 
 
 def test_tpu_vm_keeps_a_python_s_leading_tilde_for_the_remote_shell(tmp_path):
   proc = _run([TPU_VM, "--name=t", "--zone=z", "--python=~/my env/bin/python", "--dry_run", "--",
-               "--workdir=/mnt/run"])
+               "--config=c.py", "--workdir=/mnt/run"])
   assert proc.returncode == 0, proc.stderr
   remote = shlex.split(proc.stdout)[-1][len("--command="):].split(" && ")[-1]
   assert remote == ("MTL_DISTRIBUTED=on ~/'my env/bin/python' launch/train.py "
-                    "--workdir=/mnt/run")
+                    "--config=c.py --workdir=/mnt/run")
   fake = tmp_path / "my env" / "bin"  # the remote shell expands ~ and runs that interpreter
   fake.mkdir(parents=True)
   (fake / "python").write_text("#!/bin/sh\necho ran \"$@\"\n")
   (fake / "python").chmod(0o755)
   ran = subprocess.run(["bash", "-c", remote], capture_output=True, text=True,
                        env=dict(os.environ, HOME=str(tmp_path)), timeout=30)
-  assert ran.stdout == "ran launch/train.py --workdir=/mnt/run\n", ran.stderr
+  assert ran.stdout == "ran launch/train.py --config=c.py --workdir=/mnt/run\n", ran.stderr
 
 
 @pytest.mark.parametrize("args, words", [
@@ -389,15 +409,18 @@ def test_tpu_vm_keeps_a_python_s_leading_tilde_for_the_remote_shell(tmp_path):
      ["--workdir=gs://b/run is a URL", "gcsfuse"]),
     (["--name=t", "--zone=z", "--dry_run", "--", "--workdir=~/runs/a"],
      ["--workdir=~/runs/a is not absolute"]),
+    # every worker would fail alike, each on its own output
+    (["--name=t", "--zone=z", "--dry_run", "--", "--workdir=/w"], ["need --config=FILE"]),
 ])
 def test_tpu_vm_bad_input_is_one_line(args, words):
-  argv = args if "--" in args else args + ["--dry_run", "--", "--workdir=/w"]
+  argv = args if "--" in args else args + ["--dry_run", "--", "--config=c.py", "--workdir=/w"]
   _one_line_error(_run([TPU_VM, *argv]), *words)
 
 
 def test_tpu_vm_without_gcloud_says_so(tmp_path):
   env = dict(os.environ, PATH=str(tmp_path))
-  _one_line_error(_run([TPU_VM, "--name=t", "--zone=z", "--", "--workdir=/w"], env=env),
+  _one_line_error(_run([TPU_VM, "--name=t", "--zone=z", "--", "--config=c.py", "--workdir=/w"],
+                       env=env),
                   "gcloud not found", "--dry_run", status=1)
 
 
