@@ -85,7 +85,8 @@ flags.DEFINE_string("ipt_repo", os.environ.get("IPT_REPO", ""),
 flags.DEFINE_string("torch_python", os.environ.get("TORCH_PYTHON", sys.executable),
                     "A Python with torch and einops, for --against=torch (default: $TORCH_PYTHON, "
                     "else this one).")
-flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0: the CPU count).")
+flags.DEFINE_integer("torch_threads", 0, "PyTorch intra-op threads (0: the CPU count).",
+                     lower_bound=0)
 flags.DEFINE_enum("torch_device", "auto", ["auto", "cpu", "cuda"],
                   "Where the PyTorch peer runs (auto: cuda when this run's devices are GPUs).")
 flags.DEFINE_list("torch_precisions", ["fp32"], "The PyTorch peer's precisions, each stepped after "
@@ -97,10 +98,11 @@ flags.DEFINE_enum("body_calls", "auto", ["auto", "batched", "scanned", "looped"]
 flags.DEFINE_string("trace_dir", "", "Where the trace section keeps its traces ('': a temporary "
                     "folder, removed).")
 flags.DEFINE_integer("scan_unroll", 1, "config.model.scan_unroll: encoder/decoder layers per "
-                     "scan iteration.")
+                     "scan iteration.", lower_bound=1)
 flags.DEFINE_integer("gramian_chunk", 0, "config.conflicts.gramian_chunk: entries per piece of the "
-                     "probe's Gramian contractions (0: one product per leaf).")
-flags.DEFINE_integer("startup_steps", 2, "Steps of the start-up section's training runs.")
+                     "probe's Gramian contractions (0: one product per leaf).", lower_bound=0)
+flags.DEFINE_integer("startup_steps", 2, "Steps of the start-up section's training runs.",
+                     lower_bound=1)
 FLAGS = flags.FLAGS
 
 # Rows of the closing summary table: (what, size, batch, precision, seconds per step (or a

@@ -42,6 +42,9 @@ def _one_error(out):
                                          ("--torch_precisions=fp16", "fp32, tf32, bf16"),
                                          ("--batch_size=2", "a multiple of it"),
                                          ("--devices=0", "positive integer"),
+                                         ("--startup_steps=0", "positive integer"),
+                                         ("--scan_unroll=0", "positive integer"),
+                                         ("--gramian_chunk=-1", "non-negative integer"),
                                          ("--tasks=", "one or more of sr_x2,"),
                                          ("--sections=", "one or more of train,")])
 def test_bad_flags_are_refused_with_one_line(flag, valid):
