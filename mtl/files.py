@@ -5,6 +5,7 @@ A file written here is complete or absent: the bytes go to a temporary file besi
 are fsynced, and os.replace puts them in place (then the directory entry is fsynced), so a
 killed run never leaves a half-written results.json, meta.json or chunk behind.
 """
+import fcntl
 import json
 import math
 import os
@@ -212,6 +213,39 @@ class WorkdirLock:
              and 0 < record["pid"] < 2**31)  # os.kill takes a C int
     return record if valid else None
 
+  def live_holder(self):
+    """The holder while it counts as working here (a live process on this host, or any on
+    another host), else None: no lock, a stale one, or a file no trainer wrote."""
+    holder = self.holder()
+    return None if holder is None or self._stale(holder) else holder
+
+  @staticmethod
+  def _stale(holder):
+    """Left by a dead process on this host (or by this process's pid, reused)."""
+    return holder.get("host") == socket.gethostname() and (
+        holder.get("pid") == os.getpid() or not _pid_alive(holder.get("pid")))
+
+  def _remove_if_still(self, stale):
+    """Remove the lock if it still holds `stale`: under a lock on the folder, so that of two
+    processes replacing one stale lock, the later cannot remove the earlier's new one."""
+    try:
+      folder = os.open(os.path.dirname(self.path), os.O_RDONLY)
+    except OSError:
+      folder = None
+    try:
+      if folder is not None:
+        try:
+          fcntl.flock(folder, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock on folders (NFS): unguarded, as before
+          pass
+      if self.holder() == stale:
+        os.remove(self.path)
+    except FileNotFoundError:
+      pass
+    finally:
+      if folder is not None:
+        os.close(folder)  # and with it the flock
+
   def acquire(self):
     record = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -229,15 +263,11 @@ class WorkdirLock:
           raise LockHeld(f"{self.path} is not a lock a trainer wrote ({_peek(self.path)}), so "
                          "whether a trainer still works here is unknown; if none does, delete "
                          "that file and run again") from None
-        same_host = holder.get("host") == record["host"]
-        if same_host and (holder.get("pid") == os.getpid() or not _pid_alive(holder.get("pid"))):
+        if self._stale(holder):
           self.stale = holder
-          try:
-            os.remove(self.path)
-          except FileNotFoundError:
-            pass
+          self._remove_if_still(holder)
           continue
-        where = "" if same_host else f" on {holder.get('host')}"
+        where = "" if holder.get("host") == record["host"] else f" on {holder.get('host')}"
         raise LockHeld(f"workdir {os.path.dirname(self.path)} is in use by pid {holder.get('pid')}"
                        f"{where} since {holder.get('started')} ({self.path}); wait for it to end, "
                        "or delete that file if the process is gone") from None

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -309,6 +310,44 @@ def test_workdir_lock(tmp_path):
     assert lock.stale["pid"] == dead
     assert json.loads((tmp_path / "train.lock").read_text())["pid"] == os.getpid()
   assert not (tmp_path / "train.lock").exists()
+
+
+def _take_lock(workdir, start, results):
+  start.wait()
+  lock = files.WorkdirLock(workdir, run_folder.LOCK_FILE)
+  try:
+    lock.acquire()
+  except files.LockHeld:
+    results.put(None)
+    return
+  held = time.monotonic()
+  time.sleep(0.05)  # training
+  results.put((held, time.monotonic(), lock.holder()["pid"] == os.getpid()))
+  lock.release()
+
+
+def test_of_two_trainers_replacing_one_stale_lock_only_one_takes_it(tmp_path):
+  # Each saw the dead holder; a later one's removal must not take an earlier one's new lock
+  # (unguarded, two trained at once within the first few trials here).
+  import multiprocessing
+  context = multiprocessing.get_context("fork")
+  dead = _dead_pid()
+  for trial in range(30):
+    workdir = tmp_path / str(trial)
+    workdir.mkdir()
+    (workdir / "train.lock").write_text(json.dumps({"pid": dead, "host": socket.gethostname(),
+                                                    "started": "x"}))
+    start, results = context.Barrier(4), context.Queue()
+    procs = [context.Process(target=_take_lock, args=(str(workdir), start, results))
+             for _ in range(4)]
+    for proc in procs:
+      proc.start()
+    for proc in procs:
+      proc.join(timeout=60)
+    held = [r for r in (results.get(timeout=10) for _ in procs) if r is not None]
+    assert held and all(named for _, _, named in held), (trial, held)  # each its own lock
+    held.sort()  # one after the other (a later one may find the lock gone), never two at once
+    assert all(a[1] < b[0] for a, b in zip(held, held[1:])), (trial, held)
 
 
 @pytest.mark.parametrize("content, shown", [
