@@ -53,12 +53,16 @@ def study_file(tmp_path_factory):
   return str(path)
 
 
-def _load(study_file, arg, workdir):
+def _config(study_file, arg):
   import importlib.util
   spec = importlib.util.spec_from_file_location("micro_study_file", study_file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return study_lib.Study(module.get_config(arg), workdir)
+  return module.get_config(arg)
+
+
+def _load(study_file, arg, workdir):
+  return study_lib.Study(_config(study_file, arg), workdir)
 
 
 def _fake_done(study, name, val_psnr):
@@ -412,7 +416,7 @@ if how == "ends":
   time.sleep(0.5)
 with open(os.path.join(workdir, "results.json"), "w") as f:
   json.dump({"step": json.load(open(config))["total_steps"]}, f)
-if how == "other":
+if how in ("other", "other_held"):
   later = os.path.join(os.path.dirname(workdir), "scratch-denoise_30-lr5e-4-s0")
   os.makedirs(later, exist_ok=True)
   open(os.path.join(later, "DONE"), "w").write(json.dumps({"seconds": 1.0}))
@@ -424,14 +428,16 @@ if how == "other":
     ("always75", 1, "failed (exit status 75)"),
     ("killed", 1, "failed (killed by SIGKILL (the OOM killer, or a kill -9))"),
     ("other", 0, "scratch-denoise_30-lr5e-4-s0: done by another process; skipped"),
+    # held by another process when its turn came, done by it before we ended: not an exit 3
+    ("other_held", 0, "[study] all 2 runs done"),
     ("ends", 128 + 15, "scratch-denoise_30-lr1e-3-s0: done in"),
 ])
 def test_a_child_s_own_stop_death_or_end_and_a_run_done_elsewhere(study_file, tmp_path, how,
                                                                     status, words):
   """A run stopped at a checkpoint by a signal of its own (exit 75: nothing to fix) is started
   again once, not a failure that stops the study; a killed one says its signal; a run another
-  process finished since the queue was made is not started again (its DONE rewritten); a run
-  that ended as the study was stopped is done, not 'interrupted'."""
+  process finished since the queue was made is not started again (its DONE rewritten), nor
+  waited for once done; a run that ended as the study was stopped is done, not 'interrupted'."""
   import io
   import signal
   study = _load(study_file, "values", str(tmp_path / "study"))
@@ -442,17 +448,22 @@ def test_a_child_s_own_stop_death_or_end_and_a_run_done_elsewhere(study_file, tm
   train = lambda config, workdir: [sys.executable, "-c", OWN_EXITS, config, workdir]
   out = io.StringIO()
   handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  os.makedirs(study.run_dir(later))
+  held = open(study.path(later, runner.RUN_LOCK), "w")
   try:
+    if how == "other_held":
+      fcntl.flock(held, fcntl.LOCK_EX)  # another study process runs it
     assert runner.Runner(study, train, out=out).run(only=f"{first},{later}") == status, (
         out.getvalue())
   finally:
+    held.close()
     for sig, handler in handlers.items():
       signal.signal(sig, handler)
   assert words in out.getvalue(), out.getvalue()
-  assert study.is_done(first) == (how in ("own75", "other", "ends")), out.getvalue()
+  assert study.is_done(first) == (how in ("own75", "other", "other_held", "ends")), out.getvalue()
   if how == "own75":
     assert study.done_info(first)["starts"] == 2
-  if how == "other":  # the other process's DONE kept, its run not started here
+  if how in ("other", "other_held"):  # the other process's DONE kept, its run not started here
     assert study.done_info(later) == {"seconds": 1.0}
     assert not os.path.exists(study.path(later, "starts"))
 
@@ -515,6 +526,63 @@ def test_a_run_whose_trainer_outlives_a_killed_study_is_not_started_twice(study_
         break
       time.sleep(0.05)
     assert runner.Runner(study, train, out=io.StringIO()).run(only=name) == 0
+  finally:
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  assert study.is_done(name)
+
+
+FINISHES = """
+import json, os, sys
+config, workdir = sys.argv[1:]
+with open(os.path.join(workdir, "results.json"), "w") as f:
+  json.dump({"step": json.load(open(config))["total_steps"]}, f)
+"""
+
+
+def test_a_run_trained_by_hand_is_running_not_failed_nor_moved_aside(study_file, tmp_path):
+  # a run resumed by hand (launch/train.py on its run_config.json) holds its train.lock only:
+  # a study started beside it marked it FAILED (its trainer refused by that lock) and stopped;
+  # a corrected study moved the live trainer's files aside and trained a second one beside it
+  import io
+  import signal
+  import socket
+  workdir = str(tmp_path / "study")
+  study = _load(study_file, "values", workdir)
+  study.prepare()
+  name = study.runs[0].name
+  hand = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+  os.makedirs(study.run_dir(name))
+  lock = study.path(name, "train.lock")
+  with open(lock, "w") as f:
+    json.dump({"pid": hand.pid, "host": socket.gethostname(), "started": "then"}, f)
+  train = lambda config, workdir: [sys.executable, "-c", FINISHES, config, workdir]
+  handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    assert runner.state(study, study.by_name[name]) == "running"
+    assert (f"  running  {name}  pid {hand.pid} on {socket.gethostname()}, since then"
+            in runner.status_table(study, [study.by_name[name]]))
+    out = io.StringIO()
+    assert runner.Runner(study, train, out=out).run(only=name) == 3, out.getvalue()
+    assert (f"{name}: running in another process (pid {hand.pid} on {socket.gethostname()}: a "
+            f"trainer this study did not start, {lock}; delete that file if the process is "
+            "gone); skipped") in out.getvalue(), out.getvalue()
+    assert not os.path.exists(study.path(name, "FAILED"))
+    config = _config(study_file, "values")
+    config.run.optim.warmup_steps += 1  # a correction of the unfinished runs
+    with pytest.raises(ValueError, match=rf"while another process runs {name}; let it finish"):
+      study_lib.Study(config, workdir).check_saved()
+    assert sorted(os.listdir(study.run_dir(name))) == ["RUNNING", "train.lock"]  # none moved
+  finally:
+    hand.kill()
+    hand.wait()
+    for sig, handler in handlers.items():
+      signal.signal(sig, handler)
+  # its trainer gone, the lock is stale: the study trains the run
+  assert runner.state(study, study.by_name[name]) == "pending"
+  out = io.StringIO()
+  try:
+    assert runner.Runner(study, train, out=out).run(only=name) == 0, out.getvalue()
   finally:
     for sig, handler in handlers.items():
       signal.signal(sig, handler)

@@ -28,7 +28,7 @@ from mtl.run_folder import PREEMPTED_EXIT
 from mtl.study.runs import sweep_runs
 from mtl.study.spec import format_lr
 from mtl.study.workdir import (DONE_FILE, FAILED_FILE, LOG_FILE, RUN_CONFIG, RUN_LOCK, STARTS_FILE,
-                               lock_holder)
+                               trainer_holder, lock_holder)
 
 ANALYZE_LOG = "analyze.log"  # a final_conflicts measurement's output, in its folder
 STATES = ("done", "diverged", "no start", "running", "failed", "waiting", "started", "pending")
@@ -575,10 +575,17 @@ class Runner:
             waiting.append(spec.name)
             continue
           lock = self._acquire(spec)
-          if lock is None:
-            holder = lock_holder(study, spec.name) or {}
+          # held by another study process, or its trainer started by hand
+          holder = (lock_holder(study, spec.name) or {} if lock is None
+                    else trainer_holder(study, spec.name))
+          if holder is not None:
+            if lock is not None:
+              lock.close()
             trainer = (f", its trainer pid {holder['trainer_pid']}" if "trainer_pid" in holder
                        else "")
+            if "lock" in holder:
+              trainer = (f": a trainer this study did not start, {holder['lock']}; delete that "
+                         "file if the process is gone")
             self.say(f"{head}: running in another process (pid {holder.get('pid', '?')} on "
                      f"{holder.get('host', '?')}{trainer}); skipped")
             queue.remove(spec)
@@ -688,6 +695,9 @@ class Runner:
                f"sweep diverged: {', '.join(no_start)}; give those sweeps lower lrs (lrs, or "
                "lrs_override for the regime) and run the same command: finished runs are kept")
       return 1
+    # runs another process finished while this one ran are done: not a reason to exit 3
+    waiting = [name for name in waiting if not study.is_done(name)]
+    elsewhere = [name for name in elsewhere if not study.is_done(name)]
     if waiting or elsewhere:
       if waiting:
         self.say(f"[study] {len(waiting)} runs wait for their pre-training runs: "

@@ -97,11 +97,13 @@ class Selection:
 
 
 def lock_holder(study, name):
-  """The RUNNING file's content ({} if unreadable) while a live process holds its lock, else
-  None (no file, or a stale one left by a killed process)."""
+  """Who runs the run now: the RUNNING file's content ({} if unreadable) while a live study
+  process holds its lock; else the run's train.lock record (with "lock": its path) while a
+  trainer this study did not start holds it (launch/train.py run by hand); else None (no lock,
+  or a stale one left by a killed process)."""
   path = study.path(name, RUN_LOCK)
   if not os.path.exists(path):
-    return None
+    return trainer_holder(study, name)
   with open(path, "a+") as handle:
     try:
       fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -113,7 +115,13 @@ def lock_holder(study, name):
         return {}
       return holder if isinstance(holder, dict) else {}  # its callers .get() fields
     fcntl.flock(handle, fcntl.LOCK_UN)
-  return None
+  return trainer_holder(study, name)
+
+
+def trainer_holder(study, name):
+  lock = files.WorkdirLock(study.run_dir(name), run_folder.LOCK_FILE)
+  holder = lock.live_holder()
+  return None if holder is None else {**holder, "lock": lock.path}
 
 
 def _check_methods(config, runs):
