@@ -41,12 +41,13 @@ def encode_png(image):
   return buf.getvalue()
 
 
-def write_png(path, image):
-  """An image as a PNG file, written atomically (parent folders created)."""
+def write_png(path, image, replace=True):
+  """An image as a PNG file, written atomically (parent folders created); replace=False keeps a
+  file already there (FileExistsError)."""
   from mtl import files
   data = encode_png(image)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  files.write_atomic(path, lambda f: f.write(data))
+  files.write_atomic(path, lambda f: f.write(data), replace)
 
 
 def png_info(data):

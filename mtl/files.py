@@ -5,6 +5,7 @@ A file written here is complete or absent: the bytes go to a temporary file besi
 are fsynced, and os.replace puts them in place (then the directory entry is fsynced), so a
 killed run never leaves a half-written results.json, meta.json or chunk behind.
 """
+import errno
 import fcntl
 import json
 import math
@@ -30,20 +31,39 @@ def fsync_dir(path):
     os.close(fd)
 
 
-def write_atomic(path, write):
-  """write(file) into a temporary file beside `path`, then os.replace it into place."""
+def write_atomic(path, write, replace=True):
+  """write(file) into a temporary file beside `path`, then os.replace it into place; with
+  replace=False a file at `path` (one another process wrote meanwhile) is kept: FileExistsError."""
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
     with open(tmp, "wb") as f:
       write(f)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+    if replace:
+      os.replace(tmp, path)
+    else:
+      _publish_new(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
   fsync_dir(os.path.dirname(path))
+
+
+def _publish_new(tmp, path):
+  """Move `tmp` to `path` unless a file is there (FileExistsError): a hard link fails on one
+  atomically; where links are not supported, a check just before the rename."""
+  try:
+    os.link(tmp, path)
+  except FileExistsError:
+    raise
+  except OSError:
+    if os.path.lexists(path):
+      raise FileExistsError(errno.EEXIST, "File exists", path) from None
+    os.replace(tmp, path)
+    return
+  os.remove(tmp)
 
 
 def write_json(path, obj):

@@ -142,7 +142,13 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
         restored = restore(image)
       except ValueError as error:  # a non-finite output: stop, naming the image
         raise ValueError(f"{path}: {error}; nothing written for it") from None
-      events.write_png(out, restored)
+      try:  # without --overwrite, a file another process wrote there meanwhile is kept
+        events.write_png(out, restored, replace=overwrite)
+      except FileExistsError:
+        raise ValueError(f"{out} appeared while this restore ran (another process writes into "
+                         f"--output={output}?); it is kept and nothing more is written "
+                         f"({len(written)} image(s) written before it): choose another --output, "
+                         "or pass --overwrite") from None
       written.append(out)
     line = progress.update(done)
     if line:

@@ -161,6 +161,40 @@ def test_restore_never_writes_into_its_input_or_one_output_twice(workdir, tmp_pa
   assert _snapshot(tmp_path) == before
 
 
+class _AnotherWriter(io.StringIO):
+  """The restore's progress stream; once it starts restoring, another process writes `clash`."""
+
+  def __init__(self, clash):
+    super().__init__()
+    self.clash = clash
+
+  def write(self, text):
+    if text.startswith("restoring") and not os.path.exists(self.clash):
+      _png(self.clash, np.full((4, 4, 3), 7, np.uint8))
+    return super().write(text)
+
+
+def test_a_file_another_process_writes_into_output_meanwhile_is_kept(workdir, tmp_path):
+  # two restores into one --output: the later write replaced the earlier one's images unsaid
+  inputs = tmp_path / "photos"
+  rng = np.random.default_rng(5)
+  for name in ("a", "b"):
+    _png(str(inputs / f"{name}.png"), rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+  output = tmp_path / "out"
+  err = _AnotherWriter(str(output / "b.png"))
+  with pytest.raises(ValueError) as error:
+    restoration.restore_folder(workdir, "derain", str(inputs), str(output), err=err)
+  assert str(error.value) == (
+      f"{output / 'b.png'} appeared while this restore ran (another process writes into "
+      f"--output={output}?); it is kept and nothing more is written (1 image(s) written before "
+      "it): choose another --output, or pass --overwrite")
+  assert np.array_equal(np.asarray(Image.open(output / "b.png")), np.full((4, 4, 3), 7, np.uint8))
+  assert sorted(os.listdir(output)) == ["a.png", "b.png"]  # no temporary file left
+  written, _ = restoration.restore_folder(workdir, "derain", str(inputs), str(output),
+                                          err=io.StringIO(), overwrite=True)  # asked for
+  assert len(written) == 2 and np.asarray(Image.open(output / "b.png")).shape == (12, 12, 3)
+
+
 def test_restore_refuses_a_file_as_output_and_a_lone_unreadable_input_before_loading(tmp_path):
   (tmp_path / "out").write_text("x")
   (tmp_path / "junk.png").write_bytes(b"not a png")
