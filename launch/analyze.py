@@ -204,13 +204,29 @@ def measure(checkpoint, config, num_batches, out=None, batch_size=128, halfwidth
   from mtl import measure as conflicts_measure
   knob = KNOBS[knobs]
   run_dir = _run_dir(checkpoint)
+  given = step is not None
   if step is None:  # the latest, resolved now: the default --out names it
     step = checkpoints.latest_saved_step(run_dir)
   default = out is None and step is not None
   _check_out(run_folder.analysis_dir(run_dir, step) if default else out, default)  # before work
-  steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
-      config, checkpoint, num_batches, batch_size, halfwidth=halfwidth, max_batches=max_batches,
-      step=step)
+  for _ in range(3):
+    try:
+      steps, grams, layers, tasks, ckpt_step = conflicts_measure.measure_conflicts(
+          config, checkpoint, num_batches, batch_size, halfwidth=halfwidth,
+          max_batches=max_batches, step=step)
+      break
+    except checkpoints.StepMissing as error:  # removed by the run, which trains on
+      latest = checkpoints.latest_saved_step(run_dir)
+      if given or latest in (None, step):
+        raise
+      print(f"{error}; measuring its latest step, {latest}, instead", file=sys.stderr,
+            flush=True)
+      step = latest
+      if default:
+        _check_out(run_folder.analysis_dir(run_dir, step), default)
+  else:
+    raise ValueError(f"the run in {run_dir} replaced its latest checkpoint three times while "
+                     "it was read; give --step of one it keeps, or measure it when it stops")
   num_batches = len(steps)
   out = out or run_folder.analysis_dir(run_dir, ckpt_step)
   _check_out(out, default)  # again: another analyze may have measured it meanwhile

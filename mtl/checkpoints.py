@@ -196,6 +196,11 @@ def _held_stderr():
     sys.stderr = real
 
 
+class StepMissing(ValueError):
+  """A checkpoint step its folder does not hold, or no longer: a run still training removes
+  its older steps, even one being read."""
+
+
 def _other_steps(saved, step):
   """What to do about a damaged checkpoint `step`, naming the other `saved` steps."""
   others = ", ".join(str(s) for s in sorted(saved) if s != step) or "none"
@@ -222,6 +227,10 @@ def _restore_items(mngr, step, abstract):
     if any(said in reason for said in OTHER_PARAMETERS):  # readable, not what was asked for
       raise ValueError(f"checkpoint step {step} in {mngr.directory} holds other parameters "
                        f"than its reader's model and config ({reason})") from None
+    if not os.path.isdir(os.path.join(str(mngr.directory), str(step))):  # not damaged: gone
+      raise StepMissing(f"checkpoint step {step} in {mngr.directory} was removed while it was "
+                        "read (a run still training keeps its latest keep_checkpoints steps); "
+                        "read a step it keeps") from None
     raise ValueError(f"checkpoint step {step} in {mngr.directory} cannot be read ({reason}); "
                      + _other_steps(mngr.all_steps(), step)) from None
   restored = {name: restored[name] for name in abstract}
@@ -263,8 +272,8 @@ def restore_params(checkpoint_dir, abstract_params, step=None, item="params"):
   saved = mngr.all_steps()
   if step is not None and step not in saved:
     mngr.close()
-    raise ValueError(f"step {step} has no checkpoint in {checkpoint_dir}; saved steps: "
-                     f"{', '.join(map(str, sorted(saved))) or 'none'}")
+    raise StepMissing(f"step {step} has no checkpoint in {checkpoint_dir}; saved steps: "
+                      f"{', '.join(map(str, sorted(saved))) or 'none'}")
   step = max(saved, default=None) if step is None else step  # the latest, as latest_step()
   if step is None:
     mngr.close()

@@ -134,6 +134,29 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_other_steps(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, restored, state.params)
 
 
+def test_a_step_the_run_removes_while_it_is_read_is_not_called_damaged(tmp_path):
+  # a run still training (keep_checkpoints) deleted the step analyze was reading: the advice to
+  # move it away as damaged was wrong, and analyze.py retries the latest when given no --step
+  import shutil
+  params = {"w": np.arange(64, dtype=np.float32)}
+  state = step_lib.TrainState(step=0, params=params, opt_state={"m": np.zeros(4, np.float32)})
+  mngr = checkpoints.manager(tmp_path, async_save=False)
+  for step in (1, 2):
+    checkpoints.save(mngr, step, state)
+  mngr.close()
+  abstract = {"w": jax.ShapeDtypeStruct((64,), np.float32)}
+  reader = checkpoints.manager(tmp_path, async_save=False)  # it listed step 2 ...
+  assert reader.all_steps() == [1, 2]
+  shutil.rmtree(tmp_path / "checkpoints" / "2")  # ... which the run then removed
+  with pytest.raises(checkpoints.StepMissing, match=r"^checkpoint step 2 in .*checkpoints was "
+                     r"removed while it was read \(a run still training keeps its latest "
+                     r"keep_checkpoints steps\); read a step it keeps$"):
+    checkpoints._restore_items(reader, 2, {"params": abstract})
+  reader.close()
+  with pytest.raises(checkpoints.StepMissing, match=r"step 2 has no checkpoint .*; saved steps: 1"):
+    checkpoints.restore_params(str(tmp_path), abstract, step=2)
+
+
 def test_a_trainer_resuming_a_damaged_checkpoint_prints_one_line(tmp_path):
   """orbax's other reads of the damaged step fail after the first, each with a traceback on
   stderr, and its pending reads print more at the interpreter's exit: one line is left."""
