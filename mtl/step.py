@@ -339,7 +339,8 @@ def probe_step(state, batch, hyper=None, *, model, config, optimizer, names, pla
   (L, T, T)). With plan.batch_size (conflicts.batch_size) they come from the probe batch (the
   pipeline's probe entries, `split_probe`, `probe_gramians`) at the parameters before the update, which
   is a plain step on the training batch; else from the step's own backward pass on the
-  training batch's halves (the update is unchanged). Each task's sub-batch must be even."""
+  training batch's halves (the same update up to float rounding). Each task's sub-batch must
+  be even."""
   if plan.batch_size:
     hyper = step_args(config) if hyper is None else hyper
     batch, probe = split_probe(batch)

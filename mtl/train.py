@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 
 from mtl import (aggregators, checkpoints, conflicts, distributed, files, flops, run_defaults,
-                 run_folder)
+                 run_folder, xla_options)
 from mtl.data import pipeline, prefetch
 from mtl.models import ipt
 from mtl.progress import MetricsLog, hparams_of
@@ -262,6 +262,7 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
       print(setup.banner(data=f"{images.description}, {len(images)} images"), flush=True)
       if source_note:
         print(source_note, flush=True)
+      _note_thread_change(workdir, start)
       if probe_every or start == 0:
         conflicts.truncate_after(workdir, start - 1)  # steps >= start will be probed again
     metrics_log = MetricsLog(os.path.join(workdir, run_folder.METRICS_FILE), start, enabled=is_writer)
@@ -465,11 +466,28 @@ def _all_finite(tree):
 
 
 def _record_wall(workdir, seconds):
-  """Add an attempt's training seconds to <workdir>/compute.json's wall_seconds."""
+  """Add an attempt's training seconds to <workdir>/compute.json's wall_seconds; a CPU run's
+  cpu_threads: its XLA thread count, which splits its sums (_note_thread_change)."""
   path = os.path.join(workdir, run_folder.COMPUTE_FILE)
   previous = files.read_json(path) if os.path.exists(path) else {}
-  files.write_json(path, {**previous,
+  threads = {"cpu_threads": xla_options.cpu_threads()} if jax.default_backend() == "cpu" else {}
+  files.write_json(path, {**previous, **threads,
                           "wall_seconds": previous.get("wall_seconds", 0.0) + seconds})
+
+
+def _note_thread_change(workdir, start):
+  """A CPU run resumed on another XLA thread count than its last attempt's (cpu_threads 0:
+  every CPU it may use, which a requeue on another node or taskset changes): one warning line."""
+  path = os.path.join(workdir, run_folder.COMPUTE_FILE)
+  if not start or jax.default_backend() != "cpu" or not os.path.exists(path):
+    return
+  before, now = files.read_json(path).get("cpu_threads"), xla_options.cpu_threads()
+  if before is not None and before != now:
+    print(f"warning: this attempt runs on {now} XLA CPU thread(s), the steps before {start} ran "
+          f"on {before}: a CPU run's sums split by thread, so from step {start} on it is not "
+          f"bitwise the run an uninterrupted one would be (a run started with config.cpu_threads=N "
+          "keeps N)",
+          flush=True)
 
 
 def _record_compute(workdir, run, config, final_step):

@@ -131,6 +131,12 @@ def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path, ca
   workdir = str(tmp_path / "resumed")
   first = train.train_and_evaluate(_config(total_steps=2), workdir)  # "interrupted" after step 2
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  cpu = jax.default_backend() == "cpu"
+  if cpu:  # as if that attempt ran where XLA had one more CPU thread (cpu_threads 0: them all)
+    from mtl import xla_options
+    compute, threads = os.path.join(workdir, "compute.json"), xla_options.cpu_threads()
+    assert files.read_json(compute)["cpu_threads"] == threads
+    files.write_json(compute, {**files.read_json(compute), "cpu_threads": threads + 1})
   train.train_and_evaluate(_config(), workdir)               # same command, longer budget
   # The first end's results are kept under their step's name, said so; config.json is in force.
   kept = os.path.join(workdir, run_folder.results_name(2, final=False))
@@ -139,6 +145,8 @@ def test_resume_continues_from_the_saved_step_exactly(straight_run, tmp_path, ca
   out = capsys.readouterr().out
   assert f"kept the results of step 2 as {kept}: the run goes on to a new end" in out
   assert "resuming with changed fields: total_steps (2 -> 4)" in out
+  assert not cpu or (f"warning: this attempt runs on {threads} XLA CPU thread(s), the steps "
+                     f"before 2 ran on {threads + 1}: a CPU run's sums split by thread") in out
   assert run_folder.read_config(workdir).total_steps == 4
   config = _config()
   resumed, step = _params(workdir, config)
