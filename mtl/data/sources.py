@@ -89,6 +89,35 @@ def _file_lock(path):
       fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class _NeverRaised(Exception):
+  pass
+
+
+def _spill_without_tensorflow():
+  """tensorflow_datasets (4.9) runs without TensorFlow but for one path: a split of more than
+  1 GB spills to bucket files through tf.io.gfile. Where TensorFlow is absent, those files go
+  through etils.epath (local paths and gs:// alike), with room for the 1,000 buckets open at once.
+  """
+  import importlib.util
+  import resource
+  import types
+  from etils import epath
+  from tensorflow_datasets.core import shuffle
+  if importlib.util.find_spec("tensorflow") is not None:
+    return
+  gfile = types.SimpleNamespace(GFile=lambda path, mode="rb": epath.Path(path).open(mode),
+                                exists=lambda path: epath.Path(path).exists(),
+                                remove=lambda path: epath.Path(path).unlink())
+  shuffle.tf = types.SimpleNamespace(io=types.SimpleNamespace(gfile=gfile),
+                                     errors=types.SimpleNamespace(
+                                         ResourceExhaustedError=_NeverRaised))
+  soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+  want = shuffle.BUCKETS_NUMBER + 1024
+  if soft != resource.RLIM_INFINITY and soft < want:
+    resource.setrlimit(resource.RLIMIT_NOFILE,
+                       (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
 def prepare(make_builder):
   """`make_builder()` with its dataset prepared: built offline on first use, reused after.
 
@@ -108,6 +137,7 @@ def prepare(make_builder):
     builder = make_builder()   # a fresh builder sees what another process may have built meanwhile
     if not builder.is_prepared():
       logging.info("building TFDS dataset %s in %s", builder.info.full_name, builder.data_dir)
+      _spill_without_tensorflow()
       try:
         builder.download_and_prepare(file_format=FILE_FORMAT, download_config=_DOWNLOAD_CONFIG)
       except OSError:
