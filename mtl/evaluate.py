@@ -165,6 +165,26 @@ def tile_starts(size, tile, overlap):
 TILINGS = ("centre", "ipt", "mean")
 
 
+def _tile_grid(size, tile, overlap, tiling):
+  """(tile starts, the grid's starts) along one axis of `size` >= `tile` (axis_windows)."""
+  if tiling == "ipt":
+    stride = max(1, (tile // 2) // 2)
+    grid = list(range(0, size - tile + 1, stride))
+    return grid + ([size - tile] if (size - tile) % stride else []), grid
+  if tiling in ("centre", "mean"):
+    starts = tile_starts(size, tile, overlap)
+    return starts, starts
+  raise ValueError(f"eval.tiling={tiling!r}; valid: {', '.join(map(repr, TILINGS))}")
+
+
+def tile_count(height, width, tile, overlap, tiling, self_ensemble=False, kind=""):
+  """How many tiles restore_float runs an image of height x width through."""
+  along = lambda size: len(_tile_grid(max(size, tile), tile, overlap, tiling)[0])
+  views = ensemble_of(kind) if self_ensemble else ((0, False),)
+  return sum(along(width if k % 2 else height) * along(height if k % 2 else width)
+             for k, _ in views)
+
+
 def axis_windows(size, tile, scale, overlap, tiling):
   """(tile starts, weights (tiles, size * scale), split) along one axis of `size` >= `tile` input
   pixels: at every output pixel the weights of the tiles covering it sum to 1.
@@ -181,19 +201,12 @@ def axis_windows(size, tile, scale, overlap, tiling):
   mean: tile_starts' tiles averaged where they overlap (seams where a model sees less context).
   split is only used by 'ipt' (None otherwise).
   """
+  starts, grid = _tile_grid(size, tile, overlap, tiling)
+  margin = {"ipt": max(1, (tile // 2) // 2), "centre": overlap // 2, "mean": 0}[tiling]
+  split = None
   if tiling == "ipt":
-    stride = max(1, (tile // 2) // 2)
-    margin = stride
-    cut = (size - tile) % stride
-    grid = list(range(0, size - tile + 1, stride))
-    starts = grid + ([size - tile] if cut else [])
+    cut = (size - tile) % margin  # ipt's margin is its stride
     split = (size - cut) * scale - (tile - cut) * scale // 2
-  elif tiling in ("centre", "mean"):
-    starts = grid = tile_starts(size, tile, overlap)
-    margin = overlap // 2 if tiling == "centre" else 0
-    split = None
-  else:
-    raise ValueError(f"eval.tiling={tiling!r}; valid: {', '.join(map(repr, TILINGS))}")
   cover = np.zeros((len(starts), size * scale))
   for i, start in enumerate(grid):
     lo = start + margin if start > 0 else 0
@@ -435,8 +448,14 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
   on_device = {False: local_params(params, mesh)}
   if ema_params is not None:
     on_device[True] = local_params(ema_params, mesh)
+  from mtl import progress as progress_lib
+  runs = [("", False, False)] + others
+  # a line every 10 s, for evaluations that take that long (a benchmark set, x8, paper size)
+  progress = progress_lib.Progress(len(runs) * sum(
+      len(t.items) for spec in model.specs for t in testsets if tasks.selects(t.tasks, spec)),
+      every_seconds=10, unit="image")
+  restored = 0
   with jax.set_mesh(mesh):
-    runs = [("", False, False)] + others
     scored = {name: {} for name, _, _ in runs}
     for spec in model.specs:
       runners = {ema: tile_runner(model, p, spec.name, config.eval.tile_batch, mesh)
@@ -460,6 +479,10 @@ def evaluate(model, params, config, testsets, workdir, step, writer=None, final=
                                     + (f" ({VARIANT_LABELS[variant]})" if variant else "")
                                     + f": {error}; not scored") from None
             rows[variant].append(score(output, clean, crop, spec.gray))
+            restored += 1
+            line = progress.update(restored)
+            if line and restored < progress.total_steps and jax.process_index() == 0:
+              print(f"evaluating step {int(step)}: {line}", flush=True)
             if config.eval.get("save_images", False) and jax.process_index() == 0:
               folder = run_folder.RESTORED_DIR + (f"-{variant}" if variant else "")
               events.write_png(os.path.join(workdir, folder, str(int(step)), spec.name,

@@ -3,7 +3,8 @@ the run's text log (`Tee`: stdout and stderr also appended to <workdir>/train.lo
 
 `Progress(total_steps, start_step, every)` logs, via absl logging,
   step 250/1000 (25.0%) | 3.21 steps/s | ETA 3m54s | loss 0.0123
-with the rate over the last `window` updates. Compilation and evaluation are not training:
+with the rate over the last `window` updates (`every_seconds`: a line at most that often
+instead, for work of uneven items: images, batches, each named by `unit`). Compilation and evaluation are not training:
 `exclude(seconds)` takes their duration out of the clock, so the first ETA is already right and
 an evaluation neither dips the rate nor dilutes the data wait. Given the seconds
 the loop has waited for data so far (`update(..., data_wait=s)`), the line also says which share
@@ -32,10 +33,13 @@ class Progress:
   returns the line (else None).
   """
 
-  def __init__(self, total_steps, start_step=0, every=100, window=20, clock=time.monotonic):
+  def __init__(self, total_steps, start_step=0, every=100, window=20, clock=time.monotonic,
+               every_seconds=0.0, unit="step"):
     self.total_steps = int(total_steps)
     self.every = max(1, int(every))
+    self.every_seconds, self.unit = float(every_seconds), unit
     self._clock = clock
+    self._last_line = clock()
     self._excluded = 0.0
     self._history = collections.deque([(clock(), int(start_step))], maxlen=max(2, window + 1))
     self._waits = collections.deque([(self._now(), 0.0)], maxlen=2)  # (clock, seconds waited)
@@ -70,10 +74,14 @@ class Progress:
     self._history.append((self._now(), step))
     if data_wait is not None:
       self._waits.append((self._history[-1][0], float(data_wait)))
-    if step % self.every and step < self.total_steps:
+    if step < self.total_steps and (
+        self._clock() - self._last_line < self.every_seconds if self.every_seconds
+        else step % self.every):
       return None
-    parts = [f"step {step}/{self.total_steps} ({100 * step / max(1, self.total_steps):.1f}%)",
-             f"{self.rate():.3g} steps/s", f"ETA {files.format_duration(self.eta())}"]
+    self._last_line = self._clock()
+    parts = [f"{self.unit} {step}/{self.total_steps} "
+             f"({100 * step / max(1, self.total_steps):.1f}%)",
+             f"{self.rate():.3g} {self.unit}s/s", f"ETA {files.format_duration(self.eta())}"]
     if data_wait is not None:
       parts.append(f"data wait {self.wait_share():.0%}")
     parts += [f"{k} {v:.4g}" if isinstance(v, (int, float, np.floating, np.integer))

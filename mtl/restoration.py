@@ -34,16 +34,22 @@ def load_model(workdir, step=None, ema=False):
   return config, model, params, int(step)
 
 
-def restorer(model, params, config, task, self_ensemble=False):
+def restorer(model, params, config, task, self_ensemble=False, on_tiles=None):
   """image uint8 HWC -> restored uint8 (H*s, W*s, 3), the way evaluation restores it (with
-  self_ensemble, as config.eval.self_ensemble scores it: the x8 flips and rotations averaged; derain and dehaze: the image and its mirror)."""
+  self_ensemble, as config.eval.self_ensemble scores it: the x8 flips and rotations averaged;
+  derain and dehaze: the image and its mirror); on_tiles(n) after each n tiles restored."""
   from mtl import evaluate, tasks
   if task not in model.task_names:
     raise ValueError(f"task {task!r} is not in this model; its tasks: {', '.join(model.task_names)}")
   spec = tasks.get(task)
   mesh = evaluate.local_mesh()
-  apply_tiles = evaluate.tile_runner(model, evaluate.local_params(params, mesh), task,
-                                     config.eval.tile_batch, mesh)
+  run_tiles = evaluate.tile_runner(model, evaluate.local_params(params, mesh), task,
+                                   config.eval.tile_batch, mesh)
+  def apply_tiles(tiles):
+    out = run_tiles(tiles)
+    if on_tiles is not None:
+      on_tiles(len(tiles))
+    return out
   tiling = config.eval.get("tiling", "centre")
   return lambda image: evaluate.restore_image(
       apply_tiles, image, spec.scale, config.model.patch_size, config.eval.tile_overlap, tiling,
@@ -118,14 +124,21 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
     raise FileNotFoundError(f"--input={source} is neither a file nor a folder")
   outs, existing = plan_outputs(paths, source, output, overwrite)
   config, model, params, step = load_model(workdir, step, ema)
-  restore = restorer(model, params, config, task, self_ensemble)
-  from mtl import tasks
-  gray = tasks.get(task).gray
+  from mtl import evaluate, tasks
+  tiles = {}  # the image's tile progress: a line every 10 s for an image that takes that long
+  def on_tiles(n):
+    tiles["done"] += n
+    line = tiles["progress"].update(tiles["done"])
+    if line and tiles["done"] < tiles["progress"].total_steps:  # the image's own line ends it
+      print(f"{tiles['name']}: {line}", file=err, flush=True)
+  restore = restorer(model, params, config, task, self_ensemble, on_tiles)
+  spec = tasks.get(task)  # after restorer: it names a task the model lacks
+  gray = spec.gray
   os.makedirs(output, exist_ok=True)
   print(f"restoring {len(paths)} image(s) with {task} from {workdir} (step {step})"
         + (f"; replacing {len(existing)} existing file(s) in {output}" if existing else ""),
         file=err)
-  progress = progress_lib.Progress(len(paths), every=1)
+  progress = progress_lib.Progress(len(paths), every=1, unit="image")
   written, skipped = [], []
   for done, (path, out) in enumerate(zip(paths, outs), 1):
     try:
@@ -138,6 +151,11 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
         print(f"warning: {path}: {note}", file=err)
       if gray:  # as evaluation feeds it: the grey plane in three equal channels
         image = np.repeat(metrics.grey_plane(image).astype(np.uint8), 3, axis=-1)
+      count = evaluate.tile_count(*image.shape[:2], config.model.patch_size,
+                                  config.eval.tile_overlap, config.eval.get("tiling", "centre"),
+                                  self_ensemble, spec.kind)
+      tiles.update(name=os.path.basename(path), done=0,
+                   progress=progress_lib.Progress(count, every_seconds=10, unit="tile"))
       try:
         restored = restore(image)
       except ValueError as error:  # a non-finite output: stop, naming the image
@@ -152,7 +170,7 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
       written.append(out)
     line = progress.update(done)
     if line:
-      print(line.replace("step ", "image ", 1).replace("steps/s", "images/s"), file=err, flush=True)
+      print(line, file=err, flush=True)
   return written, skipped
 
 

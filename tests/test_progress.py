@@ -28,6 +28,19 @@ def test_progress_rate_eta_and_cadence():
   assert files.format_duration(float("nan")) == "?"
 
 
+def test_uneven_work_logs_by_the_clock_in_its_own_unit():
+  # an evaluation or a restore: items of any duration, a line at most every 10 s, and the last
+  now = [0.0]
+  progress = progress_lib.Progress(10, every_seconds=10, unit="image", clock=lambda: now[0])
+  lines = []
+  for image, seconds in enumerate((4, 4, 4, 1, 30, 2, 2, 2, 2, 2), 1):
+    now[0] += seconds
+    lines.append(progress.update(image))
+  assert [k for k, line in enumerate(lines, 1) if line] == [3, 5, 10]
+  assert lines[2] == "image 3/10 (30.0%) | 0.25 images/s | ETA 28s"
+  assert lines[9].startswith("image 10/10 (100.0%) | ")
+
+
 def test_compilation_is_excluded_from_the_rate():
   """The issue's case: 20 s compile, 0.4 s/step, log_every 25: the first ETA is already right."""
   now = [0.0]

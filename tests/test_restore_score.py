@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mtl import evaluate, files, metrics, restoration, run_state
+from mtl import evaluate, files, metrics, restoration, run_state, tasks
 from mtl.models import ipt_import
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -121,6 +121,21 @@ def _snapshot(folder):
   return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.parametrize("task", ["sr_x2", "derain"])
+def test_the_tile_count_a_restore_reports_progress_by_is_the_tiles_it_runs(workdir, task):
+  # a large image with --self_ensemble restores for minutes: its progress counts tiles of this
+  config, model, params, _ = restoration.load_model(workdir)
+  image = np.random.default_rng(7).integers(0, 256, (30, 71, 3), dtype=np.uint8)
+  for tiling in evaluate.TILINGS:
+    config.eval.tiling = tiling
+    for ensemble in (False, True):
+      counted = []
+      restoration.restorer(model, params, config, task, ensemble, counted.append)(image)
+      assert sum(counted) == evaluate.tile_count(
+          30, 71, config.model.patch_size, config.eval.tile_overlap, tiling, ensemble,
+          tasks.get(task).kind), (tiling, ensemble)
+
+
 def test_restore_never_writes_into_its_input_or_one_output_twice(workdir, tmp_path):
   inputs = tmp_path / "photos"
   rng = np.random.default_rng(4)
@@ -211,7 +226,8 @@ def test_restore_refuses_a_file_as_output_and_a_lone_unreadable_input_before_loa
 def test_restore_refuses_a_non_finite_output_naming_the_image(tmp_path, monkeypatch):
   # A NaN restoration was cast to arbitrary uint8 and written as a PNG.
   _png(str(tmp_path / "in" / "a.png"), np.zeros((10, 10, 3), np.uint8))
-  monkeypatch.setattr(restoration, "load_model", lambda *args: (None, None, None, 0))
+  from experiments import tiny
+  monkeypatch.setattr(restoration, "load_model", lambda *args: (tiny.get_config(), None, None, 0))
   nan = lambda tiles: np.full(tiles.shape, np.nan, np.float32)
   monkeypatch.setattr(restoration, "restorer", lambda *args: lambda image: evaluate.restore_image(
       nan, image, 1, tile=8, overlap=2))
