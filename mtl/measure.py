@@ -5,7 +5,7 @@ import time
 import jax
 import numpy as np
 
-from mtl import checkpoints, gramians, sharding, stats
+from mtl import checkpoints, files, gramians, sharding, stats
 from mtl.data import pipeline
 from mtl.models import ipt
 from mtl.run_state import build
@@ -50,12 +50,12 @@ def probe_seed(seed, step):
 
 
 def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10**7,
-                      halfwidth=0.0, max_batches=0, log=print, step=None):
+                      halfwidth=0.0, max_batches=0, log=print, step=None, log_seconds=10.0):
   """Per-leaf Gramians of a saved model (its checkpoint of `step`, default the latest) on fresh
   probe batches of `batch_size` images per task, without training: `num_batches`, then with
   `halfwidth` > 0 more, one at a time, until every pair's whole-body corrected-cosine 95%
-  interval is within +-halfwidth or `max_batches` are measured (progress through `log`;
-  stopping at the first batch whose intervals are narrow enough: a fixed-width sequential
+  interval is within +-halfwidth or `max_batches` are measured (progress through `log` every
+  `log_seconds`, from the second batch: the first compiles; stopping at the first batch whose intervals are narrow enough: a fixed-width sequential
   interval, whose coverage tends to the nominal level as the target narrows).
 
   Batches are those of steps first_step, first_step + 1, ... (far past any training step) under
@@ -87,7 +87,8 @@ def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10
     layer_names, order = ipt.body_layer_order(params["body"])
     names = list(run.model.task_names)
     limit = max(num_batches, max_batches) if halfwidth > 0 else num_batches
-    steps, grams, body, started, shown = [], [], [], time.monotonic(), time.monotonic()
+    steps, grams, body, shown = [], [], [], time.monotonic()
+    started = None  # after the first batch, which compiles: the rate is the batches'
     for step in range(first_step, first_step + limit):
       batch = pipeline.batch_for_step(images, run.model.specs, config.model.patch_size,
                                       batch_size, config.seed, step, jax.process_index(),
@@ -96,15 +97,19 @@ def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10
       steps.append(step)
       grams.append(np.asarray(jax.device_get(g))[np.asarray(order)])
       body.append(grams[-1].sum(0, dtype=np.float64))
+      need, target = num_batches, ""
       if halfwidth > 0 and len(steps) >= num_batches:
         widest, pair = widest_halfwidth(np.stack(body), names)
         if widest <= halfwidth:
           break
-        if time.monotonic() - shown > 10:  # progress: batches, rate, the widest interval, ETA
-          shown, rate = time.monotonic(), len(steps) / (time.monotonic() - started)
-          need = min(limit, batches_needed(len(steps), widest, halfwidth) or limit)
-          log(f"batch {len(steps)}/{limit} | {rate:.2f} batches/s | widest +-{widest:.3f} "
-              f"({pair}), target +-{halfwidth:g} | ETA {(need - len(steps)) / rate:.0f}s",
-              flush=True)
+        need = min(limit, batches_needed(len(steps), widest, halfwidth) or limit)
+        target = f" | widest +-{widest:.3f} ({pair}), target +-{halfwidth:g}"
+      if started is None:
+        started = time.monotonic()
+      elif time.monotonic() - shown >= log_seconds and len(steps) < limit:  # rate, ETA
+        shown, rate = time.monotonic(), (len(steps) - 1) / (time.monotonic() - started)
+        log(f"batch {len(steps)}/{need if not target else limit} | {rate:.2f} batches/s"
+            f"{target} | ETA {files.format_duration(max(0, need - len(steps)) / rate)}",
+            flush=True)
   return (np.asarray(steps, np.int64), np.stack(grams).astype(np.float32),
           layer_names, names, int(ckpt_step))

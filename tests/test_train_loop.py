@@ -604,9 +604,13 @@ def test_a_checkpoint_of_a_given_step_is_measured_on_batches_of_its_own(straight
   from mtl.data import pipeline, sources
   from mtl.models import ipt
   config = _config()
-  steps, grams, _, tasks, saved = measure.measure_conflicts(config, straight_run[0], 2, 2,
-                                                            log=lambda *a, **k: None, step=2)
-  assert saved == 2 and tasks == ["denoise_30", "sr_x2"] and grams.shape[0] == 2
+  said = []
+  steps, grams, _, tasks, saved = measure.measure_conflicts(
+      config, straight_run[0], 3, 2, log=lambda line, **k: said.append(line), step=2,
+      log_seconds=0)
+  assert saved == 2 and tasks == ["denoise_30", "sr_x2"] and grams.shape[0] == 3
+  # progress from the second batch (the first compiles), none at the last: the result follows
+  assert len(said) == 1 and re.fullmatch(r"batch 2/3 \| [\d.]+ batches/s \| ETA \w+", said[0])
   assert measure.probe_seed(config.seed, 2) != measure.probe_seed(config.seed, 4)
   config.regime, config.schedule = "joint", "all"
   config.seed = measure.probe_seed(config.seed, 2)
