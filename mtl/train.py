@@ -314,6 +314,8 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
       for step, batch in batches:
         task_names = tuple(n for n in names if n in batch)
         if affinity_every and step % affinity_every == 0:  # before the step donates `state`
+          if "affinity" not in compiled and is_writer:
+            print("compiling the affinity lookahead", flush=True)
           t0 = time.monotonic()
           affinity_buffer.append((step, affinity_fn(state.params, batch,
                                                     data_step(state.step, hyper),
@@ -327,6 +329,9 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
               print(f"compiled the affinity lookahead in {seconds:.1f}s", flush=True)
         probing = run.plan.probes(step)
         key = ("probe",) if probing else task_names
+        what = "probe step" if probing else f"step ({','.join(task_names)})"
+        if key not in compiled and is_writer:  # a paper-size one takes a while: say so first
+          print(f"compiling the {what}", flush=True)
         t0 = time.monotonic()
         if probing:
           state, metrics, grams = probe(state, batch, hyper)
@@ -338,7 +343,6 @@ def _train(setup, config, workdir, images, streaks, pairs, testsets, is_writer, 
           seconds = time.monotonic() - t0
           progress.exclude(seconds)
           if is_writer:
-            what = "probe step" if probing else f"step ({','.join(task_names)})"
             print(f"compiled the {what} in {seconds:.1f}s", flush=True)
         pending.append((step, metrics))
         done = step + 1

@@ -297,6 +297,7 @@ def test_ctrl_c_checkpoints_resume_is_exact_and_a_finished_run_is_not_rerun(stra
                    r"on \d+ thread\(s\), mesh data=1 x fsdp=1 \| .* \(fresh\) \| loss: L1 on the "
                    r"\[0, 255\]", text, re.M)
   assert re.search(r"^compiled the probe step in [\d.]+s$", text, re.M)
+  assert -1 < text.find("compiling the probe step\n") < text.find("compiled the probe step")
   assert os.listdir(cache)  # the compiled steps, for the resume to load
 
   # Its normal length, stopped again once its last step is logged: before its final evaluation
