@@ -201,15 +201,20 @@ def _compile_text(seconds):
   return "cached" if math.isnan(seconds) else f"{seconds:.1f}"
 
 
-def _compiled_figures(jitted, state, batch):
+def _compiled_figures(jitted, state, batch, label=""):
   """(XLA FLOPs per call, compiled peak bytes, the compiled executable, compile seconds: trace
-  and compile, nan where --compile_cache held the program and it was loaded instead)."""
+  and compile, nan where --compile_cache held the program and it was loaded instead); with a
+  `label`, a line on stderr once it is compiled (a section's compiles may take minutes)."""
   from mtl import compile_cache
   counter = compile_cache.Counter()
   try:
     compiled, seconds = compile_cache.compile_timed(jitted, state, batch, log=None)
   finally:
     counter.close()
+  if label:
+    print(f"  compiled {label} in {seconds:.1f}s" + (" (from the cache)" if counter.loaded
+                                                     and not counter.compiled else ""),
+          file=sys.stderr, flush=True)
   if counter.loaded and not counter.compiled:
     seconds = float("nan")
   cost = compiled.cost_analysis() or {}
@@ -537,7 +542,7 @@ def _train_at(size, batch_size):
     calls = {}
     for name in names:
       flops, mem, compiled, compile_s = _compiled_figures(
-          _step(run, config, (name,)), state, {name: full[name]})
+          _step(run, config, (name,)), state, {name: full[name]}, f"the {name} step")
       model_flops = flops_lib.train_step(run.model.cfg, (run.model.specs[
           run.model.task_names.index(name)].scale,), batch_size,
           config.loss.contrastive_weight > 0)
@@ -717,7 +722,7 @@ def _probe_at(size, batch_size):
     batch = sharding.to_global(_batch(run, config), run.mesh)
     state = run.init_state()
     compiled = {label: _compiled_figures(_step(run, config, run.model.task_names, probe), state,
-                                         batch) for label, probe in variants}
+                                         batch, f"the {label} step") for label, probe in variants}
     peaks = {label: c[1] for label, c in compiled.items()}
     # One PyTorch per-task loop per round, beside our probe step.
     calls = {label: (c[2], batch, "pertask" if label == "probe" else None)
@@ -785,7 +790,7 @@ def section_trace(size):
         for label, names, probe in steps:
           batch = {n: full[n] for n in names}
           xla_flops, peak, compiled, _ = _compiled_figures(_step(run, config, names, probe),
-                                                           threaded[0], batch)
+                                                           threaded[0], batch, f"the {label}")
           call = _step_call(compiled, batch, threaded, run.mesh)
           untraced = _interleaved({label: (call, None)}, FLAGS.repeats)[0][label]
           model_flops = flops_lib.train_step(run.model.cfg, [run.model.specs[
@@ -964,7 +969,7 @@ def section_devices(size):
     with jax.set_mesh(run.mesh):
       batch = sharding.to_global(_batch(run, config), run.mesh)
       _, peak, compiled, _ = _compiled_figures(_step(run, config, run.model.task_names),
-                                               run.abstract_state, batch)
+                                               run.abstract_state, batch, f"the {label} step")
       moved = op_profile.collective_bytes(compiled.as_text())
       kinds = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in sorted(moved.items())) or "none"
       need, free = peak * run.mesh.size, _host_memory_available()
