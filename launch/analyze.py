@@ -110,6 +110,8 @@ def analyze(workdir, step_range="", window=0, ema_beta=None, phases=3):
   phased = conflicts.phase_verdicts(record, phases)
   chosen = window or conflicts.headline_window(record, phases)
   report = conflicts.summarize(record, chosen)
+  print(f"drawing the conflict figures of {record.num_steps} probe steps", file=sys.stderr,
+        flush=True)
   drawn = draw.figures(record, chosen, ema_beta)
   scalars = draw.probe_scalars(record, chosen, summary="conflicts/figure_window")
   tag = affinity_text(workdir)

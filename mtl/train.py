@@ -427,6 +427,7 @@ def _conflict_answer(workdir, writer, ema_beta):
   from mtl import draw
   record = conflicts.load(workdir)
   phased, window = conflicts.phase_verdicts(record), conflicts.headline_window(record)
+  print(f"drawing the conflict figures of {record.num_steps} probe steps", flush=True)
   paths = draw.draw_and_log(record, run_folder.conflicts_dir(workdir), writer, window, ema_beta,
                             scalars=False)  # the scalars were logged per flush
   figures = os.path.dirname(paths[0])
