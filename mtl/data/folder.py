@@ -699,18 +699,24 @@ class MtlFolder(tfds.core.GeneratorBasedBuilder):
             for split, named in split_paths(config, paths).items()}
 
   def _generate_examples(self, split, named_paths):
+    from mtl import progress as progress_lib
     tile, sizes, bad = self.builder_config.tile, [], []
-    for name, path in named_paths:
+    progress = progress_lib.Progress(len(named_paths), every_seconds=10, unit="image")
+    for done, (name, path) in enumerate(named_paths, 1):
       try:
         image = read_rgb(path)
       except ValueError as error:  # read on: one attempt names every bad image (read_every)
         bad.append(error)
-        continue
-      sizes.append(list(image.shape[:2]))
-      side = tile or max(image.shape[:2])
-      for (top, left), key in tile_keys(name, *image.shape[:2], tile):
-        part = np.ascontiguousarray(image[top:top + side, left:left + side])
-        yield key, {"image": part, "name": key}
+        image = None
+      if image is not None:
+        sizes.append(list(image.shape[:2]))
+        side = tile or max(image.shape[:2])
+        for (top, left), key in tile_keys(name, *image.shape[:2], tile):
+          part = np.ascontiguousarray(image[top:top + side, left:left + side])
+          yield key, {"image": part, "name": key}
+      line = progress.update(done)  # TFDS's own bar counts tiles, without a total
+      if line and done < len(named_paths):
+        print(f"data: caching the {split} split: {line}", flush=True)
     if bad:  # nothing of the split is kept: TFDS keeps a split only once it ends
       raise unreadable(bad, self.builder_config.folder)
     if tile:  # the split's tile layout, without reading its records (`tile_layout`)
