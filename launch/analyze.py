@@ -110,11 +110,11 @@ def analyze(workdir, step_range="", window=0, ema_beta=None, phases=3):
   phased = conflicts.phase_verdicts(record, phases)
   chosen = window or conflicts.headline_window(record, phases)
   report = conflicts.summarize(record, chosen)
+  tag = affinity_text(workdir)  # before the line below: a bad file is the one line said
   print(f"drawing the conflict figures of {record.num_steps} probe steps", file=sys.stderr,
         flush=True)
   drawn = draw.figures(record, chosen, ema_beta)
   scalars = draw.probe_scalars(record, chosen, summary="conflicts/figure_window")
-  tag = affinity_text(workdir)
   paths = draw.write_figures(run_folder.conflicts_dir(workdir), drawn)
   logdir = os.path.join(workdir, run_folder.EVENTS_DIR, "analyze")
   replaced = events.remove_event_files(logdir)  # TensorBoard would merge a rerun with them

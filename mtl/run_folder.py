@@ -45,7 +45,7 @@ ARTIFACTS = (CONFIG_FILE, LOG_FILE, METRICS_FILE, checkpoints.CHECKPOINT_DIR + "
 # total_steps only where the lr schedule does not depend on it (check_total_steps).
 RESUMABLE_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_every",
                     "keep_checkpoints", "eval", "mesh", "model.remat", "model.body_calls",
-                    "model.scan_unroll")
+                    "model.scan_unroll", "model.init")  # a resume's parameters are saved ones
 
 
 def flops_counted_by(compute):
@@ -82,12 +82,26 @@ def config_from_json(path):
 
 
 def read_config(workdir):
-  """The ConfigDict a run saved in <workdir>/config.json."""
+  """The ConfigDict a run saved in <workdir>/config.json; a field it predates reads as that
+  run behaved (run_defaults.config_defaults)."""
+  from mtl import run_defaults
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{workdir} holds no {CONFIG_FILE}; point --workdir to a "
                             "training run or an imported IPT workdir")
-  return config_from_json(path)
+  return ml_collections.ConfigDict(files.tuples(
+      _filled(files.read_json(path), run_defaults.config_defaults())))
+
+
+def _filled(saved, defaults):
+  """`saved` with the fields of `defaults` it lacks, group by group."""
+  out = dict(saved)
+  for key, value in defaults.items():
+    if key not in out:
+      out[key] = value
+    elif isinstance(value, dict) and isinstance(out[key], dict):
+      out[key] = _filled(out[key], value)
+  return out
 
 
 def read_results(workdir):

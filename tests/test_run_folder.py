@@ -165,3 +165,17 @@ def test_a_run_s_checkpoints_folder_as_the_workdir_is_refused(tmp_path, names, s
                               f"({shown}): it looks like a run's checkpoints/ folder; point "
                               "--workdir to its parent")
   assert sorted(os.listdir(tmp_path / "checkpoints")) == sorted(names)  # nothing written
+
+
+def test_a_run_saved_before_a_field_existed_reads_as_it_behaved(tmp_path):
+  # its evaluations averaged tiles and its model took nnx's initialisers: read as today's
+  # defaults, analyze --checkpoint failed on the missing field and restore tiled another way
+  config = tiny.get_config().to_dict()
+  del config["eval"]["tiling"], config["model"]["init"]
+  files.write_json(str(tmp_path / "config.json"), config)
+  saved = run_folder.read_config(str(tmp_path))
+  assert (saved.eval.tiling, saved.model.init) == ("mean", "flax")
+  assert saved.eval.tile_overlap == config["eval"]["tile_overlap"]  # the fields it has: kept
+  defaults = run_defaults.config_defaults()
+  assert (defaults["eval"]["tiling"], defaults["model"]["init"]) == ("mean", "flax")
+  assert (tiny.get_config().eval.tiling, tiny.get_config().model.init) == ("centre", "torch")

@@ -436,6 +436,10 @@ def test_finetunes_run_before_the_data_offset_are_refused_with_what_changed(tmp_
       "would be mixed with runs of another protocol: run the study in a new --workdir (this one "
       "stays readable by launch/report.py)")
   assert study_lib.Study.load(str(tmp_path)).is_done("finetune-sr_x2-lr1e-3-s0")  # reportable
+  from mtl.report import document  # whose Methods say how those fine-tunes drew their data
+  assert ("a fine-tune's data steps repeated its pre-training's first ones: these fine-tunes ran "
+          "before data.step_offset") in document._method_section(study_lib.Study.load(
+              str(tmp_path)))
   # An unfinished fine-tune of the old protocol resumes nothing: it starts afresh with the offset
   name = "finetune-sr_x2-lr2e-4-s0"
   old = dict(study.write_run_config(study.by_name[name]))
@@ -445,6 +449,25 @@ def test_finetunes_run_before_the_data_offset_are_refused_with_what_changed(tmp_
   out = io.StringIO()
   assert study.write_run_config(study.by_name[name], out)["data"]["step_offset"] == 5
   assert "data.step_offset (absent -> 5)" in out.getvalue() and not study.has_started(name)
+
+
+def test_runs_scored_before_eval_tiling_existed_are_not_mixed_with_runs_scored_now(tmp_path):
+  # before 2026-12-04 evaluations averaged overlapping tiles; a config saved then lacks
+  # eval.tiling, which read as today's 'centre': a continued study compared runs scored two
+  # ways (0.11-0.13 dB apart on the reviewer's tiny runs), unsaid
+  study = study_lib.Study(micro(seeds=(0,)), str(tmp_path))
+  study.prepare()
+  name = "scratch-sr_x2-lr1e-3-s0"
+  _fake_finished(study, name)
+  path = study.path(name, "run_config.json")
+  config = json.load(open(path))
+  assert config["eval"].pop("tiling") == "centre"
+  json.dump(config, open(path, "w"))  # as an older mtl wrote it
+  with pytest.raises(ValueError) as error:
+    study_lib.Study(micro(seeds=(0,)), str(tmp_path)).prepare()
+  assert (f"({name}: eval.tiling (absent -> centre)): an evaluation now keeps each tile's "
+          "centre, where it averaged overlapping tiles; their results would be mixed with runs "
+          "of another protocol: run the study in a new --workdir") in str(error.value)
 
 
 def test_a_changed_grid_or_selection_that_would_restart_a_finished_finetune_is_refused(tmp_path):

@@ -15,7 +15,7 @@ from mtl import study as study_lib
 from mtl.report import accounting, figures, findings, remedies, render, tables
 from mtl.report.scores import (conflict_records, conflict_summaries, final_conflict_records,
                                regime_columns, regime_scores)
-from mtl.study.workdir import RUNS_DIR
+from mtl.study.workdir import RUN_CONFIG, RUNS_DIR
 
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -69,6 +69,18 @@ def loss_figures(study, figures_dir):
 # ----------------------------------------------------------------------------- report
 
 
+def _finetune_data(study):
+  """How the study's finished fine-tunes drew their data: after their pre-training's steps, or
+  (run before data.step_offset existed) its first steps again."""
+  configs = [files.read_json(study.path(r.name, RUN_CONFIG)) for r in study.runs
+             if r.regime.startswith("finetune") and study.is_done(r.name)
+             and os.path.exists(study.path(r.name, RUN_CONFIG))]
+  if any("step_offset" not in config.get("data", {}) for config in configs):
+    return ("a fine-tune's data steps repeated its pre-training's first ones: these fine-tunes "
+            "ran before data.step_offset")
+  return "a fine-tune's data steps continue after its pre-training's, data.step_offset"
+
+
 def _method_section(study):
   run, c = study.config["run"], study.config
   ev = run["eval"]
@@ -96,8 +108,8 @@ def _method_section(study):
       "group) run chosen that way for the same seed. " + tables.lr_note(study),
       f"- **Seeds**: {', '.join(map(str, c['seeds']))}, paired across regimes (same seed: same "
       "init of the shared body and of a task's head, query and tail; same crops and "
-      "degradations of a task at a data step, all keyed by task name; a fine-tune's data "
-      "steps continue after its pre-training's, data.step_offset). Cells are "
+      f"degradations of a task at a data step, all keyed by task name; {_finetune_data(study)})."
+      " Cells are "
       "mean ± sample std over seeds (n shown); every Δ is paired over seeds: mean, paired t "
       "95% CI, two-sided p; 'gain' / 'loss' only when the CI excludes 0.",
       f"- **{tables.budget_note(study)}**",

@@ -38,7 +38,11 @@ FORMAT_VERSION = 1
 # results mean, and how: said when a study holding such runs is continued.
 PROTOCOL_CHANGES = {
     "data.step_offset": "a fine-tune now draws the samples after its pre-training's steps, "
-                        "where it drew the pre-training's first ones again"}
+                        "where it drew the pre-training's first ones again",
+    "eval.tiling": "an evaluation now keeps each tile's centre, where it averaged overlapping "
+                   "tiles",
+    "model.init": "a model now starts from the official IPT's initialisation, where it took "
+                  "nnx's"}
 
 
 def _read_study(path):
