@@ -465,7 +465,7 @@ def test_runs_scored_before_eval_tiling_existed_are_not_mixed_with_runs_scored_n
   json.dump(config, open(path, "w"))  # as an older mtl wrote it
   with pytest.raises(ValueError) as error:
     study_lib.Study(micro(seeds=(0,)), str(tmp_path)).prepare()
-  assert (f"({name}: eval.tiling (absent -> centre)): an evaluation now keeps each tile's "
+  assert (f"({name}: eval.tiling (absent -> 'centre')): an evaluation now keeps each tile's "
           "centre, where it averaged overlapping tiles; their results would be mixed with runs "
           "of another protocol: run the study in a new --workdir") in str(error.value)
 
