@@ -4,7 +4,8 @@ the run's text log (`Tee`: stdout and stderr also appended to <workdir>/train.lo
 `Progress(total_steps, start_step, every)` logs, via absl logging,
   step 250/1000 (25.0%) | 3.21 steps/s | ETA 3m54s | loss 0.0123
 with the rate over the last `window` updates (`every_seconds`: a line at most that often
-instead, for work of uneven items: images, batches, each named by `unit`). Compilation and evaluation are not training:
+instead, for work of uneven items: images, batches, each named by `unit`). Compilation and
+evaluation are not training:
 `exclude(seconds)` takes their duration out of the clock, so the first ETA is already right and
 an evaluation neither dips the rate nor dilutes the data wait. Given the seconds
 the loop has waited for data so far (`update(..., data_wait=s)`), the line also says which share
