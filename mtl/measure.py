@@ -56,7 +56,8 @@ def measure_conflicts(config, checkpoint, num_batches, batch_size, first_step=10
   `halfwidth` > 0 more, one at a time, until every pair's whole-body corrected-cosine 95%
   interval is within +-halfwidth or `max_batches` are measured (progress through `log` every
   `log_seconds`, from the second batch: the first compiles; stopping at the first batch whose
-  intervals are narrow enough: a fixed-width sequential interval, whose coverage tends to the nominal level as the target narrows).
+  intervals are narrow enough: a fixed-width sequential interval, whose coverage tends to the
+  nominal level as the target narrows).
 
   Batches are those of steps first_step, first_step + 1, ... (far past any training step) under
   the seed `probe_seed(config.seed, checkpoint step)`: unseen crops and degradations, others for
