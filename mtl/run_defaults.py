@@ -270,16 +270,12 @@ FIELD_HELP = {
 }
 
 
-# Fields whose runs saved before them behaved otherwise than today's default (2026-12-04): their
-# evaluations averaged overlapping tiles; their models took nnx's initialisers.
-LEGACY_DEFAULTS = {"eval.tiling": "mean", "model.init": "flax"}
-
-
 def config_defaults():
   """Every run config field's default, as a plain dict: what a run saved before a field
-  existed behaved as (today's default, or LEGACY_DEFAULTS')."""
+  existed behaved as (today's default, or run_folder.LEGACY_DEFAULTS')."""
+  from mtl import run_folder
   defaults = get_config().to_dict()
-  for field, value in LEGACY_DEFAULTS.items():
+  for field, value in run_folder.LEGACY_DEFAULTS.items():
     group, name = field.split(".")
     defaults[group][name] = value
   return defaults

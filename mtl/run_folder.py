@@ -81,27 +81,24 @@ def config_from_json(path):
   return ml_collections.ConfigDict(files.tuples(files.read_json(path)))
 
 
+# Fields whose runs saved before them behaved otherwise than today's default (2026-12-04): their
+# evaluations averaged overlapping tiles; their models took nnx's initialisers.
+LEGACY_DEFAULTS = {"eval.tiling": "mean", "model.init": "flax"}
+
+
 def read_config(workdir):
-  """The ConfigDict a run saved in <workdir>/config.json; a field it predates reads as that
-  run behaved (run_defaults.config_defaults)."""
-  from mtl import run_defaults
+  """The ConfigDict a run saved in <workdir>/config.json; a LEGACY_DEFAULTS field it predates
+  reads as that run behaved."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{workdir} holds no {CONFIG_FILE}; point --workdir to a "
                             "training run or an imported IPT workdir")
-  return ml_collections.ConfigDict(files.tuples(
-      _filled(files.read_json(path), run_defaults.config_defaults())))
-
-
-def _filled(saved, defaults):
-  """`saved` with the fields of `defaults` it lacks, group by group."""
-  out = dict(saved)
-  for key, value in defaults.items():
-    if key not in out:
-      out[key] = value
-    elif isinstance(value, dict) and isinstance(out[key], dict):
-      out[key] = _filled(out[key], value)
-  return out
+  saved = files.read_json(path)
+  for field, value in LEGACY_DEFAULTS.items():
+    group, name = field.split(".")
+    if isinstance(saved.get(group), dict):
+      saved[group].setdefault(name, value)
+  return ml_collections.ConfigDict(files.tuples(saved))
 
 
 def read_results(workdir):
