@@ -37,7 +37,8 @@ def load_model(workdir, step=None, ema=False):
 def restorer(model, params, config, task, self_ensemble=False, on_tiles=None):
   """image uint8 HWC -> restored uint8 (H*s, W*s, 3), the way evaluation restores it (with
   self_ensemble, as config.eval.self_ensemble scores it: the x8 flips and rotations averaged;
-  derain and dehaze: the image and its mirror); on_tiles(n) after each n tiles restored."""
+  derain and dehaze: the image and its mirror); on_tiles(n, total) after each n of the image's
+  total tiles restored."""
   from mtl import evaluate, tasks
   if task not in model.task_names:
     raise ValueError(f"task {task!r} is not in this model; its tasks: {', '.join(model.task_names)}")
@@ -45,15 +46,19 @@ def restorer(model, params, config, task, self_ensemble=False, on_tiles=None):
   mesh = evaluate.local_mesh()
   run_tiles = evaluate.tile_runner(model, evaluate.local_params(params, mesh), task,
                                    config.eval.tile_batch, mesh)
+  tiling = config.eval.get("tiling", "centre")
+  total = [0]  # the image's tiles
   def apply_tiles(tiles):
     out = run_tiles(tiles)
     if on_tiles is not None:
-      on_tiles(len(tiles))
+      on_tiles(len(tiles), total[0])
     return out
-  tiling = config.eval.get("tiling", "centre")
-  return lambda image: evaluate.restore_image(
-      apply_tiles, image, spec.scale, config.model.patch_size, config.eval.tile_overlap, tiling,
-      self_ensemble, spec.kind)
+  def restore(image):
+    total[0] = evaluate.tile_count(*image.shape[:2], config.model.patch_size,
+                                   config.eval.tile_overlap, tiling, self_ensemble, spec.kind)
+    return evaluate.restore_image(apply_tiles, image, spec.scale, config.model.patch_size,
+                                  config.eval.tile_overlap, tiling, self_ensemble, spec.kind)
+  return restore
 
 
 def _names(paths, limit=4):
@@ -124,16 +129,17 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
     raise FileNotFoundError(f"--input={source} is neither a file nor a folder")
   outs, existing = plan_outputs(paths, source, output, overwrite)
   config, model, params, step = load_model(workdir, step, ema)
-  from mtl import evaluate, tasks
+  from mtl import tasks
   tiles = {}  # the image's tile progress: a line every 10 s for an image that takes that long
-  def on_tiles(n):
+  def on_tiles(n, total):
+    if tiles["progress"] is None:
+      tiles["progress"] = progress_lib.Progress(total, every_seconds=10, unit="tile")
     tiles["done"] += n
     line = tiles["progress"].update(tiles["done"])
-    if line and tiles["done"] < tiles["progress"].total_steps:  # the image's own line ends it
+    if line and tiles["done"] < total:  # the image's own line ends it
       print(f"{tiles['name']}: {line}", file=err, flush=True)
   restore = restorer(model, params, config, task, self_ensemble, on_tiles)
-  spec = tasks.get(task)  # after restorer: it names a task the model lacks
-  gray = spec.gray
+  gray = tasks.get(task).gray  # after restorer: it names a task the model lacks
   os.makedirs(output, exist_ok=True)
   print(f"restoring {len(paths)} image(s) with {task} from {workdir} (step {step})"
         + (f"; replacing {len(existing)} existing file(s) in {output}" if existing else ""),
@@ -151,11 +157,7 @@ def restore_folder(workdir, task, source, output, step=None, err=sys.stderr, ove
         print(f"warning: {path}: {note}", file=err)
       if gray:  # as evaluation feeds it: the grey plane in three equal channels
         image = np.repeat(metrics.grey_plane(image).astype(np.uint8), 3, axis=-1)
-      count = evaluate.tile_count(*image.shape[:2], config.model.patch_size,
-                                  config.eval.tile_overlap, config.eval.get("tiling", "centre"),
-                                  self_ensemble, spec.kind)
-      tiles.update(name=os.path.basename(path), done=0,
-                   progress=progress_lib.Progress(count, every_seconds=10, unit="tile"))
+      tiles.update(name=os.path.basename(path), done=0, progress=None)
       try:
         restored = restore(image)
       except ValueError as error:  # a non-finite output: stop, naming the image

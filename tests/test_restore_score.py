@@ -130,10 +130,12 @@ def test_the_tile_count_a_restore_reports_progress_by_is_the_tiles_it_runs(workd
     config.eval.tiling = tiling
     for ensemble in (False, True):
       counted = []
-      restoration.restorer(model, params, config, task, ensemble, counted.append)(image)
-      assert sum(counted) == evaluate.tile_count(
-          30, 71, config.model.patch_size, config.eval.tile_overlap, tiling, ensemble,
-          tasks.get(task).kind), (tiling, ensemble)
+      restoration.restorer(model, params, config, task, ensemble,
+                           lambda n, total: counted.append((n, total)))(image)
+      want = evaluate.tile_count(30, 71, config.model.patch_size, config.eval.tile_overlap,
+                                 tiling, ensemble, tasks.get(task).kind)
+      assert sum(n for n, _ in counted) == want, (tiling, ensemble)
+      assert {total for _, total in counted} == {want}, (tiling, ensemble)
 
 
 def test_restore_never_writes_into_its_input_or_one_output_twice(workdir, tmp_path):
